@@ -1,0 +1,49 @@
+"""One exception tree. Every message says what is wrong and how to fix it, on one line."""
+
+from __future__ import annotations
+
+
+class ChangedetError(Exception):
+    """Root of every error changedet raises on purpose; the CLI prints it as one line."""
+
+    exit_code = 1
+
+
+class UsageError(ChangedetError, ValueError):
+    """Bad command-line usage or option values (exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(ChangedetError, ValueError):
+    """A config file or value is invalid (exit code 2)."""
+
+    exit_code = 2
+
+
+class AOIError(ChangedetError, ValueError):
+    """An AOI file or geometry cannot be used."""
+
+
+class CatalogError(ChangedetError, OSError):
+    """A STAC catalog could not be searched or returned unusable items."""
+
+
+class NoScenesError(ChangedetError):
+    """No scene covers the AOI in the requested time range (or none was clear enough)."""
+
+
+class ReadError(ChangedetError, OSError):
+    """Pixels could not be read from an asset."""
+
+
+class UnsafeHrefError(ChangedetError, ValueError):
+    """A catalog pointed at a location changedet refuses to read (e.g. file:// from a remote catalog)."""
+
+
+class OutputError(ChangedetError, OSError):
+    """Outputs or state could not be written."""
+
+
+class DataError(ChangedetError, ValueError):
+    """Input rasters or labels are malformed (wrong shape, grid or values)."""

@@ -1,0 +1,234 @@
+"""Frozen data objects that flow between stages. No I/O here.
+
+Every array travels with its `Grid`, so no stage has to guess where a pixel is.
+Conventions:
+- reflectance arrays are float32 surface reflectance (0..1+), invalid pixels are NaN;
+- band axis order follows the `bands` tuple of the object that carries the array;
+- times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+from affine import Affine
+
+# Progress callback: (stage name, items done, items total). Library code reports, the CLI renders.
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(stage: str, done: int, total: int) -> None:
+    """Default progress callback: ignore."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up pixel grid: CRS, affine transform (pixel corner based) and size."""
+
+    crs: str
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def from_origin(cls, crs: str, x_min: float, y_max: float, res: float, width: int, height: int) -> Grid:
+        return cls(crs, Affine(res, 0.0, x_min, 0.0, -res, y_max), width, height)
+
+    @property
+    def res(self) -> float:
+        """Pixel size along x in CRS units (metres on a UTM grid)."""
+        return abs(self.transform.a)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(x_min, y_min, x_max, y_max) in CRS units."""
+        t = self.transform
+        x0, y0 = t.c, t.f
+        x1, y1 = t * (self.width, self.height)
+        return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+    @property
+    def epsg(self) -> int | None:
+        if self.crs.upper().startswith("EPSG:"):
+            return int(self.crs.split(":", 1)[1])
+        return None
+
+    @property
+    def is_projected_metres(self) -> bool:
+        """True for UTM-like grids whose units are metres (so areas can be computed from pixels)."""
+        code = self.epsg
+        return code is not None and (32601 <= code <= 32660 or 32701 <= code <= 32760)
+
+    @property
+    def pixel_area_m2(self) -> float:
+        """Area of one pixel in m². Only meaningful on a metre grid; approximated on geographic grids."""
+        if self.is_projected_metres:
+            return abs(self.transform.a * self.transform.e)
+        # Geographic degrees: approximate at the grid centre latitude.
+        lat = math.radians((self.bounds[1] + self.bounds[3]) / 2.0)
+        m_per_deg = 111_320.0
+        return abs(self.transform.a * m_per_deg * math.cos(lat) * self.transform.e * m_per_deg)
+
+    def scaled(self, factor: int) -> Grid:
+        """The same extent with pixels `factor` times larger (e.g. 2 for the 20 m grid of a 10 m grid)."""
+        t = self.transform
+        return Grid(
+            self.crs,
+            Affine(t.a * factor, t.b, t.c, t.d, t.e * factor, t.f),
+            math.ceil(self.width / factor),
+            math.ceil(self.height / factor),
+        )
+
+    def window(self, row_off: int, col_off: int, height: int, width: int) -> Grid:
+        """A sub-grid starting at (row_off, col_off)."""
+        t = self.transform * Affine.translation(col_off, row_off)
+        return Grid(self.crs, t, width, height)
+
+
+@dataclass(frozen=True)
+class AOI:
+    """An area of interest: a polygon in EPSG:4326 with a file-name-safe id."""
+
+    id: str
+    name: str
+    geometry: Any  # shapely Polygon | MultiPolygon, EPSG:4326 lon/lat
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One band file of a scene with what turns its digital numbers into reflectance.
+
+    reflectance = DN * scale + offset; DN == nodata is missing. `offset` already encodes the
+    processing-baseline 04.00 BOA_ADD_OFFSET (-0.1 in reflectance units) when it applies.
+    """
+
+    href: str
+    scale: float = 1e-4
+    offset: float = 0.0
+    nodata: float | None = 0
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One acquisition on one tile, with assets keyed by canonical band names (blue, red, nir, scl, ...)."""
+
+    id: str
+    datetime: datetime
+    collection: str
+    tile: str | None
+    assets: Mapping[str, Asset]
+    cloud_cover: float | None = None
+    platform: str | None = None
+    processing_baseline: str | None = None
+    epsg: int | None = None
+    footprint: Any = None  # shapely geometry in EPSG:4326, or None when unknown
+    updated: str | None = None  # item 'updated'/'created' time, used to prefer the newest reprocessing
+
+    @property
+    def date(self) -> date:
+        return self.datetime.date()
+
+
+@dataclass(frozen=True)
+class SkippedScene:
+    """A scene left out of a run, and why (shown in `changedet search` and recorded in run.json)."""
+
+    scene_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A masked, harmonised time series on one grid.
+
+    reflectance: (T, B, H, W) float32, NaN where not clear; clear: (T, H, W) bool.
+    scl: (T, H, W) uint8 scene classification when the data had one, else None.
+    """
+
+    grid: Grid
+    bands: tuple[str, ...]
+    times: tuple[datetime, ...]
+    scene_ids: tuple[tuple[str, ...], ...]  # per date: the scene ids mosaicked into it
+    reflectance: np.ndarray
+    clear: np.ndarray
+    scl: np.ndarray | None = None
+
+    def band(self, name: str) -> np.ndarray:
+        """(T, H, W) view of one band."""
+        return self.reflectance[:, self.bands.index(name)]
+
+
+@dataclass(frozen=True)
+class Period:
+    """A half-open date interval [start, end) with a label such as '2023-08'."""
+
+    start: date
+    end: date
+    label: str
+
+    def contains(self, d: date) -> bool:
+        return self.start <= d < self.end
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A per-pixel composite of the clear observations in one period.
+
+    reflectance: (B, H, W) float32, NaN where no clear observation;
+    count: (H, W) uint16 clear observations; source_date: (H, W) int32 days since 1970-01-01
+    of the observation closest to the median (-1 where none).
+    """
+
+    grid: Grid
+    bands: tuple[str, ...]
+    period: Period
+    reflectance: np.ndarray
+    count: np.ndarray
+    source_date: np.ndarray
+    scene_ids: tuple[str, ...] = ()
+
+    def band(self, name: str) -> np.ndarray:
+        return self.reflectance[self.bands.index(name)]
+
+
+@dataclass(frozen=True)
+class ChangeMap:
+    """Per-pixel change evidence between two composites on one grid.
+
+    score: (H, W) float32 combined change score (robust z units; NaN where unobserved);
+    likelihood: (H, W) float32 0..1 "new structure" likelihood; mask: (H, W) bool decided change.
+    indicators: named per-pixel layers that went into the score (for evidence and debugging).
+    shift_px: measured (row, col) shift of `after` relative to `before`, before any correction.
+    """
+
+    grid: Grid
+    score: np.ndarray
+    likelihood: np.ndarray
+    mask: np.ndarray
+    threshold: float
+    indicators: Mapping[str, np.ndarray] = field(default_factory=dict)
+    shift_px: tuple[float, float] = (0.0, 0.0)
+    shift_corrected: bool = False
+
+
+@dataclass(frozen=True)
+class ChangeObject:
+    """A connected change region. `geometry` is in the grid CRS (metres on UTM grids)."""
+
+    label: int
+    geometry: Any  # shapely Polygon | MultiPolygon
+    area_m2: float
+    n_pixels: int
+    confidence: float  # 0..1
+    mean_score: float
+    likelihood: float
