@@ -232,3 +232,70 @@ class ChangeObject:
     confidence: float  # 0..1
     mean_score: float
     likelihood: float
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A tracked new structure in the ledger. `geometry` is in the grid CRS.
+
+    first_seen_start..first_seen_end bracket the appearance: the last clear period where it was
+    absent (start date of that period) and the first period where it was present (end date).
+    """
+
+    id: str
+    geometry: Any
+    area_m2: float
+    confidence: float
+    first_seen_start: date | None = None
+    first_seen_end: date | None = None
+    confirmed: bool = False
+    n_clear_obs: int = 0
+    bermed: bool | None = None
+    berm_score: float | None = None
+    source_scenes: tuple[str, ...] = ()
+    status: str = "active"  # "active" | "vanished"
+    vanished_after: date | None = None
+
+
+@dataclass(frozen=True)
+class Berm:
+    """A berm-like earthwork line. `geometry` is a LineString/MultiLineString in the grid CRS."""
+
+    id: str
+    geometry: Any
+    length_m: float
+    score: float
+    structure_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PeriodCount:
+    """Confirmed new structures per period, with a range for what the data cannot pin down."""
+
+    period: Period
+    new_confirmed: int
+    cumulative: int
+    cumulative_low: int
+    cumulative_high: int
+    clear_fraction: float  # share of AOI pixels with a clear observation in this period
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything one AOI run produced; `outputs` turns it into files."""
+
+    aoi: AOI
+    grid: Grid
+    config_fingerprint: str
+    scenes_used: tuple[Scene, ...]
+    scenes_skipped: tuple[SkippedScene, ...]
+    before: Composite
+    after: Composite
+    change: ChangeMap
+    structures: tuple[Structure, ...]
+    min_mapping_unit_m2: float
+    berms: tuple[Berm, ...] = ()
+    counts: tuple[PeriodCount, ...] = ()
+    composites: tuple[Composite, ...] = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
