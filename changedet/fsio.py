@@ -1,0 +1,114 @@
+"""Atomic file writing and the one place rasters are written (COGs).
+
+Everything changedet writes goes through a temporary file in the target folder that is renamed
+into place only when complete, so a crash or a bad input never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from changedet.errors import OutputError
+from changedet.models import Grid
+
+__all__ = ["atomic_dir", "atomic_path", "write_cog", "write_json", "write_text"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `path`; on success it replaces `path` as a whole.
+
+    A previous `path` is moved aside first and removed only after the new one is in place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "previous")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
+
+
+def write_cog(
+    path: Path,
+    array: np.ndarray,
+    grid: Grid,
+    *,
+    nodata: float | None = None,
+    descriptions: tuple[str, ...] = (),
+    tags: dict[str, str] | None = None,
+    resampling: str = "nearest",
+) -> Path:
+    """Write a (H, W) or (B, H, W) array on `grid` as a Cloud-Optimised GeoTIFF (DEFLATE, 512 px
+    tiles, overviews), atomically."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    data = array[np.newaxis] if array.ndim == 2 else array
+    if data.shape[1:] != grid.shape:
+        raise OutputError(f"cannot write {path.name}: array shape {data.shape[1:]} != grid {grid.shape}")
+    profile = {
+        "driver": "COG",
+        "width": grid.width,
+        "height": grid.height,
+        "count": data.shape[0],
+        "dtype": data.dtype.name,
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "nodata": nodata,
+        "compress": "DEFLATE",
+        "predictor": 3 if data.dtype.kind == "f" else 2,
+        "blocksize": 512,
+        "overview_resampling": resampling,
+    }
+    try:
+        with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+            for i, text in enumerate(descriptions, start=1):
+                dst.set_band_description(i, text)
+            if tags:
+                dst.update_tags(**tags)
+    except RasterioError as exc:
+        raise OutputError(f"cannot write {path}: {exc}") from None
+    return path
