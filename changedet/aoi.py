@@ -11,16 +11,27 @@ import math
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 from shapely.geometry import MultiPolygon, Polygon, mapping
-from shapely.ops import transform as shp_transform
 
 from changedet.config import AOIConfig
 from changedet.errors import AOIError
 from changedet.models import AOI, Grid
+
+__all__ = [
+    "aoi_mask",
+    "area_km2",
+    "grid_for",
+    "load_aois",
+    "reproject_geometry",
+    "safe_id",
+    "to_grid_crs",
+    "utm_epsg",
+]
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -58,7 +69,6 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
         src_crs = CRS.from_epsg(4326)
     else:
         src_crs = CRS.from_user_input(frame.crs)
-    to_wgs84 = Transformer.from_crs(src_crs, CRS.from_epsg(4326), always_xy=True)
 
     aois: list[AOI] = []
     seen: set[str] = set()
@@ -71,7 +81,7 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
         seen.add(aoi_id)
         geom = _check_geometry(row.geometry, aoi_id, p)
         if not src_crs.equals(CRS.from_epsg(4326)):
-            geom = shp_transform(to_wgs84.transform, geom)
+            geom = reproject_geometry(geom, src_crs, "EPSG:4326")
         aoi = AOI(
             id=aoi_id,
             name=str(props.get("name") or aoi_id),
@@ -104,9 +114,13 @@ def _check_geometry(geom: object, aoi_id: str, path: Path) -> Polygon | MultiPol
         reason = shapely.is_valid_reason(geom)
         warnings.warn(f"AOI '{aoi_id}': invalid geometry ({reason}); repaired", stacklevel=3)
         fixed = shapely.make_valid(geom)
-        polys = [g for g in getattr(fixed, "geoms", [fixed]) if isinstance(g, Polygon | MultiPolygon)]
+        polys = [
+            g for g in getattr(fixed, "geoms", [fixed]) if isinstance(g, Polygon | MultiPolygon)
+        ]
         if not polys:
-            raise AOIError(f"AOI '{aoi_id}' in '{path}' cannot be repaired into a polygon; redraw it")
+            raise AOIError(
+                f"AOI '{aoi_id}' in '{path}' cannot be repaired into a polygon; redraw it"
+            )
         fixed = shapely.union_all(polys)
         if fixed.is_empty:
             raise AOIError(f"AOI '{aoi_id}' in '{path}' has no area after repair; redraw it")
@@ -120,10 +134,15 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
-def to_grid_crs(geom: object, crs: str) -> Polygon | MultiPolygon:
+def reproject_geometry(geom: object, src: object, dst: object) -> Any:
+    """Reproject a shapely geometry between CRSs (anything pyproj accepts), x/y axis order."""
+    tr = Transformer.from_crs(src, dst, always_xy=True)
+    return shapely.transform(geom, tr.transform, interleaved=False)
+
+
+def to_grid_crs(geom: object, crs: str) -> Any:
     """Reproject an EPSG:4326 geometry to `crs`."""
-    tr = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    return shp_transform(tr.transform, geom)
+    return reproject_geometry(geom, "EPSG:4326", crs)
 
 
 def area_km2(aoi: AOI) -> float:

@@ -22,6 +22,25 @@ from typing import Any
 
 from changedet.errors import ConfigError
 
+__all__ = [
+    "EARTH_SEARCH_ASSETS",
+    "PLANETARY_COMPUTER_ASSETS",
+    "AOIConfig",
+    "BermConfig",
+    "CatalogConfig",
+    "ChangeConfig",
+    "Config",
+    "MaskConfig",
+    "OutputConfig",
+    "ReadConfig",
+    "TimeConfig",
+    "TrackConfig",
+    "load_config",
+    "parse_date",
+    "to_dict",
+    "validate",
+]
+
 EARTH_SEARCH_ASSETS: dict[str, str] = {
     "coastal": "coastal",
     "blue": "blue",
@@ -56,10 +75,14 @@ PLANETARY_COMPUTER_ASSETS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class CatalogConfig:
-    url: str = "https://earth-search.aws.element84.com/v1"  # STAC API URL, or a static catalog path/URL
+    url: str = (
+        "https://earth-search.aws.element84.com/v1"  # STAC API URL, or a static catalog path/URL
+    )
     collection: str = "sentinel-2-l2a"
     provider: str = "earth-search"  # key into `asset_keys`; "planetary-computer" also signs hrefs
-    max_cloud_cover: float = 80.0  # scene-level eo:cloud_cover % upper bound (AOI-level test is separate)
+    max_cloud_cover: float = (
+        80.0  # scene-level eo:cloud_cover % upper bound (AOI-level test is separate)
+    )
     page_size: int = 100
     max_items: int = 5000
     retries: int = 4
@@ -93,7 +116,15 @@ class ReadConfig:
 
 @dataclass(frozen=True)
 class MaskConfig:
-    scl_invalid: tuple[int, ...] = (0, 1, 3, 8, 9, 10, 11)  # nodata, defective, shadow, clouds, cirrus, snow
+    scl_invalid: tuple[int, ...] = (
+        0,
+        1,
+        3,
+        8,
+        9,
+        10,
+        11,
+    )  # nodata, defective, shadow, clouds, cirrus, snow
     # A pixel SCL calls cloud on at least this fraction of dates is a bright roof, not a cloud: keep it.
     persistent_cloud_fraction: float = 0.6
     dilate_px: int = 1  # grow cloud and shadow masks by this many 10 m pixels
@@ -174,7 +205,11 @@ def to_dict(obj: Any) -> Any:
 
 def _suggest(key: str, options: list[str]) -> str:
     close = difflib.get_close_matches(key, options, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(options))})"
+    return (
+        f" (did you mean '{close[0]}'?)"
+        if close
+        else f" (known keys: {', '.join(sorted(options))})"
+    )
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -194,7 +229,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"config: {where} has an invalid value {value!r}")
+        raise ConfigError(
+            errors[0] if errors else f"config: {where} has an invalid value {value!r}"
+        )
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config: {where} must be a list, got {value!r}")
@@ -268,16 +305,33 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
+    """Local paths in a config file are relative to that file, not to the working directory."""
+    catalog = data.get("catalog")
+    if isinstance(catalog, dict) and isinstance(catalog.get("url"), str):
+        url = catalog["url"]
+        if "://" not in url and not Path(url).expanduser().is_absolute():
+            catalog["url"] = str((base / url).resolve())
+    read = data.get("read")
+    if isinstance(read, dict) and isinstance(read.get("cache_dir"), str):
+        cache = read["cache_dir"]
+        if cache and not cache.startswith("~") and not Path(cache).is_absolute():
+            read["cache_dir"] = str((base / cache).resolve())
+
+
 def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config: '{path}' extends itself in a loop; fix the 'extends' chain")
     if not path.is_file():
-        raise ConfigError(f"config: file '{path}' not found; pass an existing TOML file to --config")
+        raise ConfigError(
+            f"config: file '{path}' not found; pass an existing TOML file to --config"
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config: '{path}' is not valid TOML ({exc}); fix the syntax") from None
+    _resolve_relative_paths(data, path.parent)
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -287,7 +341,9 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(base, data)
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
     """Load a config file (or the built-in defaults) and apply dotted-key overrides such as
     {"time.start": "2023-06-01"} (used for CLI flags)."""
     data: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "AOIError",
+    "CatalogError",
+    "ChangedetError",
+    "ConfigError",
+    "DataError",
+    "NoScenesError",
+    "OutputError",
+    "ReadError",
+    "UnsafeHrefError",
+    "UsageError",
+]
+
 
 class ChangedetError(Exception):
     """Root of every error changedet raises on purpose; the CLI prints it as one line."""

@@ -87,7 +87,9 @@ def write_cog(
 
     data = array[np.newaxis] if array.ndim == 2 else array
     if data.shape[1:] != grid.shape:
-        raise OutputError(f"cannot write {path.name}: array shape {data.shape[1:]} != grid {grid.shape}")
+        raise OutputError(
+            f"cannot write {path.name}: array shape {data.shape[1:]} != grid {grid.shape}"
+        )
     profile = {
         "driver": "COG",
         "width": grid.width,

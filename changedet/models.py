@@ -18,6 +18,26 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
+__all__ = [
+    "AOI",
+    "Asset",
+    "Berm",
+    "ChangeMap",
+    "ChangeObject",
+    "Composite",
+    "Grid",
+    "Period",
+    "PeriodCount",
+    "Progress",
+    "RunResult",
+    "Scene",
+    "SkippedScene",
+    "Stack",
+    "Structure",
+    "no_progress",
+]
+
+
 # Progress callback: (stage name, items done, items total). Library code reports, the CLI renders.
 Progress = Callable[[str, int, int], None]
 
@@ -36,7 +56,9 @@ class Grid:
     height: int
 
     @classmethod
-    def from_origin(cls, crs: str, x_min: float, y_max: float, res: float, width: int, height: int) -> Grid:
+    def from_origin(
+        cls, crs: str, x_min: float, y_max: float, res: float, width: int, height: int
+    ) -> Grid:
         return cls(crs, Affine(res, 0.0, x_min, 0.0, -res, y_max), width, height)
 
     @property
@@ -53,7 +75,7 @@ class Grid:
         """(x_min, y_min, x_max, y_max) in CRS units."""
         t = self.transform
         x0, y0 = t.c, t.f
-        x1, y1 = t * (self.width, self.height)
+        x1, y1 = t @ (self.width, self.height)
         return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
     @property
@@ -132,7 +154,10 @@ class Scene:
     processing_baseline: str | None = None
     epsg: int | None = None
     footprint: Any = None  # shapely geometry in EPSG:4326, or None when unknown
-    updated: str | None = None  # item 'updated'/'created' time, used to prefer the newest reprocessing
+    updated: str | None = (
+        None  # item 'updated'/'created' time, used to prefer the newest reprocessing
+    )
+    synthetic: bool = False  # the item says it is synthetic ("changedet:synthetic": true)
 
     @property
     def date(self) -> date:

@@ -1,0 +1,391 @@
+"""Glue only: wires the stages for one AOI. I/O comes in as injected callables.
+
+AOI → grid → scenes → masked, harmonised stack → period composites → change of each period
+against the baseline → objects → ledger (+ berms) → outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+
+from changedet import __version__
+from changedet.aoi import aoi_mask, grid_for, to_grid_crs
+from changedet.config import Config
+from changedet.errors import ConfigError, NoScenesError, OutputError
+from changedet.models import (
+    AOI,
+    Grid,
+    Period,
+    Progress,
+    RunResult,
+    Scene,
+    SkippedScene,
+    Stack,
+    no_progress,
+)
+
+__all__ = ["PipelineIO", "RunSummary", "SearchReport", "run_aoi", "search_aoi"]
+
+
+@dataclass(frozen=True)
+class PipelineIO:
+    """The three I/O boundaries, injectable for tests: catalog search, pixel reads, output writing."""
+
+    search: Callable[..., Any]
+    read: Callable[..., Any]
+    probe: Callable[..., Any]
+    write: Callable[..., list[Path]]
+
+    @classmethod
+    def default(cls) -> PipelineIO:
+        from changedet.catalog import search_scenes
+        from changedet.outputs import write_run_outputs
+        from changedet.read import probe_scenes, read_stack
+
+        return cls(
+            search=search_scenes, read=read_stack, probe=probe_scenes, write=write_run_outputs
+        )
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    """What `changedet search` shows for one AOI."""
+
+    aoi_id: str
+    source: str
+    used: tuple[Scene, ...]
+    dropped: tuple[SkippedScene, ...]
+    clear: Mapping[str, float] = field(
+        default_factory=dict
+    )  # scene id → AOI clear fraction (probe)
+    notes: tuple[str, ...] = ()
+
+    def rows(self) -> list[tuple[str, str, str, str, str, str]]:
+        out = []
+        for s in self.used:
+            clear = self.clear.get(s.id)
+            skipped = next((d.reason for d in self.dropped if d.scene_id == s.id), None)
+            out.append(
+                (
+                    s.id,
+                    s.datetime.strftime("%Y-%m-%d %H:%M"),
+                    s.tile or "-",
+                    "-" if s.cloud_cover is None else f"{s.cloud_cover:.1f}",
+                    "-" if clear is None else f"{100 * clear:.1f}",
+                    f"dropped: {skipped}" if skipped else "used",
+                )
+            )
+        used_ids = {s.id for s in self.used}
+        for d in self.dropped:
+            if d.scene_id not in used_ids:
+                out.append((d.scene_id, "-", "-", "-", "-", f"dropped: {d.reason}"))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        dropped = {d.scene_id: d.reason for d in self.dropped}
+        return {
+            "aoi": self.aoi_id,
+            "source": self.source,
+            "scenes": [
+                {
+                    "id": s.id,
+                    "datetime": s.datetime.isoformat(),
+                    "tile": s.tile,
+                    "cloud_cover": s.cloud_cover,
+                    "aoi_clear_fraction": self.clear.get(s.id),
+                    "used": s.id not in dropped,
+                    "reason": dropped.get(s.id),
+                }
+                for s in self.used
+            ],
+            "dropped": [
+                {"id": d.scene_id, "reason": d.reason}
+                for d in self.dropped
+                if d.scene_id not in {s.id for s in self.used}
+            ],
+            "notes": list(self.notes),
+        }
+
+
+def _search(aoi: AOI, config: Config, io: PipelineIO, progress: Progress) -> Any:
+    return io.search(
+        aoi,
+        config.catalog,
+        start=config.time.start,
+        end=config.time.end,
+        bands=(*config.read.bands, "scl"),
+        progress=progress,
+    )
+
+
+def search_aoi(
+    aoi: AOI,
+    config: Config,
+    *,
+    probe: bool = False,
+    progress: Progress = no_progress,
+    io: PipelineIO | None = None,
+) -> SearchReport:
+    """The scenes a run would consider for `aoi`, optionally probed for AOI-local clear sky."""
+    io = io or PipelineIO.default()
+    found = _search(aoi, config, io, progress)
+    clear: Mapping[str, float] = {}
+    dropped = list(found.dropped)
+    if probe and found.scenes:
+        grid = _crop_to_footprints(grid_for(aoi), aoi, found.scenes)
+        clear = io.probe(
+            found.scenes,
+            grid,
+            aoi_mask=aoi_mask(aoi, grid),
+            read_config=config.read,
+            mask_config=config.mask,
+            progress=progress,
+        )
+        threshold = config.read.min_aoi_clear_fraction
+        for scene in found.scenes:
+            fraction = clear.get(scene.id)
+            if fraction is not None and fraction < threshold:
+                dropped.append(
+                    SkippedScene(
+                        scene.id, f"AOI clear {100 * fraction:.0f}% < {100 * threshold:.0f}%"
+                    )
+                )
+    return SearchReport(aoi.id, found.source, found.scenes, tuple(dropped), clear, found.notes)
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    aoi_id: str
+    out_dir: Path
+    n_scenes: int
+    n_confirmed: int
+    n_candidates: int
+    synthetic: bool
+
+    def describe(self) -> str:
+        tag = " [SYNTHETIC sample data]" if self.synthetic else ""
+        return (
+            f"{self.aoi_id}: {self.n_confirmed} confirmed new structure(s), "
+            f"{self.n_candidates} unconfirmed candidate(s) from {self.n_scenes} date(s) → {self.out_dir}{tag}"
+        )
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
+
+
+def safe_out_dir(out_root: Path, aoi_id: str) -> Path:
+    """OUT/<aoi_id>, refusing any id that would escape OUT."""
+    root = out_root.resolve()
+    target = (root / aoi_id).resolve()
+    if target.parent != root or aoi_id in ("", ".", ".."):
+        raise OutputError(
+            f"AOI id '{aoi_id}' is not a safe folder name; rename the AOI's id property"
+        )
+    return target
+
+
+def _crop_to_footprints(grid: Grid, aoi: AOI, scenes: tuple[Scene, ...]) -> Grid:
+    """Shrink the AOI grid to where scenes have data (keeps the pixel lattice)."""
+    footprints = [s.footprint for s in scenes if s.footprint is not None]
+    if not footprints or len(footprints) != len(scenes):
+        return grid
+    covered = shapely.union_all(footprints).intersection(aoi.geometry)
+    if covered.is_empty:
+        return grid
+    xmin, ymin, xmax, ymax = to_grid_crs(covered, grid.crs).bounds
+    gx0, _, _, gy1 = grid.bounds
+    res = grid.res
+    col0 = max(0, math.floor((xmin - gx0) / res))
+    col1 = min(grid.width, math.ceil((xmax - gx0) / res))
+    row0 = max(0, math.floor((gy1 - ymax) / res))
+    row1 = min(grid.height, math.ceil((gy1 - ymin) / res))
+    if col1 <= col0 or row1 <= row0:
+        return grid
+    return grid.window(row0, col0, row1 - row0, col1 - col0)
+
+
+def _periods(config: Config) -> list[Period]:
+    from changedet.periods import make_periods
+
+    periods = make_periods(config.time.start, config.time.end, config.time.period)
+    needed = config.time.baseline_periods + 1
+    if len(periods) < needed:
+        raise ConfigError(
+            f"time range {config.time.start}..{config.time.end} gives {len(periods)} {config.time.period} "
+            f"period(s); need at least {needed} (baseline {config.time.baseline_periods} + 1); widen --start/--end"
+        )
+    return periods
+
+
+def _span(periods: list[Period], label: str) -> Period:
+    return Period(periods[0].start, periods[-1].end, label)
+
+
+def run_aoi(
+    aoi: AOI,
+    config: Config,
+    *,
+    out_root: Path,
+    progress: Progress = no_progress,
+    io: PipelineIO | None = None,
+) -> RunSummary:
+    """Process one AOI end to end and write OUT/<aoi_id>/ atomically."""
+    from changedet.berms import berm_evidence, extract_berms, ring_test
+    from changedet.change import detect_change
+    from changedet.composite import composite
+    from changedet.objects import extract_objects
+    from changedet.track import PeriodObservation, build_ledger
+
+    io = io or PipelineIO.default()
+    timer = _Timer()
+    out_dir = safe_out_dir(Path(out_root), aoi.id)
+    periods = _periods(config)
+    cc = config.change
+
+    with timer("search"):
+        found = _search(aoi, config, io, progress)
+    if not found.scenes:
+        raise NoScenesError(
+            f"no scene of '{config.catalog.collection}' in {found.source} covers AOI '{aoi.id}' "
+            f"between {config.time.start} and {config.time.end}; widen --start/--end or check --catalog"
+        )
+    grid = _crop_to_footprints(grid_for(aoi), aoi, found.scenes)
+    inside = aoi_mask(aoi, grid)
+
+    with timer("read"):
+        read = io.read(
+            found.scenes,
+            grid,
+            bands=config.read.bands,
+            aoi_mask=inside,
+            read_config=config.read,
+            mask_config=config.mask,
+            progress=progress,
+        )
+    stack: Stack = read.stack
+    skipped = (*found.dropped, *read.skipped)
+    if len(stack.times) == 0:
+        raise NoScenesError(
+            f"none of the {len(found.scenes)} scene(s) found for AOI '{aoi.id}' was clear enough to use; "
+            "lower [read] min_aoi_clear_fraction or widen --start/--end"
+        )
+
+    nb = config.time.baseline_periods
+    with timer("composite"):
+        baseline = composite(stack, _span(periods[:nb], "baseline"), min_clear_obs=cc.min_clear_obs)
+        monitored = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods[nb:]]
+        progress("composite", 1, 1)
+
+    observations = []
+    with timer("change"):
+        for i, comp in enumerate(monitored):
+            progress("change per period", i, len(monitored))
+            cmap = detect_change(baseline, comp, cc)
+            objects = extract_objects(cmap, cc) if comp.count.any() else []
+            observations.append(
+                PeriodObservation(
+                    period=comp.period,
+                    objects=tuple(objects),
+                    observed=(comp.count >= cc.min_clear_obs) & inside,
+                    scene_ids=comp.scene_ids,
+                )
+            )
+        progress("change per period", len(monitored), len(monitored))
+        # The overall picture: baseline against the last periods (as many as the baseline spans).
+        after = composite(stack, _span(periods[-nb:], "after"), min_clear_obs=cc.min_clear_obs)
+        change = detect_change(baseline, after, cc)
+
+    with timer("track"):
+        ledger = build_ledger(
+            observations,
+            grid=grid,
+            config=config.track,
+            id_prefix=aoi.id,
+            min_area_m2=cc.min_area_m2,
+        )
+    structures = ledger.structures
+    berms: tuple[Any, ...] = ()
+    if config.berms.enabled:
+        with timer("berms"):
+            evidence = berm_evidence(baseline, after)
+            berms = tuple(extract_berms(evidence, grid, config.berms))
+            structures = tuple(ring_test(structures, evidence, grid, config.berms))
+
+    synthetic = any(s.synthetic for s in found.scenes)
+    result = RunResult(
+        aoi=aoi,
+        grid=grid,
+        config_fingerprint=config.fingerprint(),
+        scenes_used=tuple(s for s in found.scenes if any(s.id in ids for ids in stack.scene_ids)),
+        scenes_skipped=tuple(skipped),
+        before=baseline,
+        after=after,
+        change=change,
+        structures=tuple(structures),
+        min_mapping_unit_m2=cc.min_area_m2,
+        berms=berms,
+        counts=ledger.counts,
+        composites=(baseline, *monitored),
+        timings=timer.timings,
+        provenance=_provenance(config, found, stack, synthetic, read),
+    )
+    with timer("write"):
+        io.write(result, out_dir, config=config.output, progress=progress)
+    confirmed = sum(1 for s in structures if s.confirmed)
+    return RunSummary(
+        aoi_id=aoi.id,
+        out_dir=out_dir,
+        n_scenes=len(stack.times),
+        n_confirmed=confirmed,
+        n_candidates=len(structures) - confirmed,
+        synthetic=synthetic,
+    )
+
+
+def _provenance(
+    config: Config, found: Any, stack: Stack, synthetic: bool, read: Any
+) -> dict[str, Any]:
+    import rasterio
+
+    return {
+        "changedet_version": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "rasterio": rasterio.__version__,
+        "gdal": rasterio.__gdal_version__,
+        "catalog": found.source,
+        "collection": config.catalog.collection,
+        "time_range": [config.time.start.isoformat(), config.time.end.isoformat()],
+        "period": config.time.period,
+        "baseline_periods": config.time.baseline_periods,
+        "dates": [t.isoformat() for t in stack.times],
+        "search_notes": list(found.notes),
+        "bytes_fetched": getattr(read, "bytes_fetched", None),
+        "synthetic": synthetic,
+    }

@@ -1,0 +1,145 @@
+"""AOI loading, validation, repair and grid choice."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from shapely.geometry import LineString, Polygon, box
+
+from changedet.aoi import aoi_mask, grid_for, load_aois, safe_id, utm_epsg
+from changedet.config import AOIConfig
+from changedet.errors import AOIError
+
+KHOJIR_BOX = box(51.60, 35.57, 51.80, 35.70)
+
+
+def _write_geojson(path: Path, geometry: dict, **props: object) -> Path:
+    fc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": props, "geometry": geometry}]}
+    path.write_text(json.dumps(fc))
+    return path
+
+
+def test_bundled_aois_load_with_provenance(repo: Path) -> None:
+    for name, tile_epsg in (("khojir", 32639), ("modarres", 32639)):
+        (aoi,) = load_aois(repo / "aoi" / f"{name}.geojson")
+        assert aoi.id == name
+        assert aoi.properties["source"] and aoi.properties["confidence"]
+        assert grid_for(aoi).epsg == tile_epsg
+
+
+def test_modarres_site_point_inside_its_aoi(repo: Path) -> None:
+    from shapely.geometry import Point
+
+    (aoi,) = load_aois(repo / "aoi" / "modarres.geojson")
+    assert aoi.geometry.contains(Point(50.875, 35.625))
+
+
+def test_grid_is_snapped_utm_and_covers_aoi() -> None:
+    from changedet.models import AOI
+
+    aoi = AOI("k", "k", KHOJIR_BOX)
+    grid = grid_for(aoi)
+    assert grid.crs == "EPSG:32639" and grid.res == 10.0
+    x0, y0, x1, y1 = grid.bounds
+    assert all(v % 10 == 0 for v in (x0, y0, x1, y1))
+    from changedet.aoi import to_grid_crs
+
+    ax0, ay0, ax1, ay1 = to_grid_crs(KHOJIR_BOX, grid.crs).bounds
+    assert x0 <= ax0 < x0 + 10 and y0 <= ay0 < y0 + 10 and x1 - 10 < ax1 <= x1 and y1 - 10 < ay1 <= y1
+    mask = aoi_mask(aoi, grid)
+    assert mask.shape == grid.shape and 0.95 < mask.mean() <= 1.0
+
+
+def test_utm_zone_choice() -> None:
+    assert utm_epsg(51.7, 35.6) == 32639
+    assert utm_epsg(2.35, 48.85) == 32631
+    assert utm_epsg(-47.9, -15.8) == 32723
+
+
+def test_geopackage_and_shapefile_in_other_crs_are_reprojected(tmp_path: Path) -> None:
+    utm = gpd.GeoDataFrame({"id": ["site a"], "name": ["A"]}, geometry=[KHOJIR_BOX], crs=4326).to_crs(32639)
+    utm.to_file(tmp_path / "a.gpkg", driver="GPKG")
+    utm.to_file(tmp_path / "a.shp")
+    for path in (tmp_path / "a.gpkg", tmp_path / "a.shp"):
+        (aoi,) = load_aois(path)
+        assert aoi.id == "site-a"  # made safe for file names
+        assert aoi.geometry.symmetric_difference(KHOJIR_BOX).area < 1e-3 * KHOJIR_BOX.area
+
+
+def test_one_aoi_per_feature_with_unique_ids(tmp_path: Path) -> None:
+    frame = gpd.GeoDataFrame({"id": ["x", "x"]}, geometry=[box(51.6, 35.6, 51.61, 35.61), box(51.7, 35.6, 51.71, 35.61)], crs=4326)
+    frame.to_file(tmp_path / "two.geojson", driver="GeoJSON")
+    ids = [a.id for a in load_aois(tmp_path / "two.geojson")]
+    assert len(ids) == 2 and len(set(ids)) == 2
+
+
+def test_invalid_ring_is_repaired_with_a_warning(tmp_path: Path) -> None:
+    bowtie = {"type": "Polygon", "coordinates": [[[51.6, 35.6], [51.7, 35.7], [51.7, 35.6], [51.6, 35.7], [51.6, 35.6]]]}
+    path = _write_geojson(tmp_path / "bowtie.geojson", bowtie, id="bow")
+    with pytest.warns(UserWarning, match="repaired"):
+        (aoi,) = load_aois(path)
+    assert aoi.geometry.is_valid and aoi.geometry.area > 0
+
+
+@pytest.mark.parametrize(
+    ("geometry", "message"),
+    [
+        (LineString([(51.6, 35.6), (51.7, 35.7)]).__geo_interface__, "not a polygon"),
+        ({"type": "Point", "coordinates": [51.6, 35.6]}, "not a polygon"),
+    ],
+)
+def test_non_polygon_rejected(tmp_path: Path, geometry: dict, message: str) -> None:
+    path = _write_geojson(tmp_path / "bad.geojson", geometry, id="bad")
+    with pytest.raises(AOIError, match=message):
+        load_aois(path)
+
+
+def test_oversized_aoi_rejected(tmp_path: Path) -> None:
+    path = _write_geojson(tmp_path / "big.geojson", box(50, 34, 53, 37).__geo_interface__, id="big")
+    with pytest.raises(AOIError, match="above the 2500 km"):
+        load_aois(path)
+    assert load_aois(path, AOIConfig(max_area_km2=200_000.0))
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(AOIError, match="not found"):
+        load_aois(tmp_path / "nope.geojson")
+    junk = tmp_path / "junk.geojson"
+    junk.write_text("this is not json")
+    with pytest.raises(AOIError, match="could not be read"):
+        load_aois(junk)
+
+
+def test_empty_feature_collection_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "empty.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    with pytest.raises(AOIError):
+        load_aois(path)
+
+
+@pytest.mark.parametrize("raw", ["../../etc/passwd", "..", "/abs/path", "a/b\\c", "", "   "])
+def test_safe_id_never_escapes(raw: str) -> None:
+    out = safe_id(raw, "fallback")
+    assert "/" not in out and "\\" not in out and out not in ("", ".", "..")
+    assert not out.startswith(".")
+
+
+def test_polygon_with_hole_keeps_hole_out_of_mask() -> None:
+    from changedet.models import AOI
+
+    outer = box(51.60, 35.60, 51.64, 35.64)
+    hole = box(51.61, 35.61, 51.63, 35.63)
+    aoi = AOI("h", "h", Polygon(outer.exterior.coords, [hole.exterior.coords]))
+    grid = grid_for(aoi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mask = aoi_mask(aoi, grid)
+    expected = aoi.geometry.area / outer.area
+    assert abs(mask.mean() - expected) < 0.05
+    assert not mask[grid.height // 2, grid.width // 2]
+    assert np.any(mask)
