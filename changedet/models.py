@@ -112,7 +112,7 @@ class Grid:
 
     def window(self, row_off: int, col_off: int, height: int, width: int) -> Grid:
         """A sub-grid starting at (row_off, col_off)."""
-        t = self.transform * Affine.translation(col_off, row_off)
+        t = self.transform @ Affine.translation(col_off, row_off)
         return Grid(self.crs, t, width, height)
 
 
