@@ -112,6 +112,10 @@ class ReadConfig:
     retries: int = 3
     min_aoi_clear_fraction: float = 0.2  # scenes clearer than this inside the AOI are used
     probe_scl: bool = True  # read the cheap 20 m SCL window first to drop cloudy scenes
+    min_aoi_coverage: float = 0.01  # a scene with data on less than this share of the AOI is "outside AOI"
+    resampling: str = "bilinear"  # 20 m (and reprojected) reflectance bands onto the 10 m grid; SCL is always nearest
+    timeout_s: float = 30.0  # per HTTP request of an asset read
+    backoff_s: float = 0.5  # first retry delay of an asset read; doubles per retry
 
 
 @dataclass(frozen=True)
@@ -128,22 +132,34 @@ class MaskConfig:
     # A pixel SCL calls cloud on at least this fraction of dates is a bright roof, not a cloud: keep it.
     persistent_cloud_fraction: float = 0.6
     dilate_px: int = 1  # grow cloud and shadow masks by this many 10 m pixels
+    cloud_classes: tuple[int, ...] = (8, 9, 10)  # SCL classes the bright-roof rule looks at
+    persistent_min_dates: int = 5  # observations a pixel needs before the bright-roof rule applies
 
 
 @dataclass(frozen=True)
 class ChangeConfig:
     coregister: bool = True
     coreg_threshold_px: float = 0.25  # correct shifts larger than this (pixels)
-    z_threshold: float = 3.0  # robust z of the change score against the no-change distribution
+    z_threshold: float = 8.0  # robust z of the change score that seeds a change region
+    z_low: float = 3.0  # hysteresis: seeded regions grow through pixels with robust z >= this
     min_area_m2: float = 400.0  # minimum mapping unit (4 pixels at 10 m)
     min_clear_obs: int = 1  # per period and pixel
     split_objects: bool = True  # watershed-split merged blobs
+    smooth_sigma_px: float = 1.0  # Gaussian smoothing of the change evidence (spatial context)
+    n_classes: int = 8  # k-means land-cover classes for the class-conditional change
+    fill_holes: bool = True  # fill holes enclosed by a change region
 
 
 @dataclass(frozen=True)
 class TrackConfig:
     min_persistence: int = 2  # confirmed when present in >= N later clear periods (incl. first)
     match_iou: float = 0.1
+    match_overlap: float = 0.5  # ...or when the overlap covers this share of the smaller of the two
+    min_presence_fraction: float = 0.5  # present in >= this share of observed periods since first
+    min_observed_fraction: float = 0.5  # a structure is observed when this share of it is clear
+    drop_after_absent: int = 2  # an unconfirmed candidate absent this many clear periods in a row is dropped
+    vanish_after_absent: int = 3  # a confirmed structure absent this many clear periods in a row vanished
+    new_part_fraction: float = 0.5  # new pixels beside a known structure form a new one above this share
 
 
 @dataclass(frozen=True)
@@ -151,7 +167,12 @@ class BermConfig:
     enabled: bool = True
     ring_inner_m: float = 10.0
     ring_outer_m: float = 40.0
-    ring_threshold: float = 0.25
+    ring_threshold: float = 0.6  # share of angular sectors around a structure with berm pixels
+    evidence_threshold: float = 1.0  # ridge response (z units) that marks a berm pixel
+    min_pixels: int = 4  # berm-mask components smaller than this are specks
+    min_length_m: float = 50.0  # shortest berm line reported in berms.geojson
+    max_width_px: float = 3.0  # lines wider than this on average are blobs (buildings, plots)
+    sectors: int = 16  # angular sectors of the ring test
 
 
 @dataclass(frozen=True)
@@ -160,6 +181,7 @@ class OutputConfig:
     cogs: bool = True
     report: bool = True
     chips: bool = True
+    max_chips: int = 200  # evidence chips for the most confident structures only (keeps report.html small)
 
 
 @dataclass(frozen=True)

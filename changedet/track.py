@@ -1,0 +1,555 @@
+"""The structure ledger: change objects of each period matched over time into structures.
+
+Input is one `PeriodObservation` per period, in any order (sorted here by date): the change
+objects of that period's composite against the fixed baseline, and which pixels were observed
+(clear in both). The baseline periods themselves are passed too, with no objects: they are the
+"absent" evidence that opens the first-seen interval of structures that appear right after them.
+
+Per period, in date order:
+- each object is matched to open tracks by pixel overlap (IoU >= `match_iou`, or the overlap
+  covers >= `match_overlap` of the smaller of the two);
+- an object overlapping several tracks (a merge) marks all of them present; a track overlapping
+  several objects (a split) is present once and remembers the number of pieces;
+- object pixels outside every track either grow the matched track or, when they form a part of at
+  least the minimum mapping unit and `new_part_fraction` of the object, start a new track (a new
+  building beside an old one); unmatched objects start new tracks;
+- a track not present but observed (>= `min_observed_fraction` of its pixels clear) is absent.
+  An unconfirmed candidate absent `drop_after_absent` times in a row is dropped (closed); a
+  confirmed structure absent `vanish_after_absent` times in a row is marked vanished (closed).
+  Closed tracks free their pixels, so a later structure there gets a new track and a new id.
+
+A track is confirmed once present in >= `min_persistence` periods with a presence share of at
+least `min_presence_fraction` of the periods it was observed in since it first appeared.
+
+Ids are derived from what is fixed the moment a track is born — its first period label and the
+centroid of its first pixels, rounded to the grid — and every decision uses only past periods,
+so re-running gives the same ids and appending one more period keeps every existing id.
+
+Counts per period (`PeriodCount`): `new_confirmed` counts confirmed structures by their
+first-present period; `cumulative` sums them. `cumulative_high` adds confirmed structures whose
+first-seen interval has opened (they may already stand but were not yet seen: cloudy periods),
+extra pieces of persistent splits, and candidates the data cannot decide yet (too few later
+periods); `cumulative_low` removes confirmed structures that were only ever seen merged into one
+object with an older one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import shapely
+from scipy import ndimage
+
+from changedet.config import TrackConfig
+from changedet.errors import DataError
+from changedet.models import ChangeObject, Grid, Period, PeriodCount, Structure
+
+__all__ = [
+    "Ledger",
+    "PeriodObservation",
+    "build_ledger",
+    "counts_rows",
+    "footprint_geometry",
+    "rasterize_objects",
+]
+
+
+@dataclass(frozen=True)
+class PeriodObservation:
+    """One period's evidence for the ledger.
+
+    objects: change objects of this period's composite against the baseline (grid CRS geometry);
+    observed: (H, W) bool, pixels where this period's change was observable (both composites clear);
+    labels: optional (H, W) int label image whose value `obj.label` marks each object's pixels
+        (saves rasterising the polygons; objects whose label is absent are rasterised);
+    baseline: True for the baseline periods (no objects; their clear pixels count as "absent").
+    """
+
+    period: Period
+    objects: tuple[ChangeObject, ...]
+    observed: np.ndarray
+    scene_ids: tuple[str, ...] = ()
+    labels: np.ndarray | None = None
+    baseline: bool = False
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The result of `build_ledger`.
+
+    structures: confirmed and unconfirmed tracks (see `Structure.confirmed`, `.status`:
+        "active" | "vanished" | "dropped"), ordered by first-present period then id;
+    counts: one PeriodCount per observation period, in date order;
+    events: dicts {"period", "date", "event": "new" | "confirmed" | "vanished" | "dropped",
+        "structure_id", "confirmed"} in date order;
+    footprints: (H, W) int32, 0 = none, i + 1 = structures[i] (each pixel belongs to one track);
+    first_period: per structure, index into `periods` of its first present period;
+    periods: the observation periods in date order.
+    """
+
+    structures: tuple[Structure, ...]
+    counts: tuple[PeriodCount, ...]
+    events: tuple[dict[str, Any], ...]
+    footprints: np.ndarray
+    first_period: tuple[int, ...]
+    periods: tuple[Period, ...]
+    min_area_m2: float = 0.0
+
+    @property
+    def confirmed(self) -> tuple[Structure, ...]:
+        return tuple(s for s in self.structures if s.confirmed)
+
+    @property
+    def candidates(self) -> tuple[Structure, ...]:
+        """Unconfirmed tracks: reported separately, never counted."""
+        return tuple(s for s in self.structures if not s.confirmed)
+
+
+@dataclass
+class _Track:
+    index: int
+    born: int  # period index of first presence
+    pixels: np.ndarray  # sorted flat indices owned
+    hits: np.ndarray  # presence count per owned pixel
+    first_pixels: np.ndarray
+    present: dict[int, int] = field(default_factory=dict)  # period -> pieces
+    absent: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    shared: dict[int, set[int]] = field(default_factory=dict)  # period -> other tracks merged with
+    consecutive_absent: int = 0
+    confirmed_at: int | None = None
+    closed_at: int | None = None
+    status: str = "active"
+
+    def add_pixels(self, new: np.ndarray) -> None:
+        if new.size == 0:
+            return
+        self.pixels = np.concatenate([self.pixels, new])
+        self.hits = np.concatenate([self.hits, np.zeros(new.size, dtype=np.int32)])
+        order = np.argsort(self.pixels, kind="stable")
+        self.pixels, self.hits = self.pixels[order], self.hits[order]
+
+    def hit(self, pix: np.ndarray) -> None:
+        self.hits[np.isin(self.pixels, pix, assume_unique=True)] += 1
+
+
+def rasterize_objects(objects: Sequence[ChangeObject], grid: Grid) -> np.ndarray:
+    """(H, W) int32 label image: objects[i] → i + 1 (pixel centres inside the polygon)."""
+    from rasterio.features import rasterize
+
+    out = np.zeros(grid.shape, dtype=np.int32)
+    shapes = [
+        (obj.geometry, i + 1)
+        for i, obj in enumerate(objects)
+        if obj.geometry is not None and not obj.geometry.is_empty
+    ]
+    if shapes:
+        rasterize(shapes, out=out, transform=grid.transform, dtype="int32")
+    return out
+
+
+def _object_labels(obs: PeriodObservation, grid: Grid) -> np.ndarray:
+    """Label image with objects[i] → i + 1, from obs.labels when given, else by rasterising."""
+    if obs.labels is None:
+        return rasterize_objects(obs.objects, grid)
+    if obs.labels.shape != grid.shape:
+        raise DataError(f"period {obs.period.label}: labels shape {obs.labels.shape} != grid")
+    lut_size = int(obs.labels.max(initial=0)) + 1
+    lut = np.zeros(lut_size, dtype=np.int32)
+    for i, obj in enumerate(obs.objects):
+        if 0 < obj.label < lut_size:
+            lut[obj.label] = i + 1
+    return lut[np.clip(obs.labels, 0, lut_size - 1).astype(np.intp)]
+
+
+def footprint_geometry(mask: np.ndarray, grid: Grid) -> Any:
+    """Polygon(s) in the grid CRS tracing the pixel edges of a (H, W) bool mask."""
+    from rasterio.features import shapes
+
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return shapely.Polygon()
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    crop = np.ascontiguousarray(mask[r0:r1, c0:c1]).astype(np.uint8)
+    sub = grid.window(int(r0), int(c0), int(r1 - r0), int(c1 - c0))
+    polys = [
+        shapely.geometry.shape(g) for g, v in shapes(crop, mask=crop > 0, transform=sub.transform)
+    ]
+    return shapely.union_all(polys) if len(polys) > 1 else polys[0]
+
+
+def _stable_id(prefix: str, period: Period, first_pixels: np.ndarray, grid: Grid) -> str:
+    rows, cols = np.divmod(first_pixels, grid.width)
+    x, y = grid.transform @ (float(cols.mean()) + 0.5, float(rows.mean()) + 0.5)
+    res = grid.res or 1.0
+    key = f"{grid.crs}:{round(x / res) * res:.0f},{round(y / res) * res:.0f}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:6]
+    return f"{prefix}-{period.label}-{digest}" if prefix else f"{period.label}-{digest}"
+
+
+def _groups(labels: np.ndarray, n: int) -> list[np.ndarray]:
+    """Flat pixel indices per label 1..n."""
+    flat = labels.ravel()
+    nz = np.flatnonzero(flat)
+    vals = flat[nz]
+    order = np.argsort(vals, kind="stable")
+    nz, vals = nz[order], vals[order]
+    bounds = np.searchsorted(vals, np.arange(1, n + 2))
+    return [nz[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+def _components(pix: np.ndarray, width: int) -> list[np.ndarray]:
+    """8-connected components of a set of flat pixel indices."""
+    if pix.size == 0:
+        return []
+    rows, cols = np.divmod(pix, width)
+    r0, c0 = rows.min(), cols.min()
+    crop = np.zeros((rows.max() - r0 + 1, cols.max() - c0 + 1), dtype=bool)
+    crop[rows - r0, cols - c0] = True
+    lab, n = ndimage.label(crop, structure=np.ones((3, 3), dtype=bool))
+    comp = lab[rows - r0, cols - c0]
+    return [pix[comp == k] for k in range(1, n + 1)]
+
+
+def build_ledger(
+    observations: Sequence[PeriodObservation],
+    *,
+    grid: Grid,
+    config: TrackConfig,
+    id_prefix: str = "",
+    min_area_m2: float = 0.0,
+    aoi_mask: np.ndarray | None = None,
+) -> Ledger:
+    """Match objects over periods into structures; first-seen intervals, persistence, counts.
+
+    min_area_m2: minimum mapping unit; new parts smaller than this are growth, not structures.
+    aoi_mask: (H, W) bool, pixels inside the AOI, for `PeriodCount.clear_fraction` (all if None).
+    """
+    obs = sorted(observations, key=lambda o: (o.period.start, o.period.end))
+    periods = tuple(o.period for o in obs)
+    for o in obs:
+        if o.observed.shape != grid.shape:
+            raise DataError(f"period {o.period.label}: observed shape {o.observed.shape} != grid")
+    n_pix = grid.width * grid.height
+    min_pixels = max(1, math.ceil(min_area_m2 / grid.pixel_area_m2 - 1e-9))
+    owner = np.full(n_pix, -1, dtype=np.int64)
+    tracks: list[_Track] = []
+    open_tracks: list[int] = []
+    had_object: list[np.ndarray] = []  # per period, flat bool: pixel inside some object
+
+    for k, o in enumerate(obs):
+        labels = _object_labels(o, grid) if o.objects else np.zeros(grid.shape, np.int32)
+        had_object.append(labels.ravel() > 0)
+        groups = _groups(labels, len(o.objects)) if o.objects else []
+        present_now: dict[int, int] = {}
+        for i, pix in enumerate(groups):
+            if pix.size == 0:
+                continue
+            obj = o.objects[i]
+            owners = owner[pix]
+            owned = owners[owners >= 0]
+            matched: list[tuple[int, int]] = []  # (overlap, track)
+            if owned.size:
+                ids, counts = np.unique(owned, return_counts=True)
+                for t, c in zip(ids.tolist(), counts.tolist(), strict=True):
+                    size_t = tracks[t].pixels.size
+                    iou = c / (pix.size + size_t - c)
+                    cover = c / min(pix.size, size_t)
+                    if iou >= config.match_iou or cover >= config.match_overlap:
+                        matched.append((c, t))
+            free = pix[owners < 0]
+            if not matched:
+                if free.size >= min_pixels:
+                    _new_track(tracks, open_tracks, owner, free, k, obj)
+                continue
+            matched.sort(key=lambda ct: (-ct[0], ct[1]))
+            main = matched[0][1]
+            for _c, t in matched:
+                tr = tracks[t]
+                tr.hit(pix[owners == t])
+                present_now[t] = present_now.get(t, 0) + 1
+                tr.confidences.append(float(obj.confidence))
+                if len(matched) > 1:
+                    tr.shared.setdefault(k, set()).update(m for _, m in matched if m != t)
+            growth: list[np.ndarray] = []
+            for comp in _components(free, grid.width):
+                if comp.size >= min_pixels and comp.size >= config.new_part_fraction * pix.size:
+                    _new_track(tracks, open_tracks, owner, comp, k, obj)
+                else:
+                    growth.append(comp)
+            if growth:
+                grown = np.concatenate(growth)
+                owner[grown] = main
+                tracks[main].add_pixels(grown)
+                tracks[main].hit(grown)
+
+        observed = o.observed.ravel()
+        still_open: list[int] = []
+        for t in open_tracks:
+            tr = tracks[t]
+            if tr.born == k and t not in present_now:
+                present_now[t] = 1  # born this period
+            if t in present_now:
+                tr.present[k] = present_now[t]
+                tr.consecutive_absent = 0
+                if tr.confirmed_at is None and _is_confirmed(tr, config):
+                    tr.confirmed_at = k
+                still_open.append(t)
+                continue
+            if observed[tr.pixels].mean() >= config.min_observed_fraction:
+                tr.absent.append(k)
+                tr.consecutive_absent += 1
+                limit = (
+                    config.vanish_after_absent
+                    if tr.confirmed_at is not None
+                    else config.drop_after_absent
+                )
+                if tr.consecutive_absent >= limit:
+                    tr.closed_at = k
+                    tr.status = "vanished" if tr.confirmed_at is not None else "dropped"
+                    owner[tr.pixels[owner[tr.pixels] == t]] = -1
+                    continue
+            still_open.append(t)
+        open_tracks = still_open
+
+    return _finish(obs, periods, tracks, had_object, grid, config, id_prefix, min_area_m2, aoi_mask)
+
+
+def _new_track(
+    tracks: list[_Track],
+    open_tracks: list[int],
+    owner: np.ndarray,
+    pix: np.ndarray,
+    k: int,
+    obj: ChangeObject,
+) -> None:
+    pix = np.sort(pix)
+    t = len(tracks)
+    tr = _Track(index=t, born=k, pixels=pix, hits=np.ones(pix.size, np.int32), first_pixels=pix)
+    tr.confidences.append(float(obj.confidence))
+    tracks.append(tr)
+    open_tracks.append(t)
+    owner[pix] = t
+
+
+def _is_confirmed(tr: _Track, config: TrackConfig) -> bool:
+    n_present = len(tr.present)
+    observed = n_present + len(tr.absent)
+    return n_present >= config.min_persistence and (
+        n_present / max(observed, 1) >= config.min_presence_fraction
+    )
+
+
+def _observed_fraction(observed: np.ndarray, pixels: np.ndarray) -> float:
+    return float(observed.ravel()[pixels].mean()) if pixels.size else 0.0
+
+
+def _finish(
+    obs: Sequence[PeriodObservation],
+    periods: tuple[Period, ...],
+    tracks: list[_Track],
+    had_object: list[np.ndarray],
+    grid: Grid,
+    config: TrackConfig,
+    id_prefix: str,
+    min_area_m2: float,
+    aoi_mask: np.ndarray | None,
+) -> Ledger:
+    n_periods = len(periods)
+    # Ids first (stable: born period + first pixels), de-duplicated in birth order.
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for tr in tracks:
+        base = _stable_id(id_prefix, periods[tr.born], tr.first_pixels, grid)
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+
+    built: list[tuple[int, str, Structure, int]] = []
+    footprint = np.zeros(grid.width * grid.height, dtype=np.int32)
+    events: list[tuple[int, int, dict[str, Any]]] = []
+    split_extra: dict[int, int] = {}
+    merged_only: set[int] = set()
+    pending: set[int] = set()
+    for tr in tracks:
+        n_present = len(tr.present)
+        core_min = max(1, math.ceil(0.5 * n_present))
+        core = tr.pixels[tr.hits >= core_min]
+        if core.size == 0:
+            core = tr.pixels
+        # Last clear period before birth where the place showed no change: the interval opens there.
+        last_absent: int | None = None
+        for j in range(tr.born - 1, -1, -1):
+            seen_clear = _observed_fraction(obs[j].observed, core) >= config.min_observed_fraction
+            if seen_clear and had_object[j][core].mean() < 0.5:
+                last_absent = j
+                break
+        end_k = tr.closed_at if tr.closed_at is not None else n_periods - 1
+        n_clear = sum(
+            1
+            for j in range(tr.born, end_k + 1)
+            if j in tr.present
+            or _observed_fraction(obs[j].observed, core) >= config.min_observed_fraction
+        )
+        confirmed = tr.confirmed_at is not None
+        presence = n_present / max(n_present + len(tr.absent), 1)
+        mean_conf = float(np.mean(tr.confidences)) if tr.confidences else 0.0
+        confidence = float(
+            np.clip(
+                mean_conf * presence * min(1.0, n_present / max(config.min_persistence, 1)), 0, 1
+            )
+        )
+        scenes: list[str] = []
+        for src in (last_absent, tr.born, tr.confirmed_at):
+            if src is not None:
+                scenes.extend(s for s in obs[src].scene_ids if s not in scenes)
+        mask = np.zeros(grid.width * grid.height, dtype=bool)
+        mask[core] = True
+        geom = footprint_geometry(mask.reshape(grid.shape), grid)
+        vanished_after = None
+        if tr.status == "vanished":
+            vanished_after = periods[max(tr.present)].end
+        structure = Structure(
+            id=ids[tr.index],
+            geometry=geom,
+            area_m2=float(core.size * grid.pixel_area_m2),
+            confidence=round(confidence, 4),
+            first_seen_start=periods[last_absent].start if last_absent is not None else None,
+            first_seen_end=periods[tr.born].end,
+            confirmed=confirmed,
+            n_clear_obs=n_clear,
+            source_scenes=tuple(scenes),
+            status=tr.status,
+            vanished_after=vanished_after,
+        )
+        built.append((tr.born, ids[tr.index], structure, tr.index))
+        events.append((tr.born, 0, _event(periods[tr.born], "new", structure)))
+        if tr.confirmed_at is not None:
+            events.append(
+                (tr.confirmed_at, 1, _event(periods[tr.confirmed_at], "confirmed", structure))
+            )
+        if tr.closed_at is not None:
+            events.append((tr.closed_at, 2, _event(periods[tr.closed_at], tr.status, structure)))
+        if confirmed:
+            pieces = sorted(tr.present.values(), reverse=True)
+            if len(pieces) >= config.min_persistence:
+                split_extra[tr.index] = max(0, pieces[config.min_persistence - 1] - 1)
+            # Seen only merged into one object with an older confirmed track: maybe the same building.
+            if tr.present and all(
+                any(
+                    tracks[m].confirmed_at is not None
+                    and tracks[m].born <= tr.born
+                    and m < tr.index
+                    for m in tr.shared.get(j, ())
+                )
+                for j in tr.present
+            ):
+                merged_only.add(tr.index)
+        else:
+            observed_after = n_present + len(tr.absent)
+            undecided = tr.closed_at is None and observed_after < config.min_persistence
+            if undecided and n_present == observed_after:
+                pending.add(tr.index)
+
+    built.sort(key=lambda b: (b[0], b[1]))
+    structures = tuple(b[2] for b in built)
+    first_period = tuple(b[0] for b in built)
+    for pos, (_born, _id, _s, t) in enumerate(built):
+        tr = tracks[t]
+        core_min = max(1, math.ceil(0.5 * len(tr.present)))
+        core = tr.pixels[tr.hits >= core_min]
+        core = core if core.size else tr.pixels
+        free = footprint[core] == 0
+        footprint[core[free]] = pos + 1
+
+    counts = _counts(obs, periods, tracks, built, split_extra, merged_only, pending, aoi_mask)
+    events.sort(key=lambda e: (e[0], e[1], e[2]["structure_id"]))
+    return Ledger(
+        structures=structures,
+        counts=counts,
+        events=tuple(e[2] for e in events),
+        footprints=footprint.reshape(grid.shape),
+        first_period=first_period,
+        periods=periods,
+        min_area_m2=min_area_m2,
+    )
+
+
+def _event(period: Period, kind: str, s: Structure) -> dict[str, Any]:
+    return {
+        "period": period.label,
+        "date": period.start.isoformat(),
+        "event": kind,
+        "structure_id": s.id,
+        "confirmed": s.confirmed,
+    }
+
+
+def _counts(
+    obs: Sequence[PeriodObservation],
+    periods: tuple[Period, ...],
+    tracks: list[_Track],
+    built: list[tuple[int, str, Structure, int]],
+    split_extra: dict[int, int],
+    merged_only: set[int],
+    pending: set[int],
+    aoi_mask: np.ndarray | None,
+) -> tuple[PeriodCount, ...]:
+    out: list[PeriodCount] = []
+    cumulative = 0
+    for k, p in enumerate(periods):
+        new = sum(1 for born, _i, s, _t in built if s.confirmed and born == k)
+        cumulative += new
+        low = cumulative - sum(1 for born, _i, s, t in built if t in merged_only and born <= k)
+        high = 0
+        for born, _i, s, t in built:
+            if s.confirmed:
+                opened = s.first_seen_start is None or s.first_seen_start < p.end
+                if born <= k or opened:
+                    high += 1
+                if born <= k:
+                    high += split_extra.get(t, 0)
+            elif t in pending and born <= k:
+                high += 1
+        observed = obs[k].observed
+        if aoi_mask is not None:
+            clear = float(observed[aoi_mask].mean()) if aoi_mask.any() else 0.0
+        else:
+            clear = float(observed.mean())
+        out.append(
+            PeriodCount(
+                period=p,
+                new_confirmed=new,
+                cumulative=cumulative,
+                cumulative_low=max(0, low),
+                cumulative_high=max(high, cumulative),
+                clear_fraction=round(clear, 4),
+            )
+        )
+    return tuple(out)
+
+
+def counts_rows(
+    counts: Sequence[PeriodCount], *, min_area_m2: float | None = None
+) -> list[dict[str, Any]]:
+    """Rows for counts.csv: one per period, plain values (dates as ISO strings)."""
+    rows: list[dict[str, Any]] = []
+    for c in counts:
+        row: dict[str, Any] = {
+            "period": c.period.label,
+            "start": c.period.start.isoformat(),
+            "end": (c.period.end).isoformat(),
+            "new_confirmed": c.new_confirmed,
+            "cumulative": c.cumulative,
+            "cumulative_low": c.cumulative_low,
+            "cumulative_high": c.cumulative_high,
+            "clear_fraction": c.clear_fraction,
+        }
+        if min_area_m2 is not None:
+            row["min_mapping_unit_m2"] = min_area_m2
+        rows.append(row)
+    return rows

@@ -1,0 +1,59 @@
+"""Periods and baseline choice: known calendar answers."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import date
+
+import pytest
+
+from changedet.errors import ConfigError, NoScenesError
+from changedet.models import Period
+from changedet.periods import baseline_indices, baseline_period, make_periods, period_index
+
+
+def test_months_are_calendar_aligned_and_clipped() -> None:
+    ps = make_periods(date(2023, 6, 15), date(2023, 9, 10), "month")
+    assert [p.label for p in ps] == ["2023-06", "2023-07", "2023-08", "2023-09"]
+    assert ps[0] == Period(date(2023, 6, 15), date(2023, 7, 1), "2023-06")
+    assert ps[-1] == Period(date(2023, 9, 1), date(2023, 9, 11), "2023-09")  # end inclusive
+    assert all(a.end == b.start for a, b in itertools.pairwise(ps))
+
+
+def test_months_cross_year_boundary() -> None:
+    ps = make_periods(date(2023, 11, 1), date(2024, 2, 29), "month")
+    assert [p.label for p in ps] == ["2023-11", "2023-12", "2024-01", "2024-02"]
+    assert ps[-1].end == date(2024, 3, 1)
+
+
+def test_quarters() -> None:
+    ps = make_periods(date(2023, 6, 1), date(2024, 6, 30), "quarter")
+    assert [p.label for p in ps] == ["2023-Q2", "2023-Q3", "2023-Q4", "2024-Q1", "2024-Q2"]
+    assert ps[0].start == date(2023, 6, 1) and ps[1] == Period(
+        date(2023, 7, 1), date(2023, 10, 1), "2023-Q3"
+    )
+
+
+def test_single_day_range_and_errors() -> None:
+    (p,) = make_periods(date(2023, 2, 28), date(2023, 2, 28), "month")
+    assert p.contains(date(2023, 2, 28)) and not p.contains(date(2023, 3, 1))
+    with pytest.raises(ConfigError, match="before start"):
+        make_periods(date(2023, 2, 1), date(2023, 1, 1), "month")
+    with pytest.raises(ConfigError, match="month, quarter"):
+        make_periods(date(2023, 1, 1), date(2023, 2, 1), "week")
+
+
+def test_period_index() -> None:
+    ps = make_periods(date(2023, 1, 1), date(2023, 3, 31), "month")
+    assert period_index(ps, date(2023, 2, 28)) == 1
+    assert period_index(ps, date(2023, 4, 1)) is None
+
+
+def test_baseline_skips_cloudy_periods() -> None:
+    ps = make_periods(date(2023, 1, 1), date(2023, 6, 30), "month")
+    idx = baseline_indices(ps, [0.9, 0.05, 0.6, 0.8, 1, 1], baseline_periods=2)
+    assert idx == (0, 2)
+    bp = baseline_period(ps, idx)
+    assert bp == Period(date(2023, 1, 1), date(2023, 4, 1), "baseline")
+    with pytest.raises(NoScenesError, match="no period"):
+        baseline_indices(ps, [0.0] * 6, baseline_periods=2)

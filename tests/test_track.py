@@ -1,0 +1,232 @@
+"""Known-answer tests of the structure ledger on small synthetic change objects."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pytest
+
+from changedet.config import TrackConfig
+from changedet.models import ChangeObject, Grid
+from changedet.periods import make_periods
+from changedet.track import (
+    PeriodObservation,
+    build_ledger,
+    counts_rows,
+    footprint_geometry,
+    rasterize_objects,
+)
+
+GRID = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 40, 40)
+PERIODS = make_periods(date(2023, 1, 1), date(2023, 10, 31), "month")  # 10 months
+CFG = TrackConfig()
+
+
+def box(r0: int, c0: int, h: int, w: int) -> np.ndarray:
+    m = np.zeros(GRID.shape, dtype=bool)
+    m[r0 : r0 + h, c0 : c0 + w] = True
+    return m
+
+
+A = box(5, 5, 3, 4)  # 12 px
+B = box(20, 20, 4, 4)  # 16 px
+C = box(5, 10, 3, 4)  # beside A with a one-pixel gap
+
+
+def obj(mask: np.ndarray, label: int = 1, confidence: float = 0.8) -> ChangeObject:
+    geom = footprint_geometry(mask, GRID)
+    n = int(mask.sum())
+    return ChangeObject(label, geom, n * 100.0, n, confidence, 4.0, 0.9)
+
+
+def series(
+    presence: dict[int, list[np.ndarray]],
+    *,
+    cloudy: tuple[int, ...] = (),
+    n: int = len(PERIODS),
+) -> list[PeriodObservation]:
+    """Period 0 is the baseline; presence maps period index → masks of objects seen then."""
+    out = []
+    for k in range(n):
+        observed = np.zeros(GRID.shape, bool) if k in cloudy else np.ones(GRID.shape, bool)
+        objs = tuple(obj(m, i + 1) for i, m in enumerate(presence.get(k, [])))
+        out.append(
+            PeriodObservation(PERIODS[k], objs, observed, scene_ids=(f"S{k}",), baseline=(k == 0))
+        )
+    return out
+
+
+def run(observations: list[PeriodObservation], **kw: object):  # type: ignore[no-untyped-def]
+    return build_ledger(observations, grid=GRID, config=CFG, id_prefix="t", min_area_m2=400.0, **kw)
+
+
+def test_two_buildings_counted_with_first_seen_intervals() -> None:
+    pres = {k: [A] for k in range(3, 10)}
+    for k in range(6, 10):
+        pres[k] = [A, B]
+    ledger = run(series(pres))
+    conf = ledger.confirmed
+    assert len(conf) == 2 and not ledger.candidates
+    a = next(s for s in conf if s.area_m2 == 1200.0)
+    b = next(s for s in conf if s.area_m2 == 1600.0)
+    # Absent in period 2 (all clear), present in 3 → [start of 2, end of 3).
+    assert (a.first_seen_start, a.first_seen_end) == (PERIODS[2].start, PERIODS[3].end)
+    assert (b.first_seen_start, b.first_seen_end) == (PERIODS[5].start, PERIODS[6].end)
+    assert a.source_scenes[:2] == ("S2", "S3")
+    assert a.n_clear_obs == 7 and b.n_clear_obs == 4
+    cum = [c.cumulative for c in ledger.counts]
+    assert cum == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    assert [c.new_confirmed for c in ledger.counts] == [0, 0, 0, 1, 0, 0, 1, 0, 0, 0]
+    # The high bound counts a structure from the period its interval opens (it may stand then).
+    assert [c.cumulative_high for c in ledger.counts] == [0, 0, 1, 1, 1, 2, 2, 2, 2, 2]
+    assert all(c.cumulative_low == c.cumulative for c in ledger.counts)
+    # Footprint raster matches the structures.
+    assert (ledger.footprints > 0).sum() == 28
+    idx = ledger.structures.index(a) + 1
+    assert np.array_equal(ledger.footprints == idx, A)
+    ev = [(e["period"], e["event"]) for e in ledger.events if e["structure_id"] == a.id]
+    assert ev == [("2023-04", "new"), ("2023-05", "confirmed")]
+
+
+def test_cloudy_period_widens_interval_and_high_bound() -> None:
+    pres = {k: [B] for k in range(5, 10)}
+    ledger = run(series(pres, cloudy=(4,)))
+    (b,) = ledger.confirmed
+    # Period 4 unobserved: the last clear absence is period 3.
+    assert (b.first_seen_start, b.first_seen_end) == (PERIODS[3].start, PERIODS[5].end)
+    highs = [c.cumulative_high for c in ledger.counts]
+    assert highs[3] == 1 and highs[4] == 1 and ledger.counts[4].cumulative == 0
+    assert ledger.counts[4].clear_fraction == 0.0 and ledger.counts[3].clear_fraction == 1.0
+
+
+def test_single_period_noise_is_a_candidate_never_counted() -> None:
+    pres = {k: [A] for k in range(2, 10)}
+    pres[4] = [A, B]  # B only once
+    ledger = run(series(pres))
+    assert len(ledger.confirmed) == 1
+    (cand,) = ledger.candidates
+    assert cand.area_m2 == 1600.0 and cand.status == "dropped" and not cand.confirmed
+    assert ledger.counts[-1].cumulative == 1 and ledger.counts[-1].cumulative_high == 1
+    assert any(e["event"] == "dropped" and e["structure_id"] == cand.id for e in ledger.events)
+
+
+def test_last_period_candidate_is_pending_in_high_bound_only() -> None:
+    pres = {k: [A] for k in range(2, 10)}
+    pres[9] = [A, B]
+    ledger = run(series(pres))
+    last = ledger.counts[-1]
+    assert last.cumulative == 1 and last.cumulative_high == 2
+    assert len(ledger.candidates) == 1 and ledger.candidates[0].status == "active"
+
+
+def test_confirmed_structure_that_disappears_is_flagged_vanished() -> None:
+    pres = {k: [A] for k in range(2, 6)}
+    ledger = run(series(pres))
+    (a,) = ledger.structures
+    assert a.confirmed and a.status == "vanished"
+    assert a.vanished_after == PERIODS[5].end
+    (ev,) = [e for e in ledger.events if e["event"] == "vanished"]
+    assert ev["period"] == PERIODS[8].label  # third clear absence in a row
+    assert ledger.counts[-1].cumulative == 1  # it was built: still counted
+
+
+def test_short_gap_does_not_vanish() -> None:
+    pres = {k: [A] for k in (2, 3, 4, 7, 8, 9)}  # absent in 5 and 6 only
+    ledger = run(series(pres))
+    (a,) = ledger.structures
+    assert a.status == "active" and a.confirmed
+
+
+def test_persistent_split_raises_high_bound() -> None:
+    left, right = box(20, 20, 4, 3), box(20, 24, 4, 3)
+    pres = {2: [box(20, 20, 4, 7)]}
+    for k in range(3, 10):
+        pres[k] = [left, right]
+    ledger = run(series(pres))
+    assert len(ledger.confirmed) == 1
+    assert ledger.counts[-1].cumulative == 1 and ledger.counts[-1].cumulative_high == 2
+
+
+def test_new_building_merged_into_old_blob_is_a_new_structure() -> None:
+    pres = {k: [A] for k in range(2, 10)}
+    merged = A | C | box(5, 9, 3, 1)  # C touches A through the gap column
+    for k in range(6, 10):
+        pres[k] = [merged]
+    ledger = run(series(pres))
+    assert len(ledger.confirmed) == 2
+    new = [s for s in ledger.confirmed if s.first_seen_end == PERIODS[6].end]
+    assert len(new) == 1 and new[0].area_m2 >= 1200.0
+    assert ledger.counts[-1].cumulative == 2
+
+
+def test_small_growth_stays_with_its_structure() -> None:
+    pres = {k: [A] for k in range(2, 5)}
+    for k in range(5, 10):
+        pres[k] = [A | box(8, 5, 1, 4)]  # one more row: 4 px of growth, below the MMU
+    ledger = run(series(pres))
+    (a,) = ledger.structures
+    assert a.confirmed and a.area_m2 == 1600.0
+
+
+def test_noise_before_a_building_does_not_take_its_date() -> None:
+    pres = {2: [B]}  # one-off noise where B will stand
+    for k in range(6, 10):
+        pres[k] = [B]
+    ledger = run(series(pres))
+    (b,) = ledger.confirmed
+    assert b.first_seen_end == PERIODS[6].end and b.first_seen_start == PERIODS[5].start
+    assert len(ledger.candidates) == 1
+
+
+def test_ids_are_stable_on_rerun_and_when_extended() -> None:
+    pres = {k: [A] for k in range(2, 10)}
+    for k in range(5, 10):
+        pres[k] = [A, B]
+    full = run(series(pres))
+    again = run(series(pres))
+    shorter = run(series(pres, n=9))
+    assert [s.id for s in full.structures] == [s.id for s in again.structures]
+    assert [s.id for s in shorter.structures] == [s.id for s in full.structures]
+    assert len({s.id for s in full.structures}) == 2
+    assert all(s.id.startswith("t-2023-") for s in full.structures)
+    # Extending can only confirm more, never change what was known about existing ids.
+    short_by_id = {s.id: s for s in shorter.structures}
+    for s in full.structures:
+        assert s.first_seen_start == short_by_id[s.id].first_seen_start
+        assert s.first_seen_end == short_by_id[s.id].first_seen_end
+
+
+def test_label_image_input_matches_rasterised_polygons() -> None:
+    objs = (obj(A, 7), obj(B, 3))
+    labels = np.zeros(GRID.shape, np.int32)
+    labels[A], labels[B] = 7, 3
+    raster = rasterize_objects(objs, GRID)
+    assert np.array_equal(raster > 0, A | B)
+    obs_poly = [
+        PeriodObservation(PERIODS[k], objs if k else (), np.ones(GRID.shape, bool))
+        for k in range(5)
+    ]
+    obs_lab = [
+        PeriodObservation(
+            PERIODS[k], objs if k else (), np.ones(GRID.shape, bool), labels=labels if k else None
+        )
+        for k in range(5)
+    ]
+    a, b = run(obs_poly), run(obs_lab)
+    assert [s.id for s in a.structures] == [s.id for s in b.structures]
+    assert np.array_equal(a.footprints, b.footprints)
+
+
+def test_counts_rows_for_csv() -> None:
+    ledger = run(series({k: [A] for k in range(2, 10)}))
+    rows = counts_rows(ledger.counts, min_area_m2=400.0)
+    assert len(rows) == len(PERIODS)
+    assert rows[3]["period"] == "2023-04" and rows[3]["cumulative"] == 1
+    assert rows[0]["min_mapping_unit_m2"] == 400.0 and rows[0]["start"] == "2023-01-01"
+
+
+def test_observed_shape_mismatch_is_refused() -> None:
+    bad = [PeriodObservation(PERIODS[0], (), np.ones((3, 3), bool))]
+    with pytest.raises(ValueError, match="observed shape"):
+        run(bad)
