@@ -112,7 +112,9 @@ class ReadConfig:
     retries: int = 3
     min_aoi_clear_fraction: float = 0.2  # scenes clearer than this inside the AOI are used
     probe_scl: bool = True  # read the cheap 20 m SCL window first to drop cloudy scenes
-    min_aoi_coverage: float = 0.01  # a scene with data on less than this share of the AOI is "outside AOI"
+    min_aoi_coverage: float = (
+        0.01  # a scene with data on less than this share of the AOI is "outside AOI"
+    )
     resampling: str = "bilinear"  # 20 m (and reprojected) reflectance bands onto the 10 m grid; SCL is always nearest
     timeout_s: float = 30.0  # per HTTP request of an asset read
     backoff_s: float = 0.5  # first retry delay of an asset read; doubles per retry
@@ -157,9 +159,15 @@ class TrackConfig:
     match_overlap: float = 0.5  # ...or when the overlap covers this share of the smaller of the two
     min_presence_fraction: float = 0.5  # present in >= this share of observed periods since first
     min_observed_fraction: float = 0.5  # a structure is observed when this share of it is clear
-    drop_after_absent: int = 2  # an unconfirmed candidate absent this many clear periods in a row is dropped
-    vanish_after_absent: int = 3  # a confirmed structure absent this many clear periods in a row vanished
-    new_part_fraction: float = 0.5  # new pixels beside a known structure form a new one above this share
+    drop_after_absent: int = (
+        2  # an unconfirmed candidate absent this many clear periods in a row is dropped
+    )
+    vanish_after_absent: int = (
+        3  # a confirmed structure absent this many clear periods in a row vanished
+    )
+    new_part_fraction: float = (
+        0.5  # new pixels beside a known structure form a new one above this share
+    )
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,9 @@ class OutputConfig:
     cogs: bool = True
     report: bool = True
     chips: bool = True
-    max_chips: int = 200  # evidence chips for the most confident structures only (keeps report.html small)
+    max_chips: int = (
+        200  # evidence chips for the most confident structures only (keeps report.html small)
+    )
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from changedet.config import Config
 from changedet.errors import ConfigError, NoScenesError, OutputError
 from changedet.models import (
     AOI,
+    Berm,
     Grid,
     Period,
     Progress,
@@ -31,6 +32,7 @@ from changedet.models import (
     Scene,
     SkippedScene,
     Stack,
+    Structure,
     no_progress,
 )
 
@@ -256,7 +258,7 @@ def run_aoi(
     io: PipelineIO | None = None,
 ) -> RunSummary:
     """Process one AOI end to end and write OUT/<aoi_id>/ atomically."""
-    from changedet.berms import berm_evidence, extract_berms, ring_test
+    from changedet.berms import berm_evidence, extract_berms, link_berms, ring_test
     from changedet.change import detect_change
     from changedet.composite import composite
     from changedet.objects import extract_objects
@@ -299,20 +301,32 @@ def run_aoi(
     nb = config.time.baseline_periods
     with timer("composite"):
         baseline = composite(stack, _span(periods[:nb], "baseline"), min_clear_obs=cc.min_clear_obs)
-        monitored = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods[nb:]]
+        per_period = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods]
         progress("composite", 1, 1)
 
-    observations = []
+    # Baseline periods tell the ledger where a structure was clearly absent.
+    observations = [
+        PeriodObservation(
+            period=comp.period,
+            objects=(),
+            observed=(comp.count >= cc.min_clear_obs) & inside,
+            scene_ids=comp.scene_ids,
+            baseline=True,
+        )
+        for comp in per_period[:nb]
+    ]
+    monitored = per_period[nb:]
     with timer("change"):
         for i, comp in enumerate(monitored):
             progress("change per period", i, len(monitored))
             cmap = detect_change(baseline, comp, cc)
-            objects = extract_objects(cmap, cc) if comp.count.any() else []
+            observed = np.isfinite(cmap.score) & inside
+            objects = extract_objects(cmap, cc) if observed.any() else []
             observations.append(
                 PeriodObservation(
                     period=comp.period,
                     objects=tuple(objects),
-                    observed=(comp.count >= cc.min_clear_obs) & inside,
+                    observed=observed,
                     scene_ids=comp.scene_ids,
                 )
             )
@@ -328,14 +342,20 @@ def run_aoi(
             config=config.track,
             id_prefix=aoi.id,
             min_area_m2=cc.min_area_m2,
+            aoi_mask=inside,
         )
-    structures = ledger.structures
-    berms: tuple[Any, ...] = ()
+    structures: tuple[Structure, ...] = ledger.structures
+    berms: tuple[Berm, ...] = ()
     if config.berms.enabled:
         with timer("berms"):
-            evidence = berm_evidence(baseline, after)
-            berms = tuple(extract_berms(evidence, grid, config.berms))
-            structures = tuple(ring_test(structures, evidence, grid, config.berms))
+            # New roofs' own edges look like ridges: keep them out of the berm evidence.
+            evidence = berm_evidence(baseline, after, exclude=ledger.footprints > 0)
+            structures = tuple(
+                ring_test(structures, evidence, grid, config.berms, footprints=ledger.footprints)
+            )
+            berms = tuple(
+                link_berms(extract_berms(evidence, grid, config.berms), structures, config.berms)
+            )
 
     synthetic = any(s.synthetic for s in found.scenes)
     result = RunResult(
@@ -351,7 +371,7 @@ def run_aoi(
         min_mapping_unit_m2=cc.min_area_m2,
         berms=berms,
         counts=ledger.counts,
-        composites=(baseline, *monitored),
+        composites=tuple(per_period),
         timings=timer.timings,
         provenance=_provenance(config, found, stack, synthetic, read),
     )

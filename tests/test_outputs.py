@@ -1,0 +1,621 @@
+"""Every run output: GeoJSON against RFC 7946, the GeoPackage and its QGIS styles through OGR,
+COGs, counts.csv and run.json, and the atomic swap of the output folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sqlite3
+import xml.etree.ElementTree as ET
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from pyproj import Transformer
+from shapely.geometry import LineString, Polygon, box, shape
+
+from changedet.config import OutputConfig
+from changedet.errors import OutputError
+from changedet.models import (
+    AOI,
+    Berm,
+    ChangeMap,
+    Composite,
+    Grid,
+    Period,
+    PeriodCount,
+    RunResult,
+    Scene,
+    SkippedScene,
+    Structure,
+)
+from changedet.outputs import (
+    BERM_PROPERTIES,
+    GPKG_LAYERS,
+    STRUCTURE_PROPERTIES,
+    run_manifest,
+    structures_feature_collection,
+    write_run_outputs,
+)
+
+BANDS = ("blue", "green", "red", "nir")
+H, W = 100, 120
+# Pixel (row, col) boxes of the synthetic structures: (r0, c0, r1, c1), end exclusive.
+HALL = (40, 30, 42, 34)  # 20 x 40 m hall: 8 px
+DEPOT = (20, 70, 26, 80)  # 60 x 100 m, bermed
+SHED = (70, 90, 73, 93)  # 30 x 30 m, unconfirmed
+EXPECTED_FILES = {
+    "structures.geojson",
+    "structures.qml",
+    "berms.geojson",
+    "berms.qml",
+    "changedet.gpkg",
+    "change.tif",
+    "change_mask.tif",
+    "clear_count.tif",
+    "source_date.tif",
+    "counts.csv",
+    "counts.png",
+    "before.png",
+    "after.png",
+    "overlay.png",
+    "report.html",
+    "run.json",
+}
+
+
+def reproject(geom: Any, src: str, dst: str) -> Any:
+    transformer = Transformer.from_crs(src, dst, always_xy=True)
+    return shapely.transform(geom, transformer.transform, interleaved=False)
+
+
+def _grid() -> Grid:
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32639", always_xy=True)
+    x, y = to_utm.transform(51.67, 35.62)
+    return Grid.from_origin("EPSG:32639", round(x, -1), round(y, -1), 10.0, W, H)
+
+
+def _px_box(grid: Grid, rc: tuple[int, int, int, int]) -> Polygon:
+    r0, c0, r1, c1 = rc
+    x0, y0 = grid.transform @ (c0, r1)
+    x1, y1 = grid.transform @ (c1, r0)
+    # Clockwise on purpose: the GeoJSON writer must reorient to the right-hand rule.
+    return Polygon([(x0, y0), (x0, y1), (x1, y1), (x1, y0)])
+
+
+def _composite(
+    grid: Grid,
+    period: Period,
+    built: list[tuple[int, int, int, int]],
+    scene_ids: tuple[str, ...],
+    day: int,
+) -> Composite:
+    from scipy.ndimage import gaussian_filter
+
+    # Desert-like ground: one smooth texture shared by all bands (seeded: same ground before and
+    # after), per-band brightness, a little per-date noise.
+    terrain = gaussian_filter(np.random.default_rng(7).standard_normal((H, W)), 3.0)
+    terrain /= np.abs(terrain).max()
+    noise = np.random.default_rng(day).standard_normal((H, W)) * 0.004
+    level = {"blue": 0.10, "green": 0.13, "red": 0.16, "nir": 0.22}
+    refl = np.stack([level[b] * (1 + 0.25 * terrain) + noise for b in BANDS]).astype(np.float32)
+    for r0, c0, r1, c1 in built:
+        refl[:, r0:r1, c0:c1] = 0.45  # bright new roof
+    refl[:, :5, :8] = np.nan  # an unobserved corner
+    count = np.full((H, W), 3, dtype=np.uint16)
+    count[:5, :8] = 0
+    source = np.full((H, W), day, dtype=np.int32)
+    source[:5, :8] = -1
+    return Composite(grid, BANDS, period, refl, count, source, scene_ids)
+
+
+def build_run_result(*, synthetic: bool = True, empty: bool = False) -> RunResult:
+    """A small, fully known RunResult near Khojir (51.67 E, 35.62 N) on a 120 x 100 px UTM grid."""
+    grid = _grid()
+    lon0, lat0, lon1, lat1 = reproject(box(*grid.bounds), "EPSG:32639", "EPSG:4326").bounds
+    aoi = AOI(
+        "khojir-test",
+        "Khojir test AOI",
+        box(lon0 + 0.001, lat0 + 0.001, lon1 - 0.001, lat1 - 0.001),
+        {"source": "test"},
+    )
+    p_before = Period(date(2023, 6, 1), date(2023, 8, 1), "2023-06..07")
+    p_after = Period(date(2024, 4, 1), date(2024, 7, 1), "2024-04..06")
+    scenes = tuple(
+        Scene(
+            id=f"S2A_39SWV_{d:%Y%m%d}_0_L2A",
+            datetime=datetime(d.year, d.month, d.day, 7, 5, tzinfo=UTC),
+            collection="sentinel-2-l2a",
+            tile="39SWV",
+            assets={},
+            cloud_cover=3.5,
+            platform="sentinel-2a",
+            processing_baseline="05.09",
+            footprint=box(51.0, 35.1, 52.2, 36.1),
+        )
+        for d in (date(2023, 6, 10), date(2023, 7, 15), date(2024, 5, 2), date(2024, 6, 6))
+    )
+    skipped = (
+        SkippedScene("S2B_39SWV_20230620_0_L2A", "AOI clear fraction 0.05 < 0.2"),
+        SkippedScene("S2B_39SWV_20240516_1_L2A", "duplicate of a newer reprocessing"),
+    )
+    built = [] if empty else [HALL, DEPOT, SHED]
+    before = _composite(grid, p_before, [], tuple(s.id for s in scenes[:2]), 19540)
+    after = _composite(grid, p_after, built, tuple(s.id for s in scenes[2:]), 19850)
+    score = np.zeros((H, W), dtype=np.float32)
+    for r0, c0, r1, c1 in built:
+        score[r0:r1, c0:c1] = 8.0
+    score[:5, :8] = np.nan
+    change = ChangeMap(
+        grid,
+        score,
+        np.clip(score / 10, 0, 1),
+        score > 3.0,
+        3.0,
+        shift_px=(0.12, -0.31),
+        shift_corrected=False,
+    )
+    structures: tuple[Structure, ...] = ()
+    berms: tuple[Berm, ...] = ()
+    if not empty:
+        structures = (
+            Structure(
+                "s-0001",
+                _px_box(grid, HALL),
+                800.0,
+                0.81,
+                date(2023, 8, 1),
+                date(2023, 11, 1),
+                True,
+                14,
+                False,
+                0.05,
+                (scenes[2].id,),
+            ),
+            Structure(
+                "s-0002",
+                _px_box(grid, DEPOT),
+                6000.0,
+                0.93,
+                date(2023, 9, 1),
+                date(2024, 1, 1),
+                True,
+                12,
+                True,
+                0.61,
+                (scenes[2].id, scenes[3].id),
+            ),
+            Structure(
+                "s-0003",
+                _px_box(grid, SHED),
+                900.0,
+                0.42,
+                date(2024, 3, 1),
+                date(2024, 6, 1),
+                False,
+                3,
+                None,
+                None,
+                (scenes[3].id,),
+            ),
+        )
+        r0, c0, r1, c1 = DEPOT
+        xa, ya = grid.transform @ (c0 - 2, r1 + 2)
+        xb, yb = grid.transform @ (c1 + 2, r0 - 2)
+        berms = (
+            Berm(
+                "b-0001",
+                LineString([(xa, ya), (xa, yb), (xb, yb)]),
+                abs(yb - ya) + abs(xb - xa),
+                0.55,
+                "s-0002",
+            ),
+        )
+    counts = tuple(
+        PeriodCount(
+            Period(date(2023, m, 1), date(2023, m + 1, 1), f"2023-{m:02d}"), n, cum, lo, hi, cf
+        )
+        for m, n, cum, lo, hi, cf in [
+            (8, 0, 0, 0, 0, 0.9),
+            (9, 1, 1, 1, 2, 0.7),
+            (10, 0, 1, 1, 2, 0.2),
+            (11, 1, 2, 1, 3, 0.8),
+        ]
+    )
+    return RunResult(
+        aoi=aoi,
+        grid=grid,
+        config_fingerprint="0123456789abcdef",
+        scenes_used=scenes,
+        scenes_skipped=skipped,
+        before=before,
+        after=after,
+        change=change,
+        structures=structures,
+        min_mapping_unit_m2=400.0,
+        berms=berms,
+        counts=() if empty else counts,
+        timings={"search": 0.5, "read": 2.25},
+        provenance={
+            "synthetic": synthetic,
+            "catalog": {"url": "sample_tiles/catalog.json"},
+            "pipeline_note": "test",
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def run_result() -> RunResult:
+    return build_run_result()
+
+
+@pytest.fixture(scope="module")
+def out_dir(run_result: RunResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("out") / "khojir-test"
+    write_run_outputs(run_result, out, config=OutputConfig())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_output_file_is_written(out_dir: Path, run_result: RunResult) -> None:
+    names = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    chips = {f"chips/{s.id}.png" for s in run_result.structures}
+    assert names == EXPECTED_FILES | chips
+    # No temporary folders left beside the output.
+    assert [p.name for p in out_dir.parent.iterdir()] == ["khojir-test"]
+
+
+def test_progress_reports_and_returned_paths(run_result: RunResult, tmp_path: Path) -> None:
+    seen: list[tuple[str, int, int]] = []
+    paths = write_run_outputs(
+        run_result, tmp_path / "a", config=OutputConfig(), progress=lambda *a: seen.append(a)
+    )
+    assert {p.name for p in paths} >= {"run.json", "report.html", "changedet.gpkg"}
+    assert all(p.is_file() and p.is_relative_to(tmp_path / "a") for p in paths)
+    outputs = [s for s in seen if s[0] == "outputs"]
+    assert outputs[0][1] == 0 and outputs[-1][1] == outputs[-1][2]
+
+
+def _ring_is_ccw(coords: list[list[float]]) -> bool:
+    return shapely.LinearRing(coords).is_ccw
+
+
+def test_structures_geojson_is_rfc7946(out_dir: Path, run_result: RunResult) -> None:
+    text = (out_dir / "structures.geojson").read_text(encoding="utf-8")
+    fc = json.loads(text)
+    assert fc["type"] == "FeatureCollection"
+    assert "crs" not in fc  # RFC 7946 §4: no crs member
+    assert len(fc["features"]) == len(run_result.structures)
+    for feature, s in zip(fc["features"], run_result.structures, strict=True):
+        assert feature["type"] == "Feature"
+        geom = feature["geometry"]
+        assert geom["type"] in ("Polygon", "MultiPolygon")
+        polys = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
+        for rings in polys:
+            assert _ring_is_ccw(rings[0]), "exterior ring must be counterclockwise"
+            for hole in rings[1:]:
+                assert not _ring_is_ccw(hole), "holes must be clockwise"
+            for lon, lat in rings[0]:
+                assert 51.6 < lon < 51.8 and 35.5 < lat < 35.7  # lon, lat order
+                assert lon == round(lon, 7) and lat == round(lat, 7)
+        g = shape(geom)
+        assert g.is_valid
+        # Known answer: back in UTM the polygon is the structure (1 cm coordinate rounding).
+        back = reproject(g, "EPSG:4326", "EPSG:32639")
+        assert back.symmetric_difference(s.geometry).area < 1.0
+        assert list(feature["properties"]) == list(STRUCTURE_PROPERTIES)
+        props = feature["properties"]
+        assert props["id"] == feature["id"] == s.id
+        assert props["area_m2"] == pytest.approx(s.area_m2)
+        assert props["confirmed"] is s.confirmed
+        assert props["first_seen_end"] == s.first_seen_end.isoformat()
+        assert props["source_scenes"] == list(s.source_scenes)
+    assert fc["features"][2]["properties"]["bermed"] is None
+    assert fc == structures_feature_collection(run_result)
+
+
+def test_geojson_opens_with_ogr_in_epsg4326(out_dir: Path) -> None:
+    for name, props in (("structures", STRUCTURE_PROPERTIES), ("berms", BERM_PROPERTIES)):
+        info = pyogrio.read_info(out_dir / f"{name}.geojson")
+        assert info["crs"] == "EPSG:4326"
+        assert set(props) <= set(info["fields"])
+        frame = pyogrio.read_dataframe(out_dir / f"{name}.geojson")
+        assert frame.geometry.is_valid.all()
+    berms = json.loads((out_dir / "berms.geojson").read_text())
+    (feature,) = berms["features"]
+    assert feature["geometry"]["type"] == "LineString"
+    assert list(feature["properties"]) == list(BERM_PROPERTIES)
+    assert feature["properties"]["length_m"] == pytest.approx(240.0)
+    assert feature["properties"]["structure_id"] == "s-0002"
+
+
+def test_geopackage_layers_read_back_through_ogr(out_dir: Path, run_result: RunResult) -> None:
+    gpkg = out_dir / "changedet.gpkg"
+    layers = dict(pyogrio.list_layers(gpkg))
+    assert set(GPKG_LAYERS) <= set(layers)
+    assert layers["structures"] == "MultiPolygon"
+    assert layers["berms"] == "MultiLineString"
+    for layer in GPKG_LAYERS:
+        assert pyogrio.read_info(gpkg, layer=layer)["crs"] == "EPSG:32639"
+    structures = pyogrio.read_dataframe(gpkg, layer="structures")
+    assert list(structures.columns[:-1]) == list(STRUCTURE_PROPERTIES)
+    assert structures.geometry.is_valid.all()
+    for row, s in zip(structures.itertuples(), run_result.structures, strict=True):
+        assert row.id == s.id
+        assert row.geometry.area == pytest.approx(s.area_m2)  # UTM: area in m²
+        assert bool(row.confirmed) is s.confirmed
+        assert json.loads(row.source_scenes) == list(s.source_scenes)
+    berms = pyogrio.read_dataframe(gpkg, layer="berms")
+    assert berms.geometry.length.iloc[0] == pytest.approx(240.0)
+    aoi = pyogrio.read_dataframe(gpkg, layer="aoi")
+    assert aoi.id.tolist() == ["khojir-test"]
+
+    scenes = pyogrio.read_dataframe(gpkg, layer="scenes")
+    used = scenes[scenes.status == "used"]
+    skipped = scenes[scenes.status == "skipped"]
+    assert sorted(used.scene_id) == sorted(s.id for s in run_result.scenes_used)
+    assert used.geometry.notna().all() and used.reason.isna().all()
+    assert dict(zip(skipped.scene_id, skipped.reason, strict=True)) == {
+        s.scene_id: s.reason for s in run_result.scenes_skipped
+    }
+    assert set(skipped.date) == {"2023-06-20", "2024-05-16"}  # parsed from the scene ids
+    assert set(used.composites) == {"2023-06..07", "2024-04..06"}
+
+
+def test_change_areas_match_the_mask(out_dir: Path, run_result: RunResult) -> None:
+    areas = pyogrio.read_dataframe(out_dir / "changedet.gpkg", layer="change_areas")
+    assert len(areas) == 3  # three separate bright roofs
+    assert areas.geometry.is_valid.all()
+    assert areas.n_pixels.sum() == int(run_result.change.mask.sum())
+    assert sorted(areas.area_m2) == pytest.approx(sorted([800.0, 6000.0, 900.0]))
+    assert areas.geometry.area.sum() == pytest.approx(7700.0)
+    assert areas.mean_score.tolist() == pytest.approx([8.0, 8.0, 8.0])
+
+
+def test_layer_styles_table_follows_qgis_and_geopackage_rules(
+    out_dir: Path, run_result: RunResult
+) -> None:
+    con = sqlite3.connect(out_dir / "changedet.gpkg")
+    try:
+        app_id = con.execute("PRAGMA application_id").fetchone()[0]
+        assert app_id == 0x47504B47  # 'GPKG'
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        cols = {r[1]: (r[2], r[5]) for r in con.execute("PRAGMA table_info(layer_styles)")}
+        assert list(cols) == [
+            "id",
+            "f_table_catalog",
+            "f_table_schema",
+            "f_table_name",
+            "f_geometry_column",
+            "styleName",
+            "styleQML",
+            "styleSLD",
+            "useAsDefault",
+            "description",
+            "owner",
+            "ui",
+            "update_time",
+        ]
+        assert cols["id"] == ("INTEGER", 1)  # integer primary key (GeoPackage attributes rule)
+        allowed = {"INTEGER", "TEXT", "BOOLEAN", "DATETIME"}
+        assert {t.split("(")[0] for t, _ in cols.values()} <= allowed
+        # Registered as a GeoPackage attributes table.
+        row = con.execute(
+            "SELECT data_type, srs_id FROM gpkg_contents WHERE table_name = 'layer_styles'"
+        ).fetchone()
+        assert row == ("attributes", None)
+        geom_cols = dict(con.execute("SELECT table_name, column_name FROM gpkg_geometry_columns"))
+        styles = con.execute(
+            "SELECT f_table_name, f_geometry_column, styleQML, useAsDefault,"
+            " update_time FROM layer_styles"
+        ).fetchall()
+    finally:
+        con.close()
+    assert sorted(s[0] for s in styles) == sorted(GPKG_LAYERS)
+    for table, geom_col, qml, default, updated in styles:
+        assert geom_col == geom_cols[table]
+        assert default == 1
+        assert datetime.fromisoformat(updated.replace("Z", "+00:00"))
+        root = ET.fromstring(qml)
+        assert root.tag == "qgis"
+        assert root.find("renderer-v2") is not None
+    qml = {s[0]: s[2] for s in styles}
+    renderer = ET.fromstring(qml["structures"]).find("renderer-v2")
+    assert renderer is not None and renderer.get("type") == "categorizedSymbol"
+    assert renderer.get("attr") == "first_seen_end"
+    values = [c.get("value") for c in renderer.iter("category")]
+    assert values == ["2023-11-01", "2024-01-01", "2024-06-01", ""]
+    colours = [p.get("v") for p in renderer.iter("prop") if p.get("k") == "outline_color"]
+    assert len(set(colours)) == 4  # one colour per first-seen date (+ unknown)
+    dashed = [o.get("value") for o in renderer.iter("Option") if o.get("name") == "expression"]
+    assert dashed and all("'dash'" in d and '"confirmed"' in d for d in dashed)
+    assert ET.fromstring(qml["berms"]).find(".//symbol").get("type") == "line"
+    # The sidecars are the same styles QGIS finds by file name.
+    assert (out_dir / "structures.qml").read_text(encoding="utf-8") == qml["structures"]
+    assert (out_dir / "berms.qml").read_text(encoding="utf-8") == qml["berms"]
+
+
+def test_cogs_hold_the_change_evidence(out_dir: Path, run_result: RunResult) -> None:
+    import rasterio
+
+    grid = run_result.grid
+    expected = {
+        "change.tif": ("float32", 1),
+        "change_mask.tif": ("uint8", 1),
+        "clear_count.tif": ("uint16", 2),
+        "source_date.tif": ("int32", 2),
+    }
+    for name, (dtype, count) in expected.items():
+        with rasterio.open(out_dir / name) as src:
+            assert src.crs.to_epsg() == 32639
+            assert src.transform == grid.transform
+            assert (src.height, src.width) == grid.shape
+            assert src.dtypes[0] == dtype and src.count == count
+            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            data = src.read()
+            nodata = src.nodata
+        if name == "change.tif":
+            np.testing.assert_array_equal(data[0], run_result.change.score)
+            assert math.isnan(nodata)
+        elif name == "change_mask.tif":
+            assert nodata == 255
+            assert (data[0][:5, :8] == 255).all()  # unobserved corner
+            assert int((data[0] == 1).sum()) == int(run_result.change.mask.sum())
+        elif name == "clear_count.tif":
+            np.testing.assert_array_equal(data[1], run_result.after.count)
+        else:
+            assert nodata == -1
+            np.testing.assert_array_equal(data[0], run_result.before.source_date)
+
+
+def test_counts_csv(out_dir: Path, run_result: RunResult) -> None:
+    with (out_dir / "counts.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["period"] for r in rows] == [c.period.label for c in run_result.counts]
+    for row, c in zip(rows, run_result.counts, strict=True):
+        assert int(row["cumulative"]) == c.cumulative
+        assert int(row["cumulative_low"]) <= int(row["cumulative"]) <= int(row["cumulative_high"])
+        assert row["start"] == c.period.start.isoformat()
+        assert float(row["clear_fraction"]) == pytest.approx(c.clear_fraction)
+
+
+def test_run_json(out_dir: Path, run_result: RunResult) -> None:
+    text = (out_dir / "run.json").read_text()
+    manifest: dict[str, Any] = json.loads(text, parse_constant=lambda c: pytest.fail(c))
+    assert manifest["schema_version"] == 1
+    assert manifest["synthetic"] is True
+    assert manifest["config_fingerprint"] == "0123456789abcdef"
+    assert [s["id"] for s in manifest["scenes"]["used"]] == [s.id for s in run_result.scenes_used]
+    assert manifest["scenes"]["skipped"][0] == {
+        "id": "S2B_39SWV_20230620_0_L2A",
+        "reason": "AOI clear fraction 0.05 < 0.2",
+    }
+    limits = manifest["detection_limits"]
+    assert limits["min_mapping_unit_m2"] == 400.0 and limits["min_mapping_unit_px"] == 4.0
+    assert limits["pixel_size_m"] == 10.0
+    assert manifest["coregistration"] == {
+        "shift_px": [0.12, -0.31],
+        "shift_m": [1.2, -3.1],
+        "corrected": False,
+    }
+    for key in ("numpy", "rasterio", "gdal", "changedet", "python"):
+        assert manifest["versions"][key]
+    assert manifest["timings_s"] == {"search": 0.5, "read": 2.25}
+    # Provenance merged in: nested dicts key by key, new keys at top level.
+    assert manifest["catalog"] == {
+        "collections": ["sentinel-2-l2a"],
+        "url": "sample_tiles/catalog.json",
+    }
+    assert manifest["pipeline_note"] == "test"
+    assert manifest["results"]["n_confirmed"] == 2
+    assert manifest["results"]["cumulative_range"] == [1, 3]
+    assert manifest["grid"]["crs"] == "EPSG:32639"
+    on_disk = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == on_disk
+    assert manifest["time_range"]["start"] == "2023-06-01"
+
+
+def test_provenance_cannot_overwrite_the_scene_record() -> None:
+    base = build_run_result()
+    provenance = {
+        "scenes": "bogus",
+        "synthetic": False,
+        "time_range": ["2023-06-01", "2024-06-30"],  # the requested range, as the pipeline gives
+        "catalog": "https://earth-search.aws.element84.com/v1",
+        "coregistration": "not a dict",
+    }
+    manifest = run_manifest(RunResult(**{**base.__dict__, "provenance": provenance}))
+    assert manifest["scenes"]["used"][0]["id"] == base.scenes_used[0].id
+    assert manifest["provenance"] == {"scenes": "bogus", "coregistration": "not a dict"}
+    assert manifest["synthetic"] is False
+    assert manifest["time_range"]["start"] == "2023-06-01"
+    assert manifest["time_range"]["end"] == "2024-06-30"
+    assert manifest["catalog"]["source"] == "https://earth-search.aws.element84.com/v1"
+    assert manifest["coregistration"]["shift_px"] == [0.12, -0.31]
+    json.dumps(manifest, allow_nan=False)
+
+
+def test_empty_run_still_writes_valid_outputs(tmp_path: Path) -> None:
+    result = build_run_result(empty=True, synthetic=False)
+    out = tmp_path / "empty"
+    write_run_outputs(result, out, config=OutputConfig())
+    fc = json.loads((out / "structures.geojson").read_text())
+    assert fc["features"] == []
+    assert pyogrio.read_info(out / "structures.geojson")["features"] == 0
+    for layer in ("structures", "berms", "change_areas"):
+        assert pyogrio.read_info(out / "changedet.gpkg", layer=layer)["features"] == 0
+    assert not list((out / "chips").glob("*")) if (out / "chips").exists() else True
+    html = (out / "report.html").read_text()
+    assert "No new structure" in html and "SYNTHETIC" not in html
+
+
+def test_options_switch_outputs_off(tmp_path: Path) -> None:
+    out = tmp_path / "min"
+    config = OutputConfig(geopackage=False, cogs=False, report=False, chips=False)
+    write_run_outputs(build_run_result(), out, config=config)
+    names = {p.name for p in out.rglob("*") if p.is_file()}
+    # The basic outputs of every run stay; the optional ones go.
+    assert {
+        "structures.geojson",
+        "berms.geojson",
+        "change.tif",
+        "counts.csv",
+        "counts.png",
+        "run.json",
+    } <= names
+    assert not names & {"changedet.gpkg", "change_mask.tif", "report.html"}
+    assert not (out / "chips").exists()
+
+
+def test_failed_run_keeps_previous_outputs(run_result: RunResult, tmp_path: Path) -> None:
+    out = tmp_path / "aoi"
+    write_run_outputs(run_result, out, config=OutputConfig(report=False, chips=False))
+    before = sorted(p.name for p in out.iterdir())
+    grid = run_result.grid
+    bad_grid = Grid(grid.crs, grid.transform, grid.width + 1, grid.height)
+    bad_change = ChangeMap(
+        bad_grid,
+        np.zeros((H, W + 1), np.float32),
+        np.zeros((H, W + 1), np.float32),
+        np.zeros((H, W + 1), bool),
+        3.0,
+    )
+    broken = RunResult(**{**run_result.__dict__, "change": bad_change})
+    with pytest.raises(OutputError):
+        write_run_outputs(broken, out, config=OutputConfig())
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["aoi"]  # no half-written temp folder
+
+
+def test_failure_midway_leaves_no_folder(
+    run_result: RunResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: the report step fails after GeoJSON, GeoPackage and COGs were written.
+    def boom(*args: Any, **kwargs: Any) -> None:
+        assert (kwargs.get("manifest") is not None) and any(tmp_path.glob(".aoi.*/changedet.gpkg"))
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("changedet.outputs.write_report_files", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_run_outputs(run_result, tmp_path / "aoi", config=OutputConfig())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_true_colour_bands_fail_before_writing(
+    run_result: RunResult, tmp_path: Path
+) -> None:
+    b = run_result.before
+    no_red = Composite(
+        b.grid, ("blue", "green", "nir", "swir16"), b.period, b.reflectance, b.count, b.source_date
+    )
+    broken = RunResult(**{**run_result.__dict__, "before": no_red})
+    with pytest.raises(OutputError, match="red"):
+        write_run_outputs(broken, tmp_path / "aoi", config=OutputConfig())
+    assert list(tmp_path.iterdir()) == []

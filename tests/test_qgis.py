@@ -1,0 +1,239 @@
+"""QGIS itself opens the outputs styled: the GeoPackage with its embedded layer_styles and the
+GeoJSON files with their .qml sidecars. Runs the system Python with Debian's python3-qgis, headless
+(QT_QPA_PLATFORM=offscreen), in a subprocess; skipped when QGIS is not installed. Also runs GDAL's
+GeoPackage validator over the file when the system GDAL Python bindings are present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_outputs import build_run_result
+
+from changedet.config import OutputConfig
+from changedet.models import RunResult
+from changedet.outputs import GPKG_LAYERS, write_run_outputs
+from changedet.report import first_seen_classes
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+QGIS_SCRIPT = textwrap.dedent(
+    r"""
+    import json, os, sys
+    from qgis.core import (QgsApplication, QgsMapRendererSequentialJob, QgsMapSettings,
+                           QgsRenderContext, QgsSymbolLayer, QgsVectorLayer, Qgis,
+                           QgsExpressionContextUtils)
+    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtGui import QColor
+
+    gpkg, folder, png = sys.argv[1:4]
+    app = QgsApplication([], False)
+    app.initQgis()
+    out = {"qgis": Qgis.QGIS_VERSION, "layers": {}, "files": {}}
+
+    def describe(layer):
+        r = layer.renderer()
+        info = {"valid": layer.isValid(), "count": layer.featureCount(),
+                "crs": layer.crs().authid(), "renderer": r.type() if r else None}
+        if r is None:
+            return info
+        if r.type() == "categorizedSymbol":
+            info["attr"] = r.classAttribute()
+            info["categories"] = [[str(c.value()), c.label(), c.symbol().color().name()]
+                                  for c in r.categories()]
+        else:
+            sym = r.symbol()
+            info["symbol_type"] = sym.type()
+            info["colour"] = sym.color().name()
+        ctx = QgsRenderContext()
+        ctx.expressionContext().appendScope(QgsExpressionContextUtils.layerScope(layer))
+        r.startRender(ctx, layer.fields())
+        feats = []
+        for f in layer.getFeatures():
+            ctx.expressionContext().setFeature(f)
+            sym = r.symbolForFeature(f, ctx)
+            row = {"colour": sym.color().name() if sym else None}
+            if "id" in f.fields().names():
+                row["id"] = f["id"]
+            if sym is not None:
+                prop = sym.symbolLayer(0).dataDefinedProperties().property(
+                    QgsSymbolLayer.PropertyStrokeStyle)
+                if prop.isActive():
+                    row["stroke"] = prop.valueAsString(ctx.expressionContext(), "")[0]
+                else:
+                    row["stroke"] = sym.symbolLayer(0).properties().get("outline_style")
+            feats.append(row)
+        r.stopRender(ctx)
+        info["features"] = feats
+        return info
+
+    layers = {}
+    for name in ["aoi", "structures", "berms", "change_areas", "scenes"]:
+        layer = QgsVectorLayer(f"{gpkg}|layername={name}", name, "ogr")
+        layers[name] = layer
+        out["layers"][name] = describe(layer)
+    for stem in ["structures", "berms"]:
+        layer = QgsVectorLayer(os.path.join(folder, stem + ".geojson"), stem, "ogr")
+        out["files"][stem] = describe(layer)
+
+    settings = QgsMapSettings()
+    settings.setLayers([layers["structures"], layers["berms"], layers["change_areas"],
+                        layers["aoi"]])
+    settings.setDestinationCrs(layers["aoi"].crs())
+    extent = layers["aoi"].extent()
+    extent.grow(60)
+    settings.setExtent(extent)
+    settings.setOutputSize(QSize(900, 700))
+    settings.setBackgroundColor(QColor(60, 60, 60))
+    job = QgsMapRendererSequentialJob(settings)
+    job.start()
+    job.waitForFinished()
+    out["rendered"] = job.renderedImage().save(png, "PNG")
+    print("RESULT " + json.dumps(out), flush=True)
+    os._exit(0)  # exitQgis() can segfault on teardown in 3.22: report first, then leave
+    """
+)
+
+
+def _has_qgis() -> bool:
+    if not SYSTEM_PYTHON.exists():
+        return False
+    probe = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True, timeout=60, check=False
+    )
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def run_result() -> RunResult:
+    return build_run_result()
+
+
+@pytest.fixture(scope="module")
+def out_dir(run_result: RunResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("qgis") / "khojir-test"
+    write_run_outputs(run_result, out, config=OutputConfig(report=False, chips=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def qgis_view(out_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    if not _has_qgis():
+        pytest.skip("QGIS Python API not installed (apt-get install -y python3-qgis)")
+    script = tmp_path_factory.mktemp("qgis_script") / "open_styled.py"
+    script.write_text(QGIS_SCRIPT)
+    png = ARTIFACTS / "qgis_render.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "offscreen",
+        "XDG_RUNTIME_DIR": str(tmp_path_factory.mktemp("xdg")),
+    }
+    env.pop("PYTHONPATH", None)  # the venv's packages must not leak into the system Python
+    proc = subprocess.run(
+        [str(SYSTEM_PYTHON), str(script), str(out_dir / "changedet.gpkg"), str(out_dir), str(png)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, f"QGIS script failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    view: dict = json.loads(lines[-1][len("RESULT ") :])
+    return view
+
+
+def _hex(colour: tuple[float, float, float]) -> str:
+    return "#" + "".join(f"{round(c * 255):02x}" for c in colour)
+
+
+def test_qgis_opens_every_layer_with_its_embedded_style(
+    qgis_view: dict, run_result: RunResult
+) -> None:
+    layers = qgis_view["layers"]
+    assert set(layers) == set(GPKG_LAYERS)
+    for name, info in layers.items():
+        assert info["valid"], name
+        assert info["crs"] == "EPSG:32639"
+    assert layers["structures"]["count"] == len(run_result.structures)
+    # QGIS's own default for a new layer is a random single symbol: these prove the styles loaded.
+    assert layers["structures"]["renderer"] == "categorizedSymbol"
+    assert layers["structures"]["attr"] == "first_seen_end"
+    assert layers["scenes"]["renderer"] == "categorizedSymbol"
+    assert layers["berms"]["renderer"] == "singleSymbol"
+    assert layers["berms"]["symbol_type"] == 1  # QgsSymbol.Line
+    assert layers["berms"]["colour"] == "#00e5ff"
+    assert layers["change_areas"]["colour"] == "#e31a1c"
+
+
+def test_qgis_colours_by_first_seen_date_and_dashes_unconfirmed(
+    qgis_view: dict, run_result: RunResult
+) -> None:
+    classes = {c.value: _hex(c.colour) for c in first_seen_classes(run_result.structures)}
+    feats = {f["id"]: f for f in qgis_view["layers"]["structures"]["features"]}
+    for s in run_result.structures:
+        expected_colour = classes[s.first_seen_end.isoformat() if s.first_seen_end else None]
+        assert feats[s.id]["colour"] == expected_colour, s.id
+        assert feats[s.id]["stroke"] == ("solid" if s.confirmed else "dash"), s.id
+    assert len({f["colour"] for f in feats.values()}) == 3
+
+
+def test_qgis_picks_up_the_qml_sidecars(qgis_view: dict, run_result: RunResult) -> None:
+    files = qgis_view["files"]
+    assert files["structures"]["renderer"] == "categorizedSymbol"
+    assert files["structures"]["crs"] == "EPSG:4326"
+    assert files["structures"]["categories"] == qgis_view["layers"]["structures"]["categories"]
+    strokes = {f["id"]: f["stroke"] for f in files["structures"]["features"]}
+    assert strokes == {s.id: "solid" if s.confirmed else "dash" for s in run_result.structures}
+    assert files["berms"]["colour"] == "#00e5ff"
+
+
+def test_qgis_renders_the_styled_map(qgis_view: dict) -> None:
+    from matplotlib.image import imread
+
+    assert qgis_view["rendered"]
+    img = imread(ARTIFACTS / "qgis_render.png")
+    # Berm cyan (0, 229, 255) is drawn somewhere on the dark background.
+    rgb = (img[..., :3] * 255).round()
+    cyan = (rgb[..., 0] < 12) & (abs(rgb[..., 1] - 229) < 8) & (rgb[..., 2] > 245)
+    assert cyan.sum() > 50
+
+
+def test_gdal_geopackage_validator(out_dir: Path) -> None:
+    """GDAL's validate_gpkg.py (system python3-gdal, a dependency of python3-qgis) finds nothing:
+    neither in the layers written through OGR nor in the layer_styles table written with sqlite3."""
+    probe = (
+        subprocess.run(
+            [str(SYSTEM_PYTHON), "-c", "import osgeo_utils.samples.validate_gpkg"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if SYSTEM_PYTHON.exists()
+        else None
+    )
+    if probe is None or probe.returncode != 0:
+        pytest.skip("GDAL's validate_gpkg.py not available (apt-get install -y python3-gdal)")
+    gpkg = out_dir / "changedet.gpkg"
+    con = sqlite3.connect(gpkg)
+    try:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 10200  # GeoPackage 1.2
+    finally:
+        con.close()
+    proc = subprocess.run(
+        [str(SYSTEM_PYTHON), "-m", "osgeo_utils.samples.validate_gpkg", "-k", "--extra", str(gpkg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    findings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert proc.returncode == 0 and findings == [], findings

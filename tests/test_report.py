@@ -1,0 +1,422 @@
+"""report.html: self-contained, rendered by a real headless Chromium with every image and no
+network request; plus the PNG quicklooks, chips and chart on disk.
+
+The browser is driven over the Chrome DevTools Protocol on a pipe (--remote-debugging-pipe, fds 3
+and 4), which records every request the page makes (Network.requestWillBeSent, data: URLs
+included), intercepts and fails any request that is not the report itself (Fetch), and collects
+Content-Security-Policy violations. Negative controls prove each detector fires.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from html import unescape
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_outputs import HALL, build_run_result
+
+from changedet.config import OutputConfig
+from changedet.models import RunResult
+from changedet.outputs import write_run_outputs
+from changedet.report import REPORT_CSP, chip_image, shared_stretch
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+VIEWPORT = (1366, 800)  # a laptop screen
+
+
+@pytest.fixture(scope="module")
+def run_result() -> RunResult:
+    return build_run_result()
+
+
+@pytest.fixture(scope="module")
+def out_dir(run_result: RunResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "khojir-test"
+    write_run_outputs(run_result, out, config=OutputConfig())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Static checks of the HTML
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(html: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Collector()
+    parser.feed(html)
+    return parser.tags
+
+
+def test_report_is_self_contained_and_links_every_file(
+    out_dir: Path, run_result: RunResult
+) -> None:
+    html = (out_dir / "report.html").read_text(encoding="utf-8")
+    tags = _tags(html)
+    imgs = [a for t, a in tags if t == "img"]
+    assert len(imgs) == 4 + len(run_result.structures)  # counts, overlay, before, after + chips
+    assert all((a["src"] or "").startswith("data:image/png;base64,") for a in imgs)
+    assert not [t for t, _ in tags if t in ("script", "iframe", "object", "embed")]
+    csp = [a for t, a in tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    assert csp and csp[0]["content"] == REPORT_CSP
+    for tag, attrs in tags:  # nothing but data: may be loaded
+        for key in ("src", "srcset", "poster", "data"):
+            if attrs.get(key):
+                assert attrs[key].startswith("data:"), (tag, key)
+        if tag == "link":
+            assert (attrs.get("href") or "").startswith("data:")
+    links = {a["href"] for t, a in tags if t == "a"}
+    on_disk = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    assert on_disk <= links, on_disk - links
+    assert all((out_dir / link).is_file() for link in links)
+    assert not any(re.match(r"[a-z]+://", link) for link in links)
+
+
+def test_report_states_limits_and_contents(out_dir: Path, run_result: RunResult) -> None:
+    html = (out_dir / "report.html").read_text(encoding="utf-8")
+    text = unescape(re.sub(r"<[^>]+>", " ", html))
+    assert "SYNTHETIC INPUT DATA" in text  # provenance["synthetic"] is True
+    assert "400 m² (≈ 4 pixels)" in text  # minimum mapping unit
+    assert "20 × 40 m hall is about 8 pixels" in text
+    assert "sub-pixel" in text and "estimates" in text
+    for s in run_result.structures:
+        assert s.id in text
+        assert f"{s.area_m2:,.0f} m²" in text
+    assert "2023-08-01 – 2023-11-01" in text  # first-seen interval of s-0001
+    for sk in run_result.scenes_skipped:
+        assert sk.scene_id in text and sk.reason in text
+    assert "not assessed" in text  # bermed None is not reported as "no"
+    assert "range 1–3" in text
+
+
+def test_report_says_nothing_synthetic_for_real_data(tmp_path: Path) -> None:
+    out = tmp_path / "real"
+    write_run_outputs(
+        build_run_result(synthetic=False),
+        out,
+        config=OutputConfig(geopackage=False, cogs=False, chips=False),
+    )
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "SYNTHETIC" not in html
+    assert "no chip" in html
+
+
+def test_pngs_on_disk(out_dir: Path, run_result: RunResult) -> None:
+    from matplotlib.image import imread
+
+    before = imread(out_dir / "before.png")
+    after = imread(out_dir / "after.png")
+    assert before.shape[:2] == after.shape[:2] == run_result.grid.shape
+    r0, c0, r1, c1 = HALL
+    # Same stretch for both dates: the new roof is brighter after than before.
+    assert after[r0:r1, c0:c1, :3].mean() > before[r0:r1, c0:c1, :3].mean() + 0.3
+    # Ground far from any structure looks the same on both dates.
+    assert abs(after[80:95, 5:20, :3].mean() - before[80:95, 5:20, :3].mean()) < 0.05
+    for name in ("overlay.png", "counts.png"):
+        img = imread(out_dir / name)
+        assert img.shape[0] > 200 and img.shape[1] > 400
+    for s in run_result.structures:
+        chip = imread(out_dir / "chips" / f"{s.id}.png")
+        assert chip.shape[1] > chip.shape[0] > 100  # two panels side by side
+
+
+def test_chip_outline_sits_on_the_structure(run_result: RunResult) -> None:
+    lo, hi = shared_stretch(run_result.before, run_result.after)
+    hall = run_result.structures[0]
+    chip = chip_image(run_result.before, run_result.after, hall, lo, hi)
+    half = (chip.shape[1] - 4) // 2
+    after = chip[:, half + 4 :]
+    yellow = np.all(after == (255, 230, 0), axis=-1)
+    rows, cols = np.nonzero(yellow)
+    box_h, box_w = rows.max() - rows.min(), cols.max() - cols.min()
+    assert box_w == pytest.approx(2 * box_h, rel=0.15)  # 40 m x 20 m hall
+    inside = after[rows.min() + 2 : rows.max() - 1, cols.min() + 2 : cols.max() - 1]
+    assert inside.mean() > 200  # the bright roof is inside the outline
+
+
+# ---------------------------------------------------------------------------------------------
+# Headless Chromium over the DevTools protocol
+
+
+class Browser:
+    """Minimal CDP client over --remote-debugging-pipe (messages are NUL-terminated JSON)."""
+
+    def __init__(self, profile: Path, log: Path) -> None:
+        assert CHROMIUM
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--mute-audio",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
+        # Chromium reads commands on fd 3 and writes replies on fd 4: the shell wires our pipes.
+        wire = 'exec 3<&0 4>&1 0</dev/null 1>/dev/null; exec "$0" "$@"'
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            ["sh", "-c", wire, CHROMIUM, *flags],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+        )
+        self._buf = b""
+        self._next_id = 0
+        self.events: list[dict[str, Any]] = []
+        self.session = ""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        for domain in ("Page", "Network", "Runtime", "Log"):
+            self.call(f"{domain}.enable")
+        self.call("Fetch.enable", {"patterns": [{"urlPattern": "*"}]})
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            {
+                "source": "window.__csp = []; document.addEventListener("
+                "'securitypolicyviolation', e => window.__csp.push("
+                "e.violatedDirective + ' ' + e.blockedURI));"
+            },
+        )
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False},
+        )
+        self.page_url = ""
+
+    def _read_message(self, deadline: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\0" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("chromium did not answer in time")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    raise RuntimeError("chromium closed the DevTools pipe")
+                self._buf += chunk
+        raw, self._buf = self._buf.split(b"\0", 1)
+        message: dict[str, Any] = json.loads(raw)
+        if message.get("method") == "Fetch.requestPaused":
+            self._on_paused(message["params"])
+        return message
+
+    def _on_paused(self, params: dict[str, Any]) -> None:
+        # Let the report itself load; fail everything else at once (and it stays in the log).
+        url = params["request"]["url"]
+        if url == self.page_url:
+            self.send("Fetch.continueRequest", {"requestId": params["requestId"]})
+        else:
+            self.send(
+                "Fetch.failRequest",
+                {"requestId": params["requestId"], "errorReason": "BlockedByClient"},
+            )
+
+    def send(self, method: str, params: dict[str, Any] | None = None) -> int:
+        assert self.proc.stdin is not None
+        self._next_id += 1
+        msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if self.session and not method.startswith(("Target.", "Browser.")):
+            msg["sessionId"] = self.session
+        self.proc.stdin.write(json.dumps(msg).encode() + b"\0")
+        self.proc.stdin.flush()
+        return self._next_id
+
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        wanted = self.send(method, params)
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._read_message(deadline)
+            if message.get("id") == wanted:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                result: dict[str, Any] = message.get("result", {})
+                return result
+            if "method" in message:
+                self.events.append(message)
+
+    def wait_event(self, method: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._read_message(deadline)
+            if "method" in message:
+                self.events.append(message)
+                if message["method"] == method:
+                    return message
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Open a local file and report what the page requested, showed and complained about."""
+        self.events = []
+        self.page_url = path.resolve().as_uri()
+        self.call("Page.navigate", {"url": self.page_url})
+        self.wait_event("Page.loadEventFired")
+        probe = """JSON.stringify({
+            images: [...document.images].map(i => ({id: i.id, complete: i.complete,
+                      width: i.naturalWidth, height: i.naturalHeight})),
+            csp: window.__csp || [],
+            title: document.title,
+            height: document.documentElement.scrollHeight})"""
+        value = self.call("Runtime.evaluate", {"expression": probe, "returnByValue": True})
+        page = json.loads(value["result"]["value"])
+        requests = [
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e["method"] == "Network.requestWillBeSent"
+        ]
+        page["requests"] = requests
+        page["blocked"] = [
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e["method"] == "Fetch.requestPaused"
+            and e["params"]["request"]["url"] != self.page_url
+        ]
+        page["errors"] = [
+            e["params"]["entry"]["text"]
+            for e in self.events
+            if e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"
+        ]
+        page["exceptions"] = [e for e in self.events if e["method"] == "Runtime.exceptionThrown"]
+        return page
+
+    def screenshot(self, path: Path, *, full_page: bool) -> None:
+        params: dict[str, Any] = {"format": "png"}
+        if full_page:
+            size = self.call("Page.getLayoutMetrics")["cssContentSize"]
+            params.update(
+                captureBeyondViewport=True,
+                clip={
+                    "x": 0,
+                    "y": 0,
+                    "width": size["width"],
+                    "height": min(size["height"], 16000),
+                    "scale": 1,
+                },
+            )
+        data = self.call("Page.captureScreenshot", params)["data"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium); .ci/run installs it")
+    tmp = tmp_path_factory.mktemp("chromium")
+    b = Browser(tmp / "profile", tmp / "chromium.log")
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def _isolated_copy(html: str, tmp: Path, name: str = "report.html") -> Path:
+    """The report alone in an empty folder: anything it would fetch from beside it is missing."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / name
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def _external(page: dict[str, Any]) -> list[str]:
+    """Requests other than the page itself and inline data: URIs."""
+    return [u for u in page["requests"] if not u.startswith("data:") and u != page["url"]]
+
+
+def test_chromium_renders_report_without_network(
+    browser: Browser, out_dir: Path, run_result: RunResult, tmp_path: Path
+) -> None:
+    path = _isolated_copy((out_dir / "report.html").read_text(encoding="utf-8"), tmp_path)
+    page = browser.load(path)
+    page["url"] = path.resolve().as_uri()
+    browser.screenshot(ARTIFACTS / "report.png", full_page=True)
+    browser.screenshot(ARTIFACTS / "report_viewport.png", full_page=False)
+    assert page["title"].startswith("changedet report: Khojir test AOI")
+    assert _external(page) == [] and page["blocked"] == []
+    assert page["csp"] == [] and page["errors"] == [] and page["exceptions"] == []
+    expected = 4 + len(run_result.structures)
+    assert len(page["images"]) == expected
+    for img in page["images"]:
+        assert img["complete"] and img["width"] > 0 and img["height"] > 0, img
+    # The data: images did go through the browser's loader, which the log shows.
+    assert sum(u.startswith("data:image/png") for u in page["requests"]) >= 1
+    assert (ARTIFACTS / "report.png").stat().st_size > 50_000
+
+
+def test_network_detector_catches_a_request(
+    browser: Browser, out_dir: Path, tmp_path: Path
+) -> None:
+    # Negative control 1: without the CSP, an external image is requested and must be seen.
+    html = (out_dir / "report.html").read_text(encoding="utf-8")
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
+    html = html.replace("</main>", '<img src="http://198.51.100.7/leak.png"></main>')
+    path = _isolated_copy(html, tmp_path)
+    page = browser.load(path)
+    page["url"] = path.resolve().as_uri()
+    assert "http://198.51.100.7/leak.png" in _external(page)
+    assert "http://198.51.100.7/leak.png" in page["blocked"]
+
+
+def test_csp_blocks_and_reports_external_content(
+    browser: Browser, out_dir: Path, tmp_path: Path
+) -> None:
+    # Negative control 2: with the report's CSP, the request never leaves but is reported.
+    html = (out_dir / "report.html").read_text(encoding="utf-8")
+    html = html.replace("</main>", '<img src="https://198.51.100.7/leak.png"></main>')
+    page = browser.load(_isolated_copy(html, tmp_path))
+    assert any("198.51.100.7" in v for v in page["csp"]), page["csp"]
+
+
+def test_detector_catches_files_beside_the_report(
+    browser: Browser, out_dir: Path, tmp_path: Path
+) -> None:
+    # Negative control 3: a relative image works only next to its file; the isolated copy shows it.
+    html = (out_dir / "report.html").read_text(encoding="utf-8")
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
+    html = html.replace("</main>", '<img id="rel" src="chips/s-0001.png"></main>')
+    path = _isolated_copy(html, tmp_path)
+    page = browser.load(path)
+    page["url"] = path.resolve().as_uri()
+    assert any(u.endswith("/chips/s-0001.png") for u in _external(page))
+    rel = [i for i in page["images"] if i["id"] == "rel"]
+    assert rel and rel[0]["width"] == 0
