@@ -19,7 +19,10 @@ KHOJIR_BOX = box(51.60, 35.57, 51.80, 35.70)
 
 
 def _write_geojson(path: Path, geometry: dict, **props: object) -> Path:
-    fc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": props, "geometry": geometry}]}
+    fc = {
+        "type": "FeatureCollection",
+        "features": [{"type": "Feature", "properties": props, "geometry": geometry}],
+    }
     path.write_text(json.dumps(fc))
     return path
 
@@ -50,7 +53,9 @@ def test_grid_is_snapped_utm_and_covers_aoi() -> None:
     from changedet.aoi import to_grid_crs
 
     ax0, ay0, ax1, ay1 = to_grid_crs(KHOJIR_BOX, grid.crs).bounds
-    assert x0 <= ax0 < x0 + 10 and y0 <= ay0 < y0 + 10 and x1 - 10 < ax1 <= x1 and y1 - 10 < ay1 <= y1
+    assert (
+        x0 <= ax0 < x0 + 10 and y0 <= ay0 < y0 + 10 and x1 - 10 < ax1 <= x1 and y1 - 10 < ay1 <= y1
+    )
     mask = aoi_mask(aoi, grid)
     assert mask.shape == grid.shape and 0.95 < mask.mean() <= 1.0
 
@@ -62,7 +67,9 @@ def test_utm_zone_choice() -> None:
 
 
 def test_geopackage_and_shapefile_in_other_crs_are_reprojected(tmp_path: Path) -> None:
-    utm = gpd.GeoDataFrame({"id": ["site a"], "name": ["A"]}, geometry=[KHOJIR_BOX], crs=4326).to_crs(32639)
+    utm = gpd.GeoDataFrame(
+        {"id": ["site a"], "name": ["A"]}, geometry=[KHOJIR_BOX], crs=4326
+    ).to_crs(32639)
     utm.to_file(tmp_path / "a.gpkg", driver="GPKG")
     utm.to_file(tmp_path / "a.shp")
     for path in (tmp_path / "a.gpkg", tmp_path / "a.shp"):
@@ -72,14 +79,21 @@ def test_geopackage_and_shapefile_in_other_crs_are_reprojected(tmp_path: Path) -
 
 
 def test_one_aoi_per_feature_with_unique_ids(tmp_path: Path) -> None:
-    frame = gpd.GeoDataFrame({"id": ["x", "x"]}, geometry=[box(51.6, 35.6, 51.61, 35.61), box(51.7, 35.6, 51.71, 35.61)], crs=4326)
+    frame = gpd.GeoDataFrame(
+        {"id": ["x", "x"]},
+        geometry=[box(51.6, 35.6, 51.61, 35.61), box(51.7, 35.6, 51.71, 35.61)],
+        crs=4326,
+    )
     frame.to_file(tmp_path / "two.geojson", driver="GeoJSON")
     ids = [a.id for a in load_aois(tmp_path / "two.geojson")]
     assert len(ids) == 2 and len(set(ids)) == 2
 
 
 def test_invalid_ring_is_repaired_with_a_warning(tmp_path: Path) -> None:
-    bowtie = {"type": "Polygon", "coordinates": [[[51.6, 35.6], [51.7, 35.7], [51.7, 35.6], [51.6, 35.7], [51.6, 35.6]]]}
+    bowtie = {
+        "type": "Polygon",
+        "coordinates": [[[51.6, 35.6], [51.7, 35.7], [51.7, 35.6], [51.6, 35.7], [51.6, 35.6]]],
+    }
     path = _write_geojson(tmp_path / "bowtie.geojson", bowtie, id="bow")
     with pytest.warns(UserWarning, match="repaired"):
         (aoi,) = load_aois(path)

@@ -38,13 +38,23 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *ne
 def test_version_and_help() -> None:
     proc = changedet("--version")
     assert proc.returncode == 0 and "changedet" in proc.stdout
-    for command in ("run", "search", "synth", "eval", "synth sample", "synth oscd-series", "eval oscd"):
+    for command in (
+        "run",
+        "search",
+        "synth",
+        "eval",
+        "synth sample",
+        "synth oscd-series",
+        "eval oscd",
+    ):
         proc = changedet(*command.split(), "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, command
 
 
 def test_missing_aoi_file(tmp_path: Path) -> None:
-    proc = changedet("run", str(tmp_path / "nope.geojson"), "--config", str(DEMO), "--out", str(tmp_path / "o"))
+    proc = changedet(
+        "run", str(tmp_path / "nope.geojson"), "--config", str(DEMO), "--out", str(tmp_path / "o")
+    )
     assert_one_line_error(proc, 1, "not found")
 
 
@@ -57,7 +67,15 @@ def test_file_that_is_not_geojson(tmp_path: Path) -> None:
 
 def test_non_polygon_aoi(tmp_path: Path) -> None:
     point = tmp_path / "point.geojson"
-    point.write_text(json.dumps({"type": "Feature", "properties": {"id": "p"}, "geometry": {"type": "Point", "coordinates": [51.6, 35.6]}}))
+    point.write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "properties": {"id": "p"},
+                "geometry": {"type": "Point", "coordinates": [51.6, 35.6]},
+            }
+        )
+    )
     proc = changedet("run", str(point), "--config", str(DEMO), "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, 1, "not a polygon")
 
@@ -65,7 +83,9 @@ def test_non_polygon_aoi(tmp_path: Path) -> None:
 def test_unknown_config_key(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[change]\nmin_area = 100\n")
-    proc = changedet("run", "aoi/khojir.geojson", "--config", str(cfg), "--out", str(tmp_path / "o"))
+    proc = changedet(
+        "run", "aoi/khojir.geojson", "--config", str(cfg), "--out", str(tmp_path / "o")
+    )
     assert_one_line_error(proc, 2, "unknown key 'min_area'", "did you mean 'min_area_m2'")
 
 
@@ -78,14 +98,29 @@ def test_unknown_config_key(tmp_path: Path) -> None:
     ],
 )
 def test_bad_flags(tmp_path: Path, args: list[str], needle: str) -> None:
-    proc = changedet("run", "aoi/khojir.geojson", "--config", str(DEMO), "--out", str(tmp_path / "o"), *args)
+    proc = changedet(
+        "run", "aoi/khojir.geojson", "--config", str(DEMO), "--out", str(tmp_path / "o"), *args
+    )
     assert_one_line_error(proc, 2, needle)
     assert not (tmp_path / "o").exists()
 
 
 def test_aoi_no_scene_covers_fails_that_aoi_only(tmp_path: Path) -> None:
     paris = tmp_path / "paris.geojson"
-    paris.write_text(json.dumps({"type": "Feature", "properties": {"id": "paris"}, "geometry": {"type": "Polygon", "coordinates": [[[2.30, 48.84], [2.36, 48.84], [2.36, 48.88], [2.30, 48.88], [2.30, 48.84]]]}}))
+    paris.write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "properties": {"id": "paris"},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [
+                        [[2.30, 48.84], [2.36, 48.84], [2.36, 48.88], [2.30, 48.88], [2.30, 48.84]]
+                    ],
+                },
+            }
+        )
+    )
     proc = changedet("search", str(paris), "--config", str(DEMO), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)[0]["scenes"] == []
     proc = changedet("run", str(paris), "--config", str(DEMO), "--out", str(tmp_path / "o"))
@@ -95,9 +130,29 @@ def test_aoi_no_scene_covers_fails_that_aoi_only(tmp_path: Path) -> None:
 
 def test_hostile_aoi_id_cannot_escape_out(tmp_path: Path) -> None:
     evil = tmp_path / "evil.geojson"
-    evil.write_text(json.dumps({"type": "Feature", "properties": {"id": "../../escaped"}, "geometry": {"type": "Polygon", "coordinates": [[[2.30, 48.84], [2.36, 48.84], [2.36, 48.88], [2.30, 48.88], [2.30, 48.84]]]}}))
+    evil.write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "properties": {"id": "../../escaped"},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [
+                        [[2.30, 48.84], [2.36, 48.84], [2.36, 48.88], [2.30, 48.88], [2.30, 48.84]]
+                    ],
+                },
+            }
+        )
+    )
     out = tmp_path / "deep" / "out"
     changedet("run", str(evil), "--config", str(DEMO), "--out", str(out))
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "deep" / "escaped").exists()
-    leaked = [p for p in tmp_path.rglob("*") if out not in p.parents and p != out and p.parent != tmp_path and p.parent != tmp_path / "deep"]
+    leaked = [
+        p
+        for p in tmp_path.rglob("*")
+        if out not in p.parents
+        and p != out
+        and p.parent != tmp_path
+        and p.parent != tmp_path / "deep"
+    ]
     assert leaked == []
