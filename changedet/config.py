@@ -142,7 +142,7 @@ class MaskConfig:
 class ChangeConfig:
     coregister: bool = True
     coreg_threshold_px: float = 0.25  # correct shifts larger than this (pixels)
-    z_threshold: float = 8.0  # robust z of the change score that seeds a change region
+    z_threshold: float = 10.0  # robust z of the change score that seeds a change region
     z_low: float = 3.0  # hysteresis: seeded regions grow through pixels with robust z >= this
     min_area_m2: float = 400.0  # minimum mapping unit (4 pixels at 10 m)
     min_clear_obs: int = 1  # per period and pixel
@@ -150,6 +150,8 @@ class ChangeConfig:
     smooth_sigma_px: float = 1.0  # Gaussian smoothing of the change evidence (spatial context)
     n_classes: int = 8  # k-means land-cover classes for the class-conditional change
     fill_holes: bool = True  # fill holes enclosed by a change region
+    vegetation_gate: bool = True  # damp change that ends in vegetation (not a new structure)
+    water_gate: bool = True  # damp change on pixels that are water on both dates (turbidity, tides)
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,10 @@ class PipelineIO:
     def default(cls) -> PipelineIO:
         from changedet.catalog import search_scenes
         from changedet.outputs import write_run_outputs
-        from changedet.read import probe_scenes, read_stack
+        from changedet.read import probe_details, read_stack
 
         return cls(
-            search=search_scenes, read=read_stack, probe=probe_scenes, write=write_run_outputs
+            search=search_scenes, read=read_stack, probe=probe_details, write=write_run_outputs
         )
 
 
@@ -122,7 +122,7 @@ class SearchReport:
         }
 
 
-def _search(aoi: AOI, config: Config, io: PipelineIO, progress: Progress) -> Any:
+def _search(aoi: AOI, config: Config, io: PipelineIO, progress: Progress, **kwargs: Any) -> Any:
     return io.search(
         aoi,
         config.catalog,
@@ -130,6 +130,7 @@ def _search(aoi: AOI, config: Config, io: PipelineIO, progress: Progress) -> Any
         end=config.time.end,
         bands=(*config.read.bands, "scl"),
         progress=progress,
+        **kwargs,
     )
 
 
@@ -143,12 +144,12 @@ def search_aoi(
 ) -> SearchReport:
     """The scenes a run would consider for `aoi`, optionally probed for AOI-local clear sky."""
     io = io or PipelineIO.default()
-    found = _search(aoi, config, io, progress)
-    clear: Mapping[str, float] = {}
+    found = _search(aoi, config, io, progress, allow_empty=True)
+    clear: dict[str, float] = {}
     dropped = list(found.dropped)
     if probe and found.scenes:
         grid = _crop_to_footprints(grid_for(aoi), aoi, found.scenes)
-        clear = io.probe(
+        probes = io.probe(
             found.scenes,
             grid,
             aoi_mask=aoi_mask(aoi, grid),
@@ -156,15 +157,11 @@ def search_aoi(
             mask_config=config.mask,
             progress=progress,
         )
-        threshold = config.read.min_aoi_clear_fraction
-        for scene in found.scenes:
-            fraction = clear.get(scene.id)
-            if fraction is not None and fraction < threshold:
-                dropped.append(
-                    SkippedScene(
-                        scene.id, f"AOI clear {100 * fraction:.0f}% < {100 * threshold:.0f}%"
-                    )
-                )
+        for scene_id, probe_result in probes.items():
+            if math.isfinite(probe_result.clear_fraction):
+                clear[scene_id] = probe_result.clear_fraction
+            if probe_result.skip_reason:
+                dropped.append(SkippedScene(scene_id, probe_result.skip_reason))
     return SearchReport(aoi.id, found.source, found.scenes, tuple(dropped), clear, found.notes)
 
 

@@ -1,0 +1,122 @@
+"""Scene classification (SCL) → clear-sky masks. Pure numpy/scipy: arrays in, arrays out.
+
+SCL classes (Sentinel-2 L2A): 0 nodata, 1 saturated/defective, 2 dark/topographic shadow,
+3 cloud shadow, 4 vegetation, 5 bare soil, 6 water, 7 unclassified, 8 cloud medium probability,
+9 cloud high probability, 10 thin cirrus, 11 snow.
+
+SCL misfires on bright roofs, concrete and sand -- exactly the pixels a change detector cares
+about. A pixel that SCL calls cloud on most dates is a roof, not weather: `keep_persistent_bright`
+finds those pixels and `scl_clear(..., keep=...)` keeps them clear (and out of the dilation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "CLOUD_CLASSES",
+    "DILATED_CLASSES",
+    "SCL_NODATA",
+    "keep_persistent_bright",
+    "persistent_from_counts",
+    "scl_clear",
+    "scl_cloudy",
+]
+
+SCL_NODATA = 0
+CLOUD_CLASSES: tuple[int, ...] = (8, 9, 10)  # cloud medium, cloud high, thin cirrus
+# Clouds and their shadows have soft, mis-registered edges: only these grow with `dilate_px`.
+# Nodata, defective pixels and snow are exact and are not grown.
+DILATED_CLASSES: tuple[int, ...] = (3, 8, 9, 10)
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (yy * yy + xx * xx) <= radius * radius + radius  # a rounded square, never a bare cross
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grow a (H, W) or (T, H, W) mask spatially by `radius` pixels (never across time)."""
+    if radius <= 0 or not mask.any():
+        return mask
+    structure = _disk(radius)
+    if mask.ndim == 3:
+        structure = structure[np.newaxis]
+    return ndimage.binary_dilation(mask, structure=structure)
+
+
+def _in_classes(scl: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """`np.isin` for a short class list: OR of equalities, in place (~7x faster than isin)."""
+    out = np.zeros(scl.shape, dtype=bool)
+    for value in dict.fromkeys(int(c) for c in classes):
+        out |= scl == value
+    return out
+
+
+def scl_cloudy(scl: np.ndarray, *, cloud_classes: Sequence[int] = CLOUD_CLASSES) -> np.ndarray:
+    """True where SCL says cloud (medium, high or cirrus by default)."""
+    return _in_classes(np.asarray(scl), cloud_classes)
+
+
+def scl_clear(
+    scl: np.ndarray,
+    *,
+    invalid: Sequence[int],
+    dilate_px: int = 0,
+    keep: np.ndarray | None = None,
+    dilate_classes: Sequence[int] = DILATED_CLASSES,
+) -> np.ndarray:
+    """Clear-sky mask of a (H, W) or (T, H, W) SCL array: True where the pixel is usable.
+
+    invalid: SCL classes that are not clear (nodata 0 is never clear, listed or not).
+    dilate_px: grow the cloud/shadow part (`dilate_classes` ∩ `invalid`) by this many pixels.
+    keep: bool mask broadcastable to `scl` of pixels that stay clear even if SCL calls them
+        invalid (persistent bright roofs); they are removed before dilation so a roof does not
+        grow a halo of masked neighbours. Nodata stays not clear.
+    """
+    if dilate_px < 0:
+        raise ValueError(f"dilate_px must be >= 0, got {dilate_px}")
+    scl = np.asarray(scl)
+    bad = _in_classes(scl, invalid)
+    if keep is not None:
+        bad &= ~np.broadcast_to(keep, scl.shape)
+    grow_classes = [c for c in dilate_classes if c in set(invalid)]
+    if dilate_px > 0 and grow_classes:
+        grow = bad & _in_classes(scl, grow_classes)
+        bad = bad | _dilate(grow, dilate_px)
+    return ~bad & (scl != SCL_NODATA)
+
+
+def keep_persistent_bright(
+    cloudy: np.ndarray, observed: np.ndarray, *, fraction: float, min_dates: int = 1
+) -> np.ndarray:
+    """(H, W) bool: pixels called cloud on at least `fraction` of the dates they were observed.
+
+    cloudy, observed: (T, H, W) bool; a cloudy pixel that was not observed does not count.
+    min_dates: a pixel needs at least this many observations before the rule can call it a
+        roof (two cloudy dates out of two say nothing about roofs).
+    Real clouds move between dates; a roof that SCL mistakes for cloud does not.
+    """
+    if cloudy.shape != observed.shape or cloudy.ndim != 3:
+        raise ValueError(
+            f"cloudy and observed must both be (T, H, W); got {cloudy.shape} and {observed.shape}"
+        )
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    n_obs = observed.sum(axis=0, dtype=np.int32)
+    n_cloudy = (cloudy & observed).sum(axis=0, dtype=np.int32)
+    return persistent_from_counts(n_cloudy, n_obs, fraction=fraction, min_dates=min_dates)
+
+
+def persistent_from_counts(
+    n_cloudy: np.ndarray, n_observed: np.ndarray, *, fraction: float, min_dates: int = 1
+) -> np.ndarray:
+    """`keep_persistent_bright` from per-pixel counts (lets a reader accumulate date by date)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    enough = n_observed >= max(int(min_dates), 1)
+    # n_cloudy >= fraction * n_observed, with a tolerance for float rounding of the product
+    return enough & (n_cloudy >= fraction * n_observed - 1e-9)

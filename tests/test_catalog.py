@@ -1,0 +1,463 @@
+"""Catalog: parsing real provider items, harmonisation rules, safety, static catalogs, duplicates."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from loopback import RangeServer
+from shapely.geometry import box, mapping
+
+from changedet.catalog import (
+    check_href,
+    harmonising_offset,
+    public_href,
+    scene_from_item,
+    search_scenes,
+)
+from changedet.config import EARTH_SEARCH_ASSETS, PLANETARY_COMPUTER_ASSETS, CatalogConfig
+from changedet.errors import CatalogError, NoScenesError, UnsafeHrefError
+from changedet.models import AOI
+
+DATA = Path(__file__).parent / "data" / "stac"
+BANDS = ["red", "nir", "swir16"]
+
+
+def _item(name: str) -> dict[str, Any]:
+    return json.loads((DATA / name).read_text())
+
+
+# ---------------------------------------------------------------------------------- parsing
+
+
+def test_earth_search_v1_l2a_item() -> None:
+    item = _item("es-v1-l2a_S2A_13TDE_20231008_0_L2A.json")
+    scene = scene_from_item(item, asset_keys=EARTH_SEARCH_ASSETS)
+    assert scene.id == "S2A_13TDE_20231008_0_L2A"
+    assert scene.tile == "13TDE"  # from grid:code "MGRS-13TDE"
+    assert scene.epsg == 32613
+    assert scene.processing_baseline == "05.09"
+    assert scene.platform == "sentinel-2a"
+    assert scene.collection == "sentinel-2-l2a"
+    assert scene.datetime == datetime(2023, 10, 8, 18, 2, 55, 276000, tzinfo=UTC)
+    assert scene.cloud_cover == pytest.approx(0.000299)
+    assert scene.assets["red"].href == item["assets"]["red"]["href"]
+    assert scene.assets["red"].href.endswith("/B04.tif")
+    # earthsearch:boa_offset_applied = true: E84 already removed the -1000 DN; its raster:bands
+    # offset of -0.1 must NOT be applied again.
+    assert item["properties"]["earthsearch:boa_offset_applied"] is True
+    assert item["assets"]["red"]["raster:bands"][0]["offset"] == -0.1
+    assert scene.assets["red"].offset == 0.0
+    assert scene.assets["red"].scale == pytest.approx(1e-4)
+    assert scene.assets["scl"].scale == 1.0 and scene.assets["scl"].offset == 0.0
+    assert scene.assets["scl"].href.endswith("/SCL.tif")  # the COG, not the scl-jp2 asset
+    assert set(scene.assets) == set(EARTH_SEARCH_ASSETS)
+    assert scene.footprint is not None and scene.footprint.is_valid
+    assert scene.updated == "2023-10-09T01:25:21.658Z"
+
+
+def test_earth_search_collection1_item() -> None:
+    scene = scene_from_item(
+        _item("es-v1-c1-l2a_S2B_T24MUA_20250731T130245_L2A.json"), asset_keys=EARTH_SEARCH_ASSETS
+    )
+    assert scene.tile == "24MUA"
+    assert scene.collection == "sentinel-2-c1-l2a"
+    assert scene.processing_baseline == "05.11"
+    assert scene.epsg == 32724
+    # Collection 1 keeps ESA's DNs: raster:bands offset -0.1 applies.
+    assert scene.assets["red"].offset == pytest.approx(-0.1)
+    assert scene.assets["swir16"].offset == pytest.approx(-0.1)
+    assert scene.cloud_cover == pytest.approx(41.489562)
+
+
+def test_planetary_computer_items() -> None:
+    new = scene_from_item(
+        _item("pc-l2a_S2B_MSIL2A_20240419T095549_R122_T47XML_20240419T123458.json"),
+        asset_keys=PLANETARY_COMPUTER_ASSETS,
+    )
+    assert new.tile == "47XML"  # from s2:mgrs_tile
+    assert new.processing_baseline == "05.10"
+    assert new.platform == "sentinel-2b"
+    assert new.assets["red"].href.endswith("_B04_10m.tif")
+    assert new.assets["scl"].href.endswith("_SCL_20m.tif")
+    assert new.assets["nir08"].href.endswith("_B8A_20m.tif")
+    # No raster:bands on PC: the baseline >= 04.00 offset is -1000 DN x 1e-4.
+    assert new.assets["red"].offset == pytest.approx(-0.1)
+    old = scene_from_item(
+        _item("pc-l2a_S2A_MSIL2A_20190101T000001_R116_T58UFE_20201007T214651.json"),
+        asset_keys=PLANETARY_COMPUTER_ASSETS,
+    )
+    assert old.processing_baseline == "02.12"
+    assert old.assets["red"].offset == 0.0  # a pre-04.00 baseline never had the offset
+    assert old.tile == "58UFE"
+
+
+def test_earth_search_v0_item_falls_back_to_id_and_product_id() -> None:
+    scene = scene_from_item(
+        _item("es-v0_S2A_28QCH_20200714_0_L2A.json"), asset_keys=PLANETARY_COMPUTER_ASSETS
+    )
+    assert scene.tile == "28QCH"  # no utm_zone property: taken from the id
+    assert scene.processing_baseline == "02.14"  # from sentinel:product_id "..._N0214_..."
+    assert scene.assets["red"].offset == 0.0
+    assert scene.datetime == datetime(2020, 7, 14, 11, 55, 52, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("props", "raster_offset", "expected", "rule"),
+    [
+        (
+            {"earthsearch:boa_offset_applied": True, "s2:processing_baseline": "05.09"},
+            -0.1,
+            0.0,
+            "boa_offset_applied",
+        ),
+        (
+            {"earthsearch:boa_offset_applied": False, "s2:processing_baseline": "05.09"},
+            -0.1,
+            -0.1,
+            "raster:bands",
+        ),
+        ({"s2:processing_baseline": "02.12"}, -0.1, 0.0, "baseline<04.00"),
+        ({"s2:processing_baseline": "04.00"}, None, -0.1, "baseline>=04.00"),
+        ({"s2:processing_baseline": "05.10"}, 0.0, 0.0, "raster:bands"),
+        (
+            {"s2:product_uri": "S2A_MSIL2A_20231008T175231_N0509_R141_T13TDE.SAFE"},
+            None,
+            -0.1,
+            "baseline>=04.00",
+        ),
+        ({}, None, 0.0, "unknown"),
+        ({}, -0.2, -0.2, "raster:bands"),
+    ],
+)
+def test_harmonising_offset_rules(
+    props: dict[str, Any], raster_offset: float | None, expected: float, rule: str
+) -> None:
+    offset, why = harmonising_offset(props, raster_offset=raster_offset, scale=1e-4)
+    assert offset == pytest.approx(expected)
+    assert why == rule
+
+
+def test_offset_never_depends_on_the_date() -> None:
+    item = _item("pc-l2a_S2A_MSIL2A_20190101T000001_R116_T58UFE_20201007T214651.json")
+    moved = copy.deepcopy(item)
+    moved["properties"]["datetime"] = "2024-06-01T07:00:00Z"  # after 25 Jan 2022, same baseline
+    a = scene_from_item(item, asset_keys=PLANETARY_COMPUTER_ASSETS)
+    b = scene_from_item(moved, asset_keys=PLANETARY_COMPUTER_ASSETS)
+    assert a.assets["red"].offset == b.assets["red"].offset == 0.0
+
+
+def test_datetime_with_nanoseconds_and_missing_datetime() -> None:
+    item = _item("es-v1-l2a_S2A_13TDE_20231008_0_L2A.json")
+    item["properties"]["datetime"] = "2023-10-08T18:02:55.276000123Z"
+    assert scene_from_item(item, asset_keys=EARTH_SEARCH_ASSETS).datetime.microsecond == 276000
+    item["properties"]["datetime"] = None
+    with pytest.raises(CatalogError, match="no valid datetime"):
+        scene_from_item(item, asset_keys=EARTH_SEARCH_ASSETS)
+
+
+# ---------------------------------------------------------------------------------- safety
+
+
+@pytest.mark.parametrize(
+    "href",
+    [
+        "file:///etc/passwd",
+        "/etc/passwd",
+        "C:\\Windows\\win.ini",
+        "/vsicurl/http://127.0.0.1/x.tif",
+        "ftp://example.com/x.tif",
+        "gs://bucket/x.tif",
+    ],
+)
+def test_remote_catalog_cannot_point_at_local_or_odd_locations(href: str) -> None:
+    with pytest.raises(UnsafeHrefError, match="remote catalog"):
+        check_href(href, base="https://example.com/stac/items/a.json", remote=True)
+
+
+def test_remote_relative_and_allowed_hrefs() -> None:
+    base = "https://example.com/stac/items/a.json"
+    assert (
+        check_href("../cogs/B04.tif", base=base, remote=True)
+        == "https://example.com/stac/cogs/B04.tif"
+    )
+    assert check_href("s3://bucket/k/B04.tif", base=base, remote=True) == "s3://bucket/k/B04.tif"
+    assert check_href("http://127.0.0.1:9/B04.tif", base=base, remote=True).startswith("http://")
+
+
+def test_local_catalog_resolves_paths(tmp_path: Path) -> None:
+    base = str(tmp_path / "cat" / "item.json")
+    assert check_href("B04.tif", base=base, remote=False) == str(tmp_path / "cat" / "B04.tif")
+    assert check_href(f"file://{tmp_path}/x.tif", base=base, remote=False) == f"{tmp_path}/x.tif"
+    assert check_href("https://h/x.tif", base=base, remote=False) == "https://h/x.tif"
+
+
+def test_public_href_strips_tokens_and_credentials() -> None:
+    signed = "https://user:secret@acct.blob.core.windows.net:443/c/B04.tif?st=1&se=2&sig=ABC%2Fxyz"
+    assert public_href(signed) == "https://acct.blob.core.windows.net:443/c/B04.tif"
+    assert "sig" not in public_href(signed) and "secret" not in public_href(signed)
+    assert public_href("/data/B04.tif") == "/data/B04.tif"
+
+
+def test_unsafe_item_from_remote_parse_is_refused() -> None:
+    item = _item("es-v1-l2a_S2A_13TDE_20231008_0_L2A.json")
+    item["assets"]["red"]["href"] = "file:///etc/passwd?token=SECRET"
+    with pytest.raises(UnsafeHrefError) as info:
+        scene_from_item(item, asset_keys=EARTH_SEARCH_ASSETS, remote=True)
+    assert "SECRET" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------- static catalogs
+
+AOI_BOX = box(50.80, 35.55, 50.95, 35.70)
+AOI_T = AOI("t", "t", AOI_BOX)
+
+
+def synth_item(
+    item_id: str,
+    when: str,
+    *,
+    tile: str = "39SVV",
+    cloud: float | None = 5.0,
+    geometry: Any = None,
+    bands: tuple[str, ...] = ("red", "nir", "swir16", "scl"),
+    baseline: str = "05.09",
+    updated: str | None = None,
+    collection: str = "sentinel-2-l2a",
+    href_prefix: str = "",
+) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "datetime": when,
+        "platform": "sentinel-2a",
+        "grid:code": f"MGRS-{tile}",
+        "s2:processing_baseline": baseline,
+        "proj:epsg": 32639,
+    }
+    if cloud is not None:
+        props["eo:cloud_cover"] = cloud
+    if updated:
+        props["updated"] = updated
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item_id,
+        "collection": collection,
+        "geometry": mapping(geometry or box(50.7, 35.5, 51.1, 35.8)),
+        "properties": props,
+        "links": [],
+        "assets": {
+            b: {
+                "href": f"{href_prefix}{item_id}/{b}.tif",
+                "raster:bands": [{"nodata": 0, "scale": 0.0001, "offset": -0.1}],
+            }
+            for b in bands
+        },
+    }
+
+
+def _write_fc(path: Path, items: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    return path
+
+
+def _search(url: str | Path, **kw: Any) -> Any:
+    config = CatalogConfig(url=str(url), retries=2, backoff_s=0.01, **kw.pop("config", {}))
+    return search_scenes(
+        AOI_T,
+        config,
+        start=kw.pop("start", date(2023, 6, 1)),
+        end=kw.pop("end", date(2023, 9, 30)),
+        bands=BANDS,
+        **kw,
+    )
+
+
+def test_item_collection_filters_dedupes_and_reports(tmp_path: Path) -> None:
+    items = [
+        synth_item(
+            "S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z", updated="2023-08-01T10:00:00Z"
+        ),
+        synth_item(
+            "S2A_39SVV_20230801_1_L2A", "2023-08-01T07:05:00Z", updated="2023-09-15T10:00:00Z"
+        ),
+        synth_item("S2A_39SVV_20230806_0_L2A", "2023-08-06T07:05:00Z", cloud=93.2),
+        synth_item("S2A_39SVV_20230811_0_L2A", "2023-08-11T07:05:00Z", bands=("red", "nir", "scl")),
+        synth_item(
+            "S2A_39SVV_20230816_0_L2A", "2023-08-16T07:05:00Z", bands=("red", "nir", "swir16")
+        ),
+        synth_item("S2A_39SWV_20230816_0_L2A", "2023-08-16T07:05:00Z", tile="39SWV"),
+        synth_item("S2A_39SVV_20231001_0_L2A", "2023-10-01T07:05:00Z"),  # after the end date
+        synth_item(
+            "S2A_40SBD_20230821_0_L2A", "2023-08-21T07:05:00Z", geometry=box(52, 36, 53, 37)
+        ),
+        synth_item("S2A_39SVV_20230826_0_L2A", "2023-08-26T07:05:00Z", cloud=None),
+    ]
+    path = _write_fc(tmp_path / "cat" / "items.json", items)
+    result = _search(path)
+    ids = [s.id for s in result.scenes]
+    assert ids == [
+        "S2A_39SVV_20230801_1_L2A",  # the reprocessed one wins
+        "S2A_39SVV_20230816_0_L2A",
+        "S2A_39SWV_20230816_0_L2A",  # one date on two tiles: both kept, mosaicked later
+        "S2A_39SVV_20230826_0_L2A",  # no eo:cloud_cover: kept, the SCL probe decides
+    ]
+    dropped = {d.scene_id: d.reason for d in result.dropped}
+    assert dropped["S2A_39SVV_20230801_0_L2A"].startswith("duplicate of S2A_39SVV_20230801_1_L2A")
+    assert "93.2% > 80%" in dropped["S2A_39SVV_20230806_0_L2A"]
+    assert "client-side" in dropped["S2A_39SVV_20230806_0_L2A"]
+    assert "swir16" in dropped["S2A_39SVV_20230811_0_L2A"]
+    assert set(dropped) == {
+        "S2A_39SVV_20230801_0_L2A",
+        "S2A_39SVV_20230806_0_L2A",
+        "S2A_39SVV_20230811_0_L2A",
+    }
+    assert result.items_seen == len(items)
+    notes = " | ".join(result.notes)
+    assert "2 item(s) outside the dates or AOI" in notes
+    assert "no eo:cloud_cover" in notes
+    assert "mosaicked per date: 2023-08-16 (39SVV/39SWV)" in notes
+    assert "-0.1 x4" in notes
+    # relative hrefs are resolved against the JSON file's folder
+    red = result.scenes[0].assets["red"].href
+    assert red == str(tmp_path / "cat" / "S2A_39SVV_20230801_1_L2A" / "red.tif")
+    assert [s.datetime for s in result.scenes] == sorted(s.datetime for s in result.scenes)
+
+
+def test_scl_is_never_required(tmp_path: Path) -> None:
+    """L1C-like items without SCL stay in (the reader's documented fallback), even when the
+    caller lists "scl" among the bands."""
+    item = synth_item(
+        "S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z", bands=("red", "nir", "swir16")
+    )
+    config = CatalogConfig(url=str(_write_fc(tmp_path / "items.json", [item])))
+    result = search_scenes(
+        AOI_T, config, start=date(2023, 6, 1), end=date(2023, 9, 30), bands=[*BANDS, "scl"]
+    )
+    assert [s.id for s in result.scenes] == [item["id"]] and "scl" not in result.scenes[0].assets
+    assert any("no SCL asset" in n for n in result.notes)
+
+
+def test_duplicate_winner_does_not_depend_on_order(tmp_path: Path) -> None:
+    a = synth_item(
+        "S2B_MSIL2A_20230801T070619_R120_T39SVV_20230801T101010",
+        "2023-08-01T07:06:19Z",
+        baseline="05.09",
+    )
+    b = synth_item(
+        "S2B_MSIL2A_20230801T070619_R120_T39SVV_20240301T101010",
+        "2023-08-01T07:06:19.5Z",
+        baseline="05.10",
+    )
+    for n, order in enumerate(([a, b], [b, a])):
+        result = _search(_write_fc(tmp_path / f"o{n}" / "items.json", order))
+        assert [s.id for s in result.scenes] == [b["id"]]
+        assert result.dropped[0].scene_id == a["id"]
+        assert "baseline 05.10 over 05.09" in result.dropped[0].reason
+
+
+def test_static_catalog_tree_and_collection_check(tmp_path: Path) -> None:
+    root = tmp_path / "catalog"
+    (root / "s2" / "a").mkdir(parents=True)
+    item = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z")
+    (root / "s2" / "a" / "item.json").write_text(json.dumps(item))
+    (root / "s2" / "collection.json").write_text(
+        json.dumps(
+            {
+                "type": "Collection",
+                "id": "sentinel-2-l2a",
+                "links": [
+                    {"rel": "item", "href": "./a/item.json"},
+                    {"rel": "parent", "href": "../catalog.json"},
+                ],
+            }
+        )
+    )
+    (root / "catalog.json").write_text(
+        json.dumps(
+            {
+                "type": "Catalog",
+                "id": "c",
+                "links": [{"rel": "child", "href": "s2/collection.json"}],
+            }
+        )
+    )
+    result = _search(root)  # a folder holding catalog.json
+    assert [s.id for s in result.scenes] == ["S2A_39SVV_20230801_0_L2A"]
+    assert result.scenes[0].assets["red"].href == str(
+        root / "s2" / "a" / "S2A_39SVV_20230801_0_L2A" / "red.tif"
+    )
+    with pytest.raises(NoScenesError, match=r"found: sentinel-2-l2a.*set \[catalog\] collection"):
+        _search(root, config={"collection": "sentinel-2-c1-l2a"})
+
+
+def test_missing_catalog_path_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="does not exist; pass a STAC API URL"):
+        _search(tmp_path / "nope")
+
+
+def test_no_usable_scene_raises_or_returns_empty(tmp_path: Path) -> None:
+    path = _write_fc(
+        tmp_path / "items.json",
+        [synth_item("S2A_39SVV_20230806_0_L2A", "2023-08-06T07:05:00Z", cloud=99.0)],
+    )
+    with pytest.raises(NoScenesError, match="1 found"):
+        _search(path)
+    empty = _search(path, allow_empty=True)
+    assert empty.scenes == () and empty.dropped[0].scene_id == "S2A_39SVV_20230806_0_L2A"
+
+
+def test_planetary_computer_needs_its_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write_fc(
+        tmp_path / "items.json", [synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z")]
+    )
+    monkeypatch.setitem(sys.modules, "planetary_computer", None)  # as if not installed
+    with pytest.raises(CatalogError, match="needs the planetary-computer package"):
+        _search(path, config={"provider": "planetary-computer"})
+
+
+def test_planetary_computer_keys_and_signing_of_non_azure_hrefs(tmp_path: Path) -> None:
+    pytest.importorskip("planetary_computer")
+    item = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z", bands=())
+    item["assets"] = {k: {"href": f"x/{k}.tif"} for k in ("B04", "B08", "B11", "SCL")}
+    result = _search(
+        _write_fc(tmp_path / "items.json", [item]), config={"provider": "planetary-computer"}
+    )
+    scene = result.scenes[0]
+    # Only blob.core.windows.net hrefs get a token; local paths pass through unchanged.
+    assert scene.assets["red"].href == str(tmp_path / "x" / "B04.tif")
+    assert scene.assets["scl"].href == str(tmp_path / "x" / "SCL.tif")
+
+
+def test_remote_static_catalog_link_to_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "catalog.json").write_text(
+        json.dumps(
+            {"type": "Catalog", "id": "c", "links": [{"rel": "item", "href": "file:///etc/passwd"}]}
+        )
+    )
+    with RangeServer(tmp_path) as server, pytest.raises(UnsafeHrefError, match="remote catalog"):
+        _search(f"{server.url}/catalog.json")
+
+
+def test_remote_item_collection_hrefs(tmp_path: Path) -> None:
+    good = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z")
+    bad = synth_item(
+        "S2A_39SVV_20230806_0_L2A", "2023-08-06T07:05:00Z", href_prefix="file:///home/user/"
+    )
+    _write_fc(tmp_path / "items.json", [good, bad])
+    _write_fc(tmp_path / "bad.json", [bad])
+    with RangeServer(tmp_path) as server:
+        result = _search(f"{server.url}/items.json?token=SECRET")
+        assert result.source == f"{server.url}/items.json"
+        assert [s.id for s in result.scenes] == [good["id"]]
+        assert result.scenes[0].assets["red"].href == f"{server.url}/{good['id']}/red.tif"
+        assert "refused" in result.dropped[0].reason and "SECRET" not in result.dropped[0].reason
+        with pytest.raises(UnsafeHrefError, match="refused"):
+            _search(f"{server.url}/bad.json")

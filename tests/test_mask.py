@@ -1,0 +1,115 @@
+"""SCL → clear mask, with known answers on small synthetic arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from changedet.config import MaskConfig
+from changedet.mask import keep_persistent_bright, persistent_from_counts, scl_clear, scl_cloudy
+
+INVALID = MaskConfig().scl_invalid  # 0, 1, 3, 8, 9, 10, 11
+
+
+def test_every_scl_class_without_dilation() -> None:
+    scl = np.arange(12, dtype=np.uint8).reshape(1, 12)
+    clear = scl_clear(scl, invalid=INVALID)
+    expected = {0: False, 1: False, 2: True, 3: False, 4: True, 5: True, 6: True, 7: True}
+    expected.update({8: False, 9: False, 10: False, 11: False})
+    assert {c: bool(clear[0, c]) for c in range(12)} == expected
+
+
+def test_nodata_is_never_clear_even_when_not_listed() -> None:
+    scl = np.array([[0, 4]], dtype=np.uint8)
+    assert scl_clear(scl, invalid=(9,)).tolist() == [[False, True]]
+
+
+def test_dilation_grows_clouds_and_shadows_only() -> None:
+    scl = np.full((9, 9), 4, np.uint8)
+    scl[2, 2] = 9  # cloud
+    scl[6, 6] = 3  # cloud shadow
+    scl[2, 6] = 11  # snow: exact, not grown
+    scl[6, 2] = 0  # nodata: exact, not grown
+    clear = scl_clear(scl, invalid=INVALID, dilate_px=1)
+    masked = ~clear
+    assert masked[1:4, 1:4].all() and masked[5:8, 5:8].all()
+    assert masked.sum() == 9 + 9 + 1 + 1
+    assert masked[2, 6] and not masked[1, 6] and not masked[3, 6]
+    assert masked[6, 2] and not masked[5, 2]
+
+
+def test_dilation_radius_two_is_rounded() -> None:
+    scl = np.full((9, 9), 4, np.uint8)
+    scl[4, 4] = 8
+    masked = ~scl_clear(scl, invalid=INVALID, dilate_px=2)
+    assert masked[4, 2] and masked[2, 4] and masked[3, 3]
+    assert not masked[2, 2]  # the corners of the 5x5 square stay clear
+    assert masked.sum() == 21
+
+
+def test_dilation_does_not_cross_dates() -> None:
+    scl = np.full((2, 5, 5), 4, np.uint8)
+    scl[0, 2, 2] = 9
+    clear = scl_clear(scl, invalid=INVALID, dilate_px=1)
+    assert (~clear[0]).sum() == 9
+    assert clear[1].all()
+
+
+def test_kept_roof_is_clear_and_grows_no_halo() -> None:
+    scl = np.full((7, 7), 4, np.uint8)
+    scl[3, 3] = 9  # a bright roof SCL calls cloud
+    scl[0, 0] = 9  # a real cloud
+    keep = np.zeros((7, 7), bool)
+    keep[3, 3] = True
+    clear = scl_clear(scl, invalid=INVALID, dilate_px=1, keep=keep)
+    assert clear[2:5, 2:5].all()
+    assert not clear[0:2, 0:2].any()
+
+
+def test_keep_does_not_make_nodata_clear() -> None:
+    scl = np.array([[0, 9]], dtype=np.uint8)
+    clear = scl_clear(scl, invalid=INVALID, keep=np.ones((1, 2), bool))
+    assert clear.tolist() == [[False, True]]
+
+
+def test_persistent_bright_counts_only_observed_dates() -> None:
+    t = 10
+    cloudy = np.zeros((t, 1, 4), bool)
+    observed = np.ones((t, 1, 4), bool)
+    cloudy[:7, 0, 0] = True  # 7/10 cloudy: a roof at fraction 0.6
+    cloudy[:5, 0, 1] = True  # 5/10: weather
+    cloudy[:, 0, 2] = True  # cloudy on all 10 dates but observed on only 3
+    observed[3:, 0, 2] = False
+    cloudy[:6, 0, 3] = True  # exactly 6/10 = 0.6: counts
+    roof = keep_persistent_bright(cloudy, observed, fraction=0.6, min_dates=5)
+    assert roof.tolist() == [[True, False, False, True]]
+    # With enough observations allowed, the 3-date pixel (3/3 cloudy) becomes a roof.
+    roof = keep_persistent_bright(cloudy, observed, fraction=0.6, min_dates=3)
+    assert roof.tolist() == [[True, False, True, True]]
+
+
+def test_persistent_from_counts_matches_stack_version() -> None:
+    rng = np.random.default_rng(3)
+    cloudy = rng.random((12, 6, 6)) < 0.5
+    observed = rng.random((12, 6, 6)) < 0.8
+    expected = keep_persistent_bright(cloudy, observed, fraction=0.5, min_dates=4)
+    got = persistent_from_counts(
+        (cloudy & observed).sum(0), observed.sum(0), fraction=0.5, min_dates=4
+    )
+    assert np.array_equal(expected, got)
+    assert 0 < expected.sum() < expected.size  # the random case exercises both outcomes
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="fraction"):
+        keep_persistent_bright(np.zeros((2, 2, 2), bool), np.zeros((2, 2, 2), bool), fraction=0)
+    with pytest.raises(ValueError, match=r"\(T, H, W\)"):
+        keep_persistent_bright(np.zeros((2, 2), bool), np.zeros((2, 2), bool), fraction=0.5)
+    with pytest.raises(ValueError, match="dilate_px"):
+        scl_clear(np.zeros((2, 2), np.uint8), invalid=INVALID, dilate_px=-1)
+
+
+def test_scl_cloudy_classes() -> None:
+    scl = np.array([[3, 8, 9, 10, 11]], dtype=np.uint8)
+    assert scl_cloudy(scl).tolist() == [[False, True, True, True, False]]
+    assert scl_cloudy(scl, cloud_classes=(9,)).tolist() == [[False, False, True, False, False]]

@@ -1,0 +1,461 @@
+"""Reader: windowed reads onto the grid, harmonisation, masks, mosaics, cache, failures.
+
+All on small local COGs written by the tests (the loopback HTTP path is in
+test_fetch_loopback.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from loopback import CRS, TILE_PX, TILE_X0, TILE_Y0, dn_pattern, local_scene, make_scene
+
+from changedet.config import MaskConfig, ReadConfig
+from changedet.errors import ConfigError, NoScenesError, ReadError
+from changedet.models import Grid
+from changedet.read import probe_details, probe_scenes, read_stack
+
+BANDS = ("red", "nir", "swir16")
+# A 100 x 100 px grid 400 m inside the tile: 10 m and 20 m aligned.
+GRID = Grid.from_origin(CRS, TILE_X0 + 400, TILE_Y0 - 400, 10.0, 100, 100)
+ALL = np.ones(GRID.shape, bool)
+CLEAR_SCL = np.full((TILE_PX // 2, TILE_PX // 2), 4, np.uint8)
+NO_DILATION = MaskConfig(dilate_px=0)
+
+
+def rc(tmp_path: Path | None = None, **kw: Any) -> ReadConfig:
+    base: dict[str, Any] = {"cache_dir": "", "max_workers": 2, "retries": 1, "backoff_s": 0.01}
+    base.update(kw)
+    return ReadConfig(**base)
+
+
+def when(day: int) -> datetime:
+    return datetime(2023, 8, day, 7, 5, tzinfo=UTC)
+
+
+def refl(dn: np.ndarray, offset: float = -0.1) -> np.ndarray:
+    """The reflectance formula, written out independently of the reader."""
+    out = dn.astype(np.float32) * np.float32(1e-4) + np.float32(offset)
+    return np.where(dn == 0, np.float32(np.nan), out)
+
+
+def up2(a: np.ndarray) -> np.ndarray:
+    return np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)
+
+
+def test_aligned_read_is_the_exact_window_and_formula(tmp_path: Path) -> None:
+    s = make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=CLEAR_SCL, seed=1)
+    result = read_stack(
+        [local_scene(s, tmp_path)],
+        GRID,
+        bands=BANDS,
+        aoi_mask=ALL,
+        read_config=rc(resampling="nearest"),
+        mask_config=NO_DILATION,
+    )
+    stack = result.stack
+    assert stack.reflectance.shape == (1, 3, 100, 100)
+    assert stack.reflectance.dtype == np.float32
+    assert stack.times == (when(1),) and stack.times[0].tzinfo is not None
+    assert stack.scene_ids == (("S2A_39SVV_20230801_0_L2A",),)
+    np.testing.assert_array_equal(stack.band("red")[0], refl(s.dn["red"][40:140, 40:140]))
+    np.testing.assert_array_equal(stack.band("nir")[0], refl(s.dn["nir"][40:140, 40:140]))
+    # 20 m band, nearest: each source pixel becomes 2 x 2 grid pixels
+    np.testing.assert_array_equal(stack.band("swir16")[0], refl(up2(s.dn["swir16"][20:70, 20:70])))
+    assert stack.clear.all()
+    assert stack.scl is not None and (stack.scl == 4).all()
+    assert result.probes == {"S2A_39SVV_20230801_0_L2A": 1.0}
+    assert result.coverage == {"S2A_39SVV_20230801_0_L2A": 1.0}
+    assert result.skipped == ()
+    assert result.bytes_fetched == 0  # local files: nothing over the network
+
+
+def test_bilinear_20m_band_stays_between_neighbours(tmp_path: Path) -> None:
+    s = make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=CLEAR_SCL, seed=1)
+    grid = Grid.from_origin(
+        CRS, TILE_X0 + 410, TILE_Y0 - 410, 10.0, 60, 60
+    )  # half a 20 m pixel off
+    result = read_stack(
+        [local_scene(s, tmp_path)],
+        grid,
+        bands=("swir16",),
+        aoi_mask=np.ones(grid.shape, bool),
+        read_config=rc(),  # bilinear by default
+        mask_config=NO_DILATION,
+    )
+    got = result.stack.band("swir16")[0]
+    src = refl(s.dn["swir16"])
+    window = src[19:52, 19:52]
+    assert np.isfinite(got).all()
+    assert window.min() - 1e-6 <= got.min() and got.max() <= window.max() + 1e-6
+    # a grid pixel centre at x = 415 m sits a quarter of the way between source centres 410/430
+    expected = 0.75 * src[20, 20] + 0.25 * src[20, 21]  # row: y centre -415 → between rows too
+    expected = 0.75 * (0.75 * src[20, 20] + 0.25 * src[20, 21]) + 0.25 * (
+        0.75 * src[21, 20] + 0.25 * src[21, 21]
+    )
+    assert got[0, 0] == pytest.approx(expected, abs=2e-4)
+    assert result.stack.scl is not None and set(np.unique(result.stack.scl)) == {4}
+
+
+def test_20m_bilinear_never_blends_nodata_into_values(tmp_path: Path) -> None:
+    """At a data edge the fast resampled read must not invent half-nodata values: it agrees
+    with GDAL's warper wherever both have data, and is nodata wherever the warper is."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    s = make_scene(
+        tmp_path,
+        "S2A_39SVV_20230801_0_L2A",
+        when(1),
+        scl=CLEAR_SCL,
+        seed=3,
+        nodata_cols=slice(100, None),
+    )
+    grid = Grid.from_origin(CRS, TILE_X0 + 410, TILE_Y0 - 410, 10.0, 120, 120)  # straddles col 100
+    result = read_stack(
+        [local_scene(s, tmp_path)],
+        grid,
+        bands=("swir16",),
+        aoi_mask=np.ones(grid.shape, bool),
+        read_config=rc(),
+        mask_config=NO_DILATION,
+    )
+    warped = np.zeros(grid.shape, np.uint16)
+    with rasterio.open(tmp_path / s.id / "swir16.tif") as src:
+        reproject(
+            rasterio.band(src, 1),
+            warped,
+            src_nodata=0,
+            dst_transform=grid.transform,
+            dst_crs=grid.crs,
+            dst_nodata=0,
+            resampling=Resampling.bilinear,
+        )
+    got = result.stack.band("swir16")[0]
+    ours_valid = np.isfinite(got)
+    assert not (ours_valid & (warped == 0)).any()
+    both = ours_valid & (warped > 0)
+    np.testing.assert_allclose(got[both], refl(warped)[both], atol=1.5e-4)  # 1 DN rounding
+    assert 0 < (warped > 0).sum() - ours_valid.sum() <= grid.height  # at most one edge column
+
+
+def test_harmonisation_removes_the_baseline_jump(tmp_path: Path) -> None:
+    """Same surface, two DN conventions: no fake 0.1 step between the dates."""
+    new = make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=CLEAR_SCL, seed=7)
+    old = make_scene(
+        tmp_path,
+        "S2A_39SVV_20230806_0_L2A",
+        when(6),
+        scl=CLEAR_SCL,
+        seed=7,
+        baseline="03.01",  # pre-04.00: no offset in the DNs, whatever raster:bands says
+    )
+    # Rewrite both: one surface, DN = 10000 x reflectance (+ 1000 from baseline 04.00 on).
+    from loopback import write_cog
+
+    for band in BANDS:
+        res = 20.0 if band == "swir16" else 10.0
+        surface = np.maximum(new.dn[band], 1001) - 1000
+        write_cog(
+            tmp_path / new.id / f"{band}.tif", surface + 1000, x0=TILE_X0, y0=TILE_Y0, res=res
+        )
+        write_cog(tmp_path / old.id / f"{band}.tif", surface, x0=TILE_X0, y0=TILE_Y0, res=res)
+    result = read_stack(
+        [local_scene(old, tmp_path), local_scene(new, tmp_path)],
+        GRID,
+        bands=BANDS,
+        aoi_mask=ALL,
+        read_config=rc(),
+        mask_config=NO_DILATION,
+    )
+    r = result.stack.reflectance
+    assert r.shape[0] == 2
+    np.testing.assert_allclose(r[0], r[1], atol=1e-6)
+    assert abs(float(np.nanmean(r[1] - r[0]))) < 1e-6
+
+
+def test_one_date_on_two_tiles_is_mosaicked_first_clear_wins(tmp_path: Path) -> None:
+    scl_a = CLEAR_SCL.copy()
+    scl_a[20:45, 20:45] = 9  # a cloud over part of the grid on tile A
+    a = make_scene(
+        tmp_path,
+        "S2A_39SVV_20230801_0_L2A",
+        when(1),
+        scl=scl_a,
+        seed=1,
+        nodata_cols=slice(90, None),
+    )
+    b = make_scene(
+        tmp_path, "S2A_39SWV_20230801_0_L2A", when(1), tile="39SWV", scl=CLEAR_SCL, seed=2
+    )
+    result = read_stack(
+        [local_scene(b, tmp_path), local_scene(a, tmp_path)],
+        GRID,
+        bands=("red",),
+        aoi_mask=ALL,
+        read_config=rc(resampling="nearest"),
+        mask_config=NO_DILATION,
+    )
+    stack = result.stack
+    assert stack.reflectance.shape[0] == 1  # one acquisition date
+    # B is clear everywhere (probe 1.0) so it goes first; A is only partly clear/covered.
+    assert stack.scene_ids == (("S2A_39SWV_20230801_0_L2A", "S2A_39SVV_20230801_0_L2A"),)
+    np.testing.assert_array_equal(stack.band("red")[0], refl(b.dn["red"][40:140, 40:140]))
+    assert stack.clear.all()
+    assert result.coverage["S2A_39SVV_20230801_0_L2A"] == pytest.approx(0.5)  # cols 90.. nodata
+    # Now A first (B cloudy where A is clear): each pixel comes from the first clear scene.
+    scl_b = CLEAR_SCL.copy()
+    scl_b[:, :45] = 9
+    b2 = make_scene(tmp_path, "S2A_39SWV_20230801_1_L2A", when(1), tile="39SWV", scl=scl_b, seed=2)
+    result = read_stack(
+        [local_scene(a, tmp_path), local_scene(b2, tmp_path)],
+        GRID,
+        bands=("red",),
+        aoi_mask=ALL,
+        read_config=rc(resampling="nearest"),
+        mask_config=NO_DILATION,
+    )
+    red = result.stack.band("red")[0]
+    a_clear = np.ones(GRID.shape, bool)
+    a_clear[:, 50:] = False  # nodata from tile column 90 = grid column 50
+    a_clear[0:50, 0:50] &= ~up2(scl_a[20:45, 20:45] == 9)
+    order = result.stack.scene_ids[0]
+    first, second = (a, b2) if order[0] == a.id else (b2, a)
+    first_clear = a_clear if first is a else up2(scl_b[20:70, 20:70] != 9)
+    np.testing.assert_array_equal(
+        red[first_clear], refl(first.dn["red"][40:140, 40:140])[first_clear]
+    )
+    rest = ~first_clear & (a_clear if second is a else up2(scl_b[20:70, 20:70] != 9))
+    assert rest.any()
+    np.testing.assert_array_equal(red[rest], refl(second.dn["red"][40:140, 40:140])[rest])
+    neither = ~first_clear & ~rest
+    assert np.isnan(red[neither]).all() and not result.stack.clear[0][neither].any()
+
+
+def test_cloudy_scene_skipped_and_roofs_kept(tmp_path: Path) -> None:
+    grid = Grid.from_origin(CRS, TILE_X0 + 400, TILE_Y0 - 400, 10.0, 20, 20)
+    aoi = np.ones(grid.shape, bool)
+    scenes = []
+    for day in range(1, 6):  # five dates; SCL calls the same 16 x 16 px block "cloud" on each
+        scl = CLEAR_SCL.copy()
+        scl[20:28, 20:28] = 9
+        s = make_scene(tmp_path, f"S2A_39SVV_202308{day:02d}_0_L2A", when(day), scl=scl, seed=day)
+        scenes.append(local_scene(s, tmp_path))
+    cloudy_scl = np.full_like(CLEAR_SCL, 8)
+    cloudy = make_scene(
+        tmp_path, "S2A_39SVV_20230810_0_L2A", when(10), scl=cloudy_scl, cloud_cover=3.0
+    )
+    scenes.append(local_scene(cloudy, tmp_path))
+    config = rc(min_aoi_clear_fraction=0.5)
+    # Without the roof rule the block (64 % of the AOI) is cloud: every scene is too cloudy.
+    no_rule = MaskConfig(dilate_px=0, persistent_min_dates=1000)
+    with pytest.raises(NoScenesError, match="cloudy inside AOI"):
+        read_stack(
+            scenes, grid, bands=("red",), aoi_mask=aoi, read_config=config, mask_config=no_rule
+        )
+    # With it (5 of 6 dates cloudy there >= 0.6): a roof, clear, the five scenes are used.
+    result = read_stack(
+        scenes,
+        grid,
+        bands=("red",),
+        aoi_mask=aoi,
+        read_config=config,
+        mask_config=MaskConfig(dilate_px=1, persistent_min_dates=5),
+    )
+    assert len(result.stack.times) == 5
+    assert result.stack.clear.all()  # the roof is clear and grows no dilation halo
+    assert [(s.scene_id, s.reason.split(":")[0]) for s in result.skipped] == [
+        ("S2A_39SVV_20230810_0_L2A", "cloudy inside AOI")
+    ]
+    assert "scene cloud 3%" in result.skipped[0].reason
+    assert result.probes["S2A_39SVV_20230810_0_L2A"] == 0.0
+    assert any("bright roofs" in n for n in result.notes)
+
+
+def test_probe_gives_the_aoi_clear_fraction(tmp_path: Path) -> None:
+    scl = CLEAR_SCL.copy()
+    scl[20:70, 20:45] = 9  # left half of the grid's 20 m pixels
+    s = make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=scl)
+    aoi = np.zeros(GRID.shape, bool)
+    aoi[:, 30:70] = True  # AOI straddles: 20 of its 40 columns cloudy
+    fractions = probe_scenes(
+        [local_scene(s, tmp_path)], GRID, aoi_mask=aoi, read_config=rc(), mask_config=NO_DILATION
+    )
+    assert fractions == {"S2A_39SVV_20230801_0_L2A": 0.5}
+    details = probe_details(
+        [local_scene(s, tmp_path)],
+        GRID,
+        aoi_mask=aoi,
+        read_config=rc(min_aoi_clear_fraction=0.6),
+        mask_config=NO_DILATION,
+    )
+    probe = details["S2A_39SVV_20230801_0_L2A"]
+    assert probe.coverage == 1.0 and probe.has_scl
+    assert probe.skip_reason == "cloudy inside AOI: 50% clear < 60% required; scene cloud 5%"
+
+
+def test_no_scl_falls_back_to_valid_data(tmp_path: Path) -> None:
+    s = make_scene(
+        tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=None, nodata_cols=slice(0, 60)
+    )
+    result = read_stack(
+        [local_scene(s, tmp_path)],
+        GRID,
+        bands=("red", "nir"),
+        aoi_mask=ALL,
+        read_config=rc(),
+        mask_config=NO_DILATION,
+    )
+    stack = result.stack
+    assert stack.scl is None
+    expected_clear = np.ones(GRID.shape, bool)
+    expected_clear[:, :20] = False  # tile columns 40..59 are nodata
+    np.testing.assert_array_equal(stack.clear[0], expected_clear)
+    assert result.coverage[s.id] == pytest.approx(0.8)
+    assert result.probes[s.id] == 1.0
+    assert any("fallback" in n and s.id in n for n in result.notes)
+    assert s.id not in (
+        probe_scenes(
+            [local_scene(s, tmp_path)],
+            GRID,
+            aoi_mask=ALL,
+            read_config=rc(),
+            mask_config=NO_DILATION,
+        )
+    )
+
+
+def test_outside_aoi_corrupt_and_missing_assets_skip_their_scene(tmp_path: Path) -> None:
+    good = make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=CLEAR_SCL, seed=1)
+    far = make_scene(
+        tmp_path,
+        "S2A_39SWV_20230806_0_L2A",
+        when(6),
+        scl=CLEAR_SCL,
+        x0=TILE_X0 + 50_000,
+        tile="39SWV",
+    )
+    corrupt = make_scene(tmp_path, "S2A_39SVV_20230811_0_L2A", when(11), scl=CLEAR_SCL, seed=3)
+    data = (tmp_path / corrupt.id / "nir.tif").read_bytes()
+    (tmp_path / corrupt.id / "nir.tif").write_bytes(data[: len(data) // 2])  # truncated COG
+    gone = make_scene(tmp_path, "S2A_39SVV_20230816_0_L2A", when(16), scl=CLEAR_SCL, seed=4)
+    (tmp_path / gone.id / "red.tif").unlink()
+    scenes = [local_scene(x, tmp_path) for x in (good, far, corrupt, gone)]
+    result = read_stack(
+        scenes, GRID, bands=("red", "nir"), aoi_mask=ALL, read_config=rc(), mask_config=NO_DILATION
+    )
+    assert result.stack.scene_ids == ((good.id,),)
+    reasons = {s.scene_id: s.reason for s in result.skipped}
+    assert reasons[far.id].startswith("outside AOI: data on 0.0% of it")
+    assert reasons[corrupt.id].startswith("unreadable asset: nir: corrupt or truncated asset")
+    assert reasons[gone.id] == "unreadable asset: red: asset missing (no such file)"
+
+
+def test_local_files_are_not_copied_into_the_cache(tmp_path: Path) -> None:
+    """The cache is for network reads (test_fetch_loopback checks a rerun fetches nothing);
+    a local COG window reads as fast as a cached array, so it is not duplicated on disk."""
+    data = tmp_path / "data"
+    scene = local_scene(make_scene(data, "S2A_39SVV_20230801_0_L2A", when(1), scl=CLEAR_SCL), data)
+    config = rc(cache_dir=str(tmp_path / "cache"))
+    result = read_stack(
+        [scene], GRID, bands=BANDS, aoi_mask=ALL, read_config=config, mask_config=NO_DILATION
+    )
+    assert result.cache_hits == 0 and result.assets_read == 4
+    assert not (tmp_path / "cache").exists()
+
+
+def test_result_does_not_depend_on_worker_count(tmp_path: Path) -> None:
+    scenes = [
+        local_scene(
+            make_scene(tmp_path, f"S2A_39SVV_202308{d:02d}_0_L2A", when(d), scl=CLEAR_SCL, seed=d),
+            tmp_path,
+        )
+        for d in (1, 6, 11)
+    ]
+    one = read_stack(
+        scenes,
+        GRID,
+        bands=BANDS,
+        aoi_mask=ALL,
+        read_config=rc(max_workers=1),
+        mask_config=MaskConfig(),
+    )
+    four = read_stack(
+        scenes,
+        GRID,
+        bands=BANDS,
+        aoi_mask=ALL,
+        read_config=rc(max_workers=4),
+        mask_config=MaskConfig(),
+    )
+    np.testing.assert_array_equal(one.stack.reflectance, four.stack.reflectance)
+    assert one.stack.scene_ids == four.stack.scene_ids
+
+
+def test_other_utm_zone_is_reprojected(tmp_path: Path) -> None:
+    """A tile in zone 38 read onto the zone-39 grid equals a whole-tile GDAL reprojection."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject, transform
+
+    xs, ys = transform(CRS, "EPSG:32638", [GRID.bounds[0]], [GRID.bounds[3]])
+    x0 = math.floor(xs[0] / 60) * 60 - 600
+    y0 = math.ceil(ys[0] / 60) * 60 + 600
+    scl = np.full((TILE_PX // 2, TILE_PX // 2), 5, np.uint8)
+    s = make_scene(
+        tmp_path,
+        "S2A_38SQE_20230801_0_L2A",
+        when(1),
+        tile="38SQE",
+        scl=scl,
+        x0=x0,
+        y0=y0,
+        crs="EPSG:32638",
+    )
+    result = read_stack(
+        [local_scene(s, tmp_path)],
+        GRID,
+        bands=("red",),
+        aoi_mask=ALL,
+        read_config=rc(resampling="nearest"),
+        mask_config=NO_DILATION,
+    )
+    expected = np.zeros(GRID.shape, np.uint16)
+    with rasterio.open(tmp_path / s.id / "red.tif") as src:
+        reproject(
+            rasterio.band(src, 1),
+            expected,
+            src_nodata=0,
+            dst_transform=GRID.transform,
+            dst_crs=GRID.crs,
+            dst_nodata=0,
+            resampling=Resampling.nearest,
+        )
+    got = result.stack.band("red")[0]
+    np.testing.assert_array_equal(got, refl(expected))
+    assert np.isfinite(got).mean() > 0.5
+
+
+def test_bad_inputs_are_refused_early(tmp_path: Path) -> None:
+    s = local_scene(
+        make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=CLEAR_SCL), tmp_path
+    )
+    kw: dict[str, Any] = {"aoi_mask": ALL, "read_config": rc(), "mask_config": NO_DILATION}
+    with pytest.raises(ReadError, match="aoi_mask shape"):
+        read_stack([s], GRID, bands=BANDS, **{**kw, "aoi_mask": np.ones((3, 3), bool)})
+    with pytest.raises(ConfigError, match="must not list 'scl'"):
+        read_stack([s], GRID, bands=("red", "scl"), **kw)
+    with pytest.raises(ConfigError, match="resampling 'bicubicle'"):
+        read_stack([s], GRID, bands=BANDS, **{**kw, "read_config": rc(resampling="bicubicle")})
+    no_swir = dataclasses.replace(s, assets={k: v for k, v in s.assets.items() if k != "swir16"})
+    with pytest.raises(ReadError, match="swir16"):
+        read_stack([no_swir], GRID, bands=BANDS, **kw)
+
+
+def test_dn_pattern_has_no_nodata() -> None:
+    assert (dn_pattern(1, (64, 64), base=1500) > 0).all()
