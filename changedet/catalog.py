@@ -997,9 +997,14 @@ def search_scenes(
         detail = "; ".join(f"{n} {r}" for r, n in reasons.most_common(3))
         if allow_empty:
             return SearchResult((), tuple(dropped), source, tuple(notes), items_seen)
+        if not dropped:
+            raise NoScenesError(
+                f"no scene in {source} covers AOI '{aoi.id}' between {start} and {end}; "
+                "check the AOI location, widen the dates or point --catalog elsewhere"
+            )
         raise NoScenesError(
             f"no usable scene in {source} for AOI '{aoi.id}' between {start} and {end}"
-            + (f" ({items_seen} found, dropped: {detail})" if items_seen else "")
+            + f" ({len(dropped)} dropped: {detail})"
             + "; widen the dates, raise catalog.max_cloud_cover or check the collection"
         )
     if sign is not None:  # only the scenes that will be read, only their assets

@@ -263,12 +263,14 @@ def search(
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Piped output is read by people and grep alike: do not squeeze it to 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 220)
     for report in reports:
         table = Table(
             title=f"AOI {report.aoi_id}: {len(report.used)} scene(s) from {report.source}"
         )
-        for col in ("id", "datetime", "tile", "cloud %", "AOI clear %", "status"):
+        table.add_column("id", no_wrap=True)
+        for col in ("datetime", "tile", "cloud %", "AOI clear %", "status"):
             table.add_column(col)
         for row in report.rows():
             table.add_row(*row)

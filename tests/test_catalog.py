@@ -406,7 +406,7 @@ def test_no_usable_scene_raises_or_returns_empty(tmp_path: Path) -> None:
         tmp_path / "items.json",
         [synth_item("S2A_39SVV_20230806_0_L2A", "2023-08-06T07:05:00Z", cloud=99.0)],
     )
-    with pytest.raises(NoScenesError, match="1 found"):
+    with pytest.raises(NoScenesError, match="1 dropped: 1 scene cloud cover"):
         _search(path)
     empty = _search(path, allow_empty=True)
     assert empty.scenes == () and empty.dropped[0].scene_id == "S2A_39SVV_20230806_0_L2A"
