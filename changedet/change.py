@@ -1,0 +1,352 @@
+"""Per-pixel change evidence between two composites, and the change decision.
+
+Steps (each a pure function on arrays):
+1. co-register `after` to `before` (phase correlation on the red band, corrected above a threshold);
+2. relative radiometric normalisation of `after` to `before` on no-change pixels;
+3. two complementary change magnitudes, each smoothed (Gaussian, sigma ~1 px) and robust-z scored
+   against the image's own distribution (change is rare, so median/MAD describe no-change):
+   - change-vector magnitude over all bands in noise units (CVA);
+   - class-conditional change: the visible change vector standardised within the land-cover class
+     (k-means) of each date, the larger of the two. A harvested field changes like many other fields
+     did between these dates, so it is normal for its class; a new roof is not, for either class;
+4. score = mean of the two robust z values, with the evidence damped where the pixel ends up
+   vegetated (`vegetation_gate`) or is water on both dates (`water_gate`); mask = hysteresis (seeds above `z_threshold`, grown down to
+   `z_low`), small objects below the minimum mapping unit removed, holes filled;
+5. indicators (dNDVI, dNDBI, dBSI, dbrightness) and a "new structure" likelihood (changed, not
+   vegetated afterwards, brighter or more built-up) are kept as evidence.
+
+No per-place tuning: every threshold is in robust-z units of that pair's own score distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from changedet.config import ChangeConfig
+from changedet.coreg import apply_shift, measure_shift
+from changedet.errors import DataError
+from changedet.models import ChangeMap, Composite
+from changedet.normalize import relative_normalize
+
+__all__ = [
+    "COREG_BANDS",
+    "DETECT_BANDS",
+    "class_conditional_change",
+    "decide",
+    "detect_change",
+    "kmeans_classes",
+    "robust_z",
+    "smooth",
+]
+
+# Bands used for detection when present (atmospheric bands B01/B09/B10 are left out on purpose).
+DETECT_BANDS = (
+    "blue",
+    "green",
+    "red",
+    "rededge1",
+    "rededge2",
+    "rededge3",
+    "nir",
+    "nir08",
+    "swir16",
+    "swir22",
+)
+VISIBLE_BANDS = ("blue", "green", "red")
+# Band measured for co-registration, first present wins: red has urban texture and moves less with
+# vegetation phenology than nir.
+COREG_BANDS = ("red", "green", "nir", "blue")
+_SAMPLES = 100_000  # pixels used for robust statistics
+
+
+def _sample(n: int, limit: int) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.linspace(0, n - 1, limit).astype(np.int64)
+
+
+def robust_z(
+    values: np.ndarray, valid: np.ndarray | None = None, *, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """(x - median) / (1.4826 MAD) with median and MAD over the finite (and `valid`) pixels of
+    `reference` (default: `values` itself); NaN stays NaN."""
+    ref = values if reference is None else reference
+    ok = np.isfinite(ref) if valid is None else (valid & np.isfinite(ref))
+    flat = ref[ok]
+    if flat.size == 0:
+        return np.full(values.shape, np.nan, dtype=np.float32)
+    flat = flat[_sample(flat.size, _SAMPLES)]
+    med = float(np.median(flat))
+    mad = 1.4826 * float(np.median(np.abs(flat - med)))
+    if mad <= 0:
+        mad = float(flat.std()) or 1.0
+    out = (values - np.float32(med)) / np.float32(mad)
+    return out.astype(np.float32, copy=False)
+
+
+def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
+    """NaN-aware Gaussian smoothing (normalised convolution); NaN pixels stay NaN."""
+    if sigma <= 0:
+        return values.astype(np.float32, copy=True)
+    finite = np.isfinite(values)
+    filled = np.where(finite, values, 0.0).astype(np.float32)
+    num = ndi.gaussian_filter(filled, sigma, truncate=3.0)
+    if finite.all():
+        return num
+    den = ndi.gaussian_filter(finite.astype(np.float32), sigma, truncate=3.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    out[~finite] = np.nan
+    return out
+
+
+def kmeans_classes(
+    image: np.ndarray, valid: np.ndarray, *, n_classes: int, seed: int = 0
+) -> np.ndarray:
+    """(H, W) int16 land-cover class per pixel from k-means on robust-standardised bands (-1 invalid).
+
+    Fitted on a deterministic subsample, then every valid pixel goes to its nearest centre.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    n_bands = image.shape[0]
+    flat = image.reshape(n_bands, -1)
+    flat_idx = np.flatnonzero(valid.ravel())
+    out = np.full(valid.shape, -1, dtype=np.int16)
+    if flat_idx.size < n_classes * 10:
+        out[valid] = 0
+        return out
+    sample = flat[:, flat_idx[_sample(flat_idx.size, 20_000)]].T.astype(np.float64)
+    med = np.median(sample, axis=0)
+    mad = 1.4826 * np.median(np.abs(sample - med), axis=0)
+    mad[mad <= 0] = 1.0
+    centres, _ = kmeans2((sample - med) / mad, n_classes, seed=seed, minit="++")
+    # Nearest centre in standardised units without standardising every pixel:
+    # |(x - med)/mad - c|^2 = sum_b (x_b - m_b)^2 / mad_b^2 with m = med + mad * c; the x^2 term
+    # is the same for every centre, so argmin of |m|_w^2 - 2 x.(m w) decides.
+    w = 1.0 / mad**2
+    means = med + mad * centres  # (K, B) in reflectance units
+    cross = (means * w).astype(np.float32) @ flat  # (K, N)
+    cross *= np.float32(-2.0)
+    cross += ((means**2) * w).sum(axis=1).astype(np.float32)[:, None]
+    # Running minimum over the K rows: much faster than argmin along a short first axis.
+    classes = np.zeros(flat.shape[1], dtype=np.int16)
+    best = cross[0].copy()
+    for k in range(1, n_classes):
+        closer = cross[k] < best
+        classes[closer] = k
+        np.minimum(best, cross[k], out=best)
+    out.ravel()[flat_idx] = classes[flat_idx]
+    return out
+
+
+def _class_distance(delta: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """RMS over bands of the change vector standardised by the median/MAD of its class."""
+    out = np.full(classes.shape, np.nan, dtype=np.float32)
+    flat_cls = classes.ravel()
+    flat_delta = delta.reshape(delta.shape[0], -1)
+    order = np.argsort(flat_cls, kind="stable")
+    bounds = np.searchsorted(flat_cls[order], np.arange(-1, n_classes + 1))
+    for j in range(n_classes):
+        members = order[bounds[j + 1] : bounds[j + 2]]
+        if members.size < 20:
+            continue
+        v = flat_delta[:, members]
+        s = v[:, _sample(members.size, 50_000)]
+        med = np.median(s, axis=1, keepdims=True)
+        mad = 1.4826 * np.median(np.abs(s - med), axis=1, keepdims=True)
+        mad = np.maximum(mad, 1e-4)
+        out.ravel()[members] = np.sqrt((((v - med) / mad) ** 2).mean(axis=0))
+    return out
+
+
+def class_conditional_change(
+    before: np.ndarray,
+    after: np.ndarray,
+    delta: np.ndarray,
+    valid: np.ndarray,
+    *,
+    n_classes: int,
+) -> np.ndarray:
+    """max over the two dates of the change standardised within that date's land-cover class."""
+    by_before = _class_distance(
+        delta, kmeans_classes(before, valid, n_classes=n_classes), n_classes
+    )
+    by_after = _class_distance(delta, kmeans_classes(after, valid, n_classes=n_classes), n_classes)
+    return np.fmax(by_before, by_after)
+
+
+def decide(
+    score: np.ndarray, *, high: float, low: float, min_pixels: int, fill: bool = True
+) -> np.ndarray:
+    """Hysteresis threshold (seeds >= high grown through >= low), then drop objects smaller than
+    `min_pixels` (8-connected) and fill enclosed holes."""
+    s = np.where(np.isfinite(score), score, -np.inf)
+    strong = s >= high
+    weak = s >= low
+    labels, n = ndi.label(weak, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros(score.shape, dtype=bool)
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[np.unique(labels[strong])] = True
+    keep[0] = False
+    if min_pixels > 1:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        keep &= sizes >= min_pixels
+    mask = keep[labels]
+    if fill:
+        mask = ndi.binary_fill_holes(mask)
+    return mask
+
+
+def _index(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a - b) / (a + b)
+
+
+def _indicators(
+    before: np.ndarray, after: np.ndarray, bands: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Spectral-index changes (after - before) for the bands that are present."""
+    pos = {name: i for i, name in enumerate(bands)}
+    out: dict[str, np.ndarray] = {}
+
+    def get(img: np.ndarray, name: str) -> np.ndarray:
+        return img[pos[name]]
+
+    if {"nir", "red"} <= pos.keys():
+        out["ndvi_loss"] = _index(get(before, "nir"), get(before, "red")) - _index(
+            get(after, "nir"), get(after, "red")
+        )
+    if {"swir16", "nir"} <= pos.keys():
+        out["ndbi_gain"] = _index(get(after, "swir16"), get(after, "nir")) - _index(
+            get(before, "swir16"), get(before, "nir")
+        )
+    if {"swir16", "red", "nir", "blue"} <= pos.keys():
+
+        def bsi(img: np.ndarray) -> np.ndarray:
+            return _index(get(img, "swir16") + get(img, "red"), get(img, "nir") + get(img, "blue"))
+
+        out["bsi_gain"] = bsi(after) - bsi(before)
+    out["brightness_gain"] = after.mean(axis=0) - before.mean(axis=0)
+    return {k: v.astype(np.float32, copy=False) for k, v in out.items()}
+
+
+def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> ChangeMap:
+    """Change score, decided mask and evidence between two composites on one grid.
+
+    Works with any band set containing some of DETECT_BANDS (L2A: blue, green, red, nir, swir16,
+    swir22; OSCD L1C: all ten 10/20 m bands). NaN pixels in either composite get NaN score and no
+    change. The minimum mapping unit is `config.min_area_m2` over `grid.pixel_area_m2`.
+    """
+    if before.grid != after.grid:
+        raise DataError(
+            "detect_change: the two composites are on different grids; build both on one grid"
+        )
+    bands = tuple(b for b in DETECT_BANDS if b in before.bands and b in after.bands)
+    if not bands:
+        raise DataError(
+            f"detect_change: no detection band among {before.bands}; read some of {DETECT_BANDS}"
+        )
+    grid = before.grid
+    b = before.reflectance[[before.bands.index(n) for n in bands]].astype(np.float32)
+    a = after.reflectance[[after.bands.index(n) for n in bands]].astype(np.float32)
+
+    coreg_band = next((bands.index(n) for n in COREG_BANDS if n in bands), 0)
+    shift = measure_shift(b[coreg_band], a[coreg_band]) if config.coregister else (0.0, 0.0)
+    corrected = config.coregister and float(np.hypot(*shift)) > config.coreg_threshold_px
+    if corrected:
+        a = apply_shift(a, shift)
+
+    valid = np.asarray(np.isfinite(b).all(axis=0) & np.isfinite(a).all(axis=0))
+    empty = np.full(grid.shape, np.nan, dtype=np.float32)
+    if valid.sum() < 100:
+        return ChangeMap(
+            grid=grid,
+            score=empty,
+            likelihood=np.zeros(grid.shape, np.float32),
+            mask=np.zeros(grid.shape, bool),
+            threshold=config.z_threshold,
+            shift_px=shift,
+            shift_corrected=corrected,
+        )
+    a, _ = relative_normalize(b, a)
+    delta = a - b
+    delta[:, ~valid] = np.nan
+
+    # CVA in noise units: each band's difference divided by its robust spread.
+    noise = np.empty(len(bands), dtype=np.float32)
+    pick = np.flatnonzero(valid.ravel())
+    pick = pick[_sample(pick.size, _SAMPLES)]
+    for i in range(len(bands)):
+        d = delta[i].ravel()[pick]
+        noise[i] = max(1.4826 * float(np.median(np.abs(d - np.median(d)))), 1e-5)
+    cva = np.sqrt(((delta / noise[:, None, None]) ** 2).mean(axis=0))
+
+    vis = [bands.index(n) for n in VISIBLE_BANDS if n in bands] or list(range(len(bands)))
+    cond = class_conditional_change(b, a, delta[vis], valid, n_classes=config.n_classes)
+
+    # Gates: evidence of change that ends in vegetation (crops greening, lawns; 1 at NDVI_after
+    # <= 0.3 to 0 at >= 0.5) or that stays on water (turbidity, tides; min MNDWI 0 -> 0.2) is not
+    # evidence of a new structure. Water before and land after (reclamation) is kept. The gate
+    # scales the per-pixel evidence before smoothing, so a damped field does not bleed into its
+    # rim; robust-z statistics come from the ungated evidence, so gating never sharpens the scale.
+    keep = np.ones(grid.shape, dtype=np.float32)
+    if config.vegetation_gate and {"nir", "red"} <= set(bands):
+        ndvi_after = _index(a[bands.index("nir")], a[bands.index("red")])
+        keep *= 1.0 - np.clip((ndvi_after - 0.3) / 0.2, 0, 1)
+    if config.water_gate and {"green", "swir16"} <= set(bands):
+        g, s1 = bands.index("green"), bands.index("swir16")
+        wet = np.fmin(_index(b[g], b[s1]), _index(a[g], a[s1]))
+        keep *= 1.0 - np.clip(wet / 0.2, 0, 1)
+    keep = np.nan_to_num(keep, nan=1.0)
+
+    sigma = config.smooth_sigma_px
+    z_cva = robust_z(smooth(cva * keep, sigma), valid, reference=smooth(cva, sigma))
+    z_cond = robust_z(smooth(cond * keep, sigma), valid, reference=smooth(cond, sigma))
+    score = 0.5 * (z_cva + z_cond)
+    score[~valid] = np.nan
+
+    min_pixels = max(1, int(np.ceil(config.min_area_m2 / grid.pixel_area_m2 - 1e-9)))
+    mask = decide(
+        score,
+        high=config.z_threshold,
+        low=config.z_low,
+        min_pixels=min_pixels,
+        fill=config.fill_holes,
+    )
+    mask &= valid
+
+    indicators = _indicators(b, a, bands)
+    # "New structure" likelihood: changed (logistic in score around the decision threshold),
+    # not vegetated afterwards, and brighter or more built-up / bare than before.
+    with np.errstate(invalid="ignore", over="ignore"):
+        changed = 1.0 / (1.0 + np.exp(-(score - config.z_threshold) / 2.0))
+        if "ndvi_loss" in indicators and {"nir", "red"} <= set(bands):
+            ndvi_after = _index(a[bands.index("nir")], a[bands.index("red")])
+            not_vegetated = np.clip((0.5 - ndvi_after) / 0.3, 0.0, 1.0)
+        else:
+            not_vegetated = np.ones(grid.shape, np.float32)
+        gains = [
+            robust_z(indicators[k], valid)
+            for k in ("brightness_gain", "ndbi_gain", "bsi_gain")
+            if k in indicators
+        ]
+        built = 1.0 / (1.0 + np.exp(-np.max(np.stack(gains), axis=0)))
+        likelihood = np.nan_to_num(changed * not_vegetated * built, nan=0.0).astype(np.float32)
+
+    indicators["cva"] = cva.astype(np.float32)
+    indicators["class_conditional"] = cond
+    return ChangeMap(
+        grid=grid,
+        score=score.astype(np.float32),
+        likelihood=likelihood,
+        mask=mask,
+        threshold=config.z_threshold,
+        indicators=indicators,
+        shift_px=shift,
+        shift_corrected=bool(corrected),
+    )
