@@ -1,0 +1,822 @@
+"""Semi-real monthly series from a real OSCD pair: how counting and dating are tested on real spectra.
+
+From one labelled OSCD city (two real Sentinel-2 dates and a change label), build a monthly series in
+which every labelled change region (8-connected component of >= `min_region_px` changed pixels)
+appears at an assigned date: each acquisition shows `imgs_2` pixels inside regions revealed by then
+and `imgs_1` pixels elsewhere. On top come per-date radiometric gain, sensor noise, sub-pixel
+misregistration, synthetic clouds with displaced shadows and an SCL emulation (including faint cloud
+edges that slip through, and bright surfaces SCL calls cloud), and one processing-baseline switch:
+before `switch_date` DN = 10000·ρ (offset 0, baseline 03.01), from it on DN = 10000·ρ + 1000
+(`raster:bands` offset −0.1, baseline 04.00) — so the reader's harmonisation is exercised.
+
+Grid choice: the OSCD pair is L1C in EPSG:4326. The series is written on the UTM 10 m grid of the
+city's centre (bounds snapped inward to 10 m multiples, bilinear for reflectance, nearest for the
+label), because that is the grid `changedet run` builds for an AOI: with the `aoi.geojson` written
+beside the catalog, `grid_for(aoi)` reproduces this grid exactly and no second resampling happens.
+The spectra are L1C top-of-atmosphere values presented as L2A bottom-of-atmosphere reflectance.
+
+Output folder:
+    catalog.json, sentinel-2-l2a/collection.json, sentinel-2-l2a/<item>/<item>.json  (static STAC,
+        Earth Search v1 asset keys: blue green red nir at 10 m, swir16 swir22 scl at 20 m)
+    sentinel-2-l2a/<item>/<band>.tif   COGs
+    truth.geojson      one feature per change region (EPSG:4326): region_id, appeared, n_pixels,
+                       area_m2, bermed (null: OSCD has no berms)
+    aoi.geojson        the series extent as an AOI (id = city)
+    series.json        grid, dates, switch date, seed, and per-acquisition cloud cover and shift
+
+`score_structures` scores ledger structures against the truth: object matches at IoU > 0.25 (the
+SpaceNet 7 rule), precision/recall/F1, and the share of matched structures whose first-seen
+interval contains the true appearance date.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from scipy import ndimage
+
+from changedet.errors import DataError
+from changedet.models import Grid, Progress, Stack, Structure, no_progress
+
+__all__ = [
+    "SERIES_BANDS",
+    "Acquisition",
+    "OSCDSeries",
+    "SeriesScore",
+    "SeriesSummary",
+    "TruthRegion",
+    "acquisition_dn",
+    "detect_series",
+    "load_truth",
+    "make_oscd_series",
+    "render_acquisition",
+    "score_structures",
+    "series_stack",
+    "truth_labels",
+    "write_oscd_series",
+]
+
+SERIES_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir16", "swir22")
+BANDS_20M: tuple[str, ...] = ("swir16", "swir22")
+_CLOUD = np.array([0.48, 0.47, 0.46, 0.49, 0.38, 0.26], np.float32)[:, None, None]
+_OLD_BASELINE, _NEW_BASELINE = "03.01", "04.00"
+
+
+@dataclass(frozen=True)
+class TruthRegion:
+    """One labelled change region and the date it appears in the series."""
+
+    region_id: int
+    appeared: date
+    n_pixels: int
+    area_m2: float
+    geometry: Any  # shapely polygon in the series grid CRS
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One synthetic acquisition date and its random draws."""
+
+    index: int
+    when: datetime
+    scene_id: str
+    cloud_cover: float  # target cloud fraction 0..1
+    shift_px: tuple[float, float]  # (row, col) misregistration
+    gain: tuple[float, ...]  # per band
+    baseline: str  # processing baseline: "03.01" (offset 0) or "04.00" (offset -0.1)
+
+    @property
+    def boa_offset(self) -> float:
+        return -0.1 if self.baseline == _NEW_BASELINE else 0.0
+
+
+@dataclass(frozen=True)
+class OSCDSeries:
+    """A semi-real series in memory: the two real dates on the UTM grid and the plan."""
+
+    city: str
+    grid: Grid
+    bands: tuple[str, ...]
+    before: np.ndarray  # (B, H, W) float32, NaN where no data
+    after: np.ndarray  # (B, H, W) float32
+    regions: np.ndarray  # (H, W) int32, 0 = none, else region_id
+    truth: tuple[TruthRegion, ...]
+    acquisitions: tuple[Acquisition, ...]
+    switch_date: date
+    start: date
+    months: int
+    seed: int
+    tile: str
+
+    @property
+    def end(self) -> date:
+        """Last day of the series (inclusive)."""
+        total = self.start.year * 12 + self.start.month - 1 + self.months
+        return date(total // 12, total % 12 + 1, 1) - timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    city: str
+    out_dir: Path
+    catalog: Path
+    truth: Path
+    aoi: Path
+    grid: Grid
+    n_acquisitions: int
+    n_regions: int
+    start: date
+    end: date
+    switch_date: date
+
+
+@dataclass(frozen=True)
+class SeriesScore:
+    """Object-level scores of structures against truth regions (one city or pooled)."""
+
+    city: str
+    tp: int
+    fp: int
+    fn: int
+    first_seen_hits: int  # matched structures whose interval contains the true date
+    matched: int
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def first_seen_accuracy(self) -> float:
+        return self.first_seen_hits / self.matched if self.matched else 0.0
+
+    def __add__(self, other: SeriesScore) -> SeriesScore:
+        return SeriesScore(
+            "pooled",
+            self.tp + other.tp,
+            self.fp + other.fp,
+            self.fn + other.fn,
+            self.first_seen_hits + other.first_seen_hits,
+            self.matched + other.matched,
+        )
+
+
+# ----------------------------------------------------------------------------- building the series
+
+
+def _add_months(d: date, months: int) -> date:
+    total = d.year * 12 + (d.month - 1) + months
+    return date(total // 12, total % 12 + 1, 1)
+
+
+def _utm_grid(src: Grid, res: float = 10.0) -> Grid:
+    """UTM grid of the source extent's centre, bounds snapped inward to `res` multiples."""
+    from pyproj import Transformer
+
+    from changedet.aoi import utm_epsg
+
+    x0, y0, x1, y1 = src.bounds
+    crs = f"EPSG:{utm_epsg((x0 + x1) / 2, (y0 + y1) / 2)}"
+    tr = Transformer.from_crs(src.crs, crs, always_xy=True)
+    xs, ys = tr.transform([x0, x0, x1, x1], [y0, y1, y0, y1])
+    # Inward: the largest axis-aligned box inside the (slightly rotated) source footprint.
+    left, right = max(xs[0], xs[1]), min(xs[2], xs[3])
+    bottom, top = max(ys[0], ys[2]), min(ys[1], ys[3])
+    left, bottom = math.ceil(left / res) * res, math.ceil(bottom / res) * res
+    right, top = math.floor(right / res) * res, math.floor(top / res) * res
+    return Grid.from_origin(
+        crs, left, top, res, round((right - left) / res), round((top - bottom) / res)
+    )
+
+
+def _reproject(arr: np.ndarray, src: Grid, dst: Grid, *, nearest: bool) -> np.ndarray:
+    from rasterio.warp import Resampling, reproject
+
+    stack = arr[np.newaxis] if arr.ndim == 2 else arr
+    out = np.full((stack.shape[0], *dst.shape), np.nan if not nearest else 0, dtype=stack.dtype)
+    reproject(
+        source=stack,
+        destination=out,
+        src_transform=src.transform,
+        src_crs=src.crs,
+        dst_transform=dst.transform,
+        dst_crs=dst.crs,
+        src_nodata=None if nearest else np.nan,
+        dst_nodata=None if nearest else np.nan,
+        resampling=Resampling.nearest if nearest else Resampling.bilinear,
+    )
+    return out[0] if arr.ndim == 2 else out
+
+
+def _regions(label: np.ndarray, min_px: int) -> tuple[np.ndarray, int]:
+    lab, n = ndimage.label(label, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    keep = np.flatnonzero(sizes >= min_px)
+    keep = keep[keep > 0]
+    lut = np.zeros(n + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
+    return lut[lab], int(keep.size)
+
+
+def _region_geometry(mask: np.ndarray, grid: Grid) -> Any:
+    from changedet.track import footprint_geometry
+
+    return footprint_geometry(mask, grid)
+
+
+def make_oscd_series(
+    city: Any,
+    *,
+    seed: int = 0,
+    start: date = date(2023, 1, 1),
+    months: int = 12,
+    scenes_per_month: int = 3,
+    baseline_months: int = 2,
+    min_region_px: int = 10,
+    switch_month: int | None = None,
+) -> OSCDSeries:
+    """Plan a semi-real series from an `oscd.OSCDCity` loaded with its label.
+
+    Regions appear in months `baseline_months` .. `months - 2` (so each has at least two later
+    months to be confirmed in), on a uniformly drawn day. The baseline switch happens at the start
+    of month `switch_month` (default: the middle month).
+    """
+    if city.label is None:
+        raise DataError(
+            f"OSCD city '{city.name}' has no label; the series needs its change regions"
+        )
+    if months < baseline_months + 2:
+        raise DataError(f"a series needs at least {baseline_months + 2} months, got {months}")
+    missing = [b for b in SERIES_BANDS if b not in city.bands]
+    if missing:
+        raise DataError(f"OSCD city '{city.name}' lacks bands {missing}")
+    idx = [city.bands.index(b) for b in SERIES_BANDS]
+    grid = _utm_grid(city.grid)
+    before = _reproject(city.before[idx].astype(np.float32), city.grid, grid, nearest=False)
+    after = _reproject(city.after[idx].astype(np.float32), city.grid, grid, nearest=False)
+    label = _reproject(city.label.astype(np.uint8), city.grid, grid, nearest=True) > 0
+    regions, n = _regions(label, min_region_px)
+
+    rng = np.random.default_rng([seed, 11])
+    truth: list[TruthRegion] = []
+    slices = ndimage.find_objects(regions)
+    for rid in range(1, n + 1):
+        month = int(rng.integers(baseline_months, months - 1))
+        m0 = _add_months(start, month)
+        m1 = _add_months(start, month + 1)
+        day = m0 + timedelta(days=int(rng.integers(0, (m1 - m0).days)))
+        sl = slices[rid - 1]
+        assert sl is not None
+        mask = np.zeros(grid.shape, dtype=bool)
+        mask[sl] = regions[sl] == rid
+        npx = int(mask.sum())
+        truth.append(
+            TruthRegion(rid, day, npx, npx * grid.pixel_area_m2, _region_geometry(mask, grid))
+        )
+
+    switch = _add_months(start, switch_month if switch_month is not None else months // 2)
+    plan_rng = np.random.default_rng([seed, 12])
+    zone = int(grid.crs.split(":")[1]) % 100
+    tile = f"{zone:02d}X{city.name[:2].upper()}"
+    acqs: list[Acquisition] = []
+    for m in range(months):
+        m0, m1 = _add_months(start, m), _add_months(start, m + 1)
+        span = (m1 - m0).days
+        for k in range(scenes_per_month):
+            day = m0 + timedelta(
+                days=min(
+                    span - 1, int(span * (k + 0.5) / scenes_per_month + plan_rng.integers(-2, 3))
+                )
+            )
+            when = datetime(day.year, day.month, day.day, 7, 5, tzinfo=UTC)
+            u = plan_rng.random()
+            cover = (
+                0.0
+                if u < 0.5
+                else (plan_rng.uniform(0.05, 0.4) if u < 0.8 else plan_rng.uniform(0.5, 0.95))
+            )
+            shift = (float(plan_rng.normal(0, 0.25)), float(plan_rng.normal(0, 0.25)))
+            gain = tuple(float(g) for g in plan_rng.normal(1.0, 0.02, len(SERIES_BANDS)))
+            sid = f"S2A_{tile}_{day:%Y%m%d}_{len(acqs)}_L2A"
+            base = _NEW_BASELINE if day >= switch else _OLD_BASELINE
+            acqs.append(Acquisition(len(acqs), when, sid, float(cover), shift, gain, base))
+    return OSCDSeries(
+        city=city.name,
+        grid=grid,
+        bands=SERIES_BANDS,
+        before=before,
+        after=after,
+        regions=regions,
+        truth=tuple(truth),
+        acquisitions=tuple(acqs),
+        switch_date=switch,
+        start=start,
+        months=months,
+        seed=seed,
+        tile=tile,
+    )
+
+
+def _block_mean(a: np.ndarray, factor: int = 2) -> np.ndarray:
+    from changedet.synth_scene import block_mean
+
+    return np.asarray(block_mean(a, factor))
+
+
+def render_acquisition(series: OSCDSeries, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Acquisition `t` as (reflectance (B, H, W) float32 NaN = no data, scl (H/2, W/2) uint8 at
+    20 m, cloud alpha (H, W) float32). Deterministic in (series seed, t)."""
+    from changedet.synth_scene import fractal_noise
+
+    acq = series.acquisitions[t]
+    rng = np.random.default_rng([series.seed, 1000 + t])
+    day = acq.when.date()
+    revealed_ids = np.array(
+        [r.region_id for r in series.truth if r.appeared <= day], dtype=np.int32
+    )
+    inside = np.isin(series.regions, revealed_ids) & np.isfinite(series.after).all(axis=0)
+    refl = np.where(inside[None], series.after, series.before).astype(np.float32)
+    nodata = ~np.isfinite(refl).all(axis=0)
+    refl = np.nan_to_num(refl, nan=0.0)
+    refl = ndimage.shift(refl, (0, *acq.shift_px), order=1, mode="nearest")
+    refl *= np.asarray(acq.gain, np.float32)[:, None, None]
+    h, w = series.grid.shape
+    cloud = np.zeros((h, w), np.float32)
+    shadow = np.zeros((h, w), np.float32)
+    if acq.cloud_cover > 0:
+        m = 16
+        big = fractal_noise(rng, (h + 2 * m, w + 2 * m), 3.6)
+        inner = big[m : m + h, m : m + w]
+        thr = float(np.quantile(inner, 1.0 - acq.cloud_cover))
+        alpha = np.clip((big - thr) / 0.35 + 0.5, 0.0, 1.0) ** 0.8
+        cloud = alpha[m : m + h, m : m + w].astype(np.float32)
+        dr, dc = int(rng.integers(-m + 2, m - 1)), int(rng.integers(-m + 2, m - 1))
+        shadow = alpha[m - dr : m - dr + h, m - dc : m - dc + w].astype(np.float32)
+        refl *= 1.0 - 0.6 * shadow * (1.0 - cloud)
+        refl = refl * (1.0 - cloud) + _CLOUD * float(rng.uniform(0.85, 1.1)) * cloud
+    refl += rng.standard_normal(refl.shape).astype(np.float32) * (0.002 + 0.01 * np.abs(refl))
+    refl[:, nodata] = np.nan
+    # SCL at 20 m from the fields (Sen2Cor-like): faint cloud edges slip through as 7.
+    a20, s20 = _block_mean(cloud), _block_mean(shadow * (1.0 - cloud))
+    red, nir, blue = _block_mean(refl[2]), _block_mean(refl[3]), _block_mean(refl[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ndvi = (nir - red) / np.maximum(nir + red, 1e-6)
+    scl = np.full(a20.shape, 5, dtype=np.uint8)
+    scl[ndvi >= 0.3] = 4
+    scl[(nir < 0.05) & (blue < 0.1)] = 6
+    scl[(blue > 0.25) & (rng.random() < 0.4)] = 8  # bright roofs and sand called cloud sometimes
+    scl[(a20 >= 0.08) & (a20 < 0.2)] = 7
+    scl[(s20 >= 0.25) & (a20 < 0.2)] = 3
+    scl[(a20 >= 0.2) & (a20 < 0.5)] = 8
+    scl[a20 >= 0.5] = 9
+    scl[_block_mean(np.asarray(nodata, dtype=np.float32)) > 0.5] = 0
+    scl[~np.isfinite(nir)] = 0
+    return refl, scl, cloud
+
+
+def acquisition_dn(series: OSCDSeries, t: int) -> dict[str, np.ndarray]:
+    """Digital numbers of acquisition `t` as written: 10 m bands (H, W), 20 m bands and scl
+    (H/2, W/2); uint16 with 0 = nodata, offset per the acquisition's processing baseline."""
+    refl, scl, _ = render_acquisition(series, t)
+    add = 1000.0 if series.acquisitions[t].baseline == _NEW_BASELINE else 0.0
+    out: dict[str, np.ndarray] = {}
+    for i, band in enumerate(series.bands):
+        r = _block_mean(refl[i]) if band in BANDS_20M else refl[i]
+        valid = np.isfinite(r)
+        dn = np.clip(np.rint(np.nan_to_num(r) * 10000.0 + add), 1, 65535).astype(np.uint16)
+        dn[~valid] = 0
+        out[band] = dn
+    out["scl"] = scl
+    return out
+
+
+def series_stack(
+    series: OSCDSeries,
+    indices: Sequence[int],
+    *,
+    invalid_scl: Sequence[int] = (0, 1, 3, 8, 9, 10, 11),
+) -> Stack:
+    """A harmonised in-memory Stack of some acquisitions (DN → reflectance with each baseline's
+    offset, 20 m bands and SCL upsampled by pixel repetition, SCL-masked). For drivers and tests
+    that bypass the COG reader."""
+    h, w = series.grid.shape
+    nb = len(series.bands)
+    refl = np.empty((len(indices), nb, h, w), np.float32)
+    clear = np.empty((len(indices), h, w), bool)
+    scls = np.empty((len(indices), h, w), np.uint8)
+    for j, t in enumerate(indices):
+        dn = acquisition_dn(series, t)
+        offset = series.acquisitions[t].boa_offset
+        for i, band in enumerate(series.bands):
+            d = dn[band]
+            if d.shape != (h, w):
+                d = _upsample(d, (h, w))
+            r = d.astype(np.float32) * 1e-4 + offset
+            r[d == 0] = np.nan
+            refl[j, i] = r
+        scls[j] = _upsample(dn["scl"], (h, w))
+        clear[j] = ~np.isin(scls[j], np.asarray(invalid_scl)) & np.isfinite(refl[j]).all(axis=0)
+    refl[~np.broadcast_to(clear[:, None], refl.shape)] = np.nan
+    acqs = [series.acquisitions[t] for t in indices]
+    return Stack(
+        grid=series.grid,
+        bands=series.bands,
+        times=tuple(a.when for a in acqs),
+        scene_ids=tuple((a.scene_id,) for a in acqs),
+        reflectance=refl,
+        clear=clear,
+        scl=scls,
+    )
+
+
+def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    up = np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)
+    out = np.zeros(shape, a.dtype)
+    hh, ww = min(shape[0], up.shape[0]), min(shape[1], up.shape[1])
+    out[:hh, :ww] = up[:hh, :ww]
+    if hh < shape[0]:
+        out[hh:, :ww] = up[hh - 1 : hh, :ww]
+    if ww < shape[1]:
+        out[:, ww:] = out[:, ww - 1 : ww]
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _to_wgs84(geom: Any, crs: str) -> Any:
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    return shapely.transform(geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+
+
+def _raster_bands(band: str, offset: float) -> list[dict[str, Any]]:
+    if band == "scl":
+        return [{"nodata": 0, "data_type": "uint8", "spatial_resolution": 20}]
+    res = 20 if band in BANDS_20M else 10
+    return [
+        {
+            "nodata": 0,
+            "data_type": "uint16",
+            "bits_per_sample": 15,
+            "spatial_resolution": res,
+            "scale": 0.0001,
+            "offset": offset,
+        }
+    ]
+
+
+def write_oscd_series(
+    root: Path,
+    city: str,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    start: date = date(2023, 1, 1),
+    months: int = 12,
+    scenes_per_month: int = 3,
+    progress: Progress = no_progress,
+) -> SeriesSummary:
+    """Build the semi-real series of OSCD `city` under `root` and write it to `out_dir` (replaced
+    atomically): COGs, a static STAC catalog with Earth Search keys, truth.geojson, aoi.geojson."""
+    import pystac
+
+    from changedet.fsio import atomic_dir, write_cog, write_json
+    from changedet.oscd import load_city
+
+    data = load_city(Path(root), city, with_label=True)
+    series = make_oscd_series(
+        data, seed=seed, start=start, months=months, scenes_per_month=scenes_per_month
+    )
+    grid = series.grid
+    grid20 = grid.scaled(2)
+    epsg = grid.epsg
+    out_dir = Path(out_dir)
+    footprint = shapely.box(*grid.bounds)
+    footprint_ll = _to_wgs84(footprint, grid.crs)
+    with atomic_dir(out_dir) as tmp:
+        catalog = pystac.Catalog(
+            id=f"oscd-series-{city}",
+            description=(
+                f"Semi-real monthly Sentinel-2 series built from the OSCD pair of {city} "
+                "(contains modified Copernicus Sentinel data 2015-2018; labels CC BY-NC-SA)"
+            ),
+        )
+        collection = pystac.Collection(
+            id="sentinel-2-l2a",
+            description="Semi-real Sentinel-2 L2A-like acquisitions (changedet synth oscd-series)",
+            extent=pystac.Extent(
+                pystac.SpatialExtent([list(footprint_ll.bounds)]),
+                pystac.TemporalExtent(
+                    [[series.acquisitions[0].when, series.acquisitions[-1].when]]
+                ),
+            ),
+            license="other",
+        )
+        catalog.add_child(collection)
+        n = len(series.acquisitions)
+        for t, acq in enumerate(series.acquisitions):
+            dn = acquisition_dn(series, t)
+            item_dir = tmp / "sentinel-2-l2a" / acq.scene_id
+            valid = dn["scl"] > 0
+            cloudy = np.isin(dn["scl"], (8, 9, 10)) & valid
+            item = pystac.Item(
+                id=acq.scene_id,
+                geometry=shapely.geometry.mapping(footprint_ll),
+                bbox=list(footprint_ll.bounds),
+                datetime=acq.when,
+                properties={
+                    "platform": "sentinel-2a",
+                    "constellation": "sentinel-2",
+                    "instruments": ["msi"],
+                    "eo:cloud_cover": round(
+                        100.0 * float(cloudy.sum()) / max(int(valid.sum()), 1), 3
+                    ),
+                    "proj:epsg": epsg,
+                    "grid:code": f"MGRS-{series.tile}",
+                    "s2:processing_baseline": acq.baseline,
+                    "earthsearch:boa_offset_applied": acq.baseline == _NEW_BASELINE,
+                    "updated": acq.when.isoformat().replace("+00:00", "Z"),
+                    "changedet:oscd_city": city,
+                    "changedet:shift_px": list(acq.shift_px),
+                },
+            )
+            for band, arr in dn.items():
+                g = grid20 if arr.shape != grid.shape else grid
+                path = item_dir / f"{band}.tif"
+                write_cog(path, arr, g, nodata=0)
+                item.add_asset(
+                    band,
+                    pystac.Asset(
+                        href=f"./{band}.tif",
+                        media_type=pystac.MediaType.COG,
+                        roles=["data"],
+                        extra_fields={
+                            "raster:bands": _raster_bands(band, acq.boa_offset),
+                            "proj:shape": list(g.shape),
+                            "proj:transform": list(g.transform)[:6],
+                        },
+                    ),
+                )
+            collection.add_item(item)
+            progress("oscd-series", t + 1, n)
+        catalog.normalize_hrefs(str(tmp) + "/")  # the temp folder name has a suffix: say "folder"
+        catalog.make_all_asset_hrefs_relative()
+        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        write_json(tmp / "truth.geojson", _truth_geojson(series))
+        write_json(
+            tmp / "aoi.geojson",
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"id": city, "name": f"OSCD {city} (semi-real series)"},
+                        # 1 m inside the grid so grid_for() snaps outward onto exactly this grid.
+                        "geometry": shapely.geometry.mapping(
+                            _to_wgs84(footprint.buffer(-1.0, join_style="mitre"), grid.crs)
+                        ),
+                    }
+                ],
+            },
+        )
+        write_json(tmp / "series.json", _series_json(series))
+    return SeriesSummary(
+        city=city,
+        out_dir=out_dir,
+        catalog=out_dir / "catalog.json",
+        truth=out_dir / "truth.geojson",
+        aoi=out_dir / "aoi.geojson",
+        grid=grid,
+        n_acquisitions=len(series.acquisitions),
+        n_regions=len(series.truth),
+        start=series.start,
+        end=series.end,
+        switch_date=series.switch_date,
+    )
+
+
+def _truth_geojson(series: OSCDSeries) -> dict[str, Any]:
+    feats = []
+    for r in series.truth:
+        feats.append(
+            {
+                "type": "Feature",
+                "properties": {
+                    "region_id": r.region_id,
+                    "appeared": r.appeared.isoformat(),
+                    "n_pixels": r.n_pixels,
+                    "area_m2": round(r.area_m2, 1),
+                    "bermed": None,
+                },
+                "geometry": shapely.geometry.mapping(_to_wgs84(r.geometry, series.grid.crs)),
+            }
+        )
+    return {
+        "type": "FeatureCollection",
+        "properties": {"city": series.city, "grid_crs": series.grid.crs, "seed": series.seed},
+        "features": feats,
+    }
+
+
+def _series_json(series: OSCDSeries) -> dict[str, Any]:
+    g = series.grid
+    return {
+        "city": series.city,
+        "seed": series.seed,
+        "start": series.start.isoformat(),
+        "end": series.end.isoformat(),
+        "months": series.months,
+        "switch_date": series.switch_date.isoformat(),
+        "grid": {
+            "crs": g.crs,
+            "transform": list(g.transform)[:6],
+            "width": g.width,
+            "height": g.height,
+        },
+        "n_regions": len(series.truth),
+        "acquisitions": [
+            {
+                "id": a.scene_id,
+                "datetime": a.when.isoformat(),
+                "cloud_cover": round(a.cloud_cover, 3),
+                "shift_px": [round(a.shift_px[0], 3), round(a.shift_px[1], 3)],
+                "processing_baseline": a.baseline,
+            }
+            for a in series.acquisitions
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------- truth and scoring
+
+
+def load_truth(path: Path, grid: Grid) -> list[TruthRegion]:
+    """Read truth.geojson (EPSG:4326) back as TruthRegions in `grid`'s CRS."""
+    from changedet.aoi import to_grid_crs
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read truth file '{path}': {exc}") from None
+    out: list[TruthRegion] = []
+    for f in data.get("features", []):
+        p = f["properties"]
+        geom = to_grid_crs(shapely.geometry.shape(f["geometry"]), grid.crs)
+        out.append(
+            TruthRegion(
+                int(p.get("region_id", len(out) + 1)),
+                date.fromisoformat(p["appeared"]),
+                int(p.get("n_pixels", 0)),
+                float(p.get("area_m2", geom.area)),
+                geom,
+            )
+        )
+    return out
+
+
+def truth_labels(truth: Sequence[TruthRegion], grid: Grid) -> np.ndarray:
+    """(H, W) int32 raster of the truth regions: truth[i] → i + 1."""
+    from rasterio.features import rasterize
+
+    out = np.zeros(grid.shape, dtype=np.int32)
+    shapes = [(r.geometry, i + 1) for i, r in enumerate(truth) if not r.geometry.is_empty]
+    if shapes:
+        rasterize(shapes, out=out, transform=grid.transform, dtype="int32")
+    return out
+
+
+def score_structures(
+    structures: Sequence[Structure],
+    structure_labels: np.ndarray,
+    truth: Sequence[TruthRegion],
+    truth_raster: np.ndarray,
+    *,
+    city: str = "",
+    min_iou: float = 0.25,
+    confirmed_only: bool = True,
+) -> SeriesScore:
+    """Greedy one-to-one matching by pixel IoU (> `min_iou`, highest first, SpaceNet 7 style).
+
+    structure_labels: (H, W) int, structures[i] → i + 1 (e.g. `Ledger.footprints`);
+    truth_raster: (H, W) int, truth[j] → j + 1 (`truth_labels`).
+    First-seen hit: first_seen_start <= appeared < first_seen_end (a missing start is open).
+    """
+    keep = [i for i, s in enumerate(structures) if s.confirmed or not confirmed_only]
+    keep_set = np.zeros(len(structures) + 1, dtype=bool)
+    keep_set[[i + 1 for i in keep]] = True
+    s_lab = np.where(keep_set[structure_labels], structure_labels, 0)
+    both = (s_lab > 0) & (truth_raster > 0)
+    pair = s_lab[both].astype(np.int64) * (len(truth) + 1) + truth_raster[both]
+    inter = np.bincount(pair, minlength=0)
+    s_area = np.bincount(s_lab.ravel(), minlength=len(structures) + 1)
+    t_area = np.bincount(truth_raster.ravel(), minlength=len(truth) + 1)
+    cands: list[tuple[float, int, int]] = []
+    for code in np.flatnonzero(inter):
+        si, ti = divmod(int(code), len(truth) + 1)
+        iou = inter[code] / (s_area[si] + t_area[ti] - inter[code])
+        if iou > min_iou:
+            cands.append((float(iou), si, ti))
+    cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+    used_s: set[int] = set()
+    used_t: set[int] = set()
+    hits = 0
+    for _iou, si, ti in cands:
+        if si in used_s or ti in used_t:
+            continue
+        used_s.add(si)
+        used_t.add(ti)
+        s, r = structures[si - 1], truth[ti - 1]
+        lo_ok = s.first_seen_start is None or s.first_seen_start <= r.appeared
+        hi_ok = s.first_seen_end is None or r.appeared < s.first_seen_end
+        hits += int(lo_ok and hi_ok)
+    n_pred = sum(1 for i in keep if s_area[i + 1] > 0)
+    tp = len(used_s)
+    return SeriesScore(city, tp, n_pred - tp, len(truth) - tp, hits, tp)
+
+
+# ----------------------------------------------------------------------------- reference driver
+
+
+def detect_series(
+    series: OSCDSeries,
+    config: Any = None,
+    *,
+    id_prefix: str = "",
+    n_months: int | None = None,
+    progress: Progress = no_progress,
+) -> Any:
+    """Run the time-series core on an in-memory series, bypassing catalog and COG reads:
+    monthly composites → baseline (first clear months) → change of each later month against it →
+    objects → ledger. Returns the `track.Ledger`. A stand-in for `pipeline` in benchmarks/tests.
+    n_months: use only the first n months (to test that extending a run keeps ids).
+    """
+    from changedet.change import detect_change
+    from changedet.composite import composite
+    from changedet.config import Config
+    from changedet.objects import extract_objects
+    from changedet.periods import baseline_indices, baseline_period, make_periods
+    from changedet.track import PeriodObservation, build_ledger
+
+    cfg: Config = config if config is not None else Config()
+    end = (
+        series.end if n_months is None else _add_months(series.start, n_months) - timedelta(days=1)
+    )
+    periods = make_periods(series.start, end, cfg.time.period)
+    by_period: list[list[int]] = [[] for _ in periods]
+    for a in series.acquisitions:
+        for k, p in enumerate(periods):
+            if p.contains(a.when.date()):
+                by_period[k].append(a.index)
+    invalid = cfg.mask.scl_invalid
+    min_obs = cfg.change.min_clear_obs
+    comps = []
+    for k, p in enumerate(periods):
+        stack = series_stack(series, by_period[k], invalid_scl=invalid)
+        comps.append(composite(stack, p, min_clear_obs=min_obs))
+        progress("composites", k + 1, len(periods))
+    clear = [float((c.count > 0).mean()) for c in comps]
+    base_idx = baseline_indices(
+        periods, clear, baseline_periods=cfg.time.baseline_periods, min_clear_fraction=0.5
+    )
+    base_period = baseline_period(periods, base_idx)
+    base_acqs = [t for k in range(min(base_idx), max(base_idx) + 1) for t in by_period[k]]
+    baseline = composite(
+        series_stack(series, base_acqs, invalid_scl=invalid), base_period, min_clear_obs=min_obs
+    )
+    observations = []
+    for k, (p, comp) in enumerate(zip(periods, comps, strict=True)):
+        if k <= max(base_idx):
+            observations.append(
+                PeriodObservation(p, (), comp.count > 0, comp.scene_ids, baseline=True)
+            )
+            continue
+        change = detect_change(baseline, comp, cfg.change)
+        objects = tuple(extract_objects(change, cfg.change))
+        observed = np.isfinite(change.score)
+        observations.append(PeriodObservation(p, objects, observed, comp.scene_ids))
+        progress("change", k + 1, len(periods))
+    return build_ledger(
+        observations,
+        grid=series.grid,
+        config=cfg.track,
+        id_prefix=id_prefix or series.city,
+        min_area_m2=cfg.change.min_area_m2,
+    )

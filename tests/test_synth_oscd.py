@@ -1,0 +1,176 @@
+"""The semi-real OSCD series generator and the object/first-seen scoring."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+
+from changedet.aoi import grid_for, load_aois
+from changedet.models import Grid, Structure
+from changedet.synth_oscd import (
+    TruthRegion,
+    acquisition_dn,
+    load_truth,
+    make_oscd_series,
+    render_acquisition,
+    score_structures,
+    series_stack,
+    truth_labels,
+    write_oscd_series,
+)
+from changedet.track import footprint_geometry
+
+CITY = "paris"  # the smallest labelled city
+
+
+@pytest.fixture(scope="module")
+def city(oscd_root: Path):  # type: ignore[no-untyped-def]
+    from changedet.oscd import load_city
+
+    return load_city(oscd_root, CITY, with_label=True)
+
+
+@pytest.fixture(scope="module")
+def series(city):  # type: ignore[no-untyped-def]
+    return make_oscd_series(city, seed=3, months=6, scenes_per_month=2)
+
+
+def test_series_plan_regions_dates_and_switch(series) -> None:  # type: ignore[no-untyped-def]
+    assert series.grid.is_projected_metres and series.grid.res == 10.0
+    assert series.grid.transform.c % 10 == 0 and series.grid.transform.f % 10 == 0
+    assert len(series.truth) >= 10  # paris has 14 components of >= 10 px
+    assert all(r.n_pixels >= 10 for r in series.truth)
+    # Every region appears after the two baseline months and before the last month.
+    assert all(date(2023, 3, 1) <= r.appeared < date(2023, 6, 1) for r in series.truth)
+    assert series.switch_date == date(2023, 4, 1)
+    assert {a.baseline for a in series.acquisitions if a.when.date() < series.switch_date} == {
+        "03.01"
+    }
+    assert {a.baseline for a in series.acquisitions if a.when.date() >= series.switch_date} == {
+        "04.00"
+    }
+    # The region raster agrees with the truth list.
+    ids, counts = np.unique(series.regions[series.regions > 0], return_counts=True)
+    assert ids.tolist() == [r.region_id for r in series.truth]
+    assert counts.tolist() == [r.n_pixels for r in series.truth]
+
+
+def test_regions_show_after_pixels_only_once_revealed(series) -> None:  # type: ignore[no-untyped-def]
+    clear = [a.index for a in series.acquisitions if a.cloud_cover == 0]
+    first, last = clear[0], clear[-1]
+    r = max(series.truth, key=lambda r: r.n_pixels)
+    mask = series.regions == r.region_id
+    b0, b1 = render_acquisition(series, first)[0], render_acquisition(series, last)[0]
+    d_before = np.abs(np.nanmean(b0[:, mask], axis=1) - np.nanmean(series.before[:, mask], axis=1))
+    d_after = np.abs(np.nanmean(b1[:, mask], axis=1) - np.nanmean(series.after[:, mask], axis=1))
+    assert (
+        series.acquisitions[first].when.date() < r.appeared <= series.acquisitions[last].when.date()
+    )
+    assert d_before.max() < 0.03 and d_after.max() < 0.03
+
+
+def test_rendering_is_deterministic(series) -> None:  # type: ignore[no-untyped-def]
+    a, b = acquisition_dn(series, 1), acquisition_dn(series, 1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["blue"].shape == series.grid.shape and a["swir16"].shape == series.grid.scaled(2).shape
+
+
+def test_baseline_switch_offsets_dn_and_harmonises_back(series) -> None:  # type: ignore[no-untyped-def]
+    old = next(a.index for a in series.acquisitions if a.baseline == "03.01" and a.cloud_cover == 0)
+    new = next(a.index for a in series.acquisitions if a.baseline == "04.00" and a.cloud_cover == 0)
+    dn_old, dn_new = acquisition_dn(series, old)["red"], acquisition_dn(series, new)["red"]
+    far = series.regions == 0
+    # Same ground, ~1000 DN apart: the fake jump a reader must remove.
+    assert np.median(dn_new[far].astype(float) - dn_old[far]) == pytest.approx(1000, abs=60)
+    stack = series_stack(series, [old, new])
+    red = stack.band("red")
+    assert abs(float(np.nanmedian(red[1][far] - red[0][far]))) < 0.006
+    assert stack.scene_ids[0] == (series.acquisitions[old].scene_id,)
+
+
+def test_write_series_catalog_cogs_truth_and_aoi(city, tmp_path: Path, oscd_root: Path) -> None:  # type: ignore[no-untyped-def]
+    import pystac
+    import rasterio
+
+    out = tmp_path / "series"
+    summary = write_oscd_series(oscd_root, CITY, out, seed=1, months=4, scenes_per_month=1)
+    assert summary.n_acquisitions == 4 and summary.n_regions >= 10
+    cat = pystac.Catalog.from_file(str(summary.catalog))
+    items = sorted(cat.get_items(recursive=True), key=lambda i: i.datetime)
+    assert len(items) == 4
+    keys = set(items[0].assets)
+    assert keys == {"blue", "green", "red", "nir", "swir16", "swir22", "scl"}
+    offsets = [i.assets["red"].extra_fields["raster:bands"][0]["offset"] for i in items]
+    assert offsets == [0.0, 0.0, -0.1, -0.1]  # switch at month 2 of 4
+    assert [i.properties["s2:processing_baseline"] for i in items] == [
+        "03.01",
+        "03.01",
+        "04.00",
+        "04.00",
+    ]
+    with rasterio.open(items[-1].assets["swir16"].get_absolute_href()) as src:
+        assert src.crs.to_epsg() == summary.grid.epsg and src.res == (20.0, 20.0)
+        assert src.nodata == 0 and src.dtypes[0] == "uint16"
+    # AOI round trip reproduces the series grid exactly (no second resampling in `run`).
+    (aoi,) = load_aois(summary.aoi)
+    assert grid_for(aoi) == summary.grid
+    truth = load_truth(summary.truth, summary.grid)
+    assert len(truth) == summary.n_regions
+    raster = truth_labels(truth, summary.grid)
+    written = json.loads(summary.truth.read_text())
+    assert sum(f["properties"]["n_pixels"] for f in written["features"]) == int((raster > 0).sum())
+
+
+GRID = Grid.from_origin("EPSG:32631", 400_000.0, 5_000_000.0, 10.0, 30, 30)
+
+
+def _mask(r0: int, c0: int, h: int, w: int) -> np.ndarray:
+    m = np.zeros(GRID.shape, bool)
+    m[r0 : r0 + h, c0 : c0 + w] = True
+    return m
+
+
+def test_score_structures_known_answer() -> None:
+    t1, t2, t3 = _mask(2, 2, 4, 4), _mask(10, 10, 4, 4), _mask(20, 20, 3, 3)
+    truth = [
+        TruthRegion(i + 1, d, int(m.sum()), m.sum() * 100.0, footprint_geometry(m, GRID))
+        for i, (m, d) in enumerate(
+            [(t1, date(2023, 3, 10)), (t2, date(2023, 5, 2)), (t3, date(2023, 6, 1))]
+        )
+    ]
+    s1 = _mask(2, 3, 4, 4)  # IoU 12/20 = 0.6 with t1
+    s2 = _mask(10, 13, 4, 4)  # IoU 4/28 = 0.14 with t2: no match
+    s3 = _mask(25, 2, 2, 2)  # nothing there
+    structures = [
+        Structure(
+            "a", footprint_geometry(s1, GRID), 1600, 0.9, date(2023, 3, 1), date(2023, 5, 1), True
+        ),
+        Structure(
+            "b", footprint_geometry(s2, GRID), 1600, 0.9, date(2023, 4, 1), date(2023, 6, 1), True
+        ),
+        Structure(
+            "c", footprint_geometry(s3, GRID), 400, 0.9, date(2023, 4, 1), date(2023, 6, 1), True
+        ),
+        Structure(
+            "d", footprint_geometry(t3, GRID), 900, 0.2, date(2023, 4, 1), date(2023, 6, 1), False
+        ),
+    ]
+    labels = np.zeros(GRID.shape, np.int32)
+    for i, m in enumerate([s1, s2, s3, t3]):
+        labels[m] = i + 1
+    raster = truth_labels(truth, GRID)
+    assert (raster > 0).sum() == 16 + 16 + 9
+    score = score_structures(structures, labels, truth, raster, city="x")
+    assert (score.tp, score.fp, score.fn, score.first_seen_hits) == (1, 2, 2, 1)
+    assert score.f1 == pytest.approx(2 * (1 / 3) * (1 / 3) / (2 / 3))
+    # Counting the unconfirmed candidate too adds a match whose interval misses its date.
+    loose = score_structures(structures, labels, truth, raster, confirmed_only=False)
+    assert (loose.tp, loose.first_seen_hits) == (2, 1) and loose.first_seen_accuracy == 0.5
+    pooled = score + loose
+    assert (pooled.tp, pooled.matched, pooled.city) == (3, 3, "pooled")
+    assert shapely.box(*GRID.bounds).contains(truth[0].geometry)
