@@ -21,6 +21,7 @@ No per-place tuning: every threshold is in robust-z units of that pair's own sco
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -40,7 +41,12 @@ __all__ = [
     "kmeans_classes",
     "robust_z",
     "smooth",
+    "structure_change",
 ]
+
+# Drop of the blue→SWIR16 normalised slope at which a changed pixel is as likely roof as earthwork:
+# soil → concrete/metal roofs drops it by 0.3–0.55, soil → graded/disturbed soil by < 0.05.
+ROOF_FLATTENING = 0.15
 
 # Bands used for detection when present (atmospheric bands B01/B09/B10 are left out on purpose).
 DETECT_BANDS = (
@@ -322,7 +328,9 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
 
     indicators = _indicators(b, a, bands)
     # "New structure" likelihood: changed (logistic in score around the decision threshold),
-    # not vegetated afterwards, and brighter or more built-up / bare than before.
+    # not vegetated afterwards, and roof-like: built surfaces (concrete, metal, asphalt) have flat
+    # spectra, arid soils rise steeply from blue to SWIR. A new roof on soil flattens the
+    # spectrum; graded soil, berms and cleared ground brighten it without flattening it.
     with np.errstate(invalid="ignore", over="ignore"):
         changed = 1.0 / (1.0 + np.exp(-(score - config.z_threshold) / 2.0))
         if "ndvi_loss" in indicators and {"nir", "red"} <= set(bands):
@@ -330,13 +338,22 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
             not_vegetated = np.clip((0.5 - ndvi_after) / 0.3, 0.0, 1.0)
         else:
             not_vegetated = np.ones(grid.shape, np.float32)
-        gains = [
-            robust_z(indicators[k], valid)
-            for k in ("brightness_gain", "ndbi_gain", "bsi_gain")
-            if k in indicators
-        ]
-        built = 1.0 / (1.0 + np.exp(-np.max(np.stack(gains), axis=0)))
-        likelihood = np.nan_to_num(changed * not_vegetated * built, nan=0.0).astype(np.float32)
+        if {"blue", "swir16"} <= set(bands):
+            i_b, i_s = bands.index("blue"), bands.index("swir16")
+            flattening = _index(b[i_s], b[i_b]) - _index(a[i_s], a[i_b])
+            indicators["spectral_flattening"] = flattening.astype(np.float32)
+            roof_like = 1.0 / (1.0 + np.exp(-(flattening - ROOF_FLATTENING) / 0.05))
+        else:  # no SWIR: fall back on "brighter or more built-up / bare than before"
+            gains = [
+                robust_z(indicators[k], valid)
+                for k in ("brightness_gain", "ndbi_gain", "bsi_gain")
+                if k in indicators
+            ]
+            roof_like = 1.0 / (1.0 + np.exp(-np.max(np.stack(gains), axis=0)))
+        indicators["roof_like"] = np.nan_to_num(roof_like * not_vegetated, nan=0.0).astype(
+            np.float32
+        )
+        likelihood = np.nan_to_num(changed * indicators["roof_like"], nan=0.0).astype(np.float32)
 
     indicators["cva"] = cva.astype(np.float32)
     indicators["class_conditional"] = cond
@@ -350,3 +367,24 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
         shift_px=shift,
         shift_corrected=bool(corrected),
     )
+
+
+def structure_change(
+    change: ChangeMap, *, min_area_m2: float, min_roof_like: float = 0.5
+) -> ChangeMap:
+    """The part of a change map that looks like new structures (roof-like, not vegetated).
+
+    Earthworks, cleared ground and berms are left out here (the berm stage looks at them), so a
+    berm ring does not merge with the building it surrounds into one "structure".
+    """
+    roof_like = change.indicators.get("roof_like")
+    if roof_like is None:
+        return change
+    min_pixels = max(1, int(np.ceil(min_area_m2 / change.grid.pixel_area_m2 - 1e-9)))
+    keep = change.mask & (roof_like >= min_roof_like)
+    labels, n = ndi.label(keep, structure=np.ones((3, 3), bool))
+    if n:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        keep = (sizes >= min_pixels)[labels]
+    return replace(change, mask=keep)

@@ -144,6 +144,9 @@ class ChangeConfig:
     coreg_threshold_px: float = 0.25  # correct shifts larger than this (pixels)
     z_threshold: float = 10.0  # robust z of the change score that seeds a change region
     z_low: float = 3.0  # hysteresis: seeded regions grow through pixels with robust z >= this
+    # Seed threshold for each period against the baseline in time-series mode, where a structure
+    # must also persist over later periods to be confirmed (so a single period may be bolder).
+    series_z_threshold: float = 6.0
     min_area_m2: float = 400.0  # minimum mapping unit (4 pixels at 10 m)
     min_clear_obs: int = 1  # per period and pixel
     split_objects: bool = True  # watershed-split merged blobs

@@ -11,7 +11,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +256,7 @@ def run_aoi(
 ) -> RunSummary:
     """Process one AOI end to end and write OUT/<aoi_id>/ atomically."""
     from changedet.berms import berm_evidence, extract_berms, link_berms, ring_test
-    from changedet.change import detect_change
+    from changedet.change import detect_change, structure_change
     from changedet.composite import composite
     from changedet.objects import extract_objects
     from changedet.track import PeriodObservation, build_ledger
@@ -313,12 +313,14 @@ def run_aoi(
         for comp in per_period[:nb]
     ]
     monitored = per_period[nb:]
+    per_period_cc = replace(cc, z_threshold=cc.series_z_threshold)
     with timer("change"):
         for i, comp in enumerate(monitored):
             progress("change per period", i, len(monitored))
-            cmap = detect_change(baseline, comp, cc)
+            cmap = detect_change(baseline, comp, per_period_cc)
             observed = np.isfinite(cmap.score) & inside
-            objects = extract_objects(cmap, cc) if observed.any() else []
+            structures_only = structure_change(cmap, min_area_m2=cc.min_area_m2)
+            objects = extract_objects(structures_only, cc) if observed.any() else []
             observations.append(
                 PeriodObservation(
                     period=comp.period,

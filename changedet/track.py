@@ -11,8 +11,9 @@ Per period, in date order:
 - an object overlapping several tracks (a merge) marks all of them present; a track overlapping
   several objects (a split) is present once and remembers the number of pieces;
 - object pixels outside every track either grow the matched track or, when they form a part of at
-  least the minimum mapping unit and `new_part_fraction` of the object, start a new track (a new
-  building beside an old one); unmatched objects start new tracks;
+  least the minimum mapping unit (not counting a `GROWTH_RIM_PX` rim along the track) and
+  `new_part_fraction` of the object, start a new track (a new building beside an old one);
+  unmatched objects start new tracks;
 - a track not present but observed (>= `min_observed_fraction` of its pixels clear) is absent.
   An unconfirmed candidate absent `drop_after_absent` times in a row is dropped (closed); a
   confirmed structure absent `vanish_after_absent` times in a row is marked vanished (closed).
@@ -58,6 +59,10 @@ __all__ = [
     "rasterize_objects",
 ]
 
+
+# Pixels this close to a known structure grow it rather than start a new one: a 20 m rim, the
+# width of a partly seen hall at 10 m.
+GROWTH_RIM_PX = 2
 
 @dataclass(frozen=True)
 class PeriodObservation:
@@ -216,6 +221,24 @@ def _components(pix: np.ndarray, width: int) -> list[np.ndarray]:
     return [pix[comp == k] for k in range(1, n + 1)]
 
 
+def _near(
+    pix: np.ndarray, owner: np.ndarray, tracks: np.ndarray, width: int, height: int
+) -> np.ndarray:
+    """For flat pixel indices: is a pixel of one of `tracks` within GROWTH_RIM_PX (chessboard)?"""
+    rows, cols = np.divmod(pix, width)
+    out = np.zeros(pix.size, dtype=bool)
+    steps = range(-GROWTH_RIM_PX, GROWTH_RIM_PX + 1)
+    for dr in steps:
+        for dc in steps:
+            if dr == 0 and dc == 0:
+                continue
+            r, c = rows + dr, cols + dc
+            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+            neighbour = np.where(inside, r * width + c, 0)
+            out |= inside & np.isin(owner[neighbour], tracks)
+    return out
+
+
 def build_ledger(
     observations: Sequence[PeriodObservation],
     *,
@@ -277,8 +300,12 @@ def build_ledger(
                 if len(matched) > 1:
                     tr.shared.setdefault(k, set()).update(m for _, m in matched if m != t)
             growth: list[np.ndarray] = []
+            matched_ids = np.array([t for _c, t in matched])
             for comp in _components(free, grid.width):
-                if comp.size >= min_pixels and comp.size >= config.new_part_fraction * pix.size:
+                # A rim around a known structure is that structure seen more fully (mixed edge
+                # pixels, a partial first sighting, construction growing), not a new neighbour.
+                core = comp[~_near(comp, owner, matched_ids, grid.width, grid.height)]
+                if core.size >= min_pixels and comp.size >= config.new_part_fraction * pix.size:
                     _new_track(tracks, open_tracks, owner, comp, k, obj)
                 else:
                     growth.append(comp)
@@ -499,12 +526,25 @@ def _counts(
     pending: set[int],
     aoi_mask: np.ndarray | None,
 ) -> tuple[PeriodCount, ...]:
+    # Best estimate: a structure first seen after unobserved (cloudy) periods may have appeared in
+    # any of them, so its count is spread evenly over the periods its first-seen interval spans.
+    starts = {p.start: k for k, p in enumerate(periods)}
+    weight = np.zeros(len(periods))
+    for born, _i, s, _t in built:
+        if not s.confirmed:
+            continue
+        last_absent = starts.get(s.first_seen_start) if s.first_seen_start else None
+        first = born if last_absent is None else min(last_absent + 1, born)
+        weight[first : born + 1] += 1.0 / (born + 1 - first)
+    expected = np.cumsum(weight)
     out: list[PeriodCount] = []
-    cumulative = 0
+    seen = 0
     for k, p in enumerate(periods):
         new = sum(1 for born, _i, s, _t in built if s.confirmed and born == k)
-        cumulative += new
-        low = cumulative - sum(1 for born, _i, s, t in built if t in merged_only and born <= k)
+        seen += new
+        cumulative = int(np.floor(expected[k] + 0.5 + 1e-9))
+        low = seen - sum(1 for born, _i, s, t in built if t in merged_only and born <= k)
+        low = min(low, cumulative)
         high = 0
         for born, _i, s, t in built:
             if s.confirmed:

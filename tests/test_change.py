@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from changedet.change import decide, detect_change, robust_z
+from changedet.change import decide, detect_change, robust_z, structure_change
 from changedet.config import ChangeConfig
 from changedet.models import Composite, Grid, Period
 from changedet.objects import extract_objects
@@ -81,7 +81,30 @@ def test_planted_block_is_found_with_its_exact_area() -> None:
     np.testing.assert_array_equal(change.mask, truth)
     (obj,) = extract_objects(change, config)
     assert obj.area_m2 == pytest.approx(9600.0) and obj.geometry.area == pytest.approx(9600.0)
-    assert change.likelihood[BLOCK].mean() > 0.5 > change.likelihood[~truth].mean()
+    assert change.likelihood[~truth].mean() < 0.05
+
+
+SOIL = (0.115, 0.155, 0.205, 0.255, 0.335, 0.285)  # arid alluvium, blue..swir22
+CONCRETE = (0.250, 0.270, 0.285, 0.305, 0.330, 0.300)
+GRADED_SOIL = (0.150, 0.200, 0.270, 0.315, 0.420, 0.370)  # berms, cleared ground
+
+
+@pytest.mark.parametrize(("surface", "roof"), [(CONCRETE, True), (GRADED_SOIL, False)])
+def test_roofs_are_structure_like_and_earthworks_are_not(surface: tuple, roof: bool) -> None:
+    rng = np.random.default_rng(3)
+    soil = np.array(SOIL, np.float32)[:, None, None] * (
+        1 + 0.05 * rng.normal(size=(1, *GRID.shape))
+    )
+    after = soil.copy()
+    after[(slice(None), *BLOCK)] = np.array(surface, np.float32)[:, None, None]
+    after += rng.normal(scale=0.003, size=after.shape).astype(np.float32)
+    config = dataclasses.replace(ChangeConfig(), coregister=False)
+    change = detect_change(_composite(soil, L2A, "before"), _composite(after, L2A, "after"), config)
+    assert change.mask[BLOCK].mean() > 0.9  # both are change...
+    structures = structure_change(change, min_area_m2=400.0)
+    # ...but only the roof is a new structure; graded soil is left to the berm stage.
+    assert structures.mask[BLOCK].mean() > 0.9 if roof else structures.mask.sum() == 0
+    assert bool(change.likelihood[BLOCK].mean() > 0.5) == roof
 
 
 def test_default_config_finds_the_block_and_nothing_else() -> None:

@@ -96,7 +96,19 @@ def test_cloudy_period_widens_interval_and_high_bound() -> None:
     # Period 4 unobserved: the last clear absence is period 3.
     assert (b.first_seen_start, b.first_seen_end) == (PERIODS[3].start, PERIODS[5].end)
     highs = [c.cumulative_high for c in ledger.counts]
-    assert highs[3] == 1 and highs[4] == 1 and ledger.counts[4].cumulative == 0
+    assert highs[3] == 1 and highs[4] == 1
+    # Best estimate spreads b over the periods it may have appeared in (4 unobserved, 5 seen):
+    # 0.5 at period 4 rounds half up; the low bound stays with what was seen.
+    assert [c.cumulative for c in ledger.counts][3:7] == [0, 1, 1, 1]
+    assert ledger.counts[4].cumulative_low == 0 and ledger.counts[4].new_confirmed == 0
+
+
+def test_count_spread_over_two_cloudy_periods() -> None:
+    pres = {k: [B] for k in range(6, 10)}
+    ledger = run(series(pres, cloudy=(4, 5)))
+    # b may have appeared in period 4, 5 or 6: a third each → 0.33, 0.67, 1.0.
+    assert [c.cumulative for c in ledger.counts][3:8] == [0, 0, 1, 1, 1]
+    assert [c.new_confirmed for c in ledger.counts][3:8] == [0, 0, 0, 1, 0]
     assert ledger.counts[4].clear_fraction == 0.0 and ledger.counts[3].clear_fraction == 1.0
 
 
