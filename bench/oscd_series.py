@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from changedet.config import Config
+from changedet.config import Config, load_config
 from changedet.oscd import load_city
 from changedet.synth_oscd import SeriesScore, detect_series, make_oscd_series, score_structures
 
@@ -47,10 +47,11 @@ def run_city(
 ) -> tuple[SeriesScore, float, dict[str, int]]:
     t0 = time.perf_counter()
     series = make_oscd_series(load_city(root, city, with_label=True), seed=seed, months=months)
-    ledger = detect_series(series, config)
+    analysis = detect_series(series, config)
     score = score_structures(
-        ledger.structures, ledger.footprints, series.truth, series.regions, city=city
+        analysis.structures, analysis.footprints, series.truth, series.regions, city=city
     )
+    ledger = analysis.ledger
     last = ledger.counts[-1]
     extra = {
         "truth": len(series.truth),
@@ -68,14 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cities", default=",".join(LABELLED))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--months", type=int, default=12)
+    ap.add_argument(
+        "--structures",
+        choices=("roof-like", "any"),
+        default="roof-like",
+        help="[change] structures: what the ledger tracks (default: the shipped default)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
+    config = load_config(overrides={"change.structures": args.structures})
     pooled: SeriesScore | None = None
     rows = []
     head = f"{'city':<12} {'truth':>5} {'conf':>5} {'tp':>4} {'fp':>4} {'fn':>4}"
     print(f"{head} {'P':>5} {'R':>5} {'F1':>5} {'first-seen':>10} {'s':>6}")
     for city in args.cities.split(","):
-        score, secs, extra = run_city(args.root, city, seed=args.seed, months=args.months)
+        score, secs, extra = run_city(
+            args.root, city, seed=args.seed, months=args.months, config=config
+        )
         pooled = score if pooled is None else pooled + score
         rows.append(
             {

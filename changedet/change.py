@@ -41,7 +41,7 @@ __all__ = [
     "kmeans_classes",
     "robust_z",
     "smooth",
-    "structure_change",
+    "split_change",
 ]
 
 # Drop of the blue→SWIR16 normalised slope at which a changed pixel is as likely roof as earthwork:
@@ -350,6 +350,7 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
                 if k in indicators
             ]
             roof_like = 1.0 / (1.0 + np.exp(-np.max(np.stack(gains), axis=0)))
+        indicators["not_vegetated"] = np.nan_to_num(not_vegetated, nan=0.0).astype(np.float32)
         indicators["roof_like"] = np.nan_to_num(roof_like * not_vegetated, nan=0.0).astype(
             np.float32
         )
@@ -369,22 +370,31 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
     )
 
 
-def structure_change(
+def split_change(
     change: ChangeMap, *, min_area_m2: float, min_roof_like: float = 0.5
-) -> ChangeMap:
-    """The part of a change map that looks like new structures (roof-like, not vegetated).
+) -> tuple[ChangeMap, ChangeMap]:
+    """Split decided change into (buildings, earthworks).
 
-    Earthworks, cleared ground and berms are left out here (the berm stage looks at them), so a
-    berm ring does not merge with the building it surrounds into one "structure".
+    Buildings: roof-like and not vegetated. Earthworks: the rest of the non-vegetated change
+    (graded ground, berms, cleared plots, spoil). Each keeps only regions of at least the
+    minimum mapping unit, so a berm ring never merges with the building it surrounds.
     """
     roof_like = change.indicators.get("roof_like")
-    if roof_like is None:
-        return change
+    not_vegetated = change.indicators.get("not_vegetated")
+    if roof_like is None or not_vegetated is None:
+        return change, replace(change, mask=np.zeros_like(change.mask))
     min_pixels = max(1, int(np.ceil(min_area_m2 / change.grid.pixel_area_m2 - 1e-9)))
-    keep = change.mask & (roof_like >= min_roof_like)
-    labels, n = ndi.label(keep, structure=np.ones((3, 3), bool))
-    if n:
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        sizes[0] = 0
-        keep = (sizes >= min_pixels)[labels]
-    return replace(change, mask=keep)
+    roof = roof_like >= min_roof_like
+    buildings = _at_least(change.mask & roof, min_pixels)
+    earthworks = _at_least(change.mask & ~roof & (not_vegetated >= 0.5), min_pixels)
+    return replace(change, mask=buildings), replace(change, mask=earthworks)
+
+
+def _at_least(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Keep 8-connected regions of at least `min_pixels`."""
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return (sizes >= min_pixels)[labels]

@@ -147,6 +147,10 @@ class ChangeConfig:
     # Seed threshold for each period against the baseline in time-series mode, where a structure
     # must also persist over later periods to be confirmed (so a single period may be bolder).
     series_z_threshold: float = 6.0
+    # Which change the time-series ledger tracks: "roof-like" (new buildings; graded ground,
+    # berms and cleared plots are left to the berm stage) or "any" non-vegetated change (urban
+    # change in general, as OSCD labels it).
+    structures: str = "roof-like"
     min_area_m2: float = 400.0  # minimum mapping unit (4 pixels at 10 m)
     min_clear_obs: int = 1  # per period and pixel
     split_objects: bool = True  # watershed-split merged blobs
@@ -413,5 +417,9 @@ def validate(config: Config) -> None:
         )
     if not 0.0 <= config.read.min_aoi_clear_fraction <= 1.0:
         raise ConfigError("read.min_aoi_clear_fraction must be between 0 and 1")
+    if config.change.structures not in ("roof-like", "any"):
+        raise ConfigError(
+            f"change.structures must be 'roof-like' or 'any', got '{config.change.structures}'"
+        )
     if config.change.min_area_m2 < 0:
         raise ConfigError("change.min_area_m2 must be >= 0")

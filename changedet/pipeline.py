@@ -25,6 +25,8 @@ from changedet.errors import ConfigError, NoScenesError, OutputError
 from changedet.models import (
     AOI,
     Berm,
+    ChangeMap,
+    Composite,
     Grid,
     Period,
     Progress,
@@ -36,7 +38,15 @@ from changedet.models import (
     no_progress,
 )
 
-__all__ = ["PipelineIO", "RunSummary", "SearchReport", "run_aoi", "search_aoi"]
+__all__ = [
+    "Analysis",
+    "PipelineIO",
+    "RunSummary",
+    "SearchReport",
+    "analyse_stack",
+    "run_aoi",
+    "search_aoi",
+]
 
 
 @dataclass(frozen=True)
@@ -181,7 +191,8 @@ class RunSummary:
         tag = " [SYNTHETIC sample data]" if self.synthetic else ""
         return (
             f"{self.aoi_id}: {self.n_confirmed} confirmed new structure(s), "
-            f"{self.n_candidates} unconfirmed candidate(s) from {self.n_scenes} date(s) → {self.out_dir}{tag}"
+            f"{self.n_candidates} unconfirmed candidate(s) from {self.n_scenes} date(s) "
+            f"→ {self.out_dir}{tag}"
         )
 
 
@@ -242,67 +253,79 @@ def _periods(config: Config) -> list[Period]:
     return periods
 
 
+# A period joins the baseline only when at least this share of the AOI was clear in it.
+BASELINE_MIN_CLEAR = 0.5
+
+
 def _span(periods: list[Period], label: str) -> Period:
     return Period(periods[0].start, periods[-1].end, label)
 
 
-def run_aoi(
-    aoi: AOI,
-    config: Config,
+@dataclass(frozen=True)
+class Analysis:
+    """What the time-series core made of one stack (no I/O)."""
+
+    baseline: Composite
+    after: Composite
+    change: ChangeMap  # baseline against `after`, the overall picture
+    per_period: tuple[Composite, ...]
+    ledger: Any  # track.Ledger
+    structures: tuple[Structure, ...]  # the ledger's structures with berm flags set
+    berms: tuple[Berm, ...]
+
+    @property
+    def footprints(self) -> np.ndarray:
+        """(H, W) int32: i + 1 where `structures[i]` stands, 0 elsewhere."""
+        return np.asarray(self.ledger.footprints)
+
+
+def analyse_stack(
+    stack: Stack,
     *,
-    out_root: Path,
+    inside: np.ndarray,
+    periods: list[Period],
+    config: Config,
+    id_prefix: str,
     progress: Progress = no_progress,
-    io: PipelineIO | None = None,
-) -> RunSummary:
-    """Process one AOI end to end and write OUT/<aoi_id>/ atomically."""
+    timer: _Timer | None = None,
+) -> Analysis:
+    """Period composites → baseline (the first clear-enough periods) → change of each later period
+    against it → objects of new structures → ledger → berms. `inside` is the AOI mask on the stack
+    grid."""
     from changedet.berms import berm_evidence, extract_berms, link_berms, ring_test
-    from changedet.change import detect_change, structure_change
+    from changedet.change import detect_change, split_change
     from changedet.composite import composite
     from changedet.objects import extract_objects
+    from changedet.periods import baseline_indices, baseline_period
     from changedet.track import PeriodObservation, build_ledger
 
-    io = io or PipelineIO.default()
-    timer = _Timer()
-    out_dir = safe_out_dir(Path(out_root), aoi.id)
-    periods = _periods(config)
+    timer = timer or _Timer()
     cc = config.change
-
-    with timer("search"):
-        found = _search(aoi, config, io, progress)
-    if not found.scenes:
-        raise NoScenesError(
-            f"no scene of '{config.catalog.collection}' in {found.source} covers AOI '{aoi.id}' "
-            f"between {config.time.start} and {config.time.end}; widen --start/--end or check --catalog"
-        )
-    grid = _crop_to_footprints(grid_for(aoi), aoi, found.scenes)
-    inside = aoi_mask(aoi, grid)
-
-    with timer("read"):
-        read = io.read(
-            found.scenes,
-            grid,
-            bands=config.read.bands,
-            aoi_mask=inside,
-            read_config=config.read,
-            mask_config=config.mask,
-            progress=progress,
-        )
-    stack: Stack = read.stack
-    skipped = (*found.dropped, *read.skipped)
-    if len(stack.times) == 0:
-        raise NoScenesError(
-            f"none of the {len(found.scenes)} scene(s) found for AOI '{aoi.id}' was clear enough to use; "
-            "lower [read] min_aoi_clear_fraction or widen --start/--end"
-        )
-
-    nb = config.time.baseline_periods
+    grid = stack.grid
     with timer("composite"):
-        baseline = composite(stack, _span(periods[:nb], "baseline"), min_clear_obs=cc.min_clear_obs)
         per_period = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods]
+        clear = [float((c.count[inside] >= cc.min_clear_obs).mean()) for c in per_period]
+        chosen = baseline_indices(
+            periods,
+            clear,
+            baseline_periods=config.time.baseline_periods,
+            min_clear_fraction=BASELINE_MIN_CLEAR,
+        )
+        last_baseline = max(chosen)
+        if last_baseline >= len(periods) - 1:
+            raise NoScenesError(
+                f"the baseline takes every period up to {periods[last_baseline].label}, leaving "
+                "none to compare; start the time range earlier or extend its end"
+            )
+        baseline = composite(
+            stack, baseline_period(periods, chosen), min_clear_obs=cc.min_clear_obs
+        )
+        n_after = len(chosen)
+        after = composite(stack, _span(periods[-n_after:], "after"), min_clear_obs=cc.min_clear_obs)
         progress("composite", 1, 1)
 
-    # Baseline periods tell the ledger where a structure was clearly absent.
-    observations = [
+    # Baseline periods tell the ledgers where a structure was clearly absent.
+    absent = [
         PeriodObservation(
             period=comp.period,
             objects=(),
@@ -310,17 +333,19 @@ def run_aoi(
             scene_ids=comp.scene_ids,
             baseline=True,
         )
-        for comp in per_period[:nb]
+        for comp in per_period[: last_baseline + 1]
     ]
-    monitored = per_period[nb:]
+    observations = list(absent)
+    monitored = per_period[last_baseline + 1 :]
     per_period_cc = replace(cc, z_threshold=cc.series_z_threshold)
     with timer("change"):
         for i, comp in enumerate(monitored):
             progress("change per period", i, len(monitored))
             cmap = detect_change(baseline, comp, per_period_cc)
             observed = np.isfinite(cmap.score) & inside
-            structures_only = structure_change(cmap, min_area_m2=cc.min_area_m2)
-            objects = extract_objects(structures_only, cc) if observed.any() else []
+            if cc.structures == "roof-like":
+                cmap = split_change(cmap, min_area_m2=cc.min_area_m2)[0]
+            objects = extract_objects(cmap, cc) if observed.any() else []
             observations.append(
                 PeriodObservation(
                     period=comp.period,
@@ -330,8 +355,6 @@ def run_aoi(
                 )
             )
         progress("change per period", len(monitored), len(monitored))
-        # The overall picture: baseline against the last periods (as many as the baseline spans).
-        after = composite(stack, _span(periods[-nb:], "after"), min_clear_obs=cc.min_clear_obs)
         change = detect_change(baseline, after, cc)
 
     with timer("track"):
@@ -339,7 +362,7 @@ def run_aoi(
             observations,
             grid=grid,
             config=config.track,
-            id_prefix=aoi.id,
+            id_prefix=id_prefix,
             min_area_m2=cc.min_area_m2,
             aoi_mask=inside,
         )
@@ -355,34 +378,74 @@ def run_aoi(
             berms = tuple(
                 link_berms(extract_berms(evidence, grid, config.berms), structures, config.berms)
             )
+    return Analysis(baseline, after, change, tuple(per_period), ledger, structures, berms)
 
+
+def run_aoi(
+    aoi: AOI,
+    config: Config,
+    *,
+    out_root: Path,
+    progress: Progress = no_progress,
+    io: PipelineIO | None = None,
+) -> RunSummary:
+    """Process one AOI end to end and write OUT/<aoi_id>/ atomically."""
+    io = io or PipelineIO.default()
+    timer = _Timer()
+    out_dir = safe_out_dir(Path(out_root), aoi.id)
+    periods = _periods(config)
+
+    with timer("search"):
+        found = _search(aoi, config, io, progress)
+    grid = _crop_to_footprints(grid_for(aoi), aoi, found.scenes)
+    inside = aoi_mask(aoi, grid)
+
+    with timer("read"):
+        read = io.read(
+            found.scenes,
+            grid,
+            bands=config.read.bands,
+            aoi_mask=inside,
+            read_config=config.read,
+            mask_config=config.mask,
+            progress=progress,
+        )
+    stack: Stack = read.stack
+    analysis = analyse_stack(
+        stack,
+        inside=inside,
+        periods=periods,
+        config=config,
+        id_prefix=aoi.id,
+        progress=progress,
+        timer=timer,
+    )
     synthetic = any(s.synthetic for s in found.scenes)
     result = RunResult(
         aoi=aoi,
         grid=grid,
         config_fingerprint=config.fingerprint(),
         scenes_used=tuple(s for s in found.scenes if any(s.id in ids for ids in stack.scene_ids)),
-        scenes_skipped=tuple(skipped),
-        before=baseline,
-        after=after,
-        change=change,
-        structures=tuple(structures),
-        min_mapping_unit_m2=cc.min_area_m2,
-        berms=berms,
-        counts=ledger.counts,
-        composites=tuple(per_period),
+        scenes_skipped=(*found.dropped, *read.skipped),
+        before=analysis.baseline,
+        after=analysis.after,
+        change=analysis.change,
+        structures=analysis.structures,
+        min_mapping_unit_m2=config.change.min_area_m2,
+        berms=analysis.berms,
+        counts=analysis.ledger.counts,
+        composites=analysis.per_period,
         timings=timer.timings,
         provenance=_provenance(config, found, stack, synthetic, read),
     )
     with timer("write"):
         io.write(result, out_dir, config=config.output, progress=progress)
-    confirmed = sum(1 for s in structures if s.confirmed)
     return RunSummary(
         aoi_id=aoi.id,
         out_dir=out_dir,
         n_scenes=len(stack.times),
-        n_confirmed=confirmed,
-        n_candidates=len(structures) - confirmed,
+        n_confirmed=len(analysis.ledger.confirmed),
+        n_candidates=len(analysis.ledger.candidates),
         synthetic=synthetic,
     )
 

@@ -763,60 +763,27 @@ def detect_series(
     n_months: int | None = None,
     progress: Progress = no_progress,
 ) -> Any:
-    """Run the time-series core on an in-memory series, bypassing catalog and COG reads:
-    monthly composites → baseline (first clear months) → change of each later month against it →
-    objects → ledger. Returns the `track.Ledger`. A stand-in for `pipeline` in benchmarks/tests.
+    """Run the pipeline's time-series core (`pipeline.analyse_stack`) on an in-memory series,
+    bypassing catalog and COG reads. Returns the `pipeline.Analysis` (buildings and earthworks).
     n_months: use only the first n months (to test that extending a run keeps ids).
     """
-    from changedet.change import detect_change
-    from changedet.composite import composite
     from changedet.config import Config
-    from changedet.objects import extract_objects
-    from changedet.periods import baseline_indices, baseline_period, make_periods
-    from changedet.track import PeriodObservation, build_ledger
+    from changedet.periods import make_periods
+    from changedet.pipeline import analyse_stack
 
     cfg: Config = config if config is not None else Config()
     end = (
         series.end if n_months is None else _add_months(series.start, n_months) - timedelta(days=1)
     )
     periods = make_periods(series.start, end, cfg.time.period)
-    by_period: list[list[int]] = [[] for _ in periods]
-    for a in series.acquisitions:
-        for k, p in enumerate(periods):
-            if p.contains(a.when.date()):
-                by_period[k].append(a.index)
-    invalid = cfg.mask.scl_invalid
-    min_obs = cfg.change.min_clear_obs
-    comps = []
-    for k, p in enumerate(periods):
-        stack = series_stack(series, by_period[k], invalid_scl=invalid)
-        comps.append(composite(stack, p, min_clear_obs=min_obs))
-        progress("composites", k + 1, len(periods))
-    clear = [float((c.count > 0).mean()) for c in comps]
-    base_idx = baseline_indices(
-        periods, clear, baseline_periods=cfg.time.baseline_periods, min_clear_fraction=0.5
-    )
-    base_period = baseline_period(periods, base_idx)
-    base_acqs = [t for k in range(min(base_idx), max(base_idx) + 1) for t in by_period[k]]
-    baseline = composite(
-        series_stack(series, base_acqs, invalid_scl=invalid), base_period, min_clear_obs=min_obs
-    )
-    observations = []
-    for k, (p, comp) in enumerate(zip(periods, comps, strict=True)):
-        if k <= max(base_idx):
-            observations.append(
-                PeriodObservation(p, (), comp.count > 0, comp.scene_ids, baseline=True)
-            )
-            continue
-        change = detect_change(baseline, comp, cfg.change)
-        objects = tuple(extract_objects(change, cfg.change))
-        observed = np.isfinite(change.score)
-        observations.append(PeriodObservation(p, objects, observed, comp.scene_ids))
-        progress("change", k + 1, len(periods))
-    return build_ledger(
-        observations,
-        grid=series.grid,
-        config=cfg.track,
+    used = [a.index for a in series.acquisitions if a.when.date() <= end]
+    stack = series_stack(series, used, invalid_scl=cfg.mask.scl_invalid)
+    analysis = analyse_stack(
+        stack,
+        inside=np.ones(series.grid.shape, dtype=bool),
+        periods=periods,
+        config=cfg,
         id_prefix=id_prefix or series.city,
-        min_area_m2=cfg.change.min_area_m2,
+        progress=progress,
     )
+    return analysis

@@ -64,6 +64,7 @@ __all__ = [
 # width of a partly seen hall at 10 m.
 GROWTH_RIM_PX = 2
 
+
 @dataclass(frozen=True)
 class PeriodObservation:
     """One period's evidence for the ledger.

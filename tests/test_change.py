@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from changedet.change import decide, detect_change, robust_z, structure_change
+from changedet.change import decide, detect_change, robust_z, split_change
 from changedet.config import ChangeConfig
 from changedet.models import Composite, Grid, Period
 from changedet.objects import extract_objects
@@ -101,9 +101,13 @@ def test_roofs_are_structure_like_and_earthworks_are_not(surface: tuple, roof: b
     config = dataclasses.replace(ChangeConfig(), coregister=False)
     change = detect_change(_composite(soil, L2A, "before"), _composite(after, L2A, "after"), config)
     assert change.mask[BLOCK].mean() > 0.9  # both are change...
-    structures = structure_change(change, min_area_m2=400.0)
-    # ...but only the roof is a new structure; graded soil is left to the berm stage.
-    assert structures.mask[BLOCK].mean() > 0.9 if roof else structures.mask.sum() == 0
+    buildings, earthworks = split_change(change, min_area_m2=400.0)
+    # ...but only the roof is a new building; graded soil is an earthwork.
+    if roof:
+        assert buildings.mask[BLOCK].mean() > 0.9
+    else:
+        assert buildings.mask.sum() == 0 and earthworks.mask[BLOCK].mean() > 0.9
+    assert not (buildings.mask & earthworks.mask).any()
     assert bool(change.likelihood[BLOCK].mean() > 0.5) == roof
 
 

@@ -34,11 +34,11 @@ def scores(oscd_root: Path) -> dict[str, tuple[SeriesScore, object]]:
     out = {}
     for city in CITIES:
         series = make_oscd_series(load_city(oscd_root, city, with_label=True), seed=0, months=8)
-        ledger = detect_series(series)
+        analysis = detect_series(series)
         score = score_structures(
-            ledger.structures, ledger.footprints, series.truth, series.regions, city=city
+            analysis.structures, analysis.footprints, series.truth, series.regions, city=city
         )
-        out[city] = (score, (series, ledger))
+        out[city] = (score, (series, analysis))
     return out
 
 
@@ -52,11 +52,11 @@ def test_object_f1_and_first_seen_hold_the_level(scores) -> None:  # type: ignor
 
 
 def test_ids_survive_a_rerun_and_one_more_month(scores) -> None:  # type: ignore[no-untyped-def]
-    _score, (series, ledger) = scores[CITIES[0]]
+    _score, (series, analysis) = scores[CITIES[0]]
     again = detect_series(series)
-    assert [s.id for s in again.structures] == [s.id for s in ledger.structures]
+    assert [s.id for s in again.structures] == [s.id for s in analysis.structures]
     shorter = detect_series(series, n_months=series.months - 1)
-    full = {s.id: s for s in ledger.structures}
+    full = {s.id: s for s in analysis.structures}
     assert shorter.structures and all(s.id in full for s in shorter.structures)
     for s in shorter.structures:
         assert (s.first_seen_start, s.first_seen_end) == (
