@@ -156,3 +156,30 @@ def test_hostile_aoi_id_cannot_escape_out(tmp_path: Path) -> None:
         and p.parent != tmp_path / "deep"
     ]
     assert leaked == []
+
+
+def test_one_failing_aoi_does_not_stop_the_others(tmp_path: Path) -> None:
+    paris = tmp_path / "paris.geojson"
+    paris.write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "properties": {"id": "paris"},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [
+                        [[2.30, 48.84], [2.36, 48.84], [2.36, 48.88], [2.30, 48.88], [2.30, 48.84]]
+                    ],
+                },
+            }
+        )
+    )
+    out = tmp_path / "o"
+    proc = changedet(
+        "run", str(paris), "aoi/khojir.geojson", "--config", str(DEMO), "--out", str(out), "--quiet"
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "paris" in proc.stderr
+    assert (out / "khojir" / "structures.geojson").is_file()
+    assert not (out / "paris").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folders left behind
