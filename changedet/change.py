@@ -12,7 +12,10 @@ Steps (each a pure function on arrays):
 4. score = mean of the two robust z values, with the evidence damped where the pixel ends up
    vegetated (`vegetation_gate`) or is water on both dates (`water_gate`); mask = hysteresis (seeds above `z_threshold`, grown down to
    `z_low`), small objects below the minimum mapping unit removed, holes filled;
-5. indicators (dNDVI, dNDBI, dBSI, dbrightness) and a "new structure" likelihood (changed, not
+5. L1C pairs (no SCL) that carry the cirrus band: change objects that are clouds (local excess
+   at 1375 nm, where the ground is invisible) and their shadows (the cloud shape displaced along
+   the sun direction, darker in every band) are unobserved, not change (`cloud_and_shadow`);
+6. indicators (dNDVI, dNDBI, dBSI, dbrightness) and a "new structure" likelihood (changed, not
    vegetated afterwards, brighter or more built-up) are kept as evidence.
 
 No per-place tuning: every threshold is in robust-z units of that pair's own score distribution.
@@ -36,6 +39,7 @@ __all__ = [
     "COREG_BANDS",
     "DETECT_BANDS",
     "class_conditional_change",
+    "cloud_and_shadow",
     "decide",
     "detect_change",
     "kmeans_classes",
@@ -66,6 +70,18 @@ VISIBLE_BANDS = ("blue", "green", "red")
 # vegetation phenology than nir.
 COREG_BANDS = ("red", "green", "nir", "blue")
 _SAMPLES = 100_000  # pixels used for robust statistics
+
+# Cirrus band (B10, 1375 nm): water vapour absorbs the ground signal completely, so any local
+# excess there comes from something above the lower troposphere: a cloud, never a roof. A change
+# object is a cloud when its cirrus-band excess over its own surroundings reaches this TOA
+# reflectance (and CIRRUS_Z scene noise units); thin cirrus sheets are broad and cancel out.
+CIRRUS_EXCESS = 0.0015
+CIRRUS_Z = 6.0
+_CLOUD_RING_PX = 6  # ring around an object that gives its local cirrus background
+# A cloud's shadow is its own shape displaced along the sun direction; searched up to this far.
+_SHADOW_MAX_SHIFT_PX = 400
+_SHADOW_MIN_MATCH = 0.3  # share of the displaced cloud that must fall on darkening change
+_SHADOW_MIN_COVER = 0.5  # share of a darkening object that must lie under the displaced cloud
 
 
 def _sample(n: int, limit: int) -> np.ndarray:
@@ -208,6 +224,131 @@ def decide(
     return mask
 
 
+def _shift_mask(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """out[y, x] = mask[y - dy, x - dx]; outside is False."""
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = mask[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def cloud_and_shadow(
+    mask: np.ndarray,
+    delta: np.ndarray,
+    cirrus_before: np.ndarray,
+    cirrus_after: np.ndarray,
+    valid: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(cloud, shadow) pixels among the change objects of `mask` (L1C pairs without SCL).
+
+    `delta` (B, H, W) is after - before (normalised); the cirrus arrays are TOA reflectance of
+    band B10. A change object is a cloud of one date when it is brighter in the visible on that
+    date and carries a local cirrus-band excess on that date (see CIRRUS_EXCESS): the ground is
+    invisible at 1375 nm, so bright new roofs never do. A cloud's shadow is the cloud's shape
+    displaced along the sun direction and darker in every band on the cloudy date: the displacement
+    is the one that lays the clouds of that date onto the most such darkening change (found by FFT
+    correlation; unknown sun geometry), and darkening objects under the displaced clouds are
+    shadows. Pairs without cloud objects come back untouched.
+    """
+    from scipy.signal import fftconvolve
+
+    cloud = np.zeros(mask.shape, dtype=bool)
+    shadow = np.zeros(mask.shape, dtype=bool)
+    # Objects are the brightening and the darkening parts of the change mask, labelled apart, so
+    # that a cloud (brighter on its date in every band) never drags a neighbouring real change
+    # that merged with it through weak pixels.
+    brighter = smooth(np.where(valid, delta.mean(axis=0), 0.0), 1.0) > 0
+    eight = np.ones((3, 3), bool)
+    up, n_up = ndi.label(mask & brighter, structure=eight)
+    down, n_down = ndi.label(mask & ~brighter, structure=eight)
+    labels = np.where(down > 0, down + n_up, up)
+    n = n_up + n_down
+    if n == 0:
+        return cloud, shadow
+    excess = np.where(valid, cirrus_after - cirrus_before, np.nan)
+    ok = np.isfinite(excess)
+    if ok.sum() < 100:
+        return cloud, shadow
+    sample = excess[ok][_sample(int(ok.sum()), _SAMPLES)]
+    med = float(np.median(sample))
+    mad = 1.4826 * float(np.median(np.abs(sample - med)))
+    floor = max(CIRRUS_EXCESS, CIRRUS_Z * mad)
+    excess = np.nan_to_num(excess - np.float32(med), nan=0.0)
+    index = np.arange(1, n + 1)
+    # Sign of the date on which each object is brighter (+1 after, -1 before), from the mean of
+    # all bands, and whether it is darker in every band (a shadow candidate).
+    band_means = np.stack(
+        [ndi.mean(np.nan_to_num(d, nan=0.0), labels, index) for d in delta]
+    )  # (B, n)
+    brighter_after = band_means.mean(axis=0) > 0
+    peak_after = ndi.maximum(excess, labels, index)
+    peak_before = -ndi.minimum(excess, labels, index)
+    boxes = ndi.find_objects(labels)
+    cloud_date = np.zeros(n + 1, dtype=np.int8)  # +1 cloud in after, -1 in before
+    for i, box in enumerate(boxes):
+        if box is None:
+            continue
+        date_sign = 1 if brighter_after[i] else -1
+        peak = peak_after[i] if date_sign > 0 else peak_before[i]
+        if peak < floor:
+            continue
+        # Local background: the cirrus excess in a ring around the object.
+        pad = _CLOUD_RING_PX
+        sl = tuple(slice(max(s.start - pad, 0), s.stop + pad) for s in box)
+        obj = labels[sl] == i + 1
+        ring = ndi.binary_dilation(obj, iterations=pad) & ~obj & (labels[sl] == 0)
+        if not ring.any():
+            continue
+        background = float(np.median(date_sign * excess[sl][ring]))
+        if peak - background >= floor:
+            cloud_date[i + 1] = date_sign
+    if not cloud_date.any():
+        return cloud, shadow
+    cloud = cloud_date[labels] != 0
+    darker_after = (band_means < 0).all(axis=0)
+    darker_before = (band_means > 0).all(axis=0)
+    # Pixels clearly darker in every band on one date (2 noise units), whether decided or not:
+    # the field the displaced cloud shapes are matched against.
+    smoothed = np.stack([smooth(np.where(valid, d, 0.0), 1.0) for d in delta])
+    pick = np.flatnonzero(valid.ravel())
+    pick = pick[_sample(pick.size, _SAMPLES)]
+    flat = smoothed.reshape(len(delta), -1)[:, pick]
+    centre = np.median(flat, axis=1)
+    spread = 1.4826 * np.median(np.abs(flat - centre[:, None]), axis=1)
+    z = (smoothed - centre[:, None, None]) / np.maximum(spread, 1e-6)[:, None, None]
+    dark_field = {1: (z.max(axis=0) <= -2.0) & valid, -1: (z.min(axis=0) >= 2.0) & valid}
+    for date_sign, darker in ((1, darker_after), (-1, darker_before)):
+        clouds_now = cloud_date[labels] == date_sign
+        candidates = np.concatenate([[False], darker & (cloud_date[1:] == 0)])[labels]
+        if not clouds_now.any() or not candidates.any():
+            continue
+        # corr[dy, dx] = |shift(clouds, dy, dx) & dark| for every displacement at once.
+        corr = fftconvolve(
+            dark_field[date_sign].astype(np.float32), clouds_now[::-1, ::-1].astype(np.float32)
+        )
+        h, w = mask.shape
+        dys = np.arange(corr.shape[0]) - (h - 1)
+        dxs = np.arange(corr.shape[1]) - (w - 1)
+        dist = np.hypot(dys[:, None], dxs[None, :])
+        corr[(dist < 2) | (dist > _SHADOW_MAX_SHIFT_PX)] = 0
+        best = np.unravel_index(int(np.argmax(corr)), corr.shape)
+        if corr[best] < _SHADOW_MIN_MATCH * clouds_now.sum():
+            continue
+        footprint = _shift_mask(clouds_now, int(dys[best[0]]), int(dxs[best[1]]))
+        footprint = ndi.binary_dilation(footprint, iterations=2)
+        # A shadow has the cloud's shape: most of a darkening object lies under the footprint
+        # (a large real change next to a small cloud's displaced footprint is left alone).
+        inside = np.bincount(labels[footprint & candidates], minlength=n + 1)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        hit = (inside >= _SHADOW_MIN_COVER * sizes) & (inside > 0)
+        shadow |= hit[labels]
+    return cloud, shadow
+
+
 def _index(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return (a - b) / (a + b)
@@ -325,8 +466,20 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
         fill=config.fill_holes,
     )
     mask &= valid
-
     indicators = _indicators(b, a, bands)
+    if "cirrus" in before.bands and "cirrus" in after.bands:
+        cirrus_b = before.reflectance[before.bands.index("cirrus")].astype(np.float32)
+        cirrus_a = after.reflectance[after.bands.index("cirrus")].astype(np.float32)
+        if corrected:
+            cirrus_a = apply_shift(cirrus_a, shift)
+        cloud, shadow = cloud_and_shadow(mask, delta, cirrus_b, cirrus_a, valid)
+        # Cloud and shadow are not observations of the ground: unobserved, not change.
+        screened = cloud | shadow
+        indicators["cloud"] = cloud.astype(np.float32)
+        indicators["cloud_shadow"] = shadow.astype(np.float32)
+        mask &= ~screened
+        score[screened] = np.nan
+
     # "New structure" likelihood: changed (logistic in score around the decision threshold),
     # not vegetated afterwards, and roof-like: built surfaces (concrete, metal, asphalt) have flat
     # spectra, arid soils rise steeply from blue to SWIR. A new roof on soil flattens the

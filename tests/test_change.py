@@ -149,6 +149,11 @@ def test_ten_band_l1c_input_and_nan_pixels() -> None:
         "nir09", "cirrus", "swir16", "swir22",
     )  # fmt: skip
     before, after = _pair(bands)
+    # The ground is invisible in the cirrus band (B10, water-vapour absorption): a flat ~0.001.
+    rng = np.random.default_rng(5)
+    ci = bands.index("cirrus")
+    before.reflectance[ci] = 0.0012 + rng.normal(0, 1e-4, GRID.shape)
+    after.reflectance[ci] = 0.0013 + rng.normal(0, 1e-4, GRID.shape)
     after.reflectance[:, 10:20, 10:30] = np.nan  # unobserved (cloud) in the after period
     change = detect_change(before, after, dataclasses.replace(ChangeConfig(), coregister=False))
     assert np.isnan(change.score[10:20, 10:30]).all() and not change.mask[10:20, 10:30].any()
@@ -206,3 +211,74 @@ def test_greening_and_water_turbidity_are_not_new_structures() -> None:
     gated = detect_change(b, a, dataclasses.replace(off, vegetation_gate=True, water_gate=True))
     assert not gated.mask[field].any() and not gated.mask[river].any()
     assert gated.mask[BLOCK].all()  # the new bright roof is still found
+
+
+L1C = (
+    "coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
+    "nir09", "cirrus", "swir16", "swir22",
+)  # fmt: skip
+CLOUD = (slice(15, 35), slice(110, 140))
+SHADOW = (slice(95, 115), slice(85, 115))  # the cloud displaced by (+80, -25) px: sun to the north
+
+
+def _cloudy_pair(*, cloud: bool) -> tuple[Composite, Composite]:
+    """L1C pair with a new bright roof at BLOCK and, optionally, a cumulus cloud and its shadow on
+    the after date. The cirrus band sees only the cloud (the ground is invisible at 1375 nm)."""
+    before_c, after_c = _pair(L1C)
+    before, after = before_c.reflectance.copy(), after_c.reflectance.copy()
+    rng = np.random.default_rng(11)
+    ci = L1C.index("cirrus")
+    before[ci] = 0.0012 + rng.normal(0, 1e-4, GRID.shape)
+    after[ci] = 0.0013 + rng.normal(0, 1e-4, GRID.shape)
+    after[ci][BLOCK] += 0.0003  # a bright roof leaks a trace into B10 at most: not a cloud
+    if cloud:
+        core = np.zeros(GRID.shape, np.float32)
+        core[CLOUD] = 1.0
+        core = ndi.gaussian_filter(core, 2.0)  # soft edges, like haze around a cumulus
+        other = [i for i in range(len(L1C)) if i != ci]
+        after[other] = after[other] * (1 - core) + 0.55 * core
+        after[ci] += 0.006 * core
+        after[(slice(None), *SHADOW)] *= 0.45  # direct sun blocked: darker in every band
+        after[ci][SHADOW] /= 0.45  # ...but B10 sees no ground, so no shadow there
+    return (
+        dataclasses.replace(before_c, reflectance=before.astype(np.float32)),
+        dataclasses.replace(after_c, reflectance=after.astype(np.float32)),
+    )
+
+
+def test_l1c_cloud_and_its_shadow_are_masked_while_a_bright_roof_is_kept() -> None:
+    config = dataclasses.replace(ChangeConfig(), coregister=False)
+    before, after = _cloudy_pair(cloud=True)
+    change = detect_change(before, after, config)
+    assert change.mask[BLOCK].all()  # the bright new roof stays change
+    assert not change.mask[CLOUD].any() and not change.mask[SHADOW].any()
+    assert change.indicators["cloud"][CLOUD].mean() > 0.9
+    assert change.indicators["cloud"][BLOCK].sum() == 0
+    assert change.indicators["cloud_shadow"][BLOCK].sum() == 0
+    assert np.isnan(change.score[CLOUD]).mean() > 0.9  # unobserved, not "no change"
+    # Without the cirrus band (L2A composites) nothing is screened: both read as change.
+    keep = [i for i, n in enumerate(L1C) if n != "cirrus"]
+    bands = tuple(L1C[i] for i in keep)
+    plain = detect_change(
+        dataclasses.replace(before, bands=bands, reflectance=before.reflectance[keep]),
+        dataclasses.replace(after, bands=bands, reflectance=after.reflectance[keep]),
+        config,
+    )
+    assert plain.mask[CLOUD].mean() > 0.9 and plain.mask[SHADOW].sum() > 50
+    # Every shadow pixel the plain detector calls change is screened as cloud shadow.
+    assert (change.indicators["cloud_shadow"][SHADOW] >= plain.mask[SHADOW]).all()
+
+
+def test_cirrus_band_without_clouds_changes_nothing() -> None:
+    config = dataclasses.replace(ChangeConfig(), coregister=False)
+    before, after = _cloudy_pair(cloud=False)
+    change = detect_change(before, after, config)
+    keep = [i for i, n in enumerate(L1C) if n != "cirrus"]
+    bands = tuple(L1C[i] for i in keep)
+    plain = detect_change(
+        dataclasses.replace(before, bands=bands, reflectance=before.reflectance[keep]),
+        dataclasses.replace(after, bands=bands, reflectance=after.reflectance[keep]),
+        config,
+    )
+    np.testing.assert_array_equal(change.mask, plain.mask)
+    assert change.mask[BLOCK].all() and change.indicators["cloud"].sum() == 0
