@@ -60,9 +60,10 @@ class PipelineIO:
 
     @classmethod
     def default(cls) -> PipelineIO:
-        from changedet.catalog import search_scenes
+        from changedet.mosaic import read_stack
         from changedet.outputs import write_run_outputs
-        from changedet.read import probe_details, read_stack
+        from changedet.probe import probe_details
+        from changedet.search import search_scenes
 
         return cls(
             search=search_scenes, read=read_stack, probe=probe_details, write=write_run_outputs

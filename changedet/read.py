@@ -1,63 +1,51 @@
-"""Windowed reads of scene assets onto the AOI grid. The only rasterio reader of scene assets.
+"""The rasterio boundary: one asset of one scene read onto the AOI grid. The only rasterio reader
+of scene assets.
 
-Flow of `read_stack`:
-1. probe: read the SCL window of every scene onto the grid (one band, 20 m source pixels, cheap);
-   find persistent "cloud" pixels (bright roofs, see `mask.keep_persistent_bright`); drop scenes
-   outside the AOI or whose AOI clear fraction is below `read.min_aoi_clear_fraction`. Band
-   reads of a scene start as soon as its SCL passes a provisional test (the same test without
-   the roof rule), so probing and reading overlap;
-2. read only the bands asked for, only the source window covering the grid, concurrently (one
-   dataset handle per task and thread), retrying transient HTTP errors; a missing, corrupt or
-   truncated asset skips its scene with a recorded reason instead of ending the run;
-3. harmonise DN → reflectance with each asset's scale and offset (decided by `catalog`);
-4. mosaic the scenes of one acquisition date (tiles, orbits): first clear pixel wins, scenes in a
-   deterministic order (most clear AOI pixels first, then id).
-A pixel cache of network reads, keyed by item, asset, href and grid, makes a rerun fetch nothing.
+One responsibility: get pixels from a COG (local, /vsicurl/ or /vsis3/) onto the grid, fast and
+safely. GDAL options live in one commented place (`gdal_options`); only the source window
+covering the grid is fetched, by a window copy, a resampled window read or the GDAL warper on
+the covering window; transient HTTP errors are retried and every failure becomes a one-line
+reason without tokens (a missing, corrupt or truncated asset skips its scene instead of ending
+the run); `ReadPipeline` runs the reads on one bounded thread pool, consulting the pixel cache
+(`read_cache`) for network reads. Which scenes to read is `probe`; the stack they make is
+`mosaic`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import glob
-import hashlib
 import json
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from changedet.catalog import install_log_redaction, public_href, redact
-from changedet.config import MaskConfig, ReadConfig
-from changedet.errors import ConfigError, NoScenesError, ReadError, UnsafeHrefError
-from changedet.mask import persistent_from_counts, scl_clear, scl_cloudy
-from changedet.models import Asset, Grid, Progress, Scene, SkippedScene, Stack, no_progress
+from changedet.config import ReadConfig
+from changedet.errors import ConfigError, ReadError, UnsafeHrefError
+from changedet.hrefs import public_href, redact
+from changedet.models import Grid, Scene
+from changedet.read_cache import PixelCache
 
 __all__ = [
-    "Probe",
-    "ReadResult",
+    "AssetRead",
+    "ReadPipeline",
+    "check_read_inputs",
     "clear_http_cache",
     "gdal_options",
     "gdal_path",
     "network_bytes",
-    "probe_details",
-    "probe_scenes",
-    "read_stack",
 ]
-
-CACHE_VERSION = 1  # bump when the cached array's meaning changes
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,63 +184,6 @@ def gdal_path(href: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# cache
-
-
-class _Cache:
-    """Arrays on the grid, one .npy per (item, asset, href, grid, resampling); atomic writes."""
-
-    def __init__(self, root: str) -> None:
-        self.root = Path(root).expanduser() if root else None
-
-    def key(self, scene: Scene, band: str, asset: Asset, grid: Grid, resampling: str) -> str:
-        blob = json.dumps(
-            [
-                CACHE_VERSION,
-                scene.id,
-                scene.collection,
-                band,
-                public_href(asset.href),  # signed URLs change, the asset does not
-                grid.crs,
-                list(grid.transform)[:6],
-                grid.width,
-                grid.height,
-                resampling,
-            ]
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def _path(self, key: str) -> Path | None:
-        return None if self.root is None else self.root / key[:2] / f"{key}.npy"
-
-    def get(self, key: str, shape: tuple[int, int]) -> np.ndarray | None:
-        path = self._path(key)
-        if path is None or not path.is_file():
-            return None
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # a damaged entry is a miss; it is rewritten below
-        return array if array.shape == shape else None
-
-    def put(self, key: str, array: np.ndarray) -> None:
-        path = self._path(key)
-        if path is None:
-            return
-        tmp: str | None = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npy.part", dir=path.parent)
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-            os.replace(tmp, path)
-        except OSError:
-            if tmp is not None:  # a full or read-only cache never fails a run
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-
-
-# --------------------------------------------------------------------------------------------
 # one asset onto the grid
 
 
@@ -346,18 +277,46 @@ def _read_onto_grid(path: str, grid: Grid, *, resampling: Any, nodata: float | N
             return out
         window = Window(c0, r0, c1 - c0, r1 - r0)
         source = src.read(1, window=window)
-        reproject(
-            source=source,
-            destination=out,
-            src_transform=st @ Affine.translation(c0, r0),  # = window_transform, no warning
-            src_crs=src.crs,
-            src_nodata=fill,
-            dst_transform=grid.transform,
-            dst_crs=dst_crs,
-            dst_nodata=fill,
-            resampling=resampling,
-        )
-        return out
+        # Datasets, not arrays: reproject() wraps arrays in MEM datasets opened before their
+        # transform is set, and silences the NotGeoreferencedWarning that causes with
+        # warnings.catch_warnings, which is not thread-safe: under the read pool it escapes.
+        with (
+            _georeferenced(source, st @ Affine.translation(c0, r0), src.crs) as warp_src,
+            _georeferenced(out, grid.transform, dst_crs) as warp_dst,
+        ):
+            reproject(
+                source=rasterio.band(warp_src, 1),
+                destination=rasterio.band(warp_dst, 1),
+                src_nodata=fill,
+                dst_nodata=fill,
+                resampling=resampling,
+            )
+            return np.asarray(warp_dst.read(1))
+
+
+def _georeferenced(array: np.ndarray, transform: Any, crs: Any) -> Any:
+    """A one-band in-memory dataset holding a copy of `array`, created with its transform and
+    CRS (so it is never seen without them)."""
+    import rasterio
+
+    height, width = array.shape
+    dataset = rasterio.open(
+        "",
+        "w+",
+        driver="MEM",
+        width=width,
+        height=height,
+        count=1,
+        dtype=array.dtype,
+        crs=crs,
+        transform=transform,
+    )
+    try:
+        dataset.write(array, 1)
+    except BaseException:
+        dataset.close()
+        raise
+    return dataset
 
 
 def _mask_blended_nodata(src: Any, grid: Grid, out: np.ndarray, fill: float) -> None:
@@ -384,7 +343,7 @@ def _mask_blended_nodata(src: Any, grid: Grid, out: np.ndarray, fill: float) -> 
 
 
 @dataclass
-class _Got:
+class AssetRead:
     scene_id: str
     band: str
     array: np.ndarray | None = None
@@ -438,9 +397,9 @@ def _fetch(
     grid: Grid,
     *,
     config: ReadConfig,
-    cache: _Cache,
+    cache: PixelCache,
     options: Mapping[str, Any],
-) -> _Got:
+) -> AssetRead:
     """One asset of one scene onto the grid (cache, then network with retries). Never raises."""
     import rasterio
     from rasterio.errors import RasterioError
@@ -450,12 +409,12 @@ def _fetch(
     try:
         path = gdal_path(asset.href)
     except UnsafeHrefError as exc:
-        return _Got(scene.id, band, error=str(exc))
+        return AssetRead(scene.id, band, error=str(exc))
     # Only network reads are cached: a local COG window reads as fast as the cache would.
     key = cache.key(scene, band, asset, grid, resampling_name) if path.startswith("/vsi") else None
     hit = cache.get(key, grid.shape) if key else None
     if hit is not None:
-        return _Got(scene.id, band, hit, cached=True)
+        return AssetRead(scene.id, band, hit, cached=True)
     resampling = _resampling(resampling_name)
     attempts = 2  # GDAL already retried HTTP errors GDAL_HTTP_MAX_RETRY times inside each
     reason, transient = "not read", False
@@ -465,7 +424,7 @@ def _fetch(
                 array = _read_onto_grid(path, grid, resampling=resampling, nodata=asset.nodata)
             if key:
                 cache.put(key, array)
-            return _Got(scene.id, band, array)
+            return AssetRead(scene.id, band, array)
         except (RasterioError, ReadError, OSError, ValueError) as exc:
             reason, transient = _classify(exc)
             if not transient:
@@ -474,24 +433,27 @@ def _fetch(
             if attempt + 1 < attempts:
                 time.sleep(config.backoff_s * (2**attempt))
     tries = f" after {attempts} tries" if transient else ""
-    return _Got(scene.id, band, error=f"{band}: {reason}{tries}", transient=transient)
+    return AssetRead(scene.id, band, error=f"{band}: {reason}{tries}", transient=transient)
 
 
-class _Pipeline:
+class ReadPipeline:
     """One thread pool for a whole read. Tasks are started in the order they were queued, with
     at most `window` started-but-unconsumed results (arrays) alive at once, so memory stays
     bounded however many dates there are; a result the consumer asks for that has not started
-    yet starts at once (no deadlock when the consumer's order differs from the queue's)."""
+    yet starts at once (no deadlock when the consumer's order differs from the queue's).
+    Network reads go through the pixel cache of `config.cache_dir`. A context manager: leaving
+    it shuts the pool down."""
 
-    def __init__(self, grid: Grid, config: ReadConfig, cache: _Cache) -> None:
-        self.grid, self.config, self.cache = grid, config, cache
+    def __init__(self, grid: Grid, config: ReadConfig) -> None:
+        self.grid, self.config = grid, config
+        self.cache = PixelCache(config.cache_dir)
         self.options = gdal_options(config)
         workers = max(int(config.max_workers), 1)
         self.window = workers * 4
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="changedet-read")
         self.queue: deque[tuple[Scene, str]] = deque()
         self.queued: set[tuple[str, str]] = set()
-        self.started: dict[tuple[str, str], Future[_Got]] = {}
+        self.started: dict[tuple[str, str], Future[AssetRead]] = {}
 
     def add(self, scene: Scene, band: str) -> None:
         key = (scene.id, band)
@@ -518,7 +480,7 @@ class _Pipeline:
             if (scene.id, band) in self.queued:
                 self._start(scene, band)
 
-    def take(self, scene: Scene, band: str) -> _Got:
+    def take(self, scene: Scene, band: str) -> AssetRead:
         key = (scene.id, band)
         if key not in self.started:
             self._start(scene, band)  # needed now: jump the queue (a stale queue entry is skipped)
@@ -539,180 +501,14 @@ class _Pipeline:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def __enter__(self) -> ReadPipeline:
+        return self
 
-# --------------------------------------------------------------------------------------------
-# probing and selection
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What the SCL window says about one scene inside the AOI."""
-
-    scene_id: str
-    clear_fraction: float  # clear AOI pixels / AOI pixels the scene covers with data (NaN unknown)
-    coverage: float  # AOI pixels with data / AOI pixels (NaN unknown)
-    has_scl: bool
-    skip_reason: str | None = None  # why the scene is not used (None: it is used)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-@dataclass
-class _Probed:
-    probes: dict[str, Probe]
-    scl: dict[str, np.ndarray]
-    clear: dict[str, np.ndarray]  # final SCL clear mask per scene (roof rule applied)
-    roof: np.ndarray | None  # (H, W) persistent-bright pixels, None when no SCL at all
-    failures: list[_Got]
-    notes: list[str] = field(default_factory=list)
-    cache_hits: int = 0
-    assets_read: int = 0
-    provisional: set[str] = field(default_factory=set)
-
-
-def _clear_of(scl: np.ndarray, roof: np.ndarray | None, mask_config: MaskConfig) -> np.ndarray:
-    keep = None
-    if roof is not None and roof.any():
-        keep = roof & scl_cloudy(scl, cloud_classes=mask_config.cloud_classes)
-    return scl_clear(
-        scl, invalid=mask_config.scl_invalid, dilate_px=mask_config.dilate_px, keep=keep
-    )
-
-
-def _fractions(
-    scl: np.ndarray, clear: np.ndarray, aoi_mask: np.ndarray, roof: np.ndarray | None
-) -> tuple[float, float]:
-    """(AOI coverage, AOI clear fraction). Roof pixels are clear by rule on every date, so they
-    say nothing about the weather: the clear fraction is measured on the other pixels."""
-    aoi_pixels = int(aoi_mask.sum())
-    covered = aoi_mask & (scl != 0)
-    n_cov = int(covered.sum())
-    coverage = n_cov / aoi_pixels if aoi_pixels else 0.0
-    weather = covered & ~roof if roof is not None else covered
-    if not weather.any():
-        weather = covered
-    n_weather = int(weather.sum())
-    frac = float((clear & weather).sum()) / n_weather if n_weather else 0.0
-    return coverage, frac
-
-
-def _probe(
-    scenes: Sequence[Scene],
-    pipe: _Pipeline,
-    *,
-    aoi_mask: np.ndarray,
-    read_config: ReadConfig,
-    mask_config: MaskConfig,
-    progress: Progress,
-    bands: Sequence[str] = (),
-) -> _Probed:
-    """Read every scene's SCL window (in the order given) and decide which scenes to use.
-
-    With `bands`, the band reads of a scene start as soon as its SCL passes a provisional test
-    (the same test without the bright-roof rule, which needs every date): the probe and the
-    band reads overlap instead of waiting for each other.
-    """
-    grid = pipe.grid
-    with_scl = [s for s in scenes if "scl" in s.assets]
-    for scene in with_scl:
-        pipe.add(scene, "scl")
-    scl: dict[str, np.ndarray] = {}
-    failures: list[_Got] = []
-    provisional: set[str] = set()
-    first_clear: dict[str, np.ndarray] = {}
-    n_cloudy = np.zeros(grid.shape, np.int32)
-    n_obs = np.zeros(grid.shape, np.int32)
-    hits = 0
-    progress("probe", 0, len(with_scl))
-    done = 0
-    for scene in scenes:
-        if "scl" not in scene.assets:
-            for band in bands:  # no SCL: always read (clear = valid data), in date order
-                pipe.add(scene, band)
-            continue
-        got = pipe.take(scene, "scl")
-        done += 1
-        progress("probe", done, len(with_scl))
-        hits += got.cached
-        if got.array is None:
-            failures.append(got)
-            continue
-        array = got.array.astype(np.uint8, copy=False)
-        scl[scene.id] = array
-        observed = array != 0
-        cloudy = scl_cloudy(array, cloud_classes=mask_config.cloud_classes)
-        n_obs += observed
-        n_cloudy += observed & cloudy
-        if bands:
-            clear = _clear_of(array, None, mask_config)
-            first_clear[scene.id] = clear  # reused below when no pixel is a roof
-            coverage, frac = _fractions(array, clear, aoi_mask, None)
-            if _selection_reason(coverage, frac, scene, read_config) is None:
-                provisional.add(scene.id)
-                for band in bands:
-                    pipe.add(scene, band)
-    roof = None
-    notes: list[str] = []
-    if scl:
-        roof = persistent_from_counts(
-            n_cloudy,
-            n_obs,
-            fraction=mask_config.persistent_cloud_fraction,
-            min_dates=mask_config.persistent_min_dates,
-        )
-        n_roof = int((roof & aoi_mask).sum())
-        if n_roof:
-            notes.append(
-                f"{n_roof} AOI pixel(s) SCL calls cloud on >= "
-                f"{mask_config.persistent_cloud_fraction:.0%} of dates kept clear (bright roofs)"
-            )
-        if not roof.any():
-            roof = None
-    probes: dict[str, Probe] = {}
-    clears: dict[str, np.ndarray] = {}
-    failed = {g.scene_id: g for g in failures}
-    for scene in scenes:
-        if scene.id in scl:
-            array = scl[scene.id]
-            if scene.id in first_clear and roof is None:
-                clear = first_clear.pop(scene.id)
-            else:
-                clear = _clear_of(array, roof, mask_config)
-            coverage, frac = _fractions(array, clear, aoi_mask, roof)
-            reason = _selection_reason(coverage, frac, scene, read_config)
-            probes[scene.id] = Probe(scene.id, frac, coverage, True, reason)
-            clears[scene.id] = clear
-        elif scene.id in failed:
-            error = failed[scene.id].error
-            probes[scene.id] = Probe(scene.id, math.nan, math.nan, True, f"SCL unreadable: {error}")
-        else:
-            probes[scene.id] = Probe(scene.id, math.nan, math.nan, False, None)
-    return _Probed(
-        probes,
-        scl,
-        clears,
-        roof,
-        failures,
-        notes,
-        cache_hits=hits,
-        assets_read=len(scl) - hits,
-        provisional=provisional,
-    )
-
-
-def _selection_reason(
-    coverage: float, clear_fraction: float, scene: Scene, config: ReadConfig
-) -> str | None:
-    if coverage < config.min_aoi_coverage:
-        return f"outside AOI: data on {coverage:.1%} of it (< {config.min_aoi_coverage:.0%})"
-    if clear_fraction < config.min_aoi_clear_fraction:
-        cloud = f"; scene cloud {scene.cloud_cover:.0f}%" if scene.cloud_cover is not None else ""
-        return (
-            f"cloudy inside AOI: {clear_fraction:.0%} clear < "
-            f"{config.min_aoi_clear_fraction:.0%} required{cloud}"
-        )
-    return None
-
-
-def _check_inputs(
+def check_read_inputs(
     grid: Grid, aoi_mask: np.ndarray, config: ReadConfig, bands: Sequence[str] | None = None
 ) -> None:
     if aoi_mask.shape != grid.shape:
@@ -723,341 +519,3 @@ def _check_inputs(
         if "scl" in bands:
             raise ConfigError("read.bands must not list 'scl'; SCL is read for masking on its own")
     _resampling(config.resampling)  # an unknown name fails now, not after the downloads
-
-
-def probe_details(
-    scenes: Sequence[Scene],
-    grid: Grid,
-    *,
-    aoi_mask: np.ndarray,
-    read_config: ReadConfig,
-    mask_config: MaskConfig,
-    progress: Progress = no_progress,
-) -> dict[str, Probe]:
-    """Per scene: AOI clear fraction, AOI coverage and why it would be skipped (from SCL only)."""
-    _check_inputs(grid, aoi_mask, read_config)
-    install_log_redaction()
-    pipe = _Pipeline(grid, read_config, _Cache(read_config.cache_dir))
-    try:
-        probed = _probe(
-            sorted(scenes, key=lambda s: (s.datetime, s.id)),
-            pipe,
-            aoi_mask=aoi_mask,
-            read_config=read_config,
-            mask_config=mask_config,
-            progress=progress,
-        )
-    finally:
-        pipe.close()
-    return probed.probes
-
-
-def probe_scenes(
-    scenes: Sequence[Scene],
-    grid: Grid,
-    *,
-    aoi_mask: np.ndarray,
-    read_config: ReadConfig,
-    mask_config: MaskConfig,
-    progress: Progress = no_progress,
-) -> dict[str, float]:
-    """Scene id → AOI clear fraction from the SCL window (absent without SCL or when unreadable).
-
-    For `changedet search --probe`; `probe_details` also gives coverage and skip reasons.
-    """
-    details = probe_details(
-        scenes,
-        grid,
-        aoi_mask=aoi_mask,
-        read_config=read_config,
-        mask_config=mask_config,
-        progress=progress,
-    )
-    return {sid: p.clear_fraction for sid, p in details.items() if math.isfinite(p.clear_fraction)}
-
-
-# --------------------------------------------------------------------------------------------
-# the stack
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    """A masked, harmonised stack and the record of how it was made."""
-
-    stack: Stack
-    skipped: tuple[SkippedScene, ...]
-    probes: Mapping[str, float]  # scene id -> AOI clear fraction (absent when not measurable)
-    bytes_fetched: int  # bytes downloaded over the network by this read (0 from cache/local)
-    coverage: Mapping[str, float] = field(default_factory=dict)  # scene id -> AOI share with data
-    notes: tuple[str, ...] = ()
-    cache_hits: int = 0
-    assets_read: int = 0
-
-
-def _harmonise_into(
-    out: np.ndarray, dn: np.ndarray, asset: Asset, where: np.ndarray, *, first: bool
-) -> None:
-    """out[where] = DN * scale + offset in float32, without temporaries of the full grid.
-
-    first: `out` holds nothing yet: write every pixel (NaN outside `where`); unmasked ufuncs
-    are about twice as fast as masked ones.
-    """
-    if first:
-        np.multiply(dn, np.float32(asset.scale), out=out, casting="unsafe")
-        out += np.float32(asset.offset)
-        np.copyto(out, np.float32(np.nan), where=~where)
-        return
-    np.multiply(dn, np.float32(asset.scale), out=out, where=where, casting="unsafe")
-    np.add(out, np.float32(asset.offset), out=out, where=where)
-
-
-def read_stack(
-    scenes: Sequence[Scene],
-    grid: Grid,
-    *,
-    bands: Sequence[str],
-    aoi_mask: np.ndarray,
-    read_config: ReadConfig,
-    mask_config: MaskConfig,
-    progress: Progress = no_progress,
-) -> ReadResult:
-    """Read, mask, harmonise and mosaic `scenes` onto `grid`: one time step per acquisition date.
-
-    Returns reflectance (T, B, H, W) float32 (NaN where not clear), clear (T, H, W), scl
-    (T, H, W) uint8 (None when no scene had SCL). Scenes without SCL (L1C) use clear = valid
-    data (noted). Raises NoScenesError when nothing usable is left and ReadError when every
-    scene failed on transient network errors (the network, not the data, is the problem).
-    """
-    bands = tuple(bands)
-    _check_inputs(grid, aoi_mask, read_config, bands)
-    missing = sorted({b for s in scenes for b in bands if b not in s.assets})
-    if missing:
-        raise ReadError(
-            f"read: scenes lack assets for bands {missing}; search with the same bands you read"
-        )
-    install_log_redaction()
-    ordered = sorted(scenes, key=lambda s: (s.datetime, s.id))
-    pipe = _Pipeline(grid, read_config, _Cache(read_config.cache_dir))
-    bytes_before = network_bytes()
-    try:
-        built = _read_and_mosaic(
-            ordered,
-            pipe,
-            bands=bands,
-            aoi_mask=aoi_mask,
-            read_config=read_config,
-            mask_config=mask_config,
-            progress=progress,
-        )
-    finally:
-        pipe.close()
-    bytes_after = network_bytes()
-    notes, skipped = built.notes, sorted(built.skipped, key=lambda s: s.scene_id)
-    fetched = (
-        max(bytes_after - bytes_before, 0)
-        if bytes_before is not None and bytes_after is not None
-        else 0
-    )
-    if bytes_before is None:
-        notes.append("bytes_fetched unavailable: GDAL network statistics not reachable")
-    if not built.times:
-        transient = [f for f in built.failures if f.transient]
-        if built.failures and len(transient) == len(built.failures):
-            raise ReadError(
-                f"read: every scene failed on network errors ({transient[0].error}); "
-                "check the connection or try later"
-            )
-        raise NoScenesError(
-            f"read: no usable scene left of {len(scenes)}: "
-            + "; ".join(sorted({s.reason.split(":")[0] for s in skipped})[:3])
-            + "; widen the dates or lower read.min_aoi_clear_fraction"
-        )
-    stack = Stack(
-        grid=grid,
-        bands=bands,
-        times=tuple(built.times),
-        scene_ids=tuple(built.scene_ids),
-        reflectance=built.reflectance,
-        clear=built.clear,
-        scl=built.scl,
-    )
-    return ReadResult(
-        stack=stack,
-        skipped=tuple(skipped),
-        probes=built.probes,
-        bytes_fetched=int(fetched),
-        coverage=built.coverage,
-        notes=tuple(notes),
-        cache_hits=built.cache_hits,
-        assets_read=built.assets_read,
-    )
-
-
-@dataclass
-class _Built:
-    reflectance: np.ndarray
-    clear: np.ndarray
-    scl: np.ndarray | None
-    times: list[datetime]
-    scene_ids: list[tuple[str, ...]]
-    skipped: list[SkippedScene]
-    notes: list[str]
-    failures: list[_Got]
-    probes: dict[str, float]
-    coverage: dict[str, float]
-    cache_hits: int
-    assets_read: int
-
-
-def _read_and_mosaic(
-    ordered: Sequence[Scene],
-    pipe: _Pipeline,
-    *,
-    bands: tuple[str, ...],
-    aoi_mask: np.ndarray,
-    read_config: ReadConfig,
-    mask_config: MaskConfig,
-    progress: Progress,
-) -> _Built:
-    grid = pipe.grid
-    probed = _probe(
-        ordered,
-        pipe,
-        aoi_mask=aoi_mask,
-        read_config=read_config,
-        mask_config=mask_config,
-        progress=progress,
-        bands=bands,
-    )
-    notes = list(probed.notes)
-    failures = list(probed.failures)
-    cache_hits = probed.cache_hits
-    assets_read = probed.assets_read
-    skipped: list[SkippedScene] = []
-    selected: list[Scene] = []
-    wasted = 0
-    for scene in ordered:
-        reason = probed.probes[scene.id].skip_reason
-        if reason is not None and not read_config.probe_scl and reason.startswith("cloudy"):
-            reason = None  # probe_scl = false: keep cloudy scenes, their pixels are masked anyway
-        if reason is None:
-            selected.append(scene)
-            for band in bands:  # passed only with the roof rule: its reads start now
-                pipe.add(scene, band)
-        else:
-            skipped.append(SkippedScene(scene.id, reason))
-            if scene.id in probed.provisional:
-                wasted += pipe.drop(scene.id)
-    if wasted:
-        notes.append(
-            f"{wasted} asset read(s) started before the bright-roof rule dropped their scene"
-        )
-
-    # Dates in order; inside a date, most clear AOI pixels first (unknown → last), then id.
-    by_date: dict[date, list[Scene]] = {}
-    for scene in selected:
-        by_date.setdefault(scene.date, []).append(scene)
-    for members in by_date.values():
-        members.sort(key=lambda s: (-_clear_share(probed.probes[s.id]), s.id))
-
-    h, w = grid.shape
-    n_dates = len(by_date)
-    # np.empty: each date's slot is written in full by its first scene (NaN where not clear), so
-    # the pages are first touched while the workers are still downloading, and only once.
-    reflectance = np.empty((n_dates, len(bands), h, w), dtype=np.float32)
-    clear = np.empty((n_dates, h, w), dtype=bool)
-    scl_out = np.empty((n_dates, h, w), dtype=np.uint8) if probed.scl else None
-    times: list[datetime] = []
-    scene_ids: list[tuple[str, ...]] = []
-    known = {sid: p for sid, p in probed.probes.items() if math.isfinite(p.clear_fraction)}
-    probes: dict[str, float] = {sid: p.clear_fraction for sid, p in known.items()}
-    coverage: dict[str, float] = {sid: p.coverage for sid, p in known.items()}
-    fallback: list[str] = []
-    aoi_pixels = int(aoi_mask.sum())
-    total = len(selected) * len(bands)
-    done = 0
-    progress("read", 0, total)
-    t_out = 0
-    for members in by_date.values():
-        clear[t_out] = False
-        if scl_out is not None:
-            scl_out[t_out] = 0
-        filled = clear[t_out]
-        used: list[str] = []
-        for scene in members:
-            dns: list[np.ndarray] = []
-            broken = None
-            for band in bands:
-                got = pipe.take(scene, band)
-                done += 1
-                progress("read", done, total)
-                cache_hits += got.cached
-                assets_read += got.array is not None and not got.cached
-                if got.array is None:
-                    failures.append(got)
-                    broken = broken or got.error or "unreadable"
-                else:
-                    dns.append(got.array)
-            if broken is not None:
-                skipped.append(SkippedScene(scene.id, f"unreadable asset: {broken}"))
-                continue
-            valid_all = np.ones(grid.shape, bool)
-            for band, dn in zip(bands, dns, strict=True):
-                nodata = scene.assets[band].nodata
-                if nodata is not None:
-                    valid_all &= dn != nodata
-            scene_scl = probed.scl.get(scene.id)
-            if scene_scl is not None:
-                scene_clear = probed.clear[scene.id] & valid_all
-            else:  # no SCL (L1C): clear = valid data, the documented fallback
-                covered = aoi_mask & valid_all
-                cov = float(covered.sum()) / aoi_pixels if aoi_pixels else 0.0
-                coverage[scene.id] = cov
-                probes[scene.id] = 1.0 if covered.any() else 0.0
-                reason = _selection_reason(cov, probes[scene.id], scene, read_config)
-                if reason is not None:
-                    skipped.append(SkippedScene(scene.id, reason))
-                    continue
-                fallback.append(scene.id)
-                scene_clear = valid_all
-            take = scene_clear & ~filled
-            for b, (band, dn) in enumerate(zip(bands, dns, strict=True)):
-                _harmonise_into(reflectance[t_out, b], dn, scene.assets[band], take, first=not used)
-            filled |= take
-            if scl_out is not None and scene_scl is not None:
-                # the SCL of the scene that gave the pixel, else of the first one with data
-                np.copyto(scl_out[t_out], scene_scl, where=take | (scl_out[t_out] == 0))
-            used.append(scene.id)
-        if used:
-            times.append(min(s.datetime for s in members if s.id in used))
-            scene_ids.append(tuple(used))
-            t_out += 1  # else the slot is reused (and re-initialised) by the next date
-
-    if scl_out is not None:
-        scl_out = scl_out[:t_out]
-    if fallback:
-        notes.append(
-            f"{len(fallback)} scene(s) without SCL: clear = valid data (fallback): "
-            + ", ".join(fallback[:5])
-            + (" ..." if len(fallback) > 5 else "")
-        )
-    return _Built(
-        reflectance=reflectance[:t_out],
-        clear=clear[:t_out],
-        scl=scl_out,
-        times=times,
-        scene_ids=scene_ids,
-        skipped=skipped,
-        notes=notes,
-        failures=failures,
-        probes=probes,
-        coverage=coverage,
-        cache_hits=cache_hits,
-        assets_read=assets_read,
-    )
-
-
-def _clear_share(probe: Probe) -> float:
-    """Share of the AOI a scene shows clear: the mosaic puts the scene giving most first."""
-    value = probe.clear_fraction * probe.coverage
-    return value if math.isfinite(value) else -1.0

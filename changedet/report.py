@@ -21,6 +21,7 @@ import numpy as np
 
 from changedet.config import OutputConfig
 from changedet.models import Composite, Grid, Progress, RunResult, Structure, no_progress
+from changedet.vectors import from_wgs84
 
 __all__ = [
     "QUICKLOOK_MAX_PX",
@@ -274,8 +275,6 @@ def overlay_map(
     from matplotlib.patches import Patch
     from matplotlib.patches import Polygon as MplPolygon
 
-    from changedet.outputs import _from_wgs84  # local: outputs imports this module
-
     grid = result.grid
     x0, y0, x1, y1 = (v / 1000.0 for v in grid.bounds)
     aspect = grid.height / max(grid.width, 1)
@@ -289,7 +288,7 @@ def overlay_map(
         rgba = np.zeros((*mask.shape, 4), dtype=np.float32)
         rgba[mask] = (0.89, 0.10, 0.11, 0.25)
         ax.imshow(rgba, extent=(x0, x1, y0, y1), interpolation="nearest")
-    aoi_km = _from_wgs84(grid.crs)(result.aoi.geometry)
+    aoi_km = from_wgs84(grid.crs)(result.aoi.geometry)
     for poly in getattr(aoi_km, "geoms", [aoi_km]):
         xy = np.asarray(poly.exterior.coords) / 1000.0
         ax.plot(xy[:, 0], xy[:, 1], color="white", lw=1.2)

@@ -32,11 +32,12 @@ from loopback import (
 )
 
 from changedet.aoi import aoi_mask, grid_for
-from changedet.catalog import SearchResult, search_scenes
 from changedet.config import CatalogConfig, MaskConfig, ReadConfig
 from changedet.errors import CatalogError, ReadError, UnsafeHrefError
 from changedet.models import AOI, Grid, Scene
-from changedet.read import clear_http_cache, read_stack
+from changedet.mosaic import read_stack
+from changedet.read import clear_http_cache
+from changedet.search import SearchResult, search_scenes
 
 pytestmark = pytest.mark.network
 

@@ -21,6 +21,7 @@ from shapely.geometry import LineString, Polygon, box, shape
 
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
+from changedet.manifest import run_manifest
 from changedet.models import (
     AOI,
     Berm,
@@ -34,14 +35,8 @@ from changedet.models import (
     SkippedScene,
     Structure,
 )
-from changedet.outputs import (
-    BERM_PROPERTIES,
-    GPKG_LAYERS,
-    STRUCTURE_PROPERTIES,
-    run_manifest,
-    structures_feature_collection,
-    write_run_outputs,
-)
+from changedet.outputs import GPKG_LAYERS, write_run_outputs
+from changedet.vectors import BERM_PROPERTIES, STRUCTURE_PROPERTIES, structures_feature_collection
 
 BANDS = ("blue", "green", "red", "nir")
 H, W = 100, 120

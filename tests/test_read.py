@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from loopback import CRS, TILE_PX, TILE_X0, TILE_Y0, dn_pattern, local_scene, ma
 from changedet.config import MaskConfig, ReadConfig
 from changedet.errors import ConfigError, NoScenesError, ReadError
 from changedet.models import Grid
-from changedet.read import probe_details, probe_scenes, read_stack
+from changedet.mosaic import read_stack
+from changedet.probe import probe_details, probe_scenes
 
 BANDS = ("red", "nir", "swir16")
 # A 100 x 100 px grid 400 m inside the tile: 10 m and 20 m aligned.
@@ -398,25 +400,32 @@ def test_result_does_not_depend_on_worker_count(tmp_path: Path) -> None:
     assert one.stack.scene_ids == four.stack.scene_ids
 
 
-def test_other_utm_zone_is_reprojected(tmp_path: Path) -> None:
-    """A tile in zone 38 read onto the zone-39 grid equals a whole-tile GDAL reprojection."""
-    import rasterio
-    from rasterio.warp import Resampling, reproject, transform
+def zone38_scene(tmp_path: Path, day: int = 1) -> Any:
+    """A tile in UTM zone 38 covering GRID (zone 39): read through the GDAL warper."""
+    from rasterio.warp import transform
 
     xs, ys = transform(CRS, "EPSG:32638", [GRID.bounds[0]], [GRID.bounds[3]])
     x0 = math.floor(xs[0] / 60) * 60 - 600
     y0 = math.ceil(ys[0] / 60) * 60 + 600
     scl = np.full((TILE_PX // 2, TILE_PX // 2), 5, np.uint8)
-    s = make_scene(
+    return make_scene(
         tmp_path,
-        "S2A_38SQE_20230801_0_L2A",
-        when(1),
+        f"S2A_38SQE_202308{day:02d}_0_L2A",
+        when(day),
         tile="38SQE",
         scl=scl,
         x0=x0,
         y0=y0,
         crs="EPSG:32638",
     )
+
+
+def test_other_utm_zone_is_reprojected(tmp_path: Path) -> None:
+    """A tile in zone 38 read onto the zone-39 grid equals a whole-tile GDAL reprojection."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    s = zone38_scene(tmp_path)
     result = read_stack(
         [local_scene(s, tmp_path)],
         GRID,
@@ -439,6 +448,50 @@ def test_other_utm_zone_is_reprojected(tmp_path: Path) -> None:
     got = result.stack.band("red")[0]
     np.testing.assert_array_equal(got, refl(expected))
     assert np.isfinite(got).mean() > 0.5
+
+
+def test_warped_reads_raise_no_not_georeferenced_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warper path never opens a dataset without a geotransform.
+
+    rasterio wraps arrays given to reproject() in datasets that briefly have no geotransform and
+    hides the NotGeoreferencedWarning that causes with warnings.catch_warnings +
+    simplefilter("ignore"), which is not thread-safe: another thread of the read pool can restore
+    the filters in between, and the warning escapes (seen in `changedet search --probe`). Taking
+    that "ignore" away makes the outcome independent of thread timing.
+    """
+    from rasterio.errors import NotGeoreferencedWarning
+
+    scenes = [local_scene(zone38_scene(tmp_path, day), tmp_path) for day in (1, 2, 3, 4)]
+    simplefilter = warnings.simplefilter
+
+    def never_ignore(action: Any, *args: Any, **kwargs: Any) -> None:
+        if action != "ignore":
+            simplefilter(action, *args, **kwargs)
+
+    for resampling in ("nearest", "bilinear"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", NotGeoreferencedWarning)
+            with monkeypatch.context() as patch:
+                patch.setattr(warnings, "simplefilter", never_ignore)
+                probes = probe_details(
+                    scenes,
+                    GRID,
+                    aoi_mask=ALL,
+                    read_config=rc(resampling=resampling, max_workers=4),
+                    mask_config=NO_DILATION,
+                )
+                result = read_stack(
+                    scenes,
+                    GRID,
+                    bands=("red", "swir16"),
+                    aoi_mask=ALL,
+                    read_config=rc(resampling=resampling, max_workers=4),
+                    mask_config=NO_DILATION,
+                )
+        assert all(p.skip_reason is None and p.coverage == 1.0 for p in probes.values())
+        assert len(result.stack.times) == 4 and result.skipped == ()
 
 
 def test_bad_inputs_are_refused_early(tmp_path: Path) -> None:

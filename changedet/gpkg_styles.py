@@ -1,0 +1,129 @@
+"""QGIS styles of the vector outputs: QML documents and the GeoPackage `layer_styles` table.
+
+One responsibility: make QGIS open every output styled. `layer_style_qml` gives the style of one
+layer from the templates in `changedet/styles/`; for `structures` it builds one category per
+first-seen date of the run, in the same colours as the report. `embed_styles` writes those
+styles into a GeoPackage's `layer_styles` table (the convention QGIS itself uses), registered
+so the file stays a valid GeoPackage. `outputs` writes the `.qml` sidecars and calls
+`embed_styles` on the GeoPackage it has written.
+"""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+from changedet import __version__
+from changedet.errors import OutputError
+from changedet.models import RunResult
+from changedet.report import UNKNOWN_COLOUR, first_seen_classes
+
+__all__ = ["embed_styles", "layer_style_qml"]
+
+
+def _style_template(layer: str) -> str:
+    return resources.files("changedet").joinpath("styles", f"{layer}.qml").read_text("utf-8")
+
+
+def _rgba(colour: Sequence[float], alpha: int) -> str:
+    r, g, b = (round(float(c) * 255) for c in colour[:3])
+    return f"{r},{g},{b},{alpha}"
+
+
+def layer_style_qml(layer: str, result: RunResult | None = None) -> str:
+    """The QGIS style of one layer. For `structures` one category per first-seen date of `result`
+    (same colours as the report), built from the `styles/structures.qml` template."""
+    text = _style_template(layer)
+    if layer != "structures" or result is None:
+        return text
+    root = ET.fromstring(text)
+    renderer = root.find("renderer-v2")
+    categories = renderer.find("categories") if renderer is not None else None
+    symbols = renderer.find("symbols") if renderer is not None else None
+    if categories is None or symbols is None:  # pragma: no cover - the template is ours
+        raise OutputError("styles/structures.qml lost its categories; reinstall changedet")
+    template = symbols.find("symbol")
+    assert template is not None
+    for child in list(categories):
+        categories.remove(child)
+    for child in list(symbols):
+        symbols.remove(child)
+    classes = first_seen_classes(result.structures)
+    entries: list[tuple[str, str, Sequence[float]]] = [
+        (c.value, c.label, c.colour) for c in classes if c.value is not None
+    ]
+    entries.append(("", "first-seen date unknown", UNKNOWN_COLOUR))
+    for i, (value, label, colour) in enumerate(entries):
+        ET.SubElement(
+            categories,
+            "category",
+            {"render": "true", "symbol": str(i), "value": value, "label": label, "type": "string"},
+        )
+        symbol = copy.deepcopy(template)
+        symbol.set("name", str(i))
+        for prop in symbol.iter("prop"):
+            if prop.get("k") == "color":
+                prop.set("v", _rgba(colour, 70))
+            elif prop.get("k") == "outline_color":
+                prop.set("v", _rgba(colour, 255))
+        symbols.append(symbol)
+    ET.indent(root, space="  ")
+    header = (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        "<!-- changedet: new structures coloured by first-seen date; unconfirmed ones dashed. -->\n"
+    )
+    return header + ET.tostring(root, encoding="unicode") + "\n"
+
+
+_LAYER_STYLES_SQL = """
+CREATE TABLE IF NOT EXISTS layer_styles (
+  id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+  f_table_catalog TEXT(256),
+  f_table_schema TEXT(256),
+  f_table_name TEXT(256),
+  f_geometry_column TEXT(256),
+  styleName TEXT(30),
+  styleQML TEXT,
+  styleSLD TEXT,
+  useAsDefault BOOLEAN,
+  description TEXT,
+  owner TEXT(30),
+  ui TEXT(30),
+  update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+)
+"""
+
+
+def embed_styles(gpkg: Path, styles: Mapping[str, str]) -> None:
+    """Write the QGIS `layer_styles` table (the convention QGIS itself uses) and register it as a
+    GeoPackage attributes table so the file stays a valid GeoPackage."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    con = sqlite3.connect(gpkg)
+    try:
+        with con:
+            geom_cols = dict(
+                con.execute("SELECT table_name, column_name FROM gpkg_geometry_columns")
+            )
+            con.execute(_LAYER_STYLES_SQL)
+            for layer, qml in styles.items():
+                con.execute(
+                    "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name,"
+                    " f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description,"
+                    " owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, '', 1, ?, '', NULL, ?)",
+                    (layer, geom_cols[layer], layer, qml, f"changedet {__version__} style", now),
+                )
+            con.execute(
+                "INSERT OR REPLACE INTO gpkg_contents (table_name, data_type, identifier,"
+                " description, last_change) VALUES ('layer_styles', 'attributes', 'layer_styles',"
+                " 'QGIS layer styles', ?)",
+                (now,),
+            )
+    except (sqlite3.Error, KeyError) as exc:
+        raise OutputError(f"cannot embed QGIS styles in {gpkg.name}: {exc}") from None
+    finally:
+        con.close()

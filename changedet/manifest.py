@@ -1,0 +1,236 @@
+"""run.json: what a run used, what came out of it, and with which software.
+
+One responsibility: the provenance record of one AOI run as a JSON-safe dict (`run_manifest`):
+AOI, grid, requested and covered time range, periods, catalog, config fingerprint, scenes used
+and skipped with why, co-registration, detection limits, result counts, timings and the
+versions of changedet, Python, GDAL and the libraries that shaped the result. Keys the pipeline
+adds through `RunResult.provenance` are merged in without ever changing the documented shape.
+`outputs` writes it (with the list of files) as the last file of a run.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from shapely.geometry import mapping
+from shapely.geometry.base import BaseGeometry
+
+from changedet import __version__
+from changedet.models import RunResult
+from changedet.vectors import (
+    GEOJSON_DECIMALS,
+    finite_round,
+    from_wgs84,
+    iso_text,
+    right_hand,
+    round_coords,
+)
+
+__all__ = ["DETECTION_NOTES", "RUN_SCHEMA_VERSION", "run_manifest"]
+
+RUN_SCHEMA_VERSION = 1
+
+
+def _jsonable(obj: Any) -> Any:
+    """Make provenance values JSON-safe (dates, numpy scalars, tuples, NaN → null)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, date | datetime):
+        return iso_text(obj)
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, BaseGeometry):
+        return mapping(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, str | int | bool):
+        return obj
+    return str(obj)
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"changedet": __version__, "python": platform.python_version()}
+    for dist in (
+        "numpy",
+        "rasterio",
+        "shapely",
+        "pyproj",
+        "pyogrio",
+        "geopandas",
+        "scipy",
+        "scikit-image",
+        "matplotlib",
+        "pystac-client",
+    ):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    try:
+        import rasterio
+
+        out["gdal"] = rasterio.__gdal_version__
+    except ImportError:  # pragma: no cover - rasterio is a hard dependency
+        out["gdal"] = None
+    try:
+        import pyogrio
+
+        out["gdal_pyogrio"] = pyogrio.__gdal_version_string__
+    except ImportError:  # pragma: no cover
+        out["gdal_pyogrio"] = None
+    return out
+
+
+DETECTION_NOTES = (
+    "A 10 m Sentinel-2 pixel covers 100 m²: a 20 × 40 m hall is about 8 pixels.",
+    "Berms (a few metres wide) are sub-pixel: only their disturbed-soil apron, 1–2 pixels wide, is "
+    "seen, so berm lines and the 'bermed' flag are indications, not measurements.",
+    "Counts are estimates: cumulative_low/high bound what the clear observations can support.",
+)
+
+_PROTECTED_KEYS = frozenset({"schema_version", "versions", "scenes", "config_fingerprint", "files"})
+
+
+def _period_dict(comp: Any) -> dict[str, Any]:
+    return {
+        "label": comp.period.label,
+        "start": comp.period.start.isoformat(),
+        "end": comp.period.end.isoformat(),
+        "scene_ids": list(comp.scene_ids),
+    }
+
+
+def run_manifest(result: RunResult) -> dict[str, Any]:
+    """The run.json dict: what was used, what came out, and with which software.
+
+    Keys from `result.provenance` are merged in at the top level (nested dicts key by key;
+    `time_range` [start, end] sets the requested range, a `catalog` string sets catalog.source).
+    A key that would replace schema_version, versions, scenes, config_fingerprint or files, or
+    change the type of a documented key, goes under "provenance" instead.
+    """
+    grid = result.grid
+    aoi = result.aoi
+    aoi_utm = from_wgs84(grid.crs)(aoi.geometry)
+    change = result.change
+    res = grid.res
+    n_confirmed = sum(1 for s in result.structures if s.confirmed)
+    last = result.counts[-1] if result.counts else None
+    dates = sorted(s.datetime for s in result.scenes_used)
+    provenance = _jsonable(dict(result.provenance))
+    manifest: dict[str, Any] = {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "created": iso_text(datetime.now(UTC).replace(microsecond=0)),
+        "synthetic": bool(result.provenance.get("synthetic", False)),
+        "aoi": {
+            "id": aoi.id,
+            "name": aoi.name,
+            "bbox": [round(v, GEOJSON_DECIMALS) for v in aoi.geometry.bounds],
+            "area_km2": round(aoi_utm.area / 1e6, 4),
+            "geometry": round_coords(mapping(right_hand(aoi.geometry))),
+            "properties": _jsonable(dict(aoi.properties)),
+        },
+        "grid": {
+            "crs": grid.crs,
+            "transform": [
+                grid.transform.a,
+                grid.transform.b,
+                grid.transform.c,
+                grid.transform.d,
+                grid.transform.e,
+                grid.transform.f,
+            ],
+            "width": grid.width,
+            "height": grid.height,
+            "resolution_m": res,
+            "bounds": list(grid.bounds),
+        },
+        "time_range": {
+            "start": result.before.period.start.isoformat(),
+            # Periods are half-open [start, end): the last day covered is the day before `end`.
+            "end": (result.after.period.end - timedelta(days=1)).isoformat(),
+            "first_scene": iso_text(dates[0]) if dates else None,
+            "last_scene": iso_text(dates[-1]) if dates else None,
+        },
+        "periods": {"before": _period_dict(result.before), "after": _period_dict(result.after)},
+        "catalog": {"collections": sorted({s.collection for s in result.scenes_used})},
+        "config_fingerprint": result.config_fingerprint,
+        "scenes": {
+            "used": [
+                {
+                    "id": s.id,
+                    "datetime": iso_text(s.datetime),
+                    "collection": s.collection,
+                    "tile": s.tile,
+                    "platform": s.platform,
+                    "cloud_cover": finite_round(s.cloud_cover, 2),
+                    "processing_baseline": s.processing_baseline,
+                }
+                for s in result.scenes_used
+            ],
+            "skipped": [{"id": s.scene_id, "reason": s.reason} for s in result.scenes_skipped],
+        },
+        "n_scenes_used": len(result.scenes_used),
+        "n_scenes_skipped": len(result.scenes_skipped),
+        "coregistration": {
+            "shift_px": [round(float(v), 3) for v in change.shift_px],
+            "shift_m": [round(float(v) * res, 2) for v in change.shift_px],
+            "corrected": bool(change.shift_corrected),
+        },
+        "detection_limits": {
+            "pixel_size_m": res,
+            "pixel_area_m2": grid.pixel_area_m2,
+            "min_mapping_unit_m2": result.min_mapping_unit_m2,
+            "min_mapping_unit_px": round(result.min_mapping_unit_m2 / grid.pixel_area_m2, 2),
+            "change_threshold": finite_round(change.threshold, 4),
+            "notes": list(DETECTION_NOTES),
+        },
+        "results": {
+            "n_structures": len(result.structures),
+            "n_confirmed": n_confirmed,
+            "n_unconfirmed": len(result.structures) - n_confirmed,
+            "n_bermed": sum(1 for s in result.structures if s.bermed),
+            "n_berm_lines": len(result.berms),
+            "n_change_pixels": int(np.count_nonzero(change.mask)),
+            "cumulative_confirmed": None if last is None else last.cumulative,
+            "cumulative_range": None
+            if last is None
+            else [last.cumulative_low, last.cumulative_high],
+        },
+        "timings_s": {k: finite_round(v, 3) for k, v in result.timings.items()},
+        "versions": _versions(),
+    }
+    # Two pipeline keys have a known shape: the requested [start, end] and the catalog source.
+    requested = provenance.pop("time_range", None)
+    if isinstance(requested, list) and len(requested) == 2:
+        manifest["time_range"].update(start=requested[0], end=requested[1])
+    elif requested is not None:
+        provenance["time_range"] = requested
+    source = provenance.pop("catalog", None)
+    if isinstance(source, str):
+        manifest["catalog"]["source"] = source
+    elif source is not None:
+        provenance["catalog"] = source
+    for key, value in provenance.items():
+        mine = manifest.get(key)
+        if isinstance(value, dict) and isinstance(mine, dict) and key not in _PROTECTED_KEYS:
+            manifest[key] = {**mine, **value}
+        elif key in _PROTECTED_KEYS or (mine is not None and type(mine) is not type(value)):
+            # Never let a pipeline key change the documented shape of run.json.
+            manifest.setdefault("provenance", {})[key] = value
+        else:
+            manifest[key] = value
+    return manifest

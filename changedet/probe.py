@@ -1,0 +1,253 @@
+"""The SCL probe: which scenes are worth reading for the AOI, decided before any band is read.
+
+One responsibility: scene selection from the Scene Classification Layer. The SCL window of every
+scene is read onto the grid (one band, 20 m source pixels, cheap); pixels SCL calls cloud on
+most dates are found (bright roofs, see `mask.persistent_from_counts`) and kept clear; a scene
+is dropped when it lies outside the AOI (`read.min_aoi_coverage`) or shows too little of it
+clear (`read.min_aoi_clear_fraction`). With bands to read, a scene's band reads start as soon
+as its SCL passes a provisional test (the same test without the roof rule), so probing and
+reading overlap. `probe_details` / `probe_scenes` serve `changedet search --probe`;
+`mosaic.read_stack` uses `probe_and_select`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from changedet.config import MaskConfig, ReadConfig
+from changedet.hrefs import install_log_redaction
+from changedet.mask import persistent_from_counts, scl_clear, scl_cloudy
+from changedet.models import Grid, Progress, Scene, no_progress
+from changedet.read import AssetRead, ReadPipeline, check_read_inputs
+
+__all__ = [
+    "Probe",
+    "Probed",
+    "probe_and_select",
+    "probe_details",
+    "probe_scenes",
+    "selection_reason",
+]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the SCL window says about one scene inside the AOI."""
+
+    scene_id: str
+    clear_fraction: float  # clear AOI pixels / AOI pixels the scene covers with data (NaN unknown)
+    coverage: float  # AOI pixels with data / AOI pixels (NaN unknown)
+    has_scl: bool
+    skip_reason: str | None = None  # why the scene is not used (None: it is used)
+
+
+@dataclass
+class Probed:
+    """The probe of a whole read: per-scene verdicts, SCL arrays and clear masks, roof pixels."""
+
+    probes: dict[str, Probe]
+    scl: dict[str, np.ndarray]
+    clear: dict[str, np.ndarray]  # final SCL clear mask per scene (roof rule applied)
+    roof: np.ndarray | None  # (H, W) persistent-bright pixels, None when no SCL at all
+    failures: list[AssetRead]
+    notes: list[str] = field(default_factory=list)
+    cache_hits: int = 0
+    assets_read: int = 0
+    provisional: set[str] = field(default_factory=set)
+
+
+def _clear_of(scl: np.ndarray, roof: np.ndarray | None, mask_config: MaskConfig) -> np.ndarray:
+    keep = None
+    if roof is not None and roof.any():
+        keep = roof & scl_cloudy(scl, cloud_classes=mask_config.cloud_classes)
+    return scl_clear(
+        scl, invalid=mask_config.scl_invalid, dilate_px=mask_config.dilate_px, keep=keep
+    )
+
+
+def _fractions(
+    scl: np.ndarray, clear: np.ndarray, aoi_mask: np.ndarray, roof: np.ndarray | None
+) -> tuple[float, float]:
+    """(AOI coverage, AOI clear fraction). Roof pixels are clear by rule on every date, so they
+    say nothing about the weather: the clear fraction is measured on the other pixels."""
+    aoi_pixels = int(aoi_mask.sum())
+    covered = aoi_mask & (scl != 0)
+    n_cov = int(covered.sum())
+    coverage = n_cov / aoi_pixels if aoi_pixels else 0.0
+    weather = covered & ~roof if roof is not None else covered
+    if not weather.any():
+        weather = covered
+    n_weather = int(weather.sum())
+    frac = float((clear & weather).sum()) / n_weather if n_weather else 0.0
+    return coverage, frac
+
+
+def probe_and_select(
+    scenes: Sequence[Scene],
+    pipe: ReadPipeline,
+    *,
+    aoi_mask: np.ndarray,
+    read_config: ReadConfig,
+    mask_config: MaskConfig,
+    progress: Progress,
+    bands: Sequence[str] = (),
+) -> Probed:
+    """Read every scene's SCL window (in the order given) and decide which scenes to use.
+
+    With `bands`, the band reads of a scene start as soon as its SCL passes a provisional test
+    (the same test without the bright-roof rule, which needs every date): the probe and the
+    band reads overlap instead of waiting for each other.
+    """
+    grid = pipe.grid
+    with_scl = [s for s in scenes if "scl" in s.assets]
+    for scene in with_scl:
+        pipe.add(scene, "scl")
+    scl: dict[str, np.ndarray] = {}
+    failures: list[AssetRead] = []
+    provisional: set[str] = set()
+    first_clear: dict[str, np.ndarray] = {}
+    n_cloudy = np.zeros(grid.shape, np.int32)
+    n_obs = np.zeros(grid.shape, np.int32)
+    hits = 0
+    progress("probe", 0, len(with_scl))
+    done = 0
+    for scene in scenes:
+        if "scl" not in scene.assets:
+            for band in bands:  # no SCL: always read (clear = valid data), in date order
+                pipe.add(scene, band)
+            continue
+        got = pipe.take(scene, "scl")
+        done += 1
+        progress("probe", done, len(with_scl))
+        hits += got.cached
+        if got.array is None:
+            failures.append(got)
+            continue
+        array = got.array.astype(np.uint8, copy=False)
+        scl[scene.id] = array
+        observed = array != 0
+        cloudy = scl_cloudy(array, cloud_classes=mask_config.cloud_classes)
+        n_obs += observed
+        n_cloudy += observed & cloudy
+        if bands:
+            clear = _clear_of(array, None, mask_config)
+            first_clear[scene.id] = clear  # reused below when no pixel is a roof
+            coverage, frac = _fractions(array, clear, aoi_mask, None)
+            if selection_reason(coverage, frac, scene, read_config) is None:
+                provisional.add(scene.id)
+                for band in bands:
+                    pipe.add(scene, band)
+    roof = None
+    notes: list[str] = []
+    if scl:
+        roof = persistent_from_counts(
+            n_cloudy,
+            n_obs,
+            fraction=mask_config.persistent_cloud_fraction,
+            min_dates=mask_config.persistent_min_dates,
+        )
+        n_roof = int((roof & aoi_mask).sum())
+        if n_roof:
+            notes.append(
+                f"{n_roof} AOI pixel(s) SCL calls cloud on >= "
+                f"{mask_config.persistent_cloud_fraction:.0%} of dates kept clear (bright roofs)"
+            )
+        if not roof.any():
+            roof = None
+    probes: dict[str, Probe] = {}
+    clears: dict[str, np.ndarray] = {}
+    failed = {g.scene_id: g for g in failures}
+    for scene in scenes:
+        if scene.id in scl:
+            array = scl[scene.id]
+            if scene.id in first_clear and roof is None:
+                clear = first_clear.pop(scene.id)
+            else:
+                clear = _clear_of(array, roof, mask_config)
+            coverage, frac = _fractions(array, clear, aoi_mask, roof)
+            reason = selection_reason(coverage, frac, scene, read_config)
+            probes[scene.id] = Probe(scene.id, frac, coverage, True, reason)
+            clears[scene.id] = clear
+        elif scene.id in failed:
+            error = failed[scene.id].error
+            probes[scene.id] = Probe(scene.id, math.nan, math.nan, True, f"SCL unreadable: {error}")
+        else:
+            probes[scene.id] = Probe(scene.id, math.nan, math.nan, False, None)
+    return Probed(
+        probes,
+        scl,
+        clears,
+        roof,
+        failures,
+        notes,
+        cache_hits=hits,
+        assets_read=len(scl) - hits,
+        provisional=provisional,
+    )
+
+
+def selection_reason(
+    coverage: float, clear_fraction: float, scene: Scene, config: ReadConfig
+) -> str | None:
+    """Why a scene with this AOI coverage and clear fraction is not used (None: it is used)."""
+    if coverage < config.min_aoi_coverage:
+        return f"outside AOI: data on {coverage:.1%} of it (< {config.min_aoi_coverage:.0%})"
+    if clear_fraction < config.min_aoi_clear_fraction:
+        cloud = f"; scene cloud {scene.cloud_cover:.0f}%" if scene.cloud_cover is not None else ""
+        return (
+            f"cloudy inside AOI: {clear_fraction:.0%} clear < "
+            f"{config.min_aoi_clear_fraction:.0%} required{cloud}"
+        )
+    return None
+
+
+def probe_details(
+    scenes: Sequence[Scene],
+    grid: Grid,
+    *,
+    aoi_mask: np.ndarray,
+    read_config: ReadConfig,
+    mask_config: MaskConfig,
+    progress: Progress = no_progress,
+) -> dict[str, Probe]:
+    """Per scene: AOI clear fraction, AOI coverage and why it would be skipped (from SCL only)."""
+    check_read_inputs(grid, aoi_mask, read_config)
+    install_log_redaction()
+    with ReadPipeline(grid, read_config) as pipe:
+        probed = probe_and_select(
+            sorted(scenes, key=lambda s: (s.datetime, s.id)),
+            pipe,
+            aoi_mask=aoi_mask,
+            read_config=read_config,
+            mask_config=mask_config,
+            progress=progress,
+        )
+    return probed.probes
+
+
+def probe_scenes(
+    scenes: Sequence[Scene],
+    grid: Grid,
+    *,
+    aoi_mask: np.ndarray,
+    read_config: ReadConfig,
+    mask_config: MaskConfig,
+    progress: Progress = no_progress,
+) -> dict[str, float]:
+    """Scene id → AOI clear fraction from the SCL window (absent without SCL or when unreadable).
+
+    For `changedet search --probe`; `probe_details` also gives coverage and skip reasons.
+    """
+    details = probe_details(
+        scenes,
+        grid,
+        aoi_mask=aoi_mask,
+        read_config=read_config,
+        mask_config=mask_config,
+        progress=progress,
+    )
+    return {sid: p.clear_fraction for sid, p in details.items() if math.isfinite(p.clear_fraction)}

@@ -1,0 +1,364 @@
+"""The vector content of a run, as plain data: no files are written here.
+
+One responsibility: what the vector outputs hold and how their geometries are expressed. The
+documented properties of structures, berms, change areas and scenes (the same in GeoJSON and
+GeoPackage, in order); RFC 7946 FeatureCollections (EPSG:4326 lon/lat, right-hand winding,
+~1 cm coordinate precision, snapped so they stay valid); the change mask vectorised into
+8-connected polygons with their statistics; and the grid CRS ↔ EPSG:4326 transforms the
+GeoPackage, run.json and report share. `outputs` writes all of it to files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import Transformer
+from shapely.geometry import LineString, MultiLineString, MultiPolygon, Polygon, mapping, shape
+from shapely.geometry.base import BaseGeometry
+from shapely.geometry.polygon import orient
+
+from changedet.models import Berm, ChangeMap, Grid, RunResult, Scene, Structure
+
+__all__ = [
+    "BERM_PROPERTIES",
+    "CHANGE_AREA_PROPERTIES",
+    "GEOJSON_DECIMALS",
+    "SCENE_PROPERTIES",
+    "STRUCTURE_PROPERTIES",
+    "as_multilinestring",
+    "as_multipolygon",
+    "berm_properties",
+    "berms_feature_collection",
+    "change_areas",
+    "finite_round",
+    "from_wgs84",
+    "geojson_text",
+    "iso_text",
+    "right_hand",
+    "round_coords",
+    "scene_rows",
+    "structure_properties",
+    "structures_feature_collection",
+]
+
+GEOJSON_DECIMALS = 7  # 1e-7 degree is ~1 cm: far below a 10 m pixel, small files
+
+# Documented GeoJSON/GeoPackage properties, in order (README "Outputs" lists their meaning).
+STRUCTURE_PROPERTIES = (
+    "id",
+    "area_m2",
+    "confidence",
+    "first_seen_start",
+    "first_seen_end",
+    "confirmed",
+    "n_clear_obs",
+    "bermed",
+    "berm_score",
+    "source_scenes",
+    "status",
+    "vanished_after",
+)
+BERM_PROPERTIES = ("id", "length_m", "score", "structure_id")
+CHANGE_AREA_PROPERTIES = ("id", "area_m2", "n_pixels", "mean_score", "max_score", "mean_likelihood")
+SCENE_PROPERTIES = (
+    "scene_id",
+    "status",
+    "reason",
+    "datetime",
+    "date",
+    "collection",
+    "tile",
+    "platform",
+    "cloud_cover",
+    "processing_baseline",
+    "composites",
+)
+_SCENE_DATE = re.compile(r"(?<!\d)(20\d{2})(\d{2})(\d{2})(?!\d)")
+
+# ----------------------------------------------------------------------------------------------
+# Geometry helpers
+
+
+def _reprojection(src_crs: str, dst_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
+    transformer = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+
+    def apply(geom: BaseGeometry) -> BaseGeometry:
+        def xy(coords: np.ndarray) -> np.ndarray:
+            x, y = transformer.transform(coords[:, 0], coords[:, 1])
+            return np.column_stack([x, y])
+
+        return shapely.transform(geom, xy)
+
+    return apply
+
+
+def _to_wgs84(grid_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
+    return _reprojection(grid_crs, "EPSG:4326")
+
+
+def from_wgs84(grid_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
+    """Geometry in EPSG:4326 lon/lat → the same geometry in `grid_crs`."""
+    return _reprojection("EPSG:4326", grid_crs)
+
+
+def right_hand(geom: BaseGeometry) -> BaseGeometry:
+    """RFC 7946 §3.1.6: exterior rings counterclockwise, holes clockwise."""
+    if isinstance(geom, Polygon):
+        return orient(geom, sign=1.0)
+    if isinstance(geom, MultiPolygon):
+        return MultiPolygon([orient(p, sign=1.0) for p in geom.geoms])
+    return geom
+
+
+def _rfc7946_geometry(geom: BaseGeometry, to_wgs84: Callable[[BaseGeometry], BaseGeometry]) -> Any:
+    """Grid-CRS geometry → RFC 7946 geometry dict (lon/lat, right-hand rule, rounded, valid)."""
+    lonlat = to_wgs84(geom)
+    # Snapping to the output precision with set_precision keeps the result valid, which rounding the
+    # printed numbers alone does not guarantee.
+    snapped = shapely.set_precision(lonlat, 10.0**-GEOJSON_DECIMALS)
+    if snapped.is_empty:
+        snapped = lonlat
+    if not snapped.is_valid:
+        snapped = shapely.make_valid(snapped)
+    return round_coords(mapping(right_hand(snapped)))
+
+
+def round_coords(obj: Any) -> Any:
+    """Every float in a GeoJSON-like structure rounded to GEOJSON_DECIMALS."""
+    if isinstance(obj, float):
+        return round(obj, GEOJSON_DECIMALS)
+    if isinstance(obj, list | tuple):
+        return [round_coords(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: round_coords(v) for k, v in obj.items()}
+    return obj
+
+
+def as_multipolygon(geom: BaseGeometry) -> MultiPolygon:
+    """`geom` as a MultiPolygon (its polygon parts; GeoPackage layers have one geometry type)."""
+    if isinstance(geom, MultiPolygon):
+        return geom
+    if isinstance(geom, Polygon):
+        return MultiPolygon([geom])
+    polys = [g for g in getattr(geom, "geoms", []) if isinstance(g, Polygon)]
+    return MultiPolygon(polys)
+
+
+def as_multilinestring(geom: BaseGeometry) -> MultiLineString:
+    """`geom` as a MultiLineString (its line parts)."""
+    if isinstance(geom, MultiLineString):
+        return geom
+    if isinstance(geom, LineString):
+        return MultiLineString([geom])
+    lines = [g for g in getattr(geom, "geoms", []) if isinstance(g, LineString)]
+    return MultiLineString(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain values
+
+
+def iso_text(d: date | datetime | None) -> str | None:
+    """ISO 8601 text of a date or datetime (UTC as Z), None for None."""
+    if d is None:
+        return None
+    if isinstance(d, datetime):
+        return d.isoformat().replace("+00:00", "Z")
+    return d.isoformat()
+
+
+def finite_round(value: float | None, digits: int) -> float | None:
+    """`value` rounded to `digits`, None for None, NaN or infinity."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else round(value, digits)
+
+
+def structure_properties(s: Structure) -> dict[str, Any]:
+    """The documented properties of one structure (same in GeoJSON and GeoPackage)."""
+    return {
+        "id": s.id,
+        "area_m2": finite_round(s.area_m2, 1),
+        "confidence": finite_round(s.confidence, 3),
+        "first_seen_start": iso_text(s.first_seen_start),
+        "first_seen_end": iso_text(s.first_seen_end),
+        "confirmed": bool(s.confirmed),
+        "n_clear_obs": int(s.n_clear_obs),
+        "bermed": None if s.bermed is None else bool(s.bermed),
+        "berm_score": finite_round(s.berm_score, 3),
+        "source_scenes": list(s.source_scenes),
+        "status": s.status,
+        "vanished_after": iso_text(s.vanished_after),
+    }
+
+
+def berm_properties(b: Berm) -> dict[str, Any]:
+    """The documented properties of one berm line (same in GeoJSON and GeoPackage)."""
+    return {
+        "id": b.id,
+        "length_m": finite_round(b.length_m, 1),
+        "score": finite_round(b.score, 3),
+        "structure_id": b.structure_id,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# GeoJSON
+
+
+def _feature_collection(
+    items: Iterable[tuple[BaseGeometry, dict[str, Any]]], grid: Grid, name: str
+) -> dict[str, Any]:
+    to_wgs84 = _to_wgs84(grid.crs)
+    features = []
+    for geom, props in items:
+        if geom is None or geom.is_empty:
+            continue
+        features.append(
+            {
+                "type": "Feature",
+                "id": props["id"],
+                "geometry": _rfc7946_geometry(geom, to_wgs84),
+                "properties": props,
+            }
+        )
+    # RFC 7946 has no "crs" member: EPSG:4326 lon/lat is implied. "name" is a foreign member
+    # that GDAL uses as the layer name.
+    return {"type": "FeatureCollection", "name": name, "features": features}
+
+
+def structures_feature_collection(result: RunResult) -> dict[str, Any]:
+    """The structures as an RFC 7946 FeatureCollection dict (EPSG:4326, right-hand rule)."""
+    return _feature_collection(
+        ((s.geometry, structure_properties(s)) for s in result.structures),
+        result.grid,
+        "structures",
+    )
+
+
+def berms_feature_collection(result: RunResult) -> dict[str, Any]:
+    """The berm lines as an RFC 7946 FeatureCollection dict."""
+    return _feature_collection(
+        ((b.geometry, berm_properties(b)) for b in result.berms), result.grid, "berms"
+    )
+
+
+def geojson_text(fc: Mapping[str, Any]) -> str:
+    """A FeatureCollection dict as GeoJSON text, one feature per line."""
+    # Compact per feature, one feature per line: diffable and small.
+    head = f'{{"type": "FeatureCollection", "name": {json.dumps(fc["name"])}, "features": [\n'
+    body = ",\n".join(
+        json.dumps(f, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        for f in fc["features"]
+    )
+    return head + body + ("\n" if body else "") + "]}\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Change areas (vectorised change mask)
+
+
+def change_areas(change: ChangeMap) -> list[tuple[BaseGeometry, dict[str, Any]]]:
+    """Every 8-connected region of the change mask as a polygon in the grid CRS, with its stats."""
+    from rasterio.features import shapes
+    from scipy import ndimage
+
+    mask = np.asarray(change.mask, dtype=bool)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    n_pixels = ndimage.sum_labels(mask, labels, index)
+    score = np.nan_to_num(np.asarray(change.score, dtype=np.float64), nan=0.0)
+    likelihood = np.nan_to_num(np.asarray(change.likelihood, dtype=np.float64), nan=0.0)
+    mean_score = ndimage.mean(score, labels, index)
+    max_score = ndimage.maximum(score, labels, index)
+    mean_like = ndimage.mean(likelihood, labels, index)
+    parts: dict[int, list[Polygon]] = {}
+    for part, value in shapes(
+        labels.astype(np.int32), mask=mask, connectivity=8, transform=change.grid.transform
+    ):
+        parts.setdefault(int(value), []).append(shape(part))
+    pixel_area = change.grid.pixel_area_m2
+    out = []
+    for label in index:
+        polys = parts.get(int(label), [])
+        geom: BaseGeometry = polys[0] if len(polys) == 1 else MultiPolygon(polys)
+        i = int(label) - 1
+        out.append(
+            (
+                geom,
+                {
+                    "id": int(label),
+                    "area_m2": finite_round(n_pixels[i] * pixel_area, 1),
+                    "n_pixels": int(n_pixels[i]),
+                    "mean_score": finite_round(mean_score[i], 3),
+                    "max_score": finite_round(max_score[i], 3),
+                    "mean_likelihood": finite_round(mean_like[i], 3),
+                },
+            )
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenes (the GeoPackage scenes layer)
+
+
+def _scene_date_from_id(scene_id: str) -> str | None:
+    m = _SCENE_DATE.search(scene_id)
+    if not m:
+        return None
+    try:
+        return date(int(m[1]), int(m[2]), int(m[3])).isoformat()
+    except ValueError:
+        return None
+
+
+def scene_rows(result: RunResult) -> list[tuple[BaseGeometry | None, dict[str, Any]]]:
+    """One row per scene used or skipped: (footprint in EPSG:4326 or None, SCENE_PROPERTIES)."""
+    used_in: dict[str, list[str]] = {}
+    composites = (result.before, result.after, *result.composites)
+    for comp in composites:
+        for sid in comp.scene_ids:
+            labels = used_in.setdefault(sid, [])
+            if comp.period.label not in labels:
+                labels.append(comp.period.label)
+    rows: list[tuple[BaseGeometry | None, dict[str, Any]]] = []
+    for sc in result.scenes_used:
+        rows.append((sc.footprint, _scene_props(sc, "used", None, used_in.get(sc.id, []))))
+    for sk in result.scenes_skipped:
+        props = dict.fromkeys(SCENE_PROPERTIES)
+        props.update(
+            scene_id=sk.scene_id,
+            status="skipped",
+            reason=sk.reason,
+            date=_scene_date_from_id(sk.scene_id),
+            composites="",
+        )
+        rows.append((None, props))
+    return rows
+
+
+def _scene_props(sc: Scene, status: str, reason: str | None, used_in: list[str]) -> dict[str, Any]:
+    return {
+        "scene_id": sc.id,
+        "status": status,
+        "reason": reason,
+        "datetime": iso_text(sc.datetime),
+        "date": sc.date.isoformat(),
+        "collection": sc.collection,
+        "tile": sc.tile,
+        "platform": sc.platform,
+        "cloud_cover": finite_round(sc.cloud_cover, 2),
+        "processing_baseline": sc.processing_baseline,
+        "composites": ",".join(used_in),
+    }
