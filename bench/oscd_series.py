@@ -75,9 +75,20 @@ def main(argv: list[str] | None = None) -> int:
         default="roof-like",
         help="[change] structures: what the ledger tracks (default: the shipped default)",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=NUMBER",
+        help="override a numeric config value, e.g. change.roof_z_threshold=8",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
-    config = load_config(overrides={"change.structures": args.structures})
+    overrides: dict[str, object] = {"change.structures": args.structures}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = float(value)
+    config = load_config(overrides=overrides)
     pooled: SeriesScore | None = None
     rows = []
     head = f"{'city':<12} {'truth':>5} {'conf':>5} {'tp':>4} {'fp':>4} {'fn':>4}"

@@ -144,9 +144,9 @@ class ChangeConfig:
     coreg_threshold_px: float = 0.25  # correct shifts larger than this (pixels)
     z_threshold: float = 10.0  # robust z of the change score that seeds a change region
     z_low: float = 3.0  # hysteresis: seeded regions grow through pixels with robust z >= this
-    # Seed threshold for each period against the baseline in time-series mode, where a structure
-    # must also persist over later periods to be confirmed (so a single period may be bolder).
-    series_z_threshold: float = 6.0
+    # Seed threshold for roof-like change in time-series mode: the roof-like spectral test is a
+    # second, independent line of evidence (and persistence a third), so the seed may be lower.
+    roof_z_threshold: float = 6.0
     # Which change the time-series ledger tracks: "roof-like" (new buildings; graded ground,
     # berms and cleared plots are left to the berm stage) or "any" non-vegetated change (urban
     # change in general, as OSCD labels it).

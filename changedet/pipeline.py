@@ -338,13 +338,14 @@ def analyse_stack(
     ]
     observations = list(absent)
     monitored = per_period[last_baseline + 1 :]
-    per_period_cc = replace(cc, z_threshold=cc.series_z_threshold)
+    roof_like = cc.structures == "roof-like"
+    per_period_cc = replace(cc, z_threshold=cc.roof_z_threshold) if roof_like else cc
     with timer("change"):
         for i, comp in enumerate(monitored):
             progress("change per period", i, len(monitored))
             cmap = detect_change(baseline, comp, per_period_cc)
             observed = np.isfinite(cmap.score) & inside
-            if cc.structures == "roof-like":
+            if roof_like:
                 cmap = split_change(cmap, min_area_m2=cc.min_area_m2)[0]
             objects = extract_objects(cmap, cc) if observed.any() else []
             observations.append(

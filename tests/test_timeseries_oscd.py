@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("changedet.composite")
-pytest.importorskip("changedet.objects")
-
+from changedet.config import load_config
 from changedet.oscd import load_city
 from changedet.synth_oscd import (
     SeriesScore,
@@ -23,8 +21,11 @@ from changedet.synth_oscd import (
 )
 
 CITIES = ("paris", "bercy")
-MIN_POOLED_F1 = 0.3  # ratchet up to (measured - 0.05) once measured on this machine
-MIN_FIRST_SEEN = 0.8
+# OSCD labels urban change of every kind (plots cleared, roads, buildings), so the ledger tracks
+# any non-vegetated change here; the roof-like default is scored by bench/oscd_series.py too.
+CONFIG = load_config(overrides={"change.structures": "any"})
+MIN_POOLED_F1 = 0.39  # measured 0.444 (paris 0.456, bercy 0.431, 8 months, seed 0) minus 0.05
+MIN_FIRST_SEEN = 0.90  # measured 0.958 minus 0.05
 
 pytestmark = pytest.mark.oscd
 
@@ -34,7 +35,7 @@ def scores(oscd_root: Path) -> dict[str, tuple[SeriesScore, object]]:
     out = {}
     for city in CITIES:
         series = make_oscd_series(load_city(oscd_root, city, with_label=True), seed=0, months=8)
-        analysis = detect_series(series)
+        analysis = detect_series(series, CONFIG)
         score = score_structures(
             analysis.structures, analysis.footprints, series.truth, series.regions, city=city
         )
@@ -53,9 +54,9 @@ def test_object_f1_and_first_seen_hold_the_level(scores) -> None:  # type: ignor
 
 def test_ids_survive_a_rerun_and_one_more_month(scores) -> None:  # type: ignore[no-untyped-def]
     _score, (series, analysis) = scores[CITIES[0]]
-    again = detect_series(series)
+    again = detect_series(series, CONFIG)
     assert [s.id for s in again.structures] == [s.id for s in analysis.structures]
-    shorter = detect_series(series, n_months=series.months - 1)
+    shorter = detect_series(series, CONFIG, n_months=series.months - 1)
     full = {s.id: s for s in analysis.structures}
     assert shorter.structures and all(s.id in full for s in shorter.structures)
     for s in shorter.structures:
