@@ -32,6 +32,7 @@ from shapely.ops import linemerge
 from changedet.config import BermConfig
 from changedet.errors import DataError
 from changedet.models import Berm, Composite, Grid, Structure
+from changedet.track import rasterize_objects
 
 __all__ = [
     "berm_evidence",
@@ -195,20 +196,6 @@ def extract_berms(evidence: np.ndarray, grid: Grid, config: BermConfig) -> list[
     return berms
 
 
-def _footprints(structures: Sequence[Structure], grid: Grid) -> np.ndarray:
-    from rasterio.features import rasterize
-
-    out = np.zeros(grid.shape, dtype=np.int32)
-    shapes = [
-        (s.geometry, i + 1)
-        for i, s in enumerate(structures)
-        if s.geometry is not None and not s.geometry.is_empty
-    ]
-    if shapes:
-        rasterize(shapes, out=out, transform=grid.transform, dtype="int32")
-    return out
-
-
 def ring_test(
     structures: Sequence[Structure],
     evidence: np.ndarray,
@@ -225,7 +212,7 @@ def ring_test(
     """
     if evidence.shape != grid.shape:
         raise DataError(f"berm evidence shape {evidence.shape} != grid {grid.shape}")
-    labels = footprints if footprints is not None else _footprints(structures, grid)
+    labels = footprints if footprints is not None else rasterize_objects(structures, grid)
     berm = berm_mask(evidence, config)
     near_structure = ndimage.binary_dilation(labels > 0, structure=np.ones((3, 3), dtype=bool))
     berm &= ~near_structure

@@ -25,6 +25,7 @@ from changedet.errors import ConfigError
 __all__ = [
     "EARTH_SEARCH_ASSETS",
     "PLANETARY_COMPUTER_ASSETS",
+    "SENTINEL2_BAND_IDS",
     "AOIConfig",
     "BermConfig",
     "CatalogConfig",
@@ -56,7 +57,8 @@ EARTH_SEARCH_ASSETS: dict[str, str] = {
     "swir22": "swir22",
     "scl": "scl",
 }
-PLANETARY_COMPUTER_ASSETS: dict[str, str] = {
+# Canonical band name -> Sentinel-2 band id (file names, Planetary Computer asset keys).
+SENTINEL2_BAND_IDS: dict[str, str] = {
     "coastal": "B01",
     "blue": "B02",
     "green": "B03",
@@ -67,8 +69,12 @@ PLANETARY_COMPUTER_ASSETS: dict[str, str] = {
     "nir": "B08",
     "nir08": "B8A",
     "nir09": "B09",
+    "cirrus": "B10",  # L1C only
     "swir16": "B11",
     "swir22": "B12",
+}
+PLANETARY_COMPUTER_ASSETS: dict[str, str] = {
+    **{name: band for name, band in SENTINEL2_BAND_IDS.items() if name != "cirrus"},
     "scl": "SCL",
 }
 

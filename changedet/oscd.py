@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from changedet.config import ChangeConfig
+from changedet.config import SENTINEL2_BAND_IDS, ChangeConfig
 from changedet.errors import DataError
 from changedet.models import ChangeMap, Composite, Grid, Period, Progress, no_progress
 
@@ -47,22 +47,8 @@ __all__ = [
 IMAGES_DIR = "Onera Satellite Change Detection dataset - Images"
 LABELS_DIR = "Onera Satellite Change Detection dataset - Train Labels"
 
-# Canonical band name -> Sentinel-2 band id in the OSCD file names (..._B02.tif).
-OSCD_BANDS: dict[str, str] = {
-    "coastal": "B01",
-    "blue": "B02",
-    "green": "B03",
-    "red": "B04",
-    "rededge1": "B05",
-    "rededge2": "B06",
-    "rededge3": "B07",
-    "nir": "B08",
-    "nir08": "B8A",
-    "nir09": "B09",
-    "cirrus": "B10",
-    "swir16": "B11",
-    "swir22": "B12",
-}
+# Canonical band name -> Sentinel-2 band id in the OSCD file names (..._B02.tif): all 13 bands.
+OSCD_BANDS: dict[str, str] = dict(SENTINEL2_BAND_IDS)
 
 
 @dataclass(frozen=True)

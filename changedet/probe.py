@@ -6,7 +6,7 @@ most dates are found (bright roofs, see `mask.persistent_from_counts`) and kept 
 is dropped when it lies outside the AOI (`read.min_aoi_coverage`) or shows too little of it
 clear (`read.min_aoi_clear_fraction`). With bands to read, a scene's band reads start as soon
 as its SCL passes a provisional test (the same test without the roof rule), so probing and
-reading overlap. `probe_details` / `probe_scenes` serve `changedet search --probe`;
+reading overlap. `probe_details` serves `changedet search --probe`;
 `mosaic.read_stack` uses `probe_and_select`.
 """
 
@@ -29,7 +29,6 @@ __all__ = [
     "Probed",
     "probe_and_select",
     "probe_details",
-    "probe_scenes",
     "selection_reason",
 ]
 
@@ -227,27 +226,3 @@ def probe_details(
             progress=progress,
         )
     return probed.probes
-
-
-def probe_scenes(
-    scenes: Sequence[Scene],
-    grid: Grid,
-    *,
-    aoi_mask: np.ndarray,
-    read_config: ReadConfig,
-    mask_config: MaskConfig,
-    progress: Progress = no_progress,
-) -> dict[str, float]:
-    """Scene id → AOI clear fraction from the SCL window (absent without SCL or when unreadable).
-
-    For `changedet search --probe`; `probe_details` also gives coverage and skip reasons.
-    """
-    details = probe_details(
-        scenes,
-        grid,
-        aoi_mask=aoi_mask,
-        read_config=read_config,
-        mask_config=mask_config,
-        progress=progress,
-    )
-    return {sid: p.clear_fraction for sid, p in details.items() if math.isfinite(p.clear_fraction)}

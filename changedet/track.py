@@ -144,7 +144,7 @@ class _Track:
         self.hits[np.isin(self.pixels, pix, assume_unique=True)] += 1
 
 
-def rasterize_objects(objects: Sequence[ChangeObject], grid: Grid) -> np.ndarray:
+def rasterize_objects(objects: Sequence[ChangeObject | Structure], grid: Grid) -> np.ndarray:
     """(H, W) int32 label image: objects[i] → i + 1 (pixel centres inside the polygon)."""
     from rasterio.features import rasterize
 

@@ -21,7 +21,7 @@ from changedet.config import MaskConfig, ReadConfig
 from changedet.errors import ConfigError, NoScenesError, ReadError
 from changedet.models import Grid
 from changedet.mosaic import read_stack
-from changedet.probe import probe_details, probe_scenes
+from changedet.probe import probe_details
 
 BANDS = ("red", "nir", "swir16")
 # A 100 x 100 px grid 400 m inside the tile: 10 m and 20 m aligned.
@@ -286,10 +286,10 @@ def test_probe_gives_the_aoi_clear_fraction(tmp_path: Path) -> None:
     s = make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=scl)
     aoi = np.zeros(GRID.shape, bool)
     aoi[:, 30:70] = True  # AOI straddles: 20 of its 40 columns cloudy
-    fractions = probe_scenes(
+    (probe,) = probe_details(
         [local_scene(s, tmp_path)], GRID, aoi_mask=aoi, read_config=rc(), mask_config=NO_DILATION
-    )
-    assert fractions == {"S2A_39SVV_20230801_0_L2A": 0.5}
+    ).values()
+    assert probe.clear_fraction == 0.5 and probe.skip_reason is None
     details = probe_details(
         [local_scene(s, tmp_path)],
         GRID,
@@ -322,15 +322,10 @@ def test_no_scl_falls_back_to_valid_data(tmp_path: Path) -> None:
     assert result.coverage[s.id] == pytest.approx(0.8)
     assert result.probes[s.id] == 1.0
     assert any("fallback" in n and s.id in n for n in result.notes)
-    assert s.id not in (
-        probe_scenes(
-            [local_scene(s, tmp_path)],
-            GRID,
-            aoi_mask=ALL,
-            read_config=rc(),
-            mask_config=NO_DILATION,
-        )
-    )
+    probe = probe_details(
+        [local_scene(s, tmp_path)], GRID, aoi_mask=ALL, read_config=rc(), mask_config=NO_DILATION
+    )[s.id]
+    assert not probe.has_scl and math.isnan(probe.clear_fraction)
 
 
 def test_outside_aoi_corrupt_and_missing_assets_skip_their_scene(tmp_path: Path) -> None:
