@@ -21,9 +21,7 @@ from changedet.models import Period
 __all__ = [
     "PERIOD_KINDS",
     "baseline_indices",
-    "baseline_period",
     "make_periods",
-    "period_index",
 ]
 
 PERIOD_KINDS = ("month", "quarter")
@@ -59,14 +57,6 @@ def make_periods(start: date, end: date, kind: str = "month") -> list[Period]:
     return periods
 
 
-def period_index(periods: Sequence[Period], d: date) -> int | None:
-    """Index of the period containing `d`, or None when `d` falls outside every period."""
-    for i, p in enumerate(periods):
-        if p.contains(d):
-            return i
-    return None
-
-
 def baseline_indices(
     periods: Sequence[Period],
     clear_fractions: Sequence[float],
@@ -92,15 +82,3 @@ def baseline_indices(
             "start the time range earlier or lower read.min_aoi_clear_fraction"
         )
     return tuple(chosen)
-
-
-def baseline_period(periods: Sequence[Period], indices: Sequence[int]) -> Period:
-    """One Period spanning the chosen baseline periods (label 'baseline'), for `composite()`.
-
-    Periods between chosen ones (skipped as cloudy) fall inside the span; their clear pixels are
-    harmless in a median composite, and the span keeps the baseline a single interval.
-    """
-    if not indices:
-        raise ValueError("baseline needs at least one period index")
-    first, last = periods[min(indices)], periods[max(indices)]
-    return Period(first.start, last.end, "baseline")

@@ -258,8 +258,11 @@ def _periods(config: Config) -> list[Period]:
 BASELINE_MIN_CLEAR = 0.5
 
 
-def _span(periods: list[Period], label: str) -> Period:
-    return Period(periods[0].start, periods[-1].end, label)
+def _span(periods: list[Period]) -> Period:
+    """One period covering `periods`, labelled by its first and last (e.g. '2024-05..2024-06')."""
+    first, last = periods[0], periods[-1]
+    label = first.label if first == last else f"{first.label}..{last.label}"
+    return Period(first.start, last.end, label)
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,7 @@ def analyse_stack(
     from changedet.change import detect_change, split_change
     from changedet.composite import composite
     from changedet.objects import extract_objects
-    from changedet.periods import baseline_indices, baseline_period
+    from changedet.periods import baseline_indices
     from changedet.track import PeriodObservation, build_ledger
 
     timer = timer or _Timer()
@@ -319,10 +322,10 @@ def analyse_stack(
                 "none to compare; start the time range earlier or extend its end"
             )
         baseline = composite(
-            stack, baseline_period(periods, chosen), min_clear_obs=cc.min_clear_obs
+            stack, _span(periods[min(chosen) : last_baseline + 1]), min_clear_obs=cc.min_clear_obs
         )
         n_after = len(chosen)
-        after = composite(stack, _span(periods[-n_after:], "after"), min_clear_obs=cc.min_clear_obs)
+        after = composite(stack, _span(periods[-n_after:]), min_clear_obs=cc.min_clear_obs)
         progress("composite", 1, 1)
 
     # Baseline periods tell the ledgers where a structure was clearly absent.

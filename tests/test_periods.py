@@ -9,7 +9,7 @@ import pytest
 
 from changedet.errors import ConfigError, NoScenesError
 from changedet.models import Period
-from changedet.periods import baseline_indices, baseline_period, make_periods, period_index
+from changedet.periods import baseline_indices, make_periods
 
 
 def test_months_are_calendar_aligned_and_clipped() -> None:
@@ -43,17 +43,9 @@ def test_single_day_range_and_errors() -> None:
         make_periods(date(2023, 1, 1), date(2023, 2, 1), "week")
 
 
-def test_period_index() -> None:
-    ps = make_periods(date(2023, 1, 1), date(2023, 3, 31), "month")
-    assert period_index(ps, date(2023, 2, 28)) == 1
-    assert period_index(ps, date(2023, 4, 1)) is None
-
-
 def test_baseline_skips_cloudy_periods() -> None:
     ps = make_periods(date(2023, 1, 1), date(2023, 6, 30), "month")
     idx = baseline_indices(ps, [0.9, 0.05, 0.6, 0.8, 1, 1], baseline_periods=2)
     assert idx == (0, 2)
-    bp = baseline_period(ps, idx)
-    assert bp == Period(date(2023, 1, 1), date(2023, 4, 1), "baseline")
     with pytest.raises(NoScenesError, match="no period"):
         baseline_indices(ps, [0.0] * 6, baseline_periods=2)
