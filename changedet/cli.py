@@ -399,6 +399,9 @@ def eval_oscd(
 
     click.echo(f"{'city':<14}{'precision':>10}{'recall':>10}{'F1':>10}")
     for row in report.cities:
+        if row.f1 is None and row.precision is None and row.recall is None:
+            click.echo(f"{row.city:<14}  no labels under --root: predictions only")
+            continue
         click.echo(f"{row.city:<14}{fmt(row.precision):>10}{fmt(row.recall):>10}{fmt(row.f1):>10}")
     p = report.pooled
     click.echo(f"{'pooled':<14}{fmt(p.precision):>10}{fmt(p.recall):>10}{fmt(p.f1):>10}")
