@@ -183,3 +183,21 @@ def test_one_failing_aoi_does_not_stop_the_others(tmp_path: Path) -> None:
     assert (out / "khojir" / "structures.geojson").is_file()
     assert not (out / "paris").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folders left behind
+
+
+def test_search_probe_reports_aoi_clear_sky_and_reasons() -> None:
+    proc = changedet("search", "aoi/khojir.geojson", "--config", str(DEMO), "--probe", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (report,) = json.loads(proc.stdout)
+    scenes = {s["id"]: s for s in report["scenes"]}
+    assert len(scenes) >= 13
+    assert all(0.0 <= s["aoi_clear_fraction"] <= 1.0 for s in scenes.values())
+    cloudy = [s for s in scenes.values() if not s["used"]]
+    assert cloudy and all("cloudy inside AOI" in s["reason"] for s in cloudy)
+    assert all(s["aoi_clear_fraction"] < 0.2 for s in cloudy)
+    # The reprocessed duplicate is listed as dropped, with the id it lost to.
+    assert any(
+        "duplicate of" in d["reason"] and d["id"].endswith("_0_L2A") for d in report["dropped"]
+    )
+    proc = changedet("search", "aoi/khojir.geojson", "--config", str(DEMO))
+    assert proc.returncode == 0 and "S2A_39SWV_20230612_0_L2A" in proc.stdout
