@@ -473,6 +473,8 @@ def _provenance(
         "baseline_periods": config.time.baseline_periods,
         "dates": [t.isoformat() for t in stack.times],
         "search_notes": list(found.notes),
+        "read_notes": list(getattr(read, "notes", ())),
         "bytes_fetched": getattr(read, "bytes_fetched", None),
+        "cache_hits": getattr(read, "cache_hits", None),
         "synthetic": synthetic,
     }
