@@ -1,15 +1,21 @@
-"""Co-registration between periods: sub-pixel shift by phase correlation, and its correction.
+"""Co-registration: sub-pixel shift by phase correlation, and its correction.
 
 Older Sentinel-2 scenes (and OSCD pairs taken from neighbouring tiles) can be mis-registered by
 about a pixel, and a one-pixel shift along every edge reads as change. The shift is measured on one
-stable band, reported, and corrected by resampling the moving image when it is large enough.
+stable band, reported, and corrected by resampling the moving image when it is large enough:
+between the dates of a stack (before compositing, so a composite is not a blur of shifted dates)
+and between two composites.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-__all__ = ["apply_shift", "measure_shift"]
+from changedet.models import Stack
+
+__all__ = ["apply_shift", "coregister_dates", "measure_shift"]
 
 # Phase correlation on a central window of at most this size: enough texture, bounded FFT cost.
 _MAX_WINDOW = 512
@@ -93,3 +99,35 @@ def apply_shift(array: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
     for dy, dx, weight in taps:
         inner += np.float32(weight) * src[..., y0 - dy : y1 - dy, x0 - dx : x1 - dx]
     return out
+
+
+def coregister_dates(
+    stack: Stack, *, band: str, threshold_px: float, min_clear: float = 0.3
+) -> tuple[Stack, tuple[tuple[float, float] | None, ...]]:
+    """Line every date of a stack up with the median of all its dates, measured on `band`.
+
+    Dates with less than `min_clear` of their pixels clear are left as they are (shift None: too
+    little to measure); shifts above `threshold_px` are corrected (bilinear, all bands; pixels
+    that draw on masked ones become masked). Returns the aligned stack and the measured shifts.
+    """
+    from changedet.composite import median_composite
+
+    if len(stack.times) < 2:
+        return stack, tuple((0.0, 0.0) for _ in stack.times)
+    b = stack.bands.index(band)
+    reference = median_composite(stack.reflectance[:, b : b + 1], stack.clear)[0][0]
+    reflectance = stack.reflectance
+    clear = stack.clear
+    shifts: list[tuple[float, float] | None] = []
+    for t in range(len(stack.times)):
+        if clear[t].mean() < min_clear:
+            shifts.append(None)
+            continue
+        shift = measure_shift(reference, np.where(clear[t], reflectance[t, b], np.nan))
+        shifts.append(shift)
+        if float(np.hypot(*shift)) > threshold_px:
+            if reflectance is stack.reflectance:  # copy once, only when something moves
+                reflectance, clear = reflectance.copy(), clear.copy()
+            reflectance[t] = apply_shift(np.where(clear[t], reflectance[t], np.nan), shift)
+            clear[t] = np.isfinite(reflectance[t]).all(axis=0)
+    return replace(stack, reflectance=reflectance, clear=clear), tuple(shifts)

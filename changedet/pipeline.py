@@ -276,6 +276,7 @@ class Analysis:
     ledger: Any  # track.Ledger
     structures: tuple[Structure, ...]  # the ledger's structures with berm flags set
     berms: tuple[Berm, ...]
+    date_shifts: tuple[tuple[float, float] | None, ...] = ()  # per stack date, before correction
 
     @property
     def footprints(self) -> np.ndarray:
@@ -297,8 +298,9 @@ def analyse_stack(
     against it → objects of new structures → ledger → berms. `inside` is the AOI mask on the stack
     grid."""
     from changedet.berms import berm_evidence, extract_berms, link_berms, ring_test
-    from changedet.change import detect_change, split_change
+    from changedet.change import COREG_BANDS, detect_change, split_change
     from changedet.composite import composite
+    from changedet.coreg import coregister_dates
     from changedet.objects import extract_objects
     from changedet.periods import baseline_indices
     from changedet.track import PeriodObservation, build_ledger
@@ -306,6 +308,13 @@ def analyse_stack(
     timer = timer or _Timer()
     cc = config.change
     grid = stack.grid
+    date_shifts: tuple[tuple[float, float] | None, ...] = ()
+    coreg_band = next((b for b in COREG_BANDS if b in stack.bands), None)
+    if cc.coregister and coreg_band is not None:
+        with timer("coregister"):
+            stack, date_shifts = coregister_dates(
+                stack, band=coreg_band, threshold_px=cc.coreg_threshold_px
+            )
     with timer("composite"):
         per_period = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods]
         clear = [float((c.count[inside] >= cc.min_clear_obs).mean()) for c in per_period]
@@ -383,7 +392,9 @@ def analyse_stack(
             berms = tuple(
                 link_berms(extract_berms(evidence, grid, config.berms), structures, config.berms)
             )
-    return Analysis(baseline, after, change, tuple(per_period), ledger, structures, berms)
+    return Analysis(
+        baseline, after, change, tuple(per_period), ledger, structures, berms, date_shifts
+    )
 
 
 def run_aoi(
@@ -441,7 +452,13 @@ def run_aoi(
         counts=analysis.ledger.counts,
         composites=analysis.per_period,
         timings=timer.timings,
-        provenance=_provenance(config, found, stack, synthetic, read),
+        provenance={
+            **_provenance(config, found, stack, synthetic, read),
+            "date_shifts_px": {
+                t.date().isoformat(): None if shift is None else [round(v, 3) for v in shift]
+                for t, shift in zip(stack.times, analysis.date_shifts, strict=False)
+            },
+        },
     )
     with timer("write"):
         io.write(result, out_dir, config=config.output, progress=progress)

@@ -60,3 +60,37 @@ def test_apply_shift_spreads_nan_to_the_pixels_that_draw_on_it() -> None:
     image[5, 5] = np.nan
     out = apply_shift(image, (0.5, 0.0))
     assert np.isnan(out[5, 5]) and np.isnan(out[6, 5]) and np.isfinite(out[3, 5])
+
+
+def test_dates_of_a_stack_are_lined_up_with_their_median() -> None:
+    from datetime import UTC, datetime
+
+    from changedet.coreg import coregister_dates
+    from changedet.models import Grid, Stack
+
+    planted = [(0.0, 0.0), (0.6, -0.3), (-0.4, 0.5), (0.1, 0.1), (0.0, 0.0)]
+    base = _texture((128, 128))
+    dates = np.stack([_fourier_shift(base, s) for s in planted])[:, None].astype(np.float32)
+    clear = np.ones((len(planted), 128, 128), bool)
+    clear[1, :40, :60] = False  # a cloud on one date
+    stack = Stack(
+        grid=Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 128, 128),
+        bands=("red",),
+        times=tuple(datetime(2023, m, 1, tzinfo=UTC) for m in range(1, 6)),
+        scene_ids=tuple((f"s{m}",) for m in range(1, 6)),
+        reflectance=np.where(clear[:, None], dates, np.nan),
+        clear=clear,
+    )
+    aligned, shifts = coregister_dates(stack, band="red", threshold_px=0.25)
+    mean = np.mean(planted, axis=0)
+    for (row, col), measured in zip(planted, shifts, strict=True):
+        assert measured is not None
+        # The reference is the median of all dates, so shifts are relative to their mean.
+        assert measured == pytest.approx((-(row - mean[0]), -(col - mean[1])), abs=0.1)
+    # Corrected dates agree with each other far better than before.
+    inner = (slice(None), 0, slice(8, -8), slice(8, -8))
+    spread_before = np.nanstd(stack.reflectance[inner], axis=0).mean()
+    spread_after = np.nanstd(aligned.reflectance[inner], axis=0).mean()
+    assert spread_after < 0.5 * spread_before
+    assert not aligned.clear[1, :40, :60].any()  # the cloud stays masked
+    assert stack.reflectance is not aligned.reflectance  # the input is not modified in place

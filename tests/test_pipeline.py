@@ -103,3 +103,25 @@ def test_run_uses_injected_io_and_writes_only_through_it(tmp_path: Path) -> None
     assert summary.synthetic and summary.n_confirmed >= 30
     assert result.min_mapping_unit_m2 == config.change.min_area_m2  # type: ignore[attr-defined]
     assert set(result.timings) >= {"search", "read", "composite", "change", "track"}  # type: ignore[attr-defined]
+
+
+def test_per_date_shifts_match_the_planted_misregistration(
+    khojir_stack: tuple[Stack, np.ndarray],
+) -> None:
+    import json
+
+    from changedet.coreg import coregister_dates
+
+    stack, _ = khojir_stack
+    _, shifts = coregister_dates(stack, band="red", threshold_px=0.25)
+    scenario = json.loads((REPO / "sample_tiles" / "khojir" / "scenario.json").read_text())
+    planted = {d["datetime"][:10]: d["shift_px"] for d in scenario["dates"]}
+    pairs = [
+        (planted[t.date().isoformat()], s)
+        for t, s in zip(stack.times, shifts, strict=True)
+        if s is not None
+    ]
+    assert len(pairs) >= 10
+    mean = np.mean([p for p, _ in pairs], axis=0)
+    for p, s in pairs:  # measured against the median of all dates: relative to the mean shift
+        assert s == pytest.approx((-(p[0] - mean[0]), -(p[1] - mean[1])), abs=0.15)
