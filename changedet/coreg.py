@@ -9,6 +9,7 @@ and between two composites.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -102,20 +103,28 @@ def apply_shift(array: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
 
 
 def coregister_dates(
-    stack: Stack, *, band: str, threshold_px: float, min_clear: float = 0.3
+    stack: Stack,
+    *,
+    band: str,
+    threshold_px: float,
+    reference_dates: Sequence[int] | None = None,
+    min_clear: float = 0.3,
 ) -> tuple[Stack, tuple[tuple[float, float] | None, ...]]:
-    """Line every date of a stack up with the median of all its dates, measured on `band`.
+    """Line every date of a stack up with the median of `reference_dates` (default: all dates),
+    measured on `band`.
 
-    Dates with less than `min_clear` of their pixels clear are left as they are (shift None: too
-    little to measure); shifts above `threshold_px` are corrected (bilinear, all bands; pixels
-    that draw on masked ones become masked). Returns the aligned stack and the measured shifts.
+    Pass the baseline's dates so that adding later dates never moves earlier ones. Dates with less
+    than `min_clear` of their pixels clear are left as they are (shift None: too little to
+    measure); shifts above `threshold_px` are corrected (bilinear, all bands; pixels that draw on
+    masked ones become masked). Returns the aligned stack and the measured shifts.
     """
     from changedet.composite import median_composite
 
-    if len(stack.times) < 2:
+    refs = list(range(len(stack.times))) if reference_dates is None else list(reference_dates)
+    if len(stack.times) < 2 or not refs:
         return stack, tuple((0.0, 0.0) for _ in stack.times)
     b = stack.bands.index(band)
-    reference = median_composite(stack.reflectance[:, b : b + 1], stack.clear)[0][0]
+    reference = median_composite(stack.reflectance[refs, b : b + 1], stack.clear[refs])[0][0]
     reflectance = stack.reflectance
     clear = stack.clear
     shifts: list[tuple[float, float] | None] = []

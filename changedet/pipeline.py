@@ -308,31 +308,43 @@ def analyse_stack(
     timer = timer or _Timer()
     cc = config.change
     grid = stack.grid
+    # The baseline: the first periods clear enough inside the AOI (decided on masks alone).
+    clear_obs = [
+        stack.clear[[i for i, t in enumerate(stack.times) if p.contains(t.date())]].sum(axis=0)
+        for p in periods
+    ]
+    clear = [float((n[inside] >= cc.min_clear_obs).mean()) for n in clear_obs]
+    chosen = baseline_indices(
+        periods,
+        clear,
+        baseline_periods=config.time.baseline_periods,
+        min_clear_fraction=BASELINE_MIN_CLEAR,
+    )
+    last_baseline = max(chosen)
+    if last_baseline >= len(periods) - 1:
+        raise NoScenesError(
+            f"the baseline takes every period up to {periods[last_baseline].label}, leaving "
+            "none to compare; start the time range earlier or extend its end"
+        )
+    baseline_span = _span(periods[min(chosen) : last_baseline + 1])
+
+    # Line every date up with the baseline (never with later dates, so appending a period does
+    # not move what came before).
     date_shifts: tuple[tuple[float, float] | None, ...] = ()
     coreg_band = next((b for b in COREG_BANDS if b in stack.bands), None)
     if cc.coregister and coreg_band is not None:
         with timer("coregister"):
             stack, date_shifts = coregister_dates(
-                stack, band=coreg_band, threshold_px=cc.coreg_threshold_px
+                stack,
+                band=coreg_band,
+                threshold_px=cc.coreg_threshold_px,
+                reference_dates=[
+                    i for i, t in enumerate(stack.times) if baseline_span.contains(t.date())
+                ],
             )
     with timer("composite"):
         per_period = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods]
-        clear = [float((c.count[inside] >= cc.min_clear_obs).mean()) for c in per_period]
-        chosen = baseline_indices(
-            periods,
-            clear,
-            baseline_periods=config.time.baseline_periods,
-            min_clear_fraction=BASELINE_MIN_CLEAR,
-        )
-        last_baseline = max(chosen)
-        if last_baseline >= len(periods) - 1:
-            raise NoScenesError(
-                f"the baseline takes every period up to {periods[last_baseline].label}, leaving "
-                "none to compare; start the time range earlier or extend its end"
-            )
-        baseline = composite(
-            stack, _span(periods[min(chosen) : last_baseline + 1]), min_clear_obs=cc.min_clear_obs
-        )
+        baseline = composite(stack, baseline_span, min_clear_obs=cc.min_clear_obs)
         n_after = len(chosen)
         after = composite(stack, _span(periods[-n_after:]), min_clear_obs=cc.min_clear_obs)
         progress("composite", 1, 1)
