@@ -181,7 +181,10 @@ def _class_distance(delta: np.ndarray, classes: np.ndarray, n_classes: int) -> n
         med = np.median(s, axis=1, keepdims=True)
         mad = 1.4826 * np.median(np.abs(s - med), axis=1, keepdims=True)
         mad = np.maximum(mad, 1e-4)
-        out.ravel()[members] = np.sqrt((((v - med) / mad) ** 2).mean(axis=0))
+        v -= med  # `v` is already a copy (fancy indexing): work in place, no temporaries
+        v /= mad
+        np.square(v, out=v)
+        out.ravel()[members] = np.sqrt(v.mean(axis=0))
     return out
 
 

@@ -205,8 +205,16 @@ def run(
 
     with _errors(debug):
         config = _load(config_path, catalog=catalog, collection=collection, start=start, end=end)
-        aois = _load_aois(aoi_files, config)
-    failed = 0
+    # One unreadable AOI file fails its AOIs only; the others still run.
+    aois, failed = [], 0
+    for path in aoi_files:
+        try:
+            aois.extend(_load_aois((path,), config))
+        except ChangedetError as exc:
+            if debug:
+                traceback.print_exc()
+            _echo_error(str(exc))
+            failed += 1
     for aoi in aois:
         with _Renderer(quiet=quiet) as progress:
             try:

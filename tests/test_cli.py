@@ -175,11 +175,21 @@ def test_one_failing_aoi_does_not_stop_the_others(tmp_path: Path) -> None:
         )
     )
     out = tmp_path / "o"
+    missing = tmp_path / "missing.geojson"
     proc = changedet(
-        "run", str(paris), "aoi/khojir.geojson", "--config", str(DEMO), "--out", str(out), "--quiet"
+        "run",
+        str(paris),
+        str(missing),
+        "aoi/khojir.geojson",
+        "--config",
+        str(DEMO),
+        "--out",
+        str(out),
+        "--quiet",
     )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "paris" in proc.stderr
+    assert "missing.geojson' not found" in proc.stderr
     assert (out / "khojir" / "structures.geojson").is_file()
     assert not (out / "paris").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folders left behind
