@@ -201,10 +201,11 @@ def run(
     quiet: bool,
 ) -> None:
     """Detect new structures in each AOI and write OUT/<aoi_id>/."""
-    from changedet.pipeline import run_aoi
+    from changedet.pipeline import periods_for, run_aoi
 
     with _errors(debug):
         config = _load(config_path, catalog=catalog, collection=collection, start=start, end=end)
+        periods_for(config)  # a time range too short to compare is a usage error, for every AOI
     # One unreadable AOI file fails its AOIs only; the others still run.
     aois, failed = [], 0
     for path in aoi_files:

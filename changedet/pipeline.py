@@ -44,6 +44,7 @@ __all__ = [
     "RunSummary",
     "SearchReport",
     "analyse_stack",
+    "periods_for",
     "run_aoi",
     "search_aoi",
 ]
@@ -241,7 +242,8 @@ def _crop_to_footprints(grid: Grid, aoi: AOI, scenes: tuple[Scene, ...]) -> Grid
     return grid.window(row0, col0, row1 - row0, col1 - col0)
 
 
-def _periods(config: Config) -> list[Period]:
+def periods_for(config: Config) -> list[Period]:
+    """The composite periods of the configured time range (ConfigError when too few)."""
     from changedet.periods import make_periods
 
     periods = make_periods(config.time.start, config.time.end, config.time.period)
@@ -421,7 +423,7 @@ def run_aoi(
     io = io or PipelineIO.default()
     timer = _Timer()
     out_dir = safe_out_dir(Path(out_root), aoi.id)
-    periods = _periods(config)
+    periods = periods_for(config)
 
     with timer("search"):
         found = _search(aoi, config, io, progress)
