@@ -26,6 +26,18 @@ def changedet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
     )
 
 
+def paris_aoi(path: Path, *, aoi_id: str) -> Path:
+    """An AOI over Paris, which no bundled sample scene covers."""
+    ring = [[2.30, 48.84], [2.36, 48.84], [2.36, 48.88], [2.30, 48.88], [2.30, 48.84]]
+    feature = {
+        "type": "Feature",
+        "properties": {"id": aoi_id},
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+    }
+    path.write_text(json.dumps(feature))
+    return path
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
@@ -107,21 +119,7 @@ def test_bad_flags(tmp_path: Path, args: list[str], needle: str) -> None:
 
 
 def test_aoi_no_scene_covers_fails_that_aoi_only(tmp_path: Path) -> None:
-    paris = tmp_path / "paris.geojson"
-    paris.write_text(
-        json.dumps(
-            {
-                "type": "Feature",
-                "properties": {"id": "paris"},
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": [
-                        [[2.30, 48.84], [2.36, 48.84], [2.36, 48.88], [2.30, 48.88], [2.30, 48.84]]
-                    ],
-                },
-            }
-        )
-    )
+    paris = paris_aoi(tmp_path / "paris.geojson", aoi_id="paris")
     proc = changedet("search", str(paris), "--config", str(DEMO), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)[0]["scenes"] == []
     proc = changedet("run", str(paris), "--config", str(DEMO), "--out", str(tmp_path / "o"))
@@ -130,21 +128,7 @@ def test_aoi_no_scene_covers_fails_that_aoi_only(tmp_path: Path) -> None:
 
 
 def test_hostile_aoi_id_cannot_escape_out(tmp_path: Path) -> None:
-    evil = tmp_path / "evil.geojson"
-    evil.write_text(
-        json.dumps(
-            {
-                "type": "Feature",
-                "properties": {"id": "../../escaped"},
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": [
-                        [[2.30, 48.84], [2.36, 48.84], [2.36, 48.88], [2.30, 48.88], [2.30, 48.84]]
-                    ],
-                },
-            }
-        )
-    )
+    evil = paris_aoi(tmp_path / "evil.geojson", aoi_id="../../escaped")
     out = tmp_path / "deep" / "out"
     changedet("run", str(evil), "--config", str(DEMO), "--out", str(out))
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "deep" / "escaped").exists()
@@ -160,21 +144,7 @@ def test_hostile_aoi_id_cannot_escape_out(tmp_path: Path) -> None:
 
 
 def test_one_failing_aoi_does_not_stop_the_others(tmp_path: Path) -> None:
-    paris = tmp_path / "paris.geojson"
-    paris.write_text(
-        json.dumps(
-            {
-                "type": "Feature",
-                "properties": {"id": "paris"},
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": [
-                        [[2.30, 48.84], [2.36, 48.84], [2.36, 48.88], [2.30, 48.88], [2.30, 48.84]]
-                    ],
-                },
-            }
-        )
-    )
+    paris = paris_aoi(tmp_path / "paris.geojson", aoi_id="paris")
     out = tmp_path / "o"
     missing = tmp_path / "missing.geojson"
     proc = changedet(
