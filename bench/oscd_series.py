@@ -18,20 +18,9 @@ import time
 from pathlib import Path
 
 from changedet.config import Config, load_config
-from changedet.oscd import load_city
+from changedet.oscd import labelled_cities, load_city
 from changedet.synth_oscd import SeriesScore, detect_series, make_oscd_series, score_structures
 
-LABELLED = (
-    "abudhabi",
-    "aguasclaras",
-    "beihai",
-    "bercy",
-    "nantes",
-    "paris",
-    "pisa",
-    "rennes",
-    "saclay_e",
-)
 DEFAULT_ROOT = (
     Path(
         os.environ.get(
@@ -66,7 +55,7 @@ def run_city(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    ap.add_argument("--cities", default=",".join(LABELLED))
+    ap.add_argument("--cities", default=None, help="comma-separated (default: every labelled city)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--months", type=int, default=12)
     ap.add_argument(
@@ -93,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     head = f"{'city':<12} {'truth':>5} {'conf':>5} {'tp':>4} {'fp':>4} {'fn':>4}"
     print(f"{head} {'P':>5} {'R':>5} {'F1':>5} {'first-seen':>10} {'s':>6}")
-    for city in args.cities.split(","):
+    cities = args.cities.split(",") if args.cities else labelled_cities(args.root)
+    for city in cities:
         score, secs, extra = run_city(
             args.root, city, seed=args.seed, months=args.months, config=config
         )

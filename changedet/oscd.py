@@ -37,6 +37,7 @@ __all__ = [
     "OSCDCity",
     "city_composites",
     "evaluate",
+    "labelled_cities",
     "list_cities",
     "load_city",
     "load_label",
@@ -113,6 +114,13 @@ def list_cities(root: Path) -> list[str]:
     return sorted(
         p.name for p in images.iterdir() if (p / "imgs_1").is_dir() and (p / "imgs_2").is_dir()
     )
+
+
+def labelled_cities(root: Path) -> list[str]:
+    """The cities of `list_cities` whose change label is present under `root`, sorted."""
+    return [
+        c for c in list_cities(root) if (_labels_dir(root) / c / "cm" / f"{c}-cm.tif").is_file()
+    ]
 
 
 def _band_file(folder: Path, band_id: str) -> Path:
