@@ -33,7 +33,7 @@ from changedet.config import ChangeConfig
 from changedet.coreg import apply_shift, measure_shift
 from changedet.errors import DataError
 from changedet.models import ChangeMap, Composite
-from changedet.normalize import relative_normalize
+from changedet.normalize import fast_median, relative_normalize
 
 __all__ = [
     "COREG_BANDS",
@@ -101,8 +101,8 @@ def robust_z(
     if flat.size == 0:
         return np.full(values.shape, np.nan, dtype=np.float32)
     flat = flat[_sample(flat.size, _SAMPLES)]
-    med = float(np.median(flat))
-    mad = 1.4826 * float(np.median(np.abs(flat - med)))
+    med = float(fast_median(flat))
+    mad = 1.4826 * float(fast_median(np.abs(flat - med)))
     if mad <= 0:
         mad = float(flat.std()) or 1.0
     out = (values - np.float32(med)) / np.float32(mad)
@@ -111,14 +111,25 @@ def robust_z(
 
 def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
     """NaN-aware Gaussian smoothing (normalised convolution); NaN pixels stay NaN."""
+    return _smooth(values, sigma, [])
+
+
+def _smooth(
+    values: np.ndarray, sigma: float, weights: list[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """`smooth`, reusing the smoothed finite mask (the normaliser) of an earlier call on the same
+    NaN pattern: `weights` holds (finite, normaliser) pairs and is appended to."""
     if sigma <= 0:
         return values.astype(np.float32, copy=True)
     finite = np.isfinite(values)
-    filled = np.where(finite, values, 0.0).astype(np.float32)
+    filled = np.where(finite, values, 0.0).astype(np.float32, copy=False)
     num = ndi.gaussian_filter(filled, sigma, truncate=3.0)
     if finite.all():
         return num
-    den = ndi.gaussian_filter(finite.astype(np.float32), sigma, truncate=3.0)
+    den = next((d for f, d in weights if np.array_equal(f, finite)), None)
+    if den is None:
+        den = ndi.gaussian_filter(finite.astype(np.float32), sigma, truncate=3.0)
+        weights.append((finite, den))
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / den
     out[~finite] = np.nan
@@ -142,10 +153,14 @@ def kmeans_classes(
         out[valid] = 0
         return out
     sample = flat[:, flat_idx[_sample(flat_idx.size, 20_000)]].T.astype(np.float64)
-    med = np.median(sample, axis=0)
-    mad = 1.4826 * np.median(np.abs(sample - med), axis=0)
+    med = fast_median(np.ascontiguousarray(sample.T))
+    mad = 1.4826 * fast_median(np.ascontiguousarray(np.abs(sample - med).T))
     mad[mad <= 0] = 1.0
-    centres, _ = kmeans2((sample - med) / mad, n_classes, seed=seed, minit="++")
+    scaled = (sample - med) / mad
+    # scipy re-checks finiteness on every iteration; one check here gives the same answer (and
+    # still lets scipy raise its own error on non-finite input).
+    finite = bool(np.isfinite(scaled).all())
+    centres, _ = kmeans2(scaled, n_classes, seed=seed, minit="++", check_finite=not finite)
     # Nearest centre in standardised units without standardising every pixel:
     # |(x - med)/mad - c|^2 = sum_b (x_b - m_b)^2 / mad_b^2 with m = med + mad * c; the x^2 term
     # is the same for every centre, so argmin of |m|_w^2 - 2 x.(m w) decides.
@@ -161,31 +176,46 @@ def kmeans_classes(
         closer = cross[k] < best
         classes[closer] = k
         np.minimum(best, cross[k], out=best)
-    out.ravel()[flat_idx] = classes[flat_idx]
-    return out
+    return np.where(valid, classes.reshape(valid.shape), out)
 
 
 def _class_distance(delta: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:
     """RMS over bands of the change vector standardised by the median/MAD of its class."""
-    out = np.full(classes.shape, np.nan, dtype=np.float32)
-    flat_cls = classes.ravel()
-    flat_delta = delta.reshape(delta.shape[0], -1)
-    order = np.argsort(flat_cls, kind="stable")
-    bounds = np.searchsorted(flat_cls[order], np.arange(-1, n_classes + 1))
+    n_bands = delta.shape[0]
+    flat_delta = delta.reshape(n_bands, -1)
+    if not np.issubdtype(flat_delta.dtype, np.floating):
+        flat_delta = flat_delta.astype(np.float64)
+    lookup = classes.ravel().astype(np.intp) + 1  # 0: invalid (-1), j + 1: class j
+    # Pixels of each class in increasing index order (stable sort) and where each class starts.
+    order = np.argsort(classes.ravel(), kind="stable")
+    bounds = np.zeros(n_classes + 2, dtype=np.intp)
+    np.cumsum(np.bincount(lookup, minlength=n_classes + 1), out=bounds[1:])
+    # Per-class median and MAD of every band (NaN centre: class too small or invalid -> NaN).
+    centre = np.full((n_bands, n_classes + 1), np.nan, dtype=flat_delta.dtype)
+    spread = np.ones((n_bands, n_classes + 1), dtype=flat_delta.dtype)
     for j in range(n_classes):
-        members = order[bounds[j + 1] : bounds[j + 2]]
-        if members.size < 20:
+        start, stop = bounds[j + 1], bounds[j + 2]
+        if stop - start < 20:
             continue
-        v = flat_delta[:, members]
-        s = v[:, _sample(members.size, 50_000)]
-        med = np.median(s, axis=1, keepdims=True)
-        mad = 1.4826 * np.median(np.abs(s - med), axis=1, keepdims=True)
-        mad = np.maximum(mad, 1e-4)
-        v -= med  # `v` is already a copy (fancy indexing): work in place, no temporaries
-        v /= mad
-        np.square(v, out=v)
-        out.ravel()[members] = np.sqrt(v.mean(axis=0))
-    return out
+        s = flat_delta[:, order[start + _sample(stop - start, 50_000)]]
+        med = fast_median(s)[:, None]
+        mad = 1.4826 * fast_median(np.abs(s - med))
+        centre[:, j + 1] = med[:, 0]
+        spread[:, j + 1] = np.maximum(mad, 1e-4)
+    # Every pixel at once through the per-class tables; the same float32 operations in the same
+    # order as standardising each class apart ((d - med) / mad, squared, mean over bands).
+    total = np.empty(flat_delta.shape[1], dtype=flat_delta.dtype)
+    term = np.empty_like(total)
+    for i in range(n_bands):
+        dest = total if i == 0 else term
+        np.subtract(flat_delta[i], centre[i].take(lookup), out=dest)
+        dest /= spread[i].take(lookup)
+        np.square(dest, out=dest)
+        if i > 0:
+            total += term
+    np.true_divide(total, np.intp(n_bands), out=total, casting="unsafe")  # as ndarray.mean
+    np.sqrt(total, out=total)
+    return total.reshape(classes.shape).astype(np.float32, copy=False)
 
 
 def class_conditional_change(
@@ -223,8 +253,21 @@ def decide(
         keep &= sizes >= min_pixels
     mask = keep[labels]
     if fill:
-        mask = ndi.binary_fill_holes(mask)
+        mask = _fill_holes(mask)
     return mask
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """ndi.binary_fill_holes(mask): background regions (4-connected, as its default structure)
+    that do not touch the image border are holes. One labelling instead of iterated dilation."""
+    background, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    outside[0] = False  # label 0: the mask itself
+    return ~outside[background]
 
 
 def _shift_mask(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -385,6 +428,24 @@ def _indicators(
     return {k: v.astype(np.float32, copy=False) for k, v in out.items()}
 
 
+def _all_finite(image: np.ndarray) -> np.ndarray:
+    """(H, W) bool: finite in every band of a (B, H, W) array (band by band, no (B, H, W) mask)."""
+    out = np.isfinite(image[0])
+    for band in image[1:]:
+        out &= np.isfinite(band)
+    return out
+
+
+def _band_subset(reflectance: np.ndarray, index: list[int]) -> np.ndarray:
+    """float32 bands `index` of a (B, H, W) array: a view when they are consecutive (no copy of
+    the image; detect_change never writes to `b` or `a`), else a copy."""
+    if index == list(range(index[0], index[0] + len(index))):
+        chosen = reflectance[index[0] : index[0] + len(index)]
+    else:
+        chosen = reflectance[index]
+    return chosen.astype(np.float32, copy=False)
+
+
 def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> ChangeMap:
     """Change score, decided mask and evidence between two composites on one grid.
 
@@ -402,8 +463,8 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
             f"detect_change: no detection band among {before.bands}; read some of {DETECT_BANDS}"
         )
     grid = before.grid
-    b = before.reflectance[[before.bands.index(n) for n in bands]].astype(np.float32)
-    a = after.reflectance[[after.bands.index(n) for n in bands]].astype(np.float32)
+    b = _band_subset(before.reflectance, [before.bands.index(n) for n in bands])
+    a = _band_subset(after.reflectance, [after.bands.index(n) for n in bands])
 
     coreg_band = next((bands.index(n) for n in COREG_BANDS if n in bands), 0)
     shift = measure_shift(b[coreg_band], a[coreg_band]) if config.coregister else (0.0, 0.0)
@@ -411,7 +472,8 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
     if corrected:
         a = apply_shift(a, shift)
 
-    valid = np.asarray(np.isfinite(b).all(axis=0) & np.isfinite(a).all(axis=0))
+    valid = _all_finite(b)
+    valid &= _all_finite(a)
     empty = np.full(grid.shape, np.nan, dtype=np.float32)
     if valid.sum() < 100:
         return ChangeMap(
@@ -423,7 +485,8 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
             shift_px=shift,
             shift_corrected=corrected,
         )
-    a, _ = relative_normalize(b, a)
+    # A shifted `a` is this function's own copy: normalise it in place (a view of the input is not).
+    a, _ = relative_normalize(b, a, valid=valid, out=a if corrected else None)
     delta = a - b
     delta[:, ~valid] = np.nan
 
@@ -431,13 +494,28 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
     noise = np.empty(len(bands), dtype=np.float32)
     pick = np.flatnonzero(valid.ravel())
     pick = pick[_sample(pick.size, _SAMPLES)]
+    d = delta.reshape(len(bands), -1)[:, pick]
+    mad = fast_median(np.abs(d - fast_median(d)[:, None]))
     for i in range(len(bands)):
-        d = delta[i].ravel()[pick]
-        noise[i] = max(1.4826 * float(np.median(np.abs(d - np.median(d)))), 1e-5)
-    cva = np.sqrt(((delta / noise[:, None, None]) ** 2).mean(axis=0))
+        noise[i] = max(1.4826 * float(mad[i]), 1e-5)
+    # sqrt(mean over bands of (delta / noise)^2), band by band into one buffer (same operations
+    # and order as the whole-array expression, without its (B, H, W) temporaries).
+    cva = np.empty(grid.shape, dtype=np.float32)
+    term = np.empty_like(cva)
+    for i in range(len(bands)):
+        dest = cva if i == 0 else term
+        np.divide(delta[i], noise[i], out=dest)
+        np.square(dest, out=dest)
+        if i > 0:
+            cva += term
+    np.true_divide(cva, np.intp(len(bands)), out=cva, casting="unsafe")  # as ndarray.mean
+    np.sqrt(cva, out=cva)
 
     vis = [bands.index(n) for n in VISIBLE_BANDS if n in bands] or list(range(len(bands)))
-    cond = class_conditional_change(b, a, delta[vis], valid, n_classes=config.n_classes)
+    # class_conditional_change only reads `delta`: a view of consecutive bands spares a copy.
+    cond = class_conditional_change(
+        b, a, _band_subset(delta, vis), valid, n_classes=config.n_classes
+    )
 
     # Gates: evidence of change that ends in vegetation (crops greening, lawns; 1 at NDVI_after
     # <= 0.3 to 0 at >= 0.5) or that stays on water (turbidity, tides; min MNDWI 0 -> 0.2) is not
@@ -445,8 +523,12 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
     # scales the per-pixel evidence before smoothing, so a damped field does not bleed into its
     # rim; robust-z statistics come from the ungated evidence, so gating never sharpens the scale.
     keep = np.ones(grid.shape, dtype=np.float32)
-    if config.vegetation_gate and {"nir", "red"} <= set(bands):
-        ndvi_after = _index(a[bands.index("nir")], a[bands.index("red")])
+    ndvi_after = (
+        _index(a[bands.index("nir")], a[bands.index("red")])
+        if {"nir", "red"} <= set(bands)
+        else None
+    )
+    if config.vegetation_gate and ndvi_after is not None:
         keep *= 1.0 - np.clip((ndvi_after - 0.3) / 0.2, 0, 1)
     if config.water_gate and {"green", "swir16"} <= set(bands):
         g, s1 = bands.index("green"), bands.index("swir16")
@@ -455,8 +537,13 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
     keep = np.nan_to_num(keep, nan=1.0)
 
     sigma = config.smooth_sigma_px
-    z_cva = robust_z(smooth(cva * keep, sigma), valid, reference=smooth(cva, sigma))
-    z_cond = robust_z(smooth(cond * keep, sigma), valid, reference=smooth(cond, sigma))
+    weights: list[tuple[np.ndarray, np.ndarray]] = []  # one normaliser per NaN pattern
+    z_cva = robust_z(
+        _smooth(cva * keep, sigma, weights), valid, reference=_smooth(cva, sigma, weights)
+    )
+    z_cond = robust_z(
+        _smooth(cond * keep, sigma, weights), valid, reference=_smooth(cond, sigma, weights)
+    )
     score = 0.5 * (z_cva + z_cond)
     score[~valid] = np.nan
 
@@ -489,8 +576,7 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
     # spectrum; graded soil, berms and cleared ground brighten it without flattening it.
     with np.errstate(invalid="ignore", over="ignore"):
         changed = 1.0 / (1.0 + np.exp(-(score - config.z_threshold) / 2.0))
-        if "ndvi_loss" in indicators and {"nir", "red"} <= set(bands):
-            ndvi_after = _index(a[bands.index("nir")], a[bands.index("red")])
+        if "ndvi_loss" in indicators and ndvi_after is not None:
             not_vegetated = np.clip((0.5 - ndvi_after) / 0.3, 0.0, 1.0)
         else:
             not_vegetated = np.ones(grid.shape, np.float32)
@@ -506,17 +592,22 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
                 if k in indicators
             ]
             roof_like = 1.0 / (1.0 + np.exp(-np.max(np.stack(gains), axis=0)))
-        indicators["not_vegetated"] = np.nan_to_num(not_vegetated, nan=0.0).astype(np.float32)
-        indicators["roof_like"] = np.nan_to_num(roof_like * not_vegetated, nan=0.0).astype(
-            np.float32
+        # nan_to_num returns a new array: casting it needs no second copy.
+        indicators["not_vegetated"] = np.nan_to_num(not_vegetated, nan=0.0).astype(
+            np.float32, copy=False
         )
-        likelihood = np.nan_to_num(changed * indicators["roof_like"], nan=0.0).astype(np.float32)
+        indicators["roof_like"] = np.nan_to_num(roof_like * not_vegetated, nan=0.0).astype(
+            np.float32, copy=False
+        )
+        likelihood = np.nan_to_num(changed * indicators["roof_like"], nan=0.0).astype(
+            np.float32, copy=False
+        )
 
-    indicators["cva"] = cva.astype(np.float32)
+    indicators["cva"] = cva.astype(np.float32, copy=False)  # arrays built here: no copies
     indicators["class_conditional"] = cond
     return ChangeMap(
         grid=grid,
-        score=score.astype(np.float32),
+        score=score.astype(np.float32, copy=False),
         likelihood=likelihood,
         mask=mask,
         threshold=config.z_threshold,

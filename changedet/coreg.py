@@ -20,16 +20,26 @@ __all__ = ["apply_shift", "coregister_dates", "measure_shift"]
 
 # Phase correlation on a central window of at most this size: enough texture, bounded FFT cost.
 _MAX_WINDOW = 512
+_SHIFT_BLOCK_ROWS = 128  # rows per block in apply_shift: a block and its scratch stay in cache
 
 
-def _filled(image: np.ndarray) -> np.ndarray:
-    """float64 copy with NaN replaced by the mean of the finite pixels (0 when there are none)."""
-    out = np.asarray(image, dtype=np.float64)
-    finite = np.isfinite(out)
+def _filled_central(image: np.ndarray) -> np.ndarray:
+    """float64 central window (`_central`) with NaN replaced by the mean of the finite pixels of
+    the WHOLE image (0 when there are none). Only the window is converted and filled."""
+    image = np.asarray(image)
+    finite = np.isfinite(image)
+    window = _central(image)
+    # The window keeps the row stride of the full image (as a view of a converted full image
+    # would): numpy's sums over it (mean, std) then run in the same order, to the last bit.
+    out = np.empty((window.shape[0], image.shape[1]), dtype=np.float64)[:, : window.shape[1]]
     if finite.all():
-        return out.copy()
-    mean = float(out[finite].mean()) if finite.any() else 0.0
-    return np.where(finite, out, mean)
+        out[...] = window
+        return out
+    # float32 -> float64 is exact, so this is the mean of the whole float64 image's finite pixels.
+    mean = float(image[finite].astype(np.float64).mean()) if finite.any() else 0.0
+    np.copyto(out, window)
+    out[~_central(finite)] = mean
+    return out
 
 
 def _central(image: np.ndarray) -> np.ndarray:
@@ -55,8 +65,8 @@ def measure_shift(
             f"measure_shift needs two 2-D arrays of one shape, got {reference.shape} "
             f"and {moving.shape}"
         )
-    ref = _central(_filled(reference))
-    mov = _central(_filled(moving))
+    ref = _filled_central(reference)
+    mov = _filled_central(moving)
     if min(ref.shape) < 16 or ref.std() == 0 or mov.std() == 0:
         return (0.0, 0.0)
     window = np.outer(np.hanning(ref.shape[0]), np.hanning(ref.shape[1]))
@@ -92,13 +102,29 @@ def apply_shift(array: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
     y1 = min(h, *(h + dy for dy, _, _ in taps))
     x0 = max(0, *(dx for _, dx, _ in taps))
     x1 = min(w, *(w + dx for _, dx, _ in taps))
-    out = np.full(src.shape, np.nan, dtype=np.float32)
     if y1 <= y0 or x1 <= x0:
-        return out
-    inner = out[..., y0:y1, x0:x1]
-    inner.fill(0.0)
-    for dy, dx, weight in taps:
-        inner += np.float32(weight) * src[..., y0 - dy : y1 - dy, x0 - dx : x1 - dx]
+        return np.full(src.shape, np.nan, dtype=np.float32)
+    out = np.empty(src.shape, dtype=np.float32)
+    out[..., :y0, :] = np.nan  # the frame whose taps fall outside; the inside is written below
+    out[..., y1:, :] = np.nan
+    out[..., :, :x0] = np.nan
+    out[..., :, x1:] = np.nan
+    # Band by band, in blocks of rows, with one scratch buffer: the same sum of weighted taps in
+    # the same order, in cache-sized pieces and without a full-size temporary per tap.
+    planes = out.reshape(-1, h, w)
+    sources = src.reshape(-1, h, w)
+    scratch = np.empty((_SHIFT_BLOCK_ROWS, x1 - x0), dtype=np.float32)
+    for plane, source in zip(planes, sources, strict=True):
+        for top in range(y0, y1, _SHIFT_BLOCK_ROWS):
+            bottom = min(top + _SHIFT_BLOCK_ROWS, y1)
+            inner = plane[top:bottom, x0:x1]
+            part = scratch[: bottom - top]
+            inner.fill(0.0)
+            for dy, dx, weight in taps:
+                np.multiply(
+                    np.float32(weight), source[top - dy : bottom - dy, x0 - dx : x1 - dx], out=part
+                )
+                inner += part
     return out
 
 

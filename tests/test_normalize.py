@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from changedet.normalize import relative_normalize
 
@@ -43,3 +44,25 @@ def test_nan_pixels_stay_nan_and_are_not_fitted() -> None:
     assert np.isnan(out[0, 5, 5])
     finite = np.isfinite(reference) & np.isfinite(out)
     np.testing.assert_allclose(out[finite], reference[finite], atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_median_equals_numpy_median_exactly(dtype: type) -> None:
+    from changedet.normalize import fast_median
+
+    rng = np.random.default_rng(5)
+    rows = [
+        rng.normal(size=5_001),
+        rng.normal(size=100_000),
+        np.round(rng.normal(size=60_000), 1),  # heavy ties
+        np.sort(rng.normal(size=20_000)),  # already sorted
+        np.concatenate([np.zeros(10_000), -np.zeros(10_001)]),  # signed zeros
+        np.concatenate([rng.normal(size=9_999), [np.nan]]),  # a NaN
+    ]
+    for row in rows:
+        x = row.astype(dtype)
+        got, want = fast_median(x), np.median(x, axis=-1)
+        np.testing.assert_array_equal(got, want)
+        assert np.signbit(got) == np.signbit(want)
+    table = rng.normal(size=(4, 30_000)).astype(dtype)
+    np.testing.assert_array_equal(fast_median(table), np.median(table, axis=-1))
