@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the loopback servers live with the tests
 
-from loopback import RustacServer, utm_box_to_lonlat, write_collection  # noqa: E402
+from loopback import RustacServer, utm_box_to_lonlat, write_cog, write_collection  # noqa: E402
 
 from changedet.aoi import aoi_mask, grid_for  # noqa: E402
 from changedet.config import CatalogConfig, MaskConfig, ReadConfig  # noqa: E402
@@ -64,25 +64,10 @@ def _texture(shape: tuple[int, int], seed: int, base: int) -> np.ndarray:
 
 
 def _write_cog(path: Path, array: np.ndarray, res: float) -> None:
-    import rasterio
-    from affine import Affine
-
-    profile = {
-        "driver": "COG",
-        "width": array.shape[1],
-        "height": array.shape[0],
-        "count": 1,
-        "dtype": array.dtype.name,
-        "crs": CRS,
-        "transform": Affine(res, 0, X0, 0, -res, Y0),
-        "nodata": 0,
-        "compress": "DEFLATE",
-        "predictor": 2,
-        "blocksize": 1024,
-        "overview_resampling": "nearest" if array.dtype == np.uint8 else "average",
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(array, 1)
+    """Like Earth Search's COGs: 1024 px blocks, horizontal predictor, overviews."""
+    write_cog(
+        path, array, x0=X0, y0=Y0, res=res, crs=CRS, blocksize=1024, predictor=2, overviews=True
+    )
 
 
 def make_data(root: Path, *, n_dates: int, tile_px: int) -> dict[str, Any]:

@@ -367,8 +367,11 @@ def write_cog(
     res: float,
     crs: str = CRS,
     blocksize: int = 128,
+    predictor: int = 1,
+    overviews: bool = False,
 ) -> Path:
-    """A small DEFLATE COG (tests' own raster writer; changedet reads it back)."""
+    """A DEFLATE COG (tests' and benches' own raster writer; changedet reads it back).
+    `overviews=True` and `predictor=2` make it look like Earth Search's COGs."""
     import rasterio
     from affine import Affine
 
@@ -383,8 +386,10 @@ def write_cog(
         "transform": Affine(res, 0, x0, 0, -res, y0),
         "nodata": 0,
         "compress": "DEFLATE",
+        "predictor": predictor,
         "blocksize": blocksize,
-        "overviews": "NONE",
+        "overviews": "AUTO" if overviews else "NONE",
+        "overview_resampling": "nearest" if array.dtype == np.uint8 else "average",
     }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(array, 1)
