@@ -29,7 +29,7 @@ from datetime import datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import numpy as np
 import RangeHTTPServer
@@ -160,12 +160,11 @@ class FaultyRangeHandler(RangeHTTPServer.RangeRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
 
-class RangeServer:
-    """Serve `directory` over HTTP range requests on 127.0.0.1 (in-process, threaded)."""
+class _LoopbackServer:
+    """An in-process threaded `_FaultServer` on 127.0.0.1, started and stopped as a context."""
 
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = str(directory)
-        self.httpd = _FaultServer(partial(FaultyRangeHandler, directory=self.directory))
+    def __init__(self, handler: Any) -> None:
+        self.httpd = _FaultServer(handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -180,7 +179,7 @@ class RangeServer:
     def faults(self) -> list[Fault]:
         return self.httpd.faults
 
-    def __enter__(self) -> RangeServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -188,6 +187,14 @@ class RangeServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
+
+
+class RangeServer(_LoopbackServer):
+    """Serve `directory` over HTTP range requests on 127.0.0.1 (in-process, threaded)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = str(directory)
+        super().__init__(partial(FaultyRangeHandler, directory=self.directory))
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,34 +316,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     do_POST = _handle
 
 
-class FaultProxy:
+class FaultProxy(_LoopbackServer):
     """Forward 127.0.0.1:<port> to `upstream`, injecting `faults` on matching requests."""
 
     def __init__(self, upstream: str) -> None:
-        handler = type("Handler", (_ProxyHandler,), {"upstream": upstream.rstrip("/")})
-        self.httpd = _FaultServer(handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    @property
-    def faults(self) -> list[Fault]:
-        return self.httpd.faults
-
-    @property
-    def stats(self) -> Stats:
-        return self.httpd.stats
-
-    def __enter__(self) -> FaultProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(type("Handler", (_ProxyHandler,), {"upstream": upstream.rstrip("/")}))
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
 from loopback import CRS, TILE_PX, TILE_X0, TILE_Y0, dn_pattern, local_scene, make_scene
+from rasterio.warp import Resampling, reproject
 
 from changedet.config import MaskConfig, ReadConfig
 from changedet.errors import ConfigError, NoScenesError, ReadError
@@ -29,6 +31,22 @@ GRID = Grid.from_origin(CRS, TILE_X0 + 400, TILE_Y0 - 400, 10.0, 100, 100)
 ALL = np.ones(GRID.shape, bool)
 CLEAR_SCL = np.full((TILE_PX // 2, TILE_PX // 2), 4, np.uint8)
 NO_DILATION = MaskConfig(dilate_px=0)
+
+
+def _reference_warp(path: Path, grid: Grid, resampling: Resampling) -> np.ndarray:
+    """DN of one COG warped onto `grid` by plain rasterio: what our reader must reproduce."""
+    out = np.zeros(grid.shape, np.uint16)
+    with rasterio.open(path) as src:
+        reproject(
+            rasterio.band(src, 1),
+            out,
+            src_nodata=0,
+            dst_transform=grid.transform,
+            dst_crs=grid.crs,
+            dst_nodata=0,
+            resampling=resampling,
+        )
+    return out
 
 
 def rc(tmp_path: Path | None = None, **kw: Any) -> ReadConfig:
@@ -108,9 +126,6 @@ def test_bilinear_20m_band_stays_between_neighbours(tmp_path: Path) -> None:
 def test_20m_bilinear_never_blends_nodata_into_values(tmp_path: Path) -> None:
     """At a data edge the fast resampled read must not invent half-nodata values: it agrees
     with GDAL's warper wherever both have data, and is nodata wherever the warper is."""
-    import rasterio
-    from rasterio.warp import Resampling, reproject
-
     s = make_scene(
         tmp_path,
         "S2A_39SVV_20230801_0_L2A",
@@ -128,17 +143,7 @@ def test_20m_bilinear_never_blends_nodata_into_values(tmp_path: Path) -> None:
         read_config=rc(),
         mask_config=NO_DILATION,
     )
-    warped = np.zeros(grid.shape, np.uint16)
-    with rasterio.open(tmp_path / s.id / "swir16.tif") as src:
-        reproject(
-            rasterio.band(src, 1),
-            warped,
-            src_nodata=0,
-            dst_transform=grid.transform,
-            dst_crs=grid.crs,
-            dst_nodata=0,
-            resampling=Resampling.bilinear,
-        )
+    warped = _reference_warp(tmp_path / s.id / "swir16.tif", grid, Resampling.bilinear)
     got = result.stack.band("swir16")[0]
     ours_valid = np.isfinite(got)
     assert not (ours_valid & (warped == 0)).any()
@@ -417,9 +422,6 @@ def zone38_scene(tmp_path: Path, day: int = 1) -> Any:
 
 def test_other_utm_zone_is_reprojected(tmp_path: Path) -> None:
     """A tile in zone 38 read onto the zone-39 grid equals a whole-tile GDAL reprojection."""
-    import rasterio
-    from rasterio.warp import Resampling, reproject
-
     s = zone38_scene(tmp_path)
     result = read_stack(
         [local_scene(s, tmp_path)],
@@ -429,17 +431,7 @@ def test_other_utm_zone_is_reprojected(tmp_path: Path) -> None:
         read_config=rc(resampling="nearest"),
         mask_config=NO_DILATION,
     )
-    expected = np.zeros(GRID.shape, np.uint16)
-    with rasterio.open(tmp_path / s.id / "red.tif") as src:
-        reproject(
-            rasterio.band(src, 1),
-            expected,
-            src_nodata=0,
-            dst_transform=GRID.transform,
-            dst_crs=GRID.crs,
-            dst_nodata=0,
-            resampling=Resampling.nearest,
-        )
+    expected = _reference_warp(tmp_path / s.id / "red.tif", GRID, Resampling.nearest)
     got = result.stack.band("red")[0]
     np.testing.assert_array_equal(got, refl(expected))
     assert np.isfinite(got).mean() > 0.5

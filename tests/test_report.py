@@ -383,16 +383,27 @@ def test_chromium_renders_report_without_network(
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000
 
 
+def _load_variant(
+    browser: Browser, out_dir: Path, tmp_path: Path, extra: str, *, keep_csp: bool
+) -> dict[str, Any]:
+    """Load an isolated copy of the report with `extra` HTML appended to <main> (and, unless
+    `keep_csp`, its Content-Security-Policy removed): the negative controls' page."""
+    html = (out_dir / "report.html").read_text(encoding="utf-8")
+    if not keep_csp:
+        html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
+    path = _isolated_copy(html.replace("</main>", extra + "</main>"), tmp_path)
+    page = browser.load(path)
+    page["url"] = path.resolve().as_uri()
+    return page
+
+
 def test_network_detector_catches_a_request(
     browser: Browser, out_dir: Path, tmp_path: Path
 ) -> None:
     # Negative control 1: without the CSP, an external image is requested and must be seen.
-    html = (out_dir / "report.html").read_text(encoding="utf-8")
-    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
-    html = html.replace("</main>", '<img src="http://198.51.100.7/leak.png"></main>')
-    path = _isolated_copy(html, tmp_path)
-    page = browser.load(path)
-    page["url"] = path.resolve().as_uri()
+    page = _load_variant(
+        browser, out_dir, tmp_path, '<img src="http://198.51.100.7/leak.png">', keep_csp=False
+    )
     assert "http://198.51.100.7/leak.png" in _external(page)
     assert "http://198.51.100.7/leak.png" in page["blocked"]
 
@@ -401,9 +412,9 @@ def test_csp_blocks_and_reports_external_content(
     browser: Browser, out_dir: Path, tmp_path: Path
 ) -> None:
     # Negative control 2: with the report's CSP, the request never leaves but is reported.
-    html = (out_dir / "report.html").read_text(encoding="utf-8")
-    html = html.replace("</main>", '<img src="https://198.51.100.7/leak.png"></main>')
-    page = browser.load(_isolated_copy(html, tmp_path))
+    page = _load_variant(
+        browser, out_dir, tmp_path, '<img src="https://198.51.100.7/leak.png">', keep_csp=True
+    )
     assert any("198.51.100.7" in v for v in page["csp"]), page["csp"]
 
 
@@ -411,12 +422,9 @@ def test_detector_catches_files_beside_the_report(
     browser: Browser, out_dir: Path, tmp_path: Path
 ) -> None:
     # Negative control 3: a relative image works only next to its file; the isolated copy shows it.
-    html = (out_dir / "report.html").read_text(encoding="utf-8")
-    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
-    html = html.replace("</main>", '<img id="rel" src="chips/s-0001.png"></main>')
-    path = _isolated_copy(html, tmp_path)
-    page = browser.load(path)
-    page["url"] = path.resolve().as_uri()
+    page = _load_variant(
+        browser, out_dir, tmp_path, '<img id="rel" src="chips/s-0001.png">', keep_csp=False
+    )
     assert any(u.endswith("/chips/s-0001.png") for u in _external(page))
     rel = [i for i in page["images"] if i["id"] == "rel"]
     assert rel and rel[0]["width"] == 0
