@@ -3,12 +3,12 @@
     python bench/detect.py [--dates 6] [--size 1000] [--oscd ROOT]
 
 Prints, in one run so the machine state is shared:
-- per date: the median composite (changedet.composite.median_composite) and, as the named
+- per date: the median composite (changedet.core.composite.median_composite) and, as the named
   reference, the same composite with np.nanmedian;
-- per pair: changedet.change.detect_change (best of 5 runs, then best/median/worst on a line
+- per pair: changedet.core.change.detect_change (best of 5 runs, then best/median/worst on a line
   of its own) and, as the named reference, a plain numpy CVA (z-scored bands) + Otsu
   threshold baseline;
-- with --oscd: wall time of changedet.oscd.evaluate over every city under ROOT.
+- with --oscd: wall time of changedet.lab.oscd.evaluate over every city under ROOT.
 Times are single-process wall times (numpy may use both cores for some operations).
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from changedet.change import DETECT_BANDS, detect_change
-from changedet.composite import median_composite
 from changedet.config import ChangeConfig
+from changedet.core.change import DETECT_BANDS, detect_change
+from changedet.core.composite import median_composite
 from changedet.models import Composite, Grid, Period
 
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if args.oscd is not None:
-        from changedet.oscd import evaluate
+        from changedet.lab.oscd import evaluate
 
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()

@@ -40,11 +40,11 @@ sys.path.insert(0, str(REPO / "tests"))  # the loopback servers live with the te
 from loopback import RustacServer, utm_box_to_lonlat, write_cog, write_collection  # noqa: E402
 
 from changedet.aoi import aoi_mask, grid_for  # noqa: E402
+from changedet.catalog.search import search_scenes  # noqa: E402
 from changedet.config import CatalogConfig, MaskConfig, ReadConfig  # noqa: E402
 from changedet.models import AOI  # noqa: E402
-from changedet.mosaic import read_stack  # noqa: E402
-from changedet.read import clear_http_cache  # noqa: E402
-from changedet.search import search_scenes  # noqa: E402
+from changedet.read.cog import clear_http_cache  # noqa: E402
+from changedet.read.stack import read_stack  # noqa: E402
 
 CRS = "EPSG:32639"
 X0, Y0 = 399_960.0, 4_000_020.0  # a real S2 tile origin (39SVV-like)

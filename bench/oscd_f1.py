@@ -3,7 +3,7 @@
     python bench/oscd_f1.py [--root ../shared/data/oscd] [--out /tmp/oscd-out] [--cities a,b]
                             [--set change.z_threshold=8]
 
-Same code path as `changedet eval oscd` (changedet.oscd.evaluate); prints per-city and pooled
+Same code path as `changedet eval oscd` (changedet.lab.oscd.evaluate); prints per-city and pooled
 precision, recall and F1 and the wall time.
 """
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from changedet.config import ChangeConfig, load_config
-from changedet.oscd import evaluate, list_cities, load_label
+from changedet.lab.oscd import evaluate, list_cities, load_label
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from changedet.config import Config, load_config
-from changedet.oscd import labelled_cities, load_city
-from changedet.synth_oscd import SeriesScore, detect_series, make_oscd_series, score_structures
+from changedet.lab.oscd import labelled_cities, load_city
+from changedet.lab.series import SeriesScore, detect_series, make_oscd_series, score_structures
 
 DEFAULT_ROOT = (
     Path(

@@ -318,7 +318,7 @@ def synth_sample(
     aoi_file: str | None, all_aois: bool, out_dir: str | None, seed: int, debug: bool
 ) -> None:
     """Write the seeded synthetic Sentinel-2 sample tiles (COGs + static STAC + truth)."""
-    from changedet import synth as synth_mod
+    from changedet.lab import sample as synth_mod
 
     with _errors(debug), _Renderer(quiet=False) as progress:
         if all_aois:
@@ -358,7 +358,7 @@ def synth_oscd_series(
 ) -> None:
     """Build a monthly semi-real series from a real OSCD pair and its labels."""
     from changedet.config import parse_date
-    from changedet.synth_oscd import write_oscd_series
+    from changedet.lab.series import write_oscd_series
 
     with _errors(debug), _Renderer(quiet=False) as progress:
         summary = write_oscd_series(
@@ -389,7 +389,7 @@ def eval_oscd(
 ) -> None:
     """Run the default detector on OSCD; print per-city and pooled precision/recall/F1."""
     from changedet.config import load_config
-    from changedet.oscd import evaluate
+    from changedet.lab.oscd import evaluate
 
     with _errors(debug):
         if not Path(root).is_dir():

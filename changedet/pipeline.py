@@ -61,10 +61,10 @@ class PipelineIO:
 
     @classmethod
     def default(cls) -> PipelineIO:
-        from changedet.mosaic import read_stack
-        from changedet.outputs import write_run_outputs
-        from changedet.probe import probe_details
-        from changedet.search import search_scenes
+        from changedet.catalog.search import search_scenes
+        from changedet.outputs.write import write_run_outputs
+        from changedet.read.probe import probe_details
+        from changedet.read.stack import read_stack
 
         return cls(
             search=search_scenes, read=read_stack, probe=probe_details, write=write_run_outputs
@@ -244,7 +244,7 @@ def _crop_to_footprints(grid: Grid, aoi: AOI, scenes: tuple[Scene, ...]) -> Grid
 
 def periods_for(config: Config) -> list[Period]:
     """The composite periods of the configured time range (ConfigError when too few)."""
-    from changedet.periods import make_periods
+    from changedet.core.periods import make_periods
 
     periods = make_periods(config.time.start, config.time.end, config.time.period)
     needed = config.time.baseline_periods + 1
@@ -299,13 +299,13 @@ def analyse_stack(
     """Period composites → baseline (the first clear-enough periods) → change of each later period
     against it → objects of new structures → ledger → berms. `inside` is the AOI mask on the stack
     grid."""
-    from changedet.berms import berm_evidence, extract_berms, link_berms, ring_test
-    from changedet.change import COREG_BANDS, detect_change, split_change
-    from changedet.composite import composite
-    from changedet.coreg import coregister_dates
-    from changedet.objects import extract_objects
-    from changedet.periods import baseline_indices
-    from changedet.track import PeriodObservation, build_ledger
+    from changedet.core.berms import berm_evidence, extract_berms, link_berms, ring_test
+    from changedet.core.change import COREG_BANDS, detect_change, split_change
+    from changedet.core.composite import composite
+    from changedet.core.coreg import coregister_dates
+    from changedet.core.objects import extract_objects
+    from changedet.core.periods import baseline_indices
+    from changedet.core.track import PeriodObservation, build_ledger
 
     timer = timer or _Timer()
     cc = config.change

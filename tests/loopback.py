@@ -535,8 +535,8 @@ def stac_api(root: Path, items: Sequence[dict[str, Any]]) -> Iterator[RustacServ
 
 def local_scene(synth: SynthScene, root: Path, *, asset_keys: Any = None) -> Any:
     """The changedet Scene of a synthetic item written under `root` (relative hrefs)."""
+    from changedet.catalog.items import scene_from_item
     from changedet.config import EARTH_SEARCH_ASSETS
-    from changedet.stac_items import scene_from_item
 
     return scene_from_item(
         synth.item,

@@ -7,11 +7,11 @@ from datetime import date
 import numpy as np
 import pytest
 
-from changedet.berms import berm_evidence, bsi, extract_berms, link_berms, ring_test
 from changedet.config import BermConfig
+from changedet.core.berms import berm_evidence, bsi, extract_berms, link_berms, ring_test
+from changedet.core.track import footprint_geometry
 from changedet.errors import DataError
 from changedet.models import Composite, Grid, Period, Structure
-from changedet.track import footprint_geometry
 
 GRID = Grid.from_origin("EPSG:32639", 600_000.0, 3_950_000.0, 10.0, 80, 80)
 BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")

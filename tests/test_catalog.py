@@ -13,12 +13,12 @@ import pytest
 from loopback import RangeServer
 from shapely.geometry import box, mapping
 
+from changedet.catalog.items import harmonising_offset, scene_from_item
+from changedet.catalog.search import search_scenes
 from changedet.config import EARTH_SEARCH_ASSETS, PLANETARY_COMPUTER_ASSETS, CatalogConfig
 from changedet.errors import CatalogError, NoScenesError, UnsafeHrefError
 from changedet.hrefs import check_href, public_href
 from changedet.models import AOI
-from changedet.search import search_scenes
-from changedet.stac_items import harmonising_offset, scene_from_item
 
 DATA = Path(__file__).parent / "data" / "stac"
 BANDS = ["red", "nir", "swir16"]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from changedet.change import decide, detect_change, robust_z, split_change
 from changedet.config import ChangeConfig
+from changedet.core.change import decide, detect_change, robust_z, split_change
+from changedet.core.objects import extract_objects
 from changedet.models import Composite, Grid, Period
-from changedet.objects import extract_objects
 
 L2A = ("blue", "green", "red", "nir", "swir16", "swir22")
 GRID = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 160, 150)

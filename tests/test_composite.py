@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 
 import numpy as np
 
-from changedet.composite import composite, median_composite
+from changedet.core.composite import composite, median_composite
 from changedet.models import Grid, Period, Stack
 
 GRID = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 4, 3)

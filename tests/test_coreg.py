@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from changedet.coreg import apply_shift, measure_shift
+from changedet.core.coreg import apply_shift, measure_shift
 
 
 def _texture(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -65,7 +65,7 @@ def test_apply_shift_spreads_nan_to_the_pixels_that_draw_on_it() -> None:
 def test_dates_of_a_stack_are_lined_up_with_their_median() -> None:
     from datetime import UTC, datetime
 
-    from changedet.coreg import coregister_dates
+    from changedet.core.coreg import coregister_dates
     from changedet.models import Grid, Stack
 
     planted = [(0.0, 0.0), (0.6, -0.3), (-0.4, 0.5), (0.1, 0.1), (0.0, 0.0)]

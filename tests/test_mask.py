@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from changedet.config import MaskConfig
-from changedet.mask import keep_persistent_bright, persistent_from_counts, scl_clear, scl_cloudy
+from changedet.core.mask import (
+    keep_persistent_bright,
+    persistent_from_counts,
+    scl_clear,
+    scl_cloudy,
+)
 
 INVALID = MaskConfig().scl_invalid  # 0, 1, 3, 8, 9, 10, 11
 

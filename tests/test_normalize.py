@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from changedet.normalize import relative_normalize
+from changedet.core.normalize import relative_normalize
 
 
 def _scene(seed: int = 0) -> np.ndarray:
@@ -48,7 +48,7 @@ def test_nan_pixels_stay_nan_and_are_not_fitted() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fast_median_equals_numpy_median_exactly(dtype: type) -> None:
-    from changedet.normalize import fast_median
+    from changedet.core.normalize import fast_median
 
     rng = np.random.default_rng(5)
     rows = [

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from changedet.config import ChangeConfig
+from changedet.core.objects import extract_objects, label_objects
 from changedet.models import ChangeMap, Grid
-from changedet.objects import extract_objects, label_objects
 
 UTM = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 60, 50)
 

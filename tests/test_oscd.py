@@ -10,7 +10,7 @@ import pytest
 
 from changedet.config import ChangeConfig
 from changedet.errors import DataError
-from changedet.oscd import (
+from changedet.lab.oscd import (
     OSCD_BANDS,
     city_composites,
     evaluate,

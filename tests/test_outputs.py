@@ -21,7 +21,6 @@ from shapely.geometry import LineString, Polygon, box, shape
 
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
-from changedet.manifest import run_manifest
 from changedet.models import (
     AOI,
     Berm,
@@ -35,8 +34,13 @@ from changedet.models import (
     SkippedScene,
     Structure,
 )
-from changedet.outputs import GPKG_LAYERS, write_run_outputs
-from changedet.vectors import BERM_PROPERTIES, STRUCTURE_PROPERTIES, structures_feature_collection
+from changedet.outputs.manifest import run_manifest
+from changedet.outputs.vectors import (
+    BERM_PROPERTIES,
+    STRUCTURE_PROPERTIES,
+    structures_feature_collection,
+)
+from changedet.outputs.write import GPKG_LAYERS, write_run_outputs
 
 BANDS = ("blue", "green", "red", "nir")
 H, W = 100, 120
@@ -597,7 +601,7 @@ def test_failure_midway_leaves_no_folder(
         assert (kwargs.get("manifest") is not None) and any(tmp_path.glob(".aoi.*/changedet.gpkg"))
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("changedet.outputs.write_report_files", boom)
+    monkeypatch.setattr("changedet.outputs.write.write_report_files", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_run_outputs(run_result, tmp_path / "aoi", config=OutputConfig())
     assert list(tmp_path.iterdir()) == []

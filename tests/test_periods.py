@@ -7,9 +7,9 @@ from datetime import date
 
 import pytest
 
+from changedet.core.periods import baseline_indices, make_periods
 from changedet.errors import ConfigError, NoScenesError
 from changedet.models import Period
-from changedet.periods import baseline_indices, make_periods
 
 
 def test_months_are_calendar_aligned_and_clipped() -> None:

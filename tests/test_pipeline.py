@@ -11,9 +11,9 @@ import pytest
 
 from changedet.aoi import aoi_mask, grid_for, load_aois
 from changedet.config import load_config
+from changedet.core.periods import make_periods
 from changedet.errors import OutputError
 from changedet.models import Stack
-from changedet.periods import make_periods
 from changedet.pipeline import PipelineIO, analyse_stack, run_aoi, safe_out_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_per_date_shifts_match_the_planted_misregistration(
 ) -> None:
     import json
 
-    from changedet.coreg import coregister_dates
+    from changedet.core.coreg import coregister_dates
 
     stack, _ = khojir_stack
     _, shifts = coregister_dates(stack, band="red", threshold_px=0.25)

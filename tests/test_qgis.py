@@ -18,8 +18,8 @@ from test_outputs import build_run_result
 
 from changedet.config import OutputConfig
 from changedet.models import RunResult
-from changedet.outputs import GPKG_LAYERS, write_run_outputs
-from changedet.report import first_seen_classes
+from changedet.outputs.report import first_seen_classes
+from changedet.outputs.write import GPKG_LAYERS, write_run_outputs
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

@@ -22,8 +22,8 @@ from rasterio.warp import Resampling, reproject
 from changedet.config import MaskConfig, ReadConfig
 from changedet.errors import ConfigError, NoScenesError, ReadError
 from changedet.models import Grid
-from changedet.mosaic import read_stack
-from changedet.probe import probe_details
+from changedet.read.probe import probe_details
+from changedet.read.stack import read_stack
 
 BANDS = ("red", "nir", "swir16")
 # A 100 x 100 px grid 400 m inside the tile: 10 m and 20 m aligned.

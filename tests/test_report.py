@@ -29,8 +29,8 @@ from test_outputs import HALL, build_run_result
 
 from changedet.config import OutputConfig
 from changedet.models import RunResult
-from changedet.outputs import write_run_outputs
-from changedet.report import REPORT_CSP, chip_image, shared_stretch
+from changedet.outputs.report import REPORT_CSP, chip_image, shared_stretch
+from changedet.outputs.write import write_run_outputs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

@@ -15,15 +15,14 @@ from shapely.geometry import box
 
 from changedet.aoi import grid_for, load_aois
 from changedet.errors import OutputError
-from changedet.models import AOI
-from changedet.synth import (
+from changedet.lab.sample import (
     PRESETS,
     mgrs_tile,
     rebase_items,
     sample_scene,
     write_sample,
 )
-from changedet.synth_scene import (
+from changedet.lab.scene import (
     PAD,
     AcquisitionPlan,
     SynthScene,
@@ -35,6 +34,7 @@ from changedet.synth_scene import (
     sun_position,
     to_dn,
 )
+from changedet.models import AOI
 
 FLAT = (1.0,) * 6
 ZERO = (0.0,) * 6
@@ -380,7 +380,7 @@ def test_cog_reflectance_and_truth_match_the_scene(written) -> None:  # type: ig
 def test_committed_sample_matches_its_brief(aoi_id: str, minimum: int, repo: Path) -> None:
     folder = repo / "sample_tiles" / aoi_id
     if not (folder / "truth.geojson").is_file():
-        pytest.skip("sample_tiles not generated; run `python -m changedet.synth`")
+        pytest.skip("sample_tiles not generated; run `python -m changedet.lab.sample`")
     total = sum(p.stat().st_size for p in (repo / "sample_tiles").rglob("*") if p.is_file())
     assert total <= 15 * 1024 * 1024
     truth = json.loads((folder / "truth.geojson").read_text())

@@ -11,8 +11,8 @@ import pytest
 import shapely
 
 from changedet.aoi import grid_for, load_aois
-from changedet.models import Grid, Structure
-from changedet.synth_oscd import (
+from changedet.core.track import footprint_geometry
+from changedet.lab.series import (
     TruthRegion,
     acquisition_dn,
     load_truth,
@@ -23,14 +23,14 @@ from changedet.synth_oscd import (
     truth_labels,
     write_oscd_series,
 )
-from changedet.track import footprint_geometry
+from changedet.models import Grid, Structure
 
 CITY = "paris"  # the smallest labelled city
 
 
 @pytest.fixture(scope="module")
 def city(oscd_root: Path):  # type: ignore[no-untyped-def]
-    from changedet.oscd import load_city
+    from changedet.lab.oscd import load_city
 
     return load_city(oscd_root, CITY, with_label=True)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from changedet.config import load_config
-from changedet.oscd import load_city
-from changedet.synth_oscd import (
+from changedet.lab.oscd import load_city
+from changedet.lab.series import (
     SeriesScore,
     detect_series,
     make_oscd_series,

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from changedet.config import TrackConfig
-from changedet.models import ChangeObject, Grid
-from changedet.periods import make_periods
-from changedet.track import (
+from changedet.core.periods import make_periods
+from changedet.core.track import (
     PeriodObservation,
     build_ledger,
     counts_rows,
     footprint_geometry,
     rasterize_objects,
 )
+from changedet.models import ChangeObject, Grid
 
 GRID = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 40, 40)
 PERIODS = make_periods(date(2023, 1, 1), date(2023, 10, 31), "month")  # 10 months

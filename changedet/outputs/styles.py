@@ -1,7 +1,7 @@
 """QGIS styles of the vector outputs: QML documents and the GeoPackage `layer_styles` table.
 
 One responsibility: make QGIS open every output styled. `layer_style_qml` gives the style of one
-layer from the templates in `changedet/styles/`; for `structures` it builds one category per
+layer from the templates in `changedet/outputs/qml/`; for `structures` it builds one category per
 first-seen date of the run, in the same colours as the report. `embed_styles` writes those
 styles into a GeoPackage's `layer_styles` table (the convention QGIS itself uses), registered
 so the file stays a valid GeoPackage. `outputs` writes the `.qml` sidecars and calls
@@ -21,13 +21,13 @@ from pathlib import Path
 from changedet import __version__
 from changedet.errors import OutputError
 from changedet.models import RunResult
-from changedet.report import UNKNOWN_COLOUR, first_seen_classes
+from changedet.outputs.report import UNKNOWN_COLOUR, first_seen_classes
 
 __all__ = ["embed_styles", "layer_style_qml"]
 
 
 def _style_template(layer: str) -> str:
-    return resources.files("changedet").joinpath("styles", f"{layer}.qml").read_text("utf-8")
+    return resources.files("changedet.outputs").joinpath("qml", f"{layer}.qml").read_text("utf-8")
 
 
 def _rgba(colour: Sequence[float], alpha: int) -> str:
@@ -37,7 +37,7 @@ def _rgba(colour: Sequence[float], alpha: int) -> str:
 
 def layer_style_qml(layer: str, result: RunResult | None = None) -> str:
     """The QGIS style of one layer. For `structures` one category per first-seen date of `result`
-    (same colours as the report), built from the `styles/structures.qml` template."""
+    (same colours as the report), built from the `qml/structures.qml` template."""
     text = _style_template(layer)
     if layer != "structures" or result is None:
         return text
@@ -46,7 +46,7 @@ def layer_style_qml(layer: str, result: RunResult | None = None) -> str:
     categories = renderer.find("categories") if renderer is not None else None
     symbols = renderer.find("symbols") if renderer is not None else None
     if categories is None or symbols is None:  # pragma: no cover - the template is ours
-        raise OutputError("styles/structures.qml lost its categories; reinstall changedet")
+        raise OutputError("qml/structures.qml lost its categories; reinstall changedet")
     template = symbols.find("symbol")
     assert template is not None
     for child in list(categories):

@@ -21,7 +21,7 @@ import numpy as np
 
 from changedet.config import OutputConfig
 from changedet.models import Composite, Grid, Progress, RunResult, Structure, no_progress
-from changedet.vectors import from_wgs84
+from changedet.outputs.vectors import from_wgs84
 
 __all__ = [
     "QUICKLOOK_MAX_PX",
@@ -622,7 +622,7 @@ def _describe(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Orchestration (called by changedet.outputs.write_run_outputs inside its temporary folder)
+# Orchestration (called by changedet.outputs.write.write_run_outputs inside its temporary folder)
 
 
 def write_report_files(

@@ -25,11 +25,11 @@ from urllib.parse import unquote, urlsplit
 
 from shapely.geometry import mapping
 
+from changedet.catalog.items import self_href
 from changedet.config import CatalogConfig
 from changedet.errors import CatalogError, UnsafeHrefError
 from changedet.hrefs import check_href, href_scheme, is_remote, public_href, redact
 from changedet.models import AOI, Progress
-from changedet.stac_items import self_href
 
 __all__ = [
     "FoundItems",

@@ -144,7 +144,7 @@ def coregister_dates(
     measure); shifts above `threshold_px` are corrected (bilinear, all bands; pixels that draw on
     masked ones become masked). Returns the aligned stack and the measured shifts.
     """
-    from changedet.composite import median_composite
+    from changedet.core.composite import median_composite
 
     refs = list(range(len(stack.times))) if reference_dates is None else list(reference_dates)
     if len(stack.times) < 2 or not refs:

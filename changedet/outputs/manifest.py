@@ -23,7 +23,7 @@ from shapely.geometry.base import BaseGeometry
 
 from changedet import __version__
 from changedet.models import RunResult
-from changedet.vectors import (
+from changedet.outputs.vectors import (
     GEOJSON_DECIMALS,
     finite_round,
     from_wgs84,

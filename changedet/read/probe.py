@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from changedet.config import MaskConfig, ReadConfig
+from changedet.core.mask import persistent_from_counts, scl_clear, scl_cloudy
 from changedet.hrefs import install_log_redaction
-from changedet.mask import persistent_from_counts, scl_clear, scl_cloudy
 from changedet.models import Grid, Progress, Scene, no_progress
-from changedet.read import AssetRead, ReadPipeline, check_read_inputs
+from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs
 
 __all__ = [
     "Probe",

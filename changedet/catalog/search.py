@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 
-from changedet.catalog import fetch_items, href_signer
+from changedet.catalog.fetch import fetch_items, href_signer
+from changedet.catalog.items import dedupe_scenes, offset_rule, scene_from_item
 from changedet.config import CatalogConfig
 from changedet.errors import CatalogError, ConfigError, NoScenesError, UnsafeHrefError
 from changedet.hrefs import install_log_redaction, public_href
 from changedet.models import AOI, Progress, Scene, SkippedScene, no_progress
-from changedet.stac_items import dedupe_scenes, offset_rule, scene_from_item
 
 __all__ = ["SearchResult", "search_scenes"]
 

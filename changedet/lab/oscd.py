@@ -268,7 +268,7 @@ def city_composites(city: OSCDCity) -> tuple[Composite, Composite]:
 
 def predict_city(city: OSCDCity, config: ChangeConfig) -> ChangeMap:
     """Run the detector on one city with `config`. The city's label is not looked at."""
-    from changedet.change import detect_change
+    from changedet.core.change import detect_change
 
     unlabelled = OSCDCity(
         city.name, city.grid, city.bands, city.before, city.after, None, city.dates
@@ -316,7 +316,7 @@ def evaluate(
     `load_city(..., with_label=False)`; labels are read afterwards, only for scoring.
     Pooled scores sum the confusion counts over the labelled cities.
     """
-    from changedet.fsio import write_cog
+    from changedet.outputs.fsio import write_cog
 
     known = list_cities(root)
     names = list(cities) if cities else known

@@ -35,7 +35,7 @@ from changedet.config import ReadConfig
 from changedet.errors import ConfigError, ReadError, UnsafeHrefError
 from changedet.hrefs import public_href, redact
 from changedet.models import Grid, Scene
-from changedet.read_cache import PixelCache
+from changedet.read.cache import PixelCache
 
 __all__ = [
     "AssetRead",

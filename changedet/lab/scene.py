@@ -1,4 +1,4 @@
-"""The pure scene model behind `changedet.synth`: seeded numpy arrays, no I/O.
+"""The pure scene model behind `changedet.lab.sample`: seeded numpy arrays, no I/O.
 
 A synthetic Sentinel-2 L2A-like time series of an arid hill site with compounds, roads, seasonal
 valley vegetation, pre-existing buildings and NEW structures (many with earth berms) that appear at
@@ -488,7 +488,7 @@ def build_scene(
     in_compound = np.zeros((Hc, Wc))
     for cy, cx, hy, hx, ang in compounds:
         _paste(in_compound, *coverage_rect((cy, cx), (hx, hy), ang, ss=1))
-    from scipy import ndimage  # local: keep `import changedet.synth_scene` light
+    from scipy import ndimage  # local: keep `import changedet.lab.scene` light
 
     graded = ndimage.gaussian_filter(in_compound, 3.0)
     level = ndimage.gaussian_filter(dem, 25.0)

@@ -235,7 +235,7 @@ def _regions(label: np.ndarray, min_px: int) -> tuple[np.ndarray, int]:
 
 
 def _region_geometry(mask: np.ndarray, grid: Grid) -> Any:
-    from changedet.track import footprint_geometry
+    from changedet.core.track import footprint_geometry
 
     return footprint_geometry(mask, grid)
 
@@ -334,7 +334,7 @@ def make_oscd_series(
 
 
 def _block_mean(a: np.ndarray, factor: int = 2) -> np.ndarray:
-    from changedet.synth_scene import block_mean
+    from changedet.lab.scene import block_mean
 
     return np.asarray(block_mean(a, factor))
 
@@ -342,7 +342,7 @@ def _block_mean(a: np.ndarray, factor: int = 2) -> np.ndarray:
 def render_acquisition(series: OSCDSeries, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Acquisition `t` as (reflectance (B, H, W) float32 NaN = no data, scl (H/2, W/2) uint8 at
     20 m, cloud alpha (H, W) float32). Deterministic in (series seed, t)."""
-    from changedet.synth_scene import fractal_noise
+    from changedet.lab.scene import fractal_noise
 
     acq = series.acquisitions[t]
     rng = np.random.default_rng([series.seed, 1000 + t])
@@ -498,8 +498,8 @@ def write_oscd_series(
     atomically): COGs, a static STAC catalog with Earth Search keys, truth.geojson, aoi.geojson."""
     import pystac
 
-    from changedet.fsio import atomic_dir, write_cog, write_json
-    from changedet.oscd import load_city
+    from changedet.lab.oscd import load_city
+    from changedet.outputs.fsio import atomic_dir, write_cog, write_json
 
     data = load_city(Path(root), city, with_label=True)
     series = make_oscd_series(
@@ -768,7 +768,7 @@ def detect_series(
     n_months: use only the first n months (to test that extending a run keeps ids).
     """
     from changedet.config import Config
-    from changedet.periods import make_periods
+    from changedet.core.periods import make_periods
     from changedet.pipeline import analyse_stack
 
     cfg: Config = config if config is not None else Config()

@@ -30,9 +30,9 @@ from scipy import ndimage
 from shapely.ops import linemerge
 
 from changedet.config import BermConfig
+from changedet.core.track import rasterize_objects
 from changedet.errors import DataError
 from changedet.models import Berm, Composite, Grid, Structure
-from changedet.track import rasterize_objects
 
 __all__ = [
     "berm_evidence",

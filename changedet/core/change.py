@@ -30,10 +30,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from changedet.config import ChangeConfig
-from changedet.coreg import apply_shift, measure_shift
+from changedet.core.coreg import apply_shift, measure_shift
+from changedet.core.normalize import fast_median, relative_normalize
 from changedet.errors import DataError
 from changedet.models import ChangeMap, Composite
-from changedet.normalize import fast_median, relative_normalize
 
 __all__ = [
     "COREG_BANDS",

@@ -5,8 +5,8 @@ builds everything in a temporary folder beside out/<aoi_id>/ that replaces it on
 complete: GeoJSON (RFC 7946, content from `vectors`) with a QGIS `.qml` sidecar of the same name
 (`gpkg_styles`), so QGIS opens each file styled; one GeoPackage (`changedet.gpkg`, layers in the
 run's UTM grid CRS so areas and lengths read in metres) with the same styles embedded; COGs of
-the change evidence (via `changedet.fsio.write_cog`); `counts.csv`; the PNG quicklooks, evidence
-chips and `report.html` (drawn by `changedet.report`); and last `run.json` (`manifest`).
+the change evidence (via `changedet.outputs.fsio.write_cog`); `counts.csv`; the PNG quicklooks, evidence
+chips and `report.html` (drawn by `changedet.outputs.report`); and last `run.json` (`manifest`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from shapely.geometry.base import BaseGeometry
 
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
-from changedet.fsio import atomic_dir, write_cog, write_json, write_text
-from changedet.gpkg_styles import embed_styles, layer_style_qml
-from changedet.manifest import run_manifest
 from changedet.models import Progress, RunResult, no_progress
-from changedet.report import write_report_files
-from changedet.vectors import (
+from changedet.outputs.fsio import atomic_dir, write_cog, write_json, write_text
+from changedet.outputs.manifest import run_manifest
+from changedet.outputs.report import write_report_files
+from changedet.outputs.styles import embed_styles, layer_style_qml
+from changedet.outputs.vectors import (
     BERM_PROPERTIES,
     CHANGE_AREA_PROPERTIES,
     SCENE_PROPERTIES,

@@ -21,8 +21,8 @@ from changedet.config import MaskConfig, ReadConfig
 from changedet.errors import NoScenesError, ReadError
 from changedet.hrefs import install_log_redaction
 from changedet.models import Asset, Grid, Progress, Scene, SkippedScene, Stack, no_progress
-from changedet.probe import Probe, probe_and_select, selection_reason
-from changedet.read import AssetRead, ReadPipeline, check_read_inputs, network_bytes
+from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs, network_bytes
+from changedet.read.probe import Probe, probe_and_select, selection_reason
 
 __all__ = ["ReadResult", "read_stack"]
 
