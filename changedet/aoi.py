@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from shapely.geometry import MultiPolygon, Polygon, mapping
 
 from changedet.config import AOIConfig
 from changedet.errors import AOIError
-from changedet.models import AOI, Grid
+from changedet.models import AOI, Grid, Scene
 
 __all__ = [
     "aoi_mask",
     "area_km2",
+    "crop_to_footprints",
     "grid_for",
     "load_aois",
     "reproject_geometry",
@@ -188,3 +190,23 @@ def aoi_mask(aoi: AOI, grid: Grid) -> np.ndarray:
         [(mapping(geom), 1)], out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8"
     )
     return out.astype(bool)
+
+
+def crop_to_footprints(grid: Grid, aoi: AOI, scenes: Sequence[Scene]) -> Grid:
+    """Shrink the AOI grid to where scenes have data (keeps the pixel lattice)."""
+    footprints = [s.footprint for s in scenes if s.footprint is not None]
+    if not footprints or len(footprints) != len(scenes):
+        return grid
+    covered = shapely.union_all(footprints).intersection(aoi.geometry)
+    if covered.is_empty:
+        return grid
+    xmin, ymin, xmax, ymax = to_grid_crs(covered, grid.crs).bounds
+    gx0, _, _, gy1 = grid.bounds
+    res = grid.res
+    col0 = max(0, math.floor((xmin - gx0) / res))
+    col1 = min(grid.width, math.ceil((xmax - gx0) / res))
+    row0 = max(0, math.floor((gy1 - ymax) / res))
+    row1 = min(grid.height, math.ceil((gy1 - ymin) / res))
+    if col1 <= col0 or row1 <= row0:
+        return grid
+    return grid.window(row0, col0, row1 - row0, col1 - col0)

@@ -108,6 +108,9 @@ class TimeConfig:
     end: date = date(2024, 6, 30)  # inclusive
     period: str = "month"  # composite period length for time-series mode: "month" | "quarter"
     baseline_periods: int = 2  # the first N periods form the "before" baseline
+    baseline_min_clear: float = (
+        0.5  # a period joins the baseline when this share of the AOI is clear
+    )
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,9 @@ class TrackConfig:
     new_part_fraction: float = (
         0.5  # new pixels beside a known structure form a new one above this share
     )
+    # Pixels this close to a known structure grow it rather than start a new one: a 20 m rim, the
+    # width of a partly seen hall at 10 m.
+    growth_rim_px: int = 2
 
 
 @dataclass(frozen=True)

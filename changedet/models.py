@@ -28,9 +28,12 @@ __all__ = [
     "Grid",
     "Period",
     "PeriodCount",
+    "Probe",
     "Progress",
+    "ReadResult",
     "RunResult",
     "Scene",
+    "SearchResult",
     "SkippedScene",
     "Stack",
     "Structure",
@@ -173,6 +176,28 @@ class SkippedScene:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """What the SCL window says about one scene inside the AOI."""
+
+    scene_id: str
+    clear_fraction: float  # clear AOI pixels / AOI pixels the scene covers with data (NaN unknown)
+    coverage: float  # AOI pixels with data / AOI pixels (NaN unknown)
+    has_scl: bool
+    skip_reason: str | None = None  # why the scene is not used (None: it is used)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a catalog search found: usable scenes and everything left out, with why."""
+
+    scenes: tuple[Scene, ...]  # de-duplicated, sorted by (datetime, id)
+    dropped: tuple[SkippedScene, ...]  # duplicates, cloud filter, missing assets, unsafe hrefs...
+    source: str  # catalog URL / path with any token stripped
+    notes: tuple[str, ...] = ()  # e.g. "cloud filter applied client-side: ..."
+    items_seen: int = 0  # items the catalog returned for the AOI and dates, before any filter
+
+
+@dataclass(frozen=True)
 class Stack:
     """A masked, harmonised time series on one grid.
 
@@ -191,6 +216,20 @@ class Stack:
     def band(self, name: str) -> np.ndarray:
         """(T, H, W) view of one band."""
         return self.reflectance[:, self.bands.index(name)]
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """A masked, harmonised stack and the record of how it was made."""
+
+    stack: Stack
+    skipped: tuple[SkippedScene, ...]
+    probes: Mapping[str, float]  # scene id -> AOI clear fraction (absent when not measurable)
+    bytes_fetched: int  # bytes downloaded over the network by this read (0 from cache/local)
+    coverage: Mapping[str, float] = field(default_factory=dict)  # scene id -> AOI share with data
+    notes: tuple[str, ...] = ()
+    cache_hits: int = 0
+    assets_read: int = 0
 
 
 @dataclass(frozen=True)
@@ -240,7 +279,8 @@ class ChangeMap:
     score: np.ndarray
     likelihood: np.ndarray
     mask: np.ndarray
-    threshold: float
+    threshold: float  # robust z that seeded the mask
+    low_threshold: float = 3.0  # robust z the seeded regions grew down to (hysteresis)
     indicators: Mapping[str, np.ndarray] = field(default_factory=dict)
     shift_px: tuple[float, float] = (0.0, 0.0)
     shift_corrected: bool = False

@@ -32,10 +32,10 @@ from loopback import (
 )
 
 from changedet.aoi import aoi_mask, grid_for
-from changedet.catalog.search import SearchResult, search_scenes
+from changedet.catalog.search import search_scenes
 from changedet.config import CatalogConfig, MaskConfig, ReadConfig
 from changedet.errors import CatalogError, ReadError, UnsafeHrefError
-from changedet.models import AOI, Grid, Scene
+from changedet.models import AOI, Grid, Scene, SearchResult
 from changedet.read.cog import clear_http_cache
 from changedet.read.stack import read_stack
 

@@ -12,9 +12,10 @@ import pytest
 from changedet.aoi import aoi_mask, grid_for, load_aois
 from changedet.config import load_config
 from changedet.core.periods import make_periods
+from changedet.core.timeseries import analyse_stack
 from changedet.errors import OutputError
 from changedet.models import Stack
-from changedet.pipeline import PipelineIO, analyse_stack, run_aoi, safe_out_dir
+from changedet.pipeline import PipelineIO, run_aoi, safe_out_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,9 +36,9 @@ def khojir_stack() -> tuple[Stack, np.ndarray]:
     found = io.search(
         aoi, config.catalog, start=config.time.start, end=config.time.end, bands=config.read.bands
     )
-    from changedet.pipeline import _crop_to_footprints
+    from changedet.aoi import crop_to_footprints
 
-    grid = _crop_to_footprints(grid_for(aoi), aoi, found.scenes)
+    grid = crop_to_footprints(grid_for(aoi), aoi, found.scenes)
     inside = aoi_mask(aoi, grid)
     read = io.read(
         found.scenes,

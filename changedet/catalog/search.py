@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date
 
 from changedet.catalog.fetch import fetch_items, href_signer
@@ -22,20 +22,9 @@ from changedet.catalog.items import dedupe_scenes, offset_rule, scene_from_item
 from changedet.config import CatalogConfig
 from changedet.errors import CatalogError, ConfigError, NoScenesError, UnsafeHrefError
 from changedet.hrefs import install_log_redaction, public_href
-from changedet.models import AOI, Progress, Scene, SkippedScene, no_progress
+from changedet.models import AOI, Progress, Scene, SearchResult, SkippedScene, no_progress
 
-__all__ = ["SearchResult", "search_scenes"]
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """What a catalog search found: usable scenes and everything left out, with why."""
-
-    scenes: tuple[Scene, ...]  # de-duplicated, sorted by (datetime, id)
-    dropped: tuple[SkippedScene, ...]  # duplicates, cloud filter, missing assets, unsafe hrefs...
-    source: str  # catalog URL / path with any token stripped
-    notes: tuple[str, ...] = ()  # e.g. "cloud filter applied client-side: ..."
-    items_seen: int = 0  # items the catalog returned for the AOI and dates, before any filter
+__all__ = ["search_scenes"]
 
 
 def _signed(scene: Scene, sign: Callable[[str], str]) -> Scene:

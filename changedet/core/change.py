@@ -42,6 +42,7 @@ __all__ = [
     "cloud_and_shadow",
     "decide",
     "detect_change",
+    "detect_structures",
     "kmeans_classes",
     "robust_z",
     "smooth",
@@ -446,8 +447,17 @@ def _band_subset(reflectance: np.ndarray, index: list[int]) -> np.ndarray:
     return chosen.astype(np.float32, copy=False)
 
 
-def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> ChangeMap:
+def detect_change(
+    before: Composite,
+    after: Composite,
+    config: ChangeConfig,
+    *,
+    seed_threshold: float | None = None,
+) -> ChangeMap:
     """Change score, decided mask and evidence between two composites on one grid.
+
+    The mask seeds at `seed_threshold` (default `config.z_threshold`) and grows down to
+    `config.z_low`; both are recorded in the ChangeMap so later steps use the same values.
 
     Works with any band set containing some of DETECT_BANDS (L2A: blue, green, red, nir, swir16,
     swir22; OSCD L1C: all ten 10/20 m bands). NaN pixels in either composite get NaN score and no
@@ -463,6 +473,7 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
             f"detect_change: no detection band among {before.bands}; read some of {DETECT_BANDS}"
         )
     grid = before.grid
+    high = config.z_threshold if seed_threshold is None else seed_threshold
     b = _band_subset(before.reflectance, [before.bands.index(n) for n in bands])
     a = _band_subset(after.reflectance, [after.bands.index(n) for n in bands])
 
@@ -481,7 +492,8 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
             score=empty,
             likelihood=np.zeros(grid.shape, np.float32),
             mask=np.zeros(grid.shape, bool),
-            threshold=config.z_threshold,
+            threshold=high,
+            low_threshold=config.z_low,
             shift_px=shift,
             shift_corrected=corrected,
         )
@@ -550,7 +562,7 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
     min_pixels = max(1, int(np.ceil(config.min_area_m2 / grid.pixel_area_m2 - 1e-9)))
     mask = decide(
         score,
-        high=config.z_threshold,
+        high=high,
         low=config.z_low,
         min_pixels=min_pixels,
         fill=config.fill_holes,
@@ -575,7 +587,7 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
     # spectra, arid soils rise steeply from blue to SWIR. A new roof on soil flattens the
     # spectrum; graded soil, berms and cleared ground brighten it without flattening it.
     with np.errstate(invalid="ignore", over="ignore"):
-        changed = 1.0 / (1.0 + np.exp(-(score - config.z_threshold) / 2.0))
+        changed = 1.0 / (1.0 + np.exp(-(score - high) / 2.0))
         if "ndvi_loss" in indicators and ndvi_after is not None:
             not_vegetated = np.clip((0.5 - ndvi_after) / 0.3, 0.0, 1.0)
         else:
@@ -610,11 +622,26 @@ def detect_change(before: Composite, after: Composite, config: ChangeConfig) -> 
         score=score.astype(np.float32, copy=False),
         likelihood=likelihood,
         mask=mask,
-        threshold=config.z_threshold,
+        threshold=high,
+        low_threshold=config.z_low,
         indicators=indicators,
         shift_px=shift,
         shift_corrected=bool(corrected),
     )
+
+
+def detect_structures(
+    before: Composite, after: Composite, config: ChangeConfig, *, mode: str
+) -> ChangeMap:
+    """The change that the ledger tracks as new structures, in structure `mode`:
+    "any" non-vegetated change (seeded at `z_threshold`), or "roof-like" change only (seeded at
+    `roof_z_threshold`: the roof-like spectral test is a second line of evidence)."""
+    if mode == "any":
+        return detect_change(before, after, config)
+    if mode != "roof-like":
+        raise DataError(f"structure mode must be 'roof-like' or 'any', got '{mode}'")
+    change = detect_change(before, after, config, seed_threshold=config.roof_z_threshold)
+    return split_change(change, min_area_m2=config.min_area_m2)[0]
 
 
 def split_change(

@@ -78,12 +78,12 @@ def extract_objects(change: ChangeMap, config: ChangeConfig) -> list[ChangeObjec
 
     area_m2 = pixels x `grid.pixel_area_m2` (exact on UTM grids, approximate on geographic ones);
     confidence rises from 0 at the hysteresis low threshold to ~0.63 at the seed threshold and
-    towards 1 above it; likelihood is the mean "new structure" likelihood of the object.
+    towards 1 above it; likelihood is the mean "new structure" likelihood of the object. Both
+    thresholds are the ones the mask was cut with (`change.threshold`, `change.low_threshold`).
     """
     grid = change.grid
-    labels = label_objects(
-        change.mask, change.score, split=config.split_objects, seed_level=config.z_threshold
-    )
+    high, low = change.threshold, change.low_threshold
+    labels = label_objects(change.mask, change.score, split=config.split_objects, seed_level=high)
     n = int(labels.max())
     if n == 0:
         return []
@@ -93,7 +93,7 @@ def extract_objects(change: ChangeMap, config: ChangeConfig) -> list[ChangeObjec
     score = np.nan_to_num(change.score, nan=0.0)
     mean_score = ndi.mean(score, labels, index)
     mean_like = ndi.mean(np.nan_to_num(change.likelihood, nan=0.0), labels, index)
-    span = max(config.z_threshold - config.z_low, 1e-6)
+    span = max(high - low, 1e-6)
     boxes = ndi.find_objects(labels)
     objects: list[ChangeObject] = []
     for lab, n_px, ms, ml, box in zip(index, counts, mean_score, mean_like, boxes, strict=True):
@@ -105,7 +105,7 @@ def extract_objects(change: ChangeMap, config: ChangeConfig) -> list[ChangeObjec
             box[0].start, box[1].start, region.shape[0], region.shape[1]
         ).transform
         geom = _polygon(region, sub_transform)
-        confidence = float(1.0 - np.exp(-max(float(ms) - config.z_low, 0.0) / span))
+        confidence = float(1.0 - np.exp(-max(float(ms) - low, 0.0) / span))
         objects.append(
             ChangeObject(
                 label=int(lab),

@@ -11,7 +11,7 @@ Per period, in date order:
 - an object overlapping several tracks (a merge) marks all of them present; a track overlapping
   several objects (a split) is present once and remembers the number of pieces;
 - object pixels outside every track either grow the matched track or, when they form a part of at
-  least the minimum mapping unit (not counting a `GROWTH_RIM_PX` rim along the track) and
+  least the minimum mapping unit (not counting a `growth_rim_px` rim along the track) and
   `new_part_fraction` of the object, start a new track (a new building beside an old one);
   unmatched objects start new tracks;
 - a track not present but observed (>= `min_observed_fraction` of its pixels clear) is absent.
@@ -58,11 +58,6 @@ __all__ = [
     "footprint_geometry",
     "rasterize_objects",
 ]
-
-
-# Pixels this close to a known structure grow it rather than start a new one: a 20 m rim, the
-# width of a partly seen hall at 10 m.
-GROWTH_RIM_PX = 2
 
 
 @dataclass(frozen=True)
@@ -223,12 +218,12 @@ def _components(pix: np.ndarray, width: int) -> list[np.ndarray]:
 
 
 def _near(
-    pix: np.ndarray, owner: np.ndarray, tracks: np.ndarray, width: int, height: int
+    pix: np.ndarray, owner: np.ndarray, tracks: np.ndarray, width: int, height: int, rim: int
 ) -> np.ndarray:
-    """For flat pixel indices: is a pixel of one of `tracks` within GROWTH_RIM_PX (chessboard)?"""
+    """For flat pixel indices: is a pixel of one of `tracks` within `rim` pixels (chessboard)?"""
     rows, cols = np.divmod(pix, width)
     out = np.zeros(pix.size, dtype=bool)
-    steps = range(-GROWTH_RIM_PX, GROWTH_RIM_PX + 1)
+    steps = range(-rim, rim + 1)
     for dr in steps:
         for dc in steps:
             if dr == 0 and dc == 0:
@@ -305,7 +300,10 @@ def build_ledger(
             for comp in _components(free, grid.width):
                 # A rim around a known structure is that structure seen more fully (mixed edge
                 # pixels, a partial first sighting, construction growing), not a new neighbour.
-                core = comp[~_near(comp, owner, matched_ids, grid.width, grid.height)]
+                near = _near(
+                    comp, owner, matched_ids, grid.width, grid.height, config.growth_rim_px
+                )
+                core = comp[~near]
                 if core.size >= min_pixels and comp.size >= config.new_part_fraction * pix.size:
                     _new_track(tracks, open_tracks, owner, comp, k, obj)
                 else:

@@ -763,13 +763,13 @@ def detect_series(
     n_months: int | None = None,
     progress: Progress = no_progress,
 ) -> Any:
-    """Run the pipeline's time-series core (`pipeline.analyse_stack`) on an in-memory series,
-    bypassing catalog and COG reads. Returns the `pipeline.Analysis` (buildings and earthworks).
+    """Run the time-series core (`core.timeseries.analyse_stack`) on an in-memory series,
+    bypassing catalog and COG reads. Returns its `Analysis`.
     n_months: use only the first n months (to test that extending a run keeps ids).
     """
     from changedet.config import Config
     from changedet.core.periods import make_periods
-    from changedet.pipeline import analyse_stack
+    from changedet.core.timeseries import analyse_stack
 
     cfg: Config = config if config is not None else Config()
     end = (

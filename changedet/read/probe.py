@@ -21,27 +21,15 @@ import numpy as np
 from changedet.config import MaskConfig, ReadConfig
 from changedet.core.mask import persistent_from_counts, scl_clear, scl_cloudy
 from changedet.hrefs import install_log_redaction
-from changedet.models import Grid, Progress, Scene, no_progress
+from changedet.models import Grid, Probe, Progress, Scene, no_progress
 from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs
 
 __all__ = [
-    "Probe",
     "Probed",
     "probe_and_select",
     "probe_details",
     "selection_reason",
 ]
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What the SCL window says about one scene inside the AOI."""
-
-    scene_id: str
-    clear_fraction: float  # clear AOI pixels / AOI pixels the scene covers with data (NaN unknown)
-    coverage: float  # AOI pixels with data / AOI pixels (NaN unknown)
-    has_scl: bool
-    skip_reason: str | None = None  # why the scene is not used (None: it is used)
 
 
 @dataclass

@@ -11,8 +11,8 @@ then id). Everything left out is recorded with its reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 
 import numpy as np
@@ -20,25 +20,21 @@ import numpy as np
 from changedet.config import MaskConfig, ReadConfig
 from changedet.errors import NoScenesError, ReadError
 from changedet.hrefs import install_log_redaction
-from changedet.models import Asset, Grid, Progress, Scene, SkippedScene, Stack, no_progress
+from changedet.models import (
+    Asset,
+    Grid,
+    Probe,
+    Progress,
+    ReadResult,
+    Scene,
+    SkippedScene,
+    Stack,
+    no_progress,
+)
 from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs, network_bytes
-from changedet.read.probe import Probe, probe_and_select, selection_reason
+from changedet.read.probe import probe_and_select, selection_reason
 
-__all__ = ["ReadResult", "read_stack"]
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    """A masked, harmonised stack and the record of how it was made."""
-
-    stack: Stack
-    skipped: tuple[SkippedScene, ...]
-    probes: Mapping[str, float]  # scene id -> AOI clear fraction (absent when not measurable)
-    bytes_fetched: int  # bytes downloaded over the network by this read (0 from cache/local)
-    coverage: Mapping[str, float] = field(default_factory=dict)  # scene id -> AOI share with data
-    notes: tuple[str, ...] = ()
-    cache_hits: int = 0
-    assets_read: int = 0
+__all__ = ["read_stack"]
 
 
 def _harmonise_into(

@@ -1,0 +1,245 @@
+"""The time-series detector: a masked stack over periods → structures in a ledger, and berms.
+
+Steps (pure: arrays in, arrays out):
+1. `choose_baseline`: the first `time.baseline_periods` periods clear enough inside the AOI
+   (`time.baseline_min_clear`) form the baseline; later periods are compared with it;
+2. `coregister_dates` (core.coreg): every date lined up with the baseline dates' median, never
+   with later dates, so appending a period does not move what came before;
+3. composites: one per period, one for the baseline span and one "after" span of as many
+   periods as the baseline at the end;
+4. `observe_periods`: each later period's change against the baseline (`detect_structures`, in
+   the configured structure mode) → objects; baseline periods are "absent" evidence;
+5. the ledger (`build_ledger`) and, when enabled, berms around the new structures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from changedet.config import Config
+from changedet.core.berms import berm_evidence, extract_berms, link_berms, ring_test
+from changedet.core.change import COREG_BANDS, detect_change, detect_structures
+from changedet.core.composite import composite
+from changedet.core.coreg import coregister_dates
+from changedet.core.objects import extract_objects
+from changedet.core.periods import baseline_indices
+from changedet.core.track import Ledger, PeriodObservation, build_ledger
+from changedet.errors import NoScenesError
+from changedet.models import (
+    Berm,
+    ChangeMap,
+    Composite,
+    Period,
+    Progress,
+    Stack,
+    Structure,
+    no_progress,
+)
+
+__all__ = ["Analysis", "Baseline", "StageTimer", "analyse_stack", "choose_baseline", "span"]
+
+Shift = tuple[float, float] | None
+
+
+class StageTimer:
+    """Wall time per named stage, summed over repeated entries (`timings` is what run.json shows)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Which periods form the baseline, and the span they cover."""
+
+    indices: tuple[int, ...]  # into the run's periods
+    span: Period
+
+    @property
+    def last(self) -> int:
+        return max(self.indices)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the time-series core made of one stack (no I/O)."""
+
+    baseline: Composite
+    after: Composite
+    change: ChangeMap  # baseline against `after`, the overall picture
+    per_period: tuple[Composite, ...]
+    ledger: Ledger
+    structures: tuple[Structure, ...]  # the ledger's structures with berm flags set
+    berms: tuple[Berm, ...]
+    date_shifts: tuple[Shift, ...] = ()  # per stack date, before correction
+
+    @property
+    def footprints(self) -> np.ndarray:
+        """(H, W) int32: i + 1 where `structures[i]` stands, 0 elsewhere."""
+        return self.ledger.footprints
+
+
+def span(periods: Sequence[Period]) -> Period:
+    """One period covering `periods`, labelled by its first and last (e.g. '2024-05..2024-06')."""
+    first, last = periods[0], periods[-1]
+    label = first.label if first == last else f"{first.label}..{last.label}"
+    return Period(first.start, last.end, label)
+
+
+def _dates_in(stack: Stack, period: Period) -> list[int]:
+    return [i for i, t in enumerate(stack.times) if period.contains(t.date())]
+
+
+def choose_baseline(
+    stack: Stack, periods: Sequence[Period], *, inside: np.ndarray, config: Config
+) -> Baseline:
+    """The first periods clear enough inside the AOI (decided on masks alone).
+
+    Raises NoScenesError when no period is clear enough, or when the baseline would take every
+    period and leave none to compare.
+    """
+    min_obs = config.change.min_clear_obs
+    clear = [
+        float((stack.clear[_dates_in(stack, p)].sum(axis=0)[inside] >= min_obs).mean())
+        for p in periods
+    ]
+    chosen = baseline_indices(
+        periods,
+        clear,
+        baseline_periods=config.time.baseline_periods,
+        min_clear_fraction=config.time.baseline_min_clear,
+    )
+    last = max(chosen)
+    if last >= len(periods) - 1:
+        raise NoScenesError(
+            f"the baseline takes every period up to {periods[last].label}, leaving "
+            "none to compare; start the time range earlier or extend its end"
+        )
+    return Baseline(chosen, span(periods[min(chosen) : last + 1]))
+
+
+def _coregister(
+    stack: Stack, baseline: Baseline, config: Config
+) -> tuple[Stack, tuple[Shift, ...]]:
+    cc = config.change
+    band = next((b for b in COREG_BANDS if b in stack.bands), None)
+    if not cc.coregister or band is None:
+        return stack, ()
+    return coregister_dates(
+        stack,
+        band=band,
+        threshold_px=cc.coreg_threshold_px,
+        reference_dates=_dates_in(stack, baseline.span),
+    )
+
+
+def _observe_periods(
+    baseline_composite: Composite,
+    per_period: Sequence[Composite],
+    baseline: Baseline,
+    *,
+    inside: np.ndarray,
+    config: Config,
+    progress: Progress,
+) -> list[PeriodObservation]:
+    """Baseline periods as "absent" evidence, then each later period's objects of new structures."""
+    cc = config.change
+    observations = [
+        PeriodObservation(
+            period=comp.period,
+            objects=(),
+            observed=(comp.count >= cc.min_clear_obs) & inside,
+            scene_ids=comp.scene_ids,
+            baseline=True,
+        )
+        for comp in per_period[: baseline.last + 1]
+    ]
+    monitored = per_period[baseline.last + 1 :]
+    for i, comp in enumerate(monitored):
+        progress("change per period", i, len(monitored))
+        cmap = detect_structures(baseline_composite, comp, cc, mode=cc.structures)
+        observed = np.isfinite(cmap.score) & inside
+        objects = extract_objects(cmap, cc) if observed.any() else []
+        observations.append(
+            PeriodObservation(
+                period=comp.period,
+                objects=tuple(objects),
+                observed=observed,
+                scene_ids=comp.scene_ids,
+            )
+        )
+    progress("change per period", len(monitored), len(monitored))
+    return observations
+
+
+def _with_berms(
+    ledger: Ledger, baseline: Composite, after: Composite, config: Config
+) -> tuple[tuple[Structure, ...], tuple[Berm, ...]]:
+    """The ledger's structures with their berm flags, and the berm lines."""
+    if not config.berms.enabled:
+        return ledger.structures, ()
+    # New roofs' own edges look like ridges: keep them out of the berm evidence.
+    evidence = berm_evidence(baseline, after, exclude=ledger.footprints > 0)
+    grid = baseline.grid
+    structures = tuple(
+        ring_test(ledger.structures, evidence, grid, config.berms, footprints=ledger.footprints)
+    )
+    berms = tuple(link_berms(extract_berms(evidence, grid, config.berms), structures, config.berms))
+    return structures, berms
+
+
+def analyse_stack(
+    stack: Stack,
+    *,
+    inside: np.ndarray,
+    periods: list[Period],
+    config: Config,
+    id_prefix: str,
+    progress: Progress = no_progress,
+    timer: StageTimer | None = None,
+) -> Analysis:
+    """Period composites → baseline → change of each later period against it → objects of new
+    structures → ledger → berms. `inside` is the AOI mask on the stack grid."""
+    timer = timer or StageTimer()
+    cc = config.change
+    baseline = choose_baseline(stack, periods, inside=inside, config=config)
+    with timer("coregister"):
+        stack, date_shifts = _coregister(stack, baseline, config)
+    with timer("composite"):
+        per_period = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods]
+        before = composite(stack, baseline.span, min_clear_obs=cc.min_clear_obs)
+        after_span = span(periods[-len(baseline.indices) :])
+        after = composite(stack, after_span, min_clear_obs=cc.min_clear_obs)
+        progress("composite", 1, 1)
+    with timer("change"):
+        observations = _observe_periods(
+            before, per_period, baseline, inside=inside, config=config, progress=progress
+        )
+        change = detect_change(before, after, cc)
+    with timer("track"):
+        ledger = build_ledger(
+            observations,
+            grid=stack.grid,
+            config=config.track,
+            id_prefix=id_prefix,
+            min_area_m2=cc.min_area_m2,
+            aoi_mask=inside,
+        )
+    with timer("berms"):
+        structures, berms = _with_berms(ledger, before, after, config)
+    return Analysis(
+        before, after, change, tuple(per_period), ledger, structures, berms, date_shifts
+    )
