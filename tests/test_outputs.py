@@ -8,7 +8,8 @@ import json
 import math
 import sqlite3
 import xml.etree.ElementTree as ET
-from datetime import UTC, date, datetime
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +18,15 @@ import pyogrio
 import pytest
 import shapely
 from pyproj import Transformer
-from shapely.geometry import LineString, Polygon, box, shape
+from shapely.geometry import shape
 
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
 from changedet.models import (
-    AOI,
-    Berm,
     ChangeMap,
     Composite,
     Grid,
-    Period,
-    PeriodCount,
     RunResult,
-    Scene,
-    SkippedScene,
-    Structure,
 )
 from changedet.outputs.manifest import run_manifest
 from changedet.outputs.vectors import (
@@ -42,12 +36,6 @@ from changedet.outputs.vectors import (
 )
 from changedet.outputs.write import GPKG_LAYERS, write_run_outputs
 
-BANDS = ("blue", "green", "red", "nir")
-H, W = 100, 120
-# Pixel (row, col) boxes of the synthetic structures: (r0, c0, r1, c1), end exclusive.
-HALL = (40, 30, 42, 34)  # 20 x 40 m hall: 8 px
-DEPOT = (20, 70, 26, 80)  # 60 x 100 m, bermed
-SHED = (70, 90, 73, 93)  # 30 x 30 m, unconfirmed
 EXPECTED_FILES = {
     "structures.geojson",
     "structures.qml",
@@ -73,184 +61,9 @@ def reproject(geom: Any, src: str, dst: str) -> Any:
     return shapely.transform(geom, transformer.transform, interleaved=False)
 
 
-def _grid() -> Grid:
-    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32639", always_xy=True)
-    x, y = to_utm.transform(51.67, 35.62)
-    return Grid.from_origin("EPSG:32639", round(x, -1), round(y, -1), 10.0, W, H)
-
-
-def _px_box(grid: Grid, rc: tuple[int, int, int, int]) -> Polygon:
-    r0, c0, r1, c1 = rc
-    x0, y0 = grid.transform @ (c0, r1)
-    x1, y1 = grid.transform @ (c1, r0)
-    # Clockwise on purpose: the GeoJSON writer must reorient to the right-hand rule.
-    return Polygon([(x0, y0), (x0, y1), (x1, y1), (x1, y0)])
-
-
-def _composite(
-    grid: Grid,
-    period: Period,
-    built: list[tuple[int, int, int, int]],
-    scene_ids: tuple[str, ...],
-    day: int,
-) -> Composite:
-    from scipy.ndimage import gaussian_filter
-
-    # Desert-like ground: one smooth texture shared by all bands (seeded: same ground before and
-    # after), per-band brightness, a little per-date noise.
-    terrain = gaussian_filter(np.random.default_rng(7).standard_normal((H, W)), 3.0)
-    terrain /= np.abs(terrain).max()
-    noise = np.random.default_rng(day).standard_normal((H, W)) * 0.004
-    level = {"blue": 0.10, "green": 0.13, "red": 0.16, "nir": 0.22}
-    refl = np.stack([level[b] * (1 + 0.25 * terrain) + noise for b in BANDS]).astype(np.float32)
-    for r0, c0, r1, c1 in built:
-        refl[:, r0:r1, c0:c1] = 0.45  # bright new roof
-    refl[:, :5, :8] = np.nan  # an unobserved corner
-    count = np.full((H, W), 3, dtype=np.uint16)
-    count[:5, :8] = 0
-    source = np.full((H, W), day, dtype=np.int32)
-    source[:5, :8] = -1
-    return Composite(grid, BANDS, period, refl, count, source, scene_ids)
-
-
-def build_run_result(*, synthetic: bool = True, empty: bool = False) -> RunResult:
-    """A small, fully known RunResult near Khojir (51.67 E, 35.62 N) on a 120 x 100 px UTM grid."""
-    grid = _grid()
-    lon0, lat0, lon1, lat1 = reproject(box(*grid.bounds), "EPSG:32639", "EPSG:4326").bounds
-    aoi = AOI(
-        "khojir-test",
-        "Khojir test AOI",
-        box(lon0 + 0.001, lat0 + 0.001, lon1 - 0.001, lat1 - 0.001),
-        {"source": "test"},
-    )
-    p_before = Period(date(2023, 6, 1), date(2023, 8, 1), "2023-06..07")
-    p_after = Period(date(2024, 4, 1), date(2024, 7, 1), "2024-04..06")
-    scenes = tuple(
-        Scene(
-            id=f"S2A_39SWV_{d:%Y%m%d}_0_L2A",
-            datetime=datetime(d.year, d.month, d.day, 7, 5, tzinfo=UTC),
-            collection="sentinel-2-l2a",
-            tile="39SWV",
-            assets={},
-            cloud_cover=3.5,
-            platform="sentinel-2a",
-            processing_baseline="05.09",
-            footprint=box(51.0, 35.1, 52.2, 36.1),
-        )
-        for d in (date(2023, 6, 10), date(2023, 7, 15), date(2024, 5, 2), date(2024, 6, 6))
-    )
-    skipped = (
-        SkippedScene("S2B_39SWV_20230620_0_L2A", "AOI clear fraction 0.05 < 0.2"),
-        SkippedScene("S2B_39SWV_20240516_1_L2A", "duplicate of a newer reprocessing"),
-    )
-    built = [] if empty else [HALL, DEPOT, SHED]
-    before = _composite(grid, p_before, [], tuple(s.id for s in scenes[:2]), 19540)
-    after = _composite(grid, p_after, built, tuple(s.id for s in scenes[2:]), 19850)
-    score = np.zeros((H, W), dtype=np.float32)
-    for r0, c0, r1, c1 in built:
-        score[r0:r1, c0:c1] = 8.0
-    score[:5, :8] = np.nan
-    change = ChangeMap(
-        grid,
-        score,
-        np.clip(score / 10, 0, 1),
-        score > 3.0,
-        3.0,
-        shift_px=(0.12, -0.31),
-        shift_corrected=False,
-    )
-    structures: tuple[Structure, ...] = ()
-    berms: tuple[Berm, ...] = ()
-    if not empty:
-        structures = (
-            Structure(
-                "s-0001",
-                _px_box(grid, HALL),
-                800.0,
-                0.81,
-                date(2023, 8, 1),
-                date(2023, 11, 1),
-                True,
-                14,
-                False,
-                0.05,
-                (scenes[2].id,),
-            ),
-            Structure(
-                "s-0002",
-                _px_box(grid, DEPOT),
-                6000.0,
-                0.93,
-                date(2023, 9, 1),
-                date(2024, 1, 1),
-                True,
-                12,
-                True,
-                0.61,
-                (scenes[2].id, scenes[3].id),
-            ),
-            Structure(
-                "s-0003",
-                _px_box(grid, SHED),
-                900.0,
-                0.42,
-                date(2024, 3, 1),
-                date(2024, 6, 1),
-                False,
-                3,
-                None,
-                None,
-                (scenes[3].id,),
-            ),
-        )
-        r0, c0, r1, c1 = DEPOT
-        xa, ya = grid.transform @ (c0 - 2, r1 + 2)
-        xb, yb = grid.transform @ (c1 + 2, r0 - 2)
-        berms = (
-            Berm(
-                "b-0001",
-                LineString([(xa, ya), (xa, yb), (xb, yb)]),
-                abs(yb - ya) + abs(xb - xa),
-                0.55,
-                "s-0002",
-            ),
-        )
-    counts = tuple(
-        PeriodCount(
-            Period(date(2023, m, 1), date(2023, m + 1, 1), f"2023-{m:02d}"), n, cum, lo, hi, cf
-        )
-        for m, n, cum, lo, hi, cf in [
-            (8, 0, 0, 0, 0, 0.9),
-            (9, 1, 1, 1, 2, 0.7),
-            (10, 0, 1, 1, 2, 0.2),
-            (11, 1, 2, 1, 3, 0.8),
-        ]
-    )
-    return RunResult(
-        aoi=aoi,
-        grid=grid,
-        config_fingerprint="0123456789abcdef",
-        scenes_used=scenes,
-        scenes_skipped=skipped,
-        before=before,
-        after=after,
-        change=change,
-        structures=structures,
-        min_mapping_unit_m2=400.0,
-        berms=berms,
-        counts=() if empty else counts,
-        timings={"search": 0.5, "read": 2.25},
-        provenance={
-            "synthetic": synthetic,
-            "catalog": {"url": "sample_tiles/catalog.json"},
-            "pipeline_note": "test",
-        },
-    )
-
-
 @pytest.fixture(scope="module")
-def run_result() -> RunResult:
-    return build_run_result()
+def run_result(make_run_result: Callable[..., RunResult]) -> RunResult:
+    return make_run_result()
 
 
 @pytest.fixture(scope="module")
@@ -521,8 +334,10 @@ def test_run_json(out_dir: Path, run_result: RunResult) -> None:
     assert manifest["time_range"]["start"] == "2023-06-01"
 
 
-def test_provenance_cannot_overwrite_the_scene_record() -> None:
-    base = build_run_result()
+def test_provenance_cannot_overwrite_the_scene_record(
+    make_run_result: Callable[..., RunResult],
+) -> None:
+    base = make_run_result()
     provenance = {
         "scenes": "bogus",
         "synthetic": False,
@@ -541,8 +356,10 @@ def test_provenance_cannot_overwrite_the_scene_record() -> None:
     json.dumps(manifest, allow_nan=False)
 
 
-def test_empty_run_still_writes_valid_outputs(tmp_path: Path) -> None:
-    result = build_run_result(empty=True, synthetic=False)
+def test_empty_run_still_writes_valid_outputs(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    result = make_run_result(empty=True, synthetic=False)
     out = tmp_path / "empty"
     write_run_outputs(result, out, config=OutputConfig())
     fc = json.loads((out / "structures.geojson").read_text())
@@ -555,10 +372,12 @@ def test_empty_run_still_writes_valid_outputs(tmp_path: Path) -> None:
     assert "No new structure" in html and "SYNTHETIC" not in html
 
 
-def test_options_switch_outputs_off(tmp_path: Path) -> None:
+def test_options_switch_outputs_off(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
     out = tmp_path / "min"
     config = OutputConfig(geopackage=False, cogs=False, report=False, chips=False)
-    write_run_outputs(build_run_result(), out, config=config)
+    write_run_outputs(make_run_result(), out, config=config)
     names = {p.name for p in out.rglob("*") if p.is_file()}
     # The basic outputs of every run stay; the optional ones go.
     assert {
@@ -581,9 +400,9 @@ def test_failed_run_keeps_previous_outputs(run_result: RunResult, tmp_path: Path
     bad_grid = Grid(grid.crs, grid.transform, grid.width + 1, grid.height)
     bad_change = ChangeMap(
         bad_grid,
-        np.zeros((H, W + 1), np.float32),
-        np.zeros((H, W + 1), np.float32),
-        np.zeros((H, W + 1), bool),
+        np.zeros((grid.height, grid.width + 1), np.float32),
+        np.zeros((grid.height, grid.width + 1), np.float32),
+        np.zeros((grid.height, grid.width + 1), bool),
         3.0,
     )
     broken = RunResult(**{**run_result.__dict__, "change": bad_change})

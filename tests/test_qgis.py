@@ -11,10 +11,10 @@ import os
 import sqlite3
 import subprocess
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_outputs import build_run_result
 
 from changedet.config import OutputConfig
 from changedet.models import RunResult
@@ -112,8 +112,8 @@ def _has_qgis() -> bool:
 
 
 @pytest.fixture(scope="module")
-def run_result() -> RunResult:
-    return build_run_result()
+def run_result(make_run_result: Callable[..., RunResult]) -> RunResult:
+    return make_run_result()
 
 
 @pytest.fixture(scope="module")

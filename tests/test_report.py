@@ -17,7 +17,7 @@ import select
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_outputs import HALL, build_run_result
 
 from changedet.config import OutputConfig
 from changedet.models import RunResult
@@ -38,8 +37,8 @@ VIEWPORT = (1366, 800)  # a laptop screen
 
 
 @pytest.fixture(scope="module")
-def run_result() -> RunResult:
-    return build_run_result()
+def run_result(make_run_result: Callable[..., RunResult]) -> RunResult:
+    return make_run_result()
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +108,12 @@ def test_report_states_limits_and_contents(out_dir: Path, run_result: RunResult)
     assert "range 1–3" in text
 
 
-def test_report_says_nothing_synthetic_for_real_data(tmp_path: Path) -> None:
+def test_report_says_nothing_synthetic_for_real_data(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
     out = tmp_path / "real"
     write_run_outputs(
-        build_run_result(synthetic=False),
+        make_run_result(synthetic=False),
         out,
         config=OutputConfig(geopackage=False, cogs=False, chips=False),
     )
@@ -121,13 +122,13 @@ def test_report_says_nothing_synthetic_for_real_data(tmp_path: Path) -> None:
     assert "no chip" in html
 
 
-def test_pngs_on_disk(out_dir: Path, run_result: RunResult) -> None:
+def test_pngs_on_disk(out_dir: Path, run_result: RunResult, make_run_result: Any) -> None:
     from matplotlib.image import imread
 
     before = imread(out_dir / "before.png")
     after = imread(out_dir / "after.png")
     assert before.shape[:2] == after.shape[:2] == run_result.grid.shape
-    r0, c0, r1, c1 = HALL
+    r0, c0, r1, c1 = make_run_result.HALL
     # Same stretch for both dates: the new roof is brighter after than before.
     assert after[r0:r1, c0:c1, :3].mean() > before[r0:r1, c0:c1, :3].mean() + 0.3
     # Ground far from any structure looks the same on both dates.
