@@ -12,7 +12,6 @@ from changedet.core.periods import make_periods
 from changedet.core.track import (
     PeriodObservation,
     build_ledger,
-    counts_rows,
     footprint_geometry,
     rasterize_objects,
 )
@@ -228,14 +227,6 @@ def test_label_image_input_matches_rasterised_polygons() -> None:
     a, b = run(obs_poly), run(obs_lab)
     assert [s.id for s in a.structures] == [s.id for s in b.structures]
     assert np.array_equal(a.footprints, b.footprints)
-
-
-def test_counts_rows_for_csv() -> None:
-    ledger = run(series({k: [A] for k in range(2, 10)}))
-    rows = counts_rows(ledger.counts, min_area_m2=400.0)
-    assert len(rows) == len(PERIODS)
-    assert rows[3]["period"] == "2023-04" and rows[3]["cumulative"] == 1
-    assert rows[0]["min_mapping_unit_m2"] == 400.0 and rows[0]["start"] == "2023-01-01"
 
 
 def test_observed_shape_mismatch_is_refused() -> None:

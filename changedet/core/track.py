@@ -54,7 +54,6 @@ __all__ = [
     "Ledger",
     "PeriodObservation",
     "build_ledger",
-    "counts_rows",
     "footprint_geometry",
     "rasterize_objects",
 ]
@@ -570,25 +569,3 @@ def _counts(
             )
         )
     return tuple(out)
-
-
-def counts_rows(
-    counts: Sequence[PeriodCount], *, min_area_m2: float | None = None
-) -> list[dict[str, Any]]:
-    """Rows for counts.csv: one per period, plain values (dates as ISO strings)."""
-    rows: list[dict[str, Any]] = []
-    for c in counts:
-        row: dict[str, Any] = {
-            "period": c.period.label,
-            "start": c.period.start.isoformat(),
-            "end": (c.period.end).isoformat(),
-            "new_confirmed": c.new_confirmed,
-            "cumulative": c.cumulative,
-            "cumulative_low": c.cumulative_low,
-            "cumulative_high": c.cumulative_high,
-            "clear_fraction": c.clear_fraction,
-        }
-        if min_area_m2 is not None:
-            row["min_mapping_unit_m2"] = min_area_m2
-        rows.append(row)
-    return rows
