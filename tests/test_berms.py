@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from changedet.config import BermConfig
 from changedet.core.berms import berm_evidence, bsi, extract_berms, link_berms, ring_test
 from changedet.core.track import footprint_geometry
 from changedet.errors import DataError
-from changedet.models import Composite, Grid, Period, Structure
+from changedet.models import Composite, Grid, Structure
 
 GRID = Grid.from_origin("EPSG:32639", 600_000.0, 3_950_000.0, 10.0, 80, 80)
 BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
@@ -22,21 +23,19 @@ SOIL = np.array([0.16, 0.20, 0.26, 0.30, 0.42, 0.36], np.float32)
 ROOF = np.array([0.30, 0.32, 0.34, 0.36, 0.38, 0.36], np.float32)
 
 
-def composite(layers: list[tuple[np.ndarray, np.ndarray]], seed: int) -> Composite:
-    rng = np.random.default_rng(seed)
-    refl = np.broadcast_to(GROUND[:, None, None], (6, *GRID.shape)).copy()
-    for mask, spectrum in layers:
-        refl[:, mask] = spectrum[:, None]
-    refl += rng.normal(0, 0.01, refl.shape).astype(np.float32)
-    period = Period(date(2023, 1, 1), date(2023, 2, 1), "2023-01")
-    return Composite(
-        GRID,
-        BANDS,
-        period,
-        refl.astype(np.float32),
-        np.ones(GRID.shape, np.uint16),
-        np.zeros(GRID.shape, np.int32),
-    )
+@pytest.fixture(scope="module")
+def composite(make_composite: Callable[..., Composite]) -> Callable[..., Composite]:
+    """(layers of (mask, spectrum), seed) → the ground with those layers painted, plus noise."""
+
+    def build(layers: list[tuple[np.ndarray, np.ndarray]], seed: int) -> Composite:
+        rng = np.random.default_rng(seed)
+        refl = np.broadcast_to(GROUND[:, None, None], (6, *GRID.shape)).copy()
+        for mask, spectrum in layers:
+            refl[:, mask] = spectrum[:, None]
+        refl += rng.normal(0, 0.01, refl.shape).astype(np.float32)
+        return make_composite(refl.astype(np.float32), grid=GRID, bands=BANDS)
+
+    return build
 
 
 def box(r0: int, c0: int, h: int, w: int) -> np.ndarray:
@@ -59,7 +58,7 @@ def structure(mask: np.ndarray, sid: str) -> Structure:
 
 
 @pytest.fixture(scope="module")
-def evidence() -> np.ndarray:
+def evidence(composite: Callable[..., Composite]) -> np.ndarray:
     before = composite([], seed=1)
     after = composite([(BERM_1, SOIL), (HALL_1, ROOF), (HALL_2, ROOF)], seed=2)
     return berm_evidence(before, after, exclude=HALL_1 | HALL_2)
@@ -83,7 +82,9 @@ def test_ring_test_flags_only_the_bermed_hall(evidence: np.ndarray) -> None:
     assert b.bermed is False and b.berm_score == 0.0
 
 
-def test_partial_berm_on_one_side_scores_a_quarter_or_more() -> None:
+def test_partial_berm_on_one_side_scores_a_quarter_or_more(
+    composite: Callable[..., Composite],
+) -> None:
     side = box(12, 12, 9, 1)  # only the west wall
     before = composite([], seed=3)
     after = composite([(side, SOIL), (HALL_1, ROOF)], seed=4)
@@ -105,13 +106,15 @@ def test_extract_berms_traces_the_ring_with_its_length(evidence: np.ndarray) -> 
     assert extract_berms(evidence, GRID, CFG)[0].id == b.id  # deterministic id
 
 
-def test_blob_is_not_a_berm() -> None:
+def test_blob_is_not_a_berm(composite: Callable[..., Composite]) -> None:
     before = composite([], seed=5)
     after = composite([(box(30, 30, 10, 12), SOIL)], seed=6)  # a cleared plot
     assert extract_berms(berm_evidence(before, after), GRID, CFG) == []
 
 
-def test_roof_flanks_fool_the_ring_test_unless_excluded() -> None:
+def test_roof_flanks_fool_the_ring_test_unless_excluded(
+    composite: Callable[..., Composite],
+) -> None:
     before = composite([], seed=7)
     after = composite([(HALL_2, ROOF)], seed=8)
     s = [structure(HALL_2, "b")]
@@ -122,8 +125,8 @@ def test_roof_flanks_fool_the_ring_test_unless_excluded() -> None:
     assert fair.bermed is False
 
 
-def test_missing_band_is_refused() -> None:
+def test_missing_band_is_refused(composite: Callable[..., Composite]) -> None:
     c = composite([], seed=1)
-    no_swir = Composite(GRID, BANDS[:4], c.period, c.reflectance[:4], c.count, c.source_date)
+    no_swir = replace(c, bands=BANDS[:4], reflectance=c.reflectance[:4])
     with pytest.raises(DataError, match="swir16"):
         berm_evidence(no_swir, no_swir)

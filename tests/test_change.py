@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import date
 
 import numpy as np
@@ -19,61 +20,60 @@ GRID = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 160, 150)
 BLOCK = (slice(70, 78), slice(60, 72))  # 8 x 12 px = 96 px = 9600 m²
 
 
-def _landscape(bands: tuple[str, ...], seed: int = 0) -> np.ndarray:
-    """Parcels of a few land covers with texture: (B, H, W) reflectance."""
-    rng = np.random.default_rng(seed)
-    h, w = GRID.shape
-    parcels = ndi.zoom(rng.integers(0, 4, size=(h // 10 + 1, w // 10 + 1)), 10, order=0)[:h, :w]
-    spectra = rng.uniform(0.05, 0.35, size=(4, len(bands)))
-    texture = ndi.gaussian_filter(rng.normal(size=(h, w)), 1.5) * 0.02
-    image = spectra[parcels].transpose(2, 0, 1) + texture
-    # The sensor's point spread: parcel edges are not perfectly sharp at 10 m.
-    return ndi.gaussian_filter(image, (0, 1.0, 1.0)).astype(np.float32)
+@pytest.fixture(scope="module")
+def composite(make_composite: Callable[..., Composite]) -> Callable[..., Composite]:
+    """(image, bands, "before" | "after") → a composite of June 2023 or June 2024 on GRID."""
+
+    def build(image: np.ndarray, bands: tuple[str, ...], label: str) -> Composite:
+        day = date(2023, 6, 1) if label == "before" else date(2024, 6, 1)
+        period = Period(day, date(day.year, 7, 1), label)
+        return make_composite(image, grid=GRID, bands=bands, period=period)
+
+    return build
 
 
-def _composite(image: np.ndarray, bands: tuple[str, ...], label: str) -> Composite:
-    day = date(2023, 6, 1) if label == "before" else date(2024, 6, 1)
-    return Composite(
-        grid=GRID,
-        bands=bands,
-        period=Period(day, date(day.year, 7, 1), label),
-        reflectance=image,
-        count=np.ones(GRID.shape, np.uint16),
-        source_date=np.zeros(GRID.shape, np.int32),
-    )
+@pytest.fixture(scope="module")
+def pair(
+    make_composite: Callable[..., Composite], composite: Callable[..., Composite]
+) -> Callable[..., tuple[Composite, Composite]]:
+    """A before/after pair of a parcelled landscape: the after date with a new bright roof at
+    BLOCK (unless `block=False`), optionally shifted, and a linear map per band."""
 
+    def build(
+        bands: tuple[str, ...] = L2A,
+        *,
+        block: bool = True,
+        shift: tuple[float, float] = (0.0, 0.0),
+        psf: bool = True,
+    ) -> tuple[Composite, Composite]:
+        rng = np.random.default_rng(7)
+        before = make_composite(grid=GRID, bands=bands).reflectance  # parcels with texture
+        after = before.copy()
+        if block:
+            after[(slice(None), *BLOCK)] = 0.6  # a new bright roof, in every band
+            if psf:  # ...seen through the point spread
+                after = ndi.gaussian_filter(after, (0, 0.5, 0.5))
+        if shift != (0.0, 0.0):
+            after = np.stack([ndi.shift(b, shift, order=3, mode="nearest") for b in after])
+        gains = np.linspace(0.85, 1.2, len(bands), dtype=np.float32)[:, None, None]
+        after = after * gains + 0.03  # season and atmosphere: a linear map per band
+        noise = rng.normal(0, 0.008, size=(2, *before.shape)).astype(np.float32)
+        return (
+            composite(before + noise[0], bands, "before"),
+            composite(after + noise[1], bands, "after"),
+        )
 
-def _pair(
-    bands: tuple[str, ...] = L2A,
-    *,
-    block: bool = True,
-    shift: tuple[float, float] = (0.0, 0.0),
-    psf: bool = True,
-) -> tuple[Composite, Composite]:
-    rng = np.random.default_rng(7)
-    before = _landscape(bands)
-    after = before.copy()
-    if block:
-        after[(slice(None), *BLOCK)] = 0.6  # a new bright roof, in every band
-        if psf:  # ...seen through the point spread
-            after = ndi.gaussian_filter(after, (0, 0.5, 0.5))
-    if shift != (0.0, 0.0):
-        after = np.stack([ndi.shift(b, shift, order=3, mode="nearest") for b in after])
-    gains = np.linspace(0.85, 1.2, len(bands), dtype=np.float32)[:, None, None]
-    after = after * gains + 0.03  # season and atmosphere: a linear map per band
-    noise = rng.normal(0, 0.008, size=(2, *before.shape)).astype(np.float32)
-    return (
-        _composite(before + noise[0], bands, "before"),
-        _composite(after + noise[1], bands, "after"),
-    )
+    return build
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-def test_planted_block_is_found_with_its_exact_area() -> None:
-    before, after = _pair(psf=False)
+def test_planted_block_is_found_with_its_exact_area(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
+    before, after = pair(psf=False)
     config = dataclasses.replace(ChangeConfig(), smooth_sigma_px=0.0, coregister=False)
     change = detect_change(before, after, config)
     truth = np.zeros(GRID.shape, bool)
@@ -90,7 +90,9 @@ GRADED_SOIL = (0.150, 0.200, 0.270, 0.315, 0.420, 0.370)  # berms, cleared groun
 
 
 @pytest.mark.parametrize(("surface", "roof"), [(CONCRETE, True), (GRADED_SOIL, False)])
-def test_roofs_are_structure_like_and_earthworks_are_not(surface: tuple, roof: bool) -> None:
+def test_roofs_are_structure_like_and_earthworks_are_not(
+    surface: tuple, roof: bool, composite: Callable[..., Composite]
+) -> None:
     rng = np.random.default_rng(3)
     soil = np.array(SOIL, np.float32)[:, None, None] * (
         1 + 0.05 * rng.normal(size=(1, *GRID.shape))
@@ -99,7 +101,7 @@ def test_roofs_are_structure_like_and_earthworks_are_not(surface: tuple, roof: b
     after[(slice(None), *BLOCK)] = np.array(surface, np.float32)[:, None, None]
     after += rng.normal(scale=0.003, size=after.shape).astype(np.float32)
     config = dataclasses.replace(ChangeConfig(), coregister=False)
-    change = detect_change(_composite(soil, L2A, "before"), _composite(after, L2A, "after"), config)
+    change = detect_change(composite(soil, L2A, "before"), composite(after, L2A, "after"), config)
     assert change.mask[BLOCK].mean() > 0.9  # both are change...
     buildings, earthworks = split_change(change, min_area_m2=400.0)
     # ...but only the roof is a new building; graded soil is an earthwork.
@@ -111,8 +113,10 @@ def test_roofs_are_structure_like_and_earthworks_are_not(surface: tuple, roof: b
     assert bool(change.likelihood[BLOCK].mean() > 0.5) == roof
 
 
-def test_default_config_finds_the_block_and_nothing_else() -> None:
-    before, after = _pair()
+def test_default_config_finds_the_block_and_nothing_else(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
+    before, after = pair()
     # A strong planted block in a small scene biases phase correlation (tested in test_coreg).
     config = dataclasses.replace(ChangeConfig(), coregister=False)
     change = detect_change(before, after, config)
@@ -125,14 +129,18 @@ def test_default_config_finds_the_block_and_nothing_else() -> None:
     assert len(objects) == 1 and objects[0].n_pixels == int(change.mask.sum())
 
 
-def test_planted_offset_and_gain_alone_are_not_change() -> None:
-    before, after = _pair(block=False)
+def test_planted_offset_and_gain_alone_are_not_change(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
+    before, after = pair(block=False)
     change = detect_change(before, after, ChangeConfig())
     assert change.mask.sum() == 0
 
 
-def test_planted_shift_is_measured_reported_and_corrected() -> None:
-    before, after = _pair(block=False, shift=(0.0, 0.8))
+def test_planted_shift_is_measured_reported_and_corrected(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
+    before, after = pair(block=False, shift=(0.0, 0.8))
     change = detect_change(before, after, ChangeConfig())
     assert change.shift_corrected
     assert abs(change.shift_px[0]) < 0.1 and abs(change.shift_px[1] + 0.8) < 0.1
@@ -143,12 +151,14 @@ def test_planted_shift_is_measured_reported_and_corrected() -> None:
     assert np.nanmax(off.score) > 1.5 * np.nanmax(change.score)
 
 
-def test_ten_band_l1c_input_and_nan_pixels() -> None:
+def test_ten_band_l1c_input_and_nan_pixels(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
     bands = (
         "coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
         "nir09", "cirrus", "swir16", "swir22",
     )  # fmt: skip
-    before, after = _pair(bands)
+    before, after = pair(bands)
     # The ground is invisible in the cirrus band (B10, water-vapour absorption): a flat ~0.001.
     rng = np.random.default_rng(5)
     ci = bands.index("cirrus")
@@ -181,16 +191,18 @@ def test_robust_z_and_hysteresis_decision() -> None:
     np.testing.assert_array_equal(mask, expected)
 
 
-def test_grids_must_match() -> None:
-    before, after = _pair()
+def test_grids_must_match(pair: Callable[..., tuple[Composite, Composite]]) -> None:
+    before, after = pair()
     other = dataclasses.replace(after, grid=GRID.window(1, 0, 150, 160))
     with pytest.raises(ValueError, match="different grids"):
         detect_change(before, other, ChangeConfig())
 
 
-def test_greening_and_water_turbidity_are_not_new_structures() -> None:
+def test_greening_and_water_turbidity_are_not_new_structures(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
     bands = L2A  # blue, green, red, nir, swir16, swir22
-    before_c, after_c = _pair(bands)
+    before_c, after_c = pair(bands)
     before, after = before_c.reflectance.copy(), after_c.reflectance.copy()
     gains = np.linspace(0.85, 1.2, len(bands), dtype=np.float32)[:, None, None]
     field = (slice(20, 30), slice(20, 32))  # bare field -> dense crop
@@ -221,34 +233,43 @@ CLOUD = (slice(15, 35), slice(110, 140))
 SHADOW = (slice(95, 115), slice(85, 115))  # the cloud displaced by (+80, -25) px: sun to the north
 
 
-def _cloudy_pair(*, cloud: bool) -> tuple[Composite, Composite]:
+@pytest.fixture(scope="module")
+def cloudy_pair(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> Callable[..., tuple[Composite, Composite]]:
     """L1C pair with a new bright roof at BLOCK and, optionally, a cumulus cloud and its shadow on
     the after date. The cirrus band sees only the cloud (the ground is invisible at 1375 nm)."""
-    before_c, after_c = _pair(L1C)
-    before, after = before_c.reflectance.copy(), after_c.reflectance.copy()
-    rng = np.random.default_rng(11)
-    ci = L1C.index("cirrus")
-    before[ci] = 0.0012 + rng.normal(0, 1e-4, GRID.shape)
-    after[ci] = 0.0013 + rng.normal(0, 1e-4, GRID.shape)
-    after[ci][BLOCK] += 0.0003  # a bright roof leaks a trace into B10 at most: not a cloud
-    if cloud:
-        core = np.zeros(GRID.shape, np.float32)
-        core[CLOUD] = 1.0
-        core = ndi.gaussian_filter(core, 2.0)  # soft edges, like haze around a cumulus
-        other = [i for i in range(len(L1C)) if i != ci]
-        after[other] = after[other] * (1 - core) + 0.55 * core
-        after[ci] += 0.006 * core
-        after[(slice(None), *SHADOW)] *= 0.45  # direct sun blocked: darker in every band
-        after[ci][SHADOW] /= 0.45  # ...but B10 sees no ground, so no shadow there
-    return (
-        dataclasses.replace(before_c, reflectance=before.astype(np.float32)),
-        dataclasses.replace(after_c, reflectance=after.astype(np.float32)),
-    )
+
+    def build(*, cloud: bool) -> tuple[Composite, Composite]:
+        before_c, after_c = pair(L1C)
+        before, after = before_c.reflectance.copy(), after_c.reflectance.copy()
+        rng = np.random.default_rng(11)
+        ci = L1C.index("cirrus")
+        before[ci] = 0.0012 + rng.normal(0, 1e-4, GRID.shape)
+        after[ci] = 0.0013 + rng.normal(0, 1e-4, GRID.shape)
+        after[ci][BLOCK] += 0.0003  # a bright roof leaks a trace into B10 at most: not a cloud
+        if cloud:
+            core = np.zeros(GRID.shape, np.float32)
+            core[CLOUD] = 1.0
+            core = ndi.gaussian_filter(core, 2.0)  # soft edges, like haze around a cumulus
+            other = [i for i in range(len(L1C)) if i != ci]
+            after[other] = after[other] * (1 - core) + 0.55 * core
+            after[ci] += 0.006 * core
+            after[(slice(None), *SHADOW)] *= 0.45  # direct sun blocked: darker in every band
+            after[ci][SHADOW] /= 0.45  # ...but B10 sees no ground, so no shadow there
+        return (
+            dataclasses.replace(before_c, reflectance=before.astype(np.float32)),
+            dataclasses.replace(after_c, reflectance=after.astype(np.float32)),
+        )
+
+    return build
 
 
-def test_l1c_cloud_and_its_shadow_are_masked_while_a_bright_roof_is_kept() -> None:
+def test_l1c_cloud_and_its_shadow_are_masked_while_a_bright_roof_is_kept(
+    cloudy_pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
     config = dataclasses.replace(ChangeConfig(), coregister=False)
-    before, after = _cloudy_pair(cloud=True)
+    before, after = cloudy_pair(cloud=True)
     change = detect_change(before, after, config)
     assert change.mask[BLOCK].all()  # the bright new roof stays change
     assert not change.mask[CLOUD].any() and not change.mask[SHADOW].any()
@@ -269,9 +290,11 @@ def test_l1c_cloud_and_its_shadow_are_masked_while_a_bright_roof_is_kept() -> No
     assert (change.indicators["cloud_shadow"][SHADOW] >= plain.mask[SHADOW]).all()
 
 
-def test_cirrus_band_without_clouds_changes_nothing() -> None:
+def test_cirrus_band_without_clouds_changes_nothing(
+    cloudy_pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
     config = dataclasses.replace(ChangeConfig(), coregister=False)
-    before, after = _cloudy_pair(cloud=False)
+    before, after = cloudy_pair(cloud=False)
     change = detect_change(before, after, config)
     keep = [i for i, n in enumerate(L1C) if n != "cirrus"]
     bands = tuple(L1C[i] for i in keep)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from collections.abc import Callable
+from datetime import date
 
 import numpy as np
+import pytest
 
 from changedet.core.composite import composite, median_composite
 from changedet.models import Grid, Period, Stack
@@ -12,19 +14,26 @@ from changedet.models import Grid, Period, Stack
 GRID = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 4, 3)
 
 
-def _stack(values: np.ndarray, clear: np.ndarray, days: list[int]) -> Stack:
-    times = tuple(datetime(2023, 6, d, tzinfo=UTC) for d in days)
-    return Stack(
-        grid=GRID,
-        bands=("blue", "red"),
-        times=times,
-        scene_ids=tuple((f"S{d}",) for d in days),
-        reflectance=values,
-        clear=clear,
-    )
+@pytest.fixture
+def june_stack(make_stack: Callable[..., Stack]) -> Callable[..., Stack]:
+    """(values (T, 2, 3, 4), clear (T, 3, 4), days of June 2023) → a blue/red stack, scene S<day>."""
+
+    def build(values: np.ndarray, clear: np.ndarray, days: list[int]) -> Stack:
+        return make_stack(
+            GRID,
+            bands=("blue", "red"),
+            dates=[date(2023, 6, d) for d in days],
+            reflectance=values,
+            clear=clear,
+            scene_ids=[f"S{d}" for d in days],
+        )
+
+    return build
 
 
-def test_median_of_clear_observations_count_and_source_date() -> None:
+def test_median_of_clear_observations_count_and_source_date(
+    june_stack: Callable[..., Stack],
+) -> None:
     t = 5
     values = np.zeros((t, 2, 3, 4), np.float32)
     for i, v in enumerate([0.10, 0.50, 0.20, 0.40, 0.30]):
@@ -33,7 +42,7 @@ def test_median_of_clear_observations_count_and_source_date() -> None:
     clear = np.ones((t, 3, 4), bool)
     clear[1, 0, 0] = False  # the 0.5 is a cloud here: median of 0.1, 0.2, 0.4, 0.3 = 0.25
     values[3, :, 2, 3] = np.nan  # missing: median of 0.1, 0.5, 0.2, 0.3 = 0.25
-    stack = _stack(values, clear, [1, 3, 5, 7, 9])
+    stack = june_stack(values, clear, [1, 3, 5, 7, 9])
     comp = composite(stack, Period(date(2023, 6, 1), date(2023, 7, 1), "2023-06"))
     assert comp.reflectance.shape == (2, 3, 4)
     np.testing.assert_allclose(comp.reflectance[0, 1, 1], 0.30)
@@ -46,20 +55,20 @@ def test_median_of_clear_observations_count_and_source_date() -> None:
     assert comp.scene_ids == ("S1", "S3", "S5", "S7", "S9")
 
 
-def test_only_dates_inside_the_period_are_used() -> None:
+def test_only_dates_inside_the_period_are_used(june_stack: Callable[..., Stack]) -> None:
     values = np.stack([np.full((2, 3, 4), v, np.float32) for v in (0.1, 0.2, 0.9)])
-    stack = _stack(values, np.ones((3, 3, 4), bool), [1, 2, 20])
+    stack = june_stack(values, np.ones((3, 3, 4), bool), [1, 2, 20])
     comp = composite(stack, Period(date(2023, 6, 1), date(2023, 6, 10), "early"))
     np.testing.assert_allclose(comp.reflectance, 0.15)
     assert (comp.count == 2).all() and comp.scene_ids == ("S1", "S2")
 
 
-def test_min_clear_obs_and_empty_pixels() -> None:
+def test_min_clear_obs_and_empty_pixels(june_stack: Callable[..., Stack]) -> None:
     values = np.full((3, 2, 3, 4), 0.2, np.float32)
     clear = np.ones((3, 3, 4), bool)
     clear[:, 0, 0] = False
     clear[1:, 0, 1] = False  # one observation only
-    stack = _stack(values, clear, [1, 2, 3])
+    stack = june_stack(values, clear, [1, 2, 3])
     period = Period(date(2023, 6, 1), date(2023, 7, 1), "m")
     comp = composite(stack, period, min_clear_obs=2)
     assert np.isnan(comp.reflectance[:, 0, 0]).all() and np.isnan(comp.reflectance[:, 0, 1]).all()

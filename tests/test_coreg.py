@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import date
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from changedet.core.coreg import apply_shift, measure_shift
+from changedet.core.coreg import apply_shift, coregister_dates, measure_shift
+from changedet.models import Stack
 
 
 def _texture(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -62,22 +66,17 @@ def test_apply_shift_spreads_nan_to_the_pixels_that_draw_on_it() -> None:
     assert np.isnan(out[5, 5]) and np.isnan(out[6, 5]) and np.isfinite(out[3, 5])
 
 
-def test_dates_of_a_stack_are_lined_up_with_their_median() -> None:
-    from datetime import UTC, datetime
-
-    from changedet.core.coreg import coregister_dates
-    from changedet.models import Grid, Stack
-
+def test_dates_of_a_stack_are_lined_up_with_their_median(
+    make_stack: Callable[..., Stack],
+) -> None:
     planted = [(0.0, 0.0), (0.6, -0.3), (-0.4, 0.5), (0.1, 0.1), (0.0, 0.0)]
     base = _texture((128, 128))
     dates = np.stack([_fourier_shift(base, s) for s in planted])[:, None].astype(np.float32)
     clear = np.ones((len(planted), 128, 128), bool)
     clear[1, :40, :60] = False  # a cloud on one date
-    stack = Stack(
-        grid=Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 128, 128),
+    stack = make_stack(
         bands=("red",),
-        times=tuple(datetime(2023, m, 1, tzinfo=UTC) for m in range(1, 6)),
-        scene_ids=tuple((f"s{m}",) for m in range(1, 6)),
+        dates=[date(2023, m, 1) for m in range(1, 6)],
         reflectance=np.where(clear[:, None], dates, np.nan),
         clear=clear,
     )
