@@ -1,4 +1,8 @@
-"""The CLI contract: one-line errors, exit codes, no tracebacks, nothing written outside --out."""
+"""The CLI contract: one-line errors, exit codes, no tracebacks, nothing written outside --out.
+
+Behaviour is driven in-process through click's CliRunner; a few tests start a real process, for
+what only a process shows (the installed script, `python -m changedet`, the exit status).
+"""
 
 from __future__ import annotations
 
@@ -6,50 +10,96 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
+from shapely.geometry import mapping
+
+from changedet import __version__
+from changedet.aoi import grid_for, load_aois
+from changedet.cli import main
+from changedet.models import AOI, Stack
+from changedet.outputs.write import write_run_outputs
+from changedet.pipeline import PipelineIO
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo-khojir.toml"
+KHOJIR = str(REPO / "aoi" / "khojir.geojson")
 
 
-def changedet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def changedet(*args: str) -> Result:
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click 8.1
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 always keeps stderr apart
+    return runner.invoke(main, list(args))
+
+
+def changedet_process(*args: str, script: bool = False) -> subprocess.CompletedProcess[str]:
+    """A real process: the installed `changedet` script, or `python -m changedet`."""
+    command = (
+        [str(Path(sys.executable).parent / "changedet")]
+        if script
+        else [sys.executable, "-m", "changedet"]
+    )
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "NO_COLOR": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "changedet", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or REPO,
-        env=env,
-        timeout=300,
+        [*command, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
     )
 
 
-def paris_aoi(path: Path, *, aoi_id: str) -> Path:
-    """An AOI over Paris, which no bundled sample scene covers."""
-    ring = [[2.30, 48.84], [2.36, 48.84], [2.36, 48.88], [2.30, 48.88], [2.30, 48.84]]
-    feature = {
-        "type": "Feature",
-        "properties": {"id": aoi_id},
-        "geometry": {"type": "Polygon", "coordinates": [ring]},
-    }
+def write_aoi(path: Path, aoi: AOI) -> Path:
+    feature = {"type": "Feature", "properties": {"id": aoi.id}, "geometry": mapping(aoi.geometry)}
     path.write_text(json.dumps(feature))
     return path
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, proc.stderr
+@pytest.fixture
+def paris(make_aoi: Callable[..., AOI]) -> Callable[[Path, str], Path]:
+    """An AOI file over Paris, which no bundled sample scene covers."""
+    return lambda path, aoi_id: write_aoi(path, make_aoi(2.33, 48.86, size_m=3000.0, aoi_id=aoi_id))
+
+
+def assert_one_line_error(stderr: str, exit_code: int, code: int, *needles: str) -> None:
+    assert exit_code == code, (exit_code, stderr)
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, stderr
     for needle in needles:
         assert needle in errors[0], errors[0]
 
 
+# --- real processes ------------------------------------------------------------------------------
+
+
+def test_installed_script_answers_version() -> None:
+    proc = changedet_process("--version", script=True)
+    assert proc.returncode == 0 and f"changedet, version {__version__}" in proc.stdout
+
+
+def test_python_m_changedet_runs_the_cli() -> None:
+    proc = changedet_process("--help")
+    assert proc.returncode == 0 and "Usage" in proc.stdout and "run" in proc.stdout
+
+
+def test_a_config_error_exits_2_from_a_real_process(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[change]\nmin_area = 100\n")
+    proc = changedet_process("run", KHOJIR, "--config", str(cfg), "--out", str(tmp_path / "o"))
+    assert_one_line_error(proc.stderr, proc.returncode, 2, "unknown key 'min_area'")
+    assert not (tmp_path / "o").exists()
+
+
+# --- behaviour, in-process ----------------------------------------------------------------------
+
+
 def test_version_and_help() -> None:
-    proc = changedet("--version")
-    assert proc.returncode == 0 and "changedet" in proc.stdout
+    result = changedet("--version")
+    assert result.exit_code == 0 and f"changedet, version {__version__}" in result.stdout
     for command in (
         "run",
         "search",
@@ -59,22 +109,22 @@ def test_version_and_help() -> None:
         "synth oscd-series",
         "eval oscd",
     ):
-        proc = changedet(*command.split(), "--help")
-        assert proc.returncode == 0 and "Usage" in proc.stdout, command
+        result = changedet(*command.split(), "--help")
+        assert result.exit_code == 0 and "Usage" in result.stdout, command
 
 
 def test_missing_aoi_file(tmp_path: Path) -> None:
-    proc = changedet(
+    result = changedet(
         "run", str(tmp_path / "nope.geojson"), "--config", str(DEMO), "--out", str(tmp_path / "o")
     )
-    assert_one_line_error(proc, 1, "not found")
+    assert_one_line_error(result.stderr, result.exit_code, 1, "not found")
 
 
 def test_file_that_is_not_geojson(tmp_path: Path) -> None:
     bad = tmp_path / "notes.geojson"
     bad.write_text("hello, I am not GeoJSON")
-    proc = changedet("run", str(bad), "--config", str(DEMO), "--out", str(tmp_path / "o"))
-    assert_one_line_error(proc, 1, "could not be read")
+    result = changedet("run", str(bad), "--config", str(DEMO), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result.stderr, result.exit_code, 1, "could not be read")
 
 
 def test_non_polygon_aoi(tmp_path: Path) -> None:
@@ -88,17 +138,17 @@ def test_non_polygon_aoi(tmp_path: Path) -> None:
             }
         )
     )
-    proc = changedet("run", str(point), "--config", str(DEMO), "--out", str(tmp_path / "o"))
-    assert_one_line_error(proc, 1, "not a polygon")
+    result = changedet("run", str(point), "--config", str(DEMO), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result.stderr, result.exit_code, 1, "not a polygon")
 
 
 def test_unknown_config_key(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[change]\nmin_area = 100\n")
-    proc = changedet(
-        "run", "aoi/khojir.geojson", "--config", str(cfg), "--out", str(tmp_path / "o")
+    result = changedet("run", KHOJIR, "--config", str(cfg), "--out", str(tmp_path / "o"))
+    assert_one_line_error(
+        result.stderr, result.exit_code, 2, "unknown key 'min_area'", "did you mean 'min_area_m2'"
     )
-    assert_one_line_error(proc, 2, "unknown key 'min_area'", "did you mean 'min_area_m2'")
 
 
 @pytest.mark.parametrize(
@@ -111,26 +161,29 @@ def test_unknown_config_key(tmp_path: Path) -> None:
     ],
 )
 def test_bad_flags(tmp_path: Path, args: list[str], needle: str) -> None:
-    proc = changedet(
-        "run", "aoi/khojir.geojson", "--config", str(DEMO), "--out", str(tmp_path / "o"), *args
-    )
-    assert_one_line_error(proc, 2, needle)
+    result = changedet("run", KHOJIR, "--config", str(DEMO), "--out", str(tmp_path / "o"), *args)
+    assert_one_line_error(result.stderr, result.exit_code, 2, needle)
     assert not (tmp_path / "o").exists()
 
 
-def test_aoi_no_scene_covers_fails_that_aoi_only(tmp_path: Path) -> None:
-    paris = paris_aoi(tmp_path / "paris.geojson", aoi_id="paris")
-    proc = changedet("search", str(paris), "--config", str(DEMO), "--json")
-    assert proc.returncode == 0 and json.loads(proc.stdout)[0]["scenes"] == []
-    proc = changedet("run", str(paris), "--config", str(DEMO), "--out", str(tmp_path / "o"))
-    assert_one_line_error(proc, 1, "paris", "no scene")
+def test_aoi_no_scene_covers_fails_that_aoi_only(
+    tmp_path: Path, paris: Callable[[Path, str], Path]
+) -> None:
+    aoi = paris(tmp_path / "paris.geojson", "paris")
+    result = changedet("search", str(aoi), "--config", str(DEMO), "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)[0]["scenes"] == []
+    result = changedet("run", str(aoi), "--config", str(DEMO), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result.stderr, result.exit_code, 1, "paris", "no scene")
     assert not (tmp_path / "o" / "paris").exists()
 
 
-def test_hostile_aoi_id_cannot_escape_out(tmp_path: Path) -> None:
-    evil = paris_aoi(tmp_path / "evil.geojson", aoi_id="../../escaped")
+def test_hostile_aoi_id_cannot_escape_out(
+    tmp_path: Path, paris: Callable[[Path, str], Path]
+) -> None:
+    evil = paris(tmp_path / "evil.geojson", "../../escaped")
     out = tmp_path / "deep" / "out"
-    changedet("run", str(evil), "--config", str(DEMO), "--out", str(out))
+    result = changedet("run", str(evil), "--config", str(DEMO), "--out", str(out))
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "deep" / "escaped").exists()
     leaked = [
         p
@@ -143,33 +196,49 @@ def test_hostile_aoi_id_cannot_escape_out(tmp_path: Path) -> None:
     assert leaked == []
 
 
-def test_one_failing_aoi_does_not_stop_the_others(tmp_path: Path) -> None:
-    paris = paris_aoi(tmp_path / "paris.geojson", aoi_id="paris")
+def test_one_failing_aoi_does_not_stop_the_others(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    paris: Callable[[Path, str], Path],
+    make_aoi: Callable[..., AOI],
+    make_stack: Callable[..., Stack],
+    fake_io: Callable[..., PipelineIO],
+) -> None:
+    # The good AOI is served from memory (the real run on the sample tiles is test_demo's);
+    # its outputs are written by the real writer.
+    good = write_aoi(tmp_path / "good.geojson", make_aoi(aoi_id="good"))
+    (aoi,) = load_aois(good)
+    dates = [date(2023, m, d) for m in range(1, 8) for d in (3, 18)]
+    stack = make_stack(grid_for(aoi), dates=dates, squares=[(date(2023, 4, 1), (20, 20, 6, 6))])
+    io = replace(fake_io(stack), write=write_run_outputs)
+    monkeypatch.setattr(PipelineIO, "default", staticmethod(lambda: io))
+    config = tmp_path / "c.toml"
+    config.write_text('[time]\nstart = "2023-01-01"\nend = "2023-07-31"\n')
     out = tmp_path / "o"
-    missing = tmp_path / "missing.geojson"
-    proc = changedet(
+    result = changedet(
         "run",
-        str(paris),
-        str(missing),
-        "aoi/khojir.geojson",
+        str(paris(tmp_path / "paris.geojson", "paris")),
+        str(tmp_path / "missing.geojson"),
+        str(good),
         "--config",
-        str(DEMO),
+        str(config),
         "--out",
         str(out),
         "--quiet",
     )
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and "paris" in proc.stderr
-    assert "missing.geojson' not found" in proc.stderr
-    assert (out / "khojir" / "structures.geojson").is_file()
+    assert result.exit_code == 1, result.stderr
+    assert "Traceback" not in result.stderr and "AOI 'paris'" in result.stderr
+    assert "missing.geojson' not found" in result.stderr
+    assert result.stdout.startswith("good: ") and "[SYNTHETIC sample data]" in result.stdout
+    assert (out / "good" / "structures.geojson").is_file()
     assert not (out / "paris").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folders left behind
 
 
 def test_search_probe_reports_aoi_clear_sky_and_reasons() -> None:
-    proc = changedet("search", "aoi/khojir.geojson", "--config", str(DEMO), "--probe", "--json")
-    assert proc.returncode == 0, proc.stderr
-    (report,) = json.loads(proc.stdout)
+    result = changedet("search", KHOJIR, "--config", str(DEMO), "--probe", "--json")
+    assert result.exit_code == 0, result.stderr
+    (report,) = json.loads(result.stdout)
     scenes = {s["id"]: s for s in report["scenes"]}
     assert len(scenes) >= 13
     assert all(0.0 <= s["aoi_clear_fraction"] <= 1.0 for s in scenes.values())
@@ -180,5 +249,5 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons() -> None:
     assert any(
         "duplicate of" in d["reason"] and d["id"].endswith("_0_L2A") for d in report["dropped"]
     )
-    proc = changedet("search", "aoi/khojir.geojson", "--config", str(DEMO))
-    assert proc.returncode == 0 and "S2A_39SWV_20230612_0_L2A" in proc.stdout
+    result = changedet("search", KHOJIR, "--config", str(DEMO))
+    assert result.exit_code == 0 and "S2A_39SWV_20230612_0_L2A" in result.stdout
