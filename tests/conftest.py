@@ -51,7 +51,7 @@ OSCD_LABELS = OSCD_ROOT / "Onera Satellite Change Detection dataset - Train Labe
 STAC_SAMPLES = SHARED_DATA / "stac-samples"
 
 L2A = ("blue", "green", "red", "nir", "swir16", "swir22")
-# Arid alluvium, the ground of the sample AOIs (and of `make_stack`'s landscape).
+# Arid alluvium, reflectance rising from blue to SWIR: the ground of `make_stack`'s landscape.
 ARID_SOIL = {
     "blue": 0.115,
     "green": 0.155,
@@ -134,8 +134,9 @@ def _make_stack(
 ) -> Stack:
     """A stack of one scene per date on `grid`.
 
-    Without `reflectance`: a seeded landscape with per-date noise, and each square of `squares`
-    a bright roof from its date on; pixels not `clear` are NaN. With `reflectance` (T, B, H, W):
+    Without `reflectance`: a seeded landscape of bare-soil parcels (on which a new roof reads as
+    roof-like) with per-date noise, and each square of `squares` a bright roof from its date
+    on; pixels not `clear` are NaN. With `reflectance` (T, B, H, W):
     exactly those values (and `clear`, default all clear), for known-answer tests.
     Dates default to the 1st and 15th of each month of the first half of 2023.
     """
@@ -179,20 +180,21 @@ def _make_composite(
     seed: int = 0,
     squares: Sequence[Box] = (),
     roof: float = ROOF,
+    arid: bool = False,
     scene_ids: tuple[str, ...] = (),
     count: np.ndarray | None = None,
     source_date: np.ndarray | None = None,
 ) -> Composite:
     """A composite of `period` (default June 2023) on `grid`.
 
-    Without `reflectance`: the seeded landscape of `make_stack` with `squares` as bright roofs.
-    `count` defaults to one clear observation wherever every band is finite, `source_date` to
-    the period's first day there (-1 elsewhere).
+    Without `reflectance`: a seeded landscape of parcels of any spectra (`arid`: bare soils, as
+    in `make_stack`) with `squares` as bright roofs. `count` defaults to one clear observation
+    wherever every band is finite, `source_date` to the period's first day there (-1 elsewhere).
     """
     bands = tuple(bands)
     if reflectance is None:
         grid = grid or _make_grid()
-        reflectance = _landscape(grid, bands, seed)
+        reflectance = _landscape(grid, bands, seed, arid=arid)
         for square in squares:
             _paint(reflectance, square, roof)
     grid = grid or _make_grid(reflectance.shape[-1], reflectance.shape[-2])

@@ -101,18 +101,22 @@ def test_reader_cuts_the_stack_to_the_scenes_bands_and_window(aoi: AOI, stack: S
 @pytest.mark.parametrize(
     "wrong",
     [
-        lambda g: Grid(g.crs, g.transform, g.width + 1, g.height),  # reaches outside
-        lambda g: g.window(-2, 0, 5, 5),
-        lambda g: Grid("EPSG:32640", g.transform, g.width, g.height),  # another CRS
-        lambda g: replace(g, transform=g.transform @ Affine.translation(0.5, 0)),  # off-lattice
-        lambda g: g.scaled(2),  # another resolution
+        lambda g, _: Grid(g.crs, g.transform, g.width + 1, g.height),  # reaches outside
+        lambda g, _: g.window(-2, 0, 5, 5),
+        lambda g, make_grid: make_grid(g.width, g.height, crs=g.crs),  # same lattice, elsewhere
+        lambda g, _: Grid("EPSG:32640", g.transform, g.width, g.height),  # another CRS
+        lambda g, _: replace(g, transform=g.transform @ Affine.translation(0.5, 0)),  # off-lattice
+        lambda g, _: g.scaled(2),  # another resolution
     ],
 )
 def test_reader_refuses_a_grid_it_holds_no_pixels_for(
-    aoi: AOI, stack: Stack, wrong: Callable[[Grid], Grid]
+    aoi: AOI,
+    stack: Stack,
+    make_grid: Callable[..., Grid],
+    wrong: Callable[[Grid, Callable[..., Grid]], Grid],
 ) -> None:
     with pytest.raises(ValueError, match="StackReader"):
-        _read(StackReader(stack), [stack.scene_ids[0][0]], wrong(stack.grid), aoi)
+        _read(StackReader(stack), [stack.scene_ids[0][0]], wrong(stack.grid, make_grid), aoi)
 
 
 def test_reader_refuses_what_the_real_reader_refuses(aoi: AOI, stack: Stack) -> None:

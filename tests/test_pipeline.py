@@ -95,7 +95,7 @@ def test_writer_receives_one_consistent_run_result(
 ) -> None:
     stack, config = scenario.stack, scenario.config
     scenes = scenes_for_stack(stack)
-    hazy = replace(scenes[3], id="S2B_HAZY_20230218_0_L2A", datetime=scenes[3].datetime)
+    hazy = replace(scenes[3], id="S2B_HAZY_20230218_0_L2A")  # read, found too cloudy
     overcast = replace(scenes[4], id="S2B_OVERCAST_20230303_0_L2A", cloud_cover=97.0)
     reader_skip = SkippedScene(hazy.id, "cloudy inside AOI: 3% clear < 20% required")
     io = fake_io(
