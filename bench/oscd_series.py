@@ -1,7 +1,7 @@
 """Counting and dating on real spectra: semi-real monthly series from the nine labelled OSCD cities.
 
-For each city: build the series in memory (`synth_oscd.make_oscd_series`), run the time-series core
-on it (`synth_oscd.detect_series`: composites → baseline → change → objects → ledger), and score
+For each city: build the series in memory (`lab.series.make_oscd_series`), run the time-series core
+on it (`lab.series.detect_series`: composites → baseline → change → objects → ledger), and score
 confirmed structures against the change regions: object F1 at IoU > 0.25 (SpaceNet 7 matching) and
 first-seen accuracy (share of matched structures whose first-seen interval holds the true date).
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from changedet.config import Config, load_config
 from changedet.lab.oscd import labelled_cities, load_city
-from changedet.lab.series import SeriesScore, detect_series, make_oscd_series, score_structures
+from changedet.lab.score import SeriesScore, score_structures
+from changedet.lab.series import detect_series, make_oscd_series
 
 DEFAULT_ROOT = (
     Path(

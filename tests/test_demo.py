@@ -13,7 +13,8 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from truth_match import in_interval, load_features, match
+
+from changedet.lab.score import in_interval, load_features, match
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ from changedet.lab.oscd import (
     list_cities,
     load_city,
     load_label,
-    score_prediction,
 )
+from changedet.lab.score import score_prediction
 
 LABELLED = (
     "abudhabi",

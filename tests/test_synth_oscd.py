@@ -12,13 +12,13 @@ import shapely
 
 from changedet.aoi import grid_for, load_aois
 from changedet.core.track import footprint_geometry
+from changedet.lab.score import score_structures
 from changedet.lab.series import (
     TruthRegion,
     acquisition_dn,
     load_truth,
     make_oscd_series,
     render_acquisition,
-    score_structures,
     series_stack,
     truth_labels,
     write_oscd_series,

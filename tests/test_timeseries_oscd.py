@@ -13,12 +13,8 @@ import pytest
 
 from changedet.config import load_config
 from changedet.lab.oscd import load_city
-from changedet.lab.series import (
-    SeriesScore,
-    detect_series,
-    make_oscd_series,
-    score_structures,
-)
+from changedet.lab.score import SeriesScore, score_structures
+from changedet.lab.series import detect_series, make_oscd_series
 
 CITIES = ("paris", "bercy")
 # OSCD labels urban change of every kind (plots cleared, roads, buildings), so the ledger tracks

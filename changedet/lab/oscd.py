@@ -1,4 +1,4 @@
-"""OSCD (Onera Satellite Change Detection) reading, the evaluation driver and its metrics.
+"""OSCD (Onera Satellite Change Detection) reading and the evaluation driver (scored by `lab.score`).
 
 This module is the OSCD data boundary (it reads the dataset's GeoTIFFs with rasterio itself).
 The original layout is read as distributed:
@@ -28,11 +28,11 @@ import numpy as np
 
 from changedet.config import SENTINEL2_BAND_IDS, ChangeConfig
 from changedet.errors import DataError
+from changedet.lab.score import CityScore, pool_city_scores, score_prediction
 from changedet.models import ChangeMap, Composite, Grid, Period, Progress, no_progress
 
 __all__ = [
     "OSCD_BANDS",
-    "CityScore",
     "EvalReport",
     "OSCDCity",
     "city_composites",
@@ -42,7 +42,6 @@ __all__ = [
     "load_city",
     "load_label",
     "predict_city",
-    "score_prediction",
 ]
 
 IMAGES_DIR = "Onera Satellite Change Detection dataset - Images"
@@ -67,20 +66,6 @@ class OSCDCity:
     after: np.ndarray
     label: np.ndarray | None
     dates: tuple[date, date]
-
-
-@dataclass(frozen=True)
-class CityScore:
-    """Precision/recall/F1 of the change class for one city (or pooled); None without a label."""
-
-    city: str
-    precision: float | None
-    recall: float | None
-    f1: float | None
-    tp: int
-    fp: int
-    fn: int
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -277,30 +262,6 @@ def predict_city(city: OSCDCity, config: ChangeConfig) -> ChangeMap:
     return detect_change(before, after, config)
 
 
-def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    return precision, recall, f1
-
-
-def score_prediction(
-    name: str, predicted: np.ndarray, label: np.ndarray | None, seconds: float = 0.0
-) -> CityScore:
-    """Confusion counts and P/R/F1 of the change class; None scores when there is no label."""
-    if label is None:
-        return CityScore(name, None, None, None, 0, 0, 0, seconds)
-    if predicted.shape != label.shape:
-        raise DataError(
-            f"{name}: prediction {predicted.shape} and label {label.shape} differ in shape"
-        )
-    tp = int(np.count_nonzero(predicted & label))
-    fp = int(np.count_nonzero(predicted & ~label))
-    fn = int(np.count_nonzero(~predicted & label))
-    p, r, f = _prf(tp, fp, fn)
-    return CityScore(name, p, r, f, tp, fp, fn, seconds)
-
-
 def evaluate(
     root: Path,
     out: Path,
@@ -316,8 +277,6 @@ def evaluate(
     `load_city(..., with_label=False)`; labels are read afterwards, only for scoring.
     Pooled scores sum the confusion counts over the labelled cities.
     """
-    from changedet.outputs.fsio import write_cog
-
     known = list_cities(root)
     names = list(cities) if cities else known
     missing = [c for c in names if c not in known]
@@ -332,31 +291,28 @@ def evaluate(
         city = load_city(root, name, with_label=False)
         change = predict_city(city, config)
         seconds = time.perf_counter() - start
-        city_out = Path(out) / name
-        tags = {
-            "min_mapping_unit_m2": f"{config.min_area_m2:g}",
-            "shift_px": f"{change.shift_px[0]:.3f},{change.shift_px[1]:.3f}",
-            "shift_corrected": str(change.shift_corrected).lower(),
-            "threshold_z": f"{change.threshold:g}",
-        }
-        write_cog(city_out / "change.tif", change.mask.astype(np.uint8), city.grid, tags=tags)
-        write_cog(
-            city_out / "score.tif",
-            change.score.astype(np.float32),
-            city.grid,
-            nodata=float("nan"),
-            tags=tags,
-        )
+        _write_prediction(Path(out) / name, change, city.grid, config)
         label = load_label(root, name, city.grid.shape)  # only now, for scoring
         scores.append(score_prediction(name, change.mask, label, seconds))
     progress("oscd", len(names), len(names))
-    labelled = [s for s in scores if s.f1 is not None]
-    tp = sum(s.tp for s in labelled)
-    fp = sum(s.fp for s in labelled)
-    fn = sum(s.fn for s in labelled)
-    if labelled:
-        p, r, f = _prf(tp, fp, fn)
-        pooled = CityScore("pooled", p, r, f, tp, fp, fn, sum(s.seconds for s in scores))
-    else:
-        pooled = CityScore("pooled", None, None, None, 0, 0, 0, sum(s.seconds for s in scores))
-    return EvalReport(tuple(scores), pooled)
+    return EvalReport(tuple(scores), pool_city_scores(scores))
+
+
+def _write_prediction(city_out: Path, change: ChangeMap, grid: Grid, config: ChangeConfig) -> None:
+    """OUT/<city>/change.tif and score.tif, tagged with the settings that made them."""
+    from changedet.outputs.fsio import write_cog
+
+    tags = {
+        "min_mapping_unit_m2": f"{config.min_area_m2:g}",
+        "shift_px": f"{change.shift_px[0]:.3f},{change.shift_px[1]:.3f}",
+        "shift_corrected": str(change.shift_corrected).lower(),
+        "threshold_z": f"{change.threshold:g}",
+    }
+    write_cog(city_out / "change.tif", change.mask.astype(np.uint8), grid, tags=tags)
+    write_cog(
+        city_out / "score.tif",
+        change.score.astype(np.float32),
+        grid,
+        nodata=float("nan"),
+        tags=tags,
+    )

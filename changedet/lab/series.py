@@ -24,9 +24,8 @@ Output folder:
     aoi.geojson        the series extent as an AOI (id = city)
     series.json        grid, dates, switch date, seed, and per-acquisition cloud cover and shift
 
-`score_structures` scores ledger structures against the truth: object matches at IoU > 0.25 (the
-SpaceNet 7 rule), precision/recall/F1, and the share of matched structures whose first-seen
-interval contains the true appearance date.
+`detect_series` runs the time-series core on a series in memory; `lab.score.score_structures` scores
+its ledger against the truth regions.
 """
 
 from __future__ import annotations
@@ -44,13 +43,12 @@ import shapely
 from scipy import ndimage
 
 from changedet.errors import DataError
-from changedet.models import Grid, Progress, Stack, Structure, no_progress
+from changedet.models import Grid, Progress, Stack, no_progress
 
 __all__ = [
     "SERIES_BANDS",
     "Acquisition",
     "OSCDSeries",
-    "SeriesScore",
     "SeriesSummary",
     "TruthRegion",
     "acquisition_dn",
@@ -58,7 +56,6 @@ __all__ = [
     "load_truth",
     "make_oscd_series",
     "render_acquisition",
-    "score_structures",
     "series_stack",
     "truth_labels",
     "write_oscd_series",
@@ -136,45 +133,6 @@ class SeriesSummary:
     start: date
     end: date
     switch_date: date
-
-
-@dataclass(frozen=True)
-class SeriesScore:
-    """Object-level scores of structures against truth regions (one city or pooled)."""
-
-    city: str
-    tp: int
-    fp: int
-    fn: int
-    first_seen_hits: int  # matched structures whose interval contains the true date
-    matched: int
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
-
-    @property
-    def first_seen_accuracy(self) -> float:
-        return self.first_seen_hits / self.matched if self.matched else 0.0
-
-    def __add__(self, other: SeriesScore) -> SeriesScore:
-        return SeriesScore(
-            "pooled",
-            self.tp + other.tp,
-            self.fp + other.fp,
-            self.fn + other.fn,
-            self.first_seen_hits + other.first_seen_hits,
-            self.matched + other.matched,
-        )
 
 
 # ----------------------------------------------------------------------------- building the series
@@ -665,7 +623,7 @@ def _series_json(series: OSCDSeries) -> dict[str, Any]:
     }
 
 
-# ----------------------------------------------------------------------------- truth and scoring
+# ----------------------------------------------------------------------------- truth
 
 
 def load_truth(path: Path, grid: Grid) -> list[TruthRegion]:
@@ -701,55 +659,6 @@ def truth_labels(truth: Sequence[TruthRegion], grid: Grid) -> np.ndarray:
     if shapes:
         rasterize(shapes, out=out, transform=grid.transform, dtype="int32")
     return out
-
-
-def score_structures(
-    structures: Sequence[Structure],
-    structure_labels: np.ndarray,
-    truth: Sequence[TruthRegion],
-    truth_raster: np.ndarray,
-    *,
-    city: str = "",
-    min_iou: float = 0.25,
-    confirmed_only: bool = True,
-) -> SeriesScore:
-    """Greedy one-to-one matching by pixel IoU (> `min_iou`, highest first, SpaceNet 7 style).
-
-    structure_labels: (H, W) int, structures[i] → i + 1 (e.g. `Ledger.footprints`);
-    truth_raster: (H, W) int, truth[j] → j + 1 (`truth_labels`).
-    First-seen hit: first_seen_start <= appeared < first_seen_end (a missing start is open).
-    """
-    keep = [i for i, s in enumerate(structures) if s.confirmed or not confirmed_only]
-    keep_set = np.zeros(len(structures) + 1, dtype=bool)
-    keep_set[[i + 1 for i in keep]] = True
-    s_lab = np.where(keep_set[structure_labels], structure_labels, 0)
-    both = (s_lab > 0) & (truth_raster > 0)
-    pair = s_lab[both].astype(np.int64) * (len(truth) + 1) + truth_raster[both]
-    inter = np.bincount(pair, minlength=0)
-    s_area = np.bincount(s_lab.ravel(), minlength=len(structures) + 1)
-    t_area = np.bincount(truth_raster.ravel(), minlength=len(truth) + 1)
-    cands: list[tuple[float, int, int]] = []
-    for code in np.flatnonzero(inter):
-        si, ti = divmod(int(code), len(truth) + 1)
-        iou = inter[code] / (s_area[si] + t_area[ti] - inter[code])
-        if iou > min_iou:
-            cands.append((float(iou), si, ti))
-    cands.sort(key=lambda c: (-c[0], c[1], c[2]))
-    used_s: set[int] = set()
-    used_t: set[int] = set()
-    hits = 0
-    for _iou, si, ti in cands:
-        if si in used_s or ti in used_t:
-            continue
-        used_s.add(si)
-        used_t.add(ti)
-        s, r = structures[si - 1], truth[ti - 1]
-        lo_ok = s.first_seen_start is None or s.first_seen_start <= r.appeared
-        hi_ok = s.first_seen_end is None or r.appeared < s.first_seen_end
-        hits += int(lo_ok and hi_ok)
-    n_pred = sum(1 for i in keep if s_area[i + 1] > 0)
-    tp = len(used_s)
-    return SeriesScore(city, tp, n_pred - tp, len(truth) - tp, hits, tp)
 
 
 # ----------------------------------------------------------------------------- reference driver
