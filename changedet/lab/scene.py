@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = [
     "BANDS",
@@ -248,19 +249,8 @@ def _month_starts(start: date, end: date) -> list[date]:
     return out
 
 
-def plan_acquisitions(
-    rng: np.random.Generator,
-    *,
-    start: date,
-    end: date,
-    reference: date = date(2023, 6, 2),
-    n_cloudy_months: int = 3,
-    utc_time: tuple[int, int, int] = (7, 5, 30),
-    big_shift_px: float = 1.0,
-    n_offset_applied: int = 3,
-) -> list[AcquisitionPlan]:
-    """About one date a month on Sentinel-2's 5-day revisit grid, plus a clear second date in
-    `n_cloudy_months` winter months whose first date is heavily clouded."""
+def _revisit_days(reference: date, start: date, end: date) -> list[date]:
+    """Sentinel-2's 5-day revisit grid through `reference`, from `start` to `end`."""
     grid: list[date] = []
     d = reference
     while d > start:
@@ -269,7 +259,14 @@ def plan_acquisitions(
         if d >= start:
             grid.append(d)
         d += timedelta(days=5)
-    months = _month_starts(start, end)
+    return grid
+
+
+def _monthly_dates(
+    rng: np.random.Generator, grid: list[date], months: list[date], n_cloudy_months: int
+) -> list[tuple[date, float]]:
+    """(day, cloud cover), sorted: one revisit day a month, mid-month when possible; in
+    `n_cloudy_months` winter months that day is heavily clouded and a clear one follows."""
     winter = [i for i, m in enumerate(months) if m.month in (11, 12, 1, 2, 3)]
     cloudy = set(rng.choice(winter, size=min(n_cloudy_months, len(winter)), replace=False).tolist())
     days: list[tuple[date, float]] = []
@@ -290,8 +287,25 @@ def plan_acquisitions(
         cover = 0.0 if clear else float(rng.uniform(0.005, 0.03 if dry else 0.12))
         days.append((first, cover))
     days.sort()
+    return days
+
+
+@dataclass(frozen=True)
+class _Roles:
+    """Which dates (indices into the sorted dates; -1 = none) carry the special cases."""
+
+    edge: int  # swath-edge no-data wedge
+    big_shift: int  # the ~1 px misregistration
+    duplicate: int  # also published reprocessed
+    cirrus: set[int]
+    harmonised: set[int]  # DNs written with the offset already removed
+
+
+def _assign_roles(
+    rng: np.random.Generator, days: list[tuple[date, float]], n_offset_applied: int
+) -> _Roles:
+    """Spread the special cases over distinct, mostly clear dates."""
     n = len(days)
-    # One date carries the ~1 px misregistration; the others stay within 0.5 px.
     low_cloud = [i for i, (_, c) in enumerate(days) if c < 0.05]
     pool = [i for i in low_cloud if 0 < i < n - 1] or low_cloud or list(range(n))
     edge = int(pool[int(rng.integers(len(pool)))])
@@ -307,32 +321,75 @@ def plan_acquisitions(
             harmonised_pool, size=min(n_offset_applied, len(harmonised_pool)), replace=False
         ).tolist()
     )
+    return _Roles(edge, big, dup, cirrus, harmonised)
+
+
+def _plan(
+    rng: np.random.Generator,
+    i: int,
+    day: date,
+    cover: float,
+    roles: _Roles,
+    *,
+    platform: str,
+    big_shift_px: float,
+    utc_time: tuple[int, int, int],
+) -> AcquisitionPlan:
+    """The random draws of date `i`: shift, cloud height, drift, wetness, time of day."""
+    # One date carries the ~1 px misregistration; the others stay within 0.5 px.
+    if i == roles.big_shift:
+        mag, ang = big_shift_px * float(rng.uniform(0.9, 1.1)), float(rng.uniform(0, 2 * np.pi))
+    else:
+        mag, ang = 0.5 * math.sqrt(float(rng.random())), float(rng.uniform(0, 2 * np.pi))
+    winter_day = day.month in (12, 1, 2)
+    ms = int(rng.integers(0, 999))
+    return AcquisitionPlan(
+        when=datetime(day.year, day.month, day.day, *utc_time, ms * 1000, tzinfo=UTC),
+        platform=platform,
+        cloud_cover=cover,
+        cloud_height_m=float(rng.uniform(500.0, 1200.0)),
+        cirrus=i in roles.cirrus,
+        shift_px=(round(mag * math.sin(ang), 4), round(mag * math.cos(ang), 4)),
+        gain=tuple(round(float(g), 4) for g in rng.normal(1.0, 0.015, len(BANDS))),
+        offset=tuple(round(float(o), 4) for o in rng.normal(0.0, 0.002, len(BANDS))),
+        wetness=float(rng.uniform(0.3, 1.0) if winter_day else rng.uniform(0.0, 0.15)),
+        nodata_edge=i == roles.edge,
+        duplicate=i == roles.duplicate,
+        offset_applied=i in roles.harmonised,
+    )
+
+
+def plan_acquisitions(
+    rng: np.random.Generator,
+    *,
+    start: date,
+    end: date,
+    reference: date = date(2023, 6, 2),
+    n_cloudy_months: int = 3,
+    utc_time: tuple[int, int, int] = (7, 5, 30),
+    big_shift_px: float = 1.0,
+    n_offset_applied: int = 3,
+) -> list[AcquisitionPlan]:
+    """About one date a month on Sentinel-2's 5-day revisit grid, plus a clear second date in
+    `n_cloudy_months` winter months whose first date is heavily clouded."""
+    grid = _revisit_days(reference, start, end)
+    days = _monthly_dates(rng, grid, _month_starts(start, end), n_cloudy_months)
+    roles = _assign_roles(rng, days, n_offset_applied)
+    # Sentinel-2A and 2B alternate on the revisit grid.
     ref_k = {g: k for k, g in enumerate(sorted({*grid, reference}))}
-    plans = []
-    for i, (day, cover) in enumerate(days):
-        if i == big:
-            mag, ang = big_shift_px * float(rng.uniform(0.9, 1.1)), float(rng.uniform(0, 2 * np.pi))
-        else:
-            mag, ang = 0.5 * math.sqrt(float(rng.random())), float(rng.uniform(0, 2 * np.pi))
-        winter_day = day.month in (12, 1, 2)
-        ms = int(rng.integers(0, 999))
-        plans.append(
-            AcquisitionPlan(
-                when=datetime(day.year, day.month, day.day, *utc_time, ms * 1000, tzinfo=UTC),
-                platform="sentinel-2a" if ref_k.get(day, 0) % 2 == 0 else "sentinel-2b",
-                cloud_cover=cover,
-                cloud_height_m=float(rng.uniform(500.0, 1200.0)),
-                cirrus=i in cirrus,
-                shift_px=(round(mag * math.sin(ang), 4), round(mag * math.cos(ang), 4)),
-                gain=tuple(round(float(g), 4) for g in rng.normal(1.0, 0.015, len(BANDS))),
-                offset=tuple(round(float(o), 4) for o in rng.normal(0.0, 0.002, len(BANDS))),
-                wetness=float(rng.uniform(0.3, 1.0) if winter_day else rng.uniform(0.0, 0.15)),
-                nodata_edge=i == edge,
-                duplicate=i == dup,
-                offset_applied=i in harmonised,
-            )
+    return [
+        _plan(
+            rng,
+            i,
+            day,
+            cover,
+            roles,
+            platform="sentinel-2a" if ref_k.get(day, 0) % 2 == 0 else "sentinel-2b",
+            big_shift_px=big_shift_px,
+            utc_time=utc_time,
         )
-    return plans
+        for i, (day, cover) in enumerate(days)
+    ]
 
 
 # ----------------------------------------------------------------------------- the static scene
@@ -390,6 +447,9 @@ def _rect_corners(
     return out
 
 
+_Compound = tuple[float, float, float, float, float]  # cy, cx, hy, hx, angle on the canvas
+
+
 @dataclass(frozen=True)
 class SynthScene:
     """Static layers on the canvas (window + PAD on each side) and the acquisition plans."""
@@ -406,7 +466,7 @@ class SynthScene:
     water: np.ndarray = field(repr=False)  # (Hc, Wc) coverage
     wet_pattern: np.ndarray = field(repr=False)  # (Hc, Wc) 0..1 where rain darkens the soil most
     buildings: tuple[SynthBuilding, ...] = ()
-    compounds: tuple[tuple[float, float, float, float, float], ...] = ()  # cy, cx, hy, hx, angle
+    compounds: tuple[_Compound, ...] = ()
 
     @property
     def canvas_shape(self) -> tuple[int, int]:
@@ -428,41 +488,29 @@ def _season(day: date) -> float:
     return value
 
 
-def build_scene(
-    *,
-    shape: tuple[int, int],
-    plans: list[AcquisitionPlan] | tuple[AcquisitionPlan, ...],
-    seed: int,
-    lon: float,
-    lat: float,
-    n_new: int,
-    n_existing: int,
-    n_compounds: int,
-    expansion: tuple[date, date],
-    bermed_fraction: float = 0.6,
-    cleared_fraction: float = 0.4,
-    pond: bool = False,
-    new_misfire: bool = False,
-    id_prefix: str = "synth",
-) -> SynthScene:
-    """Lay out terrain, compounds, roads and buildings. Places up to `n_new` new structures (fewer
-    only if the window is too small); new ones appear on plan dates inside `expansion`."""
-    H, W = shape
-    Hc, Wc = H + 2 * PAD, W + 2 * PAD
+def _layout_rng(seed: int, stream: int) -> np.random.Generator:
+    """The scene layout's random stream `stream` (one per layer, so layers draw independently)."""
+    return np.random.default_rng([seed, 1000 + stream])
 
-    def rng_for(stream: int) -> np.random.Generator:
-        return np.random.default_rng([seed, 1000 + stream])
 
-    # Terrain: fractal relief scaled to hill slopes, soil types, static texture.
-    dem = fractal_noise(rng_for(1), (Hc, Wc), 3.4)
+def _terrain(seed: int, canvas: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dem, rock, texture): fractal relief scaled to hill slopes, rock share, static texture."""
+    dem = fractal_noise(_layout_rng(seed, 1), canvas, 3.4)
     gy, gx = np.gradient(dem, 10.0)
     dem *= math.tan(math.radians(13.0)) / (np.hypot(gx, gy).mean() + 1e-12)
-    rock = np.clip(0.5 + 0.35 * fractal_noise(rng_for(2), (Hc, Wc), 2.6) + 0.004 * dem, 0.0, 1.0)
-    texture = 1.0 + 0.035 * fractal_noise(rng_for(3), (Hc, Wc), 1.2)
+    rock = np.clip(
+        0.5 + 0.35 * fractal_noise(_layout_rng(seed, 2), canvas, 2.6) + 0.004 * dem, 0.0, 1.0
+    )
+    texture = 1.0 + 0.035 * fractal_noise(_layout_rng(seed, 3), canvas, 1.2)
+    return dem, rock, texture
 
-    # Compounds: flat, graded, light-soil rectangles holding the buildings.
-    rng = rng_for(4)
-    compounds: list[tuple[float, float, float, float, float]] = []
+
+def _place_compounds(
+    rng: np.random.Generator, shape: tuple[int, int], n_compounds: int
+) -> list[_Compound]:
+    """Up to `n_compounds` rotated rectangles inside the window, apart from each other."""
+    H, W = shape
+    compounds: list[_Compound] = []
     margin = 10
     extents: list[tuple[float, float, float, float]] = []
     for _ in range(300):
@@ -485,26 +533,37 @@ def build_scene(
         ):
             extents.append((cy, cx, ey, ex))
             compounds.append((cy, cx, hy, hx, ang))
-    in_compound = np.zeros((Hc, Wc))
+    return compounds
+
+
+def _grade_compounds(
+    compounds: list[_Compound], dem: np.ndarray, rock: np.ndarray, texture: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(graded, dem, soil): compounds are levelled and their ground light, untextured soil."""
+    in_compound = np.zeros(dem.shape)
     for cy, cx, hy, hx, ang in compounds:
         _paste(in_compound, *coverage_rect((cy, cx), (hx, hy), ang, ss=1))
-    from scipy import ndimage  # local: keep `import changedet.lab.scene` light
-
     graded = ndimage.gaussian_filter(in_compound, 3.0)
     level = ndimage.gaussian_filter(dem, 25.0)
     dem = dem * (1.0 - graded) + level * graded
-    rock *= 1.0 - graded
+    rock = rock * (1.0 - graded)
     texture = 1.0 + (texture - 1.0) * (1.0 - 0.6 * graded)
     soil = (_spec("soil_light")[:, :, :] * (1.0 - rock) + _spec("soil_dark") * rock) * texture
+    return graded, dem, soil
 
-    # Roads: a gravel perimeter road around each compound and a winding road linking them.
-    roads = np.zeros((Hc, Wc))
+
+def _lay_roads(
+    rng: np.random.Generator, compounds: list[_Compound], canvas: tuple[int, int]
+) -> np.ndarray:
+    """Road coverage: a gravel perimeter road around each compound and a winding road linking
+    them from the west edge to the east edge."""
+    Hc, Wc = canvas
+    roads = np.zeros(canvas)
     half_road = 0.45
     for cy, cx, hy, hx, ang in compounds:
         ring = [*_rect_corners((cy, cx), (hx + 2.0, hy + 2.0), ang)]
         for a, b in zip(ring, [*ring[1:], ring[0]], strict=True):
             _paste(roads, *_segment_coverage(a, b, half_road))
-    rng = rng_for(5)
     stops = sorted(((cy, cx) for cy, cx, *_ in compounds), key=lambda p: p[1])
     path = [
         (float(rng.uniform(0.2, 0.8)) * Hc, 0.0),
@@ -521,157 +580,307 @@ def build_scene(
         pts.append(b)
         for p, q in itertools.pairwise(pts):
             _paste(roads, *_segment_coverage(p, q, half_road))
-    occupied = ndimage.binary_dilation(roads > 0.05, iterations=2)
+    return roads
 
-    # Buildings: existing ones first (incl. the white roof SCL calls cloud), then the new ones.
-    rng = rng_for(6)
-    window_dates = [i for i, p in enumerate(plans) if expansion[0] <= p.day <= expansion[1]]
-    buildings: list[SynthBuilding] = []
 
-    def try_place(kind: str, index: int, *, misfire: bool, isolated: bool, bermed: bool) -> bool:
+class _Placer:
+    """Places buildings one at a time on free ground, drawing from one random stream in a fixed
+    order (so a layout is reproducible); `occupied` is updated as buildings are placed."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        shape: tuple[int, int],
+        compounds: list[_Compound],
+        occupied: np.ndarray,
+        window_dates: list[int],
+        *,
+        cleared_fraction: float,
+        id_prefix: str,
+    ) -> None:
+        self.rng = rng
+        self.shape = shape
+        self.compounds = compounds
+        self.occupied = occupied
+        self.window_dates = window_dates
+        self.cleared_fraction = cleared_fraction
+        self.id_prefix = id_prefix
+        self.buildings: list[SynthBuilding] = []
+
+    def place(self, kind: str, index: int, *, misfire: bool, isolated: bool, bermed: bool) -> bool:
+        """Try up to 400 spots for one building; False when none is free."""
         # Berm decided by the caller and kept across attempts, so crowded compounds do not bias
         # the sample towards small unbermed structures.
-        dist = float(rng.uniform(1.0, 3.0)) if bermed else 0.0
-        bwidth = float(rng.uniform(1.0, 2.0)) if bermed else 0.0
+        dist = float(self.rng.uniform(1.0, 3.0)) if bermed else 0.0
+        bwidth = float(self.rng.uniform(1.0, 2.0)) if bermed else 0.0
         apron = dist + bwidth if bermed else 1.0
+        width_m, length_m = 40.0, 60.0  # the SCL-misfire roof's size, never redrawn
         for attempt in range(400):
-            if misfire:
-                width_m, length_m = 40.0, 60.0
-            elif attempt % 100 == 0:  # redraw the size now and then if it does not fit
-                if kind == "existing":
-                    width_m = float(rng.uniform(15.0, 50.0))
-                    length_m = float(np.clip(width_m * rng.uniform(1.3, 2.6), 30.0, 120.0))
-                else:
-                    width_m = float(rng.uniform(20.0, 60.0))
-                    length_m = float(np.clip(width_m * rng.uniform(1.4, 2.4), 40.0, 100.0))
+            if (
+                not misfire and attempt % 100 == 0
+            ):  # redraw the size now and then if it does not fit
+                width_m, length_m = self._draw_size(kind)
             half = (length_m / 20.0, width_m / 20.0)
-            if isolated or not compounds:
-                cy = float(rng.uniform(PAD + 12, PAD + H - 12))
-                cx = float(rng.uniform(PAD + 12, PAD + W - 12))
-                if misfire:  # keep the misfire roof in the west half, away from the swath edge
-                    cx = float(rng.uniform(PAD + 12, PAD + W * 0.45))
-                ang = float(rng.uniform(-40.0, 40.0))
-            else:
-                ccy, ccx, chy, chx, cang = compounds[int(rng.integers(len(compounds)))]
-                a = float(rng.uniform(-1.0, 1.0)) * max(chx - half[0] - apron - 1.0, 0.0)
-                b = float(rng.uniform(-1.0, 1.0)) * max(chy - half[1] - apron - 1.0, 0.0)
-                t = math.radians(cang)
-                cx = ccx + a * math.cos(t) + b * math.sin(t)
-                cy = ccy - a * math.sin(t) + b * math.cos(t)
-                ang = cang + float(rng.normal(0.0, 2.0)) + (90.0 if rng.random() < 0.2 else 0.0)
-                if misfire and cx > PAD + W * 0.45:
-                    continue
-            reach = math.hypot(half[0] + apron, half[1] + apron) + 2.0
-            if not (PAD + reach < cy < PAD + H - reach and PAD + reach < cx < PAD + W - reach):
+            spot = self._draw_spot(half, apron, misfire=misfire, isolated=isolated)
+            if spot is None or not self._claim(spot, half, apron):
                 continue
-            keep_out = coverage_rect(
-                (cy, cx), (half[0] + apron + 1.5, half[1] + apron + 1.5), ang, ss=1
-            )
-            r0, c0, patch = keep_out
-            if r0 < 0 or c0 < 0:
-                continue
-            region = occupied[r0 : r0 + patch.shape[0], c0 : c0 + patch.shape[1]]
-            if region.shape != patch.shape or np.any(region & (patch > 0)):
-                continue
-            region |= patch > 0
-            if kind == "building":
-                k = window_dates[int(rng.integers(len(window_dates)))]
-                if misfire:
-                    k = window_dates[min(1, len(window_dates) - 1)]
-                cleared = (
-                    k - 1 if k - 1 in window_dates and rng.random() < cleared_fraction else None
-                )
-                roof = (
-                    "white_metal" if misfire else ("metal" if rng.random() < 0.45 else "concrete")
-                )
-            else:
-                k, cleared = None, None
-                r = rng.random()
-                roof = (
-                    "white_metal"
-                    if misfire
-                    else ("concrete" if r < 0.6 else "metal" if r < 0.9 else "dark_roof")
-                )
-            height = float(rng.uniform(5.0, 12.0))
-            pad_patch = coverage_rect((cy, cx), (half[0] + 1.0, half[1] + 1.0), ang)
-            berm = _ring((cy, cx), half, ang, dist, bwidth) if bermed else None
-            prefix = "new" if kind == "building" else "existing"
-            buildings.append(
-                SynthBuilding(
-                    id=f"{id_prefix}-{prefix}-{index:03d}",
-                    kind=kind,
-                    center=(round(cy, 4), round(cx, 4)),
-                    half=(round(half[0], 4), round(half[1], 4)),
-                    angle_deg=round(ang, 4),
-                    roof=roof,
-                    height_m=round(height, 2),
-                    appear_index=k,
-                    clear_index=cleared,
-                    bermed=bermed,
-                    berm_distance_px=round(dist, 4),
-                    berm_width_px=round(bwidth, 4),
-                    scl_misfire=misfire,
-                    roof_patch=coverage_rect((cy, cx), half, ang),
-                    pad_patch=pad_patch,
-                    berm_patch=berm,
+            self.buildings.append(
+                self._building(
+                    kind, index, spot, half, misfire=misfire, bermed=bermed, berm=(dist, bwidth)
                 )
             )
             return True
         return False
 
+    def _draw_size(self, kind: str) -> tuple[float, float]:
+        """(width, length) in metres."""
+        rng = self.rng
+        if kind == "existing":
+            width_m = float(rng.uniform(15.0, 50.0))
+            return width_m, float(np.clip(width_m * rng.uniform(1.3, 2.6), 30.0, 120.0))
+        width_m = float(rng.uniform(20.0, 60.0))
+        return width_m, float(np.clip(width_m * rng.uniform(1.4, 2.4), 40.0, 100.0))
+
+    def _draw_spot(
+        self, half: tuple[float, float], apron: float, *, misfire: bool, isolated: bool
+    ) -> tuple[float, float, float] | None:
+        """(row, col, angle) of a candidate centre, or None when it falls too near an edge."""
+        rng = self.rng
+        H, W = self.shape
+        if isolated or not self.compounds:
+            cy = float(rng.uniform(PAD + 12, PAD + H - 12))
+            cx = float(rng.uniform(PAD + 12, PAD + W - 12))
+            if misfire:  # keep the misfire roof in the west half, away from the swath edge
+                cx = float(rng.uniform(PAD + 12, PAD + W * 0.45))
+            ang = float(rng.uniform(-40.0, 40.0))
+        else:
+            cy, cx, ang = self._spot_in_compound(half, apron)
+            if misfire and cx > PAD + W * 0.45:
+                return None
+        reach = math.hypot(half[0] + apron, half[1] + apron) + 2.0
+        if not (PAD + reach < cy < PAD + H - reach and PAD + reach < cx < PAD + W - reach):
+            return None
+        return cy, cx, ang
+
+    def _spot_in_compound(
+        self, half: tuple[float, float], apron: float
+    ) -> tuple[float, float, float]:
+        """A centre inside a random compound, aligned with it (now and then turned 90°)."""
+        rng = self.rng
+        ccy, ccx, chy, chx, cang = self.compounds[int(rng.integers(len(self.compounds)))]
+        a = float(rng.uniform(-1.0, 1.0)) * max(chx - half[0] - apron - 1.0, 0.0)
+        b = float(rng.uniform(-1.0, 1.0)) * max(chy - half[1] - apron - 1.0, 0.0)
+        t = math.radians(cang)
+        cx = ccx + a * math.cos(t) + b * math.sin(t)
+        cy = ccy - a * math.sin(t) + b * math.cos(t)
+        ang = cang + float(rng.normal(0.0, 2.0)) + (90.0 if rng.random() < 0.2 else 0.0)
+        return cy, cx, ang
+
+    def _claim(
+        self, spot: tuple[float, float, float], half: tuple[float, float], apron: float
+    ) -> bool:
+        """Mark the footprint, its apron and a margin occupied, if all of it is free."""
+        cy, cx, ang = spot
+        keep_out = coverage_rect(
+            (cy, cx), (half[0] + apron + 1.5, half[1] + apron + 1.5), ang, ss=1
+        )
+        r0, c0, patch = keep_out
+        if r0 < 0 or c0 < 0:
+            return False
+        region = self.occupied[r0 : r0 + patch.shape[0], c0 : c0 + patch.shape[1]]
+        if region.shape != patch.shape or np.any(region & (patch > 0)):
+            return False
+        region |= patch > 0
+        return True
+
+    def _schedule_new(self, misfire: bool) -> tuple[int, int | None, str]:
+        """(appear index, clear index or None, roof) of a new structure."""
+        rng = self.rng
+        dates = self.window_dates
+        k = dates[int(rng.integers(len(dates)))]
+        if misfire:
+            k = dates[min(1, len(dates) - 1)]
+        cleared = k - 1 if k - 1 in dates and rng.random() < self.cleared_fraction else None
+        roof = "white_metal" if misfire else ("metal" if rng.random() < 0.45 else "concrete")
+        return k, cleared, roof
+
+    def _existing_roof(self, misfire: bool) -> str:
+        r = self.rng.random()
+        if misfire:
+            return "white_metal"
+        return "concrete" if r < 0.6 else "metal" if r < 0.9 else "dark_roof"
+
+    def _building(
+        self,
+        kind: str,
+        index: int,
+        spot: tuple[float, float, float],
+        half: tuple[float, float],
+        *,
+        misfire: bool,
+        bermed: bool,
+        berm: tuple[float, float],
+    ) -> SynthBuilding:
+        """The building at `spot`: its dates and roof (new) or roof (existing), then height."""
+        cy, cx, ang = spot
+        dist, bwidth = berm  # distance and width of the berm, pixels
+        if kind == "building":
+            k, cleared, roof = self._schedule_new(misfire)
+        else:
+            k, cleared, roof = None, None, self._existing_roof(misfire)
+        height = float(self.rng.uniform(5.0, 12.0))
+        prefix = "new" if kind == "building" else "existing"
+        return SynthBuilding(
+            id=f"{self.id_prefix}-{prefix}-{index:03d}",
+            kind=kind,
+            center=(round(cy, 4), round(cx, 4)),
+            half=(round(half[0], 4), round(half[1], 4)),
+            angle_deg=round(ang, 4),
+            roof=roof,
+            height_m=round(height, 2),
+            appear_index=k,
+            clear_index=cleared,
+            bermed=bermed,
+            berm_distance_px=round(dist, 4),
+            berm_width_px=round(bwidth, 4),
+            scl_misfire=misfire,
+            roof_patch=coverage_rect((cy, cx), half, ang),
+            pad_patch=coverage_rect((cy, cx), (half[0] + 1.0, half[1] + 1.0), ang),
+            berm_patch=_ring((cy, cx), half, ang, dist, bwidth) if bermed else None,
+        )
+
+
+def _place_buildings(
+    placer: _Placer, *, n_existing: int, n_new: int, bermed_fraction: float, new_misfire: bool
+) -> list[SynthBuilding]:
+    """Existing buildings first (incl. the white roof SCL calls cloud), then the new ones."""
+    rng = placer.rng
     if n_existing > 0:
         for isolated in (False, True):
-            if try_place("existing", 1, misfire=True, isolated=isolated, bermed=False):
+            if placer.place("existing", 1, misfire=True, isolated=isolated, bermed=False):
                 break
     for i in range(2, n_existing + 1):
-        try_place("existing", i, misfire=False, isolated=False, bermed=bool(rng.random() < 0.3))
+        placer.place("existing", i, misfire=False, isolated=False, bermed=bool(rng.random() < 0.3))
     # An exact share of bermed new structures, in random order.
     n_bermed = round(bermed_fraction * n_new)
     berm_order = rng.permutation(np.arange(n_new) < n_bermed)
     placed = 0
     for i in range(n_new):
-        if not window_dates:
+        if not placer.window_dates:
             break
         isolated = bool(rng.random() < 0.15)
         misfire = new_misfire and i == 0
         bermed = bool(berm_order[i]) and not misfire
         for iso in (isolated, True) if not isolated else (True,):
-            if try_place("building", placed + 1, misfire=misfire, isolated=iso, bermed=bermed):
+            if placer.place("building", placed + 1, misfire=misfire, isolated=iso, bermed=bermed):
                 placed += 1
                 break
+    return placer.buildings
 
-    # Level the ground under isolated structures too (sites are graded before building).
-    site = np.zeros((Hc, Wc))
+
+def _level_sites(
+    dem: np.ndarray, buildings: list[SynthBuilding], graded: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(site, dem): the ground under isolated structures is levelled too (sites are graded
+    before building)."""
+    site = np.zeros(dem.shape)
     for bld in buildings:
         grown = (bld.half[0] + 4, bld.half[1] + 4)
         _paste(site, *coverage_rect(bld.center, grown, bld.angle_deg, ss=1))
     site = ndimage.gaussian_filter(site, 2.0) * (1.0 - graded)
     dem = dem * (1.0 - site) + ndimage.gaussian_filter(dem, 12.0) * site
+    return site, dem
 
-    # Valley vegetation: low ground away from compounds, roads and buildings, patchy.
+
+def _valley_floor(dem: np.ndarray) -> np.ndarray:
+    """0..1: 1 on the lowest 5 % of the ground, fading out at the 35 % quantile."""
     low = np.quantile(dem, 0.35)
     lower = np.quantile(dem, 0.05)
-    valley = np.clip((low - dem) / (low - lower + 1e-9), 0.0, 1.0)
-    patchy = np.clip(0.6 + 0.5 * fractal_noise(rng_for(7), (Hc, Wc), 2.0), 0.0, 1.0)
-    free = 1.0 - np.clip(graded * 2.0 + site * 2.0 + ndimage.gaussian_filter(roads, 1.0), 0.0, 1.0)
-    vegetation = 0.6 * valley * patchy * free
+    return np.clip((low - dem) / (low - lower + 1e-9), 0.0, 1.0)
 
-    water = np.zeros((Hc, Wc))
-    if pond:
-        cand = np.argwhere((valley > 0.7) & (free > 0.95) & ~occupied)
-        cand = cand[
-            (cand[:, 0] > PAD + 10)
-            & (cand[:, 0] < PAD + H - 10)
-            & (cand[:, 1] > PAD + 10)
-            & (cand[:, 1] < PAD + W * 0.6)
-        ]
-        if len(cand):
-            py, px = cand[int(rng_for(8).integers(len(cand)))]
-            yy, xx = np.mgrid[0:Hc, 0:Wc]
-            water = np.clip(3.0 - np.hypot((yy - py) / 2.5, (xx - px) / 4.0) * 3.0, 0.0, 1.0)
-            vegetation *= 1.0 - np.clip(water * 3.0, 0.0, 1.0)
 
-    wet_pattern = np.clip(0.6 + 0.4 * fractal_noise(rng_for(9), (Hc, Wc), 3.0), 0.0, 1.0)
+def _free_ground(graded: np.ndarray, site: np.ndarray, roads: np.ndarray) -> np.ndarray:
+    """0..1: 1 away from compounds, building sites and roads."""
+    return 1.0 - np.clip(graded * 2.0 + site * 2.0 + ndimage.gaussian_filter(roads, 1.0), 0.0, 1.0)
+
+
+def _pond(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    valley: np.ndarray,
+    free: np.ndarray,
+    occupied: np.ndarray,
+) -> np.ndarray | None:
+    """Water coverage of a small pond on free valley floor in the west, or None if none fits."""
+    H, W = shape
+    Hc, Wc = valley.shape
+    cand = np.argwhere((valley > 0.7) & (free > 0.95) & ~occupied)
+    cand = cand[
+        (cand[:, 0] > PAD + 10)
+        & (cand[:, 0] < PAD + H - 10)
+        & (cand[:, 1] > PAD + 10)
+        & (cand[:, 1] < PAD + W * 0.6)
+    ]
+    if not len(cand):
+        return None
+    py, px = cand[int(rng.integers(len(cand)))]
+    yy, xx = np.mgrid[0:Hc, 0:Wc]
+    return np.clip(3.0 - np.hypot((yy - py) / 2.5, (xx - px) / 4.0) * 3.0, 0.0, 1.0)
+
+
+def build_scene(
+    *,
+    shape: tuple[int, int],
+    plans: list[AcquisitionPlan] | tuple[AcquisitionPlan, ...],
+    seed: int,
+    lon: float,
+    lat: float,
+    n_new: int,
+    n_existing: int,
+    n_compounds: int,
+    expansion: tuple[date, date],
+    bermed_fraction: float = 0.6,
+    cleared_fraction: float = 0.4,
+    pond: bool = False,
+    new_misfire: bool = False,
+    id_prefix: str = "synth",
+) -> SynthScene:
+    """Lay out terrain, compounds, roads and buildings. Places up to `n_new` new structures (fewer
+    only if the window is too small); new ones appear on plan dates inside `expansion`."""
+    H, W = shape
+    canvas = (H + 2 * PAD, W + 2 * PAD)
+    dem, rock, texture = _terrain(seed, canvas)
+    compounds = _place_compounds(_layout_rng(seed, 4), shape, n_compounds)
+    graded, dem, soil = _grade_compounds(compounds, dem, rock, texture)
+    roads = _lay_roads(_layout_rng(seed, 5), compounds, canvas)
+    placer = _Placer(
+        _layout_rng(seed, 6),
+        shape,
+        compounds,
+        occupied=ndimage.binary_dilation(roads > 0.05, iterations=2),
+        window_dates=[i for i, p in enumerate(plans) if expansion[0] <= p.day <= expansion[1]],
+        cleared_fraction=cleared_fraction,
+        id_prefix=id_prefix,
+    )
+    buildings = _place_buildings(
+        placer,
+        n_existing=n_existing,
+        n_new=n_new,
+        bermed_fraction=bermed_fraction,
+        new_misfire=new_misfire,
+    )
+    site, dem = _level_sites(dem, buildings, graded)
+
+    valley, free = _valley_floor(dem), _free_ground(graded, site, roads)
+    patchy = np.clip(0.6 + 0.5 * fractal_noise(_layout_rng(seed, 7), canvas, 2.0), 0.0, 1.0)
+    vegetation = 0.6 * valley * patchy * free  # low ground away from works and roads, patchy
+
+    water = _pond(_layout_rng(seed, 8), shape, valley, free, placer.occupied) if pond else None
+    if water is None:
+        water = np.zeros(canvas)
+    else:
+        vegetation *= 1.0 - np.clip(water * 3.0, 0.0, 1.0)
+    wet_pattern = np.clip(0.6 + 0.4 * fractal_noise(_layout_rng(seed, 9), canvas, 3.0), 0.0, 1.0)
     return SynthScene(
         shape=(H, W),
         seed=seed,
@@ -741,53 +950,59 @@ def _valid_mask(shape: tuple[int, int], res_factor: int, edge: bool) -> np.ndarr
     return cols < 0.8 * full_w + 0.21 * (rows - full_h / 2.0)
 
 
-def render(scene: SynthScene, t: int) -> Rendered:
-    """Render acquisition `t` of `scene` (deterministic for a given scene, seed and t)."""
-    plan = scene.plans[t]
-    rng = np.random.default_rng([scene.seed, 2000 + t])
-    H, W = scene.shape
-    Hc, Wc = scene.canvas_shape
-    az, el = sun_position(plan.when, scene.lon, scene.lat)
-    day = plan.day
-
-    # Ground: soil, seasonal vegetation, roads, water; terrain illumination and rain darkening.
+def _ground(
+    scene: SynthScene, plan: AcquisitionPlan, az: float, el: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(surface (B, Hc, Wc), hillshade factor): soil, seasonal vegetation, roads and water under
+    the date's sun, darkened after rain."""
     surf = scene.soil.copy()
-    green = scene.vegetation * _season(day)
+    green = scene.vegetation * _season(plan.day)
     _blend(surf, "vegetation", green)
     _blend(surf, "gravel_road", scene.roads)
     _blend(surf, "water", scene.water)
     hill = _hillshade_factor(scene.dem, az, el)
     surf *= hill * (1.0 - 0.12 * plan.wetness * scene.wet_pattern)
+    return surf, hill
 
-    # Works and buildings present on this date (flat, so no terrain shading).
+
+def _paint_buildings(surf: np.ndarray, scene: SynthScene, t: int, az: float, el: float) -> None:
+    """Works and buildings present on date `t` (flat, so no terrain shading), in place."""
+    canvas = scene.canvas_shape
     zen = math.radians(90.0 - el)
     for b in scene.buildings:
         if b.ground_works(t) and b.pad_patch is not None and b.kind == "building":
-            _blend(surf, "cleared_ground", _full((Hc, Wc), *b.pad_patch))
+            _blend(surf, "cleared_ground", _full(canvas, *b.pad_patch))
         if b.ground_works(t) and b.berm_patch is not None:
-            _blend(surf, "disturbed_soil", _full((Hc, Wc), *b.berm_patch))
+            _blend(surf, "disturbed_soil", _full(canvas, *b.berm_patch))
         if b.present(t):
-            # Building shadow: the roof swept away from the sun by height * tan(zenith).
-            length = b.height_m * math.tan(zen) / 10.0
-            dcol, drow = -math.sin(math.radians(az)) * length, math.cos(math.radians(az)) * length
-            shade = np.zeros((Hc, Wc))
-            for f in (0.5, 1.0):
-                r0, c0, patch = coverage_rect(
-                    (b.center[0] + f * drow, b.center[1] + f * dcol), b.half, b.angle_deg
-                )
-                _paste(shade, r0, c0, patch)
-            roof = _full((Hc, Wc), *b.roof_patch)
-            shade = np.clip(shade - roof, 0.0, 1.0)
-            surf *= 1.0 - 0.55 * shade
-            _blend(surf, b.roof, roof)
+            _paint_roof(surf, b, canvas, az, zen)
 
-    # Misregistration and the sensor PSF, then crop the window.
-    shifted = np.stack([_shift_blur(surf[i], plan.shift_px, 0.45) for i in range(len(BANDS))])
-    win = shifted[:, PAD : PAD + H, PAD : PAD + W]
-    win = win * np.array(plan.gain)[:, None, None] + np.array(plan.offset)[:, None, None]
 
-    # Clouds on a canvas wide enough that shadows of clouds outside the window can fall inside.
-    reach = plan.cloud_height_m * math.tan(zen) / 10.0
+def _paint_roof(
+    surf: np.ndarray, b: SynthBuilding, canvas: tuple[int, int], az: float, zen: float
+) -> None:
+    """A roof and its shadow: the roof swept away from the sun by height * tan(zenith)."""
+    length = b.height_m * math.tan(zen) / 10.0
+    dcol, drow = -math.sin(math.radians(az)) * length, math.cos(math.radians(az)) * length
+    shade = np.zeros(canvas)
+    for f in (0.5, 1.0):
+        r0, c0, patch = coverage_rect(
+            (b.center[0] + f * drow, b.center[1] + f * dcol), b.half, b.angle_deg
+        )
+        _paste(shade, r0, c0, patch)
+    roof = _full(canvas, *b.roof_patch)
+    shade = np.clip(shade - roof, 0.0, 1.0)
+    surf *= 1.0 - 0.55 * shade
+    _blend(surf, b.roof, roof)
+
+
+def _clouds(
+    rng: np.random.Generator, plan: AcquisitionPlan, shape: tuple[int, int], az: float, el: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cloud opacity, cloud shadow, cirrus) on the window. Clouds are drawn on a canvas wide
+    enough that shadows of clouds outside the window can fall inside."""
+    H, W = shape
+    reach = plan.cloud_height_m * math.tan(math.radians(90.0 - el)) / 10.0
     s_col = -math.sin(math.radians(az)) * reach
     s_row = math.cos(math.radians(az)) * reach
     m = math.ceil(reach) + 2
@@ -804,14 +1019,36 @@ def render(scene: SynthScene, t: int) -> Rendered:
     cirrus = np.zeros((H, W))
     if plan.cirrus:
         cirrus = 0.12 * np.clip(fractal_noise(rng, (H, W), 3.0) - 0.3, 0.0, 1.5) / 1.5
+    return cloud, shadow, cirrus
+
+
+def _with_noise(rng: np.random.Generator, win: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(10 m bands, 20 m bands) with sensor noise: a floor plus a signal-dependent part."""
+    refl10 = win[:4] + rng.standard_normal(win[:4].shape) * (0.0015 + 0.006 * np.abs(win[:4]))
+    r20 = block_mean(win[4:])
+    refl20 = r20 + rng.standard_normal(r20.shape) * (0.0015 + 0.006 * np.abs(r20))
+    return refl10, refl20
+
+
+def render(scene: SynthScene, t: int) -> Rendered:
+    """Render acquisition `t` of `scene` (deterministic for a given scene, seed and t)."""
+    plan = scene.plans[t]
+    rng = np.random.default_rng([scene.seed, 2000 + t])
+    H, W = scene.shape
+    az, el = sun_position(plan.when, scene.lon, scene.lat)
+    surf, hill = _ground(scene, plan, az, el)
+    _paint_buildings(surf, scene, t, az, el)
+
+    # Misregistration and the sensor PSF, then crop the window; the date's radiometric drift.
+    shifted = np.stack([_shift_blur(surf[i], plan.shift_px, 0.45) for i in range(len(BANDS))])
+    win = shifted[:, PAD : PAD + H, PAD : PAD + W]
+    win = win * np.array(plan.gain)[:, None, None] + np.array(plan.offset)[:, None, None]
+
+    cloud, shadow, cirrus = _clouds(rng, plan, (H, W), az, el)
     win = win * (1.0 - 0.62 * shadow * (1.0 - cloud))
     win = win * (1.0 - cloud) + (_spec("cloud") * float(rng.uniform(0.85, 1.1))) * cloud
     win = win + _CIRRUS[:, None, None] * cirrus
-
-    # Sensor noise: a floor plus a signal-dependent part (10 m and 20 m bands alike).
-    refl10 = win[:4] + rng.standard_normal((4, H, W)) * (0.0015 + 0.006 * np.abs(win[:4]))
-    r20 = block_mean(win[4:])
-    refl20 = r20 + rng.standard_normal(r20.shape) * (0.0015 + 0.006 * np.abs(r20))
+    refl10, refl20 = _with_noise(rng, win)
 
     valid10 = _valid_mask((H, W), 1, plan.nodata_edge)
     valid20 = _valid_mask((H // 2, W // 2), 2, plan.nodata_edge)
