@@ -6,6 +6,7 @@ Exit codes: 0 every AOI processed; 1 some AOI failed (the others still ran) or a
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -169,8 +170,45 @@ def _load_aois(paths: tuple[str, ...], config: Any) -> list[Any]:
 
 # --- commands -----------------------------------------------------------------------------------
 
+# The test bench's command groups (in `changedet.lab.cli`) and their one-line help. The product never
+# imports the lab: these are loaded by name, only when invoked.
+LAB_COMMANDS: dict[str, str] = {
+    "eval": "Score the detector on labelled benchmarks.",
+    "synth": "Generate synthetic or semi-real test data.",
+}
+_LAB_CLI = "changedet.lab.cli"
+_LAB_GROUPS = {"eval": "eval_group", "synth": "synth"}  # command name -> attribute of _LAB_CLI
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _MainGroup(click.Group):
+    """The top-level group: its own commands plus the lab's, imported on first use (click's
+    documented lazy-loading pattern). Help lists the lab's from `LAB_COMMANDS` without importing."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAB_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in LAB_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        command: click.Command = getattr(importlib.import_module(_LAB_CLI), _LAB_GROUPS[cmd_name])
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in LAB_COMMANDS:
+                rows.append((name, LAB_COMMANDS[name]))
+                continue
+            command = super().get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="changedet")
 def main() -> None:
     """changedet: find new structures and earthworks in Sentinel-2 time series over an AOI."""
@@ -288,132 +326,4 @@ def search(
             console.print(f"note: {note}")
 
 
-@main.group()
-def synth() -> None:
-    """Generate synthetic or semi-real test data."""
-
-
-@synth.command("sample")
-@click.option(
-    "--aoi",
-    "aoi_file",
-    type=click.Path(dir_okay=False),
-    help="One AOI file (default with --all: aoi/*.geojson).",
-)
-@click.option(
-    "--all",
-    "all_aois",
-    is_flag=True,
-    help="Regenerate the bundled sample_tiles/ for every bundled AOI.",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    help="Output folder (default sample_tiles/<aoi_id>).",
-)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--debug", is_flag=True)
-def synth_sample(
-    aoi_file: str | None, all_aois: bool, out_dir: str | None, seed: int, debug: bool
-) -> None:
-    """Write the seeded synthetic Sentinel-2 sample tiles (COGs + static STAC + truth)."""
-    from changedet.lab import sample as synth_mod
-
-    with _errors(debug), _Renderer(quiet=False) as progress:
-        if all_aois:
-            summaries = synth_mod.regenerate_all(Path.cwd(), progress=progress)
-        elif aoi_file:
-            from changedet.aoi import load_aois
-
-            summaries = []
-            for aoi in load_aois(aoi_file):
-                target = Path(out_dir) / aoi.id if out_dir else Path("sample_tiles") / aoi.id
-                summaries.append(synth_mod.write_sample(aoi, target, seed=seed, progress=progress))
-        else:
-            raise UsageError("pass --aoi FILE or --all")
-    for s in summaries:
-        click.echo(
-            f"wrote {s.n_items} items, {s.n_truth} true new structures, {s.bytes_written / 1e6:.1f} MB to {s.out_dir}"
-        )
-
-
-@synth.command("oscd-series")
-@click.option(
-    "--root",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="OSCD root folder (holds the 'Onera Satellite Change Detection dataset - ...' folders).",
-)
-@click.option("--city", required=True, help="OSCD city name, e.g. beihai.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option(
-    "--start", default="2023-01-01", show_default=True, help="Date of the first acquisition."
-)
-@click.option("--months", default=12, show_default=True, type=click.IntRange(2, 60))
-@click.option("--debug", is_flag=True)
-def synth_oscd_series(
-    root: str, city: str, out_dir: str, seed: int, start: str, months: int, debug: bool
-) -> None:
-    """Build a monthly semi-real series from a real OSCD pair and its labels."""
-    from changedet.config import parse_date
-    from changedet.lab.series import write_oscd_series
-
-    with _errors(debug), _Renderer(quiet=False) as progress:
-        summary = write_oscd_series(
-            Path(root),
-            city,
-            Path(out_dir),
-            seed=seed,
-            start=parse_date(start, "--start"),
-            months=months,
-            progress=progress,
-        )
-    click.echo(str(summary))
-
-
-@main.group("eval")
-def eval_group() -> None:
-    """Score the detector on labelled benchmarks."""
-
-
-@eval_group.command("oscd")
-@click.option("--root", required=True, type=click.Path(file_okay=False), help="OSCD root folder.")
-@click.option("--cities", help="Comma-separated city names (default: every city under --root).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False))
-@click.option("--debug", is_flag=True)
-def eval_oscd(
-    root: str, cities: str | None, out_dir: str, config_path: str | None, debug: bool
-) -> None:
-    """Run the default detector on OSCD; print per-city and pooled precision/recall/F1."""
-    from changedet.config import load_config
-    from changedet.lab.oscd import evaluate
-
-    with _errors(debug):
-        if not Path(root).is_dir():
-            raise UsageError(
-                f"OSCD root '{root}' is not a folder; pass the folder holding the OSCD dataset"
-            )
-        config = load_config(config_path)
-        names = [c.strip() for c in cities.split(",") if c.strip()] if cities else None
-        with _Renderer(quiet=False) as progress:
-            report = evaluate(
-                Path(root), Path(out_dir), cities=names, config=config.change, progress=progress
-            )
-
-    def fmt(v: float | None) -> str:
-        return "   -  " if v is None else f"{v:6.3f}"
-
-    click.echo(f"{'city':<14}{'precision':>10}{'recall':>10}{'F1':>10}")
-    for row in report.cities:
-        if row.f1 is None and row.precision is None and row.recall is None:
-            click.echo(f"{row.city:<14}  no labels under --root: predictions only")
-            continue
-        click.echo(f"{row.city:<14}{fmt(row.precision):>10}{fmt(row.recall):>10}{fmt(row.f1):>10}")
-    p = report.pooled
-    click.echo(f"{'pooled':<14}{fmt(p.precision):>10}{fmt(p.recall):>10}{fmt(p.f1):>10}")
-
-
-__all__ = ["main"]
+__all__ = ["LAB_COMMANDS", "main"]

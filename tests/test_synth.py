@@ -380,7 +380,7 @@ def test_cog_reflectance_and_truth_match_the_scene(written) -> None:  # type: ig
 def test_committed_sample_matches_its_brief(aoi_id: str, minimum: int, repo: Path) -> None:
     folder = repo / "sample_tiles" / aoi_id
     if not (folder / "truth.geojson").is_file():
-        pytest.skip("sample_tiles not generated; run `python -m changedet.lab.sample`")
+        pytest.skip("sample_tiles not generated; run `changedet synth sample --all`")
     total = sum(p.stat().st_size for p in (repo / "sample_tiles").rglob("*") if p.is_file())
     assert total <= 15 * 1024 * 1024
     truth = json.loads((folder / "truth.geojson").read_text())

@@ -16,7 +16,7 @@ UTM grid (`changedet.aoi.grid_for`) and writes, into one folder:
 
 Output is bit-identical on rerun: seeded numpy, fixed COG options, no wall-clock times anywhere.
 The data are synthetic and say so (`changedet:synthetic: true`); they claim nothing about the
-real sites. Regenerate the committed sample with `python -m changedet.lab.sample`.
+real sites. Regenerate the committed sample with `changedet synth sample --all` (`regenerate_all`).
 """
 
 from __future__ import annotations
@@ -37,13 +37,14 @@ from pyproj import Transformer
 from shapely.geometry import Polygon, box, mapping
 
 from changedet.aoi import grid_for, load_aois
-from changedet.errors import OutputError
+from changedet.errors import AOIError, OutputError
 from changedet.lab.scene import (
     BANDS_10M,
     BANDS_20M,
     PAD,
     AcquisitionPlan,
     Rendered,
+    SynthBuilding,
     SynthScene,
     build_scene,
     first_clear_index,
@@ -331,43 +332,48 @@ class _Geo:
         return self.polygon([(r, c) for c, r in ring]).normalize()
 
 
-def _item(
-    *,
-    scene_id: str,
-    plan: AcquisitionPlan,
-    sequence: int,
-    tile: str,
-    epsg: int,
-    window: Grid,
-    footprint: Polygon,
-    scl: np.ndarray,
-    rendered: Rendered,
-    relative_orbit: int,
-    hrefs_prefix: str,
-    links: list[dict[str, str]],
+@dataclass(frozen=True)
+class _Site:
+    """One sample's scene and where it sits: what every file written for it needs."""
+
+    aoi: AOI
+    seed: int
+    scene: SynthScene
+    window: Grid
+    row_off: int
+    col_off: int
+    tile: str
+    relative_orbit: int
+    geo: _Geo
+
+
+def _site(aoi: AOI, seed: int) -> _Site:
+    scene, window, row_off, col_off = sample_scene(aoi, seed=seed)
+    preset = _preset_for(aoi, grid_for(aoi))
+    tile = str(aoi.properties.get("s2_tile") or mgrs_tile(preset.center_lon, preset.center_lat))
+    return _Site(
+        aoi, seed, scene, window, row_off, col_off, tile, preset.relative_orbit, _Geo(window)
+    )
+
+
+def _timestamps(plan: AcquisitionPlan, sequence: int) -> tuple[datetime, datetime]:
+    """(generated, created): processing times after sensing; a reprocessing comes a month later."""
+    generated = (
+        plan.when + timedelta(hours=2, minutes=13, seconds=24) + timedelta(days=31 * sequence)
+    )
+    return generated, generated + timedelta(hours=1, minutes=21, seconds=57)
+
+
+def _product_ids(
+    plan: AcquisitionPlan, tile: str, relative_orbit: int, generated: datetime
 ) -> dict[str, Any]:
+    """The `s2:` product, datatake, datastrip and granule identifiers, as ESA names them."""
     when = plan.when
     baseline = "05.10" if plan.day >= BASELINE_0510_FROM else "05.09"
     nbase = "N" + baseline
     sat = "S2A" if plan.platform == "sentinel-2a" else "S2B"
-    generated = when + timedelta(hours=2, minutes=13, seconds=24) + timedelta(days=31 * sequence)
-    created = generated + timedelta(hours=1, minutes=21, seconds=57)
     abs_orbit = _absolute_orbit(plan.platform, plan.day)
-    bounds = footprint.bounds
-    props: dict[str, Any] = {
-        "created": _iso(created),
-        "platform": plan.platform,
-        "constellation": "sentinel-2",
-        "instruments": ["msi"],
-        **{k: v for k, v in _scl_percentages(scl).items() if k == "eo:cloud_cover"},
-        "proj:epsg": epsg,
-        "mgrs:utm_zone": int(tile[:2]),
-        "mgrs:latitude_band": tile[2],
-        "mgrs:grid_square": tile[3:],
-        "grid:code": f"MGRS-{tile}",
-        "view:sun_azimuth": round(rendered.sun_azimuth, 6),
-        "view:sun_elevation": round(rendered.sun_elevation, 6),
-        **{k: v for k, v in _scl_percentages(scl).items() if k != "eo:cloud_cover"},
+    return {
         "s2:product_type": "S2MSI2A",
         "s2:processing_baseline": baseline,
         "s2:product_uri": (
@@ -383,8 +389,33 @@ def _item(
         "s2:granule_id": (
             f"{sat}_OPER_MSI_L2A_TL_{sat[1:]}PS_{_compact(generated)}_A{abs_orbit:06d}_T{tile}_N{baseline}"
         ),
+    }
+
+
+def _item_properties(
+    site: _Site, plan: AcquisitionPlan, sequence: int, scl: np.ndarray, rendered: Rendered
+) -> dict[str, Any]:
+    """Earth Search v1-like item properties (key order as on Earth Search)."""
+    tile = site.tile
+    generated, created = _timestamps(plan, sequence)
+    percentages = _scl_percentages(scl)
+    return {
+        "created": _iso(created),
+        "platform": plan.platform,
+        "constellation": "sentinel-2",
+        "instruments": ["msi"],
+        "eo:cloud_cover": percentages["eo:cloud_cover"],
+        "proj:epsg": site.window.epsg or 0,
+        "mgrs:utm_zone": int(tile[:2]),
+        "mgrs:latitude_band": tile[2],
+        "mgrs:grid_square": tile[3:],
+        "grid:code": f"MGRS-{tile}",
+        "view:sun_azimuth": round(rendered.sun_azimuth, 6),
+        "view:sun_elevation": round(rendered.sun_elevation, 6),
+        **{k: v for k, v in percentages.items() if k != "eo:cloud_cover"},
+        **_product_ids(plan, tile, site.relative_orbit, generated),
         "s2:reflectance_conversion_factor": _earth_sun_factor(plan.day),
-        "datetime": _iso(when),
+        "datetime": _iso(plan.when),
         "s2:sequence": str(sequence),
         # As on Earth Search: true = DNs already shifted back (raster:bands keeps its -0.1 template
         # value anyway); false = DN = 10000·reflectance + 1000, use the raster:bands offset.
@@ -393,41 +424,47 @@ def _item(
         "changedet:synthetic": True,
         "updated": _iso(created),
     }
-    t = window.transform
+
+
+def _reflectance_asset(key: str, window: Grid) -> dict[str, Any]:
+    """The asset of reflectance band `key` (Earth Search v1 key), href relative to the item."""
+    fname, title, wl, fwhm, res = _BAND_INFO[key]
+    grid = window if res == 10 else window.scaled(2)
+    tr = grid.transform
+    return {
+        "href": f"./{fname}.tif",
+        "type": COG_TYPE,
+        "title": f"{title} - {res}m",
+        "eo:bands": [
+            {
+                "name": key,
+                "common_name": key,
+                "description": title,
+                "center_wavelength": wl,
+                "full_width_half_max": fwhm,
+            }
+        ],
+        "gsd": res,
+        "proj:shape": list(grid.shape),
+        "proj:transform": [tr.a, tr.b, tr.c, tr.d, tr.e, tr.f],
+        "raster:bands": [
+            {
+                "nodata": 0,
+                "data_type": "uint16",
+                "bits_per_sample": 15,
+                "spatial_resolution": res,
+                "scale": 0.0001,
+                "offset": -0.1,
+            }
+        ],
+        "roles": ["data", "reflectance"],
+    }
+
+
+def _scl_asset(window: Grid) -> dict[str, Any]:
     t20 = window.scaled(2).transform
-    assets: dict[str, Any] = {}
-    for key, (fname, title, wl, fwhm, res) in _BAND_INFO.items():
-        tr, shape = (t, window.shape) if res == 10 else (t20, window.scaled(2).shape)
-        assets[key] = {
-            "href": f"{hrefs_prefix}{fname}.tif",
-            "type": COG_TYPE,
-            "title": f"{title} - {res}m",
-            "eo:bands": [
-                {
-                    "name": key,
-                    "common_name": key,
-                    "description": title,
-                    "center_wavelength": wl,
-                    "full_width_half_max": fwhm,
-                }
-            ],
-            "gsd": res,
-            "proj:shape": list(shape),
-            "proj:transform": [tr.a, tr.b, tr.c, tr.d, tr.e, tr.f],
-            "raster:bands": [
-                {
-                    "nodata": 0,
-                    "data_type": "uint16",
-                    "bits_per_sample": 15,
-                    "spatial_resolution": res,
-                    "scale": 0.0001,
-                    "offset": -0.1,
-                }
-            ],
-            "roles": ["data", "reflectance"],
-        }
-    assets["scl"] = {
-        "href": f"{hrefs_prefix}SCL.tif",
+    return {
+        "href": "./SCL.tif",
         "type": COG_TYPE,
         "title": "Scene classification map (SCL)",
         "proj:shape": list(window.scaled(2).shape),
@@ -435,87 +472,115 @@ def _item(
         "raster:bands": [{"nodata": 0, "data_type": "uint8", "spatial_resolution": 20}],
         "roles": ["data", "reflectance"],
     }
+
+
+_ITEM_EXTENSIONS = (
+    "https://stac-extensions.github.io/processing/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/grid/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/view/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/mgrs/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+)
+
+
+def _item(
+    site: _Site,
+    plan: AcquisitionPlan,
+    *,
+    scene_id: str,
+    sequence: int,
+    scl: np.ndarray,
+    rendered: Rendered,
+) -> dict[str, Any]:
+    """The STAC item of one delivery of one date, as stored in the static catalog."""
+    footprint = site.geo.footprint(plan.nodata_edge)
+    assets = {key: _reflectance_asset(key, site.window) for key in _BAND_INFO}
+    assets["scl"] = _scl_asset(site.window)
     return {
         "type": "Feature",
         "stac_version": "1.0.0",
         "id": scene_id,
-        "properties": props,
+        "properties": _item_properties(site, plan, sequence, scl, rendered),
         "geometry": _round_coords(footprint),
-        "links": links,
-        "assets": assets,
-        "bbox": [round(v, 8) for v in bounds],
-        "stac_extensions": [
-            "https://stac-extensions.github.io/processing/v1.1.0/schema.json",
-            "https://stac-extensions.github.io/grid/v1.0.0/schema.json",
-            "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
-            "https://stac-extensions.github.io/view/v1.0.0/schema.json",
-            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
-            "https://stac-extensions.github.io/mgrs/v1.0.0/schema.json",
-            "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+        "links": [
+            {"rel": "root", "href": "../../catalog.json", "type": "application/json"},
+            {"rel": "parent", "href": "../collection.json", "type": "application/json"},
+            {"rel": "collection", "href": "../collection.json", "type": "application/json"},
         ],
+        "assets": assets,
+        "bbox": [round(v, 8) for v in footprint.bounds],
+        "stac_extensions": list(_ITEM_EXTENSIONS),
         "collection": COLLECTION_ID,
     }
+
+
+def _structure_feature(
+    b: SynthBuilding, geo: _Geo, days: list[str], first_clear: int | None
+) -> dict[str, Any]:
+    """truth.geojson feature of one building (new or existing)."""
+
+    def day_or_none(i: int | None) -> str | None:
+        return None if i is None else days[i]
+
+    length_m, width_m = 20.0 * b.half[0], 20.0 * b.half[1]
+    props: dict[str, Any] = {
+        "id": b.id,
+        "kind": b.kind,
+        "appeared": day_or_none(b.appear_index),
+        "cleared": day_or_none(b.clear_index),
+        "first_clear": day_or_none(first_clear),
+        "bermed": b.bermed,
+        "area_m2": round(length_m * width_m, 1),
+        "length_m": round(length_m, 2),
+        "width_m": round(width_m, 2),
+        "angle_deg": round(b.angle_deg, 2),
+        "roof": b.roof,
+        "height_m": b.height_m,
+        "scl_misfire": b.scl_misfire,
+        "berm_distance_m": round(10.0 * b.berm_distance_px, 2) if b.bermed else None,
+        "berm_width_m": round(10.0 * b.berm_width_px, 2) if b.bermed else None,
+    }
+    ring = geo.polygon(_to_window(b.corners()))
+    return {"type": "Feature", "id": b.id, "properties": props, "geometry": _round_coords(ring)}
+
+
+def _berm_feature(b: SynthBuilding, geo: _Geo, days: list[str]) -> dict[str, Any]:
+    """truth.geojson feature of a building's berm centre line, dated from the ground works."""
+    line = _to_window(b.berm_centerline())
+    coords = [list(geo.pixel_to_lonlat(r, c)) for r, c in [*line, line[0]]]
+    works = b.clear_index if b.clear_index is not None else b.appear_index
+    return {
+        "type": "Feature",
+        "id": f"{b.id}-berm",
+        "properties": {
+            "id": f"{b.id}-berm",
+            "kind": "berm",
+            "structure_id": b.id,
+            "appeared": None if works is None else days[works],
+            "distance_m": round(10.0 * b.berm_distance_px, 2),
+            "width_m": round(10.0 * b.berm_width_px, 2),
+        },
+        "geometry": {
+            "type": "LineString",
+            "coordinates": [[round(v, 8) for v in c] for c in coords],
+        },
+    }
+
+
+def _to_window(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Canvas (row, col) → window (row, col)."""
+    return [(r - PAD, c - PAD) for r, c in points]
 
 
 def _truth(
     scene: SynthScene, geo: _Geo, first_clear: dict[str, int | None], aoi: AOI
 ) -> dict[str, Any]:
     days = [p.day.isoformat() for p in scene.plans]
-
-    def to_window(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        return [(r - PAD, c - PAD) for r, c in points]
-
-    def day_or_none(i: int | None) -> str | None:
-        return None if i is None else days[i]
-
-    features: list[dict[str, Any]] = []
-    berms: list[dict[str, Any]] = []
     ordered = sorted(scene.buildings, key=lambda b: (b.kind != "building", b.id))
-    for b in ordered:
-        length_m, width_m = 20.0 * b.half[0], 20.0 * b.half[1]
-        props: dict[str, Any] = {
-            "id": b.id,
-            "kind": b.kind,
-            "appeared": day_or_none(b.appear_index),
-            "cleared": day_or_none(b.clear_index),
-            "first_clear": day_or_none(first_clear.get(b.id)),
-            "bermed": b.bermed,
-            "area_m2": round(length_m * width_m, 1),
-            "length_m": round(length_m, 2),
-            "width_m": round(width_m, 2),
-            "angle_deg": round(b.angle_deg, 2),
-            "roof": b.roof,
-            "height_m": b.height_m,
-            "scl_misfire": b.scl_misfire,
-            "berm_distance_m": round(10.0 * b.berm_distance_px, 2) if b.bermed else None,
-            "berm_width_m": round(10.0 * b.berm_width_px, 2) if b.bermed else None,
-        }
-        ring = geo.polygon(to_window(b.corners()))
-        features.append(
-            {"type": "Feature", "id": b.id, "properties": props, "geometry": _round_coords(ring)}
-        )
-        if b.bermed:
-            line = to_window(b.berm_centerline())
-            coords = [list(geo.pixel_to_lonlat(r, c)) for r, c in [*line, line[0]]]
-            works = b.clear_index if b.clear_index is not None else b.appear_index
-            berms.append(
-                {
-                    "type": "Feature",
-                    "id": f"{b.id}-berm",
-                    "properties": {
-                        "id": f"{b.id}-berm",
-                        "kind": "berm",
-                        "structure_id": b.id,
-                        "appeared": day_or_none(works),
-                        "distance_m": round(10.0 * b.berm_distance_px, 2),
-                        "width_m": round(10.0 * b.berm_width_px, 2),
-                    },
-                    "geometry": {
-                        "type": "LineString",
-                        "coordinates": [[round(v, 8) for v in c] for c in coords],
-                    },
-                }
-            )
+    features = [_structure_feature(b, geo, days, first_clear.get(b.id)) for b in ordered]
+    berms = [_berm_feature(b, geo, days) for b in ordered if b.bermed]
     return {
         "type": "FeatureCollection",
         "name": f"{aoi.id}-synthetic-truth",
@@ -551,207 +616,215 @@ def write_sample(
             f"'{out_dir}' is not empty and holds no earlier synthetic sample; "
             "pass a new or empty folder"
         )
-    scene, window, row_off, col_off = sample_scene(aoi, seed=seed)
-    preset = _preset_for(aoi, grid_for(aoi))
-    tile = str(aoi.properties.get("s2_tile") or mgrs_tile(preset.center_lon, preset.center_lat))
-    epsg = window.epsg or 0
-    geo = _Geo(window)
-    window20 = window.scaled(2)
-    H, W = window.shape
+    site = _site(aoi, seed)
+    scene = site.scene
     n = len(scene.plans)
     stage = f"synth {aoi.id}"
     progress(stage, 0, n)
-
     items: list[dict[str, Any]] = []
     clear10: list[np.ndarray] = []
     dates_meta: list[dict[str, Any]] = []
     with atomic_dir(out_dir) as tmp:
-        coll_dir = tmp / COLLECTION_ID
-        for t, plan in enumerate(scene.plans):
-            rendered = render(scene, t)
-            add = not plan.offset_applied
-            dn10 = to_dn(rendered.refl10, rendered.valid10, add_offset=add)
-            dn20 = to_dn(rendered.refl20, rendered.valid20, add_offset=add)
-            scl = rendered.scl
-            clear20 = ~np.isin(scl, SCL_INVALID)
-            clear10.append(np.repeat(np.repeat(clear20, 2, axis=0), 2, axis=1)[:H, :W])
-            sat = "S2A" if plan.platform == "sentinel-2a" else "S2B"
-            versions = [0, 1] if plan.duplicate else [0]
-            ids = []
-            for seq in versions:
-                scene_id = f"{sat}_{tile}_{plan.day:%Y%m%d}_{seq}_L2A"
-                ids.append(scene_id)
-                b10, b20, s20 = dn10, dn20, scl
-                if plan.duplicate and seq == 0:
-                    # The first delivery lost a block of lines (DN 0); the reprocessing fixed it.
-                    r0 = _stripe_row(scene, H)
-                    b10, b20, s20 = dn10.copy(), dn20.copy(), scl.copy()
-                    b10[:, r0 : r0 + 12] = 0
-                    b20[:, r0 // 2 : r0 // 2 + 6] = 0
-                    s20[r0 // 2 : r0 // 2 + 6] = 0
-                item_dir = coll_dir / scene_id
-                for i, band in enumerate(BANDS_10M):
-                    write_cog(item_dir / f"{_BAND_INFO[band][0]}.tif", b10[i], window, nodata=0)
-                for i, band in enumerate(BANDS_20M):
-                    write_cog(item_dir / f"{_BAND_INFO[band][0]}.tif", b20[i], window20, nodata=0)
-                write_cog(item_dir / "SCL.tif", s20, window20, nodata=0)
-                item = _item(
-                    scene_id=scene_id,
-                    plan=plan,
-                    sequence=seq,
-                    tile=tile,
-                    epsg=epsg,
-                    window=window,
-                    footprint=geo.footprint(plan.nodata_edge),
-                    scl=s20,
-                    rendered=rendered,
-                    relative_orbit=preset.relative_orbit,
-                    hrefs_prefix="./",
-                    links=[
-                        {"rel": "root", "href": "../../catalog.json", "type": "application/json"},
-                        {"rel": "parent", "href": "../collection.json", "type": "application/json"},
-                        {
-                            "rel": "collection",
-                            "href": "../collection.json",
-                            "type": "application/json",
-                        },
-                    ],
-                )
-                write_json(item_dir / f"{scene_id}.json", item)
-                items.append(item)
-            dates_meta.append(
-                {
-                    "index": t,
-                    "datetime": _iso(plan.when),
-                    "item_ids": ids,
-                    "platform": plan.platform,
-                    "shift_px": list(plan.shift_px),
-                    "cloud_cover_target": round(plan.cloud_cover, 4),
-                    "scl_cloud_percent": _scl_percentages(scl)["eo:cloud_cover"],
-                    "cloud_height_m": round(plan.cloud_height_m, 1),
-                    "cirrus": plan.cirrus,
-                    "nodata_edge": plan.nodata_edge,
-                    "duplicate": plan.duplicate,
-                    "boa_offset_applied": plan.offset_applied,
-                    "gain": list(plan.gain),
-                    "offset": list(plan.offset),
-                    "wetness": round(plan.wetness, 4),
-                    "sun_azimuth": round(rendered.sun_azimuth, 4),
-                    "sun_elevation": round(rendered.sun_elevation, 4),
-                }
-            )
+        for t in range(n):
+            date_items, clear, meta = _write_date(tmp / COLLECTION_ID, site, t)
+            items.extend(date_items)
+            clear10.append(clear)
+            dates_meta.append(meta)
             progress(stage, t + 1, n)
-
+        _write_catalogs(tmp, site, items)
         first_clear = {b.id: first_clear_index(scene, b, clear10) for b in scene.new_buildings}
-        full = geo.footprint(False)
-        extent = {
-            "spatial": {"bbox": [[round(v, 8) for v in full.bounds]]},
-            "temporal": {"interval": [[_iso(scene.plans[0].when), _iso(scene.plans[-1].when)]]},
-        }
-        # "changedet.synth" names the `changedet synth` command; kept so the sample stays bit-identical.
-        description = (
-            f"SYNTHETIC Sentinel-2 L2A-like sample for AOI '{aoi.id}', generated by changedet.synth "
-            "(seeded scene model: terrain, compounds, new structures with berms, clouds, "
-            "misregistration). Not real imagery; it claims nothing about the real site."
-        )
-        collection = {
-            "type": "Collection",
-            "id": COLLECTION_ID,
+        write_json(tmp / "truth.geojson", _truth(scene, site.geo, first_clear, aoi))
+        write_json(tmp / "scenario.json", _scenario(site, dates_meta))
+    return SampleSummary(
+        aoi_id=aoi.id,
+        n_items=len(items),
+        n_truth=len(scene.new_buildings),
+        window=site.window,
+        bytes_written=_make_shareable(out_dir),
+        out_dir=out_dir,
+    )
+
+
+def _write_date(
+    coll_dir: Path, site: _Site, t: int
+) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]]:
+    """Render date `t` and write its item(s): (items, 10 m clear mask by SCL, scenario entry).
+
+    A duplicate datatake is written twice: a first delivery that lost a block of lines (DN 0)
+    and the reprocessing that fixed it."""
+    plan = site.scene.plans[t]
+    rendered = render(site.scene, t)
+    add = not plan.offset_applied
+    dn10 = to_dn(rendered.refl10, rendered.valid10, add_offset=add)
+    dn20 = to_dn(rendered.refl20, rendered.valid20, add_offset=add)
+    scl = rendered.scl
+    H, W = site.window.shape
+    clear20 = ~np.isin(scl, SCL_INVALID)
+    clear10 = np.repeat(np.repeat(clear20, 2, axis=0), 2, axis=1)[:H, :W]
+    items = []
+    for seq in [0, 1] if plan.duplicate else [0]:
+        b10, b20, s20 = dn10, dn20, scl
+        if plan.duplicate and seq == 0:
+            r0 = _stripe_row(site.scene, H)
+            b10, b20, s20 = dn10.copy(), dn20.copy(), scl.copy()
+            b10[:, r0 : r0 + 12] = 0
+            b20[:, r0 // 2 : r0 // 2 + 6] = 0
+            s20[r0 // 2 : r0 // 2 + 6] = 0
+        sat = "S2A" if plan.platform == "sentinel-2a" else "S2B"
+        scene_id = f"{sat}_{site.tile}_{plan.day:%Y%m%d}_{seq}_L2A"
+        _write_cogs(coll_dir / scene_id, site.window, b10, b20, s20)
+        item = _item(site, plan, scene_id=scene_id, sequence=seq, scl=s20, rendered=rendered)
+        write_json(coll_dir / scene_id / f"{scene_id}.json", item)
+        items.append(item)
+    meta = _date_meta(t, plan, [it["id"] for it in items], scl, rendered)
+    return items, clear10, meta
+
+
+def _write_cogs(
+    item_dir: Path, window: Grid, dn10: np.ndarray, dn20: np.ndarray, scl: np.ndarray
+) -> None:
+    for i, band in enumerate(BANDS_10M):
+        write_cog(item_dir / f"{_BAND_INFO[band][0]}.tif", dn10[i], window, nodata=0)
+    for i, band in enumerate(BANDS_20M):
+        write_cog(item_dir / f"{_BAND_INFO[band][0]}.tif", dn20[i], window.scaled(2), nodata=0)
+    write_cog(item_dir / "SCL.tif", scl, window.scaled(2), nodata=0)
+
+
+def _date_meta(
+    t: int, plan: AcquisitionPlan, ids: list[str], scl: np.ndarray, rendered: Rendered
+) -> dict[str, Any]:
+    """scenario.json's entry for date `t`: the hidden truth of its plan."""
+    return {
+        "index": t,
+        "datetime": _iso(plan.when),
+        "item_ids": ids,
+        "platform": plan.platform,
+        "shift_px": list(plan.shift_px),
+        "cloud_cover_target": round(plan.cloud_cover, 4),
+        "scl_cloud_percent": _scl_percentages(scl)["eo:cloud_cover"],
+        "cloud_height_m": round(plan.cloud_height_m, 1),
+        "cirrus": plan.cirrus,
+        "nodata_edge": plan.nodata_edge,
+        "duplicate": plan.duplicate,
+        "boa_offset_applied": plan.offset_applied,
+        "gain": list(plan.gain),
+        "offset": list(plan.offset),
+        "wetness": round(plan.wetness, 4),
+        "sun_azimuth": round(rendered.sun_azimuth, 4),
+        "sun_elevation": round(rendered.sun_elevation, 4),
+    }
+
+
+def _description(aoi: AOI) -> str:
+    # "changedet.synth" names the `changedet synth` command; kept so the sample stays bit-identical.
+    return (
+        f"SYNTHETIC Sentinel-2 L2A-like sample for AOI '{aoi.id}', generated by changedet.synth "
+        "(seeded scene model: terrain, compounds, new structures with berms, clouds, "
+        "misregistration). Not real imagery; it claims nothing about the real site."
+    )
+
+
+def _collection(site: _Site, items: list[dict[str, Any]]) -> dict[str, Any]:
+    plans = site.scene.plans
+    full = site.geo.footprint(False)
+    extent = {
+        "spatial": {"bbox": [[round(v, 8) for v in full.bounds]]},
+        "temporal": {"interval": [[_iso(plans[0].when), _iso(plans[-1].when)]]},
+    }
+    item_links = [
+        {"rel": "item", "href": f"./{it['id']}/{it['id']}.json", "type": "application/json"}
+        for it in items
+    ]
+    return {
+        "type": "Collection",
+        "id": COLLECTION_ID,
+        "stac_version": "1.0.0",
+        "title": "Sentinel-2 Level-2A (SYNTHETIC)",
+        "description": _description(site.aoi),
+        "links": [
+            {"rel": "root", "href": "../catalog.json", "type": "application/json"},
+            {"rel": "parent", "href": "../catalog.json", "type": "application/json"},
+            *item_links,
+        ],
+        "stac_extensions": [],
+        "extent": extent,
+        "license": "MIT",
+        "keywords": ["sentinel", "synthetic", "changedet"],
+        "changedet:synthetic": True,
+    }
+
+
+def _write_catalogs(tmp: Path, site: _Site, items: list[dict[str, Any]]) -> None:
+    """The static catalog (catalog.json → collection → items), and the same items flat in
+    items.json beside a link-free collection.json, for `rustac serve collection.json items.json`."""
+    collection = _collection(site, items)
+    write_json(tmp / COLLECTION_ID / "collection.json", collection)
+    write_json(
+        tmp / "catalog.json",
+        {
+            "type": "Catalog",
+            "id": f"changedet-synthetic-{site.aoi.id}",
             "stac_version": "1.0.0",
-            "title": "Sentinel-2 Level-2A (SYNTHETIC)",
-            "description": description,
-            "links": [
-                {"rel": "root", "href": "../catalog.json", "type": "application/json"},
-                {"rel": "parent", "href": "../catalog.json", "type": "application/json"},
-                *[
-                    {
-                        "rel": "item",
-                        "href": f"./{it['id']}/{it['id']}.json",
-                        "type": "application/json",
-                    }
-                    for it in items
-                ],
-            ],
-            "stac_extensions": [],
-            "extent": extent,
-            "license": "MIT",
-            "keywords": ["sentinel", "synthetic", "changedet"],
+            "description": _description(site.aoi),
             "changedet:synthetic": True,
-        }
-        write_json(coll_dir / "collection.json", collection)
-        write_json(
-            tmp / "catalog.json",
-            {
-                "type": "Catalog",
-                "id": f"changedet-synthetic-{aoi.id}",
-                "stac_version": "1.0.0",
-                "description": description,
-                "changedet:synthetic": True,
-                "links": [
-                    {"rel": "root", "href": "./catalog.json", "type": "application/json"},
-                    {
-                        "rel": "child",
-                        "href": f"./{COLLECTION_ID}/collection.json",
-                        "type": "application/json",
-                    },
-                ],
-            },
-        )
-        served = []
-        for it in items:
-            flat = copy.deepcopy(it)
-            prefix = f"./{COLLECTION_ID}/{it['id']}/"
-            for asset in flat["assets"].values():
-                asset["href"] = prefix + asset["href"][2:]
-            flat["links"] = []  # a STAC API server adds its own self/root/collection links
-            served.append(flat)
-        write_json(tmp / "items.json", {"type": "FeatureCollection", "features": served})
-        # The same collection without item links, for `rustac serve collection.json items.json`
-        # (rustac would otherwise try to load the item links too).
-        write_json(
-            tmp / "collection.json",
-            {
-                **collection,
-                "links": [{"rel": "root", "href": "./catalog.json", "type": "application/json"}],
-            },
-        )
-        write_json(tmp / "truth.geojson", _truth(scene, geo, first_clear, aoi))
-        wt = window.transform
-        write_json(
-            tmp / "scenario.json",
-            {
-                "changedet:synthetic": True,
-                "scenario_version": SCENARIO_VERSION,
-                "aoi_id": aoi.id,
-                "seed": seed,
-                "tile": tile,
-                "crs": window.crs,
-                "window": {
-                    "row_off": row_off,
-                    "col_off": col_off,
-                    "height": H,
-                    "width": W,
-                    "transform": [wt.a, wt.b, wt.c, wt.d, wt.e, wt.f],
+            "links": [
+                {"rel": "root", "href": "./catalog.json", "type": "application/json"},
+                {
+                    "rel": "child",
+                    "href": f"./{COLLECTION_ID}/collection.json",
+                    "type": "application/json",
                 },
-                "n_new": len(scene.new_buildings),
-                "n_existing": len(scene.buildings) - len(scene.new_buildings),
-                "dates": dates_meta,
-            },
-        )
+            ],
+        },
+    )
+    served = []
+    for it in items:
+        flat = copy.deepcopy(it)
+        prefix = f"./{COLLECTION_ID}/{it['id']}/"
+        for asset in flat["assets"].values():
+            asset["href"] = prefix + asset["href"][2:]
+        flat["links"] = []  # a STAC API server adds its own self/root/collection links
+        served.append(flat)
+    write_json(tmp / "items.json", {"type": "FeatureCollection", "features": served})
+    # Without item links: rustac would otherwise try to load them too.
+    root_link = {"rel": "root", "href": "./catalog.json", "type": "application/json"}
+    write_json(tmp / "collection.json", {**collection, "links": [root_link]})
+
+
+def _scenario(site: _Site, dates_meta: list[dict[str, Any]]) -> dict[str, Any]:
+    """scenario.json: the hidden parameters (window, true shifts, cloud plans) for tests."""
+    scene, window = site.scene, site.window
+    H, W = window.shape
+    wt = window.transform
+    return {
+        "changedet:synthetic": True,
+        "scenario_version": SCENARIO_VERSION,
+        "aoi_id": site.aoi.id,
+        "seed": site.seed,
+        "tile": site.tile,
+        "crs": window.crs,
+        "window": {
+            "row_off": site.row_off,
+            "col_off": site.col_off,
+            "height": H,
+            "width": W,
+            "transform": [wt.a, wt.b, wt.c, wt.d, wt.e, wt.f],
+        },
+        "n_new": len(scene.new_buildings),
+        "n_existing": len(scene.buildings) - len(scene.new_buildings),
+        "dates": dates_meta,
+    }
+
+
+def _make_shareable(out_dir: Path) -> int:
+    """Open up the permissions of a finished sample; returns the bytes written."""
     written = 0
     for path in sorted(out_dir.rglob("*")):
         # Temporary files and folders are private (0600/0700); a sample is meant to be shared.
         path.chmod(0o755 if path.is_dir() else 0o644)
         written += path.stat().st_size if path.is_file() else 0
     out_dir.chmod(0o755)
-    return SampleSummary(
-        aoi_id=aoi.id,
-        n_items=len(items),
-        n_truth=len(scene.new_buildings),
-        window=window,
-        bytes_written=written,
-        out_dir=out_dir,
-    )
+    return written
 
 
 def _stripe_row(scene: SynthScene, height: int) -> int:
@@ -767,15 +840,17 @@ def _stripe_row(scene: SynthScene, height: int) -> int:
     return int(height * 0.3) // 2 * 2
 
 
-def regenerate_all(repo_root: Path, *, progress: Progress = no_progress) -> list[SampleSummary]:
-    """Rewrite `sample_tiles/<aoi_id>/` for the two committed AOIs (khojir, modarres), seed 0."""
-    root = Path(repo_root)
+def regenerate_all(
+    aoi_dir: Path, out_root: Path, *, seed: int = 0, progress: Progress = no_progress
+) -> list[SampleSummary]:
+    """Write `<out_root>/<aoi_id>/` for every AOI of every `*.geojson` in `aoi_dir` (sorted by
+    file name). Each AOI's scene is seeded from `seed` and its id, so adding an AOI file does
+    not change the others' samples."""
+    files = sorted(Path(aoi_dir).glob("*.geojson"))
+    if not files:
+        raise AOIError(f"no *.geojson AOI file in '{aoi_dir}'; pass the folder holding the AOIs")
     out = []
-    for name in ("khojir", "modarres"):
-        aoi = load_aois(root / "aoi" / f"{name}.geojson")[0]
-        out.append(write_sample(aoi, root / "sample_tiles" / aoi.id, seed=0, progress=progress))
+    for path in files:
+        for aoi in load_aois(path):
+            out.append(write_sample(aoi, Path(out_root) / aoi.id, seed=seed, progress=progress))
     return out
-
-
-if __name__ == "__main__":
-    regenerate_all(Path(__file__).resolve().parents[1])
