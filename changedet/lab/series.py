@@ -39,11 +39,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pystac
 import shapely
+from pyproj import Transformer
 from scipy import ndimage
 
+from changedet.aoi import reproject_geometry, to_grid_crs, utm_epsg
+from changedet.core.track import footprint_geometry
 from changedet.errors import DataError
+from changedet.lab.oscd import OSCDCity, load_city
+from changedet.lab.scene import block_mean, fractal_noise
 from changedet.models import Grid, Progress, Stack, no_progress
+from changedet.outputs.fsio import atomic_dir, write_cog, write_json
 
 __all__ = [
     "SERIES_BANDS",
@@ -144,11 +151,10 @@ def _add_months(d: date, months: int) -> date:
 
 
 def _utm_grid(src: Grid, res: float = 10.0) -> Grid:
-    """UTM grid of the source extent's centre, bounds snapped inward to `res` multiples."""
-    from pyproj import Transformer
+    """UTM grid of the source extent's centre, bounds snapped inward to `res` multiples.
 
-    from changedet.aoi import utm_epsg
-
+    Not `aoi.grid_for`: that snaps an AOI's bounds outward, which here would add edge pixels the
+    source does not cover. The zone is chosen the same way (`aoi.utm_epsg`)."""
     x0, y0, x1, y1 = src.bounds
     crs = f"EPSG:{utm_epsg((x0 + x1) / 2, (y0 + y1) / 2)}"
     tr = Transformer.from_crs(src.crs, crs, always_xy=True)
@@ -192,14 +198,98 @@ def _regions(label: np.ndarray, min_px: int) -> tuple[np.ndarray, int]:
     return lut[lab], int(keep.size)
 
 
-def _region_geometry(mask: np.ndarray, grid: Grid) -> Any:
-    from changedet.core.track import footprint_geometry
+def _check_city(city: OSCDCity, months: int, baseline_months: int) -> None:
+    if city.label is None:
+        raise DataError(
+            f"OSCD city '{city.name}' has no label; the series needs its change regions"
+        )
+    if months < baseline_months + 2:
+        raise DataError(f"a series needs at least {baseline_months + 2} months, got {months}")
+    missing = [b for b in SERIES_BANDS if b not in city.bands]
+    if missing:
+        raise DataError(f"OSCD city '{city.name}' lacks bands {missing}")
 
-    return footprint_geometry(mask, grid)
+
+def _on_utm_grid(city: OSCDCity) -> tuple[Grid, np.ndarray, np.ndarray, np.ndarray]:
+    """(grid, before, after, label): the series bands and the label on the city's UTM grid
+    (bilinear for reflectance, nearest for the label)."""
+    assert city.label is not None
+    idx = [city.bands.index(b) for b in SERIES_BANDS]
+    grid = _utm_grid(city.grid)
+    before = _reproject(city.before[idx].astype(np.float32), city.grid, grid, nearest=False)
+    after = _reproject(city.after[idx].astype(np.float32), city.grid, grid, nearest=False)
+    label = _reproject(city.label.astype(np.uint8), city.grid, grid, nearest=True) > 0
+    return grid, before, after, label
+
+
+def _date_regions(
+    rng: np.random.Generator,
+    regions: np.ndarray,
+    n: int,
+    grid: Grid,
+    *,
+    start: date,
+    months: int,
+    baseline_months: int,
+) -> list[TruthRegion]:
+    """Each region's appearance: a uniform day in a month `baseline_months` .. `months - 2`."""
+    truth: list[TruthRegion] = []
+    slices = ndimage.find_objects(regions)
+    for rid in range(1, n + 1):
+        month = int(rng.integers(baseline_months, months - 1))
+        m0 = _add_months(start, month)
+        m1 = _add_months(start, month + 1)
+        day = m0 + timedelta(days=int(rng.integers(0, (m1 - m0).days)))
+        sl = slices[rid - 1]
+        assert sl is not None
+        mask = np.zeros(grid.shape, dtype=bool)
+        mask[sl] = regions[sl] == rid
+        npx = int(mask.sum())
+        truth.append(
+            TruthRegion(rid, day, npx, npx * grid.pixel_area_m2, footprint_geometry(mask, grid))
+        )
+    return truth
+
+
+def _acquisition(
+    rng: np.random.Generator, index: int, day: date, tile: str, switch: date
+) -> Acquisition:
+    """One date's draws: cloud cover (half the dates clear), shift, per-band gain."""
+    when = datetime(day.year, day.month, day.day, 7, 5, tzinfo=UTC)
+    u = rng.random()
+    cover = 0.0 if u < 0.5 else (rng.uniform(0.05, 0.4) if u < 0.8 else rng.uniform(0.5, 0.95))
+    shift = (float(rng.normal(0, 0.25)), float(rng.normal(0, 0.25)))
+    gain = tuple(float(g) for g in rng.normal(1.0, 0.02, len(SERIES_BANDS)))
+    sid = f"S2A_{tile}_{day:%Y%m%d}_{index}_L2A"
+    base = _NEW_BASELINE if day >= switch else _OLD_BASELINE
+    return Acquisition(index, when, sid, float(cover), shift, gain, base)
+
+
+def _monthly_acquisitions(
+    rng: np.random.Generator,
+    tile: str,
+    *,
+    start: date,
+    months: int,
+    scenes_per_month: int,
+    switch: date,
+) -> list[Acquisition]:
+    """`scenes_per_month` dates a month, evenly spread with ±2 days of jitter."""
+    acqs: list[Acquisition] = []
+    for m in range(months):
+        m0, m1 = _add_months(start, m), _add_months(start, m + 1)
+        span = (m1 - m0).days
+        for k in range(scenes_per_month):
+            jitter = rng.integers(-2, 3)
+            day = m0 + timedelta(
+                days=min(span - 1, int(span * (k + 0.5) / scenes_per_month + jitter))
+            )
+            acqs.append(_acquisition(rng, len(acqs), day, tile, switch))
+    return acqs
 
 
 def make_oscd_series(
-    city: Any,
+    city: OSCDCity,
     *,
     seed: int = 0,
     start: date = date(2023, 1, 1),
@@ -215,65 +305,29 @@ def make_oscd_series(
     months to be confirmed in), on a uniformly drawn day. The baseline switch happens at the start
     of month `switch_month` (default: the middle month).
     """
-    if city.label is None:
-        raise DataError(
-            f"OSCD city '{city.name}' has no label; the series needs its change regions"
-        )
-    if months < baseline_months + 2:
-        raise DataError(f"a series needs at least {baseline_months + 2} months, got {months}")
-    missing = [b for b in SERIES_BANDS if b not in city.bands]
-    if missing:
-        raise DataError(f"OSCD city '{city.name}' lacks bands {missing}")
-    idx = [city.bands.index(b) for b in SERIES_BANDS]
-    grid = _utm_grid(city.grid)
-    before = _reproject(city.before[idx].astype(np.float32), city.grid, grid, nearest=False)
-    after = _reproject(city.after[idx].astype(np.float32), city.grid, grid, nearest=False)
-    label = _reproject(city.label.astype(np.uint8), city.grid, grid, nearest=True) > 0
+    _check_city(city, months, baseline_months)
+    grid, before, after, label = _on_utm_grid(city)
     regions, n = _regions(label, min_region_px)
-
-    rng = np.random.default_rng([seed, 11])
-    truth: list[TruthRegion] = []
-    slices = ndimage.find_objects(regions)
-    for rid in range(1, n + 1):
-        month = int(rng.integers(baseline_months, months - 1))
-        m0 = _add_months(start, month)
-        m1 = _add_months(start, month + 1)
-        day = m0 + timedelta(days=int(rng.integers(0, (m1 - m0).days)))
-        sl = slices[rid - 1]
-        assert sl is not None
-        mask = np.zeros(grid.shape, dtype=bool)
-        mask[sl] = regions[sl] == rid
-        npx = int(mask.sum())
-        truth.append(
-            TruthRegion(rid, day, npx, npx * grid.pixel_area_m2, _region_geometry(mask, grid))
-        )
-
+    truth = _date_regions(
+        np.random.default_rng([seed, 11]),
+        regions,
+        n,
+        grid,
+        start=start,
+        months=months,
+        baseline_months=baseline_months,
+    )
     switch = _add_months(start, switch_month if switch_month is not None else months // 2)
-    plan_rng = np.random.default_rng([seed, 12])
     zone = int(grid.crs.split(":")[1]) % 100
     tile = f"{zone:02d}X{city.name[:2].upper()}"
-    acqs: list[Acquisition] = []
-    for m in range(months):
-        m0, m1 = _add_months(start, m), _add_months(start, m + 1)
-        span = (m1 - m0).days
-        for k in range(scenes_per_month):
-            day = m0 + timedelta(
-                days=min(
-                    span - 1, int(span * (k + 0.5) / scenes_per_month + plan_rng.integers(-2, 3))
-                )
-            )
-            when = datetime(day.year, day.month, day.day, 7, 5, tzinfo=UTC)
-            u = plan_rng.random()
-            cover = (
-                0.0
-                if u < 0.5
-                else (plan_rng.uniform(0.05, 0.4) if u < 0.8 else plan_rng.uniform(0.5, 0.95))
-            )
-            shift = (float(plan_rng.normal(0, 0.25)), float(plan_rng.normal(0, 0.25)))
-            gain = tuple(float(g) for g in plan_rng.normal(1.0, 0.02, len(SERIES_BANDS)))
-            sid = f"S2A_{tile}_{day:%Y%m%d}_{len(acqs)}_L2A"
-            base = _NEW_BASELINE if day >= switch else _OLD_BASELINE
-            acqs.append(Acquisition(len(acqs), when, sid, float(cover), shift, gain, base))
+    acqs = _monthly_acquisitions(
+        np.random.default_rng([seed, 12]),
+        tile,
+        start=start,
+        months=months,
+        scenes_per_month=scenes_per_month,
+        switch=switch,
+    )
     return OSCDSeries(
         city=city.name,
         grid=grid,
@@ -292,16 +346,12 @@ def make_oscd_series(
 
 
 def _block_mean(a: np.ndarray, factor: int = 2) -> np.ndarray:
-    from changedet.lab.scene import block_mean
-
     return np.asarray(block_mean(a, factor))
 
 
 def render_acquisition(series: OSCDSeries, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Acquisition `t` as (reflectance (B, H, W) float32 NaN = no data, scl (H/2, W/2) uint8 at
     20 m, cloud alpha (H, W) float32). Deterministic in (series seed, t)."""
-    from changedet.lab.scene import fractal_noise
-
     acq = series.acquisitions[t]
     rng = np.random.default_rng([series.seed, 1000 + t])
     day = acq.when.date()
@@ -419,10 +469,7 @@ def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _to_wgs84(geom: Any, crs: str) -> Any:
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    return shapely.transform(geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    return reproject_geometry(geom, crs, "EPSG:4326")
 
 
 def _raster_bands(band: str, offset: float) -> list[dict[str, Any]]:
@@ -454,107 +501,15 @@ def write_oscd_series(
 ) -> SeriesSummary:
     """Build the semi-real series of OSCD `city` under `root` and write it to `out_dir` (replaced
     atomically): COGs, a static STAC catalog with Earth Search keys, truth.geojson, aoi.geojson."""
-    import pystac
-
-    from changedet.lab.oscd import load_city
-    from changedet.outputs.fsio import atomic_dir, write_cog, write_json
-
     data = load_city(Path(root), city, with_label=True)
     series = make_oscd_series(
         data, seed=seed, start=start, months=months, scenes_per_month=scenes_per_month
     )
-    grid = series.grid
-    grid20 = grid.scaled(2)
-    epsg = grid.epsg
     out_dir = Path(out_dir)
-    footprint = shapely.box(*grid.bounds)
-    footprint_ll = _to_wgs84(footprint, grid.crs)
     with atomic_dir(out_dir) as tmp:
-        catalog = pystac.Catalog(
-            id=f"oscd-series-{city}",
-            description=(
-                f"Semi-real monthly Sentinel-2 series built from the OSCD pair of {city} "
-                "(contains modified Copernicus Sentinel data 2015-2018; labels CC BY-NC-SA)"
-            ),
-        )
-        collection = pystac.Collection(
-            id="sentinel-2-l2a",
-            description="Semi-real Sentinel-2 L2A-like acquisitions (changedet synth oscd-series)",
-            extent=pystac.Extent(
-                pystac.SpatialExtent([list(footprint_ll.bounds)]),
-                pystac.TemporalExtent(
-                    [[series.acquisitions[0].when, series.acquisitions[-1].when]]
-                ),
-            ),
-            license="other",
-        )
-        catalog.add_child(collection)
-        n = len(series.acquisitions)
-        for t, acq in enumerate(series.acquisitions):
-            dn = acquisition_dn(series, t)
-            item_dir = tmp / "sentinel-2-l2a" / acq.scene_id
-            valid = dn["scl"] > 0
-            cloudy = np.isin(dn["scl"], (8, 9, 10)) & valid
-            item = pystac.Item(
-                id=acq.scene_id,
-                geometry=shapely.geometry.mapping(footprint_ll),
-                bbox=list(footprint_ll.bounds),
-                datetime=acq.when,
-                properties={
-                    "platform": "sentinel-2a",
-                    "constellation": "sentinel-2",
-                    "instruments": ["msi"],
-                    "eo:cloud_cover": round(
-                        100.0 * float(cloudy.sum()) / max(int(valid.sum()), 1), 3
-                    ),
-                    "proj:epsg": epsg,
-                    "grid:code": f"MGRS-{series.tile}",
-                    "s2:processing_baseline": acq.baseline,
-                    "earthsearch:boa_offset_applied": acq.baseline == _NEW_BASELINE,
-                    "updated": acq.when.isoformat().replace("+00:00", "Z"),
-                    "changedet:oscd_city": city,
-                    "changedet:shift_px": list(acq.shift_px),
-                },
-            )
-            for band, arr in dn.items():
-                g = grid20 if arr.shape != grid.shape else grid
-                path = item_dir / f"{band}.tif"
-                write_cog(path, arr, g, nodata=0)
-                item.add_asset(
-                    band,
-                    pystac.Asset(
-                        href=f"./{band}.tif",
-                        media_type=pystac.MediaType.COG,
-                        roles=["data"],
-                        extra_fields={
-                            "raster:bands": _raster_bands(band, acq.boa_offset),
-                            "proj:shape": list(g.shape),
-                            "proj:transform": list(g.transform)[:6],
-                        },
-                    ),
-                )
-            collection.add_item(item)
-            progress("oscd-series", t + 1, n)
-        catalog.normalize_hrefs(str(tmp) + "/")  # the temp folder name has a suffix: say "folder"
-        catalog.make_all_asset_hrefs_relative()
-        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        _write_catalog(tmp, series, progress)
         write_json(tmp / "truth.geojson", _truth_geojson(series))
-        write_json(
-            tmp / "aoi.geojson",
-            {
-                "type": "FeatureCollection",
-                "features": [
-                    {
-                        "type": "Feature",
-                        "properties": {"id": city, "name": f"OSCD {city} (semi-real series)"},
-                        # 1 m inside the grid so grid_for() snaps outward onto exactly this grid.
-                        "geometry": shapely.geometry.mapping(
-                            _to_wgs84(footprint.buffer(-1.0, join_style="mitre"), grid.crs)
-                        ),
-                    }
-                ],
-            },
-        )
+        write_json(tmp / "aoi.geojson", _aoi_geojson(series))
         write_json(tmp / "series.json", _series_json(series))
     return SeriesSummary(
         city=city,
@@ -562,13 +517,109 @@ def write_oscd_series(
         catalog=out_dir / "catalog.json",
         truth=out_dir / "truth.geojson",
         aoi=out_dir / "aoi.geojson",
-        grid=grid,
+        grid=series.grid,
         n_acquisitions=len(series.acquisitions),
         n_regions=len(series.truth),
         start=series.start,
         end=series.end,
         switch_date=series.switch_date,
     )
+
+
+def _write_catalog(tmp: Path, series: OSCDSeries, progress: Progress) -> None:
+    """The static STAC catalog → collection → one item (and its COGs) per acquisition."""
+    city = series.city
+    footprint_ll = _to_wgs84(shapely.box(*series.grid.bounds), series.grid.crs)
+    catalog = pystac.Catalog(
+        id=f"oscd-series-{city}",
+        description=(
+            f"Semi-real monthly Sentinel-2 series built from the OSCD pair of {city} "
+            "(contains modified Copernicus Sentinel data 2015-2018; labels CC BY-NC-SA)"
+        ),
+    )
+    collection = pystac.Collection(
+        id="sentinel-2-l2a",
+        description="Semi-real Sentinel-2 L2A-like acquisitions (changedet synth oscd-series)",
+        extent=pystac.Extent(
+            pystac.SpatialExtent([list(footprint_ll.bounds)]),
+            pystac.TemporalExtent([[series.acquisitions[0].when, series.acquisitions[-1].when]]),
+        ),
+        license="other",
+    )
+    catalog.add_child(collection)
+    n = len(series.acquisitions)
+    for t in range(n):
+        collection.add_item(_write_acquisition(tmp, series, t, footprint_ll))
+        progress("oscd-series", t + 1, n)
+    catalog.normalize_hrefs(str(tmp) + "/")  # the temp folder name has a suffix: say "folder"
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+
+
+def _write_acquisition(tmp: Path, series: OSCDSeries, t: int, footprint_ll: Any) -> pystac.Item:
+    """Write acquisition `t`'s COGs; return its item (Earth Search v1 asset keys)."""
+    acq = series.acquisitions[t]
+    dn = acquisition_dn(series, t)
+    item_dir = tmp / "sentinel-2-l2a" / acq.scene_id
+    valid = dn["scl"] > 0
+    cloudy = np.isin(dn["scl"], (8, 9, 10)) & valid
+    item = pystac.Item(
+        id=acq.scene_id,
+        geometry=shapely.geometry.mapping(footprint_ll),
+        bbox=list(footprint_ll.bounds),
+        datetime=acq.when,
+        properties={
+            "platform": "sentinel-2a",
+            "constellation": "sentinel-2",
+            "instruments": ["msi"],
+            "eo:cloud_cover": round(100.0 * float(cloudy.sum()) / max(int(valid.sum()), 1), 3),
+            "proj:epsg": series.grid.epsg,
+            "grid:code": f"MGRS-{series.tile}",
+            "s2:processing_baseline": acq.baseline,
+            "earthsearch:boa_offset_applied": acq.baseline == _NEW_BASELINE,
+            "updated": acq.when.isoformat().replace("+00:00", "Z"),
+            "changedet:oscd_city": series.city,
+            "changedet:shift_px": list(acq.shift_px),
+        },
+    )
+    for band, arr in dn.items():
+        g = series.grid.scaled(2) if arr.shape != series.grid.shape else series.grid
+        write_cog(item_dir / f"{band}.tif", arr, g, nodata=0)
+        item.add_asset(
+            band,
+            pystac.Asset(
+                href=f"./{band}.tif",
+                media_type=pystac.MediaType.COG,
+                roles=["data"],
+                extra_fields={
+                    "raster:bands": _raster_bands(band, acq.boa_offset),
+                    "proj:shape": list(g.shape),
+                    "proj:transform": list(g.transform)[:6],
+                },
+            ),
+        )
+    return item
+
+
+def _aoi_geojson(series: OSCDSeries) -> dict[str, Any]:
+    """The series extent as an AOI (id = city)."""
+    footprint = shapely.box(*series.grid.bounds)
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {
+                    "id": series.city,
+                    "name": f"OSCD {series.city} (semi-real series)",
+                },
+                # 1 m inside the grid so grid_for() snaps outward onto exactly this grid.
+                "geometry": shapely.geometry.mapping(
+                    _to_wgs84(footprint.buffer(-1.0, join_style="mitre"), series.grid.crs)
+                ),
+            }
+        ],
+    }
 
 
 def _truth_geojson(series: OSCDSeries) -> dict[str, Any]:
@@ -628,8 +679,6 @@ def _series_json(series: OSCDSeries) -> dict[str, Any]:
 
 def load_truth(path: Path, grid: Grid) -> list[TruthRegion]:
     """Read truth.geojson (EPSG:4326) back as TruthRegions in `grid`'s CRS."""
-    from changedet.aoi import to_grid_crs
-
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
