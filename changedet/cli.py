@@ -170,8 +170,8 @@ def _load_aois(paths: tuple[str, ...], config: Any) -> list[Any]:
 
 # --- commands -----------------------------------------------------------------------------------
 
-# The test bench's command groups (in `changedet.lab.cli`) and their one-line help. The product never
-# imports the lab: these are loaded by name, only when invoked.
+# The test bench's command groups (in `changedet.lab.cli`) and their one-line help. The product
+# never imports the lab: these groups are loaded by name, only when invoked.
 LAB_COMMANDS: dict[str, str] = {
     "eval": "Score the detector on labelled benchmarks.",
     "synth": "Generate synthetic or semi-real test data.",

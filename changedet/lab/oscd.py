@@ -1,4 +1,4 @@
-"""OSCD (Onera Satellite Change Detection) reading and the evaluation driver (scored by `lab.score`).
+"""OSCD (Onera Satellite Change Detection) reading and the evaluation driver (`lab.score` scores).
 
 This module is the OSCD data boundary (it reads the dataset's GeoTIFFs with rasterio itself).
 The original layout is read as distributed:

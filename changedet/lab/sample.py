@@ -322,7 +322,7 @@ class _Geo:
         H, W = self.window.shape
         area = box(0, 0, W, H)  # (col, row)
         if edge:
-            # valid where col < 0.8 W + 0.21 (row - H/2), as in synth_scene._valid_mask
+            # valid where col < 0.8 W + 0.21 (row - H/2), as in scene._valid_mask
             line = [(0.8 * W + 0.21 * (r - H / 2.0), r) for r in (-10.0 * H, 10.0 * H)]
             half = Polygon([(-10.0 * W, line[0][1]), line[0], line[1], (-10.0 * W, line[1][1])])
             area = area.intersection(half)

@@ -616,9 +616,7 @@ class _Placer:
         apron = dist + bwidth if bermed else 1.0
         width_m, length_m = 40.0, 60.0  # the SCL-misfire roof's size, never redrawn
         for attempt in range(400):
-            if (
-                not misfire and attempt % 100 == 0
-            ):  # redraw the size now and then if it does not fit
+            if not misfire and attempt % 100 == 0:  # a new size now and then, if it does not fit
                 width_m, length_m = self._draw_size(kind)
             half = (length_m / 20.0, width_m / 20.0)
             spot = self._draw_spot(half, apron, misfire=misfire, isolated=isolated)

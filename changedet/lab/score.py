@@ -144,7 +144,7 @@ class SeriesScore:
 def _iou_candidates(
     s_lab: np.ndarray, n_structures: int, truth_raster: np.ndarray, n_truth: int, min_iou: float
 ) -> tuple[list[tuple[float, int, int]], np.ndarray]:
-    """(iou, structure label, truth label) pairs above `min_iou`, best first; and structure areas."""
+    """((iou, structure label, truth label) above `min_iou`, best first; structure areas)."""
     both = (s_lab > 0) & (truth_raster > 0)
     pair = s_lab[both].astype(np.int64) * (n_truth + 1) + truth_raster[both]
     inter = np.bincount(pair, minlength=0)
