@@ -6,6 +6,7 @@
 - `series`: semi-real monthly series built from OSCD pairs (`synth oscd-series`), and a reference
   driver that runs them through the time-series core in memory;
 - `score`: every score the bench reports (OSCD pixels, series objects, polygon truth);
+- `fakes`: in-memory implementations of the pipeline's seams (`changedet.seams`), for tests;
 - `cli`: the `synth` and `eval` command groups.
 
 The contract runs one way. The product (every other module under `changedet/`) never imports
@@ -15,6 +16,13 @@ product's writers and runs the product's detector, so what it measures is the re
 and AOI names are always passed in; nothing here knows the repository layout.
 """
 
+from changedet.lab.fakes import (
+    FakeCatalog,
+    FakeProber,
+    MemoryWriter,
+    StackReader,
+    scenes_for_stack,
+)
 from changedet.lab.oscd import (
     EvalReport,
     OSCDCity,
@@ -51,12 +59,16 @@ __all__ = [
     "AcquisitionPlan",
     "CityScore",
     "EvalReport",
+    "FakeCatalog",
+    "FakeProber",
     "MatchReport",
+    "MemoryWriter",
     "OSCDCity",
     "OSCDSeries",
     "SampleSummary",
     "SeriesScore",
     "SeriesSummary",
+    "StackReader",
     "SynthScene",
     "TruthRegion",
     "build_scene",
@@ -74,6 +86,7 @@ __all__ = [
     "regenerate_all",
     "render",
     "sample_scene",
+    "scenes_for_stack",
     "score_prediction",
     "score_structures",
     "series_stack",
