@@ -8,7 +8,7 @@ the cloud filter sent where its conformance allows, and every page is fetched, w
 backoff; a static catalog (a local folder holding catalog.json / collection.json, or a catalog,
 collection, item collection or item JSON, local or over http(s)) is walked, bounded. Links are
 followed only through `hrefs.check_href`. `href_signer` signs Planetary Computer hrefs. What the
-items mean is `stac_items`; which of them are used is `search`.
+items mean is `changedet.catalog.items`; which of them are used is `changedet.catalog.search`.
 """
 
 from __future__ import annotations

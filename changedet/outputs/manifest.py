@@ -5,7 +5,7 @@ AOI, grid, requested and covered time range, periods, catalog, config fingerprin
 and skipped with why, co-registration, detection limits, result counts, timings and the
 versions of changedet, Python, GDAL and the libraries that shaped the result. Keys the pipeline
 adds through `RunResult.provenance` are merged in without ever changing the documented shape.
-`outputs` writes it (with the list of files) as the last file of a run.
+`changedet.outputs.write` writes it (with the list of files) as the last file of a run.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 One responsibility: writing the outputs (the only writer of run outputs). `write_run_outputs`
 builds everything in a temporary folder beside out/<aoi_id>/ that replaces it only when
-complete: GeoJSON (RFC 7946, content from `vectors`) with a QGIS `.qml` sidecar of the same name
-(`gpkg_styles`), so QGIS opens each file styled; one GeoPackage (`changedet.gpkg`, layers in the
-run's UTM grid CRS so areas and lengths read in metres) with the same styles embedded; COGs of
-the change evidence (via `changedet.outputs.fsio.write_cog`); `counts.csv`; the PNG quicklooks, evidence
-chips and `report.html` (drawn by `changedet.outputs.report`); and last `run.json` (`manifest`).
+complete: GeoJSON (RFC 7946, content from `changedet.outputs.vectors`) with a QGIS `.qml`
+sidecar of the same name (`changedet.outputs.styles`), so QGIS opens each file styled; one
+GeoPackage (`changedet.gpkg`, layers in the run's UTM grid CRS so areas and lengths read in
+metres) with the same styles embedded; COGs of the change evidence (via
+`changedet.outputs.fsio.write_cog`); `counts.csv`; the PNG quicklooks, evidence chips and
+`report.html` (drawn by `changedet.outputs.report`); and last `run.json`
+(`changedet.outputs.manifest`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
 from changedet.models import Progress, RunResult, no_progress
-from changedet.outputs.fsio import atomic_dir, write_cog, write_json, write_text
+from changedet.outputs.fsio import apply_umask, atomic_dir, write_cog, write_json, write_text
 from changedet.outputs.manifest import run_manifest
 from changedet.outputs.report import write_report_files
 from changedet.outputs.styles import embed_styles, layer_style_qml
@@ -254,18 +256,6 @@ def _counts_csv(result: RunResult) -> str:
 # Orchestration
 
 
-def _apply_umask(folder: Path) -> None:
-    """Temporary files and folders are created private (0600/0700); the finished outputs get the
-    ordinary permissions of the user's umask, so they can be shared like any other file."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
 def _check_writable(result: RunResult) -> None:
     """Refuse, before anything is written, a result whose outputs could not all be made."""
     if result.change.score.shape != result.grid.shape:
@@ -335,7 +325,7 @@ def write_run_outputs(
             files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
             manifest["files"] = sorted({*files, "run.json"})
             write_json(tmp / "run.json", manifest)
-            _apply_umask(tmp)
+            apply_umask(tmp)
             step(total)
     except OSError as exc:
         if isinstance(exc, OutputError):

@@ -7,8 +7,8 @@ covering the grid is fetched, by a window copy, a resampled window read or the G
 the covering window; transient HTTP errors are retried and every failure becomes a one-line
 reason without tokens (a missing, corrupt or truncated asset skips its scene instead of ending
 the run); `ReadPipeline` runs the reads on one bounded thread pool, consulting the pixel cache
-(`read_cache`) for network reads. Which scenes to read is `probe`; the stack they make is
-`mosaic`.
+(`changedet.read.cache`) for network reads. Which scenes to read is `changedet.read.probe`;
+the stack they make is `changedet.read.stack`.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def _clear_url_cache(path: str) -> None:
 def gdal_path(href: str) -> str:
     """The GDAL path for an asset href: /vsicurl/ for http(s), /vsis3/ for s3, else the path.
 
-    Hrefs reach here only through `catalog`, which already refused local targets from remote
+    Hrefs reach here only through `changedet.catalog`, which already refused local targets from remote
     catalogs; other URL schemes are refused again here.
     """
     parts = urlsplit(href)

@@ -7,7 +7,7 @@ is dropped when it lies outside the AOI (`read.min_aoi_coverage`) or shows too l
 clear (`read.min_aoi_clear_fraction`). With bands to read, a scene's band reads start as soon
 as its SCL passes a provisional test (the same test without the roof rule), so probing and
 reading overlap. `probe_details` serves `changedet search --probe`;
-`mosaic.read_stack` uses `probe_and_select`.
+`changedet.read.stack.read_stack` uses `probe_and_select`.
 """
 
 from __future__ import annotations

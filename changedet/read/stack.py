@@ -1,11 +1,12 @@
 """Scenes → one masked, harmonised Stack on the AOI grid: one time step per acquisition date.
 
-One responsibility: assemble the stack. `read_stack` probes the scenes (`probe`), reads only
-the bands asked for (`read`, concurrently, through the pixel cache), masks each scene with its
-SCL clear mask (or, without SCL, clear = valid data), harmonises DN → reflectance with each
-asset's scale and offset (decided by `stac_items`), and mosaics the scenes of one date (tiles,
-orbits): first clear pixel wins, scenes in a deterministic order (most clear AOI pixels first,
-then id). Everything left out is recorded with its reason.
+One responsibility: assemble the stack. `read_stack` probes the scenes (`changedet.read.probe`),
+reads only the bands asked for (`changedet.read.cog`, concurrently, through the pixel cache),
+masks each scene with its SCL clear mask (or, without SCL, clear = valid data), harmonises DN →
+reflectance with each asset's scale and offset (decided by `changedet.catalog.items`), and
+mosaics the scenes of one date (tiles, orbits): first clear pixel wins, scenes in a
+deterministic order (most clear AOI pixels first, then id). Everything left out is recorded with
+its reason.
 """
 
 from __future__ import annotations
