@@ -268,35 +268,42 @@ def _suggest(key: str, options: list[str]) -> str:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert one TOML value to the annotated type."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, Mapping):
             raise ConfigError(f"config: [{where}] must be a table, got {value!r}")
         return _build(tp, value, where)
     if origin in (types.UnionType, typing.Union):
-        errors = []
-        for arg in args:
-            if arg is type(None) and value is None:
-                return None
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(
-            errors[0] if errors else f"config: {where} has an invalid value {value!r}"
-        )
+        return _coerce_union(value, typing.get_args(tp), where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config: {where} must be a list, got {value!r}")
+        args = typing.get_args(tp)
         item_tp = args[0] if args else Any
         return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (Mapping, dict) or tp in (Mapping, dict):
         if not isinstance(value, Mapping):
             raise ConfigError(f"config: {where} must be a table, got {value!r}")
+        args = typing.get_args(tp)
         val_tp = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
+    return _coerce_scalar(value, tp, where)
+
+
+def _coerce_union(value: Any, members: tuple[Any, ...], where: str) -> Any:
+    """The value as the first member type that accepts it (None for an optional None)."""
+    errors = []
+    for arg in members:
+        if arg is type(None) and value is None:
+            return None
+        try:
+            return _coerce(value, arg, where)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0] if errors else f"config: {where} has an invalid value {value!r}")
+
+
+def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
+    """bool, float (ints accepted), int, str and date (a TOML date or YYYY-MM-DD text)."""
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config: {where} must be true or false, got {value!r}")
@@ -319,7 +326,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             return parse_date(value, where)
         raise ConfigError(f"config: {where} must be a date YYYY-MM-DD, got {value!r}")
-    return value
+    return value  # Any, or a type the config does not use
 
 
 def parse_date(text: str, where: str = "date") -> date:

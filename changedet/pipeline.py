@@ -7,15 +7,11 @@ AOI → grid → scenes (Searcher) → masked, harmonised stack (Reader) → the
 from __future__ import annotations
 
 import math
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from changedet import __version__
 from changedet.aoi import aoi_mask, crop_to_footprints, grid_for
 from changedet.config import Config
 from changedet.core.periods import make_periods
@@ -298,14 +294,15 @@ def run_aoi(
 def _provenance(
     config: Config, found: SearchResult, stack: Stack, synthetic: bool, read: ReadResult
 ) -> dict[str, Any]:
-    import rasterio
+    from changedet.outputs.manifest import software_versions
 
+    versions = software_versions()
     return {
-        "changedet_version": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "rasterio": rasterio.__version__,
-        "gdal": rasterio.__gdal_version__,
+        "changedet_version": versions["changedet"],
+        "python": versions["python"],
+        "numpy": versions["numpy"],
+        "rasterio": versions["rasterio"],
+        "gdal": versions["gdal"],
         "catalog": found.source,
         "collection": config.catalog.collection,
         "time_range": [config.time.start.isoformat(), config.time.end.isoformat()],

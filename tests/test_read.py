@@ -22,6 +22,7 @@ from rasterio.warp import Resampling, reproject
 from changedet.config import MaskConfig, ReadConfig
 from changedet.errors import ConfigError, NoScenesError, ReadError
 from changedet.models import Grid
+from changedet.read.cog import reproject_array
 from changedet.read.probe import probe_details
 from changedet.read.stack import read_stack
 
@@ -499,3 +500,63 @@ def test_bad_inputs_are_refused_early(tmp_path: Path) -> None:
 
 def test_dn_pattern_has_no_nodata() -> None:
     assert (dn_pattern(1, (64, 64), base=1500) > 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# reproject_array: the one array reprojection (lab's semi-real series warp through it)
+
+
+def _array_warp(
+    array: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, nodata: Any
+) -> Any:
+    """Plain rasterio on arrays: what reproject_array must reproduce."""
+    out = np.full((*array.shape[:-2], *dst.shape), 0 if nodata is None else nodata, array.dtype)
+    reproject(
+        source=array,
+        destination=out,
+        src_transform=src.transform,
+        src_crs=src.crs,
+        dst_transform=dst.transform,
+        dst_crs=dst.crs,
+        src_nodata=nodata,
+        dst_nodata=nodata,
+        resampling=resampling,
+    )
+    return out
+
+
+def test_reproject_array_equals_rasterio_across_utm_zones() -> None:
+    """Zone 38 → zone 39, bilinear with NaN holes (B, H, W) and nearest labels (H, W)."""
+    from rasterio.warp import transform
+
+    xs, ys = transform(CRS, "EPSG:32638", [GRID.bounds[0]], [GRID.bounds[3]])
+    src = Grid.from_origin("EPSG:32638", xs[0] - 300, ys[0] + 300, 10.0, 160, 150)
+    bands = np.stack([dn_pattern(seed, src.shape, base=1500) for seed in (1, 2)])
+    reflectance = bands.astype(np.float32) * np.float32(1e-4)
+    reflectance[:, 40:60, 30:70] = np.nan
+    label = (dn_pattern(3, src.shape, base=0) % 3 == 0).astype(np.uint8)
+
+    got = reproject_array(reflectance, src, GRID, nearest=False, nodata=np.nan)
+    expected = _array_warp(reflectance, src, GRID, Resampling.bilinear, np.nan)
+    assert got.shape == (2, *GRID.shape) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    assert np.isnan(got).any() and np.isfinite(got).mean() > 0.5
+
+    got_label = reproject_array(label, src, GRID, nearest=True)
+    assert got_label.shape == GRID.shape and got_label.dtype == np.uint8
+    np.testing.assert_array_equal(
+        got_label, _array_warp(label, src, GRID, Resampling.nearest, None)
+    )
+    assert set(np.unique(got_label)) == {0, 1}
+
+
+def test_reproject_array_whole_pixel_shift_is_a_copy() -> None:
+    """Same CRS, the destination 3 columns east and 2 rows south: a shifted copy, `nodata` where
+    the source ends, for either kernel."""
+    src = Grid.from_origin(CRS, TILE_X0, TILE_Y0, 10.0, 40, 30)
+    dst = Grid.from_origin(CRS, TILE_X0 + 30, TILE_Y0 - 20, 10.0, 40, 30)
+    array = dn_pattern(4, src.shape, base=1000).astype(np.float32)
+    for nearest in (True, False):
+        got = reproject_array(array, src, dst, nearest=nearest, nodata=-1.0)
+        np.testing.assert_array_equal(got[:-2, :-3], array[2:, 3:])
+        assert (got[-2:, :] == -1.0).all() and (got[:, -3:] == -1.0).all()

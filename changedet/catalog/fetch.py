@@ -8,7 +8,7 @@ the cloud filter sent where its conformance allows, and every page is fetched, w
 backoff; a static catalog (a local folder holding catalog.json / collection.json, or a catalog,
 collection, item collection or item JSON, local or over http(s)) is walked, bounded. Links are
 followed only through `hrefs.check_href`. `href_signer` signs Planetary Computer hrefs. What the
-items mean is `stac_items`; which of them are used is `search`.
+items mean is `changedet.catalog.items`; which of them are used is `changedet.catalog.search`.
 """
 
 from __future__ import annotations
@@ -168,10 +168,30 @@ def _api_items(
     end: date,
     progress: Progress,
 ) -> FoundItems:
+    """Search a STAC API (cloud filter sent where its conformance allows) and page to the end."""
+    safe = public_href(url)
+    client = _open_api(url, fetcher, config)
+    extra, cloud_note = _cloud_filter(client, config)
+    search = client.search(
+        collections=[config.collection],
+        intersects=mapping(aoi.geometry),
+        datetime=_datetime_range(start, end),
+        limit=config.page_size,
+        method="POST",
+        **extra,
+    )
+    items, notes = _all_pages(
+        fetcher, search.url, dict(search.get_parameters()), config, what=safe, progress=progress
+    )
+    notes = [cloud_note, *notes] if cloud_note else notes
+    return FoundItems(items, remote=True, notes=notes, cloud_filtered_by_server=bool(extra))
+
+
+def _open_api(url: str, fetcher: _Fetcher, config: CatalogConfig) -> Any:
+    """A pystac-client Client on `url` (with retries), refused unless it conforms to item search."""
     from pystac_client import Client
     from pystac_client.conformance import ConformanceClasses
 
-    notes: list[str] = []
     safe = public_href(url)
     client = _with_retries(
         lambda: Client.open(url, stac_io=fetcher.io, timeout=config.timeout_s),
@@ -182,106 +202,94 @@ def _api_items(
         raise CatalogError(
             f"catalog: {safe} does not support STAC item search; pass a STAC API URL or a static catalog"
         )
-    extra: dict[str, Any] = {}
-    server_cloud = False
-    if config.max_cloud_cover < 100.0:
-        if client.conforms_to(ConformanceClasses.QUERY):
-            extra["query"] = {"eo:cloud_cover": {"lte": config.max_cloud_cover}}
-            server_cloud = True
-            notes.append("cloud filter sent to the server (query extension)")
-        elif client.conforms_to(ConformanceClasses.FILTER):
-            extra["filter"] = {
-                "op": "<=",
-                "args": [{"property": "eo:cloud_cover"}, config.max_cloud_cover],
-            }
-            extra["filter_lang"] = "cql2-json"
-            server_cloud = True
-            notes.append("cloud filter sent to the server (filter extension, CQL2)")
-        else:
-            notes.append("cloud filter applied client-side: server lacks query/filter conformance")
-    search = client.search(
-        collections=[config.collection],
-        intersects=mapping(aoi.geometry),
-        datetime=_datetime_range(start, end),
-        limit=config.page_size,
-        method="POST",
-        **extra,
-    )
-    params: dict[str, Any] = dict(search.get_parameters())
-    href: str = search.url
+    return client
+
+
+def _cloud_filter(client: Any, config: CatalogConfig) -> tuple[dict[str, Any], str | None]:
+    """The search parameters that send the cloud limit to the server (empty when it cannot take
+    them) and the note saying where the limit is applied (None: no limit)."""
+    from pystac_client.conformance import ConformanceClasses
+
+    if config.max_cloud_cover >= 100.0:
+        return {}, None
+    if client.conforms_to(ConformanceClasses.QUERY):
+        query = {"eo:cloud_cover": {"lte": config.max_cloud_cover}}
+        return {"query": query}, "cloud filter sent to the server (query extension)"
+    if client.conforms_to(ConformanceClasses.FILTER):
+        cql2 = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, config.max_cloud_cover]}
+        return (
+            {"filter": cql2, "filter_lang": "cql2-json"},
+            "cloud filter sent to the server (filter extension, CQL2)",
+        )
+    return {}, "cloud filter applied client-side: server lacks query/filter conformance"
+
+
+def _all_pages(
+    fetcher: _Fetcher,
+    href: str,
+    params: dict[str, Any],
+    config: CatalogConfig,
+    *,
+    what: str,
+    progress: Progress,
+) -> tuple[list[RawItem], list[str]]:
+    """Every item of a search, following `next` links (bounded by catalog.max_items, a page
+    count and a repeated link), and what to note about where paging stopped."""
     method = "POST"
     items: list[RawItem] = []
     seen_pages: set[str] = set()
     max_pages = math.ceil(config.max_items / max(config.page_size, 1)) + 2
     for _page in range(max_pages):
-        body = params if method == "POST" else None
-        page = fetcher.json(href, method=method, body=body)
+        page = fetcher.json(href, method=method, body=params if method == "POST" else None)
         features = page.get("features") if isinstance(page, Mapping) else None
         if not isinstance(features, list):
             raise CatalogError(
-                f"catalog: {safe} returned a search page without 'features'; is it a STAC API?"
+                f"catalog: {what} returned a search page without 'features'; is it a STAC API?"
             )
-        for feature in features:
-            if isinstance(feature, dict):
-                items.append(RawItem(feature, self_href(feature) or href))
+        items.extend(RawItem(f, self_href(f) or href) for f in features if isinstance(f, dict))
         progress("search", len(items), len(items))
         if len(items) >= config.max_items:
-            notes.append(
+            note = (
                 f"search stopped at catalog.max_items={config.max_items}; narrow the dates or AOI"
             )
-            items = items[: config.max_items]
-            break
-        nxt = next(
-            (
-                ln
-                for ln in page.get("links") or ()
-                if isinstance(ln, Mapping) and ln.get("rel") == "next"
-            ),
-            None,
-        )
+            return items[: config.max_items], [note]
+        nxt = _next_link(page)
         if nxt is None or not features:
-            break
-        href = check_href(str(nxt.get("href", "")), base=href, remote=True)
-        if href_scheme(href) not in ("http", "https"):
-            raise UnsafeHrefError(f"catalog: refused next-page link '{public_href(href)}'")
-        method = str(nxt.get("method") or "GET").upper()
-        if isinstance(nxt.get("body"), Mapping):
-            params = {**params, **nxt["body"]} if nxt.get("merge") else dict(nxt["body"])
+            return items, []
+        href, method, params = _follow(nxt, href, params)
         key = json.dumps(
             [href, method, params if method == "POST" else None], sort_keys=True, default=str
         )
         if key in seen_pages:
-            notes.append("catalog repeated a next-page link; stopped paging there")
-            break
+            return items, ["catalog repeated a next-page link; stopped paging there"]
         seen_pages.add(key)
-    else:
-        notes.append(f"search stopped after {max_pages} pages; narrow the dates or AOI")
-    return FoundItems(items, remote=True, notes=notes, cloud_filtered_by_server=server_cloud)
+    return items, [f"search stopped after {max_pages} pages; narrow the dates or AOI"]
+
+
+def _next_link(page: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    links = page.get("links") or ()
+    return next((ln for ln in links if isinstance(ln, Mapping) and ln.get("rel") == "next"), None)
+
+
+def _follow(
+    link: Mapping[str, Any], href: str, params: dict[str, Any]
+) -> tuple[str, str, dict[str, Any]]:
+    """(href, method, body) of the page a `next` link points at; only http(s) is followed."""
+    target = check_href(str(link.get("href", "")), base=href, remote=True)
+    if href_scheme(target) not in ("http", "https"):
+        raise UnsafeHrefError(f"catalog: refused next-page link '{public_href(target)}'")
+    method = str(link.get("method") or "GET").upper()
+    body = link.get("body")
+    if isinstance(body, Mapping):
+        params = {**params, **body} if link.get("merge") else dict(body)
+    return target, method, params
 
 
 def _static_items(location: str, fetcher: _Fetcher) -> FoundItems:
     """Walk a static catalog / collection / item collection / item, bounded."""
     remote = is_remote(location)
     if not remote:
-        if location.lower().startswith("file://"):
-            location = unquote(urlsplit(location).path)
-        path = Path(location).expanduser()
-        if path.is_dir():
-            for name in ("catalog.json", "collection.json", "items.json"):
-                if (path / name).is_file():
-                    path = path / name
-                    break
-            else:
-                raise CatalogError(
-                    f"catalog path '{location}' has no catalog.json or collection.json; "
-                    "pass a STAC API URL or a catalog.json/item collection"
-                )
-        if not path.exists():
-            raise CatalogError(
-                f"catalog path '{location}' does not exist; "
-                "pass a STAC API URL or a catalog.json/item collection"
-            )
-        location = str(path.resolve())
+        location = _local_root(location)
     items: list[RawItem] = []
     stack: list[tuple[str, int]] = [(location, 0)]
     visited: set[str] = set()
@@ -296,38 +304,71 @@ def _static_items(location: str, fetcher: _Fetcher) -> FoundItems:
             continue
         visited.add(doc_href)
         doc = fetcher.json(doc_href)
-        if not isinstance(doc, Mapping):
-            raise CatalogError(f"catalog: {public_href(doc_href)} is not a STAC JSON object")
-        kind = doc.get("type")
-        if kind == "Feature":
-            items.append(RawItem(dict(doc), doc_href))
-            continue
-        if kind == "FeatureCollection":
-            for feature in doc.get("features") or ():
-                if isinstance(feature, dict):
-                    items.append(RawItem(feature, doc_href))
-            continue
-        if kind not in ("Catalog", "Collection"):
-            raise CatalogError(
-                f"catalog: {public_href(doc_href)} is not a STAC catalog, collection, item or item "
-                "collection; pass a STAC API URL or a catalog.json"
-            )
-        if depth >= MAX_STATIC_DEPTH:
-            continue
-        children: list[str] = []
-        for link in doc.get("links") or ():
-            if not isinstance(link, Mapping) or link.get("rel") not in ("child", "item"):
-                continue
-            target = check_href(str(link.get("href", "")), base=doc_href, remote=remote)
-            if remote and href_scheme(target) not in ("http", "https"):
-                raise UnsafeHrefError(
-                    f"catalog: refused link '{public_href(target)}' in a remote catalog; "
-                    "links must be http(s)"
-                )
-            children.append(target)
-        # Reverse so the pop order follows the catalog's own link order (deterministic).
-        stack.extend((child, depth + 1) for child in reversed(children))
+        found = _items_in(doc, doc_href)
+        if found is not None:
+            items.extend(found)
+        elif depth < MAX_STATIC_DEPTH:
+            children = _children(doc, doc_href, remote=remote)
+            # Reverse so the pop order follows the catalog's own link order (deterministic).
+            stack.extend((child, depth + 1) for child in reversed(children))
     return FoundItems(items, remote=remote, notes=[])
+
+
+def _local_root(location: str) -> str:
+    """The resolved path of the JSON document a local catalog location names."""
+    if location.lower().startswith("file://"):
+        location = unquote(urlsplit(location).path)
+    path = Path(location).expanduser()
+    if path.is_dir():
+        for name in ("catalog.json", "collection.json", "items.json"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise CatalogError(
+                f"catalog path '{location}' has no catalog.json or collection.json; "
+                "pass a STAC API URL or a catalog.json/item collection"
+            )
+    if not path.exists():
+        raise CatalogError(
+            f"catalog path '{location}' does not exist; "
+            "pass a STAC API URL or a catalog.json/item collection"
+        )
+    return str(path.resolve())
+
+
+def _items_in(doc: Any, doc_href: str) -> list[RawItem] | None:
+    """The items a static document holds (an item or an item collection), or None for a catalog
+    or collection, whose links lead further. Anything else is refused."""
+    if not isinstance(doc, Mapping):
+        raise CatalogError(f"catalog: {public_href(doc_href)} is not a STAC JSON object")
+    kind = doc.get("type")
+    if kind == "Feature":
+        return [RawItem(dict(doc), doc_href)]
+    if kind == "FeatureCollection":
+        return [RawItem(f, doc_href) for f in doc.get("features") or () if isinstance(f, dict)]
+    if kind not in ("Catalog", "Collection"):
+        raise CatalogError(
+            f"catalog: {public_href(doc_href)} is not a STAC catalog, collection, item or item "
+            "collection; pass a STAC API URL or a catalog.json"
+        )
+    return None
+
+
+def _children(doc: Mapping[str, Any], doc_href: str, *, remote: bool) -> list[str]:
+    """The child and item links of a catalog or collection, checked (http(s) only when remote)."""
+    children: list[str] = []
+    for link in doc.get("links") or ():
+        if not isinstance(link, Mapping) or link.get("rel") not in ("child", "item"):
+            continue
+        target = check_href(str(link.get("href", "")), base=doc_href, remote=remote)
+        if remote and href_scheme(target) not in ("http", "https"):
+            raise UnsafeHrefError(
+                f"catalog: refused link '{public_href(target)}' in a remote catalog; "
+                "links must be http(s)"
+            )
+        children.append(target)
+    return children
 
 
 def _looks_static(url: str) -> bool:

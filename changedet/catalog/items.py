@@ -19,6 +19,7 @@ from typing import Any
 
 import shapely
 from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
 
 from changedet.errors import CatalogError
 from changedet.hrefs import check_href
@@ -193,6 +194,35 @@ def scene_from_item(
     if when is None:
         raise CatalogError(f"catalog: item '{item_id}' has no valid datetime")
     base = base_href or self_href(item) or ""
+    assets = _assets(item, props, asset_keys, base=base, remote=remote)
+    cloud = _number(props.get("eo:cloud_cover"))
+    platform = props.get("platform")
+    updated = props.get("updated") or props.get("s2:generation_time") or props.get("created")
+    return Scene(
+        id=item_id,
+        datetime=when,
+        collection=str(item.get("collection") or collection or ""),
+        tile=_tile(props, item_id),
+        assets=assets,
+        cloud_cover=cloud,
+        platform=str(platform).lower() if isinstance(platform, str) else None,
+        processing_baseline=_baseline(props),
+        epsg=_epsg(props),
+        footprint=_footprint(item.get("geometry")),
+        updated=str(updated) if updated else None,
+        synthetic=props.get("changedet:synthetic") is True,
+    )
+
+
+def _assets(
+    item: Mapping[str, Any],
+    props: Mapping[str, Any],
+    asset_keys: Mapping[str, str],
+    *,
+    base: str,
+    remote: bool,
+) -> dict[str, Asset]:
+    """The item's assets of the mapped bands, keyed by canonical band name, hrefs checked."""
     assets_json = item.get("assets") if isinstance(item.get("assets"), Mapping) else {}
     assert isinstance(assets_json, Mapping)
     assets: dict[str, Asset] = {}
@@ -212,32 +242,18 @@ def scene_from_item(
         assets[band] = Asset(
             href=href, scale=scale, offset=offset, nodata=0 if nodata is None else nodata
         )
-    footprint = None
-    geometry = item.get("geometry")
-    if isinstance(geometry, Mapping):
-        try:
-            footprint = shape(geometry)
-            if not footprint.is_valid:
-                footprint = shapely.make_valid(footprint)
-        except (ValueError, TypeError, AttributeError, shapely.errors.ShapelyError):
-            footprint = None
-    cloud = _number(props.get("eo:cloud_cover"))
-    platform = props.get("platform")
-    updated = props.get("updated") or props.get("s2:generation_time") or props.get("created")
-    return Scene(
-        id=item_id,
-        datetime=when,
-        collection=str(item.get("collection") or collection or ""),
-        tile=_tile(props, item_id),
-        assets=assets,
-        cloud_cover=cloud,
-        platform=str(platform).lower() if isinstance(platform, str) else None,
-        processing_baseline=_baseline(props),
-        epsg=_epsg(props),
-        footprint=footprint,
-        updated=str(updated) if updated else None,
-        synthetic=props.get("changedet:synthetic") is True,
-    )
+    return assets
+
+
+def _footprint(geometry: Any) -> BaseGeometry | None:
+    """The item's footprint, made valid; None when it has none or it cannot be read."""
+    if not isinstance(geometry, Mapping):
+        return None
+    try:
+        footprint = shape(geometry)
+        return footprint if footprint.is_valid else shapely.make_valid(footprint)
+    except (ValueError, TypeError, AttributeError, shapely.errors.ShapelyError):
+        return None
 
 
 def self_href(doc: Mapping[str, Any]) -> str | None:

@@ -1,23 +1,25 @@
 """Catalog search → a materialised, de-duplicated list of the scenes worth reading.
 
 One responsibility: `search_scenes` decides which of the items a catalog returned (fetched by
-`catalog.fetch_items`, parsed by `stac_items.scene_from_item`) are used, and records why every
-other one is left out. Items are filtered client-side too (collection, dates, footprint ∩ AOI,
-cloud cover when the server cannot), checked for the assets of the bands to read, reduced to
-one scene per acquisition, signed where the provider needs it, and summarised in notes
-(harmonisation offsets and the rules that decided them, dates with several scenes). Signed
-URLs' tokens are stripped (`hrefs.public_href`) from everything recorded (skip reasons, notes,
-`SearchResult.source`).
+`changedet.catalog.fetch.fetch_items`, parsed by `changedet.catalog.items.scene_from_item`) are
+used, and records why every other one is left out. Items are filtered client-side too
+(collection, dates, footprint ∩ AOI, cloud cover when the server cannot), checked for the assets
+of the bands to read, reduced to one scene per acquisition, signed where the provider needs it,
+and summarised in notes (harmonisation offsets and the rules that decided them, dates with
+several scenes). Signed URLs' tokens are stripped (`hrefs.public_href`) from everything recorded
+(skip reasons, notes, `SearchResult.source`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
 
-from changedet.catalog.fetch import fetch_items, href_signer
+from shapely.geometry.base import BaseGeometry
+
+from changedet.catalog.fetch import FoundItems, RawItem, fetch_items, href_signer
 from changedet.catalog.items import dedupe_scenes, offset_rule, scene_from_item
 from changedet.config import CatalogConfig
 from changedet.errors import CatalogError, ConfigError, NoScenesError, UnsafeHrefError
@@ -25,11 +27,6 @@ from changedet.hrefs import install_log_redaction, public_href
 from changedet.models import AOI, Progress, Scene, SearchResult, SkippedScene, no_progress
 
 __all__ = ["search_scenes"]
-
-
-def _signed(scene: Scene, sign: Callable[[str], str]) -> Scene:
-    assets = {band: replace(asset, href=sign(asset.href)) for band, asset in scene.assets.items()}
-    return replace(scene, assets=assets)
 
 
 def search_scenes(
@@ -56,6 +53,42 @@ def search_scenes(
     """
     if end < start:
         raise ConfigError(f"search: end {end} is before start {start}; pass an end after the start")
+    asset_keys, bands = _required_bands(config, bands)
+    install_log_redaction()
+    url = config.url.strip()
+    source = public_href(url)
+    progress("search", 0, 0)
+    found = fetch_items(url, config, aoi, start=start, end=end, progress=progress)
+    sign = href_signer(config)
+
+    sifted = _Sifted(config=config, asset_keys=asset_keys, bands=bands, window=(start, end))
+    sifted.sift(found, aoi.geometry)
+    notes = [*found.notes, *sifted.notes(remote=found.remote)]
+    scenes, duplicates = dedupe_scenes(sifted.scenes)
+    dropped = sorted([*sifted.dropped, *duplicates], key=lambda d: d.scene_id)
+    scenes.sort(key=lambda s: (s.datetime, s.id))
+    notes.extend(_summary_notes(scenes, sifted.rules))
+
+    if not scenes:
+        _refuse_empty(sifted, source=source)
+        if allow_empty:
+            return SearchResult((), tuple(dropped), source, tuple(notes), len(found.items))
+        raise _nothing_usable(dropped, source=source, aoi=aoi, window=(start, end))
+    if sign is not None:  # only the scenes that will be read, only their assets
+        scenes = [_signed(scene, sign) for scene in scenes]
+    return SearchResult(
+        scenes=tuple(scenes),
+        dropped=tuple(dropped),
+        source=source,
+        notes=tuple(notes),
+        items_seen=len(found.items),
+    )
+
+
+def _required_bands(
+    config: CatalogConfig, bands: Sequence[str]
+) -> tuple[Mapping[str, str], list[str]]:
+    """The provider's asset keys and the bands every scene must have (ConfigError if unmapped)."""
     try:
         asset_keys = config.asset_keys[config.provider]
     except KeyError:
@@ -64,113 +97,133 @@ def search_scenes(
             f"catalog.provider '{config.provider}' has no [catalog.asset_keys] map; use one of: {known}"
         ) from None
     # SCL is never required (L1C has none: the reader falls back to "clear = valid data").
-    bands = [b for b in bands if b != "scl"]
-    unknown = [b for b in bands if b not in asset_keys]
+    required = [b for b in bands if b != "scl"]
+    unknown = [b for b in required if b not in asset_keys]
     if unknown:
         raise ConfigError(
             f"bands {unknown} have no asset key for provider '{config.provider}'; "
             f"add them to [catalog.asset_keys.{config.provider}]"
         )
-    install_log_redaction()
-    url = config.url.strip()
-    source = public_href(url)
-    progress("search", 0, 0)
-    found = fetch_items(url, config, aoi, start=start, end=end, progress=progress)
-    notes = list(found.notes)
-    sign = href_signer(config)
+    return asset_keys, required
 
-    # Client-side filters: static catalogs need them; for APIs they guard against servers that
-    # silently ignore a parameter.
-    aoi_geom = aoi.geometry
-    dropped: list[SkippedScene] = []
-    scenes: list[Scene] = []
-    seen_ids: set[str] = set()
-    repeated = 0
-    outside = 0
-    other_collections: Counter[str] = Counter()
-    no_cloud_value = 0
-    refused = 0
-    rules: dict[str, str] = {}
-    for raw in found.items:
+
+# --------------------------------------------------------------------------------------------
+# client-side filters: static catalogs need them; for APIs they guard against servers that
+# silently ignore a parameter
+
+
+@dataclass
+class _Sifted:
+    """The items of one search sorted into scenes kept and scenes dropped, with the tallies the
+    notes and the empty-result errors report."""
+
+    config: CatalogConfig
+    asset_keys: Mapping[str, str]
+    bands: Sequence[str]
+    window: tuple[date, date]
+    scenes: list[Scene] = field(default_factory=list)
+    dropped: list[SkippedScene] = field(default_factory=list)
+    rules: dict[str, str] = field(default_factory=dict)  # scene id → harmonisation rule
+    seen_ids: set[str] = field(default_factory=set)
+    other_collections: Counter[str] = field(default_factory=Counter)
+    repeated: int = 0
+    outside: int = 0
+    no_cloud_value: int = 0
+    refused: int = 0
+
+    def sift(self, found: FoundItems, aoi_geom: BaseGeometry) -> None:
+        for raw in found.items:
+            scene = self._parse(raw, remote=found.remote)
+            if scene is None:
+                continue
+            start, end = self.window
+            if not start <= scene.date <= end or (
+                scene.footprint is not None and not scene.footprint.intersects(aoi_geom)
+            ):
+                self.outside += 1
+                continue
+            if scene.cloud_cover is None:
+                self.no_cloud_value += 1
+            reason = self._unusable(scene, cloud_by_server=found.cloud_filtered_by_server)
+            if reason is not None:
+                self.dropped.append(SkippedScene(scene.id, reason))
+                continue
+            self.scenes.append(scene)
+            self.rules[scene.id] = offset_rule(raw.item, self.asset_keys)
+
+    def _parse(self, raw: RawItem, *, remote: bool) -> Scene | None:
+        """The item as a Scene, or None (another collection, a repeat, or dropped with why)."""
         item = raw.item
         item_id = str(item.get("id", ""))
         coll = item.get("collection")
-        if isinstance(coll, str) and coll != config.collection:
-            other_collections[coll] += 1
-            continue
-        if item_id in seen_ids:
-            repeated += 1
-            continue
-        seen_ids.add(item_id)
+        if isinstance(coll, str) and coll != self.config.collection:
+            self.other_collections[coll] += 1
+            return None
+        if item_id in self.seen_ids:
+            self.repeated += 1
+            return None
+        self.seen_ids.add(item_id)
         try:
-            scene = scene_from_item(
+            return scene_from_item(
                 item,
-                asset_keys=asset_keys,
-                collection=config.collection,
+                asset_keys=self.asset_keys,
+                collection=self.config.collection,
                 base_href=raw.base,
-                remote=found.remote,
+                remote=remote,
             )
         except UnsafeHrefError as exc:
-            refused += 1
-            dropped.append(SkippedScene(item_id or "?", str(exc)))
-            continue
+            self.refused += 1
+            self.dropped.append(SkippedScene(item_id or "?", str(exc)))
         except CatalogError as exc:
-            dropped.append(SkippedScene(item_id or "?", str(exc)))
-            continue
-        if not start <= scene.date <= end:
-            outside += 1
-            continue
-        if scene.footprint is not None and not scene.footprint.intersects(aoi_geom):
-            outside += 1
-            continue
-        if scene.cloud_cover is None:
-            no_cloud_value += 1
-        elif scene.cloud_cover > config.max_cloud_cover:
-            where = "server" if found.cloud_filtered_by_server else "client-side"
-            dropped.append(
-                SkippedScene(
-                    scene.id,
-                    f"scene cloud cover {scene.cloud_cover:.1f}% > {config.max_cloud_cover:g}% "
-                    f"(catalog.max_cloud_cover, {where})",
-                )
+            self.dropped.append(SkippedScene(item_id or "?", str(exc)))
+        return None
+
+    def _unusable(self, scene: Scene, *, cloud_by_server: bool) -> str | None:
+        """Why a scene inside the dates and AOI is not used (None: it is)."""
+        limit = self.config.max_cloud_cover
+        if scene.cloud_cover is not None and scene.cloud_cover > limit:
+            where = "server" if cloud_by_server else "client-side"
+            return (
+                f"scene cloud cover {scene.cloud_cover:.1f}% > {limit:g}% "
+                f"(catalog.max_cloud_cover, {where})"
             )
-            continue
-        missing = [b for b in bands if b not in scene.assets]
+        missing = [b for b in self.bands if b not in scene.assets]
         if missing:
-            keys = ", ".join(f"'{asset_keys[b]}'" for b in missing)
-            dropped.append(
-                SkippedScene(
-                    scene.id, f"missing asset(s) for band(s) {', '.join(missing)} (keys {keys})"
-                )
+            keys = ", ".join(f"'{self.asset_keys[b]}'" for b in missing)
+            return f"missing asset(s) for band(s) {', '.join(missing)} (keys {keys})"
+        return None
+
+    def notes(self, *, remote: bool) -> list[str]:
+        notes = []
+        if self.repeated:
+            notes.append(
+                f"catalog returned {self.repeated} item(s) twice (paging overlap); kept one copy"
             )
-            continue
-        scenes.append(scene)
-        rules[scene.id] = offset_rule(item, asset_keys)
+        if self.outside and not remote:
+            notes.append(f"{self.outside} item(s) outside the dates or AOI were not selected")
+        elif self.outside:
+            notes.append(
+                f"server returned {self.outside} item(s) outside the dates or AOI; dropped client-side"
+            )
+        if self.no_cloud_value:
+            notes.append(
+                f"{self.no_cloud_value} scene(s) have no eo:cloud_cover; kept (the AOI SCL probe decides)"
+            )
+        without_scl = sum(1 for s in self.scenes if "scl" not in s.assets)
+        if without_scl:
+            notes.append(
+                f"{without_scl} scene(s) have no SCL asset: their clear mask falls back to valid data"
+            )
+        return notes
 
-    items_seen = len(found.items)
-    if repeated:
-        notes.append(f"catalog returned {repeated} item(s) twice (paging overlap); kept one copy")
-    if outside and not found.remote:
-        notes.append(f"{outside} item(s) outside the dates or AOI were not selected")
-    elif outside:
-        notes.append(
-            f"server returned {outside} item(s) outside the dates or AOI; dropped client-side"
-        )
-    if no_cloud_value:
-        notes.append(
-            f"{no_cloud_value} scene(s) have no eo:cloud_cover; kept (the AOI SCL probe decides)"
-        )
-    without_scl = sum(1 for s in scenes if "scl" not in s.assets)
-    if without_scl:
-        notes.append(
-            f"{without_scl} scene(s) have no SCL asset: their clear mask falls back to valid data"
-        )
 
-    scenes, duplicates = dedupe_scenes(scenes)
-    dropped.extend(duplicates)
-    scenes.sort(key=lambda s: (s.datetime, s.id))
-    dropped.sort(key=lambda d: d.scene_id)
+# --------------------------------------------------------------------------------------------
+# what the scenes kept say, and what an empty result says
 
+
+def _summary_notes(scenes: Sequence[Scene], rules: Mapping[str, str]) -> list[str]:
+    """Dates mosaicked from several scenes; harmonisation offsets and the rules that set them."""
+    notes = []
     by_date: dict[date, list[Scene]] = {}
     for scene in scenes:
         by_date.setdefault(scene.date, []).append(scene)
@@ -196,39 +249,42 @@ def search_scenes(
             + " by rule "
             + ", ".join(f"{rule} x{n}" for rule, n in sorted(used.items()))
         )
+    return notes
 
-    if not scenes:
-        if refused and refused == len(seen_ids):
-            raise UnsafeHrefError(
-                f"catalog: {source} points every scene at non-http(s)/s3 locations; refused "
-                "(a remote catalog may not make changedet read local files)"
-            )
-        if other_collections and not seen_ids:
-            names = ", ".join(sorted(other_collections))
-            raise NoScenesError(
-                f"catalog {source} has no items of collection '{config.collection}' (found: {names}); "
-                "set [catalog] collection"
-            )
-        reasons = Counter(d.reason.split(" (")[0].split(":")[0] for d in dropped)
-        detail = "; ".join(f"{n} {r}" for r, n in reasons.most_common(3))
-        if allow_empty:
-            return SearchResult((), tuple(dropped), source, tuple(notes), items_seen)
-        if not dropped:
-            raise NoScenesError(
-                f"no scene in {source} covers AOI '{aoi.id}' between {start} and {end}; "
-                "check the AOI location, widen the dates or point --catalog elsewhere"
-            )
-        raise NoScenesError(
-            f"no usable scene in {source} for AOI '{aoi.id}' between {start} and {end}"
-            + f" ({len(dropped)} dropped: {detail})"
-            + "; widen the dates, raise catalog.max_cloud_cover or check the collection"
+
+def _refuse_empty(sifted: _Sifted, *, source: str) -> None:
+    """An empty result that is an error even with `allow_empty`: refused hrefs, wrong collection."""
+    if sifted.refused and sifted.refused == len(sifted.seen_ids):
+        raise UnsafeHrefError(
+            f"catalog: {source} points every scene at non-http(s)/s3 locations; refused "
+            "(a remote catalog may not make changedet read local files)"
         )
-    if sign is not None:  # only the scenes that will be read, only their assets
-        scenes = [_signed(scene, sign) for scene in scenes]
-    return SearchResult(
-        scenes=tuple(scenes),
-        dropped=tuple(dropped),
-        source=source,
-        notes=tuple(notes),
-        items_seen=items_seen,
+    if sifted.other_collections and not sifted.seen_ids:
+        names = ", ".join(sorted(sifted.other_collections))
+        raise NoScenesError(
+            f"catalog {source} has no items of collection '{sifted.config.collection}' (found: {names}); "
+            "set [catalog] collection"
+        )
+
+
+def _nothing_usable(
+    dropped: Sequence[SkippedScene], *, source: str, aoi: AOI, window: tuple[date, date]
+) -> NoScenesError:
+    start, end = window
+    if not dropped:
+        return NoScenesError(
+            f"no scene in {source} covers AOI '{aoi.id}' between {start} and {end}; "
+            "check the AOI location, widen the dates or point --catalog elsewhere"
+        )
+    reasons = Counter(d.reason.split(" (")[0].split(":")[0] for d in dropped)
+    detail = "; ".join(f"{n} {r}" for r, n in reasons.most_common(3))
+    return NoScenesError(
+        f"no usable scene in {source} for AOI '{aoi.id}' between {start} and {end}"
+        + f" ({len(dropped)} dropped: {detail})"
+        + "; widen the dates, raise catalog.max_cloud_cover or check the collection"
     )
+
+
+def _signed(scene: Scene, sign: Callable[[str], str]) -> Scene:
+    assets = {band: replace(asset, href=sign(asset.href)) for band, asset in scene.assets.items()}
+    return replace(scene, assets=assets)

@@ -20,7 +20,7 @@ import numpy as np
 from changedet.errors import OutputError
 from changedet.models import Grid
 
-__all__ = ["atomic_dir", "atomic_path", "write_cog", "write_json", "write_text"]
+__all__ = ["apply_umask", "atomic_dir", "atomic_path", "write_cog", "write_json", "write_text"]
 
 
 def _umask() -> int:
@@ -66,6 +66,15 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def apply_umask(folder: Path) -> None:
+    """Give a finished tree the ordinary permissions of the user's umask: temporary files and
+    folders are created private (0600/0700), outputs are meant to be shared like any file."""
+    umask = _umask()
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def write_text(path: Path, text: str) -> Path:

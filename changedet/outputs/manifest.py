@@ -5,7 +5,7 @@ AOI, grid, requested and covered time range, periods, catalog, config fingerprin
 and skipped with why, co-registration, detection limits, result counts, timings and the
 versions of changedet, Python, GDAL and the libraries that shaped the result. Keys the pipeline
 adds through `RunResult.provenance` are merged in without ever changing the documented shape.
-`outputs` writes it (with the list of files) as the last file of a run.
+`changedet.outputs.write` writes it (with the list of files) as the last file of a run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
 from changedet import __version__
-from changedet.models import RunResult
+from changedet.models import RunResult, Scene
 from changedet.outputs.vectors import (
     GEOJSON_DECIMALS,
     finite_round,
@@ -32,7 +32,7 @@ from changedet.outputs.vectors import (
     round_coords,
 )
 
-__all__ = ["DETECTION_NOTES", "RUN_SCHEMA_VERSION", "run_manifest"]
+__all__ = ["DETECTION_NOTES", "RUN_SCHEMA_VERSION", "run_manifest", "software_versions"]
 
 RUN_SCHEMA_VERSION = 1
 
@@ -60,7 +60,9 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _versions() -> dict[str, str | None]:
+def software_versions() -> dict[str, str | None]:
+    """The versions of changedet, Python, GDAL and the libraries that shape a result (None for
+    one that is not installed): run.json's `versions`, and the pipeline's provenance."""
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {"changedet": __version__, "python": platform.python_version()}
@@ -105,15 +107,6 @@ DETECTION_NOTES = (
 _PROTECTED_KEYS = frozenset({"schema_version", "versions", "scenes", "config_fingerprint", "files"})
 
 
-def _period_dict(comp: Any) -> dict[str, Any]:
-    return {
-        "label": comp.period.label,
-        "start": comp.period.start.isoformat(),
-        "end": comp.period.end.isoformat(),
-        "scene_ids": list(comp.scene_ids),
-    }
-
-
 def run_manifest(result: RunResult) -> dict[str, Any]:
     """The run.json dict: what was used, what came out, and with which software.
 
@@ -123,26 +116,11 @@ def run_manifest(result: RunResult) -> dict[str, Any]:
     change the type of a documented key, goes under "provenance" instead.
     """
     grid = result.grid
-    aoi = result.aoi
-    aoi_utm = from_wgs84(grid.crs)(aoi.geometry)
-    change = result.change
-    res = grid.res
-    n_confirmed = sum(1 for s in result.structures if s.confirmed)
-    last = result.counts[-1] if result.counts else None
-    dates = sorted(s.datetime for s in result.scenes_used)
-    provenance = _jsonable(dict(result.provenance))
     manifest: dict[str, Any] = {
         "schema_version": RUN_SCHEMA_VERSION,
         "created": iso_text(datetime.now(UTC).replace(microsecond=0)),
         "synthetic": bool(result.provenance.get("synthetic", False)),
-        "aoi": {
-            "id": aoi.id,
-            "name": aoi.name,
-            "bbox": [round(v, GEOJSON_DECIMALS) for v in aoi.geometry.bounds],
-            "area_km2": round(aoi_utm.area / 1e6, 4),
-            "geometry": round_coords(mapping(right_hand(aoi.geometry))),
-            "properties": _jsonable(dict(aoi.properties)),
-        },
+        "aoi": _aoi_section(result),
         "grid": {
             "crs": grid.crs,
             "transform": [
@@ -155,64 +133,102 @@ def run_manifest(result: RunResult) -> dict[str, Any]:
             ],
             "width": grid.width,
             "height": grid.height,
-            "resolution_m": res,
+            "resolution_m": grid.res,
             "bounds": list(grid.bounds),
         },
-        "time_range": {
-            "start": result.before.period.start.isoformat(),
-            # Periods are half-open [start, end): the last day covered is the day before `end`.
-            "end": (result.after.period.end - timedelta(days=1)).isoformat(),
-            "first_scene": iso_text(dates[0]) if dates else None,
-            "last_scene": iso_text(dates[-1]) if dates else None,
-        },
+        "time_range": _time_range_section(result),
         "periods": {"before": _period_dict(result.before), "after": _period_dict(result.after)},
         "catalog": {"collections": sorted({s.collection for s in result.scenes_used})},
         "config_fingerprint": result.config_fingerprint,
         "scenes": {
-            "used": [
-                {
-                    "id": s.id,
-                    "datetime": iso_text(s.datetime),
-                    "collection": s.collection,
-                    "tile": s.tile,
-                    "platform": s.platform,
-                    "cloud_cover": finite_round(s.cloud_cover, 2),
-                    "processing_baseline": s.processing_baseline,
-                }
-                for s in result.scenes_used
-            ],
+            "used": [_scene_dict(s) for s in result.scenes_used],
             "skipped": [{"id": s.scene_id, "reason": s.reason} for s in result.scenes_skipped],
         },
         "n_scenes_used": len(result.scenes_used),
         "n_scenes_skipped": len(result.scenes_skipped),
         "coregistration": {
-            "shift_px": [round(float(v), 3) for v in change.shift_px],
-            "shift_m": [round(float(v) * res, 2) for v in change.shift_px],
-            "corrected": bool(change.shift_corrected),
+            "shift_px": [round(float(v), 3) for v in result.change.shift_px],
+            "shift_m": [round(float(v) * grid.res, 2) for v in result.change.shift_px],
+            "corrected": bool(result.change.shift_corrected),
         },
         "detection_limits": {
-            "pixel_size_m": res,
+            "pixel_size_m": grid.res,
             "pixel_area_m2": grid.pixel_area_m2,
             "min_mapping_unit_m2": result.min_mapping_unit_m2,
             "min_mapping_unit_px": round(result.min_mapping_unit_m2 / grid.pixel_area_m2, 2),
-            "change_threshold": finite_round(change.threshold, 4),
+            "change_threshold": finite_round(result.change.threshold, 4),
             "notes": list(DETECTION_NOTES),
         },
-        "results": {
-            "n_structures": len(result.structures),
-            "n_confirmed": n_confirmed,
-            "n_unconfirmed": len(result.structures) - n_confirmed,
-            "n_bermed": sum(1 for s in result.structures if s.bermed),
-            "n_berm_lines": len(result.berms),
-            "n_change_pixels": int(np.count_nonzero(change.mask)),
-            "cumulative_confirmed": None if last is None else last.cumulative,
-            "cumulative_range": None
-            if last is None
-            else [last.cumulative_low, last.cumulative_high],
-        },
+        "results": _results_section(result),
         "timings_s": {k: finite_round(v, 3) for k, v in result.timings.items()},
-        "versions": _versions(),
+        "versions": software_versions(),
     }
+    _merge_provenance(manifest, _jsonable(dict(result.provenance)))
+    return manifest
+
+
+def _aoi_section(result: RunResult) -> dict[str, Any]:
+    aoi = result.aoi
+    aoi_utm = from_wgs84(result.grid.crs)(aoi.geometry)
+    return {
+        "id": aoi.id,
+        "name": aoi.name,
+        "bbox": [round(v, GEOJSON_DECIMALS) for v in aoi.geometry.bounds],
+        "area_km2": round(aoi_utm.area / 1e6, 4),
+        "geometry": round_coords(mapping(right_hand(aoi.geometry))),
+        "properties": _jsonable(dict(aoi.properties)),
+    }
+
+
+def _time_range_section(result: RunResult) -> dict[str, Any]:
+    dates = sorted(s.datetime for s in result.scenes_used)
+    return {
+        "start": result.before.period.start.isoformat(),
+        # Periods are half-open [start, end): the last day covered is the day before `end`.
+        "end": (result.after.period.end - timedelta(days=1)).isoformat(),
+        "first_scene": iso_text(dates[0]) if dates else None,
+        "last_scene": iso_text(dates[-1]) if dates else None,
+    }
+
+
+def _period_dict(comp: Any) -> dict[str, Any]:
+    return {
+        "label": comp.period.label,
+        "start": comp.period.start.isoformat(),
+        "end": comp.period.end.isoformat(),
+        "scene_ids": list(comp.scene_ids),
+    }
+
+
+def _scene_dict(s: Scene) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "datetime": iso_text(s.datetime),
+        "collection": s.collection,
+        "tile": s.tile,
+        "platform": s.platform,
+        "cloud_cover": finite_round(s.cloud_cover, 2),
+        "processing_baseline": s.processing_baseline,
+    }
+
+
+def _results_section(result: RunResult) -> dict[str, Any]:
+    n_confirmed = sum(1 for s in result.structures if s.confirmed)
+    last = result.counts[-1] if result.counts else None
+    return {
+        "n_structures": len(result.structures),
+        "n_confirmed": n_confirmed,
+        "n_unconfirmed": len(result.structures) - n_confirmed,
+        "n_bermed": sum(1 for s in result.structures if s.bermed),
+        "n_berm_lines": len(result.berms),
+        "n_change_pixels": int(np.count_nonzero(result.change.mask)),
+        "cumulative_confirmed": None if last is None else last.cumulative,
+        "cumulative_range": None if last is None else [last.cumulative_low, last.cumulative_high],
+    }
+
+
+def _merge_provenance(manifest: dict[str, Any], provenance: dict[str, Any]) -> None:
+    """Merge the pipeline's keys into `manifest` without changing its documented shape."""
     # Two pipeline keys have a known shape: the requested [start, end] and the catalog source.
     requested = provenance.pop("time_range", None)
     if isinstance(requested, list) and len(requested) == 2:
@@ -233,4 +249,3 @@ def run_manifest(result: RunResult) -> dict[str, Any]:
             manifest.setdefault("provenance", {})[key] = value
         else:
             manifest[key] = value
-    return manifest

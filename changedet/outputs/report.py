@@ -271,10 +271,6 @@ def overlay_map(
 ) -> bytes:
     """The after composite with change pixels, structures (by first-seen date, unconfirmed dashed),
     berm lines and the AOI outline, in grid coordinates (km)."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-    from matplotlib.patches import Polygon as MplPolygon
-
     grid = result.grid
     x0, y0, x1, y1 = (v / 1000.0 for v in grid.bounds)
     aspect = grid.height / max(grid.width, 1)
@@ -292,8 +288,34 @@ def overlay_map(
     for poly in getattr(aoi_km, "geoms", [aoi_km]):
         xy = np.asarray(poly.exterior.coords) / 1000.0
         ax.plot(xy[:, 0], xy[:, 1], color="white", lw=1.2)
-    label_ids = len(result.structures) <= 40
-    for s in result.structures:
+    _draw_structures(ax, result.structures, classes)
+    for b in result.berms:
+        for line in getattr(b.geometry, "geoms", [b.geometry]):
+            xy = np.asarray(line.coords) / 1000.0
+            ax.plot(xy[:, 0], xy[:, 1], color=BERM_COLOUR, lw=2.0)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel(f"easting (km, {grid.crs})")
+    ax.set_ylabel("northing (km)")
+    ax.legend(
+        handles=_legend_handles(classes),
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        frameon=False,
+    )
+    ax.set_title(f"Detections on the after composite ({result.after.period.label})", fontsize=10)
+    return _fig_png(fig)
+
+
+def _draw_structures(
+    ax: Any, structures: Sequence[Structure], classes: Sequence[FirstSeenClass]
+) -> None:
+    """Outlines coloured by first-seen date (unconfirmed dashed), labelled with ids when few."""
+    from matplotlib.patches import Polygon as MplPolygon
+
+    label_ids = len(structures) <= 40
+    for s in structures:
         colour = _colour_of(s, classes)
         for poly in getattr(s.geometry, "geoms", [s.geometry]):
             xy = np.asarray(poly.exterior.coords) / 1000.0
@@ -317,14 +339,12 @@ def overlay_map(
                 color="white",
                 fontsize=7,
             )
-    for b in result.berms:
-        for line in getattr(b.geometry, "geoms", [b.geometry]):
-            xy = np.asarray(line.coords) / 1000.0
-            ax.plot(xy[:, 0], xy[:, 1], color=BERM_COLOUR, lw=2.0)
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(y0, y1)
-    ax.set_xlabel(f"easting (km, {grid.crs})")
-    ax.set_ylabel("northing (km)")
+
+
+def _legend_handles(classes: Sequence[FirstSeenClass]) -> list[Any]:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     handles: list[Any] = [
         Patch(facecolor="none", edgecolor=c.colour, label=f"{c.label} ({c.count})") for c in classes
     ]
@@ -334,11 +354,7 @@ def overlay_map(
         Patch(facecolor=(0.89, 0.10, 0.11, 0.35), label="change pixels"),
         Line2D([], [], color="grey", lw=1.2, label="AOI outline (white)"),
     ]
-    ax.legend(
-        handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False
-    )
-    ax.set_title(f"Detections on the after composite ({result.after.period.label})", fontsize=10)
-    return _fig_png(fig)
+    return handles
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,16 +488,24 @@ def render_report_html(
 ) -> str:
     """The report as one HTML string. `images` holds the PNG bytes of before/after/overlay/counts;
     `chips` maps structure id → (PNG bytes, relative file name); `files` lists (name, size)."""
+    return "".join(
+        [
+            _head_html(manifest),
+            _summary_html(result, manifest),
+            _limits_html(manifest["detection_limits"]),
+            _counts_html(manifest["results"], images),
+            _map_html(result, images),
+            _structures_html(result, chips),
+            _files_html(files),
+        ]
+    )
+
+
+def _head_html(manifest: Mapping[str, Any]) -> str:
+    """Document head, title line and, for synthetic input, the banner saying so."""
     aoi = manifest["aoi"]
-    limits = manifest["detection_limits"]
-    res = manifest["results"]
-    tr = manifest["time_range"]
-    coreg = manifest["coregistration"]
-    classes = first_seen_classes(result.structures)
-    synthetic = bool(manifest.get("synthetic"))
-    parts: list[str] = []
     title = f"changedet report: {aoi['name']} ({aoi['id']})"
-    parts.append(
+    head = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{REPORT_CSP}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -492,12 +516,20 @@ def render_report_html(
         f"{_e(manifest.get('created'))}, config fingerprint <code>"
         f"{_e(manifest.get('config_fingerprint'))}</code></p>\n"
     )
-    if synthetic:
-        parts.append(
+    if bool(manifest.get("synthetic")):
+        head += (
             '<div class="banner" id="synthetic">SYNTHETIC INPUT DATA: this run used generated sample '
             "tiles, not real Sentinel-2 imagery. The detections demonstrate the pipeline and say "
             "nothing about the real site.</div>\n"
         )
+    return head
+
+
+def _summary_html(result: RunResult, manifest: Mapping[str, Any]) -> str:
+    aoi = manifest["aoi"]
+    res = manifest["results"]
+    tr = manifest["time_range"]
+    coreg = manifest["coregistration"]
     used = manifest["scenes"]["used"]
     skipped = manifest["scenes"]["skipped"]
     used_list = "".join(
@@ -508,7 +540,7 @@ def render_report_html(
         f"<li><code>{_e(s['id'])}</code>: {_e(s['reason'])}</li>" for s in skipped
     )
     bbox = ", ".join(f"{v:.4f}" for v in aoi["bbox"])
-    parts.append(
+    return (
         '<h2>Summary</h2>\n<table class="kv">\n'
         f"<tr><th>AOI</th><td>{_e(aoi['name'])} (<code>{_e(aoi['id'])}</code>), "
         f"{aoi['area_km2']:.2f} km², bbox (lon/lat) {bbox}</td></tr>\n"
@@ -534,8 +566,11 @@ def render_report_html(
         f"{res['n_berm_lines']} berm line(s)</td></tr>\n"
         "</table>\n"
     )
+
+
+def _limits_html(limits: Mapping[str, Any]) -> str:
     mmu_px = limits["min_mapping_unit_px"]
-    parts.append(
+    return (
         '<h2>Detection limits</h2>\n<div class="limits" id="limits"><ul>'
         f"<li>Pixel size {limits['pixel_size_m']:g} m (one pixel = "
         f"{limits['pixel_area_m2']:g} m²). Minimum mapping unit "
@@ -545,6 +580,9 @@ def render_report_html(
         + f"<li>Change threshold: score ≥ {_e(limits['change_threshold'])} (robust z).</li>"
         "</ul></div>\n"
     )
+
+
+def _counts_html(res: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
     last = res.get("cumulative_range")
     range_text = (
         f"Cumulative confirmed at the end: {res['cumulative_confirmed']} "
@@ -552,63 +590,72 @@ def render_report_html(
         if last
         else "No per-period counts in this run."
     )
-    parts.append(
+    return (
         "<h2>Count over time</h2>\n"
         f'<img class="full" id="counts" src="{_data_uri(images["counts"])}" '
         'alt="chart of confirmed structures per period">\n'
         f"<p>{_e(range_text)} Values are estimates: a structure can only be dated to the interval "
         "between the last clear period it was absent and the first it was present.</p>\n"
     )
-    parts.append(
+
+
+def _map_html(result: RunResult, images: Mapping[str, bytes]) -> str:
+    before, after = result.before.period, result.after.period
+    return (
         "<h2>Map</h2>\n"
         f'<img class="full" id="overlay" src="{_data_uri(images["overlay"])}" '
         'alt="map of detections on the after composite">\n'
         '<div class="pair">'
         f'<figure><img class="full" id="before" src="{_data_uri(images["before"])}" '
-        f'alt="before true colour"><figcaption>Before: {_e(result.before.period.label)} '
-        f"({_e(result.before.period.start)} – {_e(result.before.period.end)}); grey = no clear "
+        f'alt="before true colour"><figcaption>Before: {_e(before.label)} '
+        f"({_e(before.start)} – {_e(before.end)}); grey = no clear "
         "observation</figcaption></figure>"
         f'<figure><img class="full" id="after" src="{_data_uri(images["after"])}" '
-        f'alt="after true colour"><figcaption>After: {_e(result.after.period.label)} '
-        f"({_e(result.after.period.start)} – {_e(result.after.period.end)}); same stretch as "
+        f'alt="after true colour"><figcaption>After: {_e(after.label)} '
+        f"({_e(after.start)} – {_e(after.end)}); same stretch as "
         "before</figcaption></figure>"
         "</div>\n"
     )
+
+
+def _structures_html(result: RunResult, chips: Mapping[str, tuple[bytes, str]]) -> str:
     n_chips = len(chips)
     chip_note = (
         ""
         if n_chips == len(result.structures)
         else f" Chips are shown for the {n_chips} most confident structures only."
     )
-    parts.append(
+    heading = (
         f"<h2>Structures ({len(result.structures)})</h2>\n"
         f'<p class="muted">Chips: before | after, same stretch, outline in yellow.{chip_note} '
         "Outline colour = first-seen date; dashed = unconfirmed.</p>\n"
     )
-    if result.structures:
-        parts.append(
-            '<table id="structures">\n<tr><th>id</th><th>evidence</th><th>first seen</th>'
-            "<th>area</th><th>bermed (score)</th><th>confidence</th><th>status</th>"
-            "<th>clear obs</th></tr>\n" + _structure_rows(result, chips, classes) + "\n</table>\n"
-        )
-    else:
-        parts.append(
+    if not result.structures:
+        return heading + (
             "<p>No new structure passed the minimum mapping unit and persistence rules.</p>\n"
         )
+    classes = first_seen_classes(result.structures)
+    return heading + (
+        '<table id="structures">\n<tr><th>id</th><th>evidence</th><th>first seen</th>'
+        "<th>area</th><th>bermed (score)</th><th>confidence</th><th>status</th>"
+        "<th>clear obs</th></tr>\n" + _structure_rows(result, chips, classes) + "\n</table>\n"
+    )
+
+
+def _files_html(files: Sequence[tuple[str, int | None]]) -> str:
     file_rows = "".join(
         f'<tr><td><a href="{_e(name)}">{_e(name)}</a></td>'
         f"<td>{_e(FILE_DESCRIPTIONS.get(name, _describe(name)))}</td>"
         f'<td class="num">{"" if size is None else _fmt_size(size)}</td></tr>'
         for name, size in files
     )
-    parts.append(
+    return (
         '<h2>Files</h2>\n<table id="files"><tr><th>file</th><th>content</th><th>size</th></tr>'
         f"{file_rows}</table>\n"
         '<p class="muted">Open changedet.gpkg or structures.geojson in QGIS: the styles load '
         "automatically. run.json records every scene, the config fingerprint and software "
         "versions.</p>\n</main>\n</body>\n</html>\n"
     )
-    return "".join(parts)
 
 
 def _cloud(value: float | None) -> str:

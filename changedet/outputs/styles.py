@@ -1,11 +1,11 @@
 """QGIS styles of the vector outputs: QML documents and the GeoPackage `layer_styles` table.
 
 One responsibility: make QGIS open every output styled. `layer_style_qml` gives the style of one
-layer from the templates in `changedet/outputs/qml/`; for `structures` it builds one category per
-first-seen date of the run, in the same colours as the report. `embed_styles` writes those
-styles into a GeoPackage's `layer_styles` table (the convention QGIS itself uses), registered
-so the file stays a valid GeoPackage. `outputs` writes the `.qml` sidecars and calls
-`embed_styles` on the GeoPackage it has written.
+layer from the templates in `changedet/outputs/qml/`; for `structures` it builds one category
+per first-seen date of the run, in the same colours as the report. `embed_styles` writes those
+styles into a GeoPackage's `layer_styles` table (the convention QGIS itself uses), registered so
+the file stays a valid GeoPackage. `changedet.outputs.write` writes the `.qml` sidecars and
+calls `embed_styles` on the GeoPackage it has written.
 """
 
 from __future__ import annotations

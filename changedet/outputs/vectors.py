@@ -5,7 +5,7 @@ documented properties of structures, berms, change areas and scenes (the same in
 GeoPackage, in order); RFC 7946 FeatureCollections (EPSG:4326 lon/lat, right-hand winding,
 ~1 cm coordinate precision, snapped so they stay valid); the change mask vectorised into
 8-connected polygons with their statistics; and the grid CRS ↔ EPSG:4326 transforms the
-GeoPackage, run.json and report share. `outputs` writes all of it to files.
+GeoPackage, run.json and report share. `changedet.outputs.write` writes all of it to files.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 One responsibility: writing the outputs (the only writer of run outputs). `write_run_outputs`
 builds everything in a temporary folder beside out/<aoi_id>/ that replaces it only when
-complete: GeoJSON (RFC 7946, content from `vectors`) with a QGIS `.qml` sidecar of the same name
-(`gpkg_styles`), so QGIS opens each file styled; one GeoPackage (`changedet.gpkg`, layers in the
-run's UTM grid CRS so areas and lengths read in metres) with the same styles embedded; COGs of
-the change evidence (via `changedet.outputs.fsio.write_cog`); `counts.csv`; the PNG quicklooks, evidence
-chips and `report.html` (drawn by `changedet.outputs.report`); and last `run.json` (`manifest`).
+complete: GeoJSON (RFC 7946, content from `changedet.outputs.vectors`) with a QGIS `.qml`
+sidecar of the same name (`changedet.outputs.styles`), so QGIS opens each file styled; one
+GeoPackage (`changedet.gpkg`, layers in the run's UTM grid CRS so areas and lengths read in
+metres) with the same styles embedded; COGs of the change evidence (via
+`changedet.outputs.fsio.write_cog`); `counts.csv`; the PNG quicklooks, evidence chips and
+`report.html` (drawn by `changedet.outputs.report`); and last `run.json`
+(`changedet.outputs.manifest`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
 from changedet.models import Progress, RunResult, no_progress
-from changedet.outputs.fsio import atomic_dir, write_cog, write_json, write_text
+from changedet.outputs.fsio import apply_umask, atomic_dir, write_cog, write_json, write_text
 from changedet.outputs.manifest import run_manifest
 from changedet.outputs.report import write_report_files
 from changedet.outputs.styles import embed_styles, layer_style_qml
@@ -49,6 +51,7 @@ __all__ = ["GPKG_LAYERS", "write_run_outputs"]
 
 GPKG_NAME = "changedet.gpkg"
 GPKG_LAYERS = ("aoi", "structures", "berms", "change_areas", "scenes")
+_Row = tuple[BaseGeometry | None, dict[str, Any]]  # one feature: geometry, properties
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,7 +61,7 @@ GPKG_LAYERS = ("aoi", "structures", "berms", "change_areas", "scenes")
 def _write_layer(
     path: Path,
     layer: str,
-    rows: Sequence[tuple[BaseGeometry | None, dict[str, Any]]],
+    rows: Sequence[_Row],
     columns: Sequence[str],
     *,
     crs: str,
@@ -92,32 +95,28 @@ def _write_layer(
 
 
 def _write_geopackage(path: Path, result: RunResult, areas: Sequence[Any]) -> None:
-    crs = result.grid.crs
-    to_grid = from_wgs84(crs)
-    aoi_geom = as_multipolygon(to_grid(result.aoi.geometry))
-    _write_layer(
-        path,
-        "aoi",
-        [(aoi_geom, {"id": result.aoi.id, "name": result.aoi.name})],
-        ("id", "name"),
-        crs=crs,
-        geometry_type="MultiPolygon",
-        dtypes={},
-    )
-    structures = []
-    for s in result.structures:
-        props = structure_properties(s)
-        # GeoPackage has no list type: the scene ids travel as a JSON array in text.
-        props["source_scenes"] = json.dumps(props["source_scenes"])
-        structures.append((as_multipolygon(s.geometry), props))
-    _write_layer(
-        path,
-        "structures",
-        structures,
+    for layer, rows in _layer_rows(result, areas).items():
+        columns, geometry_type, dtypes = _LAYER_SCHEMAS[layer]
+        _write_layer(
+            path,
+            layer,
+            rows,
+            columns,
+            crs=result.grid.crs,
+            geometry_type=geometry_type,
+            dtypes=dtypes,
+        )
+    embed_styles(path, {layer: layer_style_qml(layer, result) for layer in GPKG_LAYERS})
+
+
+# Per layer: its columns in order, its geometry type and the pandas dtypes of the columns that
+# are not text.
+_LAYER_SCHEMAS: dict[str, tuple[Sequence[str], str, Mapping[str, str]]] = {
+    "aoi": (("id", "name"), "MultiPolygon", {}),
+    "structures": (
         STRUCTURE_PROPERTIES,
-        crs=crs,
-        geometry_type="MultiPolygon",
-        dtypes={
+        "MultiPolygon",
+        {
             "area_m2": "float64",
             "confidence": "float64",
             "confirmed": "bool",
@@ -125,24 +124,12 @@ def _write_geopackage(path: Path, result: RunResult, areas: Sequence[Any]) -> No
             "bermed": "boolean",
             "berm_score": "float64",
         },
-    )
-    _write_layer(
-        path,
-        "berms",
-        [(as_multilinestring(b.geometry), berm_properties(b)) for b in result.berms],
-        BERM_PROPERTIES,
-        crs=crs,
-        geometry_type="MultiLineString",
-        dtypes={"length_m": "float64", "score": "float64"},
-    )
-    _write_layer(
-        path,
-        "change_areas",
-        [(as_multipolygon(g), p) for g, p in areas],
+    ),
+    "berms": (BERM_PROPERTIES, "MultiLineString", {"length_m": "float64", "score": "float64"}),
+    "change_areas": (
         CHANGE_AREA_PROPERTIES,
-        crs=crs,
-        geometry_type="MultiPolygon",
-        dtypes={
+        "MultiPolygon",
+        {
             "id": "int64",
             "area_m2": "float64",
             "n_pixels": "int64",
@@ -150,20 +137,30 @@ def _write_geopackage(path: Path, result: RunResult, areas: Sequence[Any]) -> No
             "max_score": "float64",
             "mean_likelihood": "float64",
         },
-    )
-    scenes = [
-        (None if g is None else as_multipolygon(to_grid(g)), p) for g, p in scene_rows(result)
-    ]
-    _write_layer(
-        path,
-        "scenes",
-        scenes,
-        SCENE_PROPERTIES,
-        crs=crs,
-        geometry_type="MultiPolygon",
-        dtypes={"cloud_cover": "float64"},
-    )
-    embed_styles(path, {layer: layer_style_qml(layer, result) for layer in GPKG_LAYERS})
+    ),
+    "scenes": (SCENE_PROPERTIES, "MultiPolygon", {"cloud_cover": "float64"}),
+}
+
+
+def _layer_rows(result: RunResult, areas: Sequence[Any]) -> dict[str, list[_Row]]:
+    """The rows of every GeoPackage layer, in GPKG_LAYERS order, geometries in the grid CRS."""
+    to_grid = from_wgs84(result.grid.crs)
+    structures: list[_Row] = []
+    for s in result.structures:
+        props = structure_properties(s)
+        # GeoPackage has no list type: the scene ids travel as a JSON array in text.
+        props["source_scenes"] = json.dumps(props["source_scenes"])
+        structures.append((as_multipolygon(s.geometry), props))
+    aoi_geom = as_multipolygon(to_grid(result.aoi.geometry))
+    return {
+        "aoi": [(aoi_geom, {"id": result.aoi.id, "name": result.aoi.name})],
+        "structures": structures,
+        "berms": [(as_multilinestring(b.geometry), berm_properties(b)) for b in result.berms],
+        "change_areas": [(as_multipolygon(g), p) for g, p in areas],
+        "scenes": [
+            (None if g is None else as_multipolygon(to_grid(g)), p) for g, p in scene_rows(result)
+        ],
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,16 +256,20 @@ def _counts_csv(result: RunResult) -> str:
 # Orchestration
 
 
-def _apply_umask(folder: Path) -> None:
-    """Temporary files and folders are created private (0600/0700); the finished outputs get the
-    ordinary permissions of the user's umask, so they can be shared like any other file."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+def _check_writable(result: RunResult) -> None:
+    """Refuse, before anything is written, a result whose outputs could not all be made."""
+    if result.change.score.shape != result.grid.shape:
+        raise OutputError(
+            f"change score shape {result.change.score.shape} does not match the grid "
+            f"{result.grid.shape}; the pipeline handed over inconsistent arrays"
+        )
+    for comp in (result.before, result.after):
+        missing = [b for b in ("red", "green", "blue") if b not in comp.bands]
+        if missing:
+            raise OutputError(
+                f"composite {comp.period.label} lacks band(s) {', '.join(missing)} needed for the "
+                "true-colour quicklooks; keep blue, green and red in [read] bands"
+            )
 
 
 def write_run_outputs(
@@ -284,18 +285,7 @@ def write_run_outputs(
     so a failed run leaves the previous outputs (or nothing) rather than a half-written folder.
     """
     out_dir = Path(out_dir)
-    if result.change.score.shape != result.grid.shape:
-        raise OutputError(
-            f"change score shape {result.change.score.shape} does not match the grid "
-            f"{result.grid.shape}; the pipeline handed over inconsistent arrays"
-        )
-    for comp in (result.before, result.after):
-        missing = [b for b in ("red", "green", "blue") if b not in comp.bands]
-        if missing:
-            raise OutputError(
-                f"composite {comp.period.label} lacks band(s) {', '.join(missing)} needed for the "
-                "true-colour quicklooks; keep blue, green and red in [read] bands"
-            )
+    _check_writable(result)
     steps = ["vectors", "geopackage", "rasters", "counts", "images", "report", "manifest"]
     total = len(steps)
 
@@ -335,7 +325,7 @@ def write_run_outputs(
             files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
             manifest["files"] = sorted({*files, "run.json"})
             write_json(tmp / "run.json", manifest)
-            _apply_umask(tmp)
+            apply_umask(tmp)
             step(total)
     except OSError as exc:
         if isinstance(exc, OutputError):

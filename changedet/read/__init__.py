@@ -1,1 +1,18 @@
-"""read"""
+"""read: scenes + grid → stack. The only rasterio reader.
+
+Contract: `read_stack(scenes, grid, bands=, aoi_mask=, read_config=, mask_config=)` returns a
+`ReadResult`: a `Stack` on `grid` with one time step per acquisition date (reflectance
+(T, B, H, W) float32, NaN where not clear; the clear mask; SCL), the scenes skipped and why,
+bytes fetched and cache hits. Only the window covering the grid is read, concurrently, through
+the pixel cache. `probe_details` is the SCL-only probe behind `changedet search --probe`;
+`reproject_array` is the one array reprojection. GDAL options live in `cog.gdal_options`.
+
+Modules: `cog` (one asset onto the grid, GDAL options, the read pool), `cache` (pixel cache),
+`probe` (SCL → which scenes to read), `stack` (mask, harmonise, mosaic per date).
+"""
+
+from changedet.read.cog import clear_http_cache, gdal_options, reproject_array
+from changedet.read.probe import probe_details
+from changedet.read.stack import read_stack
+
+__all__ = ["clear_http_cache", "gdal_options", "probe_details", "read_stack", "reproject_array"]

@@ -3,8 +3,8 @@
 One responsibility: make a rerun fetch nothing. One .npy per (item, collection, band, href
 without its signing token, grid, resampling), written atomically; a damaged or mis-shaped entry
 is a miss, and a full or read-only cache never fails a run. An empty `read.cache_dir` turns the
-cache off. Used by `read` for network reads only (a local COG window reads as fast as the cache
-would).
+cache off. Used by `changedet.read.cog` for network reads only (a local COG window reads as fast
+as the cache would).
 """
 
 from __future__ import annotations

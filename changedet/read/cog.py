@@ -7,8 +7,8 @@ covering the grid is fetched, by a window copy, a resampled window read or the G
 the covering window; transient HTTP errors are retried and every failure becomes a one-line
 reason without tokens (a missing, corrupt or truncated asset skips its scene instead of ending
 the run); `ReadPipeline` runs the reads on one bounded thread pool, consulting the pixel cache
-(`read_cache`) for network reads. Which scenes to read is `probe`; the stack they make is
-`mosaic`.
+(`changedet.read.cache`) for network reads. Which scenes to read is `changedet.read.probe`;
+the stack they make is `changedet.read.stack`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ __all__ = [
     "gdal_options",
     "gdal_path",
     "network_bytes",
+    "reproject_array",
 ]
 
 
@@ -167,7 +168,7 @@ def _clear_url_cache(path: str) -> None:
 def gdal_path(href: str) -> str:
     """The GDAL path for an asset href: /vsicurl/ for http(s), /vsis3/ for s3, else the path.
 
-    Hrefs reach here only through `catalog`, which already refused local targets from remote
+    Hrefs reach here only through `changedet.catalog`, which already refused local targets from remote
     catalogs; other URL schemes are refused again here.
     """
     parts = urlsplit(href)
@@ -218,101 +219,180 @@ def _read_onto_grid(path: str, grid: Grid, *, resampling: Any, nodata: float | N
     anything else (another UTM zone, tile edges: the GDAL warper on the covering window).
     """
     import rasterio
-    from affine import Affine
     from rasterio.crs import CRS
-    from rasterio.enums import Resampling
-    from rasterio.warp import reproject, transform_bounds
-    from rasterio.windows import Window, from_bounds
 
     with rasterio.open(path) as src:
         if src.crs is None:
             raise ReadError("asset has no CRS")
         fill = nodata if nodata is not None else (src.nodata if src.nodata is not None else 0)
-        dtype = src.dtypes[0]
         dst_crs = CRS.from_user_input(grid.crs)
         same_crs = src.crs == dst_crs
-        st = src.transform
         if same_crs and _aligned(src, grid):
-            col0 = round((grid.transform.c - st.c) / st.a)
-            row0 = round((grid.transform.f - st.f) / st.e)
-            r0, r1 = max(row0, 0), min(row0 + grid.height, src.height)
-            c0, c1 = max(col0, 0), min(col0 + grid.width, src.width)
-            if (r0, c0, r1, c1) == (row0, col0, row0 + grid.height, col0 + grid.width):
-                return np.asarray(src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0)))
-            out = np.full(grid.shape, fill, dtype=dtype)
-            if r1 > r0 and c1 > c0:
-                out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = src.read(
-                    1, window=Window(c0, r0, c1 - c0, r1 - r0)
-                )
-            return out
-        north_up = st.b == 0 and st.d == 0 and grid.transform.b == 0 and grid.transform.d == 0
-        if same_crs and north_up and resampling in (Resampling.nearest, Resampling.bilinear):
-            win = from_bounds(*grid.bounds, transform=st)
-            inside = (
-                win.col_off >= 1
-                and win.row_off >= 1
-                and win.col_off + win.width <= src.width - 1
-                and win.row_off + win.height <= src.height - 1
-            )
-            if inside:
-                out = np.asarray(
-                    src.read(1, window=win, out_shape=grid.shape, resampling=resampling)
-                )
-                if resampling == Resampling.bilinear:
-                    _mask_blended_nodata(src, grid, out, fill)
-                return out
-        out = np.full(grid.shape, fill, dtype=dtype)
-        bounds = (
-            grid.bounds
-            if same_crs
-            else transform_bounds(dst_crs, src.crs, *grid.bounds, densify_pts=21)
+            return _window_copy(src, grid, fill=fill)
+        if same_crs:
+            resampled = _resampled_window(src, grid, resampling=resampling, fill=fill)
+            if resampled is not None:
+                return resampled
+        return _warped_window(src, grid, dst_crs, resampling=resampling, fill=fill)
+
+
+def _window_copy(src: Any, grid: Grid, *, fill: float) -> np.ndarray:
+    """The grid's window of a source on the same pixel lattice; `fill` where it runs off."""
+    from rasterio.windows import Window
+
+    st = src.transform
+    col0 = round((grid.transform.c - st.c) / st.a)
+    row0 = round((grid.transform.f - st.f) / st.e)
+    r0, r1 = max(row0, 0), min(row0 + grid.height, src.height)
+    c0, c1 = max(col0, 0), min(col0 + grid.width, src.width)
+    if (r0, c0, r1, c1) == (row0, col0, row0 + grid.height, col0 + grid.width):
+        return np.asarray(src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0)))
+    out = np.full(grid.shape, fill, dtype=src.dtypes[0])
+    if r1 > r0 and c1 > c0:
+        out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = src.read(
+            1, window=Window(c0, r0, c1 - c0, r1 - r0)
         )
-        win = from_bounds(*bounds, transform=st)
-        pad = 2  # source pixels beyond the grid edge for the resampling kernel
-        c0 = max(math.floor(win.col_off) - pad, 0)
-        r0 = max(math.floor(win.row_off) - pad, 0)
-        c1 = min(math.ceil(win.col_off + win.width) + pad, src.width)
-        r1 = min(math.ceil(win.row_off + win.height) + pad, src.height)
-        if c1 <= c0 or r1 <= r0:
-            return out
-        window = Window(c0, r0, c1 - c0, r1 - r0)
-        source = src.read(1, window=window)
-        # Datasets, not arrays: reproject() wraps arrays in MEM datasets opened before their
-        # transform is set, and silences the NotGeoreferencedWarning that causes with
-        # warnings.catch_warnings, which is not thread-safe: under the read pool it escapes.
-        with (
-            _georeferenced(source, st @ Affine.translation(c0, r0), src.crs) as warp_src,
-            _georeferenced(out, grid.transform, dst_crs) as warp_dst,
-        ):
-            reproject(
-                source=rasterio.band(warp_src, 1),
-                destination=rasterio.band(warp_dst, 1),
-                src_nodata=fill,
-                dst_nodata=fill,
-                resampling=resampling,
-            )
-            return np.asarray(warp_dst.read(1))
+    return out
+
+
+def _resampled_window(src: Any, grid: Grid, *, resampling: Any, fill: float) -> np.ndarray | None:
+    """GDAL's resampled window read of a north-up source in the grid's CRS (nearest or bilinear),
+    or None when that path does not apply (rotation, other kernels, the grid near a tile edge)."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import from_bounds
+
+    st = src.transform
+    north_up = st.b == 0 and st.d == 0 and grid.transform.b == 0 and grid.transform.d == 0
+    if not north_up or resampling not in (Resampling.nearest, Resampling.bilinear):
+        return None
+    win = from_bounds(*grid.bounds, transform=st)
+    inside = (
+        win.col_off >= 1
+        and win.row_off >= 1
+        and win.col_off + win.width <= src.width - 1
+        and win.row_off + win.height <= src.height - 1
+    )
+    if not inside:
+        return None
+    out = np.asarray(src.read(1, window=win, out_shape=grid.shape, resampling=resampling))
+    if resampling == Resampling.bilinear:
+        _mask_blended_nodata(src, grid, out, fill)
+    return out
+
+
+def _warped_window(
+    src: Any, grid: Grid, dst_crs: Any, *, resampling: Any, fill: float
+) -> np.ndarray:
+    """The GDAL warper on the source window covering the grid (padded for the kernel)."""
+    from affine import Affine
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import Window, from_bounds
+
+    st = src.transform
+    out = np.full(grid.shape, fill, dtype=src.dtypes[0])
+    bounds = (
+        grid.bounds
+        if src.crs == dst_crs
+        else transform_bounds(dst_crs, src.crs, *grid.bounds, densify_pts=21)
+    )
+    win = from_bounds(*bounds, transform=st)
+    pad = 2  # source pixels beyond the grid edge for the resampling kernel
+    c0 = max(math.floor(win.col_off) - pad, 0)
+    r0 = max(math.floor(win.row_off) - pad, 0)
+    c1 = min(math.ceil(win.col_off + win.width) + pad, src.width)
+    r1 = min(math.ceil(win.row_off + win.height) + pad, src.height)
+    if c1 <= c0 or r1 <= r0:
+        return out
+    source = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+    return _warp(
+        source,
+        (st @ Affine.translation(c0, r0), src.crs),
+        out,
+        (grid.transform, dst_crs),
+        nodata=fill,
+        resampling=resampling,
+    )
+
+
+def _warp(
+    source: np.ndarray,
+    src_georef: tuple[Any, Any],
+    destination: np.ndarray,
+    dst_georef: tuple[Any, Any],
+    *,
+    nodata: float | None,
+    resampling: Any,
+) -> np.ndarray:
+    """`source` warped onto `destination` (same band count; its pixels no source pixel reaches
+    keep their value) by the GDAL warper; each georef is (transform, CRS). Returns a new array.
+
+    Datasets, not arrays: reproject() wraps arrays in MEM datasets opened before their transform
+    is set, and silences the NotGeoreferencedWarning that causes with warnings.catch_warnings,
+    which is not thread-safe: under the read pool it escapes.
+    """
+    import rasterio
+    from rasterio.warp import reproject
+
+    bands: int | list[int] = 1 if source.ndim == 2 else list(range(1, source.shape[0] + 1))
+    with (
+        _georeferenced(source, *src_georef) as warp_src,
+        _georeferenced(destination, *dst_georef) as warp_dst,
+    ):
+        reproject(
+            source=rasterio.band(warp_src, bands),
+            destination=rasterio.band(warp_dst, bands),
+            src_nodata=nodata,
+            dst_nodata=nodata,
+            resampling=resampling,
+        )
+        return np.asarray(warp_dst.read(bands))
+
+
+def reproject_array(
+    array: np.ndarray, src: Grid, dst: Grid, *, nearest: bool, nodata: float | None = None
+) -> np.ndarray:
+    """`array` ((H, W) or (B, H, W) on `src`) warped onto `dst` by GDAL, nearest or bilinear.
+
+    nodata: the value of missing pixels in `array` (NaN allowed), also given to the pixels of
+    `dst` no source pixel reaches; None: every source pixel holds data, unreached pixels are 0.
+    The only array reprojection of changedet: it lives beside the reader that owns rasterio.
+    """
+    from rasterio.enums import Resampling
+
+    fill = 0 if nodata is None else nodata
+    out = np.full((*array.shape[:-2], *dst.shape), fill, dtype=array.dtype)
+    return _warp(
+        array,
+        (src.transform, src.crs),
+        out,
+        (dst.transform, dst.crs),
+        nodata=nodata,
+        resampling=Resampling.nearest if nearest else Resampling.bilinear,
+    )
 
 
 def _georeferenced(array: np.ndarray, transform: Any, crs: Any) -> Any:
-    """A one-band in-memory dataset holding a copy of `array`, created with its transform and
-    CRS (so it is never seen without them)."""
+    """An in-memory dataset holding a copy of `array` ((H, W) or (B, H, W)), created with its
+    transform and CRS (so it is never seen without them)."""
     import rasterio
 
-    height, width = array.shape
+    height, width = array.shape[-2:]
     dataset = rasterio.open(
         "",
         "w+",
         driver="MEM",
         width=width,
         height=height,
-        count=1,
+        count=1 if array.ndim == 2 else array.shape[0],
         dtype=array.dtype,
         crs=crs,
         transform=transform,
     )
     try:
-        dataset.write(array, 1)
+        if array.ndim == 2:
+            dataset.write(array, 1)
+        else:
+            dataset.write(array)
     except BaseException:
         dataset.close()
         raise

@@ -7,7 +7,7 @@ is dropped when it lies outside the AOI (`read.min_aoi_coverage`) or shows too l
 clear (`read.min_aoi_clear_fraction`). With bands to read, a scene's band reads start as soon
 as its SCL passes a provisional test (the same test without the roof rule), so probing and
 reading overlap. `probe_details` serves `changedet search --probe`;
-`mosaic.read_stack` uses `probe_and_select`.
+`changedet.read.stack.read_stack` uses `probe_and_select`.
 """
 
 from __future__ import annotations
@@ -89,70 +89,24 @@ def probe_and_select(
     (the same test without the bright-roof rule, which needs every date): the probe and the
     band reads overlap instead of waiting for each other.
     """
-    grid = pipe.grid
-    with_scl = [s for s in scenes if "scl" in s.assets]
-    for scene in with_scl:
-        pipe.add(scene, "scl")
-    scl: dict[str, np.ndarray] = {}
-    failures: list[AssetRead] = []
-    provisional: set[str] = set()
-    first_clear: dict[str, np.ndarray] = {}
-    n_cloudy = np.zeros(grid.shape, np.int32)
-    n_obs = np.zeros(grid.shape, np.int32)
-    hits = 0
-    progress("probe", 0, len(with_scl))
-    done = 0
-    for scene in scenes:
-        if "scl" not in scene.assets:
-            for band in bands:  # no SCL: always read (clear = valid data), in date order
-                pipe.add(scene, band)
-            continue
-        got = pipe.take(scene, "scl")
-        done += 1
-        progress("probe", done, len(with_scl))
-        hits += got.cached
-        if got.array is None:
-            failures.append(got)
-            continue
-        array = got.array.astype(np.uint8, copy=False)
-        scl[scene.id] = array
-        observed = array != 0
-        cloudy = scl_cloudy(array, cloud_classes=mask_config.cloud_classes)
-        n_obs += observed
-        n_cloudy += observed & cloudy
-        if bands:
-            clear = _clear_of(array, None, mask_config)
-            first_clear[scene.id] = clear  # reused below when no pixel is a roof
-            coverage, frac = _fractions(array, clear, aoi_mask, None)
-            if selection_reason(coverage, frac, scene, read_config) is None:
-                provisional.add(scene.id)
-                for band in bands:
-                    pipe.add(scene, band)
-    roof = None
-    notes: list[str] = []
-    if scl:
-        roof = persistent_from_counts(
-            n_cloudy,
-            n_obs,
-            fraction=mask_config.persistent_cloud_fraction,
-            min_dates=mask_config.persistent_min_dates,
-        )
-        n_roof = int((roof & aoi_mask).sum())
-        if n_roof:
-            notes.append(
-                f"{n_roof} AOI pixel(s) SCL calls cloud on >= "
-                f"{mask_config.persistent_cloud_fraction:.0%} of dates kept clear (bright roofs)"
-            )
-        if not roof.any():
-            roof = None
+    reads = _read_scl(
+        scenes,
+        pipe,
+        aoi_mask=aoi_mask,
+        read_config=read_config,
+        mask_config=mask_config,
+        progress=progress,
+        bands=bands,
+    )
+    roof, notes = _bright_roofs(reads, aoi_mask, mask_config) if reads.scl else (None, [])
     probes: dict[str, Probe] = {}
     clears: dict[str, np.ndarray] = {}
-    failed = {g.scene_id: g for g in failures}
+    failed = {g.scene_id: g for g in reads.failures}
     for scene in scenes:
-        if scene.id in scl:
-            array = scl[scene.id]
-            if scene.id in first_clear and roof is None:
-                clear = first_clear.pop(scene.id)
+        if scene.id in reads.scl:
+            array = reads.scl[scene.id]
+            if scene.id in reads.first_clear and roof is None:
+                clear = reads.first_clear.pop(scene.id)
             else:
                 clear = _clear_of(array, roof, mask_config)
             coverage, frac = _fractions(array, clear, aoi_mask, roof)
@@ -166,15 +120,94 @@ def probe_and_select(
             probes[scene.id] = Probe(scene.id, math.nan, math.nan, False, None)
     return Probed(
         probes,
-        scl,
+        reads.scl,
         clears,
         roof,
-        failures,
+        reads.failures,
         notes,
-        cache_hits=hits,
-        assets_read=len(scl) - hits,
-        provisional=provisional,
+        cache_hits=reads.hits,
+        assets_read=len(reads.scl) - reads.hits,
+        provisional=reads.provisional,
     )
+
+
+@dataclass
+class _SclReads:
+    """The SCL windows of a read, with the per-pixel counts the bright-roof rule needs."""
+
+    n_cloudy: np.ndarray  # (H, W) dates SCL calls the pixel cloud
+    n_obs: np.ndarray  # (H, W) dates with SCL data at the pixel
+    scl: dict[str, np.ndarray] = field(default_factory=dict)
+    failures: list[AssetRead] = field(default_factory=list)
+    first_clear: dict[str, np.ndarray] = field(default_factory=dict)  # without the roof rule
+    provisional: set[str] = field(default_factory=set)  # passed without the roof rule
+    hits: int = 0
+
+
+def _read_scl(
+    scenes: Sequence[Scene],
+    pipe: ReadPipeline,
+    *,
+    aoi_mask: np.ndarray,
+    read_config: ReadConfig,
+    mask_config: MaskConfig,
+    progress: Progress,
+    bands: Sequence[str],
+) -> _SclReads:
+    """Every scene's SCL window, counted for the roof rule; with `bands`, the band reads of a
+    scene without SCL, or whose SCL passes the provisional test, are queued as they come."""
+    with_scl = [s for s in scenes if "scl" in s.assets]
+    for scene in with_scl:
+        pipe.add(scene, "scl")
+    reads = _SclReads(np.zeros(pipe.grid.shape, np.int32), np.zeros(pipe.grid.shape, np.int32))
+    progress("probe", 0, len(with_scl))
+    done = 0
+    for scene in scenes:
+        if "scl" not in scene.assets:
+            for band in bands:  # no SCL: always read (clear = valid data), in date order
+                pipe.add(scene, band)
+            continue
+        got = pipe.take(scene, "scl")
+        done += 1
+        progress("probe", done, len(with_scl))
+        reads.hits += got.cached
+        if got.array is None:
+            reads.failures.append(got)
+            continue
+        array = got.array.astype(np.uint8, copy=False)
+        reads.scl[scene.id] = array
+        observed = array != 0
+        reads.n_obs += observed
+        reads.n_cloudy += observed & scl_cloudy(array, cloud_classes=mask_config.cloud_classes)
+        if bands:
+            clear = _clear_of(array, None, mask_config)
+            reads.first_clear[scene.id] = clear  # reused when no pixel is a roof
+            coverage, frac = _fractions(array, clear, aoi_mask, None)
+            if selection_reason(coverage, frac, scene, read_config) is None:
+                reads.provisional.add(scene.id)
+                for band in bands:
+                    pipe.add(scene, band)
+    return reads
+
+
+def _bright_roofs(
+    reads: _SclReads, aoi_mask: np.ndarray, mask_config: MaskConfig
+) -> tuple[np.ndarray | None, list[str]]:
+    """Pixels SCL calls cloud on most dates (None when there are none), and the note about them."""
+    roof = persistent_from_counts(
+        reads.n_cloudy,
+        reads.n_obs,
+        fraction=mask_config.persistent_cloud_fraction,
+        min_dates=mask_config.persistent_min_dates,
+    )
+    notes = []
+    n_roof = int((roof & aoi_mask).sum())
+    if n_roof:
+        notes.append(
+            f"{n_roof} AOI pixel(s) SCL calls cloud on >= "
+            f"{mask_config.persistent_cloud_fraction:.0%} of dates kept clear (bright roofs)"
+        )
+    return (roof if roof.any() else None), notes
 
 
 def selection_reason(

@@ -1,11 +1,12 @@
 """Scenes → one masked, harmonised Stack on the AOI grid: one time step per acquisition date.
 
-One responsibility: assemble the stack. `read_stack` probes the scenes (`probe`), reads only
-the bands asked for (`read`, concurrently, through the pixel cache), masks each scene with its
-SCL clear mask (or, without SCL, clear = valid data), harmonises DN → reflectance with each
-asset's scale and offset (decided by `stac_items`), and mosaics the scenes of one date (tiles,
-orbits): first clear pixel wins, scenes in a deterministic order (most clear AOI pixels first,
-then id). Everything left out is recorded with its reason.
+One responsibility: assemble the stack. `read_stack` probes the scenes (`changedet.read.probe`),
+reads only the bands asked for (`changedet.read.cog`, concurrently, through the pixel cache),
+masks each scene with its SCL clear mask (or, without SCL, clear = valid data), harmonises DN →
+reflectance with each asset's scale and offset (decided by `changedet.catalog.items`), and
+mosaics the scenes of one date (tiles, orbits): first clear pixel wins, scenes in a
+deterministic order (most clear AOI pixels first, then id). Everything left out is recorded with
+its reason.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from changedet.models import (
     no_progress,
 )
 from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs, network_bytes
-from changedet.read.probe import probe_and_select, selection_reason
+from changedet.read.probe import Probed, probe_and_select, selection_reason
 
 __all__ = ["read_stack"]
 
@@ -101,17 +102,7 @@ def read_stack(
     if bytes_before is None:
         notes.append("bytes_fetched unavailable: GDAL network statistics not reachable")
     if not built.times:
-        transient = [f for f in built.failures if f.transient]
-        if built.failures and len(transient) == len(built.failures):
-            raise ReadError(
-                f"read: every scene failed on network errors ({transient[0].error}); "
-                "check the connection or try later"
-            )
-        raise NoScenesError(
-            f"read: no usable scene left of {len(scenes)}: "
-            + "; ".join(sorted({s.reason.split(":")[0] for s in skipped})[:3])
-            + "; widen the dates or lower read.min_aoi_clear_fraction"
-        )
+        raise _nothing_read(built.failures, skipped, n_scenes=len(scenes))
     stack = Stack(
         grid=grid,
         bands=bands,
@@ -130,6 +121,23 @@ def read_stack(
         notes=tuple(notes),
         cache_hits=built.cache_hits,
         assets_read=built.assets_read,
+    )
+
+
+def _nothing_read(
+    failures: Sequence[AssetRead], skipped: Sequence[SkippedScene], *, n_scenes: int
+) -> ReadError | NoScenesError:
+    """The error of a read that left no date: the network's fault, or the data's."""
+    transient = [f for f in failures if f.transient]
+    if failures and len(transient) == len(failures):
+        return ReadError(
+            f"read: every scene failed on network errors ({transient[0].error}); "
+            "check the connection or try later"
+        )
+    return NoScenesError(
+        f"read: no usable scene left of {n_scenes}: "
+        + "; ".join(sorted({s.reason.split(":")[0] for s in skipped})[:3])
+        + "; widen the dates or lower read.min_aoi_clear_fraction"
     )
 
 
@@ -159,7 +167,7 @@ def _read_and_mosaic(
     mask_config: MaskConfig,
     progress: Progress,
 ) -> _Built:
-    grid = pipe.grid
+    """Probe, select, then mosaic the selected scenes date by date as their band reads arrive."""
     probed = probe_and_select(
         ordered,
         pipe,
@@ -169,10 +177,47 @@ def _read_and_mosaic(
         progress=progress,
         bands=bands,
     )
+    selected, skipped, wasted = _select(ordered, probed, pipe, bands=bands, read_config=read_config)
     notes = list(probed.notes)
-    failures = list(probed.failures)
-    cache_hits = probed.cache_hits
-    assets_read = probed.assets_read
+    if wasted:
+        notes.append(
+            f"{wasted} asset read(s) started before the bright-roof rule dropped their scene"
+        )
+    # Dates in order; inside a date, most clear AOI pixels first (unknown → last), then id.
+    by_date: dict[date, list[Scene]] = {}
+    for scene in selected:
+        by_date.setdefault(scene.date, []).append(scene)
+    for members in by_date.values():
+        members.sort(key=lambda s: (-_clear_share(probed.probes[s.id]), s.id))
+
+    mosaic = _Mosaic(
+        pipe,
+        probed,
+        bands=bands,
+        n_dates=len(by_date),
+        aoi_mask=aoi_mask,
+        read_config=read_config,
+        skipped=skipped,
+        progress=progress,
+        total=len(selected) * len(bands),
+    )
+    for members in by_date.values():
+        mosaic.add_date(members)
+    return mosaic.finish(notes)
+
+
+def _select(
+    ordered: Sequence[Scene],
+    probed: Probed,
+    pipe: ReadPipeline,
+    *,
+    bands: tuple[str, ...],
+    read_config: ReadConfig,
+) -> tuple[list[Scene], list[SkippedScene], int]:
+    """(scenes to read, scenes skipped with why, band reads wasted on provisional passes).
+
+    The band reads of a scene that passed only with the bright-roof rule start now; those of a
+    scene that passed the provisional test but not the final one are dropped."""
     skipped: list[SkippedScene] = []
     selected: list[Scene] = []
     wasted = 0
@@ -182,119 +227,148 @@ def _read_and_mosaic(
             reason = None  # probe_scl = false: keep cloudy scenes, their pixels are masked anyway
         if reason is None:
             selected.append(scene)
-            for band in bands:  # passed only with the roof rule: its reads start now
+            for band in bands:
                 pipe.add(scene, band)
         else:
             skipped.append(SkippedScene(scene.id, reason))
             if scene.id in probed.provisional:
                 wasted += pipe.drop(scene.id)
-    if wasted:
-        notes.append(
-            f"{wasted} asset read(s) started before the bright-roof rule dropped their scene"
-        )
+    return selected, skipped, wasted
 
-    # Dates in order; inside a date, most clear AOI pixels first (unknown → last), then id.
-    by_date: dict[date, list[Scene]] = {}
-    for scene in selected:
-        by_date.setdefault(scene.date, []).append(scene)
-    for members in by_date.values():
-        members.sort(key=lambda s: (-_clear_share(probed.probes[s.id]), s.id))
 
-    h, w = grid.shape
-    n_dates = len(by_date)
-    # np.empty: each date's slot is written in full by its first scene (NaN where not clear), so
-    # the pages are first touched while the workers are still downloading, and only once.
-    reflectance = np.empty((n_dates, len(bands), h, w), dtype=np.float32)
-    clear = np.empty((n_dates, h, w), dtype=bool)
-    scl_out = np.empty((n_dates, h, w), dtype=np.uint8) if probed.scl else None
-    times: list[datetime] = []
-    scene_ids: list[tuple[str, ...]] = []
-    known = {sid: p for sid, p in probed.probes.items() if math.isfinite(p.clear_fraction)}
-    probes: dict[str, float] = {sid: p.clear_fraction for sid, p in known.items()}
-    coverage: dict[str, float] = {sid: p.coverage for sid, p in known.items()}
-    fallback: list[str] = []
-    aoi_pixels = int(aoi_mask.sum())
-    total = len(selected) * len(bands)
-    done = 0
-    progress("read", 0, total)
-    t_out = 0
-    for members in by_date.values():
-        clear[t_out] = False
-        if scl_out is not None:
-            scl_out[t_out] = 0
-        filled = clear[t_out]
+class _Mosaic:
+    """The stack being assembled: one slot per date, filled by the date's scenes in order (first
+    clear pixel wins), with the bookkeeping of reads, skips and per-scene clear fractions."""
+
+    def __init__(
+        self,
+        pipe: ReadPipeline,
+        probed: Probed,
+        *,
+        bands: tuple[str, ...],
+        n_dates: int,
+        aoi_mask: np.ndarray,
+        read_config: ReadConfig,
+        skipped: list[SkippedScene],
+        progress: Progress,
+        total: int,
+    ) -> None:
+        self.pipe, self.probed, self.bands = pipe, probed, bands
+        self.aoi_mask, self.read_config = aoi_mask, read_config
+        self.aoi_pixels = int(aoi_mask.sum())
+        h, w = pipe.grid.shape
+        # np.empty: each date's slot is written in full by its first scene (NaN where not clear),
+        # so the pages are first touched while the workers are still downloading, and only once.
+        self.reflectance = np.empty((n_dates, len(bands), h, w), dtype=np.float32)
+        self.clear = np.empty((n_dates, h, w), dtype=bool)
+        self.scl = np.empty((n_dates, h, w), dtype=np.uint8) if probed.scl else None
+        self.n_dates = 0  # slots filled so far
+        self.times: list[datetime] = []
+        self.scene_ids: list[tuple[str, ...]] = []
+        self.skipped = skipped
+        self.failures = list(probed.failures)
+        known = {sid: p for sid, p in probed.probes.items() if math.isfinite(p.clear_fraction)}
+        self.probes: dict[str, float] = {sid: p.clear_fraction for sid, p in known.items()}
+        self.coverage: dict[str, float] = {sid: p.coverage for sid, p in known.items()}
+        self.fallback: list[str] = []
+        self.cache_hits = probed.cache_hits
+        self.assets_read = probed.assets_read
+        self.progress, self.total, self.taken = progress, total, 0  # band reads consumed
+        progress("read", 0, total)
+
+    def add_date(self, members: Sequence[Scene]) -> None:
+        """Mosaic the scenes of one date into the next slot (kept only if a scene was usable)."""
+        t = self.n_dates
+        self.clear[t] = False
+        if self.scl is not None:
+            self.scl[t] = 0
+        filled = self.clear[t]
         used: list[str] = []
         for scene in members:
-            dns: list[np.ndarray] = []
-            broken = None
-            for band in bands:
-                got = pipe.take(scene, band)
-                done += 1
-                progress("read", done, total)
-                cache_hits += got.cached
-                assets_read += got.array is not None and not got.cached
-                if got.array is None:
-                    failures.append(got)
-                    broken = broken or got.error or "unreadable"
-                else:
-                    dns.append(got.array)
-            if broken is not None:
-                skipped.append(SkippedScene(scene.id, f"unreadable asset: {broken}"))
+            dns = self._take(scene)
+            scene_clear = None if dns is None else self._scene_clear(scene, dns)
+            if dns is None or scene_clear is None:
                 continue
-            valid_all = np.ones(grid.shape, bool)
-            for band, dn in zip(bands, dns, strict=True):
-                nodata = scene.assets[band].nodata
-                if nodata is not None:
-                    valid_all &= dn != nodata
-            scene_scl = probed.scl.get(scene.id)
-            if scene_scl is not None:
-                scene_clear = probed.clear[scene.id] & valid_all
-            else:  # no SCL (L1C): clear = valid data, the documented fallback
-                covered = aoi_mask & valid_all
-                cov = float(covered.sum()) / aoi_pixels if aoi_pixels else 0.0
-                coverage[scene.id] = cov
-                probes[scene.id] = 1.0 if covered.any() else 0.0
-                reason = selection_reason(cov, probes[scene.id], scene, read_config)
-                if reason is not None:
-                    skipped.append(SkippedScene(scene.id, reason))
-                    continue
-                fallback.append(scene.id)
-                scene_clear = valid_all
             take = scene_clear & ~filled
-            for b, (band, dn) in enumerate(zip(bands, dns, strict=True)):
-                _harmonise_into(reflectance[t_out, b], dn, scene.assets[band], take, first=not used)
+            for b, (band, dn) in enumerate(zip(self.bands, dns, strict=True)):
+                _harmonise_into(
+                    self.reflectance[t, b], dn, scene.assets[band], take, first=not used
+                )
             filled |= take
-            if scl_out is not None and scene_scl is not None:
+            scene_scl = self.probed.scl.get(scene.id)
+            if self.scl is not None and scene_scl is not None:
                 # the SCL of the scene that gave the pixel, else of the first one with data
-                np.copyto(scl_out[t_out], scene_scl, where=take | (scl_out[t_out] == 0))
+                np.copyto(self.scl[t], scene_scl, where=take | (self.scl[t] == 0))
             used.append(scene.id)
         if used:
-            times.append(min(s.datetime for s in members if s.id in used))
-            scene_ids.append(tuple(used))
-            t_out += 1  # else the slot is reused (and re-initialised) by the next date
+            self.times.append(min(s.datetime for s in members if s.id in used))
+            self.scene_ids.append(tuple(used))
+            self.n_dates += 1  # else the slot is reused (and re-initialised) by the next date
 
-    if scl_out is not None:
-        scl_out = scl_out[:t_out]
-    if fallback:
-        notes.append(
-            f"{len(fallback)} scene(s) without SCL: clear = valid data (fallback): "
-            + ", ".join(fallback[:5])
-            + (" ..." if len(fallback) > 5 else "")
+    def _take(self, scene: Scene) -> list[np.ndarray] | None:
+        """The DNs of every band of `scene` (None, with the scene skipped, if one is unreadable)."""
+        dns: list[np.ndarray] = []
+        broken = None
+        for band in self.bands:
+            got = self.pipe.take(scene, band)
+            self.taken += 1
+            self.progress("read", self.taken, self.total)
+            self.cache_hits += got.cached
+            self.assets_read += got.array is not None and not got.cached
+            if got.array is None:
+                self.failures.append(got)
+                broken = broken or got.error or "unreadable"
+            else:
+                dns.append(got.array)
+        if broken is not None:
+            self.skipped.append(SkippedScene(scene.id, f"unreadable asset: {broken}"))
+            return None
+        return dns
+
+    def _scene_clear(self, scene: Scene, dns: Sequence[np.ndarray]) -> np.ndarray | None:
+        """Where `scene` is clear and has data in every band: its SCL clear mask, or without SCL
+        (L1C) valid data, the documented fallback, unless that leaves too little of the AOI
+        (None: the scene is skipped)."""
+        valid_all = np.ones(self.pipe.grid.shape, bool)
+        for band, dn in zip(self.bands, dns, strict=True):
+            nodata = scene.assets[band].nodata
+            if nodata is not None:
+                valid_all &= dn != nodata
+        if scene.id in self.probed.scl:
+            return self.probed.clear[scene.id] & valid_all
+        covered = self.aoi_mask & valid_all
+        cov = float(covered.sum()) / self.aoi_pixels if self.aoi_pixels else 0.0
+        self.coverage[scene.id] = cov
+        self.probes[scene.id] = 1.0 if covered.any() else 0.0
+        reason = selection_reason(cov, self.probes[scene.id], scene, self.read_config)
+        if reason is not None:
+            self.skipped.append(SkippedScene(scene.id, reason))
+            return None
+        self.fallback.append(scene.id)
+        return valid_all
+
+    def finish(self, notes: list[str]) -> _Built:
+        n = self.n_dates
+        if self.fallback:
+            notes.append(
+                f"{len(self.fallback)} scene(s) without SCL: clear = valid data (fallback): "
+                + ", ".join(self.fallback[:5])
+                + (" ..." if len(self.fallback) > 5 else "")
+            )
+        return _Built(
+            reflectance=self.reflectance[:n],
+            clear=self.clear[:n],
+            scl=None if self.scl is None else self.scl[:n],
+            times=self.times,
+            scene_ids=self.scene_ids,
+            skipped=self.skipped,
+            notes=notes,
+            failures=self.failures,
+            probes=self.probes,
+            coverage=self.coverage,
+            cache_hits=self.cache_hits,
+            assets_read=self.assets_read,
         )
-    return _Built(
-        reflectance=reflectance[:t_out],
-        clear=clear[:t_out],
-        scl=scl_out,
-        times=times,
-        scene_ids=scene_ids,
-        skipped=skipped,
-        notes=notes,
-        failures=failures,
-        probes=probes,
-        coverage=coverage,
-        cache_hits=cache_hits,
-        assets_read=assets_read,
-    )
 
 
 def _clear_share(probe: Probe) -> float:
