@@ -5,8 +5,8 @@ One responsibility: the safety and privacy policy for hrefs that come out of STA
 remote catalog may only point at http(s) or s3, never make changedet read a local file);
 `public_href` and `redact` strip signed-URL tokens, API keys and user info from anything that is
 logged or recorded, and `install_log_redaction` puts that filter on the loggers of the HTTP
-layers (GDAL/rasterio, pystac-client, urllib3). Used by `catalog`, `search`, `stac_items` and
-`read`.
+layers (GDAL/rasterio, pystac-client, urllib3). Shared by `catalog/` (fetch, search, items)
+and `read/`: the one policy both the catalog walk and the pixel reads follow.
 """
 
 from __future__ import annotations

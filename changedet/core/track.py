@@ -249,74 +249,118 @@ def build_ledger(
     aoi_mask: (H, W) bool, pixels inside the AOI, for `PeriodCount.clear_fraction` (all if None).
     """
     obs = sorted(observations, key=lambda o: (o.period.start, o.period.end))
-    periods = tuple(o.period for o in obs)
     for o in obs:
         if o.observed.shape != grid.shape:
             raise DataError(f"period {o.period.label}: observed shape {o.observed.shape} != grid")
-    n_pix = grid.width * grid.height
-    min_pixels = max(1, math.ceil(min_area_m2 / grid.pixel_area_m2 - 1e-9))
-    owner = np.full(n_pix, -1, dtype=np.int64)
-    tracks: list[_Track] = []
-    open_tracks: list[int] = []
-    had_object: list[np.ndarray] = []  # per period, flat bool: pixel inside some object
-
+    tracker = _Tracker(grid, config, min_area_m2)
     for k, o in enumerate(obs):
-        labels = _object_labels(o, grid) if o.objects else np.zeros(grid.shape, np.int32)
-        had_object.append(labels.ravel() > 0)
+        tracker.observe(k, o)
+    return _finish(obs, tracker, id_prefix, aoi_mask)
+
+
+class _Tracker:
+    """The matching state over periods: tracks, which track owns each pixel, which are open."""
+
+    def __init__(self, grid: Grid, config: TrackConfig, min_area_m2: float) -> None:
+        self.grid = grid
+        self.config = config
+        self.min_area_m2 = min_area_m2
+        self.min_pixels = max(1, math.ceil(min_area_m2 / grid.pixel_area_m2 - 1e-9))
+        self.owner = np.full(grid.width * grid.height, -1, dtype=np.int64)
+        self.tracks: list[_Track] = []
+        self.open: list[int] = []
+        self.had_object: list[np.ndarray] = []  # per period, flat bool: pixel inside some object
+
+    def observe(self, k: int, o: PeriodObservation) -> None:
+        """One period: match its objects to tracks, then mark open tracks present or absent."""
+        labels = _object_labels(o, self.grid) if o.objects else np.zeros(self.grid.shape, np.int32)
+        self.had_object.append(labels.ravel() > 0)
         groups = _groups(labels, len(o.objects)) if o.objects else []
         present_now: dict[int, int] = {}
         for i, pix in enumerate(groups):
-            if pix.size == 0:
-                continue
-            obj = o.objects[i]
-            owners = owner[pix]
-            owned = owners[owners >= 0]
-            matched: list[tuple[int, int]] = []  # (overlap, track)
-            if owned.size:
-                ids, counts = np.unique(owned, return_counts=True)
-                for t, c in zip(ids.tolist(), counts.tolist(), strict=True):
-                    size_t = tracks[t].pixels.size
-                    iou = c / (pix.size + size_t - c)
-                    cover = c / min(pix.size, size_t)
-                    if iou >= config.match_iou or cover >= config.match_overlap:
-                        matched.append((c, t))
-            free = pix[owners < 0]
-            if not matched:
-                if free.size >= min_pixels:
-                    _new_track(tracks, open_tracks, owner, free, k, obj)
-                continue
-            matched.sort(key=lambda ct: (-ct[0], ct[1]))
-            main = matched[0][1]
-            for _c, t in matched:
-                tr = tracks[t]
-                tr.hit(pix[owners == t])
-                present_now[t] = present_now.get(t, 0) + 1
-                tr.confidences.append(float(obj.confidence))
-                if len(matched) > 1:
-                    tr.shared.setdefault(k, set()).update(m for _, m in matched if m != t)
-            growth: list[np.ndarray] = []
-            matched_ids = np.array([t for _c, t in matched])
-            for comp in _components(free, grid.width):
-                # A rim around a known structure is that structure seen more fully (mixed edge
-                # pixels, a partial first sighting, construction growing), not a new neighbour.
-                near = _near(
-                    comp, owner, matched_ids, grid.width, grid.height, config.growth_rim_px
-                )
-                core = comp[~near]
-                if core.size >= min_pixels and comp.size >= config.new_part_fraction * pix.size:
-                    _new_track(tracks, open_tracks, owner, comp, k, obj)
-                else:
-                    growth.append(comp)
-            if growth:
-                grown = np.concatenate(growth)
-                owner[grown] = main
-                tracks[main].add_pixels(grown)
-                tracks[main].hit(grown)
+            if pix.size:
+                self._take_object(k, pix, o.objects[i], present_now)
+        self._update_open(k, o.observed.ravel(), present_now)
 
-        observed = o.observed.ravel()
+    def _matches(self, pix: np.ndarray, owners: np.ndarray) -> list[tuple[int, int]]:
+        """(overlap, track) of the tracks an object's pixels match, largest overlap first."""
+        owned = owners[owners >= 0]
+        matched: list[tuple[int, int]] = []
+        if owned.size:
+            ids, counts = np.unique(owned, return_counts=True)
+            for t, c in zip(ids.tolist(), counts.tolist(), strict=True):
+                size_t = self.tracks[t].pixels.size
+                iou = c / (pix.size + size_t - c)
+                cover = c / min(pix.size, size_t)
+                if iou >= self.config.match_iou or cover >= self.config.match_overlap:
+                    matched.append((c, t))
+        return sorted(matched, key=lambda ct: (-ct[0], ct[1]))
+
+    def _take_object(
+        self, k: int, pix: np.ndarray, obj: ChangeObject, present_now: dict[int, int]
+    ) -> None:
+        owners = self.owner[pix]
+        matched = self._matches(pix, owners)
+        free = pix[owners < 0]
+        if not matched:
+            if free.size >= self.min_pixels:
+                self._new_track(free, k, obj)
+            return
+        for _c, t in matched:
+            tr = self.tracks[t]
+            tr.hit(pix[owners == t])
+            present_now[t] = present_now.get(t, 0) + 1
+            tr.confidences.append(float(obj.confidence))
+            if len(matched) > 1:
+                tr.shared.setdefault(k, set()).update(m for _, m in matched if m != t)
+        self._grow_or_split(k, pix, free, obj, matched)
+
+    def _grow_or_split(
+        self,
+        k: int,
+        pix: np.ndarray,
+        free: np.ndarray,
+        obj: ChangeObject,
+        matched: list[tuple[int, int]],
+    ) -> None:
+        """Unowned pixels of a matched object: growth of the main track, or a new neighbour."""
+        grid, config = self.grid, self.config
+        growth: list[np.ndarray] = []
+        matched_ids = np.array([t for _c, t in matched])
+        for comp in _components(free, grid.width):
+            # A rim around a known structure is that structure seen more fully (mixed edge
+            # pixels, a partial first sighting, construction growing), not a new neighbour.
+            near = _near(
+                comp, self.owner, matched_ids, grid.width, grid.height, config.growth_rim_px
+            )
+            core = comp[~near]
+            if core.size >= self.min_pixels and comp.size >= config.new_part_fraction * pix.size:
+                self._new_track(comp, k, obj)
+            else:
+                growth.append(comp)
+        if growth:
+            main = matched[0][1]
+            grown = np.concatenate(growth)
+            self.owner[grown] = main
+            self.tracks[main].add_pixels(grown)
+            self.tracks[main].hit(grown)
+
+    def _new_track(self, pix: np.ndarray, k: int, obj: ChangeObject) -> None:
+        pix = np.sort(pix)
+        t = len(self.tracks)
+        tr = _Track(index=t, born=k, pixels=pix, hits=np.ones(pix.size, np.int32), first_pixels=pix)
+        tr.confidences.append(float(obj.confidence))
+        self.tracks.append(tr)
+        self.open.append(t)
+        self.owner[pix] = t
+
+    def _update_open(self, k: int, observed: np.ndarray, present_now: dict[int, int]) -> None:
+        """Present tracks stay open (and may be confirmed); observed absent ones count towards
+        being dropped (candidates) or vanished (confirmed), which closes them."""
+        config = self.config
         still_open: list[int] = []
-        for t in open_tracks:
-            tr = tracks[t]
+        for t in self.open:
+            tr = self.tracks[t]
             if tr.born == k and t not in present_now:
                 present_now[t] = 1  # born this period
             if t in present_now:
@@ -329,37 +373,15 @@ def build_ledger(
             if observed[tr.pixels].mean() >= config.min_observed_fraction:
                 tr.absent.append(k)
                 tr.consecutive_absent += 1
-                limit = (
-                    config.vanish_after_absent
-                    if tr.confirmed_at is not None
-                    else config.drop_after_absent
-                )
+                confirmed = tr.confirmed_at is not None
+                limit = config.vanish_after_absent if confirmed else config.drop_after_absent
                 if tr.consecutive_absent >= limit:
                     tr.closed_at = k
-                    tr.status = "vanished" if tr.confirmed_at is not None else "dropped"
-                    owner[tr.pixels[owner[tr.pixels] == t]] = -1
+                    tr.status = "vanished" if confirmed else "dropped"
+                    self.owner[tr.pixels[self.owner[tr.pixels] == t]] = -1
                     continue
             still_open.append(t)
-        open_tracks = still_open
-
-    return _finish(obs, periods, tracks, had_object, grid, config, id_prefix, min_area_m2, aoi_mask)
-
-
-def _new_track(
-    tracks: list[_Track],
-    open_tracks: list[int],
-    owner: np.ndarray,
-    pix: np.ndarray,
-    k: int,
-    obj: ChangeObject,
-) -> None:
-    pix = np.sort(pix)
-    t = len(tracks)
-    tr = _Track(index=t, born=k, pixels=pix, hits=np.ones(pix.size, np.int32), first_pixels=pix)
-    tr.confidences.append(float(obj.confidence))
-    tracks.append(tr)
-    open_tracks.append(t)
-    owner[pix] = t
+        self.open = still_open
 
 
 def _is_confirmed(tr: _Track, config: TrackConfig) -> bool:
@@ -374,134 +396,176 @@ def _observed_fraction(observed: np.ndarray, pixels: np.ndarray) -> float:
     return float(observed.ravel()[pixels].mean()) if pixels.size else 0.0
 
 
-def _finish(
+def _core(tr: _Track) -> np.ndarray:
+    """A track's footprint: pixels hit in at least half of its present periods."""
+    core_min = max(1, math.ceil(0.5 * len(tr.present)))
+    core = tr.pixels[tr.hits >= core_min]
+    return core if core.size else tr.pixels
+
+
+def _last_absent(
     obs: Sequence[PeriodObservation],
-    periods: tuple[Period, ...],
-    tracks: list[_Track],
     had_object: list[np.ndarray],
-    grid: Grid,
+    tr: _Track,
+    core: np.ndarray,
     config: TrackConfig,
-    id_prefix: str,
-    min_area_m2: float,
-    aoi_mask: np.ndarray | None,
-) -> Ledger:
-    n_periods = len(periods)
-    # Ids first (stable: born period + first pixels), de-duplicated in birth order.
+) -> int | None:
+    """Last clear period before birth where the place showed no change: the interval opens there."""
+    for j in range(tr.born - 1, -1, -1):
+        seen_clear = _observed_fraction(obs[j].observed, core) >= config.min_observed_fraction
+        if seen_clear and had_object[j][core].mean() < 0.5:
+            return j
+    return None
+
+
+def _confidence(tr: _Track, config: TrackConfig) -> float:
+    """Mean object confidence, scaled by presence share and by persistence up to the minimum."""
+    n_present = len(tr.present)
+    presence = n_present / max(n_present + len(tr.absent), 1)
+    mean_conf = float(np.mean(tr.confidences)) if tr.confidences else 0.0
+    scale = presence * min(1.0, n_present / max(config.min_persistence, 1))
+    return round(float(np.clip(mean_conf * scale, 0, 1)), 4)
+
+
+def _structure(
+    tr: _Track,
+    structure_id: str,
+    obs: Sequence[PeriodObservation],
+    tracker: _Tracker,
+) -> Structure:
+    """The ledger's view of one track."""
+    grid, config = tracker.grid, tracker.config
+    periods = [o.period for o in obs]
+    core = _core(tr)
+    last_absent = _last_absent(obs, tracker.had_object, tr, core, config)
+    end_k = tr.closed_at if tr.closed_at is not None else len(periods) - 1
+    n_clear = sum(
+        1
+        for j in range(tr.born, end_k + 1)
+        if j in tr.present
+        or _observed_fraction(obs[j].observed, core) >= config.min_observed_fraction
+    )
+    scenes: list[str] = []
+    for src in (last_absent, tr.born, tr.confirmed_at):
+        if src is not None:
+            scenes.extend(s for s in obs[src].scene_ids if s not in scenes)
+    mask = np.zeros(grid.width * grid.height, dtype=bool)
+    mask[core] = True
+    return Structure(
+        id=structure_id,
+        geometry=footprint_geometry(mask.reshape(grid.shape), grid),
+        area_m2=float(core.size * grid.pixel_area_m2),
+        confidence=_confidence(tr, config),
+        first_seen_start=periods[last_absent].start if last_absent is not None else None,
+        first_seen_end=periods[tr.born].end,
+        confirmed=tr.confirmed_at is not None,
+        n_clear_obs=n_clear,
+        source_scenes=tuple(scenes),
+        status=tr.status,
+        vanished_after=periods[max(tr.present)].end if tr.status == "vanished" else None,
+    )
+
+
+def _track_events(tr: _Track, s: Structure, periods: Sequence[Period]) -> list[_Ev]:
+    """(period index, order, event) of a track: new, confirmed, closed (vanished/dropped)."""
+    out = [(tr.born, 0, _event(periods[tr.born], "new", s))]
+    if tr.confirmed_at is not None:
+        out.append((tr.confirmed_at, 1, _event(periods[tr.confirmed_at], "confirmed", s)))
+    if tr.closed_at is not None:
+        out.append((tr.closed_at, 2, _event(periods[tr.closed_at], tr.status, s)))
+    return out
+
+
+def _split_extra(tr: _Track, config: TrackConfig) -> int:
+    """Extra pieces of a confirmed track split into several objects in its persistent periods."""
+    pieces = sorted(tr.present.values(), reverse=True)
+    if len(pieces) < config.min_persistence:
+        return 0
+    return max(0, pieces[config.min_persistence - 1] - 1)
+
+
+def _merged_only(tr: _Track, tracks: Sequence[_Track]) -> bool:
+    """Seen only merged into one object with an older confirmed track: maybe the same building."""
+    return bool(tr.present) and all(
+        any(
+            tracks[m].confirmed_at is not None and tracks[m].born <= tr.born and m < tr.index
+            for m in tr.shared.get(j, ())
+        )
+        for j in tr.present
+    )
+
+
+def _pending(tr: _Track, config: TrackConfig) -> bool:
+    """An unconfirmed candidate present every time it was seen, with too few periods to decide."""
+    n_present = len(tr.present)
+    observed_after = n_present + len(tr.absent)
+    undecided = tr.closed_at is None and observed_after < config.min_persistence
+    return undecided and n_present == observed_after
+
+
+def _track_ids(
+    tracks: Sequence[_Track], periods: Sequence[Period], grid: Grid, prefix: str
+) -> list[str]:
+    """Stable ids (born period + first pixels), de-duplicated in birth order."""
     ids: list[str] = []
     seen: dict[str, int] = {}
     for tr in tracks:
-        base = _stable_id(id_prefix, periods[tr.born], tr.first_pixels, grid)
+        base = _stable_id(prefix, periods[tr.born], tr.first_pixels, grid)
         seen[base] = seen.get(base, 0) + 1
         ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return ids
 
+
+_Ev = tuple[int, int, dict[str, Any]]
+
+
+def _finish(
+    obs: Sequence[PeriodObservation],
+    tracker: _Tracker,
+    id_prefix: str,
+    aoi_mask: np.ndarray | None,
+) -> Ledger:
+    grid, config, tracks = tracker.grid, tracker.config, tracker.tracks
+    periods = tuple(o.period for o in obs)
+    ids = _track_ids(tracks, periods, grid, id_prefix)
     built: list[tuple[int, str, Structure, int]] = []
-    footprint = np.zeros(grid.width * grid.height, dtype=np.int32)
-    events: list[tuple[int, int, dict[str, Any]]] = []
-    split_extra: dict[int, int] = {}
-    merged_only: set[int] = set()
-    pending: set[int] = set()
+    events: list[_Ev] = []
+    flags = _CountFlags()
     for tr in tracks:
-        n_present = len(tr.present)
-        core_min = max(1, math.ceil(0.5 * n_present))
-        core = tr.pixels[tr.hits >= core_min]
-        if core.size == 0:
-            core = tr.pixels
-        # Last clear period before birth where the place showed no change: the interval opens there.
-        last_absent: int | None = None
-        for j in range(tr.born - 1, -1, -1):
-            seen_clear = _observed_fraction(obs[j].observed, core) >= config.min_observed_fraction
-            if seen_clear and had_object[j][core].mean() < 0.5:
-                last_absent = j
-                break
-        end_k = tr.closed_at if tr.closed_at is not None else n_periods - 1
-        n_clear = sum(
-            1
-            for j in range(tr.born, end_k + 1)
-            if j in tr.present
-            or _observed_fraction(obs[j].observed, core) >= config.min_observed_fraction
-        )
-        confirmed = tr.confirmed_at is not None
-        presence = n_present / max(n_present + len(tr.absent), 1)
-        mean_conf = float(np.mean(tr.confidences)) if tr.confidences else 0.0
-        confidence = float(
-            np.clip(
-                mean_conf * presence * min(1.0, n_present / max(config.min_persistence, 1)), 0, 1
-            )
-        )
-        scenes: list[str] = []
-        for src in (last_absent, tr.born, tr.confirmed_at):
-            if src is not None:
-                scenes.extend(s for s in obs[src].scene_ids if s not in scenes)
-        mask = np.zeros(grid.width * grid.height, dtype=bool)
-        mask[core] = True
-        geom = footprint_geometry(mask.reshape(grid.shape), grid)
-        vanished_after = None
-        if tr.status == "vanished":
-            vanished_after = periods[max(tr.present)].end
-        structure = Structure(
-            id=ids[tr.index],
-            geometry=geom,
-            area_m2=float(core.size * grid.pixel_area_m2),
-            confidence=round(confidence, 4),
-            first_seen_start=periods[last_absent].start if last_absent is not None else None,
-            first_seen_end=periods[tr.born].end,
-            confirmed=confirmed,
-            n_clear_obs=n_clear,
-            source_scenes=tuple(scenes),
-            status=tr.status,
-            vanished_after=vanished_after,
-        )
+        structure = _structure(tr, ids[tr.index], obs, tracker)
         built.append((tr.born, ids[tr.index], structure, tr.index))
-        events.append((tr.born, 0, _event(periods[tr.born], "new", structure)))
-        if tr.confirmed_at is not None:
-            events.append(
-                (tr.confirmed_at, 1, _event(periods[tr.confirmed_at], "confirmed", structure))
-            )
-        if tr.closed_at is not None:
-            events.append((tr.closed_at, 2, _event(periods[tr.closed_at], tr.status, structure)))
-        if confirmed:
-            pieces = sorted(tr.present.values(), reverse=True)
-            if len(pieces) >= config.min_persistence:
-                split_extra[tr.index] = max(0, pieces[config.min_persistence - 1] - 1)
-            # Seen only merged into one object with an older confirmed track: maybe the same building.
-            if tr.present and all(
-                any(
-                    tracks[m].confirmed_at is not None
-                    and tracks[m].born <= tr.born
-                    and m < tr.index
-                    for m in tr.shared.get(j, ())
-                )
-                for j in tr.present
-            ):
-                merged_only.add(tr.index)
-        else:
-            observed_after = n_present + len(tr.absent)
-            undecided = tr.closed_at is None and observed_after < config.min_persistence
-            if undecided and n_present == observed_after:
-                pending.add(tr.index)
-
+        events.extend(_track_events(tr, structure, periods))
+        if structure.confirmed:
+            flags.split_extra[tr.index] = _split_extra(tr, config)
+            if _merged_only(tr, tracks):
+                flags.merged_only.add(tr.index)
+        elif _pending(tr, config):
+            flags.pending.add(tr.index)
     built.sort(key=lambda b: (b[0], b[1]))
-    structures = tuple(b[2] for b in built)
-    first_period = tuple(b[0] for b in built)
+    footprint = np.zeros(grid.width * grid.height, dtype=np.int32)
     for pos, (_born, _id, _s, t) in enumerate(built):
-        tr = tracks[t]
-        core_min = max(1, math.ceil(0.5 * len(tr.present)))
-        core = tr.pixels[tr.hits >= core_min]
-        core = core if core.size else tr.pixels
+        core = _core(tracks[t])
         free = footprint[core] == 0
         footprint[core[free]] = pos + 1
-
-    counts = _counts(obs, periods, tracks, built, split_extra, merged_only, pending, aoi_mask)
     events.sort(key=lambda e: (e[0], e[1], e[2]["structure_id"]))
     return Ledger(
-        structures=structures,
-        counts=counts,
+        structures=tuple(b[2] for b in built),
+        counts=_counts(obs, periods, built, flags, aoi_mask),
         events=tuple(e[2] for e in events),
         footprints=footprint.reshape(grid.shape),
-        first_period=first_period,
+        first_period=tuple(b[0] for b in built),
         periods=periods,
-        min_area_m2=min_area_m2,
+        min_area_m2=tracker.min_area_m2,
     )
+
+
+@dataclass
+class _CountFlags:
+    """What the count range needs to know about tracks beyond their Structure."""
+
+    split_extra: dict[int, int] = field(default_factory=dict)
+    merged_only: set[int] = field(default_factory=set)
+    pending: set[int] = field(default_factory=set)
 
 
 def _event(period: Period, kind: str, s: Structure) -> dict[str, Any]:
@@ -517,11 +581,8 @@ def _event(period: Period, kind: str, s: Structure) -> dict[str, Any]:
 def _counts(
     obs: Sequence[PeriodObservation],
     periods: tuple[Period, ...],
-    tracks: list[_Track],
     built: list[tuple[int, str, Structure, int]],
-    split_extra: dict[int, int],
-    merged_only: set[int],
-    pending: set[int],
+    flags: _CountFlags,
     aoi_mask: np.ndarray | None,
 ) -> tuple[PeriodCount, ...]:
     # Best estimate: a structure first seen after unobserved (cloudy) periods may have appeared in
@@ -541,7 +602,7 @@ def _counts(
         new = sum(1 for born, _i, s, _t in built if s.confirmed and born == k)
         seen += new
         cumulative = int(np.floor(expected[k] + 0.5 + 1e-9))
-        low = seen - sum(1 for born, _i, s, t in built if t in merged_only and born <= k)
+        low = seen - sum(1 for born, _i, s, t in built if t in flags.merged_only and born <= k)
         low = min(low, cumulative)
         high = 0
         for born, _i, s, t in built:
@@ -550,8 +611,8 @@ def _counts(
                 if born <= k or opened:
                     high += 1
                 if born <= k:
-                    high += split_extra.get(t, 0)
-            elif t in pending and born <= k:
+                    high += flags.split_extra.get(t, 0)
+            elif t in flags.pending and born <= k:
                 high += 1
         observed = obs[k].observed
         if aoi_mask is not None:

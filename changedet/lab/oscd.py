@@ -30,6 +30,7 @@ from changedet.config import SENTINEL2_BAND_IDS, ChangeConfig
 from changedet.errors import DataError
 from changedet.lab.score import CityScore, pool_city_scores, score_prediction
 from changedet.models import ChangeMap, Composite, Grid, Period, Progress, no_progress
+from changedet.read.cog import reproject_array
 
 __all__ = [
     "OSCD_BANDS",
@@ -138,7 +139,6 @@ def _read_date_stack(
     """Read `bands` of one date onto `grid` (the B02 grid of this folder when None)."""
     import rasterio
     from rasterio.errors import RasterioError
-    from rasterio.warp import Resampling, reproject
 
     try:
         if grid is None:
@@ -156,16 +156,9 @@ def _read_date_stack(
                 else:
                     # Bilinear for coarser bands and for a second date on a slightly different grid;
                     # 0 is the no-data value of the uint16 files.
-                    reproject(
-                        data.astype(np.float32),
-                        out[i],
-                        src_transform=src.transform,
-                        src_crs=src.crs,
-                        dst_transform=grid.transform,
-                        dst_crs=grid.crs,
-                        resampling=Resampling.bilinear,
-                        src_nodata=0.0,
-                        dst_nodata=0.0,
+                    src_grid = Grid(str(src.crs), src.transform, src.width, src.height)
+                    out[i] = reproject_array(
+                        data.astype(np.float32), src_grid, grid, nearest=False, nodata=0.0
                     )
     except RasterioError as exc:
         raise DataError(f"cannot read OSCD bands in '{folder}': {exc}") from None

@@ -51,6 +51,7 @@ from changedet.lab.oscd import OSCDCity, load_city
 from changedet.lab.scene import block_mean, fractal_noise
 from changedet.models import Grid, Progress, Stack, no_progress
 from changedet.outputs.fsio import atomic_dir, write_cog, write_json
+from changedet.read.cog import reproject_array
 
 __all__ = [
     "SERIES_BANDS",
@@ -169,25 +170,6 @@ def _utm_grid(src: Grid, res: float = 10.0) -> Grid:
     )
 
 
-def _reproject(arr: np.ndarray, src: Grid, dst: Grid, *, nearest: bool) -> np.ndarray:
-    from rasterio.warp import Resampling, reproject
-
-    stack = arr[np.newaxis] if arr.ndim == 2 else arr
-    out = np.full((stack.shape[0], *dst.shape), np.nan if not nearest else 0, dtype=stack.dtype)
-    reproject(
-        source=stack,
-        destination=out,
-        src_transform=src.transform,
-        src_crs=src.crs,
-        dst_transform=dst.transform,
-        dst_crs=dst.crs,
-        src_nodata=None if nearest else np.nan,
-        dst_nodata=None if nearest else np.nan,
-        resampling=Resampling.nearest if nearest else Resampling.bilinear,
-    )
-    return out[0] if arr.ndim == 2 else out
-
-
 def _regions(label: np.ndarray, min_px: int) -> tuple[np.ndarray, int]:
     lab, n = ndimage.label(label, structure=np.ones((3, 3), dtype=bool))
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
@@ -216,9 +198,13 @@ def _on_utm_grid(city: OSCDCity) -> tuple[Grid, np.ndarray, np.ndarray, np.ndarr
     assert city.label is not None
     idx = [city.bands.index(b) for b in SERIES_BANDS]
     grid = _utm_grid(city.grid)
-    before = _reproject(city.before[idx].astype(np.float32), city.grid, grid, nearest=False)
-    after = _reproject(city.after[idx].astype(np.float32), city.grid, grid, nearest=False)
-    label = _reproject(city.label.astype(np.uint8), city.grid, grid, nearest=True) > 0
+    before = reproject_array(
+        city.before[idx].astype(np.float32), city.grid, grid, nearest=False, nodata=np.nan
+    )
+    after = reproject_array(
+        city.after[idx].astype(np.float32), city.grid, grid, nearest=False, nodata=np.nan
+    )
+    label = reproject_array(city.label.astype(np.uint8), city.grid, grid, nearest=True) > 0
     return grid, before, after, label
 
 
