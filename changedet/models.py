@@ -318,8 +318,10 @@ class Structure:
     bermed: bool | None = None
     berm_score: float | None = None
     source_scenes: tuple[str, ...] = ()
-    status: str = "active"  # "active" | "vanished"
+    status: str = "active"  # "active" | "vanished" | "dropped"
     vanished_after: date | None = None
+    # What the spectra say it is: "building", "ground works" (pads, cuts, berms) or "other".
+    kind: str = "building"
 
 
 @dataclass(frozen=True)
