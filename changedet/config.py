@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -94,6 +95,8 @@ class CatalogConfig:
     retries: int = 4
     backoff_s: float = 0.5
     timeout_s: float = 30.0
+    # Local static catalogs may point only at files under their own folder, and these folders.
+    allowed_folders: tuple[str, ...] = ()
     asset_keys: Mapping[str, Mapping[str, str]] = field(
         default_factory=lambda: {
             "earth-search": EARTH_SEARCH_ASSETS,
@@ -372,6 +375,13 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
         url = catalog["url"]
         if "://" not in url and not Path(url).expanduser().is_absolute():
             catalog["url"] = str((base / url).resolve())
+    if isinstance(catalog, dict) and isinstance(catalog.get("allowed_folders"), list):
+        catalog["allowed_folders"] = [
+            str((base / f).resolve())
+            if isinstance(f, str) and not Path(f).expanduser().is_absolute()
+            else f
+            for f in catalog["allowed_folders"]
+        ]
     read = data.get("read")
     if isinstance(read, dict) and isinstance(read.get("cache_dir"), str):
         cache = read["cache_dir"]
@@ -420,25 +430,228 @@ def load_config(
     return config
 
 
+# Numeric ranges: (lowest, highest) allowed; `None` = unbounded; a low bound in `_ABOVE` is
+# exclusive (the value must be above it). Every float must also be finite (NaN and inf are refused).
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "catalog.max_cloud_cover": (0.0, 100.0),
+    "catalog.page_size": (1, 10_000),  # STAC APIs cap `limit` at 10000
+    "catalog.max_items": (1, None),
+    "catalog.retries": (0, 100),
+    "catalog.backoff_s": (0.0, 600.0),
+    "catalog.timeout_s": (0.0, None),
+    "time.baseline_periods": (1, None),
+    "time.baseline_min_clear": (0.0, 1.0),
+    "read.max_workers": (1, 256),
+    "read.retries": (0, 100),
+    "read.min_aoi_clear_fraction": (0.0, 1.0),
+    "read.min_aoi_coverage": (0.0, 1.0),
+    "read.timeout_s": (0.0, None),
+    "read.backoff_s": (0.0, 600.0),
+    "mask.persistent_cloud_fraction": (0.0, 1.0),
+    "mask.dilate_px": (0, 100),
+    "mask.persistent_min_dates": (1, None),
+    "change.coreg_threshold_px": (0.0, None),
+    "change.z_threshold": (0.0, None),
+    "change.z_low": (0.0, None),
+    "change.roof_z_threshold": (0.0, None),
+    "change.min_area_m2": (0.0, None),
+    "change.min_clear_obs": (1, None),
+    "change.smooth_sigma_px": (0.0, 100.0),
+    "change.n_classes": (1, 64),
+    "track.min_persistence": (1, None),
+    "track.match_iou": (0.0, 1.0),
+    "track.match_overlap": (0.0, 1.0),
+    "track.min_presence_fraction": (0.0, 1.0),
+    "track.min_observed_fraction": (0.0, 1.0),
+    "track.drop_after_absent": (1, None),
+    "track.vanish_after_absent": (1, None),
+    "track.new_part_fraction": (0.0, 1.0),
+    "track.growth_rim_px": (0, 100),
+    "berms.ring_inner_m": (0.0, None),
+    "berms.ring_outer_m": (0.0, None),
+    "berms.ring_threshold": (0.0, 1.0),
+    "berms.evidence_threshold": (0.0, None),
+    "berms.min_pixels": (1, None),
+    "berms.min_length_m": (0.0, None),
+    "berms.max_width_px": (0.0, None),
+    "berms.sectors": (1, 360),
+    "output.max_chips": (0, None),
+    "aoi.max_area_km2": (0.0, None),
+}
+_ABOVE = frozenset(
+    {
+        "catalog.timeout_s",
+        "read.timeout_s",
+        "change.z_threshold",
+        "change.z_low",
+        "change.roof_z_threshold",
+        "track.match_iou",
+        "track.match_overlap",
+        "berms.ring_outer_m",
+        "berms.evidence_threshold",
+        "berms.max_width_px",
+        "aoi.max_area_km2",
+    }
+)
+_SCL_CLASSES = range(0, 12)  # Sentinel-2 scene classification values 0..11
+RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
+# Bands detection can use: the atmospheric ones (coastal aerosol, water vapour, cirrus) alone cannot.
+_SURFACE_BANDS = frozenset(SENTINEL2_BAND_IDS) - {"coastal", "nir09", "cirrus"}
+
+
 def validate(config: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Every value checked at load time, before any network or pixel work: types (done while
+    building), finiteness, ranges, choices, bands, and the checks that span several keys.
+    Raises ConfigError with one line naming the key, the value and what is allowed."""
+    _check_numbers(config)
+    _check_choices(config)
+    _check_bands(config)
+    _check_catalog_location(config.catalog)
+    _check_cross_field(config)
+
+
+def _values(obj: Any, where: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, value) of every leaf of the config tree except the asset-key maps."""
+    out: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(obj):
+        name = f"{where}.{f.name}" if where else f.name
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.extend(_values(value, name))
+        elif not isinstance(value, Mapping):
+            out.append((name, value))
+    return out
+
+
+def _check_numbers(config: Config) -> None:
+    for name, value in _values(config):
+        numbers = value if isinstance(value, tuple) else (value,)
+        for number in numbers:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ConfigError(f"config: {name} = {number} is not a finite number; set a number")
+        bounds = _RANGES.get(name)
+        if bounds is None:
+            continue
+        low, high = bounds
+        above = name in _ABOVE
+        if (low is not None and (value <= low if above else value < low)) or (
+            high is not None and value > high
+        ):
+            raise ConfigError(f"config: {name} = {value!r} is out of range; {_allowed(name)}")
+
+
+def _allowed(name: str) -> str:
+    """'use a value between 0 and 1' and the like, for the error message."""
+    low, high = _RANGES[name]
+    lowest = f"above {low:g}" if name in _ABOVE else f"at least {low:g}"
+    if high is None:
+        return f"use a value {lowest}"
+    if name in _ABOVE:
+        return f"use a value above {low:g} and at most {high:g}"
+    return f"use a value between {low:g} and {high:g}"
+
+
+def _check_choices(config: Config) -> None:
     t = config.time
-    if t.end < t.start:
-        raise ConfigError(
-            f"time: end {t.end} is before start {t.start}; pass an --end after --start"
-        )
     if t.period not in ("month", "quarter"):
         raise ConfigError(f"time.period must be 'month' or 'quarter', got '{t.period}'")
-    if config.catalog.provider not in config.catalog.asset_keys:
-        known = ", ".join(sorted(config.catalog.asset_keys))
-        raise ConfigError(
-            f"catalog.provider '{config.catalog.provider}' has no [catalog.asset_keys] map; use one of: {known}"
-        )
-    if not 0.0 <= config.read.min_aoi_clear_fraction <= 1.0:
-        raise ConfigError("read.min_aoi_clear_fraction must be between 0 and 1")
     if config.change.structures not in ("roof-like", "any"):
         raise ConfigError(
             f"change.structures must be 'roof-like' or 'any', got '{config.change.structures}'"
         )
-    if config.change.min_area_m2 < 0:
-        raise ConfigError("change.min_area_m2 must be >= 0")
+    if config.read.resampling not in RESAMPLING:
+        raise ConfigError(
+            f"config: read.resampling '{config.read.resampling}' is unknown; use one of: "
+            + ", ".join(RESAMPLING)
+        )
+    for name in ("scl_invalid", "cloud_classes"):
+        bad = [c for c in getattr(config.mask, name) if c not in _SCL_CLASSES]
+        if bad:
+            raise ConfigError(
+                f"config: mask.{name} holds {bad}, not Sentinel-2 SCL classes; use values 0 to 11"
+            )
+    for name in ("catalog.url", "catalog.collection", "aoi.id_property"):
+        section, key = name.split(".")
+        if not str(getattr(getattr(config, section), key)).strip():
+            raise ConfigError(f"config: {name} is empty; set it (see configs/default.toml)")
+
+
+def _check_bands(config: Config) -> None:
+    """Bands to read: a non-empty list of known, distinct Sentinel-2 band names, each with an
+    asset key for the provider, at least one usable for detection; the provider must be known."""
+    cat = config.catalog
+    if cat.provider not in cat.asset_keys:
+        known = ", ".join(sorted(cat.asset_keys))
+        raise ConfigError(
+            f"catalog.provider '{cat.provider}' has no [catalog.asset_keys] map; use one of: {known}"
+        )
+    bands = config.read.bands
+    if not bands:
+        raise ConfigError(
+            "config: read.bands is empty; list the bands to read, e.g. ['red', 'nir']"
+        )
+    if "scl" in bands:
+        raise ConfigError(
+            "config: read.bands must not list 'scl'; SCL is read for masking on its own"
+        )
+    unknown = [b for b in bands if b not in SENTINEL2_BAND_IDS]
+    if unknown:
+        raise ConfigError(
+            f"config: read.bands holds unknown band(s) {unknown}; use names from: "
+            + ", ".join(SENTINEL2_BAND_IDS)
+        )
+    repeated = sorted({b for b in bands if bands.count(b) > 1})
+    if repeated:
+        raise ConfigError(
+            f"config: read.bands lists {repeated} more than once; list each band once"
+        )
+    if not _SURFACE_BANDS.intersection(bands):
+        raise ConfigError(
+            f"config: read.bands {list(bands)} has no band detection can use; add e.g. 'red' and 'nir'"
+        )
+    unmapped = [b for b in bands if b not in cat.asset_keys[cat.provider]]
+    if unmapped:
+        raise ConfigError(
+            f"config: read.bands {unmapped} have no asset key for provider '{cat.provider}'; "
+            f"add them to [catalog.asset_keys.{cat.provider}]"
+        )
+
+
+def _check_catalog_location(cat: CatalogConfig) -> None:
+    """An http(s) URL, or a local path that exists (a missing one fails now, not per AOI)."""
+    for folder in cat.allowed_folders:
+        if not Path(folder).expanduser().is_dir():
+            raise ConfigError(
+                f"config: catalog.allowed_folders entry '{folder}' is not a folder; fix or remove it"
+            )
+    url = cat.url.strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("http", "https"):
+        return
+    if scheme not in ("", "file"):
+        raise ConfigError(
+            f"config: catalog.url '{url}' has scheme '{scheme}'; use an http(s) STAC API URL or a local path"
+        )
+    path = Path(url[len("file://") :] if scheme == "file" else url).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"config: catalog.url '{url}' does not exist; pass a STAC API URL or a catalog.json / item collection"
+        )
+
+
+def _check_cross_field(config: Config) -> None:
+    t, c, b = config.time, config.change, config.berms
+    if t.end < t.start:
+        raise ConfigError(
+            f"time: end {t.end} is before start {t.start}; pass an --end after --start"
+        )
+    if c.z_low > min(c.z_threshold, c.roof_z_threshold):
+        raise ConfigError(
+            f"config: change.z_low = {c.z_low:g} is above a seed threshold (z_threshold "
+            f"{c.z_threshold:g}, roof_z_threshold {c.roof_z_threshold:g}); set z_low lower"
+        )
+    if b.ring_outer_m <= b.ring_inner_m:
+        raise ConfigError(
+            f"config: berms.ring_outer_m = {b.ring_outer_m:g} is not above ring_inner_m = "
+            f"{b.ring_inner_m:g}; make the ring wider"
+        )

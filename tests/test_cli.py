@@ -251,3 +251,31 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons() -> None:
     )
     result = changedet("search", KHOJIR, "--config", str(DEMO))
     assert result.exit_code == 0 and "S2A_39SWV_20230612_0_L2A" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "needle"),
+    [
+        ("change", "z_threshold = nan", "change.z_threshold"),
+        ("change", "z_threshold = -3.0", "change.z_threshold"),
+        ("change", "n_classes = 0", "change.n_classes"),
+        ("change", "min_area_m2 = inf", "change.min_area_m2"),
+        ("read", "bands = []", "read.bands"),
+        ("read", "bands = ['red', 'uv']", "unknown band"),
+        ("time", "baseline_periods = 0", "time.baseline_periods"),
+        ("catalog", "page_size = 20000", "catalog.page_size"),
+    ],
+)
+def test_each_bad_config_value_exits_2_before_any_search(
+    tmp_path: Path, table: str, line: str, needle: str
+) -> None:
+    # The catalog is a closed loopback port: had the run got as far as searching, it would
+    # end with "did not answer" and exit 1.
+    catalog = 'url = "http://127.0.0.1:9/"\nretries = 0\n'
+    text = f"[catalog]\n{catalog}" + (line if table == "catalog" else f"[{table}]\n{line}")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text + "\n")
+    result = changedet("run", KHOJIR, "--config", str(cfg), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result.stderr, result.exit_code, 2, needle)
+    assert "did not answer" not in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -76,3 +76,72 @@ def test_fingerprint_tracks_effective_values() -> None:
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/config.toml")
+
+
+# Values of the right type that make no sense: each is refused at load time with one line naming
+# the key. Before, negative/zero/NaN thresholds ran (NaN: 0 change pixels but 34 structures),
+# n_classes = 0 and inf crashed mid-run, bands and baseline_periods failed only after reading.
+BAD_VALUES = [
+    ("[change]\nz_threshold = -1.0\n", "change.z_threshold"),
+    ("[change]\nz_threshold = 0.0\n", "change.z_threshold"),
+    ("[change]\nz_threshold = nan\n", "change.z_threshold"),
+    ("[change]\nroof_z_threshold = nan\n", "change.roof_z_threshold"),
+    ("[change]\nz_low = 12.0\n", "change.z_low"),
+    ("[change]\nn_classes = 0\n", "change.n_classes"),
+    ("[change]\nmin_area_m2 = inf\n", "change.min_area_m2"),
+    ("[change]\nmin_area_m2 = -5.0\n", "change.min_area_m2"),
+    ("[read]\nbands = []\n", "read.bands is empty"),
+    ("[read]\nbands = ['red', 'ultraviolet']\n", "unknown band"),
+    ("[read]\nbands = ['red', 'red']\n", "more than once"),
+    ("[read]\nbands = ['red', 'scl']\n", "'scl'"),
+    ("[read]\nbands = ['coastal']\n", "no band detection can use"),
+    ("[read]\nresampling = 'bicubic'\n", "read.resampling"),
+    ("[read]\nmax_workers = 0\n", "read.max_workers"),
+    ("[read]\nmin_aoi_coverage = 1.5\n", "read.min_aoi_coverage"),
+    ("[time]\nbaseline_periods = 0\n", "time.baseline_periods"),
+    ("[time]\nbaseline_min_clear = -0.1\n", "time.baseline_min_clear"),
+    ("[catalog]\npage_size = 20000\n", "catalog.page_size"),
+    ("[catalog]\npage_size = 0\n", "catalog.page_size"),
+    ("[catalog]\nmax_cloud_cover = 120.0\n", "catalog.max_cloud_cover"),
+    ("[catalog]\ntimeout_s = 0.0\n", "catalog.timeout_s"),
+    ("[catalog]\nurl = 'ftp://example.org/stac'\n", "scheme 'ftp'"),
+    ("[catalog]\nurl = 'no/such/catalog.json'\n", "does not exist"),
+    ("[catalog]\nallowed_folders = ['no/such/folder']\n", "allowed_folders"),
+    ("[catalog]\ncollection = ' '\n", "catalog.collection is empty"),
+    ("[mask]\nscl_invalid = [3, 12]\n", "mask.scl_invalid"),
+    ("[mask]\npersistent_cloud_fraction = nan\n", "mask.persistent_cloud_fraction"),
+    ("[track]\nmin_persistence = 0\n", "track.min_persistence"),
+    ("[track]\nmatch_iou = 0.0\n", "track.match_iou"),
+    ("[berms]\nring_outer_m = 5.0\n", "ring_outer_m"),
+    ("[berms]\nsectors = 0\n", "berms.sectors"),
+    ("[output]\nmax_chips = -1\n", "output.max_chips"),
+    ("[aoi]\nmax_area_km2 = 0.0\n", "aoi.max_area_km2"),
+]
+
+
+@pytest.mark.parametrize(("text", "needle"), BAD_VALUES)
+def test_values_out_of_range_are_refused_at_load(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_edge_values_that_make_sense_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[catalog]\nmax_cloud_cover = 100.0\npage_size = 10000\nretries = 0\n"
+        "[change]\nmin_area_m2 = 0.0\nn_classes = 1\nz_low = 6.0\n"
+        "[read]\nbands = ['red']\nmin_aoi_clear_fraction = 0.0\nretries = 0\n"
+        "[track]\nmatch_iou = 1.0\n[output]\nmax_chips = 0\n"
+    )
+    cfg = load_config(path)
+    assert cfg.catalog.page_size == 10000 and cfg.read.bands == ("red",)
+
+
+def test_allowed_folders_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "tiles").mkdir()
+    path = tmp_path / "c.toml"
+    path.write_text("[catalog]\nallowed_folders = ['tiles']\n")
+    assert load_config(path).catalog.allowed_folders == (str(tmp_path / "tiles"),)
