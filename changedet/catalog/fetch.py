@@ -13,26 +13,28 @@ items mean is `changedet.catalog.items`; which of them are used is `changedet.ca
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from shapely.geometry import mapping
 
 from changedet.catalog.items import self_href
 from changedet.config import CatalogConfig
-from changedet.errors import CatalogError, UnsafeHrefError
+from changedet.errors import CatalogError, ConfigError, UnsafeHrefError
 from changedet.hrefs import check_href, href_scheme, is_remote, public_href, redact
-from changedet.models import AOI, Progress
+from changedet.models import AOI, Progress, no_progress
 
 __all__ = [
     "FoundItems",
+    "HTTPStatusError",
     "RawItem",
     "fetch_items",
     "href_signer",
@@ -66,6 +68,14 @@ def _summarise(exc: BaseException) -> str:
     return redact(first)[:120]
 
 
+class HTTPStatusError(CatalogError):
+    """A catalog request answered with an HTTP status that will not heal by asking again."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _with_retries(fn: Callable[[], T], *, what: str, config: CatalogConfig) -> T:
     """Call `fn` up to `config.retries` times with exponential backoff on transient failures."""
     from pystac_client.exceptions import APIError
@@ -79,10 +89,11 @@ def _with_retries(fn: Callable[[], T], *, what: str, config: CatalogConfig) -> T
             status = getattr(exc, "status_code", None)
             if status is not None and status not in TRANSIENT_STATUS:
                 detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
-                raise CatalogError(
+                raise HTTPStatusError(
                     f"catalog: {what} answered HTTP {status}"
                     + (f" ({detail[:120]})" if detail else "")
-                    + "; check the URL, collection and search parameters"
+                    + "; check the URL, collection and search parameters",
+                    status,
                 ) from None
             last = _summarise(exc)
         except OSError as exc:  # local static files, requests' ConnectionError
@@ -152,10 +163,18 @@ class FoundItems:
     remote: bool
     notes: list[str]
     cloud_filtered_by_server: bool = False
+    api: bool = False  # searched through a STAC API (else a static catalog, local or remote)
+    # Items the server's cloud filter removed (id, datetime, cloud cover at least), so they are
+    # reported among the dropped scenes like the client-side filter's.
+    cloud_removed: list[RawItem] = field(default_factory=list)
+    # Documents of a static catalog that could not be used, with why (the walk goes on).
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _datetime_range(start: date, end: date) -> str:
-    return f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59Z"
+    """The inclusive interval of whole days: through the last microsecond of `end` (an item
+    sensed at 23:59:59.9 belongs to the end day)."""
+    return f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59.999999Z"
 
 
 def _api_items(
@@ -168,23 +187,37 @@ def _api_items(
     end: date,
     progress: Progress,
 ) -> FoundItems:
-    """Search a STAC API (cloud filter sent where its conformance allows) and page to the end."""
+    """Search a STAC API (cloud filter sent where its conformance allows) and page to the end.
+    When the server filtered on cloud cover, the scenes it removed are listed too (a second,
+    light search for the complement), so they count among the dropped ones."""
     safe = public_href(url)
     client = _open_api(url, fetcher, config)
-    extra, cloud_note = _cloud_filter(client, config)
-    search = client.search(
-        collections=[config.collection],
-        intersects=mapping(aoi.geometry),
-        datetime=_datetime_range(start, end),
-        limit=config.page_size,
-        method="POST",
-        **extra,
-    )
+    _check_collection(url, client, fetcher, config)
+    cloud = _cloud_filter(client, config)
+    base: dict[str, Any] = {
+        "collections": [config.collection],
+        "intersects": mapping(aoi.geometry),
+        "datetime": _datetime_range(start, end),
+        "limit": config.page_size,
+        "method": "POST",
+    }
+    search = client.search(**base, **cloud.keep)
     items, notes = _all_pages(
         fetcher, search.url, dict(search.get_parameters()), config, what=safe, progress=progress
     )
-    notes = [cloud_note, *notes] if cloud_note else notes
-    return FoundItems(items, remote=True, notes=notes, cloud_filtered_by_server=bool(extra))
+    removed: list[RawItem] = []
+    if cloud.removed:
+        removed, more = _cloud_removed(client, fetcher, base, cloud.removed, config, what=safe)
+        notes.extend(more)
+    notes = [cloud.note, *notes] if cloud.note else notes
+    return FoundItems(
+        items,
+        remote=True,
+        notes=notes,
+        cloud_filtered_by_server=bool(cloud.keep),
+        api=True,
+        cloud_removed=removed,
+    )
 
 
 def _open_api(url: str, fetcher: _Fetcher, config: CatalogConfig) -> Any:
@@ -205,23 +238,119 @@ def _open_api(url: str, fetcher: _Fetcher, config: CatalogConfig) -> Any:
     return client
 
 
-def _cloud_filter(client: Any, config: CatalogConfig) -> tuple[dict[str, Any], str | None]:
-    """The search parameters that send the cloud limit to the server (empty when it cannot take
-    them) and the note saying where the limit is applied (None: no limit)."""
+def _check_collection(url: str, client: Any, fetcher: _Fetcher, config: CatalogConfig) -> None:
+    """A collection the server does not have is named as such (a misspelt --collection would
+    otherwise search nothing and look like an empty sky). Asked only of servers that declare the
+    collections endpoints; any answer but 404 lets the search go on."""
     from pystac_client.conformance import ConformanceClasses
 
-    if config.max_cloud_cover >= 100.0:
-        return {}, None
-    if client.conforms_to(ConformanceClasses.QUERY):
-        query = {"eo:cloud_cover": {"lte": config.max_cloud_cover}}
-        return {"query": query}, "cloud filter sent to the server (query extension)"
+    if not (
+        client.conforms_to(ConformanceClasses.COLLECTIONS)
+        or client.conforms_to(ConformanceClasses.FEATURES)
+    ):
+        return
+    root = url.split("?", 1)[0].rstrip("/")
+    try:
+        fetcher.json(f"{root}/collections/{quote(config.collection, safe='')}")
+        return
+    except HTTPStatusError as exc:
+        if exc.status != 404:
+            return
+    except CatalogError:
+        return
+    raise ConfigError(
+        f"catalog: collection '{config.collection}' not found at {public_href(url)} (HTTP 404); "
+        f"check --collection or [catalog] collection{_collection_hint(root, fetcher, config)}"
+    )
+
+
+def _collection_hint(root: str, fetcher: _Fetcher, config: CatalogConfig) -> str:
+    """' (did you mean ...?)' from the server's collection list, or '' when it has none."""
+    try:
+        listing = fetcher.json(f"{root}/collections")
+    except CatalogError:
+        return ""
+    found = listing.get("collections") if isinstance(listing, Mapping) else None
+    ids = [str(c.get("id")) for c in found or () if isinstance(c, Mapping) and c.get("id")]
+    close = difflib.get_close_matches(config.collection, ids, n=1)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (the server has: {', '.join(sorted(ids)[:8])})" if ids else ""
+
+
+@dataclass(frozen=True)
+class _CloudFilter:
+    """How the scene cloud limit reaches the server: the parameters that keep the scenes under
+    it, those that select the scenes it removes (empty: applied client-side), and the note."""
+
+    keep: dict[str, Any]
+    removed: dict[str, Any]
+    note: str | None
+
+
+def _cloud_filter(client: Any, config: CatalogConfig) -> _CloudFilter:
+    """CQL2 where the server declares the filter extension: scenes under the limit or without
+    `eo:cloud_cover` (`isNull`), as the client-side rule keeps them. The query extension cannot
+    say "or missing": its use is noted. Neither: applied client-side, noted."""
+    from pystac_client.conformance import ConformanceClasses
+
+    limit = config.max_cloud_cover
+    if limit >= 100.0:
+        return _CloudFilter({}, {}, None)
+    cloud = {"property": "eo:cloud_cover"}
     if client.conforms_to(ConformanceClasses.FILTER):
-        cql2 = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, config.max_cloud_cover]}
-        return (
-            {"filter": cql2, "filter_lang": "cql2-json"},
-            "cloud filter sent to the server (filter extension, CQL2)",
+        keep = {
+            "op": "or",
+            "args": [{"op": "<=", "args": [cloud, limit]}, {"op": "isNull", "args": [cloud]}],
+        }
+        over = {"op": ">", "args": [cloud, limit]}
+        return _CloudFilter(
+            {"filter": keep, "filter_lang": "cql2-json"},
+            {"filter": over, "filter_lang": "cql2-json"},
+            "cloud filter sent to the server (filter extension, CQL2; scenes without "
+            "eo:cloud_cover kept)",
         )
-    return {}, "cloud filter applied client-side: server lacks query/filter conformance"
+    if client.conforms_to(ConformanceClasses.QUERY):
+        return _CloudFilter(
+            {"query": {"eo:cloud_cover": {"lte": limit}}},
+            {"query": {"eo:cloud_cover": {"gt": limit}}},
+            "cloud filter sent to the server (query extension): it also drops scenes without "
+            "eo:cloud_cover, which the client-side rule would keep for the AOI probe to judge",
+        )
+    return _CloudFilter(
+        {}, {}, "cloud filter applied client-side: server lacks query/filter conformance"
+    )
+
+
+def _cloud_removed(
+    client: Any,
+    fetcher: _Fetcher,
+    base: Mapping[str, Any],
+    removed: Mapping[str, Any],
+    config: CatalogConfig,
+    *,
+    what: str,
+) -> tuple[list[RawItem], list[str]]:
+    """The items the server's cloud filter left out (only id, collection, datetime and cloud
+    cover where the fields extension allows), and notes. Failing to list them is a note, never
+    the end of the search: the scenes that will be used are already known."""
+    from pystac_client.conformance import ConformanceClasses
+
+    light: dict[str, Any] = {}
+    if client.conforms_to(ConformanceClasses.FIELDS):
+        light["fields"] = {
+            "include": ["id", "collection", "properties.datetime", "properties.eo:cloud_cover"],
+            "exclude": ["assets", "links", "geometry", "bbox"],
+        }
+    search = client.search(**base, **removed, **light)
+    try:
+        items, notes = _all_pages(
+            fetcher, search.url, dict(search.get_parameters()), config, what=what,
+            progress=no_progress,
+        )  # fmt: skip
+    except CatalogError as exc:
+        return [], [f"could not list the scenes the server's cloud filter removed ({exc})"]
+    return items, notes
 
 
 def _all_pages(

@@ -12,6 +12,7 @@ several scenes). Signed URLs' tokens are stripped (`hrefs.public_href`) from eve
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -63,7 +64,8 @@ def search_scenes(
 
     sifted = _Sifted(config=config, asset_keys=asset_keys, bands=bands, window=(start, end))
     sifted.sift(found, aoi.geometry)
-    notes = [*found.notes, *sifted.notes(remote=found.remote)]
+    sifted.count_cloud_removed(found.cloud_removed)
+    notes = [*found.notes, *sifted.notes(api=found.api)]
     scenes, duplicates = dedupe_scenes(sifted.scenes)
     dropped = sorted([*sifted.dropped, *duplicates], key=lambda d: d.scene_id)
     scenes.sort(key=lambda s: (s.datetime, s.id))
@@ -178,14 +180,33 @@ class _Sifted:
             self.dropped.append(SkippedScene(item_id or "?", str(exc)))
         return None
 
+    def count_cloud_removed(self, removed: Sequence[RawItem]) -> None:
+        """The scenes the server's cloud filter left out, dropped with the same reason the
+        client-side filter gives (each once; other collections are not ours)."""
+        seen: set[str] = set()
+        for raw in removed:
+            item_id = raw.item.get("id")
+            coll = raw.item.get("collection")
+            if not isinstance(item_id, str) or not item_id or item_id in seen:
+                continue
+            if isinstance(coll, str) and coll != self.config.collection:
+                continue
+            seen.add(item_id)
+            props = raw.item.get("properties")
+            cloud = props.get("eo:cloud_cover") if isinstance(props, Mapping) else None
+            number = float(cloud) if isinstance(cloud, int | float) else math.nan
+            self.dropped.append(SkippedScene(item_id, self._cloud_reason(number, "server")))
+
+    def _cloud_reason(self, cloud: float, where: str) -> str:
+        limit = self.config.max_cloud_cover
+        return f"scene cloud cover {cloud:.1f}% > {limit:g}% (catalog.max_cloud_cover, {where})"
+
     def _unusable(self, scene: Scene, *, cloud_by_server: bool) -> str | None:
         """Why a scene inside the dates and AOI is not used (None: it is)."""
         limit = self.config.max_cloud_cover
         if scene.cloud_cover is not None and scene.cloud_cover > limit:
-            where = "server" if cloud_by_server else "client-side"
-            return (
-                f"scene cloud cover {scene.cloud_cover:.1f}% > {limit:g}% "
-                f"(catalog.max_cloud_cover, {where})"
+            return self._cloud_reason(
+                scene.cloud_cover, "server" if cloud_by_server else "client-side"
             )
         missing = [b for b in self.bands if b not in scene.assets]
         if missing:
@@ -193,13 +214,15 @@ class _Sifted:
             return f"missing asset(s) for band(s) {', '.join(missing)} (keys {keys})"
         return None
 
-    def notes(self, *, remote: bool) -> list[str]:
+    def notes(self, *, api: bool) -> list[str]:
+        """What to say about the items: a static catalog (local or over http) is filtered
+        here by design; an API that returned items outside the search is worth a note."""
         notes = []
         if self.repeated:
             notes.append(
                 f"catalog returned {self.repeated} item(s) twice (paging overlap); kept one copy"
             )
-        if self.outside and not remote:
+        if self.outside and not api:
             notes.append(f"{self.outside} item(s) outside the dates or AOI were not selected")
         elif self.outside:
             notes.append(
