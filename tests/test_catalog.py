@@ -457,3 +457,40 @@ def test_remote_item_collection_hrefs(tmp_path: Path) -> None:
         assert "refused" in result.dropped[0].reason and "SECRET" not in result.dropped[0].reason
         with pytest.raises(UnsafeHrefError, match="refused"):
             _search(f"{server.url}/bad.json")
+
+
+def test_static_catalog_over_http_is_not_noted_as_an_api(tmp_path: Path) -> None:
+    inside = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z")
+    later = synth_item("S2A_39SVV_20231101_0_L2A", "2023-11-01T07:05:00Z")
+    _write_fc(tmp_path / "items.json", [inside, later])
+    with RangeServer(tmp_path) as server:
+        notes = _search(f"{server.url}/items.json").notes
+    assert "1 item(s) outside the dates or AOI were not selected" in notes
+    assert not any("server returned" in n for n in notes)
+
+
+class _Conforms:
+    """A stand-in for pystac-client's Client that declares only the given conformance classes."""
+
+    def __init__(self, *classes: Any) -> None:
+        self.classes = classes
+
+    def conforms_to(self, cls: Any) -> bool:
+        return cls in self.classes
+
+
+def test_cloud_filter_prefers_cql2_with_isnull_and_notes_the_query_extension() -> None:
+    from pystac_client.conformance import ConformanceClasses as CC
+
+    from changedet.catalog.fetch import _cloud_filter
+
+    config = CatalogConfig(max_cloud_cover=30.0)
+    both = _cloud_filter(_Conforms(CC.QUERY, CC.FILTER), config)
+    assert both.keep["filter"]["op"] == "or"
+    assert {"op": "isNull", "args": [{"property": "eo:cloud_cover"}]} in both.keep["filter"]["args"]
+    assert both.removed["filter"] == {"op": ">", "args": [{"property": "eo:cloud_cover"}, 30.0]}
+    query = _cloud_filter(_Conforms(CC.QUERY), config)
+    assert query.keep == {"query": {"eo:cloud_cover": {"lte": 30.0}}}
+    assert query.note is not None and "drops scenes without eo:cloud_cover" in query.note
+    neither = _cloud_filter(_Conforms(), config)
+    assert neither.keep == {} and neither.note is not None and "client-side" in neither.note
