@@ -253,12 +253,66 @@ def test_rerun_with_cache_fetches_nothing(world: World, tmp_path: Path) -> None:
     assert second.cache_hits == first.assets_read
     np.testing.assert_array_equal(first.stack.reflectance, second.stack.reflectance)
     # A damaged cache entry is a miss: only that asset is fetched again.
-    entries = sorted((tmp_path / "cache").rglob("*.npy"))
+    entries = sorted((tmp_path / "cache").rglob("*.npyc"))
     assert len(entries) == first.assets_read
     entries[0].write_bytes(entries[0].read_bytes()[:100])
     third = read(scenes, cache_dir=str(tmp_path / "cache"))
     assert third.assets_read == 1 and third.cache_hits == first.assets_read - 1
     np.testing.assert_array_equal(first.stack.reflectance, third.stack.reflectance)
+
+
+def test_garbled_cache_entries_are_detected_and_the_result_equals_a_clean_run(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    scenes = search(world.api.url).scenes
+    cache = tmp_path / "cache"
+    clean = read(scenes, cache_dir=str(cache))
+    entries = sorted(p for p in cache.rglob("*") if p.is_file())
+    assert len(entries) == clean.assets_read >= 6
+    # Garble the last bytes of every other entry: headers intact, pixels wrong.
+    garbled = entries[::2]
+    for path in garbled:
+        blob = bytearray(path.read_bytes())
+        for i in range(1, 65):
+            blob[-i] ^= 0x5A
+        path.write_bytes(bytes(blob))
+    # And one entry made for another asset, copied over a third's name: stale, not damaged.
+    entries[1].write_bytes(entries[3].read_bytes())
+    world.http.stats.reset()
+    with caplog.at_level(logging.WARNING, logger="changedet"):
+        again = read(scenes, cache_dir=str(cache))
+    np.testing.assert_array_equal(again.stack.reflectance, clean.stack.reflectance)
+    np.testing.assert_array_equal(again.stack.clear, clean.stack.clear)
+    assert again.assets_read == len(garbled) + 1  # only the discarded entries were fetched again
+    assert again.cache_hits == clean.assets_read - len(garbled) - 1
+    (note,) = [n for n in again.notes if n.startswith("pixel cache:")]
+    assert f"{len(garbled) + 1} damaged or stale entries discarded" in note
+    assert "checksum mismatch" in note
+    warnings = [r.getMessage() for r in caplog.records if "pixel cache" in r.getMessage()]
+    assert len(warnings) == len(garbled) + 1
+    assert any("made for another asset or grid" in w for w in warnings)
+    # The discarded entries were written again, whole: a third run fetches nothing.
+    world.http.stats.reset()
+    third = read(scenes, cache_dir=str(cache))
+    assert world.http.stats.requests == 0 and third.assets_read == 0
+    assert not [n for n in third.notes if n.startswith("pixel cache")]
+
+
+def test_an_unusable_cache_folder_is_reported_once_and_the_run_goes_on(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    scenes = search(world.api.url).scenes
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING, logger="changedet"):
+        first = read(scenes, cache_dir=str(blocker / "cache"))
+        second = read(scenes, cache_dir=str(blocker / "cache"))
+    np.testing.assert_array_equal(first.stack.reflectance, second.stack.reflectance)
+    for result in (first, second):
+        (note,) = [n for n in result.notes if "pixel cache folder" in n]
+        assert "unusable" in note and result.cache_hits == 0
+    warnings = [r.getMessage() for r in caplog.records if "pixel cache folder" in r.getMessage()]
+    assert len(warnings) == 1 and "read.cache_dir" in warnings[0]
 
 
 # ---------------------------------------------------------------------------------- catalog faults

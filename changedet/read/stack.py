@@ -94,6 +94,7 @@ def read_stack(
         )
     bytes_after = network_bytes()
     notes, skipped = built.notes, sorted(built.skipped, key=lambda s: s.scene_id)
+    notes.extend(pipe.cache.notes())  # damaged entries discarded, an unusable cache folder
     fetched = (
         max(bytes_after - bytes_before, 0)
         if bytes_before is not None and bytes_after is not None
