@@ -77,10 +77,7 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
     for index, row in enumerate(frame.itertuples(index=False)):
         props = {k: v for k, v in row._asdict().items() if k != "geometry"}
         raw_id = props.get(cfg.id_property) or props.get("name") or f"aoi-{index + 1}"
-        aoi_id = safe_id(raw_id, f"aoi-{index + 1}")
-        if aoi_id in seen:
-            aoi_id = f"{aoi_id}-{index + 1}"
-        seen.add(aoi_id)
+        aoi_id = _unique_id(safe_id(raw_id, f"aoi-{index + 1}"), index, seen, p)
         geom = _check_geometry(row.geometry, aoi_id, p)
         if not src_crs.equals(CRS.from_epsg(4326)):
             geom = reproject_geometry(geom, src_crs, "EPSG:4326")
@@ -93,6 +90,23 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
         _check_size(aoi, cfg)
         aois.append(aoi)
     return aois
+
+
+def _unique_id(aoi_id: str, index: int, seen: set[str], path: Path) -> str:
+    """`aoi_id`, or when an earlier feature of the file has it (case-insensitively: one output
+    folder on macOS and Windows), a new one, announced: it names the feature's output folder."""
+    unique, n = aoi_id, index + 1
+    while unique.lower() in seen:
+        unique = f"{aoi_id}-{n}"
+        n += 1
+    if unique != aoi_id:
+        warnings.warn(
+            f"AOI file '{path}': feature {index + 1} repeats the id '{aoi_id}'; "
+            f"its outputs go to '{unique}' (give each feature its own id to choose the names)",
+            stacklevel=3,
+        )
+    seen.add(unique.lower())
+    return unique
 
 
 def _plain(value: object) -> object:

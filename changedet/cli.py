@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import sys
+import tempfile
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -82,6 +83,9 @@ class _Renderer:
             click.echo(f"[changedet] {stage}: {done}/{total}", err=True)
 
 
+INTERRUPTED = "interrupted; outputs already finished are kept, the unfinished AOI wrote nothing"
+
+
 def _echo_error(message: str) -> None:
     click.echo(f"changedet: error: {message}", err=True)
 
@@ -97,7 +101,7 @@ def _errors(debug: bool) -> Iterator[None]:
         _echo_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        _echo_error("interrupted; outputs of the unfinished AOI were not written")
+        _echo_error(INTERRUPTED)
         sys.exit(130)
     except (click.exceptions.Exit, click.ClickException, SystemExit):
         raise
@@ -168,6 +172,40 @@ def _load_aois(paths: tuple[str, ...], config: Any) -> list[Any]:
     return aois
 
 
+def _refuse_shared_ids(sourced: list[tuple[str, Any]]) -> None:
+    """Two AOIs of different files with one id would write one OUT/<id>/: a usage error, before
+    anything is computed. (Within one file, `load_aois` renames repeats and says so.)"""
+    first: dict[str, str] = {}
+    for source, aoi in sourced:
+        other = first.setdefault(aoi.id.lower(), source)  # case-insensitive file systems too
+        if other != source:
+            raise UsageError(
+                f"AOI id '{aoi.id}' is used in both '{other}' and '{source}': their outputs would "
+                "share one folder; give the features distinct ids ([aoi] id_property) or run "
+                "the files with separate --out folders"
+            )
+
+
+def _check_out_writable(out_dir: str) -> None:
+    """--out (or the folder it will be made in) must take files: checked before any computing,
+    by creating and removing a hidden probe file, so a read-only or full disk fails now."""
+    path = Path(out_dir).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(
+            f"--out '{out_dir}': '{existing}' is a file, not a folder; pass a folder for the outputs"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".changedet-write-check-", dir=existing):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--out '{out_dir}' is not writable ({exc.strerror or exc}); pass a folder you can write to"
+        ) from None
+
+
 # --- commands -----------------------------------------------------------------------------------
 
 # The test bench's command groups (in `changedet.lab.cli`) and their one-line help. The product
@@ -183,6 +221,15 @@ _LAB_GROUPS = {"eval": "eval_group", "synth": "synth"}  # command name -> attrib
 class _MainGroup(click.Group):
     """The top-level group: its own commands plus the lab's, imported on first use (click's
     documented lazy-loading pattern). Help lists the lab's from `LAB_COMMANDS` without importing."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Ctrl-C anywhere in any command: one line, exit 130 (click would print "Aborted!" and
+        exit 1). Outputs are written atomically, so the unfinished AOI left none behind."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _echo_error(INTERRUPTED)
+            sys.exit(130)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *LAB_COMMANDS])
@@ -239,41 +286,63 @@ def run(
     quiet: bool,
 ) -> None:
     """Detect new structures in each AOI and write OUT/<aoi_id>/."""
-    from changedet.pipeline import periods_for, run_aoi
+    from changedet.pipeline import periods_for
 
+    # Everything that can be refused is refused before anything is searched, read or computed:
+    # the config, the time range, AOI ids shared across files, an --out that takes no files.
     with _errors(debug):
         config = _load(config_path, catalog=catalog, collection=collection, start=start, end=end)
         periods_for(config)  # a time range too short to compare is a usage error, for every AOI
-    # One unreadable AOI file fails its AOIs only; the others still run.
-    aois, failed = [], 0
-    for path in aoi_files:
+        sourced, failed = _load_each(aoi_files, config, debug=debug)
+        _refuse_shared_ids(sourced)
+        _check_out_writable(out_dir)
+        for _source, aoi in sourced:
+            failed += not _run_one(aoi, config, out_dir, quiet=quiet, debug=debug)
+    sys.exit(1 if failed else 0)
+
+
+def _load_each(
+    paths: tuple[str, ...], config: Any, *, debug: bool
+) -> tuple[list[tuple[str, Any]], int]:
+    """(source file, AOI) of every readable AOI file, and how many files failed: one unreadable
+    AOI file fails its AOIs only; the others still run."""
+    sourced: list[tuple[str, Any]] = []
+    failed = 0
+    for path in paths:
         try:
-            aois.extend(_load_aois((path,), config))
+            sourced.extend((path, aoi) for aoi in _load_aois((path,), config))
         except ChangedetError as exc:
             if debug:
                 traceback.print_exc()
             _echo_error(str(exc))
             failed += 1
-    for aoi in aois:
-        with _Renderer(quiet=quiet) as progress:
-            try:
-                summary = run_aoi(aoi, config, out_root=Path(out_dir), progress=progress)
-            except ChangedetError as exc:
-                if debug:
-                    traceback.print_exc()
-                _echo_error(f"AOI '{aoi.id}': {exc}")
-                failed += 1
-                continue
-            except Exception as exc:
-                if debug:
-                    traceback.print_exc()
-                _echo_error(
-                    f"AOI '{aoi.id}': unexpected {type(exc).__name__}: {exc} (rerun with --debug)"
-                )
-                failed += 1
-                continue
-        click.echo(summary.describe())
-    sys.exit(1 if failed else 0)
+    return sourced, failed
+
+
+def _run_one(aoi: Any, config: Any, out_dir: str, *, quiet: bool, debug: bool) -> bool:
+    """Run one AOI; False when it failed (said in one line). A usage or config error (exit 2,
+    e.g. a collection the catalog does not have) would fail every AOI alike: it ends the run."""
+    from changedet.pipeline import run_aoi
+
+    with _Renderer(quiet=quiet) as progress:
+        try:
+            summary = run_aoi(aoi, config, out_root=Path(out_dir), progress=progress)
+        except ChangedetError as exc:
+            if exc.exit_code == 2:
+                raise
+            if debug:
+                traceback.print_exc()
+            _echo_error(f"AOI '{aoi.id}': {exc}")
+            return False
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            _echo_error(
+                f"AOI '{aoi.id}': unexpected {type(exc).__name__}: {exc} (rerun with --debug)"
+            )
+            return False
+    click.echo(summary.describe())
+    return True
 
 
 @main.command()

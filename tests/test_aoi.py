@@ -85,7 +85,8 @@ def test_one_aoi_per_feature_with_unique_ids(tmp_path: Path) -> None:
         crs=4326,
     )
     frame.to_file(tmp_path / "two.geojson", driver="GeoJSON")
-    ids = [a.id for a in load_aois(tmp_path / "two.geojson")]
+    with pytest.warns(UserWarning, match="repeats the id 'x'"):
+        ids = [a.id for a in load_aois(tmp_path / "two.geojson")]
     assert len(ids) == 2 and len(set(ids)) == 2
 
 
@@ -157,3 +158,16 @@ def test_polygon_with_hole_keeps_hole_out_of_mask() -> None:
     assert abs(mask.mean() - expected) < 0.05
     assert not mask[grid.height // 2, grid.width // 2]
     assert np.any(mask)
+
+
+def test_repeated_ids_in_one_file_are_renamed_with_a_warning(tmp_path: Path) -> None:
+    frame = gpd.GeoDataFrame(
+        {"id": ["site", "Site", "site"]},
+        geometry=[box(51.6 + 0.1 * i, 35.6, 51.61 + 0.1 * i, 35.61) for i in range(3)],
+        crs=4326,
+    )
+    frame.to_file(tmp_path / "three.geojson", driver="GeoJSON")
+    with pytest.warns(UserWarning, match="repeats the id") as caught:
+        ids = [a.id for a in load_aois(tmp_path / "three.geojson")]
+    assert ids == ["site", "Site-2", "site-3"]  # one folder each, also where case is ignored
+    assert len(caught) == 2 and "outputs go to 'Site-2'" in str(caught[0].message)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -279,3 +280,67 @@ def test_each_bad_config_value_exits_2_before_any_search(
     assert_one_line_error(result.stderr, result.exit_code, 2, needle)
     assert "did not answer" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_two_aoi_files_with_one_id_do_not_overwrite_each_other(
+    tmp_path: Path, paris: Callable[[Path, str], Path], make_aoi: Callable[..., AOI]
+) -> None:
+    first = paris(tmp_path / "a.geojson", "site")
+    second = write_aoi(tmp_path / "b.geojson", make_aoi(2.40, 48.80, aoi_id="site"))
+    out = tmp_path / "o"
+    result = changedet("run", str(first), str(second), "--config", str(DEMO), "--out", str(out))
+    assert_one_line_error(result.stderr, result.exit_code, 2, "'site'", "a.geojson", "b.geojson")
+    assert not out.exists()
+
+
+def test_an_out_folder_that_takes_no_files_exits_2_before_computing(
+    tmp_path: Path, paris: Callable[[Path, str], Path]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    aoi = paris(tmp_path / "a.geojson", "paris")
+    result = changedet("run", str(aoi), "--config", str(DEMO), "--out", str(blocker / "out"))
+    assert_one_line_error(result.stderr, result.exit_code, 2, "--out", "not a folder")
+    assert "no scene" not in result.stderr  # refused before the search
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_folder_exits_2_before_computing(
+    tmp_path: Path, paris: Callable[[Path, str], Path]
+) -> None:
+    out = tmp_path / "ro"
+    out.mkdir(mode=0o555)
+    aoi = paris(tmp_path / "a.geojson", "paris")
+    result = changedet("run", str(aoi), "--config", str(DEMO), "--out", str(out))
+    assert_one_line_error(result.stderr, result.exit_code, 2, "not writable")
+
+
+def test_ctrl_c_during_a_run_exits_130_and_leaves_outputs_untouched(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    (out / "khojir").mkdir(parents=True)
+    (out / "khojir" / "previous.txt").write_text("outputs of an earlier run")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "changedet", "run", KHOJIR, "--config", str(DEMO), "--out", str(out)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = []
+    try:
+        for _ in range(200):  # bounded: the progress lines of search and read come first
+            line = proc.stderr.readline()
+            seen.append(line)
+            if not line or "[changedet] read:" in line:
+                break
+        assert "[changedet] read:" in seen[-1], "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    stderr = "".join(seen) + rest
+    assert proc.returncode == 130, stderr
+    assert "changedet: error: interrupted" in stderr
+    assert "Aborted!" not in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in (out / "khojir").iterdir()) == ["previous.txt"]
