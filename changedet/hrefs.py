@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
@@ -64,11 +65,15 @@ def is_remote(location: str) -> bool:
     return href_scheme(location) in ("http", "https")
 
 
-def check_href(href: str, *, base: str, remote: bool) -> str:
+def check_href(
+    href: str, *, base: str, remote: bool, local_roots: Sequence[str] | None = None
+) -> str:
     """Resolve `href` against `base` (the document it came from) and refuse unsafe targets.
 
     remote: the catalog itself was fetched over http(s). Then only http(s) and s3 hrefs are
     allowed -- never a local path, file://, /vsi... or any other scheme.
+    local_roots: for a local catalog, the folders its local hrefs must stay inside (its own
+    folder and `catalog.allowed_folders`), symlinks resolved; None: not confined.
     Returns an absolute URL (remote) or an absolute local path / URL (local catalog).
     """
     if not isinstance(href, str) or not href.strip():
@@ -95,7 +100,7 @@ def check_href(href: str, *, base: str, remote: bool) -> str:
     if scheme in REMOTE_SCHEMES:
         return href
     if scheme == "file":
-        return unquote(urlsplit(href).path)
+        return _confined(unquote(urlsplit(href).path), local_roots)
     if scheme:
         raise UnsafeHrefError(
             f"catalog: unsupported href scheme '{scheme}' in '{public_href(href)}'; "
@@ -106,7 +111,24 @@ def check_href(href: str, *, base: str, remote: bool) -> str:
     path = Path(href)
     if not path.is_absolute():
         path = Path(base).parent / path
-    return os.path.normpath(path)
+    return _confined(os.path.normpath(path), local_roots)
+
+
+def _confined(path: str, roots: Sequence[str] | None) -> str:
+    """`path` if it lies inside one of `roots` once symlinks are resolved (None: anywhere).
+    A local catalog is data, not a licence to read the machine: /etc/passwd, ~/.ssh or a
+    /vsi... path are refused unless the config lists their folder."""
+    if roots is None:
+        return path
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        top = Path(os.path.realpath(root))
+        if real == top or top in real.parents:
+            return path
+    raise UnsafeHrefError(
+        f"catalog: refused '{public_href(path)}': outside the local catalog's folder "
+        f"'{roots[0] if roots else '?'}'; list its folder in [catalog] allowed_folders to allow it"
+    )
 
 
 # --------------------------------------------------------------------------------------------

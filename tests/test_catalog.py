@@ -494,3 +494,66 @@ def test_cloud_filter_prefers_cql2_with_isnull_and_notes_the_query_extension() -
     assert query.note is not None and "drops scenes without eo:cloud_cover" in query.note
     neither = _cloud_filter(_Conforms(), config)
     assert neither.keep == {} and neither.note is not None and "client-side" in neither.note
+
+
+def _catalog_with_links(folder: Path, hrefs: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    links = [{"rel": "item", "href": h, "type": "application/json"} for h in hrefs]
+    path = folder / "catalog.json"
+    path.write_text(json.dumps({"type": "Catalog", "id": "c", "links": links}))
+    return path
+
+
+def test_a_local_catalog_cannot_open_a_file_outside_its_folder(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    secret = synth_item("S2A_39SVV_20230806_0_L2A", "2023-08-06T07:05:00Z")
+    (elsewhere / "secret.json").write_text(json.dumps(secret))
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    reader = synth_item("S2A_39SVV_20230811_0_L2A", "2023-08-11T07:05:00Z")
+    reader["assets"]["red"]["href"] = "file:///etc/passwd"
+    (cat / "reader.json").write_text(json.dumps(reader))
+    good = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z")
+    (cat / "good.json").write_text(json.dumps(good))
+    linked = _catalog_with_links(cat, ["good.json", "reader.json", "../elsewhere/secret.json"])
+
+    result = _search(linked)
+    assert [s.id for s in result.scenes] == [good["id"]]
+    dropped = {d.scene_id: d.reason for d in result.dropped}
+    assert "outside the local catalog's folder" in dropped[reader["id"]]
+    assert "/etc/passwd" in dropped[reader["id"]] and "allowed_folders" in dropped[reader["id"]]
+    assert "outside the local catalog's folder" in dropped["secret.json"]
+    # A symlink inside the folder that leads out of it is refused the same way.
+    (cat / "sub").mkdir()
+    (cat / "sub" / "link.json").symlink_to(elsewhere / "secret.json")
+    via_link = _search(_catalog_with_links(cat / "sub", ["link.json"]), allow_empty=True)
+    assert via_link.scenes == () and "outside" in via_link.dropped[0].reason
+    # The config may allow more folders.
+    allowed = _search(linked, config={"allowed_folders": (str(elsewhere),)})
+    assert [s.id for s in allowed.scenes] == [good["id"], secret["id"]]
+
+
+def test_every_scene_outside_the_folder_says_so(tmp_path: Path) -> None:
+    item = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z", href_prefix="/srv/")
+    with pytest.raises(UnsafeHrefError, match="every scene outside its own folder"):
+        _search(_write_fc(tmp_path / "cat" / "items.json", [item]))
+
+
+def test_one_invalid_item_file_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    good = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z")
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "broken.json").write_text('{"type": "Feature", "id": ')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    catalog = _catalog_with_links(tmp_path, ["broken.json", "good.json", "list.json", "gone.json"])
+    result = _search(catalog)
+    assert [s.id for s in result.scenes] == [good["id"]]
+    dropped = {d.scene_id: d.reason for d in result.dropped}
+    assert "is not valid JSON" in dropped["broken.json"]
+    assert "not a STAC JSON object" in dropped["list.json"]
+    assert "does not exist" in dropped["gone.json"]
+    assert not any("pass a STAC API URL" in r for r in dropped.values())
+    # Only an unusable root ends the search, and then it says what to pass instead.
+    catalog.write_text("not json")
+    with pytest.raises(CatalogError, match=r"not valid JSON.*pass a STAC API URL"):
+        _search(catalog)

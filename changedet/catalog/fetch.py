@@ -130,16 +130,13 @@ class _Fetcher:
         else:
             path = Path(location)
             if not path.is_file():
-                raise CatalogError(
-                    f"catalog path '{location}' does not exist; "
-                    "pass a STAC API URL or a catalog.json/item collection"
-                )
+                raise CatalogError(f"catalog: document '{location}' does not exist")
             text = path.read_text(encoding="utf-8")
         try:
             return json.loads(text)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as exc:
             raise CatalogError(
-                f"catalog: {what} did not return JSON; pass a STAC API URL or a catalog.json/item collection"
+                f"catalog: {what} is not valid JSON ({exc.msg} at line {exc.lineno})"
             ) from None
 
 
@@ -169,6 +166,8 @@ class FoundItems:
     cloud_removed: list[RawItem] = field(default_factory=list)
     # Documents of a static catalog that could not be used, with why (the walk goes on).
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    # A local catalog: the folders its local hrefs must stay inside (None: not confined).
+    local_roots: tuple[str, ...] | None = None
 
 
 def _datetime_range(start: date, end: date) -> str:
@@ -415,11 +414,16 @@ def _follow(
 
 
 def _static_items(location: str, fetcher: _Fetcher) -> FoundItems:
-    """Walk a static catalog / collection / item collection / item, bounded."""
+    """Walk a static catalog / collection / item collection / item, bounded. A local catalog's
+    links and assets must stay inside its own folder (and `catalog.allowed_folders`). A document
+    below the root that cannot be used (missing, not JSON, not STAC, outside the folder) is
+    left out with its reason and the walk goes on; only an unusable root ends it."""
     remote = is_remote(location)
+    roots: tuple[str, ...] | None = None
     if not remote:
         location = _local_root(location)
-    items: list[RawItem] = []
+        roots = (str(Path(location).parent), *fetcher.config.allowed_folders)
+    found = FoundItems([], remote=remote, notes=[], local_roots=roots)
     stack: list[tuple[str, int]] = [(location, 0)]
     visited: set[str] = set()
     while stack:
@@ -432,15 +436,27 @@ def _static_items(location: str, fetcher: _Fetcher) -> FoundItems:
         if doc_href in visited:
             continue
         visited.add(doc_href)
-        doc = fetcher.json(doc_href)
-        found = _items_in(doc, doc_href)
-        if found is not None:
-            items.extend(found)
-        elif depth < MAX_STATIC_DEPTH:
-            children = _children(doc, doc_href, remote=remote)
-            # Reverse so the pop order follows the catalog's own link order (deterministic).
-            stack.extend((child, depth + 1) for child in reversed(children))
-    return FoundItems(items, remote=remote, notes=[])
+        try:
+            doc = fetcher.json(doc_href)
+            items = _items_in(doc, doc_href)
+            children = (
+                _children(doc, doc_href, remote=remote, roots=roots, skipped=found.unreadable)
+                if items is None and depth < MAX_STATIC_DEPTH
+                else []
+            )
+        except UnsafeHrefError:
+            raise
+        except CatalogError as exc:
+            if doc_href == location:
+                raise CatalogError(
+                    f"{exc}; pass a STAC API URL or a catalog.json / item collection"
+                ) from None
+            found.unreadable.append((doc_href, str(exc)))
+            continue
+        found.items.extend(items or ())
+        # Reverse so the pop order follows the catalog's own link order (deterministic).
+        stack.extend((child, depth + 1) for child in reversed(children))
+    return found
 
 
 def _local_root(location: str) -> str:
@@ -484,13 +500,28 @@ def _items_in(doc: Any, doc_href: str) -> list[RawItem] | None:
     return None
 
 
-def _children(doc: Mapping[str, Any], doc_href: str, *, remote: bool) -> list[str]:
-    """The child and item links of a catalog or collection, checked (http(s) only when remote)."""
+def _children(
+    doc: Mapping[str, Any],
+    doc_href: str,
+    *,
+    remote: bool,
+    roots: tuple[str, ...] | None,
+    skipped: list[tuple[str, str]],
+) -> list[str]:
+    """The child and item links of a catalog or collection, checked: http(s) only when remote;
+    inside `roots` when local (a link leaving them is skipped with why, never opened)."""
     children: list[str] = []
     for link in doc.get("links") or ():
         if not isinstance(link, Mapping) or link.get("rel") not in ("child", "item"):
             continue
-        target = check_href(str(link.get("href", "")), base=doc_href, remote=remote)
+        href = str(link.get("href", ""))
+        try:
+            target = check_href(href, base=doc_href, remote=remote, local_roots=roots)
+        except UnsafeHrefError as exc:
+            if remote:
+                raise
+            skipped.append((href, str(exc)))
+            continue
         if remote and href_scheme(target) not in ("http", "https"):
             raise UnsafeHrefError(
                 f"catalog: refused link '{public_href(target)}' in a remote catalog; "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -174,6 +174,7 @@ def scene_from_item(
     collection: str | None = None,
     base_href: str | None = None,
     remote: bool = True,
+    local_roots: Sequence[str] | None = None,
 ) -> Scene:
     """Parse one STAC item (a dict) into a Scene with assets keyed by canonical band names.
 
@@ -181,6 +182,7 @@ def scene_from_item(
     base_href: where the item JSON came from, to resolve relative asset hrefs (defaults to
         the item's `self` link).
     remote: the item came from a remote catalog: only http(s)/s3 hrefs are accepted.
+    local_roots: for a local catalog, the folders its local hrefs must stay inside.
     Raises CatalogError for an item that cannot be used at all (no id or datetime) and
     UnsafeHrefError for a refused href.
     """
@@ -194,7 +196,7 @@ def scene_from_item(
     if when is None:
         raise CatalogError(f"catalog: item '{item_id}' has no valid datetime")
     base = base_href or self_href(item) or ""
-    assets = _assets(item, props, asset_keys, base=base, remote=remote)
+    assets = _assets(item, props, asset_keys, base=base, remote=remote, roots=local_roots)
     cloud = _number(props.get("eo:cloud_cover"))
     platform = props.get("platform")
     updated = props.get("updated") or props.get("s2:generation_time") or props.get("created")
@@ -221,6 +223,7 @@ def _assets(
     *,
     base: str,
     remote: bool,
+    roots: Sequence[str] | None,
 ) -> dict[str, Asset]:
     """The item's assets of the mapped bands, keyed by canonical band name, hrefs checked."""
     assets_json = item.get("assets") if isinstance(item.get("assets"), Mapping) else {}
@@ -230,7 +233,7 @@ def _assets(
         raw = assets_json.get(key)
         if not isinstance(raw, Mapping) or not isinstance(raw.get("href"), str):
             continue
-        href = check_href(raw["href"], base=base, remote=remote)
+        href = check_href(raw["href"], base=base, remote=remote, local_roots=roots)
         info = _raster_band(raw)
         nodata = _number(info.get("nodata"))
         if band == "scl":

@@ -65,6 +65,7 @@ def search_scenes(
     sifted = _Sifted(config=config, asset_keys=asset_keys, bands=bands, window=(start, end))
     sifted.sift(found, aoi.geometry)
     sifted.count_cloud_removed(found.cloud_removed)
+    sifted.count_unreadable(found.unreadable)
     notes = [*found.notes, *sifted.notes(api=found.api)]
     scenes, duplicates = dedupe_scenes(sifted.scenes)
     dropped = sorted([*sifted.dropped, *duplicates], key=lambda d: d.scene_id)
@@ -72,7 +73,7 @@ def search_scenes(
     notes.extend(_summary_notes(scenes, sifted.rules))
 
     if not scenes:
-        _refuse_empty(sifted, source=source)
+        _refuse_empty(sifted, source=source, remote=found.remote)
         if allow_empty:
             return SearchResult((), tuple(dropped), source, tuple(notes), len(found.items))
         raise _nothing_usable(dropped, source=source, aoi=aoi, window=(start, end))
@@ -135,7 +136,7 @@ class _Sifted:
 
     def sift(self, found: FoundItems, aoi_geom: BaseGeometry) -> None:
         for raw in found.items:
-            scene = self._parse(raw, remote=found.remote)
+            scene = self._parse(raw, found)
             if scene is None:
                 continue
             start, end = self.window
@@ -153,7 +154,7 @@ class _Sifted:
             self.scenes.append(scene)
             self.rules[scene.id] = offset_rule(raw.item, self.asset_keys)
 
-    def _parse(self, raw: RawItem, *, remote: bool) -> Scene | None:
+    def _parse(self, raw: RawItem, found: FoundItems) -> Scene | None:
         """The item as a Scene, or None (another collection, a repeat, or dropped with why)."""
         item = raw.item
         item_id = str(item.get("id", ""))
@@ -171,7 +172,8 @@ class _Sifted:
                 asset_keys=self.asset_keys,
                 collection=self.config.collection,
                 base_href=raw.base,
-                remote=remote,
+                remote=found.remote,
+                local_roots=found.local_roots,
             )
         except UnsafeHrefError as exc:
             self.refused += 1
@@ -196,6 +198,13 @@ class _Sifted:
             cloud = props.get("eo:cloud_cover") if isinstance(props, Mapping) else None
             number = float(cloud) if isinstance(cloud, int | float) else math.nan
             self.dropped.append(SkippedScene(item_id, self._cloud_reason(number, "server")))
+
+    def count_unreadable(self, unreadable: Sequence[tuple[str, str]]) -> None:
+        """Documents of a static catalog left out (one bad item file does not end the search):
+        dropped under their file name, with why."""
+        for href, why in unreadable:
+            name = public_href(href).rstrip("/").rsplit("/", 1)[-1] or href
+            self.dropped.append(SkippedScene(name, f"catalog document skipped: {why}"))
 
     def _cloud_reason(self, cloud: float, where: str) -> str:
         limit = self.config.max_cloud_cover
@@ -275,12 +284,15 @@ def _summary_notes(scenes: Sequence[Scene], rules: Mapping[str, str]) -> list[st
     return notes
 
 
-def _refuse_empty(sifted: _Sifted, *, source: str) -> None:
+def _refuse_empty(sifted: _Sifted, *, source: str, remote: bool) -> None:
     """An empty result that is an error even with `allow_empty`: refused hrefs, wrong collection."""
     if sifted.refused and sifted.refused == len(sifted.seen_ids):
         raise UnsafeHrefError(
             f"catalog: {source} points every scene at non-http(s)/s3 locations; refused "
             "(a remote catalog may not make changedet read local files)"
+            if remote
+            else f"catalog: {source} points every scene outside its own folder; refused "
+            "(list the folders its assets are in under [catalog] allowed_folders)"
         )
     if sifted.other_collections and not sifted.seen_ids:
         names = ", ".join(sorted(sifted.other_collections))
