@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from loopback import RangeServer
+from shapely.affinity import translate as shapely_translate
 from shapely.geometry import box, mapping
 
 from changedet.catalog.items import harmonising_offset, scene_from_item
@@ -557,3 +558,84 @@ def test_one_invalid_item_file_is_skipped_with_its_reason(tmp_path: Path) -> Non
     catalog.write_text("not json")
     with pytest.raises(CatalogError, match=r"not valid JSON.*pass a STAC API URL"):
         _search(catalog)
+
+
+def test_items_whose_footprint_or_epsg_disagree_with_their_assets_are_skipped(
+    tmp_path: Path, repo: Path
+) -> None:
+    import shutil
+
+    from changedet.aoi import crop_to_footprints, grid_for, load_aois
+
+    tiles = shutil.copytree(repo / "sample_tiles" / "khojir", tmp_path / "khojir")
+    (aoi,) = load_aois(repo / "aoi" / "khojir.geojson")
+    config = CatalogConfig(url=str(tiles / "catalog.json"))
+
+    def found() -> Any:
+        return search_scenes(
+            aoi, config, start=date(2023, 6, 1), end=date(2024, 6, 30), bands=BANDS
+        )
+
+    clean = found()
+    items = sorted((tiles / "sentinel-2-l2a").glob("*/*.json"))
+    world, wrong_zone = items[3], items[5]
+    item = json.loads(world.read_text())
+    item["geometry"] = mapping(box(-180.0, -90.0, 180.0, 90.0))  # the whole world
+    item["properties"]["proj:epsg"] = 32601
+    world.write_text(json.dumps(item))
+    item = json.loads(wrong_zone.read_text())
+    item["properties"]["proj:epsg"] = 32638  # the neighbouring zone: data placed 6° west
+    wrong_zone.write_text(json.dumps(item))
+
+    hostile = found()
+    dropped = {d.scene_id: d.reason for d in hostile.dropped}
+    for path in (world, wrong_zone):
+        assert "disagrees with its assets" in dropped[path.stem], dropped
+    assert {s.id for s in hostile.scenes} == {s.id for s in clean.scenes} - {
+        world.stem,
+        wrong_zone.stem,
+    }
+    # The grid is still cropped to where the data is: no AOI-sized stack of nodata.
+    assert crop_to_footprints(grid_for(aoi), aoi, hostile.scenes) == crop_to_footprints(
+        grid_for(aoi), aoi, clean.scenes
+    )
+
+
+def test_footprint_check_accepts_tiles_across_the_antimeridian() -> None:
+    from pyproj import Transformer
+    from shapely.geometry import MultiPolygon, Polygon
+
+    from changedet.catalog.items import footprint_disagreement
+
+    # A zone-60 tile near Fiji whose east edge passes 180°: its footprint is split in two.
+    x0, y1 = 800_000.0, 8_100_000.0
+    item = synth_item("S2A_60KYF_20230801_0_L2A", "2023-08-01T07:05:00Z")
+    item["properties"]["proj:epsg"] = 32760
+    for asset in item["assets"].values():
+        asset["proj:transform"] = [10.0, 0.0, x0, 0.0, -10.0, y1]
+        asset["proj:shape"] = [10980, 10980]
+    to_lonlat = Transformer.from_crs("EPSG:32760", "EPSG:4326", always_xy=True)
+    corners = [(x0 + 1000, y1 - 1000), (x0 + 108_000, y1 - 1000),
+               (x0 + 108_000, y1 - 108_000), (x0 + 1000, y1 - 108_000)]  # fmt: skip
+    ring = [to_lonlat.transform(x, y) for x, y in corners]
+    unwrapped = Polygon([(lon % 360.0, lat) for lon, lat in ring])
+    assert unwrapped.bounds[0] < 180.0 < unwrapped.bounds[2]
+    east = unwrapped.intersection(box(180.0, -90.0, 360.0, 90.0))
+    west = unwrapped.intersection(box(0.0, -90.0, 180.0, 90.0))
+    split = MultiPolygon([west, shapely_translate(east, -360.0)])
+    item["geometry"] = mapping(split)
+    scene = scene_from_item(item, asset_keys=EARTH_SEARCH_ASSETS, remote=False)
+    assert footprint_disagreement(item, scene) is None
+    item["properties"]["proj:epsg"] = 32759
+    scene = scene_from_item(item, asset_keys=EARTH_SEARCH_ASSETS, remote=False)
+    assert "disagrees with its assets" in (footprint_disagreement(item, scene) or "")
+
+
+def test_real_provider_items_pass_the_footprint_check() -> None:
+    from changedet.catalog.items import footprint_disagreement
+
+    for path in sorted(DATA.glob("*.json")):
+        item = json.loads(path.read_text())
+        keys = PLANETARY_COMPUTER_ASSETS if "B04" in item["assets"] else EARTH_SEARCH_ASSETS
+        scene = scene_from_item(item, asset_keys=keys, remote=False)
+        assert footprint_disagreement(item, scene) is None, path.name

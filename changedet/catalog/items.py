@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import shapely
+import shapely.affinity
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
@@ -27,6 +28,7 @@ from changedet.models import Asset, Scene, SkippedScene
 
 __all__ = [
     "dedupe_scenes",
+    "footprint_disagreement",
     "harmonising_offset",
     "offset_rule",
     "scene_from_item",
@@ -257,6 +259,95 @@ def _footprint(geometry: Any) -> BaseGeometry | None:
         return footprint if footprint.is_valid else shapely.make_valid(footprint)
     except (ValueError, TypeError, AttributeError, shapely.errors.ShapelyError):
         return None
+
+
+# How far (degrees) a footprint may reach beyond the extent of its assets: providers simplify
+# footprints; a wrong one (the whole world, another zone) is off by far more.
+FOOTPRINT_SLACK_DEG = 0.05
+
+
+def footprint_disagreement(item: Mapping[str, Any], scene: Scene) -> str | None:
+    """Why the item's footprint or `proj:epsg` cannot be right for its assets (None: they agree,
+    or the item lacks what the check needs). The assets' extent comes from their `proj:transform`
+    and `proj:shape` in `proj:epsg`; the footprint must lie inside it. A wrong footprint would
+    make the grid (cropped to footprints) far larger than the data; a wrong EPSG would place the
+    data elsewhere."""
+    if scene.footprint is None or scene.epsg is None:
+        return None
+    extent = _asset_extent(item)
+    if extent is None:
+        return None
+    placed = _extent_lonlat(extent, scene.epsg)
+    if placed is None:
+        return f"proj:epsg {scene.epsg} cannot place its assets (extent {extent}); skipped"
+    footprint = _near(scene.footprint, placed.centroid.x)
+    if placed.buffer(FOOTPRINT_SLACK_DEG).contains(footprint):
+        return None
+    fb = ", ".join(f"{v:.2f}" for v in scene.footprint.bounds)
+    pb = ", ".join(f"{v:.2f}" for v in placed.bounds)
+    return (
+        f"footprint ({fb}) disagrees with its assets, placed at ({pb}) by proj:epsg "
+        f"{scene.epsg}: the item's geometry or proj:epsg is wrong; skipped"
+    )
+
+
+def _asset_extent(item: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+    """(xmin, ymin, xmax, ymax) in the item's projection of the first asset with a north-up
+    `proj:transform` and a `proj:shape`."""
+    assets = item.get("assets")
+    for asset in assets.values() if isinstance(assets, Mapping) else ():
+        if not isinstance(asset, Mapping):
+            continue
+        transform, shape = asset.get("proj:transform"), asset.get("proj:shape")
+        if not (isinstance(transform, list) and len(transform) >= 6):
+            continue
+        if not (isinstance(shape, list) and len(shape) == 2):
+            continue
+        numbers = [_number(v) for v in (*transform[:6], *shape)]
+        if any(v is None for v in numbers):
+            continue
+        a, b, c, d, e, f, rows, cols = (float(v or 0.0) for v in numbers)
+        if b != 0 or d != 0 or a <= 0 or e >= 0 or rows <= 0 or cols <= 0:
+            continue
+        return (c, f + e * rows, c + a * cols, f)
+    return None
+
+
+def _extent_lonlat(extent: tuple[float, float, float, float], epsg: int) -> Any:
+    """The extent's outline in lon/lat, longitudes unwrapped (continuous across ±180°), or
+    None when the EPSG code cannot transform it."""
+    import numpy as np
+    from pyproj import Transformer
+    from pyproj.exceptions import CRSError, ProjError
+    from shapely.geometry import Polygon
+
+    try:
+        transformer = Transformer.from_crs(f"EPSG:{epsg}", "EPSG:4326", always_xy=True)
+    except (CRSError, ProjError):
+        return None
+    xmin, ymin, xmax, ymax = extent
+    t = np.linspace(0.0, 1.0, 21)
+    xs = np.concatenate([xmin + (xmax - xmin) * t, np.full(21, xmax),
+                         xmax - (xmax - xmin) * t, np.full(21, xmin)])  # fmt: skip
+    ys = np.concatenate([np.full(21, ymin), ymin + (ymax - ymin) * t,
+                         np.full(21, ymax), ymax - (ymax - ymin) * t])  # fmt: skip
+    lon, lat = transformer.transform(xs, ys)
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+        return None
+    lon = np.degrees(np.unwrap(np.radians(lon)))
+    outline = Polygon(zip(lon, lat, strict=True))
+    return outline if outline.is_valid else shapely.make_valid(outline)
+
+
+def _near(geom: BaseGeometry, lon0: float) -> BaseGeometry:
+    """`geom` with each part shifted by whole turns so its longitude is within 180° of `lon0`
+    (a footprint split at the antimeridian comes back together around its tile)."""
+    parts = list(getattr(geom, "geoms", [geom]))
+    moved = []
+    for part in parts:
+        turns = round((lon0 - part.centroid.x) / 360.0)
+        moved.append(shapely.affinity.translate(part, xoff=360.0 * turns) if turns else part)
+    return shapely.union_all(moved)
 
 
 def self_href(doc: Mapping[str, Any]) -> str | None:

@@ -21,7 +21,12 @@ from datetime import date
 from shapely.geometry.base import BaseGeometry
 
 from changedet.catalog.fetch import FoundItems, RawItem, fetch_items, href_signer
-from changedet.catalog.items import dedupe_scenes, offset_rule, scene_from_item
+from changedet.catalog.items import (
+    dedupe_scenes,
+    footprint_disagreement,
+    offset_rule,
+    scene_from_item,
+)
 from changedet.config import CatalogConfig
 from changedet.errors import CatalogError, ConfigError, NoScenesError, UnsafeHrefError
 from changedet.hrefs import install_log_redaction, public_href
@@ -167,7 +172,7 @@ class _Sifted:
             return None
         self.seen_ids.add(item_id)
         try:
-            return scene_from_item(
+            scene = scene_from_item(
                 item,
                 asset_keys=self.asset_keys,
                 collection=self.config.collection,
@@ -178,9 +183,15 @@ class _Sifted:
         except UnsafeHrefError as exc:
             self.refused += 1
             self.dropped.append(SkippedScene(item_id or "?", str(exc)))
+            return None
         except CatalogError as exc:
             self.dropped.append(SkippedScene(item_id or "?", str(exc)))
-        return None
+            return None
+        disagreement = footprint_disagreement(item, scene)
+        if disagreement is not None:
+            self.dropped.append(SkippedScene(item_id, disagreement))
+            return None
+        return scene
 
     def count_cloud_removed(self, removed: Sequence[RawItem]) -> None:
         """The scenes the server's cloud filter left out, dropped with the same reason the
