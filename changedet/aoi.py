@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import shapely
+import shapely.affinity
 from pyproj import CRS, Transformer
-from shapely.geometry import MultiPolygon, Polygon, mapping
+from shapely.geometry import LineString, MultiLineString, MultiPolygon, Polygon, box, mapping
 
 from changedet.config import AOIConfig
 from changedet.errors import AOIError
@@ -25,12 +26,16 @@ from changedet.models import AOI, Grid, Scene
 
 __all__ = [
     "aoi_mask",
+    "aoi_utm_epsg",
     "area_km2",
     "crop_to_footprints",
     "grid_for",
     "load_aois",
+    "lonlat_centroid",
+    "near_longitude",
     "reproject_geometry",
     "safe_id",
+    "split_at_antimeridian",
     "to_grid_crs",
     "utm_epsg",
 ]
@@ -67,6 +72,7 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
     if len(frame) == 0:
         raise AOIError(f"AOI file '{p}' has no features; draw at least one polygon")
     if frame.crs is None:
+        _refuse_projected_without_crs(p, tuple(float(v) for v in frame.total_bounds))
         warnings.warn(f"AOI file '{p}' has no CRS; assuming EPSG:4326", stacklevel=2)
         src_crs = CRS.from_epsg(4326)
     else:
@@ -81,6 +87,7 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
         geom = _check_geometry(row.geometry, aoi_id, p)
         if not src_crs.equals(CRS.from_epsg(4326)):
             geom = reproject_geometry(geom, src_crs, "EPSG:4326")
+        geom = _lonlat(geom, aoi_id, p)
         aoi = AOI(
             id=aoi_id,
             name=str(props.get("name") or aoi_id),
@@ -144,8 +151,122 @@ def _check_geometry(geom: object, aoi_id: str, path: Path) -> Polygon | MultiPol
     return geom
 
 
+def _degrees(bounds: tuple[float, ...]) -> bool:
+    """Bounds that can be lon/lat (longitudes up to one turn past ±180° for an AOI written
+    unwrapped across the antimeridian)."""
+    xmin, ymin, xmax, ymax = bounds
+    return -90.0 <= ymin <= ymax <= 90.0 and -540.0 <= xmin <= xmax <= 540.0
+
+
+def _refuse_projected_without_crs(path: Path, bounds: tuple[float, ...]) -> None:
+    """A file without a CRS is taken as EPSG:4326 -- unless its coordinates cannot be degrees:
+    then the missing projection is named (a Shapefile without its .prj, typically)."""
+    if not _degrees(bounds):
+        where = ", ".join(f"{v:.6g}" for v in bounds)
+        raise AOIError(
+            f"AOI file '{path}' has no CRS (a Shapefile's .prj missing?) and its coordinates "
+            f"({where}) are not longitude/latitude; add the .prj file or save the AOI with its "
+            "CRS (e.g. as GeoPackage, or GeoJSON in EPSG:4326)"
+        )
+
+
+def _lonlat(geom: Any, aoi_id: str, path: Path) -> Any:
+    """The AOI in RFC 7946 lon/lat: coordinates that cannot be degrees after reprojection are
+    refused, and an AOI across the antimeridian is split there into parts within ±180°."""
+    if not _degrees(geom.bounds):
+        where = ", ".join(f"{v:.6g}" for v in geom.bounds)
+        raise AOIError(
+            f"AOI '{aoi_id}' in '{path}': coordinates ({where}) are outside ±180°/±90° in "
+            "EPSG:4326; check the CRS the file declares"
+        )
+    return split_at_antimeridian(geom)
+
+
+def split_at_antimeridian(geom: Any) -> Any:
+    """A lon/lat polygon or line as RFC 7946 wants it (§3.1.9): longitudes within ±180°, and a
+    part that crosses the antimeridian (a jump of more than 180° between two vertices, or
+    longitudes beyond ±180°) cut there into pieces on either side. Anything else is returned
+    unchanged."""
+    parts = list(getattr(geom, "geoms", [geom]))
+    if not parts or not all(isinstance(p, Polygon | LineString) for p in parts):
+        return geom
+    continuous = [_unwrapped(p) for p in parts]
+    if all(a is b for a, b in zip(continuous, parts, strict=True)):
+        return geom  # within ±180° without a jump: nothing to split
+    pieces = []
+    for part in continuous:
+        for turns in (-1, 0, 1):
+            window = box(-180.0 + 360.0 * turns, -90.0, 180.0 + 360.0 * turns, 90.0)
+            piece = part.intersection(window)
+            if not piece.is_empty:
+                pieces.extend(_simple(shapely.affinity.translate(piece, xoff=-360.0 * turns)))
+    polygons = [p for p in pieces if isinstance(p, Polygon)]
+    if polygons and len(polygons) == len(pieces):
+        return polygons[0] if len(polygons) == 1 else MultiPolygon(polygons)
+    lines = [p for p in pieces if isinstance(p, LineString)]
+    return lines[0] if len(lines) == 1 else MultiLineString(lines)
+
+
+def _simple(geom: Any) -> list[Any]:
+    """The polygons or lines of an intersection result (its points and slivers dropped)."""
+    return [
+        g
+        for g in getattr(geom, "geoms", [geom])
+        if (isinstance(g, Polygon) and g.area > 0) or (isinstance(g, LineString) and g.length > 0)
+    ]
+
+
+def _unwrapped(part: Any) -> Any:
+    """`part` (a Polygon or LineString) unchanged, or with longitudes made continuous (no jump
+    above 180° between vertices; holes shifted next to the exterior) when it had such a jump."""
+
+    def ring(coords: Any, lon0: float | None = None) -> np.ndarray:
+        xy = np.asarray(coords, dtype=float)[:, :2].copy()
+        xy[:, 0] = np.degrees(np.unwrap(np.radians(xy[:, 0])))
+        if lon0 is not None:
+            xy[:, 0] += 360.0 * round((lon0 - xy[0, 0]) / 360.0)
+        return xy
+
+    rings = [part] if isinstance(part, LineString) else [part.exterior, *part.interiors]
+    lons = [np.asarray(r.coords)[:, 0] for r in rings]
+    jump = max(np.abs(np.diff(x)).max(initial=0.0) for x in lons)
+    if jump <= 180.0 and all(x.min() >= -180.0 and x.max() <= 180.0 for x in lons):
+        return part
+    if isinstance(part, LineString):
+        return LineString(ring(part.coords))
+    shell = ring(part.exterior.coords)
+    return Polygon(shell, [ring(h.coords, shell[0, 0]) for h in part.interiors])
+
+
+def near_longitude(geom: Any, lon0: float) -> Any:
+    """`geom` with each part shifted by whole turns so it lies within 180° of `lon0` (the
+    pieces of a geometry split at the antimeridian come back together, unwrapped)."""
+    parts = list(getattr(geom, "geoms", [geom]))
+    moved = []
+    for part in parts:
+        turns = round((lon0 - part.centroid.x) / 360.0)
+        moved.append(shapely.affinity.translate(part, xoff=360.0 * turns) if turns else part)
+    return shapely.union_all(moved)
+
+
+def lonlat_centroid(geom: Any) -> tuple[float, float]:
+    """(lon, lat) of the centroid of a lon/lat geometry, taken on its unwrapped form (an AOI
+    split at the antimeridian has its centroid near ±180°, not near 0°), lon within ±180°."""
+    parts = list(getattr(geom, "geoms", [geom]))
+    largest = max(parts, key=lambda p: p.area or p.length)
+    centre = near_longitude(geom, largest.centroid.x).centroid
+    return 180.0 - ((180.0 - centre.x) % 360.0), centre.y  # lon within (-180, 180]
+
+
+def aoi_utm_epsg(aoi: AOI) -> int:
+    """EPSG code of the UTM zone of the AOI's (unwrapped) centroid."""
+    return utm_epsg(*lonlat_centroid(aoi.geometry))
+
+
 def utm_epsg(lon: float, lat: float) -> int:
-    """EPSG code of the WGS 84 / UTM zone containing (lon, lat)."""
+    """EPSG code of the WGS 84 / UTM zone containing (lon, lat); lon is taken modulo 360°
+    (180° itself is zone 60)."""
+    lon = 180.0 - ((180.0 - lon) % 360.0)
     zone = min(int((lon + 180.0) // 6.0) + 1, 60)
     return (32600 if lat >= 0 else 32700) + zone
 
@@ -162,8 +283,7 @@ def to_grid_crs(geom: object, crs: str) -> Any:
 
 
 def area_km2(aoi: AOI) -> float:
-    centroid = aoi.geometry.centroid
-    utm = to_grid_crs(aoi.geometry, f"EPSG:{utm_epsg(centroid.x, centroid.y)}")
+    utm = to_grid_crs(aoi.geometry, f"EPSG:{aoi_utm_epsg(aoi)}")
     return float(utm.area) / 1e6
 
 
@@ -184,8 +304,7 @@ def grid_for(aoi: AOI, res: float = 10.0) -> Grid:
     Snapping to multiples of `res` keeps the grid on Sentinel-2's own 10/20/60 m pixel lattice
     (tile origins are multiples of 60 m), so same-zone tiles need no resampling.
     """
-    centroid = aoi.geometry.centroid
-    crs = f"EPSG:{utm_epsg(centroid.x, centroid.y)}"
+    crs = f"EPSG:{aoi_utm_epsg(aoi)}"
     xmin, ymin, xmax, ymax = to_grid_crs(aoi.geometry, crs).bounds
     x0 = math.floor(xmin / res) * res
     y0 = math.floor(ymin / res) * res

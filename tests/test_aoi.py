@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pytest
-from shapely.geometry import LineString, Polygon, box
+from shapely.geometry import LineString, Polygon, box, mapping
 
-from changedet.aoi import aoi_mask, grid_for, load_aois, safe_id, utm_epsg
+from changedet.aoi import aoi_mask, area_km2, grid_for, load_aois, safe_id, utm_epsg
 from changedet.config import AOIConfig
 from changedet.errors import AOIError
 
@@ -171,3 +172,64 @@ def test_repeated_ids_in_one_file_are_renamed_with_a_warning(tmp_path: Path) -> 
         ids = [a.id for a in load_aois(tmp_path / "three.geojson")]
     assert ids == ["site", "Site-2", "site-3"]  # one folder each, also where case is ignored
     assert len(caught) == 2 and "outputs go to 'Site-2'" in str(caught[0].message)
+
+
+# An AOI on Taveuni (Fiji) across the antimeridian, in the three ways files hold one: a ring that
+# jumps from +179.95 to -179.95, a ring with longitudes past 180, and RFC 7946's two parts.
+W, E, S, N = 179.92, -179.96, -16.85, -16.75  # centroid 179.98° E: zone 60
+ACROSS = {
+    "jumping": {"type": "Polygon", "coordinates": [[[W, S], [E, S], [E, N], [W, N], [W, S]]]},
+    "unwrapped": {
+        "type": "Polygon",
+        "coordinates": [[[W, S], [E + 360, S], [E + 360, N], [W, N], [W, S]]],
+    },
+    "split": {
+        "type": "MultiPolygon",
+        "coordinates": [
+            [[[W, S], [180.0, S], [180.0, N], [W, N], [W, S]]],
+            [[[-180.0, S], [E, S], [E, N], [-180.0, N], [-180.0, S]]],
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("form", sorted(ACROSS))
+def test_antimeridian_aoi_gets_the_zone_of_its_centroid_and_rfc7946_parts(
+    tmp_path: Path, form: str
+) -> None:
+    (aoi,) = load_aois(_write_geojson(tmp_path / "taveuni.geojson", ACROSS[form], id="taveuni"))
+    assert aoi.geometry.geom_type == "MultiPolygon" and len(aoi.geometry.geoms) == 2
+    for part in aoi.geometry.geoms:
+        xmin, _, xmax, _ = part.bounds
+        assert -180.0 <= xmin < xmax <= 180.0 and xmax - xmin < 0.09
+    assert math.isclose(aoi.geometry.area, 0.12 * 0.1, rel_tol=1e-9)
+    grid = grid_for(aoi)
+    assert grid.crs == "EPSG:32760"  # 180° sits on zone 60's edge; south of the equator
+    assert (
+        12.5 < grid.width * grid.res / 1000 < 13.5 and 10.5 < grid.height * grid.res / 1000 < 11.5
+    )
+    assert 135.0 < area_km2(aoi) < 145.0
+
+
+def test_a_prj_less_file_in_metres_names_the_missing_projection(tmp_path: Path) -> None:
+    frame = gpd.GeoDataFrame(
+        {"id": ["site"]}, geometry=[box(545_000, 3_941_000, 553_000, 3_947_000)], crs=32639
+    )
+    frame.to_file(tmp_path / "site.shp")
+    (tmp_path / "site.prj").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused, not first assumed to be degrees
+        with pytest.raises(AOIError, match=r"no CRS \(a Shapefile's .prj missing\?\)") as info:
+            load_aois(tmp_path / "site.shp")
+    assert "not longitude/latitude" in str(info.value) and "catalog" not in str(info.value)
+    (tmp_path / "m.geojson").write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": mapping(box(5e5, 3.9e6, 5.1e5, 3.91e6)),
+            }
+        )
+    )
+    with pytest.raises(AOIError, match="outside ±180°/±90°"):
+        load_aois(tmp_path / "m.geojson")

@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import shapely
-import shapely.affinity
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from changedet.aoi import near_longitude
 from changedet.errors import CatalogError
 from changedet.hrefs import check_href
 from changedet.models import Asset, Scene, SkippedScene
@@ -280,7 +280,7 @@ def footprint_disagreement(item: Mapping[str, Any], scene: Scene) -> str | None:
     placed = _extent_lonlat(extent, scene.epsg)
     if placed is None:
         return f"proj:epsg {scene.epsg} cannot place its assets (extent {extent}); skipped"
-    footprint = _near(scene.footprint, placed.centroid.x)
+    footprint = near_longitude(scene.footprint, placed.centroid.x)
     if placed.buffer(FOOTPRINT_SLACK_DEG).contains(footprint):
         return None
     fb = ", ".join(f"{v:.2f}" for v in scene.footprint.bounds)
@@ -337,17 +337,6 @@ def _extent_lonlat(extent: tuple[float, float, float, float], epsg: int) -> Any:
     lon = np.degrees(np.unwrap(np.radians(lon)))
     outline = Polygon(zip(lon, lat, strict=True))
     return outline if outline.is_valid else shapely.make_valid(outline)
-
-
-def _near(geom: BaseGeometry, lon0: float) -> BaseGeometry:
-    """`geom` with each part shifted by whole turns so its longitude is within 180° of `lon0`
-    (a footprint split at the antimeridian comes back together around its tile)."""
-    parts = list(getattr(geom, "geoms", [geom]))
-    moved = []
-    for part in parts:
-        turns = round((lon0 - part.centroid.x) / 360.0)
-        moved.append(shapely.affinity.translate(part, xoff=360.0 * turns) if turns else part)
-    return shapely.union_all(moved)
 
 
 def self_href(doc: Mapping[str, Any]) -> str | None:

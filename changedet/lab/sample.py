@@ -34,9 +34,15 @@ from urllib.parse import urljoin
 
 import numpy as np
 from pyproj import Transformer
-from shapely.geometry import Polygon, box, mapping
+from shapely.geometry import LineString, Polygon, box, mapping
 
-from changedet.aoi import grid_for, load_aois
+from changedet.aoi import (
+    grid_for,
+    load_aois,
+    lonlat_centroid,
+    near_longitude,
+    split_at_antimeridian,
+)
 from changedet.errors import AOIError, OutputError
 from changedet.lab.scene import (
     BANDS_10M,
@@ -129,8 +135,25 @@ class SampleSummary:
 # ----------------------------------------------------------------------------- pure helpers
 
 
+DEFAULT_UTC = (7, 5, 30)  # the bundled samples' acquisition time: ~10:30 solar time at 52° E
+
+
+def overpass_utc(lon: float) -> tuple[int, int, int]:
+    """UTC time of day of a Sentinel-2 overpass at `lon`: about 10:30 local solar time (the
+    descending node). The bundled samples keep their 07:05:30, which is that time at their
+    longitude; elsewhere the time follows the longitude, so the sun is up (near 180° 07:05 UTC
+    is evening)."""
+    solar = DEFAULT_UTC[0] + DEFAULT_UTC[1] / 60 + DEFAULT_UTC[2] / 3600 + lon / 15.0
+    if abs((solar - 10.5 + 12.0) % 24.0 - 12.0) <= 1.5:
+        return DEFAULT_UTC
+    seconds = round(((10.5 - lon / 15.0) % 24.0) * 3600.0)
+    return (seconds // 3600, seconds % 3600 // 60, seconds % 60)
+
+
 def mgrs_tile(lon: float, lat: float) -> str:
     """The MGRS 100 km square (Sentinel-2 tile name, e.g. '39SWV') containing (lon, lat)."""
+    if not -180.0 <= lon <= 180.0:
+        lon = 180.0 - ((180.0 - lon) % 360.0)  # within (-180, 180]
     zone = min(int((lon + 180.0) // 6.0) + 1, 60)
     bands = "CDEFGHJKLMNPQRSTUVWXX"
     band = bands[max(0, min(int((lat + 80.0) // 8.0), 20))]
@@ -146,12 +169,12 @@ def mgrs_tile(lon: float, lat: float) -> str:
 def _preset_for(aoi: AOI, grid: Grid) -> SamplePreset:
     if aoi.id in PRESETS:
         return PRESETS[aoi.id]
-    c = aoi.geometry.centroid
+    lon, lat = lonlat_centroid(aoi.geometry)  # unwrapped: right across the antimeridian too
     size = max(32, min(192, grid.width, grid.height) // 6 * 6)
     scale = (size / 192.0) ** 2
     return SamplePreset(
-        float(c.x),
-        float(c.y),
+        float(lon),
+        float(lat),
         size,
         max(2, round(18 * scale)),
         max(1, round(8 * scale)),
@@ -170,7 +193,7 @@ def sample_window(
     step = max(1, round(60.0 / grid.res))
     room = min(grid.width, grid.height) - step  # leave room to slide onto the 60 m lattice
     size = min(size, (room if room >= 16 else min(grid.width, grid.height)) // 2 * 2)
-    lon, lat = center or (aoi.geometry.centroid.x, aoi.geometry.centroid.y)
+    lon, lat = center or lonlat_centroid(aoi.geometry)
     x, y = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True).transform(lon, lat)
     t = grid.transform
     res = grid.res
@@ -223,7 +246,12 @@ def sample_scene(aoi: AOI, *, seed: int = 0) -> tuple[SynthScene, Grid, int, int
         aoi, preset.size, (preset.center_lon, preset.center_lat)
     )
     mixed = _stable_seed(seed, aoi.id)
-    plans = plan_acquisitions(np.random.default_rng([mixed, 1]), start=START, end=END)
+    plans = plan_acquisitions(
+        np.random.default_rng([mixed, 1]),
+        start=START,
+        end=END,
+        utc_time=overpass_utc(preset.center_lon),
+    )
     scene = build_scene(
         shape=window.shape,
         plans=plans,
@@ -300,6 +328,15 @@ def _round_coords(geom: Any, ndigits: int = 8) -> dict[str, Any]:
 
     m = dict(mapping(geom))
     return {"type": m["type"], "coordinates": r(m["coordinates"])}
+
+
+def _bbox(footprint: Any) -> list[float]:
+    """RFC 7946 bbox of a lon/lat footprint: across the antimeridian its west edge is east of
+    its east edge (§5.2)."""
+    split = split_at_antimeridian(footprint)
+    west, south, east, north = near_longitude(split, lonlat_centroid(split)[0]).bounds
+    wrap = [v if -180.0 <= v <= 180.0 else 180.0 - ((180.0 - v) % 360.0) for v in (west, east)]
+    return [round(v, 8) for v in (wrap[0], south, wrap[1], north)]
 
 
 class _Geo:
@@ -503,14 +540,14 @@ def _item(
         "stac_version": "1.0.0",
         "id": scene_id,
         "properties": _item_properties(site, plan, sequence, scl, rendered),
-        "geometry": _round_coords(footprint),
+        "geometry": _round_coords(split_at_antimeridian(footprint)),
         "links": [
             {"rel": "root", "href": "../../catalog.json", "type": "application/json"},
             {"rel": "parent", "href": "../collection.json", "type": "application/json"},
             {"rel": "collection", "href": "../collection.json", "type": "application/json"},
         ],
         "assets": assets,
-        "bbox": [round(v, 8) for v in footprint.bounds],
+        "bbox": _bbox(footprint),
         "stac_extensions": list(_ITEM_EXTENSIONS),
         "collection": COLLECTION_ID,
     }
@@ -542,7 +579,7 @@ def _structure_feature(
         "berm_distance_m": round(10.0 * b.berm_distance_px, 2) if b.bermed else None,
         "berm_width_m": round(10.0 * b.berm_width_px, 2) if b.bermed else None,
     }
-    ring = geo.polygon(_to_window(b.corners()))
+    ring = split_at_antimeridian(geo.polygon(_to_window(b.corners())))
     return {"type": "Feature", "id": b.id, "properties": props, "geometry": _round_coords(ring)}
 
 
@@ -562,10 +599,7 @@ def _berm_feature(b: SynthBuilding, geo: _Geo, days: list[str]) -> dict[str, Any
             "distance_m": round(10.0 * b.berm_distance_px, 2),
             "width_m": round(10.0 * b.berm_width_px, 2),
         },
-        "geometry": {
-            "type": "LineString",
-            "coordinates": [[round(v, 8) for v in c] for c in coords],
-        },
+        "geometry": _round_coords(split_at_antimeridian(LineString(coords))),
     }
 
 
@@ -728,7 +762,7 @@ def _collection(site: _Site, items: list[dict[str, Any]]) -> dict[str, Any]:
     plans = site.scene.plans
     full = site.geo.footprint(False)
     extent = {
-        "spatial": {"bbox": [[round(v, 8) for v in full.bounds]]},
+        "spatial": {"bbox": [_bbox(full)]},
         "temporal": {"interval": [[_iso(plans[0].when), _iso(plans[-1].when)]]},
     }
     item_links = [

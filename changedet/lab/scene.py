@@ -1000,7 +1000,8 @@ def _clouds(
     """(cloud opacity, cloud shadow, cirrus) on the window. Clouds are drawn on a canvas wide
     enough that shadows of clouds outside the window can fall inside."""
     H, W = shape
-    reach = plan.cloud_height_m * math.tan(math.radians(90.0 - el)) / 10.0
+    # A sun at or below the horizon casts no finite shadow: 5° (long shadows) at the least.
+    reach = plan.cloud_height_m * math.tan(math.radians(90.0 - max(el, 5.0))) / 10.0
     s_col = -math.sin(math.radians(az)) * reach
     s_row = math.cos(math.radians(az)) * reach
     m = math.ceil(reach) + 2

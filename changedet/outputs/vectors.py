@@ -24,6 +24,7 @@ from shapely.geometry import LineString, MultiLineString, MultiPolygon, Polygon,
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
+from changedet.aoi import split_at_antimeridian
 from changedet.models import Berm, ChangeMap, Grid, RunResult, Scene, Structure
 
 __all__ = [
@@ -118,8 +119,9 @@ def right_hand(geom: BaseGeometry) -> BaseGeometry:
 
 
 def _rfc7946_geometry(geom: BaseGeometry, to_wgs84: Callable[[BaseGeometry], BaseGeometry]) -> Any:
-    """Grid-CRS geometry → RFC 7946 geometry dict (lon/lat, right-hand rule, rounded, valid)."""
-    lonlat = to_wgs84(geom)
+    """Grid-CRS geometry → RFC 7946 geometry dict (lon/lat, right-hand rule, rounded, valid;
+    cut at the antimeridian where it crosses it, §3.1.9)."""
+    lonlat = split_at_antimeridian(to_wgs84(geom))
     # Snapping to the output precision with set_precision keeps the result valid, which rounding the
     # printed numbers alone does not guarantee.
     snapped = shapely.set_precision(lonlat, 10.0**-GEOJSON_DECIMALS)
