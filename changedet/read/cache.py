@@ -56,8 +56,7 @@ class PixelCache:
         self._lock = threading.Lock()
         self.discarded: list[str] = []  # "<file>: <why>" of every entry thrown away
         self.unusable: str | None = None  # why the folder cannot be used (then: no cache)
-        if self.root is not None:
-            self._check_root()
+        self._checked = False  # the folder is made (and checked) at the first write only
 
     # -- keys and paths ------------------------------------------------------------------------
 
@@ -92,8 +91,8 @@ class PixelCache:
             return None
         try:
             blob = path.read_bytes()
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # not cached (yet); a folder that cannot be made is reported on write
         except OSError as exc:
             self._discard(path, f"unreadable ({exc.strerror or exc})")
             return None
@@ -122,6 +121,10 @@ class PixelCache:
         header = json.dumps(
             {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         ).encode()
+        if not self._checked:
+            self._check_root()
+            if self.unusable is not None:
+                return
         tmp: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +142,7 @@ class PixelCache:
 
     def _check_root(self) -> None:
         assert self.root is not None
+        self._checked = True
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
