@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import date
 from pathlib import Path
@@ -124,6 +125,40 @@ def test_write_series_catalog_cogs_truth_and_aoi(city, tmp_path: Path, oscd_root
     raster = truth_labels(truth, summary.grid)
     written = json.loads(summary.truth.read_text())
     assert sum(f["properties"]["n_pixels"] for f in written["features"]) == int((raster > 0).sum())
+
+
+def test_in_memory_stack_is_what_the_reader_reads(tmp_path: Path, oscd_root: Path) -> None:
+    """series_stack (used by the series benchmark) equals the real COG reader on the written series:
+    the same resampling, harmonisation, roof rule, dilated masks and dropped cloudy dates."""
+    from changedet.catalog.search import search_scenes
+    from changedet.config import Config
+    from changedet.lab.oscd import load_city
+    from changedet.read.stack import read_stack
+
+    summary = write_oscd_series(oscd_root, CITY, tmp_path / "s", seed=2, months=4)
+    (aoi,) = load_aois(summary.aoi)
+    config = Config()
+    catalog = dataclasses.replace(config.catalog, url=str(summary.catalog))
+    found = search_scenes(
+        aoi, catalog, start=summary.start, end=summary.end, bands=(*config.read.bands, "scl")
+    )
+    read = read_stack(
+        found.scenes,
+        summary.grid,
+        bands=config.read.bands,
+        aoi_mask=np.ones(summary.grid.shape, bool),
+        read_config=dataclasses.replace(config.read, cache_dir=""),
+        mask_config=config.mask,
+    )
+    series = make_oscd_series(load_city(oscd_root, CITY, with_label=True), seed=2, months=4)
+    mine = series_stack(series, [a.index for a in series.acquisitions], config=config)
+    assert mine.times == read.stack.times and mine.bands == read.stack.bands
+    assert any(a.cloud_cover > 0.5 for a in series.acquisitions)  # some dates are dropped
+    assert np.array_equal(mine.clear, read.stack.clear)
+    both = np.isfinite(mine.reflectance) & np.isfinite(read.stack.reflectance)
+    assert np.array_equal(both, np.isfinite(read.stack.reflectance))
+    # The reader resamples DNs as integers: within one DN (1e-4) of resampling reflectance.
+    assert np.abs(mine.reflectance[both] - read.stack.reflectance[both]).max() <= 1e-4
 
 
 GRID = Grid.from_origin("EPSG:32631", 400_000.0, 5_000_000.0, 10.0, 30, 30)

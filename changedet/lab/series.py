@@ -45,6 +45,8 @@ from pyproj import Transformer
 from scipy import ndimage
 
 from changedet.aoi import reproject_geometry, to_grid_crs, utm_epsg
+from changedet.config import Config
+from changedet.core.mask import persistent_from_counts, scl_clear, scl_cloudy
 from changedet.core.track import footprint_geometry
 from changedet.errors import DataError
 from changedet.lab.oscd import OSCDCity, load_city
@@ -97,10 +99,21 @@ class Acquisition:
     shift_px: tuple[float, float]  # (row, col) misregistration
     gain: tuple[float, ...]  # per band
     baseline: str  # processing baseline: "03.01" (offset 0) or "04.00" (offset -0.1)
+    haze: float = 0.0  # additive path radiance in blue (0: none); weaker at longer wavelengths
+    thin_cloud: float = 0.0  # opacity of a thin cloud sheet SCL does not see (0: none)
+    # Earth Search's `earthsearch:boa_offset_applied`: the provider already removed the 04.00
+    # offset from the DNs (True) or left it in (False). Older baselines never had it.
+    offset_applied: bool = False
 
     @property
     def boa_offset(self) -> float:
-        return -0.1 if self.baseline == _NEW_BASELINE else 0.0
+        """Additive reflectance offset a reader must apply to this acquisition's DNs."""
+        return -0.1 if self.baseline == _NEW_BASELINE and not self.offset_applied else 0.0
+
+    @property
+    def dn_offset(self) -> float:
+        """What the written DNs carry on top of 10000 x reflectance."""
+        return -self.boa_offset * 10000.0
 
 
 @dataclass(frozen=True)
@@ -240,15 +253,32 @@ def _date_regions(
 def _acquisition(
     rng: np.random.Generator, index: int, day: date, tile: str, switch: date
 ) -> Acquisition:
-    """One date's draws: cloud cover (half the dates clear), shift, per-band gain."""
+    """One date's draws: cloud cover (half the dates clear), a 0.2-0.5 px misregistration in a
+    random direction, per-band gain, haze on ~30 % and an unseen thin cloud sheet on ~20 % of the
+    dates, and (after the switch) which offset convention the provider used."""
     when = datetime(day.year, day.month, day.day, 7, 5, tzinfo=UTC)
     u = rng.random()
     cover = 0.0 if u < 0.5 else (rng.uniform(0.05, 0.4) if u < 0.8 else rng.uniform(0.5, 0.95))
-    shift = (float(rng.normal(0, 0.25)), float(rng.normal(0, 0.25)))
+    size, angle = rng.uniform(0.2, 0.5), rng.uniform(0.0, 2.0 * math.pi)
+    shift = (float(size * math.sin(angle)), float(size * math.cos(angle)))
     gain = tuple(float(g) for g in rng.normal(1.0, 0.02, len(SERIES_BANDS)))
+    haze = float(rng.uniform(0.01, 0.05)) if rng.random() < 0.3 else 0.0
+    thin = float(rng.uniform(0.04, 0.12)) if rng.random() < 0.2 else 0.0
+    applied = bool(rng.random() < 0.5)
     sid = f"S2A_{tile}_{day:%Y%m%d}_{index}_L2A"
     base = _NEW_BASELINE if day >= switch else _OLD_BASELINE
-    return Acquisition(index, when, sid, float(cover), shift, gain, base)
+    return Acquisition(
+        index,
+        when,
+        sid,
+        float(cover),
+        shift,
+        gain,
+        base,
+        haze,
+        thin,
+        applied and base == _NEW_BASELINE,
+    )
 
 
 def _monthly_acquisitions(
@@ -335,38 +365,78 @@ def _block_mean(a: np.ndarray, factor: int = 2) -> np.ndarray:
     return np.asarray(block_mean(a, factor))
 
 
-def render_acquisition(series: OSCDSeries, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Acquisition `t` as (reflectance (B, H, W) float32 NaN = no data, scl (H/2, W/2) uint8 at
-    20 m, cloud alpha (H, W) float32). Deterministic in (series seed, t)."""
-    acq = series.acquisitions[t]
-    rng = np.random.default_rng([series.seed, 1000 + t])
-    day = acq.when.date()
-    revealed_ids = np.array(
-        [r.region_id for r in series.truth if r.appeared <= day], dtype=np.int32
-    )
-    inside = np.isin(series.regions, revealed_ids) & np.isfinite(series.after).all(axis=0)
+# Haze (aerosol path radiance) is strongest in blue and fades towards the SWIR.
+_HAZE = np.array([1.0, 0.75, 0.55, 0.3, 0.1, 0.05], np.float32)[:, None, None]
+
+
+def _season(day: date, peak_doy: int) -> float:
+    """cos of the year's phase: 1 on `peak_doy`, -1 half a year away."""
+    return math.cos(2.0 * math.pi * (day.timetuple().tm_yday - peak_doy) / 365.25)
+
+
+def _ground(series: OSCDSeries, day: date) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance of the ground on `day` ((B, H, W), 0 where no data) and the no-data mask:
+    revealed regions show the second real date, the rest the first; vegetation greens up towards
+    late June and browns in winter; shadows north of tall bright objects grow by up to a pixel
+    towards the winter solstice (shadows fall north at Sentinel-2's morning overpass)."""
+    revealed = np.array([r.region_id for r in series.truth if r.appeared <= day], np.int32)
+    inside = np.isin(series.regions, revealed) & np.isfinite(series.after).all(axis=0)
     refl = np.where(inside[None], series.after, series.before).astype(np.float32)
-    nodata = ~np.isfinite(refl).all(axis=0)
+    nodata = np.asarray(~np.isfinite(refl).all(axis=0))
     refl = np.nan_to_num(refl, nan=0.0)
-    refl = ndimage.shift(refl, (0, *acq.shift_px), order=1, mode="nearest")
-    refl *= np.asarray(acq.gain, np.float32)[:, None, None]
-    h, w = series.grid.shape
-    cloud = np.zeros((h, w), np.float32)
-    shadow = np.zeros((h, w), np.float32)
+    red, nir = refl[2], refl[3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ndvi = np.nan_to_num((nir - red) / np.maximum(nir + red, 1e-6))
+    green_up = 0.15 * _season(day, 170) * np.clip((ndvi - 0.2) / 0.5, 0.0, 1.0)
+    refl[3] *= 1.0 + 1.5 * green_up
+    refl[2] *= 1.0 - 1.2 * green_up
+    refl[4] *= 1.0 - 0.5 * green_up
+    bright = refl[:3].mean(axis=0)
+    tall = (bright > np.quantile(bright, 0.9)) & (ndvi < 0.2)
+    north = np.zeros_like(tall)
+    north[:-1] = tall[1:] & ~tall[:-1]
+    length = 0.5 + 0.5 * _season(day, 355)
+    refl *= (1.0 - 0.5 * length * north)[None]
+    return refl, nodata
+
+
+def _fractal_field(rng: np.random.Generator, shape: tuple[int, int], beta: float) -> np.ndarray:
+    field = fractal_noise(rng, shape, beta)
+    return (field - field.min()) / max(float(np.ptp(field)), 1e-6)
+
+
+def _clouds(
+    rng: np.random.Generator, acq: Acquisition, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cloud opacity, its displaced shadow, an unseen thin cloud sheet), each (H, W) 0..1."""
+    h, w = shape
+    cloud = np.zeros(shape, np.float32)
+    shadow = np.zeros(shape, np.float32)
     if acq.cloud_cover > 0:
         m = 16
         big = fractal_noise(rng, (h + 2 * m, w + 2 * m), 3.6)
-        inner = big[m : m + h, m : m + w]
-        thr = float(np.quantile(inner, 1.0 - acq.cloud_cover))
+        thr = float(np.quantile(big[m : m + h, m : m + w], 1.0 - acq.cloud_cover))
         alpha = np.clip((big - thr) / 0.35 + 0.5, 0.0, 1.0) ** 0.8
         cloud = alpha[m : m + h, m : m + w].astype(np.float32)
         dr, dc = int(rng.integers(-m + 2, m - 1)), int(rng.integers(-m + 2, m - 1))
         shadow = alpha[m - dr : m - dr + h, m - dc : m - dc + w].astype(np.float32)
-        refl *= 1.0 - 0.6 * shadow * (1.0 - cloud)
-        refl = refl * (1.0 - cloud) + _CLOUD * float(rng.uniform(0.85, 1.1)) * cloud
-    refl += rng.standard_normal(refl.shape).astype(np.float32) * (0.002 + 0.01 * np.abs(refl))
-    refl[:, nodata] = np.nan
-    # SCL at 20 m from the fields (Sen2Cor-like): faint cloud edges slip through as 7.
+    thin = np.zeros(shape, np.float32)
+    if acq.thin_cloud > 0:
+        field = _fractal_field(rng, shape, 3.2)
+        thin = (np.clip((field - 0.6) * 2.5, 0.0, 1.0) * acq.thin_cloud).astype(np.float32)
+    return cloud, shadow, thin
+
+
+def _scl(
+    refl: np.ndarray,
+    cloud: np.ndarray,
+    shadow: np.ndarray,
+    nodata: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Sen2Cor-like SCL at 20 m from the fields: faint cloud edges slip through as 7 (unclassified),
+    only dark shadow cores are flagged, thin cloud sheets and haze are not seen at all, and bright
+    roofs and sand are called cloud on some dates."""
     a20, s20 = _block_mean(cloud), _block_mean(shadow * (1.0 - cloud))
     red, nir, blue = _block_mean(refl[2]), _block_mean(refl[3]), _block_mean(refl[0])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -375,20 +445,43 @@ def render_acquisition(series: OSCDSeries, t: int) -> tuple[np.ndarray, np.ndarr
     scl[ndvi >= 0.3] = 4
     scl[(nir < 0.05) & (blue < 0.1)] = 6
     scl[(blue > 0.25) & (rng.random() < 0.4)] = 8  # bright roofs and sand called cloud sometimes
-    scl[(a20 >= 0.08) & (a20 < 0.2)] = 7
-    scl[(s20 >= 0.25) & (a20 < 0.2)] = 3
-    scl[(a20 >= 0.2) & (a20 < 0.5)] = 8
+    scl[(a20 >= 0.08) & (a20 < 0.25)] = 7
+    scl[(s20 >= 0.35) & (a20 < 0.25)] = 3
+    scl[(a20 >= 0.25) & (a20 < 0.5)] = 8
     scl[a20 >= 0.5] = 9
     scl[_block_mean(np.asarray(nodata, dtype=np.float32)) > 0.5] = 0
     scl[~np.isfinite(nir)] = 0
-    return refl, scl, cloud
+    return scl
+
+
+def render_acquisition(series: OSCDSeries, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Acquisition `t` as (reflectance (B, H, W) float32 NaN = no data, scl (H/2, W/2) uint8 at
+    20 m, cloud opacity (H, W) float32). Deterministic in (series seed, t).
+
+    The ground of the day (`_ground`), misregistered by the acquisition's sub-pixel shift
+    (bilinear, as a resampled product would be), scaled by its per-band gain, hazed, clouded
+    (with shadows and thin sheets), with sensor noise, and its SCL (`_scl`)."""
+    acq = series.acquisitions[t]
+    rng = np.random.default_rng([series.seed, 1000 + t])
+    refl, nodata = _ground(series, acq.when.date())
+    refl = ndimage.shift(refl, (0, *acq.shift_px), order=1, mode="nearest")
+    refl *= np.asarray(acq.gain, np.float32)[:, None, None]
+    if acq.haze > 0:
+        refl += _HAZE * (acq.haze * _fractal_field(rng, series.grid.shape, 3.0))[None]
+    cloud, shadow, thin = _clouds(rng, acq, series.grid.shape)
+    refl *= 1.0 - 0.6 * shadow * (1.0 - cloud)
+    opacity = np.clip(cloud + thin, 0.0, 1.0)
+    refl = refl * (1.0 - opacity) + _CLOUD * float(rng.uniform(0.85, 1.1)) * opacity
+    refl += rng.standard_normal(refl.shape).astype(np.float32) * (0.002 + 0.01 * np.abs(refl))
+    refl[:, nodata] = np.nan
+    return refl, _scl(refl, cloud, shadow, nodata, rng), cloud
 
 
 def acquisition_dn(series: OSCDSeries, t: int) -> dict[str, np.ndarray]:
     """Digital numbers of acquisition `t` as written: 10 m bands (H, W), 20 m bands and scl
     (H/2, W/2); uint16 with 0 = nodata, offset per the acquisition's processing baseline."""
     refl, scl, _ = render_acquisition(series, t)
-    add = 1000.0 if series.acquisitions[t].baseline == _NEW_BASELINE else 0.0
+    add = series.acquisitions[t].dn_offset
     out: dict[str, np.ndarray] = {}
     for i, band in enumerate(series.bands):
         r = _block_mean(refl[i]) if band in BANDS_20M else refl[i]
@@ -401,33 +494,35 @@ def acquisition_dn(series: OSCDSeries, t: int) -> dict[str, np.ndarray]:
 
 
 def series_stack(
-    series: OSCDSeries,
-    indices: Sequence[int],
-    *,
-    invalid_scl: Sequence[int] = (0, 1, 3, 8, 9, 10, 11),
+    series: OSCDSeries, indices: Sequence[int], *, config: Config | None = None
 ) -> Stack:
-    """A harmonised in-memory Stack of some acquisitions (DN → reflectance with each baseline's
-    offset, 20 m bands and SCL upsampled by pixel repetition, SCL-masked). For drivers and tests
-    that bypass the COG reader."""
-    h, w = series.grid.shape
-    nb = len(series.bands)
-    refl = np.empty((len(indices), nb, h, w), np.float32)
-    clear = np.empty((len(indices), h, w), bool)
-    scls = np.empty((len(indices), h, w), np.uint8)
-    for j, t in enumerate(indices):
-        dn = acquisition_dn(series, t)
-        offset = series.acquisitions[t].boa_offset
-        for i, band in enumerate(series.bands):
-            d = dn[band]
-            if d.shape != (h, w):
-                d = _upsample(d, (h, w))
-            r = d.astype(np.float32) * 1e-4 + offset
-            r[d == 0] = np.nan
-            refl[j, i] = r
-        scls[j] = _upsample(dn["scl"], (h, w))
-        clear[j] = ~np.isin(scls[j], np.asarray(invalid_scl)) & np.isfinite(refl[j]).all(axis=0)
+    """The Stack `changedet run` would read from the written series, built in memory.
+
+    The same steps as the COG reader: DN → reflectance with each acquisition's baseline offset,
+    20 m bands resampled bilinearly and SCL by nearest onto the 10 m grid, bright-roof pixels
+    (SCL cloud on most dates) kept clear, cloud and shadow masks dilated, and acquisitions less
+    clear than `read.min_aoi_clear_fraction` left out. For drivers and tests that bypass the files
+    (`tests/test_synth_oscd.py` checks it against the real reader).
+    """
+    cfg = config or Config()
+    dns = [acquisition_dn(series, t) for t in indices]
+    scl = np.stack([_to_grid(dn["scl"], series.grid, nearest=True) for dn in dns])
+    roof = persistent_from_counts(
+        scl_cloudy(scl, cloud_classes=cfg.mask.cloud_classes).sum(axis=0, dtype=np.int32),
+        (scl != 0).sum(axis=0, dtype=np.int32),
+        fraction=cfg.mask.persistent_cloud_fraction,
+        min_dates=cfg.mask.persistent_min_dates,
+    )
+    refl = np.stack([_reflectance(series, t, dn) for t, dn in zip(indices, dns, strict=True)])
+    keep = roof[None] & scl_cloudy(scl, cloud_classes=cfg.mask.cloud_classes)
+    clear = scl_clear(scl, invalid=cfg.mask.scl_invalid, dilate_px=cfg.mask.dilate_px, keep=keep)
+    clear &= np.isfinite(refl).all(axis=1)
+    weather = (scl != 0) & ~roof[None]
+    share = (clear & weather).sum(axis=(1, 2)) / np.maximum(weather.sum(axis=(1, 2)), 1)
+    used = np.flatnonzero(share >= cfg.read.min_aoi_clear_fraction)
+    refl, clear, scl = refl[used], clear[used], scl[used]
     refl[~np.broadcast_to(clear[:, None], refl.shape)] = np.nan
-    acqs = [series.acquisitions[t] for t in indices]
+    acqs = [series.acquisitions[indices[j]] for j in used.tolist()]
     return Stack(
         grid=series.grid,
         bands=series.bands,
@@ -435,19 +530,27 @@ def series_stack(
         scene_ids=tuple((a.scene_id,) for a in acqs),
         reflectance=refl,
         clear=clear,
-        scl=scls,
+        scl=scl,
     )
 
 
-def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    up = np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)
-    out = np.zeros(shape, a.dtype)
-    hh, ww = min(shape[0], up.shape[0]), min(shape[1], up.shape[1])
-    out[:hh, :ww] = up[:hh, :ww]
-    if hh < shape[0]:
-        out[hh:, :ww] = up[hh - 1 : hh, :ww]
-    if ww < shape[1]:
-        out[:, ww:] = out[:, ww - 1 : ww]
+def _to_grid(a: np.ndarray, grid: Grid, *, nearest: bool) -> np.ndarray:
+    """A 10 m or 20 m array of the series onto its 10 m grid, as the reader resamples it."""
+    if a.shape == grid.shape:
+        return a
+    nodata = None if nearest else np.nan
+    return reproject_array(a, grid.scaled(2), grid, nearest=nearest, nodata=nodata)
+
+
+def _reflectance(series: OSCDSeries, t: int, dn: dict[str, np.ndarray]) -> np.ndarray:
+    """(B, H, W) float32 reflectance of acquisition `t` on the 10 m grid (NaN = no data)."""
+    offset = series.acquisitions[t].boa_offset
+    out = np.empty((len(series.bands), *series.grid.shape), np.float32)
+    for i, band in enumerate(series.bands):
+        d = dn[band]
+        r = d.astype(np.float32) * np.float32(1e-4) + np.float32(offset)
+        r[d == 0] = np.nan
+        out[i] = _to_grid(r, series.grid, nearest=False)
     return out
 
 
@@ -562,7 +665,7 @@ def _write_acquisition(tmp: Path, series: OSCDSeries, t: int, footprint_ll: Any)
             "proj:epsg": series.grid.epsg,
             "grid:code": f"MGRS-{series.tile}",
             "s2:processing_baseline": acq.baseline,
-            "earthsearch:boa_offset_applied": acq.baseline == _NEW_BASELINE,
+            "earthsearch:boa_offset_applied": acq.offset_applied,
             "updated": acq.when.isoformat().replace("+00:00", "Z"),
             "changedet:oscd_city": series.city,
             "changedet:shift_px": list(acq.shift_px),
@@ -578,7 +681,9 @@ def _write_acquisition(tmp: Path, series: OSCDSeries, t: int, footprint_ll: Any)
                 media_type=pystac.MediaType.COG,
                 roles=["data"],
                 extra_fields={
-                    "raster:bands": _raster_bands(band, acq.boa_offset),
+                    "raster:bands": _raster_bands(
+                        band, -0.1 if acq.baseline == _NEW_BASELINE else 0.0
+                    ),
                     "proj:shape": list(g.shape),
                     "proj:transform": list(g.transform)[:6],
                 },
@@ -721,7 +826,7 @@ def detect_series(
     )
     periods = make_periods(series.start, end, cfg.time.period)
     used = [a.index for a in series.acquisitions if a.when.date() <= end]
-    stack = series_stack(series, used, invalid_scl=cfg.mask.scl_invalid)
+    stack = series_stack(series, used, config=cfg)
     analysis = analyse_stack(
         stack,
         inside=np.ones(series.grid.shape, dtype=bool),
