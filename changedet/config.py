@@ -216,6 +216,15 @@ class OutputConfig:
     max_chips: int = (
         200  # evidence chips for the most confident structures only (keeps report.html small)
     )
+    imagery: bool = True  # true-colour COGs of the baseline, the latest and every period
+    # Warn (CLI, report, run.json) when less than this share of the AOI could be analysed.
+    coverage_warning: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.coverage_warning <= 1.0:
+            raise ValueError(
+                f"coverage_warning must be between 0 and 1, got {self.coverage_warning}"
+            )
 
 
 @dataclass(frozen=True)
@@ -407,7 +416,13 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(parent, str):
         raise ConfigError(f"config: 'extends' in '{path}' must be a file path string")
-    base = _read_toml((path.parent / parent), (*seen, path))
+    target = (path.parent / parent).resolve()
+    if not target.is_file():
+        raise ConfigError(
+            f"config: '{path}' says extends = \"{parent}\", which resolves to '{target}' and does "
+            f"not exist; the path is relative to {path.parent}: fix or remove that line"
+        )
+    base = _read_toml(target, (*seen, path))
     return _merge(base, data)
 
 
