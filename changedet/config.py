@@ -220,12 +220,6 @@ class OutputConfig:
     # Warn (CLI, report, run.json) when less than this share of the AOI could be analysed.
     coverage_warning: float = 0.9
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.coverage_warning <= 1.0:
-            raise ValueError(
-                f"coverage_warning must be between 0 and 1, got {self.coverage_warning}"
-            )
-
 
 @dataclass(frozen=True)
 class AOIConfig:
@@ -491,6 +485,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "berms.max_width_px": (0.0, None),
     "berms.sectors": (1, 360),
     "output.max_chips": (0, None),
+    "output.coverage_warning": (0.0, 1.0),
     "aoi.max_area_km2": (0.0, None),
 }
 _ABOVE = frozenset(
