@@ -21,7 +21,7 @@ from changedet.outputs.imagery import rgb_picture
 
 __all__ = ["CHIP_PANEL_PX", "OUTLINE_RGB", "SCALE_BAR_M", "chip_image", "evidence_of"]
 
-CHIP_PANEL_PX = 216  # displayed side of one panel, about
+CHIP_PANEL_PX = 170  # side of one panel, about (shown 1:1 in the report, so text stays sharp)
 SCALE_BAR_M = 100.0
 OUTLINE_RGB = (255, 230, 0)
 _GAP_PX = 6
@@ -83,7 +83,10 @@ def _annotate(panel: np.ndarray, caption: str, bar_px: float) -> np.ndarray:
     img = Image.fromarray(panel).convert("RGBA")
     layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
-    font, small = _font(13), _font(11)
+    size = 13  # shrunk until the caption fits the panel ("before · composite 2023-06..2023-07")
+    while size > 8 and draw.textlength(caption, font=_font(size)) > img.width - 8:
+        size -= 1
+    font, small = _font(size), _font(11)
     draw.rectangle((0, 0, img.width, 19), fill=(0, 0, 0, 170))
     draw.text((5, 2), caption, font=font, fill=(255, 255, 255, 255))
     x0, y1 = 8, img.height - 8

@@ -113,7 +113,7 @@ def _describe(name: str) -> str:
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
   color: #1d1d1f; margin: 0; background: #f6f6f4; }
-main { max-width: 1180px; margin: 0 auto; padding: 18px 22px 40px; background: #fff; }
+main { max-width: 1240px; margin: 0 auto; padding: 18px 22px 40px; background: #fff; }
 h1 { font-size: 1.55em; margin: 0.2em 0 0.3em; }
 h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 table { border-collapse: collapse; width: 100%; }
@@ -139,11 +139,14 @@ img.full { max-width: 100%; height: auto; border: 1px solid #ccc; }
 .pair figure { flex: 1 1 420px; margin: 0; }
 .pair img.full { width: 100%; image-rendering: pixelated; }
 figcaption { font-size: 0.9em; color: #555; }
-img.chip { width: 300px; height: auto; image-rendering: pixelated; display: block; }
+img.chip { display: block; }  /* 1:1, so the dates in the picture stay sharp */
+td.evidence { min-width: 350px; }
 td .muted { display: block; }
 .swatch { display: inline-block; width: 12px; height: 12px; border: 3px solid; margin-right: 6px;
   vertical-align: -2px; }
 td.where a { display: inline-block; margin-right: 6px; }
+td.seen { white-space: nowrap; }
+td.id { min-width: 9.5em; overflow-wrap: anywhere; }
 details { margin: 6px 0; }
 code { font-size: 0.92em; }
 """
@@ -178,7 +181,8 @@ def _headline_html(told: Headline) -> str:
     lines = told.lines()
     lead, rest = (lines[0], lines[1:]) if lines else ("", ())
     warnings = "".join(
-        f'<div class="warn" id="coverage-warning">{_e(w)}</div>\n' for w in told.warnings
+        f'<div class="warn" id="coverage-warning">{_e(w[:1].upper() + w[1:])}</div>\n'
+        for w in told.warnings
     )
     return (
         '<section class="headline" id="headline">'
@@ -347,11 +351,11 @@ def _structure_row(
     px = result.grid.pixel_area_m2
     return (
         "<tr>"
-        f'<td><span class="swatch" style="border-color: rgb({r},{g},{b});'
+        f'<td class="id"><span class="swatch" style="border-color: rgb({r},{g},{b});'
         f'{"" if s.confirmed else " border-style: dashed;"}"></span>{_e(s.id)}'
         f'<br><span class="muted">{_e(s.kind)}</span></td>'
-        f"<td>{chip_html}</td>"
-        f"<td>{seen}</td>"
+        f'<td class="evidence">{chip_html}</td>'
+        f'<td class="seen">{seen}</td>'
         f'<td class="where">{_where_html(s, result.grid.crs)}</td>'
         f'<td class="num">{s.area_m2:,.0f} m²<br><span class="muted">≈ {s.area_m2 / px:.0f} px'
         "</span></td>"
