@@ -270,7 +270,7 @@ def test_an_aoi_half_outside_the_data_is_warned_about(
     assert f"changedet: warning: only {share} of AOI 'half' could be analysed" in result.stderr
     assert f"Analysed {km2(cov['analysed_km2'])} of the 1.4 km² AOI ({share})" in result.stdout
     report = (out / "half" / "report.html").read_text(encoding="utf-8")
-    assert 'id="coverage-warning"' in report and f"only {share} of AOI" in report
+    assert 'id="coverage-warning"' in report and f"Only {share} of AOI" in report
 
 
 def test_search_probe_reports_aoi_clear_sky_and_reasons() -> None:
