@@ -342,6 +342,8 @@ def _run_one(aoi: Any, config: Any, out_dir: str, *, quiet: bool, debug: bool) -
             )
             return False
     click.echo(summary.describe())
+    for warning in summary.warnings:
+        click.echo(f"changedet: warning: {warning}", err=True)
     return True
 
 

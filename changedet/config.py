@@ -216,6 +216,9 @@ class OutputConfig:
     max_chips: int = (
         200  # evidence chips for the most confident structures only (keeps report.html small)
     )
+    imagery: bool = True  # true-colour COGs of the baseline, the latest and every period
+    # Warn (CLI, report, run.json) when less than this share of the AOI could be analysed.
+    coverage_warning: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -407,7 +410,13 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(parent, str):
         raise ConfigError(f"config: 'extends' in '{path}' must be a file path string")
-    base = _read_toml((path.parent / parent), (*seen, path))
+    target = (path.parent / parent).resolve()
+    if not target.is_file():
+        raise ConfigError(
+            f"config: '{path}' says extends = \"{parent}\", which resolves to '{target}' and does "
+            f"not exist; the path is relative to {path.parent}: fix or remove that line"
+        )
+    base = _read_toml(target, (*seen, path))
     return _merge(base, data)
 
 
@@ -476,6 +485,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "berms.max_width_px": (0.0, None),
     "berms.sectors": (1, 360),
     "output.max_chips": (0, None),
+    "output.coverage_warning": (0.0, 1.0),
     "aoi.max_area_km2": (0.0, None),
 }
 _ABOVE = frozenset(

@@ -25,9 +25,12 @@ __all__ = [
     "ChangeMap",
     "ChangeObject",
     "Composite",
+    "Coverage",
+    "EvidenceImage",
     "Grid",
     "Period",
     "PeriodCount",
+    "PeriodCoverage",
     "Probe",
     "Progress",
     "ReadResult",
@@ -37,6 +40,7 @@ __all__ = [
     "SkippedScene",
     "Stack",
     "Structure",
+    "StructureEvidence",
     "no_progress",
 ]
 
@@ -348,6 +352,68 @@ class PeriodCount:
 
 
 @dataclass(frozen=True)
+class PeriodCoverage:
+    """How much of the AOI one period saw clearly."""
+
+    label: str
+    clear_km2: float  # AOI area with a clear observation in the period
+    share: float  # clear_km2 / the AOI's area (0..1)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Where a run could see: the AOI's area against the part of it actually analysed.
+
+    analysed: (H, W) bool on `grid`, AOI pixels with a clear baseline and at least one clear
+    later observation (where a new structure could have been found at all). The AOI's area is
+    its polygon's, not the grid's: pixels the grid or the scenes do not reach count as missed.
+    """
+
+    grid: Grid
+    analysed: np.ndarray
+    aoi_km2: float
+    analysed_km2: float
+    periods: tuple[PeriodCoverage, ...] = ()
+    warn_below: float = 0.9  # `[output] coverage_warning`: a share under this is warned about
+
+    @property
+    def share(self) -> float:
+        """Analysed share of the AOI (0..1)."""
+        return min(1.0, self.analysed_km2 / self.aoi_km2) if self.aoi_km2 > 0 else 0.0
+
+    @property
+    def is_partial(self) -> bool:
+        """True when the analysed share is below the warning share."""
+        return self.share < self.warn_below
+
+
+@dataclass(frozen=True)
+class EvidenceImage:
+    """One side of a structure's evidence: a true-colour window and when it was seen.
+
+    rgb: (3, h, w) float32 reflectance of red, green, blue on the evidence window (NaN where not
+    clear or off the grid). `when` is the acquisition date, None for a composite.
+    """
+
+    rgb: np.ndarray
+    label: str  # "2023-08-26" for an acquisition, "composite 2023-08" for a composite
+    when: date | None
+    source: str  # "acquisition" | "composite"
+    scene_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StructureEvidence:
+    """Dated before/after pictures of one structure on a window of the run grid (which may
+    reach beyond the grid's edge)."""
+
+    structure_id: str
+    window: Grid
+    before: EvidenceImage
+    after: EvidenceImage
+
+
+@dataclass(frozen=True)
 class RunResult:
     """Everything one AOI run produced; `outputs` turns it into files."""
 
@@ -366,3 +432,6 @@ class RunResult:
     composites: tuple[Composite, ...] = ()
     timings: Mapping[str, float] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    coverage: Coverage | None = None  # analysed area against the AOI's (None: not measured)
+    evidence: tuple[StructureEvidence, ...] = ()  # dated before/after windows per structure
+    config: Mapping[str, Any] = field(default_factory=dict)  # the effective config, as plain data

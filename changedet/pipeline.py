@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from changedet.aoi import aoi_mask, crop_to_footprints, grid_for
-from changedet.config import Config
+from changedet.aoi import aoi_mask, crop_to_footprints, grid_for, to_grid_crs
+from changedet.config import Config, to_dict
+from changedet.core.coverage import measure_coverage
+from changedet.core.evidence import evidence_for
 from changedet.core.periods import make_periods
 from changedet.core.timeseries import StageTimer, analyse_stack
 from changedet.errors import ConfigError, OutputError
@@ -183,14 +185,17 @@ class RunSummary:
     n_confirmed: int
     n_candidates: int
     synthetic: bool
+    headline: tuple[str, ...] = ()  # what was found and where the run could see (outputs.headline)
+    warnings: tuple[str, ...] = ()  # e.g. only part of the AOI could be analysed
 
     def describe(self) -> str:
         tag = " [SYNTHETIC sample data]" if self.synthetic else ""
-        return (
+        line = (
             f"{self.aoi_id}: {self.n_confirmed} confirmed new structure(s), "
             f"{self.n_candidates} unconfirmed candidate(s) from {self.n_scenes} date(s) "
             f"→ {self.out_dir}{tag}"
         )
+        return "\n".join([line, *(f"  {text}" for text in self.headline)])
 
 
 def safe_out_dir(out_root: Path, aoi_id: str) -> Path:
@@ -270,6 +275,16 @@ def run_aoi(
         berms=analysis.berms,
         counts=analysis.ledger.counts,
         composites=analysis.per_period,
+        coverage=measure_coverage(
+            inside,
+            analysis.baseline,
+            analysis.per_period,
+            aoi_area_m2=float(to_grid_crs(aoi.geometry, grid.crs).area),
+            min_clear_obs=config.change.min_clear_obs,
+            warn_below=config.output.coverage_warning,
+        ),
+        evidence=evidence_for(stack, analysis, config),  # needs the per-date pixels
+        config=to_dict(config),
         timings=timer.timings,
         provenance={
             **_provenance(config, found, stack, synthetic, read),
@@ -281,6 +296,9 @@ def run_aoi(
     )
     with timer("write"):
         io.write(result, out_dir, config=config.output, progress=progress)
+    from changedet.outputs.headline import headline
+
+    told = headline(result)
     return RunSummary(
         aoi_id=aoi.id,
         out_dir=out_dir,
@@ -288,6 +306,8 @@ def run_aoi(
         n_confirmed=len(analysis.ledger.confirmed),
         n_candidates=len(analysis.ledger.candidates),
         synthetic=synthetic,
+        headline=told.lines(),
+        warnings=told.warnings,
     )
 
 

@@ -19,7 +19,9 @@ import pytest
 from scipy import ndimage as ndi
 from shapely.geometry import LineString, Point, Polygon, box
 
-from changedet.aoi import reproject_geometry, utm_epsg
+from changedet.aoi import aoi_mask, reproject_geometry, utm_epsg
+from changedet.config import load_config, to_dict
+from changedet.core.coverage import measure_coverage
 from changedet.lab.fakes import (
     FakeCatalog,
     FakeProber,
@@ -294,13 +296,17 @@ class RunResultFactory:
     DEPOT = (20, 70, 26, 80)  # 60 x 100 m, bermed
     SHED = (70, 90, 73, 93)  # 30 x 30 m, unconfirmed
 
-    def __call__(self, *, synthetic: bool = True, empty: bool = False) -> RunResult:
+    def __call__(
+        self, *, synthetic: bool = True, empty: bool = False, aoi_scale: float = 1.0
+    ) -> RunResult:
+        """`aoi_scale` stretches the AOI eastwards beyond the grid (2.0: half of it off the data)."""
         grid = self.grid()
         lon0, lat0, lon1, lat1 = reproject_geometry(box(*grid.bounds), grid.crs, "EPSG:4326").bounds
+        east = lon0 + (lon1 - lon0) * aoi_scale
         aoi = AOI(
             "khojir-test",
             "Khojir test AOI",
-            box(lon0 + 0.001, lat0 + 0.001, lon1 - 0.001, lat1 - 0.001),
+            box(lon0 + 0.001, lat0 + 0.001, east - 0.001, lat1 - 0.001),
             {"source": "test"},
         )
         scenes = self.scenes()
@@ -344,7 +350,65 @@ class RunResultFactory:
                 "catalog": {"url": "sample_tiles/catalog.json"},
                 "pipeline_note": "test",
             },
+            coverage=measure_coverage(
+                aoi_mask(aoi, grid),
+                before,
+                (before, after),
+                aoi_area_m2=float(reproject_geometry(aoi.geometry, "EPSG:4326", grid.crs).area),
+            ),
+            config=to_dict(load_config(None)),
         )
+
+    # Acquisitions of `dated`: when each was taken and which structures stand by then.
+    # The hall is first present in Oct 2023, the depot in Dec 2023, the shed in May 2024.
+    DATES = (
+        date(2023, 7, 15),
+        date(2023, 9, 20),
+        date(2023, 10, 18),
+        date(2023, 12, 5),
+        date(2023, 12, 20),  # cloudy over the depot
+        date(2024, 5, 12),
+    )
+
+    def dated(self, result: RunResult) -> tuple[Stack, tuple[Composite, ...]]:
+        """A stack of the `DATES` acquisitions on `result`'s grid (roofs as they stood; cloud
+        over the depot on 2023-12-20) and the composites of the periods each structure was
+        first present in (Oct 2023, Dec 2023, May 2024)."""
+        grid = result.grid
+        built_by = {
+            self.HALL: date(2023, 10, 1),
+            self.DEPOT: date(2023, 12, 1),
+            self.SHED: date(2024, 5, 1),
+        }
+        layers = []
+        for i, when in enumerate(self.DATES):
+            built = [box_ for box_, since in built_by.items() if since <= when]
+            comp = self.composite(grid, result.before.period, built, (), 19600 + i)
+            layers.append(comp.reflectance)
+        reflectance = np.stack(layers)
+        clear = np.isfinite(reflectance).all(axis=1)
+        r0, c0, r1, c1 = self.DEPOT
+        clear[4, r0 - 3 : r1 + 3, c0 - 3 : c1 + 3] = False
+        reflectance[4][:, ~clear[4]] = np.nan
+        stack = Stack(
+            grid,
+            self.BANDS,
+            tuple(datetime(d.year, d.month, d.day, 7, 5, tzinfo=UTC) for d in self.DATES),
+            tuple((f"S2A_39SWV_{d:%Y%m%d}_0_L2A",) for d in self.DATES),
+            reflectance,
+            clear,
+        )
+        months = []
+        for start, end, t in (
+            (date(2023, 10, 1), date(2023, 11, 1), 2),
+            (date(2023, 12, 1), date(2024, 1, 1), 3),
+            (date(2024, 5, 1), date(2024, 6, 1), 5),
+        ):
+            period = Period(start, end, f"{start:%Y-%m}")
+            months.append(
+                _make_composite(reflectance[t], grid=grid, bands=self.BANDS, period=period)
+            )
+        return stack, tuple(months)
 
     def grid(self) -> Grid:
         centre = reproject_geometry(Point(51.67, 35.62), "EPSG:4326", "EPSG:32639")
@@ -454,3 +518,99 @@ class RunResultFactory:
 def make_run_result() -> RunResultFactory:
     """`make_run_result(synthetic=True, empty=False)`; its pixel boxes are `.HALL` etc."""
     return RunResultFactory()
+
+
+# --- QGIS, headless ------------------------------------------------------------------------------
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+ARTIFACTS = REPO / "test-artifacts"
+
+# Opens a QGIS project with the system Python's QGIS 3.22, reports every layer (validity,
+# renderer, labels, visibility, place in the drawing order) and renders the visible layers
+# with the project's own settings into a PNG.
+QGIS_PROJECT_SCRIPT = r"""
+import json, os, sys
+from qgis.core import QgsApplication, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject, Qgis
+from qgis.PyQt.QtCore import QSize
+from qgis.PyQt.QtGui import QColor
+
+project_path, png = sys.argv[1:3]
+app = QgsApplication([], False)
+app.initQgis()
+project = QgsProject.instance()
+out = {"qgis": Qgis.QGIS_VERSION, "read": project.read(project_path),
+       "crs": project.crs().authid(), "layers": []}
+root = project.layerTreeRoot()
+order = root.layerOrder()
+for node in root.findLayers():
+    layer = node.layer()
+    if layer is None:
+        out["layers"].append({"id": node.layerId(), "missing": True})
+        continue
+    renderer = layer.renderer()
+    info = {"id": layer.id(), "name": layer.name(), "valid": layer.isValid(),
+            "type": "vector" if layer.type() == 0 else "raster", "source": layer.source(),
+            "crs": layer.crs().authid(), "visible": node.isVisible(),
+            "group": node.parent().name(), "order": order.index(layer),
+            "renderer": renderer.type() if renderer else None}
+    if info["type"] == "vector":
+        info["labels"] = bool(layer.labelsEnabled()) and layer.labeling() is not None
+        if info["labels"]:
+            info["label_field"] = layer.labeling().settings().fieldName
+        info["features"] = layer.featureCount()
+    out["layers"].append(info)
+settings = QgsMapSettings()
+settings.setLayers([l for l in order if root.findLayer(l.id()).isVisible()])
+settings.setDestinationCrs(project.crs())
+settings.setExtent(project.viewSettings().defaultViewExtent())
+settings.setOutputSize(QSize(1000, 1000))
+settings.setBackgroundColor(QColor(255, 0, 255))
+settings.setLabelingEngineSettings(project.labelingEngineSettings())
+job = QgsMapRendererSequentialJob(settings)
+job.start()
+job.waitForFinished()
+out["rendered"] = job.renderedImage().save(png, "PNG")
+print("RESULT " + json.dumps(out), flush=True)
+os._exit(0)  # exitQgis() can segfault on teardown in 3.22: report first, then leave
+"""
+
+
+def _open_in_qgis(project: Path, png: Path, tmp: Path) -> dict:
+    """Open `project` in headless QGIS (skips without it); render the visible layers to `png`."""
+    import json
+    import subprocess
+
+    probe = (
+        subprocess.run(
+            [str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True, timeout=60
+        )
+        if SYSTEM_PYTHON.exists()
+        else None
+    )
+    if probe is None or probe.returncode != 0:
+        pytest.skip("QGIS Python API not installed (apt-get install -y python3-qgis)")
+    script = tmp / "open_project.py"
+    script.write_text(QGIS_PROJECT_SCRIPT)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    xdg = tmp / "xdg"
+    xdg.mkdir(mode=0o700, exist_ok=True)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(xdg)}
+    env.pop("PYTHONPATH", None)  # the venv's packages must not leak into the system Python
+    proc = subprocess.run(
+        [str(SYSTEM_PYTHON), str(script), str(project), str(png)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, f"QGIS failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    view: dict = json.loads(lines[-1][len("RESULT ") :])
+    return view
+
+
+@pytest.fixture(scope="session")
+def open_in_qgis() -> Callable[[Path, Path, Path], dict]:
+    """`open_in_qgis(project.qgz, png, tmp_dir)`: what headless QGIS 3.22 makes of a project."""
+    return _open_in_qgis

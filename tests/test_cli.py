@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from shapely.geometry import mapping
+from shapely.geometry import box, mapping
 
 from changedet import __version__
-from changedet.aoi import grid_for, load_aois
+from changedet.aoi import grid_for, load_aois, reproject_geometry
 from changedet.cli import main
+from changedet.lab.fakes import scenes_for_stack
 from changedet.models import AOI, Stack
+from changedet.outputs.headline import km2
 from changedet.outputs.write import write_run_outputs
 from changedet.pipeline import PipelineIO
 
@@ -234,6 +236,41 @@ def test_one_failing_aoi_does_not_stop_the_others(
     assert (out / "good" / "structures.geojson").is_file()
     assert not (out / "paris").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folders left behind
+
+
+def test_an_aoi_half_outside_the_data_is_warned_about(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_aoi: Callable[..., AOI],
+    make_stack: Callable[..., Stack],
+    fake_io: Callable[..., PipelineIO],
+) -> None:
+    """The scenes cover only the western half of the AOI (the grid is cropped to them): the
+    summary says how much was analysed, stderr warns, and so do run.json and the report."""
+    aoi_path = write_aoi(tmp_path / "half.geojson", make_aoi(aoi_id="half", size_m=1200.0))
+    (aoi,) = load_aois(aoi_path)
+    grid = grid_for(aoi)
+    dates = [date(2023, m, d) for m in range(1, 8) for d in (3, 18)]
+    stack = make_stack(grid, dates=dates, squares=[(date(2023, 4, 1), (20, 20, 6, 6))])
+    x0, y0, x1, y1 = grid.bounds
+    west = reproject_geometry(box(x0, y0, (x0 + x1) / 2, y1), grid.crs, "EPSG:4326")
+    scenes = tuple(replace(s, footprint=west) for s in scenes_for_stack(stack))
+    io = replace(fake_io(stack, scenes=scenes), write=write_run_outputs)
+    monkeypatch.setattr(PipelineIO, "default", staticmethod(lambda: io))
+    config = tmp_path / "c.toml"
+    config.write_text('[time]\nstart = "2023-01-01"\nend = "2023-07-31"\n')
+    out = tmp_path / "o"
+    result = changedet("run", str(aoi_path), "--config", str(config), "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / "half" / "run.json").read_text())
+    cov = manifest["coverage"]
+    assert 0.4 < cov["analysed_share"] < 0.6 and cov["partial"] is True
+    assert cov["aoi_km2"] == pytest.approx(1.44, rel=0.01)  # the AOI's own area, not the grid's
+    share = f"{100 * cov['analysed_share']:.1f} %"
+    assert f"changedet: warning: only {share} of AOI 'half' could be analysed" in result.stderr
+    assert f"Analysed {km2(cov['analysed_km2'])} of the 1.4 km² AOI ({share})" in result.stdout
+    report = (out / "half" / "report.html").read_text(encoding="utf-8")
+    assert 'id="coverage-warning"' in report and f"Only {share} of AOI" in report
 
 
 def test_search_probe_reports_aoi_clear_sky_and_reasons() -> None:

@@ -66,6 +66,20 @@ def test_extends_loop_is_refused(tmp_path: Path) -> None:
         load_config(tmp_path / "a.toml")
 
 
+def test_a_copied_config_names_its_extends_line(tmp_path: Path, repo: Path) -> None:
+    """A demo config copied elsewhere keeps `extends = "default.toml"`: the error names the copy
+    that says so and where that resolved, not a default.toml the user never passed."""
+    copy = tmp_path / "mine" / "my-aoi.toml"
+    copy.parent.mkdir()
+    copy.write_text((repo / "configs" / "demo-khojir.toml").read_text())
+    with pytest.raises(ConfigError) as info:
+        load_config(copy)
+    message = str(info.value)
+    assert f"'{copy}' says extends = \"default.toml\"" in message
+    assert f"resolves to '{copy.parent / 'default.toml'}'" in message
+    assert "--config" not in message and "\n" not in message
+
+
 def test_fingerprint_tracks_effective_values() -> None:
     a, b = load_config(), load_config()
     assert a.fingerprint() == b.fingerprint()
@@ -115,6 +129,7 @@ BAD_VALUES = [
     ("[berms]\nring_outer_m = 5.0\n", "ring_outer_m"),
     ("[berms]\nsectors = 0\n", "berms.sectors"),
     ("[output]\nmax_chips = -1\n", "output.max_chips"),
+    ("[output]\ncoverage_warning = 1.5\n", "output.coverage_warning"),
     ("[aoi]\nmax_area_km2 = 0.0\n", "aoi.max_area_km2"),
 ]
 

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import date
+from html import unescape
 from pathlib import Path
 
 import pytest
 
 from changedet.lab.score import in_interval, load_features, match
+from changedet.outputs.headline import km2
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,3 +119,29 @@ def test_run_json_records_what_was_used(demo_run: Path) -> None:
     assert (
         manifest.get("synthetic") is True or manifest.get("provenance", {}).get("synthetic") is True
     )
+
+
+def test_demo_states_what_it_analysed(demo_run: Path) -> None:
+    """The sample tiles cover a core window of each AOI: the report and run.json say how little
+    of the AOI that is, and warn, instead of implying nothing was built elsewhere."""
+    manifest = json.loads((demo_run / "run.json").read_text())
+    cov = manifest["coverage"]
+    assert cov["aoi_km2"] == pytest.approx(manifest["aoi"]["area_km2"], rel=1e-3)
+    assert cov["analysed_km2"] < 0.2 * cov["aoi_km2"] and cov["partial"] is True
+    html = (demo_run / "report.html").read_text(encoding="utf-8")
+    text = " ".join(re.sub(r"<[^>]+>", " ", unescape(html)).split())
+    assert f"Analysed {km2(cov['analysed_km2'])} of the {km2(cov['aoi_km2'])} AOI" in text
+    assert 'id="coverage-warning"' in html
+    assert manifest["headline"]["new_buildings"] == len(_confirmed(demo_run))
+
+
+def test_demo_project_opens_in_qgis(
+    demo_run: Path, open_in_qgis: Callable[..., dict], tmp_path: Path
+) -> None:
+    png = REPO / "test-artifacts" / f"qgis_demo_{demo_run.name}.png"
+    view = open_in_qgis(demo_run / "changedet.qgz", png, tmp_path)
+    assert view["read"] and not [i for i in view["layers"] if i.get("missing")]
+    assert all(i["valid"] for i in view["layers"])
+    periods = [i for i in view["layers"] if i["group"] == "Periods"]
+    assert len(periods) == 13  # one true-colour COG per month, June 2023 to June 2024
+    assert view["rendered"] and png.stat().st_size > 100_000

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -37,17 +36,31 @@ from changedet.outputs.vectors import (
 from changedet.outputs.write import GPKG_LAYERS, write_run_outputs
 
 EXPECTED_FILES = {
+    "changedet.qgz",
     "structures.geojson",
     "structures.qml",
+    "structures.csv",
+    "structures.kml",
     "berms.geojson",
     "berms.qml",
     "changedet.gpkg",
     "change.tif",
+    "change.qml",
     "change_mask.tif",
+    "change_mask.qml",
     "clear_count.tif",
-    "source_date.tif",
+    "clear_count.qml",
+    "imagery/latest.tif",
+    "imagery/latest.qml",
+    "imagery/baseline.tif",
+    "imagery/baseline.qml",
+    "imagery/latest_date.tif",
+    "imagery/latest_date.qml",
+    "imagery/baseline_date.tif",
+    "imagery/baseline_date.qml",
     "counts.csv",
     "counts.png",
+    "coverage.png",
     "before.png",
     "after.png",
     "overlay.png",
@@ -125,6 +138,9 @@ def test_structures_geojson_is_rfc7946(out_dir: Path, run_result: RunResult) -> 
         assert list(feature["properties"]) == list(STRUCTURE_PROPERTIES)
         props = feature["properties"]
         assert props["id"] == feature["id"] == s.id
+        assert props["kind"] == s.kind
+        # The published point lies inside the published polygon.
+        assert g.contains(shapely.Point(props["lon"], props["lat"]))
         assert props["area_m2"] == pytest.approx(s.area_m2)
         assert props["confirmed"] is s.confirmed
         assert props["first_seen_end"] == s.first_seen_end.isoformat()
@@ -168,6 +184,14 @@ def test_geopackage_layers_read_back_through_ogr(out_dir: Path, run_result: RunR
     assert berms.geometry.length.iloc[0] == pytest.approx(240.0)
     aoi = pyogrio.read_dataframe(gpkg, layer="aoi")
     assert aoi.id.tolist() == ["khojir-test"]
+    (analysed,) = pyogrio.read_dataframe(gpkg, layer="analysed_area").itertuples()
+    coverage = run_result.coverage
+    assert coverage is not None
+    # Known answer: the layer is the analysed pixels, and says how much of the AOI they are.
+    assert analysed.geometry.area / 1e6 == pytest.approx(coverage.analysed_km2, rel=1e-3)
+    assert analysed.geometry.area == pytest.approx(coverage.analysed.sum() * 100.0)
+    assert analysed.aoi_km2 == pytest.approx(coverage.aoi_km2)
+    assert analysed.analysed_share == pytest.approx(coverage.share, abs=1e-4)
 
     scenes = pyogrio.read_dataframe(gpkg, layer="scenes")
     used = scenes[scenes.status == "used"]
@@ -239,63 +263,198 @@ def test_layer_styles_table_follows_qgis_and_geopackage_rules(
         assert root.tag == "qgis"
         assert root.find("renderer-v2") is not None
     qml = {s[0]: s[2] for s in styles}
-    renderer = ET.fromstring(qml["structures"]).find("renderer-v2")
+    structures_style = ET.fromstring(qml["structures"])
+    renderer = structures_style.find("renderer-v2")
     assert renderer is not None and renderer.get("type") == "categorizedSymbol"
-    assert renderer.get("attr") == "first_seen_end"
+    assert '"first_seen_end"' in (renderer.get("attr") or "")
     values = [c.get("value") for c in renderer.iter("category")]
-    assert values == ["2023-11-01", "2024-01-01", "2024-06-01", ""]
+    # First present in Oct 2023, Dec 2023 and May 2024 (the month before first_seen_end).
+    assert values == ["2023-10..2023-10", "2023-12..2023-12", "2024-05..2024-05", ""]
     colours = [p.get("v") for p in renderer.iter("prop") if p.get("k") == "outline_color"]
-    assert len(set(colours)) == 4  # one colour per first-seen date (+ unknown)
-    dashed = [o.get("value") for o in renderer.iter("Option") if o.get("name") == "expression"]
-    assert dashed and all("'dash'" in d and '"confirmed"' in d for d in dashed)
+    assert len(set(colours)) == 4  # one colour per first-seen class (+ unknown)
+    exprs = {o.get("value") for o in renderer.iter("Option") if o.get("name") == "expression"}
+    assert any("'dash'" in e and '"confirmed"' in e for e in exprs)
+    assert any("'b_diagonal'" in e and '"kind"' in e for e in exprs)
+    labels = structures_style.find("labeling/settings/text-style")
+    assert structures_style.get("labelsEnabled") == "1"
+    assert labels is not None and labels.get("fieldName") == "id"
     assert ET.fromstring(qml["berms"]).find(".//symbol").get("type") == "line"
     # The sidecars are the same styles QGIS finds by file name.
     assert (out_dir / "structures.qml").read_text(encoding="utf-8") == qml["structures"]
     assert (out_dir / "berms.qml").read_text(encoding="utf-8") == qml["berms"]
 
 
-def test_cogs_hold_the_change_evidence(out_dir: Path, run_result: RunResult) -> None:
+def _raster(path: Path) -> tuple[Any, np.ndarray]:
     import rasterio
 
+    with rasterio.open(path) as src:
+        return src.profile | {"tags": src.tags(), "colorinterp": src.colorinterp}, src.read()
+
+
+def test_cogs_hold_the_change_evidence(out_dir: Path, run_result: RunResult) -> None:
     grid = run_result.grid
     expected = {
-        "change.tif": ("float32", 1),
-        "change_mask.tif": ("uint8", 1),
-        "clear_count.tif": ("uint16", 2),
-        "source_date.tif": ("int32", 2),
+        "change.tif": ("float32", 1, "singlebandpseudocolor"),
+        "change_mask.tif": ("uint8", 1, "paletted"),
+        "clear_count.tif": ("uint16", 1, "singlebandpseudocolor"),
+        "imagery/latest.tif": ("uint8", 3, "multibandcolor"),
+        "imagery/baseline.tif": ("uint8", 3, "multibandcolor"),
+        "imagery/latest_date.tif": ("int32", 1, "paletted"),
+        "imagery/baseline_date.tif": ("int32", 1, "paletted"),
     }
-    for name, (dtype, count) in expected.items():
-        with rasterio.open(out_dir / name) as src:
-            assert src.crs.to_epsg() == 32639
-            assert src.transform == grid.transform
-            assert (src.height, src.width) == grid.shape
-            assert src.dtypes[0] == dtype and src.count == count
-            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
-            data = src.read()
-            nodata = src.nodata
-        if name == "change.tif":
-            np.testing.assert_array_equal(data[0], run_result.change.score)
-            assert math.isnan(nodata)
-        elif name == "change_mask.tif":
-            assert nodata == 255
-            assert (data[0][:5, :8] == 255).all()  # unobserved corner
-            assert int((data[0] == 1).sum()) == int(run_result.change.mask.sum())
-        elif name == "clear_count.tif":
-            np.testing.assert_array_equal(data[1], run_result.after.count)
-        else:
-            assert nodata == -1
-            np.testing.assert_array_equal(data[0], run_result.before.source_date)
+    for name, (dtype, count, renderer) in expected.items():
+        profile, _ = _raster(out_dir / name)
+        assert profile["crs"].to_epsg() == 32639
+        assert profile["transform"] == grid.transform
+        assert (profile["height"], profile["width"]) == grid.shape
+        assert profile["dtype"] == dtype and profile["count"] == count, name
+        # Every raster has its style beside it, with the renderer that fits what it holds.
+        style = ET.parse((out_dir / name).with_suffix(".qml")).getroot()
+        assert style.find("pipe/rasterrenderer").get("type") == renderer, name
+    _, score = _raster(out_dir / "change.tif")
+    np.testing.assert_array_equal(score[0], run_result.change.score)
+    profile, mask = _raster(out_dir / "change_mask.tif")
+    assert profile["nodata"] == 255
+    assert (mask[0][:5, :8] == 255).all()  # unobserved corner
+    assert int((mask[0] == 1).sum()) == int(run_result.change.mask.sum())
+    _, clear = _raster(out_dir / "clear_count.tif")
+    np.testing.assert_array_equal(clear[0], run_result.before.count + run_result.after.count)
 
 
-def test_counts_csv(out_dir: Path, run_result: RunResult) -> None:
+def test_imagery_is_true_colour_with_dates(out_dir: Path, run_result: RunResult) -> None:
+    from changedet.outputs.imagery import display_rgb, shared_stretch
+
+    lo, hi = shared_stretch(run_result.before, run_result.after)
+    for name, comp in (("latest", run_result.after), ("baseline", run_result.before)):
+        profile, rgb = _raster(out_dir / "imagery" / f"{name}.tif")
+        assert profile["nodata"] == 0
+        assert [c.name for c in profile["colorinterp"]] == ["red", "green", "blue"]
+        assert profile["tags"]["period"] == comp.period.label
+        want = display_rgb(np.stack([comp.band(b) for b in ("red", "green", "blue")]), lo, hi)
+        np.testing.assert_array_equal(rgb, want)
+        assert (rgb[:, :5, :8] == 0).all() and (rgb[:, 5:, 8:] > 0).all()  # 0 only where unseen
+        # Acquisition dates read as dates: day 19850 after 1970-01-01 is 2024-05-07.
+        profile, dates = _raster(out_dir / "imagery" / f"{name}_date.tif")
+        assert profile["nodata"] == 0 and (dates[0][:5, :8] == 0).all()
+        day = {"latest": 20240507, "baseline": 20230702}[name]
+        assert set(np.unique(dates[0][5:, 8:])) == {day}
+        style = ET.parse(out_dir / "imagery" / f"{name}_date.qml").getroot()
+        entries = [(e.get("value"), e.get("label")) for e in style.iter("paletteEntry")]
+        assert entries == [(str(day), f"{str(day)[:4]}-{str(day)[4:6]}-{str(day)[6:]}")]
+    # The latest composite shows the new roofs brighter than the baseline does.
+    _, after = _raster(out_dir / "imagery" / "latest.tif")
+    _, before = _raster(out_dir / "imagery" / "baseline.tif")
+    r0, c0, r1, c1 = 40, 30, 42, 34
+    assert after[:, r0:r1, c0:c1].mean() > before[:, r0:r1, c0:c1].mean() + 50
+
+
+def test_period_imagery_has_overviews(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    """Every period's composite becomes a COG under imagery/periods/, with overviews once the
+    image is larger than one tile."""
+    import rasterio
+
+    from changedet.outputs.imagery import write_imagery
+
+    base = make_run_result()
+    big = Grid(base.grid.crs, base.grid.transform, 1100, 600)
+    rng = np.random.default_rng(1)
+    comps = tuple(
+        Composite(
+            big,
+            base.after.bands,
+            p.period,
+            rng.uniform(0.05, 0.4, (len(base.after.bands), 600, 1100)).astype(np.float32),
+            np.ones((600, 1100), np.uint16),
+            np.full((600, 1100), 19600 + i, np.int32),
+        )
+        for i, p in enumerate(base.counts)
+    )
+    result = RunResult(
+        **{
+            **base.__dict__,
+            "grid": big,
+            "before": comps[0],
+            "after": comps[-1],
+            "composites": comps,
+        }
+    )
+    lo, hi = np.full(3, 0.05), np.full(3, 0.4)
+    written = write_imagery(tmp_path, result, lo, hi)
+    periods = [r.path for r in written if r.group == "Imagery/Periods"]
+    assert periods == [f"imagery/periods/{c.period.label}.tif" for c in comps]
+    for rel in periods:
+        with rasterio.open(tmp_path / rel) as src:
+            assert src.overviews(1) == [2, 4]
+            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert (tmp_path / rel).with_suffix(".qml").is_file()
+
+
+def test_counts_csv_adds_up(out_dir: Path, run_result: RunResult) -> None:
     with (out_dir / "counts.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["period"] for r in rows] == [c.period.label for c in run_result.counts]
     for row, c in zip(rows, run_result.counts, strict=True):
         assert int(row["cumulative"]) == c.cumulative
+        assert int(row["first_seen"]) == c.new_confirmed
         assert int(row["cumulative_low"]) <= int(row["cumulative"]) <= int(row["cumulative_high"])
         assert row["start"] == c.period.start.isoformat()
         assert float(row["clear_fraction"]) == pytest.approx(c.clear_fraction)
+    # The per-period column adds up to the cumulative count, period by period.
+    running = 0
+    for row in rows:
+        running += int(row["new"])
+        assert running == int(row["cumulative"])
+
+
+def test_structures_csv_has_a_point_inside_each_structure(
+    out_dir: Path, run_result: RunResult
+) -> None:
+    from changedet.outputs.tables import STRUCTURES_CSV_COLUMNS
+
+    with (out_dir / "structures.csv").open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert tuple(reader.fieldnames or ()) == STRUCTURES_CSV_COLUMNS
+    assert set(STRUCTURE_PROPERTIES) == set(STRUCTURES_CSV_COLUMNS)
+    assert [r["id"] for r in rows] == [s.id for s in run_result.structures]
+    for row, s in zip(rows, run_result.structures, strict=True):
+        point = reproject(
+            shapely.Point(float(row["lon"]), float(row["lat"])), "EPSG:4326", "EPSG:32639"
+        )
+        assert s.geometry.contains(point), s.id
+        assert row["kind"] == s.kind and row["confirmed"] == str(s.confirmed).lower()
+        assert json.loads(row["source_scenes"]) == list(s.source_scenes)
+    assert rows[2]["bermed"] == ""  # null stays empty
+
+
+def test_an_l_shaped_structure_gets_a_point_inside_it() -> None:
+    from changedet.models import Structure
+    from changedet.outputs.vectors import structure_point
+
+    # An L whose centroid falls in the notch, outside the footprint.
+    ell = shapely.Polygon([(0, 0), (100, 0), (100, 10), (10, 10), (10, 100), (0, 100)])
+    ell = shapely.affinity.translate(ell, 560000, 3941000)
+    assert not ell.contains(ell.centroid)
+    lat, lon = structure_point(Structure("l", ell, ell.area, 0.9), "EPSG:32639")
+    assert ell.contains(reproject(shapely.Point(lon, lat), "EPSG:4326", "EPSG:32639"))
+
+
+def test_kml_opens_with_ogr_one_placemark_per_structure(
+    out_dir: Path, run_result: RunResult
+) -> None:
+    info = pyogrio.read_info(out_dir / "structures.kml")
+    assert info["crs"] == "EPSG:4326" and info["features"] == len(run_result.structures)
+    frame = pyogrio.read_dataframe(out_dir / "structures.kml")
+    assert frame["Name"].tolist() == [s.id for s in run_result.structures]
+    for row, s in zip(frame.itertuples(), run_result.structures, strict=True):
+        back = reproject(row.geometry, "EPSG:4326", "EPSG:32639")
+        assert back.symmetric_difference(s.geometry).area < 1.0
+        assert s.kind in row.description and "first seen" in row.description
+    text = (out_dir / "structures.kml").read_text(encoding="utf-8")
+    assert text.count("<Placemark") == len(run_result.structures)
+    assert '<SimpleData name="first_seen_end">2023-11-01</SimpleData>' in text
 
 
 def test_run_json(out_dir: Path, run_result: RunResult) -> None:
@@ -332,6 +491,16 @@ def test_run_json(out_dir: Path, run_result: RunResult) -> None:
     on_disk = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
     assert set(manifest["files"]) == on_disk
     assert manifest["time_range"]["start"] == "2023-06-01"
+    # The effective config itself, not only its fingerprint.
+    assert manifest["config"] == json.loads(json.dumps(run_result.config))
+    assert manifest["config"]["track"]["min_persistence"] == 2
+    cov = run_result.coverage
+    assert cov is not None
+    assert manifest["coverage"]["aoi_km2"] == cov.aoi_km2
+    assert manifest["coverage"]["analysed_km2"] == cov.analysed_km2
+    assert [p["label"] for p in manifest["coverage"]["periods"]] == ["2023-06..07", "2024-04..06"]
+    assert manifest["headline"]["new_buildings"] == 2
+    assert manifest["headline"]["unconfirmed"] == 1
 
 
 def test_provenance_cannot_overwrite_the_scene_record(
@@ -390,6 +559,8 @@ def test_options_switch_outputs_off(
     } <= names
     assert not names & {"changedet.gpkg", "change_mask.tif", "report.html"}
     assert not (out / "chips").exists()
+    write_run_outputs(make_run_result(), out, config=OutputConfig(imagery=False))
+    assert not (out / "imagery").exists()
 
 
 def test_failed_run_keeps_previous_outputs(run_result: RunResult, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from changedet.config import OutputConfig
 from changedet.models import RunResult
-from changedet.outputs.report import first_seen_classes
+from changedet.outputs.legend import class_of, first_seen_classes
 from changedet.outputs.write import GPKG_LAYERS, write_run_outputs
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -75,7 +75,7 @@ QGIS_SCRIPT = textwrap.dedent(
         return info
 
     layers = {}
-    for name in ["aoi", "structures", "berms", "change_areas", "scenes"]:
+    for name in ["aoi", "analysed_area", "structures", "berms", "change_areas", "scenes"]:
         layer = QgsVectorLayer(f"{gpkg}|layername={name}", name, "ogr")
         layers[name] = layer
         out["layers"][name] = describe(layer)
@@ -166,7 +166,7 @@ def test_qgis_opens_every_layer_with_its_embedded_style(
     assert layers["structures"]["count"] == len(run_result.structures)
     # QGIS's own default for a new layer is a random single symbol: these prove the styles loaded.
     assert layers["structures"]["renderer"] == "categorizedSymbol"
-    assert layers["structures"]["attr"] == "first_seen_end"
+    assert '"first_seen_end"' in layers["structures"]["attr"]  # an expression on the date
     assert layers["scenes"]["renderer"] == "categorizedSymbol"
     assert layers["berms"]["renderer"] == "singleSymbol"
     assert layers["berms"]["symbol_type"] == 1  # QgsSymbol.Line
@@ -177,11 +177,12 @@ def test_qgis_opens_every_layer_with_its_embedded_style(
 def test_qgis_colours_by_first_seen_date_and_dashes_unconfirmed(
     qgis_view: dict, run_result: RunResult
 ) -> None:
-    classes = {c.value: _hex(c.colour) for c in first_seen_classes(run_result.structures)}
+    classes = first_seen_classes(run_result.structures)
     feats = {f["id"]: f for f in qgis_view["layers"]["structures"]["features"]}
     for s in run_result.structures:
-        expected_colour = classes[s.first_seen_end.isoformat() if s.first_seen_end else None]
-        assert feats[s.id]["colour"] == expected_colour, s.id
+        found = class_of(s, classes)
+        assert found is not None
+        assert feats[s.id]["colour"] == _hex(found.colour), s.id
         assert feats[s.id]["stroke"] == ("solid" if s.confirmed else "dash"), s.id
     assert len({f["colour"] for f in feats.values()}) == 3
 
@@ -237,3 +238,76 @@ def test_gdal_geopackage_validator(out_dir: Path) -> None:
     )
     findings = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     assert proc.returncode == 0 and findings == [], findings
+
+
+# ---------------------------------------------------------------------------------------------
+# The QGIS project: every layer of the run, styled, grouped, imagery under the vectors
+
+
+@pytest.fixture(scope="module")
+def project_view(
+    out_dir: Path, open_in_qgis: Callable[..., dict], tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    return open_in_qgis(
+        out_dir / "changedet.qgz", ARTIFACTS / "qgis_project.png", tmp_path_factory.mktemp("qgz")
+    )
+
+
+def test_the_project_opens_every_layer_valid_and_styled(project_view: dict, out_dir: Path) -> None:
+    assert project_view["read"] and project_view["crs"] == "EPSG:32639"
+    layers = {info["name"]: info for info in project_view["layers"]}
+    assert not [info for info in project_view["layers"] if info.get("missing")]
+    assert all(info["valid"] for info in layers.values()), layers
+    # Every raster written is in the project, from its file beside the project.
+    rasters = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.tif")}
+    sources = {
+        Path(info["source"]).resolve().relative_to(out_dir.resolve()).as_posix()
+        for info in layers.values()
+        if info["type"] == "raster"
+    }
+    assert sources == rasters
+    renderers = {
+        Path(i["source"]).name: i["renderer"] for i in layers.values() if i["type"] == "raster"
+    }
+    assert renderers == {
+        "change.tif": "singlebandpseudocolor",
+        "change_mask.tif": "paletted",
+        "clear_count.tif": "singlebandpseudocolor",
+        "latest.tif": "multibandcolor",
+        "baseline.tif": "multibandcolor",
+        "latest_date.tif": "paletted",
+        "baseline_date.tif": "paletted",
+    }
+    vectors = {name: i for name, i in layers.items() if i["type"] == "vector"}
+    assert set(vectors) == {"structures", "berms", "aoi", "analysed area", "change areas", "scenes"}
+    assert vectors["structures"]["renderer"] == "categorizedSymbol"
+    assert vectors["structures"]["labels"] and vectors["structures"]["label_field"] == "id"
+    assert vectors["structures"]["features"] == 3
+
+
+def test_the_project_draws_imagery_under_the_vectors(project_view: dict) -> None:
+    layers = project_view["layers"]
+    # Drawing order: the layer tree's, top first. Every vector layer above every raster.
+    last_vector = max(i["order"] for i in layers if i["type"] == "vector")
+    first_raster = min(i["order"] for i in layers if i["type"] == "raster")
+    assert last_vector < first_raster
+    imagery = [i for i in layers if i["group"] in ("Imagery", "Periods")]
+    evidence = [i for i in layers if i["group"] == "Change evidence"]
+    assert max(i["order"] for i in evidence) < min(i["order"] for i in imagery)
+    shown = {i["name"] for i in layers if i["visible"]}
+    assert {"structures", "berms", "aoi", "analysed area"} <= shown
+    assert any(name.startswith("latest") and name.endswith("true colour") for name in shown)
+
+
+def test_the_rendered_project_shows_imagery_and_detections(project_view: dict) -> None:
+    from matplotlib.image import imread
+
+    assert project_view["rendered"]
+    rgb = (imread(ARTIFACTS / "qgis_project.png")[..., :3] * 255).round()
+    background = (rgb[..., 0] == 255) & (rgb[..., 1] == 0) & (rgb[..., 2] == 255)
+    # The latest true colour fills the grid (a 6:5 rectangle in the middle of the square view).
+    assert not background[300:700, 300:700].any() and background.mean() < 0.35
+    cyan = (rgb[..., 0] < 12) & (abs(rgb[..., 1] - 229) < 8) & (rgb[..., 2] > 245)
+    assert cyan.sum() > 50  # berm lines drawn over the imagery
+    white = (rgb > 250).all(axis=-1)
+    assert white.sum() > 500  # the AOI outline (and the labels' text)

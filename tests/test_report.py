@@ -27,8 +27,12 @@ import numpy as np
 import pytest
 
 from changedet.config import OutputConfig
+from changedet.core.evidence import stack_dates, structure_evidence
 from changedet.models import RunResult
-from changedet.outputs.report import REPORT_CSP, chip_image, shared_stretch
+from changedet.outputs.chips import SCALE_BAR_M, chip_image, evidence_of
+from changedet.outputs.headline import km2
+from changedet.outputs.imagery import shared_stretch
+from changedet.outputs.report import REPORT_CSP
 from changedet.outputs.write import write_run_outputs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -37,8 +41,18 @@ VIEWPORT = (1366, 800)  # a laptop screen
 
 
 @pytest.fixture(scope="module")
-def run_result(make_run_result: Callable[..., RunResult]) -> RunResult:
-    return make_run_result()
+def run_result(make_run_result: Any) -> RunResult:
+    """The factory's run with dated evidence from its acquisitions (`make_run_result.dated`)."""
+    result = make_run_result()
+    stack, months = make_run_result.dated(result)
+    evidence = structure_evidence(
+        stack_dates(stack),
+        result.structures,
+        composites=months,
+        baseline=result.before,
+        latest=result.after,
+    )
+    return RunResult(**{**result.__dict__, "evidence": evidence})
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +87,8 @@ def test_report_is_self_contained_and_links_every_file(
     html = (out_dir / "report.html").read_text(encoding="utf-8")
     tags = _tags(html)
     imgs = [a for t, a in tags if t == "img"]
-    assert len(imgs) == 4 + len(run_result.structures)  # counts, overlay, before, after + chips
+    # counts, coverage inset, overlay, before, after + chips
+    assert len(imgs) == 5 + len(run_result.structures)
     assert all((a["src"] or "").startswith("data:image/png;base64,") for a in imgs)
     assert not [t for t, _ in tags if t in ("script", "iframe", "object", "embed")]
     csp = [a for t, a in tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
@@ -84,11 +99,16 @@ def test_report_is_self_contained_and_links_every_file(
                 assert attrs[key].startswith("data:"), (tag, key)
         if tag == "link":
             assert (attrs.get("href") or "").startswith("data:")
-    links = {a["href"] for t, a in tags if t == "a"}
+    anchors = [a for t, a in tags if t == "a"]
+    links = {a["href"] for a in anchors if not re.match(r"[a-z]+://", a["href"] or "")}
     on_disk = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
     assert on_disk <= links, on_disk - links
     assert all((out_dir / link).is_file() for link in links)
-    assert not any(re.match(r"[a-z]+://", link) for link in links)
+    # The only links out are the web-viewer links of each structure's position: plain links,
+    # never loaded, opened without a referrer.
+    viewers = [a for a in anchors if re.match(r"[a-z]+://", a["href"] or "")]
+    assert len(viewers) == 3 * len(run_result.structures)
+    assert all(a["href"].startswith("https://") and "noreferrer" in a["rel"] for a in viewers)
 
 
 def test_report_states_limits_and_contents(out_dir: Path, run_result: RunResult) -> None:
@@ -101,11 +121,28 @@ def test_report_states_limits_and_contents(out_dir: Path, run_result: RunResult)
     for s in run_result.structures:
         assert s.id in text
         assert f"{s.area_m2:,.0f} m²" in text
-    assert "2023-08-01 – 2023-11-01" in text  # first-seen interval of s-0001
+    assert "2023-08-01 – 2023-11-01" in " ".join(text.split())  # first seen, s-0001
     for sk in run_result.scenes_skipped:
         assert sk.scene_id in text and sk.reason in text
     assert "not assessed" in text  # bermed None is not reported as "no"
     assert "range 1–3" in text
+    # The headline first: new buildings and all structures with ranges, when, bermed, candidates.
+    headline = text[text.index("2 new buildings") :][:400]
+    assert text.index("2 new buildings") < text.index("Coverage") < text.index("Count over time")
+    assert "2 new buildings (range 1–3); 2 new structures in all (range 1–3)" in headline
+    when = "First in Sep 2023, peak Sep 2023 (1 new); 1 of the new buildings bermed; 0 vanished"
+    assert when in headline
+    assert "1 unconfirmed candidate, not counted (1 too recent to confirm)" in headline
+    # Coverage stated: the AOI's area against what was analysed.
+    cov = run_result.coverage
+    assert cov is not None
+    flat = " ".join(text.split())
+    assert f"AOI {km2(cov.aoi_km2)} ; analysed {km2(cov.analysed_km2)}" in flat
+    assert "coverage-warning" not in html  # all of this AOI was seen
+    # Each structure: its kind, coordinates and dated evidence.
+    for e in run_result.evidence:
+        assert f"before {e.before.label} · after {e.after.label}" in text
+    assert "before 2023-09-20 · after 2023-10-18" in text  # the hall
 
 
 def test_report_says_nothing_synthetic_for_real_data(
@@ -141,18 +178,49 @@ def test_pngs_on_disk(out_dir: Path, run_result: RunResult, make_run_result: Any
         assert chip.shape[1] > chip.shape[0] > 100  # two panels side by side
 
 
+def _panels(chip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gap = np.all(chip == 255, axis=(0, 2))  # the white gap between the panels
+    cols = np.flatnonzero(gap)
+    return chip[:, : cols.min()], chip[:, cols.max() + 1 :]
+
+
 def test_chip_outline_sits_on_the_structure(run_result: RunResult) -> None:
     lo, hi = shared_stretch(run_result.before, run_result.after)
     hall = run_result.structures[0]
-    chip = chip_image(run_result.before, run_result.after, hall, lo, hi)
-    half = (chip.shape[1] - 4) // 2
-    after = chip[:, half + 4 :]
+    chip = chip_image(evidence_of(run_result, hall), hall, lo, hi)
+    before, after = _panels(chip)
     yellow = np.all(after == (255, 230, 0), axis=-1)
     rows, cols = np.nonzero(yellow)
     box_h, box_w = rows.max() - rows.min(), cols.max() - cols.min()
     assert box_w == pytest.approx(2 * box_h, rel=0.15)  # 40 m x 20 m hall
     inside = after[rows.min() + 2 : rows.max() - 1, cols.min() + 2 : cols.max() - 1]
-    assert inside.mean() > 200  # the bright roof is inside the outline
+    assert inside.mean() > 200  # the bright roof is inside the outline (after)...
+    b_inside = before[rows.min() + 2 : rows.max() - 1, cols.min() + 2 : cols.max() - 1]
+    assert b_inside.mean() < inside.mean() - 60  # ...and not yet before
+
+
+def test_chip_carries_a_100_m_scale_bar_and_a_caption(run_result: RunResult) -> None:
+    lo, hi = shared_stretch(run_result.before, run_result.after)
+    depot = run_result.structures[1]
+    evidence = evidence_of(run_result, depot)
+    chip = chip_image(evidence, depot, lo, hi)
+    for panel in _panels(chip):
+        # The scale bar: the longest run of pure white in the bottom rows, 100 m long.
+        bottom = np.all(panel[-14:] == 255, axis=-1)
+        longest = max(_longest_run(row) for row in bottom)
+        scale = panel.shape[1] / evidence.window.width
+        assert longest == pytest.approx(SCALE_BAR_M / evidence.window.res * scale, abs=2)
+        # The caption band at the top is dark with white text in it.
+        band = panel[:18]
+        assert band.mean() < 110 and np.all(band == 255, axis=-1).sum() > 20
+
+
+def _longest_run(values: np.ndarray) -> int:
+    best = run = 0
+    for v in values:
+        run = run + 1 if v else 0
+        best = max(best, run)
+    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +356,7 @@ class Browser:
                       width: i.naturalWidth, height: i.naturalHeight})),
             csp: window.__csp || [],
             title: document.title,
+            headline: (document.querySelector("#headline .lead") || {}).textContent || "",
             height: document.documentElement.scrollHeight})"""
         value = self.call("Runtime.evaluate", {"expression": probe, "returnByValue": True})
         page = json.loads(value["result"]["value"])
@@ -375,8 +444,11 @@ def test_chromium_renders_report_without_network(
     assert page["title"].startswith("changedet report: Khojir test AOI")
     assert _external(page) == [] and page["blocked"] == []
     assert page["csp"] == [] and page["errors"] == [] and page["exceptions"] == []
-    expected = 4 + len(run_result.structures)
+    expected = 5 + len(run_result.structures)
     assert len(page["images"]) == expected
+    ids = {img["id"] for img in page["images"]}
+    assert {"coverage-inset", "counts", "overlay"} <= ids
+    assert page["headline"].startswith("2 new buildings (range 1–3)")
     for img in page["images"]:
         assert img["complete"] and img["width"] > 0 and img["height"] > 0, img
     # The data: images did go through the browser's loader, which the log shows.
@@ -429,3 +501,24 @@ def test_detector_catches_files_beside_the_report(
     assert any(u.endswith("/chips/s-0001.png") for u in _external(page))
     rel = [i for i in page["images"] if i["id"] == "rel"]
     assert rel and rel[0]["width"] == 0
+
+
+def test_an_aoi_half_outside_the_data_is_warned_about(tmp_path: Path, make_run_result: Any) -> None:
+    """The AOI reaches twice as far east as the grid: about half of it was never seen, and the
+    report says so above everything else, with the numbers."""
+    result = make_run_result(aoi_scale=2.0)
+    cov = result.coverage
+    assert cov is not None and 0.4 < cov.share < 0.6
+    out = tmp_path / "half"
+    write_run_outputs(result, out, config=OutputConfig(chips=False))
+    html = (out / "report.html").read_text(encoding="utf-8")
+    text = unescape(re.sub(r"<[^>]+>", " ", html))
+    warning = f"only {100 * cov.share:.1f} % of AOI 'khojir-test' could be analysed"
+    assert "O" + warning[1:] in text
+    assert 'id="coverage-warning"' in html
+    assert html.index('id="coverage-warning"') < html.index('id="coverage"')
+    assert f"Analysed {km2(cov.analysed_km2)} of the {km2(cov.aoi_km2)} AOI" in text
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["coverage"]["partial"] is True
+    (said,) = manifest["headline"]["warnings"]
+    assert said.startswith(warning)

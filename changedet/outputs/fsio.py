@@ -96,10 +96,13 @@ def write_cog(
     descriptions: tuple[str, ...] = (),
     tags: dict[str, str] | None = None,
     resampling: str = "nearest",
+    colorinterp: tuple[str, ...] = (),
 ) -> Path:
     """Write a (H, W) or (B, H, W) array on `grid` as a Cloud-Optimised GeoTIFF (DEFLATE, 512 px
-    tiles, overviews), atomically."""
+    tiles, overviews), atomically. `colorinterp` names each band's colour ("red", "green",
+    "blue", "gray", ...) for viewers that go by it."""
     import rasterio
+    from rasterio.enums import ColorInterp
     from rasterio.errors import RasterioError
 
     data = array[np.newaxis] if array.ndim == 2 else array
@@ -128,6 +131,8 @@ def write_cog(
                 dst.set_band_description(i, text)
             if tags:
                 dst.update_tags(**tags)
+            if colorinterp:
+                dst.colorinterp = [ColorInterp[name] for name in colorinterp]
     except RasterioError as exc:
         raise OutputError(f"cannot write {path}: {exc}") from None
     return path

@@ -1,9 +1,10 @@
 """run.json: what a run used, what came out of it, and with which software.
 
 One responsibility: the provenance record of one AOI run as a JSON-safe dict (`run_manifest`):
-AOI, grid, requested and covered time range, periods, catalog, config fingerprint, scenes used
-and skipped with why, co-registration, detection limits, result counts, timings and the
-versions of changedet, Python, GDAL and the libraries that shaped the result. Keys the pipeline
+AOI, grid, requested and covered time range, periods, catalog, the effective config and its
+fingerprint, scenes used and skipped with why, co-registration, detection limits, result
+counts, the headline, the analysed area against the AOI's, timings and the versions of
+changedet, Python, GDAL and the libraries that shaped the result. Keys the pipeline
 adds through `RunResult.provenance` are merged in without ever changing the documented shape.
 `changedet.outputs.write` writes it (with the list of files) as the last file of a run.
 """
@@ -23,6 +24,7 @@ from shapely.geometry.base import BaseGeometry
 
 from changedet import __version__
 from changedet.models import RunResult, Scene
+from changedet.outputs.headline import headline
 from changedet.outputs.vectors import (
     GEOJSON_DECIMALS,
     finite_round,
@@ -104,7 +106,9 @@ DETECTION_NOTES = (
     "Counts are estimates: cumulative_low/high bound what the clear observations can support.",
 )
 
-_PROTECTED_KEYS = frozenset({"schema_version", "versions", "scenes", "config_fingerprint", "files"})
+_PROTECTED_KEYS = frozenset(
+    {"schema_version", "versions", "scenes", "config_fingerprint", "config", "files"}
+)
 
 
 def run_manifest(result: RunResult) -> dict[str, Any]:
@@ -160,8 +164,11 @@ def run_manifest(result: RunResult) -> dict[str, Any]:
             "notes": list(DETECTION_NOTES),
         },
         "results": _results_section(result),
+        "headline": headline(result).as_dict(),
+        "coverage": _coverage_section(result),
         "timings_s": {k: finite_round(v, 3) for k, v in result.timings.items()},
         "versions": software_versions(),
+        "config": _jsonable(dict(result.config)),
     }
     _merge_provenance(manifest, _jsonable(dict(result.provenance)))
     return manifest
@@ -224,6 +231,22 @@ def _results_section(result: RunResult) -> dict[str, Any]:
         "n_change_pixels": int(np.count_nonzero(result.change.mask)),
         "cumulative_confirmed": None if last is None else last.cumulative,
         "cumulative_range": None if last is None else [last.cumulative_low, last.cumulative_high],
+    }
+
+
+def _coverage_section(result: RunResult) -> dict[str, Any] | None:
+    cov = result.coverage
+    if cov is None:
+        return None
+    return {
+        "aoi_km2": cov.aoi_km2,
+        "analysed_km2": cov.analysed_km2,
+        "analysed_share": round(cov.share, 4),
+        "warn_below": cov.warn_below,
+        "partial": cov.is_partial,
+        "periods": [
+            {"label": p.label, "clear_km2": p.clear_km2, "share": p.share} for p in cov.periods
+        ],
     }
 
 

@@ -1,9 +1,12 @@
 """The analyst-facing pictures and the self-contained HTML report of one run.
 
-Draws with matplotlib's Agg canvas (no display, no pyplot global state) and plain numpy. Every image
-is written as a PNG file and also embedded in report.html as a data: URI, so the report opens
-air-gapped: it makes no network request (a strict Content-Security-Policy enforces that) and needs no
-other file beside it.
+One responsibility: report.html and the PNG files it shows. The report opens with the headline
+(`changedet.outputs.headline`) and how much of the AOI was analysed (with an inset map), then the
+count over time, the detection map, and one row per structure with its dated evidence chip,
+coordinates and links to open the spot in web viewers. Every image is written as a PNG file and
+also embedded as a data: URI, so the report opens air-gapped: it loads nothing (a strict
+Content-Security-Policy enforces that) and needs no other file beside it. The viewer links are
+plain links: nothing is fetched unless the reader follows one.
 """
 
 from __future__ import annotations
@@ -11,122 +14,32 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from changedet.config import OutputConfig
-from changedet.models import Composite, Grid, Progress, RunResult, Structure, no_progress
-from changedet.outputs.vectors import from_wgs84
+from changedet.models import Progress, RunResult, Structure, no_progress
+from changedet.outputs.chips import chip_image, evidence_of
+from changedet.outputs.figures import (
+    QUICKLOOK_MAX_PX,
+    counts_chart,
+    coverage_inset,
+    downsample,
+    overlay_map,
+)
+from changedet.outputs.headline import Headline, headline, km2
+from changedet.outputs.imagery import shared_stretch, truecolor
+from changedet.outputs.legend import class_of, first_seen_classes, shown_structures
+from changedet.outputs.vectors import structure_point, viewer_links
 
-__all__ = [
-    "QUICKLOOK_MAX_PX",
-    "REPORT_CSP",
-    "UNKNOWN_COLOUR",
-    "FirstSeenClass",
-    "chip_image",
-    "first_seen_classes",
-    "render_report_html",
-    "shared_stretch",
-    "truecolor",
-    "write_report_files",
-]
+__all__ = ["FILE_DESCRIPTIONS", "REPORT_CSP", "render_report_html", "write_report_files"]
 
-QUICKLOOK_MAX_PX = 1600  # long side of the quicklook PNGs: keeps report.html a few MB at most
-CHIP_PAD_PX = 8  # context around a structure in its evidence chip (10 m pixels)
-CHIP_MIN_PX = 24
-CHIP_SIZE_PX = 168  # displayed size of one chip panel after nearest-neighbour upscaling
-NODATA_RGB = (96, 96, 96)  # grey where a composite has no clear observation
-OUTLINE_RGB = (255, 230, 0)
-UNKNOWN_COLOUR = (0.6, 0.6, 0.6)
-BERM_COLOUR = (0.0, 229 / 255, 1.0)  # cyan: apart from every first-seen colour (plasma)
+Chip = tuple[bytes, str, str]  # a structure's chip: PNG bytes, file name, caption with dates
 # Nothing may be fetched: images are data: URIs, styles are inline, no scripts at all.
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-# ----------------------------------------------------------------------------------------------
-# Colours by first-seen date (shared with the QGIS style so map, report and QGIS agree)
-
-
-@dataclass(frozen=True)
-class FirstSeenClass:
-    value: str | None  # first_seen_end as YYYY-MM-DD, None for unknown
-    label: str
-    colour: tuple[float, float, float]
-    count: int
-
-
-def first_seen_classes(structures: Iterable[Structure]) -> list[FirstSeenClass]:
-    """One class per distinct first-seen date (Structure.first_seen_end), oldest first, coloured
-    along the 'plasma' ramp; structures with no date form a grey class at the end."""
-    from matplotlib import colormaps
-
-    counts: dict[str | None, int] = {}
-    for s in structures:
-        key = s.first_seen_end.isoformat() if s.first_seen_end else None
-        counts[key] = counts.get(key, 0) + 1
-    dated = sorted(k for k in counts if k is not None)
-    cmap = colormaps["plasma"]
-    out = []
-    for i, value in enumerate(dated):
-        pos = 0.5 if len(dated) == 1 else 0.1 + 0.8 * i / (len(dated) - 1)
-        r, g, b, _ = cmap(pos)
-        out.append(FirstSeenClass(value, f"first seen by {value}", (r, g, b), counts[value]))
-    if None in counts:
-        out.append(FirstSeenClass(None, "first-seen date unknown", UNKNOWN_COLOUR, counts[None]))
-    return out
-
-
-def _colour_of(s: Structure, classes: Sequence[FirstSeenClass]) -> tuple[float, float, float]:
-    key = s.first_seen_end.isoformat() if s.first_seen_end else None
-    for c in classes:
-        if c.value == key:
-            return c.colour
-    return UNKNOWN_COLOUR
-
-
-# ----------------------------------------------------------------------------------------------
-# True colour
-
-
-def shared_stretch(*composites: Composite, sample: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band 2nd/98th percentiles of red, green, blue over all composites together, so before
-    and after are drawn with the same stretch and a brighter roof really looks brighter."""
-    values = []
-    for comp in composites:
-        rgb = np.stack([comp.band("red"), comp.band("green"), comp.band("blue")]).reshape(3, -1)
-        step = max(1, rgb.shape[1] // sample)
-        values.append(rgb[:, ::step])
-    allv = np.concatenate(values, axis=1)
-    lo = np.zeros(3)
-    hi = np.ones(3)
-    for b in range(3):
-        finite = allv[b][np.isfinite(allv[b])]
-        if finite.size:
-            lo[b], hi[b] = np.percentile(finite, [2, 98])
-        if hi[b] <= lo[b]:
-            hi[b] = lo[b] + 1e-3
-    return lo, hi
-
-
-def truecolor(
-    comp: Composite, lo: np.ndarray, hi: np.ndarray, *, window: tuple[slice, slice] | None = None
-) -> np.ndarray:
-    """(H, W, 3) uint8 true-colour image; grey where there is no clear observation."""
-    sl = window or (slice(None), slice(None))
-    rgb = np.stack([comp.band("red")[sl], comp.band("green")[sl], comp.band("blue")[sl]], axis=-1)
-    scaled = (rgb - lo) / (hi - lo)
-    img = (np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 1.0) * 255).round().astype(np.uint8)
-    img[~np.isfinite(rgb).all(axis=-1)] = NODATA_RGB
-    return img
-
-
-def _downsample(img: np.ndarray, max_px: int) -> tuple[np.ndarray, int]:
-    step = max(1, math.ceil(max(img.shape[:2]) / max_px))
-    return img[::step, ::step], step
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -135,230 +48,6 @@ def _png(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     imsave(buf, img, format="png")
     return buf.getvalue()
-
-
-# ----------------------------------------------------------------------------------------------
-# Evidence chips
-
-
-def _rings_px(geom: Any, grid: Grid) -> list[np.ndarray]:
-    """Exterior and interior rings of a (multi)polygon as (N, 2) float arrays of (row, col)."""
-    inv = ~grid.transform
-    rings = []
-    polys = getattr(geom, "geoms", [geom])
-    for poly in polys:
-        for ring in (poly.exterior, *poly.interiors):
-            xy = np.asarray(ring.coords)
-            cols, rows = inv @ (xy[:, 0], xy[:, 1])
-            rings.append(np.column_stack([rows, cols]))
-    return rings
-
-
-def chip_image(
-    before: Composite,
-    after: Composite,
-    structure: Structure,
-    lo: np.ndarray,
-    hi: np.ndarray,
-) -> np.ndarray:
-    """Before | after true-colour panels around one structure, upscaled with its outline drawn.
-
-    Pure numpy/scikit-image: (H, W, 3) uint8.
-    """
-    from scipy.ndimage import binary_dilation
-    from skimage.draw import polygon_perimeter
-
-    grid = before.grid
-    rings = _rings_px(structure.geometry, grid)
-    pts = np.concatenate(rings)
-    r0, c0 = np.floor(pts.min(axis=0)).astype(int)
-    r1, c1 = np.ceil(pts.max(axis=0)).astype(int)
-    size = max(r1 - r0, c1 - c0) + 2 * CHIP_PAD_PX
-    size = max(size, CHIP_MIN_PX)
-    rc, cc = (r0 + r1) // 2, (c0 + c1) // 2
-    top, left = rc - size // 2, cc - size // 2
-    # Crop with padding so structures near the edge still get a square chip.
-    panels = []
-    scale = max(1, CHIP_SIZE_PX // size)
-    for comp in (before, after):
-        canvas = np.full((size, size, 3), NODATA_RGB, dtype=np.uint8)
-        rs = slice(max(top, 0), min(top + size, grid.height))
-        cs = slice(max(left, 0), min(left + size, grid.width))
-        if rs.stop > rs.start and cs.stop > cs.start:
-            canvas[rs.start - top : rs.stop - top, cs.start - left : cs.stop - left] = truecolor(
-                comp, lo, hi, window=(rs, cs)
-            )
-        big = np.repeat(np.repeat(canvas, scale, axis=0), scale, axis=1)
-        outline = np.zeros(big.shape[:2], dtype=bool)
-        for ring in rings:
-            rr, cc_ = polygon_perimeter(
-                (ring[:, 0] - top) * scale, (ring[:, 1] - left) * scale, shape=big.shape[:2]
-            )
-            outline[rr, cc_] = True
-        # A dark halo keeps the yellow outline visible on bright roofs and on sand.
-        big[binary_dilation(outline, iterations=1)] = (0, 0, 0)
-        big[outline] = OUTLINE_RGB
-        panels.append(big)
-    gap = np.full((panels[0].shape[0], 4, 3), 255, dtype=np.uint8)
-    return np.concatenate([panels[0], gap, panels[1]], axis=1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Figures
-
-
-def _figure(width_in: float, height_in: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_in, height_in), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _fig_png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
-
-
-def counts_chart(result: RunResult) -> bytes:
-    """Cumulative confirmed count per period with its low/high range, new per period, and the
-    clear-sky fraction that limits what each period can show."""
-    from matplotlib.ticker import MaxNLocator
-
-    fig = _figure(8.5, 4.2)
-    ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    counts = result.counts
-    if not counts:
-        ax.text(
-            0.5,
-            0.5,
-            "no per-period counts in this run",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-        )
-        ax.set_axis_off()
-        ax2.set_axis_off()
-        return _fig_png(fig)
-    x = np.arange(len(counts))
-    labels = [c.period.label for c in counts]
-    cum = np.array([c.cumulative for c in counts])
-    low = np.array([c.cumulative_low for c in counts])
-    high = np.array([c.cumulative_high for c in counts])
-    new = np.array([c.new_confirmed for c in counts])
-    ax.bar(x, new, color="#9ecae1", label="new confirmed in period")
-    ax.fill_between(
-        x, low, high, color="#fdae6b", alpha=0.45, step=None, label="cumulative range (low–high)"
-    )
-    ax.plot(x, cum, "o-", color="#d94801", label="cumulative confirmed")
-    ax.set_ylabel("structures")
-    ax.set_ylim(bottom=0)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
-    ax.set_title("New structures over time (estimates with ranges)", fontsize=10)
-    ax2.bar(x, [c.clear_fraction for c in counts], color="#74c476")
-    ax2.set_ylim(0, 1)
-    ax2.set_ylabel("clear\nfraction", fontsize=8)
-    ax2.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
-    return _fig_png(fig)
-
-
-def overlay_map(
-    result: RunResult, after_rgb: np.ndarray, classes: Sequence[FirstSeenClass]
-) -> bytes:
-    """The after composite with change pixels, structures (by first-seen date, unconfirmed dashed),
-    berm lines and the AOI outline, in grid coordinates (km)."""
-    grid = result.grid
-    x0, y0, x1, y1 = (v / 1000.0 for v in grid.bounds)
-    aspect = grid.height / max(grid.width, 1)
-    width_in = 9.0
-    fig = _figure(width_in, max(3.0, min(12.0, width_in * aspect)) + 0.6)
-    ax = fig.add_subplot(1, 1, 1)
-    img, step = _downsample(after_rgb, QUICKLOOK_MAX_PX)
-    ax.imshow(img, extent=(x0, x1, y0, y1), interpolation="nearest")
-    mask = np.asarray(result.change.mask, dtype=bool)[::step, ::step]
-    if mask.any():
-        rgba = np.zeros((*mask.shape, 4), dtype=np.float32)
-        rgba[mask] = (0.89, 0.10, 0.11, 0.25)
-        ax.imshow(rgba, extent=(x0, x1, y0, y1), interpolation="nearest")
-    aoi_km = from_wgs84(grid.crs)(result.aoi.geometry)
-    for poly in getattr(aoi_km, "geoms", [aoi_km]):
-        xy = np.asarray(poly.exterior.coords) / 1000.0
-        ax.plot(xy[:, 0], xy[:, 1], color="white", lw=1.2)
-    _draw_structures(ax, result.structures, classes)
-    for b in result.berms:
-        for line in getattr(b.geometry, "geoms", [b.geometry]):
-            xy = np.asarray(line.coords) / 1000.0
-            ax.plot(xy[:, 0], xy[:, 1], color=BERM_COLOUR, lw=2.0)
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(y0, y1)
-    ax.set_xlabel(f"easting (km, {grid.crs})")
-    ax.set_ylabel("northing (km)")
-    ax.legend(
-        handles=_legend_handles(classes),
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        fontsize=8,
-        frameon=False,
-    )
-    ax.set_title(f"Detections on the after composite ({result.after.period.label})", fontsize=10)
-    return _fig_png(fig)
-
-
-def _draw_structures(
-    ax: Any, structures: Sequence[Structure], classes: Sequence[FirstSeenClass]
-) -> None:
-    """Outlines coloured by first-seen date (unconfirmed dashed), labelled with ids when few."""
-    from matplotlib.patches import Polygon as MplPolygon
-
-    label_ids = len(structures) <= 40
-    for s in structures:
-        colour = _colour_of(s, classes)
-        for poly in getattr(s.geometry, "geoms", [s.geometry]):
-            xy = np.asarray(poly.exterior.coords) / 1000.0
-            ax.add_patch(
-                MplPolygon(
-                    xy,
-                    closed=True,
-                    fill=False,
-                    edgecolor=colour,
-                    lw=1.6,
-                    linestyle="-" if s.confirmed else "--",
-                )
-            )
-        if label_ids:
-            c = s.geometry.centroid
-            ax.annotate(
-                s.id,
-                (c.x / 1000.0, c.y / 1000.0),
-                xytext=(4, 4),
-                textcoords="offset points",
-                color="white",
-                fontsize=7,
-            )
-
-
-def _legend_handles(classes: Sequence[FirstSeenClass]) -> list[Any]:
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    handles: list[Any] = [
-        Patch(facecolor="none", edgecolor=c.colour, label=f"{c.label} ({c.count})") for c in classes
-    ]
-    handles += [
-        Line2D([], [], color="black", ls="--", label="unconfirmed (dashed)"),
-        Line2D([], [], color=BERM_COLOUR, lw=2, label="berm line"),
-        Patch(facecolor=(0.89, 0.10, 0.11, 0.35), label="change pixels"),
-        Line2D([], [], color="grey", lw=1.2, label="AOI outline (white)"),
-    ]
-    return handles
-
-
-# ----------------------------------------------------------------------------------------------
-# HTML
 
 
 def _data_uri(png: bytes) -> str:
@@ -378,82 +67,53 @@ def _fmt_size(n: int) -> str:
 
 
 FILE_DESCRIPTIONS = {
+    "changedet.qgz": "QGIS project: every layer below, styled and grouped (open this first)",
     "structures.geojson": "new structures, RFC 7946 GeoJSON (EPSG:4326)",
     "structures.qml": "QGIS style for structures.geojson",
+    "structures.csv": "one row per structure with latitude/longitude and every property",
+    "structures.kml": "structures for Google Earth (KML)",
     "berms.geojson": "berm lines, RFC 7946 GeoJSON (EPSG:4326)",
     "berms.qml": "QGIS style for berms.geojson",
-    "changedet.gpkg": "GeoPackage (aoi, structures, berms, change_areas, scenes) with QGIS styles",
+    "changedet.gpkg": "GeoPackage (aoi, analysed_area, structures, berms, change_areas, scenes) "
+    "with QGIS styles",
     "change.tif": "COG: change score (robust z)",
     "change_mask.tif": "COG: change mask (1 change, 0 none, 255 unobserved)",
-    "clear_count.tif": "COG: clear observations before / after",
-    "source_date.tif": "COG: date of the observation used, before / after (days since 1970)",
-    "counts.csv": "confirmed structures per period with ranges",
+    "clear_count.tif": "COG: clear observations per pixel over the run",
+    "imagery/latest.tif": "COG: true colour of the latest composite",
+    "imagery/baseline.tif": "COG: true colour of the baseline composite",
+    "imagery/latest_date.tif": "COG: acquisition date (YYYYMMDD) of each latest-composite pixel",
+    "imagery/baseline_date.tif": "COG: acquisition date (YYYYMMDD) of each baseline pixel",
+    "counts.csv": "new and cumulative structures per period with ranges, clear share of the AOI",
     "counts.png": "chart of counts.csv",
+    "coverage.png": "the AOI against the part of it that was analysed",
     "before.png": "true-colour quicklook, before composite",
     "after.png": "true-colour quicklook, after composite",
     "overlay.png": "map of detections on the after composite",
     "report.html": "this report",
-    "run.json": "provenance: scenes, config fingerprint, versions, timings, limits",
+    "run.json": "provenance: scenes, effective config, versions, timings, limits, coverage",
 }
 
 
-def _structure_rows(
-    result: RunResult, chips: Mapping[str, tuple[bytes, str]], classes: Sequence[FirstSeenClass]
-) -> str:
-    ordered = sorted(
-        result.structures,
-        key=lambda s: (
-            s.first_seen_end is None,
-            s.first_seen_end.isoformat() if s.first_seen_end else "",
-            not s.confirmed,
-            -s.confidence,
-            s.id,
-        ),
-    )
-    rows = []
-    px = result.grid.pixel_area_m2
-    for s in ordered:
-        r, g, b = (round(c * 255) for c in _colour_of(s, classes))
-        chip = chips.get(s.id)
-        chip_html = (
-            f'<a href="{_e(chip[1])}"><img class="chip" src="{_data_uri(chip[0])}" '
-            f'alt="before and after chip of {_e(s.id)}"></a>'
-            if chip
-            else '<span class="muted">no chip</span>'
-        )
-        if s.first_seen_start or s.first_seen_end:
-            seen = f"{_e(s.first_seen_start or '?')} – {_e(s.first_seen_end or '?')}"
-        else:
-            seen = "unknown"
-        bermed = "not assessed" if s.bermed is None else ("yes" if s.bermed else "no")
-        if s.berm_score is not None:
-            bermed += f" ({s.berm_score:.2f})"
-        status = "confirmed" if s.confirmed else "unconfirmed"
-        if s.status != "active":
-            status += f", {s.status}"
-            if s.vanished_after:
-                status += f" after {s.vanished_after.isoformat()}"
-        rows.append(
-            "<tr>"
-            f'<td><span class="swatch" style="border-color: rgb({r},{g},{b});'
-            f'{"" if s.confirmed else " border-style: dashed;"}"></span>{_e(s.id)}</td>'
-            f"<td>{chip_html}</td>"
-            f"<td>{seen}</td>"
-            f'<td class="num">{s.area_m2:,.0f} m²<br><span class="muted">≈ {s.area_m2 / px:.0f} px'
-            "</span></td>"
-            f"<td>{_e(bermed)}</td>"
-            f'<td class="num">{s.confidence:.2f}</td>'
-            f"<td>{_e(status)}</td>"
-            f'<td class="num">{s.n_clear_obs}</td>'
-            "</tr>"
-        )
-    return "\n".join(rows)
+def _describe(name: str) -> str:
+    if name in FILE_DESCRIPTIONS:
+        return FILE_DESCRIPTIONS[name]
+    if name.startswith("chips/"):
+        return "dated before | after evidence chip of " + Path(name).stem
+    if name.startswith("imagery/periods/") and name.endswith(".tif"):
+        return f"COG: true colour of period {Path(name).stem}"
+    if name.endswith(".qml"):
+        return f"QGIS style for {Path(name).with_suffix('.tif').as_posix()}"
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
 
 
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
   color: #1d1d1f; margin: 0; background: #f6f6f4; }
-main { max-width: 1180px; margin: 0 auto; padding: 18px 22px 40px; background: #fff; }
+main { max-width: 1240px; margin: 0 auto; padding: 18px 22px 40px; background: #fff; }
 h1 { font-size: 1.55em; margin: 0.2em 0 0.3em; }
 h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 table { border-collapse: collapse; width: 100%; }
@@ -463,6 +123,15 @@ table.kv th { width: 28%; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .banner { background: #fff3cd; border: 1px solid #e0b000; padding: 10px 14px; margin: 10px 0;
   font-weight: 600; }
+.warn { background: #fde2e1; border: 1px solid #c62828; padding: 10px 14px; margin: 10px 0;
+  font-weight: 600; }
+.headline { background: #eef5ee; border-left: 5px solid #31a354; padding: 8px 16px; margin: 12px 0; }
+.headline p { margin: 4px 0; }
+.headline p.lead { font-size: 1.25em; font-weight: 650; }
+.coverage { display: flex; gap: 18px; align-items: flex-start; flex-wrap: wrap; }
+.coverage > div { flex: 1 1 420px; }
+.coverage img { width: 340px; height: auto; border: 1px solid #ccc; }
+.periods { display: flex; flex-wrap: wrap; gap: 4px 12px; font-size: 0.9em; }
 .limits { background: #eef5fb; border-left: 4px solid #3182bd; padding: 8px 14px; }
 .muted { color: #666; font-size: 0.9em; }
 img.full { max-width: 100%; height: auto; border: 1px solid #ccc; }
@@ -470,35 +139,17 @@ img.full { max-width: 100%; height: auto; border: 1px solid #ccc; }
 .pair figure { flex: 1 1 420px; margin: 0; }
 .pair img.full { width: 100%; image-rendering: pixelated; }
 figcaption { font-size: 0.9em; color: #555; }
-img.chip { width: 220px; height: auto; image-rendering: pixelated; display: block; }
+img.chip { display: block; }  /* 1:1, so the dates in the picture stay sharp */
+td.evidence { min-width: 350px; }
+td .muted { display: block; }
 .swatch { display: inline-block; width: 12px; height: 12px; border: 3px solid; margin-right: 6px;
   vertical-align: -2px; }
+td.where a { display: inline-block; margin-right: 6px; }
+td.seen { white-space: nowrap; }
+td.id { min-width: 9.5em; overflow-wrap: anywhere; }
 details { margin: 6px 0; }
 code { font-size: 0.92em; }
 """
-
-
-def render_report_html(
-    result: RunResult,
-    manifest: Mapping[str, Any],
-    *,
-    images: Mapping[str, bytes],
-    chips: Mapping[str, tuple[bytes, str]],
-    files: Sequence[tuple[str, int | None]],
-) -> str:
-    """The report as one HTML string. `images` holds the PNG bytes of before/after/overlay/counts;
-    `chips` maps structure id → (PNG bytes, relative file name); `files` lists (name, size)."""
-    return "".join(
-        [
-            _head_html(manifest),
-            _summary_html(result, manifest),
-            _limits_html(manifest["detection_limits"]),
-            _counts_html(manifest["results"], images),
-            _map_html(result, images),
-            _structures_html(result, chips),
-            _files_html(files),
-        ]
-    )
 
 
 def _head_html(manifest: Mapping[str, Any]) -> str:
@@ -509,6 +160,7 @@ def _head_html(manifest: Mapping[str, Any]) -> str:
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{REPORT_CSP}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<meta name="referrer" content="no-referrer">\n'
         '<link rel="icon" href="data:,">\n'
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
         f"<h1>{_e(title)}</h1>\n"
@@ -523,6 +175,47 @@ def _head_html(manifest: Mapping[str, Any]) -> str:
             "nothing about the real site.</div>\n"
         )
     return head
+
+
+def _headline_html(told: Headline) -> str:
+    lines = told.lines()
+    lead, rest = (lines[0], lines[1:]) if lines else ("", ())
+    warnings = "".join(
+        f'<div class="warn" id="coverage-warning">{_e(w[:1].upper() + w[1:])}</div>\n'
+        for w in told.warnings
+    )
+    return (
+        '<section class="headline" id="headline">'
+        f'<p class="lead">{_e(lead)}</p>'
+        + "".join(f"<p>{_e(line)}</p>" for line in rest)
+        + "</section>\n"
+        + warnings
+    )
+
+
+def _coverage_html(result: RunResult, images: Mapping[str, bytes]) -> str:
+    cov = result.coverage
+    if cov is None:
+        return ""
+    periods = "".join(
+        f"<span><b>{_e(p.label)}</b> {100 * p.share:.1f} %</span>" for p in cov.periods
+    )
+    inset = (
+        f'<img id="coverage-inset" src="{_data_uri(images["coverage"])}" '
+        'alt="inset map: the AOI and the part of it that was analysed">'
+        if "coverage" in images
+        else ""
+    )
+    return (
+        '<h2>Coverage: where the run could see</h2>\n<div class="coverage" id="coverage"><div>'
+        f"<p>AOI <b>{km2(cov.aoi_km2)}</b>; analysed <b>{km2(cov.analysed_km2)} "
+        f"({100 * cov.share:.1f} %)</b>: the part of the AOI with a clear baseline and at least "
+        "one clear later observation. Outside it the run saw nothing, so no finding (and no "
+        "absence of findings) applies there; it is the <code>analysed_area</code> layer of "
+        "changedet.gpkg.</p>"
+        f'<p class="muted">Share of the AOI seen clearly, per period:</p><div class="periods">'
+        f"{periods}</div></div>{inset}</div>\n"
+    )
 
 
 def _summary_html(result: RunResult, manifest: Mapping[str, Any]) -> str:
@@ -595,7 +288,10 @@ def _counts_html(res: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
         f'<img class="full" id="counts" src="{_data_uri(images["counts"])}" '
         'alt="chart of confirmed structures per period">\n'
         f"<p>{_e(range_text)} Values are estimates: a structure can only be dated to the interval "
-        "between the last clear period it was absent and the first it was present.</p>\n"
+        "between the last clear period it was absent and the first it was present, so one first "
+        "seen after cloudy periods is spread over the periods it may have appeared in; the bars "
+        "are those estimates and add up to the line (counts.csv: <code>new</code>; "
+        "<code>first_seen</code> counts each structure in the period it was first seen).</p>\n"
     )
 
 
@@ -618,7 +314,60 @@ def _map_html(result: RunResult, images: Mapping[str, bytes]) -> str:
     )
 
 
-def _structures_html(result: RunResult, chips: Mapping[str, tuple[bytes, str]]) -> str:
+def _where_html(s: Structure, crs: str) -> str:
+    point = structure_point(s, crs)
+    if point is None:
+        return "–"
+    lat, lon = point
+    links = " ".join(
+        f'<a href="{_e(url)}" rel="noreferrer noopener" target="_blank">{_e(name)}</a>'
+        for name, url in viewer_links(lat, lon).items()
+    )
+    return f"<code>{lat:.6f}, {lon:.6f}</code><br>{links}"
+
+
+def _structure_row(
+    s: Structure, result: RunResult, chip: Chip | None, colour: Sequence[float]
+) -> str:
+    r, g, b = (round(c * 255) for c in colour)
+    chip_html = (
+        f'<a href="{_e(chip[1])}"><img class="chip" src="{_data_uri(chip[0])}" '
+        f'alt="{_e(s.id)}: {_e(chip[2])}"></a><span class="muted">{_e(chip[2])}</span>'
+        if chip
+        else '<span class="muted">no chip</span>'
+    )
+    if s.first_seen_start or s.first_seen_end:
+        seen = f"{_e(s.first_seen_start or '?')} –<br>{_e(s.first_seen_end or '?')}"
+    else:
+        seen = "unknown"
+    bermed = "not assessed" if s.bermed is None else ("yes" if s.bermed else "no")
+    if s.berm_score is not None:
+        bermed += f" ({s.berm_score:.2f})"
+    status = "confirmed" if s.confirmed else "unconfirmed"
+    if s.status != "active":
+        status += f", {s.status}"
+        if s.vanished_after:
+            status += f" after {s.vanished_after.isoformat()}"
+    px = result.grid.pixel_area_m2
+    return (
+        "<tr>"
+        f'<td class="id"><span class="swatch" style="border-color: rgb({r},{g},{b});'
+        f'{"" if s.confirmed else " border-style: dashed;"}"></span>{_e(s.id)}'
+        f'<br><span class="muted">{_e(s.kind)}</span></td>'
+        f'<td class="evidence">{chip_html}</td>'
+        f'<td class="seen">{seen}</td>'
+        f'<td class="where">{_where_html(s, result.grid.crs)}</td>'
+        f'<td class="num">{s.area_m2:,.0f} m²<br><span class="muted">≈ {s.area_m2 / px:.0f} px'
+        "</span></td>"
+        f"<td>{_e(bermed)}</td>"
+        f'<td class="num">{s.confidence:.2f}</td>'
+        f"<td>{_e(status)}</td>"
+        f'<td class="num">{s.n_clear_obs}</td>'
+        "</tr>"
+    )
+
+
+def _structures_html(result: RunResult, chips: Mapping[str, Chip]) -> str:
     n_chips = len(chips)
     chip_note = (
         ""
@@ -627,33 +376,53 @@ def _structures_html(result: RunResult, chips: Mapping[str, tuple[bytes, str]]) 
     )
     heading = (
         f"<h2>Structures ({len(result.structures)})</h2>\n"
-        f'<p class="muted">Chips: before | after, same stretch, outline in yellow.{chip_note} '
-        "Outline colour = first-seen date; dashed = unconfirmed.</p>\n"
+        '<p class="muted">Evidence: the last clear acquisition before the structure appeared | '
+        "the first clear one with it (dates in the pictures; a period composite where no "
+        "acquisition was clear there), same stretch, 100 m scale bar, outline in yellow."
+        f"{chip_note} Swatch colour = first-seen class as on the map; dashed = unconfirmed. "
+        "Coordinates: the structure's centroid (a point inside it when the centroid falls "
+        "outside), latitude, longitude.</p>\n"
     )
     if not result.structures:
         return heading + (
             "<p>No new structure passed the minimum mapping unit and persistence rules.</p>\n"
         )
-    classes = first_seen_classes(result.structures)
+    classes = first_seen_classes(shown_structures(result.structures))
+    ordered = sorted(
+        result.structures,
+        key=lambda s: (
+            s.first_seen_end is None,
+            s.first_seen_end.isoformat() if s.first_seen_end else "",
+            not s.confirmed,
+            -s.confidence,
+            s.id,
+        ),
+    )
+    rows = []
+    for s in ordered:
+        found = class_of(s, classes)
+        colour = found.colour if found else (0.6, 0.6, 0.6)
+        rows.append(_structure_row(s, result, chips.get(s.id), colour))
     return heading + (
-        '<table id="structures">\n<tr><th>id</th><th>evidence</th><th>first seen</th>'
-        "<th>area</th><th>bermed (score)</th><th>confidence</th><th>status</th>"
-        "<th>clear obs</th></tr>\n" + _structure_rows(result, chips, classes) + "\n</table>\n"
+        '<table id="structures">\n<tr><th>id, kind</th><th>evidence</th><th>first seen</th>'
+        "<th>where (lat, lon)</th><th>area</th><th>bermed (score)</th><th>confidence</th>"
+        "<th>status</th><th>clear obs</th></tr>\n" + "\n".join(rows) + "\n</table>\n"
     )
 
 
 def _files_html(files: Sequence[tuple[str, int | None]]) -> str:
     file_rows = "".join(
         f'<tr><td><a href="{_e(name)}">{_e(name)}</a></td>'
-        f"<td>{_e(FILE_DESCRIPTIONS.get(name, _describe(name)))}</td>"
+        f"<td>{_e(_describe(name))}</td>"
         f'<td class="num">{"" if size is None else _fmt_size(size)}</td></tr>'
         for name, size in files
     )
     return (
         '<h2>Files</h2>\n<table id="files"><tr><th>file</th><th>content</th><th>size</th></tr>'
         f"{file_rows}</table>\n"
-        '<p class="muted">Open changedet.gpkg or structures.geojson in QGIS: the styles load '
-        "automatically. run.json records every scene, the config fingerprint and software "
+        '<p class="muted">Open changedet.qgz in QGIS: imagery, evidence rasters and detections '
+        "open styled and grouped. structures.kml opens in Google Earth, structures.csv in any "
+        "spreadsheet. run.json records every scene, the effective config and software "
         "versions.</p>\n</main>\n</body>\n</html>\n"
     )
 
@@ -662,14 +431,39 @@ def _cloud(value: float | None) -> str:
     return "" if value is None else f", scene cloud cover {value:g}%"
 
 
-def _describe(name: str) -> str:
-    if name.startswith("chips/"):
-        return "before | after evidence chip of " + Path(name).stem
-    return ""
+def render_report_html(
+    result: RunResult,
+    manifest: Mapping[str, Any],
+    *,
+    images: Mapping[str, bytes],
+    chips: Mapping[str, Chip],
+    files: Sequence[tuple[str, int | None]],
+) -> str:
+    """The report as one HTML string. `images` holds the PNG bytes of before/after/overlay/counts
+    (and coverage); `chips` maps structure id → (PNG bytes, relative file name, caption);
+    `files` lists (name, size)."""
+    return "".join(
+        [
+            _head_html(manifest),
+            _headline_html(headline(result)),
+            _coverage_html(result, images),
+            _limits_html(manifest["detection_limits"]),
+            _counts_html(manifest["results"], images),
+            _map_html(result, images),
+            _structures_html(result, chips),
+            _summary_html(result, manifest),
+            _files_html(files),
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Orchestration (called by changedet.outputs.write.write_run_outputs inside its temporary folder)
+
+
+def _chip_name(structure_id: str) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in structure_id).strip(".")
+    return safe or "structure"
 
 
 def write_report_files(
@@ -681,9 +475,9 @@ def write_report_files(
     extra_files: Sequence[str] = (),
     progress: Progress = no_progress,
 ) -> list[Path]:
-    """Write before.png, after.png, overlay.png, counts.png, chips/<id>.png and (when
-    config.report) report.html into `out_dir`. `extra_files` are names written later (run.json)
-    that the report must still link to."""
+    """Write before.png, after.png, overlay.png, counts.png, coverage.png, chips/<id>.png and
+    (when config.report) report.html into `out_dir`. `extra_files` are names written later
+    (run.json) that the report must still link to."""
     written: list[Path] = []
 
     def save(name: str, data: bytes) -> None:
@@ -693,32 +487,34 @@ def write_report_files(
         written.append(path)
 
     lo, hi = shared_stretch(result.before, result.after)
-    before_rgb = truecolor(result.before, lo, hi)
     after_rgb = truecolor(result.after, lo, hi)
-    classes = first_seen_classes(result.structures)
     images = {
-        "before": _png(_downsample(before_rgb, QUICKLOOK_MAX_PX)[0]),
-        "after": _png(_downsample(after_rgb, QUICKLOOK_MAX_PX)[0]),
-        "overlay": overlay_map(result, after_rgb, classes),
+        "before": _png(downsample(truecolor(result.before, lo, hi), QUICKLOOK_MAX_PX)[0]),
+        "after": _png(downsample(after_rgb, QUICKLOOK_MAX_PX)[0]),
+        "overlay": overlay_map(result, after_rgb),
         "counts": counts_chart(result),
     }
+    if result.coverage is not None:
+        images["coverage"] = coverage_inset(result)
     for key, data in images.items():
         save(f"{key}.png", data)
-    chips: dict[str, tuple[bytes, str]] = {}
+    chips: dict[str, Chip] = {}
     if config.chips:
         chosen = sorted(result.structures, key=lambda s: (-s.confidence, s.id))[: config.max_chips]
         for i, s in enumerate(chosen):
             name = f"chips/{_chip_name(s.id)}.png"
-            data = _png(chip_image(result.before, result.after, s, lo, hi))
+            evidence = evidence_of(result, s)
+            data = _png(chip_image(evidence, s, lo, hi))
             save(name, data)
-            chips[s.id] = (data, name)
+            caption = f"before {evidence.before.label} · after {evidence.after.label}"
+            chips[s.id] = (data, name, caption)
             progress("chips", i + 1, len(chosen))
     if config.report:
         names = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
         names.update(extra_files)
         files = [
             (n, (out_dir / n).stat().st_size if (out_dir / n).is_file() else None)
-            for n in sorted(names, key=lambda n: (n.startswith("chips/"), n))
+            for n in sorted(names, key=_file_order)
         ]
         text = render_report_html(result, manifest, images=images, chips=chips, files=files)
         path = out_dir / "report.html"
@@ -727,6 +523,15 @@ def write_report_files(
     return written
 
 
-def _chip_name(structure_id: str) -> str:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in structure_id).strip(".")
-    return safe or "structure"
+def _file_order(name: str) -> tuple[int, str]:
+    """The QGIS project first, then top-level files, imagery, chips."""
+    rank = (
+        0
+        if name == "changedet.qgz"
+        else 3
+        if name.startswith("chips/")
+        else 2
+        if "/" in name
+        else 1
+    )
+    return rank, name

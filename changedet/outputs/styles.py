@@ -2,7 +2,8 @@
 
 One responsibility: make QGIS open every output styled. `layer_style_qml` gives the style of one
 layer from the templates in `changedet/outputs/qml/`; for `structures` it builds one category
-per first-seen date of the run, in the same colours as the report. `embed_styles` writes those
+per first-seen class of the run (`changedet.outputs.legend`), in the same colours as the
+report, chosen by an expression on `first_seen_end`. `embed_styles` writes those
 styles into a GeoPackage's `layer_styles` table (the convention QGIS itself uses), registered so
 the file stays a valid GeoPackage. `changedet.outputs.write` writes the `.qml` sidecars and
 calls `embed_styles` on the GeoPackage it has written.
@@ -21,9 +22,14 @@ from pathlib import Path
 from changedet import __version__
 from changedet.errors import OutputError
 from changedet.models import RunResult
-from changedet.outputs.report import UNKNOWN_COLOUR, first_seen_classes
+from changedet.outputs.legend import (
+    UNKNOWN_COLOUR,
+    DateClass,
+    first_seen_classes,
+    shown_structures,
+)
 
-__all__ = ["embed_styles", "layer_style_qml"]
+__all__ = ["class_expression", "embed_styles", "layer_style_qml"]
 
 
 def _style_template(layer: str) -> str:
@@ -35,9 +41,21 @@ def _rgba(colour: Sequence[float], alpha: int) -> str:
     return f"{r},{g},{b},{alpha}"
 
 
+def class_expression(classes: Sequence[DateClass]) -> str:
+    """A QGIS expression giving each structure its first-seen class key from first_seen_end
+    (ISO text in GeoPackage, a date in GeoJSON: compared as 'YYYY-MM-DD' text either way)."""
+    dated = [(c.end, c.key) for c in classes if c.end is not None]
+    if not dated:
+        return "''"
+    value = 'left(to_string("first_seen_end"), 10)'
+    whens = "".join(f"WHEN {value} <= '{end.isoformat()}' THEN '{key}' " for end, key in dated[:-1])
+    return f"CASE WHEN \"first_seen_end\" IS NULL THEN '' {whens}ELSE '{dated[-1][1]}' END"
+
+
 def layer_style_qml(layer: str, result: RunResult | None = None) -> str:
-    """The QGIS style of one layer. For `structures` one category per first-seen date of `result`
-    (same colours as the report), built from the `qml/structures.qml` template."""
+    """The QGIS style of one layer. For `structures` one category per first-seen class of
+    `result` (same classes and colours as the report's map), built from the
+    `qml/structures.qml` template."""
     text = _style_template(layer)
     if layer != "structures" or result is None:
         return text
@@ -45,7 +63,7 @@ def layer_style_qml(layer: str, result: RunResult | None = None) -> str:
     renderer = root.find("renderer-v2")
     categories = renderer.find("categories") if renderer is not None else None
     symbols = renderer.find("symbols") if renderer is not None else None
-    if categories is None or symbols is None:  # pragma: no cover - the template is ours
+    if renderer is None or categories is None or symbols is None:  # pragma: no cover - ours
         raise OutputError("qml/structures.qml lost its categories; reinstall changedet")
     template = symbols.find("symbol")
     assert template is not None
@@ -53,9 +71,12 @@ def layer_style_qml(layer: str, result: RunResult | None = None) -> str:
         categories.remove(child)
     for child in list(symbols):
         symbols.remove(child)
-    classes = first_seen_classes(result.structures)
+    classes = [
+        c for c in first_seen_classes(shown_structures(result.structures)) if c.start is not None
+    ]
+    renderer.set("attr", class_expression(classes))
     entries: list[tuple[str, str, Sequence[float]]] = [
-        (c.value, c.label, c.colour) for c in classes if c.value is not None
+        (c.key, f"first seen {c.label}", c.colour) for c in classes
     ]
     entries.append(("", "first-seen date unknown", UNKNOWN_COLOUR))
     for i, (value, label, colour) in enumerate(entries):
@@ -75,7 +96,8 @@ def layer_style_qml(layer: str, result: RunResult | None = None) -> str:
     ET.indent(root, space="  ")
     header = (
         "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-        "<!-- changedet: new structures coloured by first-seen date; unconfirmed ones dashed. -->\n"
+        "<!-- changedet: new structures coloured by first-seen class; unconfirmed ones dashed, "
+        "those that are not buildings hatched; labelled by id. -->\n"
     )
     return header + ET.tostring(root, encoding="unicode") + "\n"
 

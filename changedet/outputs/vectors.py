@@ -10,6 +10,7 @@ GeoPackage, run.json and report share. `changedet.outputs.write` writes all of i
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -28,11 +29,13 @@ from changedet.aoi import split_at_antimeridian
 from changedet.models import Berm, ChangeMap, Grid, RunResult, Scene, Structure
 
 __all__ = [
+    "ANALYSED_AREA_PROPERTIES",
     "BERM_PROPERTIES",
     "CHANGE_AREA_PROPERTIES",
     "GEOJSON_DECIMALS",
     "SCENE_PROPERTIES",
     "STRUCTURE_PROPERTIES",
+    "analysed_area",
     "as_multilinestring",
     "as_multipolygon",
     "berm_properties",
@@ -45,8 +48,11 @@ __all__ = [
     "right_hand",
     "round_coords",
     "scene_rows",
+    "structure_point",
     "structure_properties",
     "structures_feature_collection",
+    "to_wgs84",
+    "viewer_links",
 ]
 
 GEOJSON_DECIMALS = 7  # 1e-7 degree is ~1 cm: far below a 10 m pixel, small files
@@ -54,6 +60,7 @@ GEOJSON_DECIMALS = 7  # 1e-7 degree is ~1 cm: far below a 10 m pixel, small file
 # Documented GeoJSON/GeoPackage properties, in order (README "Outputs" lists their meaning).
 STRUCTURE_PROPERTIES = (
     "id",
+    "kind",
     "area_m2",
     "confidence",
     "first_seen_start",
@@ -65,6 +72,8 @@ STRUCTURE_PROPERTIES = (
     "source_scenes",
     "status",
     "vanished_after",
+    "lat",
+    "lon",
 )
 BERM_PROPERTIES = ("id", "length_m", "score", "structure_id")
 CHANGE_AREA_PROPERTIES = ("id", "area_m2", "n_pixels", "mean_score", "max_score", "mean_likelihood")
@@ -87,8 +96,13 @@ _SCENE_DATE = re.compile(r"(?<!\d)(20\d{2})(\d{2})(\d{2})(?!\d)")
 # Geometry helpers
 
 
+@functools.lru_cache(maxsize=16)
+def _transformer(src_crs: str, dst_crs: str) -> Transformer:
+    return Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+
+
 def _reprojection(src_crs: str, dst_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
-    transformer = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+    transformer = _transformer(src_crs, dst_crs)
 
     def apply(geom: BaseGeometry) -> BaseGeometry:
         def xy(coords: np.ndarray) -> np.ndarray:
@@ -100,7 +114,8 @@ def _reprojection(src_crs: str, dst_crs: str) -> Callable[[BaseGeometry], BaseGe
     return apply
 
 
-def _to_wgs84(grid_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
+def to_wgs84(grid_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
+    """Geometry in `grid_crs` → the same geometry in EPSG:4326 lon/lat."""
     return _reprojection(grid_crs, "EPSG:4326")
 
 
@@ -118,10 +133,10 @@ def right_hand(geom: BaseGeometry) -> BaseGeometry:
     return geom
 
 
-def _rfc7946_geometry(geom: BaseGeometry, to_wgs84: Callable[[BaseGeometry], BaseGeometry]) -> Any:
+def _rfc7946_geometry(geom: BaseGeometry, to_lonlat: Callable[[BaseGeometry], BaseGeometry]) -> Any:
     """Grid-CRS geometry → RFC 7946 geometry dict (lon/lat, right-hand rule, rounded, valid;
     cut at the antimeridian where it crosses it, §3.1.9)."""
-    lonlat = split_at_antimeridian(to_wgs84(geom))
+    lonlat = split_at_antimeridian(to_lonlat(geom))
     # Snapping to the output precision with set_precision keeps the result valid, which rounding the
     # printed numbers alone does not guarantee.
     snapped = shapely.set_precision(lonlat, 10.0**-GEOJSON_DECIMALS)
@@ -184,10 +199,40 @@ def finite_round(value: float | None, digits: int) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else round(value, digits)
 
 
-def structure_properties(s: Structure) -> dict[str, Any]:
-    """The documented properties of one structure (same in GeoJSON and GeoPackage)."""
+LATLON_DECIMALS = 6  # 1e-6 degree is ~10 cm
+
+
+def structure_point(s: Structure, grid_crs: str) -> tuple[float, float] | None:
+    """(lat, lon) of the structure's centroid, or of a point on its surface when the centroid
+    falls outside it (an L-shaped or multi-part footprint); None for an empty geometry."""
+    geom = s.geometry
+    if geom is None or geom.is_empty:
+        return None
+    point = geom.centroid
+    if not geom.contains(point):
+        point = geom.representative_point()
+    lon, lat = _transformer(grid_crs, "EPSG:4326").transform(point.x, point.y)
+    return round(float(lat), LATLON_DECIMALS), round(float(lon), LATLON_DECIMALS)
+
+
+def viewer_links(lat: float, lon: float) -> dict[str, str]:
+    """Links that open the spot in common web viewers (for the report and structures.csv)."""
+    return {
+        "Google Maps": f"https://www.google.com/maps/search/?api=1&query={lat},{lon}",
+        "OpenStreetMap": f"https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=17/{lat}/{lon}",
+        "Copernicus Browser": (
+            f"https://browser.dataspace.copernicus.eu/?zoom=16&lat={lat}&lng={lon}"
+        ),
+    }
+
+
+def structure_properties(s: Structure, grid_crs: str | None = None) -> dict[str, Any]:
+    """The documented properties of one structure (same in GeoJSON, GeoPackage, CSV and KML);
+    `lat`/`lon` need the grid CRS the geometry is in (null without)."""
+    point = structure_point(s, grid_crs) if grid_crs else None
     return {
         "id": s.id,
+        "kind": s.kind,
         "area_m2": finite_round(s.area_m2, 1),
         "confidence": finite_round(s.confidence, 3),
         "first_seen_start": iso_text(s.first_seen_start),
@@ -199,6 +244,8 @@ def structure_properties(s: Structure) -> dict[str, Any]:
         "source_scenes": list(s.source_scenes),
         "status": s.status,
         "vanished_after": iso_text(s.vanished_after),
+        "lat": None if point is None else point[0],
+        "lon": None if point is None else point[1],
     }
 
 
@@ -219,7 +266,7 @@ def berm_properties(b: Berm) -> dict[str, Any]:
 def _feature_collection(
     items: Iterable[tuple[BaseGeometry, dict[str, Any]]], grid: Grid, name: str
 ) -> dict[str, Any]:
-    to_wgs84 = _to_wgs84(grid.crs)
+    to_lonlat = to_wgs84(grid.crs)
     features = []
     for geom, props in items:
         if geom is None or geom.is_empty:
@@ -228,7 +275,7 @@ def _feature_collection(
             {
                 "type": "Feature",
                 "id": props["id"],
-                "geometry": _rfc7946_geometry(geom, to_wgs84),
+                "geometry": _rfc7946_geometry(geom, to_lonlat),
                 "properties": props,
             }
         )
@@ -240,7 +287,7 @@ def _feature_collection(
 def structures_feature_collection(result: RunResult) -> dict[str, Any]:
     """The structures as an RFC 7946 FeatureCollection dict (EPSG:4326, right-hand rule)."""
     return _feature_collection(
-        ((s.geometry, structure_properties(s)) for s in result.structures),
+        ((s.geometry, structure_properties(s, result.grid.crs)) for s in result.structures),
         result.grid,
         "structures",
     )
@@ -363,4 +410,32 @@ def _scene_props(sc: Scene, status: str, reason: str | None, used_in: list[str])
         "cloud_cover": finite_round(sc.cloud_cover, 2),
         "processing_baseline": sc.processing_baseline,
         "composites": ",".join(used_in),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Analysed area (where the run could see)
+
+ANALYSED_AREA_PROPERTIES = ("aoi_km2", "analysed_km2", "analysed_share")
+
+
+def analysed_area(result: RunResult) -> tuple[BaseGeometry | None, dict[str, Any]] | None:
+    """The analysed part of the AOI as one (multi)polygon in the grid CRS, with the AOI's and
+    the analysed area; None when the run did not measure its coverage."""
+    from rasterio.features import shapes
+
+    cov = result.coverage
+    if cov is None:
+        return None
+    mask = np.asarray(cov.analysed, dtype=np.uint8)
+    parts = [
+        shape(part)
+        for part, value in shapes(mask, mask=mask > 0, connectivity=4, transform=cov.grid.transform)
+        if value
+    ]
+    geom = shapely.union_all(parts) if parts else None
+    return geom, {
+        "aoi_km2": finite_round(cov.aoi_km2, 4),
+        "analysed_km2": finite_round(cov.analysed_km2, 4),
+        "analysed_share": finite_round(cov.share, 4),
     }

@@ -2,39 +2,51 @@
 
 One responsibility: writing the outputs (the only writer of run outputs). `write_run_outputs`
 builds everything in a temporary folder beside out/<aoi_id>/ that replaces it only when
-complete: GeoJSON (RFC 7946, content from `changedet.outputs.vectors`) with a QGIS `.qml`
-sidecar of the same name (`changedet.outputs.styles`), so QGIS opens each file styled; one
-GeoPackage (`changedet.gpkg`, layers in the run's UTM grid CRS so areas and lengths read in
-metres) with the same styles embedded; COGs of the change evidence (via
-`changedet.outputs.fsio.write_cog`); `counts.csv`; the PNG quicklooks, evidence chips and
-`report.html` (drawn by `changedet.outputs.report`); and last `run.json`
-(`changedet.outputs.manifest`).
+complete (`changedet.outputs.runfolder`: the previous run moves to previous/, the analyst's own
+files stay): GeoJSON (RFC 7946, content from `changedet.outputs.vectors`) with a QGIS `.qml`
+sidecar of the same name (`changedet.outputs.styles`), so QGIS opens each file styled;
+structures.csv and structures.kml (GDAL's KML driver, for Google Earth); one GeoPackage
+(`changedet.gpkg`, layers in the run's UTM grid CRS so areas and lengths read in metres) with
+the same styles embedded; styled COGs of the change evidence and the true-colour imagery
+(`changedet.outputs.imagery`); `counts.csv`; the QGIS project `changedet.qgz`
+(`changedet.outputs.project`); the PNG quicklooks, evidence chips and `report.html` (drawn by
+`changedet.outputs.report`); and last `run.json` (`changedet.outputs.manifest`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from shapely.geometry.base import BaseGeometry
 
+from changedet.aoi import split_at_antimeridian
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
 from changedet.models import Progress, RunResult, no_progress
-from changedet.outputs.fsio import apply_umask, atomic_dir, write_cog, write_json, write_text
+from changedet.outputs.fsio import apply_umask, atomic_path, write_json, write_text
+from changedet.outputs.imagery import (
+    RasterOutput,
+    shared_stretch,
+    write_evidence_rasters,
+    write_imagery,
+)
 from changedet.outputs.manifest import run_manifest
+from changedet.outputs.project import PROJECT_NAME, ProjectLayer, project_qgz
 from changedet.outputs.report import write_report_files
+from changedet.outputs.runfolder import run_folder
 from changedet.outputs.styles import embed_styles, layer_style_qml
+from changedet.outputs.tables import counts_csv, structures_csv
 from changedet.outputs.vectors import (
+    ANALYSED_AREA_PROPERTIES,
     BERM_PROPERTIES,
     CHANGE_AREA_PROPERTIES,
     SCENE_PROPERTIES,
     STRUCTURE_PROPERTIES,
+    analysed_area,
     as_multilinestring,
     as_multipolygon,
     berm_properties,
@@ -42,15 +54,17 @@ from changedet.outputs.vectors import (
     change_areas,
     from_wgs84,
     geojson_text,
+    right_hand,
     scene_rows,
     structure_properties,
     structures_feature_collection,
+    to_wgs84,
 )
 
 __all__ = ["GPKG_LAYERS", "write_run_outputs"]
 
 GPKG_NAME = "changedet.gpkg"
-GPKG_LAYERS = ("aoi", "structures", "berms", "change_areas", "scenes")
+GPKG_LAYERS = ("aoi", "analysed_area", "structures", "berms", "change_areas", "scenes")
 _Row = tuple[BaseGeometry | None, dict[str, Any]]  # one feature: geometry, properties
 
 
@@ -77,18 +91,19 @@ def _write_layer(
         values = [props.get(col) for _, props in rows]
         data[col] = pd.Series(values, dtype=dtypes.get(col, "object"))
     frame = gpd.GeoDataFrame(data, geometry=[g for g, _ in rows], crs=crs)
+    kml = path.suffix == ".kml"
     try:
         pyogrio.write_dataframe(
             frame,
             path,
             layer=layer,
-            driver="GPKG",
+            driver="KML" if kml else "GPKG",
             geometry_type=geometry_type,
             promote_to_multi=geometry_type.startswith("Multi"),
-            layer_options={"IDENTIFIER": layer},
+            layer_options={} if kml else {"IDENTIFIER": layer},
             # GeoPackage 1.2 rather than GDAL's newest 1.4: older GDAL builds (QGIS 3.22 ships
             # GDAL 3.6) warn that 1.4 files are "only partially supported".
-            dataset_options={"VERSION": "1.2"},
+            dataset_options={} if kml else {"VERSION": "1.2"},
         )
     except Exception as exc:  # pyogrio raises several GDAL-derived types; one line for the user
         raise OutputError(f"cannot write layer '{layer}' to {path.name}: {exc}") from None
@@ -109,14 +124,117 @@ def _write_geopackage(path: Path, result: RunResult, areas: Sequence[Any]) -> No
     embed_styles(path, {layer: layer_style_qml(layer, result) for layer in GPKG_LAYERS})
 
 
+# ----------------------------------------------------------------------------------------------
+# KML (Google Earth)
+
+_KML_COLUMNS = ("Name", "Description", *STRUCTURE_PROPERTIES[1:])
+
+
+def _kml_description(props: Mapping[str, Any]) -> str:
+    seen = f"{props['first_seen_start'] or '?'} – {props['first_seen_end'] or '?'}"
+    bermed = {True: "yes", False: "no", None: "not assessed"}[props["bermed"]]
+    return (
+        f"{props['kind']}, first seen {seen}, {props['area_m2']:.0f} m², confidence "
+        f"{props['confidence']:.2f}, {'confirmed' if props['confirmed'] else 'unconfirmed'}, "
+        f"{props['status']}, bermed {bermed}; {props['lat']}, {props['lon']}"
+    )
+
+
+def _write_kml(path: Path, result: RunResult) -> None:
+    """structures.kml through GDAL's KML driver: one placemark per structure (EPSG:4326),
+    named by id, described in one line, every property as ExtendedData."""
+    lonlat = to_wgs84(result.grid.crs)
+    rows: list[_Row] = []
+    for s in result.structures:
+        props = structure_properties(s, result.grid.crs)
+        kml = {k: v for k, v in props.items() if k != "id"}
+        kml["source_scenes"] = ",".join(props["source_scenes"])
+        for key in ("confirmed", "bermed"):  # KML has no booleans: say it in words
+            kml[key] = None if props[key] is None else str(props[key]).lower()
+        kml.update(Name=s.id, Description=_kml_description(props))
+        geometry = split_at_antimeridian(lonlat(s.geometry))  # as in the GeoJSON
+        rows.append((right_hand(as_multipolygon(geometry)), kml))
+    numbers = ("area_m2", "confidence", "berm_score", "lat", "lon")
+    _write_layer(
+        path,
+        "structures",
+        rows,
+        _KML_COLUMNS,
+        crs="EPSG:4326",
+        geometry_type="MultiPolygon",
+        dtypes={**dict.fromkeys(numbers, "float64"), "n_clear_obs": "int32"},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# QGIS project
+
+
+def _vector_layers(config: OutputConfig) -> list[ProjectLayer]:
+    """The vector layers of the project, top first: from the GeoPackage, else the GeoJSON."""
+
+    def source(layer: str) -> str | None:
+        if config.geopackage:
+            return f"./{GPKG_NAME}|layername={layer}"
+        return f"./{layer}.geojson" if layer in ("structures", "berms") else None
+
+    shown = {"structures": True, "berms": True, "aoi": True, "analysed_area": True}
+    names = {"analysed_area": "analysed area", "change_areas": "change areas"}
+    layers = []
+    for layer in ("structures", "berms", "aoi", "analysed_area", "change_areas", "scenes"):
+        src = source(layer)
+        if src is None:
+            continue
+        layers.append(
+            ProjectLayer(
+                src,
+                names.get(layer, layer),
+                "vector",
+                "",  # filled with the layer's style by the caller
+                "Detections",
+                shown.get(layer, False),
+                "Line" if layer == "berms" else "Polygon",
+            )
+        )
+    return layers
+
+
+def _project(
+    result: RunResult, config: OutputConfig, rasters: Sequence[RasterOutput], folder: Path
+) -> bytes:
+    """The project of the files written into `folder` (raster styles read from their sidecars)."""
+    layers = []
+    for layer in _vector_layers(config):
+        key = {"analysed area": "analysed_area", "change areas": "change_areas"}.get(
+            layer.name, layer.name
+        )
+        layers.append(replace(layer, style=layer_style_qml(key, result)))
+    groups = ("Change evidence", "Imagery", "Imagery/Periods")
+    for group in groups:
+        for r in rasters:
+            if r.group == group:
+                style = (folder / r.path).with_suffix(".qml").read_text(encoding="utf-8")
+                layers.append(
+                    ProjectLayer(f"./{r.path}", r.title, "raster", style, group, r.visible)
+                )
+    return project_qgz(layers, result.grid, f"changedet: {result.aoi.name} ({result.aoi.id})")
+
+
 # Per layer: its columns in order, its geometry type and the pandas dtypes of the columns that
 # are not text.
 _LAYER_SCHEMAS: dict[str, tuple[Sequence[str], str, Mapping[str, str]]] = {
     "aoi": (("id", "name"), "MultiPolygon", {}),
+    "analysed_area": (
+        ANALYSED_AREA_PROPERTIES,
+        "MultiPolygon",
+        dict.fromkeys(ANALYSED_AREA_PROPERTIES, "float64"),
+    ),
     "structures": (
         STRUCTURE_PROPERTIES,
         "MultiPolygon",
         {
+            "lat": "float64",
+            "lon": "float64",
             "area_m2": "float64",
             "confidence": "float64",
             "confirmed": "bool",
@@ -147,13 +265,17 @@ def _layer_rows(result: RunResult, areas: Sequence[Any]) -> dict[str, list[_Row]
     to_grid = from_wgs84(result.grid.crs)
     structures: list[_Row] = []
     for s in result.structures:
-        props = structure_properties(s)
+        props = structure_properties(s, result.grid.crs)
         # GeoPackage has no list type: the scene ids travel as a JSON array in text.
         props["source_scenes"] = json.dumps(props["source_scenes"])
         structures.append((as_multipolygon(s.geometry), props))
     aoi_geom = as_multipolygon(to_grid(result.aoi.geometry))
+    analysed = analysed_area(result)
     return {
         "aoi": [(aoi_geom, {"id": result.aoi.id, "name": result.aoi.name})],
+        "analysed_area": []
+        if analysed is None
+        else [(None if analysed[0] is None else as_multipolygon(analysed[0]), analysed[1])],
         "structures": structures,
         "berms": [(as_multilinestring(b.geometry), berm_properties(b)) for b in result.berms],
         "change_areas": [(as_multipolygon(g), p) for g, p in areas],
@@ -161,95 +283,6 @@ def _layer_rows(result: RunResult, areas: Sequence[Any]) -> dict[str, list[_Row]
             (None if g is None else as_multipolygon(to_grid(g)), p) for g, p in scene_rows(result)
         ],
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Rasters and tables
-
-
-def _write_change_score(out: Path, result: RunResult) -> Path:
-    return write_cog(
-        out / "change.tif",
-        np.asarray(result.change.score, dtype=np.float32),
-        result.change.grid,
-        nodata=float("nan"),
-        descriptions=("change score (robust z)",),
-        tags={
-            "threshold": str(result.change.threshold),
-            "before": result.before.period.label,
-            "after": result.after.period.label,
-        },
-        resampling="average",
-    )
-
-
-def _write_cogs(out: Path, result: RunResult) -> list[Path]:
-    """Change mask, clear-observation counts and source dates (change.tif is always written)."""
-    grid = result.change.grid
-    score = np.asarray(result.change.score, dtype=np.float32)
-    observed = np.isfinite(score)
-    mask = np.where(observed, np.asarray(result.change.mask, dtype=np.uint8), np.uint8(255))
-    clear = np.stack([result.before.count, result.after.count]).astype(np.uint16)
-    source = np.stack([result.before.source_date, result.after.source_date]).astype(np.int32)
-    before, after = result.before.period.label, result.after.period.label
-    return [
-        write_cog(
-            out / "change_mask.tif",
-            mask.astype(np.uint8),
-            grid,
-            nodata=255,
-            descriptions=("change mask: 1 change, 0 no change, 255 unobserved",),
-        ),
-        write_cog(
-            out / "clear_count.tif",
-            clear,
-            grid,
-            descriptions=(f"clear observations {before}", f"clear observations {after}"),
-        ),
-        write_cog(
-            out / "source_date.tif",
-            source,
-            grid,
-            nodata=-1,
-            descriptions=(
-                f"source date {before} (days since 1970-01-01)",
-                f"source date {after} (days since 1970-01-01)",
-            ),
-            tags={"units": "days since 1970-01-01"},
-        ),
-    ]
-
-
-COUNTS_COLUMNS = (
-    "period",
-    "start",
-    "end",
-    "new_confirmed",
-    "cumulative",
-    "cumulative_low",
-    "cumulative_high",
-    "clear_fraction",
-)
-
-
-def _counts_csv(result: RunResult) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COUNTS_COLUMNS)
-    for c in result.counts:
-        writer.writerow(
-            [
-                c.period.label,
-                c.period.start.isoformat(),
-                c.period.end.isoformat(),
-                c.new_confirmed,
-                c.cumulative,
-                c.cumulative_low,
-                c.cumulative_high,
-                f"{c.clear_fraction:.4f}",
-            ]
-        )
-    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,6 +305,57 @@ def _check_writable(result: RunResult) -> None:
             )
 
 
+class _Writer:
+    """The steps of one run's outputs, into the temporary folder `tmp`."""
+
+    def __init__(self, result: RunResult, tmp: Path, config: OutputConfig) -> None:
+        self.result, self.tmp, self.config = result, tmp, config
+        self.rasters: list[RasterOutput] = []
+
+    def vectors(self) -> None:
+        result, tmp = self.result, self.tmp
+        write_text(tmp / "structures.geojson", geojson_text(structures_feature_collection(result)))
+        write_text(tmp / "structures.qml", layer_style_qml("structures", result))
+        write_text(tmp / "berms.geojson", geojson_text(berms_feature_collection(result)))
+        write_text(tmp / "berms.qml", layer_style_qml("berms"))
+        write_text(tmp / "structures.csv", structures_csv(result))
+        _write_kml(tmp / "structures.kml", result)
+
+    def geopackage(self) -> None:
+        if self.config.geopackage:
+            _write_geopackage(self.tmp / GPKG_NAME, self.result, change_areas(self.result.change))
+
+    def rasters_and_tables(self) -> None:
+        self.rasters = write_evidence_rasters(self.tmp, self.result, all_layers=self.config.cogs)
+        if self.config.imagery:
+            lo, hi = shared_stretch(self.result.before, self.result.after)
+            self.rasters += write_imagery(self.tmp, self.result, lo, hi)
+        write_text(self.tmp / "counts.csv", counts_csv(self.result))
+
+    def project(self) -> None:
+        qgz = _project(self.result, self.config, self.rasters, self.tmp)
+        with atomic_path(self.tmp / PROJECT_NAME) as part:
+            part.write_bytes(qgz)
+
+    def pictures_and_manifest(self, progress: Progress) -> list[str]:
+        manifest = run_manifest(self.result)
+        planned = ["run.json"] + (["report.html"] if self.config.report else [])
+        write_report_files(
+            self.result,
+            self.tmp,
+            manifest=manifest,
+            config=self.config,
+            extra_files=planned,
+            progress=progress,
+        )
+        files = sorted(
+            p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*") if p.is_file()
+        )
+        manifest["files"] = sorted({*files, "run.json"})
+        write_json(self.tmp / "run.json", manifest)
+        return list(manifest["files"])
+
+
 def write_run_outputs(
     result: RunResult,
     out_dir: Path,
@@ -281,54 +365,32 @@ def write_run_outputs(
 ) -> list[Path]:
     """Write every output of one AOI run into `out_dir` (out/<aoi_id>/) and return their paths.
 
-    Everything is built in a temporary folder beside `out_dir` that replaces it only when complete,
-    so a failed run leaves the previous outputs (or nothing) rather than a half-written folder.
+    Everything is built in a temporary folder beside `out_dir` that replaces it only when
+    complete, so a failed run leaves the previous outputs (or nothing) rather than a half-written
+    folder. The previous run's files move to `out_dir/previous/`; files changedet did not write
+    stay where they are.
     """
     out_dir = Path(out_dir)
     _check_writable(result)
-    steps = ["vectors", "geopackage", "rasters", "counts", "images", "report", "manifest"]
-    total = len(steps)
-
-    def step(i: int) -> None:
-        progress("outputs", i, total)
-
+    total = 6
     try:
-        with atomic_dir(out_dir) as tmp:
-            step(0)
-            fc = structures_feature_collection(result)
-            write_text(tmp / "structures.geojson", geojson_text(fc))
-            write_text(tmp / "structures.qml", layer_style_qml("structures", result))
-            write_text(tmp / "berms.geojson", geojson_text(berms_feature_collection(result)))
-            write_text(tmp / "berms.qml", layer_style_qml("berms"))
-            areas = change_areas(result.change)
-            step(1)
-            if config.geopackage:
-                _write_geopackage(tmp / GPKG_NAME, result, areas)
-            step(2)
-            _write_change_score(tmp, result)
-            if config.cogs:
-                _write_cogs(tmp, result)
-            step(3)
-            write_text(tmp / "counts.csv", _counts_csv(result))
-            step(4)
-            manifest = run_manifest(result)
-            planned = ["run.json"] + (["report.html"] if config.report else [])
-            write_report_files(
-                result,
-                tmp,
-                manifest=manifest,
-                config=config,
-                extra_files=planned,
-                progress=progress,
-            )
-            step(6)
-            files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-            manifest["files"] = sorted({*files, "run.json"})
-            write_json(tmp / "run.json", manifest)
+        with run_folder(out_dir) as tmp:
+            writer = _Writer(result, tmp, config)
+            progress("outputs", 0, total)
+            writer.vectors()
+            progress("outputs", 1, total)
+            writer.geopackage()
+            progress("outputs", 2, total)
+            writer.rasters_and_tables()
+            progress("outputs", 3, total)
+            writer.project()
+            progress("outputs", 4, total)
+            files = writer.pictures_and_manifest(progress)
+            progress("outputs", 5, total)
             apply_umask(tmp)
-            step(total)
+            progress("outputs", total, total)
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
         raise OutputError(f"cannot write outputs to {out_dir}: {exc}") from None
-    return sorted(p for p in out_dir.rglob("*") if p.is_file())
+    return [out_dir / name for name in files]

@@ -1,0 +1,119 @@
+"""Evidence chips: one structure before and after, dated, with a scale bar and its outline.
+
+One responsibility: drawing the chip pictures. A chip is two panels side by side, the last clear
+picture before the structure appeared and the first after (`RunResult.evidence`, chosen by
+`changedet.core.evidence`), each upscaled with nearest neighbour so pixels stay pixels, with the
+date (or "composite <period>") written in the picture, a 100 m scale bar and the structure's
+outline in yellow on a dark halo. Both panels use the run's shared true-colour stretch. Text is
+drawn with Pillow (matplotlib's own dependency) in matplotlib's DejaVu Sans.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from changedet.core.evidence import chip_window, composite_window
+from changedet.models import EvidenceImage, Grid, RunResult, Structure, StructureEvidence
+from changedet.outputs.imagery import rgb_picture
+
+__all__ = ["CHIP_PANEL_PX", "OUTLINE_RGB", "SCALE_BAR_M", "chip_image", "evidence_of"]
+
+CHIP_PANEL_PX = 170  # side of one panel, about (shown 1:1 in the report, so text stays sharp)
+SCALE_BAR_M = 100.0
+OUTLINE_RGB = (255, 230, 0)
+_GAP_PX = 6
+
+
+@functools.lru_cache(maxsize=4)
+def _font(size: int) -> Any:
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+def evidence_of(result: RunResult, s: Structure) -> StructureEvidence:
+    """The structure's evidence from the run, or else its windows of the before and after
+    composites (a result made without per-date pixels)."""
+    for ev in result.evidence:
+        if ev.structure_id == s.id:
+            return ev
+    top, left, side = chip_window(s.geometry, result.grid)
+    sides = []
+    for comp in (result.before, result.after):
+        rgb = composite_window(comp, top, left, side)
+        sides.append(
+            EvidenceImage(rgb, f"composite {comp.period.label}", None, "composite", comp.scene_ids)
+        )
+    return StructureEvidence(s.id, result.grid.window(top, left, side, side), sides[0], sides[1])
+
+
+def _rings_px(geom: Any, grid: Grid, scale: int) -> list[np.ndarray]:
+    """Rings of a (multi)polygon as (N, 2) arrays of (row, col) on the upscaled panel."""
+    inv = ~grid.transform
+    rings = []
+    for poly in getattr(geom, "geoms", [geom]):
+        for ring in (poly.exterior, *poly.interiors):
+            xy = np.asarray(ring.coords)
+            cols, rows = inv @ (xy[:, 0], xy[:, 1])
+            rings.append(np.column_stack([rows, cols]) * scale)
+    return rings
+
+
+def _outline(panel: np.ndarray, rings: list[np.ndarray]) -> None:
+    from scipy.ndimage import binary_dilation
+    from skimage.draw import polygon_perimeter
+
+    mask = np.zeros(panel.shape[:2], dtype=bool)
+    for ring in rings:
+        rr, cc = polygon_perimeter(ring[:, 0], ring[:, 1], shape=mask.shape)
+        mask[rr, cc] = True
+    # A dark halo keeps the yellow outline visible on bright roofs and on sand.
+    panel[binary_dilation(mask, iterations=1)] = (0, 0, 0)
+    panel[mask] = OUTLINE_RGB
+
+
+def _annotate(panel: np.ndarray, caption: str, bar_px: float) -> np.ndarray:
+    """The caption in a dark band at the top and a 100 m scale bar at the bottom left."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(panel).convert("RGBA")
+    layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    size = 13  # shrunk until the caption fits the panel ("before · composite 2023-06..2023-07")
+    while size > 8 and draw.textlength(caption, font=_font(size)) > img.width - 8:
+        size -= 1
+    font, small = _font(size), _font(11)
+    draw.rectangle((0, 0, img.width, 19), fill=(0, 0, 0, 170))
+    draw.text((5, 2), caption, font=font, fill=(255, 255, 255, 255))
+    x0, y1 = 8, img.height - 8
+    x1 = x0 + round(bar_px)
+    draw.rectangle((x0 - 3, y1 - 20, x1 + 3, y1 + 3), fill=(0, 0, 0, 140))
+    draw.rectangle((x0, y1 - 5, x1, y1), fill=(255, 255, 255, 255), outline=(0, 0, 0, 255))
+    draw.text((x0, y1 - 19), f"{SCALE_BAR_M:g} m", font=small, fill=(255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(img, layer).convert("RGB"))
+
+
+def _caption(side: str, image: EvidenceImage) -> str:
+    return f"{side} · {image.label}"
+
+
+def chip_image(
+    evidence: StructureEvidence, structure: Structure, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
+    """Before | after panels of one structure as an (H, W, 3) uint8 picture."""
+    grid = evidence.window
+    scale = max(2, round(CHIP_PANEL_PX / max(grid.width, 1)))
+    rings = _rings_px(structure.geometry, grid, scale)
+    bar_px = SCALE_BAR_M / grid.res * scale
+    panels = []
+    for side, image in (("before", evidence.before), ("after", evidence.after)):
+        picture = rgb_picture(image.rgb, lo, hi)
+        big = np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
+        _outline(big, rings)
+        panels.append(_annotate(big, _caption(side, image), bar_px))
+    gap = np.full((panels[0].shape[0], _GAP_PX, 3), 255, dtype=np.uint8)
+    return np.concatenate([panels[0], gap, panels[1]], axis=1)

@@ -1,0 +1,223 @@
+"""The headline of a run: what was found, when, and over how much of the AOI. No files here.
+
+One responsibility: the few numbers an analyst quotes, computed once from a `RunResult` so the
+CLI summary, the report and run.json say the same thing:
+
+- new buildings (structures of kind "building") and all new structures, with ranges: confirmed
+  structures that stand or vanished later; unconfirmed candidates are never counted;
+- the first and the peak period of new structures, from the per-period best estimate whose
+  increments add up to the cumulative count (`new_per_period`);
+- how many of the new buildings are bermed, how many structures vanished, and the unconfirmed
+  candidates with why;
+- the analysed area against the AOI's, and a warning when it is under `[output]
+  coverage_warning`.
+
+Ranges: the run's counts give a low–high range for all structures at the end of the run. Until
+the ledger counts per kind, the range of one kind is the widest that range allows: the kind's
+count, minus every structure the low end doubts, plus every one the high end adds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from changedet.models import Period, PeriodCount, RunResult, Structure
+
+__all__ = ["BUILDING", "Headline", "headline", "km2", "new_per_period", "period_name"]
+
+BUILDING = "building"  # Structure.kind of a new building
+NOT_PERSISTED = "did not persist"
+TOO_RECENT = "too recent to confirm"
+TOO_FEW = "seen in too few clear periods"
+
+
+def new_per_period(counts: Sequence[PeriodCount]) -> list[int]:
+    """New structures per period as the increments of the cumulative best estimate: they add up
+    to the cumulative count (a structure first seen after cloudy periods is spread over the
+    periods it may have appeared in, so these can differ from `new_confirmed`, which counts
+    each structure in the period it was first seen)."""
+    out, last = [], 0
+    for c in counts:
+        out.append(max(c.cumulative - last, 0))
+        last = max(last, c.cumulative)
+    return out
+
+
+def period_name(period: Period) -> str:
+    """'Aug 2023' for a month, the period's label otherwise."""
+    if (period.end - period.start).days <= 31 and period.start.day == 1:
+        return period.start.strftime("%b %Y")
+    return period.label
+
+
+def _is_new(s: Structure) -> bool:
+    return s.confirmed and s.status != "dropped"
+
+
+def _why_unconfirmed(s: Structure, periods: Sequence[Period], min_persistence: int) -> str:
+    if s.status == "dropped":
+        return NOT_PERSISTED
+    left = sum(1 for p in periods if s.first_seen_end is not None and p.end >= s.first_seen_end)
+    return TOO_RECENT if periods and left < min_persistence else TOO_FEW
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The numbers of a run's headline; `lines()` words them, `as_dict()` is run.json's."""
+
+    n_buildings: int
+    buildings_range: tuple[int, int]
+    n_structures: int
+    structures_range: tuple[int, int]
+    by_kind: dict[str, int]
+    first_period: str | None
+    peak_period: str | None
+    peak_new: int
+    n_bermed: int
+    n_vanished: int
+    n_unconfirmed: int
+    unconfirmed_why: dict[str, int]
+    aoi_km2: float | None = None
+    analysed_km2: float | None = None
+    analysed_share: float | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    def found(self) -> str:
+        lo, hi = self.buildings_range
+        slo, shi = self.structures_range
+        others = ", ".join(
+            f"{n} {kind}" for kind, n in sorted(self.by_kind.items()) if kind != BUILDING and n
+        )
+        return (
+            f"{self.n_buildings} new building{_s(self.n_buildings)} (range {lo}–{hi}); "
+            f"{self.n_structures} new structure{_s(self.n_structures)} in all (range {slo}–{shi})"
+            + (f", of which {others}" if others else "")
+        )
+
+    def when(self) -> str:
+        if self.first_period is None:
+            return f"no new structure; {self.n_vanished} vanished"
+        peak = f"peak {self.peak_period} ({self.peak_new} new)" if self.peak_period else ""
+        return (
+            f"first in {self.first_period}, {peak}; {self.n_bermed} of the new buildings "
+            f"bermed; {self.n_vanished} vanished"
+        )
+
+    def candidates(self) -> str:
+        if not self.n_unconfirmed:
+            return "no unconfirmed candidate"
+        why = ", ".join(f"{n} {reason}" for reason, n in self.unconfirmed_why.items())
+        return (
+            f"{self.n_unconfirmed} unconfirmed candidate{_s(self.n_unconfirmed)}, not counted "
+            f"({why})"
+        )
+
+    def coverage(self) -> str | None:
+        if self.aoi_km2 is None or self.analysed_km2 is None or self.analysed_share is None:
+            return None
+        return (
+            f"analysed {km2(self.analysed_km2)} of the {km2(self.aoi_km2)} AOI "
+            f"({100 * self.analysed_share:.1f} %)"
+        )
+
+    def lines(self) -> tuple[str, ...]:
+        texts = [self.found(), self.when(), self.candidates(), self.coverage()]
+        return tuple(t[0].upper() + t[1:] for t in texts if t)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "new_buildings": self.n_buildings,
+            "new_buildings_range": list(self.buildings_range),
+            "new_structures": self.n_structures,
+            "new_structures_range": list(self.structures_range),
+            "new_by_kind": dict(self.by_kind),
+            "first_period": self.first_period,
+            "peak_period": self.peak_period,
+            "peak_new": self.peak_new,
+            "bermed": self.n_bermed,
+            "vanished": self.n_vanished,
+            "unconfirmed": self.n_unconfirmed,
+            "unconfirmed_why": dict(self.unconfirmed_why),
+            "text": list(self.lines()),
+            "warnings": list(self.warnings),
+        }
+
+
+def km2(value: float) -> str:
+    """An area in km² with the decimals its size deserves: '261 km²', '6.5 km²', '0.81 km²'."""
+    digits = 0 if value >= 100 else 1 if value >= 1 else 2
+    return f"{value:,.{digits}f} km²"
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _ranges(
+    counts: Sequence[PeriodCount], n_all: int, n_kind: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(all structures' range, one kind's range) at the end of the run."""
+    if not counts:
+        return (n_all, n_all), (n_kind, n_kind)
+    last = counts[-1]
+    doubted = max(last.cumulative - last.cumulative_low, 0)
+    added = max(last.cumulative_high - last.cumulative, 0)
+    all_range = (min(last.cumulative_low, n_all), max(last.cumulative_high, n_all))
+    return all_range, (max(n_kind - doubted, 0), n_kind + added)
+
+
+def _when(counts: Sequence[PeriodCount]) -> tuple[str | None, str | None, int]:
+    new = new_per_period(counts)
+    if not any(new):
+        return None, None, 0
+    first = next(i for i, n in enumerate(new) if n)
+    peak = max(range(len(new)), key=lambda i: (new[i], -i))
+    return period_name(counts[first].period), period_name(counts[peak].period), new[peak]
+
+
+def _coverage_warning(result: RunResult) -> str | None:
+    cov = result.coverage
+    if cov is None or not cov.is_partial:
+        return None
+    return (
+        f"only {100 * cov.share:.1f} % of AOI '{result.aoi.id}' could be analysed "
+        f"({km2(cov.analysed_km2)} of {km2(cov.aoi_km2)}; no scene data or no clear "
+        "observation elsewhere): findings say nothing about the rest; see the analysed_area layer"
+    )
+
+
+def headline(result: RunResult) -> Headline:
+    """The headline numbers of one run."""
+    new = [s for s in result.structures if _is_new(s)]
+    kinds = Counter(s.kind for s in new)
+    n_buildings = kinds.get(BUILDING, 0)
+    structures_range, buildings_range = _ranges(result.counts, len(new), n_buildings)
+    first, peak, peak_new = _when(result.counts)
+    periods = [c.period for c in result.composites] or [c.period for c in result.counts]
+    min_persistence = int(result.config.get("track", {}).get("min_persistence", 2))
+    why = Counter(
+        _why_unconfirmed(s, periods, min_persistence) for s in result.structures if not s.confirmed
+    )
+    cov = result.coverage
+    warning = _coverage_warning(result)
+    return Headline(
+        n_buildings=n_buildings,
+        buildings_range=buildings_range,
+        n_structures=len(new),
+        structures_range=structures_range,
+        by_kind=dict(kinds),
+        first_period=first,
+        peak_period=peak,
+        peak_new=peak_new,
+        n_bermed=sum(1 for s in new if s.bermed and s.kind == BUILDING),
+        n_vanished=sum(1 for s in new if s.status == "vanished"),
+        n_unconfirmed=sum(why.values()),
+        unconfirmed_why=dict(why.most_common()),
+        aoi_km2=None if cov is None else cov.aoi_km2,
+        analysed_km2=None if cov is None else cov.analysed_km2,
+        analysed_share=None if cov is None else round(cov.share, 4),
+        warnings=(warning,) if warning else (),
+    )

@@ -1,0 +1,241 @@
+"""True colour and the rasters an analyst opens in QGIS, each as a COG with its style.
+
+One responsibility: the raster outputs of a run, on the run's grid. The true-colour stretch
+shared by every picture (`shared_stretch`, `truecolor`); georeferenced true-colour COGs of the
+baseline, of the run's latest composite and of every period's composite (`imagery/`, 8-bit RGB
+with overviews, 0 = no clear observation); and the single-band evidence rasters: change score,
+change mask, clear observations over the run, and the acquisition date each imagery pixel came
+from as a YYYYMMDD number. Every COG gets a `.qml` sidecar of the same name
+(`changedet.outputs.raster_styles`), so QGIS opens it styled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from changedet.models import Composite, RunResult
+from changedet.outputs import raster_styles
+from changedet.outputs.fsio import write_cog, write_text
+
+__all__ = [
+    "NODATA_RGB",
+    "RasterOutput",
+    "display_rgb",
+    "shared_stretch",
+    "truecolor",
+    "write_evidence_rasters",
+    "write_imagery",
+    "yyyymmdd",
+]
+
+NODATA_RGB = (96, 96, 96)  # grey where a picture has no clear observation
+_EPOCH = date(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class RasterOutput:
+    """One raster written: its path relative to the run folder, what it shows, its group in the
+    QGIS project, and whether the project shows it at first."""
+
+    path: str
+    title: str
+    group: str
+    visible: bool = False
+
+
+def shared_stretch(*composites: Composite, sample: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band 2nd/98th percentiles of red, green, blue over all composites together, so before
+    and after are drawn with the same stretch and a brighter roof really looks brighter."""
+    values = []
+    for comp in composites:
+        rgb = np.stack([comp.band("red"), comp.band("green"), comp.band("blue")]).reshape(3, -1)
+        step = max(1, rgb.shape[1] // sample)
+        values.append(rgb[:, ::step])
+    allv = np.concatenate(values, axis=1)
+    lo = np.zeros(3)
+    hi = np.ones(3)
+    for b in range(3):
+        finite = allv[b][np.isfinite(allv[b])]
+        if finite.size:
+            lo[b], hi[b] = np.percentile(finite, [2, 98])
+        if hi[b] <= lo[b]:
+            hi[b] = lo[b] + 1e-3
+    return lo, hi
+
+
+def display_rgb(rgb: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(3, H, W) reflectance → (3, H, W) uint8 display values 1..255, 0 where not every band is
+    finite (the COGs' nodata)."""
+    scaled = (rgb - lo[:, None, None]) / (hi - lo)[:, None, None]
+    out = (np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 1.0) * 254 + 1).round().astype(np.uint8)
+    out[:, ~np.isfinite(rgb).all(axis=0)] = 0
+    return out
+
+
+def truecolor(
+    comp: Composite, lo: np.ndarray, hi: np.ndarray, *, window: tuple[slice, slice] | None = None
+) -> np.ndarray:
+    """(H, W, 3) uint8 true-colour image; grey where there is no clear observation."""
+    sl = window or (slice(None), slice(None))
+    rgb = np.stack([comp.band("red")[sl], comp.band("green")[sl], comp.band("blue")[sl]])
+    return rgb_picture(rgb, lo, hi)
+
+
+def rgb_picture(rgb: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(3, H, W) reflectance → (H, W, 3) uint8 picture, grey where not every band is finite."""
+    scaled = (rgb - lo[:, None, None]) / (hi - lo)[:, None, None]
+    img = (np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 1.0) * 255).round().astype(np.uint8)
+    img = np.moveaxis(img, 0, -1).copy()
+    img[~np.isfinite(rgb).all(axis=0)] = NODATA_RGB
+    return img
+
+
+def yyyymmdd(days: np.ndarray) -> np.ndarray:
+    """Days since 1970-01-01 (-1 none) → int32 YYYYMMDD (0 none): a pixel value reads as a date."""
+    out = np.zeros(days.shape, dtype=np.int32)
+    for d in np.unique(days[days >= 0]):
+        when = _EPOCH + timedelta(days=int(d))
+        out[days == d] = when.year * 10000 + when.month * 100 + when.day
+    return out
+
+
+def _write_styled(
+    out: Path, rel: str, qml: str, array: np.ndarray, result: RunResult, **cog: Any
+) -> None:
+    write_cog(out / rel, array, result.grid, **cog)
+    write_text((out / rel).with_suffix(".qml"), qml)
+
+
+def _imagery_one(
+    out: Path, rel: str, comp: Composite, lo: np.ndarray, hi: np.ndarray, result: RunResult
+) -> None:
+    rgb = np.stack([comp.band("red"), comp.band("green"), comp.band("blue")])
+    _write_styled(
+        out,
+        rel,
+        raster_styles.truecolor_qml(),
+        display_rgb(rgb, lo, hi),
+        result,
+        nodata=0,
+        descriptions=("red", "green", "blue"),
+        tags={
+            "period": comp.period.label,
+            "start": comp.period.start.isoformat(),
+            "end": comp.period.end.isoformat(),
+            "stretch": "display value = 1 + 254 * (reflectance - low) / (high - low), clipped",
+            "stretch_low": ",".join(f"{v:.4f}" for v in lo),
+            "stretch_high": ",".join(f"{v:.4f}" for v in hi),
+        },
+        resampling="average",
+        colorinterp=("red", "green", "blue"),
+    )
+
+
+def _date_raster(out: Path, rel: str, comp: Composite, result: RunResult) -> None:
+    dates = yyyymmdd(np.asarray(comp.source_date))
+    _write_styled(
+        out,
+        rel,
+        raster_styles.date_qml(sorted(int(v) for v in np.unique(dates[dates > 0]))),
+        dates,
+        result,
+        nodata=0,
+        descriptions=(f"acquisition date (YYYYMMDD) of each pixel of {comp.period.label}",),
+        tags={"units": "YYYYMMDD", "period": comp.period.label},
+    )
+
+
+def write_imagery(
+    out: Path, result: RunResult, lo: np.ndarray, hi: np.ndarray
+) -> list[RasterOutput]:
+    """imagery/: true-colour COGs of the baseline, the latest composite and every period, and the
+    acquisition date of each pixel of the first two."""
+    before, after = result.before, result.after
+    written = [
+        RasterOutput(
+            "imagery/latest.tif", f"latest {after.period.label} true colour", "Imagery", True
+        ),
+        RasterOutput(
+            "imagery/baseline.tif", f"baseline {before.period.label} true colour", "Imagery"
+        ),
+    ]
+    _imagery_one(out, written[0].path, after, lo, hi, result)
+    _imagery_one(out, written[1].path, before, lo, hi, result)
+    for rel, comp, title in (
+        ("imagery/latest_date.tif", after, f"latest {after.period.label}: acquisition date"),
+        ("imagery/baseline_date.tif", before, f"baseline {before.period.label}: acquisition date"),
+    ):
+        _date_raster(out, rel, comp, result)
+        written.append(RasterOutput(rel, title, "Imagery"))
+    for comp in result.composites:
+        rel = f"imagery/periods/{_safe(comp.period.label)}.tif"
+        _imagery_one(out, rel, comp, lo, hi, result)
+        written.append(RasterOutput(rel, f"{comp.period.label} true colour", "Imagery/Periods"))
+    return written
+
+
+def write_evidence_rasters(out: Path, result: RunResult, *, all_layers: bool) -> list[RasterOutput]:
+    """change.tif always; with `all_layers` also change_mask.tif and clear_count.tif."""
+    change = result.change
+    score = np.asarray(change.score, dtype=np.float32)
+    _write_styled(
+        out,
+        "change.tif",
+        raster_styles.change_qml(change.threshold),
+        score,
+        result,
+        nodata=float("nan"),
+        descriptions=("change score (robust z)",),
+        tags={
+            "threshold": str(change.threshold),
+            "before": result.before.period.label,
+            "after": result.after.period.label,
+        },
+        resampling="average",
+    )
+    written = [RasterOutput("change.tif", "change score (robust z)", "Change evidence")]
+    if not all_layers:
+        return written
+    mask = np.where(np.isfinite(score), np.asarray(change.mask, dtype=np.uint8), np.uint8(255))
+    _write_styled(
+        out,
+        "change_mask.tif",
+        raster_styles.mask_qml(),
+        mask.astype(np.uint8),
+        result,
+        nodata=255,
+        descriptions=("change mask: 1 change, 0 no change, 255 unobserved",),
+    )
+    counts = _clear_counts(result)
+    _write_styled(
+        out,
+        "clear_count.tif",
+        raster_styles.count_qml(int(counts.max()) if counts.size else 0),
+        counts,
+        result,
+        descriptions=("clear observations over the run",),
+    )
+    return [
+        *written,
+        RasterOutput("change_mask.tif", "change mask", "Change evidence"),
+        RasterOutput("clear_count.tif", "clear observations", "Change evidence"),
+    ]
+
+
+def _clear_counts(result: RunResult) -> np.ndarray:
+    """Clear observations per pixel over every date of the run (each date is in one period)."""
+    comps: Sequence[Composite] = result.composites or (result.before, result.after)
+    total = np.zeros(result.grid.shape, dtype=np.uint32)
+    for comp in comps:
+        total += comp.count
+    return np.minimum(total, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def _safe(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)

@@ -1,0 +1,135 @@
+"""How structures are told apart in every picture: by when they were first seen and by kind.
+
+One responsibility: the classes the overlay map, the report and the QGIS styles share, so all
+three agree. First-seen classes group structures by the month of the first period they were
+present in (the month before `first_seen_end`): one class per month when there are at most
+`MAX_CLASSES` months, else per quarter, half-year or year, so a legend never holds more colours
+than an eye can tell apart on imagery. Colours run along matplotlib's 'plasma' ramp, oldest
+dark, newest bright. Kinds are drawn apart by fill: buildings solid, ground works hatched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from changedet.models import Structure
+
+__all__ = [
+    "KIND_FILLS",
+    "MAX_CLASSES",
+    "UNKNOWN_COLOUR",
+    "DateClass",
+    "class_of",
+    "first_seen_classes",
+    "first_seen_month",
+    "shown_structures",
+]
+
+MAX_CLASSES = 6
+UNKNOWN_COLOUR = (0.6, 0.6, 0.6)
+# QGIS fill style per Structure.kind (anything else: "dense6"); the overlay hatches the same way.
+KIND_FILLS = {"building": "solid", "ground works": "b_diagonal"}
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(frozen=True)
+class DateClass:
+    """Structures first present in [start, end) (calendar months); start None = date unknown.
+
+    A structure belongs here when start < first_seen_end <= end (first_seen_end is the end of
+    the first period it was present in)."""
+
+    start: date | None
+    end: date | None
+    label: str
+    colour: tuple[float, float, float]
+    count: int
+
+    @property
+    def key(self) -> str:
+        """A stable text key: 'YYYY-MM..YYYY-MM' of the months covered, '' when unknown."""
+        if self.start is None or self.end is None:
+            return ""
+        last = self.end - timedelta(days=1)
+        return f"{self.start:%Y-%m}..{last:%Y-%m}"
+
+
+def first_seen_month(s: Structure) -> date | None:
+    """First day of the month of the first period the structure was present in."""
+    if s.first_seen_end is None:
+        return None
+    last_day = s.first_seen_end - timedelta(days=1)
+    return last_day.replace(day=1)
+
+
+def _add_months(d: date, n: int) -> date:
+    k = d.year * 12 + d.month - 1 + n
+    return date(k // 12, k % 12 + 1, 1)
+
+
+def _unit_start(month: date, size: int) -> date:
+    """Start of the calendar unit of `size` months (1, 3, 6, 12) holding `month`."""
+    return date(month.year, (month.month - 1) // size * size + 1, 1)
+
+
+def _label(start: date, end: date) -> str:
+    last = _add_months(end, -1)
+    if start == last:
+        return f"{_MONTHS[start.month - 1]} {start.year}"
+    if start.month == 1 and last.month == 12 and start.year == last.year:
+        return str(start.year)
+    if start.year == last.year:
+        return f"{_MONTHS[start.month - 1]}–{_MONTHS[last.month - 1]} {start.year}"
+    return f"{_MONTHS[start.month - 1]} {start.year} – {_MONTHS[last.month - 1]} {last.year}"
+
+
+def _ramp(n: int) -> list[tuple[float, float, float]]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["plasma"]
+    positions = [0.5] if n == 1 else [0.05 + 0.8 * i / (n - 1) for i in range(n)]
+    return [tuple(float(v) for v in cmap(p)[:3]) for p in positions]  # type: ignore[misc]
+
+
+def first_seen_classes(
+    structures: Iterable[Structure], max_classes: int = MAX_CLASSES
+) -> list[DateClass]:
+    """At most `max_classes` first-seen classes (plus 'date unknown' at the end when needed),
+    oldest first, each with the number of `structures` in it."""
+    items = list(structures)
+    months = sorted({m for s in items if (m := first_seen_month(s)) is not None})
+    units: list[tuple[date, date]] = []
+    for size in (1, 3, 6, 12, 24, 60, 120):
+        units = sorted(
+            {(_unit_start(m, size), _add_months(_unit_start(m, size), size)) for m in months}
+        )
+        if len(units) <= max_classes:
+            break
+    colours = _ramp(len(units))
+    out = []
+    for (start, end), colour in zip(units, colours, strict=True):
+        n = sum(1 for s in items if (m := first_seen_month(s)) is not None and start <= m < end)
+        out.append(DateClass(start, end, _label(start, end), colour, n))
+    unknown = sum(1 for s in items if s.first_seen_end is None)
+    if unknown:
+        out.append(DateClass(None, None, "date unknown", UNKNOWN_COLOUR, unknown))
+    return out
+
+
+def class_of(s: Structure, classes: Sequence[DateClass]) -> DateClass | None:
+    """The class holding `s` (None when none does)."""
+    month = first_seen_month(s)
+    for c in classes:
+        if c.start is None or c.end is None:
+            if month is None:
+                return c
+        elif month is not None and c.start <= month < c.end:
+            return c
+    return None
+
+
+def shown_structures(structures: Iterable[Structure]) -> list[Structure]:
+    """The structures maps and styles classify and legends count: all but dropped candidates."""
+    return [s for s in structures if s.status != "dropped"]

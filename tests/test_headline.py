@@ -1,0 +1,91 @@
+"""The headline (`outputs.headline`): counts that add up, buildings apart from all structures,
+first and peak month, candidates with why, coverage; the same words in the CLI and the report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import date
+
+import pytest
+
+from changedet.models import Period, PeriodCount, RunResult
+from changedet.outputs.headline import headline, km2, new_per_period
+
+
+def _month(m: int, year: int = 2023) -> Period:
+    end = date(year + (m == 12), m % 12 + 1, 1)
+    return Period(date(year, m, 1), end, f"{year}-{m:02d}")
+
+
+def test_new_per_period_adds_up_to_the_cumulative_count() -> None:
+    # A structure first seen in October after a cloudy September is spread over both months:
+    # the cumulative best estimate reads 1, 2, 3, while first sightings read 1, 0, 2.
+    counts = [
+        PeriodCount(_month(8), 1, 1, 1, 1, 0.9),
+        PeriodCount(_month(9), 0, 2, 1, 3, 0.1),
+        PeriodCount(_month(10), 2, 3, 3, 3, 0.8),
+        PeriodCount(_month(11), 0, 3, 3, 3, 0.8),
+    ]
+    new = new_per_period(counts)
+    assert new == [1, 1, 1, 0]
+    assert [sum(new[: i + 1]) for i in range(4)] == [c.cumulative for c in counts]
+    assert [c.new_confirmed for c in counts] != new  # first sightings do not add up here
+
+
+@pytest.fixture(scope="module")
+def result(make_run_result: Callable[..., RunResult]) -> RunResult:
+    return make_run_result()
+
+
+def test_buildings_are_told_apart_from_all_new_structures(result: RunResult) -> None:
+    hall, depot, shed = result.structures
+    works = replace(depot, kind="ground works")
+    gone = replace(hall, status="vanished", vanished_after=date(2024, 3, 1))
+    dropped = replace(shed, status="dropped")
+    told = headline(replace(result, structures=(gone, works, dropped)))
+    assert (told.n_buildings, told.n_structures) == (1, 2)  # the dropped candidate never counts
+    assert told.by_kind == {"building": 1, "ground works": 1}
+    # The run's range for all structures is 1–3 (cumulative 2): one kind's range is as wide as
+    # that allows, and never narrower than its own count.
+    assert told.structures_range == (1, 3)
+    assert told.buildings_range == (0, 2)
+    assert (told.n_bermed, told.n_vanished) == (0, 1)  # the depot is bermed, but ground works
+    assert told.unconfirmed_why == {"did not persist": 1}
+    lines = told.lines()
+    assert lines[0] == (
+        "1 new building (range 0–2); 2 new structures in all (range 1–3), of which 1 ground works"
+    )
+    assert (
+        lines[1]
+        == "First in Sep 2023, peak Sep 2023 (1 new); 0 of the new buildings bermed; 1 vanished"
+    )
+    assert lines[2] == "1 unconfirmed candidate, not counted (1 did not persist)"
+
+
+def test_why_a_candidate_is_unconfirmed(result: RunResult) -> None:
+    hall, _, shed = result.structures
+    periods = tuple(_month(m) for m in (8, 9, 10, 11))
+    comps = tuple(replace(result.after, period=p) for p in periods)
+    early = replace(shed, first_seen_end=date(2023, 10, 1))  # seen in Sep, two periods after
+    late = replace(shed, id="late", first_seen_end=date(2023, 12, 1))  # seen in the last one
+    told = headline(replace(result, structures=(hall, early, late), composites=comps))
+    assert told.unconfirmed_why == {"seen in too few clear periods": 1, "too recent to confirm": 1}
+
+
+def test_no_structure_and_coverage_words(
+    result: RunResult, make_run_result: Callable[..., RunResult]
+) -> None:
+    empty = headline(make_run_result(empty=True))
+    assert empty.lines()[:3] == (
+        "0 new buildings (range 0–0); 0 new structures in all (range 0–0)",
+        "No new structure; 0 vanished",
+        "No unconfirmed candidate",
+    )
+    cov = result.coverage
+    assert cov is not None
+    assert headline(result).lines()[-1] == (
+        f"Analysed {km2(cov.analysed_km2)} of the {km2(cov.aoi_km2)} AOI ({100 * cov.share:.1f} %)"
+    )
+    assert headline(result).warnings == ()
+    assert [km2(v) for v in (261.11, 6.54, 0.812)] == ["261 km²", "6.5 km²", "0.81 km²"]
