@@ -32,6 +32,7 @@ __all__ = [
     "CatalogConfig",
     "ChangeConfig",
     "Config",
+    "KindConfig",
     "MaskConfig",
     "OutputConfig",
     "ReadConfig",
@@ -148,6 +149,10 @@ class MaskConfig:
     dilate_px: int = 1  # grow cloud and shadow masks by this many 10 m pixels
     cloud_classes: tuple[int, ...] = (8, 9, 10)  # SCL classes the bright-roof rule looks at
     persistent_min_dates: int = 5  # observations a pixel needs before the bright-roof rule applies
+    # A clear observation brighter in blue than both the previous and the next clear observation
+    # of that pixel by more than this (reflectance) is a cloud edge, thin cloud or haze SCL missed:
+    # clouds move, new roofs stay. 0 turns the screen off.
+    spike_tolerance: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -156,21 +161,37 @@ class ChangeConfig:
     coreg_threshold_px: float = 0.25  # correct shifts larger than this (pixels)
     z_threshold: float = 10.0  # robust z of the change score that seeds a change region
     z_low: float = 3.0  # hysteresis: seeded regions grow through pixels with robust z >= this
-    # Seed threshold for roof-like change in time-series mode: the roof-like spectral test is a
-    # second, independent line of evidence (and persistence a third), so the seed may be lower.
-    roof_z_threshold: float = 6.0
-    # Which change the time-series ledger tracks: "roof-like" (new buildings; graded ground,
-    # berms and cleared plots are left to the berm stage) or "any" non-vegetated change (urban
-    # change in general, as OSCD labels it).
-    structures: str = "roof-like"
+    # Shifts above this are not corrected: Sentinel-2 misregistration stays near a pixel, a larger
+    # measured "shift" is new construction pulling the phase correlation.
+    max_shift_px: float = 3.0
+    # Structures are cut from change the neighbourhood cannot explain: an "after" value inside the
+    # range of its neighbours within this many pixels "before" is misregistration, resampling or a
+    # longer shadow, not construction (0 turns it off).
+    tolerance_px: int = 1
+    # Structures seed at this robust z of that tolerant score (the pixel change map at z_threshold):
+    # the tolerant score is damped where the neighbourhood explains change, so its seed sits lower.
+    structure_z_threshold: float = 8.0
+    # ...and a structure's footprint is where that unexplained change reaches this many noise units
+    # (smoothing lends evidence to a rim of unchanged pixels; this takes it back).
+    min_excess: float = 1.0
     min_area_m2: float = 400.0  # minimum mapping unit (4 pixels at 10 m)
     min_clear_obs: int = 1  # per period and pixel
-    split_objects: bool = True  # watershed-split merged blobs
+    split_objects: bool = False  # watershed-split blobs holding several separate seed cores
     smooth_sigma_px: float = 1.0  # Gaussian smoothing of the change evidence (spatial context)
     n_classes: int = 8  # k-means land-cover classes for the class-conditional change
     fill_holes: bool = True  # fill holes enclosed by a change region
     vegetation_gate: bool = True  # damp change that ends in vegetation (not a new structure)
     water_gate: bool = True  # damp change on pixels that are water on both dates (turbidity, tides)
+
+
+@dataclass(frozen=True)
+class KindConfig:
+    """What a structure is (`core.kinds`): thresholds on its spectral flattening and shape."""
+
+    roof_flattening: float = 0.15  # blue->SWIR16 slope drop at and above which a change is a roof
+    soil_flattening: float = 0.05  # |drop| below which a brighter, barer change stayed soil-like
+    line_width_px: float = 1.8  # a shape this thin (area / skeleton length) ...
+    line_min_length_px: int = 6  # ... and at least this long is a line: berm, cut, track
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,9 @@ class TrackConfig:
     match_overlap: float = 0.5  # ...or when the overlap covers this share of the smaller of the two
     min_presence_fraction: float = 0.5  # present in >= this share of observed periods since first
     min_observed_fraction: float = 0.5  # a structure is observed when this share of it is clear
+    # A known structure with no object in a period is still present when the median change score
+    # of its pixels reaches this (temporal hysteresis: a seed must reach change.z_threshold once).
+    continue_z: float = 4.0
     drop_after_absent: int = (
         2  # an unconfirmed candidate absent this many clear periods in a row is dropped
     )
@@ -235,6 +259,7 @@ class Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     change: ChangeConfig = field(default_factory=ChangeConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    kinds: KindConfig = field(default_factory=KindConfig)
     berms: BermConfig = field(default_factory=BermConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     aoi: AOIConfig = field(default_factory=AOIConfig)
@@ -345,11 +370,23 @@ def parse_date(text: str, where: str = "date") -> date:
         ) from None
 
 
+# Keys that once existed, and what replaced them: a config written for an older version gets told.
+_REMOVED = {
+    "change.structures": "every structure now has a kind (building, ground works, other) and all "
+    "are tracked; delete the line",
+    "change.roof_z_threshold": "structures are seeded at change.z_threshold like all change; "
+    "delete the line",
+}
+
+
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        removed = _REMOVED.get(f"{where}.{key}")
+        if removed:
+            raise ConfigError(f"config: [{where}] {key} was removed: {removed}")
         if key not in names:
             place = f"[{where}]" if where else "top level"
             raise ConfigError(f"config: unknown key '{key}' in {place}{_suggest(key, names)}")
@@ -459,19 +496,28 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "mask.persistent_cloud_fraction": (0.0, 1.0),
     "mask.dilate_px": (0, 100),
     "mask.persistent_min_dates": (1, None),
+    "mask.spike_tolerance": (0.0, 1.0),
     "change.coreg_threshold_px": (0.0, None),
     "change.z_threshold": (0.0, None),
     "change.z_low": (0.0, None),
-    "change.roof_z_threshold": (0.0, None),
+    "change.max_shift_px": (0.0, 100.0),
+    "change.tolerance_px": (0, 5),
+    "change.structure_z_threshold": (0.0, None),
+    "change.min_excess": (0.0, None),
     "change.min_area_m2": (0.0, None),
     "change.min_clear_obs": (1, None),
     "change.smooth_sigma_px": (0.0, 100.0),
     "change.n_classes": (1, 64),
+    "kinds.roof_flattening": (0.0, 1.0),
+    "kinds.soil_flattening": (0.0, 1.0),
+    "kinds.line_width_px": (0.0, 100.0),
+    "kinds.line_min_length_px": (1, None),
     "track.min_persistence": (1, None),
     "track.match_iou": (0.0, 1.0),
     "track.match_overlap": (0.0, 1.0),
     "track.min_presence_fraction": (0.0, 1.0),
     "track.min_observed_fraction": (0.0, 1.0),
+    "track.continue_z": (0.0, None),
     "track.drop_after_absent": (1, None),
     "track.vanish_after_absent": (1, None),
     "track.new_part_fraction": (0.0, 1.0),
@@ -494,7 +540,7 @@ _ABOVE = frozenset(
         "read.timeout_s",
         "change.z_threshold",
         "change.z_low",
-        "change.roof_z_threshold",
+        "change.structure_z_threshold",
         "track.match_iou",
         "track.match_overlap",
         "berms.ring_outer_m",
@@ -565,10 +611,6 @@ def _check_choices(config: Config) -> None:
     t = config.time
     if t.period not in ("month", "quarter"):
         raise ConfigError(f"time.period must be 'month' or 'quarter', got '{t.period}'")
-    if config.change.structures not in ("roof-like", "any"):
-        raise ConfigError(
-            f"change.structures must be 'roof-like' or 'any', got '{config.change.structures}'"
-        )
     if config.read.resampling not in RESAMPLING:
         raise ConfigError(
             f"config: read.resampling '{config.read.resampling}' is unknown; use one of: "
@@ -655,10 +697,10 @@ def _check_cross_field(config: Config) -> None:
         raise ConfigError(
             f"time: end {t.end} is before start {t.start}; pass an --end after --start"
         )
-    if c.z_low > min(c.z_threshold, c.roof_z_threshold):
+    if c.z_low > min(c.z_threshold, c.structure_z_threshold):
         raise ConfigError(
             f"config: change.z_low = {c.z_low:g} is above a seed threshold (z_threshold "
-            f"{c.z_threshold:g}, roof_z_threshold {c.roof_z_threshold:g}); set z_low lower"
+            f"{c.z_threshold:g}, structure_z_threshold {c.structure_z_threshold:g}); set z_low lower"
         )
     if b.ring_outer_m <= b.ring_inner_m:
         raise ConfigError(

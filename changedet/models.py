@@ -275,6 +275,9 @@ class ChangeMap:
 
     score: (H, W) float32 combined change score (robust z units; NaN where unobserved);
     likelihood: (H, W) float32 0..1 "new structure" likelihood; mask: (H, W) bool decided change.
+    structure_score / structure_mask: the same with evidence the neighbourhood explains
+        (misregistration, resampling, shadow length) damped: what structures are cut from. None
+        when the detector ran without the tolerance step (then structures use score / mask).
     indicators: named per-pixel layers that went into the score (for evidence and debugging).
     shift_px: measured (row, col) shift of `after` relative to `before`, before any correction.
     """
@@ -288,6 +291,23 @@ class ChangeMap:
     indicators: Mapping[str, np.ndarray] = field(default_factory=dict)
     shift_px: tuple[float, float] = (0.0, 0.0)
     shift_corrected: bool = False
+    structure_score: np.ndarray | None = None
+    structure_mask: np.ndarray | None = None
+    structure_threshold: float | None = None  # robust z that seeded the structure mask
+
+    @property
+    def structures(self) -> tuple[np.ndarray, np.ndarray]:
+        """(score, mask) that structures are cut from."""
+        if self.structure_score is None or self.structure_mask is None:
+            return self.score, self.mask
+        return self.structure_score, self.structure_mask
+
+    @property
+    def structure_seed(self) -> float:
+        """The robust z the structure mask was seeded at."""
+        if self.structure_mask is None or self.structure_threshold is None:
+            return self.threshold
+        return self.structure_threshold
 
 
 @dataclass(frozen=True)
@@ -301,6 +321,7 @@ class ChangeObject:
     confidence: float  # 0..1
     mean_score: float
     likelihood: float
+    evidence: Mapping[str, float] = field(default_factory=dict)  # mean indicator values (kinds)
 
 
 @dataclass(frozen=True)
@@ -326,6 +347,9 @@ class Structure:
     vanished_after: date | None = None
     # What the spectra say it is: "building", "ground works" (pads, cuts, berms) or "other".
     kind: str = "building"
+    # The evidence behind `kind`: median over its periods of the spectral flattening, bare-soil
+    # and brightness gains and vegetation loss, plus its width and length in pixels.
+    evidence: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -341,7 +365,8 @@ class Berm:
 
 @dataclass(frozen=True)
 class PeriodCount:
-    """Confirmed new structures per period, with a range for what the data cannot pin down."""
+    """Confirmed new structures per period, with a range for what the data cannot pin down;
+    all kinds, and new buildings alone (`core.counts` says how the ranges are made)."""
 
     period: Period
     new_confirmed: int
@@ -349,6 +374,10 @@ class PeriodCount:
     cumulative_low: int
     cumulative_high: int
     clear_fraction: float  # share of AOI pixels with a clear observation in this period
+    buildings_new: int = 0
+    buildings: int = 0
+    buildings_low: int = 0
+    buildings_high: int = 0
 
 
 @dataclass(frozen=True)

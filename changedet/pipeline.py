@@ -256,7 +256,6 @@ def run_aoi(
         inside=inside,
         periods=periods,
         config=config,
-        id_prefix=aoi.id,
         progress=progress,
         timer=timer,
     )

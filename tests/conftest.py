@@ -501,15 +501,22 @@ class RunResultFactory:
 
     @staticmethod
     def counts() -> tuple[PeriodCount, ...]:
+        # all structures: new, best, low, high; then new buildings alike (all are buildings)
         return tuple(
             PeriodCount(
-                Period(date(2023, m, 1), date(2023, m + 1, 1), f"2023-{m:02d}"), n, cum, lo, hi, cf
+                Period(date(2023, m, 1), date(2023, m + 1, 1), f"2023-{m:02d}"),
+                n,
+                cum,
+                lo,
+                hi,
+                cf,
+                *buildings,
             )
-            for m, n, cum, lo, hi, cf in [
-                (8, 0, 0, 0, 0, 0.9),
-                (9, 1, 1, 1, 2, 0.7),
-                (10, 0, 1, 1, 2, 0.2),
-                (11, 1, 2, 1, 3, 0.8),
+            for m, n, cum, lo, hi, cf, *buildings in [
+                (8, 0, 0, 0, 0, 0.9, 0, 0, 0, 0),
+                (9, 1, 1, 1, 2, 0.7, 1, 1, 1, 2),
+                (10, 0, 1, 1, 2, 0.2, 0, 1, 1, 2),
+                (11, 1, 2, 1, 3, 0.8, 1, 2, 1, 3),
             ]
         )
 

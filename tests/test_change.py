@@ -11,8 +11,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from changedet.config import ChangeConfig
-from changedet.core.change import decide, detect_change, robust_z, split_change
+from changedet.core.change import decide, detect_change, tolerant_excess
 from changedet.core.objects import extract_objects
+from changedet.core.stats import robust_z
 from changedet.models import Composite, Grid, Period
 
 L2A = ("blue", "green", "red", "nir", "swir16", "swir22")
@@ -90,7 +91,7 @@ GRADED_SOIL = (0.150, 0.200, 0.270, 0.315, 0.420, 0.370)  # berms, cleared groun
 
 
 @pytest.mark.parametrize(("surface", "roof"), [(CONCRETE, True), (GRADED_SOIL, False)])
-def test_roofs_are_structure_like_and_earthworks_are_not(
+def test_roofs_flatten_the_spectrum_and_earthworks_do_not(
     surface: tuple, roof: bool, composite: Callable[..., Composite]
 ) -> None:
     rng = np.random.default_rng(3)
@@ -102,15 +103,45 @@ def test_roofs_are_structure_like_and_earthworks_are_not(
     after += rng.normal(scale=0.003, size=after.shape).astype(np.float32)
     config = dataclasses.replace(ChangeConfig(), coregister=False)
     change = detect_change(composite(soil, L2A, "before"), composite(after, L2A, "after"), config)
-    assert change.mask[BLOCK].mean() > 0.9  # both are change...
-    buildings, earthworks = split_change(change, min_area_m2=400.0)
-    # ...but only the roof is a new building; graded soil is an earthwork.
-    if roof:
-        assert buildings.mask[BLOCK].mean() > 0.9
-    else:
-        assert buildings.mask.sum() == 0 and earthworks.mask[BLOCK].mean() > 0.9
-    assert not (buildings.mask & earthworks.mask).any()
-    assert bool(change.likelihood[BLOCK].mean() > 0.5) == roof
+    # Both are change, and both are structures...
+    assert change.mask[BLOCK].mean() > 0.9
+    assert change.structures[1][BLOCK].mean() > 0.9
+    # ...but only the roof flattens the blue-to-SWIR slope of the soil (the evidence of kind).
+    flattening = float(np.median(change.indicators["spectral_flattening"][BLOCK]))
+    assert (flattening > 0.15) if roof else (abs(flattening) < 0.05)
+
+
+def test_tolerant_excess_known_answer() -> None:
+    before = np.array(
+        [[0.1, 0.1, 0.1, 0.1], [0.1, 0.3, 0.3, 0.1], [0.1, 0.1, 0.1, 0.1]], np.float32
+    )
+    # The bright pair moved one pixel right: every value after has a neighbour before that
+    # explains it. A new value outside every neighbour's range is the distance to that range.
+    moved = np.array([[0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.3, 0.3], [0.1, 0.1, 0.1, 0.1]], np.float32)
+    assert np.array_equal(tolerant_excess(moved, before, 1), np.zeros_like(before))
+    new = before.copy()
+    new[0, 0] = 0.6
+    expected = np.zeros_like(before)
+    expected[0, 0] = 0.3  # 0.6 against the brightest neighbour 0.3
+    np.testing.assert_allclose(tolerant_excess(new, before, 1), expected, atol=1e-7)
+    assert np.array_equal(tolerant_excess(new, before, 0)[0, 0], np.float32(0.5))
+
+
+def test_subpixel_misregistration_is_change_but_not_a_structure(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
+    """A 0.45 px shift of a textured landscape, left uncorrected, lights up edges in the plain
+    pixel decision; the structure mask keeps only the new roof."""
+    before, after = pair(shift=(0.45, -0.3))
+    config = dataclasses.replace(ChangeConfig(), coregister=False, z_threshold=4.0, z_low=2.0)
+    change = detect_change(before, after, config)
+    truth = np.zeros(GRID.shape, bool)
+    truth[BLOCK] = True
+    near = ndi.binary_dilation(truth, iterations=3)
+    assert (change.mask & ~near).sum() >= 40  # edges lit up in the plain decision
+    _, structure = change.structures
+    assert structure[BLOCK].mean() > 0.9
+    assert (structure & ~near).sum() <= 0.1 * (change.mask & ~near).sum()
 
 
 def test_default_config_finds_the_block_and_nothing_else(
@@ -126,7 +157,9 @@ def test_default_config_finds_the_block_and_nothing_else(
     assert change.mask[truth].all()
     assert not (change.mask & ~ndi.binary_dilation(truth, iterations=3)).any()
     objects = extract_objects(change, ChangeConfig())
-    assert len(objects) == 1 and objects[0].n_pixels == int(change.mask.sum())
+    _, structure = change.structures  # the point-spread rim is explained by its neighbours
+    assert structure[truth].all() and not (structure & ~change.mask).any()
+    assert len(objects) == 1 and objects[0].n_pixels == int(structure.sum())
 
 
 def test_planted_offset_and_gain_alone_are_not_change(

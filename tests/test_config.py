@@ -99,7 +99,8 @@ BAD_VALUES = [
     ("[change]\nz_threshold = -1.0\n", "change.z_threshold"),
     ("[change]\nz_threshold = 0.0\n", "change.z_threshold"),
     ("[change]\nz_threshold = nan\n", "change.z_threshold"),
-    ("[change]\nroof_z_threshold = nan\n", "change.roof_z_threshold"),
+    ("[change]\nmin_excess = nan\n", "change.min_excess"),
+    ("[change]\ntolerance_px = -1\n", "change.tolerance_px"),
     ("[change]\nz_low = 12.0\n", "change.z_low"),
     ("[change]\nn_classes = 0\n", "change.n_classes"),
     ("[change]\nmin_area_m2 = inf\n", "change.min_area_m2"),
@@ -160,3 +161,11 @@ def test_allowed_folders_are_relative_to_the_config_file(tmp_path: Path) -> None
     path = tmp_path / "c.toml"
     path.write_text("[catalog]\nallowed_folders = ['tiles']\n")
     assert load_config(path).catalog.allowed_folders == (str(tmp_path / "tiles"),)
+
+
+@pytest.mark.parametrize("key", ['structures = "any"', "roof_z_threshold = 6.0"])
+def test_removed_keys_say_what_replaced_them(tmp_path: Path, key: str) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text(f"[change]\n{key}\n")
+    with pytest.raises(ConfigError, match=r"was removed: .*delete the line"):
+        load_config(path)

@@ -46,15 +46,15 @@ def test_buildings_are_told_apart_from_all_new_structures(result: RunResult) -> 
     told = headline(replace(result, structures=(gone, works, dropped)))
     assert (told.n_buildings, told.n_structures) == (1, 2)  # the dropped candidate never counts
     assert told.by_kind == {"building": 1, "ground works": 1}
-    # The run's range for all structures is 1–3 (cumulative 2): one kind's range is as wide as
-    # that allows, and never narrower than its own count.
+    # Each range comes from the ledger's counts at the run's end, and is never narrower than
+    # the count the headline states.
     assert told.structures_range == (1, 3)
-    assert told.buildings_range == (0, 2)
+    assert told.buildings_range == (1, 3)
     assert (told.n_bermed, told.n_vanished) == (0, 1)  # the depot is bermed, but ground works
     assert told.unconfirmed_why == {"did not persist": 1}
     lines = told.lines()
     assert lines[0] == (
-        "1 new building (range 0–2); 2 new structures in all (range 1–3), of which 1 ground works"
+        "1 new building (range 1–3); 2 new structures in all (range 1–3), of which 1 ground works"
     )
     assert (
         lines[1]

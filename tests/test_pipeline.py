@@ -199,4 +199,5 @@ def test_run_on_the_sample_tiles_with_the_real_catalog_and_reader(tmp_path: Path
     p = np.array([planted[d] for d in measured])
     m = np.array(list(measured.values()))
     # Shifts are measured against the baseline's median: compare both about their means.
-    np.testing.assert_allclose(m - m.mean(axis=0), -(p - p.mean(axis=0)), atol=0.15)
+    # Within 0.2 px: the measurement uses the clear pixels left after the spike screen.
+    np.testing.assert_allclose(m - m.mean(axis=0), -(p - p.mean(axis=0)), atol=0.2)

@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 
 from changedet.config import TrackConfig
+from changedet.core.ledger import build_ledger, place_id
 from changedet.core.periods import make_periods
-from changedet.core.track import (
-    PeriodObservation,
-    build_ledger,
-    footprint_geometry,
-    rasterize_objects,
-)
+from changedet.core.track import PeriodObservation, footprint_geometry, rasterize_objects
 from changedet.models import ChangeObject, Grid
 
 GRID = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 40, 40)
@@ -57,7 +53,7 @@ def series(
 
 
 def run(observations: list[PeriodObservation], **kw: object):  # type: ignore[no-untyped-def]
-    return build_ledger(observations, grid=GRID, config=CFG, id_prefix="t", min_area_m2=400.0, **kw)
+    return build_ledger(observations, grid=GRID, config=CFG, min_area_m2=400.0, **kw)
 
 
 def test_two_buildings_counted_with_first_seen_intervals() -> None:
@@ -200,7 +196,7 @@ def test_ids_are_stable_on_rerun_and_when_extended() -> None:
     assert [s.id for s in full.structures] == [s.id for s in again.structures]
     assert [s.id for s in shorter.structures] == [s.id for s in full.structures]
     assert len({s.id for s in full.structures}) == 2
-    assert all(s.id.startswith("t-2023-") for s in full.structures)
+    assert all(s.id.startswith("39N-500") for s in full.structures)  # named by where they stand
     # Extending can only confirm more, never change what was known about existing ids.
     short_by_id = {s.id: s for s in shorter.structures}
     for s in full.structures:
@@ -233,3 +229,59 @@ def test_observed_shape_mismatch_is_refused() -> None:
     bad = [PeriodObservation(PERIODS[0], (), np.ones((3, 3), bool))]
     with pytest.raises(ValueError, match="observed shape"):
         run(bad)
+
+
+def _on(grid: Grid, mask_on_grid: np.ndarray, row_off: int, col_off: int) -> np.ndarray:
+    """`mask_on_grid` (on GRID) placed on a larger grid whose origin is (row_off, col_off) pixels
+    up-left of GRID's: the same ground, another AOI outline."""
+    out = np.zeros(grid.shape, bool)
+    out[row_off : row_off + GRID.height, col_off : col_off + GRID.width] = mask_on_grid
+    return out
+
+
+def test_ids_name_the_place_whatever_the_grid() -> None:
+    """The same structures seen on a larger grid (another AOI drawn around them) get the same
+    ids: they are named by where they stand on the zone's lattice, not by the run."""
+    pres = {k: [A] for k in range(2, 8)}
+    pres.update({k: [A, B] for k in range(5, 8)})
+    small = run(series(pres, n=8))
+    big_grid = Grid.from_origin("EPSG:32639", 500_000.0 - 70.0, 3_950_000.0 + 130.0, 10.0, 57, 61)
+    big_obs = []
+    for o in series(pres, n=8):
+        objs = tuple(
+            ChangeObject(b.label, b.geometry, b.area_m2, b.n_pixels, b.confidence, 4.0, 0.9)
+            for b in o.objects
+        )
+        big_obs.append(
+            PeriodObservation(
+                o.period, objs, _on(big_grid, o.observed, 13, 7), o.scene_ids, baseline=o.baseline
+            )
+        )
+    big = build_ledger(big_obs, grid=big_grid, config=CFG, min_area_m2=400.0)
+    assert sorted(s.id for s in small.structures) == sorted(s.id for s in big.structures)
+    # A (rows 5-7, cols 5-8 of GRID) stands in the 100 m cell x 500000..500100,
+    # y 3949900..3950000: its id is the centre of that cell.
+    a = next(s for s in small.structures if s.area_m2 == 1200.0)
+    assert a.id == "39N-500050-3949950"
+    assert place_id((5000, 39499), GRID) == "39N-500050-3949950"
+
+
+def test_a_structure_built_where_one_vanished_gets_its_own_id() -> None:
+    pres = {k: [A] for k in range(1, 4)}  # built, then gone from period 4 (vanished at 6)
+    pres.update({k: [A] for k in range(7, 10)})  # a new one on the same place
+    ledger = run(series(pres))
+    first, second = ledger.structures
+    assert first.status == "vanished" and second.status == "active"
+    assert second.id == f"{first.id}-2" or first.id == f"{second.id}-2"
+
+
+def test_within_keeps_and_counts_only_structures_anchored_inside() -> None:
+    pres = {k: [A, B] for k in range(2, 10)}
+    ledger = run(series(pres))
+    assert ledger.counts[-1].cumulative == 2
+    inside = box(0, 0, 15, 15)  # holds A, not B
+    mine = ledger.within(inside)
+    (a,) = mine.structures
+    assert a.area_m2 == 1200.0 and mine.counts[-1].cumulative == 1
+    assert set(np.unique(mine.footprints)) == {0, 1}
+    assert all(e["structure_id"] == a.id for e in mine.events)

@@ -133,6 +133,7 @@ def coregister_dates(
     *,
     band: str,
     threshold_px: float,
+    max_px: float = float("inf"),
     reference_dates: Sequence[int] | None = None,
     min_clear: float = 0.3,
 ) -> tuple[Stack, tuple[tuple[float, float] | None, ...]]:
@@ -141,8 +142,10 @@ def coregister_dates(
 
     Pass the baseline's dates so that adding later dates never moves earlier ones. Dates with less
     than `min_clear` of their pixels clear are left as they are (shift None: too little to
-    measure); shifts above `threshold_px` are corrected (bilinear, all bands; pixels that draw on
-    masked ones become masked). Returns the aligned stack and the measured shifts.
+    measure); shifts above `threshold_px` and up to `max_px` are corrected (bilinear, all bands;
+    pixels that draw on masked ones become masked): a larger measured shift is not the sensor but
+    the scene (new construction pulling the correlation). Returns the aligned stack and the
+    measured shifts.
     """
     from changedet.core.composite import median_composite
 
@@ -160,7 +163,7 @@ def coregister_dates(
             continue
         shift = measure_shift(reference, np.where(clear[t], reflectance[t, b], np.nan))
         shifts.append(shift)
-        if float(np.hypot(*shift)) > threshold_px:
+        if threshold_px < float(np.hypot(*shift)) <= max_px:
             if reflectance is stack.reflectance:  # copy once, only when something moves
                 reflectance, clear = reflectance.copy(), clear.copy()
             reflectance[t] = apply_shift(np.where(clear[t], reflectance[t], np.nan), shift)

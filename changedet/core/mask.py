@@ -24,6 +24,7 @@ __all__ = [
     "persistent_from_counts",
     "scl_clear",
     "scl_cloudy",
+    "temporal_spikes",
 ]
 
 SCL_NODATA = 0
@@ -120,3 +121,36 @@ def persistent_from_counts(
     enough = n_observed >= max(int(min_dates), 1)
     # n_cloudy >= fraction * n_observed, with a tolerance for float rounding of the product
     return enough & (n_cloudy >= fraction * n_observed - 1e-9)
+
+
+def _previous_valid(series: np.ndarray) -> np.ndarray:
+    """(T, N): for each entry the last finite value before it in time (NaN when there is none)."""
+    out = np.full(series.shape, np.nan, dtype=series.dtype)
+    last = np.full(series.shape[1], np.nan, dtype=series.dtype)
+    for t in range(series.shape[0]):
+        out[t] = last
+        np.copyto(last, series[t], where=np.isfinite(series[t]))
+    return out
+
+
+def temporal_spikes(blue: np.ndarray, *, tolerance: float, relative: float = 0.1) -> np.ndarray:
+    """(T, H, W) bool: clear observations brighter in blue than both the previous and the next
+    clear observation of that pixel by more than `tolerance` + `relative` x the brighter of the
+    two (bright surfaces vary more from date to date with the sun and view angles).
+
+    What SCL misses — the soft edge of a cloud, a thin cloud sheet, a haze plume, a cloud over a
+    roof the bright-roof rule keeps — brightens blue on one date and is gone on the next: clouds
+    move. A new roof brightens it too, but stays, so it is a step, not a spike, and passes. The
+    first and last observation of a pixel have only one neighbour in time and are never called a
+    spike. blue: (T, H, W) reflectance, NaN where not clear.
+    """
+    n_t = blue.shape[0]
+    flat = blue.reshape(n_t, -1)
+    before = _previous_valid(flat)
+    after = _previous_valid(flat[::-1])[::-1]
+    with np.errstate(invalid="ignore"):
+        reference = np.fmax(before, after)
+        spikes = flat > reference * np.float32(1.0 + relative) + np.float32(tolerance)
+    spikes &= np.isfinite(before) & np.isfinite(after)
+    out: np.ndarray = spikes.reshape(blue.shape)
+    return out

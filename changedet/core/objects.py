@@ -13,7 +13,8 @@ import shapely
 from scipy import ndimage as ndi
 from shapely.geometry import MultiPolygon, Polygon, shape
 
-from changedet.config import ChangeConfig
+from changedet.config import ChangeConfig, KindConfig
+from changedet.core.kinds import EVIDENCE_LAYERS
 from changedet.models import ChangeMap, ChangeObject
 
 __all__ = ["extract_objects", "label_objects"]
@@ -73,30 +74,87 @@ def _polygon(region: np.ndarray, transform: object) -> Polygon | MultiPolygon:
     return geom
 
 
-def extract_objects(change: ChangeMap, config: ChangeConfig) -> list[ChangeObject]:
-    """Objects of the change mask: valid polygons in the grid CRS with area >= `config.min_area_m2`.
+def split_roofs(
+    labels: np.ndarray,
+    flattening: np.ndarray,
+    *,
+    threshold: float,
+    soil: float,
+    min_pixels: int,
+) -> np.ndarray:
+    """Labels with the roof-like parts of an object made objects of their own, where the rest of
+    it stayed soil-like: a new hall and the graded ground and berms around it change together but
+    are different structures. A roof-like part has spectral flattening >= `threshold` over at
+    least `min_pixels`; the rest must keep a median |flattening| <= `soil`. An object whose rest
+    is not clearly soil (a mixed urban change) stays whole: the pixels cannot tell its parts."""
+    mask = labels > 0
+    roof_lab, n_roof = ndi.label(mask & (flattening >= threshold), structure=_EIGHT)
+    if n_roof == 0:
+        return labels
+    big = np.bincount(roof_lab.ravel(), minlength=n_roof + 1) >= min_pixels
+    big[0] = False
+    roof = big[roof_lab]
+    rest = mask & ~roof
+    n = int(labels.max())
+    index = np.arange(1, n + 1)
+    has_roof = ndi.maximum(roof, labels, index).astype(bool)
+    rest_flat = ndi.median(np.abs(flattening), np.where(rest, labels, 0), index)
+    soil_rest = np.nan_to_num(rest_flat, nan=np.inf) <= soil
+    split = np.concatenate([[False], has_roof & soil_rest])[labels]
+    if not split.any():
+        return labels
+    kept, n_kept = ndi.label(roof & split, structure=_EIGHT)
+    others, _ = ndi.label(mask & ~(roof & split), structure=_EIGHT)
+    out: np.ndarray = np.where(kept > 0, kept, np.where(others > 0, others + n_kept, 0))
+    return out.astype(np.int32)
+
+
+def extract_objects(
+    change: ChangeMap, config: ChangeConfig, *, kinds: KindConfig | None = None
+) -> list[ChangeObject]:
+    """Objects of the structure mask (`ChangeMap.structures`): valid polygons in the grid CRS with
+    area >= `config.min_area_m2`. With `kinds`, roof-like parts of an object on soil-like ground
+    become objects of their own (`split_roofs`).
 
     area_m2 = pixels x `grid.pixel_area_m2` (exact on UTM grids, approximate on geographic ones);
     confidence rises from 0 at the hysteresis low threshold to ~0.63 at the seed threshold and
     towards 1 above it; likelihood is the mean "new structure" likelihood of the object. Both
-    thresholds are the ones the mask was cut with (`change.threshold`, `change.low_threshold`).
+    thresholds are the ones the mask was cut with (`change.structure_seed`, `.low_threshold`).
     """
     grid = change.grid
-    high, low = change.threshold, change.low_threshold
-    labels = label_objects(change.mask, change.score, split=config.split_objects, seed_level=high)
+    high, low = change.structure_seed, change.low_threshold
+    score_map, mask = change.structures
+    labels = label_objects(mask, score_map, split=config.split_objects, seed_level=high)
+    flattening = change.indicators.get("spectral_flattening")
+    if kinds is not None and flattening is not None:
+        min_pixels = max(1, int(np.ceil(config.min_area_m2 / grid.pixel_area_m2 - 1e-9)))
+        labels = split_roofs(
+            labels,
+            np.nan_to_num(flattening, nan=0.0),
+            threshold=kinds.roof_flattening,
+            soil=kinds.soil_flattening,
+            min_pixels=min_pixels,
+        )
     n = int(labels.max())
     if n == 0:
         return []
     pixel_area = grid.pixel_area_m2
     index = np.arange(1, n + 1)
     counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    score = np.nan_to_num(change.score, nan=0.0)
+    score = np.nan_to_num(score_map, nan=0.0)
     mean_score = ndi.mean(score, labels, index)
     mean_like = ndi.mean(np.nan_to_num(change.likelihood, nan=0.0), labels, index)
+    evidence = {
+        name: ndi.mean(np.nan_to_num(change.indicators[name], nan=0.0), labels, index)
+        for name in EVIDENCE_LAYERS
+        if name in change.indicators
+    }
     span = max(high - low, 1e-6)
     boxes = ndi.find_objects(labels)
     objects: list[ChangeObject] = []
-    for lab, n_px, ms, ml, box in zip(index, counts, mean_score, mean_like, boxes, strict=True):
+    for j, (lab, n_px, ms, ml, box) in enumerate(
+        zip(index, counts, mean_score, mean_like, boxes, strict=True)
+    ):
         area = float(n_px) * pixel_area
         if box is None or n_px == 0 or area < config.min_area_m2 - 1e-6:
             continue
@@ -115,6 +173,7 @@ def extract_objects(change: ChangeMap, config: ChangeConfig) -> list[ChangeObjec
                 confidence=confidence,
                 mean_score=float(ms),
                 likelihood=float(ml),
+                evidence={name: float(values[j]) for name, values in evidence.items()},
             )
         )
     return objects

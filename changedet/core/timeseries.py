@@ -17,18 +17,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from changedet.config import Config
 from changedet.core.berms import berm_evidence, extract_berms, link_berms, ring_test
-from changedet.core.change import COREG_BANDS, detect_change, detect_structures
+from changedet.core.change import COREG_BANDS, detect_change
 from changedet.core.composite import composite
 from changedet.core.coreg import coregister_dates
+from changedet.core.kinds import BUILDING
+from changedet.core.ledger import Ledger, build_ledger
+from changedet.core.mask import temporal_spikes
 from changedet.core.objects import extract_objects
 from changedet.core.periods import baseline_indices
-from changedet.core.track import Ledger, PeriodObservation, build_ledger
+from changedet.core.track import PeriodObservation
 from changedet.errors import NoScenesError
 from changedet.models import (
     Berm,
@@ -41,7 +44,15 @@ from changedet.models import (
     no_progress,
 )
 
-__all__ = ["Analysis", "Baseline", "StageTimer", "analyse_stack", "choose_baseline", "span"]
+__all__ = [
+    "Analysis",
+    "Baseline",
+    "StageTimer",
+    "analyse_stack",
+    "choose_baseline",
+    "screen_spikes",
+    "span",
+]
 
 Shift = tuple[float, float] | None
 
@@ -131,6 +142,17 @@ def choose_baseline(
     return Baseline(chosen, span(periods[min(chosen) : last + 1]))
 
 
+def screen_spikes(stack: Stack, config: Config) -> Stack:
+    """The stack with observations that are brief brightenings in blue (cloud edges, thin cloud
+    and haze SCL missed; `core.mask.temporal_spikes`) no longer clear."""
+    tolerance = config.mask.spike_tolerance
+    if tolerance <= 0 or "blue" not in stack.bands or len(stack.times) < 3:
+        return stack
+    blue = np.where(stack.clear, stack.band("blue"), np.float32(np.nan))
+    spikes = temporal_spikes(blue, tolerance=tolerance)
+    return replace(stack, clear=stack.clear & ~spikes)
+
+
 def _coregister(
     stack: Stack, baseline: Baseline, config: Config
 ) -> tuple[Stack, tuple[Shift, ...]]:
@@ -142,6 +164,7 @@ def _coregister(
         stack,
         band=band,
         threshold_px=cc.coreg_threshold_px,
+        max_px=cc.max_shift_px,
         reference_dates=_dates_in(stack, baseline.span),
     )
 
@@ -170,15 +193,16 @@ def _observe_periods(
     monitored = per_period[baseline.last + 1 :]
     for i, comp in enumerate(monitored):
         progress("change per period", i, len(monitored))
-        cmap = detect_structures(baseline_composite, comp, cc, mode=cc.structures)
-        observed = np.isfinite(cmap.score) & inside
-        objects = extract_objects(cmap, cc) if observed.any() else []
+        cmap = detect_change(baseline_composite, comp, cc)
+        observed = np.isfinite(cmap.structures[0]) & inside
+        objects = extract_objects(cmap, cc, kinds=config.kinds) if observed.any() else []
         observations.append(
             PeriodObservation(
                 period=comp.period,
                 objects=tuple(objects),
                 observed=observed,
                 scene_ids=comp.scene_ids,
+                score=cmap.structures[0],
             )
         )
     progress("change per period", len(monitored), len(monitored))
@@ -188,17 +212,30 @@ def _observe_periods(
 def _with_berms(
     ledger: Ledger, baseline: Composite, after: Composite, config: Config
 ) -> tuple[tuple[Structure, ...], tuple[Berm, ...]]:
-    """The ledger's structures with their berm flags, and the berm lines."""
+    """The ledger's structures with the berm flags of its buildings, and the berm lines. A berm
+    is ground works itself (and may be one of the structures): only buildings are tested for a
+    ring of it."""
     if not config.berms.enabled:
         return ledger.structures, ()
+    buildings = [i for i, s in enumerate(ledger.structures) if s.kind == BUILDING]
+    lut = np.zeros(len(ledger.structures) + 1, dtype=np.int32)
+    lut[[i + 1 for i in buildings]] = np.arange(1, len(buildings) + 1, dtype=np.int32)
+    footprints = lut[ledger.footprints]
     # New roofs' own edges look like ridges: keep them out of the berm evidence.
-    evidence = berm_evidence(baseline, after, exclude=ledger.footprints > 0)
+    evidence = berm_evidence(baseline, after, exclude=footprints > 0)
     grid = baseline.grid
-    structures = tuple(
-        ring_test(ledger.structures, evidence, grid, config.berms, footprints=ledger.footprints)
+    tested = ring_test(
+        [ledger.structures[i] for i in buildings],
+        evidence,
+        grid,
+        config.berms,
+        footprints=footprints,
     )
+    structures = list(ledger.structures)
+    for i, s in zip(buildings, tested, strict=True):
+        structures[i] = s
     berms = tuple(link_berms(extract_berms(evidence, grid, config.berms), structures, config.berms))
-    return structures, berms
+    return tuple(structures), berms
 
 
 def analyse_stack(
@@ -207,7 +244,6 @@ def analyse_stack(
     inside: np.ndarray,
     periods: list[Period],
     config: Config,
-    id_prefix: str,
     progress: Progress = no_progress,
     timer: StageTimer | None = None,
 ) -> Analysis:
@@ -215,6 +251,8 @@ def analyse_stack(
     structures → ledger → berms. `inside` is the AOI mask on the stack grid."""
     timer = timer or StageTimer()
     cc = config.change
+    with timer("screen"):
+        stack = screen_spikes(stack, config)
     baseline = choose_baseline(stack, periods, inside=inside, config=config)
     with timer("coregister"):
         stack, date_shifts = _coregister(stack, baseline, config)
@@ -234,7 +272,7 @@ def analyse_stack(
             observations,
             grid=stack.grid,
             config=config.track,
-            id_prefix=id_prefix,
+            kinds=config.kinds,
             min_area_m2=cc.min_area_m2,
             aoi_mask=inside,
         )

@@ -1,45 +1,37 @@
-"""The structure ledger: change objects of each period matched over time into structures.
+"""Change objects of each period matched over time into tracks: the tracker behind the ledger.
 
-Input is one `PeriodObservation` per period, in any order (sorted here by date): the change
-objects of that period's composite against the fixed baseline, and which pixels were observed
-(clear in both). The baseline periods themselves are passed too, with no objects: they are the
-"absent" evidence that opens the first-seen interval of structures that appear right after them.
+Input is one `PeriodObservation` per period, in date order: the change objects of that period's
+composite against the fixed baseline, and which pixels were observed (clear in both). The baseline
+periods themselves come first, with no objects: they are the "absent" evidence that opens the
+first-seen interval of structures that appear right after them.
 
-Per period, in date order:
+Per period:
 - each object is matched to open tracks by pixel overlap (IoU >= `match_iou`, or the overlap
   covers >= `match_overlap` of the smaller of the two);
-- an object overlapping several tracks (a merge) marks all of them present; a track overlapping
+- tracks born in the same period that one object now covers were pieces of one structure seen
+  apart: they are merged;
+- an object overlapping several older tracks marks all of them present; a track overlapping
   several objects (a split) is present once and remembers the number of pieces;
-- object pixels outside every track either grow the matched track or, when they form a part of at
-  least the minimum mapping unit (not counting a `growth_rim_px` rim along the track) and
-  `new_part_fraction` of the object, start a new track (a new building beside an old one);
-  unmatched objects start new tracks;
+- object pixels outside every track either grow the matched track or — when the place was seen
+  clear and unchanged since that track appeared, and they form a part of at least the minimum
+  mapping unit (not counting a `growth_rim_px` rim) and `new_part_fraction` of the object — start
+  a new track (a new building beside an old one); unmatched objects start new tracks;
 - a track not present but observed (>= `min_observed_fraction` of its pixels clear) is absent.
   An unconfirmed candidate absent `drop_after_absent` times in a row is dropped (closed); a
   confirmed structure absent `vanish_after_absent` times in a row is marked vanished (closed).
-  Closed tracks free their pixels, so a later structure there gets a new track and a new id.
+  Closed tracks free their pixels, so a later structure there gets a new track.
 
 A track is confirmed once present in >= `min_persistence` periods with a presence share of at
-least `min_presence_fraction` of the periods it was observed in since it first appeared.
-
-Ids are derived from what is fixed the moment a track is born — its first period label and the
-centroid of its first pixels, rounded to the grid — and every decision uses only past periods,
-so re-running gives the same ids and appending one more period keeps every existing id.
-
-Counts per period (`PeriodCount`): `new_confirmed` counts confirmed structures by their
-first-present period; `cumulative` sums them. `cumulative_high` adds confirmed structures whose
-first-seen interval has opened (they may already stand but were not yet seen: cloudy periods),
-extra pieces of persistent splits, and candidates the data cannot decide yet (too few later
-periods); `cumulative_low` removes confirmed structures that were only ever seen merged into one
-object with an older one.
+least `min_presence_fraction` of the periods it was observed in since it first appeared. Every
+decision uses only past periods, so appending one more period never changes earlier ones.
+`core.ledger` turns the tracks into structures.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,14 +40,15 @@ from scipy import ndimage
 
 from changedet.config import TrackConfig
 from changedet.errors import DataError
-from changedet.models import ChangeObject, Grid, Period, PeriodCount, Structure
+from changedet.models import ChangeObject, Grid, Period, Structure
 
 __all__ = [
-    "Ledger",
     "PeriodObservation",
-    "build_ledger",
+    "Tracks",
     "footprint_geometry",
+    "pixels_geometry",
     "rasterize_objects",
+    "track_periods",
 ]
 
 
@@ -67,7 +60,11 @@ class PeriodObservation:
     observed: (H, W) bool, pixels where this period's change was observable (both composites clear);
     labels: optional (H, W) int label image whose value `obj.label` marks each object's pixels
         (saves rasterising the polygons; objects whose label is absent are rasterised);
-    baseline: True for the baseline periods (no objects; their clear pixels count as "absent").
+    baseline: True for the baseline periods (no objects; their clear pixels count as "absent");
+    score: optional (H, W) change score of the period (what structures are cut from): a known
+        structure with no object this period is still present where its pixels keep a median
+        score of `TrackConfig.continue_z` (temporal hysteresis: a small roof seen clearly once
+        needs less evidence to be seen again). Not kept after tracking.
     """
 
     period: Period
@@ -76,38 +73,7 @@ class PeriodObservation:
     scene_ids: tuple[str, ...] = ()
     labels: np.ndarray | None = None
     baseline: bool = False
-
-
-@dataclass(frozen=True)
-class Ledger:
-    """The result of `build_ledger`.
-
-    structures: confirmed and unconfirmed tracks (see `Structure.confirmed`, `.status`:
-        "active" | "vanished" | "dropped"), ordered by first-present period then id;
-    counts: one PeriodCount per observation period, in date order;
-    events: dicts {"period", "date", "event": "new" | "confirmed" | "vanished" | "dropped",
-        "structure_id", "confirmed"} in date order;
-    footprints: (H, W) int32, 0 = none, i + 1 = structures[i] (each pixel belongs to one track);
-    first_period: per structure, index into `periods` of its first present period;
-    periods: the observation periods in date order.
-    """
-
-    structures: tuple[Structure, ...]
-    counts: tuple[PeriodCount, ...]
-    events: tuple[dict[str, Any], ...]
-    footprints: np.ndarray
-    first_period: tuple[int, ...]
-    periods: tuple[Period, ...]
-    min_area_m2: float = 0.0
-
-    @property
-    def confirmed(self) -> tuple[Structure, ...]:
-        return tuple(s for s in self.structures if s.confirmed)
-
-    @property
-    def candidates(self) -> tuple[Structure, ...]:
-        """Unconfirmed tracks: reported separately, never counted."""
-        return tuple(s for s in self.structures if not s.confirmed)
+    score: np.ndarray | None = None
 
 
 @dataclass
@@ -120,6 +86,8 @@ class _Track:
     present: dict[int, int] = field(default_factory=dict)  # period -> pieces
     absent: list[int] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)
+    # (period, evidence) of every object matched to it: what its kind and dates are read from
+    evidence: list[tuple[int, Mapping[str, float]]] = field(default_factory=list)
     shared: dict[int, set[int]] = field(default_factory=dict)  # period -> other tracks merged with
     consecutive_absent: int = 0
     confirmed_at: int | None = None
@@ -183,13 +151,15 @@ def footprint_geometry(mask: np.ndarray, grid: Grid) -> Any:
     return shapely.union_all(polys) if len(polys) > 1 else polys[0]
 
 
-def _stable_id(prefix: str, period: Period, first_pixels: np.ndarray, grid: Grid) -> str:
-    rows, cols = np.divmod(first_pixels, grid.width)
-    x, y = grid.transform @ (float(cols.mean()) + 0.5, float(rows.mean()) + 0.5)
-    res = grid.res or 1.0
-    key = f"{grid.crs}:{round(x / res) * res:.0f},{round(y / res) * res:.0f}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:6]
-    return f"{prefix}-{period.label}-{digest}" if prefix else f"{period.label}-{digest}"
+def pixels_geometry(pixels: np.ndarray, grid: Grid) -> Any:
+    """`footprint_geometry` of flat pixel indices, without a full-grid mask."""
+    if pixels.size == 0:
+        return shapely.Polygon()
+    rows, cols = np.divmod(pixels, grid.width)
+    r0, c0 = int(rows.min()), int(cols.min())
+    crop = np.zeros((int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1), dtype=bool)
+    crop[rows - r0, cols - c0] = True
+    return footprint_geometry(crop, grid.window(r0, c0, crop.shape[0], crop.shape[1]))
 
 
 def _groups(labels: np.ndarray, n: int) -> list[np.ndarray]:
@@ -234,42 +204,24 @@ def _near(
     return out
 
 
-def build_ledger(
-    observations: Sequence[PeriodObservation],
-    *,
-    grid: Grid,
-    config: TrackConfig,
-    id_prefix: str = "",
-    min_area_m2: float = 0.0,
-    aoi_mask: np.ndarray | None = None,
-) -> Ledger:
-    """Match objects over periods into structures; first-seen intervals, persistence, counts.
-
-    min_area_m2: minimum mapping unit; new parts smaller than this are growth, not structures.
-    aoi_mask: (H, W) bool, pixels inside the AOI, for `PeriodCount.clear_fraction` (all if None).
-    """
-    obs = sorted(observations, key=lambda o: (o.period.start, o.period.end))
-    for o in obs:
-        if o.observed.shape != grid.shape:
-            raise DataError(f"period {o.period.label}: observed shape {o.observed.shape} != grid")
-    tracker = _Tracker(grid, config, min_area_m2)
-    for k, o in enumerate(obs):
-        tracker.observe(k, o)
-    return _finish(obs, tracker, id_prefix, aoi_mask)
-
-
 class _Tracker:
     """The matching state over periods: tracks, which track owns each pixel, which are open."""
 
-    def __init__(self, grid: Grid, config: TrackConfig, min_area_m2: float) -> None:
+    def __init__(
+        self, grid: Grid, config: TrackConfig, min_area_m2: float, roof_flattening: float
+    ) -> None:
         self.grid = grid
         self.config = config
         self.min_area_m2 = min_area_m2
+        self.roof_flattening = roof_flattening
         self.min_pixels = max(1, math.ceil(min_area_m2 / grid.pixel_area_m2 - 1e-9))
         self.owner = np.full(grid.width * grid.height, -1, dtype=np.int64)
         self.tracks: list[_Track] = []
         self.open: list[int] = []
         self.had_object: list[np.ndarray] = []  # per period, flat bool: pixel inside some object
+        # Last period each pixel was seen clear and unchanged (-1: never): tells the part of a
+        # structure first hidden by cloud from a new neighbour built beside it.
+        self.last_clear = np.full(grid.width * grid.height, -1, dtype=np.int32)
 
     def observe(self, k: int, o: PeriodObservation) -> None:
         """One period: match its objects to tracks, then mark open tracks present or absent."""
@@ -280,7 +232,11 @@ class _Tracker:
         for i, pix in enumerate(groups):
             if pix.size:
                 self._take_object(k, pix, o.objects[i], present_now)
-        self._update_open(k, o.observed.ravel(), present_now)
+        observed = o.observed.ravel()
+        self.last_clear[observed & ~self.had_object[-1]] = k
+        if o.score is not None:
+            self._continue(o.score.ravel(), present_now)
+        self._update_open(k, observed, present_now)
 
     def _matches(self, pix: np.ndarray, owners: np.ndarray) -> list[tuple[int, int]]:
         """(overlap, track) of the tracks an object's pixels match, largest overlap first."""
@@ -301,6 +257,9 @@ class _Tracker:
     ) -> None:
         owners = self.owner[pix]
         matched = self._matches(pix, owners)
+        if len(matched) > 1 and self._merge_pieces(matched):
+            owners = self.owner[pix]
+            matched = self._matches(pix, owners)
         free = pix[owners < 0]
         if not matched:
             if free.size >= self.min_pixels:
@@ -311,6 +270,7 @@ class _Tracker:
             tr.hit(pix[owners == t])
             present_now[t] = present_now.get(t, 0) + 1
             tr.confidences.append(float(obj.confidence))
+            tr.evidence.append((k, obj.evidence))
             if len(matched) > 1:
                 tr.shared.setdefault(k, set()).update(m for _, m in matched if m != t)
         self._grow_or_split(k, pix, free, obj, matched)
@@ -334,7 +294,12 @@ class _Tracker:
                 comp, self.owner, matched_ids, grid.width, grid.height, config.growth_rim_px
             )
             core = comp[~near]
-            if core.size >= self.min_pixels and comp.size >= config.new_part_fraction * pix.size:
+            # A new neighbour only where the place was seen clear and unchanged since the known
+            # structure appeared; pixels that were hidden (cloud) are the rest of that structure.
+            main_born = self.tracks[matched[0][1]].born
+            seen_since = (self.last_clear[comp] >= main_born).mean() >= 0.5
+            big = comp.size >= config.new_part_fraction * pix.size
+            if seen_since and big and core.size >= self.min_pixels:
                 self._new_track(comp, k, obj)
             else:
                 growth.append(comp)
@@ -345,14 +310,50 @@ class _Tracker:
             self.tracks[main].add_pixels(grown)
             self.tracks[main].hit(grown)
 
+    def _merge_pieces(self, matched: list[tuple[int, int]]) -> bool:
+        """Tracks born in the same period that one object now covers were pieces of one
+        structure seen apart (part of it below threshold, or cut by cloud): merge them into the
+        main one — unless one looked like a roof and the other did not (a hall and the ground
+        works around it). True when anything merged."""
+        main = self.tracks[matched[0][1]]
+        roof = self._roof_like(main)
+        pieces = [
+            t
+            for _c, t in matched[1:]
+            if self.tracks[t].born == main.born and self._roof_like(self.tracks[t]) == roof
+        ]
+        for t in pieces:
+            _merge_into(main, self.tracks[t], self.owner)
+        self.open = [t for t in self.open if t not in pieces]
+        return bool(pieces)
+
+    def _roof_like(self, tr: _Track) -> bool:
+        flattening = [
+            e["spectral_flattening"] for _, e in tr.evidence if "spectral_flattening" in e
+        ]
+        return bool(flattening) and float(np.median(flattening)) >= self.roof_flattening
+
     def _new_track(self, pix: np.ndarray, k: int, obj: ChangeObject) -> None:
         pix = np.sort(pix)
         t = len(self.tracks)
         tr = _Track(index=t, born=k, pixels=pix, hits=np.ones(pix.size, np.int32), first_pixels=pix)
         tr.confidences.append(float(obj.confidence))
+        tr.evidence.append((k, obj.evidence))
         self.tracks.append(tr)
         self.open.append(t)
         self.owner[pix] = t
+
+    def _continue(self, score: np.ndarray, present_now: dict[int, int]) -> None:
+        """Open tracks without an object this period that still stand out (median score of their
+        observed pixels >= `continue_z`) are present."""
+        for t in self.open:
+            if t in present_now:
+                continue
+            values = score[self.tracks[t].pixels]
+            seen = values[np.isfinite(values)]
+            enough = seen.size and seen.size >= self.config.min_observed_fraction * values.size
+            if enough and float(np.median(seen)) >= self.config.continue_z:
+                present_now[t] = 1
 
     def _update_open(self, k: int, observed: np.ndarray, present_now: dict[int, int]) -> None:
         """Present tracks stay open (and may be confirmed); observed absent ones count towards
@@ -384,6 +385,23 @@ class _Tracker:
         self.open = still_open
 
 
+def _merge_into(main: _Track, other: _Track, owner: np.ndarray) -> None:
+    """`other` was a piece of `main` all along: its pixels and history become main's."""
+    owner[other.pixels] = main.index
+    keep = ~np.isin(other.pixels, main.pixels)
+    main.pixels = np.concatenate([main.pixels, other.pixels[keep]])
+    main.hits = np.concatenate([main.hits, other.hits[keep]])
+    order = np.argsort(main.pixels, kind="stable")
+    main.pixels, main.hits = main.pixels[order], main.hits[order]
+    main.first_pixels = np.union1d(main.first_pixels, other.first_pixels)
+    for k, n in other.present.items():
+        main.present[k] = max(main.present.get(k, 0), n)
+    main.confidences.extend(other.confidences)
+    main.evidence.extend(other.evidence)
+    other.status = "merged"
+    other.closed_at = other.born
+
+
 def _is_confirmed(tr: _Track, config: TrackConfig) -> bool:
     n_present = len(tr.present)
     observed = n_present + len(tr.absent)
@@ -392,241 +410,42 @@ def _is_confirmed(tr: _Track, config: TrackConfig) -> bool:
     )
 
 
-def _observed_fraction(observed: np.ndarray, pixels: np.ndarray) -> float:
-    return float(observed.ravel()[pixels].mean()) if pixels.size else 0.0
-
-
-def _core(tr: _Track) -> np.ndarray:
-    """A track's footprint: pixels hit in at least half of its present periods."""
-    core_min = max(1, math.ceil(0.5 * len(tr.present)))
-    core = tr.pixels[tr.hits >= core_min]
-    return core if core.size else tr.pixels
-
-
-def _last_absent(
-    obs: Sequence[PeriodObservation],
-    had_object: list[np.ndarray],
-    tr: _Track,
-    core: np.ndarray,
-    config: TrackConfig,
-) -> int | None:
-    """Last clear period before birth where the place showed no change: the interval opens there."""
-    for j in range(tr.born - 1, -1, -1):
-        seen_clear = _observed_fraction(obs[j].observed, core) >= config.min_observed_fraction
-        if seen_clear and had_object[j][core].mean() < 0.5:
-            return j
-    return None
-
-
-def _confidence(tr: _Track, config: TrackConfig) -> float:
-    """Mean object confidence, scaled by presence share and by persistence up to the minimum."""
-    n_present = len(tr.present)
-    presence = n_present / max(n_present + len(tr.absent), 1)
-    mean_conf = float(np.mean(tr.confidences)) if tr.confidences else 0.0
-    scale = presence * min(1.0, n_present / max(config.min_persistence, 1))
-    return round(float(np.clip(mean_conf * scale, 0, 1)), 4)
-
-
-def _structure(
-    tr: _Track,
-    structure_id: str,
-    obs: Sequence[PeriodObservation],
-    tracker: _Tracker,
-) -> Structure:
-    """The ledger's view of one track."""
-    grid, config = tracker.grid, tracker.config
-    periods = [o.period for o in obs]
-    core = _core(tr)
-    last_absent = _last_absent(obs, tracker.had_object, tr, core, config)
-    end_k = tr.closed_at if tr.closed_at is not None else len(periods) - 1
-    n_clear = sum(
-        1
-        for j in range(tr.born, end_k + 1)
-        if j in tr.present
-        or _observed_fraction(obs[j].observed, core) >= config.min_observed_fraction
-    )
-    scenes: list[str] = []
-    for src in (last_absent, tr.born, tr.confirmed_at):
-        if src is not None:
-            scenes.extend(s for s in obs[src].scene_ids if s not in scenes)
-    mask = np.zeros(grid.width * grid.height, dtype=bool)
-    mask[core] = True
-    return Structure(
-        id=structure_id,
-        geometry=footprint_geometry(mask.reshape(grid.shape), grid),
-        area_m2=float(core.size * grid.pixel_area_m2),
-        confidence=_confidence(tr, config),
-        first_seen_start=periods[last_absent].start if last_absent is not None else None,
-        first_seen_end=periods[tr.born].end,
-        confirmed=tr.confirmed_at is not None,
-        n_clear_obs=n_clear,
-        source_scenes=tuple(scenes),
-        status=tr.status,
-        vanished_after=periods[max(tr.present)].end if tr.status == "vanished" else None,
-    )
-
-
-def _track_events(tr: _Track, s: Structure, periods: Sequence[Period]) -> list[_Ev]:
-    """(period index, order, event) of a track: new, confirmed, closed (vanished/dropped)."""
-    out = [(tr.born, 0, _event(periods[tr.born], "new", s))]
-    if tr.confirmed_at is not None:
-        out.append((tr.confirmed_at, 1, _event(periods[tr.confirmed_at], "confirmed", s)))
-    if tr.closed_at is not None:
-        out.append((tr.closed_at, 2, _event(periods[tr.closed_at], tr.status, s)))
-    return out
-
-
-def _split_extra(tr: _Track, config: TrackConfig) -> int:
-    """Extra pieces of a confirmed track split into several objects in its persistent periods."""
-    pieces = sorted(tr.present.values(), reverse=True)
-    if len(pieces) < config.min_persistence:
-        return 0
-    return max(0, pieces[config.min_persistence - 1] - 1)
-
-
-def _merged_only(tr: _Track, tracks: Sequence[_Track]) -> bool:
-    """Seen only merged into one object with an older confirmed track: maybe the same building."""
-    return bool(tr.present) and all(
-        any(
-            tracks[m].confirmed_at is not None and tracks[m].born <= tr.born and m < tr.index
-            for m in tr.shared.get(j, ())
-        )
-        for j in tr.present
-    )
-
-
-def _pending(tr: _Track, config: TrackConfig) -> bool:
-    """An unconfirmed candidate present every time it was seen, with too few periods to decide."""
-    n_present = len(tr.present)
-    observed_after = n_present + len(tr.absent)
-    undecided = tr.closed_at is None and observed_after < config.min_persistence
-    return undecided and n_present == observed_after
-
-
-def _track_ids(
-    tracks: Sequence[_Track], periods: Sequence[Period], grid: Grid, prefix: str
-) -> list[str]:
-    """Stable ids (born period + first pixels), de-duplicated in birth order."""
-    ids: list[str] = []
-    seen: dict[str, int] = {}
-    for tr in tracks:
-        base = _stable_id(prefix, periods[tr.born], tr.first_pixels, grid)
-        seen[base] = seen.get(base, 0) + 1
-        ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
-    return ids
-
-
-_Ev = tuple[int, int, dict[str, Any]]
-
-
-def _finish(
-    obs: Sequence[PeriodObservation],
-    tracker: _Tracker,
-    id_prefix: str,
-    aoi_mask: np.ndarray | None,
-) -> Ledger:
-    grid, config, tracks = tracker.grid, tracker.config, tracker.tracks
-    periods = tuple(o.period for o in obs)
-    ids = _track_ids(tracks, periods, grid, id_prefix)
-    built: list[tuple[int, str, Structure, int]] = []
-    events: list[_Ev] = []
-    flags = _CountFlags()
-    for tr in tracks:
-        structure = _structure(tr, ids[tr.index], obs, tracker)
-        built.append((tr.born, ids[tr.index], structure, tr.index))
-        events.extend(_track_events(tr, structure, periods))
-        if structure.confirmed:
-            flags.split_extra[tr.index] = _split_extra(tr, config)
-            if _merged_only(tr, tracks):
-                flags.merged_only.add(tr.index)
-        elif _pending(tr, config):
-            flags.pending.add(tr.index)
-    built.sort(key=lambda b: (b[0], b[1]))
-    footprint = np.zeros(grid.width * grid.height, dtype=np.int32)
-    for pos, (_born, _id, _s, t) in enumerate(built):
-        core = _core(tracks[t])
-        free = footprint[core] == 0
-        footprint[core[free]] = pos + 1
-    events.sort(key=lambda e: (e[0], e[1], e[2]["structure_id"]))
-    return Ledger(
-        structures=tuple(b[2] for b in built),
-        counts=_counts(obs, periods, built, flags, aoi_mask),
-        events=tuple(e[2] for e in events),
-        footprints=footprint.reshape(grid.shape),
-        first_period=tuple(b[0] for b in built),
-        periods=periods,
-        min_area_m2=tracker.min_area_m2,
-    )
-
-
 @dataclass
-class _CountFlags:
-    """What the count range needs to know about tracks beyond their Structure."""
+class Tracks:
+    """What the tracker made of the periods, for `core.ledger`."""
 
-    split_extra: dict[int, int] = field(default_factory=dict)
-    merged_only: set[int] = field(default_factory=set)
-    pending: set[int] = field(default_factory=set)
+    observations: tuple[PeriodObservation, ...]  # in date order
+    tracks: list[_Track]
+    had_object: list[np.ndarray]  # per period, flat bool: pixel inside some object
+    grid: Grid
+    config: TrackConfig
+    min_area_m2: float
 
-
-def _event(period: Period, kind: str, s: Structure) -> dict[str, Any]:
-    return {
-        "period": period.label,
-        "date": period.start.isoformat(),
-        "event": kind,
-        "structure_id": s.id,
-        "confirmed": s.confirmed,
-    }
+    @property
+    def periods(self) -> tuple[Period, ...]:
+        return tuple(o.period for o in self.observations)
 
 
-def _counts(
-    obs: Sequence[PeriodObservation],
-    periods: tuple[Period, ...],
-    built: list[tuple[int, str, Structure, int]],
-    flags: _CountFlags,
-    aoi_mask: np.ndarray | None,
-) -> tuple[PeriodCount, ...]:
-    # Best estimate: a structure first seen after unobserved (cloudy) periods may have appeared in
-    # any of them, so its count is spread evenly over the periods its first-seen interval spans.
-    starts = {p.start: k for k, p in enumerate(periods)}
-    weight = np.zeros(len(periods))
-    for born, _i, s, _t in built:
-        if not s.confirmed:
-            continue
-        last_absent = starts.get(s.first_seen_start) if s.first_seen_start else None
-        first = born if last_absent is None else min(last_absent + 1, born)
-        weight[first : born + 1] += 1.0 / (born + 1 - first)
-    expected = np.cumsum(weight)
-    out: list[PeriodCount] = []
-    seen = 0
-    for k, p in enumerate(periods):
-        new = sum(1 for born, _i, s, _t in built if s.confirmed and born == k)
-        seen += new
-        cumulative = int(np.floor(expected[k] + 0.5 + 1e-9))
-        low = seen - sum(1 for born, _i, s, t in built if t in flags.merged_only and born <= k)
-        low = min(low, cumulative)
-        high = 0
-        for born, _i, s, t in built:
-            if s.confirmed:
-                opened = s.first_seen_start is None or s.first_seen_start < p.end
-                if born <= k or opened:
-                    high += 1
-                if born <= k:
-                    high += flags.split_extra.get(t, 0)
-            elif t in flags.pending and born <= k:
-                high += 1
-        observed = obs[k].observed
-        if aoi_mask is not None:
-            clear = float(observed[aoi_mask].mean()) if aoi_mask.any() else 0.0
-        else:
-            clear = float(observed.mean())
-        out.append(
-            PeriodCount(
-                period=p,
-                new_confirmed=new,
-                cumulative=cumulative,
-                cumulative_low=max(0, low),
-                cumulative_high=max(high, cumulative),
-                clear_fraction=round(clear, 4),
-            )
-        )
-    return tuple(out)
+def track_periods(
+    observations: Sequence[PeriodObservation],
+    *,
+    grid: Grid,
+    config: TrackConfig,
+    min_area_m2: float = 0.0,
+    roof_flattening: float = float("inf"),
+) -> Tracks:
+    """Match the objects of every period into tracks (see the module docstring).
+
+    roof_flattening: objects whose spectral flattening reaches this look like roofs (`core.kinds`);
+    roof-like and other pieces are never merged.
+    min_area_m2: minimum mapping unit; new parts smaller than this are growth, not structures.
+    """
+    obs = tuple(sorted(observations, key=lambda o: (o.period.start, o.period.end)))
+    for o in obs:
+        if o.observed.shape != grid.shape:
+            raise DataError(f"period {o.period.label}: observed shape {o.observed.shape} != grid")
+    tracker = _Tracker(grid, config, min_area_m2, roof_flattening)
+    for k, o in enumerate(obs):
+        tracker.observe(k, o)
+    obs = tuple(replace(o, score=None) for o in obs)  # the scores are not needed any more
+    return Tracks(obs, tracker.tracks, tracker.had_object, grid, config, min_area_m2)

@@ -377,8 +377,8 @@ def _season(day: date, peak_doy: int) -> float:
 def _ground(series: OSCDSeries, day: date) -> tuple[np.ndarray, np.ndarray]:
     """Reflectance of the ground on `day` ((B, H, W), 0 where no data) and the no-data mask:
     revealed regions show the second real date, the rest the first; vegetation greens up towards
-    late June and browns in winter; shadows north of tall bright objects grow by up to a pixel
-    towards the winter solstice (shadows fall north at Sentinel-2's morning overpass)."""
+    late June and browns in winter; shadows north of tall objects grow by up to a pixel towards
+    the winter solstice (shadows fall north at Sentinel-2's morning overpass)."""
     revealed = np.array([r.region_id for r in series.truth if r.appeared <= day], np.int32)
     inside = np.isin(series.regions, revealed) & np.isfinite(series.after).all(axis=0)
     refl = np.where(inside[None], series.after, series.before).astype(np.float32)
@@ -391,8 +391,9 @@ def _ground(series: OSCDSeries, day: date) -> tuple[np.ndarray, np.ndarray]:
     refl[3] *= 1.0 + 1.5 * green_up
     refl[2] *= 1.0 - 1.2 * green_up
     refl[4] *= 1.0 - 0.5 * green_up
+    # Tall objects: built pixels much brighter than their surroundings (buildings, not sand).
     bright = refl[:3].mean(axis=0)
-    tall = (bright > np.quantile(bright, 0.9)) & (ndvi < 0.2)
+    tall = (bright - ndimage.median_filter(bright, size=5) > 0.04) & (ndvi < 0.2)
     north = np.zeros_like(tall)
     north[:-1] = tall[1:] & ~tall[:-1]
     length = 0.5 + 0.5 * _season(day, 355)
@@ -808,7 +809,6 @@ def detect_series(
     series: OSCDSeries,
     config: Any = None,
     *,
-    id_prefix: str = "",
     n_months: int | None = None,
     progress: Progress = no_progress,
 ) -> Any:
@@ -832,7 +832,6 @@ def detect_series(
         inside=np.ones(series.grid.shape, dtype=bool),
         periods=periods,
         config=cfg,
-        id_prefix=id_prefix or series.city,
         progress=progress,
     )
     return analysis

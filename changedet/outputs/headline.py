@@ -12,9 +12,9 @@ CLI summary, the report and run.json say the same thing:
 - the analysed area against the AOI's, and a warning when it is under `[output]
   coverage_warning`.
 
-Ranges: the run's counts give a low–high range for all structures at the end of the run. Until
-the ledger counts per kind, the range of one kind is the widest that range allows: the kind's
-count, minus every structure the low end doubts, plus every one the high end adds.
+Ranges: the ledger's counts give a low–high range for all structures and for new buildings at
+the end of the run (`core.counts`: the buildings' high end also holds structures whose kind the
+pixels could not tell).
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from typing import Any
 
 from changedet.models import Period, PeriodCount, RunResult, Structure
 
-__all__ = ["BUILDING", "Headline", "headline", "km2", "new_per_period", "period_name"]
+__all__ = [
+    "BUILDING",
+    "Headline",
+    "headline",
+    "increments",
+    "km2",
+    "new_per_period",
+    "period_name",
+]
 
 BUILDING = "building"  # Structure.kind of a new building
 NOT_PERSISTED = "did not persist"
@@ -34,16 +42,21 @@ TOO_RECENT = "too recent to confirm"
 TOO_FEW = "seen in too few clear periods"
 
 
+def increments(cumulative: Sequence[int]) -> list[int]:
+    """Per-period increments of a cumulative series (never negative): they add up to its end."""
+    out, last = [], 0
+    for value in cumulative:
+        out.append(max(value - last, 0))
+        last = max(last, value)
+    return out
+
+
 def new_per_period(counts: Sequence[PeriodCount]) -> list[int]:
     """New structures per period as the increments of the cumulative best estimate: they add up
     to the cumulative count (a structure first seen after cloudy periods is spread over the
     periods it may have appeared in, so these can differ from `new_confirmed`, which counts
     each structure in the period it was first seen)."""
-    out, last = [], 0
-    for c in counts:
-        out.append(max(c.cumulative - last, 0))
-        last = max(last, c.cumulative)
-    return out
+    return increments([c.cumulative for c in counts])
 
 
 def period_name(period: Period) -> str:
@@ -157,16 +170,16 @@ def _s(n: int) -> str:
 
 
 def _ranges(
-    counts: Sequence[PeriodCount], n_all: int, n_kind: int
+    counts: Sequence[PeriodCount], n_all: int, n_buildings: int
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(all structures' range, one kind's range) at the end of the run."""
+    """(all structures' range, new buildings' range) at the end of the run, from the ledger's
+    counts (`core.counts`)."""
     if not counts:
-        return (n_all, n_all), (n_kind, n_kind)
+        return (n_all, n_all), (n_buildings, n_buildings)
     last = counts[-1]
-    doubted = max(last.cumulative - last.cumulative_low, 0)
-    added = max(last.cumulative_high - last.cumulative, 0)
     all_range = (min(last.cumulative_low, n_all), max(last.cumulative_high, n_all))
-    return all_range, (max(n_kind - doubted, 0), n_kind + added)
+    buildings = (min(last.buildings_low, n_buildings), max(last.buildings_high, n_buildings))
+    return all_range, buildings
 
 
 def _when(counts: Sequence[PeriodCount]) -> tuple[str | None, str | None, int]:

@@ -3,8 +3,9 @@
 One responsibility: what `counts.csv` and `structures.csv` hold, in order. `counts.csv` gives,
 per period, the best-estimate new structures (`new`, the increments of `cumulative`, so the
 column adds up to the last cumulative count), the structures first seen in the period
-(`first_seen`), the cumulative count with its range, and how much of the AOI the period saw
-clearly. `structures.csv` has every documented structure property, latitude/longitude first, so
+(`first_seen`), the cumulative count with its range, the same for new buildings alone
+(`new_buildings` adds up to `buildings`; the high end also holds structures whose kind the pixels
+could not tell), and how much of the AOI the period saw clearly. `structures.csv` has every documented structure property, latitude/longitude first, so
 it opens in a spreadsheet or any GIS as points.
 """
 
@@ -16,7 +17,7 @@ import json
 from typing import Any
 
 from changedet.models import RunResult
-from changedet.outputs.headline import new_per_period
+from changedet.outputs.headline import increments, new_per_period
 from changedet.outputs.vectors import STRUCTURE_PROPERTIES, structure_properties
 
 __all__ = ["COUNTS_COLUMNS", "STRUCTURES_CSV_COLUMNS", "counts_csv", "structures_csv"]
@@ -30,6 +31,10 @@ COUNTS_COLUMNS = (
     "cumulative",
     "cumulative_low",
     "cumulative_high",
+    "new_buildings",
+    "buildings",
+    "buildings_low",
+    "buildings_high",
     "clear_km2",
     "clear_fraction",
 )
@@ -52,7 +57,9 @@ def counts_csv(result: RunResult) -> str:
     (when the run measured its coverage), not only the part of it on the grid."""
     clear = {p.label: p for p in result.coverage.periods} if result.coverage else {}
     rows: list[list[Any]] = [list(COUNTS_COLUMNS)]
-    for c, new in zip(result.counts, new_per_period(result.counts), strict=True):
+    new_all = new_per_period(result.counts)
+    new_buildings = increments([c.buildings for c in result.counts])
+    for c, new, new_b in zip(result.counts, new_all, new_buildings, strict=True):
         seen = clear.get(c.period.label)
         rows.append(
             [
@@ -64,6 +71,10 @@ def counts_csv(result: RunResult) -> str:
                 c.cumulative,
                 c.cumulative_low,
                 c.cumulative_high,
+                new_b,
+                c.buildings,
+                c.buildings_low,
+                c.buildings_high,
                 "" if seen is None else f"{seen.clear_km2:.4f}",
                 f"{(c.clear_fraction if seen is None else seen.share):.4f}",
             ]

@@ -1,0 +1,437 @@
+"""The structure ledger: tracks (`core.track`) turned into structures, events and counts.
+
+Each track becomes a `Structure`:
+- its footprint is the track's core: pixels present in at least half of its present periods;
+- its first-seen interval runs from the last clear period the place showed no change to the
+  first period it was present;
+- its kind (`core.kinds`) comes from the median of its objects' spectral evidence and the shape
+  of its footprint;
+- its **id names its place**: the zone and the UTM coordinates (metres) of the centre of a
+  100 m cell of the zone's fixed lattice that the structure stands in, e.g. `39N-539350-3944550`.
+  Of the cells holding a fair share of its footprint, the one with the smallest hash of its
+  indices: a choice that depends only on where the structure stands, not on the run. A rerun with
+  another start, end, period length or AOI outline, and any AOI that contains the structure, name
+  it the same unless its footprint moved across a cell border. Structures sharing a cell get
+  `-2`, `-3` in the order of the smallest hash of their own pixels (again not of the run).
+
+`Ledger.within(mask)` keeps the structures anchored inside an AOI mask and counts only those:
+statistics come from a context window around the AOI, results from the AOI itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from changedet.config import KindConfig, TrackConfig
+from changedet.core.counts import CountEntry, period_counts
+from changedet.core.kinds import BUILDING, classify, evidence_summary, line_shape
+from changedet.core.track import (
+    PeriodObservation,
+    Tracks,
+    _Track,
+    pixels_geometry,
+    track_periods,
+)
+from changedet.models import Grid, Period, PeriodCount, Structure
+
+__all__ = ["Ledger", "build_ledger", "place_id"]
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The result of `build_ledger`.
+
+    structures: confirmed and unconfirmed structures (see `Structure.confirmed`, `.status`:
+        "active" | "vanished" | "dropped"), ordered by first-present period then id;
+    counts: one PeriodCount per observation period, in date order;
+    events: dicts {"period", "date", "event": "new" | "confirmed" | "vanished" | "dropped",
+        "structure_id", "confirmed"} in date order;
+    footprints: (H, W) int32, 0 = none, i + 1 = structures[i] (each pixel belongs to one);
+    first_period: per structure, index into `periods` of its first present period;
+    anchors: per structure, the flat grid index of the pixel its id is named after;
+    periods: the observation periods in date order.
+    """
+
+    structures: tuple[Structure, ...]
+    counts: tuple[PeriodCount, ...]
+    events: tuple[dict[str, Any], ...]
+    footprints: np.ndarray
+    first_period: tuple[int, ...]
+    periods: tuple[Period, ...]
+    min_area_m2: float = 0.0
+    anchors: tuple[int, ...] = ()
+    entries: tuple[CountEntry, ...] = ()
+    clear_fractions: tuple[float, ...] = ()
+
+    @property
+    def confirmed(self) -> tuple[Structure, ...]:
+        return tuple(s for s in self.structures if s.confirmed)
+
+    @property
+    def candidates(self) -> tuple[Structure, ...]:
+        """Unconfirmed structures: reported separately, never counted."""
+        return tuple(s for s in self.structures if not s.confirmed)
+
+    def within(self, inside: np.ndarray) -> Ledger:
+        """The ledger of the structures whose anchor pixel lies in `inside` ((H, W) bool):
+        footprints, events and counts of those only."""
+        keep = [i for i, a in enumerate(self.anchors) if inside.ravel()[a]]
+        if len(keep) == len(self.structures):
+            return self
+        lut = np.zeros(len(self.structures) + 1, dtype=np.int32)
+        lut[[i + 1 for i in keep]] = np.arange(1, len(keep) + 1, dtype=np.int32)
+        ids = {self.structures[i].id for i in keep}
+        entries = tuple(self.entries[i] for i in keep)
+        return replace(
+            self,
+            structures=tuple(self.structures[i] for i in keep),
+            counts=period_counts(entries, self.periods, self.clear_fractions),
+            events=tuple(e for e in self.events if e["structure_id"] in ids),
+            footprints=lut[self.footprints],
+            first_period=tuple(self.first_period[i] for i in keep),
+            anchors=tuple(self.anchors[i] for i in keep),
+            entries=entries,
+        )
+
+
+def _zone(grid: Grid) -> str:
+    """'39N' for EPSG:32639, '39S' for EPSG:32739, else the CRS itself."""
+    code = grid.epsg
+    if code is not None and 32601 <= code <= 32660:
+        return f"{code - 32600}N"
+    if code is not None and 32701 <= code <= 32760:
+        return f"{code - 32700}S"
+    return grid.crs.replace(":", "")
+
+
+def _centres(pixels: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Integer metre coordinates of the centres of flat pixel indices."""
+    rows, cols = np.divmod(pixels, grid.width)
+    t = grid.transform
+    x = t.c + (cols + 0.5) * t.a + (rows + 0.5) * t.b
+    y = t.f + (cols + 0.5) * t.d + (rows + 0.5) * t.e
+    return np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+
+
+def _mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A well-mixed 64-bit hash of integer coordinate pairs (splitmix64 finaliser)."""
+    z = (x.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ y.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    out: np.ndarray = z ^ (z >> np.uint64(31))
+    return out
+
+
+# Ids name a cell of this size (m) of the UTM zone's lattice, one the structure stands in.
+ID_CELL_M = 100
+# A cell counts when it holds at least this share of the pixels of the structure's fullest cell:
+# a few edge pixels spilling over a cell border do not move the id.
+ID_CELL_SHARE = 0.35
+
+
+def _cells(core: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The ID_CELL_M cells (absolute lattice indices) that hold a fair share of a footprint."""
+    x, y = _centres(core, grid)
+    cells, counts = np.unique(
+        np.stack([np.floor_divide(x, ID_CELL_M), np.floor_divide(y, ID_CELL_M)], axis=1),
+        axis=0,
+        return_counts=True,
+    )
+    held = cells[counts >= ID_CELL_SHARE * counts.max()]
+    return held[:, 0], held[:, 1]
+
+
+def anchor_cell(core: np.ndarray, grid: Grid) -> tuple[int, int]:
+    """The lattice cell a footprint's id is named after (see the module docstring)."""
+    cx, cy = _cells(core, grid)
+    best = int(np.argmin(_mix(cx, cy)))
+    return int(cx[best]), int(cy[best])
+
+
+def _tiebreak(core: np.ndarray, grid: Grid) -> int:
+    """A run-independent order of structures sharing an anchor cell: the smallest hash of their
+    own pixels' centres."""
+    x, y = _centres(core, grid)
+    return int(_mix(x, y).min())
+
+
+def place_id(cell: tuple[int, int], grid: Grid) -> str:
+    """'39N-539350-3944550': zone, easting and northing (m) of the centre of an id cell."""
+    half = ID_CELL_M // 2
+    return f"{_zone(grid)}-{cell[0] * ID_CELL_M + half:06d}-{cell[1] * ID_CELL_M + half:07d}"
+
+
+def _observed_fraction(observed: np.ndarray, pixels: np.ndarray) -> float:
+    return float(observed.ravel()[pixels].mean()) if pixels.size else 0.0
+
+
+def _core(tr: _Track) -> np.ndarray:
+    """A track's footprint: pixels hit in at least half of its present periods."""
+    core_min = max(1, math.ceil(0.5 * len(tr.present)))
+    core = tr.pixels[tr.hits >= core_min]
+    return core if core.size else tr.pixels
+
+
+def _roof_periods(tr: _Track, threshold: float) -> list[int]:
+    """Periods in which the objects matched to a track looked like a new roof."""
+    by_period: dict[int, list[float]] = {}
+    for k, e in tr.evidence:
+        if "spectral_flattening" in e:
+            by_period.setdefault(k, []).append(e["spectral_flattening"])
+    return sorted(k for k, v in by_period.items() if float(np.median(v)) >= threshold)
+
+
+def _interval(
+    tracks: Tracks,
+    tr: _Track,
+    core: np.ndarray,
+    kind: str,
+    roof_flattening: float,
+) -> tuple[int, int | None]:
+    """(first present, last absent) period indices of a structure: its first period — for a
+    building the first in which it looked like a roof, so ground cleared before the hall was
+    built does not date the hall — and the last clear period before it in which the place held
+    no changed object (for a building: not even the ground works before it)."""
+    roofs = _roof_periods(tr, roof_flattening) if kind == BUILDING else []
+    first = roofs[0] if roofs else tr.born
+    need = tracks.config.min_observed_fraction
+    for j in range(first - 1, -1, -1):
+        seen_clear = _observed_fraction(tracks.observations[j].observed, core) >= need
+        if seen_clear and tracks.had_object[j][core].mean() < 0.5:
+            return first, j
+    return first, None
+
+
+def _confidence(tr: _Track, config: TrackConfig) -> float:
+    """Mean object confidence, scaled by presence share and by persistence up to the minimum."""
+    n_present = len(tr.present)
+    presence = n_present / max(n_present + len(tr.absent), 1)
+    mean_conf = float(np.mean(tr.confidences)) if tr.confidences else 0.0
+    scale = presence * min(1.0, n_present / max(config.min_persistence, 1))
+    return round(float(np.clip(mean_conf * scale, 0, 1)), 4)
+
+
+def _n_clear(tracks: Tracks, tr: _Track, core: np.ndarray, first: int) -> int:
+    """Periods from its first presence to close (or the end) in which the structure was present
+    or seen clear."""
+    end_k = tr.closed_at if tr.closed_at is not None else len(tracks.observations) - 1
+    need = tracks.config.min_observed_fraction
+    return sum(
+        1
+        for j in range(first, end_k + 1)
+        if j in tr.present or _observed_fraction(tracks.observations[j].observed, core) >= need
+    )
+
+
+def _kind(
+    tr: _Track, core: np.ndarray, grid: Grid, kinds: KindConfig
+) -> tuple[str, dict[str, float]]:
+    """The structure's kind and the evidence it was decided on."""
+    rows, cols = np.divmod(core, grid.width)
+    crop = np.zeros((int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1), bool)
+    crop[rows - rows.min(), cols - cols.min()] = True
+    shape = line_shape(crop)
+    evidence = evidence_summary([e for _, e in tr.evidence])
+    kind = classify(evidence, shape, kinds)
+    return kind, {**evidence, "width_px": round(shape[0], 2), "length_px": float(shape[1])}
+
+
+@dataclass
+class _Built:
+    """One track on its way to the ledger."""
+
+    track: _Track
+    core: np.ndarray
+    anchor: int  # flat grid index of a footprint pixel (what `Ledger.within` tests)
+    cell: tuple[int, int]  # the id cell
+    tiebreak: int
+    kind: str
+    evidence: dict[str, float]
+    first: int  # period index of its first presence
+    last_absent: int | None
+    structure: Structure = field(init=False)
+
+
+def _structure(tracks: Tracks, b: _Built, structure_id: str) -> Structure:
+    """The ledger's view of one track."""
+    tr, grid, periods = b.track, tracks.grid, tracks.periods
+    scenes: list[str] = []
+    for src in (b.last_absent, b.first, tr.confirmed_at):
+        if src is not None:
+            scenes.extend(s for s in tracks.observations[src].scene_ids if s not in scenes)
+    return Structure(
+        id=structure_id,
+        geometry=pixels_geometry(b.core, grid),
+        area_m2=float(b.core.size * grid.pixel_area_m2),
+        confidence=_confidence(tr, tracks.config),
+        first_seen_start=periods[b.last_absent].start if b.last_absent is not None else None,
+        first_seen_end=periods[b.first].end,
+        confirmed=tr.confirmed_at is not None,
+        n_clear_obs=_n_clear(tracks, tr, b.core, b.first),
+        source_scenes=tuple(scenes),
+        status=tr.status,
+        vanished_after=periods[max(tr.present)].end if tr.status == "vanished" else None,
+        kind=b.kind,
+        evidence={k: round(v, 4) for k, v in b.evidence.items()},
+    )
+
+
+def _event(period: Period, kind: str, s: Structure) -> dict[str, Any]:
+    return {
+        "period": period.label,
+        "date": period.start.isoformat(),
+        "event": kind,
+        "structure_id": s.id,
+        "confirmed": s.confirmed,
+    }
+
+
+_Ev = tuple[int, int, dict[str, Any]]
+
+
+def _track_events(b: _Built, s: Structure, periods: Sequence[Period]) -> list[_Ev]:
+    """(period index, order, event) of a structure: new, confirmed, closed (vanished/dropped)."""
+    tr = b.track
+    out = [(b.first, 0, _event(periods[b.first], "new", s))]
+    if tr.confirmed_at is not None:
+        out.append((tr.confirmed_at, 1, _event(periods[tr.confirmed_at], "confirmed", s)))
+    if tr.closed_at is not None:
+        out.append((tr.closed_at, 2, _event(periods[tr.closed_at], tr.status, s)))
+    return out
+
+
+def _split_extra(tr: _Track, config: TrackConfig) -> int:
+    """Extra pieces of a confirmed track split into several objects in its persistent periods."""
+    pieces = sorted(tr.present.values(), reverse=True)
+    if len(pieces) < config.min_persistence:
+        return 0
+    return max(0, pieces[config.min_persistence - 1] - 1)
+
+
+def _merged_only(tr: _Track, tracks: Sequence[_Track]) -> bool:
+    """Seen only merged into one object with an older confirmed track: maybe the same building."""
+    return bool(tr.present) and all(
+        any(
+            tracks[m].confirmed_at is not None and tracks[m].born <= tr.born and m < tr.index
+            for m in tr.shared.get(j, ())
+        )
+        for j in tr.present
+    )
+
+
+def _pending(tr: _Track, config: TrackConfig) -> bool:
+    """An unconfirmed candidate present every time it was seen, with too few periods to decide."""
+    n_present = len(tr.present)
+    observed_after = n_present + len(tr.absent)
+    undecided = tr.closed_at is None and observed_after < config.min_persistence
+    return undecided and n_present == observed_after
+
+
+def _entry(b: _Built, tracks: Tracks) -> CountEntry:
+    tr, config = b.track, tracks.config
+    confirmed = tr.confirmed_at is not None
+    return CountEntry(
+        born=b.first,
+        last_absent=b.last_absent,
+        confirmed=confirmed,
+        kind=b.structure.kind,
+        split_extra=_split_extra(tr, config) if confirmed else 0,
+        merged_only=confirmed and _merged_only(tr, tracks.tracks),
+        pending=not confirmed and _pending(tr, config),
+    )
+
+
+def _named(built: list[_Built], grid: Grid) -> list[str]:
+    """Place ids; structures sharing a cell get '-2', '-3' in their tie-break order."""
+    order = sorted(range(len(built)), key=lambda i: (built[i].cell, built[i].tiebreak))
+    out = [""] * len(built)
+    seen: dict[tuple[int, int], int] = {}
+    for i in order:
+        b = built[i]
+        seen[b.cell] = seen.get(b.cell, 0) + 1
+        base = place_id(b.cell, grid)
+        out[i] = base if seen[b.cell] == 1 else f"{base}-{seen[b.cell]}"
+    return out
+
+
+def _clear_fractions(tracks: Tracks, aoi_mask: np.ndarray | None) -> list[float]:
+    out = []
+    for o in tracks.observations:
+        if aoi_mask is None:
+            out.append(float(o.observed.mean()))
+        else:
+            out.append(float(o.observed[aoi_mask].mean()) if aoi_mask.any() else 0.0)
+    return out
+
+
+def build_ledger(
+    observations: Sequence[PeriodObservation],
+    *,
+    grid: Grid,
+    config: TrackConfig,
+    kinds: KindConfig | None = None,
+    min_area_m2: float = 0.0,
+    aoi_mask: np.ndarray | None = None,
+) -> Ledger:
+    """Match objects over periods into structures; ids, kinds, first-seen intervals, counts.
+
+    min_area_m2: minimum mapping unit; new parts smaller than this are growth, not structures.
+    aoi_mask: (H, W) bool, pixels inside the AOI, for `PeriodCount.clear_fraction` (all if None).
+    """
+    kinds = kinds or KindConfig()
+    tracks = track_periods(
+        observations,
+        grid=grid,
+        config=config,
+        min_area_m2=min_area_m2,
+        roof_flattening=kinds.roof_flattening,
+    )
+    built = []
+    for tr in tracks.tracks:
+        if tr.status == "merged":
+            continue
+        core = _core(tr)
+        kind, evidence = _kind(tr, core, grid, kinds)
+        first, last_absent = _interval(tracks, tr, core, kind, kinds.roof_flattening)
+        built.append(
+            _Built(
+                tr,
+                core,
+                anchor=int(core[core.size // 2]),
+                cell=anchor_cell(core, grid),
+                tiebreak=_tiebreak(core, grid),
+                kind=kind,
+                evidence=evidence,
+                first=first,
+                last_absent=last_absent,
+            )
+        )
+    for b, structure_id in zip(built, _named(built, grid), strict=True):
+        b.structure = _structure(tracks, b, structure_id)
+    built.sort(key=lambda b: (b.first, b.structure.id))
+    footprint = np.zeros(grid.width * grid.height, dtype=np.int32)
+    for pos, b in enumerate(built):
+        free = footprint[b.core] == 0
+        footprint[b.core[free]] = pos + 1
+    events = [e for b in built for e in _track_events(b, b.structure, tracks.periods)]
+    events.sort(key=lambda e: (e[0], e[1], e[2]["structure_id"]))
+    entries = tuple(_entry(b, tracks) for b in built)
+    clear = tuple(_clear_fractions(tracks, aoi_mask))
+    return Ledger(
+        structures=tuple(b.structure for b in built),
+        counts=period_counts(entries, tracks.periods, clear),
+        events=tuple(e[2] for e in events),
+        footprints=footprint.reshape(grid.shape),
+        first_period=tuple(b.first for b in built),
+        periods=tracks.periods,
+        min_area_m2=min_area_m2,
+        anchors=tuple(b.anchor for b in built),
+        entries=entries,
+        clear_fractions=clear,
+    )
