@@ -298,18 +298,31 @@ def _check_size(aoi: AOI, cfg: AOIConfig) -> None:
         raise AOIError(f"AOI '{aoi.id}' has no area; draw a polygon")
 
 
-def grid_for(aoi: AOI, res: float = 10.0) -> Grid:
+def grid_for(
+    aoi: AOI, res: float = 10.0, *, context_m: float = 0.0, block_m: float = 1000.0
+) -> Grid:
     """The AOI's grid: its UTM zone, `res` metres, bounds snapped outward to the pixel.
 
     Snapping to multiples of `res` keeps the grid on Sentinel-2's own 10/20/60 m pixel lattice
-    (tile origins are multiples of 60 m), so same-zone tiles need no resampling.
+    (tile origins are multiples of 60 m), so same-zone tiles need no resampling. With
+    `context_m` > 0 the bounds grow by that much and snap outward to `block_m` blocks: the
+    context window statistics are estimated on (a sub-window of it is the AOI's own grid).
     """
     crs = f"EPSG:{aoi_utm_epsg(aoi)}"
     xmin, ymin, xmax, ymax = to_grid_crs(aoi.geometry, crs).bounds
-    x0 = math.floor(xmin / res) * res
-    y0 = math.floor(ymin / res) * res
-    x1 = math.ceil(xmax / res) * res
-    y1 = math.ceil(ymax / res) * res
+    step = res
+    if context_m > 0:
+        xmin, ymin, xmax, ymax = (
+            xmin - context_m,
+            ymin - context_m,
+            xmax + context_m,
+            ymax + context_m,
+        )
+        step = block_m
+    x0 = math.floor(xmin / step) * step
+    y0 = math.floor(ymin / step) * step
+    x1 = math.ceil(xmax / step) * step
+    y1 = math.ceil(ymax / step) * step
     width, height = round((x1 - x0) / res), round((y1 - y0) / res)
     return Grid.from_origin(crs, x0, y1, res, width, height)
 
@@ -325,15 +338,21 @@ def aoi_mask(aoi: AOI, grid: Grid) -> np.ndarray:
     return out.astype(bool)
 
 
-def crop_to_footprints(grid: Grid, aoi: AOI, scenes: Sequence[Scene]) -> Grid:
-    """Shrink the AOI grid to where scenes have data (keeps the pixel lattice)."""
+def crop_to_footprints(
+    grid: Grid, aoi: AOI, scenes: Sequence[Scene], *, within_aoi: bool = True
+) -> Grid:
+    """Shrink the grid to where scenes have data on the AOI (`within_aoi`) or on the whole grid
+    (a context window); keeps the pixel lattice."""
     footprints = [s.footprint for s in scenes if s.footprint is not None]
     if not footprints or len(footprints) != len(scenes):
         return grid
-    covered = shapely.union_all(footprints).intersection(aoi.geometry)
+    covered = shapely.union_all(footprints)
+    if within_aoi:
+        covered = covered.intersection(aoi.geometry)
+    covered = to_grid_crs(covered, grid.crs).intersection(shapely.box(*grid.bounds))
     if covered.is_empty:
         return grid
-    xmin, ymin, xmax, ymax = to_grid_crs(covered, grid.crs).bounds
+    xmin, ymin, xmax, ymax = covered.bounds
     gx0, _, _, gy1 = grid.bounds
     res = grid.res
     col0 = max(0, math.floor((xmin - gx0) / res))

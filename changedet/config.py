@@ -131,6 +131,9 @@ class ReadConfig:
     resampling: str = "bilinear"  # 20 m (and reprojected) reflectance bands onto the 10 m grid; SCL is always nearest
     timeout_s: float = 30.0  # per HTTP request of an asset read
     backoff_s: float = 0.5  # first retry delay of an asset read; doubles per retry
+    # Statistics (classes, normalisation, thresholds) come from the AOI grown by this much and
+    # snapped to 1 km blocks, so they do not depend on how tightly the AOI is drawn.
+    context_m: float = 2000.0
 
 
 @dataclass(frozen=True)
@@ -493,6 +496,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "read.min_aoi_coverage": (0.0, 1.0),
     "read.timeout_s": (0.0, None),
     "read.backoff_s": (0.0, 600.0),
+    "read.context_m": (0.0, 50000.0),
     "mask.persistent_cloud_fraction": (0.0, 1.0),
     "mask.dilate_px": (0, 100),
     "mask.persistent_min_dates": (1, None),

@@ -7,20 +7,22 @@ AOI → grid → scenes (Searcher) → masked, harmonised stack (Reader) → the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from changedet.aoi import aoi_mask, crop_to_footprints, grid_for, to_grid_crs
 from changedet.config import Config, to_dict
+from changedet.core.clip import clip_berms, clip_structures, crop_change, crop_composite, window_of
 from changedet.core.coverage import measure_coverage
 from changedet.core.evidence import evidence_for
 from changedet.core.periods import make_periods
-from changedet.core.timeseries import StageTimer, analyse_stack
+from changedet.core.timeseries import Analysis, StageTimer, analyse_stack
 from changedet.errors import ConfigError, OutputError
 from changedet.models import (
     AOI,
+    Grid,
     Period,
     Progress,
     ReadResult,
@@ -212,11 +214,11 @@ def safe_out_dir(out_root: Path, aoi_id: str) -> Path:
 def periods_for(config: Config) -> list[Period]:
     """The composite periods of the configured time range (ConfigError when too few)."""
     periods = make_periods(config.time.start, config.time.end, config.time.period)
-    needed = config.time.baseline_periods + 1
-    if len(periods) < needed:
+    if len(periods) < 2:
         raise ConfigError(
-            f"time range {config.time.start}..{config.time.end} gives {len(periods)} {config.time.period} "
-            f"period(s); need at least {needed} (baseline {config.time.baseline_periods} + 1); widen --start/--end"
+            f"time range {config.time.start}..{config.time.end} gives {len(periods)} "
+            f"{config.time.period} period; a comparison needs two: widen --start/--end, or set "
+            "time.period = 'month'"
         )
     return periods
 
@@ -237,7 +239,12 @@ def run_aoi(
 
     with timer("search"):
         found = _search(aoi, config, io, progress)
-    grid = crop_to_footprints(grid_for(aoi), aoi, found.scenes)
+    # The AOI's own grid (what outputs show) inside a context window (what statistics see).
+    aoi_grid = crop_to_footprints(grid_for(aoi), aoi, found.scenes)
+    grid = aoi_grid
+    if config.read.context_m > 0:
+        context = grid_for(aoi, context_m=config.read.context_m)
+        grid = crop_to_footprints(context, aoi, found.scenes, within_aoi=False)
     inside = aoi_mask(aoi, grid)
 
     with timer("read"):
@@ -260,24 +267,26 @@ def run_aoi(
         timer=timer,
     )
     synthetic = any(s.synthetic for s in found.scenes)
+    shown = _on_aoi(analysis, aoi, aoi_grid)
+    aoi_grid = shown.baseline.grid  # within the context window
     result = RunResult(
         aoi=aoi,
-        grid=grid,
+        grid=aoi_grid,
         config_fingerprint=config.fingerprint(),
         scenes_used=tuple(s for s in found.scenes if any(s.id in ids for ids in stack.scene_ids)),
         scenes_skipped=(*found.dropped, *read.skipped),
-        before=analysis.baseline,
-        after=analysis.after,
-        change=analysis.change,
-        structures=analysis.structures,
+        before=shown.baseline,
+        after=shown.after,
+        change=shown.change,
+        structures=shown.structures,
         min_mapping_unit_m2=config.change.min_area_m2,
-        berms=analysis.berms,
+        berms=shown.berms,
         counts=analysis.ledger.counts,
-        composites=analysis.per_period,
+        composites=shown.per_period,
         coverage=measure_coverage(
-            inside,
-            analysis.baseline,
-            analysis.per_period,
+            aoi_mask(aoi, aoi_grid),
+            shown.baseline,
+            shown.per_period,
             aoi_area_m2=float(to_grid_crs(aoi.geometry, grid.crs).area),
             min_clear_obs=config.change.min_clear_obs,
             warn_below=config.output.coverage_warning,
@@ -287,6 +296,7 @@ def run_aoi(
         timings=timer.timings,
         provenance={
             **_provenance(config, found, stack, synthetic, read),
+            "comparison": _comparison(analysis, periods),
             "date_shifts_px": {
                 t.date().isoformat(): None if shift is None else [round(v, 3) for v in shift]
                 for t, shift in zip(stack.times, analysis.date_shifts, strict=False)
@@ -308,6 +318,41 @@ def run_aoi(
         headline=told.lines(),
         warnings=told.warnings,
     )
+
+
+def _on_aoi(analysis: Analysis, aoi: AOI, aoi_grid: Grid) -> Analysis:
+    """The analysis as the AOI shows it: rasters cropped to its own grid, change evidence only
+    inside its polygon, outlines and berm lines clipped to the polygon (`core.clip`)."""
+    aoi_grid, win = window_of(aoi_grid, analysis.baseline.grid)
+    polygon = to_grid_crs(aoi.geometry, aoi_grid.crs)
+    return replace(
+        analysis,
+        baseline=crop_composite(analysis.baseline, aoi_grid, win),
+        after=crop_composite(analysis.after, aoi_grid, win),
+        per_period=tuple(crop_composite(c, aoi_grid, win) for c in analysis.per_period),
+        change=crop_change(analysis.change, aoi_grid, win, aoi_mask(aoi, aoi_grid)),
+        structures=clip_structures(analysis.structures, polygon),
+        berms=clip_berms(analysis.berms, polygon),
+    )
+
+
+def _comparison(analysis: Analysis, periods: Sequence[Period]) -> dict[str, Any]:
+    """run.json's "comparison": the mode, the baseline used and the persistence asked."""
+    plan = analysis.plan
+    if plan is None:
+        return {}
+    c = plan.comparison
+    return {
+        "mode": c.mode,
+        "baseline": [periods[i].label for i in c.baseline],
+        "clear_periods": [periods[i].label for i in c.clear],
+        "min_persistence": c.min_persistence,
+        "configured": {
+            "baseline_periods": c.wanted_baseline,
+            "min_persistence": c.wanted_persistence,
+        },
+        "note": plan.description,
+    }
 
 
 def _provenance(

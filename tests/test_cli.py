@@ -160,7 +160,7 @@ def test_unknown_config_key(tmp_path: Path) -> None:
         (["--start", "2023-02-30"], "not a valid date"),
         (["--start", "2024-06-01", "--end", "2023-06-01"], "before start"),
         (["--catalog", "/no/such/catalog.json"], "does not exist"),
-        (["--start", "2024-06-01", "--end", "2024-06-30"], "need at least 3"),
+        (["--start", "2024-06-01", "--end", "2024-06-30"], "comparison needs two"),
     ],
 )
 def test_bad_flags(tmp_path: Path, args: list[str], needle: str) -> None:

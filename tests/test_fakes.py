@@ -98,11 +98,22 @@ def test_reader_cuts_the_stack_to_the_scenes_bands_and_window(aoi: AOI, stack: S
     assert reader.requests == [(tuple(ids), window)]
 
 
+def test_reader_gives_no_data_beyond_the_stack(aoi: AOI, stack: Stack) -> None:
+    reader = StackReader(stack)
+    ids = [stack.scene_ids[t][0] for t in (1, 4)]
+    wider = stack.grid.window(-2, -3, stack.grid.height + 4, stack.grid.width + 6)
+    got = _read(reader, ids, wider, aoi, bands=("red",)).stack
+    assert got.grid == wider
+    held = got.reflectance[:, 0, 2:-2, 3:-3]
+    np.testing.assert_array_equal(held, stack.reflectance[[1, 4], stack.bands.index("red")])
+    assert np.isnan(got.reflectance[:, :, :2]).all() and not got.clear[:, :, :3].any()
+    assert not got.clear[:, -2:].any() and not got.clear[:, :, -3:].any()
+
+
 @pytest.mark.parametrize(
     "wrong",
     [
-        lambda g, _: Grid(g.crs, g.transform, g.width + 1, g.height),  # reaches outside
-        lambda g, _: g.window(-2, 0, 5, 5),
+        lambda g, _: g.window(-20, 0, 5, 5),  # wholly outside
         lambda g, make_grid: make_grid(g.width, g.height, crs=g.crs),  # same lattice, elsewhere
         lambda g, _: Grid("EPSG:32640", g.transform, g.width, g.height),  # another CRS
         lambda g, _: replace(g, transform=g.transform @ Affine.translation(0.5, 0)),  # off-lattice

@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from changedet.core.periods import baseline_indices, make_periods
+from changedet.core.periods import make_periods, plan_comparison
 from changedet.errors import ConfigError, NoScenesError
 from changedet.models import Period
 
@@ -45,7 +45,34 @@ def test_single_day_range_and_errors() -> None:
 
 def test_baseline_skips_cloudy_periods() -> None:
     ps = make_periods(date(2023, 1, 1), date(2023, 6, 30), "month")
-    idx = baseline_indices(ps, [0.9, 0.05, 0.6, 0.8, 1, 1], baseline_periods=2)
-    assert idx == (0, 2)
-    with pytest.raises(NoScenesError, match="no period"):
-        baseline_indices(ps, [0.0] * 6, baseline_periods=2)
+    plan = plan_comparison(ps, [0.9, 0.05, 0.6, 0.8, 1, 1], baseline_periods=2, min_persistence=2)
+    assert (plan.baseline, plan.mode, plan.min_persistence) == ((0, 2), "series", 2)
+    with pytest.raises(NoScenesError, match=r"0 period.*comparison needs two"):
+        plan_comparison(ps, [0.0] * 6, baseline_periods=2, min_persistence=2)
+
+
+@pytest.mark.parametrize(
+    ("clear", "baseline", "persistence", "mode"),
+    [
+        ([0.9, 0, 0, 0, 0, 0.8], (0,), 1, "pair"),  # a before/after pair
+        ([0.9, 0.9, 0, 0, 0, 0.8], (0,), 2, "short"),  # baseline shrinks to keep persistence
+        ([0.9, 0.9, 0.9, 0, 0, 0.8], (0, 1), 2, "series"),
+        ([0.9, 0.9, 0.9, 0.9, 0, 0], (0, 1), 2, "series"),
+    ],
+)
+def test_few_clear_periods_shrink_the_baseline_first_then_persistence(
+    clear: list[float], baseline: tuple[int, ...], persistence: int, mode: str
+) -> None:
+    ps = make_periods(date(2023, 1, 1), date(2023, 6, 30), "month")
+    plan = plan_comparison(ps, clear, baseline_periods=2, min_persistence=2)
+    assert (plan.baseline, plan.min_persistence, plan.mode) == (baseline, persistence, mode)
+    assert len(plan.clear) - len(plan.baseline) >= plan.min_persistence
+    assert plan.describe(ps).startswith(
+        "two-date" if mode == "pair" else ("short" if mode == "short" else "baseline")
+    )
+
+
+def test_one_clear_period_is_refused() -> None:
+    ps = make_periods(date(2023, 1, 1), date(2023, 3, 31), "month")
+    with pytest.raises(NoScenesError, match=r"only 1 period.*2023-02.*comparison needs two"):
+        plan_comparison(ps, [0.1, 0.9, 0.1], baseline_periods=2, min_persistence=2)

@@ -15,6 +15,7 @@ import pytest
 
 from changedet.aoi import grid_for, load_aois
 from changedet.config import Config, load_config
+from changedet.core.clip import window_of
 from changedet.errors import OutputError, ReadError
 from changedet.lab.fakes import MemoryWriter, scenes_for_stack
 from changedet.models import AOI, Grid, RunResult, SkippedScene, Stack
@@ -109,11 +110,13 @@ def test_writer_receives_one_consistent_run_result(
     (result,) = io.write.results  # type: ignore[attr-defined]
     (out_dir,) = io.write.out_dirs  # type: ignore[attr-defined]
     assert out_dir == safe_out_dir(tmp_path, scenario.aoi.id) and not out_dir.exists()
-    # The reader was asked for the scenes of the time range only (not August), on the AOI grid.
+    # The reader was asked for the scenes of the time range only (not August), on a context
+    # window holding the AOI's grid, which is what the result shows.
     ((asked, grid),) = io.read.requests  # type: ignore[attr-defined]
     in_range = [s for s in scenes if s.date <= config.time.end]
     assert set(asked) == {s.id for s in in_range} | {hazy.id}
-    assert grid == result.grid == grid_for(scenario.aoi)
+    assert result.grid == window_of(grid_for(scenario.aoi), grid)[0]
+    assert grid.width > result.grid.width and grid.height > result.grid.height
     for layer in (result.before, result.after, *result.composites):
         assert layer.grid == result.grid and layer.reflectance.shape[1:] == result.grid.shape
     assert result.change.grid == result.grid

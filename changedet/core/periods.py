@@ -5,7 +5,8 @@ requested range, so the first and last period may be shorter than a full month/q
 '2023-08' for months and '2023-Q3' for quarters.
 
 The baseline is what every later period is compared with: the union of the first
-`baseline_periods` periods that were clear enough (a cloudy early month is skipped, not used).
+`baseline_periods` periods that were clear enough (a cloudy early month is skipped, not used);
+with few clear periods it shrinks, down to a two-date comparison (`plan_comparison`).
 A fixed baseline keeps each period's change map independent of later data, which is what makes
 ledger ids stable when a run is extended by one more period.
 """
@@ -13,6 +14,7 @@ ledger ids stable when a run is extended by one more period.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 from changedet.errors import ConfigError, NoScenesError
@@ -20,8 +22,9 @@ from changedet.models import Period
 
 __all__ = [
     "PERIOD_KINDS",
-    "baseline_indices",
+    "Comparison",
     "make_periods",
+    "plan_comparison",
 ]
 
 PERIOD_KINDS = ("month", "quarter")
@@ -57,28 +60,75 @@ def make_periods(start: date, end: date, kind: str = "month") -> list[Period]:
     return periods
 
 
-def baseline_indices(
+@dataclass(frozen=True)
+class Comparison:
+    """What a run compares: its baseline periods, and how much persistence later periods allow.
+
+    mode: "series" (the configured baseline, and enough later clear periods to check
+    persistence), "short" (fewer clear periods: the baseline and/or the persistence asked for
+    shrink to what there is) or "pair" (two clear periods: one compared with the other;
+    persistence cannot be checked).
+    """
+
+    baseline: tuple[int, ...]  # period indices
+    clear: tuple[int, ...]  # indices of all periods clear enough
+    mode: str
+    min_persistence: int  # clear later periods a new structure must persist over
+    wanted_baseline: int
+    wanted_persistence: int
+
+    @property
+    def last(self) -> int:
+        return max(self.baseline)
+
+    def describe(self, periods: Sequence[Period]) -> str:
+        """One sentence for run.json and the report."""
+        base = ", ".join(periods[i].label for i in self.baseline)
+        later = len(self.clear) - len(self.baseline)
+        if self.mode == "pair":
+            other = periods[self.clear[-1]].label
+            return (
+                f"two-date comparison: {other} against {base}; with one later observation "
+                "persistence cannot be checked, so every structure rests on a single clear period"
+            )
+        text = f"baseline {base}; {later} later clear period(s) compared"
+        if self.mode == "short":
+            text = (
+                f"short series: {text} (configured: baseline {self.wanted_baseline}, "
+                f"persistence {self.wanted_persistence})"
+            )
+        return f"{text}; a new structure must persist over {self.min_persistence} clear period(s)"
+
+
+def plan_comparison(
     periods: Sequence[Period],
     clear_fractions: Sequence[float],
     *,
     baseline_periods: int,
+    min_persistence: int,
     min_clear_fraction: float = 0.2,
-) -> tuple[int, ...]:
-    """Indices of the periods forming the baseline: the first `baseline_periods` periods whose clear
-    fraction (share of AOI pixels with a clear observation) reaches `min_clear_fraction`.
+) -> Comparison:
+    """The baseline (the first `baseline_periods` periods whose clear fraction — share of AOI
+    pixels with a clear observation — reaches `min_clear_fraction`) and the persistence asked
+    of later periods, both shrunk when the clear periods are too few for them: a run needs only
+    two clear periods, one to compare with and one to compare.
 
-    Raises NoScenesError when not even one period is clear enough.
+    Raises NoScenesError when fewer than two periods are clear enough.
     """
     if len(periods) != len(clear_fractions):
         raise ValueError("periods and clear_fractions must have the same length")
-    if baseline_periods < 1:
-        raise ConfigError("time.baseline_periods must be >= 1")
-    chosen = [i for i, f in enumerate(clear_fractions) if f >= min_clear_fraction][
-        :baseline_periods
-    ]
-    if not chosen:
+    if baseline_periods < 1 or min_persistence < 1:
+        raise ConfigError("time.baseline_periods and track.min_persistence must be >= 1")
+    clear = tuple(i for i, f in enumerate(clear_fractions) if f >= min_clear_fraction)
+    if len(clear) < 2:
+        seen = ", ".join(periods[i].label for i in clear) or "none"
         raise NoScenesError(
-            f"no period is at least {min_clear_fraction:.0%} clear, so there is no baseline; "
-            "start the time range earlier or lower read.min_aoi_clear_fraction"
+            f"only {len(clear)} period(s) at least {min_clear_fraction:.0%} clear inside the AOI "
+            f"({seen}); a comparison needs two: widen the time range, or lower "
+            "time.baseline_min_clear"
         )
-    return tuple(chosen)
+    n_base = max(1, min(baseline_periods, len(clear) - min_persistence))
+    persistence = min(min_persistence, len(clear) - n_base)
+    full = n_base == baseline_periods and persistence == min_persistence
+    mode = "series" if full else ("pair" if len(clear) == 2 else "short")
+    return Comparison(clear[:n_base], clear, mode, persistence, baseline_periods, min_persistence)

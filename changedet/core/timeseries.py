@@ -2,7 +2,8 @@
 
 Steps (pure: arrays in, arrays out):
 1. `choose_baseline`: the first `time.baseline_periods` periods clear enough inside the AOI
-   (`time.baseline_min_clear`) form the baseline; later periods are compared with it;
+   (`time.baseline_min_clear`) form the baseline; later periods are compared with it; with few
+   clear periods the baseline and the persistence asked shrink, down to two dates;
 2. `coregister_dates` (core.coreg): every date lined up with the baseline dates' median, never
    with later dates, so appending a period does not move what came before;
 3. composites: one per period, one for the baseline span and one "after" span of as many
@@ -30,9 +31,8 @@ from changedet.core.kinds import BUILDING
 from changedet.core.ledger import Ledger, build_ledger
 from changedet.core.mask import temporal_spikes
 from changedet.core.objects import extract_objects
-from changedet.core.periods import baseline_indices
+from changedet.core.periods import Comparison, plan_comparison
 from changedet.core.track import PeriodObservation
-from changedet.errors import NoScenesError
 from changedet.models import (
     Berm,
     ChangeMap,
@@ -74,10 +74,12 @@ class StageTimer:
 
 @dataclass(frozen=True)
 class Baseline:
-    """Which periods form the baseline, and the span they cover."""
+    """Which periods form the baseline, the span they cover, and the comparison they allow."""
 
     indices: tuple[int, ...]  # into the run's periods
     span: Period
+    comparison: Comparison
+    description: str  # one sentence for run.json and the report
 
     @property
     def last(self) -> int:
@@ -96,6 +98,7 @@ class Analysis:
     structures: tuple[Structure, ...]  # the ledger's structures with berm flags set
     berms: tuple[Berm, ...]
     date_shifts: tuple[Shift, ...] = ()  # per stack date, before correction
+    plan: Baseline | None = None  # which periods were compared, and how
 
     @property
     def footprints(self) -> np.ndarray:
@@ -117,29 +120,27 @@ def _dates_in(stack: Stack, period: Period) -> list[int]:
 def choose_baseline(
     stack: Stack, periods: Sequence[Period], *, inside: np.ndarray, config: Config
 ) -> Baseline:
-    """The first periods clear enough inside the AOI (decided on masks alone).
+    """The first periods clear enough inside the AOI (decided on masks alone), shrunk down to a
+    two-date comparison when few periods are clear (`core.periods.plan_comparison`).
 
-    Raises NoScenesError when no period is clear enough, or when the baseline would take every
-    period and leave none to compare.
+    Raises NoScenesError when fewer than two periods are clear enough.
     """
     min_obs = config.change.min_clear_obs
     clear = [
         float((stack.clear[_dates_in(stack, p)].sum(axis=0)[inside] >= min_obs).mean())
+        if inside.any()
+        else 0.0
         for p in periods
     ]
-    chosen = baseline_indices(
+    plan = plan_comparison(
         periods,
         clear,
         baseline_periods=config.time.baseline_periods,
+        min_persistence=config.track.min_persistence,
         min_clear_fraction=config.time.baseline_min_clear,
     )
-    last = max(chosen)
-    if last >= len(periods) - 1:
-        raise NoScenesError(
-            f"the baseline takes every period up to {periods[last].label}, leaving "
-            "none to compare; start the time range earlier or extend its end"
-        )
-    return Baseline(chosen, span(periods[min(chosen) : last + 1]))
+    first, last = min(plan.baseline), plan.last
+    return Baseline(plan.baseline, span(periods[first : last + 1]), plan, plan.describe(periods))
 
 
 def screen_spikes(stack: Stack, config: Config) -> Stack:
@@ -248,36 +249,51 @@ def analyse_stack(
     timer: StageTimer | None = None,
 ) -> Analysis:
     """Period composites → baseline → change of each later period against it → objects of new
-    structures → ledger → berms. `inside` is the AOI mask on the stack grid."""
+    structures → ledger → berms.
+
+    The stack's grid is a context window around the AOI, `inside` the AOI polygon's pixels on
+    it: every statistic and the baseline choice use the whole window, so the structures inside
+    the AOI do not depend on how tightly it is drawn; the ledger keeps those whose anchor pixel
+    lies inside (`Ledger.within`), and its clear fractions are the AOI's.
+    """
     timer = timer or StageTimer()
     cc = config.change
     with timer("screen"):
         stack = screen_spikes(stack, config)
-    baseline = choose_baseline(stack, periods, inside=inside, config=config)
+    context: np.ndarray = np.any(stack.clear, axis=0)  # pixels with data in the window
+    baseline = choose_baseline(stack, periods, inside=context, config=config)
     with timer("coregister"):
         stack, date_shifts = _coregister(stack, baseline, config)
     with timer("composite"):
         per_period = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods]
         before = composite(stack, baseline.span, min_clear_obs=cc.min_clear_obs)
-        after_span = span(periods[-len(baseline.indices) :])
+        # As many clear periods as the baseline has, at the end, never overlapping it.
+        clear = baseline.comparison.clear
+        after_span = span(periods[max(clear[-len(baseline.indices)], baseline.last + 1) :])
         after = composite(stack, after_span, min_clear_obs=cc.min_clear_obs)
         progress("composite", 1, 1)
     with timer("change"):
         observations = _observe_periods(
-            before, per_period, baseline, inside=inside, config=config, progress=progress
+            before, per_period, baseline, inside=context, config=config, progress=progress
         )
         change = detect_change(before, after, cc)
     with timer("track"):
-        ledger = build_ledger(
+        # Few clear periods allow less persistence than configured (`Baseline.comparison`).
+        track = replace(config.track, min_persistence=baseline.comparison.min_persistence)
+        window_ledger = build_ledger(
             observations,
             grid=stack.grid,
-            config=config.track,
+            config=track,
             kinds=config.kinds,
             min_area_m2=cc.min_area_m2,
             aoi_mask=inside,
         )
+        ledger = window_ledger.within(inside)
     with timer("berms"):
-        structures, berms = _with_berms(ledger, before, after, config)
+        # Berm evidence excludes every structure's footprint in the window, not just the AOI's.
+        flagged, berms = _with_berms(window_ledger, before, after, config)
+        kept = {s.id for s in ledger.structures}
+        structures = tuple(s for s in flagged if s.id in kept)
     return Analysis(
-        before, after, change, tuple(per_period), ledger, structures, berms, date_shifts
+        before, after, change, tuple(per_period), ledger, structures, berms, date_shifts, baseline
     )

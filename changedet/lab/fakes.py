@@ -233,14 +233,22 @@ class StackReader:
         not_held = [b for b in bands if b not in stack.bands]
         if not_held:
             raise ValueError(f"StackReader: the stack holds bands {stack.bands}, not {not_held}")
-        rows, cols = _window(grid, stack.grid)
+        dst, src = _overlap(grid, stack.grid)
         keep = self._time_steps({s.id for s in scenes})
         progress("read", 0, len(keep))
         if not keep:
             raise NoScenesError(f"read: no usable scene left of {len(scenes)}")
         b = [stack.bands.index(name) for name in bands]
-        reflectance = stack.reflectance[keep][:, b, rows, cols]
-        clear = stack.clear[keep][:, rows, cols]
+        # Beyond the stack there is no data, as beyond a real scene: NaN, not clear, SCL 0.
+        n, h, w = len(keep), grid.height, grid.width
+        reflectance = np.full((n, len(b), h, w), np.nan, dtype=np.float32)
+        reflectance[(..., *dst)] = stack.reflectance[keep][(slice(None), b, *src)]
+        clear = np.zeros((n, h, w), dtype=bool)
+        clear[(..., *dst)] = stack.clear[keep][(slice(None), *src)]
+        scl = None
+        if stack.scl is not None:
+            scl = np.zeros((n, h, w), dtype=stack.scl.dtype)
+            scl[(..., *dst)] = stack.scl[keep][(slice(None), *src)]
         out = Stack(
             grid=grid,
             bands=bands,
@@ -248,7 +256,7 @@ class StackReader:
             scene_ids=tuple(stack.scene_ids[t] for t in keep),
             reflectance=reflectance,
             clear=clear,
-            scl=None if stack.scl is None else stack.scl[keep][:, rows, cols],
+            scl=scl,
         )
         pixels = max(int(aoi_mask.sum()), 1)
         probes = {
@@ -286,10 +294,9 @@ class StackReader:
         return keep
 
 
-def _window(grid: Grid, of: Grid) -> tuple[slice, slice]:
-    """(rows, cols) of `of` that `grid` covers; ValueError unless `grid` is a window of `of`."""
-    if grid == of:
-        return slice(None), slice(None)
+def _overlap(grid: Grid, of: Grid) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """((rows, cols) of `grid`, (rows, cols) of `of`) where the two overlap; ValueError unless
+    both lie on one pixel lattice and overlap."""
     g, o = grid.transform, of.transform
     if grid.crs != of.crs or (g.a, g.b, g.d, g.e) != (o.a, o.b, o.d, o.e):
         raise ValueError(f"StackReader: grid {grid} is not on the stack's pixel lattice {of}")
@@ -297,9 +304,12 @@ def _window(grid: Grid, of: Grid) -> tuple[slice, slice]:
     c0, r0 = round(col), round(row)
     if max(abs(col - c0), abs(row - r0)) > 1e-6:
         raise ValueError(f"StackReader: grid {grid} is offset from the stack's pixel lattice")
-    if c0 < 0 or r0 < 0 or c0 + grid.width > of.width or r0 + grid.height > of.height:
-        raise ValueError(f"StackReader: grid {grid} reaches outside the stack's grid {of}")
-    return slice(r0, r0 + grid.height), slice(c0, c0 + grid.width)
+    top, left = max(r0, 0), max(c0, 0)
+    bottom, right = min(r0 + grid.height, of.height), min(c0 + grid.width, of.width)
+    if bottom <= top or right <= left:
+        raise ValueError(f"StackReader: grid {grid} does not overlap the stack's grid {of}")
+    dst = (slice(top - r0, bottom - r0), slice(left - c0, right - c0))
+    return dst, (slice(top, bottom), slice(left, right))
 
 
 class MemoryWriter:

@@ -161,7 +161,7 @@ def run_manifest(result: RunResult) -> dict[str, Any]:
             "min_mapping_unit_m2": result.min_mapping_unit_m2,
             "min_mapping_unit_px": round(result.min_mapping_unit_m2 / grid.pixel_area_m2, 2),
             "change_threshold": finite_round(result.change.threshold, 4),
-            "notes": list(DETECTION_NOTES),
+            "notes": [*DETECTION_NOTES, *_comparison_note(result)],
         },
         "results": _results_section(result),
         "headline": headline(result).as_dict(),
@@ -248,6 +248,12 @@ def _coverage_section(result: RunResult) -> dict[str, Any] | None:
             {"label": p.label, "clear_km2": p.clear_km2, "share": p.share} for p in cov.periods
         ],
     }
+
+
+def _comparison_note(result: RunResult) -> list[str]:
+    """The run's comparison (two dates, short series or series) as a detection limit."""
+    note = result.provenance.get("comparison", {}).get("note")
+    return [f"This run: {note}."] if note else []
 
 
 def _merge_provenance(manifest: dict[str, Any], provenance: dict[str, Any]) -> None:

@@ -1,0 +1,132 @@
+"""From the context window back to the AOI: crop rasters, clip outlines (pure numpy/shapely).
+
+The detector runs on a context window around the AOI (`read.context_m`) so that its statistics
+do not depend on how the polygon is drawn. What the run reports is the AOI's alone: structures
+whose anchor pixel lies inside the polygon (`Ledger.within`), outlines and berm lines clipped to
+the polygon, and rasters cropped to the AOI's own grid with change evidence masked outside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import shapely
+
+from changedet.models import Berm, ChangeMap, Composite, Grid, Structure
+
+__all__ = ["Window", "clip_berms", "clip_structures", "crop_change", "crop_composite", "window_of"]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where a sub-grid sits in a larger grid on the same lattice."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
+
+
+def window_of(inner: Grid, outer: Grid) -> tuple[Grid, Window]:
+    """The part of `inner` inside `outer` (same lattice), as a grid and its window of `outer`.
+
+    Raises ValueError when the grids are not on one lattice or do not overlap.
+    """
+    if inner.crs != outer.crs or not np.isclose(inner.res, outer.res):
+        raise ValueError(f"grids differ in CRS or resolution: {inner.crs} vs {outer.crs}")
+    ix0, _, _, iy1 = inner.bounds
+    ox0, _, _, oy1 = outer.bounds
+    col, row = (ix0 - ox0) / outer.res, (oy1 - iy1) / outer.res
+    if not (np.isclose(col, round(col)) and np.isclose(row, round(row))):
+        raise ValueError("the inner grid is not on the outer grid's pixel lattice")
+    r0, c0 = max(0, round(row)), max(0, round(col))
+    r1 = min(outer.height, round(row) + inner.height)
+    c1 = min(outer.width, round(col) + inner.width)
+    if r1 <= r0 or c1 <= c0:
+        raise ValueError("the grids do not overlap")
+    win = Window(r0, c0, r1 - r0, c1 - c0)
+    return outer.window(r0, c0, win.height, win.width), win
+
+
+def _crop(array: np.ndarray, win: Window) -> np.ndarray:
+    rows, cols = win.slices
+    return np.ascontiguousarray(array[..., rows, cols])
+
+
+def crop_composite(comp: Composite, grid: Grid, win: Window) -> Composite:
+    """`comp` on the sub-grid `grid` at `win`."""
+    return replace(
+        comp,
+        grid=grid,
+        reflectance=_crop(comp.reflectance, win),
+        count=_crop(comp.count, win),
+        source_date=_crop(comp.source_date, win),
+    )
+
+
+def crop_change(change: ChangeMap, grid: Grid, win: Window, inside: np.ndarray) -> ChangeMap:
+    """`change` on the sub-grid `grid` at `win`, with no change evidence outside `inside`
+    ((height, width) bool on `grid`, the AOI polygon's pixels)."""
+
+    def scores(a: np.ndarray) -> np.ndarray:
+        out = _crop(a, win).astype(np.float32, copy=True)
+        out[~inside] = np.nan
+        return out
+
+    def masks(a: np.ndarray) -> np.ndarray:
+        return _crop(a, win) & inside
+
+    optional: dict[str, Any] = {}
+    if change.structure_score is not None:
+        optional["structure_score"] = scores(change.structure_score)
+    if change.structure_mask is not None:
+        optional["structure_mask"] = masks(change.structure_mask)
+    return replace(
+        change,
+        grid=grid,
+        score=scores(change.score),
+        likelihood=scores(change.likelihood),
+        mask=masks(change.mask),
+        indicators={k: _crop(v, win) for k, v in change.indicators.items()},
+        **optional,
+    )
+
+
+def _parts(geom: Any, dim: int) -> Any:
+    """The parts of `geom` of dimension `dim` (2 polygons, 1 lines): an intersection may add
+    the points and lines where outlines only touch."""
+    if shapely.get_dimensions(geom) == dim and not isinstance(geom, shapely.GeometryCollection):
+        return geom
+    parts = [g for g in shapely.get_parts(geom) if shapely.get_dimensions(g) == dim]
+    return shapely.union_all(parts) if parts else shapely.GeometryCollection()
+
+
+def clip_structures(structures: Sequence[Structure], polygon: Any) -> tuple[Structure, ...]:
+    """Outlines clipped to the AOI `polygon` (grid CRS); `area_m2` stays the whole structure's.
+    A structure wholly outside (which `Ledger.within` has already removed) is dropped."""
+    out = []
+    for s in structures:
+        inside = _parts(shapely.intersection(s.geometry, polygon), 2)
+        if inside.is_empty:
+            continue
+        out.append(s if inside.equals(s.geometry) else replace(s, geometry=inside))
+    return tuple(out)
+
+
+def clip_berms(berms: Sequence[Berm], polygon: Any) -> tuple[Berm, ...]:
+    """Berm lines clipped to the AOI `polygon` (grid CRS); lines wholly outside are dropped."""
+    out = []
+    for b in berms:
+        inside = _parts(shapely.intersection(b.geometry, polygon), 1)
+        if inside.is_empty:
+            continue
+        clipped = replace(b, geometry=inside, length_m=round(float(inside.length), 1))
+        out.append(b if inside.equals(b.geometry) else clipped)
+    return tuple(out)
