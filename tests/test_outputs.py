@@ -8,6 +8,7 @@ import json
 import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from changedet.outputs.manifest import run_manifest
 from changedet.outputs.vectors import (
     BERM_PROPERTIES,
     STRUCTURE_PROPERTIES,
+    structure_properties,
     structures_feature_collection,
 )
 from changedet.outputs.write import GPKG_LAYERS, write_run_outputs
@@ -608,3 +610,21 @@ def test_missing_true_colour_bands_fail_before_writing(
     with pytest.raises(OutputError, match="red"):
         write_run_outputs(broken, tmp_path / "aoi", config=OutputConfig())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_evidence_behind_kind_is_published(make_run_result: Callable[..., RunResult]) -> None:
+    result = make_run_result()
+    hall = result.structures[0]
+    told = replace(
+        hall,
+        evidence={
+            "spectral_flattening": 0.31234,
+            "bsi_gain": -0.2,
+            "brightness_gain": 0.4,
+            "width_px": 4.5,
+        },
+    )
+    props = structure_properties(told, result.grid.crs)
+    assert (props["flattening"], props["soil_gain"], props["width_px"]) == (0.312, 0.4, 4.5)
+    blank = structure_properties(replace(hall, evidence={}), result.grid.crs)
+    assert (blank["flattening"], blank["soil_gain"], blank["width_px"]) == (None, None, None)

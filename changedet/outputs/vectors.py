@@ -61,6 +61,9 @@ GEOJSON_DECIMALS = 7  # 1e-7 degree is ~1 cm: far below a 10 m pixel, small file
 STRUCTURE_PROPERTIES = (
     "id",
     "kind",
+    "flattening",
+    "soil_gain",
+    "width_px",
     "area_m2",
     "confidence",
     "first_seen_start",
@@ -226,6 +229,16 @@ def viewer_links(lat: float, lon: float) -> dict[str, str]:
     }
 
 
+def _evidence(s: Structure, key: str) -> float | None:
+    value = s.evidence.get(key)
+    return None if value is None else finite_round(value, 3)
+
+
+def _soil_gain(s: Structure) -> float | None:
+    gains = [s.evidence[k] for k in ("bsi_gain", "brightness_gain") if k in s.evidence]
+    return finite_round(max(gains), 3) if gains else None
+
+
 def structure_properties(s: Structure, grid_crs: str | None = None) -> dict[str, Any]:
     """The documented properties of one structure (same in GeoJSON, GeoPackage, CSV and KML);
     `lat`/`lon` need the grid CRS the geometry is in (null without)."""
@@ -233,6 +246,10 @@ def structure_properties(s: Structure, grid_crs: str | None = None) -> dict[str,
     return {
         "id": s.id,
         "kind": s.kind,
+        # The evidence `kind` was decided on (`core.kinds`): null where it could not be measured.
+        "flattening": _evidence(s, "spectral_flattening"),
+        "soil_gain": _soil_gain(s),
+        "width_px": _evidence(s, "width_px"),
         "area_m2": finite_round(s.area_m2, 1),
         "confidence": finite_round(s.confidence, 3),
         "first_seen_start": iso_text(s.first_seen_start),

@@ -154,7 +154,16 @@ def _write_kml(path: Path, result: RunResult) -> None:
         kml.update(Name=s.id, Description=_kml_description(props))
         geometry = split_at_antimeridian(lonlat(s.geometry))  # as in the GeoJSON
         rows.append((right_hand(as_multipolygon(geometry)), kml))
-    numbers = ("area_m2", "confidence", "berm_score", "lat", "lon")
+    numbers = (
+        "flattening",
+        "soil_gain",
+        "width_px",
+        "area_m2",
+        "confidence",
+        "berm_score",
+        "lat",
+        "lon",
+    )
     _write_layer(
         path,
         "structures",
@@ -235,6 +244,9 @@ _LAYER_SCHEMAS: dict[str, tuple[Sequence[str], str, Mapping[str, str]]] = {
         {
             "lat": "float64",
             "lon": "float64",
+            "flattening": "float64",
+            "soil_gain": "float64",
+            "width_px": "float64",
             "area_m2": "float64",
             "confidence": "float64",
             "confirmed": "bool",
