@@ -106,7 +106,9 @@ def changedet(*args: str) -> Result:
     return runner.invoke(main, list(args))
 
 
-def _eval_series(oscd_root: Path, out: Path, *extra: str) -> tuple[Result, dict[str, Any]]:
+def _eval_series(
+    oscd_root: Path, out: Path, *extra: str, months: int = 8
+) -> tuple[Result, dict[str, Any]]:
     result = changedet(
         "eval",
         "series",
@@ -115,7 +117,7 @@ def _eval_series(oscd_root: Path, out: Path, *extra: str) -> tuple[Result, dict[
         "--cities",
         CITY,
         "--months",
-        "8",
+        str(months),
         "--json",
         str(out),
         *extra,
@@ -166,7 +168,9 @@ def test_eval_series_figures_add_up(oscd_root: Path, tmp_path: Path) -> None:
 def test_a_blind_detector_scores_zero(oscd_root: Path, tmp_path: Path) -> None:
     blind = tmp_path / "blind.toml"
     blind.write_text("[change]\nz_threshold = 1e9\nstructure_z_threshold = 1e9\n")
-    _result, data = _eval_series(oscd_root, tmp_path / "blind.json", "--config", str(blind))
+    _result, data = _eval_series(
+        oscd_root, tmp_path / "blind.json", "--config", str(blind), months=6
+    )
     pooled = data["pooled"]
     assert pooled["truth"] > 0
     assert (pooled["tp"], pooled["recall"], pooled["f1"]) == (0, 0.0, 0.0)
