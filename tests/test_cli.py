@@ -111,6 +111,7 @@ def test_version_and_help() -> None:
         "synth sample",
         "synth oscd-series",
         "eval oscd",
+        "eval series",
     ):
         result = changedet(*command.split(), "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout, command

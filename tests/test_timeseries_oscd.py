@@ -1,6 +1,6 @@
 """Counting and dating on real spectra: semi-real OSCD series through the time-series core.
 
-Two small labelled cities keep this quick; `bench/oscd_series.py` runs all nine and prints per-city
+Two small labelled cities keep this quick; `changedet eval series` runs all nine and prints per-city
 and pooled object F1 (IoU > 0.25) and first-seen accuracy. The floors below hold the level reached
 (see the bench output recorded in the report) with a small margin for platform noise.
 """

@@ -6,6 +6,9 @@
 - `series`: semi-real monthly series built from OSCD pairs (`synth oscd-series`), and a reference
   driver that runs them through the time-series core in memory;
 - `score`: every score the bench reports (OSCD pixels, series objects, polygon truth);
+- `yardstick`: `eval series`, the detector on semi-real series of every labelled OSCD city
+  (object F1, count error, first-seen, false objects per km², the kinds found);
+- `kindtruth`: how far `kind` agrees with the synthetic sample's kinded truth;
 - `fakes`: in-memory implementations of the pipeline's seams (`changedet.seams`), for tests;
 - `cli`: the `synth` and `eval` command groups.
 

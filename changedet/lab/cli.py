@@ -7,12 +7,20 @@ helpers, so these commands print and exit like the others.
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from changedet.cli import LAB_COMMANDS, _errors, _Renderer
 from changedet.errors import UsageError
+
+if TYPE_CHECKING:
+    from changedet.config import Config
+    from changedet.lab.kindtruth import KindConfusion
+    from changedet.models import Progress
 
 __all__ = ["eval_group", "synth"]
 
@@ -154,3 +162,182 @@ def eval_oscd(
         click.echo(f"{row.city:<14}{fmt(row.precision):>10}{fmt(row.recall):>10}{fmt(row.f1):>10}")
     p = report.pooled
     click.echo(f"{'pooled':<14}{fmt(p.precision):>10}{fmt(p.recall):>10}{fmt(p.f1):>10}")
+
+
+@eval_group.command("series")
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="OSCD root folder (holds the 'Onera Satellite Change Detection dataset - ...' folders).",
+)
+@click.option("--cities", help="Comma-separated city names (default: every labelled city).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the series.")
+@click.option("--months", default=12, show_default=True, type=click.IntRange(6, 60))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Detector config (default: the shipped default).",
+)
+@click.option(
+    "--samples",
+    "samples_dir",
+    type=click.Path(file_okay=False),
+    help="Also score `kind` against the synthetic sample's kinded truth: the folder holding "
+    "<aoi>/truth.geojson (the bundled sample_tiles/); AOIs are read from --aoi-dir.",
+)
+@click.option(
+    "--aoi-dir",
+    default="aoi",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="With --samples: the folder holding <aoi>.geojson for each sample.",
+)
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures here."
+)
+@click.option("--debug", is_flag=True)
+def eval_series(
+    root: str,
+    cities: str | None,
+    seed: int,
+    months: int,
+    config_path: str | None,
+    samples_dir: str | None,
+    aoi_dir: str,
+    json_out: str | None,
+    debug: bool,
+) -> None:
+    """Count and date on semi-real OSCD series: object F1, count error, first-seen, false objects.
+
+    Builds a hard monthly series from every labelled OSCD city (real spectra; misregistration,
+    haze, seasons, clouds SCL misses), runs the detector and prints per-city and pooled scores,
+    then the kinds of what it found.
+    """
+    from changedet.config import load_config
+    from changedet.lab.yardstick import evaluate_series, report_json
+
+    with _errors(debug):
+        if not Path(root).is_dir():
+            raise UsageError(
+                f"OSCD root '{root}' is not a folder; pass the folder holding the OSCD dataset"
+            )
+        config = load_config(config_path)
+        names = [c.strip() for c in cities.split(",") if c.strip()] if cities else None
+        with _Renderer(quiet=False) as progress:
+            report = evaluate_series(
+                Path(root), config, cities=names, seed=seed, months=months, progress=progress
+            )
+            samples = (
+                _sample_kinds(Path(samples_dir), Path(aoi_dir), config, progress)
+                if samples_dir
+                else []
+            )
+    data = report_json(report)
+    if samples:
+        data["sample_kinds"] = [_confusion_json(c) for c in samples]
+    if json_out:
+        Path(json_out).write_text(json.dumps(data, indent=2), encoding="utf-8")
+    _print_series(data, samples)
+
+
+def _sample_kinds(
+    samples_dir: Path, aoi_dir: Path, config: Config, progress: Progress
+) -> list[KindConfusion]:
+    """`kindtruth.run_sample` for every sample folder with a truth file and an AOI file."""
+    from changedet.aoi import load_aois
+    from changedet.lab.kindtruth import run_sample
+
+    folders = sorted(p.parent for p in samples_dir.glob("*/truth.geojson"))
+    if not folders:
+        raise UsageError(f"no <aoi>/truth.geojson under --samples '{samples_dir}'")
+    out = []
+    for done, folder in enumerate(folders):
+        progress("samples", done, len(folders))
+        aoi_file = aoi_dir / f"{folder.name}.geojson"
+        if not aoi_file.is_file():
+            raise UsageError(f"no AOI file '{aoi_file}' for sample '{folder}'; pass --aoi-dir")
+        for aoi in load_aois(aoi_file, config.aoi):
+            out.append(run_sample(aoi, config, folder))
+    progress("samples", len(folders), len(folders))
+    return out
+
+
+def _confusion_json(c: KindConfusion) -> dict[str, Any]:
+    return {"aoi": c.name, "truth": c.rows, "unmatched": c.unmatched, "agreement": c.agreement()}
+
+
+_SERIES_COLUMNS = (
+    ("truth", "truth", "{}"),
+    ("found", "confirmed", "{}"),
+    ("tp", "tp", "{}"),
+    ("fp", "fp", "{}"),
+    ("fn", "fn", "{}"),
+    ("P", "precision", "{:.2f}"),
+    ("R", "recall", "{:.2f}"),
+    ("F1", "f1", "{:.2f}"),
+    ("count err", "count_error", "{:+.0%}"),
+    ("first-seen", "first_seen", "{:.2f}"),
+    ("false /km²", "false_per_km2", "{:.2f}"),
+    ("s", "seconds", "{:.0f}"),
+)
+
+
+def _kind_cell(counts: dict[str, int], kind: str) -> str:
+    total = sum(counts.values())
+    n = counts.get(kind, 0)
+    return f"{n} ({n / total:.0%})" if total else "0"
+
+
+def _print_series(data: dict[str, Any], samples: list[KindConfusion]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from changedet.lab.kindtruth import MISSED
+    from changedet.lab.yardstick import KINDS
+
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    rows = [*data["cities"], data["pooled"]]
+    table = Table(
+        title=f"Semi-real OSCD series ({data['months']} months, seed {data['seed']}): "
+        f"confirmed structures, IoU > {data['min_iou']}"
+    )
+    table.add_column("city")
+    for head, _key, _fmt in _SERIES_COLUMNS:
+        table.add_column(head, justify="right")
+    for row in rows:
+        table.add_row(row["city"], *(fmt.format(row[key]) for _h, key, fmt in _SERIES_COLUMNS))
+    console.print(table)
+    console.print(
+        "false /km²: confirmed structures with no pixel within "
+        f"{data['buffer_px']} px of a labelled change, per km² of ground that far from one"
+    )
+    kinds = Table(title="Kind of the structures found (OSCD labels say only 'change')")
+    kinds.add_column("city")
+    for kind in KINDS:
+        kinds.add_column(f"matched: {kind}", justify="right")
+    for kind in KINDS:
+        kinds.add_column(f"unmatched: {kind}", justify="right")
+    for row in rows:
+        m, u = row["matched_kinds"], row["unmatched_kinds"]
+        kinds.add_row(
+            row["city"], *(_kind_cell(m, k) for k in KINDS), *(_kind_cell(u, k) for k in KINDS)
+        )
+    console.print(kinds)
+    if not samples:
+        return
+    confusion = Table(title="Kind against the synthetic sample's truth (confirmed structures)")
+    for head in ("sample", "true kind", *KINDS, MISSED):
+        confusion.add_column(head, justify="left" if head in ("sample", "true kind") else "right")
+    total = samples[0]
+    for c in samples[1:]:
+        total = total + c
+    for c in [*samples, total] if len(samples) > 1 else samples:
+        for true_kind, got in c.rows.items():
+            confusion.add_row(c.name, true_kind, *(str(got.get(k, 0)) for k in (*KINDS, MISSED)))
+        confusion.add_row(
+            c.name, "no truth", *(str(c.unmatched.get(k, 0)) for k in KINDS), "", end_section=True
+        )
+    console.print(confusion)
+    console.print(f"kind agrees with the truth for {total.agreement():.0%} of matched structures")

@@ -34,9 +34,12 @@ __all__ = [
     "Match",
     "MatchReport",
     "SeriesScore",
+    "StructureMatches",
     "in_interval",
     "load_features",
     "match",
+    "match_geometries",
+    "match_structures",
     "pool_city_scores",
     "precision_recall_f1",
     "score_prediction",
@@ -167,6 +170,54 @@ def _first_seen_hit(structure: Structure, appeared: date) -> bool:
     return lo_ok and hi_ok
 
 
+def _confirmed_labels(
+    structures: Sequence[Structure], structure_labels: np.ndarray, confirmed_only: bool
+) -> tuple[np.ndarray, list[int]]:
+    """The label raster with unscored structures cleared, and the indices of those scored."""
+    keep = [i for i, s in enumerate(structures) if s.confirmed or not confirmed_only]
+    keep_set = np.zeros(len(structures) + 1, dtype=bool)
+    keep_set[[i + 1 for i in keep]] = True
+    return np.where(keep_set[structure_labels], structure_labels, 0), keep
+
+
+@dataclass(frozen=True)
+class StructureMatches:
+    """One-to-one pairs of scored structures and truth regions (0-based indices), and the
+    structures that were scored (confirmed, with a footprint) but matched nothing."""
+
+    pairs: tuple[tuple[int, int], ...]
+    unmatched: tuple[int, ...]
+
+
+def match_structures(
+    structures: Sequence[Structure],
+    structure_labels: np.ndarray,
+    truth: Sequence[TruthRegion],
+    truth_raster: np.ndarray,
+    *,
+    min_iou: float = 0.25,
+    confirmed_only: bool = True,
+) -> StructureMatches:
+    """Greedy one-to-one matching by pixel IoU (> `min_iou`, highest first, SpaceNet 7 style).
+
+    structure_labels: (H, W) int, structures[i] → i + 1 (e.g. `Ledger.footprints`);
+    truth_raster: (H, W) int, truth[j] → j + 1 (`series.truth_labels`).
+    """
+    s_lab, keep = _confirmed_labels(structures, structure_labels, confirmed_only)
+    cands, s_area = _iou_candidates(s_lab, len(structures), truth_raster, len(truth), min_iou)
+    used_s: set[int] = set()
+    used_t: set[int] = set()
+    pairs: list[tuple[int, int]] = []
+    for _iou, si, ti in cands:
+        if si in used_s or ti in used_t:
+            continue
+        used_s.add(si)
+        used_t.add(ti)
+        pairs.append((si - 1, ti - 1))
+    unmatched = tuple(i for i in keep if s_area[i + 1] > 0 and i + 1 not in used_s)
+    return StructureMatches(tuple(pairs), unmatched)
+
+
 def score_structures(
     structures: Sequence[Structure],
     structure_labels: np.ndarray,
@@ -177,29 +228,20 @@ def score_structures(
     min_iou: float = 0.25,
     confirmed_only: bool = True,
 ) -> SeriesScore:
-    """Greedy one-to-one matching by pixel IoU (> `min_iou`, highest first, SpaceNet 7 style).
-
-    structure_labels: (H, W) int, structures[i] → i + 1 (e.g. `Ledger.footprints`);
-    truth_raster: (H, W) int, truth[j] → j + 1 (`series.truth_labels`).
-    First-seen hit: first_seen_start <= appeared < first_seen_end (a missing start is open).
-    """
-    keep = [i for i, s in enumerate(structures) if s.confirmed or not confirmed_only]
-    keep_set = np.zeros(len(structures) + 1, dtype=bool)
-    keep_set[[i + 1 for i in keep]] = True
-    s_lab = np.where(keep_set[structure_labels], structure_labels, 0)
-    cands, s_area = _iou_candidates(s_lab, len(structures), truth_raster, len(truth), min_iou)
-    used_s: set[int] = set()
-    used_t: set[int] = set()
-    hits = 0
-    for _iou, si, ti in cands:
-        if si in used_s or ti in used_t:
-            continue
-        used_s.add(si)
-        used_t.add(ti)
-        hits += int(_first_seen_hit(structures[si - 1], truth[ti - 1].appeared))
-    n_pred = sum(1 for i in keep if s_area[i + 1] > 0)
-    tp = len(used_s)
-    return SeriesScore(city, tp, n_pred - tp, len(truth) - tp, hits, tp)
+    """Object scores of `match_structures`' pairs (same arguments). A matched structure's
+    first-seen is a hit when first_seen_start <= appeared < first_seen_end (a missing bound is
+    open)."""
+    found = match_structures(
+        structures,
+        structure_labels,
+        truth,
+        truth_raster,
+        min_iou=min_iou,
+        confirmed_only=confirmed_only,
+    )
+    hits = sum(_first_seen_hit(structures[si], truth[ti].appeared) for si, ti in found.pairs)
+    tp = len(found.pairs)
+    return SeriesScore(city, tp, len(found.unmatched), len(truth) - tp, hits, tp)
 
 
 # ----------------------------------------------------------------------------- polygon truth
@@ -245,11 +287,29 @@ def match(
     max_dist_m: float = 20.0,
 ) -> MatchReport:
     """Greedy one-to-one matching: IoU > min_iou or centroid distance <= max_dist_m (in `crs`)."""
-    t_geoms = [to_grid_crs(shape(f["geometry"]), crs) for f in truth]
-    d_geoms = [to_grid_crs(shape(f["geometry"]), crs) for f in detections]
+    return match_geometries(
+        [to_grid_crs(shape(f["geometry"]), crs) for f in truth],
+        [to_grid_crs(shape(f["geometry"]), crs) for f in detections],
+        [str(f["properties"]["id"]) for f in truth],
+        [str(f["properties"]["id"]) for f in detections],
+        min_iou=min_iou,
+        max_dist_m=max_dist_m,
+    )
+
+
+def match_geometries(
+    truth: Sequence[Any],
+    detections: Sequence[Any],
+    truth_ids: Sequence[str],
+    detection_ids: Sequence[str],
+    *,
+    min_iou: float = 0.25,
+    max_dist_m: float = 20.0,
+) -> MatchReport:
+    """`match` on shapely geometries already in one metric CRS (max_dist_m < 0: by IoU only)."""
     pairs = []
-    for i, tg in enumerate(t_geoms):
-        for j, dg in enumerate(d_geoms):
+    for i, tg in enumerate(truth):
+        for j, dg in enumerate(detections):
             inter = tg.intersection(dg).area
             iou = inter / tg.union(dg).area if inter else 0.0
             dist = tg.centroid.distance(dg.centroid)
@@ -264,14 +324,7 @@ def match(
             continue
         used_t.add(i)
         used_d.add(j)
-        out.append(
-            Match(
-                str(truth[i]["properties"]["id"]),
-                str(detections[j]["properties"]["id"]),
-                -neg_iou,
-                dist,
-            )
-        )
+        out.append(Match(truth_ids[i], detection_ids[j], -neg_iou, dist))
     return MatchReport(len(truth), len(detections), tuple(out))
 
 

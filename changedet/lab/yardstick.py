@@ -1,0 +1,224 @@
+"""The honest yardstick, `changedet eval series`: the production detector on semi-real series.
+
+For each labelled OSCD city: build the hard monthly series in memory (`series.make_oscd_series`:
+real spectra, labelled changes revealed at random months, misregistration, haze, seasons, clouds
+SCL misses, a baseline switch), run the time-series core with the given config
+(`series.detect_series`) and score the **confirmed** structures against the change regions:
+
+- object precision, recall and F1: one-to-one matches at pixel IoU > 0.25 (`score.match_structures`);
+- count error: (confirmed structures - true changes) / true changes;
+- first-seen accuracy: share of matched structures whose first-seen interval holds the true date;
+- false objects per km² of unchanged ground: confirmed structures with no pixel within
+  `buffer_px` of a labelled change, over the area of valid pixels farther than that from one
+  (the buffer keeps a change's misaligned fringe from counting as "nothing changed");
+- kind mix: the `kind` of the structures matched to a true change and of the unmatched ones.
+  OSCD labels say only "change", so this is a mix, not a confusion matrix (that needs the
+  synthetic sample's kinded truth: `kindtruth`).
+
+Cities are pooled by summing counts and areas, never by averaging ratios.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from changedet.config import Config
+from changedet.lab.kindtruth import add_counts
+from changedet.lab.oscd import labelled_cities, load_city
+from changedet.lab.score import SeriesScore, match_structures, score_structures
+from changedet.lab.series import OSCDSeries, detect_series, make_oscd_series
+from changedet.models import Progress, Structure, no_progress
+
+__all__ = [
+    "KINDS",
+    "CityResult",
+    "SeriesReport",
+    "evaluate_city",
+    "evaluate_series",
+    "false_objects",
+    "report_json",
+    "unchanged_ground",
+]
+
+KINDS = ("building", "ground works", "other")  # as `changedet.core.kinds.KINDS`, in table order
+
+
+@dataclass(frozen=True)
+class CityResult:
+    """The yardstick for one city, or for several pooled (`+`)."""
+
+    city: str
+    score: SeriesScore
+    n_truth: int
+    n_confirmed: int
+    false_objects: int  # confirmed structures nowhere near a labelled change
+    unchanged_km2: float
+    matched_kinds: Mapping[str, int] = field(default_factory=dict)
+    unmatched_kinds: Mapping[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def count_error(self) -> float:
+        """(confirmed - true) / true: signed, so over- and under-counting show."""
+        return (self.n_confirmed - self.n_truth) / self.n_truth if self.n_truth else 0.0
+
+    @property
+    def false_per_km2(self) -> float:
+        return self.false_objects / self.unchanged_km2 if self.unchanged_km2 else 0.0
+
+    def __add__(self, other: CityResult) -> CityResult:
+        return CityResult(
+            "pooled",
+            self.score + other.score,
+            self.n_truth + other.n_truth,
+            self.n_confirmed + other.n_confirmed,
+            self.false_objects + other.false_objects,
+            self.unchanged_km2 + other.unchanged_km2,
+            add_counts(self.matched_kinds, other.matched_kinds),
+            add_counts(self.unmatched_kinds, other.unmatched_kinds),
+            self.seconds + other.seconds,
+        )
+
+
+@dataclass(frozen=True)
+class SeriesReport:
+    cities: tuple[CityResult, ...]
+    seed: int
+    months: int
+    buffer_px: int
+
+    @property
+    def pooled(self) -> CityResult:
+        total = self.cities[0]
+        for row in self.cities[1:]:
+            total = total + row
+        return total
+
+
+def _kind_counts(structures: Sequence[Structure], indices: Sequence[int]) -> dict[str, int]:
+    counts = Counter(structures[i].kind for i in indices)
+    return {k: counts.get(k, 0) for k in (*KINDS, *sorted(set(counts) - set(KINDS)))}
+
+
+def unchanged_ground(regions: np.ndarray, valid: np.ndarray, buffer_px: int) -> np.ndarray:
+    """(H, W) bool: `valid` pixels farther than `buffer_px` (8-connected steps) from every
+    labelled change (`regions` > 0)."""
+    changed = regions > 0
+    if buffer_px > 0:
+        changed = ndimage.binary_dilation(changed, np.ones((3, 3), bool), iterations=buffer_px)
+    return valid & ~changed
+
+
+def _valid(series: OSCDSeries) -> np.ndarray:
+    return np.isfinite(series.before).all(axis=0) & np.isfinite(series.after).all(axis=0)
+
+
+def false_objects(
+    structures: Sequence[Structure], footprints: np.ndarray, unchanged: np.ndarray
+) -> int:
+    """Confirmed structures whose whole footprint lies on unchanged ground."""
+    n = len(structures)
+    size = np.bincount(footprints.ravel(), minlength=n + 1)
+    on_unchanged = np.bincount(footprints[unchanged].ravel(), minlength=n + 1)
+    return sum(
+        1
+        for i, s in enumerate(structures)
+        if s.confirmed and size[i + 1] > 0 and on_unchanged[i + 1] == size[i + 1]
+    )
+
+
+def evaluate_city(
+    root: Path,
+    city: str,
+    config: Config,
+    *,
+    seed: int = 0,
+    months: int = 12,
+    buffer_px: int = 2,
+    progress: Progress = no_progress,
+) -> CityResult:
+    """Build `city`'s semi-real series, run the detector with `config`, score it."""
+    t0 = time.perf_counter()
+    series = make_oscd_series(load_city(root, city, with_label=True), seed=seed, months=months)
+    analysis = detect_series(series, config, progress=progress)
+    structures, footprints = analysis.structures, analysis.footprints
+    score = score_structures(structures, footprints, series.truth, series.regions, city=city)
+    found = match_structures(structures, footprints, series.truth, series.regions)
+    unchanged = unchanged_ground(series.regions, _valid(series), buffer_px)
+    return CityResult(
+        city,
+        score,
+        n_truth=len(series.truth),
+        n_confirmed=sum(1 for s in structures if s.confirmed),
+        false_objects=false_objects(structures, footprints, unchanged),
+        unchanged_km2=float(unchanged.sum()) * series.grid.pixel_area_m2 / 1e6,
+        matched_kinds=_kind_counts(structures, [si for si, _ti in found.pairs]),
+        unmatched_kinds=_kind_counts(structures, found.unmatched),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def evaluate_series(
+    root: Path,
+    config: Config,
+    *,
+    cities: Sequence[str] | None = None,
+    seed: int = 0,
+    months: int = 12,
+    buffer_px: int = 2,
+    progress: Progress = no_progress,
+) -> SeriesReport:
+    """`evaluate_city` for `cities` (default: every labelled city under `root`)."""
+    names = list(cities) if cities else labelled_cities(root)
+    rows = []
+    for done, city in enumerate(names):
+        progress("cities", done, len(names))
+        rows.append(
+            evaluate_city(root, city, config, seed=seed, months=months, buffer_px=buffer_px)
+        )
+    progress("cities", len(names), len(names))
+    return SeriesReport(tuple(rows), seed, months, buffer_px)
+
+
+def _row_json(row: CityResult) -> dict[str, Any]:
+    s = row.score
+    return {
+        "city": row.city,
+        "truth": row.n_truth,
+        "confirmed": row.n_confirmed,
+        "tp": s.tp,
+        "fp": s.fp,
+        "fn": s.fn,
+        "precision": s.precision,
+        "recall": s.recall,
+        "f1": s.f1,
+        "count_error": row.count_error,
+        "first_seen": s.first_seen_accuracy,
+        "first_seen_hits": s.first_seen_hits,
+        "false_objects": row.false_objects,
+        "unchanged_km2": row.unchanged_km2,
+        "false_per_km2": row.false_per_km2,
+        "matched_kinds": dict(row.matched_kinds),
+        "unmatched_kinds": dict(row.unmatched_kinds),
+        "seconds": round(row.seconds, 1),
+    }
+
+
+def report_json(report: SeriesReport) -> dict[str, Any]:
+    """The report as plain JSON data: per city, pooled, and how it was measured."""
+    return {
+        "seed": report.seed,
+        "months": report.months,
+        "buffer_px": report.buffer_px,
+        "min_iou": 0.25,
+        "cities": [_row_json(r) for r in report.cities],
+        "pooled": _row_json(report.pooled),
+    }

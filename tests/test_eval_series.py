@@ -1,0 +1,183 @@
+"""`changedet eval series`, the honest yardstick: its figures add up, and a blind detector scores 0.
+
+The CLI tests run one small city for a few months (`eval series` on all nine takes minutes) and
+skip when ../shared/data is absent; the known-answer tests of the pieces need no data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import shapely
+from click.testing import CliRunner, Result
+from pyproj import Transformer
+
+from changedet.cli import main
+from changedet.core.track import footprint_geometry
+from changedet.lab.kindtruth import MISSED, kind_confusion
+from changedet.lab.score import load_features
+from changedet.lab.yardstick import false_objects, unchanged_ground
+from changedet.models import Grid, Structure
+
+REPO = Path(__file__).resolve().parents[1]
+CITY = "bercy"  # a small labelled city
+GRID = Grid.from_origin("EPSG:32631", 400_000.0, 5_000_000.0, 10.0, 20, 20)
+
+
+def _mask(r0: int, c0: int, h: int, w: int) -> np.ndarray:
+    m = np.zeros(GRID.shape, bool)
+    m[r0 : r0 + h, c0 : c0 + w] = True
+    return m
+
+
+def _structure(
+    sid: str, mask: np.ndarray, kind: str = "other", confirmed: bool = True
+) -> Structure:
+    geom = footprint_geometry(mask, GRID)
+    return Structure(sid, geom, geom.area, 0.9, None, None, confirmed, kind=kind)
+
+
+def test_false_objects_lie_wholly_beyond_the_buffer() -> None:
+    regions = _mask(5, 5, 3, 3).astype(np.int32)
+    valid = np.ones(GRID.shape, bool)
+    valid[:, -1] = False  # a no-data column is not ground
+    unchanged = unchanged_ground(regions, valid, buffer_px=2)
+    assert unchanged.sum() == 20 * 19 - 7 * 7  # the 3x3 change grown by 2 px, and the column
+    masks = [
+        _mask(0, 0, 2, 2),  # far away: false
+        _mask(5, 9, 2, 2),  # touches the 2 px fringe: the change's own misaligned edge
+        _mask(12, 12, 2, 2),  # far away but only a candidate: not counted
+        _mask(15, 0, 2, 2),  # far away: false
+    ]
+    structures = [_structure(f"s{i}", m, confirmed=i != 2) for i, m in enumerate(masks)]
+    footprints = np.zeros(GRID.shape, np.int32)
+    for i, m in enumerate(masks):
+        footprints[m] = i + 1
+    assert false_objects(structures, footprints, unchanged) == 2
+    assert false_objects(structures, footprints, unchanged_ground(regions, valid, 0)) == 3
+
+
+def _feature(fid: str, kind: str, geom: Any, **props: Any) -> dict[str, Any]:
+    to_wgs84 = Transformer.from_crs(GRID.crs, "EPSG:4326", always_xy=True)
+    wgs84 = shapely.transform(geom, lambda xy: np.column_stack(to_wgs84.transform(*xy.T)))
+    return {
+        "type": "Feature",
+        "properties": {"id": fid, "kind": kind, **props},
+        "geometry": shapely.geometry.mapping(wgs84),
+    }
+
+
+def test_kind_confusion_known_answer() -> None:
+    house, hall = _mask(2, 2, 4, 4), _mask(12, 12, 4, 4)
+    # A berm's centre line round the house (a LineString, as in the sample's truth).
+    ring = shapely.LineString(footprint_geometry(_mask(1, 1, 6, 6), GRID).exterior.coords)
+    truth = [
+        _feature("new-1", "building", footprint_geometry(house, GRID)),
+        _feature("new-2", "building", footprint_geometry(hall, GRID)),
+        _feature("new-1-berm", "berm", ring, width_m=10.0),
+        _feature("old-1", "existing", footprint_geometry(_mask(16, 2, 3, 3), GRID)),
+    ]
+    berm = _mask(0, 0, 8, 8) & ~_mask(2, 2, 4, 4)
+    structures = [
+        _structure("a", house, "building"),
+        _structure("b", berm, "ground works"),
+        _structure("c", hall, "other"),
+        _structure("d", _mask(16, 12, 2, 2), "building"),  # nothing true there
+        _structure("e", _mask(16, 2, 3, 3), "building", confirmed=False),  # a candidate
+    ]
+    c = kind_confusion("x", structures, truth, GRID.crs)
+    assert c.rows["building"] == {"building": 1, "other": 1, MISSED: 0}
+    assert c.rows["ground works"] == {"ground works": 1, MISSED: 0}
+    assert c.unmatched == {"building": 1}
+    assert c.agreement() == pytest.approx(2 / 3)
+    both = c + c
+    assert both.rows["building"] == {"building": 2, "other": 2, MISSED: 0}
+
+
+def changedet(*args: str) -> Result:
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click 8.1
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 always keeps stderr apart
+    return runner.invoke(main, list(args))
+
+
+def _eval_series(
+    oscd_root: Path, out: Path, *extra: str, months: int = 8
+) -> tuple[Result, dict[str, Any]]:
+    result = changedet(
+        "eval",
+        "series",
+        "--root",
+        str(oscd_root),
+        "--cities",
+        CITY,
+        "--months",
+        str(months),
+        "--json",
+        str(out),
+        *extra,
+    )
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return result, json.loads(out.read_text())
+
+
+@pytest.mark.oscd
+def test_eval_series_figures_add_up(oscd_root: Path, tmp_path: Path) -> None:
+    result, data = _eval_series(
+        oscd_root,
+        tmp_path / "series.json",
+        "--samples",
+        str(REPO / "sample_tiles"),
+        "--aoi-dir",
+        str(REPO / "aoi"),
+    )
+    (row,) = data["cities"]
+    pooled = data["pooled"]
+    assert row["city"] == CITY and row["truth"] > 0 and row["tp"] > 0
+    for r in (row, pooled):
+        p, rec = r["precision"], r["recall"]
+        assert p == pytest.approx(r["tp"] / (r["tp"] + r["fp"]))
+        assert rec == pytest.approx(r["tp"] / r["truth"])
+        assert r["f1"] == pytest.approx(2 * p * rec / (p + rec))
+        assert r["tp"] + r["fn"] == r["truth"]
+        assert r["count_error"] == pytest.approx((r["confirmed"] - r["truth"]) / r["truth"])
+        assert r["first_seen"] == pytest.approx(r["first_seen_hits"] / r["tp"])
+        assert r["false_objects"] <= r["fp"] and r["unchanged_km2"] > 0
+        assert sum(r["matched_kinds"].values()) == r["tp"]
+        assert sum(r["unmatched_kinds"].values()) == r["fp"]
+    for key in ("truth", "confirmed", "tp", "fp", "fn", "false_objects", "unchanged_km2"):
+        assert pooled[key] == pytest.approx(row[key])
+    # The terminal tables carry the same figures.
+    assert CITY in result.output and "pooled" in result.output
+    assert f"{row['f1']:.2f}" in result.output and "ground works" in result.output
+    # Every new truth object of each sample is either matched (with some kind) or missed.
+    for sample in data["sample_kinds"]:
+        truth = load_features(REPO / "sample_tiles" / sample["aoi"] / "truth.geojson")
+        for true_kind, source in (("building", "building"), ("ground works", "berm")):
+            n_true = sum(f["properties"]["kind"] == source for f in truth)
+            assert sum(sample["truth"][true_kind].values()) == n_true
+        assert 0.0 <= sample["agreement"] <= 1.0
+
+
+@pytest.mark.oscd
+def test_a_blind_detector_scores_zero(oscd_root: Path, tmp_path: Path) -> None:
+    blind = tmp_path / "blind.toml"
+    blind.write_text("[change]\nz_threshold = 1e9\nstructure_z_threshold = 1e9\n")
+    _result, data = _eval_series(
+        oscd_root, tmp_path / "blind.json", "--config", str(blind), months=6
+    )
+    pooled = data["pooled"]
+    assert pooled["truth"] > 0
+    assert (pooled["tp"], pooled["recall"], pooled["f1"]) == (0, 0.0, 0.0)
+    assert pooled["count_error"] == pytest.approx(-1.0) and pooled["false_objects"] == 0
+
+
+def test_eval_series_refuses_a_missing_root(tmp_path: Path) -> None:
+    result = changedet("eval", "series", "--root", str(tmp_path / "nowhere"))
+    assert result.exit_code != 0
+    assert "not a folder" in result.output + (result.stderr or "")
