@@ -31,6 +31,7 @@ __all__ = [
     "crop_to_footprints",
     "grid_for",
     "load_aois",
+    "lonlat_bbox",
     "lonlat_centroid",
     "near_longitude",
     "reproject_geometry",
@@ -247,6 +248,21 @@ def near_longitude(geom: Any, lon0: float) -> Any:
         turns = round((lon0 - part.centroid.x) / 360.0)
         moved.append(shapely.affinity.translate(part, xoff=360.0 * turns) if turns else part)
     return shapely.union_all(moved)
+
+
+def lonlat_bbox(geom: Any) -> tuple[float, float, float, float]:
+    """(west, south, east, north) of a lon/lat geometry as RFC 7946 §5.2 writes it: across the
+    antimeridian west > east (e.g. 179.5 … -179.5), not a box around the whole globe."""
+    lon0, _ = lonlat_centroid(geom)
+    west, south, east, north = near_longitude(geom, lon0).bounds
+    if east - west >= 360.0:
+        return -180.0, south, 180.0, north
+    return _wrap(west) if west != -180.0 else -180.0, south, _wrap(east), north
+
+
+def _wrap(lon: float) -> float:
+    """`lon` within (-180, 180]."""
+    return 180.0 - ((180.0 - lon) % 360.0)
 
 
 def lonlat_centroid(geom: Any) -> tuple[float, float]:

@@ -108,6 +108,8 @@ def test_an_antimeridian_run_is_on_zone_60_and_writes_rfc7946_split_geometry(
     run = json.loads((folder / "run.json").read_text())
     assert run["grid"]["crs"] == "EPSG:32760"
     _assert_rfc7946_lonlat(run["aoi"]["geometry"])
+    west, south, east, north = run["aoi"]["bbox"]  # RFC 7946 §5.2: across 180°, west > east
+    assert 179.0 < west <= 180.0 and -180.0 <= east < -179.0 and south < north
 
 
 def test_synth_sample_works_across_the_antimeridian(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from changedet.config import load_config
 from changedet.lab.oscd import load_city
-from changedet.lab.score import SeriesScore, score_structures
+from changedet.lab.score import SeriesScore, kept_ids, score_structures
 from changedet.lab.series import detect_series, make_oscd_series
 
 CITIES = ("paris", "bercy")
@@ -58,3 +58,25 @@ def test_ids_survive_a_rerun_and_one_more_month(scores) -> None:  # type: ignore
             full[s.id].first_seen_start,
             full[s.id].first_seen_end,
         )
+
+
+def test_ids_name_the_same_structures_across_start_end_and_period(scores) -> None:  # type: ignore[no-untyped-def]
+    """A later start, an earlier end and quarterly periods keep >= 90 % of the ids of the
+    structures both runs find (each covering at least half of the other)."""
+    quarterly = load_config(overrides={"time.period": "quarter"})
+    kept = {"later start": [0, 0], "earlier end": [0, 0], "quarterly": [0, 0]}
+    for _score, (series, analysis) in scores.values():
+        reruns = {
+            "later start": detect_series(series, CONFIG, skip_months=1),
+            "earlier end": detect_series(series, CONFIG, n_months=series.months - 1),
+            "quarterly": detect_series(series, quarterly),
+        }
+        for name, again in reruns.items():
+            same, pairs = kept_ids(
+                analysis.structures, analysis.footprints, again.structures, again.footprints
+            )
+            kept[name][0] += same
+            kept[name][1] += pairs
+    for name, (same, pairs) in kept.items():
+        assert pairs >= 5, (name, pairs)
+        assert same >= 0.9 * pairs, (name, same, pairs)

@@ -36,6 +36,7 @@ __all__ = [
     "SeriesScore",
     "StructureMatches",
     "in_interval",
+    "kept_ids",
     "load_features",
     "match",
     "match_geometries",
@@ -245,6 +246,37 @@ def score_structures(
 
 
 # ----------------------------------------------------------------------------- polygon truth
+
+
+def kept_ids(
+    first: Sequence[Structure],
+    first_footprints: np.ndarray,
+    second: Sequence[Structure],
+    second_footprints: np.ndarray,
+) -> tuple[int, int]:
+    """(same id, pairs): of the confirmed structures two runs share — each covering at least half
+    of the other's footprint — how many the second run names as the first did. Footprints are
+    the runs' (H, W) int rasters on one grid (i + 1 where structure i stands)."""
+    kept = pairs = 0
+    for i, s in enumerate(first):
+        if not s.confirmed:
+            continue
+        mine = first_footprints == i + 1
+        labels, counts = np.unique(second_footprints[mine], return_counts=True)
+        candidates = [
+            (int(c), int(j))
+            for j, c in zip(labels, counts, strict=True)
+            if j > 0 and second[j - 1].confirmed
+        ]
+        if not candidates:
+            continue
+        overlap, j = max(candidates)
+        theirs = int(np.count_nonzero(second_footprints == j))
+        if overlap < 0.5 * mine.sum() or overlap < 0.5 * theirs:
+            continue  # not the same structure: one is a merge or a piece of the other
+        pairs += 1
+        kept += second[j - 1].id == s.id
+    return kept, pairs
 
 
 @dataclass(frozen=True)

@@ -810,11 +810,13 @@ def detect_series(
     config: Any = None,
     *,
     n_months: int | None = None,
+    skip_months: int = 0,
     progress: Progress = no_progress,
 ) -> Any:
     """Run the time-series core (`core.timeseries.analyse_stack`) on an in-memory series,
     bypassing catalog and COG reads. Returns its `Analysis`.
-    n_months: use only the first n months (to test that extending a run keeps ids).
+    n_months: use only the first n months (to test that extending a run keeps ids);
+    skip_months: start that many months later (to test a later start).
     """
     from changedet.config import Config
     from changedet.core.periods import make_periods
@@ -824,8 +826,9 @@ def detect_series(
     end = (
         series.end if n_months is None else _add_months(series.start, n_months) - timedelta(days=1)
     )
-    periods = make_periods(series.start, end, cfg.time.period)
-    used = [a.index for a in series.acquisitions if a.when.date() <= end]
+    start = _add_months(series.start, skip_months) if skip_months else series.start
+    periods = make_periods(start, end, cfg.time.period)
+    used = [a.index for a in series.acquisitions if start <= a.when.date() <= end]
     stack = series_stack(series, used, config=cfg)
     analysis = analyse_stack(
         stack,

@@ -23,6 +23,7 @@ from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
 from changedet import __version__
+from changedet.aoi import lonlat_bbox
 from changedet.models import RunResult, Scene
 from changedet.outputs.headline import headline
 from changedet.outputs.vectors import (
@@ -184,7 +185,7 @@ def _aoi_section(result: RunResult) -> dict[str, Any]:
     return {
         "id": aoi.id,
         "name": aoi.name,
-        "bbox": [round(v, GEOJSON_DECIMALS) for v in aoi.geometry.bounds],
+        "bbox": [round(v, GEOJSON_DECIMALS) for v in lonlat_bbox(aoi.geometry)],
         "area_km2": round(aoi_utm.area / 1e6, 4),
         "geometry": round_coords(mapping(right_hand(aoi.geometry))),
         "properties": _jsonable(dict(aoi.properties)),
