@@ -397,4 +397,178 @@ def search(
             console.print(f"note: {note}")
 
 
+# --- monitoring ---------------------------------------------------------------------------------
+
+
+@main.group()
+def monitor() -> None:
+    """The scheduled job: watch AOIs, update the ledger incrementally, send alerts."""
+
+
+def _watchlist(config_path: str, state: str | None) -> Any:
+    from changedet.monitor.watchlist import load_watchlist
+
+    return load_watchlist(config_path).with_state(None if state is None else Path(state))
+
+
+def _parse_now(text: str | None) -> Any:
+    from datetime import UTC, datetime
+
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--now '{text}' is not an ISO date or time (e.g. 2024-03-01 or 2024-03-01T12:00Z)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+_CONFIG = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Watch-list TOML (e.g. configs/monitor-demo.toml).",
+)
+_STATE = click.option(
+    "--state", type=click.Path(dir_okay=False), help="State database (default: the watch-list's)."
+)
+
+
+def _describe_check(check: Any) -> str:
+    if check.outcome != "updated":
+        return f"{check.aoi_id}: {check.outcome}: {check.message}"
+    parts = [f"{len(check.new_scenes)} new scene(s)"]
+    if check.replaced:
+        parts.append(f"{len(check.replaced)} replaced by reprocessing")
+    parts.append(f"{len(check.alerts)} new alert(s)")
+    line = f"{check.aoi_id}: updated: {', '.join(parts)}"
+    if check.summary is not None:
+        line += "\n  " + check.summary.describe().replace("\n", "\n  ")
+    return line
+
+
+@monitor.command("run")
+@_CONFIG
+@_STATE
+@click.option(
+    "--now", "now_text", help="Fix the clock (ISO time); later scenes count as unpublished."
+)
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def monitor_run(
+    config_path: str, state: str | None, now_text: str | None, quiet: bool, debug: bool
+) -> None:
+    """Check every watched AOI once; exit 1 when an AOI or a delivery failed."""
+    from changedet.monitor.run import run_watchlist
+
+    with _errors(debug):
+        watch = _watchlist(config_path, state)
+        now = _parse_now(now_text)
+        with _Renderer(quiet=quiet) as progress:
+            report = run_watchlist(
+                watch,
+                now=now,
+                progress=progress,
+                on_check=lambda check: click.echo(_describe_check(check)),
+            )
+    d = report.deliveries
+    if d.delivered or d.failed:
+        click.echo(f"alerts: {d.delivered} delivered, {d.failed} waiting for the next run")
+    for error in dict.fromkeys(d.errors):
+        click.echo(
+            f"changedet: warning: delivery failed ({error}); kept for the next run", err=True
+        )
+    for check in report.checks:
+        if check.outcome == "failed":
+            _echo_error(f"AOI '{check.aoi_id}': {check.message}")
+    sys.exit(1 if report.failed or d.errors else 0)
+
+
+@monitor.command("status")
+@_CONFIG
+@_STATE
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bool) -> None:
+    """Per AOI: the last run, the last scene, counts and pending deliveries."""
+    from changedet.monitor.state import State
+
+    with _errors(debug):
+        watch = _watchlist(config_path, state)
+        summaries = []
+        if watch.state.exists():
+            with State(watch.state) as db:
+                summaries = [db.summary(w.aoi.id) for w in watch.aois]
+        else:
+            summaries = [{"aoi": w.aoi.id, "last_run": None} for w in watch.aois]
+    if as_json:
+        click.echo(json.dumps({"state": str(watch.state), "aois": summaries}, indent=2))
+        return
+    click.echo(f"state: {watch.state}")
+    for s in summaries:
+        last = s.get("last_run")
+        if last is None:
+            click.echo(f"{s['aoi']}: never run")
+            continue
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(s["structures"].items()))
+        reviews = ", ".join(f"{n} {v}" for v, n in sorted(s["reviews"].items())) or "none"
+        click.echo(
+            f"{s['aoi']}: last run {last['started']} (clock {last['now']}): {last['outcome']}"
+            f"{': ' + last['message'] if last['message'] else ''}\n"
+            f"  last scene {s['last_scene'] or '-'} ({s['scenes_used']} used); structures: "
+            f"{counts or 'none'}; reviews: {reviews}; alerts {s['alerts']}, "
+            f"{s['pending_deliveries']} delivery(ies) pending"
+        )
+
+
+@main.command()
+@click.argument("aoi_id")
+@click.argument("structure_id")
+@click.option(
+    "--as",
+    "verdict",
+    required=True,
+    type=click.Choice(["confirmed", "false-positive", "unsure"]),
+    help="Your verdict.",
+)
+@click.option("--note", help="Why (kept with the verdict).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Watch-list TOML whose state database holds the AOI.",
+)
+@_STATE
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def review(
+    aoi_id: str,
+    structure_id: str,
+    verdict: str,
+    note: str | None,
+    config_path: str | None,
+    state: str | None,
+    debug: bool,
+) -> None:
+    """Record your verdict on a monitored structure; it shows from the next run on."""
+    from changedet.monitor.state import State
+
+    with _errors(debug):
+        if state is None and config_path is None:
+            raise UsageError("pass --config WATCHLIST.toml or --state DB")
+        path = Path(state) if state else _watchlist(str(config_path), None).state
+        if not path.exists():
+            raise UsageError(
+                f"state database '{path}' does not exist; run `changedet monitor run` first"
+            )
+        with State(path) as db:
+            db.add_review(aoi_id, structure_id, verdict, note)
+    click.echo(
+        f"{aoi_id} {structure_id}: recorded as {verdict}; the next `changedet monitor run` "
+        "refreshes the outputs"
+    )
+
+
 __all__ = ["LAB_COMMANDS", "main"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "AOIError",
+    "BusyError",
     "CatalogError",
     "ChangedetError",
     "ConfigError",
@@ -36,6 +37,10 @@ class ConfigError(ChangedetError, ValueError):
 
 class AOIError(ChangedetError, ValueError):
     """An AOI file or geometry cannot be used."""
+
+
+class BusyError(ChangedetError):
+    """Another process holds what this one needs (e.g. a monitor run holds the state)."""
 
 
 class CatalogError(ChangedetError, OSError):

@@ -20,6 +20,8 @@ from affine import Affine
 
 __all__ = [
     "AOI",
+    "FALSE_POSITIVE",
+    "REVIEW_VERDICTS",
     "Asset",
     "Berm",
     "ChangeMap",
@@ -44,6 +46,10 @@ __all__ = [
     "no_progress",
 ]
 
+
+# The verdicts an analyst can give a structure (`changedet review`).
+FALSE_POSITIVE = "false-positive"
+REVIEW_VERDICTS = ("confirmed", FALSE_POSITIVE, "unsure")
 
 # Progress callback: (stage name, items done, items total). Library code reports, the CLI renders.
 Progress = Callable[[str, int, int], None]
@@ -350,6 +356,10 @@ class Structure:
     # The evidence behind `kind`: median over its periods of the spectral flattening, bare-soil
     # and brightness gains and vegetation loss, plus its width and length in pixels.
     evidence: Mapping[str, float] = field(default_factory=dict)
+    # The analyst's verdict (`changedet review`): "confirmed" | "false-positive" | "unsure", or
+    # None when not reviewed. A false positive stays in the outputs and leaves every count.
+    review: str | None = None
+    review_note: str | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from changedet.core.clip import clip_berms, clip_structures, crop_change, crop_c
 from changedet.core.coverage import measure_coverage
 from changedet.core.evidence import evidence_for
 from changedet.core.periods import make_periods
+from changedet.core.review import Verdict, apply_review
 from changedet.core.timeseries import Analysis, StageTimer, analyse_stack
 from changedet.errors import ConfigError, OutputError
 from changedet.models import (
@@ -230,8 +231,11 @@ def run_aoi(
     out_root: Path,
     progress: Progress = no_progress,
     io: PipelineIO | None = None,
+    review: Mapping[str, Verdict] | None = None,
 ) -> RunSummary:
-    """Process one AOI end to end and write OUT/<aoi_id>/ atomically."""
+    """Process one AOI end to end and write OUT/<aoi_id>/ atomically. `review`: the analyst's
+    verdicts by structure id (`changedet.monitor`), shown in the outputs; false positives are
+    left out of the counts."""
     io = io or PipelineIO.default()
     timer = StageTimer()
     out_dir = safe_out_dir(Path(out_root), aoi.id)
@@ -266,6 +270,7 @@ def run_aoi(
         progress=progress,
         timer=timer,
     )
+    analysis = apply_review(analysis, review or {})
     synthetic = any(s.synthetic for s in found.scenes)
     shown = _on_aoi(analysis, aoi, aoi_grid)
     aoi_grid = shown.baseline.grid  # within the context window

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from changedet.models import Period, PeriodCount, RunResult, Structure
+from changedet.models import FALSE_POSITIVE, Period, PeriodCount, RunResult, Structure
 
 __all__ = [
     "BUILDING",
@@ -67,7 +67,7 @@ def period_name(period: Period) -> str:
 
 
 def _is_new(s: Structure) -> bool:
-    return s.confirmed and s.status != "dropped"
+    return s.confirmed and s.status != "dropped" and s.review != FALSE_POSITIVE
 
 
 def _why_unconfirmed(s: Structure, periods: Sequence[Period], min_persistence: int) -> str:

@@ -348,6 +348,8 @@ def _structure_row(
         status += f", {s.status}"
         if s.vanished_after:
             status += f" after {s.vanished_after.isoformat()}"
+    if s.review:
+        status += f"; reviewed: {s.review}" + (f" ({s.review_note})" if s.review_note else "")
     px = result.grid.pixel_area_m2
     return (
         "<tr>"

@@ -75,6 +75,7 @@ STRUCTURE_PROPERTIES = (
     "source_scenes",
     "status",
     "vanished_after",
+    "review",
     "lat",
     "lon",
 )
@@ -261,6 +262,7 @@ def structure_properties(s: Structure, grid_crs: str | None = None) -> dict[str,
         "source_scenes": list(s.source_scenes),
         "status": s.status,
         "vanished_after": iso_text(s.vanished_after),
+        "review": s.review,
         "lat": None if point is None else point[0],
         "lon": None if point is None else point[1],
     }

@@ -1,0 +1,118 @@
+"""What a check changes in the ledger and what it alerts (pure: rows in, rows out).
+
+A structure's ledger status comes from the detector's view of it: `candidate` (not confirmed),
+`confirmed`, `bermed` (confirmed, ringed by a berm), `vanished`, `dropped` (a candidate that did
+not persist, or a structure the detector no longer finds). Every status change is a history
+entry. Alerts, each at most once per structure and kind (its idempotency key says so):
+
+- `new`: the first time a structure is confirmed (bermed or vanished included);
+- `bermed`: a structure already alerted as new that became bermed later;
+- `vanished`: a structure already alerted as new that has vanished since.
+
+A structure the analyst called a false positive never alerts again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from changedet.models import FALSE_POSITIVE, Structure
+from changedet.monitor.state import AlertRow, HistoryEntry, StructureRow
+
+__all__ = ["LedgerChanges", "alert_key", "ledger_changes", "ledger_status"]
+
+CONFIRMED_STATES = ("confirmed", "bermed", "vanished")
+
+
+def ledger_status(s: Structure) -> str:
+    if s.status == "dropped":
+        return "dropped"
+    if not s.confirmed:
+        return "candidate"
+    if s.status == "vanished":
+        return "vanished"
+    return "bermed" if s.bermed else "confirmed"
+
+
+def alert_key(aoi_id: str, structure_id: str, kind: str) -> str:
+    """The same alert always has the same key: re-runs and receivers can tell it again."""
+    text = f"changedet-alert/{aoi_id}/{structure_id}/{kind}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class LedgerChanges:
+    rows: tuple[StructureRow, ...]  # rows that are new or differ from the stored ones
+    history: tuple[HistoryEntry, ...]
+    alerts: tuple[AlertRow, ...]
+
+
+def _alert_kinds(old: StructureRow | None, new: StructureRow, alerted: set[str]) -> list[str]:
+    if new.review == FALSE_POSITIVE or new.status not in CONFIRMED_STATES:
+        return []
+    if "new" not in alerted:
+        return ["new"]
+    kinds = []
+    was = old.status if old is not None else None
+    if new.status == "bermed" and was != "bermed" and "bermed" not in alerted:
+        kinds.append("bermed")
+    if new.status == "vanished" and was != "vanished" and "vanished" not in alerted:
+        kinds.append("vanished")
+    return kinds
+
+
+def _payload(aoi_id: str, row: StructureRow, kind: str, key: str) -> dict[str, Any]:
+    return {
+        "key": key,
+        "aoi": aoi_id,
+        "alert": kind,
+        "structure_id": row.id,
+        "status": row.status,
+        "kind": row.kind,
+        "bermed": row.bermed,
+        "area_m2": row.area_m2,
+        "confidence": row.confidence,
+        "first_seen_start": row.first_seen_start,
+        "first_seen_end": row.first_seen_end,
+        "vanished_after": row.vanished_after,
+        "lat": row.lat,
+        "lon": row.lon,
+        "geometry": row.geometry,
+    }
+
+
+def ledger_changes(
+    aoi_id: str,
+    stored: Mapping[str, StructureRow],
+    current: Sequence[StructureRow],
+    alerted: Iterable[tuple[str, str]],
+) -> LedgerChanges:
+    """Compare the detector's structures (`current`, reviews already carried over) with the
+    stored ledger: changed rows, their history and the alerts they raise. Structures stored but
+    no longer found stay in the ledger as `dropped`."""
+    done: dict[str, set[str]] = {}
+    for structure_id, kind in alerted:
+        done.setdefault(structure_id, set()).add(kind)
+    rows: list[StructureRow] = []
+    history: list[HistoryEntry] = []
+    alerts: list[AlertRow] = []
+    seen = set()
+    for row in current:
+        seen.add(row.id)
+        old = stored.get(row.id)
+        if old != row:
+            rows.append(row)
+        if old is None or old.status != row.status:
+            history.append(HistoryEntry(row.id, row.status, None if old is None else old.status))
+        for kind in _alert_kinds(old, row, done.get(row.id, set())):
+            key = alert_key(aoi_id, row.id, kind)
+            alerts.append(AlertRow(key, aoi_id, row.id, kind, _payload(aoi_id, row, kind, key)))
+    for structure_id, old in stored.items():
+        if structure_id not in seen and old.status != "dropped":
+            gone = StructureRow(**{**old.__dict__, "status": "dropped"})
+            rows.append(gone)
+            history.append(HistoryEntry(structure_id, "dropped", old.status, "no longer detected"))
+    return LedgerChanges(tuple(rows), tuple(history), tuple(alerts))

@@ -1,0 +1,362 @@
+"""One monitoring run over a watch-list: per AOI, search the recent past, and only when a scene
+is new (or reprocessed), or the analyst reviewed something since the outputs were written, run
+the pipeline over every scene known, update the ledger and raise alerts in one transaction;
+then offer the outbox to the webhook and e-mail.
+
+The run holds the state's lock (`monitor.lock`) throughout, so two runs never interleave. The
+pipeline is called through its public `run_aoi` with the monitor's own seams: a searcher that
+hands over the planned scenes (`monitor.scenes`), and a reader and writer that pass through to
+the real ones and keep what they saw (the read's clear fractions, the run's result).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from changedet.errors import ChangedetError, ConfigError, NoScenesError
+from changedet.models import (
+    AOI,
+    Progress,
+    ReadResult,
+    RunResult,
+    Scene,
+    SearchResult,
+    no_progress,
+)
+from changedet.monitor.alerts import DeliveryReport, alerts_geojson, deliver_pending
+from changedet.monitor.decide import ledger_changes, ledger_status
+from changedet.monitor.lock import hold_lock
+from changedet.monitor.scenes import ScenePlan, plan_scenes, scene_record, search_start
+from changedet.monitor.state import AlertRow, CheckRecord, SceneRow, State, StructureRow
+from changedet.monitor.watchlist import WatchedAOI, WatchList
+from changedet.pipeline import PipelineIO, RunSummary, periods_for, run_aoi, safe_out_dir
+
+__all__ = ["AOICheck", "MonitorReport", "check_aoi", "run_watchlist"]
+
+ALERTS_FILE = "alerts.geojson"
+
+
+@dataclass(frozen=True)
+class AOICheck:
+    """What one run did for one AOI. outcome: "updated" (the ledger and outputs were brought up
+    to date), "unchanged" (nothing new), "waiting" (too little data yet), "failed"."""
+
+    aoi_id: str
+    outcome: str
+    new_scenes: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+    alerts: tuple[AlertRow, ...] = ()
+    message: str = ""
+    summary: RunSummary | None = None
+
+
+@dataclass(frozen=True)
+class MonitorReport:
+    run_id: int
+    checks: tuple[AOICheck, ...]
+    deliveries: DeliveryReport = field(default_factory=DeliveryReport)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for c in self.checks if c.outcome == "failed")
+
+
+class _Capture:
+    """Seams that pass through to the real reader and writer and keep what they saw."""
+
+    def __init__(self, base: PipelineIO, plan: ScenePlan, found: SearchResult) -> None:
+        self.base, self.plan, self.found = base, plan, found
+        self.read_result: ReadResult | None = None
+        self.result: RunResult | None = None
+
+    def io(self) -> PipelineIO:
+        return PipelineIO(
+            search=self.search, read=self.read, probe=self.base.probe, write=self.write
+        )
+
+    def search(self, aoi: AOI, *_: Any, **__: Any) -> SearchResult:
+        if not self.plan.scenes:
+            raise NoScenesError(f"no usable scene of AOI '{aoi.id}' yet")
+        return SearchResult(
+            scenes=self.plan.scenes,
+            dropped=(*self.plan.replaced, *self.plan.dropped),
+            source=self.found.source,
+            notes=self.found.notes,
+        )
+
+    def read(self, scenes: Sequence[Scene], *args: Any, **kwargs: Any) -> ReadResult:
+        self.read_result = self.base.read(scenes, *args, **kwargs)
+        return self.read_result
+
+    def write(self, result: RunResult, out_dir: Path, **kwargs: Any) -> Any:
+        self.result = result
+        return self.base.write(result, out_dir, **kwargs)
+
+
+# --- rows from a pipeline run --------------------------------------------------------------------
+
+
+def _scene_rows(
+    plan: ScenePlan, result: RunResult, read: ReadResult | None, stored: dict[str, SceneRow]
+) -> list[SceneRow]:
+    """Rows for every scene the check saw that differ from the stored ones."""
+    used = {s.id for s in result.scenes_used}
+    reasons = {d.scene_id: d.reason for d in result.scenes_skipped}
+    clear = dict(read.probes) if read is not None else {}
+    rows = [
+        SceneRow(
+            s.id,
+            s.datetime.isoformat(),
+            s.processing_baseline,
+            s.updated,
+            None if clear.get(s.id) is None else round(float(clear[s.id]), 4),
+            "used" if s.id in used else "skipped",
+            None if s.id in used else reasons.get(s.id, "not used"),
+            scene_record(s),
+        )
+        for s in plan.scenes
+    ]
+    rows += _replaced_and_dropped(plan, stored)
+    return [r for r in rows if stored.get(r.scene_id) != r]
+
+
+def _replaced_and_dropped(plan: ScenePlan, stored: dict[str, SceneRow]) -> list[SceneRow]:
+    rows = [replace(stored[d.scene_id], outcome="replaced", reason=d.reason) for d in plan.replaced]
+    rows += [
+        SceneRow(d.scene_id, None, None, None, None, "dropped", d.reason, None)
+        for d in plan.dropped
+    ]
+    return rows
+
+
+def _structure_rows(result: RunResult) -> list[StructureRow]:
+    features = {f["properties"]["id"]: f for f in _feature_collection(result)["features"]}
+    rows = []
+    for s in result.structures:
+        props = features[s.id]["properties"]
+        rows.append(
+            StructureRow(
+                id=s.id,
+                status=ledger_status(s),
+                kind=s.kind,
+                confirmed=bool(s.confirmed),
+                bermed=None if s.bermed is None else bool(s.bermed),
+                area_m2=props["area_m2"],
+                confidence=props["confidence"],
+                first_seen_start=props["first_seen_start"],
+                first_seen_end=props["first_seen_end"],
+                vanished_after=props["vanished_after"],
+                lat=props["lat"],
+                lon=props["lon"],
+                geometry=json.dumps(features[s.id]["geometry"], sort_keys=True),
+                review=s.review,
+                review_note=s.review_note,
+            )
+        )
+    return rows
+
+
+def _feature_collection(result: RunResult) -> dict[str, Any]:
+    from changedet.outputs.vectors import structures_feature_collection
+
+    return structures_feature_collection(result)
+
+
+def _periods(result: RunResult) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    return [
+        (
+            c.period.label,
+            c.period.start.isoformat(),
+            c.period.end.isoformat(),
+            tuple(sorted(c.scene_ids)),
+        )
+        for c in result.composites
+    ]
+
+
+# --- one AOI ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Context:
+    state: State
+    run_id: int
+    now: datetime
+    watch: WatchList
+    io: PipelineIO
+    progress: Progress
+
+
+def _effective_end(watched: WatchedAOI, now: datetime) -> date:
+    return min(watched.end, now.date()) if watched.end is not None else now.date()
+
+
+def _write_alerts_file(state: State, aoi_id: str, out_dir: Path) -> None:
+    """out/<aoi_id>/alerts.geojson from the outbox, rewritten only when it would differ."""
+    from changedet.outputs.fsio import write_text
+
+    alerts = state.alerts(aoi_id)
+    if not alerts and not (out_dir / ALERTS_FILE).exists():
+        return
+    text = json.dumps(alerts_geojson(alerts), indent=1, sort_keys=True) + "\n"
+    path = out_dir / ALERTS_FILE
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except OSError:
+        pass
+    write_text(path, text)
+
+
+def _outputs_stale(state: State, aoi_id: str, out_dir: Path) -> bool:
+    """Reviews since the outputs were written, or outputs missing: the pipeline must run."""
+    row = state.aoi(aoi_id)
+    if row is None:
+        return False  # never processed: only new scenes make the first run
+    return (
+        row["outputs_review_seq"] != state.review_seq(aoi_id) or not (out_dir / "run.json").exists()
+    )
+
+
+def check_aoi(ctx: _Context, watched: WatchedAOI) -> AOICheck:
+    """Bring one AOI's ledger and outputs up to date (one transaction)."""
+    aoi, state = watched.aoi, ctx.state
+    end = _effective_end(watched, ctx.now)
+    config = watched.config
+    if end < config.time.start:
+        return AOICheck(aoi.id, "waiting", message=f"watch starts {config.time.start}")
+    config = replace(config, time=replace(config.time, end=end))
+    out_dir = safe_out_dir(ctx.watch.out, aoi.id)
+    stored = state.scenes(aoi.id)
+    start = search_start(config.time.start, stored, ctx.watch.lookback_days)
+    found = ctx.io.search(
+        aoi,
+        config.catalog,
+        start=start,
+        end=end,
+        bands=(*config.read.bands, "scl"),
+        progress=ctx.progress,
+        allow_empty=True,
+    )
+    plan = plan_scenes(stored, found.scenes, found.dropped, now=ctx.now)
+    if not plan.new and not plan.replaced and not _outputs_stale(state, aoi.id, out_dir):
+        if plan.dropped:  # scenes the search leaves out, seen for the first time
+            rows = _replaced_and_dropped(plan, stored)
+            state.commit_check(ctx.run_id, CheckRecord(aoi.id, aoi.name, str(out_dir), scenes=rows))
+        _write_alerts_file(state, aoi.id, out_dir)
+        return AOICheck(aoi.id, "unchanged", message="nothing new")
+    try:
+        periods_for(config)
+    except ConfigError as exc:
+        return AOICheck(aoi.id, "waiting", message=str(exc))
+    return _process(ctx, watched, config, plan, found, stored, out_dir)
+
+
+def _process(
+    ctx: _Context,
+    watched: WatchedAOI,
+    config: Any,
+    plan: ScenePlan,
+    found: SearchResult,
+    stored: dict[str, SceneRow],
+    out_dir: Path,
+) -> AOICheck:
+    aoi, state = watched.aoi, ctx.state
+    review_seq = state.review_seq(aoi.id)
+    capture = _Capture(ctx.io, plan, found)
+    try:
+        summary = run_aoi(
+            aoi,
+            config,
+            out_root=ctx.watch.out,
+            progress=ctx.progress,
+            io=capture.io(),
+            review=state.verdicts(aoi.id),
+        )
+    except NoScenesError as exc:
+        return AOICheck(aoi.id, "waiting", new_scenes=plan.new, message=str(exc))
+    result = capture.result
+    assert result is not None  # run_aoi always writes
+    changes = ledger_changes(
+        aoi.id, state.structures(aoi.id), _structure_rows(result), state.alerted(aoi.id)
+    )
+    channels = [
+        name for name, on in (("webhook", ctx.watch.webhook), ("smtp", ctx.watch.smtp)) if on
+    ]
+    state.commit_check(
+        ctx.run_id,
+        CheckRecord(
+            aoi.id,
+            aoi.name,
+            str(out_dir),
+            scenes=_scene_rows(plan, result, capture.read_result, stored),
+            periods=_periods(result),
+            structures=changes.rows,
+            history=changes.history,
+            alerts=changes.alerts,
+            channels=channels,
+            outputs_review_seq=review_seq,
+        ),
+    )
+    _write_alerts_file(state, aoi.id, out_dir)
+    return AOICheck(
+        aoi.id,
+        "updated",
+        new_scenes=plan.new,
+        replaced=tuple(d.scene_id for d in plan.replaced),
+        alerts=changes.alerts,
+        summary=summary,
+    )
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def run_watchlist(
+    watch: WatchList,
+    *,
+    now: datetime,
+    progress: Progress = no_progress,
+    io: PipelineIO | None = None,
+    sleep: Callable[[float], None] | None = None,
+    on_check: Callable[[AOICheck], None] | None = None,
+) -> MonitorReport:
+    """Check every watched AOI, then deliver the outbox. One AOI failing does not stop the
+    others (its check is "failed"); BusyError when another run holds the state."""
+    io = io or PipelineIO.default()
+    with hold_lock(watch.state), State(watch.state) as state:
+        run_id = state.begin_run(now)
+        ctx = _Context(state, run_id, now, watch, io, progress)
+        checks = []
+        for watched in watch.aois:
+            check = _safe_check(ctx, watched)
+            state.record_aoi_run(
+                run_id,
+                watched.aoi.id,
+                check.outcome,
+                new_scenes=len(check.new_scenes),
+                new_alerts=len(check.alerts),
+                message=check.message or None,
+            )
+            checks.append(check)
+            if on_check is not None:
+                on_check(check)
+        kwargs = {} if sleep is None else {"sleep": sleep}
+        deliveries = deliver_pending(state, webhook=watch.webhook, smtp=watch.smtp, **kwargs)
+        report = MonitorReport(run_id, tuple(checks), deliveries)
+        state.finish_run(run_id, "failed" if report.failed else "ok")
+        return report
+
+
+def _safe_check(ctx: _Context, watched: WatchedAOI) -> AOICheck:
+    try:
+        return check_aoi(ctx, watched)
+    except ChangedetError as exc:
+        return AOICheck(watched.aoi.id, "failed", message=str(exc).splitlines()[0])
+    except Exception as exc:  # one AOI's surprise must not stop the watch-list
+        return AOICheck(watched.aoi.id, "failed", message=f"unexpected {type(exc).__name__}: {exc}")

@@ -1,0 +1,121 @@
+"""Which scenes a check works with (pure): the scenes stored from earlier runs plus what the
+recent search found, a reprocessed scene in place of its older version, nothing after `now`.
+
+Scenes are stored as JSON (`scene_record` / `scene_from_record`) so a run searches only the
+recent past (from the last acquisition minus the lookback) and still knows every scene.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from shapely.geometry import mapping, shape
+
+from changedet.catalog.items import dedupe_scenes
+from changedet.models import Asset, Scene, SkippedScene
+from changedet.monitor.state import SceneRow
+
+__all__ = ["ScenePlan", "plan_scenes", "scene_from_record", "scene_record", "search_start"]
+
+
+def scene_record(scene: Scene) -> dict[str, Any]:
+    """A Scene as plain JSON data."""
+    return {
+        "id": scene.id,
+        "datetime": scene.datetime.isoformat(),
+        "collection": scene.collection,
+        "tile": scene.tile,
+        "assets": {
+            key: {"href": a.href, "scale": a.scale, "offset": a.offset, "nodata": a.nodata}
+            for key, a in sorted(scene.assets.items())
+        },
+        "cloud_cover": scene.cloud_cover,
+        "platform": scene.platform,
+        "processing_baseline": scene.processing_baseline,
+        "epsg": scene.epsg,
+        "footprint": None if scene.footprint is None else mapping(scene.footprint),
+        "updated": scene.updated,
+        "synthetic": scene.synthetic,
+    }
+
+
+def scene_from_record(record: Mapping[str, Any]) -> Scene:
+    return Scene(
+        id=record["id"],
+        datetime=datetime.fromisoformat(record["datetime"]),
+        collection=record["collection"],
+        tile=record["tile"],
+        assets={key: Asset(**a) for key, a in record["assets"].items()},
+        cloud_cover=record["cloud_cover"],
+        platform=record["platform"],
+        processing_baseline=record["processing_baseline"],
+        epsg=record["epsg"],
+        footprint=None if record["footprint"] is None else shape(record["footprint"]),
+        updated=record["updated"],
+        synthetic=record["synthetic"],
+    )
+
+
+def search_start(start: date, stored: Mapping[str, SceneRow], lookback_days: int) -> date:
+    """The first day to search: the configured start on the first check, later the last
+    acquisition seen minus the lookback (catalogs index late), never before the start."""
+    acquired = [r.acquired for r in stored.values() if r.acquired and r.outcome != "dropped"]
+    if not acquired:
+        return start
+    last = datetime.fromisoformat(max(acquired)).date()
+    return max(start, last - timedelta(days=lookback_days))
+
+
+def _changed(row: SceneRow | None, scene: Scene) -> bool:
+    """True when `scene` is not stored as it is now (new, or reprocessed in place)."""
+    return (
+        row is None
+        or row.record is None
+        or row.outcome == "replaced"
+        or (row.processing_baseline, row.updated) != (scene.processing_baseline, scene.updated)
+    )
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """scenes: what the pipeline works with (stored and found, de-duplicated, sorted);
+    new: ids of scenes not stored as they are now (a non-empty tuple means work to do);
+    replaced: stored scenes a newer version of the same acquisition replaces, with why;
+    dropped: what the search left out (cloud filter, missing assets...), new ids only."""
+
+    scenes: tuple[Scene, ...]
+    new: tuple[str, ...]
+    replaced: tuple[SkippedScene, ...]
+    dropped: tuple[SkippedScene, ...]
+
+
+def plan_scenes(
+    stored: Mapping[str, SceneRow],
+    found: Sequence[Scene],
+    found_dropped: Sequence[SkippedScene],
+    *,
+    now: datetime,
+) -> ScenePlan:
+    """Merge the stored scenes with what a search found; acquisitions after `now` are treated as
+    not yet published."""
+    known = {
+        sid: scene_from_record(row.record)
+        for sid, row in stored.items()
+        if row.record is not None and row.outcome in ("used", "skipped")
+    }
+    fresh = [s for s in found if s.datetime <= now]
+    for scene in fresh:
+        known[scene.id] = scene  # a found scene is the catalog's current version
+    candidates = [s for s in known.values() if s.datetime <= now]
+    kept, duplicates = dedupe_scenes(candidates)
+    kept.sort(key=lambda s: (s.datetime, s.id))
+    new = tuple(s.id for s in kept if _changed(stored.get(s.id), s))
+    replaced = tuple(
+        d for d in duplicates if d.scene_id in stored and stored[d.scene_id].outcome != "replaced"
+    )
+    new_dups = tuple(d for d in duplicates if d.scene_id not in stored)
+    dropped = tuple(d for d in found_dropped if d.scene_id not in stored)
+    return ScenePlan(tuple(kept), new, replaced, (*dropped, *new_dups))

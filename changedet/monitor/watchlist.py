@@ -1,0 +1,287 @@
+"""The watch-list: a TOML file → typed, frozen config, validated at load.
+
+    state = "state/monitor.sqlite"   # the one SQLite database (relative to this file)
+    out = "out"                      # each AOI's outputs go to OUT/<aoi_id>/
+    lookback_days = 45               # re-search this far behind the last acquisition seen
+
+    [webhook]                        # optional: POST each alert as JSON
+    url = "https://example.org/hook"
+
+    [smtp]                           # optional: e-mail each alert
+    host = "localhost"
+    from = "changedet@example.org"
+    to = ["analyst@example.org"]
+
+    [[watch]]                        # one per AOI file
+    aoi = "../aoi/khojir.geojson"
+    config = "demo-khojir.toml"      # a changedet config (default: built-in defaults)
+    start = "2023-06-01"
+    end = "2024-06-30"               # optional: stop watching after this date
+    catalog = "..."                  # optional: overrides [catalog] url of the config
+    [watch.overrides]                # optional: any config key, dotted
+    "change.z_threshold" = 9.0
+
+Unknown keys are refused with a "did you mean"; every AOI's config is loaded and checked here,
+before anything is searched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from changedet.config import Config, load_config, parse_date
+from changedet.errors import ChangedetError, ConfigError
+from changedet.models import AOI
+
+__all__ = [
+    "DEFAULT_LOOKBACK_DAYS",
+    "SmtpConfig",
+    "WatchList",
+    "WatchedAOI",
+    "WebhookConfig",
+    "load_watchlist",
+]
+
+# Catalogs index late (hours to days) and reprocess later still: how far behind the last
+# acquisition already seen each run searches again.
+DEFAULT_LOOKBACK_DAYS = 45
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    retries: int = 3  # attempts after the first, per alert and run
+    backoff_s: float = 1.0  # first retry delay; doubles per retry
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    sender: str  # "from" in the file
+    to: tuple[str, ...]
+    port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password_env: str = ""  # name of the environment variable holding the password
+    retries: int = 2
+    backoff_s: float = 1.0
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class WatchedAOI:
+    """One watched AOI with its effective config (time.start from the watch-list)."""
+
+    aoi: AOI
+    config: Config
+    end: date | None  # None: watch until now
+
+
+@dataclass(frozen=True)
+class WatchList:
+    path: Path
+    state: Path
+    out: Path
+    lookback_days: int
+    aois: tuple[WatchedAOI, ...]
+    webhook: WebhookConfig | None = None
+    smtp: SmtpConfig | None = None
+
+    def with_state(self, state: Path | None) -> WatchList:
+        return self if state is None else replace(self, state=Path(state).absolute())
+
+
+_TOP = ("state", "out", "lookback_days", "webhook", "smtp", "watch")
+_WATCH = ("aoi", "config", "start", "end", "catalog", "collection", "ids", "overrides")
+_WEBHOOK = ("url", "retries", "backoff_s", "timeout_s")
+_SMTP = (
+    "host",
+    "port",
+    "from",
+    "to",
+    "starttls",
+    "username",
+    "password_env",
+    "retries",
+    "backoff_s",
+    "timeout_s",
+)
+
+
+def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(allowed)}"
+            raise ConfigError(f"watch-list: unknown key '{key}' in {where}{hint}")
+
+
+def _typed(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = data[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) and kind in (int, float):
+        raise ConfigError(f"watch-list: {where} {key} must be a number, not {value!r}")
+    if not isinstance(value, kind):
+        name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ConfigError(f"watch-list: {where} {key} must be {name}, not {value!r}")
+    return value
+
+
+def _section(
+    data: Mapping[str, Any],
+    allowed: tuple[str, ...],
+    where: str,
+    types: Mapping[str, type | tuple[type, ...]],
+) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"watch-list: {where} must be a table")
+    _check_keys(data, allowed, where)
+    out = {key: _typed(data, key, types.get(key, str), where) for key in data}
+    for key in ("retries", "port"):
+        if key in out and out[key] < 0:
+            raise ConfigError(f"watch-list: {where} {key} must be >= 0")
+    for key in ("backoff_s", "timeout_s"):
+        if key in out and not 0 <= out[key] <= 600:
+            raise ConfigError(f"watch-list: {where} {key} must be within 0..600 s")
+    return out
+
+
+def _webhook(data: Mapping[str, Any]) -> WebhookConfig:
+    kw = _section(
+        data, _WEBHOOK, "[webhook]", {"retries": int, "backoff_s": float, "timeout_s": float}
+    )
+    url = kw.get("url", "")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"watch-list: [webhook] url must be an http(s) URL, not {url!r}")
+    return WebhookConfig(**kw)
+
+
+def _smtp(data: Mapping[str, Any]) -> SmtpConfig:
+    kw = _section(
+        data,
+        _SMTP,
+        "[smtp]",
+        {
+            "port": int,
+            "to": list,
+            "starttls": bool,
+            "retries": int,
+            "backoff_s": float,
+            "timeout_s": float,
+        },
+    )
+    for key in ("host", "from", "to"):
+        if not kw.get(key):
+            raise ConfigError(f"watch-list: [smtp] needs '{key}'")
+    if not all(isinstance(t, str) and "@" in t for t in kw["to"]):
+        raise ConfigError("watch-list: [smtp] to must be a list of e-mail addresses")
+    kw["sender"] = kw.pop("from")
+    kw["to"] = tuple(kw["to"])
+    return SmtpConfig(**kw)
+
+
+def _path(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _watched(entry: Mapping[str, Any], base: Path, n: int) -> list[WatchedAOI]:
+    """The AOIs of one [[watch]] entry, each with its effective config."""
+    from changedet.aoi import load_aois
+
+    where = f"[[watch]] #{n}"
+    types = {"ids": list, "overrides": dict, "start": (str, date), "end": (str, date)}
+    kw = _section(entry, _WATCH, where, types)
+    for key in ("aoi", "start"):
+        if key not in kw:
+            raise ConfigError(f"watch-list: {where} needs '{key}'")
+    start = (
+        kw["start"] if isinstance(kw["start"], date) else parse_date(kw["start"], f"{where} start")
+    )
+    end = kw.get("end")
+    if isinstance(end, str):
+        end = parse_date(end, f"{where} end")
+    overrides: dict[str, Any] = dict(kw.get("overrides", {}))
+    overrides["time.start"] = start
+    if end is not None:
+        if end < start:
+            raise ConfigError(f"watch-list: {where} end {end} is before start {start}")
+        overrides["time.end"] = end
+    if "catalog" in kw:
+        url = kw["catalog"]
+        overrides["catalog.url"] = url if "://" in url else str(_path(base, url))
+    if "collection" in kw:
+        overrides["catalog.collection"] = kw["collection"]
+    config_path = _path(base, kw["config"]) if "config" in kw else None
+    config = load_config(config_path, overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # renamed repeats: the ids are checked below
+        aois = load_aois(_path(base, kw["aoi"]), config.aoi)
+    wanted = kw.get("ids")
+    if wanted is not None:
+        known = {a.id for a in aois}
+        missing = [i for i in wanted if i not in known]
+        if missing:
+            raise ConfigError(
+                f"watch-list: {where} ids {missing} are not in {kw['aoi']} (it has: {sorted(known)})"
+            )
+        aois = [a for a in aois if a.id in wanted]
+    return [WatchedAOI(aoi, config, end) for aoi in aois]
+
+
+def load_watchlist(path: str | Path) -> WatchList:
+    """Read and check a watch-list file (ConfigError, exit 2, on anything wrong)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"watch-list '{file}' not found; pass an existing TOML file to --config")
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"watch-list '{file}' is not valid TOML ({exc})") from None
+    _check_keys(data, _TOP, "the top level")
+    base = file.resolve().parent
+    top = _section(
+        {k: v for k, v in data.items() if k in ("state", "out", "lookback_days")},
+        _TOP,
+        "the top level",
+        {"lookback_days": int},
+    )
+    lookback = top.get("lookback_days", DEFAULT_LOOKBACK_DAYS)
+    if not 0 <= lookback <= 3650:
+        raise ConfigError("watch-list: lookback_days must be within 0..3650")
+    entries = data.get("watch")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("watch-list: add at least one [[watch]] table (aoi, start, config)")
+    aois: list[WatchedAOI] = []
+    for n, entry in enumerate(entries, 1):
+        try:
+            aois.extend(_watched(entry, base, n))
+        except ChangedetError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"watch-list: [[watch]] #{n}: {exc}") from None
+    seen: set[str] = set()
+    for w in aois:
+        if w.aoi.id.lower() in seen:
+            raise ConfigError(
+                f"watch-list: AOI id '{w.aoi.id}' is watched twice; each AOI needs its own id"
+            )
+        seen.add(w.aoi.id.lower())
+    return WatchList(
+        path=file.resolve(),
+        state=_path(base, top.get("state", "monitor.sqlite")),
+        out=_path(base, top.get("out", "monitor-out")),
+        lookback_days=lookback,
+        aois=tuple(aois),
+        webhook=_webhook(data["webhook"]) if "webhook" in data else None,
+        smtp=_smtp(data["smtp"]) if "smtp" in data else None,
+    )
