@@ -199,7 +199,12 @@ def _watched(entry: Mapping[str, Any], base: Path, n: int) -> list[WatchedAOI]:
     from changedet.aoi import load_aois
 
     where = f"[[watch]] #{n}"
-    types = {"ids": list, "overrides": dict, "start": (str, date), "end": (str, date)}
+    types: dict[str, type | tuple[type, ...]] = {
+        "ids": list,
+        "overrides": dict,
+        "start": (str, date),
+        "end": (str, date),
+    }
     kw = _section(entry, _WATCH, where, types)
     for key in ("aoi", "start"):
         if key not in kw:
