@@ -635,7 +635,8 @@ class State:
             (aoi_id,),
         ).fetchone()[0]
         scenes = db.execute(
-            "SELECT COUNT(*), MAX(acquired) FROM scenes WHERE aoi_id = ? AND outcome = 'used'",
+            "SELECT SUM(outcome = 'used'), MAX(acquired) FROM scenes WHERE aoi_id = ? AND "
+            "outcome IN ('used', 'skipped')",
             (aoi_id,),
         ).fetchone()
         n_alerts = db.execute("SELECT COUNT(*) FROM alerts WHERE aoi_id = ?", (aoi_id,)).fetchone()
@@ -652,7 +653,7 @@ class State:
                 "new_alerts": last[5],
                 "message": last[6],
             },
-            "scenes_used": scenes[0],
+            "scenes_used": scenes[0] or 0,
             "last_scene": scenes[1],
             "structures": counts,
             "reviews": reviews,

@@ -1,0 +1,335 @@
+"""The monitoring job: watch-list, scene planning, ledger decisions (pure), and in-process runs
+over a growing local catalog: reprocessing, reviews, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from monitorkit import (
+    REPROCESSED,
+    Scenario,
+    ledger_dump,
+    ledger_outcome,
+    make_scenario,
+    monitor_cli,
+    until,
+)
+
+from changedet.errors import ConfigError, UsageError
+from changedet.models import Scene, SkippedScene
+from changedet.monitor.decide import alert_key, ledger_changes
+from changedet.monitor.run import run_watchlist
+from changedet.monitor.scenes import plan_scenes, scene_record, search_start
+from changedet.monitor.state import SCHEMA_VERSION, SceneRow, State, StructureRow
+from changedet.monitor.watchlist import load_watchlist
+
+END = datetime(2024, 7, 1, tzinfo=UTC)
+GROWN_FIRST, GROWN_SECOND = "2024-02-01", "2024-02-15"
+
+
+# --- watch-list -----------------------------------------------------------------------------------
+
+
+def test_watchlist_refuses_a_misspelt_key_with_a_suggestion(tmp_path: Path) -> None:
+    scenario = make_scenario(tmp_path)
+    path = scenario.watchlist(extra="lookback_dys = 3")
+    with pytest.raises(ConfigError, match="did you mean 'lookback_days'"):
+        load_watchlist(path)
+    path.write_text(path.read_text().replace("lookback_dys = 3", "").replace("start =", "strat ="))
+    with pytest.raises(ConfigError, match="did you mean 'start'"):
+        load_watchlist(path)
+
+
+def test_watchlist_gives_each_aoi_its_config_start_end_and_overrides(tmp_path: Path) -> None:
+    scenario = make_scenario(tmp_path)
+    watch = load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "http://127.0.0.1:9/x"'))
+    (watched,) = watch.aois
+    assert watched.aoi.id == "k1"
+    assert str(watched.config.time.start) == "2023-06-01"
+    assert str(watched.end) == "2024-06-30"
+    assert watched.config.catalog.url == str(scenario.catalog)
+    assert watched.config.output.report is False  # from [watch.overrides]
+    assert watch.state == scenario.state and watch.webhook is not None
+    assert watch.smtp is None
+    assert watch.with_state(tmp_path / "other.db").state == tmp_path / "other.db"
+
+
+def test_watchlist_refuses_a_bad_webhook_and_a_repeated_aoi(tmp_path: Path) -> None:
+    scenario = make_scenario(tmp_path)
+    with pytest.raises(ConfigError, match="http"):
+        load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "ftp://x"'))
+    with pytest.raises(ConfigError, match="watched twice"):
+        load_watchlist(scenario.watchlist(aois=("k1", "k1")))
+
+
+# --- planning scenes (pure) -------------------------------------------------------------------------
+
+
+def _scene(scene_id: str, day: int, *, baseline: str = "05.09", updated: str = "u1") -> Scene:
+    return Scene(
+        id=scene_id,
+        datetime=datetime(2024, 1, day, 7, tzinfo=UTC),
+        collection="sentinel-2-l2a",
+        tile="39SWV",
+        assets={},
+        platform="sentinel-2a",
+        processing_baseline=baseline,
+        updated=updated,
+    )
+
+
+def _stored(scene: Scene, outcome: str = "used") -> SceneRow:
+    return SceneRow(
+        scene.id,
+        scene.datetime.isoformat(),
+        scene.processing_baseline,
+        scene.updated,
+        0.9,
+        outcome,
+        None,
+        scene_record(scene),
+    )
+
+
+def test_plan_sees_new_scenes_and_nothing_after_now() -> None:
+    a, b, c = _scene("a_0", 5), _scene("b_0", 10), _scene("c_0", 20)
+    stored = {"a_0": _stored(a)}
+    plan = plan_scenes(stored, [a, b, c], [], now=datetime(2024, 1, 15, tzinfo=UTC))
+    assert [s.id for s in plan.scenes] == ["a_0", "b_0"]
+    assert plan.new == ("b_0",)
+    again = plan_scenes({**stored, "b_0": _stored(b)}, [b], [], now=END)  # a from the state
+    assert [s.id for s in again.scenes] == ["a_0", "b_0"] and again.new == ()
+
+
+def test_plan_replaces_a_stored_scene_by_its_reprocessed_version() -> None:
+    old = _scene("x_0", 28, updated="2024-01-29")
+    new = _scene("x_1", 28, updated="2024-03-02")
+    plan = plan_scenes({"x_0": _stored(old)}, [new], [], now=END)
+    assert [s.id for s in plan.scenes] == ["x_1"] and plan.new == ("x_1",)
+    assert [d.scene_id for d in plan.replaced] == ["x_0"]
+    # Reprocessed in place (same id, newer baseline): new again.
+    same_id = _scene("x_0", 28, baseline="05.10", updated="2024-01-29")
+    assert plan_scenes({"x_0": _stored(old)}, [same_id], [], now=END).new == ("x_0",)
+
+
+def test_plan_records_dropped_scenes_once() -> None:
+    dropped = [SkippedScene("cloudy_0", "cloud cover 95 % > 80 %")]
+    plan = plan_scenes({}, [], dropped, now=END)
+    assert plan.dropped == tuple(dropped) and plan.new == ()
+    seen = {"cloudy_0": SceneRow("cloudy_0", None, None, None, None, "dropped", "x", None)}
+    assert plan_scenes(seen, [], dropped, now=END).dropped == ()
+
+
+def test_search_starts_at_the_last_acquisition_minus_the_lookback() -> None:
+    start = datetime(2023, 6, 1).date()
+    assert search_start(start, {}, 30) == start
+    stored = {"a": _stored(_scene("a", 20))}
+    assert str(search_start(start, stored, 30)) == "2023-12-21"
+    assert search_start(datetime(2024, 1, 10).date(), stored, 30) == datetime(2024, 1, 10).date()
+
+
+# --- ledger decisions (pure) ----------------------------------------------------------------------
+
+
+def _row(sid: str, status: str, *, bermed: bool | None = None, review: str | None = None) -> StructureRow:
+    return StructureRow(
+        sid, status, "building", status != "candidate", bermed, 900.0, 0.8,
+        "2023-09-01", "2023-10-01", None, 35.6, 51.6, None, review,
+    )
+
+
+def test_a_structure_alerts_when_first_confirmed_and_never_again() -> None:
+    first = ledger_changes("k", {}, [_row("s1", "candidate")], set())
+    assert first.alerts == () and [h.change for h in first.history] == ["candidate"]
+    stored = {"s1": _row("s1", "candidate")}
+    confirmed = ledger_changes("k", stored, [_row("s1", "confirmed")], set())
+    assert [(a.structure_id, a.kind) for a in confirmed.alerts] == [("s1", "new")]
+    assert confirmed.alerts[0].key == alert_key("k", "s1", "new")
+    assert [(h.change, h.previous) for h in confirmed.history] == [("confirmed", "candidate")]
+    rerun = ledger_changes("k", {"s1": _row("s1", "confirmed")}, [_row("s1", "confirmed")], {("s1", "new")})
+    assert rerun.rows == () and rerun.history == () and rerun.alerts == ()
+
+
+def test_bermed_and_vanished_alert_once_after_new() -> None:
+    stored = {"s1": _row("s1", "confirmed")}
+    bermed = ledger_changes("k", stored, [_row("s1", "bermed", bermed=True)], {("s1", "new")})
+    assert [a.kind for a in bermed.alerts] == ["bermed"]
+    gone = ledger_changes(
+        "k", {"s1": _row("s1", "bermed", bermed=True)}, [_row("s1", "vanished")],
+        {("s1", "new"), ("s1", "bermed")},
+    )
+    assert [a.kind for a in gone.alerts] == ["vanished"]
+    # New and bermed at first sight: one "new" alert that says so.
+    at_once = ledger_changes("k", {}, [_row("s2", "bermed", bermed=True)], set())
+    assert [(a.kind, a.payload["bermed"]) for a in at_once.alerts] == [("new", True)]
+
+
+def test_a_false_positive_never_alerts_and_a_lost_structure_is_dropped() -> None:
+    fp = ledger_changes(
+        "k", {"s1": _row("s1", "candidate", review="false-positive")},
+        [_row("s1", "confirmed", review="false-positive")], set(),
+    )
+    assert fp.alerts == () and [h.change for h in fp.history] == ["confirmed"]
+    lost = ledger_changes("k", {"s1": _row("s1", "confirmed")}, [], {("s1", "new")})
+    assert [(r.id, r.status) for r in lost.rows] == [("s1", "dropped")]
+    assert lost.alerts == ()
+
+
+# --- state ----------------------------------------------------------------------------------------
+
+
+def test_state_is_wal_migrated_and_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with State(path) as state:
+        assert state.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert state.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert state.integrity() == "ok"
+    with State(path):  # reopening migrates nothing
+        pass
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(UsageError, match="newer"):
+        State(path)
+
+
+# --- runs over a growing catalog (in-process) -----------------------------------------------------
+
+
+def _run(scenario: Scenario, now: datetime = END, **kwargs: object):  # type: ignore[no-untyped-def]
+    return run_watchlist(load_watchlist(scenario.watchlist()), now=now, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    """A scenario run twice: first up to January 2024 with only the first version of the
+    2024-01-28 datatake, then after its reprocessed version and one more scene were published
+    (within the lookback). State and outputs stay for the tests below to read."""
+    scenario = make_scenario(tmp_path_factory.mktemp("grown"))
+    scenario.publish(lambda item: until(GROWN_FIRST)(item) and item["id"] != REPROCESSED)
+    first = _run(scenario)
+    assert [c.outcome for c in first.checks] == ["updated"]
+    scenario.publish(until(GROWN_SECOND))
+    second = _run(scenario)
+    (check,) = second.checks
+    assert check.outcome == "updated"
+    assert sorted(check.new_scenes) == sorted([REPROCESSED, "S2B_39SWV_20240212_0_L2A"])
+    assert check.replaced == (REPROCESSED.replace("_1_", "_0_"),)
+    return scenario
+
+
+def test_a_reprocessed_scene_replaces_its_older_version_without_double_counting(
+    grown: Scenario, tmp_path: Path
+) -> None:
+    with State(grown.state) as state:
+        scenes = state.scenes("k1")
+        periods = state.periods("k1")
+    older = REPROCESSED.replace("_1_", "_0_")
+    assert scenes[older].outcome == "replaced" and REPROCESSED in (scenes[older].reason or "")
+    assert scenes[REPROCESSED].outcome in ("used", "skipped")
+    january = periods["2024-01"][2]
+    assert older not in january
+    # The same ledger as one run that only ever saw the reprocessed version.
+    fresh = make_scenario(tmp_path / "fresh")
+    fresh.publish(until(GROWN_SECOND))
+    _run(fresh)
+    grown_ledger, fresh_ledger = ledger_outcome(grown.state), ledger_outcome(fresh.state)
+    assert grown_ledger["structures"] == fresh_ledger["structures"]
+    assert grown_ledger["periods"] == fresh_ledger["periods"]
+
+
+def test_a_run_with_nothing_new_changes_nothing_and_leaves_the_files(grown: Scenario) -> None:
+    before = ledger_dump(grown.state)
+    files = {p: p.stat().st_mtime_ns for p in (grown.out / "k1").rglob("*") if p.is_file()}
+    report = _run(grown)
+    assert [(c.outcome, c.alerts) for c in report.checks] == [("unchanged", ())]
+    assert ledger_dump(grown.state) == before
+    assert {p: p.stat().st_mtime_ns for p in (grown.out / "k1").rglob("*") if p.is_file()} == files
+
+
+def test_alerts_geojson_lists_every_alert_of_the_aoi(grown: Scenario) -> None:
+    doc = json.loads((grown.out / "k1" / "alerts.geojson").read_text())
+    with State(grown.state) as state:
+        keys = [a.key for a in state.alerts("k1")]
+    assert keys and [f["id"] for f in doc["features"]] == keys
+    first = doc["features"][0]
+    assert first["geometry"]["type"] in ("Polygon", "MultiPolygon")
+    assert first["properties"]["alert"] in ("new", "bermed", "vanished")
+
+
+def _cumulative(out: Path) -> int:
+    rows = list(csv.DictReader((out / "counts.csv").open()))
+    return int(rows[-1]["cumulative"])
+
+
+def _geojson_reviews(out: Path) -> dict[str, str | None]:
+    doc = json.loads((out / "structures.geojson").read_text())
+    return {f["properties"]["id"]: f["properties"]["review"] for f in doc["features"]}
+
+
+def test_a_review_survives_later_runs_and_a_false_positive_leaves_counts_and_alerts(
+    tmp_path: Path,
+) -> None:
+    scenario = make_scenario(tmp_path)
+    scenario.overrides["output.report"] = True
+    scenario.publish(until("2023-12-01"))
+    _run(scenario)
+    with State(scenario.state) as state:
+        rows = state.structures("k1")
+    candidates = [r.id for r in rows.values() if r.status == "candidate"]
+    confirmed = [r.id for r in rows.values() if r.status in ("confirmed", "bermed")]
+    assert candidates and confirmed, rows
+    out = scenario.out / "k1"
+    counted = _cumulative(out)
+    # The analyst rules out one confirmed structure and one candidate not yet alerted.
+    fp, fp_candidate, kept = confirmed[0], candidates[0], confirmed[-1]
+    for sid, verdict in ((fp, "false-positive"), (fp_candidate, "false-positive"), (kept, "confirmed")):
+        done = monitor_cli("review", "k1", sid, "--as", verdict, "--note", "checked", "--state",
+                           str(scenario.state), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    # Nothing new: the run only refreshes the outputs with the verdicts.
+    refresh = _run(scenario)
+    assert [(c.outcome, c.new_scenes, c.alerts) for c in refresh.checks] == [("updated", (), ())]
+    assert _cumulative(out) == counted - 1
+    for step in ("2024-02-01", "2024-04-01", "2024-07-01"):  # three later runs, new scenes each
+        scenario.publish(until(step))
+        report = _run(scenario)
+        assert report.checks[0].outcome == "updated"
+        assert not {a.structure_id for a in report.checks[0].alerts} & {fp, fp_candidate}
+        reviews = _geojson_reviews(out)
+        assert reviews[fp] == "false-positive" and reviews[kept] == "confirmed"
+    with State(scenario.state) as state:
+        assert state.verdicts("k1")[fp] == ("false-positive", "checked")
+        assert state.structures("k1")[fp_candidate].review == "false-positive"
+        alerted = {sid for sid, _ in state.alerted("k1")}
+        history = state.table_rows("structure_history", "k1")
+    assert fp_candidate not in alerted
+    assert sum(1 for h in history if h[2] == fp and h[3] == "reviewed") == 1
+    import pyogrio
+
+    layer = pyogrio.read_dataframe(out / "changedet.gpkg", layer="structures")
+    assert dict(zip(layer["id"], layer["review"], strict=True))[fp] == "false-positive"
+    assert "reviewed: false-positive (checked)" in (out / "report.html").read_text()
+
+
+def test_review_of_an_unknown_structure_is_a_usage_error(grown: Scenario) -> None:
+    done = monitor_cli(
+        "review", "k1", "39N-000000-0000000", "--as", "unsure", "--state", str(grown.state),
+        cwd=grown.root,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "has no structure" in done.stderr
+
+
+def test_status_reports_each_aoi(grown: Scenario) -> None:
+    done = monitor_cli("monitor", "status", "--config", str(grown.watchlist()), "--json", cwd=grown.root)
+    assert done.returncode == 0, done.stderr
+    (aoi,) = json.loads(done.stdout)["aois"]
+    assert aoi["aoi"] == "k1" and aoi["pending_deliveries"] == 0
+    assert aoi["last_scene"].startswith("2024-02-12")
+    assert sum(aoi["structures"].values()) > 0
