@@ -79,7 +79,11 @@ class Scenario:
         return [item["id"] for item in chosen]
 
     def watchlist(
-        self, *, catalog: str | None = None, name: str = "watch.toml", extra: str = "",
+        self,
+        *,
+        catalog: str | None = None,
+        name: str = "watch.toml",
+        extra: str = "",
         aois: Sequence[str] = ("k1",),
     ) -> Path:
         overrides = {
@@ -109,7 +113,9 @@ class Scenario:
         return path
 
 
-def make_scenario(root: Path, *, base: str | None = None, boxes: dict[str, Sequence[int]] | None = None) -> Scenario:
+def make_scenario(
+    root: Path, *, base: str | None = None, boxes: dict[str, Sequence[int]] | None = None
+) -> Scenario:
     """The scenario under `root`; `base` is where item hrefs point (default: the sample
     folder itself); `boxes`: AOI id → box (default: {"k1": BOX})."""
     root.mkdir(parents=True, exist_ok=True)
@@ -150,7 +156,9 @@ def ledger_outcome(state: Path) -> dict[str, Any]:
         return {
             "structures": list(db.execute("SELECT * FROM structures ORDER BY aoi_id, id")),
             "alerts": list(
-                db.execute("SELECT key, aoi_id, structure_id, kind, payload FROM alerts ORDER BY key")
+                db.execute(
+                    "SELECT key, aoi_id, structure_id, kind, payload FROM alerts ORDER BY key"
+                )
             ),
             "scenes": list(
                 db.execute(
@@ -159,7 +167,9 @@ def ledger_outcome(state: Path) -> dict[str, Any]:
                 )
             ),
             "periods": list(
-                db.execute('SELECT aoi_id, label, start, "end", scene_ids FROM periods ORDER BY 1, 2')
+                db.execute(
+                    'SELECT aoi_id, label, start, "end", scene_ids FROM periods ORDER BY 1, 2'
+                )
             ),
         }
     finally:

@@ -136,10 +136,24 @@ def test_search_starts_at_the_last_acquisition_minus_the_lookback() -> None:
 # --- ledger decisions (pure) ----------------------------------------------------------------------
 
 
-def _row(sid: str, status: str, *, bermed: bool | None = None, review: str | None = None) -> StructureRow:
+def _row(
+    sid: str, status: str, *, bermed: bool | None = None, review: str | None = None
+) -> StructureRow:
     return StructureRow(
-        sid, status, "building", status != "candidate", bermed, 900.0, 0.8,
-        "2023-09-01", "2023-10-01", None, 35.6, 51.6, None, review,
+        sid,
+        status,
+        "building",
+        status != "candidate",
+        bermed,
+        900.0,
+        0.8,
+        "2023-09-01",
+        "2023-10-01",
+        None,
+        35.6,
+        51.6,
+        None,
+        review,
     )
 
 
@@ -151,7 +165,9 @@ def test_a_structure_alerts_when_first_confirmed_and_never_again() -> None:
     assert [(a.structure_id, a.kind) for a in confirmed.alerts] == [("s1", "new")]
     assert confirmed.alerts[0].key == alert_key("k", "s1", "new")
     assert [(h.change, h.previous) for h in confirmed.history] == [("confirmed", "candidate")]
-    rerun = ledger_changes("k", {"s1": _row("s1", "confirmed")}, [_row("s1", "confirmed")], {("s1", "new")})
+    rerun = ledger_changes(
+        "k", {"s1": _row("s1", "confirmed")}, [_row("s1", "confirmed")], {("s1", "new")}
+    )
     assert rerun.rows == () and rerun.history == () and rerun.alerts == ()
 
 
@@ -160,7 +176,9 @@ def test_bermed_and_vanished_alert_once_after_new() -> None:
     bermed = ledger_changes("k", stored, [_row("s1", "bermed", bermed=True)], {("s1", "new")})
     assert [a.kind for a in bermed.alerts] == ["bermed"]
     gone = ledger_changes(
-        "k", {"s1": _row("s1", "bermed", bermed=True)}, [_row("s1", "vanished")],
+        "k",
+        {"s1": _row("s1", "bermed", bermed=True)},
+        [_row("s1", "vanished")],
         {("s1", "new"), ("s1", "bermed")},
     )
     assert [a.kind for a in gone.alerts] == ["vanished"]
@@ -171,8 +189,10 @@ def test_bermed_and_vanished_alert_once_after_new() -> None:
 
 def test_a_false_positive_never_alerts_and_a_lost_structure_is_dropped() -> None:
     fp = ledger_changes(
-        "k", {"s1": _row("s1", "candidate", review="false-positive")},
-        [_row("s1", "confirmed", review="false-positive")], set(),
+        "k",
+        {"s1": _row("s1", "candidate", review="false-positive")},
+        [_row("s1", "confirmed", review="false-positive")],
+        set(),
     )
     assert fp.alerts == () and [h.change for h in fp.history] == ["confirmed"]
     lost = ledger_changes("k", {"s1": _row("s1", "confirmed")}, [], {("s1", "new")})
@@ -288,9 +308,23 @@ def test_a_review_survives_later_runs_and_a_false_positive_leaves_counts_and_ale
     counted = _cumulative(out)
     # The analyst rules out one confirmed structure and one candidate not yet alerted.
     fp, fp_candidate, kept = confirmed[0], candidates[0], confirmed[-1]
-    for sid, verdict in ((fp, "false-positive"), (fp_candidate, "false-positive"), (kept, "confirmed")):
-        done = monitor_cli("review", "k1", sid, "--as", verdict, "--note", "checked", "--state",
-                           str(scenario.state), cwd=tmp_path)
+    for sid, verdict in (
+        (fp, "false-positive"),
+        (fp_candidate, "false-positive"),
+        (kept, "confirmed"),
+    ):
+        done = monitor_cli(
+            "review",
+            "k1",
+            sid,
+            "--as",
+            verdict,
+            "--note",
+            "checked",
+            "--state",
+            str(scenario.state),
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
     # Nothing new: the run only refreshes the outputs with the verdicts.
     refresh = _run(scenario)
@@ -319,7 +353,13 @@ def test_a_review_survives_later_runs_and_a_false_positive_leaves_counts_and_ale
 
 def test_review_of_an_unknown_structure_is_a_usage_error(grown: Scenario) -> None:
     done = monitor_cli(
-        "review", "k1", "39N-000000-0000000", "--as", "unsure", "--state", str(grown.state),
+        "review",
+        "k1",
+        "39N-000000-0000000",
+        "--as",
+        "unsure",
+        "--state",
+        str(grown.state),
         cwd=grown.root,
     )
     assert done.returncode == 2
@@ -327,7 +367,9 @@ def test_review_of_an_unknown_structure_is_a_usage_error(grown: Scenario) -> Non
 
 
 def test_status_reports_each_aoi(grown: Scenario) -> None:
-    done = monitor_cli("monitor", "status", "--config", str(grown.watchlist()), "--json", cwd=grown.root)
+    done = monitor_cli(
+        "monitor", "status", "--config", str(grown.watchlist()), "--json", cwd=grown.root
+    )
     assert done.returncode == 0, done.stderr
     (aoi,) = json.loads(done.stdout)["aois"]
     assert aoi["aoi"] == "k1" and aoi["pending_deliveries"] == 0

@@ -1,0 +1,301 @@
+"""The monitoring job against real servers on 127.0.0.1: `rustac serve` with a catalog that
+grows between runs (pixels over HTTP range requests), a webhook receiver that fails its first
+requests and an SMTP server (aiosmtpd); and as real processes: SIGKILL at random moments, two
+runs started together."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from loopback import RUSTAC, RangeServer, free_port, write_collection
+from monitorkit import (
+    LEDGER,
+    SAMPLE,
+    integrity,
+    ledger_dump,
+    ledger_outcome,
+    make_scenario,
+    monitor_cli,
+    until,
+)
+
+from changedet.monitor.run import run_watchlist
+from changedet.monitor.state import State
+from changedet.monitor.watchlist import load_watchlist
+
+END = datetime(2024, 7, 1, tzinfo=UTC)
+
+
+# --- a STAC API that grows: rustac restarted on one port with more items --------------------------
+
+
+class GrowingStac:
+    """`rustac serve` on a fixed 127.0.0.1 port, restarted with the items published so far."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def serve(self, items: list[dict[str, Any]]) -> None:
+        self.stop()
+        coll, feats = write_collection(self.root, items)
+        self.proc = subprocess.Popen(
+            [RUSTAC, "serve", str(coll), str(feats), "--addr", f"127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.url}/collections", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            time.sleep(0.05)
+        raise RuntimeError("rustac serve did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+def _rustac_missing() -> bool:
+    return not (Path(RUSTAC).exists() or __import__("shutil").which(RUSTAC))
+
+
+@pytest.mark.skipif(_rustac_missing(), reason="rustac not installed (pip install rustac)")
+def test_a_growing_catalog_is_processed_incrementally(tmp_path: Path) -> None:
+    with RangeServer(SAMPLE) as pixels:
+        scenario = make_scenario(tmp_path, base=pixels.url + "/")
+        stac = GrowingStac(tmp_path / "stac")
+        try:
+            watch = load_watchlist(scenario.watchlist(catalog=stac.url))
+            first_items = [i for i in scenario.items if until("2024-01-01")(i)]
+            stac.serve(first_items)
+            first = run_watchlist(watch, now=END)
+            assert first.checks[0].outcome == "updated"
+            assert len(first.checks[0].new_scenes) == len(first_items)
+            # The catalog grows: the second run fetches pixels of the new scenes only.
+            stac.serve(scenario.items)
+            pixels.stats.reset()
+            second = run_watchlist(watch, now=END)
+            new = set(second.checks[0].new_scenes)
+            assert new and not new & {i["id"] for i in first_items}
+            fetched = {p.split("/")[-2] for p in pixels.stats.paths}
+            assert fetched and fetched <= new
+            assert second.checks[0].alerts  # structures appeared after January
+            # Nothing new: a no-op, byte for byte, no alert, no pixel fetched.
+            before = ledger_dump(scenario.state, LEDGER)
+            pixels.stats.reset()
+            third = run_watchlist(watch, now=END)
+            assert [(c.outcome, c.alerts) for c in third.checks] == [("unchanged", ())]
+            assert ledger_dump(scenario.state, LEDGER) == before
+            assert pixels.stats.requests == 0
+        finally:
+            stac.stop()
+
+
+# --- webhook and e-mail ------------------------------------------------------------------------------
+
+
+class Receiver(ThreadingHTTPServer):
+    """A webhook receiver on 127.0.0.1 that answers 503 to its first `fail_first` requests."""
+
+    daemon_threads = True
+
+    def __init__(self, fail_first: int) -> None:
+        self.fail_first, self.requests = fail_first, 0
+        self.accepted: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server: Receiver = self.server  # type: ignore[assignment]
+                with server.lock:
+                    server.requests += 1
+                    fail = server.requests <= server.fail_first
+                    if not fail:
+                        server.accepted.append((self.headers["Idempotency-Key"], json.loads(body)))
+                self.send_response(503 if fail else 204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+@contextlib.contextmanager
+def serving(server: ThreadingHTTPServer) -> Iterator[None]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_every_alert_is_delivered_exactly_once(tmp_path: Path) -> None:
+    smtpd = pytest.importorskip("aiosmtpd.controller")
+    from aiosmtpd.handlers import Message
+
+    class Inbox(Message):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.keys: list[str] = []
+
+        def handle_message(self, message: Any) -> None:
+            self.keys.append(str(message["X-Changedet-Alert"]))
+
+    inbox = Inbox()
+    mail = smtpd.Controller(inbox, hostname="127.0.0.1", port=free_port())
+    mail.start()
+    receiver = Receiver(fail_first=3)
+    waits: list[float] = []
+    try:
+        with serving(receiver):
+            scenario = make_scenario(tmp_path)
+            extra = (
+                f'[webhook]\nurl = "{receiver.url}"\nretries = 1\nbackoff_s = 0.5\n'
+                f'[smtp]\nhost = "127.0.0.1"\nport = {mail.port}\nfrom = "cd@test"\nto = ["a@test"]\n'
+            )
+            watch = load_watchlist(scenario.watchlist(extra=extra))
+            scenario.publish(until("2024-01-01"))
+            first = run_watchlist(watch, now=END, sleep=waits.append)
+            # 2 attempts for the first alert, both refused: the webhook waits for the next run.
+            assert first.deliveries.errors and receiver.accepted == []
+            assert waits == [0.5]
+            scenario.publish()
+            second = run_watchlist(watch, now=END, sleep=waits.append)  # one more 503, then ok
+            assert second.deliveries.errors == ()
+            third = run_watchlist(watch, now=END, sleep=waits.append)  # nothing left to send
+            assert third.deliveries.delivered == 0
+        with State(scenario.state) as state:
+            keys = [a.key for a in state.alerts("k1")]
+            assert state.pending() == []
+        assert len(keys) >= 2
+        assert sorted(k for k, _ in receiver.accepted) == sorted(keys)  # each once
+        assert [body["key"] for k, body in receiver.accepted] == [k for k, _ in receiver.accepted]
+        assert sorted(inbox.keys) == sorted(keys)
+    finally:
+        mail.stop()
+
+
+# --- processes: SIGKILL at random moments, two runs at once ---------------------------------------
+
+
+def _start(watch: Path, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "changedet",
+            "monitor",
+            "run",
+            "--config",
+            str(watch),
+            "--now",
+            END.isoformat(),
+            "--quiet",
+        ],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+KILLS = 21  # 7 per step
+
+
+def test_sigkill_at_random_moments_leaves_a_consistent_state(tmp_path: Path) -> None:
+    """Two AOIs, a catalog that grows in three steps. At each step runs are killed at random
+    moments (each kill followed by PRAGMA integrity_check), then one run completes: it must
+    reach the ledger an uninterrupted run reached at that step."""
+    boxes = {"k1": (150, 100, 200, 150), "k2": (130, 140, 180, 190)}
+    steps = ["2023-12-01", "2024-02-15", "2024-07-01"]
+    quick = {"output.geopackage": False}
+
+    reference = make_scenario(tmp_path / "reference", boxes=boxes)
+    reference.overrides.update(quick)
+    ref_watch = load_watchlist(reference.watchlist(aois=("k1", "k2")))
+    crashed = make_scenario(tmp_path / "crashed", boxes=boxes)
+    crashed.overrides.update(quick)
+    watch = crashed.watchlist(aois=("k1", "k2"))
+    rng = random.Random(12)
+    killed = 0
+    for step in steps:
+        reference.publish(until(step))
+        t0 = time.monotonic()
+        assert run_watchlist(ref_watch, now=END).failed == 0
+        window = time.monotonic() - t0 + 1.5  # a fresh process: imports, then the work
+        expected = ledger_outcome(reference.state)
+        crashed.publish(until(step))
+        for _ in range(KILLS // len(steps)):
+            proc = _start(watch, crashed.root)
+            time.sleep(rng.uniform(0.3, window))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed += 1
+            proc.communicate(timeout=60)
+            if crashed.state.exists():
+                assert integrity(crashed.state) == "ok", f"after a kill at step {step}"
+        done = monitor_cli(
+            "monitor",
+            "run",
+            "--config",
+            str(watch),
+            "--now",
+            END.isoformat(),
+            "--quiet",
+            cwd=crashed.root,
+        )
+        assert done.returncode == 0, done.stderr
+        got = ledger_outcome(crashed.state)
+        for table in ("structures", "alerts", "periods", "scenes"):
+            assert got[table] == expected[table], (step, table)
+    assert killed >= KILLS // 2  # most kills hit a live run
+    # Outputs are whole: no half-written folder left, the last run's files complete.
+    assert not [p for p in crashed.out.iterdir() if p.name.endswith((".part", ".old"))]
+    for aoi in boxes:
+        assert json.loads((crashed.out / aoi / "run.json").read_text())["files"]
+
+
+def test_two_runs_started_together_one_proceeds_the_other_refuses(tmp_path: Path) -> None:
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until("2024-01-01"))
+    watch = scenario.watchlist()
+    first, second = _start(watch, tmp_path), _start(watch, tmp_path)
+    results = [(p.wait(timeout=120), *p.communicate()) for p in (first, second)]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 1], results
+    refused = next(err for code, _, err in results if code == 1)
+    assert refused.count("\n") == 1 and "another monitor run" in refused
+    assert "Traceback" not in refused
