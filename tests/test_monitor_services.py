@@ -65,10 +65,12 @@ class GrowingStac:
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/collections", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/collections", timeout=1) as resp,
+            ):
+                if resp.status == 200:
+                    return
             time.sleep(0.05)
         raise RuntimeError("rustac serve did not start")
 

@@ -1,0 +1,123 @@
+"""Cost of an incremental monitoring run with one new scene against a full rerun of the same AOI.
+
+    python bench/monitor.py [--aoi aoi/khojir.geojson] [--config configs/demo-khojir.toml]
+                            [--repeat 3] [--keep DIR]
+
+The catalog is the AOI's bundled SYNTHETIC sample (offline). Both runs are `changedet monitor run`
+in a fresh process (what cron starts), with the same watch-list and outputs:
+- full: an empty state, every scene published: searches, reads and computes the whole series;
+- incremental: the state of a run over every scene but the last, then the last one published:
+  searches the recent past, fetches the new scene's pixels only, recomputes only the periods the
+  new scene touches (earlier periods' change comes from the state's period cache), refreshes the
+  ledger, outputs and alerts.
+Prints the wall time of each repeat, the medians and their ratio, and the stage times
+(run.json `timings_s`) of the last repeat of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _items(sample: Path) -> list[dict[str, Any]]:
+    from changedet.lab.sample import rebase_items
+
+    items = rebase_items(json.loads((sample / "items.json").read_text()), str(sample))
+    return sorted(items["features"], key=lambda f: (f["properties"]["datetime"], f["id"]))
+
+
+def _publish(path: Path, items: list[dict[str, Any]]) -> None:
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+
+
+def _watchlist(root: Path, aoi: Path, config: Path, sample: Path) -> Path:
+    text = f"""
+state = "{root / "state.sqlite"}"
+out = "{root / "out"}"
+[[watch]]
+aoi = "{aoi}"
+config = "{config}"
+start = "2023-06-01"
+end = "2024-06-30"
+catalog = "{root / "items.json"}"
+[watch.overrides]
+"catalog.allowed_folders" = ["{sample}"]
+"read.cache_dir" = "{root / "cache"}"
+"""
+    path = root / "watch.toml"
+    path.write_text(text)
+    return path
+
+
+def _run(watch: Path) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "changedet", "monitor", "run", "--config", str(watch), "--quiet",
+         "--now", "2024-07-01T00:00:00+00:00"],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"monitor run failed:\n{done.stdout}\n{done.stderr}")
+    return elapsed
+
+
+def _timings(root: Path, aoi_id: str) -> dict[str, float]:
+    manifest = json.loads((root / "out" / aoi_id / "run.json").read_text())
+    return dict(manifest.get("timings_s", {}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--aoi", type=Path, default=REPO / "aoi" / "khojir.geojson")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo-khojir.toml")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="Work here and keep the files.")
+    args = parser.parse_args()
+    aoi_id = args.aoi.stem
+    sample = REPO / "sample_tiles" / aoi_id
+    items = _items(sample)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="changedet-bench-monitor-"))
+    full_times, incremental_times = [], []
+    try:
+        for i in range(args.repeat):
+            full = work / f"full-{i}"
+            full.mkdir(parents=True)
+            _publish(full / "items.json", items)
+            full_times.append(_run(_watchlist(full, args.aoi.resolve(), args.config.resolve(), sample)))
+
+            inc = work / f"incremental-{i}"
+            inc.mkdir(parents=True)
+            watch = _watchlist(inc, args.aoi.resolve(), args.config.resolve(), sample)
+            _publish(inc / "items.json", items[:-1])
+            _run(watch)  # the state before the last scene (not timed)
+            _publish(inc / "items.json", items)
+            incremental_times.append(_run(watch))
+            print(f"repeat {i + 1}: full {full_times[-1]:.2f} s, incremental {incremental_times[-1]:.2f} s")
+        f, n = statistics.median(full_times), statistics.median(incremental_times)
+        print(f"AOI {aoi_id}: {len(items)} items; new scene {items[-1]['id']}")
+        print(f"median full rerun   {f:.2f} s   stages {_timings(work / f'full-{args.repeat - 1}', aoi_id)}")
+        print(
+            f"median incremental  {n:.2f} s   stages "
+            f"{_timings(work / f'incremental-{args.repeat - 1}', aoi_id)}"
+        )
+        print(f"ratio incremental / full = {n / f:.3f} (target <= 0.25)")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
