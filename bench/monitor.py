@@ -63,8 +63,18 @@ catalog = "{root / "items.json"}"
 def _run(watch: Path) -> float:
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "changedet", "monitor", "run", "--config", str(watch), "--quiet",
-         "--now", "2024-07-01T00:00:00+00:00"],
+        [
+            sys.executable,
+            "-m",
+            "changedet",
+            "monitor",
+            "run",
+            "--config",
+            str(watch),
+            "--quiet",
+            "--now",
+            "2024-07-01T00:00:00+00:00",
+        ],
         capture_output=True,
         text=True,
     )
@@ -96,7 +106,9 @@ def main() -> None:
             full = work / f"full-{i}"
             full.mkdir(parents=True)
             _publish(full / "items.json", items)
-            full_times.append(_run(_watchlist(full, args.aoi.resolve(), args.config.resolve(), sample)))
+            full_times.append(
+                _run(_watchlist(full, args.aoi.resolve(), args.config.resolve(), sample))
+            )
 
             inc = work / f"incremental-{i}"
             inc.mkdir(parents=True)
@@ -105,10 +117,14 @@ def main() -> None:
             _run(watch)  # the state before the last scene (not timed)
             _publish(inc / "items.json", items)
             incremental_times.append(_run(watch))
-            print(f"repeat {i + 1}: full {full_times[-1]:.2f} s, incremental {incremental_times[-1]:.2f} s")
+            print(
+                f"repeat {i + 1}: full {full_times[-1]:.2f} s, incremental {incremental_times[-1]:.2f} s"
+            )
         f, n = statistics.median(full_times), statistics.median(incremental_times)
         print(f"AOI {aoi_id}: {len(items)} items; new scene {items[-1]['id']}")
-        print(f"median full rerun   {f:.2f} s   stages {_timings(work / f'full-{args.repeat - 1}', aoi_id)}")
+        print(
+            f"median full rerun   {f:.2f} s   stages {_timings(work / f'full-{args.repeat - 1}', aoi_id)}"
+        )
         print(
             f"median incremental  {n:.2f} s   stages "
             f"{_timings(work / f'incremental-{args.repeat - 1}', aoi_id)}"

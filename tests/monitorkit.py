@@ -30,6 +30,7 @@ FAST = {  # what the tests do not look at: skipped to keep a run around a second
     "output.imagery": False,
     "output.chips": False,
     "output.report": False,
+    "read.context_m": 200.0,  # the default 2 km would take in the whole sample window
 }
 
 
