@@ -440,6 +440,8 @@ _STATE = click.option(
 def _describe_check(check: Any) -> str:
     if check.outcome != "updated":
         return f"{check.aoi_id}: {check.outcome}: {check.message}"
+    if not check.new_scenes and not check.replaced:
+        return f"{check.aoi_id}: outputs refreshed with the review verdicts (no new scene)"
     parts = [f"{len(check.new_scenes)} new scene(s)"]
     if check.replaced:
         parts.append(f"{len(check.replaced)} replaced by reprocessing")
