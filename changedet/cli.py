@@ -446,6 +446,9 @@ def _describe_check(check: Any) -> str:
     if check.replaced:
         parts.append(f"{len(check.replaced)} replaced by reprocessing")
     parts.append(f"{len(check.alerts)} new alert(s)")
+    parts.append(
+        f"change computed for {check.periods_computed} period(s), {check.periods_reused} reused"
+    )
     line = f"{check.aoi_id}: updated: {', '.join(parts)}"
     if check.summary is not None:
         line += "\n  " + check.summary.describe().replace("\n", "\n  ")

@@ -19,7 +19,7 @@ from changedet.core.coverage import measure_coverage
 from changedet.core.evidence import evidence_for
 from changedet.core.periods import make_periods
 from changedet.core.review import Verdict, apply_review
-from changedet.core.timeseries import Analysis, StageTimer, analyse_stack
+from changedet.core.timeseries import Analysis, PeriodMemo, StageTimer, analyse_stack
 from changedet.errors import ConfigError, OutputError
 from changedet.models import (
     AOI,
@@ -232,10 +232,11 @@ def run_aoi(
     progress: Progress = no_progress,
     io: PipelineIO | None = None,
     review: Mapping[str, Verdict] | None = None,
+    memo: PeriodMemo | None = None,
 ) -> RunSummary:
-    """Process one AOI end to end and write OUT/<aoi_id>/ atomically. `review`: the analyst's
-    verdicts by structure id (`changedet.monitor`), shown in the outputs; false positives are
-    left out of the counts."""
+    """Process one AOI end to end and write OUT/<aoi_id>/ atomically. For the monitor
+    (`changedet.monitor`): `review`, the analyst's verdicts by structure id, shown in the
+    outputs (false positives left out of the counts); `memo`, periods computed before."""
     io = io or PipelineIO.default()
     timer = StageTimer()
     out_dir = safe_out_dir(Path(out_root), aoi.id)
@@ -269,6 +270,7 @@ def run_aoi(
         config=config,
         progress=progress,
         timer=timer,
+        memo=memo,
     )
     analysis = apply_review(analysis, review or {})
     synthetic = any(s.synthetic for s in found.scenes)

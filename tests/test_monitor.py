@@ -240,6 +240,9 @@ def grown(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     assert check.outcome == "updated"
     assert sorted(check.new_scenes) == sorted([REPROCESSED, "S2B_39SWV_20240212_0_L2A"])
     assert check.replaced == (REPROCESSED.replace("_1_", "_0_"),)
+    # Only the periods the new scenes touched were computed again; the rest came from the cache.
+    assert first.checks[0].periods_reused == 0
+    assert check.periods_reused >= 2 and check.periods_computed >= 1
     return scenario
 
 
@@ -375,3 +378,26 @@ def test_status_reports_each_aoi(grown: Scenario) -> None:
     assert aoi["aoi"] == "k1" and aoi["pending_deliveries"] == 0
     assert aoi["last_scene"].startswith("2024-02-12")
     assert sum(aoi["structures"].values()) > 0
+
+
+def test_the_period_cache_misses_on_damage_and_keeps_only_what_a_run_used(tmp_path: Path) -> None:
+    import numpy as np
+
+    from changedet.core.track import PeriodObservation
+    from changedet.models import Period
+    from changedet.monitor.memo import DiskMemo
+
+    period = Period(datetime(2024, 1, 1).date(), datetime(2024, 2, 1).date(), "2024-01")
+    observation = PeriodObservation(period, (), np.ones((2, 2), bool), ("a",))
+    memo = DiskMemo(tmp_path / "memo")
+    memo.put("k1", observation)
+    memo.put("k2", observation)
+    again = DiskMemo(tmp_path / "memo")
+    got = again.get("k1")
+    assert got is not None and got.scene_ids == ("a",) and got.observed.all()
+    (tmp_path / "memo" / "k2.pickle").write_bytes(b"damaged")
+    assert again.get("k2") is None and (again.hits, again.misses) == (1, 1)
+    again.prune()  # k1 and k2 were asked for; a third entry would go
+    assert sorted(p.name for p in (tmp_path / "memo").iterdir()) == ["k1.pickle", "k2.pickle"]
+    DiskMemo(tmp_path / "memo").prune()
+    assert list((tmp_path / "memo").iterdir()) == []

@@ -15,10 +15,12 @@ Steps (pure: arrays in, arrays out):
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -47,6 +49,7 @@ from changedet.models import (
 __all__ = [
     "Analysis",
     "Baseline",
+    "PeriodMemo",
     "StageTimer",
     "analyse_stack",
     "choose_baseline",
@@ -178,6 +181,7 @@ def _observe_periods(
     inside: np.ndarray,
     config: Config,
     progress: Progress,
+    memo: PeriodMemo | None = None,
 ) -> list[PeriodObservation]:
     """Baseline periods as "absent" evidence, then each later period's objects of new structures."""
     cc = config.change
@@ -194,20 +198,47 @@ def _observe_periods(
     monitored = per_period[baseline.last + 1 :]
     for i, comp in enumerate(monitored):
         progress("change per period", i, len(monitored))
+        key = _memo_key(baseline_composite, comp, inside, config) if memo is not None else ""
+        known = memo.get(key) if memo is not None else None
+        if known is not None:
+            observations.append(known)
+            continue
         cmap = detect_change(baseline_composite, comp, cc)
         observed = np.isfinite(cmap.structures[0]) & inside
         objects = extract_objects(cmap, cc, kinds=config.kinds) if observed.any() else []
-        observations.append(
-            PeriodObservation(
-                period=comp.period,
-                objects=tuple(objects),
-                observed=observed,
-                scene_ids=comp.scene_ids,
-                score=cmap.structures[0],
-            )
+        observation = PeriodObservation(
+            period=comp.period,
+            objects=tuple(objects),
+            observed=observed,
+            scene_ids=comp.scene_ids,
+            score=cmap.structures[0],
         )
+        if memo is not None:
+            memo.put(key, observation)
+        observations.append(observation)
     progress("change per period", len(monitored), len(monitored))
     return observations
+
+
+class PeriodMemo(Protocol):
+    """Where a period's change against the baseline can be kept between runs (the monitor keeps
+    it on disk), keyed by everything it is computed from: a period whose composite did not
+    change is not computed again."""
+
+    def get(self, key: str) -> PeriodObservation | None: ...
+
+    def put(self, key: str, observation: PeriodObservation) -> None: ...
+
+
+def _memo_key(baseline: Composite, comp: Composite, inside: np.ndarray, config: Config) -> str:
+    """A digest of every input of one period's change: both composites' pixels, the mask, the
+    period, its scenes and the change and kind settings."""
+    digest = hashlib.blake2b(digest_size=20)
+    for array in (baseline.reflectance, baseline.count, comp.reflectance, comp.count, inside):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    facts = (comp.period, comp.scene_ids, comp.bands, comp.grid, config.change, config.kinds)
+    digest.update(repr(facts).encode())
+    return digest.hexdigest()
 
 
 def _with_berms(
@@ -247,9 +278,10 @@ def analyse_stack(
     config: Config,
     progress: Progress = no_progress,
     timer: StageTimer | None = None,
+    memo: PeriodMemo | None = None,
 ) -> Analysis:
     """Period composites → baseline → change of each later period against it → objects of new
-    structures → ledger → berms.
+    structures → ledger → berms. `memo`: periods already computed (see `PeriodMemo`).
 
     The stack's grid is a context window around the AOI, `inside` the AOI polygon's pixels on
     it: every statistic and the baseline choice use the whole window, so the structures inside
@@ -274,7 +306,13 @@ def analyse_stack(
         progress("composite", 1, 1)
     with timer("change"):
         observations = _observe_periods(
-            before, per_period, baseline, inside=context, config=config, progress=progress
+            before,
+            per_period,
+            baseline,
+            inside=context,
+            config=config,
+            progress=progress,
+            memo=memo,
         )
         change = detect_change(before, after, cc)
     with timer("track"):

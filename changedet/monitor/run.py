@@ -1,7 +1,8 @@
 """One monitoring run over a watch-list: per AOI, search the recent past, and only when a scene
 is new (or reprocessed), or the analyst reviewed something since the outputs were written, run
-the pipeline over every scene known, update the ledger and raise alerts in one transaction;
-then offer the outbox to the webhook and e-mail.
+the pipeline over every scene known (pixels of known scenes from the read cache, the change of
+periods whose composite did not change from the period cache, `monitor.memo`), update the
+ledger and raise alerts in one transaction; then offer the outbox to the webhook and e-mail.
 
 The run holds the state's lock (`monitor.lock`) throughout, so two runs never interleave. The
 pipeline is called through its public `run_aoi` with the monitor's own seams: a searcher that
@@ -31,6 +32,7 @@ from changedet.models import (
 from changedet.monitor.alerts import DeliveryReport, alerts_geojson, deliver_pending
 from changedet.monitor.decide import ledger_changes, ledger_status
 from changedet.monitor.lock import hold_lock
+from changedet.monitor.memo import DiskMemo, memo_folder
 from changedet.monitor.scenes import ScenePlan, plan_scenes, scene_record, search_start
 from changedet.monitor.state import AlertRow, CheckRecord, SceneRow, State, StructureRow
 from changedet.monitor.watchlist import WatchedAOI, WatchList
@@ -53,6 +55,8 @@ class AOICheck:
     alerts: tuple[AlertRow, ...] = ()
     message: str = ""
     summary: RunSummary | None = None
+    periods_computed: int = 0  # periods whose change was computed (the others came from the cache)
+    periods_reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -269,6 +273,7 @@ def _process(
     aoi, state = watched.aoi, ctx.state
     review_seq = state.review_seq(aoi.id)
     capture = _Capture(ctx.io, plan, found)
+    memo = DiskMemo(memo_folder(ctx.watch.state, aoi.id))
     try:
         summary = run_aoi(
             aoi,
@@ -277,6 +282,7 @@ def _process(
             progress=ctx.progress,
             io=capture.io(),
             review=state.verdicts(aoi.id),
+            memo=memo,
         )
     except NoScenesError as exc:
         return AOICheck(aoi.id, "waiting", new_scenes=plan.new, message=str(exc))
@@ -304,9 +310,12 @@ def _process(
         ),
     )
     _write_alerts_file(state, aoi.id, out_dir)
+    memo.prune()  # after the commit: a killed run keeps what the next one can use
     return AOICheck(
         aoi.id,
         "updated",
+        periods_computed=memo.misses,
+        periods_reused=memo.hits,
         new_scenes=plan.new,
         replaced=tuple(d.scene_id for d in plan.replaced),
         alerts=changes.alerts,
