@@ -401,3 +401,22 @@ def test_the_period_cache_misses_on_damage_and_keeps_only_what_a_run_used(tmp_pa
     assert sorted(p.name for p in (tmp_path / "memo").iterdir()) == ["k1.pickle", "k2.pickle"]
     DiskMemo(tmp_path / "memo").prune()
     assert list((tmp_path / "memo").iterdir()) == []
+
+
+def test_only_the_state_module_talks_to_sqlite() -> None:
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "changedet"
+    users = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n == "sqlite3" or n.startswith("sqlite3.") for n in names):
+                users.add(path.relative_to(package).as_posix())
+    assert users == {"monitor/state.py"}
