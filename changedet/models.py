@@ -10,10 +10,10 @@ Conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from affine import Affine
@@ -28,6 +28,7 @@ __all__ = [
     "ChangeObject",
     "Composite",
     "Coverage",
+    "DateSeries",
     "EvidenceImage",
     "Grid",
     "Period",
@@ -228,11 +229,38 @@ class Stack:
         return self.reflectance[:, self.bands.index(name)]
 
 
+class DateSeries(Protocol):
+    """A masked, harmonised time series read in pieces: what a `Stack` holds, without holding it.
+
+    The streaming detector (`core.stream`) asks for a few rows of many dates, or the whole grid
+    of one date, so the series may live on disk (`read.store`) or in memory (`core.stream
+    .StackSeries` wraps a `Stack`). Values are reflectance as read (NaN where not clear); the
+    clear mask is the reader's (no temporal screening, no co-registration).
+    """
+
+    @property
+    def grid(self) -> Grid: ...
+    @property
+    def bands(self) -> tuple[str, ...]: ...
+    @property
+    def times(self) -> tuple[datetime, ...]: ...
+    @property
+    def scene_ids(self) -> tuple[tuple[str, ...], ...]: ...
+
+    def pixels(self, dates: Sequence[int], rows: slice, bands: Sequence[int]) -> np.ndarray:
+        """(len(dates), len(bands), rows, W) float32 reflectance, a new array."""
+        ...
+
+    def clear_rows(self, dates: Sequence[int], rows: slice) -> np.ndarray:
+        """(len(dates), rows, W) bool clear mask, a new array."""
+        ...
+
+
 @dataclass(frozen=True)
 class ReadResult:
     """A masked, harmonised stack and the record of how it was made."""
 
-    stack: Stack
+    stack: Stack | DateSeries  # a DateSeries when the reader streams dates to disk
     skipped: tuple[SkippedScene, ...]
     probes: Mapping[str, float]  # scene id -> AOI clear fraction (absent when not measurable)
     bytes_fetched: int  # bytes downloaded over the network by this read (0 from cache/local)

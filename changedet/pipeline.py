@@ -19,10 +19,12 @@ from changedet.core.coverage import measure_coverage
 from changedet.core.evidence import evidence_for
 from changedet.core.periods import make_periods
 from changedet.core.review import Verdict, apply_review
-from changedet.core.timeseries import Analysis, PeriodMemo, StageTimer, analyse_stack
+from changedet.core.stream import analyse_series, as_series, series_dates
+from changedet.core.timeseries import Analysis, PeriodMemo, StageTimer
 from changedet.errors import ConfigError, OutputError
 from changedet.models import (
     AOI,
+    DateSeries,
     Grid,
     Period,
     Progress,
@@ -31,7 +33,6 @@ from changedet.models import (
     Scene,
     SearchResult,
     SkippedScene,
-    Stack,
     no_progress,
 )
 from changedet.seams import Prober, Reader, Searcher, Writer
@@ -62,10 +63,10 @@ class PipelineIO:
         from changedet.catalog.search import search_scenes
         from changedet.outputs.write import write_run_outputs
         from changedet.read.probe import probe_details
-        from changedet.read.stack import read_stack
+        from changedet.read.stack import read_series
 
         return cls(
-            search=search_scenes, read=read_stack, probe=probe_details, write=write_run_outputs
+            search=search_scenes, read=read_series, probe=probe_details, write=write_run_outputs
         )
 
 
@@ -262,8 +263,9 @@ def run_aoi(
             mask_config=config.mask,
             progress=progress,
         )
-    stack: Stack = read.stack
-    analysis = analyse_stack(
+    # A DateStore (dates on disk) from the real reader, a Stack from the fakes: both stream.
+    stack = as_series(read.stack)
+    analysis = analyse_series(
         stack,
         inside=inside,
         periods=periods,
@@ -298,7 +300,7 @@ def run_aoi(
             min_clear_obs=config.change.min_clear_obs,
             warn_below=config.output.coverage_warning,
         ),
-        evidence=evidence_for(stack, analysis, config),  # needs the per-date pixels
+        evidence=evidence_for(series_dates(stack), analysis, config),  # per-date pixels
         config=to_dict(config),
         timings=timer.timings,
         provenance={
@@ -310,6 +312,7 @@ def run_aoi(
             },
         },
     )
+    _close(stack)  # the dates' disk space; composites are all the outputs need
     with timer("write"):
         io.write(result, out_dir, config=config.output, progress=progress)
     from changedet.outputs.headline import headline
@@ -362,8 +365,14 @@ def _comparison(analysis: Analysis, periods: Sequence[Period]) -> dict[str, Any]
     }
 
 
+def _close(series: DateSeries) -> None:
+    close = getattr(series, "close", None)
+    if close is not None:
+        close()
+
+
 def _provenance(
-    config: Config, found: SearchResult, stack: Stack, synthetic: bool, read: ReadResult
+    config: Config, found: SearchResult, stack: DateSeries, synthetic: bool, read: ReadResult
 ) -> dict[str, Any]:
     from changedet.outputs.manifest import software_versions
 

@@ -14,10 +14,10 @@ import numpy as np
 from changedet.errors import DataError
 from changedet.models import Composite, Period, Stack
 
-__all__ = ["composite", "median_composite"]
+__all__ = ["REFERENCE_BANDS", "composite", "median_composite"]
 
 _EPOCH = date(1970, 1, 1)
-_REFERENCE_BANDS = ("red", "green", "nir", "blue")
+REFERENCE_BANDS = ("red", "green", "nir", "blue")
 
 
 def median_composite(
@@ -67,7 +67,7 @@ def composite(stack: Stack, period: Period, *, min_clear_obs: int = 1) -> Compos
     """
     picks = [t for t, when in enumerate(stack.times) if period.contains(when.date())]
     bands = stack.bands
-    ref_band = next((bands.index(b) for b in _REFERENCE_BANDS if b in bands), 0)
+    ref_band = next((bands.index(b) for b in REFERENCE_BANDS if b in bands), 0)
     median, count, index = median_composite(
         stack.reflectance[picks],
         stack.clear[picks],

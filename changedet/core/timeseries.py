@@ -51,7 +51,10 @@ __all__ = [
     "Baseline",
     "PeriodMemo",
     "StageTimer",
+    "after_span",
+    "analyse_composites",
     "analyse_stack",
+    "baseline_from_fractions",
     "choose_baseline",
     "screen_spikes",
     "span",
@@ -135,6 +138,14 @@ def choose_baseline(
         else 0.0
         for p in periods
     ]
+    return baseline_from_fractions(periods, clear, config=config)
+
+
+def baseline_from_fractions(
+    periods: Sequence[Period], clear: Sequence[float], *, config: Config
+) -> Baseline:
+    """`choose_baseline` from each period's clear share (the streaming detector, `core.stream`,
+    measures it strip by strip)."""
     plan = plan_comparison(
         periods,
         clear,
@@ -299,11 +310,50 @@ def analyse_stack(
     with timer("composite"):
         per_period = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods]
         before = composite(stack, baseline.span, min_clear_obs=cc.min_clear_obs)
-        # As many clear periods as the baseline has, at the end, never overlapping it.
-        clear = baseline.comparison.clear
-        after_span = span(periods[max(clear[-len(baseline.indices)], baseline.last + 1) :])
-        after = composite(stack, after_span, min_clear_obs=cc.min_clear_obs)
+        after = composite(stack, after_span(periods, baseline), min_clear_obs=cc.min_clear_obs)
         progress("composite", 1, 1)
+    return analyse_composites(
+        before,
+        after,
+        per_period,
+        baseline,
+        inside=inside,
+        context=context,
+        config=config,
+        progress=progress,
+        timer=timer,
+        date_shifts=date_shifts,
+        memo=memo,
+    )
+
+
+def after_span(periods: Sequence[Period], baseline: Baseline) -> Period:
+    """The run's "after": as many clear periods as the baseline has, at the end, never
+    overlapping it."""
+    clear = baseline.comparison.clear
+    return span(periods[max(clear[-len(baseline.indices)], baseline.last + 1) :])
+
+
+def analyse_composites(
+    before: Composite,
+    after: Composite,
+    per_period: Sequence[Composite],
+    baseline: Baseline,
+    *,
+    inside: np.ndarray,
+    context: np.ndarray,
+    config: Config,
+    progress: Progress = no_progress,
+    timer: StageTimer | None = None,
+    date_shifts: tuple[Shift, ...] = (),
+    memo: PeriodMemo | None = None,
+) -> Analysis:
+    """The steps after the composites (change per period → ledger → berms), shared by
+    `analyse_stack` and the streaming detector (`core.stream`). `context`: the window's pixels
+    with a clear observation; `inside`: the AOI polygon's; `memo`: periods computed before."""
+    timer = timer or StageTimer()
+    cc = config.change
+    grid = before.grid
     with timer("change"):
         observations = _observe_periods(
             before,
@@ -320,7 +370,7 @@ def analyse_stack(
         track = replace(config.track, min_persistence=baseline.comparison.min_persistence)
         window_ledger = build_ledger(
             observations,
-            grid=stack.grid,
+            grid=grid,
             config=track,
             kinds=config.kinds,
             min_area_m2=cc.min_area_m2,

@@ -34,8 +34,9 @@ from changedet.models import (
 )
 from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs, network_bytes
 from changedet.read.probe import Probed, probe_and_select, selection_reason
+from changedet.read.store import DateStore
 
-__all__ = ["read_stack"]
+__all__ = ["read_series", "read_stack"]
 
 
 def _harmonise_into(
@@ -72,6 +73,59 @@ def read_stack(
     data (noted). Raises NoScenesError when nothing usable is left and ReadError when every
     scene failed on transient network errors (the network, not the data, is the problem).
     """
+    return _read(
+        scenes,
+        grid,
+        bands=bands,
+        aoi_mask=aoi_mask,
+        read_config=read_config,
+        mask_config=mask_config,
+        progress=progress,
+        store=None,
+    )
+
+
+def read_series(
+    scenes: Sequence[Scene],
+    grid: Grid,
+    *,
+    bands: Sequence[str],
+    aoi_mask: np.ndarray,
+    read_config: ReadConfig,
+    mask_config: MaskConfig,
+    progress: Progress = no_progress,
+) -> ReadResult:
+    """`read_stack`, but each date goes to disk as soon as it is mosaicked (`read.store`): the
+    result's `stack` is a `DateStore` (a `DateSeries`; close it when done), and memory holds
+    one date however many there are. No SCL stack is kept."""
+    store = DateStore(grid, bands)
+    try:
+        return _read(
+            scenes,
+            grid,
+            bands=bands,
+            aoi_mask=aoi_mask,
+            read_config=read_config,
+            mask_config=mask_config,
+            progress=progress,
+            store=store,
+        )
+    except BaseException:
+        store.close()
+        raise
+
+
+def _read(
+    scenes: Sequence[Scene],
+    grid: Grid,
+    *,
+    bands: Sequence[str],
+    aoi_mask: np.ndarray,
+    read_config: ReadConfig,
+    mask_config: MaskConfig,
+    progress: Progress,
+    store: DateStore | None,
+) -> ReadResult:
     bands = tuple(bands)
     check_read_inputs(grid, aoi_mask, read_config, bands)
     missing = sorted({b for s in scenes for b in bands if b not in s.assets})
@@ -91,6 +145,7 @@ def read_stack(
             read_config=read_config,
             mask_config=mask_config,
             progress=progress,
+            store=store,
         )
     bytes_after = network_bytes()
     notes, skipped = built.notes, sorted(built.skipped, key=lambda s: s.scene_id)
@@ -104,15 +159,21 @@ def read_stack(
         notes.append("bytes_fetched unavailable: GDAL network statistics not reachable")
     if not built.times:
         raise _nothing_read(built.failures, skipped, n_scenes=len(scenes))
-    stack = Stack(
-        grid=grid,
-        bands=bands,
-        times=tuple(built.times),
-        scene_ids=tuple(built.scene_ids),
-        reflectance=built.reflectance,
-        clear=built.clear,
-        scl=built.scl,
-    )
+    stack: Stack | DateStore
+    if store is not None:
+        store.release_slot()
+        stack = store
+    else:
+        assert built.reflectance is not None and built.clear is not None
+        stack = Stack(
+            grid=grid,
+            bands=bands,
+            times=tuple(built.times),
+            scene_ids=tuple(built.scene_ids),
+            reflectance=built.reflectance,
+            clear=built.clear,
+            scl=built.scl,
+        )
     return ReadResult(
         stack=stack,
         skipped=tuple(skipped),
@@ -144,8 +205,8 @@ def _nothing_read(
 
 @dataclass
 class _Built:
-    reflectance: np.ndarray
-    clear: np.ndarray
+    reflectance: np.ndarray | None  # None: the dates went to a DateStore
+    clear: np.ndarray | None
     scl: np.ndarray | None
     times: list[datetime]
     scene_ids: list[tuple[str, ...]]
@@ -167,6 +228,7 @@ def _read_and_mosaic(
     read_config: ReadConfig,
     mask_config: MaskConfig,
     progress: Progress,
+    store: DateStore | None = None,
 ) -> _Built:
     """Probe, select, then mosaic the selected scenes date by date as their band reads arrive."""
     probed = probe_and_select(
@@ -201,6 +263,7 @@ def _read_and_mosaic(
         skipped=skipped,
         progress=progress,
         total=len(selected) * len(bands),
+        store=store,
     )
     for members in by_date.values():
         mosaic.add_date(members)
@@ -253,16 +316,20 @@ class _Mosaic:
         skipped: list[SkippedScene],
         progress: Progress,
         total: int,
+        store: DateStore | None = None,
     ) -> None:
         self.pipe, self.probed, self.bands = pipe, probed, bands
+        self.store = store
         self.aoi_mask, self.read_config = aoi_mask, read_config
         self.aoi_pixels = int(aoi_mask.sum())
         h, w = pipe.grid.shape
         # np.empty: each date's slot is written in full by its first scene (NaN where not clear),
         # so the pages are first touched while the workers are still downloading, and only once.
-        self.reflectance = np.empty((n_dates, len(bands), h, w), dtype=np.float32)
-        self.clear = np.empty((n_dates, h, w), dtype=bool)
-        self.scl = np.empty((n_dates, h, w), dtype=np.uint8) if probed.scl else None
+        # With a store, one slot is reused for every date, and no SCL stack is kept.
+        slots = 0 if store is not None else n_dates
+        self.reflectance = np.empty((slots, len(bands), h, w), dtype=np.float32)
+        self.clear = np.empty((slots, h, w), dtype=bool)
+        self.scl = np.empty((slots, h, w), dtype=np.uint8) if probed.scl and store is None else None
         self.n_dates = 0  # slots filled so far
         self.times: list[datetime] = []
         self.scene_ids: list[tuple[str, ...]] = []
@@ -280,10 +347,12 @@ class _Mosaic:
     def add_date(self, members: Sequence[Scene]) -> None:
         """Mosaic the scenes of one date into the next slot (kept only if a scene was usable)."""
         t = self.n_dates
-        self.clear[t] = False
+        reflectance, filled = (
+            self.store.slot() if self.store is not None else (self.reflectance[t], self.clear[t])
+        )
+        filled[...] = False
         if self.scl is not None:
             self.scl[t] = 0
-        filled = self.clear[t]
         used: list[str] = []
         for scene in members:
             dns = self._take(scene)
@@ -292,9 +361,7 @@ class _Mosaic:
                 continue
             take = scene_clear & ~filled
             for b, (band, dn) in enumerate(zip(self.bands, dns, strict=True)):
-                _harmonise_into(
-                    self.reflectance[t, b], dn, scene.assets[band], take, first=not used
-                )
+                _harmonise_into(reflectance[b], dn, scene.assets[band], take, first=not used)
             filled |= take
             scene_scl = self.probed.scl.get(scene.id)
             if self.scl is not None and scene_scl is not None:
@@ -304,6 +371,8 @@ class _Mosaic:
         if used:
             self.times.append(min(s.datetime for s in members if s.id in used))
             self.scene_ids.append(tuple(used))
+            if self.store is not None:
+                self.store.commit(self.times[-1], self.scene_ids[-1])
             self.n_dates += 1  # else the slot is reused (and re-initialised) by the next date
 
     def _take(self, scene: Scene) -> list[np.ndarray] | None:
@@ -356,9 +425,10 @@ class _Mosaic:
                 + ", ".join(self.fallback[:5])
                 + (" ..." if len(self.fallback) > 5 else "")
             )
+        stored = self.store is not None
         return _Built(
-            reflectance=self.reflectance[:n],
-            clear=self.clear[:n],
+            reflectance=None if stored else self.reflectance[:n],
+            clear=None if stored else self.clear[:n],
             scl=None if self.scl is None else self.scl[:n],
             times=self.times,
             scene_ids=self.scene_ids,

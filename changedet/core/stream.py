@@ -1,0 +1,415 @@
+"""The time-series detector a few rows at a time: memory bounded however many dates there are.
+
+Gives what `core.timeseries.analyse_stack` gives on the same data (tests/test_stream.py checks it
+to the bit), but reads its dates from a `DateSeries` (on disk: `read.store`) and never holds
+every date of the grid at once. Everything temporal is per pixel, so it is computed on strips of
+rows over every date; only co-registration needs whole images, one band of one date at a time.
+
+1. screen (strips, every date): the temporal spike screen needs each pixel's whole series (its
+   previous and next clear observation may be months away); the few spikes are kept as pixel
+   indices per date. Counted on the way: each date's clear pixels and each period's AOI pixels
+   observed `min_clear_obs` times, which choose the baseline (`baseline_from_fractions`);
+2. reference (strips, baseline dates, co-registration band): their median;
+3. shifts (date by date, one band of the whole grid): `measure_shift` against the reference;
+4. composites (strips grown by the rows the shifts reach, every date): each date's strip is
+   shifted as `coregister_dates` shifts the whole date, then every period's, the baseline's and
+   the "after" span's median is written into its preallocated composite.
+
+The strip height follows a byte budget, so a strip holds fewer rows when there are more dates.
+Strips run on a small thread pool (numpy's sort and arithmetic release the GIL).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import TypeVar
+
+import numpy as np
+
+from changedet.config import Config
+from changedet.core.change import COREG_BANDS
+from changedet.core.composite import REFERENCE_BANDS, median_composite
+from changedet.core.coreg import apply_shift, measure_shift
+from changedet.core.evidence import RGB, DateSource
+from changedet.core.mask import temporal_spikes
+from changedet.core.timeseries import (
+    Analysis,
+    Baseline,
+    PeriodMemo,
+    StageTimer,
+    after_span,
+    analyse_composites,
+    baseline_from_fractions,
+)
+from changedet.models import Composite, DateSeries, Grid, Period, Progress, Stack, no_progress
+
+__all__ = ["StackSeries", "analyse_series", "as_series", "series_dates"]
+
+Shift = tuple[float, float] | None
+T = TypeVar("T")
+
+_EPOCH = date(1970, 1, 1)
+STRIP_BYTES = 96 * 1024 * 1024  # pixels of one strip over every date (per worker)
+_MIN_CLEAR_TO_MEASURE = 0.3  # as coregister_dates: a date less clear than this is not measured
+
+
+@dataclass(frozen=True)
+class StackSeries:
+    """An in-memory `Stack` read as a `DateSeries` (the fakes, the lab, tests)."""
+
+    stack: Stack
+
+    @property
+    def grid(self) -> Grid:
+        return self.stack.grid
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return self.stack.bands
+
+    @property
+    def times(self) -> tuple[datetime, ...]:
+        return self.stack.times
+
+    @property
+    def scene_ids(self) -> tuple[tuple[str, ...], ...]:
+        return self.stack.scene_ids
+
+    def pixels(self, dates: Sequence[int], rows: slice, bands: Sequence[int]) -> np.ndarray:
+        source = self.stack.reflectance
+        out = np.empty((len(dates), len(bands), *source[0, 0, rows].shape), dtype=np.float32)
+        for i, t in enumerate(dates):
+            for j, b in enumerate(bands):
+                out[i, j] = source[t, b, rows]
+        return out
+
+    def clear_rows(self, dates: Sequence[int], rows: slice) -> np.ndarray:
+        return self.stack.clear[list(dates), rows]
+
+
+def as_series(source: Stack | DateSeries) -> DateSeries:
+    return StackSeries(source) if isinstance(source, Stack) else source
+
+
+def series_dates(series: DateSeries) -> DateSource:
+    """The dates of a series as the evidence picker reads them (`core.evidence.stack_dates`)."""
+    rgb = [series.bands.index(b) for b in RGB]
+
+    def read(t: int, window: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = window
+        pixels = series.pixels([t], rows, rgb)[0][:, :, cols]
+        pixels[:, ~series.clear_rows([t], rows)[0][:, cols]] = np.nan
+        return pixels
+
+    return DateSource(series.grid, series.times, series.scene_ids, read)
+
+
+# --- strips ----------------------------------------------------------------------------------
+
+
+def _strips(height: int, rows: int) -> list[slice]:
+    return [slice(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+
+def _strip_rows(series: DateSeries, n_dates: int, n_bands: int, budget: int) -> int:
+    per_row = max(n_dates * n_bands * series.grid.width * 4, 1)
+    return max(min(budget // per_row, series.grid.height), 8)
+
+
+def _run(
+    work: Callable[[slice], T], strips: Sequence[slice], workers: int
+) -> Iterator[tuple[slice, T]]:
+    """`work` over every strip, `workers` at a time; results in strip order."""
+    if workers <= 1 or len(strips) <= 1:
+        for rows in strips:
+            yield rows, work(rows)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="changedet-strip") as pool:
+        yield from zip(strips, pool.map(work, strips), strict=True)
+
+
+@dataclass
+class _Screened:
+    """What the screen pass learnt: spikes per date (flat pixel indices), clear pixels per date,
+    and per period the AOI pixels observed often enough."""
+
+    spikes: list[list[np.ndarray]]
+    clear_pixels: np.ndarray  # (T,) int64
+    observed: np.ndarray  # (P,) int64, of the context pixels
+    context: np.ndarray  # (H, W) pixels with a clear observation on some date
+
+    def spike_index(self, t: int) -> np.ndarray:
+        return np.concatenate(self.spikes[t]) if self.spikes[t] else np.zeros(0, np.int64)
+
+
+@dataclass
+class _Context:
+    series: DateSeries
+    periods: list[Period]
+    config: Config
+    inside: np.ndarray
+    workers: int
+    budget: int
+    dates_in: list[list[int]] = field(default_factory=list)
+    spikes: list[np.ndarray] = field(default_factory=list)  # per date, sorted flat indices
+
+    def __post_init__(self) -> None:
+        days = [t.date() for t in self.series.times]
+        self.dates_in = [[i for i, d in enumerate(days) if p.contains(d)] for p in self.periods]
+
+    def screened_clear(self, dates: Sequence[int], rows: slice) -> np.ndarray:
+        """The reader's clear mask of `dates` on `rows` without the screened spikes."""
+        clear = self.series.clear_rows(dates, rows)
+        if not self.spikes:
+            return clear
+        width = self.series.grid.width
+        lo, hi = rows.start * width, rows.stop * width
+        for i, t in enumerate(dates):
+            index = self.spikes[t]
+            part = index[np.searchsorted(index, lo) : np.searchsorted(index, hi)]
+            if part.size:
+                clear[i].reshape(-1)[part - lo] = False
+        return clear
+
+
+def _screen(ctx: _Context) -> _Screened:
+    """Pass 1: the temporal spike screen (as `timeseries.screen_spikes`) and the counts."""
+    series, config = ctx.series, ctx.config
+    n_t = len(series.times)
+    tolerance = config.mask.spike_tolerance
+    screen = tolerance > 0 and "blue" in series.bands and n_t >= 3
+    blue = series.bands.index("blue") if screen else -1
+    width = series.grid.width
+    min_obs = config.change.min_clear_obs
+
+    def work(rows: slice) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        clear = series.clear_rows(range(n_t), rows)
+        found: list[np.ndarray] = []
+        if screen:
+            values = np.where(
+                clear, series.pixels(range(n_t), rows, [blue])[:, 0], np.float32(np.nan)
+            )
+            spikes = temporal_spikes(values, tolerance=tolerance)
+            clear &= ~spikes
+            found = [np.flatnonzero(s) + rows.start * width for s in spikes]
+        context: np.ndarray = np.any(clear, axis=0)
+        observed = np.array(
+            [int(((clear[d].sum(axis=0) >= min_obs) & context).sum()) for d in ctx.dates_in],
+            dtype=np.int64,
+        )
+        return found, clear.sum(axis=(1, 2), dtype=np.int64), observed, context
+
+    strips = _strips(series.grid.height, _strip_rows(series, n_t, 6, ctx.budget))
+    result = _Screened(
+        [[] for _ in range(n_t)],
+        np.zeros(n_t, np.int64),
+        np.zeros(len(ctx.periods), np.int64),
+        np.empty(series.grid.shape, dtype=bool),
+    )
+    for rows, (found, clear_pixels, observed, context) in _run(work, strips, ctx.workers):
+        for t, index in enumerate(found):
+            if index.size:
+                result.spikes[t].append(index)
+        result.clear_pixels += clear_pixels
+        result.observed += observed
+        result.context[rows] = context
+    return result
+
+
+def _baseline(ctx: _Context, screened: _Screened) -> Baseline:
+    """As `choose_baseline` on the context pixels (`analyse_stack` passes them as `inside`)."""
+    n_context = int(screened.context.sum())
+    fractions = [float(n) / n_context if n_context else 0.0 for n in screened.observed]
+    return baseline_from_fractions(ctx.periods, fractions, config=ctx.config)
+
+
+# --- co-registration -------------------------------------------------------------------------
+
+
+def _shifts(ctx: _Context, baseline: Baseline, screened: _Screened) -> tuple[Shift, ...]:
+    """Passes 2 and 3: the baseline dates' median of the co-registration band, and every date's
+    shift against it (as `core.coreg.coregister_dates`)."""
+    series, cc = ctx.series, ctx.config.change
+    band = next((b for b in COREG_BANDS if b in series.bands), None)
+    if not cc.coregister or band is None:
+        return ()
+    n_t = len(series.times)
+    refs = [t for t, when in enumerate(series.times) if baseline.span.contains(when.date())]
+    if n_t < 2 or not refs:
+        return tuple((0.0, 0.0) for _ in range(n_t))
+    b = series.bands.index(band)
+    h, w = series.grid.shape
+    reference = np.empty((h, w), dtype=np.float32)
+
+    def median_rows(rows: slice) -> np.ndarray:
+        values = series.pixels(refs, rows, [b])
+        return median_composite(values, ctx.screened_clear(refs, rows))[0][0]
+
+    strips = _strips(h, _strip_rows(series, len(refs), 3, ctx.budget))
+    for rows, part in _run(median_rows, strips, ctx.workers):
+        reference[rows] = part
+
+    def measure(t: int) -> Shift:
+        if screened.clear_pixels[t] / (h * w) < _MIN_CLEAR_TO_MEASURE:
+            return None
+        everything = slice(0, h)
+        clear = ctx.screened_clear([t], everything)[0]
+        image = np.where(clear, series.pixels([t], everything, [b])[0, 0], np.float32(np.nan))
+        return measure_shift(reference, image)
+
+    if ctx.workers <= 1:
+        return tuple(measure(t) for t in range(n_t))
+    with ThreadPoolExecutor(max_workers=ctx.workers, thread_name_prefix="changedet-coreg") as pool:
+        return tuple(pool.map(measure, range(n_t)))
+
+
+def _corrected(shifts: Sequence[Shift], config: Config) -> dict[int, tuple[float, float]]:
+    """The shifts `coregister_dates` applies: above the threshold, up to the maximum."""
+    cc = config.change
+    return {
+        t: s
+        for t, s in enumerate(shifts)
+        if s is not None and cc.coreg_threshold_px < float(np.hypot(*s)) <= cc.max_shift_px
+    }
+
+
+# --- composites ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    """One composite being filled strip by strip."""
+
+    period: Period
+    dates: list[int]
+    reflectance: np.ndarray
+    count: np.ndarray
+    source_date: np.ndarray
+    days: np.ndarray  # days since 1970 of `dates`, then -1 (index -1 = no composite)
+
+    @classmethod
+    def empty(cls, period: Period, dates: list[int], series: DateSeries) -> _Target:
+        h, w = series.grid.shape
+        days = [(series.times[t].date() - _EPOCH).days for t in dates]
+        return cls(
+            period,
+            dates,
+            np.empty((len(series.bands), h, w), dtype=np.float32),
+            np.empty((h, w), dtype=np.uint16),
+            np.empty((h, w), dtype=np.int32),
+            np.array([*days, -1], dtype=np.int32),
+        )
+
+    def composite(self, series: DateSeries) -> Composite:
+        ids = tuple(dict.fromkeys(sid for t in self.dates for sid in series.scene_ids[t]))
+        return Composite(
+            series.grid,
+            series.bands,
+            self.period,
+            self.reflectance,
+            self.count,
+            self.source_date,
+            ids,
+        )
+
+
+def _shifted_strip(
+    ctx: _Context, rows: slice, corrected: dict[int, tuple[float, float]], halo: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every date's pixels and usable mask on `rows`, co-registered: the strip is read with
+    `halo` more rows each side (what a shift's bilinear taps reach), shifted, then cut back."""
+    series = ctx.series
+    n_t, h = len(series.times), series.grid.height
+    top, bottom = max(rows.start - halo, 0), min(rows.stop + halo, h)
+    grown = slice(top, bottom)
+    dates = range(n_t)
+    values = series.pixels(dates, grown, range(len(series.bands)))
+    clear = ctx.screened_clear(dates, grown)
+    for t, shift in corrected.items():
+        moved = apply_shift(np.where(clear[t], values[t], np.float32(np.nan)), shift)
+        values[t] = moved
+        clear[t] = np.isfinite(moved).all(axis=0)
+    inner = slice(rows.start - top, rows.stop - top)
+    return values[:, :, inner], clear[:, inner]
+
+
+def _composites(
+    ctx: _Context, targets: Sequence[_Target], shifts: Sequence[Shift], progress: Progress
+) -> None:
+    """Pass 4: every target's median composite, strip by strip."""
+    series = ctx.series
+    corrected = _corrected(shifts, ctx.config)
+    halo = max((math.ceil(abs(s[0])) + 1 for s in corrected.values()), default=0)
+    bands = series.bands
+    ref_band = next((bands.index(b) for b in REFERENCE_BANDS if b in bands), 0)
+    min_obs = ctx.config.change.min_clear_obs
+
+    def work(rows: slice) -> None:
+        values, clear = _shifted_strip(ctx, rows, corrected, halo)
+        for target in targets:
+            median, count, index = median_composite(
+                values[target.dates],
+                clear[target.dates],
+                min_clear_obs=min_obs,
+                reference_band=ref_band,
+            )
+            target.reflectance[:, rows] = median
+            target.count[rows] = count
+            target.source_date[rows] = target.days[index]
+
+    n_t = max(len(series.times), 1)
+    # the strip, plus about half as much again for the sort of the largest target
+    strips = _strips(series.grid.height, _strip_rows(series, n_t, 2 * len(bands), ctx.budget))
+    for done, _ in enumerate(_run(work, strips, ctx.workers), start=1):
+        progress("composite", done, len(strips))
+
+
+def analyse_series(
+    series: DateSeries,
+    *,
+    inside: np.ndarray,
+    periods: list[Period],
+    config: Config,
+    progress: Progress = no_progress,
+    timer: StageTimer | None = None,
+    workers: int | None = None,
+    strip_bytes: int = STRIP_BYTES,
+    memo: PeriodMemo | None = None,
+) -> Analysis:
+    """`analyse_stack` of a series read a few rows at a time (see the module's docstring)."""
+    timer = timer or StageTimer()
+    workers = workers or min(os.cpu_count() or 1, 4)
+    ctx = _Context(series, periods, config, inside, workers, strip_bytes)
+    with timer("screen"):
+        screened = _screen(ctx)
+        ctx.spikes = [screened.spike_index(t) for t in range(len(series.times))]
+    baseline = _baseline(ctx, screened)
+    with timer("coregister"):
+        shifts = _shifts(ctx, baseline, screened)
+    with timer("composite"):
+        targets = [_Target.empty(p, d, series) for p, d in zip(periods, ctx.dates_in, strict=True)]
+        spans = [baseline.span, after_span(periods, baseline)]
+        for p in spans:
+            days = [t for t, when in enumerate(series.times) if p.contains(when.date())]
+            targets.append(_Target.empty(p, days, series))
+        _composites(ctx, targets, shifts, progress)
+        composites = [t.composite(series) for t in targets]
+    per_period, before, after = composites[: len(periods)], composites[-2], composites[-1]
+    return analyse_composites(
+        before,
+        after,
+        per_period,
+        baseline,
+        inside=inside,
+        context=screened.context,
+        config=config,
+        progress=progress,
+        timer=timer,
+        date_shifts=shifts,
+        memo=memo,
+    )
