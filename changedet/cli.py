@@ -15,6 +15,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -274,6 +275,11 @@ def main() -> None:
     help="Output folder; each AOI writes OUT/<aoi_id>/.",
 )
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option(
+    "--cluster",
+    help="Run the AOIs on a Dask scheduler, e.g. tcp://10.0.0.5:8786 (pip install "
+    "'changedet[dask]'; OUT must be writable by every worker). Default: [compute] cluster.",
+)
 def run(
     aoi_files: tuple[str, ...],
     config_path: str | None,
@@ -284,8 +290,10 @@ def run(
     debug: bool,
     out_dir: str,
     quiet: bool,
+    cluster: str | None,
 ) -> None:
     """Detect new structures in each AOI and write OUT/<aoi_id>/."""
+    from changedet.compute import run_aois
     from changedet.pipeline import periods_for
 
     # Everything that can be refused is refused before anything is searched, read or computed:
@@ -296,8 +304,12 @@ def run(
         sourced, failed = _load_each(aoi_files, config, debug=debug)
         _refuse_shared_ids(sourced)
         _check_out_writable(out_dir)
-        for _source, aoi in sourced:
-            failed += not _run_one(aoi, config, out_dir, quiet=quiet, debug=debug)
+        if cluster:
+            config = replace(config, compute=replace(config.compute, cluster=cluster))
+        aois = [aoi for _source, aoi in sourced]
+        with _Renderer(quiet=quiet) as progress:
+            for outcome in run_aois(aois, config, out_root=Path(out_dir), progress=progress):
+                failed += not _report(outcome, debug=debug)
     sys.exit(1 if failed else 0)
 
 
@@ -319,30 +331,15 @@ def _load_each(
     return sourced, failed
 
 
-def _run_one(aoi: Any, config: Any, out_dir: str, *, quiet: bool, debug: bool) -> bool:
-    """Run one AOI; False when it failed (said in one line). A usage or config error (exit 2,
-    e.g. a collection the catalog does not have) would fail every AOI alike: it ends the run."""
-    from changedet.pipeline import run_aoi
-
-    with _Renderer(quiet=quiet) as progress:
-        try:
-            summary = run_aoi(aoi, config, out_root=Path(out_dir), progress=progress)
-        except ChangedetError as exc:
-            if exc.exit_code == 2:
-                raise
-            if debug:
-                traceback.print_exc()
-            _echo_error(f"AOI '{aoi.id}': {exc}")
-            return False
-        except Exception as exc:
-            if debug:
-                traceback.print_exc()
-            _echo_error(
-                f"AOI '{aoi.id}': unexpected {type(exc).__name__}: {exc} (rerun with --debug)"
-            )
-            return False
-    click.echo(summary.describe())
-    for warning in summary.warnings:
+def _report(outcome: Any, *, debug: bool) -> bool:
+    """Say what became of one AOI; False when it failed."""
+    if outcome.summary is None:
+        if debug and outcome.details:
+            click.echo(outcome.details, err=True)
+        _echo_error(f"AOI '{outcome.aoi_id}': {outcome.error}")
+        return False
+    click.echo(outcome.summary.describe())
+    for warning in outcome.summary.warnings:
         click.echo(f"changedet: warning: {warning}", err=True)
     return True
 

@@ -31,6 +31,7 @@ __all__ = [
     "BermConfig",
     "CatalogConfig",
     "ChangeConfig",
+    "ComputeConfig",
     "Config",
     "KindConfig",
     "MaskConfig",
@@ -249,6 +250,14 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """Where AOIs run (`changedet.compute`); never changes a result, so not in the fingerprint."""
+
+    cluster: str = ""  # "" = this machine; else a Dask scheduler, e.g. "tcp://10.0.0.5:8786"
+    workers: int = 0  # AOIs at once in a local process pool; 0 or 1 = one at a time, in-process
+
+
+@dataclass(frozen=True)
 class AOIConfig:
     max_area_km2: float = 2500.0  # size guard: bigger AOIs are almost always a mistake
     id_property: str = "id"  # feature property used as AOI id (falls back to name, then index)
@@ -266,10 +275,14 @@ class Config:
     berms: BermConfig = field(default_factory=BermConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     aoi: AOIConfig = field(default_factory=AOIConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def fingerprint(self) -> str:
-        """Short stable hash of the effective config, recorded with every output."""
-        blob = json.dumps(to_dict(self), sort_keys=True, default=str)
+        """Short stable hash of the effective config, recorded with every output (where the
+        work ran is left out: it never changes a result)."""
+        settings = to_dict(self)
+        settings.pop("compute", None)
+        blob = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def asset_keys(self) -> Mapping[str, str]:
@@ -535,6 +548,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "berms.max_width_px": (0.0, None),
     "berms.sectors": (1, 360),
     "output.max_chips": (0, None),
+    "compute.workers": (0, 1024),
     "output.coverage_warning": (0.0, 1.0),
     "aoi.max_area_km2": (0.0, None),
 }

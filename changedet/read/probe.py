@@ -13,7 +13,7 @@ reading overlap. `probe_details` serves `changedet search --probe`;
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,7 @@ from changedet.core.mask import persistent_from_counts, scl_clear, scl_cloudy
 from changedet.hrefs import install_log_redaction
 from changedet.models import Grid, Probe, Progress, Scene, no_progress
 from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs
+from changedet.read.store import SpillMap
 
 __all__ = [
     "Probed",
@@ -37,8 +38,8 @@ class Probed:
     """The probe of a whole read: per-scene verdicts, SCL arrays and clear masks, roof pixels."""
 
     probes: dict[str, Probe]
-    scl: dict[str, np.ndarray]
-    clear: dict[str, np.ndarray]  # final SCL clear mask per scene (roof rule applied)
+    scl: MutableMapping[str, np.ndarray]
+    clear: MutableMapping[str, np.ndarray]  # final SCL clear mask per scene (roof rule applied)
     roof: np.ndarray | None  # (H, W) persistent-bright pixels, None when no SCL at all
     failures: list[AssetRead]
     notes: list[str] = field(default_factory=list)
@@ -82,12 +83,14 @@ def probe_and_select(
     mask_config: MaskConfig,
     progress: Progress,
     bands: Sequence[str] = (),
+    spill: bool = False,
 ) -> Probed:
     """Read every scene's SCL window (in the order given) and decide which scenes to use.
 
     With `bands`, the band reads of a scene start as soon as its SCL passes a provisional test
     (the same test without the bright-roof rule, which needs every date): the probe and the
-    band reads overlap instead of waiting for each other.
+    band reads overlap instead of waiting for each other. `spill`: keep the per-scene SCL
+    windows and clear masks in temporary files (`read.store.SpillMap`), not in memory.
     """
     reads = _read_scl(
         scenes,
@@ -97,10 +100,11 @@ def probe_and_select(
         mask_config=mask_config,
         progress=progress,
         bands=bands,
+        spill=spill,
     )
     roof, notes = _bright_roofs(reads, aoi_mask, mask_config) if reads.scl else (None, [])
     probes: dict[str, Probe] = {}
-    clears: dict[str, np.ndarray] = {}
+    clears: MutableMapping[str, np.ndarray] = SpillMap() if spill else {}
     failed = {g.scene_id: g for g in reads.failures}
     for scene in scenes:
         if scene.id in reads.scl:
@@ -137,9 +141,9 @@ class _SclReads:
 
     n_cloudy: np.ndarray  # (H, W) dates SCL calls the pixel cloud
     n_obs: np.ndarray  # (H, W) dates with SCL data at the pixel
-    scl: dict[str, np.ndarray] = field(default_factory=dict)
+    scl: MutableMapping[str, np.ndarray] = field(default_factory=dict)
     failures: list[AssetRead] = field(default_factory=list)
-    first_clear: dict[str, np.ndarray] = field(default_factory=dict)  # without the roof rule
+    first_clear: MutableMapping[str, np.ndarray] = field(default_factory=dict)  # no roof rule
     provisional: set[str] = field(default_factory=set)  # passed without the roof rule
     hits: int = 0
 
@@ -153,6 +157,7 @@ def _read_scl(
     mask_config: MaskConfig,
     progress: Progress,
     bands: Sequence[str],
+    spill: bool = False,
 ) -> _SclReads:
     """Every scene's SCL window, counted for the roof rule; with `bands`, the band reads of a
     scene without SCL, or whose SCL passes the provisional test, are queued as they come."""
@@ -160,6 +165,8 @@ def _read_scl(
     for scene in with_scl:
         pipe.add(scene, "scl")
     reads = _SclReads(np.zeros(pipe.grid.shape, np.int32), np.zeros(pipe.grid.shape, np.int32))
+    if spill:
+        reads.scl, reads.first_clear = SpillMap(), SpillMap()
     progress("probe", 0, len(with_scl))
     done = 0
     for scene in scenes:

@@ -239,6 +239,7 @@ def _read_and_mosaic(
         mask_config=mask_config,
         progress=progress,
         bands=bands,
+        spill=store is not None,
     )
     selected, skipped, wasted = _select(ordered, probed, pipe, bands=bands, read_config=read_config)
     notes = list(probed.notes)
@@ -363,7 +364,7 @@ class _Mosaic:
             for b, (band, dn) in enumerate(zip(self.bands, dns, strict=True)):
                 _harmonise_into(reflectance[b], dn, scene.assets[band], take, first=not used)
             filled |= take
-            scene_scl = self.probed.scl.get(scene.id)
+            scene_scl = None if self.scl is None else self.probed.scl.get(scene.id)
             if self.scl is not None and scene_scl is not None:
                 # the SCL of the scene that gave the pixel, else of the first one with data
                 np.copyto(self.scl[t], scene_scl, where=take | (self.scl[t] == 0))

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from datetime import datetime
 
 import numpy as np
 
 from changedet.models import Grid
 
-__all__ = ["DateStore"]
+__all__ = ["DateStore", "SpillMap"]
 
 
 def _write_all(fd: int, array: np.ndarray, offset: int) -> None:
@@ -130,3 +130,46 @@ class DateStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SpillMap(MutableMapping[str, np.ndarray]):
+    """A dict of arrays kept in an anonymous temporary file: the probe's per-scene SCL windows
+    and clear masks, which would otherwise grow memory with every date. Append-only on disk (a
+    replaced or deleted entry's bytes stay until `close`); bool arrays are stored one bit a pixel.
+    """
+
+    def __init__(self, *, folder: str | None = None) -> None:
+        self._file = tempfile.TemporaryFile(prefix="changedet-spill-", dir=folder)  # noqa: SIM115
+        self._index: dict[str, tuple[int, tuple[int, ...], np.dtype[np.generic]]] = {}
+        self._end = 0
+
+    def __setitem__(self, key: str, value: np.ndarray) -> None:
+        array = np.asarray(value)
+        data = np.packbits(array, axis=None) if array.dtype == bool else array
+        _write_all(self._file.fileno(), data, self._end)
+        self._index[key] = (self._end, array.shape, array.dtype)
+        self._end += data.nbytes
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        offset, shape, dtype = self._index[key]
+        n = int(np.prod(shape))
+        if dtype.kind == "b":
+            packed = np.empty((n + 7) // 8, dtype=np.uint8)
+            _read_into(self._file.fileno(), packed, offset)
+            return np.unpackbits(packed, count=n).view(bool).reshape(shape)
+        out = np.empty(shape, dtype=dtype)
+        _read_into(self._file.fileno(), out, offset)
+        return out
+
+    def __delitem__(self, key: str) -> None:
+        del self._index[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def close(self) -> None:
+        self._index.clear()
+        self._file.close()
