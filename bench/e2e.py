@@ -97,11 +97,17 @@ def _date_arrays(
     return out, scl
 
 
-def make_data(root: Path, *, n_dates: int, size: int) -> Path:
-    """The series as COGs and a static item collection; returns the collection's path."""
-    n_px = size + 2 * MARGIN_PX
+def make_data(root: Path, *, n_dates: int, size: int, days: int = 365, quadrants: int = 1) -> Path:
+    """The series as COGs and a static item collection; returns the collection's path. With
+    `quadrants` = 4 the tile holds 2 x 2 AOIs of `size` (aoi-1..4.geojson), else one (aoi.geojson)."""
+    side = 2 if quadrants == 4 else 1
+    n_px = side * size + 2 * MARGIN_PX
     n_px += n_px % 2
-    folder = root / f"d{n_dates}-s{size}"
+    folder = (
+        root / f"d{n_dates}-s{size}"
+        if (days, quadrants) == (365, 1)
+        else root / f"d{n_dates}-s{size}-days{days}-q{quadrants}"
+    )
     catalog = folder / "items.json"
     if catalog.is_file():
         return catalog
@@ -113,7 +119,7 @@ def make_data(root: Path, *, n_dates: int, size: int) -> Path:
     x0, y0 = X0 - MARGIN_PX * 10, Y0 + MARGIN_PX * 10
     items = []
     for t in range(n_dates):
-        when = START + timedelta(days=365 * t / n_dates)
+        when = START + timedelta(days=days * t / n_dates)
         item_id = f"S2A_39SWV_{when:%Y%m%dT%H%M%S}_0_L2A"
         dns, scl = _date_arrays(t, n_dates, n_px, ground, roofs)
         assets: dict[str, Any] = {}
@@ -167,19 +173,17 @@ def make_data(root: Path, *, n_dates: int, size: int) -> Path:
                 "assets": assets,
             }
         )
-    aoi = utm_box_to_lonlat(X0, Y0 - size * 10, X0 + size * 10, Y0)
     from shapely.geometry import mapping
 
-    (folder / "aoi.geojson").write_text(
-        json.dumps(
-            {
-                "type": "FeatureCollection",
-                "features": [
-                    {"type": "Feature", "properties": {"id": "bench"}, "geometry": mapping(aoi)}
-                ],
-            }
+    boxes = [(0, 0)] if quadrants == 1 else [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for i, (row, col) in enumerate(boxes, start=1):
+        left, top = X0 + col * size * 10, Y0 - row * size * 10
+        aoi = utm_box_to_lonlat(left, top - size * 10, left + size * 10, top)
+        name, aoi_id = (
+            ("aoi.geojson", "bench") if quadrants == 1 else (f"aoi-{i}.geojson", f"site{i}")
         )
-    )
+        feature = {"type": "Feature", "properties": {"id": aoi_id}, "geometry": mapping(aoi)}
+        (folder / name).write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     catalog.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
     return catalog
 
