@@ -56,8 +56,10 @@ def window_of(inner: Grid, outer: Grid) -> tuple[Grid, Window]:
 
 
 def _crop(array: np.ndarray, win: Window) -> np.ndarray:
+    """A view, not a copy: a year of window composites is hundreds of MB, and the run keeps the
+    window's while the outputs use the AOI's (a caller that writes into a crop copies it)."""
     rows, cols = win.slices
-    return np.ascontiguousarray(array[..., rows, cols])
+    return array[..., rows, cols]
 
 
 def crop_composite(comp: Composite, grid: Grid, win: Window) -> Composite:

@@ -16,8 +16,10 @@ Steps (pure: arrays in, arrays out):
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -207,27 +209,36 @@ def _observe_periods(
         for comp in per_period[: baseline.last + 1]
     ]
     monitored = per_period[baseline.last + 1 :]
-    for i, comp in enumerate(monitored):
-        progress("change per period", i, len(monitored))
-        key = _memo_key(baseline_composite, comp, inside, config) if memo is not None else ""
-        known = memo.get(key) if memo is not None else None
-        if known is not None:
-            observations.append(known)
-            continue
+    keys = [
+        _memo_key(baseline_composite, comp, inside, config) if memo is not None else ""
+        for comp in monitored
+    ]
+    known = [memo.get(key) if memo is not None else None for key in keys]
+    todo = [i for i, seen in enumerate(known) if seen is None]
+
+    def observe(comp: Composite) -> PeriodObservation:
         cmap = detect_change(baseline_composite, comp, cc)
         observed = np.isfinite(cmap.structures[0]) & inside
         objects = extract_objects(cmap, cc, kinds=config.kinds) if observed.any() else []
-        observation = PeriodObservation(
+        return PeriodObservation(
             period=comp.period,
             objects=tuple(objects),
             observed=observed,
             scene_ids=comp.scene_ids,
             score=cmap.structures[0],
         )
-        if memo is not None:
-            memo.put(key, observation)
-        observations.append(observation)
-    progress("change per period", len(monitored), len(monitored))
+
+    # Each period against the same baseline: independent, so two at a time (numpy and scipy
+    # release the GIL in the heavy steps); the memo is asked and filled from this thread only.
+    progress("change per period", len(monitored) - len(todo), len(monitored))
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 2)) as pool:
+        computed = pool.map(observe, [monitored[i] for i in todo])
+        for done, (i, seen) in enumerate(zip(todo, computed, strict=True), start=1):
+            known[i] = seen
+            if memo is not None:
+                memo.put(keys[i], seen)
+            progress("change per period", len(monitored) - len(todo) + done, len(monitored))
+    observations.extend(seen for seen in known if seen is not None)
     return observations
 
 
