@@ -143,3 +143,34 @@ def test_streaming_matches_on_a_semi_real_series(oscd_root: Path, tmp_path: Path
             store, inside=inside, periods=periods, config=config, strip_bytes=4 << 20
         )
     _same_analysis(expected, got)
+
+
+def test_the_streaming_reader_gives_the_in_memory_readers_pixels() -> None:
+    """The demo's COGs read both ways: the same dates, pixels and clear masks to the bit, and
+    the dates on disk as uint16 DNs (half of float32) wherever that is exact."""
+    from changedet.aoi import aoi_mask, crop_to_footprints, grid_for, load_aois
+    from changedet.pipeline import PipelineIO, _search
+    from changedet.read.stack import read_series, read_stack
+
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config(repo / "configs" / "demo-khojir.toml")
+    (aoi,) = load_aois(repo / "aoi" / "khojir.geojson")
+    found = _search(aoi, config, PipelineIO.default(), lambda *a: None)
+    grid = crop_to_footprints(grid_for(aoi), aoi, found.scenes)
+    args = {
+        "bands": config.read.bands,
+        "aoi_mask": aoi_mask(aoi, grid),
+        "read_config": config.read,
+        "mask_config": config.mask,
+    }
+    stack = read_stack(found.scenes, grid, **args).stack
+    streamed = read_series(found.scenes, grid, **args).stack
+    assert isinstance(stack, Stack) and isinstance(streamed, DateStore)
+    with streamed:
+        assert streamed.times == stack.times and streamed.scene_ids == stack.scene_ids
+        everything = slice(0, grid.height)
+        dates, bands = range(len(stack.times)), range(len(stack.bands))
+        np.testing.assert_array_equal(streamed.pixels(dates, everything, bands), stack.reflectance)
+        np.testing.assert_array_equal(streamed.clear_rows(dates, everything), stack.clear)
+        as_float32 = stack.reflectance.nbytes + stack.clear.nbytes
+        assert streamed.bytes_written < 0.6 * as_float32

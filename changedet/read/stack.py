@@ -373,7 +373,9 @@ class _Mosaic:
             self.times.append(min(s.datetime for s in members if s.id in used))
             self.scene_ids.append(tuple(used))
             if self.store is not None:
-                self.store.commit(self.times[-1], self.scene_ids[-1])
+                first = next(s for s in members if s.id == used[0])
+                harmonised = [(first.assets[b].scale, first.assets[b].offset) for b in self.bands]
+                self.store.commit(self.times[-1], self.scene_ids[-1], harmonised)
             self.n_dates += 1  # else the slot is reused (and re-initialised) by the next date
 
     def _take(self, scene: Scene) -> list[np.ndarray] | None:

@@ -6,11 +6,12 @@ dates over a large AOI is several GB as float32; the detector needs a few rows o
 a time, or one band of one date.
 
 Two anonymous temporary files (unlinked as soon as they are made, so a crash leaves nothing
-behind): reflectance as float32, date-major then band, row, column (so a strip of rows of one
-band of one date is one contiguous read), and the clear mask as bytes. Float32 and not the
-DN's uint16: the reflectance the detector sees is exactly what the reader computed (scale and
-offset of the scene that gave each pixel of a mosaic), and the files are read back through the
-page cache, not held by the process. `os.pread`/`os.pwrite` at computed offsets: any number of
+behind): the dates, date-major then band, row, column (so a strip of rows of one band of one date
+is one contiguous read), and the clear mask as bytes. A date is kept as its uint16 DNs and each
+band's (scale, offset) when that gives back the reader's float32 reflectance to the bit (checked
+on every date: half the bytes of float32), else as float32 (a mosaic of scenes with different
+offsets, or values that never were DNs). The files are read back through the page cache, not
+held by the process; a writer thread writes one date while the reader assembles the next. `os.pread`/`os.pwrite` at computed offsets: any number of
 threads may read at once.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator, MutableMapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
 import numpy as np
@@ -44,6 +46,33 @@ def _read_into(fd: int, out: np.ndarray, offset: int) -> None:
         view, offset = view[got:], offset + got
 
 
+def _harmonise(out: np.ndarray, dn: np.ndarray, scale: float, offset: float) -> None:
+    """out = DN * scale + offset in float32, the reader's arithmetic (`read.stack`)."""
+    np.multiply(dn, np.float32(scale), out=out, casting="unsafe")
+    out += np.float32(offset)
+
+
+def _as_dn(
+    values: np.ndarray, clear: np.ndarray, harmonisation: Sequence[tuple[float, float]]
+) -> np.ndarray | None:
+    """(B, H, W) uint16 DNs (0 where not clear) that `_harmonise` turns back into `values` to
+    the bit, or None (a mosaic of scenes with different offsets, values not from DNs)."""
+    dn = np.zeros(values.shape, dtype=np.uint16)
+    back = np.empty(values.shape[1:], dtype=np.float32)
+    for b, (scale, offset) in enumerate(harmonisation):
+        with np.errstate(invalid="ignore"):
+            guess = np.rint((values[b] - np.float32(offset)) / np.float32(scale))
+        guess[~clear] = 0
+        if guess.size and (guess.min() < 0 or guess.max() > 65535):
+            return None
+        dn[b] = guess
+        _harmonise(back, dn[b], scale, offset)
+        back[~clear] = np.nan
+        if not np.array_equal(back, values[b], equal_nan=True):
+            return None
+    return dn
+
+
 class DateStore:
     """Dates appended in time order; read back as a `DateSeries` (`pixels`, `clear_rows`).
 
@@ -59,29 +88,76 @@ class DateStore:
         self._values = tempfile.TemporaryFile(prefix="changedet-dates-", dir=folder)  # noqa: SIM115
         self._clear = tempfile.TemporaryFile(prefix="changedet-clear-", dir=folder)  # noqa: SIM115
         h, w = grid.shape
-        self._buffer = np.empty((len(self.bands), h, w), dtype=np.float32)
-        self._clear_buffer = np.empty((h, w), dtype=bool)
+        # Two slots: the reader's thread assembles one date while a writer thread writes the
+        # other (a write of ~30 MB waits on the page cache; the assembly need not).
+        self._slots = [
+            (np.empty((len(self.bands), h, w), dtype=np.float32), np.empty((h, w), dtype=bool))
+            for _ in range(2)
+        ]
+        self._writing: list[Future[None] | None] = [None, None]
+        self._current = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-store")
+        # per date: where it starts, how it is kept, and the (scale, offset) of a DN date
+        self._layout: list[
+            tuple[int, np.dtype[np.generic], tuple[tuple[float, float], ...] | None]
+        ] = []
+        self._end = 0
         self.bytes_written = 0
 
     # --- writing ---------------------------------------------------------------------------
 
     def slot(self) -> tuple[np.ndarray, np.ndarray]:
-        """(B, H, W) float32 and (H, W) bool buffers for the next date (overwritten by the next)."""
-        return self._buffer, self._clear_buffer
+        """(B, H, W) float32 and (H, W) bool buffers for the next date (reused after `commit`)."""
+        pending = self._writing[self._current]
+        if pending is not None:
+            pending.result()  # the write of the date this slot held two dates ago
+            self._writing[self._current] = None
+        return self._slots[self._current]
 
-    def commit(self, when: datetime, scene_ids: tuple[str, ...]) -> None:
-        """Append the date held in the slot."""
+    def commit(
+        self,
+        when: datetime,
+        scene_ids: tuple[str, ...],
+        harmonisation: Sequence[tuple[float, float]] | None = None,
+    ) -> None:
+        """Append the date held in the slot (written in the background; `slot` gives the other).
+
+        harmonisation: per band, the (scale, offset) that made the reflectance from DNs; with
+        it the date is kept as uint16 DNs when that gives back every value to the bit."""
         t = len(self._times)
-        _write_all(self._values.fileno(), self._buffer, t * self._buffer.nbytes)
-        _write_all(self._clear.fileno(), self._clear_buffer, t * self._clear_buffer.nbytes)
-        self.bytes_written += self._buffer.nbytes + self._clear_buffer.nbytes
+        values, clear = self._slots[self._current]
+        self._writing[self._current] = self._writer.submit(
+            self._write, t, values, clear, harmonisation
+        )
         self._times.append(when)
         self._scene_ids.append(scene_ids)
+        self._current = 1 - self._current
+
+    def _write(
+        self,
+        t: int,
+        values: np.ndarray,
+        clear: np.ndarray,
+        harmonisation: Sequence[tuple[float, float]] | None,
+    ) -> None:
+        dn = None if harmonisation is None else _as_dn(values, clear, harmonisation)
+        data = values if dn is None else dn
+        self._layout.append(
+            (self._end, data.dtype, None if dn is None else tuple(harmonisation or ()))
+        )
+        _write_all(self._values.fileno(), data, self._end)
+        _write_all(self._clear.fileno(), clear, t * clear.nbytes)
+        self._end += data.nbytes
+        self.bytes_written += data.nbytes + clear.nbytes
 
     def release_slot(self) -> None:
-        """Free the assembly buffers once every date is in."""
-        self._buffer = np.empty((len(self.bands), 0, 0), dtype=np.float32)
-        self._clear_buffer = np.empty((0, 0), dtype=bool)
+        """Wait for the writes and free the assembly buffers once every date is in."""
+        for pending in self._writing:
+            if pending is not None:
+                pending.result()
+        self._writing = [None, None]
+        self._writer.shutdown(wait=True)
+        self._slots = []
 
     # --- reading (DateSeries) -------------------------------------------------------------
 
@@ -102,12 +178,20 @@ class DateStore:
     def pixels(self, dates: Sequence[int], rows: slice, bands: Sequence[int]) -> np.ndarray:
         top, bottom = self._rows(rows)
         h, w = self.grid.shape
-        n_b = len(self.bands)
         out = np.empty((len(dates), len(bands), bottom - top, w), dtype=np.float32)
+        dn = np.empty((bottom - top, w), dtype=np.uint16)
         fd = self._values.fileno()
         for i, t in enumerate(dates):
+            start, dtype, harmonisation = self._layout[t]
             for j, b in enumerate(bands):
-                _read_into(fd, out[i, j], (((t * n_b + b) * h) + top) * w * 4)
+                at = start + (b * h + top) * w * dtype.itemsize
+                if harmonisation is None:
+                    _read_into(fd, out[i, j], at)
+                    continue
+                _read_into(fd, dn, at)
+                _harmonise(out[i, j], dn, *harmonisation[b])
+            if harmonisation is not None:
+                out[i][:, ~self.clear_rows([t], rows)[0]] = np.nan
         return out
 
     def clear_rows(self, dates: Sequence[int], rows: slice) -> np.ndarray:
@@ -122,6 +206,7 @@ class DateStore:
     # --- life ------------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)
         self._values.close()
         self._clear.close()
 
