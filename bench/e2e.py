@@ -9,7 +9,7 @@ buildings appearing through the year. Then, alternated in the same run, each in 
 
 - changedet: `changedet run AOI --catalog items.json` (full pipeline: probe, read, masks, spike
   screen, co-registration, composites, change per month, ledger, every output file);
-- reference: what a user would write instead (`_REFERENCE`, ~70 lines): `odc.stac.load` with
+- reference: what a user would write instead (`_REFERENCE`, ~45 lines): `odc.stac.load` with
   Dask chunks, SCL mask, monthly medians, change vector against the first two months, threshold;
 - floor: decoding the windows of every asset of the same dates alone (rasterio, threads).
 
