@@ -2,8 +2,11 @@
 
     python bench/monitor.py [--aoi aoi/khojir.geojson] [--config configs/demo-khojir.toml]
                             [--repeat 3] [--keep DIR]
+    python bench/monitor.py --size 1000 --dates 48 [--repeat 3]
 
-The catalog is the AOI's bundled SYNTHETIC sample (offline). Both runs are `changedet monitor run`
+The catalog is the AOI's bundled SYNTHETIC sample (offline), or with --size the seeded synthetic
+year of `bench/e2e.py` (Earth Search-like COGs, an S x S px AOI, the default config): the sample
+is a 2.6 km window, where the fixed cost of a run (process start, outputs) dominates. Both runs are `changedet monitor run`
 in a fresh process (what cron starts), with the same watch-list and outputs:
 - full: an empty state, every scene published: searches, reads and computes the whole series;
 - incremental: the state of a run over every scene but the last, then the last one published:
@@ -41,13 +44,14 @@ def _publish(path: Path, items: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
 
 
-def _watchlist(root: Path, aoi: Path, config: Path, sample: Path) -> Path:
+def _watchlist(root: Path, aoi: Path, config: Path | None, sample: Path) -> Path:
+    config_line = f'config = "{config}"' if config else ""
     text = f"""
 state = "{root / "state.sqlite"}"
 out = "{root / "out"}"
 [[watch]]
 aoi = "{aoi}"
-config = "{config}"
+{config_line}
 start = "2023-06-01"
 end = "2024-06-30"
 catalog = "{root / "items.json"}"
@@ -95,10 +99,27 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo-khojir.toml")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="Work here and keep the files.")
+    parser.add_argument("--size", type=int, help="Use bench/e2e.py's synthetic year, S x S px.")
+    parser.add_argument("--dates", type=int, default=48, help="Dates of that year (with --size).")
+    parser.add_argument("--data", type=Path, default=Path("/tmp/changedet-bench-e2e"))
     args = parser.parse_args()
-    aoi_id = args.aoi.stem
-    sample = REPO / "sample_tiles" / aoi_id
-    items = _items(sample)
+    if args.size:
+        sys.path.insert(0, str(REPO / "bench"))
+        from e2e import make_data
+
+        catalog = make_data(args.data, n_dates=args.dates, size=args.size)
+        sample = catalog.parent
+        args.aoi, args.config = sample / "aoi.geojson", None
+        items = sorted(
+            json.loads(catalog.read_text())["features"],
+            key=lambda f: (f["properties"]["datetime"], f["id"]),
+        )
+        aoi_id = json.loads(args.aoi.read_text())["features"][0]["properties"]["id"]
+    else:
+        aoi_id = args.aoi.stem
+        sample = REPO / "sample_tiles" / aoi_id
+        items = _items(sample)
+    config = args.config.resolve() if args.config else None
     work = args.keep or Path(tempfile.mkdtemp(prefix="changedet-bench-monitor-"))
     full_times, incremental_times = [], []
     try:
@@ -107,12 +128,12 @@ def main() -> None:
             full.mkdir(parents=True)
             _publish(full / "items.json", items)
             full_times.append(
-                _run(_watchlist(full, args.aoi.resolve(), args.config.resolve(), sample))
+                _run(_watchlist(full, args.aoi.resolve(), config, sample))
             )
 
             inc = work / f"incremental-{i}"
             inc.mkdir(parents=True)
-            watch = _watchlist(inc, args.aoi.resolve(), args.config.resolve(), sample)
+            watch = _watchlist(inc, args.aoi.resolve(), config, sample)
             _publish(inc / "items.json", items[:-1])
             _run(watch)  # the state before the last scene (not timed)
             _publish(inc / "items.json", items)

@@ -245,14 +245,8 @@ def run_aoi(
 
     with timer("search"):
         found = _search(aoi, config, io, progress)
-    # The AOI's own grid (what outputs show) inside a context window (what statistics see).
-    aoi_grid = crop_to_footprints(grid_for(aoi), aoi, found.scenes)
-    grid = aoi_grid
-    if config.read.context_m > 0:
-        context = grid_for(aoi, context_m=config.read.context_m)
-        grid = crop_to_footprints(context, aoi, found.scenes, within_aoi=False)
+    aoi_grid, grid = _grids(aoi, config, found.scenes)
     inside = aoi_mask(aoi, grid)
-
     with timer("read"):
         read = io.read(
             found.scenes,
@@ -265,25 +259,76 @@ def run_aoi(
         )
     # A DateStore (dates on disk) from the real reader, a Stack from the fakes: both stream.
     stack = as_series(read.stack)
-    analysis = analyse_series(
-        stack,
-        inside=inside,
-        periods=periods,
-        config=config,
-        progress=progress,
-        timer=timer,
-        memo=memo,
+    try:
+        analysis = analyse_series(
+            stack,
+            inside=inside,
+            periods=periods,
+            config=config,
+            progress=progress,
+            timer=timer,
+            memo=memo,
+        )
+        analysis = apply_review(analysis, review or {})
+        result = _run_result(
+            _Run(aoi, config, found, read, stack, periods, timer), analysis, aoi_grid
+        )
+    finally:
+        _close(stack)  # the dates' disk space; composites are all the outputs need
+    with timer("write"):
+        io.write(result, out_dir, config=config.output, progress=progress)
+    from changedet.outputs.headline import headline
+
+    told = headline(result)
+    return RunSummary(
+        aoi_id=aoi.id,
+        out_dir=out_dir,
+        n_scenes=len(stack.times),
+        n_confirmed=len(analysis.ledger.confirmed),
+        n_candidates=len(analysis.ledger.candidates),
+        synthetic=result.provenance.get("synthetic", False),
+        headline=told.lines(),
+        warnings=told.warnings,
     )
-    analysis = apply_review(analysis, review or {})
-    synthetic = any(s.synthetic for s in found.scenes)
+
+
+def _grids(aoi: AOI, config: Config, scenes: Sequence[Scene]) -> tuple[Grid, Grid]:
+    """(the AOI's own grid: what outputs show, the context window around it: what is read and
+    what statistics see), both cropped to where scenes have data."""
+    aoi_grid = crop_to_footprints(grid_for(aoi), aoi, scenes)
+    if config.read.context_m <= 0:
+        return aoi_grid, aoi_grid
+    context = grid_for(aoi, context_m=config.read.context_m)
+    return aoi_grid, crop_to_footprints(context, aoi, scenes, within_aoi=False)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one AOI run gathered before its analysis."""
+
+    aoi: AOI
+    config: Config
+    found: SearchResult
+    read: ReadResult
+    stack: Any  # the dates (`as_series`)
+    periods: list[Period]
+    timer: StageTimer
+
+
+def _run_result(run: _Run, analysis: Analysis, aoi_grid: Grid) -> RunResult:
+    """The RunResult of an analysis on the context window, as the AOI shows it."""
+    aoi, config, stack = run.aoi, run.config, run.stack
     shown = _on_aoi(analysis, aoi, aoi_grid)
     aoi_grid = shown.baseline.grid  # within the context window
-    result = RunResult(
+    synthetic = any(s.synthetic for s in run.found.scenes)
+    return RunResult(
         aoi=aoi,
         grid=aoi_grid,
         config_fingerprint=config.fingerprint(),
-        scenes_used=tuple(s for s in found.scenes if any(s.id in ids for ids in stack.scene_ids)),
-        scenes_skipped=(*found.dropped, *read.skipped),
+        scenes_used=tuple(
+            s for s in run.found.scenes if any(s.id in ids for ids in stack.scene_ids)
+        ),
+        scenes_skipped=(*run.found.dropped, *run.read.skipped),
         before=shown.baseline,
         after=shown.after,
         change=shown.change,
@@ -296,37 +341,21 @@ def run_aoi(
             aoi_mask(aoi, aoi_grid),
             shown.baseline,
             shown.per_period,
-            aoi_area_m2=float(to_grid_crs(aoi.geometry, grid.crs).area),
+            aoi_area_m2=float(to_grid_crs(aoi.geometry, aoi_grid.crs).area),
             min_clear_obs=config.change.min_clear_obs,
             warn_below=config.output.coverage_warning,
         ),
         evidence=evidence_for(series_dates(stack), analysis, config),  # per-date pixels
         config=to_dict(config),
-        timings=timer.timings,
+        timings=run.timer.timings,
         provenance={
-            **_provenance(config, found, stack, synthetic, read),
-            "comparison": _comparison(analysis, periods),
+            **_provenance(config, run.found, stack, synthetic, run.read),
+            "comparison": _comparison(analysis, run.periods),
             "date_shifts_px": {
                 t.date().isoformat(): None if shift is None else [round(v, 3) for v in shift]
                 for t, shift in zip(stack.times, analysis.date_shifts, strict=False)
             },
         },
-    )
-    _close(stack)  # the dates' disk space; composites are all the outputs need
-    with timer("write"):
-        io.write(result, out_dir, config=config.output, progress=progress)
-    from changedet.outputs.headline import headline
-
-    told = headline(result)
-    return RunSummary(
-        aoi_id=aoi.id,
-        out_dir=out_dir,
-        n_scenes=len(stack.times),
-        n_confirmed=len(analysis.ledger.confirmed),
-        n_candidates=len(analysis.ledger.candidates),
-        synthetic=synthetic,
-        headline=told.lines(),
-        warnings=told.warnings,
     )
 
 
