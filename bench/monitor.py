@@ -127,9 +127,7 @@ def main() -> None:
             full = work / f"full-{i}"
             full.mkdir(parents=True)
             _publish(full / "items.json", items)
-            full_times.append(
-                _run(_watchlist(full, args.aoi.resolve(), config, sample))
-            )
+            full_times.append(_run(_watchlist(full, args.aoi.resolve(), config, sample)))
 
             inc = work / f"incremental-{i}"
             inc.mkdir(parents=True)

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -157,6 +158,20 @@ def test_report_says_nothing_synthetic_for_real_data(
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "SYNTHETIC" not in html
     assert "no chip" in html
+
+
+def test_report_states_the_threshold_structures_were_seeded_at(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    result = make_run_result()
+    seeded = replace(result, change=replace(result.change, structure_threshold=8.0))
+    for run, expected in ((result, False), (seeded, True)):
+        out = tmp_path / str(expected)
+        write_run_outputs(run, out, config=OutputConfig(geopackage=False, cogs=False, chips=False))
+        text = " ".join((out / "report.html").read_text(encoding="utf-8").split())
+        assert ("structures are seeded at ≥ 8.0" in text) is expected
+        limits = json.loads((out / "run.json").read_text())["detection_limits"]
+        assert limits["structure_threshold"] == (8.0 if expected else None)
 
 
 def test_pngs_on_disk(out_dir: Path, run_result: RunResult, make_run_result: Any) -> None:

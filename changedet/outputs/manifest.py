@@ -166,6 +166,7 @@ def run_manifest(result: RunResult) -> dict[str, Any]:
             "min_mapping_unit_m2": result.min_mapping_unit_m2,
             "min_mapping_unit_px": round(result.min_mapping_unit_m2 / grid.pixel_area_m2, 2),
             "change_threshold": finite_round(result.change.threshold, 4),
+            "structure_threshold": finite_round(result.change.structure_threshold, 4),
             "notes": [*DETECTION_NOTES, *_comparison_note(result)],
         },
         "results": _results_section(result),

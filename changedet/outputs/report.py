@@ -270,8 +270,19 @@ def _limits_html(limits: Mapping[str, Any]) -> str:
         f"<b>{limits['min_mapping_unit_m2']:g} m² (≈ {mmu_px:g} pixels)</b>; smaller objects are "
         "not reported.</li>"
         + "".join(f"<li>{_e(n)}</li>" for n in limits["notes"])
-        + f"<li>Change threshold: score ≥ {_e(limits['change_threshold'])} (robust z).</li>"
+        + f"<li>Change threshold: score ≥ {_e(limits['change_threshold'])} (robust z)"
+        + _structure_threshold(limits.get("structure_threshold"))
+        + ".</li>"
         "</ul></div>\n"
+    )
+
+
+def _structure_threshold(threshold: object) -> str:
+    if threshold is None:
+        return ""
+    return (
+        f"; structures are seeded at ≥ {_e(threshold)} on the score that discounts change the "
+        "neighbourhood explains (sub-pixel shift, resampling, shadow length)"
     )
 
 
