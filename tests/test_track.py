@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 
 import numpy as np
@@ -285,3 +286,19 @@ def test_within_keeps_and_counts_only_structures_anchored_inside() -> None:
     assert a.area_m2 == 1200.0 and mine.counts[-1].cumulative == 1
     assert set(np.unique(mine.footprints)) == {0, 1}
     assert all(e["structure_id"] == a.id for e in mine.events)
+
+
+def test_change_too_weak_for_an_object_is_not_taken_for_absence() -> None:
+    """A place scoring above continue_z in a clear period without an object there may already
+    hold the structure: the first-seen interval opens before that period, not after it."""
+    pres = {k: [B] for k in range(6, 10)}
+    obs = series(pres)
+    weak = np.where(B, CFG.continue_z + 1.0, 0.0).astype(np.float32)
+    quiet = np.zeros(GRID.shape, np.float32)
+    obs = [
+        replace(o, score=weak if k in (4, 5) else quiet) if k > 0 else o for k, o in enumerate(obs)
+    ]
+    (b,) = run(obs).confirmed
+    assert (b.first_seen_start, b.first_seen_end) == (PERIODS[3].start, PERIODS[6].end)
+    (plain,) = run(series(pres)).confirmed  # no scores: absent in period 5
+    assert plain.first_seen_start == PERIODS[5].start

@@ -219,6 +219,9 @@ class _Tracker:
         self.tracks: list[_Track] = []
         self.open: list[int] = []
         self.had_object: list[np.ndarray] = []  # per period, flat bool: pixel inside some object
+        # per period, flat bool: inside some object, or scoring at least continue_z (change too
+        # weak to cut an object is not evidence that nothing was there)
+        self.had_change: list[np.ndarray] = []
         # Last period each pixel was seen clear and unchanged (-1: never): tells the part of a
         # structure first hidden by cloud from a new neighbour built beside it.
         self.last_clear = np.full(grid.width * grid.height, -1, dtype=np.int32)
@@ -234,8 +237,12 @@ class _Tracker:
                 self._take_object(k, pix, o.objects[i], present_now)
         observed = o.observed.ravel()
         self.last_clear[observed & ~self.had_object[-1]] = k
+        changed = self.had_object[-1]
         if o.score is not None:
+            with np.errstate(invalid="ignore"):
+                changed = changed | (o.score.ravel() >= self.config.continue_z)
             self._continue(o.score.ravel(), present_now)
+        self.had_change.append(changed)
         self._update_open(k, observed, present_now)
 
     def _matches(self, pix: np.ndarray, owners: np.ndarray) -> list[tuple[int, int]]:
@@ -417,6 +424,7 @@ class Tracks:
     observations: tuple[PeriodObservation, ...]  # in date order
     tracks: list[_Track]
     had_object: list[np.ndarray]  # per period, flat bool: pixel inside some object
+    had_change: list[np.ndarray]  # per period, flat bool: ... or scoring >= continue_z
     grid: Grid
     config: TrackConfig
     min_area_m2: float
@@ -448,4 +456,6 @@ def track_periods(
     for k, o in enumerate(obs):
         tracker.observe(k, o)
     obs = tuple(replace(o, score=None) for o in obs)  # the scores are not needed any more
-    return Tracks(obs, tracker.tracks, tracker.had_object, grid, config, min_area_m2)
+    return Tracks(
+        obs, tracker.tracks, tracker.had_object, tracker.had_change, grid, config, min_area_m2
+    )
