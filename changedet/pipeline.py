@@ -24,6 +24,7 @@ from changedet.core.timeseries import Analysis, PeriodMemo, StageTimer
 from changedet.errors import ConfigError, OutputError
 from changedet.models import (
     AOI,
+    FALSE_POSITIVE,
     DateSeries,
     Grid,
     Period,
@@ -284,7 +285,10 @@ def run_aoi(
         aoi_id=aoi.id,
         out_dir=out_dir,
         n_scenes=len(stack.times),
-        n_confirmed=len(analysis.ledger.confirmed),
+        # Counted as the headline counts: an analyst's false positive is not a structure.
+        n_confirmed=sum(
+            1 for s in analysis.structures if s.confirmed and s.review != FALSE_POSITIVE
+        ),
         n_candidates=len(analysis.ledger.candidates),
         synthetic=result.provenance.get("synthetic", False),
         headline=told.lines(),

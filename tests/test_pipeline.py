@@ -133,6 +133,23 @@ def test_writer_receives_one_consistent_run_result(
     assert [s["id"] for s in manifest["scenes"]["used"]] == [s.id for s in in_range]
 
 
+def test_a_false_positive_verdict_leaves_the_summary_and_counts(
+    scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
+) -> None:
+    io = fake_io(scenario.stack)
+    run_aoi(scenario.aoi, scenario.config, out_root=tmp_path, io=io)
+    (first,) = io.write.results[:1]  # type: ignore[attr-defined]
+    april = min(first.structures, key=lambda s: s.first_seen_end)
+    io = fake_io(scenario.stack)
+    verdicts = {april.id: ("false-positive", "a greenhouse")}
+    summary = run_aoi(scenario.aoi, scenario.config, out_root=tmp_path, io=io, review=verdicts)
+    (result,) = io.write.results  # type: ignore[attr-defined]
+    assert summary.n_confirmed == 1  # two found, one of them a false positive
+    assert result.counts[-1].cumulative == first.counts[-1].cumulative - 1
+    shown = {s.id: s for s in result.structures}
+    assert shown[april.id].review == "false-positive"  # still shown, with the verdict
+
+
 def test_ids_stable_on_rerun_and_when_extended_by_one_period(
     scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
 ) -> None:
