@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner, Result
 from scipy import ndimage as ndi
 from shapely.geometry import LineString, Point, Polygon, box
 
@@ -621,3 +622,18 @@ def _open_in_qgis(project: Path, png: Path, tmp: Path) -> dict:
 def open_in_qgis() -> Callable[[Path, Path, Path], dict]:
     """`open_in_qgis(project.qgz, png, tmp_dir)`: what headless QGIS 3.22 makes of a project."""
     return _open_in_qgis
+
+
+@pytest.fixture(scope="session")
+def cli() -> Callable[..., Result]:
+    """`cli(*args)`: `changedet ARGS` run in-process through click's CliRunner, stderr apart."""
+    from changedet.cli import main
+
+    def invoke(*args: str) -> Result:
+        try:
+            runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click 8.1
+        except TypeError:
+            runner = CliRunner()  # click >= 8.2 always keeps stderr apart
+        return runner.invoke(main, list(args))
+
+    return invoke

@@ -17,26 +17,19 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from click.testing import CliRunner, Result
+from click.testing import Result
 from shapely.geometry import Polygon, box, mapping, shape
 
 from changedet.aoi import reproject_geometry
-from changedet.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 UTM = "EPSG:32639"
 TILE = (559380.0, 3940760.0, 561940.0, 3943320.0)  # the bundled Khojir sample tiles (UTM 39N)
 
 
-def changedet(*args: str) -> Result:
-    try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click 8.1
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(main, list(args))
-
-
-def run_on(tmp: Path, aoi_id: str, utm_geometry: object, *extra: str) -> Path:
+def run_on(
+    cli: Callable[..., Result], tmp: Path, aoi_id: str, utm_geometry: object, *extra: str
+) -> Path:
     """Run the Khojir demo on an AOI drawn in UTM metres; returns OUT/<aoi_id>."""
     lonlat = reproject_geometry(utm_geometry, UTM, "EPSG:4326")
     path = tmp / f"{aoi_id}.geojson"
@@ -44,7 +37,7 @@ def run_on(tmp: Path, aoi_id: str, utm_geometry: object, *extra: str) -> Path:
         json.dumps({"type": "Feature", "properties": {"id": aoi_id}, "geometry": mapping(lonlat)})
     )
     config = REPO / "configs" / "demo-khojir.toml"
-    result = changedet(
+    result = cli(
         "run", str(path), "--config", str(config), "--out", str(tmp / "out"), "--quiet", *extra
     )
     assert result.exit_code == 0, result.stderr
@@ -61,20 +54,20 @@ def utm(feature: dict) -> object:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def full_run(cli: Callable[..., Result], tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("full")
-    return run_on(tmp, "full", box(*TILE).buffer(3000, join_style="mitre"))
+    return run_on(cli, tmp, "full", box(*TILE).buffer(3000, join_style="mitre"))
 
 
 def test_a_tight_polygon_finds_the_same_structures_inside_it(
-    full_run: Path, tmp_path: Path
+    cli: Callable[..., Result], full_run: Path, tmp_path: Path
 ) -> None:
     x0, y0, x1, y1 = TILE
     # An irregular polygon around the middle of the tile, as an analyst would draw it.
     tight = Polygon(
         [(x0 + 500, y0 + 700), (x1 - 900, y0 + 450), (x1 - 420, y1 - 800), (x0 + 900, y1 - 500)]
     )
-    nested = structures(run_on(tmp_path, "tight", tight))
+    nested = structures(run_on(cli, tmp_path, "tight", tight))
     whole = structures(full_run)
     inside_full = {
         sid
@@ -125,9 +118,9 @@ def _bow_tie() -> object:
 
 @pytest.mark.parametrize("make", [_multipolygon, _holed, _bow_tie], ids=["multi", "hole", "bowtie"])
 def test_nothing_outside_the_polygon_is_reported_or_counted(
-    make: Callable[[], object], full_run: Path, tmp_path: Path
+    cli: Callable[..., Result], make: Callable[[], object], full_run: Path, tmp_path: Path
 ) -> None:
-    folder = run_on(tmp_path, "shaped", make())
+    folder = run_on(cli, tmp_path, "shaped", make())
     polygon = shapely.make_valid(make())
     slack = polygon.buffer(1.0)  # reprojection round trip
     found = structures(folder)

@@ -17,12 +17,11 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from shapely.geometry import box, mapping
 
 from changedet import __version__
 from changedet.aoi import grid_for, load_aois, reproject_geometry
-from changedet.cli import main
 from changedet.lab.fakes import scenes_for_stack
 from changedet.models import AOI, Stack
 from changedet.outputs.headline import km2
@@ -32,14 +31,6 @@ from changedet.pipeline import PipelineIO
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo-khojir.toml"
 KHOJIR = str(REPO / "aoi" / "khojir.geojson")
-
-
-def changedet(*args: str) -> Result:
-    try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click 8.1
-    except TypeError:
-        runner = CliRunner()  # click >= 8.2 always keeps stderr apart
-    return runner.invoke(main, list(args))
 
 
 def changedet_process(*args: str, script: bool = False) -> subprocess.CompletedProcess[str]:
@@ -100,8 +91,8 @@ def test_a_config_error_exits_2_from_a_real_process(tmp_path: Path) -> None:
 # --- behaviour, in-process ----------------------------------------------------------------------
 
 
-def test_version_and_help() -> None:
-    result = changedet("--version")
+def test_version_and_help(cli: Callable[..., Result]) -> None:
+    result = cli("--version")
     assert result.exit_code == 0 and f"changedet, version {__version__}" in result.stdout
     for command in (
         "run",
@@ -113,25 +104,25 @@ def test_version_and_help() -> None:
         "eval oscd",
         "eval series",
     ):
-        result = changedet(*command.split(), "--help")
+        result = cli(*command.split(), "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout, command
 
 
-def test_missing_aoi_file(tmp_path: Path) -> None:
-    result = changedet(
+def test_missing_aoi_file(cli: Callable[..., Result], tmp_path: Path) -> None:
+    result = cli(
         "run", str(tmp_path / "nope.geojson"), "--config", str(DEMO), "--out", str(tmp_path / "o")
     )
     assert_one_line_error(result.stderr, result.exit_code, 1, "not found")
 
 
-def test_file_that_is_not_geojson(tmp_path: Path) -> None:
+def test_file_that_is_not_geojson(cli: Callable[..., Result], tmp_path: Path) -> None:
     bad = tmp_path / "notes.geojson"
     bad.write_text("hello, I am not GeoJSON")
-    result = changedet("run", str(bad), "--config", str(DEMO), "--out", str(tmp_path / "o"))
+    result = cli("run", str(bad), "--config", str(DEMO), "--out", str(tmp_path / "o"))
     assert_one_line_error(result.stderr, result.exit_code, 1, "could not be read")
 
 
-def test_non_polygon_aoi(tmp_path: Path) -> None:
+def test_non_polygon_aoi(cli: Callable[..., Result], tmp_path: Path) -> None:
     point = tmp_path / "point.geojson"
     point.write_text(
         json.dumps(
@@ -142,14 +133,14 @@ def test_non_polygon_aoi(tmp_path: Path) -> None:
             }
         )
     )
-    result = changedet("run", str(point), "--config", str(DEMO), "--out", str(tmp_path / "o"))
+    result = cli("run", str(point), "--config", str(DEMO), "--out", str(tmp_path / "o"))
     assert_one_line_error(result.stderr, result.exit_code, 1, "not a polygon")
 
 
-def test_unknown_config_key(tmp_path: Path) -> None:
+def test_unknown_config_key(cli: Callable[..., Result], tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[change]\nmin_area = 100\n")
-    result = changedet("run", KHOJIR, "--config", str(cfg), "--out", str(tmp_path / "o"))
+    result = cli("run", KHOJIR, "--config", str(cfg), "--out", str(tmp_path / "o"))
     assert_one_line_error(
         result.stderr, result.exit_code, 2, "unknown key 'min_area'", "did you mean 'min_area_m2'"
     )
@@ -164,29 +155,31 @@ def test_unknown_config_key(tmp_path: Path) -> None:
         (["--start", "2024-06-01", "--end", "2024-06-30"], "comparison needs two"),
     ],
 )
-def test_bad_flags(tmp_path: Path, args: list[str], needle: str) -> None:
-    result = changedet("run", KHOJIR, "--config", str(DEMO), "--out", str(tmp_path / "o"), *args)
+def test_bad_flags(
+    cli: Callable[..., Result], tmp_path: Path, args: list[str], needle: str
+) -> None:
+    result = cli("run", KHOJIR, "--config", str(DEMO), "--out", str(tmp_path / "o"), *args)
     assert_one_line_error(result.stderr, result.exit_code, 2, needle)
     assert not (tmp_path / "o").exists()
 
 
 def test_aoi_no_scene_covers_fails_that_aoi_only(
-    tmp_path: Path, paris: Callable[[Path, str], Path]
+    cli: Callable[..., Result], tmp_path: Path, paris: Callable[[Path, str], Path]
 ) -> None:
     aoi = paris(tmp_path / "paris.geojson", "paris")
-    result = changedet("search", str(aoi), "--config", str(DEMO), "--json")
+    result = cli("search", str(aoi), "--config", str(DEMO), "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)[0]["scenes"] == []
-    result = changedet("run", str(aoi), "--config", str(DEMO), "--out", str(tmp_path / "o"))
+    result = cli("run", str(aoi), "--config", str(DEMO), "--out", str(tmp_path / "o"))
     assert_one_line_error(result.stderr, result.exit_code, 1, "paris", "no scene")
     assert not (tmp_path / "o" / "paris").exists()
 
 
 def test_hostile_aoi_id_cannot_escape_out(
-    tmp_path: Path, paris: Callable[[Path, str], Path]
+    cli: Callable[..., Result], tmp_path: Path, paris: Callable[[Path, str], Path]
 ) -> None:
     evil = paris(tmp_path / "evil.geojson", "../../escaped")
     out = tmp_path / "deep" / "out"
-    result = changedet("run", str(evil), "--config", str(DEMO), "--out", str(out))
+    result = cli("run", str(evil), "--config", str(DEMO), "--out", str(out))
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "deep" / "escaped").exists()
     leaked = [
@@ -201,6 +194,7 @@ def test_hostile_aoi_id_cannot_escape_out(
 
 
 def test_one_failing_aoi_does_not_stop_the_others(
+    cli: Callable[..., Result],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     paris: Callable[[Path, str], Path],
@@ -219,7 +213,7 @@ def test_one_failing_aoi_does_not_stop_the_others(
     config = tmp_path / "c.toml"
     config.write_text('[time]\nstart = "2023-01-01"\nend = "2023-07-31"\n')
     out = tmp_path / "o"
-    result = changedet(
+    result = cli(
         "run",
         str(paris(tmp_path / "paris.geojson", "paris")),
         str(tmp_path / "missing.geojson"),
@@ -240,6 +234,7 @@ def test_one_failing_aoi_does_not_stop_the_others(
 
 
 def test_an_aoi_half_outside_the_data_is_warned_about(
+    cli: Callable[..., Result],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     make_aoi: Callable[..., AOI],
@@ -261,7 +256,7 @@ def test_an_aoi_half_outside_the_data_is_warned_about(
     config = tmp_path / "c.toml"
     config.write_text('[time]\nstart = "2023-01-01"\nend = "2023-07-31"\n')
     out = tmp_path / "o"
-    result = changedet("run", str(aoi_path), "--config", str(config), "--out", str(out), "--quiet")
+    result = cli("run", str(aoi_path), "--config", str(config), "--out", str(out), "--quiet")
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((out / "half" / "run.json").read_text())
     cov = manifest["coverage"]
@@ -274,8 +269,8 @@ def test_an_aoi_half_outside_the_data_is_warned_about(
     assert 'id="coverage-warning"' in report and f"Only {share} of AOI" in report
 
 
-def test_search_probe_reports_aoi_clear_sky_and_reasons() -> None:
-    result = changedet("search", KHOJIR, "--config", str(DEMO), "--probe", "--json")
+def test_search_probe_reports_aoi_clear_sky_and_reasons(cli: Callable[..., Result]) -> None:
+    result = cli("search", KHOJIR, "--config", str(DEMO), "--probe", "--json")
     assert result.exit_code == 0, result.stderr
     (report,) = json.loads(result.stdout)
     scenes = {s["id"]: s for s in report["scenes"]}
@@ -288,7 +283,7 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons() -> None:
     assert any(
         "duplicate of" in d["reason"] and d["id"].endswith("_0_L2A") for d in report["dropped"]
     )
-    result = changedet("search", KHOJIR, "--config", str(DEMO))
+    result = cli("search", KHOJIR, "--config", str(DEMO))
     assert result.exit_code == 0 and "S2A_39SWV_20230612_0_L2A" in result.stdout
 
 
@@ -306,7 +301,7 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons() -> None:
     ],
 )
 def test_each_bad_config_value_exits_2_before_any_search(
-    tmp_path: Path, table: str, line: str, needle: str
+    cli: Callable[..., Result], tmp_path: Path, table: str, line: str, needle: str
 ) -> None:
     # The catalog is a closed loopback port: had the run got as far as searching, it would
     # end with "did not answer" and exit 1.
@@ -314,42 +309,45 @@ def test_each_bad_config_value_exits_2_before_any_search(
     text = f"[catalog]\n{catalog}" + (line if table == "catalog" else f"[{table}]\n{line}")
     cfg = tmp_path / "c.toml"
     cfg.write_text(text + "\n")
-    result = changedet("run", KHOJIR, "--config", str(cfg), "--out", str(tmp_path / "o"))
+    result = cli("run", KHOJIR, "--config", str(cfg), "--out", str(tmp_path / "o"))
     assert_one_line_error(result.stderr, result.exit_code, 2, needle)
     assert "did not answer" not in result.stderr
     assert not (tmp_path / "o").exists()
 
 
 def test_two_aoi_files_with_one_id_do_not_overwrite_each_other(
-    tmp_path: Path, paris: Callable[[Path, str], Path], make_aoi: Callable[..., AOI]
+    cli: Callable[..., Result],
+    tmp_path: Path,
+    paris: Callable[[Path, str], Path],
+    make_aoi: Callable[..., AOI],
 ) -> None:
     first = paris(tmp_path / "a.geojson", "site")
     second = write_aoi(tmp_path / "b.geojson", make_aoi(2.40, 48.80, aoi_id="site"))
     out = tmp_path / "o"
-    result = changedet("run", str(first), str(second), "--config", str(DEMO), "--out", str(out))
+    result = cli("run", str(first), str(second), "--config", str(DEMO), "--out", str(out))
     assert_one_line_error(result.stderr, result.exit_code, 2, "'site'", "a.geojson", "b.geojson")
     assert not out.exists()
 
 
 def test_an_out_folder_that_takes_no_files_exits_2_before_computing(
-    tmp_path: Path, paris: Callable[[Path, str], Path]
+    cli: Callable[..., Result], tmp_path: Path, paris: Callable[[Path, str], Path]
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     aoi = paris(tmp_path / "a.geojson", "paris")
-    result = changedet("run", str(aoi), "--config", str(DEMO), "--out", str(blocker / "out"))
+    result = cli("run", str(aoi), "--config", str(DEMO), "--out", str(blocker / "out"))
     assert_one_line_error(result.stderr, result.exit_code, 2, "--out", "not a folder")
     assert "no scene" not in result.stderr  # refused before the search
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_out_folder_exits_2_before_computing(
-    tmp_path: Path, paris: Callable[[Path, str], Path]
+    cli: Callable[..., Result], tmp_path: Path, paris: Callable[[Path, str], Path]
 ) -> None:
     out = tmp_path / "ro"
     out.mkdir(mode=0o555)
     aoi = paris(tmp_path / "a.geojson", "paris")
-    result = changedet("run", str(aoi), "--config", str(DEMO), "--out", str(out))
+    result = cli("run", str(aoi), "--config", str(DEMO), "--out", str(out))
     assert_one_line_error(result.stderr, result.exit_code, 2, "not writable")
 
 

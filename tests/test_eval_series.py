@@ -7,16 +7,16 @@ skip when ../shared/data is absent; the known-answer tests of the pieces need no
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import shapely
-from click.testing import CliRunner, Result
+from click.testing import Result
 from pyproj import Transformer
 
-from changedet.cli import main
 from changedet.core.track import footprint_geometry
 from changedet.lab.kindtruth import MISSED, kind_confusion
 from changedet.lab.score import load_features
@@ -98,18 +98,10 @@ def test_kind_confusion_known_answer() -> None:
     assert both.rows["building"] == {"building": 2, "other": 2, MISSED: 0}
 
 
-def changedet(*args: str) -> Result:
-    try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click 8.1
-    except TypeError:
-        runner = CliRunner()  # click >= 8.2 always keeps stderr apart
-    return runner.invoke(main, list(args))
-
-
 def _eval_series(
-    oscd_root: Path, out: Path, *extra: str, months: int = 8
+    cli: Callable[..., Result], oscd_root: Path, out: Path, *extra: str, months: int = 8
 ) -> tuple[Result, dict[str, Any]]:
-    result = changedet(
+    result = cli(
         "eval",
         "series",
         "--root",
@@ -127,8 +119,11 @@ def _eval_series(
 
 
 @pytest.mark.oscd
-def test_eval_series_figures_add_up(oscd_root: Path, tmp_path: Path) -> None:
+def test_eval_series_figures_add_up(
+    cli: Callable[..., Result], oscd_root: Path, tmp_path: Path
+) -> None:
     result, data = _eval_series(
+        cli,
         oscd_root,
         tmp_path / "series.json",
         "--samples",
@@ -165,11 +160,13 @@ def test_eval_series_figures_add_up(oscd_root: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.oscd
-def test_a_blind_detector_scores_zero(oscd_root: Path, tmp_path: Path) -> None:
+def test_a_blind_detector_scores_zero(
+    cli: Callable[..., Result], oscd_root: Path, tmp_path: Path
+) -> None:
     blind = tmp_path / "blind.toml"
     blind.write_text("[change]\nz_threshold = 1e9\nstructure_z_threshold = 1e9\n")
     _result, data = _eval_series(
-        oscd_root, tmp_path / "blind.json", "--config", str(blind), months=6
+        cli, oscd_root, tmp_path / "blind.json", "--config", str(blind), months=6
     )
     pooled = data["pooled"]
     assert pooled["truth"] > 0
@@ -177,7 +174,7 @@ def test_a_blind_detector_scores_zero(oscd_root: Path, tmp_path: Path) -> None:
     assert pooled["count_error"] == pytest.approx(-1.0) and pooled["false_objects"] == 0
 
 
-def test_eval_series_refuses_a_missing_root(tmp_path: Path) -> None:
-    result = changedet("eval", "series", "--root", str(tmp_path / "nowhere"))
+def test_eval_series_refuses_a_missing_root(cli: Callable[..., Result], tmp_path: Path) -> None:
+    result = cli("eval", "series", "--root", str(tmp_path / "nowhere"))
     assert result.exit_code != 0
     assert "not a folder" in result.output + (result.stderr or "")

@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from changedet.cli import main
 from changedet.lab.score import load_features, match
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_tiles" / "khojir"
-
-
-def changedet(*args: str) -> Result:
-    try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click 8.1
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(main, list(args))
 
 
 def cut_catalog(folder: Path, keep: list[str]) -> Path:
@@ -50,10 +42,10 @@ def cut_catalog(folder: Path, keep: list[str]) -> Path:
     return config
 
 
-def run(tmp_path: Path, keep: list[str]) -> tuple[Result, Path]:
+def run(cli: Callable[..., Result], tmp_path: Path, keep: list[str]) -> tuple[Result, Path]:
     config = cut_catalog(tmp_path, keep)
     out = tmp_path / "out"
-    result = changedet(
+    result = cli(
         "run",
         str(REPO / "aoi" / "khojir.geojson"),
         "--config",
@@ -65,8 +57,8 @@ def run(tmp_path: Path, keep: list[str]) -> tuple[Result, Path]:
     return result, out / "khojir"
 
 
-def test_two_clear_scenes_are_compared(tmp_path: Path) -> None:
-    result, folder = run(tmp_path, ["S2A_39SWV_20230712_0_L2A", "S2B_39SWV_20240512_0_L2A"])
+def test_two_clear_scenes_are_compared(cli: Callable[..., Result], tmp_path: Path) -> None:
+    result, folder = run(cli, tmp_path, ["S2A_39SWV_20230712_0_L2A", "S2B_39SWV_20240512_0_L2A"])
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((folder / "run.json").read_text())
     comparison = manifest["comparison"]
@@ -94,9 +86,11 @@ def test_two_clear_scenes_are_compared(tmp_path: Path) -> None:
     assert scored.false_share <= 0.2, scored
 
 
-def test_a_short_series_shrinks_the_baseline_and_says_so(tmp_path: Path) -> None:
+def test_a_short_series_shrinks_the_baseline_and_says_so(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
     keep = ["S2A_39SWV_20230712_0_L2A", "S2A_39SWV_20230910_0_L2A", "S2B_39SWV_20240512_0_L2A"]
-    result, folder = run(tmp_path, keep)
+    result, folder = run(cli, tmp_path, keep)
     assert result.exit_code == 0, result.stderr
     comparison = json.loads((folder / "run.json").read_text())["comparison"]
     assert comparison["mode"] == "short"
@@ -112,9 +106,9 @@ def test_a_short_series_shrinks_the_baseline_and_says_so(tmp_path: Path) -> None
     ],
 )
 def test_fewer_than_two_clear_periods_are_refused_in_one_line(
-    tmp_path: Path, keep: list[str]
+    cli: Callable[..., Result], tmp_path: Path, keep: list[str]
 ) -> None:
-    result, folder = run(tmp_path, keep)
+    result, folder = run(cli, tmp_path, keep)
     assert result.exit_code != 0
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
