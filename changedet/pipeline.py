@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from changedet.aoi import aoi_mask, crop_to_footprints, grid_for, to_grid_crs
 from changedet.config import Config, to_dict
 from changedet.core.clip import clip_berms, clip_structures, crop_change, crop_composite, window_of
@@ -272,7 +274,7 @@ def run_aoi(
         )
         analysis = apply_review(analysis, review or {})
         result = _run_result(
-            _Run(aoi, config, found, read, stack, periods, timer), analysis, aoi_grid
+            _Run(aoi, config, found, read, stack, periods, timer, inside), analysis, aoi_grid
         )
     finally:
         _close(stack)  # the dates' disk space; composites are all the outputs need
@@ -317,12 +319,13 @@ class _Run:
     stack: Any  # the dates (`as_series`)
     periods: list[Period]
     timer: StageTimer
+    inside: np.ndarray  # the AOI polygon's pixels on the context window
 
 
 def _run_result(run: _Run, analysis: Analysis, aoi_grid: Grid) -> RunResult:
     """The RunResult of an analysis on the context window, as the AOI shows it."""
     aoi, config, stack = run.aoi, run.config, run.stack
-    shown = _on_aoi(analysis, aoi, aoi_grid)
+    shown, shown_inside = _on_aoi(analysis, aoi, aoi_grid, run.inside)
     aoi_grid = shown.baseline.grid  # within the context window
     synthetic = any(s.synthetic for s in run.found.scenes)
     return RunResult(
@@ -342,7 +345,7 @@ def _run_result(run: _Run, analysis: Analysis, aoi_grid: Grid) -> RunResult:
         counts=analysis.ledger.counts,
         composites=shown.per_period,
         coverage=measure_coverage(
-            aoi_mask(aoi, aoi_grid),
+            shown_inside,
             shown.baseline,
             shown.per_period,
             aoi_area_m2=float(to_grid_crs(aoi.geometry, aoi_grid.crs).area),
@@ -363,20 +366,25 @@ def _run_result(run: _Run, analysis: Analysis, aoi_grid: Grid) -> RunResult:
     )
 
 
-def _on_aoi(analysis: Analysis, aoi: AOI, aoi_grid: Grid) -> Analysis:
+def _on_aoi(
+    analysis: Analysis, aoi: AOI, aoi_grid: Grid, inside: np.ndarray
+) -> tuple[Analysis, np.ndarray]:
     """The analysis as the AOI shows it: rasters cropped to its own grid, change evidence only
-    inside its polygon, outlines and berm lines clipped to the polygon (`core.clip`)."""
+    inside its polygon, outlines and berm lines clipped to the polygon (`core.clip`); and the
+    AOI mask on that grid (`inside`, the mask on the context window, cropped)."""
     aoi_grid, win = window_of(aoi_grid, analysis.baseline.grid)
     polygon = to_grid_crs(aoi.geometry, aoi_grid.crs)
-    return replace(
+    shown_inside = inside[win.slices]
+    shown = replace(
         analysis,
         baseline=crop_composite(analysis.baseline, aoi_grid, win),
         after=crop_composite(analysis.after, aoi_grid, win),
         per_period=tuple(crop_composite(c, aoi_grid, win) for c in analysis.per_period),
-        change=crop_change(analysis.change, aoi_grid, win, aoi_mask(aoi, aoi_grid)),
+        change=crop_change(analysis.change, aoi_grid, win, shown_inside),
         structures=clip_structures(analysis.structures, polygon),
         berms=clip_berms(analysis.berms, polygon),
     )
+    return shown, shown_inside
 
 
 def _comparison(analysis: Analysis, periods: Sequence[Period]) -> dict[str, Any]:
