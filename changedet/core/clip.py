@@ -110,15 +110,23 @@ def _parts(geom: Any, dim: int) -> Any:
     return shapely.union_all(parts) if parts else shapely.GeometryCollection()
 
 
+def _clipped(geom: Any, polygon: Any, dim: int) -> Any | None:
+    """`geom` within `polygon` (its parts of dimension `dim`), `geom` itself when wholly inside,
+    None when wholly outside."""
+    inside = _parts(shapely.intersection(geom, polygon), dim)
+    if inside.is_empty:
+        return None
+    return geom if inside.equals(geom) else inside
+
+
 def clip_structures(structures: Sequence[Structure], polygon: Any) -> tuple[Structure, ...]:
     """Outlines clipped to the AOI `polygon` (grid CRS); `area_m2` stays the whole structure's.
     A structure wholly outside (which `Ledger.within` has already removed) is dropped."""
     out = []
     for s in structures:
-        inside = _parts(shapely.intersection(s.geometry, polygon), 2)
-        if inside.is_empty:
-            continue
-        out.append(s if inside.equals(s.geometry) else replace(s, geometry=inside))
+        geom = _clipped(s.geometry, polygon, 2)
+        if geom is not None:
+            out.append(s if geom is s.geometry else replace(s, geometry=geom))
     return tuple(out)
 
 
@@ -126,9 +134,9 @@ def clip_berms(berms: Sequence[Berm], polygon: Any) -> tuple[Berm, ...]:
     """Berm lines clipped to the AOI `polygon` (grid CRS); lines wholly outside are dropped."""
     out = []
     for b in berms:
-        inside = _parts(shapely.intersection(b.geometry, polygon), 1)
-        if inside.is_empty:
+        geom = _clipped(b.geometry, polygon, 1)
+        if geom is None:
             continue
-        clipped = replace(b, geometry=inside, length_m=round(float(inside.length), 1))
-        out.append(b if inside.equals(b.geometry) else clipped)
+        clipped = replace(b, geometry=geom, length_m=round(float(geom.length), 1))
+        out.append(b if geom is b.geometry else clipped)
     return tuple(out)

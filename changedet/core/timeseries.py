@@ -84,14 +84,18 @@ class StageTimer:
 class Baseline:
     """Which periods form the baseline, the span they cover, and the comparison they allow."""
 
-    indices: tuple[int, ...]  # into the run's periods
     span: Period
     comparison: Comparison
     description: str  # one sentence for run.json and the report
 
     @property
+    def indices(self) -> tuple[int, ...]:
+        """The baseline periods, as indices into the run's periods."""
+        return self.comparison.baseline
+
+    @property
     def last(self) -> int:
-        return max(self.indices)
+        return self.comparison.last
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ def baseline_from_fractions(
         min_clear_fraction=config.time.baseline_min_clear,
     )
     first, last = min(plan.baseline), plan.last
-    return Baseline(plan.baseline, span(periods[first : last + 1]), plan, plan.describe(periods))
+    return Baseline(span(periods[first : last + 1]), plan, plan.describe(periods))
 
 
 def screen_spikes(stack: Stack, config: Config) -> Stack:
