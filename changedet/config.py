@@ -208,6 +208,10 @@ class TrackConfig:
     # A known structure with no object in a period is still present when the median change score
     # of its pixels reaches this (temporal hysteresis: a seed must reach change.z_threshold once).
     continue_z: float = 4.0
+    # A clear period is evidence that nothing stood at a structure's place only where its pixels
+    # scored below this: weak change there (a roof before its shadow lengthened, a site before it
+    # was graded) opens the first-seen interval earlier rather than dating the structure late.
+    absent_below_z: float = 1.0
     drop_after_absent: int = (
         2  # an unconfirmed candidate absent this many clear periods in a row is dropped
     )

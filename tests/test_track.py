@@ -289,16 +289,22 @@ def test_within_keeps_and_counts_only_structures_anchored_inside() -> None:
 
 
 def test_change_too_weak_for_an_object_is_not_taken_for_absence() -> None:
-    """A place scoring above continue_z in a clear period without an object there may already
-    hold the structure: the first-seen interval opens before that period, not after it."""
+    """A place scoring at least absent_below_z in a clear period without an object there may
+    already hold the structure: the first-seen interval opens before that period, not after it.
+    A score just below it is absence."""
     pres = {k: [B] for k in range(6, 10)}
-    obs = series(pres)
-    weak = np.where(B, CFG.continue_z + 1.0, 0.0).astype(np.float32)
     quiet = np.zeros(GRID.shape, np.float32)
-    obs = [
-        replace(o, score=weak if k in (4, 5) else quiet) if k > 0 else o for k, o in enumerate(obs)
-    ]
-    (b,) = run(obs).confirmed
+
+    def with_scores(level: float) -> list[PeriodObservation]:
+        weak = np.where(B, level, 0.0).astype(np.float32)
+        return [
+            replace(o, score=weak if k in (4, 5) else quiet) if k > 0 else o
+            for k, o in enumerate(series(pres))
+        ]
+
+    (b,) = run(with_scores(CFG.absent_below_z)).confirmed
     assert (b.first_seen_start, b.first_seen_end) == (PERIODS[3].start, PERIODS[6].end)
+    (below,) = run(with_scores(CFG.absent_below_z - 0.5)).confirmed
+    assert below.first_seen_start == PERIODS[5].start
     (plain,) = run(series(pres)).confirmed  # no scores: absent in period 5
     assert plain.first_seen_start == PERIODS[5].start

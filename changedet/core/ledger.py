@@ -3,7 +3,7 @@
 Each track becomes a `Structure`:
 - its footprint is the track's core: pixels present in at least half of its present periods;
 - its first-seen interval runs from the last clear period the place showed no change (no object,
-  and a score below `track.continue_z`) to the first period it was present;
+  and a score below `track.absent_below_z`) to the first period it was present;
 - its kind (`core.kinds`) comes from the median of its objects' spectral evidence and the shape
   of its footprint;
 - its **id names its place**: the zone and the UTM coordinates (metres) of the centre of a
@@ -198,7 +198,7 @@ def _interval(
     building the first in which it looked like a roof, so ground cleared before the hall was
     built does not date the hall — and the last clear period before it in which the place held
     no change (no object, not even the ground works before a building, and no score reaching
-    `continue_z`)."""
+    `absent_below_z`)."""
     roofs = _roof_periods(tr, roof_flattening) if kind == BUILDING else []
     first = roofs[0] if roofs else tr.born
     need = tracks.config.min_observed_fraction

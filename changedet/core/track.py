@@ -219,8 +219,8 @@ class _Tracker:
         self.tracks: list[_Track] = []
         self.open: list[int] = []
         self.had_object: list[np.ndarray] = []  # per period, flat bool: pixel inside some object
-        # per period, flat bool: inside some object, or scoring at least continue_z (change too
-        # weak to cut an object is not evidence that nothing was there)
+        # per period, flat bool: inside some object, or scoring at least absent_below_z (change
+        # too weak to cut an object is not evidence that nothing was there)
         self.had_change: list[np.ndarray] = []
         # Last period each pixel was seen clear and unchanged (-1: never): tells the part of a
         # structure first hidden by cloud from a new neighbour built beside it.
@@ -240,7 +240,7 @@ class _Tracker:
         changed = self.had_object[-1]
         if o.score is not None:
             with np.errstate(invalid="ignore"):
-                changed = changed | (o.score.ravel() >= self.config.continue_z)
+                changed = changed | (o.score.ravel() >= self.config.absent_below_z)
             self._continue(o.score.ravel(), present_now)
         self.had_change.append(changed)
         self._update_open(k, observed, present_now)
@@ -424,7 +424,7 @@ class Tracks:
     observations: tuple[PeriodObservation, ...]  # in date order
     tracks: list[_Track]
     had_object: list[np.ndarray]  # per period, flat bool: pixel inside some object
-    had_change: list[np.ndarray]  # per period, flat bool: ... or scoring >= continue_z
+    had_change: list[np.ndarray]  # per period, flat bool: ... or scoring >= absent_below_z
     grid: Grid
     config: TrackConfig
     min_area_m2: float
