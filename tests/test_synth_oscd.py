@@ -192,7 +192,7 @@ def test_score_structures_known_answer() -> None:
             "c", footprint_geometry(s3, GRID), 400, 0.9, date(2023, 4, 1), date(2023, 6, 1), True
         ),
         Structure(
-            "d", footprint_geometry(t3, GRID), 900, 0.2, date(2023, 4, 1), date(2023, 6, 1), False
+            "d", footprint_geometry(t3, GRID), 900, 0.2, date(2023, 5, 1), date(2023, 6, 1), False
         ),
     ]
     labels = np.zeros(GRID.shape, np.int32)
@@ -206,6 +206,9 @@ def test_score_structures_known_answer() -> None:
     # Counting the unconfirmed candidate too adds a match whose interval misses its date.
     loose = score_structures(structures, labels, truth, raster, confirmed_only=False)
     assert (loose.tp, loose.first_seen_hits) == (2, 1) and loose.first_seen_accuracy == 0.5
+    # Interval widths: a 2023-03-01 .. 05-01 (61 days); d 2023-05-01 .. 06-01 (31 days).
+    assert (score.mean_interval_days, loose.mean_interval_days) == (61.0, 46.0)
     pooled = score + loose
     assert (pooled.tp, pooled.matched, pooled.city) == (3, 3, "pooled")
+    assert (pooled.interval_days, pooled.bounded) == (153, 3)
     assert shapely.box(*GRID.bounds).contains(truth[0].geometry)

@@ -116,6 +116,10 @@ class SeriesScore:
     fn: int
     first_seen_hits: int  # matched structures whose interval contains the true date
     matched: int
+    # Days spanned by the intervals with both ends, and how many have both: a hit is cheap with a
+    # wide interval, so accuracy is reported with the mean width beside it.
+    interval_days: int = 0
+    bounded: int = 0
 
     @property
     def precision(self) -> float:
@@ -134,6 +138,11 @@ class SeriesScore:
     def first_seen_accuracy(self) -> float:
         return self.first_seen_hits / self.matched if self.matched else 0.0
 
+    @property
+    def mean_interval_days(self) -> float:
+        """Mean width of the matched structures' first-seen intervals (both ends known)."""
+        return self.interval_days / self.bounded if self.bounded else 0.0
+
     def __add__(self, other: SeriesScore) -> SeriesScore:
         return SeriesScore(
             "pooled",
@@ -142,6 +151,8 @@ class SeriesScore:
             self.fn + other.fn,
             self.first_seen_hits + other.first_seen_hits,
             self.matched + other.matched,
+            self.interval_days + other.interval_days,
+            self.bounded + other.bounded,
         )
 
 
@@ -241,8 +252,17 @@ def score_structures(
         confirmed_only=confirmed_only,
     )
     hits = sum(_first_seen_hit(structures[si], truth[ti].appeared) for si, ti in found.pairs)
+    widths = [_interval_days(structures[si]) for si, _ti in found.pairs]
+    bounded = [w for w in widths if w is not None]
     tp = len(found.pairs)
-    return SeriesScore(city, tp, len(found.unmatched), len(truth) - tp, hits, tp)
+    return SeriesScore(
+        city, tp, len(found.unmatched), len(truth) - tp, hits, tp, sum(bounded), len(bounded)
+    )
+
+
+def _interval_days(structure: Structure) -> int | None:
+    start, end = structure.first_seen_start, structure.first_seen_end
+    return (end - start).days if start is not None and end is not None else None
 
 
 # ----------------------------------------------------------------------------- polygon truth

@@ -7,7 +7,8 @@ SCL misses, a baseline switch), run the time-series core with the given config
 
 - object precision, recall and F1: one-to-one matches at pixel IoU > 0.25 (`score.match_structures`);
 - count error: (confirmed structures - true changes) / true changes;
-- first-seen accuracy: share of matched structures whose first-seen interval holds the true date;
+- first-seen accuracy: share of matched structures whose first-seen interval holds the true date,
+  with the mean width of those intervals in days beside it (a wide interval holds any date);
 - false objects per km² of unchanged ground: confirmed structures with no pixel within
   `buffer_px` of a labelled change, over the area of valid pixels farther than that from one
   (the buffer keeps a change's misaligned fringe from counting as "nothing changed");
@@ -203,6 +204,7 @@ def _row_json(row: CityResult) -> dict[str, Any]:
         "count_error": row.count_error,
         "first_seen": s.first_seen_accuracy,
         "first_seen_hits": s.first_seen_hits,
+        "first_seen_days": s.mean_interval_days,
         "false_objects": row.false_objects,
         "unchanged_km2": row.unchanged_km2,
         "false_per_km2": row.false_per_km2,
