@@ -224,6 +224,9 @@ class TrackConfig:
     # Pixels this close to a known structure grow it rather than start a new one: a 20 m rim, the
     # width of a partly seen hall at 10 m.
     growth_rim_px: int = 2
+    # Ground pieces (not roof-like) first seen in one period this close to each other are one
+    # site seen in pieces (a compound graded at once), not several structures: 20 m.
+    site_gap_px: int = 2
 
 
 @dataclass(frozen=True)
@@ -543,6 +546,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "track.vanish_after_absent": (1, None),
     "track.new_part_fraction": (0.0, 1.0),
     "track.growth_rim_px": (0, 100),
+    "track.site_gap_px": (0, 100),
     "berms.ring_inner_m": (0.0, None),
     "berms.ring_outer_m": (0.0, None),
     "berms.ring_threshold": (0.0, 1.0),

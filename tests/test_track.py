@@ -308,3 +308,38 @@ def test_change_too_weak_for_an_object_is_not_taken_for_absence() -> None:
     assert below.first_seen_start == PERIODS[5].start
     (plain,) = run(series(pres)).confirmed  # no scores: absent in period 5
     assert plain.first_seen_start == PERIODS[5].start
+
+
+def _pieces(flattening: float | None = None) -> dict[int, list[ChangeObject]]:
+    """A and C (a one-pixel gap apart) seen together from period 3 on."""
+    evidence = {} if flattening is None else {"spectral_flattening": flattening}
+    a = replace(obj(A, 1), evidence=evidence)
+    c = replace(obj(C, 2), evidence=evidence)
+    return {k: [a, c] for k in range(3, 10)}
+
+
+def _observations(presence: dict[int, list[ChangeObject]]) -> list[PeriodObservation]:
+    return [replace(o, objects=tuple(presence.get(k, ()))) for k, o in enumerate(series({}))]
+
+
+def test_ground_pieces_first_seen_together_close_by_are_one_site() -> None:
+    """Two ground pieces 10 m apart that appear in the same period are one site; with
+    site_gap_px = 0, or when they appear in different periods, they stay two structures."""
+    (site,) = run(_observations(_pieces())).confirmed
+    assert site.area_m2 == 2400.0
+    apart = build_ledger(
+        _observations(_pieces()),
+        grid=GRID,
+        config=replace(CFG, site_gap_px=0),
+        min_area_m2=400.0,
+    )
+    assert sorted(s.area_m2 for s in apart.confirmed) == [1200.0, 1200.0]
+    a, c = _pieces()[3]
+    later = {k: [a] if k < 5 else [a, c] for k in range(3, 10)}
+    assert len(run(_observations(later)).confirmed) == 2
+
+
+def test_roof_like_pieces_close_by_stay_apart() -> None:
+    """Neighbouring halls that appear together are counted one by one."""
+    roofs = run(_observations(_pieces(flattening=0.5))).confirmed
+    assert sorted(s.area_m2 for s in roofs) == [1200.0, 1200.0]

@@ -10,6 +10,9 @@ Per period:
   covers >= `match_overlap` of the smaller of the two);
 - tracks born in the same period that one object now covers were pieces of one structure seen
   apart: they are merged;
+- tracks born in this period that do not look like roofs and lie within `site_gap_px` of each
+  other are one site seen in pieces (a compound graded at once): they are merged; roof-like
+  tracks stay apart (neighbouring halls are counted one by one);
 - an object overlapping several older tracks marks all of them present; a track overlapping
   several objects (a split) is present once and remembers the number of pieces;
 - object pixels outside every track either grow the matched track or — when the place was seen
@@ -50,6 +53,8 @@ __all__ = [
     "rasterize_objects",
     "track_periods",
 ]
+
+_EIGHT = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,7 @@ class _Tracker:
         for i, pix in enumerate(groups):
             if pix.size:
                 self._take_object(k, pix, o.objects[i], present_now)
+        self._merge_site_pieces(k)
         observed = o.observed.ravel()
         self.last_clear[observed & ~self.had_object[-1]] = k
         changed = self.had_object[-1]
@@ -333,6 +339,35 @@ class _Tracker:
             _merge_into(main, self.tracks[t], self.owner)
         self.open = [t for t in self.open if t not in pieces]
         return bool(pieces)
+
+    def _merge_site_pieces(self, k: int) -> None:
+        """Merge the non-roof tracks born in period `k` that lie within `site_gap_px` of each
+        other (8-connected after growing them by that many pixels) into the largest of each group.
+        Only this period's new tracks take part, so later periods never change the decision."""
+        gap = self.config.site_gap_px
+        born = [
+            t for t in self.open if self.tracks[t].born == k and not self._roof_like(self.tracks[t])
+        ]
+        if gap <= 0 or len(born) < 2:
+            return
+        pieces = np.zeros(self.grid.width * self.grid.height, dtype=bool)
+        for t in born:
+            pieces[self.tracks[t].pixels] = True
+        grown = ndimage.binary_dilation(
+            pieces.reshape(self.grid.shape), structure=_EIGHT, iterations=gap
+        )
+        site = ndimage.label(grown, structure=_EIGHT)[0].ravel()
+        by_site: dict[int, list[_Track]] = {}
+        for t in born:
+            tr = self.tracks[t]
+            by_site.setdefault(int(site[tr.pixels[0]]), []).append(tr)
+        merged: set[int] = set()
+        for group in by_site.values():
+            group.sort(key=lambda tr: (-tr.pixels.size, tr.index))
+            for other in group[1:]:
+                _merge_into(group[0], other, self.owner)
+                merged.add(other.index)
+        self.open = [t for t in self.open if t not in merged]
 
     def _roof_like(self, tr: _Track) -> bool:
         flattening = [
