@@ -208,10 +208,12 @@ class TrackConfig:
     # A known structure with no object in a period is still present when the median change score
     # of its pixels reaches this (temporal hysteresis: a seed must reach change.z_threshold once).
     continue_z: float = 4.0
-    # A clear period is evidence that nothing stood at a structure's place only where its pixels
-    # scored below this: weak change there (a roof before its shadow lengthened, a site before it
-    # was graded) opens the first-seen interval earlier rather than dating the structure late.
-    absent_below_z: float = 1.0
+    # A clear period is evidence that nothing stands at a structure's place only where most of its
+    # pixels score below this (0: the period's median pixel, unchanged ground scores about -2):
+    # weak change there (a roof before its shadow lengthened, a site before it was graded) opens
+    # the first-seen interval earlier rather than dating the structure late, and a confirmed
+    # structure faded by a wet winter or a low sun is faint, not vanished.
+    absent_below_z: float = 0.0
     drop_after_absent: int = (
         2  # an unconfirmed candidate absent this many clear periods in a row is dropped
     )

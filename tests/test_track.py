@@ -139,6 +139,21 @@ def test_confirmed_structure_that_disappears_is_flagged_vanished() -> None:
     assert ledger.counts[-1].cumulative == 1  # it was built: still counted
 
 
+def test_a_faint_structure_does_not_vanish() -> None:
+    """Without objects after period 5, a confirmed structure whose place keeps scoring at
+    least absent_below_z (a wet winter fades it) stays active; scoring below it, it vanishes."""
+    pres = {k: [A] for k in range(2, 6)}
+
+    def fading(level: float) -> list[PeriodObservation]:
+        score = np.where(A, level, -2.0).astype(np.float32)
+        return [replace(o, score=score) if k >= 6 else o for k, o in enumerate(series(pres))]
+
+    (faint,) = run(fading(CFG.absent_below_z)).structures
+    assert faint.confirmed and faint.status == "active"
+    (gone,) = run(fading(CFG.absent_below_z - 0.5)).structures
+    assert gone.status == "vanished" and gone.vanished_after == PERIODS[5].end
+
+
 def test_short_gap_does_not_vanish() -> None:
     pres = {k: [A] for k in (2, 3, 4, 7, 8, 9)}  # absent in 5 and 6 only
     ledger = run(series(pres))
@@ -293,10 +308,10 @@ def test_change_too_weak_for_an_object_is_not_taken_for_absence() -> None:
     already hold the structure: the first-seen interval opens before that period, not after it.
     A score just below it is absence."""
     pres = {k: [B] for k in range(6, 10)}
-    quiet = np.zeros(GRID.shape, np.float32)
+    quiet = np.full(GRID.shape, -2.0, np.float32)  # unchanged ground
 
     def with_scores(level: float) -> list[PeriodObservation]:
-        weak = np.where(B, level, 0.0).astype(np.float32)
+        weak = np.where(B, level, -2.0).astype(np.float32)
         return [
             replace(o, score=weak if k in (4, 5) else quiet) if k > 0 else o
             for k, o in enumerate(series(pres))

@@ -249,7 +249,7 @@ class _Tracker:
                 changed = changed | (o.score.ravel() >= self.config.absent_below_z)
             self._continue(o.score.ravel(), present_now)
         self.had_change.append(changed)
-        self._update_open(k, observed, present_now)
+        self._update_open(k, observed, changed, present_now)
 
     def _matches(self, pix: np.ndarray, owners: np.ndarray) -> list[tuple[int, int]]:
         """(overlap, track) of the tracks an object's pixels match, largest overlap first."""
@@ -397,9 +397,14 @@ class _Tracker:
             if enough and float(np.median(seen)) >= self.config.continue_z:
                 present_now[t] = 1
 
-    def _update_open(self, k: int, observed: np.ndarray, present_now: dict[int, int]) -> None:
+    def _update_open(
+        self, k: int, observed: np.ndarray, changed: np.ndarray, present_now: dict[int, int]
+    ) -> None:
         """Present tracks stay open (and may be confirmed); observed absent ones count towards
-        being dropped (candidates) or vanished (confirmed), which closes them."""
+        being dropped (candidates) or vanished (confirmed), which closes them. A confirmed
+        structure whose place still holds change (most pixels scoring >= `absent_below_z`: a
+        wet winter or a low sun can fade a structure below `continue_z`) is faint, not absent:
+        like a cloudy period, that neither counts towards vanishing nor resets the count."""
         config = self.config
         still_open: list[int] = []
         for t in self.open:
@@ -413,7 +418,8 @@ class _Tracker:
                     tr.confirmed_at = k
                 still_open.append(t)
                 continue
-            if observed[tr.pixels].mean() >= config.min_observed_fraction:
+            faint = tr.confirmed_at is not None and changed[tr.pixels].mean() >= 0.5
+            if not faint and observed[tr.pixels].mean() >= config.min_observed_fraction:
                 tr.absent.append(k)
                 tr.consecutive_absent += 1
                 confirmed = tr.confirmed_at is not None
