@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the COG writer lives with the tests
 
-from loopback import utm_box_to_lonlat, write_cog  # noqa: E402
+from loopback import cog_asset, s2_item, utm_box_to_lonlat, write_cog  # noqa: E402
 
 CRS = "EPSG:32639"
 X0, Y0 = 500_000.0, 3_950_000.0
@@ -135,43 +135,20 @@ def make_data(root: Path, *, n_dates: int, size: int, days: int = 365, quadrants
                 blocksize=512,
                 predictor=2,
             )
-            raster: dict[str, Any] = {"nodata": 0, "data_type": array.dtype.name}
-            if band != "scl":
-                raster.update(scale=0.0001, offset=-0.1)
-            assets[band] = {
-                "href": str(path),
-                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                "roles": ["data"],
-                "proj:shape": list(array.shape),
-                "proj:transform": [res, 0, x0, 0, -res, y0],
-                "raster:bands": [raster],
-            }
+            assets[band] = cog_asset(
+                str(path),
+                shape=array.shape,
+                res=res,
+                x0=x0,
+                y0=y0,
+                dtype=array.dtype.name,
+                scaled=band != "scl",
+            )
         footprint = utm_box_to_lonlat(x0, y0 - n_px * 10, x0 + n_px * 10, y0)
-        from shapely.geometry import mapping
-
         items.append(
-            {
-                "type": "Feature",
-                "stac_version": "1.0.0",
-                "stac_extensions": [
-                    "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
-                    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
-                ],
-                "id": item_id,
-                "collection": "sentinel-2-l2a",
-                "geometry": mapping(footprint),
-                "bbox": list(footprint.bounds),
-                "properties": {
-                    "datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "platform": "sentinel-2a",
-                    "eo:cloud_cover": 10.0,
-                    "proj:epsg": 32639,
-                    "grid:code": "MGRS-39SWV",
-                    "s2:processing_baseline": "05.09",
-                },
-                "links": [],
-                "assets": assets,
-            }
+            s2_item(
+                item_id, when, footprint=footprint, assets=assets, tile="39SWV", cloud_cover=10.0
+            )
         )
     from shapely.geometry import mapping
 

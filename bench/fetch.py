@@ -37,7 +37,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the loopback servers live with the tests
 
-from loopback import RustacServer, utm_box_to_lonlat, write_cog, write_collection  # noqa: E402
+from loopback import (  # noqa: E402
+    RustacServer,
+    cog_asset,
+    s2_item,
+    utm_box_to_lonlat,
+    write_cog,
+    write_collection,
+)
 
 from changedet.aoi import aoi_mask, grid_for  # noqa: E402
 from changedet.catalog.search import search_scenes  # noqa: E402
@@ -105,47 +112,26 @@ def make_data(root: Path, *, n_dates: int, tile_px: int) -> dict[str, Any]:
                 if not link.exists():
                     link.symlink_to(base / f"{name}.tif")
             n = tile_px * 10 // res
-            raster: dict[str, Any] = {
-                "nodata": 0,
-                "data_type": "uint8" if band == "scl" else "uint16",
-            }
-            if band != "scl":
-                raster.update(scale=0.0001, offset=-0.1)
-            assets[band] = {
-                "href": f"{{base}}/{item_id}/{name}.tif",
-                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                "roles": ["data"],
-                "proj:shape": [n, n],
-                "proj:transform": [res, 0, X0, 0, -res, Y0],
-                "raster:bands": [raster],
-            }
+            assets[band] = cog_asset(
+                f"{{base}}/{item_id}/{name}.tif",
+                shape=(n, n),
+                res=res,
+                x0=X0,
+                y0=Y0,
+                dtype="uint8" if band == "scl" else "uint16",
+                scaled=band != "scl",
+            )
         footprint = utm_box_to_lonlat(X0, Y0 - tile_px * 10, X0 + tile_px * 10, Y0)
-        from shapely.geometry import mapping
-
         items.append(
-            {
-                "type": "Feature",
-                "stac_version": "1.0.0",
-                "stac_extensions": [
-                    "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
-                    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
-                    "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
-                ],
-                "id": item_id,
-                "collection": "sentinel-2-l2a",
-                "geometry": mapping(footprint),
-                "bbox": list(footprint.bounds),
-                "properties": {
-                    "datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "platform": "sentinel-2a",
-                    "eo:cloud_cover": 2.0,
-                    "proj:epsg": 32639,
-                    "grid:code": "MGRS-39SVV",
-                    "s2:processing_baseline": "05.09",
-                },
-                "links": [],
-                "assets": assets,
-            }
+            s2_item(
+                item_id,
+                when,
+                footprint=footprint,
+                assets=assets,
+                tile="39SVV",
+                cloud_cover=2.0,
+                extensions=("proj", "raster", "eo"),
+            )
         )
     info = {"items": items}
     marker.write_text(json.dumps(info))

@@ -502,6 +502,65 @@ def make_scene(
     return SynthScene(item_id, json.loads(json.dumps(item)), dn, x0, y0)
 
 
+STAC_EXTENSIONS = {
+    "proj": "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+    "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "eo": "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+}
+
+
+def cog_asset(
+    href: str, *, shape: Sequence[int], res: float, x0: float, y0: float, dtype: str, scaled: bool
+) -> dict[str, Any]:
+    """An Earth Search-like COG asset with projection and raster keys (scaled: reflectance DNs
+    with scale 0.0001 and offset -0.1)."""
+    raster: dict[str, Any] = {"nodata": 0, "data_type": dtype}
+    if scaled:
+        raster.update(scale=0.0001, offset=-0.1)
+    return {
+        "href": href,
+        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "roles": ["data"],
+        "proj:shape": list(shape),
+        "proj:transform": [res, 0, x0, 0, -res, y0],
+        "raster:bands": [raster],
+    }
+
+
+def s2_item(
+    item_id: str,
+    when: datetime,
+    *,
+    footprint: Any,
+    assets: dict[str, Any],
+    tile: str,
+    cloud_cover: float,
+    extensions: Sequence[str] = ("proj", "raster"),
+) -> dict[str, Any]:
+    """An Earth Search-like Sentinel-2 L2A item (processing baseline 05.09) over `footprint`."""
+    from shapely.geometry import mapping
+
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [STAC_EXTENSIONS[e] for e in extensions],
+        "id": item_id,
+        "collection": "sentinel-2-l2a",
+        "geometry": mapping(footprint),
+        "bbox": list(footprint.bounds),
+        "properties": {
+            "datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "platform": "sentinel-2a",
+            "eo:cloud_cover": cloud_cover,
+            "proj:epsg": 32639,
+            "grid:code": f"MGRS-{tile}",
+            "s2:processing_baseline": "05.09",
+        },
+        "links": [],
+        "assets": assets,
+    }
+
+
 def write_collection(
     root: Path, items: Sequence[dict[str, Any]], *, collection: str = "sentinel-2-l2a"
 ) -> tuple[Path, Path]:
