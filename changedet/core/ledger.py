@@ -34,6 +34,7 @@ from changedet.core.track import (
     PeriodObservation,
     Tracks,
     _Track,
+    holds_change,
     pixels_geometry,
     track_periods,
 )
@@ -204,7 +205,7 @@ def _interval(
     need = tracks.config.min_observed_fraction
     for j in range(first - 1, -1, -1):
         seen_clear = _observed_fraction(tracks.observations[j].observed, core) >= need
-        if seen_clear and tracks.had_change[j][core].mean() < 0.5:
+        if seen_clear and not holds_change(tracks.had_change[j], core):
             return first, j
     return first, None
 

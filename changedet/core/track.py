@@ -57,6 +57,13 @@ __all__ = [
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
+def holds_change(changed: np.ndarray, pixels: np.ndarray) -> bool:
+    """Whether a place still holds change in a period: most of its `pixels` are in an object or
+    score at least `absent_below_z` (`changed`: that period's flat `had_change`). Such a period
+    is no evidence that nothing stands there."""
+    return bool(changed[pixels].mean() >= 0.5)
+
+
 @dataclass(frozen=True)
 class PeriodObservation:
     """One period's evidence for the ledger.
@@ -418,7 +425,7 @@ class _Tracker:
                     tr.confirmed_at = k
                 still_open.append(t)
                 continue
-            faint = tr.confirmed_at is not None and changed[tr.pixels].mean() >= 0.5
+            faint = tr.confirmed_at is not None and holds_change(changed, tr.pixels)
             if not faint and observed[tr.pixels].mean() >= config.min_observed_fraction:
                 tr.absent.append(k)
                 tr.consecutive_absent += 1
