@@ -246,6 +246,68 @@ def test_one_date_on_two_tiles_is_mosaicked_first_clear_wins(tmp_path: Path) -> 
     assert np.isnan(red[neither]).all() and not result.stack.clear[0][neither].any()
 
 
+def test_streamed_dates_are_kept_as_dns_and_read_back_to_the_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`read_series` mosaics a date straight into uint16 DNs when its scenes share each band's
+    scale and offset (no float32 round trip, no check of one), and into reflectance when they do
+    not (two processing baselines on one day) or when a band is not uint16 (switching halfway
+    through the date); every way gives back `read_stack`'s pixels and masks to the bit."""
+    from loopback import write_cog
+
+    import changedet.read.store as store_module
+    from changedet.read.stack import read_series
+
+    cloud = CLEAR_SCL.copy()
+    cloud[20:45, 20:45] = 9
+    partial = {"nodata_cols": slice(90, None), "scl": cloud}
+    other_tile = {"tile": "39SWV", "scl": CLEAR_SCL}
+    scenes = [
+        make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), seed=1, **partial),
+        make_scene(tmp_path, "S2A_39SWV_20230801_0_L2A", when(1), seed=2, **other_tile),
+        make_scene(tmp_path, "S2A_39SVV_20230806_0_L2A", when(6), seed=3, **partial),
+        make_scene(
+            tmp_path, "S2A_39SWV_20230806_0_L2A", when(6), seed=4, baseline="03.01", **other_tile
+        ),
+        make_scene(tmp_path, "S2A_39SVV_20230811_0_L2A", when(11), seed=5, **partial),
+        make_scene(tmp_path, "S2A_39SWV_20230811_0_L2A", when(11), seed=6, **other_tile),
+    ]
+    # The partial scene of the third date is mosaicked second: its red is float32 DNs.
+    late = scenes[4]
+    red = late.dn["red"].astype(np.float32)
+    write_cog(tmp_path / late.id / "red.tif", red, x0=TILE_X0, y0=TILE_Y0, res=10.0)
+    args: dict[str, Any] = {
+        "bands": BANDS,
+        "aoi_mask": ALL,
+        "read_config": rc(),
+        "mask_config": NO_DILATION,
+    }
+    local = [local_scene(s, tmp_path) for s in scenes]
+    expected = read_stack(local, GRID, **args).stack
+    checked: list[int] = []  # dates the store had to turn back into DNs
+    as_dn = store_module._as_dn
+
+    def spy(values: np.ndarray, *rest: Any) -> Any:
+        checked.append(len(checked))
+        return as_dn(values, *rest)
+
+    monkeypatch.setattr(store_module, "_as_dn", spy)
+    streamed = read_series(local, GRID, **args).stack
+    assert isinstance(streamed, store_module.DateStore)
+    with streamed:
+        assert streamed.times == expected.times and len(expected.times) == 3
+        assert all(len(ids) == 2 for ids in streamed.scene_ids)  # every date is a mosaic
+        everything, dates, bands = slice(0, GRID.height), range(3), range(len(BANDS))
+        np.testing.assert_array_equal(
+            streamed.pixels(dates, everything, bands), expected.reflectance
+        )
+        np.testing.assert_array_equal(streamed.clear_rows(dates, everything), expected.clear)
+        # The first date went in as DNs; the other two as reflectance, checked back into DNs.
+        assert len(checked) == 2
+        pixels = GRID.height * GRID.width
+        assert streamed.bytes_written == 3 * pixels + 3 * len(BANDS) * pixels * 2
+
+
 def test_cloudy_scene_skipped_and_roofs_kept(tmp_path: Path) -> None:
     grid = Grid.from_origin(CRS, TILE_X0 + 400, TILE_Y0 - 400, 10.0, 20, 20)
     aoi = np.ones(grid.shape, bool)

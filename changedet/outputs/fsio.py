@@ -123,6 +123,7 @@ def write_cog(
         "predictor": 3 if data.dtype.kind == "f" else 2,
         "blocksize": 512,
         "overview_resampling": resampling,
+        "num_threads": "ALL_CPUS",  # tiles are compressed in parallel; the bytes are the same
     }
     try:
         with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:

@@ -43,10 +43,12 @@ REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def _png(img: np.ndarray) -> bytes:
+    """PNG bytes of an RGB(A) image. zlib level 1: a run writes a picture per structure, and
+    level 1 encodes them about 3 x faster than the default for files about 7 % larger."""
     from matplotlib.image import imsave
 
     buf = io.BytesIO()
-    imsave(buf, img, format="png")
+    imsave(buf, img, format="png", pil_kwargs={"compress_level": 1})
     return buf.getvalue()
 
 

@@ -12,7 +12,7 @@ its reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -351,6 +351,7 @@ class _Mosaic:
         reflectance, filled = (
             self.store.slot() if self.store is not None else (self.reflectance[t], self.clear[t])
         )
+        dn_slot = self._dn_slot(members)
         filled[...] = False
         if self.scl is not None:
             self.scl[t] = 0
@@ -361,8 +362,19 @@ class _Mosaic:
             if dns is None or scene_clear is None:
                 continue
             take = scene_clear & ~filled
+            if dn_slot is not None and any(dn.dtype != np.uint16 for dn in dns):
+                if used:  # what is mosaicked so far, as reflectance
+                    for b, band in enumerate(self.bands):
+                        asset = scene.assets[band]  # the same scale and offset as theirs
+                        _harmonise_into(reflectance[b], dn_slot[b], asset, filled, first=True)
+                dn_slot = None
             for b, (band, dn) in enumerate(zip(self.bands, dns, strict=True)):
-                _harmonise_into(reflectance[b], dn, scene.assets[band], take, first=not used)
+                if dn_slot is None:
+                    _harmonise_into(reflectance[b], dn, scene.assets[band], take, first=not used)
+                elif used:
+                    np.copyto(dn_slot[b], dn, where=take)
+                else:
+                    np.multiply(dn, take, out=dn_slot[b])  # 0 where not clear, as the store keeps
             filled |= take
             scene_scl = None if self.scl is None else self.probed.scl.get(scene.id)
             if self.scl is not None and scene_scl is not None:
@@ -375,8 +387,25 @@ class _Mosaic:
             if self.store is not None:
                 first = next(s for s in members if s.id == used[0])
                 harmonised = [(first.assets[b].scale, first.assets[b].offset) for b in self.bands]
-                self.store.commit(self.times[-1], self.scene_ids[-1], harmonised)
+                self.store.commit(
+                    self.times[-1], self.scene_ids[-1], harmonised, from_dn=dn_slot is not None
+                )
             self.n_dates += 1  # else the slot is reused (and re-initialised) by the next date
+
+    def _dn_slot(self, members: Sequence[Scene]) -> np.ndarray | None:
+        """With a store, and when the date's scenes share each band's scale and offset: the
+        store's DN buffer, which the date is mosaicked into as DNs (uint16 reads), so it is
+        kept without a float32 round trip. Else None: mosaic reflectance."""
+        if self.store is None:
+            return None
+        first = members[0].assets
+
+        def harmonisation(assets: Mapping[str, Asset]) -> list[tuple[float, float]]:
+            return [(assets[b].scale, assets[b].offset) for b in self.bands]
+
+        if any(harmonisation(s.assets) != harmonisation(first) for s in members[1:]):
+            return None
+        return self.store.dn_slot()
 
     def _take(self, scene: Scene) -> list[np.ndarray] | None:
         """The DNs of every band of `scene` (None, with the scene skipped, if one is unreadable)."""

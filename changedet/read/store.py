@@ -94,6 +94,7 @@ class DateStore:
             (np.empty((len(self.bands), h, w), dtype=np.float32), np.empty((h, w), dtype=bool))
             for _ in range(2)
         ]
+        self._dn_slots: list[np.ndarray | None] = [None, None]  # made when first asked for
         self._writing: list[Future[None] | None] = [None, None]
         self._current = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-store")
@@ -114,21 +115,43 @@ class DateStore:
             self._writing[self._current] = None
         return self._slots[self._current]
 
+    def dn_slot(self) -> np.ndarray:
+        """(B, H, W) uint16 buffer of the next date's DNs, for a date whose scenes all share one
+        (scale, offset) per band: filled instead of `slot()`'s reflectance (0 where not clear)
+        and committed with `from_dn=True`, it is kept as is, with no float32 round trip."""
+        self.slot()  # waits for the write of the date this slot held before
+        dn = self._dn_slots[self._current]
+        if dn is None:
+            dn = np.empty(self._slots[self._current][0].shape, dtype=np.uint16)
+            self._dn_slots[self._current] = dn
+        return dn
+
     def commit(
         self,
         when: datetime,
         scene_ids: tuple[str, ...],
         harmonisation: Sequence[tuple[float, float]] | None = None,
+        *,
+        from_dn: bool = False,
     ) -> None:
         """Append the date held in the slot (written in the background; `slot` gives the other).
 
         harmonisation: per band, the (scale, offset) that made the reflectance from DNs; with
-        it the date is kept as uint16 DNs when that gives back every value to the bit."""
+        it the date is kept as uint16 DNs when that gives back every value to the bit.
+        from_dn: the date is in `dn_slot()`, whose DNs `harmonisation` turns into reflectance."""
         t = len(self._times)
         values, clear = self._slots[self._current]
-        self._writing[self._current] = self._writer.submit(
-            self._write, t, values, clear, harmonisation
-        )
+        if from_dn:
+            dn = self._dn_slots[self._current]
+            if dn is None or harmonisation is None:
+                raise ValueError("date store: from_dn needs dn_slot() and the harmonisation")
+            self._writing[self._current] = self._writer.submit(
+                self._append, t, dn, clear, tuple(harmonisation)
+            )
+        else:
+            self._writing[self._current] = self._writer.submit(
+                self._write, t, values, clear, harmonisation
+            )
         self._times.append(when)
         self._scene_ids.append(scene_ids)
         self._current = 1 - self._current
@@ -141,10 +164,19 @@ class DateStore:
         harmonisation: Sequence[tuple[float, float]] | None,
     ) -> None:
         dn = None if harmonisation is None else _as_dn(values, clear, harmonisation)
-        data = values if dn is None else dn
-        self._layout.append(
-            (self._end, data.dtype, None if dn is None else tuple(harmonisation or ()))
-        )
+        if dn is None:
+            self._append(t, values, clear, None)
+        else:
+            self._append(t, dn, clear, tuple(harmonisation or ()))
+
+    def _append(
+        self,
+        t: int,
+        data: np.ndarray,
+        clear: np.ndarray,
+        harmonisation: tuple[tuple[float, float], ...] | None,
+    ) -> None:
+        self._layout.append((self._end, data.dtype, harmonisation))
         _write_all(self._values.fileno(), data, self._end)
         _write_all(self._clear.fileno(), clear, t * clear.nbytes)
         self._end += data.nbytes
@@ -157,7 +189,7 @@ class DateStore:
                 pending.result()
         self._writing = [None, None]
         self._writer.shutdown(wait=True)
-        self._slots = []
+        self._slots, self._dn_slots = [], []
 
     # --- reading (DateSeries) -------------------------------------------------------------
 
