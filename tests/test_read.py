@@ -153,6 +153,62 @@ def test_20m_bilinear_never_blends_nodata_into_values(tmp_path: Path) -> None:
     assert 0 < (warped > 0).sum() - ours_valid.sum() <= grid.height  # at most one edge column
 
 
+@pytest.mark.parametrize("band", ["swir16", "scl"])
+def test_a_grid_over_the_tile_edge_reads_inside_as_a_grid_inside_would(
+    tmp_path: Path, band: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AOI's context window running over a tile's edge: the pixels inside the tile get
+    exactly what a grid lying inside the tile gets (the resampled window read), only the strips
+    along the edge go through the warper (several times slower), and beyond it is nodata."""
+    from rasterio.crs import CRS as RioCRS
+
+    import changedet.read.cog as cog
+
+    s = make_scene(
+        tmp_path,
+        "S2A_39SVV_20230801_0_L2A",
+        when(1),
+        scl=CLEAR_SCL,
+        seed=3,
+        nodata_cols=slice(100, 140),
+    )
+    path = str(tmp_path / s.id / f"{band}.tif")
+    resampling = Resampling.nearest if band == "scl" else Resampling.bilinear
+    # 200 x 180 px from 1 km inside the tile past its east and its south edge.
+    grid = Grid.from_origin(CRS, TILE_X0 + 1000, TILE_Y0 - 1200, 10.0, 200, 180)
+    warped_px: list[int] = []
+    warp = cog._warp
+
+    def counted(source: Any, src_georef: Any, destination: np.ndarray, *a: Any, **k: Any) -> Any:
+        warped_px.append(destination.size)
+        return warp(source, src_georef, destination, *a, **k)
+
+    monkeypatch.setattr(cog, "_warp", counted)
+    got = cog._read_onto_grid(path, grid, resampling=resampling, nodata=None)
+    # Inside: up to one 20 m source pixel (2 grid pixels) from the tile's east and south edges.
+    east, south = (TILE_PX * 10 - 1000) // 10, (TILE_PX * 10 - 1200) // 10
+    with rasterio.open(path) as src:
+        r0, r1, c0, c1 = cog._inner_rect(src, grid)
+    assert (r0, r1, c0, c1) == (0, south - 2, 0, east - 2)
+    assert sum(warped_px) == grid.height * grid.width - (r1 - r0) * (c1 - c0)  # the strips
+    # The same pixels read by a grid that lies inside the tile.
+    inner = cog._part(grid, (r0, r1), (c0, c1))
+    warped_px.clear()
+    np.testing.assert_array_equal(
+        got[r0:r1, c0:c1], cog._read_onto_grid(path, inner, resampling=resampling, nodata=None)
+    )
+    assert not warped_px  # a grid inside the tile never needs the warper
+    # The edge strips are the warper's values; past the tile's edge there is no data.
+    with rasterio.open(path) as src:
+        full = cog._warped_window(
+            src, grid, RioCRS.from_user_input(CRS), resampling=resampling, fill=0
+        )
+    edge = np.ones(grid.shape, bool)
+    edge[r0:r1, c0:c1] = False
+    np.testing.assert_array_equal(got[edge], full[edge])
+    assert (got[:, east:] == 0).all() and (got[south:] == 0).all()
+
+
 def test_harmonisation_removes_the_baseline_jump(tmp_path: Path) -> None:
     """Same surface, two DN conventions: no fake 0.1 step between the dates."""
     new = make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=CLEAR_SCL, seed=7)
