@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from changedet.config import ChangeConfig
-from changedet.core.change import decide, detect_change, tolerant_excess
+from changedet.core.change import before_range, decide, detect_change, tolerant_excess
 from changedet.core.objects import extract_objects
 from changedet.core.stats import robust_z
 from changedet.models import Composite, Grid, Period
@@ -142,6 +142,29 @@ def test_subpixel_misregistration_is_change_but_not_a_structure(
     _, structure = change.structures
     assert structure[BLOCK].mean() > 0.9
     assert (structure & ~near).sum() <= 0.1 * (change.mask & ~near).sum()
+
+
+def test_the_before_range_computed_once_gives_the_same_change(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
+    """Every period is compared with one baseline: its neighbourhood ranges, computed once and
+    passed in, give each comparison exactly what computing them inside gives; a range of another
+    composite is refused, not used."""
+    before, after = pair(shift=(0.45, -0.3))
+    _, other = pair(block=False)
+    config = ChangeConfig()
+    known = before_range(before, config)
+    assert known is not None and set(known.ranges) == set(before.bands)
+    for later in (after, other):
+        alone = detect_change(before, later, config)
+        shared = detect_change(before, later, config, known_before=known)
+        for name in ("score", "mask", "structure_score", "structure_mask"):
+            np.testing.assert_array_equal(getattr(shared, name), getattr(alone, name))
+        for layer, values in alone.indicators.items():
+            np.testing.assert_array_equal(shared.indicators[layer], values)
+    with pytest.raises(ValueError, match="another composite"):
+        detect_change(after, other, config, known_before=known)
+    assert before_range(before, dataclasses.replace(config, tolerance_px=0)) is None
 
 
 def test_default_config_finds_the_block_and_nothing_else(

@@ -41,7 +41,15 @@ from changedet.core.stats import SAMPLES, robust_z, sample_index, smooth_reusing
 from changedet.errors import DataError
 from changedet.models import ChangeMap, Composite, Grid
 
-__all__ = ["COREG_BANDS", "DETECT_BANDS", "decide", "detect_change", "tolerant_excess"]
+__all__ = [
+    "COREG_BANDS",
+    "DETECT_BANDS",
+    "BeforeRange",
+    "before_range",
+    "decide",
+    "detect_change",
+    "tolerant_excess",
+]
 
 # Bands used for detection when present (atmospheric bands B01/B09/B10 are left out on purpose).
 DETECT_BANDS = (
@@ -106,16 +114,56 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return filled
 
 
-def tolerant_excess(after: np.ndarray, before: np.ndarray, radius: int) -> np.ndarray:
-    """How far `after` (H, W) lies outside the range of `before` over a (2r+1)² neighbourhood:
-    0 where some neighbour before explains the value after (a shifted edge, a blurred line, a
-    shadow one pixel longer), signed distance to the range otherwise. NaN neighbours are ignored."""
+def neighbour_range(before: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high): the min and max of `before` (H, W) over each pixel's (2r+1)² neighbourhood,
+    NaN neighbours ignored (±inf where all are NaN)."""
     size = 2 * radius + 1
     finite = np.isfinite(before)
     low = ndi.minimum_filter(np.where(finite, before, np.inf), size=size, mode="nearest")
     high = ndi.maximum_filter(np.where(finite, before, -np.inf), size=size, mode="nearest")
+    return low, high
+
+
+def tolerant_excess(
+    after: np.ndarray,
+    before: np.ndarray,
+    radius: int,
+    *,
+    known_range: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """How far `after` (H, W) lies outside the range of `before` over a (2r+1)² neighbourhood:
+    0 where some neighbour before explains the value after (a shifted edge, a blurred line, a
+    shadow one pixel longer), signed distance to the range otherwise. NaN neighbours are ignored.
+    known_range: `neighbour_range(before, radius)`, when already computed."""
+    low, high = known_range if known_range is not None else neighbour_range(before, radius)
     out: np.ndarray = after - np.clip(after, low, high)
     return out
+
+
+@dataclass(frozen=True)
+class BeforeRange:
+    """`neighbour_range` of every detection band of one "before" composite. Each period is
+    compared with the same baseline, and these filters are the costliest step that depends on
+    the before date alone: computed once (`before_range`), passed to every `detect_change`."""
+
+    source: np.ndarray  # the composite's reflectance it was computed from (checked on use)
+    radius: int
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def before_range(before: Composite, config: ChangeConfig) -> BeforeRange | None:
+    """The neighbourhood ranges `detect_change(before, ...)` needs; None when it needs none."""
+    if config.tolerance_px <= 0:
+        return None
+    ranges = {
+        band: neighbour_range(
+            before.reflectance[before.bands.index(band)].astype(np.float32, copy=False),
+            config.tolerance_px,
+        )
+        for band in DETECT_BANDS
+        if band in before.bands
+    }
+    return BeforeRange(before.reflectance, config.tolerance_px, ranges)
 
 
 def _index(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -215,15 +263,22 @@ def _gates(b: np.ndarray, a: np.ndarray, bands: Sequence[str], config: ChangeCon
 
 
 def _unexplained(
-    b: np.ndarray, a: np.ndarray, noise: np.ndarray, cva: np.ndarray, radius: int
+    b: np.ndarray,
+    a: np.ndarray,
+    noise: np.ndarray,
+    cva: np.ndarray,
+    radius: int,
+    known: Sequence[tuple[np.ndarray, np.ndarray] | None],
 ) -> tuple[np.ndarray, np.ndarray]:
     """The change the neighbourhood cannot explain: its CVA (the CVA of `tolerant_excess`, in
-    noise units) and its share of the plain CVA (0..1), both (H, W)."""
+    noise units) and its share of the plain CVA (0..1), both (H, W). known: per band, the
+    before's `neighbour_range` when computed already."""
     excess = np.empty(cva.shape, dtype=np.float32)
     term = np.empty_like(excess)
     for i in range(len(a)):
         dest = excess if i == 0 else term
-        np.divide(tolerant_excess(a[i], b[i], radius), noise[i], out=dest)
+        excess_i = tolerant_excess(a[i], b[i], radius, known_range=known[i])
+        np.divide(excess_i, noise[i], out=dest)
         np.square(dest, out=dest)
         if i > 0:
             excess += term
@@ -232,6 +287,16 @@ def _unexplained(
         ratio = np.clip(excess / np.maximum(cva, 1e-6), 0.0, 1.0)
     share: np.ndarray = np.nan_to_num(ratio, nan=1.0).astype(np.float32, copy=False)
     return excess, share
+
+
+def _known_ranges(
+    known: BeforeRange | None, before: Composite, bands: Sequence[str], radius: int
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    if known is None:
+        return [None] * len(bands)
+    if known.source is not before.reflectance or known.radius != radius:
+        raise ValueError("detect_change: known_before was computed for another composite")
+    return [known.ranges.get(band) for band in bands]
 
 
 def _scores(
@@ -342,6 +407,7 @@ def detect_change(
     config: ChangeConfig,
     *,
     seed_threshold: float | None = None,
+    known_before: BeforeRange | None = None,
 ) -> ChangeMap:
     """Change scores, decided masks and evidence between two composites on one grid.
 
@@ -350,6 +416,7 @@ def detect_change(
     Works with any band set containing some of DETECT_BANDS (L2A: blue, green, red, nir, swir16,
     swir22; OSCD L1C: all ten 10/20 m bands). NaN pixels in either composite get NaN scores and no
     change. The minimum mapping unit is `config.min_area_m2` over `grid.pixel_area_m2`.
+    known_before: `before_range(before, config)`, when several periods share the before.
     """
     pair = _pair(before, after)
     grid = before.grid
@@ -379,7 +446,8 @@ def detect_change(
     weights = [keep]
     excess = None
     if config.tolerance_px > 0:
-        excess, share = _unexplained(b, a, noise, cva, config.tolerance_px)
+        known = _known_ranges(known_before, before, pair.bands, config.tolerance_px)
+        excess, share = _unexplained(b, a, noise, cva, config.tolerance_px, known)
         weights.append(keep * share)
     scores = _scores(cva, cond, weights, valid, config.smooth_sigma_px)
     min_pixels = max(1, int(np.ceil(config.min_area_m2 / grid.pixel_area_m2 - 1e-9)))

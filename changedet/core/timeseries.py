@@ -28,7 +28,7 @@ import numpy as np
 
 from changedet.config import Config
 from changedet.core.berms import berm_evidence, extract_berms, link_berms, ring_test
-from changedet.core.change import COREG_BANDS, detect_change
+from changedet.core.change import COREG_BANDS, BeforeRange, before_range, detect_change
 from changedet.core.composite import composite
 from changedet.core.coreg import coregister_dates
 from changedet.core.kinds import BUILDING
@@ -199,8 +199,10 @@ def _observe_periods(
     config: Config,
     progress: Progress,
     memo: PeriodMemo | None = None,
+    baseline_range: BeforeRange | None = None,
 ) -> list[PeriodObservation]:
-    """Baseline periods as "absent" evidence, then each later period's objects of new structures."""
+    """Baseline periods as "absent" evidence, then each later period's objects of new structures.
+    baseline_range: `before_range` of the baseline composite, when computed already."""
     cc = config.change
     observations = [
         PeriodObservation(
@@ -221,7 +223,7 @@ def _observe_periods(
     todo = [i for i, seen in enumerate(known) if seen is None]
 
     def observe(comp: Composite) -> PeriodObservation:
-        cmap = detect_change(baseline_composite, comp, cc)
+        cmap = detect_change(baseline_composite, comp, cc, known_before=baseline_range)
         observed = np.isfinite(cmap.structures[0]) & inside
         objects = extract_objects(cmap, cc, kinds=config.kinds) if observed.any() else []
         return PeriodObservation(
@@ -370,6 +372,7 @@ def analyse_composites(
     cc = config.change
     grid = before.grid
     with timer("change"):
+        before_ranges = before_range(before, cc)  # every comparison below is against `before`
         observations = _observe_periods(
             before,
             per_period,
@@ -378,8 +381,9 @@ def analyse_composites(
             config=config,
             progress=progress,
             memo=memo,
+            baseline_range=before_ranges,
         )
-        change = detect_change(before, after, cc)
+        change = detect_change(before, after, cc, known_before=before_ranges)
     with timer("track"):
         # Few clear periods allow less persistence than configured (`Baseline.comparison`).
         track = replace(config.track, min_persistence=baseline.comparison.min_persistence)
