@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from changedet.config import ChangeConfig
-from changedet.core.objects import extract_objects, label_objects
+from changedet.core.objects import extract_objects, label_objects, split_roofs
 from changedet.models import ChangeMap, Grid
 
 UTM = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 60, 50)
@@ -65,3 +65,33 @@ def test_touching_blobs_with_two_peaks_are_split() -> None:
 
 def test_no_change_gives_no_objects() -> None:
     assert extract_objects(_change(np.zeros(UTM.shape, bool)), ChangeConfig()) == []
+
+
+def test_roof_parts_on_soil_become_objects_of_their_own() -> None:
+    """Known answers of `split_roofs` (threshold 0.2, soil 0.05, 4 px):
+    a hall on graded ground splits in two; a roof on mixed ground, a roof smaller than 4 px and
+    an object that is all roof stay as they are."""
+    labels = np.zeros((40, 60), np.int32)
+    flattening = np.zeros(labels.shape, np.float32)
+    labels[2:10, 2:20] = 1  # graded ground (flattening 0.01) with a hall in it
+    flattening[2:10, 2:20] = 0.01
+    flattening[4:8, 4:9] = 0.5
+    labels[15:25, 2:20] = 2  # a hall on mixed ground: its rest is not clearly soil
+    flattening[15:25, 2:20] = np.where(np.arange(18) % 2 == 0, 0.12, -0.1)
+    flattening[17:21, 4:9] = 0.5
+    labels[30:38, 2:20] = 3  # a roof of 3 px: too small to stand on its own
+    flattening[31, 4:7] = 0.5
+    labels[2:10, 30:40] = 4  # all roof
+    flattening[2:10, 30:40] = 0.5
+    out = split_roofs(labels, flattening, threshold=0.2, soil=0.05, min_pixels=4)
+    hall = out[4:8, 4:9]
+    assert len(np.unique(hall)) == 1 and hall[0, 0] > 0
+    ground = (labels == 1) & (out != hall[0, 0])
+    assert ground.sum() == 8 * 18 - 4 * 5 and len(np.unique(out[ground])) == 1
+    assert out[ground][0] not in (0, hall[0, 0])
+    for k in (2, 3, 4):  # whole, each still one object
+        assert len(np.unique(out[labels == k])) == 1
+    assert len(np.unique(out[out > 0])) == 5
+    # No object with a roof and a rest: nothing is split, the labels come back as given.
+    only = np.where(labels == 4, 4, 0).astype(np.int32)
+    assert split_roofs(only, flattening, threshold=0.2, soil=0.05, min_pixels=4) is only

@@ -96,11 +96,18 @@ def split_roofs(
     roof = big[roof_lab]
     rest = mask & ~roof
     n = int(labels.max())
-    index = np.arange(1, n + 1)
-    has_roof = ndi.maximum(roof, labels, index).astype(bool)
-    rest_flat = ndi.median(np.abs(flattening), np.where(rest, labels, 0), index)
-    soil_rest = np.nan_to_num(rest_flat, nan=np.inf) <= soil
-    split = np.concatenate([[False], has_roof & soil_rest])[labels]
+    has_roof = np.bincount(labels[roof], minlength=n + 1) > 0
+    has_roof[0] = False
+    # The median |flattening| of the rest, of the objects with a roof part only (few pixels:
+    # ndimage's median sorts every pixel it is given).
+    with_roof = np.flatnonzero(has_roof)
+    in_rest = rest & has_roof[labels]
+    if not in_rest.any():  # no object has both a roof and a rest: nothing to split
+        return labels
+    rest_flat = ndi.median(np.abs(flattening[in_rest]), labels[in_rest], with_roof)
+    soil_rest = np.zeros(n + 1, dtype=bool)
+    soil_rest[with_roof] = np.nan_to_num(np.asarray(rest_flat, dtype=float), nan=np.inf) <= soil
+    split = soil_rest[labels]
     if not split.any():
         return labels
     kept, n_kept = ndi.label(roof & split, structure=_EIGHT)
