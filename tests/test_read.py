@@ -124,17 +124,17 @@ def test_bilinear_20m_band_stays_between_neighbours(tmp_path: Path) -> None:
     assert result.stack.scl is not None and set(np.unique(result.stack.scl)) == {4}
 
 
+def _scene_with_nodata(tmp_path: Path, cols: slice) -> Any:
+    """One clear scene whose 10 m columns `cols` are nodata in every band."""
+    return make_scene(
+        tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=CLEAR_SCL, seed=3, nodata_cols=cols
+    )
+
+
 def test_20m_bilinear_never_blends_nodata_into_values(tmp_path: Path) -> None:
     """At a data edge the fast resampled read must not invent half-nodata values: it agrees
     with GDAL's warper wherever both have data, and is nodata wherever the warper is."""
-    s = make_scene(
-        tmp_path,
-        "S2A_39SVV_20230801_0_L2A",
-        when(1),
-        scl=CLEAR_SCL,
-        seed=3,
-        nodata_cols=slice(100, None),
-    )
+    s = _scene_with_nodata(tmp_path, slice(100, None))
     grid = Grid.from_origin(CRS, TILE_X0 + 410, TILE_Y0 - 410, 10.0, 120, 120)  # straddles col 100
     result = read_stack(
         [local_scene(s, tmp_path)],
@@ -164,14 +164,7 @@ def test_a_grid_over_the_tile_edge_reads_inside_as_a_grid_inside_would(
 
     import changedet.read.cog as cog
 
-    s = make_scene(
-        tmp_path,
-        "S2A_39SVV_20230801_0_L2A",
-        when(1),
-        scl=CLEAR_SCL,
-        seed=3,
-        nodata_cols=slice(100, 140),
-    )
+    s = _scene_with_nodata(tmp_path, slice(100, 140))
     path = str(tmp_path / s.id / f"{band}.tif")
     resampling = Resampling.nearest if band == "scl" else Resampling.bilinear
     # 200 x 180 px from 1 km inside the tile past its east and its south edge.
