@@ -100,9 +100,24 @@ def synth_sample(
     "--start", default="2023-01-01", show_default=True, help="Date of the first acquisition."
 )
 @click.option("--months", default=12, show_default=True, type=click.IntRange(2, 60))
+@click.option(
+    "--razed-share",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Share of the changes razed again later (their ground shows the first date again; "
+    "truth.geojson gives the day): for testing 'vanished'.",
+)
 @click.option("--debug", is_flag=True)
 def synth_oscd_series(
-    root: str, city: str, out_dir: str, seed: int, start: str, months: int, debug: bool
+    root: str,
+    city: str,
+    out_dir: str,
+    seed: int,
+    start: str,
+    months: int,
+    razed_share: float,
+    debug: bool,
 ) -> None:
     """Build a monthly semi-real series from a real OSCD pair and its labels."""
     from changedet.config import parse_date
@@ -116,6 +131,7 @@ def synth_oscd_series(
             seed=seed,
             start=parse_date(start, "--start"),
             months=months,
+            razed_share=razed_share,
             progress=progress,
         )
     click.echo(str(summary))

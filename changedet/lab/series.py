@@ -19,8 +19,8 @@ Output folder:
     catalog.json, sentinel-2-l2a/collection.json, sentinel-2-l2a/<item>/<item>.json  (static STAC,
         Earth Search v1 asset keys: blue green red nir at 10 m, swir16 swir22 scl at 20 m)
     sentinel-2-l2a/<item>/<band>.tif   COGs
-    truth.geojson      one feature per change region (EPSG:4326): region_id, appeared, n_pixels,
-                       area_m2, bermed (null: OSCD has no berms)
+    truth.geojson      one feature per change region (EPSG:4326): region_id, appeared, razed
+                       (null unless razed again), n_pixels, area_m2, bermed (null: OSCD has none)
     aoi.geojson        the series extent as an AOI (id = city)
     series.json        grid, dates, switch date, seed, and per-acquisition cloud cover and shift
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,7 @@ class TruthRegion:
     n_pixels: int
     area_m2: float
     geometry: Any  # shapely polygon in the series grid CRS
+    razed: date | None = None  # from this day the region shows the first real date again
 
 
 @dataclass(frozen=True)
@@ -314,12 +315,14 @@ def make_oscd_series(
     baseline_months: int = 2,
     min_region_px: int = 10,
     switch_month: int | None = None,
+    razed_share: float = 0.0,
 ) -> OSCDSeries:
     """Plan a semi-real series from an `oscd.OSCDCity` loaded with its label.
 
     Regions appear in months `baseline_months` .. `months - 2` (so each has at least two later
     months to be confirmed in), on a uniformly drawn day. The baseline switch happens at the start
-    of month `switch_month` (default: the middle month).
+    of month `switch_month` (default: the middle month). `razed_share`: the share of regions
+    razed again later (`_raze`; 0: none, and the series is the same as without it).
     """
     _check_city(city, months, baseline_months)
     grid, before, after, label = _on_utm_grid(city)
@@ -333,6 +336,10 @@ def make_oscd_series(
         months=months,
         baseline_months=baseline_months,
     )
+    if razed_share > 0:
+        truth = _raze(
+            np.random.default_rng([seed, 13]), truth, start=start, months=months, share=razed_share
+        )
     switch = _add_months(start, switch_month if switch_month is not None else months // 2)
     zone = int(grid.crs.split(":")[1]) % 100
     tile = f"{zone:02d}X{city.name[:2].upper()}"
@@ -374,12 +381,46 @@ def _season(day: date, peak_doy: int) -> float:
     return math.cos(2.0 * math.pi * (day.timetuple().tm_yday - peak_doy) / 365.25)
 
 
+def _razed_by(region: TruthRegion, day: date) -> bool:
+    return region.razed is not None and region.razed <= day
+
+
+def _raze(
+    rng: np.random.Generator,
+    truth: list[TruthRegion],
+    *,
+    start: date,
+    months: int,
+    share: float,
+) -> list[TruthRegion]:
+    """About `share` of the regions that leave room for it razed again: on a uniform day of a
+    month at least two months after the one they appeared in (long enough to be confirmed) and
+    at least four months before the end (long enough to be seen gone three clear months in a
+    row). Razed ground shows the first real date again, as a site cleared back to its old
+    surface would; rubble that looks like neither date is not modelled."""
+    out: list[TruthRegion] = []
+    for r in truth:
+        first = (r.appeared.year - start.year) * 12 + r.appeared.month - start.month + 2
+        last = months - 4
+        if share <= 0 or first > last or rng.random() >= share:
+            out.append(r)
+            continue
+        month = int(rng.integers(first, last + 1))
+        m0, m1 = _add_months(start, month), _add_months(start, month + 1)
+        day = m0 + timedelta(days=int(rng.integers(0, (m1 - m0).days)))
+        out.append(replace(r, razed=day))
+    return out
+
+
 def _ground(series: OSCDSeries, day: date) -> tuple[np.ndarray, np.ndarray]:
     """Reflectance of the ground on `day` ((B, H, W), 0 where no data) and the no-data mask:
     revealed regions show the second real date, the rest the first; vegetation greens up towards
     late June and browns in winter; shadows north of tall objects grow by up to a pixel towards
     the winter solstice (shadows fall north at Sentinel-2's morning overpass)."""
-    revealed = np.array([r.region_id for r in series.truth if r.appeared <= day], np.int32)
+    revealed = np.array(
+        [r.region_id for r in series.truth if r.appeared <= day and not _razed_by(r, day)],
+        np.int32,
+    )
     inside = np.isin(series.regions, revealed) & np.isfinite(series.after).all(axis=0)
     refl = np.where(inside[None], series.after, series.before).astype(np.float32)
     nodata = np.asarray(~np.isfinite(refl).all(axis=0))
@@ -587,13 +628,19 @@ def write_oscd_series(
     start: date = date(2023, 1, 1),
     months: int = 12,
     scenes_per_month: int = 3,
+    razed_share: float = 0.0,
     progress: Progress = no_progress,
 ) -> SeriesSummary:
     """Build the semi-real series of OSCD `city` under `root` and write it to `out_dir` (replaced
     atomically): COGs, a static STAC catalog with Earth Search keys, truth.geojson, aoi.geojson."""
     data = load_city(Path(root), city, with_label=True)
     series = make_oscd_series(
-        data, seed=seed, start=start, months=months, scenes_per_month=scenes_per_month
+        data,
+        seed=seed,
+        start=start,
+        months=months,
+        scenes_per_month=scenes_per_month,
+        razed_share=razed_share,
     )
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -723,6 +770,7 @@ def _truth_geojson(series: OSCDSeries) -> dict[str, Any]:
                 "properties": {
                     "region_id": r.region_id,
                     "appeared": r.appeared.isoformat(),
+                    "razed": None if r.razed is None else r.razed.isoformat(),
                     "n_pixels": r.n_pixels,
                     "area_m2": round(r.area_m2, 1),
                     "bermed": None,
@@ -786,6 +834,7 @@ def load_truth(path: Path, grid: Grid) -> list[TruthRegion]:
                 int(p.get("n_pixels", 0)),
                 float(p.get("area_m2", geom.area)),
                 geom,
+                date.fromisoformat(p["razed"]) if p.get("razed") else None,
             )
         )
     return out
