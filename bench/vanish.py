@@ -9,7 +9,7 @@ run with the default configuration. Of the truth regions matched to a confirmed 
 (`changedet.lab.score.match_structures`), printed per city and pooled: razed ones reported
 `vanished` (and how far `vanished_after` lies from the day of razing), standing ones reported
 `vanished` (false alarms). Razed ground shows the first real date again: the clearing-back case,
-not rubble. About 10 minutes for the nine cities on 2 cores.
+not rubble. About 5 minutes for the nine cities on 2 cores.
 """
 
 from __future__ import annotations
