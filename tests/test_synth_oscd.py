@@ -101,6 +101,8 @@ def test_write_series_catalog_cogs_truth_and_aoi(city, tmp_path: Path, oscd_root
     out = tmp_path / "series"
     summary = write_oscd_series(oscd_root, CITY, out, seed=1, months=4, scenes_per_month=1)
     assert summary.n_acquisitions == 4 and summary.n_regions >= 10
+    assert "SYNTHETIC" in str(summary) and f"{summary.n_regions} labelled" in str(summary)
+    assert "razed" not in str(summary)  # none asked for
     cat = pystac.Catalog.from_file(str(summary.catalog))
     items = sorted(cat.get_items(recursive=True), key=lambda i: i.datetime)
     assert len(items) == 4

@@ -155,6 +155,16 @@ class SeriesSummary:
     start: date
     end: date
     switch_date: date
+    n_razed: int = 0
+
+    def __str__(self) -> str:
+        razed = f", {self.n_razed} razed again later" if self.n_razed else ""
+        return (
+            f"{self.city}: {self.n_acquisitions} SYNTHETIC acquisitions from real OSCD spectra, "
+            f"{self.start} to {self.end} (processing baseline switch {self.switch_date}), "
+            f"{self.n_regions} labelled change regions{razed} → {self.out_dir}\n"
+            f"  catalog {self.catalog.name}, truth {self.truth.name}, AOI {self.aoi.name}"
+        )
 
 
 # ----------------------------------------------------------------------------- building the series
@@ -660,6 +670,7 @@ def write_oscd_series(
         start=series.start,
         end=series.end,
         switch_date=series.switch_date,
+        n_razed=sum(r.razed is not None for r in series.truth),
     )
 
 
