@@ -473,6 +473,7 @@ def test_run_json(out_dir: Path, run_result: RunResult) -> None:
     limits = manifest["detection_limits"]
     assert limits["min_mapping_unit_m2"] == 400.0 and limits["min_mapping_unit_px"] == 4.0
     assert limits["pixel_size_m"] == 10.0
+    assert any("rubble" in note for note in limits["notes"])  # what 'vanished' cannot see
     assert manifest["coregistration"] == {
         "shift_px": [0.12, -0.31],
         "shift_m": [1.2, -3.1],
