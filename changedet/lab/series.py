@@ -412,7 +412,7 @@ def _raze(
     for r in truth:
         first = (r.appeared.year - start.year) * 12 + r.appeared.month - start.month + 2
         last = months - 4
-        if share <= 0 or first > last or rng.random() >= share:
+        if first > last or rng.random() >= share:
             out.append(r)
             continue
         month = int(rng.integers(first, last + 1))
@@ -424,7 +424,8 @@ def _raze(
 
 def _ground(series: OSCDSeries, day: date) -> tuple[np.ndarray, np.ndarray]:
     """Reflectance of the ground on `day` ((B, H, W), 0 where no data) and the no-data mask:
-    revealed regions show the second real date, the rest the first; vegetation greens up towards
+    revealed regions (appeared, not razed yet) show the second real date, the rest the first;
+    vegetation greens up towards
     late June and browns in winter; shadows north of tall objects grow by up to a pixel towards
     the winter solstice (shadows fall north at Sentinel-2's morning overpass)."""
     revealed = np.array(

@@ -306,9 +306,10 @@ def _split_at_edges(
     src: Any, grid: Grid, dst_crs: Any, *, resampling: Any, fill: float
 ) -> np.ndarray | None:
     """A grid running over a tile's edge (an AOI's context window near it, an AOI on two
-    tiles): the part inside by the resampled window read, only the strips along the edge by the
-    warper, which gives the same values (tests/test_read.py) at several times the cost. None
-    when too little of the grid is inside for the split to pay."""
+    tiles): the part inside by the resampled window read, so each pixel there gets what a grid
+    lying inside the tile would give it, and only the strips along the edge by the warper, at
+    several times the cost (tests/test_read.py). None when too little of the grid is inside for
+    the split to pay."""
     r0, r1, c0, c1 = _inner_rect(src, grid)
     if (r1 - r0) * (c1 - c0) < grid.width * grid.height // 4:
         return None
