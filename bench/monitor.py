@@ -2,7 +2,7 @@
 
     python bench/monitor.py [--aoi aoi/khojir.geojson] [--config configs/demo-khojir.toml]
                             [--repeat 3] [--keep DIR]
-    python bench/monitor.py --size 1000 --dates 48 [--repeat 3]
+    python bench/monitor.py --size 1000 --dates 48 [--repeat 3] [--http]
 
 The catalog is the AOI's bundled SYNTHETIC sample (offline), or with --size the seeded synthetic
 year of `bench/e2e.py` (Earth Search-like COGs, an S x S px AOI, the default config): the sample
@@ -13,6 +13,10 @@ in a fresh process (what cron starts), with the same watch-list and outputs:
   searches the recent past, fetches the new scene's pixels only, recomputes only the periods the
   new scene touches (earlier periods' change comes from the state's period cache), refreshes the
   ledger, outputs and alerts.
+With --http (and --size) the COGs are served by a range-request HTTP server in its own process
+on loopback, as a catalog's assets would be: the full rerun fetches every scene over HTTP into
+an empty pixel cache, the incremental run fetches the new scene and reads the others from the
+cache (`read.cache_dir`), as a scheduled run against Earth Search does.
 Prints the wall time of each repeat, the medians and their ratio, and the stage times
 (run.json `timings_s`) of the last repeat of each.
 """
@@ -20,6 +24,7 @@ Prints the wall time of each repeat, the medians and their ratio, and the stage 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -102,7 +107,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="Use bench/e2e.py's synthetic year, S x S px.")
     parser.add_argument("--dates", type=int, default=48, help="Dates of that year (with --size).")
     parser.add_argument("--data", type=Path, default=Path("/tmp/changedet-bench-e2e"))
+    parser.add_argument("--http", action="store_true", help="Serve the COGs over loopback HTTP.")
     args = parser.parse_args()
+    if args.http and not args.size:
+        parser.error("--http needs --size")
     if args.size:
         sys.path.insert(0, str(REPO / "bench"))
         from e2e import make_data
@@ -120,6 +128,24 @@ def main() -> None:
         sample = REPO / "sample_tiles" / aoi_id
         items = _items(sample)
     config = args.config.resolve() if args.config else None
+    with contextlib.ExitStack() as stack:
+        if args.http:
+            from fetch import ProcessRangeServer
+
+            server = stack.enter_context(ProcessRangeServer(sample))
+            local = json.dumps(items).replace(f'"{sample}/', f'"{server.url}/')
+            items = json.loads(local)
+            print(f"assets served at {server.url}")
+        _compare(args, items, sample, config, aoi_id)
+
+
+def _compare(
+    args: argparse.Namespace,
+    items: list[dict[str, Any]],
+    sample: Path,
+    config: Path | None,
+    aoi_id: str,
+) -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="changedet-bench-monitor-"))
     full_times, incremental_times = [], []
     try:
