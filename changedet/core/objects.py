@@ -96,8 +96,7 @@ def split_roofs(
     roof = big[roof_lab]
     rest = mask & ~roof
     n = int(labels.max())
-    has_roof = np.bincount(labels[roof], minlength=n + 1) > 0
-    has_roof[0] = False
+    has_roof = np.bincount(labels[roof], minlength=n + 1) > 0  # roof pixels are all labelled
     # The median |flattening| of the rest, of the objects with a roof part only (few pixels:
     # ndimage's median sorts every pixel it is given).
     with_roof = np.flatnonzero(has_roof)
