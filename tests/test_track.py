@@ -358,3 +358,45 @@ def test_roof_like_pieces_close_by_stay_apart() -> None:
     """Neighbouring halls that appear together are counted one by one."""
     roofs = run(_observations(_pieces(flattening=0.5))).confirmed
     assert sorted(s.area_m2 for s in roofs) == [1200.0, 1200.0]
+
+
+D = box(1, 1, 2, 4)  # 8 px, in A's 100 m cell
+E = box(0, 0, 4, 5)  # 20 px, in A's 100 m cell
+
+
+@pytest.mark.parametrize(
+    ("confirmed", "candidate"), [(A, D), (D, A), (E, A), (A, E)], ids=["A", "D", "E", "A'"]
+)
+def test_a_confirmed_structure_takes_the_plain_id_of_its_cell_before_a_candidate(
+    confirmed: np.ndarray, candidate: np.ndarray
+) -> None:
+    """Whichever of two pieces of one 100 m cell is only a passing candidate (seen once, gone
+    since), the confirmed structure is named after the cell without a suffix."""
+    pres: dict[int, list[np.ndarray]] = {k: [confirmed] for k in range(3, 10)}
+    pres[2] = [candidate]
+    ledger = run(series(pres))
+    (kept,) = ledger.confirmed
+    (passing,) = ledger.candidates
+    assert kept.id == "39N-500050-3949950" and passing.id == f"{kept.id}-2"
+
+
+@pytest.mark.parametrize(("larger", "smaller"), [(A, D), (E, A)], ids=["A>D", "E>A"])
+def test_of_two_structures_in_one_cell_the_larger_takes_the_plain_id(
+    larger: np.ndarray, smaller: np.ndarray
+) -> None:
+    pres = {k: [smaller] for k in range(2, 10)}  # the smaller one stands first
+    pres.update({k: [smaller, larger] for k in range(5, 10)})
+    ids = {s.area_m2: s.id for s in run(series(pres)).confirmed}
+    assert ids[larger.sum() * 100.0] == "39N-500050-3949950"
+    assert ids[smaller.sum() * 100.0] == "39N-500050-3949950-2"
+
+
+@pytest.mark.parametrize(("cols", "cell_x"), [((4, 7), 500_050), ((9, 7), 500_150)])
+def test_a_few_pixels_over_a_cell_border_do_not_move_the_id(
+    cols: tuple[int, int], cell_x: int
+) -> None:
+    """4 rows x 7 columns across the border at column 10: the 4 pixels of the one column on the
+    far side (a sixth of the other cell's 24) leave the id to the cell holding the rest."""
+    hall = box(2, cols[0], 4, cols[1])
+    (s,) = run(series({k: [hall] for k in range(2, 10)})).confirmed
+    assert s.id == f"39N-{cell_x}-3949950"

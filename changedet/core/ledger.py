@@ -12,7 +12,8 @@ Each track becomes a `Structure`:
   indices: a choice that depends only on where the structure stands, not on the run. A rerun with
   another start, end, period length or AOI outline, and any AOI that contains the structure, name
   it the same unless its footprint moved across a cell border. Structures sharing a cell get
-  `-2`, `-3` in the order of the smallest hash of their own pixels (again not of the run).
+  `-2`, `-3`: confirmed ones before unconfirmed candidates, larger before smaller, then by the
+  smallest hash of their own pixels, so a passing candidate never takes a building's plain id.
 
 `Ledger.within(mask)` keeps the structures anchored inside an AOI mask and counts only those:
 statistics come from a context window around the AOI, results from the AOI itself.
@@ -132,8 +133,9 @@ def _mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 # Ids name a cell of this size (m) of the UTM zone's lattice, one the structure stands in.
 ID_CELL_M = 100
 # A cell counts when it holds at least this share of the pixels of the structure's fullest cell:
-# a few edge pixels spilling over a cell border do not move the id.
-ID_CELL_SHARE = 0.35
+# a few edge pixels spilling over a cell border do not move the id. 0.2 kept the most ids over
+# reruns on the nine OSCD cities' semi-real series (seeds 0 and 1; `bench/ids.py`).
+ID_CELL_SHARE = 0.2
 
 
 def _cells(core: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -156,8 +158,8 @@ def anchor_cell(core: np.ndarray, grid: Grid) -> tuple[int, int]:
 
 
 def _tiebreak(core: np.ndarray, grid: Grid) -> int:
-    """A run-independent order of structures sharing an anchor cell: the smallest hash of their
-    own pixels' centres."""
+    """The last key of the order of structures sharing an anchor cell (`_named`), independent of
+    the run: the smallest hash of their own pixels' centres."""
     x, y = _centres(core, grid)
     return int(_mix(x, y).min())
 
@@ -350,8 +352,13 @@ def _entry(b: _Built, tracks: Tracks) -> CountEntry:
 
 
 def _named(built: list[_Built], grid: Grid) -> list[str]:
-    """Place ids; structures sharing a cell get '-2', '-3' in their tie-break order."""
-    order = sorted(range(len(built)), key=lambda i: (built[i].cell, built[i].tiebreak))
+    """Place ids; structures sharing a cell get '-2', '-3': confirmed before unconfirmed, larger
+    before smaller, then in their tie-break order."""
+
+    def rank(b: _Built) -> tuple[tuple[int, int], bool, int, int]:
+        return b.cell, b.track.confirmed_at is None, -b.core.size, b.tiebreak
+
+    order = sorted(range(len(built)), key=lambda i: rank(built[i]))
     out = [""] * len(built)
     seen: dict[tuple[int, int], int] = {}
     for i in order:
