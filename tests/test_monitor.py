@@ -354,6 +354,52 @@ def test_a_review_survives_later_runs_and_a_false_positive_leaves_counts_and_ale
     assert "reviewed: false-positive (checked)" in (out / "report.html").read_text()
 
 
+def _rename_in_ledger(state: Path, old: str, new: str) -> None:
+    """The ledger names a structure `new`: what an earlier run would have stored had the
+    footprint stood across an id cell border then."""
+    db = sqlite3.connect(state)
+    with db:
+        for table, column in (
+            ("structures", "id"),
+            ("structure_history", "structure_id"),
+            ("alerts", "structure_id"),
+        ):
+            db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (new, old))
+    db.close()
+
+
+def test_a_structure_the_ledger_knows_by_another_id_keeps_it_without_a_drop_or_an_alert(
+    tmp_path: Path,
+) -> None:
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until("2023-12-01"))
+    _run(scenario)
+    with State(scenario.state) as state:
+        rows = state.structures("k1")
+        alerted = state.alerted("k1")
+    placed = next(r.id for r in rows.values() if r.status in ("confirmed", "bermed"))
+    assert (placed, "new") in alerted
+    zone, east, north = placed.split("-")[:3]
+    known = f"{zone}-{int(east) + 100:06d}-{north}"  # the neighbouring cell's id
+    _rename_in_ledger(scenario.state, placed, known)
+
+    scenario.publish(until("2024-02-01"))
+    report = _run(scenario)
+    (check,) = report.checks
+    assert check.outcome == "updated" and check.new_scenes
+    assert not {a.structure_id for a in check.alerts} & {placed, known}
+    with State(scenario.state) as state:
+        rows = state.structures("k1")
+        history = state.table_rows("structure_history", "k1")
+    assert placed not in rows and rows[known].status in ("confirmed", "bermed")
+    assert not [h for h in history if h[2] == known and h[3] == "dropped"]
+    ids = {
+        f["properties"]["id"]
+        for f in json.loads((scenario.out / "k1" / "structures.geojson").read_text())["features"]
+    }
+    assert known in ids and placed not in ids
+
+
 def test_review_of_an_unknown_structure_is_a_usage_error(grown: Scenario) -> None:
     done = monitor_cli(
         "review",

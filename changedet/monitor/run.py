@@ -165,6 +165,13 @@ def _structure_rows(result: RunResult) -> list[StructureRow]:
     return rows
 
 
+def _footprints(rows: dict[str, StructureRow]) -> dict[str, Any]:
+    """id → EPSG:4326 footprint of the ledger's structures (what `run_aoi(known=)` takes)."""
+    from shapely.geometry import shape
+
+    return {sid: shape(json.loads(r.geometry)) for sid, r in rows.items() if r.geometry}
+
+
 def _feature_collection(result: RunResult) -> dict[str, Any]:
     from changedet.outputs.vectors import structures_feature_collection
 
@@ -274,6 +281,7 @@ def _process(
     review_seq = state.review_seq(aoi.id)
     capture = _Capture(ctx.io, plan, found)
     memo = DiskMemo(memo_folder(ctx.watch.state, aoi.id))
+    known = state.structures(aoi.id)
     try:
         summary = run_aoi(
             aoi,
@@ -283,14 +291,13 @@ def _process(
             io=capture.io(),
             review=state.verdicts(aoi.id),
             memo=memo,
+            known=_footprints(known),
         )
     except NoScenesError as exc:
         return AOICheck(aoi.id, "waiting", new_scenes=plan.new, message=str(exc))
     result = capture.result
     assert result is not None  # run_aoi always writes
-    changes = ledger_changes(
-        aoi.id, state.structures(aoi.id), _structure_rows(result), state.alerted(aoi.id)
-    )
+    changes = ledger_changes(aoi.id, known, _structure_rows(result), state.alerted(aoi.id))
     channels = [
         name for name, on in (("webhook", ctx.watch.webhook), ("smtp", ctx.watch.smtp)) if on
     ]
