@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from changedet.config import load_config
-from changedet.core.carry import carried_ids
+from changedet.core.carry import Found, Known, carried_ids
 from changedet.lab.oscd import labelled_cities, load_city
 from changedet.lab.score import kept_ids
 from changedet.lab.series import detect_series, make_oscd_series
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         # The monitor: the shorter run's ledger is known when the month is added.
         shorter = reruns["earlier end"]
         carried = carried_ids(
-            [(s.id, s.geometry) for s in full.structures],
-            {s.id: s.geometry for s in shorter.structures},
+            [Found(s.id, s.geometry, s.first_seen_start) for s in full.structures],
+            {s.id: Known(s.geometry, s.vanished_after) for s in shorter.structures},
         )
         grown = replace(
             full, structures=tuple(replace(s, id=carried[s.id]) for s in full.structures)

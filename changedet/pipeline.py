@@ -16,7 +16,7 @@ import numpy as np
 
 from changedet.aoi import aoi_mask, crop_to_footprints, grid_for, to_grid_crs
 from changedet.config import Config, to_dict
-from changedet.core.carry import carry_ids
+from changedet.core.carry import Known, carry_ids
 from changedet.core.clip import clip_berms, clip_structures, crop_change, crop_composite, window_of
 from changedet.core.coverage import measure_coverage
 from changedet.core.evidence import evidence_for
@@ -238,12 +238,12 @@ def run_aoi(
     io: PipelineIO | None = None,
     review: Mapping[str, Verdict] | None = None,
     memo: PeriodMemo | None = None,
-    known: Mapping[str, Any] | None = None,
+    known: Mapping[str, Known] | None = None,
 ) -> RunSummary:
     """Process one AOI end to end and write OUT/<aoi_id>/ atomically. For the monitor
     (`changedet.monitor`): `review`, the analyst's verdicts by structure id, shown in the
     outputs (false positives left out of the counts); `memo`, periods computed before; `known`,
-    the ledger's structures (id → EPSG:4326 footprint), whose ids the same structures keep
+    the ledger's structures (footprints in EPSG:4326), whose ids the same structures keep
     (`core.carry`)."""
     io = io or PipelineIO.default()
     timer = StageTimer()
@@ -276,7 +276,10 @@ def run_aoi(
             timer=timer,
             memo=memo,
         )
-        known_here = {k: to_grid_crs(g, grid.crs) for k, g in (known or {}).items()}
+        known_here = {
+            k: replace(v, footprint=to_grid_crs(v.footprint, grid.crs))
+            for k, v in (known or {}).items()
+        }
         analysis = apply_review(carry_ids(analysis, known_here), review or {})
         result = _run_result(
             _Run(aoi, config, found, read, stack, periods, timer, inside), analysis, aoi_grid

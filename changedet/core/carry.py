@@ -8,8 +8,10 @@ So a run that knows the ledger matches its structures to the known ones by footp
 
 - a structure and a known one that each cover at least half of the other (`MIN_SHARE`) are the
   same, and it keeps the known id; so are two that overlap at all and already share the id;
-- pairs are taken best overlap first, each known id at most once (a structure that split keeps
-  the id on its larger part);
+- but never a structure first seen after the known one vanished: a building rebuilt where a
+  struck one stood is another building, and the vanished one keeps its id and its alerts;
+- pairs are taken best overlap first (on a tie, the one that already shares the id), each known
+  id at most once (a structure that split keeps the id on its larger part);
 - any other structure keeps its place id unless a known structure holds it (the old building is
   gone and a new one stands in its cell): then the next free `-2`, `-3` of its cell.
 """
@@ -17,35 +19,61 @@ So a run that knows the ledger matches its structures to the known ones by footp
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import date
 from typing import Any
 
 from shapely import STRtree
 
 from changedet.core.timeseries import Analysis
 
-__all__ = ["MIN_SHARE", "carried_ids", "carry_ids"]
+__all__ = ["MIN_SHARE", "Found", "Known", "carried_ids", "carry_ids"]
 
 MIN_SHARE = 0.5  # the same structure: each covers at least this share of the other
 
 
+@dataclass(frozen=True)
+class Found:
+    """One of this run's structures: its place id, footprint, and the start of its first-seen
+    interval (None: present from the first period compared)."""
+
+    id: str
+    footprint: Any
+    first_seen_start: date | None = None
+
+
+@dataclass(frozen=True)
+class Known:
+    """One of the ledger's structures: its footprint, and when it vanished (None: it did not)."""
+
+    footprint: Any
+    vanished_after: date | None = None
+
+
+def _may_be(found: Found, known: Known) -> bool:
+    """False when `found` was first seen after `known` vanished: another building."""
+    gone, born = known.vanished_after, found.first_seen_start
+    return gone is None or born is None or born <= gone
+
+
 def _pairs(
-    found: Sequence[tuple[str, Any]], known: Mapping[str, Any]
-) -> list[tuple[float, str, str]]:
-    """(-share, found id, known id) of every pair that may be one structure, best first."""
+    found: Sequence[Found], known: Mapping[str, Known]
+) -> list[tuple[float, bool, str, str]]:
+    """(-share, not the same id, found id, known id) of every pair that may be one structure,
+    best first."""
     names = sorted(known)
-    shapes = [known[n] for n in names]
-    tree = STRtree(shapes)
+    tree = STRtree([known[n].footprint for n in names])
     pairs = []
-    for sid, geom in found:
-        for j in tree.query(geom):
-            other = shapes[int(j)]
-            common = geom.intersection(other).area
-            if common <= 0:
+    for f in found:
+        for j in tree.query(f.footprint):
+            kid = names[int(j)]
+            other = known[kid]
+            common = f.footprint.intersection(other.footprint).area
+            if common <= 0 or not _may_be(f, other):
                 continue
-            share = min(common / geom.area, common / other.area)
-            if share >= MIN_SHARE or sid == names[int(j)]:
-                pairs.append((-share, sid, names[int(j)]))
+            share = min(common / f.footprint.area, common / other.footprint.area)
+            if share >= MIN_SHARE or f.id == kid:
+                pairs.append((-share, f.id != kid, f.id, kid))
     pairs.sort()
     return pairs
 
@@ -55,18 +83,17 @@ def _cell(structure_id: str) -> str:
     return "-".join(structure_id.split("-")[:3])
 
 
-def carried_ids(found: Sequence[tuple[str, Any]], known: Mapping[str, Any]) -> dict[str, str]:
-    """found id → the id to use. found: (place id, footprint) of this run's structures; known:
-    id → footprint of the ledger's; both polygons in one projected CRS (metres)."""
+def carried_ids(found: Sequence[Found], known: Mapping[str, Known]) -> dict[str, str]:
+    """found id → the id to use. Footprints of both in one projected CRS (metres)."""
     out: dict[str, str] = {}
     used: set[str] = set()
-    for _, sid, kid in _pairs(found, known) if known else ():
+    for _, _, sid, kid in _pairs(found, known) if known else ():
         if sid not in out and kid not in used:
             out[sid] = kid
             used.add(kid)
     taken = set(known) | used
     clashing = []
-    for sid, _ in sorted(found):
+    for sid in sorted(f.id for f in found):
         if sid in out:
             continue
         if sid in taken:
@@ -83,13 +110,14 @@ def carried_ids(found: Sequence[tuple[str, Any]], known: Mapping[str, Any]) -> d
     return out
 
 
-def carry_ids(analysis: Analysis, known: Mapping[str, Any]) -> Analysis:
-    """`analysis` with its structures named as the ledger `known` (id → footprint in the
-    analysis grid's CRS) names them: structures, the ledger's structures and events, and the
-    berms' links."""
+def carry_ids(analysis: Analysis, known: Mapping[str, Known]) -> Analysis:
+    """`analysis` with its structures named as the ledger `known` (footprints in the analysis
+    grid's CRS) names them: structures, the ledger's structures and events, and the berms'
+    links."""
     if not known:
         return analysis
-    ids = carried_ids([(s.id, s.geometry) for s in analysis.ledger.structures], known)
+    found = [Found(s.id, s.geometry, s.first_seen_start) for s in analysis.ledger.structures]
+    ids = carried_ids(found, known)
     if all(new == old for old, new in ids.items()):
         return analysis
     ledger = analysis.ledger

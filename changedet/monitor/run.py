@@ -19,6 +19,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from changedet.core.carry import Known
 from changedet.errors import ChangedetError, ConfigError, NoScenesError
 from changedet.models import (
     AOI,
@@ -165,11 +166,18 @@ def _structure_rows(result: RunResult) -> list[StructureRow]:
     return rows
 
 
-def _footprints(rows: dict[str, StructureRow]) -> dict[str, Any]:
-    """id → EPSG:4326 footprint of the ledger's structures (what `run_aoi(known=)` takes)."""
+def _footprints(rows: dict[str, StructureRow]) -> dict[str, Known]:
+    """The ledger's structures as `run_aoi(known=)` takes them (footprints in EPSG:4326)."""
     from shapely.geometry import shape
 
-    return {sid: shape(json.loads(r.geometry)) for sid, r in rows.items() if r.geometry}
+    return {
+        sid: Known(
+            shape(json.loads(r.geometry)),
+            date.fromisoformat(r.vanished_after) if r.vanished_after else None,
+        )
+        for sid, r in rows.items()
+        if r.geometry
+    }
 
 
 def _feature_collection(result: RunResult) -> dict[str, Any]:
