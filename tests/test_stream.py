@@ -16,6 +16,7 @@ from changedet.core.coreg import apply_shift
 from changedet.core.periods import make_periods
 from changedet.core.stream import StackSeries, analyse_series, series_dates
 from changedet.core.timeseries import Analysis, analyse_stack
+from changedet.core.track import PeriodObservation
 from changedet.models import Composite, Grid, Stack
 from changedet.read.store import DateStore
 
@@ -174,3 +175,46 @@ def test_the_streaming_reader_gives_the_in_memory_readers_pixels() -> None:
         np.testing.assert_array_equal(streamed.clear_rows(dates, everything), stack.clear)
         as_float32 = stack.reflectance.nbytes + stack.clear.nbytes
         assert streamed.bytes_written < 0.6 * as_float32
+
+
+class _DictMemo:
+    """A period memo in a dict, counting what was found and what was computed."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, PeriodObservation] = {}
+        self.hits: list[str] = []
+
+    def get(self, key: str) -> PeriodObservation | None:
+        found = self.entries.get(key)
+        if found is not None:
+            self.hits.append(found.period.label)
+        return found
+
+    def put(self, key: str, observation: PeriodObservation) -> None:
+        self.entries[key] = observation
+
+
+def test_the_period_memo_gives_back_only_periods_whose_every_input_is_the_same() -> None:
+    stack = _synthetic_stack()
+    periods = make_periods(CONFIG.time.start, CONFIG.time.end, "month")  # Jan is the baseline
+    inside = np.ones(stack.grid.shape, bool)
+    memo = _DictMemo()
+
+    def run(s: Stack) -> Analysis:
+        memo.hits.clear()
+        return analyse_stack(s, inside=inside, periods=periods, config=CONFIG, memo=memo)
+
+    first = run(stack)
+    assert memo.hits == [] and len(memo.entries) == 2
+    _same_analysis(run(stack), first)
+    assert memo.hits == ["2024-02", "2024-03"]
+    # The last March date changes: March is computed again, February comes from the memo.
+    march = stack.reflectance.copy()
+    march[-1, :, 50:60, 10:20] += np.float32(0.2)
+    run(replace(stack, reflectance=march))
+    assert memo.hits == ["2024-02"]
+    # A baseline date changes: every period is compared against another baseline.
+    january = stack.reflectance.copy()
+    january[0, :, 50:60, 10:20] += np.float32(0.2)
+    run(replace(stack, reflectance=january))
+    assert memo.hits == []

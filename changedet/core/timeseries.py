@@ -215,10 +215,11 @@ def _observe_periods(
         for comp in per_period[: baseline.last + 1]
     ]
     monitored = per_period[baseline.last + 1 :]
-    keys = [
-        _memo_key(baseline_composite, comp, inside, config) if memo is not None else ""
-        for comp in monitored
-    ]
+    # The baseline and the mask are the same for every period: digested once.
+    keys = [""] * len(monitored)
+    if memo is not None:
+        shared = _digest(baseline_composite.reflectance, baseline_composite.count, inside)
+        keys = [_memo_key(shared, comp, config) for comp in monitored]
     known = [memo.get(key) if memo is not None else None for key in keys]
     todo = [i for i, seen in enumerate(known) if seen is None]
 
@@ -258,12 +259,20 @@ class PeriodMemo(Protocol):
     def put(self, key: str, observation: PeriodObservation) -> None: ...
 
 
-def _memo_key(baseline: Composite, comp: Composite, inside: np.ndarray, config: Config) -> str:
-    """A digest of every input of one period's change: both composites' pixels, the mask, the
-    period, its scenes and the change and kind settings."""
+def _digest(*arrays: np.ndarray) -> bytes:
     digest = hashlib.blake2b(digest_size=20)
-    for array in (baseline.reflectance, baseline.count, comp.reflectance, comp.count, inside):
-        digest.update(np.ascontiguousarray(array).tobytes())
+    for array in arrays:
+        digest.update(repr((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).data)  # the buffer itself: no copy
+    return digest.digest()
+
+
+def _memo_key(shared: bytes, comp: Composite, config: Config) -> str:
+    """A digest of every input of one period's change: `shared` (the digest of the baseline
+    composite's pixels and the mask), the period's composite, its scenes and the change and kind
+    settings."""
+    digest = hashlib.blake2b(shared, digest_size=20)
+    digest.update(_digest(comp.reflectance, comp.count))
     facts = (comp.period, comp.scene_ids, comp.bands, comp.grid, config.change, config.kinds)
     digest.update(repr(facts).encode())
     return digest.hexdigest()
