@@ -276,11 +276,7 @@ def run_aoi(
             timer=timer,
             memo=memo,
         )
-        known_here = {
-            k: replace(v, footprint=to_grid_crs(v.footprint, grid.crs))
-            for k, v in (known or {}).items()
-        }
-        analysis = apply_review(carry_ids(analysis, known_here), review or {})
+        analysis = apply_review(carry_ids(analysis, _on_grid(known or {}, grid)), review or {})
         result = _run_result(
             _Run(aoi, config, found, read, stack, periods, timer, inside), analysis, aoi_grid
         )
@@ -304,6 +300,15 @@ def run_aoi(
         headline=told.lines(),
         warnings=told.warnings,
     )
+
+
+def _on_grid(known: Mapping[str, Known], grid: Grid) -> dict[str, Known]:
+    """`known` with its EPSG:4326 footprints in the grid's CRS (one transformer for all)."""
+    names = list(known)
+    if not names:
+        return {}
+    moved = to_grid_crs(np.array([known[n].footprint for n in names], dtype=object), grid.crs)
+    return {n: replace(known[n], footprint=g) for n, g in zip(names, moved, strict=True)}
 
 
 def _grids(aoi: AOI, config: Config, scenes: Sequence[Scene]) -> tuple[Grid, Grid]:

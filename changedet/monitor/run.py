@@ -166,7 +166,7 @@ def _structure_rows(result: RunResult) -> list[StructureRow]:
     return rows
 
 
-def _footprints(rows: dict[str, StructureRow]) -> dict[str, Known]:
+def _known(rows: dict[str, StructureRow]) -> dict[str, Known]:
     """The ledger's structures as `run_aoi(known=)` takes them (footprints in EPSG:4326)."""
     from shapely.geometry import shape
 
@@ -289,7 +289,7 @@ def _process(
     review_seq = state.review_seq(aoi.id)
     capture = _Capture(ctx.io, plan, found)
     memo = DiskMemo(memo_folder(ctx.watch.state, aoi.id))
-    known = state.structures(aoi.id)
+    ledger_rows = state.structures(aoi.id)
     try:
         summary = run_aoi(
             aoi,
@@ -299,13 +299,13 @@ def _process(
             io=capture.io(),
             review=state.verdicts(aoi.id),
             memo=memo,
-            known=_footprints(known),
+            known=_known(ledger_rows),
         )
     except NoScenesError as exc:
         return AOICheck(aoi.id, "waiting", new_scenes=plan.new, message=str(exc))
     result = capture.result
     assert result is not None  # run_aoi always writes
-    changes = ledger_changes(aoi.id, known, _structure_rows(result), state.alerted(aoi.id))
+    changes = ledger_changes(aoi.id, ledger_rows, _structure_rows(result), state.alerted(aoi.id))
     channels = [
         name for name, on in (("webhook", ctx.watch.webhook), ("smtp", ctx.watch.smtp)) if on
     ]
