@@ -425,9 +425,9 @@ def _raze(
 def _ground(series: OSCDSeries, day: date) -> tuple[np.ndarray, np.ndarray]:
     """Reflectance of the ground on `day` ((B, H, W), 0 where no data) and the no-data mask:
     revealed regions (appeared, not razed yet) show the second real date, the rest the first;
-    vegetation greens up towards
-    late June and browns in winter; shadows north of tall objects grow by up to a pixel towards
-    the winter solstice (shadows fall north at Sentinel-2's morning overpass)."""
+    vegetation greens up towards late June and browns in winter; shadows north of tall objects
+    grow by up to a pixel towards the winter solstice (shadows fall north at Sentinel-2's morning
+    overpass)."""
     revealed = np.array(
         [r.region_id for r in series.truth if r.appeared <= day and not _razed_by(r, day)],
         np.int32,

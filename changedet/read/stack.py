@@ -12,7 +12,7 @@ its reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -386,9 +386,11 @@ class _Mosaic:
             self.scene_ids.append(tuple(used))
             if self.store is not None:
                 first = next(s for s in members if s.id == used[0])
-                harmonised = [(first.assets[b].scale, first.assets[b].offset) for b in self.bands]
                 self.store.commit(
-                    self.times[-1], self.scene_ids[-1], harmonised, from_dn=dn_slot is not None
+                    self.times[-1],
+                    self.scene_ids[-1],
+                    self._harmonisation(first),
+                    from_dn=dn_slot is not None,
                 )
             self.n_dates += 1  # else the slot is reused (and re-initialised) by the next date
 
@@ -398,14 +400,14 @@ class _Mosaic:
         kept without a float32 round trip. Else None: mosaic reflectance."""
         if self.store is None:
             return None
-        first = members[0].assets
-
-        def harmonisation(assets: Mapping[str, Asset]) -> list[tuple[float, float]]:
-            return [(assets[b].scale, assets[b].offset) for b in self.bands]
-
-        if any(harmonisation(s.assets) != harmonisation(first) for s in members[1:]):
+        first = self._harmonisation(members[0])
+        if any(self._harmonisation(s) != first for s in members[1:]):
             return None
         return self.store.dn_slot()
+
+    def _harmonisation(self, scene: Scene) -> list[tuple[float, float]]:
+        """Per band, the (scale, offset) that turns the scene's DNs into reflectance."""
+        return [(scene.assets[b].scale, scene.assets[b].offset) for b in self.bands]
 
     def _take(self, scene: Scene) -> list[np.ndarray] | None:
         """The DNs of every band of `scene` (None, with the scene skipped, if one is unreadable)."""
