@@ -8,7 +8,7 @@ from datetime import date
 import numpy as np
 import pytest
 
-from changedet.core.composite import composite, median_composite
+from changedet.core.composite import composite, median_composite, sorting_network
 from changedet.models import Grid, Period, Stack
 
 GRID = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 4, 3)
@@ -91,3 +91,42 @@ def test_matches_nanmedian_on_random_data() -> None:
             expected = np.nanmedian(masked, axis=0)
     np.testing.assert_allclose(median, expected, rtol=1e-6, equal_nan=True)
     np.testing.assert_array_equal(count, clear.sum(axis=0))
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_the_sorting_network_sorts_every_zero_one_input(n: int) -> None:
+    # The 0-1 principle: a comparator network that sorts every 0/1 sequence sorts every input.
+    inputs = (np.arange(2**n)[:, None] >> np.arange(n)) & 1  # (2^n, n): every 0/1 sequence
+    values = inputs.T.astype(np.float32).copy()  # (n, 2^n): one sequence per column
+    for a, b in sorting_network(n):
+        values[a], values[b] = np.minimum(values[a], values[b]), np.maximum(values[a], values[b])
+    np.testing.assert_array_equal(values, np.sort(inputs.T, axis=0))
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+@pytest.mark.parametrize("n_dates", [1, 2, 3, 5, 8, 13, 16, 17, 32, 33, 40])
+def test_the_median_is_np_sorts_to_the_bit_with_ties_gaps_and_any_date_count(n_dates: int) -> None:
+    # The reference: the median of np.sort along time (NaN last), as composites were computed
+    # before the sorting network; both sides of NETWORK_MAX.
+    rng = np.random.default_rng(n_dates)
+    values = rng.uniform(0, 0.4, (n_dates, 3, 9, 11)).astype(np.float32)
+    values[rng.uniform(size=values.shape) < 0.1] = 0.25  # ties
+    values[rng.uniform(size=values.shape) < 0.05] = np.nan  # a band missing on a clear date
+    clear = rng.uniform(size=(n_dates, 9, 11)) > 0.3
+    median, count, index = median_composite(values, clear, min_clear_obs=2, reference_band=1)
+
+    usable = clear & np.isfinite(values).all(axis=1)
+    ordered = np.sort(np.where(usable[:, None], values, np.nan), axis=0)
+    n = usable.sum(axis=0)
+    rows, cols = np.indices(n.shape)
+    low = ordered[np.clip((n - 1) // 2, 0, None), :, rows, cols]  # (H, W, B)
+    high = ordered[np.clip(n // 2, 0, n_dates - 1), :, rows, cols]
+    expected = np.moveaxis(np.float32(0.5) * (low + high), -1, 0)
+    expected[:, n < 2] = np.nan
+    np.testing.assert_array_equal(median, expected)
+    np.testing.assert_array_equal(count, n)
+    assert (index[n < 2] == -1).all()
+    picked = values[index, 1, rows, cols]
+    assert (usable[index, rows, cols] | (n < 2)).all()
+    best = np.nanmin(np.abs(np.where(usable, values[:, 1], np.nan) - median[1]), axis=0)
+    np.testing.assert_array_equal(np.abs(picked - median[1])[n >= 2], best[n >= 2])

@@ -1,23 +1,71 @@
 """Period composites from a masked stack: per-pixel median of the clear observations.
 
 `np.nanmedian` is several times slower than a plain sort, so the median is taken from one sort
-along time (NaN sorts last) and the count of clear observations per pixel. The source-date layer
+along time (unusable observations as +inf, so they sort last) and the count of clear observations
+per pixel. A period holds a few dates: up to `NETWORK_MAX` of them are sorted by a fixed sorting
+network of elementwise minima and maxima over whole images (2-4x faster than `np.sort` along the
+first axis, which works pixel by pixel; the same values in the same order). The source-date layer
 records, per pixel, the date whose red (or first) band value is closest to that median.
 """
 
 from __future__ import annotations
 
 from datetime import date
+from functools import cache
 
 import numpy as np
 
 from changedet.errors import DataError
 from changedet.models import Composite, Period, Stack
 
-__all__ = ["REFERENCE_BANDS", "composite", "median_composite"]
+__all__ = ["NETWORK_MAX", "REFERENCE_BANDS", "composite", "median_composite", "sorting_network"]
 
 _EPOCH = date(1970, 1, 1)
 REFERENCE_BANDS = ("red", "green", "nir", "blue")
+NETWORK_MAX = 32  # dates sorted by the network; above, np.sort (measured: no faster beyond)
+
+
+@cache
+def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Batcher's odd-even merge sort for `n` inputs: comparators (i, j), i < j, in order; after
+    each puts the smaller of positions i and j at i, the inputs are sorted (19 for 8 inputs)."""
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return tuple((a, b) for a, b in pairs if b < n)  # padding inputs would be +inf: never move
+
+
+def _sort_dates(values: np.ndarray) -> np.ndarray:
+    """`values` ((T, ...) without NaN) sorted along the first axis, in place."""
+    n = values.shape[0]
+    if n > NETWORK_MAX:
+        values.sort(axis=0)
+        return values
+    low = np.empty_like(values[0])
+    for a, b in sorting_network(n):
+        np.minimum(values[a], values[b], out=low)
+        np.maximum(values[a], values[b], out=values[b])
+        values[a] = low
+    return values
+
+
+def _at(ordered: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """ordered[position[y, x], :, y, x] for every pixel: (B, H, W) of (T, B, H, W)."""
+    out = ordered[0].copy()
+    for t in range(1, ordered.shape[0]):
+        np.copyto(out, ordered[t], where=(position == t)[None])
+    return out
 
 
 def median_composite(
@@ -40,17 +88,17 @@ def median_composite(
     if n_t == 0:
         empty = np.full((n_b, h, w), np.nan, np.float32)
         return empty, np.zeros((h, w), np.uint16), np.full((h, w), -1, np.int32)
-    data = np.where(usable[:, None], reflectance, np.float32(np.nan)).astype(np.float32, copy=False)
-    ordered = np.sort(data, axis=0)  # NaN last
-    lo = np.clip((count - 1) // 2, 0, n_t - 1)[None, None]
-    hi = np.clip(count // 2, 0, n_t - 1)[None, None]
-    shape = (1, n_b, h, w)
-    low_val = np.take_along_axis(ordered, np.broadcast_to(lo, shape), axis=0)[0]
-    high_val = np.take_along_axis(ordered, np.broadcast_to(hi, shape), axis=0)[0]
-    median = 0.5 * (low_val + high_val)
+    nan, inf = np.float32(np.nan), np.float32(np.inf)
+    ref = np.where(usable, reflectance[:, reference_band], nan).astype(np.float32, copy=False)
+    ordered = _sort_dates(
+        np.where(usable[:, None], reflectance, inf).astype(np.float32, copy=False)
+    )
+    # The median of a pixel's `count` usable values (its first `count` sorted positions).
+    median = _at(ordered, np.clip((count - 1) // 2, 0, n_t - 1))
+    median += _at(ordered, np.clip(count // 2, 0, n_t - 1))
+    median *= np.float32(0.5)
     ok = count >= max(min_clear_obs, 1)
     median[:, ~ok] = np.nan
-    ref = data[:, reference_band]
     distance = np.abs(ref - median[reference_band][None])
     distance[~np.isfinite(distance)] = np.inf
     index = distance.argmin(axis=0).astype(np.int32)
