@@ -594,7 +594,7 @@ def test_failure_midway_leaves_no_folder(
         assert (kwargs.get("manifest") is not None) and any(tmp_path.glob(".aoi.*/changedet.gpkg"))
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("changedet.outputs.write.write_report_files", boom)
+    monkeypatch.setattr("changedet.outputs.write.write_report_html", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_run_outputs(run_result, tmp_path / "aoi", config=OutputConfig())
     assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ import base64
 import html
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,14 @@ from changedet.outputs.imagery import shared_stretch, truecolor
 from changedet.outputs.legend import class_of, first_seen_classes, shown_structures
 from changedet.outputs.vectors import structure_point, viewer_links
 
-__all__ = ["FILE_DESCRIPTIONS", "REPORT_CSP", "render_report_html", "write_report_files"]
+__all__ = [
+    "FILE_DESCRIPTIONS",
+    "REPORT_CSP",
+    "Pictures",
+    "render_report_html",
+    "write_pictures",
+    "write_report_html",
+]
 
 Chip = tuple[bytes, str, str]  # a structure's chip: PNG bytes, file name, caption with dates
 # Nothing may be fetched: images are data: URIs, styles are inline, no scripts at all.
@@ -481,18 +489,21 @@ def _chip_name(structure_id: str) -> str:
     return safe or "structure"
 
 
-def write_report_files(
-    result: RunResult,
-    out_dir: Path,
-    *,
-    manifest: Mapping[str, Any],
-    config: OutputConfig,
-    extra_files: Sequence[str] = (),
-    progress: Progress = no_progress,
-) -> list[Path]:
-    """Write before.png, after.png, overlay.png, counts.png, coverage.png, chips/<id>.png and
-    (when config.report) report.html into `out_dir`. `extra_files` are names written later
-    (run.json) that the report must still link to."""
+@dataclass(frozen=True)
+class Pictures:
+    """The report's pictures, written: PNG bytes by name (before, after, overlay, counts,
+    coverage), the chips by structure id, and the files."""
+
+    images: dict[str, bytes]
+    chips: dict[str, Chip]
+    written: list[Path]
+
+
+def write_pictures(
+    result: RunResult, out_dir: Path, *, config: OutputConfig, progress: Progress = no_progress
+) -> Pictures:
+    """Write before.png, after.png, overlay.png, counts.png, coverage.png and chips/<id>.png
+    into `out_dir`."""
     written: list[Path] = []
 
     def save(name: str, data: bytes) -> None:
@@ -524,18 +535,31 @@ def write_report_files(
             caption = f"before {evidence.before.label} · after {evidence.after.label}"
             chips[s.id] = (data, name, caption)
             progress("chips", i + 1, len(chosen))
-    if config.report:
-        names = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
-        names.update(extra_files)
-        files = [
-            (n, (out_dir / n).stat().st_size if (out_dir / n).is_file() else None)
-            for n in sorted(names, key=_file_order)
-        ]
-        text = render_report_html(result, manifest, images=images, chips=chips, files=files)
-        path = out_dir / "report.html"
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-    return written
+    return Pictures(images, chips, written)
+
+
+def write_report_html(
+    result: RunResult,
+    out_dir: Path,
+    pictures: Pictures,
+    *,
+    manifest: Mapping[str, Any],
+    extra_files: Sequence[str] = (),
+) -> Path:
+    """Write report.html into `out_dir`, listing every file there and `extra_files` (names
+    written later, run.json, that the report must still link to): call it last."""
+    names = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    names.update(extra_files)
+    files = [
+        (n, (out_dir / n).stat().st_size if (out_dir / n).is_file() else None)
+        for n in sorted(names, key=_file_order)
+    ]
+    text = render_report_html(
+        result, manifest, images=pictures.images, chips=pictures.chips, files=files
+    )
+    path = out_dir / "report.html"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def _file_order(name: str) -> tuple[int, str]:

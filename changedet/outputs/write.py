@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from changedet.outputs.imagery import (
 )
 from changedet.outputs.manifest import run_manifest
 from changedet.outputs.project import PROJECT_NAME, ProjectLayer, project_qgz
-from changedet.outputs.report import write_report_files
+from changedet.outputs.report import Pictures, write_pictures, write_report_html
 from changedet.outputs.runfolder import run_folder
 from changedet.outputs.styles import embed_styles, layer_style_qml
 from changedet.outputs.tables import counts_csv, structures_csv
@@ -349,17 +350,20 @@ class _Writer:
         with atomic_path(self.tmp / PROJECT_NAME) as part:
             part.write_bytes(qgz)
 
-    def pictures_and_manifest(self, progress: Progress) -> list[str]:
+    def pictures(self, progress: Progress) -> Pictures:
+        return write_pictures(self.result, self.tmp, config=self.config, progress=progress)
+
+    def report_and_manifest(self, pictures: Pictures) -> list[str]:
+        """report.html and run.json, last: they list every file of the run."""
         manifest = run_manifest(self.result)
-        planned = ["run.json"] + (["report.html"] if self.config.report else [])
-        write_report_files(
-            self.result,
-            self.tmp,
-            manifest=manifest,
-            config=self.config,
-            extra_files=planned,
-            progress=progress,
-        )
+        if self.config.report:
+            write_report_html(
+                self.result,
+                self.tmp,
+                pictures,
+                manifest=manifest,
+                extra_files=["run.json", "report.html"],
+            )
         files = sorted(
             p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*") if p.is_file()
         )
@@ -393,11 +397,15 @@ def write_run_outputs(
             progress("outputs", 1, total)
             writer.geopackage()
             progress("outputs", 2, total)
-            writer.rasters_and_tables()
+            # The COGs (GDAL, which releases the GIL) are written while the pictures are drawn.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-rasters") as pool:
+                rasters = pool.submit(writer.rasters_and_tables)
+                pictures = writer.pictures(progress)
+                rasters.result()
             progress("outputs", 3, total)
             writer.project()
             progress("outputs", 4, total)
-            files = writer.pictures_and_manifest(progress)
+            files = writer.report_and_manifest(pictures)
             progress("outputs", 5, total)
             apply_umask(tmp)
             progress("outputs", total, total)
