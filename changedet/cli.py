@@ -280,6 +280,13 @@ def main() -> None:
     help="Run the AOIs on a Dask scheduler, e.g. tcp://10.0.0.5:8786 (pip install "
     "'changedet[dask]'; OUT must be writable by every worker). Default: [compute] cluster.",
 )
+@click.option(
+    "--ids-from",
+    "ids_from",
+    type=click.Path(file_okay=False),
+    help="The OUT folder of an earlier run: its structures keep their ids here (a footprint "
+    "that grew across an id cell keeps the id it had). May be OUT itself.",
+)
 def run(
     aoi_files: tuple[str, ...],
     config_path: str | None,
@@ -291,6 +298,7 @@ def run(
     out_dir: str,
     quiet: bool,
     cluster: str | None,
+    ids_from: str | None,
 ) -> None:
     """Detect new structures in each AOI and write OUT/<aoi_id>/."""
     from changedet.compute import run_aois
@@ -307,10 +315,36 @@ def run(
         if cluster:
             config = replace(config, compute=replace(config.compute, cluster=cluster))
         aois = [aoi for _source, aoi in sourced]
+        earlier = _earlier(Path(ids_from), aois) if ids_from else None
         with _Renderer(quiet=quiet) as progress:
-            for outcome in run_aois(aois, config, out_root=Path(out_dir), progress=progress):
+            for outcome in run_aois(
+                aois, config, out_root=Path(out_dir), progress=progress, earlier=earlier
+            ):
                 failed += not _report(outcome, debug=debug)
     sys.exit(1 if failed else 0)
+
+
+def _earlier(folder: Path, aois: list[Any]) -> dict[str, Any]:
+    """--ids-from: the earlier run's structures of each AOI (read before anything is written,
+    so --ids-from may be OUT itself); a warning for an AOI that run did not have."""
+    from changedet.outputs.earlier import earlier_structures
+
+    if not folder.is_dir():
+        raise UsageError(
+            f"--ids-from '{folder}' is not a folder; pass the --out folder of an earlier run"
+        )
+    found: dict[str, Any] = {}
+    for aoi in aois:
+        known = earlier_structures(folder, aoi.id)
+        if known is None:
+            click.echo(
+                f"changedet: warning: --ids-from '{folder}' has no structures of AOI "
+                f"'{aoi.id}'; its ids come from place alone",
+                err=True,
+            )
+        else:
+            found[aoi.id] = known
+    return found
 
 
 def _load_each(

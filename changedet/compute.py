@@ -23,7 +23,7 @@ from __future__ import annotations
 import queue
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from changedet.config import Config
+from changedet.core.carry import Known
 from changedet.errors import ChangedetError, UsageError
 from changedet.models import AOI, Progress, no_progress
 from changedet.pipeline import PipelineIO, RunSummary, run_aoi
@@ -56,12 +57,21 @@ class Outcome:
         return self.summary is not None
 
 
+Earlier = Mapping[str, Mapping[str, Known]]  # AOI id → an earlier run's structures by id
+
+
 def _run_one(
-    aoi: AOI, config: Config, out_root: Path, progress: Progress, io: PipelineIO | None
+    aoi: AOI,
+    config: Config,
+    out_root: Path,
+    progress: Progress,
+    io: PipelineIO | None,
+    known: Mapping[str, Known] | None = None,
 ) -> Outcome:
     """`run_aoi`, every failure caught: the caller decides what ends the run."""
     try:
-        return Outcome(aoi.id, run_aoi(aoi, config, out_root=out_root, progress=progress, io=io))
+        summary = run_aoi(aoi, config, out_root=out_root, progress=progress, io=io, known=known)
+        return Outcome(aoi.id, summary)
     except ChangedetError as exc:
         return Outcome(aoi.id, error=str(exc), exit_code=exc.exit_code, details=_trace())
     except Exception as exc:
@@ -80,17 +90,22 @@ def run_aois(
     out_root: Path,
     progress: Progress = no_progress,
     io: PipelineIO | None = None,
+    earlier: Earlier | None = None,
 ) -> Iterator[Outcome]:
     """Run every AOI where `config.compute` says; outcomes in the order they finish (in the
     given order when run here one at a time). A usage or config error (exit code 2) would fail
-    every AOI alike: it is raised at once."""
+    every AOI alike: it is raised at once. `earlier`: an earlier run's structures per AOI, whose
+    ids the same structures keep (`run_aoi(known=)`)."""
     compute = config.compute
+    earlier = earlier or {}
     if compute.cluster:
-        outcomes = _on_dask(aois, config, out_root, progress, io, compute.cluster)
+        outcomes = _on_dask(aois, config, out_root, progress, io, compute.cluster, earlier)
     elif len(aois) > 1 and _local_workers(config, len(aois)) > 1:
-        outcomes = _on_local_pool(aois, config, out_root, progress, io)
+        outcomes = _on_local_pool(aois, config, out_root, progress, io, earlier)
     else:
-        outcomes = (_run_one(aoi, config, out_root, progress, io) for aoi in aois)
+        outcomes = (
+            _run_one(aoi, config, out_root, progress, io, earlier.get(aoi.id)) for aoi in aois
+        )
     for outcome in outcomes:
         if outcome.exit_code == 2:
             raise UsageError(outcome.error or "usage error")
@@ -109,12 +124,16 @@ def _on_local_pool(
     out_root: Path,
     progress: Progress,
     io: PipelineIO | None,
+    earlier: Earlier,
 ) -> Iterator[Outcome]:
     """A pool of fresh processes (spawned: no inherited GDAL threads), one AOI per task."""
     workers = _local_workers(config, len(aois))
     progress("AOIs", 0, len(aois))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        pending = {pool.submit(_run_one, aoi, config, out_root, no_progress, io) for aoi in aois}
+        pending = {
+            pool.submit(_run_one, aoi, config, out_root, no_progress, io, earlier.get(aoi.id))
+            for aoi in aois
+        }
         finished = 0
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -127,7 +146,13 @@ def _on_local_pool(
 # --- Dask distributed --------------------------------------------------------------------------
 
 
-def _dask_task(aoi: AOI, config: Config, out_root: Path, io: PipelineIO | None) -> Outcome:
+def _dask_task(
+    aoi: AOI,
+    config: Config,
+    out_root: Path,
+    io: PipelineIO | None,
+    known: Mapping[str, Known] | None = None,
+) -> Outcome:
     """One AOI on a Dask worker; its progress goes to the client as events (a few per stage)."""
     from distributed import get_worker
 
@@ -140,7 +165,7 @@ def _dask_task(aoi: AOI, config: Config, out_root: Path, io: PipelineIO | None) 
             last[stage] = now
             worker.log_event(PROGRESS_TOPIC, (aoi.id, stage, done, total))
 
-    return _run_one(aoi, config, out_root, report, io)
+    return _run_one(aoi, config, out_root, report, io, known)
 
 
 def _client(address: str) -> Any:
@@ -166,6 +191,7 @@ def _on_dask(
     progress: Progress,
     io: PipelineIO | None,
     address: str,
+    earlier: Earlier,
 ) -> Iterator[Outcome]:
     """One task per AOI on the cluster at `address`; progress events drained between waits."""
     from distributed import wait as dask_wait
@@ -181,6 +207,7 @@ def _on_dask(
                 config,
                 out_root.absolute(),
                 io,
+                earlier.get(aoi.id),
                 key=f"aoi-{i}-{aoi.id}",
                 pure=False,
             )

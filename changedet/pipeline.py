@@ -280,6 +280,10 @@ def run_aoi(
         result = _run_result(
             _Run(aoi, config, found, read, stack, periods, timer, inside), analysis, aoi_grid
         )
+        if known is not None:
+            kept = sum(1 for s in result.structures if s.id in known)
+            ids = {"known": len(known), "kept": kept}
+            result = replace(result, provenance={**result.provenance, "known_ids": ids})
     finally:
         _close(stack)  # the dates' disk space; composites are all the outputs need
     with timer("write"):

@@ -1,0 +1,59 @@
+"""The structures of an earlier run, read back from its `structures.geojson`.
+
+One responsibility: what `changedet run --ids-from EARLIER_OUT` carries ids from. A rerun with
+another start, end or period names most structures as before by place alone (`core.ledger`),
+but a footprint that grew across an id cell border gets another id; given the earlier run's
+structures, the same building keeps the id the analyst already knows (`core.carry`, as the
+monitor does with its ledger). Footprints stay in EPSG:4326 here, as the file holds them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from changedet.core.carry import Known
+from changedet.errors import UsageError
+
+__all__ = ["STRUCTURES_FILE", "earlier_structures"]
+
+STRUCTURES_FILE = "structures.geojson"
+
+
+def earlier_structures(earlier_out: Path, aoi_id: str) -> dict[str, Known] | None:
+    """id → `Known` of every structure in EARLIER_OUT/<aoi_id>/structures.geojson, or None when
+    the earlier run has no such file (it did not run this AOI). UsageError when the file is not
+    a changedet structures file."""
+    path = Path(earlier_out) / aoi_id / STRUCTURES_FILE
+    if not path.is_file():
+        return None
+    try:
+        features = json.loads(path.read_text(encoding="utf-8"))["features"]
+        return dict(_known(feature) for feature in features)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(
+            f"--ids-from: {path} is not a changedet structures file ({_why(exc)}); pass the "
+            "--out folder of an earlier changedet run"
+        ) from None
+
+
+def _known(feature: dict[str, Any]) -> tuple[str, Known]:
+    from shapely.geometry import shape
+
+    props = feature["properties"]
+    structure_id = props["id"]
+    if not isinstance(structure_id, str) or not structure_id:
+        raise ValueError(f"a structure without an id: {structure_id!r}")
+    footprint = shape(feature["geometry"])
+    if footprint.is_empty or footprint.area <= 0:
+        raise ValueError(f"structure {structure_id} has no area")
+    gone = props.get("vanished_after")
+    return structure_id, Known(footprint, date.fromisoformat(gone) if gone else None)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"no {exc} member"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
