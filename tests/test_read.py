@@ -153,18 +153,32 @@ def test_20m_bilinear_never_blends_nodata_into_values(tmp_path: Path) -> None:
     assert 0 < (warped > 0).sum() - ours_valid.sum() <= grid.height  # at most one edge column
 
 
-@pytest.mark.parametrize("band", ["swir16", "scl"])
-def test_a_grid_over_the_tile_edge_reads_inside_as_a_grid_inside_would(
-    tmp_path: Path, band: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An AOI's context window running over a tile's edge: the pixels inside the tile get
-    exactly what a grid lying inside the tile gets (the resampled window read), only the strips
-    along the edge go through the warper (several times slower), and beyond it is nodata."""
-    from rasterio.crs import CRS as RioCRS
-
+def _gdal_onto(src: Any, grid: Grid, resampling: Resampling) -> np.ndarray:
+    """What GDAL gives `grid` (the reader before `read.upsample`): its resampled window read
+    inside the tile, its warper along the edge and past it, its warper alone where the window
+    read does not apply."""
     import changedet.read.cog as cog
 
-    s = _scene_with_nodata(tmp_path, slice(100, 140))
+    crs = rasterio.crs.CRS.from_user_input(CRS)
+    got = cog._resampled_window(src, grid, resampling=resampling, fill=0)
+    if got is None:
+        got = cog._split_at_edges(src, grid, crs, resampling=resampling, fill=0)
+    if got is None:
+        got = cog._warped_window(src, grid, crs, resampling=resampling, fill=0)
+    return got
+
+
+@pytest.mark.parametrize("band", ["swir16", "scl"])
+def test_a_grid_over_the_tile_edge_gets_gdals_values_without_its_warper(
+    tmp_path: Path, band: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AOI's context window running over a tile's edge: inside the tile each pixel gets
+    exactly what GDAL's resampled window read gives, along the edge what its warper gives, past
+    the edge nodata; computed in numpy (`read.upsample`), the warper never set up. (With
+    nodata by the edge the warper is still used: the next test.)"""
+    import changedet.read.cog as cog
+
+    s = make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=CLEAR_SCL, seed=3)
     path = str(tmp_path / s.id / f"{band}.tif")
     resampling = Resampling.nearest if band == "scl" else Resampling.bilinear
     # 200 x 180 px from 1 km inside the tile past its east and its south edge.
@@ -178,28 +192,70 @@ def test_a_grid_over_the_tile_edge_reads_inside_as_a_grid_inside_would(
 
     monkeypatch.setattr(cog, "_warp", counted)
     got = cog._read_onto_grid(path, grid, resampling=resampling, nodata=None)
-    # Inside: up to one 20 m source pixel (2 grid pixels) from the tile's east and south edges.
+    assert not warped_px
     east, south = (TILE_PX * 10 - 1000) // 10, (TILE_PX * 10 - 1200) // 10
     with rasterio.open(path) as src:
         r0, r1, c0, c1 = cog._inner_rect(src, grid)
-    assert (r0, r1, c0, c1) == (0, south - 2, 0, east - 2)
-    assert sum(warped_px) == grid.height * grid.width - (r1 - r0) * (c1 - c0)  # the strips
-    # The same pixels read by a grid that lies inside the tile.
-    inner = cog._part(grid, (r0, r1), (c0, c1))
-    warped_px.clear()
-    np.testing.assert_array_equal(
-        got[r0:r1, c0:c1], cog._read_onto_grid(path, inner, resampling=resampling, nodata=None)
-    )
-    assert not warped_px  # a grid inside the tile never needs the warper
-    # The edge strips are the warper's values; past the tile's edge there is no data.
-    with rasterio.open(path) as src:
+        # Inside: up to one 20 m source pixel (2 grid pixels) from the tile's east and south.
+        assert (r0, r1, c0, c1) == (0, south - 2, 0, east - 2)
+        inner = cog._part(grid, (r0, r1), (c0, c1))
+        gdal_inside = cog._resampled_window(src, inner, resampling=resampling, fill=0)
+        assert gdal_inside is not None
+        np.testing.assert_array_equal(got[r0:r1, c0:c1], gdal_inside)
         full = cog._warped_window(
-            src, grid, RioCRS.from_user_input(CRS), resampling=resampling, fill=0
+            src, grid, rasterio.crs.CRS.from_user_input(CRS), resampling=resampling, fill=0
         )
     edge = np.ones(grid.shape, bool)
     edge[r0:r1, c0:c1] = False
     np.testing.assert_array_equal(got[edge], full[edge])
     assert (got[:, east:] == 0).all() and (got[south:] == 0).all()
+
+
+@pytest.mark.parametrize("band", ["swir16", "scl"])
+def test_20m_bands_onto_any_10m_grid_on_their_lattice_are_gdals_to_the_bit(
+    tmp_path: Path, band: str
+) -> None:
+    """Random grids on the 10 m lattice, inside the tile, across any of its edges or past them,
+    over a scene with nodata columns inside and along its west edge: the numpy path gives
+    GDAL's values everywhere, or leaves the grid to the warper (nodata by an edge pixel)."""
+    import changedet.read.cog as cog
+
+    s = make_scene(
+        tmp_path,
+        "S2A_39SVV_20230801_0_L2A",
+        when(1),
+        scl=CLEAR_SCL,
+        seed=5,
+        nodata_cols=slice(0, 7),
+    )
+    rng = np.random.default_rng(7)
+    resampling = Resampling.nearest if band == "scl" else Resampling.bilinear
+    computed = left = 0
+    with rasterio.open(tmp_path / s.id / f"{band}.tif") as src:
+        for _ in range(40):
+            ox, oy = (int(v) for v in rng.integers(-40, TILE_PX + 20, 2))
+            w, h = (int(v) for v in rng.integers(5, 160, 2))
+            grid = Grid.from_origin(CRS, TILE_X0 + 10 * ox, TILE_Y0 - 10 * oy, 10.0, w, h)
+            got = cog._upsampled_window(src, grid, resampling=resampling, fill=0)
+            if got is None:
+                left += 1
+                continue
+            computed += 1
+            np.testing.assert_array_equal(got, _gdal_onto(src, grid, resampling))
+    assert computed >= 30
+    assert band == "swir16" or not left  # nearest never needs the warper
+
+
+def test_a_grid_off_the_20m_lattice_is_left_to_gdal(tmp_path: Path) -> None:
+    import changedet.read.cog as cog
+
+    s = _scene_with_nodata(tmp_path, slice(100, 140))
+    shifted = Grid.from_origin(CRS, TILE_X0 + 405, TILE_Y0 - 400, 10.0, 50, 50)
+    coarse = Grid.from_origin(CRS, TILE_X0 + 400, TILE_Y0 - 400, 20.0, 50, 50)
+    with rasterio.open(tmp_path / s.id / "swir16.tif") as src:
+        for grid in (shifted, coarse):
+            assert cog._upsampled_window(src, grid, resampling=Resampling.bilinear, fill=0) is None
+        assert cog._upsampled_window(src, GRID, resampling=Resampling.cubic, fill=0) is None
 
 
 def test_harmonisation_removes_the_baseline_jump(tmp_path: Path) -> None:

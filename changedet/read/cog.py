@@ -36,6 +36,7 @@ from changedet.errors import ConfigError, ReadError, UnsafeHrefError
 from changedet.hrefs import public_href, redact
 from changedet.models import Grid, Scene
 from changedet.read.cache import PixelCache
+from changedet.read.upsample import TAPS_DTYPES, source_span, upsample_2x
 
 __all__ = [
     "AssetRead",
@@ -231,6 +232,9 @@ def _read_onto_grid(path: str, grid: Grid, *, resampling: Any, nodata: float | N
         if same_crs and _aligned(src, grid):
             return _window_copy(src, grid, fill=fill)
         if same_crs:
+            upsampled = _upsampled_window(src, grid, resampling=resampling, fill=fill)
+            if upsampled is not None:
+                return upsampled
             resampled = _resampled_window(src, grid, resampling=resampling, fill=fill)
             if resampled is None:
                 resampled = _split_at_edges(src, grid, dst_crs, resampling=resampling, fill=fill)
@@ -256,6 +260,45 @@ def _window_copy(src: Any, grid: Grid, *, fill: float) -> np.ndarray:
             1, window=Window(c0, r0, c1 - c0, r1 - r0)
         )
     return out
+
+
+def _upsampled_window(src: Any, grid: Grid, *, resampling: Any, fill: float) -> np.ndarray | None:
+    """A grid of half the source's pixel size on its lattice (a 20 m band onto the 10 m grid):
+    the covering source window read, then nearest or bilinear in numpy (`read.upsample`: GDAL's
+    values, inside the tile and along its edge). None when that does not apply (other pixel
+    sizes, a shifted lattice, rotation, other kernels or types, nodata by an edge pixel)."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    st, gt = src.transform, grid.transform
+    dtype = np.dtype(src.dtypes[0])
+    if resampling not in (Resampling.nearest, Resampling.bilinear) or dtype not in TAPS_DTYPES:
+        return None
+    if st.b != 0 or st.d != 0 or gt.b != 0 or gt.d != 0:
+        return None
+    if not (math.isclose(st.a, 2 * gt.a) and math.isclose(st.e, 2 * gt.e)):
+        return None
+    col, row = (gt.c - st.c) / gt.a, (gt.f - st.f) / gt.e
+    info = np.iinfo(dtype)
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    if fill != int(fill) or not info.min <= fill <= info.max:
+        return None
+    offset = (round(row), round(col))
+    rows = source_span(offset[0], grid.height, src.height)
+    cols = source_span(offset[1], grid.width, src.width)
+    if rows[1] <= rows[0] or cols[1] <= cols[0]:
+        return np.full(grid.shape, fill, dtype=dtype)
+    window = src.read(1, window=Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0]))
+    return upsample_2x(
+        np.asarray(window),
+        (rows[0], cols[0]),
+        offset,
+        grid.shape,
+        (src.height, src.width),
+        bilinear=resampling == Resampling.bilinear,
+        nodata=fill,
+    )
 
 
 def _resampled_window(src: Any, grid: Grid, *, resampling: Any, fill: float) -> np.ndarray | None:
