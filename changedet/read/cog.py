@@ -3,8 +3,8 @@ of scene assets.
 
 One responsibility: get pixels from a COG (local, /vsicurl/ or /vsis3/) onto the grid, fast and
 safely. GDAL options live in one commented place (`gdal_options`); only the source window
-covering the grid is fetched, by a window copy, a resampled window read or the GDAL warper on
-the covering window; transient HTTP errors are retried and every failure becomes a one-line
+covering the grid is fetched, then copied, upsampled in numpy (a 20 m band on the 10 m lattice:
+`read.upsample`), read resampled or warped by GDAL; transient HTTP errors are retried and every failure becomes a one-line
 reason without tokens (a missing, corrupt or truncated asset skips its scene instead of ending
 the run); `ReadPipeline` runs the reads on one bounded thread pool, consulting the pixel cache
 (`changedet.read.cache`) for network reads. Which scenes to read is `changedet.read.probe`;
@@ -215,10 +215,12 @@ def _aligned(src: Any, grid: Grid) -> bool:
 def _read_onto_grid(path: str, grid: Grid, *, resampling: Any, nodata: float | None) -> np.ndarray:
     """Read band 1 of `path` onto `grid`: only the source window covering the grid is fetched.
 
-    Three paths, fastest first: the same pixel lattice (a window copy), the same CRS with other
-    pixel sizes (20 m → 10 m: GDAL resampled window read, about 4x cheaper than the warper;
-    a grid running over the tile's edge is read so inside, only the strips along the edge by
-    the warper), anything else (another UTM zone: the GDAL warper on the covering window).
+    Four paths, fastest first: the same pixel lattice (a window copy); a 20 m band on the 10 m
+    lattice (the window upsampled in numpy, GDAL's values inside the tile and along its edge:
+    `read.upsample`); the same CRS with other pixel sizes (GDAL's resampled window read, about
+    4x cheaper than the warper; a grid running over the tile's edge is read so inside, only
+    the strips along the edge by the warper); anything else (another UTM zone: the GDAL
+    warper on the covering window).
     """
     import rasterio
     from rasterio.crs import CRS
