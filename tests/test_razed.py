@@ -90,3 +90,32 @@ def test_a_razed_structure_is_reported_vanished_and_the_others_are_not(
         assert s.vanished_after is not None and t.razed is not None
         assert abs((s.vanished_after - t.razed).days) <= 31  # the month it went
     assert sum(s.status == "vanished" for s in kept) <= 0.05 * len(kept)
+
+
+def test_rubble_stays_unlike_both_the_structure_and_the_old_ground(
+    razed: OSCDSeries, city: OSCDCity
+) -> None:
+    # bench/vanish.py --rubble: from the day of razing a site shows a mix of the two real dates,
+    # darkened, the same on every date (the season and shadows then act on it as on any ground).
+    from dataclasses import replace
+
+    from changedet.lab.series import _rubble
+
+    rubble = replace(razed, razed_as="rubble")
+    gone = next(r for r in razed.truth if r.razed is not None)
+    where = (razed.regions == gone.region_id) & np.isfinite(razed.after).all(axis=0)
+    ground = razed.after.astype(np.float32)
+    before_razing = _rubble(rubble, gone.razed - timedelta(days=1), ground)
+    np.testing.assert_array_equal(before_razing[:, where], ground[:, where])
+    first, second = (
+        _rubble(rubble, day, ground)[:, where]
+        for day in (gone.razed, gone.razed + timedelta(days=40))
+    )
+    np.testing.assert_array_equal(first, second)
+    old, new = razed.before[:, where], razed.after[:, where]
+    low = np.float32(0.85) * np.minimum(0.2 * new + 0.8 * old, 0.5 * new + 0.5 * old)
+    high = np.float32(0.85) * np.maximum(0.2 * new + 0.8 * old, 0.5 * new + 0.5 * old)
+    assert (first >= low - 1e-5).all() and (first <= high + 1e-5).all()
+    assert not np.allclose(first, old) and not np.allclose(first, new)
+    with pytest.raises(ValueError, match="razed_as"):
+        make_oscd_series(city, razed_as="ash")

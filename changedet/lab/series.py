@@ -134,6 +134,8 @@ class OSCDSeries:
     months: int
     seed: int
     tile: str
+    # What razed regions show: "cleared" (the first real date again) or "rubble" (`_rubble`).
+    razed_as: str = "cleared"
 
     @property
     def end(self) -> date:
@@ -326,14 +328,18 @@ def make_oscd_series(
     min_region_px: int = 10,
     switch_month: int | None = None,
     razed_share: float = 0.0,
+    razed_as: str = "cleared",
 ) -> OSCDSeries:
     """Plan a semi-real series from an `oscd.OSCDCity` loaded with its label.
 
     Regions appear in months `baseline_months` .. `months - 2` (so each has at least two later
     months to be confirmed in), on a uniformly drawn day. The baseline switch happens at the start
     of month `switch_month` (default: the middle month). `razed_share`: the share of regions
-    razed again later (`_raze`; 0: none, and the series is the same as without it).
+    razed again later (`_raze`; 0: none, and the series is the same as without it), showing
+    `razed_as`: "cleared" (the first real date again) or "rubble" (`_rubble`).
     """
+    if razed_as not in ("cleared", "rubble"):
+        raise ValueError(f"razed_as must be 'cleared' or 'rubble', not {razed_as!r}")
     _check_city(city, months, baseline_months)
     grid, before, after, label = _on_utm_grid(city)
     regions, n = _regions(label, min_region_px)
@@ -375,6 +381,7 @@ def make_oscd_series(
         months=months,
         seed=seed,
         tile=tile,
+        razed_as=razed_as,
     )
 
 
@@ -434,6 +441,8 @@ def _ground(series: OSCDSeries, day: date) -> tuple[np.ndarray, np.ndarray]:
     )
     inside = np.isin(series.regions, revealed) & np.isfinite(series.after).all(axis=0)
     refl = np.where(inside[None], series.after, series.before).astype(np.float32)
+    if series.razed_as == "rubble":
+        refl = _rubble(series, day, refl)
     nodata = np.asarray(~np.isfinite(refl).all(axis=0))
     refl = np.nan_to_num(refl, nan=0.0)
     red, nir = refl[2], refl[3]
@@ -451,6 +460,21 @@ def _ground(series: OSCDSeries, day: date) -> tuple[np.ndarray, np.ndarray]:
     length = 0.5 + 0.5 * _season(day, 355)
     refl *= (1.0 - 0.5 * length * north)[None]
     return refl, nodata
+
+
+def _rubble(series: OSCDSeries, day: date, refl: np.ndarray) -> np.ndarray:
+    """Razed regions as rubble: each pixel a mix of 20-50 % of the structure's real spectrum
+    (what still stands, debris of it) and the rest the old ground's, darkened by 15 % (ash,
+    shadowed debris); the same mix on every date. Our model of a struck building, not
+    observed data: it only tells whether a site that stays changed, but no longer like the
+    structure, is reported gone."""
+    razed = [r.region_id for r in series.truth if _razed_by(r, day)]
+    where = np.isin(series.regions, razed) & np.isfinite(series.after).all(axis=0)
+    if not where.any():
+        return refl
+    share = np.random.default_rng([series.seed, 14]).uniform(0.2, 0.5, where.shape)
+    mix = share * np.nan_to_num(series.after) + (1.0 - share) * np.nan_to_num(series.before)
+    return np.where(where[None], np.float32(0.85) * mix.astype(np.float32), refl)
 
 
 def _fractal_field(rng: np.random.Generator, shape: tuple[int, int], beta: float) -> np.ndarray:
