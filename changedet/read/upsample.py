@@ -152,7 +152,7 @@ def upsample_2x(
         ]
         return out
     bad = None
-    if (window == nodata).any():  # rare: a tile's no-data part within reach
+    if (window == nodata).any():  # a tile's no-data part (beyond the swath) within reach
         bad = _any_tap(_any_tap(padded == nodata, *k_cols, origin[1], 1), *k_rows, origin[0], 0)
         if (bad & _edge(bad.shape, k_rows, k_cols, source_shape)).any():
             return None
