@@ -2,20 +2,23 @@
 
 One responsibility: make a rerun fetch nothing, and never hand back pixels other than those
 read. One file per (item, collection, band, href without its signing token, grid, resampling),
-written atomically, holding the key it was made for, a SHA-256 of its payload and the array as
-.npy bytes. On read the key and the checksum are verified: a damaged, truncated, stale or
+written atomically, holding the key it was made for, a SHA-256 of its payload, the array's dtype
+and shape, and its bytes. On read the key and the checksum are verified: a damaged, truncated, stale or
 mis-shaped entry is a miss, deleted, logged and counted in the run's read notes, and the asset is
 read again. A cache folder that cannot be used is reported once and the run goes on uncached;
 a full or read-only cache never fails a run. An empty `read.cache_dir` turns the cache off. Used
 by `changedet.read.cog` for network reads only (a local COG window reads as fast as the cache
 would).
+
+Not `.npy`: `np.load` parses its header with `ast.literal_eval`, and CPython 3.11's AST state is
+per interpreter, so two reader threads parsing at once can fail with "SystemError: AST
+constructor recursion depth mismatch" (seen in CI). The header here is JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -30,8 +33,8 @@ from changedet.models import Asset, Grid, Scene
 
 __all__ = ["CACHE_VERSION", "PixelCache"]
 
-CACHE_VERSION = 2  # bump when the cached array's meaning or the entry layout changes
-_MAGIC = b"changedet-pixels 2\n"
+CACHE_VERSION = 3  # bump when the cached array's meaning or the entry layout changes
+_MAGIC = b"changedet-pixels 3\n"
 _MAX_HEADER = 16_384  # bytes of the JSON header line; a longer one is damage
 _SUFFIX = ".npyc"
 
@@ -115,11 +118,15 @@ class PixelCache:
         path = self._path(key)
         if path is None:
             return
-        payload = io.BytesIO()
-        np.save(payload, array, allow_pickle=False)
-        data = payload.getvalue()
+        data = np.ascontiguousarray(array).tobytes()
         header = json.dumps(
-            {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            {
+                "key": key,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "dtype": array.dtype.str,
+                "shape": list(array.shape),
+            }
         ).encode()
         if not self._checked:
             self._check_root()
@@ -192,6 +199,7 @@ def _decode(blob: bytes, key: str, shape: tuple[int, int]) -> np.ndarray:
     try:
         header = json.loads(blob[len(_MAGIC) : end])
         stored_key, digest, size = header["key"], header["sha256"], header["size"]
+        dtype, stored_shape = np.dtype(header["dtype"]), tuple(header["shape"])
     except (ValueError, KeyError, TypeError):
         raise _Damaged("header damaged") from None
     if stored_key != key:
@@ -201,10 +209,8 @@ def _decode(blob: bytes, key: str, shape: tuple[int, int]) -> np.ndarray:
         raise _Damaged(f"truncated: {len(data)} of {size} bytes")
     if hashlib.sha256(data).hexdigest() != digest:
         raise _Damaged("checksum mismatch")
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise _Damaged(f"unreadable array ({exc})") from None
-    if array.shape != shape:
-        raise _Damaged(f"shape {array.shape} instead of {shape}")
-    return array
+    if stored_shape != shape:
+        raise _Damaged(f"shape {stored_shape} instead of {shape}")
+    if dtype.hasobject or dtype.itemsize * int(np.prod(shape)) != size:
+        raise _Damaged(f"{size} bytes do not hold {dtype} of shape {shape}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
