@@ -54,48 +54,41 @@ def _along(array: np.ndarray, axis: int, start: int, stop: int | None, step: int
     return array[tuple(index)]
 
 
-def _bilinear_axis(values: np.ndarray, k0: int, k1: int, origin: int, axis: int) -> np.ndarray:
-    """Bilinear along one axis for the grid pixels at 10 m indices k0..k1: grid pixel k = 2m is
-    0.25 x source (m - 1) + 0.75 x source m, k = 2m + 1 is 0.75 x source m + 0.25 x source
-    (m + 1). `values` (float32) holds the source from pixel `origin` on (index 0), its edges
-    repeated. Each product and sum is exact in float32 for 16-bit values, so the order of the
-    operations does not matter."""
+def _along_axis(
+    near: np.ndarray,
+    far: np.ndarray,
+    combine: np.ufunc,
+    k0: int,
+    k1: int,
+    origin: int,
+    axis: int,
+) -> np.ndarray:
+    """One axis of the grid pixels at 10 m indices k0..k1: pixel k = 2m is
+    combine(near[m], far[m - 1]), pixel k = 2m + 1 is combine(near[m], far[m + 1]), where m
+    counts source pixels and `near`, `far` hold the source from pixel `origin` on (index 0),
+    its edges repeated."""
     m0, m1 = k0 // 2, (k1 - 1) // 2 + 1  # the source pixels m of the grid pixels 2m, 2m + 1
-    n = m1 - m0
-    quarter = values * np.float32(0.25)
-    three = values * np.float32(0.75)
-    shape = list(values.shape)
-    shape[axis] = 2 * n
-    out = np.empty(shape, dtype=np.float32)
-    mid = _along(three, axis, m0 - origin, m1 - origin)
-    np.add(
-        mid,
-        _along(quarter, axis, m0 - 1 - origin, m1 - 1 - origin),
-        out=_along(out, axis, 0, None, 2),
-    )
-    np.add(
-        mid,
-        _along(quarter, axis, m0 + 1 - origin, m1 + 1 - origin),
-        out=_along(out, axis, 1, None, 2),
-    )
+    shape = list(near.shape)
+    shape[axis] = 2 * (m1 - m0)
+    out = np.empty(shape, dtype=near.dtype)
+    mid = _along(near, axis, m0 - origin, m1 - origin)
+    before = _along(far, axis, m0 - 1 - origin, m1 - 1 - origin)
+    after = _along(far, axis, m0 + 1 - origin, m1 + 1 - origin)
+    combine(mid, before, out=_along(out, axis, 0, None, 2))
+    combine(mid, after, out=_along(out, axis, 1, None, 2))
     return _along(out, axis, k0 - 2 * m0, k0 - 2 * m0 + k1 - k0)
+
+
+def _bilinear_axis(values: np.ndarray, k0: int, k1: int, origin: int, axis: int) -> np.ndarray:
+    """Bilinear along one axis: 0.75 x the nearer source pixel + 0.25 x the farther one. Each
+    product and sum is exact in float32 for 16-bit values, so the order does not matter."""
+    three, quarter = values * np.float32(0.75), values * np.float32(0.25)
+    return _along_axis(three, quarter, np.add, k0, k1, origin, axis)
 
 
 def _any_tap(bad: np.ndarray, k0: int, k1: int, origin: int, axis: int) -> np.ndarray:
-    """Like `_bilinear_axis`, for a mask: whether either tap of each grid pixel is set."""
-    m0, m1 = k0 // 2, (k1 - 1) // 2 + 1
-    n = m1 - m0
-    shape = list(bad.shape)
-    shape[axis] = 2 * n
-    out = np.empty(shape, dtype=bool)
-    mid = _along(bad, axis, m0 - origin, m1 - origin)
-    np.logical_or(
-        mid, _along(bad, axis, m0 - 1 - origin, m1 - 1 - origin), out=_along(out, axis, 0, None, 2)
-    )
-    np.logical_or(
-        mid, _along(bad, axis, m0 + 1 - origin, m1 + 1 - origin), out=_along(out, axis, 1, None, 2)
-    )
-    return _along(out, axis, k0 - 2 * m0, k0 - 2 * m0 + k1 - k0)
+    """Whether either tap of each grid pixel along one axis is set."""
+    return _along_axis(bad, bad, np.logical_or, k0, k1, origin, axis)
 
 
 def _edge(
