@@ -492,11 +492,10 @@ def _chip_name(structure_id: str) -> str:
 @dataclass(frozen=True)
 class Pictures:
     """The report's pictures, written: PNG bytes by name (before, after, overlay, counts,
-    coverage), the chips by structure id, and the files."""
+    coverage) and the chips by structure id."""
 
     images: dict[str, bytes]
     chips: dict[str, Chip]
-    written: list[Path]
 
 
 def write_pictures(
@@ -504,13 +503,11 @@ def write_pictures(
 ) -> Pictures:
     """Write before.png, after.png, overlay.png, counts.png, coverage.png and chips/<id>.png
     into `out_dir`."""
-    written: list[Path] = []
 
     def save(name: str, data: bytes) -> None:
         path = out_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        written.append(path)
 
     lo, hi = shared_stretch(result.before, result.after)
     after_rgb = truecolor(result.after, lo, hi)
@@ -535,7 +532,7 @@ def write_pictures(
             caption = f"before {evidence.before.label} · after {evidence.after.label}"
             chips[s.id] = (data, name, caption)
             progress("chips", i + 1, len(chosen))
-    return Pictures(images, chips, written)
+    return Pictures(images, chips)
 
 
 def write_report_html(
@@ -545,7 +542,7 @@ def write_report_html(
     *,
     manifest: Mapping[str, Any],
     extra_files: Sequence[str] = (),
-) -> Path:
+) -> None:
     """Write report.html into `out_dir`, listing every file there and `extra_files` (names
     written later, run.json, that the report must still link to): call it last."""
     names = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
@@ -557,9 +554,7 @@ def write_report_html(
     text = render_report_html(
         result, manifest, images=pictures.images, chips=pictures.chips, files=files
     )
-    path = out_dir / "report.html"
-    path.write_text(text, encoding="utf-8")
-    return path
+    (out_dir / "report.html").write_text(text, encoding="utf-8")
 
 
 def _file_order(name: str) -> tuple[int, str]:
