@@ -49,6 +49,15 @@ class Known:
     footprint: Any
     vanished_after: date | None = None
 
+    @classmethod
+    def from_geojson(cls, geometry: Mapping[str, Any], vanished_after: str | None) -> Known:
+        """A structure as the monitor's ledger and a run's structures.geojson keep it: a GeoJSON
+        geometry and an ISO date (or None)."""
+        from shapely.geometry import shape
+
+        gone = date.fromisoformat(vanished_after) if vanished_after else None
+        return cls(shape(geometry), gone)
+
 
 def _may_be(found: Found, known: Known) -> bool:
     """False when `found` was first seen after `known` vanished: another building."""

@@ -168,13 +168,8 @@ def _structure_rows(result: RunResult) -> list[StructureRow]:
 
 def _known(rows: dict[str, StructureRow]) -> dict[str, Known]:
     """The ledger's structures as `run_aoi(known=)` takes them (footprints in EPSG:4326)."""
-    from shapely.geometry import shape
-
     return {
-        sid: Known(
-            shape(json.loads(r.geometry)),
-            date.fromisoformat(r.vanished_after) if r.vanished_after else None,
-        )
+        sid: Known.from_geojson(json.loads(r.geometry), r.vanished_after)
         for sid, r in rows.items()
         if r.geometry
     }

@@ -10,7 +10,6 @@ monitor does with its ledger). Footprints stay in EPSG:4326 here, as the file ho
 from __future__ import annotations
 
 import json
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +39,14 @@ def earlier_structures(earlier_out: Path, aoi_id: str) -> dict[str, Known] | Non
 
 
 def _known(feature: dict[str, Any]) -> tuple[str, Known]:
-    from shapely.geometry import shape
-
     props = feature["properties"]
     structure_id = props["id"]
     if not isinstance(structure_id, str) or not structure_id:
         raise ValueError(f"a structure without an id: {structure_id!r}")
-    footprint = shape(feature["geometry"])
-    if footprint.is_empty or footprint.area <= 0:
+    known = Known.from_geojson(feature["geometry"], props.get("vanished_after"))
+    if known.footprint.is_empty or known.footprint.area <= 0:
         raise ValueError(f"structure {structure_id} has no area")
-    gone = props.get("vanished_after")
-    return structure_id, Known(footprint, date.fromisoformat(gone) if gone else None)
+    return structure_id, known
 
 
 def _why(exc: BaseException) -> str:
