@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from changedet.config import BermConfig
-from changedet.core.berms import berm_evidence, bsi, extract_berms, link_berms, ring_test
+from changedet.core.berms import (
+    berm_evidence,
+    bsi,
+    extract_berms,
+    link_berms,
+    ridge_filter,
+    ring_test,
+)
 from changedet.core.track import footprint_geometry
 from changedet.errors import DataError
 from changedet.models import Composite, Grid, Structure
@@ -130,3 +137,20 @@ def test_missing_band_is_refused(composite: Callable[..., Composite]) -> None:
     no_swir = replace(c, bands=BANDS[:4], reflectance=c.reflectance[:4])
     with pytest.raises(DataError, match="swir16"):
         berm_evidence(no_swir, no_swir)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ridge_filter_gives_scikit_images_sato_values(seed: int) -> None:
+    # The ridge filter cuts sato's 100-sigma kernel tails: the values must stay sato's, to the
+    # bit, on evidence shaped like the real one (non-negative, mostly zero, lines and blobs).
+    from skimage.filters import sato
+
+    rng = np.random.default_rng(seed)
+    raw = np.clip(rng.normal(0.0, 1.0, (300, 260)), 0.0, None).astype(np.float32)
+    raw[rng.random(raw.shape) < 0.6] = 0.0
+    raw[120:122, 20:240] += 4.0  # a berm-like line
+    raw[40:60, 40:70] += 3.0  # a cleared plot
+    raw[:, 250:] = 0.0  # a blank strip: only the far tails reach it
+    for sigmas in [(1.0, 1.5), (0.8,), (2.0,)]:
+        expected = sato(raw, sigmas=sigmas, black_ridges=False, mode="constant")
+        np.testing.assert_array_equal(ridge_filter(raw, sigmas=sigmas), expected.astype(np.float32))

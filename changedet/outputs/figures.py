@@ -53,8 +53,10 @@ def _figure(width_in: float, height_in: float) -> Any:
 
 
 def _fig_png(fig: Any) -> bytes:
+    """PNG bytes of a figure, zlib level 1 as `report._png`: the overlay map is a full-size
+    image, and level 1 encodes it several times faster for a slightly larger file."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png", bbox_inches="tight", pil_kwargs={"compress_level": 1})
     return buf.getvalue()
 
 
