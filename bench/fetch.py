@@ -139,13 +139,29 @@ def make_data(root: Path, *, n_dates: int, tile_px: int) -> dict[str, Any]:
 
 
 _SERVER = r"""
-import json, sys, threading
+import json, sys, threading, time
 from functools import partial
 from http.server import ThreadingHTTPServer
 import RangeHTTPServer
 
 lock = threading.Lock()
 stats = {"requests": 0, "bytes_sent": 0}
+# The link to model: a round trip before each response, and one shared line of this rate
+# (0: loopback as it is).
+LATENCY_S = float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.0
+BYTES_PER_S = float(sys.argv[3]) * 1e6 / 8 if len(sys.argv) > 3 else 0.0
+line_free_at = [0.0]
+
+
+def on_the_line(n):
+    # wait until `n` bytes have passed a line shared by every connection
+    if BYTES_PER_S <= 0:
+        return
+    with lock:
+        start = max(time.monotonic(), line_free_at[0])
+        line_free_at[0] = start + n / BYTES_PER_S
+        done = line_free_at[0]
+    time.sleep(max(done - time.monotonic(), 0.0))
 
 
 class Counting:
@@ -153,6 +169,7 @@ class Counting:
         self.raw = raw
 
     def write(self, data):
+        on_the_line(len(data))
         self.raw.write(data)
         with lock:
             stats["bytes_sent"] += len(data)
@@ -175,6 +192,8 @@ class Handler(RangeHTTPServer.RangeRequestHandler):
             return
         with lock:
             stats["requests"] += 1
+        if LATENCY_S:
+            time.sleep(LATENCY_S)
         super().do_GET()
 
     def copyfile(self, source, outputfile):
@@ -194,16 +213,20 @@ httpd.serve_forever()
 
 class ProcessRangeServer:
     """The same range-request server in its own process: its CPU does not compete with the
-    loaders' GIL (closer to a remote server), bytes counted there and read over /__stats."""
+    loaders' GIL (closer to a remote server), bytes counted there and read over /__stats.
+    `latency_ms` and `mbps` model a link to a remote catalog's storage: a round trip before
+    every response, and one line of that rate shared by all connections."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, latency_ms: float = 0.0, mbps: float = 0.0) -> None:
         self.directory = directory
+        self.link = (latency_ms, mbps)  # a modelled link: round trip, shared rate (0: none)
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
     def __enter__(self) -> ProcessRangeServer:
+        args = [str(self.directory), *(str(v) for v in self.link)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, str(self.directory)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", _SERVER, *args], stdout=subprocess.PIPE, text=True
         )
         assert self.proc.stdout is not None
         port = int(self.proc.stdout.readline().strip())

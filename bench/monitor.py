@@ -2,7 +2,7 @@
 
     python bench/monitor.py [--aoi aoi/khojir.geojson] [--config configs/demo-khojir.toml]
                             [--repeat 3] [--keep DIR]
-    python bench/monitor.py --size 1000 --dates 48 [--repeat 3] [--http]
+    python bench/monitor.py --size 1000 --dates 48 [--repeat 3] [--http [--latency-ms MS] [--mbps R]]
 
 The catalog is the AOI's bundled SYNTHETIC sample (offline), or with --size the seeded synthetic
 year of `bench/e2e.py` (Earth Search-like COGs, an S x S px AOI, the default config): the sample
@@ -16,7 +16,10 @@ in a fresh process (what cron starts), with the same watch-list and outputs:
 With --http (and --size) the COGs are served by a range-request HTTP server in its own process
 on loopback, as a catalog's assets would be: the full rerun fetches every scene over HTTP into
 an empty pixel cache, the incremental run fetches the new scene and reads the others from the
-cache (`read.cache_dir`), as a scheduled run against Earth Search does.
+cache (`read.cache_dir`), as a scheduled run against Earth Search does. Loopback has no
+latency and no rate limit, so fetching costs next to nothing there; --latency-ms and --mbps
+model the link to a remote catalog's storage (a round trip per request, one shared line of that
+rate), where the full rerun's fetching of every scene is what an incremental run saves most.
 Prints the wall time of each repeat, the medians and their ratio, and the stage times
 (run.json `timings_s`) of the last repeat of each.
 """
@@ -108,9 +111,17 @@ def main() -> None:
     parser.add_argument("--dates", type=int, default=48, help="Dates of that year (with --size).")
     parser.add_argument("--data", type=Path, default=Path("/tmp/changedet-bench-e2e"))
     parser.add_argument("--http", action="store_true", help="Serve the COGs over loopback HTTP.")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="With --http: a round trip per request."
+    )
+    parser.add_argument(
+        "--mbps", type=float, default=0.0, help="With --http: the link's rate (0: unlimited)."
+    )
     args = parser.parse_args()
     if args.http and not args.size:
         parser.error("--http needs --size")
+    if (args.latency_ms or args.mbps) and not args.http:
+        parser.error("--latency-ms and --mbps need --http")
     if args.size:
         sys.path.insert(0, str(REPO / "bench"))
         from e2e import make_data
@@ -132,10 +143,14 @@ def main() -> None:
         if args.http:
             from fetch import ProcessRangeServer
 
-            server = stack.enter_context(ProcessRangeServer(sample))
+            server = stack.enter_context(
+                ProcessRangeServer(sample, latency_ms=args.latency_ms, mbps=args.mbps)
+            )
             local = json.dumps(items).replace(f'"{sample}/', f'"{server.url}/')
             items = json.loads(local)
-            print(f"assets served at {server.url}")
+            link = f"{args.latency_ms:g} ms round trip, " if args.latency_ms else ""
+            link += f"{args.mbps:g} Mbit/s" if args.mbps else "unlimited rate"
+            print(f"assets served at {server.url} ({link})")
         _compare(args, items, sample, config, aoi_id)
 
 
