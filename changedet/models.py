@@ -255,6 +255,11 @@ class DateSeries(Protocol):
         """(len(dates), rows, W) bool clear mask, a new array."""
         ...
 
+    def fingerprints(self) -> tuple[str, ...]:
+        """Per date, a digest of its pixels and clear mask (equal digests, equal dates): what
+        the monitor's composite cache keys on. Computed when asked (it reads every date)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ReadResult:

@@ -21,6 +21,7 @@ from changedet.core.clip import clip_berms, clip_structures, crop_change, crop_c
 from changedet.core.coverage import measure_coverage
 from changedet.core.evidence import evidence_for
 from changedet.core.periods import make_periods
+from changedet.core.reuse import ArrayMemo
 from changedet.core.review import Verdict, apply_review
 from changedet.core.stream import analyse_series, as_series, series_dates
 from changedet.core.timeseries import Analysis, PeriodMemo, StageTimer
@@ -238,11 +239,13 @@ def run_aoi(
     io: PipelineIO | None = None,
     review: Mapping[str, Verdict] | None = None,
     memo: PeriodMemo | None = None,
+    reuse: ArrayMemo | None = None,
     known: Mapping[str, Known] | None = None,
 ) -> RunSummary:
     """Process one AOI end to end and write OUT/<aoi_id>/ atomically. For the monitor
     (`changedet.monitor`): `review`, the analyst's verdicts by structure id, shown in the
-    outputs (false positives left out of the counts); `memo`, periods computed before; `known`,
+    outputs (false positives left out of the counts); `memo`, periods' change computed before;
+    `reuse`, shifts and composites computed before (`core.reuse`); `known`,
     the ledger's structures (footprints in EPSG:4326), whose ids the same structures keep
     (`core.carry`)."""
     io = io or PipelineIO.default()
@@ -275,6 +278,7 @@ def run_aoi(
             progress=progress,
             timer=timer,
             memo=memo,
+            reuse=reuse,
         )
         analysis = apply_review(carry_ids(analysis, _on_grid(known or {}, grid)), review or {})
         result = _run_result(

@@ -449,6 +449,36 @@ def test_the_period_cache_misses_on_damage_and_keeps_only_what_a_run_used(tmp_pa
     assert list((tmp_path / "memo").iterdir()) == []
 
 
+def test_kept_arrays_come_back_to_the_bit_and_damage_is_a_miss(tmp_path: Path) -> None:
+    import numpy as np
+
+    from changedet.monitor.memo import DiskMemo
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "reflectance": rng.random((3, 5, 4)).astype(np.float32),
+        "count": rng.integers(0, 9, (5, 4)).astype(np.uint16),
+        "source_date": rng.integers(-1, 20000, (5, 4)).astype(np.int32),
+    }
+    DiskMemo(tmp_path / "memo").put_arrays("c1", arrays)
+    DiskMemo(tmp_path / "memo").put_arrays("c2", arrays)
+    memo = DiskMemo(tmp_path / "memo")
+    got = memo.get_arrays("c1")
+    assert got is not None and list(got) == list(arrays)
+    for name, array in arrays.items():
+        assert got[name].dtype == array.dtype
+        np.testing.assert_array_equal(got[name], array)
+    entry = tmp_path / "memo" / "c2.arrays"
+    blob = bytearray(entry.read_bytes())
+    blob[-7] ^= 0x01  # one bit of the payload
+    entry.write_bytes(bytes(blob))
+    assert memo.get_arrays("c2") is None
+    entry.write_bytes(bytes(blob[:-40]))  # truncated
+    assert memo.get_arrays("c2") is None
+    assert memo.get_arrays("absent") is None
+    assert (memo.array_hits, memo.array_misses) == (1, 3)
+
+
 def test_only_the_state_module_talks_to_sqlite() -> None:
     """The monitor's database has one owner; the other sqlite3 user writes the GeoPackage's
     style table (a GeoPackage is an SQLite file)."""

@@ -3,6 +3,7 @@ to the bit, whatever the strip height, the number of threads or where the dates 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -218,3 +219,72 @@ def test_the_period_memo_gives_back_only_periods_whose_every_input_is_the_same()
     january[0, :, 50:60, 10:20] += np.float32(0.2)
     run(replace(stack, reflectance=january))
     assert memo.hits == []
+
+
+class _DictArrays:
+    """Shifts and composites kept in a dict; what was asked for and not found is listed."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, np.ndarray]] = {}
+        self.asked: list[str] = []
+        self.missed: list[str] = []
+
+    def get_arrays(self, key: str) -> dict[str, np.ndarray] | None:
+        self.asked.append(key)
+        found = self.entries.get(key)
+        if found is None:
+            self.missed.append(key)
+        return None if found is None else {k: v.copy() for k, v in found.items()}
+
+    def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
+        self.entries[key] = {k: np.array(v) for k, v in arrays.items()}
+
+
+def test_kept_shifts_and_composites_give_what_computing_them_again_gives(tmp_path: Path) -> None:
+    stack = _synthetic_stack()
+    periods = make_periods(CONFIG.time.start, CONFIG.time.end, "month")
+    inside = np.ones(stack.grid.shape, bool)
+    kept = _DictArrays()
+
+    def run(s: Stack, reuse: _DictArrays | None) -> Analysis:
+        kept.asked.clear()
+        kept.missed.clear()
+        with _store_of(s, tmp_path) as store:
+            return analyse_series(
+                store, inside=inside, periods=periods, config=CONFIG, strip_bytes=1, reuse=reuse
+            )
+
+    fresh = run(stack, None)
+    _same_analysis(run(stack, kept), fresh)  # everything computed, and kept
+    n_kept = len(kept.entries)
+    # a shift per date, a composite per period; the baseline is January, the "after" span March
+    assert n_kept == len(stack.times) + len(periods)
+    _same_analysis(run(stack, kept), fresh)
+    assert kept.asked and not kept.missed and len(kept.entries) == n_kept
+    # The last date changes: its shift, March and the "after" span are computed again (and a
+    # date whose spikes it decides); January (the baseline) and February come from the memo.
+    march = stack.reflectance.copy()
+    march[-1, :, 50:60, 10:20] += np.float32(0.2)
+    changed = replace(stack, reflectance=march)
+    _same_analysis(run(changed, kept), run(changed, None))
+    run(changed, kept)
+    assert not kept.missed
+    # A baseline date changes: every date is measured against another median.
+    january = stack.reflectance.copy()
+    january[1, :, 50:60, 10:20] += np.float32(0.2)
+    changed = replace(stack, reflectance=january)
+    _same_analysis(run(changed, kept), run(changed, None))
+
+
+def test_a_dates_fingerprint_follows_its_pixels_and_clear_mask(tmp_path: Path) -> None:
+    stack = _synthetic_stack(seed=5)
+    with _store_of(stack, tmp_path) as store:
+        prints = store.fingerprints()
+        assert len(set(prints)) == len(stack.times)
+    clear = stack.clear.copy()
+    clear[4, 0, 0] = not clear[4, 0, 0]
+    refl = stack.reflectance.copy()
+    refl[9, 2, 5, 5] += np.float32(1e-3)
+    with _store_of(replace(stack, clear=clear, reflectance=refl), tmp_path) as store:
+        again = store.fingerprints()
+    assert [t for t in range(len(prints)) if prints[t] != again[t]] == [4, 9]

@@ -21,6 +21,7 @@ Strips run on a small thread pool (numpy's sort and arithmetic release the GIL).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +38,7 @@ from changedet.core.composite import REFERENCE_BANDS, median_composite
 from changedet.core.coreg import apply_shift, measure_shift
 from changedet.core.evidence import RGB, DateSource
 from changedet.core.mask import temporal_spikes
+from changedet.core.reuse import ArrayMemo, Reuse
 from changedet.core.timeseries import (
     Analysis,
     Baseline,
@@ -90,6 +92,14 @@ class StackSeries:
 
     def clear_rows(self, dates: Sequence[int], rows: slice) -> np.ndarray:
         return self.stack.clear[list(dates), rows]
+
+    def fingerprints(self) -> tuple[str, ...]:
+        out = []
+        for t in range(len(self.stack.times)):
+            digest = hashlib.sha256(np.ascontiguousarray(self.stack.reflectance[t]).data)
+            digest.update(np.ascontiguousarray(self.stack.clear[t]).data)
+            out.append(digest.hexdigest())
+        return tuple(out)
 
 
 def as_series(source: Stack | DateSeries) -> DateSeries:
@@ -231,9 +241,12 @@ def _baseline(ctx: _Context, screened: _Screened) -> Baseline:
 # --- co-registration -------------------------------------------------------------------------
 
 
-def _shifts(ctx: _Context, baseline: Baseline, screened: _Screened) -> tuple[Shift, ...]:
+def _shifts(
+    ctx: _Context, baseline: Baseline, screened: _Screened, reuse: Reuse | None
+) -> tuple[Shift, ...]:
     """Passes 2 and 3: the baseline dates' median of the co-registration band, and every date's
-    shift against it (as `core.coreg.coregister_dates`)."""
+    shift against it (as `core.coreg.coregister_dates`); those `reuse` has kept are not
+    measured again, and without any to measure the median is not made."""
     series, cc = ctx.series, ctx.config.change
     band = next((b for b in COREG_BANDS if b in series.bands), None)
     if not cc.coregister or band is None:
@@ -242,7 +255,21 @@ def _shifts(ctx: _Context, baseline: Baseline, screened: _Screened) -> tuple[Shi
     refs = [t for t, when in enumerate(series.times) if baseline.span.contains(when.date())]
     if n_t < 2 or not refs:
         return tuple((0.0, 0.0) for _ in range(n_t))
-    b = series.bands.index(band)
+    known = reuse.shifts(refs, band) if reuse is not None else {}
+    todo = [t for t in range(n_t) if t not in known]
+    if todo:
+        measured = _measure(ctx, series.bands.index(band), refs, todo, screened)
+        known.update(measured)
+        if reuse is not None:
+            reuse.keep_shifts(refs, band, measured)
+    return tuple(known[t] for t in range(n_t))
+
+
+def _measure(
+    ctx: _Context, b: int, refs: Sequence[int], todo: Sequence[int], screened: _Screened
+) -> dict[int, Shift]:
+    """The shifts of the dates `todo` in band `b` against the median of the dates `refs`."""
+    series = ctx.series
     h, w = series.grid.shape
     reference = np.empty((h, w), dtype=np.float32)
 
@@ -263,9 +290,9 @@ def _shifts(ctx: _Context, baseline: Baseline, screened: _Screened) -> tuple[Shi
         return measure_shift(reference, image)
 
     if ctx.workers <= 1:
-        return tuple(measure(t) for t in range(n_t))
+        return {t: measure(t) for t in todo}
     with ThreadPoolExecutor(max_workers=ctx.workers, thread_name_prefix="changedet-coreg") as pool:
-        return tuple(pool.map(measure, range(n_t)))
+        return dict(zip(todo, pool.map(measure, todo), strict=True))
 
 
 def _corrected(shifts: Sequence[Shift], config: Config) -> dict[int, tuple[float, float]]:
@@ -319,42 +346,53 @@ class _Target:
 
 
 def _shifted_strip(
-    ctx: _Context, rows: slice, corrected: dict[int, tuple[float, float]], halo: int
+    ctx: _Context,
+    rows: slice,
+    dates: Sequence[int],
+    corrected: dict[int, tuple[float, float]],
+    halo: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every date's pixels and usable mask on `rows`, co-registered: the strip is read with
+    """The pixels and usable mask of `dates` on `rows`, co-registered: the strip is read with
     `halo` more rows each side (what a shift's bilinear taps reach), shifted, then cut back."""
-    series = ctx.series
-    n_t, h = len(series.times), series.grid.height
+    h = ctx.series.grid.height
     top, bottom = max(rows.start - halo, 0), min(rows.stop + halo, h)
     grown = slice(top, bottom)
-    dates = range(n_t)
-    values = series.pixels(dates, grown, range(len(series.bands)))
+    values = ctx.series.pixels(dates, grown, range(len(ctx.series.bands)))
     clear = ctx.screened_clear(dates, grown)
-    for t, shift in corrected.items():
-        moved = apply_shift(np.where(clear[t], values[t], np.float32(np.nan)), shift)
-        values[t] = moved
-        clear[t] = np.isfinite(moved).all(axis=0)
+    for i, t in enumerate(dates):
+        if t not in corrected:
+            continue
+        moved = apply_shift(np.where(clear[i], values[i], np.float32(np.nan)), corrected[t])
+        values[i] = moved
+        clear[i] = np.isfinite(moved).all(axis=0)
     inner = slice(rows.start - top, rows.stop - top)
     return values[:, :, inner], clear[:, inner]
 
 
 def _composites(
-    ctx: _Context, targets: Sequence[_Target], shifts: Sequence[Shift], progress: Progress
+    ctx: _Context,
+    targets: Sequence[_Target],
+    corrected: dict[int, tuple[float, float]],
+    progress: Progress,
 ) -> None:
-    """Pass 4: every target's median composite, strip by strip."""
+    """Pass 4: every target's median composite, strip by strip, reading only their dates."""
     series = ctx.series
-    corrected = _corrected(shifts, ctx.config)
-    halo = max((math.ceil(abs(s[0])) + 1 for s in corrected.values()), default=0)
+    dates = sorted({t for target in targets for t in target.dates})
+    if not dates:
+        return
+    at = {t: i for i, t in enumerate(dates)}
+    picks = [[at[t] for t in target.dates] for target in targets]
+    halo = max((math.ceil(abs(corrected[t][0])) + 1 for t in dates if t in corrected), default=0)
     bands = series.bands
     ref_band = next((bands.index(b) for b in REFERENCE_BANDS if b in bands), 0)
     min_obs = ctx.config.change.min_clear_obs
 
     def work(rows: slice) -> None:
-        values, clear = _shifted_strip(ctx, rows, corrected, halo)
-        for target in targets:
+        values, clear = _shifted_strip(ctx, rows, dates, corrected, halo)
+        for target, pick in zip(targets, picks, strict=True):
             median, count, index = median_composite(
-                values[target.dates],
-                clear[target.dates],
+                values[pick],
+                clear[pick],
                 min_clear_obs=min_obs,
                 reference_band=ref_band,
             )
@@ -362,11 +400,39 @@ def _composites(
             target.count[rows] = count
             target.source_date[rows] = target.days[index]
 
-    n_t = max(len(series.times), 1)
     # the strip, plus about half as much again for the sort of the largest target
-    strips = _strips(series.grid.height, _strip_rows(series, n_t, 2 * len(bands), ctx.budget))
+    strips = _strips(
+        series.grid.height, _strip_rows(series, len(dates), 2 * len(bands), ctx.budget)
+    )
     for done, _ in enumerate(_run(work, strips, ctx.workers), start=1):
         progress("composite", done, len(strips))
+
+
+def _fill_composites(
+    ctx: _Context,
+    targets: Sequence[_Target],
+    corrected: dict[int, tuple[float, float]],
+    reuse: Reuse | None,
+    progress: Progress,
+) -> list[bytes] | None:
+    """Every target's composite: those `reuse` has kept from it, the others computed (and
+    kept). Returns each target's key (None without `reuse`)."""
+    if reuse is None:
+        _composites(ctx, targets, corrected, progress)
+        return None
+    keys = [reuse.composite_key(t.period, t.dates, corrected) for t in targets]
+    shape = ctx.series.grid.shape
+    todo = []
+    for target, key in zip(targets, keys, strict=True):
+        found = reuse.composite(key, len(ctx.series.bands), shape)
+        if found is None:
+            todo.append((target, key))
+        else:
+            target.reflectance, target.count, target.source_date = found
+    _composites(ctx, [t for t, _ in todo], corrected, progress)
+    for target, key in todo:
+        reuse.keep_composite(key, target.reflectance, target.count, target.source_date)
+    return [bytes.fromhex(key) for key in keys]
 
 
 def analyse_series(
@@ -380,24 +446,28 @@ def analyse_series(
     workers: int | None = None,
     strip_bytes: int = STRIP_BYTES,
     memo: PeriodMemo | None = None,
+    reuse: ArrayMemo | None = None,
 ) -> Analysis:
-    """`analyse_stack` of a series read a few rows at a time (see the module's docstring)."""
+    """`analyse_stack` of a series read a few rows at a time (see the module's docstring).
+    memo: periods' change computed before; reuse: shifts and composites computed before
+    (`core.reuse`)."""
     timer = timer or StageTimer()
     workers = workers or min(os.cpu_count() or 1, 4)
     ctx = _Context(series, periods, config, inside, workers, strip_bytes)
     with timer("screen"):
         screened = _screen(ctx)
         ctx.spikes = [screened.spike_index(t) for t in range(len(series.times))]
+        keys = None if reuse is None else Reuse.of(reuse, series, ctx.spikes, config)
     baseline = _baseline(ctx, screened)
     with timer("coregister"):
-        shifts = _shifts(ctx, baseline, screened)
+        shifts = _shifts(ctx, baseline, screened, keys)
     with timer("composite"):
         targets = [_Target.empty(p, d, series) for p, d in zip(periods, ctx.dates_in, strict=True)]
         spans = [baseline.span, after_span(periods, baseline)]
         for p in spans:
             days = [t for t, when in enumerate(series.times) if p.contains(when.date())]
             targets.append(_Target.empty(p, days, series))
-        _composites(ctx, targets, shifts, progress)
+        made_from = _fill_composites(ctx, targets, _corrected(shifts, config), keys, progress)
         composites = [t.composite(series) for t in targets]
     per_period, before, after = composites[: len(periods)], composites[-2], composites[-1]
     return analyse_composites(
@@ -412,4 +482,5 @@ def analyse_series(
         timer=timer,
         date_shifts=shifts,
         memo=memo,
+        made_from=None if made_from is None else made_from[: len(periods) + 1],
     )

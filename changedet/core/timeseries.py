@@ -200,9 +200,11 @@ def _observe_periods(
     progress: Progress,
     memo: PeriodMemo | None = None,
     baseline_range: BeforeRange | None = None,
+    made_from: Sequence[bytes] | None = None,
 ) -> list[PeriodObservation]:
     """Baseline periods as "absent" evidence, then each later period's objects of new structures.
-    baseline_range: `before_range` of the baseline composite, when computed already."""
+    baseline_range: `before_range` of the baseline composite, when computed already; made_from:
+    see `analyse_composites`."""
     cc = config.change
     observations = [
         PeriodObservation(
@@ -218,8 +220,11 @@ def _observe_periods(
     # The baseline and the mask are the same for every period: digested once.
     keys = [""] * len(monitored)
     if memo is not None:
-        shared = _digest(baseline_composite.reflectance, baseline_composite.count, inside)
-        keys = [_memo_key(shared, comp, config) for comp in monitored]
+        if made_from is None:
+            made_from = [_digest(c.reflectance, c.count) for c in (*per_period, baseline_composite)]
+        shared = hashlib.blake2b(made_from[-1] + _digest(inside), digest_size=20).digest()
+        firsts = made_from[baseline.last + 1 : len(per_period)]
+        keys = [_memo_key(shared, d, c, config) for d, c in zip(firsts, monitored, strict=True)]
     known = [memo.get(key) if memo is not None else None for key in keys]
     todo = [i for i, seen in enumerate(known) if seen is None]
 
@@ -267,12 +272,11 @@ def _digest(*arrays: np.ndarray) -> bytes:
     return digest.digest()
 
 
-def _memo_key(shared: bytes, comp: Composite, config: Config) -> str:
-    """A digest of every input of one period's change: `shared` (the digest of the baseline
-    composite's pixels and the mask), the period's composite, its scenes and the change and kind
-    settings."""
+def _memo_key(shared: bytes, made_from: bytes, comp: Composite, config: Config) -> str:
+    """A digest of every input of one period's change: `shared` (the baseline composite's and the
+    mask's), the period's composite (`made_from`), its scenes and the change and kind settings."""
     digest = hashlib.blake2b(shared, digest_size=20)
-    digest.update(_digest(comp.reflectance, comp.count))
+    digest.update(made_from)
     facts = (comp.period, comp.scene_ids, comp.bands, comp.grid, config.change, config.kinds)
     digest.update(repr(facts).encode())
     return digest.hexdigest()
@@ -373,10 +377,13 @@ def analyse_composites(
     timer: StageTimer | None = None,
     date_shifts: tuple[Shift, ...] = (),
     memo: PeriodMemo | None = None,
+    made_from: Sequence[bytes] | None = None,
 ) -> Analysis:
     """The steps after the composites (change per period → ledger → berms), shared by
     `analyse_stack` and the streaming detector (`core.stream`). `context`: the window's pixels
-    with a clear observation; `inside`: the AOI polygon's; `memo`: periods computed before."""
+    with a clear observation; `inside`: the AOI polygon's; `memo`: periods computed before;
+    `made_from`: per composite of `per_period`, then of `before`, a digest of what it was made
+    from (`core.reuse`), which stands for its pixels in the memo's keys (else they are hashed)."""
     timer = timer or StageTimer()
     cc = config.change
     grid = before.grid
@@ -391,6 +398,7 @@ def analyse_composites(
             progress=progress,
             memo=memo,
             baseline_range=before_ranges,
+            made_from=made_from,
         )
         change = detect_change(before, after, cc, known_before=before_ranges)
     with timer("track"):

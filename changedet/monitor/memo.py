@@ -1,20 +1,30 @@
-"""The monitor's period cache: each period's change against the baseline, on disk between runs.
+"""The monitor's period cache: each period's change against the baseline, each period's composite
+and each date's co-registration shift, on disk between runs.
 
-Keyed by a digest of everything the period's change is computed from (`core.timeseries`), so a
-hit is exactly what computing again would give, and a period a new scene touched (its composite
-changed) misses and is computed again. One pickle per period in `<state>.periods/<aoi_id>/`,
+Keyed by a digest of everything they are computed from (`core.timeseries`, `core.reuse`), so a
+hit is exactly what computing again would give, and a period a new scene touched misses and is
+computed again. In `<state>.periods/<aoi_id>/`: one pickle per period's change, one `.arrays`
+file per composite or shift (a JSON header with the payload's CRC-32, then the bytes), each
 written atomically; a damaged or unreadable entry is a miss. `prune()` removes the entries the
-last run did not use, so the folder holds one series per AOI. A cache, not state: deleting it
-costs one slower run.
+last run did not use, so the folder holds one series per AOI: about 30 bytes per pixel of the
+AOI's context window per period (a 10 × 10 km window with its 2 km of context: 38 MB a period).
+A cache, not state: deleting it costs one slower run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import pickle
 import tempfile
+import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
 
 from changedet.core.track import PeriodObservation
 
@@ -29,8 +39,10 @@ class DiskMemo:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.used: set[str] = set()
-        self.hits = 0
+        self.hits = 0  # periods' change
         self.misses = 0
+        self.array_hits = 0  # composites and shifts
+        self.array_misses = 0
 
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.pickle"
@@ -51,13 +63,32 @@ class DiskMemo:
 
     def put(self, key: str, observation: PeriodObservation) -> None:
         self.used.add(key)
+        self._write(
+            self._path(key),
+            lambda f: pickle.dump(observation, f, protocol=pickle.HIGHEST_PROTOCOL),
+        )
+
+    def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None:
+        self.used.add(key)
+        arrays = _read_arrays(self.folder / f"{key}{_ARRAYS}")
+        if arrays is None:
+            self.array_misses += 1
+        else:
+            self.array_hits += 1
+        return arrays
+
+    def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
+        self.used.add(key)
+        self._write(self.folder / f"{key}{_ARRAYS}", lambda f: _write_arrays(f, arrays))
+
+    def _write(self, path: Path, dump: Callable[[BinaryIO], object]) -> None:
         with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
             self.folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    pickle.dump(observation, f, protocol=pickle.HIGHEST_PROTOCOL)
-                os.replace(tmp, self._path(key))
+                    dump(f)
+                os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
@@ -69,3 +100,49 @@ class DiskMemo:
         for path in self.folder.iterdir():
             if path.suffix == ".part" or path.stem not in self.used:
                 path.unlink(missing_ok=True)
+
+
+# --- named arrays: a JSON header (names, dtypes, shapes, the payload's CRC-32), then the bytes.
+# Not `.npz`/`.npy`: their headers are parsed with `ast.literal_eval`, which CPython 3.11 does not
+# run safely in two threads at once (see `read.cache`); and the CRC makes damage a miss (the key
+# already names the content: the check is for a damaged disk, at 4 GB/s).
+
+_ARRAYS = ".arrays"
+_MAGIC = b"changedet-arrays 1\n"
+_MAX_HEADER = 16_384
+
+
+def _write_arrays(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
+    parts = [np.ascontiguousarray(a) for a in arrays.values()]
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part.data, crc)
+    header = {
+        "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in zip(arrays, parts, strict=True)],
+        "crc32": crc,
+    }
+    f.write(_MAGIC + json.dumps(header).encode() + b"\n")
+    for part in parts:
+        f.write(part.data)
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an entry; None when absent, damaged or not ours."""
+    try:
+        with path.open("rb") as f:
+            if f.read(len(_MAGIC)) != _MAGIC:
+                return None
+            header = json.loads(f.readline(_MAX_HEADER))
+            payload = bytearray(path.stat().st_size - f.tell())
+            if f.readinto(payload) != len(payload):
+                return None
+        if zlib.crc32(payload) != header["crc32"]:
+            return None
+        out, at = {}, 0
+        for name, dtype, shape in header["arrays"]:
+            count = math.prod(shape)
+            out[str(name)] = np.frombuffer(payload, np.dtype(dtype), count, at).reshape(shape)
+            at += count * np.dtype(dtype).itemsize
+        return out if at == len(payload) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,7 +1,8 @@
 """One monitoring run over a watch-list: per AOI, search the recent past, and only when a scene
 is new (or reprocessed), or the analyst reviewed something since the outputs were written, run
 the pipeline over every scene known (pixels of known scenes from the read cache, the change of
-periods whose composite did not change from the period cache, `monitor.memo`), update the
+periods whose composite did not change, those composites and the shifts of known dates from the
+period cache, `monitor.memo`), update the
 ledger and raise alerts in one transaction; then offer the outbox to the webhook and e-mail.
 
 The run holds the state's lock (`monitor.lock`) throughout, so two runs never interleave. The
@@ -294,6 +295,7 @@ def _process(
             io=capture.io(),
             review=state.verdicts(aoi.id),
             memo=memo,
+            reuse=memo,
             known=_known(ledger_rows),
         )
     except NoScenesError as exc:

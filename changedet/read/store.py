@@ -17,6 +17,7 @@ threads may read at once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator, MutableMapping, Sequence
@@ -28,6 +29,8 @@ import numpy as np
 from changedet.models import Grid
 
 __all__ = ["DateStore", "SpillMap"]
+
+_DIGEST_CHUNK = 8 * 1024 * 1024  # bytes read back at a time to fingerprint a date
 
 
 def _write_all(fd: int, array: np.ndarray, offset: int) -> None:
@@ -104,6 +107,7 @@ class DateStore:
         ] = []
         self._end = 0
         self.bytes_written = 0
+        self._fingerprints: tuple[str, ...] | None = None
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -234,6 +238,31 @@ class DateStore:
         for i, t in enumerate(dates):
             _read_into(fd, out[i], (t * h + top) * w)
         return out
+
+    def fingerprints(self) -> tuple[str, ...]:
+        """Per date, a digest of how it is kept and of its stored bytes and clear mask, read
+        back from the files (a few dates at a time: hashlib releases the GIL)."""
+        if self._fingerprints is None or len(self._fingerprints) != len(self._times):
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changedet-digest") as pool:
+                self._fingerprints = tuple(pool.map(self._fingerprint, range(len(self._times))))
+        return self._fingerprints
+
+    def _fingerprint(self, t: int) -> str:
+        start, dtype, harmonisation = self._layout[t]
+        h, w = self.grid.shape
+        digest = hashlib.sha256(repr((dtype.str, harmonisation)).encode())  # SHA-NI: ~2 GB/s
+        chunk = np.empty(min(h * w * dtype.itemsize, _DIGEST_CHUNK), dtype=np.uint8)
+        for fd, at, size in (
+            (self._values.fileno(), start, len(self.bands) * h * w * dtype.itemsize),
+            (self._clear.fileno(), t * h * w, h * w),
+        ):
+            end = at + size
+            while at < end:
+                part = chunk[: min(chunk.size, end - at)]
+                _read_into(fd, part, at)
+                digest.update(part.data)
+                at += part.size
+        return digest.hexdigest()
 
     # --- life ------------------------------------------------------------------------------
 

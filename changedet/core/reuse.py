@@ -1,0 +1,135 @@
+"""What a run of the streaming detector (`core.stream`) can take from an earlier one: each date's
+co-registration shift and each period's composite.
+
+A monitoring run adds a scene or two to a series it has seen; the shifts of the other dates and
+the composites of the periods the new scenes do not fall in are what the last run computed. Each
+is kept under a digest of everything it is computed from, so a reused one is exactly what
+computing it again would give:
+- a date: its fingerprint (`DateSeries.fingerprints`: its pixels and clear mask), its time and
+  the pixels the temporal screen took out of it (they depend on the neighbouring dates);
+- a shift: the date, and the dates whose median it is measured against (the baseline's);
+- a composite: its period, its dates and the shift applied to each;
+- both: the grid, the bands, the change settings and `VERSION`.
+
+The store (`ArrayMemo`) is the monitor's (`monitor.memo`); a cache, not state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from changedet.config import Config
+from changedet.models import DateSeries, Period
+
+__all__ = ["VERSION", "ArrayMemo", "Reuse", "Shift"]
+
+Shift = tuple[float, float] | None
+# Part of every key: bump it when what a shift or a composite is computed from, or how, changes.
+VERSION = "stream-1"
+
+
+class ArrayMemo(Protocol):
+    """Named arrays kept between runs under a key; None when absent or unreadable."""
+
+    def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None: ...
+
+    def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """The keys of one run's dates, and the memo they are looked up in."""
+
+    memo: ArrayMemo
+    dates: tuple[bytes, ...]  # per date, the digest of what it is
+    settings: bytes  # the digest of the grid, bands and change settings
+
+    @classmethod
+    def of(
+        cls, memo: ArrayMemo, series: DateSeries, spikes: Sequence[np.ndarray], config: Config
+    ) -> Reuse:
+        """spikes: per date, the sorted flat indices the temporal screen took out."""
+        fingerprints = series.fingerprints()
+        dates = tuple(
+            _digest(fp.encode(), series.times[t].isoformat().encode(), _bytes(spikes[t]))
+            for t, fp in enumerate(fingerprints)
+        )
+        facts = (VERSION, series.grid, series.bands, config.change)
+        return cls(memo, dates, _digest(repr(facts).encode()))
+
+    # --- shifts ----------------------------------------------------------------------------
+
+    def _shift_key(self, reference: bytes, t: int) -> str:
+        return _digest(self.settings, b"shift", reference, self.dates[t]).hex()
+
+    def _reference(self, refs: Sequence[int], band: str) -> bytes:
+        return _digest(band.encode(), *(self.dates[t] for t in refs))
+
+    def shifts(self, refs: Sequence[int], band: str) -> dict[int, Shift]:
+        """The dates' shifts kept from earlier runs (measured in `band` against `refs`)."""
+        reference = self._reference(refs, band)
+        found: dict[int, Shift] = {}
+        for t in range(len(self.dates)):
+            got = self.memo.get_arrays(self._shift_key(reference, t))
+            value = None if got is None else got.get("shift")
+            if value is not None and value.shape == (2,) and value.dtype == np.float64:
+                found[t] = None if np.isnan(value).any() else (float(value[0]), float(value[1]))
+        return found
+
+    def keep_shifts(self, refs: Sequence[int], band: str, shifts: Mapping[int, Shift]) -> None:
+        reference = self._reference(refs, band)
+        for t, shift in shifts.items():
+            value = np.array([np.nan, np.nan] if shift is None else shift, dtype=np.float64)
+            self.memo.put_arrays(self._shift_key(reference, t), {"shift": value})
+
+    # --- composites ------------------------------------------------------------------------
+
+    def composite_key(
+        self, period: Period, dates: Sequence[int], corrected: Mapping[int, tuple[float, float]]
+    ) -> str:
+        applied = repr((period, [corrected.get(t) for t in dates])).encode()
+        return _digest(self.settings, b"composite", applied, *(self.dates[t] for t in dates)).hex()
+
+    def composite(
+        self, key: str, n_bands: int, shape: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(reflectance, count, source_date) kept under `key`, or None (absent, or not of this
+        grid and bands)."""
+        got = self.memo.get_arrays(key)
+        if got is None:
+            return None
+        expected = {
+            "reflectance": ((n_bands, *shape), np.float32),
+            "count": (shape, np.uint16),
+            "source_date": (shape, np.int32),
+        }
+        arrays = [got.get(name) for name in expected]
+        for array, (want_shape, want_dtype) in zip(arrays, expected.values(), strict=True):
+            if array is None or array.shape != want_shape or array.dtype != want_dtype:
+                return None
+        reflectance, count, source_date = arrays
+        assert reflectance is not None and count is not None and source_date is not None
+        return reflectance, count, source_date
+
+    def keep_composite(
+        self, key: str, reflectance: np.ndarray, count: np.ndarray, source_date: np.ndarray
+    ) -> None:
+        arrays = {"reflectance": reflectance, "count": count, "source_date": source_date}
+        self.memo.put_arrays(key, arrays)
+
+
+def _bytes(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype=np.int64).tobytes()
+
+
+def _digest(*parts: bytes) -> bytes:
+    digest = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))  # no two part lists hash alike
+        digest.update(part)
+    return digest.digest()
