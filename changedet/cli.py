@@ -480,6 +480,9 @@ def _describe_check(check: Any) -> str:
     parts.append(
         f"change computed for {check.periods_computed} period(s), {check.periods_reused} reused"
     )
+    parts.append(
+        f"composites made for {check.composites_computed}, {check.composites_reused} reused"
+    )
     line = f"{check.aoi_id}: updated: {', '.join(parts)}"
     if check.summary is not None:
         line += "\n  " + check.summary.describe().replace("\n", "\n  ")

@@ -10,6 +10,7 @@ computing it again would give:
 - a shift: the date, and the dates whose median it is measured against (the baseline's);
 - a composite: its period, its dates and the shift applied to each;
 - both: the grid, the bands, the change settings and `VERSION`.
+Keys start with what they hold ("shift-", "composite-"), which the memo may count by.
 
 The store (`ArrayMemo`) is the monitor's (`monitor.memo`); a cache, not state.
 """
@@ -65,7 +66,7 @@ class Reuse:
     # --- shifts ----------------------------------------------------------------------------
 
     def _shift_key(self, reference: bytes, t: int) -> str:
-        return _digest(self.settings, b"shift", reference, self.dates[t]).hex()
+        return "shift-" + _digest(self.settings, b"shift", reference, self.dates[t]).hex()
 
     def _reference(self, refs: Sequence[int], band: str) -> bytes:
         return _digest(band.encode(), *(self.dates[t] for t in refs))
@@ -93,7 +94,8 @@ class Reuse:
         self, period: Period, dates: Sequence[int], corrected: Mapping[int, tuple[float, float]]
     ) -> str:
         applied = repr((period, [corrected.get(t) for t in dates])).encode()
-        return _digest(self.settings, b"composite", applied, *(self.dates[t] for t in dates)).hex()
+        digest = _digest(self.settings, b"composite", applied, *(self.dates[t] for t in dates))
+        return "composite-" + digest.hex()
 
     def composite(
         self, key: str, n_bands: int, shape: tuple[int, int]

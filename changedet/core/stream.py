@@ -432,7 +432,7 @@ def _fill_composites(
     _composites(ctx, [t for t, _ in todo], corrected, progress)
     for target, key in todo:
         reuse.keep_composite(key, target.reflectance, target.count, target.source_date)
-    return [bytes.fromhex(key) for key in keys]
+    return [key.encode() for key in keys]
 
 
 def analyse_series(

@@ -20,6 +20,7 @@ import os
 import pickle
 import tempfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -41,8 +42,9 @@ class DiskMemo:
         self.used: set[str] = set()
         self.hits = 0  # periods' change
         self.misses = 0
-        self.array_hits = 0  # composites and shifts
-        self.array_misses = 0
+        # composites and shifts, by what their keys start with ("composite", "shift")
+        self.array_hits: Counter[str] = Counter()
+        self.array_misses: Counter[str] = Counter()
 
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.pickle"
@@ -71,10 +73,11 @@ class DiskMemo:
     def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None:
         self.used.add(key)
         arrays = _read_arrays(self.folder / f"{key}{_ARRAYS}")
+        kind = key.split("-", 1)[0]
         if arrays is None:
-            self.array_misses += 1
+            self.array_misses[kind] += 1
         else:
-            self.array_hits += 1
+            self.array_hits[kind] += 1
         return arrays
 
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:

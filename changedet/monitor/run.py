@@ -59,6 +59,8 @@ class AOICheck:
     summary: RunSummary | None = None
     periods_computed: int = 0  # periods whose change was computed (the others came from the cache)
     periods_reused: int = 0
+    composites_computed: int = 0  # composites made from the dates (the others from the cache)
+    composites_reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,8 @@ def _process(
         "updated",
         periods_computed=memo.misses,
         periods_reused=memo.hits,
+        composites_computed=memo.array_misses["composite"],
+        composites_reused=memo.array_hits["composite"],
         new_scenes=plan.new,
         replaced=tuple(d.scene_id for d in plan.replaced),
         alerts=changes.alerts,
