@@ -25,11 +25,11 @@ from typing import Protocol
 import numpy as np
 
 from changedet.config import Config
+from changedet.core.timeseries import Shift
 from changedet.models import DateSeries, Period
 
-__all__ = ["VERSION", "ArrayMemo", "Reuse", "Shift"]
+__all__ = ["VERSION", "ArrayMemo", "Reuse"]
 
-Shift = tuple[float, float] | None
 # Part of every key: bump it when what a shift or a composite is computed from, or how, changes.
 VERSION = "stream-1"
 

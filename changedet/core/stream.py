@@ -15,6 +15,10 @@ rows over every date; only co-registration needs whole images, one band of one d
    shifted as `coregister_dates` shifts the whole date, then every period's, the baseline's and
    the "after" span's median is written into its preallocated composite.
 
+With `reuse` (the monitor's period cache), steps 2–4 take what an earlier run computed from the
+same inputs (`core.reuse`): the shifts of known dates (2 is skipped when no date is new) and the
+composites of periods none of whose dates changed; 4 reads only the dates of the composites left.
+
 The strip height follows a byte budget, so a strip holds fewer rows when there are more dates.
 Strips run on a small thread pool (numpy's sort and arithmetic release the GIL).
 """
