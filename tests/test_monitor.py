@@ -23,6 +23,7 @@ from monitorkit import (
 from changedet.errors import ConfigError, UsageError
 from changedet.models import Scene, SkippedScene
 from changedet.monitor.decide import alert_key, ledger_changes
+from changedet.monitor.memo import memo_folder
 from changedet.monitor.run import run_watchlist
 from changedet.monitor.scenes import plan_scenes, scene_record, search_start
 from changedet.monitor.state import SCHEMA_VERSION, SceneRow, State, StructureRow
@@ -55,7 +56,11 @@ def test_watchlist_gives_each_aoi_its_config_start_end_and_overrides(tmp_path: P
     assert watched.config.catalog.url == str(scenario.catalog)
     assert watched.config.output.report is False  # from [watch.overrides]
     assert watch.state == scenario.state and watch.webhook is not None
-    assert watch.smtp is None
+    assert watch.smtp is None and watch.keep_composites
+    lean = load_watchlist(scenario.watchlist(extra="keep_composites = false"))
+    assert not lean.keep_composites
+    with pytest.raises(ConfigError, match="keep_composites must be bool"):
+        load_watchlist(scenario.watchlist(extra='keep_composites = "no"'))
     assert watch.with_state(tmp_path / "other.db").state == tmp_path / "other.db"
 
 
@@ -260,13 +265,17 @@ def test_a_reprocessed_scene_replaces_its_older_version_without_double_counting(
     assert scenes[REPROCESSED].outcome in ("used", "skipped")
     january = periods["2024-01"][2]
     assert older not in january
-    # The same ledger as one run that only ever saw the reprocessed version.
+    # The same ledger as one run that only ever saw the reprocessed version (and kept no
+    # composites: the period cache holds the change and the shifts only).
     fresh = make_scenario(tmp_path / "fresh")
     fresh.publish(until(GROWN_SECOND))
-    _run(fresh)
+    run_watchlist(load_watchlist(fresh.watchlist(extra="keep_composites = false")), now=END)
     grown_ledger, fresh_ledger = ledger_outcome(grown.state), ledger_outcome(fresh.state)
     assert grown_ledger["structures"] == fresh_ledger["structures"]
     assert grown_ledger["periods"] == fresh_ledger["periods"]
+    cached = {p.name.split("-")[0] for p in memo_folder(fresh.state, "k1").iterdir()}
+    kept = {p.name.split("-")[0] for p in memo_folder(grown.state, "k1").iterdir()}
+    assert "composite" in kept and "composite" not in cached and "shift" in cached
 
 
 def test_a_run_with_nothing_new_changes_nothing_and_leaves_the_files(grown: Scenario) -> None:
@@ -480,6 +489,12 @@ def test_kept_arrays_come_back_to_the_bit_and_damage_is_a_miss(tmp_path: Path) -
     assert memo.get_arrays("c2") is None
     assert memo.get_arrays("absent") is None
     assert (sum(memo.array_hits.values()), sum(memo.array_misses.values())) == (1, 3)
+    # Composites not kept (`keep_composites = false`): never written, never found; shifts are.
+    lean = DiskMemo(tmp_path / "lean", skip=frozenset({"composite"}))
+    lean.put_arrays("composite-1", arrays)
+    lean.put_arrays("shift-1", {"shift": np.zeros(2)})
+    assert lean.get_arrays("composite-1") is None and lean.get_arrays("shift-1") is not None
+    assert [p.name for p in (tmp_path / "lean").iterdir()] == ["shift-1.arrays"]
 
 
 def test_only_the_state_module_talks_to_sqlite() -> None:

@@ -37,8 +37,11 @@ def memo_folder(state: Path, aoi_id: str) -> Path:
 
 
 class DiskMemo:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, skip: frozenset[str] = frozenset()) -> None:
+        """skip: kinds of arrays (what their keys start with) not to keep: asked for, they are
+        missing, and offered, they are not written."""
         self.folder = folder
+        self.skip = skip
         self.used: set[str] = set()
         self.hits = 0  # periods' change
         self.misses = 0
@@ -72,8 +75,8 @@ class DiskMemo:
 
     def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None:
         self.used.add(key)
-        arrays = _read_arrays(self.folder / f"{key}{_ARRAYS}")
         kind = key.split("-", 1)[0]
+        arrays = None if kind in self.skip else _read_arrays(self.folder / f"{key}{_ARRAYS}")
         if arrays is None:
             self.array_misses[kind] += 1
         else:
@@ -81,6 +84,8 @@ class DiskMemo:
         return arrays
 
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
+        if key.split("-", 1)[0] in self.skip:
+            return
         self.used.add(key)
         self._write(self.folder / f"{key}{_ARRAYS}", lambda f: _write_arrays(f, arrays))
 

@@ -286,7 +286,8 @@ def _process(
     aoi, state = watched.aoi, ctx.state
     review_seq = state.review_seq(aoi.id)
     capture = _Capture(ctx.io, plan, found)
-    memo = DiskMemo(memo_folder(ctx.watch.state, aoi.id))
+    skip = frozenset() if ctx.watch.keep_composites else frozenset({"composite"})
+    memo = DiskMemo(memo_folder(ctx.watch.state, aoi.id), skip=skip)
     ledger_rows = state.structures(aoi.id)
     try:
         summary = run_aoi(

@@ -3,6 +3,7 @@
     state = "state/monitor.sqlite"   # the one SQLite database (relative to this file)
     out = "out"                      # each AOI's outputs go to OUT/<aoi_id>/
     lookback_days = 45               # re-search this far behind the last acquisition seen
+    keep_composites = true           # keep each period's composite in the period cache
 
     [webhook]                        # optional: POST each alert as JSON
     url = "https://example.org/hook"
@@ -94,12 +95,16 @@ class WatchList:
     aois: tuple[WatchedAOI, ...]
     webhook: WebhookConfig | None = None
     smtp: SmtpConfig | None = None
+    # The period cache keeps each period's composite (about 30 bytes per context-window pixel and
+    # period) so that an incremental run composites only new periods; false keeps only the change
+    # and the shifts: a fraction of the disk, slower incremental runs, the same results.
+    keep_composites: bool = True
 
     def with_state(self, state: Path | None) -> WatchList:
         return self if state is None else replace(self, state=Path(state).absolute())
 
 
-_TOP = ("state", "out", "lookback_days", "webhook", "smtp", "watch")
+_TOP = ("state", "out", "lookback_days", "keep_composites", "webhook", "smtp", "watch")
 _WATCH = ("aoi", "config", "start", "end", "catalog", "collection", "ids", "overrides")
 _WEBHOOK = ("url", "retries", "backoff_s", "timeout_s")
 _SMTP = (
@@ -255,10 +260,14 @@ def load_watchlist(path: str | Path) -> WatchList:
     _check_keys(data, _TOP, "the top level")
     base = file.resolve().parent
     top = _section(
-        {k: v for k, v in data.items() if k in ("state", "out", "lookback_days")},
+        {
+            k: v
+            for k, v in data.items()
+            if k in ("state", "out", "lookback_days", "keep_composites")
+        },
         _TOP,
         "the top level",
-        {"lookback_days": int},
+        {"lookback_days": int, "keep_composites": bool},
     )
     lookback = top.get("lookback_days", DEFAULT_LOOKBACK_DAYS)
     if not 0 <= lookback <= 3650:
@@ -286,6 +295,7 @@ def load_watchlist(path: str | Path) -> WatchList:
         state=_path(base, top.get("state", "monitor.sqlite")),
         out=_path(base, top.get("out", "monitor-out")),
         lookback_days=lookback,
+        keep_composites=top.get("keep_composites", True),
         aois=tuple(aois),
         webhook=_webhook(data["webhook"]) if "webhook" in data else None,
         smtp=_smtp(data["smtp"]) if "smtp" in data else None,
