@@ -1,9 +1,9 @@
 """One monitoring run over a watch-list: per AOI, search the recent past, and only when a scene
 is new (or reprocessed), or the analyst reviewed something since the outputs were written, run
-the pipeline over every scene known (pixels of known scenes from the read cache, the change of
-periods whose composite did not change, those composites and the shifts of known dates from the
-period cache, `monitor.memo`), update the
-ledger and raise alerts in one transaction; then offer the outbox to the webhook and e-mail.
+the pipeline over every scene known (pixels of known scenes from the read cache; the shifts of
+known dates, the composites of untouched periods and the change of periods whose composite did
+not change from the period cache, `monitor.memo`), update the ledger and raise alerts in one
+transaction; then offer the outbox to the webhook and e-mail.
 
 The run holds the state's lock (`monitor.lock`) throughout, so two runs never interleave. The
 pipeline is called through its public `run_aoi` with the monitor's own seams: a searcher that

@@ -28,6 +28,7 @@ from changedet.aoi import split_at_antimeridian
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
 from changedet.models import Progress, RunResult, no_progress
+from changedet.outputs.earlier import STRUCTURES_FILE
 from changedet.outputs.fsio import apply_umask, atomic_path, write_json, write_text
 from changedet.outputs.imagery import (
     RasterOutput,
@@ -327,7 +328,7 @@ class _Writer:
 
     def vectors(self) -> None:
         result, tmp = self.result, self.tmp
-        write_text(tmp / "structures.geojson", geojson_text(structures_feature_collection(result)))
+        write_text(tmp / STRUCTURES_FILE, geojson_text(structures_feature_collection(result)))
         write_text(tmp / "structures.qml", layer_style_qml("structures", result))
         write_text(tmp / "berms.geojson", geojson_text(berms_feature_collection(result)))
         write_text(tmp / "berms.qml", layer_style_qml("berms"))

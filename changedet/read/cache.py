@@ -3,9 +3,9 @@
 One responsibility: make a rerun fetch nothing, and never hand back pixels other than those
 read. One file per (item, collection, band, href without its signing token, grid, resampling),
 written atomically, holding the key it was made for, a SHA-256 of its payload, the array's dtype
-and shape, and its bytes. On read the key and the checksum are verified: a damaged, truncated, stale or
-mis-shaped entry is a miss, deleted, logged and counted in the run's read notes, and the asset is
-read again. A cache folder that cannot be used is reported once and the run goes on uncached;
+and shape, and its bytes. On read the key and the checksum are verified: a damaged, truncated,
+stale or mis-shaped entry is a miss, deleted, logged and counted in the run's read notes, and the
+asset is read again. A cache folder that cannot be used is reported once and the run goes on uncached;
 a full or read-only cache never fails a run. An empty `read.cache_dir` turns the cache off. Used
 by `changedet.read.cog` for network reads only (a local COG window reads as fast as the cache
 would).

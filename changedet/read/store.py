@@ -107,7 +107,6 @@ class DateStore:
         ] = []
         self._end = 0
         self.bytes_written = 0
-        self._fingerprints: tuple[str, ...] | None = None
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -242,10 +241,8 @@ class DateStore:
     def fingerprints(self) -> tuple[str, ...]:
         """Per date, a digest of how it is kept and of its stored bytes and clear mask, read
         back from the files (a few dates at a time: hashlib releases the GIL)."""
-        if self._fingerprints is None or len(self._fingerprints) != len(self._times):
-            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changedet-digest") as pool:
-                self._fingerprints = tuple(pool.map(self._fingerprint, range(len(self._times))))
-        return self._fingerprints
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changedet-digest") as pool:
+            return tuple(pool.map(self._fingerprint, range(len(self._times))))
 
     def _fingerprint(self, t: int) -> str:
         start, dtype, harmonisation = self._layout[t]
