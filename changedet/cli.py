@@ -483,6 +483,9 @@ def _describe_check(check: Any) -> str:
     parts.append(
         f"composites made for {check.composites_computed}, {check.composites_reused} reused"
     )
+    if check.summary is not None:
+        read = check.summary.n_scenes - check.dates_kept
+        parts.append(f"dates read {read}, {check.dates_kept} kept")
     line = f"{check.aoi_id}: updated: {', '.join(parts)}"
     if check.summary is not None:
         line += "\n  " + check.summary.describe().replace("\n", "\n  ")

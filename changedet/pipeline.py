@@ -40,6 +40,7 @@ from changedet.models import (
     SkippedScene,
     no_progress,
 )
+from changedet.read.kept import DateKeep
 from changedet.seams import Prober, Reader, Searcher, Writer
 
 __all__ = [
@@ -240,12 +241,14 @@ def run_aoi(
     review: Mapping[str, Verdict] | None = None,
     memo: PeriodMemo | None = None,
     reuse: ArrayMemo | None = None,
+    keep: DateKeep | None = None,
     known: Mapping[str, Known] | None = None,
 ) -> RunSummary:
     """Process one AOI end to end and write OUT/<aoi_id>/ atomically. For the monitor
     (`changedet.monitor`): `review`, the analyst's verdicts by structure id, shown in the
     outputs (false positives left out of the counts); `memo`, periods' change computed before;
-    `reuse`, shifts and composites computed before (`core.reuse`); `known`,
+    `reuse`, shifts and composites computed before (`core.reuse`); `keep`, dates read
+    before (`read.kept`); `known`,
     the ledger's structures (footprints in EPSG:4326), whose ids the same structures keep
     (`core.carry`)."""
     io = io or PipelineIO.default()
@@ -266,6 +269,7 @@ def run_aoi(
             read_config=config.read,
             mask_config=config.mask,
             progress=progress,
+            keep=keep,
         )
     # A DateStore (dates on disk) from the real reader, a Stack from the fakes: both stream.
     stack = as_series(read.stack)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from changedet.models import (
     Scene,
     SearchResult,
 )
+
+if TYPE_CHECKING:
+    from changedet.read.kept import DateKeep
 
 __all__ = ["Prober", "Reader", "Searcher", "Writer"]
 
@@ -62,7 +65,8 @@ class Prober(Protocol):
 
 
 class Reader(Protocol):
-    """Scenes + grid → one masked, harmonised stack (`read.read_stack`)."""
+    """Scenes + grid → one masked, harmonised stack (`read.read_series`; `keep`: dates an
+    earlier run kept, `read.kept`)."""
 
     def __call__(
         self,
@@ -74,6 +78,7 @@ class Reader(Protocol):
         read_config: ReadConfig,
         mask_config: MaskConfig,
         progress: Progress = ...,
+        keep: DateKeep | None = ...,
     ) -> ReadResult: ...
 
 

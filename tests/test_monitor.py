@@ -56,9 +56,9 @@ def test_watchlist_gives_each_aoi_its_config_start_end_and_overrides(tmp_path: P
     assert watched.config.catalog.url == str(scenario.catalog)
     assert watched.config.output.report is False  # from [watch.overrides]
     assert watch.state == scenario.state and watch.webhook is not None
-    assert watch.smtp is None and watch.keep_composites
-    lean = load_watchlist(scenario.watchlist(extra="keep_composites = false"))
-    assert not lean.keep_composites
+    assert watch.smtp is None and watch.keep_composites and watch.keep_dates
+    lean = load_watchlist(scenario.watchlist(extra="keep_composites = false\nkeep_dates = false"))
+    assert not lean.keep_composites and not lean.keep_dates
     with pytest.raises(ConfigError, match="keep_composites must be bool"):
         load_watchlist(scenario.watchlist(extra='keep_composites = "no"'))
     assert watch.with_state(tmp_path / "other.db").state == tmp_path / "other.db"
@@ -251,6 +251,9 @@ def grown(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     # ... and so were the composites: the baseline's and the untouched periods' were kept.
     assert first.checks[0].composites_reused == 0 and first.checks[0].composites_computed > 0
     assert check.composites_reused >= 3 and check.composites_computed >= 1
+    # ... and the dates it had read: only the new scenes' dates were read (`read.kept`).
+    assert first.checks[0].dates_kept == 0 and check.summary is not None
+    assert check.summary.n_scenes - 2 <= check.dates_kept < check.summary.n_scenes
     return scenario
 
 
@@ -269,13 +272,15 @@ def test_a_reprocessed_scene_replaces_its_older_version_without_double_counting(
     # composites: the period cache holds the change and the shifts only).
     fresh = make_scenario(tmp_path / "fresh")
     fresh.publish(until(GROWN_SECOND))
-    run_watchlist(load_watchlist(fresh.watchlist(extra="keep_composites = false")), now=END)
+    lean = "keep_composites = false\nkeep_dates = false"
+    run_watchlist(load_watchlist(fresh.watchlist(extra=lean)), now=END)
     grown_ledger, fresh_ledger = ledger_outcome(grown.state), ledger_outcome(fresh.state)
     assert grown_ledger["structures"] == fresh_ledger["structures"]
     assert grown_ledger["periods"] == fresh_ledger["periods"]
     cached = {p.name.split("-")[0] for p in memo_folder(fresh.state, "k1").iterdir()}
     kept = {p.name.split("-")[0] for p in memo_folder(grown.state, "k1").iterdir()}
-    assert "composite" in kept and "composite" not in cached and "shift" in cached
+    assert {"composite", "date", "shift"} <= kept
+    assert "composite" not in cached and "date" not in cached and "shift" in cached
 
 
 def test_a_run_with_nothing_new_changes_nothing_and_leaves_the_files(grown: Scenario) -> None:
@@ -495,6 +500,8 @@ def test_kept_arrays_come_back_to_the_bit_and_damage_is_a_miss(tmp_path: Path) -
     lean.put_arrays("shift-1", {"shift": np.zeros(2)})
     assert lean.get_arrays("composite-1") is None and lean.get_arrays("shift-1") is not None
     assert [p.name for p in (tmp_path / "lean").iterdir()] == ["shift-1.arrays"]
+    assert lean.has_arrays("shift-1") and not lean.has_arrays("composite-1")
+    assert memo.has_arrays("c1") and not memo.has_arrays("absent")
 
 
 def test_only_the_state_module_talks_to_sqlite() -> None:

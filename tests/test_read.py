@@ -351,17 +351,11 @@ def test_one_date_on_two_tiles_is_mosaicked_first_clear_wins(tmp_path: Path) -> 
     assert np.isnan(red[neither]).all() and not result.stack.clear[0][neither].any()
 
 
-def test_streamed_dates_are_kept_as_dns_and_read_back_to_the_bit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`read_series` mosaics a date straight into uint16 DNs when its scenes share each band's
-    scale and offset (no float32 round trip, no check of one), and into reflectance when they do
-    not (two processing baselines on one day) or when a band is not uint16 (switching halfway
-    through the date); every way gives back `read_stack`'s pixels and masks to the bit."""
+def _three_kinds_of_date(tmp_path: Path) -> list[Any]:
+    """Three dates of two tiles each: one of shared scales (mosaicked as DNs), one of two
+    processing baselines, and one whose second scene's red is float32 DNs (both mosaicked as
+    reflectance, and kept as DNs after a check)."""
     from loopback import write_cog
-
-    import changedet.read.store as store_module
-    from changedet.read.stack import read_series
 
     cloud = CLEAR_SCL.copy()
     cloud[20:45, 20:45] = 9
@@ -381,13 +375,26 @@ def test_streamed_dates_are_kept_as_dns_and_read_back_to_the_bit(
     late = scenes[4]
     red = late.dn["red"].astype(np.float32)
     write_cog(tmp_path / late.id / "red.tif", red, x0=TILE_X0, y0=TILE_Y0, res=10.0)
+    return [local_scene(s, tmp_path) for s in scenes]
+
+
+def test_streamed_dates_are_kept_as_dns_and_read_back_to_the_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`read_series` mosaics a date straight into uint16 DNs when its scenes share each band's
+    scale and offset (no float32 round trip, no check of one), and into reflectance when they do
+    not (two processing baselines on one day) or when a band is not uint16 (switching halfway
+    through the date); every way gives back `read_stack`'s pixels and masks to the bit."""
+    import changedet.read.store as store_module
+    from changedet.read.stack import read_series
+
+    local = _three_kinds_of_date(tmp_path)
     args: dict[str, Any] = {
         "bands": BANDS,
         "aoi_mask": ALL,
         "read_config": rc(),
         "mask_config": NO_DILATION,
     }
-    local = [local_scene(s, tmp_path) for s in scenes]
     expected = read_stack(local, GRID, **args).stack
     checked: list[int] = []  # dates the store had to turn back into DNs
     as_dn = store_module._as_dn
@@ -411,6 +418,72 @@ def test_streamed_dates_are_kept_as_dns_and_read_back_to_the_bit(
         assert len(checked) == 2
         pixels = GRID.height * GRID.width
         assert streamed.bytes_written == 3 * pixels + 3 * len(BANDS) * pixels * 2
+
+
+class DictKeep:
+    """A `read.kept.DateKeep` in a dict, counting what is taken."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, np.ndarray]] = {}
+        self.taken = 0
+
+    def has_arrays(self, key: str) -> bool:
+        return key in self.entries
+
+    def get_arrays(self, key: str) -> dict[str, np.ndarray] | None:
+        found = self.entries.get(key)
+        self.taken += found is not None
+        return found
+
+    def put_arrays(self, key: str, arrays: Any) -> None:
+        self.entries[key] = {name: np.array(a) for name, a in arrays.items()}
+
+
+def test_dates_kept_by_an_earlier_read_are_taken_not_read(tmp_path: Path) -> None:
+    """With a `keep`, `read_series` keeps every date it reads and, next time, takes the dates
+    whose scenes and clear masks are unchanged instead of reading their bands: the same pixels,
+    masks, times, ids and fingerprints as a read without it. A damaged entry is read again; a
+    changed clear mask is another key."""
+    from changedet.read.stack import read_series
+
+    local = _three_kinds_of_date(tmp_path)
+    args: dict[str, Any] = {"bands": BANDS, "aoi_mask": ALL, "read_config": rc()}
+    n_reads = len(local) * (1 + len(BANDS))  # SCL and bands of every scene
+
+    def read(keep: DictKeep | None, mask: MaskConfig = NO_DILATION) -> tuple[Any, Any]:
+        result = read_series(local, GRID, mask_config=mask, keep=keep, **args)
+        everything, dates = slice(0, GRID.height), range(len(result.stack.times))
+        with result.stack as stack:
+            seen = (
+                stack.times,
+                stack.scene_ids,
+                stack.pixels(dates, everything, range(len(BANDS))),
+                stack.clear_rows(dates, everything),
+                stack.fingerprints(),
+            )
+        return result, seen
+
+    _, expected = read(None)
+    keep = DictKeep()
+    first, seen = read(keep)
+    assert len(keep.entries) == 3 and keep.taken == 0 and first.assets_read == n_reads
+    second, again = read(keep)
+    assert keep.taken == 3 and second.assets_read == len(local)  # only the SCL was read
+    assert "3 date(s) taken as kept" in " ".join(second.notes)
+    for got in (seen, again):
+        assert got[:2] == expected[:2] and got[4] == expected[4]
+        np.testing.assert_array_equal(got[2], expected[2])
+        np.testing.assert_array_equal(got[3], expected[3])
+    # One entry damaged (another shape): that date is read again, with the same result.
+    key = sorted(keep.entries)[0]
+    keep.entries[key] = {**keep.entries[key], "clear": np.zeros((3, 3), bool)}
+    third, damaged = read(keep)
+    assert third.assets_read == len(local) + 2 * len(BANDS)  # the date's two scenes
+    assert damaged[4] == expected[4]
+    np.testing.assert_array_equal(damaged[2], expected[2])
+    # Other clear masks (a dilated cloud): other keys, every date read and kept again.
+    read(keep, MaskConfig(dilate_px=2))
+    assert len(keep.entries) == 6
 
 
 def test_cloudy_scene_skipped_and_roofs_kept(tmp_path: Path) -> None:

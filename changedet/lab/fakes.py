@@ -220,6 +220,7 @@ class StackReader:
         read_config: ReadConfig,
         mask_config: MaskConfig,
         progress: Progress = no_progress,
+        keep: object = None,  # nothing to keep: the stack is in memory
     ) -> ReadResult:
         from changedet.read.cog import check_read_inputs
 

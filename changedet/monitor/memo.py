@@ -1,14 +1,15 @@
-"""The monitor's period cache: each period's change against the baseline, each period's composite
-and each date's co-registration shift, on disk between runs.
+"""The monitor's period cache: each period's change against the baseline, each period's composite,
+each date's co-registration shift and each date's pixels as read, on disk between runs.
 
-Keyed by a digest of everything they are computed from (`core.timeseries`, `core.reuse`), so a
-hit is exactly what computing again would give, and a period a new scene touched misses and is
-computed again. In `<state>.periods/<aoi_id>/`: one pickle per period's change, one `.arrays`
-file per composite or shift (a JSON header with the payload's CRC-32, then the bytes), each
-written atomically; a damaged or unreadable entry is a miss. `prune()` removes the entries the
-last run did not use, so the folder holds one series per AOI: about 30 bytes per pixel of the
-AOI's context window per period (a 10 × 10 km window with its 2 km of context: 38 MB a period).
-A cache, not state: deleting it costs one slower run.
+Keyed by a digest of everything they are computed from (`core.timeseries`, `core.reuse`,
+`read.kept`), so a hit is exactly what computing again would give, and a period a new scene
+touched misses and is computed again. In `<state>.periods/<aoi_id>/`: one pickle per period's
+change, one `.arrays` file per composite, shift or date (a JSON header with the payload's
+CRC-32, then the bytes), each written atomically; a damaged or unreadable entry is a miss.
+`prune()` removes the entries the last run did not use, so the folder holds one series per AOI:
+per pixel of the AOI's context window, about 30 bytes a period and 13 bytes a date (a window of
+1000 × 1000 px: 30 MB a period, 13 MB a date). A cache, not state: deleting it
+costs one slower run.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class DiskMemo:
         self.used: set[str] = set()
         self.hits = 0  # periods' change
         self.misses = 0
-        # composites and shifts, by what their keys start with ("composite", "shift")
+        # composites, shifts and dates, by what their keys start with ("composite", "shift", "date")
         self.array_hits: Counter[str] = Counter()
         self.array_misses: Counter[str] = Counter()
 
@@ -72,6 +73,11 @@ class DiskMemo:
             self._path(key),
             lambda f: pickle.dump(observation, f, protocol=pickle.HIGHEST_PROTOCOL),
         )
+
+    def has_arrays(self, key: str) -> bool:
+        """Whether an entry is there (`get_arrays` still checks it)."""
+        kind = key.split("-", 1)[0]
+        return kind not in self.skip and (self.folder / f"{key}{_ARRAYS}").is_file()
 
     def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None:
         self.used.add(key)

@@ -61,6 +61,7 @@ class AOICheck:
     periods_reused: int = 0
     composites_computed: int = 0  # composites made from the dates (the others from the cache)
     composites_reused: int = 0
+    dates_kept: int = 0  # dates taken from the cache, not read (`read.kept`)
 
 
 @dataclass(frozen=True)
@@ -286,8 +287,9 @@ def _process(
     aoi, state = watched.aoi, ctx.state
     review_seq = state.review_seq(aoi.id)
     capture = _Capture(ctx.io, plan, found)
-    skip = frozenset() if ctx.watch.keep_composites else frozenset({"composite"})
-    memo = DiskMemo(memo_folder(ctx.watch.state, aoi.id), skip=skip)
+    skip = {"composite"} if not ctx.watch.keep_composites else set()
+    skip |= {"date"} if not ctx.watch.keep_dates else set()
+    memo = DiskMemo(memo_folder(ctx.watch.state, aoi.id), skip=frozenset(skip))
     ledger_rows = state.structures(aoi.id)
     try:
         summary = run_aoi(
@@ -299,6 +301,7 @@ def _process(
             review=state.verdicts(aoi.id),
             memo=memo,
             reuse=memo,
+            keep=memo,
             known=_known(ledger_rows),
         )
     except NoScenesError as exc:
@@ -333,6 +336,7 @@ def _process(
         periods_reused=memo.hits,
         composites_computed=memo.array_misses["composite"],
         composites_reused=memo.array_hits["composite"],
+        dates_kept=memo.array_hits["date"],
         new_scenes=plan.new,
         replaced=tuple(d.scene_id for d in plan.replaced),
         alerts=changes.alerts,

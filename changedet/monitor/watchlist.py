@@ -4,6 +4,7 @@
     out = "out"                      # each AOI's outputs go to OUT/<aoi_id>/
     lookback_days = 45               # re-search this far behind the last acquisition seen
     keep_composites = true           # keep each period's composite in the period cache
+    keep_dates = true                # keep each date's pixels in the period cache
 
     [webhook]                        # optional: POST each alert as JSON
     url = "https://example.org/hook"
@@ -99,12 +100,16 @@ class WatchList:
     # period) so that an incremental run composites only new periods; false keeps only the change
     # and the shifts: a fraction of the disk, slower incremental runs, the same results.
     keep_composites: bool = True
+    # ... and each date's pixels as read (about 13 bytes per context-window pixel and date), so
+    # that an incremental run reads only the SCL of the scenes it has seen; false reads them all.
+    keep_dates: bool = True
 
     def with_state(self, state: Path | None) -> WatchList:
         return self if state is None else replace(self, state=Path(state).absolute())
 
 
-_TOP = ("state", "out", "lookback_days", "keep_composites", "webhook", "smtp", "watch")
+_FLAGS = ("keep_composites", "keep_dates")
+_TOP = ("state", "out", "lookback_days", *_FLAGS, "webhook", "smtp", "watch")
 _WATCH = ("aoi", "config", "start", "end", "catalog", "collection", "ids", "overrides")
 _WEBHOOK = ("url", "retries", "backoff_s", "timeout_s")
 _SMTP = (
@@ -260,14 +265,10 @@ def load_watchlist(path: str | Path) -> WatchList:
     _check_keys(data, _TOP, "the top level")
     base = file.resolve().parent
     top = _section(
-        {
-            k: v
-            for k, v in data.items()
-            if k in ("state", "out", "lookback_days", "keep_composites")
-        },
+        {k: v for k, v in data.items() if k in ("state", "out", "lookback_days", *_FLAGS)},
         _TOP,
         "the top level",
-        {"lookback_days": int, "keep_composites": bool},
+        {"lookback_days": int, **{flag: bool for flag in _FLAGS}},
     )
     lookback = top.get("lookback_days", DEFAULT_LOOKBACK_DAYS)
     if not 0 <= lookback <= 3650:
@@ -296,6 +297,7 @@ def load_watchlist(path: str | Path) -> WatchList:
         out=_path(base, top.get("out", "monitor-out")),
         lookback_days=lookback,
         keep_composites=top.get("keep_composites", True),
+        keep_dates=top.get("keep_dates", True),
         aois=tuple(aois),
         webhook=_webhook(data["webhook"]) if "webhook" in data else None,
         smtp=_smtp(data["smtp"]) if "smtp" in data else None,

@@ -33,6 +33,7 @@ from changedet.models import (
     no_progress,
 )
 from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs, network_bytes
+from changedet.read.kept import DateKeep, KeptDate, date_key
 from changedet.read.probe import Probed, probe_and_select, selection_reason
 from changedet.read.store import DateStore
 
@@ -94,10 +95,12 @@ def read_series(
     read_config: ReadConfig,
     mask_config: MaskConfig,
     progress: Progress = no_progress,
+    keep: DateKeep | None = None,
 ) -> ReadResult:
     """`read_stack`, but each date goes to disk as soon as it is mosaicked (`read.store`): the
     result's `stack` is a `DateStore` (a `DateSeries`; close it when done), and memory holds
-    one date however many there are. No SCL stack is kept."""
+    one date however many there are. No SCL stack is kept. keep: dates kept by an earlier run
+    are taken from it instead of read, and the dates read are kept in it (`read.kept`)."""
     store = DateStore(grid, bands)
     try:
         return _read(
@@ -109,6 +112,7 @@ def read_series(
             mask_config=mask_config,
             progress=progress,
             store=store,
+            keep=keep,
         )
     except BaseException:
         store.close()
@@ -125,6 +129,7 @@ def _read(
     mask_config: MaskConfig,
     progress: Progress,
     store: DateStore | None,
+    keep: DateKeep | None = None,
 ) -> ReadResult:
     bands = tuple(bands)
     check_read_inputs(grid, aoi_mask, read_config, bands)
@@ -146,6 +151,7 @@ def _read(
             mask_config=mask_config,
             progress=progress,
             store=store,
+            keep=keep,
         )
     bytes_after = network_bytes()
     notes, skipped = built.notes, sorted(built.skipped, key=lambda s: s.scene_id)
@@ -229,8 +235,10 @@ def _read_and_mosaic(
     mask_config: MaskConfig,
     progress: Progress,
     store: DateStore | None = None,
+    keep: DateKeep | None = None,
 ) -> _Built:
-    """Probe, select, then mosaic the selected scenes date by date as their band reads arrive."""
+    """Probe, select, then mosaic the selected scenes date by date as their band reads arrive
+    (or, for a date `keep` holds, take it from there: its band reads are dropped)."""
     probed = probe_and_select(
         ordered,
         pipe,
@@ -253,6 +261,14 @@ def _read_and_mosaic(
         by_date.setdefault(scene.date, []).append(scene)
     for members in by_date.values():
         members.sort(key=lambda s: (-_clear_share(probed.probes[s.id]), s.id))
+    keys: dict[date, str] = {}
+    kept: set[date] = set()
+    if keep is not None and store is not None:
+        keys = _date_keys(by_date, probed, pipe.grid, bands, read_config.resampling)
+        kept = {day for day, key in keys.items() if keep.has_arrays(key)}
+        for day in kept:
+            for scene in by_date[day]:
+                pipe.drop(scene.id)  # queued behind the probe: few, if any, have started
 
     mosaic = _Mosaic(
         pipe,
@@ -265,10 +281,28 @@ def _read_and_mosaic(
         progress=progress,
         total=len(selected) * len(bands),
         store=store,
+        keep=keep,
     )
-    for members in by_date.values():
-        mosaic.add_date(members)
+    for day, members in by_date.items():
+        if day not in kept or not mosaic.add_kept(members, keys[day]):
+            mosaic.add_date(members, keys.get(day))
     return mosaic.finish(notes)
+
+
+def _date_keys(
+    by_date: dict[date, list[Scene]],
+    probed: Probed,
+    grid: Grid,
+    bands: tuple[str, ...],
+    resampling: str,
+) -> dict[date, str]:
+    """The `read.kept` key of every date whose scenes all have an SCL clear mask (a date with
+    a scene without one is masked by its pixels' validity, which only reading tells)."""
+    return {
+        day: date_key(members, [probed.clear[s.id] for s in members], grid, bands, resampling)
+        for day, members in by_date.items()
+        if all(s.id in probed.clear for s in members)
+    }
 
 
 def _select(
@@ -318,9 +352,11 @@ class _Mosaic:
         progress: Progress,
         total: int,
         store: DateStore | None = None,
+        keep: DateKeep | None = None,
     ) -> None:
         self.pipe, self.probed, self.bands = pipe, probed, bands
-        self.store = store
+        self.store, self.keep = store, keep
+        self.dates_kept = 0  # taken from `keep`, not read
         self.aoi_mask, self.read_config = aoi_mask, read_config
         self.aoi_pixels = int(aoi_mask.sum())
         h, w = pipe.grid.shape
@@ -345,8 +381,34 @@ class _Mosaic:
         self.progress, self.total, self.taken = progress, total, 0  # band reads consumed
         progress("read", 0, total)
 
-    def add_date(self, members: Sequence[Scene]) -> None:
-        """Mosaic the scenes of one date into the next slot (kept only if a scene was usable)."""
+    def add_kept(self, members: Sequence[Scene], key: str) -> bool:
+        """Take the date of `members` from `keep`, whose reads were dropped (False: the entry
+        is not usable, and they are read after all)."""
+        assert self.keep is not None and self.store is not None
+        found = self.keep.get_arrays(key)
+        kept = (
+            None
+            if found is None
+            else KeptDate.from_arrays(found, len(self.bands), self.pipe.grid.shape)
+        )
+        if kept is None:
+            for scene in members:  # their reads were dropped: start them again
+                for band in self.bands:
+                    self.pipe.add(scene, band)
+            return False
+        when, ids = min(s.datetime for s in members), tuple(s.id for s in members)
+        self.store.commit_kept(when, ids, kept, self._harmonisation(members[0]))
+        self.times.append(when)
+        self.scene_ids.append(ids)
+        self.n_dates += 1
+        self.dates_kept += 1
+        self.taken += len(members) * len(self.bands)
+        self.progress("read", self.taken, self.total)
+        return True
+
+    def add_date(self, members: Sequence[Scene], key: str | None = None) -> None:
+        """Mosaic the scenes of one date into the next slot (kept only if a scene was usable).
+        key: the date's `read.kept` key, under which it is kept when every scene was used."""
         t = self.n_dates
         reflectance, filled = (
             self.store.slot() if self.store is not None else (self.reflectance[t], self.clear[t])
@@ -386,11 +448,13 @@ class _Mosaic:
             self.scene_ids.append(tuple(used))
             if self.store is not None:
                 first = next(s for s in members if s.id == used[0])
+                whole = len(used) == len(members)  # a kept date must be what a read gives
                 self.store.commit(
                     self.times[-1],
                     self.scene_ids[-1],
                     self._harmonisation(first),
                     from_dn=dn_slot is not None,
+                    keep=(self.keep, key) if self.keep and key and whole else None,
                 )
             self.n_dates += 1  # else the slot is reused (and re-initialised) by the next date
 
@@ -453,6 +517,8 @@ class _Mosaic:
 
     def finish(self, notes: list[str]) -> _Built:
         n = self.n_dates
+        if self.dates_kept:
+            notes.append(f"{self.dates_kept} date(s) taken as kept by an earlier run, not read")
         if self.fallback:
             notes.append(
                 f"{len(self.fallback)} scene(s) without SCL: clear = valid data (fallback): "

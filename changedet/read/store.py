@@ -27,6 +27,7 @@ from datetime import datetime
 import numpy as np
 
 from changedet.models import Grid
+from changedet.read.kept import DateKeep, KeptDate
 
 __all__ = ["DateStore", "SpillMap"]
 
@@ -76,6 +77,22 @@ def _as_dn(
     return dn
 
 
+def _digest_head(
+    dtype: np.dtype[np.generic], harmonisation: tuple[tuple[float, float], ...] | None
+) -> hashlib._Hash:
+    return hashlib.sha256(repr((dtype.str, harmonisation)).encode())  # SHA-NI: ~2 GB/s
+
+
+def _digest(
+    data: np.ndarray, clear: np.ndarray, harmonisation: tuple[tuple[float, float], ...] | None
+) -> str:
+    """The fingerprint of a date as `DateStore._fingerprint` reads it back from the files."""
+    digest = _digest_head(data.dtype, harmonisation)
+    digest.update(np.ascontiguousarray(data).data)
+    digest.update(np.ascontiguousarray(clear).data)
+    return digest.hexdigest()
+
+
 class DateStore:
     """Dates appended in time order; read back as a `DateSeries` (`pixels`, `clear_rows`).
 
@@ -107,6 +124,8 @@ class DateStore:
         ] = []
         self._end = 0
         self.bytes_written = 0
+        self._digests: dict[int, str] = {}  # fingerprints known without reading back: kept dates
+        self._kept_writes: list[Future[None]] = []
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -136,12 +155,15 @@ class DateStore:
         harmonisation: Sequence[tuple[float, float]] | None = None,
         *,
         from_dn: bool = False,
+        keep: tuple[DateKeep, str] | None = None,
     ) -> None:
         """Append the date held in the slot (written in the background; `slot` gives the other).
 
         harmonisation: per band, the (scale, offset) that made the reflectance from DNs; with
         it the date is kept as uint16 DNs when that gives back every value to the bit.
-        from_dn: the date is in `dn_slot()`, whose DNs `harmonisation` turns into reflectance."""
+        from_dn: the date is in `dn_slot()`, whose DNs `harmonisation` turns into reflectance.
+        keep: (where, key): the date as stored, with its fingerprint, is kept there too
+        (`read.kept`)."""
         t = len(self._times)
         values, clear = self._slots[self._current]
         if from_dn:
@@ -149,11 +171,11 @@ class DateStore:
             if dn is None or harmonisation is None:
                 raise ValueError("date store: from_dn needs dn_slot() and the harmonisation")
             self._writing[self._current] = self._writer.submit(
-                self._append, t, dn, clear, tuple(harmonisation)
+                self._append, t, dn, clear, tuple(harmonisation), keep
             )
         else:
             self._writing[self._current] = self._writer.submit(
-                self._write, t, values, clear, harmonisation
+                self._write, t, values, clear, harmonisation, keep
             )
         self._times.append(when)
         self._scene_ids.append(scene_ids)
@@ -165,12 +187,13 @@ class DateStore:
         values: np.ndarray,
         clear: np.ndarray,
         harmonisation: Sequence[tuple[float, float]] | None,
+        keep: tuple[DateKeep, str] | None,
     ) -> None:
         dn = None if harmonisation is None else _as_dn(values, clear, harmonisation)
         if dn is None:
-            self._append(t, values, clear, None)
+            self._append(t, values, clear, None, keep)
         else:
-            self._append(t, dn, clear, tuple(harmonisation or ()))
+            self._append(t, dn, clear, tuple(harmonisation or ()), keep)
 
     def _append(
         self,
@@ -178,19 +201,42 @@ class DateStore:
         data: np.ndarray,
         clear: np.ndarray,
         harmonisation: tuple[tuple[float, float], ...] | None,
+        keep: tuple[DateKeep, str] | None = None,
     ) -> None:
         self._layout.append((self._end, data.dtype, harmonisation))
         _write_all(self._values.fileno(), data, self._end)
         _write_all(self._clear.fileno(), clear, t * clear.nbytes)
         self._end += data.nbytes
         self.bytes_written += data.nbytes + clear.nbytes
+        if keep is not None:
+            where, key = keep
+            self._digests[t] = _digest(data, clear, harmonisation)
+            where.put_arrays(key, KeptDate(data, clear, self._digests[t]).arrays())
+
+    def commit_kept(
+        self,
+        when: datetime,
+        scene_ids: tuple[str, ...],
+        kept: KeptDate,
+        harmonisation: Sequence[tuple[float, float]],
+    ) -> None:
+        """Append a date kept by an earlier run (`read.kept`), its fingerprint known.
+        harmonisation: per band, the (scale, offset) of its DNs (unused for float32 data)."""
+        while len(self._kept_writes) >= 2:  # bound the kept dates waiting to be written
+            self._kept_writes.pop(0).result()
+        t = len(self._times)
+        how = tuple(harmonisation) if kept.data.dtype == np.uint16 else None
+        self._kept_writes.append(self._writer.submit(self._append, t, kept.data, kept.clear, how))
+        self._digests[t] = kept.fingerprint
+        self._times.append(when)
+        self._scene_ids.append(scene_ids)
 
     def release_slot(self) -> None:
         """Wait for the writes and free the assembly buffers once every date is in."""
-        for pending in self._writing:
+        for pending in [*self._writing, *self._kept_writes]:
             if pending is not None:
                 pending.result()
-        self._writing = [None, None]
+        self._writing, self._kept_writes = [None, None], []
         self._writer.shutdown(wait=True)
         self._slots, self._dn_slots = [], []
 
@@ -239,15 +285,18 @@ class DateStore:
         return out
 
     def fingerprints(self) -> tuple[str, ...]:
-        """Per date, a digest of how it is kept and of its stored bytes and clear mask, read
-        back from the files (a few dates at a time: hashlib releases the GIL)."""
+        """Per date, a digest of how it is kept and of its stored bytes and clear mask: known
+        for a kept date, else read back from the files (a few dates at a time: hashlib
+        releases the GIL)."""
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changedet-digest") as pool:
             return tuple(pool.map(self._fingerprint, range(len(self._times))))
 
     def _fingerprint(self, t: int) -> str:
+        if t in self._digests:
+            return self._digests[t]
         start, dtype, harmonisation = self._layout[t]
         h, w = self.grid.shape
-        digest = hashlib.sha256(repr((dtype.str, harmonisation)).encode())  # SHA-NI: ~2 GB/s
+        digest = _digest_head(dtype, harmonisation)
         chunk = np.empty(min(h * w * dtype.itemsize, _DIGEST_CHUNK), dtype=np.uint8)
         for fd, at, size in (
             (self._values.fileno(), start, len(self.bands) * h * w * dtype.itemsize),
