@@ -536,6 +536,7 @@ def monitor_run(
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bool) -> None:
     """Per AOI: the last run, the last scene, counts and pending deliveries."""
+    from changedet.monitor.memo import memo_bytes
     from changedet.monitor.state import State
 
     with _errors(debug):
@@ -546,6 +547,8 @@ def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bo
                 summaries = [db.summary(w.aoi.id) for w in watch.aois]
         else:
             summaries = [{"aoi": w.aoi.id, "last_run": None} for w in watch.aois]
+        for s in summaries:
+            s["period_cache_bytes"] = memo_bytes(watch.state, s["aoi"])
     if as_json:
         click.echo(json.dumps({"state": str(watch.state), "aois": summaries}, indent=2))
         return
@@ -562,7 +565,8 @@ def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bo
             f"{': ' + last['message'] if last['message'] else ''}\n"
             f"  last scene {s['last_scene'] or '-'} ({s['scenes_used']} used); structures: "
             f"{counts or 'none'}; reviews: {reviews}; alerts {s['alerts']}, "
-            f"{s['pending_deliveries']} delivery(ies) pending"
+            f"{s['pending_deliveries']} delivery(ies) pending; "
+            f"period cache {s['period_cache_bytes'] / 1e6:.0f} MB"
         )
 
 

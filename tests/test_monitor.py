@@ -441,6 +441,8 @@ def test_status_reports_each_aoi(grown: Scenario) -> None:
     assert aoi["aoi"] == "k1" and aoi["pending_deliveries"] == 0
     assert aoi["last_scene"].startswith("2024-02-12")
     assert sum(aoi["structures"].values()) > 0
+    cache = memo_folder(grown.state, "k1")
+    assert aoi["period_cache_bytes"] == sum(p.stat().st_size for p in cache.iterdir()) > 0
 
 
 def test_the_period_cache_misses_on_damage_and_keeps_only_what_a_run_used(tmp_path: Path) -> None:
