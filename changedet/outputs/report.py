@@ -51,12 +51,16 @@ REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def _png(img: np.ndarray) -> bytes:
-    """PNG bytes of an RGB(A) image. zlib level 1: a run writes a picture per structure, and
-    level 1 encodes them about 3 x faster than the default for files about 7 % larger."""
-    from matplotlib.image import imsave
+    """PNG bytes of an (H, W, 3) uint8 image. zlib level 1: a run writes a picture per
+    structure, and level 1 encodes them about 3 x faster than the default for files about 7 %
+    larger. Pillow straight from the array: matplotlib's imsave adds an alpha channel first
+    (a third more to compress)."""
+    from PIL import Image
 
     buf = io.BytesIO()
-    imsave(buf, img, format="png", pil_kwargs={"compress_level": 1})
+    Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).save(
+        buf, format="png", compress_level=1
+    )
     return buf.getvalue()
 
 
