@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from changedet.core.coreg import apply_shift, coregister_dates, measure_shift
+from changedet.core.coreg import ShiftReference, apply_shift, coregister_dates, measure_shift
 from changedet.models import Stack
 
 
@@ -39,6 +39,36 @@ def test_measure_shift_ignores_nan_holes() -> None:
     moving[50:80, 60:100] = np.nan
     row, col = measure_shift(reference, moving)
     assert abs(row + 0.6) < 0.1 and abs(col - 0.4) < 0.1
+
+
+def test_a_reference_made_ready_once_measures_as_skimage_does_from_the_images() -> None:
+    """`ShiftReference` keeps the reference's spectrum for every date: each shift is the one
+    skimage's phase correlation gives from the two windowed images, to the bit."""
+    from skimage.registration import phase_cross_correlation
+
+    reference = _texture((600, 540), seed=3)  # larger than the 512 px central window
+    meter = ShiftReference(reference)
+    window = np.outer(np.hanning(512), np.hanning(512))
+    for k, planted in enumerate([(0.3, -0.7), (1.1, 0.2), (-0.45, 2.05)]):
+        moving = _fourier_shift(reference, planted) + _texture((600, 540), seed=10 + k) * 0.2
+        moving[100 + 40 * k : 160 + 40 * k, 200:260] = np.nan
+        # NaN filled with the mean of the finite pixels, then the central 512 px of the float64
+        # image (a view: numpy then sums in the order measure_shift does).
+        ref, mov = (
+            np.where(np.isfinite(im), im, im[np.isfinite(im)].astype(np.float64).mean()).astype(
+                np.float64
+            )[44:556, 14:526]
+            for im in (reference, moving)
+        )
+        expected, _, _ = phase_cross_correlation(
+            (ref - ref.mean()) * window,
+            (mov - mov.mean()) * window,
+            upsample_factor=20,
+            normalization=None,
+        )
+        assert meter.measure(moving) == (float(expected[0]), float(expected[1]))
+    flat = ShiftReference(np.ones((64, 64), np.float32))
+    assert flat.measure(reference[:64, :64]) == (0.0, 0.0)
 
 
 def test_apply_shift_undoes_a_planted_shift() -> None:

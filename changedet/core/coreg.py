@@ -16,7 +16,7 @@ import numpy as np
 
 from changedet.models import Stack
 
-__all__ = ["apply_shift", "coregister_dates", "measure_shift"]
+__all__ = ["ShiftReference", "apply_shift", "coregister_dates", "measure_shift"]
 
 # Phase correlation on a central window of at most this size: enough texture, bounded FFT cost.
 _MAX_WINDOW = 512
@@ -58,22 +58,50 @@ def measure_shift(
     pixel; NaN pixels are filled with the image mean and a Hann window suppresses edge effects.
     Returns (0.0, 0.0) when either image has fewer than 16 x 16 pixels or no texture.
     """
-    from skimage.registration import phase_cross_correlation
+    return ShiftReference(reference).measure(moving, upsample=upsample)
 
-    if reference.shape != moving.shape or reference.ndim != 2:
-        raise ValueError(
-            f"measure_shift needs two 2-D arrays of one shape, got {reference.shape} "
-            f"and {moving.shape}"
+
+class ShiftReference:
+    """A reference image made ready once for `measure_shift` against many moving images: its
+    filled, windowed central part and that part's spectrum (the same values, to the bit, as
+    `measure_shift` computes for every call)."""
+
+    def __init__(self, reference: np.ndarray) -> None:
+        if reference.ndim != 2:
+            raise ValueError(
+                f"measure_shift needs two 2-D arrays of one shape, got {reference.shape}"
+            )
+        self.shape = reference.shape
+        ref = _filled_central(reference)
+        self.window = np.outer(np.hanning(ref.shape[0]), np.hanning(ref.shape[1]))
+        self.spectrum: np.ndarray | None = None  # None: too small or flat, nothing to measure
+        if min(ref.shape) >= 16 and ref.std() != 0:
+            from scipy.fft import fftn
+
+            self.spectrum = fftn((ref - ref.mean()) * self.window)
+
+    def measure(self, moving: np.ndarray, *, upsample: int = 20) -> tuple[float, float]:
+        from scipy.fft import fftn
+        from skimage.registration import phase_cross_correlation
+
+        if moving.shape != self.shape or moving.ndim != 2:
+            raise ValueError(
+                f"measure_shift needs two 2-D arrays of one shape, got {self.shape} "
+                f"and {moving.shape}"
+            )
+        mov = _filled_central(moving)
+        if self.spectrum is None or mov.std() == 0:
+            return (0.0, 0.0)
+        moving_spectrum = fftn((mov - mov.mean()) * self.window)
+        # skimage's "real" space takes scipy.fft.fftn of both: the same numbers, one FFT less.
+        shift, _, _ = phase_cross_correlation(
+            self.spectrum,
+            moving_spectrum,
+            space="fourier",
+            upsample_factor=upsample,
+            normalization=None,
         )
-    ref = _filled_central(reference)
-    mov = _filled_central(moving)
-    if min(ref.shape) < 16 or ref.std() == 0 or mov.std() == 0:
-        return (0.0, 0.0)
-    window = np.outer(np.hanning(ref.shape[0]), np.hanning(ref.shape[1]))
-    ref = (ref - ref.mean()) * window
-    mov = (mov - mov.mean()) * window
-    shift, _, _ = phase_cross_correlation(ref, mov, upsample_factor=upsample, normalization=None)
-    return (float(shift[0]), float(shift[1]))
+        return (float(shift[0]), float(shift[1]))
 
 
 def apply_shift(array: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
@@ -154,6 +182,7 @@ def coregister_dates(
         return stack, tuple((0.0, 0.0) for _ in stack.times)
     b = stack.bands.index(band)
     reference = median_composite(stack.reflectance[refs, b : b + 1], stack.clear[refs])[0][0]
+    meter = ShiftReference(reference)
     reflectance = stack.reflectance
     clear = stack.clear
     shifts: list[tuple[float, float] | None] = []
@@ -161,7 +190,7 @@ def coregister_dates(
         if clear[t].mean() < min_clear:
             shifts.append(None)
             continue
-        shift = measure_shift(reference, np.where(clear[t], reflectance[t, b], np.nan))
+        shift = meter.measure(np.where(clear[t], reflectance[t, b], np.nan))
         shifts.append(shift)
         if threshold_px < float(np.hypot(*shift)) <= max_px:
             if reflectance is stack.reflectance:  # copy once, only when something moves

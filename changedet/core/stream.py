@@ -39,7 +39,7 @@ import numpy as np
 from changedet.config import Config
 from changedet.core.change import COREG_BANDS
 from changedet.core.composite import REFERENCE_BANDS, median_composite
-from changedet.core.coreg import apply_shift, measure_shift
+from changedet.core.coreg import ShiftReference, apply_shift
 from changedet.core.evidence import RGB, DateSource
 from changedet.core.mask import temporal_spikes
 from changedet.core.reuse import ArrayMemo, Reuse
@@ -284,6 +284,7 @@ def _measure(
     strips = _strips(h, _strip_rows(series, len(refs), 3, ctx.budget))
     for rows, part in _run(median_rows, strips, ctx.workers):
         reference[rows] = part
+    meter = ShiftReference(reference)
 
     def measure(t: int) -> Shift:
         if screened.clear_pixels[t] / (h * w) < _MIN_CLEAR_TO_MEASURE:
@@ -291,7 +292,7 @@ def _measure(
         everything = slice(0, h)
         clear = ctx.screened_clear([t], everything)[0]
         image = np.where(clear, series.pixels([t], everything, [b])[0, 0], np.float32(np.nan))
-        return measure_shift(reference, image)
+        return meter.measure(image)
 
     if ctx.workers <= 1:
         return {t: measure(t) for t in todo}
