@@ -257,23 +257,31 @@ def test_kept_shifts_and_composites_give_what_computing_them_again_gives(tmp_pat
     fresh = run(stack, None)
     _same_analysis(run(stack, kept), fresh)  # everything computed, and kept
     n_kept = len(kept.entries)
-    # a shift per date, a composite per period; the baseline is January, the "after" span March
-    assert n_kept == len(stack.times) + len(periods)
+    # a shift per date, a composite per period, the median shifts are measured against; the
+    # baseline is January, the "after" span March
+    assert n_kept == len(stack.times) + len(periods) + 1
     _same_analysis(run(stack, kept), fresh)
     assert kept.asked and not kept.missed and len(kept.entries) == n_kept
     # The last date changes: its shift, March and the "after" span are computed again (and a
-    # date whose spikes it decides); January (the baseline) and February come from the memo.
+    # date whose spikes it decides); January (the baseline), its median and February come from
+    # the memo.
     march = stack.reflectance.copy()
     march[-1, :, 50:60, 10:20] += np.float32(0.2)
     changed = replace(stack, reflectance=march)
-    _same_analysis(run(changed, kept), run(changed, None))
+    with_kept = run(changed, kept)
+    reference = [k for k in kept.asked if k.startswith("reference-")]
+    assert len(reference) == 1 and reference[0] not in kept.missed
+    assert any(k.startswith("shift-") for k in kept.missed)
+    _same_analysis(with_kept, run(changed, None))
     run(changed, kept)
     assert not kept.missed
     # A baseline date changes: every date is measured against another median.
     january = stack.reflectance.copy()
     january[1, :, 50:60, 10:20] += np.float32(0.2)
     changed = replace(stack, reflectance=january)
-    _same_analysis(run(changed, kept), run(changed, None))
+    with_kept = run(changed, kept)
+    assert [k for k in kept.missed if k.startswith("reference-")]
+    _same_analysis(with_kept, run(changed, None))
 
 
 def test_a_dates_fingerprint_follows_its_pixels_and_clear_mask(tmp_path: Path) -> None:

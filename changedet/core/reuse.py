@@ -8,9 +8,11 @@ computing it again would give:
 - a date: its fingerprint (`DateSeries.fingerprints`: its pixels and clear mask), its time and
   the pixels the temporal screen took out of it (they depend on the neighbouring dates);
 - a shift: the date, and the dates whose median it is measured against (the baseline's);
+- that median (the reference): those dates;
 - a composite: its period, its dates and the shift applied to each;
 - both: the grid, the bands, the change settings and `VERSION`.
-Keys start with what they hold ("shift-", "composite-"), which the memo may count by.
+Keys start with what they hold ("shift-", "reference-", "composite-"), which the memo may count
+by.
 
 The store (`ArrayMemo`) is the monitor's (`monitor.memo`); a cache, not state.
 """
@@ -87,6 +89,23 @@ class Reuse:
         for t, shift in shifts.items():
             value = np.array([np.nan, np.nan] if shift is None else shift, dtype=np.float64)
             self.memo.put_arrays(self._shift_key(reference, t), {"shift": value})
+
+    def _reference_key(self, refs: Sequence[int], band: str) -> str:
+        return "reference-" + _digest(self.settings, self._reference(refs, band)).hex()
+
+    def reference(
+        self, refs: Sequence[int], band: str, shape: tuple[int, int]
+    ) -> np.ndarray | None:
+        """The median of `band` over the dates `refs` that shifts are measured against, kept
+        from an earlier run (None: absent, or not of this grid)."""
+        got = self.memo.get_arrays(self._reference_key(refs, band))
+        found = None if got is None else got.get("reference")
+        if found is None or found.shape != shape or found.dtype != np.float32:
+            return None
+        return found
+
+    def keep_reference(self, refs: Sequence[int], band: str, reference: np.ndarray) -> None:
+        self.memo.put_arrays(self._reference_key(refs, band), {"reference": reference})
 
     # --- composites ------------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ rows over every date; only co-registration needs whole images, one band of one d
    the "after" span's median is written into its preallocated composite.
 
 With `reuse` (the monitor's period cache), steps 2–4 take what an earlier run computed from the
-same inputs (`core.reuse`): the shifts of known dates (2 is skipped when no date is new) and the
-composites of periods none of whose dates changed; 4 reads only the dates of the composites left.
+same inputs (`core.reuse`): the reference median of unchanged baseline dates (2 is skipped when
+no date is new), the shifts of known dates, and the composites of periods none of whose dates
+changed; 4 reads only the dates of the composites left.
 
 The strip height follows a byte budget, so a strip holds fewer rows when there are more dates.
 Strips run on a small thread pool (numpy's sort and arithmetic release the GIL).
@@ -262,7 +263,7 @@ def _shifts(
     known = reuse.shifts(refs, band) if reuse is not None else {}
     todo = [t for t in range(n_t) if t not in known]
     if todo:
-        measured = _measure(ctx, series.bands.index(band), refs, todo, screened)
+        measured = _measure(ctx, series.bands.index(band), refs, todo, screened, reuse)
         known.update(measured)
         if reuse is not None:
             reuse.keep_shifts(refs, band, measured)
@@ -270,21 +271,23 @@ def _shifts(
 
 
 def _measure(
-    ctx: _Context, b: int, refs: Sequence[int], todo: Sequence[int], screened: _Screened
+    ctx: _Context,
+    b: int,
+    refs: Sequence[int],
+    todo: Sequence[int],
+    screened: _Screened,
+    reuse: Reuse | None = None,
 ) -> dict[int, Shift]:
-    """The shifts of the dates `todo` in band `b` against the median of the dates `refs`."""
+    """The shifts of the dates `todo` in band `b` against the median of the dates `refs`
+    (the median `reuse` has kept, or made and kept)."""
     series = ctx.series
-    h, w = series.grid.shape
-    reference = np.empty((h, w), dtype=np.float32)
-
-    def median_rows(rows: slice) -> np.ndarray:
-        values = series.pixels(refs, rows, [b])
-        return median_composite(values, ctx.screened_clear(refs, rows))[0][0]
-
-    strips = _strips(h, _strip_rows(series, len(refs), 3, ctx.budget))
-    for rows, part in _run(median_rows, strips, ctx.workers):
-        reference[rows] = part
+    band = series.bands[b]
+    kept = None if reuse is None else reuse.reference(refs, band, series.grid.shape)
+    reference = _reference_median(ctx, b, refs) if kept is None else kept
+    if reuse is not None and kept is None:
+        reuse.keep_reference(refs, band, reference)
     meter = ShiftReference(reference)
+    h, w = series.grid.shape
 
     def measure(t: int) -> Shift:
         if screened.clear_pixels[t] / (h * w) < _MIN_CLEAR_TO_MEASURE:
@@ -298,6 +301,22 @@ def _measure(
         return {t: measure(t) for t in todo}
     with ThreadPoolExecutor(max_workers=ctx.workers, thread_name_prefix="changedet-coreg") as pool:
         return dict(zip(todo, pool.map(measure, todo), strict=True))
+
+
+def _reference_median(ctx: _Context, b: int, refs: Sequence[int]) -> np.ndarray:
+    """The median of band `b` over the dates `refs`, strip by strip."""
+    series = ctx.series
+    h, w = series.grid.shape
+    reference = np.empty((h, w), dtype=np.float32)
+
+    def median_rows(rows: slice) -> np.ndarray:
+        values = series.pixels(refs, rows, [b])
+        return median_composite(values, ctx.screened_clear(refs, rows))[0][0]
+
+    strips = _strips(h, _strip_rows(series, len(refs), 3, ctx.budget))
+    for rows, part in _run(median_rows, strips, ctx.workers):
+        reference[rows] = part
+    return reference
 
 
 def _corrected(shifts: Sequence[Shift], config: Config) -> dict[int, tuple[float, float]]:
