@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -487,15 +488,27 @@ def test_kept_arrays_come_back_to_the_bit_and_damage_is_a_miss(tmp_path: Path) -
     for name, array in arrays.items():
         assert got[name].dtype == array.dtype
         np.testing.assert_array_equal(got[name], array)
+    # Opened where it lies: the same arrays at the offsets given.
+    opened = memo.open_arrays("c1")
+    assert opened is not None
+    fd, where = opened
+    try:
+        for name, array in arrays.items():
+            at, dtype, shape = where[name]
+            assert (dtype, shape) == (array.dtype, array.shape)
+            raw = os.pread(fd, array.nbytes, at)
+            np.testing.assert_array_equal(np.frombuffer(raw, dtype).reshape(shape), array)
+    finally:
+        os.close(fd)
     entry = tmp_path / "memo" / "c2.arrays"
     blob = bytearray(entry.read_bytes())
     blob[-7] ^= 0x01  # one bit of the payload
     entry.write_bytes(bytes(blob))
-    assert memo.get_arrays("c2") is None
+    assert memo.get_arrays("c2") is None and memo.open_arrays("c2") is None
     entry.write_bytes(bytes(blob[:-40]))  # truncated
-    assert memo.get_arrays("c2") is None
-    assert memo.get_arrays("absent") is None
-    assert (sum(memo.array_hits.values()), sum(memo.array_misses.values())) == (1, 3)
+    assert memo.get_arrays("c2") is None and memo.open_arrays("c2") is None
+    assert memo.get_arrays("absent") is None and memo.open_arrays("absent") is None
+    assert (sum(memo.array_hits.values()), sum(memo.array_misses.values())) == (2, 6)
     # Composites not kept (`keep_composites = false`): never written, never found; shifts are.
     lean = DiskMemo(tmp_path / "lean", skip=frozenset({"composite"}))
     lean.put_arrays("composite-1", arrays)

@@ -420,37 +420,21 @@ def test_streamed_dates_are_kept_as_dns_and_read_back_to_the_bit(
         assert streamed.bytes_written == 3 * pixels + 3 * len(BANDS) * pixels * 2
 
 
-class DictKeep:
-    """A `read.kept.DateKeep` in a dict, counting what is taken."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, dict[str, np.ndarray]] = {}
-        self.taken = 0
-
-    def has_arrays(self, key: str) -> bool:
-        return key in self.entries
-
-    def get_arrays(self, key: str) -> dict[str, np.ndarray] | None:
-        found = self.entries.get(key)
-        self.taken += found is not None
-        return found
-
-    def put_arrays(self, key: str, arrays: Any) -> None:
-        self.entries[key] = {name: np.array(a) for name, a in arrays.items()}
-
-
 def test_dates_kept_by_an_earlier_read_are_taken_not_read(tmp_path: Path) -> None:
-    """With a `keep`, `read_series` keeps every date it reads and, next time, takes the dates
-    whose scenes and clear masks are unchanged instead of reading their bands: the same pixels,
-    masks, times, ids and fingerprints as a read without it. A damaged entry is read again; a
-    changed clear mask is another key."""
+    """With a `keep` (the monitor's period cache), `read_series` keeps every date it reads and,
+    next time, takes the dates whose scenes and clear masks are unchanged from where they lie
+    instead of reading their bands: the same pixels, masks, times, ids and fingerprints as a
+    read without it. A damaged entry, or one of another shape, is read again; a changed clear
+    mask is another key."""
+    from changedet.monitor.memo import DiskMemo
     from changedet.read.stack import read_series
 
     local = _three_kinds_of_date(tmp_path)
     args: dict[str, Any] = {"bands": BANDS, "aoi_mask": ALL, "read_config": rc()}
     n_reads = len(local) * (1 + len(BANDS))  # SCL and bands of every scene
+    folder = tmp_path / "kept"
 
-    def read(keep: DictKeep | None, mask: MaskConfig = NO_DILATION) -> tuple[Any, Any]:
+    def read(keep: DiskMemo | None, mask: MaskConfig = NO_DILATION) -> tuple[Any, Any]:
         result = read_series(local, GRID, mask_config=mask, keep=keep, **args)
         everything, dates = slice(0, GRID.height), range(len(result.stack.times))
         with result.stack as stack:
@@ -463,27 +447,36 @@ def test_dates_kept_by_an_earlier_read_are_taken_not_read(tmp_path: Path) -> Non
             )
         return result, seen
 
-    _, expected = read(None)
-    keep = DictKeep()
-    first, seen = read(keep)
-    assert len(keep.entries) == 3 and keep.taken == 0 and first.assets_read == n_reads
-    second, again = read(keep)
-    assert keep.taken == 3 and second.assets_read == len(local)  # only the SCL was read
-    assert "3 date(s) taken as kept" in " ".join(second.notes)
-    for got in (seen, again):
+    def same(got: Any, expected: Any) -> None:
         assert got[:2] == expected[:2] and got[4] == expected[4]
         np.testing.assert_array_equal(got[2], expected[2])
         np.testing.assert_array_equal(got[3], expected[3])
-    # One entry damaged (another shape): that date is read again, with the same result.
-    key = sorted(keep.entries)[0]
-    keep.entries[key] = {**keep.entries[key], "clear": np.zeros((3, 3), bool)}
+
+    _, expected = read(None)
+    first, seen = read(DiskMemo(folder))
+    entries = sorted(folder.glob("date-*.arrays"))
+    assert len(entries) == 3 and first.assets_read == n_reads
+    keep = DiskMemo(folder)
+    second, again = read(keep)
+    assert keep.array_hits["date"] == 3 and second.assets_read == len(local)  # only the SCL
+    assert "3 date(s) taken as kept" in " ".join(second.notes)
+    same(seen, expected)
+    same(again, expected)
+    # One entry damaged (a flipped bit), another of another shape: both dates are read again.
+    blob = bytearray(entries[0].read_bytes())
+    blob[-100] ^= 0x10
+    entries[0].write_bytes(bytes(blob))
+    shape_key = entries[1].name.removesuffix(".arrays")
+    wrong = {"data": np.zeros((1, 2, 2), np.uint16), "clear": np.zeros((2, 2), bool)}
+    DiskMemo(folder).put_arrays(shape_key, {**wrong, "fingerprint": np.zeros(32, np.uint8)})
+    keep = DiskMemo(folder)
     third, damaged = read(keep)
-    assert third.assets_read == len(local) + 2 * len(BANDS)  # the date's two scenes
-    assert damaged[4] == expected[4]
-    np.testing.assert_array_equal(damaged[2], expected[2])
+    assert keep.array_hits["date"] == 2 and keep.array_misses["date"] == 1
+    assert third.assets_read == len(local) + 4 * len(BANDS)  # the two dates' scenes
+    same(damaged, expected)
     # Other clear masks (a dilated cloud): other keys, every date read and kept again.
-    read(keep, MaskConfig(dilate_px=2))
-    assert len(keep.entries) == 6
+    read(DiskMemo(folder), MaskConfig(dilate_px=2))
+    assert len(list(folder.glob("date-*.arrays"))) == 6
 
 
 def test_cloudy_scene_skipped_and_roofs_kept(tmp_path: Path) -> None:

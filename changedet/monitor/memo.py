@@ -29,6 +29,7 @@ from typing import BinaryIO
 import numpy as np
 
 from changedet.core.track import PeriodObservation
+from changedet.read.kept import ArrayAt, OpenArrays
 
 __all__ = ["DiskMemo", "memo_bytes", "memo_folder"]
 
@@ -100,6 +101,18 @@ class DiskMemo:
             self.array_hits[kind] += 1
         return arrays
 
+    def open_arrays(self, key: str) -> OpenArrays | None:
+        """`get_arrays` without reading the arrays into memory: the entry's file, checked, open
+        (the caller closes it), and where each array starts in it."""
+        self.used.add(key)
+        kind = key.split("-", 1)[0]
+        found = None if kind in self.skip else _open_arrays(self.folder / f"{key}{_ARRAYS}")
+        if found is None:
+            self.array_misses[kind] += 1
+        else:
+            self.array_hits[kind] += 1
+        return found
+
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
         if key.split("-", 1)[0] in self.skip:
             return
@@ -135,6 +148,7 @@ class DiskMemo:
 _ARRAYS = ".arrays"
 _MAGIC = b"changedet-arrays 1\n"
 _MAX_HEADER = 16_384
+_CHUNK = 4 * 1024 * 1024  # bytes checked at a time by open_arrays
 
 
 def _write_arrays(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
@@ -155,19 +169,55 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of an entry; None when absent, damaged or not ours."""
     try:
         with path.open("rb") as f:
-            if f.read(len(_MAGIC)) != _MAGIC:
+            layout = _layout(f)
+            if layout is None:
                 return None
-            header = json.loads(f.readline(_MAX_HEADER))
-            payload = bytearray(path.stat().st_size - f.tell())
-            if f.readinto(payload) != len(payload):
+            start, payload = f.tell(), bytearray(layout[0])
+            if f.readinto(payload) != len(payload) or zlib.crc32(payload) != layout[1]:
                 return None
-        if zlib.crc32(payload) != header["crc32"]:
-            return None
-        out, at = {}, 0
+        return {
+            name: np.frombuffer(payload, dtype, math.prod(shape), at - start).reshape(shape)
+            for name, (at, dtype, shape) in layout[2].items()
+        }
+    except (OSError, ValueError):
+        return None
+
+
+def _open_arrays(path: Path) -> OpenArrays | None:
+    """An entry's file, checked, open at its arrays (`DiskMemo.open_arrays`)."""
+    try:
+        with path.open("rb") as f:
+            layout = _layout(f)
+            if layout is None:
+                return None
+            size, crc, where = layout
+            chunk, done, got = bytearray(_CHUNK), 0, 0
+            while done < size:
+                n = f.readinto(memoryview(chunk)[: min(_CHUNK, size - done)])
+                if not n:
+                    return None
+                got = zlib.crc32(memoryview(chunk)[:n], got)
+                done += n
+            if got != crc:
+                return None
+            return os.dup(f.fileno()), where
+    except (OSError, ValueError):
+        return None
+
+
+def _layout(f: BinaryIO) -> tuple[int, int, dict[str, ArrayAt]] | None:
+    """(payload bytes, its CRC-32, where each array starts in the file) from an entry's header,
+    leaving `f` at the payload; None when the file is not one of ours or does not add up."""
+    if f.read(len(_MAGIC)) != _MAGIC:
+        return None
+    try:
+        header = json.loads(f.readline(_MAX_HEADER))
+        at = start = f.tell()
+        where: dict[str, ArrayAt] = {}
         for name, dtype, shape in header["arrays"]:
-            count = math.prod(shape)
-            out[str(name)] = np.frombuffer(payload, np.dtype(dtype), count, at).reshape(shape)
-            at += count * np.dtype(dtype).itemsize
-        return out if at == len(payload) else None
-    except (OSError, ValueError, KeyError, TypeError):
+            where[str(name)] = (at, np.dtype(dtype), tuple(int(n) for n in shape))
+            at += math.prod(shape) * np.dtype(dtype).itemsize
+        size = os.fstat(f.fileno()).st_size - start
+        return (size, int(header["crc32"]), where) if at - start == size else None
+    except (ValueError, KeyError, TypeError):
         return None

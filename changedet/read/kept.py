@@ -15,28 +15,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from changedet.hrefs import public_href
 from changedet.models import Grid, Scene
 
-__all__ = ["KEPT_VERSION", "DateKeep", "KeptDate", "date_key"]
+__all__ = ["KEPT_VERSION", "ArrayAt", "DateKeep", "KeptDate", "KeptFile", "OpenArrays", "date_key"]
 
 # Part of every key: bump it when how a date is read, masked or mosaicked changes.
 KEPT_VERSION = "dates-1"
 
 
+ArrayAt = tuple[int, np.dtype[Any], tuple[int, ...]]  # where an array starts in a file, its type
+OpenArrays = tuple[int, dict[str, ArrayAt]]  # an open file (the receiver closes it), its arrays
+
+
 class DateKeep(Protocol):
-    """Named arrays kept between runs under a key (`core.reuse.ArrayMemo`, and whether a key
-    is there without reading it)."""
+    """Named arrays kept between runs under a key (as `core.reuse.ArrayMemo`): whether a key is
+    there, and the checked file of an entry, open, so that a date is read from it where it lies
+    instead of copied."""
 
     def has_arrays(self, key: str) -> bool: ...
 
-    def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None: ...
+    def open_arrays(self, key: str) -> OpenArrays | None: ...
 
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None: ...
 
@@ -94,16 +100,36 @@ class KeptDate:
             "fingerprint": np.frombuffer(bytes.fromhex(self.fingerprint), np.uint8),
         }
 
+
+@dataclass(frozen=True)
+class KeptFile:
+    """A kept date where it lies: the open file (closed by whoever takes it), where its data
+    and clear mask start, the data's type, and its fingerprint."""
+
+    fd: int
+    data_at: int
+    dtype: np.dtype[Any]
+    clear_at: int
+    fingerprint: str
+
     @classmethod
-    def from_arrays(
-        cls, arrays: Mapping[str, np.ndarray], n_bands: int, shape: tuple[int, int]
-    ) -> KeptDate | None:
-        """The kept date, or None when the arrays are not one of this shape."""
-        data, clear, fp = (arrays.get(n) for n in ("data", "clear", "fingerprint"))
-        if data is None or clear is None or fp is None:
-            return None
-        if data.dtype not in (np.uint16, np.float32) or data.shape != (n_bands, *shape):
-            return None
-        if clear.dtype != bool or clear.shape != shape or fp.dtype != np.uint8 or fp.size != 32:
-            return None
-        return cls(data, clear, fp.tobytes().hex())
+    def of(cls, opened: OpenArrays, n_bands: int, shape: tuple[int, int]) -> KeptFile | None:
+        """The kept date in `opened`, or None (its file closed) when it is not one of this
+        grid and bands."""
+        fd, where = opened
+        data, clear, fp = (where.get(n) for n in ("data", "clear", "fingerprint"))
+        if (
+            _fits(data, (np.uint16, np.float32), (n_bands, *shape))
+            and _fits(clear, (np.bool_,), shape)
+            and _fits(fp, (np.uint8,), (32,))
+        ):
+            assert data is not None and clear is not None and fp is not None
+            digest = os.pread(fd, 32, fp[0])
+            if len(digest) == 32:
+                return cls(fd, data[0], data[1], clear[0], digest.hex())
+        os.close(fd)
+        return None
+
+
+def _fits(at: ArrayAt | None, dtypes: tuple[type, ...], shape: tuple[int, ...]) -> bool:
+    return at is not None and at[1] in [np.dtype(t) for t in dtypes] and at[2] == shape

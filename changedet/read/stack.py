@@ -33,7 +33,7 @@ from changedet.models import (
     no_progress,
 )
 from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs, network_bytes
-from changedet.read.kept import DateKeep, KeptDate, date_key
+from changedet.read.kept import DateKeep, KeptFile, date_key
 from changedet.read.probe import Probed, probe_and_select, selection_reason
 from changedet.read.store import DateStore
 
@@ -385,11 +385,9 @@ class _Mosaic:
         """Take the date of `members` from `keep`, whose reads were dropped (False: the entry
         is not usable, and they are read after all)."""
         assert self.keep is not None and self.store is not None
-        found = self.keep.get_arrays(key)
+        opened = self.keep.open_arrays(key)
         kept = (
-            None
-            if found is None
-            else KeptDate.from_arrays(found, len(self.bands), self.pipe.grid.shape)
+            None if opened is None else KeptFile.of(opened, len(self.bands), self.pipe.grid.shape)
         )
         if kept is None:
             for scene in members:  # their reads were dropped: start them again
@@ -397,7 +395,7 @@ class _Mosaic:
                     self.pipe.add(scene, band)
             return False
         when, ids = min(s.datetime for s in members), tuple(s.id for s in members)
-        self.store.commit_kept(when, ids, kept, self._harmonisation(members[0]))
+        self.store.commit_file(when, ids, kept, self._harmonisation(members[0]))
         self.times.append(when)
         self.scene_ids.append(ids)
         self.n_dates += 1

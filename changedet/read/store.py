@@ -23,11 +23,12 @@ import tempfile
 from collections.abc import Iterator, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from changedet.models import Grid
-from changedet.read.kept import DateKeep, KeptDate
+from changedet.read.kept import DateKeep, KeptDate, KeptFile
 
 __all__ = ["DateStore", "SpillMap"]
 
@@ -93,6 +94,17 @@ def _digest(
     return digest.hexdigest()
 
 
+class _Layout(NamedTuple):
+    """Where one date lies and how it is kept."""
+
+    fd: int
+    start: int
+    dtype: np.dtype[Any]
+    harmonisation: tuple[tuple[float, float], ...] | None  # None: float32 reflectance
+    clear_fd: int
+    clear_at: int
+
+
 class DateStore:
     """Dates appended in time order; read back as a `DateSeries` (`pixels`, `clear_rows`).
 
@@ -118,14 +130,14 @@ class DateStore:
         self._writing: list[Future[None] | None] = [None, None]
         self._current = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-store")
-        # per date: where it starts, how it is kept, and the (scale, offset) of a DN date
-        self._layout: list[
-            tuple[int, np.dtype[np.generic], tuple[tuple[float, float], ...] | None]
-        ] = []
+        # per date: the file and where its data starts, how it is kept, the (scale, offset) of
+        # a DN date, and the file and where its clear mask starts (the store's own files, or
+        # a kept date's where it lies: `commit_file`)
+        self._layout: list[_Layout] = []
         self._end = 0
         self.bytes_written = 0
         self._digests: dict[int, str] = {}  # fingerprints known without reading back: kept dates
-        self._kept_writes: list[Future[None]] = []
+        self._kept: list[int] = []  # the kept dates' files, closed by close()
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -203,9 +215,12 @@ class DateStore:
         harmonisation: tuple[tuple[float, float], ...] | None,
         keep: tuple[DateKeep, str] | None = None,
     ) -> None:
-        self._layout.append((self._end, data.dtype, harmonisation))
-        _write_all(self._values.fileno(), data, self._end)
-        _write_all(self._clear.fileno(), clear, t * clear.nbytes)
+        values, mask = self._values.fileno(), self._clear.fileno()
+        self._layout.append(
+            _Layout(values, self._end, data.dtype, harmonisation, mask, t * clear.nbytes)
+        )
+        _write_all(values, data, self._end)
+        _write_all(mask, clear, t * clear.nbytes)
         self._end += data.nbytes
         self.bytes_written += data.nbytes + clear.nbytes
         if keep is not None:
@@ -213,30 +228,32 @@ class DateStore:
             self._digests[t] = _digest(data, clear, harmonisation)
             where.put_arrays(key, KeptDate(data, clear, self._digests[t]).arrays())
 
-    def commit_kept(
+    def commit_file(
         self,
         when: datetime,
         scene_ids: tuple[str, ...],
-        kept: KeptDate,
+        kept: KeptFile,
         harmonisation: Sequence[tuple[float, float]],
     ) -> None:
-        """Append a date kept by an earlier run (`read.kept`), its fingerprint known.
-        harmonisation: per band, the (scale, offset) of its DNs (unused for float32 data)."""
-        while len(self._kept_writes) >= 2:  # bound the kept dates waiting to be written
-            self._kept_writes.pop(0).result()
+        """Append a date kept by an earlier run (`read.kept`), read where it lies (the store
+        closes its file) with its fingerprint known. harmonisation: per band, the (scale,
+        offset) of its DNs (unused for float32 data)."""
+        self._kept.append(kept.fd)
         t = len(self._times)
-        how = tuple(harmonisation) if kept.data.dtype == np.uint16 else None
-        self._kept_writes.append(self._writer.submit(self._append, t, kept.data, kept.clear, how))
+        how = tuple(harmonisation) if kept.dtype == np.uint16 else None
+        layout = _Layout(kept.fd, kept.data_at, kept.dtype, how, kept.fd, kept.clear_at)
+        # in the writer's queue: the layout of the dates before it may not be in yet
+        self._writer.submit(self._layout.append, layout)
         self._digests[t] = kept.fingerprint
         self._times.append(when)
         self._scene_ids.append(scene_ids)
 
     def release_slot(self) -> None:
         """Wait for the writes and free the assembly buffers once every date is in."""
-        for pending in [*self._writing, *self._kept_writes]:
+        for pending in self._writing:
             if pending is not None:
                 pending.result()
-        self._writing, self._kept_writes = [None, None], []
+        self._writing = [None, None]
         self._writer.shutdown(wait=True)
         self._slots, self._dn_slots = [], []
 
@@ -261,9 +278,8 @@ class DateStore:
         h, w = self.grid.shape
         out = np.empty((len(dates), len(bands), bottom - top, w), dtype=np.float32)
         dn = np.empty((bottom - top, w), dtype=np.uint16)
-        fd = self._values.fileno()
         for i, t in enumerate(dates):
-            start, dtype, harmonisation = self._layout[t]
+            fd, start, dtype, harmonisation, _, _ = self._layout[t]
             for j, b in enumerate(bands):
                 at = start + (b * h + top) * w * dtype.itemsize
                 if harmonisation is None:
@@ -277,11 +293,11 @@ class DateStore:
 
     def clear_rows(self, dates: Sequence[int], rows: slice) -> np.ndarray:
         top, bottom = self._rows(rows)
-        h, w = self.grid.shape
+        w = self.grid.width
         out = np.empty((len(dates), bottom - top, w), dtype=bool)
-        fd = self._clear.fileno()
         for i, t in enumerate(dates):
-            _read_into(fd, out[i], (t * h + top) * w)
+            layout = self._layout[t]
+            _read_into(layout.clear_fd, out[i], layout.clear_at + top * w)
         return out
 
     def fingerprints(self) -> tuple[str, ...]:
@@ -294,13 +310,14 @@ class DateStore:
     def _fingerprint(self, t: int) -> str:
         if t in self._digests:
             return self._digests[t]
-        start, dtype, harmonisation = self._layout[t]
+        layout = self._layout[t]
         h, w = self.grid.shape
-        digest = _digest_head(dtype, harmonisation)
+        dtype = layout.dtype
+        digest = _digest_head(dtype, layout.harmonisation)
         chunk = np.empty(min(h * w * dtype.itemsize, _DIGEST_CHUNK), dtype=np.uint8)
         for fd, at, size in (
-            (self._values.fileno(), start, len(self.bands) * h * w * dtype.itemsize),
-            (self._clear.fileno(), t * h * w, h * w),
+            (layout.fd, layout.start, len(self.bands) * h * w * dtype.itemsize),
+            (layout.clear_fd, layout.clear_at, h * w),
         ):
             end = at + size
             while at < end:
@@ -316,6 +333,9 @@ class DateStore:
         self._writer.shutdown(wait=True)
         self._values.close()
         self._clear.close()
+        for fd in self._kept:
+            os.close(fd)
+        self._kept = []
 
     def __enter__(self) -> DateStore:
         return self
