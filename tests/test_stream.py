@@ -18,7 +18,7 @@ from changedet.core.periods import make_periods
 from changedet.core.stream import StackSeries, analyse_series, series_dates
 from changedet.core.timeseries import Analysis, analyse_stack
 from changedet.core.track import PeriodObservation
-from changedet.models import Composite, Grid, Stack
+from changedet.models import Composite, Grid, Stack, Structure
 from changedet.read.store import DateStore
 
 BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
@@ -39,10 +39,23 @@ def _same_analysis(a: Analysis, b: Analysis) -> None:
     for x, y in zip(a.per_period, b.per_period, strict=True):
         _same_composite(x, y)
     np.testing.assert_array_equal(a.change.score, b.change.score)
-    assert [(s.id, s.geometry.wkt, s.confirmed) for s in a.structures] == [
-        (s.id, s.geometry.wkt, s.confirmed) for s in b.structures
-    ]
-    assert a.ledger.counts == b.ledger.counts
+    assert [_facts(s) for s in a.structures] == [_facts(s) for s in b.structures]
+    assert a.ledger.counts == b.ledger.counts and a.ledger.events == b.ledger.events
+
+
+def _facts(s: Structure) -> tuple[object, ...]:
+    return (
+        s.id,
+        s.geometry.wkt,
+        s.confirmed,
+        s.first_seen_start,
+        s.first_seen_end,
+        s.status,
+        s.vanished_after,
+        s.kind,
+        s.n_clear_obs,
+        s.confidence,
+    )
 
 
 def _store_of(stack: Stack, folder: Path) -> DateStore:
