@@ -8,8 +8,8 @@ change, one `.arrays` file per composite, shift or date (a JSON header with the 
 CRC-32, then the bytes), each written atomically; a damaged or unreadable entry is a miss.
 `prune()` removes the entries the last run did not use, so the folder holds one series per AOI:
 per pixel of the AOI's context window, about 30 bytes a period and 13 bytes a date (a window of
-1000 × 1000 px: 30 MB a period, 13 MB a date). A cache, not state: deleting it
-costs one slower run.
+1000 × 1000 px: 30 MB a period, 13 MB a date). A date is read where it lies (`open_arrays`).
+A cache, not state: deleting it costs one slower run.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class DiskMemo:
         )
 
     def has_arrays(self, key: str) -> bool:
-        """Whether an entry is there (`get_arrays` still checks it)."""
+        """Whether an entry is there (`get_arrays` and `open_arrays` still check it)."""
         kind = key.split("-", 1)[0]
         return kind not in self.skip and (self.folder / f"{key}{_ARRAYS}").is_file()
 
