@@ -11,8 +11,10 @@ is one contiguous read), and the clear mask as bytes. A date is kept as its uint
 band's (scale, offset) when that gives back the reader's float32 reflectance to the bit (checked
 on every date: half the bytes of float32), else as float32 (a mosaic of scenes with different
 offsets, or values that never were DNs). The files are read back through the page cache, not
-held by the process; a writer thread writes one date while the reader assembles the next. `os.pread`/`os.pwrite` at computed offsets: any number of
-threads may read at once.
+held by the process; a writer thread writes one date while the reader assembles the next.
+`os.pread`/`os.pwrite` at computed offsets: any number of threads may read at once. A date an
+earlier run kept (`read.kept`, the monitor's period cache) is not copied in: it is read from
+its own file, open until the store is closed.
 """
 
 from __future__ import annotations
