@@ -429,7 +429,30 @@ def test_dates_kept_by_an_earlier_read_are_taken_not_read(tmp_path: Path) -> Non
     from changedet.monitor.memo import DiskMemo
     from changedet.read.stack import read_series
 
-    local = _three_kinds_of_date(tmp_path)
+    # The three kinds of date, and one whose scenes' offsets leave it float32 reflectance: the
+    # clearer scene (offset -0.10005, cloudy in a corner) first, the other fills its cloud.
+    cloud = CLEAR_SCL.copy()
+    cloud[20:45, 20:45] = 9
+    odd = [
+        make_scene(
+            tmp_path,
+            "S2A_39SVV_20230816_0_L2A",
+            when(16),
+            seed=7,
+            scl=CLEAR_SCL,
+            nodata_cols=slice(90, None),
+        ),
+        make_scene(
+            tmp_path,
+            "S2A_39SWV_20230816_0_L2A",
+            when(16),
+            seed=8,
+            tile="39SWV",
+            scl=cloud,
+            offset=-0.10005,
+        ),
+    ]
+    local = _three_kinds_of_date(tmp_path) + [local_scene(s, tmp_path) for s in odd]
     args: dict[str, Any] = {"bands": BANDS, "aoi_mask": ALL, "read_config": rc()}
     n_reads = len(local) * (1 + len(BANDS))  # SCL and bands of every scene
     folder = tmp_path / "kept"
@@ -455,11 +478,13 @@ def test_dates_kept_by_an_earlier_read_are_taken_not_read(tmp_path: Path) -> Non
     _, expected = read(None)
     first, seen = read(DiskMemo(folder))
     entries = sorted(folder.glob("date-*.arrays"))
-    assert len(entries) == 3 and first.assets_read == n_reads
+    assert len(entries) == 4 and first.assets_read == n_reads
+    kinds = {DiskMemo(folder).get_arrays(p.stem)["data"].dtype for p in entries}  # type: ignore[index]
+    assert kinds == {np.dtype(np.uint16), np.dtype(np.float32)}
     keep = DiskMemo(folder)
     second, again = read(keep)
-    assert keep.array_hits["date"] == 3 and second.assets_read == len(local)  # only the SCL
-    assert "3 date(s) taken as kept" in " ".join(second.notes)
+    assert keep.array_hits["date"] == 4 and second.assets_read == len(local)  # only the SCL
+    assert "4 date(s) taken as kept" in " ".join(second.notes)
     same(seen, expected)
     same(again, expected)
     # One entry damaged (a flipped bit), another of another shape: both dates are read again.
@@ -471,12 +496,12 @@ def test_dates_kept_by_an_earlier_read_are_taken_not_read(tmp_path: Path) -> Non
     DiskMemo(folder).put_arrays(shape_key, {**wrong, "fingerprint": np.zeros(32, np.uint8)})
     keep = DiskMemo(folder)
     third, damaged = read(keep)
-    assert keep.array_hits["date"] == 2 and keep.array_misses["date"] == 1
+    assert keep.array_hits["date"] == 3 and keep.array_misses["date"] == 1
     assert third.assets_read == len(local) + 4 * len(BANDS)  # the two dates' scenes
     same(damaged, expected)
     # Other clear masks (a dilated cloud): other keys, every date read and kept again.
     read(DiskMemo(folder), MaskConfig(dilate_px=2))
-    assert len(list(folder.glob("date-*.arrays"))) == 6
+    assert len(list(folder.glob("date-*.arrays"))) == 8
 
 
 def test_cloudy_scene_skipped_and_roofs_kept(tmp_path: Path) -> None:
