@@ -24,7 +24,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,8 @@ from changedet.core.track import PeriodObservation
 from changedet.read.kept import ArrayAt, OpenArrays
 
 __all__ = ["DiskMemo", "memo_bytes", "memo_folder"]
+
+T = TypeVar("T")
 
 
 def memo_folder(state: Path, aoi_id: str) -> Path:
@@ -92,25 +94,20 @@ class DiskMemo:
         return kind not in self.skip and (self.folder / f"{key}{_ARRAYS}").is_file()
 
     def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None:
-        self.used.add(key)
-        kind = key.split("-", 1)[0]
-        arrays = None if kind in self.skip else _read_arrays(self.folder / f"{key}{_ARRAYS}")
-        if arrays is None:
-            self.array_misses[kind] += 1
-        else:
-            self.array_hits[kind] += 1
-        return arrays
+        return self._lookup(key, _read_arrays)
 
     def open_arrays(self, key: str) -> OpenArrays | None:
         """`get_arrays` without reading the arrays into memory: the entry's file, checked, open
         (the caller closes it), and where each array starts in it."""
+        return self._lookup(key, _open_arrays)
+
+    def _lookup(self, key: str, read: Callable[[Path], T | None]) -> T | None:
+        """The entry under `key` as `read` gives it (None: not kept, absent or damaged),
+        counted by kind."""
         self.used.add(key)
         kind = key.split("-", 1)[0]
-        found = None if kind in self.skip else _open_arrays(self.folder / f"{key}{_ARRAYS}")
-        if found is None:
-            self.array_misses[kind] += 1
-        else:
-            self.array_hits[kind] += 1
+        found = None if kind in self.skip else read(self.folder / f"{key}{_ARRAYS}")
+        (self.array_misses if found is None else self.array_hits)[kind] += 1
         return found
 
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
