@@ -2,7 +2,8 @@
 
     python bench/monitor.py [--aoi aoi/khojir.geojson] [--config configs/demo-khojir.toml]
                             [--repeat 3] [--keep DIR]
-    python bench/monitor.py --size 1000 --dates 48 [--repeat 3] [--http [--latency-ms MS] [--mbps R]]
+    python bench/monitor.py --size 1000 --dates 48 [--repeat 3]
+                            [--http [--latency-ms MS] [--mbps R]]
 
 The catalog is the AOI's bundled SYNTHETIC sample (offline), or with --size the seeded synthetic
 year of `bench/e2e.py` (Earth Search-like COGs, an S x S px AOI, the default config): the sample

@@ -247,10 +247,9 @@ def run_aoi(
     """Process one AOI end to end and write OUT/<aoi_id>/ atomically. For the monitor
     (`changedet.monitor`): `review`, the analyst's verdicts by structure id, shown in the
     outputs (false positives left out of the counts); `memo`, periods' change computed before;
-    `reuse`, shifts and composites computed before (`core.reuse`); `keep`, dates read
-    before (`read.kept`); `known`,
-    the ledger's structures (footprints in EPSG:4326), whose ids the same structures keep
-    (`core.carry`)."""
+    `reuse`, shifts and composites computed before (`core.reuse`); `keep`, dates read before
+    (`read.kept`); `known`, the ledger's structures (footprints in EPSG:4326), whose ids the
+    same structures keep (`core.carry`)."""
     io = io or PipelineIO.default()
     timer = StageTimer()
     out_dir = safe_out_dir(Path(out_root), aoi.id)

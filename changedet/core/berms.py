@@ -117,7 +117,8 @@ def berm_evidence(
 # scikit-image's `sato` takes its Gaussian kernels out to 100 sigma when sigma <= 1 (to keep
 # scipy's small-sigma kernels from aliasing): a 143-tap kernel at sigma 1, 80 % of the filter's
 # time. Past 20 sigma the weights are below 1e-85 of the centre's, far under float32's
-# resolution: the same values (tests/test_berms.py compares them with `sato`) in a fifth of the time.
+# resolution: the same values (tests/test_berms.py compares them with `sato`) in a fifth of the
+# time.
 _SMALL_SIGMA_TRUNCATE = 20.0
 _TRUNCATE = 8.0  # scikit-image's own for sigma > 1
 

@@ -1,9 +1,9 @@
 """One monitoring run over a watch-list: per AOI, search the recent past, and only when a scene
 is new (or reprocessed), or the analyst reviewed something since the outputs were written, run
-the pipeline over every scene known (pixels of known scenes from the read cache; the shifts of
-known dates, the composites of untouched periods and the change of periods whose composite did
-not change from the period cache, `monitor.memo`), update the ledger and raise alerts in one
-transaction; then offer the outbox to the webhook and e-mail.
+the pipeline over every scene known (from the period cache, `monitor.memo`: the pixels of known
+dates, their shifts, the composites of untouched periods and the change of periods whose
+composite did not change), update the ledger and raise alerts in one transaction; then offer the
+outbox to the webhook and e-mail.
 
 The run holds the state's lock (`monitor.lock`) throughout, so two runs never interleave. The
 pipeline is called through its public `run_aoi` with the monitor's own seams: a searcher that
@@ -287,9 +287,9 @@ def _process(
     aoi, state = watched.aoi, ctx.state
     review_seq = state.review_seq(aoi.id)
     capture = _Capture(ctx.io, plan, found)
-    skip = {"composite"} if not ctx.watch.keep_composites else set()
-    skip |= {"date"} if not ctx.watch.keep_dates else set()
-    memo = DiskMemo(memo_folder(ctx.watch.state, aoi.id), skip=frozenset(skip))
+    kinds = (("composite", ctx.watch.keep_composites), ("date", ctx.watch.keep_dates))
+    skip = frozenset(kind for kind, kept in kinds if not kept)
+    memo = DiskMemo(memo_folder(ctx.watch.state, aoi.id), skip=skip)
     ledger_rows = state.structures(aoi.id)
     try:
         summary = run_aoi(

@@ -5,10 +5,10 @@ read. One file per (item, collection, band, href without its signing token, grid
 written atomically, holding the key it was made for, a SHA-256 of its payload, the array's dtype
 and shape, and its bytes. On read the key and the checksum are verified: a damaged, truncated,
 stale or mis-shaped entry is a miss, deleted, logged and counted in the run's read notes, and the
-asset is read again. A cache folder that cannot be used is reported once and the run goes on uncached;
-a full or read-only cache never fails a run. An empty `read.cache_dir` turns the cache off. Used
-by `changedet.read.cog` for network reads only (a local COG window reads as fast as the cache
-would).
+asset is read again. A cache folder that cannot be used is reported once and the run goes on
+uncached; a full or read-only cache never fails a run. An empty `read.cache_dir` turns the cache
+off. Used by `changedet.read.cog` for network reads only (a local COG window reads as fast as the
+cache would).
 
 Not `.npy`: `np.load` parses its header with `ast.literal_eval`, and CPython 3.11's AST state is
 per interpreter, so two reader threads parsing at once can fail with "SystemError: AST

@@ -6,9 +6,9 @@ safely. GDAL options live in one commented place (`gdal_options`); only the sour
 covering the grid is fetched, then copied, upsampled in numpy (a 20 m band on the 10 m lattice:
 `read.upsample`), read resampled or warped by GDAL; transient HTTP errors are retried and every
 failure becomes a one-line reason without tokens (a missing, corrupt or truncated asset skips
-its scene instead of ending the run); `ReadPipeline` runs the reads on one bounded thread pool, consulting the pixel cache
-(`changedet.read.cache`) for network reads. Which scenes to read is `changedet.read.probe`;
-the stack they make is `changedet.read.stack`.
+its scene instead of ending the run); `ReadPipeline` runs the reads on one bounded thread pool,
+consulting the pixel cache (`changedet.read.cache`) for network reads. Which scenes to read is
+`changedet.read.probe`; the stack they make is `changedet.read.stack`.
 """
 
 from __future__ import annotations
