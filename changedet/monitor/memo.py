@@ -19,7 +19,6 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from typing import BinaryIO, TypeVar
 import numpy as np
 
 from changedet.core.track import PeriodObservation
+from changedet.outputs.fsio import atomic_path
 from changedet.read.kept import ArrayAt, OpenArrays
 
 __all__ = ["DiskMemo", "memo_bytes", "memo_folder"]
@@ -117,16 +117,9 @@ class DiskMemo:
         self._write(self.folder / f"{key}{_ARRAYS}", lambda f: _write_arrays(f, arrays))
 
     def _write(self, path: Path, dump: Callable[[BinaryIO], object]) -> None:
-        with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    dump(f)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        # a cache that cannot be written is only slower
+        with contextlib.suppress(OSError), atomic_path(path) as tmp, tmp.open("wb") as f:
+            dump(f)
 
     def prune(self) -> None:
         """Remove every entry this run did not use (and leftovers of killed writes)."""
