@@ -324,9 +324,11 @@ def test_cogs_hold_the_change_evidence(out_dir: Path, run_result: RunResult) -> 
 
 
 def test_imagery_is_true_colour_with_dates(out_dir: Path, run_result: RunResult) -> None:
-    from changedet.outputs.imagery import display_rgb, shared_stretch
+    from changedet.outputs.imagery import display_rgb, display_stretch, shared_stretch
 
-    lo, hi = shared_stretch(run_result.before, run_result.after)
+    lo, hi = display_stretch(run_result.before, run_result.after)
+    # The baseline's stretch: it stays while the baseline does, so monitoring runs keep colours.
+    np.testing.assert_array_equal(np.stack([lo, hi]), np.stack(shared_stretch(run_result.before)))
     for name, comp in (("latest", run_result.after), ("baseline", run_result.before)):
         profile, rgb = _raster(out_dir / "imagery" / f"{name}.tif")
         assert profile["nodata"] == 0

@@ -32,7 +32,7 @@ from changedet.core.evidence import stack_dates, structure_evidence
 from changedet.models import RunResult
 from changedet.outputs.chips import SCALE_BAR_M, chip_image, evidence_of
 from changedet.outputs.headline import km2
-from changedet.outputs.imagery import shared_stretch
+from changedet.outputs.imagery import display_stretch
 from changedet.outputs.report import REPORT_CSP
 from changedet.outputs.write import write_run_outputs
 
@@ -200,7 +200,7 @@ def _panels(chip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_chip_outline_sits_on_the_structure(run_result: RunResult) -> None:
-    lo, hi = shared_stretch(run_result.before, run_result.after)
+    lo, hi = display_stretch(run_result.before, run_result.after)
     hall = run_result.structures[0]
     chip = chip_image(evidence_of(run_result, hall), hall, lo, hi)
     before, after = _panels(chip)
@@ -215,7 +215,7 @@ def test_chip_outline_sits_on_the_structure(run_result: RunResult) -> None:
 
 
 def test_chip_carries_a_100_m_scale_bar_and_a_caption(run_result: RunResult) -> None:
-    lo, hi = shared_stretch(run_result.before, run_result.after)
+    lo, hi = display_stretch(run_result.before, run_result.after)
     depot = run_result.structures[1]
     evidence = evidence_of(run_result, depot)
     chip = chip_image(evidence, depot, lo, hi)

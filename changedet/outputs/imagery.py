@@ -1,12 +1,13 @@
 """True colour and the rasters an analyst opens in QGIS, each as a COG with its style.
 
 One responsibility: the raster outputs of a run, on the run's grid. The true-colour stretch
-shared by every picture (`shared_stretch`, `truecolor`); georeferenced true-colour COGs of the
+shared by every picture (`display_stretch`, `truecolor`); georeferenced true-colour COGs of the
 baseline, of the run's latest composite and of every period's composite (`imagery/`, 8-bit RGB
 with overviews, 0 = no clear observation); and the single-band evidence rasters: change score,
 change mask, clear observations over the run, and the acquisition date each imagery pixel came
 from as a YYYYMMDD number. Every COG gets a `.qml` sidecar of the same name
-(`changedet.outputs.raster_styles`), so QGIS opens it styled.
+(`changedet.outputs.raster_styles`), so QGIS opens it styled. The imagery a rerun would draw
+the same is taken from the previous run instead (`changedet.outputs.drawn`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import numpy as np
 
 from changedet.models import Composite, RunResult
 from changedet.outputs import raster_styles
+from changedet.outputs.drawn import Drawings, take_or_draw
 from changedet.outputs.fsio import write_cog, write_text
 
 __all__ = [
     "NODATA_RGB",
     "RasterOutput",
     "display_rgb",
+    "display_stretch",
     "shared_stretch",
     "truecolor",
     "write_evidence_rasters",
@@ -36,6 +39,7 @@ __all__ = [
 
 NODATA_RGB = (96, 96, 96)  # grey where a picture has no clear observation
 _EPOCH = date(1970, 1, 1)
+_MIN_STRETCH_PX = 1000  # clear baseline pixels that make a stable 2nd/98th percentile
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,17 @@ def shared_stretch(*composites: Composite, sample: int = 200_000) -> tuple[np.nd
         if hi[b] <= lo[b]:
             hi[b] = lo[b] + 1e-3
     return lo, hi
+
+
+def display_stretch(before: Composite, after: Composite) -> tuple[np.ndarray, np.ndarray]:
+    """The stretch every picture of a run shares: the baseline's (`shared_stretch`), so before
+    and after are drawn alike and a place keeps its colours from run to run while its baseline
+    stays (a monitoring run then takes its unchanged pictures again). With fewer than
+    `_MIN_STRETCH_PX` clear baseline pixels the after composite joins in."""
+    rgb = np.stack([before.band("red"), before.band("green"), before.band("blue")])
+    if int(np.isfinite(rgb).all(axis=0).sum()) >= _MIN_STRETCH_PX:
+        return shared_stretch(before)
+    return shared_stretch(before, after)
 
 
 def display_rgb(rgb: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -106,15 +121,41 @@ def yyyymmdd(days: np.ndarray) -> np.ndarray:
 
 
 def _write_styled(
-    out: Path, rel: str, qml: str, array: np.ndarray, result: RunResult, **cog: Any
+    out: Path,
+    rel: str,
+    qml: str,
+    array: np.ndarray,
+    result: RunResult,
+    drawings: Drawings | None = None,
+    **cog: Any,
 ) -> None:
-    write_cog(out / rel, array, result.grid, **cog)
+    """`rel` as a COG with its .qml; with `drawings`, the previous run's file when it was written
+    from the same array on the same grid with the same tags."""
     write_text((out / rel).with_suffix(".qml"), qml)
+    grid = result.grid
+    if drawings is None:
+        write_cog(out / rel, array, grid, **cog)
+        return
+
+    def draw() -> bytes:
+        return write_cog(out / rel, array, grid, **cog).read_bytes()
+
+    inputs = ("cog", array, grid.crs, tuple(grid.transform), sorted(cog.items()))
+    data, taken = take_or_draw(drawings, rel, inputs, draw)
+    if taken:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
 
 
 def _imagery_one(
-    out: Path, rel: str, comp: Composite, lo: np.ndarray, hi: np.ndarray, result: RunResult
+    out: Path,
+    rel: str,
+    comp: Composite,
+    stretch: tuple[np.ndarray, np.ndarray],
+    result: RunResult,
+    drawings: Drawings | None,
 ) -> None:
+    lo, hi = stretch
     rgb = np.stack([comp.band("red"), comp.band("green"), comp.band("blue")])
     _write_styled(
         out,
@@ -122,6 +163,7 @@ def _imagery_one(
         raster_styles.truecolor_qml(),
         display_rgb(rgb, lo, hi),
         result,
+        drawings,
         nodata=0,
         descriptions=("red", "green", "blue"),
         tags={
@@ -152,10 +194,15 @@ def _date_raster(out: Path, rel: str, comp: Composite, result: RunResult) -> Non
 
 
 def write_imagery(
-    out: Path, result: RunResult, lo: np.ndarray, hi: np.ndarray
+    out: Path,
+    result: RunResult,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    drawings: Drawings | None = None,
 ) -> list[RasterOutput]:
     """imagery/: true-colour COGs of the baseline, the latest composite and every period, and the
-    acquisition date of each pixel of the first two."""
+    acquisition date of each pixel of the first two. With `drawings`, a true-colour COG the
+    previous run wrote from the same values is taken again."""
     before, after = result.before, result.after
     written = [
         RasterOutput(
@@ -165,8 +212,8 @@ def write_imagery(
             "imagery/baseline.tif", f"baseline {before.period.label} true colour", "Imagery"
         ),
     ]
-    _imagery_one(out, written[0].path, after, lo, hi, result)
-    _imagery_one(out, written[1].path, before, lo, hi, result)
+    _imagery_one(out, written[0].path, after, (lo, hi), result, drawings)
+    _imagery_one(out, written[1].path, before, (lo, hi), result, drawings)
     for rel, comp, title in (
         ("imagery/latest_date.tif", after, f"latest {after.period.label}: acquisition date"),
         ("imagery/baseline_date.tif", before, f"baseline {before.period.label}: acquisition date"),
@@ -175,7 +222,7 @@ def write_imagery(
         written.append(RasterOutput(rel, title, "Imagery"))
     for comp in result.composites:
         rel = f"imagery/periods/{_safe(comp.period.label)}.tif"
-        _imagery_one(out, rel, comp, lo, hi, result)
+        _imagery_one(out, rel, comp, (lo, hi), result, drawings)
         written.append(RasterOutput(rel, f"{comp.period.label} true colour", "Imagery/Periods"))
     return written
 

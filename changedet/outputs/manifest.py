@@ -115,7 +115,7 @@ DETECTION_NOTES = (
 )
 
 _PROTECTED_KEYS = frozenset(
-    {"schema_version", "versions", "scenes", "config_fingerprint", "config", "files"}
+    {"schema_version", "versions", "scenes", "config_fingerprint", "config", "files", "drawn"}
 )
 
 

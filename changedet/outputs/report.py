@@ -16,14 +16,23 @@ import html
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from changedet.config import OutputConfig
-from changedet.models import Progress, RunResult, Structure, no_progress
+from changedet.models import (
+    Composite,
+    Progress,
+    RunResult,
+    Structure,
+    StructureEvidence,
+    no_progress,
+)
 from changedet.outputs.chips import chip_image, evidence_of
+from changedet.outputs.drawn import Drawings, take_or_draw
 from changedet.outputs.figures import (
     QUICKLOOK_MAX_PX,
     counts_chart,
@@ -32,7 +41,7 @@ from changedet.outputs.figures import (
     overlay_map,
 )
 from changedet.outputs.headline import Headline, headline, km2
-from changedet.outputs.imagery import shared_stretch, truecolor
+from changedet.outputs.imagery import display_stretch, truecolor
 from changedet.outputs.legend import class_of, first_seen_classes, shown_structures
 from changedet.outputs.vectors import structure_point, viewer_links
 
@@ -502,22 +511,57 @@ class Pictures:
     chips: dict[str, Chip]
 
 
+def _quicklook_png(rgb: np.ndarray) -> bytes:
+    return _png(downsample(rgb, QUICKLOOK_MAX_PX)[0])
+
+
+def _chip_png(evidence: StructureEvidence, s: Structure, lo: np.ndarray, hi: np.ndarray) -> bytes:
+    return _png(chip_image(evidence, s, lo, hi))
+
+
+def _rgb_bands(comp: Composite) -> list[np.ndarray]:
+    return [comp.band("red"), comp.band("green"), comp.band("blue")]
+
+
+def _chip_inputs(
+    evidence: StructureEvidence, s: Structure, lo: np.ndarray, hi: np.ndarray
+) -> tuple[Any, ...]:
+    """What a chip is drawn from (`chip_image`): the evidence windows, their labels, the
+    structure's outline and the stretch."""
+    window = evidence.window
+    sides = [(side.rgb, side.label) for side in (evidence.before, evidence.after)]
+    return ("chip", lo, hi, window.crs, tuple(window.transform), window.shape, sides,
+            s.geometry.wkb)  # fmt: skip
+
+
 def write_pictures(
-    result: RunResult, out_dir: Path, *, config: OutputConfig, progress: Progress = no_progress
+    result: RunResult,
+    out_dir: Path,
+    *,
+    config: OutputConfig,
+    progress: Progress = no_progress,
+    drawings: Drawings | None = None,
 ) -> Pictures:
     """Write before.png, after.png, overlay.png, counts.png, coverage.png and chips/<id>.png
-    into `out_dir`."""
+    into `out_dir`. With `drawings`, a chip or the before quicklook the previous run drew from
+    the same inputs is taken again."""
 
     def save(name: str, data: bytes) -> None:
         path = out_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
-    lo, hi = shared_stretch(result.before, result.after)
+    lo, hi = display_stretch(result.before, result.after)
     after_rgb = truecolor(result.after, lo, hi)
     images = {
-        "before": _png(downsample(truecolor(result.before, lo, hi), QUICKLOOK_MAX_PX)[0]),
-        "after": _png(downsample(after_rgb, QUICKLOOK_MAX_PX)[0]),
+        # The baseline and the stretch stay while a site is monitored: its quicklook stays too.
+        "before": take_or_draw(
+            drawings,
+            "before.png",
+            ("quicklook", _rgb_bands(result.before), lo, hi),
+            lambda: _quicklook_png(truecolor(result.before, lo, hi)),
+        )[0],
+        "after": _quicklook_png(after_rgb),
         "overlay": overlay_map(result, after_rgb),
         "counts": counts_chart(result),
     }
@@ -531,7 +575,12 @@ def write_pictures(
         for i, s in enumerate(chosen):
             name = f"chips/{_chip_name(s.id)}.png"
             evidence = evidence_of(result, s)
-            data = _png(chip_image(evidence, s, lo, hi))
+            data, _ = take_or_draw(
+                drawings,
+                name,
+                _chip_inputs(evidence, s, lo, hi),
+                partial(_chip_png, evidence, s, lo, hi),
+            )
             save(name, data)
             caption = f"before {evidence.before.label} · after {evidence.after.label}"
             chips[s.id] = (data, name, caption)

@@ -28,11 +28,12 @@ from changedet.aoi import split_at_antimeridian
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
 from changedet.models import Progress, RunResult, no_progress
+from changedet.outputs.drawn import Drawings
 from changedet.outputs.earlier import STRUCTURES_FILE
 from changedet.outputs.fsio import apply_umask, atomic_path, write_json, write_text
 from changedet.outputs.imagery import (
     RasterOutput,
-    shared_stretch,
+    display_stretch,
     write_evidence_rasters,
     write_imagery,
 )
@@ -322,8 +323,10 @@ def _check_writable(result: RunResult) -> None:
 class _Writer:
     """The steps of one run's outputs, into the temporary folder `tmp`."""
 
-    def __init__(self, result: RunResult, tmp: Path, config: OutputConfig) -> None:
-        self.result, self.tmp, self.config = result, tmp, config
+    def __init__(
+        self, result: RunResult, tmp: Path, config: OutputConfig, drawings: Drawings
+    ) -> None:
+        self.result, self.tmp, self.config, self.drawings = result, tmp, config, drawings
         self.rasters: list[RasterOutput] = []
 
     def vectors(self) -> None:
@@ -342,8 +345,8 @@ class _Writer:
     def rasters_and_tables(self) -> None:
         self.rasters = write_evidence_rasters(self.tmp, self.result, all_layers=self.config.cogs)
         if self.config.imagery:
-            lo, hi = shared_stretch(self.result.before, self.result.after)
-            self.rasters += write_imagery(self.tmp, self.result, lo, hi)
+            lo, hi = display_stretch(self.result.before, self.result.after)
+            self.rasters += write_imagery(self.tmp, self.result, lo, hi, self.drawings)
         write_text(self.tmp / "counts.csv", counts_csv(self.result))
 
     def project(self) -> None:
@@ -352,11 +355,14 @@ class _Writer:
             part.write_bytes(qgz)
 
     def pictures(self, progress: Progress) -> Pictures:
-        return write_pictures(self.result, self.tmp, config=self.config, progress=progress)
+        return write_pictures(
+            self.result, self.tmp, config=self.config, progress=progress, drawings=self.drawings
+        )
 
     def report_and_manifest(self, pictures: Pictures) -> list[str]:
         """report.html and run.json, last: they list every file of the run."""
         manifest = run_manifest(self.result)
+        manifest["drawn"] = self.drawings.manifest()
         if self.config.report:
             write_report_html(
                 self.result,
@@ -392,7 +398,8 @@ def write_run_outputs(
     total = 6
     try:
         with run_folder(out_dir) as tmp:
-            writer = _Writer(result, tmp, config)
+            # The folder still holds the previous run: its unchanged drawings are taken again.
+            writer = _Writer(result, tmp, config, Drawings(out_dir if out_dir.is_dir() else None))
             progress("outputs", 0, total)
             writer.vectors()
             progress("outputs", 1, total)
