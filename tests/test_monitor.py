@@ -255,6 +255,11 @@ def grown(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     # ... and the dates it had read: only the new scenes' dates were read (`read.kept`).
     assert first.checks[0].dates_kept == 0 and check.summary is not None
     assert check.summary.n_scenes - 2 <= check.dates_kept < check.summary.n_scenes
+    # ... and the baseline's picture, drawn from what did not change, could be taken again
+    # (`outputs.drawn`; the kit's runs draw no chips nor imagery).
+    drawn = json.loads((scenario.out / "k1" / "run.json").read_text())["drawn"]
+    earlier = json.loads((scenario.out / "k1" / "previous" / "run.json").read_text())["drawn"]
+    assert drawn["before.png"] == earlier["before.png"]
     return scenario
 
 
