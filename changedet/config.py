@@ -122,6 +122,7 @@ class TimeConfig:
 class ReadConfig:
     bands: tuple[str, ...] = ("blue", "green", "red", "nir", "swir16", "swir22")
     cache_dir: str = "~/.cache/changedet"  # "" disables the pixel cache
+    cache_max_gb: float = 20.0  # past it, the least recently used cache entries are removed
     max_workers: int = 4  # concurrent asset reads
     retries: int = 3
     min_aoi_clear_fraction: float = 0.2  # scenes clearer than this inside the AOI are used
@@ -512,6 +513,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "catalog.timeout_s": (0.0, None),
     "time.baseline_periods": (1, None),
     "time.baseline_min_clear": (0.0, 1.0),
+    "read.cache_max_gb": (0.0, None),
     "read.max_workers": (1, 256),
     "read.retries": (0, 100),
     "read.min_aoi_clear_fraction": (0.0, 1.0),
@@ -566,6 +568,7 @@ _ABOVE = frozenset(
     {
         "catalog.timeout_s",
         "read.timeout_s",
+        "read.cache_max_gb",
         "change.z_threshold",
         "change.z_low",
         "change.structure_z_threshold",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,3 +72,41 @@ def test_an_entry_whose_header_does_not_hold_its_bytes_is_a_miss(
     assert not path.exists()
     (note,) = cache.discarded
     assert why in note
+
+
+def test_the_cache_stays_under_its_limit_by_removing_the_least_recently_used(
+    tmp_path: Path,
+) -> None:
+    probe = PixelCache(str(tmp_path / "probe"))
+    probe.put("kx", np.zeros((30, 20), np.uint16))
+    size = _only_entry(probe).stat().st_size  # every entry below has this size (same key length)
+    root = tmp_path / "cache"
+    cache = PixelCache(str(root), max_bytes=int(size * 3.5))
+    arrays = {f"k{i}": np.full((30, 20), i, np.uint16) for i in range(4)}
+    for i in range(3):
+        cache.put(f"k{i}", arrays[f"k{i}"])
+    entries = {p.name: p for p in root.rglob("*.npyc")}
+    assert len(entries) == 3 and cache.evicted == 0  # under the limit: nothing goes
+    for age, path in enumerate(sorted(entries.values())):  # written long ago, one after another
+        os.utime(path, (1_000_000 + age, 1_000_000 + age))
+    times = {k: os.stat(_entry_path(cache, k)).st_mtime for k in ("k0", "k1", "k2")}
+    first = min(times, key=times.__getitem__)
+    assert cache.get(first, (30, 20)) is not None  # a hit: now the most recently used
+    cache.put("k3", arrays["k3"])  # four entries > 3.5: down to 0.8 x 3.5 = 2.8, two go
+    kept = {k for k in arrays if cache.get(k, (30, 20)) is not None}
+    assert kept == {first, "k3"}
+    assert cache.evicted == 2 and cache.evicted_bytes == 2 * size
+    assert cache.discarded == []  # evicted is not damaged
+    (note,) = cache.notes()
+    assert "2 least recently used entries" in note and "read.cache_max_gb" in note
+
+    # Another process's cache over the same folder counts what is there before it adds.
+    other = PixelCache(str(root), max_bytes=int(size * 1.5))
+    other.put("k4", np.full((30, 20), 4, np.uint16))
+    assert [p.name for p in root.rglob("*.npyc")] == [_entry_path(other, "k4").name]
+    np.testing.assert_array_equal(other.get("k4", (30, 20)), np.full((30, 20), 4, np.uint16))
+
+
+def _entry_path(cache: PixelCache, key: str) -> Path:
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return Path(str(cache.root)) / digest[:2] / f"{digest}.npyc"

@@ -112,6 +112,7 @@ BAD_VALUES = [
     ("[read]\nbands = ['coastal']\n", "no band detection can use"),
     ("[read]\nresampling = 'bicubic'\n", "read.resampling"),
     ("[read]\nmax_workers = 0\n", "read.max_workers"),
+    ("[read]\ncache_max_gb = 0.0\n", "read.cache_max_gb"),
     ("[read]\nmin_aoi_coverage = 1.5\n", "read.min_aoi_coverage"),
     ("[time]\nbaseline_periods = 0\n", "time.baseline_periods"),
     ("[time]\nbaseline_min_clear = -0.1\n", "time.baseline_min_clear"),

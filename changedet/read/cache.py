@@ -7,7 +7,9 @@ and shape, and its bytes. On read the key and the checksum are verified: a damag
 stale or mis-shaped entry is a miss, deleted, logged and counted in the run's read notes, and the
 asset is read again. A cache folder that cannot be used is reported once and the run goes on
 uncached; a full or read-only cache never fails a run. An empty `read.cache_dir` turns the cache
-off. Used by `changedet.read.cog` for network reads only (a local COG window reads as fast as the
+off. The folder stays under `read.cache_max_gb`: past it, the least recently used entries (a hit
+refreshes an entry's time) are removed down to 80 % of the limit, so a monitoring job that runs
+for months does not fill its disk. Used by `changedet.read.cog` for network reads only (a local COG window reads as fast as the
 cache would).
 
 Not `.npy`: `np.load` parses its header with `ast.literal_eval`, and CPython 3.11's AST state is
@@ -37,6 +39,7 @@ CACHE_VERSION = 3  # bump when the cached array's meaning or the entry layout ch
 _MAGIC = b"changedet-pixels 3\n"
 _MAX_HEADER = 16_384  # bytes of the JSON header line; a longer one is damage
 _SUFFIX = ".npyc"
+_LOW_WATER = 0.8  # past the limit, entries go until the folder holds this share of it
 
 log = logging.getLogger(__name__)
 _reported_unusable: set[str] = set()  # cache folders already reported unusable (per process)
@@ -54,12 +57,17 @@ class PixelCache:
     is stored in the entry, so an entry can never be taken for another's. `notes()` says what a
     run should record: entries discarded and an unusable folder."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, max_bytes: int | None = None) -> None:
         self.root = Path(root).expanduser() if root else None
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._evicting = threading.Lock()
         self.discarded: list[str] = []  # "<file>: <why>" of every entry thrown away
         self.unusable: str | None = None  # why the folder cannot be used (then: no cache)
         self._checked = False  # the folder is made (and checked) at the first write only
+        self._bytes: int | None = None  # the folder's size as last counted, plus writes since
+        self.evicted = 0  # entries removed to stay under max_bytes
+        self.evicted_bytes = 0
 
     # -- keys and paths ------------------------------------------------------------------------
 
@@ -100,10 +108,13 @@ class PixelCache:
             self._discard(path, f"unreadable ({exc.strerror or exc})")
             return None
         try:
-            return _decode(blob, key, shape)
+            array = _decode(blob, key, shape)
         except _Damaged as exc:
             self._discard(path, str(exc))
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: the last to be evicted
+        return array
 
     def _discard(self, path: Path, why: str) -> None:
         with contextlib.suppress(OSError):
@@ -136,14 +147,58 @@ class PixelCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".", suffix=f"{_SUFFIX}.part", dir=path.parent)
+            blob = _MAGIC + header + b"\n" + data
             with os.fdopen(fd, "wb") as handle:
-                handle.write(_MAGIC + header + b"\n" + data)
+                handle.write(blob)
             os.replace(tmp, path)
         except OSError as exc:  # a full or read-only cache never fails a run: reported once
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
             self._mark_unusable(f"cannot write ({exc.strerror or exc})")
+            return
+        self._count(len(blob))
+
+    # -- the size limit ------------------------------------------------------------------------
+
+    def _count(self, added: int) -> None:
+        """Add a write to the folder's size; past `max_bytes`, evict."""
+        if self.max_bytes is None or self.root is None:
+            return
+        with self._lock:
+            if self._bytes is not None:
+                self._bytes += added
+            over = self._bytes is None or self._bytes > self.max_bytes
+        if over:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Count the folder (other processes write to it too) and, past `max_bytes`, remove the
+        least recently used entries until it holds `_LOW_WATER` of it."""
+        assert self.root is not None and self.max_bytes is not None
+        if not self._evicting.acquire(blocking=False):
+            return  # another thread is at it
+        try:
+            entries = sorted(_entries(self.root))
+            total = sum(size for _, size, _ in entries)
+            removed = freed = 0
+            if total > self.max_bytes:
+                target = self.max_bytes * _LOW_WATER
+                for _, size, path in entries:
+                    if total - freed <= target:
+                        break
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                        removed += 1
+                    freed += size
+            with self._lock:
+                self._bytes = total - freed
+                self.evicted += removed
+                self.evicted_bytes += freed
+        except OSError as exc:
+            log.warning("pixel cache %s: cannot keep it under its size limit (%s)", self.root, exc)
+        finally:
+            self._evicting.release()
 
     # -- the folder ----------------------------------------------------------------------------
 
@@ -186,7 +241,28 @@ class PixelCache:
             )
         if self.unusable is not None:
             notes.append(f"pixel cache folder {self.root} unusable ({self.unusable}); not cached")
+        if self.evicted:
+            notes.append(
+                f"pixel cache: {self.evicted} least recently used entr"
+                f"{'y' if self.evicted == 1 else 'ies'} ({self.evicted_bytes / 1e9:.2f} GB) "
+                f"removed to keep {self.root} under read.cache_max_gb "
+                f"({(self.max_bytes or 0) / 1e9:g} GB)"
+            )
         return notes
+
+
+def _entries(root: Path) -> list[tuple[float, int, Path]]:
+    """(modified time, size, path) of every entry under `root` (not files being written)."""
+    found = []
+    for sub in os.scandir(root):
+        if not sub.is_dir(follow_symlinks=False):
+            continue
+        for entry in os.scandir(sub.path):
+            if entry.name.endswith(_SUFFIX) and not entry.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat(follow_symlinks=False)
+                    found.append((st.st_mtime, st.st_size, Path(entry.path)))
+    return found
 
 
 def _decode(blob: bytes, key: str, shape: tuple[int, int]) -> np.ndarray:

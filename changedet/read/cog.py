@@ -621,7 +621,7 @@ class ReadPipeline:
 
     def __init__(self, grid: Grid, config: ReadConfig) -> None:
         self.grid, self.config = grid, config
-        self.cache = PixelCache(config.cache_dir)
+        self.cache = PixelCache(config.cache_dir, max_bytes=int(config.cache_max_gb * 1e9))
         self.options = gdal_options(config)
         workers = max(int(config.max_workers), 1)
         self.window = workers * 4
