@@ -1,9 +1,9 @@
 """Pictures and imagery drawn by a run, with what each was drawn from, so a rerun takes again what
 it would draw the same.
 
-One responsibility: reusing the previous run's unchanged drawings. A chip or an imagery COG is a
-pure function of a few arrays (a structure's evidence windows, a composite's display values) and
-the stretch; its `key` is a digest of exactly those inputs and `DRAWING_VERSION`. run.json
+One responsibility: reusing the previous run's unchanged drawings. A chip, the before quicklook
+or an imagery COG is a pure function of a few arrays (a structure's evidence windows, a
+composite's bands or display values) and the stretch; its `key` is a digest of exactly those inputs and `DRAWING_VERSION`. run.json
 records, for every such file, that key and the SHA-256 of the file's bytes (`drawn`). The next run
 into the same folder — a monitoring run after one new scene, a rerun — looks a file up in the
 previous run.json: same key and the file's bytes still hash to what was recorded → the bytes are
@@ -67,7 +67,6 @@ class Drawings:
         self._previous = _recorded(previous_dir)
         self._lock = threading.Lock()
         self._drawn: dict[str, dict[str, str]] = {}
-        self.taken = 0
 
     def take(self, rel: str, key: str) -> bytes | None:
         """The previous run's bytes of `rel` when drawn from the same inputs and intact."""
@@ -79,8 +78,6 @@ class Drawings:
             return None
         if _sha256(data) != self._previous[rel].get("sha256"):
             return None
-        with self._lock:
-            self.taken += 1
         return data
 
     def record(self, rel: str, key: str, data: bytes) -> None:
