@@ -549,10 +549,16 @@ def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bo
             summaries = [{"aoi": w.aoi.id, "last_run": None} for w in watch.aois]
         for s in summaries:
             s["period_cache_bytes"] = memo_bytes(watch.state, s["aoi"])
+        caches = _pixel_caches(watch)
     if as_json:
-        click.echo(json.dumps({"state": str(watch.state), "aois": summaries}, indent=2))
+        doc = {"state": str(watch.state), "aois": summaries, "pixel_caches": caches}
+        click.echo(json.dumps(doc, indent=2))
         return
     click.echo(f"state: {watch.state}")
+    for c in caches:
+        click.echo(
+            f"pixel cache {c['folder']}: {c['bytes'] / 1e9:.2f} of {c['max_bytes'] / 1e9:g} GB"
+        )
     for s in summaries:
         last = s.get("last_run")
         if last is None:
@@ -568,6 +574,20 @@ def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bo
             f"{s['pending_deliveries']} delivery(ies) pending; "
             f"period cache {s['period_cache_bytes'] / 1e6:.0f} MB"
         )
+
+
+def _pixel_caches(watch: Any) -> list[dict[str, Any]]:
+    """Each pixel cache folder the watch-list's AOIs read through: its size and its limit (the
+    smallest any AOI sets)."""
+    from changedet.read.cache import cache_bytes
+
+    limits: dict[str, int] = {}
+    for w in watch.aois:
+        if w.config.read.cache_dir:
+            folder = str(Path(w.config.read.cache_dir).expanduser())
+            limit = int(w.config.read.cache_max_gb * 1e9)
+            limits[folder] = min(limits.get(folder, limit), limit)
+    return [{"folder": f, "bytes": cache_bytes(Path(f)), "max_bytes": m} for f, m in limits.items()]
 
 
 @main.command()

@@ -439,16 +439,26 @@ def test_review_of_an_unknown_structure_is_a_usage_error(grown: Scenario) -> Non
 
 
 def test_status_reports_each_aoi(grown: Scenario) -> None:
-    done = monitor_cli(
-        "monitor", "status", "--config", str(grown.watchlist()), "--json", cwd=grown.root
-    )
+    # The kit's reads are local (not cached): an entry planted in its cache folder is counted.
+    planted = grown.root / "cache" / "ab" / "planted.npyc"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(b"x" * 1234)
+    args = ("monitor", "status", "--config", str(grown.watchlist()))
+    done = monitor_cli(*args, "--json", cwd=grown.root)
+    planted.unlink()
     assert done.returncode == 0, done.stderr
-    (aoi,) = json.loads(done.stdout)["aois"]
+    doc = json.loads(done.stdout)
+    folder = str(grown.root / "cache")
+    assert doc["pixel_caches"] == [{"folder": folder, "bytes": 1234, "max_bytes": 20 * 10**9}]
+    (aoi,) = doc["aois"]
     assert aoi["aoi"] == "k1" and aoi["pending_deliveries"] == 0
     assert aoi["last_scene"].startswith("2024-02-12")
     assert sum(aoi["structures"].values()) > 0
     cache = memo_folder(grown.state, "k1")
     assert aoi["period_cache_bytes"] == sum(p.stat().st_size for p in cache.iterdir()) > 0
+    text = monitor_cli(*args, cwd=grown.root)
+    assert f"pixel cache {folder}: 0.00 of 20 GB" in text.stdout
+    assert "k1: last run" in text.stdout and "period cache" in text.stdout
 
 
 def test_the_period_cache_misses_on_damage_and_keeps_only_what_a_run_used(tmp_path: Path) -> None:

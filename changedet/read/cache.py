@@ -33,7 +33,7 @@ import numpy as np
 from changedet.hrefs import public_href
 from changedet.models import Asset, Grid, Scene
 
-__all__ = ["CACHE_VERSION", "PixelCache"]
+__all__ = ["CACHE_VERSION", "PixelCache", "cache_bytes"]
 
 CACHE_VERSION = 3  # bump when the cached array's meaning or the entry layout changes
 _MAGIC = b"changedet-pixels 3\n"
@@ -249,6 +249,14 @@ class PixelCache:
                 f"({(self.max_bytes or 0) / 1e9:g} GB)"
             )
         return notes
+
+
+def cache_bytes(root: Path) -> int:
+    """The disk a pixel cache folder's entries take (0 when there is none)."""
+    try:
+        return sum(size for _, size, _ in _entries(root))
+    except OSError:
+        return 0
 
 
 def _entries(root: Path) -> list[tuple[float, int, Path]]:
