@@ -104,7 +104,11 @@ DETECTION_NOTES = (
     "A 10 m Sentinel-2 pixel covers 100 m²: a 20 × 40 m hall is about 8 pixels.",
     "Berms (a few metres wide) are sub-pixel: only their disturbed-soil apron, 1–2 pixels wide, is "
     "seen, so berm lines and the 'bermed' flag are indications, not measurements.",
-    "Counts are estimates: cumulative_low/high bound what the clear observations can support.",
+    "Counts are estimates: cumulative_low/high bound what the clear observations can support, "
+    "not the detector's own errors. On semi-real series from nine real OSCD cities the default "
+    "settings found 74 % of the labelled changes (36–90 % per city) and 79 % of what they "
+    "reported was one (66–100 %); the final count was within 15 % of the truth in five cities, "
+    "−51 % and +28 % at worst.",
     "Kind is read from spectra and shape: on real Sentinel-2 series most new structures come out "
     "'other' (67 % of matched real changes in the semi-real OSCD evaluation, 7 % 'building'), so "
     "the building count is a lower bound and the count of all new structures the reliable figure; "
