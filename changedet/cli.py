@@ -499,15 +499,26 @@ def _describe_check(check: Any) -> str:
     "--now", "now_text", help="Fix the clock (ISO time); later scenes count as unpublished."
 )
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option(
+    "--cluster",
+    help="Compute the AOIs on a Dask scheduler, e.g. tcp://10.0.0.5:8786 (pip install "
+    "'changedet[dask]'; the state's folder and OUT must be the same path on every worker). "
+    "Default: the watch-list's cluster.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def monitor_run(
-    config_path: str, state: str | None, now_text: str | None, quiet: bool, debug: bool
+    config_path: str,
+    state: str | None,
+    now_text: str | None,
+    quiet: bool,
+    cluster: str | None,
+    debug: bool,
 ) -> None:
     """Check every watched AOI once; exit 1 when an AOI or a delivery failed."""
     from changedet.monitor.run import run_watchlist
 
     with _errors(debug):
-        watch = _watchlist(config_path, state)
+        watch = _watchlist(config_path, state).with_cluster(cluster)
         now = _parse_now(now_text)
         with _Renderer(quiet=quiet) as progress:
             report = run_watchlist(

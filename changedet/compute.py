@@ -15,7 +15,8 @@ the worker busy (`core.stream`).
 
 One AOI's failure is its own: it comes back as an `Outcome` with the one-line reason, and the
 other AOIs go on. Progress from every AOI is aggregated into the caller's callback, stage names
-prefixed with the AOI id, plus an "AOIs" stage counting finished AOIs.
+prefixed with the AOI id, plus an "AOIs" stage counting finished AOIs. `on_cluster` is the
+placing itself, one labelled call per task; the monitor places its AOIs' computing through it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from __future__ import annotations
 import queue
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from changedet.config import Config
 from changedet.core.carry import Known
@@ -36,9 +37,10 @@ from changedet.errors import ChangedetError, UsageError
 from changedet.models import AOI, Progress, no_progress
 from changedet.pipeline import PipelineIO, RunSummary, run_aoi
 
-__all__ = ["Outcome", "run_aois"]
+__all__ = ["ClusterTask", "Outcome", "on_cluster", "run_aois"]
 
 PROGRESS_TOPIC = "changedet-progress"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -146,14 +148,11 @@ def _on_local_pool(
 # --- Dask distributed --------------------------------------------------------------------------
 
 
-def _dask_task(
-    aoi: AOI,
-    config: Config,
-    out_root: Path,
-    io: PipelineIO | None,
-    known: Mapping[str, Known] | None = None,
-) -> Outcome:
-    """One AOI on a Dask worker; its progress goes to the client as events (a few per stage)."""
+def _on_worker(
+    label: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    """`fn(*args, progress=..., **kwargs)` on a Dask worker; its progress goes to the client as
+    events (a few per stage), labelled with `label` (the AOI id)."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -163,9 +162,9 @@ def _dask_task(
         now = time.monotonic()
         if done in (0, total) or now - last.get(stage, 0.0) > 0.5:
             last[stage] = now
-            worker.log_event(PROGRESS_TOPIC, (aoi.id, stage, done, total))
+            worker.log_event(PROGRESS_TOPIC, (label, stage, done, total))
 
-    return _run_one(aoi, config, out_root, report, io, known)
+    return fn(*args, progress=report, **kwargs)
 
 
 def _client(address: str) -> Any:
@@ -184,6 +183,63 @@ def _client(address: str) -> Any:
         ) from None
 
 
+@dataclass(frozen=True)
+class ClusterTask:
+    """One call to place on the cluster: `fn(*args, progress=..., **kwargs)`, labelled (the AOI
+    id) for progress and task keys. `fn` and its arguments must pickle."""
+
+    label: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def on_cluster(
+    address: str, tasks: Sequence[ClusterTask], progress: Progress = no_progress
+) -> Iterator[tuple[int, Any]]:
+    """Each task on the Dask cluster at `address`, one Dask task each; (index, result) in the
+    order they finish, the result being the exception when the task (or its worker) failed.
+    Progress events from the workers are drained between waits, stage names prefixed with the
+    task's label, plus an "AOIs" stage counting finished tasks."""
+    from distributed import wait as dask_wait
+
+    events: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
+    client = _client(address)
+    try:
+        client.subscribe_topic(PROGRESS_TOPIC, lambda event: events.put(event[1]))
+        futures = [
+            client.submit(
+                _on_worker, t.label, t.fn, t.args, t.kwargs, key=f"aoi-{i}-{t.label}", pure=False
+            )
+            for i, t in enumerate(tasks)
+        ]
+        index = {f.key: i for i, f in enumerate(futures)}
+        pending, finished = set(futures), 0
+        progress("AOIs", 0, len(tasks))
+        while pending:
+            try:
+                done, pending = dask_wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            while not events.empty():
+                label, stage, n, total = events.get()
+                progress(f"{label}: {stage}", n, total)
+            for future in done:
+                finished += 1
+                progress("AOIs", finished, len(tasks))
+                yield index[future.key], _result(future)
+    finally:
+        client.close()
+
+
+def _result(future: Any) -> Any:
+    """The task's result, or its failure (a worker killed, say) as an exception."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return exc
+
+
 def _on_dask(
     aois: Sequence[AOI],
     config: Config,
@@ -193,49 +249,22 @@ def _on_dask(
     address: str,
     earlier: Earlier,
 ) -> Iterator[Outcome]:
-    """One task per AOI on the cluster at `address`; progress events drained between waits."""
-    from distributed import wait as dask_wait
-
-    events: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
-    client = _client(address)
-    try:
-        client.subscribe_topic(PROGRESS_TOPIC, lambda event: events.put(event[1]))
-        futures = [
-            client.submit(
-                _dask_task,
-                aoi,
-                config,
-                out_root.absolute(),
-                io,
-                earlier.get(aoi.id),
-                key=f"aoi-{i}-{aoi.id}",
-                pure=False,
-            )
-            for i, aoi in enumerate(aois)
-        ]
-        by_key = {f.key: aoi for f, aoi in zip(futures, aois, strict=True)}
-        pending, finished = set(futures), 0
-        progress("AOIs", 0, len(aois))
-        while pending:
-            try:
-                done, pending = dask_wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            while not events.empty():
-                aoi_id, stage, n, total = events.get()
-                progress(f"{aoi_id}: {stage}", n, total)
-            for future in done:
-                finished += 1
-                progress("AOIs", finished, len(aois))
-                yield _gathered(future, by_key[future.key])
-    finally:
-        client.close()
+    """One task per AOI on the cluster at `address`."""
+    tasks = [
+        ClusterTask(
+            aoi.id,
+            _run_one,
+            (aoi, config, out_root.absolute()),
+            {"io": io, "known": earlier.get(aoi.id)},
+        )
+        for aoi in aois
+    ]
+    for i, result in on_cluster(address, tasks, progress):
+        yield _gathered(result, aois[i])
 
 
-def _gathered(future: Any, aoi: AOI) -> Outcome:
+def _gathered(result: Any, aoi: AOI) -> Outcome:
     """The task's Outcome, or the worker's failure (a worker killed, say) as this AOI's."""
-    try:
-        outcome: Outcome = future.result()
-        return outcome
-    except Exception as exc:
-        return Outcome(aoi.id, error=f"worker failed: {type(exc).__name__}: {exc}", exit_code=1)
+    if isinstance(result, Outcome):
+        return result
+    return Outcome(aoi.id, error=f"worker failed: {type(result).__name__}: {result}", exit_code=1)

@@ -63,6 +63,12 @@ def test_watchlist_gives_each_aoi_its_config_start_end_and_overrides(tmp_path: P
     with pytest.raises(ConfigError, match="keep_composites must be bool"):
         load_watchlist(scenario.watchlist(extra='keep_composites = "no"'))
     assert watch.with_state(tmp_path / "other.db").state == tmp_path / "other.db"
+    assert watch.cluster == "" and watch.with_cluster(None) is watch
+    on = load_watchlist(scenario.watchlist(extra='cluster = "tcp://127.0.0.1:8786"'))
+    assert on.cluster == "tcp://127.0.0.1:8786"
+    assert watch.with_cluster("tcp://10.0.0.5:8786").cluster == "tcp://10.0.0.5:8786"
+    with pytest.raises(ConfigError, match="tcp://HOST:PORT"):
+        load_watchlist(scenario.watchlist(extra='cluster = "10.0.0.5:8786"'))
 
 
 def test_watchlist_refuses_a_bad_webhook_and_a_repeated_aoi(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import os
 import pickle
 import zlib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -121,12 +121,14 @@ class DiskMemo:
         with contextlib.suppress(OSError), atomic_path(path) as tmp, tmp.open("wb") as f:
             dump(f)
 
-    def prune(self) -> None:
-        """Remove every entry this run did not use (and leftovers of killed writes)."""
+    def prune(self, keep: Collection[str] | None = None) -> None:
+        """Remove every entry this run did not use, or not in `keep` (the keys another process's
+        cache used), and leftovers of killed writes."""
         if not self.folder.is_dir():
             return
+        used = self.used if keep is None else keep
         for path in self.folder.iterdir():
-            if path.suffix == ".part" or path.stem not in self.used:
+            if path.suffix == ".part" or path.stem not in used:
                 path.unlink(missing_ok=True)
 
 

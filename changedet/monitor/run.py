@@ -9,17 +9,23 @@ The run holds the state's lock (`monitor.lock`) throughout, so two runs never in
 pipeline is called through its public `run_aoi` with the monitor's own seams: a searcher that
 hands over the planned scenes (`monitor.scenes`), and a reader and writer that pass through to
 the real ones and keep what they saw (the read's clear fractions, the run's result).
+
+Each AOI goes through three steps: `_plan` (search, and what is left to compute, from the
+state), `_compute` (the pipeline and its outputs; touches no state, so with `cluster` it runs on
+a Dask worker, `compute.on_cluster`) and `_commit` (the state's side, in one transaction, here).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from changedet.config import Config
 from changedet.core.carry import Known
 from changedet.errors import ChangedetError, ConfigError, NoScenesError
 from changedet.models import (
@@ -241,8 +247,9 @@ def _outputs_stale(state: State, aoi_id: str, out_dir: Path) -> bool:
     )
 
 
-def check_aoi(ctx: _Context, watched: WatchedAOI) -> AOICheck:
-    """Bring one AOI's ledger and outputs up to date (one transaction)."""
+def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
+    """Search and plan one AOI: what is left to compute (a `_Job`), or its check when there is
+    nothing to compute (unchanged, waiting)."""
     aoi, state = watched.aoi, ctx.state
     end = _effective_end(watched, ctx.now)
     config = watched.config
@@ -272,43 +279,116 @@ def check_aoi(ctx: _Context, watched: WatchedAOI) -> AOICheck:
         periods_for(config)
     except ConfigError as exc:
         return AOICheck(aoi.id, "waiting", message=str(exc))
-    return _process(ctx, watched, config, plan, found, stored, out_dir)
-
-
-def _process(
-    ctx: _Context,
-    watched: WatchedAOI,
-    config: Any,
-    plan: ScenePlan,
-    found: SearchResult,
-    stored: dict[str, SceneRow],
-    out_dir: Path,
-) -> AOICheck:
-    aoi, state = watched.aoi, ctx.state
-    review_seq = state.review_seq(aoi.id)
-    capture = _Capture(ctx.io, plan, found)
     kinds = (("composite", ctx.watch.keep_composites), ("date", ctx.watch.keep_dates))
-    skip = frozenset(kind for kind, kept in kinds if not kept)
-    memo = DiskMemo(memo_folder(ctx.watch.state, aoi.id), skip=skip)
     ledger_rows = state.structures(aoi.id)
+    return _Job(
+        aoi=aoi,
+        config=config,
+        out_root=ctx.watch.out,
+        out_dir=out_dir,
+        plan=plan,
+        found=found,
+        stored=stored,
+        memo_folder=memo_folder(ctx.watch.state, aoi.id),
+        skip=frozenset(kind for kind, kept in kinds if not kept),
+        review=state.verdicts(aoi.id),
+        review_seq=state.review_seq(aoi.id),
+        ledger_rows=ledger_rows,
+        known=_known(ledger_rows),
+    )
+
+
+def check_aoi(ctx: _Context, watched: WatchedAOI) -> AOICheck:
+    """Bring one AOI's ledger and outputs up to date (one transaction), here."""
+    job = _plan(ctx, watched)
+    if isinstance(job, AOICheck):
+        return job
+    return _commit(ctx, job, _compute(job, io=ctx.io, progress=ctx.progress))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What computing one AOI's update needs, taken from the state before: plain data that
+    pickles, so that the computing can happen on a Dask worker (`_compute`)."""
+
+    aoi: AOI
+    config: Config
+    out_root: Path
+    out_dir: Path
+    plan: ScenePlan
+    found: SearchResult
+    stored: dict[str, SceneRow]
+    memo_folder: Path
+    skip: frozenset[str]
+    review: dict[str, tuple[str, str | None]]
+    review_seq: int
+    ledger_rows: dict[str, StructureRow]
+    known: dict[str, Known]
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """What a `_Job` gave: the rows the state takes, the period cache's counts and the keys it
+    used (the rest is pruned after the commit), and the run's summary; or why it waits."""
+
+    waiting: str | None = None
+    summary: RunSummary | None = None
+    scenes: tuple[SceneRow, ...] = ()
+    periods: tuple[tuple[str, str, str, tuple[str, ...]], ...] = ()
+    structures: tuple[StructureRow, ...] = ()
+    memo_used: frozenset[str] = frozenset()
+    periods_computed: int = 0
+    periods_reused: int = 0
+    composites_computed: int = 0
+    composites_reused: int = 0
+    dates_kept: int = 0
+
+
+def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> _Computed:
+    """Run the pipeline over every known scene of the AOI with the period cache, and write its
+    outputs (their ids the ledger's). Touches no state: it runs here or on a worker."""
+    capture = _Capture(io, job.plan, job.found)
+    memo = DiskMemo(job.memo_folder, skip=job.skip)
     try:
         summary = run_aoi(
-            aoi,
-            config,
-            out_root=ctx.watch.out,
-            progress=ctx.progress,
+            job.aoi,
+            job.config,
+            out_root=job.out_root,
+            progress=progress,
             io=capture.io(),
-            review=state.verdicts(aoi.id),
+            review=job.review,
             memo=memo,
             reuse=memo,
             keep=memo,
-            known=_known(ledger_rows),
+            known=job.known,
         )
     except NoScenesError as exc:
-        return AOICheck(aoi.id, "waiting", new_scenes=plan.new, message=str(exc))
+        return _Computed(waiting=str(exc))
     result = capture.result
     assert result is not None  # run_aoi always writes
-    changes = ledger_changes(aoi.id, ledger_rows, _structure_rows(result), state.alerted(aoi.id))
+    return _Computed(
+        summary=summary,
+        scenes=tuple(_scene_rows(job.plan, result, capture.read_result, job.stored)),
+        periods=tuple(_periods(result)),
+        structures=tuple(_structure_rows(result)),
+        memo_used=frozenset(memo.used),
+        periods_computed=memo.misses,
+        periods_reused=memo.hits,
+        composites_computed=memo.array_misses["composite"],
+        composites_reused=memo.array_hits["composite"],
+        dates_kept=memo.array_hits["date"],
+    )
+
+
+def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
+    """The state's side of one AOI's update, in one transaction; then its alerts file, and the
+    period cache pruned to what the run used."""
+    aoi, state = job.aoi, ctx.state
+    if computed.waiting is not None:
+        return AOICheck(aoi.id, "waiting", new_scenes=job.plan.new, message=computed.waiting)
+    changes = ledger_changes(
+        aoi.id, job.ledger_rows, list(computed.structures), state.alerted(aoi.id)
+    )
     channels = [
         name for name, on in (("webhook", ctx.watch.webhook), ("smtp", ctx.watch.smtp)) if on
     ]
@@ -317,30 +397,31 @@ def _process(
         CheckRecord(
             aoi.id,
             aoi.name,
-            str(out_dir),
-            scenes=_scene_rows(plan, result, capture.read_result, stored),
-            periods=_periods(result),
+            str(job.out_dir),
+            scenes=list(computed.scenes),
+            periods=list(computed.periods),
             structures=changes.rows,
             history=changes.history,
             alerts=changes.alerts,
             channels=channels,
-            outputs_review_seq=review_seq,
+            outputs_review_seq=job.review_seq,
         ),
     )
-    _write_alerts_file(state, aoi.id, out_dir)
-    memo.prune()  # after the commit: a killed run keeps what the next one can use
+    _write_alerts_file(state, aoi.id, job.out_dir)
+    # After the commit: a killed run keeps what the next one can use.
+    DiskMemo(job.memo_folder).prune(keep=computed.memo_used)
     return AOICheck(
         aoi.id,
         "updated",
-        periods_computed=memo.misses,
-        periods_reused=memo.hits,
-        composites_computed=memo.array_misses["composite"],
-        composites_reused=memo.array_hits["composite"],
-        dates_kept=memo.array_hits["date"],
-        new_scenes=plan.new,
-        replaced=tuple(d.scene_id for d in plan.replaced),
+        periods_computed=computed.periods_computed,
+        periods_reused=computed.periods_reused,
+        composites_computed=computed.composites_computed,
+        composites_reused=computed.composites_reused,
+        dates_kept=computed.dates_kept,
+        new_scenes=job.plan.new,
+        replaced=tuple(d.scene_id for d in job.plan.replaced),
         alerts=changes.alerts,
-        summary=summary,
+        summary=computed.summary,
     )
 
 
@@ -357,36 +438,76 @@ def run_watchlist(
     on_check: Callable[[AOICheck], None] | None = None,
 ) -> MonitorReport:
     """Check every watched AOI, then deliver the outbox. One AOI failing does not stop the
-    others (its check is "failed"); BusyError when another run holds the state."""
+    others (its check is "failed"); BusyError when another run holds the state. With
+    `watch.cluster`, each AOI's pipeline runs on a Dask worker while this process, the state's
+    only writer, plans, commits and alerts."""
     io = io or PipelineIO.default()
     with hold_lock(watch.state), State(watch.state) as state:
         run_id = state.begin_run(now)
         ctx = _Context(state, run_id, now, watch, io, progress)
-        checks = []
-        for watched in watch.aois:
-            check = _safe_check(ctx, watched)
+        checks = _on_cluster(ctx) if watch.cluster else (_safe_check(ctx, w) for w in watch.aois)
+        done = []
+        for check in checks:
             state.record_aoi_run(
                 run_id,
-                watched.aoi.id,
+                check.aoi_id,
                 check.outcome,
                 new_scenes=len(check.new_scenes),
                 new_alerts=len(check.alerts),
                 message=check.message or None,
             )
-            checks.append(check)
+            done.append(check)
             if on_check is not None:
                 on_check(check)
+        order = {w.aoi.id: i for i, w in enumerate(watch.aois)}
+        done.sort(key=lambda c: order[c.aoi_id])
         kwargs = {} if sleep is None else {"sleep": sleep}
         deliveries = deliver_pending(state, webhook=watch.webhook, smtp=watch.smtp, **kwargs)
-        report = MonitorReport(run_id, tuple(checks), deliveries)
+        report = MonitorReport(run_id, tuple(done), deliveries)
         state.finish_run(run_id, "failed" if report.failed else "ok")
         return report
 
 
+def _on_cluster(ctx: _Context) -> Iterator[AOICheck]:
+    """Plan every AOI here, compute the ones with work on the cluster (one task each), and
+    commit each as it comes back; checks in the order they finish."""
+    from changedet.compute import ClusterTask, on_cluster
+
+    jobs: list[_Job] = []
+    for watched in ctx.watch.aois:
+        planned = _guarded(watched.aoi.id, partial(_plan, ctx, watched))
+        if isinstance(planned, AOICheck):
+            yield planned
+        else:
+            jobs.append(planned)
+    if not jobs:
+        return
+    tasks = [ClusterTask(job.aoi.id, _compute, (job,), {"io": ctx.io}) for job in jobs]
+    for i, computed in on_cluster(ctx.watch.cluster, tasks, ctx.progress):
+        job = jobs[i]
+        if isinstance(computed, BaseException):
+            yield _failed(job.aoi.id, computed, on_worker=True)
+        else:
+            yield _guarded(job.aoi.id, partial(_commit, ctx, job, computed))
+
+
 def _safe_check(ctx: _Context, watched: WatchedAOI) -> AOICheck:
+    return _guarded(watched.aoi.id, partial(check_aoi, ctx, watched))
+
+
+T = TypeVar("T")
+
+
+def _guarded(aoi_id: str, step: Callable[[], T]) -> T | AOICheck:
+    """`step()`, or the AOI's failed check: one AOI's error must not stop the watch-list."""
     try:
-        return check_aoi(ctx, watched)
-    except ChangedetError as exc:
-        return AOICheck(watched.aoi.id, "failed", message=str(exc).splitlines()[0])
-    except Exception as exc:  # one AOI's surprise must not stop the watch-list
-        return AOICheck(watched.aoi.id, "failed", message=f"unexpected {type(exc).__name__}: {exc}")
+        return step()
+    except Exception as exc:
+        return _failed(aoi_id, exc)
+
+
+def _failed(aoi_id: str, exc: BaseException, *, on_worker: bool = False) -> AOICheck:
+    if isinstance(exc, ChangedetError):
+        return AOICheck(aoi_id, "failed", message=str(exc).splitlines()[0])
+    where = " on a worker" if on_worker else ""
+    return AOICheck(aoi_id, "failed", message=f"unexpected {type(exc).__name__}{where}: {exc}")

@@ -103,13 +103,19 @@ class WatchList:
     # ... and each date's pixels as read (about 13 bytes per context-window pixel and date), so
     # that an incremental run reads only the SCL of the scenes it has seen; false reads them all.
     keep_dates: bool = True
+    # "" computes every AOI here, one after another; a Dask scheduler address ("tcp://HOST:8786")
+    # computes each AOI on a worker, this process planning, committing and alerting.
+    cluster: str = ""
 
     def with_state(self, state: Path | None) -> WatchList:
         return self if state is None else replace(self, state=Path(state).absolute())
 
+    def with_cluster(self, cluster: str | None) -> WatchList:
+        return self if cluster is None else replace(self, cluster=_cluster(cluster))
+
 
 _FLAGS = ("keep_composites", "keep_dates")
-_TOP = ("state", "out", "lookback_days", *_FLAGS, "webhook", "smtp", "watch")
+_TOP = ("state", "out", "lookback_days", *_FLAGS, "cluster", "webhook", "smtp", "watch")
 _WATCH = ("aoi", "config", "start", "end", "catalog", "collection", "ids", "overrides")
 _WEBHOOK = ("url", "retries", "backoff_s", "timeout_s")
 _SMTP = (
@@ -124,6 +130,16 @@ _SMTP = (
     "backoff_s",
     "timeout_s",
 )
+
+
+def _cluster(address: str) -> str:
+    """A Dask scheduler address, or "" for this machine."""
+    if address and "://" not in address:
+        raise ConfigError(
+            f"watch-list: cluster '{address}' is not a scheduler address; write it as "
+            "tcp://HOST:PORT (or leave it out to run here)"
+        )
+    return address
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -265,7 +281,11 @@ def load_watchlist(path: str | Path) -> WatchList:
     _check_keys(data, _TOP, "the top level")
     base = file.resolve().parent
     top = _section(
-        {k: v for k, v in data.items() if k in ("state", "out", "lookback_days", *_FLAGS)},
+        {
+            k: v
+            for k, v in data.items()
+            if k in ("state", "out", "lookback_days", "cluster", *_FLAGS)
+        },
         _TOP,
         "the top level",
         {"lookback_days": int, **{flag: bool for flag in _FLAGS}},
@@ -298,6 +318,7 @@ def load_watchlist(path: str | Path) -> WatchList:
         lookback_days=lookback,
         keep_composites=top.get("keep_composites", True),
         keep_dates=top.get("keep_dates", True),
+        cluster=_cluster(top.get("cluster", "")),
         aois=tuple(aois),
         webhook=_webhook(data["webhook"]) if "webhook" in data else None,
         smtp=_smtp(data["smtp"]) if "smtp" in data else None,
