@@ -202,10 +202,13 @@ def _nothing_read(
             f"read: every scene failed on network errors ({transient[0].error}); "
             "check the connection or try later"
         )
+    reasons = sorted({s.reason.split(":")[0] for s in skipped})
+    if reasons and all("unreadable" in r for r in reasons):
+        hint = "the assets could not be read: check that the catalog's hrefs are intact COGs"
+    else:
+        hint = "widen the dates or lower read.min_aoi_clear_fraction"
     return NoScenesError(
-        f"read: no usable scene left of {n_scenes}: "
-        + "; ".join(sorted({s.reason.split(":")[0] for s in skipped})[:3])
-        + "; widen the dates or lower read.min_aoi_clear_fraction"
+        f"read: no usable scene left of {n_scenes}: {'; '.join(reasons[:3])}; {hint}"
     )
 
 
