@@ -7,7 +7,10 @@ a child. Data: bench/e2e.py's synthetic series (two years, --dates dates, a tile
 AOIs of --size px). Prints wall time per worker count, the speed-up, and each worker's peak RSS
 (wait4 after it is stopped). The machine is shared: run both counts in one go.
 
-    python bench/scale.py [--dates 48] [--size 400]
+With --monitor the child is `changedet monitor run --cluster ...` over a watch-list of the four
+AOIs (a first run, from an empty state), and a run here without a cluster is timed too.
+
+    python bench/scale.py [--dates 48] [--size 400] [--monitor]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -64,7 +68,58 @@ def _workers_ready(address: str, n: int) -> None:
         client.wait_for_workers(n, timeout=120)
 
 
-def run_once(catalog: Path, n_workers: int, end: str) -> dict[str, object]:
+def _run_command(folder: Path, catalog: Path, out: str, end: str) -> list[str]:
+    config = folder / "bench.toml"
+    config.write_text('[read]\ncache_dir = ""\n')
+    aois = [str(folder / f"aoi-{i}.geojson") for i in range(1, 5)]
+    return [
+        *("run", *aois, "--catalog", str(catalog), "--config", str(config)),
+        *("--start", "2023-06-01", "--end", end, "--out", out),
+    ]
+
+
+def _monitor_command(folder: Path, catalog: Path, out: str, end: str) -> list[str]:
+    config = folder / "bench.toml"
+    config.write_text('[read]\ncache_dir = ""\n')
+    lines = [f'state = "{out}/state.sqlite"', f'out = "{out}"']
+    for i in range(1, 5):
+        lines += [
+            "[[watch]]",
+            f'aoi = "{folder / f"aoi-{i}.geojson"}"',
+            f'config = "{config}"',
+            'start = "2023-06-01"',
+            f'end = "{end}"',
+            f'catalog = "{catalog}"',
+        ]
+    watch = Path(out) / "watch.toml"
+    watch.write_text("\n".join(lines) + "\n")
+    return ["monitor", "run", "--config", str(watch), "--now", f"{end}T23:59:59+00:00"]
+
+
+def _child(command: list[str], address: str | None) -> float:
+    t0 = time.perf_counter()
+    cluster = ["--cluster", address] if address else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "changedet", *command, "--quiet", *cluster],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+        raise SystemExit(f"changedet {command[0]} failed: {proc.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def _done(out: str) -> list[str]:
+    return sorted(p.name for p in Path(out).iterdir() if (p / "run.json").is_file())
+
+
+def run_here(catalog: Path, end: str, build: Any) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="changedet-scale-") as out:
+        wall = _child(build(catalog.parent, catalog, out, end), None)
+        return {"workers": "here", "wall_s": round(wall, 1), "aois": _done(out)}
+
+
+def run_once(catalog: Path, n_workers: int, end: str, build: Any) -> dict[str, object]:
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     log = subprocess.DEVNULL
@@ -103,40 +158,9 @@ def run_once(catalog: Path, n_workers: int, end: str) -> dict[str, object]:
                 )
             )
         _workers_ready(address, n_workers)
-        folder = catalog.parent
-        aois = [str(folder / f"aoi-{i}.geojson") for i in range(1, 5)]
-        config = folder / "bench.toml"
-        config.write_text('[read]\ncache_dir = ""\n')
         with tempfile.TemporaryDirectory(prefix="changedet-scale-") as out:
-            t0 = time.perf_counter()
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "changedet",
-                    "run",
-                    *aois,
-                    "--catalog",
-                    str(catalog),
-                    "--config",
-                    str(config),
-                    "--start",
-                    "2023-06-01",
-                    "--end",
-                    end,
-                    "--out",
-                    out,
-                    "--quiet",
-                    "--cluster",
-                    address,
-                ],
-                capture_output=True,
-                text=True,
-            )
-            wall = time.perf_counter() - t0
-            if proc.returncode:
-                raise SystemExit(f"changedet run failed: {proc.stderr[-2000:]}")
-            done = sorted(p.name for p in Path(out).iterdir() if (p / "run.json").is_file())
+            wall = _child(build(catalog.parent, catalog, out, end), address)
+            done = _done(out)
     finally:
         peaks = [_stop(w) for w in workers]
         _stop(scheduler)
@@ -153,11 +177,15 @@ def main() -> None:
     parser.add_argument("--dates", type=int, default=48, help="dates over two years (24 months)")
     parser.add_argument("--size", type=int, default=400, help="side of each AOI in px")
     parser.add_argument("--data", type=Path, default=Path("/tmp/changedet-bench-e2e"))
+    parser.add_argument("--monitor", action="store_true", help="time `changedet monitor run`")
     args = parser.parse_args()
     t = time.perf_counter()
     catalog = make_data(args.data, n_dates=args.dates, size=args.size, days=730, quadrants=4)
     print(f"data ready in {time.perf_counter() - t:.1f} s: {catalog}", flush=True)
-    results = [run_once(catalog, n, "2025-05-31") for n in (1, 2)]
+    build = _monitor_command if args.monitor else _run_command
+    if args.monitor:
+        print(json.dumps(run_here(catalog, "2025-05-31", build)), flush=True)
+    results = [run_once(catalog, n, "2025-05-31", build) for n in (1, 2)]
     for r in results:
         print(json.dumps(r))
     one, two = results[0]["wall_s"], results[1]["wall_s"]
