@@ -10,7 +10,7 @@ Tests needing ../shared/data skip cleanly when it is absent.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -637,3 +637,14 @@ def cli() -> Callable[..., Result]:
         return runner.invoke(main, list(args))
 
     return invoke
+
+
+@pytest.fixture(scope="module")
+def dask_cluster() -> Iterator[str]:
+    """A Dask LocalCluster of two single-thread worker processes on loopback, for one test
+    module; its scheduler's address. Skips without `changedet[dask]`."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+    ) as local:
+        yield local.scheduler_address

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from changedet.aoi import load_aois
 from changedet.compute import run_aois
 from changedet.config import Config, load_config
 
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCTS = ("structures.geojson", "berms.geojson", "counts.csv", "structures.csv")
@@ -44,20 +43,12 @@ def _config(catalog: Path, cluster: str = "") -> Config:
     return replace(config, compute=replace(config.compute, cluster=cluster))
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
-    ) as local:
-        yield local.scheduler_address
-
-
 def _products(folder: Path) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in PRODUCTS if (folder / name).is_file()}
 
 
 def test_a_cluster_writes_what_a_local_run_writes_and_a_failing_aoi_stays_alone(
-    tmp_path: Path, cluster: str
+    tmp_path: Path, dask_cluster: str
 ) -> None:
     aois = {
         a.id: a
@@ -74,7 +65,7 @@ def test_a_cluster_writes_what_a_local_run_writes_and_a_failing_aoi_stays_alone(
         o.aoi_id: o
         for o in run_aois(
             [aois["modarres"], aois["khojir"]],
-            _config(broken, cluster),
+            _config(broken, dask_cluster),
             out_root=tmp_path / "cluster",
             progress=lambda stage, done, total: seen.append(stage),
         )

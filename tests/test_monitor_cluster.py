@@ -5,7 +5,6 @@ whose reads fail stays alone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,19 +14,11 @@ from monitorkit import Scenario, ledger_outcome, make_scenario, monitor_cli, unt
 from changedet.monitor.run import run_watchlist
 from changedet.monitor.watchlist import load_watchlist
 
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 
 BOXES = {"k1": (150, 100, 200, 150), "k2": (130, 140, 180, 190)}
 NOW = datetime(2024, 7, 1, tzinfo=UTC)
 PRODUCTS = ("structures.geojson", "berms.geojson", "counts.csv", "structures.csv")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
-    ) as local:
-        yield local.scheduler_address
 
 
 def _scenario(root: Path) -> Scenario:
@@ -51,7 +42,7 @@ def _cli_run(scenario: Scenario, cluster: str) -> str:
 
 
 def test_a_cluster_run_reaches_the_ledger_and_outputs_of_a_run_here(
-    tmp_path: Path, cluster: str
+    tmp_path: Path, dask_cluster: str
 ) -> None:
     here, there = _scenario(tmp_path / "here"), _scenario(tmp_path / "there")
     for step in ("2024-01-15", "2024-07-01"):  # a first run, then an incremental one
@@ -62,7 +53,7 @@ def test_a_cluster_run_reaches_the_ledger_and_outputs_of_a_run_here(
             ("k1", "updated"),
             ("k2", "updated"),
         ]
-        out = _cli_run(there, cluster)
+        out = _cli_run(there, dask_cluster)
         assert "k1: updated" in out and "k2: updated" in out
         assert ledger_outcome(there.state) == ledger_outcome(here.state)
         for aoi in ("k1", "k2"):
@@ -71,13 +62,13 @@ def test_a_cluster_run_reaches_the_ledger_and_outputs_of_a_run_here(
     assert "kept" in out and ", 0 kept" not in out.split("k2: updated")[1]
     # Nothing new: the cluster is not even asked; nothing changes.
     before = ledger_outcome(there.state)
-    again = _cli_run(there, cluster)
+    again = _cli_run(there, dask_cluster)
     assert "k1: unchanged" in again and "k2: unchanged" in again
     assert ledger_outcome(there.state) == before
 
 
 def test_an_aoi_that_fails_on_a_worker_leaves_the_others_alone(
-    tmp_path: Path, cluster: str
+    tmp_path: Path, dask_cluster: str
 ) -> None:
     scenario = _scenario(tmp_path / "s")
     scenario.publish(until("2024-03-01"))
@@ -85,7 +76,7 @@ def test_an_aoi_that_fails_on_a_worker_leaves_the_others_alone(
     scenario.out.mkdir(parents=True)
     (scenario.out / "k2").write_text("not a folder")
     watch = load_watchlist(scenario.watchlist(aois=("k1", "k2")))
-    report = run_watchlist(watch.with_cluster(cluster), now=NOW)
+    report = run_watchlist(watch.with_cluster(dask_cluster), now=NOW)
     outcomes = {c.aoi_id: c for c in report.checks}
     assert [c.aoi_id for c in report.checks] == ["k1", "k2"]  # the watch-list's order
     assert outcomes["k1"].outcome == "updated"
