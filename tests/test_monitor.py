@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from monitorkit import (
     REPROCESSED,
+    SAMPLE,
     Scenario,
     ledger_dump,
     ledger_outcome,
@@ -559,3 +560,30 @@ def test_only_the_state_module_talks_to_sqlite() -> None:
             if any(n == "sqlite3" or n.startswith("sqlite3.") for n in names):
                 users.add(path.relative_to(package).as_posix())
     assert users == {"monitor/state.py", "outputs/styles.py"}
+
+
+def test_an_aoi_whose_assets_cannot_be_read_fails_rather_than_waits(tmp_path: Path) -> None:
+    """Truncated COGs (or signed URLs that expired) do not get better by waiting: the AOI is
+    `failed`, the run exits 1 for cron, nothing is committed, and the next run tries again."""
+    scenario = make_scenario(tmp_path / "s")
+    scenario.publish(until("2024-01-15"))
+    broken = tmp_path / "broken"
+    items = json.loads(scenario.catalog.read_text())
+    for item in items["features"]:
+        for asset in item["assets"].values():
+            source = Path(asset["href"])
+            target = broken / source.parent.name / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes()[:2000])
+            asset["href"] = str(target)
+    scenario.catalog.write_text(json.dumps(items))
+    path = scenario.watchlist()
+    path.write_text(path.read_text().replace(str(SAMPLE), str(broken)))
+    done = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
+    assert done.returncode == 1, done.stdout + done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("changedet: error")]
+    assert "AOI 'k1'" in line and "no scene of 8 could be read" in line and "hrefs" in line
+    assert ledger_outcome(scenario.state)["periods"] == []
+    assert ledger_outcome(scenario.state)["structures"] == []
+    again = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
+    assert again.returncode == 1 and "no scene of 8 could be read" in again.stderr

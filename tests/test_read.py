@@ -617,13 +617,15 @@ def test_outside_aoi_corrupt_and_missing_assets_skip_their_scene(tmp_path: Path)
     assert reasons[far.id].startswith("outside AOI: data on 0.0% of it")
     assert reasons[corrupt.id].startswith("unreadable asset: nir: corrupt or truncated asset")
     assert reasons[gone.id] == "unreadable asset: red: asset missing (no such file)"
-    # With nothing else, the run stops on the data's fault, saying what to check (not the dates).
-    with pytest.raises(NoScenesError, match="unreadable asset; the assets could not be read") as e:
+    # With nothing else, the run fails on the assets' fault (a monitor must not call this
+    # "waiting" for better weather), saying what to check.
+    with pytest.raises(ReadError, match="no scene of 2 could be read") as e:
         read_stack(
             scenes[2:], GRID, bands=("red", "nir"), aoi_mask=ALL, read_config=rc(),
             mask_config=NO_DILATION,
         )  # fmt: skip
-    assert "hrefs are intact COGs" in str(e.value) and "widen the dates" not in str(e.value)
+    assert not isinstance(e.value, NoScenesError)
+    assert "hrefs are intact COGs" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_local_files_are_not_copied_into_the_cache(tmp_path: Path) -> None:

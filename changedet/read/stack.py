@@ -195,7 +195,9 @@ def _read(
 def _nothing_read(
     failures: Sequence[AssetRead], skipped: Sequence[SkippedScene], *, n_scenes: int
 ) -> ReadError | NoScenesError:
-    """The error of a read that left no date: the network's fault, or the data's."""
+    """The error of a read that left no date: the network's fault, the assets' (a failure:
+    they will not become readable by waiting, and a monitoring job must say so), or the
+    weather's (nothing usable yet)."""
     transient = [f for f in failures if f.transient]
     if failures and len(transient) == len(failures):
         return ReadError(
@@ -204,11 +206,14 @@ def _nothing_read(
         )
     reasons = sorted({s.reason.split(":")[0] for s in skipped})
     if reasons and all("unreadable" in r for r in reasons):
-        hint = "the assets could not be read: check that the catalog's hrefs are intact COGs"
-    else:
-        hint = "widen the dates or lower read.min_aoi_clear_fraction"
+        first = next(s.reason for s in skipped)
+        return ReadError(
+            f"read: no scene of {n_scenes} could be read ({first}); check that the catalog's "
+            "hrefs are intact COGs this machine may read (signed URLs expire)"
+        )
     return NoScenesError(
-        f"read: no usable scene left of {n_scenes}: {'; '.join(reasons[:3])}; {hint}"
+        f"read: no usable scene left of {n_scenes}: {'; '.join(reasons[:3])}; "
+        "widen the dates or lower read.min_aoi_clear_fraction"
     )
 
 
