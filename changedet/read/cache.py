@@ -9,8 +9,8 @@ asset is read again. A cache folder that cannot be used is reported once and the
 uncached; a full or read-only cache never fails a run. An empty `read.cache_dir` turns the cache
 off. The folder stays under `read.cache_max_gb`: past it, the least recently used entries (a hit
 refreshes an entry's time) are removed down to 80 % of the limit, so a monitoring job that runs
-for months does not fill its disk. Used by `changedet.read.cog` for network reads only (a local COG window reads as fast as the
-cache would).
+for months does not fill its disk. Used by `changedet.read.cog` for network reads only (a local
+COG window reads as fast as the cache would).
 
 Not `.npy`: `np.load` parses its header with `ast.literal_eval`, and CPython 3.11's AST state is
 per interpreter, so two reader threads parsing at once can fail with "SystemError: AST
