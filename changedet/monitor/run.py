@@ -49,6 +49,7 @@ from changedet.pipeline import PipelineIO, RunSummary, periods_for, run_aoi, saf
 __all__ = ["AOICheck", "MonitorReport", "check_aoi", "run_watchlist"]
 
 ALERTS_FILE = "alerts.geojson"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -493,9 +494,6 @@ def _on_cluster(ctx: _Context) -> Iterator[AOICheck]:
 
 def _safe_check(ctx: _Context, watched: WatchedAOI) -> AOICheck:
     return _guarded(watched.aoi.id, partial(check_aoi, ctx, watched))
-
-
-T = TypeVar("T")
 
 
 def _guarded(aoi_id: str, step: Callable[[], T]) -> T | AOICheck:
