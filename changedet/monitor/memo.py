@@ -31,7 +31,7 @@ from changedet.core.track import PeriodObservation
 from changedet.outputs.fsio import atomic_path
 from changedet.read.kept import ArrayAt, OpenArrays
 
-__all__ = ["DiskMemo", "memo_bytes", "memo_folder"]
+__all__ = ["DiskMemo", "memo_bytes", "memo_folder", "prune"]
 
 T = TypeVar("T")
 
@@ -121,15 +121,19 @@ class DiskMemo:
         with contextlib.suppress(OSError), atomic_path(path) as tmp, tmp.open("wb") as f:
             dump(f)
 
-    def prune(self, keep: Collection[str] | None = None) -> None:
-        """Remove every entry this run did not use, or not in `keep` (the keys another process's
-        cache used), and leftovers of killed writes."""
-        if not self.folder.is_dir():
-            return
-        used = self.used if keep is None else keep
-        for path in self.folder.iterdir():
-            if path.suffix == ".part" or path.stem not in used:
-                path.unlink(missing_ok=True)
+    def prune(self) -> None:
+        """Remove every entry this run did not use (and leftovers of killed writes)."""
+        prune(self.folder, self.used)
+
+
+def prune(folder: Path, used: Collection[str]) -> None:
+    """Remove from a period cache folder every entry not in `used` (the keys a run used, here
+    or on a worker) and leftovers of killed writes."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.suffix == ".part" or path.stem not in used:
+            path.unlink(missing_ok=True)
 
 
 # --- named arrays: a JSON header (names, dtypes, shapes, the payload's CRC-32), then the bytes.

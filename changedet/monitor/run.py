@@ -40,7 +40,7 @@ from changedet.models import (
 from changedet.monitor.alerts import DeliveryReport, alerts_geojson, deliver_pending
 from changedet.monitor.decide import ledger_changes, ledger_status
 from changedet.monitor.lock import hold_lock
-from changedet.monitor.memo import DiskMemo, memo_folder
+from changedet.monitor.memo import DiskMemo, memo_folder, prune
 from changedet.monitor.scenes import ScenePlan, plan_scenes, scene_record, search_start
 from changedet.monitor.state import AlertRow, CheckRecord, SceneRow, State, StructureRow
 from changedet.monitor.watchlist import WatchedAOI, WatchList
@@ -295,7 +295,6 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         review=state.verdicts(aoi.id),
         review_seq=state.review_seq(aoi.id),
         ledger_rows=ledger_rows,
-        known=_known(ledger_rows),
     )
 
 
@@ -324,7 +323,6 @@ class _Job:
     review: dict[str, tuple[str, str | None]]
     review_seq: int
     ledger_rows: dict[str, StructureRow]
-    known: dict[str, Known]
 
 
 @dataclass(frozen=True)
@@ -361,7 +359,7 @@ def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> 
             memo=memo,
             reuse=memo,
             keep=memo,
-            known=job.known,
+            known=_known(job.ledger_rows),
         )
     except NoScenesError as exc:
         return _Computed(waiting=str(exc))
@@ -410,7 +408,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
     )
     _write_alerts_file(state, aoi.id, job.out_dir)
     # After the commit: a killed run keeps what the next one can use.
-    DiskMemo(job.memo_folder).prune(keep=computed.memo_used)
+    prune(job.memo_folder, computed.memo_used)
     return AOICheck(
         aoi.id,
         "updated",

@@ -69,15 +69,19 @@ class Drawings:
         self._drawn: dict[str, dict[str, str]] = {}
 
     def take(self, rel: str, key: str) -> bytes | None:
-        """The previous run's bytes of `rel` when drawn from the same inputs and intact."""
+        """The previous run's bytes of `rel` when drawn from the same inputs and intact (then
+        recorded as this run's, with the hash just checked)."""
         if self._previous_dir is None or self._previous.get(rel, {}).get("from") != key:
             return None
         try:
             data = (self._previous_dir / rel).read_bytes()
         except OSError:
             return None
-        if _sha256(data) != self._previous[rel].get("sha256"):
+        sha256 = _sha256(data)
+        if sha256 != self._previous[rel].get("sha256"):
             return None
+        with self._lock:
+            self._drawn[rel] = {"from": key, "sha256": sha256}
         return data
 
     def record(self, rel: str, key: str, data: bytes) -> None:
@@ -111,9 +115,9 @@ def take_or_draw(
     if drawings is None:
         return draw(), False
     key = drawing_key(*inputs)
-    data = drawings.take(rel, key)
-    taken = data is not None
-    if data is None:
-        data = draw()
+    taken = drawings.take(rel, key)
+    if taken is not None:
+        return taken, True
+    data = draw()
     drawings.record(rel, key, data)
-    return data, taken
+    return data, False
