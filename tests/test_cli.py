@@ -380,3 +380,30 @@ def test_ctrl_c_during_a_run_exits_130_and_leaves_outputs_untouched(tmp_path: Pa
     assert "changedet: error: interrupted" in stderr
     assert "Aborted!" not in stderr and "Traceback" not in stderr
     assert sorted(p.name for p in (out / "khojir").iterdir()) == ["previous.txt"]
+
+
+def test_rasterio_array_wrapping_warning_is_silenced_and_nothing_else() -> None:
+    """rasterio's MEM-dataset warning escaped into the progress lines from the read pool's
+    threads; the CLI ignores exactly that message, from any thread."""
+    import threading
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from changedet.cli import silence_library_noise
+
+    def warn_both() -> None:
+        warnings.warn(
+            "Dataset has no geotransform, gcps, or rpcs. The identity matrix will be returned.",
+            NotGeoreferencedWarning,
+            stacklevel=1,
+        )
+        warnings.warn("a warning about the analyst's data", UserWarning, stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        silence_library_noise()
+        thread = threading.Thread(target=warn_both)
+        thread.start()
+        thread.join()
+    assert [str(w.message) for w in caught] == ["a warning about the analyst's data"]
