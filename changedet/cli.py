@@ -588,16 +588,35 @@ def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bo
         if last is None:
             click.echo(f"{s['aoi']}: never run")
             continue
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(s["structures"].items()))
+        counts = structure_counts(s["structures"])
         reviews = ", ".join(f"{n} {v}" for v, n in sorted(s["reviews"].items())) or "none"
         click.echo(
             f"{s['aoi']}: last run {last['started']} (clock {last['now']}): {last['outcome']}"
             f"{': ' + last['message'] if last['message'] else ''}\n"
             f"  last scene {s['last_scene'] or '-'} ({s['scenes_used']} used); structures: "
-            f"{counts or 'none'}; reviews: {reviews}; alerts {s['alerts']}, "
+            f"{counts}; reviews: {reviews}; alerts {s['alerts']}, "
             f"{s['pending_deliveries']} delivery(ies) pending; "
             f"period cache {s['period_cache_bytes'] / 1e6:.0f} MB"
         )
+
+
+def structure_counts(by_status: dict[str, int]) -> str:
+    """The ledger's structures by status as an analyst reads them: bermed and vanished
+    structures are confirmed ones (`monitor.decide`), so they are counted in, not beside, them:
+    "53 confirmed (17 bermed), 3 candidate, 2 dropped"."""
+    from changedet.monitor.decide import CONFIRMED_STATES
+
+    confirmed = sum(by_status.get(status, 0) for status in CONFIRMED_STATES)
+    parts = []
+    if confirmed:
+        within = ", ".join(
+            f"{by_status[status]} {status}"
+            for status in CONFIRMED_STATES
+            if status != "confirmed" and by_status.get(status)
+        )
+        parts.append(f"{confirmed} confirmed" + (f" ({within})" if within else ""))
+    parts += [f"{n} {st}" for st, n in sorted(by_status.items()) if st not in CONFIRMED_STATES]
+    return ", ".join(parts) or "none"
 
 
 def _pixel_caches(watch: Any) -> list[dict[str, Any]]:

@@ -466,6 +466,22 @@ def test_status_reports_each_aoi(grown: Scenario) -> None:
     text = monitor_cli(*args, cwd=grown.root)
     assert f"pixel cache {folder}: 0.00 of 20 GB" in text.stdout
     assert "k1: last run" in text.stdout and "period cache" in text.stdout
+    by_status = aoi["structures"]
+    confirmed = sum(by_status.get(k, 0) for k in ("confirmed", "bermed", "vanished"))
+    assert f"structures: {confirmed} confirmed" in text.stdout
+
+
+def test_status_counts_bermed_and_vanished_structures_as_confirmed() -> None:
+    from changedet.cli import structure_counts
+
+    by_status = {"bermed": 17, "candidate": 3, "confirmed": 36, "dropped": 2, "vanished": 1}
+    assert (
+        structure_counts(by_status)
+        == "54 confirmed (17 bermed, 1 vanished), 3 candidate, 2 dropped"
+    )
+    assert structure_counts({"confirmed": 4}) == "4 confirmed"
+    assert structure_counts({"candidate": 1}) == "1 candidate"
+    assert structure_counts({}) == "none"
 
 
 def test_the_period_cache_misses_on_damage_and_keeps_only_what_a_run_used(tmp_path: Path) -> None:
