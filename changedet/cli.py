@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import click
 
 from changedet import __version__
-from changedet.errors import ChangedetError, UsageError
+from changedet.errors import ChangedetError, UsageError, silence_library_noise
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("changedet")
@@ -256,24 +256,12 @@ class _MainGroup(click.Group):
             formatter.write_dl(rows)
 
 
-# rasterio wraps an array in a MEM dataset before giving it our transform (`features.shapes`,
-# `warp`) and hides the warning that raises with `warnings.catch_warnings`, which is not
-# thread-safe: under the read pool it escaped into the progress lines. Our arrays always travel
-# with their grid, and an asset without a CRS is refused (`read.cog`), so the message is noise.
-_RASTERIO_ARRAY_WRAPPING = r"Dataset has no geotransform, gcps, or rpcs"
-
-
-def silence_library_noise() -> None:
-    """Ignore, process-wide, the libraries' warnings that say nothing about the analyst's data."""
-    warnings.filterwarnings("ignore", message=_RASTERIO_ARRAY_WRAPPING)
-
-
 @click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="changedet")
 def main() -> None:
     """changedet: find new structures and earthworks in Sentinel-2 time series over an AOI."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    silence_library_noise()
+    silence_library_noise()  # the lab's commands too, which do not go through the pipeline
 
 
 @main.command()

@@ -1,6 +1,9 @@
-"""One exception tree. Every message says what is wrong and how to fix it, on one line."""
+"""One exception tree. Every message says what is wrong and how to fix it, on one line. Also the
+one place that decides which library warnings are noise (`silence_library_noise`)."""
 
 from __future__ import annotations
+
+import warnings
 
 __all__ = [
     "AOIError",
@@ -14,7 +17,20 @@ __all__ = [
     "ReadError",
     "UnsafeHrefError",
     "UsageError",
+    "silence_library_noise",
 ]
+
+# rasterio wraps an array in a MEM dataset before giving it our transform (`features.shapes`,
+# `warp`) and hides the warning that raises with `warnings.catch_warnings`, which is not
+# thread-safe: from the read pool's threads it escaped into the progress lines. Our arrays always
+# travel with their grid, and an asset without a CRS is refused (`read.cog`): the message is noise.
+_RASTERIO_ARRAY_WRAPPING = r"Dataset has no geotransform, gcps, or rpcs"
+
+
+def silence_library_noise() -> None:
+    """Ignore, process-wide, the libraries' warnings that say nothing about the analyst's data
+    (called by the CLI and by `pipeline.run_aoi`, before any thread starts)."""
+    warnings.filterwarnings("ignore", message=_RASTERIO_ARRAY_WRAPPING)
 
 
 class ChangedetError(Exception):

@@ -25,7 +25,7 @@ from changedet.core.reuse import ArrayMemo
 from changedet.core.review import Verdict, apply_review
 from changedet.core.stream import analyse_series, as_series, series_dates
 from changedet.core.timeseries import Analysis, PeriodMemo, StageTimer
-from changedet.errors import ConfigError, OutputError
+from changedet.errors import ConfigError, OutputError, silence_library_noise
 from changedet.models import (
     AOI,
     FALSE_POSITIVE,
@@ -250,6 +250,7 @@ def run_aoi(
     `reuse`, shifts and composites computed before (`core.reuse`); `keep`, dates read before
     (`read.kept`); `known`, the ledger's structures (footprints in EPSG:4326), whose ids the
     same structures keep (`core.carry`)."""
+    silence_library_noise()  # before the read pool's threads start
     io = io or PipelineIO.default()
     timer = StageTimer()
     out_dir = safe_out_dir(Path(out_root), aoi.id)

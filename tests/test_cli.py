@@ -384,13 +384,13 @@ def test_ctrl_c_during_a_run_exits_130_and_leaves_outputs_untouched(tmp_path: Pa
 
 def test_rasterio_array_wrapping_warning_is_silenced_and_nothing_else() -> None:
     """rasterio's MEM-dataset warning escaped into the progress lines from the read pool's
-    threads; the CLI ignores exactly that message, from any thread."""
+    threads; the CLI and the pipeline ignore exactly that message, from any thread."""
     import threading
     import warnings
 
     from rasterio.errors import NotGeoreferencedWarning
 
-    from changedet.cli import silence_library_noise
+    from changedet.errors import silence_library_noise
 
     def warn_both() -> None:
         warnings.warn(
