@@ -58,7 +58,7 @@ class _Renderer:
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 console=Console(stderr=True),
-                transient=False,
+                transient=True,  # the bars go when done; the outcome lines stay
             )
             self._progress.start()
         return self
@@ -66,6 +66,17 @@ class _Renderer:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+    def echo(self, message: str, *, err: bool = False) -> None:
+        """A line for the analyst while the work goes on. With live bars on a terminal it goes
+        through their console, which prints it above them: written past it (click.echo reaches
+        the terminal under rich's stream proxies), the bars' next refresh moved the cursor up
+        over it and erased the run's headline."""
+        if self._progress is not None and (err or sys.stdout.isatty()):
+            console = self._progress.console
+            console.print(message, markup=False, highlight=False, soft_wrap=True)
+        else:
+            click.echo(message, err=err)
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self.quiet:
@@ -87,8 +98,12 @@ class _Renderer:
 INTERRUPTED = "interrupted; outputs already finished are kept, the unfinished AOI wrote nothing"
 
 
+def _error_line(message: str) -> str:
+    return f"changedet: error: {message}"
+
+
 def _echo_error(message: str) -> None:
-    click.echo(f"changedet: error: {message}", err=True)
+    click.echo(_error_line(message), err=True)
 
 
 @contextmanager
@@ -321,7 +336,7 @@ def run(
             for outcome in run_aois(
                 aois, config, out_root=Path(out_dir), progress=progress, earlier=earlier
             ):
-                failed += not _report(outcome, debug=debug)
+                failed += not _report(outcome, debug=debug, renderer=progress)
     sys.exit(1 if failed else 0)
 
 
@@ -366,16 +381,16 @@ def _load_each(
     return sourced, failed
 
 
-def _report(outcome: Any, *, debug: bool) -> bool:
+def _report(outcome: Any, *, debug: bool, renderer: _Renderer) -> bool:
     """Say what became of one AOI; False when it failed."""
     if outcome.summary is None:
         if debug and outcome.details:
-            click.echo(outcome.details, err=True)
-        _echo_error(f"AOI '{outcome.aoi_id}': {outcome.error}")
+            renderer.echo(outcome.details, err=True)
+        renderer.echo(_error_line(f"AOI '{outcome.aoi_id}': {outcome.error}"), err=True)
         return False
-    click.echo(outcome.summary.describe())
+    renderer.echo(outcome.summary.describe())
     for warning in outcome.summary.warnings:
-        click.echo(f"changedet: warning: {warning}", err=True)
+        renderer.echo(f"changedet: warning: {warning}", err=True)
     return True
 
 
@@ -526,7 +541,7 @@ def monitor_run(
                 watch,
                 now=now,
                 progress=progress,
-                on_check=lambda check: click.echo(_describe_check(check)),
+                on_check=lambda check: progress.echo(_describe_check(check)),
             )
     d = report.deliveries
     if d.delivered or d.failed:

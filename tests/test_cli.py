@@ -407,3 +407,67 @@ def test_rasterio_array_wrapping_warning_is_silenced_and_nothing_else() -> None:
         thread.start()
         thread.join()
     assert [str(w.message) for w in caught] == ["a warning about the analyst's data"]
+
+
+def _on_a_terminal(args: list[str], *, columns: int, rows: int) -> bytes:
+    """Everything a real `changedet` process writes to a pseudo-terminal (stdout and stderr both
+    are the terminal, as for an analyst at a shell), until it exits."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    env.update(TERM="xterm-256color", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "changedet", *args],
+        stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env, close_fds=True,
+    )  # fmt: skip
+    os.close(slave)
+    data = bytearray()
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(master)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, bytes(data).decode(errors="replace")[-2000:]
+    return bytes(data)
+
+
+def test_on_a_terminal_the_headline_stays_on_screen_and_the_bars_go(tmp_path: Path) -> None:
+    """The headline printed past the live bars was erased by their next refresh (they move the
+    cursor up over their own lines). The screen a terminal shows after the demo run must hold
+    the whole headline and warning, and no bar."""
+    pyte = pytest.importorskip("pyte")
+    out = tmp_path / "out"
+    data = _on_a_terminal(
+        ["run", KHOJIR, "--config", str(DEMO), "--out", str(out)], columns=400, rows=60
+    )
+    assert b"\x1b[" in data  # rich drew live bars: this was a terminal to it
+    screen = pyte.Screen(400, 60)  # wide: no line wraps
+    pyte.ByteStream(screen).feed(data)
+    lines = [line.rstrip() for line in screen.display if line.strip()]
+    run = json.loads((out / "khojir" / "run.json").read_text())
+    headline = run["headline"]
+    assert lines[0].startswith(f"khojir: {run['results']['n_confirmed']} confirmed new structure")
+    assert lines[1 : 1 + len(headline["text"])] == [f"  {text}" for text in headline["text"]]
+    warning = f"changedet: warning: {headline['warnings'][0]}"
+    assert lines[-1] == warning
+    assert not any("━" in line for line in lines)

@@ -65,6 +65,7 @@ def search_scenes(
     source = public_href(url)
     progress("search", 0, 0)
     found = fetch_items(url, config, aoi, start=start, end=end, progress=progress)
+    progress("search", len(found.items), len(found.items))  # a static catalog reports no pages
     sign = href_signer(config)
 
     sifted = _Sifted(config=config, asset_keys=asset_keys, bands=bands, window=(start, end))
