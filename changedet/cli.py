@@ -40,6 +40,7 @@ class _Renderer:
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
         self._last_logged: dict[str, int] = {}
+        self._log_streams: list[tuple[logging.StreamHandler[Any], Any]] = []
 
     def __enter__(self) -> _Renderer:
         if self.tty and not self.quiet:
@@ -52,6 +53,7 @@ class _Renderer:
                 TimeElapsedColumn,
             )
 
+            real_stderr = sys.stderr
             self._progress = Progress(
                 TextColumn("{task.description:<24}"),
                 BarColumn(),
@@ -61,11 +63,22 @@ class _Renderer:
                 transient=True,  # the bars go when done; the outcome lines stay
             )
             self._progress.start()
+            # The log handler holds the stderr it was made with; while the bars are live, its
+            # lines go through rich's proxy (now sys.stderr), which prints them above the bars.
+            self._log_streams = [
+                (handler, handler.setStream(sys.stderr))
+                for handler in logging.getLogger().handlers
+                if type(handler) is logging.StreamHandler
+                and handler.stream is real_stderr
+                and sys.stderr is not real_stderr
+            ]
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+            for handler, stream in self._log_streams:
+                handler.setStream(stream)
 
     def echo(self, message: str, *, err: bool = False) -> None:
         """A line for the analyst while the work goes on. With live bars on a terminal it goes

@@ -410,8 +410,8 @@ def test_rasterio_array_wrapping_warning_is_silenced_and_nothing_else() -> None:
 
 
 def _on_a_terminal(args: list[str], *, columns: int, rows: int) -> bytes:
-    """Everything a real `changedet` process writes to a pseudo-terminal (stdout and stderr both
-    are the terminal, as for an analyst at a shell), until it exits."""
+    """Everything a real Python process (`python ARGS...`) writes to a pseudo-terminal (stdout and
+    stderr both are the terminal, as for an analyst at a shell), until it exits."""
     import fcntl
     import pty
     import select
@@ -424,7 +424,7 @@ def _on_a_terminal(args: list[str], *, columns: int, rows: int) -> bytes:
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
     env.update(TERM="xterm-256color", PYTHONWARNINGS="ignore")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "changedet", *args],
+        [sys.executable, *args],
         stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env, close_fds=True,
     )  # fmt: skip
     os.close(slave)
@@ -457,9 +457,8 @@ def test_on_a_terminal_the_headline_stays_on_screen_and_the_bars_go(tmp_path: Pa
     the whole headline and warning, and no bar."""
     pyte = pytest.importorskip("pyte")
     out = tmp_path / "out"
-    data = _on_a_terminal(
-        ["run", KHOJIR, "--config", str(DEMO), "--out", str(out)], columns=400, rows=60
-    )
+    args = ["-m", "changedet", "run", KHOJIR, "--config", str(DEMO), "--out", str(out)]
+    data = _on_a_terminal(args, columns=400, rows=60)
     assert b"\x1b[" in data  # rich drew live bars: this was a terminal to it
     screen = pyte.Screen(400, 60)  # wide: no line wraps
     pyte.ByteStream(screen).feed(data)
@@ -471,3 +470,28 @@ def test_on_a_terminal_the_headline_stays_on_screen_and_the_bars_go(tmp_path: Pa
     warning = f"changedet: warning: {headline['warnings'][0]}"
     assert lines[-1] == warning
     assert not any("━" in line for line in lines)
+
+
+_LOG_UNDER_BARS = """
+import logging, time
+from changedet.cli import _Renderer
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+with _Renderer(quiet=False) as progress:
+    for done in range(11):
+        progress("read", done, 10)
+        if done == 5:
+            logging.getLogger("changedet.read.cache").warning("pixel cache: discarded entry x")
+        time.sleep(0.05)
+logging.getLogger("changedet").warning("after the bars")
+"""
+
+
+def test_on_a_terminal_a_log_line_under_the_live_bars_stays_on_screen() -> None:
+    """A library warning logged while the bars are live (the pixel cache's) went to the stderr
+    the log handler was made with, and the bars' next refresh erased it."""
+    pyte = pytest.importorskip("pyte")
+    data = _on_a_terminal(["-c", _LOG_UNDER_BARS], columns=120, rows=30)
+    screen = pyte.Screen(120, 30)
+    pyte.ByteStream(screen).feed(data)
+    lines = [line.rstrip() for line in screen.display if line.strip()]
+    assert lines == ["pixel cache: discarded entry x", "after the bars"]
