@@ -134,6 +134,7 @@ def test_eval_series_figures_add_up(
     (row,) = data["cities"]
     pooled = data["pooled"]
     assert row["city"] == CITY and row["truth"] > 0 and row["tp"] > 0
+    assert pooled["city"] == "pooled"  # one city: its figures, under the pooled row's name
     for r in (row, pooled):
         p, rec = r["precision"], r["recall"]
         assert p == pytest.approx(r["tp"] / (r["tp"] + r["fp"]))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ class SeriesReport:
         total = self.cities[0]
         for row in self.cities[1:]:
             total = total + row
-        return total
+        return replace(total, city="pooled")  # one city: its own row, named as the pooled one
 
 
 def _kind_counts(structures: Sequence[Structure], indices: Sequence[int]) -> dict[str, int]:
