@@ -106,6 +106,8 @@ def test_write_series_catalog_cogs_truth_and_aoi(city, tmp_path: Path, oscd_root
     cat = pystac.Catalog.from_file(str(summary.catalog))
     items = sorted(cat.get_items(recursive=True), key=lambda i: i.datetime)
     assert len(items) == 4
+    # generated acquisitions say so: a run on them is tagged SYNTHETIC (catalog.items)
+    assert all(i.properties["changedet:synthetic"] is True for i in items)
     keys = set(items[0].assets)
     assert keys == {"blue", "green", "red", "nir", "swir16", "swir22", "scl"}
     offsets = [i.assets["red"].extra_fields["raster:bands"][0]["offset"] for i in items]
@@ -144,6 +146,7 @@ def test_in_memory_stack_is_what_the_reader_reads(tmp_path: Path, oscd_root: Pat
     found = search_scenes(
         aoi, catalog, start=summary.start, end=summary.end, bands=(*config.read.bands, "scl")
     )
+    assert found.scenes and all(scene.synthetic for scene in found.scenes)
     read = read_stack(
         found.scenes,
         summary.grid,

@@ -751,6 +751,7 @@ def _write_acquisition(tmp: Path, series: OSCDSeries, t: int, footprint_ll: Any)
             "s2:processing_baseline": acq.baseline,
             "earthsearch:boa_offset_applied": acq.offset_applied,
             "updated": acq.when.isoformat().replace("+00:00", "Z"),
+            "changedet:synthetic": True,  # real spectra, generated acquisitions: runs say so
             "changedet:oscd_city": series.city,
             "changedet:shift_px": list(acq.shift_px),
         },

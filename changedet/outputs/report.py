@@ -193,9 +193,10 @@ def _head_html(manifest: Mapping[str, Any]) -> str:
     )
     if bool(manifest.get("synthetic")):
         head += (
-            '<div class="banner" id="synthetic">SYNTHETIC INPUT DATA: this run used generated sample '
-            "tiles, not real Sentinel-2 imagery. The detections demonstrate the pipeline and say "
-            "nothing about the real site.</div>\n"
+            '<div class="banner" id="synthetic">SYNTHETIC INPUT DATA: this run used generated '
+            "acquisitions (the bundled sample tiles, or a semi-real series from OSCD spectra), not "
+            "Sentinel-2 imagery of this site. The detections test the pipeline and say nothing "
+            "about the real place.</div>\n"
         )
     return head
 
