@@ -290,10 +290,7 @@ class Browser:
                 "e.violatedDirective + ' ' + e.blockedURI));"
             },
         )
-        self.call(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False},
-        )
+        self.viewport(*VIEWPORT)
         self.page_url = ""
 
     def _read_message(self, deadline: float) -> dict[str, Any]:
@@ -372,7 +369,9 @@ class Browser:
             csp: window.__csp || [],
             title: document.title,
             headline: (document.querySelector("#headline .lead") || {}).textContent || "",
-            height: document.documentElement.scrollHeight})"""
+            height: document.documentElement.scrollHeight,
+            overflow_px: document.documentElement.scrollWidth
+                - document.documentElement.clientWidth})"""
         value = self.call("Runtime.evaluate", {"expression": probe, "returnByValue": True})
         page = json.loads(value["result"]["value"])
         requests = [
@@ -394,6 +393,12 @@ class Browser:
         ]
         page["exceptions"] = [e for e in self.events if e["method"] == "Runtime.exceptionThrown"]
         return page
+
+    def viewport(self, width: int, height: int) -> None:
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def screenshot(self, path: Path, *, full_page: bool) -> None:
         params: dict[str, Any] = {"format": "png"}
@@ -469,6 +474,22 @@ def test_chromium_renders_report_without_network(
     # The data: images did go through the browser's loader, which the log shows.
     assert sum(u.startswith("data:image/png") for u in page["requests"]) >= 1
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000
+
+
+def test_report_fits_half_a_screen_beside_qgis(
+    browser: Browser, out_dir: Path, tmp_path: Path
+) -> None:
+    """An analyst reads the report beside QGIS: at half a 1920 px screen the page must not
+    scroll sideways (a wide table scrolls in its own box); at a laptop's width nothing does."""
+    path = _isolated_copy((out_dir / "report.html").read_text(encoding="utf-8"), tmp_path)
+    try:
+        browser.viewport(960, 800)
+        half = browser.load(path)
+        browser.screenshot(ARTIFACTS / "report_960.png", full_page=False)
+    finally:
+        browser.viewport(*VIEWPORT)
+    assert half["overflow_px"] == 0
+    assert browser.load(path)["overflow_px"] == 0
 
 
 def _load_variant(

@@ -140,6 +140,7 @@ main { max-width: 1240px; margin: 0 auto; padding: 18px 22px 40px; background: #
 h1 { font-size: 1.55em; margin: 0.2em 0 0.3em; }
 h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 table { border-collapse: collapse; width: 100%; }
+.wide { overflow-x: auto; }  /* a table wider than the window scrolls in its box, not the page */
 th, td { border-bottom: 1px solid #e4e4e4; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f0f0ee; font-weight: 600; }
 table.kv th { width: 28%; }
@@ -441,9 +442,11 @@ def _structures_html(result: RunResult, chips: Mapping[str, Chip]) -> str:
         colour = found.colour if found else (0.6, 0.6, 0.6)
         rows.append(_structure_row(s, result, chips.get(s.id), colour))
     return heading + (
-        '<table id="structures">\n<tr><th>id, kind</th><th>evidence</th><th>first seen</th>'
-        "<th>where (lat, lon)</th><th>area</th><th>bermed (score)</th><th>confidence</th>"
-        "<th>status</th><th>clear obs</th></tr>\n" + "\n".join(rows) + "\n</table>\n"
+        '<div class="wide"><table id="structures">\n<tr><th>id, kind</th><th>evidence</th>'
+        "<th>first seen</th><th>where (lat, lon)</th><th>area</th><th>bermed (score)</th>"
+        "<th>confidence</th><th>status</th><th>clear obs</th></tr>\n"
+        + "\n".join(rows)
+        + "\n</table></div>\n"
     )
 
 
