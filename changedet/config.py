@@ -641,7 +641,7 @@ def _allowed(name: str) -> str:
 def _check_choices(config: Config) -> None:
     t = config.time
     if t.period not in ("month", "quarter"):
-        raise ConfigError(f"time.period must be 'month' or 'quarter', got '{t.period}'")
+        raise ConfigError(f"config: time.period must be 'month' or 'quarter', got '{t.period}'")
     if config.read.resampling not in RESAMPLING:
         raise ConfigError(
             f"config: read.resampling '{config.read.resampling}' is unknown; use one of: "

@@ -115,6 +115,7 @@ BAD_VALUES = [
     ("[read]\ncache_max_gb = 0.0\n", "read.cache_max_gb"),
     ("[read]\nmin_aoi_coverage = 1.5\n", "read.min_aoi_coverage"),
     ("[time]\nbaseline_periods = 0\n", "time.baseline_periods"),
+    ("[time]\nperiod = 'fortnight'\n", "time.period"),
     ("[time]\nbaseline_min_clear = -0.1\n", "time.baseline_min_clear"),
     ("[catalog]\npage_size = 20000\n", "catalog.page_size"),
     ("[catalog]\npage_size = 0\n", "catalog.page_size"),
@@ -143,6 +144,7 @@ def test_values_out_of_range_are_refused_at_load(tmp_path: Path, text: str, need
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert needle in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith("config: ")
 
 
 def test_edge_values_that_make_sense_are_accepted(tmp_path: Path) -> None:
