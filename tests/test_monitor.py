@@ -78,6 +78,10 @@ def test_watchlist_refuses_a_bad_webhook_and_a_repeated_aoi(tmp_path: Path) -> N
         load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "ftp://x"'))
     with pytest.raises(ConfigError, match="watched twice"):
         load_watchlist(scenario.watchlist(aois=("k1", "k1")))
+    path = scenario.watchlist()
+    path.write_text(path.read_text().replace('start = "2023-06-01"', 'start = "2023-13-01"'))
+    with pytest.raises(ConfigError, match=r"^watch-list: \[\[watch\]\] #1 start: '2023-13-01'"):
+        load_watchlist(path)
 
 
 # --- planning scenes (pure) -------------------------------------------------------------------------

@@ -236,11 +236,13 @@ def _watched(entry: Mapping[str, Any], base: Path, n: int) -> list[WatchedAOI]:
         if key not in kw:
             raise ConfigError(f"watch-list: {where} needs '{key}'")
     start = (
-        kw["start"] if isinstance(kw["start"], date) else parse_date(kw["start"], f"{where} start")
+        kw["start"]
+        if isinstance(kw["start"], date)
+        else parse_date(kw["start"], f"watch-list: {where} start")
     )
     end = kw.get("end")
     if isinstance(end, str):
-        end = parse_date(end, f"{where} end")
+        end = parse_date(end, f"watch-list: {where} end")
     overrides: dict[str, Any] = dict(kw.get("overrides", {}))
     overrides["time.start"] = start
     if end is not None:
