@@ -24,6 +24,7 @@ from monitorkit import (
 
 from changedet.errors import ConfigError, UsageError
 from changedet.models import Scene, SkippedScene
+from changedet.monitor.alerts import describe_alert
 from changedet.monitor.decide import alert_key, ledger_changes
 from changedet.monitor.memo import memo_folder
 from changedet.monitor.run import run_watchlist
@@ -202,6 +203,12 @@ def test_bermed_and_vanished_alert_once_after_new() -> None:
     # New and bermed at first sight: one "new" alert that says so.
     at_once = ledger_changes("k", {}, [_row("s2", "bermed", bermed=True)], set())
     assert [(a.kind, a.payload["bermed"]) for a in at_once.alerts] == [("new", True)]
+    # An alert from generated data says so, in its payload and its text (e-mail subject).
+    assert at_once.alerts[0].payload["synthetic"] is False
+    assert describe_alert(at_once.alerts[0]).startswith("[k] new confirmed")
+    demo = ledger_changes("k", {}, [_row("s2", "confirmed")], set(), synthetic=True)
+    assert demo.alerts[0].payload["synthetic"] is True
+    assert describe_alert(demo.alerts[0]).startswith("[SYNTHETIC data] [k] new confirmed")
 
 
 def test_a_false_positive_never_alerts_and_a_lost_structure_is_dropped() -> None:
@@ -317,6 +324,7 @@ def test_alerts_geojson_lists_every_alert_of_the_aoi(grown: Scenario) -> None:
     first = doc["features"][0]
     assert first["geometry"]["type"] in ("Polygon", "MultiPolygon")
     assert first["properties"]["alert"] in ("new", "bermed", "vanished")
+    assert all(f["properties"]["synthetic"] is True for f in doc["features"])  # the sample's
 
 
 def _cumulative(out: Path) -> int:

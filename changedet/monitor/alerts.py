@@ -40,8 +40,10 @@ def describe_alert(alert: AlertRow) -> str:
         "vanished": f"{p.get('kind')} vanished (after {p.get('vanished_after')})",
     }.get(alert.kind, alert.kind)
     seen = f"first seen {p.get('first_seen_start') or '?'}..{p.get('first_seen_end') or '?'}"
+    synthetic = "[SYNTHETIC data] " if p.get("synthetic") else ""
     return (
-        f"[{alert.aoi_id}] {what}: {alert.structure_id} at {p.get('lat')}, {p.get('lon')} "
+        f"{synthetic}[{alert.aoi_id}] {what}: {alert.structure_id} at {p.get('lat')}, "
+        f"{p.get('lon')} "
         f"({p.get('area_m2')} m², {seen})"
     )
 

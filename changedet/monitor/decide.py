@@ -64,11 +64,14 @@ def _alert_kinds(old: StructureRow | None, new: StructureRow, alerted: set[str])
     return kinds
 
 
-def _payload(aoi_id: str, row: StructureRow, kind: str, key: str) -> dict[str, Any]:
+def _payload(
+    aoi_id: str, row: StructureRow, kind: str, key: str, synthetic: bool
+) -> dict[str, Any]:
     return {
         "key": key,
         "aoi": aoi_id,
         "alert": kind,
+        "synthetic": synthetic,
         "structure_id": row.id,
         "status": row.status,
         "kind": row.kind,
@@ -89,10 +92,13 @@ def ledger_changes(
     stored: Mapping[str, StructureRow],
     current: Sequence[StructureRow],
     alerted: Iterable[tuple[str, str]],
+    *,
+    synthetic: bool = False,
 ) -> LedgerChanges:
     """Compare the detector's structures (`current`, reviews already carried over) with the
     stored ledger: changed rows, their history and the alerts they raise. Structures stored but
-    no longer found stay in the ledger as `dropped`."""
+    no longer found stay in the ledger as `dropped`. `synthetic`: the run read generated data;
+    its alerts say so."""
     done: dict[str, set[str]] = {}
     for structure_id, kind in alerted:
         done.setdefault(structure_id, set()).add(kind)
@@ -109,7 +115,8 @@ def ledger_changes(
             history.append(HistoryEntry(row.id, row.status, None if old is None else old.status))
         for kind in _alert_kinds(old, row, done.get(row.id, set())):
             key = alert_key(aoi_id, row.id, kind)
-            alerts.append(AlertRow(key, aoi_id, row.id, kind, _payload(aoi_id, row, kind, key)))
+            payload = _payload(aoi_id, row, kind, key, synthetic)
+            alerts.append(AlertRow(key, aoi_id, row.id, kind, payload))
     for structure_id, old in stored.items():
         if structure_id not in seen and old.status != "dropped":
             gone = StructureRow(**{**old.__dict__, "status": "dropped"})

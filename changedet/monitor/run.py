@@ -385,8 +385,13 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
     aoi, state = job.aoi, ctx.state
     if computed.waiting is not None:
         return AOICheck(aoi.id, "waiting", new_scenes=job.plan.new, message=computed.waiting)
+    synthetic = computed.summary is not None and computed.summary.synthetic
     changes = ledger_changes(
-        aoi.id, job.ledger_rows, list(computed.structures), state.alerted(aoi.id)
+        aoi.id,
+        job.ledger_rows,
+        list(computed.structures),
+        state.alerted(aoi.id),
+        synthetic=synthetic,
     )
     channels = [
         name for name, on in (("webhook", ctx.watch.webhook), ("smtp", ctx.watch.smtp)) if on
