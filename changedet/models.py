@@ -507,3 +507,8 @@ class RunResult:
     coverage: Coverage | None = None  # analysed area against the AOI's (None: not measured)
     evidence: tuple[StructureEvidence, ...] = ()  # dated before/after windows per structure
     config: Mapping[str, Any] = field(default_factory=dict)  # the effective config, as plain data
+
+    @property
+    def synthetic(self) -> bool:
+        """The run read generated data (items marked `changedet:synthetic`): its outputs say so."""
+        return bool(self.provenance.get("synthetic", False))

@@ -7,6 +7,7 @@ import csv
 import json
 import sqlite3
 import xml.etree.ElementTree as ET
+import zipfile
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -459,6 +460,30 @@ def test_kml_opens_with_ogr_one_placemark_per_structure(
     text = (out_dir / "structures.kml").read_text(encoding="utf-8")
     assert text.count("<Placemark") == len(run_result.structures)
     assert '<SimpleData name="first_seen_end">2023-11-01</SimpleData>' in text
+
+
+def _project_title(folder: Path) -> str:
+    with zipfile.ZipFile(folder / "changedet.qgz") as qgz:
+        text = qgz.read("changedet.qgs").decode()
+    return text.split("<title>", 1)[1].split("</title>", 1)[0]
+
+
+def test_outputs_opened_alone_say_they_are_of_synthetic_data(
+    out_dir: Path, run_result: RunResult, make_run_result: Callable[..., RunResult], tmp_path: Path
+) -> None:
+    """The GeoJSON, KML and QGIS project reach analysts without the report: from generated
+    data, each says so; from real data, none does."""
+    assert run_result.synthetic
+    for name in ("structures.geojson", "berms.geojson"):
+        assert json.loads((out_dir / name).read_text())["synthetic"] is True
+    frame = pyogrio.read_dataframe(out_dir / "structures.kml")
+    assert all(d.startswith("SYNTHETIC data: ") for d in frame["description"])
+    assert _project_title(out_dir).endswith("[SYNTHETIC data]")
+    real = tmp_path / "real"
+    write_run_outputs(make_run_result(synthetic=False), real, config=OutputConfig())
+    assert "synthetic" not in json.loads((real / "structures.geojson").read_text())
+    assert "SYNTHETIC" not in (real / "structures.kml").read_text(encoding="utf-8")
+    assert "SYNTHETIC" not in _project_title(real)
 
 
 def test_run_json(out_dir: Path, run_result: RunResult) -> None:

@@ -135,7 +135,7 @@ def run_manifest(result: RunResult) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "schema_version": RUN_SCHEMA_VERSION,
         "created": iso_text(datetime.now(UTC).replace(microsecond=0)),
-        "synthetic": bool(result.provenance.get("synthetic", False)),
+        "synthetic": result.synthetic,
         "aoi": _aoi_section(result),
         "grid": {
             "crs": grid.crs,

@@ -303,26 +303,38 @@ def _feature_collection(
     return {"type": "FeatureCollection", "name": name, "features": features}
 
 
+def _said_synthetic(fc: dict[str, Any], result: RunResult) -> dict[str, Any]:
+    if result.synthetic:
+        fc["synthetic"] = True  # a foreign member: the detections are of generated data
+    return fc
+
+
 def structures_feature_collection(result: RunResult) -> dict[str, Any]:
     """The structures as an RFC 7946 FeatureCollection dict (EPSG:4326, right-hand rule)."""
-    return _feature_collection(
+    fc = _feature_collection(
         ((s.geometry, structure_properties(s, result.grid.crs)) for s in result.structures),
         result.grid,
         "structures",
     )
+    return _said_synthetic(fc, result)
 
 
 def berms_feature_collection(result: RunResult) -> dict[str, Any]:
     """The berm lines as an RFC 7946 FeatureCollection dict."""
-    return _feature_collection(
+    fc = _feature_collection(
         ((b.geometry, berm_properties(b)) for b in result.berms), result.grid, "berms"
     )
+    return _said_synthetic(fc, result)
 
 
 def geojson_text(fc: Mapping[str, Any]) -> str:
     """A FeatureCollection dict as GeoJSON text, one feature per line."""
     # Compact per feature, one feature per line: diffable and small.
-    head = f'{{"type": "FeatureCollection", "name": {json.dumps(fc["name"])}, "features": [\n'
+    synthetic = ', "synthetic": true' if fc.get("synthetic") else ""
+    head = (
+        f'{{"type": "FeatureCollection", "name": {json.dumps(fc["name"])}{synthetic}, '
+        '"features": [\n'
+    )
     body = ",\n".join(
         json.dumps(f, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         for f in fc["features"]

@@ -154,7 +154,8 @@ def _write_kml(path: Path, result: RunResult) -> None:
         kml["source_scenes"] = ",".join(props["source_scenes"])
         for key in ("confirmed", "bermed"):  # KML has no booleans: say it in words
             kml[key] = None if props[key] is None else str(props[key]).lower()
-        kml.update(Name=s.id, Description=_kml_description(props))
+        said = "SYNTHETIC data: " if result.synthetic else ""
+        kml.update(Name=s.id, Description=said + _kml_description(props))
         geometry = split_at_antimeridian(lonlat(s.geometry))  # as in the GeoJSON
         rows.append((right_hand(as_multipolygon(geometry)), kml))
     numbers = (
@@ -229,7 +230,10 @@ def _project(
                 layers.append(
                     ProjectLayer(f"./{r.path}", r.title, "raster", style, group, r.visible)
                 )
-    return project_qgz(layers, result.grid, f"changedet: {result.aoi.name} ({result.aoi.id})")
+    title = f"changedet: {result.aoi.name} ({result.aoi.id})"
+    return project_qgz(
+        layers, result.grid, title + (" [SYNTHETIC data]" if result.synthetic else "")
+    )
 
 
 # Per layer: its columns in order, its geometry type and the pandas dtypes of the columns that
