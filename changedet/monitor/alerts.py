@@ -43,8 +43,7 @@ def describe_alert(alert: AlertRow) -> str:
     synthetic = "[SYNTHETIC data] " if p.get("synthetic") else ""
     return (
         f"{synthetic}[{alert.aoi_id}] {what}: {alert.structure_id} at {p.get('lat')}, "
-        f"{p.get('lon')} "
-        f"({p.get('area_m2')} m², {seen})"
+        f"{p.get('lon')} ({p.get('area_m2')} m², {seen})"
     )
 
 
