@@ -223,10 +223,10 @@ def periods_for(config: Config) -> list[Period]:
     """The composite periods of the configured time range (ConfigError when too few)."""
     periods = make_periods(config.time.start, config.time.end, config.time.period)
     if len(periods) < 2:
+        finer = " or set time.period = 'month'" if config.time.period != "month" else ""
         raise ConfigError(
             f"time range {config.time.start}..{config.time.end} gives {len(periods)} "
-            f"{config.time.period} period; a comparison needs two: widen --start/--end, or set "
-            "time.period = 'month'"
+            f"{config.time.period} period; a comparison needs two: widen --start/--end{finer}"
         )
     return periods
 

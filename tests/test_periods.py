@@ -76,3 +76,22 @@ def test_one_clear_period_is_refused() -> None:
     ps = make_periods(date(2023, 1, 1), date(2023, 3, 31), "month")
     with pytest.raises(NoScenesError, match=r"only 1 period.*2023-02.*comparison needs two"):
         plan_comparison(ps, [0.1, 0.9, 0.1], baseline_periods=2, min_persistence=2)
+
+
+def test_a_range_of_one_period_is_refused_with_advice_that_fits_it() -> None:
+    from dataclasses import replace
+
+    from changedet.config import Config
+    from changedet.pipeline import periods_for
+
+    config = Config()
+    monthly = replace(
+        config, time=replace(config.time, start=date(2024, 6, 1), end=date(2024, 6, 30))
+    )
+    with pytest.raises(ConfigError) as month:
+        periods_for(monthly)
+    assert "widen --start/--end" in str(month.value) and "time.period" not in str(month.value)
+    quarterly = replace(monthly, time=replace(monthly.time, period="quarter"))
+    with pytest.raises(ConfigError) as quarter:
+        periods_for(quarterly)
+    assert "or set time.period = 'month'" in str(quarter.value)
