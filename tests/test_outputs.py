@@ -479,11 +479,22 @@ def test_outputs_opened_alone_say_they_are_of_synthetic_data(
     frame = pyogrio.read_dataframe(out_dir / "structures.kml")
     assert all(d.startswith("SYNTHETIC data: ") for d in frame["description"])
     assert _project_title(out_dir).endswith("[SYNTHETIC data]")
+    with sqlite3.connect(out_dir / "changedet.gpkg") as db:
+        said = dict(
+            db.execute(
+                "SELECT table_name, description FROM gpkg_contents WHERE data_type = 'features'"
+            )
+        )
+    assert said and all(d.startswith("SYNTHETIC data:") for d in said.values()), said
     real = tmp_path / "real"
     write_run_outputs(make_run_result(synthetic=False), real, config=OutputConfig())
     assert "synthetic" not in json.loads((real / "structures.geojson").read_text())
     assert "SYNTHETIC" not in (real / "structures.kml").read_text(encoding="utf-8")
     assert "SYNTHETIC" not in _project_title(real)
+    with sqlite3.connect(real / "changedet.gpkg") as db:
+        assert not any(
+            "SYNTHETIC" in d for (d,) in db.execute("SELECT description FROM gpkg_contents")
+        )
 
 
 def test_run_json(out_dir: Path, run_result: RunResult) -> None:

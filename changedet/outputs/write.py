@@ -84,6 +84,7 @@ def _write_layer(
     crs: str,
     geometry_type: str,
     dtypes: Mapping[str, str],
+    description: str = "",
 ) -> None:
     import geopandas as gpd
     import pandas as pd
@@ -103,13 +104,19 @@ def _write_layer(
             driver="KML" if kml else "GPKG",
             geometry_type=geometry_type,
             promote_to_multi=geometry_type.startswith("Multi"),
-            layer_options={} if kml else {"IDENTIFIER": layer},
+            layer_options={}
+            if kml
+            else {"IDENTIFIER": layer, **({"DESCRIPTION": description} if description else {})},
             # GeoPackage 1.2 rather than GDAL's newest 1.4: older GDAL builds (QGIS 3.22 ships
             # GDAL 3.6) warn that 1.4 files are "only partially supported".
             dataset_options={} if kml else {"VERSION": "1.2"},
         )
     except Exception as exc:  # pyogrio raises several GDAL-derived types; one line for the user
         raise OutputError(f"cannot write layer '{layer}' to {path.name}: {exc}") from None
+
+
+# gpkg_contents.description of every layer of a run on generated data (QGIS shows it)
+_SYNTHETIC_LAYER = "SYNTHETIC data: generated acquisitions, not Sentinel-2 imagery of this site"
 
 
 def _write_geopackage(path: Path, result: RunResult, areas: Sequence[Any]) -> None:
@@ -123,6 +130,7 @@ def _write_geopackage(path: Path, result: RunResult, areas: Sequence[Any]) -> No
             crs=result.grid.crs,
             geometry_type=geometry_type,
             dtypes=dtypes,
+            description=_SYNTHETIC_LAYER if result.synthetic else "",
         )
     embed_styles(path, {layer: layer_style_qml(layer, result) for layer in GPKG_LAYERS})
 
