@@ -141,7 +141,7 @@ h1 { font-size: 1.55em; margin: 0.2em 0 0.3em; }
 h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 table { border-collapse: collapse; width: 100%; }
 .wide { overflow-x: auto; }  /* a table wider than the window scrolls in its box, not the page */
-th, td { border-bottom: 1px solid #e4e4e4; padding: 4px 8px; text-align: left; vertical-align: top; }
+th, td { border-bottom: 1px solid #e4e4e4; padding: 4px 6px; text-align: left; vertical-align: top; }
 th { background: #f0f0ee; font-weight: 600; }
 table.kv th { width: 28%; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -170,7 +170,7 @@ td .muted { display: block; }
   vertical-align: -2px; }
 td.where a { display: inline-block; margin-right: 6px; }
 td.seen { white-space: nowrap; }
-td.id { min-width: 9.5em; overflow-wrap: anywhere; }
+td.id { min-width: 8.6em; overflow-wrap: anywhere; }  /* "39N-560750-" on its first line */
 details { margin: 6px 0; }
 code { font-size: 0.92em; }
 """
