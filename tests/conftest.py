@@ -23,7 +23,6 @@ from shapely.geometry import LineString, Point, Polygon, box
 from changedet.aoi import aoi_mask, reproject_geometry, utm_epsg
 from changedet.config import load_config, to_dict
 from changedet.core.coverage import measure_coverage
-from changedet.errors import silence_library_noise
 from changedet.lab.fakes import (
     FakeCatalog,
     FakeProber,
@@ -48,9 +47,6 @@ from changedet.models import (
 from changedet.pipeline import PipelineIO
 
 REPO = Path(__file__).resolve().parents[1]
-# The lab's detector runs (test_razed, ...) call the core without the CLI or the pipeline, which
-# ignore rasterio's MEM-dataset warning: so do the tests (pytest copies these filters per test).
-silence_library_noise()
 SHARED_DATA = Path(os.environ.get("CHANGEDET_SHARED_DATA", REPO.parent / "shared" / "data"))
 OSCD_ROOT = SHARED_DATA / "oscd"
 OSCD_IMAGES = OSCD_ROOT / "Onera Satellite Change Detection dataset - Images"
