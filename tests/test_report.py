@@ -372,8 +372,8 @@ class Browser:
             height: document.documentElement.scrollHeight,
             overflow_px: document.documentElement.scrollWidth
                 - document.documentElement.clientWidth,
-            table_overflow_px: document.querySelector("#structures").scrollWidth
-                - document.querySelector(".wide").clientWidth})"""
+            table_overflow_px: (document.querySelector("#structures") || {scrollWidth: 0})
+                .scrollWidth - (document.querySelector(".wide") || {clientWidth: 0}).clientWidth})"""
         value = self.call("Runtime.evaluate", {"expression": probe, "returnByValue": True})
         page = json.loads(value["result"]["value"])
         requests = [
