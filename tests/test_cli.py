@@ -421,8 +421,10 @@ def _on_a_terminal(args: list[str], *, columns: int, rows: int) -> bytes:
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
-    env.update(TERM="xterm-256color", PYTHONWARNINGS="ignore")
+    # No PYTHONWARNINGS either: a stray warning shows on this screen as it would on the analyst's.
+    quiet = ("NO_COLOR", "FORCE_COLOR", "PYTHONWARNINGS")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    env.update(TERM="xterm-256color")
     proc = subprocess.Popen(
         [sys.executable, *args],
         stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env, close_fds=True,
