@@ -3,8 +3,9 @@ it would draw the same.
 
 One responsibility: reusing the previous run's unchanged drawings. A chip, the before quicklook
 or an imagery COG is a pure function of a few arrays (a structure's evidence windows, a
-composite's bands or display values) and the stretch; its `key` is a digest of exactly those inputs and `DRAWING_VERSION`. run.json
-records, for every such file, that key and the SHA-256 of the file's bytes (`drawn`). The next run
+composite's bands or display values) and the stretch; its `key` is a digest of exactly those
+inputs and `DRAWING_VERSION`. run.json records, for every such file, that key and the SHA-256
+of the file's bytes (`drawn`). The next run
 into the same folder — a monitoring run after one new scene, a rerun — looks a file up in the
 previous run.json: same key and the file's bytes still hash to what was recorded → the bytes are
 taken as they are; anything else (a changed input, another version, a damaged or missing file)

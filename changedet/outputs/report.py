@@ -41,7 +41,7 @@ from changedet.outputs.figures import (
     overlay_map,
 )
 from changedet.outputs.headline import Headline, headline, km2
-from changedet.outputs.imagery import display_stretch, truecolor
+from changedet.outputs.imagery import truecolor
 from changedet.outputs.legend import class_of, first_seen_classes, shown_structures
 from changedet.outputs.vectors import structure_point, viewer_links
 
@@ -543,19 +543,20 @@ def write_pictures(
     out_dir: Path,
     *,
     config: OutputConfig,
+    stretch: tuple[np.ndarray, np.ndarray],
     progress: Progress = no_progress,
     drawings: Drawings | None = None,
 ) -> Pictures:
     """Write before.png, after.png, overlay.png, counts.png, coverage.png and chips/<id>.png
-    into `out_dir`. With `drawings`, a chip or the before quicklook the previous run drew from
-    the same inputs is taken again."""
+    into `out_dir`, all with `stretch` (`imagery.display_stretch`). With `drawings`, a chip or
+    the before quicklook the previous run drew from the same inputs is taken again."""
 
     def save(name: str, data: bytes) -> None:
         path = out_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
-    lo, hi = display_stretch(result.before, result.after)
+    lo, hi = stretch
     after_rgb = truecolor(result.after, lo, hi)
     images = {
         # The baseline and the stretch stay while a site is monitored: its quicklook stays too.

@@ -96,6 +96,9 @@ def _write_layer(
         data[col] = pd.Series(values, dtype=dtypes.get(col, "object"))
     frame = gpd.GeoDataFrame(data, geometry=[g for g, _ in rows], crs=crs)
     kml = path.suffix == ".kml"
+    layer_options = {} if kml else {"IDENTIFIER": layer}
+    if description and not kml:
+        layer_options["DESCRIPTION"] = description
     try:
         pyogrio.write_dataframe(
             frame,
@@ -104,9 +107,7 @@ def _write_layer(
             driver="KML" if kml else "GPKG",
             geometry_type=geometry_type,
             promote_to_multi=geometry_type.startswith("Multi"),
-            layer_options={}
-            if kml
-            else {"IDENTIFIER": layer, **({"DESCRIPTION": description} if description else {})},
+            layer_options=layer_options,
             # GeoPackage 1.2 rather than GDAL's newest 1.4: older GDAL builds (QGIS 3.22 ships
             # GDAL 3.6) warn that 1.4 files are "only partially supported".
             dataset_options={} if kml else {"VERSION": "1.2"},
@@ -340,6 +341,8 @@ class _Writer:
     ) -> None:
         self.result, self.tmp, self.config, self.drawings = result, tmp, config, drawings
         self.rasters: list[RasterOutput] = []
+        # One stretch for the imagery COGs and the pictures, which are drawn on two threads.
+        self.stretch = display_stretch(result.before, result.after)
 
     def vectors(self) -> None:
         result, tmp = self.result, self.tmp
@@ -357,7 +360,7 @@ class _Writer:
     def rasters_and_tables(self) -> None:
         self.rasters = write_evidence_rasters(self.tmp, self.result, all_layers=self.config.cogs)
         if self.config.imagery:
-            lo, hi = display_stretch(self.result.before, self.result.after)
+            lo, hi = self.stretch
             self.rasters += write_imagery(self.tmp, self.result, lo, hi, self.drawings)
         write_text(self.tmp / "counts.csv", counts_csv(self.result))
 
@@ -368,7 +371,12 @@ class _Writer:
 
     def pictures(self, progress: Progress) -> Pictures:
         return write_pictures(
-            self.result, self.tmp, config=self.config, progress=progress, drawings=self.drawings
+            self.result,
+            self.tmp,
+            config=self.config,
+            stretch=self.stretch,
+            progress=progress,
+            drawings=self.drawings,
         )
 
     def report_and_manifest(self, pictures: Pictures) -> list[str]:
