@@ -108,5 +108,6 @@ def test_the_cache_stays_under_its_limit_by_removing_the_least_recently_used(
 
 
 def _entry_path(cache: PixelCache, key: str) -> Path:
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    return Path(str(cache.root)) / digest[:2] / f"{digest}.npyc"
+    path = cache._path(key)  # the cache's own layout, not a copy of it
+    assert path is not None
+    return path
