@@ -105,7 +105,9 @@ class _Renderer:
         last = self._last_logged.get(stage, -step)
         if done == 0 or done >= total or done - last >= step:
             self._last_logged[stage] = done
-            click.echo(f"[changedet] {stage}: {done}/{total}", err=True)
+            # A stage whose size is not known yet (a search's first page) has only started.
+            count = f"{done}/{total}" if total else "started"
+            click.echo(f"[changedet] {stage}: {count}", err=True)
 
 
 INTERRUPTED = "interrupted; outputs already finished are kept, the unfinished AOI wrote nothing"
@@ -169,15 +171,16 @@ def _common_source_options(func: F) -> F:
 
 
 def _load(config_path: str | None, **flags: str | None) -> Any:
-    from changedet.config import load_config, parse_date
+    from changedet.config import load_config, local_catalog_problem, parse_date
 
     overrides: dict[str, Any] = {}
     if flags.get("catalog"):
         catalog = str(flags["catalog"])
         is_url = "://" in catalog
-        if not is_url and not Path(catalog).exists():
+        problem = None if is_url else local_catalog_problem(catalog)
+        if problem:
             raise UsageError(
-                f"catalog path '{catalog}' does not exist; pass a STAC API URL or a catalog.json / item collection"
+                f"--catalog '{catalog}' {problem}; pass a STAC API URL or a catalog.json / item collection"
             )
         overrides["catalog.url"] = catalog if is_url else str(Path(catalog).resolve())
     if flags.get("collection"):
@@ -439,22 +442,32 @@ def search(
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
     # Piped output is read by people and grep alike: do not squeeze it to 80 columns.
-    console = Console(width=None if sys.stdout.isatty() else 220)
+    console = Console(width=None if sys.stdout.isatty() else 220, highlight=False)
     for report in reports:
-        table = Table(
-            title=f"AOI {report.aoi_id}: {len(report.used)} scene(s) from {report.source}"
-        )
-        table.add_column("id", no_wrap=True)
-        for col in ("datetime", "tile", "cloud %", "AOI clear %", "status"):
-            table.add_column(col)
-        for row in report.rows():
-            table.add_row(*row)
-        console.print(table)
+        if report.rows():
+            console.print(_scene_table(report))
+        else:  # an empty table says less than a sentence
+            console.print(
+                f"AOI {report.aoi_id}: no scene from {report.source} covers it between "
+                f"{config.time.start} and {config.time.end}; check the AOI location, widen the "
+                "dates or point --catalog elsewhere"
+            )
         for note in report.notes:
             console.print(f"note: {note}")
+
+
+def _scene_table(report: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"AOI {report.aoi_id}: {len(report.used)} scene(s) from {report.source}")
+    table.add_column("id", no_wrap=True)
+    for col in ("datetime", "tile", "cloud %", "AOI clear %", "status"):
+        table.add_column(col)
+    for row in report.rows():
+        table.add_row(*row)
+    return table
 
 
 # --- monitoring ---------------------------------------------------------------------------------

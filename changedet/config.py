@@ -24,6 +24,7 @@ from typing import Any
 from changedet.errors import ConfigError
 
 __all__ = [
+    "CATALOG_DOCUMENTS",
     "EARTH_SEARCH_ASSETS",
     "PLANETARY_COMPUTER_ASSETS",
     "SENTINEL2_BAND_IDS",
@@ -40,10 +41,14 @@ __all__ = [
     "TimeConfig",
     "TrackConfig",
     "load_config",
+    "local_catalog_problem",
     "parse_date",
     "to_dict",
     "validate",
 ]
+
+# What a local catalog folder is read from, first present wins.
+CATALOG_DOCUMENTS = ("catalog.json", "collection.json", "items.json")
 
 EARTH_SEARCH_ASSETS: dict[str, str] = {
     "coastal": "coastal",
@@ -715,11 +720,22 @@ def _check_catalog_location(cat: CatalogConfig) -> None:
         raise ConfigError(
             f"config: catalog.url '{url}' has scheme '{scheme}'; use an http(s) STAC API URL or a local path"
         )
-    path = Path(url[len("file://") :] if scheme == "file" else url).expanduser()
-    if not path.exists():
+    problem = local_catalog_problem(url[len("file://") :] if scheme == "file" else url)
+    if problem:
         raise ConfigError(
-            f"config: catalog.url '{url}' does not exist; pass a STAC API URL or a catalog.json / item collection"
+            f"config: catalog.url '{url}' {problem}; pass a STAC API URL or a catalog.json / item collection"
         )
+
+
+def local_catalog_problem(location: str) -> str | None:
+    """Why a local catalog path cannot be read (None when it can): found before any search, so a
+    mistyped folder is a usage error, not a failed AOI."""
+    path = Path(location).expanduser()
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir() and not any((path / name).is_file() for name in CATALOG_DOCUMENTS):
+        return f"is a folder without {', '.join(CATALOG_DOCUMENTS[:-1])} or {CATALOG_DOCUMENTS[-1]}"
+    return None
 
 
 def _check_cross_field(config: Config) -> None:

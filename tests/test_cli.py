@@ -152,6 +152,8 @@ def test_unknown_config_key(cli: Callable[..., Result], tmp_path: Path) -> None:
         (["--start", "2023-02-30"], "not a valid date"),
         (["--start", "2024-06-01", "--end", "2023-06-01"], "before start"),
         (["--catalog", "/no/such/catalog.json"], "does not exist"),
+        # a folder that holds no catalog document (here the AOI folder): refused before searching
+        (["--catalog", str(REPO / "aoi")], "without catalog.json"),
         (["--start", "2024-06-01", "--end", "2024-06-30"], "comparison needs two"),
     ],
 )
@@ -169,6 +171,10 @@ def test_aoi_no_scene_covers_fails_that_aoi_only(
     aoi = paris(tmp_path / "paris.geojson", "paris")
     result = cli("search", str(aoi), "--config", str(DEMO), "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)[0]["scenes"] == []
+    # For people: a sentence with what to try, not an empty table.
+    result = cli("search", str(aoi), "--config", str(DEMO))
+    assert result.exit_code == 0 and "┏" not in result.stdout
+    assert "AOI paris: no scene from" in result.stdout and "widen the dates" in result.stdout
     result = cli("run", str(aoi), "--config", str(DEMO), "--out", str(tmp_path / "o"))
     assert_one_line_error(result.stderr, result.exit_code, 1, "paris", "no scene")
     assert not (tmp_path / "o" / "paris").exists()
@@ -497,3 +503,21 @@ def test_on_a_terminal_a_log_line_under_the_live_bars_stays_on_screen() -> None:
     pyte.ByteStream(screen).feed(data)
     lines = [line.rstrip() for line in screen.display if line.strip()]
     assert lines == ["pixel cache: discarded entry x", "after the bars"]
+
+
+def test_piped_progress_is_a_line_per_quarter_and_a_stage_of_unknown_size_has_started(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from changedet.cli import _Renderer
+
+    with _Renderer(quiet=False) as progress:  # captured: not a terminal, so lines
+        progress("search", 0, 0)  # the first page is not in yet
+        progress("search", 17, 17)
+        for done in range(9):
+            progress("read", done, 8)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "[changedet] search: started",
+        "[changedet] search: 17/17",
+        *[f"[changedet] read: {n}/8" for n in (0, 2, 4, 6, 8)],
+    ]

@@ -123,6 +123,7 @@ BAD_VALUES = [
     ("[catalog]\ntimeout_s = 0.0\n", "catalog.timeout_s"),
     ("[catalog]\nurl = 'ftp://example.org/stac'\n", "scheme 'ftp'"),
     ("[catalog]\nurl = 'no/such/catalog.json'\n", "does not exist"),
+    ("[catalog]\nurl = '.'\n", "is a folder without catalog.json"),
     ("[catalog]\nallowed_folders = ['no/such/folder']\n", "allowed_folders"),
     ("[catalog]\ncollection = ' '\n", "catalog.collection is empty"),
     ("[mask]\nscl_invalid = [3, 12]\n", "mask.scl_invalid"),

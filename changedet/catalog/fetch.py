@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote, urlsplit
 from shapely.geometry import mapping
 
 from changedet.catalog.items import self_href
-from changedet.config import CatalogConfig
+from changedet.config import CATALOG_DOCUMENTS, CatalogConfig
 from changedet.errors import CatalogError, ConfigError, UnsafeHrefError
 from changedet.hrefs import check_href, href_scheme, is_remote, public_href, redact
 from changedet.models import AOI, Progress, no_progress
@@ -465,13 +465,13 @@ def _local_root(location: str) -> str:
         location = unquote(urlsplit(location).path)
     path = Path(location).expanduser()
     if path.is_dir():
-        for name in ("catalog.json", "collection.json", "items.json"):
+        for name in CATALOG_DOCUMENTS:
             if (path / name).is_file():
                 path = path / name
                 break
         else:
             raise CatalogError(
-                f"catalog path '{location}' has no catalog.json or collection.json; "
+                f"catalog path '{location}' has no {', '.join(CATALOG_DOCUMENTS)}; "
                 "pass a STAC API URL or a catalog.json/item collection"
             )
     if not path.exists():
