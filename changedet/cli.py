@@ -534,6 +534,14 @@ def _describe_check(check: Any) -> str:
     return line
 
 
+def _tell_check(check: Any, renderer: _Renderer) -> None:
+    """One AOI's check as it ends, with its run's warnings (coverage, unreadable scenes)."""
+    renderer.echo(_describe_check(check))
+    if check.summary is not None:
+        for warning in check.summary.warnings:
+            renderer.echo(f"changedet: warning: {warning}", err=True)
+
+
 @monitor.command("run")
 @_CONFIG
 @_STATE
@@ -567,7 +575,7 @@ def monitor_run(
                 watch,
                 now=now,
                 progress=progress,
-                on_check=lambda check: progress.echo(_describe_check(check)),
+                on_check=lambda check: _tell_check(check, progress),
             )
     d = report.deliveries
     if d.delivered or d.failed:

@@ -184,6 +184,7 @@ class SkippedScene:
 
     scene_id: str
     reason: str
+    unreadable: bool = False  # its data could not be read (corrupt, missing, refused): a warning
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ class Probe:
     coverage: float  # AOI pixels with data / AOI pixels (NaN unknown)
     has_scl: bool
     skip_reason: str | None = None  # why the scene is not used (None: it is used)
+    unreadable: bool = False  # the SCL asset could not be read
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,11 @@ def search_aoi(
             if math.isfinite(probe_result.clear_fraction):
                 clear[scene_id] = probe_result.clear_fraction
             if probe_result.skip_reason:
-                dropped.append(SkippedScene(scene_id, probe_result.skip_reason))
+                dropped.append(
+                    SkippedScene(
+                        scene_id, probe_result.skip_reason, unreadable=probe_result.unreadable
+                    )
+                )
     return SearchReport(aoi.id, found.source, found.scenes, tuple(dropped), clear, found.notes)
 
 

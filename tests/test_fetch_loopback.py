@@ -442,6 +442,21 @@ def test_broken_assets_skip_their_scene_and_the_run_completes(world: World, tmp_
     )
     assert result.stack.scene_ids == (("S2A_39SVV_20230801_0_L2A",),)
     assert "?" not in " ".join(reasons.values())  # no query strings (tokens) in reasons
+    assert all(s.unreadable for s in result.skipped)  # so the run's headline warns of them
+
+
+def test_a_scene_whose_scl_cannot_be_read_is_skipped_as_unreadable(world: World) -> None:
+    good = _scene(world, "S2A_39SVV_20230801_0_L2A", "sclok")
+    gone = _scene(world, "S2A_39SVV_20230806_0_L2A", "sclgone")
+    world.http.faults[:] = [Fault("scl.tif?sclgone", status=403, times=-1)]  # an expired link
+    try:
+        result = read([good, gone])
+    finally:
+        world.http.faults.clear()
+    (skipped,) = result.skipped
+    assert skipped.scene_id == gone.id and skipped.reason.startswith("SCL unreadable: ")
+    assert skipped.unreadable  # the run's headline warns of it; a cloudy scene is not flagged
+    assert result.stack.scene_ids == ((good.id,),)
 
 
 def test_network_down_for_every_scene_is_a_read_error(world: World) -> None:

@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from changedet.models import Period, PeriodCount, RunResult
+from changedet.models import Period, PeriodCount, RunResult, SkippedScene
 from changedet.outputs.headline import headline, km2, new_per_period
 
 
@@ -89,3 +89,23 @@ def test_no_structure_and_coverage_words(
     )
     assert headline(result).warnings == ()
     assert [km2(v) for v in (261.11, 6.54, 0.812)] == ["261 km²", "6.5 km²", "0.81 km²"]
+
+
+def test_scenes_that_could_not_be_read_are_a_warning(result: RunResult) -> None:
+    cloudy = SkippedScene("S2B_CLOUDY", "cloudy inside AOI: 3% clear < 20% required")
+    assert headline(replace(result, scenes_skipped=(cloudy,))).warnings == ()
+    corrupt = SkippedScene(
+        "S2A_CUT",
+        "unreadable asset: swir16: corrupt or truncated asset (TIFFReadEncodedTile() failed)",
+        unreadable=True,
+    )
+    told = headline(replace(result, scenes_skipped=(cloudy, corrupt)))
+    assert told.warnings == (
+        f"1 scene of AOI '{result.aoi.id}' could not be read and was left out (S2A_CUT: "
+        "unreadable asset: swir16: corrupt or truncated asset); fix or re-fetch and rerun; every "
+        "skipped scene and why is in run.json",
+    )
+    expired = SkippedScene("S2B_GONE", "SCL unreadable: HTTP 403 after 2 tries", unreadable=True)
+    told = headline(replace(result, scenes_skipped=(corrupt, cloudy, expired)))
+    assert told.warnings[0].startswith(f"2 scenes of AOI '{result.aoi.id}' could not be read and ")
+    assert "were left out (first S2A_CUT: unreadable asset: swir16:" in told.warnings[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -615,3 +616,39 @@ def test_an_aoi_whose_assets_cannot_be_read_fails_rather_than_waits(tmp_path: Pa
     assert ledger_outcome(scenario.state)["structures"] == []
     again = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
     assert again.returncode == 1 and "no scene of 8 could be read" in again.stderr
+
+
+def test_a_scene_that_cannot_be_read_is_left_out_and_the_analyst_told(tmp_path: Path) -> None:
+    """One corrupt scene among good ones: the AOI is updated without it (exit 0), and the run
+    says which scene was left out, not only run.json."""
+    scenario = make_scenario(tmp_path / "s")
+    scenario.publish(until("2024-01-15"))
+    copy = tmp_path / "copy"  # the sample's files, one of them cut short
+    shutil.copytree(SAMPLE, copy)
+    text = scenario.catalog.read_text().replace(str(SAMPLE), str(copy))
+    item = json.loads(text)["features"][3]
+    cut = Path(item["assets"]["swir16"]["href"])
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[:2000])
+    scenario.catalog.write_text(text)
+    path = scenario.watchlist()
+    path.write_text(path.read_text().replace(str(SAMPLE), str(copy)))
+    done = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "k1: updated: 8 new scene(s)" in done.stdout
+    warnings = [ln for ln in done.stderr.splitlines() if ln.startswith("changedet: warning")]
+    assert any(
+        f"1 scene of AOI 'k1' could not be read and was left out ({item['id']}: unreadable "
+        "asset: swir16:" in line
+        for line in warnings
+    ), done.stderr
+    outcome = {row[1]: row[6] for row in ledger_outcome(scenario.state)["scenes"]}
+    assert outcome[item["id"]] == "skipped"
+    # Mended, it is read again when a new scene next updates the AOI.
+    cut.write_bytes(whole)
+    scenario.publish(until("2024-02-01"))
+    scenario.catalog.write_text(scenario.catalog.read_text().replace(str(SAMPLE), str(copy)))
+    again = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
+    assert again.returncode == 0 and "could not be read" not in again.stderr, again.stderr
+    outcome = {row[1]: row[6] for row in ledger_outcome(scenario.state)["scenes"]}
+    assert outcome[item["id"]] == "used"

@@ -29,7 +29,7 @@ import pytest
 
 from changedet.config import OutputConfig
 from changedet.core.evidence import stack_dates, structure_evidence
-from changedet.models import RunResult
+from changedet.models import RunResult, SkippedScene
 from changedet.outputs.chips import SCALE_BAR_M, chip_image, evidence_of
 from changedet.outputs.headline import km2
 from changedet.outputs.imagery import display_stretch
@@ -562,3 +562,20 @@ def test_an_aoi_half_outside_the_data_is_warned_about(tmp_path: Path, make_run_r
     assert manifest["coverage"]["partial"] is True
     (said,) = manifest["headline"]["warnings"]
     assert said.startswith(warning)
+
+
+def test_a_scene_left_out_unread_is_warned_about_beside_the_coverage(
+    tmp_path: Path, make_run_result: Any
+) -> None:
+    result = make_run_result(aoi_scale=2.0)
+    cut = SkippedScene("S2A_CUT", "unreadable asset: nir: corrupt or truncated asset", True)
+    result = replace(result, scenes_skipped=(*result.scenes_skipped, cut))
+    out = tmp_path / "cut"
+    write_run_outputs(result, out, config=OutputConfig(chips=False))
+    html = (out / "report.html").read_text(encoding="utf-8")
+    text = unescape(re.sub(r"<[^>]+>", " ", html))
+    assert "1 scene of AOI 'khojir-test' could not be read and was left out (S2A_CUT: " in text
+    assert html.index('id="unreadable-scenes-warning"') < html.index('id="coverage-warning"')
+    manifest = json.loads((out / "run.json").read_text())
+    unread, coverage = manifest["headline"]["warnings"]
+    assert unread.startswith("1 scene of AOI") and coverage.startswith("only ")

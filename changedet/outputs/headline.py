@@ -10,7 +10,8 @@ CLI summary, the report and run.json say the same thing:
 - how many of the new buildings are bermed, how many structures vanished, and the unconfirmed
   candidates with why;
 - the analysed area against the AOI's, and a warning when it is under `[output]
-  coverage_warning`.
+  coverage_warning`;
+- a warning naming the scenes whose files could not be read, which the run went on without.
 
 Ranges: the ledger's counts give a low–high range for all structures and for new buildings at
 the end of the run (`core.counts`: the buildings' high end also holds structures whose kind the
@@ -96,7 +97,12 @@ class Headline:
     aoi_km2: float | None = None
     analysed_km2: float | None = None
     analysed_share: float | None = None
-    warnings: tuple[str, ...] = field(default=())
+    # (name, text): the report anchors each by its name ("unreadable-scenes", "coverage")
+    named_warnings: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(text for _, text in self.named_warnings)
 
     def found(self) -> str:
         lo, hi = self.buildings_range
@@ -202,6 +208,22 @@ def _coverage_warning(result: RunResult) -> str | None:
     )
 
 
+def _unreadable_warning(result: RunResult) -> str | None:
+    """Scenes left out because their files could not be read: the run went on without them, and
+    the analyst should know (a corrupt download, an expired link), not find it in run.json."""
+    lost = [s for s in result.scenes_skipped if s.unreadable]
+    if not lost:
+        return None
+    first = f"{lost[0].scene_id}: {lost[0].reason.split(' (', 1)[0]}"
+    scenes = "1 scene" if len(lost) == 1 else f"{len(lost)} scenes"
+    were = "was" if len(lost) == 1 else "were"
+    example = first if len(lost) == 1 else f"first {first}"
+    return (
+        f"{scenes} of AOI '{result.aoi.id}' could not be read and {were} left out ({example}); "
+        "fix or re-fetch and rerun; every skipped scene and why is in run.json"
+    )
+
+
 def headline(result: RunResult) -> Headline:
     """The headline numbers of one run."""
     new = [s for s in result.structures if _is_new(s)]
@@ -215,7 +237,10 @@ def headline(result: RunResult) -> Headline:
         _why_unconfirmed(s, periods, min_persistence) for s in result.structures if not s.confirmed
     )
     cov = result.coverage
-    warning = _coverage_warning(result)
+    warnings = (
+        ("unreadable-scenes", _unreadable_warning(result)),
+        ("coverage", _coverage_warning(result)),
+    )
     return Headline(
         n_buildings=n_buildings,
         buildings_range=buildings_range,
@@ -232,5 +257,5 @@ def headline(result: RunResult) -> Headline:
         aoi_km2=None if cov is None else cov.aoi_km2,
         analysed_km2=None if cov is None else cov.analysed_km2,
         analysed_share=None if cov is None else round(cov.share, 4),
-        warnings=(warning,) if warning else (),
+        named_warnings=tuple((name, text) for name, text in warnings if text),
     )

@@ -206,8 +206,8 @@ def _headline_html(told: Headline) -> str:
     lines = told.lines()
     lead, rest = (lines[0], lines[1:]) if lines else ("", ())
     warnings = "".join(
-        f'<div class="warn" id="coverage-warning">{_e(w[:1].upper() + w[1:])}</div>\n'
-        for w in told.warnings
+        f'<div class="warn" id="{name}-warning">{_e(w[:1].upper() + w[1:])}</div>\n'
+        for name, w in told.named_warnings
     )
     return (
         '<section class="headline" id="headline">'

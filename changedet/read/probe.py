@@ -119,7 +119,9 @@ def probe_and_select(
             clears[scene.id] = clear
         elif scene.id in failed:
             error = failed[scene.id].error
-            probes[scene.id] = Probe(scene.id, math.nan, math.nan, True, f"SCL unreadable: {error}")
+            probes[scene.id] = Probe(
+                scene.id, math.nan, math.nan, True, f"SCL unreadable: {error}", unreadable=True
+            )
         else:
             probes[scene.id] = Probe(scene.id, math.nan, math.nan, False, None)
     return Probed(

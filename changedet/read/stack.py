@@ -329,7 +329,8 @@ def _select(
     selected: list[Scene] = []
     wasted = 0
     for scene in ordered:
-        reason = probed.probes[scene.id].skip_reason
+        probe = probed.probes[scene.id]
+        reason = probe.skip_reason
         if reason is not None and not read_config.probe_scl and reason.startswith("cloudy"):
             reason = None  # probe_scl = false: keep cloudy scenes, their pixels are masked anyway
         if reason is None:
@@ -337,7 +338,7 @@ def _select(
             for band in bands:
                 pipe.add(scene, band)
         else:
-            skipped.append(SkippedScene(scene.id, reason))
+            skipped.append(SkippedScene(scene.id, reason, unreadable=probe.unreadable))
             if scene.id in probed.provisional:
                 wasted += pipe.drop(scene.id)
     return selected, skipped, wasted
@@ -495,7 +496,9 @@ class _Mosaic:
             else:
                 dns.append(got.array)
         if broken is not None:
-            self.skipped.append(SkippedScene(scene.id, f"unreadable asset: {broken}"))
+            self.skipped.append(
+                SkippedScene(scene.id, f"unreadable asset: {broken}", unreadable=True)
+            )
             return None
         return dns
 
