@@ -394,6 +394,11 @@ def test_a_review_survives_later_runs_and_a_false_positive_leaves_counts_and_ale
 
     layer = pyogrio.read_dataframe(out / "changedet.gpkg", layer="structures")
     assert dict(zip(layer["id"], layer["review"], strict=True))[fp] == "false-positive"
+    assert dict(zip(layer["id"], layer["review_note"], strict=True))[fp] == "checked"
+    doc = json.loads((out / "structures.geojson").read_text())
+    notes = {f["properties"]["id"]: f["properties"]["review_note"] for f in doc["features"]}
+    assert notes[fp] == "checked" and notes[kept] == "checked"
+    assert {n for sid, n in notes.items() if sid not in (fp, fp_candidate, kept)} == {None}
     assert "reviewed: false-positive (checked)" in (out / "report.html").read_text()
 
 
@@ -456,6 +461,7 @@ def test_review_of_an_unknown_structure_is_a_usage_error(grown: Scenario) -> Non
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "has no structure" in done.stderr
+    assert "its ids are the `id` column of its structures.csv" in done.stderr  # where to look
 
 
 def test_status_reports_each_aoi(grown: Scenario) -> None:

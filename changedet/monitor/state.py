@@ -601,8 +601,12 @@ class State:
                 f"{', '.join(aois) or 'none yet'}); run `changedet monitor run` first"
             )
         close = difflib.get_close_matches(structure_id, ids, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"AOI '{aoi_id}' has no structure '{structure_id}'{hint}"
+        hint = (
+            f"did you mean '{close[0]}'?"
+            if close
+            else "its ids are the `id` column of its structures.csv and the report's table"
+        )
+        return f"AOI '{aoi_id}' has no structure '{structure_id}'; {hint}"
 
     # --- status -------------------------------------------------------------------------------
 

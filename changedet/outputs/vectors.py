@@ -76,6 +76,7 @@ STRUCTURE_PROPERTIES = (
     "status",
     "vanished_after",
     "review",
+    "review_note",
     "lat",
     "lon",
 )
@@ -263,6 +264,7 @@ def structure_properties(s: Structure, grid_crs: str | None = None) -> dict[str,
         "status": s.status,
         "vanished_after": iso_text(s.vanished_after),
         "review": s.review,
+        "review_note": s.review_note,
         "lat": None if point is None else point[0],
         "lon": None if point is None else point[1],
     }
