@@ -627,14 +627,28 @@ def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bo
             continue
         counts = structure_counts(s["structures"])
         reviews = ", ".join(f"{n} {v}" for v, n in sorted(s["reviews"].items())) or "none"
+        pending = s["pending_deliveries"]
         click.echo(
-            f"{s['aoi']}: last run {last['started']} (clock {last['now']}): {last['outcome']}"
-            f"{': ' + last['message'] if last['message'] else ''}\n"
-            f"  last scene {s['last_scene'] or '-'} ({s['scenes_used']} used); structures: "
-            f"{counts}; reviews: {reviews}; alerts {s['alerts']}, "
-            f"{s['pending_deliveries']} delivery(ies) pending; "
+            f"{s['aoi']}: last run {_minute(last['started'])} (clock {_minute(last['now'])}): "
+            f"{last['outcome']}{': ' + last['message'] if last['message'] else ''}\n"
+            f"  last scene {_minute(s['last_scene'])} ({s['scenes_used']} used); structures: "
+            f"{counts}; reviews: {reviews}; alerts {s['alerts']} "
+            f"({pending} {'delivery' if pending == 1 else 'deliveries'} pending); "
             f"period cache {s['period_cache_bytes'] / 1e6:.0f} MB"
         )
+
+
+def _minute(iso: str | None) -> str:
+    """'2024-02-27T07:05:30.655000+00:00' as people read it: '2024-02-27 07:05 UTC' (the JSON
+    keeps the full time)."""
+    if not iso:
+        return "-"
+    from datetime import UTC, datetime
+
+    when = datetime.fromisoformat(iso)
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%d %H:%M") + (" UTC" if when.tzinfo is not None else "")
 
 
 def structure_counts(by_status: dict[str, int]) -> str:

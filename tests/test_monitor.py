@@ -485,6 +485,8 @@ def test_status_reports_each_aoi(grown: Scenario) -> None:
     text = monitor_cli(*args, cwd=grown.root)
     assert f"pixel cache {folder}: 0.00 of 20 GB" in text.stdout
     assert "k1: last run" in text.stdout and "period cache" in text.stdout
+    assert f"last scene {aoi['last_scene'][:10]} " in text.stdout  # to the minute, not the µs
+    assert "alerts " in text.stdout and "(0 deliveries pending)" in text.stdout
     by_status = aoi["structures"]
     confirmed = sum(by_status.get(k, 0) for k in ("confirmed", "bermed", "vanished"))
     assert f"structures: {confirmed} confirmed" in text.stdout
