@@ -179,3 +179,45 @@ def test_eval_series_refuses_a_missing_root(cli: Callable[..., Result], tmp_path
     result = cli("eval", "series", "--root", str(tmp_path / "nowhere"))
     assert result.exit_code != 0
     assert "not a folder" in result.output + (result.stderr or "")
+
+
+def _oscd_tree(root: Path, cities: dict[str, bool]) -> Path:
+    """The folder layout of an OSCD download: city → has a label."""
+    from changedet.lab.oscd import IMAGES_DIR, LABELS_DIR
+
+    for city, labelled in cities.items():
+        for dates in ("imgs_1", "imgs_2"):
+            (root / IMAGES_DIR / city / dates).mkdir(parents=True)
+        if labelled:
+            label = root / LABELS_DIR / city / "cm" / f"{city}-cm.tif"
+            label.parent.mkdir(parents=True)
+            label.write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["eval", "series", "--cities", "lyon"], "lyon: not among the labelled OSCD cities"),
+        (["eval", "series", "--cities", "beirut"], "beirut: not among the labelled OSCD cities"),
+        (["synth", "oscd-series", "--city", "beirut"], "pick from pisa"),
+        (["eval", "oscd", "--cities", "lyon,pisa"], "lyon: not among the OSCD cities"),
+    ],
+)
+def test_a_city_not_in_the_download_is_a_usage_error(
+    cli: Callable[..., Result], tmp_path: Path, args: list[str], needle: str
+) -> None:
+    """Named before any work, with the cities there are: exit 2 like every usage error."""
+    root = _oscd_tree(tmp_path / "oscd", {"pisa": True, "beirut": False})
+    out = ["--out", str(tmp_path / "out")] if args[1] != "series" else []
+    result = cli(*args, "--root", str(root), *out)
+    assert result.exit_code == 2, result.output
+    assert needle in (result.stderr or result.output)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_root_that_is_not_an_oscd_download_is_a_usage_error(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    result = cli("eval", "series", "--root", str(tmp_path))
+    assert result.exit_code == 2 and "has no 'Onera Satellite" in (result.stderr or result.output)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from changedet.cli import LAB_COMMANDS, _errors, _Renderer
-from changedet.errors import UsageError
+from changedet.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     from changedet.config import Config
@@ -123,6 +123,8 @@ def synth_oscd_series(
     from changedet.config import parse_date
     from changedet.lab.series import write_oscd_series
 
+    with _errors(debug):
+        _oscd_cities(root, city, labelled=True)
     with _errors(debug), _Renderer(quiet=False) as progress:
         summary = write_oscd_series(
             Path(root),
@@ -135,6 +137,30 @@ def synth_oscd_series(
             progress=progress,
         )
     click.echo(str(summary))
+
+
+def _oscd_cities(root: str, cities: str | None, *, labelled: bool) -> list[str] | None:
+    """The comma-separated `cities` (None: all), each checked to be under `root` and, when the
+    command needs change regions, labelled: usage errors (exit 2) before any work."""
+    from changedet.lab.oscd import labelled_cities, list_cities
+
+    if not Path(root).is_dir():
+        raise UsageError(
+            f"OSCD root '{root}' is not a folder; pass the folder holding the OSCD dataset"
+        )
+    names = [c.strip() for c in cities.split(",") if c.strip()] if cities else None
+    try:
+        known = labelled_cities(Path(root)) if labelled else list_cities(Path(root))
+    except DataError as exc:  # not an OSCD download: the argument is wrong, not the data
+        raise UsageError(str(exc)) from None
+    unknown = [c for c in names or () if c not in known]
+    if unknown:
+        what = "labelled OSCD cities" if labelled else "OSCD cities"
+        raise UsageError(
+            f"{', '.join(unknown)}: not among the {what} under '{root}'; pick from "
+            f"{', '.join(known) or 'none'}"
+        )
+    return names
 
 
 @click.group("eval", help=LAB_COMMANDS["eval"])
@@ -156,12 +182,8 @@ def eval_oscd(
     from changedet.lab.oscd import evaluate
 
     with _errors(debug):
-        if not Path(root).is_dir():
-            raise UsageError(
-                f"OSCD root '{root}' is not a folder; pass the folder holding the OSCD dataset"
-            )
+        names = _oscd_cities(root, cities, labelled=False)
         config = load_config(config_path)
-        names = [c.strip() for c in cities.split(",") if c.strip()] if cities else None
         with _Renderer(quiet=False) as progress:
             report = evaluate(
                 Path(root), Path(out_dir), cities=names, config=config.change, progress=progress
@@ -235,12 +257,8 @@ def eval_series(
     from changedet.lab.yardstick import evaluate_series, report_json
 
     with _errors(debug):
-        if not Path(root).is_dir():
-            raise UsageError(
-                f"OSCD root '{root}' is not a folder; pass the folder holding the OSCD dataset"
-            )
+        names = _oscd_cities(root, cities, labelled=True)
         config = load_config(config_path)
-        names = [c.strip() for c in cities.split(",") if c.strip()] if cities else None
         with _Renderer(quiet=False) as progress:
             report = evaluate_series(
                 Path(root), config, cities=names, seed=seed, months=months, progress=progress
