@@ -334,18 +334,22 @@ def run(
 ) -> None:
     """Detect new structures in each AOI and write OUT/<aoi_id>/."""
     from changedet.compute import run_aois
+    from changedet.config import scheduler_address_problem
     from changedet.pipeline import periods_for
 
     # Everything that can be refused is refused before anything is searched, read or computed:
     # the config, the time range, AOI ids shared across files, an --out that takes no files.
     with _errors(debug):
         config = _load(config_path, catalog=catalog, collection=collection, start=start, end=end)
+        if cluster:
+            problem = scheduler_address_problem(cluster)
+            if problem:
+                raise UsageError(f"--cluster {problem}")
+            config = replace(config, compute=replace(config.compute, cluster=cluster))
         periods_for(config)  # a time range too short to compare is a usage error, for every AOI
         sourced, failed = _load_each(aoi_files, config, debug=debug)
         _refuse_shared_ids(sourced)
         _check_out_writable(out_dir)
-        if cluster:
-            config = replace(config, compute=replace(config.compute, cluster=cluster))
         aois = [aoi for _source, aoi in sourced]
         earlier = _earlier(Path(ids_from), aois) if ids_from else None
         with _Renderer(quiet=quiet) as progress:

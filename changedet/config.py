@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -43,6 +44,7 @@ __all__ = [
     "load_config",
     "local_catalog_problem",
     "parse_date",
+    "scheduler_address_problem",
     "to_dict",
     "validate",
 ]
@@ -600,6 +602,24 @@ def validate(config: Config) -> None:
     _check_bands(config)
     _check_catalog_location(config.catalog)
     _check_cross_field(config)
+    problem = scheduler_address_problem(config.compute.cluster)
+    if problem:
+        raise ConfigError(f"config: compute.cluster {problem}")
+
+
+# A Dask scheduler: protocol://host:port (an IPv6 host in brackets).
+_SCHEDULER = re.compile(r"(tcp|tls|ucx|ws|wss)://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):\d{1,5}")
+
+
+def scheduler_address_problem(address: str) -> str | None:
+    """Why `address` is not a Dask scheduler address ("" is: it means this machine), worded to
+    follow the option's name; None when it is one."""
+    if not address or _SCHEDULER.fullmatch(address):
+        return None
+    return (
+        f"'{address}' is not a Dask scheduler address; write it as tcp://HOST:PORT "
+        "(e.g. tcp://10.0.0.5:8786), or leave it out to run on this machine"
+    )
 
 
 def _values(obj: Any, where: str = "") -> list[tuple[str, Any]]:

@@ -154,6 +154,7 @@ def test_unknown_config_key(cli: Callable[..., Result], tmp_path: Path) -> None:
         (["--catalog", "/no/such/catalog.json"], "does not exist"),
         # a folder that holds no catalog document (here the AOI folder): refused before searching
         (["--catalog", str(REPO / "aoi")], "without catalog.json"),
+        (["--cluster", "10.0.0.5"], "--cluster '10.0.0.5' is not a Dask scheduler address"),
         (["--start", "2024-06-01", "--end", "2024-06-30"], "comparison needs two"),
     ],
 )

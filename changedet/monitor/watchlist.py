@@ -38,7 +38,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from changedet.config import Config, load_config, parse_date
+from changedet.config import Config, load_config, parse_date, scheduler_address_problem
 from changedet.errors import ChangedetError, ConfigError
 from changedet.models import AOI
 
@@ -134,11 +134,9 @@ _SMTP = (
 
 def _cluster(address: str) -> str:
     """A Dask scheduler address, or "" for this machine."""
-    if address and "://" not in address:
-        raise ConfigError(
-            f"watch-list: cluster '{address}' is not a scheduler address; write it as "
-            "tcp://HOST:PORT (or leave it out to run here)"
-        )
+    problem = scheduler_address_problem(address)
+    if problem:
+        raise ConfigError(f"watch-list: cluster {problem}")
     return address
 
 
