@@ -89,6 +89,12 @@ def test_no_structure_and_coverage_words(
     )
     assert headline(result).warnings == ()
     assert [km2(v) for v in (261.11, 6.54, 0.812)] == ["261 km²", "6.5 km²", "0.81 km²"]
+    assert [km2(v) for v in (0.0051, 0.004949, 0.00012, 0.0)] == [
+        "0.01 km²",
+        "4,949 m²",
+        "120 m²",
+        "0.00 km²",
+    ]
 
 
 def test_scenes_that_could_not_be_read_are_a_warning(result: RunResult) -> None:

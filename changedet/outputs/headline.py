@@ -166,7 +166,10 @@ class Headline:
 
 
 def km2(value: float) -> str:
-    """An area in km² with the decimals its size deserves: '261 km²', '6.5 km²', '0.81 km²'."""
+    """An area with the decimals its size deserves: '261 km²', '6.5 km²', '0.81 km²', and in m²
+    what two decimals would show as 0.00 km² ('120 m²': an AOI of a few pixels)."""
+    if 0 < value < 0.005:
+        return f"{value * 1e6:,.0f} m²"
     digits = 0 if value >= 100 else 1 if value >= 1 else 2
     return f"{value:,.{digits}f} km²"
 
