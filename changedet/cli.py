@@ -465,11 +465,15 @@ def search(
 def _scene_table(report: Any) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"AOI {report.aoi_id}: {len(report.used)} scene(s) from {report.source}")
+    rows = report.rows()
+    used = sum(1 for row in rows if row[-1] == "used")
+    table = Table(
+        title=f"AOI {report.aoi_id}: {len(report.used)} scene(s) from {report.source}, {used} used"
+    )
     table.add_column("id", no_wrap=True)
     for col in ("datetime", "tile", "cloud %", "AOI clear %", "status"):
         table.add_column(col)
-    for row in report.rows():
+    for row in rows:
         table.add_row(*row)
     return table
 

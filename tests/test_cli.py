@@ -290,8 +290,11 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons(cli: Callable[..., Resul
     assert any(
         "duplicate of" in d["reason"] and d["id"].endswith("_0_L2A") for d in report["dropped"]
     )
-    result = cli("search", KHOJIR, "--config", str(DEMO))
+    result = cli("search", KHOJIR, "--config", str(DEMO), "--probe")
     assert result.exit_code == 0 and "S2A_39SWV_20230612_0_L2A" in result.stdout
+    used = sum(s["used"] for s in scenes.values())
+    assert f"AOI khojir: {len(scenes)} scene(s) from " in result.stdout
+    assert f", {used} used" in result.stdout and used < len(scenes)  # the title counts both
 
 
 @pytest.mark.parametrize(
