@@ -525,3 +525,16 @@ def test_piped_progress_is_a_line_per_quarter_and_a_stage_of_unknown_size_has_st
         "[changedet] search: 17/17",
         *[f"[changedet] read: {n}/8" for n in (0, 2, 4, 6, 8)],
     ]
+
+
+def test_every_command_with_progress_can_be_quiet(
+    cli: Callable[..., Result], tmp_path: Path, make_aoi: Callable[..., AOI]
+) -> None:
+    for command in ("run", "monitor run", "synth sample", "synth oscd-series", "eval oscd", "eval series"):  # fmt: skip
+        assert "--quiet" in cli(*command.split(), "--help").stdout, command
+    aoi = write_aoi(tmp_path / "small.geojson", make_aoi(2.33, 48.86, size_m=600.0, aoi_id="s"))
+    loud = cli("synth", "sample", "--aoi", str(aoi), "--out", str(tmp_path / "a"))
+    quiet = cli("synth", "sample", "--aoi", str(aoi), "--out", str(tmp_path / "b"), "--quiet")
+    assert loud.exit_code == quiet.exit_code == 0, loud.stderr + quiet.stderr
+    assert "[changedet] synth s:" in loud.stderr and quiet.stderr == ""
+    assert quiet.stdout.replace("/b/", "/a/") == loud.stdout  # the outcome is still said

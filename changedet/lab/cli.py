@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["eval_group", "synth"]
 
+_QUIET = click.option("--quiet", is_flag=True, help="No progress output.")
+
 
 @click.group("synth", help=LAB_COMMANDS["synth"])
 def synth() -> None:
@@ -60,13 +62,20 @@ def synth() -> None:
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--debug", is_flag=True)
+@_QUIET
 def synth_sample(
-    aoi_file: str | None, all_aois: bool, aoi_dir: str, out_dir: str, seed: int, debug: bool
+    aoi_file: str | None,
+    all_aois: bool,
+    aoi_dir: str,
+    out_dir: str,
+    seed: int,
+    debug: bool,
+    quiet: bool,
 ) -> None:
     """Write the seeded synthetic Sentinel-2 sample tiles (COGs + static STAC + truth)."""
     from changedet.lab import sample
 
-    with _errors(debug), _Renderer(quiet=False) as progress:
+    with _errors(debug), _Renderer(quiet=quiet) as progress:
         if all_aois:
             summaries = sample.regenerate_all(
                 Path(aoi_dir), Path(out_dir), seed=seed, progress=progress
@@ -109,6 +118,7 @@ def synth_sample(
     "truth.geojson gives the day): for testing 'vanished'.",
 )
 @click.option("--debug", is_flag=True)
+@_QUIET
 def synth_oscd_series(
     root: str,
     city: str,
@@ -118,6 +128,7 @@ def synth_oscd_series(
     months: int,
     razed_share: float,
     debug: bool,
+    quiet: bool,
 ) -> None:
     """Build a monthly semi-real series from a real OSCD pair and its labels."""
     from changedet.config import parse_date
@@ -125,7 +136,7 @@ def synth_oscd_series(
 
     with _errors(debug):
         _oscd_cities(root, city, labelled=True)
-    with _errors(debug), _Renderer(quiet=False) as progress:
+    with _errors(debug), _Renderer(quiet=quiet) as progress:
         summary = write_oscd_series(
             Path(root),
             city,
@@ -174,8 +185,14 @@ def eval_group() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 @click.option("--debug", is_flag=True)
+@_QUIET
 def eval_oscd(
-    root: str, cities: str | None, out_dir: str, config_path: str | None, debug: bool
+    root: str,
+    cities: str | None,
+    out_dir: str,
+    config_path: str | None,
+    debug: bool,
+    quiet: bool,
 ) -> None:
     """Run the default detector on OSCD; print per-city and pooled precision/recall/F1."""
     from changedet.config import load_config
@@ -184,7 +201,7 @@ def eval_oscd(
     with _errors(debug):
         names = _oscd_cities(root, cities, labelled=False)
         config = load_config(config_path)
-        with _Renderer(quiet=False) as progress:
+        with _Renderer(quiet=quiet) as progress:
             report = evaluate(
                 Path(root), Path(out_dir), cities=names, config=config.change, progress=progress
             )
@@ -236,6 +253,7 @@ def eval_oscd(
     "--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures here."
 )
 @click.option("--debug", is_flag=True)
+@_QUIET
 def eval_series(
     root: str,
     cities: str | None,
@@ -246,6 +264,7 @@ def eval_series(
     aoi_dir: str,
     json_out: str | None,
     debug: bool,
+    quiet: bool,
 ) -> None:
     """Count and date on semi-real OSCD series: object F1, count error, first-seen, false objects.
 
@@ -259,7 +278,7 @@ def eval_series(
     with _errors(debug):
         names = _oscd_cities(root, cities, labelled=True)
         config = load_config(config_path)
-        with _Renderer(quiet=False) as progress:
+        with _Renderer(quiet=quiet) as progress:
             report = evaluate_series(
                 Path(root), config, cities=names, seed=seed, months=months, progress=progress
             )
