@@ -115,3 +115,22 @@ def test_scenes_that_could_not_be_read_are_a_warning(result: RunResult) -> None:
     told = headline(replace(result, scenes_skipped=(corrupt, cloudy, expired)))
     assert told.warnings[0].startswith(f"2 scenes of AOI '{result.aoi.id}' could not be read and ")
     assert "were left out (first S2A_CUT: unreadable asset: swir16:" in told.warnings[0]
+
+
+def test_a_comparison_that_asked_less_persistence_is_a_warning(result: RunResult) -> None:
+    def told(mode: str, persistence: int) -> tuple[str, ...]:
+        comparison = {
+            "mode": mode,
+            "min_persistence": persistence,
+            "configured": {"baseline_periods": 2, "min_persistence": 2},
+            "note": f"{mode} note",
+        }
+        provenance = {**result.provenance, "comparison": comparison}
+        return headline(replace(result, provenance=provenance)).warnings
+
+    assert told("series", 2) == ()
+    assert told("short", 2) == ()  # a smaller baseline, the persistence asked: nothing to add
+    (short,) = told("short", 1)
+    assert short.startswith(f"AOI '{result.aoi.id}': short note; widen the time range")
+    (pair,) = told("pair", 1)
+    assert pair.startswith(f"AOI '{result.aoi.id}': pair note;")

@@ -68,6 +68,13 @@ def test_two_clear_scenes_are_compared(cli: Callable[..., Result], tmp_path: Pat
     assert comparison["min_persistence"] == 1
     report = (folder / "report.html").read_text()
     assert "two-date comparison: 2024-05 against 2023-07" in report
+    # Said where the analyst reads the counts, not only in the report's limits.
+    warning = (
+        "changedet: warning: AOI 'khojir': two-date comparison: 2024-05 against 2023-07; with "
+        "one later observation persistence cannot be checked"
+    )
+    assert warning in result.stderr
+    assert 'id="comparison-warning"' in report
 
     # Buildings that appeared between the two dates are found, and nothing else much.
     truth = [
@@ -96,6 +103,7 @@ def test_a_short_series_shrinks_the_baseline_and_says_so(
     assert comparison["mode"] == "short"
     assert comparison["baseline"] == ["2023-07"]  # configured: 2; two later periods remain
     assert comparison["min_persistence"] == 2
+    assert "two-date" not in result.stderr and "short series" not in result.stderr  # as asked
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,9 @@ CLI summary, the report and run.json say the same thing:
   candidates with why;
 - the analysed area against the AOI's, and a warning when it is under `[output]
   coverage_warning`;
-- a warning naming the scenes whose files could not be read, which the run went on without.
+- a warning naming the scenes whose files could not be read, which the run went on without;
+- a warning when too few clear periods allowed less persistence than configured (a two-date
+  pair, a short series).
 
 Ranges: the ledger's counts give a low–high range for all structures and for new buildings at
 the end of the run (`core.counts`: the buildings' high end also holds structures whose kind the
@@ -227,6 +229,21 @@ def _unreadable_warning(result: RunResult) -> str | None:
     )
 
 
+def _comparison_warning(result: RunResult) -> str | None:
+    """A run with too few clear periods to ask the configured persistence (a two-date pair, or a
+    short series that asked less): its "confirmed" structures rest on fewer observations."""
+    comparison = result.provenance.get("comparison") or {}
+    asked = comparison.get("configured", {}).get("min_persistence")
+    if comparison.get("mode") == "series" or asked is None:
+        return None
+    if comparison.get("mode") != "pair" and comparison.get("min_persistence", asked) >= asked:
+        return None
+    return (
+        f"AOI '{result.aoi.id}': {comparison.get('note')}; widen the time range to confirm "
+        "structures over more periods"
+    )
+
+
 def headline(result: RunResult) -> Headline:
     """The headline numbers of one run."""
     new = [s for s in result.structures if _is_new(s)]
@@ -242,6 +259,7 @@ def headline(result: RunResult) -> Headline:
     cov = result.coverage
     warnings = (
         ("unreadable-scenes", _unreadable_warning(result)),
+        ("comparison", _comparison_warning(result)),
         ("coverage", _coverage_warning(result)),
     )
     return Headline(
