@@ -521,11 +521,13 @@ _STATE = click.option(
 def _describe_check(check: Any) -> str:
     if check.outcome != "updated":
         return f"{check.aoi_id}: {check.outcome}: {check.message}"
-    if not check.new_scenes and not check.replaced:
+    if not check.new_scenes and not check.replaced and not check.retried:
         return f"{check.aoi_id}: outputs refreshed with the review verdicts (no new scene)"
     parts = [f"{len(check.new_scenes)} new scene(s)"]
     if check.replaced:
         parts.append(f"{len(check.replaced)} replaced by reprocessing")
+    if check.retried:
+        parts.append(f"{len(check.retried)} unreadable last time read again")
     parts.append(f"{len(check.alerts)} new alert(s)")
     parts.append(
         f"change computed for {check.periods_computed} period(s), {check.periods_reused} reused"

@@ -144,6 +144,19 @@ def test_plan_records_dropped_scenes_once() -> None:
     assert plan_scenes(seen, [], dropped, now=END).dropped == ()
 
 
+def test_plan_reads_again_a_scene_that_could_not_be_read() -> None:
+    a, b, c = _scene("a_0", 5), _scene("b_0", 10), _scene("c_0", 20)
+    stored = {
+        "a_0": _stored(a),
+        "b_0": _stored(b, "unreadable"),
+        "c_0": _stored(c, "skipped"),
+    }
+    plan = plan_scenes(stored, [], [], now=END)  # the search found nothing new
+    assert [s.id for s in plan.scenes] == ["a_0", "b_0", "c_0"]
+    assert plan.new == () and plan.retried == ("b_0",) and plan.work
+    assert not plan_scenes({**stored, "b_0": _stored(b)}, [], [], now=END).work
+
+
 def test_search_starts_at_the_last_acquisition_minus_the_lookback() -> None:
     start = datetime(2023, 6, 1).date()
     assert search_start(start, {}, 30) == start
@@ -651,12 +664,18 @@ def test_a_scene_that_cannot_be_read_is_left_out_and_the_analyst_told(tmp_path: 
         for line in warnings
     ), done.stderr
     outcome = {row[1]: row[6] for row in ledger_outcome(scenario.state)["scenes"]}
-    assert outcome[item["id"]] == "skipped"
-    # Mended, it is read again when a new scene next updates the AOI.
+    assert outcome[item["id"]] == "unreadable"
+    # Still broken: the next run, with nothing new, reads it again and says so again.
+    still = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
+    assert "k1: updated: 0 new scene(s), 1 unreadable last time read again" in still.stdout
+    assert "1 scene of AOI 'k1' could not be read" in still.stderr
+    # Mended (a network error over, a link renewed): read again and used, with nothing new.
     cut.write_bytes(whole)
-    scenario.publish(until("2024-02-01"))
-    scenario.catalog.write_text(scenario.catalog.read_text().replace(str(SAMPLE), str(copy)))
     again = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
     assert again.returncode == 0 and "could not be read" not in again.stderr, again.stderr
+    assert "1 unreadable last time read again" in again.stdout
     outcome = {row[1]: row[6] for row in ledger_outcome(scenario.state)["scenes"]}
     assert outcome[item["id"]] == "used"
+    # Then nothing is left to do.
+    idle = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
+    assert "k1: unchanged: nothing new" in idle.stdout

@@ -61,6 +61,7 @@ class AOICheck:
     outcome: str
     new_scenes: tuple[str, ...] = ()
     replaced: tuple[str, ...] = ()
+    retried: tuple[str, ...] = ()  # scenes unreadable last time, read again
     alerts: tuple[AlertRow, ...] = ()
     message: str = ""
     summary: RunSummary | None = None
@@ -123,6 +124,7 @@ def _scene_rows(
     """Rows for every scene the check saw that differ from the stored ones."""
     used = {s.id for s in result.scenes_used}
     reasons = {d.scene_id: d.reason for d in result.scenes_skipped}
+    unreadable = {d.scene_id for d in result.scenes_skipped if d.unreadable}
     clear = dict(read.probes) if read is not None else {}
     rows = [
         SceneRow(
@@ -131,7 +133,7 @@ def _scene_rows(
             s.processing_baseline,
             s.updated,
             None if clear.get(s.id) is None else round(float(clear[s.id]), 4),
-            "used" if s.id in used else "skipped",
+            "used" if s.id in used else "unreadable" if s.id in unreadable else "skipped",
             None if s.id in used else reasons.get(s.id, "not used"),
             scene_record(s),
         )
@@ -270,7 +272,7 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         allow_empty=True,
     )
     plan = plan_scenes(stored, found.scenes, found.dropped, now=ctx.now)
-    if not plan.new and not plan.replaced and not _outputs_stale(state, aoi.id, out_dir):
+    if not plan.work and not _outputs_stale(state, aoi.id, out_dir):
         if plan.dropped:  # scenes the search leaves out, seen for the first time
             rows = _replaced_and_dropped(plan, stored)
             state.commit_check(ctx.run_id, CheckRecord(aoi.id, aoi.name, str(out_dir), scenes=rows))
@@ -424,6 +426,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
         dates_kept=computed.dates_kept,
         new_scenes=job.plan.new,
         replaced=tuple(d.scene_id for d in job.plan.replaced),
+        retried=job.plan.retried,
         alerts=changes.alerts,
         summary=computed.summary,
     )

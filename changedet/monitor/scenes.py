@@ -84,12 +84,20 @@ class ScenePlan:
     """scenes: what the pipeline works with (stored and found, de-duplicated, sorted);
     new: ids of scenes not stored as they are now (a non-empty tuple means work to do);
     replaced: stored scenes a newer version of the same acquisition replaces, with why;
-    dropped: what the search left out (cloud filter, missing assets...), new ids only."""
+    dropped: what the search left out (cloud filter, missing assets...), new ids only;
+    retried: stored scenes whose files could not be read last time, read again (work to do:
+    a failed read, a network error or an expired link, may well succeed now)."""
 
     scenes: tuple[Scene, ...]
     new: tuple[str, ...]
     replaced: tuple[SkippedScene, ...]
     dropped: tuple[SkippedScene, ...]
+    retried: tuple[str, ...] = ()
+
+    @property
+    def work(self) -> bool:
+        """Anything to compute: a new, replaced or retried scene."""
+        return bool(self.new or self.replaced or self.retried)
 
 
 def plan_scenes(
@@ -104,7 +112,7 @@ def plan_scenes(
     known = {
         sid: scene_from_record(row.record)
         for sid, row in stored.items()
-        if row.record is not None and row.outcome in ("used", "skipped")
+        if row.record is not None and row.outcome in ("used", "skipped", "unreadable")
     }
     fresh = [s for s in found if s.datetime <= now]
     for scene in fresh:
@@ -118,4 +126,5 @@ def plan_scenes(
     )
     new_dups = tuple(d for d in duplicates if d.scene_id not in stored)
     dropped = tuple(d for d in found_dropped if d.scene_id not in stored)
-    return ScenePlan(tuple(kept), new, replaced, (*dropped, *new_dups))
+    retried = tuple(s.id for s in kept if s.id not in new and stored[s.id].outcome == "unreadable")
+    return ScenePlan(tuple(kept), new, replaced, (*dropped, *new_dups), retried)

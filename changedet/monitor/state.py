@@ -7,8 +7,9 @@ kill at any moment leaves the database as it was before that AOI or after it, ne
 Tables:
 
 - `scenes`: every scene seen per AOI: processing baseline, `updated`, AOI clear fraction,
-  outcome (used | skipped | dropped | replaced) and reason, and the scene itself as JSON (so a run
-  searches only the recent past and still knows every scene);
+  outcome (used | skipped | unreadable | dropped | replaced) and reason, and the scene itself as
+  JSON (so a run searches only the recent past and still knows every scene; an unreadable one is
+  read again by the next run);
 - `periods`: per AOI and period, the scenes it was computed from and the run that last did;
 - `structures` + `structure_history`: the ledger (current status, review verdict) and every
   status change (candidate, confirmed, bermed, vanished, dropped, reviewed);
@@ -169,7 +170,7 @@ class SceneRow:
     processing_baseline: str | None
     updated: str | None
     clear_fraction: float | None
-    outcome: str  # "used" | "skipped" | "dropped" | "replaced"
+    outcome: str  # "used" | "skipped" | "unreadable" | "dropped" | "replaced"
     reason: str | None
     record: Mapping[str, Any] | None  # the Scene as JSON (`monitor.scenes`), None for dropped ids
 
@@ -467,7 +468,7 @@ class State:
                 )
             db.execute(
                 "UPDATE aois SET last_acquired = (SELECT MAX(acquired) FROM scenes WHERE "
-                "aoi_id = ? AND outcome IN ('used', 'skipped')) WHERE id = ?",
+                "aoi_id = ? AND outcome IN ('used', 'skipped', 'unreadable')) WHERE id = ?",
                 (record.aoi_id, record.aoi_id),
             )
 
@@ -640,7 +641,7 @@ class State:
         ).fetchone()[0]
         scenes = db.execute(
             "SELECT SUM(outcome = 'used'), MAX(acquired) FROM scenes WHERE aoi_id = ? AND "
-            "outcome IN ('used', 'skipped')",
+            "outcome IN ('used', 'skipped', 'unreadable')",
             (aoi_id,),
         ).fetchone()
         n_alerts = db.execute("SELECT COUNT(*) FROM alerts WHERE aoi_id = ?", (aoi_id,)).fetchone()
