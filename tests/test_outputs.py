@@ -4,6 +4,7 @@ COGs, counts.csv and run.json, and the atomic swap of the output folder."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import sqlite3
 import xml.etree.ElementTree as ET
@@ -636,6 +637,27 @@ def test_failure_midway_leaves_no_folder(
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_run_outputs(run_result, tmp_path / "aoi", config=OutputConfig())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_keeps_the_previous_outputs_and_says_what_to_do(
+    run_result: RunResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "aoi"
+    write_run_outputs(run_result, out, config=OutputConfig(report=False, chips=False))
+    before = sorted(p.name for p in out.iterdir())
+
+    def full(*args: Any, **kwargs: Any) -> None:  # the disk fills while the report is written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("changedet.outputs.write.write_report_html", full)
+    with pytest.raises(OutputError) as info:
+        write_run_outputs(run_result, out, config=OutputConfig(chips=False))
+    assert str(info.value) == (
+        f"cannot write outputs to {out}: [Errno 28] No space left on device; free some space "
+        "there or pass another --out, then rerun"
+    )
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["aoi"]
 
 
 def test_missing_true_colour_bands_fail_before_writing(

@@ -15,6 +15,7 @@ the same styles embedded; styled COGs of the change evidence and the true-colour
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -440,5 +441,14 @@ def write_run_outputs(
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
-        raise OutputError(f"cannot write outputs to {out_dir}: {exc}") from None
+        raise OutputError(f"cannot write outputs to {out_dir}: {exc}{_advice(exc)}") from None
     return [out_dir / name for name in files]
+
+
+def _advice(exc: OSError) -> str:
+    """What to do about a failed write (the previous outputs stand: see `run_folder`)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "; free some space there or pass another --out, then rerun"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "; pass an --out folder you can write to, then rerun"
+    return ""
