@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import click
 
 from changedet import __version__
-from changedet.errors import ChangedetError, UsageError, silence_library_noise
+from changedet.errors import ChangedetError, UsageError, machine_trouble, silence_library_noise
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("changedet")
@@ -140,7 +140,8 @@ def _errors(debug: bool) -> Iterator[None]:
         if debug:
             traceback.print_exc()
         _echo_error(
-            f"unexpected {type(exc).__name__}: {exc}".splitlines()[0]
+            machine_trouble(exc)
+            or f"unexpected {type(exc).__name__}: {exc}".splitlines()[0]
             + " (rerun with --debug for details and report it)"
         )
         sys.exit(1)

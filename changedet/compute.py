@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from changedet.config import Config
 from changedet.core.carry import Known
-from changedet.errors import ChangedetError, UsageError
+from changedet.errors import ChangedetError, UsageError, machine_trouble
 from changedet.models import AOI, Progress, no_progress
 from changedet.pipeline import PipelineIO, RunSummary, run_aoi
 
@@ -77,7 +77,9 @@ def _run_one(
     except ChangedetError as exc:
         return Outcome(aoi.id, error=str(exc), exit_code=exc.exit_code, details=_trace())
     except Exception as exc:
-        reason = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug)"
+        reason = (
+            machine_trouble(exc) or f"unexpected {type(exc).__name__}: {exc} (rerun with --debug)"
+        )
         return Outcome(aoi.id, error=reason, exit_code=1, details=_trace())
 
 

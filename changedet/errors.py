@@ -1,8 +1,11 @@
 """One exception tree. Every message says what is wrong and how to fix it, on one line. Also the
-one place that decides which library warnings are noise (`silence_library_noise`)."""
+one place that decides which library warnings are noise (`silence_library_noise`), and the words
+for a failure that is the machine's, not a bug (`machine_trouble`)."""
 
 from __future__ import annotations
 
+import errno
+import tempfile
 import warnings
 
 __all__ = [
@@ -17,6 +20,7 @@ __all__ = [
     "ReadError",
     "UnsafeHrefError",
     "UsageError",
+    "machine_trouble",
     "silence_library_noise",
 ]
 
@@ -31,6 +35,20 @@ def silence_library_noise() -> None:
     """Ignore, process-wide, the libraries' warnings that say nothing about the analyst's data
     (called by the CLI and by `pipeline.run_aoi`, before any thread starts)."""
     warnings.filterwarnings("ignore", message=_RASTERIO_ARRAY_WRAPPING)
+
+
+def machine_trouble(exc: BaseException) -> str | None:
+    """One line for an error the machine caused and the analyst can fix (a full disk while the
+    dates are kept in the temporary folder); None for anything else, which is a bug to report.
+    Writes to --out say so themselves (`OutputError`)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (
+            f"a disk is full ({exc.strerror}{where}): changedet keeps each date's pixels in the "
+            f"temporary folder {tempfile.gettempdir()} while it runs, besides its cache and "
+            "outputs; free space, or set TMPDIR to a folder on a larger disk, then rerun"
+        )
+    return None
 
 
 class ChangedetError(Exception):

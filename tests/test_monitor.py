@@ -679,3 +679,15 @@ def test_a_scene_that_cannot_be_read_is_left_out_and_the_analyst_told(tmp_path: 
     # Then nothing is left to do.
     idle = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
     assert "k1: unchanged: nothing new" in idle.stdout
+
+
+def test_a_full_disk_fails_the_aoi_with_what_to_do() -> None:
+    import errno
+
+    from changedet.monitor.run import _failed
+
+    check = _failed("k1", OSError(errno.ENOSPC, "No space left on device"))
+    assert check.outcome == "failed" and check.message.startswith("a disk is full (No space left")
+    assert "set TMPDIR" in check.message
+    other = _failed("k1", ValueError("boom"))
+    assert other.message == "unexpected ValueError: boom"  # a bug stays one to report

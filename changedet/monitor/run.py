@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from changedet.config import Config
 from changedet.core.carry import Known
-from changedet.errors import ChangedetError, ConfigError, NoScenesError
+from changedet.errors import ChangedetError, ConfigError, NoScenesError, machine_trouble
 from changedet.models import (
     AOI,
     Progress,
@@ -514,4 +514,5 @@ def _failed(aoi_id: str, exc: BaseException, *, on_worker: bool = False) -> AOIC
     if isinstance(exc, ChangedetError):
         return AOICheck(aoi_id, "failed", message=str(exc).splitlines()[0])
     where = " on a worker" if on_worker else ""
-    return AOICheck(aoi_id, "failed", message=f"unexpected {type(exc).__name__}{where}: {exc}")
+    message = machine_trouble(exc) or f"unexpected {type(exc).__name__}{where}: {exc}"
+    return AOICheck(aoi_id, "failed", message=message)
