@@ -71,6 +71,23 @@ def _feature(fid: str, kind: str, geom: Any, **props: Any) -> dict[str, Any]:
     }
 
 
+def test_pieces_are_the_false_positives_on_a_change_another_structure_found() -> None:
+    from changedet.lab.score import StructureMatches
+    from changedet.lab.yardstick import pieces
+
+    regions = np.zeros((6, 12), np.int32)
+    regions[:, 0:6] = 1  # a large site, found
+    regions[:, 8:10] = 2  # a change that was missed
+    footprints = np.zeros_like(regions)
+    footprints[0:4, 0:4] = 1  # matches region 1
+    footprints[5, 3:6] = 2  # another piece of region 1
+    footprints[0:2, 9:11] = 3  # on the missed region 2: a partial sighting, not a piece
+    footprints[4:6, 10:12] = 4  # beside region 2 only
+    found = StructureMatches(pairs=((0, 0),), unmatched=(1, 2, 3))
+    assert pieces(found, footprints, regions) == 1
+    assert pieces(StructureMatches((), (0, 1, 2, 3)), footprints, regions) == 0
+
+
 def test_kind_confusion_known_answer() -> None:
     house, hall = _mask(2, 2, 4, 4), _mask(12, 12, 4, 4)
     # A berm's centre line round the house (a LineString, as in the sample's truth).
@@ -144,9 +161,11 @@ def test_eval_series_figures_add_up(
         assert r["count_error"] == pytest.approx((r["confirmed"] - r["truth"]) / r["truth"])
         assert r["first_seen"] == pytest.approx(r["first_seen_hits"] / r["tp"])
         assert r["false_objects"] <= r["fp"] and r["unchanged_km2"] > 0
+        # Pieces lie on a change, false objects 2 px away from any: disjoint parts of fp.
+        assert r["pieces"] >= 0 and r["pieces"] + r["false_objects"] <= r["fp"]
         assert sum(r["matched_kinds"].values()) == r["tp"]
         assert sum(r["unmatched_kinds"].values()) == r["fp"]
-    for key in ("truth", "confirmed", "tp", "fp", "fn", "false_objects", "unchanged_km2"):
+    for key in ("truth", "confirmed", "tp", "fp", "fn", "false_objects", "pieces", "unchanged_km2"):
         assert pooled[key] == pytest.approx(row[key])
     # The terminal tables carry the same figures.
     assert CITY in result.output and "pooled" in result.output

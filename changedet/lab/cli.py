@@ -327,6 +327,7 @@ _SERIES_COLUMNS = (
     ("tp", "tp", "{}"),
     ("fp", "fp", "{}"),
     ("fn", "fn", "{}"),
+    ("pieces", "pieces", "{}"),
     ("P", "precision", "{:.2f}"),
     ("R", "recall", "{:.2f}"),
     ("F1", "f1", "{:.2f}"),
@@ -365,7 +366,8 @@ def _print_series(data: dict[str, Any], samples: list[KindConfusion]) -> None:
     console.print(table)
     console.print(
         "false /km²: confirmed structures with no pixel within "
-        f"{data['buffer_px']} px of a labelled change, per km² of ground that far from one"
+        f"{data['buffer_px']} px of a labelled change, per km² of ground that far from one; "
+        "pieces: false positives on a change another structure matched (one change counted twice)"
     )
     kinds = Table(title="Kind of the structures found (OSCD labels say only 'change')")
     kinds.add_column("city")

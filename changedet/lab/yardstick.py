@@ -12,6 +12,9 @@ SCL misses, a baseline switch), run the time-series core with the given config
 - false objects per km² of unchanged ground: confirmed structures with no pixel within
   `buffer_px` of a labelled change, over the area of valid pixels farther than that from one
   (the buffer keeps a change's misaligned fringe from counting as "nothing changed");
+- pieces: unmatched confirmed structures on a labelled change that another structure matched,
+  that change counted more than once (a large site in pieces): the part of the false positives
+  and of an over-count that is not a detection where nothing changed;
 - kind mix: the `kind` of the structures matched to a true change and of the unmatched ones.
   OSCD labels say only "change", so this is a mix, not a confusion matrix (that needs the
   synthetic sample's kinded truth: `kindtruth`).
@@ -34,7 +37,7 @@ from scipy import ndimage
 from changedet.config import Config
 from changedet.lab.kindtruth import add_counts
 from changedet.lab.oscd import labelled_cities, load_city
-from changedet.lab.score import SeriesScore, match_structures, score_structures
+from changedet.lab.score import SeriesScore, StructureMatches, match_structures, score_structures
 from changedet.lab.series import OSCDSeries, detect_series, make_oscd_series
 from changedet.models import Progress, Structure, no_progress
 
@@ -45,6 +48,7 @@ __all__ = [
     "evaluate_city",
     "evaluate_series",
     "false_objects",
+    "pieces",
     "report_json",
     "unchanged_ground",
 ]
@@ -64,6 +68,7 @@ class CityResult:
     unchanged_km2: float
     matched_kinds: Mapping[str, int] = field(default_factory=dict)
     unmatched_kinds: Mapping[str, int] = field(default_factory=dict)
+    pieces: int = 0  # unmatched structures on a change another structure matched (`pieces`)
     seconds: float = 0.0
 
     @property
@@ -85,6 +90,7 @@ class CityResult:
             self.unchanged_km2 + other.unchanged_km2,
             add_counts(self.matched_kinds, other.matched_kinds),
             add_counts(self.unmatched_kinds, other.unmatched_kinds),
+            self.pieces + other.pieces,
             self.seconds + other.seconds,
         )
 
@@ -136,6 +142,14 @@ def false_objects(
     )
 
 
+def pieces(found: StructureMatches, footprints: np.ndarray, regions: np.ndarray) -> int:
+    """Unmatched confirmed structures with a pixel on a labelled change that another structure
+    matched (`regions`: truth[j] → j + 1, as `match_structures` reads it)."""
+    matched = np.isin(regions, [ti + 1 for _si, ti in found.pairs])
+    on_matched = set(np.unique(footprints[matched]).tolist())
+    return sum(1 for i in found.unmatched if i + 1 in on_matched)
+
+
 def evaluate_city(
     root: Path,
     city: str,
@@ -163,6 +177,7 @@ def evaluate_city(
         unchanged_km2=float(unchanged.sum()) * series.grid.pixel_area_m2 / 1e6,
         matched_kinds=_kind_counts(structures, [si for si, _ti in found.pairs]),
         unmatched_kinds=_kind_counts(structures, found.unmatched),
+        pieces=pieces(found, footprints, series.regions),
         seconds=time.perf_counter() - t0,
     )
 
@@ -206,6 +221,7 @@ def _row_json(row: CityResult) -> dict[str, Any]:
         "first_seen_hits": s.first_seen_hits,
         "first_seen_days": s.mean_interval_days,
         "false_objects": row.false_objects,
+        "pieces": row.pieces,
         "unchanged_km2": row.unchanged_km2,
         "false_per_km2": row.false_per_km2,
         "matched_kinds": dict(row.matched_kinds),
