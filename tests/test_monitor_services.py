@@ -211,6 +211,70 @@ def test_every_alert_is_delivered_exactly_once(tmp_path: Path) -> None:
         mail.stop()
 
 
+def test_a_delivery_that_cannot_work_says_what_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SMTP password missing from the job's environment, a wrong one, a webhook nobody
+    answers: each failure says what is wrong in words, the alerts wait, and once mended they go."""
+    smtpd = pytest.importorskip("aiosmtpd.controller")
+    from aiosmtpd.handlers import Message
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    class Inbox(Message):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.keys: list[str] = []
+
+        def handle_message(self, message: Any) -> None:
+            self.keys.append(str(message["X-Changedet-Alert"]))
+
+    def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"cd", b"right")
+        return AuthResult(success=ok, handled=False)  # the server answers 235 or 535
+
+    inbox = Inbox()
+    mail = smtpd.Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        authenticator=check,
+        auth_require_tls=False,
+        auth_exclude_mechanism=["LOGIN"],  # smtplib tries PLAIN; one answer per attempt
+    )
+    mail.start()
+    monkeypatch.delenv("CHANGEDET_TEST_SMTP_PASSWORD", raising=False)
+    try:
+        scenario = make_scenario(tmp_path)
+        extra = (
+            f'[webhook]\nurl = "http://127.0.0.1:{free_port()}/hook"\nretries = 0\n'
+            f'[smtp]\nhost = "127.0.0.1"\nport = {mail.port}\nfrom = "cd@test"\nto = ["a@test"]\n'
+            'username = "cd"\npassword_env = "CHANGEDET_TEST_SMTP_PASSWORD"\nretries = 2\n'
+        )
+        watch = load_watchlist(scenario.watchlist(extra=extra))
+        scenario.publish(until("2024-01-01"))
+        waits: list[float] = []
+        unset = run_watchlist(watch, now=END, sleep=waits.append).deliveries.errors
+        assert sorted(unset) == [
+            "smtp: the password variable CHANGEDET_TEST_SMTP_PASSWORD is not set in this job's "
+            "environment; set it where the job runs (cron and systemd do not read your shell's "
+            "profile)",
+            "webhook: cannot reach the server (connection refused)",
+        ]
+        assert waits == [] and inbox.keys == []  # waiting would not set it: no retries
+        monkeypatch.setenv("CHANGEDET_TEST_SMTP_PASSWORD", "wrong")
+        wrong = run_watchlist(watch, now=END, sleep=waits.append).deliveries.errors
+        assert "smtp: login refused (535); check username and password" in wrong
+        assert waits == [] and inbox.keys == []
+        monkeypatch.setenv("CHANGEDET_TEST_SMTP_PASSWORD", "right")
+        run_watchlist(watch, now=END, sleep=waits.append)
+        with State(scenario.state) as state:
+            keys = sorted(a.key for a in state.alerts("k1"))
+            assert [d.channel for d in state.pending()] == ["webhook"] * len(keys)
+        assert keys and sorted(inbox.keys) == keys
+    finally:
+        mail.stop()
+
+
 # --- processes: SIGKILL at random moments, two runs at once ---------------------------------------
 
 

@@ -94,12 +94,38 @@ def _mail(config: SmtpConfig, alert: AlertRow) -> None:
     message.set_content(
         describe_alert(alert) + "\n\n" + json.dumps(alert.payload, indent=2, sort_keys=True)
     )
+    password = os.environ.get(config.password_env) if config.password_env else ""
+    if config.username and password is None:
+        raise _Unconfigured(
+            f"the password variable {config.password_env} is not set in this job's environment; "
+            "set it where the job runs (cron and systemd do not read your shell's profile)"
+        )
     with smtplib.SMTP(config.host, config.port, timeout=config.timeout_s) as smtp:
         if config.starttls:
             smtp.starttls()
         if config.username:
-            smtp.login(config.username, os.environ.get(config.password_env, ""))
+            smtp.login(config.username, password or "")
         smtp.send_message(message)
+
+
+class _Unconfigured(smtplib.SMTPException):
+    """The channel cannot work as configured; its message says what to set."""
+
+
+def _why(exc: Exception) -> str:
+    """A failed attempt in the analyst's words: what failed and, where it helps, what to do."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, _Unconfigured):
+        return str(exc)
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return f"login refused ({exc.smtp_code}); check username and password"
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, OSError) and reason.strerror:
+        return f"cannot reach the server ({reason.strerror.lower()})"
+    if isinstance(reason, TimeoutError):
+        return "cannot reach the server (timed out)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -124,10 +150,10 @@ def _attempt(
         try:
             send(alert)
             return True, attempt + 1, None
-        except urllib.error.HTTPError as exc:
-            error = f"HTTP {exc.code}"
         except (OSError, smtplib.SMTPException) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = _why(exc)
+            if isinstance(exc, _Unconfigured | smtplib.SMTPAuthenticationError):
+                return False, attempt + 1, error  # waiting will not mend the settings
     return False, retries + 1, error
 
 
