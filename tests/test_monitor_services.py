@@ -165,8 +165,8 @@ def serving(server: ThreadingHTTPServer) -> Iterator[None]:
         server.server_close()
 
 
-def test_every_alert_is_delivered_exactly_once(tmp_path: Path) -> None:
-    smtpd = pytest.importorskip("aiosmtpd.controller")
+def _inbox() -> Any:
+    """An aiosmtpd handler that keeps the alert key of each message it takes."""
     from aiosmtpd.handlers import Message
 
     class Inbox(Message):  # type: ignore[misc]
@@ -177,7 +177,13 @@ def test_every_alert_is_delivered_exactly_once(tmp_path: Path) -> None:
         def handle_message(self, message: Any) -> None:
             self.keys.append(str(message["X-Changedet-Alert"]))
 
-    inbox = Inbox()
+    return Inbox()
+
+
+def test_every_alert_is_delivered_exactly_once(tmp_path: Path) -> None:
+    smtpd = pytest.importorskip("aiosmtpd.controller")
+
+    inbox = _inbox()
     mail = smtpd.Controller(inbox, hostname="127.0.0.1", port=free_port())
     mail.start()
     receiver = Receiver(fail_first=3)
@@ -217,22 +223,13 @@ def test_a_delivery_that_cannot_work_says_what_to_set(
     """An SMTP password missing from the job's environment, a wrong one, a webhook nobody
     answers: each failure says what is wrong in words, the alerts wait, and once mended they go."""
     smtpd = pytest.importorskip("aiosmtpd.controller")
-    from aiosmtpd.handlers import Message
     from aiosmtpd.smtp import AuthResult, LoginPassword
-
-    class Inbox(Message):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.keys: list[str] = []
-
-        def handle_message(self, message: Any) -> None:
-            self.keys.append(str(message["X-Changedet-Alert"]))
 
     def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
         ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"cd", b"right")
         return AuthResult(success=ok, handled=False)  # the server answers 235 or 535
 
-    inbox = Inbox()
+    inbox = _inbox()
     mail = smtpd.Controller(
         inbox,
         hostname="127.0.0.1",
