@@ -639,10 +639,12 @@ def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bo
         counts = structure_counts(s["structures"])
         reviews = ", ".join(f"{n} {v}" for v, n in sorted(s["reviews"].items())) or "none"
         pending = s["pending_deliveries"]
+        unreadable = s["scenes_unreadable"]
+        retry = f", {unreadable} unreadable, read again each run" if unreadable else ""
         click.echo(
             f"{s['aoi']}: last run {_minute(last['started'])} (clock {_minute(last['now'])}): "
             f"{last['outcome']}{': ' + last['message'] if last['message'] else ''}\n"
-            f"  last scene {_minute(s['last_scene'])} ({s['scenes_used']} used); structures: "
+            f"  last scene {_minute(s['last_scene'])} ({s['scenes_used']} used{retry}); structures: "
             f"{counts}; reviews: {reviews}; alerts {s['alerts']} "
             f"({pending} {'delivery' if pending == 1 else 'deliveries'} pending); "
             f"period cache {s['period_cache_bytes'] / 1e6:.0f} MB"

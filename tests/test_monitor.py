@@ -665,6 +665,8 @@ def test_a_scene_that_cannot_be_read_is_left_out_and_the_analyst_told(tmp_path: 
     ), done.stderr
     outcome = {row[1]: row[6] for row in ledger_outcome(scenario.state)["scenes"]}
     assert outcome[item["id"]] == "unreadable"
+    status = monitor_cli("monitor", "status", "--config", str(path), cwd=scenario.root)
+    assert "used, 1 unreadable, read again each run)" in status.stdout, status.stdout
     # Still broken: the next run, with nothing new, reads it again and says so again.
     still = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
     assert "k1: updated: 0 new scene(s), 1 unreadable last time read again" in still.stdout

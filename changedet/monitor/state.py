@@ -640,8 +640,8 @@ class State:
             (aoi_id,),
         ).fetchone()[0]
         scenes = db.execute(
-            "SELECT SUM(outcome = 'used'), MAX(acquired) FROM scenes WHERE aoi_id = ? AND "
-            "outcome IN ('used', 'skipped', 'unreadable')",
+            "SELECT SUM(outcome = 'used'), MAX(acquired), SUM(outcome = 'unreadable') FROM "
+            "scenes WHERE aoi_id = ? AND outcome IN ('used', 'skipped', 'unreadable')",
             (aoi_id,),
         ).fetchone()
         n_alerts = db.execute("SELECT COUNT(*) FROM alerts WHERE aoi_id = ?", (aoi_id,)).fetchone()
@@ -659,6 +659,7 @@ class State:
                 "message": last[6],
             },
             "scenes_used": scenes[0] or 0,
+            "scenes_unreadable": scenes[2] or 0,  # read again by every run until they read
             "last_scene": scenes[1],
             "structures": counts,
             "reviews": reviews,
