@@ -13,7 +13,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -410,9 +410,14 @@ def _report(outcome: Any, *, debug: bool, renderer: _Renderer) -> bool:
         renderer.echo(_error_line(f"AOI '{outcome.aoi_id}': {outcome.error}"), err=True)
         return False
     renderer.echo(outcome.summary.describe())
-    for warning in outcome.summary.warnings:
-        renderer.echo(f"changedet: warning: {warning}", err=True)
+    _echo_warnings(outcome.summary, renderer)
     return True
+
+
+def _echo_warnings(summary: Any, renderer: _Renderer) -> None:
+    """A run's warnings (coverage, unreadable scenes, a short comparison), one line each."""
+    for warning in summary.warnings:
+        renderer.echo(f"changedet: warning: {warning}", err=True)
 
 
 @main.command()
@@ -451,8 +456,9 @@ def search(
     # Piped output is read by people and grep alike: do not squeeze it to 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 220, highlight=False)
     for report in reports:
-        if report.rows():
-            console.print(_scene_table(report))
+        rows = report.rows()
+        if rows:
+            console.print(_scene_table(report, rows))
         else:  # an empty table says less than a sentence
             console.print(
                 f"AOI {report.aoi_id}: no scene from {report.source} covers it between "
@@ -463,10 +469,9 @@ def search(
             console.print(f"note: {note}")
 
 
-def _scene_table(report: Any) -> Any:
+def _scene_table(report: Any, rows: Sequence[tuple[str, ...]]) -> Any:
     from rich.table import Table
 
-    rows = report.rows()
     used = sum(1 for row in rows if row[-1] == "used")
     table = Table(
         title=f"AOI {report.aoi_id}: {len(report.used)} scene(s) from {report.source}, {used} used"
@@ -546,11 +551,10 @@ def _describe_check(check: Any) -> str:
 
 
 def _tell_check(check: Any, renderer: _Renderer) -> None:
-    """One AOI's check as it ends, with its run's warnings (coverage, unreadable scenes)."""
+    """One AOI's check as it ends, with its run's warnings."""
     renderer.echo(_describe_check(check))
     if check.summary is not None:
-        for warning in check.summary.warnings:
-            renderer.echo(f"changedet: warning: {warning}", err=True)
+        _echo_warnings(check.summary, renderer)
 
 
 @monitor.command("run")

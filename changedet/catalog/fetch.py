@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote, urlsplit
 from shapely.geometry import mapping
 
 from changedet.catalog.items import self_href
-from changedet.config import CATALOG_DOCUMENTS, CatalogConfig
+from changedet.config import CATALOG_DOCUMENTS, CatalogConfig, local_catalog_problem
 from changedet.errors import CatalogError, ConfigError, UnsafeHrefError
 from changedet.hrefs import check_href, href_scheme, is_remote, public_href, redact
 from changedet.models import AOI, Progress, no_progress
@@ -463,22 +463,16 @@ def _local_root(location: str) -> str:
     """The resolved path of the JSON document a local catalog location names."""
     if location.lower().startswith("file://"):
         location = unquote(urlsplit(location).path)
-    path = Path(location).expanduser()
-    if path.is_dir():
-        for name in CATALOG_DOCUMENTS:
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise CatalogError(
-                f"catalog path '{location}' has no {', '.join(CATALOG_DOCUMENTS)}; "
-                "pass a STAC API URL or a catalog.json/item collection"
-            )
-    if not path.exists():
+    # Checked when the config loaded too; the folder may have changed since.
+    problem = local_catalog_problem(location)
+    if problem:
         raise CatalogError(
-            f"catalog path '{location}' does not exist; "
+            f"catalog path '{location}' {problem}; "
             "pass a STAC API URL or a catalog.json/item collection"
         )
+    path = Path(location).expanduser()
+    if path.is_dir():
+        path = next(path / name for name in CATALOG_DOCUMENTS if (path / name).is_file())
     return str(path.resolve())
 
 

@@ -99,7 +99,8 @@ class Headline:
     aoi_km2: float | None = None
     analysed_km2: float | None = None
     analysed_share: float | None = None
-    # (name, text): the report anchors each by its name ("unreadable-scenes", "coverage")
+    # (name, text): the report anchors each by its name ("unreadable-scenes", "comparison",
+    # "coverage")
     named_warnings: tuple[tuple[str, str], ...] = field(default=())
 
     @property
@@ -233,10 +234,10 @@ def _comparison_warning(result: RunResult) -> str | None:
     """A run with too few clear periods to ask the configured persistence (a two-date pair, or a
     short series that asked less): its "confirmed" structures rest on fewer observations."""
     comparison = result.provenance.get("comparison") or {}
+    mode, used = comparison.get("mode"), comparison.get("min_persistence")
     asked = comparison.get("configured", {}).get("min_persistence")
-    if comparison.get("mode") == "series" or asked is None:
-        return None
-    if comparison.get("mode") != "pair" and comparison.get("min_persistence", asked) >= asked:
+    fewer = mode == "short" and used is not None and asked is not None and used < asked
+    if mode != "pair" and not fewer:
         return None
     return (
         f"AOI '{result.aoi.id}': {comparison.get('note')}; widen the time range to confirm "
