@@ -558,7 +558,17 @@ def test_kept_arrays_come_back_to_the_bit_and_damage_is_a_miss(tmp_path: Path) -
     got = memo.get_arrays("c1")
     assert got is not None and list(got) == list(arrays)
     for name, array in arrays.items():
-        assert got[name].dtype == array.dtype
+        assert got[name].dtype == array.dtype and not got[name].flags.writeable
+        np.testing.assert_array_equal(got[name], array)
+    # The arrays map the file (no copy): replacing the entry (atomically, as every write does)
+    # or removing it leaves them as they were read.
+    DiskMemo(tmp_path / "memo").put_arrays("c1", {n: a + 1 for n, a in arrays.items()})
+    again = DiskMemo(tmp_path / "memo").get_arrays("c1")
+    assert again is not None
+    np.testing.assert_array_equal(again["count"], arrays["count"] + 1)
+    (tmp_path / "memo" / "c1.arrays").unlink()
+    DiskMemo(tmp_path / "memo").put_arrays("c1", arrays)
+    for name, array in arrays.items():
         np.testing.assert_array_equal(got[name], array)
     # Opened where it lies: the same arrays at the offsets given.
     opened = memo.open_arrays("c1")

@@ -8,7 +8,8 @@ change, one `.arrays` file per composite, shift or date (a JSON header with the 
 CRC-32, then the bytes), each written atomically; a damaged or unreadable entry is a miss.
 `prune()` removes the entries the last run did not use, so the folder holds one series per AOI:
 per pixel of the AOI's context window, about 30 bytes a period and 13 bytes a date (a window of
-1000 × 1000 px: 30 MB a period, 13 MB a date). A date is read where it lies (`open_arrays`).
+1000 × 1000 px: 30 MB a period, 13 MB a date). A date is read where it lies (`open_arrays`);
+composites and shifts are mapped into memory, not copied (`get_arrays`).
 A cache, not state: deleting it costs one slower run.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import mmap
 import os
 import pickle
 import zlib
@@ -162,15 +164,19 @@ def _write_arrays(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of an entry; None when absent, damaged or not ours."""
+    """The arrays of an entry, read-only views of the file mapped into memory (no copy: the
+    pages are the page cache's); None when absent, damaged or not ours. Entries are replaced
+    atomically and removed by unlinking, so a mapped file never changes under its arrays."""
     try:
         with path.open("rb") as f:
             layout = _layout(f)
             if layout is None:
                 return None
-            start, payload = f.tell(), bytearray(layout[0])
-            if f.readinto(payload) != len(payload) or zlib.crc32(payload) != layout[1]:
-                return None
+            start = f.tell()
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        payload = memoryview(mapped)[start : start + layout[0]]
+        if zlib.crc32(payload) != layout[1]:
+            return None
         return {
             name: np.frombuffer(payload, dtype, math.prod(shape), at - start).reshape(shape)
             for name, (at, dtype, shape) in layout[2].items()
