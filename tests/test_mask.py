@@ -29,6 +29,26 @@ def test_nodata_is_never_clear_even_when_not_listed() -> None:
     assert scl_clear(scl, invalid=(9,)).tolist() == [[False, True]]
 
 
+@pytest.mark.parametrize("radius", [1, 2, 3, 5])
+@pytest.mark.parametrize("shape", [(41, 57), (3, 23, 19), (4, 9), (1, 1)])
+def test_dilation_is_scipys_binary_dilation_by_the_rounded_square(
+    radius: int, shape: tuple[int, ...]
+) -> None:
+    """The shifted-OR dilation gives scipy's answer to the pixel, never across time, and near
+    and past the grid's edges."""
+    from scipy import ndimage
+
+    from changedet.core.mask import _dilate, _disk
+
+    mask = np.random.default_rng(radius).random(shape) > 0.92
+    mask.flat[0] = True  # an edge pixel
+    structure = _disk(radius) if len(shape) == 2 else _disk(radius)[np.newaxis]
+    expected = ndimage.binary_dilation(mask, structure=structure)
+    got = _dilate(mask, radius)
+    assert got.dtype == bool
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_dilation_grows_clouds_and_shadows_only() -> None:
     scl = np.full((9, 9), 4, np.uint8)
     scl[2, 2] = 9  # cloud

@@ -1,4 +1,4 @@
-"""Scene classification (SCL) → clear-sky masks. Pure numpy/scipy: arrays in, arrays out.
+"""Scene classification (SCL) → clear-sky masks. Pure numpy: arrays in, arrays out.
 
 SCL classes (Sentinel-2 L2A): 0 nodata, 1 saturated/defective, 2 dark/topographic shadow,
 3 cloud shadow, 4 vegetation, 5 bare soil, 6 water, 7 unclassified, 8 cloud medium probability,
@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "CLOUD_CLASSES",
@@ -40,13 +39,41 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Grow a (H, W) or (T, H, W) mask spatially by `radius` pixels (never across time)."""
+    """Grow a (H, W) or (T, H, W) mask spatially by `radius` pixels (never across time): the
+    binary dilation by `_disk(radius)`, as ORs of shifted copies (each row of the disk is a run
+    of columns: the mask grown along rows once per run width, then shifted along columns),
+    about 25x faster than scipy's `binary_dilation` at radius 1 (a run per scene in the probe)."""
     if radius <= 0 or not mask.any():
         return mask
-    structure = _disk(radius)
-    if mask.ndim == 3:
-        structure = structure[np.newaxis]
-    return ndimage.binary_dilation(mask, structure=structure)
+    mask = np.asarray(mask, dtype=bool)
+    disk = _disk(radius)
+    half_widths = {
+        dy - radius: int(np.flatnonzero(row).max()) - radius for dy, row in enumerate(disk)
+    }
+    grown = {0: mask}
+    for width in range(1, max(half_widths.values()) + 1):
+        grown[width] = _or_shifted(grown[width - 1], axis=-1)
+    out = np.zeros_like(mask)
+    for dy, width in half_widths.items():
+        rows = grown[width]
+        if abs(dy) >= mask.shape[-2]:
+            continue  # shifted off the grid
+        if dy >= 0:
+            out[..., dy:, :] |= rows[..., : rows.shape[-2] - dy, :]
+        else:
+            out[..., :dy, :] |= rows[..., -dy:, :]
+    return out
+
+
+def _or_shifted(mask: np.ndarray, *, axis: int) -> np.ndarray:
+    """`mask` OR its neighbours one step either way along `axis`."""
+    out = mask.copy()
+    head = [slice(None)] * mask.ndim
+    tail = [slice(None)] * mask.ndim
+    head[axis], tail[axis] = slice(1, None), slice(None, -1)
+    out[tuple(head)] |= mask[tuple(tail)]
+    out[tuple(tail)] |= mask[tuple(head)]
+    return out
 
 
 def _in_classes(scl: np.ndarray, classes: Sequence[int]) -> np.ndarray:
