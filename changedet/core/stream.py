@@ -214,7 +214,7 @@ def _screen(ctx: _Context) -> _Screened:
             found = [np.flatnonzero(s) + rows.start * width for s in spikes]
         context: np.ndarray = np.any(clear, axis=0)
         observed = np.array(
-            [int(((clear[d].sum(axis=0) >= min_obs) & context).sum()) for d in ctx.dates_in],
+            [np.count_nonzero((clear[d].sum(axis=0) >= min_obs) & context) for d in ctx.dates_in],
             dtype=np.int64,
         )
         return found, clear.sum(axis=(1, 2), dtype=np.int64), observed, context
@@ -238,7 +238,7 @@ def _screen(ctx: _Context) -> _Screened:
 
 def _baseline(ctx: _Context, screened: _Screened) -> Baseline:
     """As `choose_baseline` on the context pixels (`analyse_stack` passes them as `inside`)."""
-    n_context = int(screened.context.sum())
+    n_context = np.count_nonzero(screened.context)
     fractions = [float(n) / n_context if n_context else 0.0 for n in screened.observed]
     return baseline_from_fractions(ctx.periods, fractions, config=ctx.config)
 

@@ -62,16 +62,17 @@ def _fractions(
 ) -> tuple[float, float]:
     """(AOI coverage, AOI clear fraction). Roof pixels are clear by rule on every date, so they
     say nothing about the weather: the clear fraction is measured on the other pixels."""
-    aoi_pixels = int(aoi_mask.sum())
+    # count_nonzero: a tenth of bool.sum()'s time, twice per scene in the probe
+    aoi_pixels = np.count_nonzero(aoi_mask)
     covered = aoi_mask & (scl != 0)
-    n_cov = int(covered.sum())
+    n_cov = np.count_nonzero(covered)
     coverage = n_cov / aoi_pixels if aoi_pixels else 0.0
     weather = covered & ~roof if roof is not None else covered
-    if not weather.any():
-        weather = covered
-    n_weather = int(weather.sum())
-    frac = float((clear & weather).sum()) / n_weather if n_weather else 0.0
-    return coverage, frac
+    n_weather = np.count_nonzero(weather)
+    if not n_weather:
+        weather, n_weather = covered, n_cov
+    frac = np.count_nonzero(clear & weather) / n_weather if n_weather else 0.0
+    return coverage, float(frac)
 
 
 def probe_and_select(
@@ -210,7 +211,7 @@ def _bright_roofs(
         min_dates=mask_config.persistent_min_dates,
     )
     notes = []
-    n_roof = int((roof & aoi_mask).sum())
+    n_roof = np.count_nonzero(roof & aoi_mask)
     if n_roof:
         notes.append(
             f"{n_roof} AOI pixel(s) SCL calls cloud on >= "

@@ -367,7 +367,7 @@ class _Mosaic:
         self.store, self.keep = store, keep
         self.dates_kept = 0  # taken from `keep`, not read
         self.aoi_mask, self.read_config = aoi_mask, read_config
-        self.aoi_pixels = int(aoi_mask.sum())
+        self.aoi_pixels = np.count_nonzero(aoi_mask)
         h, w = pipe.grid.shape
         # np.empty: each date's slot is written in full by its first scene (NaN where not clear),
         # so the pages are first touched while the workers are still downloading, and only once.
@@ -514,7 +514,7 @@ class _Mosaic:
         if scene.id in self.probed.scl:
             return self.probed.clear[scene.id] & valid_all
         covered = self.aoi_mask & valid_all
-        cov = float(covered.sum()) / self.aoi_pixels if self.aoi_pixels else 0.0
+        cov = np.count_nonzero(covered) / self.aoi_pixels if self.aoi_pixels else 0.0
         self.coverage[scene.id] = cov
         self.probes[scene.id] = 1.0 if covered.any() else 0.0
         reason = selection_reason(cov, self.probes[scene.id], scene, self.read_config)
