@@ -15,6 +15,7 @@ import base64
 import html
 import io
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -538,6 +539,33 @@ def _chip_inputs(
             s.geometry.wkb)  # fmt: skip
 
 
+def _draw_chips(
+    result: RunResult,
+    config: OutputConfig,
+    stretch: tuple[np.ndarray, np.ndarray],
+    drawings: Drawings | None,
+) -> dict[str, Chip]:
+    """The chips of the most confident structures (`config.max_chips`), by structure id: each
+    taken from the previous run when drawn from the same inputs."""
+    if not config.chips:
+        return {}
+    lo, hi = stretch
+    chips: dict[str, Chip] = {}
+    chosen = sorted(result.structures, key=lambda s: (-s.confidence, s.id))[: config.max_chips]
+    for s in chosen:
+        name = f"chips/{_chip_name(s.id)}.png"
+        evidence = evidence_of(result, s)
+        data, _ = take_or_draw(
+            drawings,
+            name,
+            _chip_inputs(evidence, s, lo, hi),
+            partial(_chip_png, evidence, s, lo, hi),
+        )
+        caption = f"before {evidence.before.label} · after {evidence.after.label}"
+        chips[s.id] = (data, name, caption)
+    return chips
+
+
 def write_pictures(
     result: RunResult,
     out_dir: Path,
@@ -557,39 +585,31 @@ def write_pictures(
         path.write_bytes(data)
 
     lo, hi = stretch
-    after_rgb = truecolor(result.after, lo, hi)
-    images = {
-        # The baseline and the stretch stay while a site is monitored: its quicklook stays too.
-        "before": take_or_draw(
-            drawings,
-            "before.png",
-            ("quicklook", _rgb_bands(result.before), lo, hi),
-            lambda: _quicklook_png(truecolor(result.before, lo, hi)),
-        )[0],
-        "after": _quicklook_png(after_rgb),
-        "overlay": overlay_map(result, after_rgb),
-        "counts": counts_chart(result),
-    }
-    if result.coverage is not None:
-        images["coverage"] = coverage_inset(result)
-    for key, data in images.items():
-        save(f"{key}.png", data)
-    chips: dict[str, Chip] = {}
-    if config.chips:
-        chosen = sorted(result.structures, key=lambda s: (-s.confidence, s.id))[: config.max_chips]
-        for i, s in enumerate(chosen):
-            name = f"chips/{_chip_name(s.id)}.png"
-            evidence = evidence_of(result, s)
-            data, _ = take_or_draw(
+    # The chips (Pillow, which lets other threads run while it encodes) are drawn beside the
+    # figures (matplotlib, in this thread).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-chips") as pool:
+        drawn_chips = pool.submit(_draw_chips, result, config, stretch, drawings)
+        after_rgb = truecolor(result.after, lo, hi)
+        images = {
+            # The baseline and the stretch stay while a site is monitored: its quicklook too.
+            "before": take_or_draw(
                 drawings,
-                name,
-                _chip_inputs(evidence, s, lo, hi),
-                partial(_chip_png, evidence, s, lo, hi),
-            )
-            save(name, data)
-            caption = f"before {evidence.before.label} · after {evidence.after.label}"
-            chips[s.id] = (data, name, caption)
-            progress("chips", i + 1, len(chosen))
+                "before.png",
+                ("quicklook", _rgb_bands(result.before), lo, hi),
+                lambda: _quicklook_png(truecolor(result.before, lo, hi)),
+            )[0],
+            "after": _quicklook_png(after_rgb),
+            "overlay": overlay_map(result, after_rgb),
+            "counts": counts_chart(result),
+        }
+        if result.coverage is not None:
+            images["coverage"] = coverage_inset(result)
+        for key, data in images.items():
+            save(f"{key}.png", data)
+        chips = drawn_chips.result()
+    for i, (data, name, _caption) in enumerate(chips.values()):
+        save(name, data)
+        progress("chips", i + 1, len(chips))
     return Pictures(images, chips)
 
 
