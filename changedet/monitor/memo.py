@@ -146,7 +146,6 @@ def prune(folder: Path, used: Collection[str]) -> None:
 _ARRAYS = ".arrays"
 _MAGIC = b"changedet-arrays 1\n"
 _MAX_HEADER = 16_384
-_CHUNK = 4 * 1024 * 1024  # bytes checked at a time by open_arrays
 
 
 def _write_arrays(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
@@ -169,17 +168,13 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray] | None:
     atomically and removed by unlinking, so a mapped file never changes under its arrays."""
     try:
         with path.open("rb") as f:
-            layout = _layout(f)
-            if layout is None:
-                return None
-            start = f.tell()
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        payload = memoryview(mapped)[start : start + layout[0]]
-        if zlib.crc32(payload) != layout[1]:
+            checked = _checked(f)
+        if checked is None:
             return None
+        payload, start, where = checked
         return {
             name: np.frombuffer(payload, dtype, math.prod(shape), at - start).reshape(shape)
-            for name, (at, dtype, shape) in layout[2].items()
+            for name, (at, dtype, shape) in where.items()
         }
     except (OSError, ValueError):
         return None
@@ -189,22 +184,22 @@ def _open_arrays(path: Path) -> OpenArrays | None:
     """An entry's file, checked, open at its arrays (`DiskMemo.open_arrays`)."""
     try:
         with path.open("rb") as f:
-            layout = _layout(f)
-            if layout is None:
-                return None
-            size, crc, where = layout
-            chunk, done, got = bytearray(_CHUNK), 0, 0
-            while done < size:
-                n = f.readinto(memoryview(chunk)[: min(_CHUNK, size - done)])
-                if not n:
-                    return None
-                got = zlib.crc32(memoryview(chunk)[:n], got)
-                done += n
-            if got != crc:
-                return None
-            return os.dup(f.fileno()), where
+            checked = _checked(f)
+            return None if checked is None else (os.dup(f.fileno()), checked[2])
     except (OSError, ValueError):
         return None
+
+
+def _checked(f: BinaryIO) -> tuple[memoryview, int, dict[str, ArrayAt]] | None:
+    """An entry's payload mapped read-only, where it starts in the file and where each array
+    starts; None when the file is not one of ours or its CRC-32 does not match."""
+    layout = _layout(f)
+    if layout is None:
+        return None
+    size, crc, where = layout
+    start = f.tell()
+    payload = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))[start : start + size]
+    return (payload, start, where) if zlib.crc32(payload) == crc else None
 
 
 def _layout(f: BinaryIO) -> tuple[int, int, dict[str, ArrayAt]] | None:
