@@ -11,6 +11,7 @@ from changedet.core.mask import (
     persistent_from_counts,
     scl_clear,
     scl_cloudy,
+    temporal_spikes,
 )
 
 INVALID = MaskConfig().scl_invalid  # 0, 1, 3, 8, 9, 10, 11
@@ -138,3 +139,46 @@ def test_scl_cloudy_classes() -> None:
     scl = np.array([[3, 8, 9, 10, 11]], dtype=np.uint8)
     assert scl_cloudy(scl).tolist() == [[False, True, True, True, False]]
     assert scl_cloudy(scl, cloud_classes=(9,)).tolist() == [[False, False, True, False, False]]
+
+
+def _spikes(blue: list[float]) -> list[int]:
+    """temporal_spikes of one pixel's blue series (NaN: not clear), at the default tolerance."""
+    series = np.array(blue, dtype=np.float32)[:, None, None]
+    return temporal_spikes(series, tolerance=0.02)[:, 0, 0].astype(int).tolist()
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("blue", "expected"),
+    [
+        # one cloudy date between clear ones
+        ([0.28, 0.28, 0.50, 0.28, 0.28], [0, 0, 1, 0, 0]),
+        # a new roof is a step: it stays, so none of its dates is a spike
+        ([0.28, 0.28, 0.40, 0.40, 0.40], [0, 0, 0, 0, 0]),
+        # a hazy date beside a cloud no longer hides it: the second pass, without the cloud
+        ([0.28, 0.28, 0.44, 0.52, 0.28, 0.28], [0, 0, 1, 1, 0, 0]),
+        # a new roof seen through a cloud on its second date is still a step
+        ([0.28, 0.28, 0.40, 0.55, 0.40, 0.40], [0, 0, 0, 1, 0, 0]),
+        # a cloud on the first date: brighter than both of the next two
+        ([0.51, 0.28, 0.41, 0.28, 0.28], [1, 0, 1, 0, 0]),
+        # a bright first date with one darker date after it is no spike: the one after is as bright
+        ([0.40, 0.28, 0.40, 0.40], [0, 0, 0, 0]),
+        # the last date may be a roof that just appeared
+        ([0.28, 0.28, 0.28, 0.50], [0, 0, 0, 0]),
+        # neighbours are the nearest clear dates; not-clear dates are never spikes
+        ([NAN, 0.28, NAN, 0.50, NAN, 0.28, 0.28], [0, 0, 0, 1, 0, 0, 0]),
+        # bright surfaces vary more: 10 % of the reference plus the tolerance is not a spike
+        ([0.50, 0.50, 0.56, 0.50, 0.50], [0, 0, 0, 0, 0]),
+    ],
+)
+def test_temporal_spikes_known_answers(blue: list[float], expected: list[int]) -> None:
+    assert _spikes(blue) == expected
+
+
+def test_temporal_spikes_keep_pixels_apart() -> None:
+    cloud = np.full((5, 2, 2), 0.28, dtype=np.float32)
+    cloud[2, 0, 1] = 0.5
+    spikes = temporal_spikes(cloud, tolerance=0.02)
+    assert spikes.sum() == 1 and spikes[2, 0, 1]

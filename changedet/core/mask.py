@@ -160,24 +160,58 @@ def _previous_valid(series: np.ndarray) -> np.ndarray:
     return out
 
 
+def _first_three(series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of the N pixels of (T, N) values: the date of its first finite value (-1: none)
+    and its first three finite values ((3, N), NaN where there are fewer)."""
+    first_t = np.full(series.shape[1], -1, dtype=np.int64)
+    values = np.full((3, series.shape[1]), np.nan, dtype=series.dtype)
+    seen = np.zeros(series.shape[1], dtype=np.int64)
+    for t in range(series.shape[0]):
+        take = np.flatnonzero(np.isfinite(series[t]) & (seen < 3))
+        if not take.size:
+            if (seen >= 3).all():
+                break  # usually after a few dates
+            continue
+        first_t[take[seen[take] == 0]] = t
+        values[seen[take], take] = series[t, take]
+        seen[take] += 1
+    return first_t, values
+
+
+def _spikes_once(flat: np.ndarray, tolerance: float, relative: float) -> np.ndarray:
+    """One pass of `temporal_spikes` over (T, N) values, NaN where not clear."""
+    gain, tol = np.float32(1.0 + relative), np.float32(tolerance)
+    before, after = _previous_valid(flat), _previous_valid(flat[::-1])[::-1]
+    with np.errstate(invalid="ignore"):
+        spikes: np.ndarray = flat > np.fmax(before, after) * gain + tol
+    spikes &= np.isfinite(before) & np.isfinite(after)
+    first_t, (first, second, third) = _first_three(flat)
+    with np.errstate(invalid="ignore"):
+        cloudy_first = np.flatnonzero(first > np.fmax(second, third) * gain + tol)
+    spikes[first_t[cloudy_first], cloudy_first] = True  # NaN third: never above
+    return spikes
+
+
 def temporal_spikes(blue: np.ndarray, *, tolerance: float, relative: float = 0.1) -> np.ndarray:
     """(T, H, W) bool: clear observations brighter in blue than both the previous and the next
     clear observation of that pixel by more than `tolerance` + `relative` x the brighter of the
     two (bright surfaces vary more from date to date with the sun and view angles).
 
     What SCL misses — the soft edge of a cloud, a thin cloud sheet, a haze plume, a cloud over a
-    roof the bright-roof rule keeps — brightens blue on one date and is gone on the next: clouds
-    move. A new roof brightens it too, but stays, so it is a step, not a spike, and passes. The
-    first and last observation of a pixel have only one neighbour in time and are never called a
-    spike. blue: (T, H, W) reflectance, NaN where not clear.
+    roof or bright sand the bright-roof rule keeps — brightens blue on a date or two and is gone
+    after: clouds move. A new roof brightens it too, but stays, so it is a step, not a spike, and
+    passes. A spike next to a hazy date vouches for it, so a second pass repeats the test without
+    the spikes of the first. The last observation of a pixel has nothing after it and is never
+    called a spike (it may be a roof that just appeared); the first has nothing before it and is
+    a spike when it is brighter than both of the next two (a roof there would have to vanish at
+    once). blue: (T, H, W) reflectance, NaN where not clear.
     """
     n_t = blue.shape[0]
     flat = blue.reshape(n_t, -1)
-    before = _previous_valid(flat)
-    after = _previous_valid(flat[::-1])[::-1]
-    with np.errstate(invalid="ignore"):
-        reference = np.fmax(before, after)
-        spikes = flat > reference * np.float32(1.0 + relative) + np.float32(tolerance)
-    spikes &= np.isfinite(before) & np.isfinite(after)
+    spikes = _spikes_once(flat, tolerance, relative)
+    again = np.flatnonzero(spikes.any(axis=0))  # only pixels with a spike can gain one
+    if again.size:
+        rest = np.where(spikes[:, again], np.float32(np.nan), flat[:, again])
+        spikes[:, again] |= _spikes_once(rest, tolerance, relative)
     out: np.ndarray = spikes.reshape(blue.shape)
     return out
