@@ -161,6 +161,10 @@ NAN = float("nan")
         ([0.28, 0.28, 0.44, 0.52, 0.28, 0.28], [0, 0, 1, 1, 0, 0]),
         # a new roof seen through a cloud on its second date is still a step
         ([0.28, 0.28, 0.40, 0.55, 0.40, 0.40], [0, 0, 0, 1, 0, 0]),
+        # a cloud on two dates in a row, each brighter than its neighbours beyond the other
+        ([0.28, 0.32, 0.52, 0.50, 0.31, 0.41, 0.30], [0, 0, 1, 1, 0, 1, 0]),
+        # a new roof followed by one dark date (a shadow SCL missed) is not such a pair
+        ([0.28, 0.28, 0.40, 0.40, 0.20, 0.40, 0.40], [0, 0, 0, 0, 0, 0, 0]),
         # a cloud on the first date: brighter than both of the next two
         ([0.51, 0.28, 0.41, 0.28, 0.28], [1, 0, 1, 0, 0]),
         # a bright first date with one darker date after it is no spike: the one after is as bright

@@ -12,6 +12,7 @@ finds those pixels and `scl_clear(..., keep=...)` keeps them clear (and out of t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -160,36 +161,76 @@ def _previous_valid(series: np.ndarray) -> np.ndarray:
     return out
 
 
-def _first_three(series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each of the N pixels of (T, N) values: the date of its first finite value (-1: none)
-    and its first three finite values ((3, N), NaN where there are fewer)."""
-    first_t = np.full(series.shape[1], -1, dtype=np.int64)
-    values = np.full((3, series.shape[1]), np.nan, dtype=series.dtype)
-    seen = np.zeros(series.shape[1], dtype=np.int64)
+def _previous_two_valid(series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, N) twice: for each entry the last and the second-to-last finite value before it in
+    time (NaN where there is none)."""
+    last_out = np.full(series.shape, np.nan, dtype=series.dtype)
+    second_out = np.full(series.shape, np.nan, dtype=series.dtype)
+    last = np.full(series.shape[1], np.nan, dtype=series.dtype)
+    second = last.copy()
     for t in range(series.shape[0]):
-        take = np.flatnonzero(np.isfinite(series[t]) & (seen < 3))
-        if not take.size:
-            if (seen >= 3).all():
-                break  # usually after a few dates
-            continue
-        first_t[take[seen[take] == 0]] = t
-        values[seen[take], take] = series[t, take]
-        seen[take] += 1
-    return first_t, values
+        last_out[t] = last
+        second_out[t] = second
+        valid = np.isfinite(series[t])
+        np.copyto(second, last, where=valid)
+        np.copyto(last, series[t], where=valid)
+    return last_out, second_out
 
 
-def _spikes_once(flat: np.ndarray, tolerance: float, relative: float) -> np.ndarray:
-    """One pass of `temporal_spikes` over (T, N) values, NaN where not clear."""
-    gain, tol = np.float32(1.0 + relative), np.float32(tolerance)
-    before, after = _previous_valid(flat), _previous_valid(flat[::-1])[::-1]
-    with np.errstate(invalid="ignore"):
-        spikes: np.ndarray = flat > np.fmax(before, after) * gain + tol
-    spikes &= np.isfinite(before) & np.isfinite(after)
-    first_t, (first, second, third) = _first_three(flat)
-    with np.errstate(invalid="ignore"):
-        cloudy_first = np.flatnonzero(first > np.fmax(second, third) * gain + tol)
-    spikes[first_t[cloudy_first], cloudy_first] = True  # NaN third: never above
-    return spikes
+class _Neighbours(NamedTuple):
+    """Per entry of (T, N) values: the two clear values before it and the two after it."""
+
+    prev1: np.ndarray
+    prev2: np.ndarray
+    next1: np.ndarray
+    next2: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> _Neighbours:
+        prev1, prev2 = _previous_two_valid(values)
+        next1, next2 = (a[::-1] for a in _previous_two_valid(values[::-1]))
+        return cls(prev1, prev2, next1, next2)
+
+
+def _brighter(
+    values: np.ndarray, than: np.ndarray, gain: np.float32, tol: np.float32
+) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # a missing neighbour (NaN) is never exceeded
+        out: np.ndarray = values > than * gain + tol
+    return out
+
+
+def _single_spikes(
+    values: np.ndarray, near: _Neighbours, gain: np.float32, tol: np.float32
+) -> np.ndarray:
+    """Brighter than the clear observation before and the one after; the first observation,
+    than both of the next two; the last, never."""
+    first = ~np.isfinite(near.prev1)
+    inner = _brighter(values, near.prev1, gain, tol) & _brighter(values, near.next1, gain, tol)
+    lead = (
+        first & _brighter(values, near.next1, gain, tol) & _brighter(values, near.next2, gain, tol)
+    )
+    return inner | lead
+
+
+def _cloudy_pairs(
+    values: np.ndarray, near: _Neighbours, gain: np.float32, tol: np.float32
+) -> np.ndarray:
+    """Two clear observations in a row, each brighter than at least 3 of its two clear neighbours
+    before and two after: a cloud seen on two dates. (A new roof followed by one dark date is
+    brighter than 3 on its first date but only 2 on its second.)"""
+    count = np.zeros(values.shape, dtype=np.int8)
+    for neighbour in near:
+        count += _brighter(values, neighbour, gain, tol)
+    bright: np.ndarray = count >= 3
+    out = np.zeros_like(bright)
+    cols = np.flatnonzero(bright.any(axis=0))
+    if cols.size:
+        sub = bright[:, cols]
+        coded = np.where(np.isfinite(values[:, cols]), sub.astype(np.float32), np.float32(np.nan))
+        before, after = _previous_valid(coded), _previous_valid(coded[::-1])[::-1]
+        out[:, cols] = sub & ((before == 1) | (after == 1))
+    return out
 
 
 def temporal_spikes(blue: np.ndarray, *, tolerance: float, relative: float = 0.1) -> np.ndarray:
@@ -200,18 +241,23 @@ def temporal_spikes(blue: np.ndarray, *, tolerance: float, relative: float = 0.1
     What SCL misses — the soft edge of a cloud, a thin cloud sheet, a haze plume, a cloud over a
     roof or bright sand the bright-roof rule keeps — brightens blue on a date or two and is gone
     after: clouds move. A new roof brightens it too, but stays, so it is a step, not a spike, and
-    passes. A spike next to a hazy date vouches for it, so a second pass repeats the test without
-    the spikes of the first. The last observation of a pixel has nothing after it and is never
-    called a spike (it may be a roof that just appeared); the first has nothing before it and is
-    a spike when it is brighter than both of the next two (a roof there would have to vanish at
-    once). blue: (T, H, W) reflectance, NaN where not clear.
+    passes. A spike beside a hazy date is vouched for by it, so a second pass repeats the test
+    without the spikes of the first; a cloud on two dates in a row is caught as a pair, each
+    brighter than 3 of its two neighbours before and two after (a median filter's test). The
+    last observation of a pixel has nothing after it and is never called a spike (it may be a
+    roof that just appeared); the first has nothing before it and is a spike when it is brighter
+    than both of the next two (a roof there would have to vanish at once).
+    blue: (T, H, W) reflectance, NaN where not clear.
     """
+    gain, tol = np.float32(1.0 + relative), np.float32(tolerance)
     n_t = blue.shape[0]
     flat = blue.reshape(n_t, -1)
-    spikes = _spikes_once(flat, tolerance, relative)
+    near = _Neighbours.of(flat)
+    spikes = _single_spikes(flat, near, gain, tol)
     again = np.flatnonzero(spikes.any(axis=0))  # only pixels with a spike can gain one
     if again.size:
         rest = np.where(spikes[:, again], np.float32(np.nan), flat[:, again])
-        spikes[:, again] |= _spikes_once(rest, tolerance, relative)
+        spikes[:, again] |= _single_spikes(rest, _Neighbours.of(rest), gain, tol)
+    spikes |= _cloudy_pairs(flat, near, gain, tol)
     out: np.ndarray = spikes.reshape(blue.shape)
     return out
