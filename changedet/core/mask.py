@@ -252,12 +252,25 @@ def temporal_spikes(blue: np.ndarray, *, tolerance: float, relative: float = 0.1
     gain, tol = np.float32(1.0 + relative), np.float32(tolerance)
     n_t = blue.shape[0]
     flat = blue.reshape(n_t, -1)
-    near = _Neighbours.of(flat)
-    spikes = _single_spikes(flat, near, gain, tol)
-    again = np.flatnonzero(spikes.any(axis=0))  # only pixels with a spike can gain one
-    if again.size:
-        rest = np.where(spikes[:, again], np.float32(np.nan), flat[:, again])
-        spikes[:, again] |= _single_spikes(rest, _Neighbours.of(rest), gain, tol)
-    spikes |= _cloudy_pairs(flat, near, gain, tol)
+    # Every test needs an observation brighter than the clear one just before or just after it;
+    # pixels with none (most) are settled by that one cheap look.
+    jumps = _brighter(flat, _previous_valid(flat), gain, tol)
+    jumps |= _brighter(flat, _previous_valid(flat[::-1])[::-1], gain, tol)
+    spikes = np.zeros(flat.shape, dtype=bool)
+    cols = np.flatnonzero(jumps.any(axis=0))
+    if cols.size:
+        spikes[:, cols] = _spikes_of(np.ascontiguousarray(flat[:, cols]), gain, tol)
     out: np.ndarray = spikes.reshape(blue.shape)
     return out
+
+
+def _spikes_of(values: np.ndarray, gain: np.float32, tol: np.float32) -> np.ndarray:
+    """`temporal_spikes` of (T, N) values: single spikes, again without them, and pairs."""
+    near = _Neighbours.of(values)
+    spikes = _single_spikes(values, near, gain, tol)
+    again = np.flatnonzero(spikes.any(axis=0))  # only pixels with a spike can gain one
+    if again.size:
+        rest = np.where(spikes[:, again], np.float32(np.nan), values[:, again])
+        spikes[:, again] |= _single_spikes(rest, _Neighbours.of(rest), gain, tol)
+    spikes |= _cloudy_pairs(values, near, gain, tol)
+    return spikes
