@@ -8,7 +8,7 @@ Each city's semi-real series is built as `changedet eval series` builds it, with
 revealed: every date shows the first real image, with the same misregistration, haze, seasonal
 vegetation and shadows, clouds SCL misses and baseline switch. No label is read, so the cities
 without labels take part. Every confirmed structure is a false one; printed per city and pooled
-per km² (the bar: at most 0.5), with the unconfirmed candidates and the kinds. About 6 minutes
+per km² (the bar: at most 0.5), with the unconfirmed candidates and the kinds. About 7 minutes
 for the 24 cities on 2 cores.
 """
 

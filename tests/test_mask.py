@@ -186,3 +186,18 @@ def test_temporal_spikes_keep_pixels_apart() -> None:
     cloud[2, 0, 1] = 0.5
     spikes = temporal_spikes(cloud, tolerance=0.02)
     assert spikes.sum() == 1 and spikes[2, 0, 1]
+
+
+def test_temporal_spikes_settle_only_pixels_without_a_jump() -> None:
+    """The cheap look (no observation brighter than a clear neighbour) only settles pixels the
+    full tests would find no spike in: the answer is the full tests' over every pixel."""
+    from changedet.core.mask import _spikes_of
+
+    rng = np.random.default_rng(7)
+    blue = (0.25 + 0.01 * rng.standard_normal((30, 40, 50))).astype(np.float32)
+    blue[rng.random(blue.shape) < 0.3] = np.nan
+    blue[rng.random(blue.shape) < 0.02] += 0.2  # clouds, some on consecutive dates
+    blue[rng.random(blue.shape) < 0.02] -= 0.1  # shadows
+    full = _spikes_of(blue.reshape(30, -1), np.float32(1.1), np.float32(0.02)).reshape(blue.shape)
+    assert full.any() and not full.all()
+    np.testing.assert_array_equal(temporal_spikes(blue, tolerance=0.02), full)
