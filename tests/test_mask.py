@@ -163,6 +163,8 @@ NAN = float("nan")
         ([0.28, 0.28, 0.40, 0.55, 0.40, 0.40], [0, 0, 0, 1, 0, 0]),
         # a cloud on two dates in a row, each brighter than its neighbours beyond the other
         ([0.28, 0.32, 0.52, 0.50, 0.31, 0.41, 0.30], [0, 0, 1, 1, 0, 1, 0]),
+        # a pair beside a single cloud: tested again without the single, which no longer hides it
+        ([0.30, 0.25, 0.30, 0.50, 0.49, 0.30, 0.43, 0.29, 0.28], [0, 0, 0, 1, 1, 0, 1, 0, 0]),
         # a new roof followed by one dark date (a shadow SCL missed) is not such a pair
         ([0.28, 0.28, 0.40, 0.40, 0.20, 0.40, 0.40], [0, 0, 0, 0, 0, 0, 0]),
         # a cloud on the first date: brighter than both of the next two

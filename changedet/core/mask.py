@@ -243,7 +243,8 @@ def temporal_spikes(blue: np.ndarray, *, tolerance: float, relative: float = 0.1
     after: clouds move. A new roof brightens it too, but stays, so it is a step, not a spike, and
     passes. A spike beside a hazy date is vouched for by it, so a second pass repeats the test
     without the spikes of the first; a cloud on two dates in a row is caught as a pair, each
-    brighter than 3 of its two neighbours before and two after (a median filter's test). The
+    brighter than 3 of its two neighbours before and two after (a median filter's test), with
+    and without the single spikes (a cloud beside the pair vouches for it otherwise). The
     last observation of a pixel has nothing after it and is never called a spike (it may be a
     roof that just appeared); the first has nothing before it and is a spike when it is brighter
     than both of the next two (a roof there would have to vanish at once).
@@ -265,12 +266,16 @@ def temporal_spikes(blue: np.ndarray, *, tolerance: float, relative: float = 0.1
 
 
 def _spikes_of(values: np.ndarray, gain: np.float32, tol: np.float32) -> np.ndarray:
-    """`temporal_spikes` of (T, N) values: single spikes, again without them, and pairs."""
+    """`temporal_spikes` of (T, N) values: single spikes, again without them, and pairs (with
+    and without the single spikes)."""
     near = _Neighbours.of(values)
     spikes = _single_spikes(values, near, gain, tol)
     again = np.flatnonzero(spikes.any(axis=0))  # only pixels with a spike can gain one
+    pairs = _cloudy_pairs(values, near, gain, tol)
     if again.size:
         rest = np.where(spikes[:, again], np.float32(np.nan), values[:, again])
-        spikes[:, again] |= _single_spikes(rest, _Neighbours.of(rest), gain, tol)
-    spikes |= _cloudy_pairs(values, near, gain, tol)
+        near_rest = _Neighbours.of(rest)
+        spikes[:, again] |= _single_spikes(rest, near_rest, gain, tol)
+        pairs[:, again] |= _cloudy_pairs(rest, near_rest, gain, tol)
+    spikes |= pairs
     return spikes
