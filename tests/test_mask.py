@@ -141,10 +141,11 @@ def test_scl_cloudy_classes() -> None:
     assert scl_cloudy(scl, cloud_classes=(9,)).tolist() == [[False, False, True, False, False]]
 
 
-def _spikes(blue: list[float]) -> list[int]:
+def _spikes(blue: list[float], *, trailing: bool = False) -> list[int]:
     """temporal_spikes of one pixel's blue series (NaN: not clear), at the default tolerance."""
     series = np.array(blue, dtype=np.float32)[:, None, None]
-    return temporal_spikes(series, tolerance=0.02)[:, 0, 0].astype(int).tolist()
+    spikes = temporal_spikes(series, tolerance=0.02, trailing=trailing)
+    return spikes[:, 0, 0].astype(int).tolist()
 
 
 NAN = float("nan")
@@ -183,6 +184,26 @@ def test_temporal_spikes_known_answers(blue: list[float], expected: list[int]) -
     assert _spikes(blue) == expected
 
 
+@pytest.mark.parametrize(
+    ("blue", "expected"),
+    [
+        # a brightening on the last date, than both of the two before it, waits for the next scene
+        ([0.28, 0.28, 0.28, 0.50], [0, 0, 0, 1]),
+        # ... and is judged as any date once that scene is there: a cloud, or a roof that stays
+        ([0.28, 0.28, 0.28, 0.50, 0.28], [0, 0, 0, 1, 0]),
+        ([0.28, 0.28, 0.28, 0.50, 0.50], [0, 0, 0, 0, 0]),
+        # a roof seen on the last two dates is a step
+        ([0.28, 0.28, 0.40, 0.40], [0, 0, 0, 0]),
+        # brighter than only one of the two before it
+        ([0.45, 0.28, 0.46], [0, 0, 0]),
+        # the two before it are the nearest clear ones
+        ([0.28, 0.28, NAN, 0.50, NAN], [0, 0, 0, 1, 0]),
+    ],
+)
+def test_temporal_spikes_trailing_known_answers(blue: list[float], expected: list[int]) -> None:
+    assert _spikes(blue, trailing=True) == expected
+
+
 def test_temporal_spikes_keep_pixels_apart() -> None:
     cloud = np.full((5, 2, 2), 0.28, dtype=np.float32)
     cloud[2, 0, 1] = 0.5
@@ -200,6 +221,9 @@ def test_temporal_spikes_settle_only_pixels_without_a_jump() -> None:
     blue[rng.random(blue.shape) < 0.3] = np.nan
     blue[rng.random(blue.shape) < 0.02] += 0.2  # clouds, some on consecutive dates
     blue[rng.random(blue.shape) < 0.02] -= 0.1  # shadows
-    full = _spikes_of(blue.reshape(30, -1), np.float32(1.1), np.float32(0.02)).reshape(blue.shape)
-    assert full.any() and not full.all()
-    np.testing.assert_array_equal(temporal_spikes(blue, tolerance=0.02), full)
+    for trailing in (False, True):
+        flat = _spikes_of(blue.reshape(30, -1), np.float32(1.1), np.float32(0.02), trailing)
+        full = flat.reshape(blue.shape)
+        assert full.any() and not full.all()
+        got = temporal_spikes(blue, tolerance=0.02, trailing=trailing)
+        np.testing.assert_array_equal(got, full)

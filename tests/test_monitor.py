@@ -356,7 +356,10 @@ def test_a_review_survives_later_runs_and_a_false_positive_leaves_counts_and_ale
 ) -> None:
     scenario = make_scenario(tmp_path)
     scenario.overrides["output.report"] = True
-    scenario.publish(until("2023-12-01"))
+    # Three clear periods to confirm, so that a structure seen in two is still a candidate
+    # here (one first seen on its last clear date waits for the next clear scene).
+    scenario.overrides["track.min_persistence"] = 3
+    scenario.publish(until("2023-12-20"))
     _run(scenario)
     with State(scenario.state) as state:
         rows = state.structures("k1")

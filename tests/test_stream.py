@@ -16,7 +16,7 @@ from changedet.config import Config, load_config
 from changedet.core.coreg import apply_shift
 from changedet.core.periods import make_periods
 from changedet.core.stream import StackSeries, analyse_series, series_dates
-from changedet.core.timeseries import Analysis, analyse_stack
+from changedet.core.timeseries import Analysis, analyse_stack, screen_spikes
 from changedet.core.track import PeriodObservation
 from changedet.models import Composite, Grid, Stack, Structure
 from changedet.read.store import DateStore
@@ -87,7 +87,7 @@ def _synthetic_stack(seed: int = 3) -> Stack:
         if t % 4 == 2:  # a cloud
             yy, xx = np.ogrid[:h, :w]
             clear[t] &= (yy - rng.integers(h)) ** 2 + (xx - rng.integers(w)) ** 2 > 15**2
-        if t % 5 == 3:  # haze SCL missed: a brief brightening in blue
+        if t % 5 == 3 or t == n_t - 1:  # haze SCL missed: a brief brightening in blue
             scene[0, 5:20, 5:25] += 0.08
         refl[t] = scene
     clear &= np.isfinite(refl).all(axis=1)
@@ -118,6 +118,20 @@ def test_streaming_matches_the_in_memory_detector(strip_bytes: int, workers: int
         workers=workers,
     )
     _same_analysis(expected, got)
+
+
+def test_a_brightening_on_the_last_date_waits_only_where_one_period_cannot_confirm() -> None:
+    stack = _synthetic_stack()
+    periods = make_periods(CONFIG.time.start, CONFIG.time.end, "month")
+    haze = (slice(5, 20), slice(5, 25))
+    # three months, a one-month baseline and two to confirm: the last date's haze waits
+    screened = screen_spikes(stack, CONFIG, periods)
+    assert not screened.clear[-1][haze].any() and stack.clear[-1][haze].all()
+    # a two-month baseline leaves one month to confirm in: the last date is kept
+    short = replace(CONFIG, time=replace(CONFIG.time, baseline_periods=2))
+    assert screen_spikes(stack, short, periods).clear[-1][haze].all()
+    # as it is when the run holds too few periods with dates for two to confirm
+    assert screen_spikes(stack, CONFIG, periods[:2]).clear[-1][haze].all()
 
 
 def test_dates_on_disk_read_back_as_they_went_in(tmp_path: Path) -> None:

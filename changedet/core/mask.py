@@ -201,16 +201,24 @@ def _brighter(
 
 
 def _single_spikes(
-    values: np.ndarray, near: _Neighbours, gain: np.float32, tol: np.float32
+    values: np.ndarray, near: _Neighbours, gain: np.float32, tol: np.float32, trailing: bool
 ) -> np.ndarray:
     """Brighter than the clear observation before and the one after; the first observation,
-    than both of the next two; the last, never."""
+    than both of the next two; the last, than both of the two before it when `trailing`."""
     first = ~np.isfinite(near.prev1)
     inner = _brighter(values, near.prev1, gain, tol) & _brighter(values, near.next1, gain, tol)
     lead = (
         first & _brighter(values, near.next1, gain, tol) & _brighter(values, near.next2, gain, tol)
     )
-    return inner | lead
+    out: np.ndarray = inner | lead
+    if trailing:
+        last = ~np.isfinite(near.next1)
+        out |= (
+            last
+            & _brighter(values, near.prev1, gain, tol)
+            & _brighter(values, near.prev2, gain, tol)
+        )
+    return out
 
 
 def _cloudy_pairs(
@@ -233,7 +241,9 @@ def _cloudy_pairs(
     return out
 
 
-def temporal_spikes(blue: np.ndarray, *, tolerance: float, relative: float = 0.1) -> np.ndarray:
+def temporal_spikes(
+    blue: np.ndarray, *, tolerance: float, relative: float = 0.1, trailing: bool = False
+) -> np.ndarray:
     """(T, H, W) bool: clear observations brighter in blue than both the previous and the next
     clear observation of that pixel by more than `tolerance` + `relative` x the brighter of the
     two (bright surfaces vary more from date to date with the sun and view angles).
@@ -245,9 +255,11 @@ def temporal_spikes(blue: np.ndarray, *, tolerance: float, relative: float = 0.1
     without the spikes of the first; a cloud on two dates in a row is caught as a pair, each
     brighter than 3 of its two neighbours before and two after (a median filter's test), with
     and without the single spikes (a cloud beside the pair vouches for it otherwise). The
-    last observation of a pixel has nothing after it and is never called a spike (it may be a
-    roof that just appeared); the first has nothing before it and is a spike when it is brighter
-    than both of the next two (a roof there would have to vanish at once).
+    first observation of a pixel has nothing before it and is a spike when it is brighter
+    than both of the next two (a roof there would have to vanish at once). The last has nothing
+    after it: with `trailing` it is a spike when brighter than both of the two before it, a
+    brightening that cannot yet be told from a cloud and waits for the next scene (a roof first
+    seen there could not be confirmed from one period anyway); without, never.
     blue: (T, H, W) reflectance, NaN where not clear.
     """
     gain, tol = np.float32(1.0 + relative), np.float32(tolerance)
@@ -260,22 +272,22 @@ def temporal_spikes(blue: np.ndarray, *, tolerance: float, relative: float = 0.1
     spikes = np.zeros(flat.shape, dtype=bool)
     cols = np.flatnonzero(jumps.any(axis=0))
     if cols.size:
-        spikes[:, cols] = _spikes_of(np.ascontiguousarray(flat[:, cols]), gain, tol)
+        spikes[:, cols] = _spikes_of(np.ascontiguousarray(flat[:, cols]), gain, tol, trailing)
     out: np.ndarray = spikes.reshape(blue.shape)
     return out
 
 
-def _spikes_of(values: np.ndarray, gain: np.float32, tol: np.float32) -> np.ndarray:
+def _spikes_of(values: np.ndarray, gain: np.float32, tol: np.float32, trailing: bool) -> np.ndarray:
     """`temporal_spikes` of (T, N) values: single spikes, again without them, and pairs (with
     and without the single spikes)."""
     near = _Neighbours.of(values)
-    spikes = _single_spikes(values, near, gain, tol)
+    spikes = _single_spikes(values, near, gain, tol, trailing)
     again = np.flatnonzero(spikes.any(axis=0))  # only pixels with a spike can gain one
     pairs = _cloudy_pairs(values, near, gain, tol)
     if again.size:
         rest = np.where(spikes[:, again], np.float32(np.nan), values[:, again])
         near_rest = _Neighbours.of(rest)
-        spikes[:, again] |= _single_spikes(rest, near_rest, gain, tol)
+        spikes[:, again] |= _single_spikes(rest, near_rest, gain, tol, trailing)
         pairs[:, again] |= _cloudy_pairs(rest, near_rest, gain, tol)
     spikes |= pairs
     return spikes

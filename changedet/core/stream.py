@@ -52,6 +52,7 @@ from changedet.core.timeseries import (
     after_span,
     analyse_composites,
     baseline_from_fractions,
+    screens_last_date,
 )
 from changedet.models import Composite, DateSeries, Grid, Period, Progress, Stack, no_progress
 
@@ -198,6 +199,7 @@ def _screen(ctx: _Context) -> _Screened:
     n_t = len(series.times)
     tolerance = config.mask.spike_tolerance
     screen = tolerance > 0 and "blue" in series.bands and n_t >= 3
+    trailing = screens_last_date(sum(bool(d) for d in ctx.dates_in), config)
     blue = series.bands.index("blue") if screen else -1
     width = series.grid.width
     min_obs = config.change.min_clear_obs
@@ -209,7 +211,7 @@ def _screen(ctx: _Context) -> _Screened:
             values = np.where(
                 clear, series.pixels(range(n_t), rows, [blue])[:, 0], np.float32(np.nan)
             )
-            spikes = temporal_spikes(values, tolerance=tolerance)
+            spikes = temporal_spikes(values, tolerance=tolerance, trailing=trailing)
             clear &= ~spikes
             found = [np.flatnonzero(s) + rows.start * width for s in spikes]
         context: np.ndarray = np.any(clear, axis=0)

@@ -59,6 +59,7 @@ __all__ = [
     "baseline_from_fractions",
     "choose_baseline",
     "screen_spikes",
+    "screens_last_date",
     "span",
 ]
 
@@ -163,14 +164,29 @@ def baseline_from_fractions(
     return Baseline(span(periods[first : last + 1]), plan, plan.describe(periods))
 
 
-def screen_spikes(stack: Stack, config: Config) -> Stack:
+def screens_last_date(periods_with_dates: int, config: Config) -> bool:
+    """Whether the spike screen may call a pixel's last observation a spike (`trailing` of
+    `core.mask.temporal_spikes`): only when a structure needs two or more clear periods to be
+    confirmed and the series has periods enough for that, so that holding a brightening on the
+    last date back until the next scene cannot cost a structure the run could confirm. A pair
+    or a short series, whose persistence may shrink to one period, keeps its last date."""
+    persistence = config.track.min_persistence
+    return persistence >= 2 and periods_with_dates >= config.time.baseline_periods + persistence
+
+
+def screen_spikes(stack: Stack, config: Config, periods: Sequence[Period] = ()) -> Stack:
     """The stack with observations that are brief brightenings in blue (cloud edges, thin cloud
-    and haze SCL missed; `core.mask.temporal_spikes`) no longer clear."""
+    and haze SCL missed; `core.mask.temporal_spikes`) no longer clear. `periods`: the run's
+    periods (`screens_last_date`)."""
     tolerance = config.mask.spike_tolerance
     if tolerance <= 0 or "blue" not in stack.bands or len(stack.times) < 3:
         return stack
+    days = [t.date() for t in stack.times]
+    with_dates = sum(any(p.contains(d) for d in days) for p in periods)
     blue = np.where(stack.clear, stack.band("blue"), np.float32(np.nan))
-    spikes = temporal_spikes(blue, tolerance=tolerance)
+    spikes = temporal_spikes(
+        blue, tolerance=tolerance, trailing=screens_last_date(with_dates, config)
+    )
     return replace(stack, clear=stack.clear & ~spikes)
 
 
@@ -332,7 +348,7 @@ def analyse_stack(
     timer = timer or StageTimer()
     cc = config.change
     with timer("screen"):
-        stack = screen_spikes(stack, config)
+        stack = screen_spikes(stack, config, periods)
     context: np.ndarray = np.any(stack.clear, axis=0)  # pixels with data in the window
     baseline = choose_baseline(stack, periods, inside=context, config=config)
     with timer("coregister"):
