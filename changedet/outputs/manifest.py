@@ -106,11 +106,11 @@ DETECTION_NOTES = (
     "seen, so berm lines and the 'bermed' flag are indications, not measurements.",
     "Counts are estimates: cumulative_low/high bound what the clear observations can support, "
     "not the detector's own errors. On semi-real series from nine real OSCD cities the default "
-    "settings found 74 % of the labelled changes (36–90 % per city) and 79 % of what they "
-    "reported was one (66–100 %); the final count was within 15 % of the truth in five cities, "
-    "−51 % and +28 % at worst.",
+    "settings found 74 % of the labelled changes (33–90 % per city) and 79 % of what they "
+    "reported was one (70–100 %); the final count was within 15 % of the truth in four cities, "
+    "−53 % and +23 % at worst.",
     "Kind is read from spectra and shape: on real Sentinel-2 series most new structures come out "
-    "'other' (67 % of matched real changes in the semi-real OSCD evaluation, 7 % 'building'), so "
+    "'other' (65 % of matched real changes in the semi-real OSCD evaluation, 7 % 'building'), so "
     "the building count is a lower bound and the count of all new structures the reliable figure; "
     "'building' means a roof-like new structure.",
     "'Vanished' means the place looks again as it did before the structure appeared (65 of 66 "
