@@ -366,9 +366,12 @@ def test_ctrl_c_during_a_run_exits_130_and_leaves_outputs_untouched(tmp_path: Pa
     (out / "khojir").mkdir(parents=True)
     (out / "khojir" / "previous.txt").write_text("outputs of an earlier run")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "NO_COLOR": "1"}
+    # A shell that starts the tests in the background (`bash .ci/run &`) ignores SIGINT, and its
+    # children inherit that: the run gets Ctrl-C's default handling back, as at a terminal.
     proc = subprocess.Popen(
         [sys.executable, "-m", "changedet", "run", KHOJIR, "--config", str(DEMO), "--out", str(out)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stderr is not None
     seen = []
