@@ -141,8 +141,9 @@ def test_missing_band_is_refused(composite: Callable[..., Composite]) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ridge_filter_gives_scikit_images_sato_values(seed: int) -> None:
-    # The ridge filter cuts sato's 100-sigma kernel tails: the values must stay sato's, to the
-    # bit, on evidence shaped like the real one (non-negative, mostly zero, lines and blobs).
+    # The ridge filter cuts sato's 100-sigma kernel tails and takes the larger eigenvalue itself:
+    # the values must stay sato's, to the bit, on evidence shaped like the real one
+    # (non-negative, mostly zero, lines and blobs).
     from skimage.filters import sato
 
     rng = np.random.default_rng(seed)
