@@ -165,6 +165,9 @@ class MaskConfig:
     # of that pixel by more than this (reflectance) is a cloud edge, thin cloud or haze SCL missed:
     # clouds move, new roofs stay. 0 turns the screen off.
     spike_tolerance: float = 0.02
+    # A clear observation darker in SWIR (1.6 um) than both the previous and the next clear one by
+    # more than this is a cloud shadow SCL missed: shadows move, new dark roofs stay. 0 = off.
+    dip_tolerance: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -532,6 +535,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "mask.dilate_px": (0, 100),
     "mask.persistent_min_dates": (1, None),
     "mask.spike_tolerance": (0.0, 1.0),
+    "mask.dip_tolerance": (0.0, 1.0),
     "change.coreg_threshold_px": (0.0, None),
     "change.z_threshold": (0.0, None),
     "change.z_low": (0.0, None),

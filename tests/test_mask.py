@@ -11,6 +11,7 @@ from changedet.core.mask import (
     persistent_from_counts,
     scl_clear,
     scl_cloudy,
+    temporal_dips,
     temporal_spikes,
 )
 
@@ -202,6 +203,59 @@ def test_temporal_spikes_known_answers(blue: list[float], expected: list[int]) -
 )
 def test_temporal_spikes_trailing_known_answers(blue: list[float], expected: list[int]) -> None:
     assert _spikes(blue, trailing=True) == expected
+
+
+def _dips(swir: list[float]) -> list[int]:
+    """temporal_dips of one pixel's SWIR series (NaN: not clear), at the default tolerance."""
+    series = np.array(swir, dtype=np.float32)[:, None, None]
+    return temporal_dips(series, tolerance=0.02)[:, 0, 0].astype(int).tolist()
+
+
+@pytest.mark.parametrize(
+    ("swir", "expected"),
+    [
+        # a shadow SCL missed: one dark date between clear ones
+        ([0.40, 0.40, 0.28, 0.40, 0.40], [0, 0, 1, 0, 0]),
+        # a new dark roof is a step: it stays, so none of its dates is a dip
+        ([0.40, 0.40, 0.25, 0.25, 0.25], [0, 0, 0, 0, 0]),
+        # a shadow on the first date: darker than both of the next two
+        ([0.30, 0.40, 0.41, 0.40], [1, 0, 0, 0]),
+        # ... but not when one of them is as dark
+        ([0.30, 0.40, 0.31, 0.31], [0, 0, 0, 0]),
+        # the last date may be a roof that just appeared
+        ([0.40, 0.40, 0.40, 0.25], [0, 0, 0, 0]),
+        # neighbours are the nearest clear dates; not-clear dates are never dips
+        ([0.40, NAN, 0.28, NAN, 0.40], [0, 0, 1, 0, 0]),
+        # 10 % of the darker neighbour plus the tolerance is not a dip
+        ([0.50, 0.50, 0.44, 0.50, 0.50], [0, 0, 0, 0, 0]),
+    ],
+)
+def test_temporal_dips_known_answers(swir: list[float], expected: list[int]) -> None:
+    assert _dips(swir) == expected
+
+
+def test_temporal_dips_settle_only_pixels_without_a_drop() -> None:
+    """The cheap look (no observation darker than the clear one after it) only settles pixels
+    with no dip: the answer is the full test's over every pixel."""
+    from changedet.core.mask import _darker, _Neighbours
+
+    rng = np.random.default_rng(11)
+    swir = (0.35 + 0.01 * rng.standard_normal((30, 40, 50))).astype(np.float32)
+    swir[rng.random(swir.shape) < 0.3] = np.nan
+    swir[rng.random(swir.shape) < 0.02] -= 0.15  # shadows, some on consecutive dates
+    swir[rng.random(swir.shape) < 0.02] += 0.1  # clouds
+    flat = swir.reshape(30, -1)
+    near = _Neighbours.of(flat)
+    gain, tol = np.float32(0.9), np.float32(0.02)
+    inner = _darker(flat, near.prev1, gain, tol) & _darker(flat, near.next1, gain, tol)
+    lead = (
+        ~np.isfinite(near.prev1)
+        & _darker(flat, near.next1, gain, tol)
+        & _darker(flat, near.next2, gain, tol)
+    )
+    full = (inner | lead).reshape(swir.shape)
+    assert full.any() and not full.all()
+    np.testing.assert_array_equal(temporal_dips(swir, tolerance=0.02), full)
 
 
 def test_temporal_spikes_keep_pixels_apart() -> None:

@@ -89,6 +89,8 @@ def _synthetic_stack(seed: int = 3) -> Stack:
             clear[t] &= (yy - rng.integers(h)) ** 2 + (xx - rng.integers(w)) ** 2 > 15**2
         if t % 5 == 3 or t == n_t - 1:  # haze SCL missed: a brief brightening in blue
             scene[0, 5:20, 5:25] += 0.08
+        if t % 6 == 4:  # a shadow SCL missed: a brief darkening, most in SWIR
+            scene[:, 50:65, 60:85] *= np.linspace(0.9, 0.6, len(BANDS))[:, None, None]
         refl[t] = scene
     clear &= np.isfinite(refl).all(axis=1)
     refl[~np.broadcast_to(clear[:, None], refl.shape)] = np.nan
@@ -132,6 +134,19 @@ def test_a_brightening_on_the_last_date_waits_only_where_one_period_cannot_confi
     assert screen_spikes(stack, short, periods).clear[-1][haze].all()
     # as it is when the run holds too few periods with dates for two to confirm
     assert screen_spikes(stack, CONFIG, periods[:2]).clear[-1][haze].all()
+
+
+def test_the_screen_takes_out_shadows_scl_missed_and_nothing_when_off() -> None:
+    stack = _synthetic_stack()
+    periods = make_periods(CONFIG.time.start, CONFIG.time.end, "month")
+    shadow = (slice(50, 65), slice(60, 85))
+    shaded = [t for t in range(len(stack.times)) if t % 6 == 4]
+    screened = screen_spikes(stack, CONFIG, periods).clear
+    for t in shaded:
+        assert not screened[t][shadow][stack.clear[t][shadow]].any()
+    assert screened[1][shadow].all()
+    off = replace(CONFIG, mask=replace(CONFIG.mask, spike_tolerance=0.0, dip_tolerance=0.0))
+    np.testing.assert_array_equal(screen_spikes(stack, off, periods).clear, stack.clear)
 
 
 def test_dates_on_disk_read_back_as_they_went_in(tmp_path: Path) -> None:

@@ -19,15 +19,18 @@ import numpy as np
 __all__ = [
     "CLOUD_CLASSES",
     "DILATED_CLASSES",
+    "DIP_BAND",
     "SCL_NODATA",
     "keep_persistent_bright",
     "persistent_from_counts",
     "scl_clear",
     "scl_cloudy",
+    "temporal_dips",
     "temporal_spikes",
 ]
 
 SCL_NODATA = 0
+DIP_BAND = "swir16"  # the band `temporal_dips` looks at
 CLOUD_CLASSES: tuple[int, ...] = (8, 9, 10)  # cloud medium, cloud high, thin cirrus
 # Clouds and their shadows have soft, mis-registered edges: only these grow with `dilate_px`.
 # Nodata, defective pixels and snow are exact and are not grown.
@@ -291,3 +294,42 @@ def _spikes_of(values: np.ndarray, gain: np.float32, tol: np.float32, trailing: 
         pairs[:, again] |= _cloudy_pairs(rest, near_rest, gain, tol)
     spikes |= pairs
     return spikes
+
+
+def _darker(values: np.ndarray, than: np.ndarray, gain: np.float32, tol: np.float32) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # a missing neighbour (NaN) is never undercut
+        out: np.ndarray = values < than * gain - tol
+    return out
+
+
+def temporal_dips(swir: np.ndarray, *, tolerance: float, relative: float = 0.1) -> np.ndarray:
+    """(T, H, W) bool: clear observations darker in SWIR than both the previous and the next
+    clear observation of that pixel by more than `tolerance` + `relative` x the darker of the
+    two; the first observation, than both of the next two; the last, never.
+
+    The mirror of `temporal_spikes` for the shadows SCL misses (the soft edge of a cloud's
+    shadow, the faint shadow of a thin cloud): lit almost only by the direct sun, SWIR darkens
+    most in a shadow, for a date, and the shadow is gone on the next. A new dark roof or a flooded
+    pit stays: a step, not a dip. The first observation has nothing before it; a change right
+    after it would have to brighten the ground on both of the next two dates for it to count as
+    a dip, so a pixel whose only clear baseline date is followed by a change loses that date.
+    swir: (T, H, W) reflectance, NaN where not clear.
+    """
+    gain, tol = np.float32(1.0 - relative), np.float32(tolerance)
+    n_t = swir.shape[0]
+    flat = swir.reshape(n_t, -1)
+    # Every dip is darker than the clear observation just after it: a cheap look settles the rest.
+    after = _previous_valid(flat[::-1])[::-1]
+    dips = np.zeros(flat.shape, dtype=bool)
+    cols = np.flatnonzero(_darker(flat, after, gain, tol).any(axis=0))
+    if cols.size:
+        values = np.ascontiguousarray(flat[:, cols])
+        near = _Neighbours.of(values)
+        inner = _darker(values, near.prev1, gain, tol) & _darker(values, near.next1, gain, tol)
+        first = ~np.isfinite(near.prev1)
+        lead = (
+            first & _darker(values, near.next1, gain, tol) & _darker(values, near.next2, gain, tol)
+        )
+        dips[:, cols] = inner | lead
+    out: np.ndarray = dips.reshape(swir.shape)
+    return out

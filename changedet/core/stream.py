@@ -42,9 +42,9 @@ from changedet.core.change import COREG_BANDS
 from changedet.core.composite import REFERENCE_BANDS, median_composite
 from changedet.core.coreg import ShiftReference, apply_shift
 from changedet.core.evidence import RGB, DateSource
-from changedet.core.mask import temporal_spikes
 from changedet.core.reuse import ArrayMemo, Reuse
 from changedet.core.timeseries import (
+    SCREEN_BANDS,
     Analysis,
     Baseline,
     PeriodMemo,
@@ -52,6 +52,7 @@ from changedet.core.timeseries import (
     after_span,
     analyse_composites,
     baseline_from_fractions,
+    screened_dates,
     screens_last_date,
 )
 from changedet.models import Composite, DateSeries, Grid, Period, Progress, Stack, no_progress
@@ -194,26 +195,24 @@ class _Context:
 
 
 def _screen(ctx: _Context) -> _Screened:
-    """Pass 1: the temporal spike screen (as `timeseries.screen_spikes`) and the counts."""
+    """Pass 1: the temporal screen (as `timeseries.screen_spikes`) and the counts."""
     series, config = ctx.series, ctx.config
     n_t = len(series.times)
-    tolerance = config.mask.spike_tolerance
-    screen = tolerance > 0 and "blue" in series.bands and n_t >= 3
     trailing = screens_last_date(sum(bool(d) for d in ctx.dates_in), config)
-    blue = series.bands.index("blue") if screen else -1
+    bands = [b for b in SCREEN_BANDS if b in series.bands] if n_t >= 3 else []
+    indices = [series.bands.index(b) for b in bands]
     width = series.grid.width
     min_obs = config.change.min_clear_obs
 
     def work(rows: slice) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         clear = series.clear_rows(range(n_t), rows)
         found: list[np.ndarray] = []
-        if screen:
-            values = np.where(
-                clear, series.pixels(range(n_t), rows, [blue])[:, 0], np.float32(np.nan)
-            )
-            spikes = temporal_spikes(values, tolerance=tolerance, trailing=trailing)
-            clear &= ~spikes
-            found = [np.flatnonzero(s) + rows.start * width for s in spikes]
+        values = series.pixels(range(n_t), rows, indices) if indices else None
+        named = {} if values is None else {b: values[:, i] for i, b in enumerate(bands)}
+        screened = screened_dates(named, clear, config, trailing=trailing)
+        if screened is not None:
+            clear &= ~screened
+            found = [np.flatnonzero(s) + rows.start * width for s in screened]
         context: np.ndarray = np.any(clear, axis=0)
         observed = np.array(
             [np.count_nonzero((clear[d].sum(axis=0) >= min_obs) & context) for d in ctx.dates_in],
@@ -221,7 +220,7 @@ def _screen(ctx: _Context) -> _Screened:
         )
         return found, clear.sum(axis=(1, 2), dtype=np.int64), observed, context
 
-    strips = _strips(series.grid.height, _strip_rows(series, n_t, 6, ctx.budget))
+    strips = _strips(series.grid.height, _strip_rows(series, n_t, 4 + 4 * len(bands), ctx.budget))
     result = _Screened(
         [[] for _ in range(n_t)],
         np.zeros(n_t, np.int64),

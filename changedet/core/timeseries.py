@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -33,7 +34,7 @@ from changedet.core.composite import composite
 from changedet.core.coreg import coregister_dates
 from changedet.core.kinds import BUILDING
 from changedet.core.ledger import Ledger, build_ledger
-from changedet.core.mask import temporal_spikes
+from changedet.core.mask import DIP_BAND, temporal_dips, temporal_spikes
 from changedet.core.objects import extract_objects
 from changedet.core.periods import Comparison, plan_comparison
 from changedet.core.track import PeriodObservation
@@ -59,6 +60,7 @@ __all__ = [
     "baseline_from_fractions",
     "choose_baseline",
     "screen_spikes",
+    "screened_dates",
     "screens_last_date",
     "span",
 ]
@@ -174,20 +176,44 @@ def screens_last_date(periods_with_dates: int, config: Config) -> bool:
     return persistence >= 2 and periods_with_dates >= config.time.baseline_periods + persistence
 
 
+SCREEN_BANDS = ("blue", DIP_BAND)  # what the temporal screen looks at
+
+
 def screen_spikes(stack: Stack, config: Config, periods: Sequence[Period] = ()) -> Stack:
     """The stack with observations that are brief brightenings in blue (cloud edges, thin cloud
-    and haze SCL missed; `core.mask.temporal_spikes`) no longer clear. `periods`: the run's
-    periods (`screens_last_date`)."""
-    tolerance = config.mask.spike_tolerance
-    if tolerance <= 0 or "blue" not in stack.bands or len(stack.times) < 3:
+    and haze SCL missed; `core.mask.temporal_spikes`) or brief darkenings in SWIR (shadows SCL
+    missed; `core.mask.temporal_dips`) no longer clear. `periods`: the run's periods
+    (`screens_last_date`)."""
+    if len(stack.times) < 3:
         return stack
     days = [t.date() for t in stack.times]
     with_dates = sum(any(p.contains(d) for d in days) for p in periods)
-    blue = np.where(stack.clear, stack.band("blue"), np.float32(np.nan))
-    spikes = temporal_spikes(
-        blue, tolerance=tolerance, trailing=screens_last_date(with_dates, config)
+    screened = screened_dates(
+        {b: stack.band(b) for b in SCREEN_BANDS if b in stack.bands},
+        stack.clear,
+        config,
+        trailing=screens_last_date(with_dates, config),
     )
-    return replace(stack, clear=stack.clear & ~spikes)
+    return stack if screened is None else replace(stack, clear=stack.clear & ~screened)
+
+
+def screened_dates(
+    bands: Mapping[str, np.ndarray], clear: np.ndarray, config: Config, *, trailing: bool
+) -> np.ndarray | None:
+    """(T, H, W) bool: the clear observations the temporal screen takes out (spikes in blue,
+    dips in SWIR; None when neither test runs), of `bands` (T, H, W) reflectance by name."""
+    out: np.ndarray | None = None
+    tests: tuple[tuple[str, float, Callable[..., np.ndarray]], ...] = (
+        ("blue", config.mask.spike_tolerance, partial(temporal_spikes, trailing=trailing)),
+        (DIP_BAND, config.mask.dip_tolerance, temporal_dips),
+    )
+    for band, tolerance, test in tests:
+        if tolerance <= 0 or band not in bands:
+            continue
+        values = np.where(clear, bands[band], np.float32(np.nan))
+        found = test(values, tolerance=tolerance)
+        out = found if out is None else out | found
+    return out
 
 
 def _coregister(
