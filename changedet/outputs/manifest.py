@@ -106,9 +106,9 @@ DETECTION_NOTES = (
     "seen, so berm lines and the 'bermed' flag are indications, not measurements.",
     "Counts are estimates: cumulative_low/high bound what the clear observations can support, "
     "not the detector's own errors. On semi-real series from nine real OSCD cities the default "
-    "settings found 74 % of the labelled changes (33–90 % per city) and 79 % of what they "
-    "reported was one (70–100 %); the final count was within 15 % of the truth in four cities, "
-    "−53 % and +23 % at worst.",
+    "settings found 74 % of the labelled changes (34–90 % per city) and 80 % of what they "
+    "reported was one (69–100 %); the final count was within 15 % of the truth in five cities, "
+    "−51 % and +23 % at worst.",
     "Kind is read from spectra and shape: on real Sentinel-2 series most new structures come out "
     "'other' (65 % of matched real changes in the semi-real OSCD evaluation, 7 % 'building'), so "
     "the building count is a lower bound and the count of all new structures the reliable figure; "
