@@ -44,7 +44,6 @@ from changedet.core.coreg import ShiftReference, apply_shift
 from changedet.core.evidence import RGB, DateSource
 from changedet.core.reuse import ArrayMemo, Reuse
 from changedet.core.timeseries import (
-    SCREEN_BANDS,
     Analysis,
     Baseline,
     PeriodMemo,
@@ -52,6 +51,7 @@ from changedet.core.timeseries import (
     after_span,
     analyse_composites,
     baseline_from_fractions,
+    screen_bands,
     screened_dates,
     screens_last_date,
 )
@@ -199,7 +199,7 @@ def _screen(ctx: _Context) -> _Screened:
     series, config = ctx.series, ctx.config
     n_t = len(series.times)
     trailing = screens_last_date(sum(bool(d) for d in ctx.dates_in), config)
-    bands = [b for b in SCREEN_BANDS if b in series.bands] if n_t >= 3 else []
+    bands = [b for b in screen_bands(config) if b in series.bands] if n_t >= 3 else []
     indices = [series.bands.index(b) for b in bands]
     width = series.grid.width
     min_obs = config.change.min_clear_obs

@@ -59,6 +59,7 @@ __all__ = [
     "analyse_stack",
     "baseline_from_fractions",
     "choose_baseline",
+    "screen_bands",
     "screen_spikes",
     "screened_dates",
     "screens_last_date",
@@ -176,7 +177,10 @@ def screens_last_date(periods_with_dates: int, config: Config) -> bool:
     return persistence >= 2 and periods_with_dates >= config.time.baseline_periods + persistence
 
 
-SCREEN_BANDS = ("blue", DIP_BAND)  # what the temporal screen looks at
+def screen_bands(config: Config) -> tuple[str, ...]:
+    """The bands the temporal screen looks at: blue for spikes, SWIR for dips, where on."""
+    tests = (("blue", config.mask.spike_tolerance), (DIP_BAND, config.mask.dip_tolerance))
+    return tuple(band for band, tolerance in tests if tolerance > 0)
 
 
 def screen_spikes(stack: Stack, config: Config, periods: Sequence[Period] = ()) -> Stack:
@@ -189,7 +193,7 @@ def screen_spikes(stack: Stack, config: Config, periods: Sequence[Period] = ()) 
     days = [t.date() for t in stack.times]
     with_dates = sum(any(p.contains(d) for d in days) for p in periods)
     screened = screened_dates(
-        {b: stack.band(b) for b in SCREEN_BANDS if b in stack.bands},
+        {b: stack.band(b) for b in screen_bands(config) if b in stack.bands},
         stack.clear,
         config,
         trailing=screens_last_date(with_dates, config),
