@@ -237,23 +237,16 @@ def test_temporal_dips_known_answers(swir: list[float], expected: list[int]) -> 
 def test_temporal_dips_settle_only_pixels_without_a_drop() -> None:
     """The cheap look (no observation darker than the clear one after it) only settles pixels
     with no dip: the answer is the full test's over every pixel."""
-    from changedet.core.mask import _darker, _Neighbours
+    from changedet.core.mask import _Neighbours, _single_spikes
 
     rng = np.random.default_rng(11)
     swir = (0.35 + 0.01 * rng.standard_normal((30, 40, 50))).astype(np.float32)
     swir[rng.random(swir.shape) < 0.3] = np.nan
     swir[rng.random(swir.shape) < 0.02] -= 0.15  # shadows, some on consecutive dates
     swir[rng.random(swir.shape) < 0.02] += 0.1  # clouds
-    flat = swir.reshape(30, -1)
-    near = _Neighbours.of(flat)
+    negated = -swir.reshape(30, -1)  # a dip is a single spike of the negated values
     gain, tol = np.float32(0.9), np.float32(0.02)
-    inner = _darker(flat, near.prev1, gain, tol) & _darker(flat, near.next1, gain, tol)
-    lead = (
-        ~np.isfinite(near.prev1)
-        & _darker(flat, near.next1, gain, tol)
-        & _darker(flat, near.next2, gain, tol)
-    )
-    full = (inner | lead).reshape(swir.shape)
+    full = _single_spikes(negated, _Neighbours.of(negated), gain, tol, False).reshape(swir.shape)
     assert full.any() and not full.all()
     np.testing.assert_array_equal(temporal_dips(swir, tolerance=0.02), full)
 

@@ -296,12 +296,6 @@ def _spikes_of(values: np.ndarray, gain: np.float32, tol: np.float32, trailing: 
     return spikes
 
 
-def _darker(values: np.ndarray, than: np.ndarray, gain: np.float32, tol: np.float32) -> np.ndarray:
-    with np.errstate(invalid="ignore"):  # a missing neighbour (NaN) is never undercut
-        out: np.ndarray = values < than * gain - tol
-    return out
-
-
 def temporal_dips(swir: np.ndarray, *, tolerance: float, relative: float = 0.1) -> np.ndarray:
     """(T, H, W) bool: clear observations darker in SWIR than both the previous and the next
     clear observation of that pixel by more than `tolerance` + `relative` x the darker of the
@@ -315,21 +309,17 @@ def temporal_dips(swir: np.ndarray, *, tolerance: float, relative: float = 0.1) 
     a dip, so a pixel whose only clear baseline date is followed by a change loses that date.
     swir: (T, H, W) reflectance, NaN where not clear.
     """
+    # Darker than a neighbour by the margin is brighter than it once both are negated (v < r*g - t
+    # is -v > -r*g + t, exactly in floating point): the single-spike test of the negated values.
     gain, tol = np.float32(1.0 - relative), np.float32(tolerance)
     n_t = swir.shape[0]
-    flat = swir.reshape(n_t, -1)
+    flat = np.negative(swir.reshape(n_t, -1))
     # Every dip is darker than the clear observation just after it: a cheap look settles the rest.
     after = _previous_valid(flat[::-1])[::-1]
     dips = np.zeros(flat.shape, dtype=bool)
-    cols = np.flatnonzero(_darker(flat, after, gain, tol).any(axis=0))
+    cols = np.flatnonzero(_brighter(flat, after, gain, tol).any(axis=0))
     if cols.size:
         values = np.ascontiguousarray(flat[:, cols])
-        near = _Neighbours.of(values)
-        inner = _darker(values, near.prev1, gain, tol) & _darker(values, near.next1, gain, tol)
-        first = ~np.isfinite(near.prev1)
-        lead = (
-            first & _darker(values, near.next1, gain, tol) & _darker(values, near.next2, gain, tol)
-        )
-        dips[:, cols] = inner | lead
+        dips[:, cols] = _single_spikes(values, _Neighbours.of(values), gain, tol, False)
     out: np.ndarray = dips.reshape(swir.shape)
     return out

@@ -18,11 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -205,17 +204,17 @@ def screened_dates(
     bands: Mapping[str, np.ndarray], clear: np.ndarray, config: Config, *, trailing: bool
 ) -> np.ndarray | None:
     """(T, H, W) bool: the clear observations the temporal screen takes out (spikes in blue,
-    dips in SWIR; None when neither test runs), of `bands` (T, H, W) reflectance by name."""
+    dips in SWIR; None when neither test runs), of `bands` (T, H, W) reflectance by name, those
+    of `screen_bands` the data has."""
     out: np.ndarray | None = None
-    tests: tuple[tuple[str, float, Callable[..., np.ndarray]], ...] = (
-        ("blue", config.mask.spike_tolerance, partial(temporal_spikes, trailing=trailing)),
-        (DIP_BAND, config.mask.dip_tolerance, temporal_dips),
-    )
-    for band, tolerance, test in tests:
-        if tolerance <= 0 or band not in bands:
-            continue
-        values = np.where(clear, bands[band], np.float32(np.nan))
-        found = test(values, tolerance=tolerance)
+    for band, reflectance in bands.items():
+        values = np.where(clear, reflectance, np.float32(np.nan))
+        if band == DIP_BAND:
+            found = temporal_dips(values, tolerance=config.mask.dip_tolerance)
+        else:
+            found = temporal_spikes(
+                values, tolerance=config.mask.spike_tolerance, trailing=trailing
+            )
         out = found if out is None else out | found
     return out
 
