@@ -262,7 +262,7 @@ class OutputConfig:
     report: bool = True
     chips: bool = True
     max_chips: int = (
-        200  # evidence chips for the most confident structures only (keeps report.html small)
+        200  # evidence chips: confirmed structures first, then candidates (keeps report.html small)
     )
     imagery: bool = True  # true-colour COGs of the baseline, the latest and every period
     # Warn (CLI, report, run.json) when less than this share of the AOI could be analysed.

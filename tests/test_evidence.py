@@ -11,7 +11,7 @@ from datetime import date
 import numpy as np
 import pytest
 
-from changedet.core.evidence import chip_window, stack_dates, structure_evidence
+from changedet.core.evidence import chip_order, chip_window, stack_dates, structure_evidence
 from changedet.models import RunResult, Stack
 
 ROOF_MIN = 0.4  # the factory's roofs are 0.45 in every band; the ground stays under 0.3
@@ -157,3 +157,25 @@ def test_the_pipeline_hands_over_dated_evidence(make_aoi, make_stack, fake_io, t
     assert roof.before.when is not None and roof.before.when < date(2023, 5, 1)
     assert roof.after.when is not None and date(2023, 5, 1) <= roof.after.when
     assert handed.config["track"]["min_persistence"] == config.track.min_persistence
+
+
+def test_chips_go_to_confirmed_structures_first_and_never_to_dropped_candidates(
+    result: RunResult, make_run_result
+) -> None:
+    s1, s2, s3 = sorted(result.structures, key=lambda s: s.id)
+    structures = [
+        replace(s1, confirmed=False, confidence=0.99),  # a live candidate, very confident
+        replace(s2, confirmed=True, confidence=0.40),
+        replace(s3, confirmed=False, confidence=0.95, status="dropped"),
+    ]
+    assert [s.id for s in chip_order(structures)] == [s2.id, s1.id]
+    stack, months = make_run_result.dated(result)
+    found = structure_evidence(
+        stack_dates(stack),
+        structures,
+        composites=months,
+        baseline=result.before,
+        latest=result.after,
+        limit=1,
+    )
+    assert [e.structure_id for e in found] == [s2.id]

@@ -1,8 +1,9 @@
 """Dated evidence per structure: the last clear acquisition before it appeared and one after.
 
 Pure numpy. A composite says *that* a structure appeared between two periods; an analyst wants
-to see it on real, dated acquisitions. For each structure (the most confident first, up to a
-limit) this picks, on a square window around it:
+to see it on real, dated acquisitions. For each structure that gets a chip (`chip_order`: the
+confirmed ones first, then the live candidates, each the most confident first; up to a limit)
+this picks, on a square window around it:
 
 - before: the last acquisition dated before the first period in which the structure was
   present that is clear over it;
@@ -46,6 +47,7 @@ __all__ = [
     "CHIP_MIN_PX",
     "CHIP_PAD_PX",
     "DateSource",
+    "chip_order",
     "chip_window",
     "composite_window",
     "evidence_for",
@@ -228,6 +230,16 @@ class _Picker:
         return found
 
 
+def chip_order(structures: Sequence[Structure]) -> list[Structure]:
+    """The structures that get evidence (and chips, up to a limit), in order: the confirmed ones
+    (those the counts speak of), then the candidates still alive, each the most confident first.
+    A dropped candidate (it did not persist: mostly a cloud or shadow the mask missed) gets none,
+    so a monitoring run's chips go to what stays from run to run, not to what each new scene
+    reshuffles."""
+    alive = [s for s in structures if s.status != "dropped"]
+    return sorted(alive, key=lambda s: (not s.confirmed, -s.confidence, s.id))
+
+
 def structure_evidence(
     source: DateSource,
     structures: Sequence[Structure],
@@ -240,13 +252,13 @@ def structure_evidence(
     limit: int | None = None,
     min_clear: float = 0.9,
 ) -> tuple[StructureEvidence, ...]:
-    """Before/after evidence for the `limit` most confident structures (all when None).
+    """Before/after evidence for the first `limit` structures in `chip_order` (all when None).
 
     composites: the period composites (fallbacks); baseline, latest: the run's before and after
     composites (last fallbacks); shifts: per date of `source`, the measured co-registration
     shift, applied when larger than `threshold_px`.
     """
-    chosen = sorted(structures, key=lambda s: (-s.confidence, s.id))
+    chosen = chip_order(structures)
     if limit is not None:
         chosen = chosen[: max(limit, 0)]
     periods = [c.period for c in composites]

@@ -196,12 +196,14 @@ def overlay_map(result: RunResult, after_rgb: np.ndarray) -> bytes:
     fig = _figure(9.0, max(3.0, min(12.0, 9.0 * aspect)) + 0.6)
     ax = fig.add_subplot(1, 1, 1)
     img, step = downsample(after_rgb, QUICKLOOK_MAX_PX)
-    ax.imshow(img, extent=(x0, x1, y0, y1), interpolation="nearest")
     mask = np.asarray(result.change.mask, dtype=bool)[::step, ::step]
     if mask.any():
-        rgba = np.zeros((*mask.shape, 4), dtype=np.float32)
-        rgba[mask] = CHANGE_RGBA
-        ax.imshow(rgba, extent=(x0, x1, y0, y1), interpolation="nearest")
+        # The change tint blended here, not as a second image: Agg resamples one image, not two.
+        img = img.copy()
+        alpha = CHANGE_RGBA[3]
+        tint = np.asarray(CHANGE_RGBA[:3]) * 255 * alpha
+        img[mask] = (img[mask] * (1 - alpha) + tint).round().astype(np.uint8)
+    ax.imshow(img, extent=(x0, x1, y0, y1), interpolation="nearest")
     aoi_km = from_wgs84(grid.crs)(result.aoi.geometry)
     for poly in getattr(aoi_km, "geoms", [aoi_km]):
         xy = np.asarray(poly.exterior.coords) / 1000.0

@@ -12,9 +12,10 @@ the same is taken from the previous run instead (`changedet.outputs.drawn`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -124,23 +125,31 @@ def _write_styled(
     out: Path,
     rel: str,
     qml: str,
-    array: np.ndarray,
+    array: np.ndarray | Callable[[], np.ndarray],
     result: RunResult,
     drawings: Drawings | None = None,
+    made_from: tuple[Any, ...] = (),
     **cog: Any,
 ) -> None:
     """`rel` as a COG with its .qml; with `drawings`, the previous run's file when it was written
-    from the same array on the same grid with the same tags."""
+    from the same array (or, when `array` is a function, from the same `made_from`: what the
+    function makes it from, so a file taken again costs no array) on the same grid with the
+    same tags."""
     write_text((out / rel).with_suffix(".qml"), qml)
     grid = result.grid
+
+    def values() -> np.ndarray:
+        return array() if callable(array) else array
+
     if drawings is None:
-        write_cog(out / rel, array, grid, **cog)
+        write_cog(out / rel, values(), grid, **cog)
         return
 
     def draw() -> bytes:
-        return write_cog(out / rel, array, grid, **cog).read_bytes()
+        return write_cog(out / rel, values(), grid, **cog).read_bytes()
 
-    inputs = ("cog", array, grid.crs, tuple(grid.transform), sorted(cog.items()))
+    source = made_from if callable(array) else array
+    inputs = ("cog", source, grid.crs, tuple(grid.transform), sorted(cog.items()))
     data, taken = take_or_draw(drawings, rel, inputs, draw)
     if taken:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -161,9 +170,10 @@ def _imagery_one(
         out,
         rel,
         raster_styles.truecolor_qml(),
-        display_rgb(rgb, lo, hi),
+        partial(display_rgb, rgb, lo, hi),
         result,
         drawings,
+        made_from=("display_rgb", rgb, lo, hi),
         nodata=0,
         descriptions=("red", "green", "blue"),
         tags={
@@ -179,7 +189,9 @@ def _imagery_one(
     )
 
 
-def _date_raster(out: Path, rel: str, comp: Composite, result: RunResult) -> None:
+def _date_raster(
+    out: Path, rel: str, comp: Composite, result: RunResult, drawings: Drawings | None
+) -> None:
     dates = yyyymmdd(np.asarray(comp.source_date))
     _write_styled(
         out,
@@ -187,6 +199,7 @@ def _date_raster(out: Path, rel: str, comp: Composite, result: RunResult) -> Non
         raster_styles.date_qml(sorted(int(v) for v in np.unique(dates[dates > 0]))),
         dates,
         result,
+        drawings,
         nodata=0,
         descriptions=(f"acquisition date (YYYYMMDD) of each pixel of {comp.period.label}",),
         tags={"units": "YYYYMMDD", "period": comp.period.label},
@@ -201,8 +214,8 @@ def write_imagery(
     drawings: Drawings | None = None,
 ) -> list[RasterOutput]:
     """imagery/: true-colour COGs of the baseline, the latest composite and every period, and the
-    acquisition date of each pixel of the first two. With `drawings`, a true-colour COG the
-    previous run wrote from the same values is taken again."""
+    acquisition date of each pixel of the first two. With `drawings`, a COG the previous run
+    wrote from the same values is taken again."""
     before, after = result.before, result.after
     written = [
         RasterOutput(
@@ -218,7 +231,7 @@ def write_imagery(
         ("imagery/latest_date.tif", after, f"latest {after.period.label}: acquisition date"),
         ("imagery/baseline_date.tif", before, f"baseline {before.period.label}: acquisition date"),
     ):
-        _date_raster(out, rel, comp, result)
+        _date_raster(out, rel, comp, result, drawings)
         written.append(RasterOutput(rel, title, "Imagery"))
     for comp in result.composites:
         rel = f"imagery/periods/{_safe(comp.period.label)}.tif"

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from changedet.config import OutputConfig
+from changedet.core.evidence import chip_order
 from changedet.models import (
     Composite,
     Progress,
@@ -411,7 +412,8 @@ def _structures_html(result: RunResult, chips: Mapping[str, Chip]) -> str:
     chip_note = (
         ""
         if n_chips == len(result.structures)
-        else f" Chips are shown for the {n_chips} most confident structures only."
+        else f" Chips are shown for {n_chips} structures: the confirmed ones first, then the "
+        "most confident live candidates; dropped candidates (they did not persist) get none."
     )
     heading = (
         f"<h2>Structures ({len(result.structures)})</h2>\n"
@@ -545,13 +547,13 @@ def _draw_chips(
     stretch: tuple[np.ndarray, np.ndarray],
     drawings: Drawings | None,
 ) -> dict[str, Chip]:
-    """The chips of the most confident structures (`config.max_chips`), by structure id: each
+    """The chips of the first `config.max_chips` structures in `chip_order`, by structure id: each
     taken from the previous run when drawn from the same inputs."""
     if not config.chips:
         return {}
     lo, hi = stretch
     chips: dict[str, Chip] = {}
-    chosen = sorted(result.structures, key=lambda s: (-s.confidence, s.id))[: config.max_chips]
+    chosen = chip_order(result.structures)[: config.max_chips]
     for s in chosen:
         name = f"chips/{_chip_name(s.id)}.png"
         evidence = evidence_of(result, s)
