@@ -116,13 +116,13 @@ def chip_image(
     scale = max(2, round(CHIP_PANEL_PX / max(grid.width, 1)))
     rings = _rings_px(structure.geometry, grid, scale)
     bar_px = SCALE_BAR_M / grid.res * scale
+    sides = (("before", evidence.before), ("after", evidence.after))
+    pictures = [rgb_picture(image.rgb, lo, hi) for _, image in sides]
+    height, width = pictures[0].shape[:2]  # both panels show the same window
+    halo, line = _outline_masks((height * scale, width * scale), rings)
     panels = []
-    halo = line = None
-    for side, image in (("before", evidence.before), ("after", evidence.after)):
-        picture = rgb_picture(image.rgb, lo, hi)
+    for (side, image), picture in zip(sides, pictures, strict=True):
         big = np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
-        if halo is None or line is None:
-            halo, line = _outline_masks(big.shape[:2], rings)
         big[halo] = (0, 0, 0)
         big[line] = OUTLINE_RGB
         panels.append(_annotate(big, _caption(side, image), bar_px))
