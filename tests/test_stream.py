@@ -13,6 +13,7 @@ import pytest
 from scipy import ndimage
 
 from changedet.config import Config, load_config
+from changedet.core import timeseries
 from changedet.core.coreg import apply_shift
 from changedet.core.periods import make_periods
 from changedet.core.stream import StackSeries, analyse_series, series_dates
@@ -261,6 +262,21 @@ def test_the_period_memo_gives_back_only_periods_whose_every_input_is_the_same()
     january[0, :, 50:60, 10:20] += np.float32(0.2)
     run(replace(stack, reflectance=january))
     assert memo.hits == []
+
+
+def test_a_new_change_detector_finds_nothing_in_the_period_memo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A period's change kept by an older detector (`CHANGE_VERSION`) is not taken for the new
+    one's answer: the same inputs miss."""
+    stack = _synthetic_stack()
+    periods = make_periods(CONFIG.time.start, CONFIG.time.end, "month")
+    inside = np.ones(stack.grid.shape, bool)
+    memo = _DictMemo()
+    analyse_stack(stack, inside=inside, periods=periods, config=CONFIG, memo=memo)
+    monkeypatch.setattr(timeseries, "CHANGE_VERSION", "change-next")
+    analyse_stack(stack, inside=inside, periods=periods, config=CONFIG, memo=memo)
+    assert memo.hits == [] and len(memo.entries) == 4
 
 
 class _DictArrays:

@@ -42,6 +42,7 @@ from changedet.errors import DataError
 from changedet.models import ChangeMap, Composite, Grid
 
 __all__ = [
+    "CHANGE_VERSION",
     "COREG_BANDS",
     "DETECT_BANDS",
     "BeforeRange",
@@ -65,6 +66,10 @@ DETECT_BANDS = (
     "swir22",
 )
 VISIBLE_BANDS = ("blue", "green", "red")
+# Bump whenever `detect_change` (or `objects.extract_objects`) gives another answer from the same
+# inputs, so a period's change kept between runs (the monitor's period cache) is not taken for
+# the new answer.
+CHANGE_VERSION = "change-1"
 # Band measured for co-registration, first present wins: red has urban texture and moves less with
 # vegetation phenology than nir.
 COREG_BANDS = ("red", "green", "nir", "blue")

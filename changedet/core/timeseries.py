@@ -28,7 +28,13 @@ import numpy as np
 
 from changedet.config import Config
 from changedet.core.berms import berm_evidence, extract_berms, link_berms, ring_test
-from changedet.core.change import COREG_BANDS, BeforeRange, before_range, detect_change
+from changedet.core.change import (
+    CHANGE_VERSION,
+    COREG_BANDS,
+    BeforeRange,
+    before_range,
+    detect_change,
+)
 from changedet.core.composite import composite
 from changedet.core.coreg import coregister_dates
 from changedet.core.kinds import BUILDING
@@ -319,10 +325,19 @@ def _digest(*arrays: np.ndarray) -> bytes:
 
 def _memo_key(shared: bytes, made_from: bytes, comp: Composite, config: Config) -> str:
     """A digest of every input of one period's change: `shared` (the baseline composite's and the
-    mask's), the period's composite (`made_from`), its scenes and the change and kind settings."""
+    mask's), the period's composite (`made_from`), its scenes, the change and kind settings and
+    the version of the change detector."""
     digest = hashlib.blake2b(shared, digest_size=20)
     digest.update(made_from)
-    facts = (comp.period, comp.scene_ids, comp.bands, comp.grid, config.change, config.kinds)
+    facts = (
+        CHANGE_VERSION,
+        comp.period,
+        comp.scene_ids,
+        comp.bands,
+        comp.grid,
+        config.change,
+        config.kinds,
+    )
     digest.update(repr(facts).encode())
     return digest.hexdigest()
 
