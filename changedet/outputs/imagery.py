@@ -135,6 +135,8 @@ def _write_styled(
     from the same array (or, when `array` is a function, from the same `made_from`: what the
     function makes it from, so a file taken again costs no array) on the same grid with the
     same tags."""
+    if callable(array) and not made_from:
+        raise ValueError(f"{rel}: an array made on demand needs `made_from` for its drawing key")
     write_text((out / rel).with_suffix(".qml"), qml)
     grid = result.grid
 
