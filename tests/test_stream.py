@@ -17,7 +17,7 @@ from changedet.core import timeseries
 from changedet.core.coreg import apply_shift
 from changedet.core.periods import make_periods
 from changedet.core.stream import StackSeries, analyse_series, series_dates
-from changedet.core.timeseries import Analysis, analyse_stack, screen_spikes
+from changedet.core.timeseries import Analysis, analyse_stack, screen_dates
 from changedet.core.track import PeriodObservation
 from changedet.models import Composite, Grid, Stack, Structure
 from changedet.read.store import DateStore
@@ -128,13 +128,13 @@ def test_a_brightening_on_the_last_date_waits_only_where_one_period_cannot_confi
     periods = make_periods(CONFIG.time.start, CONFIG.time.end, "month")
     haze = (slice(5, 20), slice(5, 25))
     # three months, a one-month baseline and two to confirm: the last date's haze waits
-    screened = screen_spikes(stack, CONFIG, periods)
+    screened = screen_dates(stack, CONFIG, periods)
     assert not screened.clear[-1][haze].any() and stack.clear[-1][haze].all()
     # a two-month baseline leaves one month to confirm in: the last date is kept
     short = replace(CONFIG, time=replace(CONFIG.time, baseline_periods=2))
-    assert screen_spikes(stack, short, periods).clear[-1][haze].all()
+    assert screen_dates(stack, short, periods).clear[-1][haze].all()
     # as it is when the run holds too few periods with dates for two to confirm
-    assert screen_spikes(stack, CONFIG, periods[:2]).clear[-1][haze].all()
+    assert screen_dates(stack, CONFIG, periods[:2]).clear[-1][haze].all()
 
 
 def test_the_screen_takes_out_shadows_scl_missed_and_nothing_when_off() -> None:
@@ -142,12 +142,12 @@ def test_the_screen_takes_out_shadows_scl_missed_and_nothing_when_off() -> None:
     periods = make_periods(CONFIG.time.start, CONFIG.time.end, "month")
     shadow = (slice(50, 65), slice(60, 85))
     shaded = [t for t in range(len(stack.times)) if t % 6 == 4]
-    screened = screen_spikes(stack, CONFIG, periods).clear
+    screened = screen_dates(stack, CONFIG, periods).clear
     for t in shaded:
         assert not screened[t][shadow][stack.clear[t][shadow]].any()
     assert screened[1][shadow].all()
     off = replace(CONFIG, mask=replace(CONFIG.mask, spike_tolerance=0.0, dip_tolerance=0.0))
-    np.testing.assert_array_equal(screen_spikes(stack, off, periods).clear, stack.clear)
+    np.testing.assert_array_equal(screen_dates(stack, off, periods).clear, stack.clear)
 
 
 def test_dates_on_disk_read_back_as_they_went_in(tmp_path: Path) -> None:

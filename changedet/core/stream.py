@@ -195,7 +195,7 @@ class _Context:
 
 
 def _screen(ctx: _Context) -> _Screened:
-    """Pass 1: the temporal screen (as `timeseries.screen_spikes`) and the counts."""
+    """Pass 1: the temporal screen (as `timeseries.screen_dates`) and the counts."""
     series, config = ctx.series, ctx.config
     n_t = len(series.times)
     trailing = screens_last_date(sum(bool(d) for d in ctx.dates_in), config)

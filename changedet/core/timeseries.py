@@ -65,7 +65,7 @@ __all__ = [
     "baseline_from_fractions",
     "choose_baseline",
     "screen_bands",
-    "screen_spikes",
+    "screen_dates",
     "screened_dates",
     "screens_last_date",
     "span",
@@ -188,7 +188,7 @@ def screen_bands(config: Config) -> tuple[str, ...]:
     return tuple(band for band, tolerance in tests if tolerance > 0)
 
 
-def screen_spikes(stack: Stack, config: Config, periods: Sequence[Period] = ()) -> Stack:
+def screen_dates(stack: Stack, config: Config, periods: Sequence[Period] = ()) -> Stack:
     """The stack with observations that are brief brightenings in blue (cloud edges, thin cloud
     and haze SCL missed; `core.mask.temporal_spikes`) or brief darkenings in SWIR (shadows SCL
     missed; `core.mask.temporal_dips`) no longer clear. `periods`: the run's periods
@@ -392,7 +392,7 @@ def analyse_stack(
     timer = timer or StageTimer()
     cc = config.change
     with timer("screen"):
-        stack = screen_spikes(stack, config, periods)
+        stack = screen_dates(stack, config, periods)
     context: np.ndarray = np.any(stack.clear, axis=0)  # pixels with data in the window
     baseline = choose_baseline(stack, periods, inside=context, config=config)
     with timer("coregister"):
