@@ -112,6 +112,7 @@ def test_the_median_is_np_sorts_to_the_bit_with_ties_gaps_and_any_date_count(n_d
     values = rng.uniform(0, 0.4, (n_dates, 3, 9, 11)).astype(np.float32)
     values[rng.uniform(size=values.shape) < 0.1] = 0.25  # ties
     values[rng.uniform(size=values.shape) < 0.05] = np.nan  # a band missing on a clear date
+    values[rng.uniform(size=values.shape) < 0.02] = np.inf  # a saturated value: unusable too
     clear = rng.uniform(size=(n_dates, 9, 11)) > 0.3
     median, count, index = median_composite(values, clear, min_clear_obs=2, reference_band=1)
 
