@@ -505,6 +505,42 @@ def test_dates_kept_by_an_earlier_read_are_taken_not_read(tmp_path: Path) -> Non
     assert len(list(folder.glob("date-*.arrays"))) == 8
 
 
+def test_kept_dates_opened_ahead_are_closed_unless_taken(tmp_path: Path) -> None:
+    """The read opens kept dates on two threads ahead of the mosaic: the file of every entry
+    the mosaic does not take (a later date's, when a read fails) is closed on the way out, and
+    an entry that is not there stays a miss."""
+    import os
+
+    from changedet.monitor.memo import DiskMemo
+    from changedet.read.stack import _opened_ahead
+
+    keep = DiskMemo(tmp_path / "kept")
+    for key in ("date-a", "date-b", "date-c"):
+        keep.put_arrays(key, {"clear": np.ones((3, 4), bool)})
+
+    def is_open(fd: int) -> bool:
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+        return True
+
+    with (
+        pytest.raises(RuntimeError, match="mosaic failed"),
+        _opened_ahead(keep, ["date-a", "date-b", "date-c", "date-absent"]) as opened,
+    ):
+        taken = opened.pop("date-a").result()
+        assert taken is not None and opened.pop("date-absent").result() is None
+        left = [f.result() for f in opened.values()]
+        raise RuntimeError("mosaic failed")
+    assert is_open(taken[0])  # the mosaic's to close (the date store does)
+    assert all(found is not None and not is_open(found[0]) for found in left)
+    os.close(taken[0])
+    assert (keep.array_hits["date"], keep.array_misses["date"]) == (3, 1)
+    with _opened_ahead(None, ["date-a"]) as nothing:
+        assert nothing == {}
+
+
 def test_cloudy_scene_skipped_and_roofs_kept(tmp_path: Path) -> None:
     grid = Grid.from_origin(CRS, TILE_X0 + 400, TILE_Y0 - 400, 10.0, 20, 20)
     aoi = np.ones(grid.shape, bool)

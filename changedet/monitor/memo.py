@@ -21,6 +21,7 @@ import math
 import mmap
 import os
 import pickle
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
@@ -65,6 +66,7 @@ class DiskMemo:
         # composites, shifts and dates, by what their keys start with ("composite", "shift", "date")
         self.array_hits: Counter[str] = Counter()
         self.array_misses: Counter[str] = Counter()
+        self._count_lock = threading.Lock()  # the read opens kept dates on two threads
 
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.pickle"
@@ -106,10 +108,11 @@ class DiskMemo:
     def _lookup(self, key: str, read: Callable[[Path], T | None]) -> T | None:
         """The entry under `key` as `read` gives it (None: not kept, absent or damaged),
         counted by kind."""
-        self.used.add(key)
+        self.used.add(key)  # one bytecode: safe from the read's threads
         kind = key.split("-", 1)[0]
         found = None if kind in self.skip else read(self.folder / f"{key}{_ARRAYS}")
-        (self.array_misses if found is None else self.array_hits)[kind] += 1
+        with self._count_lock:  # a Counter's += is a read, then a write
+            (self.array_misses if found is None else self.array_hits)[kind] += 1
         return found
 
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:

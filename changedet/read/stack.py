@@ -12,7 +12,10 @@ its reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -33,7 +36,7 @@ from changedet.models import (
     no_progress,
 )
 from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs, network_bytes
-from changedet.read.kept import DateKeep, KeptFile, date_key
+from changedet.read.kept import DateKeep, KeptFile, OpenArrays, date_key
 from changedet.read.probe import Probed, probe_and_select, selection_reason
 from changedet.read.store import DateStore
 
@@ -291,10 +294,35 @@ def _read_and_mosaic(
         store=store,
         keep=keep,
     )
-    for day, members in by_date.items():
-        if day not in kept or not mosaic.add_kept(members, keys[day]):
-            mosaic.add_date(members, keys.get(day))
+    with _opened_ahead(keep, [keys[day] for day in by_date if day in kept]) as opened:
+        for day, members in by_date.items():
+            if day not in kept or not mosaic.add_kept(members, opened.pop(keys[day]).result()):
+                mosaic.add_date(members, keys.get(day))
     return mosaic.finish(notes)
+
+
+@contextmanager
+def _opened_ahead(
+    keep: DateKeep | None, keys: Sequence[str]
+) -> Iterator[dict[str, Future[OpenArrays | None]]]:
+    """The kept dates under `keys`, opened (and so checked) on two threads ahead of the
+    mosaic, which takes them in date order. Checking is most of the cost of a kept date (a
+    CRC over every page, which releases the GIL): done in order on the mosaic's thread, the
+    read of a monitoring run at 100 dates took 0.2 s longer. Entries the mosaic does not take
+    are closed on the way out."""
+    if keep is None or not keys:
+        yield {}
+        return
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changedet-kept") as pool:
+        opened = {key: pool.submit(keep.open_arrays, key) for key in keys}
+        try:
+            yield opened
+        finally:
+            for left in opened.values():
+                if not left.cancel() and left.exception() is None:
+                    found = left.result()
+                    if found is not None:
+                        os.close(found[0])
 
 
 def _date_keys(
@@ -390,11 +418,10 @@ class _Mosaic:
         self.progress, self.total, self.taken = progress, total, 0  # band reads consumed
         progress("read", 0, total)
 
-    def add_kept(self, members: Sequence[Scene], key: str) -> bool:
-        """Take the date of `members` from `keep`, whose reads were dropped (False: the entry
-        is not usable, and they are read after all)."""
-        assert self.keep is not None and self.store is not None
-        opened = self.keep.open_arrays(key)
+    def add_kept(self, members: Sequence[Scene], opened: OpenArrays | None) -> bool:
+        """Take the date of `members` from its kept entry, `opened` (`DateKeep.open_arrays`),
+        whose reads were dropped (False: the entry is not usable, and they are read after all)."""
+        assert self.store is not None
         kept = (
             None if opened is None else KeptFile.of(opened, len(self.bands), self.pipe.grid.shape)
         )
