@@ -290,7 +290,10 @@ class DateStore:
                 _read_into(fd, dn, at)
                 _harmonise(out[i, j], dn, *harmonisation[b])
             if harmonisation is not None:
-                out[i][:, ~self.clear_rows([t], rows)[0]] = np.nan
+                # NaN where not clear: times 1 or NaN (a harmonised DN is finite), twice as fast
+                # as assigning NaN through a boolean mask over every band
+                clear = self.clear_rows([t], rows)[0]
+                out[i] *= np.where(clear, np.float32(1.0), np.float32(np.nan))
         return out
 
     def clear_rows(self, dates: Sequence[int], rows: slice) -> np.ndarray:
