@@ -397,6 +397,14 @@ def _shifted_strip(
     return values[:, :, inner], clear[:, inner]
 
 
+def _as_slice(index: list[int]) -> slice | list[int]:
+    """Consecutive indices as a slice: a target whose dates lie together in the strip (a
+    period; the closing span, often every date read) takes a view of it, not a copy."""
+    if index and index == list(range(index[0], index[0] + len(index))):
+        return slice(index[0], index[0] + len(index))
+    return index
+
+
 def _composites(
     ctx: _Context,
     targets: Sequence[_Target],
@@ -409,7 +417,7 @@ def _composites(
     if not dates:
         return
     at = {t: i for i, t in enumerate(dates)}
-    picks = [[at[t] for t in target.dates] for target in targets]
+    picks = [_as_slice([at[t] for t in target.dates]) for target in targets]
     halo = max((math.ceil(abs(corrected[t][0])) + 1 for t in dates if t in corrected), default=0)
     bands = series.bands
     ref_band = next((bands.index(b) for b in REFERENCE_BANDS if b in bands), 0)
