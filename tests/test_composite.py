@@ -114,7 +114,11 @@ def test_the_median_is_np_sorts_to_the_bit_with_ties_gaps_and_any_date_count(n_d
     values[rng.uniform(size=values.shape) < 0.05] = np.nan  # a band missing on a clear date
     values[rng.uniform(size=values.shape) < 0.02] = np.inf  # a saturated value: unusable too
     clear = rng.uniform(size=(n_dates, 9, 11)) > 0.3
+    given = values.copy(), clear.copy()
     median, count, index = median_composite(values, clear, min_clear_obs=2, reference_band=1)
+    # the inputs are left as they were: the streamed composites pass views of their strip
+    np.testing.assert_array_equal(values, given[0])
+    np.testing.assert_array_equal(clear, given[1])
 
     usable = clear & np.isfinite(values).all(axis=1)
     ordered = np.sort(np.where(usable[:, None], values, np.nan), axis=0)
