@@ -11,7 +11,13 @@ import pytest
 from scipy import ndimage as ndi
 
 from changedet.config import ChangeConfig
-from changedet.core.change import before_range, decide, detect_change, tolerant_excess
+from changedet.core.change import (
+    before_range,
+    decide,
+    detect_change,
+    neighbour_range,
+    tolerant_excess,
+)
 from changedet.core.objects import extract_objects
 from changedet.core.stats import robust_z
 from changedet.models import Composite, Grid, Period
@@ -125,6 +131,30 @@ def test_tolerant_excess_known_answer() -> None:
     expected[0, 0] = 0.3  # 0.6 against the brightest neighbour 0.3
     np.testing.assert_allclose(tolerant_excess(new, before, 1), expected, atol=1e-7)
     assert np.array_equal(tolerant_excess(new, before, 0)[0, 0], np.float32(0.5))
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 4])
+def test_neighbour_range_is_scipys_min_and_max_filters_to_the_bit(radius: int) -> None:
+    # The reference: scipy's filters over the (2r+1)² window with the edge repeated ("nearest"),
+    # NaN ignored; images smaller than the window, NaN and ±inf included.
+    rng = np.random.default_rng(radius)
+    for shape in [(1, 1), (2, 3), (9, 1), (23, 17)]:
+        before = rng.uniform(0, 0.4, shape).astype(np.float32)
+        before[rng.uniform(size=shape) < 0.2] = np.nan
+        before[rng.uniform(size=shape) < 0.05] = np.inf
+        before[rng.uniform(size=shape) < 0.05] = -np.inf
+        low, high = neighbour_range(before, radius)
+        finite = np.isfinite(before)
+        size = 2 * radius + 1
+        expected_low = ndi.minimum_filter(
+            np.where(finite, before, np.inf), size=size, mode="nearest"
+        )
+        expected_high = ndi.maximum_filter(
+            np.where(finite, before, -np.inf), size=size, mode="nearest"
+        )
+        assert low.dtype == high.dtype == np.float32
+        np.testing.assert_array_equal(low, expected_low)
+        np.testing.assert_array_equal(high, expected_high)
 
 
 def test_subpixel_misregistration_is_change_but_not_a_structure(
