@@ -36,6 +36,7 @@ from changedet.config import ChangeConfig
 from changedet.core.classes import class_conditional_change
 from changedet.core.cloudscreen import cloud_and_shadow
 from changedet.core.coreg import apply_shift, measure_shift
+from changedet.core.mask import shifted_extreme
 from changedet.core.normalize import fast_median, relative_normalize
 from changedet.core.stats import SAMPLES, robust_z, sample_index, smooth_reusing
 from changedet.errors import DataError
@@ -122,19 +123,13 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 def _window_extreme(values: np.ndarray, radius: int, pick: np.ufunc) -> np.ndarray:
     """`pick` (np.minimum or np.maximum) of (H, W) `values` over each pixel's (2r+1)²
     neighbourhood, cut at the image's edge: scipy's minimum/maximum_filter with mode="nearest"
-    to the bit (an edge pixel repeated adds nothing to a min or max), by elementwise picks of
-    shifted slices, rows then columns (about 7x faster than scipy's filters for r = 1)."""
-    source = values
+    to the bit, as `radius` one-step extremes along rows, then along columns (about 7x faster
+    than scipy's filters for r = 1)."""
+    out = values
     for axis in (1, 0):
-        out = source.copy()
-        for k in range(1, radius + 1):
-            lead: list[slice] = [slice(None), slice(None)]
-            lag: list[slice] = [slice(None), slice(None)]
-            lead[axis], lag[axis] = slice(k, None), slice(None, -k)
-            pick(out[tuple(lead)], source[tuple(lag)], out=out[tuple(lead)])
-            pick(out[tuple(lag)], source[tuple(lead)], out=out[tuple(lag)])
-        source = out
-    return source
+        for _ in range(radius):
+            out = shifted_extreme(out, axis=axis, pick=pick)
+    return out
 
 
 def neighbour_range(before: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ __all__ = [
     "persistent_from_counts",
     "scl_clear",
     "scl_cloudy",
+    "shifted_extreme",
     "temporal_dips",
     "temporal_spikes",
 ]
@@ -56,7 +57,7 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     }
     grown = {0: mask}
     for width in range(1, max(half_widths.values()) + 1):
-        grown[width] = _or_shifted(grown[width - 1], axis=-1)
+        grown[width] = shifted_extreme(grown[width - 1], axis=-1)
     out = np.zeros_like(mask)
     for dy, width in half_widths.items():
         rows = grown[width]
@@ -69,14 +70,17 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def _or_shifted(mask: np.ndarray, *, axis: int) -> np.ndarray:
-    """`mask` OR its neighbours one step either way along `axis`."""
-    out = mask.copy()
-    head = [slice(None)] * mask.ndim
-    tail = [slice(None)] * mask.ndim
+def shifted_extreme(values: np.ndarray, *, axis: int, pick: np.ufunc = np.logical_or) -> np.ndarray:
+    """`values` combined by `pick` with its neighbours one step either way along `axis` (at the
+    edge, with the one there is): a mask OR its neighbours (a dilation along the axis), or with
+    np.minimum / np.maximum the extreme over a 3-wide window, exactly as scipy's filters with
+    mode="nearest" give it (a repeated edge value adds nothing to a min or max)."""
+    out = values.copy()
+    head = [slice(None)] * values.ndim
+    tail = [slice(None)] * values.ndim
     head[axis], tail[axis] = slice(1, None), slice(None, -1)
-    out[tuple(head)] |= mask[tuple(tail)]
-    out[tuple(tail)] |= mask[tuple(head)]
+    pick(out[tuple(head)], values[tuple(tail)], out=out[tuple(head)])
+    pick(out[tuple(tail)], values[tuple(head)], out=out[tuple(tail)])
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from changedet.core.evidence import chip_window, composite_window
+from changedet.core.mask import shifted_extreme
 from changedet.models import EvidenceImage, Grid, RunResult, Structure, StructureEvidence
 from changedet.outputs.imagery import rgb_picture
 
@@ -75,11 +76,7 @@ def _outline_masks(
     for ring in rings:
         rr, cc = polygon_perimeter(ring[:, 0], ring[:, 1], shape=shape)
         line[rr, cc] = True
-    halo = line.copy()
-    halo[1:] |= line[:-1]
-    halo[:-1] |= line[1:]
-    halo[:, 1:] |= line[:, :-1]
-    halo[:, :-1] |= line[:, 1:]
+    halo = shifted_extreme(line, axis=0) | shifted_extreme(line, axis=1)
     return halo, line
 
 
