@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,13 @@ from pyproj import Transformer
 from changedet.core.track import footprint_geometry
 from changedet.lab.kindtruth import MISSED, kind_confusion
 from changedet.lab.score import load_features
-from changedet.lab.yardstick import false_objects, unchanged_ground
+from changedet.lab.yardstick import (
+    CONTRAST_EDGES,
+    false_objects,
+    recall_by,
+    truth_contrast,
+    unchanged_ground,
+)
 from changedet.models import Grid, Structure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +93,45 @@ def test_pieces_are_the_false_positives_on_a_change_another_structure_found() ->
     found = StructureMatches(pairs=((0, 0),), unmatched=(1, 2, 3))
     assert pieces(found, footprints, regions) == 1
     assert pieces(StructureMatches((), (0, 1, 2, 3)), footprints, regions) == 0
+
+
+def test_recall_by_bins_known_answer() -> None:
+    values = np.array([0.01, 0.03, 0.05, 0.10, 0.02, 0.019])
+    found = np.array([False, True, True, True, False, True])
+    got = recall_by(values, found, CONTRAST_EDGES)
+    # An edge belongs to the bin above it (0.02 is not "< 0.02").
+    assert got == {
+        "< 0.02": (1, 2),
+        "0.02–0.04": (1, 2),
+        "0.04–0.08": (1, 1),
+        "≥ 0.08": (1, 1),
+    }
+    assert recall_by(np.array([5.0]), np.array([True]), (20, 50), "{:g} px") == {
+        "< 20 px": (1, 1),
+        "20 px–50 px": (0, 0),
+        "≥ 50 px": (0, 0),
+    }
+
+
+def test_truth_contrast_is_the_mean_change_over_the_detection_bands() -> None:
+    shape = (4, 4)
+    before = np.zeros((3, *shape), dtype=np.float32)
+    after = before.copy()
+    regions = np.zeros(shape, dtype=np.int32)
+    regions[:2, :2] = 7  # region 7: blue +0.03, red -0.06 → mean |Δ| 0.045
+    after[0, :2, :2] = 0.03
+    after[2, :2, :2] = -0.06
+    regions[3, 3] = 9  # region 9: red unobserved, left out of its pixel's mean → blue's 0.1
+    after[:, 3, 3] = (0.1, 0.0, np.nan)
+    series = SimpleNamespace(
+        bands=("blue", "cirrus", "red"),  # cirrus is no detection band: not counted
+        before=before,
+        after=after,
+        regions=regions,
+        truth=[SimpleNamespace(region_id=7), SimpleNamespace(region_id=9)],
+    )
+    before[1] = 5.0  # a change in the cirrus band would dominate were it counted
+    assert truth_contrast(series) == pytest.approx([0.045, 0.1])
 
 
 def test_kind_confusion_known_answer() -> None:
@@ -165,6 +211,10 @@ def test_eval_series_figures_add_up(
         assert r["pieces"] >= 0 and r["pieces"] + r["false_objects"] <= r["fp"]
         assert sum(r["matched_kinds"].values()) == r["tp"]
         assert sum(r["unmatched_kinds"].values()) == r["fp"]
+        # Every true change falls in one contrast bin and one size bin; those found are the tp.
+        for key in ("found_by_contrast", "found_by_size"):
+            assert sum(c["truth"] for c in r[key]) == r["truth"]
+            assert sum(c["found"] for c in r[key]) == r["tp"]
     for key in ("truth", "confirmed", "tp", "fp", "fn", "false_objects", "pieces", "unchanged_km2"):
         assert pooled[key] == pytest.approx(row[key])
     # The terminal tables carry the same figures.

@@ -345,6 +345,25 @@ def _kind_cell(counts: dict[str, int], kind: str) -> str:
     return f"{n} ({n / total:.0%})" if total else "0"
 
 
+def _found_table(rows: list[dict[str, Any]], key: str, title: str) -> Any:
+    """found/total (recall) per bin of `key` ("found_by_contrast" or "found_by_size")."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("city")
+    for cell in rows[0][key]:
+        table.add_column(cell["bin"], justify="right")
+    for row in rows:
+        table.add_row(
+            row["city"],
+            *(
+                f"{c['found']}/{c['truth']} ({c['recall']:.0%})" if c["truth"] else "–"
+                for c in row[key]
+            ),
+        )
+    return table
+
+
 def _print_series(data: dict[str, Any], samples: list[KindConfusion]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -381,6 +400,9 @@ def _print_series(data: dict[str, Any], samples: list[KindConfusion]) -> None:
             row["city"], *(_kind_cell(m, k) for k in KINDS), *(_kind_cell(u, k) for k in KINDS)
         )
     console.print(kinds)
+    for key, what in (("found_by_contrast", "contrast (mean |Δ reflectance|)"),
+                      ("found_by_size", "size")):  # fmt: skip
+        console.print(_found_table(rows, key, f"True changes found, by {what}"))
     if not samples:
         return
     confusion = Table(title="Kind against the synthetic sample's truth (confirmed structures)")

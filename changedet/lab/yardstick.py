@@ -17,7 +17,11 @@ SCL misses, a baseline switch), run the time-series core with the given config
   and of an over-count that is not a detection where nothing changed;
 - kind mix: the `kind` of the structures matched to a true change and of the unmatched ones.
   OSCD labels say only "change", so this is a mix, not a confusion matrix (that needs the
-  synthetic sample's kinded truth: `kindtruth`).
+  synthetic sample's kinded truth: `kindtruth`);
+- recall by contrast and by size: the true changes found, binned by how much the real pair's
+  reflectance changed over each (mean |after - before| over the 10 m and 20 m bands and the
+  region's pixels) and by their size in pixels: what a change must be like to be seen, the
+  detection limit the README states.
 
 Cities are pooled by summing counts and areas, never by averaging ratios.
 """
@@ -28,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from changedet.config import Config
+from changedet.core.change import DETECT_BANDS
 from changedet.lab.kindtruth import add_counts
 from changedet.lab.oscd import labelled_cities, load_city
 from changedet.lab.score import SeriesScore, StructureMatches, match_structures, score_structures
@@ -42,18 +48,28 @@ from changedet.lab.series import OSCDSeries, detect_series, make_oscd_series
 from changedet.models import Progress, Structure, no_progress
 
 __all__ = [
+    "CONTRAST_EDGES",
     "KINDS",
+    "SIZE_EDGES_PX",
     "CityResult",
     "SeriesReport",
     "evaluate_city",
     "evaluate_series",
     "false_objects",
     "pieces",
+    "recall_by",
     "report_json",
+    "truth_contrast",
     "unchanged_ground",
 ]
 
 KINDS = ("building", "ground works", "other")  # as `changedet.core.kinds.KINDS`, in table order
+# Bin edges of the recall tables: a true change's contrast (mean |after - before| reflectance)
+# and its size in 10 m pixels.
+CONTRAST_EDGES = (0.02, 0.04, 0.08)
+SIZE_EDGES_PX = (20, 50, 200)
+
+Found = Mapping[str, tuple[int, int]]  # bin label → (true changes found, true changes)
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,8 @@ class CityResult:
     unmatched_kinds: Mapping[str, int] = field(default_factory=dict)
     pieces: int = 0  # unmatched structures on a change another structure matched (`pieces`)
     seconds: float = 0.0
+    by_contrast: Found = field(default_factory=dict)  # `recall_by` the changes' contrast
+    by_size: Found = field(default_factory=dict)  # and their size in pixels
 
     @property
     def count_error(self) -> float:
@@ -92,7 +110,48 @@ class CityResult:
             add_counts(self.unmatched_kinds, other.unmatched_kinds),
             self.pieces + other.pieces,
             self.seconds + other.seconds,
+            _add_found(self.by_contrast, other.by_contrast),
+            _add_found(self.by_size, other.by_size),
         )
+
+
+def _add_found(a: Found, b: Found) -> dict[str, tuple[int, int]]:
+    return {
+        k: (a.get(k, (0, 0))[0] + b.get(k, (0, 0))[0], a.get(k, (0, 0))[1] + b.get(k, (0, 0))[1])
+        for k in {**a, **b}
+    }
+
+
+def _bin_labels(edges: Sequence[float], fmt: str) -> list[str]:
+    """Bin labels "< e0", "e0–e1", ..., "≥ en", the edges written with `fmt`."""
+    inner = [f"{fmt.format(lo)}–{fmt.format(hi)}" for lo, hi in pairwise(edges)]
+    return [f"< {fmt.format(edges[0])}", *inner, f"≥ {fmt.format(edges[-1])}"]
+
+
+def recall_by(
+    values: np.ndarray, found: np.ndarray, edges: Sequence[float], fmt: str = "{:g}"
+) -> dict[str, tuple[int, int]]:
+    """(found, total) of the true changes in each bin of `values` (bins: below the first
+    edge, between edges, from the last edge up); `found`: bool per change."""
+    which = np.searchsorted(np.asarray(edges), values, side="right")
+    return {
+        label: (int(found[which == i].sum()), int((which == i).sum()))
+        for i, label in enumerate(_bin_labels(edges, fmt))
+    }
+
+
+def truth_contrast(series: OSCDSeries) -> np.ndarray:
+    """Per true change (`series.truth` order): the mean |after - before| reflectance of the real
+    pair over the 10 m and 20 m bands and the region's pixels (NaN pixels left out)."""
+    bands = [series.bands.index(b) for b in DETECT_BANDS if b in series.bands]
+    diff = np.nanmean(np.abs(series.after[bands] - series.before[bands]), axis=0)
+    ids = [t.region_id for t in series.truth]
+    if not ids:
+        return np.zeros(0)
+    finite = np.isfinite(diff)
+    sums = ndimage.sum(np.where(finite, diff, 0.0), series.regions, ids)
+    counts = ndimage.sum(finite, series.regions, ids)
+    return np.asarray(sums, dtype=float) / np.maximum(np.asarray(counts, dtype=float), 1.0)
 
 
 @dataclass(frozen=True)
@@ -168,6 +227,9 @@ def evaluate_city(
     score = score_structures(structures, footprints, series.truth, series.regions, city=city)
     found = match_structures(structures, footprints, series.truth, series.regions)
     unchanged = unchanged_ground(series.regions, _valid(series), buffer_px)
+    hit = np.zeros(len(series.truth), dtype=bool)
+    hit[[ti for _si, ti in found.pairs]] = True
+    sizes = np.array([t.n_pixels for t in series.truth], dtype=float)
     return CityResult(
         city,
         score,
@@ -179,6 +241,8 @@ def evaluate_city(
         unmatched_kinds=_kind_counts(structures, found.unmatched),
         pieces=pieces(found, footprints, series.regions),
         seconds=time.perf_counter() - t0,
+        by_contrast=recall_by(truth_contrast(series), hit, CONTRAST_EDGES),
+        by_size=recall_by(sizes, hit, SIZE_EDGES_PX, "{:g} px"),
     )
 
 
@@ -226,8 +290,21 @@ def _row_json(row: CityResult) -> dict[str, Any]:
         "false_per_km2": row.false_per_km2,
         "matched_kinds": dict(row.matched_kinds),
         "unmatched_kinds": dict(row.unmatched_kinds),
+        "found_by_contrast": _found_json(row.by_contrast, CONTRAST_EDGES),
+        "found_by_size": _found_json(row.by_size, SIZE_EDGES_PX, "{:g} px"),
         "seconds": round(row.seconds, 1),
     }
+
+
+def _found_json(found: Found, edges: Sequence[float], fmt: str = "{:g}") -> list[dict[str, Any]]:
+    """The bins in order: label, true changes found, true changes, recall (null when none)."""
+    rows = []
+    for label in _bin_labels(edges, fmt):
+        hits, total = found.get(label, (0, 0))
+        rows.append(
+            {"bin": label, "found": hits, "truth": total, "recall": hits / total if total else None}
+        )
+    return rows
 
 
 def report_json(report: SeriesReport) -> dict[str, Any]:
