@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -252,11 +252,11 @@ def _observe_periods(
     memo: PeriodMemo | None = None,
     baseline_range: BeforeRange | None = None,
     made_from: Sequence[bytes] | None = None,
-    pool: Executor | None = None,
+    pool: Executor,
 ) -> list[PeriodObservation]:
     """Baseline periods as "absent" evidence, then each later period's objects of new structures.
     baseline_range: `before_range` of the baseline composite, when computed already; made_from:
-    see `analyse_composites`; pool: where the periods are computed (default: two threads)."""
+    see `analyse_composites`; pool: the threads the periods are computed on."""
     cc = config.change
     observations = [
         PeriodObservation(
@@ -292,24 +292,17 @@ def _observe_periods(
             score=cmap.structures[0],
         )
 
-    # Each period against the same baseline: independent, so two at a time (numpy and scipy
-    # release the GIL in the heavy steps); the memo is asked and filled from this thread only.
+    # Each period against the same baseline: independent, so on the pool's threads (numpy and
+    # scipy release the GIL in the heavy steps); the memo is asked and filled from this thread.
     progress("change per period", len(monitored) - len(todo), len(monitored))
-    with _change_pool() if pool is None else nullcontext(pool) as workers:
-        computed = workers.map(observe, [monitored[i] for i in todo])
-        for done, (i, seen) in enumerate(zip(todo, computed, strict=True), start=1):
-            known[i] = seen
-            if memo is not None:
-                memo.put(keys[i], seen)
-            progress("change per period", len(monitored) - len(todo) + done, len(monitored))
+    computed = pool.map(observe, [monitored[i] for i in todo])
+    for done, (i, seen) in enumerate(zip(todo, computed, strict=True), start=1):
+        known[i] = seen
+        if memo is not None:
+            memo.put(keys[i], seen)
+        progress("change per period", len(monitored) - len(todo) + done, len(monitored))
     observations.extend(seen for seen in known if seen is not None)
     return observations
-
-
-def _change_pool() -> ThreadPoolExecutor:
-    """Two threads for the comparisons with the baseline (each holds a few full-grid float32
-    layers, so not more, whatever the machine)."""
-    return ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 2))
 
 
 class PeriodMemo(Protocol):
@@ -454,9 +447,11 @@ def analyse_composites(
     timer = timer or StageTimer()
     cc = config.change
     grid = before.grid
-    with timer("change"), _change_pool() as pool:
+    # Two threads for the comparisons with the baseline (each holds a few full-grid float32
+    # layers: not more, whatever the machine).
+    with timer("change"), ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 2)) as pool:
         before_ranges = before_range(before, cc)  # every comparison below is against `before`
-        # The overall comparison first, on the same two threads as the periods: a monitoring run
+        # The overall comparison first, on the same threads as the periods: a monitoring run
         # that recomputes one period then computes both at once.
         overall = pool.submit(detect_change, before, after, cc, known_before=before_ranges)
         observations = _observe_periods(
