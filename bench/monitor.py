@@ -21,8 +21,9 @@ cache (`read.cache_dir`), as a scheduled run against Earth Search does. Loopback
 latency and no rate limit, so fetching costs next to nothing there; --latency-ms and --mbps
 model the link to a remote catalog's storage (a round trip per request, one shared line of that
 rate), where the full rerun's fetching of every scene is what an incremental run saves most.
-Prints the wall time of each repeat, the medians and their ratio, and the stage times
-(run.json `timings_s`) of the last repeat of each.
+Prints the wall time of each repeat, the medians and their ratio, the stage times
+(run.json `timings_s`) of the last repeat of each, and whether the first repeat's full and
+incremental runs found the same structures, berms, counts and change (ids aside: `_agreement`).
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ def _compare(
             f"{_timings(work / f'incremental-{args.repeat - 1}', aoi_id)}"
         )
         print(f"ratio incremental / full = {n / f:.3f} (target <= 0.25)")
+        print(_agreement(work / "full-0" / "out" / aoi_id, work / "incremental-0" / "out" / aoi_id))
         if not args.size:
             print(
                 "(the bundled sample: a small window where starting the process and writing the "
@@ -199,6 +201,43 @@ def _compare(
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+# What a full and an incremental run must agree on: the structures (outline, first-seen, status,
+# kind, every property), the berms, the counts and the change raster. Ids aside: the monitor keeps
+# its ledger's ids, so a structure that grew across an id cell keeps the id it had where a fresh
+# run names it by its new cell (`core.carry`). run.json and the pictures carry run times and
+# paths, so they are not compared.
+def _agreement(full: Path, incremental: Path) -> str:
+    differ = [
+        name
+        for name in ("counts.csv", "change.tif")
+        if (full / name).read_bytes() != (incremental / name).read_bytes()
+    ]
+    renamed: dict[str, str] = {}
+    for name, link in (("structures.geojson", None), ("berms.geojson", "structure_id")):
+        ours, theirs = (_features(folder / name, link) for folder in (full, incremental))
+        if set(ours) != set(theirs):
+            differ.append(name)
+        renamed.update({ours[k]: theirs[k] for k in ours.keys() & theirs.keys() if link is None})
+    moved = sum(1 for a, b in renamed.items() if a != b)
+    ids = (
+        f"; {moved} of {len(renamed)} structures keep their ledger id, not the place id"
+        if moved
+        else ""
+    )
+    if differ:
+        return f"full and incremental outputs DIFFER: {', '.join(differ)}{ids}"
+    return f"full and incremental runs found the same structures, berms, counts and change{ids}"
+
+
+def _features(path: Path, link: str | None) -> dict[str, str]:
+    """Each feature of a GeoJSON file, as its geometry and properties without ids → its id."""
+    out = {}
+    for feature in json.loads(path.read_text())["features"]:
+        props = {k: v for k, v in feature["properties"].items() if k not in ("id", link)}
+        out[json.dumps([feature["geometry"], props], sort_keys=True)] = feature["id"]
+    return out
 
 
 if __name__ == "__main__":
