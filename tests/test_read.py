@@ -864,3 +864,33 @@ def test_reproject_array_whole_pixel_shift_is_a_copy() -> None:
         got = reproject_array(array, src, dst, nearest=nearest, nodata=-1.0)
         np.testing.assert_array_equal(got[:-2, :-3], array[2:, 3:])
         assert (got[-2:, :] == -1.0).all() and (got[:, -3:] == -1.0).all()
+
+
+def test_spill_map_takes_entries_from_several_threads_at_once() -> None:
+    """The probe's threads keep their SCL windows and clear masks in one SpillMap: entries
+    written at once, of both kinds (bytes as they are, bools a bit a pixel), read back intact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from changedet.read.store import SpillMap
+
+    rng = np.random.default_rng(7)
+    arrays = {
+        f"s{i}/{kind}": (
+            rng.integers(0, 12, (37, 53), dtype=np.uint8)
+            if kind == "scl"
+            else rng.random((37, 53)) < 0.5
+        )
+        for i in range(40)
+        for kind in ("scl", "clear")
+    }
+    spilled = SpillMap()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda item: spilled.__setitem__(*item), arrays.items()))
+        assert set(spilled) == set(arrays)
+        for key, array in arrays.items():
+            got = spilled[key]
+            assert got.dtype == array.dtype and got.shape == array.shape
+            np.testing.assert_array_equal(got, array)
+    finally:
+        spilled.close()

@@ -13,7 +13,10 @@ reading overlap. `probe_details` serves `changedet search --probe`;
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
 from collections.abc import MutableMapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,41 +166,119 @@ def _read_scl(
     spill: bool = False,
 ) -> _SclReads:
     """Every scene's SCL window, counted for the roof rule; with `bands`, the band reads of a
-    scene without SCL, or whose SCL passes the provisional test, are queued as they come."""
+    scene without SCL, or whose SCL passes the provisional test, are queued as they come.
+
+    Each window is looked at (`_look`: its counts and provisional clear mask, a few full-grid
+    passes) on two threads while the next windows are taken, the verdicts settled here in
+    scene order: on a monitoring run, whose band reads are mostly kept from before, that work
+    was the read's critical path."""
     with_scl = [s for s in scenes if "scl" in s.assets]
     for scene in with_scl:
         pipe.add(scene, "scl")
     reads = _SclReads(np.zeros(pipe.grid.shape, np.int32), np.zeros(pipe.grid.shape, np.int32))
     if spill:
         reads.scl, reads.first_clear = SpillMap(), SpillMap()
+    tally = _Tally(pipe.grid.shape)
+
+    def settle(scene: Scene, looking: Future[_Looked]) -> None:
+        looked = looking.result()
+        if looked.clear is None:
+            return
+        if selection_reason(looked.coverage, looked.fraction, scene, read_config) is None:
+            reads.provisional.add(scene.id)
+            for band in bands:
+                pipe.add(scene, band)
+
     progress("probe", 0, len(with_scl))
     done = 0
-    for scene in scenes:
-        if "scl" not in scene.assets:
-            for band in bands:  # no SCL: always read (clear = valid data), in date order
-                pipe.add(scene, band)
-            continue
-        got = pipe.take(scene, "scl")
-        done += 1
-        progress("probe", done, len(with_scl))
-        reads.hits += got.cached
-        if got.array is None:
-            reads.failures.append(got)
-            continue
-        array = got.array.astype(np.uint8, copy=False)
-        reads.scl[scene.id] = array
-        observed = array != 0
-        reads.n_obs += observed
-        reads.n_cloudy += observed & scl_cloudy(array, cloud_classes=mask_config.cloud_classes)
-        if bands:
-            clear = _clear_of(array, None, mask_config)
-            reads.first_clear[scene.id] = clear  # reused when no pixel is a roof
-            coverage, frac = _fractions(array, clear, aoi_mask, None)
-            if selection_reason(coverage, frac, scene, read_config) is None:
-                reads.provisional.add(scene.id)
-                for band in bands:
+    pending: deque[tuple[Scene, Future[_Looked]]] = deque()
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changedet-probe") as pool:
+        for scene in scenes:
+            if "scl" not in scene.assets:
+                for band in bands:  # no SCL: always read (clear = valid data), in date order
                     pipe.add(scene, band)
+                continue
+            got = pipe.take(scene, "scl")
+            done += 1
+            progress("probe", done, len(with_scl))
+            reads.hits += got.cached
+            if got.array is None:
+                reads.failures.append(got)
+                continue
+            array = got.array.astype(np.uint8, copy=False)
+            job = pool.submit(_look, scene.id, array, reads, aoi_mask, mask_config, tally, bands)
+            pending.append((scene, job))
+            while pending and (len(pending) > _LOOK_AHEAD or pending[0][1].done()):
+                settle(*pending.popleft())
+        while pending:
+            settle(*pending.popleft())
+    reads.n_obs, reads.n_cloudy = tally.totals()
     return reads
+
+
+_LOOK_AHEAD = 4  # windows being looked at while the next are taken (each a few grid-sized masks)
+
+
+@dataclass
+class _Looked:
+    """One scene's SCL window, looked at: whether it made a provisional clear mask (no roof
+    rule), and the AOI coverage and clear fraction that mask gives (NaN when no band is read)."""
+
+    clear: bool
+    coverage: float = math.nan
+    fraction: float = math.nan
+
+
+class _Tally:
+    """The bright-roof rule's counts (dates observed, dates called cloud per pixel), one partial
+    sum per thread: integer sums, the same in any order."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape = shape
+        self._local = threading.local()
+        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._lock = threading.Lock()
+
+    def mine(self) -> tuple[np.ndarray, np.ndarray]:
+        """This thread's (n_obs, n_cloudy)."""
+        part: tuple[np.ndarray, np.ndarray] | None = getattr(self._local, "part", None)
+        if part is None:
+            part = (np.zeros(self.shape, np.int32), np.zeros(self.shape, np.int32))
+            self._local.part = part
+            with self._lock:
+                self._parts.append(part)
+        return part
+
+    def totals(self) -> tuple[np.ndarray, np.ndarray]:
+        n_obs, n_cloudy = np.zeros(self.shape, np.int32), np.zeros(self.shape, np.int32)
+        for obs, cloudy in self._parts:
+            n_obs += obs
+            n_cloudy += cloudy
+        return n_obs, n_cloudy
+
+
+def _look(
+    scene_id: str,
+    array: np.ndarray,
+    reads: _SclReads,
+    aoi_mask: np.ndarray,
+    mask_config: MaskConfig,
+    tally: _Tally,
+    bands: Sequence[str],
+) -> _Looked:
+    """On a probe thread: count one SCL window for the roof rule, keep it in `reads` and, when
+    `bands` are read, keep its provisional clear mask and measure its fractions."""
+    n_obs, n_cloudy = tally.mine()
+    observed = array != 0
+    n_obs += observed
+    n_cloudy += observed & scl_cloudy(array, cloud_classes=mask_config.cloud_classes)
+    reads.scl[scene_id] = array
+    if not bands:
+        return _Looked(False)
+    clear = _clear_of(array, None, mask_config)
+    reads.first_clear[scene_id] = clear  # reused when no pixel is a roof
+    coverage, fraction = _fractions(array, clear, aoi_mask, None)
+    return _Looked(True, coverage, fraction)
 
 
 def _bright_roofs(

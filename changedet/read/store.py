@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -353,19 +354,24 @@ class SpillMap(MutableMapping[str, np.ndarray]):
     """A dict of arrays kept in an anonymous temporary file: the probe's per-scene SCL windows
     and clear masks, which would otherwise grow memory with every date. Append-only on disk (a
     replaced or deleted entry's bytes stay until `close`); bool arrays are stored one bit a pixel.
-    """
+    Entries may be set from several threads at once (the probe's), each written at its own
+    offset."""
 
     def __init__(self, *, folder: str | None = None) -> None:
         self._file = tempfile.TemporaryFile(prefix="changedet-spill-", dir=folder)  # noqa: SIM115
         self._index: dict[str, tuple[int, tuple[int, ...], np.dtype[np.generic]]] = {}
         self._end = 0
+        self._lock = threading.Lock()
 
     def __setitem__(self, key: str, value: np.ndarray) -> None:
         array = np.asarray(value)
         data = np.packbits(array, axis=None) if array.dtype == bool else array
-        _write_all(self._file.fileno(), data, self._end)
-        self._index[key] = (self._end, array.shape, array.dtype)
-        self._end += data.nbytes
+        with self._lock:
+            offset = self._end
+            self._end += data.nbytes
+        _write_all(self._file.fileno(), data, offset)
+        with self._lock:
+            self._index[key] = (offset, array.shape, array.dtype)
 
     def __getitem__(self, key: str) -> np.ndarray:
         offset, shape, dtype = self._index[key]
