@@ -544,6 +544,30 @@ def test_the_period_cache_misses_on_damage_and_keeps_only_what_a_run_used(tmp_pa
     assert list((tmp_path / "memo").iterdir()) == []
 
 
+def test_a_kept_date_is_checked_chunk_by_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept date's CRC is taken a chunk at a time: with chunks much smaller than the entry,
+    an intact entry opens and one flipped bit in a middle chunk is a miss."""
+    import numpy as np
+
+    import changedet.monitor.memo as memo_module
+    from changedet.monitor.memo import DiskMemo
+
+    monkeypatch.setattr(memo_module, "_CHUNK", 64)
+    arrays = {"dn": np.arange(3000, dtype=np.uint16).reshape(50, 60)}
+    memo = DiskMemo(tmp_path / "memo")
+    memo.put_arrays("date-1", arrays)
+    opened = memo.open_arrays("date-1")
+    assert opened is not None
+    os.close(opened[0])
+    entry = tmp_path / "memo" / "date-1.arrays"
+    blob = bytearray(entry.read_bytes())
+    blob[len(blob) // 2] ^= 0x10
+    entry.write_bytes(bytes(blob))
+    assert memo.open_arrays("date-1") is None
+
+
 def test_kept_arrays_come_back_to_the_bit_and_damage_is_a_miss(tmp_path: Path) -> None:
     import numpy as np
 
