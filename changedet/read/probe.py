@@ -182,7 +182,7 @@ def _read_scl(
 
     def settle(scene: Scene, looking: Future[_Looked]) -> None:
         looked = looking.result()
-        if looked.clear is None:
+        if not looked.clear:  # no band to read: nothing to queue
             return
         if selection_reason(looked.coverage, looked.fraction, scene, read_config) is None:
             reads.provisional.add(scene.id)
