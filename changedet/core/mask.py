@@ -22,6 +22,7 @@ __all__ = [
     "DIP_BAND",
     "SCL_NODATA",
     "keep_persistent_bright",
+    "one_or_nan",
     "persistent_from_counts",
     "scl_clear",
     "scl_cloudy",
@@ -82,6 +83,13 @@ def shifted_extreme(values: np.ndarray, *, axis: int, pick: np.ufunc = np.logica
     pick(out[tuple(head)], values[tuple(tail)], out=out[tuple(head)])
     pick(out[tuple(tail)], values[tuple(head)], out=out[tuple(tail)])
     return out
+
+
+def one_or_nan(clear: np.ndarray) -> np.ndarray:
+    """float32 1 where `clear`, NaN elsewhere: times it, any float array is NaN where not clear
+    (np.where(clear, x, nan) to the bit), several times faster than assigning NaN through a
+    boolean mask or broadcasting np.where's mask over every band."""
+    return np.where(clear, np.float32(1.0), np.float32(np.nan))
 
 
 def _in_classes(scl: np.ndarray, classes: Sequence[int]) -> np.ndarray:

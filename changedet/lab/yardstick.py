@@ -116,8 +116,10 @@ class CityResult:
 
 
 def _add_found(a: Found, b: Found) -> dict[str, tuple[int, int]]:
+    """Bin by bin sums (every bin `recall_by` makes, in its order)."""
+    none = (0, 0)
     return {
-        k: (a.get(k, (0, 0))[0] + b.get(k, (0, 0))[0], a.get(k, (0, 0))[1] + b.get(k, (0, 0))[1])
+        k: (a.get(k, none)[0] + b.get(k, none)[0], a.get(k, none)[1] + b.get(k, none)[1])
         for k in {**a, **b}
     }
 
@@ -131,8 +133,9 @@ def _bin_labels(edges: Sequence[float], fmt: str) -> list[str]:
 def recall_by(
     values: np.ndarray, found: np.ndarray, edges: Sequence[float], fmt: str = "{:g}"
 ) -> dict[str, tuple[int, int]]:
-    """(found, total) of the true changes in each bin of `values` (bins: below the first
-    edge, between edges, from the last edge up); `found`: bool per change."""
+    """(found, total) of the true changes in each bin of `values`, every bin in order (below
+    the first edge, between edges, from the last edge up, labelled with `fmt`); `found`: bool
+    per change."""
     which = np.searchsorted(np.asarray(edges), values, side="right")
     return {
         label: (int(found[which == i].sum()), int((which == i).sum()))
@@ -290,21 +293,18 @@ def _row_json(row: CityResult) -> dict[str, Any]:
         "false_per_km2": row.false_per_km2,
         "matched_kinds": dict(row.matched_kinds),
         "unmatched_kinds": dict(row.unmatched_kinds),
-        "found_by_contrast": _found_json(row.by_contrast, CONTRAST_EDGES),
-        "found_by_size": _found_json(row.by_size, SIZE_EDGES_PX, "{:g} px"),
+        "found_by_contrast": _found_json(row.by_contrast),
+        "found_by_size": _found_json(row.by_size),
         "seconds": round(row.seconds, 1),
     }
 
 
-def _found_json(found: Found, edges: Sequence[float], fmt: str = "{:g}") -> list[dict[str, Any]]:
+def _found_json(found: Found) -> list[dict[str, Any]]:
     """The bins in order: label, true changes found, true changes, recall (null when none)."""
-    rows = []
-    for label in _bin_labels(edges, fmt):
-        hits, total = found.get(label, (0, 0))
-        rows.append(
-            {"bin": label, "found": hits, "truth": total, "recall": hits / total if total else None}
-        )
-    return rows
+    return [
+        {"bin": label, "found": hits, "truth": total, "recall": hits / total if total else None}
+        for label, (hits, total) in found.items()
+    ]
 
 
 def report_json(report: SeriesReport) -> dict[str, Any]:

@@ -180,18 +180,18 @@ def _read_scl(
         reads.scl, reads.first_clear = SpillMap(), SpillMap()
     tally = _Tally(pipe.grid.shape)
 
-    def settle(scene: Scene, looking: Future[_Looked]) -> None:
-        looked = looking.result()
-        if not looked.clear:  # no band to read: nothing to queue
+    def settle(scene: Scene, looking: Future[tuple[float, float] | None]) -> None:
+        fractions = looking.result()
+        if fractions is None:  # no band to read: nothing to queue
             return
-        if selection_reason(looked.coverage, looked.fraction, scene, read_config) is None:
+        if selection_reason(*fractions, scene, read_config) is None:
             reads.provisional.add(scene.id)
             for band in bands:
                 pipe.add(scene, band)
 
     progress("probe", 0, len(with_scl))
     done = 0
-    pending: deque[tuple[Scene, Future[_Looked]]] = deque()
+    pending: deque[tuple[Scene, Future[tuple[float, float] | None]]] = deque()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changedet-probe") as pool:
         for scene in scenes:
             if "scl" not in scene.assets:
@@ -217,16 +217,6 @@ def _read_scl(
 
 
 _LOOK_AHEAD = 4  # windows being looked at while the next are taken (each a few grid-sized masks)
-
-
-@dataclass
-class _Looked:
-    """One scene's SCL window, looked at: whether it made a provisional clear mask (no roof
-    rule), and the AOI coverage and clear fraction that mask gives (NaN when no band is read)."""
-
-    clear: bool
-    coverage: float = math.nan
-    fraction: float = math.nan
 
 
 class _Tally:
@@ -265,20 +255,20 @@ def _look(
     mask_config: MaskConfig,
     tally: _Tally,
     bands: Sequence[str],
-) -> _Looked:
+) -> tuple[float, float] | None:
     """On a probe thread: count one SCL window for the roof rule, keep it in `reads` and, when
-    `bands` are read, keep its provisional clear mask and measure its fractions."""
+    `bands` are read, keep its provisional clear mask (no roof rule) and return the AOI coverage
+    and clear fraction it gives (None when no band is read)."""
     n_obs, n_cloudy = tally.mine()
     observed = array != 0
     n_obs += observed
     n_cloudy += observed & scl_cloudy(array, cloud_classes=mask_config.cloud_classes)
     reads.scl[scene_id] = array
     if not bands:
-        return _Looked(False)
+        return None
     clear = _clear_of(array, None, mask_config)
     reads.first_clear[scene_id] = clear  # reused when no pixel is a roof
-    coverage, fraction = _fractions(array, clear, aoi_mask, None)
-    return _Looked(True, coverage, fraction)
+    return _fractions(array, clear, aoi_mask, None)
 
 
 def _bright_roofs(
