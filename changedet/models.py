@@ -296,6 +296,10 @@ class Composite:
     reflectance: (B, H, W) float32, NaN where no clear observation;
     count: (H, W) uint16 clear observations; source_date: (H, W) int32 days since 1970-01-01
     of the observation closest to the median (-1 where none).
+    made_from: when known, a digest of everything the composite was computed from (the
+    monitor's `core.reuse` key, which names its grid): with `grid`, it stands for the pixels in
+    the keys of drawings made from the composite. A crop (`core.clip`) keeps it: the crop's
+    `grid` says which window of the digested one it holds.
     """
 
     grid: Grid
@@ -305,6 +309,7 @@ class Composite:
     count: np.ndarray
     source_date: np.ndarray
     scene_ids: tuple[str, ...] = ()
+    made_from: bytes | None = field(default=None, compare=False)
 
     def band(self, name: str) -> np.ndarray:
         return self.reflectance[self.bands.index(name)]

@@ -8,13 +8,15 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import numpy as np
+from affine import Affine
 from PIL import Image
 
 from changedet.config import OutputConfig
-from changedet.models import RunResult
+from changedet.models import Composite, Period, RunResult
 from changedet.outputs.drawn import Drawings, drawing_key
 from changedet.outputs.write import write_run_outputs
 
@@ -106,3 +108,31 @@ def test_drawing_keys_tell_apart_what_draws_differently() -> None:
     assert drawing_key(a) != drawing_key(a.astype(np.float64))
     assert drawing_key("x", 1) != drawing_key("x", 1.0) != drawing_key("x", "1")
     assert drawing_key(("a", "b")) != drawing_key(("ab",))
+
+
+def test_a_composite_digest_stands_for_its_pixels_on_its_grid(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    """A composite the monitor's cache names (`Composite.made_from`) is keyed by that name and
+    its grid, not by hashing its pixels again: same name and grid, taken; another name or
+    another grid (a crop), drawn."""
+    result = make_run_result()
+    month = replace(result.before, period=Period(date(2024, 3, 1), date(2024, 4, 1), "2024-03"))
+    rel = "imagery/periods/2024-03.tif"
+    out = tmp_path / "aoi"
+
+    def run(comp: Composite) -> tuple[str, bytes]:
+        write_run_outputs(replace(result, composites=(comp,)), out, config=OutputConfig())
+        return _drawn(out)[rel]["from"], (out / rel).read_bytes()
+
+    named = replace(month, made_from=b"digest-1")
+    key, first = run(named)
+    # Pixels the digest does not name would never come with it; here they show what is taken.
+    darker = replace(named, reflectance=named.reflectance * 0.5)
+    assert run(darker) == (key, first)
+    renamed_key, redrawn = run(replace(darker, made_from=b"digest-2"))
+    assert renamed_key != key and redrawn != first
+    grid = month.grid
+    shifted = replace(grid, transform=grid.transform @ Affine.translation(1, 0))
+    assert run(replace(darker, made_from=b"digest-2", grid=shifted))[0] != renamed_key
+    assert run(replace(month, made_from=None))[0] != key  # no digest: the pixels are hashed

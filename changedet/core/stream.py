@@ -358,7 +358,7 @@ class _Target:
             np.array([*days, -1], dtype=np.int32),
         )
 
-    def composite(self, series: DateSeries) -> Composite:
+    def composite(self, series: DateSeries, made_from: bytes | None = None) -> Composite:
         ids = tuple(dict.fromkeys(sid for t in self.dates for sid in series.scene_ids[t]))
         return Composite(
             series.grid,
@@ -368,6 +368,7 @@ class _Target:
             self.count,
             self.source_date,
             ids,
+            made_from,
         )
 
 
@@ -502,7 +503,8 @@ def analyse_series(
             days = [t for t, when in enumerate(series.times) if p.contains(when.date())]
             targets.append(_Target.empty(p, days, series))
         made_from = _fill_composites(ctx, targets, _corrected(shifts, config), keys, progress)
-        composites = [t.composite(series) for t in targets]
+        digests: Sequence[bytes | None] = made_from or [None] * len(targets)
+        composites = [t.composite(series, d) for t, d in zip(targets, digests, strict=True)]
     per_period, before, after = composites[: len(periods)], composites[-2], composites[-1]
     return analyse_composites(
         before,

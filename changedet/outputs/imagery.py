@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -167,15 +166,21 @@ def _imagery_one(
     drawings: Drawings | None,
 ) -> None:
     lo, hi = stretch
-    rgb = np.stack([comp.band("red"), comp.band("green"), comp.band("blue")])
+
+    def rgb() -> np.ndarray:
+        return np.stack([comp.band("red"), comp.band("green"), comp.band("blue")])
+
+    # A composite's digest, when the run knows it, stands for its pixels on its grid: no array
+    # to hash.
+    source = (comp.made_from, comp.grid) if comp.made_from is not None else rgb()
     _write_styled(
         out,
         rel,
         raster_styles.truecolor_qml(),
-        partial(display_rgb, rgb, lo, hi),
+        lambda: display_rgb(rgb(), lo, hi),
         result,
         drawings,
-        made_from=("display_rgb", rgb, lo, hi),
+        made_from=("display_rgb", comp.bands, source, lo, hi),
         nodata=0,
         descriptions=("red", "green", "blue"),
         tags={

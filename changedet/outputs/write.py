@@ -422,13 +422,14 @@ def write_run_outputs(
             # The folder still holds the previous run: its unchanged drawings are taken again.
             writer = _Writer(result, tmp, config, Drawings(out_dir if out_dir.is_dir() else None))
             progress("outputs", 0, total)
-            writer.vectors()
-            progress("outputs", 1, total)
-            writer.geopackage()
-            progress("outputs", 2, total)
-            # The COGs (GDAL, which releases the GIL) are written while the pictures are drawn.
+            # The COGs (GDAL, which releases the GIL) are written on a thread while the vectors,
+            # the GeoPackage and the pictures are made.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-rasters") as pool:
                 rasters = pool.submit(writer.rasters_and_tables)
+                writer.vectors()
+                progress("outputs", 1, total)
+                writer.geopackage()
+                progress("outputs", 2, total)
                 pictures = writer.pictures(progress)
                 rasters.result()
             progress("outputs", 3, total)
