@@ -23,6 +23,7 @@ import click
 
 from changedet import __version__
 from changedet.errors import ChangedetError, UsageError, machine_trouble, silence_library_noise
+from changedet.memory import keep_freed_memory
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("changedet")
@@ -294,6 +295,7 @@ def main() -> None:
     """changedet: find new structures and earthworks in Sentinel-2 time series over an AOI."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     silence_library_noise()  # the lab's commands too, which do not go through the pipeline
+    keep_freed_memory()  # the process is the CLI's: large arrays reuse freed memory
 
 
 @main.command()
