@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 from datetime import date
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from changedet.config import TrackConfig
-from changedet.core.ledger import build_ledger, place_id
+from changedet.core.ledger import Ledger, build_ledger, place_id
 from changedet.core.periods import make_periods
 from changedet.core.track import PeriodObservation, footprint_geometry, rasterize_objects
 from changedet.models import ChangeObject, Grid
@@ -400,3 +401,62 @@ def test_a_few_pixels_over_a_cell_border_do_not_move_the_id(
     hall = box(2, cols[0], 4, cols[1])
     (s,) = run(series({k: [hall] for k in range(2, 10)})).confirmed
     assert s.id == f"39N-{cell_x}-3949950"
+
+
+class _PickledStates:
+    """A `StateMemo` in memory that keeps copies, as the monitor's period cache does on disk."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, bytes] = {}
+        self.taken: list[str] = []
+
+    def get_state(self, key: str) -> object | None:
+        if key not in self.states:
+            return None
+        self.taken.append(key)
+        return pickle.loads(self.states[key])
+
+    def put_state(self, key: str, state: object) -> None:
+        self.states[key] = pickle.dumps(state)
+
+
+def _same_ledger(a: Ledger, b: Ledger) -> None:
+    assert a.structures == b.structures
+    assert a.counts == b.counts and a.events == b.events and a.entries == b.entries
+    assert np.array_equal(a.footprints, b.footprints)
+
+
+def test_a_run_goes_on_from_the_kept_state_of_the_same_first_periods() -> None:
+    pres = {k: [A] for k in range(2, 10)}
+    pres.update({4: [A, C], 6: [A, B], 7: [A, B], 8: [A, B], 9: [B]})  # noise, growth, vanishing
+    full = series(pres)
+    named = [replace(o, made_from=f"period {k}".encode()) for k, o in enumerate(full)]
+    states = _PickledStates()
+
+    # A monitoring run over the first eight periods keeps the state before its newest one.
+    _same_ledger(run(named[:8], memo=states), run(full[:8]))
+    assert len(states.states) == 1 and not states.taken
+
+    # The next run, two periods on, goes on from that state: the same ledger as tracking all.
+    _same_ledger(run(named, memo=states), run(full))
+    assert len(states.taken) == 1 and len(states.states) == 2
+
+    # Another seventh period (other objects, so another digest): nothing kept applies.
+    states.taken.clear()
+    changed = {**pres, 6: [A]}
+    other = [replace(o, made_from=f"period {k}".encode()) for k, o in enumerate(series(changed))]
+    other[6] = replace(other[6], made_from=b"period 6, another composite")
+    _same_ledger(run(other, memo=states), run(series(changed)))
+    assert not states.taken  # the states kept have seen the first seven and nine periods
+    # Other settings never take a kept state; nor do observations without digests.
+    states.taken.clear()
+    strict = build_ledger(
+        named, grid=GRID, config=replace(CFG, min_persistence=4), min_area_m2=400.0, memo=states
+    )
+    _same_ledger(
+        strict,
+        build_ledger(full, grid=GRID, config=replace(CFG, min_persistence=4), min_area_m2=400.0),
+    )
+    assert not states.taken
+    run(full, memo=states)
+    assert not states.taken

@@ -33,6 +33,7 @@ from changedet.core.counts import CountEntry, period_counts
 from changedet.core.kinds import BUILDING, classify, evidence_summary, line_shape
 from changedet.core.track import (
     PeriodObservation,
+    StateMemo,
     Tracks,
     _Track,
     holds_change,
@@ -387,11 +388,13 @@ def build_ledger(
     kinds: KindConfig | None = None,
     min_area_m2: float = 0.0,
     aoi_mask: np.ndarray | None = None,
+    memo: StateMemo | None = None,
 ) -> Ledger:
     """Match objects over periods into structures; ids, kinds, first-seen intervals, counts.
 
     min_area_m2: minimum mapping unit; new parts smaller than this are growth, not structures.
     aoi_mask: (H, W) bool, pixels inside the AOI, for `PeriodCount.clear_fraction` (all if None).
+    memo: where the tracker's state is kept between runs (`track_periods`).
     """
     kinds = kinds or KindConfig()
     tracks = track_periods(
@@ -400,6 +403,7 @@ def build_ledger(
         config=config,
         min_area_m2=min_area_m2,
         roof_flattening=kinds.roof_flattening,
+        memo=memo,
     )
     built = []
     for tr in tracks.tracks:

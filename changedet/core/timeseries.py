@@ -42,7 +42,7 @@ from changedet.core.ledger import Ledger, build_ledger
 from changedet.core.mask import DIP_BAND, temporal_dips, temporal_spikes
 from changedet.core.objects import extract_objects
 from changedet.core.periods import Comparison, plan_comparison
-from changedet.core.track import PeriodObservation
+from changedet.core.track import PeriodObservation, StateMemo
 from changedet.models import (
     Berm,
     ChangeMap,
@@ -258,6 +258,20 @@ def _observe_periods(
     baseline_range: `before_range` of the baseline composite, when computed already; made_from:
     see `analyse_composites`; pool: the threads the periods are computed on."""
     cc = config.change
+    monitored = per_period[baseline.last + 1 :]
+    # The baseline and the mask are the same for every period: digested once.
+    keys = [""] * len(monitored)
+    absent_keys: list[bytes | None] = [None] * (baseline.last + 1)
+    if memo is not None:
+        if made_from is None:
+            made_from = [_digest(c.reflectance, c.count) for c in (*per_period, baseline_composite)]
+        shared = hashlib.blake2b(made_from[-1] + _digest(inside), digest_size=20).digest()
+        firsts = made_from[baseline.last + 1 : len(per_period)]
+        keys = [_memo_key(shared, d, c, config) for d, c in zip(firsts, monitored, strict=True)]
+        absent_keys = [
+            bytes.fromhex(_memo_key(shared, d, c, config))
+            for d, c in zip(made_from, per_period[: baseline.last + 1], strict=False)
+        ]
     observations = [
         PeriodObservation(
             period=comp.period,
@@ -265,18 +279,10 @@ def _observe_periods(
             observed=(comp.count >= cc.min_clear_obs) & inside,
             scene_ids=comp.scene_ids,
             baseline=True,
+            made_from=key,
         )
-        for comp in per_period[: baseline.last + 1]
+        for comp, key in zip(per_period[: baseline.last + 1], absent_keys, strict=True)
     ]
-    monitored = per_period[baseline.last + 1 :]
-    # The baseline and the mask are the same for every period: digested once.
-    keys = [""] * len(monitored)
-    if memo is not None:
-        if made_from is None:
-            made_from = [_digest(c.reflectance, c.count) for c in (*per_period, baseline_composite)]
-        shared = hashlib.blake2b(made_from[-1] + _digest(inside), digest_size=20).digest()
-        firsts = made_from[baseline.last + 1 : len(per_period)]
-        keys = [_memo_key(shared, d, c, config) for d, c in zip(firsts, monitored, strict=True)]
     known = [memo.get(key) if memo is not None else None for key in keys]
     todo = [i for i, seen in enumerate(known) if seen is None]
 
@@ -301,7 +307,11 @@ def _observe_periods(
         if memo is not None:
             memo.put(keys[i], seen)
         progress("change per period", len(monitored) - len(todo) + done, len(monitored))
-    observations.extend(seen for seen in known if seen is not None)
+    observations.extend(
+        replace(seen, made_from=bytes.fromhex(key) if key else None)
+        for seen, key in zip(known, keys, strict=True)
+        if seen is not None
+    )
     return observations
 
 
@@ -477,6 +487,7 @@ def analyse_composites(
             kinds=config.kinds,
             min_area_m2=cc.min_area_m2,
             aoi_mask=inside,
+            memo=memo if isinstance(memo, StateMemo) else None,
         )
         ledger = window_ledger.within(inside)
     with timer("berms"):

@@ -32,10 +32,11 @@ decision uses only past periods, so appending one more period never changes earl
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import shapely
@@ -46,7 +47,9 @@ from changedet.errors import DataError
 from changedet.models import ChangeObject, Grid, Period, Structure
 
 __all__ = [
+    "TRACK_VERSION",
     "PeriodObservation",
+    "StateMemo",
     "Tracks",
     "footprint_geometry",
     "pixels_geometry",
@@ -55,6 +58,9 @@ __all__ = [
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
+
+# Part of the key of a kept tracker state: bump it when the tracker decides differently.
+TRACK_VERSION = "track-1"
 
 
 def holds_change(changed: np.ndarray, pixels: np.ndarray) -> bool:
@@ -77,6 +83,8 @@ class PeriodObservation:
         structure with no object this period is still present where its pixels keep a median
         score of `TrackConfig.continue_z` (temporal hysteresis: a small roof seen clearly once
         needs less evidence to be seen again). Not kept after tracking.
+    made_from: when known, a digest of everything the observation was computed from (the
+        monitor's period cache key): what the tracker's kept state is keyed by (`StateMemo`).
     """
 
     period: Period
@@ -86,6 +94,7 @@ class PeriodObservation:
     labels: np.ndarray | None = None
     baseline: bool = False
     score: np.ndarray | None = None
+    made_from: bytes | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -482,6 +491,43 @@ class Tracks:
         return tuple(o.period for o in self.observations)
 
 
+@runtime_checkable
+class StateMemo(Protocol):
+    """Where the tracker's state can be kept between runs (the monitor's period cache): every
+    decision uses only past periods, so the state after the first periods is the same in a later
+    run whose first periods are the same, and the run goes on from it."""
+
+    def get_state(self, key: str) -> object | None: ...
+
+    def put_state(self, key: str, state: object) -> None:
+        """Keep a copy of `state` (the tracker goes on changing it)."""
+
+
+def _prefix_keys(obs: Sequence[PeriodObservation], settings: tuple[Any, ...]) -> list[str] | None:
+    """keys[m - 1]: a digest of the tracker's state after the first m periods (their digests,
+    in order, and the settings); None when some observation has no digest."""
+    if any(o.made_from is None for o in obs):
+        return None
+    digest = hashlib.blake2b(repr((TRACK_VERSION, *settings)).encode(), digest_size=20)
+    keys = []
+    for o in obs:
+        assert o.made_from is not None
+        digest.update(o.made_from)
+        digest.update(repr((o.period, o.baseline)).encode())
+        keys.append("tracker-" + digest.copy().hexdigest())
+    return keys
+
+
+def _resumed(memo: StateMemo, keys: Sequence[str]) -> tuple[_Tracker | None, int]:
+    """The longest kept state of the first periods (never all of them: states are kept before
+    a period), and how many periods it has seen."""
+    for seen in range(len(keys) - 1, 0, -1):
+        state = memo.get_state(keys[seen - 1])
+        if isinstance(state, _Tracker):
+            return state, seen
+    return None, 0
+
+
 def track_periods(
     observations: Sequence[PeriodObservation],
     *,
@@ -489,20 +535,32 @@ def track_periods(
     config: TrackConfig,
     min_area_m2: float = 0.0,
     roof_flattening: float = float("inf"),
+    memo: StateMemo | None = None,
 ) -> Tracks:
     """Match the objects of every period into tracks (see the module docstring).
 
     roof_flattening: objects whose spectral flattening reaches this look like roofs (`core.kinds`);
     roof-like and other pieces are never merged.
     min_area_m2: minimum mapping unit; new parts smaller than this are growth, not structures.
+    memo: the state before the newest period with scenes is kept there, and a run whose first
+    periods are those of a kept state goes on from it (without `made_from`, all are tracked).
     """
     obs = tuple(sorted(observations, key=lambda o: (o.period.start, o.period.end)))
     for o in obs:
         if o.observed.shape != grid.shape:
             raise DataError(f"period {o.period.label}: observed shape {o.observed.shape} != grid")
-    tracker = _Tracker(grid, config, min_area_m2, roof_flattening)
-    for k, o in enumerate(obs):
-        tracker.observe(k, o)
+    settings = (grid, config, min_area_m2, roof_flattening)
+    keys = None if memo is None else _prefix_keys(obs, settings)
+    tracker, start = (None, 0) if memo is None or keys is None else _resumed(memo, keys)
+    if tracker is None:
+        tracker = _Tracker(grid, config, min_area_m2, roof_flattening)
+    # The next run goes on from the state before the newest period with scenes: a new scene
+    # lands there or in a later period.
+    newest = max((k for k, o in enumerate(obs) if o.scene_ids), default=len(obs) - 1)
+    for k in range(start, len(obs)):
+        if memo is not None and keys is not None and k == newest and k > start:
+            memo.put_state(keys[k - 1], tracker)
+        tracker.observe(k, obs[k])
     obs = tuple(replace(o, score=None) for o in obs)  # the scores are not needed any more
     return Tracks(
         obs, tracker.tracks, tracker.had_object, tracker.had_change, grid, config, min_area_m2

@@ -92,6 +92,21 @@ class DiskMemo:
             lambda f: pickle.dump(observation, f, protocol=pickle.HIGHEST_PROTOCOL),
         )
 
+    def get_state(self, key: str) -> object | None:
+        """The tracker's state kept under `key` (`core.track.StateMemo`), or None."""
+        self.used.add(key)
+        try:
+            with self._path(key).open("rb") as f:
+                return pickle.load(f)  # our own files, in the state's folder
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError):
+            return None  # a state another version pickled is a miss too
+
+    def put_state(self, key: str, state: object) -> None:
+        self.used.add(key)
+        self._write(
+            self._path(key), lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        )
+
     def has_arrays(self, key: str) -> bool:
         """Whether an entry is there (`get_arrays` and `open_arrays` still check it)."""
         kind = key.split("-", 1)[0]
