@@ -325,6 +325,17 @@ def test_cogs_hold_the_change_evidence(out_dir: Path, run_result: RunResult) -> 
     np.testing.assert_array_equal(clear[0], run_result.before.count + run_result.after.count)
 
 
+def test_acquisition_days_read_as_dates() -> None:
+    from changedet.outputs.imagery import yyyymmdd
+
+    days = np.array([[-1, 0, 19850], [19850, 19881, -1]], dtype=np.int32)  # 19881: 2024-06-07
+    values, present = yyyymmdd(days)
+    assert values.tolist() == [[0, 19700101, 20240507], [20240507, 20240607, 0]]
+    assert present == [19700101, 20240507, 20240607]
+    none, nothing = yyyymmdd(np.full((2, 2), -1, dtype=np.int32))
+    assert not none.any() and nothing == []
+
+
 def test_imagery_is_true_colour_with_dates(out_dir: Path, run_result: RunResult) -> None:
     from changedet.outputs.imagery import display_rgb, display_stretch, shared_stretch
 

@@ -27,7 +27,7 @@ from changedet import __version__
 
 __all__ = ["DRAWING_VERSION", "Drawings", "drawing_key", "take_or_draw"]
 
-DRAWING_VERSION = 1  # bump when a picture or an imagery COG is drawn differently from its inputs
+DRAWING_VERSION = 2  # bump when a picture or an imagery COG is drawn differently from its inputs
 
 
 def drawing_key(*parts: Any) -> str:

@@ -86,9 +86,15 @@ def display_stretch(before: Composite, after: Composite) -> tuple[np.ndarray, np
 
 def display_rgb(rgb: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """(3, H, W) reflectance → (3, H, W) uint8 display values 1..255, 0 where not every band is
-    finite (the COGs' nodata)."""
-    scaled = (rgb - lo[:, None, None]) / (hi - lo)[:, None, None]
-    out = (np.clip(np.nan_to_num(scaled, nan=0.0), 0.0, 1.0) * 254 + 1).round().astype(np.uint8)
+    finite (the COGs' nodata). In float32, in place: a tenth of the time of float64 temporaries
+    (a value on a rounding boundary may come out one step apart)."""
+    scaled = np.subtract(rgb, lo.astype(np.float32)[:, None, None], dtype=np.float32)
+    scaled *= (254.0 / (hi - lo)).astype(np.float32)[:, None, None]
+    np.fmax(scaled, 0.0, out=scaled)  # NaN → 0 too
+    np.minimum(scaled, 254.0, out=scaled)
+    scaled += 1.0
+    np.rint(scaled, out=scaled)
+    out = scaled.astype(np.uint8)
     out[:, ~np.isfinite(rgb).all(axis=0)] = 0
     return out
 
@@ -111,13 +117,22 @@ def rgb_picture(rgb: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return img
 
 
-def yyyymmdd(days: np.ndarray) -> np.ndarray:
-    """Days since 1970-01-01 (-1 none) → int32 YYYYMMDD (0 none): a pixel value reads as a date."""
+def yyyymmdd(days: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Days since 1970-01-01 (-1 none) → int32 YYYYMMDD (0 none), a pixel value that reads as a
+    date, and the dates present in order. A table over the span of days: no sort of the pixels."""
     out = np.zeros(days.shape, dtype=np.int32)
-    for d in np.unique(days[days >= 0]):
-        when = _EPOCH + timedelta(days=int(d))
-        out[days == d] = when.year * 10000 + when.month * 100 + when.day
-    return out
+    valid = days >= 0
+    if not valid.any():
+        return out, []
+    first = int(days[valid].min())
+    offsets = days[valid] - first
+    present = np.flatnonzero(np.bincount(offsets.ravel()))
+    table = np.zeros(int(present[-1]) + 1, dtype=np.int32)
+    for d in present:
+        when = _EPOCH + timedelta(days=first + int(d))
+        table[d] = when.year * 10000 + when.month * 100 + when.day
+    out[valid] = table[offsets]
+    return out, [int(table[d]) for d in present]
 
 
 def _write_styled(
@@ -199,11 +214,11 @@ def _imagery_one(
 def _date_raster(
     out: Path, rel: str, comp: Composite, result: RunResult, drawings: Drawings | None
 ) -> None:
-    dates = yyyymmdd(np.asarray(comp.source_date))
+    dates, present = yyyymmdd(np.asarray(comp.source_date))
     _write_styled(
         out,
         rel,
-        raster_styles.date_qml(sorted(int(v) for v in np.unique(dates[dates > 0]))),
+        raster_styles.date_qml(present),
         dates,
         result,
         drawings,

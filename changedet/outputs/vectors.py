@@ -362,7 +362,9 @@ def change_areas(change: ChangeMap) -> list[tuple[BaseGeometry, dict[str, Any]]]
     score = np.nan_to_num(np.asarray(change.score, dtype=np.float64), nan=0.0)
     likelihood = np.nan_to_num(np.asarray(change.likelihood, dtype=np.float64), nan=0.0)
     mean_score = ndimage.mean(score, labels, index)
-    max_score = ndimage.maximum(score, labels, index)
+    # ufunc.at over the region pixels: ndimage.maximum sorts the whole grid (0.5 s at 1620 px)
+    max_score = np.full(n, -np.inf)
+    np.maximum.at(max_score, labels[mask] - 1, score[mask])
     mean_like = ndimage.mean(likelihood, labels, index)
     parts: dict[int, list[Polygon]] = {}
     for part, value in shapes(
