@@ -14,7 +14,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "GEOJSON_DECIMALS",
     "SCENE_PROPERTIES",
     "STRUCTURE_PROPERTIES",
+    "all_to_wgs84",
     "analysed_area",
     "as_multilinestring",
     "as_multipolygon",
@@ -124,6 +125,20 @@ def to_wgs84(grid_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
     return _reprojection(grid_crs, "EPSG:4326")
 
 
+def all_to_wgs84(grid_crs: str, geoms: Sequence[BaseGeometry]) -> list[BaseGeometry]:
+    """`to_wgs84` of many geometries at once: one call of the transformer for all their
+    coordinates instead of one per geometry (the same values)."""
+    if not geoms:
+        return []
+    transformer = _transformer(grid_crs, "EPSG:4326")
+
+    def xy(coords: np.ndarray) -> np.ndarray:
+        x, y = transformer.transform(coords[:, 0], coords[:, 1])
+        return np.column_stack([x, y])
+
+    return list(shapely.transform(np.asarray(geoms, dtype=object), xy))
+
+
 def from_wgs84(grid_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
     """Geometry in EPSG:4326 lon/lat → the same geometry in `grid_crs`."""
     return _reprojection("EPSG:4326", grid_crs)
@@ -138,10 +153,10 @@ def right_hand(geom: BaseGeometry) -> BaseGeometry:
     return geom
 
 
-def _rfc7946_geometry(geom: BaseGeometry, to_lonlat: Callable[[BaseGeometry], BaseGeometry]) -> Any:
-    """Grid-CRS geometry → RFC 7946 geometry dict (lon/lat, right-hand rule, rounded, valid;
-    cut at the antimeridian where it crosses it, §3.1.9)."""
-    lonlat = split_at_antimeridian(to_lonlat(geom))
+def _rfc7946_geometry(geom: BaseGeometry) -> Any:
+    """Lon/lat geometry → RFC 7946 geometry dict (right-hand rule, rounded, valid; cut at the
+    antimeridian where it crosses it, §3.1.9)."""
+    lonlat = split_at_antimeridian(geom)
     # Snapping to the output precision with set_precision keeps the result valid, which rounding the
     # printed numbers alone does not guarantee.
     snapped = shapely.set_precision(lonlat, 10.0**-GEOJSON_DECIMALS)
@@ -287,19 +302,17 @@ def berm_properties(b: Berm) -> dict[str, Any]:
 def _feature_collection(
     items: Iterable[tuple[BaseGeometry, dict[str, Any]]], grid: Grid, name: str
 ) -> dict[str, Any]:
-    to_lonlat = to_wgs84(grid.crs)
-    features = []
-    for geom, props in items:
-        if geom is None or geom.is_empty:
-            continue
-        features.append(
-            {
-                "type": "Feature",
-                "id": props["id"],
-                "geometry": _rfc7946_geometry(geom, to_lonlat),
-                "properties": props,
-            }
-        )
+    shown = [(geom, props) for geom, props in items if geom is not None and not geom.is_empty]
+    lonlats = all_to_wgs84(grid.crs, [geom for geom, _ in shown])
+    features = [
+        {
+            "type": "Feature",
+            "id": props["id"],
+            "geometry": _rfc7946_geometry(lonlat),
+            "properties": props,
+        }
+        for (_, props), lonlat in zip(shown, lonlats, strict=True)
+    ]
     # RFC 7946 has no "crs" member: EPSG:4326 lon/lat is implied. "name" is a foreign member
     # that GDAL uses as the layer name.
     return {"type": "FeatureCollection", "name": name, "features": features}

@@ -50,6 +50,7 @@ from changedet.outputs.vectors import (
     CHANGE_AREA_PROPERTIES,
     SCENE_PROPERTIES,
     STRUCTURE_PROPERTIES,
+    all_to_wgs84,
     analysed_area,
     as_multilinestring,
     as_multipolygon,
@@ -62,7 +63,6 @@ from changedet.outputs.vectors import (
     scene_rows,
     structure_properties,
     structures_feature_collection,
-    to_wgs84,
 )
 
 __all__ = ["GPKG_LAYERS", "write_run_outputs"]
@@ -156,9 +156,9 @@ def _kml_description(props: Mapping[str, Any]) -> str:
 def _write_kml(path: Path, result: RunResult) -> None:
     """structures.kml through GDAL's KML driver: one placemark per structure (EPSG:4326),
     named by id, described in one line, every property as ExtendedData."""
-    lonlat = to_wgs84(result.grid.crs)
+    lonlats = all_to_wgs84(result.grid.crs, [s.geometry for s in result.structures])
     rows: list[_Row] = []
-    for s in result.structures:
+    for s, lonlat in zip(result.structures, lonlats, strict=True):
         props = structure_properties(s, result.grid.crs)
         kml = {k: v for k, v in props.items() if k != "id"}
         kml["source_scenes"] = ",".join(props["source_scenes"])
@@ -166,7 +166,7 @@ def _write_kml(path: Path, result: RunResult) -> None:
             kml[key] = None if props[key] is None else str(props[key]).lower()
         said = "SYNTHETIC data: " if result.synthetic else ""
         kml.update(Name=s.id, Description=said + _kml_description(props))
-        geometry = split_at_antimeridian(lonlat(s.geometry))  # as in the GeoJSON
+        geometry = split_at_antimeridian(lonlat)  # as in the GeoJSON
         rows.append((right_hand(as_multipolygon(geometry)), kml))
     numbers = (
         "flattening",
