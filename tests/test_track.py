@@ -419,6 +419,9 @@ class _PickledStates:
     def put_state(self, key: str, state: object) -> None:
         self.states[key] = pickle.dumps(state)
 
+    def has_state(self, key: str) -> bool:
+        return key in self.states
+
 
 def _same_ledger(a: Ledger, b: Ledger) -> None:
     assert a.structures == b.structures
@@ -433,21 +436,24 @@ def test_a_run_goes_on_from_the_kept_state_of_the_same_first_periods() -> None:
     named = [replace(o, made_from=f"period {k}".encode()) for k, o in enumerate(full)]
     states = _PickledStates()
 
-    # A monitoring run over the first eight periods keeps the state before its newest one.
+    # A monitoring run over the first eight periods keeps the states before its three newest.
     _same_ledger(run(named[:8], memo=states), run(full[:8]))
-    assert len(states.states) == 1 and not states.taken
+    assert len(states.states) == 3 and not states.taken
 
-    # The next run, two periods on, goes on from that state: the same ledger as tracking all.
+    # The next run, two periods on, goes on from the latest of them: the same ledger as
+    # tracking all, and the states before its own three newest periods kept.
     _same_ledger(run(named, memo=states), run(full))
-    assert len(states.taken) == 1 and len(states.states) == 2
+    assert len(states.taken) == 1 and len(states.states) == 5
 
-    # Another seventh period (other objects, so another digest): nothing kept applies.
+    # Another seventh period (other objects, so another digest): the state before it applies.
     states.taken.clear()
     changed = {**pres, 6: [A]}
     other = [replace(o, made_from=f"period {k}".encode()) for k, o in enumerate(series(changed))]
     other[6] = replace(other[6], made_from=b"period 6, another composite")
     _same_ledger(run(other, memo=states), run(series(changed)))
-    assert not states.taken  # the states kept have seen the first seven and nine periods
+    assert len(states.taken) == 1
+    tracker = pickle.loads(states.states[states.taken[0]])
+    assert len(tracker.had_object) == 6  # it had seen periods 0-5
     # Other settings never take a kept state; nor do observations without digests.
     states.taken.clear()
     strict = build_ledger(

@@ -247,6 +247,22 @@ class _Tracker:
         # structure first hidden by cloud from a new neighbour built beside it.
         self.last_clear = np.full(grid.width * grid.height, -1, dtype=np.int32)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Kept between runs (`StateMemo`): the per-period masks as bits and the owners as
+        int32, a third of the bytes at 1620 x 1620 px."""
+        state = dict(self.__dict__)
+        for name in ("had_object", "had_change"):
+            state[name] = [np.packbits(mask) for mask in state[name]]
+        state["owner"] = self.owner.astype(np.int32)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        n = state["grid"].width * state["grid"].height
+        for name in ("had_object", "had_change"):
+            state[name] = [np.unpackbits(bits, count=n).view(bool) for bits in state[name]]
+        state["owner"] = state["owner"].astype(np.int64)
+        self.__dict__.update(state)
+
     def observe(self, k: int, o: PeriodObservation) -> None:
         """One period: match its objects to tracks, then mark open tracks present or absent."""
         labels = _object_labels(o, self.grid) if o.objects else np.zeros(self.grid.shape, np.int32)
@@ -502,6 +518,9 @@ class StateMemo(Protocol):
     def put_state(self, key: str, state: object) -> None:
         """Keep a copy of `state` (the tracker goes on changing it)."""
 
+    def has_state(self, key: str) -> bool:
+        """Whether a state is kept under `key` (and so still wanted: not pruned)."""
+
 
 def _prefix_keys(obs: Sequence[PeriodObservation], settings: tuple[Any, ...]) -> list[str] | None:
     """keys[m - 1]: a digest of the tracker's state after the first m periods (their digests,
@@ -516,6 +535,18 @@ def _prefix_keys(obs: Sequence[PeriodObservation], settings: tuple[Any, ...]) ->
         digest.update(repr((o.period, o.baseline)).encode())
         keys.append("tracker-" + digest.copy().hexdigest())
     return keys
+
+
+# States are kept before each of the newest periods with scenes: a new scene lands in the newest
+# or a later one, and the temporal screen may revise the dates of the periods just before it
+# (where a period holds one date, a new one changes the last few periods' change).
+_STATES_KEPT = 3
+
+
+def _kept_before(obs: Sequence[PeriodObservation]) -> set[int]:
+    """The periods before which the tracker's state is kept."""
+    with_scenes = [k for k, o in enumerate(obs) if o.scene_ids] or [len(obs) - 1]
+    return set(with_scenes[-_STATES_KEPT:])
 
 
 def _resumed(memo: StateMemo, keys: Sequence[str]) -> tuple[_Tracker | None, int]:
@@ -542,7 +573,7 @@ def track_periods(
     roof_flattening: objects whose spectral flattening reaches this look like roofs (`core.kinds`);
     roof-like and other pieces are never merged.
     min_area_m2: minimum mapping unit; new parts smaller than this are growth, not structures.
-    memo: the state before the newest period with scenes is kept there, and a run whose first
+    memo: the states before the newest periods with scenes are kept there, and a run whose first
     periods are those of a kept state goes on from it (without `made_from`, all are tracked).
     """
     obs = tuple(sorted(observations, key=lambda o: (o.period.start, o.period.end)))
@@ -554,13 +585,14 @@ def track_periods(
     tracker, start = (None, 0) if memo is None or keys is None else _resumed(memo, keys)
     if tracker is None:
         tracker = _Tracker(grid, config, min_area_m2, roof_flattening)
-    # The next run goes on from the state before the newest period with scenes: a new scene
-    # lands there or in a later period.
-    newest = max((k for k, o in enumerate(obs) if o.scene_ids), default=len(obs) - 1)
+    before = _kept_before(obs) if memo is not None and keys is not None else set()
     for k in range(start, len(obs)):
-        if memo is not None and keys is not None and k == newest and k > start:
+        if memo is not None and keys is not None and k in before and k > start:
             memo.put_state(keys[k - 1], tracker)
         tracker.observe(k, obs[k])
+    for k in before:  # kept by an earlier run: still wanted
+        if memo is not None and keys is not None and 0 < k <= start:
+            memo.has_state(keys[k - 1])
     obs = tuple(replace(o, score=None) for o in obs)  # the scores are not needed any more
     return Tracks(
         obs, tracker.tracks, tracker.had_object, tracker.had_change, grid, config, min_area_m2

@@ -107,6 +107,10 @@ class DiskMemo:
             self._path(key), lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
         )
 
+    def has_state(self, key: str) -> bool:
+        self.used.add(key)
+        return self._path(key).is_file()
+
     def has_arrays(self, key: str) -> bool:
         """Whether an entry is there (`get_arrays` and `open_arrays` still check it)."""
         kind = key.split("-", 1)[0]
