@@ -1,10 +1,11 @@
 """The monitor's period cache: each period's change against the baseline, each period's composite,
-each date's co-registration shift and each date's pixels as read, on disk between runs.
+each date's co-registration shift and each date's pixels as read, and the tracker's states
+before the newest periods (`core.track.StateMemo`), on disk between runs.
 
 Keyed by a digest of everything they are computed from (`core.timeseries`, `core.reuse`,
-`read.kept`), so a hit is exactly what computing again would give, and a period a new scene
+`read.kept`, `core.track`), so a hit is exactly what computing again would give, and a period a new scene
 touched misses and is computed again. In `<state>.periods/<aoi_id>/`: one pickle per period's
-change, one `.arrays` file per composite, shift or date (a JSON header with the payload's
+change and per tracker state, one `.arrays` file per composite, shift or date (a JSON header with the payload's
 CRC-32, then the bytes), each written atomically; a damaged or unreadable entry is a miss.
 `prune()` removes the entries the last run did not use, so the folder holds one series per AOI:
 per pixel of the AOI's context window, about 30 bytes a period and 13 bytes a date (a window of
