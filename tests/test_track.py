@@ -466,3 +466,15 @@ def test_a_run_goes_on_from_the_kept_state_of_the_same_first_periods() -> None:
     assert not states.taken
     run(full, memo=states)
     assert not states.taken
+
+
+def test_a_state_kept_by_a_tracker_of_other_fields_is_not_taken() -> None:
+    from changedet.core.track import _TRACKER_FIELDS, _Tracker
+
+    tracker = _Tracker(GRID, CFG, 400.0, float("inf"))
+    assert set(vars(tracker)) == _TRACKER_FIELDS
+    assert set(vars(pickle.loads(pickle.dumps(tracker)))) == _TRACKER_FIELDS
+    older = tracker.__getstate__()
+    del older["last_clear"]
+    with pytest.raises(ValueError, match="not a tracker state"):
+        _Tracker.__new__(_Tracker).__setstate__(older)

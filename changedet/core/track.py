@@ -225,6 +225,13 @@ def _near(
     return out
 
 
+# What a tracker holds (`_Tracker.__setstate__` takes no other state).
+_TRACKER_FIELDS = frozenset(
+    {"grid", "config", "min_area_m2", "roof_flattening", "min_pixels", "owner", "tracks", "open"}
+    | {"had_object", "had_change", "last_clear"}
+)
+
+
 class _Tracker:
     """The matching state over periods: tracks, which track owns each pixel, which are open."""
 
@@ -257,6 +264,8 @@ class _Tracker:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if set(state) != _TRACKER_FIELDS:  # kept by code that tracked with other state
+            raise ValueError(f"not a tracker state of this version: {sorted(state)}")
         n = state["grid"].width * state["grid"].height
         for name in ("had_object", "had_change"):
             state[name] = [np.unpackbits(bits, count=n).view(bool) for bits in state[name]]
