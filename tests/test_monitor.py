@@ -544,6 +544,42 @@ def test_the_period_cache_misses_on_damage_and_keeps_only_what_a_run_used(tmp_pa
     assert list((tmp_path / "memo").iterdir()) == []
 
 
+def test_tracker_states_in_the_period_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept tracker state comes back whole; one asked about is kept by the prune; one pickled
+    in another layout (the unpacked masks of an earlier version) is a miss, not a failure."""
+    import pickle
+
+    import numpy as np
+
+    from changedet.config import TrackConfig
+    from changedet.core.track import _Tracker
+    from changedet.models import Grid
+    from changedet.monitor.memo import DiskMemo
+
+    grid = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 7, 5)
+    tracker = _Tracker(grid, TrackConfig(), 400.0, float("inf"))
+    tracker.had_object.append(np.arange(35) % 3 == 0)
+    tracker.had_change.append(np.arange(35) % 2 == 0)
+    memo = DiskMemo(tmp_path / "memo")
+    memo.put_state("tracker-1", tracker)
+    back = DiskMemo(tmp_path / "memo").get_state("tracker-1")
+    assert isinstance(back, _Tracker)
+    assert np.array_equal(back.had_object[0], tracker.had_object[0])
+    assert np.array_equal(back.had_change[0], tracker.had_change[0])
+    assert back.owner.dtype == np.int64 and (back.owner == -1).all()
+
+    with monkeypatch.context() as m:  # the layout before the masks were packed
+        m.delattr(_Tracker, "__getstate__")
+        (tmp_path / "memo" / "tracker-2.pickle").write_bytes(pickle.dumps(tracker))
+    later = DiskMemo(tmp_path / "memo")
+    assert later.get_state("tracker-2") is None
+    assert later.has_state("tracker-1") and not later.has_state("tracker-3")
+    later.prune()
+    assert (tmp_path / "memo" / "tracker-1.pickle").is_file()
+
+
 def test_a_kept_date_is_checked_chunk_by_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -60,7 +60,7 @@ __all__ = [
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 # Part of the key of a kept tracker state: bump it when the tracker decides differently.
-TRACK_VERSION = "track-1"
+TRACK_VERSION = "track-2"
 
 
 def holds_change(changed: np.ndarray, pixels: np.ndarray) -> bool:

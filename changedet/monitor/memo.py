@@ -99,8 +99,8 @@ class DiskMemo:
         try:
             with self._path(key).open("rb") as f:
                 return pickle.load(f)  # our own files, in the state's folder
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError):
-            return None  # a state another version pickled is a miss too
+        except Exception:  # damaged, or pickled by another version: a miss
+            return None
 
     def put_state(self, key: str, state: object) -> None:
         self.used.add(key)
