@@ -258,19 +258,16 @@ def _observe_periods(
     baseline_range: `before_range` of the baseline composite, when computed already; made_from:
     see `analyse_composites`; pool: the threads the periods are computed on."""
     cc = config.change
-    monitored = per_period[baseline.last + 1 :]
-    # The baseline and the mask are the same for every period: digested once.
-    keys = [""] * len(monitored)
-    absent_keys: list[bytes | None] = [None] * (baseline.last + 1)
+    # Every period's key (its change, or for a baseline period its "absent" evidence, and what
+    # the tracker's kept states are named by); the baseline and the mask are digested once.
+    all_keys = [""] * len(per_period)
     if memo is not None:
         if made_from is None:
             made_from = [_digest(c.reflectance, c.count) for c in (*per_period, baseline_composite)]
         shared = hashlib.blake2b(made_from[-1] + _digest(inside), digest_size=20).digest()
-        firsts = made_from[baseline.last + 1 : len(per_period)]
-        keys = [_memo_key(shared, d, c, config) for d, c in zip(firsts, monitored, strict=True)]
-        absent_keys = [
-            bytes.fromhex(_memo_key(shared, d, c, config))
-            for d, c in zip(made_from, per_period[: baseline.last + 1], strict=False)
+        all_keys = [
+            _memo_key(shared, d, c, config)
+            for d, c in zip(made_from[: len(per_period)], per_period, strict=True)
         ]
     observations = [
         PeriodObservation(
@@ -279,10 +276,12 @@ def _observe_periods(
             observed=(comp.count >= cc.min_clear_obs) & inside,
             scene_ids=comp.scene_ids,
             baseline=True,
-            made_from=key,
+            made_from=key.encode() if key else None,
         )
-        for comp, key in zip(per_period[: baseline.last + 1], absent_keys, strict=True)
+        for comp, key in zip(per_period[: baseline.last + 1], all_keys, strict=False)
     ]
+    monitored = per_period[baseline.last + 1 :]
+    keys = all_keys[baseline.last + 1 :]
     known = [memo.get(key) if memo is not None else None for key in keys]
     todo = [i for i, seen in enumerate(known) if seen is None]
 
@@ -308,7 +307,7 @@ def _observe_periods(
             memo.put(keys[i], seen)
         progress("change per period", len(monitored) - len(todo) + done, len(monitored))
     observations.extend(
-        replace(seen, made_from=bytes.fromhex(key) if key else None)
+        replace(seen, made_from=key.encode() if key else None)
         for seen, key in zip(known, keys, strict=True)
         if seen is not None
     )

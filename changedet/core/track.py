@@ -568,6 +568,27 @@ def _resumed(memo: StateMemo, keys: Sequence[str]) -> tuple[_Tracker | None, int
     return None, 0
 
 
+def _tracked_from_kept(
+    obs: Sequence[PeriodObservation],
+    keys: Sequence[str],
+    memo: StateMemo,
+    settings: tuple[Grid, TrackConfig, float, float],
+) -> _Tracker:
+    """Every period observed, from the longest kept state on, keeping the states before the
+    newest periods with scenes (those an earlier run kept are marked still wanted)."""
+    tracker, start = _resumed(memo, keys)
+    tracker = tracker or _Tracker(*settings)
+    before = {k for k in _kept_before(obs) if k > 0}
+    for k in range(start, len(obs)):
+        if k in before and k > start:
+            memo.put_state(keys[k - 1], tracker)
+        tracker.observe(k, obs[k])
+    for k in before:
+        if k <= start:
+            memo.has_state(keys[k - 1])
+    return tracker
+
+
 def track_periods(
     observations: Sequence[PeriodObservation],
     *,
@@ -591,17 +612,12 @@ def track_periods(
             raise DataError(f"period {o.period.label}: observed shape {o.observed.shape} != grid")
     settings = (grid, config, min_area_m2, roof_flattening)
     keys = None if memo is None else _prefix_keys(obs, settings)
-    tracker, start = (None, 0) if memo is None or keys is None else _resumed(memo, keys)
-    if tracker is None:
-        tracker = _Tracker(grid, config, min_area_m2, roof_flattening)
-    before = _kept_before(obs) if memo is not None and keys is not None else set()
-    for k in range(start, len(obs)):
-        if memo is not None and keys is not None and k in before and k > start:
-            memo.put_state(keys[k - 1], tracker)
-        tracker.observe(k, obs[k])
-    for k in before:  # kept by an earlier run: still wanted
-        if memo is not None and keys is not None and 0 < k <= start:
-            memo.has_state(keys[k - 1])
+    if memo is None or keys is None:
+        tracker = _Tracker(*settings)
+        for k, o in enumerate(obs):
+            tracker.observe(k, o)
+    else:
+        tracker = _tracked_from_kept(obs, keys, memo, settings)
     obs = tuple(replace(o, score=None) for o in obs)  # the scores are not needed any more
     return Tracks(
         obs, tracker.tracks, tracker.had_object, tracker.had_change, grid, config, min_area_m2

@@ -3,10 +3,11 @@ each date's co-registration shift and each date's pixels as read, and the tracke
 before the newest periods (`core.track.StateMemo`), on disk between runs.
 
 Keyed by a digest of everything they are computed from (`core.timeseries`, `core.reuse`,
-`read.kept`, `core.track`), so a hit is exactly what computing again would give, and a period a new scene
-touched misses and is computed again. In `<state>.periods/<aoi_id>/`: one pickle per period's
-change and per tracker state, one `.arrays` file per composite, shift or date (a JSON header with the payload's
-CRC-32, then the bytes), each written atomically; a damaged or unreadable entry is a miss.
+`read.kept`, `core.track`), so a hit is exactly what computing again would give, and a period a
+new scene touched misses and is computed again. In `<state>.periods/<aoi_id>/`: one pickle per
+period's change and per tracker state, one `.arrays` file per composite, shift or date (a JSON
+header with the payload's CRC-32, then the bytes), each written atomically; a damaged or
+unreadable entry is a miss.
 `prune()` removes the entries the last run did not use, so the folder holds one series per AOI:
 per pixel of the AOI's context window, about 30 bytes a period and 13 bytes a date (a window of
 1000 × 1000 px: 30 MB a period, 13 MB a date). A date is read where it lies (`open_arrays`);
@@ -72,14 +73,24 @@ class DiskMemo:
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.pickle"
 
-    def get(self, key: str) -> PeriodObservation | None:
+    def _load(self, key: str) -> object | None:
+        """The object pickled under `key`; None when absent, damaged or pickled by code that
+        cannot read it back (another version)."""
         self.used.add(key)
         try:
             with self._path(key).open("rb") as f:
-                found = pickle.load(f)  # our own files, in the state's folder
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
-            self.misses += 1
+                return pickle.load(f)  # our own files, in the state's folder
+        except Exception:  # any failure to load a cache entry is a miss
             return None
+
+    def _keep(self, key: str, value: object) -> None:
+        self.used.add(key)
+        self._write(
+            self._path(key), lambda f: pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+        )
+
+    def get(self, key: str) -> PeriodObservation | None:
+        found = self._load(key)
         if not isinstance(found, PeriodObservation):
             self.misses += 1
             return None
@@ -87,26 +98,14 @@ class DiskMemo:
         return found
 
     def put(self, key: str, observation: PeriodObservation) -> None:
-        self.used.add(key)
-        self._write(
-            self._path(key),
-            lambda f: pickle.dump(observation, f, protocol=pickle.HIGHEST_PROTOCOL),
-        )
+        self._keep(key, observation)
 
     def get_state(self, key: str) -> object | None:
         """The tracker's state kept under `key` (`core.track.StateMemo`), or None."""
-        self.used.add(key)
-        try:
-            with self._path(key).open("rb") as f:
-                return pickle.load(f)  # our own files, in the state's folder
-        except Exception:  # damaged, or pickled by another version: a miss
-            return None
+        return self._load(key)
 
     def put_state(self, key: str, state: object) -> None:
-        self.used.add(key)
-        self._write(
-            self._path(key), lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-        )
+        self._keep(key, state)
 
     def has_state(self, key: str) -> bool:
         self.used.add(key)

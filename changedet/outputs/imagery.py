@@ -191,13 +191,14 @@ def _imagery_one(
         return np.stack([comp.band("red"), comp.band("green"), comp.band("blue")])
 
     # A composite's digest, when the run knows it, stands for its pixels on its grid: no array
-    # to hash.
-    source = (comp.made_from, comp.grid) if comp.made_from is not None else rgb()
+    # to hash (and none stacked unless the COG is drawn).
+    pixels = None if comp.made_from is not None else rgb()
+    source = (comp.made_from, comp.grid) if pixels is None else pixels
     _write_styled(
         out,
         rel,
         raster_styles.truecolor_qml(),
-        lambda: display_rgb(rgb(), lo, hi),
+        lambda: display_rgb(rgb() if pixels is None else pixels, lo, hi),
         result,
         drawings,
         made_from=("display_rgb", comp.bands, source, lo, hi),

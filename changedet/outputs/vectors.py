@@ -107,17 +107,20 @@ def _transformer(src_crs: str, dst_crs: str) -> Transformer:
     return Transformer.from_crs(src_crs, dst_crs, always_xy=True)
 
 
-def _reprojection(src_crs: str, dst_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
+def _coordinates(src_crs: str, dst_crs: str) -> Callable[[np.ndarray], np.ndarray]:
+    """(N, 2) coordinates in `src_crs` → the same in `dst_crs` (`shapely.transform`'s form)."""
     transformer = _transformer(src_crs, dst_crs)
 
-    def apply(geom: BaseGeometry) -> BaseGeometry:
-        def xy(coords: np.ndarray) -> np.ndarray:
-            x, y = transformer.transform(coords[:, 0], coords[:, 1])
-            return np.column_stack([x, y])
+    def xy(coords: np.ndarray) -> np.ndarray:
+        x, y = transformer.transform(coords[:, 0], coords[:, 1])
+        return np.column_stack([x, y])
 
-        return shapely.transform(geom, xy)
+    return xy
 
-    return apply
+
+def _reprojection(src_crs: str, dst_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
+    xy = _coordinates(src_crs, dst_crs)
+    return lambda geom: shapely.transform(geom, xy)
 
 
 def to_wgs84(grid_crs: str) -> Callable[[BaseGeometry], BaseGeometry]:
@@ -130,12 +133,7 @@ def all_to_wgs84(grid_crs: str, geoms: Sequence[BaseGeometry]) -> list[BaseGeome
     coordinates instead of one per geometry (the same values)."""
     if not geoms:
         return []
-    transformer = _transformer(grid_crs, "EPSG:4326")
-
-    def xy(coords: np.ndarray) -> np.ndarray:
-        x, y = transformer.transform(coords[:, 0], coords[:, 1])
-        return np.column_stack([x, y])
-
+    xy = _coordinates(grid_crs, "EPSG:4326")
     return list(shapely.transform(np.asarray(geoms, dtype=object), xy))
 
 
