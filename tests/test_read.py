@@ -423,9 +423,9 @@ def test_streamed_dates_are_kept_as_dns_and_read_back_to_the_bit(
 def test_dates_kept_by_an_earlier_read_are_taken_not_read(tmp_path: Path) -> None:
     """With a `keep` (the monitor's period cache), `read_series` keeps every date it reads and,
     next time, takes the dates whose scenes and clear masks are unchanged from where they lie
-    instead of reading their bands: the same pixels, masks, times, ids and fingerprints as a
-    read without it. A damaged entry, or one of another shape, is read again; a changed clear
-    mask is another key."""
+    instead of reading their bands (nor their SCL: the probe's verdicts are kept): the same
+    pixels, masks, times, ids and fingerprints as a read without it. A damaged entry, or one of
+    another shape, is read again (SCL and bands); a changed clear mask is another key."""
     from changedet.monitor.memo import DiskMemo
     from changedet.read.stack import read_series
 
@@ -484,7 +484,7 @@ def test_dates_kept_by_an_earlier_read_are_taken_not_read(tmp_path: Path) -> Non
     assert kinds == {np.dtype(np.uint16), np.dtype(np.float32)}
     keep = DiskMemo(folder)
     second, again = read(keep)
-    assert keep.array_hits["date"] == 4 and second.assets_read == len(local)  # only the SCL
+    assert keep.array_hits["date"] == 4 and second.assets_read == 0  # SCL verdicts kept too
     assert "4 date(s) taken as kept" in " ".join(second.notes)
     same(seen, expected)
     same(again, expected)
@@ -498,11 +498,76 @@ def test_dates_kept_by_an_earlier_read_are_taken_not_read(tmp_path: Path) -> Non
     keep = DiskMemo(folder)
     third, damaged = read(keep)
     assert keep.array_hits["date"] == 3 and keep.array_misses["date"] == 1
-    assert third.assets_read == len(local) + 4 * len(BANDS)  # the two dates' scenes
+    assert third.assets_read == 4 * (1 + len(BANDS))  # the two dates' scenes, SCL and bands
     same(damaged, expected)
     # Other clear masks (a dilated cloud): other keys, every date read and kept again.
     read(DiskMemo(folder), MaskConfig(dilate_px=2))
     assert len(list(folder.glob("date-*.arrays"))) == 8
+
+
+def test_a_monitoring_read_looks_at_the_scl_of_new_scenes_only(tmp_path: Path) -> None:
+    """The probe's verdicts and bright-roof counts are kept with the dates (`read.verdicts`):
+    a read with one scene more reads that scene's SCL and bands only, while the roof pixels
+    stay; when the new scene makes a pixel a roof, when a known scene is gone, or when the kept
+    verdicts are damaged, every SCL is looked at again. Each read gives what a read without
+    anything kept gives: pixels, masks, ids, probes and coverage."""
+    from changedet.monitor.memo import DiskMemo
+    from changedet.read.stack import read_series
+
+    roofed = CLEAR_SCL.copy()
+    roofed[30:35, 30:35] = 9  # 20 m pixels inside the grid; a roof where >= 60 % of dates
+    mask = MaskConfig(dilate_px=0, persistent_min_dates=2)
+    synth = [
+        make_scene(tmp_path, f"S2A_39SVV_202308{day:02d}_0_L2A", when(day), seed=day, scl=scl)
+        for day, scl in ((1, roofed), (6, CLEAR_SCL), (11, CLEAR_SCL), (16, roofed), (21, roofed))
+    ]
+    scenes = [local_scene(s, tmp_path) for s in synth]
+    args: dict[str, Any] = {"bands": BANDS, "aoi_mask": ALL, "read_config": rc()}
+    folder = tmp_path / "kept"
+
+    def read(chosen: list[Any], keep: DiskMemo | None) -> tuple[Any, Any]:
+        result = read_series(chosen, GRID, mask_config=mask, keep=keep, **args)
+        everything, dates = slice(0, GRID.height), range(len(result.stack.times))
+        with result.stack as stack:
+            seen = (
+                stack.scene_ids,
+                stack.pixels(dates, everything, range(len(BANDS))),
+                stack.clear_rows(dates, everything),
+                result.probes,
+                result.coverage,
+            )
+        return result, seen
+
+    def same(got: Any, expected: Any) -> None:
+        assert got[0] == expected[0] and got[3:] == expected[3:]
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[2], expected[2])
+
+    one_read = 1 + len(BANDS)
+    first, _ = read(scenes[:3], DiskMemo(folder))
+    assert first.assets_read == 3 * one_read
+    # A fourth scene, cloudy in the corner: 2 of 4 dates, no roof; only the new scene is read.
+    second, seen = read(scenes[:4], DiskMemo(folder))
+    assert second.assets_read == one_read
+    same(seen, read(scenes[:4], None)[1])
+    # The fifth makes the corner a roof (3 of 5): clear now on the first and fourth dates too.
+    third, seen = read(scenes, DiskMemo(folder))
+    _, expected = read(scenes, None)
+    same(seen, expected)
+    assert expected[2][0, 20:30, 20:30].all()  # the roof rule did change the first date's mask
+    assert third.assets_read == 5 + 3 * len(BANDS)  # every SCL; the first, fourth, new date
+    # Nothing new: nothing read. A known scene gone, or the verdicts damaged: every SCL looked at.
+    assert read(scenes, DiskMemo(folder))[0].assets_read == 0
+    gone, seen = read(scenes[1:], DiskMemo(folder))
+    same(seen, read(scenes[1:], None)[1])
+    # every SCL; no roof again (2 of 4): the fourth date as the second read kept it, the last
+    # date never kept with its corner cloudy
+    assert gone.assets_read == 4 + len(BANDS)
+    entry = next(folder.glob("verdicts-*.arrays"))
+    entry.write_bytes(entry.read_bytes()[:-10])
+    damaged, seen = read(scenes[1:], DiskMemo(folder))
+    same(seen, read(scenes[1:], None)[1])
+    assert damaged.assets_read == 4  # every SCL, no band
 
 
 def test_kept_dates_opened_ahead_are_closed_unless_taken(tmp_path: Path) -> None:

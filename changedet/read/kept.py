@@ -4,9 +4,10 @@ One responsibility: name a date by everything its stored pixels are made from, a
 unpack what is kept under that name. A date of a read (`read.stack`) is the mosaic of its scenes,
 in order, each masked by its clear mask; so it is a function of the scenes' assets (id, href,
 scale, offset, nodata per band), their order, their clear masks (which the bright-roof rule
-makes from every date's SCL: they are hashed, not assumed), the grid, the bands and the
-resampling. A kept date is exactly what reading it again would give, so the monitor's next run
-reads only the SCL of its known scenes (to make those clear masks) and the bands of new ones.
+makes from every date's SCL: their digests, made when the masks were, are named), the grid, the
+bands and the resampling. A kept date is exactly what reading it again would give, so the
+monitor's next run reads the bands of new scenes only, and the SCL of new scenes only while the
+bright-roof pixels stay (`read.verdicts`).
 
 The store (`DateKeep`) is the monitor's period cache (`monitor.memo`); a cache, not state.
 """
@@ -28,7 +29,7 @@ from changedet.models import Grid, Scene
 __all__ = ["KEPT_VERSION", "ArrayAt", "DateKeep", "KeptDate", "KeptFile", "OpenArrays", "date_key"]
 
 # Part of every key: bump it when how a date is read, masked or mosaicked changes.
-KEPT_VERSION = "dates-1"
+KEPT_VERSION = "dates-2"
 
 
 ArrayAt = tuple[int, np.dtype[Any], tuple[int, ...]]  # where an array starts in a file, its type
@@ -38,9 +39,11 @@ OpenArrays = tuple[int, dict[str, ArrayAt]]  # an open file (the receiver closes
 class DateKeep(Protocol):
     """Named arrays kept between runs under a key (as `core.reuse.ArrayMemo`): whether a key is
     there, and the checked file of an entry, open, so that a date is read from it where it lies
-    instead of copied."""
+    instead of copied (`get_arrays`: the probe's verdicts, `read.verdicts`)."""
 
     def has_arrays(self, key: str) -> bool: ...
+
+    def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None: ...
 
     def open_arrays(self, key: str) -> OpenArrays | None: ...
 
@@ -49,12 +52,13 @@ class DateKeep(Protocol):
 
 def date_key(
     members: Sequence[Scene],
-    clears: Sequence[np.ndarray],
+    clears: Sequence[bytes],
     grid: Grid,
     bands: Sequence[str],
     resampling: str,
 ) -> str:
-    """The key of the date mosaicked from `members` in this order, each with its clear mask."""
+    """The key of the date mosaicked from `members` in this order, each with its clear mask,
+    given by its digest (`read.verdicts.clear_digest`)."""
     head = json.dumps(
         [
             KEPT_VERSION,
@@ -80,7 +84,7 @@ def date_key(
     )
     digest = hashlib.sha256(head.encode())
     for clear in clears:
-        digest.update(np.ascontiguousarray(clear, dtype=bool).data)
+        digest.update(clear)
     return "date-" + digest.hexdigest()
 
 

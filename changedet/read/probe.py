@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Collection, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,15 @@ from changedet.hrefs import install_log_redaction
 from changedet.models import Grid, Probe, Progress, Scene, no_progress
 from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs
 from changedet.read.store import SpillMap
+from changedet.read.verdicts import (
+    KeptVerdicts,
+    Verdict,
+    VerdictKeep,
+    clear_digest,
+    keep_verdicts,
+    kept_verdicts,
+    verdicts_key,
+)
 
 __all__ = [
     "Probed",
@@ -38,7 +48,10 @@ __all__ = [
 
 @dataclass
 class Probed:
-    """The probe of a whole read: per-scene verdicts, SCL arrays and clear masks, roof pixels."""
+    """The probe of a whole read: per-scene verdicts, SCL arrays and clear masks, roof pixels.
+
+    A scene whose verdict the last run's probe gave (`carried`) has its clear mask's digest but
+    neither its SCL nor its mask until `complete` reads them (for a date that is read)."""
 
     probes: dict[str, Probe]
     scl: MutableMapping[str, np.ndarray]
@@ -49,6 +62,37 @@ class Probed:
     cache_hits: int = 0
     assets_read: int = 0
     provisional: set[str] = field(default_factory=set)
+    digests: dict[str, bytes] = field(default_factory=dict)  # `clear_digest` of each mask
+    carried: set[str] = field(default_factory=set)
+    mask_config: MaskConfig = field(default_factory=MaskConfig)  # what the masks are made with
+
+    def complete(self, scenes: Sequence[Scene], pipe: ReadPipeline) -> list[AssetRead]:
+        """Read the SCL of the carried `scenes` and make their clear masks (as the last run
+        did: the roof pixels are the same). Returns the reads, for the caller to count."""
+        todo = [s for s in scenes if s.id in self.carried]
+        for scene in todo:
+            pipe.add(scene, "scl")
+        taken = []
+        for scene in todo:
+            got = pipe.take(scene, "scl")
+            taken.append(got)
+            self.carried.discard(scene.id)
+            if got.array is None:  # readable last run, not now: the scene gives no pixel
+                array = np.zeros(pipe.grid.shape, np.uint8)
+                del self.digests[scene.id]  # nor is its date kept as if it had
+            else:
+                array = got.array.astype(np.uint8, copy=False)
+            self.scl[scene.id] = array
+            self.clear[scene.id] = _clear_of(array, self.roof, self.mask_config)
+        return taken
+
+    def count(self, taken: Sequence[AssetRead]) -> None:
+        """Count SCL reads made after the probe (`complete`) as the probe's."""
+        for got in taken:
+            self.cache_hits += got.cached
+            self.assets_read += got.array is not None and not got.cached
+            if got.array is None:
+                self.failures.append(got)
 
 
 def _clear_of(scl: np.ndarray, roof: np.ndarray | None, mask_config: MaskConfig) -> np.ndarray:
@@ -88,6 +132,7 @@ def probe_and_select(
     progress: Progress,
     bands: Sequence[str] = (),
     spill: bool = False,
+    keep: VerdictKeep | None = None,
 ) -> Probed:
     """Read every scene's SCL window (in the order given) and decide which scenes to use.
 
@@ -95,50 +140,99 @@ def probe_and_select(
     (the same test without the bright-roof rule, which needs every date): the probe and the
     band reads overlap instead of waiting for each other. `spill`: keep the per-scene SCL
     windows and clear masks in temporary files (`read.store.SpillMap`), not in memory.
+    keep: where the last run's verdicts are (`read.verdicts`): the scenes it knows are not
+    looked at again while the roof pixels stay, and this run's verdicts are kept there.
     """
-    reads = _read_scl(
-        scenes,
-        pipe,
-        aoi_mask=aoi_mask,
-        read_config=read_config,
-        mask_config=mask_config,
-        progress=progress,
-        bands=bands,
-        spill=spill,
-    )
-    roof, notes = _bright_roofs(reads, aoi_mask, mask_config) if reads.scl else (None, [])
-    probes: dict[str, Probe] = {}
-    clears: MutableMapping[str, np.ndarray] = SpillMap() if spill else {}
-    failed = {g.scene_id: g for g in reads.failures}
-    for scene in scenes:
-        if scene.id in reads.scl:
-            array = reads.scl[scene.id]
-            if scene.id in reads.first_clear and roof is None:
-                clear = reads.first_clear.pop(scene.id)
-            else:
-                clear = _clear_of(array, roof, mask_config)
-            coverage, frac = _fractions(array, clear, aoi_mask, roof)
-            reason = selection_reason(coverage, frac, scene, read_config)
-            probes[scene.id] = Probe(scene.id, frac, coverage, True, reason)
-            clears[scene.id] = clear
-        elif scene.id in failed:
-            error = failed[scene.id].error
-            probes[scene.id] = Probe(
-                scene.id, math.nan, math.nan, True, f"SCL unreadable: {error}", unreadable=True
-            )
-        else:
-            probes[scene.id] = Probe(scene.id, math.nan, math.nan, False, None)
-    return Probed(
-        probes,
+    args: dict[str, Any] = {
+        "aoi_mask": aoi_mask,
+        "read_config": read_config,
+        "mask_config": mask_config,
+        "progress": progress,
+        "bands": bands,
+        "spill": spill,
+    }
+    key = "" if keep is None else verdicts_key(pipe.grid, aoi_mask, read_config, mask_config)
+    before = None if keep is None else kept_verdicts(keep, key, pipe.grid.shape)
+    known = {} if before is None else (before.known(scenes) or {})
+    reads = _read_scl(scenes, pipe, skip=known.keys(), **args)
+    if before is not None and known:
+        reads.n_obs += before.n_obs
+        reads.n_cloudy += before.n_cloudy
+        if not _same_roof(before, reads, mask_config):  # every known mask may have changed
+            known = {}
+            reads = _read_scl(scenes, pipe, skip=(), **args)
+    roof, notes = _bright_roofs(reads, aoi_mask, mask_config) if reads.n_obs.any() else (None, [])
+    probed = Probed(
+        {},
         reads.scl,
-        clears,
+        SpillMap() if spill else {},
         roof,
         reads.failures,
         notes,
         cache_hits=reads.hits,
         assets_read=len(reads.scl) - reads.hits,
         provisional=reads.provisional,
+        carried=set(known),
+        mask_config=mask_config,
     )
+    verdicts = _verdicts(scenes, reads, probed, known, aoi_mask, read_config, mask_config, keep)
+    if keep is not None:
+        keep_verdicts(keep, key, scenes, verdicts, reads.n_obs, reads.n_cloudy)
+    return probed
+
+
+def _same_roof(before: KeptVerdicts, reads: _SclReads, mask_config: MaskConfig) -> bool:
+    """Whether the counts with this run's new scenes give the roof pixels the kept ones gave."""
+    return bool(
+        np.array_equal(
+            _roof_pixels(before.n_cloudy, before.n_obs, mask_config),
+            _roof_pixels(reads.n_cloudy, reads.n_obs, mask_config),
+        )
+    )
+
+
+def _verdicts(
+    scenes: Sequence[Scene],
+    reads: _SclReads,
+    probed: Probed,
+    known: Mapping[str, Verdict],
+    aoi_mask: np.ndarray,
+    read_config: ReadConfig,
+    mask_config: MaskConfig,
+    keep: VerdictKeep | None,
+) -> dict[str, Verdict]:
+    """Fill `probed` with every scene's probe, clear mask (read scenes) and digest (with
+    `keep`, where dates are named by them); returns the verdicts to keep."""
+    failed = {g.scene_id: g for g in reads.failures}
+    verdicts: dict[str, Verdict] = {}
+    for scene in scenes:
+        verdict = known.get(scene.id)
+        if verdict is None and scene.id in reads.scl:
+            array = reads.scl[scene.id]
+            if scene.id in reads.first_clear and probed.roof is None:
+                clear = reads.first_clear.pop(scene.id)
+            else:
+                clear = _clear_of(array, probed.roof, mask_config)
+            coverage, frac = _fractions(array, clear, aoi_mask, probed.roof)
+            reason = selection_reason(coverage, frac, scene, read_config)
+            digest = b"" if keep is None else clear_digest(clear)
+            verdict = Verdict(coverage, frac, reason, digest)
+            probed.clear[scene.id] = clear
+        if verdict is not None:
+            probed.probes[scene.id] = Probe(
+                scene.id, verdict.clear_fraction, verdict.coverage, True, verdict.reason
+            )
+            verdicts[scene.id] = verdict
+            if keep is not None:
+                probed.digests[scene.id] = verdict.digest
+        elif scene.id in failed:
+            error = failed[scene.id].error
+            probed.probes[scene.id] = Probe(
+                scene.id, math.nan, math.nan, True, f"SCL unreadable: {error}", unreadable=True
+            )
+        else:
+            probed.probes[scene.id] = Probe(scene.id, math.nan, math.nan, False, None)
+    return verdicts
 
 
 @dataclass
@@ -164,6 +258,7 @@ def _read_scl(
     progress: Progress,
     bands: Sequence[str],
     spill: bool = False,
+    skip: Collection[str] = (),
 ) -> _SclReads:
     """Every scene's SCL window, counted for the roof rule; with `bands`, the band reads of a
     scene without SCL, or whose SCL passes the provisional test, are queued as they come.
@@ -171,8 +266,8 @@ def _read_scl(
     Each window is looked at (`_look`: its counts and provisional clear mask, a few full-grid
     passes) on two threads while the next windows are taken, the verdicts settled here in
     scene order: on a monitoring run, whose band reads are mostly kept from before, that work
-    was the read's critical path."""
-    with_scl = [s for s in scenes if "scl" in s.assets]
+    was the read's critical path. skip: scenes whose SCL is known already (not read)."""
+    with_scl = [s for s in scenes if "scl" in s.assets and s.id not in skip]
     for scene in with_scl:
         pipe.add(scene, "scl")
     reads = _SclReads(np.zeros(pipe.grid.shape, np.int32), np.zeros(pipe.grid.shape, np.int32))
@@ -194,6 +289,8 @@ def _read_scl(
     pending: deque[tuple[Scene, Future[tuple[float, float] | None]]] = deque()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="changedet-probe") as pool:
         for scene in scenes:
+            if scene.id in skip:
+                continue
             if "scl" not in scene.assets:
                 for band in bands:  # no SCL: always read (clear = valid data), in date order
                     pipe.add(scene, band)
@@ -275,12 +372,7 @@ def _bright_roofs(
     reads: _SclReads, aoi_mask: np.ndarray, mask_config: MaskConfig
 ) -> tuple[np.ndarray | None, list[str]]:
     """Pixels SCL calls cloud on most dates (None when there are none), and the note about them."""
-    roof = persistent_from_counts(
-        reads.n_cloudy,
-        reads.n_obs,
-        fraction=mask_config.persistent_cloud_fraction,
-        min_dates=mask_config.persistent_min_dates,
-    )
+    roof = _roof_pixels(reads.n_cloudy, reads.n_obs, mask_config)
     notes = []
     n_roof = np.count_nonzero(roof & aoi_mask)
     if n_roof:
@@ -289,6 +381,15 @@ def _bright_roofs(
             f"{mask_config.persistent_cloud_fraction:.0%} of dates kept clear (bright roofs)"
         )
     return (roof if roof.any() else None), notes
+
+
+def _roof_pixels(n_cloudy: np.ndarray, n_obs: np.ndarray, mask_config: MaskConfig) -> np.ndarray:
+    return persistent_from_counts(
+        n_cloudy,
+        n_obs,
+        fraction=mask_config.persistent_cloud_fraction,
+        min_dates=mask_config.persistent_min_dates,
+    )
 
 
 def selection_reason(

@@ -259,6 +259,7 @@ def _read_and_mosaic(
         progress=progress,
         bands=bands,
         spill=store is not None,
+        keep=keep if store is not None else None,
     )
     selected, skipped, wasted = _select(ordered, probed, pipe, bands=bands, read_config=read_config)
     notes = list(probed.notes)
@@ -280,6 +281,8 @@ def _read_and_mosaic(
         for day in kept:
             for scene in by_date[day]:
                 pipe.drop(scene.id)  # queued behind the probe: few, if any, have started
+    _start_carried(by_date, kept, probed, pipe, bands=bands)
+    keys = {day: key for day, key in keys.items() if _has_digests(by_date[day], probed)}
 
     mosaic = _Mosaic(
         pipe,
@@ -335,10 +338,33 @@ def _date_keys(
     """The `read.kept` key of every date whose scenes all have an SCL clear mask (a date with
     a scene without one is masked by its pixels' validity, which only reading tells)."""
     return {
-        day: date_key(members, [probed.clear[s.id] for s in members], grid, bands, resampling)
+        day: date_key(members, [probed.digests[s.id] for s in members], grid, bands, resampling)
         for day, members in by_date.items()
-        if all(s.id in probed.clear for s in members)
+        if _has_digests(members, probed)
     }
+
+
+def _has_digests(members: Sequence[Scene], probed: Probed) -> bool:
+    return all(s.id in probed.digests for s in members)
+
+
+def _start_carried(
+    by_date: dict[date, list[Scene]],
+    kept: set[date],
+    probed: Probed,
+    pipe: ReadPipeline,
+    *,
+    bands: tuple[str, ...],
+) -> None:
+    """The scenes whose verdicts the last run gave (`_select` left their bands unread) and
+    whose dates are read: their SCL clear masks made, their band reads started. (A kept date
+    that turns out unusable is read after all: `_Mosaic` completes its scenes then.)"""
+    carried = [s for day, members in by_date.items() if day not in kept for s in members]
+    carried = [s for s in carried if s.id in probed.carried]
+    probed.count(probed.complete(carried, pipe))
+    for scene in carried:
+        for band in bands:
+            pipe.add(scene, band)
 
 
 def _select(
@@ -363,6 +389,8 @@ def _select(
             reason = None  # probe_scl = false: keep cloudy scenes, their pixels are masked anyway
         if reason is None:
             selected.append(scene)
+            if scene.id in probed.carried:
+                continue  # most of their dates are kept: `_start_carried` reads the others
             for band in bands:
                 pipe.add(scene, band)
         else:
@@ -408,13 +436,12 @@ class _Mosaic:
         self.times: list[datetime] = []
         self.scene_ids: list[tuple[str, ...]] = []
         self.skipped = skipped
-        self.failures = list(probed.failures)
+        self.failures: list[AssetRead] = []  # of band reads (the probe counts its own)
         known = {sid: p for sid, p in probed.probes.items() if math.isfinite(p.clear_fraction)}
         self.probes: dict[str, float] = {sid: p.clear_fraction for sid, p in known.items()}
         self.coverage: dict[str, float] = {sid: p.coverage for sid, p in known.items()}
         self.fallback: list[str] = []
-        self.cache_hits = probed.cache_hits
-        self.assets_read = probed.assets_read
+        self.cache_hits = self.assets_read = 0  # band reads
         self.progress, self.total, self.taken = progress, total, 0  # band reads consumed
         progress("read", 0, total)
 
@@ -533,6 +560,8 @@ class _Mosaic:
         """Where `scene` is clear and has data in every band: its SCL clear mask, or without SCL
         (L1C) valid data, the documented fallback, unless that leaves too little of the AOI
         (None: the scene is skipped)."""
+        if scene.id in self.probed.carried:  # its date was to be taken as kept, and is not
+            self.probed.count(self.probed.complete([scene], self.pipe))
         valid_all = np.ones(self.pipe.grid.shape, bool)
         for band, dn in zip(self.bands, dns, strict=True):
             nodata = scene.assets[band].nodata
@@ -570,11 +599,11 @@ class _Mosaic:
             scene_ids=self.scene_ids,
             skipped=self.skipped,
             notes=notes,
-            failures=self.failures,
+            failures=self.probed.failures + self.failures,
             probes=self.probes,
             coverage=self.coverage,
-            cache_hits=self.cache_hits,
-            assets_read=self.assets_read,
+            cache_hits=self.probed.cache_hits + self.cache_hits,
+            assets_read=self.probed.assets_read + self.assets_read,
         )
 
 
