@@ -175,23 +175,36 @@ def test_subpixel_misregistration_is_change_but_not_a_structure(
 
 
 def test_the_before_range_computed_once_gives_the_same_change(
-    pair: Callable[..., tuple[Composite, Composite]],
+    pair: Callable[..., tuple[Composite, Composite]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every period is compared with one baseline: its neighbourhood ranges, computed once and
-    passed in, give each comparison exactly what computing them inside gives; a range of another
-    composite is refused, not used."""
+    passed in, and its land-cover classes, fitted once per set of pixels both dates see, give
+    each comparison exactly what computing them inside gives; a range of another composite is
+    refused, not used."""
+    import changedet.core.change as change_module
+
     before, after = pair(shift=(0.45, -0.3))
     _, other = pair(block=False)
+    holed = dataclasses.replace(other, reflectance=other.reflectance.copy())
+    holed.reflectance[:, :10, :10] = np.nan  # a cloud with no clear date: fewer pixels seen
     config = ChangeConfig()
     known = before_range(before, config)
     assert known is not None and set(known.ranges) == set(before.bands)
-    for later in (after, other):
+    fitted = []
+    fit = change_module.kmeans_classes
+    monkeypatch.setattr(
+        change_module, "kmeans_classes", lambda *a, **k: fitted.append(1) or fit(*a, **k)
+    )
+    for later in (after, other, holed, other):
         alone = detect_change(before, later, config)
         shared = detect_change(before, later, config, known_before=known)
         for name in ("score", "mask", "structure_score", "structure_mask"):
             np.testing.assert_array_equal(getattr(shared, name), getattr(alone, name))
         for layer, values in alone.indicators.items():
             np.testing.assert_array_equal(shared.indicators[layer], values)
+    # the shared before's classes, fitted once per set of pixels seen: the shifted after's (its
+    # edge moved out), all of them, all but the hole; `other` again takes its fit
+    assert len(fitted) == 3
     with pytest.raises(ValueError, match="another composite"):
         detect_change(after, other, config, known_before=known)
     assert before_range(before, dataclasses.replace(config, tolerance_px=0)) is None

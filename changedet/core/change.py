@@ -26,14 +26,16 @@ No per-place tuning: every threshold is in robust-z units of that pair's own sco
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from changedet.config import ChangeConfig
-from changedet.core.classes import class_conditional_change
+from changedet.core.classes import class_conditional_change, kmeans_classes
 from changedet.core.cloudscreen import cloud_and_shadow
 from changedet.core.coreg import apply_shift, measure_shift
 from changedet.core.mask import shifted_extreme
@@ -161,11 +163,31 @@ def tolerant_excess(
 class BeforeRange:
     """`neighbour_range` of every detection band of one "before" composite. Each period is
     compared with the same baseline, and these filters are the costliest step that depends on
-    the before date alone: computed once (`before_range`), passed to every `detect_change`."""
+    the before date alone: computed once (`before_range`), passed to every `detect_change`.
+    It also holds the before's land-cover classes (`kmeans_classes`) by the pixels they were
+    fitted on: a period that sees the pixels another did takes them instead of fitting again."""
 
     source: np.ndarray  # the composite's reflectance it was computed from (checked on use)
     radius: int
     ranges: dict[str, tuple[np.ndarray, np.ndarray]]
+    classes: dict[tuple[bytes, int], np.ndarray] = field(default_factory=dict, compare=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def classes_of(self, before: np.ndarray, valid: np.ndarray, n_classes: int) -> np.ndarray:
+        """`kmeans_classes(before, valid, n_classes=n_classes)`, fitted once per `valid`."""
+        key = (hashlib.blake2b(np.packbits(valid).data, digest_size=20).digest(), n_classes)
+        with self.lock:
+            found = self.classes.get(key)
+        if found is None:  # two threads may both fit one: the same answer, kept once
+            found = kmeans_classes(before, valid, n_classes=n_classes)
+            with self.lock:
+                while len(self.classes) >= _KEPT_CLASSES:
+                    del self.classes[next(iter(self.classes))]
+                self.classes[key] = found
+        return found
+
+
+_KEPT_CLASSES = 4  # distinct valid masks a run's periods have (most have one: full coverage)
 
 
 def before_range(before: Composite, config: ChangeConfig) -> BeforeRange | None:
@@ -458,6 +480,9 @@ def detect_change(
         _band_subset(delta, vis or list(range(len(pair.bands)))),
         valid,
         n_classes=config.n_classes,
+        before_classes=(
+            None if known_before is None else known_before.classes_of(b, valid, config.n_classes)
+        ),
     )
     keep = _gates(b, a, pair.bands, config)
     weights = [keep]

@@ -105,10 +105,12 @@ def class_conditional_change(
     valid: np.ndarray,
     *,
     n_classes: int,
+    before_classes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """max over the two dates of the change standardised within that date's land-cover class."""
-    by_before = _class_distance(
-        delta, kmeans_classes(before, valid, n_classes=n_classes), n_classes
-    )
+    """max over the two dates of the change standardised within that date's land-cover class.
+    before_classes: `kmeans_classes(before, valid, n_classes=n_classes)`, when known."""
+    if before_classes is None:
+        before_classes = kmeans_classes(before, valid, n_classes=n_classes)
+    by_before = _class_distance(delta, before_classes, n_classes)
     by_after = _class_distance(delta, kmeans_classes(after, valid, n_classes=n_classes), n_classes)
     return np.fmax(by_before, by_after)
