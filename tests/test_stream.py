@@ -315,9 +315,9 @@ def test_kept_shifts_and_composites_give_what_computing_them_again_gives(tmp_pat
     fresh = run(stack, None)
     _same_analysis(run(stack, kept), fresh)  # everything computed, and kept
     n_kept = len(kept.entries)
-    # a shift per date, a composite per period, the median shifts are measured against; the
-    # baseline is January, the "after" span March
-    assert n_kept == len(stack.times) + len(periods) + 1
+    # a shift per date, a composite per period, the median shifts are measured against, the
+    # screen's verdicts; the baseline is January, the "after" span March
+    assert n_kept == len(stack.times) + len(periods) + 2
     _same_analysis(run(stack, kept), fresh)
     assert kept.asked and not kept.missed and len(kept.entries) == n_kept
     # The last date changes: its shift, March and the "after" span are computed again (and a

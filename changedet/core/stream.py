@@ -43,6 +43,7 @@ from changedet.core.composite import REFERENCE_BANDS, median_composite
 from changedet.core.coreg import ShiftReference, apply_shift
 from changedet.core.evidence import RGB, DateSource
 from changedet.core.mask import one_or_nan
+from changedet.core.rescreen import date_ids, keep_screen, kept_screen, screen_key
 from changedet.core.reuse import ArrayMemo, Reuse
 from changedet.core.timeseries import (
     Analysis,
@@ -195,8 +196,10 @@ class _Context:
         return clear
 
 
-def _screen(ctx: _Context) -> _Screened:
-    """Pass 1: the temporal screen (as `timeseries.screen_dates`) and the counts."""
+def _screen(ctx: _Context, memo: ArrayMemo | None) -> _Screened:
+    """Pass 1: the temporal screen (as `timeseries.screen_dates`) and the counts. With `memo`
+    (the monitor's period cache), the verdicts of the last run that still hold are taken and
+    only the recent dates of a strip are screened (`core.rescreen`); this run's are kept."""
     series, config = ctx.series, ctx.config
     n_t = len(series.times)
     trailing = screens_last_date(sum(bool(d) for d in ctx.dates_in), config)
@@ -204,13 +207,29 @@ def _screen(ctx: _Context) -> _Screened:
     indices = [series.bands.index(b) for b in bands]
     width = series.grid.width
     min_obs = config.change.min_clear_obs
+    key = ids = None
+    kept = None
+    if memo is not None and bands:
+        key, ids = screen_key(series, config.mask, trailing), date_ids(series)
+        kept = kept_screen(memo, key, ids)
+
+    def screen(clear: np.ndarray, rows: slice, start: int) -> np.ndarray | None:
+        """The screen of a strip's dates from `start` (0: every date; else combined with the
+        kept verdicts, or of every date when they do not suffice)."""
+        values = series.pixels(range(start, n_t), rows, indices)
+        named = {b: values[:, i] for i, b in enumerate(bands)}
+        screened = screened_dates(named, clear[start:], config, trailing=trailing)
+        if kept is None or start == 0 or screened is None:
+            return screened
+        observed = clear[start:] & np.isfinite(values).all(axis=1)
+        done = kept.combine(screened, observed, clear, start, rows, width)
+        return screen(clear, rows, 0) if done is None else done
 
     def work(rows: slice) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         clear = series.clear_rows(range(n_t), rows)
         found: list[np.ndarray] = []
-        values = series.pixels(range(n_t), rows, indices) if indices else None
-        named = {} if values is None else {b: values[:, i] for i, b in enumerate(bands)}
-        screened = screened_dates(named, clear, config, trailing=trailing)
+        start = 0 if kept is None else kept.window_start(clear)
+        screened = screen(clear, rows, start) if indices else None
         if screened is not None:
             clear &= ~screened
             found = [np.flatnonzero(s) + rows.start * width for s in screened]
@@ -235,6 +254,8 @@ def _screen(ctx: _Context) -> _Screened:
         result.clear_pixels += clear_pixels
         result.observed += observed
         result.context[rows] = context
+    if memo is not None and key is not None and ids is not None:
+        keep_screen(memo, key, ids, [result.spike_index(t) for t in range(n_t)])
     return result
 
 
@@ -490,7 +511,7 @@ def analyse_series(
     workers = workers or min(os.cpu_count() or 1, 4)
     ctx = _Context(series, periods, config, inside, workers, strip_bytes)
     with timer("screen"):
-        screened = _screen(ctx)
+        screened = _screen(ctx, reuse)
         ctx.spikes = [screened.spike_index(t) for t in range(len(series.times))]
         keys = None if reuse is None else Reuse.of(reuse, series, ctx.spikes, config)
     baseline = _baseline(ctx, screened)
