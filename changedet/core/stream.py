@@ -18,7 +18,8 @@ rows over every date; only co-registration needs whole images, one band of one d
 With `reuse` (the monitor's period cache), steps 2–4 take what an earlier run computed from the
 same inputs (`core.reuse`): the reference median of unchanged baseline dates (2 is skipped when
 no date is new), the shifts of known dates, and the composites of periods none of whose dates
-changed; 4 reads only the dates of the composites left.
+changed; 4 reads only the dates of the composites left. Step 1 takes the earlier run's verdicts
+that the new dates cannot reach and screens only each strip's recent dates (`core.rescreen`).
 
 The strip height follows a byte budget, so a strip holds fewer rows when there are more dates.
 Strips run on a small thread pool (numpy's sort and arithmetic release the GIL).

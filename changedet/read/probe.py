@@ -6,7 +6,9 @@ most dates are found (bright roofs, see `mask.persistent_from_counts`) and kept 
 is dropped when it lies outside the AOI (`read.min_aoi_coverage`) or shows too little of it
 clear (`read.min_aoi_clear_fraction`). With bands to read, a scene's band reads start as soon
 as its SCL passes a provisional test (the same test without the roof rule), so probing and
-reading overlap. `probe_details` serves `changedet search --probe`;
+reading overlap. With a `keep` (the monitor's period cache), the scenes the last run's probe
+looked at keep its verdicts while the bright-roof pixels stay (`read.verdicts`): only new
+scenes' SCL is read. `probe_details` serves `changedet search --probe`;
 `changedet.read.stack.read_stack` uses `probe_and_select`.
 """
 

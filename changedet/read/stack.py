@@ -509,7 +509,8 @@ class _Mosaic:
             self.scene_ids.append(tuple(used))
             if self.store is not None:
                 first = next(s for s in members if s.id == used[0])
-                whole = len(used) == len(members)  # a kept date must be what a read gives
+                # a kept date must be what a read gives, named by the masks it was read with
+                whole = len(used) == len(members) and _has_digests(members, self.probed)
                 self.store.commit(
                     self.times[-1],
                     self.scene_ids[-1],
