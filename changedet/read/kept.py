@@ -26,7 +26,16 @@ import numpy as np
 from changedet.hrefs import public_href
 from changedet.models import Grid, Scene
 
-__all__ = ["KEPT_VERSION", "ArrayAt", "DateKeep", "KeptDate", "KeptFile", "OpenArrays", "date_key"]
+__all__ = [
+    "KEPT_VERSION",
+    "ArrayAt",
+    "DateKeep",
+    "KeptDate",
+    "KeptFile",
+    "OpenArrays",
+    "date_key",
+    "grid_facts",
+]
 
 # Part of every key: bump it when how a date is read, masked or mosaicked changes.
 KEPT_VERSION = "dates-2"
@@ -50,6 +59,11 @@ class DateKeep(Protocol):
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None: ...
 
 
+def grid_facts(grid: Grid) -> list[Any]:
+    """A grid as JSON can name it in a key: CRS, transform, width, height."""
+    return [grid.crs, list(grid.transform)[:6], grid.width, grid.height]
+
+
 def date_key(
     members: Sequence[Scene],
     clears: Sequence[bytes],
@@ -62,10 +76,7 @@ def date_key(
     head = json.dumps(
         [
             KEPT_VERSION,
-            grid.crs,
-            list(grid.transform)[:6],
-            grid.width,
-            grid.height,
+            *grid_facts(grid),
             list(bands),
             resampling,
             [

@@ -28,6 +28,7 @@ import numpy as np
 from changedet.config import MaskConfig, ReadConfig
 from changedet.hrefs import public_href
 from changedet.models import Grid, Scene
+from changedet.read.kept import grid_facts
 
 __all__ = [
     "VERDICTS_VERSION",
@@ -111,10 +112,7 @@ def verdicts_key(
     facts = json.dumps(
         [
             VERDICTS_VERSION,
-            grid.crs,
-            list(grid.transform)[:6],
-            grid.width,
-            grid.height,
+            *grid_facts(grid),
             read_config.min_aoi_coverage,
             read_config.min_aoi_clear_fraction,
             repr(mask_config),
