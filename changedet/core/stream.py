@@ -208,11 +208,10 @@ def _screen(ctx: _Context, memo: ArrayMemo | None) -> _Screened:
     indices = [series.bands.index(b) for b in bands]
     width = series.grid.width
     min_obs = config.change.min_clear_obs
-    key = ids = None
-    kept = None
-    if memo is not None and bands:
-        key, ids = screen_key(series, config.mask, trailing), date_ids(series)
-        kept = kept_screen(memo, key, ids)
+    remember = memo if bands else None  # the screen's verdicts, taken and kept there
+    key = "" if remember is None else screen_key(series, config.mask, trailing)
+    ids = [] if remember is None else date_ids(series)
+    kept = None if remember is None else kept_screen(remember, key, ids)
 
     def screen(clear: np.ndarray, rows: slice, start: int) -> np.ndarray | None:
         """The screen of a strip's dates from `start` (0: every date; else combined with the
@@ -255,8 +254,8 @@ def _screen(ctx: _Context, memo: ArrayMemo | None) -> _Screened:
         result.clear_pixels += clear_pixels
         result.observed += observed
         result.context[rows] = context
-    if memo is not None and key is not None and ids is not None:
-        keep_screen(memo, key, ids, [result.spike_index(t) for t in range(n_t)])
+    if remember is not None:
+        keep_screen(remember, key, ids, [result.spike_index(t) for t in range(n_t)])
     return result
 
 

@@ -68,33 +68,25 @@ class Probed:
     carried: set[str] = field(default_factory=set)
     mask_config: MaskConfig = field(default_factory=MaskConfig)  # what the masks are made with
 
-    def complete(self, scenes: Sequence[Scene], pipe: ReadPipeline) -> list[AssetRead]:
+    def complete(self, scenes: Sequence[Scene], pipe: ReadPipeline) -> None:
         """Read the SCL of the carried `scenes` and make their clear masks (as the last run
-        did: the roof pixels are the same). Returns the reads, for the caller to count."""
+        did: the roof pixels are the same); the reads count as the probe's."""
         todo = [s for s in scenes if s.id in self.carried]
         for scene in todo:
             pipe.add(scene, "scl")
-        taken = []
         for scene in todo:
             got = pipe.take(scene, "scl")
-            taken.append(got)
             self.carried.discard(scene.id)
+            self.cache_hits += got.cached
+            self.assets_read += got.array is not None and not got.cached
             if got.array is None:  # readable last run, not now: the scene gives no pixel
+                self.failures.append(got)
                 array = np.zeros(pipe.grid.shape, np.uint8)
                 del self.digests[scene.id]  # nor is its date kept as if it had
             else:
                 array = got.array.astype(np.uint8, copy=False)
             self.scl[scene.id] = array
             self.clear[scene.id] = _clear_of(array, self.roof, self.mask_config)
-        return taken
-
-    def count(self, taken: Sequence[AssetRead]) -> None:
-        """Count SCL reads made after the probe (`complete`) as the probe's."""
-        for got in taken:
-            self.cache_hits += got.cached
-            self.assets_read += got.array is not None and not got.cached
-            if got.array is None:
-                self.failures.append(got)
 
 
 def _clear_of(scl: np.ndarray, roof: np.ndarray | None, mask_config: MaskConfig) -> np.ndarray:

@@ -282,7 +282,6 @@ def _read_and_mosaic(
             for scene in by_date[day]:
                 pipe.drop(scene.id)  # queued behind the probe: few, if any, have started
     _start_carried(by_date, kept, probed, pipe, bands=bands)
-    keys = {day: key for day, key in keys.items() if _has_digests(by_date[day], probed)}
 
     mosaic = _Mosaic(
         pipe,
@@ -361,7 +360,7 @@ def _start_carried(
     that turns out unusable is read after all: `_Mosaic` completes its scenes then.)"""
     carried = [s for day, members in by_date.items() if day not in kept for s in members]
     carried = [s for s in carried if s.id in probed.carried]
-    probed.count(probed.complete(carried, pipe))
+    probed.complete(carried, pipe)
     for scene in carried:
         for band in bands:
             pipe.add(scene, band)
@@ -562,7 +561,7 @@ class _Mosaic:
         (L1C) valid data, the documented fallback, unless that leaves too little of the AOI
         (None: the scene is skipped)."""
         if scene.id in self.probed.carried:  # its date was to be taken as kept, and is not
-            self.probed.count(self.probed.complete([scene], self.pipe))
+            self.probed.complete([scene], self.pipe)
         valid_all = np.ones(self.pipe.grid.shape, bool)
         for band, dn in zip(self.bands, dns, strict=True):
             nodata = scene.assets[band].nodata

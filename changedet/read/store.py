@@ -140,7 +140,9 @@ class DateStore:
         self._layout: list[_Layout] = []
         self._end = 0
         self.bytes_written = 0
-        self._digests: dict[int, str] = {}  # fingerprints known without reading back: kept dates
+        self._digests: dict[
+            int, str
+        ] = {}  # fingerprints known: kept dates, and dates read back once
         self._kept: list[int] = []  # the kept dates' files, closed by close()
 
     # --- writing ---------------------------------------------------------------------------
@@ -312,7 +314,7 @@ class DateStore:
             return tuple(pool.map(self._fingerprint, range(len(self._times))))
 
     def _fingerprint(self, t: int) -> str:
-        if t in self._digests:
+        if t in self._digests:  # kept dates, and those digested before (one pass per date)
             return self._digests[t]
         layout = self._layout[t]
         h, w = self.grid.shape
@@ -329,7 +331,8 @@ class DateStore:
                 _read_into(fd, part, at)
                 digest.update(part.data)
                 at += part.size
-        return digest.hexdigest()
+        self._digests[t] = digest.hexdigest()
+        return self._digests[t]
 
     # --- life ------------------------------------------------------------------------------
 
