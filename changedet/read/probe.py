@@ -26,6 +26,7 @@ import numpy as np
 
 from changedet.config import MaskConfig, ReadConfig
 from changedet.core.mask import persistent_from_counts, scl_clear, scl_cloudy
+from changedet.core.reuse import ArrayMemo
 from changedet.hrefs import install_log_redaction
 from changedet.models import Grid, Probe, Progress, Scene, no_progress
 from changedet.read.cog import AssetRead, ReadPipeline, check_read_inputs
@@ -33,7 +34,6 @@ from changedet.read.store import SpillMap
 from changedet.read.verdicts import (
     KeptVerdicts,
     Verdict,
-    VerdictKeep,
     clear_digest,
     keep_verdicts,
     kept_verdicts,
@@ -126,7 +126,7 @@ def probe_and_select(
     progress: Progress,
     bands: Sequence[str] = (),
     spill: bool = False,
-    keep: VerdictKeep | None = None,
+    keep: ArrayMemo | None = None,
 ) -> Probed:
     """Read every scene's SCL window (in the order given) and decide which scenes to use.
 
@@ -193,7 +193,7 @@ def _verdicts(
     aoi_mask: np.ndarray,
     read_config: ReadConfig,
     mask_config: MaskConfig,
-    keep: VerdictKeep | None,
+    keep: ArrayMemo | None,
 ) -> dict[str, Verdict]:
     """Fill `probed` with every scene's probe, clear mask (read scenes) and digest (with
     `keep`, where dates are named by them); returns the verdicts to keep."""

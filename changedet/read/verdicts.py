@@ -21,11 +21,12 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from changedet.config import MaskConfig, ReadConfig
+from changedet.core.reuse import ArrayMemo
 from changedet.hrefs import public_href
 from changedet.models import Grid, Scene
 from changedet.read.kept import grid_facts
@@ -34,7 +35,6 @@ __all__ = [
     "VERDICTS_VERSION",
     "KeptVerdicts",
     "Verdict",
-    "VerdictKeep",
     "clear_digest",
     "keep_verdicts",
     "kept_verdicts",
@@ -43,14 +43,6 @@ __all__ = [
 
 # Part of the key: bump it when a verdict, a clear mask or the counts are made another way.
 VERDICTS_VERSION = "verdicts-1"
-
-
-class VerdictKeep(Protocol):
-    """Named arrays kept between runs (as `core.reuse.ArrayMemo`)."""
-
-    def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None: ...
-
-    def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -123,7 +115,7 @@ def verdicts_key(
     return "verdicts-" + digest.hexdigest()
 
 
-def kept_verdicts(keep: VerdictKeep, key: str, shape: tuple[int, int]) -> KeptVerdicts | None:
+def kept_verdicts(keep: ArrayMemo, key: str, shape: tuple[int, int]) -> KeptVerdicts | None:
     """The entry under `key`, or None (absent, damaged, or not of this grid)."""
     got = keep.get_arrays(key)
     if got is None:
@@ -149,7 +141,7 @@ def _verdict(row: Sequence[Any]) -> Verdict:
 
 
 def keep_verdicts(
-    keep: VerdictKeep,
+    keep: ArrayMemo,
     key: str,
     scenes: Sequence[Scene],
     verdicts: Mapping[str, Verdict],
