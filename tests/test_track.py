@@ -373,6 +373,26 @@ def test_roof_like_pieces_close_by_stay_apart() -> None:
     assert sorted(s.area_m2 for s in roofs) == [1200.0, 1200.0]
 
 
+def _grown_together(born_c: int, flattening: float | None = None) -> list[PeriodObservation]:
+    """A from period 3, C from `born_c`, joined from the period after by A's growth (the
+    one-pixel gap between them filled)."""
+    a, c = _pieces(flattening)[3]
+    joined = replace(obj(A | box(5, 9, 3, 1), 1), evidence=a.evidence)
+    return _observations(
+        {k: [a] if k < born_c else [a, c] if k == born_c else [joined, c] for k in range(3, 10)}
+    )
+
+
+def test_ground_pieces_a_period_apart_that_grow_together_are_one_site() -> None:
+    """A ground piece seen a period after its neighbour (the rest of a site one month's
+    composite showed in part), the two joined as they grow: one site, dated by the older
+    piece. Two periods apart, or roof-like, they stay two structures."""
+    (site,) = run(_grown_together(4)).confirmed
+    assert site.area_m2 == 2700.0 and site.first_seen_end == PERIODS[3].end
+    assert sorted(s.area_m2 for s in run(_grown_together(5)).confirmed) == [1200.0, 1500.0]
+    assert len(run(_grown_together(4, flattening=0.5)).confirmed) == 2
+
+
 D = box(1, 1, 2, 4)  # 8 px, in A's 100 m cell
 E = box(0, 0, 4, 5)  # 20 px, in A's 100 m cell
 

@@ -12,7 +12,8 @@ Per period:
   apart: they are merged;
 - tracks born in this period that do not look like roofs and lie within `site_gap_px` of each
   other are one site seen in pieces (a compound graded at once): they are merged; roof-like
-  tracks stay apart (neighbouring halls are counted one by one);
+  tracks stay apart (neighbouring halls are counted one by one); so are tracks born in the same
+  or consecutive periods that do not look like roofs and come to touch as they grow;
 - an object overlapping several older tracks marks all of them present; a track overlapping
   several objects (a split) is present once and remembers the number of pieces;
 - object pixels outside every track either grow the matched track or — when the place was seen
@@ -62,7 +63,7 @@ __all__ = [
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 # Part of the key of a kept tracker state: bump it when the tracker decides differently.
-TRACK_VERSION = "track-3"
+TRACK_VERSION = "track-4"
 
 
 def holds_change(changed: np.ndarray, pixels: np.ndarray) -> bool:
@@ -227,6 +228,23 @@ def _near(
     return out
 
 
+def _touching_owners(owner: np.ndarray) -> set[tuple[int, int]]:
+    """(a, b), a < b: the pairs of tracks owning 8-neighbouring pixels of a (H, W) owner map."""
+    out: set[tuple[int, int]] = set()
+    # right, down, down-right, down-left neighbours: each neighbouring pair once
+    shifted = (
+        (owner[:, :-1], owner[:, 1:]),
+        (owner[:-1, :], owner[1:, :]),
+        (owner[:-1, :-1], owner[1:, 1:]),
+        (owner[:-1, 1:], owner[1:, :-1]),
+    )
+    for one, other in shifted:
+        touch = (one >= 0) & (other >= 0) & (one != other)
+        lo, hi = np.minimum(one[touch], other[touch]), np.maximum(one[touch], other[touch])
+        out.update(zip(lo.tolist(), hi.tolist(), strict=True))
+    return out
+
+
 # What a tracker holds (`_Tracker.__setstate__` takes no other state).
 _TRACKER_FIELDS = frozenset(
     {"grid", "config", "min_area_m2", "roof_flattening", "min_pixels", "owner", "tracks", "open"}
@@ -291,6 +309,7 @@ class _Tracker:
             with np.errstate(invalid="ignore"):
                 changed = changed | (o.score.ravel() >= self.config.absent_below_z)
             self._continue(o.score.ravel(), present_now)
+        self._merge_grown_together(present_now)
         self.had_change.append(changed)
         self._update_open(k, observed, changed, present_now)
 
@@ -413,6 +432,31 @@ class _Tracker:
                 _merge_into(group[0], other, self.owner)
                 merged.add(other.index)
         self.open = [t for t in self.open if t not in merged]
+
+    def _merge_grown_together(self, present_now: dict[int, int]) -> None:
+        """Ground (not roof-like) tracks born in the same or consecutive periods that touch are
+        one site seen in pieces: the rest of a structure that one period's composite showed in
+        part, or a compound whose pieces grew together. Each is merged into the older (then
+        larger) one. Roof-like tracks stay apart, as neighbouring halls do at birth."""
+        pairs = sorted(_touching_owners(self.owner.reshape(self.grid.shape)))
+        into: dict[int, int] = {}
+        for a, b in pairs:
+            while a in into:
+                a = into[a]
+            while b in into:
+                b = into[b]
+            ta, tb = self.tracks[a], self.tracks[b]
+            if a == b or ta.status != "active" or tb.status != "active":
+                continue
+            if abs(ta.born - tb.born) > 1 or self._roof_like(ta) or self._roof_like(tb):
+                continue
+            main, other = sorted((ta, tb), key=lambda tr: (tr.born, -tr.pixels.size, tr.index))
+            _merge_into(main, other, self.owner)
+            into[other.index] = main.index
+            if other.index in present_now:
+                pieces = present_now.pop(other.index)
+                present_now[main.index] = max(present_now.get(main.index, 0), pieces)
+        self.open = [t for t in self.open if t not in into]
 
     def _roof_like(self, tr: _Track) -> bool:
         flattening = [
