@@ -184,8 +184,8 @@ def test_new_building_merged_into_old_blob_is_a_new_structure() -> None:
     assert ledger.counts[-1].cumulative == 2
 
 
-def test_a_structure_seen_in_part_in_its_first_period_is_one_structure() -> None:
-    """A structure built within a period shows in that month's median composite only in part:
+def test_ground_seen_in_part_in_its_first_period_is_one_structure() -> None:
+    """Ground works built within a period show in that month's median composite only in part:
     the rest, whole from the next period on, is the same structure, not a neighbour. A
     neighbour that appears after the place was seen clear and unchanged is a new one."""
     whole = A | C | box(5, 9, 3, 1)
@@ -194,6 +194,11 @@ def test_a_structure_seen_in_part_in_its_first_period_is_one_structure() -> None
     assert a.area_m2 == 2700.0 and a.first_seen_end == PERIODS[3].end
     neighbour = run(series({3: [A], 4: [A], **{k: [whole] for k in range(5, 10)}}))
     assert len(neighbour.confirmed) == 2
+    # Beside a hall, ground seen a period after it (its apron, its berms) is a structure of its own.
+    roof = {"spectral_flattening": 0.5}
+    hall = replace(obj(A), evidence=roof)
+    site = {3: [hall], **{k: [replace(obj(whole), evidence=roof)] for k in range(4, 10)}}
+    assert len(run(_observations(site)).confirmed) == 2
 
 
 def test_small_growth_stays_with_its_structure() -> None:

@@ -19,9 +19,10 @@ Per period:
 - object pixels outside every track either grow the matched track or — when the place was seen
   clear and unchanged since that track appeared, and they form a part of at least the minimum
   mapping unit (not counting a `growth_rim_px` rim) and `new_part_fraction` of the object — start
-  a new track (a new building beside an old one; "since" means after the period that track
-  appeared in, which a composite shows in part when it appeared within it); unmatched objects
-  start new tracks;
+  a new track (a new building beside an old one; beside ground, "since" means after the period
+  that track appeared in, which a composite shows in part when it appeared within it; beside a
+  roof it includes that period, so a hall's apron and berms stay structures of their own);
+  unmatched objects start new tracks;
 - a track not present but observed (>= `min_observed_fraction` of its pixels clear) is absent.
   An unconfirmed candidate absent `drop_after_absent` times in a row is dropped (closed); a
   confirmed structure absent `vanish_after_absent` times in a row is marked vanished (closed).
@@ -63,7 +64,7 @@ __all__ = [
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 # Part of the key of a kept tracker state: bump it when the tracker decides differently.
-TRACK_VERSION = "track-4"
+TRACK_VERSION = "track-5"
 
 
 def holds_change(changed: np.ndarray, pixels: np.ndarray) -> bool:
@@ -369,12 +370,15 @@ class _Tracker:
                 comp, self.owner, matched_ids, grid.width, grid.height, config.growth_rim_px
             )
             core = comp[~near]
-            # A new neighbour only where the place was seen clear and unchanged after the period
-            # the known structure appeared in; pixels hidden since (cloud) are the rest of it. Its
-            # first period does not count: a structure that appears within a period shows in that
-            # period's median composite only in part (the rest reads as unchanged there).
-            main_born = self.tracks[matched[0][1]].born
-            seen_since = (self.last_clear[comp] > main_born).mean() >= 0.5
+            # A new neighbour only where the place was seen clear and unchanged since the known
+            # structure appeared; pixels hidden since (cloud) are the rest of it. Beside ground,
+            # its first period does not count: ground works that appear within a period show in
+            # that period's median composite only in part (the rest reads as unchanged there).
+            # Beside a roof it does: ground works seen a period after a hall (its apron, the
+            # berms around it) are structures of their own.
+            host = self.tracks[matched[0][1]]
+            after = host.born if self._roof_like(host) else host.born + 1
+            seen_since = (self.last_clear[comp] >= after).mean() >= 0.5
             big = comp.size >= config.new_part_fraction * pix.size
             if seen_since and big and core.size >= self.min_pixels:
                 self._new_track(comp, k, obj)
