@@ -229,20 +229,22 @@ def _near(
     return out
 
 
-def _touching_owners(owner: np.ndarray) -> set[tuple[int, int]]:
-    """(a, b), a < b: the pairs of tracks owning 8-neighbouring pixels of a (H, W) owner map."""
+def _touching_owners(
+    pix: np.ndarray, owner: np.ndarray, width: int, height: int
+) -> set[tuple[int, int]]:
+    """(a, b), a < b: the track owning one of `pix` and another owning an 8-neighbour of it."""
     out: set[tuple[int, int]] = set()
-    # right, down, down-right, down-left neighbours: each neighbouring pair once
-    shifted = (
-        (owner[:, :-1], owner[:, 1:]),
-        (owner[:-1, :], owner[1:, :]),
-        (owner[:-1, :-1], owner[1:, 1:]),
-        (owner[:-1, 1:], owner[1:, :-1]),
-    )
-    for one, other in shifted:
-        touch = (one >= 0) & (other >= 0) & (one != other)
-        lo, hi = np.minimum(one[touch], other[touch]), np.maximum(one[touch], other[touch])
-        out.update(zip(lo.tolist(), hi.tolist(), strict=True))
+    mine = owner[pix]
+    rows, cols = np.divmod(pix, width)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            r, c = rows + dr, cols + dc
+            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+            theirs = owner[np.where(inside, r * width + c, 0)]
+            touch = inside & (theirs >= 0) & (theirs != mine)
+            lo = np.minimum(mine[touch], theirs[touch])
+            hi = np.maximum(mine[touch], theirs[touch])
+            out.update(zip(lo.tolist(), hi.tolist(), strict=True))
     return out
 
 
@@ -442,7 +444,14 @@ class _Tracker:
         one site seen in pieces: the rest of a structure that one period's composite showed in
         part, or a compound whose pieces grew together. Each is merged into the older (then
         larger) one. Roof-like tracks stay apart, as neighbouring halls do at birth."""
-        pairs = sorted(_touching_owners(self.owner.reshape(self.grid.shape)))
+        ground = [t for t in self.open if not self._roof_like(self.tracks[t])]
+        born = np.array([self.tracks[t].born for t in ground], dtype=np.int64)
+        # only tracks with another born within a period can merge: look at their pixels alone
+        close = [t for t, b in zip(ground, born, strict=True) if np.sum(abs(born - b) <= 1) > 1]
+        if not close:
+            return
+        pix = np.concatenate([self.tracks[t].pixels for t in close])
+        pairs = sorted(_touching_owners(pix, self.owner, self.grid.width, self.grid.height))
         into: dict[int, int] = {}
         for a, b in pairs:
             while a in into:
