@@ -235,6 +235,7 @@ def _touching_owners(
     """(a, b), a < b: the track owning one of `pix` and another owning an 8-neighbour of it."""
     out: set[tuple[int, int]] = set()
     mine = owner[pix]
+    pix, mine = pix[mine >= 0], mine[mine >= 0]
     rows, cols = np.divmod(pix, width)
     for dr in (-1, 0, 1):
         for dc in (-1, 0, 1):
@@ -447,7 +448,7 @@ class _Tracker:
         ground = [t for t in self.open if not self._roof_like(self.tracks[t])]
         born = np.array([self.tracks[t].born for t in ground], dtype=np.int64)
         # only tracks with another born within a period can merge: look at their pixels alone
-        close = [t for t, b in zip(ground, born, strict=True) if np.sum(abs(born - b) <= 1) > 1]
+        close = [t for t, b in zip(ground, born, strict=True) if np.sum(np.abs(born - b) <= 1) > 1]
         if not close:
             return
         pix = np.concatenate([self.tracks[t].pixels for t in close])
