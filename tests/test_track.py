@@ -210,6 +210,19 @@ def test_small_growth_stays_with_its_structure() -> None:
     assert a.confirmed and a.area_m2 == 1600.0
 
 
+def test_a_faint_edge_seen_in_two_periods_is_part_of_the_footprint() -> None:
+    """A structure present in eight periods whose edge row shows in two of them: the edge is
+    part of its footprint (two periods confirm a structure, and so a pixel of it); in one,
+    it is not."""
+    edge = box(8, 5, 1, 4)
+    twice = {k: [A | edge] if k in (4, 7) else [A] for k in range(2, 10)}
+    (a,) = run(series(twice)).structures
+    assert a.area_m2 == 1600.0
+    once = {k: [A | edge] if k == 4 else [A] for k in range(2, 10)}
+    (a,) = run(series(once)).structures
+    assert a.area_m2 == 1200.0
+
+
 def test_noise_before_a_building_does_not_take_its_date() -> None:
     pres = {2: [B]}  # one-off noise where B will stand
     for k in range(6, 10):

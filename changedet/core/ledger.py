@@ -1,7 +1,8 @@
 """The structure ledger: tracks (`core.track`) turned into structures, events and counts.
 
 Each track becomes a `Structure`:
-- its footprint is the track's core: pixels present in at least half of its present periods;
+- its footprint is the track's core: pixels present in at least half of its present periods, or
+  in `min_persistence` of them when that is fewer;
 - its first-seen interval runs from the last clear period the place showed no change (no object,
   and a score below `track.absent_below_z`) to the first period it was present;
 - its kind (`core.kinds`) comes from the median of its objects' spectral evidence and the shape
@@ -175,9 +176,12 @@ def _observed_fraction(observed: np.ndarray, pixels: np.ndarray) -> float:
     return float(observed.ravel()[pixels].mean()) if pixels.size else 0.0
 
 
-def _core(tr: _Track) -> np.ndarray:
-    """A track's footprint: pixels hit in at least half of its present periods."""
-    core_min = max(1, math.ceil(0.5 * len(tr.present)))
+def _core(tr: _Track, min_persistence: int) -> np.ndarray:
+    """A track's footprint: pixels hit in at least half of its present periods, or in
+    `min_persistence` of them when that is fewer. A pixel is part of a structure on the evidence
+    that confirms a structure: a faint edge seen changed in two of ten months still belongs to
+    it, where half would shrink a long-lived structure to the pixels that cross every time."""
+    core_min = max(1, min(min_persistence, math.ceil(0.5 * len(tr.present))))
     core = tr.pixels[tr.hits >= core_min]
     return core if core.size else tr.pixels
 
@@ -409,7 +413,7 @@ def build_ledger(
     for tr in tracks.tracks:
         if tr.status == "merged":
             continue
-        core = _core(tr)
+        core = _core(tr, config.min_persistence)
         kind, evidence = _kind(tr, core, grid, kinds)
         first, last_absent = _interval(tracks, tr, core, kind, kinds.roof_flattening)
         built.append(
