@@ -117,7 +117,7 @@ DETECTION_NOTES = (
     "'other' (65 % of matched real changes in the semi-real OSCD evaluation, 7 % 'building'), so "
     "the building count is a lower bound and the count of all new structures the reliable figure; "
     "'building' means a roof-like new structure.",
-    "'Vanished' means the place looks again as it did before the structure appeared (65 of 66 "
+    "'Vanished' means the place looks again as it did before the structure appeared (64 of 65 "
     "such razed changes in the semi-real OSCD evaluation): a building razed to rubble, burnt, or "
     "cleared to a new slab that stays different from the old ground is still reported standing.",
 )
