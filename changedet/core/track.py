@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -211,12 +211,12 @@ def _components(pix: np.ndarray, width: int) -> list[np.ndarray]:
     return [pix[comp == k] for k in range(1, n + 1)]
 
 
-def _near(
-    pix: np.ndarray, owner: np.ndarray, tracks: np.ndarray, width: int, height: int, rim: int
-) -> np.ndarray:
-    """For flat pixel indices: is a pixel of one of `tracks` within `rim` pixels (chessboard)?"""
+def _neighbours(
+    pix: np.ndarray, width: int, height: int, rim: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For flat pixel indices, per offset within `rim` pixels (chessboard, not the pixel
+    itself): whether the neighbour is inside the grid, and its flat index (0 where not)."""
     rows, cols = np.divmod(pix, width)
-    out = np.zeros(pix.size, dtype=bool)
     steps = range(-rim, rim + 1)
     for dr in steps:
         for dc in steps:
@@ -224,8 +224,16 @@ def _near(
                 continue
             r, c = rows + dr, cols + dc
             inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-            neighbour = np.where(inside, r * width + c, 0)
-            out |= inside & np.isin(owner[neighbour], tracks)
+            yield inside, np.where(inside, r * width + c, 0)
+
+
+def _near(
+    pix: np.ndarray, owner: np.ndarray, tracks: np.ndarray, width: int, height: int, rim: int
+) -> np.ndarray:
+    """For flat pixel indices: is a pixel of one of `tracks` within `rim` pixels (chessboard)?"""
+    out = np.zeros(pix.size, dtype=bool)
+    for inside, neighbour in _neighbours(pix, width, height, rim):
+        out |= inside & np.isin(owner[neighbour], tracks)
     return out
 
 
@@ -236,16 +244,11 @@ def _touching_owners(
     out: set[tuple[int, int]] = set()
     mine = owner[pix]
     pix, mine = pix[mine >= 0], mine[mine >= 0]
-    rows, cols = np.divmod(pix, width)
-    for dr in (-1, 0, 1):
-        for dc in (-1, 0, 1):
-            r, c = rows + dr, cols + dc
-            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-            theirs = owner[np.where(inside, r * width + c, 0)]
-            touch = inside & (theirs >= 0) & (theirs != mine)
-            lo = np.minimum(mine[touch], theirs[touch])
-            hi = np.maximum(mine[touch], theirs[touch])
-            out.update(zip(lo.tolist(), hi.tolist(), strict=True))
+    for inside, neighbour in _neighbours(pix, width, height, 1):
+        theirs = owner[neighbour]
+        touch = inside & (theirs >= 0) & (theirs != mine)
+        lo, hi = np.minimum(mine[touch], theirs[touch]), np.maximum(mine[touch], theirs[touch])
+        out.update(zip(lo.tolist(), hi.tolist(), strict=True))
     return out
 
 
