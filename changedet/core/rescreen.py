@@ -20,14 +20,13 @@ one entry per AOI, replaced by every run; a cache, not state.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from changedet.config import MaskConfig
-from changedet.core.reuse import ArrayMemo
+from changedet.core.reuse import ArrayMemo, arrays_of, json_array, json_of
 from changedet.models import DateSeries
 
 __all__ = ["REACH", "KeptScreen", "date_ids", "keep_screen", "kept_screen", "screen_key"]
@@ -103,15 +102,13 @@ class KeptScreen:
 
 def kept_screen(memo: ArrayMemo, key: str, ids: Sequence[str]) -> KeptScreen | None:
     """The kept spikes of the dates `ids` begins with (None: nothing shared, or unreadable)."""
-    got = memo.get_arrays(key)
-    if got is None:
+    arrays = arrays_of(memo, key, ("ids", "offsets", "spikes"))
+    if arrays is None:
         return None
-    listed, offsets, spikes = (got.get(n) for n in ("ids", "offsets", "spikes"))
-    if listed is None or offsets is None or spikes is None:
-        return None
+    listed, offsets, spikes = arrays
     try:
-        kept_ids = json.loads(bytes(listed))
-    except (ValueError, UnicodeDecodeError):
+        kept_ids = json_of(listed)
+    except ValueError:
         return None
     if not isinstance(kept_ids, list) or offsets.shape != (len(kept_ids) + 1,):
         return None
@@ -137,7 +134,7 @@ def keep_screen(
     memo.put_arrays(
         key,
         {
-            "ids": np.frombuffer(json.dumps(list(ids)).encode(), dtype=np.uint8),
+            "ids": json_array(list(ids)),
             "offsets": offsets,
             "spikes": np.concatenate([s.astype(dtype) for s in spikes])
             if spikes

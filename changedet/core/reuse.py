@@ -20,9 +20,10 @@ The store (`ArrayMemo`) is the monitor's (`monitor.memo`); a cache, not state.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from changedet.config import Config
 from changedet.core.timeseries import Shift
 from changedet.models import DateSeries, Period
 
-__all__ = ["VERSION", "ArrayMemo", "Reuse"]
+__all__ = ["VERSION", "ArrayMemo", "Reuse", "arrays_of", "json_array", "json_of"]
 
 # Part of every key: bump it when what a shift or a composite is computed from, or how, changes.
 VERSION = "stream-1"
@@ -42,6 +43,30 @@ class ArrayMemo(Protocol):
     def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None: ...
 
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None: ...
+
+
+def arrays_of(memo: ArrayMemo, key: str, names: Sequence[str]) -> list[np.ndarray] | None:
+    """The arrays `names` of the entry under `key`, or None when it or any of them is missing."""
+    got = memo.get_arrays(key)
+    if got is None:
+        return None
+    found = []
+    for name in names:
+        array = got.get(name)
+        if array is None:
+            return None
+        found.append(array)
+    return found
+
+
+def json_array(value: Any) -> np.ndarray:
+    """A JSON value (ids, rows) as bytes, to keep among an entry's arrays (`json_of` reads it)."""
+    return np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
+
+
+def json_of(array: np.ndarray) -> Any:
+    """The value `json_array` kept; ValueError when the bytes are not JSON."""
+    return json.loads(bytes(array))
 
 
 @dataclass(frozen=True)
@@ -121,20 +146,18 @@ class Reuse:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """(reflectance, count, source_date) kept under `key`, or None (absent, or not of this
         grid and bands)."""
-        got = self.memo.get_arrays(key)
-        if got is None:
-            return None
         expected = {
             "reflectance": ((n_bands, *shape), np.float32),
             "count": (shape, np.uint16),
             "source_date": (shape, np.int32),
         }
-        arrays = [got.get(name) for name in expected]
+        arrays = arrays_of(self.memo, key, list(expected))
+        if arrays is None:
+            return None
         for array, (want_shape, want_dtype) in zip(arrays, expected.values(), strict=True):
-            if array is None or array.shape != want_shape or array.dtype != want_dtype:
+            if array.shape != want_shape or array.dtype != want_dtype:
                 return None
         reflectance, count, source_date = arrays
-        assert reflectance is not None and count is not None and source_date is not None
         return reflectance, count, source_date
 
     def keep_composite(

@@ -140,9 +140,8 @@ class DateStore:
         self._layout: list[_Layout] = []
         self._end = 0
         self.bytes_written = 0
-        self._digests: dict[
-            int, str
-        ] = {}  # fingerprints known: kept dates, and dates read back once
+        # fingerprints known without reading back: kept dates, and dates read back once
+        self._digests: dict[int, str] = {}
         self._kept: list[int] = []  # the kept dates' files, closed by close()
 
     # --- writing ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from changedet.config import MaskConfig, ReadConfig
-from changedet.core.reuse import ArrayMemo
+from changedet.core.reuse import ArrayMemo, arrays_of, json_array, json_of
 from changedet.hrefs import public_href
 from changedet.models import Grid, Scene
 from changedet.read.kept import grid_facts
@@ -117,18 +117,15 @@ def verdicts_key(
 
 def kept_verdicts(keep: ArrayMemo, key: str, shape: tuple[int, int]) -> KeptVerdicts | None:
     """The entry under `key`, or None (absent, damaged, or not of this grid)."""
-    got = keep.get_arrays(key)
-    if got is None:
+    arrays = arrays_of(keep, key, ("n_obs", "n_cloudy", "scenes"))
+    if arrays is None:
         return None
-    n_obs, n_cloudy, listed = (got.get(n) for n in ("n_obs", "n_cloudy", "scenes"))
-    if n_obs is None or n_cloudy is None or listed is None:
-        return None
+    n_obs, n_cloudy, listed = arrays
     if any(a.shape != shape or a.dtype != np.int32 for a in (n_obs, n_cloudy)):
         return None
     try:
-        rows = json.loads(bytes(listed))
-        scenes = {row[0]: (row[1], _verdict(row[2:])) for row in rows}
-    except (ValueError, TypeError, IndexError, UnicodeDecodeError):
+        scenes = {row[0]: (row[1], _verdict(row[2:])) for row in json_of(listed)}
+    except (ValueError, TypeError, IndexError):
         return None
     return KeptVerdicts(scenes, np.array(n_obs), np.array(n_cloudy))
 
@@ -161,7 +158,7 @@ def keep_verdicts(
         for s in scenes
         if s.id in verdicts
     ]
-    listed = np.frombuffer(json.dumps(rows).encode(), dtype=np.uint8)
+    listed = json_array(rows)
     keep.put_arrays(
         key,
         {
