@@ -16,6 +16,7 @@ from changedet.core.track import footprint_geometry
 from changedet.lab.score import score_structures
 from changedet.lab.series import (
     TruthRegion,
+    _ground,
     acquisition_dn,
     load_truth,
     make_oscd_series,
@@ -73,6 +74,31 @@ def test_regions_show_after_pixels_only_once_revealed(series) -> None:  # type: 
         series.acquisitions[first].when.date() < r.appeared <= series.acquisitions[last].when.date()
     )
     assert d_before.max() < 0.03 and d_after.max() < 0.03
+
+
+def test_calm_switches_named_nuisances_off_and_keeps_every_other_draw(city, series) -> None:  # type: ignore[no-untyped-def]
+    calm = make_oscd_series(city, seed=3, months=6, scenes_per_month=2, calm=("shift", "cloud"))
+    assert calm.truth == series.truth and calm.switch_date == series.switch_date
+    assert any(a.shift_px != (0.0, 0.0) for a in series.acquisitions)
+    assert any(a.cloud_cover > 0 for a in series.acquisitions)
+    for full, still in zip(series.acquisitions, calm.acquisitions, strict=True):
+        assert still.shift_px == (0.0, 0.0) and still.cloud_cover == still.thin_cloud == 0.0
+        assert (still.when, still.gain, still.haze) == (full.when, full.gain, full.haze)
+    _, _, opacity = render_acquisition(calm, 0)
+    assert not opacity.any()
+    flat = make_oscd_series(city, seed=3, months=6, scenes_per_month=2, calm=("radiometry",))
+    assert all(set(a.gain) == {1.0} and a.haze == 0.0 for a in flat.acquisitions)
+    with pytest.raises(ValueError, match="unknown nuisances"):
+        make_oscd_series(city, calm=("fog",))
+
+
+def test_calm_season_keeps_the_ground_the_same_all_year(city, series) -> None:  # type: ignore[no-untyped-def]
+    # Both days lie in the baseline months, before any region appears: only the season differs.
+    winter, spring = date(2023, 1, 2), date(2023, 2, 27)
+    assert min(t.appeared for t in series.truth) > spring
+    still = make_oscd_series(city, seed=3, months=6, scenes_per_month=2, calm=("season",))
+    assert np.array_equal(_ground(still, winter)[0], _ground(still, spring)[0])
+    assert not np.allclose(_ground(series, winter)[0], _ground(series, spring)[0])
 
 
 def test_rendering_is_deterministic(series) -> None:  # type: ignore[no-untyped-def]

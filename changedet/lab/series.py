@@ -25,14 +25,16 @@ Output folder:
     series.json        grid, dates, switch date, seed, and per-acquisition cloud cover and shift
 
 `detect_series` runs the time-series core on a series in memory; `lab.score.score_structures` scores
-its ledger against the truth regions.
+its ledger against the truth regions. `make_oscd_series(..., calm=...)` switches named nuisances off
+(`NUISANCES`) while every other draw stays as it was, to measure what each one costs
+(`bench/nuisance.py`); the yardstick itself always has them all.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -56,6 +58,7 @@ from changedet.outputs.fsio import atomic_dir, write_cog, write_json
 from changedet.read.cog import reproject_array
 
 __all__ = [
+    "NUISANCES",
     "SERIES_BANDS",
     "Acquisition",
     "OSCDSeries",
@@ -75,6 +78,9 @@ SERIES_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir16", "swir2
 BANDS_20M: tuple[str, ...] = ("swir16", "swir22")
 _CLOUD = np.array([0.48, 0.47, 0.46, 0.49, 0.38, 0.26], np.float32)[:, None, None]
 _OLD_BASELINE, _NEW_BASELINE = "03.01", "04.00"
+# What `calm` can switch off: misregistration; per-band gain and haze; clouds, their shadows and
+# the thin sheets and edges SCL misses (every date clear); seasonal vegetation and shadow length.
+NUISANCES: tuple[str, ...] = ("shift", "radiometry", "cloud", "season")
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,7 @@ class OSCDSeries:
     tile: str
     # What razed regions show: "cleared" (the first real date again) or "rubble" (`_rubble`).
     razed_as: str = "cleared"
+    calm: frozenset[str] = frozenset()  # nuisances switched off (`NUISANCES`)
 
     @property
     def end(self) -> date:
@@ -329,6 +336,7 @@ def make_oscd_series(
     switch_month: int | None = None,
     razed_share: float = 0.0,
     razed_as: str = "cleared",
+    calm: Collection[str] = (),
 ) -> OSCDSeries:
     """Plan a semi-real series from an `oscd.OSCDCity` loaded with its label.
 
@@ -336,10 +344,15 @@ def make_oscd_series(
     months to be confirmed in), on a uniformly drawn day. The baseline switch happens at the start
     of month `switch_month` (default: the middle month). `razed_share`: the share of regions
     razed again later (`_raze`; 0: none, and the series is the same as without it), showing
-    `razed_as`: "cleared" (the first real date again) or "rubble" (`_rubble`).
+    `razed_as`: "cleared" (the first real date again) or "rubble" (`_rubble`). `calm`: nuisances
+    (`NUISANCES`) switched off; every random draw is made as without it, so the rest of the series
+    (dates, regions, the other nuisances) stays the same.
     """
     if razed_as not in ("cleared", "rubble"):
         raise ValueError(f"razed_as must be 'cleared' or 'rubble', not {razed_as!r}")
+    unknown = sorted(set(calm) - set(NUISANCES))
+    if unknown:
+        raise ValueError(f"unknown nuisances {unknown}; known: {', '.join(NUISANCES)}")
     _check_city(city, months, baseline_months)
     grid, before, after, label = _on_utm_grid(city)
     regions, n = _regions(label, min_region_px)
@@ -367,6 +380,7 @@ def make_oscd_series(
         scenes_per_month=scenes_per_month,
         switch=switch,
     )
+    acqs = [_calmed(a, frozenset(calm)) for a in acqs]
     return OSCDSeries(
         city=city.name,
         grid=grid,
@@ -382,7 +396,19 @@ def make_oscd_series(
         seed=seed,
         tile=tile,
         razed_as=razed_as,
+        calm=frozenset(calm),
     )
+
+
+def _calmed(acq: Acquisition, calm: frozenset[str]) -> Acquisition:
+    """`acq` without the per-date nuisances named in `calm` (season is `_ground`'s)."""
+    if "shift" in calm:
+        acq = replace(acq, shift_px=(0.0, 0.0))
+    if "radiometry" in calm:
+        acq = replace(acq, gain=tuple(1.0 for _ in acq.gain), haze=0.0)
+    if "cloud" in calm:
+        acq = replace(acq, cloud_cover=0.0, thin_cloud=0.0)
+    return acq
 
 
 def _block_mean(a: np.ndarray, factor: int = 2) -> np.ndarray:
@@ -448,7 +474,8 @@ def _ground(series: OSCDSeries, day: date) -> tuple[np.ndarray, np.ndarray]:
     red, nir = refl[2], refl[3]
     with np.errstate(divide="ignore", invalid="ignore"):
         ndvi = np.nan_to_num((nir - red) / np.maximum(nir + red, 1e-6))
-    green_up = 0.15 * _season(day, 170) * np.clip((ndvi - 0.2) / 0.5, 0.0, 1.0)
+    still = "season" in series.calm  # no seasonal swing: vegetation and shadows as at equinox
+    green_up = 0.15 * (0.0 if still else _season(day, 170)) * np.clip((ndvi - 0.2) / 0.5, 0.0, 1.0)
     refl[3] *= 1.0 + 1.5 * green_up
     refl[2] *= 1.0 - 1.2 * green_up
     refl[4] *= 1.0 - 0.5 * green_up
@@ -457,7 +484,7 @@ def _ground(series: OSCDSeries, day: date) -> tuple[np.ndarray, np.ndarray]:
     tall = (bright - ndimage.median_filter(bright, size=5) > 0.04) & (ndvi < 0.2)
     north = np.zeros_like(tall)
     north[:-1] = tall[1:] & ~tall[:-1]
-    length = 0.5 + 0.5 * _season(day, 355)
+    length = 0.5 + 0.5 * (0.0 if still else _season(day, 355))
     refl *= (1.0 - 0.5 * length * north)[None]
     return refl, nodata
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
@@ -220,11 +220,15 @@ def evaluate_city(
     seed: int = 0,
     months: int = 12,
     buffer_px: int = 2,
+    calm: Collection[str] = (),
     progress: Progress = no_progress,
 ) -> CityResult:
-    """Build `city`'s semi-real series, run the detector with `config`, score it."""
+    """Build `city`'s semi-real series, run the detector with `config`, score it. `calm`: the
+    generator's nuisances switched off (`series.NUISANCES`; only to measure what they cost)."""
     t0 = time.perf_counter()
-    series = make_oscd_series(load_city(root, city, with_label=True), seed=seed, months=months)
+    series = make_oscd_series(
+        load_city(root, city, with_label=True), seed=seed, months=months, calm=calm
+    )
     analysis = detect_series(series, config, progress=progress)
     structures, footprints = analysis.structures, analysis.footprints
     score = score_structures(structures, footprints, series.truth, series.regions, city=city)
@@ -257,6 +261,7 @@ def evaluate_series(
     seed: int = 0,
     months: int = 12,
     buffer_px: int = 2,
+    calm: Collection[str] = (),
     progress: Progress = no_progress,
 ) -> SeriesReport:
     """`evaluate_city` for `cities` (default: every labelled city under `root`)."""
@@ -265,7 +270,9 @@ def evaluate_series(
     for done, city in enumerate(names):
         progress("cities", done, len(names))
         rows.append(
-            evaluate_city(root, city, config, seed=seed, months=months, buffer_px=buffer_px)
+            evaluate_city(
+                root, city, config, seed=seed, months=months, buffer_px=buffer_px, calm=calm
+            )
         )
     progress("cities", len(names), len(names))
     return SeriesReport(tuple(rows), seed, months, buffer_px)
