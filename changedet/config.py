@@ -173,7 +173,12 @@ class MaskConfig:
 @dataclass(frozen=True)
 class ChangeConfig:
     coregister: bool = True
-    coreg_threshold_px: float = 0.25  # correct shifts larger than this (pixels)
+    coreg_threshold_px: float = 0.25  # between two composites or two dates: correct above this (px)
+    # Between the dates of a series, each lined up with the baseline's median before compositing:
+    # both sides of every comparison are then medians of resampled dates, so a smaller shift is
+    # worth its resampling; phase correlation also reads a bilinearly resampled shift short (about
+    # three quarters of it), so 0.25 px left most 0.2-0.5 px misregistration in place.
+    date_coreg_threshold_px: float = 0.1
     z_threshold: float = 10.0  # robust z of the change score that seeds a change region
     z_low: float = 3.0  # hysteresis: seeded regions grow through pixels with robust z >= this
     # Shifts above this are not corrected: Sentinel-2 misregistration stays near a pixel, a larger
@@ -537,6 +542,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "mask.spike_tolerance": (0.0, 1.0),
     "mask.dip_tolerance": (0.0, 1.0),
     "change.coreg_threshold_px": (0.0, None),
+    "change.date_coreg_threshold_px": (0.0, None),
     "change.z_threshold": (0.0, None),
     "change.z_low": (0.0, None),
     "change.max_shift_px": (0.0, 100.0),

@@ -286,6 +286,6 @@ def evidence_for(
         baseline=analysis.baseline,
         latest=analysis.after,
         shifts=analysis.date_shifts if config.change.coregister else (),
-        threshold_px=config.change.coreg_threshold_px,
+        threshold_px=config.change.date_coreg_threshold_px,
         limit=out.max_chips if out.chips else 0,
     )

@@ -348,7 +348,7 @@ def _corrected(shifts: Sequence[Shift], config: Config) -> dict[int, tuple[float
     return {
         t: s
         for t, s in enumerate(shifts)
-        if s is not None and cc.coreg_threshold_px < float(np.hypot(*s)) <= cc.max_shift_px
+        if s is not None and cc.date_coreg_threshold_px < float(np.hypot(*s)) <= cc.max_shift_px
     }
 
 

@@ -235,7 +235,7 @@ def _coregister(
     return coregister_dates(
         stack,
         band=band,
-        threshold_px=cc.coreg_threshold_px,
+        threshold_px=cc.date_coreg_threshold_px,
         max_px=cc.max_shift_px,
         reference_dates=_dates_in(stack, baseline.span),
     )
