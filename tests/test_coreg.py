@@ -123,3 +123,32 @@ def test_dates_of_a_stack_are_lined_up_with_their_median(
     assert spread_after < 0.5 * spread_before
     assert not aligned.clear[1, :40, :60].any()  # the cloud stays masked
     assert stack.reflectance is not aligned.reflectance  # the input is not modified in place
+
+
+def test_a_third_of_a_pixel_between_resampled_dates_reads_short_and_the_default_corrects_it(
+    make_stack: Callable[..., Stack],
+) -> None:
+    from changedet.config import Config
+
+    # Fine texture, every date resampled bilinearly (as a resampled product is) by its own shift.
+    base = ndi.gaussian_filter(np.random.default_rng(4).normal(size=(160, 160)), 0.7)
+    planted = [(0.3, 0.0), (-0.3, 0.0), (0.0, 0.3), (0.0, -0.3), (0.2, 0.2), (0.0, 0.3)]
+    dates = np.stack([ndi.shift(base, p, order=1, mode="nearest") for p in planted])
+    stack = make_stack(
+        bands=("red",),
+        dates=[date(2023, m, 1) for m in range(1, 7)],
+        reflectance=dates[:, None].astype(np.float32),
+        clear=np.ones((6, 160, 160), bool),
+    )
+    threshold = Config().change.date_coreg_threshold_px
+    aligned, shifts = coregister_dates(
+        stack, band="red", threshold_px=threshold, reference_dates=range(5)
+    )
+    assert shifts[5] is not None
+    # Read short of the 0.3 px planted: a 0.25 px threshold would leave it in place.
+    assert threshold < float(np.hypot(*shifts[5])) < 0.25
+    reference = np.median(dates[:5], axis=0)
+    inner = (slice(8, -8), slice(8, -8))
+    before = np.abs(dates[5] - reference)[inner].mean()
+    after = np.abs(aligned.reflectance[5, 0] - reference)[inner].mean()
+    assert after < 0.85 * before
