@@ -106,15 +106,15 @@ DETECTION_NOTES = (
     "seen, so berm lines and the 'bermed' flag are indications, not measurements.",
     "Counts are estimates: cumulative_low/high bound what the clear observations can support, "
     "not the detector's own errors. On semi-real series from nine real OSCD cities the default "
-    "settings found 75 % of the labelled changes (36–90 % per city) and 86 % of what they "
-    "reported was one (74–100 %); the final count was within 15 % of the truth in three cities, "
-    "−57 % and +17 % at worst.",
+    "settings found 76 % of the labelled changes (37–91 % per city) and 87 % of what they "
+    "reported was one (79–100 %); the final count was within 15 % of the truth in five cities, "
+    "−56 % and +15 % at worst.",
     "Faint and small changes are missed more often: in the same evaluation a change whose "
     "reflectance moved by less than 0.02 on average (10 m and 20 m bands) was found 10 % of the "
-    "time, 0.02–0.04: 59 %, more: 87 %; a change under 20 pixels (2,000 m²) 44 %, over 50 "
-    "pixels 87 %.",
+    "time, 0.02–0.04: 63 %, more: 87 %; a change under 20 pixels (2,000 m²) 47 %, over 50 "
+    "pixels 88 %.",
     "Kind is read from spectra and shape: on real Sentinel-2 series most new structures come out "
-    "'other' (65 % of matched real changes in the semi-real OSCD evaluation, 7 % 'building'), so "
+    "'other' (63 % of matched real changes in the semi-real OSCD evaluation, 6 % 'building'), so "
     "the building count is a lower bound and the count of all new structures the reliable figure; "
     "'building' means a roof-like new structure.",
     "'Vanished' means the place looks again as it did before the structure appeared (64 of 65 "
