@@ -14,11 +14,11 @@ that run's ledger. Takes about 12 minutes for the nine cities on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
+
+from oscd_args import series_parser  # bench/oscd_args.py, beside this script
 
 from changedet.config import load_config
 from changedet.core.carry import Found, Known, carried_ids
@@ -26,17 +26,12 @@ from changedet.lab.oscd import labelled_cities, load_city
 from changedet.lab.score import kept_ids
 from changedet.lab.series import detect_series, make_oscd_series
 
-REPO = Path(__file__).resolve().parents[1]
 RERUNS = ("later start", "earlier end", "quarterly")
 COLUMNS = (*RERUNS, *(f"{name} + ids-from" for name in RERUNS), "monitor")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "oscd")
-    parser.add_argument("--cities", default="", help="comma-separated; default: the labelled ones")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--months", type=int, default=12)
+    parser = series_parser(__doc__)
     args = parser.parse_args(argv)
     cities = args.cities.split(",") if args.cities else labelled_cities(args.root)
     monthly, quarterly = load_config(), load_config(overrides={"time.period": "quarter"})

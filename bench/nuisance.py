@@ -12,23 +12,21 @@ way. Sensor noise, the processing-baseline switch and SCL calling bright roofs c
 every variant. Printed: object F1 per city, then pooled F1, precision, recall and count error.
 
 A column far above the yardstick's names the nuisance a city's misses come from; one close to
-it says that nuisance is handled. When even the "all" column stays low, the city's changes are
+it says that nuisance is handled. When even the "none" column (all off) stays low, its changes are
 hard to see in its own two real dates: no better handling of the nuisances would find them.
 About 2 minutes per variant for the nine cities on 2 cores (6 variants: about 13 minutes).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
+
+from oscd_args import series_parser  # bench/oscd_args.py, beside this script
 
 from changedet.config import Config
 from changedet.lab.oscd import labelled_cities
 from changedet.lab.series import NUISANCES
 from changedet.lab.yardstick import SeriesReport, evaluate_series
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _variants(chosen: str) -> dict[str, tuple[str, ...]]:
@@ -51,11 +49,7 @@ def _pooled(report: SeriesReport) -> tuple[float, float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "oscd")
-    parser.add_argument("--cities", default="", help="comma-separated; default: the labelled ones")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--months", type=int, default=12)
+    parser = series_parser(__doc__)
     parser.add_argument(
         "--variants",
         default="",

@@ -14,26 +14,19 @@ for the 24 cities on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
+from oscd_args import series_parser  # bench/oscd_args.py, beside this script
 
 from changedet.lab.oscd import list_cities, load_city
 from changedet.lab.series import detect_series, make_oscd_series
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "oscd")
-    parser.add_argument("--cities", default="", help="comma-separated; default: every city")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--months", type=int, default=12)
+    parser = series_parser(__doc__, cities="every city")
     args = parser.parse_args(argv)
     cities = args.cities.split(",") if args.cities else list_cities(args.root)
     total, total_km2 = 0, 0.0

@@ -16,24 +16,18 @@ cities on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
+
+from oscd_args import series_parser  # bench/oscd_args.py, beside this script
 
 from changedet.lab.oscd import labelled_cities, load_city
 from changedet.lab.score import match_structures
 from changedet.lab.series import detect_series, make_oscd_series, truth_labels
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "oscd")
-    parser.add_argument("--cities", default="", help="comma-separated; default: the labelled ones")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--months", type=int, default=18)
+    parser = series_parser(__doc__, months=18)
     parser.add_argument("--razed-share", type=float, default=0.4)
     parser.add_argument("--rubble", action="store_true", help="razed sites stay as rubble")
     args = parser.parse_args(argv)
