@@ -177,7 +177,8 @@ class ChangeConfig:
     # Between the dates of a series, each lined up with the baseline's median before compositing:
     # both sides of every comparison are then medians of resampled dates, so a smaller shift is
     # worth its resampling; phase correlation also reads a bilinearly resampled shift short (about
-    # three quarters of it), so 0.25 px left most 0.2-0.5 px misregistration in place.
+    # three quarters of it), so 0.25 px left most 0.2-0.5 px misregistration in place. With a
+    # one-date baseline `coreg_threshold_px` applies (`core.timeseries.date_shift_threshold`).
     date_coreg_threshold_px: float = 0.1
     z_threshold: float = 10.0  # robust z of the change score that seeds a change region
     z_low: float = 3.0  # hysteresis: seeded regions grow through pixels with robust z >= this

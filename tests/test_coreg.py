@@ -152,3 +152,20 @@ def test_a_third_of_a_pixel_between_resampled_dates_reads_short_and_the_default_
     before = np.abs(dates[5] - reference)[inner].mean()
     after = np.abs(aligned.reflectance[5, 0] - reference)[inner].mean()
     assert after < 0.85 * before
+
+
+def test_against_one_unresampled_date_a_small_shift_is_left_in_place() -> None:
+    from changedet.config import Config
+    from changedet.core.timeseries import date_shift_threshold
+
+    # A before/after pair: the before date is the whole reference, sharp; the after date was
+    # resampled by 0.2 px. Correcting it would blur it more than it aligns it.
+    base = ndi.gaussian_filter(np.random.default_rng(4).normal(size=(160, 160)), 0.7)
+    moved = ndi.shift(base, (0.0, 0.2), order=1, mode="nearest")
+    shift = measure_shift(base.astype(np.float32), moved.astype(np.float32))
+    inner = (slice(8, -8), slice(8, -8))
+    corrected = apply_shift(moved.astype(np.float32), shift)
+    assert np.abs(corrected - base)[inner].mean() > 0.95 * np.abs(moved - base)[inner].mean()
+    config = Config()
+    assert date_shift_threshold(config, 1) >= float(np.hypot(*shift))  # left in place
+    assert date_shift_threshold(config, 5) < float(np.hypot(*shift))  # a median's dates: lined up

@@ -32,7 +32,7 @@ import numpy as np
 
 from changedet.config import Config
 from changedet.core.coreg import apply_shift
-from changedet.core.timeseries import Analysis
+from changedet.core.timeseries import Analysis, date_shift_threshold
 from changedet.models import (
     Composite,
     EvidenceImage,
@@ -279,6 +279,8 @@ def evidence_for(
     """`structure_evidence` of a run's analysis, as many as the run draws chips for."""
     dates = stack_dates(source) if isinstance(source, Stack) else source
     out = config.output
+    # The threshold the analysis applied (`core.timeseries._coregister`): its baseline's dates.
+    n_refs = sum(analysis.baseline.period.contains(when.date()) for when in dates.times)
     return structure_evidence(
         dates,
         analysis.structures,
@@ -286,6 +288,6 @@ def evidence_for(
         baseline=analysis.baseline,
         latest=analysis.after,
         shifts=analysis.date_shifts if config.change.coregister else (),
-        threshold_px=config.change.date_coreg_threshold_px,
+        threshold_px=date_shift_threshold(config, n_refs),
         limit=out.max_chips if out.chips else 0,
     )

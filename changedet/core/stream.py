@@ -54,6 +54,7 @@ from changedet.core.timeseries import (
     after_span,
     analyse_composites,
     baseline_from_fractions,
+    date_shift_threshold,
     screen_bands,
     screened_dates,
     screens_last_date,
@@ -342,13 +343,13 @@ def _reference_median(ctx: _Context, b: int, refs: Sequence[int]) -> np.ndarray:
     return reference
 
 
-def _corrected(shifts: Sequence[Shift], config: Config) -> dict[int, tuple[float, float]]:
+def _corrected(
+    shifts: Sequence[Shift], config: Config, n_reference_dates: int
+) -> dict[int, tuple[float, float]]:
     """The shifts `coregister_dates` applies: above the threshold, up to the maximum."""
-    cc = config.change
+    low, high = date_shift_threshold(config, n_reference_dates), config.change.max_shift_px
     return {
-        t: s
-        for t, s in enumerate(shifts)
-        if s is not None and cc.date_coreg_threshold_px < float(np.hypot(*s)) <= cc.max_shift_px
+        t: s for t, s in enumerate(shifts) if s is not None and low < float(np.hypot(*s)) <= high
     }
 
 
@@ -523,7 +524,9 @@ def analyse_series(
         for p in spans:
             days = [t for t, when in enumerate(series.times) if p.contains(when.date())]
             targets.append(_Target.empty(p, days, series))
-        made_from = _fill_composites(ctx, targets, _corrected(shifts, config), keys, progress)
+        n_refs = sum(baseline.span.contains(when.date()) for when in series.times)
+        corrected = _corrected(shifts, config, n_refs)
+        made_from = _fill_composites(ctx, targets, corrected, keys, progress)
         digests: Sequence[bytes | None] = made_from or [None] * len(targets)
         composites = [t.composite(series, d) for t, d in zip(targets, digests, strict=True)]
     per_period, before, after = composites[: len(periods)], composites[-2], composites[-1]

@@ -64,6 +64,7 @@ __all__ = [
     "analyse_stack",
     "baseline_from_fractions",
     "choose_baseline",
+    "date_shift_threshold",
     "screen_bands",
     "screen_dates",
     "screened_dates",
@@ -132,6 +133,17 @@ def span(periods: Sequence[Period]) -> Period:
     first, last = periods[0], periods[-1]
     label = first.label if first == last else f"{first.label}..{last.label}"
     return Period(first.start, last.end, label)
+
+
+def date_shift_threshold(config: Config, n_reference_dates: int) -> float:
+    """Above which measured shift a date is resampled onto the baseline dates' median.
+
+    `date_coreg_threshold_px` when that median is made of several dates: both sides of every
+    comparison are then medians of resampled dates. `coreg_threshold_px` when it is one date (a
+    before/after pair): only the after date would be resampled, and resampling a small shift
+    blurs it more than it aligns it."""
+    cc = config.change
+    return cc.date_coreg_threshold_px if n_reference_dates >= 2 else cc.coreg_threshold_px
 
 
 def _dates_in(stack: Stack, period: Period) -> list[int]:
@@ -232,12 +244,13 @@ def _coregister(
     band = next((b for b in COREG_BANDS if b in stack.bands), None)
     if not cc.coregister or band is None:
         return stack, ()
+    refs = _dates_in(stack, baseline.span)
     return coregister_dates(
         stack,
         band=band,
-        threshold_px=cc.date_coreg_threshold_px,
+        threshold_px=date_shift_threshold(config, len(refs)),
         max_px=cc.max_shift_px,
-        reference_dates=_dates_in(stack, baseline.span),
+        reference_dates=refs,
     )
 
 
