@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from changedet.config import Config
 from changedet.core.coreg import ShiftReference, apply_shift, coregister_dates, measure_shift
+from changedet.core.timeseries import date_shift_threshold
 from changedet.models import Stack
 
 
@@ -128,8 +130,6 @@ def test_dates_of_a_stack_are_lined_up_with_their_median(
 def test_a_third_of_a_pixel_between_resampled_dates_reads_short_and_the_default_corrects_it(
     make_stack: Callable[..., Stack],
 ) -> None:
-    from changedet.config import Config
-
     # Fine texture, every date resampled bilinearly (as a resampled product is) by its own shift.
     base = ndi.gaussian_filter(np.random.default_rng(4).normal(size=(160, 160)), 0.7)
     planted = [(0.3, 0.0), (-0.3, 0.0), (0.0, 0.3), (0.0, -0.3), (0.2, 0.2), (0.0, 0.3)]
@@ -155,9 +155,6 @@ def test_a_third_of_a_pixel_between_resampled_dates_reads_short_and_the_default_
 
 
 def test_against_one_unresampled_date_a_small_shift_is_left_in_place() -> None:
-    from changedet.config import Config
-    from changedet.core.timeseries import date_shift_threshold
-
     # A before/after pair: the before date is the whole reference, sharp; the after date was
     # resampled by 0.2 px. Correcting it would blur it more than it aligns it.
     base = ndi.gaussian_filter(np.random.default_rng(4).normal(size=(160, 160)), 0.7)

@@ -32,7 +32,7 @@ import numpy as np
 
 from changedet.config import Config
 from changedet.core.coreg import apply_shift
-from changedet.core.timeseries import Analysis, date_shift_threshold
+from changedet.core.timeseries import Analysis, date_shift_threshold, dates_in
 from changedet.models import (
     Composite,
     EvidenceImage,
@@ -279,8 +279,8 @@ def evidence_for(
     """`structure_evidence` of a run's analysis, as many as the run draws chips for."""
     dates = stack_dates(source) if isinstance(source, Stack) else source
     out = config.output
-    # The threshold the analysis applied (`core.timeseries._coregister`): its baseline's dates.
-    n_refs = sum(analysis.baseline.period.contains(when.date()) for when in dates.times)
+    # The threshold the analysis applied: the dates of its baseline decide it.
+    n_refs = len(dates_in(dates.times, analysis.baseline.period))
     return structure_evidence(
         dates,
         analysis.structures,

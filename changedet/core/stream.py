@@ -55,6 +55,7 @@ from changedet.core.timeseries import (
     analyse_composites,
     baseline_from_fractions,
     date_shift_threshold,
+    dates_in,
     screen_bands,
     screened_dates,
     screens_last_date,
@@ -180,8 +181,7 @@ class _Context:
     spikes: list[np.ndarray] = field(default_factory=list)  # per date, sorted flat indices
 
     def __post_init__(self) -> None:
-        days = [t.date() for t in self.series.times]
-        self.dates_in = [[i for i, d in enumerate(days) if p.contains(d)] for p in self.periods]
+        self.dates_in = [dates_in(self.series.times, p) for p in self.periods]
 
     def screened_clear(self, dates: Sequence[int], rows: slice) -> np.ndarray:
         """The reader's clear mask of `dates` on `rows` without the screened spikes."""
@@ -271,17 +271,16 @@ def _baseline(ctx: _Context, screened: _Screened) -> Baseline:
 
 
 def _shifts(
-    ctx: _Context, baseline: Baseline, screened: _Screened, reuse: Reuse | None
+    ctx: _Context, refs: Sequence[int], screened: _Screened, reuse: Reuse | None
 ) -> tuple[Shift, ...]:
-    """Passes 2 and 3: the baseline dates' median of the co-registration band, and every date's
-    shift against it (as `core.coreg.coregister_dates`); those `reuse` has kept are not
+    """Passes 2 and 3: the median of the co-registration band over the baseline's dates `refs`,
+    and every date's shift against it (as `core.coreg.coregister_dates`); those `reuse` has kept are not
     measured again, and without any to measure the median is not made."""
     series, cc = ctx.series, ctx.config.change
     band = next((b for b in COREG_BANDS if b in series.bands), None)
     if not cc.coregister or band is None:
         return ()
     n_t = len(series.times)
-    refs = [t for t, when in enumerate(series.times) if baseline.span.contains(when.date())]
     if n_t < 2 or not refs:
         return tuple((0.0, 0.0) for _ in range(n_t))
     known = reuse.shifts(refs, band) if reuse is not None else {}
@@ -516,16 +515,15 @@ def analyse_series(
         ctx.spikes = [screened.spike_index(t) for t in range(len(series.times))]
         keys = None if reuse is None else Reuse.of(reuse, series, ctx.spikes, config)
     baseline = _baseline(ctx, screened)
+    refs = dates_in(series.times, baseline.span)
     with timer("coregister"):
-        shifts = _shifts(ctx, baseline, screened, keys)
+        shifts = _shifts(ctx, refs, screened, keys)
     with timer("composite"):
         targets = [_Target.empty(p, d, series) for p, d in zip(periods, ctx.dates_in, strict=True)]
         spans = [baseline.span, after_span(periods, baseline)]
         for p in spans:
-            days = [t for t, when in enumerate(series.times) if p.contains(when.date())]
-            targets.append(_Target.empty(p, days, series))
-        n_refs = sum(baseline.span.contains(when.date()) for when in series.times)
-        corrected = _corrected(shifts, config, n_refs)
+            targets.append(_Target.empty(p, dates_in(series.times, p), series))
+        corrected = _corrected(shifts, config, len(refs))
         made_from = _fill_composites(ctx, targets, corrected, keys, progress)
         digests: Sequence[bytes | None] = made_from or [None] * len(targets)
         composites = [t.composite(series, d) for t, d in zip(targets, digests, strict=True)]

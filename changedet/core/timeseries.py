@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Protocol
 
 import numpy as np
@@ -65,6 +66,7 @@ __all__ = [
     "baseline_from_fractions",
     "choose_baseline",
     "date_shift_threshold",
+    "dates_in",
     "screen_bands",
     "screen_dates",
     "screened_dates",
@@ -146,8 +148,9 @@ def date_shift_threshold(config: Config, n_reference_dates: int) -> float:
     return cc.date_coreg_threshold_px if n_reference_dates >= 2 else cc.coreg_threshold_px
 
 
-def _dates_in(stack: Stack, period: Period) -> list[int]:
-    return [i for i, t in enumerate(stack.times) if period.contains(t.date())]
+def dates_in(times: Sequence[datetime], period: Period) -> list[int]:
+    """The indices of the `times` that fall in `period`."""
+    return [i for i, t in enumerate(times) if period.contains(t.date())]
 
 
 def choose_baseline(
@@ -160,7 +163,7 @@ def choose_baseline(
     """
     min_obs = config.change.min_clear_obs
     clear = [
-        float((stack.clear[_dates_in(stack, p)].sum(axis=0)[inside] >= min_obs).mean())
+        float((stack.clear[dates_in(stack.times, p)].sum(axis=0)[inside] >= min_obs).mean())
         if inside.any()
         else 0.0
         for p in periods
@@ -244,7 +247,7 @@ def _coregister(
     band = next((b for b in COREG_BANDS if b in stack.bands), None)
     if not cc.coregister or band is None:
         return stack, ()
-    refs = _dates_in(stack, baseline.span)
+    refs = dates_in(stack.times, baseline.span)
     return coregister_dates(
         stack,
         band=band,
