@@ -221,6 +221,9 @@ class TrackConfig:
     match_iou: float = 0.1
     match_overlap: float = 0.5  # ...or when the overlap covers this share of the smaller of the two
     min_presence_fraction: float = 0.5  # present in >= this share of observed periods since first
+    # ...and stays confirmed while its confidence (mean object confidence x share) reaches
+    # this: transients are not structures.
+    min_confidence: float = 0.35
     min_observed_fraction: float = 0.5  # a structure is observed when this share of it is clear
     # A known structure with no object in a period is still present when the median change score
     # of its pixels reaches this (temporal hysteresis: a seed must reach change.z_threshold once).
@@ -563,6 +566,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "track.match_overlap": (0.0, 1.0),
     "track.min_presence_fraction": (0.0, 1.0),
     "track.min_observed_fraction": (0.0, 1.0),
+    "track.min_confidence": (0.0, 1.0),
     "track.continue_z": (0.0, None),
     "track.drop_after_absent": (1, None),
     "track.vanish_after_absent": (1, None),

@@ -140,6 +140,27 @@ def test_confirmed_structure_that_disappears_is_flagged_vanished() -> None:
     assert ledger.counts[-1].cumulative == 1  # it was built: still counted
 
 
+def test_a_change_seen_in_two_periods_then_gone_is_a_transient_not_a_structure() -> None:
+    """Confirmed in periods 2 and 3, gone in the three after: present in 2 of its 5 clear
+    periods, so its confidence (0.8 x 2/5) is under min_confidence: a dropped candidate, never
+    counted. Four periods standing (0.8 x 4/7) is a structure that vanished."""
+    pres = {k: [A] for k in (2, 3)}
+    ledger = run(series(pres))
+    (a,) = ledger.structures
+    assert not a.confirmed and a.status == "dropped" and a.vanished_after is None
+    assert a.confidence < CFG.min_confidence
+    assert [e["event"] for e in ledger.events] == ["new", "dropped"]
+    assert ledger.counts[-1].cumulative == 0
+    # the same with the floor off: confirmed, then vanished, as before it existed
+    kept = build_ledger(
+        series(pres), grid=GRID, config=replace(CFG, min_confidence=0.0), min_area_m2=400.0
+    )
+    (b,) = kept.structures
+    assert b.confirmed and b.status == "vanished" and kept.counts[-1].cumulative == 1
+    (stood,) = run(series({k: [A] for k in range(2, 6)})).structures
+    assert stood.confirmed and stood.status == "vanished"
+
+
 def test_a_faint_structure_does_not_vanish() -> None:
     """Without objects after period 5, a confirmed structure whose place keeps scoring at
     least absent_below_z (a wet winter fades it) stays active; scoring below it, it vanishes."""

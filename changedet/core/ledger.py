@@ -226,6 +226,13 @@ def _confidence(tr: _Track, config: TrackConfig) -> float:
     return round(float(np.clip(mean_conf * scale, 0, 1)), 4)
 
 
+def _held(tr: _Track, config: TrackConfig) -> bool:
+    """Confirmed, and its confidence over its whole life reaches `min_confidence`: a change
+    confirmed in two periods and then seen gone, or faint most of the time since, is a transient
+    (a season's shadow, a stockpile, the levels of a few odd dates), not a structure."""
+    return tr.confirmed_at is not None and _confidence(tr, config) >= config.min_confidence
+
+
 def _n_clear(tracks: Tracks, tr: _Track, core: np.ndarray, first: int) -> int:
     """Periods from its first presence to close (or the end) in which the structure was present
     or seen clear."""
@@ -264,14 +271,21 @@ class _Built:
     evidence: dict[str, float]
     first: int  # period index of its first presence
     last_absent: int | None
+    confirmed: bool  # `_held`
     structure: Structure = field(init=False)
+
+    @property
+    def status(self) -> str:
+        """The track's status; a change seen gone again that never held is a dropped candidate."""
+        vanished = self.track.status == "vanished"
+        return "dropped" if vanished and not self.confirmed else self.track.status
 
 
 def _structure(tracks: Tracks, b: _Built, structure_id: str) -> Structure:
     """The ledger's view of one track."""
     tr, grid, periods = b.track, tracks.grid, tracks.periods
     scenes: list[str] = []
-    for src in (b.last_absent, b.first, tr.confirmed_at):
+    for src in (b.last_absent, b.first, tr.confirmed_at if b.confirmed else None):
         if src is not None:
             scenes.extend(s for s in tracks.observations[src].scene_ids if s not in scenes)
     return Structure(
@@ -281,11 +295,11 @@ def _structure(tracks: Tracks, b: _Built, structure_id: str) -> Structure:
         confidence=_confidence(tr, tracks.config),
         first_seen_start=periods[b.last_absent].start if b.last_absent is not None else None,
         first_seen_end=periods[b.first].end,
-        confirmed=tr.confirmed_at is not None,
+        confirmed=b.confirmed,
         n_clear_obs=_n_clear(tracks, tr, b.core, b.first),
         source_scenes=tuple(scenes),
-        status=tr.status,
-        vanished_after=periods[max(tr.present)].end if tr.status == "vanished" else None,
+        status=b.status,
+        vanished_after=periods[max(tr.present)].end if b.status == "vanished" else None,
         kind=b.kind,
         evidence={k: round(v, 4) for k, v in b.evidence.items()},
     )
@@ -308,10 +322,10 @@ def _track_events(b: _Built, s: Structure, periods: Sequence[Period]) -> list[_E
     """(period index, order, event) of a structure: new, confirmed, closed (vanished/dropped)."""
     tr = b.track
     out = [(b.first, 0, _event(periods[b.first], "new", s))]
-    if tr.confirmed_at is not None:
+    if tr.confirmed_at is not None and b.confirmed:
         out.append((tr.confirmed_at, 1, _event(periods[tr.confirmed_at], "confirmed", s)))
     if tr.closed_at is not None:
-        out.append((tr.closed_at, 2, _event(periods[tr.closed_at], tr.status, s)))
+        out.append((tr.closed_at, 2, _event(periods[tr.closed_at], b.status, s)))
     return out
 
 
@@ -344,7 +358,7 @@ def _pending(tr: _Track, config: TrackConfig) -> bool:
 
 def _entry(b: _Built, tracks: Tracks) -> CountEntry:
     tr, config = b.track, tracks.config
-    confirmed = tr.confirmed_at is not None
+    confirmed = b.confirmed
     return CountEntry(
         born=b.first,
         last_absent=b.last_absent,
@@ -361,7 +375,7 @@ def _named(built: list[_Built], grid: Grid) -> list[str]:
     before smaller, then in their tie-break order."""
 
     def rank(b: _Built) -> tuple[tuple[int, int], bool, int, int]:
-        return b.cell, b.track.confirmed_at is None, -b.core.size, b.tiebreak
+        return b.cell, not b.confirmed, -b.core.size, b.tiebreak
 
     order = sorted(range(len(built)), key=lambda i: rank(built[i]))
     out = [""] * len(built)
@@ -427,6 +441,7 @@ def build_ledger(
                 evidence=evidence,
                 first=first,
                 last_absent=last_absent,
+                confirmed=_held(tr, config),
             )
         )
     for b, structure_id in zip(built, _named(built, grid), strict=True):
