@@ -16,7 +16,7 @@ buildings appearing through the year. Then, alternated in the same run, each in 
 Prints wall, CPU (user + sys of the child) and peak RSS, medians of --repeat, changedet's stage
 split (run.json timings) and ratios. The machine is shared: compare ratios within one run.
 
-    python bench/e2e.py --dates 100 --size 1000 [--repeat 3] [--workers 4]
+    python bench/e2e.py --dates 100 --size 1000 [--repeat 3] [--workers 4] [--level-block-px 32]
 """
 
 from __future__ import annotations
@@ -275,13 +275,21 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=Path("/tmp/changedet-bench-e2e"))
     parser.add_argument("--only", choices=["changedet", "reference", "floor"], action="append")
+    parser.add_argument(
+        "--level-block-px",
+        type=int,
+        default=0,
+        help="changedet's [change] level_block_px (0: off, the default; to time levelling)",
+    )
     args = parser.parse_args()
 
     t = time.perf_counter()
     catalog = make_data(args.data, n_dates=args.dates, size=args.size)
     print(f"data ready in {time.perf_counter() - t:.1f} s: {catalog}", flush=True)
     config = catalog.parent / "bench.toml"
-    config.write_text('[read]\ncache_dir = ""\n')
+    config.write_text(
+        f'[read]\ncache_dir = ""\n\n[change]\nlevel_block_px = {args.level_block_px}\n'
+    )
     aoi = str(catalog.parent / "aoi.geojson")
     runs: dict[str, list[dict[str, Any]]] = {"changedet": [], "reference": [], "floor": []}
     chosen = args.only or list(runs)

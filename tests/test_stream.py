@@ -102,6 +102,7 @@ def _synthetic_stack(seed: int = 3) -> Stack:
 CONFIG = replace(
     Config(),
     time=replace(Config().time, start=date(2024, 1, 1), end=date(2024, 3, 31), baseline_periods=1),
+    change=replace(Config().change, level_block_px=16),  # every path: levelling too
 )
 
 
@@ -178,6 +179,7 @@ def test_streaming_matches_on_a_semi_real_series(oscd_root: Path, tmp_path: Path
     from changedet.lab.series import make_oscd_series, series_stack
 
     config = load_config()
+    config = replace(config, change=replace(config.change, level_block_px=32))
     series = make_oscd_series(load_city(oscd_root, "paris", with_label=True), seed=0, months=8)
     stack = series_stack(series, [a.index for a in series.acquisitions], config=config)
     periods = make_periods(series.start, series.end, config.time.period)
@@ -315,9 +317,11 @@ def test_kept_shifts_and_composites_give_what_computing_them_again_gives(tmp_pat
     fresh = run(stack, None)
     _same_analysis(run(stack, kept), fresh)  # everything computed, and kept
     n_kept = len(kept.entries)
-    # a shift per date, a composite per period, the median shifts are measured against, the
-    # screen's verdicts; the baseline is January, the "after" span March
-    assert n_kept == len(stack.times) + len(periods) + 2
+    # a shift and levels per date, a composite per period, January's composite before
+    # levelling (what the dates are levelled against), the median shifts are measured against,
+    # the screen's verdicts; the baseline is January, the "after" span March
+    assert n_kept == 2 * len(stack.times) + len(periods) + 3
+    assert sum(k.startswith("levels-") for k in kept.entries) == len(stack.times)
     _same_analysis(run(stack, kept), fresh)
     assert kept.asked and not kept.missed and len(kept.entries) == n_kept
     # The last date changes: its shift, March and the "after" span are computed again (and a
@@ -330,6 +334,8 @@ def test_kept_shifts_and_composites_give_what_computing_them_again_gives(tmp_pat
     reference = [k for k in kept.asked if k.startswith("reference-")]
     assert len(reference) == 1 and reference[0] not in kept.missed
     assert any(k.startswith("shift-") for k in kept.missed)
+    levelled_again = [k for k in kept.missed if k.startswith("levels-")]
+    assert 1 <= len(levelled_again) < len(stack.times)
     _same_analysis(with_kept, run(changed, None))
     run(changed, kept)
     assert not kept.missed

@@ -9,10 +9,12 @@ computing it again would give:
   the pixels the temporal screen took out of it (they depend on the neighbouring dates);
 - a shift: the date, and the dates whose median it is measured against (the baseline's);
 - that median (the reference): those dates;
-- a composite: its period, its dates and the shift applied to each;
+- a date's levels (`core.level`): the date, its shift and the composite it is levelled against;
+- a composite: its period, its dates, the shift applied to each and the composite they are
+  levelled against;
 - both: the grid, the bands, the change settings and `VERSION`.
-Keys start with what they hold ("shift-", "reference-", "composite-"), which the memo may count
-by.
+Keys start with what they hold ("shift-", "reference-", "levels-", "composite-"), which the memo
+may count by.
 
 The store (`ArrayMemo`) is the monitor's (`monitor.memo`); a cache, not state.
 """
@@ -34,7 +36,7 @@ from changedet.models import DateSeries, Period
 __all__ = ["VERSION", "ArrayMemo", "Reuse", "arrays_of", "json_array", "json_of"]
 
 # Part of every key: bump it when what a shift or a composite is computed from, or how, changes.
-VERSION = "stream-1"
+VERSION = "stream-2"
 
 
 class ArrayMemo(Protocol):
@@ -132,13 +134,49 @@ class Reuse:
     def keep_reference(self, refs: Sequence[int], band: str, reference: np.ndarray) -> None:
         self.memo.put_arrays(self._reference_key(refs, band), {"reference": reference})
 
+    # --- levels ----------------------------------------------------------------------------
+
+    def _levels_key(
+        self, against: bytes, corrected: Mapping[int, tuple[float, float]], t: int
+    ) -> str:
+        applied = repr(corrected.get(t)).encode()
+        return "levels-" + _digest(self.settings, b"levels", against, applied, self.dates[t]).hex()
+
+    def levels(
+        self, against: bytes, corrected: Mapping[int, tuple[float, float]], n_dates: int
+    ) -> dict[int, np.ndarray]:
+        """The dates' levels kept from earlier runs (levelled against the composite whose key
+        is `against`, each shifted as `corrected` says)."""
+        found: dict[int, np.ndarray] = {}
+        for t in range(n_dates):
+            got = self.memo.get_arrays(self._levels_key(against, corrected, t))
+            value = None if got is None else got.get("levels")
+            if value is not None and value.ndim == 3 and value.dtype == np.float32:
+                found[t] = value
+        return found
+
+    def keep_levels(
+        self,
+        against: bytes,
+        corrected: Mapping[int, tuple[float, float]],
+        levels: Mapping[int, np.ndarray],
+    ) -> None:
+        for t, value in levels.items():
+            self.memo.put_arrays(self._levels_key(against, corrected, t), {"levels": value})
+
     # --- composites ------------------------------------------------------------------------
 
     def composite_key(
-        self, period: Period, dates: Sequence[int], corrected: Mapping[int, tuple[float, float]]
+        self,
+        period: Period,
+        dates: Sequence[int],
+        corrected: Mapping[int, tuple[float, float]],
+        levelled_against: bytes = b"",
     ) -> str:
+        """levelled_against: the key of the composite the dates are levelled to (none: b"")."""
         applied = repr((period, [corrected.get(t) for t in dates])).encode()
-        digest = _digest(self.settings, b"composite", applied, *(self.dates[t] for t in dates))
+        parts = (applied, levelled_against, *(self.dates[t] for t in dates))
+        digest = _digest(self.settings, b"composite", *parts)
         return "composite-" + digest.hex()
 
     def composite(

@@ -11,15 +11,18 @@ rows over every date; only co-registration needs whole images, one band of one d
    observed `min_clear_obs` times, which choose the baseline (`baseline_from_fractions`);
 2. reference (strips, baseline dates, co-registration band): their median;
 3. shifts (date by date, one band of the whole grid): `measure_shift` against the reference;
-4. composites (strips grown by the rows the shifts reach, every date): each date's strip is
-   shifted as `coregister_dates` shifts the whole date, then every period's, the baseline's and
-   the "after" span's median is written into its preallocated composite.
+4. levels (the baseline's composite as in 5, then date by date, every band of the whole grid):
+   each date's levels against it (`core.level.date_levels`), as `level_stack` levels the stack;
+5. composites (strips grown by the rows the shifts reach, every date): each date's strip is
+   shifted as `coregister_dates` shifts the whole date and levelled, then every period's, the
+   baseline's and the "after" span's median is written into its preallocated composite.
 
-With `reuse` (the monitor's period cache), steps 2–4 take what an earlier run computed from the
+With `reuse` (the monitor's period cache), steps 2–5 take what an earlier run computed from the
 same inputs (`core.reuse`): the reference median of unchanged baseline dates (2 is skipped when
-no date is new), the shifts of known dates, and the composites of periods none of whose dates
-changed; 4 reads only the dates of the composites left. Step 1 takes the earlier run's verdicts
-that the new dates cannot reach and screens only each strip's recent dates (`core.rescreen`).
+no date is new), the shifts and levels of known dates, and the composites of periods none of
+whose dates changed; 4 and 5 read only the dates whose levels or composites are left. Step 1
+takes the earlier run's verdicts that the new dates cannot reach and screens only each strip's
+recent dates (`core.rescreen`).
 
 The strip height follows a byte budget, so a strip holds fewer rows when there are more dates.
 Strips run on a small thread pool (numpy's sort and arithmetic release the GIL).
@@ -30,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -43,6 +46,7 @@ from changedet.core.change import COREG_BANDS
 from changedet.core.composite import REFERENCE_BANDS, median_composite
 from changedet.core.coreg import ShiftReference, apply_shift
 from changedet.core.evidence import RGB, DateSource
+from changedet.core.level import date_levels, level_rows
 from changedet.core.mask import one_or_nan
 from changedet.core.rescreen import date_ids, keep_screen, kept_screen, screen_key
 from changedet.core.reuse import ArrayMemo, Reuse
@@ -399,9 +403,11 @@ def _shifted_strip(
     dates: Sequence[int],
     corrected: dict[int, tuple[float, float]],
     halo: int,
+    levels: Mapping[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pixels and usable mask of `dates` on `rows`, co-registered: the strip is read with
-    `halo` more rows each side (what a shift's bilinear taps reach), shifted, then cut back."""
+    `halo` more rows each side (what a shift's bilinear taps reach), shifted, then cut back;
+    then levelled by the dates' `levels` (`core.level`), where given."""
     h = ctx.series.grid.height
     top, bottom = max(rows.start - halo, 0), min(rows.stop + halo, h)
     grown = slice(top, bottom)
@@ -414,7 +420,12 @@ def _shifted_strip(
         values[i] = moved
         clear[i] = np.isfinite(moved).all(axis=0)
     inner = slice(rows.start - top, rows.stop - top)
-    return values[:, :, inner], clear[:, inner]
+    values, clear = values[:, :, inner], clear[:, inner]
+    block, width = ctx.config.change.level_block_px, ctx.series.grid.width
+    for i, t in enumerate(dates):
+        if levels and t in levels:
+            values[i] -= level_rows(levels[t], rows, width, block)
+    return values, clear
 
 
 def _as_slice(index: list[int]) -> slice | list[int]:
@@ -425,26 +436,33 @@ def _as_slice(index: list[int]) -> slice | list[int]:
     return index
 
 
+def _halo(corrected: Mapping[int, tuple[float, float]], dates: Sequence[int]) -> int:
+    """The rows a strip of `dates` is read beyond its own for their shifts' bilinear taps."""
+    return max((math.ceil(abs(corrected[t][0])) + 1 for t in dates if t in corrected), default=0)
+
+
 def _composites(
     ctx: _Context,
     targets: Sequence[_Target],
     corrected: dict[int, tuple[float, float]],
     progress: Progress,
+    levels: Mapping[int, np.ndarray] | None = None,
 ) -> None:
-    """Pass 4: every target's median composite, strip by strip, reading only their dates."""
+    """Pass 5: every target's median composite, strip by strip, reading only their dates
+    (levelled by `levels`, where given)."""
     series = ctx.series
     dates = sorted({t for target in targets for t in target.dates})
     if not dates:
         return
     at = {t: i for i, t in enumerate(dates)}
     picks = [_as_slice([at[t] for t in target.dates]) for target in targets]
-    halo = max((math.ceil(abs(corrected[t][0])) + 1 for t in dates if t in corrected), default=0)
+    halo = _halo(corrected, dates)
     bands = series.bands
     ref_band = next((bands.index(b) for b in REFERENCE_BANDS if b in bands), 0)
     min_obs = ctx.config.change.min_clear_obs
 
     def work(rows: slice) -> None:
-        values, clear = _shifted_strip(ctx, rows, dates, corrected, halo)
+        values, clear = _shifted_strip(ctx, rows, dates, corrected, halo, levels)
         for target, pick in zip(targets, picks, strict=True):
             median, count, index = median_composite(
                 values[pick],
@@ -464,19 +482,31 @@ def _composites(
         progress("composite", done, len(strips))
 
 
+@dataclass(frozen=True)
+class _Levelled:
+    """Each date's levels (`core.level.date_levels`), and the key of the composite they are
+    levelled against (empty without reuse)."""
+
+    levels: dict[int, np.ndarray]
+    against: bytes
+
+
 def _fill_composites(
     ctx: _Context,
     targets: Sequence[_Target],
     corrected: dict[int, tuple[float, float]],
     reuse: Reuse | None,
     progress: Progress,
+    levelled: _Levelled | None = None,
 ) -> list[bytes] | None:
     """Every target's composite: those `reuse` has kept from it, the others computed (and
     kept). Returns each target's key (None without `reuse`)."""
+    levels = levelled.levels if levelled is not None else None
     if reuse is None:
-        _composites(ctx, targets, corrected, progress)
+        _composites(ctx, targets, corrected, progress, levels)
         return None
-    keys = [reuse.composite_key(t.period, t.dates, corrected) for t in targets]
+    against = levelled.against if levelled is not None else b""
+    keys = [reuse.composite_key(t.period, t.dates, corrected, against) for t in targets]
     shape = ctx.series.grid.shape
     todo = []
     for target, key in zip(targets, keys, strict=True):
@@ -485,10 +515,42 @@ def _fill_composites(
             todo.append((target, key))
         else:
             target.reflectance, target.count, target.source_date = found
-    _composites(ctx, [t for t, _ in todo], corrected, progress)
+    _composites(ctx, [t for t, _ in todo], corrected, progress, levels)
     for target, key in todo:
         reuse.keep_composite(key, target.reflectance, target.count, target.source_date)
     return [key.encode() for key in keys]
+
+
+def _levels(
+    ctx: _Context, span: Period, corrected: dict[int, tuple[float, float]], reuse: Reuse | None
+) -> _Levelled | None:
+    """Pass 4: the baseline composite of the co-registered dates, and every date's levels
+    against it (those `reuse` has kept are not computed again); None when levelling is off."""
+    series, block = ctx.series, ctx.config.change.level_block_px
+    n_t = len(series.times)
+    if block <= 0 or n_t < 2:
+        return None
+    reference = _Target.empty(span, dates_in(series.times, span), series)
+    keys = _fill_composites(ctx, [reference], corrected, reuse, no_progress)
+    against = keys[0] if keys else b""
+    known = reuse.levels(against, corrected, n_t) if reuse is not None else {}
+    todo = [t for t in range(n_t) if t not in known]
+    everything = slice(0, series.grid.height)
+
+    def level(t: int) -> np.ndarray:
+        values, clear = _shifted_strip(ctx, everything, [t], corrected, _halo(corrected, [t]))
+        return date_levels(values[0], clear[0], reference.reflectance, block)
+
+    if ctx.workers <= 1:
+        computed = {t: level(t) for t in todo}
+    else:
+        with ThreadPoolExecutor(
+            max_workers=ctx.workers, thread_name_prefix="changedet-level"
+        ) as pool:
+            computed = dict(zip(todo, pool.map(level, todo), strict=True))
+    if reuse is not None:
+        reuse.keep_levels(against, corrected, computed)
+    return _Levelled({**known, **computed}, against)
 
 
 def analyse_series(
@@ -524,7 +586,8 @@ def analyse_series(
         for p in spans:
             targets.append(_Target.empty(p, dates_in(series.times, p), series))
         corrected = _corrected(shifts, config, len(refs))
-        made_from = _fill_composites(ctx, targets, corrected, keys, progress)
+        levelled = _levels(ctx, baseline.span, corrected, keys)
+        made_from = _fill_composites(ctx, targets, corrected, keys, progress, levelled)
         digests: Sequence[bytes | None] = made_from or [None] * len(targets)
         composites = [t.composite(series, d) for t, d in zip(targets, digests, strict=True)]
     per_period, before, after = composites[: len(periods)], composites[-2], composites[-1]

@@ -6,6 +6,8 @@ Steps (pure: arrays in, arrays out):
    clear periods the baseline and the persistence asked shrink, down to two dates;
 2. `coregister_dates` (core.coreg): every date lined up with the baseline dates' median, never
    with later dates, so appending a period does not move what came before;
+   with `[change] level_block_px`, every date then levelled to the baseline (`level_stack`,
+   core.level: haze and veils over kilometres taken off);
 3. composites: one per period, one for the baseline span and one "after" span of as many
    periods as the baseline at the end;
 4. `observe_periods`: each later period's change against the baseline (`detect_structures`, in
@@ -40,6 +42,7 @@ from changedet.core.composite import composite
 from changedet.core.coreg import coregister_dates
 from changedet.core.kinds import BUILDING
 from changedet.core.ledger import Ledger, build_ledger
+from changedet.core.level import date_levels, level_rows
 from changedet.core.mask import DIP_BAND, temporal_dips, temporal_spikes
 from changedet.core.objects import extract_objects
 from changedet.core.periods import Comparison, plan_comparison
@@ -67,6 +70,7 @@ __all__ = [
     "choose_baseline",
     "date_shift_threshold",
     "dates_in",
+    "level_stack",
     "screen_bands",
     "screen_dates",
     "screened_dates",
@@ -257,6 +261,21 @@ def _coregister(
     )
 
 
+def level_stack(stack: Stack, baseline: Baseline, config: Config) -> Stack:
+    """Every date levelled to the baseline composite (`core.level`); as it is when levelling
+    is off or there is nothing to level against."""
+    block = config.change.level_block_px
+    if block <= 0 or len(stack.times) < 2:
+        return stack
+    reference = composite(stack, baseline.span, min_clear_obs=config.change.min_clear_obs)
+    h, w = stack.grid.shape
+    reflectance = stack.reflectance.copy()
+    for t in range(len(stack.times)):
+        levels = date_levels(stack.reflectance[t], stack.clear[t], reference.reflectance, block)
+        reflectance[t] -= level_rows(levels, slice(0, h), w, block)
+    return replace(stack, reflectance=reflectance)
+
+
 def _observe_periods(
     baseline_composite: Composite,
     per_period: Sequence[Composite],
@@ -423,6 +442,7 @@ def analyse_stack(
     with timer("coregister"):
         stack, date_shifts = _coregister(stack, baseline, config)
     with timer("composite"):
+        stack = level_stack(stack, baseline, config)
         per_period = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods]
         before = composite(stack, baseline.span, min_clear_obs=cc.min_clear_obs)
         after = composite(stack, after_span(periods, baseline), min_clear_obs=cc.min_clear_obs)
