@@ -4,10 +4,11 @@ construction.
 Haze, thin cloud veils SCL does not flag, and residual calibration and illumination differences
 brighten or darken a date over kilometres; a new building changes tens of metres. Each clear
 date's difference from the baseline composite is summarised per band on blocks of
-`block` x `block` pixels (the median of the block's clear pixels: a structure covering less than
-half a block does not move it), the block grid is interpolated bilinearly back to the pixels and
-subtracted from the date. What remains is the date's fine detail on the baseline's broad levels,
-so a faint new roof is compared against sensor noise rather than against the day's haze.
+`block` x `block` pixels (the median of the block's clear pixels, which a structure covering a
+small share of the block hardly moves); the block grid is interpolated bilinearly back to the
+pixels and subtracted from the date. What remains is the date's fine detail on the baseline's
+broad levels, so a faint new roof is compared against sensor noise rather than against the
+day's haze.
 
 Pure numpy: `date_levels` gives a date's block grid, `level_rows` its value on some rows (the
 same per pixel whatever rows are asked for, so the streaming detector and the in-memory one
