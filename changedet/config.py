@@ -184,7 +184,8 @@ class ChangeConfig:
     # its difference from it, as block medians on this many pixels, is subtracted (haze, thin
     # veils and illumination vary over kilometres, construction over tens of metres;
     # `core.level`). Off by default: on the semi-real series 32 px finds more faint change in
-    # hazy cities but costs others precision and turns some roofs on pads into ground works.
+    # hazy cities but costs others precision, and on the demo it types roofs on graded pads as
+    # ground works (README: "Levelling hazy dates").
     level_block_px: int = 0
     z_threshold: float = 10.0  # robust z of the change score that seeds a change region
     z_low: float = 3.0  # hysteresis: seeded regions grow through pixels with robust z >= this

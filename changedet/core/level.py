@@ -69,9 +69,9 @@ def date_levels(
     clear: (H, W) bool."""
     out = []
     for band, ref in zip(values, reference, strict=True):
-        residual = np.where(clear, band - ref, np.float32(np.nan)).astype(np.float32, copy=False)
+        residual = np.where(clear, band - ref, np.float32(np.nan))
         out.append(_filled(_block_medians(residual, block)))
-    return np.stack(out).astype(np.float32, copy=False)
+    return np.stack(out)
 
 
 def _taps(start: int, stop: int, size: int, block: int) -> tuple[np.ndarray, ...]:
