@@ -9,7 +9,8 @@ from datetime import date
 import numpy as np
 import pytest
 
-from changedet.config import TrackConfig
+from changedet.config import KindConfig, TrackConfig
+from changedet.core.kinds import roof_periods, roof_stood
 from changedet.core.ledger import Ledger, build_ledger, place_id
 from changedet.core.periods import make_periods
 from changedet.core.track import PeriodObservation, footprint_geometry, rasterize_objects
@@ -549,3 +550,51 @@ def test_a_state_kept_by_a_tracker_of_other_fields_is_not_taken() -> None:
     del older["last_clear"]
     with pytest.raises(ValueError, match="not a tracker state"):
         _Tracker.__new__(_Tracker).__setstate__(older)
+
+
+def _site_then_roof(roof_in: range) -> list[PeriodObservation]:
+    """Ground graded over B from period 2; in the periods `roof_in` a hall stands on half of it
+    (`objects.split_roofs` made it an object of its own beside the rest of the site)."""
+    soil = {"spectral_flattening": 0.02, "bsi_gain": 0.05}
+    pad = replace(obj(B, 1), evidence=soil)
+    roof = replace(obj(box(20, 20, 2, 4), 1), evidence={"spectral_flattening": 0.4})
+    rest = replace(obj(box(22, 20, 2, 4), 2), evidence=soil)
+    return _observations({k: [roof, rest] if k in roof_in else [pad] for k in range(2, 10)})
+
+
+def test_a_hall_on_ground_graded_earlier_is_a_building_dated_by_its_roof() -> None:
+    """Six periods of graded ground and four of a roof on it: the site's median flattening is
+    the ground's, but a roof stood, so it is a building, first seen when the roof was."""
+    (site,) = run(_site_then_roof(range(6, 10)), kinds=KindConfig()).confirmed
+    assert site.kind == "building"
+    assert site.evidence["spectral_flattening"] == pytest.approx(0.4)
+    assert site.first_seen_end == PERIODS[6].end
+
+
+@pytest.mark.parametrize("roof_in", [range(6, 7), range(4, 6)], ids=["once", "then gone"])
+def test_a_roof_seen_once_or_not_since_does_not_make_a_building(roof_in: range) -> None:
+    (site,) = run(_site_then_roof(roof_in), kinds=KindConfig()).confirmed
+    assert site.kind == "ground works"
+    assert site.evidence["spectral_flattening"] == pytest.approx(0.02)
+
+
+def test_a_roof_stands_when_seen_in_half_the_periods_since_its_first() -> None:
+    """Periods, not objects, are counted: a period's roof comes with the rest of its site."""
+    roofs = roof_periods([(k, {"spectral_flattening": f}) for k, f in ROOF_EVIDENCE], 0.15)
+    assert roofs == {6: 0.3, 7: 0.2}
+    seen = [k for k, _ in ROOF_EVIDENCE]
+    assert roof_stood(roofs, seen, 2)  # 2 of the periods 6, 7, 8
+    assert not roof_stood(roofs, [*seen, 9, 10], 2)  # 2 of 5
+    assert not roof_stood(roofs, seen, 3)
+
+
+ROOF_EVIDENCE = [
+    (4, 0.02),
+    (6, 0.3),
+    (6, 0.02),
+    (6, 0.01),
+    (7, 0.2),
+    (7, 0.03),
+    (8, 0.04),
+    (8, 0.02),
+]

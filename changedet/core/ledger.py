@@ -31,7 +31,14 @@ import numpy as np
 
 from changedet.config import KindConfig, TrackConfig
 from changedet.core.counts import CountEntry, period_counts
-from changedet.core.kinds import BUILDING, classify, evidence_summary, line_shape
+from changedet.core.kinds import (
+    BUILDING,
+    classify,
+    evidence_summary,
+    line_shape,
+    roof_periods,
+    roof_stood,
+)
 from changedet.core.track import (
     PeriodObservation,
     StateMemo,
@@ -186,15 +193,6 @@ def _core(tr: _Track, min_persistence: int) -> np.ndarray:
     return core if core.size else tr.pixels
 
 
-def _roof_periods(tr: _Track, threshold: float) -> list[int]:
-    """Periods in which the objects matched to a track looked like a new roof."""
-    by_period: dict[int, list[float]] = {}
-    for k, e in tr.evidence:
-        if "spectral_flattening" in e:
-            by_period.setdefault(k, []).append(e["spectral_flattening"])
-    return sorted(k for k, v in by_period.items() if float(np.median(v)) >= threshold)
-
-
 def _interval(
     tracks: Tracks,
     tr: _Track,
@@ -207,8 +205,8 @@ def _interval(
     built does not date the hall — and the last clear period before it in which the place held
     no change (no object, not even the ground works before a building, and no score reaching
     `absent_below_z`)."""
-    roofs = _roof_periods(tr, roof_flattening) if kind == BUILDING else []
-    first = roofs[0] if roofs else tr.born
+    roofs = roof_periods(tr.evidence, roof_flattening) if kind == BUILDING else {}
+    first = min(roofs) if roofs else tr.born
     need = tracks.config.min_observed_fraction
     for j in range(first - 1, -1, -1):
         seen_clear = _observed_fraction(tracks.observations[j].observed, core) >= need
@@ -246,15 +244,20 @@ def _n_clear(tracks: Tracks, tr: _Track, core: np.ndarray, first: int) -> int:
 
 
 def _kind(
-    tr: _Track, core: np.ndarray, grid: Grid, kinds: KindConfig
+    tr: _Track, core: np.ndarray, grid: Grid, kinds: KindConfig, min_persistence: int
 ) -> tuple[str, dict[str, float]]:
-    """The structure's kind and the evidence it was decided on."""
+    """The structure's kind and the evidence it was decided on: for a hall on a site graded
+    earlier, the roof's flattening rather than the site's."""
     rows, cols = np.divmod(core, grid.width)
     crop = np.zeros((int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1), bool)
     crop[rows - rows.min(), cols - cols.min()] = True
     shape = line_shape(crop)
     evidence = evidence_summary([e for _, e in tr.evidence])
-    kind = classify(evidence, shape, kinds)
+    roofs = roof_periods(tr.evidence, kinds.roof_flattening)
+    roof = roof_stood(roofs, [k for k, _ in tr.evidence], min_persistence)
+    if roof:
+        evidence["spectral_flattening"] = float(np.median(list(roofs.values())))
+    kind = classify(evidence, shape, kinds, roof=roof)
     return kind, {**evidence, "width_px": round(shape[0], 2), "length_px": float(shape[1])}
 
 
@@ -428,7 +431,7 @@ def build_ledger(
         if tr.status == "merged":
             continue
         core = _core(tr, config.min_persistence)
-        kind, evidence = _kind(tr, core, grid, kinds)
+        kind, evidence = _kind(tr, core, grid, kinds, config.min_persistence)
         first, last_absent = _interval(tracks, tr, core, kind, kinds.roof_flattening)
         built.append(
             _Built(
