@@ -563,18 +563,24 @@ def _site_then_roof(roof_in: range) -> list[PeriodObservation]:
 
 
 def test_a_hall_on_ground_graded_earlier_is_a_building_dated_by_its_roof() -> None:
-    """Six periods of graded ground and four of a roof on it: the site's median flattening is
-    the ground's, but a roof stood, so it is a building, first seen when the roof was."""
-    (site,) = run(_site_then_roof(range(6, 10)), kinds=KindConfig()).confirmed
-    assert site.kind == "building"
+    """Four periods of graded ground and four of a roof on half of it: the site's median
+    flattening is the ground's, but a roof stood, so it is a building, first seen when the roof
+    was. Its outline stays the site's; the hall's pixels are kept for the berm ring test."""
+    ledger = run(_site_then_roof(range(6, 10)), kinds=KindConfig())
+    (site,) = ledger.confirmed
+    assert site.kind == "building" and site.area_m2 == 1600.0
     assert site.evidence["spectral_flattening"] == pytest.approx(0.4)
     assert site.first_seen_end == PERIODS[6].end
+    (hall,) = ledger.halls
+    assert hall is not None
+    assert np.array_equal(hall, np.flatnonzero(box(20, 20, 2, 4)))
 
 
 @pytest.mark.parametrize("roof_in", [range(6, 7), range(4, 6)], ids=["once", "then gone"])
 def test_a_roof_seen_once_or_not_since_does_not_make_a_building(roof_in: range) -> None:
-    (site,) = run(_site_then_roof(roof_in), kinds=KindConfig()).confirmed
-    assert site.kind == "ground works"
+    ledger = run(_site_then_roof(roof_in), kinds=KindConfig())
+    (site,) = ledger.confirmed
+    assert site.kind == "ground works" and ledger.halls == (None,)
     assert site.evidence["spectral_flattening"] == pytest.approx(0.02)
 
 

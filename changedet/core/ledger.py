@@ -65,6 +65,8 @@ class Ledger:
     footprints: (H, W) int32, 0 = none, i + 1 = structures[i] (each pixel belongs to one);
     first_period: per structure, index into `periods` of its first present period;
     anchors: per structure, the flat grid index of the pixel its id is named after;
+    halls: per structure, the flat grid indices of the hall a building on a site graded earlier
+        is (what berms ring), else None;
     periods: the observation periods in date order.
     """
 
@@ -78,6 +80,7 @@ class Ledger:
     anchors: tuple[int, ...] = ()
     entries: tuple[CountEntry, ...] = ()
     clear_fractions: tuple[float, ...] = ()
+    halls: tuple[np.ndarray | None, ...] = ()
 
     @property
     def confirmed(self) -> tuple[Structure, ...]:
@@ -107,6 +110,7 @@ class Ledger:
             first_period=tuple(self.first_period[i] for i in keep),
             anchors=tuple(self.anchors[i] for i in keep),
             entries=entries,
+            halls=tuple(self.halls[i] for i in keep) if self.halls else (),
         )
 
 
@@ -243,22 +247,34 @@ def _n_clear(tracks: Tracks, tr: _Track, core: np.ndarray, first: int) -> int:
     )
 
 
+def _hall(tr: _Track, n_roofs: int, min_persistence: int) -> np.ndarray:
+    """The pixels of a site that lay in its roof-like objects in as many of its roof periods as
+    `_core` asks of its present periods: the hall standing on it."""
+    need = max(1, min(min_persistence, math.ceil(0.5 * n_roofs)))
+    return tr.pixels[tr.roof_hits >= need]
+
+
 def _kind(
     tr: _Track, core: np.ndarray, grid: Grid, kinds: KindConfig, min_persistence: int
-) -> tuple[str, dict[str, float]]:
-    """The structure's kind and the evidence it was decided on: for a hall on a site graded
-    earlier, the roof's flattening rather than the site's."""
+) -> tuple[str, dict[str, float], np.ndarray | None]:
+    """The structure's kind, the evidence it was decided on and, for a hall put up on a site
+    graded earlier (the site's median is the ground's, but a roof stood), the hall's pixels
+    (`_hall`; else None). Such a site is a building with the hall's flattening; its outline
+    stays the site's, which is what changed."""
+    evidence = evidence_summary([e for _, e in tr.evidence])
+    roofs = roof_periods(tr.evidence, kinds.roof_flattening)
+    roof = roof_stood(roofs, [k for k, _ in tr.evidence], min_persistence)
+    hall = None
+    if roof and evidence.get("spectral_flattening", np.inf) < kinds.roof_flattening:
+        hall = _hall(tr, len(roofs), min_persistence)
+        evidence["spectral_flattening"] = float(np.median(list(roofs.values())))
     rows, cols = np.divmod(core, grid.width)
     crop = np.zeros((int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1), bool)
     crop[rows - rows.min(), cols - cols.min()] = True
     shape = line_shape(crop)
-    evidence = evidence_summary([e for _, e in tr.evidence])
-    roofs = roof_periods(tr.evidence, kinds.roof_flattening)
-    roof = roof_stood(roofs, [k for k, _ in tr.evidence], min_persistence)
-    if roof:
-        evidence["spectral_flattening"] = float(np.median(list(roofs.values())))
     kind = classify(evidence, shape, kinds, roof=roof)
-    return kind, {**evidence, "width_px": round(shape[0], 2), "length_px": float(shape[1])}
+    evidence = {**evidence, "width_px": round(shape[0], 2), "length_px": float(shape[1])}
+    return kind, evidence, hall if hall is not None and hall.size else None
 
 
 @dataclass
@@ -275,6 +291,7 @@ class _Built:
     first: int  # period index of its first presence
     last_absent: int | None
     confirmed: bool  # `_held`
+    hall: np.ndarray | None  # `_kind`
     structure: Structure = field(init=False)
 
     @property
@@ -431,7 +448,7 @@ def build_ledger(
         if tr.status == "merged":
             continue
         core = _core(tr, config.min_persistence)
-        kind, evidence = _kind(tr, core, grid, kinds, config.min_persistence)
+        kind, evidence, hall = _kind(tr, core, grid, kinds, config.min_persistence)
         first, last_absent = _interval(tracks, tr, core, kind, kinds.roof_flattening)
         built.append(
             _Built(
@@ -445,6 +462,7 @@ def build_ledger(
                 first=first,
                 last_absent=last_absent,
                 confirmed=_held(tr, config),
+                hall=hall,
             )
         )
     for b, structure_id in zip(built, _named(built, grid), strict=True):
@@ -463,6 +481,7 @@ def build_ledger(
         counts=period_counts(entries, tracks.periods, clear),
         events=tuple(e[2] for e in events),
         footprints=footprint.reshape(grid.shape),
+        halls=tuple(b.hall for b in built),
         first_period=tuple(b.first for b in built),
         periods=tracks.periods,
         min_area_m2=min_area_m2,

@@ -386,6 +386,21 @@ def _memo_key(shared: bytes, made_from: bytes, comp: Composite, config: Config) 
     return digest.hexdigest()
 
 
+def _building_footprints(ledger: Ledger, buildings: list[int]) -> np.ndarray:
+    """(H, W) int32: buildings[j] -> j + 1 on its footprint, or on its hall where it stands on a
+    site graded earlier (`Ledger.halls`): the berms ringing a hall lie on the site's ground."""
+    lut = np.zeros(len(ledger.structures) + 1, dtype=np.int32)
+    lut[[i + 1 for i in buildings]] = np.arange(1, len(buildings) + 1, dtype=np.int32)
+    footprints = lut[ledger.footprints]
+    flat = footprints.reshape(-1)
+    for j, i in enumerate(buildings, start=1):
+        hall = ledger.halls[i] if ledger.halls else None
+        if hall is not None:
+            flat[flat == j] = 0
+            flat[hall[flat[hall] == 0]] = j
+    return footprints
+
+
 def _with_berms(
     ledger: Ledger, baseline: Composite, after: Composite, config: Config
 ) -> tuple[tuple[Structure, ...], tuple[Berm, ...]]:
@@ -395,9 +410,7 @@ def _with_berms(
     if not config.berms.enabled:
         return ledger.structures, ()
     buildings = [i for i, s in enumerate(ledger.structures) if s.kind == BUILDING]
-    lut = np.zeros(len(ledger.structures) + 1, dtype=np.int32)
-    lut[[i + 1 for i in buildings]] = np.arange(1, len(buildings) + 1, dtype=np.int32)
-    footprints = lut[ledger.footprints]
+    footprints = _building_footprints(ledger, buildings)
     # New roofs' own edges look like ridges: keep them out of the berm evidence.
     evidence = berm_evidence(baseline, after, exclude=footprints > 0)
     grid = baseline.grid

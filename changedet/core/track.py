@@ -64,7 +64,7 @@ __all__ = [
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 # Part of the key of a kept tracker state: bump it when the tracker decides differently.
-TRACK_VERSION = "track-5"
+TRACK_VERSION = "track-6"
 
 
 def holds_change(changed: np.ndarray, pixels: np.ndarray) -> bool:
@@ -108,6 +108,8 @@ class _Track:
     pixels: np.ndarray  # sorted flat indices owned
     hits: np.ndarray  # presence count per owned pixel
     first_pixels: np.ndarray
+    # per owned pixel, the periods it lay in a roof-like object: a hall's footprint on its site
+    roof_hits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     present: dict[int, int] = field(default_factory=dict)  # period -> pieces
     absent: list[int] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)
@@ -123,12 +125,18 @@ class _Track:
         if new.size == 0:
             return
         self.pixels = np.concatenate([self.pixels, new])
-        self.hits = np.concatenate([self.hits, np.zeros(new.size, dtype=np.int32)])
+        zeros = np.zeros(new.size, dtype=np.int32)
+        self.hits = np.concatenate([self.hits, zeros])
+        self.roof_hits = np.concatenate([self.roof_hits, zeros])
         order = np.argsort(self.pixels, kind="stable")
         self.pixels, self.hits = self.pixels[order], self.hits[order]
+        self.roof_hits = self.roof_hits[order]
 
-    def hit(self, pix: np.ndarray) -> None:
-        self.hits[np.isin(self.pixels, pix, assume_unique=True)] += 1
+    def hit(self, pix: np.ndarray, roof: bool = False) -> None:
+        inside = np.isin(self.pixels, pix, assume_unique=True)
+        self.hits[inside] += 1
+        if roof:
+            self.roof_hits[inside] += 1
 
 
 def rasterize_objects(objects: Sequence[ChangeObject | Structure], grid: Grid) -> np.ndarray:
@@ -349,7 +357,7 @@ class _Tracker:
             return
         for _c, t in matched:
             tr = self.tracks[t]
-            tr.hit(pix[owners == t])
+            tr.hit(pix[owners == t], roof=self._roof_object(obj))
             present_now[t] = present_now.get(t, 0) + 1
             tr.confidences.append(float(obj.confidence))
             tr.evidence.append((k, obj.evidence))
@@ -475,6 +483,9 @@ class _Tracker:
                 present_now[main.index] = max(present_now.get(main.index, 0), pieces)
         self.open = [t for t in self.open if t not in into]
 
+    def _roof_object(self, obj: ChangeObject) -> bool:
+        return obj.evidence.get("spectral_flattening", -np.inf) >= self.roof_flattening
+
     def _roof_like(self, tr: _Track) -> bool:
         flattening = [
             e["spectral_flattening"] for _, e in tr.evidence if "spectral_flattening" in e
@@ -484,7 +495,9 @@ class _Tracker:
     def _new_track(self, pix: np.ndarray, k: int, obj: ChangeObject) -> None:
         pix = np.sort(pix)
         t = len(self.tracks)
-        tr = _Track(index=t, born=k, pixels=pix, hits=np.ones(pix.size, np.int32), first_pixels=pix)
+        ones = np.ones(pix.size, np.int32)
+        roof = ones if self._roof_object(obj) else np.zeros(pix.size, np.int32)
+        tr = _Track(index=t, born=k, pixels=pix, hits=ones, first_pixels=pix, roof_hits=roof)
         tr.confidences.append(float(obj.confidence))
         tr.evidence.append((k, obj.evidence))
         self.tracks.append(tr)
@@ -545,8 +558,10 @@ def _merge_into(main: _Track, other: _Track, owner: np.ndarray) -> None:
     keep = ~np.isin(other.pixels, main.pixels)
     main.pixels = np.concatenate([main.pixels, other.pixels[keep]])
     main.hits = np.concatenate([main.hits, other.hits[keep]])
+    main.roof_hits = np.concatenate([main.roof_hits, other.roof_hits[keep]])
     order = np.argsort(main.pixels, kind="stable")
     main.pixels, main.hits = main.pixels[order], main.hits[order]
+    main.roof_hits = main.roof_hits[order]
     main.first_pixels = np.union1d(main.first_pixels, other.first_pixels)
     for k, n in other.present.items():
         main.present[k] = max(main.present.get(k, 0), n)
