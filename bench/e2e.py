@@ -278,8 +278,8 @@ def main() -> None:
     parser.add_argument(
         "--level-block-px",
         type=int,
-        default=0,
-        help="changedet's [change] level_block_px (0: off, the default; to time levelling)",
+        default=32,
+        help="changedet's [change] level_block_px (32, the default; 0 to time it without)",
     )
     args = parser.parse_args()
 
