@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from changedet.core.level import MIN_BLOCK_CLEAR, date_levels, level_rows
+from changedet.core.level import (
+    MIN_BLOCK_CLEAR,
+    block_levels,
+    date_levels,
+    filled,
+    subtract_levels,
+)
 
 H, W, BLOCK = 160, 192, 32
 
@@ -25,7 +31,16 @@ def _haze() -> np.ndarray:
 
 def _levelled(date: np.ndarray, clear: np.ndarray, reference: np.ndarray) -> np.ndarray:
     levels = date_levels(date, clear, reference, BLOCK)
-    return date - level_rows(levels, slice(0, H), W, BLOCK)
+    out = date.copy()
+    subtract_levels(out, levels, slice(0, H), BLOCK)
+    return out
+
+
+def _levels_on(levels: np.ndarray, rows: slice) -> np.ndarray:
+    """The levels on `rows` (what `subtract_levels` takes off zeros, negated)."""
+    out = np.zeros((levels.shape[0], rows.stop - rows.start, W), np.float32)
+    subtract_levels(out, levels, rows, BLOCK)
+    return -out
 
 
 def test_a_smooth_haze_is_taken_off_and_a_new_roof_stays() -> None:
@@ -78,12 +93,26 @@ def test_a_date_with_nothing_clear_is_not_levelled() -> None:
 
 def test_levels_on_some_rows_are_those_of_the_whole_grid() -> None:
     levels = np.random.default_rng(5).standard_normal((2, 5, 6)).astype(np.float32)
-    whole = level_rows(levels, slice(0, H), W, BLOCK)
+    whole = _levels_on(levels, slice(0, H))
     for rows in (slice(0, 7), slice(31, 97), slice(150, H)):
-        assert np.array_equal(level_rows(levels, rows, W, BLOCK), whole[:, rows])
+        assert np.array_equal(_levels_on(levels, rows), whole[:, rows])
     # bilinear between block centres, the edges holding the outer blocks' values: as scipy's
     rows, cols = np.mgrid[0:H, 0:W]
     at = [(rows + 0.5) / BLOCK - 0.5, (cols + 0.5) / BLOCK - 0.5]
     for band in range(2):
         expected = ndimage.map_coordinates(levels[band], at, order=1, mode="nearest")
         np.testing.assert_allclose(whole[band], expected, atol=1e-5)
+
+
+def test_a_date_levelled_in_bands_of_block_rows_is_levelled_as_a_whole() -> None:
+    """What the streaming detector does: block medians on bands of whole block rows (the last
+    one short), holes filled once over the whole grid."""
+    reference = _texture(6)
+    date = reference + _haze()
+    clear = np.ones((H, W), bool)
+    clear[:50, :70] = False  # a cloud across two block rows: holes to fill
+    whole = date_levels(date, clear, reference, BLOCK)
+    bands = [slice(top, min(top + 2 * BLOCK, H)) for top in range(0, H, 2 * BLOCK)]
+    parts = [block_levels(date[:, b], clear[b], reference[:, b], BLOCK) for b in bands]
+    assert np.isnan(parts[0]).any()
+    assert np.array_equal(filled(np.concatenate(parts, axis=1)), whole)

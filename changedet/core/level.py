@@ -10,17 +10,26 @@ pixels and subtracted from the date. What remains is the date's fine detail on t
 broad levels, so a faint new roof is compared against sensor noise rather than against the
 day's haze.
 
-Pure numpy: `date_levels` gives a date's block grid, `level_rows` its value on some rows (the
-same per pixel whatever rows are asked for, so the streaming detector and the in-memory one
-level alike, to the bit).
+Pure numpy: `date_levels` gives a date's block grid (`block_levels` on a band of whole block
+rows at a time, then `filled`, gives the same), `subtract_levels` takes it off some rows (the
+same per pixel whatever rows are given, so the streaming detector and the in-memory one level
+alike, to the bit).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["MIN_BLOCK_CLEAR", "date_levels", "level_rows"]
+__all__ = [
+    "MIN_BLOCK_CLEAR",
+    "block_levels",
+    "date_levels",
+    "filled",
+    "subtract_levels",
+]
 
 # A block with fewer clear pixels than this share takes its level from the nearest block with
 # enough: a few pixels between clouds are too few to tell haze from ground.
@@ -34,9 +43,10 @@ def _block_medians(residual: np.ndarray, block: int) -> np.ndarray:
     nby, nbx = -(-h // block), -(-w // block)
     padded = np.full((nby * block, nbx * block), np.nan, dtype=np.float32)
     padded[:h, :w] = residual
+    # (the last reshape copies: `cells` is the blocks' own array, sorted in place)
     cells = padded.reshape(nby, block, nbx, block).transpose(0, 2, 1, 3).reshape(nby, nbx, -1)
     n = np.count_nonzero(np.isfinite(cells), axis=2)
-    cells = np.sort(cells, axis=2)  # NaN sort last
+    cells.sort(axis=2)  # NaN sort last
     low = np.take_along_axis(cells, np.maximum(n - 1, 0)[..., None] // 2, axis=2)[..., 0]
     high = np.take_along_axis(cells, (n // 2)[..., None], axis=2)[..., 0]
     out = (low + high) * np.float32(0.5)
@@ -49,8 +59,13 @@ def _block_medians(residual: np.ndarray, block: int) -> np.ndarray:
     return out
 
 
+def filled(levels: np.ndarray) -> np.ndarray:
+    """(B, nby, nbx) block levels whose NaN blocks take the value of the nearest finite block of
+    their band (all zero when none is)."""
+    return np.stack([_filled(band) for band in levels])
+
+
 def _filled(levels: np.ndarray) -> np.ndarray:
-    """NaN blocks take the value of the nearest finite block (all zero when none is)."""
     bad = np.isnan(levels)
     if not bad.any():
         return levels
@@ -60,18 +75,25 @@ def _filled(levels: np.ndarray) -> np.ndarray:
     return levels[tuple(nearest)]
 
 
-def date_levels(
+def block_levels(
     values: np.ndarray, clear: np.ndarray, reference: np.ndarray, block: int
 ) -> np.ndarray:
     """(B, nby, nbx) float32: per band, the block medians of `values` - `reference` over the
-    pixels `clear` (and finite in both), holes filled from the nearest block. values,
-    reference: (B, H, W) reflectance (the date, co-registered; the baseline composite);
-    clear: (H, W) bool."""
+    pixels `clear` (and finite in both); NaN where too few are. values, reference: (B, H, W)
+    reflectance (the date, co-registered; the baseline composite); clear: (H, W) bool. Blocks
+    do not overlap, so a date's rows cut at multiples of `block` give its block rows."""
     out = []
     for band, ref in zip(values, reference, strict=True):
         residual = np.where(clear, band - ref, np.float32(np.nan))
-        out.append(_filled(_block_medians(residual, block)))
+        out.append(_block_medians(residual, block))
     return np.stack(out)
+
+
+def date_levels(
+    values: np.ndarray, clear: np.ndarray, reference: np.ndarray, block: int
+) -> np.ndarray:
+    """(B, nby, nbx) float32: `block_levels`, holes filled from the nearest block."""
+    return filled(block_levels(values, clear, reference, block))
 
 
 def _taps(start: int, stop: int, size: int, block: int) -> tuple[np.ndarray, ...]:
@@ -85,21 +107,29 @@ def _taps(start: int, stop: int, size: int, block: int) -> tuple[np.ndarray, ...
     return first, second, weight
 
 
-def level_rows(levels: np.ndarray, rows: slice, width: int, block: int) -> np.ndarray:
-    """(B, len(rows), width) float32: the block grid `levels` (B, nby, nbx) interpolated
-    bilinearly to the pixels of `rows`."""
+def _runs(
+    levels: np.ndarray, rows: slice, width: int, block: int
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(start, stop, top, step, weights) per run of `rows` between the same two block-row
+    centres: there the levels are top + step * weight, row by row."""
     nby, nbx = levels.shape[1:]
-    c0, c1, wc = _taps(0, width, nbx, block)
-    across = levels[:, :, c0]  # (B, nby, width): each block row interpolated along the columns
-    across += (levels[:, :, c1] - across) * wc
     r0, r1, wr = _taps(rows.start, rows.stop, nby, block)
-    out = np.empty((levels.shape[0], r0.size, width), dtype=np.float32)
-    # Rows between the same two block centres share their two block rows: one run at a time.
-    starts = np.flatnonzero(np.r_[True, r0[1:] != r0[:-1]])
+    first, last = int(r0[0]), int(r1[-1]) + 1  # the block rows these rows lie between
+    c0, c1, wc = _taps(0, width, nbx, block)
+    near = levels[:, first:last]
+    across = near[:, :, c0]  # (B, last - first, width): block rows interpolated along columns
+    across += (near[:, :, c1] - across) * wc
+    starts = np.flatnonzero(np.r_[True, r0[1:] != r0[:-1]]).tolist()
     for start, stop in zip(starts, [*starts[1:], r0.size], strict=True):
-        top = across[:, r0[start]]
-        step = across[:, r1[start]] - top
-        run = out[:, start:stop]
-        np.multiply(step[:, None, :], wr[start:stop, None], out=run)
+        top = across[:, r0[start] - first]
+        yield start, stop, top, across[:, r1[start] - first] - top, wr[start:stop]
+
+
+def subtract_levels(values: np.ndarray, levels: np.ndarray, rows: slice, block: int) -> None:
+    """values (B, len(rows), W) -= the block grid `levels` (B, nby, nbx) interpolated
+    bilinearly to the pixels of `rows`, a run of rows at a time (no strip-sized array of
+    levels)."""
+    for start, stop, top, step, weights in _runs(levels, rows, values.shape[2], block):
+        run = step[:, None, :] * weights[:, None]
         run += top[:, None, :]
-    return out
+        values[:, start:stop] -= run

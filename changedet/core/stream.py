@@ -46,7 +46,7 @@ from changedet.core.change import COREG_BANDS
 from changedet.core.composite import REFERENCE_BANDS, median_composite
 from changedet.core.coreg import ShiftReference, apply_shift
 from changedet.core.evidence import RGB, DateSource
-from changedet.core.level import date_levels, level_rows
+from changedet.core.level import block_levels, filled, subtract_levels
 from changedet.core.mask import one_or_nan
 from changedet.core.rescreen import date_ids, keep_screen, kept_screen, screen_key
 from changedet.core.reuse import ArrayMemo, Reuse
@@ -421,10 +421,10 @@ def _shifted_strip(
         clear[i] = np.isfinite(moved).all(axis=0)
     inner = slice(rows.start - top, rows.stop - top)
     values, clear = values[:, :, inner], clear[:, inner]
-    block, width = ctx.config.change.level_block_px, ctx.series.grid.width
+    block = ctx.config.change.level_block_px
     for i, t in enumerate(dates):
         if levels and t in levels:
-            values[i] -= level_rows(levels[t], rows, width, block)
+            subtract_levels(values[i], levels[t], rows, block)
     return values, clear
 
 
@@ -535,11 +535,18 @@ def _levels(
     against = keys[0] if keys else b""
     known = reuse.levels(against, corrected, n_t) if reuse is not None else {}
     todo = [t for t in range(n_t) if t not in known]
-    everything = slice(0, series.grid.height)
+    # A date is read in strips of whole block rows (blocks do not overlap): strip-sized arrays,
+    # not the date's whole grid several times over per worker.
+    rows = _strip_rows(series, 1, 2 * len(series.bands), ctx.budget)
+    strips = _strips(series.grid.height, max(rows // block, 1) * block)
 
     def level(t: int) -> np.ndarray:
-        values, clear = _shifted_strip(ctx, everything, [t], corrected, _halo(corrected, [t]))
-        return date_levels(values[0], clear[0], reference.reflectance, block)
+        halo = _halo(corrected, [t])
+        parts = []
+        for strip in strips:
+            values, clear = _shifted_strip(ctx, strip, [t], corrected, halo)
+            parts.append(block_levels(values[0], clear[0], reference.reflectance[:, strip], block))
+        return filled(np.concatenate(parts, axis=1))
 
     if ctx.workers <= 1:
         computed = {t: level(t) for t in todo}

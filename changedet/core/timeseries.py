@@ -42,7 +42,7 @@ from changedet.core.composite import composite
 from changedet.core.coreg import coregister_dates
 from changedet.core.kinds import BUILDING
 from changedet.core.ledger import Ledger, build_ledger
-from changedet.core.level import date_levels, level_rows
+from changedet.core.level import date_levels, subtract_levels
 from changedet.core.mask import DIP_BAND, temporal_dips, temporal_spikes
 from changedet.core.objects import extract_objects
 from changedet.core.periods import Comparison, plan_comparison
@@ -268,11 +268,10 @@ def level_stack(stack: Stack, baseline: Baseline, config: Config) -> Stack:
     if block <= 0 or len(stack.times) < 2:
         return stack
     reference = composite(stack, baseline.span, min_clear_obs=config.change.min_clear_obs)
-    h, w = stack.grid.shape
     reflectance = stack.reflectance.copy()
     for t in range(len(stack.times)):
         levels = date_levels(stack.reflectance[t], stack.clear[t], reference.reflectance, block)
-        reflectance[t] -= level_rows(levels, slice(0, h), w, block)
+        subtract_levels(reflectance[t], levels, slice(0, stack.grid.height), block)
     return replace(stack, reflectance=reflectance)
 
 
