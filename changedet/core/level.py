@@ -43,7 +43,7 @@ def _block_medians(residual: np.ndarray, block: int) -> np.ndarray:
     nby, nbx = -(-h // block), -(-w // block)
     padded = np.full((nby * block, nbx * block), np.nan, dtype=np.float32)
     padded[:h, :w] = residual
-    # (the last reshape copies: `cells` is the blocks' own array, sorted in place)
+    # `cells` is a copy of `padded` or a view of it (one block), ours either way: sorted in place
     cells = padded.reshape(nby, block, nbx, block).transpose(0, 2, 1, 3).reshape(nby, nbx, -1)
     n = np.count_nonzero(np.isfinite(cells), axis=2)
     cells.sort(axis=2)  # NaN sort last

@@ -109,7 +109,7 @@ class _Track:
     hits: np.ndarray  # presence count per owned pixel
     first_pixels: np.ndarray
     # per owned pixel, the periods it lay in a roof-like object: a hall's footprint on its site
-    roof_hits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    roof_hits: np.ndarray
     present: dict[int, int] = field(default_factory=dict)  # period -> pieces
     absent: list[int] = field(default_factory=list)
     confidences: list[float] = field(default_factory=list)
