@@ -13,6 +13,7 @@ from changedet.config import KindConfig, TrackConfig
 from changedet.core.kinds import roof_periods, roof_stood
 from changedet.core.ledger import Ledger, build_ledger, place_id
 from changedet.core.periods import make_periods
+from changedet.core.timeseries import _building_footprints
 from changedet.core.track import PeriodObservation, footprint_geometry, rasterize_objects
 from changedet.models import ChangeObject, Grid
 
@@ -574,6 +575,8 @@ def test_a_hall_on_ground_graded_earlier_is_a_building_dated_by_its_roof() -> No
     (hall,) = ledger.halls
     assert hall is not None
     assert np.array_equal(hall, np.flatnonzero(box(20, 20, 2, 4)))
+    # What the berm ring test is run around: the hall; the site's ground is where berms lie.
+    assert np.array_equal(_building_footprints(ledger, [0]) == 1, box(20, 20, 2, 4))
 
 
 @pytest.mark.parametrize("roof_in", [range(6, 7), range(4, 6)], ids=["once", "then gone"])
