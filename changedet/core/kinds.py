@@ -11,7 +11,7 @@ stayed soil-like (no flattening, brighter or more bare), is `ground works`; anyt
 flattening in the ambiguous band, darkening, a mix — is `other`, because the pixels cannot tell.
 A hall put up on ground graded months before is tracked as that site, whose median is the
 ground's; it is a `building` too when a roof stood on part of it (`roof_stood`: a period's most
-flattened object, cut out of the site by `objects.split_roofs`, in most periods since it appeared).
+flattened object, cut out of the site by `objects.split_roofs`, in half the periods since).
 On real spectra the separation is only as good as the soil/roof contrast (see README: where the
 kinds were measured); `other` says so instead of guessing.
 """
