@@ -178,8 +178,7 @@ def test_streaming_matches_on_a_semi_real_series(oscd_root: Path, tmp_path: Path
     from changedet.lab.oscd import load_city
     from changedet.lab.series import make_oscd_series, series_stack
 
-    config = load_config()
-    config = replace(config, change=replace(config.change, level_block_px=32))
+    config = load_config()  # levelling on (32 px), the default
     series = make_oscd_series(load_city(oscd_root, "paris", with_label=True), seed=0, months=8)
     stack = series_stack(series, [a.index for a in series.acquisitions], config=config)
     periods = make_periods(series.start, series.end, config.time.period)

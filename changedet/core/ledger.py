@@ -23,7 +23,7 @@ statistics come from a context window around the AOI, results from the AOI itsel
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -187,30 +187,29 @@ def _observed_fraction(observed: np.ndarray, pixels: np.ndarray) -> float:
     return float(observed.ravel()[pixels].mean()) if pixels.size else 0.0
 
 
+def _hits_needed(n_periods: int, min_persistence: int) -> int:
+    """Periods a pixel must be hit in, of `n_periods`, to be part of a footprint: half of them,
+    or `min_persistence` when that is fewer. A pixel is part of a structure on the evidence that
+    confirms a structure: a faint edge seen changed in two of ten months still belongs to it,
+    where half would shrink a long-lived structure to the pixels that cross every time."""
+    return max(1, min(min_persistence, math.ceil(0.5 * n_periods)))
+
+
 def _core(tr: _Track, min_persistence: int) -> np.ndarray:
-    """A track's footprint: pixels hit in at least half of its present periods, or in
-    `min_persistence` of them when that is fewer. A pixel is part of a structure on the evidence
-    that confirms a structure: a faint edge seen changed in two of ten months still belongs to
-    it, where half would shrink a long-lived structure to the pixels that cross every time."""
-    core_min = max(1, min(min_persistence, math.ceil(0.5 * len(tr.present))))
-    core = tr.pixels[tr.hits >= core_min]
+    """A track's footprint: pixels hit in `_hits_needed` of its present periods."""
+    core = tr.pixels[tr.hits >= _hits_needed(len(tr.present), min_persistence)]
     return core if core.size else tr.pixels
 
 
 def _interval(
-    tracks: Tracks,
-    tr: _Track,
-    core: np.ndarray,
-    kind: str,
-    roof_flattening: float,
+    tracks: Tracks, tr: _Track, core: np.ndarray, kind: str, roofs: Mapping[int, float]
 ) -> tuple[int, int | None]:
     """(first present, last absent) period indices of a structure: its first period — for a
     building the first in which it looked like a roof, so ground cleared before the hall was
     built does not date the hall — and the last clear period before it in which the place held
     no change (no object, not even the ground works before a building, and no score reaching
-    `absent_below_z`)."""
-    roofs = roof_periods(tr.evidence, roof_flattening) if kind == BUILDING else {}
-    first = min(roofs) if roofs else tr.born
+    `absent_below_z`). roofs: `kinds.roof_periods` of the track."""
+    first = min(roofs) if kind == BUILDING and roofs else tr.born
     need = tracks.config.min_observed_fraction
     for j in range(first - 1, -1, -1):
         seen_clear = _observed_fraction(tracks.observations[j].observed, core) >= need
@@ -248,21 +247,24 @@ def _n_clear(tracks: Tracks, tr: _Track, core: np.ndarray, first: int) -> int:
 
 
 def _hall(tr: _Track, n_roofs: int, min_persistence: int) -> np.ndarray:
-    """The pixels of a site that lay in its roof-like objects in as many of its roof periods as
-    `_core` asks of its present periods: the hall standing on it."""
-    need = max(1, min(min_persistence, math.ceil(0.5 * n_roofs)))
-    return tr.pixels[tr.roof_hits >= need]
+    """The pixels of a site that lay in its roof-like objects in `_hits_needed` of its roof
+    periods: the hall standing on it."""
+    return tr.pixels[tr.roof_hits >= _hits_needed(n_roofs, min_persistence)]
 
 
 def _kind(
-    tr: _Track, core: np.ndarray, grid: Grid, kinds: KindConfig, min_persistence: int
+    tr: _Track,
+    core: np.ndarray,
+    grid: Grid,
+    kinds: KindConfig,
+    roofs: Mapping[int, float],
+    min_persistence: int,
 ) -> tuple[str, dict[str, float], np.ndarray | None]:
     """The structure's kind, the evidence it was decided on and, for a hall put up on a site
     graded earlier (the site's median is the ground's, but a roof stood), the hall's pixels
     (`_hall`; else None). Such a site is a building with the hall's flattening; its outline
-    stays the site's, which is what changed."""
+    stays the site's, which is what changed. roofs: `kinds.roof_periods` of the track."""
     evidence = evidence_summary([e for _, e in tr.evidence])
-    roofs = roof_periods(tr.evidence, kinds.roof_flattening)
     roof = roof_stood(roofs, [k for k, _ in tr.evidence], min_persistence)
     hall = None
     if roof and evidence.get("spectral_flattening", np.inf) < kinds.roof_flattening:
@@ -448,8 +450,9 @@ def build_ledger(
         if tr.status == "merged":
             continue
         core = _core(tr, config.min_persistence)
-        kind, evidence, hall = _kind(tr, core, grid, kinds, config.min_persistence)
-        first, last_absent = _interval(tracks, tr, core, kind, kinds.roof_flattening)
+        roofs = roof_periods(tr.evidence, kinds.roof_flattening)
+        kind, evidence, hall = _kind(tr, core, grid, kinds, roofs, config.min_persistence)
+        first, last_absent = _interval(tracks, tr, core, kind, roofs)
         built.append(
             _Built(
                 tr,

@@ -11,8 +11,8 @@ rows over every date; only co-registration needs whole images, one band of one d
    observed `min_clear_obs` times, which choose the baseline (`baseline_from_fractions`);
 2. reference (strips, baseline dates, co-registration band): their median;
 3. shifts (date by date, one band of the whole grid): `measure_shift` against the reference;
-4. levels (the baseline's composite as in 5, then date by date, every band of the whole grid):
-   each date's levels against it (`core.level.date_levels`), as `level_stack` levels the stack;
+4. levels (the baseline's composite as in 5, then date by date, every band, in strips of whole
+   block rows): each date's levels against it (`core.level`), as `level_stack` levels the stack;
 5. composites (strips grown by the rows the shifts reach, every date): each date's strip is
    shifted as `coregister_dates` shifts the whole date and levelled, then every period's, the
    baseline's and the "after" span's median is written into its preallocated composite.

@@ -388,14 +388,16 @@ def _memo_key(shared: bytes, made_from: bytes, comp: Composite, config: Config) 
 def _building_footprints(ledger: Ledger, buildings: list[int]) -> np.ndarray:
     """(H, W) int32: buildings[j] -> j + 1 on its footprint, or on its hall where it stands on a
     site graded earlier (`Ledger.halls`): the berms ringing a hall lie on the site's ground."""
+    halls = ledger.halls or (None,) * len(ledger.structures)
     lut = np.zeros(len(ledger.structures) + 1, dtype=np.int32)
-    lut[[i + 1 for i in buildings]] = np.arange(1, len(buildings) + 1, dtype=np.int32)
+    for j, i in enumerate(buildings, start=1):
+        if halls[i] is None:  # a hall's site is left out...
+            lut[i + 1] = j
     footprints = lut[ledger.footprints]
     flat = footprints.reshape(-1)
     for j, i in enumerate(buildings, start=1):
-        hall = ledger.halls[i] if ledger.halls else None
-        if hall is not None:
-            flat[flat == j] = 0
+        hall = halls[i]
+        if hall is not None:  # ...and its hall put in, where no other building stands
             flat[hall[flat[hall] == 0]] = j
     return footprints
 
