@@ -340,6 +340,7 @@ class ChangeMap:
     structure_score: np.ndarray | None = None
     structure_mask: np.ndarray | None = None
     structure_threshold: float | None = None  # robust z that seeded the structure mask
+    structure_low_threshold: float | None = None  # robust z the structure mask grew down to
 
     @property
     def structures(self) -> tuple[np.ndarray, np.ndarray]:
@@ -347,6 +348,13 @@ class ChangeMap:
         if self.structure_score is None or self.structure_mask is None:
             return self.score, self.mask
         return self.structure_score, self.structure_mask
+
+    @property
+    def structure_low(self) -> float:
+        """The robust z the structure mask was grown down to."""
+        if self.structure_mask is None or self.structure_low_threshold is None:
+            return self.low_threshold
+        return self.structure_low_threshold
 
     @property
     def structure_seed(self) -> float:

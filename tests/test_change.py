@@ -174,6 +174,37 @@ def test_subpixel_misregistration_is_change_but_not_a_structure(
     assert (structure & ~near).sum() <= 0.1 * (change.mask & ~near).sum()
 
 
+def test_structures_grow_down_to_their_own_low_threshold(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
+    """The structure mask is seeded at structure_z_threshold and grown down to structure_z_low
+    of the tolerant score, whatever the plain map's z_low; objects' confidence starts there."""
+    before, roof = pair()
+    block = np.zeros(GRID.shape, bool)
+    block[BLOCK] = True
+    apron = ndi.binary_dilation(block, iterations=3) & ~block  # graded ground around the roof
+    after = dataclasses.replace(roof, reflectance=roof.reflectance + np.float32(0.03) * apron)
+    base = dataclasses.replace(ChangeConfig(), coregister=False)
+    wide = detect_change(before, after, dataclasses.replace(base, structure_z_low=1.0))
+    tight = detect_change(before, after, dataclasses.replace(base, structure_z_low=6.0))
+    np.testing.assert_array_equal(wide.mask, tight.mask)  # the pixel map keeps z_low
+    np.testing.assert_array_equal(wide.structure_score, tight.structure_score)
+    grown = wide.structure_mask & ~tight.structure_mask
+    assert grown.any() and not (tight.structure_mask & ~wide.structure_mask).any()
+    z = wide.structure_score[grown]
+    assert (z >= 1.0).all() and (z < 6.0).all()
+    assert (wide.structure_low, tight.structure_low) == (1.0, 6.0)
+    assert wide.low_threshold == tight.low_threshold == base.z_low
+    # Confidence rises from 0 at the floor the mask grew down to (1, not z_low's 3): read on a
+    # score scaled down to between the two thresholds, where the floor makes the difference.
+    faint = dataclasses.replace(wide, structure_score=wide.structure_score / np.float32(40))
+    objects = extract_objects(faint, base)
+    assert objects and all(1.0 < o.mean_score < base.z_low + 2 for o in objects)
+    span = base.structure_z_threshold - 1.0
+    for o in objects:
+        assert o.confidence == pytest.approx(1.0 - np.exp(-(o.mean_score - 1.0) / span))
+
+
 def test_the_before_range_computed_once_gives_the_same_change(
     pair: Callable[..., tuple[Composite, Composite]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,8 +14,9 @@ Steps (`detect_change`, each a pure function on arrays):
 6. the same again with the evidence damped where the change is explained by the neighbourhood
    (`_tolerance`): a pixel whose "after" value lies within the range of its `tolerance_px`
    neighbours "before" is what sub-pixel misregistration, resampling, shadow length and blur
-   produce; real new construction lies outside. This is `structure_mask`, what structures are cut
-   from; `mask` stays the plain pixel decision (OSCD pixel F1 is measured on it);
+   produce; real new construction lies outside. Seeded at `structure_z_threshold`, grown down
+   to `structure_z_low`, this is `structure_mask`, what structures are cut from; `mask` stays the
+   plain pixel decision (OSCD pixel F1 is measured on it);
 7. L1C pairs with the cirrus band: clouds and their shadows are unobserved, not change
    (`core.cloudscreen`);
 8. evidence layers (dNDVI, dNDBI, dBSI, dbrightness, spectral flattening) kept for the analyst and
@@ -496,10 +497,11 @@ def detect_change(
     layers: dict[str, np.ndarray] = {}
     masks = []
     structure_high = high if excess is None else config.structure_z_threshold
-    for score, seed in zip(scores, (high, structure_high), strict=False):
-        m = decide(
-            score, high=seed, low=config.z_low, min_pixels=min_pixels, fill=config.fill_holes
-        )
+    structure_low = config.z_low if excess is None else config.structure_z_low
+    for score, seed, low in zip(
+        scores, (high, structure_high), (config.z_low, structure_low), strict=False
+    ):
+        m = decide(score, high=seed, low=low, min_pixels=min_pixels, fill=config.fill_holes)
         masks.append(m & valid)
     if excess is not None:
         # Smoothing lends a structure's evidence to its rim; its footprint is where the pixels
@@ -529,4 +531,5 @@ def detect_change(
         structure_score=scores[-1],
         structure_mask=masks[-1],
         structure_threshold=structure_high,
+        structure_low_threshold=structure_low,
     )

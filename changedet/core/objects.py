@@ -125,10 +125,10 @@ def extract_objects(
     area_m2 = pixels x `grid.pixel_area_m2` (exact on UTM grids, approximate on geographic ones);
     confidence rises from 0 at the hysteresis low threshold to ~0.63 at the seed threshold and
     towards 1 above it; likelihood is the mean "new structure" likelihood of the object. Both
-    thresholds are the ones the mask was cut with (`change.structure_seed`, `.low_threshold`).
+    thresholds are the ones the mask was cut with (`change.structure_seed`, `.structure_low`).
     """
     grid = change.grid
-    high, low = change.structure_seed, change.low_threshold
+    high, low = change.structure_seed, change.structure_low
     score_map, mask = change.structures
     labels = label_objects(mask, score_map, split=config.split_objects, seed_level=high)
     flattening = change.indicators.get("spectral_flattening")
