@@ -277,6 +277,7 @@ def run_aoi(
         )
     # A DateStore (dates on disk) from the real reader, a Stack from the fakes: both stream.
     stack = as_series(read.stack)
+    known_here = _on_grid(known or {}, grid)
     try:
         analysis = analyse_series(
             stack,
@@ -287,8 +288,9 @@ def run_aoi(
             timer=timer,
             memo=memo,
             reuse=reuse,
+            held=_held(known_here, grid, inside),
         )
-        analysis = apply_review(carry_ids(analysis, _on_grid(known or {}, grid)), review or {})
+        analysis = apply_review(carry_ids(analysis, known_here), review or {})
         result = _run_result(
             _Run(aoi, config, found, read, stack, periods, timer, inside), analysis, aoi_grid
         )
@@ -325,6 +327,20 @@ def _on_grid(known: Mapping[str, Known], grid: Grid) -> dict[str, Known]:
         return {}
     moved = to_grid_crs(np.array([known[n].footprint for n in names], dtype=object), grid.crs)
     return {n: replace(known[n], footprint=g) for n, g in zip(names, moved, strict=True)}
+
+
+def _held(known: Mapping[str, Known], grid: Grid, inside: np.ndarray) -> np.ndarray | None:
+    """Where the known structures still standing lie inside the AOI: a structure there stays
+    the AOI's when its grown outline moves its anchor pixel out (`Ledger.within`), instead of
+    leaving the ledger as no longer detected."""
+    from rasterio.features import rasterize
+
+    shapes = [(k.footprint, 1) for k in known.values() if k.vanished_after is None]
+    shapes = [(g, v) for g, v in shapes if g is not None and not g.is_empty]
+    if not shapes:
+        return None
+    held = rasterize(shapes, out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8")
+    return held.astype(bool) & inside
 
 
 def _grids(aoi: AOI, config: Config, scenes: Sequence[Scene]) -> tuple[Grid, Grid]:

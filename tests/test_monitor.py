@@ -353,6 +353,24 @@ def _geojson_reviews(out: Path) -> dict[str, str | None]:
     return {f["properties"]["id"]: f["properties"]["review"] for f in doc["features"]}
 
 
+def test_a_confirmed_structure_growing_out_of_the_aoi_is_not_dropped(tmp_path: Path) -> None:
+    """Later months grow the outlines of structures on the box's edge until the pixel their id
+    is anchored on lies outside the AOI: they stand where the ledger's structures stood inside
+    it, so they stay this AOI's, not "dropped: no longer detected" (two were, before)."""
+    scenario = make_scenario(tmp_path)
+    scenario.overrides["track.min_persistence"] = 3
+    confirmed: set[str] = set()
+    for step in ("2023-12-20", "2024-02-01", "2024-04-01", "2024-07-01"):
+        scenario.publish(until(step))
+        _run(scenario)
+        with State(scenario.state) as state:
+            rows = state.structures("k1")
+        dropped = {r.id for r in rows.values() if r.status == "dropped"}
+        assert not dropped & confirmed, (step, dropped & confirmed)
+        confirmed |= {r.id for r in rows.values() if r.confirmed}
+    assert len(confirmed) >= 8
+
+
 def test_a_review_survives_later_runs_and_a_false_positive_leaves_counts_and_alerts(
     tmp_path: Path,
 ) -> None:

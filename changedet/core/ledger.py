@@ -16,8 +16,9 @@ Each track becomes a `Structure`:
   `-2`, `-3`: confirmed ones before unconfirmed candidates, larger before smaller, then by the
   smallest hash of their own pixels, so a passing candidate never takes a building's plain id.
 
-`Ledger.within(mask)` keeps the structures anchored inside an AOI mask and counts only those:
-statistics come from a context window around the AOI, results from the AOI itself.
+`Ledger.within(mask)` keeps the structures anchored inside an AOI mask (and those standing
+where the AOI's known structures stand) and counts only those: statistics come from a context
+window around the AOI, results from the AOI itself.
 """
 
 from __future__ import annotations
@@ -91,10 +92,15 @@ class Ledger:
         """Unconfirmed structures: reported separately, never counted."""
         return tuple(s for s in self.structures if not s.confirmed)
 
-    def within(self, inside: np.ndarray) -> Ledger:
-        """The ledger of the structures whose anchor pixel lies in `inside` ((H, W) bool):
+    def within(self, inside: np.ndarray, held: np.ndarray | None = None) -> Ledger:
+        """The ledger of the structures whose anchor pixel lies in `inside` ((H, W) bool), or
+        that stand on a pixel of `held` ((H, W) bool: where structures already reported for
+        this AOI stand inside it, so one whose outline grew and moved its anchor out stays):
         footprints, events and counts of those only."""
-        keep = [i for i, a in enumerate(self.anchors) if inside.ravel()[a]]
+        on_held = np.zeros(len(self.structures) + 1, dtype=bool)
+        if held is not None:
+            on_held[np.unique(self.footprints[held])] = True
+        keep = [i for i, a in enumerate(self.anchors) if inside.ravel()[a] or on_held[i + 1]]
         if len(keep) == len(self.structures):
             return self
         lut = np.zeros(len(self.structures) + 1, dtype=np.int32)
