@@ -330,9 +330,10 @@ def _on_grid(known: Mapping[str, Known], grid: Grid) -> dict[str, Known]:
 
 
 def _held(known: Mapping[str, Known], grid: Grid, inside: np.ndarray) -> np.ndarray | None:
-    """Where the known structures still standing lie inside the AOI: a structure there stays
-    the AOI's when its grown outline moves its anchor pixel out (`Ledger.within`), instead of
-    leaving the ledger as no longer detected."""
+    """Where the known structures (those not vanished: the ledger's candidates and dropped ones
+    too, all once reported here) lie inside the AOI: a structure there stays the AOI's when its
+    grown outline moves its anchor pixel out (`Ledger.within`), instead of leaving the ledger
+    as no longer detected."""
     from rasterio.features import rasterize
 
     shapes = [(k.footprint, 1) for k in known.values() if k.vanished_after is None]
