@@ -288,7 +288,7 @@ def run_aoi(
             timer=timer,
             memo=memo,
             reuse=reuse,
-            held=_held(known_here, grid, inside),
+            known_pixels=_known_pixels(known_here, grid, inside),
         )
         analysis = apply_review(carry_ids(analysis, known_here), review or {})
         result = _run_result(
@@ -329,19 +329,21 @@ def _on_grid(known: Mapping[str, Known], grid: Grid) -> dict[str, Known]:
     return {n: replace(known[n], footprint=g) for n, g in zip(names, moved, strict=True)}
 
 
-def _held(known: Mapping[str, Known], grid: Grid, inside: np.ndarray) -> np.ndarray | None:
+def _known_pixels(known: Mapping[str, Known], grid: Grid, inside: np.ndarray) -> np.ndarray | None:
     """Where the known structures (those not vanished: the ledger's candidates and dropped ones
     too, all once reported here) lie inside the AOI: a structure there stays the AOI's when its
     grown outline moves its anchor pixel out (`Ledger.within`), instead of leaving the ledger
     as no longer detected."""
     from rasterio.features import rasterize
 
-    shapes = [(k.footprint, 1) for k in known.values() if k.vanished_after is None]
-    shapes = [(g, v) for g, v in shapes if g is not None and not g.is_empty]
+    standing = (k.footprint for k in known.values() if k.vanished_after is None)
+    shapes = [(g, 1) for g in standing if g is not None and not g.is_empty]
     if not shapes:
         return None
-    held = rasterize(shapes, out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8")
-    return held.astype(bool) & inside
+    pixels = rasterize(
+        shapes, out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8"
+    )
+    return pixels.astype(bool) & inside
 
 
 def _grids(aoi: AOI, config: Config, scenes: Sequence[Scene]) -> tuple[Grid, Grid]:

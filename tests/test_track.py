@@ -358,15 +358,15 @@ def test_within_keeps_and_counts_only_structures_anchored_inside() -> None:
 
 
 def test_within_keeps_a_known_structure_whose_anchor_moved_out() -> None:
-    """An AOI's known structure (`held`: where it stands inside the AOI) stays the AOI's when
+    """An AOI's known structure (`known_pixels`: where it stands inside the AOI) stays the AOI's when
     its outline reaches out and its anchor pixel lies outside; others still need their anchor."""
     pres = {k: [A, B] for k in range(2, 10)}
     ledger = run(series(pres))
     inside = box(0, 0, 15, 15) & ~box(6, 0, 10, 30)  # A's anchor (its middle row) is out
     assert ledger.within(inside).structures == ()
-    held = A & inside  # A was reported here before: its rows inside
-    mine = ledger.within(inside, held)
-    (a,) = mine.structures  # B, anchored outside and on no held pixel, stays out
+    known = A & inside  # A was reported here before: its rows inside
+    mine = ledger.within(inside, known)
+    (a,) = mine.structures  # B, anchored outside and on no known pixel, stays out
     assert a.area_m2 == 1200.0 and mine.counts[-1].cumulative == 1
 
 

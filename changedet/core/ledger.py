@@ -92,15 +92,15 @@ class Ledger:
         """Unconfirmed structures: reported separately, never counted."""
         return tuple(s for s in self.structures if not s.confirmed)
 
-    def within(self, inside: np.ndarray, held: np.ndarray | None = None) -> Ledger:
+    def within(self, inside: np.ndarray, known_pixels: np.ndarray | None = None) -> Ledger:
         """The ledger of the structures whose anchor pixel lies in `inside` ((H, W) bool), or
-        that stand on a pixel of `held` ((H, W) bool: where structures already reported for
+        that stand on a pixel of `known_pixels` ((H, W) bool: where structures already reported for
         this AOI stand inside it, so one whose outline grew and moved its anchor out stays):
         footprints, events and counts of those only."""
-        on_held = np.zeros(len(self.structures) + 1, dtype=bool)
-        if held is not None:
-            on_held[np.unique(self.footprints[held])] = True
-        keep = [i for i, a in enumerate(self.anchors) if inside.ravel()[a] or on_held[i + 1]]
+        on_known = np.zeros(len(self.structures) + 1, dtype=bool)
+        if known_pixels is not None:
+            on_known[np.unique(self.footprints[known_pixels])] = True
+        keep = [i for i, a in enumerate(self.anchors) if inside.ravel()[a] or on_known[i + 1]]
         if len(keep) == len(self.structures):
             return self
         lut = np.zeros(len(self.structures) + 1, dtype=np.int32)

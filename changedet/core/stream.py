@@ -572,11 +572,11 @@ def analyse_series(
     strip_bytes: int = STRIP_BYTES,
     memo: PeriodMemo | None = None,
     reuse: ArrayMemo | None = None,
-    held: np.ndarray | None = None,
+    known_pixels: np.ndarray | None = None,
 ) -> Analysis:
     """`analyse_stack` of a series read a few rows at a time (see the module's docstring).
     memo: periods' change computed before; reuse: shifts and composites computed before
-    (`core.reuse`); held: where the AOI's known structures stand (`Ledger.within`)."""
+    (`core.reuse`); known_pixels: where the AOI's known structures stand (`Ledger.within`)."""
     timer = timer or StageTimer()
     workers = workers or min(os.cpu_count() or 1, 4)
     ctx = _Context(series, periods, config, inside, workers, strip_bytes)
@@ -612,5 +612,5 @@ def analyse_series(
         date_shifts=shifts,
         memo=memo,
         made_from=None if made_from is None else made_from[: len(periods) + 1],
-        held=held,
+        known_pixels=known_pixels,
     )

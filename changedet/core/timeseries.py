@@ -497,14 +497,14 @@ def analyse_composites(
     date_shifts: tuple[Shift, ...] = (),
     memo: PeriodMemo | None = None,
     made_from: Sequence[bytes] | None = None,
-    held: np.ndarray | None = None,
+    known_pixels: np.ndarray | None = None,
 ) -> Analysis:
     """The steps after the composites (change per period → ledger → berms), shared by
     `analyse_stack` and the streaming detector (`core.stream`). `context`: the window's pixels
     with a clear observation; `inside`: the AOI polygon's; `memo`: periods computed before;
     `made_from`: per composite of `per_period`, then of `before`, a digest of what it was made
     from (`core.reuse`), which stands for its pixels in the memo's keys (else they are hashed);
-    `held`: where the AOI's known structures stand inside it (`Ledger.within`)."""
+    `known_pixels`: where the AOI's known structures stand inside it (`Ledger.within`)."""
     timer = timer or StageTimer()
     cc = config.change
     grid = before.grid
@@ -540,7 +540,7 @@ def analyse_composites(
             aoi_mask=inside,
             memo=memo if isinstance(memo, StateMemo) else None,
         )
-        ledger = window_ledger.within(inside, held)
+        ledger = window_ledger.within(inside, known_pixels)
     with timer("berms"):
         # Berm evidence excludes every structure's footprint in the window, not just the AOI's.
         flagged, berms = _with_berms(window_ledger, before, after, config)
