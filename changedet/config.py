@@ -213,6 +213,10 @@ class ChangeConfig:
     fill_holes: bool = True  # fill holes enclosed by a change region
     vegetation_gate: bool = True  # damp change that ends in vegetation (not a new structure)
     water_gate: bool = True  # damp change on pixels that are water on both dates (turbidity, tides)
+    # No structure is seeded where every 10 m band darkened by one common factor: a shadow
+    # lengthening with the season or a dimmer date (a seeded one may still grow through it; the
+    # pixel map keeps it all).
+    shadow_gate: bool = True
 
 
 @dataclass(frozen=True)

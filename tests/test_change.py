@@ -205,6 +205,37 @@ def test_structures_grow_down_to_their_own_low_threshold(
         assert o.confidence == pytest.approx(1.0 - np.exp(-(o.mean_score - 1.0) / span))
 
 
+def test_a_deepening_shadow_is_change_but_not_a_structure(
+    make_composite: Callable[..., Composite], composite: Callable[..., Composite]
+) -> None:
+    """A patch of bare ground darkened by one factor in every band (a shadow lengthening with the
+    season) stays in the pixel map, but with `shadow_gate` it seeds no structure; a patch
+    darkened unevenly across the bands (a new dark surface) and a new roof stay structures, with
+    the same footprints. Noise as in monthly composites (medians of a few dates)."""
+    ground = make_composite(grid=GRID, bands=L2A, arid=True).reflectance
+    changed = ground.copy()
+    shadow = (slice(None), slice(30, 33), slice(20, 44))  # 3 x 24 px
+    paved = (slice(None), slice(110, 116), slice(100, 110))
+    changed[(slice(None), *BLOCK)] = 0.6
+    changed[shadow] *= np.float32(0.8)
+    changed[paved] *= np.linspace(0.95, 0.55, len(L2A), dtype=np.float32)[:, None, None]
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, 0.0015, size=(2, *ground.shape)).astype(np.float32)
+    before = composite(ground + noise[0], L2A, "before")
+    after = composite(changed + noise[1], L2A, "after")
+    base = dataclasses.replace(ChangeConfig(), coregister=False)
+    on = detect_change(before, after, base)
+    off = detect_change(before, after, dataclasses.replace(base, shadow_gate=False))
+    np.testing.assert_array_equal(on.mask, off.mask)  # the pixel map keeps it
+    np.testing.assert_array_equal(on.score, off.score)
+    assert on.mask[shadow[1:]].mean() > 0.9
+    assert off.structure_mask[shadow[1:]].mean() > 0.9
+    assert not on.structure_mask[shadow[1:]].any()
+    for kept in (BLOCK, paved[1:]):
+        assert on.structure_mask[kept].mean() > 0.9
+        assert on.structure_mask[kept].sum() == off.structure_mask[kept].sum()
+
+
 def test_the_before_range_computed_once_gives_the_same_change(
     pair: Callable[..., tuple[Composite, Composite]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -319,6 +350,13 @@ def test_robust_z_and_hysteresis_decision() -> None:
     expected = np.zeros_like(mask)
     expected[5:10, 5:10] = True
     np.testing.assert_array_equal(mask, expected)
+    # Seeds taken from another score: the region seeded there is kept, the one seeded here is not
+    seeds = np.zeros_like(score)
+    seeds[15, 15] = 9.0
+    seeded = decide(score, high=8.0, low=3.0, min_pixels=4, seeds=seeds)
+    expected = np.zeros_like(mask)
+    expected[14:18, 14:18] = True
+    np.testing.assert_array_equal(seeded, expected)
 
 
 def test_grids_must_match(pair: Callable[..., tuple[Composite, Composite]]) -> None:

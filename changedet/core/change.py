@@ -70,10 +70,14 @@ DETECT_BANDS = (
     "swir22",
 )
 VISIBLE_BANDS = ("blue", "green", "red")
+# The 10 m bands a shadow darkens alike (`_shadow_weight`); the 20 m bands blur a one-pixel shadow.
+SHADOW_BANDS = ("blue", "green", "red", "nir")
+_SHADOW_DARKER = 0.95  # every shadow band at most this share of before...
+_SHADOW_SPREAD = (1.05, 1.15)  # ...and their ratios within this factor of each other: 0 -> 1
 # Bump whenever `detect_change` (or `objects.extract_objects`) gives another answer from the same
 # inputs, so a period's change kept between runs (the monitor's period cache) is not taken for
 # the new answer.
-CHANGE_VERSION = "change-1"
+CHANGE_VERSION = "change-2"
 # Band measured for co-registration, first present wins: red has urban texture and moves less with
 # vegetation phenology than nir.
 COREG_BANDS = ("red", "green", "nir", "blue")
@@ -89,12 +93,19 @@ class _Pair:
 
 
 def decide(
-    score: np.ndarray, *, high: float, low: float, min_pixels: int, fill: bool = True
+    score: np.ndarray,
+    *,
+    high: float,
+    low: float,
+    min_pixels: int,
+    fill: bool = True,
+    seeds: np.ndarray | None = None,
 ) -> np.ndarray:
     """Hysteresis threshold (seeds >= high grown through >= low), then drop objects smaller than
-    `min_pixels` (8-connected) and fill enclosed holes."""
+    `min_pixels` (8-connected) and fill enclosed holes. `seeds`: the score the seeds are taken
+    from, when not `score` itself."""
     s = np.where(np.isfinite(score), score, -np.inf)
-    strong = s >= high
+    strong = (s if seeds is None else np.where(np.isfinite(seeds), seeds, -np.inf)) >= high
     weak = s >= low
     labels, n = ndi.label(weak, structure=np.ones((3, 3), bool))
     if n == 0:
@@ -302,6 +313,30 @@ def _gates(b: np.ndarray, a: np.ndarray, bands: Sequence[str], config: ChangeCon
     return out
 
 
+def _shadow_weight(b: np.ndarray, a: np.ndarray, bands: Sequence[str]) -> np.ndarray | None:
+    """(H, W) 0..1: 0 where every 10 m band got darker by about one common factor (each at most
+    `_SHADOW_DARKER` of before, the largest ratio after / before within `_SHADOW_SPREAD[0]` of
+    the smallest), rising to 1 at a spread of `_SHADOW_SPREAD[1]`; 1 where some band did not
+    darken. A shadow lengthening with the season, or a dimmer date, scales a pixel's spectrum;
+    a new roof or graded ground changes its shape. None when a band is missing."""
+    if not set(SHADOW_BANDS) <= set(bands):
+        return None
+    high = low = None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name in SHADOW_BANDS:
+            i = bands.index(name)
+            ratio = a[i] / np.maximum(b[i], np.float32(1e-3))
+            high = ratio if high is None else np.fmax(high, ratio)
+            low = ratio if low is None else np.fmin(low, ratio)
+        assert high is not None and low is not None
+        spread = high / np.maximum(low, np.float32(1e-3))
+        start, stop = _SHADOW_SPREAD
+        weight = np.clip((spread - np.float32(start)) / np.float32(stop - start), 0.0, 1.0)
+        weight[~(high <= np.float32(_SHADOW_DARKER))] = 1.0  # some band did not darken (or NaN)
+    out: np.ndarray = weight.astype(np.float32, copy=False)
+    return out
+
+
 def _unexplained(
     b: np.ndarray,
     a: np.ndarray,
@@ -492,16 +527,27 @@ def detect_change(
         known = _known_ranges(known_before, before, pair.bands, config.tolerance_px)
         excess, share = _unexplained(b, a, noise, cva, config.tolerance_px, known)
         weights.append(keep * share)
+        shade = _shadow_weight(b, a, pair.bands) if config.shadow_gate else None
+        if shade is not None:  # what may seed a structure: not a shadow (`_shadow_weight`)
+            weights.append(keep * share * shade)
     scores = _scores(cva, cond, weights, valid, config.smooth_sigma_px)
     min_pixels = max(1, int(np.ceil(config.min_area_m2 / grid.pixel_area_m2 - 1e-9)))
     layers: dict[str, np.ndarray] = {}
     masks = []
     structure_high = high if excess is None else config.structure_z_threshold
     structure_low = config.z_low if excess is None else config.structure_z_low
-    for score, seed, low in zip(
-        scores, (high, structure_high), (config.z_low, structure_low), strict=False
+    # Structures grow through their tolerant score from seeds that are not a shadow's.
+    structure_seeds = scores.pop() if len(scores) > 2 else None
+    for score, seeds, seed, low in zip(
+        scores,
+        (None, structure_seeds),
+        (high, structure_high),
+        (config.z_low, structure_low),
+        strict=False,
     ):
-        m = decide(score, high=seed, low=low, min_pixels=min_pixels, fill=config.fill_holes)
+        m = decide(
+            score, high=seed, low=low, min_pixels=min_pixels, fill=config.fill_holes, seeds=seeds
+        )
         masks.append(m & valid)
     if excess is not None:
         # Smoothing lends a structure's evidence to its rim; its footprint is where the pixels
