@@ -106,12 +106,12 @@ DETECTION_NOTES = (
     "seen, so berm lines and the 'bermed' flag are indications, not measurements.",
     "Counts are estimates: cumulative_low/high bound what the clear observations can support, "
     "not the detector's own errors. On semi-real series from nine real OSCD cities the default "
-    "settings found 80 % of the labelled changes (49–91 % per city) and 85 % of what they "
-    "reported was one (73–100 %); the final count was within 15 % of the truth in five cities, "
-    "−41 % and +18 % at worst.",
+    "settings found 80 % of the labelled changes (47–91 % per city) and 85 % of what they "
+    "reported was one (73–100 %); the final count was within 15 % of the truth in six cities, "
+    "−43 % and +15 % at worst.",
     "Faint and small changes are missed more often: in the same evaluation a change whose "
     "reflectance moved by less than 0.02 on average (10 m and 20 m bands) was found 19 % of the "
-    "time, 0.02–0.04: 74 %, more: 87 %; a change under 20 pixels (2,000 m²) 59 %, over 50 "
+    "time, 0.02–0.04: 74 %, more: 87 %; a change under 20 pixels (2,000 m²) 58 %, over 50 "
     "pixels 91 %.",
     "Where nothing changed, series of the real spectra of 24 OSCD cities gave 0.05 false "
     "structures per km², but 0.46 per km² on bright desert sand (Dubai), most of them faint "
@@ -120,7 +120,7 @@ DETECTION_NOTES = (
     "'other' (58 % of matched real changes in the semi-real OSCD evaluation, 10 % 'building'), so "
     "the building count is a lower bound and the count of all new structures the reliable figure; "
     "'building' means a roof-like new structure.",
-    "'Vanished' means the place looks again as it did before the structure appeared (64 of 66 "
+    "'Vanished' means the place looks again as it did before the structure appeared (64 of 67 "
     "such razed changes in the semi-real OSCD evaluation): a building razed to rubble, burnt, or "
     "cleared to a new slab that stays different from the old ground is still reported standing.",
 )
