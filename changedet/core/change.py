@@ -14,9 +14,10 @@ Steps (`detect_change`, each a pure function on arrays):
 6. the same again with the evidence damped where the change is explained by the neighbourhood
    (`_tolerance`): a pixel whose "after" value lies within the range of its `tolerance_px`
    neighbours "before" is what sub-pixel misregistration, resampling, shadow length and blur
-   produce; real new construction lies outside. Seeded at `structure_z_threshold`, grown down
-   to `structure_z_low`, this is `structure_mask`, what structures are cut from; `mask` stays the
-   plain pixel decision (OSCD pixel F1 is measured on it);
+   produce; real new construction lies outside. Seeded at `structure_z_threshold` (with
+   `shadow_gate`, not where every 10 m band darkened by one factor: a deepening shadow), grown
+   down to `structure_z_low`, this is `structure_mask`, what structures are cut from; `mask`
+   stays the plain pixel decision (OSCD pixel F1 is measured on it);
 7. L1C pairs with the cirrus band: clouds and their shadows are unobserved, not change
    (`core.cloudscreen`);
 8. evidence layers (dNDVI, dNDBI, dBSI, dbrightness, spectral flattening) kept for the analyst and
@@ -374,27 +375,54 @@ def _known_ranges(
     return [known.ranges.get(band) for band in bands]
 
 
-def _scores(
-    cva: np.ndarray,
-    cond: np.ndarray,
-    weights: Sequence[np.ndarray],
-    valid: np.ndarray,
-    sigma: float,
-) -> list[np.ndarray]:
-    """One score per weight layer: mean robust z of the smoothed, weighted CVA and conditional
-    change. The z statistics come from the unweighted evidence, so damping never sharpens the
-    scale."""
-    normalisers: list[tuple[np.ndarray, np.ndarray]] = []  # one per NaN pattern
-    ref_cva = smooth_reusing(cva, sigma, normalisers)
-    ref_cond = smooth_reusing(cond, sigma, normalisers)
-    out = []
-    for w in weights:
-        z_cva = robust_z(smooth_reusing(cva * w, sigma, normalisers), valid, reference=ref_cva)
-        z_cond = robust_z(smooth_reusing(cond * w, sigma, normalisers), valid, reference=ref_cond)
+class _Scorer:
+    """Scores of weight layers of one pair's evidence: mean robust z of the smoothed, weighted
+    CVA and conditional change. The z statistics come from the unweighted evidence, so damping
+    never sharpens the scale; its smoothing is done once for every layer asked for."""
+
+    def __init__(self, cva: np.ndarray, cond: np.ndarray, valid: np.ndarray, sigma: float) -> None:
+        self.cva, self.cond, self.valid, self.sigma = cva, cond, valid, sigma
+        self.normalisers: list[tuple[np.ndarray, np.ndarray]] = []  # one per NaN pattern
+        self.ref_cva = smooth_reusing(cva, sigma, self.normalisers)
+        self.ref_cond = smooth_reusing(cond, sigma, self.normalisers)
+
+    def __call__(self, weight: np.ndarray) -> np.ndarray:
+        sigma, normalisers, valid = self.sigma, self.normalisers, self.valid
+        smoothed_cva = smooth_reusing(self.cva * weight, sigma, normalisers)
+        z_cva = robust_z(smoothed_cva, valid, reference=self.ref_cva)
+        smoothed_cond = smooth_reusing(self.cond * weight, sigma, normalisers)
+        z_cond = robust_z(smoothed_cond, valid, reference=self.ref_cond)
         score = 0.5 * (z_cva + z_cond)
         score[~valid] = np.nan
-        out.append(score.astype(np.float32, copy=False))
-    return out
+        out: np.ndarray = score.astype(np.float32, copy=False)
+        return out
+
+    def reach(self) -> int:
+        """How far (pixels) the smoothing carries a pixel's evidence (scipy's radius at
+        `smooth_reusing`'s truncation of 3 sigma)."""
+        return int(3.0 * self.sigma + 0.5)
+
+
+def _structure_seeds(
+    scorer: _Scorer,
+    weight: np.ndarray,
+    shade: np.ndarray | None,
+    structure: np.ndarray,
+    high: float,
+) -> np.ndarray | None:
+    """The score structures are seeded from: the tolerant score with the shadow weight applied,
+    or None where that changes no seed. A weight <= 1 only lowers scores, so seeds are among the
+    pixels the tolerant score seeds; where no pixel within the smoothing's reach of them is
+    shaded their score is the same to the bit, and the layer is not computed."""
+    if shade is None:
+        return None
+    shaded = shade < 1.0
+    reach = scorer.reach()
+    if reach > 0:
+        shaded = ndi.maximum_filter(shaded, size=2 * reach + 1)
+    if not (shaded & (structure >= high)).any():
+        return None
+    return scorer(weight * shade)
 
 
 def _indicators(
@@ -527,17 +555,18 @@ def detect_change(
         known = _known_ranges(known_before, before, pair.bands, config.tolerance_px)
         excess, share = _unexplained(b, a, noise, cva, config.tolerance_px, known)
         weights.append(keep * share)
-        shade = _shadow_weight(b, a, pair.bands) if config.shadow_gate else None
-        if shade is not None:  # what may seed a structure: not a shadow (`_shadow_weight`)
-            weights.append(keep * share * shade)
-    scores = _scores(cva, cond, weights, valid, config.smooth_sigma_px)
+    scorer = _Scorer(cva, cond, valid, config.smooth_sigma_px)
+    scores = [scorer(w) for w in weights]
     min_pixels = max(1, int(np.ceil(config.min_area_m2 / grid.pixel_area_m2 - 1e-9)))
     layers: dict[str, np.ndarray] = {}
     masks = []
     structure_high = high if excess is None else config.structure_z_threshold
     structure_low = config.z_low if excess is None else config.structure_z_low
     # Structures grow through their tolerant score from seeds that are not a shadow's.
-    structure_seeds = scores.pop() if len(scores) > 2 else None
+    structure_seeds = None
+    if excess is not None and config.shadow_gate:
+        shade = _shadow_weight(b, a, pair.bands)
+        structure_seeds = _structure_seeds(scorer, weights[-1], shade, scores[-1], structure_high)
     for score, seeds, seed, low in zip(
         scores,
         (None, structure_seeds),
