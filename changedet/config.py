@@ -168,6 +168,9 @@ class MaskConfig:
     # A clear observation darker in SWIR (1.6 um) than both the previous and the next clear one by
     # more than this is a cloud shadow SCL missed: shadows move, new dark roofs stay. 0 = off.
     dip_tolerance: float = 0.02
+    # ...plus this share of the darker of the two: a cloud shadow's soft edge darkens bright sand
+    # by about a tenth (semi-real abudhabi), which 0.1 let through.
+    dip_relative: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -559,6 +562,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "mask.persistent_min_dates": (1, None),
     "mask.spike_tolerance": (0.0, 1.0),
     "mask.dip_tolerance": (0.0, 1.0),
+    "mask.dip_relative": (0.0, 1.0),
     "change.coreg_threshold_px": (0.0, None),
     "change.date_coreg_threshold_px": (0.0, None),
     "change.level_block_px": (0, 1024),

@@ -205,10 +205,10 @@ def test_temporal_spikes_trailing_known_answers(blue: list[float], expected: lis
     assert _spikes(blue, trailing=True) == expected
 
 
-def _dips(swir: list[float]) -> list[int]:
+def _dips(swir: list[float], relative: float = 0.1) -> list[int]:
     """temporal_dips of one pixel's SWIR series (NaN: not clear), at the default tolerance."""
     series = np.array(swir, dtype=np.float32)[:, None, None]
-    return temporal_dips(series, tolerance=0.02)[:, 0, 0].astype(int).tolist()
+    return temporal_dips(series, tolerance=0.02, relative=relative)[:, 0, 0].astype(int).tolist()
 
 
 @pytest.mark.parametrize(
@@ -234,6 +234,24 @@ def test_temporal_dips_known_answers(swir: list[float], expected: list[int]) -> 
     assert _dips(swir) == expected
 
 
+@pytest.mark.parametrize(
+    ("swir", "at_tenth", "at_default"),
+    [
+        # a cloud shadow's soft edge on bright sand: 12 % darker
+        ([0.50, 0.50, 0.44, 0.50, 0.50], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0]),
+        # ...on a one-date baseline (semi-real abudhabi, January)
+        ([0.464, 0.528, 0.530, 0.526], [0, 0, 0, 0], [1, 0, 0, 0]),
+        # a sand pixel's ordinary spread from date to date is not a dip at either
+        ([0.50, 0.51, 0.485, 0.50, 0.49], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]),
+    ],
+)
+def test_the_default_dip_share_catches_a_soft_shadow_on_bright_ground(
+    swir: list[float], at_tenth: list[int], at_default: list[int]
+) -> None:
+    assert _dips(swir, relative=0.1) == at_tenth
+    assert _dips(swir, relative=MaskConfig().dip_relative) == at_default
+
+
 def test_temporal_dips_settle_only_pixels_without_a_drop() -> None:
     """The cheap look (no observation darker than the clear one after it) only settles pixels
     with no dip: the answer is the full test's over every pixel."""
@@ -248,7 +266,7 @@ def test_temporal_dips_settle_only_pixels_without_a_drop() -> None:
     gain, tol = np.float32(0.9), np.float32(0.02)
     full = _single_spikes(negated, _Neighbours.of(negated), gain, tol, False).reshape(swir.shape)
     assert full.any() and not full.all()
-    np.testing.assert_array_equal(temporal_dips(swir, tolerance=0.02), full)
+    np.testing.assert_array_equal(temporal_dips(swir, tolerance=0.02, relative=0.1), full)
 
 
 def test_temporal_spikes_keep_pixels_apart() -> None:

@@ -308,7 +308,7 @@ def _spikes_of(values: np.ndarray, gain: np.float32, tol: np.float32, trailing: 
     return spikes
 
 
-def temporal_dips(swir: np.ndarray, *, tolerance: float, relative: float = 0.1) -> np.ndarray:
+def temporal_dips(swir: np.ndarray, *, tolerance: float, relative: float) -> np.ndarray:
     """(T, H, W) bool: clear observations darker in SWIR than both the previous and the next
     clear observation of that pixel by more than `tolerance` + `relative` x the darker of the
     two; the first observation, than both of the next two; the last, never.

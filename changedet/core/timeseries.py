@@ -235,7 +235,9 @@ def screened_dates(
     for band, reflectance in bands.items():
         values = np.where(clear, reflectance, np.float32(np.nan))
         if band == DIP_BAND:
-            found = temporal_dips(values, tolerance=config.mask.dip_tolerance)
+            found = temporal_dips(
+                values, tolerance=config.mask.dip_tolerance, relative=config.mask.dip_relative
+            )
         else:
             found = temporal_spikes(
                 values, tolerance=config.mask.spike_tolerance, trailing=trailing
