@@ -25,6 +25,7 @@ from changedet.core.reuse import ArrayMemo
 from changedet.core.review import Verdict, apply_review
 from changedet.core.stream import analyse_series, as_series, series_dates
 from changedet.core.timeseries import Analysis, PeriodMemo, StageTimer
+from changedet.core.track import rasterize_geometries
 from changedet.errors import ConfigError, OutputError, silence_library_noise
 from changedet.models import (
     AOI,
@@ -334,16 +335,9 @@ def _known_pixels(known: Mapping[str, Known], grid: Grid, inside: np.ndarray) ->
     too, all once reported here) lie inside the AOI: a structure there stays the AOI's when its
     grown outline moves its anchor pixel out (`Ledger.within`), instead of leaving the ledger
     as no longer detected."""
-    from rasterio.features import rasterize
-
-    standing = (k.footprint for k in known.values() if k.vanished_after is None)
-    shapes = [(g, 1) for g in standing if g is not None and not g.is_empty]
-    if not shapes:
-        return None
-    pixels = rasterize(
-        shapes, out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8"
-    )
-    return pixels.astype(bool) & inside
+    standing = [k.footprint for k in known.values() if k.vanished_after is None]
+    pixels = rasterize_geometries(standing, grid) > 0
+    return pixels & inside if pixels.any() else None
 
 
 def _grids(aoi: AOI, config: Config, scenes: Sequence[Scene]) -> tuple[Grid, Grid]:

@@ -42,7 +42,7 @@ from changedet.core.cloudscreen import cloud_and_shadow
 from changedet.core.coreg import apply_shift, measure_shift
 from changedet.core.mask import shifted_extreme
 from changedet.core.normalize import fast_median, relative_normalize
-from changedet.core.stats import SAMPLES, robust_z, sample_index, smooth_reusing
+from changedet.core.stats import SAMPLES, robust_z, sample_index, smooth_reach, smooth_reusing
 from changedet.errors import DataError
 from changedet.models import ChangeMap, Composite, Grid
 
@@ -397,11 +397,6 @@ class _Scorer:
         out: np.ndarray = score.astype(np.float32, copy=False)
         return out
 
-    def reach(self) -> int:
-        """How far (pixels) the smoothing carries a pixel's evidence (scipy's radius at
-        `smooth_reusing`'s truncation of 3 sigma)."""
-        return int(3.0 * self.sigma + 0.5)
-
 
 def _structure_seeds(
     scorer: _Scorer,
@@ -417,7 +412,7 @@ def _structure_seeds(
     if shade is None:
         return None
     shaded = shade < 1.0
-    reach = scorer.reach()
+    reach = smooth_reach(scorer.sigma)
     if reach > 0:
         shaded = ndi.maximum_filter(shaded, size=2 * reach + 1)
     if not (shaded & (structure >= high)).any():

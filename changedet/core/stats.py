@@ -12,9 +12,10 @@ from scipy import ndimage as ndi
 
 from changedet.core.normalize import fast_median
 
-__all__ = ["SAMPLES", "robust_z", "sample_index", "smooth", "smooth_reusing"]
+__all__ = ["SAMPLES", "robust_z", "sample_index", "smooth", "smooth_reach", "smooth_reusing"]
 
 SAMPLES = 100_000  # pixels used for robust statistics
+_TRUNCATE = 3.0  # the Gaussian of `smooth` is cut this many sigma out
 
 
 def sample_index(n: int, limit: int) -> np.ndarray:
@@ -48,6 +49,11 @@ def smooth(values: np.ndarray, sigma: float) -> np.ndarray:
     return smooth_reusing(values, sigma, [])
 
 
+def smooth_reach(sigma: float) -> int:
+    """How many pixels out `smooth` takes a pixel's neighbours from (scipy's kernel radius)."""
+    return int(_TRUNCATE * sigma + 0.5)
+
+
 def smooth_reusing(
     values: np.ndarray, sigma: float, weights: list[tuple[np.ndarray, np.ndarray]]
 ) -> np.ndarray:
@@ -57,12 +63,12 @@ def smooth_reusing(
         return values.astype(np.float32, copy=True)
     finite = np.isfinite(values)
     filled = np.where(finite, values, 0.0).astype(np.float32, copy=False)
-    num = ndi.gaussian_filter(filled, sigma, truncate=3.0)
+    num = ndi.gaussian_filter(filled, sigma, truncate=_TRUNCATE)
     if finite.all():
         return num
     den = next((d for f, d in weights if np.array_equal(f, finite)), None)
     if den is None:
-        den = ndi.gaussian_filter(finite.astype(np.float32), sigma, truncate=3.0)
+        den = ndi.gaussian_filter(finite.astype(np.float32), sigma, truncate=_TRUNCATE)
         weights.append((finite, den))
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / den

@@ -57,6 +57,7 @@ __all__ = [
     "Tracks",
     "footprint_geometry",
     "pixels_geometry",
+    "rasterize_geometries",
     "rasterize_objects",
     "track_periods",
 ]
@@ -141,13 +142,19 @@ class _Track:
 
 def rasterize_objects(objects: Sequence[ChangeObject | Structure], grid: Grid) -> np.ndarray:
     """(H, W) int32 label image: objects[i] → i + 1 (pixel centres inside the polygon)."""
+    return rasterize_geometries([obj.geometry for obj in objects], grid)
+
+
+def rasterize_geometries(geometries: Sequence[Any], grid: Grid) -> np.ndarray:
+    """(H, W) int32 label image: geometries[i] → i + 1 (pixel centres inside the polygon; None
+    and empty geometries mark nothing)."""
     from rasterio.features import rasterize
 
     out = np.zeros(grid.shape, dtype=np.int32)
     shapes = [
-        (obj.geometry, i + 1)
-        for i, obj in enumerate(objects)
-        if obj.geometry is not None and not obj.geometry.is_empty
+        (geometry, i + 1)
+        for i, geometry in enumerate(geometries)
+        if geometry is not None and not geometry.is_empty
     ]
     if shapes:
         rasterize(shapes, out=out, transform=grid.transform, dtype="int32")
