@@ -245,6 +245,13 @@ class TrackConfig:
     # A known structure with no object in a period is still present when the median change score
     # of its pixels reaches this (temporal hysteresis: a seed must reach change.z_threshold once).
     continue_z: float = 4.0
+    # ...or, for a candidate, where its pixels keep this share of the change it was first seen
+    # with: the median of their per-band change projected on that change vector (and 3 noise
+    # units of such a median). A month resting on one noisy date lowers every robust z, a faint
+    # new roof's among them, but not its reflectance change; noise does not repeat its vector.
+    # Only where the baseline rests on 3 or more dates at the pixel: a baseline's own noise
+    # repeats in every later period. 0 turns it off (README: Accuracy).
+    same_change: float = 0.7
     # A clear period is evidence that nothing stands at a structure's place only where most of its
     # pixels score below this (0: the period's median pixel, unchanged ground scores about -2):
     # weak change there (a roof before its shadow lengthened, a site before it was graded) opens
@@ -588,6 +595,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "track.min_observed_fraction": (0.0, 1.0),
     "track.min_confidence": (0.0, 1.0),
     "track.continue_z": (0.0, None),
+    "track.same_change": (0.0, None),
     "track.drop_after_absent": (1, None),
     "track.vanish_after_absent": (1, None),
     "track.new_part_fraction": (0.0, 1.0),

@@ -341,6 +341,9 @@ class ChangeMap:
     structure_mask: np.ndarray | None = None
     structure_threshold: float | None = None  # robust z that seeded the structure mask
     structure_low_threshold: float | None = None  # robust z the structure mask grew down to
+    # (B, H, W) int8: each band's change in eighths of its noise (`core.change.band_change_codes`),
+    # what the tracker tells a faint structure's lasting change from noise by; None when unscored.
+    band_change: np.ndarray | None = None
 
     @property
     def structures(self) -> tuple[np.ndarray, np.ndarray]:

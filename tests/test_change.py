@@ -12,6 +12,8 @@ from scipy import ndimage as ndi
 
 from changedet.config import ChangeConfig
 from changedet.core.change import (
+    BAND_CHANGE_UNOBSERVED,
+    band_change_codes,
     before_range,
     decide,
     detect_change,
@@ -288,6 +290,34 @@ def test_default_config_finds_the_block_and_nothing_else(
     _, structure = change.structures  # the point-spread rim is explained by its neighbours
     assert structure[truth].all() and not (structure & ~change.mask).any()
     assert len(objects) == 1 and objects[0].n_pixels == int(structure.sum())
+
+
+def test_band_change_codes_known_answer() -> None:
+    """Eighths of each band's noise, rounded and clipped to int8; unobserved pixels coded apart."""
+    delta = np.array([[[0.01, -0.02, 0.5]], [[0.0, 0.003, -0.5]]], dtype=np.float32)
+    noise = np.array([0.01, 0.002], dtype=np.float32)
+    observed = np.array([[True, True, True]])
+    codes = band_change_codes(delta, noise, observed)
+    assert codes.dtype == np.int8
+    assert codes.tolist() == [[[8, -16, 127]], [[0, 12, -127]]]
+    observed[0, 1] = False
+    delta[:, 0, 1] = np.nan  # what an unobserved pixel holds
+    codes = band_change_codes(delta, noise, observed)
+    assert codes[:, 0, 1].tolist() == [BAND_CHANGE_UNOBSERVED] * 2
+    assert codes[:, 0, 0].tolist() == [8, 0]
+
+
+def test_a_period_keeps_its_band_change_codes_where_scored(
+    pair: Callable[..., tuple[Composite, Composite]],
+) -> None:
+    before, after = pair()
+    change = detect_change(before, after, ChangeConfig())
+    codes = change.band_change
+    assert codes is not None and codes.shape == (len(L2A), *GRID.shape)
+    inside = codes[(slice(None), *BLOCK)].astype(float)
+    assert (inside > 8 * 3).all()  # the new roof is brighter by many noise units in every band
+    unchanged = codes[:, :40, :40].astype(float)
+    assert np.abs(np.median(unchanged, axis=(1, 2))).max() <= 2  # a quarter of a noise unit
 
 
 def test_planted_offset_and_gain_alone_are_not_change(

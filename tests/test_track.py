@@ -9,13 +9,23 @@ from datetime import date
 import numpy as np
 import pytest
 
-from changedet.config import KindConfig, TrackConfig
+from changedet.config import Config, KindConfig, TrackConfig
+from changedet.core.change import BAND_CHANGE_UNOBSERVED
 from changedet.core.kinds import roof_periods, roof_stood
 from changedet.core.ledger import Ledger, build_ledger, place_id
 from changedet.core.periods import make_periods
-from changedet.core.timeseries import _building_footprints
-from changedet.core.track import PeriodObservation, footprint_geometry, rasterize_objects
-from changedet.models import ChangeObject, Grid
+from changedet.core.timeseries import (
+    SAME_CHANGE_BASELINE_DATES,
+    _building_footprints,
+    _lasting_change_codes,
+)
+from changedet.core.track import (
+    SAME_CHANGE_Z,
+    PeriodObservation,
+    footprint_geometry,
+    rasterize_objects,
+)
+from changedet.models import ChangeMap, ChangeObject, Composite, Grid
 
 GRID = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 40, 40)
 PERIODS = make_periods(date(2023, 1, 1), date(2023, 10, 31), "month")  # 10 months
@@ -129,6 +139,85 @@ def test_last_period_candidate_is_pending_in_high_bound_only() -> None:
     last = ledger.counts[-1]
     assert last.cumulative == 1 and last.cumulative_high == 2
     assert len(ledger.candidates) == 1 and ledger.candidates[0].status == "active"
+
+
+BORN_WITH = np.array([2.0, 1.0, -1.0, 3.0, 0.0, 0.0])  # per-band change, noise units
+
+
+def _faint_candidate(later: np.ndarray | None) -> list[PeriodObservation]:
+    """A seen once in period 2 with the change BORN_WITH, then no object and a score below
+    continue_z; each later period's per-band change at A is `later` (None: no change codes)."""
+    faint = np.where(A, CFG.continue_z - 1.0, -2.0).astype(np.float32)
+    out = []
+    for k, o in enumerate(series({2: [A]})):
+        change = BORN_WITH if k == 2 else later
+        if k < 2 or change is None:
+            out.append(replace(o, score=faint) if k > 2 else o)
+            continue
+        codes = np.zeros((len(BORN_WITH), *GRID.shape), np.int8)
+        codes[:, A] = np.round(change * 8).astype(np.int8)[:, None]
+        out.append(replace(o, score=faint, band_change=codes))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("later", "kept"),
+    [
+        (BORN_WITH, True),  # the change it was first seen with, all of it
+        (0.75 * BORN_WITH, True),  # above the default share, 0.7
+        (0.6 * BORN_WITH, False),  # below it
+        (np.array([-1.0, 2.0, 0.0, 0.0, 1.0, 1.0]), False),  # another change (orthogonal)
+        (np.zeros(6), False),  # the change gone
+        (None, False),  # no codes: the score alone decides
+    ],
+)
+def test_a_candidate_that_keeps_its_change_is_present_though_its_score_fades(
+    later: np.ndarray | None, kept: bool
+) -> None:
+    """A faint candidate whose score falls below continue_z is still present where its pixels
+    keep the change vector it was born with (a noisy month lowers every z, not the change):
+    present in every later period, it is confirmed; otherwise it is dropped."""
+    (a,) = run(_faint_candidate(later)).structures
+    assert a.confirmed is kept and a.status == ("active" if kept else "dropped")
+    (off,) = build_ledger(
+        _faint_candidate(later),
+        grid=GRID,
+        config=replace(CFG, same_change=0.0),
+        min_area_m2=400.0,
+    ).structures
+    assert not off.confirmed and off.status == "dropped"
+
+
+def test_a_lasting_change_must_stand_out_from_its_own_noise() -> None:
+    """A vector too short for its pixel count is noise, however well it repeats."""
+    length = float(np.linalg.norm(BORN_WITH))
+    needed = SAME_CHANGE_Z * 1.2533 / np.sqrt(int(A.sum()))  # 12 px
+    weak = BORN_WITH * (0.9 * needed / length)
+    strong = BORN_WITH * (1.3 * needed / length)
+    for born, kept in ((weak, False), (strong, True)):
+        obs = _faint_candidate(born)
+        codes = obs[2].band_change
+        assert codes is not None
+        codes[:, A] = np.round(born * 8).astype(np.int8)[:, None]
+        (a,) = run(obs).structures
+        assert a.confirmed is kept
+
+
+def test_change_codes_are_kept_only_where_the_baseline_rests_on_enough_dates() -> None:
+    """A baseline seen on few dates repeats its own noise in every later period: there a
+    lasting change is no evidence, and the codes say unobserved. Off, none are kept."""
+    codes = np.ones((2, *GRID.shape), np.int8)
+    empty = np.zeros(GRID.shape, np.float32)
+    cmap = ChangeMap(GRID, empty, empty, empty > 0, 8.0, band_change=codes)
+    count = np.full(GRID.shape, SAME_CHANGE_BASELINE_DATES, np.uint16)
+    count[:10] = SAME_CHANGE_BASELINE_DATES - 1
+    nan = np.full((2, *GRID.shape), np.nan, np.float32)
+    baseline = Composite(GRID, ("red", "nir"), PERIODS[0], nan, count, count.astype(np.int32))
+    kept = _lasting_change_codes(cmap, baseline, Config())
+    assert kept is not None
+    assert (kept[:, :10] == BAND_CHANGE_UNOBSERVED).all() and (kept[:, 10:] == 1).all()
+    off = Config(track=replace(CFG, same_change=0.0))
+    assert _lasting_change_codes(cmap, baseline, off) is None
 
 
 def test_confirmed_structure_that_disappears_is_flagged_vanished() -> None:

@@ -78,7 +78,11 @@ _SHADOW_SPREAD = (1.05, 1.15)  # ...and their ratios within this factor of each 
 # Bump whenever `detect_change` (or `objects.extract_objects`) gives another answer from the same
 # inputs, so a period's change kept between runs (the monitor's period cache) is not taken for
 # the new answer.
-CHANGE_VERSION = "change-2"
+CHANGE_VERSION = "change-3"
+# `band_change_codes`: eighths of a noise unit in int8 (up to 15.9 noise units, finer than any
+# median the tracker tests), and the code of an unobserved pixel.
+BAND_CHANGE_STEP = 8
+BAND_CHANGE_UNOBSERVED = -128
 # Band measured for co-registration, first present wins: red has urban texture and moves less with
 # vegetation phenology than nir.
 COREG_BANDS = ("red", "green", "nir", "blue")
@@ -280,6 +284,22 @@ def _band_noise(delta: np.ndarray, valid: np.ndarray) -> np.ndarray:
     for i in range(len(delta)):
         noise[i] = max(1.4826 * float(mad[i]), 1e-5)
     return noise
+
+
+def band_change_codes(delta: np.ndarray, noise: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """(B, H, W) int8: each band's change in noise units times BAND_CHANGE_STEP, rounded and
+    clipped to +-127; BAND_CHANGE_UNOBSERVED where `observed` is False. A sixth of the bytes of
+    the float32 change, so a year of periods can be kept for the tracker."""
+    codes = np.empty(delta.shape, dtype=np.int8)
+    scaled = np.empty(delta.shape[1:], dtype=np.float32)
+    for i in range(len(delta)):
+        np.multiply(delta[i], np.float32(BAND_CHANGE_STEP / noise[i]), out=scaled)
+        scaled[~observed] = 0.0
+        np.clip(scaled, -127, 127, out=scaled)
+        np.rint(scaled, out=scaled)
+        codes[i] = scaled
+        codes[i][~observed] = BAND_CHANGE_UNOBSERVED
+    return codes
 
 
 def _cva(delta: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -602,4 +622,5 @@ def detect_change(
         structure_mask=masks[-1],
         structure_threshold=structure_high,
         structure_low_threshold=structure_low,
+        band_change=band_change_codes(delta, noise, np.isfinite(scores[-1])),
     )

@@ -90,6 +90,8 @@ def crop_change(change: ChangeMap, grid: Grid, win: Window, inside: np.ndarray) 
         optional["structure_score"] = scores(change.structure_score)
     if change.structure_mask is not None:
         optional["structure_mask"] = masks(change.structure_mask)
+    if change.band_change is not None:
+        optional["band_change"] = _crop(change.band_change, win)
     return replace(
         change,
         grid=grid,

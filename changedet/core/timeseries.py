@@ -32,6 +32,7 @@ import numpy as np
 from changedet.config import Config
 from changedet.core.berms import berm_evidence, extract_berms, link_berms, ring_test
 from changedet.core.change import (
+    BAND_CHANGE_UNOBSERVED,
     CHANGE_VERSION,
     COREG_BANDS,
     BeforeRange,
@@ -331,6 +332,7 @@ def _observe_periods(
             observed=observed,
             scene_ids=comp.scene_ids,
             score=cmap.structures[0],
+            band_change=_lasting_change_codes(cmap, baseline_composite, config),
         )
 
     # Each period against the same baseline: independent, so on the pool's threads (numpy and
@@ -348,6 +350,23 @@ def _observe_periods(
         if seen is not None
     )
     return observations
+
+
+# A baseline resting on fewer dates at a pixel repeats its own noise in every later period, so
+# there a change that lasts is no sign of a structure (`TrackConfig.same_change`).
+SAME_CHANGE_BASELINE_DATES = 3
+
+
+def _lasting_change_codes(
+    cmap: ChangeMap, baseline: Composite, config: Config
+) -> np.ndarray | None:
+    """The period's per-band change codes for the tracker's same-change test, unobserved where
+    the baseline rests on fewer than SAME_CHANGE_BASELINE_DATES dates; None when it is off."""
+    codes = cmap.band_change
+    if config.track.same_change <= 0 or codes is None:
+        return None
+    codes[:, baseline.count < SAME_CHANGE_BASELINE_DATES] = BAND_CHANGE_UNOBSERVED
+    return codes
 
 
 class PeriodMemo(Protocol):
@@ -382,6 +401,7 @@ def _memo_key(shared: bytes, made_from: bytes, comp: Composite, config: Config) 
         comp.grid,
         config.change,
         config.kinds,
+        config.track.same_change > 0,  # whether the change codes are kept
     )
     digest.update(repr(facts).encode())
     return digest.hexdigest()

@@ -47,6 +47,7 @@ import shapely
 from scipy import ndimage
 
 from changedet.config import TrackConfig
+from changedet.core.change import BAND_CHANGE_STEP, BAND_CHANGE_UNOBSERVED
 from changedet.errors import DataError
 from changedet.models import ChangeObject, Grid, Period, Structure
 
@@ -65,7 +66,7 @@ __all__ = [
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 # Part of the key of a kept tracker state: bump it when the tracker decides differently.
-TRACK_VERSION = "track-6"
+TRACK_VERSION = "track-7"
 
 
 def holds_change(changed: np.ndarray, pixels: np.ndarray) -> bool:
@@ -88,6 +89,10 @@ class PeriodObservation:
         structure with no object this period is still present where its pixels keep a median
         score of `TrackConfig.continue_z` (temporal hysteresis: a small roof seen clearly once
         needs less evidence to be seen again). Not kept after tracking.
+    band_change: optional (B, H, W) int8 per-band change codes of the period
+        (`core.change.band_change_codes`; unobserved where they cannot tell a lasting change):
+        a candidate with no object is also present where its pixels keep the change vector it was
+        first seen with (`TrackConfig.same_change`). Not kept after tracking.
     made_from: when known, a digest of everything the observation was computed from (the
         monitor's period cache key): what the tracker's kept state is keyed by (`StateMemo`).
     """
@@ -100,6 +105,7 @@ class PeriodObservation:
     baseline: bool = False
     score: np.ndarray | None = None
     made_from: bytes | None = field(default=None, compare=False)
+    band_change: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -121,6 +127,8 @@ class _Track:
     confirmed_at: int | None = None
     closed_at: int | None = None
     status: str = "active"
+    # (B,) median per-band change (noise units) of its pixels in the period it was born in
+    signature: np.ndarray | None = None
 
     def add_pixels(self, new: np.ndarray) -> None:
         if new.size == 0:
@@ -324,13 +332,18 @@ class _Tracker:
             if pix.size:
                 self._take_object(k, pix, o.objects[i], present_now)
         self._merge_site_pieces(k)
+        codes = None if o.band_change is None else o.band_change.reshape(len(o.band_change), -1)
+        if codes is not None:
+            for t in self.open:
+                if self.tracks[t].born == k:
+                    self.tracks[t].signature = _signature(codes, self.tracks[t].pixels)
         observed = o.observed.ravel()
         self.last_clear[observed & ~self.had_object[-1]] = k
         changed = self.had_object[-1]
         if o.score is not None:
             with np.errstate(invalid="ignore"):
                 changed = changed | (o.score.ravel() >= self.config.absent_below_z)
-            self._continue(o.score.ravel(), present_now)
+            self._continue(o.score.ravel(), codes, present_now)
         self._merge_grown_together(present_now)
         self.had_change.append(changed)
         self._update_open(k, observed, changed, present_now)
@@ -511,16 +524,26 @@ class _Tracker:
         self.open.append(t)
         self.owner[pix] = t
 
-    def _continue(self, score: np.ndarray, present_now: dict[int, int]) -> None:
+    def _continue(
+        self, score: np.ndarray, codes: np.ndarray | None, present_now: dict[int, int]
+    ) -> None:
         """Open tracks without an object this period that still stand out (median score of their
-        observed pixels >= `continue_z`) are present."""
+        observed pixels >= `continue_z`) are present; so are candidates whose pixels keep the
+        change they were first seen with (`_keeps_its_change`)."""
+        config = self.config
         for t in self.open:
             if t in present_now:
                 continue
-            values = score[self.tracks[t].pixels]
+            tr = self.tracks[t]
+            values = score[tr.pixels]
             seen = values[np.isfinite(values)]
-            enough = seen.size and seen.size >= self.config.min_observed_fraction * values.size
-            if enough and float(np.median(seen)) >= self.config.continue_z:
+            if not seen.size or seen.size < config.min_observed_fraction * values.size:
+                continue
+            if float(np.median(seen)) >= config.continue_z or (
+                codes is not None
+                and tr.confirmed_at is None
+                and _keeps_its_change(tr, codes, config.same_change, self.min_pixels)
+            ):
                 present_now[t] = 1
 
     def _update_open(
@@ -557,6 +580,40 @@ class _Tracker:
                     continue
             still_open.append(t)
         self.open = still_open
+
+
+# A lasting change's median projection must reach this many of its own noise units (the per-band
+# codes are in noise units, so one pixel's projection on a unit vector has noise about 1).
+SAME_CHANGE_Z = 3.0
+
+
+def _signature(codes: np.ndarray, pixels: np.ndarray) -> np.ndarray | None:
+    """(B,) median per-band change, in noise units, of the observed `pixels`; None when none."""
+    values = codes[:, pixels]
+    values = values[:, (values != BAND_CHANGE_UNOBSERVED).all(axis=0)]
+    if not values.shape[1]:
+        return None
+    signature: np.ndarray = np.median(values, axis=1).astype(np.float32) / BAND_CHANGE_STEP
+    return signature
+
+
+def _keeps_its_change(tr: _Track, codes: np.ndarray, share: float, min_pixels: int) -> bool:
+    """Whether a track's pixels still hold the change it was born with: the median over its
+    observed pixels of their change projected on that vector reaches `share` of its length and
+    SAME_CHANGE_Z noise units of such a median (1.2533 / sqrt(n) for n independent pixels). A
+    faint structure's change stays when a noisy month lowers its score; noise does not repeat."""
+    signature = tr.signature
+    if share <= 0 or signature is None:
+        return False
+    length = float(np.sqrt(np.square(signature).sum()))
+    values = codes[:, tr.pixels]
+    values = values[:, (values != BAND_CHANGE_UNOBSERVED).all(axis=0)]
+    n = values.shape[1]
+    if length <= 0 or n < min_pixels:
+        return False
+    along = (signature / length) @ (values.astype(np.float32) / BAND_CHANGE_STEP)
+    held = float(np.median(along))
+    return held >= share * length and held >= SAME_CHANGE_Z * 1.2533 / math.sqrt(n)
 
 
 def _merge_into(main: _Track, other: _Track, owner: np.ndarray) -> None:
@@ -705,7 +762,8 @@ def track_periods(
             tracker.observe(k, o)
     else:
         tracker = _tracked_from_kept(obs, keys, memo, settings)
-    obs = tuple(replace(o, score=None) for o in obs)  # the scores are not needed any more
+    # the scores and change codes are not needed any more
+    obs = tuple(replace(o, score=None, band_change=None) for o in obs)
     return Tracks(
         obs, tracker.tracks, tracker.had_object, tracker.had_change, grid, config, min_area_m2
     )
