@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -236,6 +237,32 @@ def test_a_false_positive_never_alerts_and_a_lost_structure_is_dropped() -> None
     lost = ledger_changes("k", {"s1": _row("s1", "confirmed")}, [], {("s1", "new")})
     assert [(r.id, r.status) for r in lost.rows] == [("s1", "dropped")]
     assert lost.alerts == ()
+    assert [h.detail for h in lost.history] == ["no longer detected"]
+
+
+def _square(lon: float, lat: float, size: float) -> str:
+    ring = [[lon, lat], [lon + size, lat], [lon + size, lat + size], [lon, lat + size], [lon, lat]]
+    return json.dumps({"type": "Polygon", "coordinates": [ring]})
+
+
+@pytest.mark.parametrize(
+    ("site_lon", "detail"),
+    [
+        (51.6, "now part of s2"),  # the site covers all of the old candidate
+        (51.6003, "now part of s2"),  # ...three quarters of it
+        (51.6005, "no longer detected"),  # a quarter of it
+        (51.7, "no longer detected"),  # elsewhere
+    ],
+)
+def test_a_candidate_taken_into_a_larger_site_says_which(site_lon: float, detail: str) -> None:
+    """A stored structure no longer found whose outline a structure found now mostly covers (a
+    candidate grown into a site) is dropped with a history entry naming that structure."""
+    candidate = replace(_row("s1", "candidate"), geometry=_square(51.6002, 35.6002, 0.0004))
+    site = replace(_row("s2", "confirmed"), geometry=_square(site_lon, 35.6, 0.0008))
+    changes = ledger_changes("k", {"s1": candidate}, [site], set())
+    assert [
+        (h.structure_id, h.change, h.detail) for h in changes.history if h.structure_id == "s1"
+    ] == [("s1", "dropped", detail)]
 
 
 # --- state ----------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 A structure's ledger status comes from the detector's view of it: `candidate` (not confirmed),
 `confirmed`, `bermed` (confirmed, ringed by a berm), `vanished`, `dropped` (a candidate that did
-not persist, or a structure the detector no longer finds). Every status change is a history
-entry. Alerts, each at most once per structure and kind (its idempotency key says so):
+not persist, or a structure the detector no longer finds: its history entry says "now part of
+<id>" when a structure found now covers most of it, as when a candidate grows into a larger
+site). Every status change is a history entry. Alerts, each at most once per structure and kind (its idempotency key says so):
 
 - `new`: the first time a structure is confirmed (bermed or vanished included);
 - `bermed`: a structure already alerted as new that became bermed later;
@@ -18,6 +19,8 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import shapely
 
 from changedet.models import FALSE_POSITIVE, Structure
 from changedet.monitor.state import AlertRow, HistoryEntry, StructureRow
@@ -117,9 +120,44 @@ def ledger_changes(
             key = alert_key(aoi_id, row.id, kind)
             payload = _payload(aoi_id, row, kind, key, synthetic)
             alerts.append(AlertRow(key, aoi_id, row.id, kind, payload))
+    footprints = _Footprints(current)
     for structure_id, old in stored.items():
         if structure_id not in seen and old.status != "dropped":
             gone = StructureRow(**{**old.__dict__, "status": "dropped"})
             rows.append(gone)
-            history.append(HistoryEntry(structure_id, "dropped", old.status, "no longer detected"))
+            into = footprints.covering(old)
+            detail = "no longer detected" if into is None else f"now part of {into}"
+            history.append(HistoryEntry(structure_id, "dropped", old.status, detail))
     return LedgerChanges(tuple(rows), tuple(history), tuple(alerts))
+
+
+class _Footprints:
+    """The outlines of the structures found now, read when first asked for."""
+
+    # A structure found now that covers this share of a stored one's outline took it in.
+    COVERS = 0.5
+
+    def __init__(self, current: Sequence[StructureRow]) -> None:
+        self.current = current
+        self._shapes: list[tuple[str, Any]] | None = None
+
+    def covering(self, old: StructureRow) -> str | None:
+        """The id of the structure found now that covers most of `old`'s outline, when it covers
+        at least COVERS of it (outlines in degrees: a share, so no projection is needed)."""
+        if old.geometry is None:
+            return None
+        outline = shapely.from_geojson(old.geometry)
+        if outline.is_empty or outline.area <= 0:
+            return None
+        if self._shapes is None:
+            self._shapes = [
+                (row.id, shapely.from_geojson(row.geometry))
+                for row in self.current
+                if row.geometry is not None
+            ]
+        best, best_share = None, self.COVERS
+        for structure_id, shape in self._shapes:
+            share = shapely.intersection(outline, shape).area / outline.area
+            if share >= best_share:
+                best, best_share = structure_id, share
+        return best

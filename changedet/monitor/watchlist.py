@@ -98,7 +98,8 @@ class WatchList:
     smtp: SmtpConfig | None = None
     # The period cache keeps each period's composite (about 30 bytes per context-window pixel and
     # period) so that an incremental run composites only new periods; false keeps only the change
-    # and the shifts: a fraction of the disk, slower incremental runs, the same results.
+    # (about 11 bytes) and the shifts: a fraction of the disk, slower incremental runs, the same
+    # results.
     keep_composites: bool = True
     # ... and each date's pixels as read (about 13 bytes per context-window pixel and date), so
     # that an incremental run reads only the SCL of the scenes it has seen; false reads them all.
