@@ -4,7 +4,8 @@ A structure's ledger status comes from the detector's view of it: `candidate` (n
 `confirmed`, `bermed` (confirmed, ringed by a berm), `vanished`, `dropped` (a candidate that did
 not persist, or a structure the detector no longer finds: its history entry says "now part of
 <id>" when a structure found now covers most of it, as when a candidate grows into a larger
-site). Every status change is a history entry. Alerts, each at most once per structure and kind (its idempotency key says so):
+site). Every status change is a history entry. Alerts, each at most once per structure and kind
+(its idempotency key says so):
 
 - `new`: the first time a structure is confirmed (bermed or vanished included);
 - `bermed`: a structure already alerted as new that became bermed later;

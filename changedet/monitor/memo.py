@@ -10,8 +10,9 @@ header with the payload's CRC-32, then the bytes), each written atomically; a da
 unreadable entry is a miss.
 `prune()` removes the entries the last run did not use, so the folder holds one series per AOI:
 per pixel of the AOI's context window, about 41 bytes a period (30 its composite, 11 its change)
-and 13 bytes a date (a window of 1000 × 1000 px: 41 MB a period, 13 MB a date). A date is read where it lies (`open_arrays`);
-composites and shifts are mapped into memory, not copied (`get_arrays`).
+and 13 bytes a date (a window of 1000 × 1000 px: 41 MB a period, 13 MB a date). A date is read
+where it lies (`open_arrays`); composites and shifts are mapped into memory, not copied
+(`get_arrays`).
 A cache, not state: deleting it costs one slower run.
 """
 
