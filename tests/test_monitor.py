@@ -236,8 +236,34 @@ def test_a_false_positive_never_alerts_and_a_lost_structure_is_dropped() -> None
     assert fp.alerts == () and [h.change for h in fp.history] == ["confirmed"]
     lost = ledger_changes("k", {"s1": _row("s1", "confirmed")}, [], {("s1", "new")})
     assert [(r.id, r.status) for r in lost.rows] == [("s1", "dropped")]
-    assert lost.alerts == ()
+    assert [a.kind for a in lost.alerts] == ["withdrawn"]  # it was alerted as new
     assert [h.detail for h in lost.history] == ["no longer detected"]
+
+
+def test_an_alerted_structure_no_longer_confirmed_is_withdrawn_once() -> None:
+    """A structure alerted as new that later months show as a transient, or that is no longer
+    found, raises one `withdrawn` alert saying why; one never alerted, or called a false
+    positive by the analyst, raises none."""
+    stored = {"s1": _row("s1", "confirmed")}
+    transient = ledger_changes("k", stored, [_row("s1", "dropped")], {("s1", "new")})
+    (alert,) = transient.alerts
+    assert (alert.kind, alert.payload["detail"]) == (
+        "withdrawn",
+        "not confirmed by the months since",
+    )
+    assert alert.key == alert_key("k", "s1", "withdrawn")
+    assert describe_alert(alert).startswith("[k] building no longer confirmed (not confirmed")
+    again = ledger_changes(
+        "k", stored, [_row("s1", "candidate")], {("s1", "new"), ("s1", "withdrawn")}
+    )
+    assert again.alerts == ()
+    lost = ledger_changes("k", stored, [], {("s1", "new")})
+    assert [(a.kind, a.payload["detail"]) for a in lost.alerts] == [
+        ("withdrawn", "no longer detected")
+    ]
+    assert ledger_changes("k", stored, [], set()).alerts == ()  # never alerted
+    reviewed = {"s1": _row("s1", "confirmed", review="false-positive")}
+    assert ledger_changes("k", reviewed, [], {("s1", "new")}).alerts == ()
 
 
 def _square(lon: float, lat: float, size: float) -> str:
@@ -364,7 +390,7 @@ def test_alerts_geojson_lists_every_alert_of_the_aoi(grown: Scenario) -> None:
     assert keys and [f["id"] for f in doc["features"]] == keys
     first = doc["features"][0]
     assert first["geometry"]["type"] in ("Polygon", "MultiPolygon")
-    assert first["properties"]["alert"] in ("new", "bermed", "vanished")
+    assert first["properties"]["alert"] in ("new", "bermed", "vanished", "withdrawn")
     assert all(f["properties"]["synthetic"] is True for f in doc["features"])  # the sample's
 
 

@@ -38,6 +38,7 @@ def describe_alert(alert: AlertRow) -> str:
         "new": f"new confirmed {p.get('kind')}",
         "bermed": f"{p.get('kind')} now ringed by a berm",
         "vanished": f"{p.get('kind')} vanished (after {p.get('vanished_after')})",
+        "withdrawn": f"{p.get('kind')} no longer confirmed ({p.get('detail')})",
     }.get(alert.kind, alert.kind)
     seen = f"first seen {p.get('first_seen_start') or '?'}..{p.get('first_seen_end') or '?'}"
     synthetic = "[SYNTHETIC data] " if p.get("synthetic") else ""

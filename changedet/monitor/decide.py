@@ -9,7 +9,10 @@ site). Every status change is a history entry. Alerts, each at most once per str
 
 - `new`: the first time a structure is confirmed (bermed or vanished included);
 - `bermed`: a structure already alerted as new that became bermed later;
-- `vanished`: a structure already alerted as new that has vanished since.
+- `vanished`: a structure already alerted as new that has vanished since;
+- `withdrawn`: a structure already alerted as new that the detector no longer confirms (later
+  months showed a transient, or it is no longer found: then `detail` says why, "now part of
+  <id>" when a structure found now covers most of it).
 
 A structure the analyst called a false positive never alerts again.
 """
@@ -55,8 +58,10 @@ class LedgerChanges:
 
 
 def _alert_kinds(old: StructureRow | None, new: StructureRow, alerted: set[str]) -> list[str]:
-    if new.review == FALSE_POSITIVE or new.status not in CONFIRMED_STATES:
+    if new.review == FALSE_POSITIVE:
         return []
+    if new.status not in CONFIRMED_STATES:
+        return ["withdrawn"] if "new" in alerted and "withdrawn" not in alerted else []
     if "new" not in alerted:
         return ["new"]
     kinds = []
@@ -69,7 +74,12 @@ def _alert_kinds(old: StructureRow | None, new: StructureRow, alerted: set[str])
 
 
 def _payload(
-    aoi_id: str, row: StructureRow, kind: str, key: str, synthetic: bool
+    aoi_id: str,
+    row: StructureRow,
+    kind: str,
+    key: str,
+    synthetic: bool,
+    detail: str | None = None,
 ) -> dict[str, Any]:
     return {
         "key": key,
@@ -88,6 +98,7 @@ def _payload(
         "lat": row.lat,
         "lon": row.lon,
         "geometry": row.geometry,
+        "detail": detail,
     }
 
 
@@ -117,10 +128,8 @@ def ledger_changes(
             rows.append(row)
         if old is None or old.status != row.status:
             history.append(HistoryEntry(row.id, row.status, None if old is None else old.status))
-        for kind in _alert_kinds(old, row, done.get(row.id, set())):
-            key = alert_key(aoi_id, row.id, kind)
-            payload = _payload(aoi_id, row, kind, key, synthetic)
-            alerts.append(AlertRow(key, aoi_id, row.id, kind, payload))
+        unconfirmed = "not confirmed by the months since"
+        alerts += _alerts(aoi_id, old, row, done, synthetic, unconfirmed)
     footprints = _Footprints(current)
     for structure_id, old in stored.items():
         if structure_id not in seen and old.status != "dropped":
@@ -129,7 +138,27 @@ def ledger_changes(
             into = footprints.covering(old)
             detail = "no longer detected" if into is None else f"now part of {into}"
             history.append(HistoryEntry(structure_id, "dropped", old.status, detail))
+            alerts += _alerts(aoi_id, old, gone, done, synthetic, detail)
     return LedgerChanges(tuple(rows), tuple(history), tuple(alerts))
+
+
+def _alerts(
+    aoi_id: str,
+    old: StructureRow | None,
+    row: StructureRow,
+    done: Mapping[str, set[str]],
+    synthetic: bool,
+    withdrawn_why: str,
+) -> list[AlertRow]:
+    """The alerts a structure's new row raises; `withdrawn_why` is a withdrawn alert's detail."""
+    out = []
+    for kind in _alert_kinds(old, row, done.get(row.id, set())):
+        key = alert_key(aoi_id, row.id, kind)
+        detail = withdrawn_why if kind == "withdrawn" else None
+        out.append(
+            AlertRow(key, aoi_id, row.id, kind, _payload(aoi_id, row, kind, key, synthetic, detail))
+        )
+    return out
 
 
 class _Footprints:

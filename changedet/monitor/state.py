@@ -199,7 +199,7 @@ class AlertRow:
     key: str
     aoi_id: str
     structure_id: str
-    kind: str  # "new" | "bermed" | "vanished"
+    kind: str  # "new" | "bermed" | "vanished" | "withdrawn"
     payload: Mapping[str, Any]
 
 
