@@ -288,7 +288,7 @@ def _band_noise(delta: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def band_change_codes(delta: np.ndarray, noise: np.ndarray, observed: np.ndarray) -> np.ndarray:
     """(B, H, W) int8: each band's change in noise units times BAND_CHANGE_STEP, rounded and
-    clipped to +-127; BAND_CHANGE_UNOBSERVED where `observed` is False. A sixth of the bytes of
+    clipped to +-127; BAND_CHANGE_UNOBSERVED where `observed` is False. A quarter of the bytes of
     the float32 change, so a year of periods can be kept for the tracker."""
     codes = np.empty(delta.shape, dtype=np.int8)
     scaled = np.empty(delta.shape[1:], dtype=np.float32)
