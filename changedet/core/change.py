@@ -292,13 +292,14 @@ def band_change_codes(delta: np.ndarray, noise: np.ndarray, observed: np.ndarray
     the float32 change, so a year of periods can be kept for the tracker."""
     codes = np.empty(delta.shape, dtype=np.int8)
     scaled = np.empty(delta.shape[1:], dtype=np.float32)
+    unobserved = ~observed
     for i in range(len(delta)):
         np.multiply(delta[i], np.float32(BAND_CHANGE_STEP / noise[i]), out=scaled)
-        scaled[~observed] = 0.0
+        scaled[unobserved] = 0.0  # NaN has no int8 value
         np.clip(scaled, -127, 127, out=scaled)
         np.rint(scaled, out=scaled)
         codes[i] = scaled
-        codes[i][~observed] = BAND_CHANGE_UNOBSERVED
+        codes[i][unobserved] = BAND_CHANGE_UNOBSERVED
     return codes
 
 

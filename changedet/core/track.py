@@ -587,10 +587,16 @@ class _Tracker:
 SAME_CHANGE_Z = 3.0
 
 
+def _observed_codes(codes: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """(B, n) the change codes of those of `pixels` observed in every band."""
+    values = codes[:, pixels]
+    observed: np.ndarray = values[:, (values != BAND_CHANGE_UNOBSERVED).all(axis=0)]
+    return observed
+
+
 def _signature(codes: np.ndarray, pixels: np.ndarray) -> np.ndarray | None:
     """(B,) median per-band change, in noise units, of the observed `pixels`; None when none."""
-    values = codes[:, pixels]
-    values = values[:, (values != BAND_CHANGE_UNOBSERVED).all(axis=0)]
+    values = _observed_codes(codes, pixels)
     if not values.shape[1]:
         return None
     signature: np.ndarray = np.median(values, axis=1).astype(np.float32) / BAND_CHANGE_STEP
@@ -606,8 +612,7 @@ def _keeps_its_change(tr: _Track, codes: np.ndarray, share: float, min_pixels: i
     if share <= 0 or signature is None:
         return False
     length = float(np.sqrt(np.square(signature).sum()))
-    values = codes[:, tr.pixels]
-    values = values[:, (values != BAND_CHANGE_UNOBSERVED).all(axis=0)]
+    values = _observed_codes(codes, tr.pixels)
     n = values.shape[1]
     if length <= 0 or n < min_pixels:
         return False

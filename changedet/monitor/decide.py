@@ -130,15 +130,15 @@ def ledger_changes(
             history.append(HistoryEntry(row.id, row.status, None if old is None else old.status))
         unconfirmed = "not confirmed by the months since"
         alerts += _alerts(aoi_id, old, row, done, synthetic, unconfirmed)
-    footprints = _Footprints(current)
-    for structure_id, old in stored.items():
-        if structure_id not in seen and old.status != "dropped":
-            gone = StructureRow(**{**old.__dict__, "status": "dropped"})
-            rows.append(gone)
-            into = footprints.covering(old)
-            detail = "no longer detected" if into is None else f"now part of {into}"
-            history.append(HistoryEntry(structure_id, "dropped", old.status, detail))
-            alerts += _alerts(aoi_id, old, gone, done, synthetic, detail)
+    lost = [old for sid, old in stored.items() if sid not in seen and old.status != "dropped"]
+    outlines = _outlines(current) if lost else []
+    for old in lost:
+        gone = StructureRow(**{**old.__dict__, "status": "dropped"})
+        rows.append(gone)
+        into = _covering(old, outlines)
+        detail = "no longer detected" if into is None else f"now part of {into}"
+        history.append(HistoryEntry(old.id, "dropped", old.status, detail))
+        alerts += _alerts(aoi_id, old, gone, done, synthetic, detail)
     return LedgerChanges(tuple(rows), tuple(history), tuple(alerts))
 
 
@@ -161,33 +161,25 @@ def _alerts(
     return out
 
 
-class _Footprints:
-    """The outlines of the structures found now, read when first asked for."""
+# A structure found now that covers this share of a lost one's outline took it in.
+_COVERS = 0.5
 
-    # A structure found now that covers this share of a stored one's outline took it in.
-    COVERS = 0.5
 
-    def __init__(self, current: Sequence[StructureRow]) -> None:
-        self.current = current
-        self._shapes: list[tuple[str, Any]] | None = None
+def _outlines(rows: Sequence[StructureRow]) -> list[tuple[str, Any]]:
+    return [(row.id, shapely.from_geojson(row.geometry)) for row in rows if row.geometry]
 
-    def covering(self, old: StructureRow) -> str | None:
-        """The id of the structure found now that covers most of `old`'s outline, when it covers
-        at least COVERS of it (outlines in degrees: a share, so no projection is needed)."""
-        if old.geometry is None:
-            return None
-        outline = shapely.from_geojson(old.geometry)
-        if outline.is_empty or outline.area <= 0:
-            return None
-        if self._shapes is None:
-            self._shapes = [
-                (row.id, shapely.from_geojson(row.geometry))
-                for row in self.current
-                if row.geometry is not None
-            ]
-        best, best_share = None, self.COVERS
-        for structure_id, shape in self._shapes:
-            share = shapely.intersection(outline, shape).area / outline.area
-            if share >= best_share:
-                best, best_share = structure_id, share
-        return best
+
+def _covering(old: StructureRow, outlines: Sequence[tuple[str, Any]]) -> str | None:
+    """The id of the structure found now (`outlines`) that covers most of `old`'s outline, when
+    it covers at least _COVERS of it (outlines in degrees: a share, so no projection needed)."""
+    if old.geometry is None:
+        return None
+    outline = shapely.from_geojson(old.geometry)
+    if outline.is_empty or outline.area <= 0:
+        return None
+    best, best_share = None, _COVERS
+    for structure_id, shape in outlines:
+        share = shapely.intersection(outline, shape).area / outline.area
+        if share >= best_share:
+            best, best_share = structure_id, share
+    return best
