@@ -208,6 +208,9 @@ class ChangeConfig:
     # ...and a structure's footprint is where that unexplained change reaches this many noise units
     # (smoothing lends evidence to a rim of unchanged pixels; this takes it back).
     min_excess: float = 1.0
+    # ...and a strong object's footprint leaves out its blur rim: the outer pixels whose unexplained
+    # change is under this share of the object's peak (README: Accuracy; 0 turns it off).
+    rim_share: float = 0.15
     min_area_m2: float = 400.0  # minimum mapping unit (4 pixels at 10 m)
     min_clear_obs: int = 1  # per period and pixel
     split_objects: bool = False  # watershed-split blobs holding several separate seed cores
@@ -580,6 +583,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "change.structure_z_threshold": (0.0, None),
     "change.structure_z_low": (0.0, None),
     "change.min_excess": (0.0, None),
+    "change.rim_share": (0.0, 0.99),
     "change.min_area_m2": (0.0, None),
     "change.min_clear_obs": (1, None),
     "change.smooth_sigma_px": (0.0, 100.0),

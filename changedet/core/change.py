@@ -55,6 +55,7 @@ __all__ = [
     "decide",
     "detect_change",
     "tolerant_excess",
+    "trim_blur_rims",
 ]
 
 # Bands used for detection when present (atmospheric bands B01/B09/B10 are left out on purpose).
@@ -78,7 +79,10 @@ _SHADOW_SPREAD = (1.05, 1.15)  # ...and their ratios within this factor of each 
 # Bump whenever `detect_change` (or `objects.extract_objects`) gives another answer from the same
 # inputs, so a period's change kept between runs (the monitor's period cache) is not taken for
 # the new answer.
-CHANGE_VERSION = "change-3"
+CHANGE_VERSION = "change-4"
+# How far a strong change lends its neighbours excess: the point spread and bilinear resampling of
+# the 20 m bands, each about a pixel (`trim_blur_rims`).
+BLUR_REACH_PX = 2
 # `band_change_codes`: eighths of a noise unit in int8 (up to 15.9 noise units, finer than any
 # median the tracker tests), and the code of an unobserved pixel.
 BAND_CHANGE_STEP = 8
@@ -123,6 +127,43 @@ def decide(
         keep &= sizes >= min_pixels
     mask: np.ndarray = keep[labels]
     return _fill_holes(mask) if fill else mask
+
+
+def trim_blur_rims(
+    mask: np.ndarray, excess: np.ndarray, share: float, min_pixels: int = 1
+) -> np.ndarray:
+    """`mask` without the blur rim of its strong objects: per 8-connected object, the pixels
+    whose `excess` is under `share` of the object's peak and that the outside reaches through
+    such pixels. A strong change seen through the point spread, resampling and smoothing lends
+    its neighbours an excess of a few noise units; a faint object (peak under
+    `min_excess / share`) keeps every pixel. Only pixels within `BLUR_REACH_PX` of the strong
+    ones are a rim: wider faint ground around them (a graded apron) is change of its own. Pixels
+    enclosed by stronger ones stay (a roof's darker middle). An object the trim would cut in
+    pieces, or leave under `min_pixels`, keeps all its pixels: one change counted twice, or
+    lost, is worse than a wide outline."""
+    eight = np.ones((3, 3), bool)
+    labels, n = ndi.label(mask, structure=eight)
+    if n == 0:
+        return mask
+    values = np.where(mask, np.nan_to_num(excess, nan=0.0), 0.0)
+    peak = ndi.maximum(values, labels, np.arange(1, n + 1))
+    level = np.concatenate([[np.inf], share * np.asarray(peak, np.float64)])
+    strong = mask & (values >= level[labels])
+    near = ndi.binary_dilation(strong, structure=eight, iterations=BLUR_REACH_PX)
+    reach, n_reach = ndi.label(~mask | (near & ~strong), structure=eight)
+    touches_outside = np.zeros(n_reach + 1, bool)
+    touches_outside[reach[~mask]] = True
+    touches_outside[0] = False
+    trimmed = mask & ~touches_outside[reach]
+    # An object keeps all its pixels where the trim splits it or leaves it under the unit.
+    parts, _ = ndi.label(trimmed, structure=eight)
+    inside = parts > 0
+    pairs = np.unique(np.stack([labels[inside], parts[inside]]), axis=1)
+    n_parts = np.bincount(pairs[0], minlength=n + 1)
+    size = np.bincount(labels[inside], minlength=n + 1)
+    keep_all = (n_parts != 1) | (size < min_pixels)
+    keep_all[0] = False
+    return trimmed | (keep_all[labels] & mask)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -598,6 +639,8 @@ def detect_change(
         # Smoothing lends a structure's evidence to its rim; its footprint is where the pixels
         # themselves changed beyond what the neighbourhood explains.
         masks[-1] &= excess >= config.min_excess
+        if config.rim_share > 0:
+            masks[-1] = trim_blur_rims(masks[-1], excess, config.rim_share, min_pixels)
         layers["unexplained"] = excess
     layers["mask"] = masks[0]
     screened = _screen_l1c_clouds(before, after, delta, valid, shift if corrected else None, layers)
