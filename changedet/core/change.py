@@ -146,9 +146,13 @@ def trim_blur_rims(
     if n == 0:
         return mask
     values = np.where(mask, np.nan_to_num(excess, nan=0.0), 0.0)
-    peak = ndi.maximum(values, labels, np.arange(1, n + 1))
-    level = np.concatenate([[np.inf], share * np.asarray(peak, np.float64)])
+    peak = np.zeros(n + 1, np.float64)
+    np.maximum.at(peak, labels[mask], values[mask])  # (ndi.maximum sorts the whole image)
+    level = share * peak
+    level[0] = np.inf
     strong = mask & (values >= level[labels])
+    if np.array_equal(strong, mask):
+        return mask  # no pixel under its object's share: nothing to trim
     near = ndi.binary_dilation(strong, structure=eight, iterations=BLUR_REACH_PX)
     reach, n_reach = ndi.label(~mask | (near & ~strong), structure=eight)
     touches_outside = np.zeros(n_reach + 1, bool)
@@ -156,10 +160,11 @@ def trim_blur_rims(
     touches_outside[0] = False
     trimmed = mask & ~touches_outside[reach]
     # An object keeps all its pixels where the trim splits it or leaves it under the unit.
-    parts, _ = ndi.label(trimmed, structure=eight)
+    parts, n_kept = ndi.label(trimmed, structure=eight)
     inside = parts > 0
-    pairs = np.unique(np.stack([labels[inside], parts[inside]]), axis=1)
-    n_parts = np.bincount(pairs[0], minlength=n + 1)
+    object_of = np.zeros(n_kept + 1, np.int64)
+    object_of[parts[inside]] = labels[inside]  # a part lies within one object
+    n_parts = np.bincount(object_of[1:], minlength=n + 1)
     size = np.bincount(labels[inside], minlength=n + 1)
     keep_all = (n_parts != 1) | (size < min_pixels)
     keep_all[0] = False
