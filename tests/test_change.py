@@ -385,7 +385,8 @@ def test_a_period_keeps_its_band_change_codes_where_scored(
     pair: Callable[..., tuple[Composite, Composite]],
 ) -> None:
     before, after = pair()
-    change = detect_change(before, after, ChangeConfig())
+    assert detect_change(before, after, ChangeConfig()).band_change is None  # only when asked
+    change = detect_change(before, after, ChangeConfig(), with_band_change=True)
     codes = change.band_change
     assert codes is not None and codes.shape == (len(L2A), *GRID.shape)
     inside = codes[(slice(None), *BLOCK)].astype(float)

@@ -9,7 +9,7 @@ from datetime import date
 import numpy as np
 import pytest
 
-from changedet.config import Config, KindConfig, TrackConfig
+from changedet.config import KindConfig, TrackConfig
 from changedet.core.change import BAND_CHANGE_UNOBSERVED
 from changedet.core.kinds import roof_periods, roof_stood
 from changedet.core.ledger import Ledger, build_ledger, place_id
@@ -213,11 +213,12 @@ def test_change_codes_are_kept_only_where_the_baseline_rests_on_enough_dates() -
     count[:10] = SAME_CHANGE_BASELINE_DATES - 1
     nan = np.full((2, *GRID.shape), np.nan, np.float32)
     baseline = Composite(GRID, ("red", "nir"), PERIODS[0], nan, count, count.astype(np.int32))
-    kept = _lasting_change_codes(cmap, baseline, Config())
+    kept = _lasting_change_codes(cmap, baseline)
     assert kept is not None
     assert (kept[:, :10] == BAND_CHANGE_UNOBSERVED).all() and (kept[:, 10:] == 1).all()
-    off = Config(track=replace(CFG, same_change=0.0))
-    assert _lasting_change_codes(cmap, baseline, off) is None
+    # off, the change map carries no codes (`detect_change(..., with_band_change=False)`)
+    off = replace(cmap, band_change=None)
+    assert _lasting_change_codes(off, baseline) is None
 
 
 def test_confirmed_structure_that_disappears_is_flagged_vanished() -> None:

@@ -573,6 +573,7 @@ def detect_change(
     *,
     seed_threshold: float | None = None,
     known_before: BeforeRange | None = None,
+    with_band_change: bool = False,
 ) -> ChangeMap:
     """Change scores, decided masks and evidence between two composites on one grid.
 
@@ -582,6 +583,8 @@ def detect_change(
     swir22; OSCD L1C: all ten 10/20 m bands). NaN pixels in either composite get NaN scores and no
     change. The minimum mapping unit is `config.min_area_m2` over `grid.pixel_area_m2`.
     known_before: `before_range(before, config)`, when several periods share the before.
+    with_band_change: also return the per-band change codes (`band_change_codes`), which only the
+    tracker's same-change test reads.
     """
     pair = _pair(before, after)
     grid = before.grid
@@ -671,5 +674,7 @@ def detect_change(
         structure_mask=masks[-1],
         structure_threshold=structure_high,
         structure_low_threshold=structure_low,
-        band_change=band_change_codes(delta, noise, np.isfinite(scores[-1])),
+        band_change=(
+            band_change_codes(delta, noise, np.isfinite(scores[-1])) if with_band_change else None
+        ),
     )

@@ -323,7 +323,13 @@ def _observe_periods(
     todo = [i for i, seen in enumerate(known) if seen is None]
 
     def observe(comp: Composite) -> PeriodObservation:
-        cmap = detect_change(baseline_composite, comp, cc, known_before=baseline_range)
+        cmap = detect_change(
+            baseline_composite,
+            comp,
+            cc,
+            known_before=baseline_range,
+            with_band_change=config.track.same_change > 0,
+        )
         observed = np.isfinite(cmap.structures[0]) & inside
         objects = extract_objects(cmap, cc, kinds=config.kinds) if observed.any() else []
         return PeriodObservation(
@@ -332,7 +338,7 @@ def _observe_periods(
             observed=observed,
             scene_ids=comp.scene_ids,
             score=cmap.structures[0],
-            band_change=_lasting_change_codes(cmap, baseline_composite, config),
+            band_change=_lasting_change_codes(cmap, baseline_composite),
         )
 
     # Each period against the same baseline: independent, so on the pool's threads (numpy and
@@ -357,13 +363,12 @@ def _observe_periods(
 SAME_CHANGE_BASELINE_DATES = 3
 
 
-def _lasting_change_codes(
-    cmap: ChangeMap, baseline: Composite, config: Config
-) -> np.ndarray | None:
-    """The period's per-band change codes for the tracker's same-change test, unobserved where
-    the baseline rests on fewer than SAME_CHANGE_BASELINE_DATES dates; None when it is off."""
+def _lasting_change_codes(cmap: ChangeMap, baseline: Composite) -> np.ndarray | None:
+    """The period's per-band change codes for the tracker's same-change test, set unobserved (in
+    place) where the baseline rests on fewer than SAME_CHANGE_BASELINE_DATES dates; None when
+    the map has none (the test is off)."""
     codes = cmap.band_change
-    if config.track.same_change <= 0 or codes is None:
+    if codes is None:
         return None
     codes[:, baseline.count < SAME_CHANGE_BASELINE_DATES] = BAND_CHANGE_UNOBSERVED
     return codes
