@@ -700,3 +700,17 @@ def test_the_evidence_behind_kind_is_published(make_run_result: Callable[..., Ru
     assert (props["flattening"], props["soil_gain"], props["width_px"]) == (0.312, 0.4, 4.5)
     blank = structure_properties(replace(hall, evidence={}), result.grid.crs)
     assert (blank["flattening"], blank["soil_gain"], blank["width_px"]) == (None, None, None)
+
+
+def test_the_readme_states_the_detection_limits_the_outputs_state() -> None:
+    """Every figure of run.json's detection notes is in the README's section that lists them, so
+    the README cannot tell an analyst other limits than the outputs do."""
+    import re
+
+    from changedet.outputs.manifest import DETECTION_NOTES
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Detection limits as the outputs state them")[1].split("\n### ")[0]
+    figures = {f for note in DETECTION_NOTES for f in re.findall(r"\d[\d.,]*(?: %)?", note)}
+    missing = sorted(f for f in figures if f not in section)
+    assert not missing, f"README's detection limits lack {missing}"
