@@ -8,8 +8,8 @@ from shapely.geometry import Polygon, box
 
 from changedet.core.carry import Found, Known, carried_ids
 
-CELL = "39N-500050-3949950"
-EAST = "39N-500150-3949950"
+CELL = "39N-500025-3949875"  # the 150 m cell x 499950..500100, y 3949800..3949950
+EAST = "39N-500175-3949875"
 
 
 def ids(found: list[tuple[str, Polygon]], known: dict[str, Polygon]) -> dict[str, str]:
@@ -29,7 +29,7 @@ def test_a_new_structure_in_the_cell_of_a_gone_one_gets_the_next_free_suffix() -
         CELL: box(500_000, 3_949_900, 500_020, 3_949_920),
         f"{CELL}-2": box(500_050, 3_949_900, 500_060, 3_949_910),
     }
-    found = [(CELL, box(500_070, 3_949_970, 500_090, 3_949_990))]  # no overlap with either
+    found = [(CELL, box(500_070, 3_949_860, 500_090, 3_949_880))]  # no overlap with either
     assert ids(found, known) == {CELL: f"{CELL}-3"}
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from changedet.core.ledger import ID_CELL_M
 from changedet.errors import UsageError
 from changedet.outputs.earlier import earlier_structures
 
@@ -29,7 +30,7 @@ def _neighbour(structure_id: str) -> str:
     """The id of the cell east of a structure's: what an earlier run would have named it had
     its footprint then reached further into that cell."""
     zone, easting, northing = structure_id.split("-")[:3]
-    return f"{zone}-{int(easting) + 100}-{northing}"
+    return f"{zone}-{int(easting) + ID_CELL_M}-{northing}"
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def _pairs(
 
 
 def _cell(structure_id: str) -> str:
-    """'39N-539350-3944550' of '39N-539350-3944550-2': zone, easting, northing."""
+    """'39N-539325-3944475' of '39N-539325-3944475-2': zone, easting, northing."""
     return "-".join(structure_id.split("-")[:3])
 
 

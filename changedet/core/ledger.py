@@ -8,11 +8,12 @@ Each track becomes a `Structure`:
 - its kind (`core.kinds`) comes from the median of its objects' spectral evidence and the shape
   of its footprint;
 - its **id names its place**: the zone and the UTM coordinates (metres) of the centre of a
-  100 m cell of the zone's fixed lattice that the structure stands in, e.g. `39N-539350-3944550`.
-  Of the cells holding a fair share of its footprint, the one with the smallest hash of its
-  indices: a choice that depends only on where the structure stands, not on the run. A rerun with
-  another start, end, period length or AOI outline, and any AOI that contains the structure, name
-  it the same unless its footprint moved across a cell border. Structures sharing a cell get
+  150 m cell of the zone's fixed lattice that the structure stands in, e.g. `39N-539325-3944475`.
+  Of the cells its footprint lies in, one drawn with odds proportional to the pixels it holds, by
+  a draw fixed by the cell's indices: a choice that depends only on where the structure stands,
+  not on the run. A rerun with another start, end, period length or AOI outline, and any AOI that
+  contains the structure, name it the same unless its footprint moved across a cell border, and
+  then mostly still the same. Structures sharing a cell get
   `-2`, `-3`: confirmed ones before unconfirmed candidates, larger before smaller, then by the
   smallest hash of their own pixels, so a passing candidate never takes a building's plain id.
 
@@ -149,31 +150,35 @@ def _mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-# Ids name a cell of this size (m) of the UTM zone's lattice, one the structure stands in.
-ID_CELL_M = 100
-# A cell counts when it holds at least this share of the pixels of the structure's fullest cell:
-# a few edge pixels spilling over a cell border do not move the id. 0.2 kept the most ids over
-# reruns on the nine OSCD cities' semi-real series (seeds 0 and 1; `bench/ids.py`).
-ID_CELL_SHARE = 0.2
+# Ids name a cell of this size (m) of the UTM zone's lattice, one the structure stands in: large
+# enough that most footprints lie in one or two cells, small enough that few structures share one.
+# 150 m kept as many ids over reruns as 100 m on average and more at the worst of six seeds of the
+# nine OSCD cities' semi-real series (quarterly periods 91-94 % against 89-95 %; `bench/ids.py`).
+ID_CELL_M = 150
 
 
-def _cells(core: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """The ID_CELL_M cells (absolute lattice indices) that hold a fair share of a footprint."""
+def _cell_counts(core: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The ID_CELL_M cells (absolute lattice indices, (n, 2)) a footprint lies in, and how many
+    of its pixels each holds."""
     x, y = _centres(core, grid)
     cells, counts = np.unique(
         np.stack([np.floor_divide(x, ID_CELL_M), np.floor_divide(y, ID_CELL_M)], axis=1),
         axis=0,
         return_counts=True,
     )
-    held = cells[counts >= ID_CELL_SHARE * counts.max()]
-    return held[:, 0], held[:, 1]
+    return cells, counts
 
 
 def anchor_cell(core: np.ndarray, grid: Grid) -> tuple[int, int]:
-    """The lattice cell a footprint's id is named after (see the module docstring)."""
-    cx, cy = _cells(core, grid)
-    best = int(np.argmin(_mix(cx, cy)))
-    return int(cx[best]), int(cy[best])
+    """The lattice cell a footprint's id is named after: a draw among the cells it lies in, each
+    with odds proportional to the pixels it holds, made by a fixed uniform number per cell (from
+    the hash of its indices) — an exponential race, the smallest -ln(u) / pixels wins. The
+    same cells holding the same pixels always give the same cell, and a few pixels crossing a
+    cell border shift the odds by a few pixels' worth: no share threshold for an edge to cross."""
+    cells, counts = _cell_counts(core, grid)
+    u = ((_mix(cells[:, 0], cells[:, 1]) >> np.uint64(11)) + np.uint64(1)) * 2.0**-53  # (0, 1]
+    best = int(np.argmin(-np.log(u) / counts))
+    return int(cells[best, 0]), int(cells[best, 1])
 
 
 def _tiebreak(core: np.ndarray, grid: Grid) -> int:
@@ -184,8 +189,8 @@ def _tiebreak(core: np.ndarray, grid: Grid) -> int:
 
 
 def place_id(cell: tuple[int, int], grid: Grid) -> str:
-    """'39N-539350-3944550': zone, easting and northing (m) of the centre of an id cell."""
-    half = ID_CELL_M // 2
+    """'39N-539325-3944475': zone, easting and northing (m) of the centre of an id cell."""
+    half = ID_CELL_M // 2  # 75 m: the centre of a cell is a pixel centre of the 10 m lattice
     return f"{_zone(grid)}-{cell[0] * ID_CELL_M + half:06d}-{cell[1] * ID_CELL_M + half:07d}"
 
 
