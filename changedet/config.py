@@ -599,7 +599,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "track.min_observed_fraction": (0.0, 1.0),
     "track.min_confidence": (0.0, 1.0),
     "track.continue_z": (0.0, None),
-    "track.same_change": (0.0, None),
+    "track.same_change": (0.0, 1.0),
     "track.drop_after_absent": (1, None),
     "track.vanish_after_absent": (1, None),
     "track.new_part_fraction": (0.0, 1.0),

@@ -22,6 +22,16 @@ def test_demo_configs_point_at_bundled_catalogs(repo: Path) -> None:
         assert cfg.read.cache_dir == ""
 
 
+def test_the_real_watch_list_loads_with_earth_search_and_both_aois(repo: Path) -> None:
+    """configs/monitor.toml, which the README's cron line and the systemd unit run."""
+    from changedet.monitor.watchlist import load_watchlist
+
+    watch = load_watchlist(repo / "configs" / "monitor.toml")
+    assert [w.aoi.id for w in watch.aois] == ["khojir", "modarres"]
+    assert all(w.config.catalog.url == Config().catalog.url and w.end is None for w in watch.aois)
+    assert watch.state == (repo / "monitor" / "state.sqlite").resolve()
+
+
 def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text("[change]\nz_treshold = 2.5\n")
@@ -102,6 +112,7 @@ BAD_VALUES = [
     ("[change]\nmin_excess = nan\n", "change.min_excess"),
     ("[change]\nrim_share = 1.0\n", "change.rim_share"),
     ("[change]\nrim_share = -0.1\n", "change.rim_share"),
+    ("[track]\nsame_change = 1.5\n", "track.same_change"),
     ("[change]\ntolerance_px = -1\n", "change.tolerance_px"),
     ("[change]\nz_low = 12.0\n", "change.z_low"),
     ("[change]\nstructure_z_low = 9.0\n", "change.structure_z_low"),
