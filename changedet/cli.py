@@ -24,6 +24,7 @@ import click
 from changedet import __version__
 from changedet.errors import ChangedetError, UsageError, machine_trouble, silence_library_noise
 from changedet.memory import keep_freed_memory
+from changedet.models import REVIEW_VERDICTS
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("changedet")
@@ -710,7 +711,7 @@ def _pixel_caches(watch: Any) -> list[dict[str, Any]]:
     "--as",
     "verdict",
     required=True,
-    type=click.Choice(["confirmed", "false-positive", "unsure"]),
+    type=click.Choice(REVIEW_VERDICTS),
     help="Your verdict.",
 )
 @click.option("--note", help="Why (kept with the verdict).")

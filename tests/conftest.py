@@ -50,8 +50,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CHANGEDET_SHARED_DATA", REPO.parent / "shared" / "data"))
 OSCD_ROOT = SHARED_DATA / "oscd"
 OSCD_IMAGES = OSCD_ROOT / "Onera Satellite Change Detection dataset - Images"
-OSCD_LABELS = OSCD_ROOT / "Onera Satellite Change Detection dataset - Train Labels"
-STAC_SAMPLES = SHARED_DATA / "stac-samples"
 
 L2A = ("blue", "green", "red", "nir", "swir16", "swir22")
 # Arid alluvium, reflectance rising from blue to SWIR: the ground of `make_stack`'s landscape.

@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -583,13 +583,6 @@ def write_collection(
     items_path = root / "items.json"
     items_path.write_text(json.dumps({"type": "FeatureCollection", "features": list(items)}))
     return coll_path, items_path
-
-
-@contextlib.contextmanager
-def stac_api(root: Path, items: Sequence[dict[str, Any]]) -> Iterator[RustacServer]:
-    coll, feats = write_collection(root, items)
-    with RustacServer([coll, feats]) as server:
-        yield server
 
 
 def local_scene(synth: SynthScene, root: Path, *, asset_keys: Any = None) -> Any:

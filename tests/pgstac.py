@@ -92,24 +92,18 @@ class PgstacServer:
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.pg_port}/postgres"
         self.postgres: subprocess.Popen[bytes] | None = None
         self.api: subprocess.Popen[bytes] | None = None
-        self.startup_s: dict[str, float] = {}
         self._as_postgres = os.geteuid() == 0
 
     # -- start ---------------------------------------------------------------------------------
 
     def start(self, collection: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> None:
         try:
-            t0 = time.monotonic()
             self._start_postgres()
-            t1 = time.monotonic()
             self._migrate_and_load(collection, items)
-            t2 = time.monotonic()
             self._start_api()
-            t3 = time.monotonic()
         except BaseException:
             self.stop()
             raise
-        self.startup_s = {"postgres": t1 - t0, "pgstac": t2 - t1, "api": t3 - t2}
 
     def _user(self) -> dict[str, Any]:
         return {"user": "postgres", "group": "postgres"} if self._as_postgres else {}

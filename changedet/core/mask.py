@@ -5,7 +5,7 @@ SCL classes (Sentinel-2 L2A): 0 nodata, 1 saturated/defective, 2 dark/topographi
 9 cloud high probability, 10 thin cirrus, 11 snow.
 
 SCL misfires on bright roofs, concrete and sand -- exactly the pixels a change detector cares
-about. A pixel that SCL calls cloud on most dates is a roof, not weather: `keep_persistent_bright`
+about. A pixel that SCL calls cloud on most dates is a roof, not weather: `persistent_from_counts`
 finds those pixels and `scl_clear(..., keep=...)` keeps them clear (and out of the dilation).
 """
 
@@ -21,7 +21,6 @@ __all__ = [
     "DILATED_CLASSES",
     "DIP_BAND",
     "SCL_NODATA",
-    "keep_persistent_bright",
     "one_or_nan",
     "persistent_from_counts",
     "scl_clear",
@@ -134,31 +133,17 @@ def scl_clear(
     return ~bad & (scl != SCL_NODATA)
 
 
-def keep_persistent_bright(
-    cloudy: np.ndarray, observed: np.ndarray, *, fraction: float, min_dates: int = 1
+def persistent_from_counts(
+    n_cloudy: np.ndarray, n_observed: np.ndarray, *, fraction: float, min_dates: int = 1
 ) -> np.ndarray:
     """(H, W) bool: pixels called cloud on at least `fraction` of the dates they were observed.
 
-    cloudy, observed: (T, H, W) bool; a cloudy pixel that was not observed does not count.
+    n_cloudy, n_observed: per-pixel counts of dates observed and called cloud, and of dates
+        observed (a reader accumulates them date by date).
     min_dates: a pixel needs at least this many observations before the rule can call it a
         roof (two cloudy dates out of two say nothing about roofs).
     Real clouds move between dates; a roof that SCL mistakes for cloud does not.
     """
-    if cloudy.shape != observed.shape or cloudy.ndim != 3:
-        raise ValueError(
-            f"cloudy and observed must both be (T, H, W); got {cloudy.shape} and {observed.shape}"
-        )
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    n_obs = observed.sum(axis=0, dtype=np.int32)
-    n_cloudy = (cloudy & observed).sum(axis=0, dtype=np.int32)
-    return persistent_from_counts(n_cloudy, n_obs, fraction=fraction, min_dates=min_dates)
-
-
-def persistent_from_counts(
-    n_cloudy: np.ndarray, n_observed: np.ndarray, *, fraction: float, min_dates: int = 1
-) -> np.ndarray:
-    """`keep_persistent_bright` from per-pixel counts (lets a reader accumulate date by date)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     enough = n_observed >= max(int(min_dates), 1)

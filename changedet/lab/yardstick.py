@@ -41,6 +41,7 @@ from scipy import ndimage
 
 from changedet.config import Config
 from changedet.core.change import DETECT_BANDS
+from changedet.core.kinds import KINDS  # in table order
 from changedet.lab.kindtruth import add_counts
 from changedet.lab.oscd import labelled_cities, load_city
 from changedet.lab.score import SeriesScore, StructureMatches, match_structures, score_structures
@@ -63,7 +64,6 @@ __all__ = [
     "unchanged_ground",
 ]
 
-KINDS = ("building", "ground works", "other")  # as `changedet.core.kinds.KINDS`, in table order
 # Bin edges of the recall tables: a true change's contrast (mean |after - before| reflectance)
 # and its size in 10 m pixels.
 CONTRAST_EDGES = (0.02, 0.04, 0.08)
