@@ -153,7 +153,7 @@ def _mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 # Ids name a cell of this size (m) of the UTM zone's lattice, one the structure stands in: large
 # enough that most footprints lie in one or two cells, small enough that few structures share one.
 # 150 m kept as many ids over reruns as 100 m on average and more at the worst of six seeds of the
-# nine OSCD cities' semi-real series (quarterly periods 91-94 % against 89-95 %; `bench/ids.py`).
+# nine OSCD cities' semi-real series (quarterly periods 91-94 % against 89-95 %; README: ids).
 ID_CELL_M = 150
 
 

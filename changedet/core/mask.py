@@ -138,8 +138,8 @@ def persistent_from_counts(
 ) -> np.ndarray:
     """(H, W) bool: pixels called cloud on at least `fraction` of the dates they were observed.
 
-    n_cloudy, n_observed: per-pixel counts of dates observed and called cloud, and of dates
-        observed (a reader accumulates them date by date).
+    n_cloudy: per pixel, the dates it was observed on and SCL called cloud;
+    n_observed: per pixel, the dates it was observed on (a reader counts both date by date).
     min_dates: a pixel needs at least this many observations before the rule can call it a
         roof (two cloudy dates out of two say nothing about roofs).
     Real clouds move between dates; a roof that SCL mistakes for cloud does not.
