@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import traceback
@@ -221,9 +222,11 @@ def _refuse_shared_ids(sourced: list[tuple[str, Any]]) -> None:
             )
 
 
-def _check_out_writable(out_dir: str) -> None:
+def _check_out_writable(out_dir: str, aoi_ids: Sequence[str] = ()) -> None:
     """--out (or the folder it will be made in) must take files: checked before any computing,
-    by creating and removing a hidden probe file, so a read-only or full disk fails now."""
+    by creating and removing a hidden probe file, so a read-only or full disk fails now. An
+    earlier run's OUT/<aoi_id> is moved aside when the new one is ready, which a read-only
+    folder refuses: that too is said now, not after the run."""
     path = Path(out_dir).expanduser().absolute()
     existing = path
     while not existing.exists() and existing != existing.parent:
@@ -239,6 +242,14 @@ def _check_out_writable(out_dir: str) -> None:
         raise UsageError(
             f"--out '{out_dir}' is not writable ({exc.strerror or exc}); pass a folder you can write to"
         ) from None
+    for aoi_id in aoi_ids:
+        earlier = path / aoi_id
+        if earlier.is_dir() and not os.access(earlier, os.W_OK | os.X_OK):
+            raise UsageError(
+                f"--out '{out_dir}': the earlier outputs '{earlier}' are read-only and a run "
+                f"replaces them; make the folder writable (chmod u+w '{earlier}') or pass "
+                "another --out"
+            )
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -353,8 +364,8 @@ def run(
         periods_for(config)  # a time range too short to compare is a usage error, for every AOI
         sourced, failed = _load_each(aoi_files, config, debug=debug)
         _refuse_shared_ids(sourced)
-        _check_out_writable(out_dir)
         aois = [aoi for _source, aoi in sourced]
+        _check_out_writable(out_dir, [aoi.id for aoi in aois])
         earlier = _earlier(Path(ids_from), aois) if ids_from else None
         with _Renderer(quiet=quiet) as progress:
             for outcome in run_aois(

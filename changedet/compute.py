@@ -203,10 +203,10 @@ def on_cluster(
     order they finish, the result being the exception when the task (or its worker) failed.
     Progress events from the workers are drained between waits, stage names prefixed with the
     task's label, plus an "AOIs" stage counting finished tasks."""
+    client = _client(address)  # first: it says how to install Dask when it is missing
     from distributed import wait as dask_wait
 
     events: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
-    client = _client(address)
     try:
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: events.put(event[1]))
         futures = [

@@ -541,3 +541,38 @@ def test_every_command_with_progress_can_be_quiet(
     assert loud.exit_code == quiet.exit_code == 0, loud.stderr + quiet.stderr
     assert "[changedet] synth s:" in loud.stderr and quiet.stderr == ""
     assert quiet.stdout.replace("/b/", "/a/") == loud.stdout  # the outcome is still said
+
+
+def test_a_cluster_without_dask_installed_says_how_to_install_it(
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed: ImportError
+    aoi, config = REPO / "aoi" / "khojir.geojson", REPO / "configs" / "demo-khojir.toml"
+    result = cli(
+        "run", str(aoi), "--config", str(config), "--out", str(tmp_path), "--quiet",
+        "--cluster", "tcp://127.0.0.1:1",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "pip install 'changedet[dask]'" in result.stderr
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+
+
+def test_read_only_earlier_outputs_are_refused_before_the_run(
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run moves OUT/<aoi_id> aside when its new outputs are ready; a folder the user may not
+    change (os.access stands in for a user who is not its owner: the tests run as root) is
+    refused at once, naming it, and nothing is read."""
+    import changedet.cli as cli_module
+
+    earlier = tmp_path / "khojir"
+    earlier.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        cli_module.os, "access", lambda p, mode: Path(p) != earlier and real_access(p, mode)
+    )
+    aoi, config = REPO / "aoi" / "khojir.geojson", REPO / "configs" / "demo-khojir.toml"
+    result = cli("run", str(aoi), "--config", str(config), "--out", str(tmp_path), "--quiet")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and f"'{earlier}' are read-only" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["khojir"]  # nothing else was written

@@ -103,6 +103,30 @@ def test_a_failed_run_changes_nothing(run_result: RunResult, tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["khojir-test"]
 
 
+def test_a_refused_swap_keeps_the_earlier_outputs_and_leaves_no_folder_behind(
+    run_result: RunResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier OUT/<aoi_id> that cannot be moved aside (read-only, for a user who is not its
+    owner) fails the swap: the earlier outputs stand and no empty `.old` folder stays."""
+    import changedet.outputs.runfolder as runfolder
+
+    out = tmp_path / "khojir-test"
+    write_run_outputs(run_result, out, config=FAST)
+    before = {p: (out / p).read_bytes() for p in _files(out)}
+    rename = os.rename
+
+    def refuse_moving_aside(src: object, dst: object) -> None:
+        if Path(str(src)) == out:
+            raise PermissionError(13, "Permission denied", str(src))
+        rename(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runfolder.os, "rename", refuse_moving_aside)
+    with pytest.raises(PermissionError), run_folder(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert {p: (out / p).read_bytes() for p in _files(out)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["khojir-test"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Leftovers of killed runs
 

@@ -194,7 +194,11 @@ def _swap(target: Path, new: Path) -> None:
         os.rename(new, target)
         return
     aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rename(target, aside / _INNER)
+    try:
+        os.rename(target, aside / _INNER)
+    except OSError:  # nothing moved yet (a read-only folder, say): leave no empty .old behind
+        aside.rmdir()
+        raise
     os.rename(new, target)
     shutil.rmtree(aside, ignore_errors=True)
 
