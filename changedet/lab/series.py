@@ -412,7 +412,10 @@ def _calmed(acq: Acquisition, calm: frozenset[str]) -> Acquisition:
 
 
 def _block_mean(a: np.ndarray, factor: int = 2) -> np.ndarray:
-    return np.asarray(block_mean(a, factor))
+    """10 m → 20 m on the series' 20 m grid (`Grid.scaled`), which covers an odd last 10 m row
+    or column whole: that 20 m pixel is the mean of the 10 m pixels it holds."""
+    pad = [(0, 0)] * (a.ndim - 2) + [(0, -a.shape[-2] % factor), (0, -a.shape[-1] % factor)]
+    return np.asarray(block_mean(np.pad(a, pad, mode="edge"), factor))
 
 
 # Haze (aerosol path radiance) is strongest in blue and fades towards the SWIR.
