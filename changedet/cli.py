@@ -439,7 +439,9 @@ def _echo_warnings(summary: Any, renderer: _Renderer) -> None:
 @_common_source_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option(
-    "--probe", is_flag=True, help="Read each scene's SCL window to report the AOI clear %."
+    "--probe",
+    is_flag=True,
+    help="Read each scene's SCL window to report how clear it is around the AOI.",
 )
 def search(
     aoi_files: tuple[str, ...],
@@ -491,7 +493,7 @@ def _scene_table(report: Any, rows: Sequence[tuple[str, ...]]) -> Any:
         title=f"AOI {report.aoi_id}: {len(report.used)} scene(s) from {report.source}, {used} used"
     )
     table.add_column("id", no_wrap=True)
-    for col in ("datetime", "tile", "cloud %", "AOI clear %", "status"):
+    for col in ("datetime", "tile", "cloud %", "clear % around AOI", "status"):
         table.add_column(col)
     for row in rows:
         table.add_row(*row)

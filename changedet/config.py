@@ -132,7 +132,8 @@ class ReadConfig:
     cache_max_gb: float = 20.0  # past it, the least recently used cache entries are removed
     max_workers: int = 4  # concurrent asset reads
     retries: int = 3
-    min_aoi_clear_fraction: float = 0.2  # scenes clearer than this inside the AOI are used
+    # Scenes clearer than this over the window read around the AOI (`context_m`) are used.
+    min_aoi_clear_fraction: float = 0.2
     probe_scl: bool = True  # read the cheap 20 m SCL window first to drop cloudy scenes
     min_aoi_coverage: float = (
         0.01  # a scene with data on less than this share of the AOI is "outside AOI"

@@ -90,7 +90,7 @@ class SearchReport:
     dropped: tuple[SkippedScene, ...]
     clear: Mapping[str, float] = field(
         default_factory=dict
-    )  # scene id → AOI clear fraction (probe)
+    )  # scene id → clear fraction around the AOI (probe)
     notes: tuple[str, ...] = ()
 
     def rows(self) -> list[tuple[str, str, str, str, str, str]]:
@@ -168,7 +168,7 @@ def search_aoi(
     clear: dict[str, float] = {}
     dropped = list(found.dropped)
     if probe and found.scenes:
-        grid = crop_to_footprints(grid_for(aoi), aoi, found.scenes)
+        grid = _grids(aoi, config, found.scenes)[1]  # the window a run reads: its verdicts
         probes = io.probe(
             found.scenes,
             grid,
@@ -290,6 +290,7 @@ def run_aoi(
             memo=memo,
             reuse=reuse,
             known_pixels=_known_pixels(known_here, grid, inside),
+            aoi_polygon=to_grid_crs(aoi.geometry, grid.crs),
         )
         analysis = apply_review(carry_ids(analysis, known_here), review or {})
         result = _run_result(
@@ -333,7 +334,7 @@ def _on_grid(known: Mapping[str, Known], grid: Grid) -> dict[str, Known]:
 def _known_pixels(known: Mapping[str, Known], grid: Grid, inside: np.ndarray) -> np.ndarray | None:
     """Where the known structures (those not vanished: the ledger's candidates and dropped ones
     too, all once reported here) lie inside the AOI: a structure there stays the AOI's when its
-    grown outline moves its anchor pixel out (`Ledger.within`), instead of leaving the ledger
+    grown outline moves its centre out (`Ledger.within`), instead of leaving the ledger
     as no longer detected."""
     standing = [k.footprint for k in known.values() if k.vanished_after is None]
     pixels = rasterize_geometries(standing, grid) > 0

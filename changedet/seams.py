@@ -50,7 +50,7 @@ class Searcher(Protocol):
 
 
 class Prober(Protocol):
-    """Scenes + grid → each scene's AOI clear fraction from SCL alone (`read.probe_details`)."""
+    """Scenes + grid → each scene's clear fraction around the AOI from SCL alone (`read.probe_details`)."""
 
     def __call__(
         self,

@@ -284,7 +284,7 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons(cli: Callable[..., Resul
     assert len(scenes) >= 13
     assert all(0.0 <= s["aoi_clear_fraction"] <= 1.0 for s in scenes.values())
     cloudy = [s for s in scenes.values() if not s["used"]]
-    assert cloudy and all("cloudy inside AOI" in s["reason"] for s in cloudy)
+    assert cloudy and all("cloudy around the AOI" in s["reason"] for s in cloudy)
     assert all(s["aoi_clear_fraction"] < 0.2 for s in cloudy)
     # The reprocessed duplicate is listed as dropped, with the id it lost to.
     assert any(

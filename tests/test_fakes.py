@@ -131,7 +131,7 @@ def test_reader_refuses_a_grid_it_holds_no_pixels_for(
 
 
 def test_reader_refuses_what_the_real_reader_refuses(aoi: AOI, stack: Stack) -> None:
-    reader = StackReader(stack, skipped=[SkippedScene("gone", "cloudy inside AOI")])
+    reader = StackReader(stack, skipped=[SkippedScene("gone", "cloudy around the AOI")])
     scenes = scenes_for_stack(stack)
     grid = stack.grid
     inside = aoi_mask(aoi, grid)
@@ -153,7 +153,7 @@ def test_reader_refuses_what_the_real_reader_refuses(aoi: AOI, stack: Stack) -> 
     with pytest.raises(NoScenesError):
         reader([gone], grid, bands=RGB, aoi_mask=inside, **common)
     result = reader([gone, *scenes[:2]], grid, bands=RGB, aoi_mask=inside, **common)
-    assert result.skipped == (SkippedScene("gone", "cloudy inside AOI"),)
+    assert result.skipped == (SkippedScene("gone", "cloudy around the AOI"),)
     assert len(result.stack.times) == 2 and result.probes == dict.fromkeys(
         [s.id for s in scenes[:2]], 1.0
     )
@@ -173,7 +173,7 @@ def test_prober_applies_the_real_selection_rule(aoi: AOI, stack: Stack) -> None:
     inside = aoi_mask(aoi, stack.grid)
     probes = prober(scenes, stack.grid, aoi_mask=inside, read_config=READ, mask_config=MASK)
     assert not probes[scenes[0].id].has_scl and probes[scenes[0].id].skip_reason is None
-    assert probes[scenes[1].id].skip_reason.startswith("cloudy inside AOI")  # type: ignore[union-attr]
+    assert probes[scenes[1].id].skip_reason.startswith("cloudy around the AOI")  # type: ignore[union-attr]
     assert probes[scenes[2].id].skip_reason.startswith("outside AOI")  # type: ignore[union-attr]
     assert probes[scenes[3].id].skip_reason is None
     with pytest.raises(ValueError, match="no clear fraction"):

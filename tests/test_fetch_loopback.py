@@ -211,7 +211,7 @@ def test_search_select_read_equals_local_read(world: World) -> None:
     skipped = {s.scene_id: s.reason for s in remote.skipped}
     assert list(skipped) == ["S2A_39SVV_20230806_0_L2A"]
     assert skipped["S2A_39SVV_20230806_0_L2A"].startswith(
-        "cloudy inside AOI: 0% clear < 20% required"
+        "cloudy around the AOI: 0% of the window read clear < 20% required"
     )
     assert "scene cloud 39%" in skipped["S2A_39SVV_20230806_0_L2A"]
     stack = remote.stack

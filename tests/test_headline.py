@@ -98,7 +98,9 @@ def test_no_structure_and_coverage_words(
 
 
 def test_scenes_that_could_not_be_read_are_a_warning(result: RunResult) -> None:
-    cloudy = SkippedScene("S2B_CLOUDY", "cloudy inside AOI: 3% clear < 20% required")
+    cloudy = SkippedScene(
+        "S2B_CLOUDY", "cloudy around the AOI: 3% of the window read clear < 20% required"
+    )
     assert headline(replace(result, scenes_skipped=(cloudy,))).warnings == ()
     corrupt = SkippedScene(
         "S2A_CUT",

@@ -98,7 +98,9 @@ def test_writer_receives_one_consistent_run_result(
     scenes = scenes_for_stack(stack)
     hazy = replace(scenes[3], id="S2B_HAZY_20230218_0_L2A")  # read, found too cloudy
     overcast = replace(scenes[4], id="S2B_OVERCAST_20230303_0_L2A", cloud_cover=97.0)
-    reader_skip = SkippedScene(hazy.id, "cloudy inside AOI: 3% clear < 20% required")
+    reader_skip = SkippedScene(
+        hazy.id, "cloudy around the AOI: 3% of the window read clear < 20% required"
+    )
     io = fake_io(
         stack,
         scenes=[*scenes, hazy, overcast],
@@ -194,7 +196,9 @@ def test_search_with_probe_reports_clear_sky_and_why_scenes_drop(
     assert [s.id for s in report.used] == ids[:14]  # the catalog keeps the time range
     assert report.clear == {i: clear[i] for i in ids[:14]}
     (dropped,) = report.dropped
-    assert dropped.scene_id == ids[2] and dropped.reason.startswith("cloudy inside AOI: 5% clear")
+    assert dropped.scene_id == ids[2] and dropped.reason.startswith(
+        "cloudy around the AOI: 5% of the window read clear"
+    )
     assert report.to_json()["scenes"][2]["used"] is False
 
 

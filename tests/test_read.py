@@ -623,7 +623,7 @@ def test_cloudy_scene_skipped_and_roofs_kept(tmp_path: Path) -> None:
     config = rc(min_aoi_clear_fraction=0.5)
     # Without the roof rule the block (64 % of the AOI) is cloud: every scene is too cloudy.
     no_rule = MaskConfig(dilate_px=0, persistent_min_dates=1000)
-    with pytest.raises(NoScenesError, match="cloudy inside AOI"):
+    with pytest.raises(NoScenesError, match="cloudy around the AOI"):
         read_stack(
             scenes, grid, bands=("red",), aoi_mask=aoi, read_config=config, mask_config=no_rule
         )
@@ -639,33 +639,43 @@ def test_cloudy_scene_skipped_and_roofs_kept(tmp_path: Path) -> None:
     assert len(result.stack.times) == 5
     assert result.stack.clear.all()  # the roof is clear and grows no dilation halo
     assert [(s.scene_id, s.reason.split(":")[0]) for s in result.skipped] == [
-        ("S2A_39SVV_20230810_0_L2A", "cloudy inside AOI")
+        ("S2A_39SVV_20230810_0_L2A", "cloudy around the AOI")
     ]
     assert "scene cloud 3%" in result.skipped[0].reason
     assert result.probes["S2A_39SVV_20230810_0_L2A"] == 0.0
     assert any("bright roofs" in n for n in result.notes)
 
 
-def test_probe_gives_the_aoi_clear_fraction(tmp_path: Path) -> None:
+def test_the_window_not_the_polygon_decides_how_clear_a_scene_is(tmp_path: Path) -> None:
+    """A polygon drawn tighter inside another must see the same dates: the clear fraction is
+    measured over the whole window read (the context window), coverage over the polygon."""
     scl = CLEAR_SCL.copy()
-    scl[20:70, 20:45] = 9  # left half of the grid's 20 m pixels
+    scl[20:70, 20:45] = 9  # the grid's left half (its 20 m pixels 20..69 x 20..69)
     s = make_scene(tmp_path, "S2A_39SVV_20230801_0_L2A", when(1), scl=scl)
-    aoi = np.zeros(GRID.shape, bool)
-    aoi[:, 30:70] = True  # AOI straddles: 20 of its 40 columns cloudy
-    (probe,) = probe_details(
-        [local_scene(s, tmp_path)], GRID, aoi_mask=aoi, read_config=rc(), mask_config=NO_DILATION
-    ).values()
-    assert probe.clear_fraction == 0.5 and probe.skip_reason is None
+    under_cloud = np.zeros(GRID.shape, bool)
+    under_cloud[:, 10:40] = True  # a polygon wholly under the cloud
+    straddling = np.zeros(GRID.shape, bool)
+    straddling[:, 30:70] = True  # one that straddles it: 20 of its 40 columns cloudy
+    probes = [
+        probe_details(
+            [local_scene(s, tmp_path)], GRID, aoi_mask=m, read_config=rc(), mask_config=NO_DILATION
+        )["S2A_39SVV_20230801_0_L2A"]
+        for m in (under_cloud, straddling, ALL)
+    ]
+    assert [p.clear_fraction for p in probes] == [0.5, 0.5, 0.5]
+    assert all(p.skip_reason is None and p.coverage == 1.0 for p in probes)
     details = probe_details(
         [local_scene(s, tmp_path)],
         GRID,
-        aoi_mask=aoi,
+        aoi_mask=straddling,
         read_config=rc(min_aoi_clear_fraction=0.6),
         mask_config=NO_DILATION,
     )
     probe = details["S2A_39SVV_20230801_0_L2A"]
     assert probe.coverage == 1.0 and probe.has_scl
-    assert probe.skip_reason == "cloudy inside AOI: 50% clear < 60% required; scene cloud 5%"
+    assert probe.skip_reason == (
+        "cloudy around the AOI: 50% of the window read clear < 60% required; scene cloud 5%"
+    )
 
 
 def test_no_scl_falls_back_to_valid_data(tmp_path: Path) -> None:

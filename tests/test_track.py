@@ -728,3 +728,18 @@ ROOF_EVIDENCE = [
     (8, 0.04),
     (8, 0.02),
 ]
+
+
+def test_with_the_polygon_a_cut_structure_belongs_where_its_centre_lies() -> None:
+    """An AOI polygon that cuts a structure near its middle holds it when it holds the structure's
+    centre (the point its lat/lon publish), decided in metres, not by pixel centres: A spans
+    x 500,050..500,090 m, its centre at 500,070."""
+    import shapely
+
+    pres = {k: [A, B] for k in range(2, 10)}
+    ledger = run(series(pres))
+    every_pixel = np.ones(GRID.shape, dtype=bool)  # without the polygon all would stay
+    for east_edge, holds in ((500_072.0, True), (500_068.0, False)):
+        polygon = shapely.box(499_900.0, 3_949_800.0, east_edge, 3_950_100.0)
+        mine = ledger.within(every_pixel, polygon=polygon)
+        assert [s.area_m2 for s in mine.structures] == ([1200.0] if holds else []), east_edge

@@ -2,7 +2,7 @@
 
 The detector runs on a context window around the AOI (`read.context_m`) so that its statistics
 do not depend on how the polygon is drawn. What the run reports is the AOI's alone: structures
-whose anchor pixel lies inside the polygon (`Ledger.within`), outlines and berm lines clipped to
+whose centre (`centre_point`) lies inside the polygon (`Ledger.within`), outlines and berm lines clipped to
 the polygon, and rasters cropped to the AOI's own grid with change evidence masked outside it.
 """
 
@@ -17,7 +17,15 @@ import shapely
 
 from changedet.models import Berm, ChangeMap, Composite, Grid, Structure
 
-__all__ = ["Window", "clip_berms", "clip_structures", "crop_change", "crop_composite", "window_of"]
+__all__ = [
+    "Window",
+    "centre_point",
+    "clip_berms",
+    "clip_structures",
+    "crop_change",
+    "crop_composite",
+    "window_of",
+]
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,16 @@ def _clipped(geom: Any, polygon: Any, dim: int) -> Any | None:
     if inside.is_empty:
         return None
     return geom if inside.equals(geom) else inside
+
+
+def centre_point(geom: Any) -> Any | None:
+    """A structure's centre: its centroid, or a point on its surface when the centroid falls
+    outside it (an L-shaped or multi-part footprint); None for an empty geometry. What its
+    lat/lon publish and what decides the AOI it belongs to (`Ledger.within`)."""
+    if geom is None or geom.is_empty:
+        return None
+    point = geom.centroid
+    return point if geom.contains(point) else geom.representative_point()
 
 
 def clip_structures(structures: Sequence[Structure], polygon: Any) -> tuple[Structure, ...]:

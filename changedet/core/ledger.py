@@ -17,9 +17,10 @@ Each track becomes a `Structure`:
   `-2`, `-3`: confirmed ones before unconfirmed candidates, larger before smaller, then by the
   smallest hash of their own pixels, so a passing candidate never takes a building's plain id.
 
-`Ledger.within(mask)` keeps the structures anchored inside an AOI mask (and those standing
-where the AOI's known structures stand) and counts only those: statistics come from a context
-window around the AOI, results from the AOI itself.
+`Ledger.within` keeps the structures of an AOI (their centre lies in its polygon, or without the
+polygon their pixel nearest their centroid in its mask; or they stand where the AOI's known
+structures stand) and counts only those: statistics come from a context window around the AOI,
+results from the AOI itself.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from changedet.config import KindConfig, TrackConfig
+from changedet.core.clip import centre_point
 from changedet.core.counts import CountEntry, period_counts
 from changedet.core.kinds import (
     BUILDING,
@@ -66,7 +68,8 @@ class Ledger:
         "structure_id", "confirmed"} in date order;
     footprints: (H, W) int32, 0 = none, i + 1 = structures[i] (each pixel belongs to one);
     first_period: per structure, index into `periods` of its first present period;
-    anchors: per structure, the flat grid index of the pixel its id is named after;
+    anchors: per structure, the flat grid index of its pixel nearest its centroid (which AOI it
+        belongs to: `within`);
     halls: per structure, the flat grid indices of the hall a building on a site graded earlier
         is (what berms ring), else None;
     periods: the observation periods in date order.
@@ -93,15 +96,28 @@ class Ledger:
         """Unconfirmed structures: reported separately, never counted."""
         return tuple(s for s in self.structures if not s.confirmed)
 
-    def within(self, inside: np.ndarray, known_pixels: np.ndarray | None = None) -> Ledger:
-        """The ledger of the structures whose anchor pixel lies in `inside` ((H, W) bool), or
-        that stand on a pixel of `known_pixels` ((H, W) bool: where structures already reported for
-        this AOI stand inside it, so one whose outline grew and moved its anchor out stays):
-        footprints, events and counts of those only."""
+    def within(
+        self,
+        inside: np.ndarray,
+        known_pixels: np.ndarray | None = None,
+        *,
+        polygon: Any | None = None,
+    ) -> Ledger:
+        """The ledger of the structures anchored inside the AOI, or that stand on a pixel of
+        `known_pixels` ((H, W) bool: where structures already reported for this AOI stand inside
+        it, so one whose outline grew and moved its anchor out stays): footprints, events and
+        counts of those only. With the AOI `polygon` (shapely, in the grid's CRS) a structure is
+        inside when its centre is (`centre_point`, the point its lat/lon publish: a polygon
+        cutting a structure near its middle decides by metres, not by pixel centres); without
+        it, when its anchor pixel lies in `inside` ((H, W) bool)."""
         on_known = np.zeros(len(self.structures) + 1, dtype=bool)
         if known_pixels is not None:
             on_known[np.unique(self.footprints[known_pixels])] = True
-        keep = [i for i, a in enumerate(self.anchors) if inside.ravel()[a] or on_known[i + 1]]
+        if polygon is not None:
+            anchored = self._centroids_in(polygon)
+        else:
+            anchored = np.array([bool(inside.ravel()[a]) for a in self.anchors], dtype=bool)
+        keep = [i for i in range(len(self.structures)) if anchored[i] or on_known[i + 1]]
         if len(keep) == len(self.structures):
             return self
         lut = np.zeros(len(self.structures) + 1, dtype=np.int32)
@@ -118,6 +134,16 @@ class Ledger:
             anchors=tuple(self.anchors[i] for i in keep),
             entries=entries,
             halls=tuple(self.halls[i] for i in keep) if self.halls else (),
+        )
+
+    def _centroids_in(self, polygon: Any) -> np.ndarray:
+        """Per structure, whether its centre (`centre_point`: what lat/lon publish) lies in
+        `polygon`."""
+        import shapely
+
+        points = [centre_point(s.geometry) for s in self.structures]
+        return np.array(
+            [p is not None and bool(shapely.contains(polygon, p)) for p in points], dtype=bool
         )
 
 
@@ -179,6 +205,15 @@ def anchor_cell(core: np.ndarray, grid: Grid) -> tuple[int, int]:
     u = ((_mix(cells[:, 0], cells[:, 1]) >> np.uint64(11)) + np.uint64(1)) * 2.0**-53  # (0, 1]
     best = int(np.argmin(-np.log(u) / counts))
     return int(cells[best, 0]), int(cells[best, 1])
+
+
+def _anchor(core: np.ndarray, grid: Grid) -> int:
+    """The pixel that decides which AOI a structure belongs to: of its own pixels, the one
+    nearest its centroid (the first in row order on a tie). A polygon holding a structure's
+    centre holds the structure, as the published lat/lon says, whichever way it is drawn."""
+    rows, cols = np.divmod(core, grid.width)
+    d2 = (rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2
+    return int(core[int(np.argmin(d2))])
 
 
 def _tiebreak(core: np.ndarray, grid: Grid) -> int:
@@ -296,7 +331,7 @@ class _Built:
 
     track: _Track
     core: np.ndarray
-    anchor: int  # flat grid index of a footprint pixel (what `Ledger.within` tests)
+    anchor: int  # flat grid index of its pixel nearest its centroid (what `Ledger.within` tests)
     cell: tuple[int, int]  # the id cell
     tiebreak: int
     kind: str
@@ -468,7 +503,7 @@ def build_ledger(
             _Built(
                 tr,
                 core,
-                anchor=int(core[core.size // 2]),
+                anchor=_anchor(core, grid),
                 cell=anchor_cell(core, grid),
                 tiebreak=_tiebreak(core, grid),
                 kind=kind,

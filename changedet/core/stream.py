@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -573,6 +573,7 @@ def analyse_series(
     memo: PeriodMemo | None = None,
     reuse: ArrayMemo | None = None,
     known_pixels: np.ndarray | None = None,
+    aoi_polygon: Any | None = None,
 ) -> Analysis:
     """`analyse_stack` of a series read a few rows at a time (see the module's docstring).
     memo: periods' change computed before; reuse: shifts and composites computed before
@@ -613,4 +614,5 @@ def analyse_series(
         memo=memo,
         made_from=None if made_from is None else made_from[: len(periods) + 1],
         known_pixels=known_pixels,
+        aoi_polygon=aoi_polygon,
     )

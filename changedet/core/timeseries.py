@@ -25,7 +25,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -465,14 +465,16 @@ def analyse_stack(
     progress: Progress = no_progress,
     timer: StageTimer | None = None,
     memo: PeriodMemo | None = None,
+    aoi_polygon: Any | None = None,
 ) -> Analysis:
     """Period composites → baseline → change of each later period against it → objects of new
     structures → ledger → berms. `memo`: periods already computed (see `PeriodMemo`).
 
     The stack's grid is a context window around the AOI, `inside` the AOI polygon's pixels on
     it: every statistic and the baseline choice use the whole window, so the structures inside
-    the AOI do not depend on how tightly it is drawn; the ledger keeps those whose anchor pixel
-    lies inside (`Ledger.within`), and its clear fractions are the AOI's.
+    the AOI do not depend on how tightly it is drawn; the ledger keeps those whose centroid lies
+    in `aoi_polygon` (grid CRS), or without it whose anchor pixel lies in `inside`
+    (`Ledger.within`), and its clear fractions are the AOI's.
     """
     timer = timer or StageTimer()
     cc = config.change
@@ -500,6 +502,7 @@ def analyse_stack(
         timer=timer,
         date_shifts=date_shifts,
         memo=memo,
+        aoi_polygon=aoi_polygon,
     )
 
 
@@ -525,13 +528,15 @@ def analyse_composites(
     memo: PeriodMemo | None = None,
     made_from: Sequence[bytes] | None = None,
     known_pixels: np.ndarray | None = None,
+    aoi_polygon: Any | None = None,
 ) -> Analysis:
     """The steps after the composites (change per period → ledger → berms), shared by
     `analyse_stack` and the streaming detector (`core.stream`). `context`: the window's pixels
     with a clear observation; `inside`: the AOI polygon's; `memo`: periods computed before;
     `made_from`: per composite of `per_period`, then of `before`, a digest of what it was made
     from (`core.reuse`), which stands for its pixels in the memo's keys (else they are hashed);
-    `known_pixels`: where the AOI's known structures stand inside it (`Ledger.within`)."""
+    `known_pixels`: where the AOI's known structures stand inside it; `aoi_polygon`: the AOI in
+    the grid's CRS, whose structures are those with their centroid in it (`Ledger.within`)."""
     timer = timer or StageTimer()
     cc = config.change
     grid = before.grid
@@ -567,7 +572,7 @@ def analyse_composites(
             aoi_mask=inside,
             memo=memo if isinstance(memo, StateMemo) else None,
         )
-        ledger = window_ledger.within(inside, known_pixels)
+        ledger = window_ledger.within(inside, known_pixels, polygon=aoi_polygon)
     with timer("berms"):
         # Berm evidence excludes every structure's footprint in the window, not just the AOI's.
         flagged, berms = _with_berms(window_ledger, before, after, config)

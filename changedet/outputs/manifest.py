@@ -106,12 +106,12 @@ DETECTION_NOTES = (
     "seen, so berm lines and the 'bermed' flag are indications, not measurements.",
     "Counts are estimates: cumulative_low/high bound what the clear observations can support, "
     "not the detector's own errors. On semi-real series from nine real OSCD cities the default "
-    "settings found 81 % of the labelled changes (50–92 % per city) and 86 % of what they "
-    "reported was one (78–92 %); the final count was within 15 % of the truth in eight cities, "
-    "−40 % at worst.",
+    "settings found 81 % of the labelled changes (51–92 % per city) and 85 % of what they "
+    "reported was one (78–91 %); the final count was within 15 % of the truth in eight cities, "
+    "−34 % at worst.",
     "Faint and small changes are missed more often: in the same evaluation a change whose "
     "reflectance moved by less than 0.02 on average (10 m and 20 m bands) was found 19 % of the "
-    "time, 0.02–0.04: 76 %, more: 88 %; a change under 20 pixels (2,000 m²) 62 %, over 50 "
+    "time, 0.02–0.04: 76 %, more: 88 %; a change under 20 pixels (2,000 m²) 64 %, over 50 "
     "pixels 91 %.",
     "Where nothing changed, series of the real spectra of 24 OSCD cities gave 0.04 false "
     "structures per km², but 0.19 per km² on bright desert sand (Dubai), many of them faint "

@@ -26,6 +26,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
 from changedet.aoi import split_at_antimeridian
+from changedet.core.clip import centre_point
 from changedet.models import Berm, ChangeMap, Grid, RunResult, Scene, Structure
 
 __all__ = [
@@ -223,12 +224,9 @@ LATLON_DECIMALS = 6  # 1e-6 degree is ~10 cm
 def structure_point(s: Structure, grid_crs: str) -> tuple[float, float] | None:
     """(lat, lon) of the structure's centroid, or of a point on its surface when the centroid
     falls outside it (an L-shaped or multi-part footprint); None for an empty geometry."""
-    geom = s.geometry
-    if geom is None or geom.is_empty:
+    point = centre_point(s.geometry)
+    if point is None:
         return None
-    point = geom.centroid
-    if not geom.contains(point):
-        point = geom.representative_point()
     lon, lat = _transformer(grid_crs, "EPSG:4326").transform(point.x, point.y)
     return round(float(lat), LATLON_DECIMALS), round(float(lon), LATLON_DECIMALS)
 

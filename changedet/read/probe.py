@@ -101,17 +101,20 @@ def _clear_of(scl: np.ndarray, roof: np.ndarray | None, mask_config: MaskConfig)
 def _fractions(
     scl: np.ndarray, clear: np.ndarray, aoi_mask: np.ndarray, roof: np.ndarray | None
 ) -> tuple[float, float]:
-    """(AOI coverage, AOI clear fraction). Roof pixels are clear by rule on every date, so they
-    say nothing about the weather: the clear fraction is measured on the other pixels."""
+    """(AOI coverage, clear fraction of the context window). The clear fraction, which decides
+    whether a date is used, is measured on the whole window read around the AOI, not on the
+    polygon: a polygon drawn tighter inside another must see the same dates. Roof pixels are
+    clear by rule on every date, so they say nothing about the weather: the clear fraction is
+    measured on the other pixels."""
     # count_nonzero: a tenth of bool.sum()'s time, twice per scene in the probe
     aoi_pixels = np.count_nonzero(aoi_mask)
-    covered = aoi_mask & (scl != 0)
-    n_cov = np.count_nonzero(covered)
+    has_data = scl != 0
+    n_cov = np.count_nonzero(aoi_mask & has_data)
     coverage = n_cov / aoi_pixels if aoi_pixels else 0.0
-    weather = covered & ~roof if roof is not None else covered
+    weather = has_data & ~roof if roof is not None else has_data
     n_weather = np.count_nonzero(weather)
     if not n_weather:
-        weather, n_weather = covered, n_cov
+        weather, n_weather = has_data, np.count_nonzero(has_data)
     frac = np.count_nonzero(clear & weather) / n_weather if n_weather else 0.0
     return coverage, float(frac)
 
@@ -395,7 +398,7 @@ def selection_reason(
     if clear_fraction < config.min_aoi_clear_fraction:
         cloud = f"; scene cloud {scene.cloud_cover:.0f}%" if scene.cloud_cover is not None else ""
         return (
-            f"cloudy inside AOI: {clear_fraction:.0%} clear < "
+            f"cloudy around the AOI: {clear_fraction:.0%} of the window read clear < "
             f"{config.min_aoi_clear_fraction:.0%} required{cloud}"
         )
     return None
@@ -410,7 +413,7 @@ def probe_details(
     mask_config: MaskConfig,
     progress: Progress = no_progress,
 ) -> dict[str, Probe]:
-    """Per scene: AOI clear fraction, AOI coverage and why it would be skipped (from SCL only)."""
+    """Per scene: clear fraction around the AOI, AOI coverage and why it would be skipped (from SCL only)."""
     check_read_inputs(grid, aoi_mask, read_config)
     install_log_redaction()
     with ReadPipeline(grid, read_config) as pipe:

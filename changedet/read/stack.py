@@ -267,7 +267,7 @@ def _read_and_mosaic(
         notes.append(
             f"{wasted} asset read(s) started before the bright-roof rule dropped their scene"
         )
-    # Dates in order; inside a date, most clear AOI pixels first (unknown → last), then id.
+    # Dates in order; inside a date, clearest around the AOI first (unknown → last), then id.
     by_date: dict[date, list[Scene]] = {}
     for scene in selected:
         by_date.setdefault(scene.date, []).append(scene)

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 # Part of the key: bump it when a verdict, a clear mask or the counts are made another way.
-VERDICTS_VERSION = "verdicts-1"
+VERDICTS_VERSION = "verdicts-2"  # 2: clear fractions of the window, not the polygon
 
 
 @dataclass(frozen=True)
