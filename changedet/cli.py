@@ -277,6 +277,32 @@ class _MainGroup(click.Group):
             _echo_error(INTERRUPTED)
             sys.exit(130)
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Click's own usage errors (a missing argument, an unknown option, a value of the wrong
+        type) in one line too, naming the command's --help; exit code 2 as click gives it."""
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `changedet monitor`: its help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            text = exc.format_message().rstrip(".")
+            if exc.ctx is not None:
+                path = " ".join(["changedet", *exc.ctx.command_path.split()[1:]])
+                see = f"see '{path} --help'"
+                text += f" {see[0].upper()}{see[1:]}" if text.endswith("?") else f"; {see}"
+            _echo_error(text)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _echo_error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            _echo_error(INTERRUPTED)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *LAB_COMMANDS])
 

@@ -561,6 +561,14 @@ def test_one_invalid_item_file_is_skipped_with_its_reason(tmp_path: Path) -> Non
     catalog.write_text("not json")
     with pytest.raises(CatalogError, match=r"not valid JSON.*pass a STAC API URL"):
         _search(catalog)
+    catalog.write_text('{"type": "Catalog", "id": "a\tb"}')  # a raw tab inside a string
+    with pytest.raises(CatalogError) as raised:
+        _search(catalog)
+    assert "(Invalid control character at, line 1 column" not in str(raised.value)
+    assert "(Invalid control character, line 1 column 29)" in str(raised.value)
+    catalog.write_text("  \n")
+    with pytest.raises(CatalogError, match=r"is empty; expected a STAC JSON document.*pass a STAC"):
+        _search(catalog)
 
 
 def test_items_whose_footprint_or_epsg_disagree_with_their_assets_are_skipped(

@@ -576,3 +576,21 @@ def test_read_only_earlier_outputs_are_refused_before_the_run(
     assert result.exit_code == 2, result.stderr
     assert result.stderr.count("\n") == 1 and f"'{earlier}' are read-only" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["khojir"]  # nothing else was written
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["run"], "Missing argument 'AOI...'; see 'changedet run --help'"),
+        (["run", "a.geojson", "--bogus"], "Did you mean '--out'? See 'changedet run --help'"),
+        (["monitor", "run"], "Missing option '--config'; see 'changedet monitor run --help'"),
+        (["review", "k", "1", "--as", "maybe"], "'maybe' is not one of"),
+    ],
+)
+def test_click_usage_errors_are_one_line_too(
+    cli: Callable[..., Result], args: list[str], says: str
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("changedet: error: ")
+    assert says in result.stderr and "Usage:" not in result.stderr + result.stdout

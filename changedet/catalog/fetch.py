@@ -132,11 +132,14 @@ class _Fetcher:
             if not path.is_file():
                 raise CatalogError(f"catalog: document '{location}' does not exist")
             text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise CatalogError(f"catalog: {what} is empty; expected a STAC JSON document")
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise CatalogError(
-                f"catalog: {what} is not valid JSON ({exc.msg} at line {exc.lineno})"
+                f"catalog: {what} is not valid JSON ({exc.msg.removesuffix(' at')}, "
+                f"line {exc.lineno} column {exc.colno})"
             ) from None
 
 
