@@ -554,6 +554,12 @@ def test_one_invalid_item_file_is_skipped_with_its_reason(tmp_path: Path) -> Non
     assert [s.id for s in result.scenes] == [good["id"]]
     dropped = {d.scene_id: d.reason for d in result.dropped}
     assert "is not valid JSON" in dropped["broken.json"]
+    # ... and said: the run's warning names unreadable scenes and documents alike
+    assert {d.scene_id for d in result.dropped if d.unreadable} == {
+        "broken.json",
+        "list.json",
+        "gone.json",
+    }
     assert "not a STAC JSON object" in dropped["list.json"]
     assert "does not exist" in dropped["gone.json"]
     assert not any("pass a STAC API URL" in r for r in dropped.values())

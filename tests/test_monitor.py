@@ -49,6 +49,10 @@ def test_watchlist_refuses_a_misspelt_key_with_a_suggestion(tmp_path: Path) -> N
     path.write_text(path.read_text().replace("lookback_dys = 3", "").replace("start =", "strat ="))
     with pytest.raises(ConfigError, match="did you mean 'start'"):
         load_watchlist(path)
+    # A misspelt key among an entry's overrides names that entry, not only the config key.
+    scenario.overrides["change.z_treshold"] = 3.0
+    with pytest.raises(ConfigError, match=r"watch-list: \[\[watch\]\] #1: .*'z_treshold'"):
+        load_watchlist(scenario.watchlist())
 
 
 def test_watchlist_gives_each_aoi_its_config_start_end_and_overrides(tmp_path: Path) -> None:

@@ -213,10 +213,12 @@ class _Sifted:
 
     def count_unreadable(self, unreadable: Sequence[tuple[str, str]]) -> None:
         """Documents of a static catalog left out (one bad item file does not end the search):
-        dropped under their file name, with why."""
+        dropped under their file name, with why, as unreadable (the run warns of them)."""
         for href, why in unreadable:
             name = public_href(href).rstrip("/").rsplit("/", 1)[-1] or href
-            self.dropped.append(SkippedScene(name, f"catalog document skipped: {why}"))
+            self.dropped.append(
+                SkippedScene(name, f"catalog document skipped: {why}", unreadable=True)
+            )
 
     def _cloud_reason(self, cloud: float, where: str) -> str:
         limit = self.config.max_cloud_cover
@@ -310,7 +312,7 @@ def _refuse_empty(sifted: _Sifted, *, source: str, remote: bool) -> None:
         names = ", ".join(sorted(sifted.other_collections))
         raise NoScenesError(
             f"catalog {source} has no items of collection '{sifted.config.collection}' (found: {names}); "
-            "set [catalog] collection"
+            "pass one of those with --collection or set [catalog] collection"
         )
 
 

@@ -254,7 +254,12 @@ def _watched(entry: Mapping[str, Any], base: Path, n: int) -> list[WatchedAOI]:
     if "collection" in kw:
         overrides["catalog.collection"] = kw["collection"]
     config_path = _path(base, kw["config"]) if "config" in kw else None
-    config = load_config(config_path, overrides)
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as exc:
+        if str(exc).startswith("watch-list"):
+            raise
+        raise ConfigError(f"watch-list: {where}: {exc}") from None  # which entry said it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # renamed repeats: the ids are checked below
         aois = load_aois(_path(base, kw["aoi"]), config.aoi)
