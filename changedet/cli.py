@@ -783,11 +783,13 @@ def review(
                 f"state database '{path}' does not exist; run `changedet monitor run` first"
             )
         with State(path) as db:
-            db.add_review(aoi_id, structure_id, verdict, note)
-    click.echo(
-        f"{aoi_id} {structure_id}: recorded as {verdict}; the next `changedet monitor run` "
-        "refreshes the outputs"
+            status = db.add_review(aoi_id, structure_id, verdict, note)
+    shown = (
+        "it is dropped (not in the outputs): the verdict shows if it is detected again"
+        if status == "dropped"
+        else "the next `changedet monitor run` refreshes the outputs"
     )
+    click.echo(f"{aoi_id} {structure_id}: recorded as {verdict}; {shown}")
 
 
 __all__ = ["LAB_COMMANDS", "main"]

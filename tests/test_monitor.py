@@ -555,6 +555,27 @@ def test_review_of_an_unknown_structure_is_a_usage_error(grown: Scenario) -> Non
     assert "its ids are the `id` column of its structures.csv" in done.stderr  # where to look
 
 
+def test_review_of_a_dropped_structure_says_it_is_not_in_the_outputs(
+    grown: Scenario, tmp_path: Path
+) -> None:
+    import shutil
+    import sqlite3
+
+    state = tmp_path / "state.db"
+    shutil.copy(grown.state, state)
+    db = sqlite3.connect(state)
+    (sid,) = db.execute("SELECT id FROM structures WHERE aoi_id = 'k1' LIMIT 1").fetchone()
+    args = ("review", "k1", sid, "--as", "unsure", "--state", str(state))
+    kept = monitor_cli(*args, cwd=grown.root)
+    assert kept.returncode == 0 and "refreshes the outputs" in kept.stdout
+    db.execute("UPDATE structures SET status = 'dropped' WHERE id = ?", (sid,))
+    db.commit()
+    db.close()
+    dropped = monitor_cli(*args, cwd=grown.root)
+    assert dropped.returncode == 0, dropped.stderr
+    assert "it is dropped (not in the outputs)" in dropped.stdout
+
+
 def test_status_reports_each_aoi(grown: Scenario) -> None:
     # The kit's reads are local (not cached): an entry planted in its cache folder is counted.
     planted = grown.root / "cache" / "ab" / "planted.npyc"

@@ -559,13 +559,14 @@ class State:
                 ),
             )
 
-    def add_review(self, aoi_id: str, structure_id: str, verdict: str, note: str | None) -> None:
+    def add_review(self, aoi_id: str, structure_id: str, verdict: str, note: str | None) -> str:
         """Record a verdict, its history entry and, for a false positive, cancel its pending
-        deliveries (it never alerts again)."""
+        deliveries (it never alerts again). Returns the structure's status."""
         at = utc_now()
         with self.transaction() as db:
             row = db.execute(
-                "SELECT review FROM structures WHERE aoi_id = ? AND id = ?", (aoi_id, structure_id)
+                "SELECT review, status FROM structures WHERE aoi_id = ? AND id = ?",
+                (aoi_id, structure_id),
             ).fetchone()
             if row is None:
                 raise UsageError(self._unknown(aoi_id, structure_id))
@@ -588,6 +589,7 @@ class State:
                     "alert_key IN (SELECT key FROM alerts WHERE aoi_id = ? AND structure_id = ?)",
                     (aoi_id, structure_id),
                 )
+        return str(row[1])
 
     def _unknown(self, aoi_id: str, structure_id: str) -> str:
         import difflib
