@@ -461,6 +461,11 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
         if removed:
             raise ConfigError(f"config: [{where}] {key} was removed: {removed}")
         if key not in names:
+            if not where and key in ("watch", "state"):
+                raise ConfigError(
+                    f"config: '{key}' belongs to a watch-list, not a run config; run it with "
+                    "`changedet monitor run --config FILE`"
+                )
             place = f"[{where}]" if where else "top level"
             raise ConfigError(f"config: unknown key '{key}' in {place}{_suggest(key, names)}")
         sub = f"{where}.{key}" if where else key

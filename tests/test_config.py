@@ -42,6 +42,11 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_a_watch_list_given_to_run_points_to_monitor_run(repo: Path) -> None:
+    with pytest.raises(ConfigError, match=r"belongs to a watch-list.*changedet monitor run"):
+        load_config(repo / "configs" / "monitor.toml")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
