@@ -84,7 +84,14 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
     for index, row in enumerate(frame.itertuples(index=False)):
         props = {k: v for k, v in row._asdict().items() if k != "geometry"}
         raw_id = props.get(cfg.id_property) or props.get("name") or f"aoi-{index + 1}"
-        aoi_id = _unique_id(safe_id(raw_id, f"aoi-{index + 1}"), index, seen, p)
+        named = safe_id(raw_id, f"aoi-{index + 1}")
+        if props.get(cfg.id_property) and named != str(raw_id):  # a name may well have spaces
+            warnings.warn(
+                f"AOI file '{p}': id '{raw_id}' is not a safe folder name; its outputs go to "
+                f"'{named}' (use letters, digits, '-', '_' and '.')",
+                stacklevel=2,
+            )
+        aoi_id = _unique_id(named, index, seen, p)
         geom = _check_geometry(row.geometry, aoi_id, p)
         if not src_crs.equals(CRS.from_epsg(4326)):
             geom = reproject_geometry(geom, src_crs, "EPSG:4326")

@@ -74,8 +74,9 @@ def test_geopackage_and_shapefile_in_other_crs_are_reprojected(tmp_path: Path) -
     utm.to_file(tmp_path / "a.gpkg", driver="GPKG")
     utm.to_file(tmp_path / "a.shp")
     for path in (tmp_path / "a.gpkg", tmp_path / "a.shp"):
-        (aoi,) = load_aois(path)
-        assert aoi.id == "site-a"  # made safe for file names
+        with pytest.warns(UserWarning, match="'site a' is not a safe folder name"):
+            (aoi,) = load_aois(path)
+        assert aoi.id == "site-a"  # made safe for file names, and said
         assert aoi.geometry.symmetric_difference(KHOJIR_BOX).area < 1e-3 * KHOJIR_BOX.area
 
 
@@ -143,6 +144,21 @@ def test_safe_id_never_escapes(raw: str) -> None:
     out = safe_id(raw, "fallback")
     assert "/" not in out and "\\" not in out and out not in ("", ".", "..")
     assert not out.startswith(".")
+
+
+def test_an_unsafe_id_is_renamed_and_said(tmp_path: Path) -> None:
+    square = mapping(box(51.60, 35.60, 51.61, 35.61))
+    path = _write_geojson(tmp_path / "a.geojson", square, id="../../etc/evil")
+    with pytest.warns(
+        UserWarning, match="id '../../etc/evil' is not a safe folder name.*'etc-evil'"
+    ):
+        (aoi,) = load_aois(path)
+    assert aoi.id == "etc-evil"
+    named = _write_geojson(tmp_path / "b.geojson", square, name="Khojir missile complex")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a name used as the id is made safe without a word
+        (aoi,) = load_aois(named)
+    assert aoi.id == "Khojir-missile-complex"
 
 
 def test_polygon_with_hole_keeps_hole_out_of_mask() -> None:
