@@ -2,8 +2,9 @@
 
 The detector runs on a context window around the AOI (`read.context_m`) so that its statistics
 do not depend on how the polygon is drawn. What the run reports is the AOI's alone: structures
-whose centre (`centre_point`) lies inside the polygon (`Ledger.within`), outlines and berm lines clipped to
-the polygon, and rasters cropped to the AOI's own grid with change evidence masked outside it.
+whose centre (`centre_point`) lies inside the polygon (`Ledger.within`), outlines and berm lines
+clipped to the polygon, and rasters cropped to the AOI's own grid with change evidence masked
+outside it.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ class Ledger:
         if known_pixels is not None:
             on_known[np.unique(self.footprints[known_pixels])] = True
         if polygon is not None:
-            anchored = self._centroids_in(polygon)
+            anchored = self._centres_in(polygon)
         else:
             anchored = np.array([bool(inside.ravel()[a]) for a in self.anchors], dtype=bool)
         keep = [i for i in range(len(self.structures)) if anchored[i] or on_known[i + 1]]
@@ -136,7 +136,7 @@ class Ledger:
             halls=tuple(self.halls[i] for i in keep) if self.halls else (),
         )
 
-    def _centroids_in(self, polygon: Any) -> np.ndarray:
+    def _centres_in(self, polygon: Any) -> np.ndarray:
         """Per structure, whether its centre (`centre_point`: what lat/lon publish) lies in
         `polygon`."""
         import shapely

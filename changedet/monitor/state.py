@@ -6,8 +6,8 @@ AOI's check changes is written in one `BEGIN IMMEDIATE` transaction (`State.comm
 kill at any moment leaves the database as it was before that AOI or after it, never between.
 Tables:
 
-- `scenes`: every scene seen per AOI: processing baseline, `updated`, clear fraction around the AOI,
-  outcome (used | skipped | unreadable | dropped | replaced) and reason, and the scene itself as
+- `scenes`: every scene seen per AOI: processing baseline, `updated`, clear fraction around the
+  AOI, outcome (used | skipped | unreadable | dropped | replaced) and reason, and the scene itself as
   JSON (so a run searches only the recent past and still knows every scene; an unreadable one is
   read again by the next run);
 - `periods`: per AOI and period, the scenes it was computed from and the run that last did;
