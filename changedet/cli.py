@@ -515,8 +515,9 @@ def _scene_table(report: Any, rows: Sequence[tuple[str, ...]]) -> Any:
     from rich.table import Table
 
     used = sum(1 for row in rows if row[-1] == "used")
-    table = Table(
-        title=f"AOI {report.aoi_id}: {len(report.used)} scene(s) from {report.source}, {used} used"
+    table = Table(  # every row counted: the scenes found and those dropped before (duplicates)
+        title=f"AOI {report.aoi_id}: {len(rows)} scene(s) from {report.source}: {used} used, "
+        f"{len(rows) - used} dropped"
     )
     table.add_column("id", no_wrap=True)
     for col in ("datetime", "tile", "cloud %", "clear % around AOI", "status"):

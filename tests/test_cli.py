@@ -293,8 +293,10 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons(cli: Callable[..., Resul
     result = cli("search", KHOJIR, "--config", str(DEMO), "--probe")
     assert result.exit_code == 0 and "S2A_39SWV_20230612_0_L2A" in result.stdout
     used = sum(s["used"] for s in scenes.values())
-    assert f"AOI khojir: {len(scenes)} scene(s) from " in result.stdout
-    assert f", {used} used" in result.stdout and used < len(scenes)  # the title counts both
+    listed = len(scenes) + sum(d["id"] not in scenes for d in report["dropped"])  # + duplicates
+    assert listed > len(scenes)
+    assert f"AOI khojir: {listed} scene(s) from " in result.stdout  # every row of the table
+    assert f": {used} used, {listed - used} dropped" in result.stdout and used < len(scenes)
 
 
 @pytest.mark.parametrize(
