@@ -558,12 +558,13 @@ def test_review_of_an_unknown_structure_is_a_usage_error(grown: Scenario) -> Non
 def test_review_of_a_dropped_structure_says_it_is_not_in_the_outputs(
     grown: Scenario, tmp_path: Path
 ) -> None:
-    import shutil
     import sqlite3
 
     state = tmp_path / "state.db"
-    shutil.copy(grown.state, state)
     db = sqlite3.connect(state)
+    source = sqlite3.connect(grown.state)
+    source.backup(db)  # a copy through SQLite: pages still in the WAL included
+    source.close()
     (sid,) = db.execute("SELECT id FROM structures WHERE aoi_id = 'k1' LIMIT 1").fetchone()
     args = ("review", "k1", sid, "--as", "unsure", "--state", str(state))
     kept = monitor_cli(*args, cwd=grown.root)
