@@ -272,6 +272,75 @@ def test_a_delivery_that_cannot_work_says_what_to_set(
         mail.stop()
 
 
+class Moved(ThreadingHTTPServer):
+    """A webhook on 127.0.0.1 whose /hook answers 302 to /landing (http to https, say): a
+    client that follows it sends a GET without the alert to /landing, which answers 200."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.posted: list[str] = []
+        self.got: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, code: int, location: str | None = None) -> None:
+                self.send_response(code)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server: Moved = self.server  # type: ignore[assignment]
+                if self.path == "/hook":
+                    self._answer(302, "/landing")
+                else:
+                    server.posted.append(self.headers["Idempotency-Key"])
+                    self._answer(204)
+
+            def do_GET(self) -> None:
+                server: Moved = self.server  # type: ignore[assignment]
+                server.got.append(self.path)
+                self._answer(200)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+def test_a_webhook_that_redirects_keeps_its_alerts_and_says_where_it_moved(
+    tmp_path: Path,
+) -> None:
+    """A redirect is not a delivery: followed, the POST would become a GET without the alert
+    and count as delivered. The alerts wait, the warning names the new address (no retries:
+    waiting does not mend a URL), and once the URL is mended they go."""
+    moved = Moved()
+    with serving(moved):
+        scenario = make_scenario(tmp_path)
+        hook = f'[webhook]\nurl = "{moved.url("/hook")}"\nretries = 2\nbackoff_s = 0.5\n'
+        scenario.publish(until("2024-01-01"))
+        waits: list[float] = []
+        first = run_watchlist(
+            load_watchlist(scenario.watchlist(extra=hook)), now=END, sleep=waits.append
+        )
+        assert first.deliveries.errors == (
+            f"webhook: HTTP 302: the webhook moved to {moved.url('/landing')}; set [webhook] url "
+            "to it",
+        )
+        assert moved.got == [] and moved.posted == [] and waits == []
+        with State(scenario.state) as state:
+            keys = sorted(a.key for a in state.alerts("k1"))
+            assert keys and len(state.pending()) == len(keys)
+        mended = hook.replace("/hook", "/landing")
+        run_watchlist(load_watchlist(scenario.watchlist(extra=mended)), now=END, sleep=waits.append)
+        assert sorted(moved.posted) == keys and moved.got == []
+
+
 # --- processes: SIGKILL at random moments, two runs at once ---------------------------------------
 
 

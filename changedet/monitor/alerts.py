@@ -17,6 +17,7 @@ import os
 import smtplib
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -80,9 +81,29 @@ def _post(config: WebhookConfig, alert: AlertRow) -> None:
             "User-Agent": "changedet-monitor",
         },
     )
-    with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
-        if not 200 <= response.status < 300:
-            raise OSError(f"HTTP {response.status}")
+    try:
+        with _NO_REDIRECTS.open(request, timeout=config.timeout_s) as response:
+            if not 200 <= response.status < 300:
+                raise OSError(f"HTTP {response.status}")
+    except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:  # followed, a POST becomes a GET without the alert: not sent
+            location = exc.headers.get("Location") if exc.headers else None
+            where = urllib.parse.urljoin(config.url, location) if location else "elsewhere"
+            raise _Unconfigured(
+                f"HTTP {exc.code}: the webhook moved to {where}; set [webhook] url to it"
+            ) from None
+        raise
+
+
+class _Refuse(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would resend the POST as a GET without its body, and
+    the alert would count as delivered though its content never arrived."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_Refuse)
 
 
 def _mail(config: SmtpConfig, alert: AlertRow) -> None:
