@@ -290,7 +290,8 @@ class _MainGroup(click.Group):
         except click.UsageError as exc:
             text = exc.format_message().rstrip(".")
             if exc.ctx is not None:
-                path = " ".join(["changedet", *exc.ctx.command_path.split()[1:]])
+                root = exc.ctx.find_root().command_path  # "changedet", "python -m changedet"
+                path = f"changedet{exc.ctx.command_path[len(root) :]}"
                 see = f"see '{path} --help'"
                 text += f" {see[0].upper()}{see[1:]}" if text.endswith("?") else f"; {see}"
             _echo_error(text)

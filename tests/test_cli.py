@@ -596,3 +596,14 @@ def test_click_usage_errors_are_one_line_too(
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("changedet: error: ")
     assert says in result.stderr and "Usage:" not in result.stderr + result.stdout
+
+
+def test_a_usage_error_names_the_command_when_run_as_a_module(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "changedet", "review", "k", "1", "--as", "maybe"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.rstrip().endswith("; see 'changedet review --help'"), done.stderr
