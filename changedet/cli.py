@@ -643,6 +643,8 @@ def monitor_run(
         click.echo(
             f"changedet: warning: delivery failed ({error}); kept for the next run", err=True
         )
+    for unsent in d.unsent:  # not a failure: the channel was taken out on purpose, maybe
+        click.echo(f"changedet: warning: {unsent}", err=True)
     for check in report.checks:
         if check.outcome == "failed":
             _echo_error(f"AOI '{check.aoi_id}': {check.message}")

@@ -85,6 +85,11 @@ def test_watchlist_refuses_a_bad_webhook_and_a_repeated_aoi(tmp_path: Path) -> N
         load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "ftp://x"'))
     with pytest.raises(ConfigError, match="watched twice"):
         load_watchlist(scenario.watchlist(aois=("k1", "k1")))
+    # A channel down must not hold the job for hours: bounded retries and backoff.
+    with pytest.raises(ConfigError, match=r"\[webhook\] retries must be within 0..10"):
+        load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "http://x"\nretries = 100000'))
+    with pytest.raises(ConfigError, match=r"backoff_s must be within 0..60 s"):
+        load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "http://x"\nbackoff_s = 600'))
     path = scenario.watchlist()
     path.write_text(path.read_text().replace('start = "2023-06-01"', 'start = "2023-13-01"'))
     with pytest.raises(ConfigError, match=r"^watch-list: \[\[watch\]\] #1 start: '2023-13-01'"):

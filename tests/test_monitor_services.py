@@ -336,6 +336,13 @@ def test_a_webhook_that_redirects_keeps_its_alerts_and_says_where_it_moved(
         with State(scenario.state) as state:
             keys = sorted(a.key for a in state.alerts("k1"))
             assert keys and len(state.pending()) == len(keys)
+        # The webhook taken out of the watch-list: its alerts still wait, and the run says so
+        # (not as a failed delivery: it may have been taken out on purpose).
+        bare = run_watchlist(load_watchlist(scenario.watchlist()), now=END, sleep=waits.append)
+        assert bare.deliveries.errors == () and bare.deliveries.unsent == (
+            f"{len(keys)} alert(s) wait for the webhook, which the watch-list no longer has; "
+            "add [webhook] back to send them (every alert is also in alerts.geojson)",
+        )
         mended = hook.replace("/hook", "/landing")
         run_watchlist(load_watchlist(scenario.watchlist(extra=mended)), now=END, sleep=waits.append)
         assert sorted(moved.posted) == keys and moved.got == []

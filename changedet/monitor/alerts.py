@@ -155,6 +155,7 @@ class DeliveryReport:
     delivered: int = 0
     failed: int = 0  # deliveries still pending after this run
     errors: tuple[str, ...] = ()
+    unsent: tuple[str, ...] = ()  # alerts waiting for a channel the watch-list no longer has
 
 
 def _attempt(
@@ -197,8 +198,11 @@ def deliver_pending(
     report = DeliveryReport()
     down: set[str] = set()
     errors: list[str] = []
+    unset: dict[str, int] = {}
     for delivery in state.pending():
         channel = channels.get(delivery.channel)
+        if channel is None:  # the watch-list no longer has that channel: say so, keep them
+            unset[delivery.channel] = unset.get(delivery.channel, 0) + 1
         if channel is None or delivery.channel in down:
             report.failed += 1
             continue
@@ -214,4 +218,9 @@ def deliver_pending(
             down.add(delivery.channel)
             errors.append(f"{delivery.channel}: {error}")
     report.errors = tuple(errors)
+    report.unsent = tuple(
+        f"{n} alert(s) wait for the {name}, which the watch-list no longer has; add [{name}] "
+        "back to send them (every alert is also in alerts.geojson)"
+        for name, n in unset.items()
+    )
     return report

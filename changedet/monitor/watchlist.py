@@ -171,12 +171,16 @@ def _section(
         raise ConfigError(f"watch-list: {where} must be a table")
     _check_keys(data, allowed, where)
     out = {key: _typed(data, key, types.get(key, str), where) for key in data}
-    for key in ("retries", "port"):
-        if key in out and out[key] < 0:
-            raise ConfigError(f"watch-list: {where} {key} must be >= 0")
-    for key in ("backoff_s", "timeout_s"):
-        if key in out and not 0 <= out[key] <= 600:
-            raise ConfigError(f"watch-list: {where} {key} must be within 0..600 s")
+    if "port" in out and out["port"] < 0:
+        raise ConfigError(f"watch-list: {where} port must be >= 0")
+    # A run waits at most retries x 60 s per channel (the backoff doubles up to a minute): a
+    # larger count holds the job for hours while the server is down; the next run retries.
+    if "retries" in out and not 0 <= out["retries"] <= 10:
+        raise ConfigError(f"watch-list: {where} retries must be within 0..10")
+    if "backoff_s" in out and not 0 <= out["backoff_s"] <= 60:
+        raise ConfigError(f"watch-list: {where} backoff_s must be within 0..60 s")
+    if "timeout_s" in out and not 0 <= out["timeout_s"] <= 600:
+        raise ConfigError(f"watch-list: {where} timeout_s must be within 0..600 s")
     return out
 
 
