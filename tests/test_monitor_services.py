@@ -212,6 +212,10 @@ def test_every_alert_is_delivered_exactly_once(tmp_path: Path) -> None:
         assert len(keys) >= 2
         assert sorted(k for k, _ in receiver.accepted) == sorted(keys)  # each once
         assert [body["key"] for k, body in receiver.accepted] == [k for k, _ in receiver.accepted]
+        # the outline as a GeoJSON object, as in alerts.geojson, not as a string of it
+        assert all(
+            body["geometry"]["type"] in ("Polygon", "MultiPolygon") for _, body in receiver.accepted
+        )
         assert sorted(inbox.keys) == sorted(keys)
     finally:
         mail.stop()

@@ -69,8 +69,16 @@ def alerts_geojson(alerts: Sequence[AlertRow]) -> dict[str, Any]:
 # --- channels ------------------------------------------------------------------------------------
 
 
+def _message(alert: AlertRow) -> dict[str, Any]:
+    """What a channel sends: the alert's payload with its outline as a GeoJSON object (the
+    ledger keeps it as text) and its text."""
+    geometry = alert.payload.get("geometry")
+    outline = json.loads(geometry) if isinstance(geometry, str) else geometry
+    return {**alert.payload, "geometry": outline, "text": describe_alert(alert)}
+
+
 def _post(config: WebhookConfig, alert: AlertRow) -> None:
-    body = json.dumps({**alert.payload, "text": describe_alert(alert)}).encode()
+    body = json.dumps(_message(alert)).encode()
     request = urllib.request.Request(
         config.url,
         data=body,
@@ -114,7 +122,7 @@ def _mail(config: SmtpConfig, alert: AlertRow) -> None:
     message["Message-ID"] = f"<{alert.key}@changedet>"
     message["X-Changedet-Alert"] = alert.key
     message.set_content(
-        describe_alert(alert) + "\n\n" + json.dumps(alert.payload, indent=2, sort_keys=True)
+        describe_alert(alert) + "\n\n" + json.dumps(_message(alert), indent=2, sort_keys=True)
     )
     password = os.environ.get(config.password_env) if config.password_env else ""
     if config.username and password is None:

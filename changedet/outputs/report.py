@@ -282,7 +282,7 @@ def _summary_html(result: RunResult, manifest: Mapping[str, Any]) -> str:
         f"{coreg['shift_px'][1]:+.2f} px (row / col), "
         f"{'corrected' if coreg['corrected'] else 'not corrected'}</td></tr>\n"
         f"<tr><th>Detections</th><td>{res['n_structures']} structures ({res['n_confirmed']} "
-        f"confirmed, {res['n_unconfirmed']} unconfirmed), {res['n_bermed']} bermed, "
+        f"confirmed, {res['n_unconfirmed']} unconfirmed), {res['n_bermed']} of them bermed, "
         f"{res['n_berm_lines']} berm line(s)</td></tr>\n"
         "</table>\n"
     )
