@@ -269,9 +269,8 @@ class ReadResult:
 
     stack: Stack | DateSeries  # a DateSeries when the reader streams dates to disk
     skipped: tuple[SkippedScene, ...]
-    probes: Mapping[
-        str, float
-    ]  # scene id -> clear fraction of the window around the AOI (absent when unmeasurable)
+    # scene id -> clear fraction of the window around the AOI (absent when unmeasurable)
+    probes: Mapping[str, float]
     bytes_fetched: int  # bytes downloaded over the network by this read (0 from cache/local)
     coverage: Mapping[str, float] = field(default_factory=dict)  # scene id -> AOI share with data
     notes: tuple[str, ...] = ()

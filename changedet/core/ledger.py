@@ -141,10 +141,8 @@ class Ledger:
         `polygon`."""
         import shapely
 
-        points = [centre_point(s.geometry) for s in self.structures]
-        return np.array(
-            [p is not None and bool(shapely.contains(polygon, p)) for p in points], dtype=bool
-        )
+        points = np.array([centre_point(s.geometry) for s in self.structures], dtype=object)
+        return np.asarray(shapely.contains(polygon, points), dtype=bool)  # None: False
 
 
 def _zone(grid: Grid) -> str:

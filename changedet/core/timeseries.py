@@ -472,8 +472,8 @@ def analyse_stack(
 
     The stack's grid is a context window around the AOI, `inside` the AOI polygon's pixels on
     it: every statistic and the baseline choice use the whole window, so the structures inside
-    the AOI do not depend on how tightly it is drawn; the ledger keeps those whose centroid lies
-    in `aoi_polygon` (grid CRS), or without it whose anchor pixel lies in `inside`
+    the AOI do not depend on how tightly it is drawn; the ledger keeps those whose centre lies in
+    `aoi_polygon` (grid CRS), or without it whose anchor pixel lies in `inside`
     (`Ledger.within`), and its clear fractions are the AOI's.
     """
     timer = timer or StageTimer()
@@ -536,7 +536,7 @@ def analyse_composites(
     `made_from`: per composite of `per_period`, then of `before`, a digest of what it was made
     from (`core.reuse`), which stands for its pixels in the memo's keys (else they are hashed);
     `known_pixels`: where the AOI's known structures stand inside it; `aoi_polygon`: the AOI in
-    the grid's CRS, whose structures are those with their centroid in it (`Ledger.within`)."""
+    the grid's CRS, whose structures are those with their centre in it (`Ledger.within`)."""
     timer = timer or StageTimer()
     cc = config.change
     grid = before.grid

@@ -30,6 +30,7 @@ before anything is searched.
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 import warnings
 from collections.abc import Mapping
@@ -171,17 +172,22 @@ def _section(
         raise ConfigError(f"watch-list: {where} must be a table")
     _check_keys(data, allowed, where)
     out = {key: _typed(data, key, types.get(key, str), where) for key in data}
-    if "port" in out and out["port"] < 0:
-        raise ConfigError(f"watch-list: {where} port must be >= 0")
-    # A run waits at most retries x 60 s per channel (the backoff doubles up to a minute): a
-    # larger count holds the job for hours while the server is down; the next run retries.
-    if "retries" in out and not 0 <= out["retries"] <= 10:
-        raise ConfigError(f"watch-list: {where} retries must be within 0..10")
-    if "backoff_s" in out and not 0 <= out["backoff_s"] <= 60:
-        raise ConfigError(f"watch-list: {where} backoff_s must be within 0..60 s")
-    if "timeout_s" in out and not 0 <= out["timeout_s"] <= 600:
-        raise ConfigError(f"watch-list: {where} timeout_s must be within 0..600 s")
+    for key, (low, high, unit) in _LIMITS.items():
+        if key in out and not low <= out[key] <= high:
+            bound = f">= {low}" if high == math.inf else f"within {low}..{high}{unit}"
+            raise ConfigError(f"watch-list: {where} {key} must be {bound}")
     return out
+
+
+# The numbers a channel takes. A run waits at most retries x 60 s per channel (the backoff
+# doubles up to a minute): a larger count holds the job for hours while the server is down, and
+# the next run retries anyway.
+_LIMITS: dict[str, tuple[float, float, str]] = {
+    "port": (0, math.inf, ""),
+    "retries": (0, 10, ""),
+    "backoff_s": (0, 60, " s"),
+    "timeout_s": (0, 600, " s"),
+}
 
 
 def _webhook(data: Mapping[str, Any]) -> WebhookConfig:
@@ -261,8 +267,6 @@ def _watched(entry: Mapping[str, Any], base: Path, n: int) -> list[WatchedAOI]:
     try:
         config = load_config(config_path, overrides)
     except ConfigError as exc:
-        if str(exc).startswith("watch-list"):
-            raise
         raise ConfigError(f"watch-list: {where}: {exc}") from None  # which entry said it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # renamed repeats: the ids are checked below
