@@ -671,6 +671,8 @@ def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bo
             summaries = [{"aoi": w.aoi.id, "last_run": None} for w in watch.aois]
         for s in summaries:
             s["period_cache_bytes"] = memo_bytes(watch.state, s["aoi"])
+            if "structures" in s:  # each ledger status apart; the total as the text counts it
+                s["confirmed_total"] = confirmed_total(s["structures"])
         caches = _pixel_caches(watch)
     if as_json:
         doc = {"state": str(watch.state), "aois": summaries, "pixel_caches": caches}
@@ -714,13 +716,20 @@ def _minute(iso: str | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M") + (" UTC" if when.tzinfo is not None else "")
 
 
+def confirmed_total(by_status: dict[str, int]) -> int:
+    """Confirmed structures, bermed and vanished ones included (`monitor.decide`)."""
+    from changedet.monitor.decide import CONFIRMED_STATES
+
+    return sum(by_status.get(status, 0) for status in CONFIRMED_STATES)
+
+
 def structure_counts(by_status: dict[str, int]) -> str:
     """The ledger's structures by status as an analyst reads them: bermed and vanished
     structures are confirmed ones (`monitor.decide`), so they are counted in, not beside, them:
     "53 confirmed (17 bermed), 3 candidate, 2 dropped"."""
     from changedet.monitor.decide import CONFIRMED_STATES
 
-    confirmed = sum(by_status.get(status, 0) for status in CONFIRMED_STATES)
+    confirmed = confirmed_total(by_status)
     parts = []
     if confirmed:
         within = ", ".join(

@@ -608,6 +608,7 @@ def test_status_reports_each_aoi(grown: Scenario) -> None:
     by_status = aoi["structures"]
     confirmed = sum(by_status.get(k, 0) for k in ("confirmed", "bermed", "vanished"))
     assert f"structures: {confirmed} confirmed" in text.stdout
+    assert aoi["confirmed_total"] == confirmed
 
 
 def test_status_counts_bermed_and_vanished_structures_as_confirmed() -> None:
