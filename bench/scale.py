@@ -7,10 +7,15 @@ a child. Data: bench/e2e.py's synthetic series (two years, --dates dates, a tile
 AOIs of --size px). Prints wall time per worker count, the speed-up, and each worker's peak RSS
 (wait4 after it is stopped). The machine is shared: run both counts in one go.
 
+With --pin each worker process is held to a core of its own (worker i on core i,
+`sched_setaffinity`): one worker is then a one-core machine and two are two, the scale-out a
+cluster of separate machines gives; unpinned, two workers on this one machine share the cores
+one AOI already keeps busy.
+
 With --monitor the child is `changedet monitor run --cluster ...` over a watch-list of the four
 AOIs (a first run, from an empty state), and a run here without a cluster is timed too.
 
-    python bench/scale.py [--dates 48] [--size 400] [--monitor]
+    python bench/scale.py [--dates 48] [--size 400] [--pin] [--monitor]
 """
 
 from __future__ import annotations
@@ -119,7 +124,16 @@ def run_here(catalog: Path, end: str, build: Any) -> dict[str, object]:
         return {"workers": "here", "wall_s": round(wall, 1), "aois": _done(out)}
 
 
-def run_once(catalog: Path, n_workers: int, end: str, build: Any) -> dict[str, object]:
+def _on_core(core: int | None) -> Any:
+    """A preexec_fn holding the child to one core (None: any core)."""
+    if core is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {core})
+
+
+def run_once(
+    catalog: Path, n_workers: int, end: str, build: Any, *, pin: bool = False
+) -> dict[str, object]:
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     log = subprocess.DEVNULL
@@ -139,7 +153,10 @@ def run_once(catalog: Path, n_workers: int, end: str, build: Any) -> dict[str, o
     workers = []
     try:
         _wait_for(port)
-        for _ in range(n_workers):
+        cores = sorted(os.sched_getaffinity(0))
+        if pin and n_workers > len(cores):
+            raise SystemExit(f"--pin needs a core per worker; this machine has {len(cores)}")
+        for i in range(n_workers):
             workers.append(
                 subprocess.Popen(
                     [
@@ -155,6 +172,7 @@ def run_once(catalog: Path, n_workers: int, end: str, build: Any) -> dict[str, o
                     ],
                     stdout=log,
                     stderr=log,
+                    preexec_fn=_on_core(cores[i] if pin else None),
                 )
             )
         _workers_ready(address, n_workers)
@@ -166,6 +184,7 @@ def run_once(catalog: Path, n_workers: int, end: str, build: Any) -> dict[str, o
         _stop(scheduler)
     return {
         "workers": n_workers,
+        "pinned": pin,
         "wall_s": round(wall, 1),
         "aois": done,
         "peak_gb_per_worker": [round(p, 2) for p in peaks],
@@ -178,6 +197,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=400, help="side of each AOI in px")
     parser.add_argument("--data", type=Path, default=Path("/tmp/changedet-bench-e2e"))
     parser.add_argument("--monitor", action="store_true", help="time `changedet monitor run`")
+    parser.add_argument("--pin", action="store_true", help="each worker on a core of its own")
     args = parser.parse_args()
     t = time.perf_counter()
     catalog = make_data(args.data, n_dates=args.dates, size=args.size, days=730, quadrants=4)
@@ -185,7 +205,7 @@ def main() -> None:
     build = _monitor_command if args.monitor else _run_command
     if args.monitor:
         print(json.dumps(run_here(catalog, "2025-05-31", build)), flush=True)
-    results = [run_once(catalog, n, "2025-05-31", build) for n in (1, 2)]
+    results = [run_once(catalog, n, "2025-05-31", build, pin=args.pin) for n in (1, 2)]
     for r in results:
         print(json.dumps(r))
     one, two = results[0]["wall_s"], results[1]["wall_s"]

@@ -458,15 +458,7 @@ def _close(series: DateSeries) -> None:
 def _provenance(
     config: Config, found: SearchResult, stack: DateSeries, synthetic: bool, read: ReadResult
 ) -> dict[str, Any]:
-    from changedet.outputs.manifest import software_versions
-
-    versions = software_versions()
-    return {
-        "changedet_version": versions["changedet"],
-        "python": versions["python"],
-        "numpy": versions["numpy"],
-        "rasterio": versions["rasterio"],
-        "gdal": versions["gdal"],
+    return {  # software versions are run.json's `versions`
         "catalog": found.source,
         "collection": config.catalog.collection,
         "time_range": [config.time.start.isoformat(), config.time.end.isoformat()],

@@ -562,6 +562,19 @@ def test_an_aoi_half_outside_the_data_is_warned_about(tmp_path: Path, make_run_r
     assert manifest["coverage"]["partial"] is True
     (said,) = manifest["headline"]["warnings"]
     assert said.startswith(warning)
+    assert said.endswith("see coverage.png or the analysed_area layer")
+    assert (out / "coverage.png").is_file()
+
+
+def test_the_coverage_warning_points_only_to_files_the_run_wrote(make_run_result: Any) -> None:
+    from dataclasses import replace
+
+    from changedet.outputs.headline import headline
+
+    result = make_run_result(aoi_scale=2.0)
+    no_gpkg = replace(result, config={**result.config, "output": {"geopackage": False}})
+    (said,) = headline(no_gpkg).warnings
+    assert said.endswith("the rest; see coverage.png")
 
 
 def test_a_scene_left_out_unread_is_warned_about_beside_the_coverage(

@@ -207,10 +207,16 @@ def _coverage_warning(result: RunResult) -> str | None:
     cov = result.coverage
     if cov is None or not cov.is_partial:
         return None
+    # coverage.png is always drawn; the layer only with the GeoPackage
+    layer = (
+        " or the analysed_area layer"
+        if result.config.get("output", {}).get("geopackage", True)
+        else ""
+    )
     return (
         f"only {100 * cov.share:.1f} % of AOI '{result.aoi.id}' could be analysed "
         f"({km2(cov.analysed_km2)} of {km2(cov.aoi_km2)}; no scene data or no clear "
-        "observation elsewhere): findings say nothing about the rest; see the analysed_area layer"
+        f"observation elsewhere): findings say nothing about the rest; see coverage.png{layer}"
     )
 
 
