@@ -51,25 +51,10 @@ def safe_id(raw: object, fallback: str) -> str:
 
 
 def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
-    """Read every polygon feature of a vector file as an AOI in EPSG:4326."""
-    import pyogrio  # the only vector-file reader; local import keeps `import changedet` light
-
+    """Read every polygon feature of a vector file as an AOI in EPSG:4326. A file of several
+    layers (a GeoPackage) is named with its layer, `FILE:LAYER`."""
     cfg = config or AOIConfig()
-    p = Path(path)
-    if not p.exists():
-        raise AOIError(f"AOI file '{p}' not found; pass a GeoJSON, GeoPackage or Shapefile path")
-    if p.is_dir():
-        raise AOIError(f"AOI path '{p}' is a folder; pass one GeoJSON, GeoPackage or Shapefile")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            frame = pyogrio.read_dataframe(p)
-    except Exception as exc:  # pyogrio raises DataSourceError and friends; report them as one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AOIError(
-            f"AOI file '{p}' could not be read as a vector file ({first}); "
-            "pass a GeoJSON, GeoPackage or Shapefile"
-        ) from None
+    p, frame = _read_frame(str(path))
     if len(frame) == 0:
         raise AOIError(f"AOI file '{p}' has no features; draw at least one polygon")
     if frame.crs is None:
@@ -82,10 +67,11 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
     aois: list[AOI] = []
     seen: set[str] = set()
     for index, row in enumerate(frame.itertuples(index=False)):
-        props = {k: v for k, v in row._asdict().items() if k != "geometry"}
-        raw_id = props.get(cfg.id_property) or props.get("name") or f"aoi-{index + 1}"
+        props = {k: _plain(v) for k, v in row._asdict().items() if k != "geometry"}
+        given = _id_text(props.get(cfg.id_property))
+        raw_id = given or _id_text(props.get("name")) or f"aoi-{index + 1}"
         named = safe_id(raw_id, f"aoi-{index + 1}")
-        if props.get(cfg.id_property) and named != str(raw_id):  # a name may well have spaces
+        if given and named != raw_id:  # a name may well have spaces
             warnings.warn(
                 f"AOI file '{p}': id '{raw_id}' is not a safe folder name; its outputs go to "
                 f"'{named}' (use letters, digits, '-', '_' and '.')",
@@ -98,13 +84,62 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
         geom = _lonlat(geom, aoi_id, p)
         aoi = AOI(
             id=aoi_id,
-            name=str(props.get("name") or aoi_id),
+            name=_id_text(props.get("name")) or aoi_id,
             geometry=geom,
-            properties={k: _plain(v) for k, v in props.items()},
+            properties=props,
         )
         _check_size(aoi, cfg)
         aois.append(aoi)
     return aois
+
+
+def _read_frame(path: str) -> tuple[Path, Any]:
+    """The AOI file's features as a data frame: its one layer with geometry, or the layer
+    `FILE:LAYER` names."""
+    import pyogrio  # the only vector-file reader; local import keeps `import changedet` light
+
+    p, layer = Path(path), None
+    if not p.exists() and ":" in path:  # FILE:LAYER (a Windows drive letter is no file)
+        head, _, tail = path.rpartition(":")
+        if Path(head).is_file():
+            p, layer = Path(head), tail
+    if not p.exists():
+        raise AOIError(f"AOI file '{p}' not found; pass a GeoJSON, GeoPackage or Shapefile path")
+    if p.is_dir():
+        raise AOIError(f"AOI path '{p}' is a folder; pass one GeoJSON, GeoPackage or Shapefile")
+    try:
+        spatial = [str(name) for name, kind in pyogrio.list_layers(p) if kind is not None]
+        if layer is not None and layer not in spatial:
+            raise AOIError(
+                f"AOI file '{p}' has no layer '{layer}' with geometry; its layers: "
+                f"{', '.join(spatial) or 'none'}"
+            )
+        if layer is None and len(spatial) > 1:
+            raise AOIError(
+                f"AOI file '{p}' has {len(spatial)} layers ({', '.join(spatial)}); name the one "
+                f"to read as '{p}:{spatial[0]}'"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            frame = pyogrio.read_dataframe(p, layer=layer or (spatial[0] if spatial else None))
+    except AOIError:
+        raise
+    except Exception as exc:  # pyogrio raises DataSourceError and friends; report them as one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AOIError(
+            f"AOI file '{p}' could not be read as a vector file ({first}); "
+            "pass a GeoJSON, GeoPackage or Shapefile"
+        ) from None
+    return p, frame
+
+
+def _id_text(value: object) -> str | None:
+    """A property as an id: None when missing or empty, 7.0 as '7' (a number column)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _unique_id(aoi_id: str, index: int, seen: set[str], path: Path) -> str:

@@ -92,6 +92,39 @@ def test_one_aoi_per_feature_with_unique_ids(tmp_path: Path) -> None:
     assert len(ids) == 2 and len(set(ids)) == 2
 
 
+def test_a_feature_without_an_id_among_others_takes_its_name(tmp_path: Path) -> None:
+    """A column missing for one feature reads as NaN from the file: it is no id."""
+    sites = [box(51.6, 35.6, 51.61, 35.61), box(51.7, 35.6, 51.71, 35.61)]
+    fc = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {"id": "a"}, "geometry": mapping(sites[0])},
+            {"type": "Feature", "properties": {"name": "Site B"}, "geometry": mapping(sites[1])},
+        ],
+    }
+    (tmp_path / "mixed.geojson").write_text(json.dumps(fc))
+    first, second = load_aois(tmp_path / "mixed.geojson")
+    assert (first.id, first.name) == ("a", "a")
+    assert (second.id, second.name) == ("Site-B", "Site B")
+    for feature, number in zip(fc["features"], (1, None), strict=True):
+        feature["properties"] = {} if number is None else {"id": number}
+    (tmp_path / "numbers.geojson").write_text(json.dumps(fc))
+    assert [a.id for a in load_aois(tmp_path / "numbers.geojson")] == ["1", "aoi-2"]
+
+
+def test_a_geopackage_of_several_layers_names_the_one_to_read(tmp_path: Path) -> None:
+    path = tmp_path / "sites.gpkg"
+    for layer, site in (("north", box(51.6, 35.6, 51.61, 35.61)), ("south", KHOJIR_BOX)):
+        frame = gpd.GeoDataFrame({"id": [layer]}, geometry=[site], crs=4326)
+        frame.to_file(path, layer=layer, driver="GPKG")
+    with pytest.raises(AOIError, match=r"has 2 layers \(north, south\); name the one to read as"):
+        load_aois(path)
+    (south,) = load_aois(f"{path}:south")
+    assert south.id == "south" and south.geometry.equals(KHOJIR_BOX)
+    with pytest.raises(AOIError, match="no layer 'east' with geometry; its layers: north, south"):
+        load_aois(f"{path}:east")
+
+
 def test_invalid_ring_is_repaired_with_a_warning(tmp_path: Path) -> None:
     bowtie = {
         "type": "Polygon",
