@@ -335,9 +335,18 @@ def test_persistent_500_ends_with_one_clear_line(world: World) -> None:
             search(proxy.url)
     message = str(info.value)
     assert message == (
-        f"catalog: {proxy.url}/search did not answer after 3 tries (HTTP 500); "
+        f"catalog: {proxy.url}/search did not answer after 4 tries (HTTP 500); "
         "check the URL or try later"
     )
+
+
+def test_retries_count_the_requests_after_the_first(world: World) -> None:
+    with FaultProxy(world.api.url) as proxy:
+        proxy.faults.append(Fault("POST /search", times=1))
+        assert len(search(proxy.url, retries=1).scenes) == 5  # one failure, one retry
+        proxy.faults.append(Fault("POST /search", times=1))
+        with pytest.raises(CatalogError, match=r"did not answer after 1 try \(HTTP 500\)"):
+            search(proxy.url, retries=0)
 
 
 def test_timeouts_are_retried_then_reported(world: World) -> None:
@@ -348,7 +357,7 @@ def test_timeouts_are_retried_then_reported(world: World) -> None:
         assert len(found.scenes) == 5
         proxy.faults[:] = [Fault("POST /search", kind="delay", seconds=1.0, times=-1)]
         config = dataclasses.replace(config, retries=2)
-        with pytest.raises(CatalogError, match=r"did not answer after 2 tries \(timed out\)"):
+        with pytest.raises(CatalogError, match=r"did not answer after 3 tries \(timed out\)"):
             search_scenes(AOI_T, config, start=START, end=END, bands=BANDS)
 
 

@@ -77,10 +77,11 @@ class HTTPStatusError(CatalogError):
 
 
 def _with_retries(fn: Callable[[], T], *, what: str, config: CatalogConfig) -> T:
-    """Call `fn` up to `config.retries` times with exponential backoff on transient failures."""
+    """Call `fn`, and again up to `config.retries` times with exponential backoff on transient
+    failures (as `[read] retries` counts them)."""
     from pystac_client.exceptions import APIError
 
-    tries = max(int(config.retries), 1)
+    tries = max(int(config.retries), 0) + 1
     last = "no answer"
     for attempt in range(tries):
         try:
@@ -100,8 +101,9 @@ def _with_retries(fn: Callable[[], T], *, what: str, config: CatalogConfig) -> T
             last = _summarise(exc)
         if attempt + 1 < tries:
             time.sleep(config.backoff_s * (2**attempt))
+    times = "1 try" if tries == 1 else f"{tries} tries"
     raise CatalogError(
-        f"catalog: {what} did not answer after {tries} tries ({last}); check the URL or try later"
+        f"catalog: {what} did not answer after {times} ({last}); check the URL or try later"
     )
 
 
