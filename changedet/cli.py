@@ -333,6 +333,10 @@ class _MainGroup(click.Group):
 def main() -> None:
     """changedet: find new structures and earthworks in Sentinel-2 time series over an AOI."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # GDAL's and urllib3's own lines ("HTTP error code: 500 ... Retrying again in 0.1 secs") are
+    # not the analyst's: what fails reaches them as changedet's reason for the scene or request.
+    for library in ("rasterio", "urllib3"):
+        logging.getLogger(library).setLevel(logging.CRITICAL)
     silence_library_noise()  # the lab's commands too, which do not go through the pipeline
     keep_freed_memory()  # the process is the CLI's: large arrays reuse freed memory
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopback import RangeServer
+from loopback import Fault, RangeServer
 from shapely.affinity import translate as shapely_translate
 from shapely.geometry import box, mapping
 
@@ -434,6 +434,49 @@ def test_planetary_computer_keys_and_signing_of_non_azure_hrefs(tmp_path: Path) 
     # Only blob.core.windows.net hrefs get a token; local paths pass through unchanged.
     assert scene.assets["red"].href == str(tmp_path / "x" / "B04.tif")
     assert scene.assets["scl"].href == str(tmp_path / "x" / "SCL.tif")
+
+
+def _blob_items(tmp_path: Path) -> Path:
+    item = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z", bands=())
+    blob = "https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2/39/S/VV/2023/08/01"
+    item["assets"] = {k: {"href": f"{blob}/{k}.tif"} for k in ("B04", "B08", "B11", "SCL")}
+    return _write_fc(tmp_path / "items.json", [item])
+
+
+def test_planetary_computer_hrefs_get_their_container_token_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SAS endpoint is a loopback server (PC_SDK_SAS_URL); one token serves the container."""
+    settings = pytest.importorskip("planetary_computer.settings").Settings.get()
+    token = tmp_path / "sas" / "token" / "sentinel2l2a01" / "sentinel2-l2"
+    token.parent.mkdir(parents=True)
+    token.write_text(json.dumps({"msft:expiry": "2999-01-01T00:00:00Z", "token": "st=1&sig=x"}))
+    with RangeServer(tmp_path / "sas") as server:
+        monkeypatch.setattr(settings, "sas_url", f"{server.url}/token")
+        result = _search(_blob_items(tmp_path), config={"provider": "planetary-computer"})
+        asked = [p for p in server.stats.paths if "/token/" in p]
+    red = result.scenes[0].assets["red"].href
+    assert red.endswith("/B04.tif?st=1&sig=x") and red.startswith("https://sentinel2l2a01.")
+    assert len(asked) == 1
+
+
+def test_a_token_service_that_fails_ends_the_search_within_its_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planetary-computer package alone retries ten times over minutes, without a timeout."""
+    settings = pytest.importorskip("planetary_computer.settings").Settings.get()
+    (tmp_path / "sas").mkdir()
+    with RangeServer(tmp_path / "sas") as server:
+        server.faults.append(Fault("/token/", status=503, times=-1))
+        monkeypatch.setattr(settings, "sas_url", f"{server.url}/token")
+        with pytest.raises(CatalogError) as info:
+            _search(_blob_items(tmp_path), config={"provider": "planetary-computer"})
+        asked = [p for p in server.stats.paths if "/token/" in p]
+    assert str(info.value).startswith(
+        "catalog: could not sign Planetary Computer hrefs: "
+        f"{server.url}/token/sentinel2l2a01/sentinel2-l2 did not answer after 3 tries (HTTP 503)"
+    )
+    assert len(asked) == 3  # retries = 2
 
 
 def test_remote_static_catalog_link_to_file_is_refused(tmp_path: Path) -> None:

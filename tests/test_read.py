@@ -969,3 +969,16 @@ def test_spill_map_takes_entries_from_several_threads_at_once() -> None:
             np.testing.assert_array_equal(got, array)
     finally:
         spilled.close()
+
+
+def test_a_network_failure_is_not_called_a_corrupt_asset() -> None:
+    from rasterio.errors import RasterioIOError
+
+    from changedet.read.cog import _classify
+
+    resolve = RasterioIOError("CURL error: Could not resolve host: sentinel-cogs.s3.example")
+    assert _classify(resolve) == ("host not found (no network, or a mistyped host)", True)
+    tls = RasterioIOError("CURL error: SSL certificate problem: unable to get local issuer")
+    reason, transient = _classify(tls)
+    assert reason.startswith("network error (CURL error: SSL certificate problem") and transient
+    assert _classify(RasterioIOError("TIFFReadEncodedTile() failed."))[0].startswith("corrupt")

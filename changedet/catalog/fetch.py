@@ -110,12 +110,14 @@ def _with_retries(fn: Callable[[], T], *, what: str, config: CatalogConfig) -> T
 class _Fetcher:
     """JSON over http(s) (through pystac-client's StacApiIO) or from local files."""
 
-    def __init__(self, config: CatalogConfig) -> None:
+    def __init__(self, config: CatalogConfig, headers: Mapping[str, str] | None = None) -> None:
         from pystac_client.stac_api_io import StacApiIO
 
         self.config = config
         # Retries are ours (per page, with backoff and a clear final message), not urllib3's.
-        self.io = StacApiIO(timeout=config.timeout_s, max_retries=0)
+        self.io = StacApiIO(
+            headers=dict(headers) if headers else None, timeout=config.timeout_s, max_retries=0
+        )
 
     def json(
         self, location: str, *, method: str = "GET", body: Mapping[str, Any] | None = None
@@ -559,24 +561,67 @@ def fetch_items(
 # signing
 
 
+_BLOB_DOMAIN = ".blob.core.windows.net"
+_PUBLIC_BLOBS = "ai4edatasetspublicassets.blob.core.windows.net"  # thumbnails: never signed
+_TOKEN_MARGIN_S = 60.0  # a token this close to expiring is fetched again
+
+
 def href_signer(config: CatalogConfig) -> Callable[[str], str] | None:
-    """Planetary Computer href signing (lazy import), or None for every other provider."""
+    """Planetary Computer href signing, or None for every other provider.
+
+    A token per storage container from the Planetary Computer's SAS endpoint (the
+    planetary-computer package's settings: `PC_SDK_SAS_URL`, `PC_SDK_SUBSCRIPTION_KEY`), asked
+    as every catalog request is, within `[catalog] timeout_s` and `retries` (the package's own
+    `sign` retries ten times with a growing backoff and no timeout: minutes of waiting when the
+    service is down), and appended to the blob's URL as the package does."""
     if config.provider != "planetary-computer":
         return None
     try:
-        import planetary_computer
+        from planetary_computer.settings import Settings
     except ImportError:
         raise CatalogError(
             "catalog: provider 'planetary-computer' needs the planetary-computer package to sign "
             "hrefs; pip install 'changedet[pc]' (or planetary-computer)"
         ) from None
+    settings = Settings.get()
+    key = settings.subscription_key
+    fetcher = _Fetcher(config, headers={"Ocp-Apim-Subscription-Key": key} if key else None)
+    endpoint = str(settings.sas_url).rstrip("/")
+    tokens: dict[str, tuple[str, float]] = {}  # container URL -> (token, expiry as epoch s)
+
+    def token(account: str, container: str) -> str:
+        url = f"{endpoint}/{account}/{container}"
+        held = tokens.get(url)
+        if held is None or held[1] - time.time() < _TOKEN_MARGIN_S:
+            try:
+                doc = fetcher.json(url)
+                held = (str(doc["token"]), _epoch(str(doc["msft:expiry"])))
+            except CatalogError as exc:
+                detail = str(exc).removeprefix("catalog: ")
+                raise CatalogError(
+                    f"catalog: could not sign Planetary Computer hrefs: {detail}"
+                ) from None
+            except (KeyError, TypeError, ValueError):
+                raise CatalogError(
+                    f"catalog: could not sign Planetary Computer hrefs: {public_href(url)} gave "
+                    "no token and expiry; check PC_SDK_SAS_URL"
+                ) from None
+            tokens[url] = held
+        return held[0]
 
     def sign(href: str) -> str:
-        try:
-            return str(planetary_computer.sign(href))
-        except Exception as exc:  # token service unreachable: one line, never the token
-            raise CatalogError(
-                f"catalog: could not sign Planetary Computer hrefs ({_summarise(exc)}); try later"
-            ) from None
+        parts = urlsplit(href)
+        host = parts.netloc
+        signed = {"st", "se", "sp"} & {p.split("=", 1)[0] for p in parts.query.split("&")}
+        if not host.endswith(_BLOB_DOMAIN) or host == _PUBLIC_BLOBS or signed:
+            return href
+        container = parts.path.lstrip("/").split("/", 1)[0]
+        return f"{href}?{token(host.split('.', 1)[0], container)}"
 
     return sign
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

@@ -560,6 +560,10 @@ def _classify(exc: BaseException) -> tuple[str, bool]:
         return "connection refused", True
     if "transfer closed" in lowered or "connection reset" in lowered or "recv failure" in lowered:
         return "connection cut mid-transfer", True
+    if "could not resolve" in lowered or "name or service not known" in lowered:
+        return "host not found (no network, or a mistyped host)", True
+    if "curl error" in lowered:  # any other failure of the transfer itself, not of the file
+        return f"network error ({text.splitlines()[0][:120]})", True
     if "no such file" in lowered or "does not exist" in lowered:
         return "asset missing (no such file)", False
     first = text.splitlines()[0][:160]
