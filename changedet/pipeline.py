@@ -425,7 +425,7 @@ def _on_aoi(
         per_period=tuple(crop_composite(c, aoi_grid, win) for c in analysis.per_period),
         change=crop_change(analysis.change, aoi_grid, win, shown_inside),
         structures=clip_structures(analysis.structures, polygon),
-        berms=clip_berms(analysis.berms, polygon),
+        berms=clip_berms(analysis.berms, polygon, {s.id for s in analysis.structures}),
     )
     return shown, shown_inside
 

@@ -141,6 +141,8 @@ def test_nothing_outside_the_polygon_is_reported_or_counted(
     berms = json.loads((folder / "berms.geojson").read_text())["features"]
     for f in berms:
         assert slack.contains(utm(f))
+        ringed = f["properties"]["structure_id"]  # the outputs hold what they name
+        assert ringed is None or ringed in found, ringed
     # Counted: exactly the confirmed structures reported, none from outside.
     confirmed = [f for f in found.values() if f["properties"]["confirmed"]]
     assert sum(int(r) for r in _column(folder, "first_seen")) == len(confirmed)

@@ -9,7 +9,7 @@ outside it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -151,13 +151,21 @@ def clip_structures(structures: Sequence[Structure], polygon: Any) -> tuple[Stru
     return tuple(out)
 
 
-def clip_berms(berms: Sequence[Berm], polygon: Any) -> tuple[Berm, ...]:
-    """Berm lines clipped to the AOI `polygon` (grid CRS); lines wholly outside are dropped."""
+def clip_berms(
+    berms: Sequence[Berm], polygon: Any, structure_ids: Collection[str] | None = None
+) -> tuple[Berm, ...]:
+    """Berm lines clipped to the AOI `polygon` (grid CRS); lines wholly outside are dropped.
+    With `structure_ids` (the AOI's structures), a line ringing a structure not among them (its
+    centre outside the AOI) keeps no `structure_id`: the outputs never name a structure they
+    do not hold."""
     out = []
     for b in berms:
         geom = _clipped(b.geometry, polygon, 1)
         if geom is None:
             continue
-        clipped = replace(b, geometry=geom, length_m=round(float(geom.length), 1))
-        out.append(b if geom is b.geometry else clipped)
+        if geom is not b.geometry:
+            b = replace(b, geometry=geom, length_m=round(float(geom.length), 1))
+        if structure_ids is not None and b.structure_id not in structure_ids:
+            b = replace(b, structure_id=None)
+        out.append(b)
     return tuple(out)
