@@ -345,6 +345,9 @@ def area_km2(aoi: AOI) -> float:
     return float(utm.area) / 1e6
 
 
+_PIXEL_KM2 = 1e-4  # a 10 m pixel
+
+
 def _check_size(aoi: AOI, cfg: AOIConfig) -> None:
     km2 = area_km2(aoi)
     if km2 > cfg.max_area_km2:
@@ -354,6 +357,13 @@ def _check_size(aoi: AOI, cfg: AOIConfig) -> None:
         )
     if km2 <= 0:
         raise AOIError(f"AOI '{aoi.id}' has no area; draw a polygon")
+    # Sentinel-2's 10 m pixels belong to the AOI whose polygon holds their centre: one smaller
+    # than a few pixels may hold none, and then nothing of it can be read or analysed.
+    if km2 < 10 * _PIXEL_KM2 and not aoi_mask(aoi, grid_for(aoi)).any():
+        raise AOIError(
+            f"AOI '{aoi.id}' ({km2 * 1e6:.0f} m²) holds no centre of a 10 m pixel, so nothing of "
+            "it can be analysed; draw a larger polygon (the site and its surroundings)"
+        )
 
 
 def grid_for(

@@ -282,3 +282,15 @@ def test_a_prj_less_file_in_metres_names_the_missing_projection(tmp_path: Path) 
     )
     with pytest.raises(AOIError, match="outside ±180°/±90°"):
         load_aois(tmp_path / "m.geojson")
+
+
+def test_an_aoi_holding_no_pixel_centre_is_refused(tmp_path: Path) -> None:
+    """3 m across: inside every scene, yet no 10 m pixel is its; nothing could be analysed."""
+    tiny = box(51.70001, 35.60001, 51.70004, 35.60004)
+    path = _write_geojson(tmp_path / "tiny.geojson", mapping(tiny), id="tiny")
+    with pytest.raises(AOIError, match=r"AOI 'tiny' \(\d+ m²\) holds no centre of a 10 m pixel"):
+        load_aois(path)
+    (small,) = load_aois(
+        _write_geojson(tmp_path / "small.geojson", mapping(tiny.buffer(0.0002)), id="small")
+    )
+    assert aoi_mask(small, grid_for(small)).any()

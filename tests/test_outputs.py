@@ -22,6 +22,7 @@ import shapely
 from pyproj import Transformer
 from shapely.geometry import shape
 
+from changedet.aoi import to_grid_crs
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
 from changedet.models import (
@@ -191,9 +192,19 @@ def test_geopackage_layers_read_back_through_ogr(out_dir: Path, run_result: RunR
     (analysed,) = pyogrio.read_dataframe(gpkg, layer="analysed_area").itertuples()
     coverage = run_result.coverage
     assert coverage is not None
-    # Known answer: the layer is the analysed pixels, and says how much of the AOI they are.
-    assert analysed.geometry.area / 1e6 == pytest.approx(coverage.analysed_km2, rel=1e-3)
-    assert analysed.geometry.area == pytest.approx(coverage.analysed.sum() * 100.0)
+    # Known answer: the layer is the analysed pixels cut along the AOI's edge, and says how
+    # much of the AOI they are: pixels whose centre the AOI holds, which along its edge differ
+    # from the polygon by part of a pixel.
+    from rasterio.features import shapes
+
+    mask = coverage.analysed.astype("uint8")
+    found = shapes(mask, mask=mask > 0, transform=coverage.grid.transform)
+    pixels = shapely.union_all([shape(part) for part, _ in found])
+    aoi_utm = to_grid_crs(run_result.aoi.geometry, coverage.grid.crs)
+    assert analysed.geometry.area == pytest.approx(pixels.intersection(aoi_utm).area)
+    assert analysed.geometry.difference(aoi_utm).area < 1e-6  # nothing outside the AOI
+    assert pixels.difference(aoi_utm).area > 1000  # which the pixels reached
+    assert analysed.geometry.area / 1e6 == pytest.approx(coverage.analysed_km2, rel=1e-2)
     assert analysed.aoi_km2 == pytest.approx(coverage.aoi_km2)
     assert analysed.analysed_share == pytest.approx(coverage.share, abs=1e-4)
 
@@ -714,3 +725,17 @@ def test_the_readme_states_the_detection_limits_the_outputs_state() -> None:
     figures = {f for note in DETECTION_NOTES for f in re.findall(r"\d[\d.,]*(?: %)?", note)}
     missing = sorted(f for f in figures if f not in section)
     assert not missing, f"README's detection limits lack {missing}"
+
+
+def test_no_period_is_reported_clear_over_more_than_the_aoi(make_run_result: Any) -> None:
+    """Pixels whose centre the polygon holds can add up to more than its area along its edge;
+    here an AOI of 0.5 km² on 0.8 km² of such pixels."""
+    from changedet.core.coverage import measure_coverage
+
+    result = make_run_result()
+    cov = result.coverage
+    again = measure_coverage(
+        cov.analysed | ~cov.analysed, result.before, (result.before, result.after), aoi_area_m2=5e5
+    )
+    assert [p.clear_km2 for p in again.periods] == [0.5, 0.5]
+    assert again.analysed_km2 == 0.5 and again.share == 1.0

@@ -46,7 +46,9 @@ def measure_coverage(
     aoi_km2 = aoi_area_m2 / 1e6
     per_period = []
     for comp in periods:
-        clear_km2 = float(np.count_nonzero(inside & (comp.count >= need))) * px_km2
+        # pixels whose centre the polygon holds: along its edge they may add up to a little
+        # more than its area, never reported as more of the AOI than there is
+        clear_km2 = min(float(np.count_nonzero(inside & (comp.count >= need))) * px_km2, aoi_km2)
         share = min(1.0, clear_km2 / aoi_km2) if aoi_km2 > 0 else 0.0
         per_period.append(PeriodCoverage(comp.period.label, round(clear_km2, 4), round(share, 4)))
     return Coverage(

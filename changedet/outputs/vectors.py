@@ -25,7 +25,7 @@ from shapely.geometry import LineString, MultiLineString, MultiPolygon, Polygon,
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
-from changedet.aoi import split_at_antimeridian
+from changedet.aoi import split_at_antimeridian, to_grid_crs
 from changedet.core.clip import centre_point
 from changedet.models import Berm, ChangeMap, Grid, RunResult, Scene, Structure
 
@@ -464,8 +464,9 @@ ANALYSED_AREA_PROPERTIES = ("aoi_km2", "analysed_km2", "analysed_share")
 
 
 def analysed_area(result: RunResult) -> tuple[BaseGeometry | None, dict[str, Any]] | None:
-    """The analysed part of the AOI as one (multi)polygon in the grid CRS, with the AOI's and
-    the analysed area; None when the run did not measure its coverage."""
+    """The analysed part of the AOI as one (multi)polygon in the grid CRS (its pixels, cut
+    along the AOI's edge), with the AOI's and the analysed area; None when the run did not
+    measure its coverage."""
     from rasterio.features import shapes
 
     cov = result.coverage
@@ -478,6 +479,9 @@ def analysed_area(result: RunResult) -> tuple[BaseGeometry | None, dict[str, Any
         if value
     ]
     geom = shapely.union_all(parts) if parts else None
+    if geom is not None:
+        geom = as_multipolygon(geom.intersection(to_grid_crs(result.aoi.geometry, cov.grid.crs)))
+        geom = None if geom.is_empty else geom
     return geom, {
         "aoi_km2": finite_round(cov.aoi_km2, 4),
         "analysed_km2": finite_round(cov.analysed_km2, 4),
