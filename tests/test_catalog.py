@@ -436,6 +436,18 @@ def test_planetary_computer_keys_and_signing_of_non_azure_hrefs(tmp_path: Path) 
     assert scene.assets["scl"].href == str(tmp_path / "x" / "SCL.tif")
 
 
+def test_items_keyed_for_another_provider_name_it(tmp_path: Path) -> None:
+    item = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z", bands=())
+    item["assets"] = {k: {"href": f"x/{k}.tif"} for k in ("B04", "B08", "B11", "SCL")}
+    with pytest.raises(NoScenesError) as info:
+        _search(_write_fc(tmp_path / "items.json", [item]))  # the earth-search keys by default
+    assert "1 missing asset(s) for band(s) red, nir, swir16" in str(info.value)
+    assert str(info.value).endswith(
+        "; the items' assets are keyed as provider 'planetary-computer' keys them: "
+        'set [catalog] provider = "planetary-computer"'
+    )
+
+
 def _blob_items(tmp_path: Path) -> Path:
     item = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z", bands=())
     blob = "https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2/39/S/VV/2023/08/01"

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
+from typing import Any
 
 from shapely.geometry.base import BaseGeometry
 
@@ -82,7 +83,9 @@ def search_scenes(
         _refuse_empty(sifted, source=source, remote=found.remote)
         if allow_empty:
             return SearchResult((), tuple(dropped), source, tuple(notes), len(found.items))
-        raise _nothing_usable(dropped, source=source, aoi=aoi, window=(start, end))
+        raise _nothing_usable(
+            dropped, source=source, aoi=aoi, window=(start, end), hint=sifted.provider_hint()
+        )
     if sign is not None:  # only the scenes that will be read, only their assets
         scenes = [_signed(scene, sign) for scene in scenes]
     return SearchResult(
@@ -139,6 +142,8 @@ class _Sifted:
     outside: int = 0
     no_cloud_value: int = 0
     refused: int = 0
+    # Scenes missing assets whose item has every asset another provider's keys name
+    keyed_for: Counter[str] = field(default_factory=Counter)
 
     def sift(self, found: FoundItems, aoi_geom: BaseGeometry) -> None:
         for raw in found.items:
@@ -156,9 +161,27 @@ class _Sifted:
             reason = self._unusable(scene, cloud_by_server=found.cloud_filtered_by_server)
             if reason is not None:
                 self.dropped.append(SkippedScene(scene.id, reason))
+                if reason.startswith("missing asset"):
+                    self._tally_other_keys(raw.item)
                 continue
             self.scenes.append(scene)
             self.rules[scene.id] = offset_rule(raw.item, self.asset_keys)
+
+    def _tally_other_keys(self, item: Mapping[str, Any]) -> None:
+        assets = item.get("assets") or {}
+        for provider, keys in self.config.asset_keys.items():
+            if provider != self.config.provider and all(keys.get(b) in assets for b in self.bands):
+                self.keyed_for[provider] += 1
+
+    def provider_hint(self) -> str:
+        """Advice when the items are another provider's: its asset keys are all there."""
+        if not self.keyed_for:
+            return ""
+        provider, _ = self.keyed_for.most_common(1)[0]
+        return (
+            f"; the items' assets are keyed as provider '{provider}' keys them: set [catalog] "
+            f'provider = "{provider}"'
+        )
 
     def _parse(self, raw: RawItem, found: FoundItems) -> Scene | None:
         """The item as a Scene, or None (another collection, a repeat, or dropped with why)."""
@@ -317,7 +340,12 @@ def _refuse_empty(sifted: _Sifted, *, source: str, remote: bool) -> None:
 
 
 def _nothing_usable(
-    dropped: Sequence[SkippedScene], *, source: str, aoi: AOI, window: tuple[date, date]
+    dropped: Sequence[SkippedScene],
+    *,
+    source: str,
+    aoi: AOI,
+    window: tuple[date, date],
+    hint: str = "",
 ) -> NoScenesError:
     start, end = window
     if not dropped:
@@ -330,7 +358,7 @@ def _nothing_usable(
     return NoScenesError(
         f"no usable scene in {source} for AOI '{aoi.id}' between {start} and {end}"
         + f" ({len(dropped)} dropped: {detail})"
-        + "; widen the dates, raise catalog.max_cloud_cover or check the collection"
+        + (hint or "; widen the dates, raise catalog.max_cloud_cover or check the collection")
     )
 
 
