@@ -739,3 +739,7 @@ def test_no_period_is_reported_clear_over_more_than_the_aoi(make_run_result: Any
     )
     assert [p.clear_km2 for p in again.periods] == [0.5, 0.5]
     assert again.analysed_km2 == 0.5 and again.share == 1.0
+    small = measure_coverage(
+        cov.analysed, result.before, (result.before, result.after), aoi_area_m2=225.0
+    )
+    assert small.aoi_km2 == 0.000225  # to the m², not rounded to 200 m²

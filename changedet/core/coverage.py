@@ -50,12 +50,12 @@ def measure_coverage(
         # more than its area, never reported as more of the AOI than there is
         clear_km2 = min(float(np.count_nonzero(inside & (comp.count >= need))) * px_km2, aoi_km2)
         share = min(1.0, clear_km2 / aoi_km2) if aoi_km2 > 0 else 0.0
-        per_period.append(PeriodCoverage(comp.period.label, round(clear_km2, 4), round(share, 4)))
+        per_period.append(PeriodCoverage(comp.period.label, round(clear_km2, 6), round(share, 4)))
     return Coverage(
         grid=grid,
         analysed=analysed,
-        aoi_km2=round(aoi_km2, 4),
-        analysed_km2=round(min(float(np.count_nonzero(analysed)) * px_km2, aoi_km2), 4),
+        aoi_km2=round(aoi_km2, 6),  # to the m²: an AOI of a few pixels shows its own size
+        analysed_km2=round(min(float(np.count_nonzero(analysed)) * px_km2, aoi_km2), 6),
         periods=tuple(per_period),
         warn_below=warn_below,
     )

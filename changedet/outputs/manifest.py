@@ -201,7 +201,7 @@ def _aoi_section(result: RunResult) -> dict[str, Any]:
         "id": aoi.id,
         "name": aoi.name,
         "bbox": [round(v, GEOJSON_DECIMALS) for v in lonlat_bbox(aoi.geometry)],
-        "area_km2": round(aoi_utm.area / 1e6, 4),
+        "area_km2": round(aoi_utm.area / 1e6, 6),
         "geometry": round_coords(mapping(right_hand(aoi.geometry))),
         "properties": _jsonable(dict(aoi.properties)),
     }

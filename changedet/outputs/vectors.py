@@ -483,7 +483,7 @@ def analysed_area(result: RunResult) -> tuple[BaseGeometry | None, dict[str, Any
         geom = as_multipolygon(geom.intersection(to_grid_crs(result.aoi.geometry, cov.grid.crs)))
         geom = None if geom.is_empty else geom
     return geom, {
-        "aoi_km2": finite_round(cov.aoi_km2, 4),
-        "analysed_km2": finite_round(cov.analysed_km2, 4),
+        "aoi_km2": finite_round(cov.aoi_km2, 6),
+        "analysed_km2": finite_round(cov.analysed_km2, 6),
         "analysed_share": finite_round(cov.share, 4),
     }
