@@ -328,15 +328,26 @@ class _MainGroup(click.Group):
             formatter.write_dl(rows)
 
 
+class _NotLibraryLines(logging.Filter):
+    """GDAL's and urllib3's own log lines ("HTTP error code: 500 ... Retrying again in 0.1
+    secs") are not the analyst's: what fails reaches them as changedet's reason for the scene or
+    the request. They still reach other handlers (a library user's, the tests')."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(("rasterio", "urllib3"))
+
+
+_LIBRARY_LINES = _NotLibraryLines()
+
+
 @click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="changedet")
 def main() -> None:
     """changedet: find new structures and earthworks in Sentinel-2 time series over an AOI."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    # GDAL's and urllib3's own lines ("HTTP error code: 500 ... Retrying again in 0.1 secs") are
-    # not the analyst's: what fails reaches them as changedet's reason for the scene or request.
-    for library in ("rasterio", "urllib3"):
-        logging.getLogger(library).setLevel(logging.CRITICAL)
+    for handler in logging.getLogger().handlers:  # the terminal's, not a library user's
+        if type(handler) is logging.StreamHandler and _LIBRARY_LINES not in handler.filters:
+            handler.addFilter(_LIBRARY_LINES)
     silence_library_noise()  # the lab's commands too, which do not go through the pipeline
     keep_freed_memory()  # the process is the CLI's: large arrays reuse freed memory
 
