@@ -10,15 +10,17 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -116,6 +118,29 @@ class _Renderer:
 INTERRUPTED = "interrupted; outputs already finished are kept, the unfinished AOI wrote nothing"
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `systemctl stop`, a batch system's kill), ended as Ctrl-C is: every
+    unfinished AOI's temporary folder removed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _interrupted(exc: BaseException) -> NoReturn:
+    """One line for Ctrl-C (exit 130) or SIGTERM (exit 143), with what the interrupt noted (AOIs
+    a Dask cluster goes on computing)."""
+    terminated = isinstance(exc, _Terminated) or isinstance(exc.__cause__, _Terminated)
+    text = (
+        ("terminated (SIGTERM)" + INTERRUPTED.removeprefix("interrupted"))
+        if terminated
+        else INTERRUPTED
+    )
+    notes = [*getattr(exc, "__notes__", ()), *getattr(exc.__cause__, "__notes__", ())]
+    _echo_error("; ".join([text, *notes]))
+    sys.exit(143 if terminated else 130)
+
+
 def _error_line(message: str) -> str:
     return f"changedet: error: {message}"
 
@@ -134,9 +159,8 @@ def _errors(debug: bool) -> Iterator[None]:
             traceback.print_exc()
         _echo_error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _echo_error(INTERRUPTED)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except (click.exceptions.Exit, click.ClickException, SystemExit):
         raise
     except Exception as exc:  # last resort: still one line, and how to get details
@@ -273,9 +297,8 @@ class _MainGroup(click.Group):
         exit 1). Outputs are written atomically, so the unfinished AOI left none behind."""
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            _echo_error(INTERRUPTED)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """Click's own usage errors (a missing argument, an unknown option, a value of the wrong
@@ -299,9 +322,8 @@ class _MainGroup(click.Group):
         except click.ClickException as exc:
             _echo_error(exc.format_message())
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            _echo_error(INTERRUPTED)
-            sys.exit(130)
+        except click.exceptions.Abort as exc:
+            _interrupted(exc)
         sys.exit(code if isinstance(code, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -345,6 +367,8 @@ _LIBRARY_LINES = _NotLibraryLines()
 def main() -> None:
     """changedet: find new structures and earthworks in Sentinel-2 time series over an AOI."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     for handler in logging.getLogger().handlers:  # the terminal's, not a library user's
         if type(handler) is logging.StreamHandler and _LIBRARY_LINES not in handler.filters:
             handler.addFilter(_LIBRARY_LINES)

@@ -21,11 +21,15 @@ placing itself, one labelled call per task; the monitor places its AOIs' computi
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -33,7 +37,7 @@ from typing import Any, TypeVar
 
 from changedet.config import Config
 from changedet.core.carry import Known
-from changedet.errors import ChangedetError, UsageError, machine_trouble
+from changedet.errors import ChangedetError, ClusterLost, UsageError, machine_trouble
 from changedet.models import AOI, Progress, no_progress
 from changedet.pipeline import PipelineIO, RunSummary, run_aoi
 
@@ -133,7 +137,13 @@ def _on_local_pool(
     """A pool of fresh processes (spawned: no inherited GDAL threads), one AOI per task."""
     workers = _local_workers(config, len(aois))
     progress("AOIs", 0, len(aois))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=_leave_with_parent,
+        initargs=(os.getpid(),),
+    )
+    try:
         pending = {
             pool.submit(_run_one, aoi, config, out_root, no_progress, io, earlier.get(aoi.id))
             for aoi in aois
@@ -145,6 +155,33 @@ def _on_local_pool(
                 finished += 1
                 progress("AOIs", finished, len(aois))
                 yield future.result()
+    except BaseException:  # interrupted: the AOIs not finished end here too
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()  # SIGTERM: each removes its unfinished output folder
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _leave_with_parent(parent: int) -> None:
+    """In a pool process: end when the process that started it is gone (killed with SIGKILL,
+    say, which leaves it no time to end its pool), not compute on for nobody; SIGTERM ends it
+    as it ends the CLI (`cli`: its unfinished AOI's temporary folder removed)."""
+    import signal
+
+    def raise_interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)  # unwinds the AOI: its temporary folder removed
+        time.sleep(10.0)
+        os._exit(1)  # whatever the pool's queues to a dead parent do
+
+    threading.Thread(target=watch, name="changedet-parent-watch", daemon=True).start()
 
 
 # --- Dask distributed --------------------------------------------------------------------------
@@ -169,6 +206,13 @@ def _on_worker(
     return fn(*args, progress=report, **kwargs)
 
 
+# A scheduler that accepts the connection but never answers (another service on the port, a
+# firewall that swallows traffic) would hold the client for ever: it has this long to answer.
+CONNECT_S = 30.0
+# Tasks wait for workers this long once none is left (or none has come): then they fail.
+NO_WORKER_S = 120.0
+
+
 def _client(address: str) -> Any:
     try:
         from distributed import Client
@@ -176,13 +220,33 @@ def _client(address: str) -> Any:
         raise UsageError(
             f"compute.cluster = '{address}' needs Dask distributed: pip install 'changedet[dask]'"
         ) from None
+    got: queue.Queue[Any] = queue.Queue()
+
+    def connect() -> None:
+        try:
+            got.put(Client(address, timeout=f"{CONNECT_S:g}s"))
+        except BaseException as exc:  # handed to the caller's thread
+            got.put(exc)
+
+    threading.Thread(target=connect, name="changedet-dask-connect", daemon=True).start()
     try:
-        return Client(address, timeout="20s")
-    except (OSError, TimeoutError) as exc:
+        client = got.get(timeout=CONNECT_S * 1.25 + 1.0)  # after the client's own timeout
+    except queue.Empty:
         raise UsageError(
-            f"cannot reach the Dask scheduler at {address} ({exc}); start it with "
-            "`dask scheduler` and check the address"
+            f"no Dask scheduler answered at {address} within {CONNECT_S:g} s (another service "
+            "listens there?); check the address and port of `dask scheduler`"
         ) from None
+    if isinstance(client, OSError | TimeoutError):
+        raise UsageError(
+            f"cannot reach the Dask scheduler at {address} ({client}); start it with "
+            "`dask scheduler` and check the address"
+        )
+    if isinstance(client, BaseException):  # an HTTP server's answer read as Dask's, say
+        raise UsageError(
+            f"{address} did not answer as a Dask scheduler ({type(client).__name__}); check "
+            "the address and port of `dask scheduler`"
+        )
+    return client
 
 
 @dataclass(frozen=True)
@@ -200,14 +264,14 @@ def on_cluster(
     address: str, tasks: Sequence[ClusterTask], progress: Progress = no_progress
 ) -> Iterator[tuple[int, Any]]:
     """Each task on the Dask cluster at `address`, one Dask task each; (index, result) in the
-    order they finish, the result being the exception when the task (or its worker) failed.
-    Progress events from the workers are drained between waits, stage names prefixed with the
-    task's label, plus an "AOIs" stage counting finished tasks."""
+    order they finish, the result being the exception when the task (or its worker) failed, the
+    scheduler was lost, or no worker was there for `NO_WORKER_S`. Progress events from the
+    workers are drained between waits, stage names prefixed with the task's label, plus an
+    "AOIs" stage counting finished tasks. Interrupted, the tasks not started are cancelled; a
+    task already running on a worker cannot be stopped (the interrupt carries a note saying so)."""
     client = _client(address)  # first: it says how to install Dask when it is missing
-    from distributed import wait as dask_wait
-
     events: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
-    try:
+    with closing(client), _distributed_quiet():
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: events.put(event[1]))
         futures = [
             client.submit(
@@ -215,23 +279,113 @@ def on_cluster(
             )
             for i, t in enumerate(tasks)
         ]
-        index = {f.key: i for i, f in enumerate(futures)}
-        pending, finished = set(futures), 0
+        watch = _Watch(client, address, {f.key: i for i, f in enumerate(futures)}, len(tasks))
         progress("AOIs", 0, len(tasks))
-        while pending:
+        try:
+            yield from watch.until_done(set(futures), events, progress)
+        except KeyboardInterrupt as exc:
+            running = watch.cancel_unfinished()
+            if running:
+                exc.add_note(
+                    f"{running} AOI(s) already running on the Dask workers cannot be stopped "
+                    "there: they may still write their outputs"
+                )
+            raise
+
+
+class _Watch:
+    """Waiting on a cluster's futures: results as they finish, failures when the scheduler is
+    lost or no worker is left."""
+
+    def __init__(self, client: Any, address: str, index: dict[str, int], total: int) -> None:
+        self.client, self.address, self.index, self.total = client, address, index, total
+        self.pending: set[Any] = set()
+        self.finished = 0
+        self.workerless_since: float | None = None
+
+    def until_done(
+        self, pending: set[Any], events: queue.Queue[Any], progress: Progress
+    ) -> Iterator[tuple[int, Any]]:
+        from distributed import wait as dask_wait
+
+        self.pending = pending
+        while self.pending:
             try:
-                done, pending = dask_wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+                done, self.pending = dask_wait(
+                    self.pending, timeout=0.5, return_when="FIRST_COMPLETED"
+                )
             except TimeoutError:
                 done = set()
+            except Exception as exc:  # the scheduler went away: every task left is lost
+                yield from self._fail_pending(
+                    f"lost the Dask scheduler at {self.address}; a worker may still finish "
+                    "this AOI and write its outputs",
+                    exc,
+                )
+                return
             while not events.empty():
                 label, stage, n, total = events.get()
                 progress(f"{label}: {stage}", n, total)
             for future in done:
-                finished += 1
-                progress("AOIs", finished, len(tasks))
-                yield index[future.key], _result(future)
+                yield self._finish(future, _result(future), progress)
+            if self._workerless_too_long():
+                yield from self._fail_pending(
+                    f"no Dask worker at {self.address} for {NO_WORKER_S:g} s; start "
+                    f"`dask worker {self.address}`"
+                )
+
+    def _finish(self, future: Any, result: Any, progress: Progress) -> tuple[int, Any]:
+        self.finished += 1
+        progress("AOIs", self.finished, self.total)
+        return self.index[future.key], result
+
+    def _fail_pending(
+        self, why: str, exc: BaseException | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        if exc is not None:
+            head, _, tail = why.partition(";")
+            why = f"{head} ({type(exc).__name__});{tail}"
+        left, self.pending = self.pending, set()
+        for future in sorted(left, key=lambda f: self.index[f.key]):
+            yield self._finish(future, ClusterLost(why), no_progress)
+
+    def _workerless_too_long(self) -> bool:
+        try:
+            workers = self.client.scheduler_info().get("workers", {})
+        except Exception:  # the next wait says what became of the scheduler
+            return False
+        if workers:
+            self.workerless_since = None
+            return False
+        now = time.monotonic()
+        self.workerless_since = self.workerless_since or now
+        return now - self.workerless_since >= NO_WORKER_S
+
+    def cancel_unfinished(self) -> int:
+        """Cancel every task not finished; how many of them were running on a worker."""
+        left = list(self.pending)
+        try:
+            stacks = self.client.call_stack(left)  # worker -> {key: stack} of what executes
+            running = {key for keys in stacks.values() for key in keys}
+            self.client.cancel(left)
+        except Exception:  # interrupted as the scheduler went: nothing more to ask it
+            return len(left)
+        return sum(1 for f in left if f.key in running)
+
+
+@contextmanager
+def _distributed_quiet() -> Iterator[None]:
+    """distributed logs its reconnection attempts with tracebacks on its own handlers; what
+    became of each task comes back as its result. Its loggers are quiet meanwhile."""
+    loggers = [logging.getLogger(n) for n in ("distributed", "distributed.client")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
     finally:
-        client.close()
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
 
 def _result(future: Any) -> Any:
@@ -266,7 +420,10 @@ def _on_dask(
 
 
 def _gathered(result: Any, aoi: AOI) -> Outcome:
-    """The task's Outcome, or the worker's failure (a worker killed, say) as this AOI's."""
+    """The task's Outcome, or the cluster's failure (a worker killed, the scheduler lost) as
+    this AOI's."""
     if isinstance(result, Outcome):
         return result
+    if isinstance(result, ClusterLost):
+        return Outcome(aoi.id, error=str(result), exit_code=1)
     return Outcome(aoi.id, error=f"worker failed: {type(result).__name__}: {result}", exit_code=1)

@@ -13,6 +13,7 @@ __all__ = [
     "BusyError",
     "CatalogError",
     "ChangedetError",
+    "ClusterLost",
     "ConfigError",
     "DataError",
     "NoScenesError",
@@ -75,6 +76,10 @@ class AOIError(ChangedetError, ValueError):
 
 class BusyError(ChangedetError):
     """Another process holds what this one needs (e.g. a monitor run holds the state)."""
+
+
+class ClusterLost(ChangedetError):
+    """An AOI the Dask cluster could not run to the end: its scheduler lost, no worker left."""
 
 
 class CatalogError(ChangedetError, OSError):

@@ -363,7 +363,17 @@ def test_a_read_only_out_folder_exits_2_before_computing(
     assert_one_line_error(result.stderr, result.exit_code, 2, "not writable")
 
 
-def test_ctrl_c_during_a_run_exits_130_and_leaves_outputs_untouched(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sent", "code", "said"),
+    [
+        (signal.SIGINT, 130, "changedet: error: interrupted"),
+        (signal.SIGTERM, 143, "changedet: error: terminated (SIGTERM); outputs already finished"),
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_an_interrupted_run_exits_with_one_line_and_leaves_outputs_untouched(
+    tmp_path: Path, sent: int, code: int, said: str
+) -> None:
     out = tmp_path / "o"
     (out / "khojir").mkdir(parents=True)
     (out / "khojir" / "previous.txt").write_text("outputs of an earlier run")
@@ -384,17 +394,18 @@ def test_ctrl_c_during_a_run_exits_130_and_leaves_outputs_untouched(tmp_path: Pa
             if not line or "[changedet] read:" in line:
                 break
         assert "[changedet] read:" in seen[-1], "".join(seen)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sent)
         _, rest = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
     stderr = "".join(seen) + rest
-    assert proc.returncode == 130, stderr
-    assert "changedet: error: interrupted" in stderr
+    assert proc.returncode == code, stderr
+    assert said in stderr
     assert "Aborted!" not in stderr and "Traceback" not in stderr
     assert sorted(p.name for p in (out / "khojir").iterdir()) == ["previous.txt"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder
 
 
 def test_rasterio_array_wrapping_warning_is_silenced_and_nothing_else() -> None:

@@ -7,6 +7,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,144 @@ def test_a_cluster_writes_what_a_local_run_writes_and_a_failing_aoi_stays_alone(
     assert _products(tmp_path / "cluster" / "khojir") == expected
     # progress came back from the workers, per AOI, and the AOIs were counted
     assert "AOIs" in seen and any(s.startswith("khojir: ") for s in seen)
+
+
+def test_pool_processes_end_when_the_run_is_killed(tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer) leaves a local pool no time to end its processes: they end
+    themselves, not computing on for nobody."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    catalog = _catalog(tmp_path / "data")
+    config = tmp_path / "two.toml"
+    config.write_text(
+        f'extends = "{REPO / "configs" / "demo-khojir.toml"}"\n[catalog]\nurl = "{catalog}"\n'
+        "[compute]\nworkers = 2\n"
+    )
+    aois = [str(REPO / "aoi" / f"{site}.geojson") for site in ("khojir", "modarres")]
+    run = [sys.executable, "-m", "changedet", "run", *aois, "--config", str(config), "--quiet"]
+    proc = subprocess.Popen([*run, "--out", str(tmp_path / "out")], cwd=REPO)
+    try:
+        children: list[psutil.Process] = []
+        for _ in range(300):  # bounded: the two pool processes start within seconds
+            time.sleep(0.1)
+            children = psutil.Process(proc.pid).children()
+            if len([c for c in children if "spawn_main" in " ".join(c.cmdline())]) == 2:
+                break
+        pool = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        assert len(pool) == 2, [c.cmdline() for c in children]
+        time.sleep(1.5)  # into their AOIs
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(pool, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for c in alive:
+        c.kill()
+    assert not alive, "pool processes outlived the killed run"
+
+
+def _nap(seconds: float, *, progress: Any) -> str:
+    import time
+
+    progress("nap", 0, 1)
+    time.sleep(seconds)
+    return "rested"
+
+
+def test_a_port_that_is_no_dask_scheduler_is_said_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HTTP server's answer was read as Dask's ("unexpected MemoryError: Unable to allocate
+    3.07 EiB"); a port that accepts and never answers held the run for ever."""
+    import socket
+    import time
+
+    from loopback import RangeServer
+
+    from changedet import compute
+    from changedet.errors import UsageError
+
+    monkeypatch.setattr(compute, "CONNECT_S", 2.0)
+    said = r"(did not answer as a|no) Dask scheduler( answered)? at tcp://127\.0\.0\.1:\d+"
+    with RangeServer(tmp_path) as http, pytest.raises(UsageError, match=said):
+        list(compute.on_cluster(http.url.replace("http://", "tcp://"), []))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(UsageError, match=said):
+            list(compute.on_cluster(address, []))
+        assert time.monotonic() - started < 10.0
+
+
+def test_tasks_fail_when_no_worker_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    import distributed
+
+    from changedet import compute
+    from changedet.errors import ClusterLost
+
+    monkeypatch.setattr(compute, "NO_WORKER_S", 1.0)
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+    ) as empty:
+        tasks = [compute.ClusterTask("site", _nap, (0.1,))]
+        ((i, result),) = list(compute.on_cluster(empty.scheduler_address, tasks))
+    assert i == 0 and isinstance(result, ClusterLost)
+    assert str(result) == (
+        f"no Dask worker at {empty.scheduler_address} for 1 s; "
+        f"start `dask worker {empty.scheduler_address}`"
+    )
+
+
+def test_a_lost_scheduler_fails_the_tasks_left_in_one_line() -> None:
+    import threading
+
+    import distributed
+
+    from changedet import compute
+    from changedet.errors import ClusterLost
+
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+        dashboard_address=None,
+    ) as local:  # fmt: skip
+        address = local.scheduler_address
+        tasks = [compute.ClusterTask(f"site{i}", _nap, (6.0,)) for i in range(2)]
+        threading.Timer(2.0, local.close).start()
+        got = list(compute.on_cluster(address, tasks))
+    assert sorted(i for i, _ in got) == [0, 1]
+    for _, result in got:
+        assert isinstance(result, ClusterLost), result
+        assert str(result).startswith(f"lost the Dask scheduler at {address} (")
+
+
+def test_an_interrupt_cancels_the_tasks_not_started_and_says_which_run_on() -> None:
+    """Ctrl-C on a cluster run: a task a worker is running cannot be stopped there (its AOI may
+    still write its outputs), which the interrupt says; the others are cancelled."""
+    import distributed
+
+    from changedet import compute
+
+    def interrupt(stage: str, done: int, total: int) -> None:
+        if stage.endswith(": nap"):  # the first task has started on the worker
+            raise KeyboardInterrupt
+
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+        dashboard_address=None,
+    ) as local:  # fmt: skip
+        tasks = [compute.ClusterTask(f"site{i}", _nap, (3.0,)) for i in range(2)]
+        with pytest.raises(KeyboardInterrupt) as info:
+            list(compute.on_cluster(local.scheduler_address, tasks, interrupt))
+    assert info.value.__notes__ == [
+        "1 AOI(s) already running on the Dask workers cannot be stopped there: they may still "
+        "write their outputs"
+    ]
