@@ -362,6 +362,17 @@ class _NotLibraryLines(logging.Filter):
 _LIBRARY_LINES = _NotLibraryLines()
 
 
+class _Prefixed(logging.Formatter):
+    """changedet's own logged warnings (the pixel cache's) as every other warning reads:
+    "changedet: warning: ..."."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.name.startswith("changedet") and record.levelno >= logging.WARNING:
+            return f"changedet: {record.levelname.lower()}: {text}"
+        return text
+
+
 @click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="changedet")
 def main() -> None:
@@ -372,6 +383,7 @@ def main() -> None:
     for handler in logging.getLogger().handlers:  # the terminal's, not a library user's
         if type(handler) is logging.StreamHandler and _LIBRARY_LINES not in handler.filters:
             handler.addFilter(_LIBRARY_LINES)
+            handler.setFormatter(_Prefixed())
     silence_library_noise()  # the lab's commands too, which do not go through the pipeline
     keep_freed_memory()  # the process is the CLI's: large arrays reuse freed memory
 

@@ -618,3 +618,23 @@ def test_a_usage_error_names_the_command_when_run_as_a_module(tmp_path: Path) ->
     )
     assert done.returncode == 2
     assert done.stderr.rstrip().endswith("; see 'changedet review --help'"), done.stderr
+
+
+def test_logged_warnings_read_as_every_other_warning_and_library_lines_stay_off() -> None:
+    """The pixel cache logs its warnings; on the CLI's stderr they read "changedet: warning:",
+    and GDAL's and urllib3's own lines ("HTTP error code: 500 ... Retrying") do not show."""
+    import logging
+
+    from changedet.cli import _LIBRARY_LINES, _Prefixed
+
+    def record(name: str, level: int = logging.WARNING) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "pixel cache: %s", ("x",), None)
+
+    assert (
+        _Prefixed().format(record("changedet.read.cache")) == "changedet: warning: pixel cache: x"
+    )
+    assert _Prefixed().format(record("changedet.read.cache", logging.INFO)) == "pixel cache: x"
+    assert _Prefixed().format(record("distributed")) == "pixel cache: x"
+    assert not _LIBRARY_LINES.filter(record("rasterio._env"))
+    assert not _LIBRARY_LINES.filter(record("urllib3.connectionpool"))
+    assert _LIBRARY_LINES.filter(record("changedet.read.cache"))

@@ -298,6 +298,24 @@ def test_garbled_cache_entries_are_detected_and_the_result_equals_a_clean_run(
     assert not [n for n in third.notes if n.startswith("pixel cache")]
 
 
+def test_a_folder_where_an_entry_goes_is_one_entry_discarded_not_the_cache_lost(
+    world: World, tmp_path: Path
+) -> None:
+    scenes = search(world.api.url).scenes
+    cache = tmp_path / "cache"
+    clean = read(scenes, cache_dir=str(cache))
+    entry = sorted(p for p in cache.rglob("*") if p.is_file())[0]
+    entry.unlink()
+    (entry / "inside").mkdir(parents=True)  # a folder, with something in it, at its name
+    again = read(scenes, cache_dir=str(cache))
+    assert again.assets_read == 1 and again.cache_hits == clean.assets_read - 1
+    assert not [n for n in again.notes if "unusable" in n]
+    assert entry.is_file()  # written again in place of the folder
+    world.http.stats.reset()
+    third = read(scenes, cache_dir=str(cache))
+    assert world.http.stats.requests == 0 and third.assets_read == 0
+
+
 def test_an_unusable_cache_folder_is_reported_once_and_the_run_goes_on(
     world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -117,8 +118,7 @@ class PixelCache:
         return array
 
     def _discard(self, path: Path, why: str) -> None:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        _remove_entry(path)
         log.warning("pixel cache: discarded entry %s (%s); the asset is read again", path, why)
         with self._lock:
             self.discarded.append(f"{path.name}: {why}")
@@ -150,6 +150,8 @@ class PixelCache:
             blob = _MAGIC + header + b"\n" + data
             with os.fdopen(fd, "wb") as handle:
                 handle.write(blob)
+            if path.is_dir() and not path.is_symlink():  # a folder where the entry goes
+                _remove_entry(path)  # is one entry's trouble, not the cache's
             os.replace(tmp, path)
         except OSError as exc:  # a full or read-only cache never fails a run: reported once
             if tmp is not None:
@@ -249,6 +251,15 @@ class PixelCache:
                 f"({(self.max_bytes or 0) / 1e9:g} GB)"
             )
         return notes
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove a damaged entry, whatever it became (a file, a link, a folder)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def cache_bytes(root: Path) -> int:
