@@ -557,25 +557,29 @@ def search(
             console.print(
                 f"AOI {report.aoi_id}: no scene from {report.source} covers it between "
                 f"{config.time.start} and {config.time.end}; check the AOI location, widen the "
-                "dates or point --catalog elsewhere"
+                "dates or point --catalog elsewhere",
+                markup=False,
             )
         for note in report.notes:
-            console.print(f"note: {note}")
+            console.print(f"note: {note}", markup=False)
 
 
 def _scene_table(report: Any, rows: Sequence[tuple[str, ...]]) -> Any:
     from rich.table import Table
+    from rich.text import Text  # plain text: "[catalog] allowed_folders" is no markup
 
     used = sum(1 for row in rows if row[-1] == "used")
     table = Table(  # every row counted: the scenes found and those dropped before (duplicates)
-        title=f"AOI {report.aoi_id}: {len(rows)} scene(s) from {report.source}: {used} used, "
-        f"{len(rows) - used} dropped"
+        title=Text(
+            f"AOI {report.aoi_id}: {len(rows)} scene(s) from {report.source}: {used} used, "
+            f"{len(rows) - used} dropped"
+        )
     )
     table.add_column("id", no_wrap=True)
     for col in ("datetime", "tile", "cloud %", "clear % around AOI", "status"):
         table.add_column(col)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 

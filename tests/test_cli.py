@@ -638,3 +638,19 @@ def test_logged_warnings_read_as_every_other_warning_and_library_lines_stay_off(
     assert not _LIBRARY_LINES.filter(record("rasterio._env"))
     assert not _LIBRARY_LINES.filter(record("urllib3.connectionpool"))
     assert _LIBRARY_LINES.filter(record("changedet.read.cache"))
+
+
+def test_the_search_table_shows_brackets_as_written() -> None:
+    """Rich read "[catalog] allowed_folders" in a reason as markup and dropped it."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from changedet.cli import _scene_table
+
+    report = SimpleNamespace(aoi_id="site", source="items.json")
+    reason = "asset outside the catalog's folder (list it under [catalog] allowed_folders)"
+    row = ("S2A_1", "2024-01-01", "39SWV", "5.0", "-", reason)
+    console = Console(record=True, width=300)
+    console.print(_scene_table(report, [row]))
+    assert "under [catalog] allowed_folders" in console.export_text()

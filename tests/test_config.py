@@ -133,6 +133,11 @@ BAD_VALUES = [
     ("[read]\nresampling = 'bicubic'\n", "read.resampling"),
     ("[read]\nmax_workers = 0\n", "read.max_workers"),
     ("[read]\ncache_max_gb = 0.0\n", "read.cache_max_gb"),
+    (
+        "[read]\ncache_max_gb = 1e300\n",
+        "read.cache_max_gb = 1e+300 is out of range; use a value above 0 and at most 1e+06",
+    ),
+    ("[read]\ntimeout_s = 1e300\n", "read.timeout_s"),
     ("[read]\nmin_aoi_coverage = 1.5\n", "read.min_aoi_coverage"),
     ("[time]\nbaseline_periods = 0\n", "time.baseline_periods"),
     ("[time]\nperiod = 'fortnight'\n", "time.period"),
