@@ -125,8 +125,9 @@ def _confined(path: str, roots: Sequence[str] | None) -> str:
         top = Path(os.path.realpath(root))
         if real == top or top in real.parents:
             return path
+    linked = f" (a link to '{real}')" if str(real) != os.path.abspath(path) else ""
     raise UnsafeHrefError(
-        f"catalog: refused '{public_href(path)}': outside the local catalog's folder "
+        f"catalog: refused '{public_href(path)}'{linked}: outside the local catalog's folder "
         f"'{roots[0] if roots else '?'}'; list its folder in [catalog] allowed_folders to allow it"
     )
 

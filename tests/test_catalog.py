@@ -588,6 +588,7 @@ def test_a_local_catalog_cannot_open_a_file_outside_its_folder(tmp_path: Path) -
     (cat / "sub" / "link.json").symlink_to(elsewhere / "secret.json")
     via_link = _search(_catalog_with_links(cat / "sub", ["link.json"]), allow_empty=True)
     assert via_link.scenes == () and "outside" in via_link.dropped[0].reason
+    assert f"(a link to '{(elsewhere / 'secret.json').resolve()}')" in via_link.dropped[0].reason
     # The config may allow more folders.
     allowed = _search(linked, config={"allowed_folders": (str(elsewhere),)})
     assert [s.id for s in allowed.scenes] == [good["id"], secret["id"]]
