@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from changedet.aoi import aoi_mask, crop_to_footprints, grid_for, to_grid_crs
+from changedet.blas import one_blas_thread
 from changedet.config import Config, to_dict
 from changedet.core.carry import Known, carry_ids
 from changedet.core.clip import clip_berms, clip_structures, crop_change, crop_composite, window_of
@@ -255,6 +256,22 @@ def run_aoi(
     `reuse`, shifts and composites computed before (`core.reuse`); `keep`, dates read before
     (`read.kept`); `known`, the ledger's structures (footprints in EPSG:4326), whose ids the
     same structures keep (`core.carry`)."""
+    with one_blas_thread():  # the run spreads its work over the cores itself
+        return _run_aoi(aoi, config, out_root, progress, io, review, memo, reuse, keep, known)
+
+
+def _run_aoi(
+    aoi: AOI,
+    config: Config,
+    out_root: Path,
+    progress: Progress,
+    io: PipelineIO | None,
+    review: Mapping[str, Verdict] | None,
+    memo: PeriodMemo | None,
+    reuse: ArrayMemo | None,
+    keep: DateKeep | None,
+    known: Mapping[str, Known] | None,
+) -> RunSummary:
     silence_library_noise()  # before the read pool's threads start
     io = io or PipelineIO.default()
     timer = StageTimer()

@@ -934,6 +934,7 @@ def detect_series(
     n_months: use only the first n months (to test that extending a run keeps ids);
     skip_months: start that many months later (to test a later start).
     """
+    from changedet.blas import one_blas_thread
     from changedet.config import Config
     from changedet.core.periods import make_periods
     from changedet.core.timeseries import analyse_stack
@@ -946,11 +947,11 @@ def detect_series(
     periods = make_periods(start, end, cfg.time.period)
     used = [a.index for a in series.acquisitions if start <= a.when.date() <= end]
     stack = series_stack(series, used, config=cfg)
-    analysis = analyse_stack(
-        stack,
-        inside=np.ones(series.grid.shape, dtype=bool),
-        periods=periods,
-        config=cfg,
-        progress=progress,
-    )
-    return analysis
+    with one_blas_thread():  # as `pipeline.run_aoi` runs the core
+        return analyse_stack(
+            stack,
+            inside=np.ones(series.grid.shape, dtype=bool),
+            periods=periods,
+            config=cfg,
+            progress=progress,
+        )
