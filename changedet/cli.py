@@ -294,7 +294,8 @@ class _MainGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         """Ctrl-C anywhere in any command: one line, exit 130 (click would print "Aborted!" and
-        exit 1). Outputs are written atomically, so the unfinished AOI left none behind."""
+        exit 1); SIGTERM alike, exit 143. Outputs are written atomically, so the unfinished AOI
+        left none behind."""
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as exc:

@@ -302,13 +302,14 @@ class _Watch:
         self.pending: set[Any] = set()
         self.finished = 0
         self.workerless_since: float | None = None
+        self.progress: Progress = no_progress
 
     def until_done(
         self, pending: set[Any], events: queue.Queue[Any], progress: Progress
     ) -> Iterator[tuple[int, Any]]:
         from distributed import wait as dask_wait
 
-        self.pending = pending
+        self.pending, self.progress = pending, progress
         while self.pending:
             try:
                 done, self.pending = dask_wait(
@@ -327,16 +328,16 @@ class _Watch:
                 label, stage, n, total = events.get()
                 progress(f"{label}: {stage}", n, total)
             for future in done:
-                yield self._finish(future, _result(future), progress)
+                yield self._finish(future, _result(future))
             if self._workerless_too_long():
                 yield from self._fail_pending(
                     f"no Dask worker at {self.address} for {NO_WORKER_S:g} s; start "
                     f"`dask worker {self.address}`"
                 )
 
-    def _finish(self, future: Any, result: Any, progress: Progress) -> tuple[int, Any]:
+    def _finish(self, future: Any, result: Any) -> tuple[int, Any]:
         self.finished += 1
-        progress("AOIs", self.finished, self.total)
+        self.progress("AOIs", self.finished, self.total)
         return self.index[future.key], result
 
     def _fail_pending(
@@ -347,7 +348,7 @@ class _Watch:
             why = f"{head} ({type(exc).__name__});{tail}"
         left, self.pending = self.pending, set()
         for future in sorted(left, key=lambda f: self.index[f.key]):
-            yield self._finish(future, ClusterLost(why), no_progress)
+            yield self._finish(future, ClusterLost(why))
 
     def _workerless_too_long(self) -> bool:
         try:
