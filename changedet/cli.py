@@ -538,14 +538,20 @@ def search(
 
     with _errors(debug):
         config = _load(config_path, catalog=catalog, collection=collection, start=start, end=end)
-        aois = _load_aois(aoi_files, config)
+        sourced, failed = _load_each(aoi_files, config, debug=debug)  # as `run`: the rest go on
         reports = []
         with _Renderer(quiet=as_json) as progress:
-            for aoi in aois:
+            for _, aoi in sourced:
                 reports.append(search_aoi(aoi, config, probe=probe, progress=progress))
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
-        return
+    else:
+        _print_reports(reports, config)
+    sys.exit(1 if failed else 0)
+
+
+def _print_reports(reports: Sequence[Any], config: Any) -> None:
+    """The search's tables (or a sentence when a table would be empty) and notes."""
     from rich.console import Console
 
     # Piped output is read by people and grep alike: do not squeeze it to 80 columns.

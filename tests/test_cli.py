@@ -654,3 +654,14 @@ def test_the_search_table_shows_brackets_as_written() -> None:
     console = Console(record=True, width=300)
     console.print(_scene_table(report, [row]))
     assert "under [catalog] allowed_folders" in console.export_text()
+
+
+def test_search_lists_the_readable_aoi_files_and_fails_the_others(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    """As `run` does: a missing AOI file fails its AOIs (exit 1); the others are searched."""
+    missing = tmp_path / "nope.geojson"
+    result = cli("search", str(missing), KHOJIR, "--config", str(DEMO), "--json")
+    assert result.exit_code == 1
+    assert [r["aoi"] for r in json.loads(result.stdout)] == ["khojir"]
+    assert f"changedet: error: AOI file '{missing}' not found" in result.stderr
