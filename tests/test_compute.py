@@ -165,7 +165,11 @@ def test_tasks_fail_when_no_worker_is_left(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(compute, "NO_WORKER_S", 1.0)
     with distributed.LocalCluster(
-        n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+        n_workers=0,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
     ) as empty:
         tasks = [compute.ClusterTask("site", _nap, (0.1,))]
         ((i, result),) = list(compute.on_cluster(empty.scheduler_address, tasks))
@@ -186,7 +190,7 @@ def test_a_lost_scheduler_fails_the_tasks_left_in_one_line() -> None:
 
     with distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",
     ) as local:  # fmt: skip
         address = local.scheduler_address
         tasks = [compute.ClusterTask(f"site{i}", _nap, (6.0,)) for i in range(2)]
@@ -211,7 +215,7 @@ def test_an_interrupt_cancels_the_tasks_not_started_and_says_which_run_on() -> N
 
     with distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",
     ) as local:  # fmt: skip
         tasks = [compute.ClusterTask(f"site{i}", _nap, (3.0,)) for i in range(2)]
         with pytest.raises(KeyboardInterrupt) as info:
