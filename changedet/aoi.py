@@ -99,10 +99,11 @@ def _read_frame(path: str) -> tuple[Path, Any]:
     import pyogrio  # the only vector-file reader; local import keeps `import changedet` light
 
     p, layer = Path(path), None
-    if not p.exists() and ":" in path:  # FILE:LAYER (a Windows drive letter is no file)
-        head, _, tail = path.rpartition(":")
-        if Path(head).is_file():
-            p, layer = Path(head), tail
+    if not p.exists():  # FILE:LAYER, the file the shortest such head (a layer may hold ':')
+        cuts = [i for i, ch in enumerate(path) if ch == ":"]
+        head = next((i for i in cuts if Path(path[:i]).is_file()), None)
+        if head is not None:
+            p, layer = Path(path[:head]), path[head + 1 :]
     if not p.exists():
         raise AOIError(f"AOI file '{p}' not found; pass a GeoJSON, GeoPackage or Shapefile path")
     if p.is_dir():

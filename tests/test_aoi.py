@@ -123,6 +123,13 @@ def test_a_geopackage_of_several_layers_names_the_one_to_read(tmp_path: Path) ->
     assert south.id == "south" and south.geometry.equals(KHOJIR_BOX)
     with pytest.raises(AOIError, match="no layer 'east' with geometry; its layers: north, south"):
         load_aois(f"{path}:east")
+    odd = tmp_path / "odd.gpkg"  # a layer's name may hold a colon
+    for layer in ("a:b", "c"):
+        gpd.GeoDataFrame({"id": [layer]}, geometry=[KHOJIR_BOX], crs=4326).to_file(
+            odd, layer=layer, driver="GPKG"
+        )
+    with pytest.warns(UserWarning, match="id 'a:b' is not a safe folder name"):
+        assert [a.id for a in load_aois(f"{odd}:a:b")] == ["a-b"]
 
 
 def test_invalid_ring_is_repaired_with_a_warning(tmp_path: Path) -> None:
