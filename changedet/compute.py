@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import closing, contextmanager
@@ -145,7 +146,7 @@ def _on_local_pool(
     )
     try:
         pending = {
-            pool.submit(_run_one, aoi, config, out_root, no_progress, io, earlier.get(aoi.id))
+            pool.submit(_in_pool, aoi, config, out_root, no_progress, io, earlier.get(aoi.id))
             for aoi in aois
         }
         finished = 0
@@ -156,23 +157,57 @@ def _on_local_pool(
                 progress("AOIs", finished, len(aois))
                 yield future.result()
     except BaseException:  # interrupted: the AOIs not finished end here too
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()  # SIGTERM: each removes its unfinished output folder
-        pool.shutdown(wait=True, cancel_futures=True)
+        _end_pool(pool)
         raise
     pool.shutdown(wait=True)
 
 
+# A pool process asked to end has this long to unwind its AOI (its temporary folders removed)
+_POOL_GRACE_S = 5.0
+
+
+def _end_pool(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM every pool process (each unwinds its AOI), SIGKILL any still there after the
+    grace time, and let the pool go without waiting for queues nobody reads."""
+    processes = list(getattr(pool, "_processes", {}).values())
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + _POOL_GRACE_S
+    for process in processes:
+        process.join(max(deadline - time.monotonic(), 0.0))
+        if process.is_alive():
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+_busy = threading.Event()  # in a pool process: an AOI is running
+
+
+def _in_pool(*args: Any) -> Outcome:
+    """`_run_one` in a pool process, marked busy meanwhile (see `_leave_with_parent`)."""
+    _busy.set()
+    try:
+        return _run_one(*args)
+    except KeyboardInterrupt:  # unwound, its temporary folders removed: the process ends too
+        os._exit(130)
+    finally:
+        _busy.clear()
+
+
 def _leave_with_parent(parent: int) -> None:
-    """In a pool process: end when the process that started it is gone (killed with SIGKILL,
-    say, which leaves it no time to end its pool), not compute on for nobody; SIGTERM ends it
-    as it ends the CLI (`cli`: its unfinished AOI's temporary folder removed)."""
+    """In a pool process: SIGTERM and SIGINT end its AOI as they end the CLI's (the unfinished
+    AOI's temporary folder removed), or the process at once when it is idle (no traceback of a
+    queue's wait); and it ends when the process that started it is gone (killed with SIGKILL,
+    say, which leaves it no time to end its pool), not computing on for nobody."""
     import signal
 
-    def raise_interrupt(signum: int, frame: Any) -> None:
+    def interrupt(signum: int, frame: Any) -> None:
+        if not _busy.is_set():
+            os._exit(128 + signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -271,11 +306,12 @@ def on_cluster(
     task already running on a worker cannot be stopped (the interrupt carries a note saying so)."""
     client = _client(address)  # first: it says how to install Dask when it is missing
     events: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
-    with closing(client), _distributed_quiet():
+    run = uuid.uuid4().hex
+    with _distributed_quiet(), closing(client):  # quiet until the client is closed too
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: events.put(event[1]))
         futures = [
-            client.submit(
-                _on_worker, t.label, t.fn, t.args, t.kwargs, key=f"aoi-{i}-{t.label}", pure=False
+            client.submit(  # a key of this run's own: another run's AOI of the same id is not it
+                _on_worker, t.label, t.fn, t.args, t.kwargs, key=f"aoi-{t.label}-{run}-{i}"
             )
             for i, t in enumerate(tasks)
         ]
@@ -378,7 +414,7 @@ class _Watch:
 def _distributed_quiet() -> Iterator[None]:
     """distributed logs its reconnection attempts with tracebacks on its own handlers; what
     became of each task comes back as its result. Its loggers are quiet meanwhile."""
-    loggers = [logging.getLogger(n) for n in ("distributed", "distributed.client")]
+    loggers = [logging.getLogger(n) for n in ("distributed", "distributed.client", "asyncio")]
     levels = [log.level for log in loggers]
     for log in loggers:
         log.setLevel(logging.CRITICAL)

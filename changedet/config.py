@@ -662,13 +662,14 @@ def validate(config: Config) -> None:
 
 
 # A Dask scheduler: protocol://host:port (an IPv6 host in brackets).
-_SCHEDULER = re.compile(r"(tcp|tls|ucx|ws|wss)://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):\d{1,5}")
+_SCHEDULER = re.compile(r"(tcp|tls|ucx|ws|wss)://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):(\d{1,5})")
 
 
 def scheduler_address_problem(address: str) -> str | None:
     """Why `address` is not a Dask scheduler address ("" is: it means this machine), worded to
     follow the option's name; None when it is one."""
-    if not address or _SCHEDULER.fullmatch(address):
+    match = _SCHEDULER.fullmatch(address)
+    if not address or (match and 1 <= int(match.group(3)) <= 65535):
         return None
     return (
         f"'{address}' is not a Dask scheduler address; write it as tcp://HOST:PORT "

@@ -151,6 +151,7 @@ BAD_VALUES = [
     ("[catalog]\nurl = '.'\n", "is a folder without catalog.json"),
     ("[compute]\ncluster = 'scheduler-host'\n", "compute.cluster 'scheduler-host' is not a Dask"),
     ("[compute]\ncluster = 'tcp://scheduler-host'\n", "write it as tcp://HOST:PORT"),
+    ("[compute]\ncluster = 'tcp://127.0.0.1:99999'\n", "is not a Dask scheduler address"),
     ("[catalog]\nallowed_folders = ['no/such/folder']\n", "allowed_folders"),
     ("[catalog]\ncollection = ' '\n", "catalog.collection is empty"),
     ("[mask]\nscl_invalid = [3, 12]\n", "mask.scl_invalid"),
