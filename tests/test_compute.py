@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,30 @@ def test_an_interrupt_cancels_the_tasks_not_started_and_says_which_run_on() -> N
         "1 AOI(s) already running on the Dask workers cannot be stopped there: they may still "
         "write their outputs"
     ]
+
+
+def test_two_runs_on_one_cluster_each_get_their_own_results(
+    tmp_path: Path, dask_cluster: str
+) -> None:
+    """Task keys were the AOI's index and id: a second run of the same AOI while the first ran
+    was handed the first's result (computed on the first's dates) and wrote nothing."""
+    import subprocess
+    import sys
+
+    def run(out: str, end: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "changedet", "run", str(REPO / "aoi" / "khojir.geojson"),
+             "--config", str(REPO / "configs" / "demo-khojir.toml"), "--end", end,
+             "--out", str(tmp_path / out), "--quiet", "--cluster", dask_cluster],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    first = run("first", "2024-06-30")
+    time.sleep(2.0)
+    second = run("second", "2023-12-31")
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    for name, end in (("first", "2024-06-30"), ("second", "2023-12-31")):
+        manifest = json.loads((tmp_path / name / "khojir" / "run.json").read_text())
+        assert manifest["time_range"]["end"] == end
