@@ -49,7 +49,7 @@ def measure_coverage(
         # pixels whose centre the polygon holds: along its edge they may add up to a little
         # more than its area, never reported as more of the AOI than there is
         clear_km2 = min(float(np.count_nonzero(inside & (comp.count >= need))) * px_km2, aoi_km2)
-        share = min(1.0, clear_km2 / aoi_km2) if aoi_km2 > 0 else 0.0
+        share = clear_km2 / aoi_km2 if aoi_km2 > 0 else 0.0
         per_period.append(PeriodCoverage(comp.period.label, round(clear_km2, 6), round(share, 4)))
     return Coverage(
         grid=grid,

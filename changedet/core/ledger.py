@@ -116,7 +116,7 @@ class Ledger:
         if polygon is not None:
             anchored = self._centres_in(polygon)
         else:
-            anchored = np.array([bool(inside.ravel()[a]) for a in self.anchors], dtype=bool)
+            anchored = inside.ravel()[np.asarray(self.anchors, dtype=np.intp)]
         keep = [i for i in range(len(self.structures)) if anchored[i] or on_known[i + 1]]
         if len(keep) == len(self.structures):
             return self

@@ -150,8 +150,8 @@ class PixelCache:
             blob = _MAGIC + header + b"\n" + data
             with os.fdopen(fd, "wb") as handle:
                 handle.write(blob)
-            if path.is_dir() and not path.is_symlink():  # a folder where the entry goes
-                _remove_entry(path)  # is one entry's trouble, not the cache's
+            if path.is_dir():  # a folder where the entry goes: one entry's trouble, not the
+                _remove_entry(path)  # cache's
             os.replace(tmp, path)
         except OSError as exc:  # a full or read-only cache never fails a run: reported once
             if tmp is not None:
