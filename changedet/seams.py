@@ -83,8 +83,15 @@ class Reader(Protocol):
 
 
 class Writer(Protocol):
-    """A run's result → its files in OUT/<aoi_id>/ (`outputs.write_run_outputs`)."""
+    """A run's result → its files in OUT/<aoi_id>/ (`outputs.write_run_outputs`); `companions`,
+    files kept beside them by another part of changedet, for the report to list."""
 
     def __call__(
-        self, result: RunResult, out_dir: Path, *, config: OutputConfig, progress: Progress = ...
+        self,
+        result: RunResult,
+        out_dir: Path,
+        *,
+        config: OutputConfig,
+        progress: Progress = ...,
+        companions: Sequence[str] = ...,
     ) -> list[Path]: ...

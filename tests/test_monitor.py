@@ -401,6 +401,9 @@ def test_alerts_geojson_lists_every_alert_of_the_aoi(grown: Scenario) -> None:
     assert first["geometry"]["type"] in ("Polygon", "MultiPolygon")
     assert first["properties"]["alert"] in ("new", "bermed", "vanished", "withdrawn")
     assert all(f["properties"]["synthetic"] is True for f in doc["features"])  # the sample's
+    # run.json does not claim it, so a later run leaves it in place.
+    assert "alerts.geojson" not in json.loads((grown.out / "k1" / "run.json").read_text())["files"]
+    assert not (grown.out / "k1" / "previous" / "alerts.geojson").exists()
 
 
 def _cumulative(out: Path) -> int:
@@ -496,6 +499,8 @@ def test_a_review_survives_later_runs_and_a_false_positive_leaves_counts_and_ale
     assert notes[fp] == "checked" and notes[kept] == "checked"
     assert {n for sid, n in notes.items() if sid not in (fp, fp_candidate, kept)} == {None}
     assert "reviewed: false-positive (checked)" in (out / "report.html").read_text()
+    assert 'href="alerts.geojson"' in (out / "report.html").read_text()  # the monitor's file
+    assert (out / "alerts.geojson").is_file()
 
 
 def _rename_in_ledger(state: Path, old: str, new: str) -> None:

@@ -332,6 +332,7 @@ class MemoryWriter:
         *,
         config: OutputConfig,
         progress: Progress = no_progress,
+        companions: Sequence[str] = (),
     ) -> list[Path]:
         from changedet.outputs.manifest import run_manifest
 

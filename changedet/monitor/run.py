@@ -112,7 +112,7 @@ class _Capture:
 
     def write(self, result: RunResult, out_dir: Path, **kwargs: Any) -> Any:
         self.result = result
-        return self.base.write(result, out_dir, **kwargs)
+        return self.base.write(result, out_dir, companions=(ALERTS_FILE,), **kwargs)
 
 
 # --- rows from a pipeline run --------------------------------------------------------------------
@@ -224,12 +224,13 @@ def _effective_end(watched: WatchedAOI, now: datetime) -> date:
 
 
 def _write_alerts_file(state: State, aoi_id: str, out_dir: Path) -> None:
-    """out/<aoi_id>/alerts.geojson from the outbox, rewritten only when it would differ."""
+    """out/<aoi_id>/alerts.geojson from the outbox (empty before the first alert: the report
+    lists it), rewritten only when it would differ."""
     from changedet.outputs.fsio import write_text
 
-    alerts = state.alerts(aoi_id)
-    if not alerts and not (out_dir / ALERTS_FILE).exists():
+    if not out_dir.is_dir():
         return
+    alerts = state.alerts(aoi_id)
     text = json.dumps(alerts_geojson(alerts), indent=1, sort_keys=True) + "\n"
     path = out_dir / ALERTS_FILE
     try:

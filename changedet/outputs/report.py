@@ -116,6 +116,8 @@ FILE_DESCRIPTIONS = {
     "overlay.png": "map of detections on the after composite",
     "report.html": "this report",
     "run.json": "provenance: scenes, effective config, versions, timings, limits, coverage",
+    "alerts.geojson": "the monitor's alerts of this AOI, oldest first, RFC 7946 GeoJSON "
+    "(EPSG:4326)",
 }
 
 

@@ -380,8 +380,9 @@ class _Writer:
             drawings=self.drawings,
         )
 
-    def report_and_manifest(self, pictures: Pictures) -> list[str]:
-        """report.html and run.json, last: they list every file of the run."""
+    def report_and_manifest(self, pictures: Pictures, companions: Sequence[str]) -> list[str]:
+        """report.html and run.json, last: they list every file of the run (the report also
+        its `companions`)."""
         manifest = run_manifest(self.result)
         manifest["drawn"] = self.drawings.manifest()
         if self.config.report:
@@ -390,7 +391,7 @@ class _Writer:
                 self.tmp,
                 pictures,
                 manifest=manifest,
-                extra_files=["run.json", "report.html"],
+                extra_files=["run.json", "report.html", *companions],
             )
         files = sorted(
             p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*") if p.is_file()
@@ -406,13 +407,15 @@ def write_run_outputs(
     *,
     config: OutputConfig,
     progress: Progress = no_progress,
+    companions: Sequence[str] = (),
 ) -> list[Path]:
     """Write every output of one AOI run into `out_dir` (out/<aoi_id>/) and return their paths.
 
     Everything is built in a temporary folder beside `out_dir` that replaces it only when
     complete, so a failed run leaves the previous outputs (or nothing) rather than a half-written
     folder. The previous run's files move to `out_dir/previous/`; files changedet did not write
-    stay where they are.
+    stay where they are. `companions` are such files that another part of changedet keeps
+    there (the monitor's alerts.geojson): the report lists them, run.json does not claim them.
     """
     out_dir = Path(out_dir)
     _check_writable(result)
@@ -435,7 +438,7 @@ def write_run_outputs(
             progress("outputs", 3, total)
             writer.project()
             progress("outputs", 4, total)
-            files = writer.report_and_manifest(pictures)
+            files = writer.report_and_manifest(pictures, companions)
             progress("outputs", 5, total)
             apply_umask(tmp)
             progress("outputs", total, total)
