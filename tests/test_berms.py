@@ -113,6 +113,22 @@ def test_extract_berms_traces_the_ring_with_its_length(evidence: np.ndarray) -> 
     assert extract_berms(evidence, GRID, CFG)[0].id == b.id  # deterministic id
 
 
+def test_a_berm_names_the_bermed_building_it_rings_not_the_ground_works_it_lies_on(
+    evidence: np.ndarray,
+) -> None:
+    (b,) = extract_berms(evidence, GRID, CFG)
+    apron = replace(structure(BERM_1, "apron"), kind="ground works")  # the line's own soil
+    plain = replace(structure(box(22, 15, 3, 5), "plain"), bermed=False)  # closer to a wall
+    hall = replace(structure(HALL_1, "hall"), bermed=True)
+    assert b.geometry.distance(plain.geometry) < b.geometry.distance(hall.geometry)
+    (linked,) = link_berms([b], [apron, plain, hall], CFG)
+    assert linked.structure_id == "hall"
+    (linked,) = link_berms([b], [apron, plain], CFG)  # no bermed building: the nearest one
+    assert linked.structure_id == "plain"
+    (linked,) = link_berms([b], [apron], CFG)  # ground works is never named
+    assert linked.structure_id is None
+
+
 def test_blob_is_not_a_berm(composite: Callable[..., Composite]) -> None:
     before = composite([], seed=5)
     after = composite([(box(30, 30, 10, 12), SOIL)], seed=6)  # a cleared plot

@@ -35,6 +35,7 @@ from changedet.outputs.manifest import run_manifest
 from changedet.outputs.vectors import (
     BERM_PROPERTIES,
     STRUCTURE_PROPERTIES,
+    change_areas,
     structure_properties,
     structures_feature_collection,
 )
@@ -228,6 +229,21 @@ def test_change_areas_match_the_mask(out_dir: Path, run_result: RunResult) -> No
     assert sorted(areas.area_m2) == pytest.approx(sorted([800.0, 6000.0, 900.0]))
     assert areas.geometry.area.sum() == pytest.approx(7700.0)
     assert areas.mean_score.tolist() == pytest.approx([8.0, 8.0, 8.0])
+
+
+def test_change_areas_of_pixels_meeting_at_corners_are_valid() -> None:
+    grid = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 12, 12)
+    mask = np.zeros(grid.shape, bool)
+    mask[1:4, 1:4] = mask[4:6, 4:6] = True  # a block and a smaller one on its corner
+    mask[7:11, 2:6] = True
+    mask[8, 3] = mask[9, 4] = False  # a hole of two pixels meeting at a corner
+    mask[1, 8] = mask[2, 9] = mask[3, 8] = True  # a zigzag
+    score = np.where(mask, 5.0, 0.0).astype(np.float32)
+    areas = change_areas(ChangeMap(grid, score, score / 10, mask, 3.0))
+    assert len(areas) == 3
+    assert all(g.is_valid for g, _ in areas)
+    assert sum(g.area for g, _ in areas) == pytest.approx(mask.sum() * 100.0)
+    assert [p["n_pixels"] for _, p in areas] == [13, 3, 14]  # in raster order
 
 
 def test_layer_styles_table_follows_qgis_and_geopackage_rules(

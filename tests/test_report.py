@@ -575,6 +575,13 @@ def test_the_coverage_warning_points_only_to_files_the_run_wrote(make_run_result
     no_gpkg = replace(result, config={**result.config, "output": {"geopackage": False}})
     (said,) = headline(no_gpkg).warnings
     assert said.endswith("the rest; see coverage.png")
+    from changedet.outputs.manifest import run_manifest
+    from changedet.outputs.report import render_report_html
+
+    for shown, gpkg in ((result, True), (no_gpkg, False)):
+        images = dict.fromkeys(("before", "after", "overlay", "counts"), b"")
+        html = render_report_html(shown, run_manifest(shown), images=images, chips={}, files=[])
+        assert ("<code>analysed_area</code> layer of changedet.gpkg" in html) is gpkg
 
 
 def test_a_scene_left_out_unread_is_warned_about_beside_the_coverage(

@@ -32,6 +32,7 @@ from scipy import ndimage
 from shapely.ops import linemerge
 
 from changedet.config import BermConfig
+from changedet.core.kinds import BUILDING
 from changedet.core.track import rasterize_objects
 from changedet.errors import DataError
 from changedet.models import Berm, Composite, Grid, Structure
@@ -301,16 +302,19 @@ def ring_test(
 def link_berms(
     berms: Sequence[Berm], structures: Sequence[Structure], config: BermConfig
 ) -> list[Berm]:
-    """Berms with `structure_id` set to the nearest structure within `ring_outer_m` (else None)."""
-    geoms = [s.geometry for s in structures]
+    """Berms with `structure_id` set to the building they ring: of the buildings within
+    `ring_outer_m` of the line, the nearest that the ring test found bermed, else the nearest
+    (the line is one wall of its ring); None without one. Never ground works: a berm is ground
+    works itself, and the structure a line lies on is usually its own apron."""
+    buildings = [
+        s
+        for s in structures
+        if s.kind == BUILDING and s.geometry is not None and not s.geometry.is_empty
+    ]
     out = []
     for b in berms:
-        best: tuple[float, str] | None = None
-        for s, g in zip(structures, geoms, strict=True):
-            if g is None or g.is_empty:
-                continue
-            d = float(b.geometry.distance(g))
-            if d <= config.ring_outer_m and (best is None or d < best[0]):
-                best = (d, s.id)
-        out.append(dataclasses.replace(b, structure_id=best[1] if best else None))
+        near = [(float(b.geometry.distance(s.geometry)), s) for s in buildings]
+        near = [(d, s) for d, s in near if d <= config.ring_outer_m]
+        best = min(near, key=lambda ds: (not ds[1].bermed, ds[0]), default=None)
+        out.append(dataclasses.replace(b, structure_id=best[1].id if best else None))
     return out

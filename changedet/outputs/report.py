@@ -235,13 +235,17 @@ def _coverage_html(result: RunResult, images: Mapping[str, bytes]) -> str:
         if "coverage" in images
         else ""
     )
+    layer = (  # the layer only with the GeoPackage
+        "; it is the <code>analysed_area</code> layer of changedet.gpkg"
+        if result.config.get("output", {}).get("geopackage", True)
+        else ""
+    )
     return (
         '<h2>Coverage: where the run could see</h2>\n<div class="coverage" id="coverage"><div>'
         f"<p>AOI <b>{km2(cov.aoi_km2)}</b>; analysed <b>{km2(cov.analysed_km2)} "
         f"({100 * cov.share:.1f} %)</b>: the part of the AOI with a clear baseline and at least "
         "one clear later observation. Outside it the run saw nothing, so no finding (and no "
-        "absence of findings) applies there; it is the <code>analysed_area</code> layer of "
-        "changedet.gpkg.</p>"
+        f"absence of findings) applies there{layer}.</p>"
         f'<p class="muted">Share of the AOI seen clearly, per period:</p><div class="periods">'
         f"{periods}</div></div>{inset}</div>\n"
     )

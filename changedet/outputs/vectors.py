@@ -375,16 +375,18 @@ def change_areas(change: ChangeMap) -> list[tuple[BaseGeometry, dict[str, Any]]]
     max_score = np.full(n, -np.inf)
     np.maximum.at(max_score, labels[mask] - 1, score[mask])
     mean_like = ndimage.mean(likelihood, labels, index)
+    # Traced 4-connected and joined per region: an 8-connected trace of pixels that meet at a
+    # corner is a ring touching itself, which GEOS (and QGIS's overlays) call invalid.
     parts: dict[int, list[Polygon]] = {}
-    for part, value in shapes(
-        labels.astype(np.int32), mask=mask, connectivity=8, transform=change.grid.transform
-    ):
+    for part, value in shapes(labels.astype(np.int32), mask=mask, transform=change.grid.transform):
         parts.setdefault(int(value), []).append(shape(part))
     pixel_area = change.grid.pixel_area_m2
     out = []
     for label in index:
         polys = parts.get(int(label), [])
-        geom: BaseGeometry = polys[0] if len(polys) == 1 else MultiPolygon(polys)
+        geom: BaseGeometry = (
+            polys[0] if len(polys) == 1 and polys[0].is_valid else shapely.union_all(polys)
+        )
         i = int(label) - 1
         out.append(
             (
