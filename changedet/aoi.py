@@ -177,10 +177,21 @@ def _check_geometry(geom: object, aoi_id: str, path: Path) -> Polygon | MultiPol
         raise AOIError(
             f"AOI '{aoi_id}' in '{path}' is a {kind}, not a polygon; draw the area as a Polygon"
         )
+    if not np.isfinite(shapely.get_coordinates(geom)).all():
+        raise AOIError(
+            f"AOI '{aoi_id}' in '{path}' has coordinates that are not numbers (NaN or "
+            "infinite); fix them or redraw the polygon"
+        )
     if not geom.is_valid:
         reason = shapely.is_valid_reason(geom)
-        warnings.warn(f"AOI '{aoi_id}': invalid geometry ({reason}); repaired", stacklevel=3)
-        fixed = shapely.make_valid(geom)
+        warnings.warn(
+            f"AOI '{aoi_id}': invalid geometry ({reason}); repaired as its outer rings joined "
+            "less its holes",
+            stacklevel=3,
+        )
+        # "structure": parts that overlap are joined and a hole is taken out, as drawn; the
+        # default's even-odd rule turns an overlap into a hole and a stray hole into area.
+        fixed = shapely.make_valid(geom, method="structure", keep_collapsed=False)
         polys = [
             g for g in getattr(fixed, "geoms", [fixed]) if isinstance(g, Polygon | MultiPolygon)
         ]
@@ -346,10 +357,26 @@ def area_km2(aoi: AOI) -> float:
     return float(utm.area) / 1e6
 
 
-_PIXEL_KM2 = 1e-4  # a 10 m pixel
+_MAX_FROM_MERIDIAN_DEG = 6.0  # half a zone past its edge: scale error about 0.5 %
+
+
+def _check_zone(aoi: AOI) -> None:
+    """An AOI is gridded in the UTM zone of its centroid: refuse one reaching so far past that
+    zone (parts of it far apart) that areas and shapes there would be distorted."""
+    epsg = aoi_utm_epsg(aoi)
+    meridian = -183.0 + 6.0 * (epsg % 100)
+    west, _, east, _ = near_longitude(aoi.geometry, meridian).bounds
+    reach = max(meridian - west, east - meridian)
+    if reach > _MAX_FROM_MERIDIAN_DEG:
+        raise AOIError(
+            f"AOI '{aoi.id}' reaches {reach:.0f}° of longitude from the central meridian of its "
+            f"UTM zone ({epsg % 100}); its grid would distort areas and shapes out there. Give "
+            "each site (each part far from the others) as its own feature"
+        )
 
 
 def _check_size(aoi: AOI, cfg: AOIConfig) -> None:
+    _check_zone(aoi)
     km2 = area_km2(aoi)
     if km2 > cfg.max_area_km2:
         raise AOIError(
@@ -358,13 +385,19 @@ def _check_size(aoi: AOI, cfg: AOIConfig) -> None:
         )
     if km2 <= 0:
         raise AOIError(f"AOI '{aoi.id}' has no area; draw a polygon")
-    # Sentinel-2's 10 m pixels belong to the AOI whose polygon holds their centre: one smaller
-    # than a few pixels may hold none, and then nothing of it can be read or analysed.
-    if km2 < 10 * _PIXEL_KM2 and not aoi_mask(aoi, grid_for(aoi)).any():
+    # Sentinel-2's 10 m pixels belong to the AOI whose polygon holds their centre: a small or
+    # thin one may hold none, and then nothing of it can be read or analysed. A polygon holding
+    # a disc of half a pixel's diagonal holds a centre; only one that does not is rasterised.
+    if _may_miss_centres(aoi) and not aoi_mask(aoi, grid_for(aoi)).any():
         raise AOIError(
             f"AOI '{aoi.id}' ({km2 * 1e6:.0f} m²) holds no centre of a 10 m pixel, so nothing of "
             "it can be analysed; draw a larger polygon (the site and its surroundings)"
         )
+
+
+def _may_miss_centres(aoi: AOI, res: float = 10.0) -> bool:
+    utm = to_grid_crs(aoi.geometry, f"EPSG:{aoi_utm_epsg(aoi)}")
+    return bool(utm.buffer(-res / math.sqrt(2.0) - 1e-3).is_empty)
 
 
 def grid_for(

@@ -301,3 +301,54 @@ def test_an_aoi_holding_no_pixel_centre_is_refused(tmp_path: Path) -> None:
         _write_geojson(tmp_path / "small.geojson", mapping(tiny.buffer(0.0002)), id="small")
     )
     assert aoi_mask(small, grid_for(small)).any()
+
+
+def test_an_aoi_thin_enough_to_miss_every_pixel_centre_is_refused(tmp_path: Path) -> None:
+    """1 m by 2 km along a pixel edge: 2000 m², yet no 10 m pixel centre is inside it."""
+    from changedet.aoi import reproject_geometry
+
+    sliver = reproject_geometry(box(560_001, 3_940_000, 560_002, 3_942_000), "EPSG:32639", 4326)
+    path = _write_geojson(tmp_path / "sliver.geojson", mapping(sliver), id="sliver")
+    with pytest.raises(AOIError, match=r"'sliver' \(2000 m²\) holds no centre of a 10 m pixel"):
+        load_aois(path)
+    wider = reproject_geometry(box(560_001, 3_940_000, 560_006, 3_942_000), "EPSG:32639", 4326)
+    assert load_aois(_write_geojson(tmp_path / "wider.geojson", mapping(wider), id="wider"))
+
+
+def test_coordinates_that_are_not_numbers_are_refused(tmp_path: Path) -> None:
+    ring = [[51.6, 35.6], [51.7, float("nan")], [51.7, 35.7], [51.6, 35.7], [51.6, 35.6]]
+    path = _write_geojson(tmp_path / "nan.geojson", {"type": "Polygon", "coordinates": [ring]})
+    with pytest.raises(AOIError, match="coordinates that are not numbers"):
+        load_aois(path)
+
+
+def test_repair_joins_overlapping_parts_and_takes_out_a_crossing_hole(tmp_path: Path) -> None:
+    """Even-odd repair would cut the inner part out of the outer, and turn the part of a hole
+    outside its shell into area: the AOI is what was drawn."""
+    outer, inner = box(51.60, 35.60, 51.70, 35.70), box(51.62, 35.62, 51.64, 35.64)
+    nested = {"type": "MultiPolygon", "coordinates": [mapping(outer)["coordinates"]]}
+    nested["coordinates"].append(mapping(inner)["coordinates"])
+    hole = box(51.68, 35.64, 51.72, 35.66)  # half of it outside the shell
+    crossing = Polygon(outer.exterior.coords, [hole.exterior.coords])
+
+    def km2(name: str, geometry: object) -> float:
+        return area_km2(load_aois(_write_geojson(tmp_path / f"{name}.geojson", geometry))[0])
+
+    with pytest.warns(UserWarning, match="repaired"):
+        assert km2("nested", nested) == pytest.approx(km2("outer", mapping(outer)), rel=1e-9)
+    with pytest.warns(UserWarning, match="repaired"):
+        got = km2("crossing", mapping(crossing))
+    assert got == pytest.approx(km2("cut", mapping(outer.difference(hole))), rel=1e-9)
+
+
+def test_an_aoi_whose_parts_are_far_apart_is_refused(tmp_path: Path) -> None:
+    """Gridded in the zone of its centroid, a part 60° away would be warped beyond use."""
+    here, far = box(51.60, 35.60, 51.62, 35.62), box(-45.0, -10.0, -44.98, -9.98)
+    apart = {"type": "MultiPolygon", "coordinates": [mapping(here)["coordinates"]]}
+    apart["coordinates"].append(mapping(far)["coordinates"])
+    with pytest.raises(AOIError, match=r"reaches \d+° of longitude .* as its own feature"):
+        load_aois(_write_geojson(tmp_path / "apart.geojson", apart, id="apart"))
+    near = {"type": "MultiPolygon", "coordinates": [mapping(here)["coordinates"]]}
+    near["coordinates"].append(mapping(box(52.6, 35.6, 52.62, 35.62))["coordinates"])
+    (aoi,) = load_aois(_write_geojson(tmp_path / "near.geojson", near, id="near"))
+    assert grid_for(aoi).crs == "EPSG:32639"
