@@ -232,6 +232,20 @@ def _load_aois(paths: tuple[str, ...], config: Any) -> list[Any]:
     return aois
 
 
+def _refuse_repeated_files(paths: Sequence[str]) -> None:
+    """One AOI file given twice (`a.geojson ./a.geojson`, an overlapping glob) would run its AOIs
+    twice into one folder, the first run's outputs pushed out by the second: a usage error."""
+    first: dict[str, str] = {}
+    for path in paths:
+        other = first.setdefault(os.path.realpath(os.path.expanduser(path)), path)
+        if other != path or paths.count(path) > 1:
+            raise UsageError(
+                f"AOI file '{path}' is given twice"
+                + (f" (as '{other}' too)" if other != path else "")
+                + "; give each file once"
+            )
+
+
 def _refuse_shared_ids(sourced: list[tuple[str, Any]]) -> None:
     """Two AOIs of different files with one id would write one OUT/<id>/: a usage error, before
     anything is computed. (Within one file, `load_aois` renames repeats and says so.)"""
@@ -482,6 +496,7 @@ def _load_each(
 ) -> tuple[list[tuple[str, Any]], int]:
     """(source file, AOI) of every readable AOI file, and how many files failed: one unreadable
     AOI file fails its AOIs only; the others still run."""
+    _refuse_repeated_files(paths)
     sourced: list[tuple[str, Any]] = []
     failed = 0
     for path in paths:

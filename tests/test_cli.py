@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -568,6 +569,24 @@ def test_a_cluster_without_dask_installed_says_how_to_install_it(
     assert result.exit_code == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "pip install 'changedet[dask]'" in result.stderr
     assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "search"])
+def test_an_aoi_file_given_twice_is_refused_before_anything_runs(
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Run twice into one folder, the second run would push the first's outputs out."""
+    shutil.copy(REPO / "aoi" / "khojir.geojson", tmp_path / "k.geojson")
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO / "configs" / "demo-khojir.toml")
+    out = ["--out", str(tmp_path / "out"), "--quiet"] if command == "run" else []
+    result = cli(command, "k.geojson", "./k.geojson", "--config", config, *out)
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr == (
+        "changedet: error: AOI file './k.geojson' is given twice (as 'k.geojson' too); "
+        "give each file once\n"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_read_only_earlier_outputs_are_refused_before_the_run(
