@@ -584,6 +584,18 @@ def test_the_coverage_warning_points_only_to_files_the_run_wrote(make_run_result
         assert ("<code>analysed_area</code> layer of changedet.gpkg" in html) is gpkg
 
 
+def test_the_headline_and_the_warning_say_one_share(make_run_result: Any) -> None:
+    """0.2549 % is "0.3 %" in both (rounding the share to 4 places first said 0.2 % in one)."""
+    from changedet.outputs.headline import headline
+
+    result = make_run_result(aoi_scale=2.0)
+    cov = replace(result.coverage, aoi_km2=1000.0, analysed_km2=2.549)
+    said = headline(replace(result, coverage=cov))
+    assert "(0.3 %)" in said.coverage()
+    (warning,) = said.warnings
+    assert warning.startswith("only 0.3 % of AOI")
+
+
 def test_a_scene_left_out_unread_is_warned_about_beside_the_coverage(
     tmp_path: Path, make_run_result: Any
 ) -> None:

@@ -284,6 +284,6 @@ def headline(result: RunResult) -> Headline:
         unconfirmed_why=dict(why.most_common()),
         aoi_km2=None if cov is None else cov.aoi_km2,
         analysed_km2=None if cov is None else cov.analysed_km2,
-        analysed_share=None if cov is None else round(cov.share, 4),
+        analysed_share=None if cov is None else cov.share,  # said as the warning says it
         named_warnings=tuple((name, text) for name, text in warnings if text),
     )
