@@ -91,6 +91,22 @@ def test_planted_roofs_are_found_where_and_when_they_were_built(
     assert (june.first_seen_start, june.first_seen_end) == (date(2023, 5, 1), date(2023, 7, 1))
 
 
+def test_a_roof_built_during_a_long_baseline_is_not_dated_after_it(
+    scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
+) -> None:
+    """January to May as the baseline: the April roof stands on 4 of its 10 dates, so its median
+    is bare ground and the roof is new in June. It was there in April and May, whose composites
+    already differ from the baseline there: it was last seen absent in March, not May."""
+    config = replace(scenario.config, time=replace(scenario.config.time, baseline_periods=5))
+    io = fake_io(scenario.stack)
+    run_aoi(scenario.aoi, config, out_root=tmp_path, io=io)
+    (result,) = io.write.results  # type: ignore[attr-defined]
+    roof = _pixels(result.grid, APRIL_ROOF[1])
+    (april,) = [s for s in result.structures if s.geometry.symmetric_difference(roof).area == 0]
+    assert april.first_seen_end == date(2023, 7, 1)  # new in June
+    assert april.first_seen_start == date(2023, 3, 1)  # the built date, April 1, in between
+
+
 def test_writer_receives_one_consistent_run_result(
     scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
 ) -> None:

@@ -297,39 +297,41 @@ def _observe_periods(
     cc = config.change
     # Every period's key (its change, or for a baseline period its "absent" evidence, and what
     # the tracker's kept states are named by); the baseline and the mask are digested once.
-    all_keys = [""] * len(per_period)
+    keys = [""] * len(per_period)
     if memo is not None:
         if made_from is None:
             made_from = [_digest(c.reflectance, c.count) for c in (*per_period, baseline_composite)]
         shared = hashlib.blake2b(made_from[-1] + _digest(inside), digest_size=20).digest()
-        all_keys = [
+        keys = [
             _memo_key(shared, d, c, config)
             for d, c in zip(made_from[: len(per_period)], per_period, strict=True)
         ]
-    observations = [
-        PeriodObservation(
-            period=comp.period,
-            objects=(),
-            observed=(comp.count >= cc.min_clear_obs) & inside,
-            scene_ids=comp.scene_ids,
-            baseline=True,
-            made_from=key.encode() if key else None,
-        )
-        for comp, key in zip(per_period[: baseline.last + 1], all_keys, strict=False)
-    ]
-    monitored = per_period[baseline.last + 1 :]
-    keys = all_keys[baseline.last + 1 :]
+    n_base = baseline.last + 1
     known = [memo.get(key) if memo is not None else None for key in keys]
     todo = [i for i, seen in enumerate(known) if seen is None]
 
-    def observe(comp: Composite) -> PeriodObservation:
+    def observe(i: int) -> PeriodObservation:
+        comp = per_period[i]
         cmap = detect_change(
             baseline_composite,
             comp,
             cc,
             known_before=baseline_range,
-            with_band_change=config.track.same_change > 0,
+            with_band_change=i >= n_base and config.track.same_change > 0,
         )
+        if i < n_base:
+            # A baseline period holds no new structure, but where its composite already differs
+            # from the baseline's median something may have stood then: its clear pixels count
+            # as "absent" only where they score below `absent_below_z` (`Tracker.observe`), so
+            # a structure built during a long baseline is not dated after it.
+            return PeriodObservation(
+                period=comp.period,
+                objects=(),
+                observed=(comp.count >= cc.min_clear_obs) & inside,
+                scene_ids=comp.scene_ids,
+                baseline=True,
+                score=cmap.structures[0],
+            )
         observed = np.isfinite(cmap.structures[0]) & inside
         objects = extract_objects(cmap, cc, kinds=config.kinds) if observed.any() else []
         return PeriodObservation(
@@ -343,19 +345,18 @@ def _observe_periods(
 
     # Each period against the same baseline: independent, so on the pool's threads (numpy and
     # scipy release the GIL in the heavy steps); the memo is asked and filled from this thread.
-    progress("change per period", len(monitored) - len(todo), len(monitored))
-    computed = pool.map(observe, [monitored[i] for i in todo])
+    progress("change per period", len(keys) - len(todo), len(keys))
+    computed = pool.map(observe, todo)
     for done, (i, seen) in enumerate(zip(todo, computed, strict=True), start=1):
         known[i] = seen
         if memo is not None:
             memo.put(keys[i], seen)
-        progress("change per period", len(monitored) - len(todo) + done, len(monitored))
-    observations.extend(
+        progress("change per period", len(keys) - len(todo) + done, len(keys))
+    return [
         replace(seen, made_from=key.encode() if key else None)
         for seen, key in zip(known, keys, strict=True)
         if seen is not None
-    )
-    return observations
+    ]
 
 
 # A baseline resting on fewer dates at a pixel repeats its own noise in every later period, so
