@@ -392,6 +392,25 @@ def test_a_run_with_nothing_new_changes_nothing_and_leaves_the_files(grown: Scen
     assert {p: p.stat().st_mtime_ns for p in (grown.out / "k1").rglob("*") if p.is_file()} == files
 
 
+def test_outputs_another_ledger_wrote_into_the_folder_are_written_again(tmp_path: Path) -> None:
+    """A second state sharing the watch-list's `out` (`--state`) overwrote this ledger's files:
+    its next run, nothing new, writes its own again (it said "unchanged" and kept the others)."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    run_json = scenario.out / "k1" / "run.json"
+    mine = json.loads(run_json.read_text())["dates"]
+    scenario.publish(until("2023-12-20"))  # the other ledger has seen fewer scenes
+    other = replace(load_watchlist(scenario.watchlist()), state=tmp_path / "other.sqlite")
+    run_watchlist(other, now=END)
+    assert json.loads(run_json.read_text())["dates"] != mine
+    scenario.publish(until(GROWN_FIRST))
+    again = _run(scenario)
+    assert [(c.outcome, c.new_scenes) for c in again.checks] == [("updated", ())]
+    assert json.loads(run_json.read_text())["dates"] == mine
+    assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
+
+
 def test_alerts_geojson_lists_every_alert_of_the_aoi(grown: Scenario) -> None:
     doc = json.loads((grown.out / "k1" / "alerts.geojson").read_text())
     with State(grown.state) as state:

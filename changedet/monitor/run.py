@@ -17,6 +17,7 @@ a Dask worker, `compute.on_cluster`) and `_commit` (the state's side, in one tra
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -242,13 +243,26 @@ def _write_alerts_file(state: State, aoi_id: str, out_dir: Path) -> None:
 
 
 def _outputs_stale(state: State, aoi_id: str, out_dir: Path) -> bool:
-    """Reviews since the outputs were written, or outputs missing: the pipeline must run."""
+    """Reviews since the outputs were written, outputs missing, or outputs this ledger did not
+    write (another state sharing the folder, a `changedet run` into it): the pipeline must run.
+    """
     row = state.aoi(aoi_id)
     if row is None:
         return False  # never processed: only new scenes make the first run
-    return (
-        row["outputs_review_seq"] != state.review_seq(aoi_id) or not (out_dir / "run.json").exists()
-    )
+    if row["outputs_review_seq"] != state.review_seq(aoi_id):
+        return True
+    written = _outputs_digest(out_dir)
+    # No digest kept (a state from before it was): trust the folder.
+    return written is None or row["outputs_digest"] not in (None, written)
+
+
+def _outputs_digest(out_dir: Path) -> str | None:
+    """SHA-256 of out_dir/run.json, which names every scene, setting and file of the outputs;
+    None without one."""
+    try:
+        return hashlib.sha256((out_dir / "run.json").read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
@@ -412,6 +426,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
             alerts=changes.alerts,
             channels=channels,
             outputs_review_seq=job.review_seq,
+            outputs_digest=_outputs_digest(job.out_dir),
         ),
     )
     _write_alerts_file(state, aoi.id, job.out_dir)

@@ -149,6 +149,11 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX history_by_structure ON structure_history (aoi_id, structure_id);
     CREATE INDEX deliveries_pending ON deliveries (status);
     """,
+    # 2: which outputs this ledger wrote (the SHA-256 of their run.json): outputs written since
+    # by another ledger sharing the folder, or by `changedet run`, are written again
+    """
+    ALTER TABLE aois ADD COLUMN outputs_digest TEXT;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -232,6 +237,7 @@ class CheckRecord:
     alerts: Sequence[AlertRow] = ()
     channels: Sequence[str] = ()  # delivery channels configured now
     outputs_review_seq: int | None = None  # the review seq the written outputs show
+    outputs_digest: str | None = None  # SHA-256 of the run.json of the outputs written
 
 
 _STRUCTURE_COLUMNS = (
@@ -410,13 +416,21 @@ class State:
 
     def aoi(self, aoi_id: str) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT id, name, out_dir, last_acquired, outputs_review_seq, outputs_run FROM aois "
-            "WHERE id = ?",
+            "SELECT id, name, out_dir, last_acquired, outputs_review_seq, outputs_run, "
+            "outputs_digest FROM aois WHERE id = ?",
             (aoi_id,),
         ).fetchone()
         if row is None:
             return None
-        keys = ("id", "name", "out_dir", "last_acquired", "outputs_review_seq", "outputs_run")
+        keys = (
+            "id",
+            "name",
+            "out_dir",
+            "last_acquired",
+            "outputs_review_seq",
+            "outputs_run",
+            "outputs_digest",
+        )
         return dict(zip(keys, row, strict=True))
 
     def pending(self) -> list[DeliveryRow]:
@@ -463,8 +477,9 @@ class State:
             self._write_alerts(db, run_id, record)
             if record.outputs_review_seq is not None:
                 db.execute(
-                    "UPDATE aois SET outputs_review_seq = ?, outputs_run = ? WHERE id = ?",
-                    (record.outputs_review_seq, run_id, record.aoi_id),
+                    "UPDATE aois SET outputs_review_seq = ?, outputs_run = ?, outputs_digest = ? "
+                    "WHERE id = ?",
+                    (record.outputs_review_seq, run_id, record.outputs_digest, record.aoi_id),
                 )
             db.execute(
                 "UPDATE aois SET last_acquired = (SELECT MAX(acquired) FROM scenes WHERE "
