@@ -261,6 +261,29 @@ def test_rerun_with_cache_fetches_nothing(world: World, tmp_path: Path) -> None:
     np.testing.assert_array_equal(first.stack.reflectance, third.stack.reflectance)
 
 
+def test_a_scene_reprocessed_in_place_is_fetched_again(tmp_path: Path) -> None:
+    """Earth Search rewrote scenes in place (same id and hrefs, new pixels, a later `updated`):
+    the cached pixels of the old version are not the new one's."""
+    root, items = tmp_path / "served", tmp_path / "items.json"
+    scene_id = "S2A_39SVV_20230801_0_L2A"
+
+    def publish(seed: int, updated: str) -> Any:
+        made = make_scene(
+            root, scene_id, _when(1), scl=CLEAR, seed=seed, href_base=http.url, updated=updated
+        )
+        items.write_text(json.dumps({"type": "FeatureCollection", "features": [made.item]}))
+        return search(str(items)).scenes
+
+    with RangeServer(root) as http:
+        old = read(publish(1, "2023-08-01T12:00:00Z"), cache_dir=str(tmp_path / "cache"))
+        scenes = publish(2, "2023-10-01T12:00:00Z")
+        new = read(scenes, cache_dir=str(tmp_path / "cache"))
+        uncached = read(scenes)
+    assert new.cache_hits == 0 and new.assets_read == old.assets_read
+    np.testing.assert_array_equal(new.stack.reflectance, uncached.stack.reflectance)
+    assert not np.array_equal(new.stack.reflectance, old.stack.reflectance)
+
+
 def test_garbled_cache_entries_are_detected_and_the_result_equals_a_clean_run(
     world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -570,6 +570,74 @@ def test_a_monitoring_read_looks_at_the_scl_of_new_scenes_only(tmp_path: Path) -
     assert damaged.assets_read == 4  # every SCL, no band
 
 
+def _series_seen(scenes: list[Any], keep: Any) -> tuple[Any, Any]:
+    """A monitoring read (`read_series` with `keep`) and what it gives: ids, pixels, masks."""
+    from changedet.read.stack import read_series
+
+    args: dict[str, Any] = {"bands": BANDS, "aoi_mask": ALL, "read_config": rc()}
+    result = read_series(scenes, GRID, mask_config=NO_DILATION, keep=keep, **args)
+    everything, dates = slice(0, GRID.height), range(len(result.stack.times))
+    with result.stack as stack:
+        return result, (
+            stack.scene_ids,
+            stack.pixels(dates, everything, range(len(BANDS))),
+            stack.clear_rows(dates, everything),
+        )
+
+
+def test_a_monitoring_read_reads_a_scene_reprocessed_in_place_again(tmp_path: Path) -> None:
+    """Same id and hrefs, new pixels and SCL, a later `updated`: its kept date and verdict are
+    the old version's, so they are not taken."""
+    from changedet.monitor.memo import DiskMemo
+
+    def publish(day: int, seed: int, scl: np.ndarray, updated: str | None = None) -> Any:
+        made = make_scene(
+            tmp_path, f"S2A_39SVV_202308{day:02d}_0_L2A", when(day), seed=seed, scl=scl,
+            updated=updated,
+        )  # fmt: skip
+        return local_scene(made, tmp_path)
+
+    cloudy = CLEAR_SCL.copy()
+    cloudy[:, :40] = 9
+    scenes = [publish(day, day, CLEAR_SCL) for day in (1, 6, 11)]
+    _series_seen(scenes, DiskMemo(tmp_path / "kept"))
+    scenes[1] = publish(6, 60, cloudy, updated="2023-10-01T00:00:00Z")
+    again, seen = _series_seen(scenes, DiskMemo(tmp_path / "kept"))
+    _, expected = _series_seen(scenes, None)
+    # every SCL looked at again (a known scene changed), the bands of that scene only
+    assert again.assets_read == 3 + len(BANDS)
+    assert seen[0] == expected[0]
+    np.testing.assert_array_equal(seen[1], expected[1])
+    np.testing.assert_array_equal(seen[2], expected[2])
+    assert not expected[2][1].all()  # the new SCL's cloud is in its mask
+
+
+def test_a_known_scene_whose_scl_cannot_be_read_now_is_skipped_as_unreadable(
+    tmp_path: Path,
+) -> None:
+    """Its verdict kept, its date not (keep_dates = false, or a damaged entry): its SCL is read
+    again, fails, and the scene is left out as unreadable, as a read with nothing kept leaves it
+    (it was used with no clear pixel, and said nothing)."""
+    from changedet.monitor.memo import DiskMemo
+
+    synth = [
+        make_scene(tmp_path, f"S2A_39SVV_202308{day:02d}_0_L2A", when(day), seed=day, scl=CLEAR_SCL)
+        for day in (1, 6, 11, 16)
+    ]
+    scenes = [local_scene(s, tmp_path) for s in synth]
+    folder = tmp_path / "kept"
+    _series_seen(scenes[:3], DiskMemo(folder))
+    for entry in folder.glob("date-*"):
+        entry.unlink()
+    (tmp_path / synth[0].item["id"] / "scl.tif").unlink()
+    kept, seen = _series_seen(scenes, DiskMemo(folder))
+    fresh, expected = _series_seen(scenes, None)
+    assert seen[0] == expected[0] and synth[0].item["id"] not in {i for d in seen[0] for i in d}
+    [(scene_id, reason, unreadable)] = [(s.scene_id, s.reason, s.unreadable) for s in kept.skipped]
+    assert (scene_id, unreadable) == (synth[0].item["id"], True)
+    assert reason.startswith("SCL unreadable") and fresh.skipped == kept.skipped
+
+
 def test_kept_dates_opened_ahead_are_closed_unless_taken(tmp_path: Path) -> None:
     """The read opens kept dates on two threads ahead of the mosaic: the file of every entry
     the mosaic does not take (a later date's, when a read fails) is closed on the way out, and

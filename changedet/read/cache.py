@@ -78,6 +78,9 @@ class PixelCache:
                 CACHE_VERSION,
                 scene.id,
                 scene.collection,
+                # A scene reprocessed in place keeps its id and hrefs: its new pixels are new.
+                scene.processing_baseline,
+                scene.updated,
                 band,
                 public_href(asset.href),  # signed URLs change, the asset does not
                 grid.crs,

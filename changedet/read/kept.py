@@ -84,6 +84,8 @@ def date_key(
                     s.id,
                     s.collection,
                     s.datetime.isoformat(),
+                    s.processing_baseline,  # reprocessed in place: same id and hrefs
+                    s.updated,
                     [
                         [public_href(a.href), a.scale, a.offset, a.nodata]
                         for a in (s.assets[b] for b in bands)

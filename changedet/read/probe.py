@@ -67,6 +67,8 @@ class Probed:
     digests: dict[str, bytes] = field(default_factory=dict)  # `clear_digest` of each mask
     carried: set[str] = field(default_factory=set)
     mask_config: MaskConfig = field(default_factory=MaskConfig)  # what the masks are made with
+    # carried scenes whose SCL `complete` could not read this time: scene id -> the error
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     def complete(self, scenes: Sequence[Scene], pipe: ReadPipeline) -> None:
         """Read the SCL of the carried `scenes` and make their clear masks (as the last run
@@ -79,12 +81,12 @@ class Probed:
             self.carried.discard(scene.id)
             self.cache_hits += got.cached
             self.assets_read += got.array is not None and not got.cached
-            if got.array is None:  # readable last run, not now: the scene gives no pixel
+            if got.array is None:  # readable last run, not now: skipped as a fresh read does
                 self.failures.append(got)
-                array = np.zeros(pipe.grid.shape, np.uint8)
-                del self.digests[scene.id]  # nor is its date kept as if it had
-            else:
-                array = got.array.astype(np.uint8, copy=False)
+                self.unreadable[scene.id] = got.error or "unreadable"
+                self.digests.pop(scene.id, None)  # nor is its date kept as if it had been read
+                continue
+            array = got.array.astype(np.uint8, copy=False)
             self.scl[scene.id] = array
             self.clear[scene.id] = _clear_of(array, self.roof, self.mask_config)
 

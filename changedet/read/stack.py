@@ -562,6 +562,10 @@ class _Mosaic:
         (None: the scene is skipped)."""
         if scene.id in self.probed.carried:  # its date was to be taken as kept, and is not
             self.probed.complete([scene], self.pipe)
+        if scene.id in self.probed.unreadable:  # read last run, its SCL not now
+            error = self.probed.unreadable[scene.id]
+            self.skipped.append(SkippedScene(scene.id, f"SCL unreadable: {error}", unreadable=True))
+            return None
         valid_all = np.ones(self.pipe.grid.shape, bool)
         for band, dn in zip(self.bands, dns, strict=True):
             nodata = scene.assets[band].nodata

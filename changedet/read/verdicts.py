@@ -91,6 +91,8 @@ def scene_identity(scene: Scene) -> str:
             scene.id,
             scene.collection,
             scene.datetime.isoformat(),
+            scene.processing_baseline,  # reprocessed in place: same id and hrefs
+            scene.updated,
             public_href(scl.href),
             scl.nodata,
             scene.cloud_cover,
