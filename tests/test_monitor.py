@@ -411,6 +411,15 @@ def test_outputs_another_ledger_wrote_into_the_folder_are_written_again(tmp_path
     assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
 
 
+def test_a_clock_before_an_earlier_runs_is_refused_and_changes_nothing(grown: Scenario) -> None:
+    """Scenes published in between would count as unpublished: dropped from the ledger,
+    their structures withdrawn, and nothing would bring them back."""
+    before = ledger_dump(grown.state)
+    with pytest.raises(UsageError, match=r"before the clock of an earlier run .* --now"):
+        _run(grown, now=datetime(2024, 3, 1, tzinfo=UTC))
+    assert ledger_dump(grown.state) == before
+
+
 def test_alerts_geojson_lists_every_alert_of_the_aoi(grown: Scenario) -> None:
     doc = json.loads((grown.out / "k1" / "alerts.geojson").read_text())
     with State(grown.state) as state:

@@ -21,14 +21,20 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from changedet.config import Config
 from changedet.core.carry import Known
-from changedet.errors import ChangedetError, ConfigError, NoScenesError, machine_trouble
+from changedet.errors import (
+    ChangedetError,
+    ConfigError,
+    NoScenesError,
+    UsageError,
+    machine_trouble,
+)
 from changedet.models import (
     AOI,
     Progress,
@@ -466,6 +472,7 @@ def run_watchlist(
     only writer, plans, commits and alerts."""
     io = io or PipelineIO.default()
     with hold_lock(watch.state), State(watch.state) as state:
+        _refuse_going_back(state, now)
         run_id = state.begin_run(now)
         ctx = _Context(state, run_id, now, watch, io, progress)
         checks = _on_cluster(ctx) if watch.cluster else (_safe_check(ctx, w) for w in watch.aois)
@@ -489,6 +496,21 @@ def run_watchlist(
         report = MonitorReport(run_id, tuple(done), deliveries)
         state.finish_run(run_id, "failed" if report.failed else "ok")
         return report
+
+
+def _refuse_going_back(state: State, now: datetime) -> None:
+    """A run's clock before an earlier run's would take the scenes published in between out of
+    the ledger (they are "not published yet"), withdraw what they confirmed, and leave it so:
+    a usage error, before anything is searched."""
+    latest = state.latest_now()
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    if latest is not None and now < latest:
+        raise UsageError(
+            f"the run's clock {now.isoformat(timespec='seconds')} is before the clock of an "
+            f"earlier run of this state ({latest.isoformat(timespec='seconds')}); pass a later "
+            "--now (or fix the system clock), or replay the past with another --state"
+        )
 
 
 def _on_cluster(ctx: _Context) -> Iterator[AOICheck]:

@@ -323,6 +323,11 @@ class State:
 
     # --- runs ---------------------------------------------------------------------------------
 
+    def latest_now(self) -> datetime | None:
+        """The latest clock a run of this ledger ran at (its `now`), None before the first."""
+        rows = self.db.execute("SELECT now FROM runs").fetchall()
+        return max((_aware(datetime.fromisoformat(r[0])) for r in rows), default=None)
+
     def begin_run(self, now: datetime) -> int:
         with self.transaction() as db:
             cur = db.execute(
@@ -683,3 +688,8 @@ class State:
             "alerts": n_alerts[0],
             "pending_deliveries": pending,
         }
+
+
+def _aware(when: datetime) -> datetime:
+    """`when` with a time zone: UTC when it has none."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
