@@ -16,6 +16,7 @@ import tempfile
 import threading
 import traceback
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -648,13 +649,15 @@ _STATE = click.option(
 def _describe_check(check: Any) -> str:
     if check.outcome != "updated":
         return f"{check.aoi_id}: {check.outcome}: {check.message}"
-    if not check.new_scenes and not check.replaced and not check.retried:
-        return f"{check.aoi_id}: outputs refreshed with the review verdicts (no new scene)"
+    if not (check.new_scenes or check.replaced or check.retried or check.left):
+        return f"{check.aoi_id}: updated: {check.message} (no new scene)"
     parts = [f"{len(check.new_scenes)} new scene(s)"]
     if check.replaced:
         parts.append(f"{len(check.replaced)} replaced by reprocessing")
     if check.retried:
         parts.append(f"{len(check.retried)} unreadable last time read again")
+    for reason, n in Counter(d.reason for d in check.left).items():
+        parts.append(f"{n} left out ({reason})")
     parts.append(f"{len(check.alerts)} new alert(s)")
     parts.append(
         f"change computed for {check.periods_computed} period(s), {check.periods_reused} reused"

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from monitorkit import (
     REPROCESSED,
     SAMPLE,
     Scenario,
+    box_polygon,
     ledger_dump,
     ledger_outcome,
     make_scenario,
@@ -418,6 +420,111 @@ def test_a_clock_before_an_earlier_runs_is_refused_and_changes_nothing(grown: Sc
     with pytest.raises(UsageError, match=r"before the clock of an earlier run .* --now"):
         _run(grown, now=datetime(2024, 3, 1, tzinfo=UTC))
     assert ledger_dump(grown.state) == before
+
+
+def _series(scenario: Scenario) -> tuple[list[str], list[tuple[object, ...]]]:
+    """The outputs' dates and the ledger's structures but those it keeps as dropped (history);
+    by what they are, not their ids (a ledger never gives a dropped structure's id again)."""
+    dates = json.loads((scenario.out / "k1" / "run.json").read_text())["dates"]
+    with State(scenario.state) as state:
+        rows = state.structures("k1").values()
+    return dates, sorted(
+        (r.status, r.confirmed, r.area_m2, r.first_seen_start, r.first_seen_end)
+        for r in rows
+        if r.status != "dropped"
+    )
+
+
+def _fresh(
+    root: Path, keep: Callable[[dict], bool], edits: Sequence[tuple[str, str]] = ()
+) -> Scenario:
+    """A new state given one catalog in one run of the watch-list with `edits` (what an
+    edited one must come to)."""
+    fresh = make_scenario(root)
+    fresh.publish(keep)
+    path = fresh.watchlist()
+    text = path.read_text()
+    for old, new in edits:
+        text = text.replace(old, new)
+    path.write_text(text)
+    run_watchlist(load_watchlist(path), now=END)
+    return fresh
+
+
+def test_a_scene_withdrawn_from_the_catalog_leaves_the_series(tmp_path: Path) -> None:
+    """Inside the days the run searches again, a stored scene the catalog no longer returns is
+    left out and the AOI computed without it, as a fresh run would (it was kept for good)."""
+    scenario = make_scenario(tmp_path / "s")
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    gone = "S2A_39SWV_20240118_0_L2A"
+    keep = lambda item: until(GROWN_FIRST)(item) and item["id"] != gone  # noqa: E731
+    scenario.publish(keep)
+    (check,) = _run(scenario).checks
+    assert check.outcome == "updated" and [(d.scene_id, d.reason) for d in check.left] == [
+        (gone, "withdrawn from the catalog")
+    ]
+    assert _series(scenario) == _series(_fresh(tmp_path / "fresh", keep))
+    assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
+
+
+def test_an_edited_watch_is_computed_again(tmp_path: Path) -> None:
+    """A start moved later leaves its earlier scenes out, one moved back searches from it, a
+    setting changed is computed with, and an end moved back leaves the later scenes out: each
+    run gives what a fresh run of the edited watch-list gives (each said "unchanged" and kept
+    the old series; the last failed on a search ending before it started)."""
+    scenario = make_scenario(tmp_path / "s")
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    path = scenario.watchlist()
+    edits: list[tuple[str, str]] = []
+    for old, new in (
+        ('start = "2023-06-01"', 'start = "2023-09-01"'),
+        ('start = "2023-09-01"', 'start = "2023-07-01"'),
+        ('"read.context_m" = 200.0', '"read.context_m" = 200.0\n"track.min_persistence" = 3'),
+        ('end = "2024-06-30"', 'end = "2023-12-31"'),  # before the days searched last
+    ):
+        assert old in path.read_text(), old
+        path.write_text(path.read_text().replace(old, new))
+        edits.append((old, new))
+        (check,) = run_watchlist(load_watchlist(path), now=END).checks
+        assert check.outcome == "updated", (new, check)
+        if len(edits) == 1:  # in the baseline now: retired as such, not withdrawn
+            assert not [a for a in check.alerts if a.kind == "withdrawn"]
+            with State(scenario.state) as state:
+                history = state.table_rows("structure_history", "k1")
+            assert any(h[5] and "in the baseline now" in h[5] for h in history)
+        fresh = _fresh(tmp_path / f"fresh{len(edits)}", until(GROWN_FIRST), edits)
+        assert _series(scenario) == _series(fresh), new
+
+
+def test_structures_an_aoi_drawn_smaller_leaves_out_are_retired_not_withdrawn(
+    tmp_path: Path,
+) -> None:
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    first = _run(scenario)
+    assert any(a.kind == "new" for a in first.checks[0].alerts)
+    aoi = json.loads((tmp_path / "k1.geojson").read_text())
+    aoi["features"][0]["geometry"]["coordinates"] = [box_polygon((130, 100, 165, 135))]
+    (tmp_path / "k1.geojson").write_text(json.dumps(aoi))
+    (check,) = _run(scenario).checks
+    assert check.outcome == "updated" and not check.new_scenes
+    assert check.message == "the watch changed (its AOI outline or settings): computed again"
+    with State(scenario.state) as state:
+        history = state.table_rows("structure_history", "k1")
+    retired = [h for h in history if h[5] == "outside the AOI (its outline was edited)"]
+    assert retired and not [a for a in check.alerts if a.kind == "withdrawn"]
+
+
+def test_deleted_output_files_are_written_again(tmp_path: Path) -> None:
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    (scenario.out / "k1" / "structures.geojson").unlink()
+    (check,) = _run(scenario).checks
+    assert (check.outcome, check.message) == ("updated", "outputs missing: written again")
+    assert (scenario.out / "k1" / "structures.geojson").is_file()
 
 
 def test_alerts_geojson_lists_every_alert_of_the_aoi(grown: Scenario) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import shapely
@@ -109,11 +110,16 @@ def ledger_changes(
     alerted: Iterable[tuple[str, str]],
     *,
     synthetic: bool = False,
+    outline: Any = None,
+    baseline_end: date | None = None,
 ) -> LedgerChanges:
     """Compare the detector's structures (`current`, reviews already carried over) with the
     stored ledger: changed rows, their history and the alerts they raise. Structures stored but
     no longer found stay in the ledger as `dropped`. `synthetic`: the run read generated data;
-    its alerts say so."""
+    its alerts say so. `outline` (EPSG:4326): the watch's AOI now; `baseline_end`: the first day
+    after the baseline compared with now. A structure lost because the watch was edited past it
+    (its centre outside the outline, or first present within the baseline: the start moved
+    later) is retired as such, not withdrawn: its ground did not change."""
     done: dict[str, set[str]] = {}
     for structure_id, kind in alerted:
         done.setdefault(structure_id, set()).add(kind)
@@ -135,11 +141,25 @@ def ledger_changes(
     for old in lost:
         gone = StructureRow(**{**old.__dict__, "status": "dropped"})
         rows.append(gone)
+        retired = _outside_the_watch(old, outline, baseline_end)
         into = _covering(old, outlines)
-        detail = "no longer detected" if into is None else f"now part of {into}"
+        detail = retired or ("no longer detected" if into is None else f"now part of {into}")
         history.append(HistoryEntry(old.id, "dropped", old.status, detail))
-        alerts += _alerts(aoi_id, old, gone, done, synthetic, detail)
+        if retired is None:  # the ground did not change: nothing to withdraw
+            alerts += _alerts(aoi_id, old, gone, done, synthetic, detail)
     return LedgerChanges(tuple(rows), tuple(history), tuple(alerts))
+
+
+def _outside_the_watch(old: StructureRow, outline: Any, baseline_end: date | None) -> str | None:
+    """Why a lost structure lies outside what the watch looks at now, if it does. (With the same
+    baseline every structure was first present after it.)"""
+    if outline is not None and old.geometry:
+        centre = shapely.from_geojson(old.geometry).representative_point()
+        if not outline.covers(centre):
+            return "outside the AOI (its outline was edited)"
+    if baseline_end and old.first_seen_end and old.first_seen_end <= baseline_end.isoformat():
+        return "in the baseline now (the watch's start moved later)"
+    return None
 
 
 def _alerts(

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from changedet.config import Config
+from changedet.config import Config, to_dict
 from changedet.core.carry import Known
 from changedet.errors import (
     ChangedetError,
@@ -42,6 +42,7 @@ from changedet.models import (
     RunResult,
     Scene,
     SearchResult,
+    SkippedScene,
     no_progress,
 )
 from changedet.monitor.alerts import DeliveryReport, alerts_geojson, deliver_pending
@@ -69,6 +70,7 @@ class AOICheck:
     new_scenes: tuple[str, ...] = ()
     replaced: tuple[str, ...] = ()
     retried: tuple[str, ...] = ()  # scenes unreadable last time, read again
+    left: tuple[SkippedScene, ...] = ()  # stored scenes no longer in the series, with why
     alerts: tuple[AlertRow, ...] = ()
     message: str = ""
     summary: RunSummary | None = None
@@ -152,6 +154,7 @@ def _scene_rows(
 
 def _replaced_and_dropped(plan: ScenePlan, stored: dict[str, SceneRow]) -> list[SceneRow]:
     rows = [replace(stored[d.scene_id], outcome="replaced", reason=d.reason) for d in plan.replaced]
+    rows += [replace(stored[d.scene_id], outcome="dropped", reason=d.reason) for d in plan.left]
     rows += [
         SceneRow(d.scene_id, None, None, None, None, "dropped", d.reason, None)
         for d in plan.dropped
@@ -248,18 +251,43 @@ def _write_alerts_file(state: State, aoi_id: str, out_dir: Path) -> None:
     write_text(path, text)
 
 
-def _outputs_stale(state: State, aoi_id: str, out_dir: Path) -> bool:
-    """Reviews since the outputs were written, outputs missing, or outputs this ledger did not
-    write (another state sharing the folder, a `changedet run` into it): the pipeline must run.
+def _why_recompute(state: State, aoi_id: str, out_dir: Path, setup: str) -> str | None:
+    """Why the pipeline must run with no scene to add or leave out (None: it need not): the
+    watch's setup edited, reviews since the outputs were written, or outputs missing or not
+    the ones this ledger wrote (another state sharing the folder, a `changedet run` into it).
     """
     row = state.aoi(aoi_id)
     if row is None:
-        return False  # never processed: only new scenes make the first run
+        return None  # never processed: only new scenes make the first run
+    if row["setup"] not in (None, setup):  # no setup kept: a state from before it was
+        return "the watch changed (its AOI outline or settings): computed again"
     if row["outputs_review_seq"] != state.review_seq(aoi_id):
-        return True
+        return "outputs refreshed with the review verdicts"
     written = _outputs_digest(out_dir)
-    # No digest kept (a state from before it was): trust the folder.
-    return written is None or row["outputs_digest"] not in (None, written)
+    if written is None or not _files_there(out_dir):
+        return "outputs missing: written again"
+    if row["outputs_digest"] not in (None, written):
+        return "outputs another ledger or run wrote into the folder since: written again"
+    return None
+
+
+def _files_there(out_dir: Path) -> bool:
+    """Every file run.json lists is there."""
+    try:
+        files = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all((out_dir / name).is_file() for name in files)
+
+
+def _setup_digest(aoi: AOI, config: Config) -> str:
+    """What the ledger is computed from besides the scenes: the AOI's outline and the effective
+    config, but its end (today, for an open watch) and where the work runs."""
+    settings = to_dict(config)
+    settings.pop("compute", None)
+    settings["time"].pop("end", None)
+    blob = json.dumps([aoi.geometry.wkt, settings], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _outputs_digest(out_dir: Path) -> str | None:
@@ -282,18 +310,22 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
     config = replace(config, time=replace(config.time, end=end))
     out_dir = safe_out_dir(ctx.watch.out, aoi.id)
     stored = state.scenes(aoi.id)
+    setup = _setup_digest(aoi, watched.config)
+    why = _why_recompute(state, aoi.id, out_dir, setup)
+    # An edited watch (an outline, a start moved earlier) is searched from its start again.
     start = search_start(config.time.start, stored, ctx.watch.lookback_days)
-    found = ctx.io.search(
-        aoi,
-        config.catalog,
-        start=start,
-        end=end,
-        bands=(*config.read.bands, "scl"),
-        progress=ctx.progress,
-        allow_empty=True,
+    if why is not None and why.startswith("the watch changed"):
+        start = config.time.start
+    found = _search(ctx, aoi, config, start)
+    plan = plan_scenes(
+        stored,
+        found.scenes,
+        found.dropped,
+        now=ctx.now,
+        span=(config.time.start, end),
+        searched=(start, end),
     )
-    plan = plan_scenes(stored, found.scenes, found.dropped, now=ctx.now)
-    if not plan.work and not _outputs_stale(state, aoi.id, out_dir):
+    if not plan.work and why is None:
         if plan.dropped:  # scenes the search leaves out, seen for the first time
             rows = _replaced_and_dropped(plan, stored)
             state.commit_check(ctx.run_id, CheckRecord(aoi.id, aoi.name, str(out_dir), scenes=rows))
@@ -318,6 +350,24 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         review=state.verdicts(aoi.id),
         review_seq=state.review_seq(aoi.id),
         ledger_rows=ledger_rows,
+        setup=setup,
+        why="" if plan.work else why or "",
+    )
+
+
+def _search(ctx: _Context, aoi: AOI, config: Config, start: date) -> SearchResult:
+    """The catalog's scenes of the AOI from `start` to the config's end; none when the end
+    lies before it (the watch's end moved before the last scenes seen)."""
+    if start > config.time.end:
+        return SearchResult(scenes=(), dropped=(), source=config.catalog.url or "")
+    return ctx.io.search(
+        aoi,
+        config.catalog,
+        start=start,
+        end=config.time.end,
+        bands=(*config.read.bands, "scl"),
+        progress=ctx.progress,
+        allow_empty=True,
     )
 
 
@@ -346,6 +396,8 @@ class _Job:
     review: dict[str, tuple[str, str | None]]
     review_seq: int
     ledger_rows: dict[str, StructureRow]
+    setup: str  # `_setup_digest`, kept with the ledger
+    why: str = ""  # why it computes with no scene to add or leave out (`_why_recompute`)
 
 
 @dataclass(frozen=True)
@@ -364,6 +416,7 @@ class _Computed:
     composites_computed: int = 0
     composites_reused: int = 0
     dates_kept: int = 0
+    baseline_end: date | None = None  # the first day after the baseline the run compared with
 
 
 def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> _Computed:
@@ -399,6 +452,7 @@ def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> 
         composites_computed=memo.array_misses["composite"],
         composites_reused=memo.array_hits["composite"],
         dates_kept=memo.array_hits["date"],
+        baseline_end=result.before.period.end,
     )
 
 
@@ -415,6 +469,8 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
         list(computed.structures),
         state.alerted(aoi.id),
         synthetic=synthetic,
+        outline=aoi.geometry,
+        baseline_end=computed.baseline_end,
     )
     channels = [
         name for name, on in (("webhook", ctx.watch.webhook), ("smtp", ctx.watch.smtp)) if on
@@ -433,6 +489,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
             channels=channels,
             outputs_review_seq=job.review_seq,
             outputs_digest=_outputs_digest(job.out_dir),
+            setup=job.setup,
         ),
     )
     _write_alerts_file(state, aoi.id, job.out_dir)
@@ -449,8 +506,10 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
         new_scenes=job.plan.new,
         replaced=tuple(d.scene_id for d in job.plan.replaced),
         retried=job.plan.retried,
+        left=job.plan.left,
         alerts=changes.alerts,
         summary=computed.summary,
+        message=job.why,
     )
 
 

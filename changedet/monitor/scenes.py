@@ -74,7 +74,7 @@ def _changed(row: SceneRow | None, scene: Scene) -> bool:
     return (
         row is None
         or row.record is None
-        or row.outcome == "replaced"
+        or row.outcome in ("replaced", "dropped")  # back (published again, or the dates moved)
         or (row.processing_baseline, row.updated) != (scene.processing_baseline, scene.updated)
     )
 
@@ -86,18 +86,26 @@ class ScenePlan:
     replaced: stored scenes a newer version of the same acquisition replaces, with why;
     dropped: what the search left out (cloud filter, missing assets...), new ids only;
     retried: stored scenes whose files could not be read last time, read again (work to do:
-    a failed read, a network error or an expired link, may well succeed now)."""
+    a failed read, a network error or an expired link, may well succeed now);
+    left: stored scenes the AOI's series no longer holds (work to do): withdrawn from the
+    catalog (the search covered their day and did not return them), or outside the watch's
+    start and end (moved since)."""
 
     scenes: tuple[Scene, ...]
     new: tuple[str, ...]
     replaced: tuple[SkippedScene, ...]
     dropped: tuple[SkippedScene, ...]
     retried: tuple[str, ...] = ()
+    left: tuple[SkippedScene, ...] = ()
 
     @property
     def work(self) -> bool:
-        """Anything to compute: a new, replaced or retried scene."""
-        return bool(self.new or self.replaced or self.retried)
+        """Anything to compute: a new, replaced, retried or left scene."""
+        return bool(self.new or self.replaced or self.retried or self.left)
+
+
+WITHDRAWN = "withdrawn from the catalog"
+OUTSIDE = "outside the watch's start and end"
 
 
 def plan_scenes(
@@ -106,9 +114,12 @@ def plan_scenes(
     found_dropped: Sequence[SkippedScene],
     *,
     now: datetime,
+    span: tuple[date, date] | None = None,
+    searched: tuple[date, date] | None = None,
 ) -> ScenePlan:
     """Merge the stored scenes with what a search found; acquisitions after `now` are treated as
-    not yet published."""
+    not yet published. span: the watch's (start, end), which its scenes must lie in; searched:
+    the days the search covered, where a stored scene it did not return was withdrawn."""
     known = {
         sid: scene_from_record(row.record)
         for sid, row in stored.items()
@@ -119,6 +130,14 @@ def plan_scenes(
         known[scene.id] = scene  # a found scene is the catalog's current version
     candidates = [s for s in known.values() if s.datetime <= now]
     kept, duplicates = dedupe_scenes(candidates)
+    seen = {s.id for s in found} | {d.scene_id for d in found_dropped}
+    left = tuple(
+        SkippedScene(s.id, reason)
+        for s in kept
+        if s.id in stored and (reason := _left_because(s, seen, span, searched))
+    )
+    gone = {d.scene_id for d in left}
+    kept = [s for s in kept if s.id not in gone]
     kept.sort(key=lambda s: (s.datetime, s.id))
     new = tuple(s.id for s in kept if _changed(stored.get(s.id), s))
     replaced = tuple(
@@ -127,4 +146,19 @@ def plan_scenes(
     new_dups = tuple(d for d in duplicates if d.scene_id not in stored)
     dropped = tuple(d for d in found_dropped if d.scene_id not in stored)
     retried = tuple(s.id for s in kept if s.id not in new and stored[s.id].outcome == "unreadable")
-    return ScenePlan(tuple(kept), new, replaced, (*dropped, *new_dups), retried)
+    return ScenePlan(tuple(kept), new, replaced, (*dropped, *new_dups), retried, left)
+
+
+def _left_because(
+    scene: Scene,
+    seen: set[str],
+    span: tuple[date, date] | None,
+    searched: tuple[date, date] | None,
+) -> str | None:
+    """Why a stored scene is no longer in the AOI's series (None: it is)."""
+    day = scene.datetime.date()
+    if span is not None and not span[0] <= day <= span[1]:
+        return OUTSIDE
+    if searched is not None and searched[0] <= day <= searched[1] and scene.id not in seen:
+        return WITHDRAWN
+    return None

@@ -154,6 +154,11 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE aois ADD COLUMN outputs_digest TEXT;
     """,
+    # 3: a digest of the watch's setup (its AOI outline and effective config but the end) the
+    # ledger was last computed with: an edited watch-list is computed again, not kept as it was
+    """
+    ALTER TABLE aois ADD COLUMN setup TEXT;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -238,6 +243,7 @@ class CheckRecord:
     channels: Sequence[str] = ()  # delivery channels configured now
     outputs_review_seq: int | None = None  # the review seq the written outputs show
     outputs_digest: str | None = None  # SHA-256 of the run.json of the outputs written
+    setup: str | None = None  # the watch's setup they were computed with (`monitor.run`)
 
 
 _STRUCTURE_COLUMNS = (
@@ -422,7 +428,7 @@ class State:
     def aoi(self, aoi_id: str) -> dict[str, Any] | None:
         row = self.db.execute(
             "SELECT id, name, out_dir, last_acquired, outputs_review_seq, outputs_run, "
-            "outputs_digest FROM aois WHERE id = ?",
+            "outputs_digest, setup FROM aois WHERE id = ?",
             (aoi_id,),
         ).fetchone()
         if row is None:
@@ -435,6 +441,7 @@ class State:
             "outputs_review_seq",
             "outputs_run",
             "outputs_digest",
+            "setup",
         )
         return dict(zip(keys, row, strict=True))
 
@@ -482,9 +489,15 @@ class State:
             self._write_alerts(db, run_id, record)
             if record.outputs_review_seq is not None:
                 db.execute(
-                    "UPDATE aois SET outputs_review_seq = ?, outputs_run = ?, outputs_digest = ? "
-                    "WHERE id = ?",
-                    (record.outputs_review_seq, run_id, record.outputs_digest, record.aoi_id),
+                    "UPDATE aois SET outputs_review_seq = ?, outputs_run = ?, outputs_digest = ?, "
+                    "setup = ? WHERE id = ?",
+                    (
+                        record.outputs_review_seq,
+                        run_id,
+                        record.outputs_digest,
+                        record.setup,
+                        record.aoi_id,
+                    ),
                 )
             db.execute(
                 "UPDATE aois SET last_acquired = (SELECT MAX(acquired) FROM scenes WHERE "
