@@ -282,10 +282,13 @@ def _files_there(out_dir: Path) -> bool:
 
 def _setup_digest(aoi: AOI, config: Config) -> str:
     """What the ledger is computed from besides the scenes: the AOI's outline and the effective
-    config, but its end (today, for an open watch) and where the work runs."""
+    config, but its end (today, for an open watch), where the work runs and where pixels are
+    cached."""
     settings = to_dict(config)
     settings.pop("compute", None)
     settings["time"].pop("end", None)
+    for key in ("cache_dir", "cache_max_gb"):
+        settings["read"].pop(key, None)
     blob = json.dumps([aoi.geometry.wkt, settings], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
