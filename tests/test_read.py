@@ -638,6 +638,35 @@ def test_a_known_scene_whose_scl_cannot_be_read_now_is_skipped_as_unreadable(
     assert reason.startswith("SCL unreadable") and fresh.skipped == kept.skipped
 
 
+def test_the_bright_roof_rule_counts_dates_not_the_tiles_of_a_date(tmp_path: Path) -> None:
+    """Two tiles of each of 3 dates overlap; a cloud over the same pixels on 2 dates. Counted by
+    scene, the overlap saw it 6 times (>= persistent_min_dates, 5) and kept the cloud as a
+    roof there; counted by date, it is 3 dates, and the cloud is masked on both tiles alike."""
+    grid = Grid.from_origin(CRS, TILE_X0 + 1000, TILE_Y0 - 400, 10.0, 200, 100)
+    scenes = []
+    for day in (1, 6, 11):
+        scl = CLEAR_SCL.copy()
+        if day != 11:
+            scl[30:50, :] = 9  # 20 m rows 30..50: grid rows 20..60
+        for tile, x0 in (("39SVV", TILE_X0), ("39SWV", TILE_X0 + 1280)):
+            made = make_scene(
+                tmp_path, f"S2A_{tile}_202308{day:02d}_0_L2A", when(day), tile=tile, scl=scl,
+                seed=day, x0=x0,
+            )  # fmt: skip
+            scenes.append(local_scene(made, tmp_path))
+    result = read_stack(
+        scenes,
+        grid,
+        bands=BANDS,
+        aoi_mask=np.ones(grid.shape, bool),
+        read_config=rc(),
+        mask_config=NO_DILATION,
+    )
+    assert len(result.stack.times) == 3
+    assert not result.stack.clear[:2, 25:55].any()  # the cloud, overlap (cols 28..155) included
+    assert result.stack.clear[2, 25:55].all() and not result.notes
+
+
 def test_kept_dates_opened_ahead_are_closed_unless_taken(tmp_path: Path) -> None:
     """The read opens kept dates on two threads ahead of the mosaic: the file of every entry
     the mosaic does not take (a later date's, when a read fails) is closed on the way out, and

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Collection, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -309,7 +310,27 @@ def _read_scl(
         while pending:
             settle(*pending.popleft())
     reads.n_obs, reads.n_cloudy = tally.totals()
+    _count_dates_once(reads, scenes, mask_config)
     return reads
+
+
+def _count_dates_once(reads: _SclReads, scenes: Sequence[Scene], mask_config: MaskConfig) -> None:
+    """The roof rule counts dates: where tiles of one date overlap, each scene counted the pixel
+    (`_look`), so the overlap takes back all but one, observed where any scene observed it and
+    cloud where any called it cloud. Else two cloudy dates seen twice made a cloud a "roof"."""
+    by_date: dict[date, list[str]] = {}
+    for scene in scenes:
+        if scene.id in reads.scl:
+            by_date.setdefault(scene.date, []).append(scene.id)
+    for ids in by_date.values():
+        if len(ids) < 2:
+            continue
+        observed = np.stack([reads.scl[i] != 0 for i in ids])
+        cloudy = observed & np.stack(
+            [scl_cloudy(reads.scl[i], cloud_classes=mask_config.cloud_classes) for i in ids]
+        )
+        reads.n_obs -= observed.sum(axis=0, dtype=np.int32) - observed.any(axis=0)
+        reads.n_cloudy -= cloudy.sum(axis=0, dtype=np.int32) - cloudy.any(axis=0)
 
 
 _LOOK_AHEAD = 4  # windows being looked at while the next are taken (each a few grid-sized masks)
