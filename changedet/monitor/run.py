@@ -251,6 +251,13 @@ def _write_alerts_file(state: State, aoi_id: str, out_dir: Path) -> None:
     write_text(path, text)
 
 
+# Why a check computes with no scene to add or leave out (`_why_recompute`), as the CLI says it.
+WATCH_EDITED = "the watch changed (its AOI outline or settings): computed again"
+REVIEWED = "outputs refreshed with the review verdicts"
+OUTPUTS_MISSING = "outputs missing: written again"
+OUTPUTS_FOREIGN = "outputs another ledger or run wrote into the folder since: written again"
+
+
 def _why_recompute(state: State, aoi_id: str, out_dir: Path, setup: str) -> str | None:
     """Why the pipeline must run with no scene to add or leave out (None: it need not): the
     watch's setup edited, reviews since the outputs were written, or outputs missing or not
@@ -260,14 +267,14 @@ def _why_recompute(state: State, aoi_id: str, out_dir: Path, setup: str) -> str 
     if row is None:
         return None  # never processed: only new scenes make the first run
     if row["setup"] not in (None, setup):  # no setup kept: a state from before it was
-        return "the watch changed (its AOI outline or settings): computed again"
+        return WATCH_EDITED
     if row["outputs_review_seq"] != state.review_seq(aoi_id):
-        return "outputs refreshed with the review verdicts"
+        return REVIEWED
     written = _outputs_digest(out_dir)
     if written is None or not _files_there(out_dir):
-        return "outputs missing: written again"
+        return OUTPUTS_MISSING
     if row["outputs_digest"] not in (None, written):
-        return "outputs another ledger or run wrote into the folder since: written again"
+        return OUTPUTS_FOREIGN
     return None
 
 
@@ -317,7 +324,7 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
     why = _why_recompute(state, aoi.id, out_dir, setup)
     # An edited watch (an outline, a start moved earlier) is searched from its start again.
     start = search_start(config.time.start, stored, ctx.watch.lookback_days)
-    if why is not None and why.startswith("the watch changed"):
+    if why == WATCH_EDITED:
         start = config.time.start
     found = _search(ctx, aoi, config, start)
     plan = plan_scenes(
