@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -135,6 +135,25 @@ def test_plan_sees_new_scenes_and_nothing_after_now() -> None:
     assert plan.new == ("b_0",)
     again = plan_scenes({**stored, "b_0": _stored(b)}, [b], [], now=END)  # a from the state
     assert [s.id for s in again.scenes] == ["a_0", "b_0"] and again.new == ()
+
+
+def test_plan_leaves_out_what_the_catalog_withdrew_or_the_search_now_rejects() -> None:
+    a, b, c = _scene("a_0", 5), _scene("b_0", 10), _scene("c_0", 20)
+    stored = {s.id: _stored(s) for s in (a, b, c)}
+    days = (date(2024, 1, 8), date(2024, 1, 31))  # b and c's days searched again
+
+    def left(found: list[Scene], dropped: list[SkippedScene], **kw: object) -> list[tuple]:
+        plan = plan_scenes(stored, found, dropped, now=END, **kw)  # type: ignore[arg-type]
+        return [(d.scene_id, d.reason) for d in plan.left]
+
+    assert left([b, c], [], searched=days) == []
+    assert left([c], [], searched=days) == [("b_0", "withdrawn from the catalog")]
+    assert left([c], [], searched=None) == []  # a search that could not read every item
+    cloudy = SkippedScene("b_0", "scene cloud cover 78.2% > 50%")  # an edited cloud filter
+    assert left([c], [cloudy], searched=days) == [("b_0", cloudy.reason)]
+    assert left([b, c], [], span=(date(2024, 1, 8), END.date())) == [
+        ("a_0", "outside the watch's start and end")
+    ]
 
 
 def test_plan_replaces_a_stored_scene_by_its_reprocessed_version() -> None:
@@ -515,6 +534,56 @@ def test_structures_an_aoi_drawn_smaller_leaves_out_are_retired_not_withdrawn(
         history = state.table_rows("structure_history", "k1")
     retired = [h for h in history if h[5] == "outside the AOI (its outline was edited)"]
     assert retired and not [a for a in check.alerts if a.kind == "withdrawn"]
+
+
+def test_a_run_with_no_edit_retires_nothing_silently(tmp_path: Path) -> None:
+    """A watch starting in July has a one-month baseline until a second clear month comes: the
+    baseline grows by itself, and what it takes in is withdrawn with an alert, not retired as
+    if the watch had been edited (only an edit leaves a structure out without its ground
+    changing)."""
+    scenario = make_scenario(tmp_path)
+    path = scenario.watchlist()
+    path.write_text(path.read_text().replace('start = "2023-06-01"', 'start = "2023-07-01"'))
+    for cut in ("2023-09-15", "2023-10-25", "2023-11-15"):
+        scenario.publish(until(cut))
+        now = datetime.fromisoformat(cut + "T12:00:00+00:00")
+        run_watchlist(load_watchlist(path), now=now)
+    with State(scenario.state) as state:
+        history = state.table_rows("structure_history", "k1")
+    assert not [h for h in history if h[5] and "the watch" in h[5]]
+
+
+def test_a_state_from_before_setups_were_kept_is_computed_once(tmp_path: Path) -> None:
+    """Edited before the upgrade, perhaps: its setup unknown, it is computed once from its
+    start, then kept."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    db = sqlite3.connect(scenario.state)
+    with db:
+        db.execute("UPDATE aois SET setup = NULL")
+    db.close()
+    (check,) = _run(scenario).checks
+    assert check.outcome == "updated" and check.message.startswith("the watch's setup was not")
+    assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
+
+
+def test_the_day_is_the_utc_day_whatever_the_clocks_offset(tmp_path: Path) -> None:
+    """One hour after a run at 08:00 UTC on 9 December, given as 23:00 on the 8th at -10:00:
+    the 9 December scene is not "outside the watch's start and end"."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until("2023-12-10"))
+    _run(scenario, now=datetime(2023, 12, 9, 8, tzinfo=UTC))
+    later = datetime(2023, 12, 8, 23, tzinfo=timezone(timedelta(hours=-10)))
+    assert [(c.outcome, c.left) for c in _run(scenario, now=later).checks] == [("unchanged", ())]
+
+
+def test_how_scenes_are_fetched_is_no_edit_of_the_watch(tmp_path: Path) -> None:
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    scenario.overrides.update({"catalog.retries": 1, "read.max_workers": 2})
+    assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
 
 
 def test_deleted_output_files_are_written_again(tmp_path: Path) -> None:

@@ -230,7 +230,8 @@ class _Context:
 
 
 def _effective_end(watched: WatchedAOI, now: datetime) -> date:
-    return min(watched.end, now.date()) if watched.end is not None else now.date()
+    today = now.astimezone(UTC).date() if now.tzinfo is not None else now.date()  # UTC days
+    return min(watched.end, today) if watched.end is not None else today
 
 
 def _write_alerts_file(state: State, aoi_id: str, out_dir: Path) -> None:
@@ -253,6 +254,7 @@ def _write_alerts_file(state: State, aoi_id: str, out_dir: Path) -> None:
 
 # Why a check computes with no scene to add or leave out (`_why_recompute`), as the CLI says it.
 WATCH_EDITED = "the watch changed (its AOI outline or settings): computed again"
+SETUP_UNKNOWN = "the watch's setup was not recorded yet (a state from before): computed again"
 REVIEWED = "outputs refreshed with the review verdicts"
 OUTPUTS_MISSING = "outputs missing: written again"
 OUTPUTS_FOREIGN = "outputs another ledger or run wrote into the folder since: written again"
@@ -266,7 +268,9 @@ def _why_recompute(state: State, aoi_id: str, out_dir: Path, setup: str) -> str 
     row = state.aoi(aoi_id)
     if row is None:
         return None  # never processed: only new scenes make the first run
-    if row["setup"] not in (None, setup):  # no setup kept: a state from before it was
+    if row["setup"] is None:  # a state from before setups were kept: edited since, perhaps
+        return SETUP_UNKNOWN
+    if row["setup"] != setup:
         return WATCH_EDITED
     if row["outputs_review_seq"] != state.review_seq(aoi_id):
         return REVIEWED
@@ -287,6 +291,13 @@ def _files_there(out_dir: Path) -> bool:
     return all((out_dir / name).is_file() for name in files)
 
 
+# How scenes are fetched, not which: a change of these gives the same ledger.
+_NOT_SETUP = {
+    "read": ("cache_dir", "cache_max_gb", "max_workers", "retries", "backoff_s", "timeout_s"),
+    "catalog": ("page_size", "retries", "backoff_s", "timeout_s", "allowed_folders"),
+}
+
+
 def _setup_digest(aoi: AOI, config: Config) -> str:
     """What the ledger is computed from besides the scenes: the AOI's outline and the effective
     config, but its end (today, for an open watch), where the work runs and where pixels are
@@ -294,8 +305,9 @@ def _setup_digest(aoi: AOI, config: Config) -> str:
     settings = to_dict(config)
     settings.pop("compute", None)
     settings["time"].pop("end", None)
-    for key in ("cache_dir", "cache_max_gb"):
-        settings["read"].pop(key, None)
+    for section, keys in _NOT_SETUP.items():
+        for key in keys:
+            settings[section].pop(key, None)
     blob = json.dumps([aoi.geometry.wkt, settings], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -323,8 +335,9 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
     setup = _setup_digest(aoi, watched.config)
     why = _why_recompute(state, aoi.id, out_dir, setup)
     # An edited watch (an outline, a start moved earlier) is searched from its start again.
+    edited = why in (WATCH_EDITED, SETUP_UNKNOWN)
     start = search_start(config.time.start, stored, ctx.watch.lookback_days)
-    if why == WATCH_EDITED:
+    if edited:
         start = config.time.start
     found = _search(ctx, aoi, config, start)
     plan = plan_scenes(
@@ -333,7 +346,9 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         found.dropped,
         now=ctx.now,
         span=(config.time.start, end),
-        searched=(start, end),
+        # A search that could not read every item, or stopped at max_items, does not tell
+        # that a scene it did not return was withdrawn.
+        searched=(start, end) if _complete(found, config) else None,
     )
     if not plan.work and why is None:
         if plan.dropped:  # scenes the search leaves out, seen for the first time
@@ -361,8 +376,15 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         review_seq=state.review_seq(aoi.id),
         ledger_rows=ledger_rows,
         setup=setup,
+        edited=edited,
         why="" if plan.work else why or "",
     )
+
+
+def _complete(found: SearchResult, config: Config) -> bool:
+    """The search read every item the catalog holds for the AOI and days."""
+    unread = any(d.unreadable for d in found.dropped)
+    return not unread and found.items_seen < config.catalog.max_items
 
 
 def _search(ctx: _Context, aoi: AOI, config: Config, start: date) -> SearchResult:
@@ -407,6 +429,7 @@ class _Job:
     review_seq: int
     ledger_rows: dict[str, StructureRow]
     setup: str  # `_setup_digest`, kept with the ledger
+    edited: bool = False  # the setup differs from the one the ledger was computed with
     why: str = ""  # why it computes with no scene to add or leave out (`_why_recompute`)
 
 
@@ -479,8 +502,9 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
         list(computed.structures),
         state.alerted(aoi.id),
         synthetic=synthetic,
-        outline=aoi.geometry,
-        baseline_end=computed.baseline_end,
+        # only an edit of the watch leaves a structure out without its ground changing
+        outline=aoi.geometry if job.edited else None,
+        baseline_end=computed.baseline_end if job.edited else None,
     )
     channels = [
         name for name, on in (("webhook", ctx.watch.webhook), ("smtp", ctx.watch.smtp)) if on

@@ -131,10 +131,12 @@ def plan_scenes(
     candidates = [s for s in known.values() if s.datetime <= now]
     kept, duplicates = dedupe_scenes(candidates)
     seen = {s.id for s in found} | {d.scene_id for d in found_dropped}
+    # What the search now leaves out (an edited cloud filter, say) leaves the series too.
+    rejected = {d.scene_id: d.reason for d in found_dropped}
     left = tuple(
         SkippedScene(s.id, reason)
         for s in kept
-        if s.id in stored and (reason := _left_because(s, seen, span, searched))
+        if s.id in stored and (reason := _left_because(s, seen, rejected, span, searched))
     )
     gone = {d.scene_id for d in left}
     kept = [s for s in kept if s.id not in gone]
@@ -152,6 +154,7 @@ def plan_scenes(
 def _left_because(
     scene: Scene,
     seen: set[str],
+    rejected: Mapping[str, str],
     span: tuple[date, date] | None,
     searched: tuple[date, date] | None,
 ) -> str | None:
@@ -159,6 +162,8 @@ def _left_because(
     day = scene.datetime.date()
     if span is not None and not span[0] <= day <= span[1]:
         return OUTSIDE
+    if scene.id in rejected:
+        return rejected[scene.id]
     if searched is not None and searched[0] <= day <= searched[1] and scene.id not in seen:
         return WITHDRAWN
     return None
