@@ -292,6 +292,13 @@ def test_an_alerted_structure_no_longer_confirmed_is_withdrawn_once() -> None:
         ("withdrawn", "no longer detected")
     ]
     assert ledger_changes("k", stored, [], set()).alerts == ()  # never alerted
+    # Confirmed again (the scene that hid it published again, say): one `reinstated`, once.
+    withdrawn = {("s1", "new"), ("s1", "withdrawn")}
+    back = ledger_changes("k", {"s1": _row("s1", "dropped")}, [_row("s1", "confirmed")], withdrawn)
+    assert [a.kind for a in back.alerts] == ["reinstated"]
+    assert describe_alert(back.alerts[0]).startswith("[k] building confirmed again after its")
+    done = {*withdrawn, ("s1", "reinstated")}
+    assert ledger_changes("k", stored, [_row("s1", "confirmed")], done).alerts == ()
     reviewed = {"s1": _row("s1", "confirmed", review="false-positive")}
     assert ledger_changes("k", reviewed, [], {("s1", "new")}).alerts == ()
 

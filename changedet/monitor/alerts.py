@@ -40,6 +40,7 @@ def describe_alert(alert: AlertRow) -> str:
         "bermed": f"{p.get('kind')} now ringed by a berm",
         "vanished": f"{p.get('kind')} vanished (after {p.get('vanished_after')})",
         "withdrawn": f"{p.get('kind')} no longer confirmed ({p.get('detail')})",
+        "reinstated": f"{p.get('kind')} confirmed again after its withdrawal",
     }.get(alert.kind, alert.kind)
     seen = f"first seen {p.get('first_seen_start') or '?'}..{p.get('first_seen_end') or '?'}"
     synthetic = "[SYNTHETIC data] " if p.get("synthetic") else ""

@@ -65,6 +65,8 @@ def _alert_kinds(old: StructureRow | None, new: StructureRow, alerted: set[str])
         return ["withdrawn"] if "new" in alerted and "withdrawn" not in alerted else []
     if "new" not in alerted:
         return ["new"]
+    if "withdrawn" in alerted and "reinstated" not in alerted:
+        return ["reinstated"]  # the subscriber's last word on it was "withdrawn"
     kinds = []
     was = old.status if old is not None else None
     if new.status == "bermed" and was != "bermed" and "bermed" not in alerted:

@@ -209,7 +209,7 @@ class AlertRow:
     key: str
     aoi_id: str
     structure_id: str
-    kind: str  # "new" | "bermed" | "vanished" | "withdrawn"
+    kind: str  # "new" | "bermed" | "vanished" | "withdrawn" | "reinstated"
     payload: Mapping[str, Any]
 
 
