@@ -88,8 +88,8 @@ class ScenePlan:
     retried: stored scenes whose files could not be read last time, read again (work to do:
     a failed read, a network error or an expired link, may well succeed now);
     left: stored scenes the AOI's series no longer holds (work to do): withdrawn from the
-    catalog (the search covered their day and did not return them), or outside the watch's
-    start and end (moved since)."""
+    catalog (the search covered their day and did not return them), outside the watch's start
+    and end (moved since), or rejected by its search now (an edited cloud limit)."""
 
     scenes: tuple[Scene, ...]
     new: tuple[str, ...]
