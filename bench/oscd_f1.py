@@ -1,10 +1,12 @@
 """Quick OSCD accuracy check: run the default detector on the labelled cities and print P/R/F1.
 
     python bench/oscd_f1.py [--root ../shared/data/oscd] [--out /tmp/oscd-out] [--cities a,b]
-                            [--set change.z_threshold=8]
+                            [--set change.z_threshold=8] [--cva]
 
 Same code path as `changedet eval oscd` (changedet.lab.oscd.evaluate); prints per-city and pooled
-precision, recall and F1 and the wall time.
+precision, recall and F1 and the wall time. --cva scores the classical reference instead, change
+vector analysis of the per-band z-scored dates with an Otsu threshold (`bench/detect.py`), the
+same way.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cities", default="", help="comma-separated; default: the labelled ones")
     parser.add_argument("--all", action="store_true", help="all cities (labelled or not)")
     parser.add_argument("--set", action="append", default=[], help="change.<key>=<value> override")
+    parser.add_argument("--cva", action="store_true", help="score CVA + Otsu instead")
     args = parser.parse_args(argv)
+    if args.cva:
+        return _cva(args.root)
     config: ChangeConfig = load_config().change
     for item in args.set:
         key, _, value = item.partition("=")
@@ -59,6 +64,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"{s.tp:7d} {s.fp:7d} {s.fn:7d} {s.seconds:6.2f}"
             )
     print(f"wall time {wall:.1f} s for {len(cities)} cities; outputs in {out}")
+    return 0
+
+
+def _cva(root: Path) -> int:
+    """Pixel P/R/F1 of CVA + Otsu on the labelled cities, pooled as `evaluate` pools them."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from detect import _cva_otsu
+
+    from changedet.core.change import DETECT_BANDS
+    from changedet.lab.oscd import labelled_cities, load_city
+    from changedet.lab.score import pool_city_scores, score_prediction
+
+    scores = []
+    for name in labelled_cities(root):
+        city = load_city(root, name, with_label=True, bands=list(DETECT_BANDS))
+        assert city.label is not None
+        before, after = np.nan_to_num(city.before), np.nan_to_num(city.after)
+        scores.append(score_prediction(name, _cva_otsu(before, after), city.label))
+    for s in (*scores, pool_city_scores(scores)):
+        print(f"{s.city:12s} P {s.precision:.3f} R {s.recall:.3f} F1 {s.f1:.3f}")
     return 0
 
 

@@ -333,7 +333,7 @@ _SERIES_COLUMNS = (
     ("F1", "f1", "{:.2f}"),
     ("count err", "count_error", "{:+.0%}"),
     ("first-seen", "first_seen", "{:.2f}"),
-    ("± days", "first_seen_days", "{:.0f}"),
+    ("interval days", "first_seen_days", "{:.0f}"),  # the whole width, not a half
     ("false /km²", "false_per_km2", "{:.2f}"),
     ("s", "seconds", "{:.0f}"),
 )
