@@ -208,6 +208,9 @@ class SearchResult:
     source: str  # catalog URL / path with any token stripped
     notes: tuple[str, ...] = ()  # e.g. "cloud filter applied client-side: ..."
     items_seen: int = 0  # items the catalog returned for the AOI and dates, before any filter
+    # Every item was read: paging reached the last page and no document was unreadable (else a
+    # scene it did not return may still be in the catalog)
+    complete: bool = True
 
 
 @dataclass(frozen=True)

@@ -618,6 +618,7 @@ def test_one_invalid_item_file_is_skipped_with_its_reason(tmp_path: Path) -> Non
     }
     assert "not a STAC JSON object" in dropped["list.json"]
     assert "does not exist" in dropped["gone.json"]
+    assert not result.complete  # so no scene it misses is taken for withdrawn
     assert not any("pass a STAC API URL" in r for r in dropped.values())
     # Only an unusable root ends the search, and then it says what to pass instead.
     catalog.write_text("not json")

@@ -412,6 +412,16 @@ def test_paging_error_mid_search_is_retried(world: World) -> None:
     assert paged.items_seen == direct.items_seen == 7
     assert sum('"skip": 4' in p for p in pages) == 3  # two failures, one success
     assert len(pages) == 4 + 2  # 4 pages of 2 (7 items) + 2 retries
+    assert paged.complete and direct.complete
+
+
+def test_a_search_that_stops_paging_early_says_it_is_incomplete(world: World) -> None:
+    """The monitor infers that a scene the search did not return was withdrawn only from a
+    complete search: one cut at max_items, or at the page bound, is not."""
+    capped = search(world.api.url, page_size=2, max_items=4)
+    assert capped.items_seen == 4 and not capped.complete
+    assert any("max_items=4" in note for note in capped.notes)
+    assert search(world.api.url, page_size=2).complete
 
 
 def test_client_errors_are_not_retried(world: World) -> None:

@@ -299,6 +299,9 @@ def test_an_alerted_structure_no_longer_confirmed_is_withdrawn_once() -> None:
     assert describe_alert(back.alerts[0]).startswith("[k] building confirmed again after its")
     done = {*withdrawn, ("s1", "reinstated")}
     assert ledger_changes("k", stored, [_row("s1", "confirmed")], done).alerts == ()
+    # Back bermed: both said (the bermed alert could never come after)
+    bermed = ledger_changes("k", {"s1": _row("s1", "candidate")}, [_row("s1", "bermed")], withdrawn)
+    assert [a.kind for a in bermed.alerts] == ["reinstated", "bermed"]
     reviewed = {"s1": _row("s1", "confirmed", review="false-positive")}
     assert ledger_changes("k", reviewed, [], {("s1", "new")}).alerts == ()
 
@@ -566,13 +569,24 @@ def test_a_state_from_before_setups_were_kept_is_computed_once(tmp_path: Path) -
     scenario = make_scenario(tmp_path)
     scenario.publish(until(GROWN_FIRST))
     _run(scenario)
-    db = sqlite3.connect(scenario.state)
-    with db:
-        db.execute("UPDATE aois SET setup = NULL")
-    db.close()
-    (check,) = _run(scenario).checks
-    assert check.outcome == "updated" and check.message.startswith("the watch's setup was not")
-    assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
+    for kept in (None, "0f3a"):  # none, or a digest of another kind (an earlier changedet's)
+        db = sqlite3.connect(scenario.state)
+        with db:
+            db.execute("UPDATE aois SET setup = ?", (kept,))
+        db.close()
+        (check,) = _run(scenario).checks
+        assert check.outcome == "updated" and check.message.startswith("the watch's setup was")
+        assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
+
+
+def test_an_aoi_with_only_dropped_scenes_so_far_is_not_computed_every_run(tmp_path: Path) -> None:
+    """Its first search finds scenes the cloud limit drops: nothing was computed, so there is
+    nothing to compute again for want of a recorded setup."""
+    scenario = make_scenario(tmp_path)
+    scenario.overrides["catalog.max_cloud_cover"] = 0.01
+    scenario.publish(until(GROWN_FIRST))
+    outcomes = [c.outcome for _ in range(3) for c in _run(scenario).checks]
+    assert outcomes == ["unchanged"] * 3
 
 
 def test_the_day_is_the_utc_day_whatever_the_clocks_offset(tmp_path: Path) -> None:

@@ -175,6 +175,9 @@ class FoundItems:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     # A local catalog: the folders its local hrefs must stay inside (None: not confined).
     local_roots: tuple[str, ...] | None = None
+    # Paging stopped before the last page (max_items, the page bound, a repeated link), or the
+    # scenes the server's cloud filter removed could not all be listed.
+    truncated: bool = False
 
 
 def _datetime_range(start: date, end: date) -> str:
@@ -212,9 +215,11 @@ def _api_items(
         fetcher, search.url, dict(search.get_parameters()), config, what=safe, progress=progress
     )
     removed: list[RawItem] = []
+    truncated = bool(notes)  # every note of the paging says where it stopped early
     if cloud.removed:
         removed, more = _cloud_removed(client, fetcher, base, cloud.removed, config, what=safe)
         notes.extend(more)
+        truncated = truncated or bool(more)
     notes = [cloud.note, *notes] if cloud.note else notes
     return FoundItems(
         items,
@@ -223,6 +228,7 @@ def _api_items(
         cloud_filtered_by_server=bool(cloud.keep),
         api=True,
         cloud_removed=removed,
+        truncated=truncated,
     )
 
 

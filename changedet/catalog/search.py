@@ -79,10 +79,13 @@ def search_scenes(
     scenes.sort(key=lambda s: (s.datetime, s.id))
     notes.extend(_summary_notes(scenes, sifted.rules))
 
+    complete = not found.truncated and not found.unreadable
     if not scenes:
         _refuse_empty(sifted, source=source, remote=found.remote)
         if allow_empty:
-            return SearchResult((), tuple(dropped), source, tuple(notes), len(found.items))
+            return SearchResult(
+                (), tuple(dropped), source, tuple(notes), len(found.items), complete
+            )
         raise _nothing_usable(
             dropped, source=source, aoi=aoi, window=(start, end), hint=sifted.provider_hint()
         )
@@ -94,6 +97,7 @@ def search_scenes(
         source=source,
         notes=tuple(notes),
         items_seen=len(found.items),
+        complete=complete,
     )
 
 

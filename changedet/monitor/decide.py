@@ -12,8 +12,10 @@ site). Every status change is a history entry. Alerts, each at most once per str
 - `vanished`: a structure already alerted as new that has vanished since;
 - `withdrawn`: a structure already alerted as new that the detector no longer confirms (later
   months showed a transient, or it is no longer found: then `detail` says why, "now part of
-  <id>" when a structure found now covers most of it).
+  <id>" when a structure found now covers most of it);
+- `reinstated`: a withdrawn structure the detector confirms again.
 
+A structure lost to an edit of the watch (its outline, its start) is retired without an alert.
 A structure the analyst called a false positive never alerts again.
 """
 
@@ -65,9 +67,9 @@ def _alert_kinds(old: StructureRow | None, new: StructureRow, alerted: set[str])
         return ["withdrawn"] if "new" in alerted and "withdrawn" not in alerted else []
     if "new" not in alerted:
         return ["new"]
-    if "withdrawn" in alerted and "reinstated" not in alerted:
-        return ["reinstated"]  # the subscriber's last word on it was "withdrawn"
     kinds = []
+    if "withdrawn" in alerted and "reinstated" not in alerted:
+        kinds.append("reinstated")  # the subscriber's last word on it was "withdrawn"
     was = old.status if old is not None else None
     if new.status == "bermed" and was != "bermed" and "bermed" not in alerted:
         kinds.append("bermed")

@@ -254,7 +254,7 @@ def _write_alerts_file(state: State, aoi_id: str, out_dir: Path) -> None:
 
 # Why a check computes with no scene to add or leave out (`_why_recompute`), as the CLI says it.
 WATCH_EDITED = "the watch changed (its AOI outline or settings): computed again"
-SETUP_UNKNOWN = "the watch's setup was not recorded yet (a state from before): computed again"
+SETUP_UNKNOWN = "the watch's setup was not recorded by this changedet: computed again"
 REVIEWED = "outputs refreshed with the review verdicts"
 OUTPUTS_MISSING = "outputs missing: written again"
 OUTPUTS_FOREIGN = "outputs another ledger or run wrote into the folder since: written again"
@@ -268,8 +268,10 @@ def _why_recompute(state: State, aoi_id: str, out_dir: Path, setup: str) -> str 
     row = state.aoi(aoi_id)
     if row is None:
         return None  # never processed: only new scenes make the first run
-    if row["setup"] is None:  # a state from before setups were kept: edited since, perhaps
-        return SETUP_UNKNOWN
+    if row["setup"] is None or not row["setup"].startswith(_SETUP_VERSION):
+        # Computed by a changedet that kept no setup, or another kind of it: edited since,
+        # perhaps. (Nothing computed yet, only scenes dropped: nothing to compute again.)
+        return SETUP_UNKNOWN if row["outputs_run"] is not None else None
     if row["setup"] != setup:
         return WATCH_EDITED
     if row["outputs_review_seq"] != state.review_seq(aoi_id):
@@ -291,6 +293,8 @@ def _files_there(out_dir: Path) -> bool:
     return all((out_dir / name).is_file() for name in files)
 
 
+# Names what a setup digest holds: one kept under another name is not compared with it.
+_SETUP_VERSION = "setup-2:"
 # How scenes are fetched, not which: a change of these gives the same ledger.
 _NOT_SETUP = {
     "read": ("cache_dir", "cache_max_gb", "max_workers", "retries", "backoff_s", "timeout_s"),
@@ -309,7 +313,7 @@ def _setup_digest(aoi: AOI, config: Config) -> str:
         for key in keys:
             settings[section].pop(key, None)
     blob = json.dumps([aoi.geometry.wkt, settings], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return _SETUP_VERSION + hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _outputs_digest(out_dir: Path) -> str | None:
@@ -346,9 +350,9 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         found.dropped,
         now=ctx.now,
         span=(config.time.start, end),
-        # A search that could not read every item, or stopped at max_items, does not tell
+        # A search that could not read every item, or stopped paging early, does not tell
         # that a scene it did not return was withdrawn.
-        searched=(start, end) if _complete(found, config) else None,
+        searched=(start, end) if found.complete else None,
     )
     if not plan.work and why is None:
         if plan.dropped:  # scenes the search leaves out, seen for the first time
@@ -379,12 +383,6 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         edited=edited,
         why="" if plan.work else why or "",
     )
-
-
-def _complete(found: SearchResult, config: Config) -> bool:
-    """The search read every item the catalog holds for the AOI and days."""
-    unread = any(d.unreadable for d in found.dropped)
-    return not unread and found.items_seen < config.catalog.max_items
 
 
 def _search(ctx: _Context, aoi: AOI, config: Config, start: date) -> SearchResult:
