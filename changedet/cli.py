@@ -17,7 +17,7 @@ import threading
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -725,10 +725,23 @@ def monitor_run(
         )
     for unsent in d.unsent:  # not a failure: the channel was taken out on purpose, maybe
         click.echo(f"changedet: warning: {unsent}", err=True)
+    _warn_unwatched(report.unwatched)
     for check in report.checks:
         if check.outcome == "failed":
             _echo_error(f"AOI '{check.aoi_id}': {check.message}")
     sys.exit(1 if report.failed or d.errors else 0)
+
+
+def _warn_unwatched(unwatched: Mapping[str, int]) -> None:
+    """Ledgers the watch-list no longer names: a renamed AOI starts a new one (its structures
+    alerted as new again), which nothing else would say."""
+    if unwatched:
+        listed = ", ".join(f"'{aoi}' ({n} structures)" for aoi, n in sorted(unwatched.items()))
+        click.echo(
+            f"changedet: warning: the state keeps the ledger of AOI(s) the watch-list no longer "
+            f"names: {listed}; an AOI whose id was changed starts a new ledger under the new id",
+            err=True,
+        )
 
 
 @monitor.command("status")
@@ -744,9 +757,11 @@ def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bo
     with _errors(debug):
         watch = _watchlist(config_path, state)
         summaries = []
+        unwatched: dict[str, int] = {}
         if watch.state.exists():
             with State(watch.state) as db:
                 summaries = [db.summary(w.aoi.id) for w in watch.aois]
+                unwatched = db.unwatched([w.aoi.id for w in watch.aois])
         else:
             summaries = [{"aoi": w.aoi.id, "last_run": None} for w in watch.aois]
         for s in summaries:
@@ -755,9 +770,15 @@ def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bo
                 s["confirmed_total"] = confirmed_total(s["structures"])
         caches = _pixel_caches(watch)
     if as_json:
-        doc = {"state": str(watch.state), "aois": summaries, "pixel_caches": caches}
+        doc = {
+            "state": str(watch.state),
+            "aois": summaries,
+            "unwatched": unwatched,
+            "pixel_caches": caches,
+        }
         click.echo(json.dumps(doc, indent=2))
         return
+    _warn_unwatched(unwatched)
     click.echo(f"state: {watch.state}")
     for c in caches:
         click.echo(

@@ -607,6 +607,27 @@ def test_how_scenes_are_fetched_is_no_edit_of_the_watch(tmp_path: Path) -> None:
     assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
 
 
+def test_a_ledger_the_watch_list_no_longer_names_is_said(tmp_path: Path) -> None:
+    """An AOI whose id was changed starts a new ledger (its structures alerted as new again);
+    the old one stays in the state, and run and status say so instead of dropping it silently."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    with State(scenario.state) as state:
+        kept = len(state.structures("k1"))
+    aoi = json.loads((tmp_path / "k1.geojson").read_text())
+    aoi["features"][0]["properties"]["id"] = "k1-renamed"
+    (tmp_path / "k1.geojson").write_text(json.dumps(aoi))
+    path = scenario.watchlist()
+    done = monitor_cli(
+        "monitor", "run", "--config", str(path), "--now", END.isoformat(), "--quiet", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"no longer names: 'k1' ({kept} structures)" in done.stderr
+    status = monitor_cli("monitor", "status", "--config", str(path), "--json", cwd=tmp_path)
+    assert json.loads(status.stdout)["unwatched"] == {"k1": kept}
+
+
 def test_deleted_output_files_are_written_again(tmp_path: Path) -> None:
     scenario = make_scenario(tmp_path)
     scenario.publish(until(GROWN_FIRST))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from functools import partial
@@ -86,6 +86,8 @@ class MonitorReport:
     run_id: int
     checks: tuple[AOICheck, ...]
     deliveries: DeliveryReport = field(default_factory=DeliveryReport)
+    # AOIs whose ledger the state holds that the watch-list no longer names: structure counts
+    unwatched: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -584,7 +586,8 @@ def run_watchlist(
         done.sort(key=lambda c: order[c.aoi_id])
         kwargs = {} if sleep is None else {"sleep": sleep}
         deliveries = deliver_pending(state, webhook=watch.webhook, smtp=watch.smtp, **kwargs)
-        report = MonitorReport(run_id, tuple(done), deliveries)
+        unwatched = state.unwatched([w.aoi.id for w in watch.aois])
+        report = MonitorReport(run_id, tuple(done), deliveries, unwatched)
         state.finish_run(run_id, "failed" if report.failed else "ok")
         return report
 

@@ -646,6 +646,12 @@ class State:
 
     # --- status -------------------------------------------------------------------------------
 
+    def unwatched(self, watched: Sequence[str]) -> dict[str, int]:
+        """AOIs with structures in the ledger that `watched` does not name (taken out of the
+        watch-list, or renamed: a new id starts a new ledger), with their structure counts."""
+        rows = self.db.execute("SELECT aoi_id, COUNT(*) FROM structures GROUP BY aoi_id")
+        return {aoi: n for aoi, n in rows if aoi not in set(watched)}
+
     def summary(self, aoi_id: str) -> dict[str, Any]:
         """What `changedet monitor status` shows for one AOI."""
         db = self.db
