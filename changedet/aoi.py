@@ -377,7 +377,8 @@ def _check_zone(aoi: AOI) -> None:
 
 def _check_size(aoi: AOI, cfg: AOIConfig) -> None:
     _check_zone(aoi)
-    km2 = area_km2(aoi)
+    utm = to_grid_crs(aoi.geometry, f"EPSG:{aoi_utm_epsg(aoi)}")
+    km2 = float(utm.area) / 1e6  # `area_km2`
     if km2 > cfg.max_area_km2:
         raise AOIError(
             f"AOI '{aoi.id}' covers {km2:.0f} km², above the {cfg.max_area_km2:.0f} km² limit; "
@@ -388,16 +389,12 @@ def _check_size(aoi: AOI, cfg: AOIConfig) -> None:
     # Sentinel-2's 10 m pixels belong to the AOI whose polygon holds their centre: a small or
     # thin one may hold none, and then nothing of it can be read or analysed. A polygon holding
     # a disc of half a pixel's diagonal holds a centre; only one that does not is rasterised.
-    if _may_miss_centres(aoi) and not aoi_mask(aoi, grid_for(aoi)).any():
+    may_miss = utm.buffer(-10.0 / math.sqrt(2.0) - 1e-3).is_empty
+    if may_miss and not aoi_mask(aoi, grid_for(aoi)).any():
         raise AOIError(
             f"AOI '{aoi.id}' ({km2 * 1e6:.0f} m²) holds no centre of a 10 m pixel, so nothing of "
             "it can be analysed; draw a larger polygon (the site and its surroundings)"
         )
-
-
-def _may_miss_centres(aoi: AOI, res: float = 10.0) -> bool:
-    utm = to_grid_crs(aoi.geometry, f"EPSG:{aoi_utm_epsg(aoi)}")
-    return bool(utm.buffer(-res / math.sqrt(2.0) - 1e-3).is_empty)
 
 
 def grid_for(

@@ -238,13 +238,11 @@ def _refuse_repeated_files(paths: Sequence[str]) -> None:
     twice into one folder, the first run's outputs pushed out by the second: a usage error."""
     first: dict[str, str] = {}
     for path in paths:
-        other = first.setdefault(os.path.realpath(os.path.expanduser(path)), path)
-        if other != path or paths.count(path) > 1:
-            raise UsageError(
-                f"AOI file '{path}' is given twice"
-                + (f" (as '{other}' too)" if other != path else "")
-                + "; give each file once"
-            )
+        real = os.path.realpath(os.path.expanduser(path))
+        if real in first:
+            also = f" (as '{first[real]}' too)" if first[real] != path else ""
+            raise UsageError(f"AOI file '{path}' is given twice{also}; give each file once")
+        first[real] = path
 
 
 def _refuse_shared_ids(sourced: list[tuple[str, Any]]) -> None:

@@ -260,6 +260,7 @@ SETUP_UNKNOWN = "the watch's setup was not recorded by this changedet: computed 
 REVIEWED = "outputs refreshed with the review verdicts"
 OUTPUTS_MISSING = "outputs missing: written again"
 OUTPUTS_FOREIGN = "outputs another ledger or run wrote into the folder since: written again"
+_EDITS = (WATCH_EDITED, SETUP_UNKNOWN)  # the watch is searched from its start again
 
 
 def _why_recompute(state: State, aoi_id: str, out_dir: Path, setup: str) -> str | None:
@@ -278,19 +279,22 @@ def _why_recompute(state: State, aoi_id: str, out_dir: Path, setup: str) -> str 
         return WATCH_EDITED
     if row["outputs_review_seq"] != state.review_seq(aoi_id):
         return REVIEWED
-    written = _outputs_digest(out_dir)
-    if written is None or not _files_there(out_dir):
+    try:
+        run_json = (out_dir / "run.json").read_bytes()
+    except OSError:
         return OUTPUTS_MISSING
-    if row["outputs_digest"] not in (None, written):
+    if not _files_there(out_dir, run_json):
+        return OUTPUTS_MISSING
+    if row["outputs_digest"] not in (None, hashlib.sha256(run_json).hexdigest()):
         return OUTPUTS_FOREIGN
     return None
 
 
-def _files_there(out_dir: Path) -> bool:
-    """Every file run.json lists is there."""
+def _files_there(out_dir: Path, run_json: bytes) -> bool:
+    """Every file `run_json` (out_dir's run.json) lists is there."""
     try:
-        files = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        files = json.loads(run_json)["files"]
+    except (ValueError, KeyError, TypeError):
         return False
     return all((out_dir / name).is_file() for name in files)
 
@@ -341,9 +345,8 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
     setup = _setup_digest(aoi, watched.config)
     why = _why_recompute(state, aoi.id, out_dir, setup)
     # An edited watch (an outline, a start moved earlier) is searched from its start again.
-    edited = why in (WATCH_EDITED, SETUP_UNKNOWN)
     start = search_start(config.time.start, stored, ctx.watch.lookback_days)
-    if edited:
+    if why in _EDITS:
         start = config.time.start
     found = _search(ctx, aoi, config, start)
     plan = plan_scenes(
@@ -382,8 +385,7 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         review_seq=state.review_seq(aoi.id),
         ledger_rows=ledger_rows,
         setup=setup,
-        edited=edited,
-        why="" if plan.work else why or "",
+        why=why or "",
     )
 
 
@@ -429,8 +431,12 @@ class _Job:
     review_seq: int
     ledger_rows: dict[str, StructureRow]
     setup: str  # `_setup_digest`, kept with the ledger
-    edited: bool = False  # the setup differs from the one the ledger was computed with
-    why: str = ""  # why it computes with no scene to add or leave out (`_why_recompute`)
+    why: str = ""  # why it would compute even with no scene to add or leave out
+
+    @property
+    def edited(self) -> bool:
+        """The setup differs from the one the ledger was computed with (or is not known)."""
+        return self.why in _EDITS
 
 
 @dataclass(frozen=True)
@@ -543,7 +549,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
         left=job.plan.left,
         alerts=changes.alerts,
         summary=computed.summary,
-        message=job.why,
+        message="" if job.plan.work else job.why,  # said when no scene explains the update
     )
 
 

@@ -650,7 +650,8 @@ class State:
         """AOIs with structures in the ledger that `watched` does not name (taken out of the
         watch-list, or renamed: a new id starts a new ledger), with their structure counts."""
         rows = self.db.execute("SELECT aoi_id, COUNT(*) FROM structures GROUP BY aoi_id")
-        return {aoi: n for aoi, n in rows if aoi not in set(watched)}
+        names = set(watched)
+        return {aoi: n for aoi, n in rows if aoi not in names}
 
     def summary(self, aoi_id: str) -> dict[str, Any]:
         """What `changedet monitor status` shows for one AOI."""
