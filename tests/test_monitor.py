@@ -1120,3 +1120,37 @@ def test_a_full_disk_fails_the_aoi_with_what_to_do() -> None:
     assert "set TMPDIR" in check.message
     other = _failed("k1", ValueError("boom"))
     assert other.message == "unexpected ValueError: boom"  # a bug stays one to report
+
+
+def test_a_state_emptied_to_zero_bytes_is_refused_while_outputs_stand(tmp_path: Path) -> None:
+    """SQLite takes an empty file for a new database: the ledger's history would be lost and
+    every structure alerted as new again. One line, exit 1, and nothing touched; a 0-byte file
+    with no outputs yet (a first run killed at its start) just starts the ledger."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    run_json = (scenario.out / "k1" / "run.json").read_bytes()
+    scenario.state.write_bytes(b"")
+    for wal in scenario.state.parent.glob(scenario.state.name + "-*"):
+        wal.unlink()
+    path = scenario.watchlist()
+    done = monitor_cli(
+        "monitor", "run", "--config", str(path), "--now", END.isoformat(), "--quiet", cwd=tmp_path
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "is empty (0 bytes)" in line and "(k1)" in line and "restore" in line
+    assert scenario.state.stat().st_size == 0
+    assert (scenario.out / "k1" / "run.json").read_bytes() == run_json
+    # Nor do status and review write a new schema into it (the run would then take it as is).
+    status = monitor_cli("monitor", "status", "--config", str(path), cwd=tmp_path)
+    assert status.returncode == 1 and "is empty (0 bytes)" in status.stderr
+    review = monitor_cli(
+        "review", "k1", "39N-1-1", "--as", "confirmed", "--config", str(path), cwd=tmp_path
+    )
+    assert review.returncode == 1 and "is empty (0 bytes)" in review.stderr
+    assert scenario.state.stat().st_size == 0
+
+    shutil.rmtree(scenario.out / "k1")
+    (check,) = _run(scenario).checks
+    assert check.outcome == "updated" and check.alerts

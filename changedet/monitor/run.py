@@ -32,6 +32,7 @@ from changedet.errors import (
     ChangedetError,
     ConfigError,
     NoScenesError,
+    OutputError,
     UsageError,
     machine_trouble,
 )
@@ -50,7 +51,14 @@ from changedet.monitor.decide import ledger_changes, ledger_status
 from changedet.monitor.lock import hold_lock
 from changedet.monitor.memo import DiskMemo, memo_folder, prune
 from changedet.monitor.scenes import ScenePlan, plan_scenes, scene_record, search_start
-from changedet.monitor.state import AlertRow, CheckRecord, SceneRow, State, StructureRow
+from changedet.monitor.state import (
+    AlertRow,
+    CheckRecord,
+    SceneRow,
+    State,
+    StructureRow,
+    emptied,
+)
 from changedet.monitor.watchlist import WatchedAOI, WatchList
 from changedet.pipeline import PipelineIO, RunSummary, periods_for, run_aoi, safe_out_dir
 
@@ -570,7 +578,7 @@ def run_watchlist(
     `watch.cluster`, each AOI's pipeline runs on a Dask worker while this process, the state's
     only writer, plans, commits and alerts."""
     io = io or PipelineIO.default()
-    with hold_lock(watch.state), State(watch.state) as state:
+    with hold_lock(watch.state), State(_unemptied_state(watch), empty_ok=True) as state:
         _refuse_going_back(state, now)
         run_id = state.begin_run(now)
         ctx = _Context(state, run_id, now, watch, io, progress)
@@ -596,6 +604,26 @@ def run_watchlist(
         report = MonitorReport(run_id, tuple(done), deliveries, unwatched)
         state.finish_run(run_id, "failed" if report.failed else "ok")
         return report
+
+
+def _unemptied_state(watch: WatchList) -> Path:
+    """A state database emptied to 0 bytes (a full disk, a restore gone wrong, `> state`) would
+    be taken for a new ledger: every structure alerted as new again, the history of alerts and
+    reviews lost. Refused while an AOI folder holds outputs an earlier run wrote; without any,
+    it is a first run killed before SQLite wrote its header, and that simply starts again.
+    Returns the database's path."""
+    if not emptied(watch.state):
+        return watch.state
+    written = [
+        w.aoi.id for w in watch.aois if (safe_out_dir(watch.out, w.aoi.id) / "run.json").exists()
+    ]
+    if written:
+        raise OutputError(
+            f"state database '{watch.state}' is empty (0 bytes), but '{watch.out}' holds outputs "
+            f"of earlier runs ({', '.join(written)}): restore the database from a backup, or "
+            "delete it to start a new ledger (its structures are alerted as new again)"
+        )
+    return watch.state
 
 
 def _refuse_going_back(state: State, now: datetime) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "SceneRow",
     "State",
     "StructureRow",
+    "emptied",
 ]
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -272,8 +273,15 @@ def _bool(value: Any) -> bool | None:
 class State:
     """An open state database. Use as a context manager, or call `close()`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, empty_ok: bool = False) -> None:
+        """Open (or create) the database at `path`. A file emptied to 0 bytes is refused unless
+        `empty_ok`: SQLite would take it for a new ledger, and opening writes its schema."""
         self.path = Path(path)
+        if not empty_ok and emptied(self.path):
+            raise OutputError(
+                f"state database '{self.path}' is empty (0 bytes): restore it from a backup, "
+                "or delete it to start a new ledger"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(
@@ -708,6 +716,14 @@ class State:
             "alerts": n_alerts[0],
             "pending_deliveries": pending,
         }
+
+
+def emptied(path: Path) -> bool:
+    """`path` is a file of 0 bytes: SQLite writes its header when the database is created."""
+    try:
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False  # State says what is wrong with it
 
 
 def _aware(when: datetime) -> datetime:
