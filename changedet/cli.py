@@ -731,13 +731,14 @@ def monitor_run(
 
 
 def _warn_unwatched(unwatched: Mapping[str, int]) -> None:
-    """Ledgers the watch-list no longer names: a renamed AOI starts a new one (its structures
-    alerted as new again), which nothing else would say."""
+    """Ledgers the watch-list no longer names: an AOI renamed as its outline or settings were
+    edited starts a new one (its structures alerted as new again), which nothing else would say."""
     if unwatched:
         listed = ", ".join(f"'{aoi}' ({n} structures)" for aoi, n in sorted(unwatched.items()))
         click.echo(
             f"changedet: warning: the state keeps the ledger of AOI(s) the watch-list no longer "
-            f"names: {listed}; an AOI whose id was changed starts a new ledger under the new id",
+            f"names: {listed}; an AOI whose id was changed with its outline or settings starts a "
+            "new ledger under the new id",
             err=True,
         )
 

@@ -607,17 +607,55 @@ def test_how_scenes_are_fetched_is_no_edit_of_the_watch(tmp_path: Path) -> None:
     assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
 
 
+def _rename_aoi(root: Path, new_id: str, *, nudge_deg: float = 0.0) -> None:
+    """Give the scenario's AOI another id, its outline moved east by `nudge_deg` if asked."""
+    aoi = json.loads((root / "k1.geojson").read_text())
+    feature = aoi["features"][0]
+    feature["properties"]["id"] = new_id
+    ring = feature["geometry"]["coordinates"][0]
+    feature["geometry"]["coordinates"][0] = [[x + nudge_deg, y] for x, y in ring]
+    (root / "k1.geojson").write_text(json.dumps(aoi))
+
+
+def test_a_renamed_aoi_carries_its_ledger_over(tmp_path: Path) -> None:
+    """Same outline and settings under another id: the ledger is the AOI's, not a new one. No
+    structure is alerted again, ids and alerts stay, and the outputs name the new id."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    with State(scenario.state) as state:
+        before = {k: (r.status, r.confirmed, r.area_m2) for k, r in state.structures("k1").items()}
+        alerts = [(a.structure_id, a.kind) for a in state.alerts("k1")]
+    assert before and alerts
+    _rename_aoi(tmp_path, "k1-renamed")
+    report = _run(scenario)
+    (check,) = report.checks
+    assert (check.outcome, check.alerts) == ("updated", ())
+    assert check.message.startswith("the ledger of 'k1' carried over")
+    assert (report.renamed, report.unwatched) == ({"k1-renamed": "k1"}, {})
+    with State(scenario.state) as state:
+        rows = state.structures("k1-renamed")
+        assert {k: (r.status, r.confirmed, r.area_m2) for k, r in rows.items()} == before
+        assert [(a.structure_id, a.kind) for a in state.alerts("k1-renamed")] == alerts
+        assert state.aoi("k1") is None and not state.structures("k1")
+    run_json = json.loads((scenario.out / "k1-renamed" / "run.json").read_text())
+    assert run_json["aoi"]["id"] == "k1-renamed"
+    listed = json.loads((scenario.out / "k1-renamed" / "alerts.geojson").read_text())
+    assert len(listed["features"]) == len(alerts)
+    assert memo_folder(scenario.state, "k1-renamed").is_dir()
+    assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
+
+
 def test_a_ledger_the_watch_list_no_longer_names_is_said(tmp_path: Path) -> None:
-    """An AOI whose id was changed starts a new ledger (its structures alerted as new again);
-    the old one stays in the state, and run and status say so instead of dropping it silently."""
+    """An AOI whose id was changed as its outline was edited starts a new ledger (its
+    structures alerted as new again); the old one stays in the state, and run and status say so
+    instead of dropping it silently."""
     scenario = make_scenario(tmp_path)
     scenario.publish(until(GROWN_FIRST))
     _run(scenario)
     with State(scenario.state) as state:
         kept = len(state.structures("k1"))
-    aoi = json.loads((tmp_path / "k1.geojson").read_text())
-    aoi["features"][0]["properties"]["id"] = "k1-renamed"
-    (tmp_path / "k1.geojson").write_text(json.dumps(aoi))
+    _rename_aoi(tmp_path, "k1-renamed", nudge_deg=1e-5)
     path = scenario.watchlist()
     done = monitor_cli(
         "monitor", "run", "--config", str(path), "--now", END.isoformat(), "--quiet", cwd=tmp_path

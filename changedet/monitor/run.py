@@ -17,6 +17,7 @@ a Dask worker, `compute.on_cluster`) and `_commit` (the state's side, in one tra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -96,6 +97,8 @@ class MonitorReport:
     deliveries: DeliveryReport = field(default_factory=DeliveryReport)
     # AOIs whose ledger the state holds that the watch-list no longer names: structure counts
     unwatched: Mapping[str, int] = field(default_factory=dict)
+    # AOIs given the ledger of one whose id was changed (same outline and settings): new -> old
+    renamed: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -237,6 +240,7 @@ class _Context:
     watch: WatchList
     io: PipelineIO
     progress: Progress
+    renamed: Mapping[str, str]  # `_carry_renamed`: new id -> old
 
 
 def _effective_end(watched: WatchedAOI, now: datetime) -> date:
@@ -268,6 +272,9 @@ SETUP_UNKNOWN = "the watch's setup was not recorded by this changedet: computed 
 REVIEWED = "outputs refreshed with the review verdicts"
 OUTPUTS_MISSING = "outputs missing: written again"
 OUTPUTS_FOREIGN = "outputs another ledger or run wrote into the folder since: written again"
+RENAMED = (
+    "the ledger of '{old}' carried over (its id was changed): outputs written under the new id"
+)
 _EDITS = (WATCH_EDITED, SETUP_UNKNOWN)  # the watch is searched from its start again
 
 
@@ -352,6 +359,8 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
     stored = state.scenes(aoi.id)
     setup = _setup_digest(aoi, watched.config)
     why = _why_recompute(state, aoi.id, out_dir, setup)
+    if aoi.id in ctx.renamed:  # every output names the AOI: all are written again
+        why = RENAMED.format(old=ctx.renamed[aoi.id])
     # An edited watch (an outline, a start moved earlier) is searched from its start again.
     start = search_start(config.time.start, stored, ctx.watch.lookback_days)
     if why in _EDITS:
@@ -581,7 +590,8 @@ def run_watchlist(
     with hold_lock(watch.state), State(_unemptied_state(watch), empty_ok=True) as state:
         _refuse_going_back(state, now)
         run_id = state.begin_run(now)
-        ctx = _Context(state, run_id, now, watch, io, progress)
+        renamed = _carry_renamed(state, watch)
+        ctx = _Context(state, run_id, now, watch, io, progress, renamed)
         checks = _on_cluster(ctx) if watch.cluster else (_safe_check(ctx, w) for w in watch.aois)
         done = []
         for check in checks:
@@ -601,9 +611,32 @@ def run_watchlist(
         kwargs = {} if sleep is None else {"sleep": sleep}
         deliveries = deliver_pending(state, webhook=watch.webhook, smtp=watch.smtp, **kwargs)
         unwatched = state.unwatched([w.aoi.id for w in watch.aois])
-        report = MonitorReport(run_id, tuple(done), deliveries, unwatched)
+        report = MonitorReport(run_id, tuple(done), deliveries, unwatched, renamed)
         state.finish_run(run_id, "failed" if report.failed else "ok")
         return report
+
+
+def _carry_renamed(state: State, watch: WatchList) -> dict[str, str]:
+    """A watched AOI without a ledger takes over the one ledger the watch-list no longer names
+    whose setup (outline and settings, not the id) is its own: the AOI's id was changed. Its
+    structures keep their ids, verdicts and alerts (none is sent again) and its period cache;
+    its outputs are written again under the new id (the old folder is left as it was)."""
+    orphans = state.unwatched_setups([w.aoi.id for w in watch.aois])
+    renamed: dict[str, str] = {}
+    for watched in watch.aois:
+        if not orphans or state.aoi(watched.aoi.id) is not None:
+            continue
+        setup = _setup_digest(watched.aoi, watched.config)
+        same = [old for old, kept in orphans.items() if kept == setup]
+        if len(same) != 1:
+            continue  # none, or several alike: which one is not for us to guess
+        old = same[0]
+        del orphans[old]
+        state.rename_aoi(old, watched.aoi.id, str(safe_out_dir(watch.out, watched.aoi.id)))
+        with contextlib.suppress(OSError):  # without it, periods are computed again
+            memo_folder(watch.state, old).rename(memo_folder(watch.state, watched.aoi.id))
+        renamed[watched.aoi.id] = old
+    return renamed
 
 
 def _unemptied_state(watch: WatchList) -> Path:

@@ -652,6 +652,21 @@ class State:
         )
         return f"AOI '{aoi_id}' has no structure '{structure_id}'; {hint}"
 
+    def unwatched_setups(self, watched: Sequence[str]) -> dict[str, str]:
+        """The setup digest of every ledger `watched` does not name (and that kept one)."""
+        names = set(watched)
+        rows = self.db.execute("SELECT id, setup FROM aois WHERE setup IS NOT NULL")
+        return {aoi: setup for aoi, setup in rows if aoi not in names}
+
+    def rename_aoi(self, old: str, new: str, out_dir: str) -> None:
+        """Carry `old`'s ledger over to `new` (an AOI whose id was changed), in one transaction:
+        scenes, periods, structures and their history, reviews and alerts (their keys kept, so a
+        receiver still tells them apart). The runs it took part in stay under `old`."""
+        with self.transaction() as db:
+            db.execute("UPDATE aois SET id = ?, out_dir = ? WHERE id = ?", (new, out_dir, old))
+            for table in _AOI_TABLES:
+                db.execute(f"UPDATE {table} SET aoi_id = ? WHERE aoi_id = ?", (new, old))
+
     # --- status -------------------------------------------------------------------------------
 
     def unwatched(self, watched: Sequence[str]) -> dict[str, int]:
@@ -716,6 +731,17 @@ class State:
             "alerts": n_alerts[0],
             "pending_deliveries": pending,
         }
+
+
+# Every table whose rows belong to one AOI's ledger, by its `aoi_id`.
+_AOI_TABLES = (
+    "scenes",
+    "periods",
+    "structures",
+    "structure_history",
+    "reviews",
+    "alerts",
+)
 
 
 def emptied(path: Path) -> bool:
