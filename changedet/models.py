@@ -211,6 +211,8 @@ class SearchResult:
     # Every item was read: paging reached the last page and no document was unreadable (else a
     # scene it did not return may still be in the catalog)
     complete: bool = True
+    # Where and why paging stopped before the last page: scenes are missing from the run
+    stopped: str | None = None
 
 
 @dataclass(frozen=True)

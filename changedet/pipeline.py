@@ -483,6 +483,7 @@ def _provenance(
         "baseline_periods": config.time.baseline_periods,
         "dates": [t.isoformat() for t in stack.times],
         "search_notes": list(found.notes),
+        "search_stopped": found.stopped,
         "read_notes": list(read.notes),
         "bytes_fetched": read.bytes_fetched,
         "cache_hits": read.cache_hits,

@@ -49,6 +49,7 @@ class Fault:
     kind: "status" (answer `status`), "delay" (stall `seconds`, then answer normally) or
     "truncate" (send only `keep` of the body, then drop the connection).
     times: how many matching requests get the fault (-1: all of them).
+    headers: sent with a "status" answer (e.g. Retry-After).
     """
 
     match: str
@@ -58,6 +59,7 @@ class Fault:
     seconds: float = 0.0
     keep: float = 0.5
     hits: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
 
     def take(self, target: str) -> bool:
         if self.match not in target:
@@ -288,6 +290,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.send_response(fault.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
+            for name, value in fault.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)
             return

@@ -713,3 +713,54 @@ def test_real_provider_items_pass_the_footprint_check() -> None:
         keys = PLANETARY_COMPUTER_ASSETS if "B04" in item["assets"] else EARTH_SEARCH_ASSETS
         scene = scene_from_item(item, asset_keys=keys, remote=False)
         assert footprint_disagreement(item, scene) is None, path.name
+
+
+class _OneItemPages:
+    """A STAC API that serves `total` items one per page, whatever `limit` asked (servers cap
+    it), each page linking the next by GET."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.requests = total, 0
+
+    def json(self, location: str, *, method: str = "GET", body: Any = None) -> Any:
+        self.requests += 1
+        n = int(location.rsplit("=", 1)[1]) if "=" in location else 0
+        more = n + 1 < self.total
+        nxt = {"rel": "next", "href": f"https://api.test/search?page={n + 1}", "method": "GET"}
+        return {
+            "features": [{"type": "Feature", "id": f"item-{n}", "links": []}],
+            "links": [nxt] if more else [],
+        }
+
+
+@pytest.mark.parametrize(
+    ("total", "max_items", "got", "stopped"),
+    [
+        (60, 50, 50, True),  # cut at max_items, not at a page count guessed from page_size
+        (12, 12, 12, False),  # exactly max_items, and no next page: all of them
+        (12, 13, 12, False),
+    ],
+)
+def test_paging_stops_at_max_items_only_when_more_items_remain(
+    total: int, max_items: int, got: int, stopped: bool
+) -> None:
+    from changedet.catalog.fetch import _all_pages
+    from changedet.models import no_progress
+
+    pages = _OneItemPages(total)
+    config = CatalogConfig(url="https://api.test", page_size=100, max_items=max_items)
+    items, notes = _all_pages(
+        pages,  # type: ignore[arg-type]
+        "https://api.test/search",
+        {},
+        config,
+        what="api.test",
+        progress=no_progress,
+    )
+    assert [i.item["id"] for i in items] == [f"item-{n}" for n in range(got)]
+    assert bool(notes) is stopped
+    assert pages.requests <= max_items + 1
+    if stopped:
+        assert notes == [
+            f"search stopped at catalog.max_items={max_items}; raise it or narrow the dates or AOI"
+        ]

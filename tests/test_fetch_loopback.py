@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -390,6 +391,29 @@ def test_retries_count_the_requests_after_the_first(world: World) -> None:
             search(proxy.url, retries=0)
 
 
+def test_a_rate_limit_is_waited_for_as_the_server_asks(world: World) -> None:
+    """429 with Retry-After: the retry waits what the server asked (not the shorter backoff);
+    a longer wait than changedet follows, or a limit that never lifts, is said as such."""
+    slow_down = {"Retry-After": "1"}
+    with FaultProxy(world.api.url) as proxy:
+        proxy.faults.append(Fault("POST /search", status=429, times=1, headers=slow_down))
+        t0 = time.monotonic()
+        assert len(search(proxy.url, retries=1, backoff_s=0.01).scenes) == 5
+        assert time.monotonic() - t0 >= 1.0
+        proxy.faults[:] = [Fault("POST /search", status=429, times=-1, headers=slow_down)]
+        with pytest.raises(
+            CatalogError, match=r"refused 2 tries as too many requests \(HTTP 429\)"
+        ):
+            search(proxy.url, retries=1, backoff_s=0.01)
+        proxy.faults[:] = [
+            Fault("POST /search", status=429, times=-1, headers={"Retry-After": "3600"})
+        ]
+        t0 = time.monotonic()
+        with pytest.raises(CatalogError, match=r"asks to wait 3600 s .* try later"):
+            search(proxy.url, retries=3, backoff_s=0.01)
+        assert time.monotonic() - t0 < 5.0  # said at once, not after an hour
+
+
 def test_timeouts_are_retried_then_reported(world: World) -> None:
     with FaultProxy(world.api.url) as proxy:
         proxy.faults.append(Fault("POST /search", kind="delay", seconds=1.5, times=1))
@@ -421,7 +445,11 @@ def test_a_search_that_stops_paging_early_says_it_is_incomplete(world: World) ->
     capped = search(world.api.url, page_size=2, max_items=4)
     assert capped.items_seen == 4 and not capped.complete
     assert any("max_items=4" in note for note in capped.notes)
+    assert capped.stopped is not None and "max_items=4" in capped.stopped
     assert search(world.api.url, page_size=2).complete
+    # Exactly as many items as max_items is all of them, when no page follows.
+    exact = search(world.api.url, page_size=2, max_items=7)
+    assert (exact.items_seen, exact.complete, exact.stopped) == (7, True, None)
 
 
 def test_client_errors_are_not_retried(world: World) -> None:

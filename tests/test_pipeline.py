@@ -189,6 +189,29 @@ def test_ids_stable_on_rerun_and_when_extended_by_one_period(
     assert not august[new].confirmed
 
 
+def test_a_search_cut_short_is_a_warning_of_the_run(
+    scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
+) -> None:
+    """Scenes a search never paged to are missing from the series, the counts and the dates:
+    the run says so in its warnings (CLI, report, run.json), not only in the search notes."""
+    io = fake_io(scenario.stack)
+    note = "search stopped at catalog.max_items=5; raise it or narrow the dates or AOI"
+
+    def cut_short(*args: Any, **kwargs: Any) -> Any:
+        return replace(io.search(*args, **kwargs), complete=False, stopped=note)
+
+    summary = run_aoi(scenario.aoi, scenario.config, out_root=tmp_path, io=io)
+    assert not any("cut short" in w for w in summary.warnings)
+    summary = run_aoi(
+        scenario.aoi, scenario.config, out_root=tmp_path, io=replace(io, search=cut_short)
+    )
+    assert f"AOI '{scenario.aoi.id}': the catalog search was cut short ({note})" in "".join(
+        summary.warnings
+    )
+    result = io.write.results[-1]  # type: ignore[attr-defined]
+    assert result.provenance["search_stopped"] == note
+
+
 def test_a_failing_reader_fails_the_aoi_and_writes_nothing(
     scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
 ) -> None:

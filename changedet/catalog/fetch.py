@@ -14,12 +14,12 @@ items mean is `changedet.catalog.items`; which of them are used is `changedet.ca
 from __future__ import annotations
 
 import difflib
+import email.utils
 import json
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
@@ -42,6 +42,8 @@ __all__ = [
 
 # HTTP statuses worth asking again; anything else (400, 401, 403, 404, ...) will not heal by itself.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# The longest wait a server's Retry-After is followed for; a longer one ends the search now.
+MAX_RETRY_AFTER_S = 60.0
 MAX_STATIC_DOCS = 20_000  # bound on documents walked in one static catalog
 MAX_STATIC_DEPTH = 12
 
@@ -76,9 +78,32 @@ class HTTPStatusError(CatalogError):
         self.status = status
 
 
-def _with_retries(fn: Callable[[], T], *, what: str, config: CatalogConfig) -> T:
+def _retry_after_s(value: str | None) -> float | None:
+    """The seconds a Retry-After header asks to wait (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _with_retries(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    config: CatalogConfig,
+    asked_wait: Callable[[], float | None] = lambda: None,
+) -> T:
     """Call `fn`, and again up to `config.retries` times with exponential backoff on transient
-    failures (as `[read] retries` counts them)."""
+    failures (as `[read] retries` counts them). A server that said how long to wait (429 or 503
+    with Retry-After, `asked_wait`) is waited for that long, up to MAX_RETRY_AFTER_S."""
     from pystac_client.exceptions import APIError
 
     tries = max(int(config.retries), 0) + 1
@@ -99,9 +124,20 @@ def _with_retries(fn: Callable[[], T], *, what: str, config: CatalogConfig) -> T
             last = _summarise(exc)
         except OSError as exc:  # local static files, requests' ConnectionError
             last = _summarise(exc)
+        asked = asked_wait()
+        if asked is not None and asked > MAX_RETRY_AFTER_S:
+            raise CatalogError(
+                f"catalog: {what} asks to wait {asked:.0f} s before the next request ({last}, "
+                f"Retry-After), longer than changedet waits ({MAX_RETRY_AFTER_S:.0f} s); try later"
+            )
         if attempt + 1 < tries:
-            time.sleep(config.backoff_s * (2**attempt))
+            time.sleep(max(config.backoff_s * (2**attempt), asked or 0.0))
     times = "1 try" if tries == 1 else f"{tries} tries"
+    if last == "HTTP 429":
+        raise CatalogError(
+            f"catalog: {what} refused {times} as too many requests (HTTP 429); try later, or "
+            "raise catalog.retries and catalog.backoff_s to wait longer"
+        )
     raise CatalogError(
         f"catalog: {what} did not answer after {times} ({last}); check the URL or try later"
     )
@@ -118,6 +154,17 @@ class _Fetcher:
         self.io = StacApiIO(
             headers=dict(headers) if headers else None, timeout=config.timeout_s, max_retries=0
         )
+        self._asked_wait: float | None = None  # the last answer's Retry-After, in seconds
+        self.io.session.hooks["response"].append(self._note_retry_after)
+
+    def _note_retry_after(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        asked = response.status_code in (429, 503)
+        self._asked_wait = _retry_after_s(response.headers.get("Retry-After")) if asked else None
+
+    def asked_wait(self) -> float | None:
+        """The wait the last answer asked for (once: a later failure may not ask it)."""
+        asked, self._asked_wait = self._asked_wait, None
+        return asked
 
     def json(
         self, location: str, *, method: str = "GET", body: Mapping[str, Any] | None = None
@@ -130,6 +177,7 @@ class _Fetcher:
                 ),
                 what=what,
                 config=self.config,
+                asked_wait=self.asked_wait,
             )
         else:
             path = Path(location)
@@ -175,8 +223,10 @@ class FoundItems:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     # A local catalog: the folders its local hrefs must stay inside (None: not confined).
     local_roots: tuple[str, ...] | None = None
-    # Paging stopped before the last page (max_items, the page bound, a repeated link), or the
-    # scenes the server's cloud filter removed could not all be listed.
+    # Paging stopped before the last page (max_items, a repeated link): where and why. Scenes
+    # it never paged to are missing from the run, not only from the dropped list.
+    stopped: str | None = None
+    # `stopped`, or the scenes the server's cloud filter removed could not all be listed.
     truncated: bool = False
 
 
@@ -215,7 +265,8 @@ def _api_items(
         fetcher, search.url, dict(search.get_parameters()), config, what=safe, progress=progress
     )
     removed: list[RawItem] = []
-    truncated = bool(notes)  # every note of the paging says where it stopped early
+    stopped = notes[0] if notes else None  # every note of the paging says where it stopped early
+    truncated = stopped is not None
     if cloud.removed:
         removed, more = _cloud_removed(client, fetcher, base, cloud.removed, config, what=safe)
         notes.extend(more)
@@ -228,6 +279,7 @@ def _api_items(
         cloud_filtered_by_server=bool(cloud.keep),
         api=True,
         cloud_removed=removed,
+        stopped=stopped,
         truncated=truncated,
     )
 
@@ -242,6 +294,7 @@ def _open_api(url: str, fetcher: _Fetcher, config: CatalogConfig) -> Any:
         lambda: Client.open(url, stac_io=fetcher.io, timeout=config.timeout_s),
         what=safe,
         config=config,
+        asked_wait=fetcher.asked_wait,
     )
     if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
         raise CatalogError(
@@ -374,13 +427,14 @@ def _all_pages(
     what: str,
     progress: Progress,
 ) -> tuple[list[RawItem], list[str]]:
-    """Every item of a search, following `next` links (bounded by catalog.max_items, a page
-    count and a repeated link), and what to note about where paging stopped."""
+    """Every item of a search, following `next` links (bounded by catalog.max_items and a
+    repeated link), and what to note about where paging stopped. A page the server makes smaller
+    than `limit` asked is no reason to stop: every page followed adds an item, so max_items
+    bounds the pages too."""
     method = "POST"
     items: list[RawItem] = []
     seen_pages: set[str] = set()
-    max_pages = math.ceil(config.max_items / max(config.page_size, 1)) + 2
-    for _page in range(max_pages):
+    for _page in range(config.max_items + 1):
         page = fetcher.json(href, method=method, body=params if method == "POST" else None)
         features = page.get("features") if isinstance(page, Mapping) else None
         if not isinstance(features, list):
@@ -389,22 +443,26 @@ def _all_pages(
             )
         items.extend(RawItem(f, self_href(f) or href) for f in features if isinstance(f, dict))
         progress("search", len(items), len(items))
-        if len(items) >= config.max_items:
+        nxt = _next_link(page) if features else None
+        if len(items) > config.max_items:  # at max_items exactly, the next page tells
             note = (
-                f"search stopped at catalog.max_items={config.max_items}; narrow the dates or AOI"
+                f"search stopped at catalog.max_items={config.max_items}; raise it or narrow "
+                "the dates or AOI"
             )
             return items[: config.max_items], [note]
-        nxt = _next_link(page)
-        if nxt is None or not features:
+        if nxt is None:
             return items, []
         href, method, params = _follow(nxt, href, params)
         key = json.dumps(
             [href, method, params if method == "POST" else None], sort_keys=True, default=str
         )
         if key in seen_pages:
-            return items, ["catalog repeated a next-page link; stopped paging there"]
+            return items, [
+                "catalog repeated a next-page link; stopped paging there (a larger "
+                "catalog.page_size or narrower dates need fewer pages)"
+            ]
         seen_pages.add(key)
-    return items, [f"search stopped after {max_pages} pages; narrow the dates or AOI"]
+    raise AssertionError("unreachable: every page followed adds an item")
 
 
 def _next_link(page: Mapping[str, Any]) -> Mapping[str, Any] | None:

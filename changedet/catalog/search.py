@@ -84,7 +84,7 @@ def search_scenes(
         _refuse_empty(sifted, source=source, remote=found.remote)
         if allow_empty:
             return SearchResult(
-                (), tuple(dropped), source, tuple(notes), len(found.items), complete
+                (), tuple(dropped), source, tuple(notes), len(found.items), complete, found.stopped
             )
         raise _nothing_usable(
             dropped, source=source, aoi=aoi, window=(start, end), hint=sifted.provider_hint()
@@ -98,6 +98,7 @@ def search_scenes(
         notes=tuple(notes),
         items_seen=len(found.items),
         complete=complete,
+        stopped=found.stopped,
     )
 
 

@@ -236,6 +236,18 @@ def _unreadable_warning(result: RunResult) -> str | None:
     )
 
 
+def _search_warning(result: RunResult) -> str | None:
+    """The catalog search stopped paging before its last page: the scenes it never reached are
+    missing from the series, and the counts and dates with them."""
+    stopped = result.provenance.get("search_stopped")
+    if not stopped:
+        return None
+    return (
+        f"AOI '{result.aoi.id}': the catalog search was cut short ({stopped}), so scenes it did "
+        "not page to are missing from this run"
+    )
+
+
 def _comparison_warning(result: RunResult) -> str | None:
     """A run with too few clear periods to ask the configured persistence (a two-date pair, or a
     short series that asked less): its "confirmed" structures rest on fewer observations."""
@@ -265,6 +277,7 @@ def headline(result: RunResult) -> Headline:
     )
     cov = result.coverage
     warnings = (
+        ("search", _search_warning(result)),
         ("unreadable-scenes", _unreadable_warning(result)),
         ("comparison", _comparison_warning(result)),
         ("coverage", _coverage_warning(result)),
