@@ -285,9 +285,7 @@ def test_item_collection_filters_dedupes_and_reports(tmp_path: Path) -> None:
         ),
         synth_item("S2A_39SVV_20230806_0_L2A", "2023-08-06T07:05:00Z", cloud=93.2),
         synth_item("S2A_39SVV_20230811_0_L2A", "2023-08-11T07:05:00Z", bands=("red", "nir", "scl")),
-        synth_item(
-            "S2A_39SVV_20230816_0_L2A", "2023-08-16T07:05:00Z", bands=("red", "nir", "swir16")
-        ),
+        synth_item("S2A_39SVV_20230816_0_L2A", "2023-08-16T07:05:00Z"),
         synth_item("S2A_39SWV_20230816_0_L2A", "2023-08-16T07:05:00Z", tile="39SWV"),
         synth_item("S2A_39SVV_20231001_0_L2A", "2023-10-01T07:05:00Z"),  # after the end date
         synth_item(
@@ -341,6 +339,23 @@ def test_scl_is_never_required(tmp_path: Path) -> None:
     )
     assert [s.id for s in result.scenes] == [item["id"]] and "scl" not in result.scenes[0].assets
     assert any("no SCL asset" in n for n in result.notes)
+
+
+def test_an_item_missing_its_scl_among_items_with_one_is_dropped(tmp_path: Path) -> None:
+    """One L2A item without its SCL in a series that has them is not L1C: read as clear
+    wherever it has data, a cloudy date's clouds became change. It is dropped with why."""
+    masked = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z")
+    bare = synth_item(
+        "S2A_39SVV_20230811_0_L2A", "2023-08-11T07:05:00Z", bands=("red", "nir", "swir16")
+    )
+    config = CatalogConfig(url=str(_write_fc(tmp_path / "items.json", [masked, bare])))
+    result = search_scenes(
+        AOI_T, config, start=date(2023, 6, 1), end=date(2023, 9, 30), bands=[*BANDS, "scl"]
+    )
+    assert [s.id for s in result.scenes] == [masked["id"]]
+    (dropped,) = result.dropped
+    assert dropped.scene_id == bare["id"] and dropped.reason.startswith("no SCL asset")
+    assert not any("fall" in n and "SCL" in n for n in result.notes)  # none falls back
 
 
 def test_duplicate_winner_does_not_depend_on_order(tmp_path: Path) -> None:

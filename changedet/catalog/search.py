@@ -171,6 +171,25 @@ class _Sifted:
                 continue
             self.scenes.append(scene)
             self.rules[scene.id] = offset_rule(raw.item, self.asset_keys)
+        self._drop_unmasked()
+
+    def _drop_unmasked(self) -> None:
+        """Where other scenes have an SCL asset, one without it is an item missing its cloud
+        mask, not L1C: read as clear wherever it has data, its clouds would count as ground
+        that changed. Dropped with why; a series with no SCL at all falls back to valid data."""
+        if not any("scl" in s.assets for s in self.scenes):
+            return
+        unmasked = [s for s in self.scenes if "scl" not in s.assets]
+        for scene in unmasked:
+            self.dropped.append(
+                SkippedScene(
+                    scene.id,
+                    "no SCL asset (cloud mask), though the other scenes have one: its clouds "
+                    "would be taken for change",
+                )
+            )
+            del self.rules[scene.id]
+        self.scenes = [s for s in self.scenes if "scl" in s.assets]
 
     def _tally_other_keys(self, item: Mapping[str, Any]) -> None:
         assets = item.get("assets") or {}
