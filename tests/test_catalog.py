@@ -487,6 +487,21 @@ def test_planetary_computer_hrefs_get_their_container_token_once(
     assert len(asked) == 1
 
 
+def test_a_token_already_expired_is_said_before_any_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read signed with it would be refused (403), scene by scene: said once, with the
+    likeliest cause (this machine's clock)."""
+    settings = pytest.importorskip("planetary_computer.settings").Settings.get()
+    token = tmp_path / "sas" / "token" / "sentinel2l2a01" / "sentinel2-l2"
+    token.parent.mkdir(parents=True)
+    token.write_text(json.dumps({"msft:expiry": "2001-01-01T00:00:00Z", "token": "st=1&sig=x"}))
+    with RangeServer(tmp_path / "sas") as server:
+        monkeypatch.setattr(settings, "sas_url", f"{server.url}/token")
+        with pytest.raises(CatalogError, match=r"expires at 2001-01-01T00:00:00\+00:00, before"):
+            _search(_blob_items(tmp_path), config={"provider": "planetary-computer"})
+
+
 def test_a_token_service_that_fails_ends_the_search_within_its_retries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

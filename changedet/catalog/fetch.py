@@ -670,6 +670,12 @@ def href_signer(config: CatalogConfig) -> Callable[[str], str] | None:
                     f"catalog: could not sign Planetary Computer hrefs: {public_href(url)} gave "
                     "no token and expiry; check PC_SDK_SAS_URL"
                 ) from None
+            if held[1] - time.time() < _TOKEN_MARGIN_S:  # every read would be refused (403)
+                raise CatalogError(
+                    f"catalog: could not sign Planetary Computer hrefs: {public_href(url)} gave a "
+                    f"token that expires at {_iso(held[1])}, before the reads; check this "
+                    "machine's clock (and PC_SDK_SAS_URL)"
+                )
             tokens[url] = held
         return held[0]
 
@@ -686,6 +692,8 @@ def href_signer(config: CatalogConfig) -> Callable[[str], str] | None:
 
 
 def _epoch(iso: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
