@@ -136,3 +136,14 @@ def test_a_comparison_that_asked_less_persistence_is_a_warning(result: RunResult
     assert short.startswith(f"AOI '{result.aoi.id}': short note; widen the time range")
     (pair,) = told("pair", 1)
     assert pair.startswith(f"AOI '{result.aoi.id}': pair note;")
+
+
+def test_berms_switched_off_are_not_assessed_rather_than_none(result: RunResult) -> None:
+    """With [berms] enabled = false no structure was looked at for berms (bermed: null): the
+    headline says so instead of '0 of the new buildings bermed'."""
+    assert "of the new buildings bermed" in headline(result).when()
+    config = {**result.config, "berms": {**result.config.get("berms", {}), "enabled": False}}
+    told = headline(replace(result, config=config))
+    assert "berms not assessed ([berms] enabled = false)" in told.when()
+    assert "bermed" not in told.when().replace("berms not assessed", "")
+    assert told.as_dict()["bermed"] is None

@@ -92,7 +92,7 @@ class Headline:
     first_period: str | None
     peak_period: str | None
     peak_new: int
-    n_bermed: int
+    n_bermed: int | None  # None: berms not assessed ([berms] enabled = false)
     n_vanished: int
     n_unconfirmed: int
     unconfirmed_why: dict[str, int]
@@ -123,10 +123,12 @@ class Headline:
         if self.first_period is None:
             return f"no new structure; {self.n_vanished} vanished"
         peak = f"peak {self.peak_period} ({self.peak_new} new)" if self.peak_period else ""
-        return (
-            f"first in {self.first_period}, {peak}; {self.n_bermed} of the new buildings "
-            f"bermed; {self.n_vanished} vanished"
+        bermed = (
+            "berms not assessed ([berms] enabled = false)"
+            if self.n_bermed is None
+            else f"{self.n_bermed} of the new buildings bermed"
         )
+        return f"first in {self.first_period}, {peak}; {bermed}; {self.n_vanished} vanished"
 
     def candidates(self) -> str:
         if not self.n_unconfirmed:
@@ -263,6 +265,10 @@ def _comparison_warning(result: RunResult) -> str | None:
     )
 
 
+def _berms_assessed(result: RunResult) -> bool:
+    return bool(result.config.get("berms", {}).get("enabled", True))
+
+
 def headline(result: RunResult) -> Headline:
     """The headline numbers of one run."""
     new = [s for s in result.structures if _is_new(s)]
@@ -291,7 +297,11 @@ def headline(result: RunResult) -> Headline:
         first_period=first,
         peak_period=peak,
         peak_new=peak_new,
-        n_bermed=sum(1 for s in new if s.bermed and s.kind == BUILDING),
+        n_bermed=(
+            sum(1 for s in new if s.bermed and s.kind == BUILDING)
+            if _berms_assessed(result)
+            else None
+        ),
         n_vanished=sum(1 for s in new if s.status == "vanished"),
         n_unconfirmed=sum(why.values()),
         unconfirmed_why=dict(why.most_common()),

@@ -246,7 +246,11 @@ def _results_section(result: RunResult) -> dict[str, Any]:
         "n_structures": len(result.structures),
         "n_confirmed": n_confirmed,
         "n_unconfirmed": len(result.structures) - n_confirmed,
-        "n_bermed": sum(1 for s in result.structures if s.bermed),
+        "n_bermed": (  # null: not assessed ([berms] enabled = false)
+            sum(1 for s in result.structures if s.bermed)
+            if result.config.get("berms", {}).get("enabled", True)
+            else None
+        ),
         "n_berm_lines": len(result.berms),
         "n_change_pixels": int(np.count_nonzero(result.change.mask)),
         "cumulative_confirmed": None if last is None else last.cumulative,

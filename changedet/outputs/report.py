@@ -254,6 +254,9 @@ def _coverage_html(result: RunResult, images: Mapping[str, bytes]) -> str:
 def _summary_html(result: RunResult, manifest: Mapping[str, Any]) -> str:
     aoi = manifest["aoi"]
     res = manifest["results"]
+    bermed = (
+        "berms not assessed" if res["n_bermed"] is None else f"{res['n_bermed']} of them bermed"
+    )
     tr = manifest["time_range"]
     coreg = manifest["coregistration"]
     used = manifest["scenes"]["used"]
@@ -288,7 +291,7 @@ def _summary_html(result: RunResult, manifest: Mapping[str, Any]) -> str:
         f"{coreg['shift_px'][1]:+.2f} px (row / col), "
         f"{'corrected' if coreg['corrected'] else 'not corrected'}</td></tr>\n"
         f"<tr><th>Detections</th><td>{res['n_structures']} structures ({res['n_confirmed']} "
-        f"confirmed, {res['n_unconfirmed']} unconfirmed), {res['n_bermed']} of them bermed, "
+        f"confirmed, {res['n_unconfirmed']} unconfirmed), {bermed}, "
         f"{res['n_berm_lines']} berm line(s)</td></tr>\n"
         "</table>\n"
     )
