@@ -644,7 +644,10 @@ _ABOVE = frozenset(
 _SCL_CLASSES = range(0, 12)  # Sentinel-2 scene classification values 0..11
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
 # Bands detection can use: the atmospheric ones (coastal aerosol, water vapour, cirrus) alone cannot.
-_SURFACE_BANDS = frozenset(SENTINEL2_BAND_IDS) - {"coastal", "nir09", "cirrus"}
+# What every run needs: true colour for the pictures, and blue, red, nir and swir16 for
+# detection, a structure's kind (the blue→SWIR slope) and the berm test. Without swir16 every
+# structure was "other" and the headline said "0 new buildings".
+_NEEDED_BANDS = ("blue", "green", "red", "nir", "swir16")
 
 
 def validate(config: Config) -> None:
@@ -741,7 +744,7 @@ def _check_choices(config: Config) -> None:
 
 def _check_bands(config: Config) -> None:
     """Bands to read: a non-empty list of known, distinct Sentinel-2 band names, each with an
-    asset key for the provider, at least one usable for detection; the provider must be known."""
+    asset key for the provider, holding the bands every run needs; the provider must be known."""
     cat = config.catalog
     if cat.provider not in cat.asset_keys:
         known = ", ".join(sorted(cat.asset_keys))
@@ -768,9 +771,11 @@ def _check_bands(config: Config) -> None:
         raise ConfigError(
             f"config: read.bands lists {repeated} more than once; list each band once"
         )
-    if not _SURFACE_BANDS.intersection(bands):
+    missing = [b for b in _NEEDED_BANDS if b not in bands]
+    if missing:
         raise ConfigError(
-            f"config: read.bands {list(bands)} has no band detection can use; add e.g. 'red' and 'nir'"
+            f"config: read.bands {list(bands)} lacks {missing}: true colour, detection, kinds "
+            f"and berms need {list(_NEEDED_BANDS)}; add them"
         )
     unmapped = [b for b in bands if b not in cat.asset_keys[cat.provider]]
     if unmapped:

@@ -129,7 +129,8 @@ BAD_VALUES = [
     ("[read]\nbands = ['red', 'ultraviolet']\n", "unknown band"),
     ("[read]\nbands = ['red', 'red']\n", "more than once"),
     ("[read]\nbands = ['red', 'scl']\n", "'scl'"),
-    ("[read]\nbands = ['coastal']\n", "no band detection can use"),
+    ("[read]\nbands = ['coastal']\n", "lacks ['blue', 'green', 'red', 'nir', 'swir16']"),
+    ("[read]\nbands = ['blue', 'green', 'red', 'nir']\n", "lacks ['swir16']: true colour"),
     ("[read]\nresampling = 'bicubic'\n", "read.resampling"),
     ("[read]\nmax_workers = 0\n", "read.max_workers"),
     ("[read]\ncache_max_gb = 0.0\n", "read.cache_max_gb"),
@@ -181,11 +182,12 @@ def test_edge_values_that_make_sense_are_accepted(tmp_path: Path) -> None:
     path.write_text(
         "[catalog]\nmax_cloud_cover = 100.0\npage_size = 10000\nretries = 0\n"
         "[change]\nmin_area_m2 = 0.0\nn_classes = 1\nz_low = 6.0\n"
-        "[read]\nbands = ['red']\nmin_aoi_clear_fraction = 0.0\nretries = 0\n"
+        "[read]\nbands = ['blue', 'green', 'red', 'nir', 'swir16']\nmin_aoi_clear_fraction = 0.0\n"
+        "retries = 0\n"
         "[track]\nmatch_iou = 1.0\n[output]\nmax_chips = 0\n"
     )
     cfg = load_config(path)
-    assert cfg.catalog.page_size == 10000 and cfg.read.bands == ("red",)
+    assert cfg.catalog.page_size == 10000 and cfg.read.bands[-1] == "swir16"
 
 
 def test_allowed_folders_are_relative_to_the_config_file(tmp_path: Path) -> None:
