@@ -18,7 +18,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -425,7 +425,7 @@ def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"config: {where} must be a string, got {value!r}")
         return value
     if tp is date:
-        if isinstance(value, date):
+        if isinstance(value, date) and not isinstance(value, datetime):  # a TOML date, not a time
             return value
         if isinstance(value, str):
             return parse_date(value, where)

@@ -26,6 +26,7 @@ from monitorkit import (
     until,
 )
 
+from changedet.config import load_config
 from changedet.errors import ConfigError, UsageError
 from changedet.models import Scene, SkippedScene
 from changedet.monitor.alerts import describe_alert
@@ -55,6 +56,26 @@ def test_watchlist_refuses_a_misspelt_key_with_a_suggestion(tmp_path: Path) -> N
     scenario.overrides["change.z_treshold"] = 3.0
     with pytest.raises(ConfigError, match=r"watch-list: \[\[watch\]\] #1: .*'z_treshold'"):
         load_watchlist(scenario.watchlist())
+
+
+def test_watchlist_refuses_what_it_would_set_aside_or_misread(tmp_path: Path) -> None:
+    """An override of time.start or time.end was accepted, then replaced by the watch's own
+    start and end without a word; a TOML date-time for a date ended as an unexpected TypeError."""
+    scenario = make_scenario(tmp_path)
+    scenario.overrides["time.start"] = "2023-09-01"
+    with pytest.raises(ConfigError, match=r"#1 overrides 'time.start'; give the watch's start"):
+        load_watchlist(scenario.watchlist())
+    del scenario.overrides["time.start"]
+    path = scenario.watchlist()
+    path.write_text(
+        path.read_text().replace('start = "2023-06-01"', "start = 2023-06-01T00:00:00Z")
+    )
+    with pytest.raises(ConfigError, match=r"#1 start: .* is a date-time; use a date YYYY-MM-DD"):
+        load_watchlist(path)
+    config = tmp_path / "c.toml"
+    config.write_text("[time]\nend = 2024-06-30T12:00:00\n")
+    with pytest.raises(ConfigError, match=r"time.end must be a date YYYY-MM-DD"):
+        load_config(config)
 
 
 def test_watchlist_gives_each_aoi_its_config_start_end_and_overrides(tmp_path: Path) -> None:

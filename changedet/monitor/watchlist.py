@@ -35,7 +35,7 @@ import tomllib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -244,15 +244,15 @@ def _watched(entry: Mapping[str, Any], base: Path, n: int) -> list[WatchedAOI]:
     for key in ("aoi", "start"):
         if key not in kw:
             raise ConfigError(f"watch-list: {where} needs '{key}'")
-    start = (
-        kw["start"]
-        if isinstance(kw["start"], date)
-        else parse_date(kw["start"], f"watch-list: {where} start")
-    )
-    end = kw.get("end")
-    if isinstance(end, str):
-        end = parse_date(end, f"watch-list: {where} end")
+    start = _watch_date(kw["start"], f"watch-list: {where} start")
+    end = None if kw.get("end") is None else _watch_date(kw["end"], f"watch-list: {where} end")
     overrides: dict[str, Any] = dict(kw.get("overrides", {}))
+    for key in ("time.start", "time.end"):
+        if key in overrides:  # the watch's own start and end (and the run's clock) set them
+            raise ConfigError(
+                f"watch-list: {where} overrides '{key}'; give the watch's "
+                f"{key.removeprefix('time.')} instead"
+            )
     overrides["time.start"] = start
     if end is not None:
         if end < start:
@@ -337,3 +337,10 @@ def load_watchlist(path: str | Path) -> WatchList:
         webhook=_webhook(data["webhook"]) if "webhook" in data else None,
         smtp=_smtp(data["smtp"]) if "smtp" in data else None,
     )
+
+
+def _watch_date(value: Any, where: str) -> date:
+    """A watch's start or end: a TOML date or a YYYY-MM-DD string, not a date-time."""
+    if isinstance(value, datetime):
+        raise ConfigError(f"{where}: {value!r} is a date-time; use a date YYYY-MM-DD")
+    return value if isinstance(value, date) else parse_date(value, where)
