@@ -301,9 +301,47 @@ _LAB_CLI = "changedet.lab.cli"
 _LAB_GROUPS = {"eval": "eval_group", "synth": "synth"}  # command name -> attribute of _LAB_CLI
 
 
+def _given_twice(command: click.Command, args: Sequence[str]) -> str | None:
+    """The first option taking one value that `args` give twice (click keeps the last)."""
+    single = {
+        name: param.name
+        for param in command.params
+        if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag)
+        for name in param.opts
+    }
+    seen: set[str | None] = set()
+    for arg in args:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if name in single:
+            if single[name] in seen:
+                return name
+            seen.add(single[name])
+    return None
+
+
+class _OnceCommand(click.Command):
+    """A command that refuses an option given twice: `--config a.toml --config b.toml` ran on
+    b.toml alone, without a word."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        twice = _given_twice(self, args)
+        if twice is not None:
+            raise click.UsageError(f"{twice} is given twice; give it once", ctx=ctx)
+        return super().parse_args(ctx, args)
+
+
+class _OnceGroup(click.Group):
+    command_class = _OnceCommand
+
+
 class _MainGroup(click.Group):
     """The top-level group: its own commands plus the lab's, imported on first use (click's
     documented lazy-loading pattern). Help lists the lab's from `LAB_COMMANDS` without importing."""
+
+    command_class = _OnceCommand
+    group_class = _OnceGroup
 
     def invoke(self, ctx: click.Context) -> Any:
         """Ctrl-C anywhere in any command: one line, exit 130 (click would print "Aborted!" and

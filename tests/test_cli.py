@@ -301,6 +301,23 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons(cli: Callable[..., Resul
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ("run", KHOJIR, "--config", "a.toml", "--config", "b.toml"),
+        ("run", KHOJIR, "--out=o1", "--out", "o2"),
+        ("monitor", "status", "--config", "a.toml", "--config=b.toml"),
+    ],
+)
+def test_an_option_given_twice_is_refused(
+    cli: Callable[..., Result], tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """Click keeps the last of two: the first file was dropped without a word."""
+    result = cli(*args)
+    name = "--out" if "--out=o1" in args else "--config"
+    assert_one_line_error(result.stderr, result.exit_code, 2, f"{name} is given twice")
+
+
+@pytest.mark.parametrize(
     ("table", "line", "needle"),
     [
         ("change", "z_threshold = nan", "change.z_threshold"),
