@@ -30,6 +30,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -135,31 +136,74 @@ def _on_local_pool(
     io: PipelineIO | None,
     earlier: Earlier,
 ) -> Iterator[Outcome]:
-    """A pool of fresh processes (spawned: no inherited GDAL threads), one AOI per task."""
-    workers = _local_workers(config, len(aois))
+    """A pool of fresh processes (spawned: no inherited GDAL threads), one AOI per task.
+
+    A pool process killed (the OOM killer) breaks the pool: every AOI not finished then fails
+    with it, whichever was running there. Those are run again, each alone in a pool of its own:
+    the AOI that was the cause is lost again and reported so, the others complete."""
     progress("AOIs", 0, len(aois))
-    pool = ProcessPoolExecutor(
+    finished = 0
+    suspects: list[AOI] = []
+    pool = _pool(_local_workers(config, len(aois)))
+    try:
+        futures = {
+            pool.submit(_in_pool, aoi, config, out_root, no_progress, io, earlier.get(aoi.id)): aoi
+            for aoi in aois
+        }
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    suspects.append(futures[future])
+                    continue
+                finished += 1
+                progress("AOIs", finished, len(aois))
+                yield outcome
+    except BaseException:  # interrupted: the AOIs not finished end here too
+        _end_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+    for aoi in sorted(suspects, key=aois.index):
+        yield _alone(aoi, config, out_root, io, earlier.get(aoi.id))
+        finished += 1
+        progress("AOIs", finished, len(aois))
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=get_context("spawn"),
         initializer=_leave_with_parent,
         initargs=(os.getpid(),),
     )
+
+
+def _alone(
+    aoi: AOI,
+    config: Config,
+    out_root: Path,
+    io: PipelineIO | None,
+    known: Mapping[str, Known] | None,
+) -> Outcome:
+    """One AOI in a pool process of its own (after a lost process broke the shared pool)."""
+    pool = _pool(1)
     try:
-        pending = {
-            pool.submit(_in_pool, aoi, config, out_root, no_progress, io, earlier.get(aoi.id))
-            for aoi in aois
-        }
-        finished = 0
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                finished += 1
-                progress("AOIs", finished, len(aois))
-                yield future.result()
-    except BaseException:  # interrupted: the AOIs not finished end here too
+        outcome = pool.submit(_in_pool, aoi, config, out_root, no_progress, io, known).result()
+    except BrokenProcessPool:
+        outcome = Outcome(
+            aoi.id,
+            error="the process computing it was killed (out of memory?), also when it ran "
+            "alone; lower [compute] workers, or give the machine more memory",
+            exit_code=1,
+        )
+    except BaseException:
         _end_pool(pool)
         raise
     pool.shutdown(wait=True)
+    return outcome
 
 
 # A pool process asked to end has this long to unwind its AOI (its temporary folders removed)

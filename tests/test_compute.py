@@ -252,3 +252,39 @@ def test_two_runs_on_one_cluster_each_get_their_own_results(
     for name, end in (("first", "2024-06-30"), ("second", "2023-12-31")):
         manifest = json.loads((tmp_path / name / "khojir" / "run.json").read_text())
         assert manifest["time_range"]["end"] == end
+
+
+def _search_or_die(aoi: Any, *args: Any, **kwargs: Any) -> Any:
+    """The real search, but the process computing Modarres is killed there (as the OOM killer
+    would): module-level, so that the spawned pool processes can unpickle it."""
+    import os
+    import signal
+
+    from changedet.catalog.search import search_scenes
+
+    if aoi.id == "modarres":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return search_scenes(aoi, *args, **kwargs)
+
+
+def test_a_pool_process_killed_loses_its_own_aoi_only(tmp_path: Path) -> None:
+    """A killed pool process broke the pool, and every AOI not finished ended with an
+    'unexpected BrokenProcessPool'; those are run again alone: the one whose process is killed
+    again is reported so, the other completes as a run of its own does."""
+    from changedet.pipeline import PipelineIO
+
+    catalog = _catalog(tmp_path / "data")
+    config = _config(catalog)
+    config = replace(config, compute=replace(config.compute, workers=2))
+    aois = [
+        a for site in ("khojir", "modarres") for a in load_aois(REPO / "aoi" / f"{site}.geojson")
+    ]
+    io = replace(PipelineIO.default(), search=_search_or_die)
+    outcomes = {o.aoi_id: o for o in run_aois(aois, config, out_root=tmp_path / "out", io=io)}
+    assert outcomes["khojir"].ok, outcomes["khojir"].error
+    lost = outcomes["modarres"]
+    assert not lost.ok and lost.exit_code == 1
+    assert "killed (out of memory?), also when it ran alone" in (lost.error or "")
+    alone = run_aois(aois[:1], config, out_root=tmp_path / "alone")
+    assert next(iter(alone)).ok
+    assert _products(tmp_path / "out" / "khojir") == _products(tmp_path / "alone" / "khojir")
