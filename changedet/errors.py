@@ -5,6 +5,7 @@ for a failure that is the machine's, not a bug (`machine_trouble`)."""
 from __future__ import annotations
 
 import errno
+import sqlite3
 import tempfile
 import warnings
 
@@ -48,6 +49,17 @@ def machine_trouble(exc: BaseException) -> str | None:
             f"a disk is full ({exc.strerror}{where}): changedet keeps each date's pixels in the "
             f"temporary folder {tempfile.gettempdir()} while it runs, besides its cache and "
             "outputs; free space, or set TMPDIR to a folder on a larger disk, then rerun"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return (
+            f"a file grew past the file-size limit ({exc.strerror}): changedet keeps each date's "
+            f"pixels in the temporary folder {tempfile.gettempdir()} while it runs; lift the "
+            "limit (ulimit -f unlimited), then rerun"
+        )
+    if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+        return (
+            "the disk of the monitor's state database is full (nothing of this run was "
+            "committed to it); free space there, then rerun"
         )
     return None
 

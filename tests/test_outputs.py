@@ -759,3 +759,52 @@ def test_no_period_is_reported_clear_over_more_than_the_aoi(make_run_result: Any
         cov.analysed, result.before, (result.before, result.after), aoi_area_m2=225.0
     )
     assert small.aoi_km2 == 0.000225  # to the m², not rounded to 200 m²
+
+
+def test_a_full_disk_under_the_geopackage_is_said_in_a_few_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GDAL quotes the whole SQL script that failed (5.7 kB on one line) and ends with
+    SQLite's 'database or disk is full': the line says the disk is full and what to do."""
+    import pyogrio
+    from shapely.geometry import box
+
+    from changedet.errors import OutputError
+    from changedet.outputs.write import _write_layer
+
+    script = "CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL);" * 100
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise pyogrio.errors.DataSourceError(
+            f"sqlite3_exec({script}) failed: database or disk is full"
+        )
+
+    monkeypatch.setattr(pyogrio, "write_dataframe", full)
+    rows = [(box(0, 0, 1, 1), {"id": "a"})]
+    kw = {"crs": "EPSG:32639", "geometry_type": "Polygon", "dtypes": {}}
+    with pytest.raises(OutputError) as info:
+        _write_layer(tmp_path / "changedet.gpkg", "aoi", rows, ["id"], **kw)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "cannot write layer 'aoi' to changedet.gpkg: the disk is full; free some space there or "
+        "pass another --out, then rerun"
+    )
+
+
+def test_a_full_state_disk_and_a_file_size_limit_are_the_machines_trouble() -> None:
+    """Said with what to do, not as 'unexpected OperationalError ... report it'."""
+    import errno
+    import sqlite3
+
+    from changedet.errors import machine_trouble
+
+    db = sqlite3.connect(":memory:")
+    db.execute("PRAGMA max_page_count = 2")  # SQLITE_FULL, as a full disk gives it
+    with pytest.raises(sqlite3.OperationalError) as info:
+        db.execute("CREATE TABLE t (x TEXT)")
+        for _ in range(100):
+            db.execute("INSERT INTO t VALUES (?)", ("x" * 1000,))
+    said = machine_trouble(info.value)
+    assert said is not None and said.startswith("the disk of the monitor's state database is full")
+    big = machine_trouble(OSError(errno.EFBIG, "File too large"))
+    assert big is not None and "ulimit -f unlimited" in big
+    assert machine_trouble(sqlite3.OperationalError("no such table: t")) is None  # a bug

@@ -114,7 +114,12 @@ def _write_layer(
             dataset_options={} if kml else {"VERSION": "1.2"},
         )
     except Exception as exc:  # pyogrio raises several GDAL-derived types; one line for the user
-        raise OutputError(f"cannot write layer '{layer}' to {path.name}: {exc}") from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "disk is full" in detail or "No space left" in detail:  # SQLite's words, GDAL's
+            detail = "the disk is full; free some space there or pass another --out, then rerun"
+        elif len(detail) > 200:  # GDAL quotes whole SQL scripts
+            detail = detail[:200] + " ..."
+        raise OutputError(f"cannot write layer '{layer}' to {path.name}: {detail}") from None
 
 
 # gpkg_contents.description of every layer of a run on generated data (QGIS shows it)
@@ -455,4 +460,6 @@ def _advice(exc: OSError) -> str:
         return "; free some space there or pass another --out, then rerun"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "; pass an --out folder you can write to, then rerun"
+    if exc.errno == errno.EFBIG:
+        return "; lift the file-size limit (ulimit -f) or pass another --out, then rerun"
     return ""
