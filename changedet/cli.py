@@ -259,33 +259,35 @@ def _refuse_shared_ids(sourced: list[tuple[str, Any]]) -> None:
             )
 
 
-def _check_out_writable(out_dir: str, aoi_ids: Sequence[str] = ()) -> None:
+def _check_out_writable(out_dir: str, aoi_ids: Sequence[str] = (), *, name: str = "--out") -> None:
     """--out (or the folder it will be made in) must take files: checked before any computing,
     by creating and removing a hidden probe file, so a read-only or full disk fails now. An
     earlier run's OUT/<aoi_id> is moved aside when the new one is ready, which a read-only
-    folder refuses: that too is said now, not after the run."""
+    folder refuses: that too is said now, not after the run. `name`: what the user set it by
+    (the monitor's is the watch-list's `out`)."""
+    other = "pass another --out" if name == "--out" else f"set {name} to another folder"
     path = Path(out_dir).expanduser().absolute()
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise UsageError(
-            f"--out '{out_dir}': '{existing}' is a file, not a folder; pass a folder for the outputs"
+            f"{name} '{out_dir}': '{existing}' is a file, not a folder; {other} for the outputs"
         )
     try:
         with tempfile.NamedTemporaryFile(prefix=".changedet-write-check-", dir=existing):
             pass
     except OSError as exc:
         raise UsageError(
-            f"--out '{out_dir}' is not writable ({exc.strerror or exc}); pass a folder you can write to"
+            f"{name} '{out_dir}' is not writable ({exc.strerror or exc}); {other}, one you can "
+            "write to"
         ) from None
     for aoi_id in aoi_ids:
         earlier = path / aoi_id
         if earlier.is_dir() and not os.access(earlier, os.W_OK | os.X_OK):
             raise UsageError(
-                f"--out '{out_dir}': the earlier outputs '{earlier}' are read-only and a run "
-                f"replaces them; make the folder writable (chmod u+w '{earlier}') or pass "
-                "another --out"
+                f"{name} '{out_dir}': the earlier outputs '{earlier}' are read-only and a run "
+                f"replaces them; make the folder writable (chmod u+w '{earlier}') or {other}"
             )
 
 
@@ -745,6 +747,9 @@ def monitor_run(
     with _errors(debug):
         watch = _watchlist(config_path, state).with_cluster(cluster)
         now = _parse_now(now_text)
+        _check_out_writable(
+            str(watch.out), [w.aoi.id for w in watch.aois], name="the watch-list's out"
+        )
         with _Renderer(quiet=quiet) as progress:
             report = run_watchlist(
                 watch,

@@ -1213,3 +1213,21 @@ def test_a_state_emptied_to_zero_bytes_is_refused_while_outputs_stand(tmp_path: 
     shutil.rmtree(scenario.out / "k1")
     (check,) = _run(scenario).checks
     assert check.outcome == "updated" and check.alerts
+
+
+def test_an_out_that_cannot_take_files_is_said_before_any_search(tmp_path: Path) -> None:
+    """It was found after the whole pipeline ran for every AOI, with a hint to pass --out,
+    which monitor run does not have."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    scenario.out.parent.mkdir(parents=True, exist_ok=True)
+    scenario.out.write_text("a file where the outputs' folder belongs")
+    path = scenario.watchlist()
+    done = monitor_cli(
+        "monitor", "run", "--config", str(path), "--now", END.isoformat(), "--quiet", cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "the watch-list's out" in line and "is a file, not a folder" in line
+    assert "--out" not in line
+    assert not scenario.state.exists()  # nothing searched, nothing recorded
