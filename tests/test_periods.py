@@ -47,8 +47,14 @@ def test_baseline_skips_cloudy_periods() -> None:
     ps = make_periods(date(2023, 1, 1), date(2023, 6, 30), "month")
     plan = plan_comparison(ps, [0.9, 0.05, 0.6, 0.8, 1, 1], baseline_periods=2, min_persistence=2)
     assert (plan.baseline, plan.mode, plan.min_persistence) == ((0, 2), "series", 2)
-    with pytest.raises(NoScenesError, match=r"0 period.*comparison needs two"):
+    with pytest.raises(NoScenesError, match=r"0 period.*comparison needs two") as info:
         plan_comparison(ps, [0.0] * 6, baseline_periods=2, min_persistence=2)
+    assert "min_clear_obs" not in str(info.value)
+    # Asking many clear dates of a pixel is what left no period clear: the line names it.
+    with pytest.raises(NoScenesError) as info:
+        plan_comparison(ps, [0.0] * 6, baseline_periods=2, min_persistence=2, min_clear_obs=40)
+    assert "with change.min_clear_obs = 40 clear dates (none)" in str(info.value)
+    assert str(info.value).endswith("lower change.min_clear_obs or time.baseline_min_clear")
 
 
 @pytest.mark.parametrize(

@@ -107,13 +107,15 @@ def plan_comparison(
     baseline_periods: int,
     min_persistence: int,
     min_clear_fraction: float = 0.2,
+    min_clear_obs: int = 1,
 ) -> Comparison:
     """The baseline (the first `baseline_periods` periods whose clear fraction — share of AOI
     pixels with a clear observation — reaches `min_clear_fraction`) and the persistence asked
     of later periods, both shrunk when the clear periods are too few for them: a run needs only
     two clear periods, one to compare with and one to compare.
 
-    Raises NoScenesError when fewer than two periods are clear enough.
+    Raises NoScenesError when fewer than two periods are clear enough (`min_clear_obs`: the
+    clear dates a pixel needed in a period to count, said when it is more than one).
     """
     if len(periods) != len(clear_fractions):
         raise ValueError("periods and clear_fractions must have the same length")
@@ -122,9 +124,14 @@ def plan_comparison(
     clear = tuple(i for i, f in enumerate(clear_fractions) if f >= min_clear_fraction)
     if len(clear) < 2:
         seen = ", ".join(periods[i].label for i in clear) or "none"
+        # A pixel is clear in a period with min_clear_obs clear observations there.
+        obs = (
+            f" with change.min_clear_obs = {min_clear_obs} clear dates" if min_clear_obs > 1 else ""
+        )
+        lower = "change.min_clear_obs or " if min_clear_obs > 1 else ""
         raise NoScenesError(
-            f"only {len(clear)} period(s) at least {min_clear_fraction:.0%} clear inside the AOI "
-            f"({seen}); a comparison needs two: widen the time range, or lower "
+            f"only {len(clear)} period(s) at least {min_clear_fraction:.0%} clear inside the AOI"
+            f"{obs} ({seen}); a comparison needs two: widen the time range, or lower {lower}"
             "time.baseline_min_clear"
         )
     n_base = max(1, min(baseline_periods, len(clear) - min_persistence))

@@ -187,6 +187,7 @@ def baseline_from_fractions(
         baseline_periods=config.time.baseline_periods,
         min_persistence=config.track.min_persistence,
         min_clear_fraction=config.time.baseline_min_clear,
+        min_clear_obs=config.change.min_clear_obs,
     )
     first, last = min(plan.baseline), plan.last
     return Baseline(span(periods[first : last + 1]), plan, plan.describe(periods))
