@@ -117,6 +117,30 @@ def test_watchlist_refuses_a_bad_webhook_and_a_repeated_aoi(tmp_path: Path) -> N
     path.write_text(path.read_text().replace('start = "2023-06-01"', 'start = "2023-13-01"'))
     with pytest.raises(ConfigError, match=r"^watch-list: \[\[watch\]\] #1 start: '2023-13-01'"):
         load_watchlist(path)
+    smtp = '[smtp]\nhost = "localhost"\nfrom = "a@b"\nto = ["c@d"]\nport = 99999'
+    with pytest.raises(ConfigError, match=r"\[smtp\] port must be within 0..65535"):
+        load_watchlist(scenario.watchlist(extra=smtp))
+
+
+def test_watch_overrides_may_be_written_as_a_table_per_section(tmp_path: Path) -> None:
+    """[watch.overrides.change] z_threshold = 12 is change.z_threshold (it gave "unknown key ''")."""
+    scenario = make_scenario(tmp_path)
+    path = scenario.watchlist()
+    path.write_text(path.read_text() + "\n[watch.overrides.change]\nz_threshold = 12.0\n")
+    (watched,) = load_watchlist(path).aois
+    assert watched.config.change.z_threshold == 12.0
+
+
+def test_a_state_path_at_a_file_that_is_no_database_is_a_usage_error(tmp_path: Path) -> None:
+    scenario = make_scenario(tmp_path)
+    scenario.state.parent.mkdir(parents=True, exist_ok=True)
+    scenario.state.write_text("notes, not a database\n")
+    path = scenario.watchlist()
+    done = monitor_cli("monitor", "status", "--config", str(path), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "file is not a database" in line and "point the watch-list's state" in line
+    assert scenario.state.read_text() == "notes, not a database\n"
 
 
 # --- planning scenes (pure) -------------------------------------------------------------------------

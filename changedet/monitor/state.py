@@ -292,7 +292,15 @@ class State:
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise OutputError(f"state database '{self.path}' cannot be used: {exc}") from None
+            if "not a database" in str(exc) or "unable to open" in str(exc):
+                raise UsageError(  # the watch-list's `state` (or --state) names the wrong file
+                    f"state database '{self.path}' cannot be used ({exc}); point the watch-list's "
+                    "state (or --state) at the monitor's SQLite file, or at a new path"
+                ) from None
+            raise OutputError(
+                f"state database '{self.path}' cannot be used ({exc}); restore it from a backup, "
+                "or delete it to start a new ledger"
+            ) from None
         except OSError as exc:
             raise OutputError(f"state database '{self.path}' cannot be created: {exc}") from None
 

@@ -183,7 +183,7 @@ def _section(
 # doubles up to a minute): a larger count holds the job for hours while the server is down, and
 # the next run retries anyway.
 _LIMITS: dict[str, tuple[float, float, str]] = {
-    "port": (0, math.inf, ""),
+    "port": (0, 65535, ""),
     "retries": (0, 10, ""),
     "backoff_s": (0, 60, " s"),
     "timeout_s": (0, 600, " s"),
@@ -246,7 +246,7 @@ def _watched(entry: Mapping[str, Any], base: Path, n: int) -> list[WatchedAOI]:
             raise ConfigError(f"watch-list: {where} needs '{key}'")
     start = _watch_date(kw["start"], f"watch-list: {where} start")
     end = None if kw.get("end") is None else _watch_date(kw["end"], f"watch-list: {where} end")
-    overrides: dict[str, Any] = dict(kw.get("overrides", {}))
+    overrides = _dotted(kw.get("overrides", {}))
     for key in ("time.start", "time.end"):
         if key in overrides:  # the watch's own start and end (and the run's clock) set them
             raise ConfigError(
@@ -344,3 +344,15 @@ def _watch_date(value: Any, where: str) -> date:
     if isinstance(value, datetime):
         raise ConfigError(f"{where}: {value!r} is a date-time; use a date YYYY-MM-DD")
     return value if isinstance(value, date) else parse_date(value, where)
+
+
+def _dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides as dotted keys: a `[watch.overrides.change]` table holds `change.*` keys (it
+    gave "unknown key ''")."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "." not in key and isinstance(value, Mapping):
+            out.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            out[key] = value
+    return out
