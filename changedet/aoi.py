@@ -64,6 +64,12 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
     else:
         src_crs = CRS.from_user_input(frame.crs)
 
+    if cfg.id_property != AOIConfig().id_property and cfg.id_property not in frame.columns:
+        warnings.warn(  # a misspelt aoi.id_property would rename every folder and ledger
+            f"AOI file '{p}': no feature has the property '{cfg.id_property}' (aoi.id_property); "
+            "ids come from 'name', else the feature's position",
+            stacklevel=2,
+        )
     aois: list[AOI] = []
     seen: set[str] = set()
     for index, row in enumerate(frame.itertuples(index=False)):

@@ -230,6 +230,26 @@ def test_repeated_ids_in_one_file_are_renamed_with_a_warning(tmp_path: Path) -> 
     assert len(caught) == 2 and "outputs go to 'Site-2'" in str(caught[0].message)
 
 
+def test_an_id_property_no_feature_has_is_a_warning(tmp_path: Path) -> None:
+    """A misspelt aoi.id_property fell back to 'name' without a word: every folder (and a
+    monitor's ledger) took another id."""
+    frame = gpd.GeoDataFrame(
+        {"site": ["k1"], "name": ["Khojir complex"]},
+        geometry=[box(51.6, 35.6, 51.61, 35.61)],
+        crs=4326,
+    )
+    frame.to_file(tmp_path / "one.geojson", driver="GeoJSON")
+    assert [a.id for a in load_aois(tmp_path / "one.geojson", AOIConfig(id_property="site"))] == [
+        "k1"
+    ]
+    with pytest.warns(UserWarning, match=r"no feature has the property 'stie' \(aoi.id_property\)"):
+        (aoi,) = load_aois(tmp_path / "one.geojson", AOIConfig(id_property="stie"))
+    assert aoi.id == "Khojir-complex"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default 'id' absent is the common case: no word
+        load_aois(tmp_path / "one.geojson")
+
+
 # An AOI on Taveuni (Fiji) across the antimeridian, in the three ways files hold one: a ring that
 # jumps from +179.95 to -179.95, a ring with longitudes past 180, and RFC 7946's two parts.
 W, E, S, N = 179.92, -179.96, -16.85, -16.75  # centroid 179.98° E: zone 60
