@@ -1255,3 +1255,22 @@ def test_an_out_that_cannot_take_files_is_said_before_any_search(tmp_path: Path)
     assert "the watch-list's out" in line and "is a file, not a folder" in line
     assert "--out" not in line
     assert not scenario.state.exists()  # nothing searched, nothing recorded
+
+
+def test_an_interrupt_while_delivering_says_the_alerts_wait_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    down = '[webhook]\nurl = "http://127.0.0.1:9/hook"\nretries = 1\nbackoff_s = 0.01'
+
+    def interrupt(seconds: float) -> None:  # the retry's wait: Ctrl-C comes there
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        run_watchlist(load_watchlist(scenario.watchlist(extra=down)), now=END, sleep=interrupt)
+    assert info.value.__notes__ == [
+        "every AOI was checked; alerts not delivered yet go out with the next run"
+    ]
+    with State(scenario.state) as state:
+        assert state.pending()  # kept, for the next run

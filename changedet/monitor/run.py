@@ -609,7 +609,11 @@ def run_watchlist(
         order = {w.aoi.id: i for i, w in enumerate(watch.aois)}
         done.sort(key=lambda c: order[c.aoi_id])
         kwargs = {} if sleep is None else {"sleep": sleep}
-        deliveries = deliver_pending(state, webhook=watch.webhook, smtp=watch.smtp, **kwargs)
+        try:
+            deliveries = deliver_pending(state, webhook=watch.webhook, smtp=watch.smtp, **kwargs)
+        except KeyboardInterrupt as exc:  # SIGTERM comes as one too (the CLI's handler)
+            exc.add_note("every AOI was checked; alerts not delivered yet go out with the next run")
+            raise
         unwatched = state.unwatched([w.aoi.id for w in watch.aois])
         report = MonitorReport(run_id, tuple(done), deliveries, unwatched, renamed)
         state.finish_run(run_id, "failed" if report.failed else "ok")
