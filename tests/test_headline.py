@@ -120,9 +120,10 @@ def test_scenes_that_could_not_be_read_are_a_warning(result: RunResult) -> None:
 
 
 def test_a_comparison_that_asked_less_persistence_is_a_warning(result: RunResult) -> None:
-    def told(mode: str, persistence: int) -> tuple[str, ...]:
+    def told(mode: str, persistence: int, baseline: int = 2) -> tuple[str, ...]:
         comparison = {
             "mode": mode,
+            "baseline": [f"2023-{m:02d}" for m in range(1, baseline + 1)],
             "min_persistence": persistence,
             "configured": {"baseline_periods": 2, "min_persistence": 2},
             "note": f"{mode} note",
@@ -136,6 +137,11 @@ def test_a_comparison_that_asked_less_persistence_is_a_warning(result: RunResult
     assert short.startswith(f"AOI '{result.aoi.id}': short note; widen the time range")
     (pair,) = told("pair", 1)
     assert pair.startswith(f"AOI '{result.aoi.id}': pair note;")
+    (shorter,) = told("short", 2, baseline=1)  # the persistence asked, on a shorter baseline
+    assert shorter == (
+        f"AOI '{result.aoi.id}': short note; widen the time range, or lower "
+        "time.baseline_periods (2) to the clear months it holds"
+    )
 
 
 def test_berms_switched_off_are_not_assessed_rather_than_none(result: RunResult) -> None:

@@ -255,14 +255,23 @@ def _comparison_warning(result: RunResult) -> str | None:
     short series that asked less): its "confirmed" structures rest on fewer observations."""
     comparison = result.provenance.get("comparison") or {}
     mode, used = comparison.get("mode"), comparison.get("min_persistence")
-    asked = comparison.get("configured", {}).get("min_persistence")
+    configured = comparison.get("configured", {})
+    asked = configured.get("min_persistence")
     fewer = mode == "short" and used is not None and asked is not None and used < asked
-    if mode != "pair" and not fewer:
-        return None
-    return (
-        f"AOI '{result.aoi.id}': {comparison.get('note')}; widen the time range to confirm "
-        "structures over more periods"
-    )
+    if mode == "pair" or fewer:
+        return (
+            f"AOI '{result.aoi.id}': {comparison.get('note')}; widen the time range to confirm "
+            "structures over more periods"
+        )
+    # The persistence asked, on a baseline shorter than configured (more baseline months than
+    # the series has clear ones): "before" is not what was asked either.
+    base, asked_base = comparison.get("baseline"), configured.get("baseline_periods")
+    if mode == "short" and base is not None and asked_base is not None and len(base) < asked_base:
+        return (
+            f"AOI '{result.aoi.id}': {comparison.get('note')}; widen the time range, or lower "
+            f"time.baseline_periods ({asked_base}) to the clear months it holds"
+        )
+    return None
 
 
 def _berms_assessed(result: RunResult) -> bool:
