@@ -839,3 +839,9 @@ def _check_cross_field(config: Config) -> None:
             f"config: berms.ring_outer_m = {b.ring_outer_m:g} is not above ring_inner_m = "
             f"{b.ring_inner_m:g}; make the ring wider"
         )
+    k = config.kinds
+    if k.soil_flattening >= k.roof_flattening:  # a change would be soil-like and a roof at once
+        raise ConfigError(
+            f"config: kinds.soil_flattening = {k.soil_flattening:g} is not below "
+            f"roof_flattening = {k.roof_flattening:g}; a roof flattens the slope more than soil"
+        )

@@ -125,6 +125,10 @@ BAD_VALUES = [
     ("[change]\nn_classes = 0\n", "change.n_classes"),
     ("[change]\nmin_area_m2 = inf\n", "change.min_area_m2"),
     ("[change]\nmin_area_m2 = -5.0\n", "change.min_area_m2"),
+    (
+        "[kinds]\nroof_flattening = 0.01\nsoil_flattening = 0.5\n",
+        "kinds.soil_flattening = 0.5 is not below",
+    ),
     ("[read]\nbands = []\n", "read.bands is empty"),
     ("[read]\nbands = ['red', 'ultraviolet']\n", "unknown band"),
     ("[read]\nbands = ['red', 'red']\n", "more than once"),
