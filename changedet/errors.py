@@ -5,7 +5,6 @@ for a failure that is the machine's, not a bug (`machine_trouble`)."""
 from __future__ import annotations
 
 import errno
-import sqlite3
 import tempfile
 import warnings
 
@@ -55,11 +54,6 @@ def machine_trouble(exc: BaseException) -> str | None:
             f"a file grew past the file-size limit ({exc.strerror}): changedet keeps each date's "
             f"pixels in the temporary folder {tempfile.gettempdir()} while it runs; lift the "
             "limit (ulimit -f unlimited), then rerun"
-        )
-    if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
-        return (
-            "the disk of the monitor's state database is full (nothing of this run was "
-            "committed to it); free space there, then rerun"
         )
     return None
 

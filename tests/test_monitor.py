@@ -1274,3 +1274,23 @@ def test_an_interrupt_while_delivering_says_the_alerts_wait_for_the_next_run(
     ]
     with State(scenario.state) as state:
         assert state.pending()  # kept, for the next run
+
+
+def test_a_full_disk_under_the_state_is_said_and_commits_nothing(tmp_path: Path) -> None:
+    """SQLite's 'database or disk is full' came out as 'unexpected OperationalError ... report
+    it'. A page limit gives SQLITE_FULL as a full disk does."""
+    from changedet.errors import OutputError
+
+    with State(tmp_path / "s.sqlite") as state:
+        before = state.latest_now()
+        pages = state.db.execute("PRAGMA page_count").fetchone()[0]
+        state.db.execute(f"PRAGMA max_page_count = {pages}")
+        full = pytest.raises(OutputError, match=r"state database .* is full .* free space there")
+        with full, state.transaction() as db:
+            db.execute("CREATE TABLE filler (x TEXT)")
+            for _ in range(50):
+                db.execute("INSERT INTO filler VALUES (?)", ("x" * 4000,))
+        assert state.latest_now() == before
+        assert not state.db.execute(
+            "SELECT name FROM sqlite_master WHERE name = 'filler'"
+        ).fetchall()

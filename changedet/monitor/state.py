@@ -331,14 +331,21 @@ class State:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT (ROLLBACK on any error)."""
+        """BEGIN IMMEDIATE … COMMIT (ROLLBACK on any error). A full disk under the database
+        is said as such (SQLite's "database or disk is full"), nothing of it committed."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.execute("COMMIT")
+        except BaseException as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+                raise OutputError(
+                    f"the disk of the state database '{self.path}' is full (nothing of this "
+                    "run's step was committed); free space there, then rerun"
+                ) from None
             raise
-        self.db.execute("COMMIT")
 
     def integrity(self) -> str:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
