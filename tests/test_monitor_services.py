@@ -221,6 +221,100 @@ def test_every_alert_is_delivered_exactly_once(tmp_path: Path) -> None:
         mail.stop()
 
 
+class Choosy(ThreadingHTTPServer):
+    """A webhook receiver that answers 413 to one alert (the first it is offered) while
+    `choosy` holds, and takes every other."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.choosy, self.refused = True, ""
+        self.accepted: list[str] = []
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server: Choosy = self.server  # type: ignore[assignment]
+                key = self.headers["Idempotency-Key"]
+                with server.lock:
+                    server.refused = server.refused or key
+                    refuse = server.choosy and key == server.refused
+                    if not refuse:
+                        server.accepted.append(key)
+                self.send_response(413 if refuse else 204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+def test_an_alert_or_a_recipient_refused_waits_alone(tmp_path: Path) -> None:
+    """A webhook refusing one alert (HTTP 413) held back every later one, run after run; a mail
+    server refusing one of two recipients had the alert counted delivered, lost for that one.
+    Now each waits alone, named, the others go, and nothing is sent twice."""
+    smtpd = pytest.importorskip("aiosmtpd.controller")
+    from aiosmtpd.handlers import Message
+
+    class Inbox(Message):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.got: list[tuple[str, str]] = []
+            self.refuse_b = True
+
+        async def handle_RCPT(
+            self, server: Any, session: Any, envelope: Any, address: str, options: Any
+        ) -> str:
+            if self.refuse_b and address == "b@test":
+                return "550 5.1.1 no such user"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        def handle_message(self, message: Any) -> None:
+            self.got.append((str(message["X-RcptTo"]), str(message["X-Changedet-Alert"])))
+
+    inbox = Inbox()
+    mail = smtpd.Controller(inbox, hostname="127.0.0.1", port=free_port())
+    mail.start()
+    receiver = Choosy()
+    try:
+        with serving(receiver):
+            scenario = make_scenario(tmp_path)
+            extra = (
+                f'[webhook]\nurl = "{receiver.url}"\nretries = 1\nbackoff_s = 0.01\n'
+                f'[smtp]\nhost = "127.0.0.1"\nport = {mail.port}\nfrom = "cd@test"\n'
+                'to = ["a@test", "b@test"]\nretries = 1\nbackoff_s = 0.01\n'
+            )
+            watch = load_watchlist(scenario.watchlist(extra=extra))
+            scenario.publish()
+            first = run_watchlist(watch, now=END, sleep=lambda s: None)
+            with State(scenario.state) as state:
+                keys = [a.key for a in state.alerts("k1")]
+            assert len(keys) >= 2
+            errors = " | ".join(first.deliveries.errors)
+            assert f"webhook: alert {receiver.refused} (k1 " in errors and "HTTP 413" in errors
+            assert "smtp: alert " in errors and "the server refused b@test (550" in errors
+            assert sorted(receiver.accepted) == sorted(set(keys) - {receiver.refused})
+            assert sorted(k for to, k in inbox.got if to == "a@test") == sorted(keys)
+            assert not [k for to, k in inbox.got if to == "b@test"]
+            # Mended: the waiting ones go, once; nothing goes twice.
+            receiver.choosy, inbox.refuse_b = False, False
+            second = run_watchlist(watch, now=END, sleep=lambda s: None)
+            assert second.deliveries.errors == () and second.deliveries.failed == 0
+        assert sorted(receiver.accepted) == sorted(keys)
+        for to in ("a@test", "b@test"):
+            assert sorted(k for rcpt, k in inbox.got if rcpt == to) == sorted(keys)
+    finally:
+        mail.stop()
+
+
 def test_a_delivery_that_cannot_work_says_what_to_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,11 +1,13 @@
 """Delivering the outbox: webhook POSTs and e-mail (smtplib), each alert once.
 
-Every alert waits in the `deliveries` table, one row per channel, until its channel accepted it;
-that is committed at once, so an accepted alert is never offered again. Failures are retried
-with exponential backoff within a run and, when a channel stays down, on the next run: never
-lost. Each POST carries the alert's idempotency key (`Idempotency-Key` header and `key` in the
-body) and each e-mail a Message-ID made from it, so a receiver can tell a repeat in the one case
-a repeat can happen: the process killed after the receiver accepted but before the commit.
+Every alert waits in the `deliveries` table, one row per channel (the webhook, each e-mail
+recipient), until its channel accepted it; that is committed at once, so an accepted alert is
+never offered again. Failures are retried with exponential backoff within a run and, when a
+channel stays down, on the next run: never lost. An alert the receiver refuses on its own waits
+alone and the channel goes on. Each POST carries the alert's idempotency key (`Idempotency-Key`
+header and `key` in the body) and each e-mail a Message-ID made from it, so a receiver can tell a
+repeat where one can happen: the process killed after the receiver accepted but before the
+commit, or a receiver that answered after the timeout.
 
 `alerts_geojson` is the per-AOI alerts.geojson: every alert of the AOI, oldest first.
 """
@@ -19,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 from changedet.monitor.state import AlertRow, State
 from changedet.monitor.watchlist import SmtpConfig, WebhookConfig
 
-__all__ = ["DeliveryReport", "alerts_geojson", "deliver_pending", "describe_alert"]
+__all__ = ["DeliveryReport", "alerts_geojson", "channels_for", "deliver_pending", "describe_alert"]
 
 Sleep = Callable[[float], None]
 MAX_BACKOFF_S = 60.0
@@ -115,10 +117,13 @@ class _Refuse(urllib.request.HTTPRedirectHandler):
 _NO_REDIRECTS = urllib.request.build_opener(_Refuse)
 
 
-def _mail(config: SmtpConfig, alert: AlertRow) -> None:
+def _mail(config: SmtpConfig, alert: AlertRow, to: Sequence[str]) -> None:
+    """E-mail the alert to `to`: one recipient per delivery, so that a server refusing one
+    address (its mailbox gone, a typo) neither loses the alert for it while the others count it
+    delivered, nor sends it again to the others when it is retried."""
     message = EmailMessage()
     message["From"] = config.sender
-    message["To"] = ", ".join(config.to)
+    message["To"] = ", ".join(to)
     message["Subject"] = f"changedet: {describe_alert(alert)}"[:200]
     message["Message-ID"] = f"<{alert.key}@changedet>"
     message["X-Changedet-Alert"] = alert.key
@@ -136,14 +141,14 @@ def _mail(config: SmtpConfig, alert: AlertRow) -> None:
             smtp.starttls()
         if config.username:
             smtp.login(config.username, password or "")
-        smtp.send_message(message)
+        smtp.send_message(message, to_addrs=list(to))
 
 
 class _Unconfigured(smtplib.SMTPException):
     """The channel cannot work as configured; its message says what to set."""
 
 
-def _why(exc: Exception) -> str:
+def _why(exc: Exception, timeout_s: float) -> str:
     """A failed attempt in the analyst's words: what failed and, where it helps, what to do."""
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code}"
@@ -151,12 +156,44 @@ def _why(exc: Exception) -> str:
         return str(exc)
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         return f"login refused ({exc.smtp_code}); check username and password"
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refused = "; ".join(
+            f"{to} ({code} {_text(reply)})" for to, (code, reply) in exc.recipients.items()
+        )
+        return f"the server refused {refused}; check [smtp] to"
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+        # The receiver may have taken it and answered late: a retry may repeat it (with the
+        # same Idempotency-Key or Message-ID).
+        return (
+            f"no answer within timeout_s = {timeout_s:g} s (a slow receiver may get the alert "
+            "twice); raise timeout_s if it is slow, not down"
+        )
     if isinstance(reason, OSError) and reason.strerror:
         return f"cannot reach the server ({reason.strerror.lower()})"
-    if isinstance(reason, TimeoutError):
-        return "cannot reach the server (timed out)"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _text(reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return text.strip().splitlines()[0][:120] if text.strip() else ""
+
+
+def _this_alert_only(exc: Exception) -> bool:
+    """The failure is this one alert's (or recipient's), not the channel's: a webhook that
+    refuses it as a client error (too large, unprocessable), a mail server that refuses its
+    recipient. The channel goes on with the other alerts."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return True
+    return (
+        isinstance(exc, urllib.error.HTTPError)
+        and 400 <= exc.code < 500
+        and exc.code
+        not in (
+            408,
+            429,
+        )
+    )
 
 
 @dataclass
@@ -167,26 +204,55 @@ class DeliveryReport:
     unsent: tuple[str, ...] = ()  # alerts waiting for a channel the watch-list no longer has
 
 
-def _attempt(
-    send: Callable[[AlertRow], None],
-    alert: AlertRow,
-    retries: int,
-    backoff_s: float,
-    sleep: Sleep,
-) -> tuple[bool, int, str | None]:
-    """(delivered, attempts made, last error)."""
+@dataclass(frozen=True)
+class _Channel:
+    send: Callable[[AlertRow], None]
+    retries: int
+    backoff_s: float
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class _Attempted:
+    delivered: bool
+    attempts: int
     error: str | None = None
-    for attempt in range(retries + 1):
+    alone: bool = False  # the failure is this alert's (or recipient's) alone
+
+
+def _attempt(channel: _Channel, alert: AlertRow, sleep: Sleep) -> _Attempted:
+    error: str | None = None
+    for attempt in range(channel.retries + 1):
         if attempt:
-            sleep(min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
+            sleep(min(channel.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
         try:
-            send(alert)
-            return True, attempt + 1, None
+            channel.send(alert)
+            return _Attempted(True, attempt + 1)
         except (OSError, smtplib.SMTPException) as exc:
-            error = _why(exc)
+            error = _why(exc, channel.timeout_s)
             if isinstance(exc, _Unconfigured | smtplib.SMTPAuthenticationError):
-                return False, attempt + 1, error  # waiting will not mend the settings
-    return False, retries + 1, error
+                return _Attempted(False, attempt + 1, error)  # waiting will not mend settings
+            if _this_alert_only(exc):
+                return _Attempted(False, attempt + 1, error, alone=True)  # nor will asking again
+    return _Attempted(False, channel.retries + 1, error)
+
+
+def channels_for(webhook: WebhookConfig | None, smtp: SmtpConfig | None) -> list[str]:
+    """The delivery channels of a watch-list: the webhook, and one per e-mail recipient."""
+    return [*(["webhook"] if webhook else []), *(f"smtp:{to}" for to in (smtp.to if smtp else ()))]
+
+
+def _channel(name: str, webhook: WebhookConfig | None, smtp: SmtpConfig | None) -> _Channel | None:
+    """How to send on channel `name` now (None: the watch-list no longer has it). "smtp" alone
+    is an older state's: every recipient at once."""
+    if name == "webhook" and webhook is not None:
+        return _Channel(
+            lambda a: _post(webhook, a), webhook.retries, webhook.backoff_s, webhook.timeout_s
+        )
+    if smtp is None or not (name == "smtp" or name.removeprefix("smtp:") in smtp.to):
+        return None
+    to = smtp.to if name == "smtp" else (name.removeprefix("smtp:"),)
+    return _Channel(lambda a: _mail(smtp, a, to), smtp.retries, smtp.backoff_s, smtp.timeout_s)
 
 
 def deliver_pending(
@@ -197,39 +263,55 @@ def deliver_pending(
     sleep: Sleep = time.sleep,
 ) -> DeliveryReport:
     """Offer every pending delivery to its channel, oldest alert first. A channel that fails
-    an alert after its retries is not tried again in this run (its alerts wait for the next)."""
-    channels: Mapping[str, tuple[Callable[[AlertRow], None], int, float] | None] = {
-        "webhook": None
-        if webhook is None
-        else (lambda a: _post(webhook, a), webhook.retries, webhook.backoff_s),
-        "smtp": None if smtp is None else (lambda a: _mail(smtp, a), smtp.retries, smtp.backoff_s),
-    }
+    an alert after its retries is not tried again in this run (its alerts wait for the next);
+    an alert the receiver refuses (a client error, a refused recipient) waits alone, named, and
+    the channel goes on with the others."""
     report = DeliveryReport()
-    down: set[str] = set()
+    down: set[str] = set()  # "webhook", "smtp": a server down takes all its recipients
     errors: list[str] = []
     unset: dict[str, int] = {}
     for delivery in state.pending():
-        channel = channels.get(delivery.channel)
+        channel = _channel(delivery.channel, webhook, smtp)
+        server = delivery.channel.split(":", 1)[0]
         if channel is None:  # the watch-list no longer has that channel: say so, keep them
             unset[delivery.channel] = unset.get(delivery.channel, 0) + 1
-        if channel is None or delivery.channel in down:
+        if channel is None or server in down:
             report.failed += 1
             continue
-        send, retries, backoff = channel
-        ok, attempts, error = _attempt(send, delivery.alert, retries, backoff, sleep)
+        tried = _attempt(channel, delivery.alert, sleep)
         state.mark_delivery(
-            delivery.alert.key, delivery.channel, delivered=ok, attempts=attempts, error=error
+            delivery.alert.key,
+            delivery.channel,
+            delivered=tried.delivered,
+            attempts=tried.attempts,
+            error=tried.error,
         )
-        if ok:
+        if tried.delivered:
             report.delivered += 1
+            continue
+        report.failed += 1
+        if tried.alone:
+            alert = delivery.alert
+            errors.append(
+                f"{server}: alert {alert.key} ({alert.aoi_id} {alert.structure_id} "
+                f"{alert.kind}): {tried.error}"
+            )
         else:
-            report.failed += 1
-            down.add(delivery.channel)
-            errors.append(f"{delivery.channel}: {error}")
+            down.add(server)
+            errors.append(f"{server}: {tried.error}")
     report.errors = tuple(errors)
-    report.unsent = tuple(
-        f"{n} alert(s) wait for the {name}, which the watch-list no longer has; add [{name}] "
-        "back to send them (every alert is also in alerts.geojson)"
-        for name, n in unset.items()
-    )
+    report.unsent = tuple(_unsent(name, n) for name, n in unset.items())
     return report
+
+
+def _unsent(channel: str, n: int) -> str:
+    if channel.startswith("smtp:"):
+        to = channel.removeprefix("smtp:")
+        return (
+            f"{n} alert(s) wait for {to}, whom [smtp] to no longer lists; add the address back "
+            "to send them (every alert is also in alerts.geojson)"
+        )
+    return (
+        f"{n} alert(s) wait for the {channel}, which the watch-list no longer has; add "
+        f"[{channel}] back to send them (every alert is also in alerts.geojson)"
+    )

@@ -47,7 +47,12 @@ from changedet.models import (
     SkippedScene,
     no_progress,
 )
-from changedet.monitor.alerts import DeliveryReport, alerts_geojson, deliver_pending
+from changedet.monitor.alerts import (
+    DeliveryReport,
+    alerts_geojson,
+    channels_for,
+    deliver_pending,
+)
 from changedet.monitor.decide import ledger_changes, ledger_status
 from changedet.monitor.lock import hold_lock
 from changedet.monitor.memo import DiskMemo, memo_folder, prune
@@ -529,9 +534,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
         outline=aoi.geometry if job.edited else None,
         baseline_end=computed.baseline_end if job.edited else None,
     )
-    channels = [
-        name for name, on in (("webhook", ctx.watch.webhook), ("smtp", ctx.watch.smtp)) if on
-    ]
+    channels = channels_for(ctx.watch.webhook, ctx.watch.smtp)
     state.commit_check(
         ctx.run_id,
         CheckRecord(
