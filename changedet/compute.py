@@ -328,6 +328,33 @@ def _client(address: str) -> Any:
     return client
 
 
+def _check_workers(client: Any, address: str) -> None:
+    """The workers there now have this changedet: one without it died on its first task and the
+    run waited NO_WORKER_S for "no worker"; one of another version computed other answers with
+    no word. (Workers that join later are not asked.)"""
+    import importlib.metadata
+
+    import changedet
+
+    mine = changedet.__version__
+    try:
+        found = client.run(importlib.metadata.version, "changedet", on_error="return")
+    except Exception:  # the scheduler is asked again by the tasks, which say what is wrong
+        return
+    lacking = sorted(w for w, v in found.items() if not isinstance(v, str))
+    if lacking:
+        raise UsageError(
+            f"Dask worker(s) at {address} cannot import changedet ({', '.join(lacking[:3])}); "
+            f"install it where they run (pip install 'changedet[dask]=={mine}') and restart them"
+        )
+    other = sorted(f"{w} has {v}" for w, v in found.items() if v != mine)
+    if other:
+        raise UsageError(
+            f"Dask worker(s) at {address} run another changedet than this {mine} "
+            f"({', '.join(other[:3])}); install the same version on every machine"
+        )
+
+
 @dataclass(frozen=True)
 class ClusterTask:
     """One call to place on the cluster: `fn(*args, progress=..., **kwargs)`, labelled (the AOI
@@ -352,6 +379,7 @@ def on_cluster(
     events: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
     run = uuid.uuid4().hex
     with _distributed_quiet(), closing(client):  # quiet until the client is closed too
+        _check_workers(client, address)
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: events.put(event[1]))
         futures = [
             client.submit(  # a key of this run's own: another run's AOI of the same id is not it

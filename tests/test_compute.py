@@ -288,3 +288,27 @@ def test_a_pool_process_killed_loses_its_own_aoi_only(tmp_path: Path) -> None:
     alone = run_aois(aois[:1], config, out_root=tmp_path / "alone")
     assert next(iter(alone)).ok
     assert _products(tmp_path / "out" / "khojir") == _products(tmp_path / "alone" / "khojir")
+
+
+def test_workers_of_another_changedet_are_refused_before_any_task(
+    dask_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker of another version computed other answers with no word (the README asks the
+    same version everywhere); one without changedet died on its first task and the run waited
+    two minutes for 'no worker'. Both are asked before any task is placed."""
+    import changedet
+    from changedet import compute
+    from changedet.errors import UsageError
+
+    installed = changedet.__version__
+    monkeypatch.setattr(changedet, "__version__", "9.9.9")
+    tasks = [compute.ClusterTask("site0", _nap, (0.1,))]
+    with pytest.raises(UsageError) as info:
+        list(compute.on_cluster(dask_cluster, tasks))
+    said = str(info.value)
+    assert said.startswith(
+        f"Dask worker(s) at {dask_cluster} run another changedet than this 9.9.9"
+    )
+    assert f"has {installed}" in said and said.endswith("install the same version on every machine")
+    monkeypatch.setattr(changedet, "__version__", installed)
+    assert [i for i, _ in compute.on_cluster(dask_cluster, tasks)] == [0]

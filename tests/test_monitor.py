@@ -1298,12 +1298,11 @@ def test_a_full_disk_under_the_state_is_said_and_commits_nothing(tmp_path: Path)
 
 def test_a_receiver_that_answers_late_is_not_called_unreachable() -> None:
     """It may have taken the alert: the line says a repeat may come, and what to raise."""
-    import socket
     import urllib.error
 
     from changedet.monitor.alerts import _why
 
-    for late in (TimeoutError("timed out"), urllib.error.URLError(socket.timeout("timed out"))):
+    for late in (TimeoutError("timed out"), urllib.error.URLError(TimeoutError("timed out"))):
         said = _why(late, 10.0)
         assert said.startswith("no answer within timeout_s = 10 s"), said
         assert "twice" in said and "cannot reach" not in said
