@@ -137,10 +137,29 @@ def test_a_comparison_that_asked_less_persistence_is_a_warning(result: RunResult
     assert short.startswith(f"AOI '{result.aoi.id}': short note; widen the time range")
     (pair,) = told("pair", 1)
     assert pair.startswith(f"AOI '{result.aoi.id}': pair note;")
-    (shorter,) = told("short", 2, baseline=1)  # the persistence asked, on a shorter baseline
-    assert shorter == (
-        f"AOI '{result.aoi.id}': short note; widen the time range, or lower "
-        "time.baseline_periods (2) to the clear months it holds"
+    # A baseline shortened by cloudy months: run.json and the report say it; one asked longer
+    # than the range could ever give is a setting to mend, said here too.
+    assert told("short", 2, baseline=1) == ()
+    n = len(result.composites) or len(result.counts)
+
+    def asked_long(baseline_periods: int) -> tuple[str, ...]:
+        comparison = {
+            "mode": "short",
+            "baseline": ["2023-01"],
+            "min_persistence": 2,
+            "configured": {"baseline_periods": baseline_periods, "min_persistence": 2},
+            "note": "short note",
+        }
+        return headline(
+            replace(result, provenance={**result.provenance, "comparison": comparison})
+        ).warnings
+
+    assert asked_long(n - 2) == ()
+    (too_long,) = asked_long(n - 1)
+    assert too_long == (
+        f"AOI '{result.aoi.id}': short note; time.baseline_periods ({n - 1}) and "
+        f"track.min_persistence (2) ask more than the {n} periods of the time range: widen it, "
+        "or lower baseline_periods"
     )
 
 

@@ -263,15 +263,18 @@ def _comparison_warning(result: RunResult) -> str | None:
             f"AOI '{result.aoi.id}': {comparison.get('note')}; widen the time range to confirm "
             "structures over more periods"
         )
-    # The persistence asked, on a baseline shorter than configured (more baseline months than
-    # the series has clear ones): "before" is not what was asked either.
-    base, asked_base = comparison.get("baseline"), configured.get("baseline_periods")
-    if mode == "short" and base is not None and asked_base is not None and len(base) < asked_base:
-        return (
-            f"AOI '{result.aoi.id}': {comparison.get('note')}; widen the time range, or lower "
-            f"time.baseline_periods ({asked_base}) to the clear months it holds"
-        )
-    return None
+    # A baseline shortened by cloudy months is run.json's and the report's to say; one asked
+    # longer than the time range could ever give (48 months of a 13-month range) is a setting
+    # to mend, said here too.
+    asked_base = configured.get("baseline_periods")
+    n_periods = len(result.composites) or len(result.counts)
+    if mode != "short" or asked is None or asked_base is None or asked_base + asked <= n_periods:
+        return None
+    return (
+        f"AOI '{result.aoi.id}': {comparison.get('note')}; time.baseline_periods "
+        f"({asked_base}) and track.min_persistence ({asked}) ask more than the "
+        f"{n_periods} periods of the time range: widen it, or lower baseline_periods"
+    )
 
 
 def _berms_assessed(result: RunResult) -> bool:
