@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,7 @@ def _run_aoi(
     known: Mapping[str, Known] | None,
 ) -> RunSummary:
     silence_library_noise()  # before the read pool's threads start
+    started = datetime.now(UTC).isoformat()  # run.json: a later run's outputs are kept
     io = io or PipelineIO.default()
     timer = StageTimer()
     out_dir = safe_out_dir(Path(out_root), aoi.id)
@@ -311,7 +313,9 @@ def _run_aoi(
         )
         analysis = apply_review(carry_ids(analysis, known_here), review or {})
         result = _run_result(
-            _Run(aoi, config, found, read, stack, periods, timer, inside), analysis, aoi_grid
+            _Run(aoi, config, found, read, stack, periods, timer, inside, started),
+            analysis,
+            aoi_grid,
         )
         if known is not None:
             kept = sum(1 for s in result.structures if s.id in known)
@@ -380,6 +384,7 @@ class _Run:
     periods: list[Period]
     timer: StageTimer
     inside: np.ndarray  # the AOI polygon's pixels on the context window
+    started: str  # when the run began (UTC, ISO 8601)
 
 
 def _run_result(run: _Run, analysis: Analysis, aoi_grid: Grid) -> RunResult:
@@ -417,6 +422,7 @@ def _run_result(run: _Run, analysis: Analysis, aoi_grid: Grid) -> RunResult:
         timings=run.timer.timings,
         provenance={
             **_provenance(config, run.found, stack, synthetic, run.read),
+            "started": run.started,
             "comparison": _comparison(analysis, run.periods),
             "date_shifts_px": {
                 t.date().isoformat(): None if shift is None else [round(v, 3) for v in shift]

@@ -663,6 +663,28 @@ def test_failed_run_keeps_previous_outputs(run_result: RunResult, tmp_path: Path
     assert [p.name for p in tmp_path.iterdir()] == ["aoi"]  # no half-written temp folder
 
 
+def test_a_run_started_earlier_does_not_replace_a_later_runs_outputs(
+    run_result: RunResult, tmp_path: Path
+) -> None:
+    """A Dask worker stalled past the scheduler's timeout, its AOI done again elsewhere and the
+    monitor's next run written, woke and wrote its year-old answer over them. The outputs of a
+    run that started later stand; the earlier one's are not written, and it says so."""
+    out = tmp_path / "aoi"
+    config = OutputConfig(report=False, chips=False, imagery=False)
+
+    def started(when: str) -> RunResult:
+        return replace(run_result, provenance={**run_result.provenance, "started": when})
+
+    write_run_outputs(started("2025-03-01T10:00:00+00:00"), out, config=config)
+    later = (out / "run.json").read_bytes()
+    with pytest.raises(OutputError, match=r"of a run started later \(2025-03-01T10:00:00"):
+        write_run_outputs(started("2025-03-01T09:00:00+00:00"), out, config=config)
+    assert (out / "run.json").read_bytes() == later
+    assert [p.name for p in tmp_path.iterdir()] == ["aoi"]  # no half-written temp folder
+    write_run_outputs(started("2025-03-01T11:00:00+00:00"), out, config=config)  # a later one
+    assert json.loads((out / "run.json").read_text())["started"] == "2025-03-01T11:00:00+00:00"
+
+
 def test_failure_midway_leaves_no_folder(
     run_result: RunResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

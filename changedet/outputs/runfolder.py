@@ -33,8 +33,10 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from changedet.errors import OutputError
 
 try:  # POSIX; elsewhere stale folders are told by age alone
     import fcntl
@@ -204,10 +206,14 @@ def _swap(target: Path, new: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_folder(target: Path) -> Iterator[Path]:
+def run_folder(
+    target: Path, *, superseded: Callable[[Path], str | None] = lambda target: None
+) -> Iterator[Path]:
     """Yield an empty hidden folder beside `target` (out/<aoi_id>); when the block ends without
     an error, the folder replaces `target`, carrying over the previous run (to previous/) and
-    every file changedet did not write. On an error, `target` is left as it was."""
+    every file changedet did not write. On an error, `target` is left as it was, and so it is
+    when `superseded(target)`, asked under the lock just before the swap, says why not (a later
+    run's outputs are there)."""
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)
     with _root_lock(root):
@@ -217,6 +223,9 @@ def run_folder(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         with _root_lock(root):
+            why = superseded(target)
+            if why is not None:
+                raise OutputError(why)
             if target.is_dir():
                 _carry_over(target, tmp)
             elif target.exists():

@@ -20,6 +20,8 @@ import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -426,7 +428,8 @@ def write_run_outputs(
     _check_writable(result)
     total = 6
     try:
-        with run_folder(out_dir) as tmp:
+        later = partial(_later_run, started=result.provenance.get("started"))
+        with run_folder(out_dir, superseded=later) as tmp:
             # The folder still holds the previous run: its unchanged drawings are taken again.
             writer = _Writer(result, tmp, config, Drawings(out_dir if out_dir.is_dir() else None))
             progress("outputs", 0, total)
@@ -452,6 +455,23 @@ def write_run_outputs(
             raise
         raise OutputError(f"cannot write outputs to {out_dir}: {exc}{_advice(exc)}") from None
     return [out_dir / name for name in files]
+
+
+def _later_run(target: Path, *, started: str | None) -> str | None:
+    """Why the outputs of a run started at `started` must not replace `target`'s: a run that
+    started later wrote them (a Dask worker that stalled past the scheduler's timeout, its AOI
+    done again elsewhere, then woke to write a year-old answer over the monitor's newer one)."""
+    try:
+        theirs = json.loads((target / "run.json").read_text())["started"]
+        later = datetime.fromisoformat(theirs) > datetime.fromisoformat(str(started))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none there, or an older changedet's: nothing to compare
+    if not later:
+        return None
+    return (
+        f"the outputs in {target} are of a run started later ({theirs}) than this one "
+        f"({started}): left as they are, these were not written"
+    )
 
 
 def _advice(exc: OSError) -> str:
