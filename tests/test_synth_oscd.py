@@ -120,12 +120,23 @@ def test_baseline_switch_offsets_dn_and_harmonises_back(series) -> None:  # type
     assert stack.scene_ids[0] == (series.acquisitions[old].scene_id,)
 
 
-def test_write_series_catalog_cogs_truth_and_aoi(city, tmp_path: Path, oscd_root: Path) -> None:  # type: ignore[no-untyped-def]
+def test_write_series_catalog_cogs_truth_and_aoi(  # type: ignore[no-untyped-def]
+    city, tmp_path: Path, oscd_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pystac
     import rasterio
 
+    # A relative folder, as `synth oscd-series --out series` gives it: the catalog and every
+    # item's JSON were laid out from the working folder, not in it.
+    monkeypatch.chdir(tmp_path)
+    summary = write_oscd_series(
+        oscd_root, CITY, Path("series"), seed=1, months=4, scenes_per_month=1
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]
     out = tmp_path / "series"
-    summary = write_oscd_series(oscd_root, CITY, out, seed=1, months=4, scenes_per_month=1)
+    assert (out / "catalog.json").is_file() and (
+        out / "sentinel-2-l2a" / "collection.json"
+    ).is_file()
     assert summary.n_acquisitions == 4 and summary.n_regions >= 10
     assert "SYNTHETIC" in str(summary) and f"{summary.n_regions} labelled" in str(summary)
     assert "razed" not in str(summary)  # none asked for

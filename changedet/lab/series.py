@@ -754,7 +754,9 @@ def _write_catalog(tmp: Path, series: OSCDSeries, progress: Progress) -> None:
     for t in range(n):
         collection.add_item(_write_acquisition(tmp, series, t, footprint_ll))
         progress("oscd-series", t + 1, n)
-    catalog.normalize_hrefs(str(tmp) + "/")  # the temp folder name has a suffix: say "folder"
+    # Absolute: pystac lays a relative root out from the working folder (a relative --out put
+    # catalog.json and every item's JSON there, the COGs in --out).
+    catalog.normalize_hrefs(str(tmp.resolve()) + "/")
     catalog.make_all_asset_hrefs_relative()
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
 
