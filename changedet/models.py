@@ -281,6 +281,8 @@ class ReadResult:
     notes: tuple[str, ...] = ()
     cache_hits: int = 0
     assets_read: int = 0
+    # Dates read 0.1 off in every band (a wrong offset flag), corrected or not: what to say
+    offsets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -491,6 +491,7 @@ def _provenance(
         "search_notes": list(found.notes),
         "search_stopped": found.stopped,
         "read_notes": list(read.notes),
+        "offsets_corrected": list(read.offsets),
         "bytes_fetched": read.bytes_fetched,
         "cache_hits": read.cache_hits,
         "synthetic": synthetic,

@@ -250,6 +250,16 @@ def _search_warning(result: RunResult) -> str | None:
     )
 
 
+def _offsets_warning(result: RunResult) -> str | None:
+    """Dates read 0.1 off in every band (a catalog's offset flag wrong), corrected from their
+    pixels: a correction the run made on its own judgement, so said."""
+    told = result.provenance.get("offsets_corrected") or []
+    if not told:
+        return None
+    more = f" (and {len(told) - 1} more; all in run.json)" if len(told) > 1 else ""
+    return f"AOI '{result.aoi.id}': {told[0]}{more}"
+
+
 def _comparison_warning(result: RunResult) -> str | None:
     """A run with too few clear periods to ask the configured persistence (a two-date pair, or a
     short series that asked less): its "confirmed" structures rest on fewer observations."""
@@ -297,6 +307,7 @@ def headline(result: RunResult) -> Headline:
     warnings = (
         ("search", _search_warning(result)),
         ("unreadable-scenes", _unreadable_warning(result)),
+        ("offsets", _offsets_warning(result)),
         ("comparison", _comparison_warning(result)),
         ("coverage", _coverage_warning(result)),
     )

@@ -22,6 +22,7 @@ from datetime import date, datetime
 import numpy as np
 
 from changedet.config import MaskConfig, ReadConfig
+from changedet.core.offsets import OFFSET, offset_errors
 from changedet.errors import NoScenesError, ReadError
 from changedet.hrefs import install_log_redaction
 from changedet.models import (
@@ -169,8 +170,10 @@ def _read(
     if not built.times:
         raise _nothing_read(built.failures, skipped, n_scenes=len(scenes))
     stack: Stack | DateStore
+    offsets: tuple[str, ...] = ()
     if store is not None:
         store.release_slot()
+        offsets = mend_offsets(store)
         stack = store
     else:
         assert built.reflectance is not None and built.clear is not None
@@ -192,7 +195,53 @@ def _read(
         notes=tuple(notes),
         cache_hits=built.cache_hits,
         assets_read=built.assets_read,
+        offsets=offsets,
     )
+
+
+# Rows sampled for each date's band medians: a few strips spread over the window, so that the
+# check reads a few per cent of the dates again, not all of them.
+_SAMPLE_STRIPS, _STRIP_ROWS, _MIN_SAMPLES = 8, 8, 500
+
+
+def mend_offsets(store: DateStore) -> tuple[str, ...]:
+    """Dates read with a wrong harmonisation offset (`core.offsets`), corrected in the store;
+    what to say of each (and of dates too many to correct)."""
+    check = offset_errors(_band_medians(store))
+    said = []
+    for t, delta in sorted(check.corrections.items()):
+        when, ids = store.times[t].date().isoformat(), ", ".join(store.scene_ids[t])
+        how = "brighter" if delta < 0 else "darker"
+        fixed = store.shift(t, delta)
+        said.append(
+            f"{when} ({ids}) read {OFFSET:g} {how} than the series in every band: its item's "
+            "harmonisation offset (earthsearch:boa_offset_applied) looks wrong; "
+            + ("corrected" if fixed else "not corrected (a mosaic of differing offsets)")
+        )
+    if check.inconsistent:
+        said.append(
+            f"{check.inconsistent} dates read {OFFSET:g} off the series in every band: too many "
+            "to tell which offset is right, none corrected; check the items' offset flags"
+        )
+    return tuple(said)
+
+
+def _band_medians(store: DateStore) -> np.ndarray:
+    """(T, B): per date and band, the median of the clear pixels of a few row strips (NaN
+    where fewer than _MIN_SAMPLES were clear)."""
+    h = store.grid.height
+    rows = min(_STRIP_ROWS, h)
+    tops = np.unique(np.linspace(0, h - rows, min(_SAMPLE_STRIPS, max(h // rows, 1))).astype(int))
+    bands = list(range(len(store.bands)))
+    medians = np.full((len(store.times), len(bands)), np.nan)
+    for t in range(len(store.times)):
+        values = np.concatenate(
+            [store.pixels([t], slice(top, top + rows), bands)[0] for top in tops], axis=1
+        )
+        flat = values.reshape(len(bands), -1)
+        if np.count_nonzero(np.isfinite(flat).all(axis=0)) >= _MIN_SAMPLES:
+            medians[t] = np.nanmedian(flat, axis=1)
+    return medians
 
 
 def _nothing_read(

@@ -278,6 +278,18 @@ class DateStore:
             raise ValueError("date store: rows must be a contiguous slice")
         return start, max(stop, start)
 
+    def shift(self, t: int, delta: float) -> bool:
+        """Add `delta` to every band of date `t`'s reflectance through its (scale, offset): a
+        harmonisation offset found wrong (`core.offsets`). False for a date kept as float32
+        reflectance (a mosaic of scenes with different offsets), which is left as it is."""
+        layout = self._layout[t]
+        if layout.harmonisation is None:
+            return False
+        fixed = tuple((scale, offset + delta) for scale, offset in layout.harmonisation)
+        self._layout[t] = layout._replace(harmonisation=fixed)
+        self._digests.pop(t, None)  # its pixels changed: so does its fingerprint
+        return True
+
     def pixels(self, dates: Sequence[int], rows: slice, bands: Sequence[int]) -> np.ndarray:
         top, bottom = self._rows(rows)
         h, w = self.grid.shape

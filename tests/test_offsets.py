@@ -1,0 +1,104 @@
+"""Dates read with a wrong harmonisation offset (`core.offsets`): known answers on made-up band
+medians, and the reader's correction on the sample tiles with two items' flags turned wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from changedet.core.offsets import OFFSET, offset_errors
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Band medians of an arid site over a year (blue..swir22): the season moves NIR and SWIR by a
+# few hundredths, a hazy date brightens blue, a wet one darkens SWIR most.
+SERIES = np.array(
+    [
+        [0.12, 0.15, 0.19, 0.26, 0.34, 0.29],
+        [0.12, 0.15, 0.19, 0.27, 0.35, 0.30],
+        [0.13, 0.16, 0.20, 0.27, 0.35, 0.30],
+        [0.21, 0.21, 0.23, 0.29, 0.35, 0.30],  # haze: blue +0.09, SWIR unmoved
+        [0.08, 0.10, 0.13, 0.19, 0.22, 0.17],  # rain: SWIR -0.12, blue -0.04
+        [0.12, 0.15, 0.19, 0.25, 0.33, 0.28],
+        [0.12, 0.15, 0.19, 0.26, 0.34, 0.29],
+        [0.13, 0.15, 0.20, 0.26, 0.34, 0.29],
+    ]
+)
+
+
+def test_a_date_off_by_the_offset_in_every_band_is_found_and_nature_is_not() -> None:
+    assert offset_errors(SERIES).corrections == {}  # haze and rain are not offset errors
+    wrong = SERIES.copy()
+    wrong[1] -= OFFSET  # the -0.1 applied to DNs that no longer carried it
+    wrong[6] += OFFSET  # not applied to DNs that did
+    check = offset_errors(wrong)
+    assert check.corrections == {1: pytest.approx(OFFSET), 6: pytest.approx(-OFFSET)}
+    assert check.inconsistent == 0
+
+
+def test_too_many_dates_off_to_tell_which_offset_is_right() -> None:
+    wrong = SERIES.copy()
+    wrong[[0, 2, 5]] -= OFFSET
+    check = offset_errors(wrong)
+    assert check.corrections == {} and check.inconsistent == 3
+
+
+def test_dates_without_enough_clear_pixels_are_not_judged() -> None:
+    wrong = SERIES.copy()
+    wrong[1] -= OFFSET
+    wrong[3:] = np.nan
+    check = offset_errors(wrong)  # three dates judged: one of them off is a third, too many
+    assert check.corrections == {} and check.inconsistent == 1
+    assert offset_errors(SERIES[:2]).corrections == {}  # fewer than three: nothing to compare
+
+
+def _flag(folder: Path, item: str, applied: bool) -> None:
+    path = folder / "sentinel-2-l2a" / item / f"{item}.json"
+    doc = json.loads(path.read_text())
+    doc["properties"]["earthsearch:boa_offset_applied"] = applied
+    path.write_text(json.dumps(doc))
+
+
+def test_the_reader_corrects_two_dates_whose_flags_are_wrong(cli: object, tmp_path: Path) -> None:
+    """Earth Search's sentinel-2-l2a says the offset flag wrongly for some items (earth-search
+    #66, #71): one date read 0.1 too dark and one 0.1 too bright. Both are told from their
+    pixels and corrected: the same structures as with the right flags, and a warning."""
+    from click.testing import CliRunner
+
+    from changedet.cli import main
+
+    tiles = tmp_path / "tiles"
+    shutil.copytree(REPO / "sample_tiles" / "khojir", tiles)
+    _flag(tiles, "S2A_39SWV_20240227_0_L2A", False)  # DNs harmonised; said not to be
+    _flag(tiles, "S2A_39SWV_20240308_0_L2A", True)  # DNs carry the offset; said not to
+    config = tmp_path / "wrong.toml"
+    config.write_text(
+        f'extends = "{REPO / "configs" / "demo-khojir.toml"}"\n'
+        f'[catalog]\nurl = "{tiles / "catalog.json"}"\n[output]\nreport = false\nchips = false\n'
+    )
+    right = tmp_path / "right.toml"
+    right.write_text(config.read_text().replace(str(tiles), str(REPO / "sample_tiles" / "khojir")))
+    aoi = str(REPO / "aoi" / "khojir.geojson")
+    runner = CliRunner()
+    for name, cfg in (("right", right), ("wrong", config)):
+        done = runner.invoke(
+            main, ["run", aoi, "--config", str(cfg), "--out", str(tmp_path / name)]
+        )
+        assert done.exit_code == 0, done.output
+    told = json.loads((tmp_path / "wrong" / "khojir" / "run.json").read_text())
+    corrected = told["offsets_corrected"]
+    assert len(corrected) == 2
+    assert corrected[0].startswith("2024-02-27 (S2A_39SWV_20240227_0_L2A) read 0.1 darker")
+    assert corrected[1].startswith("2024-03-08 (S2A_39SWV_20240308_0_L2A) read 0.1 brighter")
+    assert all(c.endswith("; corrected") for c in corrected)
+    assert any("looks wrong; corrected (and 1 more" in w for w in told["headline"]["warnings"])
+    clean = json.loads((tmp_path / "right" / "khojir" / "run.json").read_text())
+    assert clean["offsets_corrected"] == []
+    structures = "structures.geojson"
+    assert (tmp_path / "wrong" / "khojir" / structures).read_bytes() == (
+        tmp_path / "right" / "khojir" / structures
+    ).read_bytes()
