@@ -716,7 +716,14 @@ def _tell_check(check: Any, renderer: _Renderer) -> None:
     """One AOI's check as it ends, with its run's warnings."""
     renderer.echo(_describe_check(check))
     if check.summary is not None:
-        _echo_warnings(check.summary, renderer)
+        _echo_warnings(check.summary, renderer)  # a search cut short among them
+    elif check.search_stopped:
+        renderer.echo(
+            f"changedet: warning: AOI '{check.aoi_id}': the catalog search was cut short "
+            f"({check.search_stopped}), so scenes it did not page to are missing from the "
+            "ledger; the next run searches from the watch's start again",
+            err=True,
+        )
 
 
 @monitor.command("run")

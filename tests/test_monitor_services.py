@@ -118,6 +118,39 @@ def test_a_growing_catalog_is_processed_incrementally(tmp_path: Path) -> None:
             stac.stop()
 
 
+@pytest.mark.skipif(_rustac_missing(), reason="rustac not installed (pip install rustac)")
+def test_a_search_cut_short_is_said_every_run_until_one_is_complete(tmp_path: Path) -> None:
+    """The monitor rebuilt the search without where it stopped: no run said that scenes were
+    missing, and later runs, searching from the newest scene, never went back for them."""
+    with RangeServer(SAMPLE) as pixels:
+        scenario = make_scenario(tmp_path, base=pixels.url + "/")
+        stac = GrowingStac(tmp_path / "stac")
+        try:
+            stac.serve(scenario.items)
+            scenario.overrides["catalog.max_items"] = 5
+            scenario.overrides["catalog.page_size"] = 2
+            watch = load_watchlist(scenario.watchlist(catalog=stac.url))
+            (first,) = run_watchlist(watch, now=END).checks
+            assert (
+                first.search_stopped
+                == "search stopped at catalog.max_items=5; raise it or narrow the dates or AOI"
+            )
+            assert first.summary is not None
+            assert any("cut short" in w for w in first.summary.warnings)
+            (second,) = run_watchlist(watch, now=END).checks  # from the start again: cut again
+            assert second.search_stopped == first.search_stopped
+            scenario.overrides["catalog.max_items"] = 1000  # an edit of the watch: all of it
+            watch = load_watchlist(scenario.watchlist(catalog=stac.url))
+            (third,) = run_watchlist(watch, now=END).checks
+            assert third.search_stopped is None and third.outcome == "updated"
+            with State(scenario.state) as state:
+                row = state.aoi("k1")
+                assert row is not None and row["search_stopped"] is None
+                assert len(state.scenes("k1")) == len(scenario.items)
+        finally:
+            stac.stop()
+
+
 # --- webhook and e-mail ------------------------------------------------------------------------------
 
 

@@ -93,6 +93,7 @@ class AOICheck:
     composites_computed: int = 0  # composites made from the dates (the others from the cache)
     composites_reused: int = 0
     dates_kept: int = 0  # dates taken from the cache, not read (`read.kept`)
+    search_stopped: str | None = None  # why this run's search stopped paging early
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ class _Capture:
             dropped=(*self.plan.replaced, *self.plan.dropped),
             source=self.found.source,
             notes=self.found.notes,
+            complete=self.found.complete,
+            stopped=self.found.stopped,
         )
 
     def read(self, scenes: Sequence[Scene], *args: Any, **kwargs: Any) -> ReadResult:
@@ -368,9 +371,11 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         why = RENAMED.format(old=ctx.renamed[aoi.id])
     # An edited watch (an outline, a start moved earlier) is searched from its start again.
     start = search_start(config.time.start, stored, ctx.watch.lookback_days)
-    if why in _EDITS:
-        start = config.time.start
+    row = state.aoi(aoi.id)
+    if why in _EDITS or (row is not None and row["search_stopped"]):
+        start = config.time.start  # an edit, or a search cut short last time: all of it again
     found = _search(ctx, aoi, config, start)
+    state.note_search(aoi.id, aoi.name, str(out_dir), found.stopped)
     plan = plan_scenes(
         stored,
         found.scenes,
@@ -386,7 +391,7 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
             rows = _replaced_and_dropped(plan, stored)
             state.commit_check(ctx.run_id, CheckRecord(aoi.id, aoi.name, str(out_dir), scenes=rows))
         _write_alerts_file(state, aoi.id, out_dir)
-        return AOICheck(aoi.id, "unchanged", message="nothing new")
+        return AOICheck(aoi.id, "unchanged", message="nothing new", search_stopped=found.stopped)
     try:
         periods_for(config)
     except ConfigError as exc:
@@ -522,7 +527,13 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
     period cache pruned to what the run used."""
     aoi, state = job.aoi, ctx.state
     if computed.waiting is not None:
-        return AOICheck(aoi.id, "waiting", new_scenes=job.plan.new, message=computed.waiting)
+        return AOICheck(
+            aoi.id,
+            "waiting",
+            new_scenes=job.plan.new,
+            message=computed.waiting,
+            search_stopped=job.found.stopped,
+        )
     synthetic = computed.summary is not None and computed.summary.synthetic
     changes = ledger_changes(
         aoi.id,
@@ -570,6 +581,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
         alerts=changes.alerts,
         summary=computed.summary,
         message="" if job.plan.work else job.why,  # said when no scene explains the update
+        search_stopped=job.found.stopped,
     )
 
 

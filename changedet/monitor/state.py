@@ -160,6 +160,11 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE aois ADD COLUMN setup TEXT;
     """,
+    # 4: why the AOI's last search stopped paging early (NULL: it did not): the next run
+    # searches from the watch's start again, and every run says so until one is complete
+    """
+    ALTER TABLE aois ADD COLUMN search_stopped TEXT;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -451,7 +456,7 @@ class State:
     def aoi(self, aoi_id: str) -> dict[str, Any] | None:
         row = self.db.execute(
             "SELECT id, name, out_dir, last_acquired, outputs_review_seq, outputs_run, "
-            "outputs_digest, setup FROM aois WHERE id = ?",
+            "outputs_digest, setup, search_stopped FROM aois WHERE id = ?",
             (aoi_id,),
         ).fetchone()
         if row is None:
@@ -465,8 +470,21 @@ class State:
             "outputs_run",
             "outputs_digest",
             "setup",
+            "search_stopped",
         )
         return dict(zip(keys, row, strict=True))
+
+    def note_search(self, aoi_id: str, name: str, out_dir: str, stopped: str | None) -> None:
+        """Keep why the AOI's search stopped paging early (None: it did not), when it changed."""
+        row = self.aoi(aoi_id)
+        if (row["search_stopped"] if row is not None else None) == stopped:
+            return
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO aois (id, name, out_dir, search_stopped) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET search_stopped = excluded.search_stopped",
+                (aoi_id, name, out_dir, stopped),
+            )
 
     def pending(self) -> list[DeliveryRow]:
         rows = self.db.execute(
