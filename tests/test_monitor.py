@@ -687,6 +687,7 @@ def test_a_renamed_aoi_carries_its_ledger_over(tmp_path: Path) -> None:
     assert run_json["aoi"]["id"] == "k1-renamed"
     listed = json.loads((scenario.out / "k1-renamed" / "alerts.geojson").read_text())
     assert len(listed["features"]) == len(alerts)
+    assert {f["properties"]["aoi"] for f in listed["features"]} == {"k1-renamed"}
     assert memo_folder(scenario.state, "k1-renamed").is_dir()
     assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
 

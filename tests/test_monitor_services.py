@@ -333,7 +333,14 @@ def test_an_alert_or_a_recipient_refused_waits_alone(tmp_path: Path) -> None:
             assert len(keys) >= 2
             errors = " | ".join(first.deliveries.errors)
             assert f"webhook: alert {receiver.refused} (k1 " in errors and "HTTP 413" in errors
-            assert "smtp: alert " in errors and "the server refused b@test (550" in errors
+            # A refused recipient is said once, not once per alert: its alerts all wait.
+            assert (
+                first.deliveries.errors.count(
+                    "smtp: the server refused b@test (550 5.1.1 no such user); check [smtp] to"
+                )
+                == 1
+                and "smtp: alert" not in errors
+            )
             assert sorted(receiver.accepted) == sorted(set(keys) - {receiver.refused})
             assert sorted(k for to, k in inbox.got if to == "a@test") == sorted(keys)
             assert not [k for to, k in inbox.got if to == "b@test"]
@@ -346,6 +353,100 @@ def test_an_alert_or_a_recipient_refused_waits_alone(tmp_path: Path) -> None:
             assert sorted(k for rcpt, k in inbox.got if rcpt == to) == sorted(keys)
     finally:
         mail.stop()
+
+
+def test_an_older_states_one_mail_delivery_goes_to_each_recipient_alone(tmp_path: Path) -> None:
+    """A state of the version before kept one 'smtp' delivery for all recipients: sent as one
+    mail, a recipient the server refused was lost without a word. Such rows become one per
+    recipient first."""
+    smtpd = pytest.importorskip("aiosmtpd.controller")
+    from aiosmtpd.handlers import Message
+
+    class Inbox(Message):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.got: list[tuple[str, str]] = []
+
+        async def handle_RCPT(
+            self, server: Any, session: Any, envelope: Any, address: str, options: Any
+        ) -> str:
+            if address == "b@test":
+                return "550 5.1.1 no such user"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        def handle_message(self, message: Any) -> None:
+            self.got.append((str(message["X-RcptTo"]), str(message["X-Changedet-Alert"])))
+
+    scenario = make_scenario(tmp_path)
+    scenario.publish()
+    run_watchlist(load_watchlist(scenario.watchlist()), now=END)  # alerts, no channel yet
+    with State(scenario.state) as state:  # as the version before kept them
+        keys = [a.key for a in state.alerts("k1")]
+        with state.transaction() as db:
+            db.executemany(
+                "INSERT INTO deliveries (alert_key, channel, status) VALUES (?, 'smtp', 'pending')",
+                [(k,) for k in keys],
+            )
+    inbox = Inbox()
+    mail = smtpd.Controller(inbox, hostname="127.0.0.1", port=free_port())
+    mail.start()
+    try:
+        extra = (
+            f'[smtp]\nhost = "127.0.0.1"\nport = {mail.port}\nfrom = "cd@test"\n'
+            'to = ["a@test", "b@test"]\nretries = 0\n'
+        )
+        report = run_watchlist(load_watchlist(scenario.watchlist(extra=extra)), now=END)
+    finally:
+        mail.stop()
+    assert sorted(k for to, k in inbox.got if to == "a@test") == sorted(keys)
+    assert "smtp: the server refused b@test (550 5.1.1 no such user); check [smtp] to" in (
+        report.deliveries.errors
+    )
+    with State(scenario.state) as state:
+        waiting = state.pending()
+    assert sorted(d.alert.key for d in waiting) == sorted(keys)
+    assert {d.channel for d in waiting} == {"smtp:b@test"}
+
+
+def test_a_webhook_refusing_changedet_itself_is_said_once_with_what_to_check(
+    tmp_path: Path,
+) -> None:
+    """401 is about the channel (its URL or token), not each alert: one line, every alert
+    waits, nothing posted again and again within the run."""
+
+    class Locked(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def __init__(self) -> None:
+            self.requests = 0
+
+            class Handler(BaseHTTPRequestHandler):
+                def log_message(self, *args: Any) -> None:
+                    pass
+
+                def do_POST(self) -> None:
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    self.server.requests += 1  # type: ignore[attr-defined]
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+            super().__init__(("127.0.0.1", 0), Handler)
+
+    locked = Locked()
+    with serving(locked):
+        scenario = make_scenario(tmp_path)
+        scenario.publish()
+        url = f"http://127.0.0.1:{locked.server_address[1]}/hook"
+        extra = f'[webhook]\nurl = "{url}"\nretries = 2\nbackoff_s = 0.01\n'
+        report = run_watchlist(load_watchlist(scenario.watchlist(extra=extra)), now=END)
+    assert report.deliveries.errors == (
+        "webhook: HTTP 401: the receiver refuses changedet; check [webhook] url and its token",
+    )
+    assert locked.requests == 1  # not retried, nor the next alerts offered
+    with State(scenario.state) as state:
+        assert len(state.pending()) == len(state.alerts("k1")) >= 2
 
 
 def test_a_delivery_that_cannot_work_says_what_to_set(

@@ -151,6 +151,10 @@ class _Unconfigured(smtplib.SMTPException):
 def _why(exc: Exception, timeout_s: float) -> str:
     """A failed attempt in the analyst's words: what failed and, where it helps, what to do."""
     if isinstance(exc, urllib.error.HTTPError):
+        if exc.code in (401, 403):
+            return f"HTTP {exc.code}: the receiver refuses changedet; check [webhook] url and its token"
+        if exc.code in (404, 410):
+            return f"HTTP {exc.code}: no webhook at that address; check [webhook] url"
         return f"HTTP {exc.code}"
     if isinstance(exc, _Unconfigured):
         return str(exc)
@@ -179,12 +183,13 @@ def _text(reply: bytes | str) -> str:
     return text.strip().splitlines()[0][:120] if text.strip() else ""
 
 
-def _this_alert_only(exc: Exception) -> bool:
-    """The failure is this one alert's (or recipient's), not the channel's: a webhook that
-    refuses it as a client error (too large, unprocessable), a mail server that refuses its
-    recipient. The channel goes on with the other alerts."""
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return True
+# A webhook's answers that refuse one alert for what it is (malformed, too large, a conflict,
+# unprocessable): the others may pass. Any other 4xx (401, 403, 404, ...) is about the channel.
+_ALERT_REFUSED = frozenset({400, 409, 413, 415, 422})
+
+
+def _refused(exc: Exception) -> bool:
+    """An HTTP answer that asking again soon will not change (a 4xx but 408 and 429)."""
     return (
         isinstance(exc, urllib.error.HTTPError)
         and 400 <= exc.code < 500
@@ -194,6 +199,17 @@ def _this_alert_only(exc: Exception) -> bool:
             429,
         )
     )
+
+
+def _scope(exc: Exception) -> str:
+    """What a failure that asking again will not mend is about: "alert" (the receiver refuses
+    this alert: the others go on), "channel" (this recipient: its alerts wait, the other
+    recipients' go on) or "server" (everything the server takes waits)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return "channel"
+    if isinstance(exc, urllib.error.HTTPError) and exc.code in _ALERT_REFUSED:
+        return "alert"
+    return "server"
 
 
 @dataclass
@@ -217,7 +233,7 @@ class _Attempted:
     delivered: bool
     attempts: int
     error: str | None = None
-    alone: bool = False  # the failure is this alert's (or recipient's) alone
+    scope: str = "server"  # what the failure is about (`_scope`)
 
 
 def _attempt(channel: _Channel, alert: AlertRow, sleep: Sleep) -> _Attempted:
@@ -232,8 +248,9 @@ def _attempt(channel: _Channel, alert: AlertRow, sleep: Sleep) -> _Attempted:
             error = _why(exc, channel.timeout_s)
             if isinstance(exc, _Unconfigured | smtplib.SMTPAuthenticationError):
                 return _Attempted(False, attempt + 1, error)  # waiting will not mend settings
-            if _this_alert_only(exc):
-                return _Attempted(False, attempt + 1, error, alone=True)  # nor will asking again
+            scope = _scope(exc)
+            if scope != "server" or _refused(exc):
+                return _Attempted(False, attempt + 1, error, scope)  # nor will asking again
     return _Attempted(False, channel.retries + 1, error)
 
 
@@ -243,16 +260,15 @@ def channels_for(webhook: WebhookConfig | None, smtp: SmtpConfig | None) -> list
 
 
 def _channel(name: str, webhook: WebhookConfig | None, smtp: SmtpConfig | None) -> _Channel | None:
-    """How to send on channel `name` now (None: the watch-list no longer has it). "smtp" alone
-    is an older state's: every recipient at once."""
+    """How to send on channel `name` now (None: the watch-list no longer has it)."""
     if name == "webhook" and webhook is not None:
         return _Channel(
             lambda a: _post(webhook, a), webhook.retries, webhook.backoff_s, webhook.timeout_s
         )
-    if smtp is None or not (name == "smtp" or name.removeprefix("smtp:") in smtp.to):
+    to = name.removeprefix("smtp:")
+    if smtp is None or not name.startswith("smtp:") or to not in smtp.to:
         return None
-    to = smtp.to if name == "smtp" else (name.removeprefix("smtp:"),)
-    return _Channel(lambda a: _mail(smtp, a, to), smtp.retries, smtp.backoff_s, smtp.timeout_s)
+    return _Channel(lambda a: _mail(smtp, a, (to,)), smtp.retries, smtp.backoff_s, smtp.timeout_s)
 
 
 def deliver_pending(
@@ -266,6 +282,8 @@ def deliver_pending(
     an alert after its retries is not tried again in this run (its alerts wait for the next);
     an alert the receiver refuses (a client error, a refused recipient) waits alone, named, and
     the channel goes on with the others."""
+    if smtp is not None:  # an older state's one delivery for all: one per recipient now
+        state.split_channel("smtp", channels_for(None, smtp))
     report = DeliveryReport()
     down: set[str] = set()  # "webhook", "smtp": a server down takes all its recipients
     errors: list[str] = []
@@ -275,7 +293,7 @@ def deliver_pending(
         server = delivery.channel.split(":", 1)[0]
         if channel is None:  # the watch-list no longer has that channel: say so, keep them
             unset[delivery.channel] = unset.get(delivery.channel, 0) + 1
-        if channel is None or server in down:
+        if channel is None or server in down or delivery.channel in down:
             report.failed += 1
             continue
         tried = _attempt(channel, delivery.alert, sleep)
@@ -290,14 +308,14 @@ def deliver_pending(
             report.delivered += 1
             continue
         report.failed += 1
-        if tried.alone:
+        if tried.scope == "alert":
             alert = delivery.alert
             errors.append(
                 f"{server}: alert {alert.key} ({alert.aoi_id} {alert.structure_id} "
                 f"{alert.kind}): {tried.error}"
             )
-        else:
-            down.add(server)
+        else:  # the recipient's alerts, or the whole server's, wait for the next run
+            down.add(delivery.channel if tried.scope == "channel" else server)
             errors.append(f"{server}: {tried.error}")
     report.errors = tuple(errors)
     report.unsent = tuple(_unsent(name, n) for name, n in unset.items())

@@ -699,6 +699,30 @@ class State:
             db.execute("UPDATE aois SET id = ?, out_dir = ? WHERE id = ?", (new, out_dir, old))
             for table in _AOI_TABLES:
                 db.execute(f"UPDATE {table} SET aoi_id = ? WHERE aoi_id = ?", (new, old))
+            # What an alert says (alerts.geojson, those still to deliver) names the AOI too.
+            rows = db.execute("SELECT key, payload FROM alerts WHERE aoi_id = ?", (new,))
+            db.executemany(
+                "UPDATE alerts SET payload = ? WHERE key = ?",
+                [
+                    (json.dumps({**json.loads(text), "aoi": new}), key)
+                    for key, text in rows.fetchall()
+                ],
+            )
+
+    def split_channel(self, old: str, new: Sequence[str]) -> None:
+        """The pending deliveries on channel `old` (an older state's one "smtp" for every
+        recipient) as one per channel of `new` (one per recipient), in one transaction."""
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT alert_key, attempts FROM deliveries WHERE channel = ? AND status = 'pending'",
+                (old,),
+            ).fetchall()
+            db.executemany(
+                "INSERT OR IGNORE INTO deliveries (alert_key, channel, status, attempts) "
+                "VALUES (?, ?, 'pending', ?)",
+                [(key, channel, attempts) for key, attempts in rows for channel in new],
+            )
+            db.execute("DELETE FROM deliveries WHERE channel = ? AND status = 'pending'", (old,))
 
     # --- status -------------------------------------------------------------------------------
 
