@@ -692,6 +692,22 @@ def test_a_renamed_aoi_carries_its_ledger_over(tmp_path: Path) -> None:
     assert [c.outcome for c in _run(scenario).checks] == ["unchanged"]
 
 
+def test_two_new_aois_alike_do_not_guess_which_was_renamed(tmp_path: Path) -> None:
+    """The renamed AOI and a copy of it (same outline and settings): the first listed took the
+    ledger, and the one really renamed alerted every structure again. Neither takes it now."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    aoi = json.loads((tmp_path / "k1.geojson").read_text())
+    for new_id in ("k1-a", "k1-b"):
+        aoi["features"][0]["properties"]["id"] = new_id
+        (tmp_path / f"{new_id}.geojson").write_text(json.dumps(aoi))
+    report = run_watchlist(load_watchlist(scenario.watchlist(aois=("k1-a", "k1-b"))), now=END)
+    assert report.renamed == {} and set(report.unwatched) == {"k1"}
+    with State(scenario.state) as state:
+        assert state.structures("k1")  # kept where it was
+
+
 def test_a_ledger_the_watch_list_no_longer_names_is_said(tmp_path: Path) -> None:
     """An AOI whose id was changed as its outline was edited starts a new ledger (its
     structures alerted as new again); the old one stays in the state, and run and status say so

@@ -683,6 +683,10 @@ def test_a_run_started_earlier_does_not_replace_a_later_runs_outputs(
     assert [p.name for p in tmp_path.iterdir()] == ["aoi"]  # no half-written temp folder
     write_run_outputs(started("2025-03-01T11:00:00+00:00"), out, config=config)  # a later one
     assert json.loads((out / "run.json").read_text())["started"] == "2025-03-01T11:00:00+00:00"
+    # Outputs "started" after now came from a clock running ahead: they block nothing.
+    write_run_outputs(started("2999-01-01T00:00:00+00:00"), out, config=config)
+    write_run_outputs(started("2025-03-01T12:00:00+00:00"), out, config=config)
+    assert json.loads((out / "run.json").read_text())["started"] == "2025-03-01T12:00:00+00:00"
 
 
 def test_failure_midway_leaves_no_folder(

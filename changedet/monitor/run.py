@@ -639,22 +639,25 @@ def _carry_renamed(state: State, watch: WatchList) -> dict[str, str]:
     """A watched AOI without a ledger takes over the one ledger the watch-list no longer names
     whose setup (outline and settings, not the id) is its own: the AOI's id was changed. Its
     structures keep their ids, verdicts and alerts (none is sent again) and its period cache;
-    its outputs are written again under the new id (the old folder is left as it was)."""
+    its outputs are written again under the new id (the old folder is left as it was). Where
+    two new AOIs (or two old ledgers) share one setup, which is which is not for us to guess:
+    nothing is carried, and each new AOI starts its own ledger."""
     orphans = state.unwatched_setups([w.aoi.id for w in watch.aois])
+    if not orphans:
+        return {}
+    new = [w for w in watch.aois if state.aoi(w.aoi.id) is None]
+    setups = {w.aoi.id: _setup_digest(w.aoi, w.config) for w in new}
     renamed: dict[str, str] = {}
-    for watched in watch.aois:
-        if not orphans or state.aoi(watched.aoi.id) is not None:
+    for aoi_id, setup in setups.items():
+        olds = [old for old, kept in orphans.items() if kept == setup]
+        alike = [other for other, theirs in setups.items() if theirs == setup]
+        if len(olds) != 1 or len(alike) != 1:
             continue
-        setup = _setup_digest(watched.aoi, watched.config)
-        same = [old for old, kept in orphans.items() if kept == setup]
-        if len(same) != 1:
-            continue  # none, or several alike: which one is not for us to guess
-        old = same[0]
-        del orphans[old]
-        state.rename_aoi(old, watched.aoi.id, str(safe_out_dir(watch.out, watched.aoi.id)))
+        (old,) = olds
+        state.rename_aoi(old, aoi_id, str(safe_out_dir(watch.out, aoi_id)))
         with contextlib.suppress(OSError):  # without it, periods are computed again
-            memo_folder(watch.state, old).rename(memo_folder(watch.state, watched.aoi.id))
-        renamed[watched.aoi.id] = old
+            memo_folder(watch.state, old).rename(memo_folder(watch.state, aoi_id))
+        renamed[aoi_id] = old
     return renamed
 
 

@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -463,7 +463,9 @@ def _later_run(target: Path, *, started: str | None) -> str | None:
     done again elsewhere, then woke to write a year-old answer over the monitor's newer one)."""
     try:
         theirs = json.loads((target / "run.json").read_text())["started"]
-        later = datetime.fromisoformat(theirs) > datetime.fromisoformat(str(started))
+        when, ours = datetime.fromisoformat(theirs), datetime.fromisoformat(str(started))
+        # One started "after now" came from a clock running ahead: not to be trusted over this.
+        later = ours < when <= datetime.now(UTC)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # none there, or an older changedet's: nothing to compare
     if not later:
