@@ -311,8 +311,15 @@ def _given_twice(command: click.Command, args: Sequence[str]) -> str | None:
         if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag)
         for name in param.opts
     }
+    valued = {  # options that take the next argument as their value
+        name
+        for param in command.params
+        if isinstance(param, click.Option) and not (param.is_flag or param.count)
+        for name in param.opts
+    }
     seen: set[str | None] = set()
-    for arg in args:
+    given = iter(args)
+    for arg in given:
         if arg == "--":
             break
         name = arg.split("=", 1)[0]
@@ -320,6 +327,8 @@ def _given_twice(command: click.Command, args: Sequence[str]) -> str | None:
             if single[name] in seen:
                 return name
             seen.add(single[name])
+        if name in valued and "=" not in arg:
+            next(given, None)  # its value, which may look like an option ("--note --state")
     return None
 
 
@@ -334,7 +343,9 @@ class _OnceCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
-class _OnceGroup(click.Group):
+class OnceGroup(click.Group):
+    """A group whose commands refuse an option given twice (`_OnceCommand`)."""
+
     command_class = _OnceCommand
 
 
@@ -343,7 +354,7 @@ class _MainGroup(click.Group):
     documented lazy-loading pattern). Help lists the lab's from `LAB_COMMANDS` without importing."""
 
     command_class = _OnceCommand
-    group_class = _OnceGroup
+    group_class = OnceGroup
 
     def invoke(self, ctx: click.Context) -> Any:
         """Ctrl-C anywhere in any command: one line, exit 130 (click would print "Aborted!" and

@@ -306,6 +306,7 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons(cli: Callable[..., Resul
         ("run", KHOJIR, "--config", "a.toml", "--config", "b.toml"),
         ("run", KHOJIR, "--out=o1", "--out", "o2"),
         ("monitor", "status", "--config", "a.toml", "--config=b.toml"),
+        ("synth", "sample", "--out", "o1", "--out", "o2"),  # the lab's commands too
     ],
 )
 def test_an_option_given_twice_is_refused(
@@ -313,8 +314,18 @@ def test_an_option_given_twice_is_refused(
 ) -> None:
     """Click keeps the last of two: the first file was dropped without a word."""
     result = cli(*args)
-    name = "--out" if "--out=o1" in args else "--config"
+    name = "--config" if "--config" in args else "--out"
     assert_one_line_error(result.stderr, result.exit_code, 2, f"{name} is given twice")
+
+
+def test_a_value_that_looks_like_an_option_is_a_value(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    state = tmp_path / "none.db"
+    args = ("review", "k1", "39N-1-1", "--as", "confirmed", "--note", "--state")
+    result = cli(*args, "--state", str(state))
+    assert "given twice" not in result.stderr
+    assert_one_line_error(result.stderr, result.exit_code, 2, "does not exist")
 
 
 @pytest.mark.parametrize(

@@ -129,6 +129,11 @@ def test_watch_overrides_may_be_written_as_a_table_per_section(tmp_path: Path) -
     path.write_text(path.read_text() + "\n[watch.overrides.change]\nz_threshold = 12.0\n")
     (watched,) = load_watchlist(path).aois
     assert watched.config.change.z_threshold == 12.0
+    scenario.overrides["change.z_threshold"] = 9.0  # and once more, dotted: which one?
+    path = scenario.watchlist()
+    path.write_text(path.read_text() + "\n[watch.overrides.change]\nz_threshold = 12.0\n")
+    with pytest.raises(ConfigError, match=r"override 'change.z_threshold' is given twice"):
+        load_watchlist(path)
 
 
 def test_a_state_path_at_a_file_that_is_no_database_is_a_usage_error(tmp_path: Path) -> None:

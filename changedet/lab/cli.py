@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from changedet.cli import LAB_COMMANDS, _errors, _Renderer
+from changedet.cli import LAB_COMMANDS, OnceGroup, _errors, _Renderer
 from changedet.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ __all__ = ["eval_group", "synth"]
 _QUIET = click.option("--quiet", is_flag=True, help="No progress output.")
 
 
-@click.group("synth", help=LAB_COMMANDS["synth"])
+@click.group("synth", cls=OnceGroup, help=LAB_COMMANDS["synth"])
 def synth() -> None:
     pass
 
@@ -174,7 +174,7 @@ def _oscd_cities(root: str, cities: str | None, *, labelled: bool) -> list[str] 
     return names
 
 
-@click.group("eval", help=LAB_COMMANDS["eval"])
+@click.group("eval", cls=OnceGroup, help=LAB_COMMANDS["eval"])
 def eval_group() -> None:
     pass
 

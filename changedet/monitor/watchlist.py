@@ -351,8 +351,13 @@ def _dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
     gave "unknown key ''")."""
     out: dict[str, Any] = {}
     for key, value in overrides.items():
-        if "." not in key and isinstance(value, Mapping):
-            out.update({f"{key}.{inner}": v for inner, v in value.items()})
-        else:
-            out[key] = value
+        pairs = (
+            [(f"{key}.{inner}", v) for inner, v in value.items()]
+            if "." not in key and isinstance(value, Mapping)
+            else [(key, value)]
+        )
+        for dotted, v in pairs:
+            if dotted in out:  # "change.z_threshold" and [watch.overrides.change] z_threshold
+                raise ConfigError(f"watch-list: override '{dotted}' is given twice; give it once")
+            out[dotted] = v
     return out
