@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,6 +39,7 @@ from monitorkit import (
 from changedet.monitor.run import run_watchlist
 from changedet.monitor.state import State
 from changedet.monitor.watchlist import load_watchlist
+from changedet.pipeline import PipelineIO
 
 END = datetime(2024, 7, 1, tzinfo=UTC)
 
@@ -118,6 +120,10 @@ def test_a_growing_catalog_is_processed_incrementally(tmp_path: Path) -> None:
             stac.stop()
 
 
+def _unreadable(*args: Any, **kwargs: Any) -> Any:
+    raise OSError("the disk under the pixels went away")
+
+
 @pytest.mark.skipif(_rustac_missing(), reason="rustac not installed (pip install rustac)")
 def test_a_search_cut_short_is_said_every_run_until_one_is_complete(tmp_path: Path) -> None:
     """The monitor rebuilt the search without where it stopped: no run said that scenes were
@@ -141,6 +147,14 @@ def test_a_search_cut_short_is_said_every_run_until_one_is_complete(tmp_path: Pa
             assert second.search_stopped == first.search_stopped
             scenario.overrides["catalog.max_items"] = 1000  # an edit of the watch: all of it
             watch = load_watchlist(scenario.watchlist(catalog=stac.url))
+            # A whole search whose scenes are never committed (the check fails) keeps the mark:
+            # it was cleared at the search, and the next runs began at the newest scene.
+            broken = replace(PipelineIO.default(), read=_unreadable)
+            (failed,) = run_watchlist(watch, now=END, io=broken).checks
+            assert failed.outcome == "failed"
+            with State(scenario.state) as state:
+                row = state.aoi("k1")
+                assert row is not None and row["search_stopped"] == first.search_stopped
             (third,) = run_watchlist(watch, now=END).checks
             assert third.search_stopped is None and third.outcome == "updated"
             with State(scenario.state) as state:

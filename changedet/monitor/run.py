@@ -375,7 +375,8 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
     if why in _EDITS or (row is not None and row["search_stopped"]):
         start = config.time.start  # an edit, or a search cut short last time: all of it again
     found = _search(ctx, aoi, config, start)
-    state.note_search(aoi.id, aoi.name, str(out_dir), found.stopped)
+    if found.stopped:  # kept at once; cleared only once what a whole search found is committed
+        state.note_search(aoi.id, aoi.name, str(out_dir), found.stopped)
     plan = plan_scenes(
         stored,
         found.scenes,
@@ -390,6 +391,7 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         if plan.dropped:  # scenes the search leaves out, seen for the first time
             rows = _replaced_and_dropped(plan, stored)
             state.commit_check(ctx.run_id, CheckRecord(aoi.id, aoi.name, str(out_dir), scenes=rows))
+        state.note_search(aoi.id, aoi.name, str(out_dir), found.stopped)  # all of it is stored
         _write_alerts_file(state, aoi.id, out_dir)
         return AOICheck(aoi.id, "unchanged", message="nothing new", search_stopped=found.stopped)
     try:
@@ -563,6 +565,9 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
             setup=job.setup,
         ),
     )
+    # After the scenes of a whole search are committed: killed before, the next run searches
+    # from the watch's start again.
+    state.note_search(aoi.id, aoi.name, str(job.out_dir), job.found.stopped)
     _write_alerts_file(state, aoi.id, job.out_dir)
     # After the commit: a killed run keeps what the next one can use.
     prune(job.memo_folder, computed.memo_used)
