@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from changedet.core.offsets import OFFSET, offset_errors
+from changedet.core.offsets import OFFSET, OffsetCheck, offset_errors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,30 +30,55 @@ SERIES = np.array(
 )
 
 
+DARKS = np.full(len(SERIES), 0.03)  # each date's darkest band's 1st percentile: shadows
+
+
+def _off(dates: list[int], by: float) -> tuple[np.ndarray, np.ndarray]:
+    medians, darks = SERIES.copy(), DARKS.copy()
+    medians[dates] += by
+    darks[dates] += by
+    return medians, darks
+
+
 def test_a_date_off_by_the_offset_in_every_band_is_found_and_nature_is_not() -> None:
-    assert offset_errors(SERIES).corrections == {}  # haze and rain are not offset errors
-    wrong = SERIES.copy()
-    wrong[1] -= OFFSET  # the -0.1 applied to DNs that no longer carried it
-    wrong[6] += OFFSET  # not applied to DNs that did
-    check = offset_errors(wrong)
+    assert offset_errors(SERIES, DARKS) == OffsetCheck({})  # haze and rain are no offset error
+    medians, darks = _off([1], -OFFSET)  # the -0.1 taken off DNs that no longer carried it
+    medians[6] += OFFSET  # not taken off DNs that did
+    darks[6] += OFFSET
+    check = offset_errors(medians, darks)
     assert check.corrections == {1: pytest.approx(OFFSET), 6: pytest.approx(-OFFSET)}
-    assert check.inconsistent == 0
+    assert check.doubtful == ()
 
 
-def test_too_many_dates_off_to_tell_which_offset_is_right() -> None:
-    wrong = SERIES.copy()
-    wrong[[0, 2, 5]] -= OFFSET
-    check = offset_errors(wrong)
-    assert check.corrections == {} and check.inconsistent == 3
+def test_a_majority_of_wrong_dates_does_not_make_the_right_ones_wrong() -> None:
+    """Mis-flagged items come in runs. Against a median of wrong dates the right ones look off;
+    their darks (shadows at 0.03, not below zero) say they are not: none is corrected, and the
+    right ones are named for their flags to be checked."""
+    check = offset_errors(*_off([0, 1, 2, 3, 4, 5], OFFSET))
+    assert check.corrections == {} and check.doubtful == (6, 7)
+
+
+def test_a_run_of_wrong_dates_longer_than_the_right_ones_is_corrected_when_its_darks_say_so() -> (
+    None
+):
+    calm = [0, 1, 2, 5, 6, 7]  # no haze nor rain among them: every wrong date 0.1 off alike
+    medians, darks = SERIES[calm].copy(), DARKS[calm].copy()
+    medians[:4] += OFFSET
+    darks[:4] += OFFSET  # left on: nothing in them darker than the offset
+    check = offset_errors(medians, darks)
+    assert check.corrections == dict.fromkeys(range(4), pytest.approx(-OFFSET))
+
+
+def test_two_groups_of_one_size_are_said() -> None:
+    check = offset_errors(*_off([0, 1, 2, 5], OFFSET))  # no median to trust: pairs tell
+    assert check.corrections == {} and set(check.doubtful) >= {0, 1, 2, 5}
 
 
 def test_dates_without_enough_clear_pixels_are_not_judged() -> None:
-    wrong = SERIES.copy()
-    wrong[1] -= OFFSET
-    wrong[3:] = np.nan
-    check = offset_errors(wrong)  # three dates judged: one of them off is a third, too many
-    assert check.corrections == {} and check.inconsistent == 1
-    assert offset_errors(SERIES[:2]).corrections == {}  # fewer than three: nothing to compare
+    medians, darks = _off([1], -OFFSET)
+    medians[3:] = np.nan
+    assert offset_errors(medians, darks).corrections == {1: pytest.approx(OFFSET)}
+    assert offset_errors(SERIES[:2], DARKS[:2]) == OffsetCheck({})  # fewer than three
 
 
 def _flag(folder: Path, item: str, applied: bool) -> None:
@@ -92,9 +117,13 @@ def test_the_reader_corrects_two_dates_whose_flags_are_wrong(cli: object, tmp_pa
     told = json.loads((tmp_path / "wrong" / "khojir" / "run.json").read_text())
     corrected = told["offsets_corrected"]
     assert len(corrected) == 2
-    assert corrected[0].startswith("2024-02-27 (S2A_39SWV_20240227_0_L2A) read 0.1 darker")
-    assert corrected[1].startswith("2024-03-08 (S2A_39SWV_20240308_0_L2A) read 0.1 brighter")
-    assert all(c.endswith("; corrected") for c in corrected)
+    assert corrected[0].startswith(
+        "2024-02-27 (S2A_39SWV_20240227_0_L2A) read 0.1 darker than other dates"
+    )
+    assert corrected[1].startswith(
+        "2024-03-08 (S2A_39SWV_20240308_0_L2A) read 0.1 brighter than other dates"
+    )
+    assert all(c.endswith("looks wrong; corrected") for c in corrected)
     assert any("looks wrong; corrected (and 1 more" in w for w in told["headline"]["warnings"])
     clean = json.loads((tmp_path / "right" / "khojir" / "run.json").read_text())
     assert clean["offsets_corrected"] == []

@@ -8,9 +8,14 @@ cirrus-geo/cirrus-earth-search#33): such a date reads 0.1 too dark or too bright
 
 No surface does that. Haze brightens blue far more than SWIR; wet soil darkens SWIR more than
 the visible; a season moves NIR. A date whose per-band median over its clear pixels sits 0.1
-above (or below) the series' median in every band at once, the bands within a few hundredths
-of each other, is a date read with the wrong offset. Pure numpy: per-date medians in, the
-correction to add to each such date out.
+above (or below) the other dates' in every band at once, the bands within a few hundredths of
+each other, was read with another offset than they were. Which of the two is right the
+majority does not tell (mis-flagged items come in runs); the dark end of the date does: with
+the offset taken off twice its darkest pixels (shadow, water) fall below zero, and left on,
+nothing in it is darker than the offset. A date is corrected only when both say so; dates 0.1
+apart whose darks do not tell are named, and none of them is corrected.
+
+Pure numpy: per-date band medians and dark ends in, corrections and doubts out.
 """
 
 from __future__ import annotations
@@ -23,39 +28,62 @@ __all__ = ["OFFSET", "OffsetCheck", "offset_errors"]
 
 OFFSET = 0.1  # BOA_ADD_OFFSET x QUANTIFICATION: 1000 DN of 10000
 # How far a date's mean shift over the bands may be from +-OFFSET, and how far its bands may
-# spread around it, to be taken for an offset error (measured band medians move by a few
-# thousandths between clear dates of one season over arid ground; 0.03 leaves room for that).
+# spread around it, to be taken for an offset error (band medians of one site's clear dates
+# move by a few hundredths with the season; 0.03 leaves room for that).
 TOLERANCE = 0.03
-MIN_DATES = 3  # below this, no median of the series to compare with
+MIN_DATES = 3  # below this, nothing to compare with
+# The darkest band's 1st percentile of a date read right lies between these: below, reflectance
+# no surface has (the offset taken off twice); above, no shadow or water darker than the offset
+# (left on). Between them a date's darks tell nothing.
+DARK_FLOOR, DARK_CEILING = -0.01, 0.09
 
 
 @dataclass(frozen=True)
 class OffsetCheck:
-    """Per suspect date (its index), the reflectance to add; `inconsistent`: too many dates
-    disagree to tell which offset is right (nothing corrected)."""
+    """Per date to correct (its index), the reflectance to add; `doubtful`: dates 0.1 off the
+    others in every band that their darks do not confirm (none of them corrected)."""
 
     corrections: dict[int, float]
-    inconsistent: int = 0
+    doubtful: tuple[int, ...] = ()
 
 
-def offset_errors(medians: np.ndarray) -> OffsetCheck:
+def offset_errors(medians: np.ndarray, darks: np.ndarray) -> OffsetCheck:
     """medians: (T, B) per date and band, the median reflectance of the date's clear pixels
-    (NaN for a date with too few). A date is a suspect when every band is OFFSET above (or
-    below) the series' median band for band, within TOLERANCE, and the bands agree within
-    TOLERANCE. Corrected only while suspects are under a third of the dates judged: were more
-    of them off, the series' median itself would be in doubt."""
+    (NaN for a date with too few); darks: (T,) the darkest band's 1st percentile of them.
+    A suspect is OFFSET above or below the series' median in every band, within TOLERANCE, its
+    bands within TOLERANCE of each other (the median taken again without the suspects, which
+    pull it). The suspects are corrected when all their darks agree (below DARK_FLOOR when too
+    dark, above DARK_CEILING when too bright); else the other dates are, when every one of them
+    is OFFSET the other way from the suspects and their darks agree; else the suspects are
+    doubtful and nothing is corrected."""
     medians = np.asarray(medians, dtype=np.float64)
-    judged = np.flatnonzero(np.isfinite(medians).all(axis=1))
+    darks = np.asarray(darks, dtype=np.float64)
+    judged = np.flatnonzero(np.isfinite(medians).all(axis=1) & np.isfinite(darks))
     if judged.size < MIN_DATES:
         return OffsetCheck({})
-    corrections = _suspects(medians, judged, judged)
-    # Again against the dates not suspected: several dates off pull the first median.
-    rest = np.setdiff1d(judged, list(corrections))
-    if corrections and rest.size >= MIN_DATES:
-        corrections = _suspects(medians, judged, rest)
-    if 3 * len(corrections) >= judged.size:
-        return OffsetCheck({}, inconsistent=len(corrections))
-    return OffsetCheck(corrections)
+    suspects = _suspects(medians, judged, judged)
+    rest = np.setdiff1d(judged, list(suspects))
+    if suspects and rest.size >= MIN_DATES:
+        suspects = _suspects(medians, judged, rest)
+    if not suspects:  # two even groups leave no date 0.1 off the median: look at pairs
+        return OffsetCheck({}, _apart(medians, judged))
+    if _confirmed(suspects, darks):
+        return OffsetCheck(suspects)
+    # Not the suspects: the others, then? Every one of them OFFSET the other way from the
+    # suspects, and its darks saying so (a run of wrong flags longer than the right ones).
+    others = _suspects(medians, np.setdiff1d(judged, list(suspects)), np.array(list(suspects)))
+    if len(others) + len(suspects) == judged.size and _confirmed(others, darks):
+        return OffsetCheck(others)
+    return OffsetCheck({}, tuple(sorted(suspects)))
+
+
+def _confirmed(corrections: dict[int, float], darks: np.ndarray) -> bool:
+    """Every date's darks say it is wrong the way its correction mends: below DARK_FLOOR when
+    it is to be brightened, above DARK_CEILING when it is to be darkened."""
+    return bool(corrections) and all(
+        darks[t] < DARK_FLOOR if add > 0 else darks[t] > DARK_CEILING
+        for t, add in corrections.items()
+    )
 
 
 def _suspects(medians: np.ndarray, judged: np.ndarray, reference: np.ndarray) -> dict[int, float]:
@@ -68,3 +96,12 @@ def _suspects(medians: np.ndarray, judged: np.ndarray, reference: np.ndarray) ->
         off = (np.abs(mean - sign * OFFSET) <= TOLERANCE) & (spread <= TOLERANCE)
         found.update({int(t): -sign * OFFSET for t in judged[off]})
     return found
+
+
+def _apart(medians: np.ndarray, judged: np.ndarray) -> tuple[int, ...]:
+    """The dates OFFSET apart from some other date in every band (two groups of one size)."""
+    values = medians[judged]
+    diff = values[:, None, :] - values[None, :, :]
+    mean, spread = diff.mean(axis=2), diff.max(axis=2) - diff.min(axis=2)
+    apart = (np.abs(np.abs(mean) - OFFSET) <= TOLERANCE) & (spread <= TOLERANCE)
+    return tuple(int(t) for t in judged[apart.any(axis=1)])

@@ -206,42 +206,51 @@ _SAMPLE_STRIPS, _STRIP_ROWS, _MIN_SAMPLES = 8, 8, 500
 
 def mend_offsets(store: DateStore) -> tuple[str, ...]:
     """Dates read with a wrong harmonisation offset (`core.offsets`), corrected in the store;
-    what to say of each (and of dates too many to correct)."""
-    check = offset_errors(_band_medians(store))
+    what to say of each, and of dates 0.1 off that could not be told right or wrong."""
+    check = offset_errors(*_band_levels(store))
+
+    def named(t: int) -> str:
+        return f"{store.times[t].date().isoformat()} ({', '.join(store.scene_ids[t])})"
+
     said = []
     for t, delta in sorted(check.corrections.items()):
-        when, ids = store.times[t].date().isoformat(), ", ".join(store.scene_ids[t])
         how = "brighter" if delta < 0 else "darker"
         fixed = store.shift(t, delta)
         said.append(
-            f"{when} ({ids}) read {OFFSET:g} {how} than the series in every band: its item's "
-            "harmonisation offset (earthsearch:boa_offset_applied) looks wrong; "
-            + ("corrected" if fixed else "not corrected (a mosaic of differing offsets)")
+            f"{named(t)} read {OFFSET:g} {how} than other dates in every band, and its darkest "
+            "pixels agree: its item's harmonisation offset (earthsearch:boa_offset_applied) "
+            + ("looks wrong; corrected" if fixed else "looks wrong; not corrected (a mosaic)")
         )
-    if check.inconsistent:
+    if check.doubtful:
+        listed = ", ".join(named(t) for t in check.doubtful[:4])
+        more = f" and {len(check.doubtful) - 4} more" if len(check.doubtful) > 4 else ""
         said.append(
-            f"{check.inconsistent} dates read {OFFSET:g} off the series in every band: too many "
-            "to tell which offset is right, none corrected; check the items' offset flags"
+            f"{len(check.doubtful)} date(s), {listed}{more}, read {OFFSET:g} off other dates in "
+            "every band, and their pixels cannot tell which side's offset is right: none "
+            "corrected; check the items' offset flags (earthsearch:boa_offset_applied)"
         )
     return tuple(said)
 
 
-def _band_medians(store: DateStore) -> np.ndarray:
-    """(T, B): per date and band, the median of the clear pixels of a few row strips (NaN
-    where fewer than _MIN_SAMPLES were clear)."""
+def _band_levels(store: DateStore) -> tuple[np.ndarray, np.ndarray]:
+    """(T, B) per date and band, the median of the clear pixels of a few row strips, and (T,)
+    the darkest band's 1st percentile of them (NaN where fewer than _MIN_SAMPLES were clear)."""
     h = store.grid.height
     rows = min(_STRIP_ROWS, h)
     tops = np.unique(np.linspace(0, h - rows, min(_SAMPLE_STRIPS, max(h // rows, 1))).astype(int))
     bands = list(range(len(store.bands)))
     medians = np.full((len(store.times), len(bands)), np.nan)
+    darks = np.full(len(store.times), np.nan)
     for t in range(len(store.times)):
         values = np.concatenate(
             [store.pixels([t], slice(top, top + rows), bands)[0] for top in tops], axis=1
         )
         flat = values.reshape(len(bands), -1)
-        if np.count_nonzero(np.isfinite(flat).all(axis=0)) >= _MIN_SAMPLES:
-            medians[t] = np.nanmedian(flat, axis=1)
-    return medians
+        clear = flat[:, np.isfinite(flat).all(axis=0)]
+        if clear.shape[1] >= _MIN_SAMPLES:
+            medians[t] = np.median(clear, axis=1)
+            darks[t] = np.percentile(clear, 1, axis=1).min()
+    return medians, darks
 
 
 def _nothing_read(
