@@ -470,14 +470,21 @@ def _blob_items(tmp_path: Path) -> Path:
     return _write_fc(tmp_path / "items.json", [item])
 
 
+def _sas_token(tmp_path: Path, *, expiry: str) -> Any:
+    """A SAS endpoint's answer for the container of `_blob_items`, under tmp_path/sas/token (a
+    RangeServer of tmp_path/sas serves it); the planetary-computer package's settings."""
+    settings = pytest.importorskip("planetary_computer.settings").Settings.get()
+    token = tmp_path / "sas" / "token" / "sentinel2l2a01" / "sentinel2-l2"
+    token.parent.mkdir(parents=True)
+    token.write_text(json.dumps({"msft:expiry": expiry, "token": "st=1&sig=x"}))
+    return settings
+
+
 def test_planetary_computer_hrefs_get_their_container_token_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The SAS endpoint is a loopback server (PC_SDK_SAS_URL); one token serves the container."""
-    settings = pytest.importorskip("planetary_computer.settings").Settings.get()
-    token = tmp_path / "sas" / "token" / "sentinel2l2a01" / "sentinel2-l2"
-    token.parent.mkdir(parents=True)
-    token.write_text(json.dumps({"msft:expiry": "2999-01-01T00:00:00Z", "token": "st=1&sig=x"}))
+    settings = _sas_token(tmp_path, expiry="2999-01-01T00:00:00Z")
     with RangeServer(tmp_path / "sas") as server:
         monkeypatch.setattr(settings, "sas_url", f"{server.url}/token")
         result = _search(_blob_items(tmp_path), config={"provider": "planetary-computer"})
@@ -492,10 +499,7 @@ def test_a_token_already_expired_is_said_before_any_read(
 ) -> None:
     """Every read signed with it would be refused (403), scene by scene: said once, with the
     likeliest cause (this machine's clock)."""
-    settings = pytest.importorskip("planetary_computer.settings").Settings.get()
-    token = tmp_path / "sas" / "token" / "sentinel2l2a01" / "sentinel2-l2"
-    token.parent.mkdir(parents=True)
-    token.write_text(json.dumps({"msft:expiry": "2001-01-01T00:00:00Z", "token": "st=1&sig=x"}))
+    settings = _sas_token(tmp_path, expiry="2001-01-01T00:00:00Z")
     with RangeServer(tmp_path / "sas") as server:
         monkeypatch.setattr(settings, "sas_url", f"{server.url}/token")
         with pytest.raises(CatalogError, match=r"expires at 2001-01-01T00:00:00\+00:00, before"):

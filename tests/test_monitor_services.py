@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -168,13 +168,14 @@ def test_a_search_cut_short_is_said_every_run_until_one_is_complete(tmp_path: Pa
 # --- webhook and e-mail ------------------------------------------------------------------------------
 
 
-class Receiver(ThreadingHTTPServer):
-    """A webhook receiver on 127.0.0.1 that answers 503 to its first `fail_first` requests."""
+class Hook(ThreadingHTTPServer):
+    """A webhook receiver on 127.0.0.1: `answer(key, n)` is the status of its n-th request (the
+    first is 1), for the alert of idempotency key `key`; a 2xx answer keeps (key, body)."""
 
     daemon_threads = True
 
-    def __init__(self, fail_first: int) -> None:
-        self.fail_first, self.requests = fail_first, 0
+    def __init__(self, answer: Callable[[str, int], int]) -> None:
+        self.requests = 0
         self.accepted: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
 
@@ -184,13 +185,14 @@ class Receiver(ThreadingHTTPServer):
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                server: Receiver = self.server  # type: ignore[assignment]
+                server: Hook = self.server  # type: ignore[assignment]
+                key = self.headers["Idempotency-Key"]
                 with server.lock:
                     server.requests += 1
-                    fail = server.requests <= server.fail_first
-                    if not fail:
-                        server.accepted.append((self.headers["Idempotency-Key"], json.loads(body)))
-                self.send_response(503 if fail else 204)
+                    status = answer(key, server.requests)
+                    if 200 <= status < 300:
+                        server.accepted.append((key, json.loads(body)))
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -212,17 +214,31 @@ def serving(server: ThreadingHTTPServer) -> Iterator[None]:
         server.server_close()
 
 
-def _inbox() -> Any:
-    """An aiosmtpd handler that keeps the alert key of each message it takes."""
+def _inbox(refuse: Sequence[str] = ()) -> Any:
+    """An aiosmtpd handler that keeps (recipient, alert key) of each message it takes, and
+    refuses the recipients in its `refuse` (a set the test may change) as unknown."""
     from aiosmtpd.handlers import Message
 
     class Inbox(Message):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
-            self.keys: list[str] = []
+            self.got: list[tuple[str, str]] = []
+            self.refuse = set(refuse)
+
+        async def handle_RCPT(
+            self, server: Any, session: Any, envelope: Any, address: str, options: Any
+        ) -> str:
+            if address in self.refuse:
+                return "550 5.1.1 no such user"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
 
         def handle_message(self, message: Any) -> None:
-            self.keys.append(str(message["X-Changedet-Alert"]))
+            self.got.append((str(message["X-RcptTo"]), str(message["X-Changedet-Alert"])))
+
+        @property
+        def keys(self) -> list[str]:
+            return [key for _, key in self.got]
 
     return Inbox()
 
@@ -233,7 +249,7 @@ def test_every_alert_is_delivered_exactly_once(tmp_path: Path) -> None:
     inbox = _inbox()
     mail = smtpd.Controller(inbox, hostname="127.0.0.1", port=free_port())
     mail.start()
-    receiver = Receiver(fail_first=3)
+    receiver = Hook(lambda key, n: 503 if n <= 3 else 204)  # 503 to its first three
     waits: list[float] = []
     try:
         with serving(receiver):
@@ -268,69 +284,22 @@ def test_every_alert_is_delivered_exactly_once(tmp_path: Path) -> None:
         mail.stop()
 
 
-class Choosy(ThreadingHTTPServer):
-    """A webhook receiver that answers 413 to one alert (the first it is offered) while
-    `choosy` holds, and takes every other."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        self.choosy, self.refused = True, ""
-        self.accepted: list[str] = []
-        self.lock = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                server: Choosy = self.server  # type: ignore[assignment]
-                key = self.headers["Idempotency-Key"]
-                with server.lock:
-                    server.refused = server.refused or key
-                    refuse = server.choosy and key == server.refused
-                    if not refuse:
-                        server.accepted.append(key)
-                self.send_response(413 if refuse else 204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
 def test_an_alert_or_a_recipient_refused_waits_alone(tmp_path: Path) -> None:
     """A webhook refusing one alert (HTTP 413) held back every later one, run after run; a mail
     server refusing one of two recipients had the alert counted delivered, lost for that one.
     Now each waits alone, named, the others go, and nothing is sent twice."""
     smtpd = pytest.importorskip("aiosmtpd.controller")
-    from aiosmtpd.handlers import Message
-
-    class Inbox(Message):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.got: list[tuple[str, str]] = []
-            self.refuse_b = True
-
-        async def handle_RCPT(
-            self, server: Any, session: Any, envelope: Any, address: str, options: Any
-        ) -> str:
-            if self.refuse_b and address == "b@test":
-                return "550 5.1.1 no such user"
-            envelope.rcpt_tos.append(address)
-            return "250 OK"
-
-        def handle_message(self, message: Any) -> None:
-            self.got.append((str(message["X-RcptTo"]), str(message["X-Changedet-Alert"])))
-
-    inbox = Inbox()
+    inbox = _inbox(refuse=["b@test"])
     mail = smtpd.Controller(inbox, hostname="127.0.0.1", port=free_port())
     mail.start()
-    receiver = Choosy()
+    refused: list[str] = []  # the first alert offered, refused with 413 while `choosy` holds
+    choosy = [True]
+
+    def answer(key: str, n: int) -> int:
+        refused[:] = refused or [key]
+        return 413 if choosy[0] and key == refused[0] else 204
+
+    receiver = Hook(answer)
     try:
         with serving(receiver):
             scenario = make_scenario(tmp_path)
@@ -346,7 +315,7 @@ def test_an_alert_or_a_recipient_refused_waits_alone(tmp_path: Path) -> None:
                 keys = [a.key for a in state.alerts("k1")]
             assert len(keys) >= 2
             errors = " | ".join(first.deliveries.errors)
-            assert f"webhook: alert {receiver.refused} (k1 " in errors and "HTTP 413" in errors
+            assert f"webhook: alert {refused[0]} (k1 " in errors and "HTTP 413" in errors
             # A refused recipient is said once, not once per alert: its alerts all wait.
             assert (
                 first.deliveries.errors.count(
@@ -355,14 +324,15 @@ def test_an_alert_or_a_recipient_refused_waits_alone(tmp_path: Path) -> None:
                 == 1
                 and "smtp: alert" not in errors
             )
-            assert sorted(receiver.accepted) == sorted(set(keys) - {receiver.refused})
+            assert sorted(k for k, _ in receiver.accepted) == sorted(set(keys) - {refused[0]})
             assert sorted(k for to, k in inbox.got if to == "a@test") == sorted(keys)
             assert not [k for to, k in inbox.got if to == "b@test"]
             # Mended: the waiting ones go, once; nothing goes twice.
-            receiver.choosy, inbox.refuse_b = False, False
+            choosy[0] = False
+            inbox.refuse.clear()
             second = run_watchlist(watch, now=END, sleep=lambda s: None)
             assert second.deliveries.errors == () and second.deliveries.failed == 0
-        assert sorted(receiver.accepted) == sorted(keys)
+        assert sorted(k for k, _ in receiver.accepted) == sorted(keys)
         for to in ("a@test", "b@test"):
             assert sorted(k for rcpt, k in inbox.got if rcpt == to) == sorted(keys)
     finally:
@@ -374,24 +344,6 @@ def test_an_older_states_one_mail_delivery_goes_to_each_recipient_alone(tmp_path
     mail, a recipient the server refused was lost without a word. Such rows become one per
     recipient first."""
     smtpd = pytest.importorskip("aiosmtpd.controller")
-    from aiosmtpd.handlers import Message
-
-    class Inbox(Message):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.got: list[tuple[str, str]] = []
-
-        async def handle_RCPT(
-            self, server: Any, session: Any, envelope: Any, address: str, options: Any
-        ) -> str:
-            if address == "b@test":
-                return "550 5.1.1 no such user"
-            envelope.rcpt_tos.append(address)
-            return "250 OK"
-
-        def handle_message(self, message: Any) -> None:
-            self.got.append((str(message["X-RcptTo"]), str(message["X-Changedet-Alert"])))
-
     scenario = make_scenario(tmp_path)
     scenario.publish()
     run_watchlist(load_watchlist(scenario.watchlist()), now=END)  # alerts, no channel yet
@@ -402,7 +354,7 @@ def test_an_older_states_one_mail_delivery_goes_to_each_recipient_alone(tmp_path
                 "INSERT INTO deliveries (alert_key, channel, status) VALUES (?, 'smtp', 'pending')",
                 [(k,) for k in keys],
             )
-    inbox = Inbox()
+    inbox = _inbox(refuse=["b@test"])
     mail = smtpd.Controller(inbox, hostname="127.0.0.1", port=free_port())
     mail.start()
     try:
@@ -429,31 +381,11 @@ def test_a_webhook_refusing_changedet_itself_is_said_once_with_what_to_check(
     """401 is about the channel (its URL or token), not each alert: one line, every alert
     waits, nothing posted again and again within the run."""
 
-    class Locked(ThreadingHTTPServer):
-        daemon_threads = True
-
-        def __init__(self) -> None:
-            self.requests = 0
-
-            class Handler(BaseHTTPRequestHandler):
-                def log_message(self, *args: Any) -> None:
-                    pass
-
-                def do_POST(self) -> None:
-                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                    self.server.requests += 1  # type: ignore[attr-defined]
-                    self.send_response(401)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-
-            super().__init__(("127.0.0.1", 0), Handler)
-
-    locked = Locked()
+    locked = Hook(lambda key, n: 401)
     with serving(locked):
         scenario = make_scenario(tmp_path)
         scenario.publish()
-        url = f"http://127.0.0.1:{locked.server_address[1]}/hook"
-        extra = f'[webhook]\nurl = "{url}"\nretries = 2\nbackoff_s = 0.01\n'
+        extra = f'[webhook]\nurl = "{locked.url}"\nretries = 2\nbackoff_s = 0.01\n'
         report = run_watchlist(load_watchlist(scenario.watchlist(extra=extra)), now=END)
     assert report.deliveries.errors == (
         "webhook: HTTP 401: the receiver refuses changedet; check [webhook] url and its token",
