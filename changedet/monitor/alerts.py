@@ -186,19 +186,14 @@ def _text(reply: bytes | str) -> str:
 # A webhook's answers that refuse one alert for what it is (malformed, too large, a conflict,
 # unprocessable): the others may pass. Any other 4xx (401, 403, 404, ...) is about the channel.
 _ALERT_REFUSED = frozenset({400, 409, 413, 415, 422})
+_ASK_AGAIN = frozenset({408, 429})  # the 4xx that say "later": timeout, too many requests
 
 
 def _refused(exc: Exception) -> bool:
     """An HTTP answer that asking again soon will not change (a 4xx but 408 and 429)."""
-    return (
-        isinstance(exc, urllib.error.HTTPError)
-        and 400 <= exc.code < 500
-        and exc.code
-        not in (
-            408,
-            429,
-        )
-    )
+    if not isinstance(exc, urllib.error.HTTPError):
+        return False
+    return 400 <= exc.code < 500 and exc.code not in _ASK_AGAIN
 
 
 def _scope(exc: Exception) -> str:
