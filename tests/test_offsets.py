@@ -61,12 +61,23 @@ def test_a_majority_of_wrong_dates_does_not_make_the_right_ones_wrong() -> None:
 def test_a_run_of_wrong_dates_longer_than_the_right_ones_is_corrected_when_its_darks_say_so() -> (
     None
 ):
-    calm = [0, 1, 2, 5, 6, 7]  # no haze nor rain among them: every wrong date 0.1 off alike
+    calm = [0, 1, 2, 5, 6, 7, 0]  # no haze nor rain among them: every wrong date 0.1 off alike
     medians, darks = SERIES[calm].copy(), DARKS[calm].copy()
     medians[:4] += OFFSET
     darks[:4] += OFFSET  # left on: nothing in them darker than the offset
     check = offset_errors(medians, darks)
     assert check.corrections == dict.fromkeys(range(4), pytest.approx(-OFFSET))
+    # Two right dates are too few to go by: said, not corrected.
+    check = offset_errors(medians[:6], darks[:6])
+    assert check.corrections == {} and check.doubtful == (4, 5)
+
+
+def test_one_date_of_three_off_is_said_not_corrected() -> None:
+    """Two dates are too few to be the series (a test of the reader met it: three made-up
+    dates, one of them 0.1 brighter with no dark pixel)."""
+    medians, darks = _off([1], OFFSET)
+    check = offset_errors(medians[:3], darks[:3] + 0.07)
+    assert check.corrections == {} and check.doubtful == (1,)
 
 
 def test_two_groups_of_one_size_are_said() -> None:
@@ -76,7 +87,7 @@ def test_two_groups_of_one_size_are_said() -> None:
 
 def test_dates_without_enough_clear_pixels_are_not_judged() -> None:
     medians, darks = _off([1], -OFFSET)
-    medians[3:] = np.nan
+    medians[5:] = np.nan
     assert offset_errors(medians, darks).corrections == {1: pytest.approx(OFFSET)}
     assert offset_errors(SERIES[:2], DARKS[:2]) == OffsetCheck({})  # fewer than three
 

@@ -31,7 +31,7 @@ OFFSET = 0.1  # BOA_ADD_OFFSET x QUANTIFICATION: 1000 DN of 10000
 # spread around it, to be taken for an offset error (band medians of one site's clear dates
 # move by a few hundredths with the season; 0.03 leaves room for that).
 TOLERANCE = 0.03
-MIN_DATES = 3  # below this, nothing to compare with
+MIN_DATES = 3  # the dates a side kept as it is must hold: fewer are too few to go by
 # The darkest band's 1st percentile of a date read right lies between these: below, reflectance
 # no surface has (the offset taken off twice); above, no shadow or water darker than the offset
 # (left on). Between them a date's darks tell nothing.
@@ -53,9 +53,10 @@ def offset_errors(medians: np.ndarray, darks: np.ndarray) -> OffsetCheck:
     A suspect is OFFSET above or below the series' median in every band, within TOLERANCE, its
     bands within TOLERANCE of each other (the median taken again without the suspects, which
     pull it). The suspects are corrected when all their darks agree (below DARK_FLOOR when too
-    dark, above DARK_CEILING when too bright); else the other dates are, when every one of them
-    is OFFSET the other way from the suspects and their darks agree; else the suspects are
-    doubtful and nothing is corrected."""
+    dark, above DARK_CEILING when too bright) and MIN_DATES others are kept; else the other
+    dates are, when every one of them is OFFSET the other way from the suspects, their darks
+    agree and the suspects are MIN_DATES; else the suspects are doubtful and nothing is
+    corrected."""
     medians = np.asarray(medians, dtype=np.float64)
     darks = np.asarray(darks, dtype=np.float64)
     judged = np.flatnonzero(np.isfinite(medians).all(axis=1) & np.isfinite(darks))
@@ -67,12 +68,13 @@ def offset_errors(medians: np.ndarray, darks: np.ndarray) -> OffsetCheck:
         suspects = _suspects(medians, judged, rest)
     if not suspects:  # two even groups leave no date 0.1 off the median: look at pairs
         return OffsetCheck({}, _apart(medians, judged))
-    if _confirmed(suspects, darks):
+    rest = np.setdiff1d(judged, list(suspects))
+    if rest.size >= MIN_DATES and _confirmed(suspects, darks):
         return OffsetCheck(suspects)
     # Not the suspects: the others, then? Every one of them OFFSET the other way from the
     # suspects, and its darks saying so (a run of wrong flags longer than the right ones).
-    others = _suspects(medians, np.setdiff1d(judged, list(suspects)), np.array(list(suspects)))
-    if len(others) + len(suspects) == judged.size and _confirmed(others, darks):
+    others = _suspects(medians, rest, np.array(list(suspects)))
+    if len(suspects) >= MIN_DATES and len(others) == rest.size and _confirmed(others, darks):
         return OffsetCheck(others)
     return OffsetCheck({}, tuple(sorted(suspects)))
 
