@@ -1079,3 +1079,20 @@ def test_a_network_failure_is_not_called_a_corrupt_asset() -> None:
     reason, transient = _classify(tls)
     assert reason.startswith("network error (CURL error: SSL certificate problem") and transient
     assert _classify(RasterioIOError("TIFFReadEncodedTile() failed."))[0].startswith("corrupt")
+
+
+def test_an_asset_without_a_crs_says_what_that_may_mean(tmp_path: Path) -> None:
+    """A body cut short reads as a file without georeferencing: the reason names both."""
+    from changedet.read.cog import _read_onto_grid
+
+    path = tmp_path / "bare.tif"
+    profile = {"driver": "GTiff", "width": 8, "height": 8, "count": 1, "dtype": "uint16"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rasterio: no geotransform, as asked
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.ones((1, 8, 8), dtype=np.uint16))
+        with pytest.raises(
+            ReadError,
+            match=r"no CRS: a file without georeferencing, or one whose transfer was cut short",
+        ):
+            _read_onto_grid(str(path), GRID, resampling=Resampling.nearest, nodata=None)

@@ -227,7 +227,9 @@ def _read_onto_grid(path: str, grid: Grid, *, resampling: Any, nodata: float | N
 
     with rasterio.open(path) as src:
         if src.crs is None:
-            raise ReadError("asset has no CRS")
+            raise ReadError(
+                "asset has no CRS: a file without georeferencing, or one whose transfer was cut short"
+            )
         fill = nodata if nodata is not None else (src.nodata if src.nodata is not None else 0)
         dst_crs = CRS.from_user_input(grid.crs)
         same_crs = src.crs == dst_crs
