@@ -305,14 +305,8 @@ _LAB_GROUPS = {"eval": "eval_group", "synth": "synth"}  # command name -> attrib
 
 def _given_twice(command: click.Command, args: Sequence[str]) -> str | None:
     """The first option taking one value that `args` give twice (click keeps the last)."""
-    single = {
-        name: param.name
-        for param in command.params
-        if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag)
-        for name in param.opts
-    }
     valued = {  # options that take the next argument as their value
-        name
+        name: param
         for param in command.params
         if isinstance(param, click.Option) and not (param.is_flag or param.count)
         for name in param.opts
@@ -323,11 +317,14 @@ def _given_twice(command: click.Command, args: Sequence[str]) -> str | None:
         if arg == "--":
             break
         name = arg.split("=", 1)[0]
-        if name in single:
-            if single[name] in seen:
+        param = valued.get(name)
+        if param is None:
+            continue
+        if not param.multiple:
+            if param.name in seen:
                 return name
-            seen.add(single[name])
-        if name in valued and "=" not in arg:
+            seen.add(param.name)
+        if "=" not in arg:
             next(given, None)  # its value, which may look like an option ("--note --state")
     return None
 

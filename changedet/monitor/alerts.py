@@ -273,14 +273,14 @@ def deliver_pending(
     smtp: SmtpConfig | None,
     sleep: Sleep = time.sleep,
 ) -> DeliveryReport:
-    """Offer every pending delivery to its channel, oldest alert first. A channel that fails
-    an alert after its retries is not tried again in this run (its alerts wait for the next);
-    an alert the receiver refuses (a client error, a refused recipient) waits alone, named, and
-    the channel goes on with the others."""
+    """Offer every pending delivery to its channel, oldest alert first. A server that fails an
+    alert after its retries is not tried again in this run (its alerts wait for the next), nor
+    is a recipient it refused; an alert a webhook refuses on its own (`_scope`) waits alone,
+    named, and the webhook goes on with the others."""
     if smtp is not None:  # an older state's one delivery for all: one per recipient now
         state.split_channel("smtp", channels_for(None, smtp))
     report = DeliveryReport()
-    down: set[str] = set()  # "webhook", "smtp": a server down takes all its recipients
+    down: set[str] = set()  # servers ("webhook", "smtp": all its recipients) and recipients
     errors: list[str] = []
     unset: dict[str, int] = {}
     for delivery in state.pending():

@@ -286,12 +286,14 @@ RENAMED = (
 _EDITS = (WATCH_EDITED, SETUP_UNKNOWN)  # the watch is searched from its start again
 
 
-def _why_recompute(state: State, aoi_id: str, out_dir: Path, setup: str) -> str | None:
+def _why_recompute(
+    state: State, row: dict[str, Any] | None, out_dir: Path, setup: str
+) -> str | None:
     """Why the pipeline must run with no scene to add or leave out (None: it need not): the
     watch's setup edited, reviews since the outputs were written, or outputs missing or not
     the ones this ledger wrote (another state sharing the folder, a `changedet run` into it).
+    row: the AOI's row in the state (`State.aoi`), None before its first run.
     """
-    row = state.aoi(aoi_id)
     if row is None:
         return None  # never processed: only new scenes make the first run
     if row["setup"] is None or not row["setup"].startswith(_SETUP_VERSION):
@@ -300,7 +302,7 @@ def _why_recompute(state: State, aoi_id: str, out_dir: Path, setup: str) -> str 
         return SETUP_UNKNOWN if row["outputs_run"] is not None else None
     if row["setup"] != setup:
         return WATCH_EDITED
-    if row["outputs_review_seq"] != state.review_seq(aoi_id):
+    if row["outputs_review_seq"] != state.review_seq(row["id"]):
         return REVIEWED
     try:
         run_json = (out_dir / "run.json").read_bytes()
@@ -366,12 +368,12 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
     out_dir = safe_out_dir(ctx.watch.out, aoi.id)
     stored = state.scenes(aoi.id)
     setup = _setup_digest(aoi, watched.config)
-    why = _why_recompute(state, aoi.id, out_dir, setup)
+    row = state.aoi(aoi.id)
+    why = _why_recompute(state, row, out_dir, setup)
     if aoi.id in ctx.renamed:  # every output names the AOI: all are written again
         why = RENAMED.format(old=ctx.renamed[aoi.id])
     # An edited watch (an outline, a start moved earlier) is searched from its start again.
     start = search_start(config.time.start, stored, ctx.watch.lookback_days)
-    row = state.aoi(aoi.id)
     if why in _EDITS or (row is not None and row["search_stopped"]):
         start = config.time.start  # an edit, or a search cut short last time: all of it again
     found = _search(ctx, aoi, config, start)

@@ -728,7 +728,8 @@ class State:
 
     def unwatched(self, watched: Sequence[str]) -> dict[str, int]:
         """AOIs with structures in the ledger that `watched` does not name (taken out of the
-        watch-list, or renamed: a new id starts a new ledger), with their structure counts."""
+        watch-list, or renamed as their outline or settings were edited: a new id then starts a
+        new ledger), with their structure counts."""
         rows = self.db.execute("SELECT aoi_id, COUNT(*) FROM structures GROUP BY aoi_id")
         names = set(watched)
         return {aoi: n for aoi, n in rows if aoi not in names}

@@ -32,6 +32,7 @@ from changedet.models import FALSE_POSITIVE, Period, PeriodCount, RunResult, Str
 __all__ = [
     "BUILDING",
     "Headline",
+    "berms_assessed",
     "headline",
     "increments",
     "km2",
@@ -287,7 +288,8 @@ def _comparison_warning(result: RunResult) -> str | None:
     )
 
 
-def _berms_assessed(result: RunResult) -> bool:
+def berms_assessed(result: RunResult) -> bool:
+    """Whether the run looked for berms ([berms] enabled): else every `bermed` is None."""
     return bool(result.config.get("berms", {}).get("enabled", True))
 
 
@@ -322,7 +324,7 @@ def headline(result: RunResult) -> Headline:
         peak_new=peak_new,
         n_bermed=(
             sum(1 for s in new if s.bermed and s.kind == BUILDING)
-            if _berms_assessed(result)
+            if berms_assessed(result)
             else None
         ),
         n_vanished=sum(1 for s in new if s.status == "vanished"),

@@ -25,7 +25,7 @@ from shapely.geometry.base import BaseGeometry
 from changedet import __version__
 from changedet.aoi import lonlat_bbox
 from changedet.models import RunResult, Scene
-from changedet.outputs.headline import headline
+from changedet.outputs.headline import berms_assessed, headline
 from changedet.outputs.vectors import (
     GEOJSON_DECIMALS,
     finite_round,
@@ -247,9 +247,7 @@ def _results_section(result: RunResult) -> dict[str, Any]:
         "n_confirmed": n_confirmed,
         "n_unconfirmed": len(result.structures) - n_confirmed,
         "n_bermed": (  # null: not assessed ([berms] enabled = false)
-            sum(1 for s in result.structures if s.bermed)
-            if result.config.get("berms", {}).get("enabled", True)
-            else None
+            sum(1 for s in result.structures if s.bermed) if berms_assessed(result) else None
         ),
         "n_berm_lines": len(result.berms),
         "n_change_pixels": int(np.count_nonzero(result.change.mask)),
