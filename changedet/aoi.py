@@ -67,16 +67,21 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
     if cfg.id_property != AOIConfig().id_property and cfg.id_property not in frame.columns:
         warnings.warn(  # a misspelt aoi.id_property would rename every folder and ledger
             f"AOI file '{p}': no feature has the property '{cfg.id_property}' (aoi.id_property); "
-            "ids come from 'name', else the feature's position",
+            "ids come from 'name', else the file's name",
             stacklevel=2,
         )
     aois: list[AOI] = []
     seen: set[str] = set()
+    # Unnamed features are named after their file, so two unnamed files do not write (and
+    # replace) one OUT/aoi-1 folder
+    stem = safe_id(p.stem, "aoi")
     for index, row in enumerate(frame.itertuples(index=False)):
         props = {k: _plain(v) for k, v in row._asdict().items() if k != "geometry"}
         given = _id_text(props.get(cfg.id_property))
-        raw_id = given or _id_text(props.get("name")) or f"aoi-{index + 1}"
-        named = safe_id(raw_id, f"aoi-{index + 1}")
+        name = _id_text(props.get("name")) or _id_text(props.get("Name"))  # KML's is "Name"
+        unnamed = stem if len(frame) == 1 else f"{stem}-{index + 1}"
+        raw_id = given or name or unnamed
+        named = safe_id(raw_id, unnamed)
         if given and named != raw_id:  # a name may well have spaces
             warnings.warn(
                 f"AOI file '{p}': id '{raw_id}' is not a safe folder name; its outputs go to "
@@ -90,7 +95,7 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
         geom = _lonlat(geom, aoi_id, p)
         aoi = AOI(
             id=aoi_id,
-            name=_id_text(props.get("name")) or aoi_id,
+            name=name or aoi_id,
             geometry=geom,
             properties=props,
         )

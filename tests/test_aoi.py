@@ -109,7 +109,18 @@ def test_a_feature_without_an_id_among_others_takes_its_name(tmp_path: Path) -> 
     for feature, number in zip(fc["features"], (1, None), strict=True):
         feature["properties"] = {} if number is None else {"id": number}
     (tmp_path / "numbers.geojson").write_text(json.dumps(fc))
-    assert [a.id for a in load_aois(tmp_path / "numbers.geojson")] == ["1", "aoi-2"]
+    assert [a.id for a in load_aois(tmp_path / "numbers.geojson")] == ["1", "numbers-2"]
+
+
+def test_an_unnamed_aoi_is_named_after_its_file_and_a_kml_name_is_a_name(tmp_path: Path) -> None:
+    """Two unnamed files both ran as OUT/aoi-1, the second replacing the first; a placemark's
+    name (KML's `Name`) was not read."""
+    site = mapping(box(51.6, 35.6, 51.61, 35.61))
+    (north,) = load_aois(_write_geojson(tmp_path / "site north.geojson", site))
+    (south,) = load_aois(_write_geojson(tmp_path / "south.geojson", site))
+    assert (north.id, south.id) == ("site-north", "south")
+    (placemark,) = load_aois(_write_geojson(tmp_path / "ge.geojson", site, Name="Nantes core"))
+    assert (placemark.id, placemark.name) == ("Nantes-core", "Nantes core")
 
 
 def test_a_geopackage_of_several_layers_names_the_one_to_read(tmp_path: Path) -> None:
