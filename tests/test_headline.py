@@ -163,6 +163,32 @@ def test_a_comparison_that_asked_less_persistence_is_a_warning(result: RunResult
     )
 
 
+def test_months_the_run_could_not_look_at_are_a_warning(result: RunResult) -> None:
+    """A baseline moved later by cloud, and months past the last clear one, shape the counts
+    silently: the run said nothing while counts ran flat over months nobody saw."""
+
+    def told(baseline: list[str], clear: list[str]) -> tuple[str, ...]:
+        comparison = {"mode": "series", "baseline": baseline, "clear_periods": clear}
+        provenance = {**result.provenance, "comparison": comparison}
+        return headline(replace(result, provenance=provenance)).warnings
+
+    every = ["2023-08", "2023-09", "2023-10", "2023-11"]
+    assert told(every[:2], every) == ()
+    (late,) = told(every[:2], every[:2])
+    assert late == (
+        f"AOI '{result.aoi.id}': the 2 months after 2023-09 (2023-10..2023-11) had too little "
+        "clear view to compare: counts there repeat 2023-09's; see the counts' clear_fraction"
+    )
+    (moved,) = told(every[1:3], every[1:])
+    assert moved == (
+        f"AOI '{result.aoi.id}': its baseline starts in 2023-09: the month before it was too "
+        "cloudy, so what was built before 2023-09 counts as there already; see the counts' "
+        "clear_fraction"
+    )
+    (both,) = told(every[1:3], every[1:3])
+    assert "the month after 2023-10 (2023-11) had" in both
+
+
 def test_berms_switched_off_are_not_assessed_rather_than_none(result: RunResult) -> None:
     """With [berms] enabled = false no structure was looked at for berms (bermed: null): the
     headline says so instead of '0 of the new buildings bermed'."""

@@ -13,7 +13,8 @@ CLI summary, the report and run.json say the same thing:
   coverage_warning`;
 - a warning naming the scenes whose files could not be read, which the run went on without;
 - a warning when too few clear periods allowed less persistence than configured (a two-date
-  pair, a short series).
+  pair, a short series), and one when cloudy months moved the baseline later or left the last
+  months of the time range unseen.
 
 Ranges: the ledger's counts give a low–high range for all structures and for new buildings at
 the end of the run (`core.counts`: the buildings' high end also holds structures whose kind the
@@ -288,6 +289,40 @@ def _comparison_warning(result: RunResult) -> str | None:
     )
 
 
+def _unseen_warning(result: RunResult) -> str | None:
+    """Months at either end of the time range the run could not look at: a baseline that moved
+    later (what was built before it is part of it) and months after the last clear one (the
+    counts there repeat it). Both silently shape the answer: a time range past the data, a
+    cloudy early summer."""
+    comparison = result.provenance.get("comparison") or {}
+    clear, base = comparison.get("clear_periods") or [], comparison.get("baseline") or []
+    labels = [c.period.label for c in result.counts]
+    if not clear or not base or not labels:
+        return None
+    said = []
+    skipped = labels.index(base[0]) if base[0] in labels else 0
+    if skipped:
+        said.append(
+            f"its baseline starts in {base[0]}: the {_months(skipped)} before it "
+            f"{'was' if skipped == 1 else 'were'} too cloudy, "
+            f"so what was built before {base[0]} counts as there already"
+        )
+    unseen = len(labels) - 1 - labels.index(clear[-1]) if clear[-1] in labels else 0
+    if unseen:
+        span = labels[-1] if unseen == 1 else f"{labels[-unseen]}..{labels[-1]}"
+        said.append(
+            f"the {_months(unseen)} after {clear[-1]} ({span}) had too little clear view to "
+            f"compare: counts there repeat {clear[-1]}'s"
+        )
+    if not said:
+        return None
+    return f"AOI '{result.aoi.id}': " + "; ".join(said) + "; see the counts' clear_fraction"
+
+
+def _months(n: int) -> str:
+    return "month" if n == 1 else f"{n} months"
+
+
 def berms_assessed(result: RunResult) -> bool:
     """Whether the run looked for berms ([berms] enabled): else every `bermed` is None."""
     return bool(result.config.get("berms", {}).get("enabled", True))
@@ -311,6 +346,7 @@ def headline(result: RunResult) -> Headline:
         ("unreadable-scenes", _unreadable_warning(result)),
         ("offsets", _offsets_warning(result)),
         ("comparison", _comparison_warning(result)),
+        ("unseen", _unseen_warning(result)),
         ("coverage", _coverage_warning(result)),
     )
     return Headline(
