@@ -19,7 +19,14 @@ from changedet.aoi import aoi_mask, crop_to_footprints, grid_for, to_grid_crs
 from changedet.blas import one_blas_thread
 from changedet.config import Config, to_dict
 from changedet.core.carry import Known, carry_ids
-from changedet.core.clip import clip_berms, clip_structures, crop_change, crop_composite, window_of
+from changedet.core.clip import (
+    centre_point,
+    clip_berms,
+    clip_structures,
+    crop_change,
+    crop_composite,
+    window_of,
+)
 from changedet.core.coverage import measure_coverage
 from changedet.core.evidence import evidence_for
 from changedet.core.periods import make_periods
@@ -204,11 +211,18 @@ class RunSummary:
     synthetic: bool
     headline: tuple[str, ...] = ()  # what was found and where the run could see (outputs.headline)
     warnings: tuple[str, ...] = ()  # e.g. only part of the AOI could be analysed
+    # False when too few clear periods let the run ask less persistence than configured (a pair)
+    persistence_checked: bool = True
 
     def describe(self) -> str:
         tag = " [SYNTHETIC sample data]" if self.synthetic else ""
+        found = (
+            f"{self.n_confirmed} confirmed new structure(s)"
+            if self.persistence_checked
+            else f"{self.n_confirmed} new structure(s) (persistence not checked)"
+        )
         line = (
-            f"{self.aoi_id}: {self.n_confirmed} confirmed new structure(s), "
+            f"{self.aoi_id}: {found}, "
             f"{self.n_candidates} unconfirmed candidate(s) from {self.n_scenes} date(s) "
             f"→ {self.out_dir}{tag}"
         )
@@ -298,6 +312,7 @@ def _run_aoi(
     # A DateStore (dates on disk) from the real reader, a Stack from the fakes: both stream.
     stack = as_series(read.stack)
     known_here = _on_grid(known or {}, grid)
+    polygon = to_grid_crs(aoi.geometry, grid.crs)
     try:
         analysis = analyse_series(
             stack,
@@ -308,8 +323,8 @@ def _run_aoi(
             timer=timer,
             memo=memo,
             reuse=reuse,
-            known_pixels=_known_pixels(known_here, grid, inside),
-            aoi_polygon=to_grid_crs(aoi.geometry, grid.crs),
+            known_pixels=_known_pixels(known_here, grid, inside, polygon),
+            aoi_polygon=polygon,
         )
         analysis = apply_review(carry_ids(analysis, known_here), review or {})
         result = _run_result(
@@ -328,6 +343,7 @@ def _run_aoi(
     from changedet.outputs.headline import headline
 
     told = headline(result)
+    plan = analysis.plan.comparison if analysis.plan is not None else None
     return RunSummary(
         aoi_id=aoi.id,
         out_dir=out_dir,
@@ -337,6 +353,7 @@ def _run_aoi(
             1 for s in analysis.structures if s.confirmed and s.review != FALSE_POSITIVE
         ),
         n_candidates=len(analysis.ledger.candidates),
+        persistence_checked=plan is None or plan.min_persistence >= plan.wanted_persistence,
         synthetic=result.provenance.get("synthetic", False),
         headline=told.lines(),
         warnings=told.warnings,
@@ -352,12 +369,20 @@ def _on_grid(known: Mapping[str, Known], grid: Grid) -> dict[str, Known]:
     return {n: replace(known[n], footprint=g) for n, g in zip(names, moved, strict=True)}
 
 
-def _known_pixels(known: Mapping[str, Known], grid: Grid, inside: np.ndarray) -> np.ndarray | None:
+def _known_pixels(
+    known: Mapping[str, Known], grid: Grid, inside: np.ndarray, polygon: Any
+) -> np.ndarray | None:
     """Where the known structures (those not vanished: the ledger's candidates and dropped ones
     too, all once reported here) lie inside the AOI: a structure there stays the AOI's when its
     grown outline moves its centre out (`Ledger.within`), instead of leaving the ledger
-    as no longer detected."""
+    as no longer detected. Only those whose known centre lies in the AOI `polygon` (grid CRS):
+    `--ids-from` a run of a wider outline must not bring in structures this one never held."""
+    import shapely
+
     standing = [k.footprint for k in known.values() if k.vanished_after is None]
+    centres = np.array([centre_point(g) for g in standing], dtype=object)
+    held = np.asarray(shapely.contains(polygon, centres), dtype=bool)
+    standing = [g for g, ok in zip(standing, held.reshape(-1), strict=True) if ok]
     pixels = rasterize_geometries(standing, grid) > 0
     return pixels & inside if pixels.any() else None
 

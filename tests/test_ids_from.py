@@ -151,3 +151,35 @@ def test_a_missing_ids_from_folder_is_a_usage_error(
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert "--ids-from" in result.stderr and "not a folder" in result.stderr
     assert not out.exists()
+
+
+def test_ids_from_a_wider_outline_brings_in_no_structure_the_narrower_one_lacks(
+    cli: Callable[..., Result], earlier: Path, tmp_path: Path
+) -> None:
+    """A polygon tightened later, run with `--ids-from` the wider run: a structure the edge now
+    cuts west of its centre is not the AOI's, with or without the earlier run (it was kept, its
+    centre published outside the polygon, because its known footprint touched the polygon)."""
+    import shapely
+    from shapely.geometry import box, mapping, shape
+
+    from changedet.core.clip import centre_point
+
+    aoi = json.loads(Path(KHOJIR).read_text())
+    polygon = shape(aoi["features"][0]["geometry"])
+    confirmed = [shape(f["geometry"]) for f in _features(earlier) if f["properties"]["confirmed"]]
+    cut = max(confirmed, key=lambda g: g.bounds[2] - centre_point(g).x)  # reaches furthest east
+    edge = (centre_point(cut).x + cut.bounds[2]) / 2  # its centre west of the edge, part east
+    aoi["features"][0]["geometry"] = mapping(polygon.intersection(box(edge, -90, 180, 90)))
+    narrow = tmp_path / "narrow.geojson"
+    narrow.write_text(json.dumps(aoi))
+
+    def confirmed_points(*extra: str) -> list[Any]:
+        out = tmp_path / f"o{len(extra)}"
+        result = cli("run", str(narrow), "--config", DEMO, "--out", str(out), *extra)
+        assert result.exit_code == 0, result.stderr
+        found = [f for f in _features(out) if f["properties"]["confirmed"]]
+        return [shapely.Point(f["properties"]["lon"], f["properties"]["lat"]) for f in found]
+
+    alone, carried = confirmed_points(), confirmed_points("--ids-from", str(earlier))
+    assert len(carried) == len(alone) > 0
+    assert all(shape(aoi["features"][0]["geometry"]).contains(p) for p in carried)

@@ -107,6 +107,31 @@ def test_a_roof_built_during_a_long_baseline_is_not_dated_after_it(
     assert april.first_seen_start == date(2023, 3, 1)  # the built date, April 1, in between
 
 
+def test_a_one_period_baseline_is_evidence_of_absence(
+    scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
+) -> None:
+    """January alone as the baseline: its composite is the baseline, so its change score is 0
+    everywhere. Taken as "still changed" it left the first-seen start of everything unknown;
+    it is the clear period before the roofs stood."""
+    config = replace(scenario.config, time=replace(scenario.config.time, baseline_periods=1))
+    io = fake_io(scenario.stack)
+    run_aoi(scenario.aoi, config, out_root=tmp_path, io=io)
+    (result,) = io.write.results  # type: ignore[attr-defined]
+    april, june = sorted(
+        (s for s in result.structures if s.confirmed), key=lambda s: s.first_seen_end
+    )
+    assert (april.first_seen_start, april.first_seen_end) == (date(2023, 3, 1), date(2023, 5, 1))
+    assert (june.first_seen_start, june.first_seen_end) == (date(2023, 5, 1), date(2023, 7, 1))
+    # and a roof in the first compared month is dated from the baseline month
+    config = replace(config, time=replace(config.time, start=date(2023, 3, 1)))
+    io = fake_io(scenario.stack)
+    run_aoi(scenario.aoi, config, out_root=tmp_path / "march", io=io)
+    (result,) = io.write.results  # type: ignore[attr-defined]
+    roof = _pixels(result.grid, APRIL_ROOF[1])
+    (april,) = [s for s in result.structures if s.geometry.symmetric_difference(roof).area == 0]
+    assert (april.first_seen_start, april.first_seen_end) == (date(2023, 3, 1), date(2023, 5, 1))
+
+
 def test_writer_receives_one_consistent_run_result(
     scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
 ) -> None:

@@ -75,6 +75,13 @@ def test_two_clear_scenes_are_compared(cli: Callable[..., Result], tmp_path: Pat
     )
     assert warning in result.stderr
     assert 'id="comparison-warning"' in report
+    # One later period cannot tell a structure from a transient: not called confirmed, and the
+    # count's low end leaves them out (it claimed n-n).
+    assert "new structure(s) (persistence not checked)" in result.stdout.splitlines()[0]
+    low, high = manifest["headline"]["new_structures_range"]
+    assert high == manifest["headline"]["new_structures"]
+    assert manifest["headline"]["new_structures"] > 0 and low == 0
+    assert (folder / "counts.csv").read_text().splitlines()[-1].split(",")[6] == "0"
 
     # Buildings that appeared between the two dates are found, and nothing else much.
     truth = [

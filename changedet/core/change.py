@@ -79,7 +79,7 @@ _SHADOW_SPREAD = (1.05, 1.15)  # ...and their ratios within this factor of each 
 # Bump whenever `detect_change` (or `objects.extract_objects`) gives another answer from the same
 # inputs, so a period's change kept between runs (the monitor's period cache) is not taken for
 # the new answer.
-CHANGE_VERSION = "change-5"
+CHANGE_VERSION = "change-6"
 # How far a strong change lends its neighbours excess: the point spread and bilinear resampling of
 # the 20 m bands, each about a pixel (`trim_blur_rims`).
 BLUR_REACH_PX = 2

@@ -8,7 +8,9 @@ For all structures and for new buildings alike, per period:
 - `high` adds confirmed structures whose first-seen interval has opened (they may already stand,
   not yet seen), extra pieces of persistent splits, and candidates too recent to decide; for
   buildings also structures whose kind the pixels could not tell ("other");
-- `low` removes confirmed structures only ever seen merged into one object with an older one.
+- `low` removes confirmed structures only ever seen merged into one object with an older one,
+  and those confirmed on fewer periods than the configured persistence asks (a pair or a short
+  series asked less: one clear period cannot tell a structure from a transient).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class CountEntry:
     split_extra: int = 0  # extra pieces of a persistent split (may be several structures)
     merged_only: bool = False  # only ever seen merged with an older confirmed structure
     pending: bool = False  # an unconfirmed candidate with too few later periods to decide
+    thin: bool = False  # confirmed on fewer periods than configured (too few clear periods)
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def _series(
     for k in range(n):
         new = sum(1 for e in confirmed if e.born == k)
         seen += new
-        low = seen - sum(1 for e in confirmed if e.merged_only and e.born <= k)
+        low = seen - sum(1 for e in confirmed if (e.merged_only or e.thin) and e.born <= k)
         best = int(cumulative[k])
         out.new.append(new)
         out.cumulative.append(best)

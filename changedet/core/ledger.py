@@ -422,7 +422,7 @@ def _pending(tr: _Track, config: TrackConfig) -> bool:
     return undecided and n_present == observed_after
 
 
-def _entry(b: _Built, tracks: Tracks) -> CountEntry:
+def _entry(b: _Built, tracks: Tracks, asked_persistence: int) -> CountEntry:
     tr, config = b.track, tracks.config
     confirmed = b.confirmed
     return CountEntry(
@@ -433,6 +433,7 @@ def _entry(b: _Built, tracks: Tracks) -> CountEntry:
         split_extra=_split_extra(tr, config) if confirmed else 0,
         merged_only=confirmed and _merged_only(tr, tracks.tracks),
         pending=not confirmed and _pending(tr, config),
+        thin=confirmed and len(tr.present) < asked_persistence,
     )
 
 
@@ -473,12 +474,15 @@ def build_ledger(
     min_area_m2: float = 0.0,
     aoi_mask: np.ndarray | None = None,
     memo: StateMemo | None = None,
+    asked_persistence: int | None = None,
 ) -> Ledger:
     """Match objects over periods into structures; ids, kinds, first-seen intervals, counts.
 
     min_area_m2: minimum mapping unit; new parts smaller than this are growth, not structures.
     aoi_mask: (H, W) bool, pixels inside the AOI, for `PeriodCount.clear_fraction` (all if None).
     memo: where the tracker's state is kept between runs (`track_periods`).
+    asked_persistence: the configured `min_persistence` when too few clear periods made
+    `config` ask less; structures confirmed on fewer periods are left out of the counts' low end.
     """
     kinds = kinds or KindConfig()
     tracks = track_periods(
@@ -521,7 +525,8 @@ def build_ledger(
         footprint[b.core[free]] = pos + 1
     events = [e for b in built for e in _track_events(b, b.structure, tracks.periods)]
     events.sort(key=lambda e: (e[0], e[1], e[2]["structure_id"]))
-    entries = tuple(_entry(b, tracks) for b in built)
+    asked = max(config.min_persistence, asked_persistence or 0)
+    entries = tuple(_entry(b, tracks, asked) for b in built)
     clear = tuple(_clear_fractions(tracks, aoi_mask))
     return Ledger(
         structures=tuple(b.structure for b in built),

@@ -324,14 +324,16 @@ def _observe_periods(
             # A baseline period holds no new structure, but where its composite already differs
             # from the baseline's median something may have stood then: its clear pixels count
             # as "absent" only where they score below `absent_below_z` (`Tracker.observe`), so
-            # a structure built during a long baseline is not dated after it.
+            # a structure built during a long baseline is not dated after it. A baseline of one
+            # period is that period's own composite: its score is 0 everywhere and says nothing
+            # (taken as change, it left every later structure's first-seen start unknown).
             return PeriodObservation(
                 period=comp.period,
                 objects=(),
                 observed=(comp.count >= cc.min_clear_obs) & inside,
                 scene_ids=comp.scene_ids,
                 baseline=True,
-                score=cmap.structures[0],
+                score=None if baseline.indices == (i,) else cmap.structures[0],
             )
         observed = np.isfinite(cmap.structures[0]) & inside
         objects = extract_objects(cmap, cc, kinds=config.kinds) if observed.any() else []
@@ -573,6 +575,7 @@ def analyse_composites(
             min_area_m2=cc.min_area_m2,
             aoi_mask=inside,
             memo=memo if isinstance(memo, StateMemo) else None,
+            asked_persistence=baseline.comparison.wanted_persistence,
         )
         ledger = window_ledger.within(inside, known_pixels, polygon=aoi_polygon)
     with timer("berms"):
