@@ -384,6 +384,20 @@ def _check_zone(aoi: AOI) -> None:
             f"UTM zone ({epsg % 100}); its grid would distort areas and shapes out there. Give "
             "each site (each part far from the others) as its own feature"
         )
+    if west < meridian - 3.0 or east > meridian + 3.0:
+        edge = meridian - 3.0 if west < meridian - 3.0 else meridian + 3.0
+        warnings.warn(  # the zone, its lattice and every id follow the centroid across the edge
+            f"AOI '{aoi.id}' crosses the edge of UTM zone {epsg % 100} at {_meridian_text(edge)}: it is "
+            f"gridded in that zone (its centroid's), and a redraw that moves its centroid across "
+            "the edge regrids it and renames every structure; keep its outline's centre on one "
+            "side",
+            stacklevel=4,
+        )
+
+
+def _meridian_text(lon: float) -> str:
+    lon = 180.0 - ((180.0 - lon) % 360.0)
+    return f"{abs(lon):g}° {'E' if lon >= 0 else 'W'}"
 
 
 def _check_size(aoi: AOI, cfg: AOIConfig) -> None:

@@ -383,3 +383,15 @@ def test_an_aoi_whose_parts_are_far_apart_is_refused(tmp_path: Path) -> None:
     near["coordinates"].append(mapping(box(52.6, 35.6, 52.62, 35.62))["coordinates"])
     (aoi,) = load_aois(_write_geojson(tmp_path / "near.geojson", near, id="near"))
     assert grid_for(aoi).crs == "EPSG:32639"
+
+
+def test_an_aoi_across_a_zone_edge_is_warned_about(tmp_path: Path) -> None:
+    """Its grid and ids follow the centroid's zone: a redraw moving that across renames all."""
+    across = _write_geojson(tmp_path / "across.geojson", mapping(box(53.9, 35.6, 54.05, 35.7)))
+    with pytest.warns(UserWarning, match=r"crosses the edge of UTM zone 39 at 54° E"):
+        (aoi,) = load_aois(across)
+    assert grid_for(aoi).crs == "EPSG:32639"
+    inside = _write_geojson(tmp_path / "inside.geojson", mapping(box(53.8, 35.6, 53.95, 35.7)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_aois(inside)
