@@ -271,6 +271,23 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path: Path) -> None:
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_refuses_to_replace_an_earlier_sample_holding_a_runs_outputs_or_notes(
+    written,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """A run's outputs written into the sample's folder (`--out` the sample root) and an
+    analyst's notes there were deleted with the sample it replaced."""
+    _, out = written
+    import shutil
+
+    copy = tmp_path / "sample"
+    shutil.copytree(out, copy)
+    (copy / "NOTES.txt").write_text("mine")
+    with pytest.raises(OutputError, match="more than an earlier synthetic sample"):
+        write_sample(SMALL, copy, seed=2)
+    assert (copy / "NOTES.txt").read_text() == "mine"
+
+
 def test_catalog_loads_with_pystac_and_has_earth_search_metadata(written) -> None:  # type: ignore[no-untyped-def]
     summary, out = written
     catalog = pystac.Catalog.from_file(str(out / "catalog.json"))

@@ -13,6 +13,7 @@ import shapely
 
 from changedet.aoi import grid_for, load_aois
 from changedet.core.track import footprint_geometry
+from changedet.errors import OutputError
 from changedet.lab.score import score_structures
 from changedet.lab.series import (
     TruthRegion,
@@ -166,6 +167,13 @@ def test_write_series_catalog_cogs_truth_and_aoi(  # type: ignore[no-untyped-def
     raster = truth_labels(truth, summary.grid)
     written = json.loads(summary.truth.read_text())
     assert sum(f["properties"]["n_pixels"] for f in written["features"]) == int((raster > 0).sum())
+    # An earlier series is replaced; a folder holding anything else is not (it was emptied).
+    again = write_oscd_series(oscd_root, CITY, out, seed=2, months=4, scenes_per_month=1)
+    assert again.n_acquisitions == 4
+    (out / "thesis.txt").write_text("mine")
+    with pytest.raises(OutputError, match="more than an earlier synthetic series"):
+        write_oscd_series(oscd_root, CITY, out, seed=3, months=4, scenes_per_month=1)
+    assert (out / "thesis.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("name", [CITY, "rennes"])  # rennes: an odd number of 10 m rows

@@ -25,7 +25,7 @@ import copy
 import math
 import posixpath
 import zlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -631,11 +631,36 @@ def _truth(
 # ----------------------------------------------------------------------------- writing
 
 
-def _is_previous_sample(path: Path) -> bool:
-    catalog = path / "catalog.json"
-    return catalog.is_file() and '"changedet:synthetic": true' in catalog.read_text(
-        encoding="utf-8"
-    )
+SAMPLE_FILES = frozenset(
+    {"catalog.json", "collection.json", "items.json", "scenario.json", "truth.geojson"}
+)
+
+
+def is_previous(path: Path, files: Collection[str]) -> bool:
+    """Whether `path` holds what an earlier synthetic sample or series wrote and nothing else:
+    it may be replaced as a whole. A run's outputs or an analyst's notes written into it are
+    not ours to delete."""
+    return _ours(path) and all(p.name in files or p.name == COLLECTION_ID for p in path.iterdir())
+
+
+def _ours(path: Path) -> bool:
+    """A sample marks its catalog synthetic; a semi-real series leaves its series.json."""
+    if (path / "series.json").is_file():
+        return True
+    try:
+        text = (path / "catalog.json").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return '"changedet:synthetic": true' in text
+
+
+def refuse_unless_previous(out_dir: Path, files: Collection[str], what: str) -> None:
+    """Refuse to replace a folder that holds anything but an earlier synthetic `what`."""
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_previous(out_dir, files):
+        raise OutputError(
+            f"'{out_dir}' is not empty and holds more than an earlier synthetic {what} (its "
+            "files would be deleted); pass a new or empty folder"
+        )
 
 
 def write_sample(
@@ -645,11 +670,7 @@ def write_sample(
 
     Refuses to replace a non-empty folder that is not a previous synthetic sample."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not _is_previous_sample(out_dir):
-        raise OutputError(
-            f"'{out_dir}' is not empty and holds no earlier synthetic sample; "
-            "pass a new or empty folder"
-        )
+    refuse_unless_previous(out_dir, SAMPLE_FILES, "sample")
     site = _site(aoi, seed)
     scene = site.scene
     n = len(scene.plans)

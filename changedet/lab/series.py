@@ -52,6 +52,7 @@ from changedet.core.mask import persistent_from_counts, scl_clear, scl_cloudy
 from changedet.core.track import footprint_geometry
 from changedet.errors import DataError
 from changedet.lab.oscd import OSCDCity, load_city
+from changedet.lab.sample import refuse_unless_previous
 from changedet.lab.scene import block_mean, fractal_noise
 from changedet.models import Grid, Progress, Stack, no_progress
 from changedet.outputs.fsio import atomic_dir, write_cog, write_json
@@ -75,6 +76,7 @@ __all__ = [
 ]
 
 SERIES_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir", "swir16", "swir22")
+SERIES_FILES = frozenset({"catalog.json", "truth.geojson", "aoi.geojson", "series.json"})
 BANDS_20M: tuple[str, ...] = ("swir16", "swir22")
 _CLOUD = np.array([0.48, 0.47, 0.46, 0.49, 0.38, 0.26], np.float32)[:, None, None]
 _OLD_BASELINE, _NEW_BASELINE = "03.01", "04.00"
@@ -708,6 +710,7 @@ def write_oscd_series(
         razed_share=razed_share,
     )
     out_dir = Path(out_dir)
+    refuse_unless_previous(out_dir, SERIES_FILES, "series")
     with atomic_dir(out_dir) as tmp:
         _write_catalog(tmp, series, progress)
         write_json(tmp / "truth.geojson", _truth_geojson(series))
