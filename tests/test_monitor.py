@@ -148,6 +148,28 @@ def test_a_state_path_at_a_file_that_is_no_database_is_a_usage_error(tmp_path: P
     assert scenario.state.read_text() == "notes, not a database\n"
 
 
+def test_another_programs_sqlite_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """`review` and `monitor status` wrote changedet's tables into it and turned on WAL."""
+    import sqlite3
+
+    scenario = make_scenario(tmp_path)
+    scenario.state.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(scenario.state) as db:
+        db.execute("CREATE TABLE foo (x)")
+    before = scenario.state.read_bytes()
+    watchlist = str(scenario.watchlist())
+    for args in (
+        ("monitor", "status", "--config", watchlist),
+        ("review", "khojir", "X", "--as", "confirmed", "--state", str(scenario.state)),
+    ):
+        done = monitor_cli(*args, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert "is another program's SQLite file" in line
+    assert scenario.state.read_bytes() == before
+    assert not scenario.state.with_name(scenario.state.name + "-wal").exists()
+
+
 # --- planning scenes (pure) -------------------------------------------------------------------------
 
 

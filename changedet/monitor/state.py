@@ -292,6 +292,7 @@ class State:
             self.db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
+            self._refuse_foreign()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss too
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -308,6 +309,19 @@ class State:
             ) from None
         except OSError as exc:
             raise OutputError(f"state database '{self.path}' cannot be created: {exc}") from None
+
+    def _refuse_foreign(self) -> None:
+        """Refuse, before writing anything, another program's SQLite file (tables, but never a
+        changedet schema version): opening it would add changedet's tables to it."""
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        (tables,) = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if version == 0 and tables:
+            self.db.close()
+            raise UsageError(
+                f"state database '{self.path}' is another program's SQLite file (it has tables "
+                "but no changedet ledger); point the watch-list's state (or --state) at the "
+                "monitor's SQLite file, or at a new path"
+            )
 
     def __enter__(self) -> State:
         return self
