@@ -609,7 +609,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "track.drop_after_absent": (1, None),
     "track.vanish_after_absent": (1, None),
     "track.new_part_fraction": (0.0, 1.0),
-    "track.growth_rim_px": (0, 100),
+    "track.growth_rim_px": (0, 10),  # 100 m; its search grows with the square of it
     "track.site_gap_px": (0, 100),
     "berms.ring_inner_m": (0.0, None),
     "berms.ring_outer_m": (0.0, None),
@@ -628,6 +628,7 @@ _ABOVE = frozenset(
     {
         "catalog.timeout_s",
         "read.timeout_s",
+        "mask.persistent_cloud_fraction",
         "read.cache_max_gb",
         "change.z_threshold",
         "change.z_low",
@@ -777,11 +778,19 @@ def _check_bands(config: Config) -> None:
             f"config: read.bands {list(bands)} lacks {missing}: true colour, detection, kinds "
             f"and berms need {list(_NEEDED_BANDS)}; add them"
         )
-    unmapped = [b for b in bands if b not in cat.asset_keys[cat.provider]]
+    keys = cat.asset_keys[cat.provider]
+    unmapped = [b for b in bands if not str(keys.get(b, "")).strip()]
     if unmapped:
         raise ConfigError(
             f"config: read.bands {unmapped} have no asset key for provider '{cat.provider}'; "
             f"add them to [catalog.asset_keys.{cat.provider}]"
+        )
+    named = [str(keys[b]) for b in (*bands, "scl") if b in keys]
+    shared = sorted({a for a in named if named.count(a) > 1})
+    if shared:
+        raise ConfigError(
+            f"config: [catalog.asset_keys.{cat.provider}] maps several bands to asset(s) "
+            f"{shared}; give each band its own asset"
         )
 
 
@@ -818,11 +827,25 @@ def local_catalog_problem(location: str) -> str | None:
     return None
 
 
+# A levelling block must be several times a building's width: its median is the ground's.
+_MIN_LEVEL_BLOCK_PX = 8
+
+
 def _check_cross_field(config: Config) -> None:
     t, c, b = config.time, config.change, config.berms
     if t.end < t.start:
         raise ConfigError(
             f"time: end {t.end} is before start {t.start}; pass an --end after --start"
+        )
+    if t.end.year >= 9999:  # the period after it would fall past the calendar's last year
+        raise ConfigError(
+            f"time: end {t.end} is past what periods can count to; pass one before 9999"
+        )
+    if 0 < c.level_block_px < _MIN_LEVEL_BLOCK_PX:
+        raise ConfigError(
+            f"config: change.level_block_px = {c.level_block_px} levels away the buildings "
+            f"themselves (1 px found nothing on the demo); use 0 (off) or {_MIN_LEVEL_BLOCK_PX} "
+            "and more"
         )
     if c.z_low > c.z_threshold:
         raise ConfigError(

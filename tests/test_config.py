@@ -56,6 +56,18 @@ def test_a_watch_list_given_to_run_points_to_monitor_run(repo: Path) -> None:
         ("[catalog]\nprovider = 'nasa'\n", "asset_keys"),
         ("[read]\nbands = 'red'\n", "must be a list"),
         ("this is = = not toml", "not valid TOML"),
+        # CLI audit: each ran, and crashed, ran for minutes or found nothing
+        ("[mask]\npersistent_cloud_fraction = 0.0\n", "persistent_cloud_fraction"),
+        ("[change]\nlevel_block_px = 1\n", "levels away the buildings"),
+        ("[track]\ngrowth_rim_px = 100\n", "growth_rim_px"),
+        ("[time]\nend = 9999-12-31\n", "past what periods can count to"),
+        ("[catalog.asset_keys.earth-search]\nblue = ''\n", "have no asset key"),
+        (
+            "[catalog.asset_keys.earth-search]\n"
+            + "".join(f"{b} = '{b}'\n" for b in ("blue", "green", "red", "nir", "swir22", "scl"))
+            + "swir16 = 'swir22'\n",
+            "maps several bands",
+        ),
     ],
 )
 def test_bad_values_give_one_line_errors(tmp_path: Path, text: str, message: str) -> None:

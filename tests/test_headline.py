@@ -177,16 +177,27 @@ def test_months_the_run_could_not_look_at_are_a_warning(result: RunResult) -> No
     (late,) = told(every[:2], every[:2])
     assert late == (
         f"AOI '{result.aoi.id}': the 2 months after 2023-09 (2023-10..2023-11) had too little "
-        "clear view to compare: counts there repeat 2023-09's; see the counts' clear_fraction"
+        "clear view to compare (cloud, or no scene): counts there repeat 2023-09's; see the "
+        "counts' clear_fraction"
     )
     (moved,) = told(every[1:3], every[1:])
     assert moved == (
         f"AOI '{result.aoi.id}': its baseline starts in 2023-09: the month before it was too "
-        "cloudy, so what was built before 2023-09 counts as there already; see the counts' "
-        "clear_fraction"
+        "cloudy or held no scene, so what was built before 2023-09 counts as there already; "
+        "see the counts' clear_fraction"
     )
     (both,) = told(every[1:3], every[1:3])
     assert "the month after 2023-10 (2023-11) had" in both
+
+
+def test_scenes_read_without_an_scl_asset_are_a_warning(result: RunResult) -> None:
+    """A misnamed scl asset key read every scene unmasked, said only in run.json."""
+    notes = ["16 scene(s) without SCL: clear = valid data (fallback): S2A_1, S2A_2 ..."]
+    provenance = {**result.provenance, "read_notes": notes}
+    (said,) = headline(replace(result, provenance=provenance)).warnings
+    assert said.startswith(f"AOI '{result.aoi.id}': 16 scene(s) had no SCL asset, so no cloud")
+    assert "scl key of [catalog.asset_keys." in said
+    assert headline(result).warnings == ()
 
 
 def test_berms_switched_off_are_not_assessed_rather_than_none(result: RunResult) -> None:

@@ -176,6 +176,8 @@ def _section(
         if key in out and not low <= out[key] <= high:
             bound = f">= {low}" if high == math.inf else f"within {low}..{high}{unit}"
             raise ConfigError(f"watch-list: {where} {key} must be {bound}")
+    if out.get("timeout_s", 1) <= 0:  # 0 failed every delivery as "cannot reach the server"
+        raise ConfigError(f"watch-list: {where} timeout_s must be above 0 (up to 600 s)")
     return out
 
 

@@ -289,6 +289,21 @@ def _comparison_warning(result: RunResult) -> str | None:
     )
 
 
+def _unmasked_warning(result: RunResult) -> str | None:
+    """Scenes read without an SCL asset: no cloud or shadow was masked on them. Right for L1C
+    data; for L2A a misnamed `scl` asset key, and the run found clouds (CLI audit)."""
+    said = next((n for n in result.provenance.get("read_notes") or [] if "without SCL" in n), None)
+    if said is None:
+        return None
+    count = said.split(" ", 1)[0]
+    provider = result.config.get("catalog", {}).get("provider", "")
+    return (
+        f"AOI '{result.aoi.id}': {count} scene(s) had no SCL asset, so no cloud or shadow was "
+        f"masked on them and clouds may count as change; for L2A items check the scl key of "
+        f"[catalog.asset_keys.{provider}]"
+    )
+
+
 def _unseen_warning(result: RunResult) -> str | None:
     """Months at either end of the time range the run could not look at: a baseline that moved
     later (what was built before it is part of it) and months after the last clear one (the
@@ -304,7 +319,7 @@ def _unseen_warning(result: RunResult) -> str | None:
     if skipped:
         said.append(
             f"its baseline starts in {base[0]}: the {_months(skipped)} before it "
-            f"{'was' if skipped == 1 else 'were'} too cloudy, "
+            f"{'was' if skipped == 1 else 'were'} too cloudy or held no scene, "
             f"so what was built before {base[0]} counts as there already"
         )
     unseen = len(labels) - 1 - labels.index(clear[-1]) if clear[-1] in labels else 0
@@ -312,7 +327,7 @@ def _unseen_warning(result: RunResult) -> str | None:
         span = labels[-1] if unseen == 1 else f"{labels[-unseen]}..{labels[-1]}"
         said.append(
             f"the {_months(unseen)} after {clear[-1]} ({span}) had too little clear view to "
-            f"compare: counts there repeat {clear[-1]}'s"
+            f"compare (cloud, or no scene): counts there repeat {clear[-1]}'s"
         )
     if not said:
         return None
@@ -344,6 +359,7 @@ def headline(result: RunResult) -> Headline:
     warnings = (
         ("search", _search_warning(result)),
         ("unreadable-scenes", _unreadable_warning(result)),
+        ("unmasked", _unmasked_warning(result)),
         ("offsets", _offsets_warning(result)),
         ("comparison", _comparison_warning(result)),
         ("unseen", _unseen_warning(result)),
