@@ -203,6 +203,9 @@ def _load(config_path: str | None, **flags: str | None) -> Any:
     from changedet.config import load_config, local_catalog_problem, parse_date
 
     overrides: dict[str, Any] = {}
+    for key, value in flags.items():  # `--start ""` fell back to the config's, unsaid
+        if value is not None and not str(value).strip():
+            raise UsageError(f"--{key} is empty; give a value or leave the option out")
     if flags.get("catalog"):
         catalog = str(flags["catalog"])
         is_url = "://" in catalog
@@ -284,6 +287,11 @@ def _check_out_writable(out_dir: str, aoi_ids: Sequence[str] = (), *, name: str 
         ) from None
     for aoi_id in aoi_ids:
         earlier = path / aoi_id
+        if earlier.exists() and not earlier.is_dir():  # found only after the whole run before
+            raise UsageError(
+                f"{name} '{out_dir}': '{earlier}' is a file where AOI '{aoi_id}' writes its "
+                f"folder; move the file away or {other}"
+            )
         if earlier.is_dir() and not os.access(earlier, os.W_OK | os.X_OK):
             raise UsageError(
                 f"{name} '{out_dir}': the earlier outputs '{earlier}' are read-only and a run "
@@ -506,10 +514,11 @@ def run(
         _refuse_shared_ids(sourced)
         aois = [aoi for _source, aoi in sourced]
         _check_out_writable(out_dir, [aoi.id for aoi in aois])
-        earlier = _earlier(Path(ids_from), aois) if ids_from else None
+        earlier = _earlier(Path(ids_from).expanduser(), aois) if ids_from else None
+        out_root = Path(out_dir).expanduser()  # as checked: a quoted '~/x' went to ./~/x
         with _Renderer(quiet=quiet) as progress:
             for outcome in run_aois(
-                aois, config, out_root=Path(out_dir), progress=progress, earlier=earlier
+                aois, config, out_root=out_root, progress=progress, earlier=earlier
             ):
                 failed += not _report(outcome, debug=debug, renderer=progress)
     sys.exit(1 if failed else 0)

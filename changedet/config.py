@@ -516,7 +516,7 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
             f"config: file '{path}' not found; pass an existing TOML file to --config"
         )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config: '{path}' is not valid TOML ({exc}); fix the syntax") from None
     _resolve_relative_paths(data, path.parent)

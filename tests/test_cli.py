@@ -381,6 +381,35 @@ def test_an_out_folder_that_takes_no_files_exits_2_before_computing(
     assert "no scene" not in result.stderr  # refused before the search
 
 
+def test_a_file_where_an_aoi_writes_its_folder_and_empty_options_exit_2_before_computing(
+    cli: Callable[..., Result], tmp_path: Path, paris: Callable[[Path, str], Path]
+) -> None:
+    """OUT/<aoi_id> a file failed after the whole run (exit 1); `--start ""` fell back to the
+    config's start, unsaid."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "paris").write_text("mine")
+    aoi = paris(tmp_path / "a.geojson", "paris")
+    result = cli("run", str(aoi), "--config", str(DEMO), "--out", str(out))
+    assert_one_line_error(result.stderr, result.exit_code, 2, "is a file where AOI 'paris'")
+    assert "no scene" not in result.stderr and (out / "paris").read_text() == "mine"
+    for option in ("--start", "--end", "--catalog", "--collection"):
+        result = cli("run", str(aoi), "--config", str(DEMO), option, "", "--out", str(out))
+        assert_one_line_error(result.stderr, result.exit_code, 2, f"{option} is empty")
+
+
+def test_a_quoted_tilde_out_is_the_home_folder_as_checked(
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--out '~/x' was checked in the home folder and written to ./~/x."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    result = cli("run", KHOJIR, "--config", str(DEMO), "--out", "~/x", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "home" / "x" / "khojir" / "run.json").is_file()
+    assert not (tmp_path / "~").exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_out_folder_exits_2_before_computing(
     cli: Callable[..., Result], tmp_path: Path, paris: Callable[[Path, str], Path]

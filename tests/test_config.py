@@ -219,3 +219,10 @@ def test_removed_keys_say_what_replaced_them(tmp_path: Path, key: str) -> None:
     path.write_text(f"[change]\n{key}\n")
     with pytest.raises(ConfigError, match=r"was removed: .*delete the line"):
         load_config(path)
+
+
+def test_a_bom_an_editor_put_first_is_read(tmp_path: Path) -> None:
+    """It gave "not valid TOML (Invalid statement at line 1, column 1)"."""
+    path = tmp_path / "c.toml"
+    path.write_text("\ufeff[change]\nz_threshold = 5.0\n", encoding="utf-8")
+    assert load_config(path).change.z_threshold == 5.0

@@ -121,6 +121,11 @@ def test_an_aoi_the_earlier_run_did_not_have_is_warned_about_and_named_by_place(
             '{"type": "Point", "coordinates": [0, 0]}}]}',
             "has no area",
         ),
+        (
+            '{"features": [{"properties": {"id": "39N-1-2"}, "geometry": '
+            '{"type": "Foo", "coordinates": [0, 0]}}]}',
+            "Unknown geometry type",
+        ),
     ],
 )
 def test_a_file_that_is_not_an_earlier_runs_structures_is_refused(

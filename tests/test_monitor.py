@@ -148,6 +148,24 @@ def test_a_state_path_at_a_file_that_is_no_database_is_a_usage_error(tmp_path: P
     assert scenario.state.read_text() == "notes, not a database\n"
 
 
+def test_a_state_file_where_runs_replace_folders_is_a_config_error(tmp_path: Path) -> None:
+    """`state` = `out` (or inside an AOI's output folder) computed, then failed with exit 1."""
+    scenario = make_scenario(tmp_path)
+    text = scenario.watchlist().read_text()
+    for state in (scenario.out, scenario.out / "k1" / "state.sqlite"):
+        path = tmp_path / "clash.toml"
+        path.write_text(text.replace(f'state = "{scenario.state}"', f'state = "{state}"'))
+        with pytest.raises(ConfigError, match=r"state '.*' (is the out folder|lies in AOI 'k1')"):
+            load_watchlist(path)
+    # and a BOM an editor put first is no TOML error
+    path.write_text("\ufeff" + text, encoding="utf-8")
+    assert [w.aoi.id for w in load_watchlist(path).aois] == ["k1"]
+    # nor is a timeout of 0, which failed every delivery as "cannot reach the server", taken
+    path.write_text(text + '\n[webhook]\nurl = "http://127.0.0.1:9/x"\ntimeout_s = 0\n')
+    with pytest.raises(ConfigError, match=r"\[webhook\] timeout_s must be above 0"):
+        load_watchlist(path)
+
+
 def test_another_programs_sqlite_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
     """`review` and `monitor status` wrote changedet's tables into it and turned on WAL."""
     import sqlite3

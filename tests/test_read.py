@@ -21,7 +21,7 @@ from rasterio.warp import Resampling, reproject
 
 from changedet.config import MaskConfig, ReadConfig
 from changedet.errors import ConfigError, NoScenesError, ReadError
-from changedet.models import Grid
+from changedet.models import Grid, SkippedScene
 from changedet.read.cog import reproject_array
 from changedet.read.probe import probe_details
 from changedet.read.stack import read_stack
@@ -1096,3 +1096,19 @@ def test_an_asset_without_a_crs_says_what_that_may_mean(tmp_path: Path) -> None:
             match=r"no CRS: a file without georeferencing, or one whose transfer was cut short",
         ):
             _read_onto_grid(str(path), GRID, resampling=Resampling.nearest, nodata=None)
+
+
+def test_no_usable_scene_names_the_setting_its_reasons_come_from() -> None:
+    """The hint named read.min_aoi_clear_fraction whatever the reason (CLI audit)."""
+    from changedet.read.stack import _nothing_read
+
+    def said(*reasons: str) -> str:
+        skipped = [SkippedScene(f"S{i}", r) for i, r in enumerate(reasons)]
+        return str(_nothing_read([], skipped, n_scenes=len(reasons)))
+
+    outside = said("outside AOI: data on 3.0% of it (< 100%)")
+    assert outside.endswith("widen the dates or lower read.min_aoi_coverage")
+    cloudy = said("cloudy around the AOI: 5% of the window read clear < 20% required")
+    assert cloudy.endswith("widen the dates or lower read.min_aoi_clear_fraction")
+    both = said("outside AOI: data on 3.0%", "cloudy around the AOI: 5%")
+    assert both.endswith("lower read.min_aoi_coverage / read.min_aoi_clear_fraction")

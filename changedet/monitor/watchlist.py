@@ -33,7 +33,7 @@ import difflib
 import math
 import tomllib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -291,7 +291,7 @@ def load_watchlist(path: str | Path) -> WatchList:
     if not file.is_file():
         raise ConfigError(f"watch-list '{file}' not found; pass an existing TOML file to --config")
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        data = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # an editor's BOM too
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"watch-list '{file}' is not valid TOML ({exc})") from None
     _check_keys(data, _TOP, "the top level")
@@ -327,10 +327,15 @@ def load_watchlist(path: str | Path) -> WatchList:
                 f"watch-list: AOI id '{w.aoi.id}' is watched twice; each AOI needs its own id"
             )
         seen.add(w.aoi.id.lower())
+    state, out = (
+        _path(base, top.get("state", "monitor.sqlite")),
+        _path(base, top.get("out", "monitor-out")),
+    )
+    _refuse_state_in_out(state, out, aois)
     return WatchList(
         path=file.resolve(),
-        state=_path(base, top.get("state", "monitor.sqlite")),
-        out=_path(base, top.get("out", "monitor-out")),
+        state=state,
+        out=out,
         lookback_days=lookback,
         keep_composites=top.get("keep_composites", True),
         keep_dates=top.get("keep_dates", True),
@@ -339,6 +344,18 @@ def load_watchlist(path: str | Path) -> WatchList:
         webhook=_webhook(data["webhook"]) if "webhook" in data else None,
         smtp=_smtp(data["smtp"]) if "smtp" in data else None,
     )
+
+
+def _refuse_state_in_out(state: Path, out: Path, aois: Sequence[WatchedAOI]) -> None:
+    """The state database must not be the outputs' folder nor lie in an AOI's output folder,
+    which every run replaces as a whole (it failed after computing, exit 1)."""
+    inside = next((w.aoi.id for w in aois if (out / w.aoi.id) in (state, *state.parents)), None)
+    if state == out or inside is not None:
+        where = "is the out folder" if state == out else f"lies in AOI '{inside}''s output folder"
+        raise ConfigError(
+            f"watch-list: state '{state}' {where}, which runs replace; put the state file "
+            "beside out, not in it"
+        )
 
 
 def _watch_date(value: Any, where: str) -> date:

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from shapely.errors import ShapelyError
+
 from changedet.core.carry import Known
 from changedet.errors import UsageError
 
@@ -31,7 +33,7 @@ def earlier_structures(earlier_out: Path, aoi_id: str) -> dict[str, Known] | Non
     try:
         features = json.loads(path.read_text(encoding="utf-8"))["features"]
         return dict(_known(feature) for feature in features)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ShapelyError) as exc:
         raise UsageError(
             f"--ids-from: {path} is not a changedet structures file ({_why(exc)}); pass the "
             "--out folder of an earlier changedet run"

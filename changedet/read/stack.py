@@ -272,9 +272,18 @@ def _nothing_read(
             f"read: no scene of {n_scenes} could be read ({first}); check that the catalog's "
             "hrefs are intact COGs this machine may read (signed URLs expire)"
         )
+    keys = [  # the setting each reason comes from (it named min_aoi_clear_fraction always)
+        key
+        for word, key in (
+            ("outside AOI", "read.min_aoi_coverage"),
+            ("cloudy", "read.min_aoi_clear_fraction"),
+        )
+        if any(r.startswith(word) for r in reasons)
+    ]
+    lower = f" or lower {' / '.join(keys)}" if keys else ""
     return NoScenesError(
         f"read: no usable scene left of {n_scenes}: {'; '.join(reasons[:3])}; "
-        "widen the dates or lower read.min_aoi_clear_fraction"
+        f"widen the dates{lower}"
     )
 
 
