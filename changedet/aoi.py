@@ -63,6 +63,7 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
         src_crs = CRS.from_epsg(4326)
     else:
         src_crs = CRS.from_user_input(frame.crs)
+        _refuse_degrees_in_metres(p, src_crs, tuple(float(v) for v in frame.total_bounds))
 
     if cfg.id_property != AOIConfig().id_property and cfg.id_property not in frame.columns:
         warnings.warn(  # a misspelt aoi.id_property would rename every folder and ledger
@@ -138,6 +139,10 @@ def _read_frame(path: str) -> tuple[Path, Any]:
         raise
     except Exception as exc:  # pyogrio raises DataSourceError and friends; report them as one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # GDAL's own advice ("prefix the path with '<DRIVER>:'") is not ours to give
+        first = first.split(" It might help to specify", 1)[0].strip().rstrip(";.")
+        if p.is_file() and p.stat().st_size == 0:
+            first = "the file is empty"
         raise AOIError(
             f"AOI file '{p}' could not be read as a vector file ({first}); "
             "pass a GeoJSON, GeoPackage or Shapefile"
@@ -233,6 +238,17 @@ def _refuse_projected_without_crs(path: Path, bounds: tuple[float, ...]) -> None
             f"AOI file '{path}' has no CRS (a Shapefile's .prj missing?) and its coordinates "
             f"({where}) are not longitude/latitude; add the .prj file or save the AOI with its "
             "CRS (e.g. as GeoPackage, or GeoJSON in EPSG:4326)"
+        )
+
+
+def _refuse_degrees_in_metres(path: Path, crs: CRS, bounds: tuple[float, ...]) -> None:
+    """A file that names a projected CRS but holds degrees (a `crs` member pasted in): read as
+    metres it is a few square metres at the false origin, refused as holding no pixel centre."""
+    if crs.is_projected and _degrees(bounds) and max(map(abs, bounds)) < 1000:
+        where = ", ".join(f"{v:.6g}" for v in bounds)
+        raise AOIError(
+            f"AOI file '{path}' declares {crs.to_string()} (metres) but its coordinates ({where}) "
+            "look like longitude/latitude; fix or remove the file's CRS"
         )
 
 

@@ -617,11 +617,11 @@ def search(
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
     else:
-        _print_reports(reports, config)
+        _print_reports(reports, config, probed=probe)
     sys.exit(1 if failed else 0)
 
 
-def _print_reports(reports: Sequence[Any], config: Any) -> None:
+def _print_reports(reports: Sequence[Any], config: Any, *, probed: bool) -> None:
     """The search's tables (or a sentence when a table would be empty) and notes."""
     from rich.console import Console
 
@@ -630,7 +630,7 @@ def _print_reports(reports: Sequence[Any], config: Any) -> None:
     for report in reports:
         rows = report.rows()
         if rows:
-            console.print(_scene_table(report, rows))
+            console.print(_scene_table(report, rows, probed=probed))
         else:  # an empty table says less than a sentence
             console.print(
                 f"AOI {report.aoi_id}: no scene from {report.source} covers it between "
@@ -642,15 +642,17 @@ def _print_reports(reports: Sequence[Any], config: Any) -> None:
             console.print(f"note: {note}", markup=False)
 
 
-def _scene_table(report: Any, rows: Sequence[tuple[str, ...]]) -> Any:
+def _scene_table(report: Any, rows: Sequence[tuple[str, ...]], *, probed: bool) -> Any:
     from rich.table import Table
     from rich.text import Text  # plain text: "[catalog] allowed_folders" is no markup
 
     used = sum(1 for row in rows if row[-1] == "used")
+    # Without --probe nothing was said of clouds around the AOI: a run may use fewer
+    unchecked = "" if probed else " (not yet checked for cloud around the AOI: --probe does)"
     table = Table(  # every row counted: the scenes found and those dropped before (duplicates)
         title=Text(
-            f"AOI {report.aoi_id}: {len(rows)} scene(s) from {report.source}: {used} used, "
-            f"{len(rows) - used} dropped"
+            f"AOI {report.aoi_id}: {len(rows)} scene(s) from {report.source}: {used} used"
+            f"{unchecked}, {len(rows) - used} dropped"
         )
     )
     table.add_column("id", no_wrap=True)

@@ -179,7 +179,11 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
         load_aois(tmp_path / "nope.geojson")
     junk = tmp_path / "junk.geojson"
     junk.write_text("this is not json")
-    with pytest.raises(AOIError, match="could not be read"):
+    with pytest.raises(AOIError, match="could not be read") as info:
+        load_aois(junk)
+    assert "<DRIVER>" not in str(info.value)  # GDAL's advice on driver prefixes is not ours
+    junk.write_text("")
+    with pytest.raises(AOIError, match=r"could not be read as a vector file \(the file is empty\)"):
         load_aois(junk)
 
 
@@ -395,3 +399,13 @@ def test_an_aoi_across_a_zone_edge_is_warned_about(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_aois(inside)
+
+
+def test_degrees_under_a_projected_crs_name_the_crs(tmp_path: Path) -> None:
+    """It said the AOI (0 m²) held no pixel centre: draw a larger polygon."""
+    path = _write_geojson(tmp_path / "utm.geojson", mapping(box(51.6, 35.6, 51.7, 35.7)))
+    fc = json.loads(path.read_text())
+    fc["crs"] = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32639"}}
+    path.write_text(json.dumps(fc))
+    with pytest.raises(AOIError, match=r"declares EPSG:32639 \(metres\) but its coordinates"):
+        load_aois(path)

@@ -298,6 +298,9 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons(cli: Callable[..., Resul
     assert listed > len(scenes)
     assert f"AOI khojir: {listed} scene(s) from " in result.stdout  # every row of the table
     assert f": {used} used, {listed - used} dropped" in result.stdout and used < len(scenes)
+    # without --probe the clouds around the AOI were not looked at: said, as a run uses fewer
+    result = cli("search", KHOJIR, "--config", str(DEMO))
+    assert "used (not yet checked for cloud around the AOI: --probe does)" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from monitorkit import (
+    DEMO_CONFIG,
     REPROCESSED,
     SAMPLE,
     Scenario,
@@ -157,6 +158,9 @@ def test_a_state_file_where_runs_replace_folders_is_a_config_error(tmp_path: Pat
         path.write_text(text.replace(f'state = "{scenario.state}"', f'state = "{state}"'))
         with pytest.raises(ConfigError, match=r"state '.*' (is the out folder|lies in AOI 'k1')"):
             load_watchlist(path)
+    # a run config given as the watch-list says what it is ("unknown key 'extends'")
+    with pytest.raises(ConfigError, match=r"is a run config, not a watch-list"):
+        load_watchlist(DEMO_CONFIG)
     # and a BOM an editor put first is no TOML error
     path.write_text("\ufeff" + text, encoding="utf-8")
     assert [w.aoi.id for w in load_watchlist(path).aois] == ["k1"]

@@ -415,3 +415,10 @@ def test_committed_sample_matches_its_brief(aoi_id: str, minimum: int, repo: Pat
         list(grid.window(win["row_off"], win["col_off"], win["height"], win["width"]).transform)[:6]
         == win["transform"]
     )
+
+
+def test_all_and_aoi_together_are_a_usage_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--all rendered --aoi-dir and dropped --aoi without a word."""
+    result = cli("synth", "sample", "--all", "--aoi", "aoi/khojir.geojson", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "--all and --aoi exclude each other" in result.stderr
+    assert not any(tmp_path.iterdir())

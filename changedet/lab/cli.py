@@ -76,6 +76,10 @@ def synth_sample(
     from changedet.lab import sample
 
     with _errors(debug), _Renderer(quiet=quiet) as progress:
+        if all_aois and aoi_file:  # --all read --aoi-dir and dropped --aoi, unsaid
+            raise UsageError(
+                "--all and --aoi exclude each other: --all renders every AOI of --aoi-dir"
+            )
         if all_aois:
             summaries = sample.regenerate_all(
                 Path(aoi_dir), Path(out_dir), seed=seed, progress=progress

@@ -142,6 +142,10 @@ def _cluster(address: str) -> str:
     return address
 
 
+# Top-level keys of a run config (`changedet.config`): a file holding them is no watch-list.
+_RUN_CONFIG_KEYS = ("extends", "catalog", "time", "read", "mask", "change", "track", "output")
+
+
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
     for key in data:
         if key not in allowed:
@@ -294,6 +298,12 @@ def load_watchlist(path: str | Path) -> WatchList:
         data = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # an editor's BOM too
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"watch-list '{file}' is not valid TOML ({exc})") from None
+    if "watch" not in data and any(k in data for k in _RUN_CONFIG_KEYS):
+        raise ConfigError(
+            f"watch-list: '{file}' is a run config, not a watch-list (no [[watch]] table); run it "
+            "with `changedet run AOI --config FILE`, or name it in a watch-list's [[watch]] "
+            "config (configs/monitor.toml)"
+        )
     _check_keys(data, _TOP, "the top level")
     base = file.resolve().parent
     top = _section(
