@@ -643,6 +643,51 @@ def test_options_switch_outputs_off(
     assert not (out / "imagery").exists()
 
 
+def _project_layers(folder: Path) -> dict[str, tuple[str, str]]:
+    """layer name → (datasource, declared CRS authid) of every layer of the run's project."""
+    with zipfile.ZipFile(folder / "changedet.qgz") as qgz:
+        root = ET.fromstring(qgz.read("changedet.qgs").decode().split("\n", 1)[1])
+    return {
+        str(el.findtext("layername")): (
+            str(el.findtext("datasource")),
+            str(el.findtext("srs/spatialrefsys/authid")),
+        )
+        for el in root.iter("maplayer")
+    }
+
+
+def test_without_geopackage_the_project_declares_each_layers_own_crs(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    """GeoJSON is EPSG:4326: declared in the grid's UTM CRS, QGIS drew it ~560 km off. Without
+    the GeoPackage the AOI and the analysed area come as GeoJSON, so the project still has them."""
+    result = make_run_result()
+    out = tmp_path / "nogpkg"
+    write_run_outputs(result, out, config=OutputConfig(geopackage=False, chips=False))
+    layers = _project_layers(out)
+    vectors = {n: v for n, v in layers.items() if "geojson" in v[0] or "gpkg" in v[0]}
+    assert vectors == {
+        "structures": ("./structures.geojson", "EPSG:4326"),
+        "berms": ("./berms.geojson", "EPSG:4326"),
+        "aoi": ("./aoi.geojson", "EPSG:4326"),
+        "analysed area": ("./analysed_area.geojson", "EPSG:4326"),
+    }
+    assert all(crs == "EPSG:32639" for n, (_, crs) in layers.items() if n not in vectors)
+    aoi = pyogrio.read_dataframe(out / "aoi.geojson")
+    assert list(aoi["id"]) == [result.aoi.id] and aoi.crs.to_epsg() == 4326
+    assert aoi.geometry[0].hausdorff_distance(result.aoi.geometry) < 1e-6
+    analysed = pyogrio.read_dataframe(out / "analysed_area.geojson")
+    assert analysed.crs.to_epsg() == 4326 and len(analysed) == 1
+    assert (out / "aoi.qml").is_file() and (out / "analysed_area.qml").is_file()
+    # With the GeoPackage, its layers are in the grid's CRS and no extra GeoJSON is written.
+    out2 = tmp_path / "gpkg"
+    write_run_outputs(result, out2, config=OutputConfig(chips=False))
+    layers = _project_layers(out2)
+    assert layers["aoi"] == ("./changedet.gpkg|layername=aoi", "EPSG:32639")
+    assert layers["structures"][1] == "EPSG:32639"
+    assert not (out2 / "aoi.geojson").exists()
+
+
 def test_failed_run_keeps_previous_outputs(run_result: RunResult, tmp_path: Path) -> None:
     out = tmp_path / "aoi"
     write_run_outputs(run_result, out, config=OutputConfig(report=False, chips=False))

@@ -311,3 +311,27 @@ def test_the_rendered_project_shows_imagery_and_detections(project_view: dict) -
     assert cyan.sum() > 50  # berm lines drawn over the imagery
     white = (rgb > 250).all(axis=-1)
     assert white.sum() > 500  # the AOI outline (and the labels' text)
+
+
+def test_without_geopackage_the_project_puts_the_geojson_layers_where_they_are(
+    run_result: RunResult,
+    open_in_qgis: Callable[..., dict],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """[output] geopackage = false: the project reads the GeoJSON files, which are EPSG:4326; a
+    layer declared in the grid's UTM CRS lay ~560 km off (lon/lat read as metres). Every vector
+    layer, the AOI and the analysed area included, lands on the grid."""
+    out = tmp_path_factory.mktemp("nogpkg") / "khojir-test"
+    write_run_outputs(run_result, out, config=OutputConfig(geopackage=False, chips=False))
+    view = open_in_qgis(out / "changedet.qgz", ARTIFACTS / "qgis_nogpkg.png", out.parent)
+    layers = {i["name"]: i for i in view["layers"]}
+    vectors = {name: i for name, i in layers.items() if i["type"] == "vector"}
+    assert set(vectors) == {"structures", "berms", "aoi", "analysed area"}
+    x0, y0, x1, y1 = run_result.grid.bounds
+    for name, info in vectors.items():
+        assert info["valid"] and info["crs"] == "EPSG:4326", (name, info)
+        ex0, ey0, ex1, ey1 = info["extent"]
+        # On the grid (the AOI reaches a little past it), not hundreds of km away.
+        assert ex0 < x1 and ex1 > x0 and ey0 < y1 and ey1 > y0, (name, info["extent"])
+        assert abs(ex0 - x0) < 5_000 and abs(ey1 - y1) < 5_000, (name, info["extent"])
+    assert vectors["structures"]["features"] == len(run_result.structures)

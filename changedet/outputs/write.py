@@ -54,6 +54,8 @@ from changedet.outputs.vectors import (
     STRUCTURE_PROPERTIES,
     all_to_wgs84,
     analysed_area,
+    analysed_area_feature_collection,
+    aoi_feature_collection,
     as_multilinestring,
     as_multipolygon,
     berm_properties,
@@ -71,6 +73,8 @@ __all__ = ["GPKG_LAYERS", "write_run_outputs"]
 
 GPKG_NAME = "changedet.gpkg"
 GPKG_LAYERS = ("aoi", "analysed_area", "structures", "berms", "change_areas", "scenes")
+# The layers the project takes from <layer>.geojson when there is no GeoPackage (EPSG:4326).
+GEOJSON_LAYERS = ("structures", "berms", "aoi", "analysed_area")
 _Row = tuple[BaseGeometry | None, dict[str, Any]]  # one feature: geometry, properties
 
 
@@ -201,20 +205,22 @@ def _write_kml(path: Path, result: RunResult) -> None:
 
 
 def _vector_layers(config: OutputConfig) -> list[ProjectLayer]:
-    """The vector layers of the project, top first: from the GeoPackage, else the GeoJSON."""
+    """The vector layers of the project, top first: from the GeoPackage (in the grid's CRS),
+    else from the GeoJSON files (EPSG:4326; change areas and scenes are the GeoPackage's only)."""
 
-    def source(layer: str) -> str | None:
+    def source(layer: str) -> tuple[str, str | None] | None:
         if config.geopackage:
-            return f"./{GPKG_NAME}|layername={layer}"
-        return f"./{layer}.geojson" if layer in ("structures", "berms") else None
+            return f"./{GPKG_NAME}|layername={layer}", None
+        return (f"./{layer}.geojson", "EPSG:4326") if layer in GEOJSON_LAYERS else None
 
     shown = {"structures": True, "berms": True, "aoi": True, "analysed_area": True}
     names = {"analysed_area": "analysed area", "change_areas": "change areas"}
     layers = []
     for layer in ("structures", "berms", "aoi", "analysed_area", "change_areas", "scenes"):
-        src = source(layer)
-        if src is None:
+        found = source(layer)
+        if found is None:
             continue
+        src, crs = found
         layers.append(
             ProjectLayer(
                 src,
@@ -224,6 +230,7 @@ def _vector_layers(config: OutputConfig) -> list[ProjectLayer]:
                 "Detections",
                 shown.get(layer, False),
                 "Line" if layer == "berms" else "Polygon",
+                crs,
             )
         )
     return layers
@@ -362,8 +369,18 @@ class _Writer:
         _write_kml(tmp / "structures.kml", result)
 
     def geopackage(self) -> None:
+        """changedet.gpkg; without it, the AOI and the analysed area as GeoJSON (with their
+        .qml), so the project still draws them."""
+        result, tmp = self.result, self.tmp
         if self.config.geopackage:
-            _write_geopackage(self.tmp / GPKG_NAME, self.result, change_areas(self.result.change))
+            _write_geopackage(tmp / GPKG_NAME, result, change_areas(result.change))
+            return
+        for layer, fc in (
+            ("aoi", aoi_feature_collection(result)),
+            ("analysed_area", analysed_area_feature_collection(result)),
+        ):
+            write_text(tmp / f"{layer}.geojson", geojson_text(fc))
+            write_text(tmp / f"{layer}.qml", layer_style_qml(layer))
 
     def rasters_and_tables(self) -> None:
         self.rasters = write_evidence_rasters(self.tmp, self.result, all_layers=self.config.cogs)
