@@ -26,6 +26,7 @@ from changedet.aoi import to_grid_crs
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
 from changedet.models import (
+    FALSE_POSITIVE,
     ChangeMap,
     Composite,
     Grid,
@@ -300,9 +301,20 @@ def test_layer_styles_table_follows_qgis_and_geopackage_rules(
     assert '"first_seen_end"' in (renderer.get("attr") or "")
     values = [c.get("value") for c in renderer.iter("category")]
     # First present in Oct 2023, Dec 2023 and May 2024 (the month before first_seen_end).
-    assert values == ["2023-10..2023-10", "2023-12..2023-12", "2024-05..2024-05", ""]
+    # Then: date unknown, another month, dropped candidates, reviewed false positives.
+    assert values == [
+        "2023-10..2023-10",
+        "2023-12..2023-12",
+        "2024-05..2024-05",
+        "",
+        "other",
+        "dropped",
+        "false-positive",
+    ]
     colours = [p.get("v") for p in renderer.iter("prop") if p.get("k") == "outline_color"]
-    assert len(set(colours)) == 4  # one colour per first-seen class (+ unknown)
+    # one colour per first-seen class, grey for unknown and other, faint grey for dropped,
+    # light grey for false positives
+    assert len(set(colours)) == 6
     exprs = {o.get("value") for o in renderer.iter("Option") if o.get("name") == "expression"}
     assert any("'dash'" in e and '"confirmed"' in e for e in exprs)
     assert any("'b_diagonal'" in e and '"kind"' in e for e in exprs)
@@ -686,6 +698,38 @@ def test_without_geopackage_the_project_declares_each_layers_own_crs(
     assert layers["aoi"] == ("./changedet.gpkg|layername=aoi", "EPSG:32639")
     assert layers["structures"][1] == "EPSG:32639"
     assert not (out2 / "aoi.geojson").exists()
+
+
+def test_a_reviewed_false_positive_stays_visible_in_no_count_and_drawn_apart(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    """README: a false positive is "kept visible, left out of every count". run.json counted it
+    among the confirmed, and the QGIS style drew it (and a dropped candidate) like any other."""
+    result = make_run_result()
+    s1, s2, s3 = result.structures
+    assert s1.confirmed and s2.confirmed and not s3.confirmed
+    result = replace(
+        result,
+        structures=(replace(s1, review=FALSE_POSITIVE), s2, replace(s3, status="dropped")),
+    )
+    out = tmp_path / "reviewed"
+    write_run_outputs(result, out, config=OutputConfig(report=False, chips=False))
+    res = json.loads((out / "run.json").read_text())["results"]
+    assert (res["n_structures"], res["n_confirmed"], res["n_unconfirmed"]) == (2, 1, 1)
+    assert res["n_false_positive"] == 1
+    assert res["n_bermed"] == sum(1 for s in (s2, s3) if s.bermed)
+    # Still in the outputs, with its verdict.
+    features = json.loads((out / "structures.geojson").read_text())["features"]
+    assert {f["id"]: f["properties"]["review"] for f in features}[s1.id] == FALSE_POSITIVE
+    # Its own category in the style, as are dropped candidates.
+    renderer = ET.fromstring((out / "structures.qml").read_text()).find("renderer-v2")
+    assert renderer is not None
+    assert '"review"' in renderer.get("attr", "") and '"status"' in renderer.get("attr", "")
+    labels = {c.get("value"): c.get("label") for c in renderer.iter("category")}
+    assert labels["false-positive"] == "reviewed false positive, not counted"
+    assert labels["dropped"] == "dropped candidate (did not persist), not counted"
+    # One class: s2's month (s1 reviewed out, s3 dropped); plus unknown, other, dropped, FP.
+    assert len(labels) == 5
 
 
 def test_failed_run_keeps_previous_outputs(run_result: RunResult, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from changedet.config import OutputConfig
 from changedet.core.evidence import chip_order
 from changedet.models import (
+    FALSE_POSITIVE,
     Composite,
     Progress,
     RunResult,
@@ -292,9 +293,17 @@ def _summary_html(result: RunResult, manifest: Mapping[str, Any]) -> str:
         f"{'corrected' if coreg['corrected'] else 'not corrected'}</td></tr>\n"
         f"<tr><th>Detections</th><td>{res['n_structures']} structures ({res['n_confirmed']} "
         f"confirmed, {res['n_unconfirmed']} unconfirmed), {bermed}, "
-        f"{res['n_berm_lines']} berm line(s)</td></tr>\n"
+        + _dismissed(res.get("n_false_positive"))
+        + f"{res['n_berm_lines']} berm line(s)</td></tr>\n"
         "</table>\n"
     )
+
+
+def _dismissed(n: object) -> str:
+    """The structures reviewed as false positives, said apart from the counts."""
+    if not isinstance(n, int) or not n:
+        return ""
+    return f"{n} more reviewed as false positive{'' if n == 1 else 's'} (not counted), "
 
 
 def _limits_html(limits: Mapping[str, Any]) -> str:
@@ -450,7 +459,7 @@ def _structures_html(result: RunResult, chips: Mapping[str, Chip]) -> str:
     )
     rows = []
     for s in ordered:
-        found = class_of(s, classes)
+        found = None if s.review == FALSE_POSITIVE else class_of(s, classes)
         colour = found.colour if found else (0.6, 0.6, 0.6)
         rows.append(_structure_row(s, result, chips.get(s.id), colour))
     return heading + (
