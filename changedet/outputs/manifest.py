@@ -126,7 +126,16 @@ DETECTION_NOTES = (
 )
 
 _PROTECTED_KEYS = frozenset(
-    {"schema_version", "versions", "scenes", "config_fingerprint", "config", "files", "drawn"}
+    {
+        "schema_version",
+        "versions",
+        "scenes",
+        "config_fingerprint",
+        "config",
+        "files",
+        "companions",
+        "drawn",
+    }
 )
 
 

@@ -421,6 +421,9 @@ class _Writer:
             p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*") if p.is_file()
         )
         manifest["files"] = sorted({*files, "run.json"})
+        # Kept beside this run by another part of changedet: the next run that does not keep
+        # them moves them to previous/ with this run (`runfolder`).
+        manifest["companions"] = sorted(companions)
         write_json(self.tmp / "run.json", manifest)
         return list(manifest["files"])
 
@@ -438,15 +441,16 @@ def write_run_outputs(
     Everything is built in a temporary folder beside `out_dir` that replaces it only when
     complete, so a failed run leaves the previous outputs (or nothing) rather than a half-written
     folder. The previous run's files move to `out_dir/previous/`; files changedet did not write
-    stay where they are. `companions` are such files that another part of changedet keeps
-    there (the monitor's alerts.geojson): the report lists them, run.json does not claim them.
+    stay where they are. `companions` are files that another part of changedet keeps there
+    (the monitor's alerts.geojson): the report lists them, run.json names them apart from its
+    files, and a later run that does not keep them moves them to previous/.
     """
     out_dir = Path(out_dir)
     _check_writable(result)
     total = 6
     try:
         later = partial(_later_run, started=result.provenance.get("started"))
-        with run_folder(out_dir, superseded=later) as tmp:
+        with run_folder(out_dir, superseded=later, companions=companions) as tmp:
             # The folder still holds the previous run: its unchanged drawings are taken again.
             writer = _Writer(result, tmp, config, Drawings(out_dir if out_dir.is_dir() else None))
             progress("outputs", 0, total)
