@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyogrio
 import pytest
+import rasterio
 import shapely
 from pyproj import Transformer
 from shapely.geometry import shape
@@ -32,6 +34,7 @@ from changedet.models import (
     Grid,
     RunResult,
 )
+from changedet.outputs.chips import SYNTHETIC_RGB
 from changedet.outputs.manifest import run_manifest
 from changedet.outputs.vectors import (
     BERM_PROPERTIES,
@@ -472,7 +475,8 @@ def test_structures_csv_has_a_point_inside_each_structure(
     with (out_dir / "structures.csv").open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-    assert tuple(reader.fieldnames or ()) == STRUCTURES_CSV_COLUMNS
+    assert run_result.synthetic  # hence the last column
+    assert tuple(reader.fieldnames or ()) == (*STRUCTURES_CSV_COLUMNS, "data")
     assert set(STRUCTURE_PROPERTIES) == set(STRUCTURES_CSV_COLUMNS)
     assert [r["id"] for r in rows] == [s.id for s in run_result.structures]
     for row, s in zip(rows, run_result.structures, strict=True):
@@ -546,6 +550,53 @@ def test_outputs_opened_alone_say_they_are_of_synthetic_data(
         assert not any(
             "SYNTHETIC" in d for (d,) in db.execute("SELECT description FROM gpkg_contents")
         )
+
+
+def _stamped(png: Path) -> int:
+    """Pixels of the red "SYNTHETIC" stamp in a picture (the map's drawn by matplotlib)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    red = np.abs(rgb - np.array(SYNTHETIC_RGB)).max(axis=-1) <= 3
+    return int(red.sum())
+
+
+def test_tables_rasters_pictures_and_an_empty_kml_say_they_are_of_synthetic_data(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    """structures.csv, counts.csv, the COGs, the PNGs and an empty KML reach analysts without
+    the report, and said nothing of generated data; from real data they still say nothing."""
+    synthetic, real = tmp_path / "synthetic", tmp_path / "real"
+    write_run_outputs(make_run_result(synthetic=True), synthetic, config=OutputConfig())
+    write_run_outputs(make_run_result(synthetic=False), real, config=OutputConfig())
+    for name in ("structures.csv", "counts.csv"):
+        frame = pd.read_csv(synthetic / name)
+        assert list(frame["data"].unique()) == ["synthetic"], name
+        assert "data" not in pd.read_csv(real / name).columns, name
+    tifs = sorted(p.relative_to(synthetic) for p in synthetic.rglob("*.tif"))
+    assert tifs
+    for rel in tifs:
+        with rasterio.open(synthetic / rel) as src:
+            assert src.tags().get("CHANGEDET_DATA") == "synthetic", rel
+        with rasterio.open(real / rel) as src:
+            assert "CHANGEDET_DATA" not in src.tags(), rel
+    pictures = ["before.png", "after.png", "overlay.png"]
+    pictures += [p.relative_to(synthetic).as_posix() for p in (synthetic / "chips").glob("*.png")]
+    assert len(pictures) > 3
+    for name in pictures:
+        assert _stamped(synthetic / name) > 100, name
+        assert _stamped(real / name) == 0, name
+    # A KML with no placemark has no description to carry it: its document says it.
+    empty = tmp_path / "empty"
+    write_run_outputs(
+        replace(make_run_result(synthetic=True), structures=()),
+        empty,
+        config=OutputConfig(report=False, chips=False),
+    )
+    document = ET.parse(empty / "structures.kml").getroot()[0]
+    said = document.findtext("{http://www.opengis.net/kml/2.2}description") or ""
+    assert said.startswith("SYNTHETIC data"), ET.tostring(document)[:300]
+    assert "<description>" not in (real / "structures.kml").read_text().split("<Placemark")[0]
 
 
 def test_run_json(out_dir: Path, run_result: RunResult) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from shapely.geometry import box
 
 from changedet.models import Grid, RunResult, Structure
+from changedet.outputs.chips import SYNTHETIC_RGB
 from changedet.outputs.headline import km2, new_per_period
 from changedet.outputs.legend import (
     DISMISSED_COLOUR,
@@ -229,6 +230,11 @@ def overlay_map(result: RunResult, after_rgb: np.ndarray) -> bytes:
               bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # fmt: skip
     ax.set_title(f"Detections on the after composite ({result.after.period.label}), {grid.crs}",
                  fontsize=10)  # fmt: skip
+    if result.synthetic:  # the map travels without the report's banner
+        ax.text(0.01, 0.01, "SYNTHETIC data", transform=ax.transAxes, ha="left", va="bottom",
+                color="white", fontsize=12, fontweight="bold",
+                bbox={"facecolor": [c / 255 for c in SYNTHETIC_RGB], "edgecolor": "none",
+                      "pad": 3})  # fmt: skip
     return _fig_png(fig)
 
 

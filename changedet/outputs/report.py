@@ -34,7 +34,7 @@ from changedet.models import (
     StructureEvidence,
     no_progress,
 )
-from changedet.outputs.chips import chip_image, evidence_of
+from changedet.outputs.chips import chip_image, evidence_of, stamp_synthetic
 from changedet.outputs.drawn import Drawings, take_or_draw
 from changedet.outputs.figures import (
     QUICKLOOK_MAX_PX,
@@ -536,12 +536,16 @@ class Pictures:
     chips: dict[str, Chip]
 
 
-def _quicklook_png(rgb: np.ndarray) -> bytes:
-    return _png(downsample(rgb, QUICKLOOK_MAX_PX)[0])
+def _quicklook_png(rgb: np.ndarray, synthetic: bool) -> bytes:
+    small = downsample(rgb, QUICKLOOK_MAX_PX)[0]
+    return _png(stamp_synthetic(small) if synthetic else small)
 
 
-def _chip_png(evidence: StructureEvidence, s: Structure, lo: np.ndarray, hi: np.ndarray) -> bytes:
-    return _png(chip_image(evidence, s, lo, hi))
+def _chip_png(
+    evidence: StructureEvidence, s: Structure, lo: np.ndarray, hi: np.ndarray, synthetic: bool
+) -> bytes:
+    chip = chip_image(evidence, s, lo, hi)
+    return _png(stamp_synthetic(chip) if synthetic else chip)
 
 
 def _rgb_bands(comp: Composite) -> list[np.ndarray]:
@@ -549,14 +553,15 @@ def _rgb_bands(comp: Composite) -> list[np.ndarray]:
 
 
 def _chip_inputs(
-    evidence: StructureEvidence, s: Structure, lo: np.ndarray, hi: np.ndarray
+    evidence: StructureEvidence, s: Structure, lo: np.ndarray, hi: np.ndarray, synthetic: bool
 ) -> tuple[Any, ...]:
     """What a chip is drawn from (`chip_image`): the evidence windows, their labels, the
-    structure's outline and the stretch."""
+    structure's outline, the stretch and whether it is stamped synthetic."""
     window = evidence.window
     sides = [(side.rgb, side.label) for side in (evidence.before, evidence.after)]
+    stamp = ("synthetic",) if synthetic else ()  # unstamped: the key as before the stamp
     return ("chip", lo, hi, window.crs, tuple(window.transform), window.shape, sides,
-            s.geometry.wkb)  # fmt: skip
+            s.geometry.wkb, *stamp)  # fmt: skip
 
 
 def _draw_chips(
@@ -578,8 +583,8 @@ def _draw_chips(
         data, _ = take_or_draw(
             drawings,
             name,
-            _chip_inputs(evidence, s, lo, hi),
-            partial(_chip_png, evidence, s, lo, hi),
+            _chip_inputs(evidence, s, lo, hi, result.synthetic),
+            partial(_chip_png, evidence, s, lo, hi, result.synthetic),
         )
         caption = f"before {evidence.before.label} · after {evidence.after.label}"
         chips[s.id] = (data, name, caption)
@@ -610,15 +615,17 @@ def write_pictures(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-chips") as pool:
         drawn_chips = pool.submit(_draw_chips, result, config, stretch, drawings)
         after_rgb = truecolor(result.after, lo, hi)
+        synthetic = result.synthetic
+        stamp = ("synthetic",) if synthetic else ()
         images = {
             # The baseline and the stretch stay while a site is monitored: its quicklook too.
             "before": take_or_draw(
                 drawings,
                 "before.png",
-                ("quicklook", _rgb_bands(result.before), lo, hi),
-                lambda: _quicklook_png(truecolor(result.before, lo, hi)),
+                ("quicklook", _rgb_bands(result.before), lo, hi, *stamp),
+                lambda: _quicklook_png(truecolor(result.before, lo, hi), synthetic),
             )[0],
-            "after": _quicklook_png(after_rgb),
+            "after": _quicklook_png(after_rgb, synthetic),
             "overlay": overlay_map(result, after_rgb),
             "counts": counts_chart(result),
         }

@@ -198,6 +198,21 @@ def _write_kml(path: Path, result: RunResult) -> None:
         geometry_type="MultiPolygon",
         dtypes={**dict.fromkeys(numbers, "float64"), "n_clear_obs": "int32"},
     )
+    if result.synthetic:  # said once for the file too, so an empty one says it as well
+        _describe_kml_document(path, _SYNTHETIC_LAYER)
+
+
+def _describe_kml_document(path: Path, text: str) -> None:
+    """Give the KML's <Document> a <description> (GDAL's KML driver writes none)."""
+    from xml.sax.saxutils import escape
+
+    kml = path.read_text(encoding="utf-8")
+    start = kml.find("<Document")
+    end = kml.find(">", start)
+    if start < 0 or end < 0:  # pragma: no cover - GDAL's KML driver always writes one
+        raise OutputError(f"{path.name}: no <Document> to describe")
+    described = kml[: end + 1] + f"<description>{escape(text)}</description>" + kml[end + 1 :]
+    path.write_text(described, encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------
