@@ -583,6 +583,8 @@ def test_the_coverage_warning_points_only_to_files_the_run_wrote(make_run_result
         images = dict.fromkeys(("before", "after", "overlay", "counts"), b"")
         html = render_report_html(shown, run_manifest(shown), images=images, chips={}, files=[])
         assert ("<code>analysed_area</code> layer of changedet.gpkg" in html) is gpkg
+        # Without the GeoPackage the analysed area is a GeoJSON file of its own.
+        assert ("it is <code>analysed_area.geojson</code>" in html) is not gpkg
 
 
 def test_the_headline_and_the_warning_say_one_share(make_run_result: Any) -> None:

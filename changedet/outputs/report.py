@@ -100,6 +100,11 @@ FILE_DESCRIPTIONS = {
     "structures.kml": "structures for Google Earth (KML)",
     "berms.geojson": "berm lines, RFC 7946 GeoJSON (EPSG:4326)",
     "berms.qml": "QGIS style for berms.geojson",
+    "aoi.geojson": "the AOI, RFC 7946 GeoJSON (EPSG:4326; written without the GeoPackage)",
+    "aoi.qml": "QGIS style for aoi.geojson",
+    "analysed_area.geojson": "the analysed part of the AOI, RFC 7946 GeoJSON (EPSG:4326; "
+    "written without the GeoPackage)",
+    "analysed_area.qml": "QGIS style for analysed_area.geojson",
     "changedet.gpkg": "GeoPackage (aoi, analysed_area, structures, berms, change_areas, scenes) "
     "with QGIS styles",
     "change.tif": "COG: change score (robust z)",
@@ -236,10 +241,10 @@ def _coverage_html(result: RunResult, images: Mapping[str, bytes]) -> str:
         if "coverage" in images
         else ""
     )
-    layer = (  # the layer only with the GeoPackage
+    layer = (  # a layer of the GeoPackage, else its own GeoJSON file
         "; it is the <code>analysed_area</code> layer of changedet.gpkg"
         if result.config.get("output", {}).get("geopackage", True)
-        else ""
+        else "; it is <code>analysed_area.geojson</code>"
     )
     return (
         '<h2>Coverage: where the run could see</h2>\n<div class="coverage" id="coverage"><div>'
