@@ -532,11 +532,12 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")
 ARTIFACTS = REPO / "test-artifacts"
 
 # Opens a QGIS project with the system Python's QGIS 3.22, reports every layer (validity,
-# renderer, labels, visibility, place in the drawing order) and renders the visible layers
-# with the project's own settings into a PNG.
+# renderer, labels, visibility, place in the drawing order, extent on the map) and renders the
+# visible layers with the project's own settings into a PNG.
 QGIS_PROJECT_SCRIPT = r"""
 import json, os, sys
 from qgis.core import QgsApplication, QgsMapRendererSequentialJob, QgsMapSettings, QgsProject, Qgis
+from qgis.core import QgsCoordinateTransform
 from qgis.PyQt.QtCore import QSize
 from qgis.PyQt.QtGui import QColor
 
@@ -564,6 +565,13 @@ for node in root.findLayers():
         if info["labels"]:
             info["label_field"] = layer.labeling().settings().fieldName
         info["features"] = layer.featureCount()
+    # Where the layer lies on the project's map (its extent in the project's CRS).
+    extent = layer.extent()
+    if not extent.isEmpty():
+        extent = QgsCoordinateTransform(layer.crs(), project.crs(), project).transformBoundingBox(
+            extent)
+        info["extent"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(),
+                          extent.yMaximum()]
     out["layers"].append(info)
 settings = QgsMapSettings()
 settings.setLayers([l for l in order if root.findLayer(l.id()).isVisible()])

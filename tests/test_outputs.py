@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyogrio
 import pytest
+import rasterio
 import shapely
 from pyproj import Transformer
 from shapely.geometry import shape
@@ -26,11 +28,13 @@ from changedet.aoi import to_grid_crs
 from changedet.config import OutputConfig
 from changedet.errors import OutputError
 from changedet.models import (
+    FALSE_POSITIVE,
     ChangeMap,
     Composite,
     Grid,
     RunResult,
 )
+from changedet.outputs.chips import SYNTHETIC_RGB
 from changedet.outputs.manifest import run_manifest
 from changedet.outputs.vectors import (
     BERM_PROPERTIES,
@@ -300,9 +304,20 @@ def test_layer_styles_table_follows_qgis_and_geopackage_rules(
     assert '"first_seen_end"' in (renderer.get("attr") or "")
     values = [c.get("value") for c in renderer.iter("category")]
     # First present in Oct 2023, Dec 2023 and May 2024 (the month before first_seen_end).
-    assert values == ["2023-10..2023-10", "2023-12..2023-12", "2024-05..2024-05", ""]
+    # Then: date unknown, another month, dropped candidates, reviewed false positives.
+    assert values == [
+        "2023-10..2023-10",
+        "2023-12..2023-12",
+        "2024-05..2024-05",
+        "",
+        "other",
+        "dropped",
+        "false-positive",
+    ]
     colours = [p.get("v") for p in renderer.iter("prop") if p.get("k") == "outline_color"]
-    assert len(set(colours)) == 4  # one colour per first-seen class (+ unknown)
+    # one colour per first-seen class, grey for unknown and other, faint grey for dropped,
+    # light grey for false positives
+    assert len(set(colours)) == 6
     exprs = {o.get("value") for o in renderer.iter("Option") if o.get("name") == "expression"}
     assert any("'dash'" in e and '"confirmed"' in e for e in exprs)
     assert any("'b_diagonal'" in e and '"kind"' in e for e in exprs)
@@ -460,7 +475,8 @@ def test_structures_csv_has_a_point_inside_each_structure(
     with (out_dir / "structures.csv").open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-    assert tuple(reader.fieldnames or ()) == STRUCTURES_CSV_COLUMNS
+    assert run_result.synthetic  # hence the last column
+    assert tuple(reader.fieldnames or ()) == (*STRUCTURES_CSV_COLUMNS, "data")
     assert set(STRUCTURE_PROPERTIES) == set(STRUCTURES_CSV_COLUMNS)
     assert [r["id"] for r in rows] == [s.id for s in run_result.structures]
     for row, s in zip(rows, run_result.structures, strict=True):
@@ -534,6 +550,53 @@ def test_outputs_opened_alone_say_they_are_of_synthetic_data(
         assert not any(
             "SYNTHETIC" in d for (d,) in db.execute("SELECT description FROM gpkg_contents")
         )
+
+
+def _stamped(png: Path) -> int:
+    """Pixels of the red "SYNTHETIC" stamp in a picture (the map's drawn by matplotlib)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    red = np.abs(rgb - np.array(SYNTHETIC_RGB)).max(axis=-1) <= 3
+    return int(red.sum())
+
+
+def test_tables_rasters_pictures_and_an_empty_kml_say_they_are_of_synthetic_data(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    """structures.csv, counts.csv, the COGs, the PNGs and an empty KML reach analysts without
+    the report, and said nothing of generated data; from real data they still say nothing."""
+    synthetic, real = tmp_path / "synthetic", tmp_path / "real"
+    write_run_outputs(make_run_result(synthetic=True), synthetic, config=OutputConfig())
+    write_run_outputs(make_run_result(synthetic=False), real, config=OutputConfig())
+    for name in ("structures.csv", "counts.csv"):
+        frame = pd.read_csv(synthetic / name)
+        assert list(frame["data"].unique()) == ["synthetic"], name
+        assert "data" not in pd.read_csv(real / name).columns, name
+    tifs = sorted(p.relative_to(synthetic) for p in synthetic.rglob("*.tif"))
+    assert tifs
+    for rel in tifs:
+        with rasterio.open(synthetic / rel) as src:
+            assert src.tags().get("CHANGEDET_DATA") == "synthetic", rel
+        with rasterio.open(real / rel) as src:
+            assert "CHANGEDET_DATA" not in src.tags(), rel
+    pictures = ["before.png", "after.png", "overlay.png"]
+    pictures += [p.relative_to(synthetic).as_posix() for p in (synthetic / "chips").glob("*.png")]
+    assert len(pictures) > 3
+    for name in pictures:
+        assert _stamped(synthetic / name) > 100, name
+        assert _stamped(real / name) == 0, name
+    # A KML with no placemark has no description to carry it: its document says it.
+    empty = tmp_path / "empty"
+    write_run_outputs(
+        replace(make_run_result(synthetic=True), structures=()),
+        empty,
+        config=OutputConfig(report=False, chips=False),
+    )
+    document = ET.parse(empty / "structures.kml").getroot()[0]
+    said = document.findtext("{http://www.opengis.net/kml/2.2}description") or ""
+    assert said.startswith("SYNTHETIC data"), ET.tostring(document)[:300]
+    assert "<description>" not in (real / "structures.kml").read_text().split("<Placemark")[0]
 
 
 def test_run_json(out_dir: Path, run_result: RunResult) -> None:
@@ -641,6 +704,83 @@ def test_options_switch_outputs_off(
     assert not (out / "chips").exists()
     write_run_outputs(make_run_result(), out, config=OutputConfig(imagery=False))
     assert not (out / "imagery").exists()
+
+
+def _project_layers(folder: Path) -> dict[str, tuple[str, str]]:
+    """layer name → (datasource, declared CRS authid) of every layer of the run's project."""
+    with zipfile.ZipFile(folder / "changedet.qgz") as qgz:
+        root = ET.fromstring(qgz.read("changedet.qgs").decode().split("\n", 1)[1])
+    return {
+        str(el.findtext("layername")): (
+            str(el.findtext("datasource")),
+            str(el.findtext("srs/spatialrefsys/authid")),
+        )
+        for el in root.iter("maplayer")
+    }
+
+
+def test_without_geopackage_the_project_declares_each_layers_own_crs(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    """GeoJSON is EPSG:4326: declared in the grid's UTM CRS, QGIS drew it ~560 km off. Without
+    the GeoPackage the AOI and the analysed area come as GeoJSON, so the project still has them."""
+    result = make_run_result()
+    out = tmp_path / "nogpkg"
+    write_run_outputs(result, out, config=OutputConfig(geopackage=False, chips=False))
+    layers = _project_layers(out)
+    vectors = {n: v for n, v in layers.items() if "geojson" in v[0] or "gpkg" in v[0]}
+    assert vectors == {
+        "structures": ("./structures.geojson", "EPSG:4326"),
+        "berms": ("./berms.geojson", "EPSG:4326"),
+        "aoi": ("./aoi.geojson", "EPSG:4326"),
+        "analysed area": ("./analysed_area.geojson", "EPSG:4326"),
+    }
+    assert all(crs == "EPSG:32639" for n, (_, crs) in layers.items() if n not in vectors)
+    aoi = pyogrio.read_dataframe(out / "aoi.geojson")
+    assert list(aoi["id"]) == [result.aoi.id] and aoi.crs.to_epsg() == 4326
+    assert aoi.geometry[0].hausdorff_distance(result.aoi.geometry) < 1e-6
+    analysed = pyogrio.read_dataframe(out / "analysed_area.geojson")
+    assert analysed.crs.to_epsg() == 4326 and len(analysed) == 1
+    assert (out / "aoi.qml").is_file() and (out / "analysed_area.qml").is_file()
+    # With the GeoPackage, its layers are in the grid's CRS and no extra GeoJSON is written.
+    out2 = tmp_path / "gpkg"
+    write_run_outputs(result, out2, config=OutputConfig(chips=False))
+    layers = _project_layers(out2)
+    assert layers["aoi"] == ("./changedet.gpkg|layername=aoi", "EPSG:32639")
+    assert layers["structures"][1] == "EPSG:32639"
+    assert not (out2 / "aoi.geojson").exists()
+
+
+def test_a_reviewed_false_positive_stays_visible_in_no_count_and_drawn_apart(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    """README: a false positive is "kept visible, left out of every count". run.json counted it
+    among the confirmed, and the QGIS style drew it (and a dropped candidate) like any other."""
+    result = make_run_result()
+    s1, s2, s3 = result.structures
+    assert s1.confirmed and s2.confirmed and not s3.confirmed
+    result = replace(
+        result,
+        structures=(replace(s1, review=FALSE_POSITIVE), s2, replace(s3, status="dropped")),
+    )
+    out = tmp_path / "reviewed"
+    write_run_outputs(result, out, config=OutputConfig(report=False, chips=False))
+    res = json.loads((out / "run.json").read_text())["results"]
+    assert (res["n_structures"], res["n_confirmed"], res["n_unconfirmed"]) == (2, 1, 1)
+    assert res["n_false_positive"] == 1
+    assert res["n_bermed"] == sum(1 for s in (s2, s3) if s.bermed)
+    # Still in the outputs, with its verdict.
+    features = json.loads((out / "structures.geojson").read_text())["features"]
+    assert {f["id"]: f["properties"]["review"] for f in features}[s1.id] == FALSE_POSITIVE
+    # Its own category in the style, as are dropped candidates.
+    renderer = ET.fromstring((out / "structures.qml").read_text()).find("renderer-v2")
+    assert renderer is not None
+    assert '"review"' in renderer.get("attr", "") and '"status"' in renderer.get("attr", "")
+    labels = {c.get("value"): c.get("label") for c in renderer.iter("category")}
+    assert labels["false-positive"] == "reviewed false positive, not counted"
+    assert labels["dropped"] == "dropped candidate (did not persist), not counted"
+    # One class: s2's month (s1 reviewed out, s3 dropped); plus unknown, other, dropped, FP.
+    assert len(labels) == 5
 
 
 def test_failed_run_keeps_previous_outputs(run_result: RunResult, tmp_path: Path) -> None:

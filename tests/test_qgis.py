@@ -12,13 +12,23 @@ import sqlite3
 import subprocess
 import textwrap
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from changedet.config import OutputConfig
-from changedet.models import RunResult
-from changedet.outputs.legend import class_of, first_seen_classes
+from changedet.models import FALSE_POSITIVE, RunResult
+from changedet.outputs.legend import (
+    DISMISSED_COLOUR,
+    UNKNOWN_COLOUR,
+    DateClass,
+    class_of,
+    first_seen_classes,
+    shown_structures,
+)
+from changedet.outputs.styles import class_expression
 from changedet.outputs.write import GPKG_LAYERS, write_run_outputs
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -125,11 +135,15 @@ def out_dir(run_result: RunResult, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def qgis_view(out_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _open_styled(out_dir, tmp_path_factory, ARTIFACTS / "qgis_render.png")
+
+
+def _open_styled(out_dir: Path, tmp_path_factory: pytest.TempPathFactory, png: Path) -> dict:
+    """What QGIS_SCRIPT reports of the GeoPackage and the GeoJSON files in `out_dir`."""
     if not _has_qgis():
         pytest.skip("QGIS Python API not installed (apt-get install -y python3-qgis)")
     script = tmp_path_factory.mktemp("qgis_script") / "open_styled.py"
     script.write_text(QGIS_SCRIPT)
-    png = ARTIFACTS / "qgis_render.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
@@ -311,3 +325,121 @@ def test_the_rendered_project_shows_imagery_and_detections(project_view: dict) -
     assert cyan.sum() > 50  # berm lines drawn over the imagery
     white = (rgb > 250).all(axis=-1)
     assert white.sum() > 500  # the AOI outline (and the labels' text)
+
+
+def test_without_geopackage_the_project_puts_the_geojson_layers_where_they_are(
+    run_result: RunResult,
+    open_in_qgis: Callable[..., dict],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """[output] geopackage = false: the project reads the GeoJSON files, which are EPSG:4326; a
+    layer declared in the grid's UTM CRS lay ~560 km off (lon/lat read as metres). Every vector
+    layer, the AOI and the analysed area included, lands on the grid."""
+    out = tmp_path_factory.mktemp("nogpkg") / "khojir-test"
+    write_run_outputs(run_result, out, config=OutputConfig(geopackage=False, chips=False))
+    view = open_in_qgis(out / "changedet.qgz", ARTIFACTS / "qgis_nogpkg.png", out.parent)
+    layers = {i["name"]: i for i in view["layers"]}
+    vectors = {name: i for name, i in layers.items() if i["type"] == "vector"}
+    assert set(vectors) == {"structures", "berms", "aoi", "analysed area"}
+    x0, y0, x1, y1 = run_result.grid.bounds
+    for name, info in vectors.items():
+        assert info["valid"] and info["crs"] == "EPSG:4326", (name, info)
+        ex0, ey0, ex1, ey1 = info["extent"]
+        # On the grid (the AOI reaches a little past it), not hundreds of km away.
+        assert ex0 < x1 and ex1 > x0 and ey0 < y1 and ey1 > y0, (name, info["extent"])
+        assert abs(ex0 - x0) < 5_000 and abs(ey1 - y1) < 5_000, (name, info["extent"])
+    assert vectors["structures"]["features"] == len(run_result.structures)
+
+
+def test_qgis_draws_dropped_candidates_faint_and_false_positives_crossed(
+    make_run_result: Callable[..., RunResult], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A structure the analyst reviewed as a false positive was drawn like any confirmed one, and
+    a dropped candidate like a live one (in the colour of the next class when first seen in a
+    month between classes): each now has its own category, in the GeoPackage and the GeoJSON."""
+    result = make_run_result()
+    s1, s2, s3 = result.structures
+    structures = (
+        replace(s1, review=FALSE_POSITIVE, review_note="road works"),
+        s2,
+        replace(s3, status="dropped", confirmed=False),
+    )
+    result = replace(result, structures=structures)
+    out = tmp_path_factory.mktemp("reviewed") / "khojir-test"
+    write_run_outputs(result, out, config=OutputConfig(report=False, chips=False))
+    view = _open_styled(out, tmp_path_factory, ARTIFACTS / "qgis_reviewed.png")
+    (only,) = first_seen_classes(shown_structures(structures))  # s2's month alone
+    for info in (view["layers"]["structures"], view["files"]["structures"]):
+        labels = {c[0]: c[1] for c in info["categories"]}
+        assert labels["false-positive"] == "reviewed false positive, not counted"
+        assert labels["dropped"].startswith("dropped candidate")
+        feats = {f["id"]: f for f in info["features"]}
+        assert feats[s2.id] == {"id": s2.id, "colour": _hex(only.colour), "stroke": "solid"}
+        assert feats[s1.id] == {"id": s1.id, "colour": _hex(DISMISSED_COLOUR), "stroke": "dot"}
+        assert feats[s3.id] == {"id": s3.id, "colour": _hex(UNKNOWN_COLOUR), "stroke": "dot"}
+
+
+EXPRESSION_SCRIPT = textwrap.dedent(
+    r"""
+    import json, sys
+    from qgis.core import (QgsApplication, QgsExpression, QgsExpressionContext, QgsFeature,
+                           QgsField, QgsFields)
+    from qgis.PyQt.QtCore import QVariant
+
+    app = QgsApplication([], False)
+    app.initQgis()
+    expression, rows = sys.argv[1], json.loads(sys.argv[2])
+    fields = QgsFields()
+    for name in ("first_seen_end", "status", "review"):
+        fields.append(QgsField(name, QVariant.String))
+    out = []
+    for row in rows:
+        f = QgsFeature(fields)
+        f.setAttributes(row)
+        ctx = QgsExpressionContext()
+        ctx.setFeature(f)
+        e = QgsExpression(expression)
+        out.append(e.evaluate(ctx))
+        assert not e.hasEvalError(), e.evalErrorString()
+    print("RESULT " + json.dumps(out), flush=True)
+    import os
+    os._exit(0)
+    """
+)
+
+
+def test_qgis_class_expression_matches_each_class_exactly(tmp_path: Path) -> None:
+    """The first-seen class expression was a chain of `<= end` tests: a structure first seen in
+    a month between two classes took the later class's label. Each class now matches its own
+    months only, and any other month falls to 'other'."""
+    if not _has_qgis():
+        pytest.skip("QGIS Python API not installed (apt-get install -y python3-qgis)")
+    oct_, dec = (date(2023, 10, 1), date(2023, 11, 1)), (date(2023, 12, 1), date(2024, 1, 1))
+    classes = [DateClass(a, b, "", (0.0, 0.0, 0.0), 1) for a, b in (oct_, dec)]
+    rows = [
+        ["2023-11-01", "active", None],  # October: the first class
+        ["2023-12-01", "active", None],  # November: between the classes
+        ["2024-01-01", "active", None],  # December
+        ["2024-03-01", "active", None],  # after the last class
+        ["2023-09-15", "active", None],  # before the first
+        [None, "active", None],
+        ["2023-11-01", "dropped", None],
+        ["2023-11-01", "active", "false-positive"],
+    ]
+    script = tmp_path / "expression.py"
+    script.write_text(EXPRESSION_SCRIPT)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [str(SYSTEM_PYTHON), str(script), class_expression(classes), json.dumps(rows)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stderr[-3000:]
+    got = json.loads(lines[-1][len("RESULT ") :])
+    k_oct, k_dec = (c.key for c in classes)
+    assert got == [k_oct, "other", k_dec, "other", "other", "", "dropped", "false-positive"]

@@ -29,10 +29,11 @@ import pytest
 
 from changedet.config import OutputConfig
 from changedet.core.evidence import stack_dates, structure_evidence
-from changedet.models import RunResult, SkippedScene
+from changedet.models import FALSE_POSITIVE, RunResult, SkippedScene
 from changedet.outputs.chips import SCALE_BAR_M, chip_image, evidence_of
 from changedet.outputs.headline import km2
 from changedet.outputs.imagery import display_stretch
+from changedet.outputs.legend import shown_structures
 from changedet.outputs.report import REPORT_CSP
 from changedet.outputs.write import write_run_outputs
 
@@ -582,6 +583,8 @@ def test_the_coverage_warning_points_only_to_files_the_run_wrote(make_run_result
         images = dict.fromkeys(("before", "after", "overlay", "counts"), b"")
         html = render_report_html(shown, run_manifest(shown), images=images, chips={}, files=[])
         assert ("<code>analysed_area</code> layer of changedet.gpkg" in html) is gpkg
+        # Without the GeoPackage the analysed area is a GeoJSON file of its own.
+        assert ("it is <code>analysed_area.geojson</code>" in html) is not gpkg
 
 
 def test_the_headline_and_the_warning_say_one_share(make_run_result: Any) -> None:
@@ -611,3 +614,34 @@ def test_a_scene_left_out_unread_is_warned_about_beside_the_coverage(
     manifest = json.loads((out / "run.json").read_text())
     unread, coverage = manifest["headline"]["warnings"]
     assert unread.startswith("1 scene of AOI") and coverage.startswith("only ")
+
+
+def test_a_reviewed_false_positive_is_in_no_count_of_the_report_or_the_map(
+    run_result: RunResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary said "3 structures (2 confirmed …)" with one of them reviewed a false
+    positive, and the map's legend counted it in its first-seen class."""
+    from matplotlib.axes import Axes
+
+    s1, s2, s3 = run_result.structures
+    result = replace(run_result, structures=(replace(s1, review=FALSE_POSITIVE), s2, s3))
+    labels: list[str] = []
+    legend = Axes.legend
+
+    def spy(self: Axes, *args: Any, **kwargs: Any) -> Any:
+        labels.extend(h.get_label() for h in kwargs.get("handles", ()))
+        return legend(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "legend", spy)
+    out = tmp_path / "reviewed"
+    write_run_outputs(result, out, config=OutputConfig(chips=False, imagery=False))
+    html = unescape((out / "report.html").read_text())
+    assert "2 structures (1 confirmed, 1 unconfirmed)" in html
+    assert "1 more reviewed as false positive (not counted)" in html
+    assert "reviewed false positive (1), not counted" in labels
+    # The first-seen classes count s2 and s3 only.
+    counted = [
+        int(label.rsplit("(", 1)[1].rstrip(")")) for label in labels if "first seen" in label
+    ]
+    assert sum(counted) == 2, labels
+    assert (legend_of_shown := shown_structures(result.structures)) == [s2, s3], legend_of_shown

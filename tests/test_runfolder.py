@@ -37,6 +37,52 @@ def _files(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
+def test_a_plain_run_moves_the_monitors_alerts_away_with_the_run_they_belonged_to(
+    run_result: RunResult, tmp_path: Path
+) -> None:
+    """A plain `changedet run` into a folder the monitor wrote left the monitor's alerts.geojson
+    beside the new results, as if the analyst's; a monitor run, which keeps it, still keeps it."""
+    out = tmp_path / "khojir-test"
+    alerts = '{"type": "FeatureCollection", "features": []}\n'
+    # The monitor: its run keeps alerts.geojson, written beside the outputs after the swap.
+    write_run_outputs(run_result, out, config=FAST, companions=("alerts.geojson",))
+    (out / "alerts.geojson").write_text(alerts)
+    assert json.loads((out / "run.json").read_text())["companions"] == ["alerts.geojson"]
+    write_run_outputs(run_result, out, config=FAST, companions=("alerts.geojson",))
+    assert (out / "alerts.geojson").read_text() == alerts  # kept in place
+    assert not (out / PREVIOUS / "alerts.geojson").exists()
+    # A plain run: the alerts go to previous/ with the monitor's run.
+    write_run_outputs(run_result, out, config=FAST)
+    assert not (out / "alerts.geojson").exists()
+    assert (out / PREVIOUS / "alerts.geojson").read_text() == alerts
+    assert json.loads((out / "run.json").read_text())["companions"] == []
+    # And the next run drops them with that run.
+    write_run_outputs(run_result, out, config=FAST)
+    assert not (out / "alerts.geojson").exists()
+    assert not (out / PREVIOUS / "alerts.geojson").exists()
+
+
+def test_alerts_of_a_run_json_without_companions_are_the_monitors(
+    run_result: RunResult, tmp_path: Path
+) -> None:
+    """Folders the monitor wrote before run.json listed its companions: alerts.geojson beside a
+    run of changedet is the monitor's; beside no run.json it is the analyst's and stays."""
+    out = tmp_path / "khojir-test"
+    write_run_outputs(run_result, out, config=FAST)
+    manifest = json.loads((out / "run.json").read_text())
+    manifest.pop("companions", None)
+    (out / "run.json").write_text(json.dumps(manifest))
+    (out / "alerts.geojson").write_text("{}")
+    write_run_outputs(run_result, out, config=FAST)
+    assert (out / PREVIOUS / "alerts.geojson").read_text() == "{}"
+    assert not (out / "alerts.geojson").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "alerts.geojson").write_text("mine")
+    write_run_outputs(run_result, mine, config=FAST)
+    assert (mine / "alerts.geojson").read_text() == "mine"
+
+
 def test_a_rerun_keeps_foreign_files_and_the_previous_run(
     run_result: RunResult, tmp_path: Path
 ) -> None:

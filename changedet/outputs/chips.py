@@ -20,7 +20,16 @@ from changedet.core.mask import shifted_extreme
 from changedet.models import EvidenceImage, Grid, RunResult, Structure, StructureEvidence
 from changedet.outputs.imagery import rgb_picture
 
-__all__ = ["CHIP_PANEL_PX", "OUTLINE_RGB", "SCALE_BAR_M", "chip_image", "evidence_of"]
+__all__ = [
+    "CHIP_PANEL_PX",
+    "OUTLINE_RGB",
+    "SCALE_BAR_M",
+    "SYNTHETIC_RGB",
+    "SYNTHETIC_STAMP",
+    "chip_image",
+    "evidence_of",
+    "stamp_synthetic",
+]
 
 CHIP_PANEL_PX = 170  # side of one panel, about (shown 1:1 in the report, so text stays sharp)
 SCALE_BAR_M = 100.0
@@ -34,6 +43,28 @@ def _font(size: int) -> Any:
     from PIL import ImageFont
 
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
+SYNTHETIC_STAMP = "SYNTHETIC"  # on every picture of a run on generated data
+SYNTHETIC_RGB = (220, 20, 20)
+
+
+def stamp_synthetic(img: np.ndarray) -> np.ndarray:
+    """`img` (H, W, 3 uint8) with "SYNTHETIC" in white on red at its bottom right: a picture of
+    generated data says so wherever it travels."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
+    draw = ImageDraw.Draw(picture)
+    size = max(8, min(18, picture.width // 25))
+    font = _font(size)
+    left, top, right, bottom = draw.textbbox((0, 0), SYNTHETIC_STAMP, font=font)
+    pad = max(2, size // 4)
+    x1, y1 = picture.width - 2, picture.height - 2
+    x0, y0 = x1 - (right - left) - 2 * pad, y1 - (bottom - top) - 2 * pad
+    draw.rectangle((x0, y0, x1, y1), fill=SYNTHETIC_RGB)
+    draw.text((x0 + pad - left, y0 + pad - top), SYNTHETIC_STAMP, font=font, fill=(255, 255, 255))
+    return np.asarray(picture)
 
 
 def evidence_of(result: RunResult, s: Structure) -> StructureEvidence:

@@ -3,7 +3,8 @@
 One responsibility: matplotlib drawings, on the Agg canvas (no display, no pyplot global state).
 The count chart's bars are the per-period best estimate, so they add up to its cumulative line.
 The detection map draws the structures the counts speak of (dropped candidates are left out),
-coloured by the shared first-seen classes (`changedet.outputs.legend`), with latitude/longitude
+coloured by the shared first-seen classes (`changedet.outputs.legend`), and those the analyst
+reviewed as false positives apart (grey, crossed, counted nowhere), with latitude/longitude
 ticks, a scale bar and a north arrow, and a legend that counts what it shows. The coverage inset
 shows the AOI against the part of it that was analysed.
 """
@@ -19,11 +20,14 @@ import numpy as np
 from shapely.geometry import box
 
 from changedet.models import Grid, RunResult, Structure
+from changedet.outputs.chips import SYNTHETIC_RGB
 from changedet.outputs.headline import km2, new_per_period
 from changedet.outputs.legend import (
+    DISMISSED_COLOUR,
     KIND_FILLS,
     DateClass,
     class_of,
+    dismissed_structures,
     first_seen_classes,
     shown_structures,
 )
@@ -212,6 +216,8 @@ def overlay_map(result: RunResult, after_rgb: np.ndarray) -> bytes:
     shown = shown_structures(result.structures)
     classes = first_seen_classes(shown)
     _draw_structures(ax, shown, classes)
+    dismissed = dismissed_structures(result.structures)
+    _draw_dismissed(ax, dismissed, label_ids=len(shown) + len(dismissed) <= 40)
     for b in result.berms:
         for line in getattr(b.geometry, "geoms", [b.geometry]):
             xy = np.asarray(line.coords) / 1000.0
@@ -220,10 +226,15 @@ def overlay_map(result: RunResult, after_rgb: np.ndarray) -> bytes:
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     _scale_and_north(ax, grid)
-    ax.legend(handles=_legend_handles(result, shown, classes), loc="upper left",
+    ax.legend(handles=_legend_handles(result, shown, classes, len(dismissed)), loc="upper left",
               bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # fmt: skip
     ax.set_title(f"Detections on the after composite ({result.after.period.label}), {grid.crs}",
                  fontsize=10)  # fmt: skip
+    if result.synthetic:  # the map travels without the report's banner
+        ax.text(0.01, 0.01, "SYNTHETIC data", transform=ax.transAxes, ha="left", va="bottom",
+                color="white", fontsize=12, fontweight="bold",
+                bbox={"facecolor": [c / 255 for c in SYNTHETIC_RGB], "edgecolor": "none",
+                      "pad": 3})  # fmt: skip
     return _fig_png(fig)
 
 
@@ -255,8 +266,25 @@ def _draw_structures(
                         textcoords="offset points", color="white", fontsize=6)  # fmt: skip
 
 
+def _draw_dismissed(ax: Any, structures: Sequence[Structure], *, label_ids: bool) -> None:
+    """Structures reviewed as false positives: grey, crossed, dotted outline."""
+    from matplotlib.patches import Polygon as MplPolygon
+
+    for s in structures:
+        for poly in getattr(s.geometry, "geoms", [s.geometry]):
+            xy = np.asarray(poly.exterior.coords) / 1000.0
+            ax.add_patch(
+                MplPolygon(xy, closed=True, fill=False, edgecolor=DISMISSED_COLOUR, lw=1.2,
+                           hatch="xx", linestyle=":")
+            )  # fmt: skip
+        if label_ids:
+            c = s.geometry.representative_point()
+            ax.annotate(s.id, (c.x / 1000.0, c.y / 1000.0), xytext=(4, 4),
+                        textcoords="offset points", color=DISMISSED_COLOUR, fontsize=6)  # fmt: skip
+
+
 def _legend_handles(
-    result: RunResult, shown: Sequence[Structure], classes: Sequence[DateClass]
+    result: RunResult, shown: Sequence[Structure], classes: Sequence[DateClass], dismissed: int
 ) -> list[Any]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -274,6 +302,9 @@ def _legend_handles(
     if works:
         handles.append(Patch(facecolor="none", edgecolor="black", hatch="////",
                              label=f"not a building ({works})"))  # fmt: skip
+    if dismissed:
+        handles.append(Patch(facecolor="none", edgecolor=DISMISSED_COLOUR, hatch="xx", ls=":",
+                             label=f"reviewed false positive ({dismissed}), not counted"))  # fmt: skip
     handles += [
         Line2D([], [], color=BERM_COLOUR, lw=2, label=f"berm line ({len(result.berms)})"),
         Patch(facecolor=CHANGE_RGBA[:3], alpha=0.35, label="change pixels"),

@@ -27,6 +27,7 @@ from changedet.outputs.fsio import write_cog, write_text
 
 __all__ = [
     "NODATA_RGB",
+    "SYNTHETIC_TAG",
     "RasterOutput",
     "display_rgb",
     "display_stretch",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 NODATA_RGB = (96, 96, 96)  # grey where a picture has no clear observation
+# The GDAL metadata tag of every COG of a run on generated data (value "synthetic").
+SYNTHETIC_TAG = "CHANGEDET_DATA"
 _EPOCH = date(1970, 1, 1)
 _MIN_STRETCH_PX = 1000  # clear baseline pixels that make a stable 2nd/98th percentile
 
@@ -158,6 +161,8 @@ def _write_styled(
         raise ValueError(f"{rel}: an array made on demand needs `made_from` for its drawing key")
     write_text((out / rel).with_suffix(".qml"), qml)
     grid = result.grid
+    if result.synthetic:  # said in the file itself: a COG travels without the report
+        cog["tags"] = {**cog.get("tags", {}), SYNTHETIC_TAG: "synthetic"}
 
     def values() -> np.ndarray:
         return array() if callable(array) else array

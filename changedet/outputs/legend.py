@@ -6,6 +6,8 @@ present in (the month before `first_seen_end`): one class per month when there a
 `MAX_CLASSES` months, else per quarter, half-year or year, so a legend never holds more colours
 than an eye can tell apart on imagery. Colours run along matplotlib's 'plasma' ramp, oldest
 dark, newest bright. Kinds are drawn apart by fill: buildings solid, ground works hatched.
+Structures the analyst reviewed as false positives are in no class and no count: every picture
+draws them apart, grey and crossed (`dismissed_structures`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from changedet.models import Structure
+from changedet.models import FALSE_POSITIVE, Structure
 
 __all__ = [
+    "DISMISSED_COLOUR",
     "KIND_FILLS",
     "MAX_CLASSES",
     "UNKNOWN_COLOUR",
     "DateClass",
     "class_of",
+    "dismissed_structures",
     "first_seen_classes",
     "first_seen_month",
     "shown_structures",
@@ -29,6 +33,8 @@ __all__ = [
 
 MAX_CLASSES = 6
 UNKNOWN_COLOUR = (0.6, 0.6, 0.6)
+# A structure reviewed as a false positive: kept on the map, grey and crossed, counted nowhere.
+DISMISSED_COLOUR = (0.75, 0.75, 0.75)
 # QGIS fill style per Structure.kind (anything else: "dense6"); the overlay hatches the same way.
 KIND_FILLS = {"building": "solid", "ground works": "b_diagonal"}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -131,5 +137,12 @@ def class_of(s: Structure, classes: Sequence[DateClass]) -> DateClass | None:
 
 
 def shown_structures(structures: Iterable[Structure]) -> list[Structure]:
-    """The structures maps and styles classify and legends count: all but dropped candidates."""
-    return [s for s in structures if s.status != "dropped"]
+    """The structures maps and styles classify and legends count: all but dropped candidates
+    and those the analyst reviewed as false positives."""
+    return [s for s in structures if s.status != "dropped" and s.review != FALSE_POSITIVE]
+
+
+def dismissed_structures(structures: Iterable[Structure]) -> list[Structure]:
+    """The structures the analyst reviewed as false positives (dropped candidates aside): kept
+    visible, drawn apart (grey, crossed), in no class and no count."""
+    return [s for s in structures if s.status != "dropped" and s.review == FALSE_POSITIVE]

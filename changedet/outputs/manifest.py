@@ -24,7 +24,7 @@ from shapely.geometry.base import BaseGeometry
 
 from changedet import __version__
 from changedet.aoi import lonlat_bbox
-from changedet.models import RunResult, Scene
+from changedet.models import FALSE_POSITIVE, RunResult, Scene
 from changedet.outputs.headline import berms_assessed, headline
 from changedet.outputs.vectors import (
     GEOJSON_DECIMALS,
@@ -131,7 +131,16 @@ DETECTION_NOTES = (
 )
 
 _PROTECTED_KEYS = frozenset(
-    {"schema_version", "versions", "scenes", "config_fingerprint", "config", "files", "drawn"}
+    {
+        "schema_version",
+        "versions",
+        "scenes",
+        "config_fingerprint",
+        "config",
+        "files",
+        "companions",
+        "drawn",
+    }
 )
 
 
@@ -245,14 +254,17 @@ def _scene_dict(s: Scene) -> dict[str, Any]:
 
 
 def _results_section(result: RunResult) -> dict[str, Any]:
-    n_confirmed = sum(1 for s in result.structures if s.confirmed)
+    # A structure the analyst reviewed as a false positive stays in the outputs, in no count.
+    counted = [s for s in result.structures if s.review != FALSE_POSITIVE]
+    n_confirmed = sum(1 for s in counted if s.confirmed)
     last = result.counts[-1] if result.counts else None
     return {
-        "n_structures": len(result.structures),
+        "n_structures": len(counted),
         "n_confirmed": n_confirmed,
-        "n_unconfirmed": len(result.structures) - n_confirmed,
+        "n_unconfirmed": len(counted) - n_confirmed,
+        "n_false_positive": len(result.structures) - len(counted),
         "n_bermed": (  # null: not assessed ([berms] enabled = false)
-            sum(1 for s in result.structures if s.bermed) if berms_assessed(result) else None
+            sum(1 for s in counted if s.bermed) if berms_assessed(result) else None
         ),
         "n_berm_lines": len(result.berms),
         "n_change_pixels": int(np.count_nonzero(result.change.mask)),

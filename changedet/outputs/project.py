@@ -9,7 +9,8 @@ Layer order is the order in the layer tree, top first: detections (structures la
 berms, the AOI outline white on a dark halo, the analysed area; change areas and scenes off),
 then the change evidence rasters, then the imagery, so the imagery always lies under the
 vectors. The latest true colour and the change mask are shown; the other rasters are a click
-away. The map opens on the analysis grid in the grid's CRS.
+away. The map opens on the analysis grid in the grid's CRS; each layer declares its own data's
+CRS (the grid's, or EPSG:4326 for GeoJSON), and QGIS reprojects on the fly.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ _STYLE_ATTRS = ("labelsEnabled", "hasScaleBasedVisibilityFlag", "minScale", "max
 class ProjectLayer:
     """One layer of the project: data source relative to the project (GDAL/OGR syntax), name,
     "vector" or "raster", its style document, its group path ("Imagery/Periods") and whether it
-    is shown at first. Vector layers also name their geometry ("Polygon", "Line")."""
+    is shown at first. Vector layers also name their geometry ("Polygon", "Line"). `crs` is the
+    CRS of the layer's data when it is not the grid's (a GeoJSON file's: EPSG:4326)."""
 
     source: str
     name: str
@@ -44,6 +46,7 @@ class ProjectLayer:
     group: str
     visible: bool = True
     geometry: str | None = None
+    crs: str | None = None
 
 
 def _srs(parent: ET.Element, crs: str) -> None:
@@ -80,7 +83,7 @@ def _maplayer(layer: ProjectLayer, layer_id: str, crs: str) -> ET.Element:
     ET.SubElement(el, "id").text = layer_id
     ET.SubElement(el, "datasource").text = layer.source
     ET.SubElement(el, "layername").text = layer.name
-    _srs(ET.SubElement(el, "srs"), crs)
+    _srs(ET.SubElement(el, "srs"), layer.crs or crs)
     provider = ET.SubElement(el, "provider")
     provider.text = "ogr" if layer.kind == "vector" else "gdal"
     if layer.kind == "vector":

@@ -26,6 +26,7 @@ import numpy as np
 from changedet.config import OutputConfig
 from changedet.core.evidence import chip_order
 from changedet.models import (
+    FALSE_POSITIVE,
     Composite,
     Progress,
     RunResult,
@@ -33,7 +34,7 @@ from changedet.models import (
     StructureEvidence,
     no_progress,
 )
-from changedet.outputs.chips import chip_image, evidence_of
+from changedet.outputs.chips import chip_image, evidence_of, stamp_synthetic
 from changedet.outputs.drawn import Drawings, take_or_draw
 from changedet.outputs.figures import (
     QUICKLOOK_MAX_PX,
@@ -99,6 +100,11 @@ FILE_DESCRIPTIONS = {
     "structures.kml": "structures for Google Earth (KML)",
     "berms.geojson": "berm lines, RFC 7946 GeoJSON (EPSG:4326)",
     "berms.qml": "QGIS style for berms.geojson",
+    "aoi.geojson": "the AOI, RFC 7946 GeoJSON (EPSG:4326; written without the GeoPackage)",
+    "aoi.qml": "QGIS style for aoi.geojson",
+    "analysed_area.geojson": "the analysed part of the AOI, RFC 7946 GeoJSON (EPSG:4326; "
+    "written without the GeoPackage)",
+    "analysed_area.qml": "QGIS style for analysed_area.geojson",
     "changedet.gpkg": "GeoPackage (aoi, analysed_area, structures, berms, change_areas, scenes) "
     "with QGIS styles",
     "change.tif": "COG: change score (robust z)",
@@ -235,10 +241,10 @@ def _coverage_html(result: RunResult, images: Mapping[str, bytes]) -> str:
         if "coverage" in images
         else ""
     )
-    layer = (  # the layer only with the GeoPackage
+    layer = (  # a layer of the GeoPackage, else its own GeoJSON file
         "; it is the <code>analysed_area</code> layer of changedet.gpkg"
         if result.config.get("output", {}).get("geopackage", True)
-        else ""
+        else "; it is <code>analysed_area.geojson</code>"
     )
     return (
         '<h2>Coverage: where the run could see</h2>\n<div class="coverage" id="coverage"><div>'
@@ -292,9 +298,17 @@ def _summary_html(result: RunResult, manifest: Mapping[str, Any]) -> str:
         f"{'corrected' if coreg['corrected'] else 'not corrected'}</td></tr>\n"
         f"<tr><th>Detections</th><td>{res['n_structures']} structures ({res['n_confirmed']} "
         f"confirmed, {res['n_unconfirmed']} unconfirmed), {bermed}, "
-        f"{res['n_berm_lines']} berm line(s)</td></tr>\n"
+        + _dismissed(res.get("n_false_positive"))
+        + f"{res['n_berm_lines']} berm line(s)</td></tr>\n"
         "</table>\n"
     )
+
+
+def _dismissed(n: object) -> str:
+    """The structures reviewed as false positives, said apart from the counts."""
+    if not isinstance(n, int) or not n:
+        return ""
+    return f"{n} more reviewed as false positive{'' if n == 1 else 's'} (not counted), "
 
 
 def _limits_html(limits: Mapping[str, Any]) -> str:
@@ -450,7 +464,7 @@ def _structures_html(result: RunResult, chips: Mapping[str, Chip]) -> str:
     )
     rows = []
     for s in ordered:
-        found = class_of(s, classes)
+        found = None if s.review == FALSE_POSITIVE else class_of(s, classes)
         colour = found.colour if found else (0.6, 0.6, 0.6)
         rows.append(_structure_row(s, result, chips.get(s.id), colour))
     return heading + (
@@ -527,12 +541,16 @@ class Pictures:
     chips: dict[str, Chip]
 
 
-def _quicklook_png(rgb: np.ndarray) -> bytes:
-    return _png(downsample(rgb, QUICKLOOK_MAX_PX)[0])
+def _quicklook_png(rgb: np.ndarray, synthetic: bool) -> bytes:
+    small = downsample(rgb, QUICKLOOK_MAX_PX)[0]
+    return _png(stamp_synthetic(small) if synthetic else small)
 
 
-def _chip_png(evidence: StructureEvidence, s: Structure, lo: np.ndarray, hi: np.ndarray) -> bytes:
-    return _png(chip_image(evidence, s, lo, hi))
+def _chip_png(
+    evidence: StructureEvidence, s: Structure, lo: np.ndarray, hi: np.ndarray, synthetic: bool
+) -> bytes:
+    chip = chip_image(evidence, s, lo, hi)
+    return _png(stamp_synthetic(chip) if synthetic else chip)
 
 
 def _rgb_bands(comp: Composite) -> list[np.ndarray]:
@@ -540,14 +558,15 @@ def _rgb_bands(comp: Composite) -> list[np.ndarray]:
 
 
 def _chip_inputs(
-    evidence: StructureEvidence, s: Structure, lo: np.ndarray, hi: np.ndarray
+    evidence: StructureEvidence, s: Structure, lo: np.ndarray, hi: np.ndarray, synthetic: bool
 ) -> tuple[Any, ...]:
     """What a chip is drawn from (`chip_image`): the evidence windows, their labels, the
-    structure's outline and the stretch."""
+    structure's outline, the stretch and whether it is stamped synthetic."""
     window = evidence.window
     sides = [(side.rgb, side.label) for side in (evidence.before, evidence.after)]
+    stamp = ("synthetic",) if synthetic else ()  # unstamped: the key as before the stamp
     return ("chip", lo, hi, window.crs, tuple(window.transform), window.shape, sides,
-            s.geometry.wkb)  # fmt: skip
+            s.geometry.wkb, *stamp)  # fmt: skip
 
 
 def _draw_chips(
@@ -569,8 +588,8 @@ def _draw_chips(
         data, _ = take_or_draw(
             drawings,
             name,
-            _chip_inputs(evidence, s, lo, hi),
-            partial(_chip_png, evidence, s, lo, hi),
+            _chip_inputs(evidence, s, lo, hi, result.synthetic),
+            partial(_chip_png, evidence, s, lo, hi, result.synthetic),
         )
         caption = f"before {evidence.before.label} · after {evidence.after.label}"
         chips[s.id] = (data, name, caption)
@@ -601,15 +620,17 @@ def write_pictures(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="changedet-chips") as pool:
         drawn_chips = pool.submit(_draw_chips, result, config, stretch, drawings)
         after_rgb = truecolor(result.after, lo, hi)
+        synthetic = result.synthetic
+        stamp = ("synthetic",) if synthetic else ()
         images = {
             # The baseline and the stretch stay while a site is monitored: its quicklook too.
             "before": take_or_draw(
                 drawings,
                 "before.png",
-                ("quicklook", _rgb_bands(result.before), lo, hi),
-                lambda: _quicklook_png(truecolor(result.before, lo, hi)),
+                ("quicklook", _rgb_bands(result.before), lo, hi, *stamp),
+                lambda: _quicklook_png(truecolor(result.before, lo, hi), synthetic),
             )[0],
-            "after": _quicklook_png(after_rgb),
+            "after": _quicklook_png(after_rgb, synthetic),
             "overlay": overlay_map(result, after_rgb),
             "counts": counts_chart(result),
         }

@@ -7,6 +7,10 @@ and, once the run has written everything there, swaps it in:
 
 - the previous run's own files (those its `run.json` lists, and `run.json`) move to
   `previous/`, replacing the run before that, so the last result stays one folder away;
+- a companion of the previous run (a file another part of changedet keeps beside it, listed
+  in its run.json's `companions`: the monitor's `alerts.geojson`) stays where it is when the
+  new run keeps it too (`run_folder(companions=...)`), else it goes to `previous/` with the
+  run it belonged to, so a plain run into a monitored folder leaves no stale alerts beside it;
 - every other file in the folder (the analyst's notes, a QGIS project saved beside ours, a
   `.qgz` of their own) stays where it was, even inside `previous/` or `chips/`; a foreign file
   whose name a new output takes moves to `previous/` instead;
@@ -33,7 +37,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from changedet.errors import OutputError
@@ -43,10 +47,13 @@ try:  # POSIX; elsewhere stale folders are told by age alone
 except ImportError:  # pragma: no cover - not on Linux or macOS
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["PREVIOUS", "previous_files", "remove_stale", "run_folder"]
+__all__ = ["PREVIOUS", "companion_files", "previous_files", "remove_stale", "run_folder"]
 
 PREVIOUS = "previous"  # the previous run's outputs, inside out/<aoi_id>/
 MANIFEST = "run.json"  # its "files" list says which files a run wrote
+COMPANIONS = "companions"  # its list of the files another part of changedet keeps beside it
+# The companions of a run whose run.json predates that list: the monitor's alerts, the only one.
+LEGACY_COMPANIONS = frozenset({"alerts.geojson"})
 _INNER = "folder"  # inside a .old folder: the output folder moved aside during a swap
 # Where locks cannot be taken (some network file systems), a .part folder this old is stale.
 UNLOCKABLE_STALE_AFTER_S = 24 * 3600.0
@@ -126,17 +133,34 @@ def remove_stale(root: Path, name: str) -> list[Path]:
     return removed
 
 
-def previous_files(folder: Path) -> set[str]:
-    """The files (relative paths) the run in `folder` wrote, from its run.json; empty when the
-    folder holds no readable run.json (then nothing in it is taken for changedet's)."""
+def _manifest(folder: Path) -> dict[str, object] | None:
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return set()
-    files = manifest.get("files") if isinstance(manifest, dict) else None
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def previous_files(folder: Path) -> set[str]:
+    """The files (relative paths) the run in `folder` wrote, from its run.json; empty when the
+    folder holds no readable run.json (then nothing in it is taken for changedet's)."""
+    files = (_manifest(folder) or {}).get("files")
     if not isinstance(files, list):
         return set()
     return {f for f in files if isinstance(f, str)} | {MANIFEST}
+
+
+def companion_files(folder: Path) -> set[str]:
+    """The files another part of changedet keeps beside the run in `folder` (its run.json's
+    `companions`; `LEGACY_COMPANIONS` for a run.json written before that list); empty when the
+    folder holds no readable run.json."""
+    manifest = _manifest(folder)
+    if manifest is None or not isinstance(manifest.get("files"), list):
+        return set()
+    listed = manifest.get(COMPANIONS, LEGACY_COMPANIONS)
+    if not isinstance(listed, list | frozenset):
+        return set()
+    return {f for f in listed if isinstance(f, str)}
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -173,10 +197,11 @@ def _entries(folder: Path) -> Iterator[tuple[str, Path]]:
             yield here.relative_to(folder).as_posix() + "/", here
 
 
-def _carry_over(old: Path, new: Path) -> None:
-    """Give `new` the previous run's files (under previous/) and every foreign file of `old`."""
-    ours = previous_files(old)
-    ours_before = previous_files(old / PREVIOUS)
+def _carry_over(old: Path, new: Path, companions: Collection[str] = ()) -> None:
+    """Give `new` the previous run's files (under previous/, with its companions that the new
+    run does not keep) and every foreign file of `old`."""
+    ours = previous_files(old) | (companion_files(old) - set(companions))
+    ours_before = previous_files(old / PREVIOUS) | companion_files(old / PREVIOUS)
     for rel, src in _entries(old):
         if rel.endswith("/"):  # an empty folder of the analyst's
             _free(new / rel.rstrip("/")).mkdir(parents=True, exist_ok=True)
@@ -207,12 +232,17 @@ def _swap(target: Path, new: Path) -> None:
 
 @contextlib.contextmanager
 def run_folder(
-    target: Path, *, superseded: Callable[[Path], str | None] = lambda target: None
+    target: Path,
+    *,
+    superseded: Callable[[Path], str | None] = lambda target: None,
+    companions: Collection[str] = (),
 ) -> Iterator[Path]:
     """Yield an empty hidden folder beside `target` (out/<aoi_id>); when the block ends without
     an error, the folder replaces `target`, carrying over the previous run (to previous/) and
-    every file changedet did not write. On an error, `target` is left as it was, and so it is
-    when `superseded(target)`, asked under the lock just before the swap, says why not (a later
+    every file changedet did not write. `companions`: the previous run's companions this run
+    keeps in place (the monitor's alerts.geojson, which it rewrites after the swap); the others
+    go to previous/. On an error, `target` is left as it was, and so it is when
+    `superseded(target)`, asked under the lock just before the swap, says why not (a later
     run's outputs are there)."""
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)
@@ -227,7 +257,7 @@ def run_folder(
             if why is not None:
                 raise OutputError(why)
             if target.is_dir():
-                _carry_over(target, tmp)
+                _carry_over(target, tmp, companions)
             elif target.exists():
                 raise FileExistsError(f"{target} exists and is not a folder; move it away")
             _swap(target, tmp)

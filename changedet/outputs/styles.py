@@ -3,7 +3,9 @@
 One responsibility: make QGIS open every output styled. `layer_style_qml` gives the style of one
 layer from the templates in `changedet/outputs/qml/`; for `structures` it builds one category
 per first-seen class of the run (`changedet.outputs.legend`), in the same colours as the
-report, chosen by an expression on `first_seen_end`. `embed_styles` writes those
+report, chosen by an expression on `first_seen_end` (exact: a structure no class holds is
+'other'); dropped candidates and false positives the analyst reviewed get their own faint and
+crossed categories. `embed_styles` writes those
 styles into a GeoPackage's `layer_styles` table (the convention QGIS itself uses), registered so
 the file stays a valid GeoPackage. `changedet.outputs.write` writes the `.qml` sidecars and
 calls `embed_styles` on the GeoPackage it has written.
@@ -21,8 +23,9 @@ from pathlib import Path
 
 from changedet import __version__
 from changedet.errors import OutputError
-from changedet.models import RunResult
+from changedet.models import FALSE_POSITIVE, RunResult
 from changedet.outputs.legend import (
+    DISMISSED_COLOUR,
     UNKNOWN_COLOUR,
     DateClass,
     first_seen_classes,
@@ -41,21 +44,82 @@ def _rgba(colour: Sequence[float], alpha: int) -> str:
     return f"{r},{g},{b},{alpha}"
 
 
+# Category values of the structures that are in no first-seen class.
+DROPPED = "dropped"  # a candidate that did not persist: faint, dotted, unfilled
+DISMISSED = "false-positive"  # reviewed as a false positive: grey, crossed
+OTHER = "other"  # first seen in a month no class covers (a dropped one's, say): grey
+
+
 def class_expression(classes: Sequence[DateClass]) -> str:
-    """A QGIS expression giving each structure its first-seen class key from first_seen_end
-    (ISO text in GeoPackage, a date in GeoJSON: compared as 'YYYY-MM-DD' text either way)."""
-    dated = [(c.end, c.key) for c in classes if c.end is not None]
-    if not dated:
-        return "''"
+    """A QGIS expression giving each structure its category: 'false-positive' for one the
+    analyst reviewed so, 'dropped' for a dropped candidate, '' when its first-seen date is
+    unknown, else the key of the first-seen class holding it (start < first_seen_end <= end,
+    as `legend.class_of`), 'other' when none does. first_seen_end is ISO text in GeoPackage, a
+    date in GeoJSON: compared as 'YYYY-MM-DD' text either way."""
     value = 'left(to_string("first_seen_end"), 10)'
-    whens = "".join(f"WHEN {value} <= '{end.isoformat()}' THEN '{key}' " for end, key in dated[:-1])
-    return f"CASE WHEN \"first_seen_end\" IS NULL THEN '' {whens}ELSE '{dated[-1][1]}' END"
+    whens = "".join(
+        f"WHEN {value} > '{c.start.isoformat()}' AND {value} <= '{c.end.isoformat()}' "
+        f"THEN '{c.key}' "
+        for c in classes
+        if c.start is not None and c.end is not None
+    )
+    return (
+        f"CASE WHEN \"review\" = '{FALSE_POSITIVE}' THEN '{DISMISSED}' "
+        f"WHEN \"status\" = 'dropped' THEN '{DROPPED}' "
+        f"WHEN \"first_seen_end\" IS NULL THEN '' {whens}ELSE '{OTHER}' END"
+    )
+
+
+def _set_props(symbol: ET.Element, **values: str) -> None:
+    for prop in symbol.iter("prop"):
+        key = prop.get("k")
+        if key in values:
+            prop.set("v", values[key])
+
+
+def _fixed(symbol: ET.Element, *names: str) -> None:
+    """Switch off the symbol's data-defined `names` (fillStyle, outlineStyle): its own hold."""
+    for option in symbol.iter("Option"):
+        if option.get("name") in names:
+            for sub in option:
+                if sub.get("name") == "active":
+                    sub.set("value", "false")
+
+
+def _symbol(template: ET.Element, i: int, kind: str, colour: Sequence[float]) -> ET.Element:
+    """The template's symbol in `colour`: a class's (fill by kind, dashed when unconfirmed),
+    a dropped candidate's (faint dotted outline, no fill) or a false positive's (crossed)."""
+    symbol = copy.deepcopy(template)
+    symbol.set("name", str(i))
+    if kind == DROPPED:
+        _fixed(symbol, "fillStyle", "outlineStyle")
+        _set_props(
+            symbol,
+            color=_rgba(colour, 0),
+            outline_color=_rgba(colour, 140),
+            style="no",
+            outline_style="dot",
+            outline_width="0.4",
+        )
+    elif kind == DISMISSED:
+        _fixed(symbol, "fillStyle", "outlineStyle")
+        _set_props(
+            symbol,
+            color=_rgba(colour, 200),
+            outline_color=_rgba(colour, 255),
+            style="diagcross",
+            outline_style="dot",
+        )
+    else:
+        _set_props(symbol, color=_rgba(colour, 70), outline_color=_rgba(colour, 255))
+    return symbol
 
 
 def layer_style_qml(layer: str, result: RunResult | None = None) -> str:
     """The QGIS style of one layer. For `structures` one category per first-seen class of
-    `result` (same classes and colours as the report's map), built from the
-    `qml/structures.qml` template."""
+    `result` (same classes and colours as the report's map), and apart from them dropped
+    candidates (faint), false positives the analyst reviewed (grey, crossed) and any structure
+    no class holds, built from the `qml/structures.qml` template."""
     text = _style_template(layer)
     if layer != "structures" or result is None:
         return text
@@ -78,26 +142,25 @@ def layer_style_qml(layer: str, result: RunResult | None = None) -> str:
     entries: list[tuple[str, str, Sequence[float]]] = [
         (c.key, f"first seen {c.label}", c.colour) for c in classes
     ]
-    entries.append(("", "first-seen date unknown", UNKNOWN_COLOUR))
+    entries += [
+        ("", "first-seen date unknown", UNKNOWN_COLOUR),
+        (OTHER, "first seen in another month", UNKNOWN_COLOUR),
+        (DROPPED, "dropped candidate (did not persist), not counted", UNKNOWN_COLOUR),
+        (DISMISSED, "reviewed false positive, not counted", DISMISSED_COLOUR),
+    ]
     for i, (value, label, colour) in enumerate(entries):
         ET.SubElement(
             categories,
             "category",
             {"render": "true", "symbol": str(i), "value": value, "label": label, "type": "string"},
         )
-        symbol = copy.deepcopy(template)
-        symbol.set("name", str(i))
-        for prop in symbol.iter("prop"):
-            if prop.get("k") == "color":
-                prop.set("v", _rgba(colour, 70))
-            elif prop.get("k") == "outline_color":
-                prop.set("v", _rgba(colour, 255))
-        symbols.append(symbol)
+        symbols.append(_symbol(template, i, value, colour))
     ET.indent(root, space="  ")
     header = (
         "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
         "<!-- changedet: new structures coloured by first-seen class; unconfirmed ones dashed, "
-        "those that are not buildings hatched; labelled by id. -->\n"
+        "those that are not buildings hatched; dropped candidates faint and dotted, reviewed "
+        "false positives grey and crossed; labelled by id. -->\n"
     )
     return header + ET.tostring(root, encoding="unicode") + "\n"
 

@@ -5,8 +5,10 @@ per period, the best-estimate new structures (`new`, the increments of `cumulati
 column adds up to the last cumulative count), the structures first seen in the period
 (`first_seen`), the cumulative count with its range, the same for new buildings alone
 (`new_buildings` adds up to `buildings`; the high end also holds structures whose kind the pixels
-could not tell), and how much of the AOI the period saw clearly. `structures.csv` has every documented structure property, latitude/longitude first, so
-it opens in a spreadsheet or any GIS as points.
+could not tell), and how much of the AOI the period saw clearly. `structures.csv` has every
+documented structure property, latitude/longitude first, so it opens in a spreadsheet or any GIS
+as points. A run on generated data adds a last column to both, `data`, "synthetic" in every row:
+the tables travel without the report.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from changedet.models import RunResult
 from changedet.outputs.headline import increments, new_per_period
 from changedet.outputs.vectors import STRUCTURE_PROPERTIES, structure_properties
 
-__all__ = ["COUNTS_COLUMNS", "STRUCTURES_CSV_COLUMNS", "counts_csv", "structures_csv"]
+__all__ = [
+    "COUNTS_COLUMNS",
+    "DATA_COLUMN",
+    "STRUCTURES_CSV_COLUMNS",
+    "counts_csv",
+    "structures_csv",
+]
 
 COUNTS_COLUMNS = (
     "period",
@@ -38,6 +46,7 @@ COUNTS_COLUMNS = (
     "clear_km2",
     "clear_fraction",
 )
+DATA_COLUMN = "data"  # only in a run on generated data: "synthetic" in every row
 STRUCTURES_CSV_COLUMNS = (
     "lat",
     "lon",
@@ -45,7 +54,10 @@ STRUCTURES_CSV_COLUMNS = (
 )
 
 
-def _text(rows: list[list[Any]]) -> str:
+def _text(rows: list[list[Any]], synthetic: bool = False) -> str:
+    """CSV text of `rows` (the header first); with `synthetic`, the `data` column last."""
+    if synthetic:
+        rows = [[*rows[0], DATA_COLUMN], *([*row, "synthetic"] for row in rows[1:])]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerows(rows)
@@ -79,7 +91,7 @@ def counts_csv(result: RunResult) -> str:
                 f"{(c.clear_fraction if seen is None else seen.share):.4f}",
             ]
         )
-    return _text(rows)
+    return _text(rows, result.synthetic)
 
 
 def _cell(value: Any) -> Any:
@@ -99,4 +111,4 @@ def structures_csv(result: RunResult) -> str:
     for s in result.structures:
         props = structure_properties(s, result.grid.crs)
         rows.append([_cell(props[col]) for col in STRUCTURES_CSV_COLUMNS])
-    return _text(rows)
+    return _text(rows, result.synthetic)

@@ -38,6 +38,8 @@ __all__ = [
     "STRUCTURE_PROPERTIES",
     "all_to_wgs84",
     "analysed_area",
+    "analysed_area_feature_collection",
+    "aoi_feature_collection",
     "as_multilinestring",
     "as_multipolygon",
     "berm_properties",
@@ -335,6 +337,35 @@ def berms_feature_collection(result: RunResult) -> dict[str, Any]:
     fc = _feature_collection(
         ((b.geometry, berm_properties(b)) for b in result.berms), result.grid, "berms"
     )
+    return _said_synthetic(fc, result)
+
+
+def aoi_feature_collection(result: RunResult) -> dict[str, Any]:
+    """The AOI polygon (`id`, `name`) as an RFC 7946 FeatureCollection: the project's `aoi`
+    layer when there is no GeoPackage."""
+    aoi = result.aoi
+    feature = {
+        "type": "Feature",
+        "id": aoi.id,
+        "geometry": _rfc7946_geometry(aoi.geometry),
+        "properties": {"id": aoi.id, "name": aoi.name},
+    }
+    return _said_synthetic(
+        {"type": "FeatureCollection", "name": "aoi", "features": [feature]}, result
+    )
+
+
+def analysed_area_feature_collection(result: RunResult) -> dict[str, Any]:
+    """The analysed area (`analysed_area`) as an RFC 7946 FeatureCollection, one feature (its
+    geometry null when nothing was analysed), none when the run did not measure its coverage:
+    the project's `analysed area` layer when there is no GeoPackage."""
+    found = analysed_area(result)
+    features = []
+    if found is not None:
+        geom, props = found
+        lonlat = None if geom is None else _rfc7946_geometry(to_wgs84(result.grid.crs)(geom))
+        features.append({"type": "Feature", "geometry": lonlat, "properties": props})
+    fc = {"type": "FeatureCollection", "name": "analysed_area", "features": features}
     return _said_synthetic(fc, result)
 
 

@@ -54,6 +54,8 @@ from changedet.outputs.vectors import (
     STRUCTURE_PROPERTIES,
     all_to_wgs84,
     analysed_area,
+    analysed_area_feature_collection,
+    aoi_feature_collection,
     as_multilinestring,
     as_multipolygon,
     berm_properties,
@@ -71,6 +73,8 @@ __all__ = ["GPKG_LAYERS", "write_run_outputs"]
 
 GPKG_NAME = "changedet.gpkg"
 GPKG_LAYERS = ("aoi", "analysed_area", "structures", "berms", "change_areas", "scenes")
+# The layers the project takes from <layer>.geojson when there is no GeoPackage (EPSG:4326).
+GEOJSON_LAYERS = ("structures", "berms", "aoi", "analysed_area")
 _Row = tuple[BaseGeometry | None, dict[str, Any]]  # one feature: geometry, properties
 
 
@@ -194,6 +198,21 @@ def _write_kml(path: Path, result: RunResult) -> None:
         geometry_type="MultiPolygon",
         dtypes={**dict.fromkeys(numbers, "float64"), "n_clear_obs": "int32"},
     )
+    if result.synthetic:  # said once for the file too, so an empty one says it as well
+        _describe_kml_document(path, _SYNTHETIC_LAYER)
+
+
+def _describe_kml_document(path: Path, text: str) -> None:
+    """Give the KML's <Document> a <description> (GDAL's KML driver writes none)."""
+    from xml.sax.saxutils import escape
+
+    kml = path.read_text(encoding="utf-8")
+    start = kml.find("<Document")
+    end = kml.find(">", start)
+    if start < 0 or end < 0:  # pragma: no cover - GDAL's KML driver always writes one
+        raise OutputError(f"{path.name}: no <Document> to describe")
+    described = kml[: end + 1] + f"<description>{escape(text)}</description>" + kml[end + 1 :]
+    path.write_text(described, encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,20 +220,22 @@ def _write_kml(path: Path, result: RunResult) -> None:
 
 
 def _vector_layers(config: OutputConfig) -> list[ProjectLayer]:
-    """The vector layers of the project, top first: from the GeoPackage, else the GeoJSON."""
+    """The vector layers of the project, top first: from the GeoPackage (in the grid's CRS),
+    else from the GeoJSON files (EPSG:4326; change areas and scenes are the GeoPackage's only)."""
 
-    def source(layer: str) -> str | None:
+    def source(layer: str) -> tuple[str, str | None] | None:
         if config.geopackage:
-            return f"./{GPKG_NAME}|layername={layer}"
-        return f"./{layer}.geojson" if layer in ("structures", "berms") else None
+            return f"./{GPKG_NAME}|layername={layer}", None
+        return (f"./{layer}.geojson", "EPSG:4326") if layer in GEOJSON_LAYERS else None
 
     shown = {"structures": True, "berms": True, "aoi": True, "analysed_area": True}
     names = {"analysed_area": "analysed area", "change_areas": "change areas"}
     layers = []
     for layer in ("structures", "berms", "aoi", "analysed_area", "change_areas", "scenes"):
-        src = source(layer)
-        if src is None:
+        found = source(layer)
+        if found is None:
             continue
+        src, crs = found
         layers.append(
             ProjectLayer(
                 src,
@@ -224,6 +245,7 @@ def _vector_layers(config: OutputConfig) -> list[ProjectLayer]:
                 "Detections",
                 shown.get(layer, False),
                 "Line" if layer == "berms" else "Polygon",
+                crs,
             )
         )
     return layers
@@ -362,8 +384,18 @@ class _Writer:
         _write_kml(tmp / "structures.kml", result)
 
     def geopackage(self) -> None:
+        """changedet.gpkg; without it, the AOI and the analysed area as GeoJSON (with their
+        .qml), so the project still draws them."""
+        result, tmp = self.result, self.tmp
         if self.config.geopackage:
-            _write_geopackage(self.tmp / GPKG_NAME, self.result, change_areas(self.result.change))
+            _write_geopackage(tmp / GPKG_NAME, result, change_areas(result.change))
+            return
+        for layer, fc in (
+            ("aoi", aoi_feature_collection(result)),
+            ("analysed_area", analysed_area_feature_collection(result)),
+        ):
+            write_text(tmp / f"{layer}.geojson", geojson_text(fc))
+            write_text(tmp / f"{layer}.qml", layer_style_qml(layer))
 
     def rasters_and_tables(self) -> None:
         self.rasters = write_evidence_rasters(self.tmp, self.result, all_layers=self.config.cogs)
@@ -404,6 +436,9 @@ class _Writer:
             p.relative_to(self.tmp).as_posix() for p in self.tmp.rglob("*") if p.is_file()
         )
         manifest["files"] = sorted({*files, "run.json"})
+        # Kept beside this run by another part of changedet: the next run that does not keep
+        # them moves them to previous/ with this run (`runfolder`).
+        manifest["companions"] = sorted(companions)
         write_json(self.tmp / "run.json", manifest)
         return list(manifest["files"])
 
@@ -421,15 +456,16 @@ def write_run_outputs(
     Everything is built in a temporary folder beside `out_dir` that replaces it only when
     complete, so a failed run leaves the previous outputs (or nothing) rather than a half-written
     folder. The previous run's files move to `out_dir/previous/`; files changedet did not write
-    stay where they are. `companions` are such files that another part of changedet keeps
-    there (the monitor's alerts.geojson): the report lists them, run.json does not claim them.
+    stay where they are. `companions` are files that another part of changedet keeps there
+    (the monitor's alerts.geojson): the report lists them, run.json names them apart from its
+    files, and a later run that does not keep them moves them to previous/.
     """
     out_dir = Path(out_dir)
     _check_writable(result)
     total = 6
     try:
         later = partial(_later_run, started=result.provenance.get("started"))
-        with run_folder(out_dir, superseded=later) as tmp:
+        with run_folder(out_dir, superseded=later, companions=companions) as tmp:
             # The folder still holds the previous run: its unchanged drawings are taken again.
             writer = _Writer(result, tmp, config, Drawings(out_dir if out_dir.is_dir() else None))
             progress("outputs", 0, total)
