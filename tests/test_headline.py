@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from changedet.models import Period, PeriodCount, RunResult, SkippedScene
+from changedet.models import FALSE_POSITIVE, Period, PeriodCount, RunResult, SkippedScene
 from changedet.outputs.headline import headline, km2, new_per_period
 
 
@@ -71,6 +71,10 @@ def test_why_a_candidate_is_unconfirmed(result: RunResult) -> None:
     late = replace(shed, id="late", first_seen_end=date(2023, 12, 1))  # seen in the last one
     told = headline(replace(result, structures=(hall, early, late), composites=comps))
     assert told.unconfirmed_why == {"seen in too few clear periods": 1, "too recent to confirm": 1}
+    # a candidate the analyst called a false positive is decided: not among those waiting
+    dismissed = replace(late, review=FALSE_POSITIVE)
+    told = headline(replace(result, structures=(hall, early, dismissed), composites=comps))
+    assert told.unconfirmed_why == {"seen in too few clear periods": 1}
 
 
 def test_no_structure_and_coverage_words(

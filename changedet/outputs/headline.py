@@ -353,7 +353,9 @@ def headline(result: RunResult) -> Headline:
     periods = [c.period for c in result.composites] or [c.period for c in result.counts]
     min_persistence = int(result.config.get("track", {}).get("min_persistence", 2))
     why = Counter(
-        _why_unconfirmed(s, periods, min_persistence) for s in result.structures if not s.confirmed
+        _why_unconfirmed(s, periods, min_persistence)
+        for s in result.structures
+        if not s.confirmed and s.review != FALSE_POSITIVE  # the analyst has decided those
     )
     cov = result.coverage
     warnings = (
