@@ -75,7 +75,8 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
     seen: set[str] = set()
     # Unnamed features are named after their file, so two unnamed files do not write (and
     # replace) one OUT/aoi-1 folder
-    stem = safe_id(p.stem, "aoi")
+    layer = str(path)[len(str(p)) + 1 :] if str(path) != str(p) else ""  # FILE:LAYER
+    stem = safe_id(f"{p.stem}-{layer}" if layer else p.stem, "aoi")
     for index, row in enumerate(frame.itertuples(index=False)):
         props = {k: _plain(v) for k, v in row._asdict().items() if k != "geometry"}
         given = _id_text(props.get(cfg.id_property))

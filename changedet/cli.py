@@ -503,6 +503,9 @@ def run(
     # Everything that can be refused is refused before anything is searched, read or computed:
     # the config, the time range, AOI ids shared across files, an --out that takes no files.
     with _errors(debug):
+        for option, value in (("--out", out_dir), ("--ids-from", ids_from)):
+            if value is not None and not value.strip():  # "" wrote into ./<id>, or was ignored
+                raise UsageError(f"{option} is empty; give a folder or leave the option out")
         config = _load(config_path, catalog=catalog, collection=collection, start=start, end=end)
         if cluster:
             problem = scheduler_address_problem(cluster)

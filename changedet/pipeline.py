@@ -211,16 +211,17 @@ class RunSummary:
     synthetic: bool
     headline: tuple[str, ...] = ()  # what was found and where the run could see (outputs.headline)
     warnings: tuple[str, ...] = ()  # e.g. only part of the AOI could be analysed
-    # False when too few clear periods let the run ask less persistence than configured (a pair)
-    persistence_checked: bool = True
+    # (used, configured) when too few clear periods let the run ask less persistence (a pair)
+    persistence: tuple[int, int] | None = None
 
     def describe(self) -> str:
         tag = " [SYNTHETIC sample data]" if self.synthetic else ""
-        found = (
-            f"{self.n_confirmed} confirmed new structure(s)"
-            if self.persistence_checked
-            else f"{self.n_confirmed} new structure(s) (persistence not checked)"
-        )
+        found = f"{self.n_confirmed} confirmed new structure(s)"
+        if self.persistence is not None and self.persistence[0] <= 1:
+            found = f"{self.n_confirmed} new structure(s) (persistence not checked)"
+        elif self.persistence is not None:
+            used, asked = self.persistence
+            found += f" (over {used} clear periods, not the {asked} asked)"
         line = (
             f"{self.aoi_id}: {found}, "
             f"{self.n_candidates} unconfirmed candidate(s) from {self.n_scenes} date(s) "
@@ -352,8 +353,12 @@ def _run_aoi(
         n_confirmed=sum(
             1 for s in analysis.structures if s.confirmed and s.review != FALSE_POSITIVE
         ),
-        n_candidates=len(analysis.ledger.candidates),
-        persistence_checked=plan is None or plan.min_persistence >= plan.wanted_persistence,
+        n_candidates=told.n_unconfirmed,  # as the headline: reviewed false positives left out
+        persistence=(
+            (plan.min_persistence, plan.wanted_persistence)
+            if plan is not None and plan.min_persistence < plan.wanted_persistence
+            else None
+        ),
         synthetic=result.provenance.get("synthetic", False),
         headline=told.lines(),
         warnings=told.warnings,
@@ -489,6 +494,8 @@ def _comparison(analysis: Analysis, periods: Sequence[Period]) -> dict[str, Any]
         "baseline": [periods[i].label for i in c.baseline],
         "clear_periods": [periods[i].label for i in c.clear],
         "min_persistence": c.min_persistence,
+        # the structures rest on one later clear period: their persistence was not checked
+        "persistence_checked": c.min_persistence > 1 or c.wanted_persistence <= 1,
         "configured": {
             "baseline_periods": c.wanted_baseline,
             "min_persistence": c.wanted_persistence,

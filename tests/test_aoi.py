@@ -141,6 +141,14 @@ def test_a_geopackage_of_several_layers_names_the_one_to_read(tmp_path: Path) ->
         )
     with pytest.warns(UserWarning, match="id 'a:b' is not a safe folder name"):
         assert [a.id for a in load_aois(f"{odd}:a:b")] == ["a-b"]
+    # unnamed features of two layers are named after file and layer, not both after the file
+    unnamed = tmp_path / "unnamed.gpkg"
+    for layer in ("north", "south"):
+        gpd.GeoDataFrame({"x": [1]}, geometry=[KHOJIR_BOX], crs=4326).to_file(
+            unnamed, layer=layer, driver="GPKG"
+        )
+    ids = [a.id for layer in ("north", "south") for a in load_aois(f"{unnamed}:{layer}")]
+    assert ids == ["unnamed-north", "unnamed-south"]
 
 
 def test_invalid_ring_is_repaired_with_a_warning(tmp_path: Path) -> None:

@@ -396,8 +396,9 @@ def test_a_file_where_an_aoi_writes_its_folder_and_empty_options_exit_2_before_c
     result = cli("run", str(aoi), "--config", str(DEMO), "--out", str(out))
     assert_one_line_error(result.stderr, result.exit_code, 2, "is a file where AOI 'paris'")
     assert "no scene" not in result.stderr and (out / "paris").read_text() == "mine"
-    for option in ("--start", "--end", "--catalog", "--collection"):
-        result = cli("run", str(aoi), "--config", str(DEMO), option, "", "--out", str(out))
+    for option in ("--start", "--end", "--catalog", "--collection", "--out", "--ids-from"):
+        given = ("--out", str(out)) if option != "--out" else ()
+        result = cli("run", str(aoi), "--config", str(DEMO), *given, option, "")
         assert_one_line_error(result.stderr, result.exit_code, 2, f"{option} is empty")
 
 
@@ -731,7 +732,7 @@ def test_the_search_table_shows_brackets_as_written() -> None:
     reason = "asset outside the catalog's folder (list it under [catalog] allowed_folders)"
     row = ("S2A_1", "2024-01-01", "39SWV", "5.0", "-", reason)
     console = Console(record=True, width=300)
-    console.print(_scene_table(report, [row]))
+    console.print(_scene_table(report, [row], probed=True))
     assert "under [catalog] allowed_folders" in console.export_text()
 
 

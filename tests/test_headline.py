@@ -192,6 +192,17 @@ def test_months_the_run_could_not_look_at_are_a_warning(result: RunResult) -> No
     )
     (both,) = told(every[1:3], every[1:3])
     assert "the month after 2023-10 (2023-11) had" in both
+    # A monitoring run in the first days of November: its month under way, no scene yet.
+    counts = list(result.counts)
+    counts[-1] = replace(counts[-1], period=Period(date(2023, 11, 1), date(2023, 11, 6), "2023-11"))
+    comparison = {"mode": "series", "baseline": every[:2], "clear_periods": every[:3]}
+    early = replace(
+        result, counts=tuple(counts), provenance={**result.provenance, "comparison": comparison}
+    )
+    assert headline(early).warnings == ()
+    comparison["clear_periods"] = every[:2]  # October unseen too: said, November with it
+    (said,) = headline(early).warnings
+    assert "the 2 months after 2023-09 (2023-10..2023-11)" in said
 
 
 def test_scenes_read_without_an_scl_asset_are_a_warning(result: RunResult) -> None:

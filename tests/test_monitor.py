@@ -158,6 +158,9 @@ def test_a_state_file_where_runs_replace_folders_is_a_config_error(tmp_path: Pat
         path.write_text(text.replace(f'state = "{scenario.state}"', f'state = "{state}"'))
         with pytest.raises(ConfigError, match=r"state '.*' (is the out folder|lies in AOI 'k1')"):
             load_watchlist(path)
+    # --state is held to the same rule (it ran with the database inside out/k1)
+    with pytest.raises(ConfigError, match=r"lies in AOI 'k1'"):
+        load_watchlist(scenario.watchlist()).with_state(scenario.out / "k1" / "st.sqlite")
     # a run config given as the watch-list says what it is ("unknown key 'extends'")
     with pytest.raises(ConfigError, match=r"is a run config, not a watch-list"):
         load_watchlist(DEMO_CONFIG)

@@ -313,3 +313,16 @@ def test_a_full_disk_while_reading_is_one_line_saying_what_to_do(
         "free space, or set TMPDIR to a folder on a larger disk, then rerun"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_summary_line_says_how_much_persistence_was_checked() -> None:
+    """A pair's structures were 'confirmed' on one later period; a short series' on fewer than
+    asked, which the line did not say either."""
+    from changedet.pipeline import RunSummary
+
+    summary = RunSummary("a", Path("o"), n_scenes=5, n_confirmed=3, n_candidates=1, synthetic=False)
+    assert "a: 3 confirmed new structure(s), 1 unconfirmed" in summary.describe()
+    pair = replace(summary, persistence=(1, 2)).describe()
+    assert "a: 3 new structure(s) (persistence not checked), 1 unconfirmed" in pair
+    short = replace(summary, persistence=(2, 3)).describe()
+    assert "3 confirmed new structure(s) (over 2 clear periods, not the 3 asked)" in short

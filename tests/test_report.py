@@ -645,3 +645,12 @@ def test_a_reviewed_false_positive_is_in_no_count_of_the_report_or_the_map(
     ]
     assert sum(counted) == 2, labels
     assert (legend_of_shown := shown_structures(result.structures)) == [s2, s3], legend_of_shown
+    # A dropped candidate reviewed as a false positive is one too, on the map as in run.json
+    # (the legend said 1 where run.json and the report said 2).
+    labels.clear()
+    dropped = replace(s3, status="dropped", review=FALSE_POSITIVE)
+    result = replace(result, structures=(*result.structures[:2], dropped))
+    write_run_outputs(result, tmp_path / "dropped", config=OutputConfig(chips=False, imagery=False))
+    manifest = json.loads((tmp_path / "dropped" / "run.json").read_text())
+    assert manifest["results"]["n_false_positive"] == 2
+    assert "reviewed false positive (2), not counted" in labels

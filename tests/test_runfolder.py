@@ -65,17 +65,25 @@ def test_a_plain_run_moves_the_monitors_alerts_away_with_the_run_they_belonged_t
 def test_alerts_of_a_run_json_without_companions_are_the_monitors(
     run_result: RunResult, tmp_path: Path
 ) -> None:
-    """Folders the monitor wrote before run.json listed its companions: alerts.geojson beside a
-    run of changedet is the monitor's; beside no run.json it is the analyst's and stays."""
+    """Folders the monitor wrote before run.json listed its companions: alerts.geojson as the
+    monitor writes it beside a run of changedet is the monitor's; any other file of that name,
+    or one beside no run.json, is the analyst's and stays."""
     out = tmp_path / "khojir-test"
     write_run_outputs(run_result, out, config=FAST)
     manifest = json.loads((out / "run.json").read_text())
     manifest.pop("companions", None)
     (out / "run.json").write_text(json.dumps(manifest))
-    (out / "alerts.geojson").write_text("{}")
+    alert = {"type": "Feature", "properties": {"key": "k1", "structure_id": "39N-1-2"}}
+    monitors = json.dumps({"type": "FeatureCollection", "features": [alert]})
+    (out / "alerts.geojson").write_text(monitors)
     write_run_outputs(run_result, out, config=FAST)
-    assert (out / PREVIOUS / "alerts.geojson").read_text() == "{}"
+    assert (out / PREVIOUS / "alerts.geojson").read_text() == monitors
     assert not (out / "alerts.geojson").exists()
+    (out / "run.json").write_text(json.dumps(manifest))  # the analyst's own, beside that run
+    (out / "alerts.geojson").write_text('{"type": "FeatureCollection", "features": [{}]}')
+    for _ in range(2):
+        write_run_outputs(run_result, out, config=FAST)
+    assert (out / "alerts.geojson").is_file()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "alerts.geojson").write_text("mine")

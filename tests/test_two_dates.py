@@ -65,7 +65,7 @@ def test_two_clear_scenes_are_compared(cli: Callable[..., Result], tmp_path: Pat
     assert comparison["mode"] == "pair"
     assert comparison["baseline"] == ["2023-07"]
     assert comparison["clear_periods"] == ["2023-07", "2024-05"]
-    assert comparison["min_persistence"] == 1
+    assert comparison["min_persistence"] == 1 and comparison["persistence_checked"] is False
     report = (folder / "report.html").read_text()
     assert "two-date comparison: 2024-05 against 2023-07" in report
     # Said where the analyst reads the counts, not only in the report's limits.

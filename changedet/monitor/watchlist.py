@@ -110,7 +110,11 @@ class WatchList:
     cluster: str = ""
 
     def with_state(self, state: Path | None) -> WatchList:
-        return self if state is None else replace(self, state=Path(state).absolute())
+        if state is None:
+            return self
+        path = Path(state).expanduser().absolute()
+        _refuse_state_in_out(path, self.out, self.aois)  # --state as the watch-list's state
+        return replace(self, state=path)
 
     def with_cluster(self, cluster: str | None) -> WatchList:
         return self if cluster is None else replace(self, cluster=_cluster(cluster))

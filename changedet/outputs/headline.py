@@ -323,6 +323,8 @@ def _unseen_warning(result: RunResult) -> str | None:
             f"so what was built before {base[0]} counts as there already"
         )
     unseen = len(labels) - 1 - labels.index(clear[-1]) if clear[-1] in labels else 0
+    if unseen == 1 and _under_way(result.counts):
+        unseen = 0  # the month the run ends in, cut short by its end: its scene may yet come
     if unseen:
         span = labels[-1] if unseen == 1 else f"{labels[-unseen]}..{labels[-1]}"
         said.append(
@@ -332,6 +334,15 @@ def _unseen_warning(result: RunResult) -> str | None:
     if not said:
         return None
     return f"AOI '{result.aoi.id}': " + "; ".join(said) + "; see the counts' clear_fraction"
+
+
+def _under_way(counts: Sequence[PeriodCount]) -> bool:
+    """Whether the last period is cut short by the end of the time range (a monitoring run in
+    the first days of a month): shorter, by more than months differ, than the one before it."""
+    if len(counts) < 2:
+        return False
+    last, before = counts[-1].period, counts[-2].period
+    return (last.end - last.start).days < (before.end - before.start).days - 3
 
 
 def _months(n: int) -> str:

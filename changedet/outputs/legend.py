@@ -143,6 +143,7 @@ def shown_structures(structures: Iterable[Structure]) -> list[Structure]:
 
 
 def dismissed_structures(structures: Iterable[Structure]) -> list[Structure]:
-    """The structures the analyst reviewed as false positives (dropped candidates aside): kept
-    visible, drawn apart (grey, crossed), in no class and no count."""
-    return [s for s in structures if s.status != "dropped" and s.review == FALSE_POSITIVE]
+    """The structures the analyst reviewed as false positives, dropped candidates among them
+    (the verdict wins, as in the QGIS style and run.json's n_false_positive): kept visible,
+    drawn apart (grey, crossed), in no class and no count."""
+    return [s for s in structures if s.review == FALSE_POSITIVE]

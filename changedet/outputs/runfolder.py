@@ -157,10 +157,25 @@ def companion_files(folder: Path) -> set[str]:
     manifest = _manifest(folder)
     if manifest is None or not isinstance(manifest.get("files"), list):
         return set()
-    listed = manifest.get(COMPANIONS, LEGACY_COMPANIONS)
-    if not isinstance(listed, list | frozenset):
+    if COMPANIONS not in manifest:  # an analyst's own file of that name is not the monitor's
+        return {f for f in LEGACY_COMPANIONS if _monitor_alerts(folder / f)}
+    listed = manifest[COMPANIONS]
+    if not isinstance(listed, list):
         return set()
     return {f for f in listed if isinstance(f, str)}
+
+
+def _monitor_alerts(path: Path) -> bool:
+    """Whether `path` reads as the monitor's alerts.geojson: a FeatureCollection whose features
+    all carry an alert key and a structure id (none before the first alert)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        features = data["features"]
+        return data.get("type") == "FeatureCollection" and all(
+            {"key", "structure_id"} <= set(f["properties"]) for f in features
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def _link(src: Path, dst: Path) -> None:
