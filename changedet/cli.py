@@ -681,7 +681,7 @@ def _watchlist(config_path: str, state: str | None) -> Any:
 
 
 def _parse_now(text: str | None) -> Any:
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
     if text is None:
         return datetime.now(UTC)
@@ -691,7 +691,13 @@ def _parse_now(text: str | None) -> Any:
         raise UsageError(
             f"--now '{text}' is not an ISO date or time (e.g. 2024-03-01 or 2024-03-01T12:00Z)"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when > datetime.now(UTC) + timedelta(days=1):  # it would hold every later run back
+        raise UsageError(
+            f"--now {when:%Y-%m-%d %H:%M} is in the future; a run there would refuse every run "
+            "before it (the state keeps the latest clock): give a time up to now"
+        )
+    return when
 
 
 _CONFIG = click.option(

@@ -55,6 +55,12 @@ def machine_trouble(exc: BaseException) -> str | None:
             f"pixels in the temporary folder {tempfile.gettempdir()} while it runs; lift the "
             "limit (ulimit -f unlimited), then rerun"
         )
+    if type(exc).__name__ == "KilledWorker":  # dask: the workers running it died, each time
+        return (
+            "the Dask workers computing it died (killed, out of memory?) as often as the "
+            "scheduler allows; give the workers more memory (--memory-limit) or fewer threads, "
+            "then rerun"
+        )
     return None
 
 

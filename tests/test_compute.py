@@ -312,3 +312,19 @@ def test_workers_of_another_changedet_are_refused_before_any_task(
     assert f"has {installed}" in said and said.endswith("install the same version on every machine")
     monkeypatch.setattr(changedet, "__version__", installed)
     assert [i for i, _ in compute.on_cluster(dask_cluster, tasks)] == [0]
+
+
+def test_workers_dask_gave_up_on_are_one_line_with_what_to_do() -> None:
+    """KilledWorker (what an OOM kill on every try ends in) was "unexpected KilledWorker on a
+    worker: Attempted to run task … Inspecting worker logs is often a good next step … https://"."""
+    from changedet.errors import machine_trouble
+    from changedet.monitor.run import _failed
+
+    class KilledWorker(Exception):  # as distributed.scheduler names it
+        pass
+
+    died = KilledWorker("Attempted to run task 'x' on 1 different workers, but all those "
+                        "workers died while running it.\nInspecting worker logs ...")  # fmt: skip
+    said = machine_trouble(died)
+    assert said is not None and said.startswith("the Dask workers computing it died")
+    assert _failed("k", died, on_worker=True).message == said

@@ -161,6 +161,14 @@ def test_a_state_file_where_runs_replace_folders_is_a_config_error(tmp_path: Pat
     # --state is held to the same rule (it ran with the database inside out/k1)
     with pytest.raises(ConfigError, match=r"lies in AOI 'k1'"):
         load_watchlist(scenario.watchlist()).with_state(scenario.out / "k1" / "st.sqlite")
+    # where the monitor computes is the watch-list's to say, not a watch's (it was ignored)
+    scenario.overrides["compute.cluster"] = "tcp://127.0.0.1:1"
+    with pytest.raises(ConfigError, match=r"overrides 'compute.cluster'; where the monitor"):
+        load_watchlist(scenario.watchlist())
+    del scenario.overrides["compute.cluster"]
+    path.write_text("[compute]\nworkers = 2\n" + text)
+    with pytest.raises(ConfigError, match=r"\[compute\] belongs to a run config"):
+        load_watchlist(path)
     # a run config given as the watch-list says what it is ("unknown key 'extends'")
     with pytest.raises(ConfigError, match=r"is a run config, not a watch-list"):
         load_watchlist(DEMO_CONFIG)
@@ -171,6 +179,42 @@ def test_a_state_file_where_runs_replace_folders_is_a_config_error(tmp_path: Pat
     path.write_text(text + '\n[webhook]\nurl = "http://127.0.0.1:9/x"\ntimeout_s = 0\n')
     with pytest.raises(ConfigError, match=r"\[webhook\] timeout_s must be above 0"):
         load_watchlist(path)
+
+
+def test_a_state_database_with_damaged_pages_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Pages overwritten mid-file: a run with nothing new exited 0 on it, and status said
+    "unexpected DatabaseError … report it"."""
+    import os
+
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    _run(scenario)
+    size = scenario.state.stat().st_size
+    assert size > 12 * 4096
+    with scenario.state.open("r+b") as f:
+        f.seek(5 * 4096)
+        f.write(os.urandom(3 * 4096))
+    for args in (("monitor", "status"), ("monitor", "run")):
+        done = monitor_cli(*args, "--config", str(scenario.watchlist()), cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert "cannot be used" in line and "restore it from a backup" in line, line
+
+
+def test_a_now_in_the_future_is_refused_before_it_holds_every_later_run_back(
+    tmp_path: Path,
+) -> None:
+    """--now 2030-01-01 (a typo) ran, and every plain run after it was refused as "before the
+    clock of an earlier run" until 2030."""
+    scenario = make_scenario(tmp_path)
+    done = monitor_cli(
+        "monitor", "run", "--config", str(scenario.watchlist()), "--now", "2099-01-01",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "--now 2099-01-01 00:00 is in the future" in line
+    assert not scenario.state.exists()
 
 
 def test_another_programs_sqlite_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
@@ -380,6 +424,11 @@ def test_an_alerted_structure_no_longer_confirmed_is_withdrawn_once() -> None:
     )
     assert alert.key == alert_key("k", "s1", "withdrawn")
     assert describe_alert(alert).startswith("[k] building no longer confirmed (not confirmed")
+    # after an edit of the watch, the edit is why (it said "the months since": there were none)
+    edited = ledger_changes("k", stored, [_row("s1", "dropped")], {("s1", "new")}, edited=True)
+    assert edited.alerts[0].payload["detail"] == (
+        "no longer confirmed once the watch was edited (its outline or settings)"
+    )
     again = ledger_changes(
         "k", stored, [_row("s1", "candidate")], {("s1", "new"), ("s1", "withdrawn")}
     )
@@ -641,6 +690,26 @@ def test_structures_an_aoi_drawn_smaller_leaves_out_are_retired_not_withdrawn(
         history = state.table_rows("structure_history", "k1")
     retired = [h for h in history if h[5] == "outside the AOI (its outline was edited)"]
     assert retired and not [a for a in check.alerts if a.kind == "withdrawn"]
+
+
+def test_an_outline_drawn_smaller_and_back_alerts_no_status_already_told(
+    tmp_path: Path,
+) -> None:
+    """Structures alerted new while bermed, left out by a smaller outline and back with the
+    old one, were alerted "bermed" again: their ground did not change."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish()
+    (first,) = _run(scenario).checks
+    assert any(a.kind == "new" and a.payload["status"] == "bermed" for a in first.alerts)
+    drawn = (tmp_path / "k1.geojson").read_text()
+    aoi = json.loads(drawn)
+    aoi["features"][0]["geometry"]["coordinates"] = [box_polygon((130, 100, 165, 135))]
+    (tmp_path / "k1.geojson").write_text(json.dumps(aoi))
+    _run(scenario)
+    (tmp_path / "k1.geojson").write_text(drawn)
+    (back,) = _run(scenario).checks
+    assert back.outcome == "updated"
+    assert not [a for a in back.alerts if a.kind in ("bermed", "vanished")], back.alerts
 
 
 def test_a_run_with_no_edit_retires_nothing_silently(tmp_path: Path) -> None:

@@ -116,12 +116,13 @@ def ledger_changes(
     synthetic: bool = False,
     outline: Any = None,
     baseline_end: date | None = None,
+    edited: bool = False,
 ) -> LedgerChanges:
     """Compare the detector's structures (`current`, reviews already carried over) with the
     stored ledger: changed rows, their history and the alerts they raise. Structures stored but
     no longer found stay in the ledger as `dropped`. `synthetic`: the run read generated data;
     its alerts say so. `outline` (EPSG:4326): the watch's AOI now; `baseline_end`: the first day
-    after the baseline compared with now. A structure lost because the watch was edited past it
+    after the baseline compared with now; `edited`: the watch was edited since the last run. A structure lost because the watch was edited past it
     (its centre outside the outline, or first present within the baseline: the start moved
     later) is retired as such, not withdrawn: its ground did not change."""
     done: dict[str, set[str]] = {}
@@ -138,7 +139,11 @@ def ledger_changes(
             rows.append(row)
         if old is None or old.status != row.status:
             history.append(HistoryEntry(row.id, row.status, None if old is None else old.status))
-        unconfirmed = "not confirmed by the months since"
+        unconfirmed = (  # an edit, not the months since, is why (it said the months)
+            "no longer confirmed once the watch was edited (its outline or settings)"
+            if edited
+            else "not confirmed by the months since"
+        )
         alerts += _alerts(aoi_id, old, row, done, synthetic, unconfirmed)
     lost = [old for sid, old in stored.items() if sid not in seen and old.status != "dropped"]
     outlines = _outlines(current) if lost else []

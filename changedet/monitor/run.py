@@ -548,6 +548,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
         # only an edit of the watch leaves a structure out without its ground changing
         outline=aoi.geometry if job.edited else None,
         baseline_end=computed.baseline_end if job.edited else None,
+        edited=job.edited,
     )
     channels = channels_for(ctx.watch.webhook, ctx.watch.smtp)
     state.commit_check(

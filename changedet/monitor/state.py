@@ -293,6 +293,12 @@ class State:
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             self._refuse_foreign()
+            # Damaged pages were found only when a query reached them ("unexpected
+            # DatabaseError"), and a run with nothing new exited 0 on them: checked here, once.
+            found = [r[0] for r in self.db.execute("PRAGMA quick_check(1)")]
+            if found != ["ok"]:
+                said = [x for r in found for x in str(r).splitlines() if not x.startswith("***")]
+                raise sqlite3.DatabaseError(f"damaged: {'; '.join(said)[:200]}")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss too
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -441,9 +447,20 @@ class State:
         return {r[0]: (r[1], r[2], tuple(json.loads(r[3]))) for r in rows}
 
     def alerted(self, aoi_id: str) -> set[tuple[str, str]]:
-        """(structure id, alert kind) of every alert ever made for the AOI."""
-        rows = self.db.execute("SELECT structure_id, kind FROM alerts WHERE aoi_id = ?", (aoi_id,))
-        return {(r[0], r[1]) for r in rows}
+        """(structure id, alert kind) of every alert ever made for the AOI, and (structure id,
+        "bermed" / "vanished") where an alert already told that status: a structure alerted new
+        and bermed, dropped by an outline edit and back, was alerted "bermed" again."""
+        rows = self.db.execute(
+            "SELECT structure_id, kind, json_extract(payload, '$.status') FROM alerts "
+            "WHERE aoi_id = ?",
+            (aoi_id,),
+        )
+        told = set()
+        for structure_id, kind, status in rows:
+            told.add((structure_id, kind))
+            if status in ("bermed", "vanished"):
+                told.add((structure_id, status))
+        return told
 
     def alerts(self, aoi_id: str) -> list[AlertRow]:
         rows = self.db.execute(

@@ -257,6 +257,12 @@ def _watched(entry: Mapping[str, Any], base: Path, n: int) -> list[WatchedAOI]:
     start = _watch_date(kw["start"], f"watch-list: {where} start")
     end = None if kw.get("end") is None else _watch_date(kw["end"], f"watch-list: {where} end")
     overrides = _dotted(kw.get("overrides", {}))
+    computing = sorted(k for k in overrides if k.startswith("compute."))
+    if computing:  # was ignored: the monitor computes every AOI where the watch-list says
+        raise ConfigError(
+            f"watch-list: {where} overrides '{computing[0]}'; where the monitor computes is the "
+            'watch-list\'s own: cluster = "tcp://HOST:PORT" at its top (or --cluster)'
+        )
     for key in ("time.start", "time.end"):
         if key in overrides:  # the watch's own start and end (and the run's clock) set them
             raise ConfigError(
@@ -307,6 +313,11 @@ def load_watchlist(path: str | Path) -> WatchList:
             f"watch-list: '{file}' is a run config, not a watch-list (no [[watch]] table); run it "
             "with `changedet run AOI --config FILE`, or name it in a watch-list's [[watch]] "
             "config (configs/monitor.toml)"
+        )
+    if "compute" in data:  # "did you mean 'out'?" said nothing useful
+        raise ConfigError(
+            "watch-list: [compute] belongs to a run config; the monitor's cluster is the "
+            'watch-list\'s top-level cluster = "tcp://HOST:PORT" (or --cluster)'
         )
     _check_keys(data, _TOP, "the top level")
     base = file.resolve().parent

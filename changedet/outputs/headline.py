@@ -304,6 +304,19 @@ def _unmasked_warning(result: RunResult) -> str | None:
     )
 
 
+def _mapping_unit_warning(result: RunResult) -> str | None:
+    """A minimum mapping unit larger than the AOI: only a structure reaching past the polygon
+    could be reported there (it was accepted without a word)."""
+    cov = result.coverage
+    if cov is None or result.min_mapping_unit_m2 <= cov.aoi_km2 * 1e6:
+        return None
+    return (
+        f"AOI '{result.aoi.id}' ({cov.aoi_km2 * 1e6:,.0f} m²) is smaller than change.min_area_m2 "
+        f"({result.min_mapping_unit_m2:,.0f} m²): only a structure reaching past its outline "
+        "can be found; lower min_area_m2 or draw the site with its surroundings"
+    )
+
+
 def _unseen_warning(result: RunResult) -> str | None:
     """Months at either end of the time range the run could not look at: a baseline that moved
     later (what was built before it is part of it) and months after the last clear one (the
@@ -377,6 +390,7 @@ def headline(result: RunResult) -> Headline:
         ("comparison", _comparison_warning(result)),
         ("unseen", _unseen_warning(result)),
         ("coverage", _coverage_warning(result)),
+        ("mapping-unit", _mapping_unit_warning(result)),
     )
     return Headline(
         n_buildings=n_buildings,
