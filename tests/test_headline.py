@@ -215,6 +215,14 @@ def test_scenes_read_without_an_scl_asset_are_a_warning(result: RunResult) -> No
     assert headline(result).warnings == ()
 
 
+def test_a_mapping_unit_larger_than_the_aoi_is_a_warning(result: RunResult) -> None:
+    """change.min_area_m2 above the AOI's area was accepted without a word."""
+    aoi_m2 = result.coverage.aoi_km2 * 1e6
+    assert headline(replace(result, min_mapping_unit_m2=aoi_m2)).warnings == ()
+    (said,) = headline(replace(result, min_mapping_unit_m2=aoi_m2 + 100)).warnings
+    assert said.startswith(f"AOI '{result.aoi.id}' ({aoi_m2:,.0f} m²) is smaller than change.")
+
+
 def test_berms_switched_off_are_not_assessed_rather_than_none(result: RunResult) -> None:
     """With [berms] enabled = false no structure was looked at for berms (bermed: null): the
     headline says so instead of '0 of the new buildings bermed'."""
