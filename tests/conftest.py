@@ -528,7 +528,6 @@ def make_run_result() -> RunResultFactory:
 
 # --- QGIS, headless ------------------------------------------------------------------------------
 
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 ARTIFACTS = REPO / "test-artifacts"
 
 # Opens a QGIS project with the system Python's QGIS 3.22, reports every layer (validity,
@@ -591,36 +590,11 @@ os._exit(0)  # exitQgis() can segfault on teardown in 3.22: report first, then l
 
 def _open_in_qgis(project: Path, png: Path, tmp: Path) -> dict:
     """Open `project` in headless QGIS (skips without it); render the visible layers to `png`."""
-    import json
-    import subprocess
+    from qgiskit import qgis_result, skip_without_qgis
 
-    probe = (
-        subprocess.run(
-            [str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True, timeout=60
-        )
-        if SYSTEM_PYTHON.exists()
-        else None
-    )
-    if probe is None or probe.returncode != 0:
-        pytest.skip("QGIS Python API not installed (apt-get install -y python3-qgis)")
-    script = tmp / "open_project.py"
-    script.write_text(QGIS_PROJECT_SCRIPT)
+    skip_without_qgis()
     png.parent.mkdir(parents=True, exist_ok=True)
-    xdg = tmp / "xdg"
-    xdg.mkdir(mode=0o700, exist_ok=True)
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(xdg)}
-    env.pop("PYTHONPATH", None)  # the venv's packages must not leak into the system Python
-    proc = subprocess.run(
-        [str(SYSTEM_PYTHON), str(script), str(project), str(png)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, f"QGIS failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
-    view: dict = json.loads(lines[-1][len("RESULT ") :])
+    view: dict = qgis_result(QGIS_PROJECT_SCRIPT, [str(project), str(png)], tmp, timeout=300)
     return view
 
 

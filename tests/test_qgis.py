@@ -7,7 +7,6 @@ GeoPackage validator over the file when the system GDAL Python bindings are pres
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import textwrap
@@ -17,6 +16,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from qgiskit import SYSTEM_PYTHON, qgis_result, skip_without_qgis
 
 from changedet.config import OutputConfig
 from changedet.models import FALSE_POSITIVE, RunResult
@@ -31,7 +31,6 @@ from changedet.outputs.legend import (
 from changedet.outputs.styles import class_expression
 from changedet.outputs.write import GPKG_LAYERS, write_run_outputs
 
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 QGIS_SCRIPT = textwrap.dedent(
@@ -112,15 +111,6 @@ QGIS_SCRIPT = textwrap.dedent(
 )
 
 
-def _has_qgis() -> bool:
-    if not SYSTEM_PYTHON.exists():
-        return False
-    probe = subprocess.run(
-        [str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True, timeout=60, check=False
-    )
-    return probe.returncode == 0
-
-
 @pytest.fixture(scope="module")
 def run_result(make_run_result: Callable[..., RunResult]) -> RunResult:
     return make_run_result()
@@ -140,28 +130,10 @@ def qgis_view(out_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def _open_styled(out_dir: Path, tmp_path_factory: pytest.TempPathFactory, png: Path) -> dict:
     """What QGIS_SCRIPT reports of the GeoPackage and the GeoJSON files in `out_dir`."""
-    if not _has_qgis():
-        pytest.skip("QGIS Python API not installed (apt-get install -y python3-qgis)")
-    script = tmp_path_factory.mktemp("qgis_script") / "open_styled.py"
-    script.write_text(QGIS_SCRIPT)
+    skip_without_qgis()
     png.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "QT_QPA_PLATFORM": "offscreen",
-        "XDG_RUNTIME_DIR": str(tmp_path_factory.mktemp("xdg")),
-    }
-    env.pop("PYTHONPATH", None)  # the venv's packages must not leak into the system Python
-    proc = subprocess.run(
-        [str(SYSTEM_PYTHON), str(script), str(out_dir / "changedet.gpkg"), str(out_dir), str(png)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, f"QGIS script failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
-    view: dict = json.loads(lines[-1][len("RESULT ") :])
+    args = [str(out_dir / "changedet.gpkg"), str(out_dir), str(png)]
+    view: dict = qgis_result(QGIS_SCRIPT, args, tmp_path_factory.mktemp("qgis"), timeout=180)
     return view
 
 
@@ -412,8 +384,7 @@ def test_qgis_class_expression_matches_each_class_exactly(tmp_path: Path) -> Non
     """The first-seen class expression was a chain of `<= end` tests: a structure first seen in
     a month between two classes took the later class's label. Each class now matches its own
     months only, and any other month falls to 'other'."""
-    if not _has_qgis():
-        pytest.skip("QGIS Python API not installed (apt-get install -y python3-qgis)")
+    skip_without_qgis()
     oct_, dec = (date(2023, 10, 1), date(2023, 11, 1)), (date(2023, 12, 1), date(2024, 1, 1))
     classes = [DateClass(a, b, "", (0.0, 0.0, 0.0), 1) for a, b in (oct_, dec)]
     rows = [
@@ -426,20 +397,8 @@ def test_qgis_class_expression_matches_each_class_exactly(tmp_path: Path) -> Non
         ["2023-11-01", "dropped", None],
         ["2023-11-01", "active", "false-positive"],
     ]
-    script = tmp_path / "expression.py"
-    script.write_text(EXPRESSION_SCRIPT)
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)}
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.run(
-        [str(SYSTEM_PYTHON), str(script), class_expression(classes), json.dumps(rows)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
+    got = qgis_result(
+        EXPRESSION_SCRIPT, [class_expression(classes), json.dumps(rows)], tmp_path, timeout=120
     )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, proc.stderr[-3000:]
-    got = json.loads(lines[-1][len("RESULT ") :])
     k_oct, k_dec = (c.key for c in classes)
     assert got == [k_oct, "other", k_dec, "other", "other", "", "dropped", "false-positive"]
