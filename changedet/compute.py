@@ -21,6 +21,7 @@ placing itself, one labelled call per task; the monitor places its AOIs' computi
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -328,30 +329,57 @@ def _client(address: str) -> Any:
     return client
 
 
-def _check_workers(client: Any, address: str) -> None:
-    """The workers there now have this changedet: one without it died on its first task and the
-    run waited NO_WORKER_S for "no worker"; one of another version computed other answers with
-    no word. (Workers that join later are not asked.)"""
-    import importlib.metadata
+def code_identity() -> tuple[str, str]:
+    """(version, digest of the package's Python files) of the changedet this process runs: the
+    version stays 0.1.0 across changes that give other answers, the files do not."""
+    import changedet
+
+    return changedet.__version__, _files_digest()
+
+
+@functools.cache
+def _files_digest() -> str:
+    """The package's Python files as this process first looked at them (a worker: at its first
+    run's check, so files updated under a running worker do not vouch for its old code)."""
+    import hashlib
 
     import changedet
 
-    mine = changedet.__version__
+    root = Path(changedet.__file__).parent
+    digest = hashlib.blake2b(digest_size=8)
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _check_workers(client: Any, address: str) -> None:
+    """The workers there now have this changedet: one without it died on its first task and the
+    run waited NO_WORKER_S for "no worker"; one of another version, or of other files under the
+    same version (a worker started before an update), computed other answers with no word.
+    (Workers that join later are not asked.)"""
+    mine, my_files = code_identity()
     try:
-        found = client.run(importlib.metadata.version, "changedet", on_error="return")
+        found = client.run(code_identity, on_error="return")
     except Exception:  # the scheduler is asked again by the tasks, which say what is wrong
         return
-    lacking = sorted(w for w, v in found.items() if not isinstance(v, str))
+    lacking = sorted(w for w, v in found.items() if not isinstance(v, tuple | list))
     if lacking:
         raise UsageError(
             f"Dask worker(s) at {address} cannot import changedet ({', '.join(lacking[:3])}); "
             f"install it where they run (pip install 'changedet[dask]=={mine}') and restart them"
         )
-    other = sorted(f"{w} has {v}" for w, v in found.items() if v != mine)
+    other = sorted(f"{w} has {v[0]}" for w, v in found.items() if v[0] != mine)
     if other:
         raise UsageError(
             f"Dask worker(s) at {address} run another changedet than this {mine} "
             f"({', '.join(other[:3])}); install the same version on every machine"
+        )
+    stale = sorted(w for w, v in found.items() if v[1] != my_files)
+    if stale:
+        raise UsageError(
+            f"Dask worker(s) at {address} run changedet {mine} from other files than this one "
+            f"({', '.join(stale[:3])}: started before an update?); install the same code on "
+            "every machine and restart the workers"
         )
 
 

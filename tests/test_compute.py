@@ -312,6 +312,11 @@ def test_workers_of_another_changedet_are_refused_before_any_task(
     assert f"has {installed}" in said and said.endswith("install the same version on every machine")
     monkeypatch.setattr(changedet, "__version__", installed)
     assert [i for i, _ in compute.on_cluster(dask_cluster, tasks)] == [0]
+    # The same version from other files (workers started before an update) computed the old
+    # code's answers: the version string stayed 0.1.0 across changes.
+    monkeypatch.setattr(compute, "_files_digest", lambda: "0123456789abcdef")
+    with pytest.raises(UsageError, match=r"run changedet .* from other files than this one"):
+        list(compute.on_cluster(dask_cluster, tasks))
 
 
 def test_workers_dask_gave_up_on_are_one_line_with_what_to_do() -> None:
