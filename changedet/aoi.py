@@ -401,15 +401,19 @@ def _check_zone(aoi: AOI) -> None:
             f"UTM zone ({epsg % 100}); its grid would distort areas and shapes out there. Give "
             "each site (each part far from the others) as its own feature"
         )
-    if west < meridian - 3.0 or east > meridian + 3.0:
-        edge = meridian - 3.0 if west < meridian - 3.0 else meridian + 3.0
-        warnings.warn(  # the zone, its lattice and every id follow the centroid across the edge
-            f"AOI '{aoi.id}' crosses the edge of UTM zone {epsg % 100} at {_meridian_text(edge)}: it is "
-            f"gridded in that zone (its centroid's), and a redraw that moves its centroid across "
-            "the edge regrids it and renames every structure; keep its outline's centre on one "
-            "side",
-            stacklevel=4,
-        )
+
+
+def zone_edge_crossed(aoi: AOI) -> str | None:
+    """'UTM zone 39 at 54° E' when the AOI reaches past an edge of the zone it is gridded in
+    (its centroid's): a redraw moving the centroid across regrids it and renames every
+    structure. None when it lies within its zone."""
+    epsg = aoi_utm_epsg(aoi)
+    meridian = -183.0 + 6.0 * (epsg % 100)
+    west, _, east, _ = near_longitude(aoi.geometry, meridian).bounds
+    if west >= meridian - 3.0 and east <= meridian + 3.0:
+        return None
+    edge = meridian - 3.0 if west < meridian - 3.0 else meridian + 3.0
+    return f"UTM zone {epsg % 100} at {_meridian_text(edge)}"
 
 
 def _meridian_text(lon: float) -> str:

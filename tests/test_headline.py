@@ -223,6 +223,15 @@ def test_a_mapping_unit_larger_than_the_aoi_is_a_warning(result: RunResult) -> N
     assert said.startswith(f"AOI '{result.aoi.id}' ({aoi_m2:,.0f} m²) is smaller than change.")
 
 
+def test_an_aoi_across_its_zone_edge_is_a_warning(result: RunResult) -> None:
+    """It was a Python warning at load: printed by run, never by the monitor, in no output."""
+    from shapely.geometry import box
+
+    across = replace(result.aoi, geometry=box(53.9, 35.6, 54.05, 35.7))
+    (said,) = headline(replace(result, aoi=across)).warnings
+    assert said.startswith(f"AOI '{result.aoi.id}' crosses the edge of UTM zone 39 at 54° E")
+
+
 def test_berms_switched_off_are_not_assessed_rather_than_none(result: RunResult) -> None:
     """With [berms] enabled = false no structure was looked at for berms (bermed: null): the
     headline says so instead of '0 of the new buildings bermed'."""

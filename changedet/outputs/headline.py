@@ -304,6 +304,20 @@ def _unmasked_warning(result: RunResult) -> str | None:
     )
 
 
+def _zone_edge_warning(result: RunResult) -> str | None:
+    """An AOI across the edge of its UTM zone: its grid and every id follow its centroid."""
+    from changedet.aoi import zone_edge_crossed
+
+    crossed = zone_edge_crossed(result.aoi)
+    if crossed is None:
+        return None
+    return (
+        f"AOI '{result.aoi.id}' crosses the edge of {crossed}: it is gridded in that zone (its "
+        "centroid's), and a redraw that moves its centroid across the edge regrids it and "
+        "renames every structure; keep its outline's centre on one side"
+    )
+
+
 def _mapping_unit_warning(result: RunResult) -> str | None:
     """A minimum mapping unit larger than the AOI: only a structure reaching past the polygon
     could be reported there (it was accepted without a word)."""
@@ -391,6 +405,7 @@ def headline(result: RunResult) -> Headline:
         ("unseen", _unseen_warning(result)),
         ("coverage", _coverage_warning(result)),
         ("mapping-unit", _mapping_unit_warning(result)),
+        ("zone-edge", _zone_edge_warning(result)),
     )
     return Headline(
         n_buildings=n_buildings,
