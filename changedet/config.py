@@ -527,9 +527,10 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config: 'extends' in '{path}' must be a file path string")
     target = (path.parent / parent).resolve()
     if not target.is_file():
+        what = "is a folder, not a config file" if target.is_dir() else "does not exist"
         raise ConfigError(
-            f"config: '{path}' says extends = \"{parent}\", which resolves to '{target}' and does "
-            f"not exist; the path is relative to {path.parent}: fix or remove that line"
+            f"config: '{path}' says extends = \"{parent}\", which resolves to '{target}' and "
+            f"{what}; the path is relative to {path.parent}: fix or remove that line"
         )
     base = _read_toml(target, (*seen, path))
     return _merge(base, data)

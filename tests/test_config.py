@@ -105,6 +105,9 @@ def test_a_copied_config_names_its_extends_line(tmp_path: Path, repo: Path) -> N
     assert f"'{copy}' says extends = \"default.toml\"" in message
     assert f"resolves to '{copy.parent / 'default.toml'}'" in message
     assert "--config" not in message and "\n" not in message
+    (copy.parent / "default.toml").mkdir()  # a folder of that name: not "does not exist"
+    with pytest.raises(ConfigError, match="and is a folder, not a config file"):
+        load_config(copy)
 
 
 def test_fingerprint_tracks_effective_values() -> None:
