@@ -15,9 +15,14 @@ Names are loaded on first use, so `import changedet` stays light.
 
 from __future__ import annotations
 
+import time
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
+
+# When this process loaded changedet: a file changed after it is code this process does not
+# run (`compute.code_identity`, asked of Dask workers).
+IMPORTED_AT = time.time()
 
 try:
     __version__ = version("changedet")

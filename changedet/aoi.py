@@ -54,7 +54,7 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
     """Read every polygon feature of a vector file as an AOI in EPSG:4326. A file of several
     layers (a GeoPackage) is named with its layer, `FILE:LAYER`."""
     cfg = config or AOIConfig()
-    p, frame = _read_frame(str(path))
+    p, layer, frame = _read_frame(str(path))
     if len(frame) == 0:
         raise AOIError(f"AOI file '{p}' has no features; draw at least one polygon")
     if frame.crs is None:
@@ -75,7 +75,6 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
     seen: set[str] = set()
     # Unnamed features are named after their file, so two unnamed files do not write (and
     # replace) one OUT/aoi-1 folder
-    layer = str(path)[len(str(p)) + 1 :] if str(path) != str(p) else ""  # FILE:LAYER
     stem = safe_id(f"{p.stem}-{layer}" if layer else p.stem, "aoi")
     for index, row in enumerate(frame.itertuples(index=False)):
         props = {k: _plain(v) for k, v in row._asdict().items() if k != "geometry"}
@@ -106,9 +105,9 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
     return aois
 
 
-def _read_frame(path: str) -> tuple[Path, Any]:
-    """The AOI file's features as a data frame: its one layer with geometry, or the layer
-    `FILE:LAYER` names."""
+def _read_frame(path: str) -> tuple[Path, str, Any]:
+    """The AOI file, the layer `FILE:LAYER` names ("" for none) and its features as a data
+    frame: its one layer with geometry, or that layer."""
     import pyogrio  # the only vector-file reader; local import keeps `import changedet` light
 
     p, layer = Path(path), None
@@ -148,7 +147,7 @@ def _read_frame(path: str) -> tuple[Path, Any]:
             f"AOI file '{p}' could not be read as a vector file ({first}); "
             "pass a GeoJSON, GeoPackage or Shapefile"
         ) from None
-    return p, frame
+    return p, (layer or "") if len(spatial) > 1 else "", frame  # one layer: the file names it
 
 
 def _id_text(value: object) -> str | None:

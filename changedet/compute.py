@@ -337,19 +337,33 @@ def code_identity() -> tuple[str, str]:
     return changedet.__version__, _files_digest()
 
 
+# A file's time on a shared mount is the file server's clock: this much ahead is not an update.
+_CLOCK_SLACK_S = 60.0
+
+
 @functools.cache
 def _files_digest() -> str:
-    """The package's Python files as this process first looked at them (a worker: at its first
-    run's check, so files updated under a running worker do not vouch for its old code)."""
-    import hashlib
-
+    """`package_digest` of the changedet this process loaded, as it first looked at it."""
     import changedet
 
-    root = Path(changedet.__file__).parent
+    return package_digest(Path(changedet.__file__).parent, changedet.IMPORTED_AT)
+
+
+def package_digest(root: Path, loaded_at: float) -> str:
+    """A digest of the modules under `root` (not dotfiles: an editor's lock file, macOS's
+    `._x.py`), marked stale when one changed after `loaded_at` (with `_CLOCK_SLACK_S`): files
+    updated under a running worker do not vouch for the old code it runs."""
+    import hashlib
+
     digest = hashlib.blake2b(digest_size=8)
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+    stale = False
+    for path in sorted(root.rglob("[!.]*.py")):
+        try:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+            stale |= path.stat().st_mtime > loaded_at + _CLOCK_SLACK_S
+        except OSError:  # gone or unreadable: it is not code anyone runs
+            continue
+    return digest.hexdigest() + ("-changed-since-loaded" if stale else "")
 
 
 def _check_workers(client: Any, address: str) -> None:
@@ -362,13 +376,16 @@ def _check_workers(client: Any, address: str) -> None:
         found = client.run(code_identity, on_error="return")
     except Exception:  # the scheduler is asked again by the tasks, which say what is wrong
         return
+    # A worker of an earlier changedet has no code_identity: it runs other files, not none.
+    older = {w for w, v in found.items() if isinstance(v, AttributeError)}
+    found = {w: ("", "older") if w in older else v for w, v in found.items()}
     lacking = sorted(w for w, v in found.items() if not isinstance(v, tuple | list))
     if lacking:
         raise UsageError(
             f"Dask worker(s) at {address} cannot import changedet ({', '.join(lacking[:3])}); "
             f"install it where they run (pip install 'changedet[dask]=={mine}') and restart them"
         )
-    other = sorted(f"{w} has {v[0]}" for w, v in found.items() if v[0] != mine)
+    other = sorted(f"{w} has {v[0]}" for w, v in found.items() if v[0] not in (mine, ""))
     if other:
         raise UsageError(
             f"Dask worker(s) at {address} run another changedet than this {mine} "

@@ -5,6 +5,7 @@ for a failure that is the machine's, not a bug (`machine_trouble`)."""
 from __future__ import annotations
 
 import errno
+import sqlite3
 import tempfile
 import warnings
 
@@ -54,6 +55,11 @@ def machine_trouble(exc: BaseException) -> str | None:
             f"a file grew past the file-size limit ({exc.strerror}): changedet keeps each date's "
             f"pixels in the temporary folder {tempfile.gettempdir()} while it runs; lift the "
             "limit (ulimit -f unlimited), then rerun"
+        )
+    if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
+        return (  # a damaged page met after opening (status and review do not read them all)
+            f"the monitor's state database is damaged ({exc}): restore it from a backup, or "
+            "delete it to start a new ledger"
         )
     if type(exc).__name__ == "KilledWorker":  # dask: the workers running it died, each time
         return (

@@ -131,7 +131,9 @@ def test_an_unnamed_aoi_is_named_after_its_file_and_a_kml_name_is_a_name(tmp_pat
     assert (placemark.id, placemark.name) == ("Nantes-core", "Nantes core")
 
 
-def test_a_geopackage_of_several_layers_names_the_one_to_read(tmp_path: Path) -> None:
+def test_a_geopackage_of_several_layers_names_the_one_to_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "sites.gpkg"
     for layer, site in (("north", box(51.6, 35.6, 51.61, 35.61)), ("south", KHOJIR_BOX)):
         frame = gpd.GeoDataFrame({"id": [layer]}, geometry=[site], crs=4326)
@@ -157,6 +159,14 @@ def test_a_geopackage_of_several_layers_names_the_one_to_read(tmp_path: Path) ->
         )
     ids = [a.id for layer in ("north", "south") for a in load_aois(f"{unnamed}:{layer}")]
     assert ids == ["unnamed-north", "unnamed-south"]
+    # a path as typed, "./x" (Path drops the "./"), names the same (it gave "nnamed-g-north")
+    monkeypatch.chdir(tmp_path)
+    assert [a.id for a in load_aois("./unnamed.gpkg:north")] == ["unnamed-north"]
+    frame = gpd.GeoDataFrame({"x": [1]}, geometry=[KHOJIR_BOX], crs=4326)
+    frame.to_file(tmp_path / "u.geojson", driver="GeoJSON")
+    assert [a.id for a in load_aois("./u.geojson")] == [a.id for a in load_aois("u.geojson")]
+    frame.to_file(tmp_path / "one.gpkg", layer="sites", driver="GPKG")  # its one layer named
+    assert [a.id for a in load_aois("one.gpkg:sites")] == [a.id for a in load_aois("one.gpkg")]
 
 
 def test_invalid_ring_is_repaired_with_a_warning(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -333,3 +334,37 @@ def test_workers_dask_gave_up_on_are_one_line_with_what_to_do() -> None:
     said = machine_trouble(died)
     assert said is not None and said.startswith("the Dask workers computing it died")
     assert _failed("k", died, on_worker=True).message == said
+
+
+def test_the_code_digest_skips_dotfiles_and_tells_files_changed_since_loading(
+    tmp_path: Path,
+) -> None:
+    """An editor's lock file (a dangling symlink) crashed every --cluster run; files changed
+    under a running worker matched the updated coordinator while it ran the old code."""
+    import os
+    import time
+
+    from changedet.compute import package_digest
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    loaded = time.time()
+    clean = package_digest(tmp_path, loaded)
+    (tmp_path / ".#a.py").symlink_to(tmp_path / "gone")
+    (tmp_path / "._a.py").write_bytes(b"\x00\x05")
+    assert package_digest(tmp_path, loaded) == clean
+    later = loaded + 3600
+    os.utime(tmp_path / "a.py", (later, later))
+    assert package_digest(tmp_path, loaded) == clean + "-changed-since-loaded"
+
+
+def test_a_worker_of_an_earlier_changedet_is_told_to_restart_not_to_install() -> None:
+    """Without code_identity (an earlier changedet) it was told it cannot import changedet."""
+    from changedet import compute
+    from changedet.errors import UsageError
+
+    class Cluster:  # what distributed.Client.run gives: per worker, its answer or its error
+        def run(self, fn: Callable[[], Any], on_error: str) -> dict[str, Any]:
+            return {"tcp://w1": fn(), "tcp://w2": AttributeError("no code_identity")}
+
+    with pytest.raises(UsageError, match=r"from other files than this one \(tcp://w2"):
+        compute._check_workers(Cluster(), "tcp://s")

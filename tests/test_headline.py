@@ -203,6 +203,14 @@ def test_months_the_run_could_not_look_at_are_a_warning(result: RunResult) -> No
     comparison["clear_periods"] = every[:2]  # October unseen too: said, November with it
     (said,) = headline(early).warnings
     assert "the 2 months after 2023-09 (2023-10..2023-11)" in said
+    # 26 days of November without a scene are news (it kept quiet up to 27)
+    comparison["clear_periods"] = every[:3]
+    counts[-1] = replace(
+        counts[-1], period=Period(date(2023, 11, 1), date(2023, 11, 27), "2023-11")
+    )
+    late = replace(early, counts=tuple(counts))
+    (said,) = headline(late).warnings
+    assert "the month after 2023-10 (2023-11) had too little clear view" in said
 
 
 def test_scenes_read_without_an_scl_asset_are_a_warning(result: RunResult) -> None:

@@ -610,7 +610,7 @@ def run_watchlist(
     `watch.cluster`, each AOI's pipeline runs on a Dask worker while this process, the state's
     only writer, plans, commits and alerts."""
     io = io or PipelineIO.default()
-    with hold_lock(watch.state), State(_unemptied_state(watch), empty_ok=True) as state:
+    with hold_lock(watch.state), State(_unemptied_state(watch), empty_ok=True, check=True) as state:
         _refuse_going_back(state, now)
         run_id = state.begin_run(now)
         renamed = _carry_renamed(state, watch)

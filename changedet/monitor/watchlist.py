@@ -112,8 +112,8 @@ class WatchList:
     def with_state(self, state: Path | None) -> WatchList:
         if state is None:
             return self
-        path = Path(state).expanduser().absolute()
-        _refuse_state_in_out(path, self.out, self.aois)  # --state as the watch-list's state
+        path = Path(state).expanduser().resolve()  # "out/k/../s.sqlite", a symlinked folder
+        _refuse_state_in_out(path, self.out, self.aois, name="--state")
         return replace(self, state=path)
 
     def with_cluster(self, cluster: str | None) -> WatchList:
@@ -371,15 +371,18 @@ def load_watchlist(path: str | Path) -> WatchList:
     )
 
 
-def _refuse_state_in_out(state: Path, out: Path, aois: Sequence[WatchedAOI]) -> None:
-    """The state database must not be the outputs' folder nor lie in an AOI's output folder,
-    which every run replaces as a whole (it failed after computing, exit 1)."""
+def _refuse_state_in_out(
+    state: Path, out: Path, aois: Sequence[WatchedAOI], *, name: str = "watch-list: state"
+) -> None:
+    """The state database (resolved) must not be the outputs' folder nor lie in an AOI's output
+    folder, which every run replaces as a whole (it failed after computing, exit 1)."""
+    out = out.resolve()
     inside = next((w.aoi.id for w in aois if (out / w.aoi.id) in (state, *state.parents)), None)
     if state == out or inside is not None:
         where = "is the out folder" if state == out else f"lies in AOI '{inside}''s output folder"
         raise ConfigError(
-            f"watch-list: state '{state}' {where}, which runs replace; put the state file "
-            "beside out, not in it"
+            f"{name} '{state}' {where}, which runs replace; put the state file beside out, "
+            "not in it"
         )
 
 

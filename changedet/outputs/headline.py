@@ -363,13 +363,19 @@ def _unseen_warning(result: RunResult) -> str | None:
     return f"AOI '{result.aoi.id}': " + "; ".join(said) + "; see the counts' clear_fraction"
 
 
+# A last period this short is one the run ends a few days into (a monitoring run early in a
+# month): two revisits of Sentinel-2 (5 days each), in which no scene is no news.
+_UNDER_WAY_DAYS = 10
+
+
 def _under_way(counts: Sequence[PeriodCount]) -> bool:
-    """Whether the last period is cut short by the end of the time range (a monitoring run in
-    the first days of a month): shorter, by more than months differ, than the one before it."""
+    """Whether the last period is cut short by the end of the time range within its first
+    `_UNDER_WAY_DAYS` days (shorter than the one before it: not a series of short periods)."""
     if len(counts) < 2:
         return False
     last, before = counts[-1].period, counts[-2].period
-    return (last.end - last.start).days < (before.end - before.start).days - 3
+    days = (last.end - last.start).days
+    return days <= _UNDER_WAY_DAYS < (before.end - before.start).days
 
 
 def _months(n: int) -> str:
