@@ -5,7 +5,6 @@ for a failure that is the machine's, not a bug (`machine_trouble`)."""
 from __future__ import annotations
 
 import errno
-import sqlite3
 import tempfile
 import warnings
 
@@ -56,7 +55,11 @@ def machine_trouble(exc: BaseException) -> str | None:
             f"pixels in the temporary folder {tempfile.gettempdir()} while it runs; lift the "
             "limit (ulimit -f unlimited), then rerun"
         )
-    if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc):
+    # sqlite3's DatabaseError, named not imported: the state module alone talks to SQLite
+    damaged = any(
+        c.__module__ == "sqlite3" and c.__name__ == "DatabaseError" for c in type(exc).__mro__
+    )
+    if damaged and "malformed" in str(exc):
         return (  # a damaged page met after opening (status and review do not read them all)
             f"the monitor's state database is damaged ({exc}): restore it from a backup, or "
             "delete it to start a new ledger"
