@@ -415,6 +415,18 @@ def zone_edge_crossed(aoi: AOI) -> str | None:
     return f"UTM zone {epsg % 100} at {_meridian_text(edge)}"
 
 
+def zone_edge_warning(aoi: AOI) -> str | None:
+    """The warning for an AOI across the edge of its UTM zone (`zone_edge_crossed`), or None."""
+    crossed = zone_edge_crossed(aoi)
+    if crossed is None:
+        return None
+    return (
+        f"AOI '{aoi.id}' crosses the edge of {crossed}: it is gridded in that zone (its "
+        "centroid's), and a redraw that moves its centroid across the edge regrids it and "
+        "renames every structure; keep its outline's centre on one side"
+    )
+
+
 def _meridian_text(lon: float) -> str:
     lon = 180.0 - ((180.0 - lon) % 360.0)
     return f"{abs(lon):g}° {'E' if lon >= 0 else 'W'}"

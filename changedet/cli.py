@@ -608,11 +608,14 @@ def search(
     probe: bool,
 ) -> None:
     """List the scenes a run would use, and why any were dropped."""
+    from changedet.aoi import zone_edge_warning
     from changedet.pipeline import search_aoi
 
     with _errors(debug):
         config = _load(config_path, catalog=catalog, collection=collection, start=start, end=end)
         sourced, failed = _load_each(aoi_files, config, debug=debug)  # as `run`: the rest go on
+        for warning in filter(None, (zone_edge_warning(aoi) for _, aoi in sourced)):
+            click.echo(f"changedet: warning: {warning}", err=True)  # a run's headline says it
         reports = []
         with _Renderer(quiet=as_json) as progress:
             for _, aoi in sourced:

@@ -745,3 +745,22 @@ def test_search_lists_the_readable_aoi_files_and_fails_the_others(
     assert result.exit_code == 1
     assert [r["aoi"] for r in json.loads(result.stdout)] == ["khojir"]
     assert f"changedet: error: AOI file '{missing}' not found" in result.stderr
+
+
+def test_search_warns_of_an_aoi_across_its_zone_edge(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    """The warning moved into a run's headline; search, which writes none, said nothing."""
+    from shapely.geometry import box, mapping
+
+    aoi = tmp_path / "edge.geojson"
+    feature = {
+        "type": "Feature",
+        "properties": {"id": "edge"},
+        "geometry": mapping(box(53.9, 35.6, 54.05, 35.7)),
+    }
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    result = cli("search", str(aoi), "--config", str(DEMO))
+    assert (
+        "changedet: warning: AOI 'edge' crosses the edge of UTM zone 39 at 54° E" in result.stderr
+    )

@@ -723,7 +723,35 @@ def test_an_outline_drawn_smaller_and_back_alerts_no_status_already_told(
     (tmp_path / "k1.geojson").write_text(drawn)
     (back,) = _run(scenario).checks
     assert back.outcome == "updated"
-    assert not [a for a in back.alerts if a.kind in ("bermed", "vanished")], back.alerts
+    # only one withdrawn meanwhile is told again, reinstated with its status (as designed)
+    reinstated = {a.structure_id for a in back.alerts if a.kind == "reinstated"}
+    told = [a for a in back.alerts if a.kind in ("bermed", "vanished")]
+    assert all(a.structure_id in reinstated for a in told), back.alerts
+    assert len(told) < sum(1 for a in first.alerts if a.payload["status"] == "bermed")
+
+
+def test_the_status_a_structures_latest_alert_told_counts_as_told(tmp_path: Path) -> None:
+    """new (bermed), withdrawn, reinstated as merely confirmed: bermed again is news. Only the
+    latest alert's status counts as told (any alert's did, so that "bermed" went unsaid)."""
+    import json as _json
+
+    from changedet.monitor.decide import ledger_changes
+
+    with State(tmp_path / "s.sqlite") as state:
+        state.db.execute(
+            "INSERT INTO runs (id, started, now) VALUES (1, '2024-01-01', '2024-01-01')"
+        )
+        for seq, (kind, status) in enumerate(
+            [("new", "bermed"), ("withdrawn", "dropped"), ("reinstated", "confirmed")]
+        ):
+            state.db.execute(
+                "INSERT INTO alerts VALUES (?, ?, 'k', 's1', ?, 1, ?)",
+                (f"a{seq}", seq, kind, _json.dumps({"status": status})),
+            )
+        told = state.alerted("k")
+    assert ("s1", "bermed") not in told
+    back = ledger_changes("k", {"s1": _row("s1", "confirmed")}, [_row("s1", "bermed")], told)
+    assert [a.kind for a in back.alerts] == ["bermed"]
 
 
 def test_a_run_with_no_edit_retires_nothing_silently(tmp_path: Path) -> None:

@@ -79,11 +79,15 @@ def test_alerts_of_a_run_json_without_companions_are_the_monitors(
     write_run_outputs(run_result, out, config=FAST)
     assert (out / PREVIOUS / "alerts.geojson").read_text() == monitors
     assert not (out / "alerts.geojson").exists()
-    (out / "run.json").write_text(json.dumps(manifest))  # the analyst's own, beside that run
-    (out / "alerts.geojson").write_text('{"type": "FeatureCollection", "features": [{}]}')
-    for _ in range(2):
-        write_run_outputs(run_result, out, config=FAST)
-    assert (out / "alerts.geojson").is_file()
+    for own in (  # the analyst's own, beside that run: not the monitor's shape, an empty layer
+        '{"type": "FeatureCollection", "features": [{}]}',
+        '{"type": "FeatureCollection", "name": "alerts", "features": []}',
+    ):
+        (out / "run.json").write_text(json.dumps(manifest))
+        (out / "alerts.geojson").write_text(own)
+        for _ in range(2):
+            write_run_outputs(run_result, out, config=FAST)
+        assert (out / "alerts.geojson").read_text() == own
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "alerts.geojson").write_text("mine")

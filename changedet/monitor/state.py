@@ -275,6 +275,9 @@ def _bool(value: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
+STATUS_ALERTS = ("bermed", "vanished")  # statuses an alert of their own tells
+
+
 class State:
     """An open state database. Use as a context manager, or call `close()`."""
 
@@ -450,19 +453,20 @@ class State:
 
     def alerted(self, aoi_id: str) -> set[tuple[str, str]]:
         """(structure id, alert kind) of every alert ever made for the AOI, and (structure id,
-        "bermed" / "vanished") where an alert already told that status: a structure alerted new
-        and bermed, dropped by an outline edit and back, was alerted "bermed" again."""
+        "bermed" / "vanished") where the structure's latest alert told that status: one alerted
+        new and bermed, dropped by an outline edit and back, was alerted "bermed" again (and one
+        reinstated as merely confirmed since is told "bermed" when it is)."""
         rows = self.db.execute(
             "SELECT structure_id, kind, json_extract(payload, '$.status') FROM alerts "
-            "WHERE aoi_id = ?",
+            "WHERE aoi_id = ? ORDER BY seq",
             (aoi_id,),
         )
-        told = set()
+        told: set[tuple[str, str]] = set()
+        last: dict[str, str] = {}  # the status the latest alert of each structure told
         for structure_id, kind, status in rows:
             told.add((structure_id, kind))
-            if status in ("bermed", "vanished"):
-                told.add((structure_id, status))
-        return told
+            last[structure_id] = status
+        return told | {(s, status) for s, status in last.items() if status in STATUS_ALERTS}
 
     def alerts(self, aoi_id: str) -> list[AlertRow]:
         rows = self.db.execute(

@@ -306,16 +306,9 @@ def _unmasked_warning(result: RunResult) -> str | None:
 
 def _zone_edge_warning(result: RunResult) -> str | None:
     """An AOI across the edge of its UTM zone: its grid and every id follow its centroid."""
-    from changedet.aoi import zone_edge_crossed
+    from changedet.aoi import zone_edge_warning
 
-    crossed = zone_edge_crossed(result.aoi)
-    if crossed is None:
-        return None
-    return (
-        f"AOI '{result.aoi.id}' crosses the edge of {crossed}: it is gridded in that zone (its "
-        "centroid's), and a redraw that moves its centroid across the edge regrids it and "
-        "renames every structure; keep its outline's centre on one side"
-    )
+    return zone_edge_warning(result.aoi)
 
 
 def _mapping_unit_warning(result: RunResult) -> str | None:

@@ -167,10 +167,13 @@ def companion_files(folder: Path) -> set[str]:
 
 def _monitor_alerts(path: Path) -> bool:
     """Whether `path` reads as the monitor's alerts.geojson: a FeatureCollection whose features
-    all carry an alert key and a structure id (none before the first alert)."""
+    all carry an alert key and a structure id (before the first alert: nothing but its
+    type and empty features)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         features = data["features"]
+        if not features:  # the monitor's before any alert is bare: a QGIS export has a name
+            return set(data) == {"type", "features"} and data["type"] == "FeatureCollection"
         return data.get("type") == "FeatureCollection" and all(
             {"key", "structure_id"} <= set(f["properties"]) for f in features
         )
