@@ -283,6 +283,8 @@ class ReadResult:
     assets_read: int = 0
     # Dates read 0.1 off in every band (a wrong offset flag), corrected or not: what to say
     offsets: tuple[str, ...] = ()
+    # Scenes read without an SCL asset (clear = valid data): nothing was masked on them
+    unmasked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -524,6 +524,7 @@ def _provenance(
         "search_stopped": found.stopped,
         "read_notes": list(read.notes),
         "offsets_corrected": list(read.offsets),
+        "scenes_without_scl": list(read.unmasked),
         "bytes_fetched": read.bytes_fetched,
         "cache_hits": read.cache_hits,
         "synthetic": synthetic,

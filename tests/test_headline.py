@@ -215,8 +215,8 @@ def test_months_the_run_could_not_look_at_are_a_warning(result: RunResult) -> No
 
 def test_scenes_read_without_an_scl_asset_are_a_warning(result: RunResult) -> None:
     """A misnamed scl asset key read every scene unmasked, said only in run.json."""
-    notes = ["16 scene(s) without SCL: clear = valid data (fallback): S2A_1, S2A_2 ..."]
-    provenance = {**result.provenance, "read_notes": notes}
+    unmasked = [f"S2A_{i}" for i in range(16)]
+    provenance = {**result.provenance, "scenes_without_scl": unmasked}
     (said,) = headline(replace(result, provenance=provenance)).warnings
     assert said.startswith(f"AOI '{result.aoi.id}': 16 scene(s) had no SCL asset, so no cloud")
     assert "scl key of [catalog.asset_keys." in said

@@ -292,10 +292,10 @@ def _comparison_warning(result: RunResult) -> str | None:
 def _unmasked_warning(result: RunResult) -> str | None:
     """Scenes read without an SCL asset: no cloud or shadow was masked on them. Right for L1C
     data; for L2A a misnamed `scl` asset key, and the run found clouds (CLI audit)."""
-    said = next((n for n in result.provenance.get("read_notes") or [] if "without SCL" in n), None)
-    if said is None:
+    unmasked = result.provenance.get("scenes_without_scl") or []
+    if not unmasked:
         return None
-    count = said.split(" ", 1)[0]
+    count = len(unmasked)
     provider = result.config.get("catalog", {}).get("provider", "")
     return (
         f"AOI '{result.aoi.id}': {count} scene(s) had no SCL asset, so no cloud or shadow was "

@@ -86,32 +86,22 @@ def _fixed(symbol: ET.Element, *names: str) -> None:
                     sub.set("value", "false")
 
 
+# The categories outside the first-seen classes: (fill alpha, outline alpha, QGIS properties).
+_APART: dict[str, tuple[int, int, dict[str, str]]] = {
+    DROPPED: (0, 140, {"style": "no", "outline_style": "dot", "outline_width": "0.4"}),
+    DISMISSED: (200, 255, {"style": "diagcross", "outline_style": "dot"}),
+}
+
+
 def _symbol(template: ET.Element, i: int, kind: str, colour: Sequence[float]) -> ET.Element:
     """The template's symbol in `colour`: a class's (fill by kind, dashed when unconfirmed),
     a dropped candidate's (faint dotted outline, no fill) or a false positive's (crossed)."""
     symbol = copy.deepcopy(template)
     symbol.set("name", str(i))
-    if kind == DROPPED:
+    fill, outline, props = _APART.get(kind, (70, 255, {}))
+    if props:  # its own fill and outline, not the data-defined ones of a class
         _fixed(symbol, "fillStyle", "outlineStyle")
-        _set_props(
-            symbol,
-            color=_rgba(colour, 0),
-            outline_color=_rgba(colour, 140),
-            style="no",
-            outline_style="dot",
-            outline_width="0.4",
-        )
-    elif kind == DISMISSED:
-        _fixed(symbol, "fillStyle", "outlineStyle")
-        _set_props(
-            symbol,
-            color=_rgba(colour, 200),
-            outline_color=_rgba(colour, 255),
-            style="diagcross",
-            outline_style="dot",
-        )
-    else:
-        _set_props(symbol, color=_rgba(colour, 70), outline_color=_rgba(colour, 255))
+    _set_props(symbol, color=_rgba(colour, fill), outline_color=_rgba(colour, outline), **props)
     return symbol
 
 

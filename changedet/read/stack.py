@@ -196,6 +196,7 @@ def _read(
         cache_hits=built.cache_hits,
         assets_read=built.assets_read,
         offsets=offsets,
+        unmasked=tuple(built.unmasked),
     )
 
 
@@ -301,6 +302,7 @@ class _Built:
     coverage: dict[str, float]
     cache_hits: int
     assets_read: int
+    unmasked: list[str]
 
 
 def _read_and_mosaic(
@@ -675,6 +677,7 @@ class _Mosaic:
             coverage=self.coverage,
             cache_hits=self.probed.cache_hits + self.cache_hits,
             assets_read=self.probed.assets_read + self.assets_read,
+            unmasked=self.fallback,
         )
 
 
