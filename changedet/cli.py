@@ -203,9 +203,7 @@ def _load(config_path: str | None, **flags: str | None) -> Any:
     from changedet.config import load_config, local_catalog_problem, parse_date
 
     overrides: dict[str, Any] = {}
-    for key, value in flags.items():  # `--start ""` fell back to the config's, unsaid
-        if value is not None and not str(value).strip():
-            raise UsageError(f"--{key} is empty; give a value or leave the option out")
+    _refuse_empty({f"--{key}": value for key, value in flags.items()})
     if flags.get("catalog"):
         catalog = str(flags["catalog"])
         is_url = "://" in catalog
@@ -221,6 +219,13 @@ def _load(config_path: str | None, **flags: str | None) -> Any:
         if flags.get(key):
             overrides[f"time.{key}"] = parse_date(str(flags[key]), f"--{key}")
     return load_config(config_path, overrides)
+
+
+def _refuse_empty(options: Mapping[str, str | None]) -> None:
+    """An option given as "" fell back to the config's value (or wrote into ./<id>), unsaid."""
+    for option, value in options.items():
+        if value is not None and not str(value).strip():
+            raise UsageError(f"{option} is empty; give a value or leave the option out")
 
 
 def _load_aois(paths: tuple[str, ...], config: Any) -> list[Any]:
@@ -503,9 +508,7 @@ def run(
     # Everything that can be refused is refused before anything is searched, read or computed:
     # the config, the time range, AOI ids shared across files, an --out that takes no files.
     with _errors(debug):
-        for option, value in (("--out", out_dir), ("--ids-from", ids_from)):
-            if value is not None and not value.strip():  # "" wrote into ./<id>, or was ignored
-                raise UsageError(f"{option} is empty; give a folder or leave the option out")
+        _refuse_empty({"--out": out_dir, "--ids-from": ids_from})
         config = _load(config_path, catalog=catalog, collection=collection, start=start, end=end)
         if cluster:
             problem = scheduler_address_problem(cluster)

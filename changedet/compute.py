@@ -378,20 +378,20 @@ def _check_workers(client: Any, address: str) -> None:
         return
     # A worker of an earlier changedet has no code_identity: it runs other files, not none.
     older = {w for w, v in found.items() if isinstance(v, AttributeError)}
-    found = {w: ("", "older") if w in older else v for w, v in found.items()}
-    lacking = sorted(w for w, v in found.items() if not isinstance(v, tuple | list))
+    told = {w: v for w, v in found.items() if isinstance(v, tuple | list)}
+    lacking = sorted(set(found) - older - set(told))
     if lacking:
         raise UsageError(
             f"Dask worker(s) at {address} cannot import changedet ({', '.join(lacking[:3])}); "
             f"install it where they run (pip install 'changedet[dask]=={mine}') and restart them"
         )
-    other = sorted(f"{w} has {v[0]}" for w, v in found.items() if v[0] not in (mine, ""))
+    other = sorted(f"{w} has {v[0]}" for w, v in told.items() if v[0] != mine)
     if other:
         raise UsageError(
             f"Dask worker(s) at {address} run another changedet than this {mine} "
             f"({', '.join(other[:3])}); install the same version on every machine"
         )
-    stale = sorted(w for w, v in found.items() if v[1] != my_files)
+    stale = sorted(older | {w for w, v in told.items() if v[1] != my_files})
     if stale:
         raise UsageError(
             f"Dask worker(s) at {address} run changedet {mine} from other files than this one "
