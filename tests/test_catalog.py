@@ -416,6 +416,20 @@ def test_missing_catalog_path_is_one_clear_line(tmp_path: Path) -> None:
         _search(tmp_path / "nope")
 
 
+def test_a_static_catalog_without_items_says_so(tmp_path: Path) -> None:
+    # Its collection links no item, and another child is missing: not an AOI or dates problem.
+    (tmp_path / "s2").mkdir()
+    (tmp_path / "s2" / "collection.json").write_text(
+        json.dumps({"type": "Collection", "id": "sentinel-2-l2a", "links": []})
+    )
+    links = [{"rel": "child", "href": f"{d}/collection.json"} for d in ("s2", "gone")]
+    (tmp_path / "catalog.json").write_text(
+        json.dumps({"type": "Catalog", "id": "c", "links": links})
+    )
+    with pytest.raises(NoScenesError, match=r"holds no STAC items \(1 document.*does not exist"):
+        _search(tmp_path / "catalog.json")
+
+
 def test_no_usable_scene_raises_or_returns_empty(tmp_path: Path) -> None:
     path = _write_fc(
         tmp_path / "items.json",

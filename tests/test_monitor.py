@@ -1454,6 +1454,34 @@ def test_an_interrupt_while_delivering_says_the_alerts_wait_for_the_next_run(
     ]
     with State(scenario.state) as state:
         assert state.pending()  # kept, for the next run
+        runs = state.db.execute("SELECT finished IS NOT NULL, outcome FROM runs").fetchall()
+    assert runs == [(1, "interrupted")]  # it committed its AOIs: its clock holds
+
+
+def test_a_run_stopped_before_any_aoi_leaves_no_run_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler that never answers (exit 2) left an unfinished run whose clock then refused
+    every later run at an earlier --now."""
+    import socket
+
+    from changedet import compute
+
+    monkeypatch.setattr(compute, "CONNECT_S", 1.0)
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    watch = load_watchlist(scenario.watchlist())
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(UsageError, match="Dask scheduler"):
+            run_watchlist(watch.with_cluster(address), now=END)
+    with State(scenario.state) as state:
+        assert state.latest_now() is None
+        assert state.db.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
+    report = run_watchlist(watch, now=END - timedelta(days=30))  # not refused as going back
+    assert [c.outcome for c in report.checks] == ["updated"]
 
 
 def test_a_full_disk_under_the_state_is_said_and_commits_nothing(tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def search_scenes(
             return SearchResult(
                 (), tuple(dropped), source, tuple(notes), len(found.items), complete, found.stopped
             )
+        if not found.api and not found.items:
+            raise _no_items(found, source=source)
         raise _nothing_usable(
             dropped, source=source, aoi=aoi, window=(start, end), hint=sifted.provider_hint()
         )
@@ -361,6 +363,16 @@ def _refuse_empty(sifted: _Sifted, *, source: str, remote: bool) -> None:
             f"catalog {source} has no items of collection '{sifted.config.collection}' (found: {names}); "
             "pass one of those with --collection or set [catalog] collection"
         )
+
+
+def _no_items(found: FoundItems, *, source: str) -> NoScenesError:
+    """A static catalog with no item at all: its links are broken, not the AOI or the dates."""
+    unread = found.unreadable
+    why = f" ({len(unread)} document(s) in it could not be read: {unread[0][1]})" if unread else ""
+    return NoScenesError(
+        f"catalog {source} holds no STAC items{why}; point --catalog at a catalog, collection "
+        "or item collection whose links reach its items"
+    )
 
 
 def _nothing_usable(

@@ -613,34 +613,48 @@ def run_watchlist(
     with hold_lock(watch.state), State(_unemptied_state(watch), empty_ok=True, check=True) as state:
         _refuse_going_back(state, now)
         run_id = state.begin_run(now)
-        renamed = _carry_renamed(state, watch)
-        ctx = _Context(state, run_id, now, watch, io, progress, renamed)
-        checks = _on_cluster(ctx) if watch.cluster else (_safe_check(ctx, w) for w in watch.aois)
-        done = []
-        for check in checks:
-            state.record_aoi_run(
-                run_id,
-                check.aoi_id,
-                check.outcome,
-                new_scenes=len(check.new_scenes),
-                new_alerts=len(check.alerts),
-                message=check.message or None,
-            )
-            done.append(check)
-            if on_check is not None:
-                on_check(check)
-        order = {w.aoi.id: i for i, w in enumerate(watch.aois)}
-        done.sort(key=lambda c: order[c.aoi_id])
-        kwargs = {} if sleep is None else {"sleep": sleep}
         try:
-            deliveries = deliver_pending(state, webhook=watch.webhook, smtp=watch.smtp, **kwargs)
-        except KeyboardInterrupt as exc:  # SIGTERM comes as one too (the CLI's handler)
-            exc.add_note("every AOI was checked; alerts not delivered yet go out with the next run")
+            report = _run(_Context(state, run_id, now, watch, io, progress, {}), on_check, sleep)
+        except BaseException as exc:
+            # The error that stopped the run is the one to tell, not one of forgetting it.
+            with contextlib.suppress(Exception):
+                state.abandon_run(run_id, interrupted=not isinstance(exc, Exception))
             raise
-        unwatched = state.unwatched([w.aoi.id for w in watch.aois])
-        report = MonitorReport(run_id, tuple(done), deliveries, unwatched, renamed)
         state.finish_run(run_id, "failed" if report.failed else "ok")
         return report
+
+
+def _run(
+    ctx: _Context,
+    on_check: Callable[[AOICheck], None] | None,
+    sleep: Callable[[float], None] | None,
+) -> MonitorReport:
+    state, run_id, watch = ctx.state, ctx.run_id, ctx.watch
+    ctx = replace(ctx, renamed=_carry_renamed(state, watch))
+    checks = _on_cluster(ctx) if watch.cluster else (_safe_check(ctx, w) for w in watch.aois)
+    done = []
+    for check in checks:
+        state.record_aoi_run(
+            run_id,
+            check.aoi_id,
+            check.outcome,
+            new_scenes=len(check.new_scenes),
+            new_alerts=len(check.alerts),
+            message=check.message or None,
+        )
+        done.append(check)
+        if on_check is not None:
+            on_check(check)
+    order = {w.aoi.id: i for i, w in enumerate(watch.aois)}
+    done.sort(key=lambda c: order[c.aoi_id])
+    kwargs = {} if sleep is None else {"sleep": sleep}
+    try:
+        deliveries = deliver_pending(state, webhook=watch.webhook, smtp=watch.smtp, **kwargs)
+    except KeyboardInterrupt as exc:  # SIGTERM comes as one too (the CLI's handler)
+        exc.add_note("every AOI was checked; alerts not delivered yet go out with the next run")
+        raise
+    unwatched = state.unwatched([w.aoi.id for w in watch.aois])
+    return MonitorReport(run_id, tuple(done), deliveries, unwatched, ctx.renamed)
 
 
 def _carry_renamed(state: State, watch: WatchList) -> dict[str, str]:

@@ -401,6 +401,21 @@ class State:
                 (utc_now(), outcome, run_id),
             )
 
+    def abandon_run(self, run_id: int, *, interrupted: bool) -> None:
+        """A run stopped before its end: kept as "interrupted" if it was interrupted (it may
+        have committed an AOI it had not recorded yet) or recorded an AOI; else (an error
+        before any AOI, an unreachable scheduler say) forgotten, so a run that did nothing
+        does not hold the ledger's clock (`latest_now`) or show in the history."""
+        with self.transaction() as db:
+            recorded = db.execute("SELECT 1 FROM aoi_runs WHERE run_id = ?", (run_id,)).fetchone()
+            if interrupted or recorded:
+                db.execute(
+                    "UPDATE runs SET finished = ?, outcome = 'interrupted' WHERE id = ?",
+                    (utc_now(), run_id),
+                )
+            else:
+                db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
     def record_aoi_run(
         self,
         run_id: int,
