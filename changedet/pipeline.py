@@ -215,7 +215,7 @@ class RunSummary:
     persistence: tuple[int, int] | None = None
 
     def describe(self) -> str:
-        tag = " [SYNTHETIC sample data]" if self.synthetic else ""
+        tag = " [SYNTHETIC data]" if self.synthetic else ""
         found = f"{self.n_confirmed} confirmed new structure(s)"
         if self.persistence is not None and self.persistence[0] <= 1:
             found = f"{self.n_confirmed} new structure(s) (persistence not checked)"

@@ -235,7 +235,7 @@ def test_one_failing_aoi_does_not_stop_the_others(
     assert result.exit_code == 1, result.stderr
     assert "Traceback" not in result.stderr and "AOI 'paris'" in result.stderr
     assert "missing.geojson' not found" in result.stderr
-    assert result.stdout.startswith("good: ") and "[SYNTHETIC sample data]" in result.stdout
+    assert result.stdout.startswith("good: ") and "[SYNTHETIC data]" in result.stdout
     assert (out / "good" / "structures.geojson").is_file()
     assert not (out / "paris").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folders left behind

@@ -33,6 +33,7 @@ from changedet.models import (
     Composite,
     Grid,
     RunResult,
+    Structure,
 )
 from changedet.outputs.chips import SYNTHETIC_RGB
 from changedet.outputs.manifest import run_manifest
@@ -363,6 +364,14 @@ def test_cogs_hold_the_change_evidence(out_dir: Path, run_result: RunResult) -> 
     assert profile["nodata"] == 255
     assert (mask[0][:5, :8] == 255).all()  # unobserved corner
     assert int((mask[0] == 1).sum()) == int(run_result.change.mask.sum())
+    # How to read it beside change.tif: grown below the seed threshold, down to the low one.
+    change = run_result.change
+    tags = profile["tags"]
+    assert (float(tags["threshold"]), float(tags["low_threshold"])) == (
+        change.threshold,
+        change.low_threshold,
+    )
+    assert tags["grown"].endswith("holes filled")
     _, clear = _raster(out_dir / "clear_count.tif")
     np.testing.assert_array_equal(clear[0], run_result.before.count + run_result.after.count)
 
@@ -580,7 +589,7 @@ def test_tables_rasters_pictures_and_an_empty_kml_say_they_are_of_synthetic_data
             assert src.tags().get("CHANGEDET_DATA") == "synthetic", rel
         with rasterio.open(real / rel) as src:
             assert "CHANGEDET_DATA" not in src.tags(), rel
-    pictures = ["before.png", "after.png", "overlay.png"]
+    pictures = ["before.png", "after.png", "overlay.png", "counts.png", "coverage.png"]
     pictures += [p.relative_to(synthetic).as_posix() for p in (synthetic / "chips").glob("*.png")]
     assert len(pictures) > 3
     for name in pictures:
@@ -596,7 +605,9 @@ def test_tables_rasters_pictures_and_an_empty_kml_say_they_are_of_synthetic_data
     document = ET.parse(empty / "structures.kml").getroot()[0]
     said = document.findtext("{http://www.opengis.net/kml/2.2}description") or ""
     assert said.startswith("SYNTHETIC data"), ET.tostring(document)[:300]
-    assert "<description>" not in (real / "structures.kml").read_text().split("<Placemark")[0]
+    real_doc = ET.parse(real / "structures.kml").getroot()[0]
+    said = real_doc.findtext("{http://www.opengis.net/kml/2.2}description") or ""
+    assert said.startswith("changedet run of AOI") and "SYNTHETIC" not in said
 
 
 def test_run_json(out_dir: Path, run_result: RunResult) -> None:
@@ -781,6 +792,45 @@ def test_a_reviewed_false_positive_stays_visible_in_no_count_and_drawn_apart(
     assert labels["dropped"] == "dropped candidate (did not persist), not counted"
     # One class: s2's month (s1 reviewed out, s3 dropped); plus unknown, other, dropped, FP.
     assert len(labels) == 5
+
+
+def test_the_kml_tells_what_is_counted_and_what_the_run_saw(
+    tmp_path: Path, make_run_result: Callable[..., RunResult]
+) -> None:
+    """Google Earth drew every placemark alike (24 dropped candidates read as 24 more
+    buildings) and nothing in the file said how much of the AOI was seen."""
+    result = make_run_result()
+    hall, depot, shed = result.structures
+    assert hall.confirmed and depot.confirmed and not shed.confirmed
+    result = replace(result, structures=(hall, replace(depot, status="dropped"), shed))
+    out = tmp_path / "kml"
+    write_run_outputs(result, out, config=OutputConfig(report=False, chips=False))
+    ns = {"k": "http://www.opengis.net/kml/2.2"}
+    document = ET.parse(out / "structures.kml").getroot()[0]
+    marks = {
+        p.findtext("k:name", namespaces=ns): p for p in document.iter(f"{{{ns['k']}}}Placemark")
+    }
+
+    def line(s: Structure) -> tuple[str, str]:
+        style = marks[s.id].find("k:Style/k:LineStyle", ns)
+        assert style is not None
+        return style.findtext("k:color", namespaces=ns) or "", style.findtext(
+            "k:width", namespaces=ns
+        ) or ""
+
+    def said(s: Structure) -> str:
+        return marks[s.id].findtext("k:description", namespaces=ns) or ""
+
+    assert line(hall)[1] == "3" and "NOT COUNTED" not in said(hall)
+    assert line(depot) == ("FFBFBFBF", "1")  # grey, thin
+    assert "NOT COUNTED, dropped candidate (did not persist): " in said(depot)
+    assert line(shed)[1] == "1" and "NOT COUNTED, unconfirmed candidate: " in said(shed)
+    assert line(shed)[0] != "FFBFBFBF"  # a live candidate keeps its first-seen colour
+    # The style string is the placemark's <Style>, not a property of it.
+    assert "OGR_STYLE" not in (out / "structures.kml").read_text(encoding="utf-8")
+    about = document.findtext("k:description", namespaces=ns) or ""
+    assert "1 new structure in all" in about  # the dropped one is in no count
+    assert "Analysed " in about and "of the " in about
 
 
 def test_failed_run_keeps_previous_outputs(run_result: RunResult, tmp_path: Path) -> None:

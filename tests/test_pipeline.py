@@ -214,6 +214,25 @@ def test_ids_stable_on_rerun_and_when_extended_by_one_period(
     assert not august[new].confirmed
 
 
+def test_the_after_composite_ends_with_the_data_not_with_the_run(
+    scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
+) -> None:
+    """A run past the last scene labelled its "after" imagery, change raster and map over
+    months the data never reached ('2023-07..2023-10' of acquisitions ending in August)."""
+
+    def after(end: date) -> RunResult:
+        io = fake_io(scenario.stack)
+        run_aoi(scenario.aoi, _until(scenario.config, end), out_root=tmp_path, io=io)
+        (result,) = io.write.results  # type: ignore[attr-defined]
+        return result
+
+    august, october = after(date(2023, 8, 31)), after(date(2023, 10, 31))
+    assert [c.period.label for c in october.composites][-1] == "2023-10"
+    assert october.after.period == august.after.period
+    assert october.after.period.end == date(2023, 9, 1)
+    assert np.array_equal(october.after.reflectance, august.after.reflectance, equal_nan=True)
+
+
 def test_a_search_cut_short_is_a_warning_of_the_run(
     scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
 ) -> None:

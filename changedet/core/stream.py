@@ -591,7 +591,7 @@ def analyse_series(
         shifts = _shifts(ctx, refs, screened, keys)
     with timer("composite"):
         targets = [_Target.empty(p, d, series) for p, d in zip(periods, ctx.dates_in, strict=True)]
-        spans = [baseline.span, after_span(periods, baseline)]
+        spans = [baseline.span, after_span(periods, baseline, series.times)]
         for p in spans:
             targets.append(_Target.empty(p, dates_in(series.times, p), series))
         corrected = _corrected(shifts, config, len(refs))

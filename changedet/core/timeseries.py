@@ -492,7 +492,9 @@ def analyse_stack(
         stack = level_stack(stack, baseline, config)
         per_period = [composite(stack, p, min_clear_obs=cc.min_clear_obs) for p in periods]
         before = composite(stack, baseline.span, min_clear_obs=cc.min_clear_obs)
-        after = composite(stack, after_span(periods, baseline), min_clear_obs=cc.min_clear_obs)
+        after = composite(
+            stack, after_span(periods, baseline, stack.times), min_clear_obs=cc.min_clear_obs
+        )
         progress("composite", 1, 1)
     return analyse_composites(
         before,
@@ -510,11 +512,14 @@ def analyse_stack(
     )
 
 
-def after_span(periods: Sequence[Period], baseline: Baseline) -> Period:
+def after_span(periods: Sequence[Period], baseline: Baseline, times: Sequence[datetime]) -> Period:
     """The run's "after": as many clear periods as the baseline has, at the end, never
-    overlapping it."""
+    overlapping it; ending with the last period that holds an acquisition, so its label does
+    not run over months the data never reached (a run past the catalog's last scene)."""
     clear = baseline.comparison.clear
-    return span(periods[max(clear[-len(baseline.indices)], baseline.last + 1) :])
+    first = max(clear[-len(baseline.indices)], baseline.last + 1)
+    held = [k for k in range(first, len(periods)) if dates_in(times, periods[k])]
+    return span(periods[first : (held[-1] if held else first) + 1])
 
 
 def analyse_composites(

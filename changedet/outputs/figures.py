@@ -100,6 +100,7 @@ def counts_chart(result: RunResult) -> bytes:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     ax.set_title("New structures over time (estimates with ranges)", fontsize=10)
+    _stamp(ax, result, fontsize=10)
     shares = {p.label: p.share for p in result.coverage.periods} if result.coverage else {}
     clear = [100 * shares.get(c.period.label, c.clear_fraction) for c in counts]
     ax2.bar(x, clear, color="#74c476")
@@ -230,12 +231,18 @@ def overlay_map(result: RunResult, after_rgb: np.ndarray) -> bytes:
               bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # fmt: skip
     ax.set_title(f"Detections on the after composite ({result.after.period.label}), {grid.crs}",
                  fontsize=10)  # fmt: skip
-    if result.synthetic:  # the map travels without the report's banner
+    _stamp(ax, result)
+    return _fig_png(fig)
+
+
+def _stamp(ax: Any, result: RunResult, fontsize: int = 12) -> None:
+    """The red SYNTHETIC stamp in the axes' lower left corner on a run of generated data: a
+    figure travels without the report's banner."""
+    if result.synthetic:
         ax.text(0.01, 0.01, "SYNTHETIC data", transform=ax.transAxes, ha="left", va="bottom",
-                color="white", fontsize=12, fontweight="bold",
+                color="white", fontsize=fontsize, fontweight="bold", zorder=10,
                 bbox={"facecolor": [c / 255 for c in SYNTHETIC_RGB], "edgecolor": "none",
                       "pad": 3})  # fmt: skip
-    return _fig_png(fig)
 
 
 def _colour(s: Structure, classes: Sequence[DateClass]) -> tuple[float, float, float]:
@@ -366,4 +373,5 @@ def coverage_inset(result: RunResult) -> bytes:
         ],
         loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=7, frameon=False,
     )  # fmt: skip
+    _stamp(ax, result, fontsize=8)
     return _fig_png(fig)

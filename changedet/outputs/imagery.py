@@ -304,6 +304,14 @@ def write_evidence_rasters(out: Path, result: RunResult, *, all_layers: bool) ->
         result,
         nodata=255,
         descriptions=("change mask: 1 change, 0 no change, 255 unobserved",),
+        # Hysteresis: seeded where change.tif reaches `threshold`, grown through pixels down to
+        # `low_threshold`, holes filled: most of the mask's pixels score under the seed level.
+        tags={
+            "threshold": str(change.threshold),
+            "low_threshold": str(change.low_threshold),
+            "grown": "seeds >= threshold, grown through >= low_threshold"
+            + (", holes filled" if result.config.get("change", {}).get("fill_holes") else ""),
+        },
     )
     counts = _clear_counts(result)
     _write_styled(

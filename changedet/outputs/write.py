@@ -40,6 +40,14 @@ from changedet.outputs.imagery import (
     write_evidence_rasters,
     write_imagery,
 )
+from changedet.outputs.kml import (
+    STYLE_FIELD,
+    document_text,
+    finish_kml,
+    not_counted,
+    placemark_style,
+    style_classes,
+)
 from changedet.outputs.manifest import run_manifest
 from changedet.outputs.project import PROJECT_NAME, ProjectLayer, project_qgz
 from changedet.outputs.report import Pictures, write_pictures, write_report_html
@@ -129,7 +137,9 @@ def _write_layer(
 
 
 # gpkg_contents.description of every layer of a run on generated data (QGIS shows it)
-_SYNTHETIC_LAYER = "SYNTHETIC data: generated acquisitions, not Sentinel-2 imagery of this site"
+_SYNTHETIC_LAYER = (
+    "SYNTHETIC data: generated acquisitions, not a real Sentinel-2 series of this site"
+)
 
 
 def _write_geopackage(path: Path, result: RunResult, areas: Sequence[Any]) -> None:
@@ -151,23 +161,27 @@ def _write_geopackage(path: Path, result: RunResult, areas: Sequence[Any]) -> No
 # ----------------------------------------------------------------------------------------------
 # KML (Google Earth)
 
-_KML_COLUMNS = ("Name", "Description", *STRUCTURE_PROPERTIES[1:])
+_KML_COLUMNS = ("Name", "Description", *STRUCTURE_PROPERTIES[1:], STYLE_FIELD)
 
 
-def _kml_description(props: Mapping[str, Any]) -> str:
+def _kml_description(props: Mapping[str, Any], confidence: float) -> str:
+    """One line; `confidence` unrounded, formatted as the report does (0.895 in the GeoJSON is
+    0.89 there, and was 0.90 here)."""
     seen = f"{props['first_seen_start'] or '?'} – {props['first_seen_end'] or '?'}"
     bermed = {True: "yes", False: "no", None: "not assessed"}[props["bermed"]]
     return (
         f"{props['kind']}, first seen {seen}, {props['area_m2']:.0f} m², confidence "
-        f"{props['confidence']:.2f}, {'confirmed' if props['confirmed'] else 'unconfirmed'}, "
+        f"{confidence:.2f}, {'confirmed' if props['confirmed'] else 'unconfirmed'}, "
         f"{props['status']}, bermed {bermed}; {props['lat']}, {props['lon']}"
     )
 
 
 def _write_kml(path: Path, result: RunResult) -> None:
     """structures.kml through GDAL's KML driver: one placemark per structure (EPSG:4326),
-    named by id, described in one line, every property as ExtendedData."""
+    named by id, styled and described in one line (`changedet.outputs.kml`), every property
+    as ExtendedData; the document described by the run's headline."""
     lonlats = all_to_wgs84(result.grid.crs, [s.geometry for s in result.structures])
+    classes = style_classes(result)
     rows: list[_Row] = []
     for s, lonlat in zip(result.structures, lonlats, strict=True):
         props = structure_properties(s, result.grid.crs)
@@ -176,7 +190,10 @@ def _write_kml(path: Path, result: RunResult) -> None:
         for key in ("confirmed", "bermed"):  # KML has no booleans: say it in words
             kml[key] = None if props[key] is None else str(props[key]).lower()
         said = "SYNTHETIC data: " if result.synthetic else ""
-        kml.update(Name=s.id, Description=said + _kml_description(props))
+        if why := not_counted(s):
+            said += f"NOT COUNTED, {why}: "
+        kml.update(Name=s.id, Description=said + _kml_description(props, s.confidence))
+        kml[STYLE_FIELD] = placemark_style(s, classes)
         geometry = split_at_antimeridian(lonlat)  # as in the GeoJSON
         rows.append((right_hand(as_multipolygon(geometry)), kml))
     numbers = (
@@ -198,21 +215,8 @@ def _write_kml(path: Path, result: RunResult) -> None:
         geometry_type="MultiPolygon",
         dtypes={**dict.fromkeys(numbers, "float64"), "n_clear_obs": "int32"},
     )
-    if result.synthetic:  # said once for the file too, so an empty one says it as well
-        _describe_kml_document(path, _SYNTHETIC_LAYER)
-
-
-def _describe_kml_document(path: Path, text: str) -> None:
-    """Give the KML's <Document> a <description> (GDAL's KML driver writes none)."""
-    from xml.sax.saxutils import escape
-
-    kml = path.read_text(encoding="utf-8")
-    start = kml.find("<Document")
-    end = kml.find(">", start)
-    if start < 0 or end < 0:  # pragma: no cover - GDAL's KML driver always writes one
-        raise OutputError(f"{path.name}: no <Document> to describe")
-    described = kml[: end + 1] + f"<description>{escape(text)}</description>" + kml[end + 1 :]
-    path.write_text(described, encoding="utf-8")
+    text = finish_kml(path.read_text(encoding="utf-8"), document_text(result, _SYNTHETIC_LAYER))
+    path.write_text(text, encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------
