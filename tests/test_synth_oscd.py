@@ -43,6 +43,20 @@ def series(city):  # type: ignore[no-untyped-def]
     return make_oscd_series(city, seed=3, months=6, scenes_per_month=2)
 
 
+def test_the_series_grid_of_bands_in_degrees_or_in_metres() -> None:
+    """OSCD ships EPSG:4326 bands; a copy reprojected to UTM crashed (its metres were read as
+    degrees to choose the zone)."""
+    from changedet.lab.series import _utm_grid
+
+    degrees = Grid.from_origin("EPSG:4326", 2.30, 48.85, 1e-4, 400, 400)
+    metres = Grid.from_origin("EPSG:32631", 450_003.0, 5_411_007.0, 10.0, 300, 280)
+    for src in (degrees, metres):
+        grid = _utm_grid(src)
+        assert grid.crs == "EPSG:32631" and grid.res == 10.0
+    inside = _utm_grid(metres)
+    assert inside.bounds == (450_010.0, 5_408_210.0, 453_000.0, 5_411_000.0)  # snapped inward
+
+
 def test_series_plan_regions_dates_and_switch(series) -> None:  # type: ignore[no-untyped-def]
     assert series.grid.is_projected_metres and series.grid.res == 10.0
     assert series.grid.transform.c % 10 == 0 and series.grid.transform.f % 10 == 0

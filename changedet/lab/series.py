@@ -192,7 +192,11 @@ def _utm_grid(src: Grid, res: float = 10.0) -> Grid:
     Not `aoi.grid_for`: that snaps an AOI's bounds outward, which here would add edge pixels the
     source does not cover. The zone is chosen the same way (`aoi.utm_epsg`)."""
     x0, y0, x1, y1 = src.bounds
-    crs = f"EPSG:{utm_epsg((x0 + x1) / 2, (y0 + y1) / 2)}"
+    # The centre in degrees: OSCD ships EPSG:4326 bands, a reprojected copy may be in metres.
+    lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(
+        (x0 + x1) / 2, (y0 + y1) / 2
+    )
+    crs = f"EPSG:{utm_epsg(lon, lat)}"
     tr = Transformer.from_crs(src.crs, crs, always_xy=True)
     xs, ys = tr.transform([x0, x0, x1, x1], [y0, y1, y0, y1])
     # Inward: the largest axis-aligned box inside the (slightly rotated) source footprint.
