@@ -57,6 +57,23 @@ def test_the_series_grid_of_bands_in_degrees_or_in_metres() -> None:
     assert inside.bounds == (450_010.0, 5_408_210.0, 453_000.0, 5_411_000.0)  # snapped inward
 
 
+def test_series_scenes_are_named_by_their_mgrs_tile() -> None:
+    from changedet.lab.series import mgrs_tile
+
+    # Real tiles: the upper-left corner of each tile's 10 m grid (proj:transform) in the Earth
+    # Search and Planetary Computer items of ../shared/data/stac-samples (all 45 there agree),
+    # north and south of the equator, odd and even zones.
+    for epsg, left, top, tile in (
+        (32613, 399_960, 4_500_000, "13TDE"),
+        (32720, 600_000, 3_300_040, "20EPT"),
+        (32724, 300_000, 9_600_040, "24MUA"),
+        (32658, 600_000, 6_000_000, "58UFE"),
+        (32659, 300_000, 6_300_000, "59VLC"),
+    ):
+        grid = Grid.from_origin(f"EPSG:{epsg}", left + 54_000, top - 54_000, 10.0, 100, 100)
+        assert mgrs_tile(grid) == tile
+
+
 def test_series_plan_regions_dates_and_switch(series) -> None:  # type: ignore[no-untyped-def]
     assert series.grid.is_projected_metres and series.grid.res == 10.0
     assert series.grid.transform.c % 10 == 0 and series.grid.transform.f % 10 == 0

@@ -209,6 +209,24 @@ def _utm_grid(src: Grid, res: float = 10.0) -> Grid:
     )
 
 
+_BANDS = "CDEFGHJKLMNPQRSTUVWX"  # MGRS latitude bands, 8° each from 80° S (X: 72-84° N)
+_COLUMNS = ("ABCDEFGH", "JKLMNPQR", "STUVWXYZ")  # 100 km columns, by zone mod 3
+_ROWS = "ABCDEFGHJKLMNPQRSTUV"  # 100 km rows, cycling every 2000 km (even zones start at F)
+
+
+def mgrs_tile(grid: Grid) -> str:
+    """The MGRS tile ('31UDQ') holding the centre of a UTM grid, as Sentinel-2 names its tiles,
+    so a series' scene ids read like real ones of that place."""
+    zone = int(grid.crs.split(":")[1]) % 100
+    x0, y0, x1, y1 = grid.bounds
+    east, north = (x0 + x1) / 2, (y0 + y1) / 2
+    _, lat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True).transform(east, north)
+    band = _BANDS[min(max(int((lat + 80) // 8), 0), len(_BANDS) - 1)]
+    column = _COLUMNS[(zone - 1) % 3][int(east // 100_000) - 1]
+    row = _ROWS[(int(north // 100_000) + (5 if zone % 2 == 0 else 0)) % 20]
+    return f"{zone:02d}{band}{column}{row}"
+
+
 def _regions(label: np.ndarray, min_px: int) -> tuple[np.ndarray, int]:
     lab, n = ndimage.label(label, structure=np.ones((3, 3), dtype=bool))
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
@@ -376,8 +394,7 @@ def make_oscd_series(
             np.random.default_rng([seed, 13]), truth, start=start, months=months, share=razed_share
         )
     switch = _add_months(start, switch_month if switch_month is not None else months // 2)
-    zone = int(grid.crs.split(":")[1]) % 100
-    tile = f"{zone:02d}X{city.name[:2].upper()}"
+    tile = mgrs_tile(grid)
     acqs = _monthly_acquisitions(
         np.random.default_rng([seed, 12]),
         tile,
