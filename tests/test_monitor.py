@@ -548,6 +548,30 @@ def grown(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     return scenario
 
 
+def test_an_incremental_run_lists_the_scenes_earlier_searches_left_out(tmp_path: Path) -> None:
+    """run.json of a run that searched only its last weeks listed only what that search
+    dropped: a scene the first run's cloud filter left out vanished from the record."""
+    scenario = make_scenario(tmp_path)
+    scenario.overrides["catalog.max_cloud_cover"] = 50.0
+    cloudy = "S2B_39SWV_20231104_0_L2A"  # scene cloud 59 %
+
+    def run(until_day: str, now: datetime) -> dict[str, str]:
+        scenario.publish(until(until_day))
+        path = scenario.watchlist()
+        path.write_text(path.read_text().replace("lookback_days = 20", "lookback_days = 5"))
+        (check,) = run_watchlist(load_watchlist(path), now=now).checks
+        assert check.outcome == "updated", check.message
+        skipped = json.loads((scenario.out / "k1" / "run.json").read_text())["scenes"]["skipped"]
+        return {s["id"]: s["reason"] for s in skipped}
+
+    first = run("2023-12-01", datetime(2023, 12, 5, tzinfo=UTC))
+    assert "cloud" in first[cloudy]
+    second = run("2024-01-01", datetime(2024, 1, 5, tzinfo=UTC))
+    assert second[cloudy] == first[cloudy]
+    with State(scenario.state) as state:
+        assert search_start(date(2023, 6, 1), state.scenes("k1"), 5) > date(2023, 11, 4)
+
+
 def test_a_reprocessed_scene_replaces_its_older_version_without_double_counting(
     grown: Scenario, tmp_path: Path
 ) -> None:

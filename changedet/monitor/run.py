@@ -114,8 +114,14 @@ class MonitorReport:
 class _Capture:
     """Seams that pass through to the real reader and writer and keep what they saw."""
 
-    def __init__(self, base: PipelineIO, plan: ScenePlan, found: SearchResult) -> None:
-        self.base, self.plan, self.found = base, plan, found
+    def __init__(
+        self,
+        base: PipelineIO,
+        plan: ScenePlan,
+        found: SearchResult,
+        stored: Mapping[str, SceneRow],
+    ) -> None:
+        self.base, self.plan, self.found, self.stored = base, plan, found, stored
         self.read_result: ReadResult | None = None
         self.result: RunResult | None = None
 
@@ -129,12 +135,26 @@ class _Capture:
             raise NoScenesError(f"no usable scene of AOI '{aoi.id}' yet")
         return SearchResult(
             scenes=self.plan.scenes,
-            dropped=(*self.plan.replaced, *self.plan.dropped),
+            dropped=self._dropped(),
             source=self.found.source,
             notes=self.found.notes,
             complete=self.found.complete,
             stopped=self.found.stopped,
         )
+
+    def _dropped(self) -> tuple[SkippedScene, ...]:
+        """What this search left out, and what the ledger's earlier searches did (this one,
+        from the last weeks, did not see them again): run.json lists the series' every
+        left-out scene, not one search's."""
+        plan = self.plan
+        told = [*plan.replaced, *plan.dropped, *plan.left]
+        said = {d.scene_id for d in told} | {s.id for s in plan.scenes}
+        earlier = [
+            SkippedScene(r.scene_id, r.reason or r.outcome)
+            for r in self.stored.values()
+            if r.outcome in ("dropped", "replaced") and r.scene_id not in said
+        ]
+        return tuple(sorted([*told, *earlier], key=lambda d: d.scene_id))
 
     def read(self, scenes: Sequence[Scene], *args: Any, **kwargs: Any) -> ReadResult:
         self.read_result = self.base.read(scenes, *args, **kwargs)
@@ -492,7 +512,7 @@ class _Computed:
 def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> _Computed:
     """Run the pipeline over every known scene of the AOI with the period cache, and write its
     outputs (their ids the ledger's). Touches no state: it runs here or on a worker."""
-    capture = _Capture(io, job.plan, job.found)
+    capture = _Capture(io, job.plan, job.found, job.stored)
     memo = DiskMemo(job.memo_folder, skip=job.skip)
     try:
         summary = run_aoi(
