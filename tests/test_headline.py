@@ -63,6 +63,17 @@ def test_buildings_are_told_apart_from_all_new_structures(result: RunResult) -> 
     assert lines[2] == "1 unconfirmed candidate, not counted (1 did not persist)"
 
 
+def test_structures_absent_lately_are_said_beside_the_vanished(result: RunResult) -> None:
+    hall, depot, shed = result.structures
+    razed = replace(hall, absent_after=date(2024, 4, 1))  # absent since, not yet vanished
+    told = headline(replace(result, structures=(razed, depot, shed)))
+    assert told.n_absent == 1 and told.as_dict()["absent_lately"] == 1
+    assert told.lines()[1].endswith(
+        "0 vanished (1 more absent lately, not yet long enough to call vanished)"
+    )
+    assert headline(result).n_absent == 0 and "absent" not in headline(result).lines()[1]
+
+
 def test_why_a_candidate_is_unconfirmed(result: RunResult) -> None:
     hall, _, shed = result.structures
     periods = tuple(_month(m) for m in (8, 9, 10, 11))
@@ -75,6 +86,10 @@ def test_why_a_candidate_is_unconfirmed(result: RunResult) -> None:
     dismissed = replace(late, review=FALSE_POSITIVE)
     told = headline(replace(result, structures=(hall, early, dismissed), composites=comps))
     assert told.unconfirmed_why == {"seen in too few clear periods": 1}
+    # Past the data's end: months no scene reached are no chances missed, but still to come.
+    unseen = tuple(replace(c, scene_ids=()) if c.period.start.month > 9 else c for c in comps)
+    told = headline(replace(result, structures=(hall, early), composites=unseen))
+    assert told.unconfirmed_why == {"too recent to confirm": 1}
 
 
 def test_no_structure_and_coverage_words(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import sqlite3
 import xml.etree.ElementTree as ET
@@ -474,6 +475,18 @@ def test_counts_csv_adds_up(out_dir: Path, run_result: RunResult) -> None:
     for row in rows:
         running += int(row["new"])
         assert running == int(row["cumulative"])
+
+
+def test_counts_csv_marks_the_baseline_periods(make_run_result: Callable[..., RunResult]) -> None:
+    """A baseline month read "0 new" at full clear view, though what was built in it is in no
+    count (it is the baseline)."""
+    from changedet.outputs.tables import counts_csv
+
+    result = make_run_result()
+    first = result.counts[0].period.label
+    result = replace(result, provenance={**result.provenance, "comparison": {"baseline": [first]}})
+    rows = list(csv.DictReader(io.StringIO(counts_csv(result))))
+    assert [r["baseline"] for r in rows] == ["true"] + ["false"] * (len(rows) - 1)
 
 
 def test_structures_csv_has_a_point_inside_each_structure(

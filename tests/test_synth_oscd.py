@@ -172,6 +172,9 @@ def test_write_series_catalog_cogs_truth_and_aoi(  # type: ignore[no-untyped-def
     assert summary.n_acquisitions == 4 and summary.n_regions >= 10
     assert "SYNTHETIC" in str(summary) and f"{summary.n_regions} labelled" in str(summary)
     assert "razed" not in str(summary)  # none asked for
+    # The run to make of it spans the series, not the run's default window.
+    assert f"--start {summary.start} --end {summary.end}" in str(summary)
+    assert (summary.start, summary.end) == (date(2023, 1, 1), date(2023, 4, 30))
     cat = pystac.Catalog.from_file(str(summary.catalog))
     items = sorted(cat.get_items(recursive=True), key=lambda i: i.datetime)
     assert len(items) == 4

@@ -232,6 +232,17 @@ def test_confirmed_structure_that_disappears_is_flagged_vanished() -> None:
     assert ledger.counts[-1].cumulative == 1  # it was built: still counted
 
 
+def test_a_structure_absent_lately_but_not_yet_vanished_says_since_when() -> None:
+    """Razed two months before the run's end, a building read "active, 0 vanished"."""
+    (gone,) = run(series({k: [A] for k in range(2, 8)})).structures  # absent in 8 and 9
+    assert gone.confirmed and gone.status == "active"
+    assert gone.absent_after == PERIODS[7].end
+    (standing,) = run(series({k: [A] for k in range(2, 10)})).structures
+    assert standing.status == "active" and standing.absent_after is None
+    (vanished,) = run(series({k: [A] for k in range(2, 6)})).structures
+    assert vanished.status == "vanished" and vanished.absent_after is None
+
+
 def test_a_change_seen_in_two_periods_then_gone_is_a_transient_not_a_structure() -> None:
     """Confirmed in periods 2 and 3, gone in the three after: present in 2 of its 5 clear
     periods, so its confidence (0.8 x 2/5) is under min_confidence: a dropped candidate, never

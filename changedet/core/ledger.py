@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -368,7 +369,17 @@ def _structure(tracks: Tracks, b: _Built, structure_id: str) -> Structure:
         vanished_after=periods[max(tr.present)].end if b.status == "vanished" else None,
         kind=b.kind,
         evidence={k: round(v, 4) for k, v in b.evidence.items()},
+        absent_after=_absent_after(b, periods),
     )
+
+
+def _absent_after(b: _Built, periods: Sequence[Period]) -> date | None:
+    """A razed building stays active until absent `vanish_after_absent` clear periods in a row:
+    until then, the day after the last period it was seen in, if it was absent since."""
+    tr = b.track
+    if b.status != "active" or not b.confirmed or tr.consecutive_absent == 0 or not tr.present:
+        return None
+    return periods[max(tr.present)].end
 
 
 def _event(period: Period, kind: str, s: Structure) -> dict[str, Any]:

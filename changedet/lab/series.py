@@ -174,7 +174,11 @@ class SeriesSummary:
             f"{self.city}: {self.n_acquisitions} SYNTHETIC acquisitions from real OSCD spectra, "
             f"{self.start} to {self.end} (processing baseline switch {self.switch_date}), "
             f"{self.n_regions} labelled change regions{razed} → {self.out_dir}\n"
-            f"  catalog {self.catalog.name}, truth {self.truth.name}, AOI {self.aoi.name}"
+            f"  catalog {self.catalog.name}, truth {self.truth.name}, AOI {self.aoi.name}\n"
+            # The run's default window is not the series': without these, changes built in
+            # the months before its start hide in the baseline and its last months go unseen.
+            f"  run it: changedet run {self.aoi} --catalog {self.catalog} "
+            f"--start {self.start} --end {self.end} --out OUT"
         )
 
 

@@ -101,6 +101,8 @@ class Headline:
     aoi_km2: float | None = None
     analysed_km2: float | None = None
     analysed_share: float | None = None
+    # Active structures absent in the latest clear period(s), not yet long enough to vanish.
+    n_absent: int = 0
     # (name, text): the report anchors each by its name ("unreadable-scenes", "comparison",
     # "coverage")
     named_warnings: tuple[tuple[str, str], ...] = field(default=())
@@ -130,7 +132,12 @@ class Headline:
             if self.n_bermed is None
             else f"{self.n_bermed} of the new buildings bermed"
         )
-        return f"first in {self.first_period}, {peak}; {bermed}; {self.n_vanished} vanished"
+        absent = (
+            f" ({self.n_absent} more absent lately, not yet long enough to call vanished)"
+            if self.n_absent
+            else ""
+        )
+        return f"first in {self.first_period}, {peak}; {bermed}; {self.n_vanished} vanished{absent}"
 
     def candidates(self) -> str:
         if not self.n_unconfirmed:
@@ -165,6 +172,7 @@ class Headline:
             "peak_new": self.peak_new,
             "bermed": self.n_bermed,
             "vanished": self.n_vanished,
+            "absent_lately": self.n_absent,
             "unconfirmed": self.n_unconfirmed,
             "unconfirmed_why": dict(self.unconfirmed_why),
             "text": list(self.lines()),
@@ -387,7 +395,11 @@ def headline(result: RunResult) -> Headline:
     n_buildings = kinds.get(BUILDING, 0)
     structures_range, buildings_range = _ranges(result.counts, len(new), n_buildings)
     first, peak, peak_new = _when(result.counts)
-    periods = [c.period for c in result.composites] or [c.period for c in result.counts]
+    # Periods no scene reached (a run past the catalog's last date) are not chances missed:
+    # what was first seen before them is too recent to confirm.
+    periods = [c.period for c in result.composites if c.scene_ids] or [
+        c.period for c in result.counts
+    ]
     min_persistence = int(result.config.get("track", {}).get("min_persistence", 2))
     why = Counter(
         _why_unconfirmed(s, periods, min_persistence)
@@ -421,6 +433,7 @@ def headline(result: RunResult) -> Headline:
             else None
         ),
         n_vanished=sum(1 for s in new if s.status == "vanished"),
+        n_absent=sum(1 for s in new if s.absent_after is not None),
         n_unconfirmed=sum(why.values()),
         unconfirmed_why=dict(why.most_common()),
         aoi_km2=None if cov is None else cov.aoi_km2,

@@ -45,6 +45,7 @@ COUNTS_COLUMNS = (
     "buildings_high",
     "clear_km2",
     "clear_fraction",
+    "baseline",
 )
 DATA_COLUMN = "data"  # only in a run on generated data: "synthetic" in every row
 STRUCTURES_CSV_COLUMNS = (
@@ -71,6 +72,8 @@ def counts_csv(result: RunResult) -> str:
     rows: list[list[Any]] = [list(COUNTS_COLUMNS)]
     new_all = new_per_period(result.counts)
     new_buildings = increments([c.buildings for c in result.counts])
+    # What was built during the baseline is part of it: no count can say "new" there.
+    baseline = set((result.provenance.get("comparison") or {}).get("baseline") or ())
     for c, new, new_b in zip(result.counts, new_all, new_buildings, strict=True):
         seen = clear.get(c.period.label)
         rows.append(
@@ -89,6 +92,7 @@ def counts_csv(result: RunResult) -> str:
                 c.buildings_high,
                 "" if seen is None else f"{seen.clear_km2:.4f}",
                 f"{(c.clear_fraction if seen is None else seen.share):.4f}",
+                _cell(c.period.label in baseline),
             ]
         )
     return _text(rows, result.synthetic)
