@@ -127,7 +127,9 @@ DETECTION_NOTES = (
     "'building' means a roof-like new structure.",
     "'Vanished' means the place looks again as it did before the structure appeared (64 of 67 "
     "such razed changes in the semi-real OSCD evaluation): a building razed to rubble, burnt, or "
-    "cleared to a new slab that stays different from the old ground is still reported standing.",
+    "cleared to a new slab that stays different from the old ground is still reported standing. "
+    "It takes 3 clear periods of absence in a row ([track] vanish_after_absent): one razed in the "
+    "run's last months is still 'active', with absent_after set.",
 )
 
 _PROTECTED_KEYS = frozenset(
