@@ -347,6 +347,30 @@ def test_kept_shifts_and_composites_give_what_computing_them_again_gives(tmp_pat
     _same_analysis(with_kept, run(changed, None))
 
 
+def test_a_period_without_dates_is_no_observation_when_the_rest_is_kept(tmp_path: Path) -> None:
+    """A monitor run early in a month with no scene yet, everything else kept: that month's
+    composite was never filled (np.empty), and its garbage read as ground (false withdrawals,
+    a clear share of 0.999 for a month nobody saw)."""
+    stack = _synthetic_stack()
+    config = replace(CONFIG, time=replace(CONFIG.time, end=date(2024, 4, 30)))
+    periods = make_periods(config.time.start, config.time.end, "month")
+    inside = np.ones(stack.grid.shape, bool)
+    expected = analyse_stack(stack, inside=inside, periods=periods, config=config)
+    april = expected.per_period[-1]
+    assert april.period.label == "2024-04" and not april.scene_ids
+    assert np.isnan(april.reflectance).all() and (april.source_date == -1).all()
+    kept = _DictArrays()
+    with _store_of(stack, tmp_path) as store:
+        # The run before ended with March; this one adds April, empty, and keeps the rest.
+        analyse_series(
+            store, inside=inside, periods=periods[:-1], config=CONFIG, strip_bytes=1, reuse=kept
+        )
+        got = analyse_series(
+            store, inside=inside, periods=periods, config=config, strip_bytes=1, reuse=kept
+        )
+    _same_analysis(expected, got)
+
+
 def test_a_dates_fingerprint_follows_its_pixels_and_clear_mask(tmp_path: Path) -> None:
     stack = _synthetic_stack(seed=5)
     with _store_of(stack, tmp_path) as store:

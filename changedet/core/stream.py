@@ -372,15 +372,27 @@ class _Target:
 
     @classmethod
     def empty(cls, period: Period, dates: list[int], series: DateSeries) -> _Target:
-        h, w = series.grid.shape
-        days = [(series.times[t].date() - _EPOCH).days for t in dates]
+        """Unfilled when it has dates (every strip writes it); a period without any is filled
+        now, as no observation: no strip may come (nothing else to compute), and its garbage
+        was read as a composite (an incremental run early in a month without a scene yet)."""
+        bands, grid = (len(series.bands), *series.grid.shape), series.grid.shape
+        days = np.array([*((series.times[t].date() - _EPOCH).days for t in dates), -1], np.int32)
+        if dates:
+            return cls(
+                period,
+                dates,
+                np.empty(bands, np.float32),
+                np.empty(grid, np.uint16),
+                np.empty(grid, np.int32),
+                days,
+            )
         return cls(
             period,
             dates,
-            np.empty((len(series.bands), h, w), dtype=np.float32),
-            np.empty((h, w), dtype=np.uint16),
-            np.empty((h, w), dtype=np.int32),
-            np.array([*days, -1], dtype=np.int32),
+            np.full(bands, np.nan, np.float32),
+            np.zeros(grid, np.uint16),
+            np.full(grid, -1, np.int32),
+            days,
         )
 
     def composite(self, series: DateSeries, made_from: bytes | None = None) -> Composite:
@@ -510,6 +522,8 @@ def _fill_composites(
     shape = ctx.series.grid.shape
     todo = []
     for target, key in zip(targets, keys, strict=True):
+        if not target.dates:  # no observation, made so (`_Target.empty`): a kept one may be junk
+            continue
         found = reuse.composite(key, len(ctx.series.bands), shape)
         if found is None:
             todo.append((target, key))
