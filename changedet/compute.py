@@ -300,6 +300,7 @@ def _client(address: str) -> Any:
         raise UsageError(
             f"compute.cluster = '{address}' needs Dask distributed: pip install 'changedet[dask]'"
         ) from None
+    _refuse_closed_port(address)
     got: queue.Queue[Any] = queue.Queue()
 
     def connect() -> None:
@@ -327,6 +328,32 @@ def _client(address: str) -> Any:
             "the address and port of `dask scheduler`"
         )
     return client
+
+
+def _refuse_closed_port(address: str) -> None:
+    """A tcp:// address where nothing listens is said at once: Dask's client retries a refused
+    connection until its timeout, and then could not tell it from a service that never answers."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if not address.startswith("tcp://"):
+        return
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return  # Dask's own parsing says what is wrong with it
+    if not host or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=5.0).close()
+    except ConnectionRefusedError:
+        raise UsageError(
+            f"nothing listens at {address} (connection refused); start `dask scheduler` there, "
+            "or check the address and port"
+        ) from None
+    except OSError:
+        return  # unreachable or slow: the client's timeout decides
 
 
 def code_identity() -> tuple[str, str]:

@@ -159,6 +159,24 @@ def test_a_port_that_is_no_dask_scheduler_is_said_in_one_line(
         assert time.monotonic() - started < 10.0
 
 
+def test_a_port_where_nothing_listens_is_said_at_once() -> None:
+    """A closed port took 41 s and was called "no Dask scheduler answered ... (another service
+    listens there?)": the connection was refused, nothing listens."""
+    import socket
+    import time
+
+    from changedet import compute
+    from changedet.errors import UsageError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again on leaving: nothing listens there
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=r"nothing listens at tcp://127\.0\.0\.1:\d+ \(connection"):
+        list(compute.on_cluster(f"tcp://127.0.0.1:{port}", []))
+    assert time.monotonic() - started < 5.0
+
+
 def test_tasks_fail_when_no_worker_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
     import distributed
 
