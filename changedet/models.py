@@ -421,10 +421,10 @@ class Structure:
     # None when not reviewed. A false positive stays in the outputs and leaves every count.
     review: str | None = None
     review_note: str | None = None
-    # A confirmed structure still "active" that was absent in the latest clear period(s), fewer
-    # than `track.vanish_after_absent` in a row: the day after the last period it was seen in
-    # (as `vanished_after`); None when seen in the latest clear period (or not active).
-    absent_after: date | None = None
+    # A confirmed structure still "active" that was absent in the latest clear periods, one
+    # short of `track.vanish_after_absent` in a row (at least one): the first day of the first
+    # of them; None otherwise (seen, or still faint, since; or not active).
+    absent_since: date | None = None
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def test_buildings_are_told_apart_from_all_new_structures(result: RunResult) -> 
 
 def test_structures_absent_lately_are_said_beside_the_vanished(result: RunResult) -> None:
     hall, depot, shed = result.structures
-    razed = replace(hall, absent_after=date(2024, 4, 1))  # absent since, not yet vanished
+    razed = replace(hall, absent_since=date(2024, 4, 1))  # absent since, not yet vanished
     told = headline(replace(result, structures=(razed, depot, shed)))
     assert told.n_absent == 1 and told.as_dict()["absent_lately"] == 1
     assert told.lines()[1].endswith(

@@ -1506,6 +1506,18 @@ def test_a_run_stopped_before_any_aoi_leaves_no_run_behind(
         assert state.db.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
     report = run_watchlist(watch, now=END - timedelta(days=30))  # not refused as going back
     assert [c.outcome for c in report.checks] == ["updated"]
+    # A run whose check was committed, then failed before it was recorded, keeps its clock:
+    # rows of the ledger name it.
+    with State(scenario.state) as state:
+        run_id = state.begin_run(END)
+        with state.transaction() as db:
+            db.execute(
+                "INSERT INTO structure_history (aoi_id, structure_id, change, run_id, at) "
+                "VALUES ('k1', 's', 'new', ?, 'now')",
+                (run_id,),
+            )
+        state.abandon_run(run_id, interrupted=False)
+        assert state.latest_now() == END
 
 
 def test_a_full_disk_under_the_state_is_said_and_commits_nothing(tmp_path: Path) -> None:

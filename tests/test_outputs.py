@@ -483,10 +483,13 @@ def test_counts_csv_marks_the_baseline_periods(make_run_result: Callable[..., Ru
     from changedet.outputs.tables import counts_csv
 
     result = make_run_result()
-    first = result.counts[0].period.label
-    result = replace(result, provenance={**result.provenance, "comparison": {"baseline": [first]}})
+    labels = [c.period.label for c in result.counts]
+    # The baseline's clear periods are the 2nd and the 4th: the 3rd, cloudy, lies in its
+    # composite, and what the 1st held counts as there already.
+    comparison = {"baseline": [labels[1], labels[3]]}
+    result = replace(result, provenance={**result.provenance, "comparison": comparison})
     rows = list(csv.DictReader(io.StringIO(counts_csv(result))))
-    assert [r["baseline"] for r in rows] == ["true"] + ["false"] * (len(rows) - 1)
+    assert [r["baseline"] for r in rows] == ["true"] * 4 + ["false"] * (len(rows) - 4)
 
 
 def test_structures_csv_has_a_point_inside_each_structure(

@@ -236,11 +236,26 @@ def test_a_structure_absent_lately_but_not_yet_vanished_says_since_when() -> Non
     """Razed two months before the run's end, a building read "active, 0 vanished"."""
     (gone,) = run(series({k: [A] for k in range(2, 8)})).structures  # absent in 8 and 9
     assert gone.confirmed and gone.status == "active"
-    assert gone.absent_after == PERIODS[7].end
+    assert gone.absent_since == PERIODS[8].start
+    (once,) = run(series({k: [A] for k in range(2, 9)})).structures  # absent in 9 alone: noise
+    assert once.status == "active" and once.absent_since is None
     (standing,) = run(series({k: [A] for k in range(2, 10)})).structures
-    assert standing.status == "active" and standing.absent_after is None
+    assert standing.status == "active" and standing.absent_since is None
     (vanished,) = run(series({k: [A] for k in range(2, 6)})).structures
-    assert vanished.status == "vanished" and vanished.absent_after is None
+    assert vanished.status == "vanished" and vanished.absent_since is None
+    # Faint between (its place still held change): absent since the absence began, not since
+    # it was last an object; faint again at the end, it stands.
+    faint = np.where(A, CFG.absent_below_z, -2.0).astype(np.float32)
+    gone_later = np.where(A, CFG.absent_below_z - 0.5, -2.0).astype(np.float32)
+
+    def scored(scores: dict[int, np.ndarray]) -> list[PeriodObservation]:
+        obs = series({k: [A] for k in range(2, 6)})
+        return [replace(o, score=scores[k]) if k in scores else o for k, o in enumerate(obs)]
+
+    (faded,) = run(scored({6: faint, 7: faint, 8: gone_later, 9: gone_later})).structures
+    assert faded.status == "active" and faded.absent_since == PERIODS[8].start
+    (back,) = run(scored({6: gone_later, 7: gone_later, 8: faint, 9: faint})).structures
+    assert back.status == "active" and back.absent_since is None
 
 
 def test_a_change_seen_in_two_periods_then_gone_is_a_transient_not_a_structure() -> None:

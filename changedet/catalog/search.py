@@ -81,13 +81,11 @@ def search_scenes(
 
     complete = not found.truncated and not found.unreadable
     if not scenes:
-        _refuse_empty(sifted, source=source, remote=found.remote)
+        _refuse_empty(sifted, found, source=source)
         if allow_empty:
             return SearchResult(
                 (), tuple(dropped), source, tuple(notes), len(found.items), complete, found.stopped
             )
-        if not found.api and not found.items:
-            raise _no_items(found, source=source)
         raise _nothing_usable(
             dropped, source=source, aoi=aoi, window=(start, end), hint=sifted.provider_hint()
         )
@@ -347,16 +345,19 @@ def _summary_notes(scenes: Sequence[Scene], rules: Mapping[str, str]) -> list[st
     return notes
 
 
-def _refuse_empty(sifted: _Sifted, *, source: str, remote: bool) -> None:
-    """An empty result that is an error even with `allow_empty`: refused hrefs, wrong collection."""
+def _refuse_empty(sifted: _Sifted, found: FoundItems, *, source: str) -> None:
+    """An empty result that is an error even with `allow_empty`: refused hrefs, a static catalog
+    holding no item at all, items of another collection only."""
     if sifted.refused and sifted.refused == len(sifted.seen_ids):
         raise UnsafeHrefError(
             f"catalog: {source} points every scene at non-http(s)/s3 locations; refused "
             "(a remote catalog may not make changedet read local files)"
-            if remote
+            if found.remote
             else f"catalog: {source} points every scene outside its own folder; refused "
             "(list the folders its assets are in under [catalog] allowed_folders)"
         )
+    if not found.api and not found.items:  # a run, a search and a monitor alike
+        raise _no_items(found, source=source)
     if sifted.other_collections and not sifted.seen_ids:
         names = ", ".join(sorted(sifted.other_collections))
         raise NoScenesError(

@@ -369,17 +369,22 @@ def _structure(tracks: Tracks, b: _Built, structure_id: str) -> Structure:
         vanished_after=periods[max(tr.present)].end if b.status == "vanished" else None,
         kind=b.kind,
         evidence={k: round(v, 4) for k, v in b.evidence.items()},
-        absent_after=_absent_after(b, periods),
+        absent_since=_absent_since(b, periods, tracks.config),
     )
 
 
-def _absent_after(b: _Built, periods: Sequence[Period]) -> date | None:
-    """A razed building stays active until absent `vanish_after_absent` clear periods in a row:
-    until then, the day after the last period it was seen in, if it was absent since."""
+def _absent_since(b: _Built, periods: Sequence[Period], config: TrackConfig) -> date | None:
+    """A razed building stays active until absent `vanish_after_absent` clear periods in a row;
+    one short of that, the start of the first of them. One absence alone is too often noise (a
+    standing demo building had one), and a period it was faint in since (its place still holds
+    change) says it stands."""
     tr = b.track
-    if b.status != "active" or not b.confirmed or tr.consecutive_absent == 0 or not tr.present:
+    needed = max(config.vanish_after_absent - 1, 1)
+    if b.status != "active" or not b.confirmed or tr.consecutive_absent < needed:
         return None
-    return periods[max(tr.present)].end
+    if tr.last_faint is not None and tr.last_faint > tr.absent[-1]:
+        return None
+    return periods[tr.absent[-tr.consecutive_absent]].start
 
 
 def _event(period: Period, kind: str, s: Structure) -> dict[str, Any]:

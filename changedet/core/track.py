@@ -66,7 +66,7 @@ __all__ = [
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 # Part of the key of a kept tracker state: bump it when the tracker decides differently.
-TRACK_VERSION = "track-7"
+TRACK_VERSION = "track-8"
 
 
 def holds_change(changed: np.ndarray, pixels: np.ndarray) -> bool:
@@ -124,6 +124,7 @@ class _Track:
     evidence: list[tuple[int, Mapping[str, float]]] = field(default_factory=list)
     shared: dict[int, set[int]] = field(default_factory=dict)  # period -> other tracks merged with
     consecutive_absent: int = 0
+    last_faint: int | None = None  # the last period it was faint in (neither present nor absent)
     confirmed_at: int | None = None
     closed_at: int | None = None
     status: str = "active"
@@ -568,7 +569,9 @@ class _Tracker:
                 still_open.append(t)
                 continue
             faint = tr.confirmed_at is not None and holds_change(changed, tr.pixels)
-            if not faint and observed[tr.pixels].mean() >= config.min_observed_fraction:
+            if faint:
+                tr.last_faint = k
+            elif observed[tr.pixels].mean() >= config.min_observed_fraction:
                 tr.absent.append(k)
                 tr.consecutive_absent += 1
                 confirmed = tr.confirmed_at is not None

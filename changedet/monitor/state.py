@@ -403,18 +403,33 @@ class State:
 
     def abandon_run(self, run_id: int, *, interrupted: bool) -> None:
         """A run stopped before its end: kept as "interrupted" if it was interrupted (it may
-        have committed an AOI it had not recorded yet) or recorded an AOI; else (an error
+        have committed an AOI it had not recorded yet) or wrote any ledger row; else (an error
         before any AOI, an unreachable scheduler say) forgotten, so a run that did nothing
         does not hold the ledger's clock (`latest_now`) or show in the history."""
         with self.transaction() as db:
-            recorded = db.execute("SELECT 1 FROM aoi_runs WHERE run_id = ?", (run_id,)).fetchone()
-            if interrupted or recorded:
+            if interrupted or self._run_wrote(db, run_id):
                 db.execute(
                     "UPDATE runs SET finished = ?, outcome = 'interrupted' WHERE id = ?",
                     (utc_now(), run_id),
                 )
             else:
                 db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    @staticmethod
+    def _run_wrote(db: sqlite3.Connection, run_id: int) -> bool:
+        """Whether any row of the ledger names the run: an AOI's check can be committed before
+        it is recorded (a failure in between), and its rows must not point at no run."""
+        return any(
+            db.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (run_id,)).fetchone()
+            for table, column in (
+                ("aoi_runs", "run_id"),
+                ("alerts", "run_id"),
+                ("structure_history", "run_id"),
+                ("scenes", "first_run"),
+                ("periods", "computed_run"),
+                ("aois", "outputs_run"),
+            )
+        )
 
     def record_aoi_run(
         self,

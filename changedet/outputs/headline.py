@@ -433,7 +433,7 @@ def headline(result: RunResult) -> Headline:
             else None
         ),
         n_vanished=sum(1 for s in new if s.status == "vanished"),
-        n_absent=sum(1 for s in new if s.absent_after is not None),
+        n_absent=sum(1 for s in new if s.absent_since is not None),
         n_unconfirmed=sum(why.values()),
         unconfirmed_why=dict(why.most_common()),
         aoi_km2=None if cov is None else cov.aoi_km2,

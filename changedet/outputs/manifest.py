@@ -127,9 +127,7 @@ DETECTION_NOTES = (
     "'building' means a roof-like new structure.",
     "'Vanished' means the place looks again as it did before the structure appeared (64 of 67 "
     "such razed changes in the semi-real OSCD evaluation): a building razed to rubble, burnt, or "
-    "cleared to a new slab that stays different from the old ground is still reported standing. "
-    "It takes 3 clear periods of absence in a row ([track] vanish_after_absent): one razed in the "
-    "run's last months is still 'active', with absent_after set.",
+    "cleared to a new slab that stays different from the old ground is still reported standing.",
 )
 
 _PROTECTED_KEYS = frozenset(
@@ -197,7 +195,7 @@ def run_manifest(result: RunResult) -> dict[str, Any]:
             "min_mapping_unit_px": round(result.min_mapping_unit_m2 / grid.pixel_area_m2, 2),
             "change_threshold": finite_round(result.change.threshold, 4),
             "structure_threshold": finite_round(result.change.structure_threshold, 4),
-            "notes": [*DETECTION_NOTES, *_comparison_note(result)],
+            "notes": [*DETECTION_NOTES, *_run_notes(result)],
         },
         "results": _results_section(result),
         "headline": headline(result).as_dict(),
@@ -291,10 +289,17 @@ def _coverage_section(result: RunResult) -> dict[str, Any] | None:
     }
 
 
-def _comparison_note(result: RunResult) -> list[str]:
-    """The run's comparison (two dates, short series or series) as a detection limit."""
+def _run_notes(result: RunResult) -> list[str]:
+    """The run's comparison (two dates, short series or series) as a detection limit, and how
+    long its structures take to be called vanished."""
     note = result.provenance.get("comparison", {}).get("note")
-    return [f"This run: {note}."] if note else []
+    n = int(result.config.get("track", {}).get("vanish_after_absent", 3))
+    vanish = (
+        f"This run calls a structure vanished after {n} clear periods of absence in a row "
+        "([track] vanish_after_absent): one razed in its last months is still 'active', with "
+        f"absent_since set once absent in {max(n - 1, 1)} of them."
+    )
+    return [f"This run: {note}.", vanish] if note else [vanish]
 
 
 def _merge_provenance(manifest: dict[str, Any], provenance: dict[str, Any]) -> None:

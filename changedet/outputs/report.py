@@ -409,8 +409,8 @@ def _structure_row(
         status += f", {s.status}"
         if s.vanished_after:
             status += f" after {s.vanished_after.isoformat()}"
-    elif s.absent_after:
-        status += f", absent after {s.absent_after.isoformat()} (not yet vanished)"
+    elif s.absent_since:
+        status += f", absent since {s.absent_since.isoformat()} (not yet vanished)"
     if s.review:
         status += f"; reviewed: {s.review}" + (f" ({s.review_note})" if s.review_note else "")
     px = result.grid.pixel_area_m2

@@ -72,8 +72,12 @@ def counts_csv(result: RunResult) -> str:
     rows: list[list[Any]] = [list(COUNTS_COLUMNS)]
     new_all = new_per_period(result.counts)
     new_buildings = increments([c.buildings for c in result.counts])
-    # What was built during the baseline is part of it: no count can say "new" there.
-    baseline = set((result.provenance.get("comparison") or {}).get("baseline") or ())
+    # What was built by the baseline's end is part of it (its composite spans every month from
+    # its first clear one to its last, cloudy ones between; earlier ones count as there already):
+    # no count can say "new" there.
+    labels = (result.provenance.get("comparison") or {}).get("baseline") or ()
+    ends = [c.period.end for c in result.counts if c.period.label in labels]
+    baseline_end = max(ends, default=None)
     for c, new, new_b in zip(result.counts, new_all, new_buildings, strict=True):
         seen = clear.get(c.period.label)
         rows.append(
@@ -92,7 +96,7 @@ def counts_csv(result: RunResult) -> str:
                 c.buildings_high,
                 "" if seen is None else f"{seen.clear_km2:.4f}",
                 f"{(c.clear_fraction if seen is None else seen.share):.4f}",
-                _cell(c.period.label in baseline),
+                _cell(baseline_end is not None and c.period.end <= baseline_end),
             ]
         )
     return _text(rows, result.synthetic)

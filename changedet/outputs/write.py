@@ -172,8 +172,17 @@ def _kml_description(props: Mapping[str, Any], confidence: float) -> str:
     return (
         f"{props['kind']}, first seen {seen}, {props['area_m2']:.0f} m², confidence "
         f"{confidence:.2f}, {'confirmed' if props['confirmed'] else 'unconfirmed'}, "
-        f"{props['status']}, bermed {bermed}; {props['lat']}, {props['lon']}"
+        f"{props['status']}{_since(props)}, bermed {bermed}; {props['lat']}, {props['lon']}"
     )
+
+
+def _since(props: Mapping[str, Any]) -> str:
+    """When it went, as the report's status says it."""
+    if props["vanished_after"]:
+        return f" after {props['vanished_after']}"
+    if props["absent_since"]:
+        return f", absent since {props['absent_since']} (not yet vanished)"
+    return ""
 
 
 def _write_kml(path: Path, result: RunResult) -> None:
