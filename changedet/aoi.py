@@ -502,19 +502,25 @@ def crop_to_footprints(
     footprints = [s.footprint for s in scenes if s.footprint is not None]
     if not footprints or len(footprints) != len(scenes):
         return grid
-    covered = shapely.union_all(footprints)
-    if within_aoi:
-        covered = covered.intersection(aoi.geometry)
-    covered = to_grid_crs(covered, grid.crs).intersection(shapely.box(*grid.bounds))
-    if covered.is_empty:
+    # The envelope of each footprint's part, not of their union: a union in lon/lat adds
+    # crossing vertices that land millimetres past the footprints, a pixel more of nodata.
+    parts = []
+    for footprint in footprints:
+        part = footprint.intersection(aoi.geometry) if within_aoi else footprint
+        part = to_grid_crs(part, grid.crs).intersection(shapely.box(*grid.bounds))
+        if not part.is_empty:
+            parts.append(part.bounds)
+    if not parts:
         return grid
-    xmin, ymin, xmax, ymax = covered.bounds
+    xmin, ymin = min(p[0] for p in parts), min(p[1] for p in parts)
+    xmax, ymax = max(p[2] for p in parts), max(p[3] for p in parts)
     gx0, _, _, gy1 = grid.bounds
     res = grid.res
-    col0 = max(0, math.floor((xmin - gx0) / res))
-    col1 = min(grid.width, math.ceil((xmax - gx0) / res))
-    row0 = max(0, math.floor((gy1 - ymax) / res))
-    row1 = min(grid.height, math.ceil((gy1 - ymin) / res))
+    eps = 1e-6  # pixels: an extent through lon/lat and back lands a hair past its edges
+    col0 = max(0, math.floor((xmin - gx0) / res + eps))
+    col1 = min(grid.width, math.ceil((xmax - gx0) / res - eps))
+    row0 = max(0, math.floor((gy1 - ymax) / res + eps))
+    row1 = min(grid.height, math.ceil((gy1 - ymin) / res - eps))
     if col1 <= col0 or row1 <= row0:
         return grid
     return grid.window(row0, col0, row1 - row0, col1 - col0)

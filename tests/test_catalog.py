@@ -723,6 +723,54 @@ def test_items_whose_footprint_or_epsg_disagree_with_their_assets_are_skipped(
     )
 
 
+def test_an_item_without_geometry_is_placed_by_its_assets_or_skipped(
+    tmp_path: Path, repo: Path
+) -> None:
+    """`"geometry": null` left the grid uncropped (the whole context window: 8x the pixels and
+    other counts on the demo). Its assets' projection places it; without one it is skipped."""
+    import shutil
+
+    from changedet.aoi import crop_to_footprints, grid_for, load_aois
+
+    tiles = shutil.copytree(repo / "sample_tiles" / "khojir", tmp_path / "khojir")
+    (aoi,) = load_aois(repo / "aoi" / "khojir.geojson")
+    config = CatalogConfig(url=str(tiles / "catalog.json"))
+
+    def found() -> Any:
+        return search_scenes(
+            aoi, config, start=date(2023, 6, 1), end=date(2024, 6, 30), bands=BANDS
+        )
+
+    clean = found()
+    items = sorted((tiles / "sentinel-2-l2a").glob("*/*.json"))
+    placed, lost = items[2], items[4]
+    item = json.loads(placed.read_text())
+    item["geometry"] = None  # proj:transform + proj:shape in proj:epsg still place it
+    placed.write_text(json.dumps(item))
+    item = json.loads(lost.read_text())
+    item["geometry"] = None
+    for asset in item["assets"].values():
+        del asset["proj:transform"], asset["proj:shape"]
+    lost.write_text(json.dumps(item))
+
+    hostile = found()
+    dropped = {d.scene_id: d.reason for d in hostile.dropped}
+    assert dropped[lost.stem].startswith("no footprint (geometry null)"), dropped
+    assert placed.stem not in dropped
+    assert {s.id for s in hostile.scenes} == {s.id for s in clean.scenes} - {lost.stem}
+    scene = next(s for s in hostile.scenes if s.id == placed.stem)
+    original = next(s for s in clean.scenes if s.id == placed.stem).footprint
+    assert scene.footprint.buffer(1e-4).contains(original)
+    grid = crop_to_footprints(grid_for(aoi), aoi, clean.scenes)
+    assert crop_to_footprints(grid_for(aoi), aoi, hostile.scenes) == grid
+    assert grid.shape != grid_for(aoi).shape  # cropped at all: the test tells the bug apart
+
+    # a proj:bbox (STAC projection v1.1) places it as well
+    item["assets"]["red"]["proj:bbox"] = [559380.0, 3940760.0, 561940.0, 3943320.0]
+    lost.write_text(json.dumps(item))
+    assert lost.stem in {s.id for s in found().scenes}
+
+
 def test_footprint_check_accepts_tiles_across_the_antimeridian() -> None:
     from pyproj import Transformer
     from shapely.geometry import MultiPolygon, Polygon

@@ -25,6 +25,7 @@ from changedet.catalog.fetch import FoundItems, RawItem, fetch_items, href_signe
 from changedet.catalog.items import (
     dedupe_scenes,
     footprint_disagreement,
+    missing_footprint,
     offset_rule,
     scene_from_item,
 )
@@ -236,6 +237,9 @@ class _Sifted:
             return None
         except CatalogError as exc:
             self.dropped.append(SkippedScene(item_id or "?", str(exc)))
+            return None
+        if scene.footprint is None:  # its data's place unknown: the grid could not be cropped
+            self.dropped.append(SkippedScene(item_id, missing_footprint(item)))
             return None
         disagreement = footprint_disagreement(item, scene)
         if disagreement is not None:
