@@ -516,11 +516,10 @@ def crop_to_footprints(
     xmax, ymax = max(p[2] for p in parts), max(p[3] for p in parts)
     gx0, _, _, gy1 = grid.bounds
     res = grid.res
-    eps = 1e-6  # pixels: an extent through lon/lat and back lands a hair past its edges
-    col0 = max(0, math.floor((xmin - gx0) / res + eps))
-    col1 = min(grid.width, math.ceil((xmax - gx0) / res - eps))
-    row0 = max(0, math.floor((gy1 - ymax) / res + eps))
-    row1 = min(grid.height, math.ceil((gy1 - ymin) / res - eps))
+    col0 = max(0, math.floor((xmin - gx0) / res))
+    col1 = min(grid.width, math.ceil((xmax - gx0) / res))
+    row0 = max(0, math.floor((gy1 - ymax) / res))
+    row1 = min(grid.height, math.ceil((gy1 - ymin) / res))
     if col1 <= col0 or row1 <= row0:
         return grid
     return grid.window(row0, col0, row1 - row0, col1 - col0)

@@ -269,7 +269,9 @@ def _assets_footprint(item: Mapping[str, Any], epsg: int | None) -> BaseGeometry
     extent = _asset_extent(item)
     if extent is None or epsg is None:
         return None
-    return _extent_lonlat(extent, epsg)
+    # A millimetre inside: through lon/lat and back its edges must not reach the next pixel.
+    xmin, ymin, xmax, ymax = extent
+    return _extent_lonlat((xmin + 1e-3, ymin + 1e-3, xmax - 1e-3, ymax - 1e-3), epsg)
 
 
 def missing_footprint(item: Mapping[str, Any]) -> str:
