@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -239,15 +240,19 @@ def _assets(
         href = check_href(raw["href"], base=base, remote=remote, local_roots=roots)
         info = _raster_band(raw)
         nodata = _number(info.get("nodata"))
+        dtype = info.get("data_type")
+        # What the item says the file holds, checked when it is opened (`read.cog`).
+        stated = Asset(
+            href=href,
+            nodata=0 if nodata is None else nodata,
+            data_type=dtype if isinstance(dtype, str) and dtype else None,
+            epsg=_epsg(raw) or _epsg(props),  # an asset's own projection wins
+        )
         if band == "scl":
-            assets[band] = Asset(
-                href=href, scale=1.0, offset=0.0, nodata=0 if nodata is None else nodata
-            )
+            assets[band] = replace(stated, scale=1.0, offset=0.0)
             continue
         scale, offset, _rule = _scale_offset(props, info)
-        assets[band] = Asset(
-            href=href, scale=scale, offset=offset, nodata=0 if nodata is None else nodata
-        )
+        assets[band] = replace(stated, scale=scale, offset=offset)
     return assets
 
 
