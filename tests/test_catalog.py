@@ -682,6 +682,55 @@ def test_one_invalid_item_file_is_skipped_with_its_reason(tmp_path: Path) -> Non
         _search(catalog)
 
 
+def test_malformed_entries_of_an_item_collection_are_counted_and_said(tmp_path: Path) -> None:
+    """A null feature, a string, an item with null properties or without an id vanished from
+    the run: used + skipped fell short of the entries. Each is now listed with why, and marked
+    unreadable, so the run warns of it."""
+    good = [
+        synth_item(f"S2A_39SVV_202308{d:02d}_0_L2A", f"2023-08-{d:02d}T07:05:00Z") for d in (1, 6)
+    ]
+    no_props = synth_item("S2A_39SVV_20230811_0_L2A", "2023-08-11T07:05:00Z")
+    no_props["properties"] = None
+    no_id = synth_item("S2A_39SVV_20230816_0_L2A", "2023-08-16T07:05:00Z")
+    del no_id["id"]
+    entries = [good[0], None, "junk", no_props, 7, no_id, good[1]]
+    result = _search(_write_fc(tmp_path / "cat" / "items.json", entries))  # type: ignore[list-item]
+    assert [s.id for s in result.scenes] == [g["id"] for g in good]
+    dropped = {d.scene_id: d for d in result.dropped}
+    assert len(result.scenes) + len(result.dropped) == len(entries)
+    assert all(d.unreadable for d in result.dropped)
+    assert "entry 1 of its features is null" in dropped["items.json features[1]"].reason
+    assert "entry 2 of its features is a string" in dropped["items.json features[2]"].reason
+    assert "entry 4 of its features is a number" in dropped["items.json features[4]"].reason
+    assert "has no properties" in dropped[no_props["id"]].reason
+    assert "has no id" in dropped["items.json features[5]"].reason
+    assert not result.complete
+
+
+def test_a_catalog_that_is_not_json_or_not_stac_says_so_once(tmp_path: Path) -> None:
+    """A GeoTIFF given as --catalog ended in 'unexpected UnicodeDecodeError'; `{}` repeated its
+    advice; an item collection of one id-less item was answered with cloud and date advice."""
+    tif = tmp_path / "B04.tif"
+    tif.write_bytes(b"II*\x00\x08\x00\x00\x00\xff\xfe\x80\x81" * 64)
+    with pytest.raises(CatalogError) as raised:
+        _search(tif)
+    message = str(raised.value)
+    assert "B04.tif is not a STAC document (JSON)" in message
+    assert message.endswith("pass a STAC API URL or a catalog.json / item collection")
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    with pytest.raises(CatalogError) as raised:
+        _search(empty)
+    assert str(raised.value).count("pass a STAC API URL") == 1, raised.value
+    lone = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z")
+    del lone["id"]
+    with pytest.raises(NoScenesError) as nothing:
+        _search(_write_fc(tmp_path / "cat" / "items.json", [lone]))
+    said = str(nothing.value)
+    assert "has no id" in said and "fix the catalog" in said
+    assert "max_cloud_cover" not in said and "widen the dates" not in said
+
+
 def test_items_whose_footprint_or_epsg_disagree_with_their_assets_are_skipped(
     tmp_path: Path, repo: Path
 ) -> None:
@@ -860,3 +909,29 @@ def test_paging_stops_at_max_items_only_when_more_items_remain(
         assert notes == [
             f"search stopped at catalog.max_items={max_items}; raise it or narrow the dates or AOI"
         ]
+
+
+def test_an_api_page_with_entries_that_are_no_items_says_which() -> None:
+    """The API path dropped non-object features as silently as the static one did."""
+    from changedet.catalog.fetch import _all_pages
+    from changedet.models import no_progress
+
+    class Page:
+        def json(self, location: str, *, method: str = "GET", body: Any = None) -> Any:
+            return {"features": [{"type": "Feature", "id": "a", "links": []}, None, "junk"]}
+
+    unreadable: list[tuple[str, str]] = []
+    items, _ = _all_pages(
+        Page(),  # type: ignore[arg-type]
+        "https://api.test/search",
+        {},
+        CatalogConfig(url="https://api.test"),
+        what="api.test",
+        progress=no_progress,
+        unreadable=unreadable,
+    )
+    assert [i.item["id"] for i in items] == ["a"]
+    assert unreadable == [
+        ("search page 1 features[1]", "entry 1 of its features is null, not a STAC item"),
+        ("search page 1 features[2]", "entry 2 of its features is a string, not a STAC item"),
+    ]
