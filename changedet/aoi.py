@@ -502,13 +502,18 @@ def crop_to_footprints(
     footprints = [s.footprint for s in scenes if s.footprint is not None]
     if not footprints or len(footprints) != len(scenes):
         return grid
-    covered = shapely.union_all(footprints)
-    if within_aoi:
-        covered = covered.intersection(aoi.geometry)
-    covered = to_grid_crs(covered, grid.crs).intersection(shapely.box(*grid.bounds))
-    if covered.is_empty:
+    # The envelope of each footprint's part, not of their union: a union in lon/lat adds
+    # crossing vertices that land millimetres past the footprints, a pixel more of nodata.
+    parts = []
+    for footprint in footprints:
+        part = footprint.intersection(aoi.geometry) if within_aoi else footprint
+        part = to_grid_crs(part, grid.crs).intersection(shapely.box(*grid.bounds))
+        if not part.is_empty:
+            parts.append(part.bounds)
+    if not parts:
         return grid
-    xmin, ymin, xmax, ymax = covered.bounds
+    xmin, ymin = min(p[0] for p in parts), min(p[1] for p in parts)
+    xmax, ymax = max(p[2] for p in parts), max(p[3] for p in parts)
     gx0, _, _, gy1 = grid.bounds
     res = grid.res
     col0 = max(0, math.floor((xmin - gx0) / res))

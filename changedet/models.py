@@ -152,6 +152,10 @@ class Asset:
     scale: float = 1e-4
     offset: float = 0.0
     nodata: float | None = 0
+    # What the item says the file holds (`raster:bands` data_type, `proj:epsg`/`proj:code`),
+    # checked when it is opened: a file that disagrees would be scaled or placed wrongly.
+    data_type: str | None = None
+    epsg: int | None = None
 
 
 @dataclass(frozen=True)

@@ -685,6 +685,55 @@ def test_one_invalid_item_file_is_skipped_with_its_reason(tmp_path: Path) -> Non
         _search(catalog)
 
 
+def test_malformed_entries_of_an_item_collection_are_counted_and_said(tmp_path: Path) -> None:
+    """A null feature, a string, an item with null properties or without an id vanished from
+    the run: used + skipped fell short of the entries. Each is now listed with why, and marked
+    unreadable, so the run warns of it."""
+    good = [
+        synth_item(f"S2A_39SVV_202308{d:02d}_0_L2A", f"2023-08-{d:02d}T07:05:00Z") for d in (1, 6)
+    ]
+    no_props = synth_item("S2A_39SVV_20230811_0_L2A", "2023-08-11T07:05:00Z")
+    no_props["properties"] = None
+    no_id = synth_item("S2A_39SVV_20230816_0_L2A", "2023-08-16T07:05:00Z")
+    del no_id["id"]
+    entries = [good[0], None, "junk", no_props, 7, no_id, good[1]]
+    result = _search(_write_fc(tmp_path / "cat" / "items.json", entries))  # type: ignore[list-item]
+    assert [s.id for s in result.scenes] == [g["id"] for g in good]
+    dropped = {d.scene_id: d for d in result.dropped}
+    assert len(result.scenes) + len(result.dropped) == len(entries)
+    assert all(d.unreadable for d in result.dropped)
+    assert "entry 1 of its features is null" in dropped["items.json features[1]"].reason
+    assert "entry 2 of its features is a string" in dropped["items.json features[2]"].reason
+    assert "entry 4 of its features is a number" in dropped["items.json features[4]"].reason
+    assert "has no properties" in dropped[no_props["id"]].reason
+    assert "has no id" in dropped["items.json features[5]"].reason
+    assert not result.complete
+
+
+def test_a_catalog_that_is_not_json_or_not_stac_says_so_once(tmp_path: Path) -> None:
+    """A GeoTIFF given as --catalog ended in 'unexpected UnicodeDecodeError'; `{}` repeated its
+    advice; an item collection of one id-less item was answered with cloud and date advice."""
+    tif = tmp_path / "B04.tif"
+    tif.write_bytes(b"II*\x00\x08\x00\x00\x00\xff\xfe\x80\x81" * 64)
+    with pytest.raises(CatalogError) as raised:
+        _search(tif)
+    message = str(raised.value)
+    assert "B04.tif is not a STAC document (JSON)" in message
+    assert message.endswith("pass a STAC API URL or a catalog.json / item collection")
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    with pytest.raises(CatalogError) as raised:
+        _search(empty)
+    assert str(raised.value).count("pass a STAC API URL") == 1, raised.value
+    lone = synth_item("S2A_39SVV_20230801_0_L2A", "2023-08-01T07:05:00Z")
+    del lone["id"]
+    with pytest.raises(NoScenesError) as nothing:
+        _search(_write_fc(tmp_path / "cat" / "items.json", [lone]))
+    said = str(nothing.value)
+    assert "has no id" in said and "fix the catalog" in said
+    assert "max_cloud_cover" not in said and "widen the dates" not in said
+
+
 def test_items_whose_footprint_or_epsg_disagree_with_their_assets_are_skipped(
     tmp_path: Path, repo: Path
 ) -> None:
@@ -724,6 +773,54 @@ def test_items_whose_footprint_or_epsg_disagree_with_their_assets_are_skipped(
     assert crop_to_footprints(grid_for(aoi), aoi, hostile.scenes) == crop_to_footprints(
         grid_for(aoi), aoi, clean.scenes
     )
+
+
+def test_an_item_without_geometry_is_placed_by_its_assets_or_skipped(
+    tmp_path: Path, repo: Path
+) -> None:
+    """`"geometry": null` left the grid uncropped (the whole context window: 8x the pixels and
+    other counts on the demo). Its assets' projection places it; without one it is skipped."""
+    import shutil
+
+    from changedet.aoi import crop_to_footprints, grid_for, load_aois
+
+    tiles = shutil.copytree(repo / "sample_tiles" / "khojir", tmp_path / "khojir")
+    (aoi,) = load_aois(repo / "aoi" / "khojir.geojson")
+    config = CatalogConfig(url=str(tiles / "catalog.json"))
+
+    def found() -> Any:
+        return search_scenes(
+            aoi, config, start=date(2023, 6, 1), end=date(2024, 6, 30), bands=BANDS
+        )
+
+    clean = found()
+    items = sorted((tiles / "sentinel-2-l2a").glob("*/*.json"))
+    placed, lost = items[2], items[4]
+    item = json.loads(placed.read_text())
+    item["geometry"] = None  # proj:transform + proj:shape in proj:epsg still place it
+    placed.write_text(json.dumps(item))
+    item = json.loads(lost.read_text())
+    item["geometry"] = None
+    for asset in item["assets"].values():
+        del asset["proj:transform"], asset["proj:shape"]
+    lost.write_text(json.dumps(item))
+
+    hostile = found()
+    dropped = {d.scene_id: d.reason for d in hostile.dropped}
+    assert dropped[lost.stem].startswith("no footprint (geometry null)"), dropped
+    assert placed.stem not in dropped
+    assert {s.id for s in hostile.scenes} == {s.id for s in clean.scenes} - {lost.stem}
+    scene = next(s for s in hostile.scenes if s.id == placed.stem)
+    original = next(s for s in clean.scenes if s.id == placed.stem).footprint
+    assert scene.footprint.buffer(1e-4).contains(original)
+    grid = crop_to_footprints(grid_for(aoi), aoi, clean.scenes)
+    assert crop_to_footprints(grid_for(aoi), aoi, hostile.scenes) == grid
+    assert grid.shape != grid_for(aoi).shape  # cropped at all: the test tells the bug apart
+
+    # a proj:bbox (STAC projection v1.1) places it as well
+    item["assets"]["red"]["proj:bbox"] = [559380.0, 3940760.0, 561940.0, 3943320.0]
+    lost.write_text(json.dumps(item))
+    assert lost.stem in {s.id for s in found().scenes}
 
 
 def test_footprint_check_accepts_tiles_across_the_antimeridian() -> None:
@@ -815,3 +912,29 @@ def test_paging_stops_at_max_items_only_when_more_items_remain(
         assert notes == [
             f"search stopped at catalog.max_items={max_items}; raise it or narrow the dates or AOI"
         ]
+
+
+def test_an_api_page_with_entries_that_are_no_items_says_which() -> None:
+    """The API path dropped non-object features as silently as the static one did."""
+    from changedet.catalog.fetch import _all_pages
+    from changedet.models import no_progress
+
+    class Page:
+        def json(self, location: str, *, method: str = "GET", body: Any = None) -> Any:
+            return {"features": [{"type": "Feature", "id": "a", "links": []}, None, "junk"]}
+
+    unreadable: list[tuple[str, str]] = []
+    items, _ = _all_pages(
+        Page(),  # type: ignore[arg-type]
+        "https://api.test/search",
+        {},
+        CatalogConfig(url="https://api.test"),
+        what="api.test",
+        progress=no_progress,
+        unreadable=unreadable,
+    )
+    assert [i.item["id"] for i in items] == ["a"]
+    assert unreadable == [
+        ("search page 1 features[1]", "entry 1 of its features is null, not a STAC item"),
+        ("search page 1 features[2]", "entry 2 of its features is a string, not a STAC item"),
+    ]

@@ -375,6 +375,7 @@ def _three_kinds_of_date(tmp_path: Path) -> list[Any]:
     late = scenes[4]
     red = late.dn["red"].astype(np.float32)
     write_cog(tmp_path / late.id / "red.tif", red, x0=TILE_X0, y0=TILE_Y0, res=10.0)
+    late.item["assets"]["red"]["raster:bands"][0]["data_type"] = "float32"  # and says so
     return [local_scene(s, tmp_path) for s in scenes]
 
 
@@ -799,6 +800,55 @@ def test_no_scl_falls_back_to_valid_data(tmp_path: Path) -> None:
         [local_scene(s, tmp_path)], GRID, aoi_mask=ALL, read_config=rc(), mask_config=NO_DILATION
     )[s.id]
     assert not probe.has_scl and math.isnan(probe.clear_fraction)
+
+
+def _rewrite(path: Path, array: np.ndarray, *, crs: str = CRS) -> None:
+    """`path` written again as `array` ((H, W) or (B, H, W)) on its own transform, in `crs`."""
+    with rasterio.open(path) as src:
+        transform = src.transform
+    bands = array if array.ndim == 3 else array[None]
+    profile = {"driver": "GTiff", "width": bands.shape[2], "height": bands.shape[1],
+               "count": bands.shape[0], "dtype": bands.dtype.name, "crs": crs,
+               "transform": transform, "nodata": 0}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(bands)
+
+
+def test_files_that_disagree_with_their_item_skip_their_scene(tmp_path: Path) -> None:
+    """Each was read without a word and changed the counts: float reflectance scaled as DNs,
+    band 1 of three, a file in the next zone placed as the item's, an SCL of uint16 x 100."""
+    made = [
+        make_scene(tmp_path, f"S2A_39SVV_202308{day:02d}_0_L2A", when(day), scl=CLEAR_SCL, seed=day)
+        for day in (1, 6, 11, 16, 21)
+    ]
+    good, floats, three, zone, scl = made
+    _rewrite(tmp_path / floats.id / "red.tif", (floats.dn["red"] / 10000).astype(np.float32))
+    _rewrite(tmp_path / three.id / "nir.tif", np.stack([three.dn["nir"]] * 3))
+    _rewrite(tmp_path / zone.id / "red.tif", zone.dn["red"], crs="EPSG:32638")
+    _rewrite(tmp_path / scl.id / "scl.tif", CLEAR_SCL.astype(np.uint16) * 100)
+    result = read_stack(
+        [local_scene(x, tmp_path) for x in made],
+        GRID,
+        bands=("red", "nir"),
+        aoi_mask=ALL,
+        read_config=rc(),
+        mask_config=NO_DILATION,
+    )
+    assert result.stack.scene_ids == ((good.id,),)
+    reasons = {s.scene_id: s.reason for s in result.skipped if s.unreadable}
+    said = "disagrees with its item"
+    assert reasons[floats.id] == (
+        f"unreadable asset: red: {said}: red.tif is float32, its raster:bands data_type says uint16"
+    )
+    assert (
+        reasons[three.id] == f"unreadable asset: nir: {said}: nir.tif holds 3 bands, one expected"
+    )
+    assert reasons[zone.id] == (
+        f"unreadable asset: red: {said}: red.tif is in EPSG:32638, its proj:epsg says 32639"
+    )
+    assert (
+        f"scl: {said}: scl.tif is uint16, its raster:bands data_type says uint8" in reasons[scl.id]
+    )
 
 
 def test_outside_aoi_corrupt_and_missing_assets_skip_their_scene(tmp_path: Path) -> None:

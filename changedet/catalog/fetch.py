@@ -18,7 +18,7 @@ import email.utils
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -183,7 +183,12 @@ class _Fetcher:
             path = Path(location)
             if not path.is_file():
                 raise CatalogError(f"catalog: document '{location}' does not exist")
-            text = path.read_text(encoding="utf-8")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:  # a GeoTIFF, a zip, ... given as the catalog
+                raise CatalogError(
+                    f"catalog: {what} is not a STAC document (JSON): it holds binary data"
+                ) from None
         if not text.strip():
             raise CatalogError(f"catalog: {what} is empty; expected a STAC JSON document")
         try:
@@ -205,6 +210,31 @@ class RawItem:
 
     item: dict[str, Any]
     base: str  # where its JSON came from (to resolve relative hrefs)
+    where: str = ""  # its place among the features that held it, to name one without an id
+
+
+def _doc_name(href: str) -> str:
+    return public_href(href).rstrip("/").rsplit("/", 1)[-1] or href
+
+
+_JSON_KINDS = {type(None): "null", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", list: "a list"}  # fmt: skip
+
+
+def _entries(
+    features: list[Any], href: str, *, label: str, unreadable: list[tuple[str, str]]
+) -> list[RawItem]:
+    """The item objects among `features`; every other entry (null, a string, ...) is left out
+    with why in `unreadable`, so it is counted and said instead of vanishing."""
+    items = []
+    for i, feature in enumerate(features):
+        where = f"{label} features[{i}]"
+        if isinstance(feature, dict):
+            items.append(RawItem(feature, self_href(feature) or href, where))
+            continue
+        kind = _JSON_KINDS.get(type(feature), "not a JSON object")
+        unreadable.append((where, f"entry {i} of its features is {kind}, not a STAC item"))
+    return items
 
 
 @dataclass
@@ -261,9 +291,11 @@ def _api_items(
         "method": "POST",
     }
     search = client.search(**base, **cloud.keep)
+    malformed: list[tuple[str, str]] = []
     items, notes = _all_pages(
-        fetcher, search.url, dict(search.get_parameters()), config, what=safe, progress=progress
-    )
+        fetcher, search.url, dict(search.get_parameters()), config, what=safe,
+        progress=progress, unreadable=malformed,
+    )  # fmt: skip
     removed: list[RawItem] = []
     stopped = notes[0] if notes else None  # every note of the paging says where it stopped early
     truncated = stopped is not None
@@ -281,6 +313,7 @@ def _api_items(
         cloud_removed=removed,
         stopped=stopped,
         truncated=truncated,
+        unreadable=malformed,
     )
 
 
@@ -426,11 +459,13 @@ def _all_pages(
     *,
     what: str,
     progress: Progress,
+    unreadable: list[tuple[str, str]] | None = None,
 ) -> tuple[list[RawItem], list[str]]:
     """Every item of a search, following `next` links (bounded by catalog.max_items and a
     repeated link), and what to note about where paging stopped. A page the server makes smaller
     than `limit` asked is no reason to stop: every page followed adds an item, so max_items
-    bounds the pages too."""
+    bounds the pages too. Entries that are no item object go to `unreadable`, with why."""
+    unreadable = [] if unreadable is None else unreadable
     method = "POST"
     items: list[RawItem] = []
     seen_pages: set[str] = set()
@@ -441,7 +476,8 @@ def _all_pages(
             raise CatalogError(
                 f"catalog: {what} returned a search page without 'features'; is it a STAC API?"
             )
-        items.extend(RawItem(f, self_href(f) or href) for f in features if isinstance(f, dict))
+        label = f"search page {_page + 1}"
+        items.extend(_entries(features, href, label=label, unreadable=unreadable))
         progress("search", len(items), len(items))
         nxt = _next_link(page) if features else None
         if len(items) > config.max_items:  # at max_items exactly, the next page tells
@@ -509,7 +545,7 @@ def _static_items(location: str, fetcher: _Fetcher) -> FoundItems:
         visited.add(doc_href)
         try:
             doc = fetcher.json(doc_href)
-            items = _items_in(doc, doc_href)
+            items = _items_in(doc, doc_href, unreadable=found.unreadable)
             children = (
                 _children(doc, doc_href, remote=remote, roots=roots, skipped=found.unreadable)
                 if items is None and depth < MAX_STATIC_DEPTH
@@ -547,20 +583,31 @@ def _local_root(location: str) -> str:
     return str(path.resolve())
 
 
-def _items_in(doc: Any, doc_href: str) -> list[RawItem] | None:
+def _items_in(
+    doc: Any, doc_href: str, *, unreadable: list[tuple[str, str]]
+) -> list[RawItem] | None:
     """The items a static document holds (an item or an item collection), or None for a catalog
-    or collection, whose links lead further. Anything else is refused."""
+    or collection, whose links lead further. Anything else is refused (the advice is the
+    caller's: only an unusable root needs one); an item collection's entries that are no item
+    object go to `unreadable`, with why."""
     if not isinstance(doc, Mapping):
         raise CatalogError(f"catalog: {public_href(doc_href)} is not a STAC JSON object")
     kind = doc.get("type")
     if kind == "Feature":
         return [RawItem(dict(doc), doc_href)]
     if kind == "FeatureCollection":
-        return [RawItem(f, doc_href) for f in doc.get("features") or () if isinstance(f, dict)]
+        features = doc.get("features")
+        features = features if isinstance(features, list) else []
+        return [  # an item collection's items resolve their hrefs against it
+            replace(raw, base=doc_href)
+            for raw in _entries(
+                features, doc_href, label=_doc_name(doc_href), unreadable=unreadable
+            )
+        ]
     if kind not in ("Catalog", "Collection"):
         raise CatalogError(
             f"catalog: {public_href(doc_href)} is not a STAC catalog, collection, item or item "
-            "collection; pass a STAC API URL or a catalog.json"
+            "collection"
         )
     return None
 

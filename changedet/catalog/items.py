@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "dedupe_scenes",
     "footprint_disagreement",
     "harmonising_offset",
+    "missing_footprint",
     "offset_rule",
     "scene_from_item",
     "self_href",
@@ -212,7 +214,7 @@ def scene_from_item(
         platform=str(platform).lower() if isinstance(platform, str) else None,
         processing_baseline=_baseline(props),
         epsg=_epsg(props),
-        footprint=_footprint(item.get("geometry")),
+        footprint=_footprint(item.get("geometry")) or _assets_footprint(item, _epsg(props)),
         updated=str(updated) if updated else None,
         synthetic=props.get("changedet:synthetic") is True,
     )
@@ -238,15 +240,19 @@ def _assets(
         href = check_href(raw["href"], base=base, remote=remote, local_roots=roots)
         info = _raster_band(raw)
         nodata = _number(info.get("nodata"))
+        dtype = info.get("data_type")
+        # What the item says the file holds, checked when it is opened (`read.cog`).
+        stated = Asset(
+            href=href,
+            nodata=0 if nodata is None else nodata,
+            data_type=dtype if isinstance(dtype, str) and dtype else None,
+            epsg=_epsg(raw) or _epsg(props),  # an asset's own projection wins
+        )
         if band == "scl":
-            assets[band] = Asset(
-                href=href, scale=1.0, offset=0.0, nodata=0 if nodata is None else nodata
-            )
+            assets[band] = replace(stated, scale=1.0, offset=0.0)
             continue
         scale, offset, _rule = _scale_offset(props, info)
-        assets[band] = Asset(
-            href=href, scale=scale, offset=offset, nodata=0 if nodata is None else nodata
-        )
+        assets[band] = replace(stated, scale=scale, offset=offset)
     return assets
 
 
@@ -259,6 +265,28 @@ def _footprint(geometry: Any) -> BaseGeometry | None:
         return footprint if footprint.is_valid else shapely.make_valid(footprint)
     except (ValueError, TypeError, AttributeError, shapely.errors.ShapelyError):
         return None
+
+
+def _assets_footprint(item: Mapping[str, Any], epsg: int | None) -> BaseGeometry | None:
+    """Where an item without a usable geometry has data: its assets' extent (`proj:bbox`, or
+    `proj:transform` + `proj:shape`) placed by `proj:epsg`; None when it gives no such extent.
+    Without a footprint the grid could not be cropped to the data (`aoi.crop_to_footprints`)."""
+    extent = _asset_extent(item)
+    if extent is None or epsg is None:
+        return None
+    # A millimetre inside: through lon/lat and back its edges must not reach the next pixel.
+    xmin, ymin, xmax, ymax = extent
+    return _extent_lonlat((xmin + 1e-3, ymin + 1e-3, xmax - 1e-3, ymax - 1e-3), epsg)
+
+
+def missing_footprint(item: Mapping[str, Any]) -> str:
+    """Why an item got no footprint (neither its geometry nor its assets' projection gave one)."""
+    geometry = item.get("geometry")
+    what = "geometry null" if geometry is None else "geometry unreadable"
+    return (
+        f"no footprint ({what}) and no proj:bbox or proj:transform + proj:shape in proj:epsg "
+        "to place its assets; skipped"
+    )
 
 
 # How far (degrees) a footprint may reach beyond the extent of its assets: providers simplify
@@ -292,12 +320,15 @@ def footprint_disagreement(item: Mapping[str, Any], scene: Scene) -> str | None:
 
 
 def _asset_extent(item: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
-    """(xmin, ymin, xmax, ymax) in the item's projection of the first asset with a north-up
-    `proj:transform` and a `proj:shape`."""
+    """(xmin, ymin, xmax, ymax) in the item's projection of the first asset with a `proj:bbox`
+    or a north-up `proj:transform` and a `proj:shape`; else the item's own `proj:bbox`."""
     assets = item.get("assets")
     for asset in assets.values() if isinstance(assets, Mapping) else ():
         if not isinstance(asset, Mapping):
             continue
+        bbox = _proj_bbox(asset)
+        if bbox is not None:
+            return bbox
         transform, shape = asset.get("proj:transform"), asset.get("proj:shape")
         if not (isinstance(transform, list) and len(transform) >= 6):
             continue
@@ -310,7 +341,20 @@ def _asset_extent(item: Mapping[str, Any]) -> tuple[float, float, float, float] 
         if b != 0 or d != 0 or a <= 0 or e >= 0 or rows <= 0 or cols <= 0:
             continue
         return (c, f + e * rows, c + a * cols, f)
-    return None
+    props = item.get("properties")
+    return _proj_bbox(props) if isinstance(props, Mapping) else None
+
+
+def _proj_bbox(doc: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+    """A document's 2D `proj:bbox` (xmin, ymin, xmax, ymax), or None when it has no sound one."""
+    bbox = doc.get("proj:bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4):
+        return None
+    numbers = [_number(v) for v in bbox]
+    if any(v is None for v in numbers):
+        return None
+    xmin, ymin, xmax, ymax = (float(v or 0.0) for v in numbers)
+    return (xmin, ymin, xmax, ymax) if xmin < xmax and ymin < ymax else None
 
 
 def _extent_lonlat(extent: tuple[float, float, float, float], epsg: int) -> Any:

@@ -25,6 +25,7 @@ from changedet.catalog.fetch import FoundItems, RawItem, fetch_items, href_signe
 from changedet.catalog.items import (
     dedupe_scenes,
     footprint_disagreement,
+    missing_footprint,
     offset_rule,
     scene_from_item,
 )
@@ -232,8 +233,12 @@ class _Sifted:
             self.refused += 1
             self.dropped.append(SkippedScene(item_id or "?", str(exc)))
             return None
-        except CatalogError as exc:
-            self.dropped.append(SkippedScene(item_id or "?", str(exc)))
+        except CatalogError as exc:  # a malformed item (no id, properties or datetime): said
+            name = item_id or raw.where or public_href(raw.base).rsplit("/", 1)[-1]
+            self.dropped.append(SkippedScene(name, str(exc), unreadable=True))
+            return None
+        if scene.footprint is None:  # its data's place unknown: the grid could not be cropped
+            self.dropped.append(SkippedScene(item_id, missing_footprint(item)))
             return None
         disagreement = footprint_disagreement(item, scene)
         if disagreement is not None:
@@ -389,6 +394,13 @@ def _nothing_usable(
         return NoScenesError(
             f"no scene in {source} covers AOI '{aoi.id}' between {start} and {end}; "
             "check the AOI location, widen the dates or point --catalog elsewhere"
+        )
+    if all(d.unreadable for d in dropped):  # the catalog is broken, not the sky or the dates
+        first = dropped[0]
+        return NoScenesError(
+            f"no usable scene in {source} for AOI '{aoi.id}': {len(dropped)} item(s) or "
+            f"document(s) could not be used (first, {first.scene_id}: {first.reason}); fix the "
+            "catalog or point --catalog at another"
         )
     reasons = Counter(d.reason.split(" (")[0].split(":")[0] for d in dropped)
     detail = "; ".join(f"{n} {r}" for r, n in reasons.most_common(3))

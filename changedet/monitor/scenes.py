@@ -29,7 +29,14 @@ def scene_record(scene: Scene) -> dict[str, Any]:
         "collection": scene.collection,
         "tile": scene.tile,
         "assets": {
-            key: {"href": a.href, "scale": a.scale, "offset": a.offset, "nodata": a.nodata}
+            key: {
+                "href": a.href,
+                "scale": a.scale,
+                "offset": a.offset,
+                "nodata": a.nodata,
+                "data_type": a.data_type,
+                "epsg": a.epsg,
+            }
             for key, a in sorted(scene.assets.items())
         },
         "cloud_cover": scene.cloud_cover,

@@ -34,7 +34,7 @@ import numpy as np
 from changedet.config import ReadConfig
 from changedet.errors import ConfigError, ReadError, UnsafeHrefError
 from changedet.hrefs import public_href, redact
-from changedet.models import Grid, Scene
+from changedet.models import Asset, Grid, Scene
 from changedet.read.cache import PixelCache
 from changedet.read.upsample import TAPS_DTYPES, source_span, upsample_2x
 
@@ -212,7 +212,52 @@ def _aligned(src: Any, grid: Grid) -> bool:
     return abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6
 
 
-def _read_onto_grid(path: str, grid: Grid, *, resampling: Any, nodata: float | None) -> np.ndarray:
+# Starts the reason of a file that is not what its item says (`_disagreement`); no
+# parentheses after it, so the run's one-line warning keeps what disagrees.
+_DISAGREES = "disagrees with its item"
+
+
+def _disagreement(src: Any, asset: Asset) -> str | None:
+    """Why an opened file is not the asset its item describes (None: it is, as far as the item
+    says): one band, the `raster:bands` data type, the `proj:epsg`. A float file scaled as
+    DNs, a band 1 of three, a file in another zone placed as the item's would give wrong
+    reflectance or land off the grid without an error."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    name = public_href(asset.href).rstrip("/").rsplit("/", 1)[-1]
+    if src.count != 1:
+        return f"{_DISAGREES}: {name} holds {src.count} bands, one expected"
+    try:
+        stated = np.dtype(asset.data_type) if asset.data_type else None
+    except TypeError:  # a type numpy does not name ("other", "cint16"): nothing to compare
+        stated = None
+    if stated is not None and np.dtype(src.dtypes[0]) != stated:
+        return (
+            f"{_DISAGREES}: {name} is {src.dtypes[0]}, its raster:bands data_type says "
+            f"{asset.data_type}"
+        )
+    if asset.epsg is None:
+        return None
+    try:
+        same = src.crs == CRS.from_epsg(asset.epsg) or src.crs.to_epsg() == asset.epsg
+    except CRSError:
+        return None
+    if same:
+        return None
+    code = src.crs.to_epsg()
+    held = f"EPSG:{code}" if code else str(src.crs.to_string())[:60]
+    return f"{_DISAGREES}: {name} is in {held}, its proj:epsg says {asset.epsg}"
+
+
+def _read_onto_grid(
+    path: str,
+    grid: Grid,
+    *,
+    resampling: Any,
+    nodata: float | None,
+    expect: Asset | None = None,
+) -> np.ndarray:
     """Read band 1 of `path` onto `grid`: only the source window covering the grid is fetched.
 
     Four paths, fastest first: the same pixel lattice (a window copy); a 20 m band on the 10 m
@@ -220,7 +265,8 @@ def _read_onto_grid(path: str, grid: Grid, *, resampling: Any, nodata: float | N
     `read.upsample`); the same CRS with other pixel sizes (GDAL's resampled window read, about
     4x cheaper than the warper; a grid running over the tile's edge is read so inside, only
     the strips along the edge by the warper); anything else (another UTM zone: the GDAL
-    warper on the covering window).
+    warper on the covering window). `expect`: the asset as its item describes it; a file
+    that disagrees (`_disagreement`) is refused with why (ReadError).
     """
     import rasterio
     from rasterio.crs import CRS
@@ -230,6 +276,9 @@ def _read_onto_grid(path: str, grid: Grid, *, resampling: Any, nodata: float | N
             raise ReadError(
                 "asset has no CRS: a file without georeferencing, or one whose transfer was cut short"
             )
+        disagreement = _disagreement(src, expect) if expect is not None else None
+        if disagreement is not None:
+            raise ReadError(disagreement)
         fill = nodata if nodata is not None else (src.nodata if src.nodata is not None else 0)
         dst_crs = CRS.from_user_input(grid.crs)
         same_crs = src.crs == dst_crs
@@ -534,6 +583,8 @@ _HTTP_STATUS = re.compile(r"HTTP (?:response )?code:?\s*(\d{3})", re.IGNORECASE)
 
 def _classify(exc: BaseException) -> tuple[str, bool]:
     """(one-line reason without tokens, transient?) for a failed asset read."""
+    if isinstance(exc, ReadError) and str(exc).startswith(_DISAGREES):
+        return str(exc), False  # the file is whole: another read gives the same
     # rasterio wraps GDAL's own message: "Read failed. See previous exception for details."
     chain = [exc]
     while chain[-1].__cause__ is not None and len(chain) < 5:
@@ -602,7 +653,9 @@ def _fetch(
     for attempt in range(attempts):
         try:
             with rasterio.Env(**options):
-                array = _read_onto_grid(path, grid, resampling=resampling, nodata=asset.nodata)
+                array = _read_onto_grid(
+                    path, grid, resampling=resampling, nodata=asset.nodata, expect=asset
+                )
             if key:
                 cache.put(key, array)
             return AssetRead(scene.id, band, array)
