@@ -6,12 +6,33 @@ Exit codes: 0 every AOI processed; 1 some AOI failed (the others still ran) or a
 
 from __future__ import annotations
 
+# ruff: noqa: E402 - the interrupt hook below goes in before the heavy imports
+import os
+import sys
+from types import TracebackType
+
+
+def _interrupted_on_start(
+    kind: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    """Ctrl-C while this module still imports (numpy alone takes a tenth of a second), before
+    the CLI can catch it: one line and exit 130, not a traceback of the imports. Every later
+    interrupt is caught by the CLI itself (`_interrupted`), so this hook sees only these."""
+    if not issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    sys.stdout.flush()
+    sys.stderr.write("changedet: error: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)  # nothing started yet: there is nothing to clean up
+
+
+sys.excepthook = _interrupted_on_start
+
 import importlib
 import json
 import logging
-import os
 import signal
-import sys
 import tempfile
 import threading
 import traceback

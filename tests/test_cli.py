@@ -425,6 +425,27 @@ def test_a_read_only_out_folder_exits_2_before_computing(
     assert_one_line_error(result.stderr, result.exit_code, 2, "not writable")
 
 
+def test_ctrl_c_while_the_cli_still_imports_is_one_line() -> None:
+    """Ctrl-C in a run's first half second arrived while changedet.cli imported numpy, before
+    any handler: a 24-49 line traceback ending in KeyboardInterrupt. Here the interrupt is
+    raised by the import of numpy itself, as the console script imports the CLI."""
+    script = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name == 'numpy':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt)\n"
+        "from changedet.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (130, "changedet: error: interrupted\n")
+
+
 @pytest.mark.parametrize(
     ("sent", "code", "said"),
     [
