@@ -323,6 +323,17 @@ def _check_out_writable(out_dir: str, aoi_ids: Sequence[str] = (), *, name: str 
                 f"{name} '{out_dir}': the earlier outputs '{earlier}' are read-only and a run "
                 f"replaces them; make the folder writable (chmod u+w '{earlier}') or {other}"
             )
+        _refuse_clash(earlier, f"{name} '{out_dir}'", other)
+
+
+def _refuse_clash(folder: Path, where: str, other: str) -> None:
+    """An analyst's file or folder where a run puts one of its own (a file named `previous`, a
+    folder named `run.json`): said now, not after the whole analysis as an internal path."""
+    from changedet.outputs.runfolder import clash
+
+    what = clash(folder)
+    if what is not None:
+        raise UsageError(f"{where}: {what}; move it away or {other}")
 
 
 # --- commands -----------------------------------------------------------------------------------

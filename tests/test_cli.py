@@ -26,6 +26,7 @@ from changedet.aoi import grid_for, load_aois, reproject_geometry
 from changedet.lab.fakes import scenes_for_stack
 from changedet.models import AOI, Stack
 from changedet.outputs.headline import km2
+from changedet.outputs.runfolder import PREVIOUS
 from changedet.outputs.write import write_run_outputs
 from changedet.pipeline import PipelineIO
 
@@ -400,6 +401,43 @@ def test_a_file_where_an_aoi_writes_its_folder_and_empty_options_exit_2_before_c
         given = ("--out", str(out)) if option != "--out" else ()
         result = cli("run", str(aoi), "--config", str(DEMO), *given, option, "")
         assert_one_line_error(result.stderr, result.exit_code, 2, f"{option} is empty")
+
+
+@pytest.mark.parametrize(
+    ("clashing", "said"),
+    [
+        ("previous", "is a file where changedet keeps a folder"),
+        ("run.json/", "is a folder where changedet writes a file"),
+        ("previous/run.json/", "is a folder where changedet writes a file"),
+    ],
+)
+def test_a_file_or_folder_where_a_run_puts_its_own_exits_2_before_computing(
+    clashing: str,
+    said: str,
+    cli: Callable[..., Result],
+    tmp_path: Path,
+    paris: Callable[[Path, str], Path],
+) -> None:
+    """A file named `previous` or a folder named `run.json` in OUT/<aoi_id> failed after the
+    whole analysis, naming the run's temporary folder: '[Errno 17] File exists:
+    .../.paris.8hfr6p56.part/previous'."""
+    folder = tmp_path / "o" / "paris"
+    (folder / PREVIOUS).mkdir(parents=True)
+    (folder / PREVIOUS / "notes.txt").write_text("mine")
+    if clashing.startswith(PREVIOUS):  # the previous run's run.json goes to previous/run.json
+        (folder / "run.json").write_text(json.dumps({"files": ["run.json"]}))
+    target = folder / clashing.rstrip("/")
+    if clashing.endswith("/"):
+        target.unlink(missing_ok=True)
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    else:
+        shutil.rmtree(target)
+        target.write_text("mine")
+    aoi = paris(tmp_path / "a.geojson", "paris")
+    result = cli("run", str(aoi), "--config", str(DEMO), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result.stderr, result.exit_code, 2, f"'{target}' {said}", "move it")
+    assert "no scene" not in result.stderr  # refused before the search
 
 
 def test_a_quoted_tilde_out_is_the_home_folder_as_checked(
