@@ -149,15 +149,21 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
+# Set by a command that writes nothing (`search`, `monitor status`): its interrupt is said
+# without the words about outputs. Reset for every command (`main`).
+_READ_ONLY = {"command": False}
+
+
+def _read_only() -> None:
+    _READ_ONLY["command"] = True
+
+
 def _interrupted(exc: BaseException) -> NoReturn:
     """One line for Ctrl-C (exit 130) or SIGTERM (exit 143), with what the interrupt noted (AOIs
     a Dask cluster goes on computing)."""
     terminated = isinstance(exc, _Terminated) or isinstance(exc.__cause__, _Terminated)
-    text = (
-        ("terminated (SIGTERM)" + INTERRUPTED.removeprefix("interrupted"))
-        if terminated
-        else INTERRUPTED
-    )
+    said = "interrupted" if _READ_ONLY["command"] else INTERRUPTED
+    text = ("terminated (SIGTERM)" + said.removeprefix("interrupted")) if terminated else said
     notes = [*getattr(exc, "__notes__", ()), *getattr(exc.__cause__, "__notes__", ())]
     _echo_error("; ".join([text, *notes]))
     sys.exit(143 if terminated else 130)
@@ -485,6 +491,7 @@ class _Prefixed(logging.Formatter):
 def main() -> None:
     """changedet: find new structures and earthworks in Sentinel-2 time series over an AOI."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    _READ_ONLY["command"] = False
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     for handler in logging.getLogger().handlers:  # the terminal's, not a library user's
@@ -643,6 +650,7 @@ def search(
     probe: bool,
 ) -> None:
     """List the scenes a run would use, and why any were dropped."""
+    _read_only()
     from changedet.aoi import zone_edge_warning
     from changedet.pipeline import search_aoi
 
@@ -866,6 +874,7 @@ def _warn_unwatched(unwatched: Mapping[str, int]) -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bool) -> None:
     """Per AOI: the last run, the last scene, counts and pending deliveries."""
+    _read_only()
     from changedet.monitor.memo import memo_bytes
     from changedet.monitor.state import State
 

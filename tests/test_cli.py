@@ -484,6 +484,24 @@ def test_ctrl_c_while_the_cli_still_imports_is_one_line() -> None:
     assert (done.returncode, done.stderr) == (130, "changedet: error: interrupted\n")
 
 
+def test_an_interrupted_read_only_command_says_just_interrupted(
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`monitor status` writes nothing: 'outputs already finished are kept, the unfinished AOI
+    wrote nothing' made no sense there. A run still says it."""
+
+    def ctrl_c(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("changedet.cli._watchlist", ctrl_c)
+    result = cli("monitor", "status", "--config", str(tmp_path / "watch.toml"))
+    assert (result.exit_code, result.stderr) == (130, "changedet: error: interrupted\n")
+    monkeypatch.setattr("changedet.cli._load", ctrl_c)
+    result = cli("run", KHOJIR, "--out", str(tmp_path / "o"))
+    assert result.exit_code == 130
+    assert result.stderr.startswith("changedet: error: interrupted; outputs already finished")
+
+
 @pytest.mark.parametrize(
     ("sent", "code", "said"),
     [
