@@ -7,6 +7,7 @@ AOIs are refused with a one-line error.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -73,19 +74,20 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
         )
     aois: list[AOI] = []
     seen: set[str] = set()
+    cut = _ids_cut_at_nul(p, cfg.id_property, len(frame))
     # Unnamed features are named after their file, so two unnamed files do not write (and
     # replace) one OUT/aoi-1 folder
     stem = safe_id(f"{p.stem}-{layer}" if layer else p.stem, "aoi")
     for index, row in enumerate(frame.itertuples(index=False)):
         props = {k: _plain(v) for k, v in row._asdict().items() if k != "geometry"}
-        given = _id_text(props.get(cfg.id_property))
+        given = cut.get(index) or _id_text(props.get(cfg.id_property))
         name = _id_text(props.get("name")) or _id_text(props.get("Name"))  # KML's is "Name"
         unnamed = stem if len(frame) == 1 else f"{stem}-{index + 1}"
         raw_id = given or name or unnamed
         named = safe_id(raw_id, unnamed)
         if given and named != raw_id:  # a name may well have spaces
             warnings.warn(
-                f"AOI file '{p}': id '{raw_id}' is not a safe folder name; its outputs go to "
+                f"AOI file '{p}': id '{_shown(raw_id)}' is not a safe folder name; its outputs go to "
                 f"'{named}' (use letters, digits, '-', '_' and '.')",
                 stacklevel=2,
             )
@@ -148,6 +150,35 @@ def _read_frame(path: str) -> tuple[Path, str, Any]:
             "pass a GeoJSON, GeoPackage or Shapefile"
         ) from None
     return p, (layer or "") if len(spatial) > 1 else "", frame  # one layer: the file names it
+
+
+def _shown(text: str) -> str:
+    """`text` on one line: control characters (a newline, a NUL) escaped as Python writes them."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _ids_cut_at_nul(path: Path, id_property: str, count: int) -> dict[int, str]:
+    """The ids of a GeoJSON file's features that hold a NUL character (JSON's \\u0000), by
+    feature: GDAL reads text only up to a NUL, so 'a\\u0000b' came as 'a' and named a folder
+    silently. Empty for any other file (a file's bytes are searched first: most have none)."""
+    if path.suffix.lower() not in (".geojson", ".json"):
+        return {}
+    try:
+        raw = path.read_bytes()
+        if b"\\u0000" not in raw:
+            return {}
+        features = json.loads(raw)["features"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(features, list) or len(features) != count:
+        return {}
+    cut = {}
+    for index, feature in enumerate(features):
+        props = feature.get("properties") if isinstance(feature, dict) else None
+        value = props.get(id_property) if isinstance(props, dict) else None
+        if isinstance(value, str) and "\x00" in value:
+            cut[index] = value
+    return cut
 
 
 def _id_text(value: object) -> str | None:

@@ -6,12 +6,33 @@ Exit codes: 0 every AOI processed; 1 some AOI failed (the others still ran) or a
 
 from __future__ import annotations
 
+# ruff: noqa: E402 - the interrupt hook below goes in before the heavy imports
+import os
+import sys
+from types import TracebackType
+
+
+def _interrupted_on_start(
+    kind: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    """Ctrl-C while this module still imports (numpy alone takes a tenth of a second), before
+    the CLI can catch it: one line and exit 130, not a traceback of the imports. Every later
+    interrupt is caught by the CLI itself (`_interrupted`), so this hook sees only these."""
+    if not issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    sys.stdout.flush()
+    sys.stderr.write("changedet: error: interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)  # nothing started yet: there is nothing to clean up
+
+
+sys.excepthook = _interrupted_on_start
+
 import importlib
 import json
 import logging
-import os
 import signal
-import sys
 import tempfile
 import threading
 import traceback
@@ -128,15 +149,21 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
+# Set by a command that writes nothing (`search`, `monitor status`): its interrupt is said
+# without the words about outputs. Reset for every command (`main`).
+_READ_ONLY = {"command": False}
+
+
+def _read_only() -> None:
+    _READ_ONLY["command"] = True
+
+
 def _interrupted(exc: BaseException) -> NoReturn:
     """One line for Ctrl-C (exit 130) or SIGTERM (exit 143), with what the interrupt noted (AOIs
     a Dask cluster goes on computing)."""
     terminated = isinstance(exc, _Terminated) or isinstance(exc.__cause__, _Terminated)
-    text = (
-        ("terminated (SIGTERM)" + INTERRUPTED.removeprefix("interrupted"))
-        if terminated
-        else INTERRUPTED
-    )
+    said = "interrupted" if _READ_ONLY["command"] else INTERRUPTED
+    text = ("terminated (SIGTERM)" + said.removeprefix("interrupted")) if terminated else said
     notes = [*getattr(exc, "__notes__", ()), *getattr(exc.__cause__, "__notes__", ())]
     _echo_error("; ".join([text, *notes]))
     sys.exit(143 if terminated else 130)
@@ -302,6 +329,17 @@ def _check_out_writable(out_dir: str, aoi_ids: Sequence[str] = (), *, name: str 
                 f"{name} '{out_dir}': the earlier outputs '{earlier}' are read-only and a run "
                 f"replaces them; make the folder writable (chmod u+w '{earlier}') or {other}"
             )
+        _refuse_clash(earlier, f"{name} '{out_dir}'", other)
+
+
+def _refuse_clash(folder: Path, where: str, other: str) -> None:
+    """An analyst's file or folder where a run puts one of its own (a file named `previous`, a
+    folder named `run.json`): said now, not after the whole analysis as an internal path."""
+    from changedet.outputs.runfolder import clash
+
+    what = clash(folder)
+    if what is not None:
+        raise UsageError(f"{where}: {what}; move it away or {other}")
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -453,6 +491,7 @@ class _Prefixed(logging.Formatter):
 def main() -> None:
     """changedet: find new structures and earthworks in Sentinel-2 time series over an AOI."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    _READ_ONLY["command"] = False
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     for handler in logging.getLogger().handlers:  # the terminal's, not a library user's
@@ -611,6 +650,7 @@ def search(
     probe: bool,
 ) -> None:
     """List the scenes a run would use, and why any were dropped."""
+    _read_only()
     from changedet.aoi import zone_edge_warning
     from changedet.pipeline import search_aoi
 
@@ -834,6 +874,7 @@ def _warn_unwatched(unwatched: Mapping[str, int]) -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bool) -> None:
     """Per AOI: the last run, the last scene, counts and pending deliveries."""
+    _read_only()
     from changedet.monitor.memo import memo_bytes
     from changedet.monitor.state import State
 

@@ -227,6 +227,22 @@ def test_safe_id_never_escapes(raw: str) -> None:
     assert not out.startswith(".")
 
 
+@pytest.mark.parametrize(
+    ("raw", "shown", "safe"), [("a\u0000b", "a\\\\x00b", "a-b"), ("a\nb", "a\\\\nb", "a-b")]
+)
+def test_an_id_with_a_nul_or_a_newline_is_made_safe_and_said_on_one_line(
+    raw: str, shown: str, safe: str, tmp_path: Path
+) -> None:
+    """GDAL reads text up to a NUL: an id 'a\\u0000b' named folder 'a' without a word. A
+    newline in an id split the warning over two lines."""
+    square = mapping(box(51.60, 35.60, 51.61, 35.61))
+    path = _write_geojson(tmp_path / "a.geojson", square, id=raw)
+    with pytest.warns(UserWarning, match=f"id '{shown}' is not a safe folder name") as told:
+        (aoi,) = load_aois(path)
+    assert aoi.id == safe
+    assert all("\n" not in str(w.message) for w in told)
+
+
 def test_an_unsafe_id_is_renamed_and_said(tmp_path: Path) -> None:
     square = mapping(box(51.60, 35.60, 51.61, 35.61))
     path = _write_geojson(tmp_path / "a.geojson", square, id="../../etc/evil")

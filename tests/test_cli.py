@@ -26,6 +26,7 @@ from changedet.aoi import grid_for, load_aois, reproject_geometry
 from changedet.lab.fakes import scenes_for_stack
 from changedet.models import AOI, Stack
 from changedet.outputs.headline import km2
+from changedet.outputs.runfolder import PREVIOUS
 from changedet.outputs.write import write_run_outputs
 from changedet.pipeline import PipelineIO
 
@@ -402,6 +403,43 @@ def test_a_file_where_an_aoi_writes_its_folder_and_empty_options_exit_2_before_c
         assert_one_line_error(result.stderr, result.exit_code, 2, f"{option} is empty")
 
 
+@pytest.mark.parametrize(
+    ("clashing", "said"),
+    [
+        ("previous", "is a file where changedet keeps a folder"),
+        ("run.json/", "is a folder where changedet writes a file"),
+        ("previous/run.json/", "is a folder where changedet writes a file"),
+    ],
+)
+def test_a_file_or_folder_where_a_run_puts_its_own_exits_2_before_computing(
+    clashing: str,
+    said: str,
+    cli: Callable[..., Result],
+    tmp_path: Path,
+    paris: Callable[[Path, str], Path],
+) -> None:
+    """A file named `previous` or a folder named `run.json` in OUT/<aoi_id> failed after the
+    whole analysis, naming the run's temporary folder: '[Errno 17] File exists:
+    .../.paris.8hfr6p56.part/previous'."""
+    folder = tmp_path / "o" / "paris"
+    (folder / PREVIOUS).mkdir(parents=True)
+    (folder / PREVIOUS / "notes.txt").write_text("mine")
+    if clashing.startswith(PREVIOUS):  # the previous run's run.json goes to previous/run.json
+        (folder / "run.json").write_text(json.dumps({"files": ["run.json"]}))
+    target = folder / clashing.rstrip("/")
+    if clashing.endswith("/"):
+        target.unlink(missing_ok=True)
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    else:
+        shutil.rmtree(target)
+        target.write_text("mine")
+    aoi = paris(tmp_path / "a.geojson", "paris")
+    result = cli("run", str(aoi), "--config", str(DEMO), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result.stderr, result.exit_code, 2, f"'{target}' {said}", "move it")
+    assert "no scene" not in result.stderr  # refused before the search
+
+
 def test_a_quoted_tilde_out_is_the_home_folder_as_checked(
     cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -423,6 +461,45 @@ def test_a_read_only_out_folder_exits_2_before_computing(
     aoi = paris(tmp_path / "a.geojson", "paris")
     result = cli("run", str(aoi), "--config", str(DEMO), "--out", str(out))
     assert_one_line_error(result.stderr, result.exit_code, 2, "not writable")
+
+
+def test_ctrl_c_while_the_cli_still_imports_is_one_line() -> None:
+    """Ctrl-C in a run's first half second arrived while changedet.cli imported numpy, before
+    any handler: a 24-49 line traceback ending in KeyboardInterrupt. Here the interrupt is
+    raised by the import of numpy itself, as the console script imports the CLI."""
+    script = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name == 'numpy':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt)\n"
+        "from changedet.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (130, "changedet: error: interrupted\n")
+
+
+def test_an_interrupted_read_only_command_says_just_interrupted(
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`monitor status` writes nothing: 'outputs already finished are kept, the unfinished AOI
+    wrote nothing' made no sense there. A run still says it."""
+
+    def ctrl_c(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("changedet.cli._watchlist", ctrl_c)
+    result = cli("monitor", "status", "--config", str(tmp_path / "watch.toml"))
+    assert (result.exit_code, result.stderr) == (130, "changedet: error: interrupted\n")
+    monkeypatch.setattr("changedet.cli._load", ctrl_c)
+    result = cli("run", KHOJIR, "--out", str(tmp_path / "o"))
+    assert result.exit_code == 130
+    assert result.stderr.startswith("changedet: error: interrupted; outputs already finished")
 
 
 @pytest.mark.parametrize(

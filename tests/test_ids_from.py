@@ -126,6 +126,11 @@ def test_an_aoi_the_earlier_run_did_not_have_is_warned_about_and_named_by_place(
             '{"type": "Foo", "coordinates": [0, 0]}}]}',
             "Unknown geometry type",
         ),
+        (  # said "('NoneType' object has no attribute 'get')", naming no feature
+            '{"features": [{"properties": {"id": "39N-1-2"}, "geometry": null}]}',
+            r"structures.geojson, feature 1 \(id 39N-1-2\), is not a changedet structures "
+            r"file \(structure 39N-1-2 has no geometry\)",
+        ),
     ],
 )
 def test_a_file_that_is_not_an_earlier_runs_structures_is_refused(

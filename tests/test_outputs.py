@@ -923,11 +923,91 @@ def test_a_full_disk_keeps_the_previous_outputs_and_says_what_to_do(
     with pytest.raises(OutputError) as info:
         write_run_outputs(run_result, out, config=OutputConfig(chips=False))
     assert str(info.value) == (
-        f"cannot write outputs to {out}: [Errno 28] No space left on device; free some space "
-        "there or pass another --out, then rerun"
+        f"cannot write outputs to {out}: the disk is full; free some space there or pass "
+        "another --out, then rerun"
     )
     assert sorted(p.name for p in out.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["aoi"]
+
+
+def _empty_kml(frame: Any, path: Any, **kwargs: Any) -> None:
+    Path(path).write_text("")  # GDAL's KML driver on a full disk: an empty file, no error
+
+
+def _failed_commit(frame: Any, path: Any, **kwargs: Any) -> None:
+    if str(path).endswith(".gpkg"):
+        raise pyogrio.errors.DataSourceError("Failed to commit transaction")
+    _write_dataframe(frame, path, **kwargs)
+
+
+_write_dataframe = pyogrio.write_dataframe
+
+
+@pytest.mark.parametrize("gdal", [_empty_kml, _failed_commit], ids=["empty-kml", "gpkg-commit"])
+def test_a_full_disk_is_said_whatever_gdal_said(
+    gdal: Callable[..., None],
+    run_result: RunResult,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a full --out GDAL wrote an empty KML without an error, or said 'Failed to commit
+    transaction' or quoted SQL: the line said that, not the full disk. The file system is asked."""
+    import shutil
+    from types import SimpleNamespace
+
+    out = tmp_path / "aoi"
+    monkeypatch.setattr(pyogrio, "write_dataframe", gdal)
+    full = SimpleNamespace(total=8 << 20, used=8 << 20, free=4096)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: full)
+    with pytest.raises(OutputError) as info:
+        write_run_outputs(run_result, out, config=OutputConfig(chips=False, report=False))
+    assert str(info.value) == (
+        f"cannot write outputs to {out}: the disk is full; free some space there or pass "
+        "another --out, then rerun"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gdal_failure_with_room_on_the_disk_keeps_gdals_words(
+    run_result: RunResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(pyogrio, "write_dataframe", _failed_commit)
+    roomy = SimpleNamespace(total=1 << 40, used=0, free=1 << 39)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: roomy)
+    with pytest.raises(OutputError, match="Failed to commit transaction"):
+        write_run_outputs(run_result, tmp_path / "aoi", config=OutputConfig(chips=False))
+
+
+def test_libtiff_prints_nothing_of_its_own_when_a_cog_cannot_be_written(tmp_path: Path) -> None:
+    """libtiff's default handler printed '_tiffWriteProc: No space left on device.' lines on
+    stderr before the CLI's one line; the failure is still raised, as an OutputError."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from affine import Affine\n"
+        "from changedet.errors import OutputError\n"
+        "from changedet.models import Grid\n"
+        "from changedet.outputs.fsio import write_cog\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # a write past the limit: EFBIG
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))\n"
+        "a = np.random.default_rng(0).random((1024, 1024)).astype('float32')\n"
+        "grid = Grid('EPSG:32639', Affine(10, 0, 500000, 0, -10, 4000000), 1024, 1024)\n"
+        "try:\n"
+        "    write_cog(Path(sys.argv[1]) / 'big.tif', a, grid)\n"
+        "except OutputError:\n"
+        "    print('raised')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "raised\n", "")
 
 
 def test_missing_true_colour_bands_fail_before_writing(

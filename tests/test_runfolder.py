@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from changedet.config import OutputConfig
+from changedet.errors import OutputError
 from changedet.models import RunResult
 from changedet.outputs.runfolder import PREVIOUS, remove_stale, run_folder
 from changedet.outputs.write import write_run_outputs
@@ -314,3 +315,35 @@ def test_concurrent_runs_of_one_aoi_both_finish(run_result: RunResult, tmp_path:
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "run.json").is_file() and (out / PREVIOUS / "run.json").is_file()
     assert not any(tmp_path.glob(".khojir-test.*"))
+
+
+def test_a_clash_made_during_the_run_is_named_not_the_temporary_folder(tmp_path: Path) -> None:
+    """A file named previous/ put there while the run computed: the swap said '[Errno 17] File
+    exists: .../.aoi.XXXXXXXX.part/previous', an internal path, and no fix."""
+    out = tmp_path / "aoi"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"files": ["a.txt"]}))
+    (out / "a.txt").write_text("the previous run's")
+    with pytest.raises(OutputError) as info, run_folder(out) as tmp:
+        (tmp / "a.txt").write_text("this run's")
+        (out / PREVIOUS).write_text("the analyst's")
+    assert str(info.value) == (
+        f"'{out / PREVIOUS}' is a file where changedet keeps a folder of its outputs; move it "
+        "away, then rerun"
+    )
+    assert (out / "a.txt").read_text() == "the previous run's"
+    assert [p.name for p in tmp_path.iterdir()] == ["aoi"]
+
+
+def test_every_top_level_output_of_a_run_is_known_to_the_clash_check(
+    run_result: RunResult, tmp_path: Path
+) -> None:
+    """A folder of the analyst's at an output's name is refused before the run only if
+    `RUN_FILES` knows that name."""
+    from changedet.outputs.runfolder import RUN_FILES, RUN_FOLDERS
+
+    out = tmp_path / "aoi"
+    write_run_outputs(run_result, out, config=OutputConfig())
+    write_run_outputs(run_result, out, config=OutputConfig(geopackage=False))
+    top = {p.name for p in out.iterdir()}
+    assert top <= RUN_FILES | RUN_FOLDERS, top - RUN_FILES - RUN_FOLDERS

@@ -30,14 +30,27 @@ def earlier_structures(earlier_out: Path, aoi_id: str) -> dict[str, Known] | Non
     path = Path(earlier_out) / aoi_id / STRUCTURES_FILE
     if not path.is_file():
         return None
+    where = str(path)
     try:
         features = json.loads(path.read_text(encoding="utf-8"))["features"]
-        return dict(_known(feature) for feature in features)
+        found = {}
+        for number, feature in enumerate(features, start=1):
+            where = f"{path}, feature {number}{_named(feature)},"  # the one a failure is in
+            structure_id, known = _known(feature)
+            found[structure_id] = known
+        return found
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ShapelyError) as exc:
         raise UsageError(
-            f"--ids-from: {path} is not a changedet structures file ({_why(exc)}); pass the "
+            f"--ids-from: {where} is not a changedet structures file ({_why(exc)}); pass the "
             "--out folder of an earlier changedet run"
         ) from None
+
+
+def _named(feature: object) -> str:
+    """' (id X)' for a feature with a text id, else ''."""
+    props = feature.get("properties") if isinstance(feature, dict) else None
+    structure_id = props.get("id") if isinstance(props, dict) else None
+    return f" (id {structure_id})" if isinstance(structure_id, str) and structure_id else ""
 
 
 def _known(feature: dict[str, Any]) -> tuple[str, Known]:
@@ -45,6 +58,8 @@ def _known(feature: dict[str, Any]) -> tuple[str, Known]:
     structure_id = props["id"]
     if not isinstance(structure_id, str) or not structure_id:
         raise ValueError(f"a structure without an id: {structure_id!r}")
+    if not isinstance(feature.get("geometry"), dict):  # null: nothing to carry an id by
+        raise ValueError(f"structure {structure_id} has no geometry")
     known = Known.from_geojson(feature["geometry"], props.get("vanished_after"))
     if known.footprint.is_empty or known.footprint.area <= 0:
         raise ValueError(f"structure {structure_id} has no area")

@@ -7,6 +7,8 @@ into place only when complete, so a crash or a bad input never leaves a half-wri
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import shutil
@@ -20,7 +22,15 @@ import numpy as np
 from changedet.errors import OutputError
 from changedet.models import Grid
 
-__all__ = ["apply_umask", "atomic_dir", "atomic_path", "write_cog", "write_json", "write_text"]
+__all__ = [
+    "apply_umask",
+    "atomic_dir",
+    "atomic_path",
+    "quiet_libtiff",
+    "write_cog",
+    "write_json",
+    "write_text",
+]
 
 
 def _umask() -> int:
@@ -77,6 +87,30 @@ def apply_umask(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+@functools.cache
+def quiet_libtiff() -> None:
+    """Stop libtiff printing its own lines ("_tiffWriteProc: No space left on device.") on
+    stderr, process-wide, once. GDAL built against libtiff >= 4.5 takes every error through
+    per-file handlers and raises it; the global handler it no longer sets is libtiff's default,
+    which printed the errors of GDAL's file I/O a second time, past the CLI."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:  # Linux: the loaded libtiff(s)
+            paths = {line.split()[-1] for line in maps if "/libtiff" in line}
+    except OSError:
+        return
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)  # the loaded one again, not a second copy
+        except OSError:
+            continue
+        for setter in ("TIFFSetErrorHandler", "TIFFSetWarningHandler"):
+            func = getattr(lib, setter, None)
+            if func is not None:
+                func.restype = ctypes.c_void_p
+                func.argtypes = [ctypes.c_void_p]
+                func(None)
+
+
 def write_text(path: Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -102,8 +136,11 @@ def write_cog(
     tiles, overviews), atomically. `colorinterp` names each band's colour ("red", "green",
     "blue", "gray", ...) for viewers that go by it."""
     import rasterio
+    from rasterio._err import CPLE_BaseError  # GDAL's own errors (IO error writing tag data)
     from rasterio.enums import ColorInterp
     from rasterio.errors import RasterioError
+
+    quiet_libtiff()
 
     data = array[np.newaxis] if array.ndim == 2 else array
     if data.shape[1:] != grid.shape:
@@ -134,6 +171,6 @@ def write_cog(
                 dst.update_tags(**tags)
             if colorinterp:
                 dst.colorinterp = [ColorInterp[name] for name in colorinterp]
-    except RasterioError as exc:
+    except (RasterioError, CPLE_BaseError) as exc:
         raise OutputError(f"cannot write {path}: {exc}") from None
     return path

@@ -95,7 +95,7 @@ def finish_kml(text: str, description: str) -> str:
     <Document> (the driver writes none)."""
     start = text.find("<Document")
     end = text.find(">", start)
-    if start < 0 or end < 0:  # pragma: no cover - GDAL's KML driver always writes one
-        raise OutputError("structures.kml: no <Document> to describe")
+    if start < 0 or end < 0:  # the driver leaves the file empty, raising nothing, on a full disk
+        raise OutputError("structures.kml: GDAL's KML driver wrote no <Document> to describe")
     text = text[: end + 1] + f"<description>{escape(description)}</description>" + text[end + 1 :]
     return _STYLE_DATA.sub("", text)

@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from changedet.errors import OutputError
 
@@ -47,7 +47,16 @@ try:  # POSIX; elsewhere stale folders are told by age alone
 except ImportError:  # pragma: no cover - not on Linux or macOS
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["PREVIOUS", "companion_files", "previous_files", "remove_stale", "run_folder"]
+__all__ = [
+    "PREVIOUS",
+    "RUN_FILES",
+    "RUN_FOLDERS",
+    "clash",
+    "companion_files",
+    "previous_files",
+    "remove_stale",
+    "run_folder",
+]
 
 PREVIOUS = "previous"  # the previous run's outputs, inside out/<aoi_id>/
 MANIFEST = "run.json"  # its "files" list says which files a run wrote
@@ -57,6 +66,30 @@ LEGACY_COMPANIONS = frozenset({"alerts.geojson"})
 _INNER = "folder"  # inside a .old folder: the output folder moved aside during a swap
 # Where locks cannot be taken (some network file systems), a .part folder this old is stale.
 UNLOCKABLE_STALE_AFTER_S = 24 * 3600.0
+# The files a run may write at the top of out/<aoi_id>/ and the folders it keeps there: an
+# analyst's folder at one of these file names, or a file at a folder's, cannot be carried over
+# (`clash` says so before a run; the swap failed after the whole analysis).
+RUN_FILES = frozenset(
+    {
+        *(f"{stem}.{ext}" for stem in ("structures", "berms") for ext in ("geojson", "qml")),
+        *(f"{stem}.{ext}" for stem in ("aoi", "analysed_area") for ext in ("geojson", "qml")),
+        *(
+            f"{stem}.{ext}"
+            for stem in ("change", "change_mask", "clear_count")
+            for ext in ("tif", "qml")
+        ),
+        *(f"{stem}.png" for stem in ("counts", "coverage", "before", "after", "overlay")),
+        "structures.csv",
+        "structures.kml",
+        "counts.csv",
+        "changedet.gpkg",
+        "changedet.qgz",
+        "report.html",
+        MANIFEST,
+        *LEGACY_COMPANIONS,
+    }
+)
+RUN_FOLDERS = frozenset({PREVIOUS, "chips", "imagery", "imagery/periods"})
 
 
 def _leftover(name: str) -> re.Pattern[str]:
@@ -163,6 +196,26 @@ def companion_files(folder: Path) -> set[str]:
     if not isinstance(listed, list):
         return set()
     return {f for f in listed if isinstance(f, str)}
+
+
+def clash(target: Path) -> str | None:
+    """What in `target` (out/<aoi_id>) stands where a run puts a file or keeps a folder, said
+    for the analyst (None when nothing does): a file named `previous`, a folder named
+    `run.json`, and so inside previous/ for the previous run's files."""
+    if not target.is_dir():
+        return None
+    old = previous_files(target) | companion_files(target)
+    kept = {d.as_posix() for f in old for d in PurePosixPath(f).parents} - {"."}
+    folders = RUN_FOLDERS | {f"{PREVIOUS}/{d}" for d in RUN_FOLDERS | kept if d != PREVIOUS}
+    for rel in sorted(folders):
+        path = target / rel
+        if os.path.lexists(path) and not path.is_dir():
+            return f"'{path}' is a file where changedet keeps a folder of its outputs"
+    for rel in sorted(RUN_FILES | {f"{PREVIOUS}/{f}" for f in old}):
+        path = target / rel
+        if path.is_dir() and not path.is_symlink():
+            return f"'{path}' is a folder where changedet writes a file of its outputs"
+    return None
 
 
 def _monitor_alerts(path: Path) -> bool:
@@ -275,6 +328,8 @@ def run_folder(
             if why is not None:
                 raise OutputError(why)
             if target.is_dir():
+                if (what := clash(target)) is not None:  # put there during the run
+                    raise OutputError(f"{what}; move it away, then rerun")
                 _carry_over(target, tmp, companions)
             elif target.exists():
                 raise FileExistsError(f"{target} exists and is not a folder; move it away")

@@ -15,9 +15,11 @@ the same styles embedded; styled COGs of the change evidence and the true-colour
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -478,7 +480,10 @@ def write_run_outputs(
     total = 6
     try:
         later = partial(_later_run, started=result.provenance.get("started"))
-        with run_folder(out_dir, superseded=later, companions=companions) as tmp:
+        with (
+            run_folder(out_dir, superseded=later, companions=companions) as tmp,
+            _full_disk_said(tmp, out_dir),
+        ):
             # The folder still holds the previous run: its unchanged drawings are taken again.
             writer = _Writer(result, tmp, config, Drawings(out_dir if out_dir.is_dir() else None))
             progress("outputs", 0, total)
@@ -502,8 +507,50 @@ def write_run_outputs(
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
+        if exc.errno in _FULL:
+            raise OutputError(_full_disk(out_dir)) from None
         raise OutputError(f"cannot write outputs to {out_dir}: {exc}{_advice(exc)}") from None
     return [out_dir / name for name in files]
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Free bytes under which a failed write is taken for a full disk whatever the library said: a
+# run's next file (a COG, a GeoPackage transaction) commonly needs this much.
+NEARLY_FULL_BYTES = 32 << 20
+
+
+def _full_disk(out_dir: Path) -> str:
+    return (
+        f"cannot write outputs to {out_dir}: the disk is full; free some space there or pass "
+        "another --out, then rerun"
+    )
+
+
+def _out_of_space(folder: Path, exc: BaseException) -> bool:
+    """Whether `exc` came of a full disk under `folder`. GDAL says so in many words or none (an
+    empty KML without an error, "Failed to commit transaction", raw SQL), so the errno along the
+    chain is asked first, then the file system itself, after the failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _full_disk_said(tmp: Path, out_dir: Path) -> Iterator[None]:
+    """A failure while the outputs are written into `tmp` said as a full disk when it is one
+    (asked before `run_folder` removes `tmp`, which frees the space again)."""
+    try:
+        yield
+    except Exception as exc:
+        if _out_of_space(tmp, exc):
+            raise OutputError(_full_disk(out_dir)) from None
+        raise
 
 
 def _later_run(target: Path, *, started: str | None) -> str | None:
@@ -527,8 +574,6 @@ def _later_run(target: Path, *, started: str | None) -> str | None:
 
 def _advice(exc: OSError) -> str:
     """What to do about a failed write (the previous outputs stand: see `run_folder`)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "; free some space there or pass another --out, then rerun"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "; pass an --out folder you can write to, then rerun"
     if exc.errno == errno.EFBIG:
