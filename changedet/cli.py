@@ -47,7 +47,13 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from changedet import __version__
-from changedet.errors import ChangedetError, UsageError, machine_trouble, silence_library_noise
+from changedet.errors import (
+    CLUSTER_RUNNING,
+    ChangedetError,
+    UsageError,
+    machine_trouble,
+    silence_library_noise,
+)
 from changedet.memory import keep_freed_memory
 from changedet.models import REVIEW_VERDICTS
 
@@ -138,6 +144,10 @@ class _Renderer:
 
 
 INTERRUPTED = "interrupted; outputs already finished are kept, the unfinished AOI wrote nothing"
+# On a Dask cluster the AOIs not started are cancelled; the running ones go on (the note says).
+INTERRUPTED_ON_CLUSTER = (
+    "interrupted; outputs already finished are kept, AOIs not started cancelled"
+)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -162,9 +172,16 @@ def _interrupted(exc: BaseException) -> NoReturn:
     """One line for Ctrl-C (exit 130) or SIGTERM (exit 143), with what the interrupt noted (AOIs
     a Dask cluster goes on computing)."""
     terminated = isinstance(exc, _Terminated) or isinstance(exc.__cause__, _Terminated)
-    said = "interrupted" if _READ_ONLY["command"] else INTERRUPTED
-    text = ("terminated (SIGTERM)" + said.removeprefix("interrupted")) if terminated else said
     notes = [*getattr(exc, "__notes__", ()), *getattr(exc.__cause__, "__notes__", ())]
+    on_cluster = any(CLUSTER_RUNNING in note for note in notes)
+    said = (
+        "interrupted"
+        if _READ_ONLY["command"]
+        else INTERRUPTED_ON_CLUSTER
+        if on_cluster
+        else INTERRUPTED
+    )
+    text = ("terminated (SIGTERM)" + said.removeprefix("interrupted")) if terminated else said
     _echo_error("; ".join([text, *notes]))
     sys.exit(143 if terminated else 130)
 
@@ -526,6 +543,13 @@ def main() -> None:
     help="The OUT folder of an earlier run: its structures keep their ids here (a footprint "
     "that grew across an id cell keeps the id it had). May be OUT itself.",
 )
+@click.option(
+    "--id",
+    "only_ids",
+    multiple=True,
+    metavar="ID",
+    help="Run only the AOI with this id (repeatable); default: every AOI in the files.",
+)
 def run(
     aoi_files: tuple[str, ...],
     config_path: str | None,
@@ -538,6 +562,7 @@ def run(
     quiet: bool,
     cluster: str | None,
     ids_from: str | None,
+    only_ids: tuple[str, ...],
 ) -> None:
     """Detect new structures in each AOI and write OUT/<aoi_id>/."""
     from changedet.compute import run_aois
@@ -557,7 +582,7 @@ def run(
         periods_for(config)  # a time range too short to compare is a usage error, for every AOI
         sourced, failed = _load_each(aoi_files, config, debug=debug)
         _refuse_shared_ids(sourced)
-        aois = [aoi for _source, aoi in sourced]
+        aois = _chosen([aoi for _source, aoi in sourced], only_ids, complete=not failed)
         _check_out_writable(out_dir, [aoi.id for aoi in aois])
         earlier = _earlier(Path(ids_from).expanduser(), aois) if ids_from else None
         out_root = Path(out_dir).expanduser()  # as checked: a quoted '~/x' went to ./~/x
@@ -567,6 +592,23 @@ def run(
             ):
                 failed += not _report(outcome, debug=debug, renderer=progress)
     sys.exit(1 if failed else 0)
+
+
+def _chosen(aois: list[Any], ids: tuple[str, ...], *, complete: bool) -> list[Any]:
+    """The AOIs `--id` names (all without it), in the files' order; an id no file holds is a
+    usage error naming those they hold (an AOI file that could not be read may have held it)."""
+    if not ids:
+        return aois
+    held = [aoi.id for aoi in aois]
+    missing = [i for i in dict.fromkeys(ids) if i not in held]
+    if missing:
+        some = ", ".join(held[:10]) + (" ..." if len(held) > 10 else "")
+        unread = "" if complete else "; an AOI file that could not be read may hold it"
+        raise UsageError(
+            f"--id {', '.join(missing)}: no AOI of the given files has this id (they hold: "
+            f"{some or 'none'}){unread}; pass one of those"
+        )
+    return [aoi for aoi in aois if aoi.id in ids]
 
 
 def _earlier(folder: Path, aois: list[Any]) -> dict[str, Any]:

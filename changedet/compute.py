@@ -40,7 +40,13 @@ from typing import Any, TypeVar
 
 from changedet.config import Config
 from changedet.core.carry import Known
-from changedet.errors import ChangedetError, ClusterLost, UsageError, machine_trouble
+from changedet.errors import (
+    CLUSTER_RUNNING,
+    ChangedetError,
+    ClusterLost,
+    UsageError,
+    machine_trouble,
+)
 from changedet.models import AOI, Progress, no_progress
 from changedet.pipeline import PipelineIO, RunSummary, run_aoi
 
@@ -466,10 +472,7 @@ def on_cluster(
         except KeyboardInterrupt as exc:
             running = watch.cancel_unfinished()
             if running:
-                exc.add_note(
-                    f"{running} AOI(s) already running on the Dask workers cannot be stopped "
-                    "there: they may still write their outputs"
-                )
+                exc.add_note(f"{running} {CLUSTER_RUNNING}")
             raise
 
 

@@ -9,6 +9,7 @@ import tempfile
 import warnings
 
 __all__ = [
+    "CLUSTER_RUNNING",
     "AOIError",
     "BusyError",
     "CatalogError",
@@ -24,6 +25,13 @@ __all__ = [
     "machine_trouble",
     "silence_library_noise",
 ]
+
+# How an interrupt's note names the AOIs a Dask cluster goes on computing (`compute` adds it; the
+# CLI words the rest of its line by it).
+CLUSTER_RUNNING = (
+    "AOI(s) already running on the Dask workers cannot be stopped there: they may still write "
+    "their outputs"
+)
 
 # rasterio wraps an array in a MEM dataset before giving it our transform (`features.shapes`,
 # `warp`) and hides the warning that raises with `warnings.catch_warnings`, which is not

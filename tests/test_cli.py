@@ -501,6 +501,23 @@ def test_an_interrupted_read_only_command_says_just_interrupted(
     assert result.exit_code == 130
     assert result.stderr.startswith("changedet: error: interrupted; outputs already finished")
 
+    # On a cluster the AOIs running there go on: "the unfinished AOI wrote nothing" was false.
+    def ctrl_c_on_cluster(*args: object, **kwargs: object) -> None:
+        from changedet.errors import CLUSTER_RUNNING
+
+        exc = KeyboardInterrupt()
+        exc.add_note(f"1 {CLUSTER_RUNNING}")
+        raise exc
+
+    monkeypatch.setattr("changedet.cli._load", ctrl_c_on_cluster)
+    result = cli("run", KHOJIR, "--out", str(tmp_path / "o"))
+    assert result.exit_code == 130 and "wrote nothing" not in result.stderr
+    assert result.stderr == (
+        "changedet: error: interrupted; outputs already finished are kept, AOIs not started "
+        "cancelled; 1 AOI(s) already running on the Dask workers cannot be stopped there: they "
+        "may still write their outputs\n"
+    )
+
 
 @pytest.mark.parametrize(
     ("sent", "code", "said"),
@@ -840,4 +857,38 @@ def test_search_warns_of_an_aoi_across_its_zone_edge(
     result = cli("search", str(aoi), "--config", str(DEMO))
     assert (
         "changedet: warning: AOI 'edge' crosses the edge of UTM zone 39 at 54° E" in result.stderr
+    )
+
+
+def test_run_id_runs_only_the_aois_it_names(
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of many sites ran them all: --id picks some, and an id no file holds is refused
+    before anything is searched, naming the ids they hold."""
+    from shapely.geometry import box, mapping
+
+    sites = tmp_path / "sites.geojson"
+    features = [
+        {"type": "Feature", "properties": {"id": name}, "geometry": mapping(box(x, 35.6, x + 0.01, 35.61))}
+        for name, x in (("north", 51.60), ("depot", 51.62), ("south", 51.64))
+    ]  # fmt: skip
+    sites.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    ran: list[list[str]] = []
+
+    def run_aois(aois: list[AOI], *args: object, **kwargs: object) -> list[object]:
+        ran.append([a.id for a in aois])
+        return []
+
+    monkeypatch.setattr("changedet.compute.run_aois", run_aois)
+    out = str(tmp_path / "o")
+    result = cli(
+        "run", str(sites), "--config", str(DEMO), "--out", out, "--id", "south", "--id", "north"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert ran == [["north", "south"]]  # the file's order
+    result = cli("run", str(sites), "--config", str(DEMO), "--out", out, "--id", "nort")
+    assert result.exit_code == 2 and len(ran) == 1
+    assert result.stderr == (
+        "changedet: error: --id nort: no AOI of the given files has this id (they hold: north, "
+        "depot, south); pass one of those\n"
     )
