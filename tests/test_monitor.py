@@ -1540,3 +1540,37 @@ def test_a_receiver_that_answers_late_is_not_called_unreachable() -> None:
         assert "twice" in said and "cannot reach" not in said
     refused = _why(ConnectionRefusedError(111, "Connection refused"), 10.0)
     assert refused == "cannot reach the server (connection refused)"
+
+
+def test_a_review_made_while_a_run_computes_is_kept_and_alerts_no_false_positive(
+    tmp_path: Path,
+) -> None:
+    """The run took the verdicts when it planned: a structure called a false positive while it
+    computed was alerted `new` and delivered, and its verdict overwritten with NULL."""
+    from changedet.pipeline import PipelineIO
+
+    scenario = make_scenario(tmp_path)
+    scenario.overrides["track.min_persistence"] = 3
+    scenario.publish(until("2023-12-20"))
+    _run(scenario)
+    with State(scenario.state) as state:
+        candidates = [r.id for r in state.structures("k1").values() if r.status == "candidate"]
+    assert candidates
+    base = PipelineIO.default()
+
+    def write(*args: object, **kwargs: object) -> object:
+        with State(scenario.state) as other:  # the analyst, while the run computes
+            for sid in candidates:
+                other.add_review("k1", sid, "false-positive", "road works")
+        return base.write(*args, **kwargs)  # type: ignore[arg-type]
+
+    scenario.publish()
+    report = _run(scenario, io=replace(base, write=write))
+    assert not {a.structure_id for a in report.checks[0].alerts} & set(candidates)
+    with State(scenario.state) as state:
+        rows = state.structures("k1")
+        assert {a.structure_id for a in state.alerts("k1")}.isdisjoint(candidates)
+        assert all(d.alert.structure_id not in candidates for d in state.pending())
+    assert any(rows[sid].confirmed for sid in candidates)  # it would have been alerted
+    assert {rows[sid].review for sid in candidates} == {"false-positive"}
+    assert {rows[sid].review_note for sid in candidates} == {"road works"}

@@ -546,6 +546,47 @@ def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> 
     )
 
 
+def _record(ctx: _Context, job: _Job, computed: _Computed) -> CheckRecord:
+    """What one AOI's update commits, made within the commit's transaction: the verdicts are
+    read there, not taken from the plan, so a review made while the run computed is neither
+    overwritten nor alerted past (a false positive never alerts again)."""
+    aoi, state = job.aoi, ctx.state
+    verdicts = state.verdicts(aoi.id)
+    synthetic = computed.summary is not None and computed.summary.synthetic
+    changes = ledger_changes(
+        aoi.id,
+        state.structures(aoi.id),  # the plan's rows with the reviews since
+        [_reviewed(row, verdicts) for row in computed.structures],
+        state.alerted(aoi.id),
+        synthetic=synthetic,
+        # only an edit of the watch leaves a structure out without its ground changing
+        outline=aoi.geometry if job.edited else None,
+        baseline_end=computed.baseline_end if job.edited else None,
+        edited=job.edited,
+    )
+    return CheckRecord(
+        aoi.id,
+        aoi.name,
+        str(job.out_dir),
+        scenes=list(computed.scenes),
+        periods=list(computed.periods),
+        structures=changes.rows,
+        history=changes.history,
+        alerts=changes.alerts,
+        channels=channels_for(ctx.watch.webhook, ctx.watch.smtp),
+        outputs_review_seq=job.review_seq,  # the outputs show the plan's verdicts
+        outputs_digest=_outputs_digest(job.out_dir),
+        setup=job.setup,
+    )
+
+
+def _reviewed(row: StructureRow, verdicts: Mapping[str, tuple[str, str | None]]) -> StructureRow:
+    if row.id not in verdicts:
+        return row
+    verdict, note = verdicts[row.id]
+    return replace(row, review=verdict, review_note=note)
+
+
 def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
     """The state's side of one AOI's update, in one transaction; then its alerts file, and the
     period cache pruned to what the run used."""
@@ -558,36 +599,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
             message=computed.waiting,
             search_stopped=job.found.stopped,
         )
-    synthetic = computed.summary is not None and computed.summary.synthetic
-    changes = ledger_changes(
-        aoi.id,
-        job.ledger_rows,
-        list(computed.structures),
-        state.alerted(aoi.id),
-        synthetic=synthetic,
-        # only an edit of the watch leaves a structure out without its ground changing
-        outline=aoi.geometry if job.edited else None,
-        baseline_end=computed.baseline_end if job.edited else None,
-        edited=job.edited,
-    )
-    channels = channels_for(ctx.watch.webhook, ctx.watch.smtp)
-    state.commit_check(
-        ctx.run_id,
-        CheckRecord(
-            aoi.id,
-            aoi.name,
-            str(job.out_dir),
-            scenes=list(computed.scenes),
-            periods=list(computed.periods),
-            structures=changes.rows,
-            history=changes.history,
-            alerts=changes.alerts,
-            channels=channels,
-            outputs_review_seq=job.review_seq,
-            outputs_digest=_outputs_digest(job.out_dir),
-            setup=job.setup,
-        ),
-    )
+    record = state.commit_check(ctx.run_id, partial(_record, ctx, job, computed))
     # After the scenes of a whole search are committed: killed before, the next run searches
     # from the watch's start again.
     state.note_search(aoi.id, aoi.name, str(job.out_dir), job.found.stopped)
@@ -606,7 +618,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
         replaced=tuple(d.scene_id for d in job.plan.replaced),
         retried=job.plan.retried,
         left=job.plan.left,
-        alerts=changes.alerts,
+        alerts=tuple(record.alerts),
         summary=computed.summary,
         message="" if job.plan.work else job.why,  # said when no scene explains the update
         search_stopped=job.found.stopped,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -559,10 +559,16 @@ class State:
 
     # --- writing ------------------------------------------------------------------------------
 
-    def commit_check(self, run_id: int, record: CheckRecord) -> None:
-        """Everything one AOI's check changed, in one transaction."""
+    def commit_check(
+        self, run_id: int, record: CheckRecord | Callable[[], CheckRecord]
+    ) -> CheckRecord:
+        """Everything one AOI's check changed, in one transaction. `record` may be a function
+        that makes it within the transaction: what it reads then (the verdicts) cannot change
+        before the commit, as a review made while the run computed would. Returns the record."""
         at = utc_now()
         with self.transaction() as db:
+            if callable(record):
+                record = record()
             db.execute(
                 "INSERT INTO aois (id, name, out_dir) VALUES (?, ?, ?) ON CONFLICT(id) DO "
                 "UPDATE SET name = excluded.name, out_dir = excluded.out_dir",
@@ -597,6 +603,7 @@ class State:
                 "aoi_id = ? AND outcome IN ('used', 'skipped', 'unreadable')) WHERE id = ?",
                 (record.aoi_id, record.aoi_id),
             )
+        return record
 
     def _write_scenes(self, db: sqlite3.Connection, run_id: int, record: CheckRecord) -> None:
         db.executemany(
