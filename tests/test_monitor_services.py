@@ -618,3 +618,54 @@ def test_two_runs_started_together_one_proceeds_the_other_refuses(tmp_path: Path
     refused = next(err for code, _, err in results if code == 1)
     assert refused.count("\n") == 1 and "another monitor run" in refused
     assert "Traceback" not in refused
+
+
+# --- the outbox alone: a ledger written by hand, delivered to real receivers -------------------------
+
+
+def _outbox(path: Path, channels: Sequence[str], kinds: Sequence[str] = ("new",)) -> State:
+    """A state holding one confirmed structure "s1" of AOI "k1" and its alerts of `kinds`,
+    waiting on `channels`."""
+    from changedet.monitor.decide import ledger_changes
+    from changedet.monitor.state import CheckRecord, StructureRow
+
+    row = StructureRow(
+        "s1", "confirmed", "building", True, False, 900.0, 0.8, "2023-09-01", "2023-10-01",
+        None, 35.6, 51.6, None,
+    )  # fmt: skip
+    changes = ledger_changes("k1", {}, [row], set())
+    alerts = [
+        replace(changes.alerts[0], key=f"{kind}-key", kind=kind) for kind in kinds
+    ]  # several kinds of one structure, as the runs of months would raise
+    state = State(path)
+    run_id = state.begin_run(END)
+    state.commit_check(
+        run_id,
+        CheckRecord(
+            "k1", "k1", str(path.parent), structures=[row], alerts=alerts, channels=channels
+        ),
+    )
+    return state
+
+
+def test_a_false_positive_taken_back_gets_its_waiting_alerts_delivered_once(
+    tmp_path: Path,
+) -> None:
+    """A false-positive verdict cancels the structure's waiting deliveries; a later verdict
+    that takes it back did not restore them: the alert was lost for good."""
+    from changedet.monitor.alerts import deliver_pending
+    from changedet.monitor.watchlist import WebhookConfig
+
+    receiver = Hook(lambda key, n: 204)
+    with serving(receiver), _outbox(tmp_path / "s.sqlite", ["webhook"], ("new", "bermed")) as state:
+        hook = WebhookConfig(url=receiver.url, retries=0, backoff_s=0.0, timeout_s=5.0)
+        # "new" went out; "bermed" waits (its receiver down, say) when the analyst rules it out.
+        state.mark_delivery("new-key", "webhook", delivered=True, attempts=1, error=None)
+        state.add_review("k1", "s1", "false-positive", None)
+        assert state.pending() == []
+        state.add_review("k1", "s1", "unsure", "looked again")
+        assert [(d.alert.key, d.channel) for d in state.pending()] == [("bermed-key", "webhook")]
+        report = deliver_pending(state, webhook=hook, smtp=None)
+        assert (report.delivered, report.failed) == (1, 0)
+        assert deliver_pending(state, webhook=hook, smtp=None).delivered == 0
+    assert [key for key, _ in receiver.accepted] == ["bermed-key"]  # once; "new" not again

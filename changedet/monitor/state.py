@@ -694,7 +694,8 @@ class State:
 
     def add_review(self, aoi_id: str, structure_id: str, verdict: str, note: str | None) -> str:
         """Record a verdict, its history entry and, for a false positive, cancel its pending
-        deliveries (it never alerts again). Returns the structure's status."""
+        deliveries (it never alerts again; another verdict later restores them). Returns the
+        structure's status."""
         at = utc_now()
         with self.transaction() as db:
             row = db.execute(
@@ -716,12 +717,19 @@ class State:
                 "run_id, at) VALUES (?, ?, 'reviewed', ?, ?, NULL, ?)",
                 (aoi_id, structure_id, row[0], verdict + (f": {note}" if note else ""), at),
             )
-            if verdict == "false-positive":
-                db.execute(
-                    "UPDATE deliveries SET status = 'cancelled' WHERE status = 'pending' AND "
-                    "alert_key IN (SELECT key FROM alerts WHERE aoi_id = ? AND structure_id = ?)",
-                    (aoi_id, structure_id),
-                )
+            # A false positive's pending deliveries are cancelled; a later verdict that takes
+            # it back restores them (only a false-positive verdict cancels), so none is lost.
+            cancel = verdict == "false-positive"
+            db.execute(
+                "UPDATE deliveries SET status = ? WHERE status = ? AND alert_key IN "
+                "(SELECT key FROM alerts WHERE aoi_id = ? AND structure_id = ?)",
+                (
+                    "cancelled" if cancel else "pending",
+                    "pending" if cancel else "cancelled",
+                    aoi_id,
+                    structure_id,
+                ),
+            )
         return str(row[1])
 
     def _unknown(self, aoi_id: str, structure_id: str) -> str:
