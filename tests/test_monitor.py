@@ -109,6 +109,14 @@ def test_watchlist_refuses_a_bad_webhook_and_a_repeated_aoi(tmp_path: Path) -> N
         load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "ftp://x"'))
     with pytest.raises(ConfigError, match="watched twice"):
         load_watchlist(scenario.watchlist(aois=("k1", "k1")))
+    # Accepted, it failed every run later ("unexpected UnicodeEncodeError").
+    accented = '[webhook]\nurl = "http://127.0.0.1:8099/hóok?token=é"'
+    with pytest.raises(ConfigError) as bad:
+        load_watchlist(scenario.watchlist(extra=accented))
+    assert str(bad.value) == (
+        "watch-list: [webhook] url 'http://127.0.0.1:8099/hóok?token=é' has characters a URL "
+        "cannot carry; percent-encode them: url = 'http://127.0.0.1:8099/h%C3%B3ok?token=%C3%A9'"
+    )
     # A channel down must not hold the job for hours: bounded retries and backoff.
     with pytest.raises(ConfigError, match=r"\[webhook\] retries must be within 0..10"):
         load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "http://x"\nretries = 100000'))

@@ -14,9 +14,11 @@ commit, or a receiver that answered after the timeout.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import smtplib
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -160,6 +162,13 @@ def _why(exc: Exception, timeout_s: float) -> str:
         return str(exc)
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         return f"login refused ({exc.smtp_code}); check username and password"
+    if isinstance(exc, smtplib.SMTPDataError):
+        return f"the server refused the message ({exc.smtp_code} {_text(exc.smtp_error)})"
+    if isinstance(exc, http.client.HTTPException):
+        return (
+            f"the receiver's answer is not HTTP ({type(exc).__name__}: {_text(str(exc))}); "
+            "check [webhook] url"
+        )
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         refused = "; ".join(
             f"{to} ({code} {_text(reply)})" for to, (code, reply) in exc.recipients.items()
@@ -204,6 +213,8 @@ def _scope(exc: Exception) -> str:
         return "channel"
     if isinstance(exc, urllib.error.HTTPError) and exc.code in _ALERT_REFUSED:
         return "alert"
+    if isinstance(exc, smtplib.SMTPDataError) and 500 <= exc.smtp_code < 600:
+        return "alert"  # a permanent refusal of DATA is of this message (its content, its size)
     return "server"
 
 
@@ -237,9 +248,9 @@ def _attempt(channel: _Channel, alert: AlertRow, sleep: Sleep) -> _Attempted:
         if attempt:
             sleep(min(channel.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
         try:
-            channel.send(alert)
+            _within(channel.timeout_s, channel.send, alert)
             return _Attempted(True, attempt + 1)
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, http.client.HTTPException) as exc:
             error = _why(exc, channel.timeout_s)
             if isinstance(exc, _Unconfigured | smtplib.SMTPAuthenticationError):
                 return _Attempted(False, attempt + 1, error)  # waiting will not mend settings
@@ -247,6 +258,29 @@ def _attempt(channel: _Channel, alert: AlertRow, sleep: Sleep) -> _Attempted:
             if scope != "server" or _refused(exc):
                 return _Attempted(False, attempt + 1, error, scope)  # nor will asking again
     return _Attempted(False, channel.retries + 1, error)
+
+
+def _within(timeout_s: float, send: Callable[[AlertRow], None], alert: AlertRow) -> None:
+    """`send(alert)` with a deadline: urllib's and smtplib's timeouts bound each socket
+    operation, so a receiver trickling a byte at a time held the run, and its lock, for ever.
+    Past the deadline the request is left to end on its daemon thread and counts as not
+    answered (TimeoutError): it may have arrived, and a retry may repeat it, key and all."""
+    failed: list[BaseException | None] = []
+
+    def go() -> None:
+        try:
+            send(alert)
+            failed.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=go, name="changedet-delivery", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not failed:
+        raise TimeoutError("timed out")
+    if failed[0] is not None:
+        raise failed[0]
 
 
 def channels_for(webhook: WebhookConfig | None, smtp: SmtpConfig | None) -> list[str]:
