@@ -1582,3 +1582,41 @@ def test_a_review_made_while_a_run_computes_is_kept_and_alerts_no_false_positive
     assert any(rows[sid].confirmed for sid in candidates)  # it would have been alerted
     assert {rows[sid].review for sid in candidates} == {"false-positive"}
     assert {rows[sid].review_note for sid in candidates} == {"road works"}
+
+
+def test_a_structure_confirmed_after_it_vanished_is_told_new_then_vanished() -> None:
+    """Runs spaced out (a month apart) saw it first confirmed and already vanished: it got a
+    `new` alert only, never `vanished`, where monthly runs would have told both."""
+    stored = {"s1": _row("s1", "candidate")}
+    late = ledger_changes("k", stored, [_row("s1", "vanished", bermed=True)], set())
+    assert [a.kind for a in late.alerts] == ["new", "vanished"]
+    told = {("s1", a.kind) for a in late.alerts}
+    again = ledger_changes("k", {"s1": late.rows[0]}, [_row("s1", "vanished")], told)
+    assert again.alerts == ()
+    # The `new` text says it is bermed, as the payload does.
+    assert "new confirmed building, ringed by a berm: s1" in describe_alert(late.alerts[0])
+    plain = ledger_changes("k", stored, [_row("s1", "confirmed", bermed=False)], set())
+    assert "new confirmed building: s1" in describe_alert(plain.alerts[0])
+
+
+def test_alerts_of_a_young_watch_say_persistence_was_not_checked(tmp_path: Path) -> None:
+    """Two clear periods: confirmed on one, persistence not checked (run.json says so), yet
+    its alerts read as confirmed `new` with nothing saying so."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until("2023-11-01"))
+    path = scenario.watchlist()
+    path.write_text(path.read_text().replace('start = "2023-06-01"', 'start = "2023-09-01"'))
+    young = run_watchlist(load_watchlist(path), now=END).checks[0]
+    run_json = json.loads((scenario.out / "k1" / "run.json").read_text())
+    assert run_json["comparison"]["persistence_checked"] is False
+    assert young.alerts
+    for alert in young.alerts:
+        assert alert.payload["persistence_checked"] is False
+        assert describe_alert(alert).endswith(
+            "; persistence not checked yet (too few clear periods))"
+        )
+    scenario.publish()
+    grown_up = run_watchlist(load_watchlist(path), now=END).checks[0]
+    assert grown_up.alerts
+    assert all(a.payload["persistence_checked"] is True for a in grown_up.alerts)
+    assert not any("persistence" in describe_alert(a) for a in grown_up.alerts)

@@ -39,8 +39,9 @@ MAX_BACKOFF_S = 60.0
 
 def describe_alert(alert: AlertRow) -> str:
     p = alert.payload
+    bermed = ", ringed by a berm" if p.get("bermed") else ""
     what = {
-        "new": f"new confirmed {p.get('kind')}",
+        "new": f"new confirmed {p.get('kind')}{bermed}",
         "bermed": f"{p.get('kind')} now ringed by a berm",
         "vanished": f"{p.get('kind')} vanished (after {p.get('vanished_after')})",
         "withdrawn": f"{p.get('kind')} no longer confirmed ({p.get('detail')})",
@@ -48,10 +49,18 @@ def describe_alert(alert: AlertRow) -> str:
     }.get(alert.kind, alert.kind)
     seen = f"first seen {p.get('first_seen_start') or '?'}..{p.get('first_seen_end') or '?'}"
     synthetic = "[SYNTHETIC data] " if p.get("synthetic") else ""
+    unchecked = (  # a young watch: confirmed on one clear period, not yet seen to persist
+        "; persistence not checked yet (too few clear periods)"
+        if p.get("persistence_checked") is False and alert.kind in _CONFIRMING
+        else ""
+    )
     return (
         f"{synthetic}[{alert.aoi_id}] {what}: {alert.structure_id} at {p.get('lat')}, "
-        f"{p.get('lon')} ({p.get('area_m2')} m², {seen})"
+        f"{p.get('lon')} ({p.get('area_m2')} m², {seen}{unchecked})"
     )
+
+
+_CONFIRMING = ("new", "bermed", "reinstated")  # the kinds that tell a structure is confirmed
 
 
 def alerts_geojson(alerts: Sequence[AlertRow]) -> dict[str, Any]:

@@ -507,6 +507,7 @@ class _Computed:
     composites_reused: int = 0
     dates_kept: int = 0
     baseline_end: date | None = None  # the first day after the baseline the run compared with
+    persistence_checked: bool = True  # False: too few clear periods (run.json's comparison)
 
 
 def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> _Computed:
@@ -543,6 +544,7 @@ def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> 
         composites_reused=memo.array_hits["composite"],
         dates_kept=memo.array_hits["date"],
         baseline_end=result.before.period.end,
+        persistence_checked=summary.persistence is None or summary.persistence[0] > 1,
     )
 
 
@@ -563,6 +565,7 @@ def _record(ctx: _Context, job: _Job, computed: _Computed) -> CheckRecord:
         outline=aoi.geometry if job.edited else None,
         baseline_end=computed.baseline_end if job.edited else None,
         edited=job.edited,
+        persistence_checked=computed.persistence_checked,
     )
     return CheckRecord(
         aoi.id,
