@@ -1620,3 +1620,74 @@ def test_alerts_of_a_young_watch_say_persistence_was_not_checked(tmp_path: Path)
     assert grown_up.alerts
     assert all(a.payload["persistence_checked"] is True for a in grown_up.alerts)
     assert not any("persistence" in describe_alert(a) for a in grown_up.alerts)
+
+
+def test_a_run_whose_delivery_failed_is_recorded_so(tmp_path: Path) -> None:
+    """It exits 1, yet `runs.outcome` said `ok`."""
+    from loopback import free_port
+
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until("2024-01-01"))
+    extra = f'[webhook]\nurl = "http://127.0.0.1:{free_port()}/hook"\nretries = 0\n'
+    report = run_watchlist(load_watchlist(scenario.watchlist(extra=extra)), now=END)
+    assert report.failed == 0 and report.deliveries.errors
+    with State(scenario.state) as state:
+        (run,) = state.table_rows("runs")
+    assert "undelivered" in run
+
+
+def test_a_catalog_whose_every_item_is_unreadable_fails_the_aoi_as_run_does(
+    tmp_path: Path,
+) -> None:
+    """`changedet run` says the catalog holds no readable item; the monitor said "unchanged:
+    nothing new", exit 0, and no warning."""
+    scenario = make_scenario(tmp_path)
+    folder = tmp_path / "broken-catalog"
+    folder.mkdir()
+    links = []
+    for i in range(3):
+        (folder / f"item{i}.json").write_text("{ not json")
+        links.append({"rel": "item", "href": f"./item{i}.json", "type": "application/json"})
+    catalog = folder / "catalog.json"
+    catalog.write_text(
+        json.dumps(
+            {
+                "type": "Catalog",
+                "stac_version": "1.0.0",
+                "id": "c",
+                "description": "d",
+                "links": links,
+            }
+        )
+    )
+    path = scenario.watchlist(catalog=str(catalog))
+    done = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
+    assert done.returncode == 1, done.stdout + done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("changedet: error")]
+    assert "AOI 'k1'" in line and "3 document(s) in it could not be read" in line, line
+    assert "point the watch's catalog at" in line
+
+
+def test_a_state_on_a_read_only_filesystem_says_where_to_point_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 1 and "cannot create the lock file ...: Read-only file system" said no fix."""
+    import errno
+
+    from changedet.monitor import lock
+
+    real_open = os.open
+
+    def read_only(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(".lock"):  # a file system mounted read-only refuses to create
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lock.os, "open", read_only)
+    with pytest.raises(ConfigError) as refused, lock.hold_lock(tmp_path / "state.sqlite"):
+        pass
+    assert refused.value.exit_code == 2
+    assert str(refused.value) == (
+        f"cannot create the lock file '{tmp_path / 'state.sqlite.lock'}': Read-only file "
+        "system; point the watch-list's state (or --state) at a folder this job can write"
+    )
