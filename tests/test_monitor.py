@@ -109,6 +109,14 @@ def test_watchlist_refuses_a_bad_webhook_and_a_repeated_aoi(tmp_path: Path) -> N
         load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "ftp://x"'))
     with pytest.raises(ConfigError, match="watched twice"):
         load_watchlist(scenario.watchlist(aois=("k1", "k1")))
+    # Accepted, it failed every run later ("unexpected UnicodeEncodeError").
+    accented = '[webhook]\nurl = "http://127.0.0.1:8099/hóok?token=é"'
+    with pytest.raises(ConfigError) as bad:
+        load_watchlist(scenario.watchlist(extra=accented))
+    assert str(bad.value) == (
+        "watch-list: [webhook] url 'http://127.0.0.1:8099/hóok?token=é' has characters a URL "
+        "cannot carry; percent-encode them: url = 'http://127.0.0.1:8099/h%C3%B3ok?token=%C3%A9'"
+    )
     # A channel down must not hold the job for hours: bounded retries and backoff.
     with pytest.raises(ConfigError, match=r"\[webhook\] retries must be within 0..10"):
         load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "http://x"\nretries = 100000'))
@@ -1552,3 +1560,146 @@ def test_a_receiver_that_answers_late_is_not_called_unreachable() -> None:
         assert "twice" in said and "cannot reach" not in said
     refused = _why(ConnectionRefusedError(111, "Connection refused"), 10.0)
     assert refused == "cannot reach the server (connection refused)"
+
+
+def test_a_review_made_while_a_run_computes_is_kept_and_alerts_no_false_positive(
+    tmp_path: Path,
+) -> None:
+    """The run took the verdicts when it planned: a structure called a false positive while it
+    computed was alerted `new` and delivered, and its verdict overwritten with NULL."""
+    from changedet.pipeline import PipelineIO
+
+    scenario = make_scenario(tmp_path)
+    scenario.overrides["track.min_persistence"] = 3
+    scenario.publish(until("2023-12-20"))
+    _run(scenario)
+    with State(scenario.state) as state:
+        candidates = [r.id for r in state.structures("k1").values() if r.status == "candidate"]
+    assert candidates
+    base = PipelineIO.default()
+
+    def write(*args: object, **kwargs: object) -> object:
+        with State(scenario.state) as other:  # the analyst, while the run computes
+            for sid in candidates:
+                other.add_review("k1", sid, "false-positive", "road works")
+        return base.write(*args, **kwargs)  # type: ignore[arg-type]
+
+    scenario.publish()
+    report = _run(scenario, io=replace(base, write=write))
+    assert not {a.structure_id for a in report.checks[0].alerts} & set(candidates)
+    with State(scenario.state) as state:
+        rows = state.structures("k1")
+        assert {a.structure_id for a in state.alerts("k1")}.isdisjoint(candidates)
+        assert all(d.alert.structure_id not in candidates for d in state.pending())
+    assert any(rows[sid].confirmed for sid in candidates)  # it would have been alerted
+    assert {rows[sid].review for sid in candidates} == {"false-positive"}
+    assert {rows[sid].review_note for sid in candidates} == {"road works"}
+
+
+def test_a_structure_confirmed_after_it_vanished_is_told_new_then_vanished() -> None:
+    """Runs spaced out (a month apart) saw it first confirmed and already vanished: it got a
+    `new` alert only, never `vanished`, where monthly runs would have told both."""
+    stored = {"s1": _row("s1", "candidate")}
+    late = ledger_changes("k", stored, [_row("s1", "vanished", bermed=True)], set())
+    assert [a.kind for a in late.alerts] == ["new", "vanished"]
+    told = {("s1", a.kind) for a in late.alerts}
+    again = ledger_changes("k", {"s1": late.rows[0]}, [_row("s1", "vanished")], told)
+    assert again.alerts == ()
+    # The `new` text says it is bermed, as the payload does.
+    assert "new confirmed building, ringed by a berm: s1" in describe_alert(late.alerts[0])
+    plain = ledger_changes("k", stored, [_row("s1", "confirmed", bermed=False)], set())
+    assert "new confirmed building: s1" in describe_alert(plain.alerts[0])
+
+
+def test_alerts_of_a_young_watch_say_persistence_was_not_checked(tmp_path: Path) -> None:
+    """Two clear periods: confirmed on one, persistence not checked (run.json says so), yet
+    its alerts read as confirmed `new` with nothing saying so."""
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until("2023-11-01"))
+    path = scenario.watchlist()
+    path.write_text(path.read_text().replace('start = "2023-06-01"', 'start = "2023-09-01"'))
+    young = run_watchlist(load_watchlist(path), now=END).checks[0]
+    run_json = json.loads((scenario.out / "k1" / "run.json").read_text())
+    assert run_json["comparison"]["persistence_checked"] is False
+    assert young.alerts
+    for alert in young.alerts:
+        assert alert.payload["persistence_checked"] is False
+        assert describe_alert(alert).endswith(
+            "; persistence not checked yet (too few clear periods))"
+        )
+    scenario.publish()
+    grown_up = run_watchlist(load_watchlist(path), now=END).checks[0]
+    assert grown_up.alerts
+    assert all(a.payload["persistence_checked"] is True for a in grown_up.alerts)
+    assert not any("persistence" in describe_alert(a) for a in grown_up.alerts)
+
+
+def test_a_run_whose_delivery_failed_is_recorded_so(tmp_path: Path) -> None:
+    """It exits 1, yet `runs.outcome` said `ok`."""
+    from loopback import free_port
+
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until("2024-01-01"))
+    extra = f'[webhook]\nurl = "http://127.0.0.1:{free_port()}/hook"\nretries = 0\n'
+    report = run_watchlist(load_watchlist(scenario.watchlist(extra=extra)), now=END)
+    assert report.failed == 0 and report.deliveries.errors
+    with State(scenario.state) as state:
+        (run,) = state.table_rows("runs")
+    assert "undelivered" in run
+
+
+def test_a_catalog_whose_every_item_is_unreadable_fails_the_aoi_as_run_does(
+    tmp_path: Path,
+) -> None:
+    """`changedet run` says the catalog holds no readable item; the monitor said "unchanged:
+    nothing new", exit 0, and no warning."""
+    scenario = make_scenario(tmp_path)
+    folder = tmp_path / "broken-catalog"
+    folder.mkdir()
+    links = []
+    for i in range(3):
+        (folder / f"item{i}.json").write_text("{ not json")
+        links.append({"rel": "item", "href": f"./item{i}.json", "type": "application/json"})
+    catalog = folder / "catalog.json"
+    catalog.write_text(
+        json.dumps(
+            {
+                "type": "Catalog",
+                "stac_version": "1.0.0",
+                "id": "c",
+                "description": "d",
+                "links": links,
+            }
+        )
+    )
+    path = scenario.watchlist(catalog=str(catalog))
+    done = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
+    assert done.returncode == 1, done.stdout + done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("changedet: error")]
+    assert "AOI 'k1'" in line and "3 document(s) in it could not be read" in line, line
+    assert "point the watch's catalog at" in line
+
+
+def test_a_state_on_a_read_only_filesystem_says_where_to_point_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 1 and "cannot create the lock file ...: Read-only file system" said no fix."""
+    import errno
+
+    from changedet.monitor import lock
+
+    real_open = os.open
+
+    def read_only(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(".lock"):  # a file system mounted read-only refuses to create
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lock.os, "open", read_only)
+    with pytest.raises(ConfigError) as refused, lock.hold_lock(tmp_path / "state.sqlite"):
+        pass
+    assert refused.value.exit_code == 2
+    assert str(refused.value) == (
+        f"cannot create the lock file '{tmp_path / 'state.sqlite.lock'}': Read-only file "
+        "system; point the watch-list's state (or --state) at a folder this job can write"
+    )

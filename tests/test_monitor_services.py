@@ -618,3 +618,177 @@ def test_two_runs_started_together_one_proceeds_the_other_refuses(tmp_path: Path
     refused = next(err for code, _, err in results if code == 1)
     assert refused.count("\n") == 1 and "another monitor run" in refused
     assert "Traceback" not in refused
+
+
+# --- the outbox alone: a ledger written by hand, delivered to real receivers -------------------------
+
+
+def _outbox(path: Path, channels: Sequence[str], kinds: Sequence[str] = ("new",)) -> State:
+    """A state holding one confirmed structure "s1" of AOI "k1" and its alerts of `kinds`,
+    waiting on `channels`."""
+    from changedet.monitor.decide import ledger_changes
+    from changedet.monitor.state import CheckRecord, StructureRow
+
+    row = StructureRow(
+        "s1", "confirmed", "building", True, False, 900.0, 0.8, "2023-09-01", "2023-10-01",
+        None, 35.6, 51.6, None,
+    )  # fmt: skip
+    changes = ledger_changes("k1", {}, [row], set())
+    alerts = [
+        replace(changes.alerts[0], key=f"{kind}-key", kind=kind) for kind in kinds
+    ]  # several kinds of one structure, as the runs of months would raise
+    state = State(path)
+    run_id = state.begin_run(END)
+    state.commit_check(
+        run_id,
+        CheckRecord(
+            "k1", "k1", str(path.parent), structures=[row], alerts=alerts, channels=channels
+        ),
+    )
+    return state
+
+
+def test_a_false_positive_taken_back_gets_its_waiting_alerts_delivered_once(
+    tmp_path: Path,
+) -> None:
+    """A false-positive verdict cancels the structure's waiting deliveries; a later verdict
+    that takes it back did not restore them: the alert was lost for good."""
+    from changedet.monitor.alerts import deliver_pending
+    from changedet.monitor.watchlist import WebhookConfig
+
+    receiver = Hook(lambda key, n: 204)
+    with serving(receiver), _outbox(tmp_path / "s.sqlite", ["webhook"], ("new", "bermed")) as state:
+        hook = WebhookConfig(url=receiver.url, retries=0, backoff_s=0.0, timeout_s=5.0)
+        # "new" went out; "bermed" waits (its receiver down, say) when the analyst rules it out.
+        state.mark_delivery("new-key", "webhook", delivered=True, attempts=1, error=None)
+        state.add_review("k1", "s1", "false-positive", None)
+        assert state.pending() == []
+        state.add_review("k1", "s1", "unsure", "looked again")
+        assert [(d.alert.key, d.channel) for d in state.pending()] == [("bermed-key", "webhook")]
+        report = deliver_pending(state, webhook=hook, smtp=None)
+        assert (report.delivered, report.failed) == (1, 0)
+        assert deliver_pending(state, webhook=hook, smtp=None).delivered == 0
+    assert [key for key, _ in receiver.accepted] == ["bermed-key"]  # once; "new" not again
+
+
+def test_a_message_the_mail_server_refuses_waits_alone_and_is_named(tmp_path: Path) -> None:
+    """A 554 to DATA (its content rejected) was taken for the whole server: every e-mail of
+    every run waited behind that one alert, and the warning did not say which."""
+    smtpd = pytest.importorskip("aiosmtpd.controller")
+    from changedet.monitor.alerts import deliver_pending
+    from changedet.monitor.watchlist import SmtpConfig
+
+    inbox = _inbox()
+    serve = inbox.handle_DATA
+
+    async def choosy(server: Any, session: Any, envelope: Any) -> str:
+        if b"X-Changedet-Alert: new-key" in envelope.original_content:
+            return "554 5.6.0 content rejected"
+        return str(await serve(server, session, envelope))
+
+    inbox.handle_DATA = choosy
+    mail = smtpd.Controller(inbox, hostname="127.0.0.1", port=free_port())
+    mail.start()
+    try:
+        smtp = SmtpConfig("127.0.0.1", "cd@test", ("a@test",), port=mail.port, retries=2)
+        kinds = ("new", "bermed", "vanished")
+        with _outbox(tmp_path / "s.sqlite", ["smtp:a@test"], kinds) as state:
+            waits: list[float] = []
+            report = deliver_pending(state, webhook=None, smtp=smtp, sleep=waits.append)
+            assert (report.delivered, report.failed) == (2, 1)
+            assert report.errors == (
+                "smtp: alert new-key (k1 s1 new): the server refused the message "
+                "(554 5.6.0 content rejected)",
+            )
+            assert waits == []  # asking again will not change its content
+            assert [d.alert.key for d in state.pending()] == ["new-key"]
+        assert inbox.keys == ["bermed-key", "vanished-key"]
+    finally:
+        mail.stop()
+
+
+class Trickle:
+    """A receiver on 127.0.0.1 that never finishes its answer: `first` at once, then
+    `line` every 0.2 s (each within any per-read timeout), until stopped."""
+
+    def __init__(self, first: bytes, line: bytes) -> None:
+        import socket
+
+        self.first, self.line = first, line
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while not self.stop.is_set():
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(self.first)
+            while not self.stop.wait(0.2):
+                conn.sendall(self.line)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_a_receiver_that_trickles_its_answer_is_given_up_after_timeout_s(tmp_path: Path) -> None:
+    """urllib's and smtplib's timeouts bound each read: a receiver sending a header line every
+    2 s held the run, and its lock, for ever. Each request now has a deadline of timeout_s."""
+    from changedet.monitor.alerts import deliver_pending
+    from changedet.monitor.watchlist import SmtpConfig, WebhookConfig
+
+    hook = Trickle(b"HTTP/1.1 200 OK\r\n", b"X-Slow: 1\r\n")
+    mail = Trickle(b"220-slow\r\n", b"220-still here\r\n")
+    try:
+        webhook = WebhookConfig(f"http://127.0.0.1:{hook.port}/hook", retries=1, timeout_s=1.0)
+        smtp = SmtpConfig("127.0.0.1", "cd@test", ("a@test",), port=mail.port, timeout_s=1.0)
+        smtp = replace(smtp, retries=0)
+        with _outbox(tmp_path / "s.sqlite", ["webhook", "smtp:a@test"]) as state:
+            reports: list[Any] = []
+            began = time.monotonic()
+            run = threading.Thread(  # a thread: before, this never returned
+                target=lambda: reports.append(
+                    deliver_pending(state, webhook=webhook, smtp=smtp, sleep=lambda s: None)
+                ),
+                daemon=True,
+            )
+            run.start()
+            run.join(15)
+            took = time.monotonic() - began
+            assert reports, "the delivery did not end"
+            assert len(state.pending()) == 2
+        assert took < 6, took  # 2 webhook attempts and 1 e-mail, about 1 s each
+        (report,) = reports
+        late = "no answer within timeout_s = 1 s (a slow receiver may get the alert twice)"
+        assert sorted(e.split(": ", 1)[0] for e in report.errors) == ["smtp", "webhook"]
+        assert all(late in e for e in report.errors), report.errors
+    finally:
+        hook.close()
+        mail.close()
+
+
+def test_a_webhook_answering_no_http_keeps_the_alert_waiting_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """An answer that is not HTTP (BadStatusLine) escaped as "unexpected ...: report it"."""
+    from changedet.monitor.alerts import deliver_pending
+    from changedet.monitor.watchlist import WebhookConfig
+
+    garbage = Trickle(b"garbage\r\n\r\n", b"")
+    try:
+        webhook = WebhookConfig(f"http://127.0.0.1:{garbage.port}/hook", retries=0)
+        with _outbox(tmp_path / "s.sqlite", ["webhook"]) as state:
+            report = deliver_pending(state, webhook=webhook, smtp=None)
+            assert len(state.pending()) == 1
+        assert report.errors == (
+            "webhook: the receiver's answer is not HTTP (BadStatusLine: garbage); "
+            "check [webhook] url",
+        )
+    finally:
+        garbage.close()

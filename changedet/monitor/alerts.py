@@ -14,9 +14,11 @@ commit, or a receiver that answered after the timeout.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import smtplib
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -37,8 +39,9 @@ MAX_BACKOFF_S = 60.0
 
 def describe_alert(alert: AlertRow) -> str:
     p = alert.payload
+    bermed = ", ringed by a berm" if p.get("bermed") else ""
     what = {
-        "new": f"new confirmed {p.get('kind')}",
+        "new": f"new confirmed {p.get('kind')}{bermed}",
         "bermed": f"{p.get('kind')} now ringed by a berm",
         "vanished": f"{p.get('kind')} vanished (after {p.get('vanished_after')})",
         "withdrawn": f"{p.get('kind')} no longer confirmed ({p.get('detail')})",
@@ -46,10 +49,18 @@ def describe_alert(alert: AlertRow) -> str:
     }.get(alert.kind, alert.kind)
     seen = f"first seen {p.get('first_seen_start') or '?'}..{p.get('first_seen_end') or '?'}"
     synthetic = "[SYNTHETIC data] " if p.get("synthetic") else ""
+    unchecked = (  # a young watch: confirmed on one clear period, not yet seen to persist
+        "; persistence not checked yet (too few clear periods)"
+        if p.get("persistence_checked") is False and alert.kind in _CONFIRMING
+        else ""
+    )
     return (
         f"{synthetic}[{alert.aoi_id}] {what}: {alert.structure_id} at {p.get('lat')}, "
-        f"{p.get('lon')} ({p.get('area_m2')} m², {seen})"
+        f"{p.get('lon')} ({p.get('area_m2')} m², {seen}{unchecked})"
     )
+
+
+_CONFIRMING = ("new", "bermed", "reinstated")  # the kinds that tell a structure is confirmed
 
 
 def alerts_geojson(alerts: Sequence[AlertRow]) -> dict[str, Any]:
@@ -160,6 +171,13 @@ def _why(exc: Exception, timeout_s: float) -> str:
         return str(exc)
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         return f"login refused ({exc.smtp_code}); check username and password"
+    if isinstance(exc, smtplib.SMTPDataError):
+        return f"the server refused the message ({exc.smtp_code} {_text(exc.smtp_error)})"
+    if isinstance(exc, http.client.HTTPException):
+        return (
+            f"the receiver's answer is not HTTP ({type(exc).__name__}: {_text(str(exc))}); "
+            "check [webhook] url"
+        )
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         refused = "; ".join(
             f"{to} ({code} {_text(reply)})" for to, (code, reply) in exc.recipients.items()
@@ -204,6 +222,8 @@ def _scope(exc: Exception) -> str:
         return "channel"
     if isinstance(exc, urllib.error.HTTPError) and exc.code in _ALERT_REFUSED:
         return "alert"
+    if isinstance(exc, smtplib.SMTPDataError) and 500 <= exc.smtp_code < 600:
+        return "alert"  # a permanent refusal of DATA is of this message (its content, its size)
     return "server"
 
 
@@ -237,9 +257,9 @@ def _attempt(channel: _Channel, alert: AlertRow, sleep: Sleep) -> _Attempted:
         if attempt:
             sleep(min(channel.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
         try:
-            channel.send(alert)
+            _within(channel.timeout_s, channel.send, alert)
             return _Attempted(True, attempt + 1)
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, http.client.HTTPException) as exc:
             error = _why(exc, channel.timeout_s)
             if isinstance(exc, _Unconfigured | smtplib.SMTPAuthenticationError):
                 return _Attempted(False, attempt + 1, error)  # waiting will not mend settings
@@ -247,6 +267,29 @@ def _attempt(channel: _Channel, alert: AlertRow, sleep: Sleep) -> _Attempted:
             if scope != "server" or _refused(exc):
                 return _Attempted(False, attempt + 1, error, scope)  # nor will asking again
     return _Attempted(False, channel.retries + 1, error)
+
+
+def _within(timeout_s: float, send: Callable[[AlertRow], None], alert: AlertRow) -> None:
+    """`send(alert)` with a deadline: urllib's and smtplib's timeouts bound each socket
+    operation, so a receiver trickling a byte at a time held the run, and its lock, for ever.
+    Past the deadline the request is left to end on its daemon thread and counts as not
+    answered (TimeoutError): it may have arrived, and a retry may repeat it, key and all."""
+    failed: list[BaseException | None] = []
+
+    def go() -> None:
+        try:
+            send(alert)
+            failed.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=go, name="changedet-delivery", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not failed:
+        raise TimeoutError("timed out")
+    if failed[0] is not None:
+        raise failed[0]
 
 
 def channels_for(webhook: WebhookConfig | None, smtp: SmtpConfig | None) -> list[str]:

@@ -7,7 +7,9 @@ not persist, or a structure the detector no longer finds: its history entry says
 site). Every status change is a history entry. Alerts, each at most once per structure and kind
 (its idempotency key says so):
 
-- `new`: the first time a structure is confirmed (bermed or vanished included);
+- `new`: the first time a structure is confirmed (bermed or vanished included; one already
+  vanished then gets its `vanished` alert too, in the same run, so that the alerts told do not
+  depend on how often the job runs);
 - `bermed`: a structure already alerted as new that became bermed later;
 - `vanished`: a structure already alerted as new that has vanished since;
 - `withdrawn`: a structure already alerted as new that the detector no longer confirms (later
@@ -66,7 +68,8 @@ def _alert_kinds(old: StructureRow | None, new: StructureRow, alerted: set[str])
     if new.status not in CONFIRMED_STATES:
         return ["withdrawn"] if "new" in alerted and "withdrawn" not in alerted else []
     if "new" not in alerted:
-        return ["new"]
+        # Confirmed only after it vanished (runs spaced out): told both, as runs each month would.
+        return ["new", "vanished"] if new.status == "vanished" else ["new"]
     kinds = []
     if "withdrawn" in alerted and "reinstated" not in alerted:
         kinds.append("reinstated")  # the subscriber's last word on it was "withdrawn"
@@ -85,12 +88,14 @@ def _payload(
     key: str,
     synthetic: bool,
     detail: str | None = None,
+    persistence_checked: bool = True,
 ) -> dict[str, Any]:
     return {
         "key": key,
         "aoi": aoi_id,
         "alert": kind,
         "synthetic": synthetic,
+        "persistence_checked": persistence_checked,
         "structure_id": row.id,
         "status": row.status,
         "kind": row.kind,
@@ -117,6 +122,7 @@ def ledger_changes(
     outline: Any = None,
     baseline_end: date | None = None,
     edited: bool = False,
+    persistence_checked: bool = True,
 ) -> LedgerChanges:
     """Compare the detector's structures (`current`, reviews already carried over) with the
     stored ledger: changed rows, their history and the alerts they raise. Structures stored but
@@ -124,7 +130,9 @@ def ledger_changes(
     its alerts say so. `outline` (EPSG:4326): the watch's AOI now; `baseline_end`: the first day
     after the baseline compared with now; `edited`: the watch was edited since the last run. A structure lost because the watch was edited past it
     (its centre outside the outline, or first present within the baseline: the start moved
-    later) is retired as such, not withdrawn: its ground did not change."""
+    later) is retired as such, not withdrawn: its ground did not change.
+    `persistence_checked` False: too few clear periods yet to check that what was confirmed
+    persists (run.json's comparison says so); its alerts say so."""
     done: dict[str, set[str]] = {}
     for structure_id, kind in alerted:
         done.setdefault(structure_id, set()).add(kind)
@@ -144,7 +152,7 @@ def ledger_changes(
             if edited
             else "not confirmed by the months since"
         )
-        alerts += _alerts(aoi_id, old, row, done, synthetic, unconfirmed)
+        alerts += _alerts(aoi_id, old, row, done, (synthetic, persistence_checked), unconfirmed)
     lost = [old for sid, old in stored.items() if sid not in seen and old.status != "dropped"]
     outlines = _outlines(current) if lost else []
     for old in lost:
@@ -155,7 +163,7 @@ def ledger_changes(
         detail = retired or ("no longer detected" if into is None else f"now part of {into}")
         history.append(HistoryEntry(old.id, "dropped", old.status, detail))
         if retired is None:  # the ground did not change: nothing to withdraw
-            alerts += _alerts(aoi_id, old, gone, done, synthetic, detail)
+            alerts += _alerts(aoi_id, old, gone, done, (synthetic, persistence_checked), detail)
     return LedgerChanges(tuple(rows), tuple(history), tuple(alerts))
 
 
@@ -176,17 +184,18 @@ def _alerts(
     old: StructureRow | None,
     row: StructureRow,
     done: Mapping[str, set[str]],
-    synthetic: bool,
+    flags: tuple[bool, bool],
     withdrawn_why: str,
 ) -> list[AlertRow]:
-    """The alerts a structure's new row raises; `withdrawn_why` is a withdrawn alert's detail."""
+    """The alerts a structure's new row raises; `flags`: (synthetic, persistence_checked);
+    `withdrawn_why` is a withdrawn alert's detail."""
+    synthetic, checked = flags
     out = []
     for kind in _alert_kinds(old, row, done.get(row.id, set())):
         key = alert_key(aoi_id, row.id, kind)
         detail = withdrawn_why if kind == "withdrawn" else None
-        out.append(
-            AlertRow(key, aoi_id, row.id, kind, _payload(aoi_id, row, kind, key, synthetic, detail))
-        )
+        payload = _payload(aoi_id, row, kind, key, synthetic, detail, checked)
+        out.append(AlertRow(key, aoi_id, row.id, kind, payload))
     return out
 
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from changedet.errors import BusyError, OutputError
+from changedet.errors import BusyError, ConfigError, OutputError
 
 __all__ = ["hold_lock", "lock_path"]
 
@@ -30,6 +30,11 @@ def hold_lock(state: Path) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # settings, not the machine
+            raise ConfigError(
+                f"cannot create the lock file '{path}': {exc.strerror}; point the watch-list's "
+                "state (or --state) at a folder this job can write"
+            ) from None
         raise OutputError(f"cannot create the lock file '{path}': {exc.strerror}") from None
     try:
         try:

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from changedet.config import Config, to_dict
 from changedet.core.carry import Known
 from changedet.errors import (
+    CatalogError,
     ChangedetError,
     ConfigError,
     NoScenesError,
@@ -397,6 +398,7 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
     if why in _EDITS or (row is not None and row["search_stopped"]):
         start = config.time.start  # an edit, or a search cut short last time: all of it again
     found = _search(ctx, aoi, config, start)
+    _refuse_unreadable(found)
     if found.stopped:  # kept at once; cleared only once what a whole search found is committed
         state.note_search(aoi.id, aoi.name, str(out_dir), found.stopped)
     plan = plan_scenes(
@@ -437,6 +439,20 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         ledger_rows=ledger_rows,
         setup=setup,
         why=why or "",
+    )
+
+
+def _refuse_unreadable(found: SearchResult) -> None:
+    """A catalog none of whose documents could be read holds no scene to check: the AOI fails,
+    in the words `changedet run` has for it (it was "unchanged: nothing new", exit 0)."""
+    unread = [d for d in found.dropped if d.unreadable]
+    if found.scenes or found.items_seen or not unread:
+        return
+    raise CatalogError(
+        f"catalog {found.source} holds no STAC items ({len(unread)} document(s) in it could "
+        f"not be read: {unread[0].reason.removeprefix('catalog document skipped: ')}); point "
+        "the watch's catalog at a catalog, collection or item collection whose links reach "
+        "its items"
     )
 
 
@@ -507,6 +523,7 @@ class _Computed:
     composites_reused: int = 0
     dates_kept: int = 0
     baseline_end: date | None = None  # the first day after the baseline the run compared with
+    persistence_checked: bool = True  # False: too few clear periods (run.json's comparison)
 
 
 def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> _Computed:
@@ -543,7 +560,50 @@ def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> 
         composites_reused=memo.array_hits["composite"],
         dates_kept=memo.array_hits["date"],
         baseline_end=result.before.period.end,
+        persistence_checked=summary.persistence is None or summary.persistence[0] > 1,
     )
+
+
+def _record(ctx: _Context, job: _Job, computed: _Computed) -> CheckRecord:
+    """What one AOI's update commits, made within the commit's transaction: the verdicts are
+    read there, not taken from the plan, so a review made while the run computed is neither
+    overwritten nor alerted past (a false positive never alerts again)."""
+    aoi, state = job.aoi, ctx.state
+    verdicts = state.verdicts(aoi.id)
+    synthetic = computed.summary is not None and computed.summary.synthetic
+    changes = ledger_changes(
+        aoi.id,
+        state.structures(aoi.id),  # the plan's rows with the reviews since
+        [_reviewed(row, verdicts) for row in computed.structures],
+        state.alerted(aoi.id),
+        synthetic=synthetic,
+        # only an edit of the watch leaves a structure out without its ground changing
+        outline=aoi.geometry if job.edited else None,
+        baseline_end=computed.baseline_end if job.edited else None,
+        edited=job.edited,
+        persistence_checked=computed.persistence_checked,
+    )
+    return CheckRecord(
+        aoi.id,
+        aoi.name,
+        str(job.out_dir),
+        scenes=list(computed.scenes),
+        periods=list(computed.periods),
+        structures=changes.rows,
+        history=changes.history,
+        alerts=changes.alerts,
+        channels=channels_for(ctx.watch.webhook, ctx.watch.smtp),
+        outputs_review_seq=job.review_seq,  # the outputs show the plan's verdicts
+        outputs_digest=_outputs_digest(job.out_dir),
+        setup=job.setup,
+    )
+
+
+def _reviewed(row: StructureRow, verdicts: Mapping[str, tuple[str, str | None]]) -> StructureRow:
+    if row.id not in verdicts:
+        return row
+    verdict, note = verdicts[row.id]
+    return replace(row, review=verdict, review_note=note)
 
 
 def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
@@ -558,36 +618,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
             message=computed.waiting,
             search_stopped=job.found.stopped,
         )
-    synthetic = computed.summary is not None and computed.summary.synthetic
-    changes = ledger_changes(
-        aoi.id,
-        job.ledger_rows,
-        list(computed.structures),
-        state.alerted(aoi.id),
-        synthetic=synthetic,
-        # only an edit of the watch leaves a structure out without its ground changing
-        outline=aoi.geometry if job.edited else None,
-        baseline_end=computed.baseline_end if job.edited else None,
-        edited=job.edited,
-    )
-    channels = channels_for(ctx.watch.webhook, ctx.watch.smtp)
-    state.commit_check(
-        ctx.run_id,
-        CheckRecord(
-            aoi.id,
-            aoi.name,
-            str(job.out_dir),
-            scenes=list(computed.scenes),
-            periods=list(computed.periods),
-            structures=changes.rows,
-            history=changes.history,
-            alerts=changes.alerts,
-            channels=channels,
-            outputs_review_seq=job.review_seq,
-            outputs_digest=_outputs_digest(job.out_dir),
-            setup=job.setup,
-        ),
-    )
+    record = state.commit_check(ctx.run_id, partial(_record, ctx, job, computed))
     # After the scenes of a whole search are committed: killed before, the next run searches
     # from the watch's start again.
     state.note_search(aoi.id, aoi.name, str(job.out_dir), job.found.stopped)
@@ -606,7 +637,7 @@ def _commit(ctx: _Context, job: _Job, computed: _Computed) -> AOICheck:
         replaced=tuple(d.scene_id for d in job.plan.replaced),
         retried=job.plan.retried,
         left=job.plan.left,
-        alerts=changes.alerts,
+        alerts=tuple(record.alerts),
         summary=computed.summary,
         message="" if job.plan.work else job.why,  # said when no scene explains the update
         search_stopped=job.found.stopped,
@@ -640,8 +671,15 @@ def run_watchlist(
             with contextlib.suppress(Exception):
                 state.abandon_run(run_id, interrupted=not isinstance(exc, Exception))
             raise
-        state.finish_run(run_id, "failed" if report.failed else "ok")
+        state.finish_run(run_id, _outcome(report))
         return report
+
+
+def _outcome(report: MonitorReport) -> str:
+    """`runs.outcome`, which agrees with the exit code: a delivery failing exits 1 too."""
+    if report.failed:
+        return "failed"
+    return "undelivered" if report.deliveries.errors else "ok"
 
 
 def _run(

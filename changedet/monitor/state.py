@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -574,10 +574,16 @@ class State:
 
     # --- writing ------------------------------------------------------------------------------
 
-    def commit_check(self, run_id: int, record: CheckRecord) -> None:
-        """Everything one AOI's check changed, in one transaction."""
+    def commit_check(
+        self, run_id: int, record: CheckRecord | Callable[[], CheckRecord]
+    ) -> CheckRecord:
+        """Everything one AOI's check changed, in one transaction. `record` may be a function
+        that makes it within the transaction: what it reads then (the verdicts) cannot change
+        before the commit, as a review made while the run computed would. Returns the record."""
         at = utc_now()
         with self.transaction() as db:
+            if callable(record):
+                record = record()
             db.execute(
                 "INSERT INTO aois (id, name, out_dir) VALUES (?, ?, ?) ON CONFLICT(id) DO "
                 "UPDATE SET name = excluded.name, out_dir = excluded.out_dir",
@@ -612,6 +618,7 @@ class State:
                 "aoi_id = ? AND outcome IN ('used', 'skipped', 'unreadable')) WHERE id = ?",
                 (record.aoi_id, record.aoi_id),
             )
+        return record
 
     def _write_scenes(self, db: sqlite3.Connection, run_id: int, record: CheckRecord) -> None:
         db.executemany(
@@ -702,7 +709,8 @@ class State:
 
     def add_review(self, aoi_id: str, structure_id: str, verdict: str, note: str | None) -> str:
         """Record a verdict, its history entry and, for a false positive, cancel its pending
-        deliveries (it never alerts again). Returns the structure's status."""
+        deliveries (it never alerts again; another verdict later restores them). Returns the
+        structure's status."""
         at = utc_now()
         with self.transaction() as db:
             row = db.execute(
@@ -724,12 +732,19 @@ class State:
                 "run_id, at) VALUES (?, ?, 'reviewed', ?, ?, NULL, ?)",
                 (aoi_id, structure_id, row[0], verdict + (f": {note}" if note else ""), at),
             )
-            if verdict == "false-positive":
-                db.execute(
-                    "UPDATE deliveries SET status = 'cancelled' WHERE status = 'pending' AND "
-                    "alert_key IN (SELECT key FROM alerts WHERE aoi_id = ? AND structure_id = ?)",
-                    (aoi_id, structure_id),
-                )
+            # A false positive's pending deliveries are cancelled; a later verdict that takes
+            # it back restores them (only a false-positive verdict cancels), so none is lost.
+            cancel = verdict == "false-positive"
+            db.execute(
+                "UPDATE deliveries SET status = ? WHERE status = ? AND alert_key IN "
+                "(SELECT key FROM alerts WHERE aoi_id = ? AND structure_id = ?)",
+                (
+                    "cancelled" if cancel else "pending",
+                    "pending" if cancel else "cancelled",
+                    aoi_id,
+                    structure_id,
+                ),
+            )
         return str(row[1])
 
     def _unknown(self, aoi_id: str, structure_id: str) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
+import urllib.parse
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -207,6 +208,13 @@ def _webhook(data: Mapping[str, Any]) -> WebhookConfig:
     url = kw.get("url", "")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"watch-list: [webhook] url must be an http(s) URL, not {url!r}")
+    if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+        # HTTP carries ASCII only: every POST would fail (UnicodeEncodeError) run after run.
+        fixed = urllib.parse.quote(url.strip(), safe=":/?#[]@!$&'()*+,;=%~")
+        raise ConfigError(
+            f"watch-list: [webhook] url {url!r} has characters a URL cannot carry; "
+            f"percent-encode them: url = {fixed!r}"
+        )
     return WebhookConfig(**kw)
 
 
