@@ -1676,8 +1676,8 @@ def test_a_catalog_whose_every_item_is_unreadable_fails_the_aoi_as_run_does(
     done = monitor_cli("monitor", "run", "--config", str(path), "--quiet", cwd=scenario.root)
     assert done.returncode == 1, done.stdout + done.stderr
     (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("changedet: error")]
-    assert "AOI 'k1'" in line and "3 document(s) in it could not be read" in line, line
-    assert "point the watch's catalog at" in line
+    assert "AOI 'k1'" in line and "holds no STAC items (3 document(s) in it could" in line, line
+    assert "a watch's catalog" in line
 
 
 def test_a_state_on_a_read_only_filesystem_says_where_to_point_it(

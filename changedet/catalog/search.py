@@ -376,8 +376,8 @@ def _no_items(found: FoundItems, *, source: str) -> NoScenesError:
     unread = found.unreadable
     why = f" ({len(unread)} document(s) in it could not be read: {unread[0][1]})" if unread else ""
     return NoScenesError(
-        f"catalog {source} holds no STAC items{why}; point --catalog at a catalog, collection "
-        "or item collection whose links reach its items"
+        f"catalog {source} holds no STAC items{why}; point --catalog (a watch's catalog) at a "
+        "catalog, collection or item collection whose links reach its items"
     )
 
 

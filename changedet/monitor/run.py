@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 from changedet.config import Config, to_dict
 from changedet.core.carry import Known
 from changedet.errors import (
-    CatalogError,
     ChangedetError,
     ConfigError,
     NoScenesError,
@@ -398,7 +397,6 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
     if why in _EDITS or (row is not None and row["search_stopped"]):
         start = config.time.start  # an edit, or a search cut short last time: all of it again
     found = _search(ctx, aoi, config, start)
-    _refuse_unreadable(found)
     if found.stopped:  # kept at once; cleared only once what a whole search found is committed
         state.note_search(aoi.id, aoi.name, str(out_dir), found.stopped)
     plan = plan_scenes(
@@ -439,20 +437,6 @@ def _plan(ctx: _Context, watched: WatchedAOI) -> AOICheck | _Job:
         ledger_rows=ledger_rows,
         setup=setup,
         why=why or "",
-    )
-
-
-def _refuse_unreadable(found: SearchResult) -> None:
-    """A catalog none of whose documents could be read holds no scene to check: the AOI fails,
-    in the words `changedet run` has for it (it was "unchanged: nothing new", exit 0)."""
-    unread = [d for d in found.dropped if d.unreadable]
-    if found.scenes or found.items_seen or not unread:
-        return
-    raise CatalogError(
-        f"catalog {found.source} holds no STAC items ({len(unread)} document(s) in it could "
-        f"not be read: {unread[0].reason.removeprefix('catalog document skipped: ')}); point "
-        "the watch's catalog at a catalog, collection or item collection whose links reach "
-        "its items"
     )
 
 
