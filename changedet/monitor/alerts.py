@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import smtplib
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
+from changedet.monitor.deadline import Deadline, WatchedSMTP, deadline_opener
 from changedet.monitor.state import AlertRow, State
 from changedet.monitor.watchlist import SmtpConfig, WebhookConfig
 
@@ -104,7 +104,10 @@ def _post(config: WebhookConfig, alert: AlertRow) -> None:
         },
     )
     try:
-        with _NO_REDIRECTS.open(request, timeout=config.timeout_s) as response:
+        with (
+            Deadline(config.timeout_s) as deadline,
+            deadline_opener(deadline, _Refuse).open(request, timeout=config.timeout_s) as response,
+        ):
             if not 200 <= response.status < 300:
                 raise OSError(f"HTTP {response.status}")
     except urllib.error.HTTPError as exc:
@@ -125,7 +128,9 @@ class _Refuse(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_NO_REDIRECTS = urllib.request.build_opener(_Refuse)
+# An e-mail is a conversation of about this many exchanges (greeting, EHLO, STARTTLS, AUTH,
+# MAIL and RCPT, DATA), each waiting at most timeout_s: the whole may take this many times it.
+SMTP_EXCHANGES = 6
 
 
 def _mail(config: SmtpConfig, alert: AlertRow, to: Sequence[str]) -> None:
@@ -147,7 +152,10 @@ def _mail(config: SmtpConfig, alert: AlertRow, to: Sequence[str]) -> None:
             f"the password variable {config.password_env} is not set in this job's environment; "
             "set it where the job runs (cron and systemd do not read your shell's profile)"
         )
-    with smtplib.SMTP(config.host, config.port, timeout=config.timeout_s) as smtp:
+    with (
+        Deadline(config.timeout_s * SMTP_EXCHANGES) as deadline,
+        WatchedSMTP(deadline, config.host, config.port, config.timeout_s) as smtp,
+    ):
         if config.starttls:
             smtp.starttls()
         if config.username:
@@ -257,7 +265,7 @@ def _attempt(channel: _Channel, alert: AlertRow, sleep: Sleep) -> _Attempted:
         if attempt:
             sleep(min(channel.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
         try:
-            _within(channel.timeout_s, channel.send, alert)
+            channel.send(alert)
             return _Attempted(True, attempt + 1)
         except (OSError, smtplib.SMTPException, http.client.HTTPException) as exc:
             error = _why(exc, channel.timeout_s)
@@ -267,29 +275,6 @@ def _attempt(channel: _Channel, alert: AlertRow, sleep: Sleep) -> _Attempted:
             if scope != "server" or _refused(exc):
                 return _Attempted(False, attempt + 1, error, scope)  # nor will asking again
     return _Attempted(False, channel.retries + 1, error)
-
-
-def _within(timeout_s: float, send: Callable[[AlertRow], None], alert: AlertRow) -> None:
-    """`send(alert)` with a deadline: urllib's and smtplib's timeouts bound each socket
-    operation, so a receiver trickling a byte at a time held the run, and its lock, for ever.
-    Past the deadline the request is left to end on its daemon thread and counts as not
-    answered (TimeoutError): it may have arrived, and a retry may repeat it, key and all."""
-    failed: list[BaseException | None] = []
-
-    def go() -> None:
-        try:
-            send(alert)
-            failed.append(None)
-        except BaseException as exc:  # handed to the caller's thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=go, name="changedet-delivery", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if not failed:
-        raise TimeoutError("timed out")
-    if failed[0] is not None:
-        raise failed[0]
 
 
 def channels_for(webhook: WebhookConfig | None, smtp: SmtpConfig | None) -> list[str]:
@@ -334,6 +319,8 @@ def deliver_pending(
         if channel is None or server in down or delivery.channel in down:
             report.failed += 1
             continue
+        if not state.still_pending(delivery.alert.key, delivery.channel):
+            continue  # reviewed as a false positive since the run listed it
         tried = _attempt(channel, delivery.alert, sleep)
         state.mark_delivery(
             delivery.alert.key,

@@ -692,11 +692,14 @@ class State:
     def mark_delivery(
         self, key: str, channel: str, *, delivered: bool, attempts: int, error: str | None
     ) -> None:
-        """One delivery's outcome, committed at once (a delivered alert is never sent again)."""
+        """One delivery's outcome, committed at once (a delivered alert is never sent again). A
+        failure leaves a delivery cancelled meanwhile (a false positive reviewed while it was
+        being sent) cancelled: it must not come back for the next run."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE deliveries SET status = ?, attempts = attempts + ?, last_error = ?, "
-                "delivered_at = ? WHERE alert_key = ? AND channel = ?",
+                "delivered_at = ? WHERE alert_key = ? AND channel = ?"
+                + ("" if delivered else " AND status = 'pending'"),
                 (
                     "delivered" if delivered else "pending",
                     attempts,
@@ -706,6 +709,14 @@ class State:
                     channel,
                 ),
             )
+
+    def still_pending(self, key: str, channel: str) -> bool:
+        """Whether a delivery listed at the start of the run is still to be sent (a review may
+        have cancelled it since)."""
+        row = self.db.execute(
+            "SELECT status FROM deliveries WHERE alert_key = ? AND channel = ?", (key, channel)
+        ).fetchone()
+        return row is not None and row[0] == "pending"
 
     def add_review(self, aoi_id: str, structure_id: str, verdict: str, note: str | None) -> str:
         """Record a verdict, its history entry and, for a false positive, cancel its pending
