@@ -507,6 +507,8 @@ class _Prefixed(logging.Formatter):
 @click.version_option(__version__, "--version", prog_name="changedet")
 def main() -> None:
     """changedet: find new structures and earthworks in Sentinel-2 time series over an AOI."""
+    if sys.excepthook is _interrupted_on_start:  # the imports are done: the CLI catches now,
+        sys.excepthook = sys.__excepthook__  # and its os._exit must not skip a process's atexit
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     _READ_ONLY["command"] = False
     if threading.current_thread() is threading.main_thread():

@@ -696,7 +696,11 @@ def test_malformed_entries_of_an_item_collection_are_counted_and_said(tmp_path: 
     no_props["properties"] = None
     no_id = synth_item("S2A_39SVV_20230816_0_L2A", "2023-08-16T07:05:00Z")
     del no_id["id"]
-    entries = [good[0], None, "junk", no_props, 7, no_id, good[1]]
+    # A second id-less item was taken for a repeat of the first; "id": null was named "None".
+    no_id_too = synth_item("S2A_39SVV_20230821_0_L2A", "2023-08-21T07:05:00Z")
+    del no_id_too["id"]
+    null_id = {**synth_item("S2A_39SVV_20230826_0_L2A", "2023-08-26T07:05:00Z"), "id": None}
+    entries = [good[0], None, "junk", no_props, 7, no_id, good[1], no_id_too, null_id]
     result = _search(_write_fc(tmp_path / "cat" / "items.json", entries))  # type: ignore[list-item]
     assert [s.id for s in result.scenes] == [g["id"] for g in good]
     dropped = {d.scene_id: d for d in result.dropped}
@@ -707,6 +711,8 @@ def test_malformed_entries_of_an_item_collection_are_counted_and_said(tmp_path: 
     assert "entry 4 of its features is a number" in dropped["items.json features[4]"].reason
     assert "has no properties" in dropped[no_props["id"]].reason
     assert "has no id" in dropped["items.json features[5]"].reason
+    assert "has no id" in dropped["items.json features[7]"].reason
+    assert "items.json features[8]" in dropped and "None" not in dropped
     assert not result.complete
 
 

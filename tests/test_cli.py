@@ -892,3 +892,18 @@ def test_run_id_runs_only_the_aois_it_names(
         "changedet: error: --id nort: no AOI of the given files has this id (they hold: north, "
         "depot, south); pass one of those\n"
     )
+
+
+def test_the_import_time_interrupt_hook_is_gone_once_the_cli_runs(
+    cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook that makes Ctrl-C during the imports one line exits with os._exit: left in
+    place, any later uncaught interrupt of the process skipped its atexit handlers."""
+    import sys
+
+    import changedet.cli as module
+
+    monkeypatch.setattr(sys, "excepthook", module._interrupted_on_start)  # as the import leaves it
+    result = cli("run", "/nonexistent.geojson", "--out", "/nonexistent-out")
+    assert result.exit_code in (1, 2)
+    assert sys.excepthook is sys.__excepthook__

@@ -131,6 +131,11 @@ def test_an_aoi_the_earlier_run_did_not_have_is_warned_about_and_named_by_place(
             r"structures.geojson, feature 1 \(id 39N-1-2\), is not a changedet structures "
             r"file \(structure 39N-1-2 has no geometry\)",
         ),
+        (  # an id with a newline broke the one line, and cut the reason short
+            '{"features": [{"properties": {"id": "s-1\\nfake line"}, "geometry": null}]}',
+            r"feature 1 \(id s-1\\nfake line\), is not a changedet structures file \(structure "
+            r"s-1\\nfake line has no geometry\); pass",
+        ),
     ],
 )
 def test_a_file_that_is_not_an_earlier_runs_structures_is_refused(

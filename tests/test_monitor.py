@@ -117,6 +117,10 @@ def test_watchlist_refuses_a_bad_webhook_and_a_repeated_aoi(tmp_path: Path) -> N
         "watch-list: [webhook] url 'http://127.0.0.1:8099/hóok?token=é' has characters a URL "
         "cannot carry; percent-encode them: url = 'http://127.0.0.1:8099/h%C3%B3ok?token=%C3%A9'"
     )
+    # A host is not percent-encoded (that resolves nowhere) but written in punycode.
+    idn = '[webhook]\nurl = "https://Bücher.example/hook"'
+    with pytest.raises(ConfigError, match=r"url = 'https://xn--bcher-kva\.example/hook'$"):
+        load_watchlist(scenario.watchlist(extra=idn))
     # A channel down must not hold the job for hours: bounded retries and backoff.
     with pytest.raises(ConfigError, match=r"\[webhook\] retries must be within 0..10"):
         load_watchlist(scenario.watchlist(extra='[webhook]\nurl = "http://x"\nretries = 100000'))

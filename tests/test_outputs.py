@@ -981,6 +981,23 @@ def test_a_gdal_failure_with_room_on_the_disk_keeps_gdals_words(
         write_run_outputs(run_result, tmp_path / "aoi", config=OutputConfig(chips=False))
 
 
+def test_a_bug_on_a_nearly_full_disk_is_not_called_a_full_disk(
+    run_result: RunResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any failure with under 32 MB free was said as a full disk, hiding a bug's own words."""
+    import shutil
+    from types import SimpleNamespace
+
+    def broken(result: RunResult) -> str:
+        raise KeyError("a bug, not the disk")
+
+    monkeypatch.setattr("changedet.outputs.write.structures_csv", broken)
+    full = SimpleNamespace(total=8 << 20, used=8 << 20, free=4096)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: full)
+    with pytest.raises(KeyError, match="a bug, not the disk"):
+        write_run_outputs(run_result, tmp_path / "aoi", config=OutputConfig(chips=False))
+
+
 def test_libtiff_prints_nothing_of_its_own_when_a_cog_cannot_be_written(tmp_path: Path) -> None:
     """libtiff's default handler printed '_tiffWriteProc: No space left on device.' lines on
     stderr before the CLI's one line; the failure is still raised, as an OutputError."""

@@ -211,15 +211,18 @@ class _Sifted:
     def _parse(self, raw: RawItem, found: FoundItems) -> Scene | None:
         """The item as a Scene, or None (another collection, a repeat, or dropped with why)."""
         item = raw.item
-        item_id = str(item.get("id", ""))
+        raw_id = item.get("id")
+        # No id (or null: not "None"): no repeat of another, named by where it stands.
+        item_id = raw_id if isinstance(raw_id, str) else ""
         coll = item.get("collection")
         if isinstance(coll, str) and coll != self.config.collection:
             self.other_collections[coll] += 1
             return None
-        if item_id in self.seen_ids:
+        if item_id and item_id in self.seen_ids:
             self.repeated += 1
             return None
-        self.seen_ids.add(item_id)
+        if item_id:
+            self.seen_ids.add(item_id)
         try:
             scene = scene_from_item(
                 item,

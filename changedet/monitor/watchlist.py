@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import tomllib
 import urllib.parse
 import warnings
@@ -210,12 +211,29 @@ def _webhook(data: Mapping[str, Any]) -> WebhookConfig:
         raise ConfigError(f"watch-list: [webhook] url must be an http(s) URL, not {url!r}")
     if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
         # HTTP carries ASCII only: every POST would fail (UnicodeEncodeError) run after run.
-        fixed = urllib.parse.quote(url.strip(), safe=":/?#[]@!$&'()*+,;=%~")
+        fixed = _ascii_url(url.strip())
         raise ConfigError(
             f"watch-list: [webhook] url {url!r} has characters a URL cannot carry; "
             f"percent-encode them: url = {fixed!r}"
         )
     return WebhookConfig(**kw)
+
+
+def _ascii_url(url: str) -> str:
+    """The URL HTTP can carry: its host in IDNA (punycode: a percent-encoded host resolves
+    nowhere), the rest percent-encoded."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_host = host
+    safe = ":/?#[]@!$&'()*+,;=%~"
+    # urlsplit lower-cases the host it gives: found again in the netloc whatever its case
+    netloc = re.sub(re.escape(host), ascii_host, parts.netloc, count=1, flags=re.IGNORECASE)
+    return urllib.parse.urlunsplit(
+        (parts.scheme, *(urllib.parse.quote(p, safe=safe) for p in (netloc, *parts[2:])))
+    )
 
 
 def _smtp(data: Mapping[str, Any]) -> SmtpConfig:

@@ -50,7 +50,10 @@ def _named(feature: object) -> str:
     """' (id X)' for a feature with a text id, else ''."""
     props = feature.get("properties") if isinstance(feature, dict) else None
     structure_id = props.get("id") if isinstance(props, dict) else None
-    return f" (id {structure_id})" if isinstance(structure_id, str) and structure_id else ""
+    if not isinstance(structure_id, str) or not structure_id:
+        return ""
+    # An id is text of the file's: shown escaped, so a newline in it cannot break the line.
+    return f" (id {structure_id.encode('unicode_escape').decode('ascii')})"
 
 
 def _known(feature: dict[str, Any]) -> tuple[str, Known]:
@@ -69,4 +72,5 @@ def _known(feature: dict[str, Any]) -> tuple[str, Known]:
 def _why(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"no {exc} member"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = str(exc).encode("unicode_escape").decode("ascii")  # one line, whatever it quotes
+    return text or type(exc).__name__

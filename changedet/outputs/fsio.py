@@ -11,6 +11,7 @@ import ctypes
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -92,7 +93,11 @@ def quiet_libtiff() -> None:
     """Stop libtiff printing its own lines ("_tiffWriteProc: No space left on device.") on
     stderr, process-wide, once. GDAL built against libtiff >= 4.5 takes every error through
     per-file handlers and raises it; the global handler it no longer sets is libtiff's default,
-    which printed the errors of GDAL's file I/O a second time, past the CLI."""
+    which printed the errors of GDAL's file I/O a second time, past the CLI. An older pair
+    (GDAL before 3.7, libtiff before 4.5) sets that global handler itself, to raise what it
+    reports: it is left alone there."""
+    if not _gdal_at_least(3, 7):
+        return
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:  # Linux: the loaded libtiff(s)
             paths = {line.split()[-1] for line in maps if "/libtiff" in line}
@@ -103,12 +108,34 @@ def quiet_libtiff() -> None:
             lib = ctypes.CDLL(path)  # the loaded one again, not a second copy
         except OSError:
             continue
+        if not _libtiff_at_least(lib, 4, 5):
+            continue
         for setter in ("TIFFSetErrorHandler", "TIFFSetWarningHandler"):
             func = getattr(lib, setter, None)
             if func is not None:
                 func.restype = ctypes.c_void_p
                 func.argtypes = [ctypes.c_void_p]
                 func(None)
+
+
+def _gdal_at_least(major: int, minor: int) -> bool:
+    import rasterio
+
+    parts = str(getattr(rasterio, "__gdal_version__", "0.0")).split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) >= (major, minor)
+    except (ValueError, IndexError):
+        return False
+
+
+def _libtiff_at_least(lib: ctypes.CDLL, major: int, minor: int) -> bool:
+    """libtiff's own version ("LIBTIFF, Version 4.6.0 ...")."""
+    version = getattr(lib, "TIFFGetVersion", None)
+    if version is None:
+        return False
+    version.restype = ctypes.c_char_p
+    found = re.search(rb"Version (\d+)\.(\d+)", version() or b"")
+    return found is not None and (int(found[1]), int(found[2])) >= (major, minor)
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -529,16 +529,27 @@ def _full_disk(out_dir: Path) -> str:
 def _out_of_space(folder: Path, exc: BaseException) -> bool:
     """Whether `exc` came of a full disk under `folder`. GDAL says so in many words or none (an
     empty KML without an error, "Failed to commit transaction", raw SQL), so the errno along the
-    chain is asked first, then the file system itself, after the failure."""
+    chain is asked first, then the file system itself, after the failure; a failure that is no
+    write's (a bug: TypeError, KeyError ...) keeps its own words on a nearly full disk too."""
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _FULL:
-            return True
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
+    if any(isinstance(e, OSError) and e.errno in _FULL for e in chain):
+        return True
+    if not any(_a_write_failure(e) for e in chain):
+        return False
     try:
         return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
     except OSError:
         return False
+
+
+def _a_write_failure(exc: BaseException) -> bool:
+    """An error of writing a file: the OS's, ours, or GDAL's through rasterio or pyogrio."""
+    library = type(exc).__module__.split(".", 1)[0]
+    return isinstance(exc, OSError | OutputError) or library in ("rasterio", "pyogrio")
 
 
 @contextlib.contextmanager
