@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -740,12 +741,12 @@ def test_a_catalog_that_is_not_json_or_not_stac_says_so_once(tmp_path: Path) -> 
     assert "max_cloud_cover" not in said and "widen the dates" not in said
 
 
-def test_items_whose_footprint_or_epsg_disagree_with_their_assets_are_skipped(
-    tmp_path: Path, repo: Path
-) -> None:
+def _sample_catalog(tmp_path: Path, repo: Path) -> tuple[Any, list[Path], Callable[[], Any]]:
+    """The bundled Khojir sample copied under `tmp_path` (its item files to edit), its AOI and
+    a search of it."""
     import shutil
 
-    from changedet.aoi import crop_to_footprints, grid_for, load_aois
+    from changedet.aoi import load_aois
 
     tiles = shutil.copytree(repo / "sample_tiles" / "khojir", tmp_path / "khojir")
     (aoi,) = load_aois(repo / "aoi" / "khojir.geojson")
@@ -756,8 +757,16 @@ def test_items_whose_footprint_or_epsg_disagree_with_their_assets_are_skipped(
             aoi, config, start=date(2023, 6, 1), end=date(2024, 6, 30), bands=BANDS
         )
 
+    return aoi, sorted((tiles / "sentinel-2-l2a").glob("*/*.json")), found
+
+
+def test_items_whose_footprint_or_epsg_disagree_with_their_assets_are_skipped(
+    tmp_path: Path, repo: Path
+) -> None:
+    from changedet.aoi import crop_to_footprints, grid_for
+
+    aoi, items, found = _sample_catalog(tmp_path, repo)
     clean = found()
-    items = sorted((tiles / "sentinel-2-l2a").glob("*/*.json"))
     world, wrong_zone = items[3], items[5]
     item = json.loads(world.read_text())
     item["geometry"] = mapping(box(-180.0, -90.0, 180.0, 90.0))  # the whole world
@@ -786,21 +795,10 @@ def test_an_item_without_geometry_is_placed_by_its_assets_or_skipped(
 ) -> None:
     """`"geometry": null` left the grid uncropped (the whole context window: 8x the pixels and
     other counts on the demo). Its assets' projection places it; without one it is skipped."""
-    import shutil
+    from changedet.aoi import crop_to_footprints, grid_for
 
-    from changedet.aoi import crop_to_footprints, grid_for, load_aois
-
-    tiles = shutil.copytree(repo / "sample_tiles" / "khojir", tmp_path / "khojir")
-    (aoi,) = load_aois(repo / "aoi" / "khojir.geojson")
-    config = CatalogConfig(url=str(tiles / "catalog.json"))
-
-    def found() -> Any:
-        return search_scenes(
-            aoi, config, start=date(2023, 6, 1), end=date(2024, 6, 30), bands=BANDS
-        )
-
+    aoi, items, found = _sample_catalog(tmp_path, repo)
     clean = found()
-    items = sorted((tiles / "sentinel-2-l2a").glob("*/*.json"))
     placed, lost = items[2], items[4]
     item = json.loads(placed.read_text())
     item["geometry"] = None  # proj:transform + proj:shape in proj:epsg still place it
