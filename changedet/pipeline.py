@@ -214,10 +214,15 @@ class RunSummary:
     # (used, configured) when too few clear periods let the run ask less persistence (a pair)
     persistence: tuple[int, int] | None = None
 
+    @property
+    def persistence_checked(self) -> bool:
+        """False when every structure rests on one clear period (run.json's comparison)."""
+        return self.persistence is None or self.persistence[0] > 1
+
     def describe(self) -> str:
         tag = " [SYNTHETIC data]" if self.synthetic else ""
         found = f"{self.n_confirmed} confirmed new structure(s)"
-        if self.persistence is not None and self.persistence[0] <= 1:
+        if not self.persistence_checked:
             found = f"{self.n_confirmed} new structure(s) (persistence not checked)"
         elif self.persistence is not None:
             used, asked = self.persistence

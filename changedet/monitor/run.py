@@ -544,7 +544,7 @@ def _compute(job: _Job, *, io: PipelineIO, progress: Progress = no_progress) -> 
         composites_reused=memo.array_hits["composite"],
         dates_kept=memo.array_hits["date"],
         baseline_end=result.before.period.end,
-        persistence_checked=summary.persistence is None or summary.persistence[0] > 1,
+        persistence_checked=summary.persistence_checked,
     )
 
 
@@ -649,7 +649,9 @@ def run_watchlist(
         _refuse_going_back(state, now)
         run_id = state.begin_run(now)
         try:
-            report = _run(_Context(state, run_id, now, watch, io, progress, {}), on_check, sleep)
+            renamed = _carry_renamed(state, watch)
+            ctx = _Context(state, run_id, now, watch, io, progress, renamed)
+            report = _run(ctx, on_check, sleep)
         except BaseException as exc:
             # The error that stopped the run is the one to tell, not one of forgetting it.
             with contextlib.suppress(Exception):
@@ -672,7 +674,6 @@ def _run(
     sleep: Callable[[float], None] | None,
 ) -> MonitorReport:
     state, run_id, watch = ctx.state, ctx.run_id, ctx.watch
-    ctx = replace(ctx, renamed=_carry_renamed(state, watch))
     checks = _on_cluster(ctx) if watch.cluster else (_safe_check(ctx, w) for w in watch.aois)
     done = []
     for check in checks:

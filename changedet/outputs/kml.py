@@ -52,17 +52,15 @@ def not_counted(s: Structure) -> str:
     return ""
 
 
-def _hex(colour: Sequence[float]) -> str:
-    return "#" + "".join(f"{round(float(c) * 255):02X}" for c in colour[:3])
-
-
 def placemark_style(s: Structure, classes: Sequence[DateClass]) -> str:
     """The OGR style string of one placemark: outline colour and width."""
+    from matplotlib.colors import to_hex  # as the legend's ramp: imported when drawn
+
     if s.review == FALSE_POSITIVE or s.status == "dropped":
-        return f"PEN(c:{_hex(DISMISSED_COLOUR)},w:1px)"
+        return f"PEN(c:{to_hex(DISMISSED_COLOUR).upper()},w:1px)"
     found = class_of(s, classes)
     colour = found.colour if found is not None else UNKNOWN_COLOUR
-    return f"PEN(c:{_hex(colour)},w:{3 if s.confirmed else 1}px)"
+    return f"PEN(c:{to_hex(colour).upper()},w:{3 if s.confirmed else 1}px)"
 
 
 def style_classes(result: RunResult) -> list[DateClass]:
