@@ -76,16 +76,27 @@ def _add_months(d: date, n: int) -> date:
 
 
 def _unit_start(month: date, size: int) -> date:
-    """Start of the calendar unit of `size` months (1, 3, 6, 12) holding `month`."""
-    return date(month.year, (month.month - 1) // size * size + 1, 1)
+    """Start of the calendar unit of `size` months holding `month`: quarters, half-years,
+    years, and units of several years that start in a January of a year divisible by their
+    length (2016–2017, 2015–2019, the 2010s), so that units never overlap."""
+    k = (month.year * 12 + month.month - 1) // size * size
+    return date(k // 12, k % 12 + 1, 1)
+
+
+_UNIT_MONTHS = (1, 3, 6, 12, 24, 60, 120)
+
+
+def _units(months: Iterable[date], size: int) -> list[tuple[date, date]]:
+    """The units of `size` months holding `months`, as (start, end) first days, oldest first."""
+    return sorted({(_unit_start(m, size), _add_months(_unit_start(m, size), size)) for m in months})
 
 
 def _label(start: date, end: date) -> str:
     last = _add_months(end, -1)
     if start == last:
         return f"{_MONTHS[start.month - 1]} {start.year}"
-    if start.month == 1 and last.month == 12 and start.year == last.year:
-        return str(start.year)
+    if start.month == 1 and last.month == 12:
+        return str(start.year) if start.year == last.year else f"{start.year}–{last.year}"
     if start.year == last.year:
         return f"{_MONTHS[start.month - 1]}–{_MONTHS[last.month - 1]} {start.year}"
     return f"{_MONTHS[start.month - 1]} {start.year} – {_MONTHS[last.month - 1]} {last.year}"
@@ -107,12 +118,14 @@ def first_seen_classes(
     items = list(structures)
     months = sorted({m for s in items if (m := first_seen_month(s)) is not None})
     units: list[tuple[date, date]] = []
-    for size in (1, 3, 6, 12, 24, 60, 120):
-        units = sorted(
-            {(_unit_start(m, size), _add_months(_unit_start(m, size), size)) for m in months}
-        )
+    size = 1
+    for size in _UNIT_MONTHS:
+        units = _units(months, size)
         if len(units) <= max_classes:
             break
+    while len(units) > max_classes:  # centuries of structures: units of ever more decades
+        size *= 2
+        units = _units(months, size)
     colours = _ramp(len(units))
     out = []
     for (start, end), colour in zip(units, colours, strict=True):
