@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from changedet.models import (
     ChangeMap,
     Composite,
     Grid,
+    Period,
+    PeriodCount,
     RunResult,
     Structure,
 )
@@ -1127,3 +1129,36 @@ def test_a_file_size_limit_is_the_machines_trouble() -> None:
 
     big = machine_trouble(OSError(errno.EFBIG, "File too large"))
     assert big is not None and "ulimit -f unlimited" in big
+
+
+def test_counts_chart_over_years_labels_few_periods_and_its_stamp_hides_no_bar(
+    make_run_result: Callable[..., RunResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five years of months labelled every period (60 overlapping labels), and the SYNTHETIC
+    stamp sat on the first bars: now at most 24 labels, January's among them, and the stamp
+    above the axes."""
+    from changedet.outputs import figures
+
+    months = [(2020 + k // 12, k % 12 + 1) for k in range(60)]
+    counts = tuple(
+        PeriodCount(
+            Period(date(y, m, 1), date(y + m // 12, m % 12 + 1, 1), f"{y}-{m:02d}"),
+            new_confirmed=1,
+            cumulative=k + 1,
+            cumulative_low=k + 1,
+            cumulative_high=k + 1,
+            clear_fraction=0.9,
+        )
+        for k, (y, m) in enumerate(months)
+    )
+    result = replace(make_run_result(synthetic=True), counts=counts, coverage=None)
+    drawn: list[Any] = []
+    monkeypatch.setattr(figures, "_fig_png", lambda fig: drawn.append(fig) or b"")
+    figures.counts_chart(result)
+    (fig,) = drawn
+    ax, ax2 = fig.axes
+    shown = [t.get_text() for t in ax2.get_xticklabels() if t.get_visible()]
+    assert 5 <= len(shown) <= 24, shown
+    assert {"2020-01", "2021-01", "2024-01"} <= set(shown)
+    (stamp,) = [t for t in ax.texts if t.get_text() == "SYNTHETIC data"]
+    assert stamp.get_position()[1] > 1.0  # above the plot area, in axes coordinates

@@ -100,7 +100,7 @@ def counts_chart(result: RunResult) -> bytes:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     ax.set_title("New structures over time (estimates with ranges)", fontsize=10)
-    _stamp(ax, result, fontsize=10)
+    _stamp(ax, result, fontsize=9, above=True)
     shares = {p.label: p.share for p in result.coverage.periods} if result.coverage else {}
     clear = [100 * shares.get(c.period.label, c.clear_fraction) for c in counts]
     ax2.bar(x, clear, color="#74c476")
@@ -109,8 +109,23 @@ def counts_chart(result: RunResult) -> bytes:
     ax2.set_ylim(0, min(100.0, max(5.0, 1.15 * max(clear))))
     ax2.yaxis.set_major_locator(MaxNLocator(3))
     ax2.set_ylabel("% of the AOI\nseen clearly", fontsize=8)
+    step = _label_step(len(counts))
     ax2.set_xticks(x, [c.period.label for c in counts], rotation=45, ha="right", fontsize=8)
+    for i, label in enumerate(ax2.get_xticklabels()):
+        label.set_visible(i % step == 0)  # years of months: every tick, a label in `step`
     return _fig_png(fig)
+
+
+def _label_step(n_periods: int, most: int = 24) -> int:
+    """Every how many periods a tick is labelled: 1, 2, 3, 6, 12, 24, ... so that at most
+    `most` labels show (five years of months: one a half-year, each with its year)."""
+    step = 1
+    for step in (1, 2, 3, 6, 12):
+        if -(-n_periods // step) <= most:
+            return step
+    while -(-n_periods // step) > most:
+        step *= 2
+    return step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,11 +250,13 @@ def overlay_map(result: RunResult, after_rgb: np.ndarray) -> bytes:
     return _fig_png(fig)
 
 
-def _stamp(ax: Any, result: RunResult, fontsize: int = 12) -> None:
-    """The red SYNTHETIC stamp in the axes' lower left corner on a run of generated data: a
-    figure travels without the report's banner."""
+def _stamp(ax: Any, result: RunResult, fontsize: int = 12, *, above: bool = False) -> None:
+    """The red SYNTHETIC stamp in the axes' lower left corner on a run of generated data (a
+    figure travels without the report's banner); `above`: over the axes' top right corner,
+    where it hides no data (a chart's first bars)."""
     if result.synthetic:
-        ax.text(0.01, 0.01, "SYNTHETIC data", transform=ax.transAxes, ha="left", va="bottom",
+        x, y, ha = (1.0, 1.02, "right") if above else (0.01, 0.01, "left")
+        ax.text(x, y, "SYNTHETIC data", transform=ax.transAxes, ha=ha, va="bottom",
                 color="white", fontsize=fontsize, fontweight="bold", zorder=10,
                 bbox={"facecolor": [c / 255 for c in SYNTHETIC_RGB], "edgecolor": "none",
                       "pad": 3})  # fmt: skip
