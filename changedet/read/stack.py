@@ -203,6 +203,8 @@ def _read(
 # Rows sampled for each date's band medians: a few strips spread over the window, so that the
 # check reads a few per cent of the dates again, not all of them.
 _SAMPLE_STRIPS, _STRIP_ROWS, _MIN_SAMPLES = 8, 8, 500
+# What decides a date's offset (`catalog.items.harmonising_offset`): any of them may be wrong.
+_OFFSET_FLAGS = "earthsearch:boa_offset_applied, s2:processing_baseline, raster:bands offset"
 
 
 def mend_offsets(store: DateStore) -> tuple[str, ...]:
@@ -219,7 +221,7 @@ def mend_offsets(store: DateStore) -> tuple[str, ...]:
         fixed = store.shift(t, delta)
         said.append(
             f"{named(t)} read {OFFSET:g} {how} than other dates in every band, and its darkest "
-            "pixels agree: its item's harmonisation offset (earthsearch:boa_offset_applied) "
+            f"pixels agree: its item's harmonisation offset ({_OFFSET_FLAGS}) "
             + ("looks wrong; corrected" if fixed else "looks wrong; not corrected (a mosaic)")
         )
     if check.doubtful:
@@ -228,7 +230,7 @@ def mend_offsets(store: DateStore) -> tuple[str, ...]:
         said.append(
             f"{len(check.doubtful)} date(s), {listed}{more}, read {OFFSET:g} off other dates in "
             "every band, and their pixels cannot tell which side's offset is right: none "
-            "corrected; check the items' offset flags (earthsearch:boa_offset_applied)"
+            f"corrected; check the items' offset flags ({_OFFSET_FLAGS})"
         )
     return tuple(said)
 
