@@ -199,6 +199,14 @@ class ChangeConfig:
     # range of its neighbours within this many pixels "before" is misregistration, resampling or a
     # longer shadow, not construction (0 turns it off).
     tolerance_px: int = 1
+    # ...only this share of the way from the pixel's own value before towards its neighbours'
+    # (a residual misalignment of a fraction of a pixel blends in that share of a neighbour;
+    # 1: the whole neighbour value, each band on its own)...
+    tolerance_fraction: float = 1.0
+    # ...or where the "after" spectrum is, in every band at once, the "before" spectrum of one
+    # neighbour within tolerance_px (a shadow edge moved by a pixel, a whole-pixel shift).
+    # Both are off by default: they find more faint small changes and more false ones (README).
+    tolerance_match: bool = False
     # Structures seed at this robust z of that tolerant score (the pixel change map at z_threshold):
     # the tolerant score is damped where the neighbourhood explains change, so its seed sits lower.
     structure_z_threshold: float = 8.0
@@ -587,6 +595,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "change.z_low": (0.0, None),
     "change.max_shift_px": (0.0, 100.0),
     "change.tolerance_px": (0, 5),
+    "change.tolerance_fraction": (0.0, 1.0),
     "change.structure_z_threshold": (0.0, None),
     "change.structure_z_low": (0.0, None),
     "change.min_excess": (0.0, None),

@@ -17,7 +17,9 @@ from changedet.core.change import (
     before_range,
     decide,
     detect_change,
+    neighbour_match,
     neighbour_range,
+    shrunk_range,
     tolerant_excess,
     trim_blur_rims,
 )
@@ -134,6 +136,47 @@ def test_tolerant_excess_known_answer() -> None:
     expected[0, 0] = 0.3  # 0.6 against the brightest neighbour 0.3
     np.testing.assert_allclose(tolerant_excess(new, before, 1), expected, atol=1e-7)
     assert np.array_equal(tolerant_excess(new, before, 0)[0, 0], np.float32(0.5))
+
+
+def test_shrunk_range_and_neighbour_match_known_answers() -> None:
+    centre = np.array([[0.2, np.nan]], np.float32)
+    low, high = np.array([[0.1, 0.1]], np.float32), np.array([[0.4, 0.4]], np.float32)
+    lo, hi = shrunk_range((low, high), centre, 0.5)
+    np.testing.assert_allclose(lo, [[0.15, 0.1]])  # half way out; a NaN centre keeps its range
+    np.testing.assert_allclose(hi, [[0.3, 0.4]])
+    # Two bands, 1 x 3 pixels: the middle pixel after has the left neighbour's spectrum before.
+    before = np.array([[[0.1, 0.5, 0.9]], [[0.2, 0.6, 0.3]]], np.float32)
+    after = before.copy()
+    after[:, 0, 1] = before[:, 0, 0]
+    noise = np.array([0.1, 0.1], np.float32)
+    best = neighbour_match(before, after, noise, 1)
+    assert best[0, 1] == 0.0
+    # the left pixel's nearest spectrum is the middle one's before: (0.4/0.1)² + (0.4/0.1)²
+    np.testing.assert_allclose(best[0, 0], 32.0, rtol=1e-5)
+
+
+def test_opt_in_tolerance_finds_a_faint_patch_the_band_by_band_range_explains(
+    composite: Callable[..., Composite],
+) -> None:
+    """On ground whose pixels differ a lot (urban texture), a faint new 5 x 5 px surface lies,
+    band by band, within the range of some neighbour before: the default tolerance explains
+    most of it away. A neighbour explaining only half the way, or its whole spectrum, does not."""
+    rng = np.random.default_rng(3)
+    h, w = GRID.shape
+    level = np.array([0.08, 0.1, 0.12, 0.25, 0.3, 0.22], np.float32)[:, None, None]
+    texture = rng.normal(0, 1, (h, w)).astype(np.float32)
+    before = (level * (1 + 0.25 * texture) + rng.normal(0, 0.01, (6, h, w))).astype(np.float32)
+    patch = (slice(40, 45), slice(50, 55))
+    after = before.copy()
+    after[(slice(None), *patch)] += 0.04
+    noise = rng.normal(0, 0.004, size=(2, *before.shape)).astype(np.float32)
+    pair = composite(before + noise[0], L2A, "before"), composite(after + noise[1], L2A, "after")
+    default = dataclasses.replace(ChangeConfig(), coregister=False)
+    opted = dataclasses.replace(default, tolerance_fraction=0.5, tolerance_match=True)
+    found = {c: detect_change(*pair, c).structures[1] for c in (default, opted)}
+    assert found[default][patch].sum() < 12
+    assert found[opted][patch].sum() >= 18
+    assert found[opted].sum() - found[opted][patch].sum() <= 2  # and nothing else
 
 
 def _object(

@@ -412,24 +412,73 @@ def _unexplained(
     cva: np.ndarray,
     radius: int,
     known: Sequence[tuple[np.ndarray, np.ndarray] | None],
+    *,
+    fraction: float = 1.0,
+    match: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The change the neighbourhood cannot explain: its CVA (the CVA of `tolerant_excess`, in
     noise units) and its share of the plain CVA (0..1), both (H, W). known: per band, the
-    before's `neighbour_range` when computed already."""
+    before's `neighbour_range` when computed already; fraction: the share of the way towards
+    the neighbours' range a value may go (`shrunk_range`); match: also explained as far as the
+    after spectrum matches one neighbour's before spectrum (`neighbour_match`)."""
     excess = np.empty(cva.shape, dtype=np.float32)
     term = np.empty_like(excess)
     for i in range(len(a)):
         dest = excess if i == 0 else term
-        excess_i = tolerant_excess(a[i], b[i], radius, known_range=known[i])
+        band_range = known[i]
+        if band_range is None:
+            band_range = neighbour_range(b[i], radius)
+        if fraction < 1.0:
+            band_range = shrunk_range(band_range, b[i], fraction)
+        excess_i = tolerant_excess(a[i], b[i], radius, known_range=band_range)
         np.divide(excess_i, noise[i], out=dest)
         np.square(dest, out=dest)
         if i > 0:
             excess += term
+    if match:
+        np.fmin(excess, neighbour_match(b, a, noise, radius), out=excess, where=~np.isnan(excess))
     np.sqrt(excess / np.float32(len(a)), out=excess)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.clip(excess / np.maximum(cva, 1e-6), 0.0, 1.0)
     share: np.ndarray = np.nan_to_num(ratio, nan=1.0).astype(np.float32, copy=False)
     return excess, share
+
+
+def shrunk_range(
+    band_range: tuple[np.ndarray, np.ndarray], centre: np.ndarray, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A neighbourhood range (low, high) pulled towards the pixel's own value `centre`:
+    `fraction` of the way out to the neighbours' extremes (where `centre` is NaN, as it was)."""
+    low, high = band_range
+    f = np.float32(fraction)
+    with np.errstate(invalid="ignore"):
+        lo = np.where(np.isfinite(centre), centre + f * (low - centre), low)
+        hi = np.where(np.isfinite(centre), centre + f * (high - centre), high)
+    return lo.astype(np.float32, copy=False), hi.astype(np.float32, copy=False)
+
+
+def neighbour_match(b: np.ndarray, a: np.ndarray, noise: np.ndarray, radius: int) -> np.ndarray:
+    """(H, W): over the neighbours within `radius` (not the pixel itself), the smallest sum over
+    bands of ((after - that neighbour's before) / noise)²: how far the after spectrum lies from
+    the before spectrum it is most like (inf where no neighbour is finite). b, a: (B, H, W)."""
+    _, h, w = b.shape
+    r = radius
+    padded = np.pad(b, ((0, 0), (r, r), (r, r)), constant_values=np.nan)
+    best = np.full((h, w), np.inf, dtype=np.float32)
+    total = np.empty((h, w), dtype=np.float32)
+    term = np.empty_like(total)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx == 0:
+                continue
+            total.fill(0.0)
+            for i in range(len(a)):
+                np.subtract(a[i], padded[i, r + dy : r + dy + h, r + dx : r + dx + w], out=term)
+                np.divide(term, noise[i], out=term)
+                np.square(term, out=term)
+                total += term
+            np.fmin(best, total, out=best)
+    return best
 
 
 def _known_ranges(
@@ -618,7 +667,16 @@ def detect_change(
     excess = None
     if config.tolerance_px > 0:
         known = _known_ranges(known_before, before, pair.bands, config.tolerance_px)
-        excess, share = _unexplained(b, a, noise, cva, config.tolerance_px, known)
+        excess, share = _unexplained(
+            b,
+            a,
+            noise,
+            cva,
+            config.tolerance_px,
+            known,
+            fraction=config.tolerance_fraction,
+            match=config.tolerance_match,
+        )
         weights.append(keep * share)
     scorer = _Scorer(cva, cond, valid, config.smooth_sigma_px)
     scores = [scorer(w) for w in weights]
