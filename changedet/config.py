@@ -199,13 +199,14 @@ class ChangeConfig:
     # range of its neighbours within this many pixels "before" is misregistration, resampling or a
     # longer shadow, not construction (0 turns it off).
     tolerance_px: int = 1
-    # ...only this share of the way from the pixel's own value before towards its neighbours'
-    # (a residual misalignment of a fraction of a pixel blends in that share of a neighbour;
-    # 1: the whole neighbour value, each band on its own)...
+    # Opt-in, off by default (README: Faint small changes): a neighbour explains only this share
+    # of the way from the pixel's own value before towards its own (a residual misalignment of a
+    # fraction of a pixel blends in that share of a neighbour; 1: the whole way, band by band).
+    # Below 1 it finds more faint small changes, and more false ones.
     tolerance_fraction: float = 1.0
-    # ...or where the "after" spectrum is, in every band at once, the "before" spectrum of one
-    # neighbour within tolerance_px (a shadow edge moved by a pixel, a whole-pixel shift).
-    # Both are off by default: they find more faint small changes and more false ones (README).
+    # With tolerance_fraction below 1: a pixel is explained too where its "after" spectrum is, in
+    # every band at once, the "before" spectrum of one neighbour (a shadow edge moved by a pixel,
+    # a whole-pixel shift). At 1 the band-by-band range already explains that.
     tolerance_match: bool = False
     # Structures seed at this robust z of that tolerant score (the pixel change map at z_threshold):
     # the tolerant score is damped where the neighbourhood explains change, so its seed sits lower.
@@ -841,6 +842,23 @@ def local_catalog_problem(location: str) -> str | None:
 _MIN_LEVEL_BLOCK_PX = 8
 
 
+def _check_tolerance(c: ChangeConfig) -> None:
+    """The opt-in narrower tolerance needs the tolerance, and its match a narrowed range: set
+    otherwise, they would silently change nothing."""
+    narrowed = c.tolerance_fraction < 1.0
+    if c.tolerance_px == 0 and (narrowed or c.tolerance_match):
+        raise ConfigError(
+            "config: change.tolerance_fraction and tolerance_match narrow the tolerance, which "
+            "change.tolerance_px = 0 turns off; set tolerance_px to 1 or more, or leave them out"
+        )
+    if c.tolerance_match and not narrowed:
+        raise ConfigError(
+            "config: change.tolerance_match = true changes nothing with tolerance_fraction = 1 "
+            "(each band's range already explains a neighbour's whole spectrum); set "
+            "tolerance_fraction below 1, e.g. 0.5, or leave tolerance_match out"
+        )
+
+
 def _check_cross_field(config: Config) -> None:
     t, c, b = config.time, config.change, config.berms
     if t.end < t.start:
@@ -857,6 +875,7 @@ def _check_cross_field(config: Config) -> None:
             f"themselves (1 px found nothing on the demo); use 0 (off) or {_MIN_LEVEL_BLOCK_PX} "
             "and more"
         )
+    _check_tolerance(c)
     if c.z_low > c.z_threshold:
         raise ConfigError(
             f"config: change.z_low = {c.z_low:g} is above its seed threshold z_threshold = "

@@ -134,6 +134,10 @@ BAD_VALUES = [
     ("[change]\nrim_share = -0.1\n", "change.rim_share"),
     ("[track]\nsame_change = 1.5\n", "track.same_change"),
     ("[change]\ntolerance_px = -1\n", "change.tolerance_px"),
+    ("[change]\ntolerance_fraction = 1.5\n", "change.tolerance_fraction"),
+    # the opt-in narrowing, set where it would silently change nothing
+    ("[change]\ntolerance_match = true\n", "tolerance_match = true changes nothing"),
+    ("[change]\ntolerance_px = 0\ntolerance_fraction = 0.5\n", "tolerance_px = 0 turns off"),
     ("[change]\nz_low = 12.0\n", "change.z_low"),
     ("[change]\nstructure_z_low = 9.0\n", "change.structure_z_low"),
     ("[change]\nstructure_z_low = 0.0\n", "change.structure_z_low"),
