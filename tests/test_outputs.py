@@ -1162,3 +1162,21 @@ def test_counts_chart_over_years_labels_few_periods_and_its_stamp_hides_no_bar(
     assert {"2020-01", "2021-01", "2024-01"} <= set(shown)
     (stamp,) = [t for t in ax.texts if t.get_text() == "SYNTHETIC data"]
     assert stamp.get_position()[1] > 1.0  # above the plot area, in axes coordinates
+    # 64 quarters: a label every 4, each a first quarter (every 3 fell on Q1, Q4, Q3, ...)
+    starts = [date(2008 + k // 4, 3 * (k % 4) + 1, 1) for k in range(65)]
+    quarters = tuple(
+        PeriodCount(
+            Period(starts[k], starts[k + 1], f"{starts[k].year}-Q{k % 4 + 1}"),
+            new_confirmed=0,
+            cumulative=0,
+            cumulative_low=0,
+            cumulative_high=0,
+            clear_fraction=0.9,
+        )
+        for k in range(64)
+    )
+    drawn.clear()
+    figures.counts_chart(replace(result, counts=quarters))
+    (fig,) = drawn
+    shown = [t.get_text() for t in fig.axes[1].get_xticklabels() if t.get_visible()]
+    assert len(shown) == 16 and all(label.endswith("-Q1") for label in shown), shown

@@ -109,23 +109,22 @@ def counts_chart(result: RunResult) -> bytes:
     ax2.set_ylim(0, min(100.0, max(5.0, 1.15 * max(clear))))
     ax2.yaxis.set_major_locator(MaxNLocator(3))
     ax2.set_ylabel("% of the AOI\nseen clearly", fontsize=8)
-    step = _label_step(len(counts))
+    first = counts[0].period
+    months = (first.end.year - first.start.year) * 12 + first.end.month - first.start.month
+    step = _label_step(len(counts), max(months, 1))
     ax2.set_xticks(x, [c.period.label for c in counts], rotation=45, ha="right", fontsize=8)
     for i, label in enumerate(ax2.get_xticklabels()):
-        label.set_visible(i % step == 0)  # years of months: every tick, a label in `step`
+        label.set_visible(i % step == 0)  # years of periods: every tick, a label in `step`
     return _fig_png(fig)
 
 
-def _label_step(n_periods: int, most: int = 24) -> int:
-    """Every how many periods a tick is labelled: 1, 2, 3, 6, 12, 24, ... so that at most
-    `most` labels show (five years of months: one a half-year, each with its year)."""
-    step = 1
-    for step in (1, 2, 3, 6, 12):
-        if -(-n_periods // step) <= most:
-            return step
-    while -(-n_periods // step) > most:
-        step *= 2
-    return step
+def _label_step(n_periods: int, months: int, most: int = 24) -> int:
+    """Every how many periods of `months` months a tick is labelled, so that at most `most`
+    labels show, every quarter, half-year, year or several years (five years of months: one a
+    quarter; of quarters: every one)."""
+    spans = [m for m in (1, 2, 3, 6) if m % months == 0] + [12 * 2**k for k in range(12)]
+    steps = sorted({span // months for span in spans if span >= months and span % months == 0})
+    return next((k for k in steps if -(-n_periods // k) <= most), steps[-1])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 One responsibility: the classes the overlay map, the report and the QGIS styles share, so all
 three agree. First-seen classes group structures by the month of the first period they were
 present in (the month before `first_seen_end`): one class per month when there are at most
-`MAX_CLASSES` months, else per quarter, half-year or year, so a legend never holds more colours
-than an eye can tell apart on imagery. Colours run along matplotlib's 'plasma' ramp, oldest
+`MAX_CLASSES` months, else per quarter, half-year, year or several years (2, 5, 10 and more,
+from a January of a year their length divides: 2016–2017, 2015–2019), so a legend never holds
+more colours than an eye can tell apart on imagery. Colours run along matplotlib's 'plasma' ramp, oldest
 dark, newest bright. Kinds are drawn apart by fill: buildings solid, ground works hatched.
 Structures the analyst reviewed as false positives are in no class and no count: every picture
 draws them apart, grey and crossed (`dismissed_structures`).
