@@ -204,7 +204,10 @@ def _read(
 # check reads a few per cent of the dates again, not all of them.
 _SAMPLE_STRIPS, _STRIP_ROWS, _MIN_SAMPLES = 8, 8, 500
 # What decides a date's offset (`catalog.items.harmonising_offset`): any of them may be wrong.
-_OFFSET_FLAGS = "earthsearch:boa_offset_applied, s2:processing_baseline, raster:bands offset"
+_OFFSET_FLAGS = (
+    "earthsearch:boa_offset_applied, the processing baseline or the raster:bands offset; "
+    "run.json's search notes say which rule set each offset"
+)
 
 
 def mend_offsets(store: DateStore) -> tuple[str, ...]:
