@@ -5,8 +5,8 @@ three agree. First-seen classes group structures by the month of the first perio
 present in (the month before `first_seen_end`): one class per month when there are at most
 `MAX_CLASSES` months, else per quarter, half-year, year or several years (2, 5, 10 and more,
 from a January of a year their length divides: 2016–2017, 2015–2019), so a legend never holds
-more colours than an eye can tell apart on imagery. Colours run along matplotlib's 'plasma' ramp, oldest
-dark, newest bright. Kinds are drawn apart by fill: buildings solid, ground works hatched.
+more colours than an eye can tell apart on imagery. Colours run along matplotlib's 'plasma'
+ramp, oldest dark, newest bright. Kinds are drawn apart by fill: buildings solid, ground works hatched.
 Structures the analyst reviewed as false positives are in no class and no count: every picture
 draws them apart, grey and crossed (`dismissed_structures`).
 """
@@ -119,7 +119,6 @@ def first_seen_classes(
     items = list(structures)
     months = sorted({m for s in items if (m := first_seen_month(s)) is not None})
     units: list[tuple[date, date]] = []
-    size = 1
     for size in _UNIT_MONTHS:
         units = _units(months, size)
         if len(units) <= max_classes:
