@@ -22,6 +22,7 @@ from changedet.errors import UnsafeHrefError
 
 __all__ = [
     "check_href",
+    "href_name",
     "href_scheme",
     "install_log_redaction",
     "is_remote",
@@ -52,6 +53,13 @@ def public_href(href: str) -> str:
     if parts.port:
         netloc = f"{netloc}:{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def href_name(href: str) -> str:
+    """The last part of `href`'s path, tokens stripped: how a file is named to the analyst (the
+    public href itself when its path ends in nothing)."""
+    public = public_href(href)
+    return public.rstrip("/").rsplit("/", 1)[-1] or public
 
 
 def href_scheme(href: str) -> str:

@@ -29,7 +29,7 @@ from shapely.geometry import mapping
 from changedet.catalog.items import self_href
 from changedet.config import CATALOG_DOCUMENTS, CatalogConfig, local_catalog_problem
 from changedet.errors import CatalogError, ConfigError, UnsafeHrefError
-from changedet.hrefs import check_href, href_scheme, is_remote, public_href, redact
+from changedet.hrefs import check_href, href_name, href_scheme, is_remote, public_href, redact
 from changedet.models import AOI, Progress, no_progress
 
 __all__ = [
@@ -211,10 +211,6 @@ class RawItem:
     item: dict[str, Any]
     base: str  # where its JSON came from (to resolve relative hrefs)
     where: str = ""  # its place among the features that held it, to name one without an id
-
-
-def _doc_name(href: str) -> str:
-    return public_href(href).rstrip("/").rsplit("/", 1)[-1] or href
 
 
 _JSON_KINDS = {type(None): "null", str: "a string", int: "a number", float: "a number",
@@ -601,7 +597,7 @@ def _items_in(
         return [  # an item collection's items resolve their hrefs against it
             replace(raw, base=doc_href)
             for raw in _entries(
-                features, doc_href, label=_doc_name(doc_href), unreadable=unreadable
+                features, doc_href, label=href_name(doc_href), unreadable=unreadable
             )
         ]
     if kind not in ("Catalog", "Collection"):

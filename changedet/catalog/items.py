@@ -350,10 +350,10 @@ def _proj_bbox(doc: Mapping[str, Any]) -> tuple[float, float, float, float] | No
     bbox = doc.get("proj:bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4):
         return None
-    numbers = [_number(v) for v in bbox]
-    if any(v is None for v in numbers):
+    numbers = [n for v in bbox if (n := _number(v)) is not None]
+    if len(numbers) != 4:
         return None
-    xmin, ymin, xmax, ymax = (float(v or 0.0) for v in numbers)
+    xmin, ymin, xmax, ymax = numbers
     return (xmin, ymin, xmax, ymax) if xmin < xmax and ymin < ymax else None
 
 

@@ -31,7 +31,7 @@ from changedet.catalog.items import (
 )
 from changedet.config import CatalogConfig
 from changedet.errors import CatalogError, ConfigError, NoScenesError, UnsafeHrefError
-from changedet.hrefs import install_log_redaction, public_href
+from changedet.hrefs import href_name, install_log_redaction, public_href
 from changedet.models import AOI, Progress, Scene, SearchResult, SkippedScene, no_progress
 
 __all__ = ["search_scenes"]
@@ -237,7 +237,7 @@ class _Sifted:
             self.dropped.append(SkippedScene(item_id or "?", str(exc)))
             return None
         except CatalogError as exc:  # a malformed item (no id, properties or datetime): said
-            name = item_id or raw.where or public_href(raw.base).rsplit("/", 1)[-1]
+            name = item_id or raw.where or href_name(raw.base)
             self.dropped.append(SkippedScene(name, str(exc), unreadable=True))
             return None
         if scene.footprint is None:  # its data's place unknown: the grid could not be cropped
@@ -270,7 +270,7 @@ class _Sifted:
         """Documents of a static catalog left out (one bad item file does not end the search):
         dropped under their file name, with why, as unreadable (the run warns of them)."""
         for href, why in unreadable:
-            name = public_href(href).rstrip("/").rsplit("/", 1)[-1] or href
+            name = href_name(href)
             self.dropped.append(
                 SkippedScene(name, f"catalog document skipped: {why}", unreadable=True)
             )

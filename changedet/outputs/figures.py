@@ -122,8 +122,8 @@ def _label_step(n_periods: int, months: int, most: int = 24) -> int:
     """Every how many periods of `months` months a tick is labelled, so that at most `most`
     labels show, every quarter, half-year, year or several years (five years of months: one a
     quarter; of quarters: every one)."""
-    spans = [m for m in (1, 2, 3, 6) if m % months == 0] + [12 * 2**k for k in range(12)]
-    steps = sorted({span // months for span in spans if span >= months and span % months == 0})
+    spans = (1, 2, 3, 6, *(12 * 2**k for k in range(12)))
+    steps = [span // months for span in spans if span % months == 0]
     return next((k for k in steps if -(-n_periods // k) <= most), steps[-1])
 
 

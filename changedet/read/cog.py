@@ -33,7 +33,7 @@ import numpy as np
 
 from changedet.config import ReadConfig
 from changedet.errors import ConfigError, ReadError, UnsafeHrefError
-from changedet.hrefs import public_href, redact
+from changedet.hrefs import href_name, public_href, redact
 from changedet.models import Asset, Grid, Scene
 from changedet.read.cache import PixelCache
 from changedet.read.upsample import TAPS_DTYPES, source_span, upsample_2x
@@ -225,7 +225,7 @@ def _disagreement(src: Any, asset: Asset) -> str | None:
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
 
-    name = public_href(asset.href).rstrip("/").rsplit("/", 1)[-1]
+    name = href_name(asset.href)
     if src.count != 1:
         return f"{_DISAGREES}: {name} holds {src.count} bands, one expected"
     try:
