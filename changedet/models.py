@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 from affine import Affine
@@ -27,6 +27,7 @@ __all__ = [
     "ChangeMap",
     "ChangeObject",
     "Composite",
+    "Composites",
     "Coverage",
     "DateSeries",
     "EvidenceImage",
@@ -41,6 +42,8 @@ __all__ = [
     "Scene",
     "SearchResult",
     "SkippedScene",
+    "Spill",
+    "SpilledArray",
     "Stack",
     "Structure",
     "StructureEvidence",
@@ -329,6 +332,52 @@ class Composite:
         return self.reflectance[self.bands.index(name)]
 
 
+class Composites(Sequence[Composite]):
+    """A run's period composites, each made when asked for: the pixels of a period the caller
+    has let go of do not stay in memory (they lie in a `Spill`), so a history of many periods
+    costs memory for the few a stage holds at once, not for all of them. `map` derives another
+    sequence (a crop of each) without making any."""
+
+    def __init__(self, n: int, make: Callable[[int], Composite]) -> None:
+        self._n, self._make = n, make
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, index: int) -> Composite: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Composite]: ...
+    def __getitem__(self, index: int | slice) -> Composite | Sequence[Composite]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(self._n)[index]]
+        if not -self._n <= index < self._n:
+            raise IndexError(f"composite {index} of {self._n}")
+        return self._make(index % self._n)
+
+    def map(self, change: Callable[[Composite], Composite]) -> Composites:
+        return Composites(self._n, lambda i: change(self._make(i)))
+
+
+class SpilledArray(Protocol):
+    """One (..., H, W) array kept out of memory: written a few rows at a time, read back whole
+    (`read.store.ArraySpill`)."""
+
+    def write_rows(self, rows: slice, values: np.ndarray) -> None:
+        """values: (..., len(rows), W), cast as an assignment casts; any thread may write."""
+        ...
+
+    def array(self) -> np.ndarray:
+        """The array, read-only; its pixels are in memory only while the caller holds it."""
+        ...
+
+
+class Spill(Protocol):
+    """Where the streaming detector keeps its composites out of memory."""
+
+    def reserve(self, shape: tuple[int, ...], dtype: type[np.generic]) -> SpilledArray: ...
+
+
 @dataclass(frozen=True)
 class ChangeMap:
     """Per-pixel change evidence between two composites on one grid.
@@ -537,7 +586,7 @@ class RunResult:
     min_mapping_unit_m2: float
     berms: tuple[Berm, ...] = ()
     counts: tuple[PeriodCount, ...] = ()
-    composites: tuple[Composite, ...] = ()
+    composites: Sequence[Composite] = ()  # per period (a `Composites`: made when asked for)
     timings: Mapping[str, float] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
     coverage: Coverage | None = None  # analysed area against the AOI's (None: not measured)

@@ -20,6 +20,7 @@ from changedet.blas import one_blas_thread
 from changedet.config import Config, to_dict
 from changedet.core.carry import Known, carry_ids
 from changedet.core.clip import (
+    Window,
     centre_point,
     clip_berms,
     clip_structures,
@@ -39,6 +40,8 @@ from changedet.errors import ConfigError, OutputError, silence_library_noise
 from changedet.models import (
     AOI,
     FALSE_POSITIVE,
+    Composite,
+    Composites,
     DateSeries,
     Grid,
     Period,
@@ -51,6 +54,7 @@ from changedet.models import (
     no_progress,
 )
 from changedet.read.kept import DateKeep
+from changedet.read.store import ArraySpill
 from changedet.seams import Prober, Reader, Searcher, Writer
 
 __all__ = [
@@ -331,6 +335,7 @@ def _run_aoi(
             reuse=reuse,
             known_pixels=_known_pixels(known_here, grid, inside, polygon),
             aoi_polygon=polygon,
+            spill=ArraySpill(),  # the composites, out of memory: a history of years fits
         )
         analysis = apply_review(carry_ids(analysis, known_here), review or {})
         result = _run_result(
@@ -480,12 +485,19 @@ def _on_aoi(
         analysis,
         baseline=crop_composite(analysis.baseline, aoi_grid, win),
         after=crop_composite(analysis.after, aoi_grid, win),
-        per_period=tuple(crop_composite(c, aoi_grid, win) for c in analysis.per_period),
+        per_period=_crops(analysis.per_period, aoi_grid, win),
         change=crop_change(analysis.change, aoi_grid, win, shown_inside),
         structures=clip_structures(analysis.structures, polygon),
         berms=clip_berms(analysis.berms, polygon, {s.id for s in analysis.structures}),
     )
     return shown, shown_inside
+
+
+def _crops(composites: Sequence[Composite], grid: Grid, win: Window) -> Sequence[Composite]:
+    """Each composite cropped to `win`, made when asked for where they are (`Composites`)."""
+    if isinstance(composites, Composites):
+        return composites.map(lambda c: crop_composite(c, grid, win))
+    return tuple(crop_composite(c, grid, win) for c in composites)
 
 
 def _comparison(analysis: Analysis, periods: Sequence[Period]) -> dict[str, Any]:

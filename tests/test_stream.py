@@ -3,7 +3,12 @@ to the bit, whatever the strip height, the number of threads or where the dates 
 
 from __future__ import annotations
 
+import gc
+import time
+import tracemalloc
+import weakref
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -13,14 +18,14 @@ import pytest
 from scipy import ndimage
 
 from changedet.config import Config, load_config
-from changedet.core import timeseries
+from changedet.core import timeseries, track
 from changedet.core.coreg import apply_shift
 from changedet.core.periods import make_periods
 from changedet.core.stream import StackSeries, analyse_series, series_dates
 from changedet.core.timeseries import Analysis, analyse_stack, screen_dates
 from changedet.core.track import PeriodObservation
-from changedet.models import Composite, Grid, Stack, Structure
-from changedet.read.store import DateStore
+from changedet.models import ChangeMap, Composite, Grid, Stack, Structure
+from changedet.read.store import ArraySpill, DateStore
 
 BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
 
@@ -106,8 +111,13 @@ CONFIG = replace(
 )
 
 
-@pytest.mark.parametrize(("strip_bytes", "workers"), [(1, 1), (200_000, 2), (1 << 30, 2)])
-def test_streaming_matches_the_in_memory_detector(strip_bytes: int, workers: int) -> None:
+@pytest.mark.parametrize(
+    ("strip_bytes", "workers", "spilled"),
+    [(1, 1, False), (1, 1, True), (200_000, 2, True), (1 << 30, 2, False)],
+)
+def test_streaming_matches_the_in_memory_detector(
+    strip_bytes: int, workers: int, spilled: bool
+) -> None:
     stack = _synthetic_stack()
     periods = make_periods(CONFIG.time.start, CONFIG.time.end, "month")
     inside = np.ones(stack.grid.shape, bool)
@@ -120,8 +130,108 @@ def test_streaming_matches_the_in_memory_detector(strip_bytes: int, workers: int
         config=CONFIG,
         strip_bytes=strip_bytes,
         workers=workers,
+        spill=ArraySpill() if spilled else None,
     )
     _same_analysis(expected, got)
+
+
+def test_spilled_composites_leave_memory_when_let_go() -> None:
+    """With a spill, the period composites are kept in a file and made when asked for: the
+    analysis holds none of their pixels (numpy's allocations, traced), each one asked for
+    is a new read-only array, and letting it go gives its pixels back."""
+    stack = _synthetic_stack()
+    periods = make_periods(CONFIG.time.start, CONFIG.time.end, "month")
+    inside = np.ones(stack.grid.shape, bool)
+
+    def held(spill: ArraySpill | None) -> tuple[int, Analysis]:
+        tracemalloc.start()
+        try:
+            analysis = analyse_series(
+                StackSeries(stack), inside=inside, periods=periods, config=CONFIG, spill=spill
+            )
+            gc.collect()
+            return tracemalloc.get_traced_memory()[0], analysis
+        finally:
+            tracemalloc.stop()
+
+    in_memory, _ = held(None)
+    spilled, analysis = held(ArraySpill())
+    one = analysis.per_period[0]
+    per_composite = one.reflectance.nbytes + one.count.nbytes + one.source_date.nbytes
+    assert in_memory - spilled >= 0.9 * len(periods) * per_composite
+    again = analysis.per_period[0]
+    assert again is not one and not again.reflectance.flags.writeable
+    np.testing.assert_array_equal(again.reflectance, one.reflectance)
+    with pytest.raises(ValueError, match="read-only"):
+        again.count[0, 0] = 1
+
+
+def test_the_change_of_only_a_few_periods_is_held_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each period's change is computed a few periods ahead of the tracker taking it and let go
+    once tracked: however many periods, only a few scores are alive at any time."""
+    rng = np.random.default_rng(4)
+    h, w, n_t = 40, 48, 36
+    ground = ndimage.gaussian_filter(rng.normal(size=(len(BANDS), h, w)), (0, 2, 2)) * 0.05 + 0.2
+    times = tuple(datetime(2024, 1, 3) + timedelta(days=10 * t) for t in range(n_t))
+    refl = (ground + rng.normal(scale=0.004, size=(n_t, *ground.shape))).astype(np.float32)
+    refl[n_t // 2 :, :, 10:20, 10:22] += np.float32(0.15)  # a building from mid-year
+    grid = Grid.from_origin("EPSG:32639", 500000.0, 3950000.0, 10.0, w, h)
+    clear = np.ones((n_t, h, w), bool)
+    stack = Stack(grid, BANDS, times, tuple((f"s{t}",) for t in range(n_t)), refl, clear)
+    config = replace(CONFIG, time=replace(CONFIG.time, end=date(2024, 12, 31)))
+    periods = make_periods(config.time.start, config.time.end, "month")
+    alive: list[weakref.ref[np.ndarray]] = []
+    most = 0
+    detect = timeseries.detect_change
+
+    def counted(*args: object, **kwargs: object) -> ChangeMap:
+        nonlocal most
+        cmap = detect(*args, **kwargs)  # type: ignore[arg-type]
+        gc.collect()
+        most = max(most, sum(r() is not None for r in alive))
+        alive.append(weakref.ref(cmap.structures[0]))
+        return cmap
+
+    monkeypatch.setattr(timeseries, "detect_change", counted)
+    observe = track._Tracker.observe
+
+    def slowly(self: track._Tracker, k: int, o: PeriodObservation) -> None:
+        time.sleep(0.1)  # a tracker slower than the pool: what is computed ahead waits
+        observe(self, k, o)
+
+    monkeypatch.setattr(track._Tracker, "observe", slowly)
+    got = analyse_series(
+        StackSeries(stack), inside=np.ones(grid.shape, bool), periods=periods, config=config
+    )
+    assert len(alive) == len(periods) + 1  # every period and the overall comparison
+    assert 1 <= most <= 5 < len(periods)  # the overall's, those taken ahead and one tracked
+    assert [s.first_seen_end for s in got.ledger.confirmed] == [periods[6].end]  # July
+
+
+def test_spilled_arrays_read_back_as_written_from_strips_on_threads() -> None:
+    spill = ArraySpill()
+    rng = np.random.default_rng(1)
+    bands = rng.random((3, 37, 11)).astype(np.float32)
+    days = rng.integers(0, 20000, (37, 11))  # int64, stored as the int32 asked for
+    spilled_bands, spilled_days = (
+        spill.reserve(bands.shape, np.float32),
+        spill.reserve(days.shape, np.int32),
+    )
+    empty = spill.reserve((2, 0, 5), np.float32)
+    strips = [slice(r, min(r + 5, 37)) for r in range(0, 37, 5)]
+
+    def write(rows: slice) -> None:
+        spilled_bands.write_rows(rows, bands[:, rows])
+        spilled_days.write_rows(rows, days[rows])
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(write, strips[::-1]))
+    np.testing.assert_array_equal(spilled_bands.array(), bands)
+    assert spilled_days.array().dtype == np.int32
+    np.testing.assert_array_equal(spilled_days.array(), days)
+    assert empty.array().shape == (2, 0, 5)
 
 
 def test_a_brightening_on_the_last_date_waits_only_where_one_period_cannot_confirm() -> None:
@@ -310,7 +420,13 @@ def test_kept_shifts_and_composites_give_what_computing_them_again_gives(tmp_pat
         kept.missed.clear()
         with _store_of(s, tmp_path) as store:
             return analyse_series(
-                store, inside=inside, periods=periods, config=CONFIG, strip_bytes=1, reuse=reuse
+                store,
+                inside=inside,
+                periods=periods,
+                config=CONFIG,
+                strip_bytes=1,
+                reuse=reuse,
+                spill=ArraySpill(),
             )
 
     fresh = run(stack, None)
@@ -366,7 +482,13 @@ def test_a_period_without_dates_is_no_observation_when_the_rest_is_kept(tmp_path
             store, inside=inside, periods=periods[:-1], config=CONFIG, strip_bytes=1, reuse=kept
         )
         got = analyse_series(
-            store, inside=inside, periods=periods, config=config, strip_bytes=1, reuse=kept
+            store,
+            inside=inside,
+            periods=periods,
+            config=config,
+            strip_bytes=1,
+            reuse=kept,
+            spill=ArraySpill(),
         )
     _same_analysis(expected, got)
 

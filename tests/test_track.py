@@ -21,6 +21,7 @@ from changedet.core.timeseries import (
 )
 from changedet.core.track import (
     SAME_CHANGE_Z,
+    PeriodHead,
     PeriodObservation,
     footprint_geometry,
     rasterize_objects,
@@ -96,6 +97,35 @@ def test_two_buildings_counted_with_first_seen_intervals() -> None:
     assert np.array_equal(ledger.footprints == idx, A)
     ev = [(e["period"], e["event"]) for e in ledger.events if e["structure_id"] == a.id]
     assert ev == [("2023-04", "new"), ("2023-05", "confirmed")]
+
+
+class _Stream:
+    """Observations handed out one at a time (an `ObservationStream`), in a shuffled order."""
+
+    def __init__(self, observations: list[PeriodObservation], order: list[int]) -> None:
+        self.listed = [observations[i] for i in order]
+        self.taken: list[int] = []
+
+    @property
+    def heads(self) -> list[PeriodHead]:
+        return [PeriodHead.of(o) for o in self.listed]
+
+    def take(self, k: int) -> PeriodObservation:
+        self.taken.append(k)
+        return self.listed[k]
+
+
+def test_a_stream_of_observations_is_taken_once_each_in_date_order() -> None:
+    pres = {k: [A] for k in range(3, 10)}
+    for k in range(6, 10):
+        pres[k] = [A, B]
+    observations = series(pres)
+    order = [4, 0, 9, 2, 7, 1, 3, 8, 6, 5]
+    stream = _Stream(observations, order)
+    streamed, listed = run(stream), run(observations)  # type: ignore[arg-type]
+    assert stream.taken == [order.index(k) for k in range(len(observations))]
+    assert streamed.structures == listed.structures and streamed.counts == listed.counts
+    assert streamed.events == listed.events and len(streamed.confirmed) == 2
 
 
 def test_cloudy_period_widens_interval_and_high_bound() -> None:

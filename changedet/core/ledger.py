@@ -45,6 +45,7 @@ from changedet.core.kinds import (
     roof_stood,
 )
 from changedet.core.track import (
+    ObservationStream,
     PeriodObservation,
     StateMemo,
     Tracks,
@@ -482,7 +483,7 @@ def _clear_fractions(tracks: Tracks, aoi_mask: np.ndarray | None) -> list[float]
 
 
 def build_ledger(
-    observations: Sequence[PeriodObservation],
+    observations: Sequence[PeriodObservation] | ObservationStream,
     *,
     grid: Grid,
     config: TrackConfig,

@@ -64,7 +64,18 @@ from changedet.core.timeseries import (
     screened_dates,
     screens_last_date,
 )
-from changedet.models import Composite, DateSeries, Grid, Period, Progress, Stack, no_progress
+from changedet.models import (
+    Composite,
+    Composites,
+    DateSeries,
+    Grid,
+    Period,
+    Progress,
+    Spill,
+    SpilledArray,
+    Stack,
+    no_progress,
+)
 
 __all__ = ["StackSeries", "analyse_series", "as_series", "series_dates"]
 
@@ -359,54 +370,87 @@ def _corrected(
 # --- composites ------------------------------------------------------------------------------
 
 
+Pixels = np.ndarray | SpilledArray  # a composite's array: in memory, or in a `Spill`
+
+
+def _held(pixels: Pixels) -> np.ndarray:
+    return pixels if isinstance(pixels, np.ndarray) else pixels.array()
+
+
+def _write_rows(pixels: Pixels, rows: slice, values: np.ndarray) -> None:
+    if isinstance(pixels, np.ndarray):
+        pixels[..., rows, :] = values
+    else:
+        pixels.write_rows(rows, values)
+
+
 @dataclass
 class _Target:
-    """One composite being filled strip by strip."""
+    """One composite being filled strip by strip (in memory, or in a `Spill`)."""
 
     period: Period
     dates: list[int]
-    reflectance: np.ndarray
-    count: np.ndarray
-    source_date: np.ndarray
+    reflectance: Pixels
+    count: Pixels
+    source_date: Pixels
     days: np.ndarray  # days since 1970 of `dates`, then -1 (index -1 = no composite)
 
     @classmethod
-    def empty(cls, period: Period, dates: list[int], series: DateSeries) -> _Target:
+    def empty(
+        cls, period: Period, dates: list[int], series: DateSeries, spill: Spill | None = None
+    ) -> _Target:
         """Unfilled when it has dates (every strip writes it); a period without any is filled
         now, as no observation: no strip may come (nothing else to compute), and its garbage
         was read as a composite (an incremental run early in a month without a scene yet)."""
         bands, grid = (len(series.bands), *series.grid.shape), series.grid.shape
         days = np.array([*((series.times[t].date() - _EPOCH).days for t in dates), -1], np.int32)
-        if dates:
-            return cls(
-                period,
-                dates,
-                np.empty(bands, np.float32),
-                np.empty(grid, np.uint16),
-                np.empty(grid, np.int32),
-                days,
-            )
-        return cls(
-            period,
-            dates,
-            np.full(bands, np.nan, np.float32),
-            np.zeros(grid, np.uint16),
-            np.full(grid, -1, np.int32),
-            days,
-        )
+        layers: list[tuple[tuple[int, ...], type[np.generic], float]] = [
+            (bands, np.float32, np.nan),
+            (grid, np.uint16, 0),
+            (grid, np.int32, -1),
+        ]
+        if spill is not None:
+            arrays: list[Pixels] = [spill.reserve(shape, kind) for shape, kind, _ in layers]
+            if not dates:
+                height = series.grid.height
+                for out, (shape, kind, fill) in zip(arrays, layers, strict=True):
+                    _write_rows(out, slice(0, height), np.full(shape, fill, kind))
+        elif dates:
+            arrays = [np.empty(shape, kind) for shape, kind, _ in layers]
+        else:
+            arrays = [np.full(shape, fill, kind) for shape, kind, fill in layers]
+        reflectance, count, source_date = arrays
+        return cls(period, dates, reflectance, count, source_date, days)
 
-    def composite(self, series: DateSeries, made_from: bytes | None = None) -> Composite:
-        ids = tuple(dict.fromkeys(sid for t in self.dates for sid in series.scene_ids[t]))
+    def composite(
+        self, grid: Grid, bands: tuple[str, ...], ids: tuple[str, ...], made_from: bytes | None
+    ) -> Composite:
         return Composite(
-            series.grid,
-            series.bands,
+            grid,
+            bands,
             self.period,
-            self.reflectance,
-            self.count,
-            self.source_date,
+            _held(self.reflectance),
+            _held(self.count),
+            _held(self.source_date),
             ids,
             made_from,
         )
+
+    def keep(self, arrays: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Take a composite computed before (the monitor's period cache): into the spill, where
+        there is one, so the cache's mapping of it is let go (memory does not grow with the
+        periods in a monitoring run either)."""
+        if isinstance(self.reflectance, np.ndarray):
+            self.reflectance, self.count, self.source_date = arrays
+            return
+        whole = slice(0, arrays[1].shape[0])
+        for out, values in zip(
+            (self.reflectance, self.count, self.source_date), arrays, strict=True
+        ):
+            _write_rows(out, whole, values)
+
+    def scene_ids(self, series: DateSeries) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(sid for t in self.dates for sid in series.scene_ids[t]))
 
 
 def _shifted_strip(
@@ -482,9 +526,9 @@ def _composites(
                 min_clear_obs=min_obs,
                 reference_band=ref_band,
             )
-            target.reflectance[:, rows] = median
-            target.count[rows] = count
-            target.source_date[rows] = target.days[index]
+            _write_rows(target.reflectance, rows, median)
+            _write_rows(target.count, rows, count)
+            _write_rows(target.source_date, rows, target.days[index])
 
     # the strip, plus about half as much again for the sort of the largest target
     strips = _strips(
@@ -528,10 +572,12 @@ def _fill_composites(
         if found is None:
             todo.append((target, key))
         else:
-            target.reflectance, target.count, target.source_date = found
+            target.keep(found)
     _composites(ctx, [t for t, _ in todo], corrected, progress, levels)
     for target, key in todo:
-        reuse.keep_composite(key, target.reflectance, target.count, target.source_date)
+        reuse.keep_composite(
+            key, _held(target.reflectance), _held(target.count), _held(target.source_date)
+        )
     return [key.encode() for key in keys]
 
 
@@ -553,13 +599,14 @@ def _levels(
     # not the date's whole grid several times over per worker.
     rows = _strip_rows(series, 1, 2 * len(series.bands), ctx.budget)
     strips = _strips(series.grid.height, max(rows // block, 1) * block)
+    against_pixels = _held(reference.reflectance)
 
     def level(t: int) -> np.ndarray:
         halo = _halo(corrected, [t])
         parts = []
         for strip in strips:
             values, clear = _shifted_strip(ctx, strip, [t], corrected, halo)
-            parts.append(block_levels(values[0], clear[0], reference.reflectance[:, strip], block))
+            parts.append(block_levels(values[0], clear[0], against_pixels[:, strip], block))
         return filled(np.concatenate(parts, axis=1))
 
     if ctx.workers <= 1:
@@ -588,10 +635,13 @@ def analyse_series(
     reuse: ArrayMemo | None = None,
     known_pixels: np.ndarray | None = None,
     aoi_polygon: Any | None = None,
+    spill: Spill | None = None,
 ) -> Analysis:
     """`analyse_stack` of a series read a few rows at a time (see the module's docstring).
     memo: periods' change computed before; reuse: shifts and composites computed before
-    (`core.reuse`); known_pixels: where the AOI's known structures stand (`Ledger.within`)."""
+    (`core.reuse`); known_pixels: where the AOI's known structures stand (`Ledger.within`);
+    spill: where the composites are kept, out of memory (the analysis's `per_period` makes
+    each when asked for, so memory does not grow with the periods)."""
     timer = timer or StageTimer()
     workers = workers or min(os.cpu_count() or 1, 4)
     ctx = _Context(series, periods, config, inside, workers, strip_bytes)
@@ -604,16 +654,24 @@ def analyse_series(
     with timer("coregister"):
         shifts = _shifts(ctx, refs, screened, keys)
     with timer("composite"):
-        targets = [_Target.empty(p, d, series) for p, d in zip(periods, ctx.dates_in, strict=True)]
+        targets = [
+            _Target.empty(p, d, series, spill) for p, d in zip(periods, ctx.dates_in, strict=True)
+        ]
         spans = [baseline.span, after_span(periods, baseline, series.times)]
         for p in spans:
-            targets.append(_Target.empty(p, dates_in(series.times, p), series))
+            targets.append(_Target.empty(p, dates_in(series.times, p), series, spill))
         corrected = _corrected(shifts, config, len(refs))
         levelled = _levels(ctx, baseline.span, corrected, keys)
         made_from = _fill_composites(ctx, targets, corrected, keys, progress, levelled)
         digests: Sequence[bytes | None] = made_from or [None] * len(targets)
-        composites = [t.composite(series, d) for t, d in zip(targets, digests, strict=True)]
-    per_period, before, after = composites[: len(periods)], composites[-2], composites[-1]
+        grid, bands = series.grid, series.bands
+        ids = [t.scene_ids(series) for t in targets]
+
+        def composite(i: int) -> Composite:
+            return targets[i].composite(grid, bands, ids[i], digests[i])
+
+        per_period = Composites(len(periods), composite)
+        before, after = composite(len(targets) - 2), composite(len(targets) - 1)
     return analyse_composites(
         before,
         after,

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -47,11 +47,12 @@ from changedet.core.level import date_levels, subtract_levels
 from changedet.core.mask import DIP_BAND, temporal_dips, temporal_spikes
 from changedet.core.objects import extract_objects
 from changedet.core.periods import Comparison, plan_comparison
-from changedet.core.track import PeriodObservation, StateMemo
+from changedet.core.track import PeriodHead, PeriodObservation, StateMemo
 from changedet.models import (
     Berm,
     ChangeMap,
     Composite,
+    Composites,
     Period,
     Progress,
     Stack,
@@ -94,7 +95,15 @@ class StageTimer:
         try:
             yield
         finally:
-            self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
+            self.add(stage, time.perf_counter() - t0)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 3)
+
+    def move(self, source: str, stage: str, seconds: float) -> None:
+        """Count `seconds` timed as `source` as `stage`'s (a stage that waited on another)."""
+        self.add(source, -seconds)
+        self.add(stage, seconds)
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,7 @@ class Analysis:
     baseline: Composite
     after: Composite
     change: ChangeMap  # baseline against `after`, the overall picture
-    per_period: tuple[Composite, ...]
+    per_period: Sequence[Composite]  # a tuple, or `Composites` made when asked for
     ledger: Ledger
     structures: tuple[Structure, ...]  # the ledger's structures with berm flags set
     berms: tuple[Berm, ...]
@@ -279,6 +288,55 @@ def level_stack(stack: Stack, baseline: Baseline, config: Config) -> Stack:
     return replace(stack, reflectance=reflectance)
 
 
+class _PeriodStream:
+    """The periods' observations (`_observe_periods`) as the tracker takes them: each computed
+    on the pool a few periods ahead of it, or found in the memo, and let go once taken, so a
+    history of many periods holds the change of a few at a time (`ObservationStream`)."""
+
+    AHEAD = 2  # periods computed ahead of the one taken: the pool's two threads stay busy
+
+    def __init__(
+        self,
+        heads: Sequence[PeriodHead],
+        observe: Callable[[int], PeriodObservation],
+        *,
+        keys: Sequence[str],
+        memo: PeriodMemo | None,
+        pool: Executor,
+        progress: Progress,
+    ) -> None:
+        self._heads, self._observe, self._keys = heads, observe, keys
+        self._memo, self._pool, self._progress = memo, pool, progress
+        self._pending: dict[int, PeriodObservation | Future[PeriodObservation]] = {}
+        self._taken: set[int] = set()
+        self.waited = 0.0  # seconds the tracker waited for a period's change
+
+    @property
+    def heads(self) -> Sequence[PeriodHead]:
+        return self._heads
+
+    def _ask(self, i: int) -> None:
+        """Start period i: from the memo (asked from this thread), else on the pool."""
+        if i >= len(self._heads) or i in self._pending or i in self._taken:
+            return
+        seen = self._memo.get(self._keys[i]) if self._memo is not None else None
+        self._pending[i] = seen if seen is not None else self._pool.submit(self._observe, i)
+
+    def take(self, k: int) -> PeriodObservation:
+        t0 = time.perf_counter()
+        for i in range(k, k + 1 + self.AHEAD):
+            self._ask(i)
+        got = self._pending.pop(k)
+        self._taken.add(k)
+        if isinstance(got, Future):
+            got = got.result()
+            if self._memo is not None:
+                self._memo.put(self._keys[k], got)
+        self._progress("change per period", len(self._taken), len(self._heads))
+        self.waited += time.perf_counter() - t0
+        return replace(got, made_from=self._keys[k].encode() if self._keys[k] else None)
+
+
 def _observe_periods(
     baseline_composite: Composite,
     per_period: Sequence[Composite],
@@ -291,7 +349,7 @@ def _observe_periods(
     baseline_range: BeforeRange | None = None,
     made_from: Sequence[bytes] | None = None,
     pool: Executor,
-) -> list[PeriodObservation]:
+) -> _PeriodStream:
     """Baseline periods as "absent" evidence, then each later period's objects of new structures.
     baseline_range: `before_range` of the baseline composite, when computed already; made_from:
     see `analyse_composites`; pool: the threads the periods are computed on."""
@@ -301,15 +359,15 @@ def _observe_periods(
     keys = [""] * len(per_period)
     if memo is not None:
         if made_from is None:
-            made_from = [_digest(c.reflectance, c.count) for c in (*per_period, baseline_composite)]
+            # one composite at a time: a spilled one's pixels leave memory once digested
+            made_from = [_digest(c.reflectance, c.count) for c in per_period]
+            made_from.append(_digest(baseline_composite.reflectance, baseline_composite.count))
         shared = hashlib.blake2b(made_from[-1] + _digest(inside), digest_size=20).digest()
         keys = [
             _memo_key(shared, d, c, config)
             for d, c in zip(made_from[: len(per_period)], per_period, strict=True)
         ]
     n_base = baseline.last + 1
-    known = [memo.get(key) if memo is not None else None for key in keys]
-    todo = [i for i, seen in enumerate(known) if seen is None]
 
     def observe(i: int) -> PeriodObservation:
         comp = per_period[i]
@@ -347,19 +405,13 @@ def _observe_periods(
         )
 
     # Each period against the same baseline: independent, so on the pool's threads (numpy and
-    # scipy release the GIL in the heavy steps); the memo is asked and filled from this thread.
-    progress("change per period", len(keys) - len(todo), len(keys))
-    computed = pool.map(observe, todo)
-    for done, (i, seen) in enumerate(zip(todo, computed, strict=True), start=1):
-        known[i] = seen
-        if memo is not None:
-            memo.put(keys[i], seen)
-        progress("change per period", len(keys) - len(todo) + done, len(keys))
-    return [
-        replace(seen, made_from=key.encode() if key else None)
-        for seen, key in zip(known, keys, strict=True)
-        if seen is not None
+    # scipy release the GIL in the heavy steps), a few ahead of the tracker taking them.
+    heads = [
+        PeriodHead(c.period, c.scene_ids, i < n_base, key.encode() if key else None)
+        for i, (c, key) in enumerate(zip(per_period, keys, strict=True))
     ]
+    progress("change per period", 0, len(heads))
+    return _PeriodStream(heads, observe, keys=keys, memo=memo, pool=pool, progress=progress)
 
 
 # A baseline resting on fewer dates at a pixel repeats its own noise in every later period, so
@@ -551,7 +603,8 @@ def analyse_composites(
     grid = before.grid
     # Two threads for the comparisons with the baseline (each holds a few full-grid float32
     # layers: not more, whatever the machine).
-    with timer("change"), ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 2)) as pool:
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 2)) as pool:
+        t0 = time.perf_counter()
         before_ranges = before_range(before, cc)  # every comparison below is against `before`
         # The overall comparison first, on the same threads as the periods: a monitoring run
         # that recomputes one period then computes both at once.
@@ -568,26 +621,39 @@ def analyse_composites(
             made_from=made_from,
             pool=pool,
         )
+        set_up = time.perf_counter() - t0
+        with timer("track"):
+            # Few clear periods allow less persistence than configured (`Baseline.comparison`).
+            track = replace(config.track, min_persistence=baseline.comparison.min_persistence)
+            window_ledger = build_ledger(
+                observations,  # each period's change computed as the tracker takes it
+                grid=grid,
+                config=track,
+                kinds=config.kinds,
+                min_area_m2=cc.min_area_m2,
+                aoi_mask=inside,
+                memo=memo if isinstance(memo, StateMemo) else None,
+                asked_persistence=baseline.comparison.wanted_persistence,
+            )
+            ledger = window_ledger.within(inside, known_pixels, polygon=aoi_polygon)
+        t1 = time.perf_counter()
         change = overall.result()
-    with timer("track"):
-        # Few clear periods allow less persistence than configured (`Baseline.comparison`).
-        track = replace(config.track, min_persistence=baseline.comparison.min_persistence)
-        window_ledger = build_ledger(
-            observations,
-            grid=grid,
-            config=track,
-            kinds=config.kinds,
-            min_area_m2=cc.min_area_m2,
-            aoi_mask=inside,
-            memo=memo if isinstance(memo, StateMemo) else None,
-            asked_persistence=baseline.comparison.wanted_persistence,
-        )
-        ledger = window_ledger.within(inside, known_pixels, polygon=aoi_polygon)
+        # the time the tracker waited for the periods' change is the change stage's
+        timer.move("track", "change", observations.waited)
+        timer.add("change", set_up + time.perf_counter() - t1)
     with timer("berms"):
         # Berm evidence excludes every structure's footprint in the window, not just the AOI's.
         flagged, berms = _with_berms(window_ledger, before, after, config)
         kept = {s.id for s in ledger.structures}
         structures = tuple(s for s in flagged if s.id in kept)
     return Analysis(
-        before, after, change, tuple(per_period), ledger, structures, berms, date_shifts, baseline
+        before,
+        after,
+        change,
+        per_period if isinstance(per_period, Composites) else tuple(per_period),
+        ledger,
+        structures,
+        berms,
+        date_shifts,
+        baseline,
     )

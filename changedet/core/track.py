@@ -53,6 +53,8 @@ from changedet.models import ChangeObject, Grid, Period, Structure
 
 __all__ = [
     "TRACK_VERSION",
+    "ObservationStream",
+    "PeriodHead",
     "PeriodObservation",
     "StateMemo",
     "Tracks",
@@ -683,7 +685,48 @@ class StateMemo(Protocol):
         """Whether a state is kept under `key` (and so still wanted: not pruned)."""
 
 
-def _prefix_keys(obs: Sequence[PeriodObservation], settings: tuple[Any, ...]) -> list[str] | None:
+@dataclass(frozen=True)
+class PeriodHead:
+    """What is known of a period's observation before it is computed."""
+
+    period: Period
+    scene_ids: tuple[str, ...] = ()
+    baseline: bool = False
+    made_from: bytes | None = None
+
+    @classmethod
+    def of(cls, o: PeriodObservation) -> PeriodHead:
+        return cls(o.period, o.scene_ids, o.baseline, o.made_from)
+
+
+@runtime_checkable
+class ObservationStream(Protocol):
+    """Periods' observations computed as the tracker asks for them: each one's score and change
+    codes are let go once it is tracked, so they never are all in memory at once."""
+
+    @property
+    def heads(self) -> Sequence[PeriodHead]: ...
+
+    def take(self, k: int) -> PeriodObservation:
+        """The observation of `heads[k]`; each is asked for once."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """Observations already computed, as an `ObservationStream`."""
+
+    observations: Sequence[PeriodObservation]
+
+    @property
+    def heads(self) -> Sequence[PeriodHead]:
+        return [PeriodHead.of(o) for o in self.observations]
+
+    def take(self, k: int) -> PeriodObservation:
+        return self.observations[k]
+
+
+def _prefix_keys(obs: Sequence[PeriodHead], settings: tuple[Any, ...]) -> list[str] | None:
     """keys[m - 1]: a digest of the tracker's state after the first m periods (their digests,
     in order, and the settings); None when some observation has no digest."""
     if any(o.made_from is None for o in obs):
@@ -704,7 +747,7 @@ def _prefix_keys(obs: Sequence[PeriodObservation], settings: tuple[Any, ...]) ->
 _STATES_KEPT = 3
 
 
-def _kept_before(obs: Sequence[PeriodObservation]) -> set[int]:
+def _kept_before(obs: Sequence[PeriodHead]) -> set[int]:
     """The periods before which the tracker's state is kept."""
     with_scenes = [k for k, o in enumerate(obs) if o.scene_ids] or [len(obs) - 1]
     return set(with_scenes[-_STATES_KEPT:])
@@ -720,29 +763,8 @@ def _resumed(memo: StateMemo, keys: Sequence[str]) -> tuple[_Tracker | None, int
     return None, 0
 
 
-def _tracked_from_kept(
-    obs: Sequence[PeriodObservation],
-    keys: Sequence[str],
-    memo: StateMemo,
-    settings: tuple[Grid, TrackConfig, float, float],
-) -> _Tracker:
-    """Every period observed, from the longest kept state on, keeping the states before the
-    newest periods with scenes (those an earlier run kept are marked still wanted)."""
-    tracker, start = _resumed(memo, keys)
-    tracker = tracker or _Tracker(*settings)
-    before = {k for k in _kept_before(obs) if k > 0}
-    for k in range(start, len(obs)):
-        if k in before and k > start:
-            memo.put_state(keys[k - 1], tracker)
-        tracker.observe(k, obs[k])
-    for k in before:
-        if k <= start:
-            memo.has_state(keys[k - 1])
-    return tracker
-
-
 def track_periods(
-    observations: Sequence[PeriodObservation],
+    observations: Sequence[PeriodObservation] | ObservationStream,
     *,
     grid: Grid,
     config: TrackConfig,
@@ -752,26 +774,43 @@ def track_periods(
 ) -> Tracks:
     """Match the objects of every period into tracks (see the module docstring).
 
+    observations: every period's, or a stream of them, taken in date order one at a time.
     roof_flattening: objects whose spectral flattening reaches this look like roofs (`core.kinds`);
     roof-like and other pieces are never merged.
     min_area_m2: minimum mapping unit; new parts smaller than this are growth, not structures.
     memo: the states before the newest periods with scenes are kept there, and a run whose first
     periods are those of a kept state goes on from it (without `made_from`, all are tracked).
     """
-    obs = tuple(sorted(observations, key=lambda o: (o.period.start, o.period.end)))
-    for o in obs:
+    stream = observations if isinstance(observations, ObservationStream) else _Listed(observations)
+    given = stream.heads
+    order = sorted(range(len(given)), key=lambda i: (given[i].period.start, given[i].period.end))
+    heads = [given[i] for i in order]
+    settings = (grid, config, min_area_m2, roof_flattening)
+    keys = None if memo is None else _prefix_keys(heads, settings)
+    tracker, start = (None, 0) if memo is None or keys is None else _resumed(memo, keys)
+    tracker = tracker or _Tracker(*settings)
+    before = set() if memo is None or keys is None else {k for k in _kept_before(heads) if k > 0}
+    kept = []
+    for k, i in enumerate(order):
+        o = stream.take(i)
         if o.observed.shape != grid.shape:
             raise DataError(f"period {o.period.label}: observed shape {o.observed.shape} != grid")
-    settings = (grid, config, min_area_m2, roof_flattening)
-    keys = None if memo is None else _prefix_keys(obs, settings)
-    if memo is None or keys is None:
-        tracker = _Tracker(*settings)
-        for k, o in enumerate(obs):
+        if k >= start:
+            if k in before and k > start:
+                assert memo is not None and keys is not None
+                memo.put_state(keys[k - 1], tracker)
             tracker.observe(k, o)
-    else:
-        tracker = _tracked_from_kept(obs, keys, memo, settings)
-    # the scores and change codes are not needed any more
-    obs = tuple(replace(o, score=None, band_change=None) for o in obs)
+        kept.append(replace(o, score=None, band_change=None))  # not needed any more
+    if memo is not None and keys is not None:
+        for k in before:
+            if k <= start:
+                memo.has_state(keys[k - 1])
     return Tracks(
-        obs, tracker.tracks, tracker.had_object, tracker.had_change, grid, config, min_area_m2
+        tuple(kept),
+        tracker.tracks,
+        tracker.had_object,
+        tracker.had_change,
+        grid,
+        config,
+        min_area_m2,
     )

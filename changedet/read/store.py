@@ -20,6 +20,8 @@ its own file, open until the store is closed.
 from __future__ import annotations
 
 import hashlib
+import math
+import mmap
 import os
 import tempfile
 import threading
@@ -34,7 +36,7 @@ from changedet.core.mask import one_or_nan
 from changedet.models import Grid
 from changedet.read.kept import DateKeep, KeptDate, KeptFile
 
-__all__ = ["DateStore", "SpillMap"]
+__all__ = ["ArraySpill", "DateStore", "SpillMap"]
 
 _DIGEST_CHUNK = 8 * 1024 * 1024  # bytes read back at a time to fingerprint a date
 
@@ -408,3 +410,61 @@ class SpillMap(MutableMapping[str, np.ndarray]):
     def close(self) -> None:
         self._index.clear()
         self._file.close()
+
+
+class ArraySpill:
+    """Arrays kept in an anonymous temporary file instead of memory: the streaming detector's
+    composites, one per period, which would otherwise grow memory with every period of a long
+    history. Each is written a few rows at a time (from any thread, each at its own offset) and
+    mapped back read-only whenever it is asked for: the pages a caller touched leave memory with
+    the array it was given (they stay in the page cache, which the kernel may drop). The file
+    lives as long as any of its arrays (a run's result is read after the run's other files are
+    closed)."""
+
+    def __init__(self, *, folder: str | None = None) -> None:
+        self._file = tempfile.TemporaryFile(prefix="changedet-composites-", dir=folder)  # noqa: SIM115
+        self._end = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, shape: tuple[int, ...], dtype: type[np.generic]) -> SpilledRows:
+        kind = np.dtype(dtype)
+        nbytes = math.prod(shape) * kind.itemsize
+        with self._lock:  # each array starts on a page: a mapping's offset must
+            offset = self._end
+            self._end += -(-nbytes // mmap.ALLOCATIONGRANULARITY) * mmap.ALLOCATIONGRANULARITY
+            os.ftruncate(self._file.fileno(), self._end)
+        return SpilledRows(self._file, offset, shape, kind)
+
+
+class SpilledRows:
+    """One (..., H, W) array of an `ArraySpill` (see there)."""
+
+    def __init__(self, file: Any, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any]):
+        if len(shape) < 2:
+            raise ValueError(f"a spilled array has rows and columns, not shape {shape}")
+        self._file, self._offset, self.shape, self.dtype = file, offset, shape, dtype
+
+    def write_rows(self, rows: slice, values: np.ndarray) -> None:
+        height, width = self.shape[-2:]
+        start, stop, _ = rows.indices(height)
+        plane = height * width * self.dtype.itemsize
+        lead = values.reshape(-1, stop - start, width)
+        for i, part in enumerate(lead):
+            data = np.ascontiguousarray(part, dtype=self.dtype)
+            _write_all(
+                self._file.fileno(),
+                data,
+                self._offset + i * plane + start * width * self.dtype.itemsize,
+            )
+
+    def array(self) -> np.ndarray:
+        n = math.prod(self.shape)
+        if n == 0:
+            return np.empty(self.shape, self.dtype)
+        mapped = mmap.mmap(
+            self._file.fileno(),
+            n * self.dtype.itemsize,
+            offset=self._offset,
+            access=mmap.ACCESS_READ,
+        )
+        return np.frombuffer(mapped, dtype=self.dtype, count=n).reshape(self.shape)
