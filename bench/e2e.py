@@ -17,6 +17,7 @@ Prints wall, CPU (user + sys of the child) and peak RSS, medians of --repeat, ch
 split (run.json timings) and ratios. The machine is shared: compare ratios within one run.
 
     python bench/e2e.py --dates 100 --size 1000 [--repeat 3] [--workers 4] [--level-block-px 32]
+    python bench/e2e.py --dates 100 --size 1000 --years 5 --only changedet  # 60 monthly periods
 """
 
 from __future__ import annotations
@@ -171,11 +172,11 @@ _CHANGEDET = r"""
 import json, sys, time
 from pathlib import Path
 from changedet.cli import main
-catalog, out, config = sys.argv[1:4]
+catalog, out, config, end = sys.argv[1:5]
 t0 = time.perf_counter()
 try:
     main(["run", str(Path(catalog).parent / "aoi.geojson"), "--catalog", catalog, "--config", config,
-          "--start", "2023-06-01", "--end", "2024-05-31", "--out", out, "--quiet"])
+          "--start", "2023-06-01", "--end", end, "--out", out, "--quiet"])
 except SystemExit as exc:
     if exc.code:
         raise
@@ -273,6 +274,13 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 2, help="reference's Dask threads"
     )
+    parser.add_argument(
+        "--years",
+        type=int,
+        default=1,
+        help="the dates spread over this many years: monthly periods for memory against periods "
+        "(with --only changedet: the script's monthly medians are of one year)",
+    )
     parser.add_argument("--data", type=Path, default=Path("/tmp/changedet-bench-e2e"))
     parser.add_argument("--only", choices=["changedet", "reference", "floor"], action="append")
     parser.add_argument(
@@ -284,7 +292,8 @@ def main() -> None:
     args = parser.parse_args()
 
     t = time.perf_counter()
-    catalog = make_data(args.data, n_dates=args.dates, size=args.size)
+    catalog = make_data(args.data, n_dates=args.dates, size=args.size, days=365 * args.years)
+    end = (START.replace(year=START.year + args.years) - timedelta(days=1)).date().isoformat()
     print(f"data ready in {time.perf_counter() - t:.1f} s: {catalog}", flush=True)
     config = catalog.parent / "bench.toml"
     config.write_text(
@@ -296,7 +305,7 @@ def main() -> None:
     for _ in range(args.repeat):  # alternated: machine load hits every contender alike
         if "changedet" in chosen:
             with tempfile.TemporaryDirectory(prefix="changedet-e2e-") as out:
-                runs["changedet"].append(_child(_CHANGEDET, str(catalog), out, str(config)))
+                runs["changedet"].append(_child(_CHANGEDET, str(catalog), out, str(config), end))
         if "reference" in chosen:
             runs["reference"].append(_child(_REFERENCE, str(catalog), aoi, str(args.workers)))
         if "floor" in chosen:
