@@ -53,14 +53,16 @@ def machine_trouble(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {exc.filename}" if exc.filename else ""
         return (
-            f"a disk is full ({exc.strerror}{where}): changedet keeps each date's pixels in the "
-            f"temporary folder {tempfile.gettempdir()} while it runs, besides its cache and "
+            f"a disk is full ({exc.strerror}{where}): changedet keeps each date's pixels and "
+            f"each period's composite in the temporary folder {tempfile.gettempdir()} while it "
+            "runs, besides its cache and "
             "outputs; free space, or set TMPDIR to a folder on a larger disk, then rerun"
         )
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return (
             f"a file grew past the file-size limit ({exc.strerror}): changedet keeps each date's "
-            f"pixels in the temporary folder {tempfile.gettempdir()} while it runs; lift the "
+            f"pixels and each period's composite in the temporary folder "
+            f"{tempfile.gettempdir()} while it runs; lift the "
             "limit (ulimit -f unlimited), then rerun"
         )
     # sqlite3's DatabaseError, named not imported: the state module alone talks to SQLite

@@ -310,26 +310,37 @@ def test_run_on_the_sample_tiles_with_the_real_catalog_and_reader(tmp_path: Path
     np.testing.assert_allclose(m - m.mean(axis=0), -(p - p.mean(axis=0)), atol=0.2)
 
 
+@pytest.mark.parametrize("filling", ["dates", "composites"])
 def test_a_full_disk_while_reading_is_one_line_saying_what_to_do(
-    scenario: Scenario, fake_io: Callable[..., PipelineIO], tmp_path: Path
+    scenario: Scenario,
+    fake_io: Callable[..., PipelineIO],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    filling: str,
 ) -> None:
-    """The dates are kept in the temporary folder while a run works: a full disk there is the
-    machine's trouble, not a bug to report."""
+    """The dates and the period composites are kept in the temporary folder while a run works:
+    a full disk there is the machine's trouble, not a bug to report."""
     import errno
     import tempfile
 
     from changedet.compute import run_aois
+    from changedet.read.store import SpilledRows
 
     def full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    io = replace(fake_io(scenario.stack), read=full)
+    io = fake_io(scenario.stack)
+    if filling == "dates":
+        io = replace(io, read=full)
+    else:
+        monkeypatch.setattr(SpilledRows, "write_rows", full)
     (outcome,) = run_aois([scenario.aoi], scenario.config, out_root=tmp_path / "out", io=io)
     assert outcome.summary is None and outcome.exit_code == 1
     assert outcome.error == (
-        "a disk is full (No space left on device): changedet keeps each date's pixels in the "
-        f"temporary folder {tempfile.gettempdir()} while it runs, besides its cache and outputs; "
-        "free space, or set TMPDIR to a folder on a larger disk, then rerun"
+        "a disk is full (No space left on device): changedet keeps each date's pixels and each "
+        f"period's composite in the temporary folder {tempfile.gettempdir()} while it runs, "
+        "besides its cache and outputs; free space, or set TMPDIR to a folder on a larger disk, "
+        "then rerun"
     )
     assert not (tmp_path / "out").exists()
 
