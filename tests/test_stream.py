@@ -25,7 +25,7 @@ from changedet.core.stream import StackSeries, analyse_series, series_dates
 from changedet.core.timeseries import Analysis, analyse_stack, screen_dates
 from changedet.core.track import PeriodObservation
 from changedet.models import ChangeMap, Composite, Grid, Stack, Structure
-from changedet.read.store import ArraySpill, DateStore
+from changedet.read.store import ArraySpill, DateStore, SpilledRows
 
 BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
 
@@ -232,6 +232,14 @@ def test_spilled_arrays_read_back_as_written_from_strips_on_threads() -> None:
     assert spilled_days.array().dtype == np.int32
     np.testing.assert_array_equal(spilled_days.array(), days)
     assert empty.array().shape == (2, 0, 5)
+    empty.write_rows(slice(0, 0), np.zeros((2, 0, 5)))
+    # a shape that does not fit raises, as an assignment would, and spills into no neighbour
+    with pytest.raises(ValueError, match="broadcast"):
+        spilled_bands.write_rows(slice(0, 5), np.ones((3, 5, 22), np.float32))
+    with pytest.raises(ValueError, match="broadcast"):
+        spilled_bands.write_rows(slice(0, 5), np.ones((4, 5, 11), np.float32))
+    np.testing.assert_array_equal(spilled_bands.array(), bands)
+    np.testing.assert_array_equal(spilled_days.array(), days)
 
 
 def test_a_brightening_on_the_last_date_waits_only_where_one_period_cannot_confirm() -> None:
@@ -461,6 +469,42 @@ def test_kept_shifts_and_composites_give_what_computing_them_again_gives(tmp_pat
     with_kept = run(changed, kept)
     assert [k for k in kept.missed if k.startswith("reference-")]
     _same_analysis(with_kept, run(changed, None))
+
+
+def test_kept_composites_are_mapped_from_the_period_cache_not_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A monitoring run's reused composites stay in the period cache's files: mapped again when
+    a stage asks for one, neither held for the run nor copied into the spill."""
+    from changedet.monitor.memo import DiskMemo
+
+    stack = _synthetic_stack()
+    periods = make_periods(CONFIG.time.start, CONFIG.time.end, "month")
+    inside = np.ones(stack.grid.shape, bool)
+    writes: list[slice] = []
+    write = SpilledRows.write_rows
+
+    def counted(self: SpilledRows, rows: slice, values: np.ndarray) -> None:
+        writes.append(rows)
+        write(self, rows, values)
+
+    monkeypatch.setattr(SpilledRows, "write_rows", counted)
+
+    def run(memo: DiskMemo | None) -> Analysis:
+        with _store_of(stack, tmp_path) as store:
+            return analyse_series(
+                store, inside=inside, periods=periods, config=CONFIG, reuse=memo, spill=ArraySpill()
+            )
+
+    fresh = run(None)
+    assert writes
+    run(DiskMemo(tmp_path / "memo"))  # computes and keeps every composite
+    writes.clear()
+    memo = DiskMemo(tmp_path / "memo")
+    again = run(memo)
+    assert memo.array_hits["composite"] == len(periods) + 3 and not writes
+    _same_analysis(again, fresh)
+    assert memo.map_arrays("composite-unknown") is None  # only entries checked in this run
 
 
 def test_a_period_without_dates_is_no_observation_when_the_rest_is_kept(tmp_path: Path) -> None:

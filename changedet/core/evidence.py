@@ -175,7 +175,8 @@ class _Picker:
         min_clear: float,
     ) -> None:
         self.source = source
-        self.composites = composites
+        self.composites = composites  # made one at a time (a `Composites` makes each when asked)
+        self.periods = [c.period for c in composites]
         self.min_clear = min_clear
         self.shifts = [
             s if s is not None and math.hypot(*s) > threshold_px else None
@@ -193,25 +194,25 @@ class _Picker:
                 )
         return None
 
-    def composite(self, job: _Job, candidates: Sequence[Composite]) -> EvidenceImage | None:
-        """The first of the candidate composites that is clear over the structure (the last
-        candidate is taken anyway)."""
-        for i, comp in enumerate(candidates):
+    def composite(self, job: _Job, indices: Sequence[int], last: Composite) -> EvidenceImage:
+        """The first of the composites `indices` that is clear over the structure, else `last`
+        (taken anyway)."""
+        for i in [*indices, -1]:
+            comp = self.composites[i] if i >= 0 else last
             rgb = composite_window(comp, job.top, job.left, job.side)
-            if _clear_share(rgb, job.core) >= self.min_clear or i == len(candidates) - 1:
+            if _clear_share(rgb, job.core) >= self.min_clear or i < 0:
                 return EvidenceImage(
                     rgb, f"composite {comp.period.label}", None, "composite", comp.scene_ids
                 )
-        return None
+        raise AssertionError("the last composite is taken anyway")
 
     def before(self, job: _Job, baseline: Composite) -> EvidenceImage:
         split = job.present.start if job.present else baseline.period.end
         dates = [t for t, when in enumerate(self.source.times) if when.date() < split]
         found = self.acquisition(job, dates[::-1])
         if found is None:
-            earlier = [c for c in self.composites if c.period.end <= split][::-1]
-            found = self.composite(job, [*earlier, baseline])
-        assert found is not None
+            earlier = [i for i, p in enumerate(self.periods) if p.end <= split][::-1]
+            found = self.composite(job, earlier, baseline)
         return found
 
     def after(self, job: _Job, latest: Composite) -> EvidenceImage:
@@ -224,9 +225,8 @@ class _Picker:
             found = self.acquisition(job, within[::-1]) or self.acquisition(job, later)
         if found is None:
             start = present.start if present else latest.period.start
-            later_comps = [c for c in self.composites if c.period.start >= start]
-            found = self.composite(job, [*later_comps, latest])
-        assert found is not None
+            from_start = [i for i, p in enumerate(self.periods) if p.start >= start]
+            found = self.composite(job, from_start, latest)
         return found
 
 
@@ -261,8 +261,8 @@ def structure_evidence(
     chosen = chip_order(structures)
     if limit is not None:
         chosen = chosen[: max(limit, 0)]
-    periods = [c.period for c in composites]
     picker = _Picker(source, composites, shifts, threshold_px, min_clear)
+    periods = picker.periods
     out = []
     for s in chosen:
         job = _job(s, source.grid, periods)

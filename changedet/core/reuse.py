@@ -25,15 +25,25 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from changedet.config import Config
 from changedet.core.timeseries import Shift
+from changedet.errors import DataError
 from changedet.models import DateSeries, Period
 
-__all__ = ["VERSION", "ArrayMemo", "Reuse", "arrays_of", "json_array", "json_of"]
+__all__ = [
+    "VERSION",
+    "ArrayMemo",
+    "KeptArray",
+    "RemapMemo",
+    "Reuse",
+    "arrays_of",
+    "json_array",
+    "json_of",
+]
 
 # Part of every key: bump it when what a shift or a composite is computed from, or how, changes.
 VERSION = "stream-2"
@@ -45,6 +55,37 @@ class ArrayMemo(Protocol):
     def get_arrays(self, key: str) -> Mapping[str, np.ndarray] | None: ...
 
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None: ...
+
+
+@runtime_checkable
+class RemapMemo(Protocol):
+    """A memo that maps an entry it found in this run again, without reading or checking it."""
+
+    def map_arrays(self, key: str) -> Mapping[str, np.ndarray] | None:
+        """The arrays of an entry `get_arrays` gave in this run, their pages coming in as they
+        are touched and going with the arrays; None for any other key."""
+        ...
+
+
+@dataclass(frozen=True)
+class KeptArray:
+    """One array of a memo entry found in this run, mapped again whenever asked for: a reused
+    composite's pixels are in memory only while a stage holds them (as a spilled one's)."""
+
+    memo: RemapMemo
+    key: str
+    name: str
+
+    def array(self) -> np.ndarray:
+        got = self.memo.map_arrays(self.key)
+        if got is None or self.name not in got:
+            raise DataError(
+                f"the period cache's entry {self.key} went away during the run; run it again"
+            )
+        return got[self.name]
+
+    def write_rows(self, rows: slice, values: np.ndarray) -> None:
+        raise TypeError(f"{self.key} is a kept composite: read-only")
 
 
 def arrays_of(memo: ArrayMemo, key: str, names: Sequence[str]) -> list[np.ndarray] | None:
@@ -197,6 +238,18 @@ class Reuse:
                 return None
         reflectance, count, source_date = arrays
         return reflectance, count, source_date
+
+    def kept_composite(self, key: str) -> tuple[KeptArray, KeptArray, KeptArray] | None:
+        """The composite `composite(key)` gave, as arrays mapped again when asked for; None
+        when the memo cannot map its entries again."""
+        if not isinstance(self.memo, RemapMemo):
+            return None
+        memo = self.memo
+        return (
+            KeptArray(memo, key, "reflectance"),
+            KeptArray(memo, key, "count"),
+            KeptArray(memo, key, "source_date"),
+        )
 
     def keep_composite(
         self, key: str, reflectance: np.ndarray, count: np.ndarray, source_date: np.ndarray

@@ -436,18 +436,24 @@ class _Target:
             made_from,
         )
 
-    def keep(self, arrays: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        """Take a composite computed before (the monitor's period cache): into the spill, where
-        there is one, so the cache's mapping of it is let go (memory does not grow with the
-        periods in a monitoring run either)."""
+    def keep(
+        self,
+        arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+        mapped: tuple[SpilledArray, SpilledArray, SpilledArray] | None = None,
+    ) -> None:
+        """Take a composite computed before (the monitor's period cache). With a spill, not
+        held: `mapped`, its cache entry mapped again whenever asked for, or else copied into
+        the spill (memory does not grow with the periods in a monitoring run either)."""
         if isinstance(self.reflectance, np.ndarray):
             self.reflectance, self.count, self.source_date = arrays
-            return
-        whole = slice(0, arrays[1].shape[0])
-        for out, values in zip(
-            (self.reflectance, self.count, self.source_date), arrays, strict=True
-        ):
-            _write_rows(out, whole, values)
+        elif mapped is not None:
+            self.reflectance, self.count, self.source_date = mapped
+        else:
+            whole = slice(0, arrays[1].shape[0])
+            for out, values in zip(
+                (self.reflectance, self.count, self.source_date), arrays, strict=True
+            ):
+                _write_rows(out, whole, values)
 
     def scene_ids(self, series: DateSeries) -> tuple[str, ...]:
         return tuple(dict.fromkeys(sid for t in self.dates for sid in series.scene_ids[t]))
@@ -572,7 +578,7 @@ def _fill_composites(
         if found is None:
             todo.append((target, key))
         else:
-            target.keep(found)
+            target.keep(found, reuse.kept_composite(key))
     _composites(ctx, [t for t, _ in todo], corrected, progress, levels)
     for target, key in todo:
         reuse.keep_composite(

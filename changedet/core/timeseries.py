@@ -98,7 +98,7 @@ class StageTimer:
             self.add(stage, time.perf_counter() - t0)
 
     def add(self, stage: str, seconds: float) -> None:
-        self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 3)
+        self.timings[stage] = max(0.0, round(self.timings.get(stage, 0.0) + seconds, 3))
 
     def move(self, source: str, stage: str, seconds: float) -> None:
         """Count `seconds` timed as `source` as `stage`'s (a stage that waited on another)."""

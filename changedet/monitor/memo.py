@@ -12,7 +12,8 @@ unreadable entry is a miss.
 per pixel of the AOI's context window, about 41 bytes a period (30 its composite, 11 its change)
 and 13 bytes a date (a window of 1000 × 1000 px: 41 MB a period, 13 MB a date). A date is read
 where it lies (`open_arrays`); composites and shifts are mapped into memory, not copied
-(`get_arrays`).
+(`get_arrays`), and a composite found so is mapped again whenever the run asks for it
+(`map_arrays`), not held for the whole run.
 A cache, not state: deleting it costs one slower run.
 """
 
@@ -70,6 +71,7 @@ class DiskMemo:
         self.array_hits: Counter[str] = Counter()
         self.array_misses: Counter[str] = Counter()
         self._count_lock = threading.Lock()  # the read opens kept dates on two threads
+        self._checked: set[str] = set()  # entries found whole in this run (`map_arrays`)
 
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.pickle"
@@ -131,9 +133,19 @@ class DiskMemo:
         self.used.add(key)  # one bytecode: safe from the read's threads
         kind = key.split("-", 1)[0]
         found = None if kind in self.skip else read(self.folder / f"{key}{_ARRAYS}")
+        if found is not None:
+            self._checked.add(key)
         with self._count_lock:  # a Counter's += is a read, then a write
             (self.array_misses if found is None else self.array_hits)[kind] += 1
         return found
+
+    def map_arrays(self, key: str) -> Mapping[str, np.ndarray] | None:
+        """An entry `get_arrays` or `open_arrays` found whole in this run, mapped again without
+        reading it (its pages come in as they are touched, and go with the arrays): a reused
+        composite is not held for the whole run. None for an entry not checked in this run."""
+        if key not in self._checked:
+            return None
+        return _mapped_arrays(self.folder / f"{key}{_ARRAYS}")
 
     def put_arrays(self, key: str, arrays: Mapping[str, np.ndarray]) -> None:
         if key.split("-", 1)[0] in self.skip:
@@ -195,6 +207,25 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray] | None:
         if checked is None:
             return None
         payload, start, where = checked
+        return {
+            name: np.frombuffer(payload, dtype, math.prod(shape), at - start).reshape(shape)
+            for name, (at, dtype, shape) in where.items()
+        }
+    except (OSError, ValueError):
+        return None
+
+
+def _mapped_arrays(path: Path) -> dict[str, np.ndarray] | None:
+    """`_read_arrays` of an entry checked before, without the check (nor reading every page)."""
+    try:
+        with path.open("rb") as f:
+            layout = _layout(f)
+            if layout is None:
+                return None
+            size, _, where = layout
+            start = f.tell()
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        payload = memoryview(mapped)[start : start + size]
         return {
             name: np.frombuffer(payload, dtype, math.prod(shape), at - start).reshape(shape)
             for name, (at, dtype, shape) in where.items()

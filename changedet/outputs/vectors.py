@@ -11,6 +11,7 @@ GeoPackage, run.json and report share. `changedet.outputs.write` writes all of i
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import re
@@ -454,8 +455,8 @@ def _scene_date_from_id(scene_id: str) -> str | None:
 def scene_rows(result: RunResult) -> list[tuple[BaseGeometry | None, dict[str, Any]]]:
     """One row per scene used or skipped: (footprint in EPSG:4326 or None, SCENE_PROPERTIES)."""
     used_in: dict[str, list[str]] = {}
-    composites = (result.before, result.after, *result.composites)
-    for comp in composites:
+    # one composite at a time: a run's `Composites` makes each when asked for
+    for comp in itertools.chain((result.before, result.after), result.composites):
         for sid in comp.scene_ids:
             labels = used_in.setdefault(sid, [])
             if comp.period.label not in labels:

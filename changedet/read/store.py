@@ -446,10 +446,15 @@ class SpilledRows:
 
     def write_rows(self, rows: slice, values: np.ndarray) -> None:
         height, width = self.shape[-2:]
-        start, stop, _ = rows.indices(height)
+        start, stop, step = rows.indices(height)
+        if step != 1:
+            raise ValueError(f"rows are written as one run, not in steps of {step}")
+        # as an assignment to the rows: a shape that does not fit raises, never spills over
+        lead = np.broadcast_to(values, (*self.shape[:-2], stop - start, width))
+        if lead.size == 0:
+            return
         plane = height * width * self.dtype.itemsize
-        lead = values.reshape(-1, stop - start, width)
-        for i, part in enumerate(lead):
+        for i, part in enumerate(lead.reshape(-1, stop - start, width)):
             data = np.ascontiguousarray(part, dtype=self.dtype)
             _write_all(
                 self._file.fileno(),
