@@ -15,7 +15,9 @@ rows over every date; only co-registration needs whole images, one band of one d
    block rows): each date's levels against it (`core.level`), as `level_stack` levels the stack;
 5. composites (strips grown by the rows the shifts reach, every date): each date's strip is
    shifted as `coregister_dates` shifts the whole date and levelled, then every period's, the
-   baseline's and the "after" span's median is written into its preallocated composite.
+   baseline's and the "after" span's median is written into its composite: preallocated, or
+   with a `Spill`, written to it strip by strip (the analysis's `per_period` then makes each
+   composite when asked for, and memory does not grow with the periods).
 
 With `reuse` (the monitor's period cache), steps 2–5 take what an earlier run computed from the
 same inputs (`core.reuse`): the reference median of unchanged baseline dates (2 is skipped when
