@@ -206,13 +206,17 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray] | None:
             checked = _checked(f)
         if checked is None:
             return None
-        payload, start, where = checked
-        return {
-            name: np.frombuffer(payload, dtype, math.prod(shape), at - start).reshape(shape)
-            for name, (at, dtype, shape) in where.items()
-        }
+        return _views(*checked)
     except (OSError, ValueError):
         return None
+
+
+def _views(payload: memoryview, start: int, where: dict[str, ArrayAt]) -> dict[str, np.ndarray]:
+    """Each array of an entry, a read-only view of its `payload` (which starts at `start`)."""
+    return {
+        name: np.frombuffer(payload, dtype, math.prod(shape), at - start).reshape(shape)
+        for name, (at, dtype, shape) in where.items()
+    }
 
 
 def _mapped_arrays(path: Path) -> dict[str, np.ndarray] | None:
@@ -225,11 +229,7 @@ def _mapped_arrays(path: Path) -> dict[str, np.ndarray] | None:
             size, _, where = layout
             start = f.tell()
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        payload = memoryview(mapped)[start : start + size]
-        return {
-            name: np.frombuffer(payload, dtype, math.prod(shape), at - start).reshape(shape)
-            for name, (at, dtype, shape) in where.items()
-        }
+        return _views(memoryview(mapped)[start : start + size], start, where)
     except (OSError, ValueError):
         return None
 
