@@ -334,7 +334,7 @@ class _PeriodStream:
                 self._memo.put(self._keys[k], got)
         self._progress("change per period", len(self._taken), len(self._heads))
         self.waited += time.perf_counter() - t0
-        return replace(got, made_from=self._keys[k].encode() if self._keys[k] else None)
+        return replace(got, made_from=self._heads[k].made_from)
 
 
 def _observe_periods(
