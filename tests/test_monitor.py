@@ -437,6 +437,27 @@ def test_a_false_positive_never_alerts_and_a_lost_structure_is_dropped() -> None
     assert [h.detail for h in lost.history] == ["no longer detected"]
 
 
+def test_what_happened_while_ruled_a_false_positive_is_told_once_the_verdict_is_taken_back() -> (
+    None
+):
+    """Alerted as new, ruled a false positive, bermed and then vanished while so ruled: the
+    verdict taken back, the subscriber is told what they were not (the stored status was
+    compared, and it already said bermed: the alert was lost)."""
+    told_new = {("s1", "new"), ("s1", "confirmed")}
+    ruled = {"s1": _row("s1", "confirmed", review="false-positive")}
+    silent = ledger_changes("k", ruled, [_row("s1", "bermed", review="false-positive")], told_new)
+    assert silent.alerts == ()
+    stored = {"s1": _row("s1", "bermed", bermed=True, review="false-positive")}
+    back = ledger_changes("k", stored, [_row("s1", "bermed", bermed=True)], told_new)
+    assert [a.kind for a in back.alerts] == ["bermed"]
+    told_bermed = told_new | {("s1", "bermed")}
+    again = ledger_changes("k", {"s1": back.rows[0]}, [_row("s1", "bermed")], told_bermed)
+    assert again.alerts == ()  # told once
+    gone = {"s1": _row("s1", "vanished", review="false-positive")}
+    later = ledger_changes("k", gone, [_row("s1", "vanished")], told_bermed)
+    assert [a.kind for a in later.alerts] == ["vanished"]
+
+
 def test_an_alerted_structure_no_longer_confirmed_is_withdrawn_once() -> None:
     """A structure alerted as new that later months show as a transient, or that is no longer
     found, raises one `withdrawn` alert saying why; one never alerted, or called a false

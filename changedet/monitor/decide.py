@@ -18,7 +18,9 @@ site). Every status change is a history entry. Alerts, each at most once per str
 - `reinstated`: a withdrawn structure the detector confirms again.
 
 A structure lost to an edit of the watch (its outline, its start) is retired without an alert.
-A structure the analyst called a false positive never alerts again.
+A structure the analyst called a false positive never alerts again, while so ruled: once the
+verdict is taken back, what it became meanwhile (bermed, vanished, withdrawn) is alerted once, as
+the subscriber was not told it (their last alert, not the stored status, is compared).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class LedgerChanges:
     alerts: tuple[AlertRow, ...]
 
 
-def _alert_kinds(old: StructureRow | None, new: StructureRow, alerted: set[str]) -> list[str]:
+def _alert_kinds(new: StructureRow, alerted: set[str]) -> list[str]:
     if new.review == FALSE_POSITIVE:
         return []
     if new.status not in CONFIRMED_STATES:
@@ -73,11 +75,10 @@ def _alert_kinds(old: StructureRow | None, new: StructureRow, alerted: set[str])
     kinds = []
     if "withdrawn" in alerted and "reinstated" not in alerted:
         kinds.append("reinstated")  # the subscriber's last word on it was "withdrawn"
-    was = old.status if old is not None else None
-    if new.status == "bermed" and was != "bermed" and "bermed" not in alerted:
-        kinds.append("bermed")
-    if new.status == "vanished" and was != "vanished" and "vanished" not in alerted:
-        kinds.append("vanished")
+    # What the subscriber was told decides, not the stored status: one that became bermed while
+    # ruled a false positive is told so once the verdict is taken back.
+    if new.status in ("bermed", "vanished") and new.status not in alerted:
+        kinds.append(new.status)
     return kinds
 
 
@@ -152,7 +153,7 @@ def ledger_changes(
             if edited
             else "not confirmed by the months since"
         )
-        alerts += _alerts(aoi_id, old, row, done, (synthetic, persistence_checked), unconfirmed)
+        alerts += _alerts(aoi_id, row, done, (synthetic, persistence_checked), unconfirmed)
     lost = [old for sid, old in stored.items() if sid not in seen and old.status != "dropped"]
     outlines = _outlines(current) if lost else []
     for old in lost:
@@ -163,7 +164,7 @@ def ledger_changes(
         detail = retired or ("no longer detected" if into is None else f"now part of {into}")
         history.append(HistoryEntry(old.id, "dropped", old.status, detail))
         if retired is None:  # the ground did not change: nothing to withdraw
-            alerts += _alerts(aoi_id, old, gone, done, (synthetic, persistence_checked), detail)
+            alerts += _alerts(aoi_id, gone, done, (synthetic, persistence_checked), detail)
     return LedgerChanges(tuple(rows), tuple(history), tuple(alerts))
 
 
@@ -181,7 +182,6 @@ def _outside_the_watch(old: StructureRow, outline: Any, baseline_end: date | Non
 
 def _alerts(
     aoi_id: str,
-    old: StructureRow | None,
     row: StructureRow,
     done: Mapping[str, set[str]],
     flags: tuple[bool, bool],
@@ -191,7 +191,7 @@ def _alerts(
     `withdrawn_why` is a withdrawn alert's detail."""
     synthetic, checked = flags
     out = []
-    for kind in _alert_kinds(old, row, done.get(row.id, set())):
+    for kind in _alert_kinds(row, done.get(row.id, set())):
         key = alert_key(aoi_id, row.id, kind)
         detail = withdrawn_why if kind == "withdrawn" else None
         payload = _payload(aoi_id, row, kind, key, synthetic, detail, checked)
