@@ -1228,20 +1228,22 @@ def test_tracker_states_in_the_period_cache(
     import numpy as np
 
     from changedet.config import TrackConfig
+    from changedet.core.bits import PackedMask
     from changedet.core.track import _Tracker
     from changedet.models import Grid
     from changedet.monitor.memo import DiskMemo
 
     grid = Grid.from_origin("EPSG:32639", 500_000.0, 3_950_000.0, 10.0, 7, 5)
     tracker = _Tracker(grid, TrackConfig(), 400.0, float("inf"))
-    tracker.had_object.append(np.arange(35) % 3 == 0)
-    tracker.had_change.append(np.arange(35) % 2 == 0)
+    tracker.last_object = np.arange(35) % 3 == 0
+    tracker.had_change.append(PackedMask.of(np.arange(35) % 2 == 0))
     memo = DiskMemo(tmp_path / "memo")
     memo.put_state("tracker-1", tracker)
     back = DiskMemo(tmp_path / "memo").get_state("tracker-1")
     assert isinstance(back, _Tracker)
-    assert np.array_equal(back.had_object[0], tracker.had_object[0])
-    assert np.array_equal(back.had_change[0], tracker.had_change[0])
+    assert np.array_equal(back.last_object, tracker.last_object)
+    assert back.last_object.dtype == bool
+    assert np.array_equal(back.had_change[0].unpacked(), np.arange(35) % 2 == 0)
     assert back.owner.dtype == np.int64 and (back.owner == -1).all()
 
     with monkeypatch.context() as m:  # the layout before the masks were packed

@@ -703,7 +703,7 @@ def test_a_run_goes_on_from_the_kept_state_of_the_same_first_periods() -> None:
     _same_ledger(run(other, memo=states), run(series(changed)))
     assert len(states.taken) == 1
     tracker = pickle.loads(states.states[states.taken[0]])
-    assert len(tracker.had_object) == 6  # it had seen periods 0-5
+    assert len(tracker.had_change) == 6  # it had seen periods 0-5
     # Other settings never take a kept state; nor do observations without digests.
     states.taken.clear()
     strict = build_ledger(

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from changedet.config import KindConfig, TrackConfig
+from changedet.core.bits import PackedMask
 from changedet.core.clip import centre_point
 from changedet.core.counts import CountEntry, period_counts
 from changedet.core.kinds import (
@@ -229,8 +230,8 @@ def place_id(cell: tuple[int, int], grid: Grid) -> str:
     return f"{_zone(grid)}-{cell[0] * ID_CELL_M + half:06d}-{cell[1] * ID_CELL_M + half:07d}"
 
 
-def _observed_fraction(observed: np.ndarray, pixels: np.ndarray) -> float:
-    return float(observed.ravel()[pixels].mean()) if pixels.size else 0.0
+def _observed_fraction(observed: PackedMask, pixels: np.ndarray) -> float:
+    return float(observed[pixels].mean()) if pixels.size else 0.0
 
 
 def _hits_needed(n_periods: int, min_persistence: int) -> int:
@@ -258,7 +259,7 @@ def _interval(
     first = min(roofs) if kind == BUILDING and roofs else tr.born
     need = tracks.config.min_observed_fraction
     for j in range(first - 1, -1, -1):
-        seen_clear = _observed_fraction(tracks.observations[j].observed, core) >= need
+        seen_clear = _observed_fraction(tracks.observed[j], core) >= need
         if seen_clear and not holds_change(tracks.had_change[j], core):
             return first, j
     return first, None
@@ -283,12 +284,12 @@ def _held(tr: _Track, config: TrackConfig) -> bool:
 def _n_clear(tracks: Tracks, tr: _Track, core: np.ndarray, first: int) -> int:
     """Periods from its first presence to close (or the end) in which the structure was present
     or seen clear."""
-    end_k = tr.closed_at if tr.closed_at is not None else len(tracks.observations) - 1
+    end_k = tr.closed_at if tr.closed_at is not None else len(tracks.heads) - 1
     need = tracks.config.min_observed_fraction
     return sum(
         1
         for j in range(first, end_k + 1)
-        if j in tr.present or _observed_fraction(tracks.observations[j].observed, core) >= need
+        if j in tr.present or _observed_fraction(tracks.observed[j], core) >= need
     )
 
 
@@ -355,7 +356,7 @@ def _structure(tracks: Tracks, b: _Built, structure_id: str) -> Structure:
     scenes: list[str] = []
     for src in (b.last_absent, b.first, tr.confirmed_at if b.confirmed else None):
         if src is not None:
-            scenes.extend(s for s in tracks.observations[src].scene_ids if s not in scenes)
+            scenes.extend(s for s in tracks.heads[src].scene_ids if s not in scenes)
     return Structure(
         id=structure_id,
         geometry=pixels_geometry(b.core, grid),
@@ -473,13 +474,10 @@ def _named(built: list[_Built], grid: Grid) -> list[str]:
 
 
 def _clear_fractions(tracks: Tracks, aoi_mask: np.ndarray | None) -> list[float]:
-    out = []
-    for o in tracks.observations:
-        if aoi_mask is None:
-            out.append(float(o.observed.mean()))
-        else:
-            out.append(float(o.observed[aoi_mask].mean()) if aoi_mask.any() else 0.0)
-    return out
+    if aoi_mask is None:
+        return [observed.mean() for observed in tracks.observed]
+    inside = np.flatnonzero(aoi_mask)
+    return [float(observed[inside].mean()) if inside.size else 0.0 for observed in tracks.observed]
 
 
 def build_ledger(

@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -47,6 +47,7 @@ import shapely
 from scipy import ndimage
 
 from changedet.config import TrackConfig
+from changedet.core.bits import PackedMask
 from changedet.core.change import BAND_CHANGE_STEP, BAND_CHANGE_UNOBSERVED
 from changedet.errors import DataError
 from changedet.models import ChangeObject, Grid, Period, Structure
@@ -68,10 +69,10 @@ __all__ = [
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 # Part of the key of a kept tracker state: bump it when the tracker decides differently.
-TRACK_VERSION = "track-8"
+TRACK_VERSION = "track-9"
 
 
-def holds_change(changed: np.ndarray, pixels: np.ndarray) -> bool:
+def holds_change(changed: np.ndarray | PackedMask, pixels: np.ndarray) -> bool:
     """Whether a place still holds change in a period: most of its `pixels` are in an object or
     score at least `absent_below_z` (`changed`: that period's flat `had_change`). Such a period
     is no evidence that nothing stands there."""
@@ -281,7 +282,7 @@ def _touching_owners(
 # What a tracker holds (`_Tracker.__setstate__` takes no other state).
 _TRACKER_FIELDS = frozenset(
     {"grid", "config", "min_area_m2", "roof_flattening", "min_pixels", "owner", "tracks", "open"}
-    | {"had_object", "had_change", "last_clear"}
+    | {"last_object", "had_change", "last_clear"}
 )
 
 
@@ -299,36 +300,34 @@ class _Tracker:
         self.owner = np.full(grid.width * grid.height, -1, dtype=np.int64)
         self.tracks: list[_Track] = []
         self.open: list[int] = []
-        self.had_object: list[np.ndarray] = []  # per period, flat bool: pixel inside some object
-        # per period, flat bool: inside some object, or scoring at least absent_below_z (change
-        # too weak to cut an object is not evidence that nothing was there)
-        self.had_change: list[np.ndarray] = []
+        # the latest period's, flat bool: pixel inside some object
+        self.last_object = np.zeros(grid.width * grid.height, dtype=bool)
+        # per period, flat: inside some object, or scoring at least absent_below_z (change too
+        # weak to cut an object is not evidence that nothing was there); packed, as it grows
+        self.had_change: list[PackedMask] = []
         # Last period each pixel was seen clear and unchanged (-1: never): tells the part of a
         # structure first hidden by cloud from a new neighbour built beside it.
         self.last_clear = np.full(grid.width * grid.height, -1, dtype=np.int32)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Kept between runs (`StateMemo`): the per-period masks as bits and the owners as
-        int32, a third of the bytes at 1620 x 1620 px."""
+        """Kept between runs (`StateMemo`): the masks as bits and the owners as int32."""
         state = dict(self.__dict__)
-        for name in ("had_object", "had_change"):
-            state[name] = [np.packbits(mask) for mask in state[name]]
+        state["last_object"] = PackedMask.of(self.last_object)
         state["owner"] = self.owner.astype(np.int32)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        if set(state) != _TRACKER_FIELDS:  # kept by code that tracked with other state
+        packed = isinstance(state.get("last_object"), PackedMask)
+        if set(state) != _TRACKER_FIELDS or not packed:  # kept by code with other state
             raise ValueError(f"not a tracker state of this version: {sorted(state)}")
-        n = state["grid"].width * state["grid"].height
-        for name in ("had_object", "had_change"):
-            state[name] = [np.unpackbits(bits, count=n).view(bool) for bits in state[name]]
+        state["last_object"] = state["last_object"].unpacked()
         state["owner"] = state["owner"].astype(np.int64)
         self.__dict__.update(state)
 
     def observe(self, k: int, o: PeriodObservation) -> None:
         """One period: match its objects to tracks, then mark open tracks present or absent."""
         labels = _object_labels(o, self.grid) if o.objects else np.zeros(self.grid.shape, np.int32)
-        self.had_object.append(labels.ravel() > 0)
+        self.last_object = labels.ravel() > 0
         groups = _groups(labels, len(o.objects)) if o.objects else []
         present_now: dict[int, int] = {}
         for i, pix in enumerate(groups):
@@ -341,14 +340,14 @@ class _Tracker:
                 if self.tracks[t].born == k:
                     self.tracks[t].signature = _signature(codes, self.tracks[t].pixels)
         observed = o.observed.ravel()
-        self.last_clear[observed & ~self.had_object[-1]] = k
-        changed = self.had_object[-1]
+        self.last_clear[observed & ~self.last_object] = k
+        changed = self.last_object
         if o.score is not None:
             with np.errstate(invalid="ignore"):
                 changed = changed | (o.score.ravel() >= self.config.absent_below_z)
             self._continue(o.score.ravel(), codes, present_now)
         self._merge_grown_together(present_now)
-        self.had_change.append(changed)
+        self.had_change.append(PackedMask.of(changed))
         self._update_open(k, observed, changed, present_now)
 
     def _matches(self, pix: np.ndarray, owners: np.ndarray) -> list[tuple[int, int]]:
@@ -657,17 +656,17 @@ def _is_confirmed(tr: _Track, config: TrackConfig) -> bool:
 class Tracks:
     """What the tracker made of the periods, for `core.ledger`."""
 
-    observations: tuple[PeriodObservation, ...]  # in date order
+    heads: tuple[PeriodHead, ...]  # in date order
+    observed: tuple[PackedMask, ...]  # per period, flat: its change was observable there
     tracks: list[_Track]
-    had_object: list[np.ndarray]  # per period, flat bool: pixel inside some object
-    had_change: list[np.ndarray]  # per period, flat bool: ... or scoring >= absent_below_z
+    had_change: list[PackedMask]  # per period, flat: in some object or scoring >= absent_below_z
     grid: Grid
     config: TrackConfig
     min_area_m2: float
 
     @property
     def periods(self) -> tuple[Period, ...]:
-        return tuple(o.period for o in self.observations)
+        return tuple(h.period for h in self.heads)
 
 
 @runtime_checkable
@@ -790,7 +789,8 @@ def track_periods(
     tracker, start = (None, 0) if memo is None or keys is None else _resumed(memo, keys)
     tracker = tracker or _Tracker(*settings)
     before = set() if memo is None or keys is None else {k for k in _kept_before(heads) if k > 0}
-    kept = []
+    kept: list[PeriodHead] = []
+    observed: list[PackedMask] = []
     for k, i in enumerate(order):
         o = stream.take(i)
         if o.observed.shape != grid.shape:
@@ -800,15 +800,16 @@ def track_periods(
                 assert memo is not None and keys is not None
                 memo.put_state(keys[k - 1], tracker)
             tracker.observe(k, o)
-        kept.append(replace(o, score=None, band_change=None))  # not needed any more
+        kept.append(PeriodHead.of(o))  # its score, change codes and objects let go
+        observed.append(PackedMask.of(o.observed))
     if memo is not None and keys is not None:
         for k in before:
             if k <= start:
                 memo.has_state(keys[k - 1])
     return Tracks(
         tuple(kept),
+        tuple(observed),
         tracker.tracks,
-        tracker.had_object,
         tracker.had_change,
         grid,
         config,
