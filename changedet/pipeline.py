@@ -464,12 +464,25 @@ def _run_result(run: _Run, analysis: Analysis, aoi_grid: Grid) -> RunResult:
             **_provenance(config, run.found, stack, synthetic, run.read),
             "started": run.started,
             "comparison": _comparison(analysis, run.periods),
+            "context_window": _context_window(analysis.baseline.grid, config),
             "date_shifts_px": {
                 t.date().isoformat(): None if shift is None else [round(v, 3) for v in shift]
                 for t, shift in zip(stack.times, analysis.date_shifts, strict=False)
             },
         },
     )
+
+
+def _context_window(grid: Grid, config: Config) -> dict[str, Any]:
+    """The window a run read and estimated every statistic on: two runs (two outlines of a site)
+    with the same one find the same structures in the part they share."""
+    return {
+        "crs": grid.crs,
+        "bounds": [round(v, 2) for v in grid.bounds],
+        "width": grid.width,
+        "height": grid.height,
+        "context_m": config.read.context_m,
+    }
 
 
 def _on_aoi(

@@ -78,8 +78,13 @@ def test_a_tight_polygon_finds_the_same_structures_inside_it(
 ) -> None:
     x0, y0, _, _ = TILE
     tight = Polygon([(x0 + dx, y0 + dy) for dx, dy in TIGHT[where]])
-    nested = structures(run_on(cli, tmp_path, "tight", tight))
-    whole = structures(full_run)
+    tight_run = run_on(cli, tmp_path, "tight", tight)
+    nested, whole = structures(tight_run), structures(full_run)
+    # What makes them agree: one window (the tiles' extent), and run.json says so.
+    windows = [
+        json.loads((f / "run.json").read_text())["context_window"] for f in (tight_run, full_run)
+    ]
+    assert windows[0] == windows[1], windows
     inside_full = {
         sid
         for sid, f in whole.items()
