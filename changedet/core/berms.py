@@ -30,6 +30,7 @@ import numpy as np
 import shapely
 from scipy import ndimage
 from shapely.ops import linemerge
+from skimage.morphology import skeletonize
 
 from changedet.config import BermConfig
 from changedet.core.kinds import BUILDING
@@ -87,7 +88,6 @@ def berm_evidence(
     exclude: (H, W) bool pixels to blank before the ridge filter — pass the structure footprints
     (`Ledger.footprints > 0`): a new roof is a bright blob whose flanks look like ridges.
     """
-
     if before.grid.shape != after.grid.shape:
         raise DataError("berm evidence: before and after composites are on different grids")
     b0, b1 = _composite_bands(before), _composite_bands(after)
@@ -213,8 +213,6 @@ def extract_berms(evidence: np.ndarray, grid: Grid, config: BermConfig) -> list[
     A component is kept when its skeleton is at least `min_length_m` long and its mean width
     (pixels / skeleton length) at most `max_width_px`: long and thin, unlike a building.
     """
-    from skimage.morphology import skeletonize
-
     if evidence.shape != grid.shape:
         raise DataError(f"berm evidence shape {evidence.shape} != grid {grid.shape}")
     mask = berm_mask(evidence, config)

@@ -9,6 +9,7 @@ within each class and takes the larger of the two dates' answers.
 from __future__ import annotations
 
 import numpy as np
+from scipy.cluster.vq import kmeans2
 
 from changedet.core.normalize import fast_median
 from changedet.core.stats import sample_index
@@ -23,8 +24,6 @@ def kmeans_classes(
 
     Fitted on a deterministic subsample, then every valid pixel goes to its nearest centre.
     """
-    from scipy.cluster.vq import kmeans2
-
     n_bands = image.shape[0]
     flat = image.reshape(n_bands, -1)
     flat_idx = np.flatnonzero(valid.ravel())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.signal import fftconvolve
 
 from changedet.core.stats import SAMPLES, sample_index, smooth
 
@@ -112,8 +113,6 @@ def _shadow_of(
     clouds_now: np.ndarray, dark: np.ndarray, candidates: np.ndarray, labels: np.ndarray, n: int
 ) -> np.ndarray | None:
     """Darkening objects under the clouds displaced along the best-matching direction."""
-    from scipy.signal import fftconvolve
-
     # corr[dy, dx] = |shift(clouds, dy, dx) & dark| for every displacement at once.
     corr = fftconvolve(dark.astype(np.float32), clouds_now[::-1, ::-1].astype(np.float32))
     h, w = clouds_now.shape

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
+from scipy.fft import fftn
+from skimage.registration import phase_cross_correlation
 
 from changedet.models import Stack
 
@@ -76,14 +78,9 @@ class ShiftReference:
         self.window = np.outer(np.hanning(ref.shape[0]), np.hanning(ref.shape[1]))
         self.spectrum: np.ndarray | None = None  # None: too small or flat, nothing to measure
         if min(ref.shape) >= 16 and ref.std() != 0:
-            from scipy.fft import fftn
-
             self.spectrum = fftn((ref - ref.mean()) * self.window)
 
     def measure(self, moving: np.ndarray, *, upsample: int = 20) -> tuple[float, float]:
-        from scipy.fft import fftn
-        from skimage.registration import phase_cross_correlation
-
         if moving.shape != self.shape or moving.ndim != 2:
             raise ValueError(
                 f"measure_shift needs two 2-D arrays of one shape, got {self.shape} "

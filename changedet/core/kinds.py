@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from skimage.morphology import skeletonize
 
 from changedet.config import KindConfig
 
@@ -49,8 +50,6 @@ EVIDENCE_LAYERS = ("spectral_flattening", "bsi_gain", "brightness_gain", "ndvi_l
 def line_shape(mask: np.ndarray) -> tuple[float, int]:
     """(mean width, length) in pixels of a (H, W) bool shape: length is its skeleton's pixel count,
     width its area over that (1 for a one-pixel line or ring, 2 to 4 for a 2 x 4 hall)."""
-    from skimage.morphology import skeletonize
-
     if not mask.any():
         return 0.0, 0
     length = int(skeletonize(np.pad(mask, 1)).sum())

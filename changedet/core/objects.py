@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import shapely
+from rasterio.features import shapes
 from scipy import ndimage as ndi
 from shapely.geometry import MultiPolygon, Polygon, shape
+from skimage.segmentation import watershed
 
 from changedet.config import ChangeConfig, KindConfig
 from changedet.core.kinds import EVIDENCE_LAYERS
@@ -34,7 +36,6 @@ def label_objects(
     labels, n = ndi.label(mask, structure=_EIGHT)
     if not split or n == 0:
         return labels.astype(np.int32)
-    from skimage.segmentation import watershed
 
     finite = np.isfinite(score)
     cores, n_cores = ndi.label(mask & finite & (score >= seed_level), structure=_EIGHT)
@@ -59,8 +60,6 @@ def label_objects(
 
 def _polygon(region: np.ndarray, transform: object) -> Polygon | MultiPolygon:
     """Pixel-edge outline of one boolean region, made valid."""
-    from rasterio.features import shapes
-
     parts = [
         shape(geom)
         for geom, value in shapes(region.astype(np.uint8), mask=region, transform=transform)

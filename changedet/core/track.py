@@ -44,6 +44,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import shapely
+from rasterio.features import rasterize, shapes
 from scipy import ndimage
 
 from changedet.config import TrackConfig
@@ -160,16 +161,14 @@ def rasterize_objects(objects: Sequence[ChangeObject | Structure], grid: Grid) -
 def rasterize_geometries(geometries: Sequence[Any], grid: Grid) -> np.ndarray:
     """(H, W) int32 label image: geometries[i] → i + 1 (pixel centres inside the polygon; None
     and empty geometries mark nothing)."""
-    from rasterio.features import rasterize
-
     out = np.zeros(grid.shape, dtype=np.int32)
-    shapes = [
+    burned = [
         (geometry, i + 1)
         for i, geometry in enumerate(geometries)
         if geometry is not None and not geometry.is_empty
     ]
-    if shapes:
-        rasterize(shapes, out=out, transform=grid.transform, dtype="int32")
+    if burned:
+        rasterize(burned, out=out, transform=grid.transform, dtype="int32")
     return out
 
 
@@ -189,8 +188,6 @@ def _object_labels(obs: PeriodObservation, grid: Grid) -> np.ndarray:
 
 def footprint_geometry(mask: np.ndarray, grid: Grid) -> Any:
     """Polygon(s) in the grid CRS tracing the pixel edges of a (H, W) bool mask."""
-    from rasterio.features import shapes
-
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
         return shapely.Polygon()

@@ -14,11 +14,19 @@ import functools
 from typing import Any
 
 import numpy as np
+from matplotlib import font_manager
+from PIL import Image, ImageDraw, ImageFont
+from skimage.draw import polygon_perimeter
 
 from changedet.core.evidence import chip_window, composite_window
 from changedet.core.mask import shifted_extreme
 from changedet.models import EvidenceImage, Grid, RunResult, Structure, StructureEvidence
 from changedet.outputs.imagery import rgb_picture
+
+# Pillow loads its format plugins on first use. The chips are drawn on a thread while the figures
+# are saved on the main one: load them here, on the importing thread, so two threads never
+# import them at once (a module one thread has half imported is another's ImportError).
+Image.preinit()
 
 __all__ = [
     "CHIP_PANEL_PX",
@@ -39,9 +47,6 @@ _GAP_PX = 6
 
 @functools.lru_cache(maxsize=4)
 def _font(size: int) -> Any:
-    from matplotlib import font_manager
-    from PIL import ImageFont
-
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
 
 
@@ -52,8 +57,6 @@ SYNTHETIC_RGB = (220, 20, 20)
 def stamp_synthetic(img: np.ndarray) -> np.ndarray:
     """`img` (H, W, 3 uint8) with "SYNTHETIC" in white on red at its bottom right: a picture of
     generated data says so wherever it travels."""
-    from PIL import Image, ImageDraw
-
     picture = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
     draw = ImageDraw.Draw(picture)
     size = max(8, min(18, picture.width // 25))
@@ -101,8 +104,6 @@ def _outline_masks(
     """(halo, line) masks of the outline on a panel of `shape`: the rings' perimeter and, around
     it, a dark halo one pixel wide (4-neighbours) that keeps the yellow visible on bright roofs
     and on sand. Drawn once per chip, for both panels."""
-    from skimage.draw import polygon_perimeter
-
     line = np.zeros(shape, dtype=bool)
     for ring in rings:
         rr, cc = polygon_perimeter(ring[:, 0], ring[:, 1], shape=shape)
@@ -113,8 +114,6 @@ def _outline_masks(
 
 def _annotate(panel: np.ndarray, caption: str, bar_px: float) -> np.ndarray:
     """The caption in a dark band at the top and a 100 m scale bar at the bottom left."""
-    from PIL import Image, ImageDraw
-
     img = Image.fromarray(panel).convert("RGBA")
     layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)

@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from rasterio._err import CPLE_BaseError
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioError
 
 from changedet.errors import OutputError
 from changedet.models import Grid
@@ -119,8 +123,6 @@ def quiet_libtiff() -> None:
 
 
 def _gdal_at_least(major: int, minor: int) -> bool:
-    import rasterio
-
     parts = str(getattr(rasterio, "__gdal_version__", "0.0")).split(".")
     try:
         return (int(parts[0]), int(parts[1])) >= (major, minor)
@@ -162,11 +164,6 @@ def write_cog(
     """Write a (H, W) or (B, H, W) array on `grid` as a Cloud-Optimised GeoTIFF (DEFLATE, 512 px
     tiles, overviews), atomically. `colorinterp` names each band's colour ("red", "green",
     "blue", "gray", ...) for viewers that go by it."""
-    import rasterio
-    from rasterio._err import CPLE_BaseError  # GDAL's own errors (IO error writing tag data)
-    from rasterio.enums import ColorInterp
-    from rasterio.errors import RasterioError
-
     quiet_libtiff()
 
     data = array[np.newaxis] if array.ndim == 2 else array

@@ -17,6 +17,8 @@ import re
 from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
+from matplotlib.colors import to_hex
+
 from changedet.errors import OutputError
 from changedet.models import FALSE_POSITIVE, RunResult, Structure
 from changedet.outputs.headline import headline
@@ -54,8 +56,6 @@ def not_counted(s: Structure) -> str:
 
 def placemark_style(s: Structure, classes: Sequence[DateClass]) -> str:
     """The OGR style string of one placemark: outline colour and width."""
-    from matplotlib.colors import to_hex  # as the legend's ramp: imported when drawn
-
     if s.review == FALSE_POSITIVE or s.status == "dropped":
         return f"PEN(c:{to_hex(DISMISSED_COLOUR).upper()},w:1px)"
     found = class_of(s, classes)

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from matplotlib import colormaps
+
 from changedet.models import FALSE_POSITIVE, Structure
 
 __all__ = [
@@ -104,8 +106,6 @@ def _label(start: date, end: date) -> str:
 
 
 def _ramp(n: int) -> list[tuple[float, float, float]]:
-    from matplotlib import colormaps
-
     cmap = colormaps["plasma"]
     positions = [0.5] if n == 1 else [0.05 + 0.8 * i / (n - 1) for i in range(n)]
     return [tuple(float(v) for v in cmap(p)[:3]) for p in positions]  # type: ignore[misc]

@@ -23,6 +23,8 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pyproj import CRS
+
 from changedet.models import Grid
 
 __all__ = ["PROJECT_NAME", "ProjectLayer", "project_qgs", "project_qgz"]
@@ -50,8 +52,6 @@ class ProjectLayer:
 
 
 def _srs(parent: ET.Element, crs: str) -> None:
-    from pyproj import CRS
-
     c = CRS.from_user_input(crs)
     srs = ET.SubElement(parent, "spatialrefsys")
     ET.SubElement(srs, "wkt").text = c.to_wkt()

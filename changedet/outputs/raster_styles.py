@@ -13,6 +13,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
+from matplotlib import colormaps
+
 __all__ = ["change_qml", "count_qml", "date_qml", "mask_qml", "truecolor_qml"]
 
 QGIS_VERSION = "3.22.16-Białowieża"
@@ -158,8 +160,6 @@ def mask_qml() -> str:
 def date_qml(dates: Sequence[int]) -> str:
     """One palette entry per acquisition date (YYYYMMDD values), labelled YYYY-MM-DD, coloured
     from dark (oldest) to bright (newest)."""
-    from matplotlib import colormaps
-
     cmap = colormaps["viridis"]
     n = len(dates)
     entries = []

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import shapely
 from pyproj import Transformer
+from rasterio.features import shapes
+from scipy import ndimage
 from shapely.geometry import LineString, MultiLineString, MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
@@ -393,9 +395,6 @@ def geojson_text(fc: Mapping[str, Any]) -> str:
 
 def change_areas(change: ChangeMap) -> list[tuple[BaseGeometry, dict[str, Any]]]:
     """Every 8-connected region of the change mask as a polygon in the grid CRS, with its stats."""
-    from rasterio.features import shapes
-    from scipy import ndimage
-
     mask = np.asarray(change.mask, dtype=bool)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     if n == 0:
@@ -503,8 +502,6 @@ def analysed_area(result: RunResult) -> tuple[BaseGeometry | None, dict[str, Any
     """The analysed part of the AOI as one (multi)polygon in the grid CRS (its pixels, cut
     along the AOI's edge), with the AOI's and the analysed area; None when the run did not
     measure its coverage."""
-    from rasterio.features import shapes
-
     cov = result.coverage
     if cov is None:
         return None

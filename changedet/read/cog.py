@@ -30,6 +30,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import CRSError, RasterioError
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window, from_bounds
 
 from changedet.config import ReadConfig
 from changedet.errors import ConfigError, ReadError, UnsafeHrefError
@@ -110,8 +117,6 @@ class _Gdal:
 
     @staticmethod
     def _load() -> Any:
-        import rasterio
-
         base = Path(rasterio.__file__).resolve().parent
         candidates = sorted(glob.glob(str(base.parent / "rasterio.libs" / "libgdal*.so*")))
         candidates += ["libgdal.so", "libgdal.dylib"]
@@ -190,8 +195,6 @@ def gdal_path(href: str) -> str:
 
 
 def _resampling(name: str) -> Any:
-    from rasterio.enums import Resampling
-
     try:
         return Resampling[name]
     except KeyError:
@@ -222,9 +225,6 @@ def _disagreement(src: Any, asset: Asset) -> str | None:
     says): one band, the `raster:bands` data type, the `proj:epsg`. A float file scaled as
     DNs, a band 1 of three, a file in another zone placed as the item's would give wrong
     reflectance or land off the grid without an error."""
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
-
     name = href_name(asset.href)
     if src.count != 1:
         return f"{_DISAGREES}: {name} holds {src.count} bands, one expected"
@@ -268,9 +268,6 @@ def _read_onto_grid(
     warper on the covering window). `expect`: the asset as its item describes it; a file
     that disagrees (`_disagreement`) is refused with why (ReadError).
     """
-    import rasterio
-    from rasterio.crs import CRS
-
     with rasterio.open(path) as src:
         if src.crs is None:
             raise ReadError(
@@ -298,8 +295,6 @@ def _read_onto_grid(
 
 def _window_copy(src: Any, grid: Grid, *, fill: float) -> np.ndarray:
     """The grid's window of a source on the same pixel lattice; `fill` where it runs off."""
-    from rasterio.windows import Window
-
     st = src.transform
     col0 = round((grid.transform.c - st.c) / st.a)
     row0 = round((grid.transform.f - st.f) / st.e)
@@ -320,9 +315,6 @@ def _upsampled_window(src: Any, grid: Grid, *, resampling: Any, fill: float) -> 
     the covering source window read, then nearest or bilinear in numpy (`read.upsample`: GDAL's
     values, inside the tile and along its edge). None when that does not apply (other pixel
     sizes, a shifted lattice, rotation, other kernels or types, nodata by an edge pixel)."""
-    from rasterio.enums import Resampling
-    from rasterio.windows import Window
-
     st, gt = src.transform, grid.transform
     dtype = np.dtype(src.dtypes[0])
     if resampling not in (Resampling.nearest, Resampling.bilinear) or dtype not in TAPS_DTYPES:
@@ -357,9 +349,6 @@ def _upsampled_window(src: Any, grid: Grid, *, resampling: Any, fill: float) -> 
 def _resampled_window(src: Any, grid: Grid, *, resampling: Any, fill: float) -> np.ndarray | None:
     """GDAL's resampled window read of a north-up source in the grid's CRS (nearest or bilinear),
     or None when that path does not apply (rotation, other kernels, the grid near a tile edge)."""
-    from rasterio.enums import Resampling
-    from rasterio.windows import from_bounds
-
     st = src.transform
     north_up = st.b == 0 and st.d == 0 and grid.transform.b == 0 and grid.transform.d == 0
     if not north_up or resampling not in (Resampling.nearest, Resampling.bilinear):
@@ -392,8 +381,6 @@ def _inner_rect(src: Any, grid: Grid) -> tuple[int, int, int, int]:
 
 
 def _part(grid: Grid, rows: tuple[int, int], cols: tuple[int, int]) -> Grid:
-    from affine import Affine
-
     transform = grid.transform @ Affine.translation(cols[0], rows[0])
     return Grid(grid.crs, transform, cols[1] - cols[0], rows[1] - rows[0])
 
@@ -430,10 +417,6 @@ def _warped_window(
     src: Any, grid: Grid, dst_crs: Any, *, resampling: Any, fill: float
 ) -> np.ndarray:
     """The GDAL warper on the source window covering the grid (padded for the kernel)."""
-    from affine import Affine
-    from rasterio.warp import transform_bounds
-    from rasterio.windows import Window, from_bounds
-
     st = src.transform
     out = np.full(grid.shape, fill, dtype=src.dtypes[0])
     bounds = (
@@ -476,9 +459,6 @@ def _warp(
     is set, and silences the NotGeoreferencedWarning that causes with warnings.catch_warnings,
     which is not thread-safe: under the read pool it escapes.
     """
-    import rasterio
-    from rasterio.warp import reproject
-
     bands: int | list[int] = 1 if source.ndim == 2 else list(range(1, source.shape[0] + 1))
     with (
         _georeferenced(source, *src_georef) as warp_src,
@@ -503,8 +483,6 @@ def reproject_array(
     `dst` no source pixel reaches; None: every source pixel holds data, unreached pixels are 0.
     The only array reprojection of changedet: it lives beside the reader that owns rasterio.
     """
-    from rasterio.enums import Resampling
-
     fill = 0 if nodata is None else nodata
     out = np.full((*array.shape[:-2], *dst.shape), fill, dtype=array.dtype)
     return _warp(
@@ -520,8 +498,6 @@ def reproject_array(
 def _georeferenced(array: np.ndarray, transform: Any, crs: Any) -> Any:
     """An in-memory dataset holding a copy of `array` ((H, W) or (B, H, W)), created with its
     transform and CRS (so it is never seen without them)."""
-    import rasterio
-
     height, width = array.shape[-2:]
     dataset = rasterio.open(
         "",
@@ -548,8 +524,6 @@ def _georeferenced(array: np.ndarray, transform: Any, crs: Any) -> Any:
 def _mask_blended_nodata(src: Any, grid: Grid, out: np.ndarray, fill: float) -> None:
     """GDAL's resampled window read blends nodata into bilinear samples at data edges: set to
     nodata every grid pixel whose four bilinear source neighbours include a nodata pixel."""
-    from rasterio.windows import Window
-
     st, gt = src.transform, grid.transform
     xs = gt.c + gt.a * (np.arange(grid.width) + 0.5)
     ys = gt.f + gt.e * (np.arange(grid.height) + 0.5)
@@ -633,9 +607,6 @@ def _fetch(
     options: Mapping[str, Any],
 ) -> AssetRead:
     """One asset of one scene onto the grid (cache, then network with retries). Never raises."""
-    import rasterio
-    from rasterio.errors import RasterioError
-
     asset = scene.assets[band]
     resampling_name = "nearest" if band == "scl" else config.resampling
     try:
