@@ -894,6 +894,8 @@ def monitor_run(
     _warn_unwatched(report.unwatched)
     for check in report.checks:
         if check.outcome == "failed":
+            if debug and check.details:
+                click.echo(check.details.rstrip(), err=True)
             _echo_error(f"AOI '{check.aoi_id}': {check.message}")
     sys.exit(1 if report.failed or d.errors else 0)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from monitorkit import (
@@ -1441,7 +1442,34 @@ def test_a_full_disk_fails_the_aoi_with_what_to_do() -> None:
     assert check.outcome == "failed" and check.message.startswith("a disk is full (No space left")
     assert "set TMPDIR" in check.message
     other = _failed("k1", ValueError("boom"))
-    assert other.message == "unexpected ValueError: boom"  # a bug stays one to report
+    assert other.message == (  # a bug stays one to report
+        "unexpected ValueError: boom (rerun with --debug for details and report it)"
+    )
+
+
+def test_monitor_run_debug_shows_a_failed_aois_traceback(
+    tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AOI's unexpected failure was one line even with --debug, and did not say --debug
+    would tell more: a failure that comes and goes could not be reported."""
+    import changedet.monitor.run as monitor_run
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(monitor_run, "run_aoi", broken)
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    watch = str(scenario.watchlist())
+    monkeypatch.chdir(tmp_path)
+    plain = cli("monitor", "run", "--config", watch, "--quiet")
+    assert plain.exit_code == 1 and "Traceback" not in plain.stderr
+    said = "changedet: error: AOI 'k1': unexpected ValueError: boom (rerun with --debug"
+    assert said in plain.stderr
+    debug = cli("monitor", "run", "--config", watch, "--quiet", "--debug")
+    assert debug.exit_code == 1 and said in debug.stderr
+    trace = debug.stderr.split(said)[0]
+    assert "Traceback (most recent call last)" in trace and "in broken" in trace
 
 
 def test_a_state_emptied_to_zero_bytes_is_refused_while_outputs_stand(tmp_path: Path) -> None:

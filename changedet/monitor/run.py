@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -87,6 +88,7 @@ class AOICheck:
     left: tuple[SkippedScene, ...] = ()  # stored scenes no longer in the series, with why
     alerts: tuple[AlertRow, ...] = ()
     message: str = ""
+    details: str = field(default="", compare=False)  # a failure's traceback (shown by --debug)
     summary: RunSummary | None = None
     periods_computed: int = 0  # periods whose change was computed (the others came from the cache)
     periods_reused: int = 0
@@ -797,8 +799,12 @@ def _guarded(aoi_id: str, step: Callable[[], T]) -> T | AOICheck:
 
 
 def _failed(aoi_id: str, exc: BaseException, *, on_worker: bool = False) -> AOICheck:
+    details = "".join(traceback.format_exception(exc))
     if isinstance(exc, ChangedetError):
-        return AOICheck(aoi_id, "failed", message=str(exc).splitlines()[0])
+        return AOICheck(aoi_id, "failed", message=str(exc).splitlines()[0], details=details)
     where = " on a worker" if on_worker else ""
-    message = machine_trouble(exc) or f"unexpected {type(exc).__name__}{where}: {exc}"
-    return AOICheck(aoi_id, "failed", message=message)
+    message = machine_trouble(exc) or (
+        f"unexpected {type(exc).__name__}{where}: {exc}".splitlines()[0]
+        + " (rerun with --debug for details and report it)"
+    )
+    return AOICheck(aoi_id, "failed", message=message, details=details)
