@@ -290,7 +290,9 @@ def _lonlat(geom: Any, aoi_id: str, path: Path) -> Any:
         where = ", ".join(f"{v:.6g}" for v in geom.bounds)
         raise AOIError(
             f"AOI '{aoi_id}' in '{path}': coordinates ({where}) are outside ±180°/±90° in "
-            "EPSG:4326; check the CRS the file declares"
+            "EPSG:4326, as the file was read (a GeoJSON without a 'crs' member is in EPSG:4326); "
+            "if they are metres of a projection, save the AOI in EPSG:4326 or in a format that "
+            "carries its CRS (GeoPackage, a Shapefile with its .prj)"
         )
     return split_at_antimeridian(geom)
 

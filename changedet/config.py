@@ -476,7 +476,8 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
                     "`changedet monitor run --config FILE`"
                 )
             place = f"[{where}]" if where else "top level"
-            raise ConfigError(f"config: unknown key '{key}' in {place}{_suggest(key, names)}")
+            known = names if where else [*names, "extends"]  # taken before the sections
+            raise ConfigError(f"config: unknown key '{key}' in {place}{_suggest(key, known)}")
         sub = f"{where}.{key}" if where else key
         kwargs[key] = _coerce(value, hints[key], sub)
     try:

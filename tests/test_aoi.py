@@ -364,8 +364,11 @@ def test_a_prj_less_file_in_metres_names_the_missing_projection(tmp_path: Path) 
             }
         )
     )
-    with pytest.raises(AOIError, match="outside ±180°/±90°"):
+    with pytest.raises(AOIError, match="outside ±180°/±90°") as info:
         load_aois(tmp_path / "m.geojson")
+    # it declares no CRS: the line says how it was read and what to do, not "check the CRS"
+    assert "without a 'crs' member is in EPSG:4326" in str(info.value)
+    assert "save the AOI in EPSG:4326 or in a format that carries its CRS" in str(info.value)
 
 
 def test_an_aoi_holding_no_pixel_centre_is_refused(tmp_path: Path) -> None:

@@ -40,6 +40,9 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
     path.write_text("[chnage]\nz_threshold = 2.5\n")
     with pytest.raises(ConfigError, match="did you mean 'change'"):
         load_config(path)
+    path.write_text('extend = "default.toml"\n')  # taken before the sections, and named
+    with pytest.raises(ConfigError, match="did you mean 'extends'"):
+        load_config(path)
 
 
 def test_a_watch_list_given_to_run_points_to_monitor_run(repo: Path) -> None:

@@ -74,6 +74,11 @@ def test_watchlist_refuses_what_it_would_set_aside_or_misread(tmp_path: Path) ->
     )
     with pytest.raises(ConfigError, match=r"#1 start: .* is a date-time; use a date YYYY-MM-DD"):
         load_watchlist(path)
+    path.write_text(
+        path.read_text().replace("start = 2023-06-01T00:00:00Z", 'start = "2024-07-15"')
+    )
+    with pytest.raises(ConfigError, match=r"#1 end 2024-06-30 is before start 2024-07-15; set an"):
+        load_watchlist(path)
     config = tmp_path / "c.toml"
     config.write_text("[time]\nend = 2024-06-30T12:00:00\n")
     with pytest.raises(ConfigError, match=r"time.end must be a date YYYY-MM-DD"):

@@ -298,7 +298,10 @@ def _watched(entry: Mapping[str, Any], base: Path, n: int) -> list[WatchedAOI]:
     overrides["time.start"] = start
     if end is not None:
         if end < start:
-            raise ConfigError(f"watch-list: {where} end {end} is before start {start}")
+            raise ConfigError(
+                f"watch-list: {where} end {end} is before start {start}; set an end after the "
+                "start (or none: the watch runs on)"
+            )
         overrides["time.end"] = end
     if "catalog" in kw:
         url = kw["catalog"]
