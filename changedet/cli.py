@@ -682,6 +682,7 @@ def _echo_warnings(summary: Any, renderer: _Renderer) -> None:
     is_flag=True,
     help="Read each scene's SCL window to report how clear it is around the AOI.",
 )
+@click.option("--quiet", is_flag=True, help="No progress output.")
 def search(
     aoi_files: tuple[str, ...],
     config_path: str | None,
@@ -692,6 +693,7 @@ def search(
     debug: bool,
     as_json: bool,
     probe: bool,
+    quiet: bool,
 ) -> None:
     """List the scenes a run would use, and why any were dropped."""
     _read_only()
@@ -704,7 +706,7 @@ def search(
         for warning in filter(None, (zone_edge_warning(aoi) for _, aoi in sourced)):
             click.echo(f"changedet: warning: {warning}", err=True)  # a run's headline says it
         reports = []
-        with _Renderer(quiet=as_json) as progress:
+        with _Renderer(quiet=as_json or quiet) as progress:
             for _, aoi in sourced:
                 reports.append(search_aoi(aoi, config, probe=probe, progress=progress))
     if as_json:

@@ -294,6 +294,9 @@ def test_search_probe_reports_aoi_clear_sky_and_reasons(cli: Callable[..., Resul
     )
     result = cli("search", KHOJIR, "--config", str(DEMO), "--probe")
     assert result.exit_code == 0 and "S2A_39SWV_20230612_0_L2A" in result.stdout
+    assert "[changedet] probe:" in result.stderr  # progress, which --quiet silences
+    quiet = cli("search", KHOJIR, "--config", str(DEMO), "--probe", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == result.stdout
     used = sum(s["used"] for s in scenes.values())
     listed = len(scenes) + sum(d["id"] not in scenes for d in report["dropped"])  # + duplicates
     assert listed > len(scenes)
