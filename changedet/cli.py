@@ -923,8 +923,7 @@ def _warn_unwatched(unwatched: Mapping[str, int]) -> None:
 def monitor_status(config_path: str, state: str | None, as_json: bool, debug: bool) -> None:
     """Per AOI: the last run, the last scene, counts and pending deliveries."""
     _read_only()
-    from changedet.monitor.memo import memo_bytes
-    from changedet.monitor.state import State
+    from changedet.monitor.state import State, memo_bytes
 
     with _errors(debug):
         watch = _watchlist(config_path, state)

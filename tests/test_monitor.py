@@ -33,10 +33,9 @@ from changedet.errors import ConfigError, UsageError
 from changedet.models import Scene, SkippedScene
 from changedet.monitor.alerts import describe_alert
 from changedet.monitor.decide import alert_key, ledger_changes
-from changedet.monitor.memo import memo_folder
 from changedet.monitor.run import run_watchlist
 from changedet.monitor.scenes import plan_scenes, scene_record, search_start
-from changedet.monitor.state import SCHEMA_VERSION, SceneRow, State, StructureRow
+from changedet.monitor.state import SCHEMA_VERSION, SceneRow, State, StructureRow, memo_folder
 from changedet.monitor.watchlist import load_watchlist
 
 END = datetime(2024, 7, 1, tzinfo=UTC)

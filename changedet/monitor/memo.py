@@ -38,24 +38,9 @@ from changedet.core.track import PeriodObservation
 from changedet.outputs.fsio import atomic_path
 from changedet.read.kept import ArrayAt, OpenArrays
 
-__all__ = ["DiskMemo", "memo_bytes", "memo_folder", "prune"]
+__all__ = ["DiskMemo", "prune"]
 
 T = TypeVar("T")
-
-
-def memo_folder(state: Path, aoi_id: str) -> Path:
-    return state.with_name(state.name + ".periods") / aoi_id
-
-
-def memo_bytes(state: Path, aoi_id: str) -> int:
-    """The disk an AOI's period cache takes (0 when there is none)."""
-    folder = memo_folder(state, aoi_id)
-    total = 0
-    with contextlib.suppress(OSError):
-        for path in folder.iterdir():
-            with contextlib.suppress(OSError):
-                total += path.stat().st_size
-    return total
 
 
 class DiskMemo:

@@ -56,7 +56,7 @@ from changedet.monitor.alerts import (
 )
 from changedet.monitor.decide import ledger_changes, ledger_status
 from changedet.monitor.lock import hold_lock
-from changedet.monitor.memo import DiskMemo, memo_folder, prune
+from changedet.monitor.memo import DiskMemo, prune
 from changedet.monitor.scenes import ScenePlan, plan_scenes, scene_record, search_start
 from changedet.monitor.state import (
     AlertRow,
@@ -65,6 +65,7 @@ from changedet.monitor.state import (
     State,
     StructureRow,
     emptied,
+    memo_folder,
 )
 from changedet.monitor.watchlist import WatchedAOI, WatchList
 from changedet.pipeline import PipelineIO, RunSummary, periods_for, run_aoi, safe_out_dir

@@ -41,6 +41,8 @@ __all__ = [
     "State",
     "StructureRow",
     "emptied",
+    "memo_bytes",
+    "memo_folder",
 ]
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -906,3 +908,19 @@ def emptied(path: Path) -> bool:
 def _aware(when: datetime) -> datetime:
     """`when` with a time zone: UTC when it has none."""
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def memo_folder(state: Path, aoi_id: str) -> Path:
+    """Where an AOI's period cache (`monitor.memo`) lies: beside the state database."""
+    return state.with_name(state.name + ".periods") / aoi_id
+
+
+def memo_bytes(state: Path, aoi_id: str) -> int:
+    """The disk an AOI's period cache takes (0 when there is none)."""
+    folder = memo_folder(state, aoi_id)
+    total = 0
+    with contextlib.suppress(OSError):
+        for path in folder.iterdir():
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+    return total

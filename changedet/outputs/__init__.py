@@ -15,18 +15,3 @@ and `raster_styles` (QGIS), `imagery` (true colour and the COGs), `figures`, `ch
 (pictures and HTML), `project` (changedet.qgz), `manifest` (run.json), `fsio` (atomic writing,
 COGs), `runfolder` (the run folder's life), `write` (all of it into one folder).
 """
-
-from changedet.outputs.fsio import atomic_dir, write_cog, write_json, write_text
-from changedet.outputs.manifest import run_manifest, software_versions
-from changedet.outputs.write import GPKG_LAYERS, write_run_outputs
-
-__all__ = [
-    "GPKG_LAYERS",
-    "atomic_dir",
-    "run_manifest",
-    "software_versions",
-    "write_cog",
-    "write_json",
-    "write_run_outputs",
-    "write_text",
-]

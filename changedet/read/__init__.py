@@ -10,9 +10,3 @@ the pixel cache. `probe_details` is the SCL-only probe behind `changedet search 
 Modules: `cog` (one asset onto the grid, GDAL options, the read pool), `cache` (pixel cache),
 `probe` (SCL → which scenes to read), `stack` (mask, harmonise, mosaic per date).
 """
-
-from changedet.read.cog import clear_http_cache, gdal_options, reproject_array
-from changedet.read.probe import probe_details
-from changedet.read.stack import read_stack
-
-__all__ = ["clear_http_cache", "gdal_options", "probe_details", "read_stack", "reproject_array"]
