@@ -63,6 +63,22 @@ def test_a_plain_run_moves_the_monitors_alerts_away_with_the_run_they_belonged_t
     assert not (out / PREVIOUS / "alerts.geojson").exists()
 
 
+def test_what_a_killed_write_of_ours_left_is_not_kept_as_the_analysts(
+    run_result: RunResult, tmp_path: Path
+) -> None:
+    """A monitor run killed while it wrote alerts.geojson beside its outputs left its temporary
+    file, which every later run carried over as a file of the analyst's, for good."""
+    out = tmp_path / "khojir-test"
+    write_run_outputs(run_result, out, config=FAST, companions=("alerts.geojson",))
+    (out / ".alerts.geojson.x7_k2q9a.part").write_text('{"type": "Feat')  # the kill's
+    (out / ".run.json.0a1b2c3d.part").write_text("{")  # an output's, as fsio names it
+    (out / ".notes.txt.abcdefgh.part").write_text("mine")  # a name of no file of ours
+    (out / ".alerts.geojson.draft").write_text("mine too")
+    write_run_outputs(run_result, out, config=FAST, companions=("alerts.geojson",))
+    hidden = {p.name for p in out.rglob(".*")}
+    assert hidden == {".notes.txt.abcdefgh.part", ".alerts.geojson.draft"}
+
+
 def test_alerts_of_a_run_json_without_companions_are_the_monitors(
     run_result: RunResult, tmp_path: Path
 ) -> None:

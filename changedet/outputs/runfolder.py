@@ -268,12 +268,27 @@ def _entries(folder: Path) -> Iterator[tuple[str, Path]]:
             yield here.relative_to(folder).as_posix() + "/", here
 
 
+# What `fsio.atomic_path` names a file while it writes it: `.<name>.<mkstemp's 8 chars>.part`.
+_WRITING = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.part")
+
+
+def _left_by_a_kill(rel: str, names: Collection[str]) -> bool:
+    """Whether `rel` is what an atomic write of one of our files (`names`) left when its process
+    died (the monitor's alerts.geojson, written beside a run's outputs): never the analyst's."""
+    path = PurePosixPath(rel)
+    match = _WRITING.fullmatch(path.name)
+    return match is not None and str(path.with_name(match["name"])) in names
+
+
 def _carry_over(old: Path, new: Path, companions: Collection[str] = ()) -> None:
     """Give `new` the previous run's files (under previous/, with its companions that the new
-    run does not keep) and every foreign file of `old`."""
+    run does not keep) and every foreign file of `old`; not what a killed write of ours left."""
     ours = previous_files(old) | (companion_files(old) - set(companions))
     ours_before = previous_files(old / PREVIOUS) | companion_files(old / PREVIOUS)
+    written_here = ours | companion_files(old) | set(companions)
     for rel, src in _entries(old):
+        if _left_by_a_kill(rel, written_here):
+            continue
         if rel.endswith("/"):  # an empty folder of the analyst's
             _free(new / rel.rstrip("/")).mkdir(parents=True, exist_ok=True)
             continue
