@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyogrio
 import shapely
 import shapely.affinity
 from pyproj import CRS, Transformer
-from rasterio.features import rasterize
 from shapely.geometry import LineString, MultiLineString, MultiPolygon, Polygon, box, mapping
 
 from changedet.config import AOIConfig
@@ -112,6 +110,8 @@ def load_aois(path: str | Path, config: AOIConfig | None = None) -> list[AOI]:
 def _read_frame(path: str) -> tuple[Path, str, Any]:
     """The AOI file, the layer `FILE:LAYER` names ("" for none) and its features as a data
     frame: its one layer with geometry, or that layer."""
+    import pyogrio  # the only vector-file reader; local import keeps `import changedet` light
+
     p, layer = Path(path), None
     if not p.exists():  # FILE:LAYER, the file the shortest such head (a layer may hold ':')
         cuts = [i for i, ch in enumerate(path) if ch == ":"]
@@ -518,6 +518,8 @@ def grid_for(
 
 def aoi_mask(aoi: AOI, grid: Grid) -> np.ndarray:
     """(H, W) bool: pixels whose centre lies inside the AOI."""
+    from rasterio.features import rasterize
+
     geom = to_grid_crs(aoi.geometry, grid.crs)
     out = rasterize(
         [(mapping(geom), 1)], out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8"

@@ -17,16 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib import patheffects
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.patches import Polygon as MplPolygon
-from matplotlib.ticker import MaxNLocator
-from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-from pyproj import Transformer
 from shapely.geometry import box
 
 from changedet.models import Grid, RunResult, Structure
@@ -58,6 +48,9 @@ CHANGE_RGBA = (0.89, 0.10, 0.11, 0.25)
 
 
 def _figure(width_in: float, height_in: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width_in, height_in), dpi=110)
     FigureCanvasAgg(fig)
     return fig
@@ -83,6 +76,8 @@ def downsample(img: np.ndarray, max_px: int) -> tuple[np.ndarray, int]:
 def counts_chart(result: RunResult) -> bytes:
     """Cumulative confirmed count per period with its low/high range, new per period (bars that
     add up to the line), and the share of the AOI each period saw clearly."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(8.5, 4.2)
     ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     counts = result.counts
@@ -145,6 +140,8 @@ def _nice(value: float) -> float:
 def _lonlat_ticks(ax: Any, grid: Grid) -> None:
     """Latitude/longitude tick labels on a map drawn in grid kilometres, with faint graticule
     lines (meridians and parallels drawn as they run on the grid)."""
+    from pyproj import Transformer
+
     to_ll = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
     to_xy = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
     x0, y0, x1, y1 = grid.bounds
@@ -179,6 +176,10 @@ def _decimals(step: float) -> int:
 
 def _scale_and_north(ax: Any, grid: Grid) -> None:
     """A scale bar (a round length near a fifth of the map) and an arrow to true north."""
+    from matplotlib.font_manager import FontProperties
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+    from pyproj import Transformer
+
     width_m = grid.bounds[2] - grid.bounds[0]
     length = _nice(width_m / 5)
     label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
@@ -270,6 +271,8 @@ def _draw_structures(
 ) -> None:
     """Outlines coloured by first-seen class (unconfirmed dashed, ground works hatched), with ids
     when few enough to read."""
+    from matplotlib.patches import Polygon as MplPolygon
+
     label_ids = len(structures) <= 40
     for s in structures:
         colour = _colour(s, classes)
@@ -288,6 +291,8 @@ def _draw_structures(
 
 def _draw_dismissed(ax: Any, structures: Sequence[Structure], *, label_ids: bool) -> None:
     """Structures reviewed as false positives: grey, crossed, dotted outline."""
+    from matplotlib.patches import Polygon as MplPolygon
+
     for s in structures:
         for poly in getattr(s.geometry, "geoms", [s.geometry]):
             xy = np.asarray(poly.exterior.coords) / 1000.0
@@ -304,6 +309,9 @@ def _draw_dismissed(ax: Any, structures: Sequence[Structure], *, label_ids: bool
 def _legend_handles(
     result: RunResult, shown: Sequence[Structure], classes: Sequence[DateClass], dismissed: int
 ) -> list[Any]:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     handles: list[Any] = [
         Patch(
             facecolor="none", edgecolor=c.colour, lw=1.6, label=f"first seen {c.label} ({c.count})"
@@ -329,6 +337,8 @@ def _legend_handles(
 
 
 def _halo() -> list[Any]:
+    from matplotlib import patheffects
+
     return [patheffects.Stroke(linewidth=3, foreground="black"), patheffects.Normal()]
 
 
@@ -338,6 +348,9 @@ def _halo() -> list[Any]:
 
 def coverage_inset(result: RunResult) -> bytes:
     """The AOI (outline) against its analysed part (green) and the grid (dashed), lon/lat."""
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(3.6, 3.4)
     ax = fig.add_subplot(1, 1, 1)
     aoi = result.aoi.geometry

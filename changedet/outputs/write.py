@@ -27,9 +27,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
-import pandas as pd
-import pyogrio
 from shapely.geometry.base import BaseGeometry
 
 from changedet.aoi import split_at_antimeridian
@@ -106,6 +103,10 @@ def _write_layer(
     dtypes: Mapping[str, str],
     description: str = "",
 ) -> None:
+    import geopandas as gpd
+    import pandas as pd
+    import pyogrio
+
     data: dict[str, Any] = {}
     for col in columns:
         values = [props.get(col) for _, props in rows]
