@@ -51,6 +51,7 @@ from changedet.errors import (
     CLUSTER_RUNNING,
     ChangedetError,
     UsageError,
+    interrupt_behind,
     machine_trouble,
     silence_library_noise,
 )
@@ -209,6 +210,9 @@ def _errors(debug: bool) -> Iterator[None]:
     except (click.exceptions.Exit, click.ClickException, SystemExit):
         raise
     except Exception as exc:  # last resort: still one line, and how to get details
+        interrupt = interrupt_behind(exc)
+        if interrupt is not None:  # a library wrapped it (a signal during matplotlib's import)
+            _interrupted(interrupt)
         if debug:
             traceback.print_exc()
         _echo_error(

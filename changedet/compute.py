@@ -45,6 +45,7 @@ from changedet.errors import (
     ChangedetError,
     ClusterLost,
     UsageError,
+    interrupt_behind,
     machine_trouble,
 )
 from changedet.models import AOI, Progress, no_progress
@@ -90,6 +91,9 @@ def _run_one(
     except ChangedetError as exc:
         return Outcome(aoi.id, error=str(exc), exit_code=exc.exit_code, details=_trace())
     except Exception as exc:
+        interrupt = interrupt_behind(exc)
+        if interrupt is not None:  # wrapped by a library: still the run's interrupt
+            raise interrupt from exc
         reason = (
             machine_trouble(exc) or f"unexpected {type(exc).__name__}: {exc} (rerun with --debug)"
         )

@@ -22,6 +22,7 @@ __all__ = [
     "ReadError",
     "UnsafeHrefError",
     "UsageError",
+    "interrupt_behind",
     "machine_trouble",
     "silence_library_noise",
 ]
@@ -135,3 +136,17 @@ class OutputError(ChangedetError, OSError):
 
 class DataError(ChangedetError, ValueError):
     """Input rasters or labels are malformed (wrong shape, grid or values)."""
+
+
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (a KeyboardInterrupt) an error was raised from or while handling,
+    if any: a library that catches everything (the class-building machinery under matplotlib's
+    import) can wrap one, and it must still end the run as an interrupt, not fail an AOI."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None

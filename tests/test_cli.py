@@ -522,6 +522,36 @@ def test_an_interrupted_read_only_command_says_just_interrupted(
     )
 
 
+def test_an_interrupt_a_library_wrapped_is_still_an_interrupt(
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while matplotlib was being imported came out as "unexpected RuntimeError: Error
+    calling __set_name__ ..." and exit 1: the class-building machinery wraps what it catches."""
+    from changedet.cli import _Terminated
+
+    def wrapped(*args: object, **kwargs: object) -> None:
+        try:
+            raise _Terminated()
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Error calling __set_name__ on 'QuiverKey'") from exc
+
+    monkeypatch.setattr("changedet.cli._load", wrapped)
+    result = cli("run", KHOJIR, "--out", str(tmp_path / "o"))
+    assert result.exit_code == 143, result.stderr
+    assert result.stderr.startswith("changedet: error: terminated (SIGTERM); outputs already")
+
+    def unrelated(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("changedet.cli._load", unrelated)
+    assert cli("run", KHOJIR, "--out", str(tmp_path / "o")).exit_code == 1
+    # Within an AOI's run, where one AOI's error would only fail that AOI, it ends the run too.
+    monkeypatch.undo()
+    monkeypatch.setattr("changedet.compute.run_aoi", wrapped)
+    result = cli("run", KHOJIR, "--config", str(DEMO), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 143, result.stderr
+
+
 @pytest.mark.parametrize(
     ("sent", "code", "said"),
     [

@@ -1451,6 +1451,28 @@ def test_a_full_disk_fails_the_aoi_with_what_to_do() -> None:
     )
 
 
+def test_an_interrupt_a_library_wrapped_ends_the_monitoring_run(
+    tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One AOI's error fails that AOI and the watch-list goes on; a SIGTERM a library wrapped
+    (a RuntimeError from it) was taken for such an error."""
+    import changedet.monitor.run as monitor_run
+    from changedet.cli import _Terminated
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            raise _Terminated()
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Error calling __set_name__") from exc
+
+    monkeypatch.setattr(monitor_run, "run_aoi", wrapped)
+    scenario = make_scenario(tmp_path)
+    scenario.publish(until(GROWN_FIRST))
+    monkeypatch.chdir(tmp_path)
+    done = cli("monitor", "run", "--config", str(scenario.watchlist()), "--quiet")
+    assert done.exit_code == 143 and "terminated (SIGTERM)" in done.stderr, done.stderr
+
+
 def test_monitor_run_debug_shows_a_failed_aois_traceback(
     tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,6 +36,7 @@ from changedet.errors import (
     NoScenesError,
     OutputError,
     UsageError,
+    interrupt_behind,
     machine_trouble,
 )
 from changedet.models import (
@@ -796,6 +797,9 @@ def _guarded(aoi_id: str, step: Callable[[], T]) -> T | AOICheck:
     try:
         return step()
     except Exception as exc:
+        interrupt = interrupt_behind(exc)
+        if interrupt is not None:
+            raise interrupt from exc
         return _failed(aoi_id, exc)
 
 
